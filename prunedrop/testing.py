@@ -1,0 +1,140 @@
+"""Tiny models with example inputs, shared by the tests, the examples and the benchmarks.
+
+Each entry of :data:`TINY_MODELS` builds a small network and an example input batch. They are small
+enough that a whole compress run on them takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class TinyMLP(nn.Module):
+    """Flatten then two hidden layers: the shape of LeNet-300-100, scaled down."""
+
+    def __init__(self, in_features: int = 16, hidden: tuple[int, ...] = (12, 8), num_classes: int = 3):
+        super().__init__()
+        sizes = (in_features, *hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TinyLeNet5(nn.Module):
+    """LeNet-5-Caffe's shape (conv-pool-conv-pool-fc-fc), scaled down for 14x14 inputs."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 4, 3)
+        self.conv2 = nn.Conv2d(4, 6, 3)
+        self.fc1 = nn.Linear(6 * 2 * 2, 10)
+        self.fc2 = nn.Linear(10, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class TinyConvZoo(nn.Module):
+    """Every convolution setting at once: stride, padding, dilation, groups, depthwise, no bias."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 4, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, bias=False),  # depthwise
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 1, groups=2),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TinyConv1d(nn.Module):
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 5, 3, stride=1, padding=1)
+        self.conv_dw = nn.Conv1d(5, 5, 3, padding=1, groups=5, bias=False)
+        self.head = nn.Linear(5, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv_dw(torch.relu(self.conv(x))))
+        return self.head(x.mean(dim=2))
+
+
+class TinyConv3d(nn.Module):
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 3, 3, padding=1, stride=(1, 2, 2))
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+
+class TinyResidual(nn.Module):
+    """A basic residual block: the add couples conv2's and stem's channels."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        x = torch.relu(x + y)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+# name -> (factory, example input shape without the batch dimension)
+TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp": (TinyMLP, (1, 4, 4)),
+    "lenet5": (TinyLeNet5, (1, 14, 14)),
+    "convzoo": (TinyConvZoo, (2, 8, 8)),
+    "conv1d": (TinyConv1d, (3, 10)),
+    "conv3d": (TinyConv3d, (1, 4, 6, 6)),
+    "residual": (TinyResidual, (1, 6, 6)),
+}
+
+
+def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """Build tiny model ``name`` with seeded weights and a batch of 4 example inputs."""
+    factory, shape = TINY_MODELS[name]
+    torch.manual_seed(seed)
+    model = factory()
+    x = torch.randn(4, *shape)
+    return model.eval(), x
+
+
+def tiny_classification_data(
+    n: int = 96, shape: tuple[int, ...] = (1, 4, 4), num_classes: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy problem: the label is the argmax of fixed random projections of the input."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    proj = torch.randn(int(torch.tensor(shape).prod()), num_classes, generator=g)
+    y = (x.flatten(1) @ proj).argmax(dim=1)
+    return x, y
