@@ -1,0 +1,44 @@
+"""Architectures of the example and benchmark models (factories for ``--arch``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def lenet300(in_features: int = 784, num_classes: int = 10) -> nn.Module:
+    """LeNet-300-100: the fully connected network of the sparse VD paper (784-300-100-10)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def digits_mlp() -> nn.Module:
+    """LeNet-300-100 for scikit-learn's 8x8 digits (64 inputs): the shipped example model."""
+    return lenet300(in_features=64)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5-Caffe (20-50-800-500) for 28x28 inputs, as in the sparse VD and SBP papers."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def lenet5() -> nn.Module:
+    return LeNet5()

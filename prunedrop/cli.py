@@ -1,0 +1,193 @@
+"""The ``prunedrop`` command line: click commands that map names to library functions, nothing else.
+
+torch is imported inside the commands so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+DATA_HELP = (
+    "Data spec: 'digits' (scikit-learn's bundled 8x8 digits, no files needed), 'fashion-mnist' or 'mnist' "
+    "(IDX files from --data-dir or Debian's dataset-fashion-mnist package), 'idx:DIR', 'npz:FILE' "
+    "(arrays x_train, y_train, optional x_val, y_val, x_test, y_test), or 'python:module:function' "
+    "(your function returns datasets or loaders)."
+)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="prunedrop")
+def cli() -> None:
+    """Make a trained PyTorch network smaller with variational dropout.
+
+    prunedrop swaps the model's layers for variational versions, fine-tunes them so that every weight
+    learns its own noise level, prunes the weights whose noise is too high, exports the smaller model to
+    ONNX (checked against PyTorch with onnxruntime) and reports what was saved.
+
+    \b
+    Start with:
+      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp -o out/
+    """
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--arch", metavar="MODULE:FACTORY",
+              help="Function that builds the model's architecture (called with no arguments); MODEL is then a "
+                   "state dict, loaded safely with weights_only=True.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow MODEL to be a whole pickled nn.Module. Unpickling runs code stored in the file: use it "
+                   "only for files you made or trust. Without it, only tensors are read.")
+@click.option("--data", "data_spec", default="digits", show_default=True, metavar="SPEC", help=DATA_HELP)
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder holding the IDX files of 'fashion-mnist' / 'mnist'.")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), metavar="FILE",
+              help="YAML recipe (see `prunedrop recipes`); without it the built-in defaults are used.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Folder for model.onnx, model.pt, architecture.json, report.json, report.md and checkpoints.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty output folder, replacing its files.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from the checkpoint in the output folder (same command otherwise).")
+@click.option("--epochs", type=click.IntRange(min=0), help="Override the recipe's variational fine-tuning epochs.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0),
+              help="Override the recipe's noise-free fine-tuning epochs after thresholding.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
+@click.option("--threshold", type=float, help="Override the recipe's pruning threshold (log α).")
+@click.option("--kl-weight", type=click.FloatRange(min=0), help="Override the recipe's final KL weight β.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's training batch size.")
+@click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training samples.")
+@click.option("--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, help="Override the recipe's random seed.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
+def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, data_dir: Path | None,
+             recipe_path: Path | None, output: Path, overwrite: bool, resume: bool, quiet: bool,
+             **overrides: Any) -> None:
+    """Compress MODEL and write the smaller model, its ONNX export and a report to -o.
+
+    MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
+    """
+    from .data import check_labels, load_data
+    from .io import load_model
+    from .pipeline import compress as run_compress
+    from .pipeline import prepare_output_dir, read_run_info, write_run_info
+    from .recipes import load_recipe
+    from .report import format_table
+
+    recipe = load_recipe(recipe_path).replace(**_overrides(**overrides))
+    out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume)
+    if resume:
+        previous = read_run_info(out_dir).get("recipe")
+        if previous is not None and previous != recipe.to_dict():
+            changed = sorted(k for k, v in recipe.to_dict().items() if previous.get(k) != v)
+            raise click.ClickException(
+                f"--resume with a different recipe than the interrupted run (changed: {', '.join(changed)}); "
+                "resume with the same settings")
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
+                     train_limit=recipe.train_limit)
+    check_labels(data, _num_outputs(net, data))
+    write_run_info(out_dir, {
+        "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
+        "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
+        "recipe": recipe.to_dict(),
+    })
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
+                          source={"model": Path(model).name, "arch": arch, "data": data_spec})
+    click.echo(format_table(result.report))
+    click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
+
+
+def _num_outputs(model: Any, data: Any) -> int:
+    """The model's number of outputs, from one forward pass on an example input."""
+    import torch
+
+    from .errors import PrunedropError
+
+    x = data.example_batch(2)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:  # the user's model rejecting the user's data: say what did not fit
+        raise PrunedropError(
+            f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned "
+                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return int(out.shape[1])
+
+
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--threshold", type=float, help="Pruning threshold (log α); default: the run's recipe threshold.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Path of the ONNX file to write.")
+def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
+    """Re-threshold a run's variational checkpoint and export it again, without retraining.
+
+    Works on a finished or an interrupted run (after at least one epoch). The noise-free fine-tuning
+    after thresholding is not replayed.
+    """
+    from .data import load_data
+    from .io import load_model
+    from .pipeline import read_run_info, reexport
+    from .recipes import Recipe
+
+    info = read_run_info(run_dir)
+    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
+    net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")))
+    data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
+                     seed=recipe.seed, train_limit=recipe.train_limit)
+    r = reexport(net, data, recipe, run_dir, output, threshold=threshold)
+    click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
+               f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
+               f"{r.metric_name} {r.metric:.4g} on validation data")
+    click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes), onnxruntime max abs diff {r.parity_max_abs_diff:.2e}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+def report(run_dir: Path) -> None:
+    """Print the savings table of a finished run (from its report.json)."""
+    from .report import format_table, load_report
+
+    click.echo(format_table(load_report(run_dir)))
+
+
+@cli.command()
+@click.option("--keys", is_flag=True, help="Also list every recipe key with its default and meaning.")
+def recipes(keys: bool) -> None:
+    """List the shipped recipes (and, with --keys, every recipe key)."""
+    from .recipes import recipe_keys, shipped_recipes_dir
+
+    folder = shipped_recipes_dir()
+    if folder is None:
+        click.echo("no recipes/ folder found beside the package (install from a source checkout to get them)")
+    else:
+        for path in sorted(folder.glob("*.yaml")):
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text(encoding="utf-8").splitlines()
+                          if ln.startswith("#")), "")
+            click.echo(f"{path.relative_to(folder.parent)}  {first}")
+    if keys:
+        click.echo("")
+        for name, default, doc in recipe_keys():
+            click.echo(f"{name} (default {default}): {doc}")
+
+
+def main() -> None:
+    cli(prog_name="prunedrop")
+
+
+if __name__ == "__main__":
+    main()

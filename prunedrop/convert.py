@@ -1,0 +1,107 @@
+"""The one swapping walk: plain layers → variational layers, and back after pruning.
+
+Like torchao's ``quantize_``, a single recursive walk over ``named_children()`` passes each module's
+fully qualified name to a filter (the recipe's include/exclude globs) and swaps registered types through
+:data:`prunedrop.layers.LAYER_REGISTRY`. Transforms return the model, since a swap at the root cannot be
+done in place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import PrunedropError
+from .layers import LAYER_REGISTRY, VariationalLayer
+from .recipes import Recipe
+
+
+@dataclass
+class ConversionSummary:
+    """What :func:`to_variational` did, for the user and the report."""
+
+    converted: list[str] = field(default_factory=list)
+    """Qualified names of the layers that now carry noise."""
+    excluded: list[str] = field(default_factory=list)
+    """Convertible layers that the recipe's include/exclude globs left dense."""
+    left_alone: dict[str, str] = field(default_factory=dict)
+    """Leaf modules with parameters of a type that no registered variational layer replaces (BatchNorm, LayerNorm, user layers): name → type."""
+
+
+def _selected(name: str, recipe: Recipe) -> bool:
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.exclude)
+
+
+def to_variational(
+    model: nn.Module, recipe: Recipe, *, summary: ConversionSummary | None = None
+) -> nn.Module:
+    """Swap every selected, registered layer of ``model`` for its variational version.
+
+    The trained weights are kept (the variational layer takes over the same Parameter objects, so no
+    second copy of the model is made). Modules of unknown types are left alone and listed in
+    ``summary.left_alone``. Raises PrunedropError when nothing at all could be converted.
+    """
+    registry = LAYER_REGISTRY.get(recipe.method)
+    if registry is None:
+        raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
+    summary = summary if summary is not None else ConversionSummary()
+    options = {
+        "init_log_sigma2": recipe.init_log_sigma2,
+        "log_alpha_clip": recipe.log_alpha_clip,
+        "threshold": recipe.threshold,
+    }
+
+    def swap(module: nn.Module, name: str) -> nn.Module:
+        # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
+        variational = registry.get(type(module))
+        if variational is not None:
+            if _selected(name or "<root>", recipe):
+                summary.converted.append(name or "<root>")
+                return variational.from_dense(module, **options)
+            summary.excluded.append(name or "<root>")
+            return module
+        if isinstance(module, VariationalLayer):
+            raise PrunedropError(f"layer {name or '<root>'} is already variational; convert a plain model")
+        children = list(module.named_children())
+        if not children:
+            if any(True for _ in module.parameters(recurse=False)):
+                summary.left_alone[name or "<root>"] = type(module).__name__
+            return module
+        for child_name, child in children:
+            new_child = swap(child, f"{name}.{child_name}" if name else child_name)
+            if new_child is not child:
+                setattr(module, child_name, new_child)
+        return module
+
+    model = swap(model, "")
+    if not summary.converted:
+        hint = (
+            f"the include/exclude globs excluded all of: {', '.join(summary.excluded[:5])}"
+            if summary.excluded
+            else f"supported types are {', '.join(sorted(t.__name__ for t in registry))}"
+        )
+        raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
+    return model
+
+
+def variational_layers(model: nn.Module) -> dict[str, VariationalLayer]:
+    """Qualified name → variational layer, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, VariationalLayer)}
+
+
+def to_deterministic(model: nn.Module, threshold: float | None = None) -> nn.Module:
+    """Replace every variational layer by its plain equivalent with pruned entries zero (inverse of the swap).
+
+    ``threshold`` overrides each layer's own threshold when given.
+    """
+    if isinstance(model, VariationalLayer):
+        return model.to_dense(threshold)
+    for name, child in list(model.named_children()):
+        new_child = to_deterministic(child, threshold)
+        if new_child is not child:
+            setattr(model, name, new_child)
+    return model

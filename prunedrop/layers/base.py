@@ -1,0 +1,61 @@
+"""The contract every variational layer keeps, and the registry that maps plain layers to them.
+
+A variational layer wraps a plain ``nn.Linear`` / ``nn.ConvNd`` with a learned noise level. It must:
+
+* ``from_dense(module, **options)`` - build itself from a trained plain layer, keeping its weights;
+* ``kl()`` - the KL divergence of its posterior from the prior (a scalar tensor, summed over its noise);
+* ``keep_mask(threshold)`` - which weights (per-weight noise) or units (per-unit noise) survive;
+* ``to_dense(threshold)`` - a plain torch module with the noise mean folded in and the pruned entries zero.
+
+In eval mode a variational layer is deterministic and computes exactly what ``to_dense`` computes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class VariationalLayer(nn.Module):
+    """Marker base class; concrete layers also inherit from the plain layer they replace."""
+
+    #: the plain type this layer replaces and turns back into
+    dense_type: type[nn.Module] = nn.Module
+    #: default pruning threshold, overwritten by :func:`prunedrop.prune.set_thresholds`
+    threshold: float
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, **options: Any) -> VariationalLayer:
+        raise NotImplementedError
+
+    def kl(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_dense(self, threshold: float | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the noise (they usually want a larger learning rate than the weights)."""
+        return []
+
+
+#: method name -> {plain layer type: variational layer type}. Users may add their own entries
+#: with :func:`register_layer`.
+LAYER_REGISTRY: dict[str, dict[type[nn.Module], type[VariationalLayer]]] = {}
+
+
+def register_layer(method: str, dense_type: type[nn.Module], variational_type: type[VariationalLayer]) -> None:
+    """Make :func:`prunedrop.convert.to_variational` swap ``dense_type`` for ``variational_type``."""
+    if not (isinstance(variational_type, type) and issubclass(variational_type, VariationalLayer)):
+        raise TypeError(f"{variational_type!r} must be a subclass of prunedrop.layers.VariationalLayer")
+    for name in ("from_dense", "kl", "keep_mask", "to_dense"):
+        # Explicit check: a layer that forgot one of these would fail much later, mid-training.
+        if inspect.getattr_static(variational_type, name) is inspect.getattr_static(VariationalLayer, name):
+            raise TypeError(f"{variational_type.__name__} does not implement {name}()")
+    LAYER_REGISTRY.setdefault(method, {})[dense_type] = variational_type

@@ -1,0 +1,296 @@
+"""``compress()``: the stages of DESIGN.md, called in order and nothing else.
+
+    load ─► convert ─► fine-tune ─► decide masks ─► slim ─► export ─► verify ─► report
+
+Loading (model file, data spec, recipe file) is the caller's: the CLI does it with
+:mod:`prunedrop.io`, :mod:`prunedrop.data` and :mod:`prunedrop.recipes`, a Python user with their own
+objects. Everything the run writes goes to ``out_dir``, atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .convert import ConversionSummary, to_variational
+from .data import DataBundle
+from .errors import TrainingError
+from .export import export_onnx, verify_onnx
+from .io import save_model
+from .prune import prune
+from .recipes import Recipe
+from .report import build_report, count_parameters, write_report
+from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
+
+#: files of a run folder
+ORIGINAL_ONNX = "original.onnx"
+MODEL_ONNX = "model.onnx"
+VARIATIONAL_CHECKPOINT = "checkpoint-variational.pt"
+MASKED_CHECKPOINT = "checkpoint-masked.pt"
+PARITY_SAMPLES = 256
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` made."""
+
+    model: nn.Module
+    """The compressed plain model (CPU, eval mode)."""
+    report: dict[str, Any]
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _evaluate_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device) -> dict[str, float]:
+    name = metric_name(recipe.loss)
+    out = {"val": evaluate(model, data.loader("val", recipe.eval_batch_size), loss=recipe.loss,
+                           device=device)[name]}
+    if data.test is not None:
+        out["test"] = evaluate(model, data.loader("test", recipe.eval_batch_size), loss=recipe.loss,
+                               device=device)[name]
+    return out
+
+
+def compress(
+    model: nn.Module,
+    data: DataBundle,
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> CompressResult:
+    """Compress ``model`` on ``data`` with ``recipe``; write model, ONNX file and report into ``out_dir``.
+
+    ``resume`` continues from the checkpoints of an interrupted run in the same ``out_dir``. ``source``
+    (how the model was loaded: file name, ``--arch``) is recorded in the report so that
+    ``prunedrop export RUN_DIR`` can rebuild the variational model later.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    model = model.cpu().eval()
+    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+
+    # load: the original, kept on the CPU for the report (the conversion trains its weights in place)
+    t0 = time.perf_counter()
+    original = copy.deepcopy(model)
+    metric_before = _evaluate_all(original, data, recipe, torch.device("cpu"))
+    original_onnx = export_onnx(original, example[:2], out_dir / ORIGINAL_ONNX, opset=recipe.onnx_opset,
+                                sparse=False, exporter=recipe.onnx_exporter)
+    timings["baseline_s"] = time.perf_counter() - t0
+    log(f"original model: {metric_name(recipe.loss)} {metric_before['val']:.4g} on validation data, "
+        f"ONNX {original_onnx.num_bytes:,} bytes")
+
+    # convert
+    summary = ConversionSummary()
+    variational = to_variational(model, recipe, summary=summary)
+    log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
+    if summary.left_alone:
+        log("left alone: " + ", ".join(f"{k} ({v})" for k, v in summary.left_alone.items()))
+
+    # fine-tune
+    t0 = time.perf_counter()
+    trained = finetune(variational, data, recipe, device=device, checkpoint_path=out_dir / VARIATIONAL_CHECKPOINT,
+                       resume=resume, progress=progress)
+    timings["finetune_s"] = time.perf_counter() - t0
+
+    # decide masks
+    pruned = prune(variational.cpu(), recipe.threshold)
+    if pruned.kept_fraction == 0.0:
+        raise TrainingError(
+            f"every weight of the converted layers has log α > {recipe.threshold}: nothing would be left to export; "
+            "lower kl_weight, raise threshold, or train for fewer epochs"
+        )
+    log(f"pruned at log α > {recipe.threshold:g}: kept {pruned.kept_fraction:.2%} of the converted weights")
+    history = list(trained.history)
+    if recipe.finetune_epochs > 0:
+        t0 = time.perf_counter()
+        masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
+                                 checkpoint_path=out_dir / MASKED_CHECKPOINT, resume=resume, progress=progress)
+        history += masked.history
+        timings["masked_finetune_s"] = time.perf_counter() - t0
+
+    # slim: per-weight sparsity removes no whole unit, so the architecture stays as it is
+    final = pruned.model.cpu().eval()
+    metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
+
+    # export + verify
+    t0 = time.perf_counter()
+    total_before, nonzero_before = count_parameters(original)
+    total_after, nonzero_after = count_parameters(final)
+    metadata = {
+        "prunedrop.version": __version__,
+        "prunedrop.method": recipe.method,
+        "prunedrop.threshold": f"{recipe.threshold:g}",
+        "prunedrop.params_before": str(nonzero_before),
+        "prunedrop.params_after": str(nonzero_after),
+        f"prunedrop.{metric_name(recipe.loss)}_before": f"{metric_before['val']:.6g}",
+        f"prunedrop.{metric_name(recipe.loss)}_after": f"{metric_after['val']:.6g}",
+    }
+    # exported with a batch of 2 and verified with a larger one: a batch size baked into the graph shows up
+    exported = export_onnx(final, example[:2], out_dir / MODEL_ONNX, opset=recipe.onnx_opset,
+                           sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
+                           metadata=metadata, exporter=recipe.onnx_exporter)
+    parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
+    model_pt, architecture = save_model(final, out_dir, example)
+    timings["export_s"] = time.perf_counter() - t0
+
+    # report
+    report = build_report(
+        original=original,
+        compressed=final,
+        example_input=example,
+        metric_name=metric_name(recipe.loss),
+        metric_before=metric_before["val"],
+        metric_after=metric_after["val"],
+        onnx_bytes_before=original_onnx.num_bytes,
+        onnx_bytes_after=exported.num_bytes,
+        parity_max_abs_diff=parity,
+        extra={
+            "method": recipe.method,
+            "threshold": recipe.threshold,
+            "test_metric": {"before": metric_before.get("test"), "after": metric_after.get("test")},
+            "onnx_dense_bytes_after": exported.dense_bytes,
+            "sparse_initializers": exported.sparse_initializers,
+            "conversion": {"converted": summary.converted, "excluded": summary.excluded,
+                           "left_alone": summary.left_alone},
+            "kept_fraction_converted": pruned.kept_fraction,
+            "recipe": recipe.to_dict(),
+            "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},
+            "source": source or {},
+            "history": history,
+            "timings": timings,
+            "device": str(device),
+            "torch_version": torch.__version__,
+            "total_params_after": total_after,
+            "total_params_before": total_before,
+        },
+    )
+    write_report(report, out_dir)
+    files = {"model.onnx": exported.path, "model.pt": model_pt, "architecture.json": architecture,
+             "original.onnx": original_onnx.path, "report.json": out_dir / "report.json",
+             "report.md": out_dir / "report.md"}
+    return CompressResult(model=final, report=report, out_dir=out_dir, files=files)
+
+
+RUN_INFO = "run.json"
+
+
+def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse to mix a new run into a folder that holds something else, unless asked to.
+
+    Creates nothing: the folder is made when the first file is written, after every input has been
+    loaded and checked, so that a mistake in the inputs leaves no trace.
+    """
+    from .errors import PrunedropError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrunedropError(f"output path {out_dir} exists and is not a folder; choose another -o")
+    if resume:
+        if not (out_dir / VARIATIONAL_CHECKPOINT).exists():
+            raise PrunedropError(f"--resume: {out_dir} holds no checkpoint ({VARIATIONAL_CHECKPOINT}); run without --resume")
+        return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "
+                             "--resume to continue an interrupted run, or choose another -o")
+    if overwrite:
+        for name in (VARIATIONAL_CHECKPOINT, MASKED_CHECKPOINT):
+            (out_dir / name).unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
+    return out_dir
+
+
+def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
+    """Record how the run was started (model file, --arch, data spec, recipe) for resume and re-export."""
+    import json
+
+    from .atomic import atomic_write_text
+
+    atomic_write_text(Path(out_dir) / RUN_INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    from .errors import PrunedropError
+
+    path = Path(run_dir) / RUN_INFO
+    if not path.is_file():
+        raise PrunedropError(f"{run_dir} is not a prunedrop run folder (no {RUN_INFO}); give the -o folder of "
+                             "`prunedrop compress`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PrunedropError(f"{path} is corrupt; it is not valid JSON") from None
+
+
+@dataclass
+class ReexportResult:
+    path: Path
+    threshold: float
+    kept_fraction: float
+    params_before: int
+    params_after: int
+    onnx_bytes: int
+    parity_max_abs_diff: float
+    metric_name: str
+    metric: float
+
+
+def reexport(
+    model: nn.Module,
+    data: DataBundle,
+    recipe: Recipe,
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    threshold: float | None = None,
+) -> ReexportResult:
+    """Re-threshold a run's trained variational checkpoint and export again, without retraining.
+
+    ``model`` is the original plain model (loaded the way the run loaded it). The checkpoint may come from
+    a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed.
+    """
+    from .errors import PrunedropError
+    from .io import load_checkpoint
+
+    run_dir = Path(run_dir)
+    path = run_dir / VARIATIONAL_CHECKPOINT
+    if not path.is_file():
+        raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")
+    state = load_checkpoint(path)
+    threshold = recipe.threshold if threshold is None else threshold
+    variational = to_variational(model.cpu(), recipe)
+    try:
+        variational.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
+    pruned = prune(variational, threshold)
+    final = pruned.model.cpu().eval()
+    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
+    _, params_after = count_parameters(final)
+    exported = export_onnx(final, example[:2], output, opset=recipe.onnx_opset,
+                           sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
+                           metadata={"prunedrop.version": __version__, "prunedrop.method": recipe.method,
+                                     "prunedrop.threshold": f"{threshold:g}",
+                                     "prunedrop.params_after": str(params_after)},
+                           exporter=recipe.onnx_exporter)
+    parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
+    total_plain = sum(p.numel() for p in final.parameters())
+    return ReexportResult(path=exported.path, threshold=threshold, kept_fraction=pruned.kept_fraction,
+                          params_before=total_plain, params_after=params_after, onnx_bytes=exported.num_bytes,
+                          parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric)

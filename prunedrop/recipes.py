@@ -1,0 +1,273 @@
+"""The recipe: every setting of a compression run, typed and validated; YAML is only its file form.
+
+YAML keys are the field names of :class:`Recipe`. Unknown keys, wrong types and out-of-range values are
+errors that name the key (and suggest the closest valid key for a typo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import PrunedropError
+
+Method = Literal["sparse_vd"]
+Schedule = Literal["cosine", "linear", "constant"]
+Loss = Literal["cross_entropy", "mse"]
+Exporter = Literal["torchscript", "dynamo"]
+SparseStorage = Literal["auto", "always", "never"]
+
+
+@dataclass
+class Recipe:
+    """A compression recipe. Each field is one YAML key."""
+
+    method: Method = "sparse_vd"
+    """Noise family: ``sparse_vd`` = per-weight sparse variational dropout (Molchanov et al. 2017)."""
+
+    include: list[str] = field(default_factory=lambda: ["*"])
+    """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""
+
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of layers to leave dense even when ``include`` matches them (e.g. the output layer)."""
+
+    threshold: float = 3.0
+    """Prune a weight where its log α exceeds this (3 ⇔ α ≈ 20: the noise is 4.5× the weight)."""
+
+    init_log_sigma2: float = -10.0
+    """Initial log σ² of every weight; very low, so fine-tuning starts from the trained network."""
+
+    log_alpha_clip: float = 10.0
+    """log α is clipped to [−clip, clip] (8 or 10 in the paper) for stable training."""
+
+    epochs: int = 10
+    """Variational fine-tuning epochs."""
+
+    batch_size: int = 100
+    """Training batch size."""
+
+    eval_batch_size: int = 1000
+    """Batch size for evaluation, export checks and reports."""
+
+    lr: float = 1e-3
+    """Adam learning rate of the weights and biases."""
+
+    noise_lr: float | None = None
+    """Adam learning rate of the noise parameters (log σ²); null means the same as ``lr``."""
+
+    weight_decay: float = 0.0
+    """Adam weight decay of the weights (never of the noise parameters)."""
+
+    lr_schedule: Schedule = "cosine"
+    """Learning-rate schedule over the fine-tuning steps: cosine to zero, linear to zero, or constant."""
+
+    kl_weight: float = 1.0
+    """β at the end of the warm-up. 1 is the true ELBO; larger values prune more at some accuracy cost."""
+
+    kl_warmup_epochs: float = 2.0
+    """β rises linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up)."""
+
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value; null disables clipping."""
+
+    finetune_epochs: int = 0
+    """After thresholding, fine-tune the surviving weights without noise for this many epochs (pruned stay 0)."""
+
+    finetune_lr: float = 1e-4
+    """Adam learning rate of that noise-free fine-tuning (cosine to zero)."""
+
+    loss: Loss = "cross_entropy"
+    """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy) or ``mse`` (regression)."""
+
+    val_fraction: float = 0.1
+    """Share of the training data held out for validation when the data spec has no validation split."""
+
+    train_limit: int | None = None
+    """Use only the first n training samples (quick trials); null uses all."""
+
+    seed: int = 0
+    """Seed of every random number (data order, noise, splits); a fixed seed makes CPU runs repeatable."""
+
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    onnx_opset: int = 18
+    """ONNX opset of the exported model."""
+
+    onnx_exporter: Exporter = "torchscript"
+    """``torchscript`` (fast, torch.onnx's classic exporter) or ``dynamo`` (torch.export based)."""
+
+    sparse_storage: SparseStorage = "auto"
+    """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
+
+    parity_atol: float = 1e-4
+    """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check types and ranges; raise PrunedropError naming the key."""
+        hints = typing.get_type_hints(Recipe)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(f.name, value, hints[f.name])
+            object.__setattr__(self, f.name, coerced)
+        _positive(self, "epochs", allow_zero=True)
+        _positive(self, "batch_size")
+        _positive(self, "eval_batch_size")
+        _positive(self, "lr")
+        if self.noise_lr is not None:
+            _positive(self, "noise_lr")
+        _positive(self, "finetune_lr")
+        _positive(self, "finetune_epochs", allow_zero=True)
+        _positive(self, "kl_weight", allow_zero=True)
+        _positive(self, "kl_warmup_epochs", allow_zero=True)
+        _positive(self, "weight_decay", allow_zero=True)
+        _positive(self, "log_alpha_clip")
+        _positive(self, "parity_atol")
+        if self.grad_clip is not None:
+            _positive(self, "grad_clip")
+        if self.train_limit is not None:
+            _positive(self, "train_limit")
+        if not -self.log_alpha_clip < self.threshold < self.log_alpha_clip:
+            raise PrunedropError(
+                f"recipe key 'threshold' = {self.threshold} must lie inside (−log_alpha_clip, log_alpha_clip) = "
+                f"(−{self.log_alpha_clip}, {self.log_alpha_clip}), else nothing or everything is pruned"
+            )
+        if not -30.0 <= self.init_log_sigma2 <= 0.0:
+            raise PrunedropError(f"recipe key 'init_log_sigma2' = {self.init_log_sigma2} must be in [−30, 0]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PrunedropError(f"recipe key 'val_fraction' = {self.val_fraction} must be in [0, 1)")
+        if not 7 <= self.onnx_opset <= 23:
+            raise PrunedropError(f"recipe key 'onnx_opset' = {self.onnx_opset} must be between 7 and 23")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise PrunedropError(f"recipe key 'device' = {self.device!r} must be auto, cpu, cuda or cuda:N")
+        if self.kl_warmup_epochs > self.epochs > 0:
+            raise PrunedropError(
+                f"recipe key 'kl_warmup_epochs' = {self.kl_warmup_epochs} is longer than 'epochs' = {self.epochs}: "
+                "the KL term would never reach its full weight; shorten the warm-up or train longer"
+            )
+        if not self.include:
+            raise PrunedropError("recipe key 'include' is empty: no layer would be converted; use ['*'] for all")
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed (validated); ``None`` values are ignored (CLI overrides)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> Recipe:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise PrunedropError(f"{source} must be a mapping of recipe keys to values, not a {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        for key in data:
+            if not isinstance(key, str) or key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+                raise PrunedropError(f"{source}: unknown key '{key}'{hint}")
+        return cls(**data)
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()
+
+
+def _positive(recipe: Recipe, name: str, *, allow_zero: bool = False) -> None:
+    value = getattr(recipe, name)
+    if value < 0 or (value == 0 and not allow_zero) or (isinstance(value, float) and not math.isfinite(value)):
+        need = "≥ 0" if allow_zero else "> 0"
+        raise PrunedropError(f"recipe key '{name}' = {value} must be {need}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's annotation; ints are accepted for floats."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise PrunedropError(f"recipe key '{name}' = {value!r} must be one of {allowed}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise PrunedropError(f"recipe key '{name}' must be a list of strings, not {value!r}")
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise PrunedropError(f"recipe key '{name}' must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PrunedropError(f"recipe key '{name}' must be a whole number, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PrunedropError(f"recipe key '{name}' must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise PrunedropError(f"recipe key '{name}' must be a finite number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise PrunedropError(f"recipe key '{name}' must be a string, not {value!r}")
+        return value
+    raise TypeError(f"unhandled recipe annotation {hint!r} for {name}")  # a bug in Recipe, not a user error
+
+
+def load_recipe(path: str | os.PathLike[str] | None) -> Recipe:
+    """Load a YAML recipe with the safe loader; ``None`` gives the defaults."""
+    if path is None:
+        return Recipe()
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunedropError(f"recipe file {path} does not exist; see `prunedrop recipes` for the shipped ones")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunedropError(f"recipe {path.name} is not valid YAML: {first}") from None
+    return Recipe.from_dict(data, source=f"recipe {path.name}")
+
+
+def shipped_recipes_dir() -> Path | None:
+    """The ``recipes/`` folder of a source checkout, where the shipped YAML files live."""
+    here = Path(__file__).resolve().parent.parent / "recipes"
+    return here if here.is_dir() else None
+
+
+def recipe_keys() -> list[tuple[str, str, str]]:
+    """(key, default, documentation) for every recipe key, from the field docstrings in this file."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Recipe))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
+    defaults = Recipe()
+    return [(f.name, repr(getattr(defaults, f.name)), docs.get(f.name, "")) for f in fields(Recipe)]

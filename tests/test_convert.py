@@ -1,0 +1,80 @@
+"""The swapping walk: nested models, root swaps, include/exclude, and the way back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunedrop.convert import ConversionSummary, to_deterministic, to_variational, variational_layers
+from prunedrop.errors import PrunedropError
+from prunedrop.layers import Conv2dSVD, LinearSVD
+from prunedrop.recipes import Recipe
+from prunedrop.testing import TINY_MODELS, tiny_model
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_every_tiny_model_converts_and_comes_back_unchanged(name: str) -> None:
+    model, x = tiny_model(name)
+    expected = model(x)
+    summary = ConversionSummary()
+    model = to_variational(model, Recipe(init_log_sigma2=-30.0), summary=summary).eval()
+    assert summary.converted and set(summary.converted) == set(variational_layers(model))
+    assert torch.equal(model(x), expected)
+    plain = to_deterministic(model)
+    assert not variational_layers(plain)
+    assert torch.equal(plain(x), expected)
+
+
+def test_nested_names_and_left_alone_layers_are_listed() -> None:
+    model, _ = tiny_model("residual")
+    summary = ConversionSummary()
+    to_variational(model, Recipe(), summary=summary)
+    assert summary.converted == ["stem", "conv1", "conv2", "head"]
+    assert summary.left_alone == {"bn1": "BatchNorm2d", "bn2": "BatchNorm2d"}
+    assert isinstance(model.conv1, Conv2dSVD)
+
+    nested = nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.ReLU()), nn.Linear(3, 1))
+    summary = ConversionSummary()
+    to_variational(nested, Recipe(), summary=summary)
+    assert summary.converted == ["0.0", "1"]
+
+
+def test_root_level_swap_returns_the_new_module() -> None:
+    layer = nn.Linear(4, 2)
+    converted = to_variational(layer, Recipe())
+    assert isinstance(converted, LinearSVD)
+    assert isinstance(to_deterministic(converted), nn.Linear)
+
+
+def test_include_and_exclude_globs() -> None:
+    model, _ = tiny_model("lenet5")
+    summary = ConversionSummary()
+    to_variational(model, Recipe(include=["conv*", "fc1"], exclude=["conv2"]), summary=summary)
+    assert summary.converted == ["conv1", "fc1"]
+    assert summary.excluded == ["conv2", "fc2"]
+    assert type(model.conv2) is nn.Conv2d and type(model.fc2) is nn.Linear
+
+
+def test_nothing_to_convert_is_a_clear_error() -> None:
+    with pytest.raises(PrunedropError, match="no layer of the model can be converted.*supported types"):
+        to_variational(nn.Sequential(nn.LayerNorm(3), nn.ReLU()), Recipe())
+    with pytest.raises(PrunedropError, match="excluded all of: 0"):
+        to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe(exclude=["*"]))
+
+
+def test_converting_twice_is_refused() -> None:
+    model = to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe())
+    with pytest.raises(PrunedropError, match="already variational"):
+        to_variational(model, Recipe())
+
+
+def test_subclasses_of_registered_types_are_left_alone() -> None:
+    class ScaledLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    summary = ConversionSummary()
+    model = nn.Sequential(ScaledLinear(2, 2), nn.Linear(2, 2))
+    to_variational(model, Recipe(), summary=summary)
+    assert summary.converted == ["1"] and summary.left_alone == {"0": "ScaledLinear"}

@@ -1,0 +1,300 @@
+"""Tests for prunedrop.export: ONNX export, sparse storage, onnxruntime verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import numpy_helper
+from torch import nn
+
+import prunedrop
+from prunedrop.errors import ParityError, PrunedropError
+from prunedrop.export import (
+    ExportResult,
+    _sparse_constant,
+    export_onnx,
+    run_onnx,
+    verify_onnx,
+)
+from prunedrop.testing import TINY_MODELS, TinyMLP, tiny_model
+
+REPO = Path(prunedrop.__file__).resolve().parents[1]
+PATH_MARKERS = (str(REPO).encode(), b"site-packages", b"/home", b"/root", b"/tmp")
+
+
+def _pruned(model: nn.Module, fraction: float, seed: int = 0) -> nn.Module:
+    """Zero ``fraction`` of every weight matrix / kernel, the way unstructured pruning leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.dim() > 1:
+                param.mul_((torch.rand(param.shape, generator=g) >= fraction).to(param.dtype))
+    return model
+
+
+def _sparse_constants(proto: onnx.ModelProto) -> dict[str, onnx.SparseTensorProto]:
+    return {
+        node.output[0]: attr.sparse_tensor
+        for node in proto.graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "sparse_value"
+    }
+
+
+def _debug_fields(proto: onnx.ModelProto) -> list[str]:
+    """Every non-empty doc_string / metadata_props below the model level."""
+    found = []
+    graph = proto.graph
+    for message in (graph, *graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if message.doc_string:
+            found.append(f"doc_string of {type(message).__name__}")
+        if "metadata_props" in message.DESCRIPTOR.fields_by_name and len(message.metadata_props):
+            found.append(f"metadata_props of {type(message).__name__}: {message.metadata_props[0].key}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_every_tiny_model_exports_with_parity(name: str, tmp_path: Path) -> None:
+    model, x = tiny_model(name)
+    result = export_onnx(model, x, tmp_path / "model.onnx")
+    assert isinstance(result, ExportResult)
+    assert result.path.is_file() and result.num_bytes == result.path.stat().st_size
+    assert result.max_abs_diff is None
+    # No temporary file left behind by the atomic write.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    onnx.checker.check_model(onnx.load(result.path), full_check=True)
+    real_inputs = torch.randn(5, *x.shape[1:])
+    assert verify_onnx(result.path, model, real_inputs) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+def test_dynamic_batch(name: str, tmp_path: Path) -> None:
+    model, x = tiny_model(name)
+    assert x.shape[0] == 4
+    path = export_onnx(model, x, tmp_path / "model.onnx").path
+    assert onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for batch in (1, 7):
+        inputs = torch.randn(batch, *x.shape[1:])
+        out = run_onnx(path, inputs)
+        assert out.shape[0] == batch
+        with torch.no_grad():
+            np.testing.assert_allclose(out, model(inputs).numpy(), atol=1e-5)
+
+
+def test_static_batch(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    path = export_onnx(model, x, tmp_path / "model.onnx", dynamic_batch=False).path
+    assert onnx.load(path).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    with pytest.raises(PrunedropError, match="onnxruntime failed to run"):
+        run_onnx(path, torch.randn(7, *x.shape[1:]))
+
+
+def test_dynamo_exporter(tmp_path: Path) -> None:
+    """The torch.export-based exporter (slow: one tiny model only), exported with a batch of 1."""
+    model = _pruned(tiny_model("lenet5")[0], 0.9)
+    x = torch.randn(1, *TINY_MODELS["lenet5"][1])
+    result = export_onnx(
+        model, x, tmp_path / "model.onnx", exporter="dynamo", metadata={"exporter": "dynamo"}
+    )
+    data = result.path.read_bytes()
+    assert not [marker for marker in PATH_MARKERS if marker in data]
+    proto = onnx.load(result.path)
+    assert not _debug_fields(proto)
+    assert {p.key: p.value for p in proto.metadata_props} == {"exporter": "dynamo"}
+    assert result.sparse_initializers and result.num_bytes < result.dense_bytes
+    onnx.checker.check_model(proto, full_check=True)
+    for batch in (1, 7):
+        assert verify_onnx(result.path, model, torch.randn(batch, *x.shape[1:])) <= 1e-4
+
+
+def test_sparse_storage_is_smaller_identical_and_valid(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _pruned(TinyMLP(64, (48, 32), 10).eval(), 0.9)
+    x = torch.randn(4, 64)
+    dense = export_onnx(model, x, tmp_path / "dense.onnx", sparse=False)
+    sparse = export_onnx(model, x, tmp_path / "sparse.onnx", sparse="auto")
+
+    assert sparse.num_bytes < dense.num_bytes / 3
+    assert sparse.dense_bytes == dense.num_bytes == dense.dense_bytes
+    weights = [f"net.{i}.weight" for i in (1, 3, 5)]
+    assert sparse.sparse_initializers == weights  # the biases have no zeros
+
+    proto = onnx.load(sparse.path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert sorted(_sparse_constants(proto)) == sorted(weights)
+    assert not set(weights) & {init.name for init in proto.graph.initializer}
+
+    inputs = torch.randn(9, 64)
+    np.testing.assert_array_equal(run_onnx(sparse.path, inputs), run_onnx(dense.path, inputs))
+    assert verify_onnx(sparse.path, model, inputs) <= 1e-5
+
+
+def test_sparse_indices_are_linearized_int64_varints(tmp_path: Path) -> None:
+    """The smallest layout the onnx checker accepts: [NNZ] INT64 indices, packed varints, ascending."""
+    model = _pruned(TinyMLP(64, (48, 32), 10).eval(), 0.9)
+    path = export_onnx(model, torch.randn(4, 64), tmp_path / "m.onnx").path
+    proto = onnx.load(path)
+    dense_names = {init.name for init in proto.graph.initializer}
+    for name, sparse in _sparse_constants(proto).items():
+        indices = sparse.indices
+        assert indices.data_type == onnx.TensorProto.INT64 and not indices.raw_data
+        assert list(indices.dims) == [len(indices.int64_data)] == list(sparse.values.dims)
+        assert np.all(np.diff(np.asarray(indices.int64_data)) > 0)
+        assert name not in dense_names
+
+
+def test_sparse_false_leaves_everything_dense(tmp_path: Path) -> None:
+    model, x = tiny_model("lenet5")
+    _pruned(model, 0.95)
+    result = export_onnx(model, x, tmp_path / "m.onnx", sparse=False)
+    proto = onnx.load(result.path)
+    assert result.sparse_initializers == []
+    assert result.num_bytes == result.dense_bytes
+    assert not _sparse_constants(proto)
+    names = {name for name, _ in model.named_parameters()}
+    assert names <= {init.name for init in proto.graph.initializer}
+
+
+def test_sparse_auto_keeps_dense_tensors_and_true_forces(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = 0.0  # one zero: sparse is far bigger
+        model.net[3].weight.zero_()  # no non-zero at all: NNZ = 0
+    auto = export_onnx(model, x, tmp_path / "auto.onnx", sparse="auto")
+    assert auto.sparse_initializers == ["net.3.weight"]
+    forced = export_onnx(model, x, tmp_path / "forced.onnx", sparse=True)
+    assert forced.sparse_initializers == ["net.1.weight", "net.3.weight"]
+    assert forced.num_bytes > auto.num_bytes
+    onnx.checker.check_model(onnx.load(forced.path), full_check=True)
+    inputs = torch.randn(3, *x.shape[1:])
+    np.testing.assert_array_equal(run_onnx(auto.path, inputs), run_onnx(forced.path, inputs))
+
+
+def test_sparse_needs_opset_11(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    _pruned(model, 0.95)
+    assert export_onnx(model, x, tmp_path / "a.onnx", opset=9).sparse_initializers == []
+    with pytest.raises(PrunedropError, match="opset 11"):
+        export_onnx(model, x, tmp_path / "b.onnx", opset=9, sparse=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
+        elements=st.sampled_from([0.0, 0.0, 0.0, 1.5, -2.0, 3e-8]),
+    )
+)
+def test_sparse_constant_round_trip(array: np.ndarray) -> None:
+    node = _sparse_constant(numpy_helper.from_array(array, name="w"))
+    if np.all(array != 0):
+        assert node is None
+        return
+    assert node is not None
+    sparse = node.attribute[0].sparse_tensor
+    dense = np.zeros(array.size, np.float32)
+    dense[np.asarray(sparse.indices.int64_data, dtype=np.int64)] = numpy_helper.to_array(sparse.values)
+    np.testing.assert_array_equal(dense.reshape(tuple(sparse.dims)), array)
+
+
+def test_metadata_props(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    metadata = {"prunedrop.version": prunedrop.__version__, "params.kept": "123/456"}
+    path = export_onnx(model, x, tmp_path / "m.onnx", metadata=metadata).path
+    assert {p.key: p.value for p in onnx.load(path).metadata_props} == metadata
+    with pytest.raises(TypeError, match="metadata"):
+        export_onnx(model, x, tmp_path / "m.onnx", metadata={"params": 3})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "residual"])
+def test_file_holds_no_local_paths(name: str, tmp_path: Path) -> None:
+    model, x = tiny_model(name)
+    path = export_onnx(model, x, tmp_path / "m.onnx").path
+    data = path.read_bytes()
+    assert not [marker for marker in PATH_MARKERS if marker in data]
+    assert not _debug_fields(onnx.load(path))
+
+
+class _Eig(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.eig(self.fc(x).reshape(-1, 2, 2)).eigenvalues.real
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_unsupported_operator_is_a_one_line_error(
+    exporter: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(PrunedropError, match="linalg_eig") as info:
+        export_onnx(_Eig().eval(), torch.randn(4, 4), tmp_path / "m.onnx", exporter=exporter)
+    assert "\n" not in info.value.message
+    assert not (tmp_path / "m.onnx").exists()
+    # The exporters' own dumps (the TorchScript one prints the whole graph from C++) stay hidden.
+    out, err = capfd.readouterr()
+    assert "graph" not in out and "graph" not in err
+
+
+def test_unwritable_folder_is_an_error(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    with pytest.raises(PrunedropError, match="cannot write ONNX file"):
+        export_onnx(model, x, blocker / "m.onnx")
+    with pytest.raises(PrunedropError, match="cannot write ONNX file"):
+        export_onnx(model, x, tmp_path)  # an existing folder, not a file
+
+
+def test_parity_error_for_the_wrong_model(tmp_path: Path) -> None:
+    model, x = tiny_model("lenet5", seed=0)
+    other, _ = tiny_model("lenet5", seed=1)
+    path = export_onnx(model, x, tmp_path / "m.onnx").path
+    with pytest.raises(
+        ParityError, match=r"ONNX output differs from PyTorch by .* \(> atol 0.0001\)"
+    ) as info:
+        verify_onnx(path, other, x)
+    assert "\n" not in info.value.message
+
+
+def test_parity_error_for_a_shape_mismatch(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    path = export_onnx(model, x, tmp_path / "m.onnx").path
+    with pytest.raises(ParityError, match="shape"):
+        verify_onnx(path, TinyMLP(num_classes=5).eval(), x)
+
+
+def test_export_restores_training_modes(tmp_path: Path) -> None:
+    model, x = tiny_model("residual")
+    model.train()
+    model.bn1.eval()  # a caller's frozen BatchNorm must stay frozen
+    export_onnx(model, x, tmp_path / "m.onnx")
+    verify_onnx(tmp_path / "m.onnx", model, x)
+    assert model.training and model.stem.training and not model.bn1.training
+
+
+def test_run_onnx_numpy_input_and_threads(tmp_path: Path) -> None:
+    model, x = tiny_model("conv1d")
+    path = export_onnx(model, x, tmp_path / "m.onnx").path
+    from_numpy = run_onnx(path, x.numpy().astype(np.float64), threads=1)
+    np.testing.assert_array_equal(from_numpy, run_onnx(path, x))
+    with pytest.raises(PrunedropError, match="not found"):
+        run_onnx(tmp_path / "missing.onnx", x)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    model, x = tiny_model("mlp")
+    with pytest.raises(ValueError, match="exporter"):
+        export_onnx(model, x, tmp_path / "m.onnx", exporter="tflite")
+    with pytest.raises(ValueError, match="sparse"):
+        export_onnx(model, x, tmp_path / "m.onnx", sparse="yes")

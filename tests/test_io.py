@@ -1,0 +1,477 @@
+"""Tests for prunedrop.io: safe model loading, the JSON architecture manifest, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from prunedrop.errors import PrunedropError
+from prunedrop.io import (
+    ARCHITECTURE_FILE,
+    WEIGHTS_FILE,
+    capture_rng_state,
+    load_checkpoint,
+    load_model,
+    load_saved_model,
+    restore_rng_state,
+    save_checkpoint,
+    save_model,
+)
+from prunedrop.testing import TINY_MODELS, TinyLeNet5, TinyMLP, tiny_model
+
+MLP_ARCH = "prunedrop.testing:TinyMLP"
+
+
+def raises_one_line(fn: Callable[[], object], *fragments: str) -> str:
+    """Call ``fn``, expect a PrunedropError whose single-line message contains every fragment."""
+    with pytest.raises(PrunedropError) as info:
+        fn()
+    message = info.value.format_message()
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+@pytest.fixture
+def mlp() -> tuple[nn.Module, torch.Tensor]:
+    return tiny_model("mlp")
+
+
+def assert_same_output(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        assert (a(x) - b(x)).abs().max().item() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# load_model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nesting", [None, "state_dict", "model", "model_state_dict"])
+def test_load_state_dict_with_arch(tmp_path, mlp, nesting):
+    model, x = mlp
+    state = model.state_dict()
+    torch.save(state if nesting is None else {nesting: state, "epoch": 3}, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", arch=MLP_ARCH)
+    assert isinstance(loaded, TinyMLP) and not loaded.training
+    assert_same_output(model, loaded, x)
+
+
+def test_load_strips_data_parallel_prefix(tmp_path, mlp):
+    model, x = mlp
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "m.pt")
+    assert_same_output(model, load_model(tmp_path / "m.pt", arch=MLP_ARCH), x)
+
+
+def test_arch_mismatch_is_one_line_listing_keys_and_shapes(tmp_path):
+    torch.save(TinyLeNet5().state_dict(), tmp_path / "lenet.pt")
+    raises_one_line(
+        lambda: load_model(tmp_path / "lenet.pt", arch=MLP_ARCH), "missing keys net.1.weight", "unexpected keys conv1"
+    )
+    torch.save(TinyMLP(in_features=32).state_dict(), tmp_path / "wide.pt")
+    raises_one_line(
+        lambda: load_model(tmp_path / "wide.pt", arch=MLP_ARCH),
+        "shape mismatches net.1.weight: file has (12, 32), model has (12, 16)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "fragment"),
+    [
+        ("no_such_module_xyz:build", "cannot import module"),
+        ("prunedrop.testing:NoSuchFactory", "has no attribute"),
+        ("math:pi", "not callable"),
+        ("builtins:dict", "returned an empty dict, not an nn.Module"),
+        ("torch.nn:Linear", "failed when called with no arguments"),
+        ("no-colon", "module:name"),
+    ],
+)
+def test_bad_arch(tmp_path, mlp, arch, fragment):
+    torch.save(mlp[0].state_dict(), tmp_path / "m.pt")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=arch), fragment)
+
+
+def test_pickled_module_needs_trust(tmp_path, mlp):
+    model, x = mlp
+    torch.save(model, tmp_path / "whole.pt")
+    raises_one_line(
+        lambda: load_model(tmp_path / "whole.pt"),
+        "pickled module",
+        "TinyMLP",
+        "arbitrary code",
+        "--arch module:factory",
+        "--trust-pickle",
+    )
+    loaded = load_model(tmp_path / "whole.pt", trust_pickle=True)
+    assert not loaded.training
+    assert_same_output(model, loaded, x)
+    # With --arch too, the weights of the trusted pickle go into the user's architecture.
+    assert_same_output(model, load_model(tmp_path / "whole.pt", arch=MLP_ARCH, trust_pickle=True), x)
+    raises_one_line(lambda: load_model(tmp_path / "whole.pt", arch=MLP_ARCH), "pickled module", "state_dict()")
+
+
+def test_pickled_module_whose_class_is_gone(tmp_path):
+    # A pickle naming a class this process cannot import: the typical "saved from a notebook" file.
+    notebook = types.ModuleType("prunedrop_test_notebook")
+    gone = type("Gone", (nn.Linear,), {"__module__": notebook.__name__})
+    notebook.Gone = gone
+    sys.modules[notebook.__name__] = notebook
+    try:
+        torch.save(gone(2, 2), tmp_path / "gone.pt")
+    finally:
+        del sys.modules[notebook.__name__]
+    raises_one_line(lambda: load_model(tmp_path / "gone.pt"), "prunedrop_test_notebook.Gone", "--trust-pickle")
+    raises_one_line(lambda: load_model(tmp_path / "gone.pt", trust_pickle=True), "cannot unpickle", "--arch")
+
+
+def test_state_dict_without_arch(tmp_path, mlp):
+    torch.save(mlp[0].state_dict(), tmp_path / "m.pt")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt"), "state dict", "--arch module:factory")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", trust_pickle=True), "--arch")
+
+
+def _torchscript(path: Path) -> None:
+    torch.jit.save(torch.jit.script(nn.Linear(3, 2)), path)
+
+
+def _exported(path: Path) -> None:
+    torch.export.save(torch.export.export(nn.Linear(3, 2), (torch.randn(1, 3),)), path)
+
+
+def _truncated(path: Path) -> None:
+    torch.save(nn.Linear(30, 20).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fragments"),
+    [
+        ("missing.pt", lambda p: None, ["does not exist"]),
+        ("folder", lambda p: p.mkdir(), ["is a folder"]),
+        ("empty.pt", lambda p: p.write_bytes(b""), ["is empty"]),
+        ("truncated.pt", _truncated, ["truncated or corrupt"]),
+        ("random.pt", lambda p: p.write_bytes(os.urandom(256)), ["not a file written by torch.save"]),
+        ("text.pt", lambda p: p.write_text("hello"), ["not a file written by torch.save"]),
+        ("model.onnx", lambda p: p.write_bytes(b"\x08\x07\x12\x07pytorch"), ["ONNX file"]),
+        ("script.pt", _torchscript, ["TorchScript", "cannot be converted", "state_dict()"]),
+        ("program.pt2", _exported, ["torch.export", "cannot be converted", "state_dict()"]),
+        ("list.pt", lambda p: torch.save([1, 2, 3], p), ["holds a builtins.list, not a model or a state dict"]),
+        ("config.pt", lambda p: torch.save({"lr": 0.1}, p), ["holds a dict with keys 'lr'"]),
+    ],
+)
+@pytest.mark.parametrize("arch", [None, MLP_ARCH])
+def test_unusable_model_files(tmp_path, name, make, fragments, arch):
+    path = tmp_path / name
+    make(path)
+    if arch is not None and name in ("list.pt", "config.pt"):
+        fragments = ["not a state dict"]
+    raises_one_line(lambda: load_model(path, arch=arch), *fragments)
+
+
+_VALID_BLOBS: dict[str, bytes] = {}
+
+
+def _valid_blob(kind: str) -> bytes:
+    """Bytes of real files, made once: fuzzing their truncations reaches deeper into torch's readers."""
+    if kind not in _VALID_BLOBS:
+        import io as _io
+
+        buffer = _io.BytesIO()
+        model = TinyMLP()
+        if kind == "state_dict":
+            torch.save(model.state_dict(), buffer)
+        elif kind == "module":
+            torch.save(model, buffer)
+        elif kind == "legacy":
+            torch.save(model, buffer, _use_new_zipfile_serialization=False)
+        else:
+            torch.jit.save(torch.jit.script(model), buffer)
+        _VALID_BLOBS[kind] = buffer.getvalue()
+    return _VALID_BLOBS[kind]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.one_of(
+        st.binary(min_size=1, max_size=2048),
+        st.tuples(
+            st.sampled_from(["state_dict", "module", "legacy", "torchscript"]), st.floats(0.0, 0.999)
+        ).map(lambda t: _valid_blob(t[0])[: max(1, int(len(_valid_blob(t[0])) * t[1]))]),
+    ),
+    trust_pickle=st.booleans(),
+)
+def test_fuzzed_bytes_only_raise_prunedrop_error(tmp_path, data, trust_pickle):
+    path = tmp_path / "fuzz.pt"
+    path.write_bytes(data)
+    with pytest.raises(PrunedropError) as info:
+        load_model(path, trust_pickle=trust_pickle)
+    assert "\n" not in info.value.format_message()
+
+
+# --------------------------------------------------------------------------------------------------
+# save_model / load_saved_model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_every_tiny_model_round_trips_exactly(tmp_path, monkeypatch, name):
+    model, x = tiny_model(name)
+    weights, manifest_path = save_model(model, tmp_path, x)
+    assert sorted(os.listdir(tmp_path)) == [ARCHITECTURE_FILE, WEIGHTS_FILE]  # no temporary files left
+
+    text = manifest_path.read_text()
+    for leak in ("prunedrop.testing", "__main__", "pickle", "<class"):
+        assert leak not in text
+    manifest = json.loads(text)
+    assert (manifest["format"], manifest["version"]) == ("prunedrop-architecture", 1)
+    assert manifest["input_shape"] == list(x.shape)
+    assert manifest["torch_version"] == torch.__version__
+
+    state = torch.load(weights, weights_only=True)
+    assert state.keys() == model.state_dict().keys()
+
+    # A None entry makes `import prunedrop.testing` fail: rebuilding must not need the model's code.
+    monkeypatch.setitem(sys.modules, "prunedrop.testing", None)
+    rebuilt = load_saved_model(tmp_path)
+    assert isinstance(rebuilt, torch.fx.GraphModule) and not rebuilt.training
+    assert type(rebuilt).__module__.startswith("torch.fx")
+    assert_same_output(model, rebuilt, x)
+    assert_same_output(model, load_model(tmp_path), x)  # load_model accepts the folder too
+
+
+class ScaledLinear(nn.Linear):
+    """A user subclass with its own forward: fx traces through it instead of treating it as a Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * 0.5, self.bias)
+
+
+class Everything(nn.Module):
+    """Exercises every kind of manifest value: get_attr, tensor constants, slices, lists, kwargs, -inf, dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding="same", padding_mode="reflect", bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.AdaptiveAvgPool2d((2, 2))
+        self.ln = nn.LayerNorm(16, elementwise_affine=True, bias=False)
+        self.scaled = ScaledLinear(16, 6)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 6))
+        self.register_buffer("offset", torch.arange(6.0))
+        self.head = nn.Sequential(nn.GELU(approximate="tanh"), nn.Dropout(0.3), nn.Linear(12, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        h = self.pool(torch.relu(self.bn(self.conv(x))))
+        h = self.ln(h.view(x.size(0), -1))
+        a = self.scaled(h) * self.scale + self.offset
+        a = a.masked_fill(a > 3.0, float("-inf")).softmax(dim=-1)
+        b = torch.cat([a[:, :3], a[..., 3:]], dim=1).to(torch.float32).to(device=torch.device("cpu"))
+        # head.2 is called as a layer and its bias is also read directly
+        out = self.head(torch.cat((b, y[:, 0, :]), 1)) + torch.tensor([1.0, 2.0, 3.0]) * self.head[2].bias
+        return out, {"probs": b, "n": x.shape[0] * torch.ones(1, device=x.device, dtype=x.dtype)}
+
+
+def test_round_trip_of_every_argument_kind(tmp_path):
+    torch.manual_seed(0)
+    model = Everything().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    x, y = torch.randn(3, 2, 5, 5), torch.randn(3, 2, 6)
+    model.train()  # save_model traces in eval mode and gives the model its modes back
+    save_model(model, tmp_path, (x, y))
+    assert model.training and model.head[1].training
+    text = (tmp_path / ARCHITECTURE_FILE).read_text()
+    assert "ScaledLinear" not in text and '"-inf"' in text
+    rebuilt = load_saved_model(tmp_path)
+    model.eval()
+    with torch.no_grad():
+        (out, extra), (out2, extra2) = model(x, y), rebuilt(x, y)
+    assert torch.equal(out, out2) and torch.equal(extra["probs"], extra2["probs"])
+    assert torch.equal(extra["n"], extra2["n"])
+    assert isinstance(rebuilt.get_parameter("scale"), nn.Parameter)
+
+
+def test_dtype_is_kept_and_global_rng_untouched(tmp_path, mlp):
+    model, x = mlp
+    model = model.double()
+    save_model(model, tmp_path, x.double())
+    before = torch.get_rng_state()
+    rebuilt = load_saved_model(tmp_path)
+    assert torch.equal(before, torch.get_rng_state())
+    assert next(rebuilt.parameters()).dtype == torch.float64
+    assert_same_output(model, rebuilt, x.double())
+
+
+def test_views_are_saved_compactly(tmp_path):
+    big = nn.Linear(200, 100)
+    small = nn.Linear(20, 10)
+    small.weight = nn.Parameter(big.weight.detach()[:10, :20])  # what slicing a pruned layer gives
+    save_model(small, tmp_path, torch.randn(2, 20))
+    assert (tmp_path / WEIGHTS_FILE).stat().st_size < 10_000
+
+
+class Branchy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+class WithFunction(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumprod(x, 1)
+
+
+class WithMethod(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.cumprod(1)
+
+
+class WithRequiresGrad(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.requires_grad
+
+
+class Hooked(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(4, 2))
+        self[0].register_forward_hook(lambda module, args, out: out * 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragments"),
+    [
+        (lambda: nn.Sequential(nn.LSTM(4, 4)), ["module '0'", "torch.nn.modules.rnn.LSTM", "architecture.json"]),
+        (WithFunction, ["torch.cumprod", "not in prunedrop's allowlist"]),
+        (WithMethod, ["Tensor.cumprod", "not in prunedrop's allowlist"]),
+        (WithRequiresGrad, ["requires_grad"]),
+        (Branchy, ["torch.fx cannot trace"]),
+        (Hooked, ["does not compute what the model computes"]),
+    ],
+)
+def test_unsupported_models_are_refused_and_nothing_is_written(tmp_path, make, fragments):
+    raises_one_line(lambda: save_model(make(), tmp_path / "out", torch.randn(2, 4)), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def _edit_manifest(folder: Path, edit: Callable[[dict], None]) -> None:
+    manifest = json.loads((folder / ARCHITECTURE_FILE).read_text())
+    edit(manifest)
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps(manifest))
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    return lambda m: m.__setitem__(key, value)
+
+
+def _set_graph_target(op: str, value: str) -> Callable[[dict], None]:
+    def edit(manifest: dict) -> None:
+        next(n for n in manifest["graph"] if n["op"] == op)["target"] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        (_set("version", 2), ["version 2", "reads version 1"]),
+        (_set("format", "onnx"), ["not a prunedrop architecture manifest"]),
+        (_set_graph_target("call_function", "os.system"), ["'os.system'", "not allowed"]),
+        (_set_graph_target("call_method", "__reduce__"), ["Tensor.__reduce__", "not allowed"]),
+        (lambda m: m["modules"]["conv1"].__setitem__("type", "Evil"), ["'Evil'", "not allowed"]),
+        (lambda m: m["modules"]["conv1"]["args"].__setitem__("out_channels", 5), ["does not fit the layers", "conv1.weight: file has (4, 4, 3, 3), model has (5, 4, 3, 3)"]),
+        (lambda m: m["graph"][1].__setitem__("args", [{"node": "nowhere"}]), ["malformed", "nowhere"]),
+        (lambda m: m.pop("graph"), ["malformed", "graph"]),
+        # fx writes these into generated Python source: each would otherwise run code on load
+        (lambda m: m["graph"][0].__setitem__("target", "x=print('pwned')"), ["placeholder target", "plain name"]),
+        (lambda m: m["graph"][1].__setitem__("name", "a;print(1)"), ["node name", "plain name"]),
+        (lambda m: m["graph"][-2]["kwargs"].__setitem__("dim=0,x", 1), ["keyword argument name"]),
+        (lambda m: m["modules"].__setitem__('a")+print(1)#', {}), ["module path", "dotted name"]),
+    ],
+)
+def test_bad_manifests_are_refused(tmp_path, edit, fragments):
+    model, x = tiny_model("residual")
+    save_model(model, tmp_path, x)
+    _edit_manifest(tmp_path, edit)
+    raises_one_line(lambda: load_saved_model(tmp_path), *fragments)
+
+
+def test_broken_saved_folders(tmp_path, mlp):
+    model, x = mlp
+    raises_one_line(lambda: load_saved_model(tmp_path / "nope"), "does not exist")
+    raises_one_line(lambda: load_saved_model(tmp_path), f"has no {ARCHITECTURE_FILE}")
+    save_model(model, tmp_path, x)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"garbage")
+    raises_one_line(lambda: load_saved_model(tmp_path), "truncated or corrupt")
+    (tmp_path / WEIGHTS_FILE).unlink()
+    raises_one_line(lambda: load_saved_model(tmp_path), "does not exist")
+    (tmp_path / ARCHITECTURE_FILE).write_text("{not json")
+    raises_one_line(lambda: load_saved_model(tmp_path), "JSONDecodeError")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and RNG state
+# --------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_resume_rng(tmp_path, mlp):
+    model, x = mlp
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    model(x).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+        "epoch": 4,
+        "history": [{"epoch": 0, "loss": 1.5, "kl": None}],
+        "recipe": {"method": "sparse_vd", "lr": 1e-3, "layers": ["fc*"], "threshold": 3.0},
+    }
+    path = save_checkpoint(state, tmp_path / "ckpt" / "last.pt")
+    draws = (random.random(), np.random.standard_normal(), torch.rand(3))
+
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 4 and loaded["history"] == state["history"] and loaded["recipe"] == state["recipe"]
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    restore_rng_state(loaded["rng"])
+    again = (random.random(), np.random.standard_normal(), torch.rand(3))
+    assert draws[0] == again[0] and draws[1] == again[1] and torch.equal(draws[2], again[2])
+
+
+def test_checkpoint_refuses_values_weights_only_cannot_load(tmp_path):
+    with pytest.raises(TypeError, match=r"state\['history'\]\[0\]\['acc'\] is a numpy.float64"):
+        save_checkpoint({"history": [{"acc": np.float64(0.9)}]}, tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_bad_checkpoints(tmp_path):
+    raises_one_line(lambda: load_checkpoint(tmp_path / "none.pt"), "does not exist")
+    save_checkpoint({"model": nn.Linear(30, 30).state_dict()}, tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(data[: len(data) // 2])
+    raises_one_line(lambda: load_checkpoint(tmp_path / "c.pt"), "truncated or corrupt")
+    torch.save({"when": __import__("fractions").Fraction(1, 3)}, tmp_path / "pickled.pt")
+    raises_one_line(lambda: load_checkpoint(tmp_path / "pickled.pt"), "pickled Python objects", "Fraction")
+    torch.save([1, 2], tmp_path / "list.pt")
+    raises_one_line(lambda: load_checkpoint(tmp_path / "list.pt"), "not a dict")
+    raises_one_line(lambda: restore_rng_state({"python": {"version": 3}}), "RNG state is malformed")

@@ -1,0 +1,473 @@
+"""Tests for prunedrop.report: MAC counts against hand-computed numbers, the report dict, writers, latency."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from prunedrop.errors import PrunedropError
+from prunedrop.report import (
+    REPORT_SCHEMA_VERSION,
+    build_report,
+    count_parameters,
+    format_table,
+    human_bytes,
+    human_count,
+    load_report,
+    measure_latency,
+    profile_model,
+    write_report,
+)
+from prunedrop.testing import TINY_MODELS, TinyMLP, tiny_model
+
+
+def _single(module: nn.Module, x: torch.Tensor):
+    """Profile of a model made of one layer."""
+    (profile,) = profile_model(nn.Sequential(module), x)
+    return profile
+
+
+# ------------------------------------------------------------------------------------------ MAC counts
+
+
+def test_linear_macs_and_params():
+    p = _single(nn.Linear(16, 12), torch.randn(4, 16))
+    assert (p.macs, p.nonzero_macs) == (16 * 12, 16 * 12)
+    assert (p.params, p.nonzero) == (16 * 12 + 12, 16 * 12 + 12)
+    assert (p.in_shape, p.out_shape, p.weight_shape) == ([16], [12], [12, 16])
+    assert p.type == "Linear" and p.name == "0" and p.counted
+
+
+def test_linear_on_sequence_counts_every_row():
+    p = _single(nn.Linear(16, 12), torch.randn(2, 5, 16))
+    assert p.macs == 5 * 16 * 12
+
+
+def test_conv2d_stride_padding_dilation_groups():
+    # 9x9 input, k=3, stride 2, padding 1, dilation 2: out = floor((9 + 2 - 2*2 - 1) / 2) + 1 = 4
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2)
+    p = _single(conv, torch.randn(3, 4, 9, 9))
+    assert p.out_shape == [6, 4, 4]
+    # per output value: (4 / 2 groups) in-channels * 3*3 kernel = 18; 6*4*4 = 96 outputs
+    assert p.macs == 96 * 18 == 1728
+    assert p.params == 6 * 2 * 9 + 6
+
+
+def test_depthwise_conv2d():
+    p = _single(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), torch.randn(2, 4, 8, 8))
+    assert p.macs == 4 * 8 * 8 * 9 == 2304
+    assert p.params == 4 * 9
+
+
+def test_conv1d():
+    # L = 10, k=3, stride 2, padding 1: out = floor((10 + 2 - 2 - 1) / 2) + 1 = 5
+    p = _single(nn.Conv1d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 10))
+    assert p.out_shape == [5, 5]
+    assert p.macs == 5 * 5 * 3 * 3 == 225
+
+
+def test_conv3d():
+    # 4x6x6, k=3, padding 1, stride (1, 2, 2): out 4x3x3 = 36 positions, 2*27 MACs each, 3 channels
+    p = _single(nn.Conv3d(2, 3, 3, padding=1, stride=(1, 2, 2)), torch.randn(2, 2, 4, 6, 6))
+    assert p.out_shape == [3, 4, 3, 3]
+    assert p.macs == 3 * 36 * 2 * 27 == 5832
+
+
+def test_conv_transpose2d_counts_input_positions():
+    p = _single(nn.ConvTranspose2d(4, 2, 3, stride=2), torch.randn(2, 4, 5, 5))
+    assert p.out_shape == [2, 11, 11]
+    assert p.macs == 5 * 5 * (4 * 2 * 9) == 1800
+
+
+def test_norm_and_embedding_have_zero_macs_but_count_params():
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
+    conv, bn = profile_model(model, torch.randn(2, 1, 4, 4))
+    assert (bn.type, bn.macs, bn.params, bn.counted) == ("BatchNorm2d", 0, 6, True)
+    assert conv.macs == 3 * 16
+    ln = _single(nn.LayerNorm(8), torch.randn(2, 8))
+    assert (ln.macs, ln.params, ln.counted) == (0, 16, True)
+    emb = _single(nn.Embedding(10, 4), torch.tensor([[1, 2, 3]]))
+    assert (emb.macs, emb.params, emb.out_shape, emb.counted) == (0, 40, [3, 4], True)
+
+
+def test_unknown_layer_is_flagged_not_counted():
+    lstm = _single(nn.LSTM(4, 3, batch_first=True), torch.randn(2, 5, 4))
+    assert lstm.macs == 0 and not lstm.counted
+    assert lstm.params == sum(p.numel() for p in nn.LSTM(4, 3).parameters())
+
+
+def test_macs_are_per_sample():
+    model, x = tiny_model("convzoo")
+    assert [p.macs for p in profile_model(model, x)] == [p.macs for p in profile_model(model, x[:1])]
+
+
+def test_shared_module_called_twice_counts_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    (p,) = profile_model(Twice(), torch.randn(2, 4))
+    assert p.macs == 2 * 16
+
+
+def test_profile_restores_training_mode_and_bn_stats():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+    stats = model[1].running_mean.clone()
+    profile_model(model, torch.randn(4, 1, 6, 6))
+    assert all(m.training for m in model.modules())
+    assert torch.equal(model[1].running_mean, stats)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_profile_covers_every_parameter(name):
+    model, x = tiny_model(name)
+    profiles = profile_model(model, x)
+    total, nonzero = count_parameters(model)
+    assert sum(p.params for p in profiles) == total
+    assert sum(p.nonzero for p in profiles) == nonzero
+    assert all(p.counted and p.macs == p.nonzero_macs for p in profiles)
+
+
+# ------------------------------------------------------------------------------------- non-zero counts
+
+
+def test_nonzero_macs_after_zeroing_conv_weights():
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[0].zero_()  # a whole output channel: 2*9 weights
+        conv.weight[1, 0, 0, 0] = 0.0  # one more weight
+    p = _single(conv, torch.randn(2, 2, 5, 5))
+    nnz = 3 * 2 * 9 - 18 - 1
+    assert p.macs == 3 * 2 * 9 * 25
+    assert p.nonzero_macs == nnz * 25
+    assert p.nonzero == nnz + 3  # the bias stays
+
+
+def test_nonzero_macs_after_zeroing_linear_weights():
+    fc = nn.Linear(6, 4)
+    with torch.no_grad():
+        fc.weight[:, :3] = 0.0
+    p = _single(fc, torch.randn(3, 2, 6))
+    assert (p.macs, p.nonzero_macs) == (2 * 24, 2 * 12)
+
+
+def test_count_parameters():
+    fc = nn.Linear(5, 3)
+    with torch.no_grad():
+        fc.weight[0].zero_()
+        fc.bias.zero_()
+    assert count_parameters(fc) == (18, 10)
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4, bias=False)
+            self.b = nn.Linear(4, 4, bias=False)
+            self.b.weight = self.a.weight
+
+    assert count_parameters(Tied()) == (16, 16)
+
+
+# ----------------------------------------------------------------------------------------- build_report
+
+
+def _half_zeroed_mlp() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    original, x = tiny_model("mlp")
+    compressed, _ = tiny_model("mlp")
+    with torch.no_grad():
+        for m in compressed.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.view(-1)[: m.weight.numel() // 2] = 0.0
+    return original, compressed, x
+
+
+def _report(original: nn.Module, compressed: nn.Module, x: torch.Tensor, **kw) -> dict:
+    args = dict(
+        metric_name="accuracy",
+        metric_before=0.9,
+        metric_after=0.875,
+        onnx_bytes_before=4000,
+        onnx_bytes_after=1000,
+        parity_max_abs_diff=1e-6,
+    )
+    args.update(kw)
+    return build_report(original=original, compressed=compressed, example_input=x, **args)
+
+
+def test_build_report_half_weights_zeroed():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x)
+    # TinyMLP 16-12-8-3: weights 192 + 96 + 24 = 312, biases 12 + 8 + 3 = 23
+    assert report["params"]["before"] == report["params"]["total_before"] == 335
+    assert report["params"]["after"] == 335 - 156
+    assert report["params"]["total_after"] == 335
+    assert report["params"]["ratio"] == pytest.approx(335 / 179)
+    assert report["flops"]["before"] == report["flops"]["after"] == 312
+    assert report["flops"]["nonzero_after"] == 156
+    assert report["flops"]["ratio"] == 1.0
+    assert report["flops"]["nonzero_ratio"] == 2.0
+    assert report["flops"]["uncounted_layers"] == []
+    assert report["onnx_bytes"] == {"before": 4000, "after": 1000, "ratio": 4.0}
+    assert report["metric"]["name"] == "accuracy"
+    assert report["metric"]["delta"] == pytest.approx(-0.025)
+    assert report["parity_max_abs_diff"] == 1e-6
+    assert report["schema_version"] == REPORT_SCHEMA_VERSION
+
+    layers = {row["name"]: row for row in report["layers"]}
+    assert list(layers) == ["net.1", "net.3", "net.5"]
+    fc1 = layers["net.1"]
+    assert fc1["type"] == "Linear"
+    assert (fc1["params_before"], fc1["params_after"]) == (204, 204 - 96)
+    assert fc1["kept_fraction"] == pytest.approx(108 / 204)
+    assert fc1["shape_before"] == fc1["shape_after"] == [12, 16]
+    assert (fc1["macs_before"], fc1["macs_after"], fc1["nonzero_macs_after"]) == (192, 192, 96)
+    json.dumps(report, allow_nan=False)
+
+
+def test_build_report_structured_slim_model():
+    original, x = tiny_model("mlp")
+    torch.manual_seed(1)
+    slim = TinyMLP(hidden=(6, 4)).eval()
+    report = _report(original, slim, x)
+    assert report["flops"]["after"] == 16 * 6 + 6 * 4 + 4 * 3
+    assert report["flops"]["ratio"] == pytest.approx(312 / 132)
+    fc1 = report["layers"][0]
+    assert (fc1["shape_before"], fc1["shape_after"]) == ([12, 16], [6, 16])
+
+
+def test_build_report_unmatched_layers_and_missing_values():
+    original = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    compressed = nn.Sequential(nn.Linear(4, 2), nn.Identity(), nn.BatchNorm1d(2)).eval()
+    report = _report(
+        original,
+        compressed,
+        torch.randn(2, 4),
+        metric_before=None,
+        metric_after=float("nan"),
+        onnx_bytes_before=None,
+        onnx_bytes_after=0,
+        parity_max_abs_diff=None,
+    )
+    rows = {row["name"]: row for row in report["layers"]}
+    assert [r["name"] for r in report["layers"]] == ["0", "1", "2"]
+    assert rows["1"]["params_after"] is None and rows["1"]["shape_after"] is None
+    assert rows["2"]["params_before"] is None and rows["2"]["kept_fraction"] is None
+    assert report["metric"] == {"name": "accuracy", "before": None, "after": None, "delta": None}
+    assert report["onnx_bytes"]["ratio"] is None
+    json.dumps(report, allow_nan=False)
+
+
+def test_build_report_flags_uncounted_layers():
+    class WithLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 3, batch_first=True)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    model = WithLSTM().eval()
+    report = _report(model, model, torch.randn(2, 5, 4))
+    assert report["flops"]["uncounted_layers"] == ["rnn"]
+    assert "rnn" in format_table(report)
+
+
+def test_build_report_extra():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x, extra={"recipe": "recipes/sparse-vd.yaml", "epochs": 3})
+    assert report["recipe"] == "recipes/sparse-vd.yaml" and report["epochs"] == 3
+    with pytest.raises(ValueError, match="clash"):
+        _report(original, compressed, x, extra={"params": 1})
+    with pytest.raises(ValueError, match="absolute path"):
+        _report(original, compressed, x, extra={"model": str(Path.cwd().resolve() / "model.pt")})
+    with pytest.raises(ValueError, match="JSON"):
+        _report(original, compressed, x, extra={"model": object()})
+
+
+# -------------------------------------------------------------------------------------------- writers
+
+
+def test_write_report_round_trip(tmp_path):
+    original, compressed, x = _half_zeroed_mlp()
+    latency = {
+        "baseline": "original",
+        "threads": 1,
+        "warmup": 1,
+        "runs": 3,
+        "onnxruntime_version": "x",
+        "results": [
+            {
+                "model": "original",
+                "batch_size": 1,
+                "median_ms": 0.2,
+                "iqr_ms": 0.01,
+                "p25_ms": 0.19,
+                "p75_ms": 0.2,
+                "speedup": 1.0,
+            },
+            {
+                "model": "compressed",
+                "batch_size": 1,
+                "median_ms": 0.1,
+                "iqr_ms": 0.01,
+                "p25_ms": 0.09,
+                "p75_ms": 0.1,
+                "speedup": 2.0,
+            },
+        ],
+    }
+    report = _report(original, compressed, x, extra={"latency": latency})
+    out = tmp_path / "run"
+    write_report(report, out)
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no temporary files left
+    assert load_report(out) == report
+    assert load_report(out / "report.json") == report
+    md = (out / "report.md").read_text()
+    for text in (
+        "| parameters (non-zero) |",
+        "net.1",
+        "net.5",
+        "## Layers",
+        "## Latency",
+        "2.00x",
+        "accuracy",
+    ):
+        assert text in md
+    assert str(tmp_path) not in (out / "report.json").read_text()
+
+
+def test_write_report_refuses_absolute_paths(tmp_path):
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x)
+    report["model"] = "/home/someone/model.pt"
+    with pytest.raises(ValueError, match="absolute path"):
+        write_report(report, tmp_path)
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_format_table():
+    original, compressed, x = _half_zeroed_mlp()
+    table = format_table(_report(original, compressed, x))
+    for text in (
+        "net.1",
+        "net.3",
+        "net.5",
+        "parameters (non-zero)",
+        "FLOPs (non-zero MACs)",
+        "2.00x",
+        "4.00x",
+    ):
+        assert text in table
+    lines = table.splitlines()
+    rule = next(i for i, line in enumerate(lines) if "net.1" in line) - 1
+    assert set(lines[rule].replace(" ", "")) == {"-"}
+    assert len(lines[rule + 1]) <= len(lines[rule])  # rows fit the column rule: aligned
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(PrunedropError, match="no report"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text('{"params": ')
+    with pytest.raises(PrunedropError, match="corrupt"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("[1, 2]")
+    with pytest.raises(PrunedropError, match="not a prunedrop report"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({"schema_version": 1, "params": {}}))
+    with pytest.raises(PrunedropError, match="missing flops"):
+        load_report(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (None, "-"),
+        (0, "0"),
+        (999, "999"),
+        (1000, "1.00K"),
+        (1234567, "1.23M"),
+        (999_999, "1.00M"),
+        (2.5e9, "2.50G"),
+    ],
+)
+def test_human_count(n, text):
+    assert human_count(n) == text
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.50 KiB"), (3 * 1024**2, "3.00 MiB")]
+)
+def test_human_bytes(n, text):
+    assert human_bytes(n) == text
+
+
+# -------------------------------------------------------------------------------------------- latency
+
+
+def _export(model: nn.Module, x: torch.Tensor, path: Path, dynamic: bool = True) -> Path:
+    # The legacy exporter keeps this test independent of prunedrop.export; its deprecation is not ours.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamo=False,
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}} if dynamic else None,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    original, x = tiny_model("mlp")
+    slim = TinyMLP(hidden=(6, 4)).eval()
+    return {
+        "original": _export(original, x, folder / "original.onnx"),
+        "compressed": _export(slim, x, folder / "compressed.onnx"),
+    }, x
+
+
+def test_measure_latency(onnx_pair):
+    paths, x = onnx_pair
+    latency = measure_latency(paths, x, batch_sizes=(1, 6), warmup=1, runs=3)
+    assert latency["baseline"] == "original"
+    assert [(r["model"], r["batch_size"]) for r in latency["results"]] == [
+        ("original", 1),
+        ("compressed", 1),
+        ("original", 6),
+        ("compressed", 6),
+    ]
+    for r in latency["results"]:
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["speedup"] > 0
+        assert r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
+        assert math.isfinite(r["speedup"])
+    assert [r["speedup"] for r in latency["results"] if r["model"] == "original"] == [1.0, 1.0]
+    json.dumps(latency, allow_nan=False)
+    assert str(Path(paths["original"]).parent) not in json.dumps(latency)
+
+
+def test_measure_latency_errors(onnx_pair, tmp_path):
+    paths, x = onnx_pair
+    with pytest.raises(ValueError, match="runs"):
+        measure_latency(paths, x, runs=1)
+    with pytest.raises(PrunedropError, match="no ONNX file"):
+        measure_latency({"missing": tmp_path / "nope.onnx"}, x, runs=2)
+    model, _ = tiny_model("mlp")
+    fixed = _export(model, x, tmp_path / "fixed.onnx", dynamic=False)
+    with pytest.raises(PrunedropError, match="fixed batch size of 4"):
+        measure_latency({"fixed": fixed}, x, batch_sizes=(1,), runs=2)

@@ -1,0 +1,133 @@
+"""Fine-tuning on tiny synthetic data: the ELBO trains, prunes, checkpoints and resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from prunedrop.convert import to_variational
+from prunedrop.data import DataBundle
+from prunedrop.errors import PrunedropError, TrainingError
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.testing import TinyMLP, tiny_classification_data
+from prunedrop.train import evaluate, finetune, finetune_masked, kept_fraction, resolve_device
+
+
+def _bundle(n: int = 192) -> DataBundle:
+    x, y = tiny_classification_data(n=n + 64, shape=(1, 4, 4), seed=3)
+    return DataBundle(name="tiny", train=TensorDataset(x[:n], y[:n]), val=TensorDataset(x[n:], y[n:]),
+                      test=None, input_shape=(1, 4, 4), num_classes=3)
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return TinyMLP(16, (32, 16), 3)
+
+
+def test_elbo_training_lowers_the_loss_and_prunes() -> None:
+    data = _bundle()
+    recipe = Recipe(epochs=12, batch_size=32, lr=3e-3, noise_lr=3e-2, kl_weight=20.0, kl_warmup_epochs=2,
+                    lr_schedule="constant")
+    model = to_variational(_model(), recipe)
+    assert kept_fraction(model) > 0.95
+    result = finetune(model, data, recipe, progress=False)
+    history = result.history
+    assert len(history) == 12
+    assert history[-1]["data_loss"] < history[0]["data_loss"]
+    assert history[-1]["kept_fraction"] < 0.7 * history[0]["kept_fraction"]
+    assert history[0]["beta"] < history[-1]["beta"] == pytest.approx(20.0)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+
+
+def test_masked_finetuning_keeps_pruned_weights_zero_and_learns() -> None:
+    data = _bundle()
+    recipe = Recipe(epochs=4, batch_size=32, kl_weight=20.0, kl_warmup_epochs=1, noise_lr=5e-2,
+                    finetune_epochs=3, finetune_lr=1e-2)
+    model = to_variational(_model(), recipe)
+    finetune(model, data, recipe, progress=False)
+    pruned = prune(model)
+    zeros_before = {n: (p == 0) for n, p in pruned.model.named_parameters()}
+    before = evaluate(pruned.model, data.loader("train", 64))["loss"]
+    finetune_masked(pruned.model, pruned.masks, data, recipe, progress=False)
+    params = dict(pruned.model.named_parameters())
+    for name, mask in pruned.masks.items():
+        assert torch.all(params[name][~mask] == 0)
+        assert torch.all(zeros_before[name] | (params[name] != 0) | ~mask)
+    assert evaluate(pruned.model, data.loader("train", 64))["loss"] < before
+
+
+def _run(recipe: Recipe, path: Path | None, *, resume: bool = False, stop_after: int | None = None):
+    torch.manual_seed(recipe.seed)
+    model = to_variational(_model(), recipe)
+    data = _bundle()
+    if stop_after is not None:
+        # a data view that raises KeyboardInterrupt after stop_after batches, like a Ctrl-C would
+        original = data.loader
+        count = {"n": 0}
+
+        def loader(split, batch_size, **kw):
+            inner = original(split, batch_size, **kw)
+            if split != "train":
+                return inner
+
+            class Interrupting:
+                def __len__(self):
+                    return len(inner)
+
+                def __iter__(self):
+                    for batch in inner:
+                        count["n"] += 1
+                        if count["n"] > stop_after:
+                            import os
+                            import signal
+
+                            os.kill(os.getpid(), signal.SIGINT)
+                        yield batch
+
+            return Interrupting()
+
+        data.loader = loader  # type: ignore[method-assign]
+    result = finetune(model, data, recipe, checkpoint_path=path, resume=resume, progress=False)
+    return model, result
+
+
+def test_interrupt_then_resume_gives_exactly_the_same_weights(tmp_path: Path) -> None:
+    recipe = Recipe(epochs=3, batch_size=32, kl_warmup_epochs=1, seed=5)
+    straight, straight_result = _run(recipe, tmp_path / "a.pt")
+    from prunedrop.train import TrainingInterrupted
+
+    ckpt = tmp_path / "b.pt"
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        _run(recipe, ckpt, stop_after=8)  # 6 batches per epoch: stops in the middle of epoch 2
+    assert ckpt.exists()
+    resumed, resumed_result = _run(recipe, ckpt, resume=True)
+    assert resumed_result.resumed_from == (1, 3)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in straight_result.history] == [h["loss"] for h in resumed_result.history]
+
+
+def test_nan_loss_stops_with_advice() -> None:
+    recipe = Recipe(epochs=1, batch_size=32, kl_warmup_epochs=0)
+    model = to_variational(_model(), recipe)
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="loss became nan.*lower the learning rate"):
+        finetune(model, _bundle(), recipe, progress=False)
+
+
+def test_finetune_needs_a_variational_model() -> None:
+    with pytest.raises(PrunedropError, match="no variational layer"):
+        finetune(_model(), _bundle(), Recipe(epochs=1, kl_warmup_epochs=0), progress=False)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(PrunedropError, match="no CUDA GPU"):
+            resolve_device("cuda")
