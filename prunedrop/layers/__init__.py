@@ -1,13 +1,31 @@
-"""Variational layers, one file per noise family, found through :data:`LAYER_REGISTRY`."""
+"""Variational layers, one file per noise family, found through :data:`LAYER_REGISTRY`.
+
+* ``sparse_vd``: per-weight sparse variational dropout (:mod:`.sparse_vd`)
+* ``sbp``: per-unit log-normal multiplicative noise, structured Bayesian pruning (:mod:`.lognormal`)
+* ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
+
+The compress pipeline drives ``sparse_vd`` today; the two per-unit families are usable from Python
+(``from_dense`` / ``kl`` / ``keep_mask`` / ``to_dense``) and are wired into recipes and slimming next.
+"""
 
 from .base import LAYER_REGISTRY, VariationalLayer, register_layer
+from .group_vd import Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, LinearGroupVD
+from .lognormal import Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, LinearLogNormal
 from .sparse_vd import Conv1dSVD, Conv2dSVD, Conv3dSVD, LinearSVD, kl_log_uniform
 
 __all__ = [
     "LAYER_REGISTRY",
+    "Conv1dGroupVD",
+    "Conv1dLogNormal",
     "Conv1dSVD",
+    "Conv2dGroupVD",
+    "Conv2dLogNormal",
     "Conv2dSVD",
+    "Conv3dGroupVD",
+    "Conv3dLogNormal",
     "Conv3dSVD",
+    "LinearGroupVD",
+    "LinearLogNormal",
     "LinearSVD",
     "VariationalLayer",
     "kl_log_uniform",

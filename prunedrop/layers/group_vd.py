@@ -1,0 +1,110 @@
+"""Group (structured) variational dropout: one learned Gaussian noise level per output unit.
+
+Gaussian dropout with a learned rate (Kingma, Salimans, Welling 2015, "Variational Dropout and the Local
+Reparameterization Trick"), one rate per unit instead of per weight so that whole units can be removed
+(the group view of Louizos, Ullrich, Welling 2017, "Bayesian Compression for Deep Learning"), with the
+log-uniform prior and the KL approximation of sparse VD (Molchanov, Ashukha, Vetrov 2017).
+
+Every output unit (out feature / out channel) gets ``z ~ N(1, α)`` on its whole output,
+``y = z ⊙ (f(x, W) + b)``, the same placement as the log-normal layers of :mod:`.lognormal`:
+
+* training: one z per example and unit (shared over positions), ``y = (1 + √α·ε)·(f(x, W) + b)``. With the
+  noise on the output this *is* the exact distribution ``N(μ, α·μ²)`` for ``μ = f(x, W) + b``, so unlike
+  the per-weight layers no variance pass (local reparameterisation) is needed: one draw per unit is
+  cheaper and exact. (Units that share a draw are correlated, as they must be: it is one z.)
+* ``log α`` is the learned parameter (init −8), clipped to ``[−10, 10]`` where used;
+* ``−KL ≈ k1·sigmoid(k2 + k3·log α) − 0.5·log1p(exp(−log α)) − k1`` per unit (:func:`kl_log_uniform`);
+* eval: deterministic, ``z = 1`` where ``log α ≤ threshold`` (default 3), else 0; ``to_dense`` zeroes the
+  pruned rows of W and entries of b, so pruned units output exact zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import register_layer
+from .lognormal import _ConvUnits, _LinearUnits, _OutputUnitNoise
+from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
+
+DEFAULT_INIT_LOG_ALPHA = -8.0
+#: prune a unit where log α exceeds this
+DEFAULT_THRESHOLD = 3.0
+
+
+class _GroupVD(_OutputUnitNoise):
+    """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
+
+    log_alpha_param: nn.Parameter
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        *,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
+        threshold: float = DEFAULT_THRESHOLD,
+        **_: Any,
+    ) -> _GroupVD:
+        layer = cls._take_over(module)
+        layer.log_alpha_param = layer._unit_parameter(init_log_alpha)
+        layer.log_alpha_clip = float(log_alpha_clip)
+        layer.threshold = float(threshold)
+        layer.train(module.training)
+        return layer
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Clipped log α per unit (what the KL, the noise and the mask see)."""
+        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
+
+    def kl(self) -> torch.Tensor:
+        return kl_log_uniform(self.log_alpha).sum()
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per unit: log α ≤ threshold (shape ``[out_units]``)."""
+        t = self.threshold if threshold is None else threshold
+        return self.log_alpha <= t
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.log_alpha_param]
+
+    def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
+        return self.keep_mask(threshold).to(self.weight.dtype)
+
+    def _sample_multiplier(self, shape: list[int], unit_axis: int) -> torch.Tensor:
+        per_unit = [1] * len(shape)
+        per_unit[unit_axis] = -1
+        # exp(log α / 2) rather than sqrt(exp(log α)): same value, and no sqrt gradient blow-up near 0.
+        std = torch.exp(0.5 * self.log_alpha).reshape(per_unit)
+        return 1 + std * torch.randn(shape, dtype=std.dtype, device=std.device)
+
+
+class LinearGroupVD(_GroupVD, _LinearUnits, nn.Linear):
+    """``nn.Linear`` with Gaussian multiplicative noise on every out feature (group VD)."""
+
+
+class Conv1dGroupVD(_GroupVD, _ConvUnits, nn.Conv1d):
+    """``nn.Conv1d`` with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.Conv1d
+
+
+class Conv2dGroupVD(_GroupVD, _ConvUnits, nn.Conv2d):
+    """``nn.Conv2d`` with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.Conv2d
+
+
+class Conv3dGroupVD(_GroupVD, _ConvUnits, nn.Conv3d):
+    """``nn.Conv3d`` with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.Conv3d
+
+
+for _dense, _variational in ((nn.Linear, LinearGroupVD), (nn.Conv1d, Conv1dGroupVD),
+                             (nn.Conv2d, Conv2dGroupVD), (nn.Conv3d, Conv3dGroupVD)):
+    register_layer("group_vd", _dense, _variational)

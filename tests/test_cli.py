@@ -1,0 +1,211 @@
+"""The command line, end to end on tiny data, plus help texts and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunedrop import __version__
+from prunedrop.cli import cli
+from prunedrop.export import run_onnx
+from prunedrop.io import load_saved_model
+from prunedrop.testing import TinyMLP, tiny_classification_data
+
+TINY_RECIPE = """\
+# a tiny recipe for tests
+epochs: 8
+batch_size: 16
+eval_batch_size: 64
+lr: 0.003
+noise_lr: 0.3
+lr_schedule: constant
+kl_weight: 20.0
+kl_warmup_epochs: 1
+finetune_epochs: 1
+finetune_lr: 0.001
+device: cpu
+"""
+
+
+def _make_project(folder: Path) -> None:
+    """A user's folder: an architecture module, a trained state dict, npz data and a recipe."""
+    (folder / "tinyarch.py").write_text(textwrap.dedent("""
+        from prunedrop.testing import TinyMLP
+
+        def build():
+            return TinyMLP(16, (24, 12), 3)
+    """))
+    x, y = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
+    np.savez(folder / "data.npz", x_train=x[:160].numpy(), y_train=y[:160].numpy(),
+             x_val=x[160:].numpy(), y_val=y[160:].numpy())
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(model(x[:160]), y[:160])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "recipe.yaml").write_text(TINY_RECIPE)
+    (folder / "bad.yaml").write_text("treshold: 2\n")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    _make_project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished compress run, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("finished")
+    _make_project(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        mp.chdir(folder)
+        result = CliRunner().invoke(cli, _compress("-o", "out"))
+    assert result.exit_code == 0, result.output
+    (folder / "stdout.txt").write_text(result.output)
+    return folder
+
+
+def _compress(*extra: str) -> list[str]:
+    return ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "--recipe",
+            "recipe.yaml", "-q", *extra]
+
+
+def test_compress_end_to_end(finished: Path) -> None:
+    project, output = finished, (finished / "stdout.txt").read_text()
+    out = project / "out"
+    for name in ("model.onnx", "model.pt", "architecture.json", "report.json", "report.md", "original.onnx"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    for dotted in ("params.before", "params.after", "params.ratio", "flops.before", "flops.after",
+                   "onnx_bytes.before", "onnx_bytes.after", "metric.name", "metric.before", "metric.after",
+                   "parity_max_abs_diff", "layers"):
+        node = report
+        for part in dotted.split("."):
+            node = node[part]
+    assert report["params"]["after"] < report["params"]["before"]
+    assert report["onnx_bytes"]["after"] < report["onnx_bytes"]["before"]
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert [layer["name"] for layer in report["layers"]] == ["net.1", "net.3", "net.5"]
+    # the terminal table and the Markdown report show the same numbers
+    assert "parameters (non-zero)" in output and "net.3" in output
+    assert "net.3" in (out / "report.md").read_text()
+    # the slim model reloads without the original class and agrees with onnxruntime
+    x, _ = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
+    reloaded = load_saved_model(out)
+    np.testing.assert_allclose(run_onnx(out / "model.onnx", x[160:]), reloaded(x[160:]).detach().numpy(),
+                               atol=1e-5)
+    # no local paths in what the user ships
+    for name in ("model.onnx", "report.json", "report.md", "architecture.json"):
+        assert str(project).encode() not in (out / name).read_bytes(), name
+    meta = {p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props}
+    assert meta["prunedrop.params_after"] == str(report["params"]["after"])
+
+
+def test_export_rethresholds_without_retraining(finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = finished
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    runner = CliRunner()
+    loose = runner.invoke(cli, ["export", "out", "--threshold", "8", "-o", "loose.onnx"])
+    strict = runner.invoke(cli, ["export", "out", "--threshold", "-2", "-o", "strict.onnx"])
+    assert loose.exit_code == 0 and strict.exit_code == 0, loose.output + strict.output
+
+    def kept(output: str) -> float:
+        return float(output.split("kept ")[1].split("%")[0])
+
+    assert kept(loose.output) > kept(strict.output)
+    assert (project / "loose.onnx").stat().st_size > (project / "strict.onnx").stat().st_size
+
+
+def test_report_and_recipes_commands(finished: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(finished / "out")])
+    assert result.exit_code == 0 and "parameters (non-zero)" in result.output
+    listing = CliRunner().invoke(cli, ["recipes", "--keys"])
+    assert listing.exit_code == 0
+    assert "recipes/sparse-vd.yaml" in listing.output and "threshold (default 3.0)" in listing.output
+
+
+def test_overrides_reach_the_recipe(project: Path) -> None:
+    result = CliRunner().invoke(cli, _compress("-o", "out", "--epochs", "1", "--finetune-epochs", "0",
+                                               "--kl-weight", "0", "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["recipe"]["epochs"] == 1 and report["recipe"]["seed"] == 3
+    assert [h["phase"] for h in report["history"]] == ["variational"]
+
+
+@pytest.mark.parametrize("command", [[], ["compress"], ["export"], ["report"], ["recipes"]])
+def test_help_of_every_command(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["compress", "missing.pt", "--arch", "tinyarch:build", "-o", "out"], "missing.pt", 1),
+        (_compress("-o", "out", "--data", "nosuch:thing"), "data spec", 1),
+        (_compress("-o", "out", "--recipe", "bad.yaml"), "did you mean 'threshold'", 1),
+        (_compress("-o", "out", "--arch", "tinyarch:nope"), "has no attribute 'nope'", 1),
+        (_compress("-o", "out", "--device", "tpu"), "'device' = 'tpu'", 1),
+        (_compress("-o", "out", "--resume"), "holds no checkpoint", 1),
+        (_compress("-o", "out", "--epochs", "-1"), "Invalid value for '--epochs'", 2),
+        (_compress(), "Missing option '-o'", 2),
+        (["report", "nowhere"], "nowhere", 1),
+        (["export", "nowhere", "-o", "x.onnx"], "not a prunedrop run folder", 1),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(project: Path, args: list[str], message: str, code: int) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    if code == 1:
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (project / "out").exists(), "a failed run must leave no output folder behind"
+
+
+def test_non_empty_output_folder_needs_overwrite(project: Path) -> None:
+    (project / "out").mkdir()
+    (project / "out" / "precious.txt").write_text("keep me")
+    result = CliRunner().invoke(cli, _compress("-o", "out"))
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert (project / "out" / "precious.txt").read_text() == "keep me"
+    assert CliRunner().invoke(cli, _compress("-o", "out", "--overwrite")).exit_code == 0
+
+
+def test_labels_beyond_the_model_outputs(project: Path) -> None:
+    x, y = tiny_classification_data(n=40, shape=(1, 4, 4), seed=1)
+    y[0] = 7
+    np.savez(project / "wide.npz", x_train=x.numpy(), y_train=y.numpy())
+    result = CliRunner().invoke(cli, _compress("-o", "out", "--data", "npz:wide.npz"))
+    assert result.exit_code == 1 and "3 outputs" in result.output, result.output
+
+
+def test_input_shape_that_does_not_fit(project: Path) -> None:
+    x = np.random.rand(30, 1, 5, 5).astype("float32")
+    np.savez(project / "big.npz", x_train=x, y_train=np.zeros(30, dtype="int64"))
+    result = CliRunner().invoke(cli, _compress("-o", "out", "--data", "npz:big.npz"))
+    assert result.exit_code == 1 and "(1, 5, 5)" in result.output, result.output
