@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .convert import ConversionSummary, to_variational
 from .data import DataBundle
-from .errors import TrainingError
+from .errors import PrunedropError, TrainingError
 from .export import export_onnx, verify_onnx
 from .io import save_model
 from .prune import prune
@@ -36,6 +36,21 @@ MODEL_ONNX = "model.onnx"
 VARIATIONAL_CHECKPOINT = "checkpoint-variational.pt"
 MASKED_CHECKPOINT = "checkpoint-masked.pt"
 PARITY_SAMPLES = 256
+
+
+def _save_pytorch_result(model: nn.Module, out_dir: Path, example: torch.Tensor,
+                         log: Callable[[str], None]) -> tuple[Path, Path | None]:
+    """model.pt + architecture.json; a model that torch.fx cannot describe still gets its state dict."""
+    from .atomic import atomic_torch_save
+
+    try:
+        return save_model(model, out_dir, example)
+    except PrunedropError as e:
+        path = out_dir / "model.pt"
+        atomic_torch_save(model.state_dict(), path)
+        log(f"warning: architecture.json not written ({e.message}); model.pt holds the state dict, "
+            "to be loaded into your own architecture")
+        return path, None
 
 
 @dataclass
@@ -127,8 +142,9 @@ def compress(
     final = pruned.model.cpu().eval()
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
 
-    # export + verify
+    # export + verify; the PyTorch result is saved first, so that it survives an export failure
     t0 = time.perf_counter()
+    model_pt, architecture = _save_pytorch_result(final, out_dir, example, log)
     total_before, nonzero_before = count_parameters(original)
     total_after, nonzero_after = count_parameters(final)
     metadata = {
@@ -140,12 +156,15 @@ def compress(
         f"prunedrop.{metric_name(recipe.loss)}_before": f"{metric_before['val']:.6g}",
         f"prunedrop.{metric_name(recipe.loss)}_after": f"{metric_after['val']:.6g}",
     }
-    # exported with a batch of 2 and verified with a larger one: a batch size baked into the graph shows up
-    exported = export_onnx(final, example[:2], out_dir / MODEL_ONNX, opset=recipe.onnx_opset,
-                           sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
-                           metadata=metadata, exporter=recipe.onnx_exporter)
-    parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
-    model_pt, architecture = save_model(final, out_dir, example)
+    saved = f"the PyTorch result is saved as {model_pt.name}" + (" and architecture.json" if architecture else "")
+    try:
+        # exported with a batch of 2 and verified with a larger one: a batch size baked into the graph shows up
+        exported = export_onnx(final, example[:2], out_dir / MODEL_ONNX, opset=recipe.onnx_opset,
+                               sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
+                               metadata=metadata, exporter=recipe.onnx_exporter)
+        parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
+    except PrunedropError as e:
+        raise type(e)(f"{e.message}; {saved} in {out_dir}") from None
     timings["export_s"] = time.perf_counter() - t0
 
     # report
@@ -180,9 +199,10 @@ def compress(
         },
     )
     write_report(report, out_dir)
-    files = {"model.onnx": exported.path, "model.pt": model_pt, "architecture.json": architecture,
-             "original.onnx": original_onnx.path, "report.json": out_dir / "report.json",
-             "report.md": out_dir / "report.md"}
+    files = {"model.onnx": exported.path, "model.pt": model_pt, "original.onnx": original_onnx.path,
+             "report.json": out_dir / "report.json", "report.md": out_dir / "report.md"}
+    if architecture is not None:
+        files["architecture.json"] = architecture
     return CompressResult(model=final, report=report, out_dir=out_dir, files=files)
 
 
@@ -195,8 +215,6 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
     Creates nothing: the folder is made when the first file is written, after every input has been
     loaded and checked, so that a mistake in the inputs leaves no trace.
     """
-    from .errors import PrunedropError
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PrunedropError(f"output path {out_dir} exists and is not a folder; choose another -o")
@@ -207,10 +225,29 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "
                              "--resume to continue an interrupted run, or choose another -o")
+    _check_writable(out_dir)
     if overwrite:
         for name in (VARIATIONAL_CHECKPOINT, MASKED_CHECKPOINT):
             (out_dir / name).unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
     return out_dir
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before hours of training, not after: the folder (or its nearest existing parent) takes files."""
+    import tempfile
+
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PrunedropError(f"cannot create output folder {out_dir}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise PrunedropError(f"output folder {out_dir} is not writable ({e.strerror}); choose another -o") from None
 
 
 def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
@@ -224,8 +261,6 @@ def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     import json
-
-    from .errors import PrunedropError
 
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
@@ -264,7 +299,6 @@ def reexport(
     ``model`` is the original plain model (loaded the way the run loaded it). The checkpoint may come from
     a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed.
     """
-    from .errors import PrunedropError
     from .io import load_checkpoint
 
     run_dir = Path(run_dir)

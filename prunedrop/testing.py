@@ -138,3 +138,46 @@ def tiny_classification_data(
     proj = torch.randn(int(torch.tensor(shape).prod()), num_classes, generator=g)
     y = (x.flatten(1) @ proj).argmax(dim=1)
     return x, y
+
+
+TINY_RECIPE = """\
+# a tiny recipe for tests: a few seconds on a CPU, strong enough KL to prune
+epochs: 8
+batch_size: 16
+eval_batch_size: 64
+lr: 0.003
+noise_lr: 0.3
+lr_schedule: constant
+kl_weight: 20.0
+kl_warmup_epochs: 1
+finetune_epochs: 1
+finetune_lr: 0.001
+device: cpu
+"""
+
+
+def write_tiny_project(folder, *, n: int = 200, n_val: int = 40, recipe: str = TINY_RECIPE) -> None:
+    """A user's folder as the CLI sees it: ``tinyarch.py`` (``--arch tinyarch:build``), a trained state dict
+    ``model.pt``, ``data.npz`` (``--data npz:data.npz``) and ``recipe.yaml``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    folder = Path(folder)
+    (folder / "tinyarch.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\ndef build():\n    return TinyMLP(16, (24, 12), 3)\n"
+    )
+    x, y = tiny_classification_data(n=n, shape=(1, 4, 4), seed=1)
+    n_train = n - n_val
+    np.savez(folder / "data.npz", x_train=x[:n_train].numpy(), y_train=y[:n_train].numpy(),
+             x_val=x[n_train:].numpy(), y_val=y[n_train:].numpy())
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(model(x[:n_train]), y[:n_train])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "recipe.yaml").write_text(recipe)

@@ -3,58 +3,22 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 
 from prunedrop import __version__
 from prunedrop.cli import cli
 from prunedrop.export import run_onnx
 from prunedrop.io import load_saved_model
-from prunedrop.testing import TinyMLP, tiny_classification_data
-
-TINY_RECIPE = """\
-# a tiny recipe for tests
-epochs: 8
-batch_size: 16
-eval_batch_size: 64
-lr: 0.003
-noise_lr: 0.3
-lr_schedule: constant
-kl_weight: 20.0
-kl_warmup_epochs: 1
-finetune_epochs: 1
-finetune_lr: 0.001
-device: cpu
-"""
+from prunedrop.testing import tiny_classification_data, write_tiny_project
 
 
 def _make_project(folder: Path) -> None:
-    """A user's folder: an architecture module, a trained state dict, npz data and a recipe."""
-    (folder / "tinyarch.py").write_text(textwrap.dedent("""
-        from prunedrop.testing import TinyMLP
-
-        def build():
-            return TinyMLP(16, (24, 12), 3)
-    """))
-    x, y = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
-    np.savez(folder / "data.npz", x_train=x[:160].numpy(), y_train=y[:160].numpy(),
-             x_val=x[160:].numpy(), y_val=y[160:].numpy())
-    torch.manual_seed(0)
-    model = TinyMLP(16, (24, 12), 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = torch.nn.functional.cross_entropy(model(x[:160]), y[:160])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.save(model.state_dict(), folder / "model.pt")
-    (folder / "recipe.yaml").write_text(TINY_RECIPE)
+    write_tiny_project(folder)
     (folder / "bad.yaml").write_text("treshold: 2\n")
 
 
