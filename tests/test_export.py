@@ -250,9 +250,9 @@ def test_unwritable_folder_is_an_error(tmp_path: Path) -> None:
     model, x = tiny_model("mlp")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should be")
-    with pytest.raises(PrunedropError, match="cannot write ONNX file"):
+    with pytest.raises(PrunedropError, match="cannot write"):
         export_onnx(model, x, blocker / "m.onnx")
-    with pytest.raises(PrunedropError, match="cannot write ONNX file"):
+    with pytest.raises(PrunedropError, match="cannot write"):
         export_onnx(model, x, tmp_path)  # an existing folder, not a file
 
 
