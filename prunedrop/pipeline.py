@@ -27,7 +27,7 @@ from .export import export_onnx, verify_onnx
 from .io import save_model
 from .prune import prune
 from .recipes import Recipe
-from .report import build_report, count_parameters, write_report
+from .report import build_report, count_parameters, measure_latency, write_report
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 
 #: files of a run folder
@@ -166,6 +166,12 @@ def compress(
     except PrunedropError as e:
         raise type(e)(f"{e.message}; {saved} in {out_dir}") from None
     timings["export_s"] = time.perf_counter() - t0
+    latency = None
+    if recipe.latency_runs:
+        log(f"timing onnxruntime (original and compressed alternated, {recipe.latency_runs} runs each)")
+        latency = measure_latency({"original": original_onnx.path, "compressed": exported.path}, example,
+                                  batch_sizes=recipe.latency_batch_sizes, threads=recipe.latency_threads,
+                                  runs=recipe.latency_runs)
 
     # report
     report = build_report(
@@ -196,6 +202,7 @@ def compress(
             "torch_version": torch.__version__,
             "total_params_after": total_after,
             "total_params_before": total_before,
+            **({"latency": latency} if latency is not None else {}),
         },
     )
     write_report(report, out_dir)

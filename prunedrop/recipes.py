@@ -109,6 +109,15 @@ class Recipe:
     parity_atol: float = 1e-4
     """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
 
+    latency_runs: int = 30
+    """Timed onnxruntime runs per model and batch size (original and compressed alternated); 0 skips timing."""
+
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    """Batch sizes at which the latency of the original and the compressed ONNX model is measured."""
+
+    latency_threads: int = 1
+    """onnxruntime intra-op threads for the latency measurement."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -136,6 +145,13 @@ class Recipe:
             _positive(self, "grad_clip")
         if self.train_limit is not None:
             _positive(self, "train_limit")
+        _positive(self, "latency_runs", allow_zero=True)
+        _positive(self, "latency_threads")
+        if self.latency_runs == 1:
+            raise PrunedropError("recipe key 'latency_runs' = 1: use 0 to skip timing or at least 2 (a spread needs two)")
+        if not self.latency_batch_sizes or min(self.latency_batch_sizes) < 1:
+            raise PrunedropError(f"recipe key 'latency_batch_sizes' = {self.latency_batch_sizes} must list "
+                                 "positive batch sizes")
         if not -self.log_alpha_clip < self.threshold < self.log_alpha_clip:
             raise PrunedropError(
                 f"recipe key 'threshold' = {self.threshold} must lie inside (−log_alpha_clip, log_alpha_clip) = "
@@ -209,10 +225,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise PrunedropError(f"recipe key '{name}' = {value!r} must be one of {allowed}")
         return value
     if origin is list:
-        if isinstance(value, str):
+        item = args[0]
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise PrunedropError(f"recipe key '{name}' must be a list of strings, not {value!r}")
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            kind = "strings" if item is str else "whole numbers"
+            raise PrunedropError(f"recipe key '{name}' must be a list of {kind}, not {value!r}")
         return list(value)
     if hint is bool:
         if not isinstance(value, bool):

@@ -153,6 +153,7 @@ kl_warmup_epochs: 1
 finetune_epochs: 1
 finetune_lr: 0.001
 device: cpu
+latency_runs: 3
 """
 
 
