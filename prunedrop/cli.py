@@ -110,11 +110,14 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
 
 def _num_outputs(model: Any, data: Any) -> int:
     """The model's number of outputs, from one forward pass on an example input."""
+    return _num_outputs_on(model, data.example_batch(2))
+
+
+def _num_outputs_on(model: Any, x: Any) -> int:
     import torch
 
     from .errors import PrunedropError
 
-    x = data.example_batch(2)
     try:
         with torch.no_grad():
             out = model.eval()(x)
@@ -157,12 +160,71 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-def report(run_dir: Path) -> None:
-    """Print the savings table of a finished run (from its report.json)."""
-    from .report import format_table, load_report
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--render/--no-render", default=True, show_default=True,
+              help="With one run: also rewrite its report.md and the plots that report.json holds the data for.")
+def report(run_dirs: tuple[Path, ...], render: bool) -> None:
+    """Print a finished run's savings table; with two or more runs, compare them side by side.
 
-    click.echo(format_table(load_report(run_dir)))
+    With one RUN_DIR the report is re-rendered from its report.json: the terminal table, report.md and the
+    kept-per-layer, sweep and training-curve plots (the log α histograms need the trained model and are
+    only drawn by `compress`).
+    """
+    from .report import compare_reports, format_table, load_report
+
+    reports = [load_report(d) for d in run_dirs]
+    if len(reports) > 1:
+        click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
+        return
+    if render:
+        from .pipeline import render_report
+
+        render_report(reports[0], run_dirs[0])
+    click.echo(format_table(reports[0]))
+
+
+@cli.command(name="inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--arch", metavar="MODULE:FACTORY", help="Architecture factory, as for `compress`.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a whole pickled nn.Module (runs code from the file).")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), metavar="FILE",
+              help="Recipe whose method and include/exclude globs decide what would be converted.")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Data spec whose first input gives the input shape (see `compress --help`).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder of IDX files.")
+@click.option("--input-shape", metavar="C,H,W", help="Shape of one input without the batch dimension, "
+              "instead of --data, e.g. 1,28,28.")
+@click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
+def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: Path | None,
+                data_spec: str | None, data_dir: Path | None, input_shape: str | None, as_json: bool) -> None:
+    """Show what `compress` would touch: the layer tree with parameters and FLOPs per layer, which layers the
+    recipe converts and which it leaves alone (and why). Trains nothing, writes nothing."""
+    import json
+
+    import torch
+
+    from .inspection import format_inspection, inspect_model
+    from .io import load_model
+    from .recipes import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{input_shape!r} is not a comma-separated list of sizes, e.g. 1,28,28",
+                                     param_hint="--input-shape") from None
+        if not shape or min(shape) < 1:
+            raise click.BadParameter("sizes must be positive", param_hint="--input-shape")
+        example = torch.zeros(1, *shape)
+    else:
+        from .data import load_data
+
+        example = load_data(data_spec or "digits", data_dir=data_dir).example_batch(1)
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    _num_outputs_on(net, example)
+    d = inspect_model(net, example, recipe)
+    click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))
 
 
 @cli.command()

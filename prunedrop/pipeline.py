@@ -25,10 +25,13 @@ from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .export import export_onnx, verify_onnx
 from .io import save_model
+from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, plot_training_curves
 from .prune import prune
 from .recipes import Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
+from .sweep import choose_threshold, default_thresholds, sweep_thresholds
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
+from .uncertainty import calibration_summary
 
 #: files of a run folder
 ORIGINAL_ONNX = "original.onnx"
@@ -36,6 +39,20 @@ MODEL_ONNX = "model.onnx"
 VARIATIONAL_CHECKPOINT = "checkpoint-variational.pt"
 MASKED_CHECKPOINT = "checkpoint-masked.pt"
 PARITY_SAMPLES = 256
+
+
+def _plot(plots: dict[str, str], key: str, draw: Callable[[Path], Any], out_dir: Path, *,
+          enabled: bool) -> str | None:
+    """Draw one plot into plots/; a missing matplotlib skips plots instead of failing the run."""
+    if not enabled:
+        return None
+    relative = f"plots/{key}.png"
+    try:
+        draw(out_dir / relative)
+    except PrunedropError as e:
+        return e.message
+    plots[key] = relative
+    return None
 
 
 def _save_pytorch_result(model: nn.Module, out_dir: Path, example: torch.Tensor,
@@ -122,14 +139,43 @@ def compress(
                        resume=resume, progress=progress)
     timings["finetune_s"] = time.perf_counter() - t0
 
-    # decide masks
-    pruned = prune(variational.cpu(), recipe.threshold)
+    # decide masks: the threshold sweep on validation data (and the choice within the accuracy budget),
+    # calibration of the Monte Carlo posterior, log α histograms - all need the variational model, so they
+    # come before it is thresholded
+    variational = variational.cpu().eval()
+    val_loader = data.loader("val", recipe.eval_batch_size)
+    name = metric_name(recipe.loss)
+    points = sweep_thresholds(variational, val_loader, recipe.sweep_thresholds or default_thresholds(),
+                              evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
+                              example_input=example[:1])
+    threshold, chosen = recipe.threshold, None
+    if recipe.max_metric_drop is not None:
+        # a threshold that prunes every weight leaves nothing to export, whatever its metric
+        chosen = choose_threshold([p for p in points if p.kept_weights > 0], metric_before=metric_before["val"],
+                                  max_metric_drop=recipe.max_metric_drop,
+                                  higher_is_better=recipe.loss == "cross_entropy")
+        if chosen is None:
+            log(f"no swept threshold keeps {name} within {recipe.max_metric_drop:g} of the original's; "
+                f"using the recipe's threshold {recipe.threshold:g}")
+        else:
+            threshold = chosen.threshold
+            log(f"threshold sweep: log α > {threshold:g} prunes most within the budget of {recipe.max_metric_drop:g} "
+                f"({name} {chosen.metric:.4g} before noise-free fine-tuning)")
+    calibration: dict[str, Any] = {}
+    if recipe.loss == "cross_entropy":
+        calibration["original"] = calibration_summary(original, val_loader)
+        if recipe.mc_samples:
+            calibration["variational_mc"] = calibration_summary(variational, val_loader, samples=recipe.mc_samples)
+    plots: dict[str, str] = {}
+    plot_error = _plot(plots, "log_alpha", lambda p: plot_log_alpha_histograms(variational, p, threshold),
+                       out_dir, enabled=recipe.plots)
+    pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:
         raise TrainingError(
-            f"every weight of the converted layers has log α > {recipe.threshold}: nothing would be left to export; "
+            f"every weight of the converted layers has log α > {threshold}: nothing would be left to export; "
             "lower kl_weight, raise threshold, or train for fewer epochs"
         )
-    log(f"pruned at log α > {recipe.threshold:g}: kept {pruned.kept_fraction:.2%} of the converted weights")
+    log(f"pruned at log α > {threshold:g}: kept {pruned.kept_fraction:.2%} of the converted weights")
     history = list(trained.history)
     if recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
@@ -141,6 +187,8 @@ def compress(
     # slim: per-weight sparsity removes no whole unit, so the architecture stays as it is
     final = pruned.model.cpu().eval()
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
+    if calibration:
+        calibration["compressed"] = calibration_summary(final, val_loader)
 
     # export + verify; the PyTorch result is saved first, so that it survives an export failure
     t0 = time.perf_counter()
@@ -150,7 +198,7 @@ def compress(
     metadata = {
         "prunedrop.version": __version__,
         "prunedrop.method": recipe.method,
-        "prunedrop.threshold": f"{recipe.threshold:g}",
+        "prunedrop.threshold": f"{threshold:g}",
         "prunedrop.params_before": str(nonzero_before),
         "prunedrop.params_after": str(nonzero_after),
         f"prunedrop.{metric_name(recipe.loss)}_before": f"{metric_before['val']:.6g}",
@@ -186,7 +234,11 @@ def compress(
         parity_max_abs_diff=parity,
         extra={
             "method": recipe.method,
-            "threshold": recipe.threshold,
+            "threshold": threshold,
+            "sweep": {"points": [p.to_dict() for p in points], "selected_on": "val",
+                      "chosen_threshold": None if chosen is None else chosen.threshold,
+                      "max_metric_drop": recipe.max_metric_drop, "metric_before": metric_before["val"]},
+            **({"calibration": calibration} if calibration else {}),
             "test_metric": {"before": metric_before.get("test"), "after": metric_after.get("test")},
             "onnx_dense_bytes_after": exported.dense_bytes,
             "sparse_initializers": exported.sparse_initializers,
@@ -205,6 +257,18 @@ def compress(
             **({"latency": latency} if latency is not None else {}),
         },
     )
+    if plot_error is None:
+        _plot(plots, "kept_per_layer", lambda p: plot_kept_per_layer(report, p), out_dir, enabled=recipe.plots)
+        _plot(plots, "sweep", lambda p: plot_sweep(points, p, chosen, metric_name=name,
+                                                   metric_before=metric_before["val"],
+                                                   max_metric_drop=recipe.max_metric_drop,
+                                                   higher_is_better=recipe.loss == "cross_entropy"),
+              out_dir, enabled=recipe.plots)
+        _plot(plots, "training", lambda p: plot_training_curves(history, p), out_dir, enabled=recipe.plots)
+    elif recipe.plots:
+        log(f"plots skipped: {plot_error}")
+    if plots:
+        report["plots"] = plots
     write_report(report, out_dir)
     files = {"model.onnx": exported.path, "model.pt": model_pt, "original.onnx": original_onnx.path,
              "report.json": out_dir / "report.json", "report.md": out_dir / "report.md"}
@@ -335,3 +399,31 @@ def reexport(
     return ReexportResult(path=exported.path, threshold=threshold, kept_fraction=pruned.kept_fraction,
                           params_before=total_plain, params_after=params_after, onnx_bytes=exported.num_bytes,
                           parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric)
+
+
+def render_report(report: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Rewrite report.md and the plots that report.json holds the data for (``prunedrop report RUN_DIR``)."""
+    from .sweep import SweepPoint
+
+    run_dir = Path(run_dir)
+    recipe = report.get("recipe") or {}
+    plots = dict(report.get("plots") or {})
+    if recipe.get("plots", True):
+        error = _plot(plots, "kept_per_layer", lambda p: plot_kept_per_layer(report, p), run_dir, enabled=True)
+        sweep = report.get("sweep")
+        if error is None and isinstance(sweep, dict) and sweep.get("points"):
+            fields = set(SweepPoint.__dataclass_fields__)
+            points = [SweepPoint(**{k: (float("nan") if k == "metric" and v is None else v)
+                                    for k, v in p.items() if k in fields}) for p in sweep["points"]]
+            chosen = next((p for p in points if p.threshold == sweep.get("chosen_threshold")), None)
+            _plot(plots, "sweep", lambda p: plot_sweep(points, p, chosen, metric_name=report["metric"]["name"],
+                                                       metric_before=sweep.get("metric_before"),
+                                                       max_metric_drop=sweep.get("max_metric_drop")),
+                  run_dir, enabled=True)
+        if error is None and report.get("history"):
+            _plot(plots, "training", lambda p: plot_training_curves(report["history"], p), run_dir, enabled=True)
+    plots = {k: v for k, v in plots.items() if (run_dir / v).is_file()}
+    if plots:
+        report["plots"] = plots
+    write_report(report, run_dir)
+    return report

@@ -109,6 +109,21 @@ class Recipe:
     parity_atol: float = 1e-4
     """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
 
+    max_metric_drop: float | None = None
+    """Accuracy budget in metric points: sweep the threshold after fine-tuning and take the one that prunes most
+    while the validation metric stays within this of the original's. null keeps ``threshold`` fixed."""
+
+    sweep_thresholds: list[float] | None = None
+    """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5. The sweep runs in every run and
+    its curve goes into the report; it chooses the threshold only when ``max_metric_drop`` is set."""
+
+    mc_samples: int = 20
+    """Monte Carlo forward passes of the variational model for the calibration report (ECE, NLL); 0 skips it."""
+
+    plots: bool = True
+    """Write PNG plots (kept fraction per layer, log α histograms, sweep curve, training curves) into
+    ``plots/``; needs matplotlib (``pip install prunedrop[plots]``)."""
+
     latency_runs: int = 30
     """Timed onnxruntime runs per model and batch size (original and compressed alternated); 0 skips timing."""
 
@@ -146,6 +161,16 @@ class Recipe:
         if self.train_limit is not None:
             _positive(self, "train_limit")
         _positive(self, "latency_runs", allow_zero=True)
+        _positive(self, "mc_samples", allow_zero=True)
+        if self.max_metric_drop is not None:
+            _positive(self, "max_metric_drop", allow_zero=True)
+        if self.sweep_thresholds is not None:
+            if not self.sweep_thresholds:
+                raise PrunedropError("recipe key 'sweep_thresholds' is empty; give thresholds or null for the default")
+            bad = [t for t in self.sweep_thresholds if not -self.log_alpha_clip < t < self.log_alpha_clip]
+            if bad:
+                raise PrunedropError(f"recipe key 'sweep_thresholds' holds {bad[0]}, outside (−log_alpha_clip, "
+                                     f"log_alpha_clip) = (−{self.log_alpha_clip}, {self.log_alpha_clip})")
         _positive(self, "latency_threads")
         if self.latency_runs == 1:
             raise PrunedropError("recipe key 'latency_runs' = 1: use 0 to skip timing or at least 2 (a spread needs two)")
@@ -226,13 +251,18 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value
     if origin is list:
         item = args[0]
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
+        accepted = (int, float) if item is float else item
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, item) and not isinstance(v, bool) for v in value
+            isinstance(v, accepted) and not isinstance(v, bool) for v in value
         ):
-            kind = "strings" if item is str else "whole numbers"
+            kind = {str: "strings", int: "whole numbers", float: "numbers"}[item]
             raise PrunedropError(f"recipe key '{name}' must be a list of {kind}, not {value!r}")
+        if item is float:
+            if not all(math.isfinite(v) for v in value):
+                raise PrunedropError(f"recipe key '{name}' must hold finite numbers, not {value!r}")
+            return [float(v) for v in value]
         return list(value)
     if hint is bool:
         if not isinstance(value, bool):

@@ -573,8 +573,48 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
     if isinstance(report.get("latency"), Mapping):
         parts.append(_align(_LATENCY_HEADER, _latency_rows(report["latency"])))
+    if isinstance(report.get("sweep"), Mapping):
+        parts.append(_sweep_line(report))
+    if isinstance(report.get("calibration"), Mapping):
+        parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
     parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
     return "\n\n".join(parts) + "\n"
+
+
+_SWEEP_HEADER = ["threshold", "metric", "non-zero params", "params ratio", "non-zero MACs", "chosen"]
+_CALIBRATION_HEADER = ["model", "accuracy", "ECE", "NLL", "MC samples"]
+
+
+def _sweep_line(report: Mapping[str, Any]) -> str:
+    sweep = report["sweep"]
+    chosen = sweep.get("chosen_threshold")
+    used = report.get("threshold")
+    if chosen is not None:
+        return (f"threshold {chosen:g} chosen by the sweep: the most pruning within {sweep.get('max_metric_drop'):g} "
+                f"{report['metric']['name']} points of the original (validation data)")
+    return f"threshold {used:g} (fixed; set max_metric_drop to choose it from the sweep in report.md)"
+
+
+def _sweep_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    sweep = report["sweep"]
+    rows = []
+    for p in sweep.get("points", []):
+        ratio = p["total_params"] / p["params"] if p.get("params") else None
+        mark = "◀" if p["threshold"] == report.get("threshold") else ""
+        rows.append([f"{p['threshold']:g}", _fmt_float(p["metric"]), human_count(p["params"]), _fmt_ratio(ratio),
+                     human_count(p["nonzero_macs"]), mark])
+    return rows
+
+
+def _calibration_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
+    labels = {"original": "original", "variational_mc": "variational (MC)", "compressed": "compressed"}
+    rows = []
+    for key, label in labels.items():
+        c = calibration.get(key)
+        if isinstance(c, Mapping):
+            rows.append([label, _fmt_float(c.get("accuracy")), _fmt_float(c.get("ece")), _fmt_float(c.get("nll")),
+                         str(c.get("samples") or "-")])
+    return rows
 
 
 def _format_markdown(report: Mapping[str, Any]) -> str:
@@ -600,7 +640,19 @@ def _format_markdown(report: Mapping[str, Any]) -> str:
             "alternated runs; speedup against the first model.",
             _markdown(_LATENCY_HEADER, _latency_rows(latency)),
         ]
+    if isinstance(report.get("sweep"), Mapping):
+        parts += ["## Threshold sweep", _sweep_line(report) + " ◀ marks the threshold used. The metric is "
+                  "measured before the noise-free fine-tuning.", _markdown(_SWEEP_HEADER, _sweep_rows(report))]
+    if isinstance(report.get("calibration"), Mapping):
+        parts += ["## Calibration",
+                  "Expected calibration error (15 bins) and negative log-likelihood on the validation data: the "
+                  "original model, the variational model averaged over Monte Carlo samples of its noise, and the "
+                  "compressed model.",
+                  _markdown(_CALIBRATION_HEADER, _calibration_rows(report["calibration"]))]
     parts += ["## Layers", _markdown(_LAYER_HEADER, _layer_table_rows(report), left=2)]
+    plots = report.get("plots")
+    if isinstance(plots, Mapping) and plots:
+        parts += ["## Plots", "\n\n".join(f"![{key}]({path})" for key, path in plots.items())]
     return "\n\n".join(parts) + "\n"
 
 
@@ -741,3 +793,47 @@ def measure_latency(
         "onnxruntime_version": ort.__version__,
         "results": results,
     }
+
+
+def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """Several runs side by side (``prunedrop report A B``): one column per run, one row per quantity."""
+
+    def get(r: Mapping[str, Any], *keys: str) -> Any:
+        node: Any = r
+        for k in keys:
+            if not isinstance(node, Mapping) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    def latency(r: Mapping[str, Any], batch: int) -> str:
+        for row in get(r, "latency", "results") or []:
+            if row.get("model") == "compressed" and row.get("batch_size") == batch:
+                return f"{row['median_ms']:.4g} ms ({_fmt_ratio(row.get('speedup'))})"
+        return "-"
+
+    rows: list[list[str]] = []
+    names = list(reports)
+    spec: list[tuple[str, Any]] = [
+        ("method", lambda r: str(get(r, "method") or "-")),
+        ("threshold", lambda r: _fmt_float(get(r, "threshold"))),
+        ("parameters before", lambda r: human_count(get(r, "params", "before"))),
+        ("parameters after (non-zero)", lambda r: human_count(get(r, "params", "after"))),
+        ("parameters ratio", lambda r: _fmt_ratio(get(r, "params", "ratio"))),
+        ("FLOPs after (dense)", lambda r: human_count(get(r, "flops", "after"))),
+        ("non-zero FLOPs ratio", lambda r: _fmt_ratio(get(r, "flops", "nonzero_ratio"))),
+        ("ONNX bytes after", lambda r: human_bytes(get(r, "onnx_bytes", "after"))),
+        ("ONNX ratio", lambda r: _fmt_ratio(get(r, "onnx_bytes", "ratio"))),
+        ("metric", lambda r: str(get(r, "metric", "name") or "-")),
+        ("metric before", lambda r: _fmt_float(get(r, "metric", "before"))),
+        ("metric after", lambda r: _fmt_float(get(r, "metric", "after"))),
+        ("metric delta", lambda r: _fmt_signed(get(r, "metric", "delta"))),
+        ("test metric after", lambda r: _fmt_float(get(r, "test_metric", "after"))),
+        ("ECE after", lambda r: _fmt_float(get(r, "calibration", "compressed", "ece"))),
+        ("latency batch 1", lambda r: latency(r, 1)),
+        ("latency batch 64", lambda r: latency(r, 64)),
+        ("parity", lambda r: _fmt_float(get(r, "parity_max_abs_diff"))),
+    ]
+    for label, fn in spec:
+        rows.append([label, *[fn(reports[n]) for n in names]])
+    return _align(["", *names], rows) + "\n"

@@ -173,3 +173,58 @@ def test_input_shape_that_does_not_fit(project: Path) -> None:
     np.savez(project / "big.npz", x_train=x, y_train=np.zeros(30, dtype="int64"))
     result = CliRunner().invoke(cli, _compress("-o", "out", "--data", "npz:big.npz"))
     assert result.exit_code == 1 and "(1, 5, 5)" in result.output, result.output
+
+
+def test_run_has_sweep_calibration_and_plots(finished: Path) -> None:
+    out = finished / "out"
+    report = json.loads((out / "report.json").read_text())
+    points = report["sweep"]["points"]
+    assert len(points) == 17 and report["sweep"]["chosen_threshold"] is None
+    kept = [p["params"] for p in points]
+    assert kept == sorted(kept), "a higher log α threshold keeps more"
+    assert set(report["calibration"]) == {"original", "variational_mc", "compressed"}
+    for key in ("kept_per_layer", "log_alpha", "sweep", "training"):
+        png = out / report["plots"][key]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert f"]({report['plots'][key]})" in (out / "report.md").read_text()
+    assert {r["model"] for r in report["latency"]["results"]} == {"original", "compressed"}
+
+
+def test_accuracy_budget_chooses_the_threshold(project: Path) -> None:
+    (project / "budget.yaml").write_text((project / "recipe.yaml").read_text() + "max_metric_drop: 100.0\n")
+    args = _compress("-o", "out")
+    args[args.index("recipe.yaml")] = "budget.yaml"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    points = report["sweep"]["points"]
+    # a budget of 100 points admits every threshold: the one that keeps least, but keeps some weights, wins
+    candidates = [p for p in points if p["kept_weights"] > 0]
+    best = min(candidates, key=lambda p: (p["params"], p["threshold"]))
+    assert report["threshold"] == report["sweep"]["chosen_threshold"] == best["threshold"]
+    assert "chosen by the sweep" in result.output
+
+
+def test_inspect_command(finished: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(finished)
+    monkeypatch.syspath_prepend(str(finished))
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz"])
+    assert result.exit_code == 0, result.output
+    assert "net.3" in result.output and "convert" in result.output
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "1,4,4",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["summary"]["converted"] == ["net.1", "net.3", "net.5"]
+    bad = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "1,x"])
+    assert bad.exit_code == 2 and "--input-shape" in bad.output
+
+
+def test_report_compares_runs_and_rerenders(finished: Path) -> None:
+    out = finished / "out"
+    result = CliRunner().invoke(cli, ["report", str(out), str(out)])
+    assert result.exit_code == 0 and "parameters ratio" in result.output
+    (out / "report.md").unlink()
+    (out / "plots" / "sweep.png").unlink()
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 0
+    assert (out / "report.md").is_file() and (out / "plots" / "sweep.png").is_file()

@@ -1,0 +1,274 @@
+"""Look before you compress: which layers a recipe would convert, what they hold and what they compute.
+
+:func:`inspect_model` walks the model exactly as :func:`prunedrop.convert.to_variational` does (the same
+``named_children()`` recursion, the same exact-type registry lookup and the same include/exclude globs via
+:func:`prunedrop.convert._selected`) but converts nothing. Parameter counts and FLOPs (multiply-adds per
+input sample, as everywhere in prunedrop, see :mod:`prunedrop.report`) come from one forward pass of
+:func:`prunedrop.report.profile_model` on a batch of one, so inspecting a ResNet-50-sized model takes about
+as long as one inference.
+
+:func:`format_inspection` renders the result as an indented tree for a terminal.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import _selected
+from .errors import PrunedropError
+from .layers import LAYER_REGISTRY, VariationalLayer
+from .recipes import Recipe
+from .report import LayerProfile, human_count, profile_model
+
+__all__ = ["format_inspection", "inspect_model"]
+
+#: ``status`` of a tree entry
+CONVERT = "convert"
+EXCLUDED = "excluded"
+UNSUPPORTED = "unsupported"
+NO_PARAMETERS = "no parameters"
+CONTAINER = "container"
+VARIATIONAL = "variational"
+
+
+def _glob_reason(name: str, recipe: Recipe) -> str:
+    """Why :func:`prunedrop.convert._selected` rejected ``name``: the first exclude glob that matches it,
+    or the include globs that all missed it (the same order of checks as ``_selected``)."""
+    if not any(fnmatch.fnmatchcase(name, p) for p in recipe.include):
+        return f"not matched by include {list(recipe.include)!r}"
+    pattern = next(p for p in recipe.exclude if fnmatch.fnmatchcase(name, p))
+    return f"excluded by glob {pattern!r}"
+
+
+def _unsupported_reason(module: nn.Module, registry: dict[type[nn.Module], Any]) -> str:
+    name = type(module).__name__
+    # The registry lookup is by exact type (a subclass may change forward()); say so, since
+    # "no variational version of NonDynamicallyQuantizableLinear" alone would puzzle a user.
+    base = next((t for t in registry if isinstance(module, t)), None)
+    if base is not None:
+        return (f"no variational version of {name} (a subclass of {base.__name__}; only exact registered "
+                f"types are converted)")
+    return f"no variational version of {name}"
+
+
+def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe) -> dict[str, Any]:
+    """Describe what ``to_variational(model, recipe)`` would do, without converting anything.
+
+    ``example_input`` is a batch of real-shaped inputs; only its first sample is run (one forward pass under
+    ``torch.no_grad()`` in eval mode, training flags restored). The model is not modified.
+
+    Returns a JSON-able dict:
+
+    * ``method``, ``include``, ``exclude``: the recipe settings that decide the conversion;
+    * ``layers``: one entry per module in walk order (the root first, with name ``""``): ``name``
+      (qualified), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
+      ``unsupported``, ``no parameters``, ``container`` or ``variational``), ``reason`` (why it is left
+      alone; ``""`` when converted; for a container ``""`` unless it owns parameters directly), ``params``
+      (parameters it owns directly), ``macs`` (its own multiply-adds per sample), ``subtree_params`` and
+      ``subtree_macs`` (itself plus every descendant, shared modules and parameters counted once),
+      ``counted`` (False when prunedrop has no MAC rule for the type, so its 0 MACs mean "unknown"),
+      ``weight_shape``, ``out_shape`` (from the forward pass, ``[]`` if not called);
+    * ``summary``: ``converted`` / ``excluded`` (qualified names) and ``left_alone`` (name → type), with
+      exactly the meaning of :class:`prunedrop.convert.ConversionSummary`;
+    * ``totals``: ``params``, ``macs``, ``converted_params`` (all parameters of the layers that would be
+      converted, biases included), ``prunable_weights`` (their weights: what gets noise),
+      ``converted_macs``, ``params_share`` / ``macs_share`` (converted / total, ``None`` for a zero
+      total), ``layers_converted``, ``layers_excluded``, ``layers_unsupported``, ``uncounted_layers``;
+    * ``warnings``: problems :func:`to_variational` would raise or a user should know about.
+
+    Raises :class:`PrunedropError` when the recipe's method has no registered layers.
+    """
+    registry = LAYER_REGISTRY.get(recipe.method)
+    if registry is None:
+        raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] == 0:
+        raise PrunedropError("inspect needs an example input batch with at least one sample")
+    # Batch 1: MACs are per sample anyway, and a big model's inspection should cost one inference.
+    device = next((p.device for p in model.parameters()), example_input.device)
+    profiles: list[LayerProfile] = profile_model(model, example_input[:1].to(device))
+    # profile_model names a shared module once (named_modules() removes duplicates); the walk below meets
+    # it under every name, so profiles are looked up by module identity.
+    modules = dict(model.named_modules())
+    profile_by_id = {id(modules[p.name]): p for p in profiles}
+
+    entries: list[dict[str, Any]] = []
+    converted: list[str] = []
+    excluded: list[str] = []
+    left_alone: dict[str, str] = {}
+    warnings: list[str] = []
+    seen_params: set[int] = set()
+    seen_modules: set[int] = set()
+    totals = {"params": 0, "macs": 0, "converted_params": 0, "prunable_weights": 0, "converted_macs": 0}
+
+    def own_params(module: nn.Module) -> list[nn.Parameter]:
+        return list(module.parameters(recurse=False))
+
+    def walk(module: nn.Module, name: str, depth: int) -> tuple[int, int]:
+        """Append the entry of ``module`` (and its subtree); return its subtree (params, macs)."""
+        label = name or "<root>"
+        params = own_params(module)
+        n_params = sum(p.numel() for p in params)
+        profile = profile_by_id.get(id(module))
+        macs = profile.macs if profile is not None else 0
+        entry: dict[str, Any] = {
+            "name": name,
+            "depth": depth,
+            "type": type(module).__name__,
+            "status": "",
+            "reason": "",
+            "params": n_params,
+            "macs": macs,
+            "subtree_params": 0,
+            "subtree_macs": 0,
+            "counted": profile.counted if profile is not None else True,
+            "weight_shape": profile.weight_shape if profile is not None else None,
+            "out_shape": profile.out_shape if profile is not None else [],
+        }
+        entries.append(entry)
+        first_visit = id(module) not in seen_modules
+        seen_modules.add(id(module))
+        # Totals count each parameter and each module's MACs once, however often it is reached.
+        new_params = [p for p in params if id(p) not in seen_params]
+        seen_params.update(id(p) for p in params)
+        sub_params = sum(p.numel() for p in new_params)
+        sub_macs = macs if first_visit else 0
+        totals["params"] += sub_params
+        totals["macs"] += sub_macs
+
+        children = list(module.named_children())
+        if type(module) in registry:
+            # to_variational stops here: a registered layer is swapped whole and not descended into.
+            if _selected(label, recipe):
+                entry["status"] = CONVERT
+                converted.append(label)
+                totals["converted_params"] += sub_params
+                weight = getattr(module, "weight", None)
+                if isinstance(weight, torch.Tensor) and id(weight) in {id(p) for p in new_params}:
+                    totals["prunable_weights"] += weight.numel()
+                totals["converted_macs"] += sub_macs
+            else:
+                entry["status"] = EXCLUDED
+                entry["reason"] = _glob_reason(label, recipe)
+                excluded.append(label)
+        elif isinstance(module, VariationalLayer):
+            entry["status"] = VARIATIONAL
+            entry["reason"] = f"already variational ({type(module).__name__})"
+            warnings.append(f"layer {label} is already variational; to_variational needs a plain model")
+        elif not children:
+            if params:
+                entry["status"] = UNSUPPORTED
+                entry["reason"] = _unsupported_reason(module, registry)
+                left_alone[label] = type(module).__name__
+            else:
+                entry["status"] = NO_PARAMETERS
+                entry["reason"] = "no parameters"
+        else:
+            entry["status"] = CONTAINER
+            if params:
+                # e.g. nn.MultiheadAttention's in_proj_weight: to_variational walks past a container's own
+                # parameters, so they stay dense whatever the globs say.
+                names = ", ".join(n for n, _ in module.named_parameters(recurse=False))
+                why = _unsupported_reason(module, registry)
+                entry["reason"] = f"own parameters ({names}) stay dense: {why}"
+            for child_name, child in children:
+                p, m = walk(child, f"{name}.{child_name}" if name else child_name, depth + 1)
+                sub_params += p
+                sub_macs += m
+        entry["subtree_params"] = sub_params
+        entry["subtree_macs"] = sub_macs
+        return sub_params, sub_macs
+
+    walk(model, "", 0)
+
+    if not converted:
+        hint = (f"the include/exclude globs exclude all of: {', '.join(excluded[:5])}" if excluded
+                else f"supported types are {', '.join(sorted(t.__name__ for t in registry))}")
+        warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
+                           "`prunedrop compress` would stop with an error")
+    uncounted = sorted({p.name for p in profiles if not p.counted})
+    if uncounted:
+        warnings.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
+    not_called = [e["name"] for e in entries if e["status"] == CONVERT and not e["out_shape"]]
+    if not_called:
+        # A layer the forward pass never reaches gets noise and a KL term but no data gradient.
+        warnings.append(f"converted layers not used by the forward pass: {', '.join(not_called)}")
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    return {
+        "model": type(model).__name__,
+        "method": recipe.method,
+        "include": list(recipe.include),
+        "exclude": list(recipe.exclude),
+        "input_shape": list(example_input.shape[1:]),
+        "layers": entries,
+        "summary": {"converted": converted, "excluded": excluded, "left_alone": left_alone},
+        "totals": {
+            **totals,
+            "params_share": share(totals["converted_params"], totals["params"]),
+            "macs_share": share(totals["converted_macs"], totals["macs"]),
+            "layers_converted": len(converted),
+            "layers_excluded": len(excluded),
+            "layers_unsupported": len(left_alone),
+            "uncounted_layers": uncounted,
+        },
+        "warnings": warnings,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def format_inspection(d: dict[str, Any]) -> str:
+    """Render :func:`inspect_model`'s dict as plain text: the indented layer tree, then totals and warnings.
+
+    Containers show the totals of their subtree; leaves their own numbers. The action column says
+    ``convert`` or, for a layer that owns parameters and stays dense, why.
+    """
+    header = ["layer", "type", "params", "MACs", "action"]
+    rows = []
+    for e in d["layers"]:
+        name = e["name"] or d.get("model", "<root>")
+        is_container = e["status"] == CONTAINER
+        params = e["subtree_params"] if is_container else e["params"]
+        macs = e["subtree_macs"] if is_container else e["macs"]
+        if e["status"] == CONVERT:
+            action = "convert"
+        elif e["status"] in (EXCLUDED, UNSUPPORTED, VARIATIONAL):
+            action = f"keep: {e['reason']}"
+        elif is_container:
+            action = e["reason"]  # "" unless the container owns parameters directly
+        else:
+            action = "-"  # no parameters: nothing to convert, nothing to say
+        macs_text = human_count(macs) if e["counted"] else "?"
+        rows.append(["  " * e["depth"] + name, e["type"], human_count(params), macs_text, action])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def line(r: list[str]) -> str:
+        return "  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
+                          r[3].rjust(widths[3]), r[4]]).rstrip()
+
+    t = d["totals"]
+    lines = [
+        f"{d.get('model', 'model')}: method {d['method']}, include {d['include']}, exclude {d['exclude']}, "
+        f"input {'x'.join(map(str, d.get('input_shape', [])))}",
+        "",
+        line(header),
+        "  ".join("-" * w for w in [*widths, len(header[4])]),
+        *(line(r) for r in rows),
+        "",
+        f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded by the recipe's "
+        f"globs, {t['layers_unsupported']} of unsupported types",
+        f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
+        f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
+        f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "
+        f"in converted layers ({_pct(t['macs_share'])})",
+    ]
+    lines += [f"warning: {w}" for w in d.get("warnings", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,209 @@
+"""Threshold sweep: the compression / metric trade-off of a trained variational model, and a budgeted choice.
+
+Sparse VD (Molchanov, Ashukha, Vetrov 2017) prunes a weight where log α exceeds a threshold; the paper uses
+3, but the trained log α are spread out and the threshold is a free dial: lower prunes more. Since the
+variational model in eval mode computes exactly what its thresholded deterministic model computes (the
+layer contract in :mod:`prunedrop.layers.base`), the whole curve costs one evaluation per threshold and
+no retraining. :func:`choose_threshold` then picks the most compressed point within an accuracy budget.
+
+Counts follow :mod:`prunedrop.report`: parameters are non-zero parameters of the deterministic model that
+:func:`prunedrop.prune.prune` would return, FLOPs are multiply-adds per input sample, and non-zero MACs are
+``nnz(weight) × output positions`` per layer. They are exact: each variational layer's ``to_dense`` is built
+for each threshold and counted (so per-unit families, whose pruned units also lose their bias, are right
+too), and the output positions come from one profiling pass (``profile_model``) on a batch of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import variational_layers
+from .errors import PrunedropError
+from .prune import set_thresholds
+from .report import profile_model
+
+__all__ = ["SweepPoint", "choose_threshold", "default_thresholds", "sweep_thresholds"]
+
+#: slack when comparing a metric drop with the budget: 98.61 − 97.61 is 1.0000000000000142 in floats
+_BUDGET_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The thresholded model at one threshold: its metric and what it keeps."""
+
+    threshold: float
+    """The pruning threshold of every variational layer (log α for sparse VD: prune where log α > it)."""
+    metric: float
+    """``evaluate_fn``'s value for the model thresholded here (eval mode)."""
+    kept_weights: int
+    """Non-zero weights of the variational layers after thresholding."""
+    total_weights: int
+    """All weights of the variational layers (what gets noise)."""
+    params: int
+    """Non-zero parameters of the whole thresholded deterministic model (``report["params"]["after"]``)."""
+    total_params: int
+    """Stored parameters of that model, zero or not (the same at every threshold)."""
+    nonzero_macs: int
+    """Multiply-adds per sample with a non-zero weight, whole model (``report["flops"]["nonzero_after"]``)."""
+    macs: int
+    """Dense multiply-adds per sample, whole model (the same at every threshold)."""
+    kept_per_layer: dict[str, int] = field(default_factory=dict)
+    """Variational layer name → its non-zero weights after thresholding."""
+
+    @property
+    def kept_fraction(self) -> float:
+        """Share of the variational layers' weights that survive (1.0 when there are none)."""
+        return self.kept_weights / self.total_weights if self.total_weights else 1.0
+
+    @property
+    def params_ratio(self) -> float | None:
+        """Stored / non-zero parameters: how many times fewer non-zeros; ``None`` when nothing is left."""
+        return self.total_params / self.params if self.params else None
+
+    @property
+    def flops_ratio(self) -> float | None:
+        """Dense / non-zero multiply-adds; ``None`` when no multiply-add is left."""
+        return self.macs / self.nonzero_macs if self.nonzero_macs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (non-finite metrics become ``None``), with the derived ratios."""
+        d = dataclasses.asdict(self)
+        d["metric"] = self.metric if math.isfinite(self.metric) else None
+        d.update(kept_fraction=self.kept_fraction, params_ratio=self.params_ratio,
+                 flops_ratio=self.flops_ratio)
+        return d
+
+
+def default_thresholds(start: float = -2.0, stop: float = 6.0, step: float = 0.5) -> list[float]:
+    """log α thresholds from ``start`` to ``stop`` inclusive: by default −2, −1.5, …, 6 (17 values).
+
+    The paper's 3 (α ≈ 20) sits in the middle; below 0 (α < 1, noise smaller than the weight) pruning
+    starts to remove weights the network uses, above ~6 almost nothing is pruned.
+    """
+    if step <= 0 or stop < start:
+        raise ValueError(f"need step > 0 and stop >= start, got start={start}, stop={stop}, step={step}")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    # computed from the index, not accumulated, so that 3.0 is exactly 3.0
+    return [round(start + i * step, 10) for i in range(n)]
+
+
+def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
+    batch = next(iter(data_loader), None)
+    if batch is None:
+        raise PrunedropError("the sweep's data loader is empty")
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(x, torch.Tensor):
+        raise PrunedropError("cannot take an example input from the data loader; pass example_input=")
+    return x
+
+
+@torch.no_grad()
+def sweep_thresholds(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    thresholds: Sequence[float],
+    *,
+    evaluate_fn: Callable[[nn.Module, Iterable[Any]], float],
+    example_input: torch.Tensor | None = None,
+) -> list[SweepPoint]:
+    """Evaluate a trained variational ``model`` at every threshold; one :class:`SweepPoint` each, in order.
+
+    For each threshold, every variational layer gets it (:func:`prunedrop.prune.set_thresholds`) and
+    ``evaluate_fn(model, data_loader)`` is called with the model in eval mode, where it computes exactly
+    what ``prune(model, threshold).model`` would. ``evaluate_fn`` returns one float (e.g.
+    ``lambda m, dl: prunedrop.train.evaluate(m, dl)["accuracy"]``). ``example_input`` (default: the first
+    batch of ``data_loader``) is used once, at batch size 1, to find each layer's output positions.
+
+    The model is not modified: every layer's own threshold and every module's training flag are restored
+    afterwards, also when ``evaluate_fn`` raises.
+    """
+    layers = variational_layers(model)
+    if not layers:
+        raise PrunedropError("the model has no variational layer: sweep the trained model before prune()")
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or not all(math.isfinite(t) for t in thresholds):
+        raise PrunedropError(f"thresholds must be a non-empty list of finite numbers, got {thresholds}")
+    if example_input is None:
+        example_input = _first_input(data_loader)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    # Constant parts: everything outside the variational layers, and each layer's output positions
+    # (dense MACs / weight size on a batch of one, exact: no rounding at batch 1).
+    profiles = {p.name: p for p in profile_model(model, example_input[:1].to(device))}
+    positions = {name: profiles[name].macs // layer.weight.numel() if name in profiles else 0
+                 for name, layer in layers.items()}
+    variational_ids = {id(p) for layer in layers.values() for p in layer.parameters()}
+    other = [p for p in model.parameters() if id(p) not in variational_ids]
+    other_params = sum(p.numel() for p in other)
+    other_nonzero = sum(int(torch.count_nonzero(p)) for p in other)
+    layer_names = set(layers)
+    other_nonzero_macs = sum(p.nonzero_macs for p in profiles.values() if p.name not in layer_names)
+    macs = sum(p.macs for p in profiles.values())
+    total_weights = sum(layer.weight.numel() for layer in layers.values())
+
+    saved_thresholds = {name: layer.threshold for name, layer in layers.items()}
+    saved_modes = [(m, m.training) for m in model.modules()]
+    points = []
+    try:
+        for t in thresholds:
+            set_thresholds(model, t)
+            model.eval()
+            metric = float(evaluate_fn(model, data_loader))
+            kept_per_layer: dict[str, int] = {}
+            params, total_params, nonzero_macs = other_nonzero, other_params, other_nonzero_macs
+            for name, layer in layers.items():
+                # The layer's own deterministic version: exact for any noise family (a per-unit family also
+                # zeroes the pruned units' biases), and one layer at a time so memory stays small.
+                dense = layer.to_dense(t)
+                kept = int(torch.count_nonzero(dense.weight))
+                kept_per_layer[name] = kept
+                params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
+                total_params += sum(p.numel() for p in dense.parameters())
+                nonzero_macs += kept * positions[name]
+                del dense
+            points.append(SweepPoint(
+                threshold=t, metric=metric, kept_weights=sum(kept_per_layer.values()),
+                total_weights=total_weights, params=params, total_params=total_params,
+                nonzero_macs=nonzero_macs, macs=macs, kept_per_layer=kept_per_layer,
+            ))
+    finally:
+        for name, layer in layers.items():
+            layer.threshold = saved_thresholds[name]
+        for m, mode in saved_modes:
+            m.training = mode
+    return points
+
+
+def choose_threshold(
+    points: Sequence[SweepPoint],
+    *,
+    metric_before: float,
+    max_metric_drop: float,
+    higher_is_better: bool = True,
+) -> SweepPoint | None:
+    """The point with the fewest non-zero parameters whose metric is within the budget; ``None`` if none is.
+
+    A point qualifies when ``metric_before − metric ≤ max_metric_drop`` (``metric − metric_before`` for a
+    lower-is-better metric such as MSE), with a relative slack of 1e-9 for float rounding; a NaN metric
+    never qualifies. Ties in parameters go to the better metric, then to the smaller threshold (equal
+    counts at two thresholds mean the same masks, since masks are nested in the threshold).
+    """
+    if not math.isfinite(metric_before):
+        raise ValueError(f"metric_before must be finite, got {metric_before}")
+    if not math.isfinite(max_metric_drop):
+        raise ValueError(f"max_metric_drop must be finite, got {max_metric_drop}")
+    sign = 1.0 if higher_is_better else -1.0
+    slack = _BUDGET_RTOL * max(1.0, abs(metric_before), abs(max_metric_drop))
+    qualifying = [p for p in points
+                  if math.isfinite(p.metric) and sign * (metric_before - p.metric) <= max_metric_drop + slack]
+    if not qualifying:
+        return None
+    return min(qualifying, key=lambda p: (p.params, -sign * p.metric, p.threshold))
