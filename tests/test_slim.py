@@ -1,0 +1,286 @@
+"""Tests for prunedrop.slim: pruned units leave every layer they touch, and the function stays the same."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunedrop.errors import PrunedropError
+from prunedrop.report import count_parameters
+from prunedrop.slim import SlimResult, slim
+from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
+
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@torch.no_grad()
+def _prune_units(model: nn.Module, prune: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Zero the given units (weight rows and bias) in place, as the prune stage does; return keep masks."""
+    modules = dict(model.named_modules())
+    masks = {}
+    for name, units in prune.items():
+        layer = modules[name]
+        keep = torch.ones(layer.weight.shape[0], dtype=torch.bool)
+        keep[units] = False
+        layer.weight[~keep] = 0
+        if layer.bias is not None:
+            layer.bias[~keep] = 0
+        masks[name] = keep
+    return masks
+
+
+def _random_prune(model: nn.Module, p: float = 0.4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Prune random units of every Linear/Conv layer except the classifier head (the last one)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)][:-1]
+    prune = {}
+    for name, layer in layers:
+        units = torch.nonzero(torch.rand(layer.weight.shape[0], generator=g) < p).flatten().tolist()
+        prune[name] = units
+    return _prune_units(model, prune)
+
+
+def _diff_on_fresh_inputs(a: nn.Module, b: nn.Module, x: torch.Tensor, seed: int = 7) -> float:
+    """Max |a − b| on inputs the slimming never saw: folds must hold for any input, not just the example."""
+    fresh = torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(seed)) * 2
+    with torch.no_grad():
+        return float((a.eval()(fresh) - b.eval()(fresh)).abs().max())
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[name]
+
+
+ALL_ARCHS = [
+    "mlp",
+    "lenet5",
+    "vgg_bn",
+    "resnet_basic",
+    "resnet_bottleneck",
+    "mobilenet_v2",
+    "densenet",
+    "gelu",
+]
+
+
+@pytest.mark.parametrize("name", ALL_ARCHS)
+def test_slim_every_architecture_is_smaller_and_exact(name: str) -> None:
+    model, x = tiny_arch(name)
+    masks = _random_prune(model)
+    result = slim(model, masks, x)
+    assert isinstance(result, SlimResult)
+    assert count_parameters(result.model)[0] < count_parameters(model)[0]
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    assert not result.model.training
+    assert set(masks) <= set(result.removed)
+    assert any(after < before for before, after in result.removed.values())
+    assert all(0 < after <= before for before, after in result.removed.values())
+
+
+@pytest.mark.parametrize("name", ["vgg_bn", "resnet_basic", "densenet"])
+def test_fold_borders_removes_more_and_reports_the_measured_difference(name: str) -> None:
+    model, x = tiny_arch(name)
+    masks = _random_prune(model)
+    exact = slim(model, masks, x)
+    assert any("zero padding" in n for n in exact.notes)
+    loose = slim(model, masks, x, fold_borders=True)  # explained in notes: no error even above atol
+    assert count_parameters(loose.model)[0] < count_parameters(exact.model)[0]
+    assert loose.max_abs_diff > 1e-5
+    assert any("fold_borders=True" in n and f"{loose.max_abs_diff:.3g}" in n for n in loose.notes)
+
+
+def test_input_model_is_unchanged() -> None:
+    model, x = tiny_arch("resnet_bottleneck")
+    masks = _random_prune(model)
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+    result = slim(model, masks, x)
+    assert result.model is not model
+    assert model.training
+    assert all(m.training for m in model.modules())
+    assert model.state_dict().keys() == state.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_residual_coupling_keeps_a_channel_pruned_in_only_one_member() -> None:
+    model, x = tiny_arch("resnet_basic")
+    # layer1.conv2 writes into the residual stream that the stem starts: channel 2 is pruned there only.
+    masks = _prune_units(model, {"layer1.conv2.0": [2]})
+    result = slim(model, masks, x)
+    assert result.removed["layer1.conv2.0"] == (6, 6)
+    assert _module(result.model, "stem.0.0").out_channels == 6
+    assert _module(result.model, "layer2.conv1.0").in_channels == 6
+    assert any(
+        "layer1.conv2.0" in n and "stem.0.0" in n and "[2]" in n and "coupled" in n for n in result.notes
+    )
+    assert result.max_abs_diff <= 1e-5
+
+
+def test_residual_group_removed_when_every_member_prunes_it() -> None:
+    model, x = tiny_arch("resnet_basic")
+    with torch.no_grad():
+        # Both BatchNorms map the pruned 0 to a negative value, so the block's ReLU outputs 0: removable
+        # even though every consumer is a zero-padded 3x3 convolution.
+        for bn in ("stem.0.1", "layer1.conv2.1"):
+            _module(model, bn).bias[2] = -3.0
+    masks = _prune_units(model, {"layer1.conv2.0": [2], "stem.0.0": [2]})
+    result = slim(model, masks, x)
+    slim_model = result.model
+    assert result.removed["stem.0.0"] == (6, 5) and result.removed["layer1.conv2.0"] == (6, 5)
+    assert _module(slim_model, "stem.0.1").num_features == 5
+    assert _module(slim_model, "layer1.conv2.1").num_features == 5
+    for consumer in ("layer1.conv1.0", "layer2.conv1.0", "layer2.shortcut.0"):
+        assert _module(slim_model, consumer).in_channels == 5, consumer
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, slim_model, x) <= 1e-5
+
+
+def test_residual_constant_folds_exactly_into_1x1_consumers() -> None:
+    model, x = tiny_arch("resnet_bottleneck")
+    with torch.no_grad():
+        for bn in ("layer1.0.expand.1", "layer1.0.shortcut.1", "layer1.1.expand.1"):
+            _module(model, bn).bias[3] = 2.0  # the stream carries relu(positive constant) ≠ 0
+    group = ["layer1.0.expand.0", "layer1.0.shortcut.0", "layer1.1.expand.0"]
+    masks = _prune_units(model, dict.fromkeys(group, [3]))
+    result = slim(model, masks, x)
+    for name in group:
+        assert result.removed[name] == (8, 7), name
+    # Its consumers are 1x1 convolutions (layer1.1.reduce, layer2.reduce, layer2.shortcut): folded exactly.
+    before = _module(model, "layer2.reduce.0")
+    after = _module(result.model, "layer2.reduce.0")
+    assert after.in_channels == 7 and after.bias is not None and before.bias is None
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_batchnorm_constant_folds_into_linear_after_flatten() -> None:
+    model, x = tiny_arch("vgg_bn")
+    with torch.no_grad():
+        _module(model, "features.8").bias[5] = 1.5  # BN(0) > 0, so ReLU passes a constant on
+    masks = _prune_units(model, {"features.7": [5]})
+    fc = _module(model, "classifier.1")
+    result = slim(model, masks, x)
+    slim_fc = _module(result.model, "classifier.1")
+    assert result.removed["features.7"] == (8, 7)
+    assert _module(result.model, "features.8").num_features == 7
+    assert slim_fc.in_features == fc.in_features - 4  # the channel's whole 2x2 block of flattened features
+    assert not torch.allclose(slim_fc.bias, fc.bias)  # the constant went into the bias
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_constant_into_zero_padded_conv_is_kept_and_named() -> None:
+    model, x = tiny_arch("vgg_bn")
+    with torch.no_grad():
+        _module(model, "features.1").bias[1] = 1.5
+    masks = _prune_units(model, {"features.0": [1]})
+    result = slim(model, masks, x)
+    assert result.removed["features.0"] == (6, 6)
+    assert any("features.3" in n and "zero padding" in n for n in result.notes)
+    assert result.max_abs_diff <= 1e-5
+
+
+def test_sigmoid_after_a_pruned_unit_is_not_assumed_zero() -> None:
+    model, x = tiny_arch("sigmoid_mlp")
+    masks = _prune_units(model, {"fc1": [0, 3]})
+    result = slim(model, masks, x)
+    assert result.removed["fc1"] == (8, 6)
+    # sigmoid(0) = 0.5 reaches fc2: 0.5 * its weight columns must be in the bias now.
+    expected = model.fc2.bias + 0.5 * model.fc2.weight[:, [0, 3]].sum(dim=1)
+    assert torch.allclose(result.model.fc2.bias, expected, atol=1e-6)
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_depthwise_unit_pruned_alone_removes_the_expand_channel_too() -> None:
+    model, x = tiny_arch("mobilenet_v2")
+    masks = _prune_units(model, {"blocks.0.depthwise.0.0": [4, 9]})
+    result = slim(model, masks, x)
+    assert result.removed["blocks.0.depthwise.0.0"] == (18, 16)
+    assert _module(result.model, "blocks.0.expand.0.0").out_channels == 16
+    assert _module(result.model, "blocks.0.project.0").in_channels == 16
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_concatenation_maps_channels_through_offsets() -> None:
+    model, x = tiny_arch("densenet")
+    # block.0.conv's outputs sit at offsets 6..9 of the concatenation that block.1 and the transition read.
+    masks = _prune_units(model, {"block.0.conv": [1], "block.1.conv": [0, 2]})
+    with torch.no_grad():
+        _module(model, "block.1.bn").bias[7] = -3.0  # block.1.conv (3x3, padded) sees relu(negative) = 0
+    result = slim(model, masks, x)
+    assert result.removed["block.0.conv"] == (4, 3) and result.removed["block.1.conv"] == (4, 2)
+    assert _module(result.model, "block.1.bn").num_features == 9
+    assert _module(result.model, "transition.0").num_features == 11
+    assert _module(result.model, "transition.2").in_channels == 11
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_grouped_convolution_keeps_its_channels_with_a_note() -> None:
+    model, x = tiny_arch("convzoo")
+    masks = _prune_units(model, {"features.0": [1], "features.5": [2]})
+    result = slim(model, masks, x)
+    assert count_parameters(result.model) == count_parameters(model)
+    assert any("grouped convolution features.5" in n for n in result.notes)
+    assert result.max_abs_diff <= 1e-5
+
+
+def test_a_group_never_loses_every_channel() -> None:
+    model, x = tiny_arch("mlp")
+    masks = _prune_units(model, {"net.3": list(range(8))})
+    result = slim(model, masks, x)
+    assert result.removed["net.3"] == (8, 1)
+    assert any("every channel" in n for n in result.notes)
+    assert result.max_abs_diff <= 1e-5
+
+
+def test_head_pruned_in_the_mask_is_kept_since_it_reaches_the_output() -> None:
+    model, x = tiny_arch("mlp")
+    masks = _prune_units(model, {"net.5": [1]})
+    result = slim(model, masks, x)
+    assert result.removed["net.5"] == (3, 3)
+    assert any("model output" in n for n in result.notes)
+
+
+def test_unexplained_difference_raises() -> None:
+    model, x = tiny_arch("sigmoid_mlp")
+    masks = _prune_units(model, {"fc1": [0]})  # the fold is exact only up to float rounding
+    with pytest.raises(PrunedropError, match="differs from the masked model"):
+        slim(model, masks, x, atol=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("masks", "match"),
+    [
+        ({"nope": torch.ones(3, dtype=torch.bool)}, "no such module"),
+        ({"net.1": torch.ones(5, dtype=torch.bool)}, "one entry per output unit"),
+        ({"net.1": torch.tensor([False] + [True] * 11)}, "not zero"),
+    ],
+)
+def test_bad_masks_are_errors(masks: dict[str, torch.Tensor], match: str) -> None:
+    model, x = tiny_arch("mlp")
+    with pytest.raises(PrunedropError, match=match):
+        slim(model, masks, x)
+
+
+def test_slim_model_reloads_without_its_class(tmp_path) -> None:
+    from prunedrop.io import load_saved_model, save_model
+
+    model, x = tiny_arch("densenet")
+    result = slim(model, _random_prune(model), x)
+    save_model(result.model, tmp_path, x)
+    reloaded = load_saved_model(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
+
+
+def test_every_test_architecture_is_covered() -> None:
+    assert set(TINY_ARCHS) == {*ALL_ARCHS, "sigmoid_mlp", "convzoo"}
