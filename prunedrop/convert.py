@@ -49,9 +49,13 @@ def to_variational(
     if registry is None:
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
     summary = summary if summary is not None else ConversionSummary()
+    # every family's from_dense takes the options it knows and ignores the others
     options = {
         "init_log_sigma2": recipe.init_log_sigma2,
         "log_alpha_clip": recipe.log_alpha_clip,
+        "init_log_alpha": recipe.init_log_alpha,
+        "init_mu": recipe.init_mu,
+        "init_log_sigma": recipe.init_log_sigma,
         "threshold": recipe.threshold,
     }
 

@@ -29,6 +29,7 @@ from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, p
 from .prune import prune
 from .recipes import Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
+from .slim import slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 from .uncertainty import calibration_summary
@@ -168,14 +169,18 @@ def compress(
             calibration["variational_mc"] = calibration_summary(variational, val_loader, samples=recipe.mc_samples)
     plots: dict[str, str] = {}
     plot_error = _plot(plots, "log_alpha", lambda p: plot_log_alpha_histograms(variational, p, threshold),
-                       out_dir, enabled=recipe.plots)
+                       out_dir, enabled=recipe.plots and recipe.method != "sbp")
     pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:
+        rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
         raise TrainingError(
-            f"every weight of the converted layers has log α > {threshold}: nothing would be left to export; "
-            "lower kl_weight, raise threshold, or train for fewer epochs"
+            f"every {'unit' if pruned.unit_masks else 'weight'} of the converted layers has {rule}: nothing would "
+            "be left to export; lower kl_weight, "
+            f"{'lower' if recipe.method == 'sbp' else 'raise'} threshold, or train for fewer epochs"
         )
-    log(f"pruned at log α > {threshold:g}: kept {pruned.kept_fraction:.2%} of the converted weights")
+    what = "units" if pruned.unit_masks else "weights"
+    rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
+    log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
     history = list(trained.history)
     if recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
@@ -184,8 +189,18 @@ def compress(
         history += masked.history
         timings["masked_finetune_s"] = time.perf_counter() - t0
 
-    # slim: per-weight sparsity removes no whole unit, so the architecture stays as it is
+    # slim: pruned units leave every layer they touch; per-weight sparsity removes no whole unit
     final = pruned.model.cpu().eval()
+    slimmed = None
+    if pruned.unit_masks:
+        t0 = time.perf_counter()
+        slimmed = slim(final, pruned.unit_masks, example)
+        final = slimmed.model.eval()
+        timings["slim_s"] = time.perf_counter() - t0
+        shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
+        log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
+        for note in slimmed.notes:
+            log(f"note: {note}")
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
     if calibration:
         calibration["compressed"] = calibration_summary(final, val_loader)
@@ -245,6 +260,8 @@ def compress(
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
                            "left_alone": summary.left_alone},
             "kept_fraction_converted": pruned.kept_fraction,
+            **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},
+                         "max_abs_diff": slimmed.max_abs_diff, "notes": slimmed.notes}} if slimmed else {}),
             "recipe": recipe.to_dict(),
             "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},
             "source": source or {},

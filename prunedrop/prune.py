@@ -16,7 +16,10 @@ class PruneResult:
 
     model: nn.Module
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Parameter name (``fc1.weight``) → boolean keep mask, for every pruned parameter."""
+    """Parameter name (``fc1.weight``, ``fc1.bias``) → boolean keep mask of that parameter's shape, for every
+    pruned parameter (per-unit families mask whole weight rows and their biases)."""
+    unit_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Layer name → boolean keep mask over its output units, for layers with per-unit noise (for slimming)."""
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Layer name → (kept entries, total entries)."""
 
@@ -36,9 +39,28 @@ def set_thresholds(model: nn.Module, threshold: float) -> nn.Module:
 
 @torch.no_grad()
 def keep_masks(model: nn.Module, threshold: float | None = None) -> dict[str, torch.Tensor]:
-    """Parameter name → keep mask of each variational layer's weight."""
-    return {f"{name}.weight" if name else "weight": layer.keep_mask(threshold).detach().clone()
-            for name, layer in variational_layers(model).items()}
+    """Layer name → keep mask: of the weight's shape (per-weight noise) or over output units (per-unit noise)."""
+    return {name: layer.keep_mask(threshold).detach().clone() for name, layer in variational_layers(model).items()}
+
+
+def _parameter_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                                dict[str, torch.Tensor]]:
+    """Layer masks → (parameter-shaped masks, per-unit masks of the layers whose noise is per unit)."""
+    layers = variational_layers(model)
+    params: dict[str, torch.Tensor] = {}
+    units: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        layer = layers[name]
+        prefix = f"{name}." if name else ""
+        if mask.shape == layer.weight.shape:
+            params[prefix + "weight"] = mask
+            continue
+        # one entry per output unit: the unit's weight row and its bias go together
+        units[name] = mask
+        params[prefix + "weight"] = mask.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
+        if layer.bias is not None:
+            params[prefix + "bias"] = mask.clone()
+    return params, units
 
 
 @torch.no_grad()
@@ -50,8 +72,8 @@ def prune(model: nn.Module, threshold: float | None = None) -> PruneResult:
     """
     if threshold is not None:
         set_thresholds(model, threshold)
-    masks = keep_masks(model)
-    kept = {name[: -len(".weight")] if name.endswith(".weight") else name: (int(m.sum()), m.numel())
-            for name, m in masks.items()}
+    layer_masks = keep_masks(model)
+    kept = {name: (int(m.sum()), m.numel()) for name, m in layer_masks.items()}
+    masks, units = _parameter_masks(model, layer_masks)
     dense = to_deterministic(model).eval()
-    return PruneResult(model=dense, masks=masks, kept=kept)
+    return PruneResult(model=dense, masks=masks, unit_masks=units, kept=kept)

@@ -17,7 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import PrunedropError
 
-Method = Literal["sparse_vd"]
+Method = Literal["sparse_vd", "sbp", "group_vd"]
+#: default threshold of each method: log α for the variational-dropout families, SNR for log-normal noise
+DEFAULT_THRESHOLDS = {"sparse_vd": 3.0, "group_vd": 3.0, "sbp": 1.0}
 Schedule = Literal["cosine", "linear", "constant"]
 Loss = Literal["cross_entropy", "mse"]
 Exporter = Literal["torchscript", "dynamo"]
@@ -29,7 +31,10 @@ class Recipe:
     """A compression recipe. Each field is one YAML key."""
 
     method: Method = "sparse_vd"
-    """Noise family: ``sparse_vd`` = per-weight sparse variational dropout (Molchanov et al. 2017)."""
+    """Noise family: ``sparse_vd`` = per-weight sparse variational dropout (Molchanov et al. 2017; zeros single
+    weights: smaller files); ``sbp`` = per-unit log-normal noise, structured Bayesian pruning (Neklyudov et al.
+    2017) and ``group_vd`` = per-unit Gaussian noise, group variational dropout: both remove whole neurons and
+    channels (smaller layers: faster)."""
 
     include: list[str] = field(default_factory=lambda: ["*"])
     """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""
@@ -37,14 +42,28 @@ class Recipe:
     exclude: list[str] = field(default_factory=list)
     """Glob patterns of layers to leave dense even when ``include`` matches them (e.g. the output layer)."""
 
-    threshold: float = 3.0
-    """Prune a weight where its log α exceeds this (3 ⇔ α ≈ 20: the noise is 4.5× the weight)."""
+    threshold: float | None = None
+    """Pruning threshold; null = the method's default. sparse_vd / group_vd: prune where log α exceeds it (3 ⇔
+    α ≈ 20: the noise is 4.5× the signal). sbp: prune a unit where its signal-to-noise ratio is at most it (1)."""
 
     init_log_sigma2: float = -10.0
     """Initial log σ² of every weight; very low, so fine-tuning starts from the trained network."""
 
     log_alpha_clip: float = 10.0
-    """log α is clipped to [−clip, clip] (8 or 10 in the paper) for stable training."""
+    """log α is clipped to [−clip, clip] (8 or 10 in the paper) for stable training (sparse_vd, group_vd)."""
+
+    init_log_alpha: float = -8.0
+    """group_vd: initial log α of every unit (tiny noise, so training starts from the trained network)."""
+
+    init_mu: float = 0.0
+    """sbp: initial μ of every unit's log-normal noise (log θ ~ N(μ, σ²) truncated to [−20, 0])."""
+
+    init_log_sigma: float = -5.0
+    """sbp: initial log σ of every unit's log-normal noise."""
+
+    kl_weights: dict[str, float] = field(default_factory=dict)
+    """Extra KL factor per layer group: qualified-name glob → factor (first match wins), e.g. {"conv*": 5} as
+    SBP's SBPa variant scales early layers' KL by 5-10 to prune them harder. Layers matching none get 1."""
 
     epochs: int = 10
     """Variational fine-tuning epochs."""
@@ -155,6 +174,11 @@ class Recipe:
         _positive(self, "kl_warmup_epochs", allow_zero=True)
         _positive(self, "weight_decay", allow_zero=True)
         _positive(self, "log_alpha_clip")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.method]
+        for pattern, factor in self.kl_weights.items():
+            if factor < 0:
+                raise PrunedropError(f"recipe key 'kl_weights' gives {pattern!r} the factor {factor}; it must be ≥ 0")
         _positive(self, "parity_atol")
         if self.grad_clip is not None:
             _positive(self, "grad_clip")
@@ -167,21 +191,15 @@ class Recipe:
         if self.sweep_thresholds is not None:
             if not self.sweep_thresholds:
                 raise PrunedropError("recipe key 'sweep_thresholds' is empty; give thresholds or null for the default")
-            bad = [t for t in self.sweep_thresholds if not -self.log_alpha_clip < t < self.log_alpha_clip]
-            if bad:
-                raise PrunedropError(f"recipe key 'sweep_thresholds' holds {bad[0]}, outside (−log_alpha_clip, "
-                                     f"log_alpha_clip) = (−{self.log_alpha_clip}, {self.log_alpha_clip})")
+
         _positive(self, "latency_threads")
         if self.latency_runs == 1:
             raise PrunedropError("recipe key 'latency_runs' = 1: use 0 to skip timing or at least 2 (a spread needs two)")
         if not self.latency_batch_sizes or min(self.latency_batch_sizes) < 1:
             raise PrunedropError(f"recipe key 'latency_batch_sizes' = {self.latency_batch_sizes} must list "
                                  "positive batch sizes")
-        if not -self.log_alpha_clip < self.threshold < self.log_alpha_clip:
-            raise PrunedropError(
-                f"recipe key 'threshold' = {self.threshold} must lie inside (−log_alpha_clip, log_alpha_clip) = "
-                f"(−{self.log_alpha_clip}, {self.log_alpha_clip}), else nothing or everything is pruned"
-            )
+        for t in [self.threshold, *(self.sweep_thresholds or [])]:
+            self._check_threshold(t, "threshold" if t == self.threshold else "sweep_thresholds")
         if not -30.0 <= self.init_log_sigma2 <= 0.0:
             raise PrunedropError(f"recipe key 'init_log_sigma2' = {self.init_log_sigma2} must be in [−30, 0]")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -197,6 +215,16 @@ class Recipe:
             )
         if not self.include:
             raise PrunedropError("recipe key 'include' is empty: no layer would be converted; use ['*'] for all")
+
+    def _check_threshold(self, t: float, key: str) -> None:
+        if self.method == "sbp":
+            if not t > 0:
+                raise PrunedropError(f"recipe key '{key}' = {t}: a signal-to-noise threshold (method sbp) must be > 0")
+        elif not -self.log_alpha_clip < t < self.log_alpha_clip:
+            raise PrunedropError(
+                f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
+                f"(−{self.log_alpha_clip}, {self.log_alpha_clip}), else nothing or everything is pruned"
+            )
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (validated); ``None`` values are ignored (CLI overrides)."""
@@ -249,6 +277,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             allowed = ", ".join(repr(a) for a in args)
             raise PrunedropError(f"recipe key '{name}' = {value!r} must be one of {allowed}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for k, v in value.items()
+        ):
+            raise PrunedropError(f"recipe key '{name}' must map layer-name globs to numbers, not {value!r}")
+        return {k: float(v) for k, v in value.items()}
     if origin is list:
         item = args[0]
         accepted = (int, float) if item is float else item

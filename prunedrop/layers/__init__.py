@@ -4,8 +4,8 @@
 * ``sbp``: per-unit log-normal multiplicative noise, structured Bayesian pruning (:mod:`.lognormal`)
 * ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
 
-The compress pipeline drives ``sparse_vd`` today; the two per-unit families are usable from Python
-(``from_dense`` / ``kl`` / ``keep_mask`` / ``to_dense``) and are wired into recipes and slimming next.
+All three are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
+(:mod:`prunedrop.slim`).
 """
 
 from .base import LAYER_REGISTRY, VariationalLayer, register_layer

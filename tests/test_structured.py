@@ -1,0 +1,64 @@
+"""Structured methods end to end: per-unit noise prunes whole neurons, and the exported model is smaller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunedrop.cli import cli
+from prunedrop.export import run_onnx
+from prunedrop.io import load_saved_model
+from prunedrop.testing import tiny_classification_data, write_tiny_project
+
+RECIPE = """\
+# per-unit noise on the hidden layers; the head keeps its classes
+method: {method}
+exclude: ["net.5"]
+epochs: 10
+batch_size: 16
+lr: 0.003
+noise_lr: {noise_lr}
+lr_schedule: constant
+kl_weight: {kl_weight}
+kl_warmup_epochs: 1
+finetune_epochs: 1
+latency_runs: 3
+mc_samples: 4
+device: cpu
+"""
+
+
+@pytest.mark.parametrize(("method", "noise_lr", "kl_weight"), [("group_vd", 0.3, 5.0), ("sbp", 0.1, 2.0)])
+def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: float, kl_weight: float,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tiny_project(tmp_path, recipe=RECIPE.format(method=method, noise_lr=noise_lr, kl_weight=kl_weight))
+    # half of the first hidden layer is dead (zero rows and bias: its ReLU outputs 0): no data term holds those
+    # units, so the KL alone decides, and they must be removed from net.1 and from net.3's columns
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["net.1.weight"][::2] = 0
+    state["net.1.bias"][::2] = 0
+    torch.save(state, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    layers = {row["name"]: row for row in report["layers"]}
+    hidden_after = layers["net.1"]["shape_after"][0]
+    assert hidden_after <= 12, layers["net.1"]
+    assert layers["net.3"]["shape_after"][1] == hidden_after
+    assert report["flops"]["after"] < report["flops"]["before"]
+    assert report["params"]["total_after"] < report["params"]["total_before"]
+    assert report["slim"]["max_abs_diff"] <= 1e-5
+    assert report["metric"]["after"] >= report["metric"]["before"] - 10
+    # the slim model reloads without its class and agrees with its ONNX export
+    x, _ = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
+    slim = load_saved_model(tmp_path / "out")
+    assert slim.get_submodule("net.1").out_features == hidden_after
+    torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", x[:16])),
+                               slim(x[:16]), atol=1e-5, rtol=0)
