@@ -45,6 +45,27 @@ class VariationalLayer(nn.Module):
         return []
 
 
+def linear_kwargs(module: nn.Module) -> dict[str, Any]:
+    """Constructor arguments that rebuild ``module``'s nn.Linear (or a subclass taking the same ones)."""
+    return {"in_features": module.in_features, "out_features": module.out_features,
+            "bias": module.bias is not None}
+
+
+def conv_kwargs(module: nn.Module) -> dict[str, Any]:
+    """Constructor arguments that rebuild ``module``'s nn.ConvNd: every stride/padding/dilation/groups setting."""
+    return {
+        "in_channels": module.in_channels,
+        "out_channels": module.out_channels,
+        "kernel_size": module.kernel_size,
+        "stride": module.stride,
+        "padding": module.padding,
+        "dilation": module.dilation,
+        "groups": module.groups,
+        "bias": module.bias is not None,
+        "padding_mode": module.padding_mode,
+    }
+
+
 #: method name -> {plain layer type: variational layer type}. Users may add their own entries
 #: with :func:`register_layer`.
 LAYER_REGISTRY: dict[str, dict[type[nn.Module], type[VariationalLayer]]] = {}

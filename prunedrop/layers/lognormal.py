@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, register_layer
+from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
 
 #: the truncation interval [a, b] of log θ (and the support of the log-uniform prior)
 LOG_THETA_MIN, LOG_THETA_MAX = -20.0, 0.0
@@ -226,8 +226,7 @@ class _LinearUnits(_OutputUnitNoise):
 
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {"in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
+        return linear_kwargs(module)
 
     def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -241,17 +240,7 @@ class _ConvUnits(_OutputUnitNoise):
 
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": module.kernel_size,
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "groups": module.groups,
-            "bias": module.bias is not None,
-            "padding_mode": module.padding_mode,
-        }
+        return conv_kwargs(module)
 
     def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
         # nn.ConvNd._conv_forward handles every padding_mode (zeros, reflect, replicate, circular).
