@@ -76,6 +76,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
 
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
     """
+    from .convert import to_variational
     from .data import check_labels, load_data
     from .io import load_model
     from .pipeline import compress as run_compress
@@ -96,6 +97,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit)
     check_labels(data, _num_outputs(net, data))
+    to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     write_run_info(out_dir, {
         "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
         "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),

@@ -37,13 +37,14 @@ def _selected(name: str, recipe: Recipe) -> bool:
 
 
 def to_variational(
-    model: nn.Module, recipe: Recipe, *, summary: ConversionSummary | None = None
+    model: nn.Module, recipe: Recipe, *, summary: ConversionSummary | None = None, dry_run: bool = False
 ) -> nn.Module:
     """Swap every selected, registered layer of ``model`` for its variational version.
 
     The trained weights are kept (the variational layer takes over the same Parameter objects, so no
     second copy of the model is made). Modules of unknown types are left alone and listed in
-    ``summary.left_alone``. Raises PrunedropError when nothing at all could be converted.
+    ``summary.left_alone``. Raises PrunedropError when nothing at all could be converted. ``dry_run`` walks
+    and checks the same way but swaps nothing (to fail before any file is written).
     """
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
@@ -65,7 +66,7 @@ def to_variational(
         if variational is not None:
             if _selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
-                return variational.from_dense(module, **options)
+                return module if dry_run else variational.from_dense(module, **options)
             summary.excluded.append(name or "<root>")
             return module
         if isinstance(module, VariationalLayer):

@@ -573,12 +573,30 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
     if isinstance(report.get("latency"), Mapping):
         parts.append(_align(_LATENCY_HEADER, _latency_rows(report["latency"])))
+        parts.append("\n".join(_latency_notes(report)))
     if isinstance(report.get("sweep"), Mapping):
         parts.append(_sweep_line(report))
     if isinstance(report.get("calibration"), Mapping):
         parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
     parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
     return "\n\n".join(parts) + "\n"
+
+
+def _latency_notes(report: Mapping[str, Any]) -> list[str]:
+    """The measured speedup beside the FLOPs ratio, and layers whose new width suits fast kernels badly."""
+    notes = []
+    flops = report.get("flops", {}).get("ratio")
+    for row in report.get("latency", {}).get("results", []):
+        if row.get("model") != report["latency"].get("baseline"):
+            notes.append(f"batch {row['batch_size']}: measured speedup {_fmt_ratio(row.get('speedup'))} "
+                         f"beside a dense FLOPs ratio of {_fmt_ratio(flops)}")
+    odd = [f"{r['name']} ({r['shape_after'][0]})" for r in report.get("layers", [])
+           if r.get("shape_before") and r.get("shape_after") and r["shape_after"][0] != r["shape_before"][0]
+           and r["shape_after"][0] % 8]
+    if odd:
+        notes.append("output widths that are not multiples of 8, which vectorised kernels handle less well: "
+                     + ", ".join(odd))
+    return notes
 
 
 _SWEEP_HEADER = ["threshold", "metric", "non-zero params", "params ratio", "non-zero MACs", "chosen"]
@@ -639,6 +657,7 @@ def _format_markdown(report: Mapping[str, Any]) -> str:
             f"ONNX Runtime, {latency.get('threads', '?')} thread(s), median of {latency.get('runs', '?')} "
             "alternated runs; speedup against the first model.",
             _markdown(_LATENCY_HEADER, _latency_rows(latency)),
+            *_latency_notes(report),
         ]
     if isinstance(report.get("sweep"), Mapping):
         parts += ["## Threshold sweep", _sweep_line(report) + " ◀ marks the threshold used. The metric is "

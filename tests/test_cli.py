@@ -20,6 +20,7 @@ from prunedrop.testing import tiny_classification_data, write_tiny_project
 def _make_project(folder: Path) -> None:
     write_tiny_project(folder)
     (folder / "bad.yaml").write_text("treshold: 2\n")
+    (folder / "exclude-all.yaml").write_text("exclude: ['*']\n")
 
 
 @pytest.fixture
@@ -138,6 +139,7 @@ def test_version() -> None:
         (_compress("-o", "out", "--epochs", "-1"), "Invalid value for '--epochs'", 2),
         (_compress(), "Missing option '-o'", 2),
         (["report", "nowhere"], "nowhere", 1),
+        (_compress("-o", "out", "--recipe", "exclude-all.yaml"), "excluded all of", 1),
         (["export", "nowhere", "-o", "x.onnx"], "not a prunedrop run folder", 1),
     ],
 )

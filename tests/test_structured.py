@@ -56,6 +56,9 @@ def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: flo
     assert report["params"]["total_after"] < report["params"]["total_before"]
     assert report["slim"]["max_abs_diff"] <= 1e-5
     assert report["metric"]["after"] >= report["metric"]["before"] - 10
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "beside a dense FLOPs ratio" in markdown
+    assert ("net.1 (" in markdown) == (hidden_after % 8 != 0), "widths that suit fast kernels badly are named"
     # the slim model reloads without its class and agrees with its ONNX export
     x, _ = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
     slim = load_saved_model(tmp_path / "out")
