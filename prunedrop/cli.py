@@ -68,6 +68,10 @@ def cli() -> None:
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training samples.")
 @click.option("--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, help="Override the recipe's random seed.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Override the recipe's training precision (bf16/fp16 autocast; log α and KL stay fp32).")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]),
+              help="Override the recipe's torch.compile setting for the variational layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
 def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, data_dir: Path | None,
              recipe_path: Path | None, output: Path, overwrite: bool, resume: bool, quiet: bool,
@@ -78,14 +82,20 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     """
     from .convert import to_variational
     from .data import check_labels, load_data
+    from .distributed import barrier, cleanup, is_main
+    from .distributed import init as init_distributed
     from .io import load_model
     from .pipeline import compress as run_compress
     from .pipeline import prepare_output_dir, read_run_info, write_run_info
     from .recipes import load_recipe
     from .report import format_table
+    from .train import resolve_device
 
+    overrides["compile"] = overrides.pop("compile_mode")
     recipe = load_recipe(recipe_path).replace(**_overrides(**overrides))
-    out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume)
+    init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
+    out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
+    barrier()
     if resume:
         previous = read_run_info(out_dir).get("recipe")
         if previous is not None and previous != recipe.to_dict():
@@ -98,16 +108,19 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
                      train_limit=recipe.train_limit)
     check_labels(data, _num_outputs(net, data))
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
-    write_run_info(out_dir, {
-        "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
-        "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
-        "recipe": recipe.to_dict(),
-    })
+    if is_main():
+        write_run_info(out_dir, {
+            "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
+            "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
+            "recipe": recipe.to_dict(),
+        })
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "data": data_spec})
-    click.echo(format_table(result.report))
-    click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
+    if is_main():
+        click.echo(format_table(result.report))
+        click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
+    cleanup()
 
 
 def _num_outputs(model: Any, data: Any) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .convert import ConversionSummary, to_variational
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
@@ -117,15 +117,18 @@ def compress(
     model = model.cpu().eval()
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
 
-    # load: the original, kept on the CPU for the report (the conversion trains its weights in place)
-    t0 = time.perf_counter()
-    original = copy.deepcopy(model)
-    metric_before = _evaluate_all(original, data, recipe, torch.device("cpu"))
-    original_onnx = export_onnx(original, example[:2], out_dir / ORIGINAL_ONNX, opset=recipe.onnx_opset,
-                                sparse=False, exporter=recipe.onnx_exporter)
-    timings["baseline_s"] = time.perf_counter() - t0
-    log(f"original model: {metric_name(recipe.loss)} {metric_before['val']:.4g} on validation data, "
-        f"ONNX {original_onnx.num_bytes:,} bytes")
+    # load: the original, kept on the CPU for the report (the conversion trains its weights in place); in a
+    # data-parallel run only rank 0 reports, so the other ranks skip it
+    main = distributed.is_main()
+    if main:
+        t0 = time.perf_counter()
+        original = copy.deepcopy(model)
+        metric_before = _evaluate_all(original, data, recipe, torch.device("cpu"))
+        original_onnx = export_onnx(original, example[:2], out_dir / ORIGINAL_ONNX, opset=recipe.onnx_opset,
+                                    sparse=False, exporter=recipe.onnx_exporter)
+        timings["baseline_s"] = time.perf_counter() - t0
+        log(f"original model: {metric_name(recipe.loss)} {metric_before['val']:.4g} on validation data, "
+            f"ONNX {original_onnx.num_bytes:,} bytes")
 
     # convert
     summary = ConversionSummary()
@@ -139,6 +142,10 @@ def compress(
     trained = finetune(variational, data, recipe, device=device, checkpoint_path=out_dir / VARIATIONAL_CHECKPOINT,
                        resume=resume, progress=progress)
     timings["finetune_s"] = time.perf_counter() - t0
+    if not main:
+        # data-parallel run: rank 0 alone thresholds, exports and reports; this rank waits for it
+        distributed.barrier()
+        return CompressResult(model=variational.cpu().eval(), report={}, out_dir=out_dir, files={})
 
     # decide masks: the threshold sweep on validation data (and the choice within the accuracy budget),
     # calibration of the Monte Carlo posterior, log α histograms - all need the variational model, so they
@@ -185,7 +192,8 @@ def compress(
     if recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
         masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
-                                 checkpoint_path=out_dir / MASKED_CHECKPOINT, resume=resume, progress=progress)
+                                 checkpoint_path=out_dir / MASKED_CHECKPOINT, resume=resume, progress=progress,
+                                 parallel=False)
         history += masked.history
         timings["masked_finetune_s"] = time.perf_counter() - t0
 
@@ -291,6 +299,7 @@ def compress(
              "report.json": out_dir / "report.json", "report.md": out_dir / "report.md"}
     if architecture is not None:
         files["architecture.json"] = architecture
+    distributed.barrier()
     return CompressResult(model=final, report=report, out_dir=out_dir, files=files)
 
 

@@ -24,6 +24,8 @@ Schedule = Literal["cosine", "linear", "constant"]
 Loss = Literal["cross_entropy", "mse"]
 Exporter = Literal["torchscript", "dynamo"]
 SparseStorage = Literal["auto", "always", "never"]
+Precision = Literal["fp32", "bf16", "fp16"]
+CompileMode = Literal["auto", "always", "never"]
 
 
 @dataclass
@@ -115,6 +117,15 @@ class Recipe:
 
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    precision: Precision = "fp32"
+    """Training precision: ``fp32``, or autocast ``bf16`` (CPU and recent GPUs) or ``fp16`` (CUDA only, with a
+    gradient scaler). log α, the KL and the noise always stay in float32."""
+
+    compile: CompileMode = "auto"
+    """Fuse the sparse VD layers' elementwise work (log α, KL, noise) with ``torch.compile``: ``auto`` when the run
+    is long enough to repay compiling (sparse VD weights × steps ≥ 1e9), ``always``, or ``never``. If compiling
+    fails (e.g. no C++ compiler) training goes on eagerly after a one-line warning."""
 
     onnx_opset: int = 18
     """ONNX opset of the exported model."""

@@ -11,14 +11,29 @@ Two phases share one loop:
 A checkpoint holds model, optimizer, scheduler, RNG state, history and the position in the epoch. The
 data order of every epoch comes from (seed, epoch), so a resumed run replays exactly what an
 uninterrupted one would have done: on CPU with a fixed seed the final weights are identical.
+
+Scale (see DESIGN.md and BENCHMARKS.md, "Training-step overhead"):
+
+* ``compile``: the elementwise work of the sparse VD layers (log α, the variance weights, the KL, the
+  output noise) runs through ``torch.compile``-fused kernels (:class:`prunedrop.layers.sparse_vd.Kernels`);
+  the KL comes out of the same pass as the variance, so log α is computed once a step. A compiler failure
+  (no C++ compiler, no triton) warns in one line and training goes on eagerly.
+* ``precision``: bf16/fp16 autocast for the forward; log α, the KL and the noise stay in float32. fp16 (CUDA
+  only) uses a gradient scaler.
+* data parallel: under ``torchrun`` (see :mod:`prunedrop.distributed`) the model is wrapped in
+  DistributedDataParallel and each rank takes its contiguous share of every global batch of ``batch_size``;
+  the data term is weighted by the share so that the averaged gradient is exactly the global batch's. Only
+  rank 0 writes checkpoints; the checkpoint holds every rank's RNG state so that resume stays exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +42,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
 from .recipes import Recipe
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("auto", "always", "never")
+#: ``compile: auto`` compiles when (sparse VD weights) × (training steps) reaches this: compiling costs
+#: seconds to a minute, fusing saves roughly 20-30 ns per weight and step on a CPU (BENCHMARKS.md)
+AUTO_COMPILE_WEIGHT_STEPS = 1e9
 
 
 class TrainingInterrupted(PrunedropError):
@@ -104,11 +127,99 @@ def kept_fraction(model: nn.Module) -> float:
     return kept / total if total else 1.0
 
 
-def total_kl(model: nn.Module) -> torch.Tensor:
-    layers = list(variational_layers(model).values())
+def kl_factors(model: nn.Module, kl_weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Layer name → its KL factor: the first glob of ``kl_weights`` that matches the name, else 1."""
+    import fnmatch
+
+    factors = {}
+    for name in variational_layers(model):
+        factors[name] = next((float(f) for pattern, f in (kl_weights or {}).items()
+                              if fnmatch.fnmatchcase(name, pattern)), 1.0)
+    return factors
+
+
+def total_kl(model: nn.Module, factors: dict[str, float] | None = None) -> torch.Tensor:
+    """Σ KL over the variational layers, each scaled by its factor from :func:`kl_factors` (default 1)."""
+    layers = variational_layers(model)
     if not layers:
         raise PrunedropError("the model has no variational layer; convert it with to_variational first")
-    return torch.stack([layer.kl() for layer in layers]).sum()
+    factors = factors or {}
+    return torch.stack([layer.kl() * factors.get(name, 1.0) for name, layer in layers.items()]).sum()
+
+
+def _training_kl(layers: list[nn.Module]) -> torch.Tensor:
+    """ΣKL for the step whose forward just ran: the value a fused forward computed alongside the
+    variance when there is one (taken, so it is never reused), else ``layer.kl()``."""
+    parts = []
+    for layer in layers:
+        cached = getattr(layer, "_step_kl", None)
+        if cached is not None:
+            layer._step_kl = None
+            parts.append(cached)
+        else:
+            parts.append(layer.kl())
+    return torch.stack(parts).sum()
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None for fp32); a PrunedropError where it cannot run."""
+    if precision not in PRECISIONS:
+        raise PrunedropError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise PrunedropError("precision fp16 needs a CUDA device (CPU autocast has no fp16 training); "
+                             "use precision bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PrunedropError(f"this GPU ({torch.cuda.get_device_name(device)}) does not support bf16; "
+                             "use precision fp16 or fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def compiled_kernels(device: torch.device, clip: float = 10.0) -> Kernels | None:
+    """The sparse VD kernels compiled with ``torch.compile``, or None (with a one-line warning) when
+    compiling fails here. A forward and backward on a small input compile them now (shapes are dynamic,
+    so one compilation serves every layer), so that a missing compiler shows before training starts."""
+    try:
+        kernels = fused_kernels(lambda f: torch.compile(f, dynamic=True, fullgraph=True))
+        fused_terms, fused_noise = kernels.noise_terms, kernels.apply_noise
+        w = torch.randn(64, device=device, requires_grad=True)
+        s2 = torch.full((64,), -10.0, device=device, requires_grad=True)
+        var_weight, kl = fused_terms(w, s2, clip)
+        mu = torch.randn(64, device=device, requires_grad=True)
+        out = fused_noise(mu, var_weight, torch.randn(64, device=device))
+        (out.sum() + kl).backward()
+    except Exception as e:  # any compiler failure: the eager code computes the same thing
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"torch.compile is not usable here ({type(e).__name__}: {first}); training eagerly",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return kernels
+
+
+def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device: torch.device) -> Kernels | None:
+    if mode not in COMPILE_MODES:
+        raise PrunedropError(f"unknown compile mode {mode!r}; use auto, always or never")
+    svd = [layer for layer in layers if isinstance(layer, _SparseVD)]
+    if not svd or mode == "never":
+        return None
+    if mode == "auto" and sum(layer.weight.numel() for layer in svd) * total_steps < AUTO_COMPILE_WEIGHT_STEPS:
+        return None
+    return compiled_kernels(device, clip=svd[0].log_alpha_clip)
+
+
+@contextlib.contextmanager
+def _kernels_set(layers: list[nn.Module], kernels: Kernels | None) -> Iterator[None]:
+    """Hand ``kernels`` to the sparse VD layers for the duration of training, and take them back."""
+    svd = [layer for layer in layers if isinstance(layer, _SparseVD)] if kernels is not None else []
+    for layer in svd:
+        layer._kernels = kernels
+    try:
+        yield
+    finally:
+        for layer in svd:
+            layer.__dict__.pop("_kernels", None)
+            layer.__dict__.pop("_step_kl", None)
 
 
 def _lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
@@ -156,6 +267,46 @@ class _StopRequests:
             signal.signal(sig, previous)
 
 
+StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, float, Callable[[], Any]],
+                   tuple[torch.Tensor, dict[str, float]]]
+"""``step_loss(net, x, y, step, share, autocast)``: ``net`` is the model (or its DDP wrapper) to call,
+``share`` the weight of this rank's data term (1 in a single process), ``autocast()`` the context in which
+the forward runs."""
+
+
+def _shard_batches(data: DataBundle, batch_size: int, seed: int, epoch: int, world: int, rank: int
+                   ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
+    """This rank's share of every global batch of the epoch: ``(batch index, x, y, share)``.
+
+    The global batches are those of ``data.loader`` (the (seed, epoch) permutation, ``batch_size`` each);
+    rank r takes the r-th of ``world`` contiguous, near-equal parts of each. ``share`` = local size × world /
+    global size, so that the DDP average of ``share``·mean(local loss) is the global batch's mean loss even
+    when the parts differ by one. A global batch smaller than ``world`` (only ever the last) is skipped.
+    """
+    from torch.utils.data import DataLoader
+
+    dataset = data.split("train")
+    if isinstance(dataset, DataLoader):
+        raise PrunedropError("distributed fine-tuning needs a map-style training Dataset to shard, not a "
+                             "DataLoader; return datasets from the python: data function, or run one process")
+    loader = data.loader("train", batch_size, shuffle=True, seed=seed, epoch=epoch)
+    for index, batch in enumerate(loader.batch_sampler):
+        batch = list(batch)
+        n = len(batch)
+        if n < world:
+            continue
+        base, extra = divmod(n, world)
+        start = rank * base + min(rank, extra)
+        mine = batch[start:start + base + (1 if rank < extra else 0)]
+        x, y = loader.collate_fn([dataset[i] for i in mine])
+        yield index, x, y, len(mine) * world / n
+
+
+def _rank_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
+    """The noise seed of a rank > 0 (rank 0 keeps the single-process stream)."""
+    return (seed * 1_000_003 + rank * 7_919 + epoch * 104_729 + batch) % (2**63)
+
+
 def _run(
     model: nn.Module,
     data: DataBundle,
@@ -164,19 +315,31 @@ def _run(
     phase: str,
     epochs: int,
     optimizer: torch.optim.Optimizer,
-    step_loss: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, float]]],
+    step_loss: StepLoss,
     after_step: Callable[[], None] | None,
     device: torch.device,
     checkpoint_path: Path | None,
     resume: bool,
     progress: bool,
     epoch_stats: Callable[[], dict[str, float]],
+    precision: str = "fp32",
+    parallel: bool = False,
 ) -> TrainResult:
     from tqdm.auto import tqdm
 
+    world, rank = (distributed.world_size(), distributed.rank()) if parallel else (1, 0)
+    main = rank == 0
     steps_per_epoch = len(data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=0))
     if steps_per_epoch == 0:
         raise PrunedropError("the training data is empty")
+    amp_dtype = check_precision(precision, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def autocast() -> Any:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
     lr_schedule = recipe.lr_schedule if phase == "variational" else "cosine"
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(lr_schedule, epochs * steps_per_epoch))
     result = TrainResult()
@@ -187,7 +350,10 @@ def _run(
     def checkpoint(epoch: int, batch: int) -> None:
         if checkpoint_path is None:
             return
-        save_checkpoint({
+        rng_ranks = distributed.gather_objects(capture_rng_state()) if world > 1 else None  # a collective
+        if not main:
+            return
+        state = {
             "phase": phase,
             "epoch": epoch,
             "batch": batch,
@@ -199,8 +365,14 @@ def _run(
             "rng": capture_rng_state(),
             "history": result.history,
             "recipe": recipe.to_dict(),
-        }, checkpoint_path)
+        }
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        save_checkpoint(state, checkpoint_path)
 
+    state: dict[str, Any] = {}
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         if state.get("phase") != phase:
@@ -214,39 +386,66 @@ def _run(
             ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
         start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         result.history = list(state["history"])
         partial = dict(state.get("partial") or {"sums": {}, "seen": 0})
         result.resumed_from = (start_epoch, start_batch)
+    if world > 1 and rank > 0:
+        # each rank its own noise stream; a resumed run continues the saved one of this rank
+        saved = state.get("rng_ranks")
+        if saved is not None and len(saved) == world:
+            restore_rng_state(saved[rank])
+        else:
+            torch.manual_seed(_rank_seed(recipe.seed, rank, start_epoch, start_batch))
 
     def stop(epoch: int, batch: int) -> None:
         checkpoint(epoch, batch)
+        if world > 1:
+            distributed.barrier()
         where = f" to {checkpoint_path.name}" if checkpoint_path else ""
         raise TrainingInterrupted(
             f"interrupted during {phase} epoch {epoch + 1}, after batch {batch}; checkpoint saved{where}; "
             "run the same command again with --resume to continue"
         )
 
+    def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+        if world == 1:
+            return sums
+        keys = sorted(sums)
+        return dict(zip(keys, (v / world for v in distributed.all_reduce_sum([sums[k] for k in keys], device)),
+                        strict=True))
+
     model.to(device)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     with _StopRequests() as stop_requests:
         for epoch in range(start_epoch, epochs):
             model.train()
             t0 = time.perf_counter()
-            loader = data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
+            if world > 1:
+                batches: Any = _shard_batches(data, recipe.batch_size, recipe.seed, epoch, world, rank)
+            else:
+                loader = data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed, epoch=epoch)
+                batches = ((i, x, y, 1.0) for i, (x, y) in enumerate(loader))
             # running means of this epoch; a resumed epoch continues those of the interrupted one
             resumed = epoch == start_epoch and start_batch > 0
             sums: dict[str, float] = dict(partial["sums"]) if resumed else {}
             seen = int(partial["seen"]) if resumed else 0
-            bar = tqdm(total=steps_per_epoch, desc=f"{phase} {epoch + 1}/{epochs}", disable=None if progress else True,
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(total=steps_per_epoch, desc=f"{phase} {epoch + 1}/{epochs}",
+                       disable=None if progress and main else True, leave=False, dynamic_ncols=True)
             skip = start_batch if epoch == start_epoch else 0
-            for batch_index, (x, y) in enumerate(loader):
+            for batch_index, x, y, share in batches:
                 if batch_index < skip:  # replaying a resumed epoch: same order, these are done
                     bar.update(1)
                     continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss, parts = step_loss(x, y, step)
+                loss, parts = step_loss(net, x, y, step, share, autocast)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the {phase} loss became {loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}"
@@ -255,10 +454,18 @@ def _run(
                         f"{recipe.lr / 10:g}) or set grad_clip in the recipe"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if recipe.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if recipe.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                    optimizer.step()
                 scheduler.step()
                 if after_step is not None:
                     after_step()
@@ -267,29 +474,44 @@ def _run(
                     sums[k] = sums.get(k, 0.0) + v
                 seen += 1
                 bar.update(1)
-                if stop_requests.requested:
-                    partial = {"sums": sums, "seen": seen}
+                if distributed.any_rank(stop_requests.requested, device) if world > 1 else stop_requests.requested:
+                    partial = {"sums": reduce_sums(sums), "seen": seen}
                     bar.close()
                     stop(epoch, batch_index + 1)
                 if seen % 10 == 0:
                     bar.set_postfix({k: f"{v / seen:.4g}" for k, v in sums.items()}, refresh=False)
             bar.close()
+            sums = reduce_sums(sums)
             record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1}
             record.update({k: v / max(seen, 1) for k, v in sums.items()})
             record["lr"] = optimizer.param_groups[0]["lr"]
-            val = evaluate(model, data.loader("val", recipe.eval_batch_size), loss=recipe.loss, device=device)
-            record.update({f"val_{k}": v for k, v in val.items()})
-            record.update(epoch_stats())
+            if main:  # the other ranks hold the same weights: one evaluation is enough
+                val = evaluate(model, data.loader("val", recipe.eval_batch_size), loss=recipe.loss, device=device)
+                record.update({f"val_{k}": v for k, v in val.items()})
+                record.update(epoch_stats())
             record["seconds"] = time.perf_counter() - t0
             result.history.append(record)
-            if progress:
+            if progress and main:
                 shown = {k: v for k, v in record.items() if k not in ("phase", "epoch", "lr")}
                 tqdm.write(f"{phase} epoch {epoch + 1}/{epochs}: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
             checkpoint(epoch + 1, 0)
-            if stop_requests.requested and epoch + 1 < epochs:
+            stop_now = stop_requests.requested
+            if world > 1:
+                stop_now = distributed.any_rank(stop_now, device)
+            if stop_now and epoch + 1 < epochs:
                 stop(epoch + 1, 0)
     return result
+
+
+def _parallel(parallel: bool | None, device: torch.device) -> tuple[bool, torch.device]:
+    """Join torchrun's process group when there is one (and ``parallel`` is not False); the rank's device."""
+    if parallel is False:
+        return False, device
+    rank_device = distributed.init(device)
+    if rank_device is not None:
+        device = rank_device
+    return distributed.world_size() > 1, device
 
 
 def finetune(
@@ -301,12 +523,24 @@ def finetune(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    precision: str | None = None,
+    compile: str | None = None,
+    parallel: bool | None = None,
 ) -> TrainResult:
-    """Train a variational model (see :func:`prunedrop.convert.to_variational`) on the ELBO."""
+    """Train a variational model (see :func:`prunedrop.convert.to_variational`) on the ELBO.
+
+    ``precision`` (fp32, bf16, fp16) and ``compile`` (auto, always, never) override the recipe's keys of
+    the same name (recipes without them mean fp32 and auto). ``parallel``: None trains data-parallel when
+    started by torchrun with ``WORLD_SIZE > 1`` (see :mod:`prunedrop.distributed`), False never.
+    """
     device = torch.device(device)
+    precision = precision or getattr(recipe, "precision", "fp32")
+    compile_mode = compile or getattr(recipe, "compile", "auto")
     layers = variational_layers(model)
     if not layers:
         raise PrunedropError("the model has no variational layer; convert it with to_variational first")
+    check_precision(precision, device)
+    parallel, device = _parallel(parallel, device)
     model.to(device)
     noise = {id(p) for layer in layers.values() for p in layer.noise_parameters()}
     weights = [p for p in model.parameters() if id(p) not in noise and p.requires_grad]
@@ -318,18 +552,25 @@ def finetune(
     n = data.num_train
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     warmup_steps = recipe.kl_warmup_epochs * steps_per_epoch
+    layer_list = list(layers.values())
+    kernels = _choose_kernels(compile_mode, layer_list, recipe.epochs * steps_per_epoch, device)
 
-    def step_loss(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, share: float,
+                  autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, float]]:
         beta = recipe.kl_weight * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
-        data_term = data_loss(recipe.loss, model(x), y)
-        kl = total_kl(model)
-        loss = data_term + beta * kl / n
+        with autocast():
+            out = net(x)
+        data_term = data_loss(recipe.loss, out.float(), y)
+        kl = _training_kl(layer_list)  # float32: the layers keep log α and the KL out of autocast
+        loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
         return loss, {"loss": loss.item(), "data_loss": data_term.item(), "kl": kl.item(), "beta": beta}
 
-    return _run(model, data, recipe, phase="variational", epochs=recipe.epochs, optimizer=optimizer,
-                step_loss=step_loss, after_step=None, device=device,
-                checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
-                progress=progress, epoch_stats=lambda: {"kept_fraction": kept_fraction(model)})
+    with _kernels_set(layer_list, kernels):
+        return _run(model, data, recipe, phase="variational", epochs=recipe.epochs, optimizer=optimizer,
+                    step_loss=step_loss, after_step=None, device=device,
+                    checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
+                    progress=progress, epoch_stats=lambda: {"kept_fraction": kept_fraction(model)},
+                    precision=precision, parallel=parallel)
 
 
 def finetune_masked(
@@ -342,9 +583,17 @@ def finetune_masked(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    precision: str | None = None,
+    parallel: bool | None = None,
 ) -> TrainResult:
-    """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied."""
+    """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied.
+
+    ``precision`` and ``parallel`` as in :func:`finetune`.
+    """
     device = torch.device(device)
+    precision = precision or getattr(recipe, "precision", "fp32")
+    check_precision(precision, device)
+    parallel, device = _parallel(parallel, device)
     model.to(device)
     params = dict(model.named_parameters())
     missing = set(masks) - set(params)
@@ -360,9 +609,12 @@ def finetune_masked(
 
     apply_masks()
 
-    def step_loss(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = data_loss(recipe.loss, model(x), y)
-        return loss, {"loss": loss.item()}
+    def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, share: float,
+                  autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast():
+            out = net(x)
+        loss = data_loss(recipe.loss, out.float(), y)
+        return (loss * share if share != 1.0 else loss), {"loss": loss.item()}
 
     def nonzero_fraction() -> dict[str, float]:
         kept = sum(int((p != 0).sum()) for p, _ in pairs)
@@ -372,4 +624,4 @@ def finetune_masked(
     return _run(model, data, recipe, phase="masked", epochs=recipe.finetune_epochs, optimizer=optimizer,
                 step_loss=step_loss, after_step=apply_masks, device=device,
                 checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
-                progress=progress, epoch_stats=nonzero_fraction)
+                progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel)

@@ -1,0 +1,208 @@
+"""Sparse VD vs gradual magnitude pruning on Fashion-MNIST (LeNet-300-100, LeNet-5-Caffe).
+
+    python benchmarks/sparse_vd_fashion.py --model lenet300
+    python benchmarks/sparse_vd_fashion.py --model lenet5 --dense-epochs 10
+
+1. trains the dense model (``examples/train_dense.py``) or reuses its cached state dict in
+   ``benchmarks/results/<model>-dense-e<N>-s<seed>.pt``;
+2. compresses it with the full prunedrop pipeline (``prunedrop.pipeline.compress``) and the recipe
+   ``recipes/<model>-fashion.yaml``;
+3. prunes the same dense model gradually by magnitude (``benchmarks/magnitude.py``: global L1, cubic
+   schedule, the same total epochs) to the number of non-zero weights that sparse VD kept;
+4. writes ``benchmarks/results/<model>.json`` and prints a Markdown table.
+
+Compression is given two ways: the papers' convention (weights of the converted layers, biases excluded,
+dense count / non-zero count) and over all parameters (biases included, the pipeline's report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402
+from magnitude import magnitude_prune  # noqa: E402
+
+from examples.train_dense import train_dense  # noqa: E402
+from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from prunedrop.data import load_data  # noqa: E402
+from prunedrop.io import import_object  # noqa: E402
+from prunedrop.pipeline import compress  # noqa: E402
+from prunedrop.recipes import load_recipe  # noqa: E402
+from prunedrop.train import evaluate  # noqa: E402
+
+ARCHS = {"lenet300": "examples.models:lenet300", "lenet5": "examples.models:lenet5"}
+DEFAULT_DENSE_EPOCHS = {"lenet300": 30, "lenet5": 10}
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = "fashion-mnist"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float) -> tuple[torch.nn.Module, dict]:
+    """The trained dense model: from the cache, or trained now (and cached)."""
+    arch = ARCHS[model_name]
+    cache = RESULTS / f"{model_name}-dense-e{epochs}-s{seed}.pt"
+    model = import_object(arch, what="--arch")()
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        print(f"dense model: reused {cache.relative_to(ROOT)}")
+        return model.eval(), {"cached": True, "seconds": None, "file": str(cache.relative_to(ROOT))}
+    t0 = time.perf_counter()
+    model, _ = train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction)
+    seconds = time.perf_counter() - t0
+    atomic_torch_save(model.state_dict(), cache)
+    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s, saved {cache.relative_to(ROOT)}")
+    return model.eval(), {"cached": False, "seconds": seconds, "file": str(cache.relative_to(ROOT))}
+
+
+def converted_weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int, dict]:
+    """(total, non-zero, per layer) over the weights of the named layers; biases excluded."""
+    total = nonzero = 0
+    per_layer = {}
+    for name in names:
+        w = model.get_submodule(name).weight.detach()
+        n, nz = w.numel(), int(torch.count_nonzero(w))
+        per_layer[name] = {"weights": n, "nonzero": nz, "ratio": round(n / max(nz, 1), 2)}
+        total += n
+        nonzero += nz
+    return total, nonzero, per_layer
+
+
+def markdown_table(r: dict) -> str:
+    svd, mag = r["sparse_vd"], r["magnitude"]
+    drop = r["dense"]["test_accuracy"] - svd["test_accuracy"]
+    mag_acc = f"{mag['test_accuracy']:.2f}%" if mag else "not run"
+    mag_time = f" + magnitude {mag['seconds'] / 60:.0f} min" if mag else ""
+    epochs = (f"dense {r['epochs']['dense']}, VD {r['epochs']['variational']} + fine-tune "
+              f"{r['epochs']['finetune']}, magnitude {r['epochs']['magnitude']}")
+    return ("| model | dense test acc | sparse VD: non-zero weights ratio (converted layers' weights) | "
+            "all-params ratio | test acc | drop | magnitude, same ratio: test acc | epochs | wall time |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+            f"| {r['model']} | {r['dense']['test_accuracy']:.2f}% | {svd['weights_ratio']:.1f}× "
+            f"({svd['weights_nonzero']:,} of {svd['weights_total']:,}) | {svd['params_ratio']:.1f}× | "
+            f"{svd['test_accuracy']:.2f}% | {drop:.2f} pt | {mag_acc} | {epochs} | "
+            f"sparse VD {svd['seconds'] / 60:.0f} min{mag_time} |\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(ARCHS), required=True)
+    p.add_argument("--recipe", default=None, help="recipe YAML (default: recipes/<model>-fashion.yaml)")
+    p.add_argument("--dense-epochs", type=int, default=None, help="dense training epochs (default: 30 / 10)")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's variational epochs")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
+    p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
+    p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
+    p.add_argument("--train-limit", type=int, default=None, help="use the first n training samples (trials)")
+    p.add_argument("--magnitude-prune-fraction", type=float, default=2 / 3,
+                   help="share of the magnitude run's epochs over which sparsity rises (the rest fine-tunes)")
+    p.add_argument("--skip-magnitude", action="store_true", help="sparse VD only (tuning)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--run-dir", default=None, help="prunedrop output folder (default: runs/bench-<model>)")
+    p.add_argument("-o", "--output", default=None, help="result JSON (default: benchmarks/results/<model>.json)")
+    args = p.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+    torch.set_num_threads(args.threads)
+    recipe_path = Path(args.recipe) if args.recipe else ROOT / "recipes" / f"{args.model}-fashion.yaml"
+    recipe = load_recipe(recipe_path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                                              kl_warmup_epochs=args.kl_warmup_epochs,
+                                              kl_weight=args.kl_weight,
+                                              train_limit=args.train_limit)
+    dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
+
+    dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)
+    data = load_data(DATA, val_fraction=recipe.val_fraction, seed=recipe.seed, train_limit=recipe.train_limit)
+    dense_val = evaluate(dense, data.loader("val", 1000))["accuracy"]
+    dense_test = evaluate(dense, data.loader("test", 1000))["accuracy"]
+    print(f"dense {args.model}: val {dense_val:.2f}%, test {dense_test:.2f}%")
+
+    # sparse VD through the library; compress trains the weights it is given in place, hence the copy
+    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"bench-{args.model}"
+    t0 = time.perf_counter()
+    result = compress(copy.deepcopy(dense), data, recipe, run_dir, progress=False, log=print)
+    svd_seconds = time.perf_counter() - t0
+    report = result.report
+    converted = report["conversion"]["converted"]
+    w_total, w_nonzero, per_layer = converted_weight_counts(result.model, converted)
+    svd = {
+        "test_accuracy": report["test_metric"]["after"],
+        "test_accuracy_before": report["test_metric"]["before"],
+        "val_accuracy": report["metric"]["after"] if isinstance(report.get("metric"), dict) else None,
+        "weights_total": w_total,
+        "weights_nonzero": w_nonzero,
+        "weights_ratio": w_total / w_nonzero,
+        "params_total": report["params"]["before"],
+        "params_nonzero": report["params"]["after"],
+        "params_ratio": report["params"]["ratio"],
+        "per_layer": per_layer,
+        "seconds": svd_seconds,
+        "timings": {k: round(v, 1) for k, v in report["timings"].items()},
+        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
+                     if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "seconds")}
+                    for h in report["history"]],
+    }
+    print(f"sparse VD: {w_total / w_nonzero:.1f}× fewer non-zero weights ({w_nonzero:,} of {w_total:,}), "
+          f"all params {report['params']['ratio']:.1f}×, test {svd['test_accuracy']:.2f}% in {svd_seconds:.0f} s")
+
+    total_epochs = recipe.epochs + recipe.finetune_epochs
+    mag = None
+    if not args.skip_magnitude:
+        prune_epochs = max(1, round(total_epochs * args.magnitude_prune_fraction))
+        _, mag = magnitude_prune(copy.deepcopy(dense), data, target_nonzero=w_nonzero, epochs=total_epochs,
+                                 prune_epochs=prune_epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+                                 seed=recipe.seed)
+        mag["weights_ratio"] = mag["weights_total"] / mag["weights_nonzero"]
+        print(f"magnitude: {mag['weights_ratio']:.1f}×, test {mag['test_accuracy']:.2f}% "
+              f"in {mag['seconds']:.0f} s")
+
+    out = {
+        "model": args.model,
+        "data": DATA,
+        "command": command,
+        "recipe_file": str(recipe_path.resolve().relative_to(ROOT)) if recipe_path.resolve().is_relative_to(ROOT)
+        else str(recipe_path),
+        "recipe": {k: v for k, v in recipe.to_dict().items()
+                   if k in ("epochs", "batch_size", "lr", "noise_lr", "kl_weight", "kl_warmup_epochs",
+                            "finetune_epochs", "finetune_lr", "threshold", "lr_schedule", "init_log_sigma2",
+                            "log_alpha_clip", "val_fraction", "train_limit", "seed", "include", "exclude")},
+        "epochs": {"dense": dense_epochs, "variational": recipe.epochs, "finetune": recipe.finetune_epochs,
+                   "magnitude": total_epochs if mag else None,
+                   "magnitude_prune": mag["prune_epochs"] if mag else None},
+        "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test, **dense_info},
+        "sparse_vd": svd,
+        "magnitude": mag,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "device": report.get("device")},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    output = Path(args.output) if args.output else RESULTS / f"{args.model}.json"
+    atomic_write_text(output, json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {output}")
+    print()
+    print(markdown_table(out))
+
+
+if __name__ == "__main__":
+    main()
