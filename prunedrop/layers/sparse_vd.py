@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, register_layer
+from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 DEFAULT_THRESHOLD = 3.0
@@ -250,8 +250,7 @@ class LinearSVD(_SparseVD, nn.Linear):
 
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {"in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
+        return linear_kwargs(module)
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
@@ -260,17 +259,7 @@ class LinearSVD(_SparseVD, nn.Linear):
 class _ConvSVD(_SparseVD):
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": module.kernel_size,
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "groups": module.groups,
-            "bias": module.bias is not None,
-            "padding_mode": module.padding_mode,
-        }
+        return conv_kwargs(module)
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # nn.ConvNd._conv_forward handles every padding_mode (zeros, reflect, replicate, circular).
