@@ -113,6 +113,10 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
     p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="override the recipe's finetune_lr")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the pipeline run in --run-dir from its checkpoints (e.g. a copy of a finished "
+                        "run without checkpoint-masked.pt: only the noise-free fine-tuning is redone)")
     p.add_argument("--train-limit", type=int, default=None, help="use the first n training samples (trials)")
     p.add_argument("--magnitude-prune-fraction", type=float, default=2 / 3,
                    help="share of the magnitude run's epochs over which sparsity rises (the rest fine-tunes)")
@@ -127,7 +131,7 @@ def main() -> None:
     recipe_path = Path(args.recipe) if args.recipe else ROOT / "recipes" / f"{args.model}-fashion.yaml"
     recipe = load_recipe(recipe_path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                               kl_warmup_epochs=args.kl_warmup_epochs,
-                                              kl_weight=args.kl_weight,
+                                              kl_weight=args.kl_weight, finetune_lr=args.finetune_lr,
                                               train_limit=args.train_limit)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
@@ -140,7 +144,7 @@ def main() -> None:
     # sparse VD through the library; compress trains the weights it is given in place, hence the copy
     run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"bench-{args.model}"
     t0 = time.perf_counter()
-    result = compress(copy.deepcopy(dense), data, recipe, run_dir, progress=False, log=print)
+    result = compress(copy.deepcopy(dense), data, recipe, run_dir, resume=args.resume, progress=False, log=print)
     svd_seconds = time.perf_counter() - t0
     report = result.report
     converted = report["conversion"]["converted"]
@@ -157,6 +161,7 @@ def main() -> None:
         "params_ratio": report["params"]["ratio"],
         "per_layer": per_layer,
         "seconds": svd_seconds,
+        "resumed": args.resume,
         "timings": {k: round(v, 1) for k, v in report["timings"].items()},
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
                      if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "seconds")}

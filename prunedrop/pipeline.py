@@ -150,6 +150,7 @@ def compress(
     # decide masks: the threshold sweep on validation data (and the choice within the accuracy budget),
     # calibration of the Monte Carlo posterior, log α histograms - all need the variational model, so they
     # come before it is thresholded
+    t0 = time.perf_counter()
     variational = variational.cpu().eval()
     val_loader = data.loader("val", recipe.eval_batch_size)
     name = metric_name(recipe.loss)
@@ -177,6 +178,7 @@ def compress(
     plots: dict[str, str] = {}
     plot_error = _plot(plots, "log_alpha", lambda p: plot_log_alpha_histograms(variational, p, threshold),
                        out_dir, enabled=recipe.plots and recipe.method != "sbp")
+    timings["sweep_calibration_plots_s"] = time.perf_counter() - t0
     pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:
         rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
