@@ -553,7 +553,11 @@ def finetune(
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     warmup_steps = recipe.kl_warmup_epochs * steps_per_epoch
     layer_list = list(layers.values())
-    kernels = _choose_kernels(compile_mode, layer_list, recipe.epochs * steps_per_epoch, device)
+    steps_left = recipe.epochs * steps_per_epoch
+    if compile_mode == "auto" and resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        # compiling pays off only over the steps still to run, not over the whole schedule
+        steps_left = max(0, steps_left - int(load_checkpoint(Path(checkpoint_path)).get("step", 0)))
+    kernels = _choose_kernels(compile_mode, layer_list, steps_left, device)
 
     def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, share: float,
                   autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, float]]:
