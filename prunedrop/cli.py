@@ -31,8 +31,9 @@ def cli() -> None:
     """Make a trained PyTorch network smaller with variational dropout.
 
     prunedrop swaps the model's layers for variational versions, fine-tunes them so that every weight
-    learns its own noise level, prunes the weights whose noise is too high, exports the smaller model to
-    ONNX (checked against PyTorch with onnxruntime) and reports what was saved.
+    (sparse_vd) or every neuron/channel (sbp, group_vd) learns its own noise level, prunes what the noise
+    made useless, removes pruned units physically, exports the smaller model to ONNX (checked against
+    PyTorch with onnxruntime) and reports what was saved.
 
     \b
     Start with:
