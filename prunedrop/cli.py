@@ -37,7 +37,8 @@ def cli() -> None:
 
     \b
     Start with:
-      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp -o out/
+      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp \
+          --recipe recipes/digits-quick.yaml -o out/digits
     """
 
 
