@@ -37,7 +37,7 @@ def cli() -> None:
 
     \b
     Start with:
-      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp \
+      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp \\
           --recipe recipes/digits-quick.yaml -o out/digits
     """
 
