@@ -44,6 +44,37 @@ class VariationalLayer(nn.Module):
         """Parameters of the noise (they usually want a larger learning rate than the weights)."""
         return []
 
+    # -- shared by the families: the plain layer's constructor arguments, taking over its trained
+    # Parameters, and building the plain layer back
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _take_over(cls, module: nn.Module) -> VariationalLayer:
+        """A new layer holding ``module``'s own weight and bias Parameters (no copy; noise is added by the caller).
+
+        Built on the meta device, so that converting a large model allocates only the noise parameters and
+        never a second copy of the weights.
+        """
+        with torch.device("meta"):
+            layer = cls(**cls._dense_kwargs(module))
+        layer.weight = module.weight
+        layer.bias = module.bias
+        return layer
+
+    def _dense_with(self, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+        """The plain ``dense_type`` layer of the same configuration, holding ``weight`` and ``bias``."""
+        with torch.device("meta"):
+            dense = self.dense_type(**self._dense_kwargs(self))
+        dense.weight = nn.Parameter(weight.detach())
+        dense.bias = None if bias is None else nn.Parameter(bias.detach())
+        return dense.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, threshold={self.threshold}"
+
 
 def linear_kwargs(module: nn.Module) -> dict[str, Any]:
     """Constructor arguments that rebuild ``module``'s nn.Linear (or a subclass taking the same ones)."""

@@ -163,10 +163,6 @@ class _OutputUnitNoise(VariationalLayer):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    @classmethod
-    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        raise NotImplementedError
-
     def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -179,16 +175,6 @@ class _OutputUnitNoise(VariationalLayer):
 
     def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
         raise NotImplementedError
-
-    @classmethod
-    def _take_over(cls, module: nn.Module) -> _OutputUnitNoise:
-        # Built on the meta device and then handed the trained Parameter objects themselves, so that
-        # converting a large model allocates only the per-unit noise and never a second copy of the weights.
-        with torch.device("meta"):
-            layer = cls(**cls._dense_kwargs(module))
-        layer.weight = module.weight
-        layer.bias = module.bias
-        return layer
 
     def _unit_parameter(self, value: float) -> nn.Parameter:
         return nn.Parameter(torch.full((self.weight.shape[0],), float(value), dtype=self.weight.dtype,
@@ -207,16 +193,10 @@ class _OutputUnitNoise(VariationalLayer):
         return y * self._sample_multiplier(shape, unit_axis).to(y.dtype)
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
-        with torch.device("meta"):
-            dense = self.dense_type(**self._dense_kwargs(self))
         with torch.no_grad():
             m = self._eval_multiplier(threshold).to(self.weight.dtype)
-            dense.weight = nn.Parameter(self.weight * m.reshape(-1, *[1] * (self.weight.dim() - 1)))
-            dense.bias = None if self.bias is None else nn.Parameter(self.bias * m)
-        return dense.train(self.training)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, threshold={self.threshold}"
+            weight = self.weight * m.reshape(-1, *[1] * (self.weight.dim() - 1))
+            return self._dense_with(weight, None if self.bias is None else self.bias * m)
 
 
 class _LinearUnits(_OutputUnitNoise):

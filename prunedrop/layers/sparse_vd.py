@@ -162,10 +162,6 @@ class _SparseVD(VariationalLayer):
         self.log_alpha_clip = float(log_alpha_clip)
         self.threshold = float(threshold)
 
-    @classmethod
-    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        raise NotImplementedError
-
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -179,12 +175,7 @@ class _SparseVD(VariationalLayer):
         threshold: float = DEFAULT_THRESHOLD,
         **_: Any,
     ) -> _SparseVD:
-        # Built on the meta device and then handed the trained Parameter objects themselves, so that
-        # converting a large model allocates only log σ² and never a second copy of the weights.
-        with torch.device("meta"):
-            layer = cls(**cls._dense_kwargs(module))
-        layer.weight = module.weight
-        layer.bias = module.bias
+        layer = cls._take_over(module)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
         layer.train(module.training)
         return layer
@@ -232,15 +223,9 @@ class _SparseVD(VariationalLayer):
             return kernels.apply_noise(mu.reshape(-1), var.reshape(-1), eps.reshape(-1)).view_as(mu)
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
-        with torch.device("meta"):
-            dense = self.dense_type(**self._dense_kwargs(self))
         with torch.no_grad():
-            dense.weight = nn.Parameter(self.weight * self.keep_mask(threshold))
-            dense.bias = None if self.bias is None else nn.Parameter(self.bias.detach().clone())
-        return dense.train(self.training)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, threshold={self.threshold}"
+            bias = None if self.bias is None else self.bias.clone()
+            return self._dense_with(self.weight * self.keep_mask(threshold), bias)
 
 
 class LinearSVD(_SparseVD, nn.Linear):
