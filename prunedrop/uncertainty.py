@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .convert import variational_layers
-from .dropout.mc import MCPrediction
+from .dropout.mc import MCPrediction, monte_carlo, sampling_mode
 from .errors import PrunedropError
 
 __all__ = [
@@ -57,22 +57,11 @@ def variational_sampling_mode(model: nn.Module) -> Iterator[nn.Module]:
     if not layers:
         raise PrunedropError("the model has no variational layer: Monte Carlo prediction needs the trained "
                              "variational model, before prune()")
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        for layer in layers.values():
-            layer.training = True
+    sampling = {id(layer) for layer in layers.values()}
+    with sampling_mode(model, lambda m: id(m) in sampling):
         yield model
-    finally:
-        for m, mode in saved:
-            m.training = mode
 
 
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -torch.special.xlogy(probs, probs).sum(dim=-1)
-
-
-@torch.no_grad()
 def mc_predictive(
     model: nn.Module, x: torch.Tensor, samples: int = 20, *, apply_softmax: bool = True
 ) -> MCPrediction:
@@ -84,22 +73,7 @@ def mc_predictive(
     The output is taken as logits over the last dimension (``apply_softmax=True``) or as probabilities.
     Modes are restored afterwards.
     """
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    probs_sum = entropy_sum = None
-    with variational_sampling_mode(model):
-        # Running sums, not a stacked (T, N, C) tensor: memory stays that of one pass whatever T is.
-        for _ in range(samples):
-            out = model(x)
-            probs = out.softmax(dim=-1) if apply_softmax else out
-            ent = _entropy(probs)
-            probs_sum = probs if probs_sum is None else probs_sum + probs
-            entropy_sum = ent if entropy_sum is None else entropy_sum + ent
-    mean = probs_sum / samples
-    entropy = _entropy(mean)
-    # Jensen makes this >= 0; the clamp removes float rounding below zero
-    mutual_information = (entropy - entropy_sum / samples).clamp_min(0.0)
-    return MCPrediction(mean, entropy, mutual_information)
+    return monte_carlo(model, x, samples, mode=variational_sampling_mode, apply_softmax=apply_softmax)
 
 
 def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

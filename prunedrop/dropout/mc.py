@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ._common import DropoutModule
 
-__all__ = ["DROPOUT_TYPES", "MCPrediction", "is_dropout_like", "mc_dropout_mode", "mc_predict"]
+__all__ = ["DROPOUT_TYPES", "MCPrediction", "is_dropout_like", "mc_dropout_mode", "mc_predict", "monte_carlo",
+           "sampling_mode"]
 
 #: Module types that :func:`mc_dropout_mode` switches to training mode. Append a type to add it.
 DROPOUT_TYPES: list[type[nn.Module]] = [
@@ -37,22 +38,27 @@ def is_dropout_like(module: nn.Module) -> bool:
 
 
 @contextmanager
-def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``model`` is in eval mode except its dropout-like modules, which sample.
+def sampling_mode(model: nn.Module, samples: Callable[[nn.Module], bool]) -> Iterator[nn.Module]:
+    """Within the block, ``model`` is in eval mode except the modules for which ``samples(m)`` is true.
 
-    Only the dropout-like modules themselves are switched (not their children), so batch norm keeps
-    using, and not updating, its running statistics. Every module's mode is restored on exit.
+    Only those modules themselves are switched (not their children), so batch norm keeps using, and not
+    updating, its running statistics. Every module's mode is restored on exit.
     """
     saved = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         for m in model.modules():
-            if is_dropout_like(m):
+            if samples(m):
                 m.training = True
         yield model
     finally:
         for m, mode in saved:
             m.training = mode
+
+
+def mc_dropout_mode(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Within the block, ``model`` is in eval mode except its dropout-like modules, which sample."""
+    return sampling_mode(model, is_dropout_like)
 
 
 class MCPrediction(NamedTuple):
@@ -86,13 +92,33 @@ def mc_predict(
     The model's output is taken as logits over the last dimension (``apply_softmax=True``) or as
     probabilities (``apply_softmax=False``). Modes are restored afterwards.
     """
+    return monte_carlo(model, x, samples, mode=mc_dropout_mode, apply_softmax=apply_softmax)
+
+
+@torch.no_grad()
+def monte_carlo(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int,
+    *,
+    mode: Callable[[nn.Module], AbstractContextManager[Any]],
+    apply_softmax: bool = True,
+) -> MCPrediction:
+    """``samples`` forward passes of ``model`` on ``x`` inside ``mode(model)`` (which decides what samples),
+    summarised as predictive mean, entropy and mutual information (see :func:`mc_predict`)."""
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    with mc_dropout_mode(model):
-        draws = torch.stack([model(x) for _ in range(samples)])
-    probs = draws.softmax(dim=-1) if apply_softmax else draws
-    mean = probs.mean(dim=0)
+    probs_sum = entropy_sum = None
+    with mode(model):
+        # Running sums, not a stacked (T, N, C) tensor: memory stays that of one pass whatever T is.
+        for _ in range(samples):
+            out = model(x)
+            probs = out.softmax(dim=-1) if apply_softmax else out
+            ent = _entropy(probs)
+            probs_sum = probs if probs_sum is None else probs_sum + probs
+            entropy_sum = ent if entropy_sum is None else entropy_sum + ent
+    mean = probs_sum / samples
     entropy = _entropy(mean)
     # Jensen makes this >= 0; the clamp removes float rounding below zero
-    mutual_information = (entropy - _entropy(probs).mean(dim=0)).clamp_min(0.0)
+    mutual_information = (entropy - entropy_sum / samples).clamp_min(0.0)
     return MCPrediction(mean, entropy, mutual_information)
