@@ -138,26 +138,16 @@ def kl_factors(model: nn.Module, kl_weights: dict[str, float] | None = None) -> 
     return factors
 
 
-def total_kl(model: nn.Module, factors: dict[str, float] | None = None) -> torch.Tensor:
-    """Σ KL over the variational layers, each scaled by its factor from :func:`kl_factors` (default 1)."""
-    layers = variational_layers(model)
-    if not layers:
-        raise PrunedropError("the model has no variational layer; convert it with to_variational first")
-    factors = factors or {}
-    return torch.stack([layer.kl() * factors.get(name, 1.0) for name, layer in layers.items()]).sum()
-
-
-def _training_kl(layers: list[nn.Module]) -> torch.Tensor:
-    """ΣKL for the step whose forward just ran: the value a fused forward computed alongside the
-    variance when there is one (taken, so it is never reused), else ``layer.kl()``."""
+def _training_kl(layers: list[nn.Module], factors: list[float] | None = None) -> torch.Tensor:
+    """Σ factor·KL for the step whose forward just ran: per layer the value a fused forward computed
+    alongside the variance when there is one (taken, so it is never reused), else ``layer.kl()``."""
     parts = []
-    for layer in layers:
+    for layer, factor in zip(layers, factors or [1.0] * len(layers), strict=True):
         cached = getattr(layer, "_step_kl", None)
         if cached is not None:
             layer._step_kl = None
-            parts.append(cached)
-        else:
-            parts.append(layer.kl())
+        kl = cached if cached is not None else layer.kl()
+        parts.append(kl if factor == 1.0 else kl * factor)
     return torch.stack(parts).sum()
 
 
@@ -553,6 +543,8 @@ def finetune(
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     warmup_steps = recipe.kl_warmup_epochs * steps_per_epoch
     layer_list = list(layers.values())
+    factors = kl_factors(model, recipe.kl_weights)
+    layer_factors = [factors[name] for name in layers]
     steps_left = recipe.epochs * steps_per_epoch
     if compile_mode == "auto" and resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         # compiling pays off only over the steps still to run, not over the whole schedule
@@ -565,7 +557,7 @@ def finetune(
         with autocast():
             out = net(x)
         data_term = data_loss(recipe.loss, out.float(), y)
-        kl = _training_kl(layer_list)  # float32: the layers keep log α and the KL out of autocast
+        kl = _training_kl(layer_list, layer_factors)  # float32: the layers keep log α and the KL out of autocast
         loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
         return loss, {"loss": loss.item(), "data_loss": data_term.item(), "kl": kl.item(), "beta": beta}
 

@@ -131,3 +131,16 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(PrunedropError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_kl_weights_scale_the_kl_of_matching_layers() -> None:
+    data = _bundle()
+    plain = Recipe(epochs=1, batch_size=32, kl_warmup_epochs=0, lr_schedule="constant")
+    scaled = plain.replace(kl_weights={"net.1": 10.0})
+    torch.manual_seed(0)
+    a = finetune(to_variational(_model(), plain), data, plain, progress=False).history[0]["kl"]
+    model = to_variational(_model(), scaled)
+    torch.manual_seed(0)
+    b = finetune(model, data, scaled, progress=False).history[0]["kl"]
+    first = model.net[1].kl().item()
+    assert b > a + 5 * first, "the KL of net.1 counts ten times"
