@@ -436,9 +436,9 @@ def _run(
                     continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 loss, parts = step_loss(net, x, y, step, share, autocast)
-                if not torch.isfinite(loss):
+                if not math.isfinite(parts["loss"]):  # the logged value: no second synchronisation
                     raise TrainingError(
-                        f"the {phase} loss became {loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}"
+                        f"the {phase} loss became {parts['loss']} at epoch {epoch + 1}, batch {batch_index + 1}"
                         f"{'; the last good checkpoint is ' + checkpoint_path.name if checkpoint_path else ''}"
                         f"; lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}, e.g. --lr "
                         f"{recipe.lr / 10:g}) or set grad_clip in the recipe"
@@ -559,7 +559,9 @@ def finetune(
         data_term = data_loss(recipe.loss, out.float(), y)
         kl = _training_kl(layer_list, layer_factors)  # float32: the layers keep log α and the KL out of autocast
         loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
-        return loss, {"loss": loss.item(), "data_loss": data_term.item(), "kl": kl.item(), "beta": beta}
+        # one device synchronisation for the three logged values, not one each
+        loss_v, data_v, kl_v = torch.stack([loss.detach(), data_term.detach(), kl.detach()]).tolist()
+        return loss, {"loss": loss_v, "data_loss": data_v, "kl": kl_v, "beta": beta}
 
     with _kernels_set(layer_list, kernels):
         return _run(model, data, recipe, phase="variational", epochs=recipe.epochs, optimizer=optimizer,
