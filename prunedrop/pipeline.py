@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
-from .convert import ConversionSummary, to_variational
+from .convert import ConversionSummary, to_variational, variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .export import export_onnx, verify_onnx
@@ -42,18 +42,41 @@ MASKED_CHECKPOINT = "checkpoint-masked.pt"
 PARITY_SAMPLES = 256
 
 
-def _plot(plots: dict[str, str], key: str, draw: Callable[[Path], Any], out_dir: Path, *,
-          enabled: bool) -> str | None:
-    """Draw one plot into plots/; a missing matplotlib skips plots instead of failing the run."""
-    if not enabled:
-        return None
-    relative = f"plots/{key}.png"
-    try:
-        draw(out_dir / relative)
-    except PrunedropError as e:
-        return e.message
-    plots[key] = relative
-    return None
+def _draw_plots(out_dir: Path, drawings: dict[str, Callable[[Path], Any]],
+                log: Callable[[str], None]) -> tuple[dict[str, str], str | None]:
+    """Draw each plot into plots/KEY.png: (key → relative path, None), or what stopped them (a missing
+    matplotlib skips the plots instead of failing the run)."""
+    plots: dict[str, str] = {}
+    for key, draw in drawings.items():
+        relative = f"plots/{key}.png"
+        try:
+            draw(out_dir / relative)
+        except PrunedropError as e:
+            log(f"plots skipped: {e.message}")
+            return plots, e.message
+        plots[key] = relative
+    return plots, None
+
+
+def _report_drawings(report: dict[str, Any]) -> dict[str, Callable[[Path], Any]]:
+    """The plots drawn from report.json alone: kept per layer, the sweep curve, the training curves."""
+    from .sweep import SweepPoint
+
+    drawings: dict[str, Callable[[Path], Any]] = {"kept_per_layer": lambda p: plot_kept_per_layer(report, p)}
+    sweep = report.get("sweep")
+    if isinstance(sweep, dict) and sweep.get("points"):
+        fields = set(SweepPoint.__dataclass_fields__)
+        points = [SweepPoint(**{k: (float("nan") if k == "metric" and v is None else v)
+                                for k, v in p.items() if k in fields}) for p in sweep["points"]]
+        chosen = next((p for p in points if p.threshold == sweep.get("chosen_threshold")), None)
+        metric = report["metric"]["name"]
+        drawings["sweep"] = lambda p: plot_sweep(points, p, chosen, metric_name=metric,
+                                                 metric_before=sweep.get("metric_before"),
+                                                 max_metric_drop=sweep.get("max_metric_drop"),
+                                                 higher_is_better=metric != "mse")
+    if report.get("history"):
+        drawings["training"] = lambda p: plot_training_curves(report["history"], p)
+    return drawings
 
 
 def _save_pytorch_result(model: nn.Module, out_dir: Path, example: torch.Tensor,
@@ -175,9 +198,11 @@ def compress(
         calibration["original"] = calibration_summary(original, val_loader)
         if recipe.mc_samples:
             calibration["variational_mc"] = calibration_summary(variational, val_loader, samples=recipe.mc_samples)
-    plots: dict[str, str] = {}
-    plot_error = _plot(plots, "log_alpha", lambda p: plot_log_alpha_histograms(variational, p, threshold),
-                       out_dir, enabled=recipe.plots and recipe.method != "sbp")
+    # log α histograms need the variational model, so they are drawn now; the other plots from the report
+    has_log_alpha = any(hasattr(layer, "log_alpha") for layer in variational_layers(variational).values())
+    plots, plot_error = _draw_plots(
+        out_dir, {"log_alpha": lambda p: plot_log_alpha_histograms(variational, p, threshold)}
+        if recipe.plots and has_log_alpha else {}, log)
     timings["sweep_calibration_plots_s"] = time.perf_counter() - t0
     pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:
@@ -284,16 +309,8 @@ def compress(
             **({"latency": latency} if latency is not None else {}),
         },
     )
-    if plot_error is None:
-        _plot(plots, "kept_per_layer", lambda p: plot_kept_per_layer(report, p), out_dir, enabled=recipe.plots)
-        _plot(plots, "sweep", lambda p: plot_sweep(points, p, chosen, metric_name=name,
-                                                   metric_before=metric_before["val"],
-                                                   max_metric_drop=recipe.max_metric_drop,
-                                                   higher_is_better=recipe.loss == "cross_entropy"),
-              out_dir, enabled=recipe.plots)
-        _plot(plots, "training", lambda p: plot_training_curves(history, p), out_dir, enabled=recipe.plots)
-    elif recipe.plots:
-        log(f"plots skipped: {plot_error}")
+    if recipe.plots and plot_error is None:
+        plots.update(_draw_plots(out_dir, _report_drawings(report), log)[0])
     if plots:
         report["plots"] = plots
     write_report(report, out_dir)
@@ -431,25 +448,10 @@ def reexport(
 
 def render_report(report: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Rewrite report.md and the plots that report.json holds the data for (``prunedrop report RUN_DIR``)."""
-    from .sweep import SweepPoint
-
     run_dir = Path(run_dir)
-    recipe = report.get("recipe") or {}
     plots = dict(report.get("plots") or {})
-    if recipe.get("plots", True):
-        error = _plot(plots, "kept_per_layer", lambda p: plot_kept_per_layer(report, p), run_dir, enabled=True)
-        sweep = report.get("sweep")
-        if error is None and isinstance(sweep, dict) and sweep.get("points"):
-            fields = set(SweepPoint.__dataclass_fields__)
-            points = [SweepPoint(**{k: (float("nan") if k == "metric" and v is None else v)
-                                    for k, v in p.items() if k in fields}) for p in sweep["points"]]
-            chosen = next((p for p in points if p.threshold == sweep.get("chosen_threshold")), None)
-            _plot(plots, "sweep", lambda p: plot_sweep(points, p, chosen, metric_name=report["metric"]["name"],
-                                                       metric_before=sweep.get("metric_before"),
-                                                       max_metric_drop=sweep.get("max_metric_drop")),
-                  run_dir, enabled=True)
-        if error is None and report.get("history"):
-            _plot(plots, "training", lambda p: plot_training_curves(report["history"], p), run_dir, enabled=True)
+    if (report.get("recipe") or {}).get("plots", True):
+        plots.update(_draw_plots(run_dir, _report_drawings(report), log=lambda msg: None)[0])
     plots = {k: v for k, v in plots.items() if (run_dir / v).is_file()}
     if plots:
         report["plots"] = plots
