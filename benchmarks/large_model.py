@@ -28,30 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(d: int, blocks: int):
-    import torch
-    from torch import nn
+    from prunedrop.testing import MLPStack
 
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.norm = nn.LayerNorm(d)
-            self.up = nn.Linear(d, 4 * d)
-            self.down = nn.Linear(4 * d, d)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.down(torch.relu(self.up(self.norm(x))))
-
-    class Stack(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.blocks = nn.Sequential(*[Block() for _ in range(blocks)])
-            self.norm = nn.LayerNorm(d)
-            self.head = nn.Linear(d, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.norm(self.blocks(x)).mean(dim=1))
-
-    return Stack()
+    return MLPStack(d, blocks)
 
 
 def _rss_mib() -> float:

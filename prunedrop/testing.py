@@ -109,6 +109,33 @@ class TinyResidual(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class MLPBlock(nn.Module):
+    """A transformer-style MLP block: LayerNorm, Linear(d, 4d), ReLU, Linear(4d, d), residual."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.up = nn.Linear(d, 4 * d)
+        self.down = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(self.norm(x))))
+
+
+class MLPStack(nn.Module):
+    """``blocks`` MLP blocks over (batch, tokens, d) inputs, a final LayerNorm and a mean-pooled head: the
+    stacked Linear + LayerNorm model of the large-model benchmark (d 1024, 12 blocks ≈ 100M parameters)."""
+
+    def __init__(self, d: int, blocks: int, num_classes: int = 10):
+        super().__init__()
+        self.blocks = nn.Sequential(*[MLPBlock(d) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.blocks(x)).mean(dim=1))
+
+
 # name -> (factory, example input shape without the batch dimension)
 TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp": (TinyMLP, (1, 4, 4)),

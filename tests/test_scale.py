@@ -13,7 +13,7 @@ from prunedrop.data import DataBundle
 from prunedrop.errors import PrunedropError
 from prunedrop.layers.sparse_vd import apply_noise, fused_kernels, noise_terms
 from prunedrop.recipes import Recipe
-from prunedrop.testing import TinyMLP, tiny_classification_data
+from prunedrop.testing import MLPBlock, TinyMLP, tiny_classification_data
 from prunedrop.train import _kernels_set, _training_kl, compiled_kernels, finetune
 
 
@@ -23,21 +23,8 @@ def _bundle(n: int = 96) -> DataBundle:
                       test=None, input_shape=(1, 4, 4), num_classes=3)
 
 
-class Block(nn.Module):
-    """A transformer-style MLP block: LayerNorm, two Linears (what benchmarks/large_model.py stacks)."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.up = nn.Linear(d, 4 * d)
-        self.down = nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(torch.relu(self.up(self.norm(x))))
-
-
 def test_conversion_takes_over_the_parameters_without_copying() -> None:
-    model = nn.Sequential(Block(8), Block(8), nn.Conv2d(2, 3, 3))
+    model = nn.Sequential(MLPBlock(8), MLPBlock(8), nn.Conv2d(2, 3, 3))
     before = {name: (p, p.data_ptr()) for name, p in model.named_parameters()}
     converted = to_variational(model, Recipe())
     after = dict(converted.named_parameters())
