@@ -79,6 +79,32 @@ def _report_drawings(report: dict[str, Any]) -> dict[str, Callable[[Path], Any]]
     return drawings
 
 
+_SPARSE_STORAGE = {"auto": "auto", "always": True, "never": False}
+
+
+def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe: Recipe,
+                     metadata: dict[str, str]) -> tuple[Any, float]:
+    """Export ``model`` to ONNX as the recipe says and check it with onnxruntime: (ExportResult, max diff)."""
+    # exported with a batch of 2 and verified with a larger one: a batch size baked into the graph shows up
+    exported = export_onnx(model, example[:2], path, opset=recipe.onnx_opset,
+                           sparse=_SPARSE_STORAGE[recipe.sparse_storage], metadata=metadata,
+                           exporter=recipe.onnx_exporter)
+    return exported, verify_onnx(exported.path, model, example, atol=recipe.parity_atol)
+
+
+def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
+                log: Callable[[str], None]) -> tuple[nn.Module, Any]:
+    """Remove pruned units physically (per-unit methods); per-weight sparsity removes no whole unit."""
+    if not unit_masks:
+        return model, None
+    slimmed = slim(model, unit_masks, example)
+    shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
+    log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
+    for note in slimmed.notes:
+        log(f"note: {note}")
+    return slimmed.model.eval(), slimmed
+
+
 def _save_pytorch_result(model: nn.Module, out_dir: Path, example: torch.Tensor,
                          log: Callable[[str], None]) -> tuple[Path, Path | None]:
     """model.pt + architecture.json; a model that torch.fx cannot describe still gets its state dict."""
@@ -226,16 +252,10 @@ def compress(
 
     # slim: pruned units leave every layer they touch; per-weight sparsity removes no whole unit
     final = pruned.model.cpu().eval()
-    slimmed = None
-    if pruned.unit_masks:
-        t0 = time.perf_counter()
-        slimmed = slim(final, pruned.unit_masks, example)
-        final = slimmed.model.eval()
+    t0 = time.perf_counter()
+    final, slimmed = _slim_units(final, pruned.unit_masks, example, log)
+    if slimmed is not None:
         timings["slim_s"] = time.perf_counter() - t0
-        shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
-        log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
-        for note in slimmed.notes:
-            log(f"note: {note}")
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
     if calibration:
         calibration["compressed"] = calibration_summary(final, val_loader)
@@ -256,11 +276,7 @@ def compress(
     }
     saved = f"the PyTorch result is saved as {model_pt.name}" + (" and architecture.json" if architecture else "")
     try:
-        # exported with a batch of 2 and verified with a larger one: a batch size baked into the graph shows up
-        exported = export_onnx(final, example[:2], out_dir / MODEL_ONNX, opset=recipe.onnx_opset,
-                               sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
-                               metadata=metadata, exporter=recipe.onnx_exporter)
-        parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
+        exported, parity = _export_verified(final, example, out_dir / MODEL_ONNX, recipe, metadata)
     except PrunedropError as e:
         raise type(e)(f"{e.message}; {saved} in {out_dir}") from None
     timings["export_s"] = time.perf_counter() - t0
@@ -433,13 +449,9 @@ def reexport(
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
-    exported = export_onnx(final, example[:2], output, opset=recipe.onnx_opset,
-                           sparse={"auto": "auto", "always": True, "never": False}[recipe.sparse_storage],
-                           metadata={"prunedrop.version": __version__, "prunedrop.method": recipe.method,
-                                     "prunedrop.threshold": f"{threshold:g}",
-                                     "prunedrop.params_after": str(params_after)},
-                           exporter=recipe.onnx_exporter)
-    parity = verify_onnx(exported.path, final, example, atol=recipe.parity_atol)
+    exported, parity = _export_verified(final, example, Path(output), recipe, {
+        "prunedrop.version": __version__, "prunedrop.method": recipe.method,
+        "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)})
     total_plain = sum(p.numel() for p in final.parameters())
     return ReexportResult(path=exported.path, threshold=threshold, kept_fraction=pruned.kept_fraction,
                           params_before=total_plain, params_after=params_after, onnx_bytes=exported.num_bytes,
