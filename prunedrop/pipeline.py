@@ -446,13 +446,14 @@ def reexport(
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
     pruned = prune(variational, threshold)
     final = pruned.model.cpu().eval()
+    total_plain = sum(p.numel() for p in final.parameters())
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    final, _ = _slim_units(final, pruned.unit_masks, example, log=lambda msg: None)
     metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
     exported, parity = _export_verified(final, example, Path(output), recipe, {
         "prunedrop.version": __version__, "prunedrop.method": recipe.method,
         "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)})
-    total_plain = sum(p.numel() for p in final.parameters())
     return ReexportResult(path=exported.path, threshold=threshold, kept_fraction=pruned.kept_fraction,
                           params_before=total_plain, params_after=params_after, onnx_bytes=exported.num_bytes,
                           parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric)

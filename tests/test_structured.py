@@ -65,3 +65,25 @@ def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: flo
     assert slim.get_submodule("net.1").out_features == hidden_after
     torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", x[:16])),
                                slim(x[:16]), atol=1e-5, rtol=0)
+
+
+def test_reexport_of_a_structured_run_is_slim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    write_tiny_project(tmp_path, recipe=RECIPE.format(method="group_vd", noise_lr=0.3, kl_weight=5.0))
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["net.1.weight"][::2] = 0
+    state["net.1.bias"][::2] = 0
+    torch.save(state, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                 "--recipe", "recipe.yaml", "-o", "out", "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["export", "out", "-o", "again.onnx"])
+    assert result.exit_code == 0, result.output
+    shapes = [list(t.dims) for t in onnx.load(tmp_path / "again.onnx").graph.initializer if len(t.dims) == 2]
+    shapes += [list(n.attribute[0].sparse_tensor.dims) for n in onnx.load(tmp_path / "again.onnx").graph.node
+               if n.op_type == "Constant" and n.attribute[0].name == "sparse_value"]
+    assert any(s[1] == 16 and s[0] <= 12 for s in shapes), shapes  # net.1 lost its dead units here too
