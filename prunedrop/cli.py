@@ -21,10 +21,6 @@ DATA_HELP = (
 )
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="prunedrop")
 def cli() -> None:
@@ -94,7 +90,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .train import resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
-    recipe = load_recipe(recipe_path).replace(**_overrides(**overrides))
+    recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
     out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
     barrier()
