@@ -43,23 +43,18 @@ def keep_masks(model: nn.Module, threshold: float | None = None) -> dict[str, to
     return {name: layer.keep_mask(threshold).detach().clone() for name, layer in variational_layers(model).items()}
 
 
-def _parameter_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
-                                                                                dict[str, torch.Tensor]]:
-    """Layer masks → (parameter-shaped masks, per-unit masks of the layers whose noise is per unit)."""
-    layers = variational_layers(model)
+def _parameter_masks(model: nn.Module, threshold: float | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, torch.Tensor]]:
+    """(parameter-shaped masks by qualified parameter name, per-unit masks of the layers that remove units)."""
     params: dict[str, torch.Tensor] = {}
     units: dict[str, torch.Tensor] = {}
-    for name, mask in masks.items():
-        layer = layers[name]
+    for name, layer in variational_layers(model).items():
         prefix = f"{name}." if name else ""
-        if mask.shape == layer.weight.shape:
-            params[prefix + "weight"] = mask
-            continue
-        # one entry per output unit: the unit's weight row and its bias go together
-        units[name] = mask
-        params[prefix + "weight"] = mask.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight).clone()
-        if layer.bias is not None:
-            params[prefix + "bias"] = mask.clone()
+        for local, mask in layer.parameter_keep_masks(threshold).items():
+            params[prefix + local] = mask.detach().clone()
+        unit = layer.unit_keep_mask(threshold)
+        if unit is not None:
+            units[name] = unit.detach().clone()
     return params, units
 
 
@@ -74,6 +69,6 @@ def prune(model: nn.Module, threshold: float | None = None) -> PruneResult:
         set_thresholds(model, threshold)
     layer_masks = keep_masks(model)
     kept = {name: (int(m.sum()), m.numel()) for name, m in layer_masks.items()}
-    masks, units = _parameter_masks(model, layer_masks)
+    masks, units = _parameter_masks(model)
     dense = to_deterministic(model).eval()
     return PruneResult(model=dense, masks=masks, unit_masks=units, kept=kept)

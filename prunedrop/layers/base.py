@@ -44,6 +44,28 @@ class VariationalLayer(nn.Module):
         """Parameters of the noise (they usually want a larger learning rate than the weights)."""
         return []
 
+    def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
+        """Keep mask over the output units when the noise removes whole units (for slimming), else None.
+
+        The default reads :meth:`keep_mask`: a mask of the weight's shape is per weight (None here), any other
+        shape is one entry per output unit. Layers with several kinds of noise override it.
+        """
+        mask = self.keep_mask(threshold)
+        return None if mask.shape == self.weight.shape else mask
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """Local parameter name (``weight``, ``bias``, ``weight_ih_l0`` …) → keep mask of that parameter's shape.
+
+        What ``to_dense`` zeroes, for the noise-free fine-tuning that keeps pruned entries at zero. The default
+        covers per-weight masks and per-unit masks (a unit takes its weight row and its bias with it); layers
+        with other parameters or several kinds of noise override it.
+        """
+        mask = self.keep_mask(threshold)
+        if mask.shape == self.weight.shape:
+            return {"weight": mask}
+        rows = mask.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight).clone()
+        return {"weight": rows, **({"bias": mask.clone()} if self.bias is not None else {})}
+
     # -- shared by the families: the plain layer's constructor arguments, taking over its trained
     # Parameters, and building the plain layer back
 
