@@ -7,7 +7,15 @@ a shared machine hits all of them alike), median over the steps after a warm-up:
 * ``dense``: the original model;
 * ``vd-eager``: the sparse VD model as the layers run by default (``compile: never``);
 * ``vd-compiled``: the same layers with the trainer's fused kernels (``compile: always``): log α, α·θ² and
-  the KL in one compiled pass per layer, the output noise in another; the products stay eager.
+  the KL in one compiled pass per layer, the output noise in another; the products stay eager;
+* ``two-pass-floor``: not a usable model but the floor under any sparse VD step: the same two products per
+  layer (``f(x, θ) + b`` and ``f(x², v)``) and Adam over the same doubled parameters, with none of the
+  elementwise work (no log α, no KL, no square root: ``out = μ + v-product·ε``). What separates
+  ``vd-compiled`` from it is the noise math; what separates it from ``dense`` is the local
+  reparameterisation's second product (forward and backward) and the optimizer state of log σ².
+
+``--precision bf16`` runs every variant under autocast (bf16 products; the variational layers keep log α,
+the KL and the noise in float32, as training with ``precision: bf16`` does).
 
     python benchmarks/step_overhead.py                         # all models, CPU (and CUDA when present)
     python benchmarks/step_overhead.py --models lenet300 --steps 200 --threads 1
@@ -25,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -83,14 +92,16 @@ MODELS = {
 N_TRAIN = 60_000  # the ELBO's N; only a constant factor of the KL here
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bool):
+def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bool,
+             autocast: torch.dtype | None = None):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     layers = list(variational_layers(model).values()) if variational else []
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        if variational:
-            loss = loss + _training_kl(layers) / N_TRAIN
+        with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = F.cross_entropy(model(x), y)
+            if variational:
+                loss = loss + _training_kl(layers) / N_TRAIN
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -98,20 +109,35 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bo
     return step, layers
 
 
+def _floor_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The two products of the local reparameterisation and nothing else (see ``two-pass-floor``)."""
+    mu = self._apply_weight(x, self.weight, self.bias)
+    return mu + self._apply_weight(x * x, self.log_sigma2, None) * torch.randn_like(mu)
+
+
+def _two_pass_floor(dense: nn.Module) -> nn.Module:
+    model = to_variational(copy.deepcopy(dense).cpu(), Recipe())
+    for layer in variational_layers(model).values():
+        layer.forward = types.MethodType(_floor_forward, layer)
+    return model
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def bench_model(name: str, device: torch.device, steps: int, warmup: int, compile_: bool) -> dict:
+def bench_model(name: str, device: torch.device, steps: int, warmup: int, compile_: bool,
+                autocast: torch.dtype | None = None) -> dict:
     factory, shape, batch = MODELS[name]
     torch.manual_seed(0)
     dense = factory().to(device).train()
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    variants: dict[str, tuple] = {"dense": _step_fn(dense, x, y, False)}
+    variants: dict[str, tuple] = {"dense": _step_fn(dense, x, y, False, autocast)}
     vd = to_variational(copy.deepcopy(dense).cpu(), Recipe()).to(device).train()
-    variants["vd-eager"] = _step_fn(vd, x, y, True)
+    variants["vd-eager"] = _step_fn(vd, x, y, True, autocast)
+    variants["two-pass-floor"] = _step_fn(_two_pass_floor(dense).to(device).train(), x, y, False, autocast)
     compile_s = None
     kernels = None
     if compile_:
@@ -120,7 +146,7 @@ def bench_model(name: str, device: torch.device, steps: int, warmup: int, compil
         kernels = compiled_kernels(device)
         compile_s = time.perf_counter() - t0
         if kernels is not None:
-            variants["vd-compiled"] = _step_fn(vd_c, x, y, True)
+            variants["vd-compiled"] = _step_fn(vd_c, x, y, True, autocast)
     times: dict[str, list[float]] = {k: [] for k in variants}
     order = list(variants)
     for i in range(warmup + steps):
@@ -136,6 +162,7 @@ def bench_model(name: str, device: torch.device, steps: int, warmup: int, compil
                 times[k].append(dt)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     row = {"model": name, "device": str(device), "batch": batch, "steps": steps,
+           "precision": "fp32" if autocast is None else "bf16",
            "params": sum(p.numel() for p in dense.parameters()),
            "median_ms": med, "ratio": {k: med[k] / med["dense"] for k in med if k != "dense"},
            "p25_p75_ms": {k: [statistics.quantiles(v, n=4)[0] * 1e3, statistics.quantiles(v, n=4)[2] * 1e3]
@@ -154,6 +181,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: every variant under autocast (the products in bf16)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_overhead.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -167,7 +196,8 @@ def main() -> None:
             if name == "resnet18":
                 steps = args.resnet_steps or (6 if device.type == "cpu" else args.steps)
             warmup = min(args.warmup, 2) if name == "resnet18" and device.type == "cpu" else args.warmup
-            row = bench_model(name, device, steps, warmup, not args.no_compile)
+            row = bench_model(name, device, steps, warmup, not args.no_compile,
+                              torch.bfloat16 if args.precision == "bf16" else None)
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {
@@ -183,14 +213,16 @@ def main() -> None:
     tmp.replace(args.out)
     print(f"\nload average before/after: {load_before[0]:.2f} / {result['loadavg_after'][0]:.2f}, "
           f"{args.threads} torch thread(s), {os.cpu_count()} CPUs\n")
-    print("| model | device | batch | dense ms/step | VD eager | VD compiled | eager / dense | compiled / dense |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | device | precision | batch | dense ms/step | VD eager | VD compiled | two-pass floor "
+          "| eager / dense | compiled / dense | floor / dense |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         m, q = r["median_ms"], r["ratio"]
         comp = f"{m['vd-compiled']:.2f}" if "vd-compiled" in m else "n/a"
         compr = f"{q['vd-compiled']:.2f}×" if "vd-compiled" in q else "n/a"
-        print(f"| {r['model']} | {r['device']} | {r['batch']} | {m['dense']:.2f} | {m['vd-eager']:.2f} | {comp} | "
-              f"{q['vd-eager']:.2f}× | {compr} |")
+        print(f"| {r['model']} | {r['device']} | {r['precision']} | {r['batch']} | {m['dense']:.2f} | "
+              f"{m['vd-eager']:.2f} | {comp} | {m['two-pass-floor']:.2f} | {q['vd-eager']:.2f}× | {compr} | "
+              f"{q['two-pass-floor']:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -319,6 +319,7 @@ def compress(
             "history": history,
             "timings": timings,
             "device": str(device),
+            "world_size": distributed.world_size(),
             "torch_version": torch.__version__,
             "total_params_after": total_after,
             "total_params_before": total_before,

@@ -35,22 +35,57 @@ SCRIPT = textwrap.dedent("""
     from prunedrop.data import DataBundle
     from prunedrop.recipes import Recipe
     from prunedrop.testing import TinyMLP, tiny_classification_data
-    from prunedrop.train import finetune
+    from prunedrop.train import TrainingInterrupted, finetune
 
     torch.set_num_threads(1)
     torch.randn_like = torch.zeros_like  # no noise: see the module docstring
     out, ckpt = sys.argv[1], sys.argv[2]
+    stop_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # rank 0 gets a Ctrl-C after this many batches
+    resume = len(sys.argv) > 4 and sys.argv[4] == "resume"
     x, y = tiny_classification_data(n=160, shape=(1, 4, 4), seed=3)
     data = DataBundle(name="tiny", train=TensorDataset(x[:96], y[:96]), val=TensorDataset(x[96:], y[96:]),
                       test=None, input_shape=(1, 4, 4), num_classes=3)
+    if stop_after and distributed.env_world_size() > 0 and int(__import__("os").environ.get("RANK", "0")) == 0:
+        import os
+        import signal
+        original, seen = data.loader, [0]
+
+        def loader(split, batch_size, **kw):
+            inner = original(split, batch_size, **kw)
+            if split != "train":
+                return inner
+
+            def indices():  # the sharded loop walks the global batches' indices
+                for batch in inner.batch_sampler:
+                    seen[0] += 1
+                    if seen[0] > stop_after:
+                        os.kill(os.getpid(), signal.SIGINT)
+                    yield batch
+
+            class Interrupting:
+                collate_fn = staticmethod(inner.collate_fn)
+                batch_sampler = indices()
+
+                def __len__(self):
+                    return len(inner)
+
+            return Interrupting()
+
+        data.loader = loader
     recipe = Recipe(epochs=2, batch_size=16, lr=1e-2, noise_lr=5e-2, kl_weight=1.0, kl_warmup_epochs=1, seed=7,
                     device="cpu")
     torch.manual_seed(0)
     model = to_variational(TinyMLP(16, (24, 12), 3), recipe)
-    result = finetune(model, data, recipe, checkpoint_path=ckpt, progress=False, compile="never")
+    try:
+        result = finetune(model, data, recipe, checkpoint_path=ckpt, resume=resume, progress=False,
+                          compile="never")
+    except TrainingInterrupted:
+        print("INTERRUPTED rank", distributed.rank(), flush=True)
+        distributed.cleanup()
+        sys.exit(3)
     if distributed.is_main():
         torch.save({"state": model.state_dict(), "history": result.history,
-                    "world": distributed.world_size()}, out)
+                    "world": distributed.world_size(), "resumed_from": result.resumed_from}, out)
     distributed.cleanup()
 """)
 
@@ -61,21 +96,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path: Path, nproc: int) -> dict:
+def _run(tmp_path: Path, nproc: int, *extra: str, tag: str = "", expect_rc: int = 0) -> dict | None:
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
-    out, ckpt = tmp_path / f"out{nproc}.pt", tmp_path / f"ckpt{nproc}.pt"
+    out, ckpt = tmp_path / f"out{nproc}{tag}.pt", tmp_path / f"ckpt{nproc}{tag}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if nproc == 1:
         for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(k, None)
-        cmd = [sys.executable, str(script), str(out), str(ckpt)]
+        cmd = [sys.executable, str(script), str(out), str(ckpt), *extra]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               f"--master_port={_free_port()}", str(script), str(out), str(ckpt)]
+               f"--master_port={_free_port()}", str(script), str(out), str(ckpt), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) if expect_rc == 0 else (proc.returncode != 0), log
     assert ckpt.exists()
+    if expect_rc:
+        # every rank stopped at the same step, through the checkpoint path, not by a crash
+        assert all(f"INTERRUPTED rank {r}" in proc.stdout for r in range(nproc)), log
+        return None
     return torch.load(out, weights_only=True)
 
 
@@ -99,6 +139,22 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path: Path) -> Non
         assert h2["kl"] == pytest.approx(h1["kl"], rel=1e-4)
 
 
+def test_two_gloo_processes_interrupted_then_resumed_train_the_same_weights(tmp_path: Path) -> None:
+    """Ctrl-C on rank 0 mid-epoch stops every rank at the same step with one checkpoint; --resume on two
+    processes then ends with exactly the weights of an uninterrupted two-process run."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    straight = _run(tmp_path, 2, tag="straight")
+    # 96 samples, global batch 16 → 6 steps per epoch; rank 0 walks 6 local batches per epoch: stop in epoch 2
+    _run(tmp_path, 2, "8", tag="cut", expect_rc=3)
+    resumed = _run(tmp_path, 2, "0", "resume", tag="cut")
+    assert resumed["resumed_from"] is not None and tuple(resumed["resumed_from"])[0] == 1
+    for k, a in straight["state"].items():
+        torch.testing.assert_close(resumed["state"][k], a, atol=1e-6, rtol=0, msg=k)
+    assert [h["loss"] for h in straight["history"]] == pytest.approx([h["loss"] for h in resumed["history"]],
+                                                                      rel=1e-6)
+
+
 def test_helpers_answer_as_one_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.init("cpu") is None
@@ -115,3 +171,28 @@ def test_torchrun_without_rendezvous_variables_is_a_clear_error(monkeypatch: pyt
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(distributed.PrunedropError, match="torchrun"):
         distributed.init("cpu")
+
+
+def test_torchrun_compress_end_to_end_writes_once_from_rank_0(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2 -m prunedrop compress ...``: two gloo ranks fine-tune, rank 0 alone
+    thresholds, exports, verifies and reports; the report says it trained on 2 processes."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    import json
+
+    from prunedrop.testing import write_tiny_project
+
+    write_tiny_project(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={_free_port()}", "-m", "prunedrop", "compress", "model.pt", "--arch", "tinyarch:build",
+           "--data", "npz:data.npz", "--recipe", "recipe.yaml", "-o", "out", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["world_size"] == 2
+    assert report["parity_max_abs_diff"] < 1e-4
+    assert report["params"]["after"] < report["params"]["before"]
+    # one table on stdout (rank 0), not one per rank
+    assert proc.stdout.count("wrote ") == 1, proc.stdout
+    assert not list((tmp_path / "out").glob("*.tmp*"))
