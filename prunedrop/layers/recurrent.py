@@ -301,40 +301,47 @@ class _RecurrentVD(VariationalLayer):
 
     def _run_direction(self, layer: int, d: int, x: torch.Tensor, noise: SequenceNoise, h: torch.Tensor,
                        c: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One layer and direction over the whole sequence: ``(outputs [B, T, H], h_n, c_n)``."""
+        """One layer and direction over the whole sequence: ``(outputs [B, T, H], h_n, c_n)``.
+
+        The group noise is folded into each sequence's weight matrices once (``z^g ⊙ W ⊙ z^x``,
+        ``z^g ⊙ W_hh ⊙ z^h``) and the biases into the input products, so that a time step is one fused
+        matrix product plus the gate arithmetic: the loop runs ~T·(layers)·(directions) times per batch
+        as small kernel launches, and their number, not arithmetic, is what a step costs on a GPU.
+        """
         s = self._suffix(layer, d)
         bias_ih = getattr(self, f"bias_ih{s}") if self.bias else None
         bias_hh = getattr(self, f"bias_hh{s}") if self.bias else None
-        if noise.z_input is not None:
-            x = x * noise.z_input[:, None, :]
-        pre_x = torch.bmm(x, noise.weight_ih.transpose(1, 2))  # all steps at once: [B, T, G·H]
-        w_hh_t = noise.weight_hh.transpose(1, 2)
-        z_h, z_g = noise.z_hidden, noise.z_gate
-        state = h  # GRU's raw state, carried from step to step
-        if z_h is not None:
-            h = h * z_h  # the state the layer exposes (and reads back) is z^h ⊙ h
+        w_ih, w_hh = noise.weight_ih, noise.weight_hh
+        z_h = noise.z_hidden
+        if noise.z_gate is not None:
+            z_g = noise.z_gate[:, :, None]
+            w_ih = z_g * w_ih * noise.z_input[:, None, :]
+            w_hh = z_g * w_hh * z_h[:, None, :]  # z^h on the state that is read back
+        lstm = self.mode == "LSTM"
+        pre_x = torch.bmm(x, w_ih.transpose(1, 2))  # all steps at once: [B, T, G·H]
+        if bias_ih is not None:
+            pre_x = pre_x + (bias_ih + bias_hh if lstm else bias_ih)
+        w_hh_t = w_hh.transpose(1, 2)
         ys: list[torch.Tensor] = [x.new_empty(0)] * steps
         for t in (range(steps - 1, -1, -1) if d else range(steps)):
-            gx = pre_x[:, t]
-            gh = torch.bmm(h.unsqueeze(1), w_hh_t).squeeze(1)
-            if z_g is not None:
-                gx, gh = gx * z_g, gh * z_g
-            if bias_ih is not None:
-                gx, gh = gx + bias_ih, gh + bias_hh
-            if self.mode == "LSTM":
-                i, f, g, o = (gx + gh).chunk(4, dim=1)
+            if lstm:
+                gates = torch.baddbmm(pre_x[:, t:t + 1], h.unsqueeze(1), w_hh_t).squeeze(1)
+                i, f, g, o = gates.chunk(4, dim=1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h_raw = torch.sigmoid(o) * torch.tanh(c)
+                h = torch.sigmoid(o) * torch.tanh(c)
             else:
-                xr, xz, xn = gx.chunk(3, dim=1)
+                gh = torch.bmm(h.unsqueeze(1), w_hh_t).squeeze(1)
+                if bias_hh is not None:
+                    gh = gh + bias_hh
+                xr, xz, xn = pre_x[:, t].chunk(3, dim=1)
                 hr, hz, hn = gh.chunk(3, dim=1)
                 r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-                state = (1 - z) * torch.tanh(xn + r * hn) + z * state
-                h_raw = state
-            h = h_raw if z_h is None else h_raw * z_h
+                h = (1 - z) * torch.tanh(xn + r * hn) + z * h
             ys[t] = h
-        return torch.stack(ys, dim=1), h, c
-
+        out = torch.stack(ys, dim=1)
+        if z_h is not None:  # the state the layer exposes is z^h ⊙ h, at every step and in h_n
+            out, h = out * z_h[:, None, :], h * z_h
+        return out, h, c
 
 class LSTMSVD(_RecurrentVD, nn.LSTM):
     """``nn.LSTM`` with sparse variational dropout on every weight, noise drawn once per sequence."""
