@@ -15,8 +15,9 @@ cell and hidden state are exactly 0 at every step, so removing it is exact:
   or ``c_n``, through indexing, slicing, ``cat``, ``flatten``/``reshape``) loses the matching input columns.
 
 *Which consumer column is which unit* is measured, not guessed: the model runs once normally and once with the
-recurrent layer's outputs replaced by codes (``1000 + unit number``, the same at every step and sequence), and
-the inputs of every Linear / recurrent layer are compared. A column that changed must hold one code
+recurrent layer's outputs replaced by codes (``1000 + unit number``, the same at every step and sequence)
+while every other Linear / recurrent layer replays its output of the normal run, and the inputs of those layers
+are compared: only a layer that reads the recurrent layer with no other weight layer in between can change. A column that changed must hold one code
 everywhere, which names the unit it carries; anything else (an activation, a norm, an arithmetic op between the
 layer and the consumer) makes the layer unsupported: it is kept whole and a note says why.
 
@@ -126,17 +127,38 @@ def _encode_hook(rnn: nn.RNNBase):
     return hook
 
 
-def _record(model: nn.Module, x: torch.Tensor, skip: nn.Module, hook: Any = None
-            ) -> dict[nn.Module, list[torch.Tensor]]:
-    """Inputs of every Linear / recurrent layer (except ``skip``) on one run, optionally with ``hook`` on ``skip``."""
-    seen: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+def _detached(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detached(o) for o in obj)
+    return obj
+
+
+def _record(model: nn.Module, x: torch.Tensor, skip: nn.Module, hook: Any = None,
+            replay: dict[nn.Module, list[Any]] | None = None
+            ) -> tuple[dict[nn.Module, list[torch.Tensor]], dict[nn.Module, list[Any]]]:
+    """Inputs and outputs of every Linear / recurrent layer (except ``skip``) on one run of ``model``.
+
+    ``hook`` is put on ``skip`` (to code its outputs). ``replay`` (the outputs of a plain run) makes every other
+    layer return what it returned then, so that a change that reaches a layer's input can only come from
+    ``skip`` along a path without another Linear or recurrent layer: only direct consumers see it.
+    """
+    inputs: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+    outputs: dict[nn.Module, list[Any]] = defaultdict(list)
 
     def pre(module: nn.Module, args: tuple) -> None:
         if args and isinstance(args[0], torch.Tensor):
-            seen[module].append(args[0].detach().clone())
+            inputs[module].append(args[0].detach().clone())
 
-    handles = [m.register_forward_pre_hook(pre) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.RNNBase)) and m is not skip]
+    def post(module: nn.Module, args: tuple, output: Any) -> Any:
+        outputs[module].append(_detached(output))
+        if replay is not None:
+            return replay[module][len(outputs[module]) - 1]
+        return None
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.RNNBase)) and m is not skip]
+    handles = [m.register_forward_pre_hook(pre) for m in layers] + [m.register_forward_hook(post) for m in layers]
     if hook is not None:
         handles.append(skip.register_forward_hook(hook))
     try:
@@ -145,14 +167,14 @@ def _record(model: nn.Module, x: torch.Tensor, skip: nn.Module, hook: Any = None
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return inputs, outputs
 
 
 def _consumers(model: nn.Module, rnn: nn.RNNBase, x: torch.Tensor, names: dict[nn.Module, str]
                ) -> dict[nn.Module, dict[int, int]]:
     """Consumer layer → {input column: code index (layer·directions + direction)·hidden + unit}."""
-    plain = _record(model, x, rnn)
-    coded = _record(model, x, rnn, _encode_hook(rnn))
+    plain, outputs = _record(model, x, rnn)
+    coded, _ = _record(model, x, rnn, _encode_hook(rnn), replay=outputs)
     total = len(_cells(rnn)) * rnn.hidden_size
     found: dict[nn.Module, dict[int, int]] = {}
     for module, calls in coded.items():
@@ -253,8 +275,8 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
         names = {m: n for n, m in work.named_modules()}
         try:
             consumers = _consumers(work, rnn, x, names)
-        except _Unsupported as e:
-            result.notes.append(f"{name}: pruned hidden units kept: {e}")
+        except (_Unsupported, RuntimeError) as e:  # RuntimeError: the model does not run on the coded outputs
+            result.notes.append(f"{name}: pruned hidden units kept: {str(e).splitlines()[0]}")
             result.removed[name] = (rnn.hidden_size, rnn.hidden_size)
             continue
         trial = copy.deepcopy(work)

@@ -170,6 +170,32 @@ def test_slimming_hidden_units_is_exact_and_exports(cell, layers, bidirectional,
     assert verify_onnx(exported.path, result.model, x, atol=1e-5) <= 1e-5
 
 
+def test_slimming_recurrent_and_linear_units_together() -> None:
+    class LSTMThenMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(5, 10, batch_first=True)
+            self.fc = nn.Linear(10, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(torch.relu(self.fc(out[:, -1])))
+
+    torch.manual_seed(0)
+    variational = to_variational(LSTMThenMLP().eval(), Recipe(method="group_vd", exclude=["head"]))
+    with torch.no_grad():
+        variational.rnn.log_alpha_h_l0[:4] = 6.0
+        variational.fc.log_alpha_param[:3] = 6.0
+    pruned = prune(variational.eval())
+    x = torch.randn(8, 6, 5)
+    result = slim(pruned.model, pruned.unit_masks, x[:4])
+    assert result.removed == {"rnn": (10, 6), "fc": (8, 5)} and not result.notes
+    assert result.model.fc.in_features == 6 and result.model.head.in_features == 5
+    with torch.no_grad():
+        assert _max_diff(pruned.model(x), result.model(x)) <= 1e-5
+
+
 def test_slimming_keeps_units_it_cannot_remove_exactly() -> None:
     class TanhHead(TinyRecurrentClassifier):
         def forward(self, x):  # an activation with f(code) that is no code between the layer and the head
