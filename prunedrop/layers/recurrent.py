@@ -11,14 +11,13 @@ parameters under the same names (``weight_ih_l0``, ``weight_hh_l0_reverse``, …
 
 *Why the noise is sampled per sequence, as whole weight matrices.* A weight is one random variable for the
 whole sequence: its noise must be the same at every time step, or the model is not the Bayesian model whose
-KL we pay (fresh noise per step is the Gaussian-dropout-per-step that Gal & Ghahramani 2016 showed hurts
-RNNs). The local reparameterisation trick of the feed-forward layers samples the *product* ``W·x_t``, which
+KL we pay (fresh noise at every step is the per-step dropout that Gal & Ghahramani 2016 argue against). The local reparameterisation trick of the feed-forward layers samples the *product* ``W·x_t``, which
 would give independent noise at every step, so it is not used here. Instead, for each sequence ``b`` of the
 mini-batch one weight matrix ``W_b = θ + σ ⊙ ε_b`` is drawn (``ε_b`` fixed along time) and the sequence runs
 with it: the input products for all steps at once (one batched matmul ``[B, T, in] × [B, in, G·H]``), the
-recurrent products step by step (``[B, 1, H] × [B, H, G·H]``). Per-sequence rather than one draw per
-mini-batch: the sequences of a batch then give independent gradient samples of the noise, which is what makes
-the ELBO estimate usable at ordinary batch sizes. The price is memory ``B × (number of weights)`` for the drawn
+recurrent products step by step (``[B, 1, H] × [B, H, G·H]``). Per sequence rather than one draw shared by
+the mini-batch (which would be valid too, and could run on cuDNN): the sequences of a batch then give
+independent samples of the noise, a lower-variance ELBO gradient per step. The price is memory ``B × (number of weights)`` for the drawn
 matrices (128-unit LSTM on 28 features, batch 100: 8M floats) and an unrolled Python loop over time instead of
 cuDNN; eval mode runs the plain cuDNN/MKL kernel.
 
