@@ -42,3 +42,22 @@ class LeNet5(nn.Module):
 
 def lenet5() -> nn.Module:
     return LeNet5()
+
+
+class RowLSTM(nn.Module):
+    """An image read row by row: ``[B, 1, 28, 28]`` → 28 time steps of 28 features → LSTM → Linear on the
+    output of the last step (the sequential Fashion-MNIST classifier of the recurrent benchmark)."""
+
+    def __init__(self, rows: int = 28, hidden: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.lstm = nn.LSTM(rows, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.flatten(1, -2))  # [B, 1, 28, 28] -> [B, 28 steps, 28 features]
+        return self.head(out[:, -1])
+
+
+def lstm_fashion() -> nn.Module:
+    """LSTM(128) on row-sequential Fashion-MNIST (``benchmarks/lstm_fashion.py``)."""
+    return RowLSTM()

@@ -24,12 +24,12 @@ from prunedrop.train import evaluate  # noqa: E402
 
 
 def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, batch_size: int = 100,
-                seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
-                log=print) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Adam with a cosine schedule; returns the model and its validation/test accuracy."""
+                seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None, device: str = "cpu",
+                train_limit: int | None = None, log=print) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Adam with a cosine schedule; returns the model (on the CPU) and its validation/test accuracy."""
     torch.manual_seed(seed)
-    data = load_data(data_spec, data_dir=data_dir, val_fraction=val_fraction, seed=seed)
-    model = import_object(arch, what="--arch")()
+    data = load_data(data_spec, data_dir=data_dir, val_fraction=val_fraction, seed=seed, train_limit=train_limit)
+    model = import_object(arch, what="--arch")().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * len(data.loader("train", batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
@@ -37,13 +37,15 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
         model.train()
         t0 = time.perf_counter()
         for x, y in data.loader("train", batch_size, shuffle=True, seed=seed, epoch=epoch):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        val = evaluate(model, data.loader("val", 1000))["accuracy"]
+        val = evaluate(model, data.loader("val", 1000), device=torch.device(device))["accuracy"]
         log(f"epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
+    model = model.cpu()
     result = {"val": evaluate(model, data.loader("val", 1000))["accuracy"]}
     if data.test is not None:
         result["test"] = evaluate(model, data.loader("test", 1000))["accuracy"]

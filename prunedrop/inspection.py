@@ -22,7 +22,7 @@ from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .recipes import Recipe
-from .report import LayerProfile, human_count, profile_model
+from .report import LayerProfile, human_count, profile_model, recurrent_weights
 
 __all__ = ["format_inspection", "inspect_model"]
 
@@ -147,8 +147,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 converted.append(label)
                 totals["converted_params"] += sub_params
                 weight = getattr(module, "weight", None)
-                if isinstance(weight, torch.Tensor) and id(weight) in {id(p) for p in new_params}:
-                    totals["prunable_weights"] += weight.numel()
+                weights = recurrent_weights(module) or ([weight] if isinstance(weight, torch.Tensor) else [])
+                own = {id(p) for p in new_params}
+                totals["prunable_weights"] += sum(w.numel() for w in weights if id(w) in own)
                 totals["converted_macs"] += sub_macs
             else:
                 entry["status"] = EXCLUDED

@@ -410,6 +410,7 @@ _DROPOUT_ARGS = ("p", "inplace")
 # torch.nn type name -> constructor arguments, read back from the module's attributes of the same name
 # ("bias" is special: the constructor takes a bool, the module holds a tensor or None). Everything else a
 # module holds must be in its state dict; save_model checks the rebuilt model's outputs to make sure.
+_RNN_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "Linear": ("in_features", "out_features", "bias"),
     "Bilinear": ("in1_features", "in2_features", "out_features", "bias"),
@@ -466,6 +467,8 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "ZeroPad1d": ("padding",),
     "ZeroPad2d": ("padding",),
     "ZeroPad3d": ("padding",),
+    "LSTM": (*_RNN_ARGS, "proj_size"),
+    "GRU": _RNN_ARGS,
 }
 
 _OPERATOR_FUNCTIONS = (

@@ -238,7 +238,9 @@ def compress(
             "be left to export; lower kl_weight, "
             f"{'lower' if recipe.method == 'sbp' else 'raise'} threshold, or train for fewer epochs"
         )
-    what = "units" if pruned.unit_masks else "weights"
+    # per-unit layers count units; per-weight layers (recurrent group VD too: its keep mask is per weight) weights
+    per_unit = {n for n, m in pruned.unit_masks.items() if m.numel() == pruned.kept[n][1]}
+    what = "units" if per_unit and per_unit == set(pruned.kept) else "weights and units" if per_unit else "weights"
     rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
     log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
     history = list(trained.history)

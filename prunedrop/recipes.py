@@ -36,7 +36,8 @@ class Recipe:
     """Noise family: ``sparse_vd`` = per-weight sparse variational dropout (Molchanov et al. 2017; zeros single
     weights: smaller files); ``sbp`` = per-unit log-normal noise, structured Bayesian pruning (Neklyudov et al.
     2017) and ``group_vd`` = per-unit Gaussian noise, group variational dropout: both remove whole neurons and
-    channels (smaller layers: faster)."""
+    channels (smaller layers: faster). ``nn.LSTM`` / ``nn.GRU`` convert under ``sparse_vd`` (per-weight noise, drawn once per
+    sequence) and ``group_vd`` (that plus group noise on inputs, hidden units and gates; removes hidden units)."""
 
     include: list[str] = field(default_factory=lambda: ["*"])
     """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""

@@ -23,7 +23,11 @@ layers, ``nnz(weight) * input positions`` for transposed convolutions. A fully d
 ``nonzero_macs == macs``. This is what a sparse kernel would have to compute, not what ONNX Runtime's dense
 kernels actually do.
 
-Any other module that owns parameters (an ``nn.LSTM``, a user's own layer) is listed with 0 MACs and
+* ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the size of all ``weight_ih_l*`` and ``weight_hh_l*`` per time step
+  (each layer and direction multiplies every one of its weights once per step); a ``(B, T, F)`` input has
+  ``T`` steps. The gates' element-wise work is not counted, like activations elsewhere.
+
+Any other module that owns parameters (an attention layer, a user's own layer) is listed with 0 MACs and
 ``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
 FLOPs figure never silently leaves part of the network out.
 """
@@ -139,8 +143,23 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
     return w if isinstance(w, torch.Tensor) else None
 
 
+def recurrent_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The ``weight_ih_l*`` / ``weight_hh_l*`` matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (biases and a
+    variational layer's noise parameters excluded); ``[]`` for other modules."""
+    if not isinstance(module, nn.RNNBase):
+        return []
+    return [getattr(module, n) for n in module._flat_weights_names if n.startswith("weight")]
+
+
 def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
     """Dense and non-zero MACs of one call, for the whole batch."""
+    if isinstance(module, nn.RNNBase):
+        if x is None or x.dim() < 2:
+            return 0, 0
+        weights = recurrent_weights(module)
+        steps = x.numel() // x.shape[-1]  # sequences × time steps, whatever the layout
+        return (steps * sum(w.numel() for w in weights),
+                steps * sum(int(torch.count_nonzero(w.detach())) for w in weights))
     w = _weight(module)
     if w is None or x is None or y is None:
         return 0, 0
@@ -157,7 +176,7 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
 
 
 def _has_mac_rule(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC))
+    return isinstance(module, (nn.Linear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase))
 
 
 def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:

@@ -29,6 +29,8 @@ that is this module's part:
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped
   (non-depthwise) or transposed convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an
   attention or recurrent layer or a bare parameter is kept; ``notes`` says so.
+* **Recurrent layers.** Masks of ``nn.LSTM`` / ``nn.GRU`` layers (pruned hidden units) are handled first, by
+  :mod:`prunedrop.slim_recurrent`, which shrinks ``hidden_size`` and the consumers' columns.
 
 Finally the masked and the slim model run on the example input; a difference above ``atol`` that the notes
 do not explain raises :class:`PrunedropError` (it means the graph tracing missed something, e.g. an
@@ -48,6 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import PrunedropError
+from .slim_recurrent import slim_recurrent, split_recurrent_masks
 
 __all__ = ["SlimResult", "slim"]
 
@@ -69,7 +72,8 @@ class SlimResult:
     model: nn.Module
     """The smaller plain model, in eval mode."""
     removed: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Linear/Conv layer name → (output units before, after): every masked layer and every one that shrank."""
+    """Linear/Conv layer name → (output units before, after): every masked layer and every one that shrank;
+    recurrent layer name → (hidden_size before, after)."""
     max_abs_diff: float = 0.0
     """Measured max |masked model − slim model| on the example input, in eval mode."""
     notes: list[str] = field(default_factory=list)
@@ -643,6 +647,17 @@ def slim(
     output on ``example_input`` differs from the masked model's by more than ``atol`` without a note that
     explains it.
     """
+    recurrent, unit_masks = split_recurrent_masks(model, unit_masks)
+    if recurrent:
+        # hidden units of nn.LSTM / nn.GRU take their own path (prunedrop.slim_recurrent), then Linear/Conv units
+        rec = slim_recurrent(model, recurrent, example_input, atol=atol)
+        if not unit_masks:
+            return SlimResult(model=rec.model, removed=rec.removed, max_abs_diff=rec.max_abs_diff, notes=rec.notes)
+        inner = slim(rec.model, unit_masks, example_input, atol=atol, fold_borders=fold_borders)
+        with torch.no_grad():
+            diff = _max_abs_diff(copy.deepcopy(model).eval()(example_input), inner.model(example_input))
+        return SlimResult(model=inner.model, removed={**rec.removed, **inner.removed}, max_abs_diff=diff,
+                          notes=rec.notes + inner.notes)
     tp = _import_torch_pruning()
     x = example_input.detach()  # an input that requires grad would look like a parameter to the tracing
     reference = copy.deepcopy(model).eval()

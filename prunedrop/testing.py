@@ -136,6 +136,47 @@ class MLPStack(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
 
+class TinyRecurrentClassifier(nn.Module):
+    """A sequence classifier: ``[B, 1, T, F]`` (an image read row by row) or ``[B, T, F]`` → ``nn.LSTM`` /
+    ``nn.GRU`` (batch_first) → Linear head.
+
+    ``readout="last"`` feeds the head the output at the last time step (both directions side by side when
+    bidirectional); ``readout="hidden"`` the last layer's final hidden states ``h_n`` (for a bidirectional
+    layer the forward direction's after the last step, the reverse direction's after the first).
+    """
+
+    def __init__(self, cell: str = "lstm", in_features: int = 6, hidden: int = 8, num_layers: int = 1,
+                 bidirectional: bool = False, readout: str = "last", num_classes: int = 3):
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.directions = 2 if bidirectional else 1
+        self.readout = readout
+        self.cell = cell
+        self.rnn = rnn(in_features, hidden, num_layers=num_layers, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * self.directions, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, state = self.rnn(x.flatten(1, -2))  # [B, 1, T, F] -> [B, T, F]; [B, T, F] unchanged
+        if self.readout == "last":
+            return self.head(out[:, -1])
+        h = state[0] if self.cell == "lstm" else state
+        return self.head(h[-self.directions:].transpose(0, 1).flatten(1))
+
+
+class TinyLSTMClassifier(TinyRecurrentClassifier):
+    """One-layer LSTM(8) on 5 steps of 6 features, head on the last step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("lstm", **kwargs)
+
+
+class TinyGRUClassifier(TinyRecurrentClassifier):
+    """Two-layer bidirectional GRU(8) on 5 steps of 6 features, head on the last layer's final hidden states."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("gru", **{"num_layers": 2, "bidirectional": True, "readout": "hidden", **kwargs})
+
+
 # name -> (factory, example input shape without the batch dimension)
 TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp": (TinyMLP, (1, 4, 4)),
@@ -144,6 +185,8 @@ TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv1d": (TinyConv1d, (3, 10)),
     "conv3d": (TinyConv3d, (1, 4, 6, 6)),
     "residual": (TinyResidual, (1, 6, 6)),
+    "lstm": (TinyLSTMClassifier, (1, 5, 6)),
+    "gru": (TinyGRUClassifier, (5, 6)),
 }
 
 

@@ -15,7 +15,7 @@ from prunedrop.errors import PrunedropError
 from prunedrop.inspection import format_inspection, inspect_model
 from prunedrop.layers import LinearSVD
 from prunedrop.recipes import Recipe
-from prunedrop.report import profile_model
+from prunedrop.report import profile_model, recurrent_weights
 from prunedrop.testing import TINY_MODELS, tiny_model
 
 
@@ -52,7 +52,9 @@ def test_matches_to_variational_and_profile(name, exclude):
     converted = set(summary.converted)
     assert t["converted_macs"] == sum(p.macs for p in profiles if p.name in converted)
     assert t["converted_params"] == sum(p.params for p in profiles if p.name in converted)
-    assert t["prunable_weights"] == sum(model.get_submodule(n).weight.numel() for n in converted)
+    assert t["prunable_weights"] == sum(w.numel() for n in converted
+                                        for w in recurrent_weights(model.get_submodule(n))
+                                        or [model.get_submodule(n).weight])
     assert t["params_share"] == pytest.approx(t["converted_params"] / t["params"])
     assert "convert" in format_inspection(d)
 

@@ -96,10 +96,32 @@ def test_norm_and_embedding_have_zero_macs_but_count_params():
     assert (emb.macs, emb.params, emb.out_shape, emb.counted) == (0, 40, [3, 4], True)
 
 
+class _Scale(nn.Module):
+    """A user's own layer with a parameter: prunedrop has no MAC rule for it."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * self.scale
+
+
 def test_unknown_layer_is_flagged_not_counted():
-    lstm = _single(nn.LSTM(4, 3, batch_first=True), torch.randn(2, 5, 4))
-    assert lstm.macs == 0 and not lstm.counted
-    assert lstm.params == sum(p.numel() for p in nn.LSTM(4, 3).parameters())
+    p = _single(_Scale(4), torch.randn(2, 5, 4))
+    assert p.macs == 0 and not p.counted
+    assert p.params == 4
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_layer_counts_its_weights_once_per_step(bidirectional):
+    lstm = nn.LSTM(4, 3, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    with torch.no_grad():
+        lstm.weight_hh_l1[:2] = 0
+    p = _single(lstm, torch.randn(2, 5, 4))
+    weights = [w for n, w in lstm.named_parameters() if n.startswith("weight")]
+    assert p.counted and p.macs == 5 * sum(w.numel() for w in weights)
+    assert p.nonzero_macs == p.macs - 5 * 2 * 3
 
 
 def test_macs_are_per_sample():
@@ -268,19 +290,19 @@ def test_build_report_unmatched_layers_and_missing_values():
 
 
 def test_build_report_flags_uncounted_layers():
-    class WithLSTM(nn.Module):
+    class WithScale(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.LSTM(4, 3, batch_first=True)
-            self.head = nn.Linear(3, 2)
+            self.scale = _Scale(4)
+            self.head = nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.head(self.rnn(x)[0][:, -1])
+            return self.head(self.scale(x))
 
-    model = WithLSTM().eval()
-    report = _report(model, model, torch.randn(2, 5, 4))
-    assert report["flops"]["uncounted_layers"] == ["rnn"]
-    assert "rnn" in format_table(report)
+    model = WithScale().eval()
+    report = _report(model, model, torch.randn(2, 4))
+    assert report["flops"]["uncounted_layers"] == ["scale"]
+    assert "scale" in format_table(report)
 
 
 def test_build_report_extra():

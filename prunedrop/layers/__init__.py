@@ -3,6 +3,8 @@
 * ``sparse_vd``: per-weight sparse variational dropout (:mod:`.sparse_vd`)
 * ``sbp``: per-unit log-normal multiplicative noise, structured Bayesian pruning (:mod:`.lognormal`)
 * ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
+* recurrent (:mod:`.recurrent`): ``nn.LSTM`` / ``nn.GRU`` under ``sparse_vd`` (per-weight noise drawn once per
+  sequence) and ``group_vd`` (the same plus group noise on inputs, hidden units and gates)
 
 All three are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
 (:mod:`prunedrop.slim`).
@@ -11,6 +13,7 @@ All three are selected by the recipe's ``method``; the per-unit families are fol
 from .base import LAYER_REGISTRY, VariationalLayer, register_layer
 from .group_vd import Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, LinearGroupVD
 from .lognormal import Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, LinearLogNormal
+from .recurrent import GRUSVD, LSTMSVD, GRUGroupVD, LSTMGroupVD
 from .sparse_vd import Conv1dSVD, Conv2dSVD, Conv3dSVD, LinearSVD, kl_log_uniform
 
 __all__ = [
@@ -24,6 +27,10 @@ __all__ = [
     "Conv3dGroupVD",
     "Conv3dLogNormal",
     "Conv3dSVD",
+    "GRUGroupVD",
+    "GRUSVD",
+    "LSTMGroupVD",
+    "LSTMSVD",
     "LinearGroupVD",
     "LinearLogNormal",
     "LinearSVD",

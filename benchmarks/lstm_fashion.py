@@ -1,0 +1,194 @@
+"""Sparse + group variational dropout on an LSTM: row-sequential Fashion-MNIST (28 steps of 28 features).
+
+    python benchmarks/lstm_fashion.py --device cuda
+    python benchmarks/lstm_fashion.py --smoke            # < 1 minute on a CPU: checks the script, no numbers
+
+1. trains the dense ``examples.models:lstm_fashion`` (LSTM(128) → Linear(10) on the last step) or reuses its
+   cached state dict ``benchmarks/results/lstm-fashion-dense-e<N>-s<seed>.pt``;
+2. compresses it with the full pipeline (``prunedrop.pipeline.compress``) and ``recipes/lstm-fashion.yaml``:
+   variational fine-tuning, threshold, noise-free fine-tuning, slimming of pruned hidden units, ONNX export
+   with the onnxruntime parity check, report;
+3. writes ``benchmarks/results/lstm-fashion.json``: dense and compressed accuracy, non-zero LSTM weights
+   before/after (``weight_ih`` + ``weight_hh``, biases excluded, the papers' convention) and their ratio,
+   hidden units kept, all-parameter ratio, the command, the wall times and the machine.
+
+The target of issue 7: at least 20× fewer non-zero LSTM weights within 1 point of the dense test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+
+from examples.train_dense import train_dense  # noqa: E402
+from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from prunedrop.data import load_data  # noqa: E402
+from prunedrop.io import import_object  # noqa: E402
+from prunedrop.pipeline import compress  # noqa: E402
+from prunedrop.recipes import load_recipe  # noqa: E402
+from prunedrop.train import evaluate  # noqa: E402
+
+ARCH = "examples.models:lstm_fashion"
+DATA = "fashion-mnist"
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_DENSE_EPOCHS = 10
+#: what --smoke changes: a few hundred images, one epoch of everything, a one-point sweep, no latency timing
+SMOKE = {"train_limit": 200, "epochs": 1, "kl_warmup_epochs": 1, "finetune_epochs": 1, "val_fraction": 0.01,
+         "sweep_thresholds": [3.0], "latency_runs": 0, "plots": False}
+SMOKE_TEST_IMAGES = 500
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def lstm_weight_counts(lstm: torch.nn.LSTM) -> tuple[int, int]:
+    """(total, non-zero) over ``weight_ih_l*`` and ``weight_hh_l*``; biases excluded."""
+    weights = [p.detach() for n, p in lstm.named_parameters() if n.startswith("weight")]
+    return sum(w.numel() for w in weights), sum(int(torch.count_nonzero(w)) for w in weights)
+
+
+def dense_model(epochs: int, seed: int, val_fraction: float, device: str, data_dir: str | None,
+                train_limit: int | None, cache: Path | None) -> tuple[torch.nn.Module, dict]:
+    """The trained dense model: from the cache, or trained now (and cached)."""
+    model = import_object(ARCH, what="--arch")()
+    if cache is not None and cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        print(f"dense model: reused {cache}")
+        return model.eval(), {"cached": True, "seconds": None, "file": str(cache)}
+    t0 = time.perf_counter()
+    model, _ = train_dense(ARCH, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
+                           device=device, train_limit=train_limit)
+    seconds = time.perf_counter() - t0
+    if cache is not None:
+        atomic_torch_save(model.state_dict(), cache)
+    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s" + (f", saved {cache}" if cache else ""))
+    return model.eval(), {"cached": False, "seconds": seconds, "file": str(cache) if cache else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--recipe", default=str(ROOT / "recipes" / "lstm-fashion.yaml"))
+    p.add_argument("--dense-epochs", type=int, default=DEFAULT_DENSE_EPOCHS, help="dense training epochs")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's variational epochs")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
+    p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: system)")
+    p.add_argument("--smoke", action="store_true",
+                   help="check the script in < 1 minute on a CPU: 200 training images, 1 epoch each, 500 test images; "
+                        "writes under runs/, not benchmarks/results/")
+    p.add_argument("--progress", action="store_true", help="progress bars of the fine-tuning epochs (stderr)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--run-dir", default=None, help="prunedrop output folder (default: runs/bench-lstm-fashion)")
+    p.add_argument("-o", "--output", default=None, help="result JSON (default: benchmarks/results/lstm-fashion.json)")
+    args = p.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    recipe = load_recipe(args.recipe).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                                              kl_weight=args.kl_weight, device=args.device)
+    dense_epochs = args.dense_epochs
+    name = "lstm-fashion"
+    out_dir = RESULTS
+    if args.smoke:
+        recipe = recipe.replace(**SMOKE)
+        dense_epochs, name, out_dir = 1, "lstm-fashion-smoke", ROOT / "runs"
+    # the smoke run trains its one-epoch dense model afresh (a cache would outlive a change of SMOKE)
+    cache = None if args.smoke else out_dir / f"{name}-dense-e{dense_epochs}-s{recipe.seed}.pt"
+
+    dense, dense_info = dense_model(dense_epochs, recipe.seed, recipe.val_fraction, args.device, args.data_dir,
+                                    recipe.train_limit, cache)
+    data = load_data(DATA, data_dir=args.data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
+                     train_limit=recipe.train_limit)
+    if args.smoke:
+        data = dataclasses.replace(data, test=Subset(data.split("test"), range(SMOKE_TEST_IMAGES)))
+    dense_val = evaluate(dense, data.loader("val", 1000), device=device)["accuracy"]
+    dense_test = evaluate(dense, data.loader("test", 1000), device=device)["accuracy"]
+    w_total, w_nonzero_before = lstm_weight_counts(dense.lstm)
+    print(f"dense: val {dense_val:.2f}%, test {dense_test:.2f}%")
+
+    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"bench-{name}"
+    t0 = time.perf_counter()
+    result = compress(copy.deepcopy(dense), data, recipe, run_dir, progress=args.progress, log=print)
+    seconds = time.perf_counter() - t0
+    report = result.report
+    lstm = result.model.lstm
+    _, w_nonzero = lstm_weight_counts(lstm)
+    # hidden units that still carry something: after slimming, rows whose weights and biases are not all zero
+    rows = torch.cat([p.detach().view(4, lstm.hidden_size, -1) for n, p in lstm.named_parameters()
+                      if n.startswith("weight_ih")], dim=2).abs().amax(dim=(0, 2)) > 0
+    out = {
+        "model": "lstm_fashion (LSTM(128) on 28 rows of 28 pixels, Linear(10) on the last step)",
+        "data": DATA,
+        "command": command,
+        "smoke": args.smoke,
+        "recipe_file": os.path.relpath(args.recipe, ROOT),
+        "recipe": {k: v for k, v in recipe.to_dict().items()
+                   if k in ("method", "include", "epochs", "batch_size", "lr", "noise_lr", "kl_weight",
+                            "kl_warmup_epochs", "finetune_epochs", "finetune_lr", "threshold", "init_log_sigma2",
+                            "init_log_alpha", "grad_clip", "val_fraction", "train_limit", "seed")},
+        "epochs": {"dense": dense_epochs, "variational": recipe.epochs, "finetune": recipe.finetune_epochs},
+        "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test, **dense_info},
+        "compressed": {
+            "test_accuracy": report["test_metric"]["after"],
+            "val_accuracy": report["metric"]["after"],
+            "test_accuracy_drop": dense_test - report["test_metric"]["after"],
+            "lstm_weights_total": w_total,
+            "lstm_weights_nonzero_before": w_nonzero_before,
+            "lstm_weights_nonzero_after": w_nonzero,
+            "lstm_weights_ratio": w_total / max(w_nonzero, 1),
+            "hidden_units_before": dense.lstm.hidden_size,
+            "hidden_units_after": lstm.hidden_size,
+            "hidden_units_with_input_weights": int(rows.sum()),
+            "threshold": report.get("threshold"),
+            "params_before": report["params"]["before"],
+            "params_after": report["params"]["after"],
+            "params_ratio": report["params"]["ratio"],
+            "parity_max_abs_diff": report["parity_max_abs_diff"],
+            "onnx_bytes": report.get("onnx_bytes"),
+            "seconds": seconds,
+            "timings": {k: round(v, 1) for k, v in report["timings"].items()},
+        },
+        "machine": machine(device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    c = out["compressed"]
+    print(f"LSTM: {c['lstm_weights_ratio']:.1f}× fewer non-zero weights ({w_nonzero:,} of {w_total:,}), hidden units "
+          f"{c['hidden_units_before']} → {c['hidden_units_after']}; test {dense_test:.2f}% → {c['test_accuracy']:.2f}% "
+          f"({c['test_accuracy_drop']:+.2f} pt drop) in {seconds:.0f} s")
+    output = Path(args.output) if args.output else out_dir / f"{name}.json"
+    atomic_write_text(output, json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

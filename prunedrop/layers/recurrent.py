@@ -1,0 +1,379 @@
+"""Variational LSTM and GRU: sparse VD on the recurrent weights, optionally with group noise.
+
+Lobacheva, Chirkova, Vetrov, "Bayesian Sparsification of Recurrent Neural Networks" (2017) and "Bayesian
+Sparsification of Gated Recurrent Neural Networks" (2018). The layers replace ``nn.LSTM`` / ``nn.GRU`` (any
+``num_layers``, ``bidirectional``, ``batch_first``, ``bias``, ``dropout``; not ``proj_size``), keep their
+parameters under the same names (``weight_ih_l0``, ``weight_hh_l0_reverse``, …) and turn back into them.
+
+**Per-weight noise** (``LSTMSVD``, ``GRUSVD``; method ``sparse_vd``). Every entry of every ``weight_ih_l*`` and
+``weight_hh_l*`` has ``w = θ + σ·ε``, ``log α = log σ² − log(θ² + 1e-8)`` clipped, the KL of
+:func:`~prunedrop.layers.sparse_vd.kl_log_uniform`, pruned where ``log α > threshold`` (biases carry no noise).
+
+*Why the noise is sampled per sequence, as whole weight matrices.* A weight is one random variable for the
+whole sequence: its noise must be the same at every time step, or the model is not the Bayesian model whose
+KL we pay (fresh noise at every step is the per-step dropout that Gal & Ghahramani 2016 argue against). The local reparameterisation trick of the feed-forward layers samples the *product* ``W·x_t``, which
+would give independent noise at every step, so it is not used here. Instead, for each sequence ``b`` of the
+mini-batch one weight matrix ``W_b = θ + σ ⊙ ε_b`` is drawn (``ε_b`` fixed along time) and the sequence runs
+with it: the input products for all steps at once (one batched matmul ``[B, T, in] × [B, in, G·H]``), the
+recurrent products step by step (``[B, 1, H] × [B, H, G·H]``). Per sequence rather than one draw shared by
+the mini-batch (which would be valid too, and could run on cuDNN): the sequences of a batch then give
+independent samples of the noise, a lower-variance ELBO gradient per step. The price is memory ``B × (number of weights)`` for the drawn
+matrices (128-unit LSTM on 28 features, batch 100: 8M floats) and an unrolled Python loop over time instead of
+cuDNN; eval mode runs the plain cuDNN/MKL kernel.
+
+**Group noise** (``LSTMGroupVD``, ``GRUGroupVD``; method ``group_vd``), the 2018 paper's structure on top of
+the per-weight noise: multiplicative Gaussian ``z ~ N(1, α)`` per sequence on every *input feature*
+(``z^x``), every *hidden unit* (``z^h``) and every *gate preactivation* row (``z^g``), each with its own
+``log α`` and the same KL. Written on the weights, ``W_ih,eff = z^g ⊙ W_ih ⊙ z^x``,
+``W_hh,eff = z^g ⊙ W_hh ⊙ z^h``; ``z^h`` also multiplies the hidden state the layer outputs (and its
+``h_n``). In eval each ``z`` becomes its keep mask (1 or 0):
+
+* a pruned input feature zeroes its column of ``W_ih``;
+* a pruned gate preactivation zeroes its rows of ``W_ih`` and ``W_hh``: that gate is constant (its bias),
+  or for GRU's ``n`` gate ``tanh(b_in + r·b_hn)``;
+* a pruned hidden unit is never read (its ``W_hh`` column is zero and its output is multiplied by 0), so the
+  plain layer gets all of its gate rows *and* their biases zero: the candidate ``g`` (LSTM) / ``n`` (GRU) is
+  then 0, so from a zero initial state the unit's cell and hidden state stay exactly 0 and the plain
+  ``nn.LSTM`` / ``nn.GRU`` computes what the masked layer computes. :mod:`prunedrop.slim` then removes the
+  unit physically (``hidden_size`` shrinks, consumers lose their columns). With a non-zero ``h_0``/``c_0``
+  passed by the caller a removed unit would not stay 0; the plain layer is exact for the default zero state.
+
+Eval mode runs the plain layer that :meth:`to_dense` returns, so the two agree exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..errors import PrunedropError
+from .base import VariationalLayer, register_layer
+from .sparse_vd import DEFAULT_INIT_LOG_SIGMA2, DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
+
+DEFAULT_INIT_LOG_ALPHA = -8.0
+#: the plain layers this module replaces
+DENSE_TYPES = (nn.LSTM, nn.GRU)
+#: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order)
+GATES = {"LSTM": 4, "GRU": 3}
+
+
+@dataclass
+class SequenceNoise:
+    """The noise of one layer and direction for one mini-batch: every tensor has one entry per sequence
+    (leading dimension B) and none per time step, so it is the same at every step of a sequence."""
+
+    weight_ih: torch.Tensor
+    """Sampled input-to-hidden weights ``[B, G·H, in]``."""
+    weight_hh: torch.Tensor
+    """Sampled hidden-to-hidden weights ``[B, G·H, H]``."""
+    z_input: torch.Tensor | None = None
+    """Group noise on the input features ``[B, in]`` (group variant only)."""
+    z_hidden: torch.Tensor | None = None
+    """Group noise on the hidden units ``[B, H]``."""
+    z_gate: torch.Tensor | None = None
+    """Group noise on the gate preactivations ``[B, G·H]``."""
+
+
+class _RecurrentVD(VariationalLayer):
+    """Shared machinery; subclasses fix the cell (``mode``) and whether group noise is on."""
+
+    mode: str = "LSTM"
+    group_noise: bool = False
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {"input_size": module.input_size, "hidden_size": module.hidden_size,
+                "num_layers": module.num_layers, "bias": module.bias, "batch_first": module.batch_first,
+                "dropout": float(module.dropout), "bidirectional": module.bidirectional}
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        *,
+        init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
+        log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
+        threshold: float = DEFAULT_THRESHOLD,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        **_: Any,
+    ) -> _RecurrentVD:
+        if getattr(module, "proj_size", 0):
+            raise PrunedropError(f"{type(module).__name__} with proj_size={module.proj_size} is not supported by "
+                                 "the variational recurrent layers; exclude it in the recipe")
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "dropout with num_layers=1" is the user's choice, already warned
+            layer = cls(**cls._dense_kwargs(module))
+        for name in module._flat_weights_names:
+            setattr(layer, name, getattr(module, name))  # the trained Parameters themselves, no copy
+        layer.log_alpha_clip = float(log_alpha_clip)
+        layer.threshold = float(threshold)
+        for name in layer._weight_names():
+            w = getattr(layer, name)
+            setattr(layer, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
+        if cls.group_noise:
+            for layer_index, direction in layer._cells():
+                s = layer._suffix(layer_index, direction)
+                sizes = {"x": layer._in_size(layer_index), "h": layer.hidden_size,
+                         "g": GATES[cls.mode] * layer.hidden_size}
+                for kind, size in sizes.items():
+                    param = torch.full((size,), float(init_log_alpha), device=module.weight_ih_l0.device)
+                    setattr(layer, f"log_alpha_{kind}{s}", nn.Parameter(param))
+        layer.train(module.training)
+        return layer
+
+    # -- structure ------------------------------------------------------------------------------------
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _cells(self) -> list[tuple[int, int]]:
+        return [(layer, d) for layer in range(self.num_layers) for d in range(self._directions)]
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}{'_reverse' if direction else ''}"
+
+    def _in_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_size * self._directions
+
+    def _weight_names(self) -> list[str]:
+        return [n for n in self._flat_weights_names if n.startswith("weight")]
+
+    # -- log α and masks --------------------------------------------------------------------------------
+
+    def _clip(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(log_alpha, -self.log_alpha_clip, self.log_alpha_clip)
+
+    def weight_log_alpha(self, name: str) -> torch.Tensor:
+        """Clipped per-weight log α of the weight ``name`` (e.g. ``weight_hh_l0``)."""
+        w = getattr(self, name)
+        return self._clip(getattr(self, f"log_sigma2_{name}") - torch.log(w * w + 1e-8))
+
+    def group_log_alpha(self, kind: str, layer: int, direction: int) -> torch.Tensor:
+        """Clipped group log α: ``kind`` is ``x`` (input features), ``h`` (hidden units) or ``g`` (gate rows)."""
+        return self._clip(getattr(self, f"log_alpha_{kind}{self._suffix(layer, direction)}"))
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Every per-weight log α, flattened and concatenated (for histograms)."""
+        return torch.cat([self.weight_log_alpha(n).flatten() for n in self._weight_names()])
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """Per parameter of the plain layer, what survives: per-weight masks, with the group masks folded in
+        (columns of pruned inputs/hidden units, rows of pruned gates, all rows and biases of pruned units)."""
+        t = self.threshold if threshold is None else threshold
+        masks: dict[str, torch.Tensor] = {}
+        gates = GATES[self.mode]
+        for layer, d in self._cells():
+            s = self._suffix(layer, d)
+            m_ih = self.weight_log_alpha(f"weight_ih{s}") <= t
+            m_hh = self.weight_log_alpha(f"weight_hh{s}") <= t
+            rows = torch.ones(m_ih.shape[0], dtype=torch.bool, device=m_ih.device)
+            if self.group_noise:
+                keep_x = self.group_log_alpha("x", layer, d) <= t
+                keep_h = self.group_log_alpha("h", layer, d) <= t
+                keep_g = self.group_log_alpha("g", layer, d) <= t
+                m_ih = m_ih & keep_g[:, None] & keep_x[None, :]
+                m_hh = m_hh & keep_g[:, None] & keep_h[None, :]
+                rows = keep_h.repeat(gates)  # row g·H + j belongs to unit j
+                m_ih = m_ih & rows[:, None]
+                m_hh = m_hh & rows[:, None]
+            masks[f"weight_ih{s}"], masks[f"weight_hh{s}"] = m_ih, m_hh
+            if self.bias:
+                masks[f"bias_ih{s}"], masks[f"bias_hh{s}"] = rows.clone(), rows.clone()
+        return masks
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per weight, flattened over every ``weight_*`` in order (group masks folded in)."""
+        masks = self.parameter_keep_masks(threshold)
+        return torch.cat([masks[n].flatten() for n in self._weight_names()])
+
+    def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
+        """``[num_layers · directions, hidden_size]`` (the layout of ``h_n``): which hidden units survive;
+        None without group noise (per-weight noise removes no whole unit)."""
+        if not self.group_noise:
+            return None
+        t = self.threshold if threshold is None else threshold
+        return torch.stack([self.group_log_alpha("h", layer, d) <= t for layer, d in self._cells()])
+
+    def kl(self) -> torch.Tensor:
+        parts = [kl_log_uniform(self.weight_log_alpha(n)).sum() for n in self._weight_names()]
+        if self.group_noise:
+            parts += [kl_log_uniform(self.group_log_alpha(k, layer, d)).sum()
+                      for layer, d in self._cells() for k in ("x", "h", "g")]
+        return torch.stack(parts).sum()
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters(recurse=False) if n.startswith("log_")]
+
+    def to_dense(self, threshold: float | None = None) -> nn.Module:
+        masks = self.parameter_keep_masks(threshold)
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dense = self.dense_type(**self._dense_kwargs(self))
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                value = getattr(self, name).detach()
+                if name in masks:
+                    value = value * masks[name]
+                setattr(dense, name, nn.Parameter(value.clone()))
+        return dense.train(self.training)
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def _noise(self, kind: str, layer: int, d: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        std = torch.exp(0.5 * self.group_log_alpha(kind, layer, d))
+        return 1 + std * torch.randn(batch, std.shape[0], dtype=like.dtype, device=like.device)
+
+    def sample_noise(self, batch: int) -> dict[tuple[int, int], SequenceNoise]:
+        """One draw of every noise of the layer for ``batch`` sequences: (layer, direction) → noise."""
+        out = {}
+        for layer, d in self._cells():
+            s = self._suffix(layer, d)
+            sampled = []
+            for name in (f"weight_ih{s}", f"weight_hh{s}"):
+                w = getattr(self, name)
+                # σ = sqrt(α)·|θ| with the clipped α that the KL sees (as the feed-forward sparse VD layers)
+                std = torch.exp(0.5 * self.weight_log_alpha(name)) * w.abs()
+                sampled.append(w + std * torch.randn(batch, *w.shape, dtype=w.dtype, device=w.device))
+            noise = SequenceNoise(*sampled)
+            if self.group_noise:
+                like = sampled[0]
+                noise.z_input = self._noise("x", layer, d, batch, like)
+                noise.z_hidden = self._noise("h", layer, d, batch, like)
+                noise.z_gate = self._noise("g", layer, d, batch, like)
+            out[(layer, d)] = noise
+        return out
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        if isinstance(input, PackedSequence):
+            raise PrunedropError(f"{type(self).__name__} does not take a PackedSequence; pad the sequences "
+                                 "(or exclude the layer in the recipe)")
+        if not self.training:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # cuDNN's "weights are not part of single contiguous chunk"
+                return self.to_dense()(input, hx)
+        return self._sampled_forward(input, hx)
+
+    def _sampled_forward(self, input: torch.Tensor, hx: Any) -> Any:
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch, steps = x.shape[0], x.shape[1]
+        cells = len(self._cells())
+        zeros = x.new_zeros(cells, batch, self.hidden_size)
+        if hx is None:
+            h0, c0 = zeros, zeros
+        elif self.mode == "LSTM":
+            h0, c0 = (s.unsqueeze(1) for s in hx) if unbatched else hx
+        else:
+            h0, c0 = (hx.unsqueeze(1) if unbatched else hx), zeros
+        noise = self.sample_noise(batch)
+        h_n, c_n = [], []
+        layer_in = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for d in range(self._directions):
+                index = layer * self._directions + d
+                y, h, c = self._run_direction(layer, d, layer_in, noise[(layer, d)], h0[index], c0[index], steps)
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+            if self.dropout and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        out = layer_in if self.batch_first else layer_in.transpose(0, 1)
+        h_n_t, c_n_t = torch.stack(h_n), torch.stack(c_n)
+        if unbatched:
+            out, h_n_t, c_n_t = out.squeeze(0 if self.batch_first else 1), h_n_t.squeeze(1), c_n_t.squeeze(1)
+        return (out, (h_n_t, c_n_t)) if self.mode == "LSTM" else (out, h_n_t)
+
+    def _run_direction(self, layer: int, d: int, x: torch.Tensor, noise: SequenceNoise, h: torch.Tensor,
+                       c: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer and direction over the whole sequence: ``(outputs [B, T, H], h_n, c_n)``.
+
+        The group noise is folded into each sequence's weight matrices once (``z^g ⊙ W ⊙ z^x``,
+        ``z^g ⊙ W_hh ⊙ z^h``) and the biases into the input products, so that a time step is one fused
+        matrix product plus the gate arithmetic: the loop runs ~T·(layers)·(directions) times per batch
+        as small kernel launches, and their number, not arithmetic, is what a step costs on a GPU.
+        """
+        s = self._suffix(layer, d)
+        bias_ih = getattr(self, f"bias_ih{s}") if self.bias else None
+        bias_hh = getattr(self, f"bias_hh{s}") if self.bias else None
+        w_ih, w_hh = noise.weight_ih, noise.weight_hh
+        z_h = noise.z_hidden
+        if noise.z_gate is not None:
+            z_g = noise.z_gate[:, :, None]
+            w_ih = z_g * w_ih * noise.z_input[:, None, :]
+            w_hh = z_g * w_hh * z_h[:, None, :]  # z^h on the state that is read back
+        lstm = self.mode == "LSTM"
+        pre_x = torch.bmm(x, w_ih.transpose(1, 2))  # all steps at once: [B, T, G·H]
+        if bias_ih is not None:
+            pre_x = pre_x + (bias_ih + bias_hh if lstm else bias_ih)
+        w_hh_t = w_hh.transpose(1, 2)
+        ys: list[torch.Tensor] = [x.new_empty(0)] * steps
+        for t in (range(steps - 1, -1, -1) if d else range(steps)):
+            if lstm:
+                gates = torch.baddbmm(pre_x[:, t:t + 1], h.unsqueeze(1), w_hh_t).squeeze(1)
+                i, f, g, o = gates.chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                gh = torch.bmm(h.unsqueeze(1), w_hh_t).squeeze(1)
+                if bias_hh is not None:
+                    gh = gh + bias_hh
+                xr, xz, xn = pre_x[:, t].chunk(3, dim=1)
+                hr, hz, hn = gh.chunk(3, dim=1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+            ys[t] = h
+        out = torch.stack(ys, dim=1)
+        if z_h is not None:  # the state the layer exposes is z^h ⊙ h, at every step and in h_n
+            out, h = out * z_h[:, None, :], h * z_h
+        return out, h, c
+
+class LSTMSVD(_RecurrentVD, nn.LSTM):
+    """``nn.LSTM`` with sparse variational dropout on every weight, noise drawn once per sequence."""
+
+    dense_type = nn.LSTM
+    mode = "LSTM"
+
+
+class GRUSVD(_RecurrentVD, nn.GRU):
+    """``nn.GRU`` with sparse variational dropout on every weight, noise drawn once per sequence."""
+
+    dense_type = nn.GRU
+    mode = "GRU"
+
+
+class LSTMGroupVD(_RecurrentVD, nn.LSTM):
+    """``nn.LSTM`` with per-weight noise plus group noise on input features, hidden units and gate rows
+    (Lobacheva et al. 2018): removes whole hidden units and makes gates constant."""
+
+    dense_type = nn.LSTM
+    mode = "LSTM"
+    group_noise = True
+
+
+class GRUGroupVD(_RecurrentVD, nn.GRU):
+    """``nn.GRU`` with per-weight noise plus group noise on input features, hidden units and gate rows."""
+
+    dense_type = nn.GRU
+    mode = "GRU"
+    group_noise = True
+
+
+register_layer("sparse_vd", nn.LSTM, LSTMSVD)
+register_layer("sparse_vd", nn.GRU, GRUSVD)
+register_layer("group_vd", nn.LSTM, LSTMGroupVD)
+register_layer("group_vd", nn.GRU, GRUGroupVD)
