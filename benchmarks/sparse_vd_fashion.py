@@ -121,6 +121,8 @@ def main() -> None:
     p.add_argument("--magnitude-prune-fraction", type=float, default=2 / 3,
                    help="share of the magnitude run's epochs over which sparsity rises (the rest fine-tunes)")
     p.add_argument("--skip-magnitude", action="store_true", help="sparse VD only (tuning)")
+    p.add_argument("--device", default=None, help="override the recipe's device (cpu, cuda, cuda:N); the "
+                   "magnitude baseline always trains on the CPU")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--run-dir", default=None, help="prunedrop output folder (default: runs/bench-<model>)")
     p.add_argument("-o", "--output", default=None, help="result JSON (default: benchmarks/results/<model>.json)")
@@ -132,7 +134,7 @@ def main() -> None:
     recipe = load_recipe(recipe_path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                               kl_warmup_epochs=args.kl_warmup_epochs,
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr,
-                                              train_limit=args.train_limit)
+                                              train_limit=args.train_limit, device=args.device)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)
