@@ -105,6 +105,19 @@ def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     return x
 
 
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    """The module's weight matrices: ``weight``, or for layers without one (nn.MultiheadAttention's
+    ``in_proj_weight`` and ``out_proj.weight``) every parameter whose name ends in ``weight``."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return [weight]
+    return [p for n, p in module.named_parameters() if n.endswith("weight")]
+
+
+def _weight_count(module: nn.Module) -> int:
+    return sum(w.numel() for w in _weights(module))
+
+
 @torch.no_grad()
 def sweep_thresholds(
     model: nn.Module,
@@ -138,7 +151,7 @@ def sweep_thresholds(
     # Constant parts: everything outside the variational layers, and each layer's output positions
     # (dense MACs / weight size on a batch of one, exact: no rounding at batch 1).
     profiles = {p.name: p for p in profile_model(model, example_input[:1].to(device))}
-    positions = {name: profiles[name].macs // layer.weight.numel() if name in profiles else 0
+    positions = {name: profiles[name].macs // _weight_count(layer) if name in profiles else 0
                  for name, layer in layers.items()}
     variational_ids = {id(p) for layer in layers.values() for p in layer.parameters()}
     other = [p for p in model.parameters() if id(p) not in variational_ids]
@@ -147,7 +160,7 @@ def sweep_thresholds(
     layer_names = set(layers)
     other_nonzero_macs = sum(p.nonzero_macs for p in profiles.values() if p.name not in layer_names)
     macs = sum(p.macs for p in profiles.values())
-    total_weights = sum(layer.weight.numel() for layer in layers.values())
+    total_weights = sum(_weight_count(layer) for layer in layers.values())
 
     saved_thresholds = {name: layer.threshold for name, layer in layers.items()}
     saved_modes = [(m, m.training) for m in model.modules()]
@@ -163,7 +176,7 @@ def sweep_thresholds(
                 # The layer's own deterministic version: exact for any noise family (a per-unit family also
                 # zeroes the pruned units' biases), and one layer at a time so memory stays small.
                 dense = layer.to_dense(t)
-                kept = int(torch.count_nonzero(dense.weight))
+                kept = sum(int(torch.count_nonzero(w)) for w in _weights(dense))
                 kept_per_layer[name] = kept
                 params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
                 total_params += sum(p.numel() for p in dense.parameters())

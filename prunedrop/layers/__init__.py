@@ -4,11 +4,16 @@
 * ``sbp``: per-unit log-normal multiplicative noise, structured Bayesian pruning (:mod:`.lognormal`)
 * ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
 
+Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
+(:mod:`.attention`), and ``nn.Embedding`` per vocabulary row under both (:mod:`.embedding`).
+
 All three are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
 (:mod:`prunedrop.slim`).
 """
 
+from .attention import HeadPrunedMultiheadAttention, MultiheadAttentionGroupVD, MultiheadAttentionSVD
 from .base import LAYER_REGISTRY, VariationalLayer, register_layer
+from .embedding import EmbeddingSVD, RemappedEmbedding
 from .group_vd import Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, LinearGroupVD
 from .lognormal import Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, LinearLogNormal
 from .sparse_vd import Conv1dSVD, Conv2dSVD, Conv3dSVD, LinearSVD, kl_log_uniform
@@ -24,9 +29,14 @@ __all__ = [
     "Conv3dGroupVD",
     "Conv3dLogNormal",
     "Conv3dSVD",
+    "EmbeddingSVD",
+    "HeadPrunedMultiheadAttention",
     "LinearGroupVD",
     "LinearLogNormal",
     "LinearSVD",
+    "MultiheadAttentionGroupVD",
+    "MultiheadAttentionSVD",
+    "RemappedEmbedding",
     "VariationalLayer",
     "kl_log_uniform",
     "register_layer",
