@@ -110,7 +110,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     def walk(module: nn.Module, name: str, depth: int) -> tuple[int, int]:
         """Append the entry of ``module`` (and its subtree); return its subtree (params, macs)."""
         label = name or "<root>"
-        params = own_params(module)
+        # a registered layer is converted whole, children included (nn.MultiheadAttention's out_proj)
+        params = list(module.parameters()) if type(module) in registry else own_params(module)
         n_params = sum(p.numel() for p in params)
         profile = profile_by_id.get(id(module))
         macs = profile.macs if profile is not None else 0
@@ -147,8 +148,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 converted.append(label)
                 totals["converted_params"] += sub_params
                 weight = getattr(module, "weight", None)
-                if isinstance(weight, torch.Tensor) and id(weight) in {id(p) for p in new_params}:
-                    totals["prunable_weights"] += weight.numel()
+                # layers without one weight (nn.MultiheadAttention): every parameter named ...weight
+                weights = [weight] if isinstance(weight, torch.Tensor) else \
+                    [p for n, p in module.named_parameters() if n.endswith("weight")]
+                new_ids = {id(p) for p in new_params}
+                totals["prunable_weights"] += sum(w.numel() for w in weights if id(w) in new_ids)
                 totals["converted_macs"] += sub_macs
             else:
                 entry["status"] = EXCLUDED

@@ -103,6 +103,36 @@ def test_transformer_layers_convert_and_skip_the_fused_path() -> None:
         torch.testing.assert_close(variational(x), prune(variational).model(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_padding_mask_through_the_nested_inference_path() -> None:
+    """With src_key_padding_mask, nn.TransformerEncoder turns the batch into a nested tensor at inference; the
+    variational and the head-pruned attention take it (padded internally) and give the plain model's outputs."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2).eval()
+    assert encoder.use_nested_tensor
+    x = torch.randn(3, 5, 8)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, 3:] = True
+    padding[1, 4:] = True
+    real = ~padding[..., None]  # outputs at padded positions are undefined (0 on the nested path)
+    with torch.no_grad():
+        want = encoder(x, src_key_padding_mask=padding)
+    recipe = Recipe(method="group_vd", exclude=["*linear*"], **NEGLIGIBLE)
+    variational = to_variational(copy.deepcopy(encoder), recipe).eval()
+    with torch.no_grad():
+        variational.layers[0].self_attn.log_alpha_param[0] = 35.0
+        masked = variational(x, src_key_padding_mask=padding)
+        slim = remove_heads_and_rows(prune(variational).model, x).model
+        assert isinstance(slim.layers[0].self_attn, HeadPrunedMultiheadAttention)
+        got = slim(x, src_key_padding_mask=padding)
+    assert ((got - masked) * real).abs().max() <= 1e-5
+    assert ((masked - want) * real).abs().max() > 1e-3  # the pruned head really changed the output
+    sparse = to_variational(copy.deepcopy(encoder), Recipe(method="sparse_vd", **NEGLIGIBLE)).eval()
+    with torch.no_grad():
+        assert ((sparse(x, src_key_padding_mask=padding) - want) * real).abs().max() <= 1e-5
+
+
 def _group_transformer() -> tuple[nn.Module, torch.Tensor, nn.Module]:
     model, x = tiny_transformer()
     variational = to_variational(copy.deepcopy(model), Recipe(method="group_vd", exclude=["head"])).eval()

@@ -19,7 +19,8 @@ names (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bia
 
 In eval mode both are deterministic and compute what their ``to_dense()`` (a real ``nn.MultiheadAttention``)
 computes. Supported: ``kdim == vdim == embed_dim``, with or without bias, ``batch_first`` either way, batched
-and unbatched inputs, ``attn_mask`` / ``key_padding_mask`` / ``is_causal``, ``need_weights``. Not supported
+and unbatched inputs, ``attn_mask`` / ``key_padding_mask`` / ``is_causal``, ``need_weights``, and the nested
+(ragged) batches that ``nn.TransformerEncoder`` makes from a padding mask at inference. Not supported
 (:class:`PrunedropError` at conversion): ``kdim``/``vdim`` different from ``embed_dim``, ``add_bias_kv``,
 ``add_zero_attn``.
 
@@ -127,11 +128,9 @@ class _Attention(nn.Module):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same arguments and results as ``nn.MultiheadAttention.forward``."""
-        if query.is_nested or key.is_nested or value.is_nested:
-            raise PrunedropError(
-                "nested-tensor input reached a prunedrop attention layer; set use_nested_tensor = False on the "
-                "enclosing nn.TransformerEncoder (its fused padding-mask path assumes a plain nn.MultiheadAttention)"
-            )
+        if query.is_nested:
+            return self._forward_nested(query, key, value, need_weights=need_weights, attn_mask=attn_mask,
+                                        average_attn_weights=average_attn_weights, is_causal=is_causal)
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -170,6 +169,24 @@ class _Attention(nn.Module):
         if average_attn_weights:
             weights = weights.mean(dim=1)
         return out, weights.squeeze(0) if unbatched else weights
+
+    def _forward_nested(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, need_weights: bool,
+                        attn_mask: torch.Tensor | None, average_attn_weights: bool,
+                        is_causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention on a nested (ragged) batch, which nn.TransformerEncoder builds from
+        ``src_key_padding_mask`` on its inference path: padded, attended with the padding masked, unpadded."""
+        if key is not query or value is not query or need_weights or not self.batch_first:
+            raise PrunedropError(
+                "a nested-tensor batch reached a prunedrop attention layer outside batch-first self-attention; "
+                "set use_nested_tensor = False on the enclosing nn.TransformerEncoder"
+            )
+        lengths = [t.shape[0] for t in query.unbind()]
+        padded = query.to_padded_tensor(0.0)
+        positions = torch.arange(padded.shape[1], device=padded.device)
+        padding = positions[None, :] >= torch.tensor(lengths, device=padded.device)[:, None]
+        out, _ = self.forward(padded, padded, padded, key_padding_mask=padding, need_weights=False,
+                              attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return torch.nested.as_nested_tensor([out[i, :n] for i, n in enumerate(lengths)]), None
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
