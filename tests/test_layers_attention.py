@@ -145,7 +145,7 @@ def _group_transformer() -> tuple[nn.Module, torch.Tensor, nn.Module]:
     return variational, x, model
 
 
-def test_head_removal_is_exact() -> None:
+def test_head_removal_is_exact(tmp_path: Path) -> None:
     variational, x, _ = _group_transformer()
     pruned = prune(variational)
     assert pruned.masks["encoder.layers.0.self_attn.in_proj_weight"].shape == (24, 8)
@@ -158,17 +158,11 @@ def test_head_removal_is_exact() -> None:
         assert (result.model(x) - variational(x)).abs().max() <= 1e-5
         batch = torch.randn(16, 5, 6)
         assert (result.model(batch) - variational(batch)).abs().max() <= 1e-5
-    exported = export_onnx(result.model, x[:2], Path(_tmp()) / "heads.onnx", opset=18, sparse=False)
+    exported = export_onnx(result.model, x[:2], tmp_path / "heads.onnx", opset=18, sparse=False)
     assert verify_onnx(exported.path, result.model, batch, atol=1e-5) <= 1e-5
 
 
-def _tmp() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="prunedrop-attn-")
-
-
-def test_embedding_rows_removed_with_remap() -> None:
+def test_embedding_rows_removed_with_remap(tmp_path: Path) -> None:
     model, ids = tiny_token_model()
     variational = to_variational(copy.deepcopy(model), Recipe(method="sparse_vd", exclude=["head"])).eval()
     layer = variational.embedding
@@ -188,7 +182,7 @@ def test_embedding_rows_removed_with_remap() -> None:
         torch.testing.assert_close(result.model(every_id), variational(every_id), atol=1e-6, rtol=0)
     state = result.model.state_dict()
     assert "embedding.index_map" in state  # the remapping travels with the weights
-    exported = export_onnx(result.model, every_id[:2], Path(_tmp()) / "rows.onnx", opset=18, sparse=False)
+    exported = export_onnx(result.model, every_id[:2], tmp_path / "rows.onnx", opset=18, sparse=False)
     assert verify_onnx(exported.path, result.model, every_id, atol=1e-5) <= 1e-5
 
 
@@ -265,3 +259,30 @@ def _tiny_recipe() -> dict:
     import yaml
 
     return yaml.safe_load(TINY_RECIPE)
+
+
+class _UserAttention(nn.Module):
+    """A user's attention block written with nn.Linear projections (not nn.MultiheadAttention)."""
+
+    def __init__(self, d: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (p(x).reshape(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        return self.o((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+def test_user_attention_block_from_linear_layers() -> None:
+    torch.manual_seed(0)
+    block = _UserAttention().eval()
+    x = torch.randn(3, 5, 8)
+    variational = to_variational(copy.deepcopy(block), Recipe(method="sparse_vd", **NEGLIGIBLE)).eval()
+    assert set(variational_layers(variational)) == {"q", "k", "v", "o"}
+    with torch.no_grad():
+        torch.testing.assert_close(variational(x), block(x), atol=1e-6, rtol=0)
+        variational.v.log_sigma2.fill_(20.0)  # every value weight pruned: only the biases remain
+        torch.testing.assert_close(prune(variational).model(x), variational(x), atol=1e-6, rtol=0)
