@@ -61,3 +61,16 @@ class RowLSTM(nn.Module):
 def lstm_fashion() -> nn.Module:
     """LSTM(128) on row-sequential Fashion-MNIST (``benchmarks/lstm_fashion.py``)."""
     return RowLSTM()
+
+def transformer_fashion() -> nn.Module:
+    """A small transformer encoder for Fashion-MNIST read row by row: each image is 28 steps of 28 pixels.
+
+    Linear(28 → 64) token embedding plus a learned positional embedding, ``nn.TransformerEncoder`` with 2
+    post-norm layers (4 heads of 16, feed-forward 128, batch_first), mean over the 28 steps, Linear(64 → 10).
+    It takes the ``[B, 1, 28, 28]`` batches of the ``fashion-mnist`` data spec unchanged. Dropout 0.1 in the
+    encoder (the nn.TransformerEncoderLayer default), only active while training.
+    """
+    from prunedrop.testing import TransformerClassifier
+
+    return TransformerClassifier(in_features=28, seq_len=28, d_model=64, num_heads=4, ff=128, num_layers=2,
+                                 num_classes=10, dropout=0.1)

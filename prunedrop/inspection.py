@@ -22,7 +22,7 @@ from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .recipes import Recipe
-from .report import LayerProfile, human_count, profile_model, recurrent_weights
+from .report import LayerProfile, human_count, layer_weights, profile_model
 
 __all__ = ["format_inspection", "inspect_model"]
 
@@ -110,7 +110,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     def walk(module: nn.Module, name: str, depth: int) -> tuple[int, int]:
         """Append the entry of ``module`` (and its subtree); return its subtree (params, macs)."""
         label = name or "<root>"
-        params = own_params(module)
+        # a registered layer is converted whole, children included (nn.MultiheadAttention's out_proj)
+        params = list(module.parameters()) if type(module) in registry else own_params(module)
         n_params = sum(p.numel() for p in params)
         profile = profile_by_id.get(id(module))
         macs = profile.macs if profile is not None else 0
@@ -146,10 +147,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = CONVERT
                 converted.append(label)
                 totals["converted_params"] += sub_params
-                weight = getattr(module, "weight", None)
-                weights = recurrent_weights(module) or ([weight] if isinstance(weight, torch.Tensor) else [])
-                own = {id(p) for p in new_params}
-                totals["prunable_weights"] += sum(w.numel() for w in weights if id(w) in own)
+                weights = layer_weights(module)
+                new_ids = {id(p) for p in new_params}
+                totals["prunable_weights"] += sum(w.numel() for w in weights if id(w) in new_ids)
                 totals["converted_macs"] += sub_macs
             else:
                 entry["status"] = EXCLUDED

@@ -29,7 +29,7 @@ from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, p
 from .prune import prune
 from .recipes import Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
-from .slim import slim
+from .slim import SlimResult, remove_heads_and_rows, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 from .uncertainty import calibration_summary
@@ -94,15 +94,29 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
 
 def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
                 log: Callable[[str], None]) -> tuple[nn.Module, Any]:
-    """Remove pruned units physically (per-unit methods); per-weight sparsity removes no whole unit."""
-    if not unit_masks:
+    """Remove pruned units physically (per-unit methods; per-weight sparsity removes no whole unit), then
+    silent attention heads and zero embedding rows (any method: read from the weights)."""
+    slimmed = None
+    if unit_masks:
+        slimmed = slim(model, unit_masks, example)
+        shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
+        log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
+        for note in slimmed.notes:
+            log(f"note: {note}")
+        model = slimmed.model.eval()
+    structures = remove_heads_and_rows(model, example)
+    if slimmed is None and not structures.heads and not structures.rows:
         return model, None
-    slimmed = slim(model, unit_masks, example)
-    shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
-    log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
-    for note in slimmed.notes:
-        log(f"note: {note}")
-    return slimmed.model.eval(), slimmed
+    if slimmed is None:
+        slimmed = SlimResult(model=structures.model)
+    slimmed.model = structures.model.eval()
+    slimmed.heads, slimmed.rows = structures.heads, structures.rows
+    slimmed.max_abs_diff = max(slimmed.max_abs_diff, structures.max_abs_diff)
+    changed = [f"{n} {a}→{b} heads" for n, (a, b) in structures.heads.items() if a != b]
+    changed += [f"{n} {a}→{b} rows" for n, (a, b) in structures.rows.items()]
+    if changed:
+        log(f"removed: {', '.join(changed)} (max abs diff {structures.max_abs_diff:.2g})")
+    return slimmed.model, slimmed
 
 
 def _save_pytorch_result(model: nn.Module, out_dir: Path, example: torch.Tensor,
@@ -314,6 +328,8 @@ def compress(
                            "left_alone": summary.left_alone},
             "kept_fraction_converted": pruned.kept_fraction,
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},
+                         "heads": {n: list(v) for n, v in slimmed.heads.items()},
+                         "embedding_rows": {n: list(v) for n, v in slimmed.rows.items()},
                          "max_abs_diff": slimmed.max_abs_diff, "notes": slimmed.notes}} if slimmed else {}),
             "recipe": recipe.to_dict(),
             "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},

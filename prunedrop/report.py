@@ -151,6 +151,19 @@ def recurrent_weights(module: nn.Module) -> list[torch.Tensor]:
     return [getattr(module, n) for n in module._flat_weights_names if n.startswith("weight")]
 
 
+def layer_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weight matrices a layer prunes: ``weight``; a recurrent layer's ``weight_ih/hh_l*``; or, for layers
+    without one weight (nn.MultiheadAttention's ``in_proj_weight`` and ``out_proj.weight``), every parameter
+    whose name ends in ``weight``."""
+    recurrent = recurrent_weights(module)
+    if recurrent:
+        return recurrent
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return [weight]
+    return [p for n, p in module.named_parameters() if n.endswith("weight")]
+
+
 def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
     """Dense and non-zero MACs of one call, for the whole batch."""
     if isinstance(module, nn.RNNBase):

@@ -27,7 +27,7 @@ from torch import nn
 from .convert import variational_layers
 from .errors import PrunedropError
 from .prune import set_thresholds
-from .report import profile_model, recurrent_weights
+from .report import layer_weights, profile_model
 
 __all__ = ["SweepPoint", "choose_threshold", "default_thresholds", "sweep_thresholds"]
 
@@ -95,15 +95,6 @@ def default_thresholds(start: float = -2.0, stop: float = 6.0, step: float = 0.5
     return [round(start + i * step, 10) for i in range(n)]
 
 
-def _weights(module: nn.Module) -> list[torch.Tensor]:
-    """The pruned weight tensors of a layer: its ``weight``, or a recurrent layer's ``weight_ih/hh_l*``."""
-    return recurrent_weights(module) or [module.weight]
-
-
-def _weight_count(module: nn.Module) -> int:
-    return sum(w.numel() for w in _weights(module))
-
-
 def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     batch = next(iter(data_loader), None)
     if batch is None:
@@ -112,6 +103,14 @@ def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise PrunedropError("cannot take an example input from the data loader; pass example_input=")
     return x
+
+
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    return layer_weights(module)
+
+
+def _weight_count(module: nn.Module) -> int:
+    return sum(w.numel() for w in _weights(module))
 
 
 @torch.no_grad()

@@ -176,6 +176,51 @@ class TinyGRUClassifier(TinyRecurrentClassifier):
     def __init__(self, **kwargs) -> None:
         super().__init__("gru", **{"num_layers": 2, "bidirectional": True, "readout": "hidden", **kwargs})
 
+class TransformerClassifier(nn.Module):
+    """A sequence classifier: Linear token embedding plus learned positions, ``nn.TransformerEncoder``
+    (post-norm, batch_first), mean over tokens, Linear head. Takes ``[B, T, F]`` or ``[B, 1, T, F]`` (an
+    image read row by row: T rows of F features), so that image data loaders feed it unchanged."""
+
+    def __init__(self, in_features: int = 6, seq_len: int = 5, d_model: int = 8, num_heads: int = 2,
+                 ff: int = 16, num_layers: int = 2, num_classes: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.in_features = in_features
+        self.embed = nn.Linear(in_features, d_model)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, seq_len, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, ff, dropout=dropout, batch_first=True)
+        # no nested tensors: they only matter with a padding mask, and they would warn for odd head counts
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1, self.in_features)
+        return self.head(self.encoder(self.embed(x) + self.pos).mean(dim=1))
+
+
+class TokenClassifier(nn.Module):
+    """Token ids ``[B, T]`` → ``nn.Embedding`` → mean over tokens → Linear: the smallest model with a vocabulary."""
+
+    def __init__(self, vocab: int = 20, dim: int = 6, num_classes: int = 3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(ids).mean(dim=1))
+
+
+def tiny_transformer(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A seeded :class:`TransformerClassifier` (2 layers, 2 heads, d 8, ff 16) and 4 inputs ``[4, 5, 6]``."""
+    torch.manual_seed(seed)
+    return TransformerClassifier().eval(), torch.randn(4, 5, 6)
+
+
+def tiny_token_model(seed: int = 0, vocab: int = 20) -> tuple[nn.Module, torch.Tensor]:
+    """A seeded :class:`TokenClassifier` and 4 sequences of 7 token ids that use only the first half of the
+    vocabulary (the other half is what per-row noise should remove)."""
+    torch.manual_seed(seed)
+    return TokenClassifier(vocab).eval(), torch.randint(0, vocab // 2, (4, 7))
+
 
 # name -> (factory, example input shape without the batch dimension)
 TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {

@@ -32,16 +32,20 @@ EXAMPLES: dict[type[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]] = {
     ],
 }
 
+# Layers whose parameters are not one weight applied by _apply_weight; tests/test_layers_attention.py has theirs.
+# tested in their own files: tests/test_layers_attention.py, tests/test_layers_recurrent.py
+OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, *RECURRENT}
+
 CASES = [
     pytest.param(vtype, dense, shape, id=f"{vtype.__name__}-{i}")
     for dtype, vtype in LAYER_REGISTRY["sparse_vd"].items()
-    if dtype not in RECURRENT  # the recurrent layers: tests/test_layers_recurrent.py
+    if dtype not in OWN_TESTS
     for i, (dense, shape) in enumerate(EXAMPLES[dtype])
 ]
 
 
 def test_every_registered_type_has_examples() -> None:
-    assert set(LAYER_REGISTRY["sparse_vd"]) - set(RECURRENT) <= set(EXAMPLES)
+    assert set(LAYER_REGISTRY["sparse_vd"]) - OWN_TESTS <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize(("vtype", "dense", "shape"), CASES)

@@ -49,11 +49,15 @@ EXAMPLES: dict[type[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]] = {
     ],
 }
 
+# group_vd also has per-head attention and per-row embedding layers; tests/test_layers_attention.py has theirs.
+# tested in their own files: tests/test_layers_attention.py, tests/test_layers_recurrent.py
+OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, *RECURRENT}
+
 CASES = [
     pytest.param(method, vtype, dense, shape, id=f"{vtype.__name__}-{i}")
     for method in METHODS
     for dtype, vtype in LAYER_REGISTRY[method].items()
-    if dtype not in RECURRENT  # the recurrent group VD layers: tests/test_layers_recurrent.py
+    if dtype not in OWN_TESTS
     for i, (dense, shape) in enumerate(EXAMPLES[dtype])
 ]
 
@@ -82,9 +86,8 @@ def _set_noise(layer: nn.Module, method: str, pruned: torch.Tensor) -> None:
 
 def test_every_registered_type_has_examples() -> None:
     for method in METHODS:
-        feed_forward = set(LAYER_REGISTRY[method]) - set(RECURRENT)
-        assert feed_forward == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d}
-        assert feed_forward <= set(EXAMPLES)
+        assert set(LAYER_REGISTRY[method]) - OWN_TESTS == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d}
+        assert set(LAYER_REGISTRY[method]) - OWN_TESTS <= set(EXAMPLES)
 
 
 # ---- both families -------------------------------------------------------------------------------

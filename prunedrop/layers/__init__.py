@@ -6,11 +6,16 @@
 * recurrent (:mod:`.recurrent`): ``nn.LSTM`` / ``nn.GRU`` under ``sparse_vd`` (per-weight noise drawn once per
   sequence) and ``group_vd`` (the same plus group noise on inputs, hidden units and gates)
 
+Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
+(:mod:`.attention`), and ``nn.Embedding`` per vocabulary row under both (:mod:`.embedding`).
+
 All three are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
 (:mod:`prunedrop.slim`).
 """
 
+from .attention import HeadPrunedMultiheadAttention, MultiheadAttentionGroupVD, MultiheadAttentionSVD
 from .base import LAYER_REGISTRY, VariationalLayer, register_layer
+from .embedding import EmbeddingSVD, RemappedEmbedding
 from .group_vd import Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, LinearGroupVD
 from .lognormal import Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, LinearLogNormal
 from .recurrent import GRUSVD, LSTMSVD, GRUGroupVD, LSTMGroupVD
@@ -27,13 +32,18 @@ __all__ = [
     "Conv3dGroupVD",
     "Conv3dLogNormal",
     "Conv3dSVD",
+    "EmbeddingSVD",
     "GRUGroupVD",
     "GRUSVD",
+    "HeadPrunedMultiheadAttention",
     "LSTMGroupVD",
     "LSTMSVD",
     "LinearGroupVD",
     "LinearLogNormal",
     "LinearSVD",
+    "MultiheadAttentionGroupVD",
+    "MultiheadAttentionSVD",
+    "RemappedEmbedding",
     "VariationalLayer",
     "kl_log_uniform",
     "register_layer",

@@ -1,0 +1,161 @@
+"""Variational dropout on ``nn.Embedding``: one learned noise level per vocabulary row.
+
+A token's row is only ever used whole, so the noise that can remove something is per row: every looked-up row
+is multiplied by ``z ~ N(1, α_row)`` (one draw per lookup, shared by the row's features), with the log-uniform
+prior and the KL approximation of sparse VD (Molchanov et al. 2017), exactly as :mod:`.group_vd` does per unit.
+A row that the data never looks up gets no gradient from the data term, only from the KL, which pushes its
+log α up: unused vocabulary is what this layer prunes first.
+
+* training: ``e = W[id] · (1 + exp(log α[id] / 2)·ε)``; ``log α`` starts at ``init_log_alpha`` (−8);
+* eval: deterministic, ``W[id] · [log α[id] ≤ threshold]`` (default 3); ``to_dense`` returns an
+  ``nn.Embedding`` whose pruned rows are zero;
+* the KL is summed over rows.
+
+Pruned rows are removed physically by :func:`prunedrop.slim.remove_heads_and_rows`, which replaces the
+embedding by :class:`RemappedEmbedding`: the kept rows plus one shared zero row, and a buffer ``index_map``
+(original token id → row) that the forward applies first. The slim model, its state dict and its ONNX graph
+(a Gather into ``index_map``, then the embedding's Gather) therefore still take the *original* token ids and
+give the same outputs; ``index_map`` is the saved vocabulary remapping (a removed id maps to the zero row,
+``index_map[id] == num_kept``).
+
+Registered for both ``sparse_vd`` and ``group_vd``: per row is the only grouping that removes anything.
+``max_norm`` (which renormalises the weight in place on every lookup) is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PrunedropError
+from .base import VariationalLayer, register_layer
+from .group_vd import DEFAULT_INIT_LOG_ALPHA
+from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
+
+
+def _embedding_kwargs(module: nn.Module) -> dict[str, Any]:
+    return {"num_embeddings": module.num_embeddings, "embedding_dim": module.embedding_dim,
+            "padding_idx": module.padding_idx, "max_norm": module.max_norm, "norm_type": module.norm_type,
+            "scale_grad_by_freq": module.scale_grad_by_freq, "sparse": module.sparse}
+
+
+class EmbeddingSVD(VariationalLayer, nn.Embedding):
+    """``nn.Embedding`` with Gaussian multiplicative noise on every vocabulary row (one log α per row)."""
+
+    dense_type = nn.Embedding
+    log_alpha_param: nn.Parameter
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        *,
+        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
+        threshold: float = DEFAULT_THRESHOLD,
+        **_: Any,
+    ) -> EmbeddingSVD:
+        if module.max_norm is not None:
+            raise PrunedropError("nn.Embedding with max_norm is not supported by EmbeddingSVD (it renormalises "
+                                 "rows in place on every lookup); leave it dense with the recipe's exclude globs")
+        with torch.device("meta"):
+            layer = cls(**_embedding_kwargs(module))
+        layer.weight = module.weight
+        layer.log_alpha_param = nn.Parameter(
+            torch.full((module.num_embeddings,), float(init_log_alpha), device=module.weight.device))
+        layer.log_alpha_clip = float(log_alpha_clip)
+        layer.threshold = float(threshold)
+        return layer.train(module.training)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Clipped log α per row."""
+        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
+
+    def kl(self) -> torch.Tensor:
+        return kl_log_uniform(self.log_alpha).sum()
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per row: log α ≤ threshold (shape ``[num_embeddings]``)."""
+        t = self.threshold if threshold is None else threshold
+        return self.log_alpha <= t
+
+    def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
+        # Rows are vocabulary entries, not output units: they leave by remapping, not by Torch-Pruning.
+        return None
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        return {"weight": self.keep_mask(threshold)[:, None].expand_as(self.weight).clone()}
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.log_alpha_param]
+
+    def _lookup(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, weight, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq,
+                           self.sparse)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._lookup(ids, self.weight * self.keep_mask()[:, None].to(self.weight.dtype))
+        rows = self._lookup(ids, self.weight)
+        std = torch.exp(0.5 * self.log_alpha)[ids].unsqueeze(-1)
+        return rows * (1 + std * torch.randn_like(std))
+
+    def to_dense(self, threshold: float | None = None) -> nn.Embedding:
+        with torch.no_grad():
+            with torch.device("meta"):
+                dense = nn.Embedding(**_embedding_kwargs(self))
+            weight = self.weight * self.keep_mask(threshold)[:, None].to(self.weight.dtype)
+            dense.weight = nn.Parameter(weight.detach().clone())
+            return dense.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Embedding.extra_repr(self)}, threshold={self.threshold}"
+
+
+class RemappedEmbedding(nn.Module):
+    """An embedding with rows removed, still indexed by the original token ids.
+
+    ``index_map`` (a buffer, so it is in the state dict and in the ONNX graph) maps every original id to its row
+    in ``embedding``; removed ids share the last row, which is zero, exactly what the masked model looked up.
+    """
+
+    def __init__(self, index_map: torch.Tensor, embedding: nn.Embedding):
+        super().__init__()
+        self.register_buffer("index_map", index_map.to(torch.long))
+        self.embedding = embedding
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # a lookup in a one-column table rather than index_map[ids]: the same Gather in ONNX, and a function that
+        # the architecture manifest (prunedrop.io) allows, so the slim model reloads without its class
+        return self.embedding(F.embedding(ids, self.index_map.unsqueeze(1)).squeeze(-1))
+
+
+@torch.no_grad()
+def remove_zero_rows(module: nn.Embedding) -> RemappedEmbedding | None:
+    """The embedding without its all-zero rows, as a :class:`RemappedEmbedding`; None when fewer than two rows
+    are zero (nothing to save) or the embedding has ``max_norm``.
+
+    The rows are read from the weights (a pruned row is zero in the masked model), so the result is exact by
+    construction. The padding row, if any, keeps its role through ``padding_idx`` in the new numbering.
+    """
+    weight = module.weight.detach()
+    zero = weight.abs().amax(dim=1) == 0
+    if int(zero.sum()) < 2 or module.max_norm is not None:
+        return None  # one zero row is replaced by the shared zero row: nothing saved
+    kept = torch.nonzero(~zero).flatten()
+    index_map = torch.full((module.num_embeddings,), len(kept), dtype=torch.long, device=weight.device)
+    index_map[kept] = torch.arange(len(kept), device=weight.device)
+    padding_idx = None if module.padding_idx is None else int(index_map[module.padding_idx])
+    slim = nn.Embedding(len(kept) + 1, module.embedding_dim, padding_idx=padding_idx, norm_type=module.norm_type,
+                        scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse,
+                        device=weight.device, dtype=weight.dtype)
+    slim.weight.copy_(torch.cat([weight[kept], weight.new_zeros(1, module.embedding_dim)]))
+    return RemappedEmbedding(index_map, slim.train(module.training))
+
+
+for _method in ("sparse_vd", "group_vd"):
+    register_layer(_method, nn.Embedding, EmbeddingSVD)
