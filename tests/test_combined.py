@@ -220,3 +220,14 @@ def test_compress_removes_units_and_stores_the_remaining_weights_sparsely(tmp_pa
     assert slim.get_submodule("net.1").out_features == hidden_after
     torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", x[:16])),
                                slim(x[:16]), atol=1e-5, rtol=0)
+    # re-thresholding the checkpoint keeps both granularities: slim layers, sparse weights
+    result = CliRunner().invoke(cli, ["export", "out", "-o", "again.onnx"])
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    graph = onnx.load(tmp_path / "again.onnx").graph
+    sparse = [list(n.attribute[0].sparse_tensor.dims) for n in graph.node
+              if n.op_type == "Constant" and n.attribute[0].name == "sparse_value"]
+    dense_2d = [list(t.dims) for t in graph.initializer if len(t.dims) == 2]
+    assert any(s[1] == 16 and s[0] == hidden_after for s in sparse + dense_2d), (sparse, dense_2d)
+    assert sparse, "the remaining zeros are stored sparsely"
