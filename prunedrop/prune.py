@@ -77,8 +77,8 @@ def prune(model: nn.Module, threshold: float | None = None) -> PruneResult:
         set_thresholds(model, threshold)
     layer_masks = keep_masks(model)
     kept = {name: (int(m.sum()), m.numel()) for name, m in layer_masks.items()}
-    layers = variational_layers(model)
-    per_weight = any(layer_masks[name].shape == layer.weight.shape for name, layer in layers.items())
     masks, units = _parameter_masks(model)
+    # a layer's keep_mask counts weights unless it is its unit mask (layers with both noises mask weights)
+    per_weight = any(name not in units or m.shape != units[name].shape for name, m in layer_masks.items())
     dense = to_deterministic(model).eval()
     return PruneResult(model=dense, masks=masks, unit_masks=units, kept=kept, per_weight=per_weight)
