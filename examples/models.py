@@ -74,3 +74,53 @@ def transformer_fashion() -> nn.Module:
 
     return TransformerClassifier(in_features=28, seq_len=28, d_model=64, num_heads=4, ff=128, num_layers=2,
                                  num_classes=10, dropout=0.1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with BatchNorm; a 1x1 projection (option B) where the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 (He et al. 2016, CIFAR variant): a 3x3 stem, 3 stages of 3 basic blocks (16/32/64 channels,
+    strides 1/2/2), global average pooling and a linear classifier."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64),
+                 blocks: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        stages = []
+        channels = widths[0]
+        for i, width in enumerate(widths):
+            layers = []
+            for j in range(blocks):
+                layers.append(BasicBlock(channels, width, stride=2 if i > 0 and j == 0 else 1))
+                channels = width
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet20_fashion() -> nn.Module:
+    """ResNet-20 for 28x28 grey images (Fashion-MNIST): 1 input channel, 10 classes."""
+    return ResNet20(in_channels=1, num_classes=10)

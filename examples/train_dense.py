@@ -24,11 +24,22 @@ from prunedrop.train import evaluate  # noqa: E402
 
 
 def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, batch_size: int = 100,
-                seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None, device: str = "cpu",
-                train_limit: int | None = None, log=print) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Adam with a cosine schedule; returns the model (on the CPU) and its validation/test accuracy."""
+                seed: int = 0, val_fraction: float = 0.1, data_dir: str | None = None,
+                train_limit: int | None = None, eval_limit: int | None = None, device: str = "cpu",
+                log=print) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Adam with a cosine schedule on ``device``; returns the model (on the CPU) and its validation/test
+    accuracy. ``train_limit`` keeps the first n training samples, ``eval_limit`` evaluates on the first n
+    validation and test samples (quick trials)."""
     torch.manual_seed(seed)
     data = load_data(data_spec, data_dir=data_dir, val_fraction=val_fraction, seed=seed, train_limit=train_limit)
+    if eval_limit is not None:
+        import dataclasses
+
+        from torch.utils.data import Subset
+
+        data = dataclasses.replace(data, val=Subset(data.val, range(min(eval_limit, len(data.val)))),
+                                   test=None if data.test is None else
+                                   Subset(data.test, range(min(eval_limit, len(data.test)))))
     model = import_object(arch, what="--arch")().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * len(data.loader("train", batch_size))
@@ -43,13 +54,12 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
             loss.backward()
             opt.step()
             sched.step()
-        val = evaluate(model, data.loader("val", 1000), device=torch.device(device))["accuracy"]
+        val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
         log(f"epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
-    model = model.cpu()
-    result = {"val": evaluate(model, data.loader("val", 1000))["accuracy"]}
+    result = {"val": evaluate(model, data.loader("val", 1000), device=device)["accuracy"]}
     if data.test is not None:
-        result["test"] = evaluate(model, data.loader("test", 1000))["accuracy"]
-    return model.eval(), result
+        result["test"] = evaluate(model, data.loader("test", 1000), device=device)["accuracy"]
+    return model.cpu().eval(), result
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ def to_variational(
         "init_mu": recipe.init_mu,
         "init_log_sigma": recipe.init_log_sigma,
         "threshold": recipe.threshold,
+        "weight_threshold": recipe.weight_threshold,
     }
 
     def swap(module: nn.Module, name: str) -> nn.Module:

@@ -27,7 +27,7 @@ from .export import export_onnx, verify_onnx
 from .io import save_model
 from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, plot_training_curves
 from .prune import prune
-from .recipes import Recipe
+from .recipes import SNR_METHODS, Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
 from .slim import SlimResult, remove_heads_and_rows, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds
@@ -245,18 +245,19 @@ def compress(
         if recipe.plots and has_log_alpha else {}, log)
     timings["sweep_calibration_plots_s"] = time.perf_counter() - t0
     pruned = prune(variational, threshold)
+    rule = recipe.pruning_rule(threshold)
     if pruned.kept_fraction == 0.0:
-        rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
         raise TrainingError(
-            f"every {'unit' if pruned.unit_masks else 'weight'} of the converted layers has {rule}: nothing would "
+            f"every {'weight' if pruned.per_weight else 'unit'} of the converted layers has {rule}: nothing would "
             "be left to export; lower kl_weight, "
-            f"{'lower' if recipe.method == 'sbp' else 'raise'} threshold, or train for fewer epochs"
+            f"{'lower' if recipe.method in SNR_METHODS else 'raise'} threshold, or train for fewer epochs"
         )
-    # per-unit layers count units; per-weight layers (recurrent group VD too: its keep mask is per weight) weights
-    per_unit = {n for n, m in pruned.unit_masks.items() if m.numel() == pruned.kept[n][1]}
-    what = "units" if per_unit and per_unit == set(pruned.kept) else "weights and units" if per_unit else "weights"
-    rule = f"SNR ≤ {threshold:g}" if recipe.method == "sbp" else f"log α > {threshold:g}"
-    log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
+    if pruned.per_weight and pruned.unit_masks:
+        log(f"pruned where {rule}: kept {pruned.kept_unit_fraction:.2%} of the converted layers' units and "
+            f"{pruned.kept_fraction:.2%} of their weights")
+    else:
+        what = "weights" if pruned.per_weight else "units"
+        log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
     history = list(trained.history)
     if recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
@@ -327,6 +328,7 @@ def compress(
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
                            "left_alone": summary.left_alone},
             "kept_fraction_converted": pruned.kept_fraction,
+            **({"kept_unit_fraction_converted": pruned.kept_unit_fraction} if pruned.unit_masks else {}),
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},
                          "heads": {n: list(v) for n, v in slimmed.heads.items()},
                          "embedding_rows": {n: list(v) for n, v in slimmed.rows.items()},

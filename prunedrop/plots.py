@@ -106,7 +106,8 @@ def plot_log_alpha_histograms(
     for ax, (name, layer) in zip(axes.flat, layers.items()):
         with torch.no_grad():
             values = layer.log_alpha.detach().float().cpu().flatten()
-        t = layer.threshold if threshold is None else threshold
+        # a layer with unit noise too (sbp_sparse_vd) keeps its log α threshold apart from its unit threshold
+        t = getattr(layer, "weight_threshold", layer.threshold if threshold is None else threshold)
         kept = float((values <= t).float().mean()) if values.numel() else 1.0
         # one fixed range for every layer (the clip interval), so that the panels compare at a glance
         clip = float(getattr(layer, "log_alpha_clip", 10.0))

@@ -21,13 +21,21 @@ class PruneResult:
     unit_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     """Layer name → boolean keep mask over its output units, for layers with per-unit noise (for slimming)."""
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Layer name → (kept entries, total entries)."""
+    """Layer name → (kept entries, total entries) of its ``keep_mask`` (weights or units)."""
+    per_weight: bool = False
+    """Whether ``kept`` counts weights (per-weight noise, alone or with per-unit noise) rather than units."""
 
     @property
     def kept_fraction(self) -> float:
         kept = sum(k for k, _ in self.kept.values())
         total = sum(t for _, t in self.kept.values())
         return kept / total if total else 1.0
+
+    @property
+    def kept_unit_fraction(self) -> float | None:
+        """Share of the output units kept over the layers with per-unit noise; None when there are none."""
+        total = sum(m.numel() for m in self.unit_masks.values())
+        return sum(int(m.sum()) for m in self.unit_masks.values()) / total if total else None
 
 
 def set_thresholds(model: nn.Module, threshold: float) -> nn.Module:
@@ -70,5 +78,7 @@ def prune(model: nn.Module, threshold: float | None = None) -> PruneResult:
     layer_masks = keep_masks(model)
     kept = {name: (int(m.sum()), m.numel()) for name, m in layer_masks.items()}
     masks, units = _parameter_masks(model)
+    # a layer's keep_mask counts weights unless it is its unit mask (layers with both noises mask weights)
+    per_weight = any(name not in units or m.shape != units[name].shape for name, m in layer_masks.items())
     dense = to_deterministic(model).eval()
-    return PruneResult(model=dense, masks=masks, unit_masks=units, kept=kept)
+    return PruneResult(model=dense, masks=masks, unit_masks=units, kept=kept, per_weight=per_weight)

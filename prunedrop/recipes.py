@@ -17,9 +17,12 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import PrunedropError
 
-Method = Literal["sparse_vd", "sbp", "group_vd"]
+Method = Literal["sparse_vd", "sbp", "group_vd", "sbp_sparse_vd"]
 #: default threshold of each method: log α for the variational-dropout families, SNR for log-normal noise
-DEFAULT_THRESHOLDS = {"sparse_vd": 3.0, "group_vd": 3.0, "sbp": 1.0}
+#: (sbp_sparse_vd: the units' SNR; its weights have ``weight_threshold``)
+DEFAULT_THRESHOLDS = {"sparse_vd": 3.0, "group_vd": 3.0, "sbp": 1.0, "sbp_sparse_vd": 1.0}
+#: methods whose ``threshold`` is a signal-to-noise ratio (log-normal unit noise), not a log α
+SNR_METHODS = ("sbp", "sbp_sparse_vd")
 Schedule = Literal["cosine", "linear", "constant"]
 Loss = Literal["cross_entropy", "mse"]
 Exporter = Literal["torchscript", "dynamo"]
@@ -36,8 +39,10 @@ class Recipe:
     """Noise family: ``sparse_vd`` = per-weight sparse variational dropout (Molchanov et al. 2017; zeros single
     weights: smaller files); ``sbp`` = per-unit log-normal noise, structured Bayesian pruning (Neklyudov et al.
     2017) and ``group_vd`` = per-unit Gaussian noise, group variational dropout: both remove whole neurons and
-    channels (smaller layers: faster). ``nn.LSTM`` / ``nn.GRU`` convert under ``sparse_vd`` (per-weight noise, drawn once per
-    sequence) and ``group_vd`` (that plus group noise on inputs, hidden units and gates; removes hidden units)."""
+    channels (smaller layers: faster); ``sbp_sparse_vd`` = both granularities: sbp's noise per unit over sparse VD
+    per weight (smaller layers whose remaining weights are stored sparsely). ``nn.LSTM`` / ``nn.GRU`` convert under
+    ``sparse_vd`` (per-weight noise, drawn once per sequence) and ``group_vd`` (that plus group noise on inputs, hidden
+    units and gates; removes hidden units)."""
 
     include: list[str] = field(default_factory=lambda: ["*"])
     """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""
@@ -47,7 +52,12 @@ class Recipe:
 
     threshold: float | None = None
     """Pruning threshold; null = the method's default. sparse_vd / group_vd: prune where log α exceeds it (3 ⇔
-    α ≈ 20: the noise is 4.5× the signal). sbp: prune a unit where its signal-to-noise ratio is at most it (1)."""
+    α ≈ 20: the noise is 4.5× the signal). sbp, sbp_sparse_vd: prune a unit where its signal-to-noise ratio is at
+    most it (1)."""
+
+    weight_threshold: float = 3.0
+    """sbp_sparse_vd: prune a single weight (of a unit that stays) where its log α exceeds this; ``threshold``
+    decides the units. The other methods ignore it."""
 
     init_log_sigma2: float = -10.0
     """Initial log σ² of every weight; very low, so fine-tuning starts from the trained network."""
@@ -212,6 +222,11 @@ class Recipe:
                                  "positive batch sizes")
         for t in [self.threshold, *(self.sweep_thresholds or [])]:
             self._check_threshold(t, "threshold" if t == self.threshold else "sweep_thresholds")
+        if not -self.log_alpha_clip < self.weight_threshold < self.log_alpha_clip:
+            raise PrunedropError(
+                f"recipe key 'weight_threshold' = {self.weight_threshold} must lie inside (−log_alpha_clip, "
+                f"log_alpha_clip) = (−{self.log_alpha_clip}, {self.log_alpha_clip}), else no or every weight is pruned"
+            )
         if not -30.0 <= self.init_log_sigma2 <= 0.0:
             raise PrunedropError(f"recipe key 'init_log_sigma2' = {self.init_log_sigma2} must be in [−30, 0]")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -229,14 +244,22 @@ class Recipe:
             raise PrunedropError("recipe key 'include' is empty: no layer would be converted; use ['*'] for all")
 
     def _check_threshold(self, t: float, key: str) -> None:
-        if self.method == "sbp":
+        if self.method in SNR_METHODS:
             if not t > 0:
-                raise PrunedropError(f"recipe key '{key}' = {t}: a signal-to-noise threshold (method sbp) must be > 0")
+                raise PrunedropError(f"recipe key '{key}' = {t}: a signal-to-noise threshold (method "
+                                     f"{self.method}) must be > 0")
         elif not -self.log_alpha_clip < t < self.log_alpha_clip:
             raise PrunedropError(
                 f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
                 f"(−{self.log_alpha_clip}, {self.log_alpha_clip}), else nothing or everything is pruned"
             )
+
+    def pruning_rule(self, threshold: float | None = None) -> str:
+        """What is pruned, in words: ``log α > 3``, ``SNR ≤ 1``, or both rules of ``sbp_sparse_vd``."""
+        t = self.threshold if threshold is None else threshold
+        if self.method == "sbp_sparse_vd":
+            return f"SNR ≤ {t:g} (units) and log α > {self.weight_threshold:g} (weights)"
+        return f"SNR ≤ {t:g}" if self.method in SNR_METHODS else f"log α > {t:g}"
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (validated); ``None`` values are ignored (CLI overrides)."""

@@ -47,6 +47,7 @@ from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .layers.lognormal import _LogNormal, total_kl
 from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
 from .recipes import Recipe
 
@@ -142,7 +143,14 @@ def _training_kl(layers: list[nn.Module], factors: list[float] | None = None) ->
     """Σ factor·KL for the step whose forward just ran: per layer the value a fused forward computed
     alongside the variance when there is one (taken, so it is never reused), else ``layer.kl()``."""
     parts = []
-    for layer, factor in zip(layers, factors or [1.0] * len(layers), strict=True):
+    factors = factors or [1.0] * len(layers)
+    # the log-normal (SBP) layers' KLs in one pass: per layer it is hundreds of tiny kernels (see total_kl)
+    lognormal = [i for i, layer in enumerate(layers) if type(layer).kl is _LogNormal.kl]
+    if len(lognormal) > 1:
+        parts.append(total_kl([layers[i] for i in lognormal], [factors[i] for i in lognormal]))
+        keep = set(range(len(layers))) - set(lognormal)
+        layers, factors = [layers[i] for i in sorted(keep)], [factors[i] for i in sorted(keep)]
+    for layer, factor in zip(layers, factors, strict=True):
         cached = getattr(layer, "_step_kl", None)
         if cached is not None:
             layer._step_kl = None

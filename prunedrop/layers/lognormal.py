@@ -30,6 +30,7 @@ cancelled algebraically before any rounding; see :func:`_log_moments` and :func:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -309,6 +310,20 @@ class _LogNormal(_OutputUnitNoise):
         # The γ clip can put μ + σ·Φ⁻¹(γ) outside [a, b] when the interval is deep in a tail of N(μ, σ²).
         log_theta = (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
         return torch.exp(log_theta)
+
+
+def total_kl(layers: list[_LogNormal], factors: list[float]) -> torch.Tensor:
+    """``Σ factor·KL`` over several log-normal layers, computed in one pass over all their units.
+
+    The same value as ``Σ factor·layer.kl()``; one call instead of one per layer, because :func:`_kl` is a few
+    hundred small elementwise operations whatever the number of units, and on a GPU their launches, not the
+    arithmetic, are the cost: a ResNet-20 with 21 SBP layers spent most of each training step on them.
+    """
+    noise = [layer._noise() for layer in layers]
+    dtype = functools.reduce(torch.promote_types, (n[0].dtype for n in noise))
+    mu, log_sigma, sigma = (torch.cat([n[i].to(dtype) for n in noise]) for i in range(3))
+    weights = torch.cat([torch.full_like(n[0], float(f), dtype=dtype) for n, f in zip(noise, factors, strict=True)])
+    return (_kl(mu, log_sigma, sigma) * weights).sum()
 
 
 class LinearLogNormal(_LogNormal, _LinearUnits, nn.Linear):

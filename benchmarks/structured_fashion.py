@@ -1,0 +1,555 @@
+"""Structured pruning on Fashion-MNIST: SBP and group VD (the full pipeline) vs Torch-Pruning at the same FLOPs.
+
+    python benchmarks/structured_fashion.py --model lenet5 --method all --device cuda
+    python benchmarks/structured_fashion.py --model resnet20 --method all --device cuda
+    python benchmarks/structured_fashion.py --latency-only runs/structured-lenet5   # re-time here, afterwards
+    python benchmarks/structured_fashion.py --model lenet5 --method all --smoke     # a check in ~1 min on a CPU
+
+Models: LeNet-5-Caffe (``examples.models:lenet5``, 20-50-800-500) and a ResNet-20 (``examples.models:resnet20_fashion``:
+3 stages of 3 basic blocks, 16/32/64 channels, BatchNorm, 1x1 projection shortcuts where the shape changes).
+
+1. the dense model: trained here (Adam, cosine, ``--dense-epochs``) or reused from its cached state dict
+   ``benchmarks/results/<model>-dense-e<N>-s<seed>.pt`` (LeNet-5's cache is the one of ``sparse_vd_fashion.py``);
+2. BatchNorm is folded into the convolution before it (:func:`fold_batchnorm`), so that a unit whose noise
+   multiplier is 0 outputs exact zeros: left as a BatchNorm after the noisy convolution, a pruned channel would carry
+   the BN shift into the next zero-padded convolution, which no bias can absorb (``prunedrop/slim.py``), and the
+   channel would have to stay;
+3. ``sbp`` / ``group_vd``: the full ``prunedrop.pipeline.compress`` (convert, variational fine-tuning, threshold,
+   noise-free fine-tuning, slim, ONNX export and onnxruntime check) with ``recipes/<model>-<sbp|group-vd>-fashion.yaml``;
+   ``--epochs``, ``--finetune-epochs`` and ``--kl-weight`` override the recipe;
+4. ``torch_pruning``: Torch-Pruning's ``MagnitudePruner`` with ``GroupMagnitudeImportance(p=1)`` (group L1 norm,
+   global ranking), on the dense model with its BatchNorms, pruning in rounds during the first half of the same
+   total epoch budget (variational + noise-free epochs of the SBP recipe) down to the FLOPs that the SBP row
+   reached (read from the SBP row's JSON when the SBP row runs in another process), then fine-tuning at that width;
+   Adam with the recipe's learning rate, cosine, a fresh optimiser state after each round (the shapes change);
+5. every row: architecture after (per-layer weight shapes), FLOPs (multiply-adds of the Linear/Conv layers per
+   sample, ``prunedrop.report.profile_model``, the pipeline's count; Torch-Pruning's own count with BN is kept beside
+   it), parameters, test accuracy (10k) before/after, and onnxruntime CPU latency of the original and the slim ONNX
+   files, timed alternately (``prunedrop.report.measure_latency``) at batch 1 and 64 with 1 thread;
+6. writes ``benchmarks/results/structured-<model>-<method>.json``; the ONNX pairs stay in ``--out``
+   (``<out>/<method>/original.onnx`` and ``model.onnx``), so that ``--latency-only RUN_DIR`` can re-time them on
+   another machine and update the latency fields (and the machine) of each row's JSON.
+
+Timing on a GPU box: several processes may share the GPU, but latency measured while others train is noisy; re-time
+with ``--latency-only`` on a quiet machine. ``--smoke`` trains on 300 images for 1 epoch (dense, variational and
+noise-free alike), evaluates on 200 validation and 200 test images, and writes its JSON into ``--out`` only; so
+few steps prune no unit, so there Torch-Pruning is sent to 1/4 of the dense FLOPs instead of the SBP row's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from examples.train_dense import train_dense  # noqa: E402
+from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from prunedrop.data import DataBundle, load_data  # noqa: E402
+from prunedrop.export import export_onnx, verify_onnx  # noqa: E402
+from prunedrop.io import import_object  # noqa: E402
+from prunedrop.pipeline import MODEL_ONNX, ORIGINAL_ONNX, compress  # noqa: E402
+from prunedrop.recipes import Recipe, load_recipe  # noqa: E402
+from prunedrop.report import measure_latency, profile_model  # noqa: E402
+from prunedrop.train import evaluate  # noqa: E402
+
+ARCHS = {"lenet5": "examples.models:lenet5", "resnet20": "examples.models:resnet20_fashion"}
+DEFAULT_DENSE_EPOCHS = {"lenet5": 10, "resnet20": 12}
+#: the classifier of each model: Torch-Pruning leaves it whole, as the recipes' ``exclude`` do
+HEADS = {"lenet5": "fc2", "resnet20": "fc"}
+METHODS = ("sbp", "group_vd", "torch_pruning")
+RECIPE_NAMES = {"sbp": "sbp", "group_vd": "group-vd"}
+#: the issue's targets: FLOPs ratio, largest test-accuracy drop (points), b64 speedup per FLOPs ratio
+TARGETS = {"lenet5": {"flops_ratio": 10.0, "max_drop": 1.0, "b64_speedup_per_flops_ratio": 0.6},
+           "resnet20": {"flops_ratio": 2.5, "max_drop": 1.0}}
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = "fashion-mnist"
+SMOKE_TRAIN, SMOKE_EVAL = 300, 200
+EXAMPLE_SAMPLES = 256
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(device: str | None = None) -> dict:
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if device and device.startswith("cuda") else None}
+
+
+def rel(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
+    """A copy of ``model`` (eval mode) with every BatchNorm folded into the convolution that alone feeds it.
+
+    Found with a torch.fx trace: a BatchNorm whose input is a convolution used by nothing else. The convolution
+    gets the folded weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and the BatchNorm becomes an
+    ``nn.Identity``, so the module tree (and every name) stays. Returns the copy and the (conv, bn) pairs.
+    """
+    import torch.fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in torch.fx.symbolic_trace(model).graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            src = node.args[0]
+            if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                    and isinstance(modules[src.target], nn.modules.conv._ConvNd)):
+                pairs.append((src.target, node.target))
+    for conv, bn in pairs:
+        model.set_submodule(conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
+        model.set_submodule(bn, nn.Identity())
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if left:
+        raise RuntimeError(f"BatchNorm layers not fed by a convolution alone stay unfolded: {left}")
+    return model, pairs
+
+
+def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float, device: str, *,
+                data_dir: str | None, cache_dir: Path, train_limit: int | None) -> tuple[nn.Module, dict]:
+    """The trained dense model: from the cache, or trained now on ``device`` (and cached)."""
+    arch = ARCHS[model_name]
+    cache = cache_dir / f"{model_name}-dense-e{epochs}-s{seed}{'-smoke' if train_limit else ''}.pt"
+    model = import_object(arch, what="--arch")()
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        print(f"dense model: reused {rel(cache)}")
+        return model.eval(), {"cached": True, "seconds": None, "file": rel(cache), "epochs": epochs}
+    t0 = time.perf_counter()
+    model, _ = train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
+                           train_limit=train_limit, eval_limit=SMOKE_EVAL if train_limit else None, device=device)
+    seconds = time.perf_counter() - t0
+    atomic_torch_save(model.state_dict(), cache)
+    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s, saved {rel(cache)}")
+    return model.eval(), {"cached": False, "seconds": seconds, "file": rel(cache), "epochs": epochs}
+
+
+def architecture(model: nn.Module, example: torch.Tensor) -> dict:
+    """Per Linear/Conv layer: weight shape (out, in, ...), MACs per sample; and the totals."""
+    model = model.cpu().eval()
+    profiles = [p for p in profile_model(model, example[:1])
+                if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd))]
+    return {"layers": {p.name: {"shape": p.weight_shape, "macs": p.macs} for p in profiles},
+            "widths": [p.weight_shape[0] for p in profiles],
+            "macs": sum(p.macs for p in profiles),
+            "params": sum(q.numel() for q in model.parameters()),
+            "nonzero_params": sum(int(torch.count_nonzero(q)) for q in model.parameters())}
+
+
+def accuracy(model: nn.Module, data: DataBundle, split: str, device: str) -> float:
+    """Test/validation accuracy computed on ``device``; the model is left on the CPU."""
+    try:
+        return evaluate(model.to(device), data.loader(split, 1000), device=device)["accuracy"]
+    finally:
+        model.cpu()
+
+
+def tp_ops(model: nn.Module, example: torch.Tensor) -> dict:
+    """Torch-Pruning's own count (MACs including BatchNorm and the like, parameters), for reference."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model.cpu().eval(), example[:1])
+    return {"macs": int(macs), "params": int(params)}
+
+
+# ------------------------------------------------------------------------------------------------ latency
+
+
+def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int) -> dict:
+    """onnxruntime CPU latency of the two ONNX files, alternated, batch 1 and 64, 1 thread."""
+    raw = measure_latency({"original": original, "compressed": compressed}, example, batch_sizes=(1, 64),
+                          threads=1, runs=runs)
+    out: dict = {"threads": raw["threads"], "runs": raw["runs"], "onnxruntime": raw["onnxruntime_version"],
+                 "cpu": cpu_model(), "host": socket.gethostname(),
+                 "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "raw": raw["results"]}
+    for b in (1, 64):
+        rows = {r["model"]: r for r in raw["results"] if r["batch_size"] == b}
+        out[f"b{b}"] = {"before_ms": rows["original"]["median_ms"], "after_ms": rows["compressed"]["median_ms"],
+                        "speedup": rows["compressed"]["speedup"]}
+    return out
+
+
+def targets(model_name: str, row: dict) -> dict:
+    """Each target of the issue: the number, the bound and whether it is met."""
+    t = TARGETS[model_name]
+    drop = row["accuracy"]["drop"]
+    out = {"flops_ratio": {"value": row["flops"]["ratio"], "need": f">= {t['flops_ratio']}",
+                           "met": row["flops"]["ratio"] >= t["flops_ratio"]},
+           "accuracy_drop": {"value": drop, "need": f"<= {t['max_drop']}", "met": drop <= t["max_drop"]}}
+    if "b64_speedup_per_flops_ratio" in t and row.get("latency"):
+        per = row["latency"]["b64"]["speedup"] / row["flops"]["ratio"]
+        need = t["b64_speedup_per_flops_ratio"]
+        out["b64_speedup_per_flops_ratio"] = {"value": per, "need": f">= {need}", "met": per >= need}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ torch-pruning
+
+
+def torch_pruning_baseline(model: nn.Module, data: DataBundle, *, target_macs: int, epochs: int, lr: float,
+                           batch_size: int, device: str, head: str, seed: int, prune_fraction: float = 0.5,
+                           rounds: int = 20, max_pruning_ratio: float = 0.95,
+                           log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """Prune ``model`` (dense, with its BatchNorms; modified) with Torch-Pruning to ``target_macs`` and train it.
+
+    ``GroupMagnitudeImportance(p=1)`` ranks every coupled channel group (a residual stream is one group) by the
+    L1 norm of all its parameters, globally; the classifier ``head`` is left whole, no layer loses more than
+    ``max_pruning_ratio`` of its channels. Pruning happens in ``rounds`` rounds spread over the first
+    ``prune_fraction`` of the training steps: round r prunes small steps (0.5% of the channels each) until the
+    MACs are at most ``dense · (target/dense)^(r/rounds)``, so the last round lands at (just below) the target.
+    The remaining steps fine-tune at the final width. Adam, cosine learning rate over all steps.
+    """
+    import torch_pruning as tp
+
+    torch.manual_seed(seed)
+    model = model.to(device)
+    example = data.example_batch(2).to(device)
+
+    def macs_of() -> int:
+        was_training = model.training
+        model.eval()  # a forward in train mode would move the BatchNorm statistics
+        macs = sum(p.macs for p in profile_model(model, example[:1])
+                   if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd)))
+        model.train(was_training)
+        return macs
+
+    dense_macs = macs_of()
+    pruner = tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
+        pruning_ratio=0.995, iterative_steps=200, max_pruning_ratio=max_pruning_ratio,
+        ignored_layers=[model.get_submodule(head)])
+    steps_per_epoch = len(data.loader("train", batch_size))
+    total_steps = max(1, epochs * steps_per_epoch)
+    prune_steps = max(1, int(prune_fraction * total_steps))
+    prune_at = {min(prune_steps, round(prune_steps * (r + 1) / rounds)) - 1: r + 1 for r in range(rounds)}
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+    def prune_to(round_: int) -> None:
+        goal = dense_macs * (target_macs / dense_macs) ** (round_ / rounds)
+        while macs_of() > goal and pruner.current_step < pruner.iterative_steps:
+            pruner.step()
+
+    opt = new_optimizer()
+    t0 = time.perf_counter()
+    step, history = 0, []
+    for epoch in range(epochs):
+        model.train()
+        te = time.perf_counter()
+        for x, y in data.loader("train", batch_size, shuffle=True, seed=seed, epoch=epoch):
+            if step in prune_at:
+                prune_to(prune_at[step])
+                opt = new_optimizer()
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
+        history.append({"epoch": epoch + 1, "val_accuracy": round(val, 3), "macs": macs_of()})
+        log(f"torch-pruning epoch {epoch + 1}/{epochs}: MACs {macs_of():,} (target {target_macs:,}), "
+            f"val accuracy {val:.2f}% ({time.perf_counter() - te:.1f} s)")
+    if macs_of() > target_macs:  # fewer steps than rounds (smoke runs): prune the rest now
+        prune_to(rounds)
+    model = model.cpu().eval()
+    summary = {
+        "importance": "GroupMagnitudeImportance(p=1), global ranking",
+        "rounds": rounds, "prune_fraction": prune_fraction, "pruner_steps": pruner.current_step,
+        "max_pruning_ratio": max_pruning_ratio, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+        "seconds": time.perf_counter() - t0, "history": history,
+    }
+    return model, summary
+
+
+# ------------------------------------------------------------------------------------------------ the rows
+
+
+def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
+    path = Path(args.recipe) if args.recipe and method != "torch_pruning" else \
+        ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
+    recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                                       kl_weight=args.kl_weight, device=args.device)
+    if args.smoke:
+        recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
+                                batch_size=50, eval_batch_size=200)
+    # latency is timed by this script (the same helper, the same settings) for every row alike
+    return recipe.replace(latency_runs=0, plots=False, mc_samples=0), path
+
+
+def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_dir: Path) -> dict:
+    recipe, recipe_path = method_recipe(args, method)
+    folded, pairs = fold_batchnorm(dense)
+    t0 = time.perf_counter()
+    result = compress(folded, data, recipe, run_dir, progress=False, log=print)
+    seconds = time.perf_counter() - t0
+    report = result.report
+    return {
+        "recipe_file": rel(recipe_path),
+        "recipe": {k: v for k, v in recipe.to_dict().items()
+                   if k in ("method", "include", "exclude", "threshold", "epochs", "batch_size", "lr", "noise_lr",
+                            "kl_weight", "kl_weights", "kl_warmup_epochs", "finetune_epochs", "finetune_lr",
+                            "init_mu", "init_log_sigma", "init_log_alpha", "train_limit", "seed", "device")},
+        "epochs": {"variational": recipe.epochs, "finetune": recipe.finetune_epochs,
+                   "total": recipe.epochs + recipe.finetune_epochs},
+        "batchnorm_folded": [list(p) for p in pairs],
+        "model": result.model,
+        "accuracy_after": report["test_metric"]["after"],
+        "val_accuracy_after": report["metric"]["after"],
+        "kept_unit_fraction": report.get("kept_unit_fraction_converted"),
+        "slim": report.get("slim"),
+        "parity_max_abs_diff": report["parity_max_abs_diff"],
+        "timings": {k: round(v, 1) for k, v in report["timings"].items()},
+        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
+                     if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "kl", "seconds")}
+                    for h in report["history"]],
+        "seconds": seconds,
+    }
+
+
+def run_torch_pruning(args, dense: nn.Module, data: DataBundle, run_dir: Path, target_macs: int,
+                      example: torch.Tensor) -> dict:
+    recipe, _ = method_recipe(args, "torch_pruning")  # the SBP recipe's epoch budget and learning rate
+    epochs = recipe.epochs + recipe.finetune_epochs
+    original = copy.deepcopy(dense).eval()
+    pruned, summary = torch_pruning_baseline(copy.deepcopy(dense), data, target_macs=target_macs, epochs=epochs,
+                                             lr=recipe.lr, batch_size=recipe.batch_size, device=args.device,
+                                             head=HEADS[args.model], seed=recipe.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    export_onnx(original, example[:2], run_dir / ORIGINAL_ONNX, sparse=False)
+    export_onnx(pruned, example[:2], run_dir / MODEL_ONNX, sparse=False)
+    parity = verify_onnx(run_dir / MODEL_ONNX, pruned, example)
+    atomic_torch_save(pruned, run_dir / "model-full.pt")  # the pruned nn.Module (pickle; a benchmark artefact)
+    return {
+        "epochs": {"total": epochs, "prune_rounds_within": summary["prune_fraction"]},
+        "torch_pruning": {k: v for k, v in summary.items() if k != "history"},
+        "model": pruned,
+        "accuracy_after": accuracy(pruned, data, "test", args.device),
+        "val_accuracy_after": accuracy(pruned, data, "val", args.device),
+        "parity_max_abs_diff": parity,
+        "history": summary["history"],
+        "seconds": summary["seconds"],
+    }
+
+
+def results_file(args, method: str) -> Path:
+    name = f"structured-{args.model}-{method}.json"
+    if args.results_dir:
+        return Path(args.results_dir) / name
+    return Path(args.out) / name if args.smoke else RESULTS / name
+
+
+def sbp_target_macs(args, rows: dict) -> int:
+    if "sbp" in rows:
+        return rows["sbp"]["flops"]["after"]
+    path = results_file(args, "sbp")
+    if not path.is_file():
+        raise SystemExit(f"torch_pruning needs the FLOPs of the SBP row: run --method sbp first ({rel(path)})")
+    row = json.loads(path.read_text())
+    return int(row["flops"]["after"])
+
+
+def main_run(args: argparse.Namespace) -> None:
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    out = Path(args.out) if args.out else ROOT / "runs" / f"structured-{args.model}{'-smoke' if args.smoke else ''}"
+    args.out = str(out)
+    base_recipe = load_recipe(ROOT / "recipes" / f"{args.model}-sbp-fashion.yaml")
+    seed, val_fraction = base_recipe.seed, base_recipe.val_fraction
+    dense_epochs = 1 if args.smoke else (args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model])
+    train_limit = SMOKE_TRAIN if args.smoke else None
+
+    dense, dense_info = dense_model(args.model, dense_epochs, seed, val_fraction, args.device,
+                                    data_dir=args.data_dir, cache_dir=out if args.smoke else RESULTS,
+                                    train_limit=train_limit)
+    if args.dense_only:
+        return
+    data = load_data(DATA, data_dir=args.data_dir, val_fraction=val_fraction, seed=seed, train_limit=train_limit)
+    if args.smoke:
+        from torch.utils.data import Subset
+
+        data = dataclasses.replace(data, val=Subset(data.val, range(SMOKE_EVAL)),
+                                   test=Subset(data.test, range(SMOKE_EVAL)))
+    example = data.example_batch(EXAMPLE_SAMPLES)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(example, out / "example.pt")  # the inputs --latency-only times with, without the data
+    dense_acc = {split: accuracy(dense, data, split, args.device) for split in ("val", "test")}
+    before = architecture(dense, example)
+    print(f"dense {args.model}: test {dense_acc['test']:.2f}%, {before['macs']:,} MACs, widths {before['widths']}")
+
+    rows: dict[str, dict] = {}
+    for method in methods:
+        run_dir = out / method
+        print(f"\n== {args.model} {method} -> {rel(run_dir)}")
+        if method == "torch_pruning":
+            target = sbp_target_macs(args, rows)
+            if args.smoke:  # a few smoke steps prune no unit; make Torch-Pruning's part prune anyway
+                target = min(target, before["macs"] // 4)
+            row = run_torch_pruning(args, dense, data, run_dir, target, example)
+            row["target_macs"] = target
+        else:
+            row = run_variational(args, method, dense, data, run_dir)
+        model = row.pop("model")
+        after = architecture(model, example)
+        row.update({
+            "model": args.model, "method": method, "data": DATA, "command": command, "smoke": args.smoke,
+            "run_dir": rel(run_dir), "results_file": rel(results_file(args, method)),
+            "dense": {**dense_info, "val_accuracy": dense_acc["val"], "test_accuracy": dense_acc["test"]},
+            "architecture": {"before": before["layers"], "after": after["layers"], "widths_before": before["widths"],
+                             "widths_after": after["widths"]},
+            "flops": {"unit": "multiply-adds per sample (Linear/Conv layers)", "before": before["macs"],
+                      "after": after["macs"], "ratio": before["macs"] / max(after["macs"], 1)},
+            "torch_pruning_count": {"before": tp_ops(dense, example), "after": tp_ops(model, example)},
+            "params": {"before": before["params"], "after": after["params"], "nonzero_after": after["nonzero_params"],
+                       "ratio": before["params"] / max(after["params"], 1)},
+            "accuracy": {"dense": dense_acc["test"], "after": row.pop("accuracy_after"),
+                         "val_after": row.pop("val_accuracy_after"), "split": "test (10k)" if not args.smoke
+                         else f"test (first {SMOKE_EVAL}, smoke)"},
+            "machine": machine(args.device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        row["accuracy"]["drop"] = row["accuracy"]["dense"] - row["accuracy"]["after"]
+        row["latency"] = time_pair(run_dir / ORIGINAL_ONNX, run_dir / MODEL_ONNX, example, args.latency_runs)
+        row["targets"] = targets(args.model, row)
+        if method == "torch_pruning":
+            sbp = rows.get("sbp") or (json.loads(results_file(args, "sbp").read_text())
+                                     if results_file(args, "sbp").is_file() else None)
+            if sbp is not None:
+                row["targets"]["sbp_accuracy_at_least_torch_pruning"] = {
+                    "sbp": sbp["accuracy"]["after"], "torch_pruning": row["accuracy"]["after"],
+                    "sbp_flops": sbp["flops"]["after"], "torch_pruning_flops": row["flops"]["after"],
+                    "met": sbp["accuracy"]["after"] >= row["accuracy"]["after"]}
+        rows[method] = row
+        write_row(row)
+        print(summary_line(row))
+    print()
+    print(markdown_table(list(rows.values())))
+
+
+def write_row(row: dict) -> None:
+    text = json.dumps(row, indent=1, sort_keys=True) + "\n"
+    atomic_write_text(ROOT / row["results_file"], text)
+    atomic_write_text(ROOT / row["run_dir"] / "row.json", text)  # travels with the ONNX pair
+    print(f"wrote {row['results_file']}")
+
+
+def summary_line(row: dict) -> str:
+    lat = row.get("latency") or {}
+    return (f"{row['model']} {row['method']}: widths {row['architecture']['widths_after']}, FLOPs "
+            f"{row['flops']['ratio']:.2f}x fewer, test {row['accuracy']['after']:.2f}% "
+            f"({-row['accuracy']['drop']:+.2f} pt), speedup b1 {lat.get('b1', {}).get('speedup', float('nan')):.2f}x "
+            f"b64 {lat.get('b64', {}).get('speedup', float('nan')):.2f}x")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | method | widths after | FLOPs ratio | test acc (dense) | drop | speedup b1 | speedup b64 | "
+             "epochs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lat = r.get("latency") or {}
+        lines.append(
+            f"| {r['model']} | {r['method']} | {'-'.join(map(str, r['architecture']['widths_after']))} | "
+            f"{r['flops']['ratio']:.2f}× | {r['accuracy']['after']:.2f}% ({r['accuracy']['dense']:.2f}%) | "
+            f"{r['accuracy']['drop']:.2f} pt | {lat.get('b1', {}).get('speedup', float('nan')):.2f}× | "
+            f"{lat.get('b64', {}).get('speedup', float('nan')):.2f}× | {r['epochs']['total']} |")
+    return "\n".join(lines)
+
+
+def latency_only(run_dir: Path, runs: int) -> None:
+    """Re-time every ONNX pair under ``run_dir`` on this machine; update its row.json and the results JSON."""
+    rows = sorted(run_dir.glob("*/row.json"))
+    if not rows or not (run_dir / "example.pt").is_file():
+        raise SystemExit(f"{run_dir} holds no <method>/row.json and example.pt: give the --out folder of a run")
+    updated = []
+    for path in rows:
+        row = json.loads(path.read_text())
+        folder = path.parent
+        example = torch.load(folder.parent / "example.pt", weights_only=True)
+        first = row.get("latency")
+        row["latency"] = time_pair(folder / ORIGINAL_ONNX, folder / MODEL_ONNX, example, runs)
+        if first:
+            row.setdefault("latency_history", []).append({k: v for k, v in first.items() if k != "raw"})
+        row["targets"] = targets(row["model"], row) | {k: v for k, v in row.get("targets", {}).items()
+                                                       if k == "sbp_accuracy_at_least_torch_pruning"}
+        text = json.dumps(row, indent=1, sort_keys=True) + "\n"
+        atomic_write_text(path, text)
+        results = ROOT / row["results_file"]
+        if results.parent.is_dir():
+            atomic_write_text(results, text)
+        updated.append(row)
+        print(summary_line(row) + f" (timed on {row['latency']['cpu']})")
+    print()
+    print(markdown_table(updated))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(ARCHS))
+    p.add_argument("--method", choices=[*METHODS, "all"], default="all",
+                   help="all = sbp, group_vd, then torch_pruning at the SBP row's FLOPs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    p.add_argument("--dense-epochs", type=int, default=None, help="dense training epochs (default: 10 / 12)")
+    p.add_argument("--dense-only", action="store_true",
+                   help="train (or find) the cached dense model and stop, so that rows can then run in parallel")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipes' variational epochs")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipes' finetune_epochs")
+    p.add_argument("--kl-weight", type=float, default=None, help="override the recipes' kl_weight (β)")
+    p.add_argument("--recipe", default=None,
+                   help="recipe YAML for --method sbp or group_vd (default: recipes/<model>-<method>-fashion.yaml)")
+    p.add_argument("--results-dir", default=None,
+                   help="where the rows' JSON go (default: benchmarks/results; with --smoke: --out)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: the usual places)")
+    p.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per model and batch size")
+    p.add_argument("--threads", type=int, default=3, help="torch CPU threads (evaluation, export on the CPU)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/structured-<model>); keeps the ONNX pairs")
+    p.add_argument("--smoke", action="store_true", help="a quick check: 600 training images, 1 epoch, JSON in --out")
+    p.add_argument("--latency-only", metavar="RUN_DIR", default=None,
+                   help="re-time the saved ONNX pairs of RUN_DIR on this CPU and update the rows' JSON")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.latency_only:
+        latency_only(Path(args.latency_only), args.latency_runs)
+        return
+    if not args.model:
+        p.error("--model is required (unless --latency-only)")
+    if args.recipe and args.method not in ("sbp", "group_vd"):
+        p.error("--recipe goes with --method sbp or group_vd")
+    main_run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The structured benchmark's model path: ResNet-20 with BatchNorm folded is slimmed exactly, across residuals."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from prunedrop.convert import to_variational
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.slim import slim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("structured_fashion", ROOT / "benchmarks" / "structured_fashion.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("structured_fashion", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, as after training."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_resnet20_with_folded_batchnorm_slims_exactly() -> None:
+    from examples.models import resnet20_fashion
+
+    bench = _benchmark()
+    dense = _trained_like(resnet20_fashion())
+    folded, pairs = bench.fold_batchnorm(dense)
+    assert len(pairs) == 1 + 9 * 2 + 2  # stem, two per block, two projection shortcuts
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(folded(x), dense(x), atol=1e-4, rtol=1e-4)
+
+    variational = to_variational(folded, Recipe(method="sbp", exclude=["fc"]))
+    with torch.no_grad():
+        for name, layer in variational.named_modules():
+            if not hasattr(layer, "log_sigma"):
+                continue
+            pruned = torch.zeros_like(layer.mu, dtype=torch.bool)
+            if name.endswith("conv1"):  # inside each block: every other channel
+                pruned[::2] = True
+            if name in ("conv", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"):
+                pruned[:3] = True  # residual stream of stage 1: all its producers agree on channels 0-2
+            layer.log_sigma.copy_(torch.where(pruned, 3.0, -5.0))
+    result = prune(variational)
+    small = slim(result.model, result.unit_masks, x)
+    assert small.max_abs_diff <= 1e-5
+    model = small.model
+    assert model.layer1[0].conv1.out_channels == 8 and model.layer3[2].conv1.out_channels == 32
+    assert model.conv.out_channels == 13 and model.layer1[2].conv2.out_channels == 13
+    assert model.layer2[0].conv1.in_channels == 13 and model.layer2[0].shortcut[0].in_channels == 13
+    arch_before, arch_after = bench.architecture(folded, x), bench.architecture(model, x)
+    assert arch_after["macs"] < arch_before["macs"] / 1.5
