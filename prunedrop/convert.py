@@ -55,6 +55,7 @@ def to_variational(
         "init_log_sigma2": recipe.init_log_sigma2,
         "log_alpha_clip": recipe.log_alpha_clip,
         "init_log_alpha": recipe.init_log_alpha,
+        "recurrent_noise": recipe.recurrent_noise,
         "init_mu": recipe.init_mu,
         "init_log_sigma": recipe.init_log_sigma,
         "threshold": recipe.threshold,

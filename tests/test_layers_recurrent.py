@@ -40,13 +40,14 @@ def test_registered_under_both_methods() -> None:
 
 @pytest.mark.parametrize(("vtype", "dense_type"), LAYERS, ids=IDS)
 @pytest.mark.parametrize(("batch_first", "bidirectional"), [(True, False), (False, True)])
-def test_negligible_noise_equals_the_plain_layer(vtype, dense_type, batch_first, bidirectional) -> None:
+@pytest.mark.parametrize("noise", ["sequence", "batch"])
+def test_negligible_noise_equals_the_plain_layer(vtype, dense_type, batch_first, bidirectional, noise) -> None:
     torch.manual_seed(0)
     dense = dense_type(5, 7, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
     x = torch.randn(3, 6, 5)
     with torch.no_grad():
         want = dense(x)
-    layer = vtype.from_dense(dense, **NEGLIGIBLE)
+    layer = vtype.from_dense(dense, recurrent_noise=noise, **NEGLIGIBLE)
     assert layer.weight_ih_l0 is dense.weight_ih_l0  # takes over the trained Parameters
     with torch.no_grad():
         assert _max_diff(layer.eval()(x), want) == 0.0  # eval runs the plain kernel with the same weights
@@ -83,9 +84,39 @@ def test_noise_is_drawn_once_per_sequence(vtype, dense_type) -> None:
 
 
 @pytest.mark.parametrize(("vtype", "dense_type"), LAYERS, ids=IDS)
-def test_kl_finite_and_every_parameter_gets_a_gradient(vtype, dense_type) -> None:
+def test_batch_noise_is_shared_by_the_batch_and_fixed_along_time(vtype, dense_type) -> None:
+    """``recurrent_noise: batch``: the setting of the sequence test above, but every sequence of one call
+    sees the same draw (so identical sequences give identical outputs), and the next call draws anew."""
     torch.manual_seed(0)
-    layer = vtype.from_dense(dense_type(3, 4, num_layers=2, bidirectional=True, batch_first=True))
+    dense = dense_type(4, 6, batch_first=True)
+    with torch.no_grad():
+        dense.weight_hh_l0.zero_()
+        dense.bias_hh_l0.zero_()
+        dense.bias_ih_l0[6:12] = -100.0
+    layer = vtype.from_dense(dense, init_log_sigma2=0.0, init_log_alpha=-1.0, recurrent_noise="batch").train()
+    x = torch.randn(1, 1, 4).expand(5, 8, 4)
+    with torch.no_grad():
+        out, _ = layer(x)
+        again, _ = layer(x)
+    assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)  # fixed along time
+    assert torch.allclose(out, out[:1].expand_as(out), atol=1e-6)  # shared by the sequences of the batch
+    assert (again - out).abs().max() > 1e-3  # a new draw per mini-batch
+
+
+def test_recurrent_noise_mode_is_a_recipe_setting() -> None:
+    model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
+    assert to_variational(copy.deepcopy(model), Recipe(recurrent_noise="batch"))[0].recurrent_noise == "batch"
+    assert to_variational(copy.deepcopy(model), Recipe())[0].recurrent_noise == "sequence"
+    with pytest.raises(PrunedropError, match="recurrent_noise"):
+        LSTMSVD.from_dense(nn.LSTM(3, 4), recurrent_noise="step")
+
+
+@pytest.mark.parametrize(("vtype", "dense_type"), LAYERS, ids=IDS)
+@pytest.mark.parametrize("noise", ["sequence", "batch"])
+def test_kl_finite_and_every_parameter_gets_a_gradient(vtype, dense_type, noise) -> None:
+    torch.manual_seed(0)
+    layer = vtype.from_dense(dense_type(3, 4, num_layers=2, bidirectional=True, batch_first=True),
+                             recurrent_noise=noise)
     with torch.no_grad():
         layer.weight_hh_l1.view(-1)[0] = 0.0
         layer.log_sigma2_weight_ih_l0.view(-1)[0] = 50.0

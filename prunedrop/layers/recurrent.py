@@ -38,6 +38,13 @@ the per-weight noise: multiplicative Gaussian ``z ~ N(1, α)`` per sequence on e
   unit physically (``hidden_size`` shrinks, consumers lose their columns). With a non-zero ``h_0``/``c_0``
   passed by the caller a removed unit would not stay 0; the plain layer is exact for the default zero state.
 
+**One draw per mini-batch** (recipe ``recurrent_noise: batch``): the sequences of a mini-batch share one
+draw of every noise (still fixed along time), as Lobacheva et al. train. The layer then runs torch's fused
+LSTM/GRU kernel with the sampled weights (MKL-DNN on a CPU, cuDNN on a GPU) instead of the unrolled loop:
+one training step of the LSTM(128) benchmark model at batch 200, 1 thread on this project's 2-core CPU
+(alternated, median of 4, other jobs running): 3.70 s with per-sequence draws, 0.088 s with one draw per batch. The gradient is noisier (one sample of the weights per step instead of B);
+the model, its KL and everything after training are the same.
+
 Eval mode runs the plain layer that :meth:`to_dense` returns, so the two agree exactly.
 """
 
@@ -59,6 +66,8 @@ from .sparse_vd import DEFAULT_INIT_LOG_SIGMA2, DEFAULT_LOG_ALPHA_CLIP, DEFAULT_
 DEFAULT_INIT_LOG_ALPHA = -8.0
 #: the plain layers this module replaces
 DENSE_TYPES = (nn.LSTM, nn.GRU)
+#: how the noise is drawn: per sequence of a mini-batch, or once per mini-batch (see the module docstring)
+NOISE_MODES = ("sequence", "batch")
 #: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order)
 GATES = {"LSTM": 4, "GRU": 3}
 
@@ -85,6 +94,7 @@ class _RecurrentVD(VariationalLayer):
 
     mode: str = "LSTM"
     group_noise: bool = False
+    recurrent_noise: str = "sequence"
 
     # -- construction ---------------------------------------------------------------------------------
 
@@ -103,8 +113,11 @@ class _RecurrentVD(VariationalLayer):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
+        recurrent_noise: str = "sequence",
         **_: Any,
     ) -> _RecurrentVD:
+        if recurrent_noise not in NOISE_MODES:
+            raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
         if getattr(module, "proj_size", 0):
             raise PrunedropError(f"{type(module).__name__} with proj_size={module.proj_size} is not supported by "
                                  "the variational recurrent layers; exclude it in the recipe")
@@ -115,6 +128,7 @@ class _RecurrentVD(VariationalLayer):
             setattr(layer, name, getattr(module, name))  # the trained Parameters themselves, no copy
         layer.log_alpha_clip = float(log_alpha_clip)
         layer.threshold = float(threshold)
+        layer.recurrent_noise = recurrent_noise
         for name in layer._weight_names():
             w = getattr(layer, name)
             setattr(layer, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
@@ -265,6 +279,66 @@ class _RecurrentVD(VariationalLayer):
         return self._sampled_forward(input, hx)
 
     def _sampled_forward(self, input: torch.Tensor, hx: Any) -> Any:
+        if self.recurrent_noise == "batch":
+            return self._batch_noise_forward(input, hx)
+        return self._sequence_noise_forward(input, hx)
+
+    def _batch_noise_forward(self, input: torch.Tensor, hx: Any) -> Any:
+        """One draw for the whole mini-batch, run layer by layer through torch's fused kernel (``_VF.lstm`` /
+        ``_VF.gru``, what ``nn.LSTM`` itself calls) with the sampled weights; the group noise is folded into
+        them, and ``z^h`` multiplies each layer's outputs and its ``h_n`` between the layers."""
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch = x.shape[0]
+        cells = len(self._cells())
+        zeros = x.new_zeros(cells, batch, self.hidden_size)
+        lstm = self.mode == "LSTM"
+        if hx is None:
+            h0, c0 = zeros, zeros
+        elif lstm:
+            h0, c0 = (s.unsqueeze(1) for s in hx) if unbatched else hx
+        else:
+            h0, c0 = (hx.unsqueeze(1) if unbatched else hx), zeros
+        noise = self.sample_noise(1)
+        h_n, c_n = [], []
+        layer_in = x
+        for layer in range(self.num_layers):
+            flat, z_hs = [], []
+            for d in range(self._directions):
+                s, n = self._suffix(layer, d), noise[(layer, d)]
+                w_ih, w_hh = n.weight_ih[0], n.weight_hh[0]
+                if n.z_gate is not None:
+                    z_g = n.z_gate[0][:, None]
+                    w_ih = z_g * w_ih * n.z_input[0][None, :]
+                    w_hh = z_g * w_hh * n.z_hidden[0][None, :]
+                    z_hs.append(n.z_hidden[0])
+                flat += [w_ih, w_hh]
+                if self.bias:
+                    flat += [getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")]
+            lo, hi = layer * self._directions, (layer + 1) * self._directions
+            if lstm:
+                out, h, c = torch._VF.lstm(layer_in, (h0[lo:hi], c0[lo:hi]), flat, self.bias, 1, 0.0, True,
+                                           self.bidirectional, True)
+            else:
+                out, h = torch._VF.gru(layer_in, h0[lo:hi], flat, self.bias, 1, 0.0, True, self.bidirectional, True)
+                c = c0[lo:hi]
+            if z_hs:  # the state the layer exposes is z^h ⊙ h, at every step and in h_n
+                out = out * torch.cat(z_hs)
+                h = h * torch.stack(z_hs)[:, None, :]
+            h_n.append(h)
+            c_n.append(c)
+            layer_in = out
+            if self.dropout and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, training=True)
+        out = layer_in if self.batch_first else layer_in.transpose(0, 1)
+        h_n_t, c_n_t = torch.cat(h_n), torch.cat(c_n)
+        if unbatched:
+            out, h_n_t, c_n_t = out.squeeze(0 if self.batch_first else 1), h_n_t.squeeze(1), c_n_t.squeeze(1)
+        return (out, (h_n_t, c_n_t)) if lstm else (out, h_n_t)
+
+    def _sequence_noise_forward(self, input: torch.Tensor, hx: Any) -> Any:
         unbatched = input.dim() == 2
         x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
         if not self.batch_first:
