@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine: everything in the benchmarks that needs a GPU, in one go.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR                     # on the GPU machine (python3 there has torch)
+#   bash benchmarks/gpu_check.sh OUT_DIR [ARCHIVE.tgz]       # on the GPU machine (python3 there has torch)
 #   SMOKE=1 DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/gc  # the same steps, tiny, on a CPU (to check it)
 #
 # 1. benchmarks/step_overhead.py on CUDA in fp32 and bf16 (issue 6): first and alone, since its timings need
@@ -11,7 +11,9 @@
 #    - `prunedrop compress --device cuda` of the LeNet-5 benchmark model with recipes/lenet5-fashion.yaml
 #      (issue 6: the end-to-end check), its report measured on the GPU machine's CPU;
 #    - the GPU-sized benchmark rows listed in JOBS below.
-# Every job writes under OUT_DIR; the script ends with OUT_DIR/summary.txt (exit status and wall time per job).
+# Every job writes under OUT_DIR; the script ends with OUT_DIR/summary.txt (exit status and wall time per job)
+# and, when ARCHIVE is given, packs OUT_DIR without the fine-tuning checkpoints into it (the device tool returns
+# at most 8 files, two folders deep: pass OUT_DIR=/tmp/gc and ARCHIVE=$OUT/gpu_check.tgz there).
 # Needs Fashion-MNIST where prunedrop finds it (/usr/share/datasets/fashion-mnist or FASHION_DIR) and
 # torch-pruning importable.
 set -u
@@ -44,7 +46,7 @@ run_job() {  # name, time limit, command...
 
 if [ "$SMOKE" = 1 ]; then
   SO_ARGS=(--models lenet300 --steps 3 --warmup 1 --devices "$DEVICE")
-  E2E_ARGS=(--epochs 1 --finetune-epochs 0 --train-limit 500)
+  E2E_ARGS=(--epochs 2 --finetune-epochs 0 --train-limit 500)
 else
   SO_ARGS=(--steps 60 --warmup 10 --devices "$DEVICE")
   E2E_ARGS=()
@@ -63,7 +65,7 @@ run_job compress_lenet5_cuda "$LIMIT" $PY -m prunedrop compress benchmarks/resul
 # JOBS: the benchmark rows that need a GPU's speed; each line is one background job.
 if [ "$SMOKE" = 1 ]; then
   run_job svd_lenet300_long "$LIMIT" $PY benchmarks/sparse_vd_fashion.py --model lenet300 --device "$DEVICE" \
-    --skip-magnitude --epochs 1 --finetune-epochs 0 --train-limit 500 --run-dir "$OUT/svd-lenet300" \
+    --skip-magnitude --epochs 1 --kl-warmup-epochs 1 --finetune-epochs 0 --train-limit 500 --run-dir "$OUT/svd-lenet300" \
     -o "$OUT/svd-lenet300.json" &
 else
   run_job svd_lenet300_long "$LIMIT" $PY benchmarks/sparse_vd_fashion.py --model lenet300 --device "$DEVICE" \
@@ -72,6 +74,16 @@ else
   run_job svd_lenet5_long "$LIMIT" $PY benchmarks/sparse_vd_fashion.py --model lenet5 --device "$DEVICE" \
     --skip-magnitude --kl-weight 1 --epochs 50 --finetune-epochs 5 --run-dir "$OUT/svd-lenet5" \
     -o "$OUT/svd-lenet5.json" &
+  run_job lstm_fashion "$LIMIT" $PY benchmarks/lstm_fashion.py --device "$DEVICE" --run-dir "$OUT/lstm" \
+    -o "$OUT/lstm-fashion.json" &
+  run_job transformer_fashion "$LIMIT" $PY benchmarks/transformer_fashion.py --device "$DEVICE" \
+    --run-dir "$OUT/transformer" -o "$OUT/transformer-fashion.json" &
+  # the structured rows (LeNet-5, ResNet-20: SBP, group VD, Torch-Pruning) have their own ordered runner
+  run_job structured "$LIMIT" env DEVICE="$DEVICE" VARIANTS=0 LOGS="$OUT/structured-logs" \
+    bash benchmarks/structured_fashion_gpu.sh &
 fi
 wait
 echo "total wall $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
+if [ -n "${2:-}" ]; then
+  tar czf "$2" --exclude='checkpoint-*.pt' -C "$(dirname "$OUT")" "$(basename "$OUT")" && ls -la "$2"
+fi

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.train_dense import train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
@@ -53,15 +54,7 @@ SMOKE_TEST_IMAGES = 500
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

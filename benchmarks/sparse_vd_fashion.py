@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from magnitude import magnitude_prune  # noqa: E402
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.train_dense import train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
@@ -46,16 +47,6 @@ ARCHS = {"lenet300": "examples.models:lenet300", "lenet5": "examples.models:lene
 DEFAULT_DENSE_EPOCHS = {"lenet300": 30, "lenet5": 10}
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = "fashion-mnist"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float) -> tuple[torch.nn.Module, dict]:

@@ -59,6 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.train_dense import train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
@@ -82,16 +83,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATA = "fashion-mnist"
 SMOKE_TRAIN, SMOKE_EVAL = 300, 200
 EXAMPLE_SAMPLES = 256
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine(device: str | None = None) -> dict:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.models import transformer_fashion  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
@@ -52,13 +53,7 @@ DENSE_BATCH = 256
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
-from .group_vd import DEFAULT_INIT_LOG_ALPHA
+from .group_vd import DEFAULT_INIT_LOG_ALPHA, GroupLogAlpha
 from .sparse_vd import DEFAULT_INIT_LOG_SIGMA2, DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
 
 
@@ -370,10 +370,8 @@ class MultiheadAttentionSVD(_VariationalAttention):
                                          self.out_proj.weight * masks["out_proj.weight"], self.out_proj.bias)
 
 
-class MultiheadAttentionGroupVD(_VariationalAttention):
+class MultiheadAttentionGroupVD(GroupLogAlpha, _VariationalAttention):
     """``nn.MultiheadAttention`` with Gaussian multiplicative noise on every head's output (group VD per head)."""
-
-    log_alpha_param: nn.Parameter
 
     @classmethod
     def from_dense(
@@ -386,24 +384,9 @@ class MultiheadAttentionGroupVD(_VariationalAttention):
         **_: Any,
     ) -> MultiheadAttentionGroupVD:
         layer = cls._take_over(module)
-        layer.log_alpha_param = nn.Parameter(
-            torch.full((layer.num_heads,), float(init_log_alpha), device=layer.in_proj_weight.device))
-        layer.log_alpha_clip = float(log_alpha_clip)
-        layer.threshold = float(threshold)
+        layer._init_group_noise(layer.num_heads, layer.in_proj_weight, init_log_alpha=init_log_alpha,
+                                log_alpha_clip=log_alpha_clip, threshold=threshold)
         return layer.train(module.training)
-
-    @property
-    def log_alpha(self) -> torch.Tensor:
-        """Clipped log α per head."""
-        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
-
-    def kl(self) -> torch.Tensor:
-        return kl_log_uniform(self.log_alpha).sum()
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per head: log α ≤ threshold (shape ``[num_heads]``)."""
-        t = self.threshold if threshold is None else threshold
-        return self.log_alpha <= t
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         """A pruned head loses its q, k and v rows (and biases) and its out_proj columns."""
@@ -415,8 +398,6 @@ class MultiheadAttentionGroupVD(_VariationalAttention):
             masks["in_proj_bias"] = rows.clone()
         return masks
 
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.log_alpha_param]
 
     def _project_in(self, x: torch.Tensor, part: int) -> torch.Tensor:
         s = self._in_slice(part)

@@ -32,8 +32,8 @@ from torch import nn
 
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
-from .group_vd import DEFAULT_INIT_LOG_ALPHA
-from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
+from .group_vd import DEFAULT_INIT_LOG_ALPHA, GroupLogAlpha
+from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD
 
 
 def _embedding_kwargs(module: nn.Module) -> dict[str, Any]:
@@ -42,11 +42,10 @@ def _embedding_kwargs(module: nn.Module) -> dict[str, Any]:
             "scale_grad_by_freq": module.scale_grad_by_freq, "sparse": module.sparse}
 
 
-class EmbeddingSVD(VariationalLayer, nn.Embedding):
+class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
     """``nn.Embedding`` with Gaussian multiplicative noise on every vocabulary row (one log α per row)."""
 
     dense_type = nn.Embedding
-    log_alpha_param: nn.Parameter
 
     @classmethod
     def from_dense(
@@ -64,24 +63,9 @@ class EmbeddingSVD(VariationalLayer, nn.Embedding):
         with torch.device("meta"):
             layer = cls(**_embedding_kwargs(module))
         layer.weight = module.weight
-        layer.log_alpha_param = nn.Parameter(
-            torch.full((module.num_embeddings,), float(init_log_alpha), device=module.weight.device))
-        layer.log_alpha_clip = float(log_alpha_clip)
-        layer.threshold = float(threshold)
+        layer._init_group_noise(module.num_embeddings, module.weight, init_log_alpha=init_log_alpha,
+                                log_alpha_clip=log_alpha_clip, threshold=threshold)
         return layer.train(module.training)
-
-    @property
-    def log_alpha(self) -> torch.Tensor:
-        """Clipped log α per row."""
-        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
-
-    def kl(self) -> torch.Tensor:
-        return kl_log_uniform(self.log_alpha).sum()
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per row: log α ≤ threshold (shape ``[num_embeddings]``)."""
-        t = self.threshold if threshold is None else threshold
-        return self.log_alpha <= t
 
     def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
         # Rows are vocabulary entries, not output units: they leave by remapping, not by Torch-Pruning.
@@ -89,9 +73,6 @@ class EmbeddingSVD(VariationalLayer, nn.Embedding):
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         return {"weight": self.keep_mask(threshold)[:, None].expand_as(self.weight).clone()}
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.log_alpha_param]
 
     def _lookup(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, weight, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq,

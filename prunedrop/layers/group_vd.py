@@ -34,10 +34,43 @@ DEFAULT_INIT_LOG_ALPHA = -8.0
 DEFAULT_THRESHOLD = 3.0
 
 
-class _GroupVD(_OutputUnitNoise):
-    """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
+class GroupLogAlpha:
+    """One learned ``log α`` per group - an output unit, an attention head, a vocabulary row - with the
+    log-uniform prior: the clipped log α, its KL, the keep mask and the noise parameter, shared by every
+    group-noise layer (:class:`_GroupVD`, :class:`~prunedrop.layers.attention.MultiheadAttentionGroupVD`,
+    :class:`~prunedrop.layers.embedding.EmbeddingSVD`). List it before the layer's other bases."""
 
     log_alpha_param: nn.Parameter
+    log_alpha_clip: float
+    threshold: float
+
+    def _init_group_noise(self, groups: int, like: torch.Tensor, *, init_log_alpha: float, log_alpha_clip: float,
+                          threshold: float) -> None:
+        """``groups`` log α parameters on the device and in the dtype of ``like`` (the layer's weight)."""
+        self.log_alpha_param = nn.Parameter(torch.full((groups,), float(init_log_alpha), dtype=like.dtype,
+                                                       device=like.device))
+        self.log_alpha_clip = float(log_alpha_clip)
+        self.threshold = float(threshold)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Clipped log α per group (what the KL, the noise and the mask see)."""
+        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
+
+    def kl(self) -> torch.Tensor:
+        return kl_log_uniform(self.log_alpha).sum()
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per group: log α ≤ threshold (shape ``[groups]``)."""
+        t = self.threshold if threshold is None else threshold
+        return self.log_alpha <= t
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.log_alpha_param]
+
+
+class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
+    """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
 
     @classmethod
     def from_dense(
@@ -50,27 +83,10 @@ class _GroupVD(_OutputUnitNoise):
         **_: Any,
     ) -> _GroupVD:
         layer = cls._take_over(module)
-        layer.log_alpha_param = layer._unit_parameter(init_log_alpha)
-        layer.log_alpha_clip = float(log_alpha_clip)
-        layer.threshold = float(threshold)
+        layer._init_group_noise(layer.weight.shape[0], layer.weight, init_log_alpha=init_log_alpha,
+                                log_alpha_clip=log_alpha_clip, threshold=threshold)
         layer.train(module.training)
         return layer
-
-    @property
-    def log_alpha(self) -> torch.Tensor:
-        """Clipped log α per unit (what the KL, the noise and the mask see)."""
-        return torch.clamp(self.log_alpha_param, -self.log_alpha_clip, self.log_alpha_clip)
-
-    def kl(self) -> torch.Tensor:
-        return kl_log_uniform(self.log_alpha).sum()
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per unit: log α ≤ threshold (shape ``[out_units]``)."""
-        t = self.threshold if threshold is None else threshold
-        return self.log_alpha <= t
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.log_alpha_param]
 
     def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
         return self.keep_mask(threshold).to(self.weight.dtype)
