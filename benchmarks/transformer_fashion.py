@@ -38,6 +38,7 @@ from torch.utils.data import Subset  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.models import transformer_fashion  # noqa: E402
+from examples.train_dense import fit_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.pipeline import compress  # noqa: E402
@@ -63,22 +64,8 @@ def machine(device: torch.device) -> dict:
 def train_dense(data: DataBundle, epochs: int, device: torch.device, seed: int) -> torch.nn.Module:
     """Adam with a cosine schedule on ``device`` (the pipeline's own loaders, so the same split)."""
     torch.manual_seed(seed)
-    model = transformer_fashion().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=DENSE_LR)
-    steps = epochs * len(data.loader("train", DENSE_BATCH))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    for epoch in range(epochs):
-        model.train()
-        t0 = time.perf_counter()
-        for x, y in data.loader("train", DENSE_BATCH, shuffle=True, seed=seed, epoch=epoch):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
-        print(f"dense epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
+    model = fit_dense(transformer_fashion(), data, epochs, lr=DENSE_LR, batch_size=DENSE_BATCH, seed=seed,
+                      device=device, log=lambda msg: print(f"dense {msg}"))
     return model.cpu().eval()
 
 

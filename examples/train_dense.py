@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prunedrop.atomic import atomic_torch_save  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
+from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.io import import_object  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
 
@@ -40,7 +40,19 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
         data = dataclasses.replace(data, val=Subset(data.val, range(min(eval_limit, len(data.val)))),
                                    test=None if data.test is None else
                                    Subset(data.test, range(min(eval_limit, len(data.test)))))
-    model = import_object(arch, what="--arch")().to(device)
+    model = fit_dense(import_object(arch, what="--arch")(), data, epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      device=device, log=log)
+    result = {"val": evaluate(model, data.loader("val", 1000), device=device)["accuracy"]}
+    if data.test is not None:
+        result["test"] = evaluate(model, data.loader("test", 1000), device=device)["accuracy"]
+    return model.cpu().eval(), result
+
+
+def fit_dense(model: torch.nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e-3, batch_size: int = 100,
+              seed: int = 0, device: str | torch.device = "cpu", log=print) -> torch.nn.Module:
+    """The training loop of :func:`train_dense` on data already loaded: Adam, cosine schedule, the data
+    bundle's (seed, epoch) batch order; logs the validation accuracy each epoch; returns the model on ``device``."""
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * len(data.loader("train", batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
@@ -56,10 +68,7 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
             sched.step()
         val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
         log(f"epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
-    result = {"val": evaluate(model, data.loader("val", 1000), device=device)["accuracy"]}
-    if data.test is not None:
-        result["test"] = evaluate(model, data.loader("test", 1000), device=device)["accuracy"]
-    return model.cpu().eval(), result
+    return model
 
 
 def main() -> None:

@@ -105,12 +105,8 @@ def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     return x
 
 
-def _weights(module: nn.Module) -> list[torch.Tensor]:
-    return layer_weights(module)
-
-
 def _weight_count(module: nn.Module) -> int:
-    return sum(w.numel() for w in _weights(module))
+    return sum(w.numel() for w in layer_weights(module))
 
 
 @torch.no_grad()
@@ -171,7 +167,7 @@ def sweep_thresholds(
                 # The layer's own deterministic version: exact for any noise family (a per-unit family also
                 # zeroes the pruned units' biases), and one layer at a time so memory stays small.
                 dense = layer.to_dense(t)
-                kept = sum(int(torch.count_nonzero(w)) for w in _weights(dense))
+                kept = sum(int(torch.count_nonzero(w)) for w in layer_weights(dense))
                 kept_per_layer[name] = kept
                 params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
                 total_params += sum(p.numel() for p in dense.parameters())

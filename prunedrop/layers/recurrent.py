@@ -279,21 +279,15 @@ class _RecurrentVD(VariationalLayer):
         return self._sampled_forward(input, hx)
 
     def _sampled_forward(self, input: torch.Tensor, hx: Any) -> Any:
-        if self.recurrent_noise == "batch":
-            return self._batch_noise_forward(input, hx)
-        return self._sequence_noise_forward(input, hx)
-
-    def _batch_noise_forward(self, input: torch.Tensor, hx: Any) -> Any:
-        """One draw for the whole mini-batch, run layer by layer through torch's fused kernel (``_VF.lstm`` /
-        ``_VF.gru``, what ``nn.LSTM`` itself calls) with the sampled weights; the group noise is folded into
-        them, and ``z^h`` multiplies each layer's outputs and its ``h_n`` between the layers."""
+        """The training forward: shapes and initial states as ``nn.LSTM``/``nn.GRU`` take them, one draw of the
+        noise (per sequence or per mini-batch, :attr:`recurrent_noise`), then the layers in order with
+        dropout between them."""
         unbatched = input.dim() == 2
         x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch = x.shape[0]
-        cells = len(self._cells())
-        zeros = x.new_zeros(cells, batch, self.hidden_size)
+        zeros = x.new_zeros(len(self._cells()), batch, self.hidden_size)
         lstm = self.mode == "LSTM"
         if hx is None:
             h0, c0 = zeros, zeros
@@ -301,35 +295,16 @@ class _RecurrentVD(VariationalLayer):
             h0, c0 = (s.unsqueeze(1) for s in hx) if unbatched else hx
         else:
             h0, c0 = (hx.unsqueeze(1) if unbatched else hx), zeros
-        noise = self.sample_noise(1)
+        per_batch = self.recurrent_noise == "batch"
+        run_layer = self._run_layer_fused if per_batch else self._run_layer_unrolled
+        noise = self.sample_noise(1 if per_batch else batch)
         h_n, c_n = [], []
         layer_in = x
         for layer in range(self.num_layers):
-            flat, z_hs = [], []
-            for d in range(self._directions):
-                s, n = self._suffix(layer, d), noise[(layer, d)]
-                w_ih, w_hh = n.weight_ih[0], n.weight_hh[0]
-                if n.z_gate is not None:
-                    z_g = n.z_gate[0][:, None]
-                    w_ih = z_g * w_ih * n.z_input[0][None, :]
-                    w_hh = z_g * w_hh * n.z_hidden[0][None, :]
-                    z_hs.append(n.z_hidden[0])
-                flat += [w_ih, w_hh]
-                if self.bias:
-                    flat += [getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")]
             lo, hi = layer * self._directions, (layer + 1) * self._directions
-            if lstm:
-                out, h, c = torch._VF.lstm(layer_in, (h0[lo:hi], c0[lo:hi]), flat, self.bias, 1, 0.0, True,
-                                           self.bidirectional, True)
-            else:
-                out, h = torch._VF.gru(layer_in, h0[lo:hi], flat, self.bias, 1, 0.0, True, self.bidirectional, True)
-                c = c0[lo:hi]
-            if z_hs:  # the state the layer exposes is z^h ⊙ h, at every step and in h_n
-                out = out * torch.cat(z_hs)
-                h = h * torch.stack(z_hs)[:, None, :]
+            layer_in, h, c = run_layer(layer, layer_in, noise, h0[lo:hi], c0[lo:hi])
             h_n.append(h)
             c_n.append(c)
-            layer_in = out
             if self.dropout and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
         out = layer_in if self.batch_first else layer_in.transpose(0, 1)
@@ -338,39 +313,44 @@ class _RecurrentVD(VariationalLayer):
             out, h_n_t, c_n_t = out.squeeze(0 if self.batch_first else 1), h_n_t.squeeze(1), c_n_t.squeeze(1)
         return (out, (h_n_t, c_n_t)) if lstm else (out, h_n_t)
 
-    def _sequence_noise_forward(self, input: torch.Tensor, hx: Any) -> Any:
-        unbatched = input.dim() == 2
-        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        batch, steps = x.shape[0], x.shape[1]
-        cells = len(self._cells())
-        zeros = x.new_zeros(cells, batch, self.hidden_size)
-        if hx is None:
-            h0, c0 = zeros, zeros
-        elif self.mode == "LSTM":
-            h0, c0 = (s.unsqueeze(1) for s in hx) if unbatched else hx
+    def _run_layer_unrolled(self, layer: int, x: torch.Tensor, noise: dict[tuple[int, int], SequenceNoise],
+                            h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer, every direction, with one weight draw per sequence: ``(outputs [B, T, D·H], h_n, c_n)``,
+        the states ``[D, B, H]``."""
+        outputs, hs, cs = [], [], []
+        for d in range(self._directions):
+            y, h, c = self._run_direction(layer, d, x, noise[(layer, d)], h0[d], c0[d], x.shape[1])
+            outputs.append(y)
+            hs.append(h)
+            cs.append(c)
+        return (torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]), torch.stack(hs), torch.stack(cs)
+
+    def _run_layer_fused(self, layer: int, x: torch.Tensor, noise: dict[tuple[int, int], SequenceNoise],
+                         h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer, every direction, with one draw for the whole mini-batch, through torch's fused kernel
+        (``_VF.lstm`` / ``_VF.gru``, what ``nn.LSTM`` itself calls) with the sampled weights; the group noise is
+        folded into them, and ``z^h`` multiplies the layer's outputs and its ``h_n``."""
+        flat, z_hs = [], []
+        for d in range(self._directions):
+            s, n = self._suffix(layer, d), noise[(layer, d)]
+            w_ih, w_hh = n.weight_ih[0], n.weight_hh[0]
+            if n.z_gate is not None:
+                z_g = n.z_gate[0][:, None]
+                w_ih = z_g * w_ih * n.z_input[0][None, :]
+                w_hh = z_g * w_hh * n.z_hidden[0][None, :]
+                z_hs.append(n.z_hidden[0])
+            flat += [w_ih, w_hh]
+            if self.bias:
+                flat += [getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")]
+        if self.mode == "LSTM":
+            out, h, c = torch._VF.lstm(x, (h0, c0), flat, self.bias, 1, 0.0, True, self.bidirectional, True)
         else:
-            h0, c0 = (hx.unsqueeze(1) if unbatched else hx), zeros
-        noise = self.sample_noise(batch)
-        h_n, c_n = [], []
-        layer_in = x
-        for layer in range(self.num_layers):
-            outputs = []
-            for d in range(self._directions):
-                index = layer * self._directions + d
-                y, h, c = self._run_direction(layer, d, layer_in, noise[(layer, d)], h0[index], c0[index], steps)
-                outputs.append(y)
-                h_n.append(h)
-                c_n.append(c)
-            layer_in = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
-            if self.dropout and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, training=True)
-        out = layer_in if self.batch_first else layer_in.transpose(0, 1)
-        h_n_t, c_n_t = torch.stack(h_n), torch.stack(c_n)
-        if unbatched:
-            out, h_n_t, c_n_t = out.squeeze(0 if self.batch_first else 1), h_n_t.squeeze(1), c_n_t.squeeze(1)
-        return (out, (h_n_t, c_n_t)) if self.mode == "LSTM" else (out, h_n_t)
+            out, h = torch._VF.gru(x, h0, flat, self.bias, 1, 0.0, True, self.bidirectional, True)
+            c = c0
+        if z_hs:  # the state the layer exposes is z^h ⊙ h, at every step and in h_n
+            out = out * torch.cat(z_hs)
+            h = h * torch.stack(z_hs)[:, None, :]
+        return out, h, c
 
     def _run_direction(self, layer: int, d: int, x: torch.Tensor, noise: SequenceNoise, h: torch.Tensor,
                        c: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
