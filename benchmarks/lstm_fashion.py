@@ -13,6 +13,13 @@
    hidden units kept, all-parameter ratio, the command, the wall times and the machine.
 
 The target of issue 7: at least 20× fewer non-zero LSTM weights within 1 point of the dense test accuracy.
+
+Choosing the threshold: ``--threshold T`` prunes at log α > T and skips the recipe's accuracy-budget choice
+(``max_metric_drop`` judges the thresholds *before* the noise-free fine-tuning, which recovers much of what a low
+threshold costs: measured in BENCHMARKS.md). ``--reuse-variational RUN_DIR`` starts from the finished variational
+phase of an earlier run (its ``checkpoint-variational.pt``, copied into the new run folder and resumed), so that
+several thresholds of one variational model cost one noise-free fine-tuning each; the variational phase is
+deterministic for a given recipe and seed on the CPU, so this gives what the full run would.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,8 +47,9 @@ from examples.train_dense import train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
 from prunedrop.io import import_object  # noqa: E402
-from prunedrop.pipeline import compress  # noqa: E402
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, compress  # noqa: E402
 from prunedrop.recipes import load_recipe  # noqa: E402
+from prunedrop.sweep import default_thresholds  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
 
 ARCH = "examples.models:lstm_fashion"
@@ -93,6 +102,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's variational epochs")
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="prune at log α > THRESHOLD, without the recipe's accuracy-budget choice (max_metric_drop)")
+    p.add_argument("--reuse-variational", metavar="RUN_DIR", default=None,
+                   help="start from the finished variational phase of an earlier run in RUN_DIR (same recipe "
+                        "keys of the variational phase): its checkpoint is copied into --run-dir and resumed")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: system)")
     p.add_argument("--smoke", action="store_true",
                    help="check the script in < 1 minute on a CPU: 200 training images, 1 epoch each, 500 test images; "
@@ -115,6 +129,12 @@ def main() -> None:
     if args.smoke:
         recipe = recipe.replace(**SMOKE)
         dense_epochs, name, out_dir = 1, "lstm-fashion-smoke", ROOT / "runs"
+    if args.threshold is not None:
+        # Recipe.replace ignores None values (they mean "no override"), so the budget is switched off directly;
+        # the sweep also records the threshold's accuracy before the noise-free fine-tuning
+        recipe = dataclasses.replace(recipe.replace(threshold=args.threshold), max_metric_drop=None)
+        recipe = recipe.replace(sweep_thresholds=sorted({*(recipe.sweep_thresholds or default_thresholds()),
+                                                         args.threshold}))
     # the smoke run trains its one-epoch dense model afresh (a cache would outlive a change of SMOKE)
     cache = None if args.smoke else out_dir / f"{name}-dense-e{dense_epochs}-s{recipe.seed}.pt"
 
@@ -130,8 +150,20 @@ def main() -> None:
     print(f"dense: val {dense_val:.2f}%, test {dense_test:.2f}%")
 
     run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"bench-{name}"
+    resume = False
+    if args.reuse_variational:
+        source = Path(args.reuse_variational) / VARIATIONAL_CHECKPOINT
+        if not source.is_file():
+            raise SystemExit(f"--reuse-variational: {source} does not exist")
+        if run_dir.resolve() == source.parent.resolve():
+            raise SystemExit("--reuse-variational: give a --run-dir other than the run it reuses")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        shutil.copy(source, run_dir / VARIATIONAL_CHECKPOINT)
+        resume = True
     t0 = time.perf_counter()
-    result = compress(copy.deepcopy(dense), data, recipe, run_dir, progress=args.progress, log=print)
+    result = compress(copy.deepcopy(dense), data, recipe, run_dir, resume=resume, progress=args.progress, log=print)
     seconds = time.perf_counter() - t0
     report = result.report
     lstm = result.model.lstm
@@ -144,15 +176,20 @@ def main() -> None:
         "data": DATA,
         "command": command,
         "smoke": args.smoke,
+        "reused_variational": args.reuse_variational,
         "recipe_file": os.path.relpath(args.recipe, ROOT),
         "recipe": {k: v for k, v in recipe.to_dict().items()
                    if k in ("method", "include", "epochs", "batch_size", "lr", "noise_lr", "kl_weight",
                             "kl_warmup_epochs", "finetune_epochs", "finetune_lr", "threshold", "init_log_sigma2",
-                            "init_log_alpha", "grad_clip", "val_fraction", "train_limit", "seed")},
+                            "init_log_alpha", "grad_clip", "val_fraction", "train_limit", "seed",
+                            "max_metric_drop", "recurrent_noise")},
         "epochs": {"dense": dense_epochs, "variational": recipe.epochs, "finetune": recipe.finetune_epochs},
         "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test, **dense_info},
         "compressed": {
             "test_accuracy": report["test_metric"]["after"],
+            # validation accuracy of the thresholded model before its noise-free fine-tuning (the sweep's point)
+            "val_accuracy_before_finetune": next((p["metric"] for p in report["sweep"]["points"]
+                                                  if p["threshold"] == report.get("threshold")), None),
             "val_accuracy": report["metric"]["after"],
             "test_accuracy_drop": dense_test - report["test_metric"]["after"],
             "lstm_weights_total": w_total,

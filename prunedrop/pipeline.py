@@ -10,6 +10,7 @@ objects. Everything the run writes goes to ``out_dir``, atomically.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,7 +245,22 @@ def compress(
         out_dir, {"log_alpha": lambda p: plot_log_alpha_histograms(variational, p, threshold)}
         if recipe.plots and has_log_alpha else {}, log)
     timings["sweep_calibration_plots_s"] = time.perf_counter() - t0
-    pruned = prune(variational, threshold)
+    history = list(trained.history)
+    search: list[dict[str, Any]] = []
+    masked = None
+    if recipe.budget_after_finetune and recipe.max_metric_drop is not None and recipe.finetune_epochs > 0:
+        t0 = time.perf_counter()
+        found = _search_after_finetune(variational, points, chosen, metric_before["val"], recipe, data, device,
+                                       out_dir, resume=resume, progress=progress, log=log)
+        timings["masked_finetune_s"] = time.perf_counter() - t0
+        search = found.probes
+        if found.best is not None:
+            threshold, pruned, masked = found.best
+        else:
+            log(f"no probed threshold keeps {name} within {recipe.max_metric_drop:g} of the original's after "
+                f"noise-free fine-tuning; using log α > {threshold:g}")
+    if masked is None:
+        pruned = prune(variational, threshold)
     rule = recipe.pruning_rule(threshold)
     if pruned.kept_fraction == 0.0:
         raise TrainingError(
@@ -258,8 +274,9 @@ def compress(
     else:
         what = "weights" if pruned.per_weight else "units"
         log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
-    history = list(trained.history)
-    if recipe.finetune_epochs > 0:
+    if masked is not None:
+        history += masked.history
+    elif recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
         masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
                                  checkpoint_path=out_dir / MASKED_CHECKPOINT, resume=resume, progress=progress,
@@ -320,7 +337,8 @@ def compress(
             "threshold": threshold,
             "sweep": {"points": [p.to_dict() for p in points], "selected_on": "val",
                       "chosen_threshold": None if chosen is None else chosen.threshold,
-                      "max_metric_drop": recipe.max_metric_drop, "metric_before": metric_before["val"]},
+                      "max_metric_drop": recipe.max_metric_drop, "metric_before": metric_before["val"],
+                      **({"after_finetune": search} if search else {})},
             **({"calibration": calibration} if calibration else {}),
             "test_metric": {"before": metric_before.get("test"), "after": metric_after.get("test")},
             "onnx_dense_bytes_after": exported.dense_bytes,
@@ -362,6 +380,78 @@ def compress(
 RUN_INFO = "run.json"
 
 
+@dataclass
+class _Search:
+    best: tuple[float, Any, Any] | None
+    """(threshold, its PruneResult with the fine-tuned model, its TrainResult) of the most pruning probe in budget."""
+    probes: list[dict[str, Any]]
+    """Every probe in the order run: threshold, kept weights and parameters, validation metric before and after
+    the noise-free fine-tuning, and whether that is within the budget."""
+
+
+def _search_after_finetune(
+    variational: nn.Module,
+    points: list[Any],
+    chosen: Any,
+    metric_before: float,
+    recipe: Recipe,
+    data: DataBundle,
+    device: torch.device,
+    out_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> _Search:
+    """Choose the threshold by the validation metric *after* the noise-free fine-tuning (``budget_after_finetune``).
+
+    The sweep judges thresholds on the thresholded variational model; the fine-tuning afterwards often wins
+    back much of what a lower threshold costs, so that budget is pessimistic. Here each probe prunes a copy of
+    the variational model at one swept threshold, fine-tunes it for the recipe's ``finetune_epochs`` and
+    evaluates it on the validation data. The probes bisect the swept thresholds that prune more than the
+    sweep's own choice (all of them when the sweep found none in budget), assuming the fine-tuned metric falls as
+    the pruning grows: about log2(n) + 1 fine-tunings for n candidates. The most pruning probe within budget is
+    the result, its fine-tuned model the one exported. Each probe checkpoints to its own
+    ``checkpoint-masked-t<threshold>.pt``, so that ``--resume`` skips the probes already done.
+    """
+    higher = recipe.loss == "cross_entropy"
+    sign = 1.0 if higher else -1.0
+    name = metric_name(recipe.loss)
+    # most pruning first; the sweep's choice (in budget before fine-tuning) bounds the search from below
+    candidates = sorted((p for p in points if p.kept_weights > 0), key=lambda p: (p.params, p.threshold))
+    if chosen is not None:
+        candidates = [p for p in candidates if p.params <= chosen.params]
+    val_loader = data.loader("val", recipe.eval_batch_size)
+    probes: list[dict[str, Any]] = []
+    best: tuple[int, tuple[float, Any, Any]] | None = None
+    lo, hi = 0, len(candidates) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        point = candidates[mid]
+        pruned = prune(copy.deepcopy(variational), point.threshold)
+        masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
+                                 checkpoint_path=out_dir / f"checkpoint-masked-t{point.threshold:g}.pt",
+                                 resume=resume, progress=progress, parallel=False)
+        pruned.model.cpu().eval()
+        metric = evaluate(pruned.model, val_loader, loss=recipe.loss)[name]
+        ok = math.isfinite(metric) and sign * (metric_before - metric) <= recipe.max_metric_drop + 1e-9 * max(
+            1.0, abs(metric_before))
+        probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
+                       "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok})
+        log(f"probe {recipe.pruning_rule(point.threshold)}: {point.kept_weights:,} weights kept, {name} "
+            f"{point.metric:.4g} → {metric:.4g} after noise-free fine-tuning "
+            f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g})")
+        if ok:
+            best = (mid, (point.threshold, pruned, masked))
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        log(f"budget after fine-tuning: {recipe.pruning_rule(best[1][0])} prunes most within "
+            f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
+    return _Search(best=None if best is None else best[1], probes=probes)
+
+
 def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Refuse to mix a new run into a folder that holds something else, unless asked to.
 
@@ -380,8 +470,9 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
                              "--resume to continue an interrupted run, or choose another -o")
     _check_writable(out_dir)
     if overwrite:
-        for name in (VARIATIONAL_CHECKPOINT, MASKED_CHECKPOINT):
-            (out_dir / name).unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
+        for path in [out_dir / VARIATIONAL_CHECKPOINT, out_dir / MASKED_CHECKPOINT,
+                     *out_dir.glob("checkpoint-masked-t*.pt")]:
+            path.unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
     return out_dir
 
 

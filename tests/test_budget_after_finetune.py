@@ -1,0 +1,138 @@
+"""Tests for ``budget_after_finetune``: the accuracy budget judged after the noise-free fine-tuning.
+
+The bisection is checked against a scripted metric (which probes run, which threshold wins, what happens
+when none or every probe is in budget); the end-to-end test runs the real pipeline on a tiny project and
+checks that the exported model is the probe's fine-tuned model, that every probe is reported and checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunedrop import pipeline
+from prunedrop.convert import to_variational
+from prunedrop.data import load_data
+from prunedrop.recipes import Recipe, load_recipe
+from prunedrop.sweep import SweepPoint
+from prunedrop.testing import TinyMLP, write_tiny_project
+from prunedrop.train import TrainResult
+
+THRESHOLDS = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+def _points(chosen_metric: float = 95.0) -> list[SweepPoint]:
+    # a lower log α threshold prunes more: fewer parameters
+    return [SweepPoint(threshold=t, metric=chosen_metric, kept_weights=100 + int(20 * (t + 2)), total_weights=400,
+                       params=110 + int(20 * (t + 2)), total_params=410, nonzero_macs=0, macs=0) for t in THRESHOLDS]
+
+
+class _Scripted:
+    """Stands in for prune / finetune_masked / evaluate: the metric after fine-tuning is ``metric(threshold)``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, metric) -> None:
+        self.metric = metric
+        self.pruned: list[float] = []
+        self.finetuned = 0
+        real_prune = pipeline.prune
+
+        def prune(model, threshold=None):
+            self.pruned.append(threshold)
+            return real_prune(model, threshold)
+
+        def finetune_masked(model, masks, data, recipe, **kwargs):
+            self.finetuned += 1
+            return TrainResult(history=[{"phase": "masked", "threshold": self.pruned[-1]}])
+
+        class _Data:
+            def loader(self, *args, **kwargs):
+                return []
+
+        self.data = _Data()
+        monkeypatch.setattr(pipeline, "prune", prune)
+        monkeypatch.setattr(pipeline, "finetune_masked", finetune_masked)
+        monkeypatch.setattr(pipeline, "evaluate", lambda model, loader, loss: {"accuracy": metric(self.pruned[-1])})
+
+
+def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0):
+    torch.manual_seed(0)
+    recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=1)
+    variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
+    logs: list[str] = []
+    found = pipeline._search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
+                                            torch.device("cpu"), tmp_path, resume=False, progress=False,
+                                            log=logs.append)
+    return found, logs
+
+
+def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # within the budget of 1 point (original 90) exactly where the threshold is >= -0.5
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
+    found, logs = _search(tmp_path, scripted, chosen=None)
+    assert found.best is not None and found.best[0] == -0.5
+    assert found.best[2].history[0]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
+    # bisection: at most ceil(log2(11)) + 1 probes, each pruned and fine-tuned once
+    assert len(found.probes) <= math.ceil(math.log2(len(THRESHOLDS))) + 1
+    assert scripted.finetuned == len(found.probes) == len(scripted.pruned)
+    assert [p["threshold"] for p in found.probes] == scripted.pruned
+    assert all(p["within_budget"] == (p["threshold"] >= -0.5) for p in found.probes)
+    assert any("prunes most" in line for line in logs)
+
+
+def test_the_sweeps_choice_bounds_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
+    chosen = _points()[THRESHOLDS.index(1.0)]
+    found, _ = _search(tmp_path, scripted, chosen=chosen)
+    assert found.best[0] == -0.5
+    assert max(scripted.pruned) <= 1.0, "thresholds pruning less than the sweep's choice are never probed"
+
+
+def test_every_probe_outside_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t: 50.0)
+    found, _ = _search(tmp_path, scripted, chosen=None)
+    assert found.best is None
+    assert scripted.pruned[-1] == 3.0, "bisection ends at the least pruning candidate"
+    assert not any(p["within_budget"] for p in found.probes)
+
+
+def test_every_probe_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t: 90.0)
+    found, _ = _search(tmp_path, scripted, chosen=None, budget=0.0)
+    assert found.best[0] == -2.0
+
+
+def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(
+        max_metric_drop=100.0, budget_after_finetune=True, sweep_thresholds=[-1.0, 0.0, 1.0, 2.0, 3.0],
+        mc_samples=0, plots=False, latency_runs=0)
+    model = TinyMLP(16, (24, 12), 3)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    out = tmp_path / "out"
+    result = pipeline.compress(model, data, recipe, out, progress=False, log=lambda _: None)
+    report = json.loads((out / "report.json").read_text())
+    probes = report["sweep"]["after_finetune"]
+    assert probes and all(p["within_budget"] for p in probes)  # a budget of 100 points admits everything
+    # the most pruning swept threshold that keeps something, reached by bisection
+    keeping = [p for p in report["sweep"]["points"] if p["kept_weights"] > 0]
+    best = min(keeping, key=lambda p: (p["params"], p["threshold"]))
+    assert report["threshold"] == best["threshold"]
+    # the exported model is that probe's fine-tuned model: same validation metric, no second fine-tuning
+    probe = next(p for p in probes if p["threshold"] == best["threshold"])
+    assert report["metric"]["after"] == pytest.approx(probe["metric"], abs=1e-9)
+    masked_epochs = [h for h in report["history"] if h.get("phase") == "masked"]
+    assert len(masked_epochs) == recipe.finetune_epochs
+    for p in probes:
+        assert (out / f"checkpoint-masked-t{p['threshold']:g}.pt").is_file()
+    assert not (out / pipeline.MASKED_CHECKPOINT).exists()
+    assert result.model is not None
+
+
+def test_off_by_default_and_without_a_budget() -> None:
+    assert Recipe().budget_after_finetune is False
+    assert Recipe.from_dict({"budget_after_finetune": True}).budget_after_finetune is True
