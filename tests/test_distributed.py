@@ -173,6 +173,43 @@ def test_torchrun_without_rendezvous_variables_is_a_clear_error(monkeypatch: pyt
         distributed.init("cpu")
 
 
+@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
+def test_two_nodes_through_torchrun_rendezvous_train_the_same_weights_as_one(tmp_path: Path, rendezvous: str) -> None:
+    """Multi-node: two torchrun agents (``--nnodes=2``, one process each, as on two machines) meet through the
+    c10d rendezvous (``--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``) or the static one (``--node_rank``,
+    ``--master_addr``); here both agents run on this machine, over TCP on 127.0.0.1."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    single = _run(tmp_path, 1)
+    script = tmp_path / "train_tiny.py"
+    out, ckpt = tmp_path / "out-nodes.pt", tmp_path / "ckpt-nodes.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    port = _free_port()
+    agents = []
+    for node in range(2):
+        if rendezvous == "c10d":
+            where = ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=prunedrop-test"]
+        else:
+            where = [f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", *where,
+               str(script), str(out), str(ckpt)]
+        agents.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True))
+    logs = []
+    for agent in agents:
+        try:
+            logs.append(agent.communicate(timeout=180)[0])
+        except subprocess.TimeoutExpired:
+            for a in agents:
+                a.kill()
+            raise
+    assert all(a.returncode == 0 for a in agents), "\n".join(log[-2000:] for log in logs)
+    nodes = torch.load(out, weights_only=True)
+    assert nodes["world"] == 2
+    for k, a in single["state"].items():
+        torch.testing.assert_close(nodes["state"][k], a, atol=1e-5, rtol=0, msg=k)
+
+
 def test_torchrun_compress_end_to_end_writes_once_from_rank_0(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node=2 -m prunedrop compress ...``: two gloo ranks fine-tune, rank 0 alone
     thresholds, exports, verifies and reports; the report says it trained on 2 processes."""
