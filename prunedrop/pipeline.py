@@ -94,12 +94,12 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
 
 
 def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
-                log: Callable[[str], None]) -> tuple[nn.Module, Any]:
+                log: Callable[[str], None], channel_multiple: int = 1) -> tuple[nn.Module, Any]:
     """Remove pruned units physically (per-unit methods; per-weight sparsity removes no whole unit), then
     silent attention heads and zero embedding rows (any method: read from the weights)."""
     slimmed = None
     if unit_masks:
-        slimmed = slim(model, unit_masks, example)
+        slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
         shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
         log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
         for note in slimmed.notes:
@@ -287,7 +287,7 @@ def compress(
     # slim: pruned units leave every layer they touch; per-weight sparsity removes no whole unit
     final = pruned.model.cpu().eval()
     t0 = time.perf_counter()
-    final, slimmed = _slim_units(final, pruned.unit_masks, example, log)
+    final, slimmed = _slim_units(final, pruned.unit_masks, example, log, recipe.channel_multiple)
     if slimmed is not None:
         timings["slim_s"] = time.perf_counter() - t0
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))

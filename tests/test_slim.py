@@ -284,3 +284,31 @@ def test_slim_model_reloads_without_its_class(tmp_path) -> None:
 
 def test_every_test_architecture_is_covered() -> None:
     assert set(TINY_ARCHS) == {*ALL_ARCHS, "sigmoid_mlp", "convzoo"}
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet_basic", "mobilenet_v2", "densenet"])
+@pytest.mark.parametrize("multiple", [2, 4])
+def test_channel_multiple_rounds_widths_up_and_stays_exact(name: str, multiple: int) -> None:
+    model, x = tiny_arch(name)
+    masks = _random_prune(model, p=0.5)
+    plain = slim(model, masks, x)
+    rounded = slim(model, masks, x, channel_multiple=multiple)
+    assert rounded.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, rounded.model, x) <= 1e-5
+    changed = False
+    for layer, (before, after) in rounded.removed.items():
+        plain_after = plain.removed[layer][1]
+        # never below the plain width, and a multiple of the block unless that would exceed the original width
+        assert plain_after <= after <= before
+        assert after % multiple == 0 or after == before, (layer, before, plain_after, after)
+        assert after - plain_after < multiple
+        changed |= after != plain_after
+    assert changed, "the random pruning left no width to round"
+    assert count_parameters(rounded.model)[0] >= count_parameters(plain.model)[0]
+    assert any(f"a multiple of {multiple}" in n for n in rounded.notes)
+
+
+def test_channel_multiple_must_be_positive() -> None:
+    model, x = tiny_arch("mlp")
+    with pytest.raises(PrunedropError, match="channel_multiple"):
+        slim(model, _random_prune(model), x, channel_multiple=0)
