@@ -67,6 +67,29 @@ def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: flo
                                slim(x[:16]), atol=1e-5, rtol=0)
 
 
+def test_channel_multiple_in_the_recipe_rounds_the_slim_widths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = RECIPE.format(method="group_vd", noise_lr=0.3, kl_weight=5.0) + "channel_multiple: 8\n"
+    write_tiny_project(tmp_path, recipe=recipe)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state["net.1.weight"][::2] = 0  # half of net.1 dead, as above: at most 12 of 24 units survive
+    state["net.1.bias"][::2] = 0
+    torch.save(state, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    layers = {row["name"]: row for row in report["layers"]}
+    for name in ("net.1", "net.3"):
+        width = layers[name]["shape_after"][0]
+        assert width % 8 == 0 or width == layers[name]["shape_before"][0], layers[name]
+    assert layers["net.1"]["shape_after"][0] < 24  # rounded up from at most 12, not back to 24
+    assert report["slim"]["max_abs_diff"] <= 1e-5
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert "a multiple of 8" in " ".join(report["slim"]["notes"])
+
+
 def test_reexport_of_a_structured_run_is_slim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
 
