@@ -32,12 +32,10 @@ device: cpu
 """
 
 
-@pytest.mark.parametrize(("method", "noise_lr", "kl_weight"), [("group_vd", 0.3, 5.0), ("sbp", 0.1, 2.0)])
-def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: float, kl_weight: float,
-                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_tiny_project(tmp_path, recipe=RECIPE.format(method=method, noise_lr=noise_lr, kl_weight=kl_weight))
-    # half of the first hidden layer is dead (zero rows and bias: its ReLU outputs 0): no data term holds those
-    # units, so the KL alone decides, and they must be removed from net.1 and from net.3's columns
+def _compress_with_half_of_net1_dead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: str) -> dict:
+    """``prunedrop compress`` of the tiny project with half of the first hidden layer dead (zero rows and bias: its
+    ReLU outputs 0): no data term holds those units, so the KL alone decides. Returns the report."""
+    write_tiny_project(tmp_path, recipe=recipe)
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     state["net.1.weight"][::2] = 0
     state["net.1.bias"][::2] = 0
@@ -47,7 +45,14 @@ def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: flo
     result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
                                       "--recipe", "recipe.yaml", "-o", "out"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+@pytest.mark.parametrize(("method", "noise_lr", "kl_weight"), [("group_vd", 0.3, 5.0), ("sbp", 0.1, 2.0)])
+def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: float, kl_weight: float,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _compress_with_half_of_net1_dead(
+        tmp_path, monkeypatch, RECIPE.format(method=method, noise_lr=noise_lr, kl_weight=kl_weight))
     layers = {row["name"]: row for row in report["layers"]}
     hidden_after = layers["net.1"]["shape_after"][0]
     assert hidden_after <= 12, layers["net.1"]
@@ -69,17 +74,7 @@ def test_dead_units_are_pruned_and_removed_physically(method: str, noise_lr: flo
 
 def test_channel_multiple_in_the_recipe_rounds_the_slim_widths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = RECIPE.format(method="group_vd", noise_lr=0.3, kl_weight=5.0) + "channel_multiple: 8\n"
-    write_tiny_project(tmp_path, recipe=recipe)
-    state = torch.load(tmp_path / "model.pt", weights_only=True)
-    state["net.1.weight"][::2] = 0  # half of net.1 dead, as above: at most 12 of 24 units survive
-    state["net.1.bias"][::2] = 0
-    torch.save(state, tmp_path / "model.pt")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
-                                      "--recipe", "recipe.yaml", "-o", "out"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = _compress_with_half_of_net1_dead(tmp_path, monkeypatch, recipe)  # at most 12 of 24 units survive
     layers = {row["name"]: row for row in report["layers"]}
     for name in ("net.1", "net.3"):
         width = layers[name]["shape_after"][0]
