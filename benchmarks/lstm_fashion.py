@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
-from examples.train_dense import train_dense  # noqa: E402
-from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from examples.train_dense import cached_dense, train_dense  # noqa: E402
+from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
 from prunedrop.io import import_object  # noqa: E402
 from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, compress  # noqa: E402
@@ -79,19 +79,10 @@ def lstm_weight_counts(lstm: torch.nn.LSTM) -> tuple[int, int]:
 def dense_model(epochs: int, seed: int, val_fraction: float, device: str, data_dir: str | None,
                 train_limit: int | None, cache: Path | None) -> tuple[torch.nn.Module, dict]:
     """The trained dense model: from the cache, or trained now (and cached)."""
-    model = import_object(ARCH, what="--arch")()
-    if cache is not None and cache.is_file():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        print(f"dense model: reused {cache}")
-        return model.eval(), {"cached": True, "seconds": None, "file": str(cache)}
-    t0 = time.perf_counter()
-    model, _ = train_dense(ARCH, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
-                           device=device, train_limit=train_limit)
-    seconds = time.perf_counter() - t0
-    if cache is not None:
-        atomic_torch_save(model.state_dict(), cache)
-    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s" + (f", saved {cache}" if cache else ""))
-    return model.eval(), {"cached": False, "seconds": seconds, "file": str(cache) if cache else None}
+    return cached_dense(lambda: import_object(ARCH, what="--arch")(),
+                        lambda: train_dense(ARCH, DATA, epochs, seed=seed, val_fraction=val_fraction,
+                                            data_dir=data_dir, device=device, train_limit=train_limit)[0],
+                        epochs, cache)
 
 
 def main() -> None:

@@ -26,12 +26,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
-from benchmarks.structured_fashion import ARCHS, fold_batchnorm  # noqa: E402
+from benchmarks.structured_fashion import ARCHS, architecture, fold_batchnorm  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.export import export_onnx  # noqa: E402
 from prunedrop.io import import_object  # noqa: E402
 from prunedrop.pipeline import ORIGINAL_ONNX  # noqa: E402
-from prunedrop.report import measure_latency, profile_model  # noqa: E402
+from prunedrop.report import measure_latency  # noqa: E402
 from prunedrop.slim import slim  # noqa: E402
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -55,11 +55,6 @@ def zero_unit_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-def _macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Dense multiply-adds per sample of the Linear/Conv layers (the structured benchmark's FLOPs)."""
-    return sum(p.macs for p in profile_model(model, x) if p.type in {c.__name__ for c in LAYERS})
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", help="a method folder of a structured run, e.g. runs/structured-resnet20-kl60/sbp")
@@ -81,9 +76,9 @@ def main() -> None:
             export_onnx(result.model, example[:2], path, sparse=False)
             paths[f"multiple {multiple}"] = path
             rows[f"multiple {multiple}"] = {"widths": [after for _, after in result.removed.values()],
-                                            "macs": _macs(result.model, example[:1]),
+                                            "macs": architecture(result.model, example)["macs"],
                                             "max_abs_diff": result.max_abs_diff}
-        dense_macs = _macs(model, example[:1])
+        dense_macs = architecture(model, example)["macs"]
         timing = measure_latency(paths, example, batch_sizes=(1, 64), threads=1, runs=args.runs)
     for r in timing["results"]:
         rows.setdefault(r["model"], {})[f"b{r['batch_size']}_ms"] = r["median_ms"]

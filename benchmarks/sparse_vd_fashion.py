@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from magnitude import magnitude_prune  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
-from examples.train_dense import train_dense  # noqa: E402
-from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from examples.train_dense import cached_dense, train_dense  # noqa: E402
+from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
 from prunedrop.io import import_object  # noqa: E402
 from prunedrop.pipeline import compress  # noqa: E402
@@ -53,17 +53,9 @@ def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float) ->
     """The trained dense model: from the cache, or trained now (and cached)."""
     arch = ARCHS[model_name]
     cache = RESULTS / f"{model_name}-dense-e{epochs}-s{seed}.pt"
-    model = import_object(arch, what="--arch")()
-    if cache.is_file():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        print(f"dense model: reused {cache.relative_to(ROOT)}")
-        return model.eval(), {"cached": True, "seconds": None, "file": str(cache.relative_to(ROOT))}
-    t0 = time.perf_counter()
-    model, _ = train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction)
-    seconds = time.perf_counter() - t0
-    atomic_torch_save(model.state_dict(), cache)
-    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s, saved {cache.relative_to(ROOT)}")
-    return model.eval(), {"cached": False, "seconds": seconds, "file": str(cache.relative_to(ROOT))}
+    return cached_dense(lambda: import_object(arch, what="--arch")(),
+                        lambda: train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction)[0],
+                        epochs, cache, label=str(cache.relative_to(ROOT)))
 
 
 def converted_weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int, dict]:

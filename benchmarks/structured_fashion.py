@@ -60,7 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
-from examples.train_dense import train_dense  # noqa: E402
+from examples.train_dense import cached_dense, train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.export import export_onnx, verify_onnx  # noqa: E402
@@ -133,18 +133,13 @@ def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float, de
     """The trained dense model: from the cache, or trained now on ``device`` (and cached)."""
     arch = ARCHS[model_name]
     cache = cache_dir / f"{model_name}-dense-e{epochs}-s{seed}{'-smoke' if train_limit else ''}.pt"
-    model = import_object(arch, what="--arch")()
-    if cache.is_file():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        print(f"dense model: reused {rel(cache)}")
-        return model.eval(), {"cached": True, "seconds": None, "file": rel(cache), "epochs": epochs}
-    t0 = time.perf_counter()
-    model, _ = train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
-                           train_limit=train_limit, eval_limit=SMOKE_EVAL if train_limit else None, device=device)
-    seconds = time.perf_counter() - t0
-    atomic_torch_save(model.state_dict(), cache)
-    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s, saved {rel(cache)}")
-    return model.eval(), {"cached": False, "seconds": seconds, "file": rel(cache), "epochs": epochs}
+    model, info = cached_dense(
+        lambda: import_object(arch, what="--arch")(),
+        lambda: train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
+                            train_limit=train_limit, eval_limit=SMOKE_EVAL if train_limit else None,
+                            device=device)[0],
+        epochs, cache, label=rel(cache))
+    return model, {**info, "epochs": epochs}
 
 
 def architecture(model: nn.Module, example: torch.Tensor) -> dict:

@@ -38,8 +38,8 @@ from torch.utils.data import Subset  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.models import transformer_fashion  # noqa: E402
-from examples.train_dense import fit_dense  # noqa: E402
-from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
+from examples.train_dense import cached_dense, fit_dense  # noqa: E402
+from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.pipeline import compress  # noqa: E402
 from prunedrop.recipes import load_recipe  # noqa: E402
@@ -72,19 +72,9 @@ def train_dense(data: DataBundle, epochs: int, device: torch.device, seed: int) 
 def dense_model(data: DataBundle, epochs: int, device: torch.device, seed: int, smoke: bool) -> tuple[torch.nn.Module,
                                                                                                     dict]:
     """The trained dense model: from the cache, or trained now (and cached, except in a smoke run)."""
-    cache = RESULTS / f"transformer-dense-e{epochs}-s{seed}.pt"
-    if cache.is_file() and not smoke:
-        model = transformer_fashion()
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        print(f"dense model: reused {cache.relative_to(ROOT)}")
-        return model.eval(), {"cached": True, "seconds": None, "file": str(cache.relative_to(ROOT))}
-    t0 = time.perf_counter()
-    model = train_dense(data, epochs, device, seed)
-    seconds = time.perf_counter() - t0
-    if not smoke:
-        atomic_torch_save(model.state_dict(), cache)
-        print(f"dense model: trained {epochs} epochs in {seconds:.0f} s, saved {cache.relative_to(ROOT)}")
-    return model, {"cached": False, "seconds": seconds, "file": None if smoke else str(cache.relative_to(ROOT))}
+    cache = None if smoke else RESULTS / f"transformer-dense-e{epochs}-s{seed}.pt"
+    return cached_dense(transformer_fashion, lambda: train_dense(data, epochs, device, seed), epochs, cache,
+                        label=None if cache is None else str(cache.relative_to(ROOT)))
 
 
 def weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,6 +70,27 @@ def fit_dense(model: torch.nn.Module, data: DataBundle, epochs: int, *, lr: floa
         val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
         log(f"epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
     return model
+
+
+def cached_dense(build: Callable[[], torch.nn.Module], train: Callable[[], torch.nn.Module], epochs: int,
+                 cache: Path | None, *, label: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The benchmarks' trained dense model: ``build()`` with the state dict cached at ``cache``, or ``train()``
+    now and cached there (not cached when ``cache`` is None, e.g. in a smoke run). Returns the model in eval mode
+    and what the result JSON records: ``cached``, ``seconds`` (None when cached) and ``file`` (``label``, by
+    default the cache path)."""
+    shown = label or (None if cache is None else str(cache))
+    if cache is not None and cache.is_file():
+        model = build()
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        print(f"dense model: reused {shown}")
+        return model.eval(), {"cached": True, "seconds": None, "file": shown}
+    t0 = time.perf_counter()
+    model = train()
+    seconds = time.perf_counter() - t0
+    if cache is not None:
+        atomic_torch_save(model.state_dict(), cache)
+    print(f"dense model: trained {epochs} epochs in {seconds:.0f} s" + (f", saved {shown}" if cache else ""))
+    return model.eval(), {"cached": False, "seconds": seconds, "file": shown}
 
 
 def main() -> None:
