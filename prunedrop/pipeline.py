@@ -10,7 +10,6 @@ objects. Everything the run writes goes to ``out_dir``, atomically.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from .prune import prune
 from .recipes import SNR_METHODS, Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
 from .slim import SlimResult, remove_heads_and_rows, slim
-from .sweep import choose_threshold, default_thresholds, sweep_thresholds
+from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 from .uncertainty import calibration_summary
 
@@ -414,8 +413,6 @@ def _search_after_finetune(
     the result, its fine-tuned model the one exported. Each probe checkpoints to its own
     ``checkpoint-masked-t<threshold>.pt``, so that ``--resume`` skips the probes already done.
     """
-    higher = recipe.loss == "cross_entropy"
-    sign = 1.0 if higher else -1.0
     name = metric_name(recipe.loss)
     # most pruning first; the sweep's choice (in budget before fine-tuning) bounds the search from below
     candidates = sorted((p for p in points if p.kept_weights > 0), key=lambda p: (p.params, p.threshold))
@@ -423,7 +420,7 @@ def _search_after_finetune(
         candidates = [p for p in candidates if p.params <= chosen.params]
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
-    best: tuple[int, tuple[float, Any, Any]] | None = None
+    best: tuple[float, Any, Any] | None = None
     lo, hi = 0, len(candidates) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -434,22 +431,22 @@ def _search_after_finetune(
                                  resume=resume, progress=progress, parallel=False)
         pruned.model.cpu().eval()
         metric = evaluate(pruned.model, val_loader, loss=recipe.loss)[name]
-        ok = math.isfinite(metric) and sign * (metric_before - metric) <= recipe.max_metric_drop + 1e-9 * max(
-            1.0, abs(metric_before))
+        ok = within_budget(metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
+                           higher_is_better=recipe.loss == "cross_entropy")
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok})
         log(f"probe {recipe.pruning_rule(point.threshold)}: {point.kept_weights:,} weights kept, {name} "
             f"{point.metric:.4g} → {metric:.4g} after noise-free fine-tuning "
             f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g})")
         if ok:
-            best = (mid, (point.threshold, pruned, masked))
+            best = (point.threshold, pruned, masked)
             hi = mid - 1
         else:
             lo = mid + 1
     if best is not None:
-        log(f"budget after fine-tuning: {recipe.pruning_rule(best[1][0])} prunes most within "
+        log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
             f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
-    return _Search(best=None if best is None else best[1], probes=probes)
+    return _Search(best=best, probes=probes)
 
 
 def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:

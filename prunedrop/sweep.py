@@ -205,9 +205,18 @@ def choose_threshold(
     if not math.isfinite(max_metric_drop):
         raise ValueError(f"max_metric_drop must be finite, got {max_metric_drop}")
     sign = 1.0 if higher_is_better else -1.0
-    slack = _BUDGET_RTOL * max(1.0, abs(metric_before), abs(max_metric_drop))
-    qualifying = [p for p in points
-                  if math.isfinite(p.metric) and sign * (metric_before - p.metric) <= max_metric_drop + slack]
+    qualifying = [p for p in points if within_budget(p.metric, metric_before=metric_before,
+                                                     max_metric_drop=max_metric_drop,
+                                                     higher_is_better=higher_is_better)]
     if not qualifying:
         return None
     return min(qualifying, key=lambda p: (p.params, -sign * p.metric, p.threshold))
+
+
+def within_budget(metric: float, *, metric_before: float, max_metric_drop: float,
+                  higher_is_better: bool = True) -> bool:
+    """``metric_before − metric ≤ max_metric_drop`` (``metric − metric_before`` for a lower-is-better metric),
+    with a relative slack of 1e-9 for float rounding; a NaN metric never is."""
+    sign = 1.0 if higher_is_better else -1.0
+    slack = _BUDGET_RTOL * max(1.0, abs(metric_before), abs(max_metric_drop))
+    return math.isfinite(metric) and sign * (metric_before - metric) <= max_metric_drop + slack
