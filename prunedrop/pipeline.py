@@ -93,7 +93,7 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
 
 
 def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
-                log: Callable[[str], None], channel_multiple: int = 1) -> tuple[nn.Module, Any]:
+                log: Callable[[str], None], channel_multiple: int) -> tuple[nn.Module, Any]:
     """Remove pruned units physically (per-unit methods; per-weight sparsity removes no whole unit), then
     silent attention heads and zero embedding rows (any method: read from the weights)."""
     slimmed = None
@@ -557,7 +557,7 @@ def reexport(
     final = pruned.model.cpu().eval()
     total_plain = sum(p.numel() for p in final.parameters())
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
-    final, _ = _slim_units(final, pruned.unit_masks, example, log=lambda msg: None)
+    final, _ = _slim_units(final, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple)
     metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
     exported, parity = _export_verified(final, example, Path(output), recipe, {

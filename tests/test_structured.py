@@ -83,25 +83,25 @@ def test_channel_multiple_in_the_recipe_rounds_the_slim_widths(tmp_path: Path, m
     assert report["slim"]["max_abs_diff"] <= 1e-5
     assert report["parity_max_abs_diff"] <= 1e-4
     assert "a multiple of 8" in " ".join(report["slim"]["notes"])
+    # prunedrop export slims the same way
+    width, shapes = layers["net.1"]["shape_after"][0], _reexported_matrix_shapes(tmp_path)
+    assert [width, 16] in shapes and [12, width] in shapes, shapes  # net.1 (16 inputs) and net.3's columns
 
 
 def test_reexport_of_a_structured_run_is_slim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _compress_with_half_of_net1_dead(tmp_path, monkeypatch, RECIPE.format(method="group_vd", noise_lr=0.3,
+                                                                          kl_weight=5.0))
+    shapes = _reexported_matrix_shapes(tmp_path)
+    assert any(s[1] == 16 and s[0] <= 12 for s in shapes), shapes  # net.1 lost its dead units here too
+
+
+def _reexported_matrix_shapes(tmp_path: Path) -> list[list[int]]:
+    """``prunedrop export out -o again.onnx`` in ``tmp_path``; the shapes of its 2-D weights, sparse or not."""
     import onnx
 
-    write_tiny_project(tmp_path, recipe=RECIPE.format(method="group_vd", noise_lr=0.3, kl_weight=5.0))
-    state = torch.load(tmp_path / "model.pt", weights_only=True)
-    state["net.1.weight"][::2] = 0
-    state["net.1.bias"][::2] = 0
-    torch.save(state, tmp_path / "model.pt")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    runner = CliRunner()
-    result = runner.invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
-                                 "--recipe", "recipe.yaml", "-o", "out", "-q"])
+    result = CliRunner().invoke(cli, ["export", "out", "-o", "again.onnx"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["export", "out", "-o", "again.onnx"])
-    assert result.exit_code == 0, result.output
-    shapes = [list(t.dims) for t in onnx.load(tmp_path / "again.onnx").graph.initializer if len(t.dims) == 2]
-    shapes += [list(n.attribute[0].sparse_tensor.dims) for n in onnx.load(tmp_path / "again.onnx").graph.node
-               if n.op_type == "Constant" and n.attribute[0].name == "sparse_value"]
-    assert any(s[1] == 16 and s[0] <= 12 for s in shapes), shapes  # net.1 lost its dead units here too
+    graph = onnx.load(tmp_path / "again.onnx").graph
+    shapes = [list(t.dims) for t in graph.initializer if len(t.dims) == 2]
+    return shapes + [list(n.attribute[0].sparse_tensor.dims) for n in graph.node
+                     if n.op_type == "Constant" and n.attribute[0].name == "sparse_value"]
