@@ -46,7 +46,14 @@ from torch import nn
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
 from .group_vd import DEFAULT_INIT_LOG_ALPHA, GroupLogAlpha
-from .sparse_vd import DEFAULT_INIT_LOG_SIGMA2, DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
+from .sparse_vd import (
+    DEFAULT_INIT_LOG_SIGMA2,
+    DEFAULT_LOG_ALPHA_CLIP,
+    DEFAULT_THRESHOLD,
+    apply_noise,
+    clipped_log_alpha,
+    kl_log_uniform,
+)
 
 
 def check_supported(module: nn.MultiheadAttention) -> None:
@@ -312,8 +319,7 @@ class MultiheadAttentionSVD(_VariationalAttention):
         return layer.train(module.training)
 
     def _log_alpha_of(self, weight: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-        log_alpha = log_sigma2 - torch.log(weight * weight + 1e-8)
-        return torch.clamp(log_alpha, -self.log_alpha_clip, self.log_alpha_clip)
+        return clipped_log_alpha(weight, log_sigma2, self.log_alpha_clip)
 
     @property
     def in_proj_log_alpha(self) -> torch.Tensor:
@@ -348,7 +354,7 @@ class MultiheadAttentionSVD(_VariationalAttention):
         """The local reparameterisation trick of :mod:`.sparse_vd` (the bias stays out of the variance)."""
         mu = F.linear(x, weight, bias)
         var = F.linear(x * x, torch.exp(log_alpha) * weight * weight)
-        return mu + torch.sqrt(var + 1e-8) * torch.randn_like(mu)
+        return apply_noise(mu, var, torch.randn_like(mu))
 
     def _project_in(self, x: torch.Tensor, part: int) -> torch.Tensor:
         s = self._in_slice(part)

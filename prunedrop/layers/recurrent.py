@@ -61,7 +61,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
-from .sparse_vd import DEFAULT_INIT_LOG_SIGMA2, DEFAULT_LOG_ALPHA_CLIP, DEFAULT_THRESHOLD, kl_log_uniform
+from .sparse_vd import (
+    DEFAULT_INIT_LOG_SIGMA2,
+    DEFAULT_LOG_ALPHA_CLIP,
+    DEFAULT_THRESHOLD,
+    clipped_log_alpha,
+    kl_log_uniform,
+)
 
 DEFAULT_INIT_LOG_ALPHA = -8.0
 #: the plain layers this module replaces
@@ -169,8 +175,7 @@ class _RecurrentVD(VariationalLayer):
 
     def weight_log_alpha(self, name: str) -> torch.Tensor:
         """Clipped per-weight log α of the weight ``name`` (e.g. ``weight_hh_l0``)."""
-        w = getattr(self, name)
-        return self._clip(getattr(self, f"log_sigma2_{name}") - torch.log(w * w + 1e-8))
+        return clipped_log_alpha(getattr(self, name), getattr(self, f"log_sigma2_{name}"), self.log_alpha_clip)
 
     def group_log_alpha(self, kind: str, layer: int, direction: int) -> torch.Tensor:
         """Clipped group log α: ``kind`` is ``x`` (input features), ``h`` (hidden units) or ``g`` (gate rows)."""

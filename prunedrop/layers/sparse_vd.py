@@ -46,6 +46,12 @@ def kl_log_uniform(log_alpha: torch.Tensor) -> torch.Tensor:
     return -neg_kl
 
 
+def clipped_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> torch.Tensor:
+    """Sparse VD's per-weight noise level ``log α = log σ² − log(θ² + 1e-8)``, clipped to ``[−clip, clip]``
+    (every layer with per-weight noise: Linear/Conv, the LSTM/GRU weights, the attention projections)."""
+    return torch.clamp(log_sigma2 - torch.log(weight * weight + 1e-8), -clip, clip)
+
+
 def noise_terms(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(α·θ², ΣKL)`` of one layer from a single pass over θ and log σ²: the same math as the
     layer's :attr:`~_SparseVD.log_alpha`, the variance term of its forward and :meth:`~_SparseVD.kl`."""
@@ -182,8 +188,7 @@ class _SparseVD(VariationalLayer):
 
     @property
     def log_alpha(self) -> torch.Tensor:
-        log_alpha = self.log_sigma2 - torch.log(self.weight * self.weight + 1e-8)
-        return torch.clamp(log_alpha, -self.log_alpha_clip, self.log_alpha_clip)
+        return clipped_log_alpha(self.weight, self.log_sigma2, self.log_alpha_clip)
 
     def kl(self) -> torch.Tensor:
         return kl_log_uniform(self.log_alpha).sum()
@@ -204,7 +209,7 @@ class _SparseVD(VariationalLayer):
         mu = self._apply_weight(x, self.weight, self.bias)
         var = self._apply_weight(x * x, torch.exp(log_alpha) * self.weight * self.weight, None)
         # 1e-8 keeps sqrt's gradient finite where an input patch is all zeros (padding, ReLU).
-        return mu + torch.sqrt(var + 1e-8) * torch.randn_like(mu)
+        return apply_noise(mu, var, torch.randn_like(mu))
 
     def _forward_kernels(self, x: torch.Tensor, kernels: Kernels) -> torch.Tensor:
         """The training forward through ``kernels``; log α, the KL and the noise stay in float32 under
