@@ -11,10 +11,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
+from .layers.lognormal import _OutputUnitNoise, tie_units
 from .recipes import Recipe
 
 
@@ -28,6 +30,8 @@ class ConversionSummary:
     """Convertible layers that the recipe's include/exclude globs left dense."""
     left_alone: dict[str, str] = field(default_factory=dict)
     """Leaf modules with parameters of a type that no registered variational layer replaces (BatchNorm, LayerNorm, user layers): name → type."""
+    tied: list[list[str]] = field(default_factory=list)
+    """Groups of converted layers sharing one noise per unit (recipe key ``tie_residual``)."""
 
 
 def _selected(name: str, recipe: Recipe) -> bool:
@@ -37,7 +41,12 @@ def _selected(name: str, recipe: Recipe) -> bool:
 
 
 def to_variational(
-    model: nn.Module, recipe: Recipe, *, summary: ConversionSummary | None = None, dry_run: bool = False
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    summary: ConversionSummary | None = None,
+    dry_run: bool = False,
+    example_input: torch.Tensor | None = None,
 ) -> nn.Module:
     """Swap every selected, registered layer of ``model`` for its variational version.
 
@@ -45,6 +54,10 @@ def to_variational(
     second copy of the model is made). Modules of unknown types are left alone and listed in
     ``summary.left_alone``. Raises PrunedropError when nothing at all could be converted. ``dry_run`` walks
     and checks the same way but swaps nothing (to fail before any file is written).
+
+    With the recipe key ``tie_residual``, ``example_input`` (a batch the model accepts) is traced once to find
+    the layers that write one residual stream, and each such group of converted unit-noise layers shares one
+    noise per channel (:func:`prunedrop.layers.lognormal.tie_units`); the groups go into ``summary.tied``.
     """
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
@@ -84,7 +97,22 @@ def to_variational(
                 setattr(module, child_name, new_child)
         return module
 
+    groups: list[list[str]] = []
+    if recipe.tie_residual and not dry_run:
+        if example_input is None:
+            raise PrunedropError("recipe key tie_residual needs an example input to trace the model's residual "
+                                 "streams (to_variational(..., example_input=batch))")
+        from .slim import coupled_producers
+
+        groups = coupled_producers(model, example_input)
     model = swap(model, "")
+    if groups:
+        modules = dict(model.named_modules())
+        for group in groups:
+            members = [modules[n] for n in group if isinstance(modules.get(n), _OutputUnitNoise)]
+            if len(members) > 1:
+                tie_units(members)
+                summary.tied.append([n for n in group if isinstance(modules.get(n), _OutputUnitNoise)])
     if not summary.converted:
         hint = (
             f"the include/exclude globs excluded all of: {', '.join(summary.excluded[:5])}"

@@ -195,8 +195,10 @@ def compress(
 
     # convert
     summary = ConversionSummary()
-    variational = to_variational(model, recipe, summary=summary)
+    variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
+    for group in summary.tied:
+        log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:
         log("left alone: " + ", ".join(f"{k} ({v})" for k, v in summary.left_alone.items()))
 
@@ -343,7 +345,7 @@ def compress(
             "onnx_dense_bytes_after": exported.dense_bytes,
             "sparse_initializers": exported.sparse_initializers,
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
-                           "left_alone": summary.left_alone},
+                           "left_alone": summary.left_alone, "tied": summary.tied},
             "kept_fraction_converted": pruned.kept_fraction,
             **({"kept_unit_fraction_converted": pruned.kept_unit_fraction} if pruned.unit_masks else {}),
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},
@@ -548,7 +550,8 @@ def reexport(
         raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")
     state = load_checkpoint(path)
     threshold = recipe.threshold if threshold is None else threshold
-    variational = to_variational(model.cpu(), recipe)
+    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    variational = to_variational(model.cpu(), recipe, example_input=example[:2])
     try:
         variational.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -556,7 +559,6 @@ def reexport(
     pruned = prune(variational, threshold)
     final = pruned.model.cpu().eval()
     total_plain = sum(p.numel() for p in final.parameters())
-    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     final, _ = _slim_units(final, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple)
     metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)

@@ -168,6 +168,12 @@ class Recipe:
     channels run odd widths on a slower path: onnxruntime on AVX2 uses blocks of 8 (16 on AVX-512); 1 removes
     every pruned channel."""
 
+    tie_residual: bool = False
+    """Structured methods (sbp, group_vd, sbp_sparse_vd): give the layers that write one residual stream (a ResNet
+    stage's stem or projection and its blocks' last convolutions) one shared noise per channel, found by tracing the
+    model once. A stream channel can leave only when all of its producers prune it, and separate noises rarely all
+    agree; tied, the channel is one decision. Each member still adds the shared KL with its own ``kl_weights`` factor."""
+
     budget_after_finetune: bool = False
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on

@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from .errors import PrunedropError
 from .slim_recurrent import slim_recurrent, split_recurrent_masks
 
-__all__ = ["HeadsAndRowsResult", "SlimResult", "remove_heads_and_rows", "slim"]
+__all__ = ["HeadsAndRowsResult", "SlimResult", "coupled_producers", "remove_heads_and_rows", "slim"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WEIGHT_LAYERS = (nn.Linear, *_CONV)
@@ -740,6 +740,45 @@ def slim(
             "channels); please report it"
         )
     return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes)
+
+
+def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
+    """Groups of Linear/Conv layers whose output units are the same channels, joined by residual additions.
+
+    Each group lists (in module order) the plain, non-depthwise Linear/Conv layers that write one set of channels
+    with the same numbering: channel i of every member is added into channel i of the others' stream, as the stem
+    and the second convolutions (and projection shortcuts) of a ResNet stage are. Only whole, identically
+    numbered groups are returned (a concatenation, which offsets the numbering, is not such a group); layers
+    that produce their channels alone are left out. Traces ``model`` once on ``example_input`` with Torch-Pruning's
+    dependency graph (as :func:`slim` does); the model is not modified.
+    """
+    tp = _import_torch_pruning()
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        graph, _ = _trace(tp, model, example_input.detach())
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires_grad[n])
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    groups: dict[tuple[str, ...], None] = {}
+    for g in graph.get_all_groups(root_module_types=_WEIGHT_LAYERS):
+        an = _GroupAnalysis(graph, g, names, {}, set())
+        # producer → {root channel: its unit}; a member producing some channels only is not a whole member
+        units: dict[str, dict[int, int]] = defaultdict(dict)
+        for root, channel in an.channels.items():
+            for node in channel.members:
+                idx = an.producer_index(node, channel)
+                if idx is not None and node.module in names:
+                    units[names[node.module]][root] = idx
+        layers = dict(model.named_modules())
+        members = [
+            n for n, m in units.items()
+            if len(m) == an.size == _units(layers[n]) and all(root == idx for root, idx in m.items())
+        ]
+        if len(members) > 1 and len(members) == len(units):
+            groups[tuple(sorted(members, key=order.__getitem__))] = None
+    return [list(g) for g in groups]
 
 
 @dataclass

@@ -72,6 +72,8 @@ class GroupLogAlpha:
 class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
     """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
 
+    unit_noise_names = ("log_alpha_param",)
+
     @classmethod
     def from_dense(
         cls,

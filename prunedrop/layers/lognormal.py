@@ -153,16 +153,43 @@ def _kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch
     return const - log_sigma + torch.where(tail, tail_part, mid_part)
 
 
+class TiedDraw:
+    """The noise draw that the layers of one tied group share within a forward pass (see :func:`tie_units`).
+
+    The first member to run in a pass draws the multiplier and the others reuse it; a member asking a second
+    time means a new pass (or the batch size changed), so it draws afresh. Copies and pickles carry no draw.
+    """
+
+    def __init__(self) -> None:
+        self.sample: torch.Tensor | None = None
+        self.users: set[int] = set()
+
+    def multiplier(self, layer: _OutputUnitNoise, shape: list[int], unit_axis: int) -> torch.Tensor:
+        if self.sample is None or id(layer) in self.users or list(self.sample.shape) != shape:
+            self.sample, self.users = layer._sample_multiplier(shape, unit_axis), set()
+        self.users.add(id(layer))
+        return self.sample
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
 class _OutputUnitNoise(VariationalLayer):
     """A plain layer whose whole output is multiplied by a learned noise per output unit.
 
     Shared by the log-normal (here) and Gaussian (:mod:`.group_vd`) families. The Linear / Conv mixins
     say how to apply the layer and where its unit and batch axes are; the noise family supplies
-    ``_sample_multiplier`` (training) and ``_eval_multiplier`` (eval and ``to_dense``).
+    ``_sample_multiplier`` (training) and ``_eval_multiplier`` (eval and ``to_dense``), and names its per-unit
+    parameters in ``unit_noise_names`` (what :func:`tie_units` shares).
     """
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    unit_noise_names: tuple[str, ...] = ()
+    _tied: TiedDraw | None = None
 
     def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -191,6 +218,8 @@ class _OutputUnitNoise(VariationalLayer):
         # One draw per example and unit, shared over positions: the unit as a whole is on or off.
         if batch_axis is not None:
             shape[batch_axis] = y.shape[batch_axis]
+        if self._tied is not None:
+            return y * self._tied.multiplier(self, shape, unit_axis).to(y.dtype)
         return y * self._sample_multiplier(shape, unit_axis).to(y.dtype)
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
@@ -237,6 +266,7 @@ class _LogNormal(_OutputUnitNoise):
 
     mu: nn.Parameter
     log_sigma: nn.Parameter
+    unit_noise_names = ("mu", "log_sigma")
 
     @classmethod
     def from_dense(
@@ -310,6 +340,33 @@ class _LogNormal(_OutputUnitNoise):
         # The γ clip can put μ + σ·Φ⁻¹(γ) outside [a, b] when the interval is deep in a tail of N(μ, σ²).
         log_theta = (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
         return torch.exp(log_theta)
+
+
+def tie_units(layers: list[nn.Module]) -> None:
+    """Make ``layers`` one noise per unit: they share their per-unit noise parameters and, in training, each
+    forward pass's draw, so unit i is kept or pruned in all of them at once.
+
+    For the producers of one residual stream (:func:`prunedrop.slim.coupled_producers`): a stream channel can
+    leave only when every producer prunes it, and separate noises rarely all agree. The layers must be unit-noise
+    layers of one family with the same number of units; the first one's parameters are kept (the others'
+    dropped). Each member still adds the (shared) KL with its own factor, so a tied unit carries the prior's
+    cost once for every layer it occupies, as untied units that agree would.
+    """
+    if len(layers) < 2:
+        return
+    lead = layers[0]
+    names = getattr(lead, "unit_noise_names", ())
+    for layer in layers:
+        if not isinstance(layer, _OutputUnitNoise) or not names or layer.unit_noise_names != names:
+            raise TypeError(f"cannot tie {type(layer).__name__} to {type(lead).__name__}: both must be unit-noise "
+                            "layers of one family")
+        if layer.weight.shape[0] != lead.weight.shape[0]:
+            raise ValueError(f"cannot tie layers with {layer.weight.shape[0]} and {lead.weight.shape[0]} units")
+    draw = TiedDraw()
+    for layer in layers:
+        for name in names:
+            setattr(layer, name, getattr(lead, name))
+        layer._tied = draw
 
 
 def total_kl(layers: list[_LogNormal], factors: list[float]) -> torch.Tensor:

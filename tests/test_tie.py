@@ -1,0 +1,176 @@
+"""Tied residual noise (recipe key ``tie_residual``): the producers of one residual stream share one noise per
+channel, so a stream channel is pruned in all of them at once and slimming removes it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prunedrop.convert import ConversionSummary, to_variational, variational_layers
+from prunedrop.errors import PrunedropError
+from prunedrop.layers.lognormal import TiedDraw, tie_units
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.slim import coupled_producers, slim
+from prunedrop.testing_arch import tiny_arch
+from prunedrop.train import _training_kl
+
+STRUCTURED = ["sbp", "group_vd", "sbp_sparse_vd"]
+
+
+@pytest.mark.parametrize(("arch", "groups"), [
+    ("resnet_basic", [["layer2.conv2.0", "layer2.shortcut.0"], ["stem.0.0", "layer1.conv2.0"]]),
+    ("resnet_bottleneck", [["layer2.expand.0", "layer2.shortcut.0"],
+                           ["layer1.0.expand.0", "layer1.0.shortcut.0", "layer1.1.expand.0"]]),
+    ("mobilenet_v2", [["stem.0.0", "blocks.0.project.0"]]),
+    ("densenet", []),  # a concatenation offsets the channel numbers: not one stream
+    ("lenet5", []),
+    ("vgg_bn", []),
+])
+def test_coupled_producers_are_the_layers_writing_one_residual_stream(arch: str, groups: list[list[str]]) -> None:
+    model, x = tiny_arch(arch)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert sorted(coupled_producers(model, x)) == sorted(groups)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags  # the tracing changed nothing
+
+
+def _tied(method: str, arch: str = "resnet_basic") -> tuple[torch.nn.Module, torch.Tensor, ConversionSummary]:
+    model, x = tiny_arch(arch)
+    summary = ConversionSummary()
+    variational = to_variational(model, Recipe(method=method, tie_residual=True), summary=summary,
+                                 example_input=x[:2])
+    return variational, x, summary
+
+
+@pytest.mark.parametrize("method", STRUCTURED)
+def test_tied_layers_share_their_unit_parameters_and_each_pass_draws_once(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, summary = _tied(method)
+    assert sorted(summary.tied) == [["layer2.conv2.0", "layer2.shortcut.0"], ["stem.0.0", "layer1.conv2.0"]]
+    layers = variational_layers(model)
+    for group in summary.tied:
+        lead = layers[group[0]]
+        for name in group[1:]:
+            for p in lead.unit_noise_names:
+                assert getattr(layers[name], p) is getattr(lead, p)
+    # the optimizer sees each shared parameter once
+    assert len(list(model.parameters())) == len({id(p) for _, p in model.named_parameters()})
+    assert len(list(model.parameters())) < len(list(model.named_parameters(remove_duplicate=False)))
+
+    draws: list[torch.Tensor] = []
+
+    def recording(original):  # type: ignore[no-untyped-def]
+        def draw(self, shape, unit_axis):  # type: ignore[no-untyped-def]
+            draws.append(original(self, shape, unit_axis))
+            return draws[-1]
+        return draw
+
+    given: dict[int, torch.Tensor] = {}
+    original_multiplier = TiedDraw.multiplier
+
+    def recording_multiplier(self, layer, shape, unit_axis):  # type: ignore[no-untyped-def]
+        given[id(layer)] = original_multiplier(self, layer, shape, unit_axis)
+        return given[id(layer)]
+
+    for cls in {type(layer) for layer in layers.values()}:
+        monkeypatch.setattr(cls, "_sample_multiplier", recording(cls._sample_multiplier))
+    monkeypatch.setattr(TiedDraw, "multiplier", recording_multiplier)
+    model.train()
+    independent = len(layers) - sum(len(g) - 1 for g in summary.tied)
+    for n_pass in (1, 2):  # each pass draws once per independent noise, the second one afresh
+        model(x)
+        assert len(draws) == n_pass * independent
+        for group in summary.tied:
+            first = given[id(layers[group[0]])]
+            assert all(given[id(layers[name])] is first for name in group)
+            assert any(first is d for d in draws[-independent:])
+
+
+@pytest.mark.parametrize("method", STRUCTURED)
+def test_a_tied_unit_pays_the_kl_of_every_layer_it_occupies(method: str) -> None:
+    model, _, summary = _tied(method)
+    layers = variational_layers(model)
+    names = list(layers)
+    factors = [1.0 + i for i in range(len(names))]
+    total = _training_kl(list(layers.values()), factors)
+    expected = sum(f * layers[n].kl() for n, f in zip(names, factors, strict=True))
+    torch.testing.assert_close(total, expected)
+    # and tying made the KL of the group's members identical in their unit part
+    lead, other = layers[summary.tied[0][0]], layers[summary.tied[0][1]]
+    if method != "sbp_sparse_vd":  # the combined layers add their own per-weight KL
+        torch.testing.assert_close(lead.kl(), other.kl())
+
+
+def test_a_tied_stream_channel_is_pruned_everywhere_and_slimmed() -> None:
+    model, x, _ = _tied("sbp")
+    _silence_bn_shift(model, channel=1)
+    layers = variational_layers(model)
+    with torch.no_grad():
+        # channel 1 of the stage-1 stream: noise far above its signal (SNR < 1), set once for the whole group
+        layers["stem.0.0"].mu[1] = -10.0
+        layers["stem.0.0"].log_sigma[1] = 2.0
+    pruned = prune(model.eval(), 1.0)
+    assert not bool(pruned.unit_masks["stem.0.0"][1]) and not bool(pruned.unit_masks["layer1.conv2.0"][1])
+    result = slim(pruned.model, pruned.unit_masks, x)
+    width = layers["stem.0.0"].weight.shape[0]
+    assert result.removed["stem.0.0"] == (width, width - 1)
+    assert result.removed["layer1.conv2.0"] == (width, width - 1)
+    assert result.max_abs_diff <= 1e-5
+
+    # untied, the same setting on the stem alone leaves the channel in place: the block still writes it
+    plain, x2 = tiny_arch("resnet_basic")
+    untied_model = to_variational(plain, Recipe(method="sbp"))
+    _silence_bn_shift(untied_model, channel=1)
+    untied = variational_layers(untied_model)
+    with torch.no_grad():
+        untied["stem.0.0"].mu[1] = -10.0
+        untied["stem.0.0"].log_sigma[1] = 2.0
+    pruned2 = prune(untied_model.eval(), 1.0)
+    assert not bool(pruned2.unit_masks["stem.0.0"][1]) and bool(pruned2.unit_masks["layer1.conv2.0"][1])
+    assert slim(pruned2.model, pruned2.unit_masks, x2).removed["stem.0.0"] == (width, width)
+
+
+def _silence_bn_shift(model: torch.nn.Module, channel: int) -> None:
+    """No BatchNorm shift on ``channel`` of the stage-1 stream, so that a pruned channel there outputs exact
+    zeros (the tiny architectures have random BatchNorm statistics, which slimming must otherwise keep)."""
+    with torch.no_grad():
+        for name in ("stem.0.1", "layer1.conv2.1"):
+            bn = model.get_submodule(name)
+            bn.bias[channel] = 0.0
+            bn.running_mean[channel] = 0.0
+
+
+def test_copies_and_checkpoints_keep_or_ignore_the_tie() -> None:
+    model, x, summary = _tied("sbp")
+    model.train()
+    model(x)  # a draw with autograd history is cached: a deep copy must not try to copy it
+    clone = copy.deepcopy(model)
+    a, b = (variational_layers(clone)[n] for n in summary.tied[1])
+    assert a.mu is b.mu and a._tied is b._tied
+    assert a._tied is not variational_layers(model)[summary.tied[1][0]]._tied
+    # the state dict names the shared tensor under each member; a fresh untied conversion loads it too
+    fresh = to_variational(tiny_arch("resnet_basic")[0], Recipe(method="sbp"))
+    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_tie_residual_needs_an_example_input_and_unit_noise() -> None:
+    model, _ = tiny_arch("resnet_basic")
+    with pytest.raises(PrunedropError, match="example input"):
+        to_variational(model, Recipe(method="sbp", tie_residual=True))
+    # per-weight sparse VD has no unit noise to share: nothing is tied
+    summary = ConversionSummary()
+    model, x = tiny_arch("resnet_basic")
+    to_variational(model, Recipe(method="sparse_vd", tie_residual=True), summary=summary, example_input=x[:2])
+    assert summary.tied == []
+    a, b = tiny_arch("resnet_basic")[0], tiny_arch("resnet_basic")[0]
+    la = variational_layers(to_variational(a, Recipe(method="sbp")))
+    lb = variational_layers(to_variational(b, Recipe(method="group_vd")))
+    with pytest.raises(TypeError, match="one family"):
+        tie_units([la["stem.0.0"], lb["layer1.conv2.0"]])
+    with pytest.raises(ValueError, match="units"):
+        tie_units([la["stem.0.0"], la["layer2.conv2.0"]])
