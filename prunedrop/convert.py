@@ -104,7 +104,14 @@ def to_variational(
                                  "streams (to_variational(..., example_input=batch))")
         from .slim import coupled_producers
 
-        groups = coupled_producers(model, example_input)
+        try:
+            groups = coupled_producers(model, example_input)
+        except PrunedropError:
+            raise
+        except Exception as e:  # the dependency-graph tracing met something it cannot follow
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
+                                 f"{first}); set tie_residual: false in the recipe") from None
     model = swap(model, "")
     if groups:
         modules = dict(model.named_modules())

@@ -174,3 +174,16 @@ def test_tie_residual_needs_an_example_input_and_unit_noise() -> None:
         tie_units([la["stem.0.0"], lb["layer1.conv2.0"]])
     with pytest.raises(ValueError, match="units"):
         tie_units([la["stem.0.0"], la["layer2.conv2.0"]])
+
+
+def test_a_tracing_failure_names_the_recipe_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunedrop.slim
+
+    def broken(model, example_input):  # type: ignore[no-untyped-def]
+        raise RuntimeError("unsupported operation\nmore")
+
+    monkeypatch.setattr(prunedrop.slim, "coupled_producers", broken)
+    model, x = tiny_arch("resnet_basic")
+    with pytest.raises(PrunedropError, match="tie_residual: false") as info:
+        to_variational(model, Recipe(method="sbp", tie_residual=True), example_input=x[:2])
+    assert "RuntimeError: unsupported operation" in str(info.value)
