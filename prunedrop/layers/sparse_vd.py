@@ -80,13 +80,11 @@ class Kernels:
 EAGER_KERNELS = Kernels(noise_terms, apply_noise)
 
 
-# Fused kernels. Their forward computes what the backward needs and saves it, so that the backward is plain
-# arithmetic with no transcendental function; left to itself, the compiler recomputes log/exp/sigmoid/softplus in
-# the backward, and those, not memory traffic, are the cost (≈1-2 ns per element each on a CPU core). The forward
-# also uses one transcendental fewer: softplus(−log α) = log1p(1/α) and sigmoid(k2 + k3·log α) =
-# 1 / (1 + exp(−k2 − k3·log α)). It saves two arrays, not three: α carries in its sign whether the clamp passes the
-# gradient (α > 0 always), and the KL's derivative is saved ready-made. Each array saved is a fresh allocation
-# written in the forward and read in the backward, which cost LeNet-300's step about 0.3 ms apiece on a CPU core.
+# Fused kernels. Their forward computes what the backward needs (α, the sigmoid of the KL, the noise's
+# derivative) and saves it, so that the backward is plain arithmetic with no transcendental function; left
+# to itself, the compiler recomputes log/exp/sigmoid/softplus in the backward, and those, not memory traffic,
+# are the cost (≈1-2 ns per element each on a CPU core). The forward also uses one transcendental fewer:
+# softplus(−log α) = log1p(1/α) and sigmoid(k2 + k3·log α) = 1 / (1 + exp(−k2 − k3·log α)).
 
 def _terms_forward(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float):
     w2 = weight * weight
@@ -95,19 +93,18 @@ def _terms_forward(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float):
     alpha = torch.exp(log_alpha)
     sig = 1.0 / (1.0 + torch.exp(-K2 - K3 * log_alpha))
     kl = K1 - K1 * sig + 0.5 * torch.log1p(1.0 / alpha)
-    # −d KL / d log α = k1·k3·σ(1−σ) + 0.5 / (1 + α)
-    d_kl = K1 * K3 * sig * (1.0 - sig) + 0.5 / (1.0 + alpha)
-    # negative where the clamp stops the gradient (outside the bounds; torch.clamp passes it at them)
-    alpha_signed = torch.where((raw >= -clip) & (raw <= clip), alpha, -alpha)
-    return alpha * w2, kl.sum(), alpha_signed, d_kl
+    # 1 where clamp passes the gradient (as torch.clamp does, bounds included), else 0; a float, since
+    # storing a bool tensor from the fused loop costs more than the rest of it
+    inside = torch.where((raw >= -clip) & (raw <= clip), 1.0, 0.0)
+    return alpha * w2, kl.sum(), alpha, sig, inside
 
 
-def _terms_backward(grad_var: torch.Tensor, grad_kl: torch.Tensor, weight: torch.Tensor,
-                    alpha_signed: torch.Tensor, d_kl: torch.Tensor):
+def _terms_backward(grad_var: torch.Tensor, grad_kl: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor,
+                    sig: torch.Tensor, inside: torch.Tensor):
     w2 = weight * weight
-    alpha = torch.abs(alpha_signed)
-    # d (α·θ²) / d log α = α·θ²
-    d_log_alpha = torch.where(alpha_signed > 0, grad_var * alpha * w2 - grad_kl * d_kl, 0.0)
+    # d KL / d log α = −(k1·k3·σ(1−σ) + 0.5 / (1 + α)); d (α·θ²) / d log α = α·θ²
+    d_log_alpha = grad_var * alpha * w2 - grad_kl * (K1 * K3 * sig * (1.0 - sig) + 0.5 / (1.0 + alpha))
+    d_log_alpha = d_log_alpha * inside
     # log α = log σ² − log(θ² + 1e-8): d/dθ = −2θ / (θ² + 1e-8); α·θ² also depends on θ directly
     grad_weight = grad_var * alpha * 2.0 * weight - d_log_alpha * 2.0 * weight / (w2 + 1e-8)
     return grad_weight, d_log_alpha
@@ -127,16 +124,16 @@ def fused_kernels(compile_fn: Callable[[Callable[..., Any]], Callable[..., Any]]
     class _Terms(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> Any:
-            var_weight, kl, alpha_signed, d_kl = terms_fwd(weight, log_sigma2, clip)
-            ctx.save_for_backward(weight, alpha_signed, d_kl)
+            var_weight, kl, alpha, sig, inside = terms_fwd(weight, log_sigma2, clip)
+            ctx.save_for_backward(weight, alpha, sig, inside)
             return var_weight, kl
 
         @staticmethod
         def backward(ctx: Any, grad_var: torch.Tensor | None, grad_kl: torch.Tensor | None) -> Any:
-            weight, alpha_signed, d_kl = ctx.saved_tensors
+            weight, alpha, sig, inside = ctx.saved_tensors
             grad_var = torch.zeros_like(weight) if grad_var is None else grad_var
             grad_kl = torch.zeros((), device=weight.device) if grad_kl is None else grad_kl
-            grad_weight, grad_log_sigma2 = terms_bwd(grad_var.contiguous(), grad_kl, weight, alpha_signed, d_kl)
+            grad_weight, grad_log_sigma2 = terms_bwd(grad_var.contiguous(), grad_kl, weight, alpha, sig, inside)
             return grad_weight, grad_log_sigma2, None
 
     class _Noise(torch.autograd.Function):
