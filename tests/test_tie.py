@@ -103,33 +103,30 @@ def test_a_tied_unit_pays_the_kl_of_every_layer_it_occupies(method: str) -> None
         torch.testing.assert_close(lead.kl(), other.kl())
 
 
-def test_a_tied_stream_channel_is_pruned_everywhere_and_slimmed() -> None:
-    model, x, _ = _tied("sbp")
+def _stem_channel_1_pruned(tie: bool) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]], float]:
+    """Convert the tiny ResNet with SBP (tied or not), make channel 1 of the stem's noise far above its signal
+    (SNR < 1) and slim: the unit masks, what slimming removed and its max abs difference."""
+    plain, x = tiny_arch("resnet_basic")
+    model = to_variational(plain, Recipe(method="sbp", tie_residual=tie), example_input=x[:2])
     _silence_bn_shift(model, channel=1)
-    layers = variational_layers(model)
+    stem = variational_layers(model)["stem.0.0"]
     with torch.no_grad():
-        # channel 1 of the stage-1 stream: noise far above its signal (SNR < 1), set once for the whole group
-        layers["stem.0.0"].mu[1] = -10.0
-        layers["stem.0.0"].log_sigma[1] = 2.0
+        stem.mu[1] = -10.0
+        stem.log_sigma[1] = 2.0
     pruned = prune(model.eval(), 1.0)
-    assert not bool(pruned.unit_masks["stem.0.0"][1]) and not bool(pruned.unit_masks["layer1.conv2.0"][1])
     result = slim(pruned.model, pruned.unit_masks, x)
-    width = layers["stem.0.0"].weight.shape[0]
-    assert result.removed["stem.0.0"] == (width, width - 1)
-    assert result.removed["layer1.conv2.0"] == (width, width - 1)
-    assert result.max_abs_diff <= 1e-5
+    return pruned.unit_masks, result.removed, result.max_abs_diff
 
+
+def test_a_tied_stream_channel_is_pruned_everywhere_and_slimmed() -> None:
+    masks, removed, diff = _stem_channel_1_pruned(tie=True)
+    assert not bool(masks["stem.0.0"][1]) and not bool(masks["layer1.conv2.0"][1])  # set once, for the group
+    assert removed["stem.0.0"] == (6, 5) and removed["layer1.conv2.0"] == (6, 5)
+    assert diff <= 1e-5
     # untied, the same setting on the stem alone leaves the channel in place: the block still writes it
-    plain, x2 = tiny_arch("resnet_basic")
-    untied_model = to_variational(plain, Recipe(method="sbp"))
-    _silence_bn_shift(untied_model, channel=1)
-    untied = variational_layers(untied_model)
-    with torch.no_grad():
-        untied["stem.0.0"].mu[1] = -10.0
-        untied["stem.0.0"].log_sigma[1] = 2.0
-    pruned2 = prune(untied_model.eval(), 1.0)
-    assert not bool(pruned2.unit_masks["stem.0.0"][1]) and bool(pruned2.unit_masks["layer1.conv2.0"][1])
-    assert slim(pruned2.model, pruned2.unit_masks, x2).removed["stem.0.0"] == (width, width)
+    masks, removed, _ = _stem_channel_1_pruned(tie=False)
+    assert not bool(masks["stem.0.0"][1]) and bool(masks["layer1.conv2.0"][1])
+    assert removed["stem.0.0"] == (6, 6)
 
 
 def _silence_bn_shift(model: torch.nn.Module, channel: int) -> None:
