@@ -116,10 +116,10 @@ def to_variational(
     if groups:
         modules = dict(model.named_modules())
         for group in groups:
-            members = [modules[n] for n in group if isinstance(modules.get(n), _OutputUnitNoise)]
-            if len(members) > 1:
-                tie_units(members)
-                summary.tied.append([n for n in group if isinstance(modules.get(n), _OutputUnitNoise)])
+            tied = [n for n in group if isinstance(modules.get(n), _OutputUnitNoise)]
+            if len(tied) > 1:
+                tie_units([modules[n] for n in tied])
+                summary.tied.append(tied)
     if not summary.converted:
         hint = (
             f"the include/exclude globs excluded all of: {', '.join(summary.excluded[:5])}"

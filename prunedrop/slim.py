@@ -39,9 +39,10 @@ operation that mixes channels but looks element-wise to Torch-Pruning).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -503,11 +504,23 @@ class _Plan:
         return {(gi, r) for gi, roots in self.removal.items() for r in roots}
 
 
-def _trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
-    """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs."""
-    # Tracing follows autograd, so every parameter must require grad while the graph is built.
+@contextlib.contextmanager
+def _all_requiring_grad(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
+    functions work on the traced graph); each parameter's own flag comes back afterwards."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+
+
+def _trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
+    """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
+    inside :func:`_all_requiring_grad`."""
     outputs: list[Any] = []
 
     def forward(m: nn.Module, inp: torch.Tensor) -> Any:
@@ -686,26 +699,23 @@ def slim(
     work = copy.deepcopy(model).eval()
     masks = _check_masks(work, unit_masks)
     names = {m: n for n, m in work.named_modules()}
-    requires_grad = {n: p.requires_grad for n, p in work.named_parameters()}
     calls = _record_inputs(work, x)
-    graph, output_fns = _trace(tp, work, x)
-
     notes: list[str] = []
-    traced = {names[m] for m in graph.module2node if isinstance(m, nn.Module) and m in names}
-    for name, mask in masks.items():
-        if not bool(mask.all()) and name not in traced:
-            notes.append(f"{name}: not reached by the forward pass on the example input; left unchanged")
-    analyses = [
-        _GroupAnalysis(graph, g, names, masks, output_fns)
-        for g in graph.get_all_groups(root_module_types=_WEIGHT_LAYERS)
-    ]
-    if channel_multiple < 1:
-        raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
-    plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
-    approximate = _fold_constants(plan, names)
-    _remove_channels(graph, analyses, plan.removal)
-    for n, p in work.named_parameters():
-        p.requires_grad_(requires_grad.get(n, True))
+    with _all_requiring_grad(work):
+        graph, output_fns = _trace(tp, work, x)
+        traced = {names[m] for m in graph.module2node if isinstance(m, nn.Module) and m in names}
+        for name, mask in masks.items():
+            if not bool(mask.all()) and name not in traced:
+                notes.append(f"{name}: not reached by the forward pass on the example input; left unchanged")
+        analyses = [
+            _GroupAnalysis(graph, g, names, masks, output_fns)
+            for g in graph.get_all_groups(root_module_types=_WEIGHT_LAYERS)
+        ]
+        if channel_multiple < 1:
+            raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
+        plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
+        approximate = _fold_constants(plan, names)
+        _remove_channels(graph, analyses, plan.removal)
     work.eval()
 
     try:
@@ -753,14 +763,11 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
     dependency graph (as :func:`slim` does); the model is not modified.
     """
     tp = _import_torch_pruning()
-    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
+    with _all_requiring_grad(model):
         graph, _ = _trace(tp, model, example_input.detach())
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(requires_grad[n])
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
+    layers = dict(model.named_modules())
+    names = {m: n for n, m in layers.items()}
+    order = {n: i for i, n in enumerate(layers)}
     groups: dict[tuple[str, ...], None] = {}
     for g in graph.get_all_groups(root_module_types=_WEIGHT_LAYERS):
         an = _GroupAnalysis(graph, g, names, {}, set())
@@ -771,7 +778,6 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
                 idx = an.producer_index(node, channel)
                 if idx is not None and node.module in names:
                     units[names[node.module]][root] = idx
-        layers = dict(model.named_modules())
         members = [
             n for n, m in units.items()
             if len(m) == an.size == _units(layers[n]) and all(root == idx for root, idx in m.items())
