@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -64,8 +65,14 @@ from examples.train_dense import cached_dense, train_dense  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.export import export_onnx, verify_onnx  # noqa: E402
-from prunedrop.io import import_object  # noqa: E402
-from prunedrop.pipeline import MODEL_ONNX, ORIGINAL_ONNX, compress  # noqa: E402
+from prunedrop.io import import_object, load_checkpoint  # noqa: E402
+from prunedrop.pipeline import (  # noqa: E402
+    MASKED_CHECKPOINT,
+    MODEL_ONNX,
+    ORIGINAL_ONNX,
+    VARIATIONAL_CHECKPOINT,
+    compress,
+)
 from prunedrop.recipes import Recipe, load_recipe  # noqa: E402
 from prunedrop.report import measure_latency, profile_model  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
@@ -301,8 +308,9 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
 def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_dir: Path) -> dict:
     recipe, recipe_path = method_recipe(args, method)
     folded, pairs = fold_batchnorm(dense)
+    reused = reuse_variational(args, method, recipe, run_dir) if args.reuse_variational else None
     t0 = time.perf_counter()
-    result = compress(folded, data, recipe, run_dir, progress=False, log=print)
+    result = compress(folded, data, recipe, run_dir, resume=reused is not None, progress=False, log=print)
     seconds = time.perf_counter() - t0
     report = result.report
     return {
@@ -325,7 +333,36 @@ def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_d
                      if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "kl", "seconds")}
                     for h in report["history"]],
         "seconds": seconds,
+        **({"reused_variational": reused} if reused else {}),
     }
+
+
+#: recipe keys that shape the variational phase: a reused checkpoint must have been trained with the same ones
+VARIATIONAL_KEYS = ("method", "include", "exclude", "epochs", "batch_size", "lr", "noise_lr", "lr_schedule",
+                    "kl_weight", "kl_weights", "kl_warmup_epochs", "init_mu", "init_log_sigma", "init_log_alpha",
+                    "tie_residual", "seed", "val_fraction", "train_limit")
+
+
+def reuse_variational(args, method: str, recipe: Recipe, run_dir: Path) -> str:
+    """Copy the finished variational checkpoint of an earlier run into ``run_dir`` so that ``compress`` resumes
+    after it: only thresholding, the noise-free fine-tuning (``--finetune-epochs``) and what follows run again."""
+    source = Path(args.reuse_variational) / method / VARIATIONAL_CHECKPOINT
+    if not source.is_file():
+        raise SystemExit(f"--reuse-variational: {rel(source)} does not exist")
+    if (run_dir / MASKED_CHECKPOINT).exists() or (run_dir / VARIATIONAL_CHECKPOINT).exists():
+        raise SystemExit(f"--reuse-variational: {rel(run_dir)} already holds checkpoints; choose another --out")
+    state = load_checkpoint(source)
+    saved, wanted = state.get("recipe", {}), recipe.to_dict()
+    differ = [k for k in VARIATIONAL_KEYS if saved.get(k) != wanted.get(k)]
+    if differ:
+        raise SystemExit("--reuse-variational: the checkpoint was trained with other " + ", ".join(
+            f"{k} ({saved.get(k)!r}, here {wanted.get(k)!r})" for k in differ))
+    if int(state.get("epoch", -1)) != recipe.epochs:
+        raise SystemExit(f"--reuse-variational: {rel(source)} stopped after epoch {state.get('epoch')} of "
+                         f"{recipe.epochs}; finish that run first")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, run_dir / VARIATIONAL_CHECKPOINT)
+    return rel(source)
 
 
 def run_torch_pruning(args, dense: nn.Module, data: DataBundle, run_dir: Path, target_macs: int,
@@ -523,6 +560,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=3, help="torch CPU threads (evaluation, export on the CPU)")
     p.add_argument("--out", default=None, help="run folder (default: runs/structured-<model>); keeps the ONNX pairs")
     p.add_argument("--smoke", action="store_true", help="a quick check: 600 training images, 1 epoch, JSON in --out")
+    p.add_argument("--reuse-variational", metavar="RUN_DIR", default=None,
+                   help="start from the finished variational checkpoint of RUN_DIR/<method> (same recipe keys of "
+                        "the variational phase): rerun only thresholding, noise-free fine-tuning and the rest")
     p.add_argument("--latency-only", metavar="RUN_DIR", default=None,
                    help="re-time the saved ONNX pairs of RUN_DIR on this CPU and update the rows' JSON")
     args = p.parse_args()
@@ -534,6 +574,8 @@ def main() -> None:
         p.error("--model is required (unless --latency-only)")
     if args.recipe and args.method not in ("sbp", "group_vd"):
         p.error("--recipe goes with --method sbp or group_vd")
+    if args.reuse_variational and args.method not in ("sbp", "group_vd"):
+        p.error("--reuse-variational goes with --method sbp or group_vd")
     main_run(args)
 
 

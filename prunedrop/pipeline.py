@@ -92,17 +92,83 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
     return exported, verify_onnx(exported.path, model, example, atol=recipe.parity_atol)
 
 
+def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
+                     log: Callable[[str], None], channel_multiple: int) -> SlimResult:
+    """Remove the pruned units physically (:func:`prunedrop.slim.slim`) and log what went."""
+    slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
+    shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
+    log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
+    for note in slimmed.notes:
+        log(f"note: {note}")
+    return slimmed
+
+
+def _silent_unit_masks(model: nn.Module, layer_names: Any) -> dict[str, torch.Tensor]:
+    """Keep masks (weight, bias) of the output units of the named layers whose weight row and bias are exactly 0.
+
+    After slimming, these are the pruned units that had to stay (a residual channel that another producer of the
+    stream keeps, a constant that zero padding makes position-dependent, width rounding): they must stay silent
+    during the fine-tuning that follows, as the masks kept them in the full-size model.
+    """
+    modules = dict(model.named_modules())
+    masks: dict[str, torch.Tensor] = {}
+    for name in layer_names:
+        layer = modules.get(name)
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        with torch.no_grad():
+            silent = weight.flatten(1).eq(0).all(dim=1)
+            bias = getattr(layer, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                silent &= bias.eq(0)
+        if silent.any():
+            keep = ~silent
+            masks[f"{name}.weight"] = keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+            if isinstance(bias, torch.Tensor):
+                masks[f"{name}.bias"] = keep.clone()
+    return masks
+
+
+@dataclass
+class _Finetuned:
+    model: nn.Module
+    """The fine-tuned model: slim already (per-unit pruning alone) or the masked full-size one."""
+    train: Any
+    """The fine-tuning's TrainResult."""
+    slimmed: SlimResult | None = None
+    """What slimming before the fine-tuning did, when it ran."""
+
+
+def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torch.device, example: torch.Tensor,
+                     checkpoint_path: Path, *, resume: bool, progress: bool,
+                     log: Callable[[str], None]) -> _Finetuned:
+    """The noise-free fine-tuning of what survived the threshold.
+
+    Where the pruning is per unit alone (SBP, group VD), the model is slimmed first, so that the fine-tuning runs
+    at the compressed size: the same function (the slim check holds it to the masked model), a fraction of the
+    work. The pruned units that slimming had to keep stay masked. Per-weight masks (sparse VD, and the combined
+    method) need the full-size model: there the masked model is fine-tuned and slimmed afterwards.
+    """
+    model, masks, slimmed = pruned.model, pruned.masks, None
+    if pruned.unit_masks and not pruned.per_weight:
+        slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
+        model = slimmed.model
+        masks = _silent_unit_masks(model, pruned.unit_masks)
+    result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
+                             resume=resume, progress=progress, parallel=False)
+    return _Finetuned(model=model.cpu().eval(), train=result, slimmed=slimmed)
+
+
 def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
-                log: Callable[[str], None], channel_multiple: int) -> tuple[nn.Module, Any]:
+                log: Callable[[str], None], channel_multiple: int,
+                slimmed: SlimResult | None = None) -> tuple[nn.Module, Any]:
     """Remove pruned units physically (per-unit methods; per-weight sparsity removes no whole unit), then
-    silent attention heads and zero embedding rows (any method: read from the weights)."""
-    slimmed = None
-    if unit_masks:
-        slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
-        shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
-        log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
-        for note in slimmed.notes:
-            log(f"note: {note}")
+    silent attention heads and zero embedding rows (any method: read from the weights). ``slimmed``: the units
+    were removed before the fine-tuning already; only the heads and rows are left to do."""
+    if slimmed is None and unit_masks:
+        slimmed = _slim_unit_masks(model, unit_masks, example, log, channel_multiple)
+    if slimmed is not None:
         model = slimmed.model.eval()
     structures = remove_heads_and_rows(model, example)
     if slimmed is None and not structures.heads and not structures.rows:
@@ -252,7 +318,7 @@ def compress(
     if recipe.budget_after_finetune and recipe.max_metric_drop is not None and recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
         found = _search_after_finetune(variational, points, chosen, metric_before["val"], recipe, data, device,
-                                       out_dir, resume=resume, progress=progress, log=log)
+                                       out_dir, example, resume=resume, progress=progress, log=log)
         timings["masked_finetune_s"] = time.perf_counter() - t0
         search = found.probes
         if found.best is not None:
@@ -262,6 +328,7 @@ def compress(
                 f"noise-free fine-tuning; using log α > {threshold:g}")
     if masked is None:
         pruned = prune(variational, threshold)
+    final = pruned.model
     rule = recipe.pruning_rule(threshold)
     if pruned.kept_fraction == 0.0:
         raise TrainingError(
@@ -275,20 +342,21 @@ def compress(
     else:
         what = "weights" if pruned.per_weight else "units"
         log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
-    if masked is not None:
-        history += masked.history
-    elif recipe.finetune_epochs > 0:
+    if masked is None and recipe.finetune_epochs > 0:
         t0 = time.perf_counter()
-        masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
-                                 checkpoint_path=out_dir / MASKED_CHECKPOINT, resume=resume, progress=progress,
-                                 parallel=False)
-        history += masked.history
+        masked = _finetune_pruned(pruned, data, recipe, device, example, out_dir / MASKED_CHECKPOINT,
+                                  resume=resume, progress=progress, log=log)
         timings["masked_finetune_s"] = time.perf_counter() - t0
+    if masked is not None:
+        history += masked.train.history
+        final = masked.model
 
-    # slim: pruned units leave every layer they touch; per-weight sparsity removes no whole unit
-    final = pruned.model.cpu().eval()
+    # slim: pruned units leave every layer they touch (before the fine-tuning already, for per-unit pruning
+    # alone); per-weight sparsity removes no whole unit
+    final = final.cpu().eval()
     t0 = time.perf_counter()
-    final, slimmed = _slim_units(final, pruned.unit_masks, example, log, recipe.channel_multiple)
+    final, slimmed = _slim_units(final, pruned.unit_masks, example, log, recipe.channel_multiple,
+                                 slimmed=masked.slimmed if masked is not None else None)
     if slimmed is not None:
         timings["slim_s"] = time.perf_counter() - t0
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
@@ -384,7 +452,7 @@ RUN_INFO = "run.json"
 @dataclass
 class _Search:
     best: tuple[float, Any, Any] | None
-    """(threshold, its PruneResult with the fine-tuned model, its TrainResult) of the most pruning probe in budget."""
+    """(threshold, its PruneResult, its _Finetuned) of the most pruning probe in budget."""
     probes: list[dict[str, Any]]
     """Every probe in the order run: threshold, kept weights and parameters, validation metric before and after
     the noise-free fine-tuning, and whether that is within the budget."""
@@ -399,6 +467,7 @@ def _search_after_finetune(
     data: DataBundle,
     device: torch.device,
     out_dir: Path,
+    example: torch.Tensor,
     *,
     resume: bool,
     progress: bool,
@@ -428,11 +497,10 @@ def _search_after_finetune(
         mid = (lo + hi) // 2
         point = candidates[mid]
         pruned = prune(copy.deepcopy(variational), point.threshold)
-        masked = finetune_masked(pruned.model, pruned.masks, data, recipe, device=device,
-                                 checkpoint_path=out_dir / f"checkpoint-masked-t{point.threshold:g}.pt",
-                                 resume=resume, progress=progress, parallel=False)
-        pruned.model.cpu().eval()
-        metric = evaluate(pruned.model, val_loader, loss=recipe.loss)[name]
+        masked = _finetune_pruned(pruned, data, recipe, device, example,
+                                  out_dir / f"checkpoint-masked-t{point.threshold:g}.pt", resume=resume,
+                                  progress=progress, log=log)
+        metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = within_budget(metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
                            higher_is_better=recipe.loss == "cross_entropy")
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,

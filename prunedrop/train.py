@@ -623,6 +623,8 @@ def finetune_masked(
         return (loss * share if share != 1.0 else loss), {"loss": loss.item()}
 
     def nonzero_fraction() -> dict[str, float]:
+        if not pairs:  # a slim model with nothing masked: nothing to count
+            return {}
         kept = sum(int((p != 0).sum()) for p, _ in pairs)
         total = sum(p.numel() for p, _ in pairs)
         return {"kept_fraction": kept / total if total else 1.0}

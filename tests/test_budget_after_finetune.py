@@ -64,8 +64,8 @@ def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budg
     variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
     logs: list[str] = []
     found = pipeline._search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
-                                            torch.device("cpu"), tmp_path, resume=False, progress=False,
-                                            log=logs.append)
+                                            torch.device("cpu"), tmp_path, torch.zeros(2, 1, 4, 4), resume=False,
+                                            progress=False, log=logs.append)
     return found, logs
 
 
@@ -74,7 +74,7 @@ def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeyp
     scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
     found, logs = _search(tmp_path, scripted, chosen=None)
     assert found.best is not None and found.best[0] == -0.5
-    assert found.best[2].history[0]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
+    assert found.best[2].train.history[0]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
     # bisection: at most ceil(log2(11)) + 1 probes, each pruned and fine-tuned once
     assert len(found.probes) <= math.ceil(math.log2(len(THRESHOLDS))) + 1
     assert scripted.finetuned == len(found.probes) == len(scripted.pruned)

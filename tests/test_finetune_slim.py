@@ -1,0 +1,121 @@
+"""Noise-free fine-tuning at the compressed size: where the pruning is per unit alone (SBP, group VD), the pipeline
+slims the model before the fine-tuning. That must train the same function as fine-tuning the masked full-size
+model and slimming afterwards, keep silent the pruned units that slimming had to keep, and leave per-weight
+methods on the masked path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from prunedrop import pipeline
+from prunedrop.convert import to_variational, variational_layers
+from prunedrop.data import DataBundle
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.slim import slim
+from prunedrop.testing import tiny_classification_data
+from prunedrop.testing_arch import tiny_arch
+from prunedrop.train import finetune_masked
+
+RECIPE = Recipe(finetune_epochs=2, finetune_lr=0.01, batch_size=16, seed=0, device="cpu")
+
+
+def _data(shape: tuple[int, ...], classes: int = 3, n: int = 64) -> DataBundle:
+    x, y = tiny_classification_data(n=n + 16, shape=shape, num_classes=classes, seed=3)
+    return DataBundle(name="tiny", train=TensorDataset(x[:n], y[:n]), val=TensorDataset(x[n:], y[n:]), test=None,
+                      input_shape=shape, num_classes=classes)
+
+
+def _prune_units(method: str, arch: str, units: dict[str, list[int]], *, tie: bool = False):
+    """Convert ``arch``, make the noise of ``units`` (layer → unit indices) far above its signal, and prune."""
+    plain, x = tiny_arch(arch)
+    model = to_variational(plain, Recipe(method=method, tie_residual=tie), example_input=x[:2])
+    layers = variational_layers(model)
+    with torch.no_grad():
+        for name, idx in units.items():
+            layer = layers[name]
+            if method == "sbp":
+                layer.mu[idx] = -10.0
+                layer.log_sigma[idx] = 2.0
+            else:
+                layer.log_alpha_param[idx] = 6.0
+    return prune(model.eval(), None), x
+
+
+def _masked_then_slim(pruned, data: DataBundle, x: torch.Tensor) -> torch.nn.Module:
+    """The path before: fine-tune the masked full-size model, then slim it."""
+    model = copy.deepcopy(pruned.model)
+    finetune_masked(model, pruned.masks, data, RECIPE, progress=False)
+    return slim(model.eval(), pruned.unit_masks, x).model
+
+
+@pytest.mark.parametrize(("method", "arch", "units"), [
+    ("sbp", "lenet5", {"conv1": [1], "conv2": [0, 4], "fc1": [2, 3, 7]}),
+    ("group_vd", "mlp", {"net.1": [0, 5, 9], "net.3": [1]}),
+])
+def test_slim_fine_tuning_trains_the_same_function_as_the_masked_model(method: str, arch: str,
+                                                                        units: dict[str, list[int]]) -> None:
+    pruned, x = _prune_units(method, arch, units)
+    data = _data(tuple(x.shape[1:]))
+    reference = _masked_then_slim(pruned, data, x)
+    done = pipeline._finetune_pruned(pruned, data, RECIPE, torch.device("cpu"), x, None, resume=False,
+                                     progress=False, log=lambda msg: None)
+    assert done.slimmed is not None
+    params = {n: p.shape for n, p in done.model.named_parameters()}
+    assert params == {n: p.shape for n, p in reference.named_parameters()}
+    for name, idx in units.items():  # fine-tuned at the slim width already
+        assert params[f"{name}.weight"][0] == pruned.unit_masks[name].numel() - len(idx)
+    assert [h["phase"] for h in done.train.history] == ["masked", "masked"]
+    assert all("kept_fraction" not in h for h in done.train.history)  # nothing left masked to count
+    # the fine-tuning changed the weights, and both paths changed them alike
+    assert not torch.allclose(done.model(x), pruned.model.eval()(x), atol=1e-3)
+    torch.testing.assert_close(done.model(x), reference(x), atol=2e-5, rtol=1e-4)
+
+
+def test_pruned_units_that_slimming_keeps_stay_silent_during_fine_tuning() -> None:
+    # untied: the block still writes stem channel 1 of the residual stream, so the channel stays with a zero row
+    pruned, x = _prune_units("sbp", "resnet_basic", {"stem.0.0": [1], "layer2.conv1.0": [0]})
+    with torch.no_grad():  # no BatchNorm shift on the pruned channels, so that they output exact zeros
+        for name, channel in (("stem.0.1", 1), ("layer1.conv2.1", 1), ("layer2.conv1.1", 0)):
+            bn = pruned.model.get_submodule(name)
+            bn.bias[channel] = 0.0
+            bn.running_mean[channel] = 0.0
+    # (no comparison with the masked path here: there the BatchNorm shift of the pruned channel layer2.conv1 trains
+    # on, so that the channel outputs a learnt constant again, which slimming must then fold or keep)
+    done = pipeline._finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
+                                     resume=False, progress=False, log=lambda msg: None)
+    assert done.slimmed.removed["stem.0.0"] == (6, 6)  # kept for the stream
+    assert done.slimmed.removed["layer2.conv1.0"][1] < done.slimmed.removed["layer2.conv1.0"][0]  # removed
+    stem = done.model.get_submodule("stem.0.0").weight
+    assert torch.count_nonzero(stem[1]) == 0  # still silent after two epochs
+    assert torch.count_nonzero(stem[0]) > 0
+    assert [h["kept_fraction"] for h in done.train.history] == pytest.approx([5 / 6] * 2)
+
+
+def test_silent_unit_masks_read_zero_rows_and_biases() -> None:
+    layer = torch.nn.Conv2d(2, 4, 3)
+    with torch.no_grad():
+        layer.weight[1] = 0.0
+        layer.bias[1] = 0.0
+        layer.weight[2] = 0.0  # a zero row with a bias is a constant, not a silent unit
+    model = torch.nn.Sequential(layer)
+    masks = pipeline._silent_unit_masks(model, ["0", "missing"])
+    assert masks["0.bias"].tolist() == [True, False, True, True]
+    assert masks["0.weight"].shape == layer.weight.shape
+    assert masks["0.weight"][:, 0, 0, 0].tolist() == [True, False, True, True]
+    assert pipeline._silent_unit_masks(torch.nn.Sequential(torch.nn.Linear(3, 2)), ["0"]) == {}
+
+
+def test_per_weight_pruning_fine_tunes_the_masked_model() -> None:
+    plain, x = tiny_arch("mlp")
+    model = to_variational(plain, Recipe(method="sparse_vd"))
+    pruned = prune(model.eval(), None)
+    done = pipeline._finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
+                                     resume=False, progress=False, log=lambda msg: None)
+    assert done.slimmed is None
+    assert done.model is pruned.model
+    assert all("kept_fraction" in h for h in done.train.history)
