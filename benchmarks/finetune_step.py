@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_step.py runs/structured-resnet20-tied-kl30-e16 --threads 1 --steps 40
 
-The pipeline fine-tunes the slim model when the pruning is per unit alone (``prunedrop.pipeline._finetune_pruned``);
+The pipeline fine-tunes the slim model where units were pruned (``prunedrop.pipeline._finetune_pruned``);
 before, it fine-tuned the masked full-size model and slimmed afterwards. This script rebuilds both from a
 ``benchmarks/structured_fashion.py`` run folder (its cached dense model, BatchNorm folded, the run's
 ``checkpoint-variational.pt`` thresholded at the recipe's threshold) and times one training step of each (forward,
@@ -31,7 +31,7 @@ from benchmarks.structured_fashion import dense_model, fold_batchnorm, rel  # no
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.convert import to_variational  # noqa: E402
 from prunedrop.io import load_checkpoint  # noqa: E402
-from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, _silent_unit_masks  # noqa: E402
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, _slim_masks  # noqa: E402
 from prunedrop.prune import prune  # noqa: E402
 from prunedrop.recipes import Recipe  # noqa: E402
 from prunedrop.slim import slim  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
     pruned = prune(variational.eval(), recipe.threshold)
     slimmed = slim(pruned.model, pruned.unit_masks, example)
     models = {"masked": (pruned.model, pruned.masks),
-              "slim": (slimmed.model, _silent_unit_masks(slimmed.model, pruned.unit_masks))}
+              "slim": (slimmed.model, _slim_masks(slimmed.model, pruned))}
     steps = {name: training_step(m, masks) for name, (m, masks) in models.items()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, *example.shape[1:], generator=g)

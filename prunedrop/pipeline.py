@@ -103,16 +103,18 @@ def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], exam
     return slimmed
 
 
-def _silent_unit_masks(model: nn.Module, layer_names: Any) -> dict[str, torch.Tensor]:
-    """Keep masks (weight, bias) of the output units of the named layers whose weight row and bias are exactly 0.
+def _slim_masks(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
+    """The masks of ``pruned`` (a :class:`prunedrop.prune.PruneResult`) carried over to its slim ``model``.
 
-    After slimming, these are the pruned units that had to stay (a residual channel that another producer of the
-    stream keeps, a constant that zero padding makes position-dependent, width rounding): they must stay silent
-    during the fine-tuning that follows, as the masks kept them in the full-size model.
+    Read from the weights, since slimming renumbers the units: an output unit of a masked layer whose weight row
+    and bias are exactly 0 is a pruned unit that slimming had to keep (a residual channel that another producer of
+    the stream keeps, a constant that zero padding makes position-dependent, width rounding); with per-weight noise,
+    each exactly-zero weight of a masked layer is a pruned weight. They stay at 0 during the fine-tuning that
+    follows, as the masks kept them in the full-size model.
     """
     modules = dict(model.named_modules())
     masks: dict[str, torch.Tensor] = {}
-    for name in layer_names:
+    for name in dict.fromkeys(key.rsplit(".", 1)[0] for key in pruned.masks):
         layer = modules.get(name)
         weight = getattr(layer, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
@@ -122,11 +124,15 @@ def _silent_unit_masks(model: nn.Module, layer_names: Any) -> dict[str, torch.Te
             bias = getattr(layer, "bias", None)
             if isinstance(bias, torch.Tensor):
                 silent &= bias.eq(0)
-        if silent.any():
             keep = ~silent
-            masks[f"{name}.weight"] = keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
-            if isinstance(bias, torch.Tensor):
-                masks[f"{name}.bias"] = keep.clone()
+            if pruned.per_weight:
+                kept_weights = weight.ne(0)
+            else:
+                kept_weights = keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        if not bool(kept_weights.all()):
+            masks[f"{name}.weight"] = kept_weights
+        if isinstance(bias, torch.Tensor) and silent.any():
+            masks[f"{name}.bias"] = keep.clone()
     return masks
 
 
@@ -145,16 +151,17 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
                      log: Callable[[str], None]) -> _Finetuned:
     """The noise-free fine-tuning of what survived the threshold.
 
-    Where the pruning is per unit alone (SBP, group VD), the model is slimmed first, so that the fine-tuning runs
-    at the compressed size: the same function (the slim check holds it to the masked model), a fraction of the
-    work. The pruned units that slimming had to keep stay masked. Per-weight masks (sparse VD, and the combined
-    method) need the full-size model: there the masked model is fine-tuned and slimmed afterwards.
+    Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
+    fine-tuning runs at the compressed size: the same function (the slim check holds it to the masked model) at a
+    fraction of the work. The pruned units that slimming had to keep, and the pruned weights of per-weight noise,
+    stay masked (:func:`_slim_masks`). Per-weight noise alone (sparse VD) removes no unit: its masked model is
+    fine-tuned as it is.
     """
     model, masks, slimmed = pruned.model, pruned.masks, None
-    if pruned.unit_masks and not pruned.per_weight:
+    if pruned.unit_masks:
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
-        masks = _silent_unit_masks(model, pruned.unit_masks)
+        masks = _slim_masks(model, pruned)
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
                              resume=resume, progress=progress, parallel=False)
     return _Finetuned(model=model.cpu().eval(), train=result, slimmed=slimmed)

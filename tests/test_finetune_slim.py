@@ -1,11 +1,12 @@
-"""Noise-free fine-tuning at the compressed size: where the pruning is per unit alone (SBP, group VD), the pipeline
-slims the model before the fine-tuning. That must train the same function as fine-tuning the masked full-size
-model and slimming afterwards, keep silent the pruned units that slimming had to keep, and leave per-weight
-methods on the masked path."""
+"""Noise-free fine-tuning at the compressed size: where units were pruned (SBP, group VD, the combined method), the
+pipeline slims the model before the fine-tuning. That must train the same function as fine-tuning the masked
+full-size model and slimming afterwards, keep at zero the pruned units that slimming had to keep and the pruned
+weights of per-weight noise, and leave per-weight noise alone (sparse VD) on the masked path."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,11 +39,14 @@ def _prune_units(method: str, arch: str, units: dict[str, list[int]], *, tie: bo
     with torch.no_grad():
         for name, idx in units.items():
             layer = layers[name]
-            if method == "sbp":
+            if method in ("sbp", "sbp_sparse_vd"):
                 layer.mu[idx] = -10.0
                 layer.log_sigma[idx] = 2.0
             else:
                 layer.log_alpha_param[idx] = 6.0
+            if method == "sbp_sparse_vd":  # and about a third of the weights, one by one
+                chosen = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(5)) < 0.3
+                layer.log_sigma2[chosen] = 5.0
     return prune(model.eval(), None), x
 
 
@@ -56,6 +60,7 @@ def _masked_then_slim(pruned, data: DataBundle, x: torch.Tensor) -> torch.nn.Mod
 @pytest.mark.parametrize(("method", "arch", "units"), [
     ("sbp", "lenet5", {"conv1": [1], "conv2": [0, 4], "fc1": [2, 3, 7]}),
     ("group_vd", "mlp", {"net.1": [0, 5, 9], "net.3": [1]}),
+    ("sbp_sparse_vd", "lenet5", {"conv1": [1], "conv2": [0, 4], "fc1": [2, 3, 7]}),
 ])
 def test_slim_fine_tuning_trains_the_same_function_as_the_masked_model(method: str, arch: str,
                                                                         units: dict[str, list[int]]) -> None:
@@ -70,7 +75,13 @@ def test_slim_fine_tuning_trains_the_same_function_as_the_masked_model(method: s
     for name, idx in units.items():  # fine-tuned at the slim width already
         assert params[f"{name}.weight"][0] == pruned.unit_masks[name].numel() - len(idx)
     assert [h["phase"] for h in done.train.history] == ["masked", "masked"]
-    assert all("kept_fraction" not in h for h in done.train.history)  # nothing left masked to count
+    if method == "sbp_sparse_vd":  # the pruned weights of the surviving units stayed zero
+        conv2 = done.model.get_submodule("conv2").weight
+        kept = pruned.masks["conv2.weight"][pruned.unit_masks["conv2"]][:, pruned.unit_masks["conv1"]]
+        assert torch.equal(conv2 != 0, kept)
+        assert 0.5 < done.train.history[-1]["kept_fraction"] < 0.9
+    else:
+        assert all("kept_fraction" not in h for h in done.train.history)  # nothing left masked to count
     # the fine-tuning changed the weights, and both paths changed them alike
     assert not torch.allclose(done.model(x), pruned.model.eval()(x), atol=1e-3)
     torch.testing.assert_close(done.model(x), reference(x), atol=2e-5, rtol=1e-4)
@@ -96,18 +107,25 @@ def test_pruned_units_that_slimming_keeps_stay_silent_during_fine_tuning() -> No
     assert [h["kept_fraction"] for h in done.train.history] == pytest.approx([5 / 6] * 2)
 
 
-def test_silent_unit_masks_read_zero_rows_and_biases() -> None:
+def test_slim_masks_read_zero_rows_and_zero_weights() -> None:
     layer = torch.nn.Conv2d(2, 4, 3)
     with torch.no_grad():
         layer.weight[1] = 0.0
         layer.bias[1] = 0.0
         layer.weight[2] = 0.0  # a zero row with a bias is a constant, not a silent unit
-    model = torch.nn.Sequential(layer)
-    masks = pipeline._silent_unit_masks(model, ["0", "missing"])
+        layer.weight[3, 0, 0, 0] = 0.0
+    model = torch.nn.Sequential(layer, torch.nn.Linear(3, 2))
+    names = {"0.weight": None, "0.bias": None, "missing.weight": None}
+    masks = pipeline._slim_masks(model, SimpleNamespace(masks=names, per_weight=False))
+    assert sorted(masks) == ["0.bias", "0.weight"]
     assert masks["0.bias"].tolist() == [True, False, True, True]
     assert masks["0.weight"].shape == layer.weight.shape
-    assert masks["0.weight"][:, 0, 0, 0].tolist() == [True, False, True, True]
-    assert pipeline._silent_unit_masks(torch.nn.Sequential(torch.nn.Linear(3, 2)), ["0"]) == {}
+    assert masks["0.weight"].flatten(1).all(dim=1).tolist() == [True, False, True, True]
+    # per-weight noise: every zero weight is a pruned one
+    masks = pipeline._slim_masks(model, SimpleNamespace(masks=names, per_weight=True))
+    assert torch.equal(masks["0.weight"], layer.weight != 0)
+    assert masks["0.bias"].tolist() == [True, False, True, True]
+    assert pipeline._slim_masks(model, SimpleNamespace(masks={"1.weight": None}, per_weight=True)) == {}
 
 
 def test_per_weight_pruning_fine_tunes_the_masked_model() -> None:
