@@ -297,7 +297,7 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     path = Path(args.recipe) if args.recipe and method != "torch_pruning" else \
         ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                       kl_weight=args.kl_weight, device=args.device)
+                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold)
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
                                 batch_size=50, eval_batch_size=200)
@@ -551,6 +551,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipes' variational epochs")
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipes' finetune_epochs")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipes' kl_weight (β)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the recipes' threshold (SBP: prune where SNR <= it; group VD: where log α > it)")
     p.add_argument("--recipe", default=None,
                    help="recipe YAML for --method sbp or group_vd (default: recipes/<model>-<method>-fashion.yaml)")
     p.add_argument("--results-dir", default=None,

@@ -67,3 +67,34 @@ def test_resnet20_with_folded_batchnorm_slims_exactly() -> None:
     assert model.layer2[0].conv1.in_channels == 13 and model.layer2[0].shortcut[0].in_channels == 13
     arch_before, arch_after = bench.architecture(folded, x), bench.architecture(model, x)
     assert arch_after["macs"] < arch_before["macs"] / 1.5
+
+
+def test_reuse_variational_takes_only_a_finished_checkpoint_of_the_same_variational_phase(tmp_path: Path) -> None:
+    import pytest
+
+    from prunedrop.io import save_checkpoint
+
+    bench = _benchmark()
+    recipe = Recipe(method="sbp", epochs=3, kl_weight=10.0, finetune_epochs=2, threshold=1.0)
+    old = tmp_path / "old" / "sbp"
+    old.mkdir(parents=True)
+    args = type("Args", (), {"reuse_variational": str(tmp_path / "old")})()
+
+    def saved(epoch: int, **changes) -> None:
+        save_checkpoint({"phase": "variational", "epoch": epoch, "recipe": recipe.replace(**changes).to_dict()},
+                        old / "checkpoint-variational.pt")
+
+    saved(3, kl_weight=20.0)
+    with pytest.raises(SystemExit, match=r"kl_weight \(20.0, here 10.0\)"):
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+    saved(2)
+    with pytest.raises(SystemExit, match="stopped after epoch 2 of 3"):
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+    # what follows the variational phase may differ: the noise-free epochs, the threshold
+    saved(3, finetune_epochs=10, threshold=0.4)
+    bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+    assert (tmp_path / "new" / "checkpoint-variational.pt").read_bytes() == (old / "checkpoint-variational.pt").read_bytes()
+    with pytest.raises(SystemExit, match="already holds checkpoints"):
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+    with pytest.raises(SystemExit, match="does not exist"):
+        bench.reuse_variational(args, "group_vd", recipe, tmp_path / "other")
