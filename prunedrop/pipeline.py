@@ -2,6 +2,10 @@
 
     load ─► convert ─► fine-tune ─► decide masks ─► slim ─► export ─► verify ─► report
 
+The optional noise-free fine-tuning after the masks sits on either side of slim: where units were pruned, the
+slim model is fine-tuned (the same function at a fraction of the work); per-weight noise alone removes no unit,
+so there the masked model is fine-tuned before slim (which then removes attention heads and embedding rows only).
+
 Loading (model file, data spec, recipe file) is the caller's: the CLI does it with
 :mod:`prunedrop.io`, :mod:`prunedrop.data` and :mod:`prunedrop.recipes`, a Python user with their own
 objects. Everything the run writes goes to ``out_dir``, atomically.
