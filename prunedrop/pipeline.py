@@ -107,6 +107,19 @@ def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], exam
     return slimmed
 
 
+def _slims_before_finetune(pruned: Any) -> bool:
+    """Whether units were pruned and every mask is a Linear/Conv weight or bias, whose zeros :func:`_slim_masks`
+    can read back after slimming. Recurrent layers, attention projections and embeddings keep the masked path."""
+    if not pruned.unit_masks:
+        return False
+    modules = dict(pruned.model.named_modules())
+    for key in pruned.masks:
+        name, _, attr = key.rpartition(".")
+        if attr not in ("weight", "bias") or not isinstance(modules.get(name), (nn.Linear, nn.modules.conv._ConvNd)):
+            return False
+    return True
+
+
 def _slim_masks(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
     """The masks of ``pruned`` (a :class:`prunedrop.prune.PruneResult`) carried over to its slim ``model``.
 
@@ -158,11 +171,12 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
     fine-tuning runs at the compressed size: the same function (the slim check holds it to the masked model) at a
     fraction of the work. The pruned units that slimming had to keep, and the pruned weights of per-weight noise,
-    stay masked (:func:`_slim_masks`). Per-weight noise alone (sparse VD) removes no unit: its masked model is
-    fine-tuned as it is.
+    stay masked (:func:`_slim_masks`). Per-weight noise alone (sparse VD) removes no unit, and the masks of recurrent
+    layers, attention projections and embeddings are not read back from a slim model: there the masked model is
+    fine-tuned as it is (:func:`_slims_before_finetune`).
     """
     model, masks, slimmed = pruned.model, pruned.masks, None
-    if pruned.unit_masks:
+    if _slims_before_finetune(pruned):
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
         masks = _slim_masks(model, pruned)

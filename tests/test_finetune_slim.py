@@ -137,3 +137,19 @@ def test_per_weight_pruning_fine_tunes_the_masked_model() -> None:
     assert done.slimmed is None
     assert done.model is pruned.model
     assert all("kept_fraction" in h for h in done.train.history)
+
+
+def test_only_linear_and_conv_masks_are_read_back_after_slimming() -> None:
+    model = torch.nn.ModuleDict({"rnn": torch.nn.LSTM(4, 6), "fc": torch.nn.Linear(6, 3),
+                                 "attn": torch.nn.MultiheadAttention(6, 2)})
+
+    def slims(unit_masks: list[str], masks: list[str]) -> bool:
+        return pipeline._slims_before_finetune(SimpleNamespace(
+            model=model, unit_masks=dict.fromkeys(unit_masks), masks=dict.fromkeys(masks)))
+
+    assert slims(["fc"], ["fc.weight", "fc.bias"])
+    assert not slims([], ["fc.weight"])  # per-weight noise alone: no unit to remove
+    # a recurrent layer's or an attention projection's masks would not be found in the slim model's Linear/Conv
+    # rows: those keep the masked path, so that none of their pruned weights comes back
+    assert not slims(["rnn"], ["rnn.weight_ih_l0", "rnn.weight_hh_l0"])
+    assert not slims(["fc"], ["fc.weight", "attn.in_proj_weight"])
