@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.step_overhead import _step_fn  # noqa: E402
 from benchmarks.structured_fashion import dense_model, fold_batchnorm, rel  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.convert import to_variational  # noqa: E402
@@ -37,18 +37,15 @@ from prunedrop.recipes import Recipe  # noqa: E402
 from prunedrop.slim import slim  # noqa: E402
 
 
-def training_step(model: nn.Module, masks: dict[str, torch.Tensor]):
-    """One fine-tuning step of ``model`` as ``prunedrop.train.finetune_masked`` runs it."""
+def training_step(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
+    """One fine-tuning step of ``model`` as ``prunedrop.train.finetune_masked`` runs it: the plain step of
+    ``step_overhead.py`` (cross-entropy, backward, Adam), then the masks applied again."""
     params = dict(model.named_parameters())
     pairs = [(params[n], m.to(params[n].dtype)) for n, m in masks.items()]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model.train()
+    plain, _ = _step_fn(model.train(), x, y, variational=False)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step() -> None:
+        plain()
         with torch.no_grad():
             for p, mask in pairs:
                 p.mul_(mask)
@@ -79,15 +76,15 @@ def main() -> None:
     slimmed = slim(pruned.model, pruned.unit_masks, example)
     models = {"masked": (pruned.model, pruned.masks),
               "slim": (slimmed.model, _slim_masks(slimmed.model, pruned))}
-    steps = {name: training_step(m, masks) for name, (m, masks) in models.items()}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, *example.shape[1:], generator=g)
     y = torch.randint(0, 10, (recipe.batch_size,), generator=g)
+    steps = {name: training_step(m, masks, x, y) for name, (m, masks) in models.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         for name, step in steps.items():  # alternated, so that both see the same machine state
             t0 = time.perf_counter()
-            step(x, y)
+            step()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}

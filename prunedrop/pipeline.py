@@ -33,7 +33,7 @@ from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, p
 from .prune import prune
 from .recipes import SNR_METHODS, Recipe
 from .report import build_report, count_parameters, measure_latency, write_report
-from .slim import SlimResult, remove_heads_and_rows, slim
+from .slim import _WEIGHT_LAYERS, SlimResult, remove_heads_and_rows, silent_units, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 from .uncertainty import calibration_summary
@@ -115,7 +115,7 @@ def _slims_before_finetune(pruned: Any) -> bool:
     modules = dict(pruned.model.named_modules())
     for key in pruned.masks:
         name, _, attr = key.rpartition(".")
-        if attr not in ("weight", "bias") or not isinstance(modules.get(name), (nn.Linear, nn.modules.conv._ConvNd)):
+        if attr not in ("weight", "bias") or not isinstance(modules.get(name), _WEIGHT_LAYERS):
             return False
     return True
 
@@ -133,30 +133,25 @@ def _slim_masks(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
     masks: dict[str, torch.Tensor] = {}
     for name in dict.fromkeys(key.rsplit(".", 1)[0] for key in pruned.masks):
         layer = modules.get(name)
-        weight = getattr(layer, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        if not isinstance(layer, _WEIGHT_LAYERS):
             continue
-        with torch.no_grad():
-            silent = weight.flatten(1).eq(0).all(dim=1)
-            bias = getattr(layer, "bias", None)
-            if isinstance(bias, torch.Tensor):
-                silent &= bias.eq(0)
-            keep = ~silent
-            if pruned.per_weight:
-                kept_weights = weight.ne(0)
-            else:
-                kept_weights = keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        silent = silent_units(layer)
+        keep = ~silent
+        weight = layer.weight.detach()
+        kept_weights = weight.ne(0) if pruned.per_weight else \
+            keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
         if not bool(kept_weights.all()):
             masks[f"{name}.weight"] = kept_weights
-        if isinstance(bias, torch.Tensor) and silent.any():
-            masks[f"{name}.bias"] = keep.clone()
+        if layer.bias is not None and silent.any():
+            masks[f"{name}.bias"] = keep
     return masks
 
 
 @dataclass
 class _Finetuned:
     model: nn.Module
-    """The fine-tuned model: slim already (per-unit pruning alone) or the masked full-size one."""
+    """The fine-tuned model: slim already (where units were pruned, :func:`_slims_before_finetune`) or the masked
+    full-size one."""
     train: Any
     """The fine-tuning's TrainResult."""
     slimmed: SlimResult | None = None
@@ -376,8 +371,8 @@ def compress(
         history += masked.train.history
         final = masked.model
 
-    # slim: pruned units leave every layer they touch (before the fine-tuning already, for per-unit pruning
-    # alone); per-weight sparsity removes no whole unit
+    # slim: pruned units leave every layer they touch (before the fine-tuning already, where that ran on the slim
+    # model); per-weight sparsity removes no whole unit
     final = final.cpu().eval()
     t0 = time.perf_counter()
     final, slimmed = _slim_units(final, pruned.unit_masks, example, log, recipe.channel_multiple,

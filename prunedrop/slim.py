@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from .errors import PrunedropError
 from .slim_recurrent import slim_recurrent, split_recurrent_masks
 
-__all__ = ["HeadsAndRowsResult", "SlimResult", "coupled_producers", "remove_heads_and_rows", "slim"]
+__all__ = ["HeadsAndRowsResult", "SlimResult", "coupled_producers", "remove_heads_and_rows", "silent_units", "slim"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WEIGHT_LAYERS = (nn.Linear, *_CONV)
@@ -124,6 +124,16 @@ def _is_unsupported_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd)
 
 
+def silent_units(module: nn.Module) -> torch.Tensor:
+    """One bool per output unit of a Linear/Conv layer: its weight row and its bias (if any) are exactly 0, so it
+    outputs 0 whatever the input (a pruned unit of the masked model)."""
+    with torch.no_grad():
+        silent = module.weight.detach().flatten(1).eq(0).all(dim=1)
+        if module.bias is not None:
+            silent &= module.bias.detach().eq(0)
+    return silent
+
+
 def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Validate the masks against the model: known layer, one bool per unit, pruned units really zero."""
     modules = dict(model.named_modules())
@@ -142,11 +152,7 @@ def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> di
         mask = mask.bool()
         pruned = ~mask
         if pruned.any():
-            w = module.weight.detach().cpu()
-            b = module.bias.detach().cpu() if module.bias is not None else None
-            live = w[pruned].flatten(1).abs().amax(dim=1) > 0
-            if b is not None:
-                live |= b[pruned] != 0
+            live = ~silent_units(module).cpu()[pruned]
             if live.any():
                 units = torch.nonzero(pruned).flatten()[live].tolist()
                 raise PrunedropError(
