@@ -297,7 +297,8 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     path = Path(args.recipe) if args.recipe and method != "torch_pruning" else \
         ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold)
+                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold,
+                                       finetune_batchnorm=True if args.finetune_batchnorm else None)
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
                                 batch_size=50, eval_batch_size=200)
@@ -553,6 +554,9 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipes' kl_weight (β)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the recipes' threshold (SBP: prune where SNR <= it; group VD: where log α > it)")
+    p.add_argument("--finetune-batchnorm", action="store_true",
+                   help="set the recipes' finetune_batchnorm: the noise-free fine-tuning runs with calibrated "
+                        "BatchNorms after the (folded) convolutions, folded back afterwards")
     p.add_argument("--recipe", default=None,
                    help="recipe YAML for --method sbp or group_vd (default: recipes/<model>-<method>-fashion.yaml)")
     p.add_argument("--results-dir", default=None,

@@ -32,6 +32,7 @@ from .io import save_model
 from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, plot_training_curves
 from .prune import prune
 from .recipes import SNR_METHODS, Recipe
+from .renorm import ATTACHED, attach_batchnorm, fold_attached
 from .report import build_report, count_parameters, measure_latency, write_report
 from .slim import _WEIGHT_LAYERS, SlimResult, remove_heads_and_rows, silent_units, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
@@ -84,6 +85,8 @@ def _report_drawings(report: dict[str, Any]) -> dict[str, Callable[[Path], Any]]
 
 
 _SPARSE_STORAGE = {"auto": "auto", "always": True, "never": False}
+# Training samples that calibrate the BatchNorms of ``finetune_batchnorm``.
+_CALIBRATION_SAMPLES = 4096
 
 
 def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe: Recipe,
@@ -175,9 +178,32 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
         masks = _slim_masks(model, pruned)
+    if recipe.finetune_batchnorm:
+        masks = {**masks, **_attach_batchnorm(model, data, recipe, device, log)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
                              resume=resume, progress=progress, parallel=False)
+    if recipe.finetune_batchnorm:
+        fold_attached(model)
     return _Finetuned(model=model.cpu().eval(), train=result, slimmed=slimmed)
+
+
+def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device,
+                      log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """``finetune_batchnorm``: calibrated BatchNorms on the convolutions that have none
+    (:func:`prunedrop.renorm.attach_batchnorm`), on up to :data:`_CALIBRATION_SAMPLES` training samples."""
+    batches = []
+    seen = 0
+    for x, _ in data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed):
+        batches.append(x)
+        seen += len(x)
+        if seen >= _CALIBRATION_SAMPLES:
+            break
+    model.to(device)
+    masks = attach_batchnorm(model, batches, device=device)
+    attached = [n for n, m in model.named_modules() if hasattr(m, ATTACHED)]
+    log(f"fine-tuning with BatchNorm after {len(attached)} convolution(s) "
+        f"({', '.join(attached[:6])}{', ...' if len(attached) > 6 else ''}), folded back afterwards")
+    return masks
 
 
 def _slim_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,

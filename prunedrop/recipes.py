@@ -174,6 +174,12 @@ class Recipe:
     model once. A stream channel can leave only when all of its producers prune it, and separate noises rarely all
     agree; tied, the channel is one decision. Each member still adds the shared KL with its own ``kl_weights`` factor."""
 
+    finetune_batchnorm: bool = False
+    """Noise-free fine-tuning with BatchNorm: every convolution that no BatchNorm follows (BatchNorms are folded into
+    the convolutions for the structured methods) gets one for the fine-tuning, calibrated on training batches so
+    that the function does not change, and folded back into the convolution afterwards, so the exported layers stay
+    the same. Normalised, a pruned deep network recovers faster from the noise. Needs a torch.fx trace."""
+
     budget_after_finetune: bool = False
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on

@@ -1,0 +1,153 @@
+"""BatchNorm for the noise-free fine-tuning: attach it to the convolutions that have none, fold it in afterwards.
+
+Structured noise multiplies a convolution's output channels, and a pruned channel must output exact zeros. A
+BatchNorm after the noisy convolution would turn those zeros into its shift, which a zero-padded consumer cannot
+absorb (:mod:`prunedrop.slim`), so models are usually given to the structured methods with their BatchNorms folded
+into the convolutions. The fine-tuning after thresholding then trains a deep network without normalisation, which
+is slower to recover from the noise than the same network with its BatchNorms (Torch-Pruning's baseline keeps
+them).
+
+:func:`attach_batchnorm` gives every convolution that no BatchNorm follows a BatchNorm of its own, applied by a
+forward hook, so that parameter names and masks stay as they are. It is calibrated on training batches so that
+the eval-mode function is unchanged: running mean and variance are the channel's mean and variance over those
+batches, γ = √(var + ε) and β = mean. In training mode the BatchNorm normalises with each batch's statistics, as
+the original network's did. A channel that is exactly zero (a pruned unit that slimming had to keep: weight row and
+bias 0) gets γ = β = 0 and masks that keep them there, so it stays zero. :func:`fold_attached` then folds each
+BatchNorm, in eval mode an affine map per channel, into its convolution's weight and bias (exact up to float32
+rounding) and removes the hooks: the exported model has the same layers as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PrunedropError
+
+__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "unnormalised_convolutions"]
+
+ATTACHED = "finetune_bn"
+"""The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
+
+_BATCHNORM = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+_HOOK_ID = "_finetune_bn_hook"
+
+
+def unnormalised_convolutions(model: nn.Module) -> list[str]:
+    """The Conv1d/2d/3d layers of ``model`` (transposed ones aside) whose output does not go to a BatchNorm alone.
+
+    Found with a ``torch.fx`` trace; raises :class:`PrunedropError` (naming the recipe key) if the model cannot be
+    traced.
+    """
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
+        raise PrunedropError(f"recipe key 'finetune_batchnorm' needs a torch.fx trace of the model, which failed: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; set it to false") from e
+    modules = dict(model.named_modules())
+    names = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM:
+            continue
+        users = list(node.users)
+        followed = bool(users) and all(
+            u.op == "call_module" and isinstance(modules[u.target], nn.modules.batchnorm._BatchNorm) for u in users)
+        if not followed and node.target not in names:
+            names.append(node.target)
+    return names
+
+
+def _apply(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return getattr(module, ATTACHED)(output)
+
+
+def attach_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *,
+                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Attach a calibrated BatchNorm to every convolution of ``model`` that has none (in place).
+
+    ``batches``: training inputs for the calibration (a few thousand samples are plenty). Returns the masks
+    (parameter name → keep) that hold the BatchNorms of exactly-zero channels at zero, to be added to the
+    fine-tuning's masks. The model's eval-mode function is unchanged (to float32 rounding).
+    """
+    names = unnormalised_convolutions(model)
+    modules = dict(model.named_modules())
+    sums: dict[str, list[torch.Tensor]] = {}
+
+    def accumulate(name: str):
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            dims = [d for d in range(output.dim()) if d != 1]
+            out = output.detach().double()
+            stats = sums.setdefault(name, [torch.zeros(output.shape[1], dtype=torch.float64, device=out.device)
+                                           for _ in range(2)] + [0])
+            stats[0] += out.sum(dims)
+            stats[1] += out.square().sum(dims)
+            stats[2] += out.numel() // output.shape[1]
+        return hook
+
+    handles = [modules[n].register_forward_hook(accumulate(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if names and not sums:
+        raise PrunedropError("finetune_batchnorm: no calibration batch reached the model")
+
+    masks: dict[str, torch.Tensor] = {}
+    for name in names:
+        conv = modules[name]
+        total, squares, count = sums[name]
+        mean = total / count
+        var = (squares / count - mean.square()).clamp_min(0)
+        weight = conv.weight.detach()
+        silent = weight.flatten(1).eq(0).all(dim=1)
+        if conv.bias is not None:
+            silent &= conv.bias.detach().eq(0)
+        bn = _BATCHNORM[type(conv)](conv.out_channels).to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.weight.copy_((var + bn.eps).sqrt().masked_fill(silent, 0))
+            bn.bias.copy_(mean.masked_fill(silent, 0))
+        conv.add_module(ATTACHED, bn)
+        setattr(conv, _HOOK_ID, conv.register_forward_hook(_apply).id)
+        if silent.any():
+            masks[f"{name}.{ATTACHED}.weight"] = ~silent
+            masks[f"{name}.{ATTACHED}.bias"] = ~silent
+    return masks
+
+
+def fold_attached(model: nn.Module) -> list[str]:
+    """Fold every attached BatchNorm (eval-mode statistics) into its convolution and remove it; in place.
+
+    Returns the names of the convolutions that had one.
+    """
+    folded = []
+    for name, conv in list(model.named_modules()):
+        bn = getattr(conv, ATTACHED, None)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        with torch.no_grad():
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            new_bias = (bias - bn.running_mean) * scale + bn.bias
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+            if conv.bias is None:
+                conv.bias = nn.Parameter(new_bias)
+            else:
+                conv.bias.copy_(new_bias)
+        del conv._forward_hooks[getattr(conv, _HOOK_ID)]
+        delattr(conv, _HOOK_ID)
+        delattr(conv, ATTACHED)
+        folded.append(name)
+    return folded

@@ -1,0 +1,135 @@
+"""``finetune_batchnorm``: calibrated BatchNorms attached to the convolutions that have none for the noise-free
+fine-tuning, and folded back afterwards (prunedrop.renorm)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_finetune_slim import RECIPE, _data, _prune_units  # pytest puts tests/ on sys.path
+from torch import nn
+
+from prunedrop import pipeline
+from prunedrop.errors import PrunedropError
+from prunedrop.recipes import Recipe
+from prunedrop.renorm import ATTACHED, attach_batchnorm, fold_attached, unnormalised_convolutions
+from prunedrop.slim import silent_units
+from prunedrop.testing import tiny_model
+from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
+from prunedrop.train import finetune_masked
+
+
+def _batches(shape: tuple[int, ...], n: int = 3, size: int = 32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    return [torch.randn(size, *shape, generator=g) * 2 + 0.5 for _ in range(n)]
+
+
+def _attached(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if hasattr(m, ATTACHED)]
+
+
+def test_only_convolutions_without_a_batchnorm_get_one() -> None:
+    zoo, _ = tiny_arch("convzoo")  # the depthwise convolution feeds a BatchNorm; the other two do not
+    assert unnormalised_convolutions(zoo) == ["features.0", "features.5"]
+    for arch in ("vgg_bn", "resnet_basic", "mobilenet_v2"):  # a BatchNorm after every convolution
+        model, x = tiny_arch(arch)
+        assert attach_batchnorm(model, _batches(tuple(x.shape[1:]))) == {}
+        assert _attached(model) == []
+    gelu, _ = tiny_arch("gelu")
+    assert unnormalised_convolutions(gelu) == ["conv1", "conv2"]
+
+
+@pytest.mark.parametrize("arch", ["convzoo", "gelu", "lenet5", "conv1d", "conv3d"])
+def test_attaching_keeps_the_function_and_folding_keeps_the_fine_tuned_one(arch: str) -> None:
+    model, x = tiny_arch(arch) if arch in TINY_ARCHS else tiny_model(arch)
+    before = model(x)
+    masks = attach_batchnorm(model, _batches(tuple(x.shape[1:])))
+    assert masks == {} and len(_attached(model)) == len(unnormalised_convolutions(model)) > 0
+    torch.testing.assert_close(model.eval()(x), before, atol=1e-5, rtol=1e-5)
+    # in training mode each attached BatchNorm normalises with the batch's statistics
+    conv = model.get_submodule(_attached(model)[0])
+    outputs = []
+    handle = getattr(conv, ATTACHED).register_forward_hook(lambda m, i, o: outputs.append(o))
+    model.train()(_batches(tuple(x.shape[1:]), n=1, size=64)[0])
+    handle.remove()
+    bn = getattr(conv, ATTACHED)
+    normalised = (outputs[0] - bn.bias.view(1, -1, *[1] * (outputs[0].dim() - 2))) / \
+        bn.weight.view(1, -1, *[1] * (outputs[0].dim() - 2))
+    dims = [d for d in range(normalised.dim()) if d != 1]
+    torch.testing.assert_close(normalised.mean(dims), torch.zeros(conv.out_channels), atol=1e-4, rtol=0)
+    # train a little, then fold: the eval-mode function stays, the hooks and BatchNorms go
+    data = _data(tuple(x.shape[1:]))
+    finetune_masked(model, {}, data, RECIPE, progress=False)
+    tuned = model.eval()(x)
+    assert not torch.allclose(tuned, before, atol=1e-3)
+    names = _attached(model)
+    assert fold_attached(model) == names
+    assert _attached(model) == []
+    assert not any(ATTACHED in k for k in model.state_dict())
+    assert all(not m._forward_hooks for m in model.modules())
+    torch.testing.assert_close(model(x), tuned, atol=1e-5, rtol=1e-5)
+    copy.deepcopy(model)
+
+
+def test_a_silent_channel_stays_silent_through_the_fine_tuning_and_the_fold() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(20, 3))
+    with torch.no_grad():
+        model[0].weight[1] = 0.0
+        model[2].weight[3] = 0.0
+        model[2].bias[3] = 0.0
+    keep = {"0.weight": model[0].weight != 0, "2.weight": model[2].weight != 0,
+            "2.bias": torch.tensor([True, True, True, False, True])}
+    masks = attach_batchnorm(model, _batches((3, 6, 6)))
+    assert sorted(masks) == [f"0.{ATTACHED}.bias", f"0.{ATTACHED}.weight", f"2.{ATTACHED}.bias",
+                             f"2.{ATTACHED}.weight"]
+    assert masks[f"2.{ATTACHED}.bias"].tolist() == [True, True, True, False, True]
+    finetune_masked(model, {**keep, **masks}, _data((3, 6, 6)), RECIPE, progress=False)
+    bn = model[2].get_submodule(ATTACHED)
+    assert bn.bias[3] == 0 and bn.weight[3] == 0 and bn.bias[0] != 0
+    fold_attached(model)
+    assert silent_units(model[0]).tolist() == [False, True, False, False]
+    assert silent_units(model[2]).tolist() == [False, False, False, True, False]
+    assert model[0].bias is not None  # the fold gave the bias-free convolution its shift
+
+
+def test_the_pipeline_fine_tunes_the_slim_model_with_batchnorm_and_resumes(tmp_path) -> None:
+    pruned, x = _prune_units("sbp", "lenet5", {"conv1": [1], "conv2": [0, 4], "fc1": [2, 3, 7]})
+    data = _data(tuple(x.shape[1:]))
+    recipe = RECIPE.replace(finetune_batchnorm=True)
+    logged: list[str] = []
+    plain = pipeline._finetune_pruned(copy.deepcopy(pruned), data, RECIPE, torch.device("cpu"), x, None,
+                                      resume=False, progress=False, log=lambda msg: None)
+    done = pipeline._finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
+                                     tmp_path / "ckpt.pt", resume=False, progress=False, log=logged.append)
+    assert any("BatchNorm after 2 convolution(s) (conv1, conv2)" in m for m in logged)
+    assert {n: p.shape for n, p in done.model.named_parameters()} == \
+        {n: p.shape for n, p in plain.model.named_parameters()}
+    assert _attached(done.model) == []
+    assert not torch.allclose(done.model(x), plain.model(x), atol=1e-4)  # trained otherwise
+    # a finished checkpoint of the fine-tuning loads into the freshly attached model again
+    again = pipeline._finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
+                                      tmp_path / "ckpt.pt", resume=True, progress=False, log=lambda msg: None)
+    torch.testing.assert_close(again.model(x), done.model(x), atol=1e-6, rtol=1e-6)
+
+
+def test_a_model_that_cannot_be_traced_is_named() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) if x.sum() > 0 else self.conv(-x)
+
+    with pytest.raises(PrunedropError, match="finetune_batchnorm"):
+        attach_batchnorm(Branchy(), [torch.randn(2, 1, 5, 5)])
+
+
+def test_the_recipe_key() -> None:
+    assert Recipe().finetune_batchnorm is False
+    assert Recipe.from_dict({"finetune_batchnorm": True}).finetune_batchnorm is True
+    with pytest.raises(PrunedropError, match="finetune_batchnorm"):
+        Recipe.from_dict({"finetune_batchnorm": "sometimes"})
