@@ -62,6 +62,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.train_dense import cached_dense, train_dense  # noqa: E402
+from prunedrop import renorm  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.export import export_onnx, verify_onnx  # noqa: E402
@@ -108,27 +109,11 @@ def rel(path: Path) -> str:
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
-    """A copy of ``model`` (eval mode) with every BatchNorm folded into the convolution that alone feeds it.
-
-    Found with a torch.fx trace: a BatchNorm whose input is a convolution used by nothing else. The convolution
-    gets the folded weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and the BatchNorm becomes an
-    ``nn.Identity``, so the module tree (and every name) stays. Returns the copy and the (conv, bn) pairs.
-    """
-    import torch.fx
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
+    """A copy of ``model`` (eval mode) with every BatchNorm folded into the convolution that alone feeds it
+    (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``fold_batchnorm``); the BatchNorms become
+    ``nn.Identity``, so every name stays. Returns the copy and the (conv, bn) pairs; raises if one is left."""
     model = copy.deepcopy(model).eval()
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in torch.fx.symbolic_trace(model).graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
-            src = node.args[0]
-            if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
-                    and isinstance(modules[src.target], nn.modules.conv._ConvNd)):
-                pairs.append((src.target, node.target))
-    for conv, bn in pairs:
-        model.set_submodule(conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
-        model.set_submodule(bn, nn.Identity())
+    pairs = renorm.fold_batchnorm(model)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise RuntimeError(f"BatchNorm layers not fed by a convolution alone stay unfolded: {left}")
@@ -319,7 +304,8 @@ def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_d
         "recipe": {k: v for k, v in recipe.to_dict().items()
                    if k in ("method", "include", "exclude", "threshold", "epochs", "batch_size", "lr", "noise_lr",
                             "kl_weight", "kl_weights", "kl_warmup_epochs", "finetune_epochs", "finetune_lr",
-                            "init_mu", "init_log_sigma", "init_log_alpha", "train_limit", "seed", "device")},
+                            "init_mu", "init_log_sigma", "init_log_alpha", "train_limit", "seed", "device",
+                            "finetune_batchnorm")},
         "epochs": {"variational": recipe.epochs, "finetune": recipe.finetune_epochs,
                    "total": recipe.epochs + recipe.finetune_epochs},
         "batchnorm_folded": [list(p) for p in pairs],

@@ -32,6 +32,8 @@ class ConversionSummary:
     """Leaf modules with parameters of a type that no registered variational layer replaces (BatchNorm, LayerNorm, user layers): name → type."""
     tied: list[list[str]] = field(default_factory=list)
     """Groups of converted layers sharing one noise per unit (recipe key ``tie_residual``)."""
+    folded: list[list[str]] = field(default_factory=list)
+    """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``fold_batchnorm``)."""
 
 
 def _selected(name: str, recipe: Recipe) -> bool:
@@ -58,6 +60,9 @@ def to_variational(
     With the recipe key ``tie_residual``, ``example_input`` (a batch the model accepts) is traced once to find
     the layers that write one residual stream, and each such group of converted unit-noise layers shares one
     noise per channel (:func:`prunedrop.layers.lognormal.tie_units`); the groups go into ``summary.tied``.
+
+    With the recipe key ``fold_batchnorm``, every BatchNorm that a convolution alone feeds is folded into it first
+    (:func:`prunedrop.renorm.fold_batchnorm`, in place; the pairs go into ``summary.folded``).
     """
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
@@ -97,6 +102,10 @@ def to_variational(
                 setattr(module, child_name, new_child)
         return module
 
+    if recipe.fold_batchnorm and not dry_run:
+        from .renorm import fold_batchnorm
+
+        summary.folded = [list(pair) for pair in fold_batchnorm(model)]
     groups: list[list[str]] = []
     if recipe.tie_residual and not dry_run:
         if example_input is None:

@@ -309,6 +309,9 @@ def compress(
     summary = ConversionSummary()
     variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
+    if summary.folded:
+        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (fold_batchnorm): "
+            + ", ".join(f"{bn}→{conv}" for conv, bn in summary.folded[:6]) + (", ..." if len(summary.folded) > 6 else ""))
     for group in summary.tied:
         log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:
@@ -459,7 +462,8 @@ def compress(
             "onnx_dense_bytes_after": exported.dense_bytes,
             "sparse_initializers": exported.sparse_initializers,
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
-                           "left_alone": summary.left_alone, "tied": summary.tied},
+                           "left_alone": summary.left_alone, "tied": summary.tied,
+                           "batchnorm_folded": summary.folded},
             "kept_fraction_converted": pruned.kept_fraction,
             **({"kept_unit_fraction_converted": pruned.kept_unit_fraction} if pruned.unit_masks else {}),
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},

@@ -174,9 +174,15 @@ class Recipe:
     model once. A stream channel can leave only when all of its producers prune it, and separate noises rarely all
     agree; tied, the channel is one decision. Each member still adds the shared KL with its own ``kl_weights`` factor."""
 
+    fold_batchnorm: bool = False
+    """Before the conversion, fold every BatchNorm that a convolution alone feeds into that convolution (eval-mode
+    statistics; the BatchNorm becomes an Identity). Structured noise then sits after the normalisation, so a pruned
+    channel outputs exact zeros instead of the BatchNorm's shift, which zero-padded consumers cannot absorb and
+    which would keep the channel. Needs a torch.fx trace."""
+
     finetune_batchnorm: bool = False
     """Noise-free fine-tuning with BatchNorm: every convolution that no BatchNorm follows (BatchNorms are folded into
-    the convolutions for the structured methods) gets one for the fine-tuning, calibrated on training batches so
+    the convolutions by ``fold_batchnorm``) gets one for the fine-tuning, calibrated on training batches so
     that the function does not change, and folded back into the convolution afterwards, so the exported layers stay
     the same. Normalised, a pruned deep network recovers faster from the noise. Needs a torch.fx trace."""
 

@@ -1,9 +1,9 @@
-"""BatchNorm for the noise-free fine-tuning: attach it to the convolutions that have none, fold it in afterwards.
+"""BatchNorm around structured noise: fold it away before the noise, give it back for the noise-free fine-tuning.
 
 Structured noise multiplies a convolution's output channels, and a pruned channel must output exact zeros. A
 BatchNorm after the noisy convolution would turn those zeros into its shift, which a zero-padded consumer cannot
-absorb (:mod:`prunedrop.slim`), so models are usually given to the structured methods with their BatchNorms folded
-into the convolutions. The fine-tuning after thresholding then trains a deep network without normalisation, which
+absorb (:mod:`prunedrop.slim`), so the recipe key ``fold_batchnorm`` folds every BatchNorm that a convolution alone
+feeds into that convolution before the conversion (:func:`fold_batchnorm`). The fine-tuning after thresholding then trains a deep network without normalisation, which
 is slower to recover from the noise than the same network with its BatchNorms (Torch-Pruning's baseline keeps
 them).
 
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
+from .slim import silent_units
 
-__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "unnormalised_convolutions"]
+__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "unnormalised_convolutions"]
 
 ATTACHED = "finetune_bn"
 """The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
@@ -36,19 +37,70 @@ _BATCHNORM = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: n
 _HOOK_ID = "_finetune_bn_hook"
 
 
+def _graph(model: nn.Module, key: str):
+    from torch import fx
+
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise PrunedropError(f"recipe key '{key}' needs a torch.fx trace of the model, which failed: "
+                             f"{type(e).__name__}: {first}; set it to false") from None
+
+
+def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """conv ← scale · conv + shift per output channel, in place on its Parameters (a bias is added if missing)."""
+    with torch.no_grad():
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+        new_bias = bias * scale + shift
+        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))).to(conv.weight.dtype))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+        else:
+            conv.bias.copy_(new_bias)
+
+
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm whose input is a convolution used by nothing else into that convolution; in place.
+
+    The convolution's weight and bias take the BatchNorm's eval-mode affine map (running statistics), and the
+    BatchNorm becomes an ``nn.Identity``, so every other module keeps its name and no weight is copied. The
+    eval-mode function is unchanged (to float32 rounding). A BatchNorm fed otherwise (after an addition, a
+    concatenation, an activation) stays. Returns the (convolution, BatchNorm) pairs folded.
+    """
+    graph = _graph(model, "fold_batchnorm")
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM.values():
+            continue
+        src = node.args[0] if node.args else None
+        if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
+                and type(modules[src.target]) in _BATCHNORM
+                and _BATCHNORM[type(modules[src.target])] is type(modules[node.target])):
+            pairs.append((src.target, node.target))
+    for conv_name, bn_name in pairs:
+        conv, bn = modules[conv_name], modules[bn_name]
+        if bn.running_mean is None or bn.running_var is None:
+            raise PrunedropError(f"fold_batchnorm: {bn_name} keeps no running statistics (track_running_stats="
+                                 "False), so it has no eval-mode affine map to fold; set fold_batchnorm: false")
+        with torch.no_grad():
+            std = (bn.running_var + bn.eps).sqrt()
+            scale = (bn.weight if bn.affine else torch.ones_like(std)) / std
+            shift = (bn.bias if bn.affine else torch.zeros_like(std)) - bn.running_mean * scale
+        _scale_output_channels(conv, scale, shift)
+        parent, _, child = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    return pairs
+
+
 def unnormalised_convolutions(model: nn.Module) -> list[str]:
     """The Conv1d/2d/3d layers of ``model`` (transposed ones aside) whose output does not go to a BatchNorm alone.
 
     Found with a ``torch.fx`` trace; raises :class:`PrunedropError` (naming the recipe key) if the model cannot be
     traced.
     """
-    from torch import fx
-
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
-        raise PrunedropError(f"recipe key 'finetune_batchnorm' needs a torch.fx trace of the model, which failed: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; set it to false") from e
+    graph = _graph(model, "finetune_batchnorm")
     modules = dict(model.named_modules())
     names = []
     for node in graph.nodes:
@@ -110,9 +162,7 @@ def attach_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *,
         mean = total / count
         var = (squares / count - mean.square()).clamp_min(0)
         weight = conv.weight.detach()
-        silent = weight.flatten(1).eq(0).all(dim=1)
-        if conv.bias is not None:
-            silent &= conv.bias.detach().eq(0)
+        silent = silent_units(conv)
         bn = _BATCHNORM[type(conv)](conv.out_channels).to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             bn.running_mean.copy_(mean)
@@ -139,13 +189,8 @@ def fold_attached(model: nn.Module) -> list[str]:
             continue
         with torch.no_grad():
             scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            new_bias = (bias - bn.running_mean) * scale + bn.bias
-            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
-            if conv.bias is None:
-                conv.bias = nn.Parameter(new_bias)
-            else:
-                conv.bias.copy_(new_bias)
+            shift = bn.bias - bn.running_mean * scale
+        _scale_output_channels(conv, scale, shift)
         del conv._forward_hooks[getattr(conv, _HOOK_ID)]
         delattr(conv, _HOOK_ID)
         delattr(conv, ATTACHED)

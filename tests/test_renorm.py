@@ -1,5 +1,6 @@
-"""``finetune_batchnorm``: calibrated BatchNorms attached to the convolutions that have none for the noise-free
-fine-tuning, and folded back afterwards (prunedrop.renorm)."""
+"""prunedrop.renorm: ``fold_batchnorm`` (BatchNorms folded into their convolutions before the conversion) and
+``finetune_batchnorm`` (calibrated BatchNorms attached to the convolutions that have none for the noise-free
+fine-tuning, and folded back afterwards)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ from test_finetune_slim import RECIPE, _data, _prune_units  # pytest puts tests/
 from torch import nn
 
 from prunedrop import pipeline
+from prunedrop.convert import ConversionSummary, to_variational, variational_layers
 from prunedrop.errors import PrunedropError
+from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
-from prunedrop.renorm import ATTACHED, attach_batchnorm, fold_attached, unnormalised_convolutions
-from prunedrop.slim import silent_units
+from prunedrop.renorm import (
+    ATTACHED,
+    attach_batchnorm,
+    fold_attached,
+    fold_batchnorm,
+    unnormalised_convolutions,
+)
+from prunedrop.slim import silent_units, slim
 from prunedrop.testing import tiny_model
 from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
 from prunedrop.train import finetune_masked
@@ -133,3 +142,65 @@ def test_the_recipe_key() -> None:
     assert Recipe.from_dict({"finetune_batchnorm": True}).finetune_batchnorm is True
     with pytest.raises(PrunedropError, match="finetune_batchnorm"):
         Recipe.from_dict({"finetune_batchnorm": "sometimes"})
+
+
+def _batchnorms(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize(("arch", "stays"), [
+    ("vgg_bn", []), ("resnet_basic", []), ("resnet_bottleneck", []), ("mobilenet_v2", []), ("convzoo", []),
+    ("densenet", ["block.0.bn", "block.1.bn", "transition.0"]),  # after a concatenation or the input: not a conv's
+])
+def test_fold_batchnorm_keeps_the_function_and_the_weights(arch: str, stays: list[str]) -> None:
+    model, x = tiny_arch(arch)
+    before = model(x)
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters() if "weight" in n}
+    count = len(_batchnorms(model))
+    pairs = fold_batchnorm(model)
+    assert len(pairs) == count - len(stays)
+    assert _batchnorms(model) == stays
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    for conv, _ in pairs:  # folded in place: no weight copied
+        assert model.get_submodule(conv).weight.data_ptr() == pointers[f"{conv}.weight"]
+
+
+def test_folded_batchnorm_lets_a_pruned_channel_before_a_padded_convolution_leave() -> None:
+    """Without folding, a pruned layer1.conv1 channel outputs its BatchNorm's shift into the zero-padded conv2,
+    and slimming must keep it; folded first, the noise acts after the normalisation and the channel goes."""
+    removed = {}
+    for fold in (False, True):
+        plain, x = tiny_arch("resnet_basic")
+        recipe = Recipe(method="sbp", fold_batchnorm=fold)
+        summary = ConversionSummary()
+        model = to_variational(plain, recipe, summary=summary, example_input=x[:2])
+        assert len(summary.folded) == (6 if fold else 0)
+        with torch.no_grad():
+            layer = variational_layers(model)["layer1.conv1.0"]
+            layer.mu[2] = -10.0
+            layer.log_sigma[2] = 2.0
+        pruned = prune(model.eval(), None)
+        removed[fold] = slim(pruned.model.eval(), pruned.unit_masks, x).removed["layer1.conv1.0"]
+    assert removed == {False: (6, 6), True: (6, 5)}
+
+
+def test_fold_batchnorm_needs_running_statistics() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    with pytest.raises(PrunedropError, match="fold_batchnorm"):
+        fold_batchnorm(model)
+
+
+def test_compress_folds_fine_tunes_with_batchnorm_and_reports(tmp_path) -> None:
+    plain, x = tiny_arch("resnet_basic")
+    data = _data(tuple(x.shape[1:]))
+    recipe = Recipe(method="sbp", fold_batchnorm=True, finetune_batchnorm=True, tie_residual=True, exclude=["fc"],
+                    epochs=1, finetune_epochs=1, batch_size=16, kl_warmup_epochs=0, device="cpu", mc_samples=0,
+                    plots=False, latency_runs=0, sweep_thresholds=[1.0])
+    logged: list[str] = []
+    result = pipeline.compress(plain, data, recipe, tmp_path / "out", progress=False, log=logged.append)
+    assert result.report["conversion"]["batchnorm_folded"][0] == ["stem.0.0", "stem.0.1"]
+    assert len(result.report["conversion"]["batchnorm_folded"]) == 6
+    assert any(m.startswith("folded 6 BatchNorm(s)") for m in logged)
+    assert any("fine-tuning with BatchNorm after 6 convolution(s)" in m for m in logged)
+    assert _batchnorms(result.model) == [] and _attached(result.model) == []
+    assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
