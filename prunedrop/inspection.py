@@ -22,6 +22,7 @@ from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .recipes import Recipe
+from .renorm import foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
 
 __all__ = ["format_inspection", "inspect_model"]
@@ -33,6 +34,7 @@ UNSUPPORTED = "unsupported"
 NO_PARAMETERS = "no parameters"
 CONTAINER = "container"
 VARIATIONAL = "variational"
+FOLDED = "folded"
 
 
 def _glob_reason(name: str, recipe: Recipe) -> str:
@@ -66,7 +68,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     * ``method``, ``include``, ``exclude``: the recipe settings that decide the conversion;
     * ``layers``: one entry per module in walk order (the root first, with name ``""``): ``name``
       (qualified), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
-      ``unsupported``, ``no parameters``, ``container`` or ``variational``), ``reason`` (why it is left
+      ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that the recipe
+      key ``fold_batchnorm`` folds into its convolution), ``reason`` (why it is left
       alone; ``""`` when converted; for a container ``""`` unless it owns parameters directly), ``params``
       (parameters it owns directly), ``macs`` (its own multiply-adds per sample), ``subtree_params`` and
       ``subtree_macs`` (itself plus every descendant, shared modules and parameters counted once),
@@ -95,11 +98,18 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     modules = dict(model.named_modules())
     profile_by_id = {id(modules[p.name]): p for p in profiles}
 
+    warnings: list[str] = []
+    folded_into: dict[str, str] = {}  # BatchNorm → the convolution that fold_batchnorm folds it into
+    if recipe.fold_batchnorm:
+        try:
+            folded_into = {bn: conv for conv, bn in foldable_batchnorms(model)}
+        except PrunedropError as e:
+            warnings.append(f"{e}: `prunedrop compress` would stop with this error")
+
     entries: list[dict[str, Any]] = []
     converted: list[str] = []
     excluded: list[str] = []
     left_alone: dict[str, str] = {}
-    warnings: list[str] = []
     seen_params: set[int] = set()
     seen_modules: set[int] = set()
     totals = {"params": 0, "macs": 0, "converted_params": 0, "prunable_weights": 0, "converted_macs": 0}
@@ -159,6 +169,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             entry["status"] = VARIATIONAL
             entry["reason"] = f"already variational ({type(module).__name__})"
             warnings.append(f"layer {label} is already variational; to_variational needs a plain model")
+        elif name in folded_into:
+            entry["status"] = FOLDED
+            entry["reason"] = f"folded into {folded_into[name]} before the conversion (fold_batchnorm)"
         elif not children:
             if params:
                 entry["status"] = UNSUPPORTED
@@ -241,7 +254,7 @@ def format_inspection(d: dict[str, Any]) -> str:
         macs = e["subtree_macs"] if is_container else e["macs"]
         if e["status"] == CONVERT:
             action = "convert"
-        elif e["status"] in (EXCLUDED, UNSUPPORTED, VARIATIONAL):
+        elif e["status"] in (EXCLUDED, UNSUPPORTED, VARIATIONAL, FOLDED):
             action = f"keep: {e['reason']}"
         elif is_container:
             action = e["reason"]  # "" unless the container owns parameters directly

@@ -28,7 +28,8 @@ from torch import nn
 from .errors import PrunedropError
 from .slim import silent_units
 
-__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "unnormalised_convolutions"]
+__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "foldable_batchnorms",
+           "unnormalised_convolutions"]
 
 ATTACHED = "finetune_bn"
 """The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
@@ -60,14 +61,9 @@ def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Te
             conv.bias.copy_(new_bias)
 
 
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every BatchNorm whose input is a convolution used by nothing else into that convolution; in place.
-
-    The convolution's weight and bias take the BatchNorm's eval-mode affine map (running statistics), and the
-    BatchNorm becomes an ``nn.Identity``, so every other module keeps its name and no weight is copied. The
-    eval-mode function is unchanged (to float32 rounding). A BatchNorm fed otherwise (after an addition, a
-    concatenation, an activation) stays. Returns the (convolution, BatchNorm) pairs folded.
-    """
+def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
+    """The (convolution, BatchNorm) pairs of ``model`` that :func:`fold_batchnorm` folds: a BatchNorm whose input
+    is a Conv1d/2d/3d of the same dimension used by nothing else. Traces the model; modifies nothing."""
     graph = _graph(model, "fold_batchnorm")
     modules = dict(model.named_modules())
     pairs = []
@@ -79,6 +75,20 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
                 and type(modules[src.target]) in _BATCHNORM
                 and _BATCHNORM[type(modules[src.target])] is type(modules[node.target])):
             pairs.append((src.target, node.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm whose input is a convolution used by nothing else into that convolution; in place.
+
+    The convolution's weight and bias take the BatchNorm's eval-mode affine map (running statistics), and the
+    BatchNorm becomes an ``nn.Identity``, so every other module keeps its name and no weight is copied. The
+    eval-mode function is unchanged (to float32 rounding). A BatchNorm fed otherwise (after an addition, a
+    concatenation, an activation) stays. Returns the (convolution, BatchNorm) pairs folded
+    (:func:`foldable_batchnorms`).
+    """
+    pairs = foldable_batchnorms(model)
+    modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
         if bn.running_mean is None or bn.running_var is None:

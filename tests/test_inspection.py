@@ -159,3 +159,35 @@ def test_resnet50_sized_model_is_fast():
     assert d["summary"]["excluded"] == [last]
     assert d["totals"]["layers_converted"] == 10
     assert "BatchNorm2d" in text
+
+
+def test_batchnorms_that_fold_batchnorm_folds_are_shown_folded():
+    from prunedrop.testing_arch import tiny_arch
+
+    model, x = tiny_arch("densenet")
+    recipe = Recipe(method="sbp", fold_batchnorm=True)
+    entries = _by_name(inspect_model(model, x, recipe))
+    assert entries["transition.0"]["status"] == "unsupported"  # after a concatenation: stays
+    plain = _by_name(inspect_model(model, x, Recipe(method="sbp")))
+    assert plain["block.0.bn"]["status"] == "unsupported"
+
+    vgg, x = tiny_arch("vgg_bn")
+    d = inspect_model(vgg, x, recipe)
+    entries = _by_name(d)
+    assert entries["features.1"]["status"] == "folded"
+    assert entries["features.1"]["reason"] == "folded into features.0 before the conversion (fold_batchnorm)"
+    summary = ConversionSummary()
+    to_variational(copy.deepcopy(vgg), recipe, summary=summary)
+    assert d["summary"]["left_alone"] == summary.left_alone == {}
+    assert "keep: folded into features.0" in format_inspection(d)
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else self.conv(-x)
+
+    d = inspect_model(Branchy(), torch.randn(2, 1, 5, 5), recipe)
+    assert any("fold_batchnorm" in w and "would stop" in w for w in d["warnings"])
