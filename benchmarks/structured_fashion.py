@@ -113,7 +113,14 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
     (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``fold_batchnorm``); the BatchNorms become
     ``nn.Identity``, so every name stays. Returns the copy and the (conv, bn) pairs; raises if one is left."""
     model = copy.deepcopy(model).eval()
+    no_bias = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.bias is None]
     pairs = renorm.fold_batchnorm(model)
+    # Every committed row (and every variational checkpoint that --reuse-variational copies) was made with
+    # torch.nn.utils.fusion.fuse_conv_bn_eval, whose new bias of a bias-free convolution does not require grad:
+    # the folded BatchNorm shifts stayed frozen through the variational phase and the fine-tuning. The library's
+    # fold leaves them trainable; the benchmark freezes them again so that its rows stay comparable and reusable.
+    for name in no_bias:
+        model.get_submodule(name).bias.requires_grad_(False)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise RuntimeError(f"BatchNorm layers not fed by a convolution alone stay unfolded: {left}")

@@ -44,6 +44,9 @@ def test_resnet20_with_folded_batchnorm_slims_exactly() -> None:
     dense = _trained_like(resnet20_fashion())
     folded, pairs = bench.fold_batchnorm(dense)
     assert len(pairs) == 1 + 9 * 2 + 2  # stem, two per block, two projection shortcuts
+    # frozen folded shifts, as with fuse_conv_bn_eval, which made every committed row and reusable checkpoint
+    assert all(not folded.get_submodule(conv).bias.requires_grad for conv, _ in pairs)
+    assert all(folded.get_submodule(conv).weight.requires_grad for conv, _ in pairs)
     x = torch.randn(8, 1, 28, 28)
     torch.testing.assert_close(folded(x), dense(x), atol=1e-4, rtol=1e-4)
 
