@@ -89,6 +89,11 @@ _SPARSE_STORAGE = {"auto": "auto", "always": True, "never": False}
 _CALIBRATION_SAMPLES = 4096
 
 
+def _some(names: list[str], shown: int = 6) -> str:
+    """The first ``shown`` names, comma-separated, and ", ..." when there are more (for one-line logs)."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe: Recipe,
                      metadata: dict[str, str]) -> tuple[Any, float]:
     """Export ``model`` to ONNX as the recipe says and check it with onnxruntime: (ExportResult, max diff)."""
@@ -201,8 +206,8 @@ def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device
     model.to(device)
     masks = attach_batchnorm(model, batches, device=device)
     attached = [n for n, m in model.named_modules() if hasattr(m, ATTACHED)]
-    log(f"fine-tuning with BatchNorm after {len(attached)} convolution(s) "
-        f"({', '.join(attached[:6])}{', ...' if len(attached) > 6 else ''}), folded back afterwards")
+    log(f"fine-tuning with BatchNorm after {len(attached)} convolution(s) ({_some(attached)}), folded back "
+        "afterwards")
     return masks
 
 
@@ -311,7 +316,7 @@ def compress(
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
     if summary.folded:
         log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (fold_batchnorm): "
-            + ", ".join(f"{bn}→{conv}" for conv, bn in summary.folded[:6]) + (", ..." if len(summary.folded) > 6 else ""))
+            + _some([f"{bn}→{conv}" for conv, bn in summary.folded]))
     for group in summary.tied:
         log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:

@@ -61,6 +61,18 @@ def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Te
             conv.bias.copy_(new_bias)
 
 
+def _eval_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of ``bn`` in eval mode: bn(z) = scale · z + shift."""
+    with torch.no_grad():
+        scale = 1 / (bn.running_var + bn.eps).sqrt()
+        if bn.affine:
+            scale = bn.weight * scale
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            shift = shift + bn.bias
+    return scale, shift
+
+
 def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     """The (convolution, BatchNorm) pairs of ``model`` that :func:`fold_batchnorm` folds: a BatchNorm whose input
     is a Conv1d/2d/3d of the same dimension used by nothing else. Traces the model; modifies nothing."""
@@ -94,11 +106,7 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         if bn.running_mean is None or bn.running_var is None:
             raise PrunedropError(f"fold_batchnorm: {bn_name} keeps no running statistics (track_running_stats="
                                  "False), so it has no eval-mode affine map to fold; set fold_batchnorm: false")
-        with torch.no_grad():
-            std = (bn.running_var + bn.eps).sqrt()
-            scale = (bn.weight if bn.affine else torch.ones_like(std)) / std
-            shift = (bn.bias if bn.affine else torch.zeros_like(std)) - bn.running_mean * scale
-        _scale_output_channels(conv, scale, shift)
+        _scale_output_channels(conv, *_eval_affine(bn))
         parent, _, child = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
     return pairs
@@ -197,10 +205,7 @@ def fold_attached(model: nn.Module) -> list[str]:
         bn = getattr(conv, ATTACHED, None)
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
-        with torch.no_grad():
-            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-            shift = bn.bias - bn.running_mean * scale
-        _scale_output_channels(conv, scale, shift)
+        _scale_output_channels(conv, *_eval_affine(bn))
         del conv._forward_hooks[getattr(conv, _HOOK_ID)]
         delattr(conv, _HOOK_ID)
         delattr(conv, ATTACHED)
