@@ -9,8 +9,9 @@ and 1), and writes ``results/ort_conv_widths.json`` plus a Markdown table:
     python benchmarks/ort_conv_widths.py
 
 Two effects show: a fixed cost per layer that does not shrink with the channels (at batch 64, 28×28 and one
-input channel it is most of the layer's time), and steps of 8 output channels (onnxruntime's NCHWc layout on
-AVX2 computes blocks of 8 channels, so 5 channels cost what 8 do).
+input channel it is most of the layer's time), and steps of output channels (onnxruntime's NCHWc layout computes
+blocks of 8 channels on AVX2 and of 16 on AVX-512, so 5 channels cost what 8 or 16 do). The JSON's ``cpu`` names
+the vector width of the machine it ran on.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
                 rows.append({"layer": layer, "in_channels": cin, "out_channels": c, "input_size": size,
                              "batch": batch, "macs": batch * c * cin * 25 * out,
                              "median_us": statistics.median(times[c])})
-    result = {"command": "python benchmarks/ort_conv_widths.py", "runs": args.runs, "threads": args.threads,
+    result = {"command": " ".join(["python benchmarks/ort_conv_widths.py", *sys.argv[1:]]), "runs": args.runs, "threads": args.threads,
               "onnxruntime": ort.__version__, "torch": torch.__version__, "cpu": cpu_model(), "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     for layer in SHAPES:
