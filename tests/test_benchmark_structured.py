@@ -101,3 +101,19 @@ def test_reuse_variational_takes_only_a_finished_checkpoint_of_the_same_variatio
         bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
     with pytest.raises(SystemExit, match="does not exist"):
         bench.reuse_variational(args, "group_vd", recipe, tmp_path / "other")
+
+
+def test_median_timing_keeps_the_middle_timing_and_every_speedup() -> None:
+    median_timing = _benchmark().median_timing
+
+    def timing(b64: float, when: str) -> dict:
+        return {"b1": {"speedup": b64 / 2}, "b64": {"speedup": b64, "after_ms": 1.0 / b64}, "measured": when}
+
+    timings = [timing(6.5, "t0"), timing(6.9, "t1"), timing(6.1, "t2"), timing(6.7, "t3")]
+    chosen = median_timing(timings)
+    assert chosen["b64"]["speedup"] == 6.5  # the lower middle one of four: 6.1, 6.5, 6.7, 6.9
+    assert [r["b64"] for r in chosen["repeats"]] == [6.5, 6.9, 6.1, 6.7]  # in the order they were taken
+    assert [r["measured"] for r in chosen["repeats"]] == ["t0", "t1", "t2", "t3"]
+    assert "repeats" not in timings[0]  # the inputs are not modified
+    single = median_timing([timing(5.0, "t")])
+    assert single["b64"]["speedup"] == 5.0 and "repeats" not in single
