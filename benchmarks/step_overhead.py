@@ -43,6 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine_info import cpu_model  # noqa: E402
 from examples.models import lenet5, lenet300  # noqa: E402
 from prunedrop.convert import to_variational, variational_layers  # noqa: E402
 from prunedrop.recipes import Recipe  # noqa: E402
@@ -203,7 +204,7 @@ def main() -> None:
     result = {
         "command": " ".join([sys.executable, *sys.argv]),
         "torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
-        "machine": platform.platform(), "processor": platform.processor(),
+        "machine": platform.platform(), "processor": platform.processor(), "cpu": cpu_model(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "rows": rows,
     }
