@@ -290,7 +290,7 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     path = Path(args.recipe) if args.recipe and method != "torch_pruning" else \
         ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold,
+                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold, seed=args.seed,
                                        finetune_batchnorm=True if args.finetune_batchnorm else None)
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
@@ -576,6 +576,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipes' variational epochs")
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipes' finetune_epochs")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipes' kl_weight (β)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="override the recipes' seed for the compression rows (noise, shuffling; Torch-Pruning's "
+                        "shuffling); the dense model and the validation split keep the recipe's seed, so that "
+                        "every seed starts from the same trained model")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the recipes' threshold (SBP: prune where SNR <= it; group VD: where log α > it)")
     p.add_argument("--finetune-batchnorm", action="store_true",

@@ -117,3 +117,17 @@ def test_median_timing_keeps_the_middle_timing_and_every_speedup() -> None:
     assert "repeats" not in timings[0]  # the inputs are not modified
     single = median_timing([timing(5.0, "t")])
     assert single["b64"]["speedup"] == 5.0 and "repeats" not in single
+
+
+def test_seed_option_overrides_the_recipe_seed_of_every_row() -> None:
+    import argparse
+
+    bench = _benchmark()
+
+    def args(seed):
+        return argparse.Namespace(recipe=None, model="lenet5", epochs=None, finetune_epochs=None, kl_weight=None,
+                                  device="cpu", threshold=None, seed=seed, finetune_batchnorm=False, smoke=False)
+
+    for method in ("sbp", "group_vd", "torch_pruning"):
+        assert bench.method_recipe(args(None), method)[0].seed == 0  # the shipped recipes' seed
+        assert bench.method_recipe(args(3), method)[0].seed == 3
