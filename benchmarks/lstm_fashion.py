@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import platform
-import shlex
 import shutil
 import sys
 import time
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
 from examples.train_dense import cached_dense, train_dense  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
@@ -107,7 +106,7 @@ def main() -> None:
     p.add_argument("--run-dir", default=None, help="prunedrop output folder (default: runs/bench-lstm-fashion)")
     p.add_argument("-o", "--output", default=None, help="result JSON (default: benchmarks/results/lstm-fashion.json)")
     args = p.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    command = command_line()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -37,3 +42,9 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     if isa:
         details.append(isa)
     return f"{name} ({', '.join(details)})" if details else name
+
+
+def command_line() -> str:
+    """The command that started this benchmark, as typed from the repository root: ``python <script> <args>``
+    (shell-quoted), for the result JSON's ``command``."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])

@@ -32,7 +32,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 
 #: (name, input channels, input height/width) of the layers timed; conv2's input is conv1's pooled output
@@ -83,7 +83,7 @@ def main() -> None:
                 rows.append({"layer": layer, "in_channels": cin, "out_channels": c, "input_size": size,
                              "batch": batch, "macs": batch * c * cin * 25 * out,
                              "median_us": statistics.median(times[c])})
-    result = {"command": " ".join(["python benchmarks/ort_conv_widths.py", *sys.argv[1:]]), "runs": args.runs, "threads": args.threads,
+    result = {"command": command_line(), "runs": args.runs, "threads": args.threads,
               "onnxruntime": ort.__version__, "torch": torch.__version__, "cpu": cpu_model(), "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     for layer in SHAPES:

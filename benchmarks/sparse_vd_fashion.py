@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from magnitude import magnitude_prune  # noqa: E402
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
 from examples.train_dense import cached_dense, train_dense  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
 from prunedrop.data import load_data  # noqa: E402
@@ -110,7 +109,7 @@ def main() -> None:
     p.add_argument("--run-dir", default=None, help="prunedrop output folder (default: runs/bench-<model>)")
     p.add_argument("-o", "--output", default=None, help="result JSON (default: benchmarks/results/<model>.json)")
     args = p.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    command = command_line()
 
     torch.set_num_threads(args.threads)
     recipe_path = Path(args.recipe) if args.recipe else ROOT / "recipes" / f"{args.model}-fashion.yaml"

@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import shutil
 import socket
 import sys
@@ -61,7 +60,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
 from examples.train_dense import cached_dense, train_dense  # noqa: E402
 from prunedrop import renorm  # noqa: E402
 from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
@@ -290,8 +289,8 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     path = Path(args.recipe) if args.recipe and method != "torch_pruning" else \
         ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold, seed=args.seed,
-                                       finetune_batchnorm=True if args.finetune_batchnorm else None)
+                                       kl_weight=args.kl_weight, device=args.device, threshold=args.threshold,
+                                       seed=args.seed, finetune_batchnorm=True if args.finetune_batchnorm else None)
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
                                 batch_size=50, eval_batch_size=200)
@@ -403,7 +402,7 @@ def sbp_target_macs(args, rows: dict) -> int:
 
 
 def main_run(args: argparse.Namespace) -> None:
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    command = command_line()
     methods = list(METHODS) if args.method == "all" else [args.method]
     out = Path(args.out) if args.out else ROOT / "runs" / f"structured-{args.model}{'-smoke' if args.smoke else ''}"
     args.out = str(out)

@@ -25,7 +25,6 @@ import copy
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
 from examples.models import transformer_fashion  # noqa: E402
 from examples.train_dense import cached_dense, fit_dense  # noqa: E402
 from prunedrop.atomic import atomic_write_text  # noqa: E402
@@ -178,7 +177,7 @@ def main() -> None:
     p.add_argument("-o", "--output", default=None,
                    help="result JSON (default: benchmarks/results/transformer-fashion.json; runs/… with --smoke)")
     args = p.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    command = command_line()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
