@@ -61,7 +61,17 @@ def cli() -> None:
               help="Override the recipe's noise-free fine-tuning epochs after thresholding.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
 @click.option("--threshold", type=float, help="Override the recipe's pruning threshold (log α).")
-@click.option("--kl-weight", type=click.FloatRange(min=0), help="Override the recipe's final KL weight β.")
+@click.option("--max-drop", "max_metric_drop", type=float, metavar="POINTS",
+              help="Accuracy budget: the validation accuracy points the run may lose (for loss mse: percent more "
+                   "error). The autopilot chooses β to compress as much as this allows. Default: the recipe's "
+                   "(1 point without a recipe).")
+@click.option("--target", metavar="KIND=VALUE",
+              help="Size or speed target: flops=10x, params=50x, bytes=5x or bytes=200KB. The autopilot raises β "
+                   "until the model reaches it, within the budget; the run says which of the two bound.")
+@click.option("--strict", is_flag=True, default=None,
+              help="Exit with status 3 (after writing everything) when the target was not reached within the budget.")
+@click.option("--kl-weight", type=click.FloatRange(min=0),
+              help="Expert option: fix the KL weight β yourself (switches the autopilot off; not with --target).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's training batch size.")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training samples.")
 @click.option("--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N.")
@@ -119,6 +129,15 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
         click.echo(format_table(result.report))
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
     cleanup()
+    target = result.report.get("target") if is_main() else None
+    if recipe.strict and target is not None and not target["reached"]:
+        raise TargetMissed(f"{target['line']} (--strict)")
+
+
+class TargetMissed(click.ClickException):
+    """``--strict``: the run finished and wrote everything, but missed its target."""
+
+    exit_code = 3
 
 
 def _num_outputs(model: Any, data: Any) -> int:

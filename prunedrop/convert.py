@@ -33,6 +33,8 @@ class ConversionSummary:
     tied: list[list[str]] = field(default_factory=list)
     """Groups of converted layers sharing one noise per unit (recipe key ``tie_residual``)."""
     folded: list[list[str]] = field(default_factory=list)
+    output_layers: list[str] = field(default_factory=list)
+    """Layers producing the model's outputs, left without unit noise (recipe key ``keep_output_layers``)."""
     """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``fold_batchnorm``)."""
 
 
@@ -80,10 +82,20 @@ def to_variational(
         "weight_threshold": recipe.weight_threshold,
     }
 
+    heads: set[str] = set()
+    if recipe.method != "sparse_vd" and recipe.keep_output_layers:
+        from .outputs import output_layers
+
+        heads = set(output_layers(model, example_input))
+
     def swap(module: nn.Module, name: str) -> nn.Module:
         # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
         variational = registry.get(type(module))
         if variational is not None:
+            if name in heads and _selected(name or "<root>", recipe):
+                summary.output_layers.append(name)
+                summary.excluded.append(name)
+                return module
             if _selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
                 return module if dry_run else variational.from_dense(module, **options)

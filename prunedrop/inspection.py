@@ -92,6 +92,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         raise PrunedropError("inspect needs an example input batch with at least one sample")
     # Batch 1: MACs are per sample anyway, and a big model's inspection should cost one inference.
     device = next((p.device for p in model.parameters()), example_input.device)
+    heads: set[str] = set()
+    if recipe.method != "sparse_vd" and recipe.keep_output_layers:
+        from .outputs import output_layers
+
+        heads = set(output_layers(model, example_input[:1].to(device)))
     profiles: list[LayerProfile] = profile_model(model, example_input[:1].to(device))
     # profile_model names a shared module once (named_modules() removes duplicates); the walk below meets
     # it under every name, so profiles are looked up by module identity.
@@ -153,7 +158,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         children = list(module.named_children())
         if type(module) in registry:
             # to_variational stops here: a registered layer is swapped whole and not descended into.
-            if _selected(label, recipe):
+            if label in heads and _selected(label, recipe):
+                entry["status"] = EXCLUDED
+                entry["reason"] = "produces the model's outputs (keep_output_layers)"
+                excluded.append(label)
+            elif _selected(label, recipe):
                 entry["status"] = CONVERT
                 converted.append(label)
                 totals["converted_params"] += sub_params

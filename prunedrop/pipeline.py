@@ -325,8 +325,10 @@ def compress(
     # fine-tune
     t0 = time.perf_counter()
     trained = finetune(variational, data, recipe, device=device, checkpoint_path=out_dir / VARIATIONAL_CHECKPOINT,
-                       resume=resume, progress=progress)
+                       resume=resume, progress=progress, log=log)
     timings["finetune_s"] = time.perf_counter() - t0
+    if trained.autopilot is not None:
+        log(autopilot_line(trained.autopilot))
     if not main:
         # data-parallel run: rank 0 alone thresholds, exports and reports; this rank waits for it
         distributed.barrier()
@@ -369,7 +371,8 @@ def compress(
     history = list(trained.history)
     search: list[dict[str, Any]] = []
     masked = None
-    if recipe.budget_after_finetune and recipe.max_metric_drop is not None and recipe.finetune_epochs > 0:
+    if recipe.budget_after_finetune and recipe.max_metric_drop is not None \
+            and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         found = _search_after_finetune(variational, points, chosen, metric_before["val"], recipe, data, device,
                                        out_dir, example, resume=resume, progress=progress, log=log)
@@ -396,7 +399,7 @@ def compress(
     else:
         what = "weights" if pruned.per_weight else "units"
         log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
-    if masked is None and recipe.finetune_epochs > 0:
+    if masked is None and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         masked = _finetune_pruned(pruned, data, recipe, device, example, out_dir / MASKED_CHECKPOINT,
                                   resume=resume, progress=progress, log=log)
@@ -414,6 +417,7 @@ def compress(
     if slimmed is not None:
         timings["slim_s"] = time.perf_counter() - t0
     metric_after = _evaluate_all(final, data, recipe, torch.device("cpu"))
+    check_budget(recipe, metric_before["val"], metric_after["val"])
     if calibration:
         calibration["compressed"] = calibration_summary(final, val_loader)
 
@@ -479,6 +483,8 @@ def compress(
             "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},
             "source": source or {},
             "history": history,
+            **({"autopilot": trained.autopilot} if trained.autopilot is not None else {}),
+            "variational_epochs": trained.epochs,
             "timings": timings,
             "device": str(device),
             "world_size": distributed.world_size(),
@@ -488,6 +494,9 @@ def compress(
             **({"latency": latency} if latency is not None else {}),
         },
     )
+    if recipe.target is not None:
+        report["target"] = target_outcome(recipe, report)
+        log(report["target"]["line"])
     if recipe.plots and plot_error is None:
         plots.update(_draw_plots(out_dir, _report_drawings(report), log)[0])
     if plots:
@@ -572,6 +581,64 @@ def _search_after_finetune(
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
             f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
     return _Search(best=best, probes=probes)
+
+
+def autopilot_line(summary: dict[str, Any]) -> str:
+    """One line on where the autopilot left β and why."""
+    last = summary.get("last_check") or {}
+    parts = [f"autopilot: β ended at {summary['beta_final']:.3g}"]
+    if last.get("smoothed_drop") is not None:
+        parts.append(f"validation drop {last['smoothed_drop']:.3g} (budget {summary['max_metric_drop']:g}, "
+                     f"{summary['margin']:g} of it spent while training)")
+    if last.get("cost_ratio") is not None:
+        parts.append(f"{last['cost_ratio']:.3g}x smaller ({summary['target']})")
+    if last.get("kept_fraction") is not None:
+        parts.append(f"kept fraction {last['kept_fraction']:.4g}")
+    parts.append(f"bound by the {summary['bound']}")
+    if summary.get("stopped_early"):
+        parts.append("stopped early (settled)")
+    return ", ".join(parts)
+
+
+def check_budget(recipe: Recipe, before: float, after: float) -> None:
+    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1)."""
+    from .autopilot import metric_drop
+
+    if not recipe.automatic or recipe.max_metric_drop is None:
+        return
+    drop = metric_drop(before, after, loss=recipe.loss)
+    if drop > recipe.max_metric_drop + 1e-9 * max(1.0, abs(before)):
+        unit = "points" if recipe.loss == "cross_entropy" else "% more error"
+        raise TrainingError(
+            f"the compressed model is {drop:.3g} {unit} worse than the original on validation data, over the budget "
+            f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
+            "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)")
+
+
+def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
+    """Whether the exported model reached the recipe's target, measured on it: reached or missed, by how much,
+    and which constraint bound. ``bytes`` targets are judged on the real ONNX file."""
+    from .autopilot import parse_target
+
+    target = parse_target(recipe.target or "")
+    if target.kind == "flops":
+        before, after = report["flops"]["before"], report["flops"]["nonzero_after"]
+    elif target.kind == "params":
+        before, after = report["params"]["before"], report["params"]["after"]
+    else:
+        before, after = report["onnx_bytes"]["before"], report["onnx_bytes"]["after"]
+    reached_ratio = before / after if after else float("inf")
+    wanted = target.ratio_for(before)
+    reached = reached_ratio >= wanted * (1 - 1e-9)
+    bound = (report.get("autopilot") or {}).get("bound", "target")
+    if reached:
+        line = f"target {target} reached: {reached_ratio:.3g}x fewer {target.kind}"
+    else:
+        why = "the accuracy budget bound first" if bound == "budget" else "training ended before it got there"
+        line = (f"target {target} missed: the closest model within the budget is {reached_ratio:.3g}x smaller "
+                f"({reached_ratio / wanted:.0%} of the way in ratio; {why})")
+    return {"target": str(target), "kind": target.kind, "wanted_ratio": wanted, "reached_ratio": reached_ratio,
+            "reached": reached, "bound": bound, "line": line}
 
 
 def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:

@@ -175,16 +175,19 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     on one epoch axis, with a dotted line where the phase changes; lines are not joined across phases,
     since the variational ``loss`` includes the KL term and the masked one does not. The metric is the
     records' ``val_*`` key other than ``val_loss`` (``val_accuracy`` or ``val_mse``). Missing keys are
-    skipped.
+    skipped. A fourth panel shows β (the KL weight, log scale) and, when the autopilot chose it, the smoothed
+    validation drop it steered by.
     """
     if not history:
         raise PrunedropError("plot_training_curves needs at least one history record")
-    fig = _new_figure(12.0, 3.8)  # first: it turns a missing matplotlib into the install hint
+    has_beta = any(r.get("beta_now", r.get("beta")) is not None for r in history)
+    fig = _new_figure(16.0 if has_beta else 12.0, 3.8)  # first: it turns a missing matplotlib into the install hint
     from matplotlib.ticker import MaxNLocator
 
     xs = list(range(1, len(history) + 1))
     metric_key = next((k for r in history for k in r if k.startswith("val_") and k != "val_loss"), None)
-    ax_loss, ax_metric, ax_kept = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4 if has_beta else 3)
+    ax_loss, ax_metric, ax_kept = axes[:3]
     # runs of consecutive records of one phase
     segments: list[list[int]] = []
     for i, record in enumerate(history):
@@ -211,7 +214,18 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     draw(ax_kept, "kept_fraction", "-", "#dd6b20")
     ax_kept.set_title("kept fraction")
     ax_kept.set_ylim(0, 1.05)
-    for ax in (ax_loss, ax_metric, ax_kept):
+    if has_beta:
+        ax_beta = axes[3]
+        key = "beta_now" if any(r.get("beta_now") is not None for r in history) else "beta"
+        draw(ax_beta, key, "-", "#6b46c1")
+        if any((r.get(key) or 0) > 0 for r in history):
+            ax_beta.set_yscale("log")
+        ax_beta.set_title("β (KL weight)")
+        if any(r.get("val_drop_smoothed") is not None for r in history):
+            twin = ax_beta.twinx()
+            draw(twin, "val_drop_smoothed", ":", "#c53030")
+            twin.set_ylabel("validation drop (smoothed)", color="#c53030", fontsize=8)
+    for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)

@@ -83,11 +83,14 @@ class Recipe:
     instead of 3.7 s)."""
 
     kl_weights: dict[str, float] = field(default_factory=dict)
-    """Extra KL factor per layer group: qualified-name glob → factor (first match wins), e.g. {"conv*": 5} as
-    SBP's SBPa variant scales early layers' KL by 5-10 to prune them harder. Layers matching none get 1."""
+    """Expert option: extra KL factor per layer group: qualified-name glob → factor (first match wins), e.g.
+    {"conv*": 5} as SBP's SBPa variant scales early layers' KL by 5-10 to prune them harder. Layers matching none
+    get 1. Setting it switches the autopilot off (β is then ``kl_weight``, or 1); without it, an automatic run
+    weighs each unit's KL by what the unit costs (see ``target``)."""
 
-    epochs: int = 10
-    """Variational fine-tuning epochs."""
+    epochs: int | None = None
+    """Variational fine-tuning epochs; null = automatic: enough for at least 4,000 optimizer steps and 10 epochs
+    (at most 300), ended early when the autopilot has settled (β and the kept fraction flat over 1,000 steps)."""
 
     batch_size: int = 100
     """Training batch size."""
@@ -98,8 +101,10 @@ class Recipe:
     lr: float = 1e-3
     """Adam learning rate of the weights and biases."""
 
-    noise_lr: float | None = None
-    """Adam learning rate of the noise parameters (log σ²); null means the same as ``lr``."""
+    noise_lr: float | None = 0.01
+    """Adam learning rate of the noise parameters (log σ², SBP's μ and log σ, group log α); null means the same as
+    ``lr``. The noise starts far below the weights (log σ² = −10) and Adam moves it by about one learning rate per
+    step, so it wants a larger rate than the weights."""
 
     weight_decay: float = 0.0
     """Adam weight decay of the weights (never of the noise parameters)."""
@@ -107,19 +112,24 @@ class Recipe:
     lr_schedule: Schedule = "cosine"
     """Learning-rate schedule over the fine-tuning steps: cosine to zero, linear to zero, or constant."""
 
-    kl_weight: float = 1.0
-    """β at the end of the warm-up. 1 is the true ELBO; larger values prune more at some accuracy cost."""
+    kl_weight: float | None = None
+    """Expert option: a fixed β (the KL weight) at the end of the warm-up; 1 is the true ELBO, larger values prune
+    more at some accuracy cost. null = automatic: with ``max_metric_drop`` or ``target`` set, the autopilot moves β
+    during training to meet them (:mod:`prunedrop.autopilot`); with neither, β = 1. Cannot be combined with
+    ``target``."""
 
     kl_warmup_epochs: float = 2.0
-    """β rises linearly from 0 to ``kl_weight`` over this many epochs (0 = no warm-up)."""
+    """With a fixed ``kl_weight``: β rises linearly from 0 to it over this many epochs (0 = no warm-up). The
+    autopilot has no warm-up: it starts β small and raises it while the constraints allow."""
 
     grad_clip: float | None = None
     """Clip the gradient norm to this value; null disables clipping."""
 
-    finetune_epochs: int = 0
-    """After thresholding, fine-tune the surviving weights without noise for this many epochs (pruned stay 0)."""
+    finetune_epochs: int | None = None
+    """After thresholding, fine-tune the surviving weights without noise for this many epochs (pruned stay 0);
+    null = automatic: at least 3 epochs and 500 optimizer steps (at most 50 epochs); 0 = none."""
 
-    finetune_lr: float = 1e-4
+    finetune_lr: float = 3e-4
     """Adam learning rate of that noise-free fine-tuning (cosine to zero)."""
 
     loss: Loss = "cross_entropy"
@@ -158,15 +168,31 @@ class Recipe:
     parity_atol: float = 1e-4
     """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
 
-    max_metric_drop: float | None = None
-    """Accuracy budget in metric points: sweep the threshold after fine-tuning and take the one that prunes most
-    while the validation metric stays within this of the original's. null keeps ``threshold`` fixed."""
+    max_metric_drop: float | None = 1.0
+    """The accuracy budget: how much of the validation metric the run may lose, in points of accuracy (for
+    ``loss: mse``: the relative increase of the validation error, in percent). The autopilot moves β during training
+    to spend about half of it, then the threshold sweep takes the threshold that prunes most within all of it, and a
+    run with an automatic β never exports a model over it. null = no budget: ``threshold`` is kept as it is."""
+
+    target: str | None = None
+    """A size or speed target: ``flops=10x`` (ten times fewer multiply-adds), ``params=50x`` (non-zero
+    parameters), ``bytes=5x`` or ``bytes=200KB`` (the parameters' storage; KB/MB/GB or KiB/MiB/GiB). The autopilot
+    raises β until the kept model reaches it (weighing each unit's KL by its FLOPs or parameters); with a budget as
+    well, β rises only while both allow, and the run says which one bound. null = no target."""
+
+    strict: bool = False
+    """Exit non-zero (after writing everything) when the run could not reach its ``target`` within the budget."""
 
     channel_multiple: int = 1
     """Slimming: keep each layer's (or residual group's) width a multiple of this by leaving some pruned channels in
     place (they output exact zeros, so the function is unchanged). Convolution kernels that work in blocks of
     channels run odd widths on a slower path: onnxruntime on AVX2 uses blocks of 8 (16 on AVX-512); 1 removes
     every pruned channel."""
+
+    keep_output_layers: bool = True
+    """Structured methods (sbp, group_vd, sbp_sparse_vd): leave the layers that produce the model's outputs (the
+    classes, the regression targets) without unit noise, found from the graph (:mod:`prunedrop.outputs`), so that no
+    class is pruned away. sparse_vd prunes single weights and converts them as usual."""
 
     tie_residual: bool = False
     """Structured methods (sbp, group_vd, sbp_sparse_vd): give the layers that write one residual stream (a ResNet
@@ -222,15 +248,18 @@ class Recipe:
             value = getattr(self, f.name)
             coerced = _coerce(f.name, value, hints[f.name])
             object.__setattr__(self, f.name, coerced)
-        _positive(self, "epochs", allow_zero=True)
+        if self.epochs is not None:
+            _positive(self, "epochs", allow_zero=True)
         _positive(self, "batch_size")
         _positive(self, "eval_batch_size")
         _positive(self, "lr")
         if self.noise_lr is not None:
             _positive(self, "noise_lr")
         _positive(self, "finetune_lr")
-        _positive(self, "finetune_epochs", allow_zero=True)
-        _positive(self, "kl_weight", allow_zero=True)
+        if self.finetune_epochs is not None:
+            _positive(self, "finetune_epochs", allow_zero=True)
+        if self.kl_weight is not None:
+            _positive(self, "kl_weight", allow_zero=True)
         _positive(self, "kl_warmup_epochs", allow_zero=True)
         _positive(self, "weight_decay", allow_zero=True)
         _positive(self, "log_alpha_clip")
@@ -247,8 +276,16 @@ class Recipe:
         _positive(self, "latency_runs", allow_zero=True)
         _positive(self, "mc_samples", allow_zero=True)
         _positive(self, "channel_multiple")
-        if self.max_metric_drop is not None:
-            _positive(self, "max_metric_drop", allow_zero=True)
+        if self.max_metric_drop is not None and not 0.0 < self.max_metric_drop <= 100.0:
+            raise PrunedropError(f"recipe key 'max_metric_drop' = {self.max_metric_drop} must be in (0, 100]: the "
+                                 "points of the metric the run may lose (null for no budget)")
+        if self.target is not None:
+            from .autopilot import parse_target
+
+            parse_target(self.target)
+            if self.kl_weight is not None or self.kl_weights:
+                raise PrunedropError("recipe key 'target' cannot be combined with a fixed 'kl_weight' or "
+                                     "'kl_weights': the autopilot chooses β to reach the target; remove one")
         if self.sweep_thresholds is not None:
             if not self.sweep_thresholds:
                 raise PrunedropError("recipe key 'sweep_thresholds' is empty; give thresholds or null for the default")
@@ -274,7 +311,7 @@ class Recipe:
             raise PrunedropError(f"recipe key 'onnx_opset' = {self.onnx_opset} must be between 7 and 23")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise PrunedropError(f"recipe key 'device' = {self.device!r} must be auto, cpu, cuda or cuda:N")
-        if self.kl_warmup_epochs > self.epochs > 0:
+        if self.epochs is not None and self.kl_warmup_epochs > self.epochs > 0 and not self.automatic:
             raise PrunedropError(
                 f"recipe key 'kl_warmup_epochs' = {self.kl_warmup_epochs} is longer than 'epochs' = {self.epochs}: "
                 "the KL term would never reach its full weight; shorten the warm-up or train longer"
@@ -292,6 +329,24 @@ class Recipe:
                 f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
                 f"(−{self.log_alpha_clip}, {self.log_alpha_clip}), else nothing or everything is pruned"
             )
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the autopilot chooses β: no fixed ``kl_weight`` or ``kl_weights``, and a budget or a target."""
+        return (self.kl_weight is None and not self.kl_weights
+                and (self.max_metric_drop is not None or self.target is not None))
+
+    def finetune_epochs_for(self, num_train: int) -> int:
+        """``finetune_epochs``, or its automatic value for a training set of ``num_train`` samples."""
+        if self.finetune_epochs is not None:
+            return self.finetune_epochs
+        steps_per_epoch = max(1, math.ceil(num_train / self.batch_size))
+        return int(min(50, max(3, math.ceil(500 / steps_per_epoch))))
+
+    @property
+    def fixed_beta(self) -> float:
+        """β of a run without the autopilot: ``kl_weight``, or 1 (the true ELBO) when it is null."""
+        return 1.0 if self.kl_weight is None else self.kl_weight
 
     def pruning_rule(self, threshold: float | None = None) -> str:
         """What is pruned, in words: ``log α > 3``, ``SNR ≤ 1``, or both rules of ``sbp_sparse_vd``."""

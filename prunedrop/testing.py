@@ -265,6 +265,7 @@ noise_lr: 0.3
 lr_schedule: constant
 kl_weight: 20.0
 kl_warmup_epochs: 1
+max_metric_drop: null
 finetune_epochs: 1
 finetune_lr: 0.001
 device: cpu

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import autopilot, distributed
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
@@ -234,6 +234,10 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: tuple[int, int] | None = None
     """(epoch, batch) a resumed run continued from."""
+    autopilot: dict[str, Any] | None = None
+    """The autopilot's summary (:meth:`prunedrop.autopilot.Autopilot.summary`) when it chose β."""
+    epochs: int | None = None
+    """Epochs the phase was planned for (the recipe's, or the automatic number)."""
 
 
 class _StopRequests:
@@ -322,7 +326,13 @@ def _run(
     epoch_stats: Callable[[], dict[str, float]],
     precision: str = "fp32",
     parallel: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
 ) -> TrainResult:
+    """The loop both phases share. ``on_step(step)`` runs after every optimizer step (``step`` counts from 1);
+    ``should_stop()`` after every epoch: a message ends the phase there (and, on resume, before the next epoch);
+    ``extra_state`` = (get, set) of state that the checkpoint carries besides model and optimizer."""
     from tqdm.auto import tqdm
 
     world, rank = (distributed.world_size(), distributed.rank()) if parallel else (1, 0)
@@ -339,7 +349,12 @@ def _run(
         return torch.autocast(device.type, dtype=amp_dtype)
 
     lr_schedule = recipe.lr_schedule if phase == "variational" else "cosine"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(lr_schedule, epochs * steps_per_epoch))
+    schedule = _lr_lambda(lr_schedule, epochs * steps_per_epoch)
+    if phase == "variational" and recipe.automatic and len(optimizer.param_groups) == 2:
+        # the autopilot steers through the noise: its learning rate stays, so that β keeps its authority to the end
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, _lr_lambda("constant", 1)])
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     result = TrainResult()
     start_epoch, start_batch, step = 0, 0, 0
 
@@ -364,6 +379,8 @@ def _run(
             "history": result.history,
             "recipe": recipe.to_dict(),
         }
+        if extra_state is not None:
+            state["extra"] = extra_state[0]()
         if scaler is not None:
             state["grad_scaler"] = scaler.state_dict()
         if rng_ranks is not None:
@@ -387,6 +404,8 @@ def _run(
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
         restore_rng_state(state["rng"])
+        if extra_state is not None and state.get("extra") is not None:
+            extra_state[1](state["extra"])
         start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         result.history = list(state["history"])
         partial = dict(state.get("partial") or {"sums": {}, "seen": 0})
@@ -424,6 +443,9 @@ def _run(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     with _StopRequests() as stop_requests:
         for epoch in range(start_epoch, epochs):
+            if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \
+                    and should_stop() is not None:
+                break  # a resumed run that had already stopped early
             model.train()
             t0 = time.perf_counter()
             if world > 1:
@@ -468,6 +490,8 @@ def _run(
                 if after_step is not None:
                     after_step()
                 step += 1
+                if on_step is not None:
+                    on_step(step)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 seen += 1
@@ -493,7 +517,12 @@ def _run(
                 shown = {k: v for k, v in record.items() if k not in ("phase", "epoch", "lr")}
                 tqdm.write(f"{phase} epoch {epoch + 1}/{epochs}: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+            stopped = should_stop() if should_stop is not None and epoch + 1 < epochs else None
             checkpoint(epoch + 1, 0)
+            if stopped is not None:
+                if progress and main:
+                    tqdm.write(stopped)
+                break
             stop_now = stop_requests.requested
             if world > 1:
                 stop_now = distributed.any_rank(stop_now, device)
@@ -524,8 +553,12 @@ def finetune(
     precision: str | None = None,
     compile: str | None = None,
     parallel: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a variational model (see :func:`prunedrop.convert.to_variational`) on the ELBO.
+
+    With ``recipe.automatic`` the autopilot (:mod:`prunedrop.autopilot`) moves β to meet the recipe's budget and
+    target, and ends the phase early once it has settled; ``log`` gets its one-line notes.
 
     ``precision`` (fp32, bf16, fp16) and ``compile`` (auto, always, never) override the recipe's keys of
     the same name (recipes without them mean fp32 and auto). ``parallel``: None trains data-parallel when
@@ -549,11 +582,15 @@ def finetune(
     ])
     n = data.num_train
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    epochs = recipe.epochs if recipe.epochs is not None else autopilot.auto_epochs(n, recipe.batch_size)
     warmup_steps = recipe.kl_warmup_epochs * steps_per_epoch
     layer_list = list(layers.values())
     factors = kl_factors(model, recipe.kl_weights)
+    pilot = _Pilot(model, data, recipe, steps_per_epoch, device, log=log) if recipe.automatic else None
+    if pilot is not None:
+        factors = pilot.factors
     layer_factors = [factors[name] for name in layers]
-    steps_left = recipe.epochs * steps_per_epoch
+    steps_left = epochs * steps_per_epoch
     if compile_mode == "auto" and resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         # compiling pays off only over the steps still to run, not over the whole schedule
         steps_left = max(0, steps_left - int(load_checkpoint(Path(checkpoint_path)).get("step", 0)))
@@ -561,7 +598,10 @@ def finetune(
 
     def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, share: float,
                   autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        beta = recipe.kl_weight * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+        if pilot is not None:
+            beta = pilot.controller.beta
+        else:
+            beta = recipe.fixed_beta * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
         with autocast():
             out = net(x)
         data_term = data_loss(recipe.loss, out.float(), y)
@@ -571,12 +611,124 @@ def finetune(
         loss_v, data_v, kl_v = torch.stack([loss.detach(), data_term.detach(), kl.detach()]).tolist()
         return loss, {"loss": loss_v, "data_loss": data_v, "kl": kl_v, "beta": beta}
 
+    def epoch_stats() -> dict[str, float]:
+        stats = {"kept_fraction": kept_fraction(model)}
+        if pilot is not None and pilot.controller.checks:
+            last = pilot.controller.checks[-1]
+            stats["beta_now"] = last.beta
+            if last.smoothed_drop is not None:
+                stats["val_drop_smoothed"] = last.smoothed_drop
+            if last.cost_ratio is not None:
+                stats["cost_ratio"] = last.cost_ratio
+        return stats
+
     with _kernels_set(layer_list, kernels):
-        return _run(model, data, recipe, phase="variational", epochs=recipe.epochs, optimizer=optimizer,
-                    step_loss=step_loss, after_step=None, device=device,
-                    checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
-                    progress=progress, epoch_stats=lambda: {"kept_fraction": kept_fraction(model)},
-                    precision=precision, parallel=parallel)
+        result = _run(model, data, recipe, phase="variational", epochs=epochs, optimizer=optimizer,
+                      step_loss=step_loss, after_step=None, device=device,
+                      checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
+                      progress=progress, epoch_stats=epoch_stats, precision=precision, parallel=parallel,
+                      on_step=None if pilot is None else pilot.on_step,
+                      should_stop=None if pilot is None else pilot.should_stop,
+                      extra_state=None if pilot is None else (pilot.state_dict, pilot.load_state_dict))
+    result.epochs = epochs
+    if pilot is not None:
+        result.autopilot = pilot.summary()
+    return result
+
+
+class _Pilot:
+    """The autopilot wired into the variational phase: the controller, its measurements and the KL factors.
+
+    Measurements every ``check_every`` steps: the validation metric of the eval-mode model (exactly the
+    thresholded model) on at most :data:`CHECK_SAMPLES` validation samples, as a drop from the same samples'
+    metric at the start; and, with a target, the kept cost ratio (:class:`prunedrop.autopilot.CostMeter`).
+    """
+
+    def __init__(self, model: nn.Module, data: DataBundle, recipe: Recipe, steps_per_epoch: int,
+                 device: torch.device, log: Callable[[str], None] | None) -> None:
+        self.model, self.data, self.recipe, self.device = model, data, recipe, device
+        self.log = log or (lambda msg: None)
+        target = autopilot.parse_target(recipe.target) if recipe.target else None
+        example = data.example_batch(min(64, recipe.eval_batch_size)).to(device)
+        structured = recipe.method != "sparse_vd"
+        kind = target.kind if target is not None else ("flops" if structured else "params")
+        self.factors = autopilot.cost_factors(model, example, kind)
+        self.meter = autopilot.CostMeter(model, example, target.kind) if target is not None else None
+        ratio = None
+        if target is not None:
+            dense = self.meter.dense * (4.0 if target.kind == "bytes" else 1.0)  # float32 bytes per parameter
+            ratio = target.ratio_for(dense)
+            if not ratio > 1.0:
+                raise PrunedropError(f"target {target}: the dense model ({dense:,.0f} bytes of parameters) is "
+                                     "already within it; nothing to do")
+        self.target = target
+        self.controller = autopilot.Autopilot(max_drop=recipe.max_metric_drop, target_ratio=ratio,
+                                              check_every=autopilot.check_interval(steps_per_epoch),
+                                              decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
+        self.reference: float | None = None
+        self.stopped: str | None = None
+        self.announced_backoffs = 0
+
+    def _val_metric(self) -> float:
+        name = metric_name(self.recipe.loss)
+        return evaluate(self.model, _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES),
+                        loss=self.recipe.loss, device=self.device)[name]
+
+    def on_step(self, step: int) -> None:
+        c = self.controller
+        if step == 1 and self.reference is None and c.max_drop is not None:
+            # the start's metric on the same samples (the noise is still negligible after one step)
+            self.reference = self._val_metric()
+        if step % c.check_every:
+            return
+        drop = None
+        if c.max_drop is not None:
+            if self.reference is None:  # resumed from a checkpoint written before this was recorded
+                self.reference = self._val_metric()
+            drop = autopilot.metric_drop(self.reference, self._val_metric(), loss=self.recipe.loss)
+        cost_ratio = self.meter.ratio(self.model) if self.meter is not None else None
+        record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
+        if c.backoffs > self.announced_backoffs:
+            self.announced_backoffs = c.backoffs
+            self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
+                     f"backing off (β → {record.beta:.3g})")
+
+    def should_stop(self) -> str | None:
+        if self.stopped is None and self.controller.checks and self.controller.settled(self.controller.checks[-1].step):
+            c = self.controller.checks[-1]
+            self.stopped = (f"autopilot settled at step {c.step} (β {c.beta:.3g}, kept fraction "
+                            f"{c.kept_fraction:.4g} flat over the last {autopilot.SETTLE_STEPS} steps): variational "
+                            "phase ends here")
+        return self.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.reference = state.get("reference")
+        self.stopped = state.get("stopped")
+        self.announced_backoffs = self.controller.backoffs
+
+    def summary(self) -> dict[str, Any]:
+        out = self.controller.summary()
+        out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
+                   reference_metric=self.reference, kl_factors=self.factors)
+        return out
+
+
+#: validation samples per autopilot measurement
+CHECK_SAMPLES = 2000
+
+
+def _capped(loader: Any, limit: int) -> Iterator[Any]:
+    """The first batches of ``loader`` holding at most about ``limit`` samples (whole batches; at least one)."""
+    seen = 0
+    for x, y in loader:
+        if seen and seen + len(y) > limit:
+            break
+        yield x, y
+        seen += len(y)
 
 
 def finetune_masked(
@@ -629,7 +781,8 @@ def finetune_masked(
         total = sum(p.numel() for p, _ in pairs)
         return {"kept_fraction": kept / total if total else 1.0}
 
-    return _run(model, data, recipe, phase="masked", epochs=recipe.finetune_epochs, optimizer=optimizer,
+    return _run(model, data, recipe, phase="masked", epochs=recipe.finetune_epochs_for(data.num_train),
+                optimizer=optimizer,
                 step_loss=step_loss, after_step=apply_masks, device=device,
                 checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
                 progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel)

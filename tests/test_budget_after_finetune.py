@@ -101,7 +101,7 @@ def test_every_probe_outside_the_budget(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_every_probe_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripted = _Scripted(monkeypatch, lambda t: 90.0)
-    found, _ = _search(tmp_path, scripted, chosen=None, budget=0.0)
+    found, _ = _search(tmp_path, scripted, chosen=None, budget=1e-6)
     assert found.best[0] == -2.0
 
 

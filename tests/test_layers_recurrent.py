@@ -277,7 +277,7 @@ def test_compress_end_to_end_with_onnx_parity(method, tmp_path) -> None:
     recipe = Recipe(method=method, include=["rnn"], epochs=6, batch_size=32, eval_batch_size=64, lr=3e-3,
                     noise_lr=0.3, lr_schedule="constant", kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1,
                     init_log_alpha=-1.0,
-                    finetune_lr=1e-3, device="cpu", latency_runs=0, mc_samples=2, plots=False)
+                    finetune_lr=1e-3, device="cpu", latency_runs=0, mc_samples=2, plots=False, max_metric_drop=None)
     data = load_data(f"npz:{tmp_path / 'data.npz'}")
     result = compress(copy.deepcopy(model), data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
     report = json.loads((tmp_path / "out" / "report.json").read_text())

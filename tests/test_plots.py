@@ -126,3 +126,16 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, plot):
     with pytest.raises(PrunedropError, match=r"pip install prunedrop\[plots\]"):
         plot(tmp_path / "t.png")
     assert not (tmp_path / "t.png").exists()
+
+
+def test_training_curves_draw_beta_and_the_autopilot_drop(tmp_path):
+    history = [{"phase": "variational", "epoch": i, "loss": 1.0 / i, "val_accuracy": 90.0, "kept_fraction": 1 / i,
+                "beta_now": 0.1 * 2**i, "val_drop_smoothed": 0.1 * i} for i in range(1, 6)]
+    with_beta = plot_training_curves(history, tmp_path / "beta.png")
+    without = plot_training_curves([{k: v for k, v in r.items() if k not in ("beta_now", "val_drop_smoothed")}
+                                    for r in history], tmp_path / "plain.png")
+    _assert_png(with_beta)
+    from PIL import Image
+
+    # the β panel makes the figure wider
+    assert Image.open(with_beta).size[0] > Image.open(without).size[0]

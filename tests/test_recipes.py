@@ -64,7 +64,7 @@ def test_unknown_key_names_the_closest_valid_one() -> None:
         ({"include": []}, "'include' is empty"),
         ({"device": "tpu"}, "'device' = 'tpu' must be auto, cpu, cuda or cuda:N"),
         ({"val_fraction": 1.0}, "'val_fraction' = 1.0 must be in"),
-        ({"epochs": 2, "kl_warmup_epochs": 5}, "'kl_warmup_epochs' = 5.0 is longer than 'epochs' = 2"),
+        ({"epochs": 2, "kl_warmup_epochs": 5, "kl_weight": 1.0}, "'kl_warmup_epochs' = 5.0 is longer than 'epochs' = 2"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, message: str) -> None:

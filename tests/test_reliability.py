@@ -171,7 +171,8 @@ def test_output_folder_not_writable(project: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_everything_pruned_stops_before_export(project: Path) -> None:
-    (project / "prune-all.yaml").write_text("epochs: 0\nkl_warmup_epochs: 0\nthreshold: -9.999\ndevice: cpu\n")
+    (project / "prune-all.yaml").write_text("epochs: 0\nkl_warmup_epochs: 0\nthreshold: -9.999\ndevice: cpu\n"
+                                                   "max_metric_drop: null\n")
     result = CliRunner().invoke(cli, [*ARGS[:-2], "prune-all.yaml", "-q", "-o", "out"])
     assert result.exit_code == 1, result.output
     assert "nothing would be left to export" in result.output and "lower kl_weight" in result.output

@@ -25,6 +25,7 @@ noise_lr: {noise_lr}
 lr_schedule: constant
 kl_weight: {kl_weight}
 kl_warmup_epochs: 1
+max_metric_drop: null
 finetune_epochs: 1
 latency_runs: 3
 mc_samples: 4

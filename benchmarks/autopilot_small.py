@@ -1,0 +1,146 @@
+"""The autopilot on small models nobody tuned for: scikit-learn's digits, the default recipe, no β.
+
+    python benchmarks/autopilot_small.py                       # every model, the default recipe (sparse VD, 1 pt)
+    python benchmarks/autopilot_small.py --models cnn rescnn --method sbp
+    python benchmarks/autopilot_small.py --models cnn --method sbp --target flops=3x
+
+Each model is trained dense here (Adam, 40 epochs, seed 0; cached in ``benchmarks/results/autopilot-dense-*.pt``)
+on the digits training split, then compressed by ``prunedrop.pipeline.compress`` with ``Recipe()`` plus only
+``--method``/``--max-drop``/``--target`` (and no latency timing, plots or Monte Carlo calibration, which do not
+change the model). The table gives validation and test accuracy before and after (the test split is never seen
+by the run), the compression and what the autopilot did. Results: ``benchmarks/results/autopilot-small-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
+from examples.train_dense import fit_dense  # noqa: E402
+from prunedrop.atomic import atomic_write_text  # noqa: E402
+from prunedrop.data import load_data  # noqa: E402
+from prunedrop.pipeline import compress  # noqa: E402
+from prunedrop.recipes import Recipe  # noqa: E402
+from prunedrop.testing import TinyRecurrentClassifier, TransformerClassifier  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 4 * 4, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class SmallResCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.block1, self.block2 = ResBlock(32), ResBlock(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(torch.relu(self.bn(self.stem(x)))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+MODELS = {
+    "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                                 nn.Linear(128, 10)),
+    "cnn": SmallCNN,
+    "lstm": lambda: TinyRecurrentClassifier("lstm", in_features=8, hidden=64, num_classes=10),
+    "transformer": lambda: TransformerClassifier(in_features=8, seq_len=8, d_model=32, num_heads=4, ff=64,
+                                                 num_layers=2, num_classes=10),
+    "rescnn": SmallResCNN,
+}
+
+
+def dense(name: str, data, epochs: int) -> nn.Module:
+    cache = RESULTS / f"autopilot-dense-{name}-e{epochs}.pt"
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
+    model = fit_dense(model, data, epochs, lr=2e-3, batch_size=50, log=lambda msg: None).cpu().eval()
+    torch.save(model.state_dict(), cache)
+    return model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--method", default="sparse_vd")
+    p.add_argument("--max-drop", type=float, default=None)
+    p.add_argument("--target", default=None)
+    p.add_argument("--dense-epochs", type=int, default=40)
+    p.add_argument("--tag", default="", help="suffix of the result file")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    data = load_data("digits", seed=0)
+    rows = []
+    for name in args.models:
+        model = dense(name, data, args.dense_epochs)
+        changes = {"method": args.method, "latency_runs": 0, "plots": False, "mc_samples": 0, "target": args.target}
+        if args.max_drop is not None:
+            changes["max_metric_drop"] = args.max_drop
+        recipe = Recipe().replace(**changes)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            result = compress(model, data, recipe, out, progress=False, log=lambda msg: None)
+        r = result.report
+        pilot = r.get("autopilot") or {}
+        row = {
+            "model": name, "method": args.method, "budget": recipe.max_metric_drop, "target": args.target,
+            "val_before": r["metric"]["before"], "val_after": r["metric"]["after"],
+            "test_before": r["test_metric"]["before"], "test_after": r["test_metric"]["after"],
+            "params_ratio": r["params"]["ratio"], "flops_ratio": r["flops"]["ratio"],
+            "nonzero_flops_ratio": r["flops"]["nonzero_ratio"],
+            "variational_epochs": r.get("variational_epochs"), "steps": (pilot.get("last_check") or {}).get("step"),
+            "stopped_early": pilot.get("stopped_early"), "beta_final": pilot.get("beta_final"),
+            "bound": pilot.get("bound"), "target_outcome": r.get("target"), "threshold": r["threshold"],
+            "wall_s": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        print(f"{name:12s} val {row['val_before']:.2f}→{row['val_after']:.2f} test {row['test_before']:.2f}→"
+              f"{row['test_after']:.2f} params {row['params_ratio']:.1f}x flops {row['flops_ratio']:.2f}x "
+              f"nz-flops {row['nonzero_flops_ratio']:.1f}x β {row['beta_final']} epochs {row['variational_epochs']} "
+              f"{row['wall_s']:.0f}s", flush=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    out = RESULTS / f"autopilot-small-{args.method}{tag}.json"
+    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
+                                       "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""The autopilot: β (the KL weight) as a controlled variable, so that the user states a budget or a target.
+
+β decides how much variational dropout prunes, and no user can guess it for their model: on a small training set
+β = 1 is crushed by the prior, while on a large one structured noise at β = 1 prunes nothing in a short run. So
+the variational phase treats β as the multiplier of a constraint and moves it by dual ascent, in log space, from
+measurements taken every ``check_every`` optimizer steps:
+
+* **budget** (``max_metric_drop``): the constraint is "validation metric drop ≤ ``margin`` × budget". At each
+  check the eval-mode model (which computes exactly the thresholded model, see :mod:`prunedrop.layers.base`) is
+  measured on the validation data (at most ``check_samples`` of them); the drop is smoothed (an exponential moving
+  average, so that one unlucky image of a small validation set does not steer) and
+  ``log β += rate · clip((margin·budget − drop) / budget, −2, 1)``. β rises while the model is comfortably within
+  budget and falls, twice as fast, when it is not: compressing is the objective, accuracy the constraint (GECO,
+  Rezende & Viola 2018; Gallego-Posada et al. 2022 for sparsity). The margin (½ by default) is spent during the
+  noisy phase; the rest is left for choosing the threshold afterwards, which the noise-free fine-tuning wins back.
+* **target** (``target: flops=10x`` …): the constraint is "kept cost ≤ dense cost / ratio". The kept cost is the
+  cost of what the current thresholds keep (multiply-adds or parameters per unit, from one profiling pass), and
+  ``log β += rate · clip(log(cost / target) / log 2, −1, 1)``: β rises while the model is larger than asked.
+* both: the smaller step wins, so β rises only while *both* constraints allow it; the run then says which one bound.
+
+``rate`` is ``ln 10 × check_every / decade_steps``: β can move at most ten-fold per ``decade_steps`` steps, which
+is :func:`decade_steps` of the noise learning rate: Adam moves a noise parameter by about one learning rate per
+step, and the noise needs to cross about ten units of log σ² to prune a weight, so the plant answers a change of β
+after roughly 10 / noise_lr steps. Moving β slower than that keeps the loop from outrunning its plant and
+oscillating. β is clipped to [``BETA_MIN``, ``BETA_MAX``]. The controller never sees a NaN: a non-finite
+measurement is rejected by :meth:`Autopilot.check`.
+
+Per-layer allocation (:func:`cost_factors`): structured methods weigh each unit's KL by what the unit costs (its
+multiply-adds, or parameters for a ``params`` target) relative to the average unit, so that expensive early
+convolutions are pruned harder without hand-set ``kl_weights``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PrunedropError
+
+BETA_MIN = 1e-4
+BETA_MAX = 1e4
+#: β at the start of an automatic run: small, since the controller can raise it ten-fold per ``decade_steps`` but a
+#: too large β does its damage before the validation measurements can show it
+BETA_START = 0.1
+#: the share of the budget spent during the noisy phase (the threshold choice and fine-tuning use the rest)
+MARGIN = 0.5
+#: units of log σ² the noise crosses to prune a weight (from −10 to about log α = 3 for a typical weight)
+NOISE_SPAN = 10.0
+#: smoothing of the measured drop between checks (weight of the newest measurement)
+DROP_SMOOTHING = 0.5
+#: settled: over the last SETTLE_STEPS steps β moved less than ×SETTLE_BETA and the kept fraction less than
+#: SETTLE_KEPT (absolute)
+SETTLE_STEPS = 1000
+SETTLE_BETA = 1.25
+SETTLE_KEPT = 0.005
+#: an automatic run trains at least this many optimizer steps (sparse VD's noise needs thousands of steps to grow)
+AUTO_MIN_STEPS = 4000
+AUTO_MIN_EPOCHS = 10
+AUTO_MAX_EPOCHS = 300
+
+TARGET_KINDS = ("flops", "params", "bytes")
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A size or speed target: ``kind`` is flops, params or bytes; either ``ratio`` (10 means 10× fewer) or, for
+    bytes, an absolute ``limit``."""
+
+    kind: str
+    ratio: float | None = None
+    limit: float | None = None
+
+    def ratio_for(self, dense_cost: float) -> float:
+        """How many times smaller than ``dense_cost`` the model must become."""
+        if self.ratio is not None:
+            return self.ratio
+        assert self.limit is not None
+        return dense_cost / self.limit
+
+    def __str__(self) -> str:
+        if self.ratio is not None:
+            return f"{self.kind}={self.ratio:g}x"
+        return f"{self.kind}={self.limit:g}"
+
+
+def parse_target(spec: str) -> Target:
+    """``flops=10x``, ``params=50x``, ``bytes=5x`` or ``bytes=200KB`` (KB/MB/GB, KiB/MiB/GiB); a one-line error
+    naming what is wrong otherwise."""
+    text = str(spec).strip().lower().replace(" ", "")
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in TARGET_KINDS:
+        raise PrunedropError(f"target {spec!r}: give KIND=VALUE with KIND one of {', '.join(TARGET_KINDS)}, "
+                             "e.g. flops=10x, params=50x or bytes=200KB")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(x|[kmg]i?b|b)?", value)
+    if not m:
+        raise PrunedropError(f"target {spec!r}: {value!r} is not a ratio such as 10x"
+                             + (" or a size such as 200KB" if kind == "bytes" else ""))
+    number, unit = float(m.group(1)), m.group(2) or ""
+    if not math.isfinite(number):
+        raise PrunedropError(f"target {spec!r} must be finite")
+    if unit == "x" or (unit == "" and kind != "bytes"):
+        if not number > 1.0:
+            raise PrunedropError(f"target {spec!r}: the ratio must be more than 1x (how many times smaller)")
+        return Target(kind=kind, ratio=number)
+    if kind != "bytes":
+        raise PrunedropError(f"target {spec!r}: {kind} takes a ratio such as {kind}=10x")
+    limit = number * _UNITS[unit]
+    if not limit >= 1:
+        raise PrunedropError(f"target {spec!r}: the size must be at least 1 byte")
+    return Target(kind="bytes", limit=limit)
+
+
+def metric_drop(before: float, after: float, *, loss: str) -> float:
+    """How much worse ``after`` is than ``before``, in the budget's unit: accuracy points, or for ``mse`` the
+    relative increase of the error in percent."""
+    if loss == "cross_entropy":
+        return before - after
+    return 100.0 * (after - before) / max(abs(before), 1e-12)
+
+
+# -- costs -------------------------------------------------------------------------------------------------------
+
+
+def _units(layer: nn.Module) -> int:
+    """Entries of the layer's keep mask: its units (per-unit noise) or weights (per-weight noise)."""
+    with torch.no_grad():
+        return int(layer.keep_mask().numel())
+
+
+def layer_costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> dict[str, float]:
+    """Variational layer name → the cost of one keep-mask entry of it (a unit or a weight), in ``kind``'s terms:
+    multiply-adds per sample (flops) or parameters (params, bytes). From one profiling pass at batch size 1."""
+    from .convert import variational_layers
+    from .report import profile_model
+
+    layers = variational_layers(model)
+    profiles = {p.name: p for p in profile_model(model, example_input[:1])}
+    costs: dict[str, float] = {}
+    for name, layer in layers.items():
+        entries = max(_units(layer), 1)
+        if kind == "flops":
+            total = float(profiles[name].macs) if name in profiles else 0.0
+        else:
+            total = float(sum(p.numel() for n, p in layer.named_parameters()
+                              if n in ("weight", "bias") or n.startswith(("weight_", "bias_"))))
+        costs[name] = total / entries
+    return costs
+
+
+def cost_factors(model: nn.Module, example_input: torch.Tensor, kind: str) -> dict[str, float]:
+    """Per-layer KL factors from :func:`layer_costs`: each entry's cost relative to the average entry (weighted by
+    entries, so that the factors average 1 over all units and β keeps its scale). Layers that cost nothing (a
+    profile without multiply-adds) get the smallest positive factor rather than 0, so that their KL still counts."""
+    from .convert import variational_layers
+
+    costs = layer_costs(model, example_input, kind)
+    layers = variational_layers(model)
+    entries = {name: _units(layer) for name, layer in layers.items()}
+    total_entries = sum(entries.values())
+    total_cost = sum(costs[n] * entries[n] for n in costs)
+    if total_entries == 0 or total_cost <= 0:
+        return {name: 1.0 for name in layers}
+    mean = total_cost / total_entries
+    positive = [c / mean for c in costs.values() if c > 0]
+    floor = min(positive) if positive else 1.0
+    return {name: (costs[name] / mean if costs[name] > 0 else floor) for name in layers}
+
+
+def _input_density(module: nn.Module, x: torch.Tensor) -> float:
+    """Share of the input's channels (convolutions: dim 1) or features (linear: the last dim) that are not zero
+    on the whole batch: a pruned upstream unit feeds exact zeros, and slimming removes the weights that read them."""
+    if isinstance(module, nn.modules.conv._ConvNd) and x.dim() >= 2:
+        nonzero = x.detach().ne(0).transpose(0, 1).flatten(1).any(dim=1)
+    elif isinstance(module, nn.Linear) and x.dim() >= 1:
+        nonzero = x.detach().ne(0).reshape(-1, x.shape[-1]).any(dim=0)
+    else:
+        return 1.0
+    return float(nonzero.float().mean()) if nonzero.numel() else 1.0
+
+
+class CostMeter:
+    """How many times smaller than the dense model the thresholded model is, in FLOPs or parameters.
+
+    Per variational layer: kept entries (units or weights) × the cost of one entry × the share of the layer's
+    input channels that are not all zero on an example batch (pruned units upstream feed zeros; slimming removes
+    the weights that read them). The layers that are not converted count in full. An estimate for the
+    controller: the report's numbers come from the slim model itself.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, kind: str) -> None:
+        from .convert import variational_layers
+        from .report import profile_model
+
+        self.kind = "params" if kind == "bytes" else kind
+        self.example = example_input
+        self.costs = layer_costs(model, example_input, self.kind)
+        layers = variational_layers(model)
+        self.layers = layers
+        entries = {name: _units(layer) for name, layer in layers.items()}
+        self.dense_variational = sum(entries[n] * self.costs[n] for n in layers)
+        if self.kind == "flops":
+            profiles = profile_model(model, example_input[:1])
+            self.other = float(sum(p.macs for p in profiles if p.name not in layers))
+        else:
+            inside = {id(p) for layer in layers.values() for p in layer.parameters()}
+            self.other = float(sum(p.numel() for p in model.parameters() if id(p) not in inside))
+        self.dense = self.other + self.dense_variational
+
+    @torch.no_grad()
+    def ratio(self, model: nn.Module) -> float:
+        """Dense cost / estimated kept cost of ``model`` at its current thresholds (eval mode, one forward)."""
+        density: dict[str, float] = {}
+        handles = [layer.register_forward_pre_hook(
+            lambda m, args, name=name: density.__setitem__(name, _input_density(m, args[0])) if args else None)
+            for name, layer in self.layers.items()]
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            model.eval()
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            model(self.example.to(device))
+        finally:
+            for h in handles:
+                h.remove()
+            for m, mode in modes:
+                m.training = mode
+        kept = self.other
+        for name, layer in self.layers.items():
+            kept += float(layer.keep_mask().sum()) * self.costs[name] * density.get(name, 1.0)
+        return self.dense / max(kept, 1e-12)
+
+
+# -- the controller ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One measurement of the controller and what it did."""
+
+    step: int
+    beta: float
+    """β after this check's update."""
+    drop: float | None = None
+    """Measured validation drop (budget's unit) at this check."""
+    smoothed_drop: float | None = None
+    cost_ratio: float | None = None
+    """Dense cost / kept cost (how many times smaller the kept model is) at this check."""
+    kept_fraction: float | None = None
+    bound: str | None = None
+    """Which constraint held β back at this check: ``budget``, ``target`` or None."""
+
+
+@dataclass
+class Autopilot:
+    """The β controller of one variational phase (see the module docstring). Serialisable for resume."""
+
+    max_drop: float | None
+    target_ratio: float | None = None
+    check_every: int = 100
+    decade_steps: float = 1000.0
+    """Steps over which β may change at most ten-fold (:func:`decade_steps`)."""
+    margin: float = MARGIN
+    log_beta: float = math.log(BETA_START)
+    smoothed_drop: float | None = None
+    checks: list[Check] = field(default_factory=list)
+    backoffs: int = 0
+    _over: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_drop is None and self.target_ratio is None:
+            raise ValueError("an Autopilot needs a budget, a target or both")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop > 0):
+            raise ValueError(f"budget must be a positive finite number, got {self.max_drop}")
+        if self.target_ratio is not None and not (math.isfinite(self.target_ratio) and self.target_ratio > 1):
+            raise ValueError(f"target ratio must be finite and > 1, got {self.target_ratio}")
+        if self.check_every < 1:
+            raise ValueError("check_every must be ≥ 1")
+        if not self.decade_steps > 0:
+            raise ValueError("decade_steps must be > 0")
+
+    @property
+    def beta(self) -> float:
+        return math.exp(self.log_beta)
+
+    @property
+    def rate(self) -> float:
+        """Largest change of log β per check."""
+        return math.log(10.0) * self.check_every / self.decade_steps
+
+    def check(self, step: int, *, drop: float | None = None, cost_ratio: float | None = None,
+              kept_fraction: float | None = None) -> Check:
+        """Take one measurement (validation drop in the budget's unit; dense/kept cost ratio) and update β."""
+        for name, value in (("drop", drop), ("cost_ratio", cost_ratio)):
+            if value is not None and not math.isfinite(value):
+                raise PrunedropError(f"the autopilot measured a non-finite {name} ({value}) at step {step}: the "
+                                     "model's validation outputs are not finite; lower the learning rate")
+        moves: dict[str, float] = {}
+        if self.max_drop is not None:
+            if drop is None:
+                raise ValueError("budget mode needs the measured drop at every check")
+            self.smoothed_drop = drop if self.smoothed_drop is None else \
+                DROP_SMOOTHING * drop + (1.0 - DROP_SMOOTHING) * self.smoothed_drop
+            slack = (self.margin * self.max_drop - self.smoothed_drop) / self.max_drop
+            moves["budget"] = self.rate * min(1.0, max(-2.0, slack))
+            over = drop > self.max_drop and self.smoothed_drop > self.margin * self.max_drop
+            was_over = bool(self.checks) and self.checks[-1].bound == "budget" and self._over
+            if over and not was_over:
+                self.backoffs += 1  # a new episode over the budget (counted once, not at every check in it)
+            self._over = over
+        if self.target_ratio is not None:
+            if cost_ratio is None:
+                raise ValueError("target mode needs the kept cost ratio at every check")
+            # positive while the model is bigger than the target (its ratio below the target ratio)
+            gap = math.log(self.target_ratio / max(cost_ratio, 1e-12)) / math.log(2.0)
+            moves["target"] = self.rate * min(1.0, max(-1.0, gap))
+        bound_by, move = min(moves.items(), key=lambda kv: kv[1])
+        self.log_beta = min(math.log(BETA_MAX), max(math.log(BETA_MIN), self.log_beta + move))
+        bound = bound_by if len(moves) > 1 or move <= 0 else None
+        record = Check(step=step, beta=self.beta, drop=drop, smoothed_drop=self.smoothed_drop,
+                       cost_ratio=cost_ratio, kept_fraction=kept_fraction, bound=bound)
+        self.checks.append(record)
+        return record
+
+    def settled(self, step: int) -> bool:
+        """β and the kept fraction have stayed flat over the last :data:`SETTLE_STEPS` steps."""
+        window = [c for c in self.checks if c.step >= step - SETTLE_STEPS]
+        if len(window) < 3 or not self.checks or self.checks[0].step > step - SETTLE_STEPS:
+            return False
+        betas = [c.beta for c in window]
+        kept = [c.kept_fraction for c in window if c.kept_fraction is not None]
+        flat_beta = max(betas) / min(betas) <= SETTLE_BETA
+        flat_kept = not kept or max(kept) - min(kept) <= SETTLE_KEPT
+        return flat_beta and flat_kept
+
+    def bound(self) -> str:
+        """Which constraint decided where β ended: the one that held it back in most of the last checks."""
+        last = [c.bound for c in self.checks[-5:] if c.bound]
+        if last:
+            return max(set(last), key=last.count)
+        return "target" if self.target_ratio is not None and self.max_drop is None else "budget"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_beta": self.log_beta, "smoothed_drop": self.smoothed_drop, "backoffs": self.backoffs,
+                "over": self._over,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.log_beta = float(state["log_beta"])
+        self.smoothed_drop = state.get("smoothed_drop")
+        self.backoffs = int(state.get("backoffs", 0))
+        self._over = bool(state.get("over", False))
+        self.checks = [Check(**c) for c in state.get("checks", [])]
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``autopilot`` entry: the settings, β's trajectory and the last measurements."""
+        last = self.checks[-1] if self.checks else None
+        return {
+            "max_metric_drop": self.max_drop,
+            "target_ratio": self.target_ratio,
+            "margin": self.margin,
+            "check_every": self.check_every,
+            "decade_steps": self.decade_steps,
+            "beta_final": self.beta,
+            "bound": self.bound(),
+            "backoffs": self.backoffs,
+            "last_check": None if last is None else asdict(last),
+            "trajectory": [asdict(c) for c in self.checks],
+        }
+
+
+def auto_epochs(num_train: int, batch_size: int) -> int:
+    """Epochs of an automatic variational phase: at least :data:`AUTO_MIN_STEPS` steps and
+    :data:`AUTO_MIN_EPOCHS` epochs, at most :data:`AUTO_MAX_EPOCHS` (the controller may stop it earlier)."""
+    steps_per_epoch = max(1, math.ceil(num_train / batch_size))
+    return int(min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, math.ceil(AUTO_MIN_STEPS / steps_per_epoch))))
+
+
+def decade_steps(noise_lr: float) -> float:
+    """Steps per ten-fold change of β: the noise's response time, :data:`NOISE_SPAN` / ``noise_lr``, within
+    [50, 5000]."""
+    return float(min(5000.0, max(50.0, NOISE_SPAN / noise_lr)))
+
+
+def check_interval(steps_per_epoch: int) -> int:
+    """Steps between two measurements: about four per epoch, between 10 and 100 steps apart."""
+    return int(min(100, max(10, steps_per_epoch // 4)))

@@ -1,0 +1,334 @@
+"""The autopilot: the β controller on toy measurements, target parsing, bad inputs, and end-to-end runs on tiny data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunedrop import autopilot
+from prunedrop.autopilot import BETA_MAX, BETA_MIN, Autopilot, CostMeter, metric_drop, parse_target
+from prunedrop.cli import cli
+from prunedrop.convert import to_variational
+from prunedrop.data import DataBundle, load_data
+from prunedrop.errors import PrunedropError
+from prunedrop.pipeline import compress
+from prunedrop.recipes import Recipe
+from prunedrop.testing import TinyLeNet5, TinyMLP, tiny_classification_data, write_tiny_project
+
+# -- targets and budgets -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "kind", "ratio", "limit"), [
+    ("flops=10x", "flops", 10.0, None), ("params=50X", "params", 50.0, None), ("bytes=5x", "bytes", 5.0, None),
+    ("bytes=200KB", "bytes", None, 200_000.0), ("bytes=1.5MiB", "bytes", None, 1.5 * 1024**2),
+    ("flops = 2.5", "flops", 2.5, None),
+])
+def test_targets_parse(spec: str, kind: str, ratio: float | None, limit: float | None) -> None:
+    t = parse_target(spec)
+    assert (t.kind, t.ratio, t.limit) == (kind, ratio, limit)
+
+
+@pytest.mark.parametrize("spec", ["flops=1x", "flops=0.5x", "params=1", "latency=3x", "flops", "flops=abc",
+                                  "flops=200KB", "bytes=0KB", "=3x", "flops=nanx", "flops=-3x", ""])
+def test_bad_targets_are_one_line_errors(spec: str) -> None:
+    with pytest.raises(PrunedropError) as e:
+        parse_target(spec)
+    assert "\n" not in str(e.value) and "target" in str(e.value)
+
+
+def test_bytes_target_ratio_from_a_limit() -> None:
+    assert parse_target("bytes=100KB").ratio_for(1_000_000) == pytest.approx(10.0)
+
+
+def test_metric_drop_is_points_for_accuracy_and_percent_for_mse() -> None:
+    assert metric_drop(98.0, 97.5, loss="cross_entropy") == pytest.approx(0.5)
+    assert metric_drop(0.20, 0.21, loss="mse") == pytest.approx(5.0)
+    assert metric_drop(0.20, 0.19, loss="mse") < 0
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"max_metric_drop": 0}, "max_metric_drop"), ({"max_metric_drop": -1}, "max_metric_drop"),
+    ({"max_metric_drop": float("nan")}, "max_metric_drop"), ({"max_metric_drop": 101}, "max_metric_drop"),
+    ({"max_metric_drop": float("inf")}, "max_metric_drop"),
+    ({"target": "flops=1x"}, "target"), ({"target": "speed=3x"}, "target"),
+    ({"target": "flops=10x", "kl_weight": 2.0}, "target"), ({"target": "params=4x", "kl_weights": {"a": 2}}, "target"),
+])
+def test_bad_budgets_and_targets_in_recipes(changes: dict, key: str) -> None:
+    with pytest.raises(PrunedropError, match=key):
+        Recipe(**changes)
+
+
+def test_who_chooses_beta() -> None:
+    assert Recipe().automatic and Recipe().max_metric_drop == 1.0 and Recipe().method == "sparse_vd"
+    assert not Recipe(kl_weight=3.0).automatic and Recipe(kl_weight=3.0).fixed_beta == 3.0
+    assert not Recipe(kl_weights={"conv*": 5.0}).automatic
+    assert not Recipe(max_metric_drop=None).automatic and Recipe(max_metric_drop=None).fixed_beta == 1.0
+    assert Recipe(max_metric_drop=None, target="flops=3x").automatic
+
+
+# -- the controller on toy measurements ---------------------------------------------------------------------------
+
+
+def test_budget_controller_raises_beta_while_within_budget_and_lowers_it_when_over() -> None:
+    c = Autopilot(max_drop=1.0, check_every=100)
+    start = c.beta
+    for step in range(1, 21):
+        c.check(step * 100, drop=0.0)
+    assert c.beta > start * 5
+    high = c.beta
+    for step in range(21, 26):
+        c.check(step * 100, drop=3.0)
+    assert c.beta < high / 5
+    assert c.backoffs == 1  # one episode over the budget, counted once
+    assert all(ch.bound == "budget" for ch in c.checks[-4:])
+
+
+def test_budget_controller_holds_beta_at_the_margin() -> None:
+    c = Autopilot(max_drop=2.0, check_every=100)
+    c.check(100, drop=c.margin * 2.0)
+    before = c.beta
+    c.check(200, drop=c.margin * 2.0)
+    assert c.beta == pytest.approx(before)
+
+
+def test_beta_moves_at_most_one_decade_per_thousand_steps_and_stays_in_bounds() -> None:
+    c = Autopilot(max_drop=1.0, check_every=50)
+    for i in range(1, 21):  # 1000 steps, everything far within budget
+        c.check(i * 50, drop=-50.0)
+    assert c.beta == pytest.approx(autopilot.BETA_START * 10, rel=1e-6)
+    for i in range(21, 2000):
+        c.check(i * 50, drop=-50.0)
+    assert c.beta == pytest.approx(BETA_MAX)
+    for i in range(2000, 4000):
+        c.check(i * 50, drop=50.0)
+    assert c.beta == pytest.approx(BETA_MIN)
+    assert all(math.isfinite(ch.beta) for ch in c.checks)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_controller_rejects_non_finite_measurements(bad: float) -> None:
+    c = Autopilot(max_drop=1.0, target_ratio=4.0)
+    with pytest.raises(PrunedropError, match="non-finite"):
+        c.check(10, drop=bad, cost_ratio=2.0)
+    with pytest.raises(PrunedropError, match="non-finite"):
+        c.check(10, drop=0.0, cost_ratio=bad)
+    assert math.isfinite(c.beta) and not c.checks
+
+
+def test_target_controller_raises_beta_until_the_ratio_is_reached_then_lowers_it() -> None:
+    c = Autopilot(max_drop=None, target_ratio=10.0, check_every=100)
+    b0 = c.beta
+    c.check(100, cost_ratio=2.0)
+    assert c.beta > b0
+    b1 = c.beta
+    c.check(200, cost_ratio=20.0)
+    assert c.beta < b1
+    c.check(300, cost_ratio=10.0)
+    assert c.checks[-1].beta == pytest.approx(c.checks[-2].beta)
+
+
+def test_with_both_the_tighter_constraint_decides_and_is_named() -> None:
+    c = Autopilot(max_drop=1.0, target_ratio=10.0, check_every=100)
+    c.check(100, drop=2.0, cost_ratio=2.0)  # the target wants more, the budget says no
+    assert c.checks[-1].bound == "budget" and c.beta < autopilot.BETA_START
+    c2 = Autopilot(max_drop=1.0, target_ratio=10.0, check_every=100)
+    c2.check(100, drop=-5.0, cost_ratio=40.0)  # far past the target, plenty of budget
+    assert c2.checks[-1].bound == "target" and c2.beta < autopilot.BETA_START
+    assert c.bound() == "budget" and c2.bound() == "target"
+
+
+def test_settled_needs_flat_beta_and_kept_fraction_over_the_window() -> None:
+    c = Autopilot(max_drop=1.0, check_every=100)
+    for i in range(1, 15):
+        c.check(i * 100, drop=0.5, kept_fraction=0.1)
+    assert c.settled(1400)
+    c.check(1500, drop=0.5, kept_fraction=0.05)
+    assert not c.settled(1500)
+    fresh = Autopilot(max_drop=1.0, check_every=100)
+    for i in range(1, 5):
+        fresh.check(i * 100, drop=0.5, kept_fraction=0.1)
+    assert not fresh.settled(400)  # too short a history to call it settled
+
+
+def test_controller_state_round_trips() -> None:
+    c = Autopilot(max_drop=1.0, target_ratio=3.0, check_every=20)
+    for i in range(1, 6):
+        c.check(i * 20, drop=0.2 * i, cost_ratio=1.0 + i, kept_fraction=1.0 / i)
+    d = Autopilot(max_drop=1.0, target_ratio=3.0, check_every=20)
+    d.load_state_dict(json.loads(json.dumps(c.state_dict())))
+    assert d.state_dict() == c.state_dict()
+    c.check(120, drop=1.5, cost_ratio=2.0)
+    d.check(120, drop=1.5, cost_ratio=2.0)
+    assert d.beta == c.beta and d.backoffs == c.backoffs
+
+
+def test_auto_epochs_and_check_interval() -> None:
+    assert autopilot.auto_epochs(54_000, 100) == 10
+    assert autopilot.auto_epochs(1_300, 100) == 300
+    assert autopilot.auto_epochs(10_000, 100) == 40
+    assert autopilot.check_interval(540) == 100 and autopilot.check_interval(13) == 10
+
+
+# -- costs --------------------------------------------------------------------------------------------------------
+
+
+def test_cost_factors_weigh_expensive_units_more_and_average_one() -> None:
+    torch.manual_seed(0)
+    model = TinyLeNet5()
+    x = torch.randn(2, 1, 14, 14)
+    variational = to_variational(model, Recipe(method="sbp"))
+    factors = autopilot.cost_factors(variational, x, "flops")
+    costs = autopilot.layer_costs(variational, x, "flops")
+    units = {name: autopilot._units(layer) for name, layer in
+             __import__("prunedrop.convert", fromlist=["x"]).variational_layers(variational).items()}
+    mean = sum(factors[n] * units[n] for n in units) / sum(units.values())
+    assert mean == pytest.approx(1.0)
+    order = sorted(costs, key=costs.get)
+    assert [factors[n] for n in order] == sorted(factors.values())
+
+
+def test_cost_meter_counts_pruned_units_and_the_zeros_they_feed_downstream() -> None:
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3)
+    x = torch.randn(8, 1, 4, 4)
+    variational = to_variational(model, Recipe(method="group_vd", exclude=["net.5"]))
+    meter = CostMeter(variational, x, "params")
+    assert meter.ratio(variational) == pytest.approx(1.0, rel=0.02)
+    from prunedrop.convert import variational_layers
+
+    first = next(iter(variational_layers(variational).values()))
+    with torch.no_grad():
+        first.log_alpha_param.data[: first.out_features // 2] = 9.0  # half the first layer's units pruned
+    ratio = meter.ratio(variational)
+    assert ratio > 1.3  # its own rows and, downstream, the inputs they fed
+    assert meter.ratio(variational) == ratio  # measuring does not change the model
+
+
+# -- end to end on tiny data ---------------------------------------------------------------------------------------
+
+
+def _bundle(n: int = 360, n_val: int = 120) -> DataBundle:
+    x, y = tiny_classification_data(n=n, shape=(1, 4, 4), seed=1)
+    from torch.utils.data import TensorDataset
+
+    n_train = n - n_val
+    return DataBundle(train=TensorDataset(x[:n_train], y[:n_train]), val=TensorDataset(x[n_train:], y[n_train:]),
+                      test=None, name="tiny", num_classes=3, input_shape=(1, 4, 4))
+
+
+def _trained_mlp(data: DataBundle, hidden: tuple[int, ...] = (48, 24)) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = TinyMLP(16, hidden, 3)
+    x, y = data.train.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+_QUICK = dict(epochs=25, batch_size=24, latency_runs=0, plots=False, mc_samples=0, device="cpu", noise_lr=0.05,
+              finetune_epochs=2, finetune_lr=1e-3)
+
+
+def test_budget_run_stays_within_budget_and_prunes_more_than_beta_zero(tmp_path: Path) -> None:
+    data = _bundle()
+    auto = compress(_trained_mlp(data), data, Recipe(**_QUICK, max_metric_drop=2.0), tmp_path / "auto",
+                    progress=False, log=lambda m: None).report
+    zero = compress(_trained_mlp(data), data, Recipe(**_QUICK, kl_weight=0.0, max_metric_drop=None),
+                    tmp_path / "zero", progress=False, log=lambda m: None).report
+    assert auto["metric"]["before"] - auto["metric"]["after"] <= 2.0
+    assert auto["params"]["after"] < 0.7 * zero["params"]["after"]
+    pilot = auto["autopilot"]
+    assert pilot["trajectory"] and all(math.isfinite(c["beta"]) for c in pilot["trajectory"])
+    assert pilot["beta_final"] != autopilot.BETA_START
+    assert {"beta_now", "kept_fraction"} <= set(auto["history"][0])
+    assert "autopilot" not in zero
+
+
+def test_target_run_lands_within_ten_percent_of_its_target(tmp_path: Path) -> None:
+    data = _bundle()
+    recipe = Recipe(**{**_QUICK, "epochs": 40, "finetune_epochs": 0}, max_metric_drop=None, target="params=4x")
+    # a wide MLP: redundant enough that 4x fewer weights are within reach of 400 steps
+    report = compress(_trained_mlp(data, (128, 64)), data, recipe, tmp_path, progress=False,
+                      log=lambda m: None).report
+    outcome = report["target"]
+    assert outcome["kind"] == "params" and outcome["wanted_ratio"] == 4.0
+    assert 0.9 * 4.0 <= outcome["reached_ratio"] <= 1.1 * 4.0, outcome
+    assert outcome["reached"] == (outcome["reached_ratio"] >= 4.0)
+
+
+def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
+    from prunedrop import pipeline
+    from prunedrop.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="over the budget of 1; nothing was exported"):
+        pipeline.check_budget(Recipe(), 95.0, 92.0)
+    with pytest.raises(TrainingError, match="% more error"):
+        pipeline.check_budget(Recipe(loss="mse"), 0.10, 0.12)
+    pipeline.check_budget(Recipe(kl_weight=2.0), 95.0, 92.0)  # a fixed β: the user's call
+    pipeline.check_budget(Recipe(), 95.0, 94.5)
+    pipeline.check_budget(Recipe(loss="mse"), 0.10, 0.1005)
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_tiny_project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--max-drop", "0"], "max_metric_drop"), (["--max-drop", "-2"], "max_metric_drop"),
+    (["--max-drop", "nan"], "max_metric_drop"), (["--max-drop", "150"], "max_metric_drop"),
+    (["--target", "flops=1x"], "more than 1x"), (["--target", "speed=2x"], "KIND=VALUE"),
+    (["--target", "flops=10x", "--kl-weight", "2"], "cannot be combined"),
+])
+def test_bad_budget_or_target_on_the_command_line(project: Path, options: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "-o", "out", "-q", *options])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (project / "out").exists()
+
+
+def test_cli_target_run_reports_the_outcome_and_strict_exits_non_zero(project: Path) -> None:
+    recipe = project / "quick.yaml"
+    recipe.write_text("epochs: 4\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 0\n"
+                      "device: cpu\n")
+    # 4 epochs of 10 steps cannot reach 1000x: the run finishes, says so, and --strict turns it into exit 3
+    args = ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "--recipe", str(recipe),
+            "--target", "params=1000x", "--max-drop", "5", "-q"]
+    relaxed = CliRunner().invoke(cli, [*args, "-o", "relaxed"])
+    assert relaxed.exit_code == 0, relaxed.output
+    report = json.loads((project / "relaxed" / "report.json").read_text())
+    assert report["target"]["reached"] is False and "missed" in report["target"]["line"]
+    strict = CliRunner().invoke(cli, [*args, "-o", "strict", "--strict"])
+    assert strict.exit_code == 3 and "missed" in strict.output
+    assert (project / "strict" / "model.onnx").is_file()
+
+
+def test_help_names_the_budget_and_target_options() -> None:
+    out = CliRunner().invoke(cli, ["compress", "--help"]).output
+    for option in ("--max-drop", "--target", "--strict", "--kl-weight"):
+        assert option in out
+
+
+def test_digits_default_recipe_is_automatic_sparse_vd() -> None:
+    data = load_data("digits", seed=0)
+    recipe = Recipe()
+    assert recipe.automatic and recipe.epochs is None
+    assert autopilot.auto_epochs(data.num_train, recipe.batch_size) >= 10
+    assert np.isclose(recipe.max_metric_drop, 1.0)
