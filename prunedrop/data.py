@@ -304,7 +304,7 @@ def check_labels(bundle: DataBundle, num_outputs: int) -> None:
         if labels is None:
             labels = torch.as_tensor(_first_item(data)[1])
         if labels.is_floating_point():
-            return  # regression targets (loss: mse), not class indices
+            continue  # regression targets (loss: mse), not class indices
         if labels.numel():
             largest = max(largest, int(labels.max()))
     if largest >= num_outputs:

@@ -313,6 +313,7 @@ def test_compress_an_image_folder_with_arch_kwargs(image_project: Path) -> None:
     assert report["parity_max_abs_diff"] <= 1e-4
     info = json.loads((out / "run.json").read_text())
     assert info["arch_kwargs"] == {"hidden": [10]} and info["recipe"]["image_size"] == [4, 4]
+    assert report["source"]["arch_kwargs"] == {"hidden": [10]} and report["source"]["data"] == "imagefolder:images"
     x = np.stack([np.zeros((1, 4, 4), np.float32)])
     assert run_onnx(out / "model.onnx", x).shape == (1, 3)
     # export rebuilds the model with the recorded kwargs (without them the state dict would not fit)
