@@ -118,21 +118,28 @@ class ImageDataset(Dataset):
 
 
 def decode_image(source: Path | Callable[[], bytes], name: str, options: ImageOptions) -> torch.Tensor:
-    """One image as a float32 (C, H, W) tensor in [0, 1]; an unreadable image is a one-line error naming it."""
+    """One image as a float32 (C, H, W) tensor in [0, 1] (8-bit values / 255, 16-bit / 65535, float images
+    clipped); an unreadable image is a one-line error naming it."""
     image_module = _pil()
     height, width = options.size
     try:
         stream = source if isinstance(source, Path) else io.BytesIO(source())
         with image_module.open(stream) as img:
-            img = img.convert(options.mode)
+            # 16- and 32-bit grey images would saturate in an 8-bit conversion: read them as floats
+            deep = img.mode.startswith("I") or img.mode == "F"
+            scale = 65535.0 if img.mode.startswith("I") else 1.0 if deep else 255.0
+            img = img.convert("F" if deep else options.mode)
             if img.size != (width, height):
                 img = img.resize((width, height), image_module.Resampling.BILINEAR)
-            array = np.array(img, dtype=np.uint8)
+            array = np.array(img, dtype=np.float32)
     except PrunedropError:
         raise
     except Exception as e:  # Pillow raises many types for a damaged file (OSError, SyntaxError, ValueError, ...)
         raise PrunedropError(f"cannot read image {name} ({_reason(e)}); replace or remove the file") from None
-    x = torch.from_numpy(array).float().div_(255.0)
+    x = torch.from_numpy(array).div_(scale)
+    if deep:
+        x = x.clamp_(0.0, 1.0).unsqueeze(0)
+        return x.expand(3, -1, -1).contiguous() if options.mode == "RGB" else x
     return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
 
 

@@ -394,3 +394,13 @@ def test_help_names_the_new_specs_and_options() -> None:
     for fragment in ("imagefolder:DIR", "csv:FILE", "hf:PATH", "--arch-kwargs", "timm:NAME",
                      "torchvision.models:resnet18"):
         assert fragment in text, fragment
+
+
+def test_inspect_with_arch_kwargs_and_an_image_folder(image_project: Path) -> None:
+    args = ["inspect", "model.pt", "--arch", "imgarch:build", "--data", "imagefolder:images", "--recipe",
+            "recipe.yaml", "--json"]
+    result = CliRunner().invoke(cli, [*args[:4], "--arch-kwargs", '{"hidden": [10]}', *args[4:]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["summary"]["converted"] == ["net.1", "net.3"]
+    without = CliRunner().invoke(cli, args)
+    assert without.exit_code == 1 and "does not fit --arch" in without.output, without.output

@@ -104,6 +104,18 @@ def test_channels_follow_the_images_and_custom_normalisation(tmp_path: Path) -> 
     assert "'normalize_mean' has 2 values" in message(e)
 
 
+def test_sixteen_bit_images_keep_their_range(tmp_path: Path) -> None:
+    for name, value in (("a", 1000), ("b", 60000)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((3, 4), value, np.uint16)).save(tmp_path / name / "0.png")
+    bundle = load_data(f"imagefolder:{tmp_path}", val_fraction=0.5)
+    dataset = bundle.train.dataset
+    assert bundle.input_shape == (1, 3, 4)
+    torch.testing.assert_close(dataset[0][0], torch.full((1, 3, 4), 1000 / 65535))
+    rgb = load_data(f"imagefolder:{tmp_path}", val_fraction=0.5, recipe=Recipe(image_channels=3, image_size=[2]))
+    torch.testing.assert_close(rgb.train.dataset[1][0], torch.full((3, 2, 2), 60000 / 65535))
+
+
 def test_mixed_sizes_need_image_size(tmp_path: Path) -> None:
     png(tmp_path / "a" / "small.png", 1, size=(4, 4))
     png(tmp_path / "b" / "big.png", 1, size=(8, 6))
