@@ -31,7 +31,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 RecurrentNoise = Literal["sequence", "batch"]
 CompileMode = Literal["auto", "always", "never"]
 Normalize = Literal["none", "imagenet", "custom"]
-#: the largest image side that ``image_size`` may ask for (prunedrop.data_files.MAX_IMAGE_SIDE)
+#: the largest image side (pixels) of a sample, asked for with ``image_size`` or, without it, the images' own: bigger
+#: is almost surely a mistake (one 4096 x 4096 RGB sample is 200 MB as float32)
 MAX_IMAGE_SIDE = 4096
 
 
