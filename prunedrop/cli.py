@@ -82,9 +82,9 @@ def cli() -> None:
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]),
               help="Override the recipe's torch.compile setting for the variational layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
-def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str, data_dir: Path | None,
-             recipe_path: Path | None, output: Path, overwrite: bool, resume: bool, quiet: bool,
-             **overrides: Any) -> None:
+def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str,
+             data_dir: Path | None, recipe_path: Path | None, output: Path, overwrite: bool, resume: bool,
+             quiet: bool, **overrides: Any) -> None:
     """Compress MODEL and write the smaller model, its ONNX export and a report to -o.
 
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
@@ -122,7 +122,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
         write_run_info(out_dir, {
-            "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs, "trust_pickle": trust_pickle,
+            "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
+            "trust_pickle": trust_pickle,
             "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
             "recipe": recipe.to_dict(),
         })
@@ -238,8 +239,9 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
 @click.option("--input-shape", metavar="C,H,W", help="Shape of one input without the batch dimension, "
               "instead of --data, e.g. 1,28,28.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
-def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, recipe_path: Path | None,
-                data_spec: str | None, data_dir: Path | None, input_shape: str | None, as_json: bool) -> None:
+def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool,
+                recipe_path: Path | None, data_spec: str | None, data_dir: Path | None, input_shape: str | None,
+                as_json: bool) -> None:
     """Show what `compress` would touch: the layer tree with parameters and FLOPs per layer, which layers the
     recipe converts and which it leaves alone (and why). Trains nothing, writes nothing."""
     import json

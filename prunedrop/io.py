@@ -321,6 +321,7 @@ def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.M
 _ZOO_EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
 # Arguments that would make a zoo download pretrained weights; MODEL supplies the weights instead.
 _DOWNLOAD_KWARGS = ("pretrained", "weights", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay")
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
@@ -336,7 +337,7 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise PrunedropError(
-            f"--arch-kwargs must be a JSON object of keyword arguments, not a JSON {type(value).__name__}; "
+            f"--arch-kwargs must be a JSON object of keyword arguments, not a JSON {_JSON_TYPES[type(value)]}; "
             "write e.g. '{\"num_classes\": 10}'"
         )
     bad = [k for k in value if not k.isidentifier()]

@@ -538,11 +538,13 @@ def test_arch_kwargs_reach_the_factory(tmp_path):
     ("text", "fragment"),
     [
         ("{num_classes: 10}", "not valid JSON"),
-        ("[10]", "not a JSON list"),
-        ("10", "not a JSON int"),
-        ('"x"', "not a JSON str"),
+        ("[10]", "not a JSON array"),
+        ("10", "not a JSON number"),
+        ('"x"', "not a JSON string"),
         ('{"a b": 1}', "not a Python argument name"),
         ("__import__('os')", "not valid JSON"),
+        ("null", "not a JSON null"),
+        ("true", "not a JSON boolean"),
     ],
 )
 def test_bad_arch_kwargs(text, fragment):
