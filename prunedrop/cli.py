@@ -16,8 +16,16 @@ from . import __version__
 DATA_HELP = (
     "Data spec: 'digits' (scikit-learn's bundled 8x8 digits, no files needed), 'fashion-mnist' or 'mnist' "
     "(IDX files from --data-dir or Debian's dataset-fashion-mnist package), 'idx:DIR', 'npz:FILE' "
-    "(arrays x_train, y_train, optional x_val, y_val, x_test, y_test), or 'python:module:function' "
-    "(your function returns datasets or loaders)."
+    "(arrays x_train, y_train, optional x_val, y_val, x_test, y_test), 'imagefolder:DIR' (one sub-folder of "
+    "images per class, optionally under train/, val/, test/; recipe keys image_size, image_channels, normalize), "
+    "'csv:FILE' (a header row, numeric columns; labels in the recipe's label_column, default 'label'; loss: mse "
+    "for real-valued targets), 'hf:PATH' (a Hugging Face datasets save_to_disk folder or parquet files; "
+    "pip install 'prunedrop[hf]'), or 'python:module:function' (your function returns datasets or loaders)."
+)
+
+ARCH_KWARGS_HELP = (
+    "Keyword arguments for --arch as a JSON object, e.g. '{\"num_classes\": 10}' (parsed as JSON; nothing is "
+    "evaluated). Recorded in run.json, so `export` and --resume rebuild the same model."
 )
 
 
@@ -41,8 +49,11 @@ def cli() -> None:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--arch", metavar="MODULE:FACTORY",
-              help="Function that builds the model's architecture (called with no arguments); MODEL is then a "
-                   "state dict, loaded safely with weights_only=True.")
+              help="Function that builds the model's architecture (called with --arch-kwargs, else no arguments); "
+                   "MODEL is then a state dict, loaded safely with weights_only=True. Zoo models by name: "
+                   "torchvision.models:resnet18, or timm:NAME (timm.create_model(NAME, pretrained=False)); "
+                   "nothing is downloaded.")
+@click.option("--arch-kwargs", metavar="JSON", help=ARCH_KWARGS_HELP)
 @click.option("--trust-pickle", is_flag=True,
               help="Allow MODEL to be a whole pickled nn.Module. Unpickling runs code stored in the file: use it "
                    "only for files you made or trust. Without it, only tensors are read.")
@@ -81,9 +92,9 @@ def cli() -> None:
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]),
               help="Override the recipe's torch.compile setting for the variational layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
-def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, data_dir: Path | None,
-             recipe_path: Path | None, output: Path, overwrite: bool, resume: bool, quiet: bool,
-             **overrides: Any) -> None:
+def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str,
+             data_dir: Path | None, recipe_path: Path | None, output: Path, overwrite: bool, resume: bool,
+             quiet: bool, **overrides: Any) -> None:
     """Compress MODEL and write the smaller model, its ONNX export and a report to -o.
 
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
@@ -92,7 +103,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .data import check_labels, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
-    from .io import load_model
+    from .io import load_model, parse_arch_kwargs
     from .pipeline import compress as run_compress
     from .pipeline import prepare_output_dir, read_run_info, write_run_info
     from .recipes import load_recipe
@@ -100,6 +111,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .train import resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
+    kwargs = parse_arch_kwargs(arch_kwargs)
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
     out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
@@ -111,20 +123,24 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
             raise click.ClickException(
                 f"--resume with a different recipe than the interrupted run (changed: {', '.join(changed)}); "
                 "resume with the same settings")
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    if resume:
+        _check_same_arch_kwargs(out_dir, kwargs)
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=kwargs)
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
-                     train_limit=recipe.train_limit)
+                     train_limit=recipe.train_limit, recipe=recipe)
     check_labels(data, _num_outputs(net, data))
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
         write_run_info(out_dir, {
-            "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
+            "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
+            "trust_pickle": trust_pickle,
             "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
             "recipe": recipe.to_dict(),
         })
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
-                          source={"model": Path(model).name, "arch": arch, "data": data_spec})
+                          source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,
+                                  "data": data_spec})
     if is_main():
         click.echo(format_table(result.report))
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
@@ -138,6 +154,19 @@ class TargetMissed(click.ClickException):
     """``--strict``: the run finished and wrote everything, but missed its target."""
 
     exit_code = 3
+
+
+def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
+    """--resume must rebuild the model the interrupted run built: the same --arch-kwargs."""
+    from .pipeline import read_run_info
+
+    previous = read_run_info(out_dir).get("arch_kwargs") or {}
+    if previous != kwargs:
+        import json
+
+        raise click.ClickException(
+            f"--resume with --arch-kwargs {json.dumps(kwargs)} but the interrupted run used {json.dumps(previous)}; "
+            "resume with the same settings")
 
 
 def _num_outputs(model: Any, data: Any) -> int:
@@ -181,9 +210,10 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
 
     info = read_run_info(run_dir)
     recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
-    net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")))
+    net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
+                     arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
-                     seed=recipe.seed, train_limit=recipe.train_limit)
+                     seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe)
     r = reexport(net, data, recipe, run_dir, output, threshold=threshold)
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
                f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
@@ -218,6 +248,7 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
 @cli.command(name="inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--arch", metavar="MODULE:FACTORY", help="Architecture factory, as for `compress`.")
+@click.option("--arch-kwargs", metavar="JSON", help=ARCH_KWARGS_HELP)
 @click.option("--trust-pickle", is_flag=True, help="Allow a whole pickled nn.Module (runs code from the file).")
 @click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), metavar="FILE",
               help="Recipe whose method and include/exclude globs decide what would be converted.")
@@ -227,8 +258,9 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
 @click.option("--input-shape", metavar="C,H,W", help="Shape of one input without the batch dimension, "
               "instead of --data, e.g. 1,28,28.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
-def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: Path | None,
-                data_spec: str | None, data_dir: Path | None, input_shape: str | None, as_json: bool) -> None:
+def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool,
+                recipe_path: Path | None, data_spec: str | None, data_dir: Path | None, input_shape: str | None,
+                as_json: bool) -> None:
     """Show what `compress` would touch: the layer tree with parameters and FLOPs per layer, which layers the
     recipe converts and which it leaves alone (and why). Trains nothing, writes nothing."""
     import json
@@ -236,7 +268,7 @@ def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: 
     import torch
 
     from .inspection import format_inspection, inspect_model
-    from .io import load_model
+    from .io import load_model, parse_arch_kwargs
     from .recipes import load_recipe
 
     recipe = load_recipe(recipe_path)
@@ -252,8 +284,8 @@ def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: 
     else:
         from .data import load_data
 
-        example = load_data(data_spec or "digits", data_dir=data_dir).example_batch(1)
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+        example = load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe).example_batch(1)
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs))
     _num_outputs_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))

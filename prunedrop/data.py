@@ -16,6 +16,19 @@ Valid specs (see :func:`parse_spec`):
 ``npz:FILE``
     arrays ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``, ``x_test``/``y_test``. Inputs are cast
     to float32 **as given: no scaling or normalisation is applied**; labels become int64.
+``imagefolder:DIR``
+    one sub-folder per class (labels: the sorted folder names' indices); ``train/`` and ``val/`` (or ``valid/``,
+    ``validation/``) and ``test/`` sub-folders, each such a tree, when present. Images are decoded with Pillow
+    on access, resized (recipe key ``image_size``), converted to 1 or 3 channels (``image_channels``), scaled to
+    [0, 1] and optionally normalised (``normalize``). See :mod:`prunedrop.data_files`.
+``csv:FILE`` / ``csv:DIR``
+    a CSV table with a header row: the label column (recipe key ``label_column``, default ``label``) and numeric
+    feature columns, inputs ``(N, F)`` float32 as given; integer class labels, or float targets when the recipe's
+    ``loss`` is ``mse``. A folder holds ``train.csv`` and optionally ``val.csv`` and ``test.csv``.
+``hf:PATH``
+    a folder written by Hugging Face ``datasets``' ``save_to_disk`` (splits ``train``, ``validation``, ``test``),
+    a parquet file, or a folder of ``train-*.parquet`` / ``validation-*`` / ``test-*`` files; inputs from one
+    image column, one column of arrays or the numeric columns; labels from ``label_column``. Local only.
 ``python:MODULE:FUNCTION``
     the user's function, called with no arguments, returns a :class:`DataBundle`, a dict with ``train`` and
     optional ``val``/``test``, or a tuple ``(train, val)`` / ``(train, val, test)`` of Datasets or DataLoaders
@@ -39,7 +52,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +60,9 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import PrunedropError
 from .io import import_object
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
 
 __all__ = [
     "NAMED_DATASETS",
@@ -61,8 +77,9 @@ __all__ = [
 NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
 """Specs that name a dataset and take no argument."""
 
-_ARG_KINDS: dict[str, str] = {"idx": "DIR", "npz": "FILE", "python": "MODULE:FUNCTION"}
-_VALID_FORMS = "digits, mnist, fashion-mnist, idx:DIR, npz:FILE, python:MODULE:FUNCTION"
+_ARG_KINDS: dict[str, str] = {"idx": "DIR", "npz": "FILE", "imagefolder": "DIR", "csv": "FILE", "hf": "PATH",
+                              "python": "MODULE:FUNCTION"}
+_VALID_FORMS = "digits, mnist, fashion-mnist, idx:DIR, npz:FILE, imagefolder:DIR, csv:FILE, hf:PATH, python:MODULE:FUNCTION"
 
 SYSTEM_DATA_DIRS: dict[str, Path] = {
     "mnist": Path("/usr/share/datasets/mnist"),
@@ -77,6 +94,8 @@ _HOW_TO_GET = {
 }
 
 _SPLITS = ("train", "val", "test")
+# Specs read by prunedrop.data_files: kind -> its loader there.
+_FILE_LOADERS = {"imagefolder": "load_imagefolder", "csv": "load_csv", "hf": "load_hf"}
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0
 
@@ -217,12 +236,15 @@ def load_data(
     val_fraction: float = 0.1,
     seed: int = 0,
     train_limit: int | None = None,
+    recipe: Recipe | None = None,
 ) -> DataBundle:
     """Load the data that ``spec`` names (see the module docstring for the forms).
 
     ``data_dir`` is where ``mnist``/``fashion-mnist`` files are looked for first. A validation set is split
     off the training data (``val_fraction`` of it, in an order seeded by ``seed``) when the spec gives none.
-    ``train_limit`` then keeps the first n training samples, for quick runs.
+    ``train_limit`` then keeps the first n training samples, for quick runs. ``recipe`` gives the data keys
+    of ``imagefolder:``, ``csv:`` and ``hf:`` (image size, channels, normalisation, label column), and its
+    ``loss: mse`` lets labels be real numbers (regression); None means the defaults.
     """
     kind, arg = parse_spec(spec)
     if (
@@ -240,9 +262,16 @@ def load_data(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PrunedropError(f"the seed must be an integer, got {seed!r}")
     name = kind if not arg else f"{kind}:{arg}"
+    regression = recipe is not None and recipe.loss == "mse"
 
     if kind == "python":
         return _from_python(arg, name, val_fraction, seed, train_limit)
+    if kind in _FILE_LOADERS:
+        from . import data_files
+
+        train, val, test = getattr(data_files, _FILE_LOADERS[kind])(Path(arg), recipe)
+        return _assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
+                         regression=regression)
 
     if kind == "digits":
         train, val, test = _load_digits()
@@ -274,6 +303,8 @@ def check_labels(bundle: DataBundle, num_outputs: int) -> None:
         labels = _labels_of(data)
         if labels is None:
             labels = torch.as_tensor(_first_item(data)[1])
+        if labels.is_floating_point():
+            continue  # regression targets (loss: mse), not class indices
         if labels.numel():
             largest = max(largest, int(labels.max()))
     if largest >= num_outputs:
@@ -633,12 +664,14 @@ def _assemble(
     val_fraction: float,
     seed: int,
     train_limit: int | None,
+    regression: bool = False,
 ) -> DataBundle:
-    """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes."""
+    """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
+    With ``regression`` labels may be real numbers and there are no classes."""
     shapes = {}
     for split, data in (("train", train), ("val", val), ("test", test)):
         if data is not None:
-            shapes[split] = _validate_split(data, f"the {split} data of {name!r}")
+            shapes[split] = _validate_split(data, f"the {split} data of {name!r}", regression=regression)
     if len(set(shapes.values())) > 1:
         raise PrunedropError(f"the inputs of {name!r} differ in sample shape between splits: {shapes}")
     if val is None:
@@ -656,11 +689,11 @@ def _assemble(
         val=val,
         test=test,
         input_shape=shapes["train"],
-        num_classes=_num_classes(train, val, test),
+        num_classes=None if regression else _num_classes(train, val, test),
     )
 
 
-def _validate_split(data: Dataset | DataLoader, where: str) -> tuple[int, ...]:
+def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool = False) -> tuple[int, ...]:
     """Check one split and return its sample shape.
 
     Tensor-backed data is checked in full; any other dataset only through its first sample, since
@@ -686,11 +719,14 @@ def _validate_split(data: Dataset | DataLoader, where: str) -> tuple[int, ...]:
             f"{where} yields ({type(inputs).__name__}, {type(labels).__name__}) items; "
             "inputs and labels must be tensors, arrays or numbers"
         ) from None
-    if labels.is_floating_point() or labels.is_complex():
+    if labels.is_complex() or (labels.is_floating_point() and not regression):
         raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices")
     all_inputs, all_labels = _inputs_of(data), _labels_of(data)
     _check_finite(inputs if all_inputs is None else all_inputs, where)
-    _check_non_negative(labels if all_labels is None else all_labels, where)
+    if regression:
+        _check_finite(labels if all_labels is None else all_labels, where)
+    else:
+        _check_non_negative(labels if all_labels is None else all_labels, where)
     shape = tuple(inputs.shape)
     return shape[1:] if isinstance(data, DataLoader) else shape
 

@@ -48,6 +48,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_saved_model",
+    "parse_arch_kwargs",
     "restore_rng_state",
     "save_checkpoint",
     "save_model",
@@ -277,9 +278,15 @@ def _state_mismatch(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, A
     return "; ".join(parts) or None
 
 
-def _build_from_arch(arch: str) -> nn.Module:
+def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     import torch
 
+    kwargs = dict(kwargs or {})
+    if arch.partition(":")[0].strip() == "timm":
+        return _build_timm(arch, kwargs)
+    if arch.partition(":")[0].strip().split(".")[0] == "torchvision":
+        _check_no_download(arch, kwargs)
+    _import_zoo(arch)
     factory = import_object(arch, what="--arch")
     if not callable(factory):
         raise PrunedropError(
@@ -287,16 +294,114 @@ def _build_from_arch(arch: str) -> nn.Module:
             "that builds the model with no arguments"
         )
     try:
-        model = factory()
-    except Exception as e:
+        model = factory(**kwargs)
+    except TypeError as e:
+        if kwargs:
+            raise PrunedropError(
+                f"--arch {arch!r} rejected --arch-kwargs {_one_line(json.dumps(kwargs), 80)} ({_reason(e)}): "
+                "give only arguments that the factory takes"
+            ) from e
         raise PrunedropError(
             f"--arch {arch!r} failed when called with no arguments ({_reason(e)}): name a factory that needs "
-            "no arguments, e.g. a function in your models.py that returns the model"
+            "no arguments, or give them with --arch-kwargs '{\"name\": value}'"
+        ) from e
+    except Exception as e:
+        called = f"with --arch-kwargs {_one_line(json.dumps(kwargs), 80)}" if kwargs else "with no arguments"
+        raise PrunedropError(
+            f"--arch {arch!r} failed when called {called} ({_reason(e)}): name a factory that returns the model"
         ) from e
     if not isinstance(model, torch.nn.Module):
         raise PrunedropError(
             f"--arch {arch!r} returned {_describe(model)}, not an nn.Module: name a factory that returns the model"
         )
+    return model
+
+
+# Model zoos that --arch names directly: the import name -> the pip extra that installs it.
+_ZOO_EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
+# Arguments that would make a zoo download pretrained weights; MODEL supplies the weights instead.
+_DOWNLOAD_KWARGS = ("pretrained", "weights", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay")
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
+    """The keyword arguments of ``--arch-kwargs``: a JSON object (parsed with ``json.loads``, nothing evaluated)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise PrunedropError(
+            f"--arch-kwargs {_one_line(text, 60)!r} is not valid JSON ({_one_line(str(e), 80)}); "
+            "write a JSON object, e.g. '{\"num_classes\": 10}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise PrunedropError(
+            f"--arch-kwargs must be a JSON object of keyword arguments, not a JSON {_JSON_TYPES[type(value)]}; "
+            "write e.g. '{\"num_classes\": 10}'"
+        )
+    bad = [k for k in value if not k.isidentifier()]
+    if bad:
+        raise PrunedropError(f"--arch-kwargs key {bad[0]!r} is not a Python argument name")
+    return value
+
+
+def _import_zoo(arch: str) -> None:
+    """Import torchvision / timm before their factories are looked up, so that a missing or broken install
+    is one line naming the extra to install (torchvision's PyPI wheel fails on import beside a mismatched torch)."""
+    top = arch.partition(":")[0].strip().split(".")[0]
+    if top not in _ZOO_EXTRAS:
+        return
+    try:
+        importlib.import_module(top)
+    except Exception as e:
+        missing = isinstance(e, ImportError) and getattr(e, "name", None) == top
+        what = "is not installed" if missing else f"cannot be imported ({_reason(e)})"
+        raise PrunedropError(
+            f"--arch {arch!r} needs {top}, which {what}: pip install 'prunedrop[{_ZOO_EXTRAS[top]}]' "
+            f"(a {top} built for torch {_torch_version()})"
+        ) from None
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _check_no_download(arch: str, kwargs: Mapping[str, Any]) -> None:
+    asked = [k for k in _DOWNLOAD_KWARGS if kwargs.get(k) not in (None, False)]
+    if asked:
+        raise PrunedropError(
+            f"--arch-kwargs asks {arch!r} for pretrained weights ({asked[0]!r}); the weights come from MODEL, "
+            "so drop that argument (nothing is downloaded)"
+        )
+
+
+def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm:NAME``: ``timm.create_model(NAME, pretrained=False, **kwargs)``."""
+    import torch
+
+    name = arch.partition(":")[2].strip()
+    if not name:
+        raise PrunedropError(f"--arch {arch!r} names no model; write timm:NAME, e.g. timm:resnet18")
+    _check_no_download(arch, kwargs)
+    _import_zoo(arch)
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise PrunedropError(
+            f"--arch {arch!r} rejected --arch-kwargs {_one_line(json.dumps(kwargs), 80)} ({_reason(e)}): "
+            "give only arguments that the model takes"
+        ) from e
+    except Exception as e:  # timm raises RuntimeError for an unknown model name
+        raise PrunedropError(
+            f"timm cannot build {name!r} ({_reason(e)}); list the names with timm.list_models()"
+        ) from e
+    if not isinstance(model, torch.nn.Module):
+        raise PrunedropError(f"--arch {arch!r} returned {_describe(model)}, not an nn.Module")
     return model
 
 
@@ -323,10 +428,12 @@ def _load_into(model: nn.Module, state: Mapping[str, Any], path: Path, arch: str
         raise PrunedropError(f"cannot load {path} into --arch {arch}: {_reason(e)}") from e
 
 
-def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_pickle: bool = False,
+               arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Read a trained model and return it on the CPU in eval mode.
 
-    With ``arch`` (``module:factory``, a callable taking no arguments that returns an ``nn.Module``), the file
+    With ``arch`` (``module:factory``, a callable that returns an ``nn.Module``, called with ``arch_kwargs`` as
+    keyword arguments, none by default; ``timm:NAME`` for ``timm.create_model(NAME, pretrained=False)``), the file
     must hold a state dict (read with ``torch.load(weights_only=True)``), either alone or nested in a dict under
     ``state_dict`` / ``model`` / ``model_state_dict``; it is loaded with ``strict=True``.
 
@@ -339,6 +446,8 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
     import torch
 
     path = Path(path)
+    if arch_kwargs and arch is None:
+        raise PrunedropError("--arch-kwargs needs --arch: name the factory that takes these arguments")
     if path.is_dir() and (path / ARCHITECTURE_FILE).is_file():
         return load_saved_model(path)
     advice = (
@@ -356,7 +465,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
     )
 
     if arch is not None:
-        model = _build_from_arch(arch)
+        model = _build_from_arch(arch, arch_kwargs)
         state = _find_state_dict(obj)
         if state is None:
             pickled = _find_module(obj)

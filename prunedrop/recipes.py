@@ -30,6 +30,10 @@ SparseStorage = Literal["auto", "always", "never"]
 Precision = Literal["fp32", "bf16", "fp16"]
 RecurrentNoise = Literal["sequence", "batch"]
 CompileMode = Literal["auto", "always", "never"]
+Normalize = Literal["none", "imagenet", "custom"]
+#: the largest image side (pixels) of a sample, asked for with ``image_size`` or, without it, the images' own: bigger
+#: is almost surely a mistake (one 4096 x 4096 RGB sample is 200 MB as float32)
+MAX_IMAGE_SIDE = 4096
 
 
 @dataclass
@@ -238,6 +242,29 @@ class Recipe:
     latency_threads: int = 1
     """onnxruntime intra-op threads for the latency measurement."""
 
+    image_size: list[int] | None = None
+    """``imagefolder:`` and ``hf:`` images: resize every image to this size, one number (a square) or [height,
+    width], at most 4096 a side; null = the images' own size, which must then be the same for all of them."""
+
+    image_channels: int | None = None
+    """``imagefolder:`` and ``hf:`` images: 1 = grayscale, 3 = RGB (images are converted, alpha dropped); null = 3
+    when any image has colour, else 1."""
+
+    normalize: Normalize = "none"
+    """Image inputs are scaled to [0, 1]; then ``none`` leaves them so, ``imagenet`` subtracts ImageNet's mean
+    (0.485, 0.456, 0.406) and divides by its std (0.229, 0.224, 0.225) per RGB channel, as torchvision's and timm's
+    pretrained networks expect, and ``custom`` uses ``normalize_mean`` / ``normalize_std``."""
+
+    normalize_mean: list[float] | None = None
+    """``normalize: custom``: the mean to subtract, one number per channel (or one for all)."""
+
+    normalize_std: list[float] | None = None
+    """``normalize: custom``: the std to divide by, one positive number per channel (or one for all)."""
+
+    label_column: str = "label"
+    """``csv:`` and ``hf:`` data: the column that holds the labels (class indices 0..C-1, or numbers to predict
+    with ``loss: mse``); every other column is an input."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -318,6 +345,31 @@ class Recipe:
             )
         if not self.include:
             raise PrunedropError("recipe key 'include' is empty: no layer would be converted; use ['*'] for all")
+        self._validate_data_keys()
+
+    def _validate_data_keys(self) -> None:
+        if self.image_size is not None and (
+            len(self.image_size) not in (1, 2) or not all(1 <= v <= MAX_IMAGE_SIDE for v in self.image_size)
+        ):
+            raise PrunedropError(f"recipe key 'image_size' = {self.image_size} must be one size or [height, width], "
+                                 f"each between 1 and {MAX_IMAGE_SIDE}")
+        if self.image_channels not in (None, 1, 3):
+            raise PrunedropError(f"recipe key 'image_channels' = {self.image_channels} must be 1 (grayscale), "
+                                 "3 (RGB) or null")
+        given = [k for k in ("normalize_mean", "normalize_std") if getattr(self, k) is not None]
+        if self.normalize == "custom" and len(given) < 2:
+            missing = "normalize_std" if given == ["normalize_mean"] else "normalize_mean"
+            raise PrunedropError(f"recipe key 'normalize' = 'custom' needs '{missing}' too")
+        if self.normalize != "custom" and given:
+            raise PrunedropError(f"recipe key '{given[0]}' is only used with normalize: custom (normalize is "
+                                 f"{self.normalize!r}); set normalize: custom or drop it")
+        for key in given:
+            if not getattr(self, key):
+                raise PrunedropError(f"recipe key '{key}' is empty; give one number per channel")
+        if self.normalize_std is not None and min(self.normalize_std) <= 0:
+            raise PrunedropError(f"recipe key 'normalize_std' = {self.normalize_std} must hold positive numbers")
+        if not self.label_column.strip():
+            raise PrunedropError("recipe key 'label_column' is empty; name the column that holds the labels")
 
     def _check_threshold(self, t: float, key: str) -> None:
         if self.method in SNR_METHODS:

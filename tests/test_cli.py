@@ -230,3 +230,177 @@ def test_report_compares_runs_and_rerenders(finished: Path) -> None:
     result = CliRunner().invoke(cli, ["report", str(out)])
     assert result.exit_code == 0
     assert (out / "report.md").is_file() and (out / "plots" / "sweep.png").is_file()
+
+
+# --- data without a hook, models without a factory module ----------------------------------------------
+
+IMAGE_ARCH = (
+    "from prunedrop.testing import TinyMLP\n\n\n"
+    "def build(hidden=(24, 12), num_classes=3):\n    return TinyMLP(16, tuple(hidden), num_classes)\n"
+)
+QUICK_IMAGE_RECIPE = """\
+epochs: 1
+batch_size: 8
+eval_batch_size: 32
+lr: 0.003
+noise_lr: 0.3
+kl_weight: 20.0
+kl_warmup_epochs: 1
+finetune_epochs: 0
+device: cpu
+latency_runs: 0
+plots: false
+mc_samples: 0
+image_size: [4, 4]
+image_channels: 1
+normalize: custom
+normalize_mean: [0.5]
+normalize_std: [0.5]
+"""
+
+
+@pytest.fixture
+def image_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """6x6 RGB PNGs in images/train and images/val (class = which third of the image is bright), read as 4x4
+    grey; a TinyMLP built with hidden=[10] (so only --arch-kwargs makes the architecture fit) trained on them."""
+    import torch
+    from PIL import Image
+
+    from prunedrop.data import load_data
+    from prunedrop.recipes import Recipe
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 6)):
+        for c, name in enumerate(["circle", "square", "star"]):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, size=(6, 6, 3), dtype=np.uint8)
+                pixels[:, 2 * c:2 * c + 2] += 180
+                Image.fromarray(pixels, "RGB").save(tmp_path / "images" / split / name / f"{i}.png")
+    (tmp_path / "imgarch.py").write_text(IMAGE_ARCH)
+    (tmp_path / "recipe.yaml").write_text(QUICK_IMAGE_RECIPE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from prunedrop.testing import TinyMLP
+
+    recipe = Recipe.from_dict(__import__("yaml").safe_load(QUICK_IMAGE_RECIPE))
+    data = load_data("imagefolder:images", recipe=recipe)
+    x = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    y = torch.tensor([data.train[i][1] for i in range(len(data.train))])
+    torch.manual_seed(0)
+    model = TinyMLP(16, (10,), 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    return tmp_path
+
+
+def _compress_images(*extra: str) -> list[str]:
+    return ["compress", "model.pt", "--arch", "imgarch:build", "--arch-kwargs", '{"hidden": [10]}',
+            "--data", "imagefolder:images", "--recipe", "recipe.yaml", "-q", *extra]
+
+
+def test_compress_an_image_folder_with_arch_kwargs(image_project: Path) -> None:
+    result = CliRunner().invoke(cli, _compress_images("-o", "out"))
+    assert result.exit_code == 0, result.output
+    out = image_project / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"]["name"] == "accuracy" and report["metric"]["before"] > 0.9
+    assert report["parity_max_abs_diff"] <= 1e-4
+    info = json.loads((out / "run.json").read_text())
+    assert info["arch_kwargs"] == {"hidden": [10]} and info["recipe"]["image_size"] == [4, 4]
+    assert report["source"]["arch_kwargs"] == {"hidden": [10]} and report["source"]["data"] == "imagefolder:images"
+    x = np.stack([np.zeros((1, 4, 4), np.float32)])
+    assert run_onnx(out / "model.onnx", x).shape == (1, 3)
+    # export rebuilds the model with the recorded kwargs (without them the state dict would not fit)
+    exported = CliRunner().invoke(cli, ["export", "out", "--threshold", "8", "-o", "again.onnx"])
+    assert exported.exit_code == 0, exported.output
+    assert (image_project / "again.onnx").is_file()
+    # --resume must rebuild the same model: other kwargs are refused in one line
+    args = _compress_images("-o", "out", "--resume")
+    args[args.index('{"hidden": [10]}')] = '{"hidden": [11]}'
+    resumed = CliRunner().invoke(cli, args)
+    assert resumed.exit_code == 1 and "--arch-kwargs" in resumed.output, resumed.output
+    assert len(resumed.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ("{hidden: [10]}", "not valid JSON"),
+        ("[10]", "must be a JSON object"),
+        ('{"depth": 2}', "rejected --arch-kwargs"),
+    ],
+)
+def test_bad_arch_kwargs_on_the_command_line(image_project: Path, kwargs: str, message: str) -> None:
+    args = _compress_images("-o", "out")
+    args[args.index('{"hidden": [10]}')] = kwargs
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (image_project / "out").exists()
+
+
+def test_arch_kwargs_without_arch(image_project: Path) -> None:
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch-kwargs", "{}", "--data", "imagefolder:images",
+                                      "-o", "out"])
+    assert result.exit_code == 1 and "holds a state dict" in result.output, result.output
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch-kwargs", '{"a": 1}', "--data",
+                                      "imagefolder:images", "-o", "out"])
+    assert result.exit_code == 1 and "--arch-kwargs needs --arch" in result.output, result.output
+
+
+def test_compress_csv_regression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from prunedrop.testing import TinyMLP
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0], np.float32)
+    lines = ["f1,f2,f3,f4,price"] + [",".join(f"{v:.6f}" for v in (*row, t)) for row, t in zip(x, y)]
+    (tmp_path / "houses.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "regarch.py").write_text("from prunedrop.testing import TinyMLP\n\n\ndef build(**kw):\n"
+                                         "    return TinyMLP(**kw)\n")
+    (tmp_path / "recipe.yaml").write_text(QUICK_IMAGE_RECIPE.split("image_size")[0]
+                                          + "loss: mse\nlabel_column: price\n")
+    torch.manual_seed(0)
+    model = TinyMLP(4, (8,), 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.mse_loss(model(torch.from_numpy(x)).squeeze(1), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "regarch:build", "--arch-kwargs",
+                                      '{"in_features": 4, "hidden": [8], "num_classes": 1}', "--data",
+                                      "csv:houses.csv", "--recipe", "recipe.yaml", "-q", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["metric"]["name"] == "mse" and report["metric"]["before"] < 0.5
+
+
+def test_help_names_the_new_specs_and_options() -> None:
+    result = CliRunner().invoke(cli, ["compress", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for fragment in ("imagefolder:DIR", "csv:FILE", "hf:PATH", "--arch-kwargs", "timm:NAME",
+                     "torchvision.models:resnet18"):
+        assert fragment in text, fragment
+
+
+def test_inspect_with_arch_kwargs_and_an_image_folder(image_project: Path) -> None:
+    args = ["inspect", "model.pt", "--arch", "imgarch:build", "--data", "imagefolder:images", "--recipe",
+            "recipe.yaml", "--json"]
+    result = CliRunner().invoke(cli, [*args[:4], "--arch-kwargs", '{"hidden": [10]}', *args[4:]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["summary"]["converted"] == ["net.1", "net.3"]
+    without = CliRunner().invoke(cli, args)
+    assert without.exit_code == 1 and "does not fit --arch" in without.output, without.output

@@ -475,3 +475,135 @@ def test_bad_checkpoints(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     raises_one_line(lambda: load_checkpoint(tmp_path / "list.pt"), "not a dict")
     raises_one_line(lambda: restore_rng_state({"python": {"version": 3}}), "RNG state is malformed")
+
+
+# --------------------------------------------------------------------------------------------------
+# --arch-kwargs, timm:NAME and torchvision.models:NAME (fake zoo packages: nothing is installed or downloaded)
+# --------------------------------------------------------------------------------------------------
+
+FAKE_TIMM = '''
+from prunedrop.testing import TinyMLP
+
+calls = []
+
+
+def create_model(name, pretrained="unset", **kwargs):
+    calls.append((name, pretrained, kwargs))
+    if name != "tiny_mlp":
+        raise RuntimeError(f"Unknown model ({name})")
+    return TinyMLP(**kwargs)
+'''
+
+FAKE_TORCHVISION_MODELS = '''
+from prunedrop.testing import TinyMLP
+
+
+def tiny_mlp(*, weights=None, num_classes=3, **kwargs):
+    assert weights is None, "the test must never ask for weights"
+    return TinyMLP(num_classes=num_classes, **kwargs)
+'''
+
+
+@pytest.fixture
+def fake_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fake ``timm`` and ``torchvision`` packages on sys.path, forgotten again after the test."""
+    zoo = tmp_path / "zoo"
+    (zoo / "timm").mkdir(parents=True)
+    (zoo / "timm" / "__init__.py").write_text(FAKE_TIMM)
+    (zoo / "torchvision" / "models").mkdir(parents=True)
+    (zoo / "torchvision" / "__init__.py").write_text("")
+    (zoo / "torchvision" / "models" / "__init__.py").write_text(FAKE_TORCHVISION_MODELS)
+    monkeypatch.syspath_prepend(str(zoo))
+    for name in ("timm", "torchvision", "torchvision.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield zoo
+    for name in ("timm", "torchvision", "torchvision.models"):
+        sys.modules.pop(name, None)
+
+
+def test_arch_kwargs_reach_the_factory(tmp_path):
+    model = TinyMLP(16, (5,), 7)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(3, 16)
+    loaded = load_model(tmp_path / "m.pt", arch=MLP_ARCH, arch_kwargs={"hidden": [5], "num_classes": 7})
+    assert_same_output(model, loaded, x)
+    # without the kwargs the default architecture does not fit the file
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=MLP_ARCH), "does not fit --arch")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=MLP_ARCH, arch_kwargs={"depth": 3}),
+                    "rejected --arch-kwargs", '"depth"')
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch_kwargs={"hidden": [5]}), "--arch-kwargs needs --arch")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{num_classes: 10}", "not valid JSON"),
+        ("[10]", "not a JSON array"),
+        ("10", "not a JSON number"),
+        ('"x"', "not a JSON string"),
+        ('{"a b": 1}', "not a Python argument name"),
+        ("__import__('os')", "not valid JSON"),
+        ("null", "not a JSON null"),
+        ("true", "not a JSON boolean"),
+    ],
+)
+def test_bad_arch_kwargs(text, fragment):
+    from prunedrop.io import parse_arch_kwargs
+
+    raises_one_line(lambda: parse_arch_kwargs(text), fragment)
+
+
+def test_arch_kwargs_parse():
+    from prunedrop.io import parse_arch_kwargs
+
+    assert parse_arch_kwargs(None) == {}
+    assert parse_arch_kwargs('{"num_classes": 10, "hidden": [4, 2], "flag": true}') == {
+        "num_classes": 10, "hidden": [4, 2], "flag": True}
+
+
+def test_timm_arch(tmp_path, fake_zoo):
+    model = TinyMLP(16, (6,), 4)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", arch="timm:tiny_mlp", arch_kwargs={"hidden": [6], "num_classes": 4})
+    assert_same_output(model, loaded, torch.randn(2, 16))
+    import timm
+
+    assert timm.calls == [("tiny_mlp", False, {"hidden": [6], "num_classes": 4})]
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="timm:no_such_net"), "timm cannot build",
+                    "no_such_net")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="timm:tiny_mlp", arch_kwargs={"pretrained": True}),
+                    "pretrained weights", "nothing is downloaded")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="timm:tiny_mlp", arch_kwargs={"bogus": 1}),
+                    "rejected --arch-kwargs")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="timm:"), "names no model")
+
+
+def test_torchvision_arch(tmp_path, fake_zoo):
+    model = TinyMLP(16, (12, 8), 10)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", arch="torchvision.models:tiny_mlp", arch_kwargs={"num_classes": 10})
+    assert_same_output(model, loaded, torch.randn(2, 16))
+    raises_one_line(
+        lambda: load_model(tmp_path / "m.pt", arch="torchvision.models:tiny_mlp",
+                           arch_kwargs={"weights": "IMAGENET1K_V1"}), "pretrained weights", "'weights'")
+
+
+@pytest.mark.parametrize(("arch", "package"), [("timm:resnet18", "timm"), ("torchvision.models:resnet18", "torchvision")])
+def test_missing_zoo_names_the_extra(tmp_path, mlp, monkeypatch, arch, package):
+    torch.save(mlp[0].state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, package, None)  # importing it fails as if it were not installed
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=arch), f"needs {package}, which is not installed",
+                    f"pip install 'prunedrop[{package}]'")
+
+
+def test_broken_torchvision_is_one_line(tmp_path, mlp, monkeypatch):
+    # torchvision's PyPI wheel beside a torch it was not built for fails on import with a RuntimeError
+    broken = tmp_path / "broken" / "torchvision"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(broken.parent))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    torch.save(mlp[0].state_dict(), tmp_path / "m.pt")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="torchvision.models:resnet18"),
+                    "cannot be imported", "torchvision::nms", "prunedrop[torchvision]")
+    sys.modules.pop("torchvision", None)

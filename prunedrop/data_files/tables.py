@@ -1,0 +1,129 @@
+"""``csv:FILE`` / ``csv:DIR``: numeric tables with a label column."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from ..errors import PrunedropError
+from .common import VAL_NAMES, recipe_or_defaults
+
+if TYPE_CHECKING:
+    from ..recipes import Recipe
+
+
+def load_csv(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """``csv:FILE`` (one table, the validation split comes from ``val_fraction``) or ``csv:DIR`` with
+    ``train.csv`` and optionally ``val.csv`` (or ``valid.csv``, ``validation.csv``) and ``test.csv``."""
+    recipe = recipe_or_defaults(recipe)
+    path = Path(path).expanduser()
+    files: dict[str, Path | None] = {"train": path, "val": None, "test": None}
+    if path.is_dir():
+        files["train"] = path / "train.csv"
+        if not files["train"].is_file():  # type: ignore[union-attr]
+            raise PrunedropError(f"csv folder {str(path)!r} has no train.csv; add it or name a CSV file")
+        vals = [path / f"{n}.csv" for n in VAL_NAMES if (path / f"{n}.csv").is_file()]
+        files["val"] = vals[0] if vals else None
+        files["test"] = path / "test.csv" if (path / "test.csv").is_file() else None
+    elif not path.is_file():
+        raise PrunedropError(f"csv file {str(path)!r} does not exist")
+    out: dict[str, Dataset | None] = {}
+    columns: list[str] | None = None
+    for split, file in files.items():
+        if file is None:
+            out[split] = None
+            continue
+        x, y, features = _read_csv(file, recipe.label_column, regression=recipe.loss == "mse")
+        if columns is not None and features != columns:
+            raise PrunedropError(
+                f"csv file {str(file)!r} has feature columns {features} but the training file has {columns}; "
+                "use the same columns in every split"
+            )
+        columns = features
+        out[split] = TensorDataset(x, y)
+    return out["train"], out["val"], out["test"]  # type: ignore[return-value]
+
+
+def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Features (N, F) float32 and labels (int64 classes, or float32 targets for ``regression``) of one CSV."""
+    where = f"csv file {str(path)!r}"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise PrunedropError(f"{where} is empty; it needs a header row naming the columns, then one row "
+                                     "per sample")
+            header = [h.strip() for h in header]
+            duplicates = sorted({h for h in header if header.count(h) > 1})
+            if duplicates:
+                raise PrunedropError(f"{where} has the column {duplicates[0]!r} twice; name every column once")
+            if label_column not in header:
+                shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
+                raise PrunedropError(
+                    f"{where} has no label column {label_column!r} (its columns: {shown}); set the recipe key "
+                    "label_column to the column that holds the labels"
+                )
+            label_at = header.index(label_column)
+            features = [h for i, h in enumerate(header) if i != label_at]
+            if not features:
+                raise PrunedropError(f"{where} has only the label column {label_column!r}; it needs feature columns")
+            rows: list[list[float]] = []
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+                if len(row) != len(header):
+                    raise PrunedropError(
+                        f"{where} line {reader.line_num} has {len(row)} values but the header has {len(header)} "
+                        "columns; every row needs one value per column"
+                    )
+                try:
+                    values = [float(v) for v in row]
+                except ValueError:
+                    values = [_number(v, header[i], reader.line_num, where) for i, v in enumerate(row)]
+                if not all(math.isfinite(v) for v in values):
+                    i = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                    raise PrunedropError(
+                        f"column {header[i]!r} of {where} line {reader.line_num} holds {row[i].strip()!r}; "
+                        "values must be finite numbers"
+                    )
+                rows.append(values)
+    except UnicodeDecodeError as e:
+        raise PrunedropError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise PrunedropError(f"{where} is not valid CSV ({e}); check its quoting") from None
+    except OSError as e:
+        raise PrunedropError(f"cannot read {where} ({e.strerror or e})") from None
+    if not rows:
+        raise PrunedropError(f"{where} has a header but no rows; add one row per sample")
+    table = np.asarray(rows, dtype=np.float64)
+    labels = table[:, label_at]
+    x = torch.from_numpy(np.delete(table, label_at, axis=1).astype(np.float32))
+    if regression:
+        return x, torch.from_numpy(labels.astype(np.float32)), features
+    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
+    if bad.size:
+        raise PrunedropError(
+            f"label column {label_column!r} of {where} holds {labels[bad[0]]:g} (data row {bad[0] + 1}); class "
+            "labels must be whole numbers 0, 1, ..., C-1 (for regression set loss: mse in the recipe)"
+        )
+    return x, torch.from_numpy(labels.astype(np.int64)), features
+
+
+def _number(text: str, column: str, line: int, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        shown = text.strip()
+        what = "is empty" if not shown else f"holds {shown[:40]!r}, not a number"
+        raise PrunedropError(
+            f"column {column!r} of {where} line {line} {what}; csv data must be numeric (encode categories as numbers)"
+        ) from None
+
+
