@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
     p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
+    p.add_argument("--max-drop", type=float, default=None, help="override the recipe's max_metric_drop (budget)")
+    p.add_argument("--target", default=None, help="the recipe's target, e.g. params=40x")
     p.add_argument("--finetune-lr", type=float, default=None, help="override the recipe's finetune_lr")
     p.add_argument("--resume", action="store_true",
                    help="continue the pipeline run in --run-dir from its checkpoints (e.g. a copy of a finished "
@@ -116,7 +118,8 @@ def main() -> None:
     recipe = load_recipe(recipe_path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                               kl_warmup_epochs=args.kl_warmup_epochs,
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr,
-                                              train_limit=args.train_limit, device=args.device)
+                                              train_limit=args.train_limit, device=args.device,
+                                              max_metric_drop=args.max_drop, target=args.target)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)
@@ -146,6 +149,11 @@ def main() -> None:
         "per_layer": per_layer,
         "seconds": svd_seconds,
         "resumed": args.resume,
+        "autopilot": {k: v for k, v in (report.get("autopilot") or {}).items() if k != "trajectory"} or None,
+        "beta_trajectory": [(c["step"], round(c["beta"], 4)) for c in (report.get("autopilot") or {}).get(
+            "trajectory", [])][::5],
+        "threshold": report.get("threshold"),
+        "val_accuracy_before": report["metric"]["before"],
         "timings": {k: round(v, 1) for k, v in report["timings"].items()},
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
                      if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "seconds")}
@@ -154,7 +162,10 @@ def main() -> None:
     print(f"sparse VD: {w_total / w_nonzero:.1f}× fewer non-zero weights ({w_nonzero:,} of {w_total:,}), "
           f"all params {report['params']['ratio']:.1f}×, test {svd['test_accuracy']:.2f}% in {svd_seconds:.0f} s")
 
-    total_epochs = recipe.epochs + recipe.finetune_epochs
+    # the epochs the run really trained (the autopilot may stop the variational phase early)
+    variational_epochs = sum(1 for h in report["history"] if h.get("phase") == "variational")
+    finetune_epochs = sum(1 for h in report["history"] if h.get("phase") == "masked")
+    total_epochs = variational_epochs + finetune_epochs
     mag = None
     if not args.skip_magnitude:
         prune_epochs = max(1, round(total_epochs * args.magnitude_prune_fraction))
@@ -172,10 +183,11 @@ def main() -> None:
         "recipe_file": str(recipe_path.resolve().relative_to(ROOT)) if recipe_path.resolve().is_relative_to(ROOT)
         else str(recipe_path),
         "recipe": {k: v for k, v in recipe.to_dict().items()
-                   if k in ("epochs", "batch_size", "lr", "noise_lr", "kl_weight", "kl_warmup_epochs",
+                   if k in ("epochs", "batch_size", "lr", "noise_lr", "kl_weight", "kl_warmup_epochs", "max_metric_drop",
+                            "target",
                             "finetune_epochs", "finetune_lr", "threshold", "lr_schedule", "init_log_sigma2",
                             "log_alpha_clip", "val_fraction", "train_limit", "seed", "include", "exclude")},
-        "epochs": {"dense": dense_epochs, "variational": recipe.epochs, "finetune": recipe.finetune_epochs,
+        "epochs": {"dense": dense_epochs, "variational": variational_epochs, "finetune": finetune_epochs,
                    "magnitude": total_epochs if mag else None,
                    "magnitude_prune": mag["prune_epochs"] if mag else None},
         "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test, **dense_info},

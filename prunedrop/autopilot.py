@@ -60,7 +60,7 @@ SETTLE_STEPS = 1000
 SETTLE_BETA = 1.25
 SETTLE_KEPT = 0.005
 #: an automatic run trains at least this many optimizer steps (sparse VD's noise needs thousands of steps to grow)
-AUTO_MIN_STEPS = 4000
+AUTO_MIN_STEPS = 10000
 AUTO_MIN_EPOCHS = 10
 AUTO_MAX_EPOCHS = 300
 

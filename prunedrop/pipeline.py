@@ -588,7 +588,7 @@ def autopilot_line(summary: dict[str, Any]) -> str:
     last = summary.get("last_check") or {}
     parts = [f"autopilot: β ended at {summary['beta_final']:.3g}"]
     if last.get("smoothed_drop") is not None:
-        parts.append(f"validation drop {last['smoothed_drop']:.3g} (budget {summary['max_metric_drop']:g}, "
+        parts.append(f"validation drop {last['smoothed_drop']:.2f} (budget {summary['max_metric_drop']:g}, "
                      f"{summary['margin']:g} of it spent while training)")
     if last.get("cost_ratio") is not None:
         parts.append(f"{last['cost_ratio']:.3g}x smaller ({summary['target']})")

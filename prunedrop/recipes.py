@@ -93,7 +93,7 @@ class Recipe:
     weighs each unit's KL by what the unit costs (see ``target``)."""
 
     epochs: int | None = None
-    """Variational fine-tuning epochs; null = automatic: enough for at least 4,000 optimizer steps and 10 epochs
+    """Variational fine-tuning epochs; null = automatic: enough for at least 10,000 optimizer steps and 10 epochs
     (at most 300), ended early when the autopilot has settled (β and the kept fraction flat over 1,000 steps)."""
 
     batch_size: int = 100

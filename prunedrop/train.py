@@ -329,6 +329,7 @@ def _run(
     on_step: Callable[[int], None] | None = None,
     should_stop: Callable[[], str | None] | None = None,
     extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+    lr_scale: Callable[[], float] | None = None,
 ) -> TrainResult:
     """The loop both phases share. ``on_step(step)`` runs after every optimizer step (``step`` counts from 1);
     ``should_stop()`` after every epoch: a message ends the phase there (and, on resume, before the next epoch);
@@ -350,9 +351,11 @@ def _run(
 
     lr_schedule = recipe.lr_schedule if phase == "variational" else "cosine"
     schedule = _lr_lambda(lr_schedule, epochs * steps_per_epoch)
-    if phase == "variational" and recipe.automatic and len(optimizer.param_groups) == 2:
-        # the autopilot steers through the noise: its learning rate stays, so that β keeps its authority to the end
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, _lr_lambda("constant", 1)])
+    if phase == "variational" and recipe.automatic and len(optimizer.param_groups) == 2 and lr_scale is not None:
+        # the autopilot steers through the noise: its learning rate stays, so that β keeps its authority to the end;
+        # the weights' follows the schedule and the autopilot's learning-rate back-off
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda s: schedule(s) * lr_scale(),
+                                                                  _lr_lambda("constant", 1)])
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     result = TrainResult()
@@ -589,6 +592,8 @@ def finetune(
     pilot = _Pilot(model, data, recipe, steps_per_epoch, device, log=log) if recipe.automatic else None
     if pilot is not None:
         factors = pilot.factors
+        if not (resume and checkpoint_path is not None and Path(checkpoint_path).exists()):
+            pilot.start()
     layer_factors = [factors[name] for name in layers]
     steps_left = epochs * steps_per_epoch
     if compile_mode == "auto" and resume and checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -629,7 +634,8 @@ def finetune(
                       progress=progress, epoch_stats=epoch_stats, precision=precision, parallel=parallel,
                       on_step=None if pilot is None else pilot.on_step,
                       should_stop=None if pilot is None else pilot.should_stop,
-                      extra_state=None if pilot is None else (pilot.state_dict, pilot.load_state_dict))
+                      extra_state=None if pilot is None else (pilot.state_dict, pilot.load_state_dict),
+                      lr_scale=None if pilot is None else (lambda: pilot.lr_scale))
     result.epochs = epochs
     if pilot is not None:
         result.autopilot = pilot.summary()
@@ -667,6 +673,7 @@ class _Pilot:
                                               decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
         self.reference: float | None = None
         self.stopped: str | None = None
+        self.lr_scale = 1.0
         self.announced_backoffs = 0
 
     def _val_metric(self) -> float:
@@ -674,11 +681,14 @@ class _Pilot:
         return evaluate(self.model, _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES),
                         loss=self.recipe.loss, device=self.device)[name]
 
+    def start(self) -> None:
+        """Before the first step: the metric of the model as it was given, on the samples every check uses (a
+        resumed run keeps the one its checkpoint holds)."""
+        if self.reference is None and self.controller.max_drop is not None:
+            self.reference = self._val_metric()
+
     def on_step(self, step: int) -> None:
         c = self.controller
-        if step == 1 and self.reference is None and c.max_drop is not None:
-            # the start's metric on the same samples (the noise is still negligible after one step)
-            self.reference = self._val_metric()
         if step % c.check_every:
             return
         drop = None
@@ -692,6 +702,13 @@ class _Pilot:
             self.announced_backoffs = c.backoffs
             self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
                      f"backing off (β → {record.beta:.3g})")
+        if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop > c.max_drop \
+                and record.beta <= autopilot.BETA_START and self.lr_scale > LR_SCALE_MIN:
+            # over the budget while β is no higher than it started: the KL is not what hurts, the training steps
+            # are (a learning rate too large for a network that has converged)
+            self.lr_scale = max(LR_SCALE_MIN, self.lr_scale / 2)
+            self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
+                     f"started; the weights' learning rate × {self.lr_scale:g}")
 
     def should_stop(self) -> str | None:
         if self.stopped is None and self.controller.checks and self.controller.settled(self.controller.checks[-1].step):
@@ -702,23 +719,27 @@ class _Pilot:
         return self.stopped
 
     def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped}
+        return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
+                "lr_scale": self.lr_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
         self.reference = state.get("reference")
         self.stopped = state.get("stopped")
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.announced_backoffs = self.controller.backoffs
 
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
-                   reference_metric=self.reference, kl_factors=self.factors)
+                   reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale)
         return out
 
 
 #: validation samples per autopilot measurement
 CHECK_SAMPLES = 2000
+#: the autopilot's learning-rate back-off stops at this fraction of the recipe's rates
+LR_SCALE_MIN = 1 / 64
 
 
 def _capped(loader: Any, limit: int) -> Iterator[Any]:

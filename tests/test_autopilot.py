@@ -169,9 +169,10 @@ def test_controller_state_round_trips() -> None:
 
 
 def test_auto_epochs_and_check_interval() -> None:
-    assert autopilot.auto_epochs(54_000, 100) == 10
+    assert autopilot.auto_epochs(54_000, 100) == 19
     assert autopilot.auto_epochs(1_300, 100) == 300
-    assert autopilot.auto_epochs(10_000, 100) == 40
+    assert autopilot.auto_epochs(200_000, 100) == 10
+    assert autopilot.auto_epochs(10_000, 100) == 100
     assert autopilot.check_interval(540) == 100 and autopilot.check_interval(13) == 10
 
 
@@ -332,3 +333,18 @@ def test_digits_default_recipe_is_automatic_sparse_vd() -> None:
     assert recipe.automatic and recipe.epochs is None
     assert autopilot.auto_epochs(data.num_train, recipe.batch_size) >= 10
     assert np.isclose(recipe.max_metric_drop, 1.0)
+
+
+def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_path: Path) -> None:
+    from prunedrop.errors import TrainingError
+
+    data = _bundle()
+    logs: list[str] = []
+    recipe = Recipe(**{**_QUICK, "epochs": 12, "lr": 0.5}, max_metric_drop=1.0)
+    try:
+        report = compress(_trained_mlp(data), data, recipe, tmp_path, progress=False, log=logs.append).report
+        pilot = report["autopilot"]
+        assert pilot["lr_scale"] < 1.0
+    except TrainingError as e:  # backed off, but still over the budget at the end: said in one line, no export
+        assert "nothing was exported" in str(e) and not (tmp_path / "model.onnx").exists()
+    assert any("learning rate ×" in line for line in logs), logs
