@@ -339,11 +339,13 @@ class Autopilot:
         return flat_beta and flat_kept
 
     def bound(self) -> str:
-        """Which constraint decided where β ended: the one that held it back in most of the last checks."""
-        last = [c.bound for c in self.checks[-5:] if c.bound]
-        if last:
-            return max(set(last), key=last.count)
-        return "target" if self.target_ratio is not None and self.max_drop is None else "budget"
+        """Which constraint decided where β ended: the one that held it back in most of the last five checks, or
+        ``none`` when neither did (β was still rising when training ended)."""
+        last = [c.bound for c in self.checks[-5:]]
+        held = [b for b in last if b]
+        if len(held) * 2 < len(last) or not held:
+            return "none"
+        return max(set(held), key=held.count)
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_beta": self.log_beta, "smoothed_drop": self.smoothed_drop, "backoffs": self.backoffs,
