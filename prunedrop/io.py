@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib
 import json
 import math
 import operator
 import os
 import re
-import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,20 +64,19 @@ _MAX_LISTED = 3
 def import_object(spec: str, *, what: str = "object") -> Any:
     """Import ``module:attr`` (``attr`` may be dotted) and return it.
 
-    Only the module the user names is imported. The current directory is put on ``sys.path`` so that
-    a user's own ``models.py`` beside their data can be named, as ``python -m`` would allow.
+    Only the module the user names is imported, and only it may come from the current folder: a module that
+    is not importable from ``sys.path`` is loaded from the current folder by its file location
+    (:func:`prunedrop.safety.import_user_module`), and the current folder is never put on ``sys.path``, so
+    that a ``sklearn.py`` or ``onnxruntime.py`` lying there cannot stand in for the installed library.
     """
+    from .safety import import_user_module
+
     if ":" not in spec:
         raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise PrunedropError(f"cannot import module {module_name!r} for {what} {spec!r}: {e}") from e
+    obj: Any = import_user_module(module_name, what=f"{what} {spec!r}")
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
