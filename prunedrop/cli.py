@@ -5,6 +5,7 @@ torch is imported inside the commands so that ``--help`` answers at once.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,20 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .distributed import init as init_distributed
     from .io import load_model
     from .pipeline import compress as run_compress
-    from .pipeline import prepare_output_dir, read_run_info, write_run_info
+    from .pipeline import prepare_output_dir, read_run_info, start_run
     from .recipes import load_recipe
     from .report import format_table
+    from .runfolder import RunFolderLock, run_identity
+    from .safety import check_finite_weights
     from .train import resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
+    lock = RunFolderLock(output)  # one compress per folder: held until the command ends, taken at once if it exists
+    click.get_current_context().call_on_close(lock.release)
+    if is_main():
+        lock.acquire_if_exists()
     out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
     barrier()
     if resume:
@@ -102,16 +109,19 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
                 f"--resume with a different recipe than the interrupted run (changed: {', '.join(changed)}); "
                 "resume with the same settings")
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit)
     check_labels(data, _num_outputs(net, data))
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
-        write_run_info(out_dir, {
+        lock.acquire()  # every input is checked: the run may now create, clear and write its folder
+        start_run(out_dir, {
             "model_path": os.path.abspath(model), "arch": arch, "trust_pickle": trust_pickle,
             "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
             "recipe": recipe.to_dict(),
-        })
+        }, run_identity(model, data), overwrite=overwrite, resume=resume,
+            warn=lambda msg: click.echo(msg, err=True))
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "data": data_spec})
@@ -148,8 +158,9 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--threshold", type=float, help="Pruning threshold (log α); default: the run's recipe threshold.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Path of the ONNX file to write.")
-def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
+              help="Path of the ONNX file to write: a new file, never one the run depends on.")
+@click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
+def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool) -> None:
     """Re-threshold a run's variational checkpoint and export it again, without retraining.
 
     Works on a finished or an interrupted run (after at least one epoch). The noise-free fine-tuning
@@ -159,13 +170,18 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
     from .io import load_model
     from .pipeline import read_run_info, reexport
     from .recipes import Recipe
+    from .runfolder import export_protected_files
+    from .safety import check_output_file
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
+    check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
     recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
                      seed=recipe.seed, train_limit=recipe.train_limit)
-    r = reexport(net, data, recipe, run_dir, output, threshold=threshold)
+    r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite)
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
                f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
                f"{r.metric_name} {r.metric:.4g} on validation data")
@@ -219,6 +235,7 @@ def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: 
     from .inspection import format_inspection, inspect_model
     from .io import load_model
     from .recipes import load_recipe
+    from .safety import check_finite_weights
 
     recipe = load_recipe(recipe_path)
     if input_shape is not None:
@@ -235,6 +252,7 @@ def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: 
 
         example = load_data(data_spec or "digits", data_dir=data_dir).example_batch(1)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    check_finite_weights(net, f"model {model}")
     _num_outputs_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))

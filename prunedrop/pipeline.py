@@ -14,6 +14,7 @@ objects. Everything the run writes goes to ``out_dir``, atomically.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -591,11 +592,30 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
         raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "
                              "--resume to continue an interrupted run, or choose another -o")
     _check_writable(out_dir)
+    return out_dir
+
+
+def start_run(out_dir: str | Path, info: dict[str, Any], identity: dict[str, str], *, overwrite: bool = False,
+              resume: bool = False, warn: Callable[[str], None] = print) -> None:
+    """The first change a run makes to its folder, once every input has been loaded and checked.
+
+    ``resume``: the inputs must be the interrupted run's (:func:`prunedrop.runfolder.check_identity`: model file,
+    data, --arch); a refusal changes nothing, and run.json is left as the run wrote it. Otherwise the stale
+    checkpoints of an earlier run are deleted (with ``overwrite``) and run.json records ``info`` and ``identity``.
+    """
+    from .runfolder import IDENTITY_KEY, check_identity
+
+    out_dir = Path(out_dir)
+    if resume:
+        check_identity(read_run_info(out_dir), {**identity, "arch": info.get("arch"),
+                                                "trust_pickle": info.get("trust_pickle")},
+                       action="--resume", warn=warn)
+        return
     if overwrite:
         for path in [out_dir / VARIATIONAL_CHECKPOINT, out_dir / MASKED_CHECKPOINT,
                      *out_dir.glob("checkpoint-masked-t*.pt")]:
             path.unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
-    return out_dir
+    write_run_info(out_dir, {**info, IDENTITY_KEY: identity})
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -626,16 +646,16 @@ def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    import json
+    from .safety import load_json_file
 
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
         raise PrunedropError(f"{run_dir} is not a prunedrop run folder (no {RUN_INFO}); give the -o folder of "
                              "`prunedrop compress`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise PrunedropError(f"{path} is corrupt; it is not valid JSON") from None
+    info = load_json_file(path, where=str(path), advice="it is not a run.json that prunedrop wrote")
+    if not isinstance(info, dict):
+        raise PrunedropError(f"{path} is corrupt; it holds no JSON object")
+    return info
 
 
 @dataclass
@@ -659,15 +679,25 @@ def reexport(
     output: str | Path,
     *,
     threshold: float | None = None,
+    overwrite: bool = False,
 ) -> ReexportResult:
     """Re-threshold a run's trained variational checkpoint and export again, without retraining.
 
     ``model`` is the original plain model (loaded the way the run loaded it). The checkpoint may come from
-    a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed.
+    a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed. ``output`` must
+    be a new file (an existing regular file only with ``overwrite``), and never a file the run depends on
+    (:func:`prunedrop.safety.check_output_file`).
     """
     from .io import load_checkpoint
+    from .runfolder import export_protected_files
+    from .safety import check_output_file
 
     run_dir = Path(run_dir)
+    output = check_output_file(output, overwrite=overwrite,
+                               protected=export_protected_files(
+                                   run_dir, read_run_info(run_dir) if (run_dir / RUN_INFO).is_file() else {}))
+    if threshold is not None and not math.isfinite(threshold):
+        raise PrunedropError(f"threshold {threshold} is not a finite number; give one such as 3")
     path = run_dir / VARIATIONAL_CHECKPOINT
     if not path.is_file():
         raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")

@@ -7,6 +7,7 @@ files as they were.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,325 @@ def test_import_user_module_refuses_non_names() -> None:
     for name in ("", "a..b", "a/b", "1abc", "a.b-c", "\x00"):
         with pytest.raises(PrunedropError, match="not a module name"):
             import_user_module(name, what="--arch")
+
+
+# ------------------------------------------------------------------------------- a finished run to attack
+
+FAST_RECIPE = """\
+epochs: 2
+batch_size: 16
+eval_batch_size: 64
+lr: 0.003
+noise_lr: 0.3
+lr_schedule: constant
+kl_weight: 20.0
+kl_warmup_epochs: 1
+finetune_epochs: 0
+device: cpu
+latency_runs: 0
+plots: false
+mc_samples: 0
+"""
+
+
+def _compress_args(*extra: str) -> list[str]:
+    return ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "--recipe", "recipe.yaml",
+            "-q", *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, bytes]]:
+    """Every entry under ``folder``: its kind and, for a file, its bytes."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        kind = "link" if p.is_symlink() else "file" if p.is_file() else "dir" if p.is_dir() else "other"
+        out[str(p.relative_to(folder))] = (kind, p.read_bytes() if kind == "file" else b"")
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hostile")
+    write_tiny_project(folder, n=100, n_val=20, recipe=FAST_RECIPE)
+    (folder / "bad.yaml").write_text("treshold: 2\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        mp.chdir(folder)
+        result = CliRunner().invoke(cli, _compress_args("-o", "out"))
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the finished run's project folder, as the current folder."""
+    import shutil
+
+    folder = tmp_path / "project"
+    shutil.copytree(finished_run, folder, symlinks=True)
+    info = json.loads((folder / "out" / "run.json").read_text())  # the run moved with its model and data
+    info["model_path"] = str(folder / "model.pt")
+    (folder / "out" / "run.json").write_text(json.dumps(info))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.chdir(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------- 2. export -o targets
+
+
+def _export_target(folder: Path, case: str) -> str:
+    """Make the hostile -o target of ``case`` in ``folder``; return the path to give."""
+    out = folder / "out"
+    if case == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(folder / "null", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        return "null"
+    if case == "fifo":
+        os.mkfifo(folder / "pipe")
+        return "pipe"
+    if case == "link-to-folder":
+        (folder / "sub").mkdir()
+        os.symlink(folder / "sub", folder / "sublink")
+        return "sublink"
+    if case == "link-to-checkpoint":
+        os.symlink(out / "checkpoint-variational.pt", folder / "ck.onnx")
+        return "ck.onnx"
+    if case == "hardlink-to-model":
+        os.link(folder / "model.pt", folder / "hard.onnx")
+        return "hard.onnx"
+    if case == "existing-file":
+        (folder / "mine.onnx").write_text("my own file")
+        return "mine.onnx"
+    if case == "folder":
+        (folder / "afolder").mkdir()
+        return "afolder"
+    if case == "dangling-link":
+        os.symlink(folder / "nowhere" / "x", folder / "dangling.onnx")
+        return "dangling.onnx"
+    if case == "empty-name":
+        return ""
+    return {"checkpoint": "out/checkpoint-variational.pt", "run-json": "out/run.json",
+            "report-json": "out/report.json", "report-md": "out/report.md", "model-onnx": "out/model.onnx",
+            "original-onnx": "out/original.onnx", "original-model": "model.pt", "data": "data.npz",
+            "recipe": "recipe.yaml", "model-pt": "out/model.pt", "architecture": "out/architecture.json",
+            "dotted-checkpoint": "out/../out/./checkpoint-variational.pt",
+            "absolute-run-json": str(out / "run.json")}[case]
+
+
+EXPORT_TARGETS = {
+    "device": (1, "device"), "fifo": (1, "FIFO"), "link-to-folder": (2, "directory"),
+    "link-to-checkpoint": (1, "the run needs"), "hardlink-to-model": (1, "the run needs"),
+    "existing-file": (1, "--overwrite"), "folder": (2, "directory"), "dangling-link": (1, "dangling"),
+    "empty-name": (1, "does not name a file"),
+    "checkpoint": (1, "the run needs"), "run-json": (1, "the run needs"), "report-json": (1, "the run needs"),
+    "report-md": (1, "the run needs"), "model-onnx": (1, "the run needs"), "original-onnx": (1, "the run needs"),
+    "original-model": (1, "the run needs"), "data": (1, "the run needs"), "model-pt": (1, "the run needs"),
+    "architecture": (1, "the run needs"), "dotted-checkpoint": (1, "the run needs"),
+    "absolute-run-json": (1, "the run needs"), "recipe": (1, "--overwrite"),
+}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("case", sorted(EXPORT_TARGETS))
+def test_export_refuses_hostile_targets(run_copy: Path, case: str, overwrite: bool) -> None:
+    target = _export_target(run_copy, case)
+    code, needle = EXPORT_TARGETS[case]
+    if overwrite and case in ("existing-file", "recipe"):
+        pytest.skip("a regular file of the user's own may be replaced with --overwrite (tested below)")
+    before = _snapshot(run_copy)
+    result = CliRunner().invoke(cli, ["export", "out", "-o", target, *(["--overwrite"] if overwrite else [])])
+    _one_line_error(result, code, needle)
+    assert _snapshot(run_copy) == before
+
+
+def test_export_overwrite_replaces_a_regular_file(run_copy: Path) -> None:
+    (run_copy / "mine.onnx").write_text("old")
+    result = CliRunner().invoke(cli, ["export", "out", "-o", "mine.onnx", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "mine.onnx").read_bytes()[:4] != b"old"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "+inf"])
+def test_export_threshold_must_be_finite(run_copy: Path, value: str) -> None:
+    before = _snapshot(run_copy)
+    result = CliRunner().invoke(cli, ["export", "out", "--threshold", value, "-o", "t.onnx"])
+    _one_line_error(result, 2, "finite")
+    assert _snapshot(run_copy) == before
+
+
+def test_reexport_refuses_run_files_from_python(finished_run: Path) -> None:
+    from prunedrop.pipeline import reexport
+
+    before = _snapshot(finished_run / "out")
+    with pytest.raises(PrunedropError, match="the run needs"):
+        reexport(None, None, None, finished_run / "out", finished_run / "out" / "checkpoint-variational.pt")
+    assert _snapshot(finished_run / "out") == before
+
+
+# ------------------------------------------------------------------------------- 3. resume identity
+
+
+def _perturbed_model(folder: Path) -> None:
+    import torch
+
+    state = torch.load(folder / "model.pt", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    torch.save(state, folder / "model.pt")
+
+
+def _other_data(folder: Path) -> None:
+    import numpy as np
+
+    with np.load(folder / "data.npz") as d:
+        arrays = {k: d[k] for k in d.files}
+    arrays["x_train"] = arrays["x_train"][::-1].copy()
+    arrays["y_train"] = arrays["y_train"][::-1].copy()
+    np.savez(folder / "data.npz", **arrays)
+
+
+RESUME_CHANGES = {
+    "model-content": (_perturbed_model, [], "model file"),
+    "data-content": (_other_data, [], "the data"),
+    "arch": (lambda f: (f / "otherarch.py").write_text((f / "tinyarch.py").read_text()),
+             ["--arch", "otherarch:build"], "--arch"),
+    "train-limit": (lambda f: None, ["--train-limit", "50"], "train_limit"),
+    "seed": (lambda f: None, ["--seed", "5"], "seed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CHANGES))
+def test_resume_with_other_inputs_is_refused_and_changes_nothing(run_copy: Path, case: str) -> None:
+    change, extra, needle = RESUME_CHANGES[case]
+    change(run_copy)
+    before = _snapshot(run_copy / "out")
+    args = _compress_args("-o", "out", "--resume")
+    if extra[:1] == ["--arch"]:
+        args[args.index("--arch") + 1] = extra[1]
+        extra = []
+    result = CliRunner().invoke(cli, [*args, *extra])
+    _one_line_error(result, 1, needle)
+    assert _snapshot(run_copy / "out") == before
+    sys.modules.pop("otherarch", None)
+
+
+def test_resume_with_the_same_inputs_goes_on(run_copy: Path) -> None:
+    result = CliRunner().invoke(cli, _compress_args("-o", "out", "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "predates" not in result.output
+
+
+def test_resume_of_a_run_json_without_hashes_warns_and_goes_on(run_copy: Path) -> None:
+    info = json.loads((run_copy / "out" / "run.json").read_text())
+    del info["identity"]
+    (run_copy / "out" / "run.json").write_text(json.dumps(info))
+    result = CliRunner().invoke(cli, _compress_args("-o", "out", "--resume"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "predates" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:")
+
+
+# ------------------------------------------------------------------------------- 4. --overwrite validates first
+
+
+def _nan_model(folder: Path, value: float = float("nan")) -> None:
+    import torch
+
+    state = torch.load(folder / "model.pt", weights_only=True)
+    key = sorted(state)[-1]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = value
+    torch.save(state, folder / "nanmodel.pt")
+
+
+BAD_INPUTS = {
+    "data-typo": (lambda f: None, ["--data", "npz:dta.npz"], "dta.npz"),
+    "data-kind": (lambda f: None, ["--data", "nosuch:thing"], "data spec"),
+    "recipe-typo": (lambda f: None, ["--recipe", "bad.yaml"], "threshold"),
+    "recipe-missing": (lambda f: None, ["--recipe", "nope.yaml"], "nope.yaml"),
+    "model-missing": (lambda f: None, ["MODEL", "missing.pt"], "missing.pt"),
+    "arch-typo": (lambda f: None, ["--arch", "tinyarch:nope"], "nope"),
+    "nan-weights": (_nan_model, ["MODEL", "nanmodel.pt"], "NaN or inf"),
+    "inf-weights": (lambda f: _nan_model(f, float("inf")), ["MODEL", "nanmodel.pt"], "NaN or inf"),
+    "labels": (lambda f: __import__("numpy").savez(
+        f / "wide.npz", x_train=__import__("numpy").zeros((20, 1, 4, 4), "float32"),
+        y_train=__import__("numpy").arange(20) % 7), ["--data", "npz:wide.npz"], "outputs"),
+}
+
+
+def _with(args: list[str], extra: list[str]) -> list[str]:
+    args = list(args)
+    for key, value in zip(extra[::2], extra[1::2]):
+        if key == "MODEL":
+            args[1] = value
+        elif key in args:
+            args[args.index(key) + 1] = value
+        else:
+            args += [key, value]
+    return args
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_overwrite_checks_every_input_before_deleting_anything(run_copy: Path, case: str) -> None:
+    make, extra, needle = BAD_INPUTS[case]
+    make(run_copy)
+    before = _snapshot(run_copy / "out")
+    result = CliRunner().invoke(cli, _with(_compress_args("-o", "out", "--overwrite"), extra))
+    _one_line_error(result, 1, needle)
+    assert _snapshot(run_copy / "out") == before
+
+
+# ------------------------------------------------------------------------------- 11. non-finite weights
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+def test_non_finite_weights_are_refused_at_load(user_folder: Path, command: str, value: float) -> None:
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.syspath_prepend(str(user_folder))
+    try:
+        _nan_model(user_folder, value)
+        args = (["compress", "nanmodel.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "-o", "out"]
+                if command == "compress" else
+                ["inspect", "nanmodel.pt", "--arch", "tinyarch:build", "--input-shape", "1,4,4"])
+        result = CliRunner().invoke(cli, args)
+    finally:
+        monkeypatch.undo()
+    _one_line_error(result, 1, "NaN or inf", "net.")
+    assert not (user_folder / "out").exists()
+
+
+# ------------------------------------------------------------------------------- 10. one run per folder
+
+
+def test_a_second_compress_into_a_running_folder_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    import signal
+    import time
+
+    slow = FAST_RECIPE.replace("epochs: 2", "epochs: 40").replace("noise_lr: 0.3", "noise_lr: 0.05")
+    write_tiny_project(tmp_path, n=1040, n_val=40, recipe=slow)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "prunedrop", *_compress_args("-o", "out")], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "out" / "checkpoint-variational.pt").exists():
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        for extra in (["--overwrite"], ["--resume"], []):
+            started = time.monotonic()
+            second = CliRunner().invoke(cli, _compress_args("-o", "out", *extra))
+            _one_line_error(second, 1, "in use by another prunedrop run")
+            assert time.monotonic() - started < 10
+        assert first.poll() is None, "the first run must go on undisturbed"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out = first.communicate(timeout=120)[0]
+    assert first.returncode == 130, out
+    resumed = CliRunner().invoke(cli, _compress_args("-o", "out", "--resume", "--epochs", "1"))
+    assert "in use" not in resumed.output, "the lock ends with the run that held it"
