@@ -34,7 +34,7 @@ from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, p
 from .prune import prune
 from .recipes import SNR_METHODS, Recipe
 from .renorm import ATTACHED, attach_batchnorm, fold_attached
-from .report import build_report, count_parameters, measure_latency, write_report
+from .report import build_report, count_parameters, measure_latency, public_spec, write_report
 from .slim import _WEIGHT_LAYERS, SlimResult, remove_heads_and_rows, silent_units, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
@@ -477,8 +477,8 @@ def compress(
                          "embedding_rows": {n: list(v) for n, v in slimmed.rows.items()},
                          "max_abs_diff": slimmed.max_abs_diff, "notes": slimmed.notes}} if slimmed else {}),
             "recipe": recipe.to_dict(),
-            "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},
-            "source": source or {},
+            "data": {"name": public_spec(data.name), "num_train": data.num_train, "input_shape": list(data.input_shape)},
+            "source": {k: public_spec(v) for k, v in (source or {}).items()},
             "history": history,
             "timings": timings,
             "device": str(device),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prunedrop.cli import cli
 from prunedrop.errors import PrunedropError
@@ -497,3 +499,49 @@ def test_a_second_compress_into_a_running_folder_fails_at_once(tmp_path: Path, m
     assert first.returncode == 130, out
     resumed = CliRunner().invoke(cli, _compress_args("-o", "out", "--resume", "--epochs", "1"))
     assert "in use" not in resumed.output, "the lock ends with the run that held it"
+
+
+# ------------------------------------------------------------------------------- 5, 6. what reaches report.json
+
+
+def test_absolute_data_specs_and_slash_globs_reach_a_report_without_paths(user_folder: Path) -> None:
+    (user_folder / "recipe.yaml").write_text(FAST_RECIPE + "exclude: ['/not-a-layer*', '/']\n")
+    (user_folder / "absdata.py").write_text(textwrap.dedent(f"""\
+        from prunedrop.data import load_data
+
+        def load():
+            bundle = load_data("npz:data.npz")
+            bundle.name = {str(user_folder / "sets" / "digits-like")!r}
+            return bundle
+        """))
+    specs = {"abs-npz": f"npz:{user_folder / 'data.npz'}", "abs-name": "python:absdata:load"}
+    for case, spec in specs.items():
+        try:
+            result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", spec,
+                                              "--recipe", "recipe.yaml", "-q", "-o", case])
+        finally:
+            for name in ("tinyarch", "absdata"):
+                sys.modules.pop(name, None)
+        assert result.exit_code == 0, result.output
+        text = (user_folder / case / "report.json").read_text()
+        assert str(user_folder) not in text and str(user_folder) not in (user_folder / case / "report.md").read_text()
+        report = json.loads(text)
+        assert report["recipe"]["exclude"] == ["/not-a-layer*", "/"]
+        assert report["data"]["name"] == {"abs-npz": "npz:data.npz", "abs-name": "digits-like"}[case]
+        assert report["source"]["data"] == {"abs-npz": "npz:data.npz", "abs-name": spec}[case]
+        rerendered = CliRunner().invoke(cli, ["report", case])
+        assert rerendered.exit_code == 0, rerendered.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(["", "npz:", "idx:", "python:"]),
+       parts=st.lists(st.text(alphabet=st.characters(blacklist_characters="/\\:\x00",
+                                                     blacklist_categories=("Cs",)), min_size=1, max_size=8),
+                      min_size=1, max_size=5))
+def test_public_spec_never_leaves_an_absolute_path(kind: str, parts: list[str]) -> None:
+    from prunedrop.report import _check_no_absolute_paths, public_spec
+
+    spec = kind + "/" + "/".join(parts)
+    public = public_spec(spec)
+    _check_no_absolute_paths({"data": public})
+    assert public.startswith(kind) and "/" not in public[len(kind):]  # the kind stays, no folder is left
