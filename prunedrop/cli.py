@@ -199,17 +199,27 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     kept-per-layer, sweep and training-curve plots (the log α histograms need the trained model and are
     only drawn by `compress`).
     """
+    from .errors import PrunedropError
     from .report import compare_reports, format_table, load_report
 
     reports = [load_report(d) for d in run_dirs]
-    if len(reports) > 1:
-        click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
-        return
-    if render:
-        from .pipeline import render_report
+    try:  # a hand-edited report.json with a wrong value somewhere: one line, not a traceback
+        if len(reports) > 1:
+            click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
+            return
+        table = format_table(reports[0])  # before anything is rewritten
+        if render:
+            from .pipeline import render_report
 
-        render_report(reports[0], run_dirs[0])
-    click.echo(format_table(reports[0]))
+            render_report(reports[0], run_dirs[0])
+    except PrunedropError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        where = ", ".join(str(d) for d in run_dirs)
+        raise PrunedropError(f"the report.json of {where} is malformed ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:120]}); restore it or run `prunedrop compress` "
+                             "again") from None
+    click.echo(table)
 
 
 @cli.command(name="inspect")

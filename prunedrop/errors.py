@@ -13,6 +13,15 @@ class PrunedropError(click.ClickException):
     """A problem with the user's input or environment: one line saying what is wrong and what to do."""
 
     exit_code = 1
+    #: longest message kept: a hostile input quoted in full (a megabyte-long recipe value) stays readable
+    max_length = 1000
+
+    def __init__(self, message: str) -> None:
+        message = str(message)
+        if len(message) > self.max_length:
+            cut = len(message) - self.max_length
+            message = f"{message[: self.max_length]}... ({cut:,} more characters)"
+        super().__init__(message)
 
 
 class ParityError(PrunedropError):

@@ -992,10 +992,10 @@ def load_saved_model(out_dir: str | os.PathLike[str]) -> fx.GraphModule:
         raise PrunedropError(f"saved model folder {folder} {what}: pass the folder that holds {ARCHITECTURE_FILE}")
     if not arch_path.is_file():
         raise PrunedropError(f"{folder} has no {ARCHITECTURE_FILE}: pass a folder written by prunedrop's save_model")
-    try:
-        manifest = json.loads(arch_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PrunedropError(f"cannot read {arch_path}: {_reason(e)}; write it again with save_model") from e
+    from .safety import check_manifest_bounds, load_json_file
+
+    manifest = load_json_file(arch_path, where=str(arch_path), advice="write it again with save_model")
+    check_manifest_bounds(manifest, str(arch_path))
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise PrunedropError(f"{arch_path} is not a prunedrop architecture manifest (no \"format\": \"{MANIFEST_FORMAT}\")")
     if manifest.get("version") != MANIFEST_VERSION:

@@ -398,16 +398,12 @@ def load_recipe(path: str | os.PathLike[str] | None) -> Recipe:
     """Load a YAML recipe with the safe loader; ``None`` gives the defaults."""
     if path is None:
         return Recipe()
-    import yaml
+    from .safety import load_yaml_file
 
     path = Path(path)
     if not path.is_file():
         raise PrunedropError(f"recipe file {path} does not exist; see `prunedrop recipes` for the shipped ones")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunedropError(f"recipe {path.name} is not valid YAML: {first}") from None
+    data = load_yaml_file(path, where=f"recipe {path.name}")  # safe_load, bounded, no aliases
     return Recipe.from_dict(data, source=f"recipe {path.name}")
 
 

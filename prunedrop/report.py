@@ -759,10 +759,9 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
         path = path / "report.json"
     if not path.is_file():
         raise PrunedropError(f"no report at {path}: run `prunedrop compress` with this output folder first")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PrunedropError(f"{path} is corrupt ({e}); delete it and run the report stage again") from None
+    from .safety import load_json_file
+
+    report = load_json_file(path, where=str(path), advice="delete it and run the report stage again")
     missing = [k for k in _REQUIRED_KEYS if not isinstance(report, dict) or k not in report]
     if missing:
         raise PrunedropError(f"{path} is not a prunedrop report (missing {', '.join(missing)})")

@@ -198,6 +198,31 @@ def load_json_file(path: str | os.PathLike[str], *, where: str, advice: str,
     return value
 
 
+#: bounds on an architecture.json (a LeNet has 10 modules, a ResNet-152 about 500, a 100-layer transformer a
+#: few thousand): what a small hand-edited file can make :func:`prunedrop.io.load_saved_model` build
+MAX_MANIFEST_ENTRIES = 100_000
+MAX_RECURRENT_LAYERS = 1024
+
+
+def check_manifest_bounds(manifest: Any, where: str) -> None:
+    """Refuse an architecture manifest that asks for more modules, nodes or stacked recurrent layers than
+    any saved model has (building it would take minutes to hours even on the meta device)."""
+    if not isinstance(manifest, dict):
+        return
+    for key in ("modules", "attributes", "graph", "state"):
+        part = manifest.get(key)
+        if isinstance(part, (dict, list)) and len(part) > MAX_MANIFEST_ENTRIES:
+            raise PrunedropError(f"{where} lists {len(part):,} {key}, more than the {MAX_MANIFEST_ENTRIES:,} "
+                                 "prunedrop builds; it is damaged or not written by save_model")
+    modules = manifest.get("modules")
+    for name, spec in (modules.items() if isinstance(modules, dict) else ()):
+        args = spec.get("args") if isinstance(spec, dict) else None
+        layers = args.get("num_layers") if isinstance(args, dict) else None
+        if isinstance(layers, int) and not isinstance(layers, bool) and not 0 < layers <= MAX_RECURRENT_LAYERS:
+            raise PrunedropError(f"{where}: module {str(name)[:80]!r} has num_layers {layers}, outside 1 to "
+                                 f"{MAX_RECURRENT_LAYERS}; it is damaged or not written by save_model")
+
+
 def load_yaml_file(path: str | os.PathLike[str], *, where: str, limit: int = 1024 * 1024) -> Any:
     """``yaml.safe_load`` of a file of at most ``limit`` bytes, without aliases and with bounded nesting.
 

@@ -545,3 +545,161 @@ def test_public_spec_never_leaves_an_absolute_path(kind: str, parts: list[str]) 
     public = public_spec(spec)
     _check_no_absolute_paths({"data": public})
     assert public.startswith(kind) and "/" not in public[len(kind):]  # the kind stays, no folder is left
+
+
+# ------------------------------------------------------------------------------- 7. resource bombs
+
+BILLION_LAUGHS = "a: &a ['x','x','x','x','x','x','x','x','x']\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
+    f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]\n" for i in range(8)
+) + "include: *i\n"
+
+RECIPE_BOMBS = {
+    "aliases": (BILLION_LAUGHS, "aliases"),
+    "one-alias": ("kl_weight: &k 2.0\nfinetune_lr: *k\n", "aliases"),
+    "deep-lists": ("include: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    "deep-maps": ("include: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested"),
+    "huge-value": ("device: '" + "x" * 900_000 + "'\n", "device"),
+    "too-big": ("# " + "x" * 1_100_000 + "\n", "bytes"),
+    "binary": ("\udcff", "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+@pytest.mark.parametrize("case", sorted(RECIPE_BOMBS))
+def test_recipe_bombs_are_short_one_line_errors(user_folder: Path, command: str, case: str) -> None:
+    text, needle = RECIPE_BOMBS[case]
+    (user_folder / "bomb.yaml").write_bytes(text.encode("utf-8", "surrogateescape"))
+    args = (["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "--recipe", "bomb.yaml",
+             "-o", "out"] if command == "compress" else
+            ["inspect", "model.pt", "--arch", "tinyarch:build", "--recipe", "bomb.yaml", "--input-shape", "1,4,4"])
+    result = CliRunner().invoke(cli, args)
+    sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 1, needle)
+    assert len(result.output) < 1200, len(result.output)
+    assert not (user_folder / "out").exists()
+
+
+def _saved_model(folder: Path) -> Path:
+    """A folder written by save_model (compress's -o), to be loaded as MODEL without --arch."""
+    import torch
+
+    from prunedrop.io import save_model
+    from prunedrop.testing import TinyMLP
+
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3).eval()
+    save_model(model, folder / "saved", torch.randn(2, 1, 4, 4))
+    return folder / "saved"
+
+
+def _bomb_manifest(saved: Path, case: str) -> None:
+    path = saved / "architecture.json"
+    manifest = json.loads(path.read_text())
+    if case == "lstm-layers":
+        manifest["modules"]["net.1"] = {"type": "LSTM", "args": {"input_size": 4, "hidden_size": 4,
+                                                                  "num_layers": 10**7}}
+    elif case == "module-count":
+        manifest["modules"].update({f"m{i}": {"type": "Linear", "args": {"in_features": 1, "out_features": 1}}
+                                    for i in range(100_001)})
+    elif case == "deep-json":
+        path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        return
+    elif case == "deep-args":
+        manifest["graph"][1]["args"] = [json.loads("[" * 200 + "]" * 200)]
+    elif case == "not-an-object":
+        path.write_text("[1, 2, 3]")
+        return
+    path.write_text(json.dumps(manifest))
+
+
+MANIFEST_BOMBS = {"lstm-layers": "num_layers", "module-count": "modules", "deep-json": "nested",
+                  "deep-args": "nested", "not-an-object": "not a prunedrop architecture"}
+
+
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+@pytest.mark.parametrize("case", sorted(MANIFEST_BOMBS))
+def test_architecture_bombs_are_quick_one_line_errors(user_folder: Path, command: str, case: str) -> None:
+    import time
+
+    saved = _saved_model(user_folder)
+    _bomb_manifest(saved, case)
+    args = (["compress", "saved", "--data", "npz:data.npz", "-o", "out"] if command == "compress"
+            else ["inspect", "saved", "--input-shape", "1,4,4"])
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, args)
+    assert time.monotonic() - started < 30
+    _one_line_error(result, 1, MANIFEST_BOMBS[case])
+    assert not (user_folder / "out").exists()
+
+
+RUN_JSON_BOMBS = {
+    "deep": ("[" * 100_000 + "]" * 100_000, "nested"),
+    "list": ("[1, 2]", "no JSON object"),
+    "garbage": ("{not json", "not valid JSON"),
+    "binary": ("\udcff\udcfe", "UTF-8"),
+    "deep-recipe": ('{"recipe": ' + "[" * 500 + "]" * 500 + "}", "nested"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_JSON_BOMBS))
+def test_export_of_a_damaged_run_json(run_copy: Path, case: str) -> None:
+    text, needle = RUN_JSON_BOMBS[case]
+    (run_copy / "out" / "run.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    result = CliRunner().invoke(cli, ["export", "out", "-o", "x.onnx"])
+    _one_line_error(result, 1, needle)
+    assert not (run_copy / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("case", sorted(RUN_JSON_BOMBS))
+def test_report_of_a_damaged_report_json(run_copy: Path, case: str) -> None:
+    text, needle = RUN_JSON_BOMBS[case]
+    (run_copy / "out" / "report.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    result = CliRunner().invoke(cli, ["report", "out"])
+    _one_line_error(result, 1)
+
+
+# ------------------------------------------------------------------------------- 13. malformed report.json
+
+WRONG_VALUES = [None, "x", -1, 1e308, [], {}, [1, "a"], {"a": None}, True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_report_command_survives_any_wrong_value(finished_run: Path, data: st.DataObject) -> None:
+    """Any one value of a real report.json replaced by a wrong one: `report` prints or refuses in one line."""
+    import shutil
+    import tempfile
+
+    report = json.loads((finished_run / "out" / "report.json").read_text())
+    paths: list[tuple] = []
+
+    def walk(node, path):
+        paths.append(path)
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node[:3]):
+                walk(v, (*path, i))
+
+    walk(report, ())
+    path = data.draw(st.sampled_from(paths[1:]))
+    value = data.draw(st.sampled_from(WRONG_VALUES))
+    node = report
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        run.mkdir()
+        (run / "report.json").write_text(json.dumps(report))
+        if (finished_run / "out" / "plots").is_dir():
+            shutil.copytree(finished_run / "out" / "plots", run / "plots")
+        for render in (["--no-render"], []):
+            result = CliRunner().invoke(cli, ["report", str(run), *render])
+            assert result.exit_code in (0, 1), (path, value, result.output)
+            assert "Traceback" not in result.output and result.exception is None or \
+                isinstance(result.exception, SystemExit), (path, value, repr(result.exception))
+            if result.exit_code == 1:
+                assert len(result.output.strip().splitlines()) == 1, result.output
