@@ -59,11 +59,11 @@ def _plant_fakes(folder: Path) -> None:
 
 def test_named_module_comes_from_the_folder_and_nothing_else(tmp_path: Path) -> None:
     """End to end in a fresh interpreter, launched like the `prunedrop` script (the current folder is not on
-    sys.path): --arch and python: data import the user's modules, and the libraries imported afterwards are the
-    installed ones, not the fakes beside the model."""
+    sys.path): every command in turn, with --arch and python: data naming the user's modules, beside fakes of the
+    libraries prunedrop imports. No fake runs, and the libraries imported afterwards are the installed ones."""
     folder = tmp_path / "work"
     folder.mkdir()
-    write_tiny_project(folder, n=60, n_val=20)
+    write_tiny_project(folder, n=60, n_val=20, recipe=FAST_RECIPE)
     (folder / "userdata.py").write_text(textwrap.dedent("""\
         import torch
         from torch.utils.data import TensorDataset
@@ -74,13 +74,22 @@ def test_named_module_comes_from_the_folder_and_nothing_else(tmp_path: Path) -> 
             return TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:])
         """))
     _plant_fakes(folder)
+    commands = [
+        ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "python:userdata:load", "--recipe",
+         "recipe.yaml", "-q", "-o", "out"],
+        ["export", "out", "-o", "again.onnx"],
+        ["report", "out"],
+        ["inspect", "model.pt", "--arch", "tinyarch:build", "--data", "python:userdata:load"],
+        ["recipes", "--keys"],
+    ]
     launcher = tmp_path / "bin" / "run.py"
     launcher.parent.mkdir()
     launcher.write_text(textwrap.dedent(f"""\
-        import sys
-        from prunedrop.cli import cli
-        cli.main(sys.argv[1:], prog_name="prunedrop", standalone_mode=False)
         import importlib
+        from prunedrop.cli import cli
+        for args in {commands!r}:
+            cli.main(args, prog_name="prunedrop", standalone_mode=False)
+            print("COMMAND-OK", args[0])
         for name in {FAKE_LIBRARIES!r}:
             try:
                 module = importlib.import_module(name)
@@ -91,11 +100,10 @@ def test_named_module_comes_from_the_folder_and_nothing_else(tmp_path: Path) -> 
         """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p not in ("", "."))
-    proc = subprocess.run([sys.executable, str(launcher), "inspect", "model.pt", "--arch", "tinyarch:build",
-                           "--data", "python:userdata:load"], cwd=folder, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(launcher)], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "LIBRARIES-OK" in proc.stdout and "net.3" in proc.stdout
+    assert proc.stdout.count("COMMAND-OK") == len(commands) and "LIBRARIES-OK" in proc.stdout
     assert not list(folder.glob("HIJACKED-*"))
 
 
