@@ -105,6 +105,15 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
     return exported, verify_onnx(exported.path, model, example, atol=recipe.parity_atol)
 
 
+def _check_parity_before_training(path: Path, original: nn.Module, example: torch.Tensor, recipe: Recipe) -> None:
+    """The parity check on the original model, before any fine-tuning: a model whose ONNX export does not
+    compute what it computes fails in seconds, not after the whole training."""
+    try:
+        verify_onnx(path, original, example, atol=recipe.parity_atol)
+    except PrunedropError as e:
+        raise type(e)(f"before fine-tuning, the original model: {e.message}") from None
+
+
 def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
                      log: Callable[[str], None], channel_multiple: int) -> SlimResult:
     """Remove the pruned units physically (:func:`prunedrop.slim.slim`) and log what went."""
@@ -307,6 +316,7 @@ def compress(
         metric_before = _evaluate_all(original, data, recipe, torch.device("cpu"))
         original_onnx = export_onnx(original, example[:2], out_dir / ORIGINAL_ONNX, opset=recipe.onnx_opset,
                                     sparse=False, exporter=recipe.onnx_exporter)
+        _check_parity_before_training(original_onnx.path, original, example, recipe)
         timings["baseline_s"] = time.perf_counter() - t0
         log(f"original model: {metric_name(recipe.loss)} {metric_before['val']:.4g} on validation data, "
             f"ONNX {original_onnx.num_bytes:,} bytes")

@@ -156,7 +156,9 @@ class Recipe:
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
 
     parity_atol: float = 1e-4
-    """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
+    """Largest allowed difference between onnxruntime's and PyTorch's outputs, relative to the output's scale:
+    an output may differ by ``parity_atol · max(1, its largest |value|)``; above it the run fails. Checked on the
+    original model before fine-tuning and on the compressed one after."""
 
     max_metric_drop: float | None = None
     """Accuracy budget in metric points: sweep the threshold after fine-tuning and take the one that prunes most

@@ -711,3 +711,55 @@ def test_report_command_survives_any_wrong_value(finished_run: Path, data: st.Da
                 isinstance(result.exception, SystemExit), (path, value, repr(result.exception))
             if result.exit_code == 1:
                 assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+# ------------------------------------------------------------------------------- 8. parity in the outputs' terms
+
+
+def _big_output_model():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(64, 1, 4, 4) * 255  # unscaled 0-255 inputs: outputs in the hundreds to thousands
+    with torch.no_grad():
+        model[1].weight.mul_(20)
+    return model, x
+
+
+@pytest.mark.parametrize(("relative_error", "ok"), [(0.0, True), (2.4e-7, True), (-2.4e-7, True), (1e-3, False),
+                                                    (float("nan"), False)])
+def test_parity_tolerance_scales_with_the_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  relative_error: float, ok: bool) -> None:
+    import numpy as np
+    import torch
+
+    from prunedrop import export
+    from prunedrop.errors import ParityError
+
+    model, x = _big_output_model()
+    path = export.export_onnx(model, x[:2], tmp_path / "m.onnx").path
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(want).max() > 1000
+    monkeypatch.setattr(export, "_run_session", lambda p, inputs: [want * np.float32(1 + relative_error)
+                                                                   if relative_error == relative_error
+                                                                   else want * np.nan])
+    if ok:
+        assert export.verify_onnx(path, model, x, atol=1e-4) >= 0
+    else:
+        with pytest.raises(ParityError, match="largest output"):
+            export.verify_onnx(path, model, x, atol=1e-4)
+
+
+def test_parity_is_checked_before_training(user_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop import export
+
+    real = export._run_session
+    monkeypatch.setattr(export, "_run_session", lambda p, inputs: [o + 1.0 for o in real(p, inputs)])
+    (user_folder / "recipe.yaml").write_text(FAST_RECIPE)
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-q", "-o", "out"])
+    sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 1, "before fine-tuning", "differs from PyTorch")
+    assert not (user_folder / "out" / "checkpoint-variational.pt").exists()
