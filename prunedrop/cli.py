@@ -89,12 +89,13 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .recipes import load_recipe
     from .report import format_table
     from .runfolder import RunFolderLock, run_identity
-    from .safety import check_finite_weights
+    from .safety import check_finite_weights, check_latency_batches, check_output_folder
     from .train import resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
+    check_output_folder(output)
     lock = RunFolderLock(output)  # one compress per folder: held until the command ends, taken at once if it exists
     click.get_current_context().call_on_close(lock.release)
     if is_main():
@@ -113,6 +114,7 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit)
     check_labels(data, _num_outputs(net, data))
+    check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
         lock.acquire()  # every input is checked: the run may now create, clear and write its folder
@@ -222,6 +224,10 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     click.echo(table)
 
 
+#: the most values one example input of ``inspect --input-shape`` may hold (a 4096x4096 RGB image is 50M)
+MAX_INSPECT_ELEMENTS = 2**26
+
+
 @cli.command(name="inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--arch", metavar="MODULE:FACTORY", help="Architecture factory, as for `compress`.")
@@ -256,6 +262,10 @@ def inspect_cmd(model: Path, arch: str | None, trust_pickle: bool, recipe_path: 
                                      param_hint="--input-shape") from None
         if not shape or min(shape) < 1:
             raise click.BadParameter("sizes must be positive", param_hint="--input-shape")
+        if len(shape) > 8 or math.prod(shape) > MAX_INSPECT_ELEMENTS:
+            raise click.BadParameter(f"one input of shape {input_shape} is larger than the "
+                                     f"{MAX_INSPECT_ELEMENTS:,} values inspect runs; give the shape of one sample "
+                                     "(without the batch size)", param_hint="--input-shape")
         example = torch.zeros(1, *shape)
     else:
         from .data import load_data

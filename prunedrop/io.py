@@ -294,6 +294,9 @@ def _build_from_arch(arch: str) -> nn.Module:
         raise PrunedropError(
             f"--arch {arch!r} returned {_describe(model)}, not an nn.Module: name a factory that returns the model"
         )
+    from .safety import check_materialized
+
+    check_materialized(model, f"--arch {arch!r}")
     return model
 
 
@@ -1077,6 +1080,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     )
     if not isinstance(state, dict):
         raise PrunedropError(f"checkpoint {path} holds {_describe(state)}, not a dict: was it written by another tool?")
+    from .safety import check_checkpoint
+
+    check_checkpoint(state, path)
     return state
 
 

@@ -246,6 +246,9 @@ class Recipe:
             _positive(self, "grad_clip")
         if self.train_limit is not None:
             _positive(self, "train_limit")
+        if not -(2**63) <= self.seed < 2**64:
+            raise PrunedropError(f"recipe key 'seed' = {self.seed} is outside what a random generator takes "
+                                 "(-2**63 to 2**64 - 1)")
         _positive(self, "latency_runs", allow_zero=True)
         _positive(self, "mc_samples", allow_zero=True)
         _positive(self, "channel_multiple")

@@ -108,7 +108,8 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protecte
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise PrunedropError(f"{option} {path}: cannot check the target ({e.strerror}); choose another path") from None
+        raise PrunedropError(f"{option} {str(path)[:200]}: cannot check the target ({e.strerror}); choose another "
+                             "path") from None
     link = path.is_symlink()
     if st is None:
         if link:
@@ -140,6 +141,24 @@ def _refuse_protected(path: Path, st: os.stat_result | None, protected: Iterable
         if os.path.realpath(p) == target or (st is not None and pst is not None and _same_file(st, pst)):
             raise PrunedropError(f"{option} {path} is {p.name}, which the run needs (its checkpoint, record, "
                                  "report, model or data); choose another path")
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "-o") -> Path:
+    """Check that the output folder ``path`` can be looked at (a name too long for the file system, a file in
+    the middle of the path, a loop of links are one-line errors): return it as a Path."""
+    path = Path(path)
+    if not str(path).strip():
+        raise PrunedropError(f"{option} is empty; give an output folder")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        raise PrunedropError(f"{option} {path}: a part of the path is a file, not a folder; choose another "
+                             "folder") from None
+    except OSError as e:
+        raise PrunedropError(f"{option} {str(path)[:200]}: {e.strerror or e}; choose another folder") from None
+    return path
 
 
 # ------------------------------------------------------------------------------------------ config files
@@ -285,3 +304,57 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise PrunedropError(f"{source} has NaN or inf values in {len(bad)} tensor(s) ({shown}); "
                              "give a model with finite weights (the original training may have diverged)")
+
+
+def check_materialized(model: nn.Module, source: str) -> None:
+    """Refuse a model whose tensors live on the ``meta`` device (shapes without values): weights cannot be
+    loaded into it."""
+    meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        raise PrunedropError(f"{source} built the model on the meta device ({len(meta)} tensor(s) without values, "
+                             f"e.g. {meta[0]}); build it on the CPU")
+
+
+#: the entries of a checkpoint of :func:`prunedrop.train.finetune`, and the type of each
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "phase": str, "epoch": int, "batch": int, "step": int, "model": dict, "optimizer": dict, "scheduler": dict,
+    "rng": dict, "history": list,
+}
+
+
+def check_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint without its model weights, or with a mistyped entry (one edited by hand, or written by
+    another tool), before any of it is used."""
+    name = Path(path).name
+    if "model" not in state:
+        raise PrunedropError(f"checkpoint {name} holds no model weights: it was not written by prunedrop or was "
+                             "edited; start afresh without --resume, or with another -o")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise PrunedropError(f"checkpoint {name} has a malformed {key!r} ({type(value).__name__}): it was edited "
+                                 "or damaged; start afresh without --resume, or with another -o")
+    optimizer = state.get("optimizer", {})
+    if not isinstance(optimizer.get("state", {}), dict) or not isinstance(optimizer.get("param_groups", []), list):
+        raise PrunedropError(f"checkpoint {name} has a malformed optimizer state: it was edited or damaged; start "
+                             "afresh without --resume, or with another -o")
+
+
+#: the most input values one latency batch may hold (1 GiB of float32)
+MAX_LATENCY_BATCH_VALUES = 2**28
+
+
+def check_latency_batches(batch_sizes: Iterable[int], input_shape: Iterable[int], runs: int) -> None:
+    """Refuse, before training, latency batches whose inputs would not fit in memory."""
+    import math
+
+    if not runs:
+        return
+    per_sample = math.prod(int(d) for d in input_shape)
+    biggest = max(batch_sizes, default=1)
+    if biggest * per_sample > MAX_LATENCY_BATCH_VALUES:
+        raise PrunedropError(f"recipe key 'latency_batch_sizes': a batch of {biggest:,} inputs of "
+                             f"{per_sample:,} values is more than the {MAX_LATENCY_BATCH_VALUES:,} prunedrop times; "
+                             "use smaller batch sizes")

@@ -382,13 +382,18 @@ def _run(
                 f"checkpoint {checkpoint_path.name} does not fit this model ({str(e).splitlines()[0]}); "
                 "resume with the same model, recipe and data, or start afresh without --resume"
             ) from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
-        restore_rng_state(state["rng"])
-        start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        result.history = list(state["history"])
+        try:  # a checkpoint with missing or edited entries: one line, not a traceback
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and "grad_scaler" in state:
+                scaler.load_state_dict(state["grad_scaler"])
+            restore_rng_state(state["rng"])
+            start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+            result.history = list(state["history"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise PrunedropError(
+                f"checkpoint {checkpoint_path.name} is incomplete or edited ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:100]}); start afresh without --resume, or with another -o") from None
         partial = dict(state.get("partial") or {"sums": {}, "seen": 0})
         result.resumed_from = (start_epoch, start_batch)
     if world > 1 and rank > 0:

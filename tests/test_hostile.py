@@ -763,3 +763,82 @@ def test_parity_is_checked_before_training(user_folder: Path, monkeypatch: pytes
     sys.modules.pop("tinyarch", None)
     _one_line_error(result, 1, "before fine-tuning", "differs from PyTorch")
     assert not (user_folder / "out" / "checkpoint-variational.pt").exists()
+
+
+# ------------------------------------------------------------------------------- 13. more one-line errors
+
+COMPRESS_MISTAKES = {
+    "seed-too-big": (["--seed", str(2**70)], "seed"),
+    "seed-too-small": (["--seed", str(-(2**70))], "seed"),
+    "long-output-name": (["-o", "x" * 300], "too long"),
+    "output-through-a-file": (["-o", "model.pt/sub"], "not a folder"),
+    "meta-factory": (["--arch", "metaarch:build"], "meta device"),
+    "latency-batch-bomb": (["--recipe", "latency.yaml"], "latency_batch_sizes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPRESS_MISTAKES))
+def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path, case: str) -> None:
+    (user_folder / "metaarch.py").write_text(
+        "import torch\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n    with torch.device('meta'):\n"
+        "        return TinyMLP(16, (24, 12), 3)\n")
+    (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
+                                              + f"latency_batch_sizes: [1, {10**9}]\n")
+    (user_folder / "recipe.yaml").write_text(FAST_RECIPE)
+    extra, needle = COMPRESS_MISTAKES[case]
+    before = _snapshot(user_folder)
+    try:
+        result = CliRunner().invoke(cli, _with(_compress_args("-o", "out"), extra))
+    finally:
+        for name in ("tinyarch", "metaarch"):
+            sys.modules.pop(name, None)
+    _one_line_error(result, 1, needle)
+    assert _snapshot(user_folder) == before
+
+
+@pytest.mark.parametrize("shape", ["100000,100000,100000", "1,4,4," + "9" * 30, "1,1,1,1,1,1,1,1,1,1"])
+def test_inspect_refuses_absurd_input_shapes(user_folder: Path, shape: str) -> None:
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", shape])
+    sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 2, "--input-shape")
+
+
+def _edit_checkpoint(run: Path, case: str) -> None:
+    import torch
+
+    path = run / "out" / "checkpoint-variational.pt"
+    state = torch.load(path, weights_only=True)
+    if case == "no-model":
+        del state["model"]
+    elif case == "no-optimizer":
+        del state["optimizer"]
+    elif case == "no-rng":
+        del state["rng"]
+    elif case == "empty-param-groups":
+        state["optimizer"]["param_groups"] = []
+    elif case == "optimizer-not-a-dict":
+        state["optimizer"] = [1, 2]
+    elif case == "negative-epoch":
+        state["epoch"] = -3
+    elif case == "model-is-a-list":
+        state["model"] = [torch.zeros(2)]
+    elif case == "missing-weight":
+        state["model"].pop(sorted(state["model"])[0])
+    torch.save(state, path)
+
+
+CHECKPOINT_EDITS = ["empty-param-groups", "missing-weight", "model-is-a-list", "negative-epoch", "no-model",
+                    "no-optimizer", "no-rng", "optimizer-not-a-dict"]
+
+
+@pytest.mark.parametrize("command", ["compress-resume", "export"])
+@pytest.mark.parametrize("case", CHECKPOINT_EDITS)
+def test_edited_checkpoints_are_one_line_errors(run_copy: Path, command: str, case: str) -> None:
+    _edit_checkpoint(run_copy, case)
+    args = _compress_args("-o", "out", "--resume") if command == "compress-resume" else ["export", "out", "-o", "e.onnx"]
+    if command == "export" and case in ("empty-param-groups", "no-optimizer", "no-rng"):
+        result = CliRunner().invoke(cli, args)  # export reads only the weights: these edits do not matter to it
+        assert result.exit_code == 0, result.output
+        return
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, 1, "checkpoint")
