@@ -17,12 +17,14 @@ class PrunedropError(click.ClickException):
     max_length = 1000
 
     def __init__(self, message: str) -> None:
-        message = str(message)
-        if len(message) > self.max_length:
-            cut = len(message) - self.max_length
-            message = f"{message[: self.max_length]}... ({cut:,} more characters)"
-        super().__init__(message)
-
+        # one line, whatever a hostile input quoted in it holds (a recipe key with a newline in it): characters
+        # that are not printable are written as escapes (\n, \x0b, \u2028)
+        text = str(message).strip()
+        kept = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text[: self.max_length])
+        if len(text) > self.max_length:
+            kept += f"... ({len(text) - self.max_length:,} more characters)"
+        super().__init__(kept)
 
 class ParityError(PrunedropError):
     """The ONNX model does not compute what the PyTorch model computes."""

@@ -842,3 +842,57 @@ def test_edited_checkpoints_are_one_line_errors(run_copy: Path, command: str, ca
         return
     result = CliRunner().invoke(cli, args)
     _one_line_error(result, 1, "checkpoint")
+
+
+# ------------------------------------------------------------------------------- recipes: any YAML value
+
+_ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+def _recipe_keys() -> list[str]:
+    from dataclasses import fields
+
+    from prunedrop.recipes import Recipe
+
+    return [f.name for f in fields(Recipe)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.dictionaries(st.sampled_from(_recipe_keys()) | st.text(max_size=10), _ANY_VALUE, max_size=4))
+def test_any_recipe_is_a_recipe_or_a_one_line_error(tmp_path_factory: pytest.TempPathFactory, entries: dict) -> None:
+    import yaml
+
+    from prunedrop.recipes import Recipe, load_recipe
+
+    path = tmp_path_factory.mktemp("recipe") / "r.yaml"
+    path.write_text(yaml.safe_dump(entries, allow_unicode=True))
+    try:
+        recipe = load_recipe(path)
+    except PrunedropError as e:
+        assert len(e.message.splitlines()) == 1 and len(e.message) < 1100, e.message
+    else:
+        assert isinstance(recipe, Recipe)
+        Recipe.from_dict(recipe.to_dict())  # what run.json stores reads back
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device-link"])
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_run_files_that_are_not_regular_files(run_copy: Path, command: str, kind: str) -> None:
+    """report.json / run.json replaced by a FIFO, a folder or a link to an endless device: a quick one-line
+    error, never a hang."""
+    target = run_copy / "out" / ("report.json" if command == "report" else "run.json")
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        os.symlink("/dev/zero", target)
+    args = ["report", "out"] if command == "report" else ["export", "out", "-o", "n.onnx"]
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, 1)
