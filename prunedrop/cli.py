@@ -89,8 +89,8 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     from .recipes import load_recipe
     from .report import format_table
     from .runfolder import RunFolderLock, run_identity
-    from .safety import check_finite_weights, check_latency_batches, check_output_folder
-    from .train import resolve_device
+    from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
+    from .train import check_precision, resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
@@ -113,8 +113,11 @@ def compress(model: Path, arch: str | None, trust_pickle: bool, data_spec: str, 
     check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit)
-    check_labels(data, _num_outputs(net, data))
+    num_outputs = _num_outputs(net, data)
+    check_loss_targets(recipe.loss, data, num_outputs)
+    check_labels(data, num_outputs)
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
+    check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
         lock.acquire()  # every input is checked: the run may now create, clear and write its folder

@@ -358,3 +358,23 @@ def check_latency_batches(batch_sizes: Iterable[int], input_shape: Iterable[int]
         raise PrunedropError(f"recipe key 'latency_batch_sizes': a batch of {biggest:,} inputs of "
                              f"{per_sample:,} values is more than the {MAX_LATENCY_BATCH_VALUES:,} prunedrop times; "
                              "use smaller batch sizes")
+
+
+def check_loss_targets(loss: str, data: Any, num_outputs: int) -> None:
+    """Refuse, before training, ``loss: mse`` on data whose targets are not float vectors of the model's output
+    size (class labels, another width); training would fail deep inside the loss after files were written."""
+    if loss != "mse":
+        return
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = data.train.dataset if isinstance(data.train, DataLoader) else data.train
+    try:
+        target = torch.as_tensor(dataset[0][1])
+    except Exception:  # an iterable dataset, or items of another form: the data checks speak for these
+        return
+    if not target.is_floating_point() or tuple(target.shape) not in {(num_outputs,), ()} \
+            or (target.dim() == 0 and num_outputs != 1):
+        raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per sample, "
+                             f"the model's outputs; the data's targets are {target.dtype} of shape "
+                             f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")

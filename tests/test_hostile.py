@@ -774,6 +774,8 @@ COMPRESS_MISTAKES = {
     "output-through-a-file": (["-o", "model.pt/sub"], "not a folder"),
     "meta-factory": (["--arch", "metaarch:build"], "meta device"),
     "latency-batch-bomb": (["--recipe", "latency.yaml"], "latency_batch_sizes"),
+    "mse-on-class-labels": (["--recipe", "mse.yaml"], "mse"),
+    "fp16-on-cpu": (["--precision", "fp16", "--device", "cpu"], "fp16"),
 }
 
 
@@ -784,6 +786,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
         "        return TinyMLP(16, (24, 12), 3)\n")
     (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
                                               + f"latency_batch_sizes: [1, {10**9}]\n")
+    (user_folder / "mse.yaml").write_text(FAST_RECIPE + "loss: mse\n")
     (user_folder / "recipe.yaml").write_text(FAST_RECIPE)
     extra, needle = COMPRESS_MISTAKES[case]
     before = _snapshot(user_folder)
