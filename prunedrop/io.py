@@ -23,7 +23,7 @@ import operator
 import os
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1068,8 +1068,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``, tensors on the CPU."""
+def load_checkpoint(path: str | os.PathLike[str], *, require: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``, tensors on the CPU.
+
+    The entries it has must have the types fine-tuning writes (:data:`prunedrop.safety.CHECKPOINT_KEYS`), and
+    those named in ``require`` must be there: a PrunedropError otherwise."""
     path = Path(path)
     state = _torch_load(
         path,
@@ -1082,7 +1085,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PrunedropError(f"checkpoint {path} holds {_describe(state)}, not a dict: was it written by another tool?")
     from .safety import check_checkpoint
 
-    check_checkpoint(state, path)
+    check_checkpoint(state, path, require)
     return state
 
 

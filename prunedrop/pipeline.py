@@ -605,7 +605,7 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
     return out_dir
 
 
-def start_run(out_dir: str | Path, info: dict[str, Any], identity: dict[str, str], *, overwrite: bool = False,
+def start_run(out_dir: str | Path, info: dict[str, Any], identity: dict[str, Any], *, overwrite: bool = False,
               resume: bool = False, warn: Callable[[str], None] = print) -> None:
     """The first change a run makes to its folder, once every input has been loaded and checked.
 
@@ -711,7 +711,7 @@ def reexport(
     path = run_dir / VARIATIONAL_CHECKPOINT
     if not path.is_file():
         raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=("model",))
     threshold = recipe.threshold if threshold is None else threshold
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])

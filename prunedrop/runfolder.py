@@ -73,43 +73,69 @@ def _feed(h: Any, obj: Any) -> None:
         h.update(type(obj).__qualname__.encode())
 
 
-def data_fingerprint(data: Any) -> str:
+def _split_sizes(data: Any) -> list[tuple[str, Any, int | None]]:
+    """(split, dataset or None, its size or None when it has none) of each split of a DataBundle."""
+    from torch.utils.data import DataLoader
+
+    out = []
+    for split in ("train", "val", "test"):
+        part = getattr(data, split, None)
+        dataset = part.dataset if isinstance(part, DataLoader) else part
+        try:
+            n = None if dataset is None else len(dataset)
+        except TypeError:
+            n = None
+        out.append((split, dataset, n))
+    return out
+
+
+def data_sizes(data: Any) -> str:
+    """A digest of each split's presence and size."""
+    return hashlib.sha256(repr([(split, d is None, n) for split, d, n in _split_sizes(data)]).encode()).hexdigest()
+
+
+def data_fingerprint(data: Any) -> str | None:
     """A cheap fingerprint of a :class:`~prunedrop.data.DataBundle`: each split's size and
     :data:`FINGERPRINT_SAMPLES` evenly spaced samples (the first and the last among them).
 
     It tells a different data set (or a different split, limit or order of the same one) from the run's,
-    not every change of every sample.
+    not every change of every sample. ``None`` where reading the same samples twice gives different values
+    (a python: data set with random augmentation): such data is identified by its sizes alone. The random
+    generators are left as they were.
     """
-    from torch.utils.data import DataLoader
+    import random
 
-    h = hashlib.sha256()
-    for split in ("train", "val", "test"):
-        part = getattr(data, split, None)
-        h.update(split.encode())
-        if part is None:
-            h.update(b"none")
-            continue
-        dataset = part.dataset if isinstance(part, DataLoader) else part
-        try:
-            n = len(dataset)
-        except TypeError:
-            h.update(b"unsized")
-            continue
-        h.update(str(n).encode())
-        if not hasattr(dataset, "__getitem__") or n == 0:
-            continue
-        count = min(n, FINGERPRINT_SAMPLES)
-        for i in sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)}):
-            _feed(h, dataset[i])
-    return h.hexdigest()
+    import numpy as np
+    import torch
+
+    digests = []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(2):
+                h = hashlib.sha256()
+                for split, dataset, n in _split_sizes(data):
+                    h.update(f"{split}{dataset is None}{n}".encode())
+                    if not n or not hasattr(dataset, "__getitem__"):
+                        continue
+                    count = min(n, FINGERPRINT_SAMPLES)
+                    for i in sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)}):
+                        _feed(h, dataset[i])
+                digests.append(h.hexdigest())
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return digests[0] if digests[0] == digests[1] else None
 
 
-def run_identity(model_path: str | os.PathLike[str], data: Any) -> dict[str, str]:
+def run_identity(model_path: str | os.PathLike[str], data: Any) -> dict[str, str | None]:
     """What ``run.json`` records of a run's inputs, to be compared by :func:`check_identity`."""
-    return {"model_sha256": model_sha256(model_path), "data_fingerprint": data_fingerprint(data)}
+    return {"model_sha256": model_sha256(model_path), "data_sizes": data_sizes(data),
+            "data_fingerprint": data_fingerprint(data)}
 
 
-_WHAT = {"model_sha256": "the model file's content", "data_fingerprint": "the data (its sizes or samples)"}
+_WHAT = {"model_sha256": "the model file's content", "data_sizes": "the data's splits or sizes",
+         "data_fingerprint": "the data's samples"}
 
 
 def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, action: str,
@@ -126,7 +152,9 @@ def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, actio
         changed.append("--trust-pickle")
     recorded = info.get(IDENTITY_KEY)
     if isinstance(recorded, Mapping):
-        changed += [_WHAT[k] for k in _WHAT if k in current and recorded.get(k) != current[k]]
+        # a fingerprint of None (data that reads differently each time) is not compared
+        changed += [_WHAT[k] for k in _WHAT if k in current and recorded.get(k) is not None
+                    and current[k] is not None and recorded.get(k) != current[k]]
     elif IDENTITY_KEY not in info:
         warn(f"warning: this run's run.json predates identity checks; {action} cannot check that the model and "
              "data are the run's")

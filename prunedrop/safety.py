@@ -322,12 +322,13 @@ CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def check_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Refuse a checkpoint without its model weights, or with a mistyped entry (one edited by hand, or written by
-    another tool), before any of it is used."""
+def check_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], require: Iterable[str] = ()) -> None:
+    """Refuse a checkpoint that lacks an entry of ``require`` or has a mistyped entry (one edited by hand, or
+    written by another tool), before any of it is used."""
     name = Path(path).name
-    if "model" not in state:
-        raise PrunedropError(f"checkpoint {name} holds no model weights: it was not written by prunedrop or was "
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise PrunedropError(f"checkpoint {name} lacks {', '.join(missing)}: it was not written by prunedrop or was "
                              "edited; start afresh without --resume, or with another -o")
     for key, kind in CHECKPOINT_KEYS.items():
         if key not in state:

@@ -50,6 +50,7 @@ from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_chec
 from .layers.lognormal import _LogNormal, total_kl
 from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
 from .recipes import Recipe
+from .safety import CHECKPOINT_KEYS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "always", "never")
@@ -372,7 +373,7 @@ def _run(
 
     state: dict[str, Any] = {}
     if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path, require=CHECKPOINT_KEYS)
         if state.get("phase") != phase:
             raise PrunedropError(f"checkpoint {checkpoint_path.name} is of phase {state.get('phase')!r}, not {phase!r}")
         try:

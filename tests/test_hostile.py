@@ -899,3 +899,36 @@ def test_run_files_that_are_not_regular_files(run_copy: Path, command: str, kind
     args = ["report", "out"] if command == "report" else ["export", "out", "-o", "n.onnx"]
     result = CliRunner().invoke(cli, args)
     _one_line_error(result, 1)
+
+
+def test_fingerprint_of_randomly_augmented_data_falls_back_to_sizes() -> None:
+    """Data that reads differently each time (random augmentation) is identified by its sizes only, so that its
+    resume is not refused for nothing; and fingerprinting leaves every random generator where it was."""
+    import random
+
+    import numpy as np
+    import torch
+    from torch.utils.data import Dataset
+
+    from prunedrop.data import DataBundle
+    from prunedrop.runfolder import check_identity, data_fingerprint, run_identity
+
+    class Augmented(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.rand(4) + random.random() + float(np.random.rand()), 0
+
+    bundle = DataBundle(name="aug", train=Augmented(), val=Augmented(), test=None, input_shape=(4,), num_classes=1)
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    expected = (torch.rand(1), random.random(), np.random.rand())
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    assert data_fingerprint(bundle) is None
+    assert (torch.rand(1), random.random(), np.random.rand()) == expected
+    model = Path(__file__)  # any file stands in for the model file
+    recorded = {"arch": None, "identity": run_identity(model, bundle)}
+    check_identity(recorded, {**run_identity(model, bundle), "arch": None}, action="--resume", warn=print)
+    bundle.val = None
+    with pytest.raises(PrunedropError, match="splits or sizes"):
+        check_identity(recorded, {**run_identity(model, bundle), "arch": None}, action="--resume", warn=print)
