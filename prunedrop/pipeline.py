@@ -720,6 +720,10 @@ def reexport(
     except RuntimeError as e:
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
     pruned = prune(variational, threshold)
+    if pruned.kept_fraction == 0.0:  # as compress refuses: an all-zero model is no export
+        raise PrunedropError(f"{recipe.pruning_rule(threshold)} prunes every "
+                             f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "
+                             f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     final = pruned.model.cpu().eval()
     total_plain = sum(p.numel() for p in final.parameters())
     final, _ = _slim_units(final, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple)

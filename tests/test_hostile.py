@@ -332,6 +332,14 @@ def test_export_threshold_must_be_finite(run_copy: Path, value: str) -> None:
     assert _snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("value", ["-1000", "-1e308", "-10.5"])
+def test_export_threshold_that_prunes_everything(run_copy: Path, value: str) -> None:
+    before = _snapshot(run_copy)
+    result = CliRunner().invoke(cli, ["export", "out", "--threshold", value, "-o", "t.onnx"])
+    _one_line_error(result, 1, "prunes every")
+    assert _snapshot(run_copy) == before
+
+
 def test_reexport_refuses_run_files_from_python(finished_run: Path) -> None:
     from prunedrop.pipeline import reexport
 
