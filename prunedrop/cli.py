@@ -5,6 +5,7 @@ torch is imported inside the commands so that ``--help`` answers at once.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
@@ -22,7 +23,29 @@ DATA_HELP = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# errno values of OSError that are about a path the user gave or the machine's state, not about prunedrop
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENXIO, errno.ENODEV}
+
+
+class _Commands(click.Group):
+    """The command group; an OSError about a path (a name too long for the file system, a loop of links, no
+    permission) that no stage turned into a PrunedropError is still one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in _PATH_ERRNOS:
+                raise
+            from .errors import PrunedropError
+
+            where = str(e.filename) if e.filename is not None else "a path"
+            where = where if len(where) <= 120 else where[:117] + "..."
+            raise PrunedropError(f"{where}: {e.strerror or e}; check the path and its permissions") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="prunedrop")
 def cli() -> None:
     """Make a trained PyTorch network smaller with variational dropout.

@@ -940,3 +940,36 @@ def test_fingerprint_of_randomly_augmented_data_falls_back_to_sizes() -> None:
     bundle.val = None
     with pytest.raises(PrunedropError, match="splits or sizes"):
         check_identity(recorded, {**run_identity(model, bundle), "arch": None}, action="--resume", warn=print)
+
+
+# ------------------------------------------------------------------------------- paths the file system refuses
+
+LONG = "z" * 300
+PATH_CASES = {
+    "compress-model": ["compress", LONG + ".pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "-o", "out"],
+    "compress-npz": ["compress", "model.pt", "--arch", "tinyarch:build", "--data", f"npz:{LONG}.npz", "-o", "out"],
+    "compress-idx": ["compress", "model.pt", "--arch", "tinyarch:build", "--data", f"idx:{LONG}", "-o", "out"],
+    "compress-recipe": ["compress", "model.pt", "--arch", "tinyarch:build", "--recipe", LONG + ".yaml", "-o", "out"],
+    "compress-data-dir": ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "fashion-mnist",
+                          "--data-dir", LONG, "-o", "out"],
+    "compress-model-loop": ["compress", "loop.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "-o", "out"],
+    "export-run": ["export", LONG, "-o", "a.onnx"],
+    "export-output": ["export", "out", "-o", f"{LONG}.onnx"],
+    "report-run": ["report", LONG],
+    "report-loop": ["report", "loopdir"],
+    "inspect-model": ["inspect", LONG + ".pt", "--arch", "tinyarch:build", "--input-shape", "1,4,4"],
+    "inspect-data": ["inspect", "model.pt", "--arch", "tinyarch:build", "--data", f"npz:{LONG}"],
+    "inspect-recipe": ["inspect", "model.pt", "--arch", "tinyarch:build", "--recipe", f"{LONG}/r.yaml",
+                       "--input-shape", "1,4,4"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_CASES))
+def test_paths_the_file_system_refuses_are_one_line_errors(user_folder: Path, case: str) -> None:
+    os.symlink("loop.pt", user_folder / "loop.pt")
+    os.symlink("loopdir", user_folder / "loopdir")
+    before = _snapshot(user_folder)
+    result = CliRunner().invoke(cli, PATH_CASES[case])
+    sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 1)
+    assert _snapshot(user_folder) == before
