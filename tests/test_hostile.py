@@ -973,3 +973,45 @@ def test_paths_the_file_system_refuses_are_one_line_errors(user_folder: Path, ca
     sys.modules.pop("tinyarch", None)
     _one_line_error(result, 1)
     assert _snapshot(user_folder) == before
+
+
+# ------------------------------------------------------------------------------- compressed IDX bombs
+
+
+def _idx_gz(path: Path, dims: tuple[int, ...], payload_bytes: int) -> None:
+    """A gzipped IDX file (uint8) whose header announces ``dims`` and whose data is ``payload_bytes`` zeros."""
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims))
+        chunk = bytes(1 << 20)
+        left = payload_bytes
+        while left > 0:
+            f.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+
+
+@pytest.mark.parametrize(("dims", "payload", "needle"), [
+    ((10, 28, 28), 300 * 2**20, "longer than its header says"),  # a small header, 300 MB of zeros behind it
+    ((2**31, 2**10), 10_000, "announces"),                          # a header that announces 2 TB
+])
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+def test_compressed_idx_bombs(user_folder: Path, command: str, dims: tuple, payload: int, needle: str) -> None:
+    import tracemalloc
+
+    folder = user_folder / "idx"
+    folder.mkdir()
+    _idx_gz(folder / "train-images-idx3-ubyte.gz", dims, payload)
+    _idx_gz(folder / "train-labels-idx1-ubyte.gz", (10,), 10)
+    args = (["compress", "model.pt", "--arch", "tinyarch:build", "--data", "idx:idx", "-o", "out"]
+            if command == "compress" else ["inspect", "model.pt", "--arch", "tinyarch:build", "--data", "idx:idx"])
+    tracemalloc.start()
+    try:
+        result = CliRunner().invoke(cli, args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 1, needle)
+    assert peak < 50 * 2**20, f"{peak:,} bytes allocated for a {payload:,}-byte bomb"
