@@ -656,6 +656,7 @@ def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    from .runfolder import check_run_info
     from .safety import load_json_file
 
     path = Path(run_dir) / RUN_INFO
@@ -665,6 +666,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     info = load_json_file(path, where=str(path), advice="it is not a run.json that prunedrop wrote")
     if not isinstance(info, dict):
         raise PrunedropError(f"{path} is corrupt; it holds no JSON object")
+    check_run_info(info, str(path))
     return info
 
 

@@ -165,6 +165,26 @@ def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, actio
                              "(give the run's inputs, or start a new run with another -o or --overwrite)")
 
 
+#: what run.json holds (written by the CLI's compress), and the types each entry may have
+RUN_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "model_path": (str,), "arch": (str, type(None)), "trust_pickle": (bool,), "data": (str,),
+    "data_dir": (str, type(None)), "recipe": (dict,), IDENTITY_KEY: (dict,),
+}
+
+
+def check_run_info(info: Mapping[str, Any], where: str) -> None:
+    """Refuse a run.json whose entries have the wrong types (edited by hand or damaged), before anything uses
+    them; entries that are missing are each user's to report."""
+    for key, kinds in RUN_INFO_TYPES.items():
+        if key in info and not isinstance(info[key], kinds):
+            raise PrunedropError(f"{where} has a malformed {key!r} ({type(info[key]).__name__}); it was edited or "
+                                 "damaged: run `prunedrop compress` again with another -o")
+    for key in ("model_path", "data"):
+        if key in info and (not info[key].strip() or "\x00" in info[key]):
+            raise PrunedropError(f"{where} has an empty or malformed {key!r}; it was edited or damaged: run "
+                                 "`prunedrop compress` again with another -o")
+
+
 # ------------------------------------------------------------------------------------------ lock
 
 

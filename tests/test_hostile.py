@@ -712,9 +712,9 @@ def test_report_command_survives_any_wrong_value(finished_run: Path, data: st.Da
         (run / "report.json").write_text(json.dumps(report))
         if (finished_run / "out" / "plots").is_dir():
             shutil.copytree(finished_run / "out" / "plots", run / "plots")
-        for render in (["--no-render"], []):
-            result = CliRunner().invoke(cli, ["report", str(run), *render])
-            assert result.exit_code in (0, 1), (path, value, result.output)
+        for extra in (["--no-render"], [], [str(finished_run / "out")]):  # the last: side by side with a good one
+            result = CliRunner().invoke(cli, ["report", str(run), *extra])
+            assert result.exit_code in (0, 1), (path, value, extra, result.output)
             assert "Traceback" not in result.output and result.exception is None or \
                 isinstance(result.exception, SystemExit), (path, value, repr(result.exception))
             if result.exit_code == 1:
@@ -1015,3 +1015,31 @@ def test_compressed_idx_bombs(user_folder: Path, command: str, dims: tuple, payl
         sys.modules.pop("tinyarch", None)
     _one_line_error(result, 1, needle)
     assert peak < 50 * 2**20, f"{peak:,} bytes allocated for a {payload:,}-byte bomb"
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_export_survives_any_wrong_value_in_run_json(finished_run: Path, data: st.DataObject) -> None:
+    """Any one top-level value of a real run.json replaced by a wrong one: `export` works or refuses in one line,
+    and never writes into the run folder."""
+    import shutil
+    import tempfile
+
+    info = json.loads((finished_run / "out" / "run.json").read_text())
+    key = data.draw(st.sampled_from(sorted(info)))
+    info[key] = data.draw(st.sampled_from([*WRONG_VALUES, "/nonexistent/x", "npz:/nonexistent.npz", "os:system"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "out"
+        shutil.copytree(finished_run / "out", run)
+        (run / "run.json").write_text(json.dumps(info))
+        before = _snapshot(run)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(finished_run)
+            mp.syspath_prepend(str(finished_run))
+            result = CliRunner().invoke(cli, ["export", str(run), "-o", str(Path(tmp) / "x.onnx")])
+        assert result.exit_code in (0, 1), (key, info[key], result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (key, info[key],
+                                                                                       repr(result.exception))
+        if result.exit_code == 1:
+            assert len(result.output.strip().splitlines()) == 1, result.output
+        assert _snapshot(run) == before
