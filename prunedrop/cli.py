@@ -5,6 +5,8 @@ torch is imported inside the commands so that ``--help`` answers at once.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,29 @@ ARCH_KWARGS_HELP = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# errno values of OSError that are about a path the user gave or the machine's state, not about prunedrop
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENXIO, errno.ENODEV}
+
+
+class _Commands(click.Group):
+    """The command group; an OSError about a path (a name too long for the file system, a loop of links, no
+    permission) that no stage turned into a PrunedropError is still one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in _PATH_ERRNOS:
+                raise
+            from .errors import PrunedropError
+
+            where = str(e.filename) if e.filename is not None else "a path"
+            where = where if len(where) <= 120 else where[:117] + "..."
+            raise PrunedropError(f"{where}: {e.strerror or e}; check the path and its permissions") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="prunedrop")
 def cli() -> None:
     """Make a trained PyTorch network smaller with variational dropout.
@@ -105,15 +129,22 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .distributed import init as init_distributed
     from .io import load_model, parse_arch_kwargs
     from .pipeline import compress as run_compress
-    from .pipeline import prepare_output_dir, read_run_info, write_run_info
+    from .pipeline import prepare_output_dir, read_run_info, start_run
     from .recipes import load_recipe
     from .report import format_table
-    from .train import resolve_device
+    from .runfolder import RunFolderLock, run_identity
+    from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
+    from .train import check_precision, resolve_device
 
     overrides["compile"] = overrides.pop("compile_mode")
     kwargs = parse_arch_kwargs(arch_kwargs)
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
+    check_output_folder(output)
+    lock = RunFolderLock(output)  # one compress per folder: held until the command ends, taken at once if it exists
+    click.get_current_context().call_on_close(lock.release)
+    if is_main():
+        lock.acquire_if_exists()
     out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
     barrier()
     if resume:
@@ -126,17 +157,24 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     if resume:
         _check_same_arch_kwargs(out_dir, kwargs)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=kwargs)
+    check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit, recipe=recipe)
-    check_labels(data, _num_outputs(net, data))
+    num_outputs = _num_outputs(net, data)
+    check_loss_targets(recipe.loss, data, num_outputs)
+    check_labels(data, num_outputs)
+    check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
+    check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
-        write_run_info(out_dir, {
+        lock.acquire()  # every input is checked: the run may now create, clear and write its folder
+        start_run(out_dir, {
             "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
             "trust_pickle": trust_pickle,
             "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
             "recipe": recipe.to_dict(),
-        })
+        }, run_identity(model, data), overwrite=overwrite, resume=resume,
+            warn=lambda msg: click.echo(msg, err=True))
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,
@@ -196,8 +234,9 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--threshold", type=float, help="Pruning threshold (log α); default: the run's recipe threshold.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Path of the ONNX file to write.")
-def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
+              help="Path of the ONNX file to write: a new file, never one the run depends on.")
+@click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
+def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool) -> None:
     """Re-threshold a run's variational checkpoint and export it again, without retraining.
 
     Works on a finished or an interrupted run (after at least one epoch). The noise-free fine-tuning
@@ -207,14 +246,19 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path) -> None:
     from .io import load_model
     from .pipeline import read_run_info, reexport
     from .recipes import Recipe
+    from .runfolder import export_protected_files
+    from .safety import check_output_file
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
+    check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
     recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
                      seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe)
-    r = reexport(net, data, recipe, run_dir, output, threshold=threshold)
+    r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite)
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
                f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
                f"{r.metric_name} {r.metric:.4g} on validation data")
@@ -232,17 +276,31 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     kept-per-layer, sweep and training-curve plots (the log α histograms need the trained model and are
     only drawn by `compress`).
     """
+    from .errors import PrunedropError
     from .report import compare_reports, format_table, load_report
 
     reports = [load_report(d) for d in run_dirs]
-    if len(reports) > 1:
-        click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
-        return
-    if render:
-        from .pipeline import render_report
+    try:  # a hand-edited report.json with a wrong value somewhere: one line, not a traceback
+        if len(reports) > 1:
+            click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
+            return
+        table = format_table(reports[0])  # before anything is rewritten
+        if render:
+            from .pipeline import render_report
 
-        render_report(reports[0], run_dirs[0])
-    click.echo(format_table(reports[0]))
+            render_report(reports[0], run_dirs[0])
+    except PrunedropError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        where = ", ".join(str(d) for d in run_dirs)
+        raise PrunedropError(f"the report.json of {where} is malformed ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:120]}); restore it or run `prunedrop compress` "
+                             "again") from None
+    click.echo(table)
+
+
+#: the most values one example input of ``inspect --input-shape`` may hold (a 4096x4096 RGB image is 50M)
+MAX_INSPECT_ELEMENTS = 2**26
 
 
 @cli.command(name="inspect")
@@ -270,6 +328,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     from .inspection import format_inspection, inspect_model
     from .io import load_model, parse_arch_kwargs
     from .recipes import load_recipe
+    from .safety import check_finite_weights
 
     recipe = load_recipe(recipe_path)
     if input_shape is not None:
@@ -280,12 +339,17 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
                                      param_hint="--input-shape") from None
         if not shape or min(shape) < 1:
             raise click.BadParameter("sizes must be positive", param_hint="--input-shape")
+        if len(shape) > 8 or math.prod(shape) > MAX_INSPECT_ELEMENTS:
+            raise click.BadParameter(f"one input of shape {input_shape} is larger than the "
+                                     f"{MAX_INSPECT_ELEMENTS:,} values inspect runs; give the shape of one sample "
+                                     "(without the batch size)", param_hint="--input-shape")
         example = torch.zeros(1, *shape)
     else:
         from .data import load_data
 
         example = load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe).example_batch(1)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs))
+    check_finite_weights(net, f"model {model}")
     _num_outputs_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))

@@ -49,7 +49,7 @@ import math
 import pickle
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -332,6 +332,29 @@ _IDX_PREFIXES = {
 }
 
 
+#: a compressed IDX file may expand to at most this many times its size, plus 64 MiB (MNIST's is about 8 times)
+_IDX_MAX_EXPANSION = 1000
+
+
+def _read_idx_stream(f: Any, compressed_bytes: int, corrupt: Callable[[str], PrunedropError]) -> bytes:
+    """The header and at most the data it announces (and one byte more, to tell a longer file) from a
+    decompressing stream; a header that announces more than the file can plausibly hold is refused."""
+    head = f.read(4)
+    if len(head) < 4 or head[3] == 0:
+        return head  # read_idx's checks say what is wrong
+    dims_raw = f.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return head + dims_raw
+    dims = np.frombuffer(dims_raw, dtype=">u4")
+    itemsize = np.dtype(_IDX_DTYPES[head[2]]).itemsize if head[2] in _IDX_DTYPES else 1
+    expected = math.prod(int(d) for d in dims) * itemsize
+    limit = _IDX_MAX_EXPANSION * compressed_bytes + 64 * 2**20
+    if expected > limit:
+        raise corrupt(f"its header announces {expected:,} bytes of data, more than a {compressed_bytes:,}-byte "
+                      "compressed file plausibly holds")
+    return head + dims_raw + f.read(expected + 1)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (gzipped when its name ends in ``.gz``) into a native-endian numpy array.
 
@@ -346,7 +369,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         if path.name.lower().endswith(".gz"):
             with gzip.open(path, "rb") as f:
-                raw = f.read()
+                raw = _read_idx_stream(f, path.stat().st_size, corrupt)  # bounded: no decompression bomb
         else:
             raw = path.read_bytes()
     except FileNotFoundError:

@@ -13,7 +13,18 @@ class PrunedropError(click.ClickException):
     """A problem with the user's input or environment: one line saying what is wrong and what to do."""
 
     exit_code = 1
+    #: longest message kept: a hostile input quoted in full (a megabyte-long recipe value) stays readable
+    max_length = 1000
 
+    def __init__(self, message: str) -> None:
+        # one line, whatever a hostile input quoted in it holds (a recipe key with a newline in it): characters
+        # that are not printable are written as escapes (\n, \x0b, \u2028)
+        text = str(message).strip()
+        kept = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text[: self.max_length])
+        if len(text) > self.max_length:
+            kept += f"... ({len(text) - self.max_length:,} more characters)"
+        super().__init__(kept)
 
 class ParityError(PrunedropError):
     """The ONNX model does not compute what the PyTorch model computes."""

@@ -173,8 +173,13 @@ def verify_onnx(
     Every output of the model is compared, in float32. Use real inputs, and preferably a batch size
     other than the export example's, so that a batch size baked into the graph shows up here.
 
+    The tolerance scales with the outputs: output ``i`` may differ by ``atol · max(1, max |y_i|)`` (``y_i``
+    PyTorch's finite values), so that ``atol`` is absolute for outputs up to 1 (logits, probabilities) and
+    relative above (a model fed unscaled 0-255 inputs has outputs in the thousands, where float32 rounding
+    alone differs by more than 1e-4).
+
     Raises:
-        ParityError: an output differs by more than ``atol``, or has another shape.
+        ParityError: an output differs by more than its tolerance, or has another shape.
     """
     with _eval_on_cpu(model) as cpu_model, torch.no_grad():
         expected = _flatten_outputs(cpu_model(inputs.detach().cpu()))
@@ -193,14 +198,23 @@ def verify_onnx(
                 f"ONNX output {i} has shape {list(got_np.shape)} but PyTorch gives {list(want_np.shape)}; "
                 "export the same model that you verify (a batch size fixed in the model shows up here)"
             )
-        max_diff = max(max_diff, _max_abs_diff(got_np, want_np))
-    # ``not <=`` so that a NaN difference fails too.
-    if not max_diff <= atol:
-        raise ParityError(
-            f"ONNX output differs from PyTorch by {max_diff:.3g} (> atol {atol:g}) in {path}; "
-            "re-export the model, or check for operators whose ONNX version behaves differently"
-        )
+        diff = _max_abs_diff(got_np, want_np)
+        max_diff = max(max_diff, diff)
+        scale = _output_scale(want_np)
+        # ``not <=`` so that a NaN difference fails too.
+        if not diff <= atol * scale:
+            tolerance = f"atol {atol:g}" if scale == 1.0 else f"atol {atol:g} × largest output {scale:.3g}"
+            raise ParityError(
+                f"ONNX output differs from PyTorch by {diff:.3g} (> {tolerance}) in {path}; "
+                "re-export the model, or check for operators whose ONNX version behaves differently"
+            )
     return max_diff
+
+
+def _output_scale(want: np.ndarray) -> float:
+    """max(1, largest finite |value|): what :func:`verify_onnx`'s ``atol`` is relative to."""
+    finite = np.abs(want[np.isfinite(want)]) if want.size else want
+    return max(1.0, float(finite.max())) if finite.size else 1.0
 
 
 def strip_debug_info(proto: onnx.ModelProto) -> None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib
 import json
 import math
 import operator
 import os
 import re
-import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,20 +65,19 @@ _MAX_LISTED = 3
 def import_object(spec: str, *, what: str = "object") -> Any:
     """Import ``module:attr`` (``attr`` may be dotted) and return it.
 
-    Only the module the user names is imported. The current directory is put on ``sys.path`` so that
-    a user's own ``models.py`` beside their data can be named, as ``python -m`` would allow.
+    Only the module the user names is imported, and only it may come from the current folder: a module that
+    is not importable from ``sys.path`` is loaded from the current folder by its file location
+    (:func:`prunedrop.safety.import_user_module`), and the current folder is never put on ``sys.path``, so
+    that a ``sklearn.py`` or ``onnxruntime.py`` lying there cannot stand in for the installed library.
     """
+    from .safety import import_user_module
+
     if ":" not in spec:
         raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise PrunedropError(f"cannot import module {module_name!r} for {what} {spec!r}: {e}") from e
+    obj: Any = import_user_module(module_name, what=f"{what} {spec!r}")
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -314,6 +311,9 @@ def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.M
         raise PrunedropError(
             f"--arch {arch!r} returned {_describe(model)}, not an nn.Module: name a factory that returns the model"
         )
+    from .safety import check_materialized
+
+    check_materialized(model, f"--arch {arch!r}")
     return model
 
 
@@ -352,6 +352,8 @@ def _import_zoo(arch: str) -> None:
     top = arch.partition(":")[0].strip().split(".")[0]
     if top not in _ZOO_EXTRAS:
         return
+    import importlib
+
     try:
         importlib.import_module(top)
     except Exception as e:
@@ -1104,10 +1106,10 @@ def load_saved_model(out_dir: str | os.PathLike[str]) -> fx.GraphModule:
         raise PrunedropError(f"saved model folder {folder} {what}: pass the folder that holds {ARCHITECTURE_FILE}")
     if not arch_path.is_file():
         raise PrunedropError(f"{folder} has no {ARCHITECTURE_FILE}: pass a folder written by prunedrop's save_model")
-    try:
-        manifest = json.loads(arch_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PrunedropError(f"cannot read {arch_path}: {_reason(e)}; write it again with save_model") from e
+    from .safety import check_manifest_bounds, load_json_file
+
+    manifest = load_json_file(arch_path, where=str(arch_path), advice="write it again with save_model")
+    check_manifest_bounds(manifest, str(arch_path))
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise PrunedropError(f"{arch_path} is not a prunedrop architecture manifest (no \"format\": \"{MANIFEST_FORMAT}\")")
     if manifest.get("version") != MANIFEST_VERSION:
@@ -1177,8 +1179,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``, tensors on the CPU."""
+def load_checkpoint(path: str | os.PathLike[str], *, require: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``, tensors on the CPU.
+
+    The entries it has must have the types fine-tuning writes (:data:`prunedrop.safety.CHECKPOINT_KEYS`), and
+    those named in ``require`` must be there: a PrunedropError otherwise."""
     path = Path(path)
     state = _torch_load(
         path,
@@ -1189,6 +1194,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     )
     if not isinstance(state, dict):
         raise PrunedropError(f"checkpoint {path} holds {_describe(state)}, not a dict: was it written by another tool?")
+    from .safety import check_checkpoint
+
+    check_checkpoint(state, path, require)
     return state
 
 

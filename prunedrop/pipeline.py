@@ -14,6 +14,7 @@ objects. Everything the run writes goes to ``out_dir``, atomically.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, p
 from .prune import prune
 from .recipes import SNR_METHODS, Recipe
 from .renorm import ATTACHED, attach_batchnorm, fold_attached
-from .report import build_report, count_parameters, measure_latency, write_report
+from .report import build_report, count_parameters, measure_latency, public_spec, write_report
 from .slim import _WEIGHT_LAYERS, SlimResult, remove_heads_and_rows, silent_units, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
@@ -102,6 +103,15 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
                            sparse=_SPARSE_STORAGE[recipe.sparse_storage], metadata=metadata,
                            exporter=recipe.onnx_exporter)
     return exported, verify_onnx(exported.path, model, example, atol=recipe.parity_atol)
+
+
+def _check_parity_before_training(path: Path, original: nn.Module, example: torch.Tensor, recipe: Recipe) -> None:
+    """The parity check on the original model, before any fine-tuning: a model whose ONNX export does not
+    compute what it computes fails in seconds, not after the whole training."""
+    try:
+        verify_onnx(path, original, example, atol=recipe.parity_atol)
+    except PrunedropError as e:
+        raise type(e)(f"before fine-tuning, the original model: {e.message}") from None
 
 
 def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
@@ -306,6 +316,7 @@ def compress(
         metric_before = _evaluate_all(original, data, recipe, torch.device("cpu"))
         original_onnx = export_onnx(original, example[:2], out_dir / ORIGINAL_ONNX, opset=recipe.onnx_opset,
                                     sparse=False, exporter=recipe.onnx_exporter)
+        _check_parity_before_training(original_onnx.path, original, example, recipe)
         timings["baseline_s"] = time.perf_counter() - t0
         log(f"original model: {metric_name(recipe.loss)} {metric_before['val']:.4g} on validation data, "
             f"ONNX {original_onnx.num_bytes:,} bytes")
@@ -480,8 +491,8 @@ def compress(
                          "embedding_rows": {n: list(v) for n, v in slimmed.rows.items()},
                          "max_abs_diff": slimmed.max_abs_diff, "notes": slimmed.notes}} if slimmed else {}),
             "recipe": recipe.to_dict(),
-            "data": {"name": data.name, "num_train": data.num_train, "input_shape": list(data.input_shape)},
-            "source": source or {},
+            "data": {"name": public_spec(data.name), "num_train": data.num_train, "input_shape": list(data.input_shape)},
+            "source": {k: public_spec(v) for k, v in (source or {}).items()},
             "history": history,
             **({"autopilot": trained.autopilot} if trained.autopilot is not None else {}),
             "variational_epochs": trained.epochs,
@@ -659,11 +670,30 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
         raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "
                              "--resume to continue an interrupted run, or choose another -o")
     _check_writable(out_dir)
+    return out_dir
+
+
+def start_run(out_dir: str | Path, info: dict[str, Any], identity: dict[str, Any], *, overwrite: bool = False,
+              resume: bool = False, warn: Callable[[str], None] = print) -> None:
+    """The first change a run makes to its folder, once every input has been loaded and checked.
+
+    ``resume``: the inputs must be the interrupted run's (:func:`prunedrop.runfolder.check_identity`: model file,
+    data, --arch); a refusal changes nothing, and run.json is left as the run wrote it. Otherwise the stale
+    checkpoints of an earlier run are deleted (with ``overwrite``) and run.json records ``info`` and ``identity``.
+    """
+    from .runfolder import IDENTITY_KEY, check_identity
+
+    out_dir = Path(out_dir)
+    if resume:
+        check_identity(read_run_info(out_dir), {**identity, "arch": info.get("arch"),
+                                                "trust_pickle": info.get("trust_pickle")},
+                       action="--resume", warn=warn)
+        return
     if overwrite:
         for path in [out_dir / VARIATIONAL_CHECKPOINT, out_dir / MASKED_CHECKPOINT,
                      *out_dir.glob("checkpoint-masked-t*.pt")]:
             path.unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
-    return out_dir
+    write_run_info(out_dir, {**info, IDENTITY_KEY: identity})
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -694,16 +724,18 @@ def write_run_info(out_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    import json
+    from .runfolder import check_run_info
+    from .safety import load_json_file
 
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
         raise PrunedropError(f"{run_dir} is not a prunedrop run folder (no {RUN_INFO}); give the -o folder of "
                              "`prunedrop compress`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise PrunedropError(f"{path} is corrupt; it is not valid JSON") from None
+    info = load_json_file(path, where=str(path), advice="it is not a run.json that prunedrop wrote")
+    if not isinstance(info, dict):
+        raise PrunedropError(f"{path} is corrupt; it holds no JSON object")
+    check_run_info(info, str(path))
+    return info
 
 
 @dataclass
@@ -727,19 +759,29 @@ def reexport(
     output: str | Path,
     *,
     threshold: float | None = None,
+    overwrite: bool = False,
 ) -> ReexportResult:
     """Re-threshold a run's trained variational checkpoint and export again, without retraining.
 
     ``model`` is the original plain model (loaded the way the run loaded it). The checkpoint may come from
-    a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed.
+    a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed. ``output`` must
+    be a new file (an existing regular file only with ``overwrite``), and never a file the run depends on
+    (:func:`prunedrop.safety.check_output_file`).
     """
     from .io import load_checkpoint
+    from .runfolder import export_protected_files
+    from .safety import check_output_file
 
     run_dir = Path(run_dir)
+    output = check_output_file(output, overwrite=overwrite,
+                               protected=export_protected_files(
+                                   run_dir, read_run_info(run_dir) if (run_dir / RUN_INFO).is_file() else {}))
+    if threshold is not None and not math.isfinite(threshold):
+        raise PrunedropError(f"threshold {threshold} is not a finite number; give one such as 3")
     path = run_dir / VARIATIONAL_CHECKPOINT
     if not path.is_file():
         raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=("model",))
     threshold = recipe.threshold if threshold is None else threshold
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])
@@ -748,6 +790,10 @@ def reexport(
     except RuntimeError as e:
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
     pruned = prune(variational, threshold)
+    if pruned.kept_fraction == 0.0:  # as compress refuses: an all-zero model is no export
+        raise PrunedropError(f"{recipe.pruning_rule(threshold)} prunes every "
+                             f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "
+                             f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     final = pruned.model.cpu().eval()
     total_plain = sum(p.numel() for p in final.parameters())
     final, _ = _slim_units(final, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple)

@@ -170,7 +170,9 @@ class Recipe:
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
 
     parity_atol: float = 1e-4
-    """Largest allowed difference between onnxruntime's and PyTorch's outputs; above it the run fails."""
+    """Largest allowed difference between onnxruntime's and PyTorch's outputs, relative to the output's scale:
+    an output may differ by ``parity_atol · max(1, its largest |value|)``; above it the run fails. Checked on the
+    original model before fine-tuning and on the compressed one after."""
 
     max_metric_drop: float | None = 1.0
     """The accuracy budget: how much of the validation metric the run may lose, in points of accuracy (for
@@ -300,6 +302,9 @@ class Recipe:
             _positive(self, "grad_clip")
         if self.train_limit is not None:
             _positive(self, "train_limit")
+        if not -(2**63) <= self.seed < 2**64:
+            raise PrunedropError(f"recipe key 'seed' = {self.seed} is outside what a random generator takes "
+                                 "(-2**63 to 2**64 - 1)")
         _positive(self, "latency_runs", allow_zero=True)
         _positive(self, "mc_samples", allow_zero=True)
         _positive(self, "channel_multiple")
@@ -505,16 +510,12 @@ def load_recipe(path: str | os.PathLike[str] | None) -> Recipe:
     """Load a YAML recipe with the safe loader; ``None`` gives the defaults."""
     if path is None:
         return Recipe()
-    import yaml
+    from .safety import load_yaml_file
 
     path = Path(path)
     if not path.is_file():
         raise PrunedropError(f"recipe file {path} does not exist; see `prunedrop recipes` for the shipped ones")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrunedropError(f"recipe {path.name} is not valid YAML: {first}") from None
+    data = load_yaml_file(path, where=f"recipe {path.name}")  # safe_load, bounded, no aliases
     return Recipe.from_dict(data, source=f"recipe {path.name}")
 
 

@@ -278,12 +278,40 @@ def _finite_or_none(x: float | None) -> float | None:
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
+def _is_absolute(text: str) -> bool:
+    return os.path.isabs(text) or bool(_WINDOWS_ABSOLUTE.match(text))
+
+
+def public_spec(text: str) -> str:
+    """``text`` (a data spec, a data set's name, a file name) without the folders of an absolute path.
+
+    What a report stores of the user's inputs: ``npz:/home/me/data/train.npz`` → ``npz:train.npz``,
+    ``idx:/data/fashion`` → ``idx:fashion``, ``/srv/sets/digits`` → ``digits``; relative specs and names
+    stay as given.
+    """
+    if not isinstance(text, str):
+        return text
+    if _is_absolute(text):
+        return re.split(r"[\\/]", text.rstrip("/\\"))[-1] or "root"
+    kind, sep, rest = text.partition(":")
+    if sep and len(kind) > 1 and re.fullmatch(r"[A-Za-z][\w.-]*", kind) and _is_absolute(rest.strip()):
+        return f"{kind}:{public_spec(rest.strip())}"
+    return text
+
+
+#: report keys whose strings are globs over module names, never paths (a glob may start with "/")
+_GLOB_KEYS = (("recipe", "include"), ("recipe", "exclude"))
+
+
 def _check_no_absolute_paths(obj: Any, where: str = "report") -> None:
     """Raise ``ValueError`` naming the key of the first absolute path found in ``obj``.
 
     Reports are shared and committed next to results; an absolute path leaks the user's machine layout
-    and makes two otherwise identical runs differ.
+    and makes two otherwise identical runs differ. The recipe's include/exclude globs are module names,
+    not paths, and are not checked.
     """
+    if isinstance(obj, Mapping) and where == "report" and isinstance(obj.get("recipe"), Mapping):
+        obj = {**obj, "recipe": {k: v for k, v in obj["recipe"].items() if ("recipe", k) not in _GLOB_KEYS}}
     if isinstance(obj, str):
         if os.path.isabs(obj) or _WINDOWS_ABSOLUTE.match(obj):
             raise ValueError(
@@ -731,10 +759,9 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
         path = path / "report.json"
     if not path.is_file():
         raise PrunedropError(f"no report at {path}: run `prunedrop compress` with this output folder first")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PrunedropError(f"{path} is corrupt ({e}); delete it and run the report stage again") from None
+    from .safety import load_json_file
+
+    report = load_json_file(path, where=str(path), advice="delete it and run the report stage again")
     missing = [k for k in _REQUIRED_KEYS if not isinstance(report, dict) or k not in report]
     if missing:
         raise PrunedropError(f"{path} is not a prunedrop report (missing {', '.join(missing)})")

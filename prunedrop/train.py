@@ -50,6 +50,7 @@ from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_chec
 from .layers.lognormal import _LogNormal, total_kl
 from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
 from .recipes import Recipe
+from .safety import CHECKPOINT_KEYS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "always", "never")
@@ -392,7 +393,7 @@ def _run(
 
     state: dict[str, Any] = {}
     if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path, require=CHECKPOINT_KEYS)
         if state.get("phase") != phase:
             raise PrunedropError(f"checkpoint {checkpoint_path.name} is of phase {state.get('phase')!r}, not {phase!r}")
         try:
@@ -402,15 +403,20 @@ def _run(
                 f"checkpoint {checkpoint_path.name} does not fit this model ({str(e).splitlines()[0]}); "
                 "resume with the same model, recipe and data, or start afresh without --resume"
             ) from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and "grad_scaler" in state:
-            scaler.load_state_dict(state["grad_scaler"])
-        restore_rng_state(state["rng"])
-        if extra_state is not None and state.get("extra") is not None:
-            extra_state[1](state["extra"])
-        start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        result.history = list(state["history"])
+        try:  # a checkpoint with missing or edited entries: one line, not a traceback
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and "grad_scaler" in state:
+                scaler.load_state_dict(state["grad_scaler"])
+            restore_rng_state(state["rng"])
+            if extra_state is not None and state.get("extra") is not None:
+                extra_state[1](state["extra"])
+            start_epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+            result.history = list(state["history"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise PrunedropError(
+                f"checkpoint {checkpoint_path.name} is incomplete or edited ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:100]}); start afresh without --resume, or with another -o") from None
         partial = dict(state.get("partial") or {"sums": {}, "seen": 0})
         result.resumed_from = (start_epoch, start_batch)
     if world > 1 and rank > 0:

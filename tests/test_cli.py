@@ -87,7 +87,7 @@ def test_export_rethresholds_without_retraining(finished: Path, monkeypatch: pyt
     monkeypatch.syspath_prepend(str(project))
     runner = CliRunner()
     loose = runner.invoke(cli, ["export", "out", "--threshold", "8", "-o", "loose.onnx"])
-    strict = runner.invoke(cli, ["export", "out", "--threshold", "-2", "-o", "strict.onnx"])
+    strict = runner.invoke(cli, ["export", "out", "--threshold", "1", "-o", "strict.onnx"])
     assert loose.exit_code == 0 and strict.exit_code == 0, loose.output + strict.output
 
     def kept(output: str) -> float:

@@ -417,7 +417,7 @@ def test_broken_saved_folders(tmp_path, mlp):
     (tmp_path / WEIGHTS_FILE).unlink()
     raises_one_line(lambda: load_saved_model(tmp_path), "does not exist")
     (tmp_path / ARCHITECTURE_FILE).write_text("{not json")
-    raises_one_line(lambda: load_saved_model(tmp_path), "JSONDecodeError")
+    raises_one_line(lambda: load_saved_model(tmp_path), "not valid JSON")
 
 
 # --------------------------------------------------------------------------------------------------

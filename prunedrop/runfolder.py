@@ -1,0 +1,278 @@
+"""A run folder's identity and ownership: what `compress --resume` and `export` may trust about it.
+
+- :func:`run_identity` / :func:`check_identity`: content hashes of the model file and a fingerprint of the
+  loaded data, recorded in ``run.json``; ``--resume`` (and ``export``) refuse inputs that differ from the run's,
+  before any file is written.
+- :class:`RunFolderLock`: one ``compress`` at a time per output folder (an advisory ``flock`` on the folder).
+- :func:`export_protected_files`: the files a run depends on, which ``export -o`` must never replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunedropError
+
+IDENTITY_KEY = "identity"
+#: samples per split that go into the data fingerprint (evenly spaced, first and last included)
+FINGERPRINT_SAMPLES = 16
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the model file; of a folder written by ``save_model``: of its architecture.json and model.pt."""
+    from .io import ARCHITECTURE_FILE, WEIGHTS_FILE
+
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for name in (ARCHITECTURE_FILE, WEIGHTS_FILE):
+            h.update(name.encode() + b"\0" + file_sha256(path / name).encode())
+        return h.hexdigest()
+    return file_sha256(path)
+
+
+def _feed(h: Any, obj: Any) -> None:
+    import numpy as np
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=str):
+            h.update(str(key).encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (bool, int, float, str, bytes, type(None))):
+        h.update(repr(obj).encode())
+    else:
+        h.update(type(obj).__qualname__.encode())
+
+
+def _split_sizes(data: Any) -> list[tuple[str, Any, int | None]]:
+    """(split, dataset or None, its size or None when it has none) of each split of a DataBundle."""
+    from torch.utils.data import DataLoader
+
+    out = []
+    for split in ("train", "val", "test"):
+        part = getattr(data, split, None)
+        dataset = part.dataset if isinstance(part, DataLoader) else part
+        try:
+            n = None if dataset is None else len(dataset)
+        except TypeError:
+            n = None
+        out.append((split, dataset, n))
+    return out
+
+
+def data_sizes(data: Any) -> str:
+    """A digest of each split's presence and size."""
+    return hashlib.sha256(repr([(split, d is None, n) for split, d, n in _split_sizes(data)]).encode()).hexdigest()
+
+
+def data_fingerprint(data: Any) -> str | None:
+    """A cheap fingerprint of a :class:`~prunedrop.data.DataBundle`: each split's size and
+    :data:`FINGERPRINT_SAMPLES` evenly spaced samples (the first and the last among them).
+
+    It tells a different data set (or a different split, limit or order of the same one) from the run's,
+    not every change of every sample. ``None`` where reading the same samples twice gives different values
+    (a python: data set with random augmentation): such data is identified by its sizes alone. The random
+    generators are left as they were.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    digests = []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(2):
+                h = hashlib.sha256()
+                for split, dataset, n in _split_sizes(data):
+                    h.update(f"{split}{dataset is None}{n}".encode())
+                    if not n or not hasattr(dataset, "__getitem__"):
+                        continue
+                    count = min(n, FINGERPRINT_SAMPLES)
+                    for i in sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)}):
+                        _feed(h, dataset[i])
+                digests.append(h.hexdigest())
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return digests[0] if digests[0] == digests[1] else None
+
+
+def run_identity(model_path: str | os.PathLike[str], data: Any) -> dict[str, str | None]:
+    """What ``run.json`` records of a run's inputs, to be compared by :func:`check_identity`."""
+    return {"model_sha256": model_sha256(model_path), "data_sizes": data_sizes(data),
+            "data_fingerprint": data_fingerprint(data)}
+
+
+_WHAT = {"model_sha256": "the model file's content", "data_sizes": "the data's splits or sizes",
+         "data_fingerprint": "the data's samples"}
+
+
+def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, action: str,
+                   warn: Callable[[str], None]) -> None:
+    """Refuse ``action`` (e.g. ``--resume``) when ``current`` inputs differ from those ``info`` (run.json) records.
+
+    ``current`` holds the identity keys and the loading settings (``arch``, ``trust_pickle``). A run.json from an
+    older prunedrop has no hashes: the action goes on, with a one-line warning.
+    """
+    changed = []
+    if "arch" in current and info.get("arch") != current["arch"]:
+        changed.append(f"--arch ({info.get('arch')!r} → {current['arch']!r})")
+    if "trust_pickle" in current and bool(info.get("trust_pickle")) != bool(current.get("trust_pickle")):
+        changed.append("--trust-pickle")
+    recorded = info.get(IDENTITY_KEY)
+    if isinstance(recorded, Mapping):
+        # a fingerprint of None (data that reads differently each time) is not compared
+        changed += [_WHAT[k] for k in _WHAT if k in current and recorded.get(k) is not None
+                    and current[k] is not None and recorded.get(k) != current[k]]
+    elif IDENTITY_KEY not in info:
+        warn(f"warning: this run's run.json predates identity checks; {action} cannot check that the model and "
+             "data are the run's")
+    else:
+        raise PrunedropError(f"run.json has a malformed {IDENTITY_KEY!r} entry; {action} cannot trust this run")
+    if changed:
+        raise PrunedropError(f"{action}: {', '.join(changed)} differ(s) from the run's; nothing was changed "
+                             "(give the run's inputs, or start a new run with another -o or --overwrite)")
+
+
+#: what run.json holds (written by the CLI's compress), and the types each entry may have
+RUN_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "model_path": (str,), "arch": (str, type(None)), "trust_pickle": (bool,), "data": (str,),
+    "data_dir": (str, type(None)), "recipe": (dict,), IDENTITY_KEY: (dict,),
+}
+
+
+def check_run_info(info: Mapping[str, Any], where: str) -> None:
+    """Refuse a run.json whose entries have the wrong types (edited by hand or damaged), before anything uses
+    them; entries that are missing are each user's to report."""
+    for key, kinds in RUN_INFO_TYPES.items():
+        if key in info and not isinstance(info[key], kinds):
+            raise PrunedropError(f"{where} has a malformed {key!r} ({type(info[key]).__name__}); it was edited or "
+                                 "damaged: run `prunedrop compress` again with another -o")
+    for key in ("model_path", "data"):
+        if key in info and (not info[key].strip() or "\x00" in info[key]):
+            raise PrunedropError(f"{where} has an empty or malformed {key!r}; it was edited or damaged: run "
+                                 "`prunedrop compress` again with another -o")
+
+
+# ------------------------------------------------------------------------------------------ lock
+
+
+class RunFolderLock:
+    """An exclusive, non-blocking advisory lock on a run folder (``flock`` on the folder itself, so that no
+    file is added to it), held until :meth:`release` or the process ends.
+
+    A second ``compress`` into a folder that a running one holds fails at once instead of both writing
+    into it. Where ``fcntl`` is missing (Windows), nothing is locked.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> RunFolderLock:
+        if self._fd is not None:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:
+            raise PrunedropError(f"cannot create or open output folder {self.out_dir} ({e.strerror}); choose "
+                                 "another -o") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise PrunedropError(f"output folder {self.out_dir} is in use by another prunedrop run; wait for it "
+                                 "to finish or choose another -o") from None
+        self._fd = fd
+        return self
+
+    def acquire_if_exists(self) -> RunFolderLock:
+        """Lock now when the folder exists (a second run fails before loading anything); else later."""
+        return self.acquire() if self.out_dir.is_dir() else self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunFolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------ export targets
+
+
+def _files_in(path: Path, depth: int = 2) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir() or depth == 0:
+        return []
+    out: list[Path] = []
+    try:
+        for child in path.iterdir():
+            if child.is_file():
+                out.append(child)
+            elif child.is_dir() and not child.is_symlink():
+                out += _files_in(child, depth - 1)
+    except OSError:
+        pass
+    return out
+
+
+def export_protected_files(run_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> list[Path]:
+    """The files ``export -o`` must not replace: everything in the run folder (checkpoints, run.json, reports,
+    model files, plots), the original model (file, or save_model folder) and the data files the run names."""
+    run_dir = Path(run_dir)
+    files = _files_in(run_dir)
+    model_path = info.get("model_path")
+    if isinstance(model_path, str):
+        files += _files_in(Path(model_path), depth=1)
+    spec = info.get("data")
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        if kind.strip().lower() in ("npz", "idx") and arg.strip():
+            files += _files_in(Path(arg.strip()), depth=1)
+    data_dir = info.get("data_dir")
+    if isinstance(data_dir, str):
+        files += _files_in(Path(data_dir), depth=1)
+    return files

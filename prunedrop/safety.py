@@ -1,0 +1,381 @@
+"""Guards against hostile or careless inputs, each in one place.
+
+- :func:`import_user_module`: the only way prunedrop imports a module the user names (``--arch``,
+  ``--data python:``); only that module may come from the current folder, which is never put on ``sys.path``.
+- :func:`check_output_file`: the one check of a file path prunedrop is asked to write (``export -o``).
+- :func:`load_yaml_file` / :func:`load_json_file` / :func:`check_nesting`: what a small file may make
+  prunedrop allocate: bounded size, bounded nesting, no YAML aliases.
+- :func:`check_finite_weights`: a model with NaN or inf weights is refused when it is loaded.
+
+Every refusal is a :class:`~prunedrop.errors.PrunedropError` (one line, exit status 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import stat
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PrunedropError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: the largest recipe, report, run.json or architecture.json prunedrop reads
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+#: the deepest nesting of lists and dicts in those files (prunedrop writes at most about 8)
+MAX_NESTING = 64
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------ user modules
+
+
+def import_user_module(module_name: str, *, what: str) -> Any:
+    """Import the module ``module_name`` that the user named for ``what`` (e.g. ``--arch 'models:net'``).
+
+    An importable module (installed, on ``PYTHONPATH``, already imported) is imported as usual. Otherwise its
+    top-level module or package is loaded from the current folder by file location, and registered under its
+    name so that the package's own submodules and relative imports work. The current folder is not put on
+    ``sys.path``: a ``sklearn.py`` or ``onnxruntime.py`` beside the user's model never shadows the installed
+    library, and nothing else is imported from the current folder.
+    """
+    parts = module_name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise PrunedropError(f"{what}: {module_name!r} is not a module name (dotted Python identifiers, e.g. "
+                             "'models' for models.py in the current folder, or 'mypackage.models')")
+    top = parts[0]
+    try:
+        if top not in sys.modules and importlib.util.find_spec(top) is None:
+            _load_from_current_folder(top, what=what)
+        return importlib.import_module(module_name)
+    except PrunedropError:
+        raise
+    except (Exception, SystemExit) as e:  # the user's module failing to import is the user's to fix
+        raise PrunedropError(f"cannot import module {module_name!r} for {what}: {_first_line(e)}; "
+                             "fix the module or the name") from None
+
+
+def _load_from_current_folder(top: str, *, what: str) -> None:
+    folder = os.getcwd()
+    spec = importlib.machinery.PathFinder.find_spec(top, [folder])
+    if spec is None or spec.loader is None:
+        raise PrunedropError(f"cannot import module {top!r} for {what}: it is neither installed nor a {top}.py "
+                             f"or {top}/ package in the current folder {folder}; check the name, or run from the "
+                             "folder that holds it")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(top, None)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ output paths
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protected: Iterable[Path] = (),
+                      option: str = "-o") -> Path:
+    """Check that ``path`` may be written (atomically: a temporary file, then rename): return it as a Path.
+
+    Refused: an existing target that is not a regular file (a folder, a device such as /dev/null, a FIFO,
+    a socket, a link to one of those); a target that is, or is a link to, one of the ``protected`` files (the
+    run's checkpoints, run.json, reports, the original model and data); an existing regular file without
+    ``overwrite``.
+    """
+    path = Path(path)
+    if not str(path).strip() or path.name in ("", ".", ".."):
+        raise PrunedropError(f"{option} {str(path)!r} does not name a file; give a file name such as model.onnx")
+    try:
+        st = path.stat()  # follows links: what a write through this path would replace or touch
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise PrunedropError(f"{option} {str(path)[:200]}: cannot check the target ({e.strerror}); choose another "
+                             "path") from None
+    link = path.is_symlink()
+    if st is None:
+        if link:
+            raise PrunedropError(f"{option} {path} is a dangling link; remove it or choose another path")
+        parent = path.parent
+        if parent.exists() and not parent.is_dir():
+            raise PrunedropError(f"{option} {path}: {parent} is not a folder; choose another path")
+        _refuse_protected(path, None, protected, option)
+        return path
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise PrunedropError(f"{option} {path} is {'a link to ' if link else ''}{kind}, not a regular file; "
+                             "give the path of a new .onnx file")
+    _refuse_protected(path, st, protected, option)
+    if not overwrite:
+        raise PrunedropError(f"{option} {path} exists; pass --overwrite to replace it, or choose another path")
+    return path
+
+
+def _refuse_protected(path: Path, st: os.stat_result | None, protected: Iterable[Path], option: str) -> None:
+    target = os.path.realpath(path)
+    for p in protected:
+        try:
+            pst = p.stat()
+        except OSError:
+            pst = None
+        if os.path.realpath(p) == target or (st is not None and pst is not None and _same_file(st, pst)):
+            raise PrunedropError(f"{option} {path} is {p.name}, which the run needs (its checkpoint, record, "
+                                 "report, model or data); choose another path")
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "-o") -> Path:
+    """Check that the output folder ``path`` can be looked at (a name too long for the file system, a file in
+    the middle of the path, a loop of links are one-line errors): return it as a Path."""
+    path = Path(path)
+    if not str(path).strip():
+        raise PrunedropError(f"{option} is empty; give an output folder")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        raise PrunedropError(f"{option} {path}: a part of the path is a file, not a folder; choose another "
+                             "folder") from None
+    except OSError as e:
+        raise PrunedropError(f"{option} {str(path)[:200]}: {e.strerror or e}; choose another folder") from None
+    return path
+
+
+# ------------------------------------------------------------------------------------------ config files
+
+
+def check_nesting(value: Any, where: str, limit: int = MAX_NESTING) -> None:
+    """Refuse lists/dicts nested deeper than ``limit`` (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise PrunedropError(f"{where} is nested more than {limit} levels deep; it is not a file prunedrop "
+                                 "writes or reads")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _read_bounded(path: Path, where: str, limit: int) -> str:
+    try:
+        size = path.stat().st_size
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise PrunedropError(f"{where} is not a regular file; give a file")
+        if size > limit:
+            raise PrunedropError(f"{where} is {size:,} bytes, more than the {limit:,} prunedrop reads; "
+                                 "is it the right file?")
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise PrunedropError(f"cannot read {where}: {e.strerror or e}") from None
+    if len(raw) > limit:
+        raise PrunedropError(f"{where} is more than the {limit:,} bytes prunedrop reads; is it the right file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PrunedropError(f"{where} is not UTF-8 text; is it the right file?") from None
+
+
+def load_json_file(path: str | os.PathLike[str], *, where: str, advice: str,
+                   limit: int = MAX_CONFIG_BYTES) -> Any:
+    """Parse a JSON file of bounded size and nesting; ``advice`` ends the error for a malformed file."""
+    import json
+
+    text = _read_bounded(Path(path), where, limit)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PrunedropError(f"{where} is corrupt, not valid JSON ({e.msg} at line {e.lineno}); {advice}") from None
+    except RecursionError:
+        raise PrunedropError(f"{where} is nested too deeply to be read; {advice}") from None
+    check_nesting(value, where)
+    return value
+
+
+#: bounds on an architecture.json (a LeNet has 10 modules, a ResNet-152 about 500, a 100-layer transformer a
+#: few thousand): what a small hand-edited file can make :func:`prunedrop.io.load_saved_model` build
+MAX_MANIFEST_ENTRIES = 100_000
+MAX_RECURRENT_LAYERS = 1024
+
+
+def check_manifest_bounds(manifest: Any, where: str) -> None:
+    """Refuse an architecture manifest that asks for more modules, nodes or stacked recurrent layers than
+    any saved model has (building it would take minutes to hours even on the meta device)."""
+    if not isinstance(manifest, dict):
+        return
+    for key in ("modules", "attributes", "graph", "state"):
+        part = manifest.get(key)
+        if isinstance(part, (dict, list)) and len(part) > MAX_MANIFEST_ENTRIES:
+            raise PrunedropError(f"{where} lists {len(part):,} {key}, more than the {MAX_MANIFEST_ENTRIES:,} "
+                                 "prunedrop builds; it is damaged or not written by save_model")
+    modules = manifest.get("modules")
+    for name, spec in (modules.items() if isinstance(modules, dict) else ()):
+        args = spec.get("args") if isinstance(spec, dict) else None
+        layers = args.get("num_layers") if isinstance(args, dict) else None
+        if isinstance(layers, int) and not isinstance(layers, bool) and not 0 < layers <= MAX_RECURRENT_LAYERS:
+            raise PrunedropError(f"{where}: module {str(name)[:80]!r} has num_layers {layers}, outside 1 to "
+                                 f"{MAX_RECURRENT_LAYERS}; it is damaged or not written by save_model")
+
+
+def load_yaml_file(path: str | os.PathLike[str], *, where: str, limit: int = 1024 * 1024) -> Any:
+    """``yaml.safe_load`` of a file of at most ``limit`` bytes, without aliases and with bounded nesting.
+
+    An alias (``*name``) makes a few bytes stand for a whole structure, and nested aliases for an exponential
+    one (the "billion laughs"): a recipe needs none, so they are refused.
+    """
+    import yaml
+
+    text = _read_bounded(Path(path), where, limit)
+    try:
+        return yaml.load(text, Loader=_no_alias_loader())  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunedropError(f"{where} is not valid YAML: {first[:200]}") from None
+
+
+@functools.cache
+def _no_alias_loader() -> type:
+    import yaml
+    from yaml.events import AliasEvent, CollectionStartEvent
+
+    class NoAliasLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases (*{event.anchor}) are not allowed in a recipe; write the value out",
+                    event.start_mark)
+            start = self.check_event(CollectionStartEvent)
+            if start:
+                self.depth += 1
+                if self.depth > MAX_NESTING:
+                    raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep",
+                                                      self.peek_event().start_mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                if start:
+                    self.depth -= 1
+
+    return NoAliasLoader
+
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """Refuse a model whose parameters or floating-point buffers hold NaN or inf (training would fail later,
+    after files were written)."""
+    import torch
+
+    bad = []
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t.detach()).all()):
+            bad.append(name)
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise PrunedropError(f"{source} has NaN or inf values in {len(bad)} tensor(s) ({shown}); "
+                             "give a model with finite weights (the original training may have diverged)")
+
+
+def check_materialized(model: nn.Module, source: str) -> None:
+    """Refuse a model whose tensors live on the ``meta`` device (shapes without values): weights cannot be
+    loaded into it."""
+    meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        raise PrunedropError(f"{source} built the model on the meta device ({len(meta)} tensor(s) without values, "
+                             f"e.g. {meta[0]}); build it on the CPU")
+
+
+#: the entries of a checkpoint of :func:`prunedrop.train.finetune`, and the type of each
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "phase": str, "epoch": int, "batch": int, "step": int, "model": dict, "optimizer": dict, "scheduler": dict,
+    "rng": dict, "history": list,
+}
+
+
+def check_checkpoint(state: dict[str, Any], path: str | os.PathLike[str], require: Iterable[str] = ()) -> None:
+    """Refuse a checkpoint that lacks an entry of ``require`` or has a mistyped entry (one edited by hand, or
+    written by another tool), before any of it is used."""
+    name = Path(path).name
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise PrunedropError(f"checkpoint {name} lacks {', '.join(missing)}: it was not written by prunedrop or was "
+                             "edited; start afresh without --resume, or with another -o")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise PrunedropError(f"checkpoint {name} has a malformed {key!r} ({type(value).__name__}): it was edited "
+                                 "or damaged; start afresh without --resume, or with another -o")
+    optimizer = state.get("optimizer", {})
+    if not isinstance(optimizer.get("state", {}), dict) or not isinstance(optimizer.get("param_groups", []), list):
+        raise PrunedropError(f"checkpoint {name} has a malformed optimizer state: it was edited or damaged; start "
+                             "afresh without --resume, or with another -o")
+
+
+#: the most input values one latency batch may hold (1 GiB of float32)
+MAX_LATENCY_BATCH_VALUES = 2**28
+
+
+def check_latency_batches(batch_sizes: Iterable[int], input_shape: Iterable[int], runs: int) -> None:
+    """Refuse, before training, latency batches whose inputs would not fit in memory."""
+    import math
+
+    if not runs:
+        return
+    per_sample = math.prod(int(d) for d in input_shape)
+    biggest = max(batch_sizes, default=1)
+    if biggest * per_sample > MAX_LATENCY_BATCH_VALUES:
+        raise PrunedropError(f"recipe key 'latency_batch_sizes': a batch of {biggest:,} inputs of "
+                             f"{per_sample:,} values is more than the {MAX_LATENCY_BATCH_VALUES:,} prunedrop times; "
+                             "use smaller batch sizes")
+
+
+def check_loss_targets(loss: str, data: Any, num_outputs: int) -> None:
+    """Refuse, before training, ``loss: mse`` on data whose targets are not float vectors of the model's output
+    size (class labels, another width); training would fail deep inside the loss after files were written."""
+    if loss != "mse":
+        return
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = data.train.dataset if isinstance(data.train, DataLoader) else data.train
+    try:
+        target = torch.as_tensor(dataset[0][1])
+    except Exception:  # an iterable dataset, or items of another form: the data checks speak for these
+        return
+    if not target.is_floating_point() or tuple(target.shape) not in {(num_outputs,), ()} \
+            or (target.dim() == 0 and num_outputs != 1):
+        raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per sample, "
+                             f"the model's outputs; the data's targets are {target.dtype} of shape "
+                             f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")
