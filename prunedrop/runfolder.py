@@ -168,7 +168,7 @@ def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, actio
 #: what run.json holds (written by the CLI's compress), and the types each entry may have
 RUN_INFO_TYPES: dict[str, tuple[type, ...]] = {
     "model_path": (str,), "arch": (str, type(None)), "trust_pickle": (bool,), "data": (str,),
-    "data_dir": (str, type(None)), "recipe": (dict,), IDENTITY_KEY: (dict,),
+    "data_dir": (str, type(None)), "recipe": (dict,), IDENTITY_KEY: (dict,), "arch_kwargs": (dict, type(None)),
 }
 
 
