@@ -63,10 +63,12 @@ def cli() -> None:
     made useless, removes pruned units physically, exports the smaller model to ONNX (checked against
     PyTorch with onnxruntime) and reports what was saved.
 
+    You state what you can afford, never β: an accuracy budget (--max-drop, 1 point by default) and/or a
+    size or speed target (--target flops=10x); the autopilot chooses β while training.
+
     \b
     Start with:
-      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp \\
-          --recipe recipes/digits-quick.yaml -o out/digits
+      prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp -o out/digits
     """
 
 
