@@ -605,10 +605,12 @@ def autopilot_line(summary: dict[str, Any]) -> str:
         parts.append(f"{last['cost_ratio']:.3g}x smaller ({summary['target']})")
     if last.get("kept_fraction") is not None:
         parts.append(f"kept fraction {last['kept_fraction']:.4g}")
-    parts.append(f"bound by the {summary['bound']}" if summary["bound"] != "none"
-                 else "β still rising when training ended (more epochs would compress more)")
     if summary.get("stopped_early"):
         parts.append("stopped early (settled)")
+    elif summary["bound"] == "none":
+        parts.append("β still rising when training ended (more epochs would compress more)")
+    if summary["bound"] != "none":
+        parts.append(f"bound by the {summary['bound']}")
     return ", ".join(parts)
 
 

@@ -348,3 +348,18 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
     except TrainingError as e:  # backed off, but still over the budget at the end: said in one line, no export
         assert "nothing was exported" in str(e) and not (tmp_path / "model.onnx").exists()
     assert any("learning rate ×" in line for line in logs), logs
+
+
+def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
+    from prunedrop.pipeline import autopilot_line
+
+    c = Autopilot(max_drop=1.0, check_every=100)
+    for i in range(1, 6):
+        c.check(i * 100, drop=0.0, kept_fraction=0.5)
+    rising = {**c.summary(), "target": None, "stopped_early": None}
+    assert rising["bound"] == "none" and "still rising" in autopilot_line(rising)
+    for i in range(6, 12):
+        c.check(i * 100, drop=3.0, kept_fraction=0.5)
+    held = {**c.summary(), "target": None, "stopped_early": "settled"}
+    line = autopilot_line(held)
+    assert "bound by the budget" in line and "stopped early" in line and "still rising" not in line
