@@ -266,6 +266,8 @@ class Autopilot:
     decade_steps: float = 1000.0
     """Steps over which β may change at most ten-fold (:func:`decade_steps`)."""
     margin: float = MARGIN
+    resolution: float = 0.0
+    """The smallest drop the measurements can show (one validation sample: 100 / n points of accuracy)."""
     log_beta: float = math.log(BETA_START)
     smoothed_drop: float | None = None
     checks: list[Check] = field(default_factory=list)
@@ -289,6 +291,13 @@ class Autopilot:
         return math.exp(self.log_beta)
 
     @property
+    def aim(self) -> float:
+        """The drop the budget mode steers to: ``margin`` × budget, but never below what one validation sample
+        weighs (a smaller aim would read every single lost sample as a violation), and never above the budget."""
+        assert self.max_drop is not None
+        return min(self.max_drop, max(self.margin * self.max_drop, self.resolution))
+
+    @property
     def rate(self) -> float:
         """Largest change of log β per check."""
         return math.log(10.0) * self.check_every / self.decade_steps
@@ -306,9 +315,9 @@ class Autopilot:
                 raise ValueError("budget mode needs the measured drop at every check")
             self.smoothed_drop = drop if self.smoothed_drop is None else \
                 DROP_SMOOTHING * drop + (1.0 - DROP_SMOOTHING) * self.smoothed_drop
-            slack = (self.margin * self.max_drop - self.smoothed_drop) / self.max_drop
+            slack = (self.aim - self.smoothed_drop) / self.max_drop
             moves["budget"] = self.rate * min(1.0, max(-2.0, slack))
-            over = drop > self.max_drop and self.smoothed_drop > self.margin * self.max_drop
+            over = drop > self.max_drop and self.smoothed_drop > self.aim
             was_over = bool(self.checks) and self.checks[-1].bound == "budget" and self._over
             if over and not was_over:
                 self.backoffs += 1  # a new episode over the budget (counted once, not at every check in it)
@@ -366,6 +375,8 @@ class Autopilot:
             "max_metric_drop": self.max_drop,
             "target_ratio": self.target_ratio,
             "margin": self.margin,
+            "aim": self.aim if self.max_drop is not None else None,
+            "resolution": self.resolution,
             "check_every": self.check_every,
             "decade_steps": self.decade_steps,
             "beta_final": self.beta,

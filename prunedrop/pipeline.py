@@ -600,7 +600,8 @@ def autopilot_line(summary: dict[str, Any]) -> str:
     parts = [f"autopilot: β ended at {summary['beta_final']:.3g}"]
     if last.get("smoothed_drop") is not None:
         parts.append(f"validation drop {last['smoothed_drop']:.2f} (budget {summary['max_metric_drop']:g}, "
-                     f"{summary['margin']:g} of it spent while training)")
+                     f"aiming at {summary.get('aim') or summary['margin'] * summary['max_metric_drop']:.2f} while "
+                     "training)")
     if last.get("cost_ratio") is not None:
         parts.append(f"{last['cost_ratio']:.3g}x smaller ({summary['target']})")
     if last.get("kept_fraction") is not None:

@@ -675,11 +675,14 @@ class _Pilot:
                                      "already within it; nothing to do")
         self.target = target
         self.controller = autopilot.Autopilot(max_drop=recipe.max_metric_drop, target_ratio=ratio,
+                                              resolution=0.0,
                                               check_every=autopilot.check_interval(steps_per_epoch),
                                               decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
         self.reference: float | None = None
         self.stopped: str | None = None
         self.lr_scale = 1.0
+        if recipe.max_metric_drop is not None:
+            self.controller.resolution = self._resolution()
         self.announced_backoffs = 0
 
     def _val_metric(self) -> float:
@@ -692,6 +695,13 @@ class _Pilot:
         resumed run keeps the one its checkpoint holds)."""
         if self.reference is None and self.controller.max_drop is not None:
             self.reference = self._val_metric()
+
+    def _resolution(self) -> float:
+        """One validation sample of the checks, in accuracy points (0 for mse, whose drop is continuous)."""
+        if self.recipe.loss != "cross_entropy":
+            return 0.0
+        n = sum(len(y) for _, y in _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES))
+        return 100.0 / max(n, 1)
 
     def on_step(self, step: int) -> None:
         c = self.controller

@@ -363,3 +363,12 @@ def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     held = {**c.summary(), "target": None, "stopped_early": "settled"}
     line = autopilot_line(held)
     assert "bound by the budget" in line and "stopped early" in line and "still rising" not in line
+
+
+def test_the_aim_is_never_below_one_validation_sample_nor_above_the_budget() -> None:
+    assert Autopilot(max_drop=1.0).aim == pytest.approx(0.5)
+    assert Autopilot(max_drop=1.0, resolution=100 / 144).aim == pytest.approx(100 / 144)
+    assert Autopilot(max_drop=0.5, resolution=1.0).aim == pytest.approx(0.5)
+    c = Autopilot(max_drop=1.0, resolution=100 / 144)
+    c.check(100, drop=100 / 144)  # one lost image of 144: exactly the aim, β holds
+    assert c.beta == pytest.approx(autopilot.BETA_START)
