@@ -18,7 +18,8 @@ from . import __version__
 DATA_HELP = (
     "Data spec: 'digits' (scikit-learn's bundled 8x8 digits, no files needed), 'fashion-mnist' or 'mnist' "
     "(IDX files from --data-dir or Debian's dataset-fashion-mnist package), 'idx:DIR', 'npz:FILE' "
-    "(arrays x_train, y_train, optional x_val, y_val, x_test, y_test), 'imagefolder:DIR' (one sub-folder of "
+    "(arrays x_train, y_train, optional x_val, y_val, x_test, y_test; float y with loss: mse for regression), "
+    "'imagefolder:DIR' (one sub-folder of "
     "images per class, optionally under train/, val/, test/; recipe keys image_size, image_channels, normalize), "
     "'csv:FILE' (a header row, numeric columns; labels in the recipe's label_column, default 'label'; loss: mse "
     "for real-valued targets), 'hf:PATH' (a Hugging Face datasets save_to_disk folder or parquet files; "

@@ -15,7 +15,8 @@ Valid specs (see :func:`parse_spec`):
     ``uint8`` images are scaled to [0, 1]; other IDX dtypes are cast to float32 unscaled.
 ``npz:FILE``
     arrays ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``, ``x_test``/``y_test``. Inputs are cast
-    to float32 **as given: no scaling or normalisation is applied**; labels become int64.
+    to float32 **as given: no scaling or normalisation is applied**; labels become int64. With the recipe's
+    ``loss: mse`` (regression), float ``y_*`` arrays shaped ``(N,)`` or ``(N, k)`` are targets, cast to float32.
 ``imagefolder:DIR``
     one sub-folder per class (labels: the sorted folder names' indices); ``train/`` and ``val/`` (or ``valid/``,
     ``validation/``) and ``test/`` sub-folders, each such a tree, when present. Images are decoded with Pillow
@@ -32,7 +33,8 @@ Valid specs (see :func:`parse_spec`):
 ``python:MODULE:FUNCTION``
     the user's function, called with no arguments, returns a :class:`DataBundle`, a dict with ``train`` and
     optional ``val``/``test``, or a tuple ``(train, val)`` / ``(train, val, test)`` of Datasets or DataLoaders
-    whose items are ``(input, label)`` pairs. Exceptions raised inside the user's function propagate
+    whose items are ``(input, label)`` pairs; with ``loss: mse`` the labels are float targets, a number or a
+    vector of the model's output size per sample. Exceptions raised inside the user's function propagate
     unchanged, so that their traceback points into the user's code.
 
 When no validation set is given, a seeded ``val_fraction`` of the training data is split off; the training
@@ -265,7 +267,7 @@ def load_data(
     regression = recipe is not None and recipe.loss == "mse"
 
     if kind == "python":
-        return _from_python(arg, name, val_fraction, seed, train_limit)
+        return _from_python(arg, name, val_fraction, seed, train_limit, regression=regression)
     if kind in _FILE_LOADERS:
         from . import data_files
 
@@ -284,7 +286,9 @@ def load_data(
             raise PrunedropError(f"IDX folder {str(directory)!r} does not exist or is not a folder")
         train, val, test = _load_idx_dir(directory, require_test=False)
     else:  # npz
-        train, val, test = _load_npz(Path(arg).expanduser())
+        train, val, test = _load_npz(Path(arg).expanduser(), regression=regression)
+        return _assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
+                         regression=regression)
     return _assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit)
 
 
@@ -514,8 +518,9 @@ def _load_digits() -> tuple[Dataset, None, Dataset]:
     )
 
 
-def _load_npz(path: Path) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    """Train and optional val/test splits from an npz archive; inputs are cast, never scaled."""
+def _load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """Train and optional val/test splits from an npz archive; inputs are cast, never scaled. With
+    ``regression`` float labels are targets shaped (N,) or (N, k)."""
     if not path.is_file():
         raise PrunedropError(f"npz file {str(path)!r} does not exist")
     hint = "save it with numpy.savez(FILE, x_train=..., y_train=...)"
@@ -554,18 +559,25 @@ def _load_npz(path: Path) -> tuple[Dataset, Dataset | None, Dataset | None]:
                     f"x_{split} in {str(path)!r} has dtype {x.dtype} and shape {x.shape}; "
                     "inputs must be numbers shaped (N, ...) with one sample per row"
                 )
-            if y.ndim != 1:
+            if y.ndim != 1 and not (regression and y.ndim == 2):
                 raise PrunedropError(
                     f"y_{split} in {str(path)!r} has shape {y.shape}; labels must be shaped (N,)"
+                    + (" (or (N, k) for k regression targets)" if regression else
+                       "; for regression targets set loss: mse in the recipe" if np.issubdtype(y.dtype, np.floating)
+                       else "")
                 )
             if len(x) != len(y):
                 raise PrunedropError(
                     f"x_{split} has {len(x)} samples but y_{split} has {len(y)} labels in {str(path)!r}; "
                     "they must have the same length"
                 )
+            if regression and np.issubdtype(y.dtype, np.floating):
+                labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+            else:  # integer labels with loss: mse are refused later, naming the loss
+                labels = _as_labels(y, f"y_{split}")
             splits[split] = _tensor_dataset(
                 torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                _as_labels(y, f"y_{split}"),
+                labels,
                 where,
             )
     shapes = {s: tuple(d.tensors[0].shape[1:]) for s, d in splits.items() if d is not None}
@@ -583,7 +595,8 @@ def _as_labels(y: np.ndarray, where: str) -> torch.Tensor:
     if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         return torch.from_numpy(y.astype(np.int64))
     raise PrunedropError(
-        f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices"
+        f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices "
+        "(for real-valued regression targets set loss: mse in the recipe)"
     )
 
 
@@ -592,7 +605,10 @@ def _tensor_dataset(x: torch.Tensor, y: torch.Tensor, where: str) -> TensorDatas
     if len(x) == 0:
         raise PrunedropError(f"{where} is empty; the data must have at least one sample")
     _check_finite(x, where)
-    _check_non_negative(y, where)
+    if y.is_floating_point():  # regression targets (loss: mse)
+        _check_finite(y, where)
+    else:
+        _check_non_negative(y, where)
     return TensorDataset(x, y)
 
 
@@ -617,7 +633,8 @@ def _check_non_negative(y: torch.Tensor, where: str) -> None:
 # --- user's python function ---------------------------------------------------------------------------
 
 
-def _from_python(arg: str, name: str, val_fraction: float, seed: int, train_limit: int | None) -> DataBundle:
+def _from_python(arg: str, name: str, val_fraction: float, seed: int, train_limit: int | None, *,
+                 regression: bool = False) -> DataBundle:
     """Call the user's data function and turn whatever of the accepted forms it returns into a bundle."""
     func = import_object(arg, what="data function")
     if not callable(func):
@@ -662,6 +679,7 @@ def _from_python(arg: str, name: str, val_fraction: float, seed: int, train_limi
         val_fraction=val_fraction,
         seed=seed,
         train_limit=train_limit,
+        regression=regression,
     )
     if given is not None:
         bundle.name, bundle.input_shape, bundle.num_classes = given.name, given.input_shape, given.num_classes
@@ -743,7 +761,9 @@ def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool 
             "inputs and labels must be tensors, arrays or numbers"
         ) from None
     if labels.is_complex() or (labels.is_floating_point() and not regression):
-        raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices")
+        raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices"
+                             + ("" if labels.is_complex() else " (for real-valued regression targets set loss: mse "
+                                "in the recipe)"))
     all_inputs, all_labels = _inputs_of(data), _labels_of(data)
     _check_finite(inputs if all_inputs is None else all_inputs, where)
     if regression:

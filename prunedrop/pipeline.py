@@ -362,7 +362,7 @@ def compress(
                                   max_metric_drop=recipe.max_metric_drop,
                                   higher_is_better=recipe.loss == "cross_entropy")
         if chosen is None:
-            log(f"no swept threshold keeps {name} within {recipe.max_metric_drop:g} of the original's; "
+            log(f"no swept threshold keeps {name} within {_budget_text(recipe)} of the original's; "
                 f"using the recipe's threshold {recipe.threshold:g}")
         else:
             threshold = chosen.threshold
@@ -392,7 +392,7 @@ def compress(
         if found.best is not None:
             threshold, pruned, masked = found.best
         else:
-            log(f"no probed threshold keeps {name} within {recipe.max_metric_drop:g} of the original's after "
+            log(f"no probed threshold keeps {name} within {_budget_text(recipe)} of the original's after "
                 f"noise-free fine-tuning; using log α > {threshold:g}")
     if masked is None:
         pruned = prune(variational, threshold)
@@ -615,6 +615,11 @@ def autopilot_line(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _budget_text(recipe: Recipe) -> str:
+    """The budget as the log lines state it: '1' (points of accuracy), or '50%' (more error) for mse."""
+    return f"{recipe.max_metric_drop:g}" + ("" if recipe.loss == "cross_entropy" else "%")
+
+
 def check_budget(recipe: Recipe, before: float, after: float) -> None:
     """A run with an automatic β never exports a model over its budget (one clear line, exit status 1)."""
     from .autopilot import metric_drop
@@ -623,9 +628,10 @@ def check_budget(recipe: Recipe, before: float, after: float) -> None:
         return
     drop = metric_drop(before, after, loss=recipe.loss)
     if drop > recipe.max_metric_drop + 1e-9 * max(1.0, abs(before)):
-        unit = "points" if recipe.loss == "cross_entropy" else "% more error"
+        worse = (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+                 else f"has {drop:.3g}% more error (mse) than the original")
         raise TrainingError(
-            f"the compressed model is {drop:.3g} {unit} worse than the original on validation data, over the budget "
+            f"the compressed model {worse} on validation data, over the budget "
             f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
             "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)")
 

@@ -136,8 +136,9 @@ def plot_sweep(
     """The metric against compression (stored / non-zero parameters, log scale), one point per threshold.
 
     Each point is labelled with its threshold; ``chosen`` is marked with a star; ``metric_before`` (the
-    original model) and the budget ``metric_before ∓ max_metric_drop`` are drawn as horizontal lines when
-    given.
+    original model) and the budget ``metric_before − max_metric_drop`` (for a lower-is-better metric such as MSE
+    ``metric_before · (1 + max_metric_drop / 100)``, a relative budget in percent) are drawn as horizontal lines
+    when given.
     """
     if not points:
         raise PrunedropError("plot_sweep needs at least one sweep point")
@@ -152,7 +153,8 @@ def plot_sweep(
     if metric_before is not None:
         ax.axhline(metric_before, color="#4a5568", linewidth=1, label=f"original {metric_before:.4g}")
         if max_metric_drop is not None:
-            budget = metric_before - max_metric_drop if higher_is_better else metric_before + max_metric_drop
+            budget = (metric_before - max_metric_drop if higher_is_better
+                      else metric_before + abs(metric_before) * max_metric_drop / 100.0)
             ax.axhline(budget, color="#c53030", linestyle="--", linewidth=1, label=f"budget {budget:.4g}")
     if chosen is not None and chosen.params_ratio is not None:
         ax.plot([chosen.params_ratio], [chosen.metric], "*", markersize=16, color="#dd6b20",

@@ -364,7 +364,8 @@ def build_report(
       (multiply-adds with a non-zero weight), ``ratio`` (before/after), ``nonzero_ratio``
       (before/nonzero_after), ``uncounted_layers`` (names of parameter-owning layers with no MAC rule)
     * ``onnx_bytes``: ``before``, ``after``, ``ratio``
-    * ``metric``: ``name``, ``before``, ``after``, ``delta`` (after − before)
+    * ``metric``: ``name``, ``before``, ``after``, ``delta`` (after − before), ``higher_is_better`` (false for
+      ``mse``: lower is better, and its budget is the relative increase in percent)
     * ``parity_max_abs_diff``: float or ``None``
     * ``layers``: one dict per parameter-owning module, matched by name (original order, then layers only
       the compressed model has): ``name``, ``type``, ``params_before`` / ``params_after`` (non-zero),
@@ -414,7 +415,8 @@ def build_report(
             "after": onnx_bytes_after,
             "ratio": _ratio(onnx_bytes_before, onnx_bytes_after),
         },
-        "metric": {"name": metric_name, "before": metric_before, "after": metric_after, "delta": delta},
+        "metric": {"name": metric_name, "before": metric_before, "after": metric_after, "delta": delta,
+                   "higher_is_better": metric_name != "mse"},
         "parity_max_abs_diff": _finite_or_none(parity_max_abs_diff),
         "layers": _layer_rows(prof_before, prof_after),
     }
@@ -545,13 +547,30 @@ def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
             _fmt_ratio(onnx_bytes["ratio"]),
         ],
         [
-            f"metric: {metric['name']}",
+            f"metric: {metric['name']}" + ("" if _higher_is_better(metric) else " (lower is better)"),
             _fmt_float(metric["before"]),
             _fmt_float(metric["after"]),
-            _fmt_signed(metric["delta"]),
+            _fmt_signed(metric["delta"]) + _relative_change(metric),
         ],
     ]
     return rows
+
+
+def _higher_is_better(metric: Mapping[str, Any]) -> bool:
+    """Whether the report's metric is better when higher (accuracy), from the report or, for a report written
+    before it said so, from the metric's name."""
+    flag = metric.get("higher_is_better")
+    return flag if isinstance(flag, bool) else metric.get("name") != "mse"
+
+
+def _relative_change(metric: Mapping[str, Any]) -> str:
+    """For a lower-is-better metric (mse), the change in percent, the unit of its budget: ' (+5.0%)'."""
+    before, delta = metric.get("before"), metric.get("delta")
+    if _higher_is_better(metric) or not isinstance(before, (int, float)) or not isinstance(delta, (int, float)) \
+            or before == 0:
+        return ""
+    return f" ({100.0 * delta / abs(before):+.1f}%)"
+
 
 
 _SUMMARY_HEADER = ["", "before", "after", "ratio / delta"]
@@ -668,8 +687,11 @@ def _sweep_line(report: Mapping[str, Any]) -> str:
     chosen = sweep.get("chosen_threshold")
     used = report.get("threshold")
     if chosen is not None:
-        return (f"threshold {chosen:g} chosen by the sweep: the most pruning within {sweep.get('max_metric_drop'):g} "
-                f"{report['metric']['name']} points of the original (validation data)")
+        budget = (f"{sweep.get('max_metric_drop'):g} {report['metric']['name']} points of the original"
+                  if _higher_is_better(report["metric"]) else
+                  f"{sweep.get('max_metric_drop'):g}% more {report['metric']['name']} than the original's")
+        return f"threshold {chosen:g} chosen by the sweep: the most pruning within {budget} (validation data)"
+
     return f"threshold {used:g} (fixed; set max_metric_drop to choose it from the sweep in report.md)"
 
 

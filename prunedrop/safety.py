@@ -363,19 +363,31 @@ def check_latency_batches(batch_sizes: Iterable[int], input_shape: Iterable[int]
 
 def check_loss_targets(loss: str, data: Any, num_outputs: int) -> None:
     """Refuse, before training, ``loss: mse`` on data whose targets are not float vectors of the model's output
-    size (class labels, another width); training would fail deep inside the loss after files were written."""
+    size (class labels, another width); training would fail deep inside the loss after files were written.
+    The first sample of each split is looked at: a target per sample is a number (a model with one output) or a
+    vector of ``num_outputs`` values."""
     if loss != "mse":
         return
     import torch
     from torch.utils.data import DataLoader
 
-    dataset = data.train.dataset if isinstance(data.train, DataLoader) else data.train
-    try:
-        target = torch.as_tensor(dataset[0][1])
-    except Exception:  # an iterable dataset, or items of another form: the data checks speak for these
-        return
-    if not target.is_floating_point() or tuple(target.shape) not in {(num_outputs,), ()} \
-            or (target.dim() == 0 and num_outputs != 1):
-        raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per sample, "
-                             f"the model's outputs; the data's targets are {target.dtype} of shape "
-                             f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")
+    for split in ("train", "val", "test"):
+        part = getattr(data, split, None)
+        if part is None:
+            continue
+        dataset = part.dataset if isinstance(part, DataLoader) else part
+        try:
+            target = torch.as_tensor(dataset[0][1])
+        except Exception:  # an iterable dataset, or items of another form: the data checks speak for these
+            continue
+        if not target.is_floating_point():
+            raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per "
+                                 f"sample, the model's outputs; the data's targets are {target.dtype} of shape "
+                                 f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")
+        if tuple(target.shape) not in {(num_outputs,), ()} or (target.dim() == 0 and num_outputs != 1):
+            per_sample = "a single number" if target.dim() == 0 else f"shape {tuple(target.shape)}"
+            raise PrunedropError(f"loss mse: the model outputs {num_outputs} value(s) per sample (shape (N, "
+                                 f"{num_outputs})) but the {split} targets have {per_sample} per sample; give "
+                                 f"targets shaped (N, {num_outputs})" + (" or (N,)" if num_outputs == 1 else "")
+                                 + " or change the model's last layer to output "
+                                 + (f"{target.numel()} value(s)" if target.dim() <= 1 else "one value per target"))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .autopilot import metric_drop
 from .convert import variational_layers
 from .errors import PrunedropError
 from .prune import set_thresholds
@@ -195,10 +196,11 @@ def choose_threshold(
 ) -> SweepPoint | None:
     """The point with the fewest non-zero parameters whose metric is within the budget; ``None`` if none is.
 
-    A point qualifies when ``metric_before − metric ≤ max_metric_drop`` (``metric − metric_before`` for a
-    lower-is-better metric such as MSE), with a relative slack of 1e-9 for float rounding; a NaN metric
-    never qualifies. Ties in parameters go to the better metric, then to the smaller threshold (equal
-    counts at two thresholds mean the same masks, since masks are nested in the threshold).
+    A point qualifies when it is :func:`within_budget`: ``metric_before − metric ≤ max_metric_drop`` points, or
+    for a lower-is-better metric such as MSE an increase of at most ``max_metric_drop`` percent of
+    ``metric_before``; a NaN metric never qualifies. Ties in parameters go to the better metric, then to the
+    smaller threshold (equal counts at two thresholds mean the same masks, since masks are nested in the
+    threshold).
     """
     if not math.isfinite(metric_before):
         raise ValueError(f"metric_before must be finite, got {metric_before}")
@@ -215,8 +217,12 @@ def choose_threshold(
 
 def within_budget(metric: float, *, metric_before: float, max_metric_drop: float,
                   higher_is_better: bool = True) -> bool:
-    """``metric_before − metric ≤ max_metric_drop`` (``metric − metric_before`` for a lower-is-better metric),
-    with a relative slack of 1e-9 for float rounding; a NaN metric never is."""
-    sign = 1.0 if higher_is_better else -1.0
+    """``metric_before − metric ≤ max_metric_drop`` (points of accuracy); for a lower-is-better metric (MSE) the
+    budget is relative, as the recipe's ``max_metric_drop`` says and :func:`prunedrop.autopilot.metric_drop`
+    measures: ``100 · (metric − metric_before) / |metric_before| ≤ max_metric_drop`` percent. Both with a relative
+    slack of 1e-9 for float rounding; a NaN metric never is."""
+    if not math.isfinite(metric):
+        return False
     slack = _BUDGET_RTOL * max(1.0, abs(metric_before), abs(max_metric_drop))
-    return math.isfinite(metric) and sign * (metric_before - metric) <= max_metric_drop + slack
+    drop = metric_drop(metric_before, metric, loss="cross_entropy" if higher_is_better else "mse")
+    return drop <= max_metric_drop + slack

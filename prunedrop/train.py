@@ -97,10 +97,11 @@ def metric_name(loss: str) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
              device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean loss and the metric (accuracy in %, or mean squared error) of ``model`` in eval mode."""
+    """Mean loss and the metric (accuracy in %, or the mean squared error over every target value, as for
+    ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    total, loss_sum, correct, sq_err = 0, 0.0, 0, 0.0
+    total, loss_sum, correct, sq_err, values = 0, 0.0, 0, 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         out = model(x)
@@ -110,11 +111,12 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
             correct += int((out.argmax(dim=1) == y).sum())
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
+            values += out.numel()
         total += n
     model.train(was_training)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = 100.0 * correct / total if loss == "cross_entropy" else sq_err / total
+    metric = 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 

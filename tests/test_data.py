@@ -356,6 +356,41 @@ def test_npz_errors(tmp_path: Path) -> None:
         load_data(f"npz:{single}")
 
 
+def test_npz_float_targets_with_loss_mse_are_regression_targets(tmp_path: Path) -> None:
+    from prunedrop.recipes import Recipe
+
+    rng = np.random.default_rng(0)
+    x, y1, y2 = rng.normal(size=(20, 3)), rng.normal(size=20), rng.normal(size=(20, 2))
+    bundle = load_data(_npz(tmp_path, x_train=x, y_train=y1), recipe=Recipe(loss="mse"))
+    targets = torch.cat([bundle.train.tensors[1], bundle.val.tensors[1]])
+    assert targets.dtype == torch.float32 and bundle.num_classes is None
+    assert sorted(targets.tolist()) == pytest.approx(sorted(y1.tolist()), rel=1e-6)  # not rounded to classes
+    bundle = load_data(_npz(tmp_path, x_train=x, y_train=y2, x_val=x[:4], y_val=y2[:4]), recipe=Recipe(loss="mse"))
+    assert bundle.train.tensors[1].shape == (20, 2) and bundle.val.tensors[1].dtype == torch.float32
+    # whole-number float targets stay real numbers under mse (with cross_entropy they are class indices)
+    whole = load_data(_npz(tmp_path, x_train=x, y_train=np.arange(20.0)), recipe=Recipe(loss="mse"))
+    assert whole.train.tensors[1].dtype == torch.float32
+    ints = load_data(_npz(tmp_path, x_train=x, y_train=np.arange(20)), recipe=Recipe(loss="mse"))
+    assert ints.train.tensors[1].dtype == torch.int64  # refused later by check_loss_targets, naming the loss
+
+
+def test_npz_regression_target_errors(tmp_path: Path) -> None:
+    from prunedrop.recipes import Recipe
+
+    x = np.zeros((4, 2))
+    mse = Recipe(loss="mse")
+    cases = [
+        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2, 2))), mse, "(or (N, k) for k regression targets)"),
+        (_npz(tmp_path, x_train=x, y_train=np.array([0.0, np.nan, 1.0, 2.0])), mse, "NaN or inf"),
+        (_npz(tmp_path, x_train=x, y_train=np.array([0.5, 1.0, 1.0, 2.0])), None, "set loss: mse"),
+        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2))), None, "for regression targets set loss: mse"),
+    ]
+    for spec, recipe, fragment in cases:
+        with pytest.raises(PrunedropError) as excinfo:
+            load_data(spec, recipe=recipe)
+        assert fragment in message(excinfo), spec
+
+
 # --- python: ------------------------------------------------------------------------------------------
 
 _USER_MODULE = """

@@ -284,7 +284,8 @@ def test_build_report_unmatched_layers_and_missing_values():
     assert [r["name"] for r in report["layers"]] == ["0", "1", "2"]
     assert rows["1"]["params_after"] is None and rows["1"]["shape_after"] is None
     assert rows["2"]["params_before"] is None and rows["2"]["kept_fraction"] is None
-    assert report["metric"] == {"name": "accuracy", "before": None, "after": None, "delta": None}
+    assert report["metric"] == {"name": "accuracy", "before": None, "after": None, "delta": None,
+                                "higher_is_better": True}
     assert report["onnx_bytes"]["ratio"] is None
     json.dumps(report, allow_nan=False)
 
@@ -395,6 +396,22 @@ def test_format_table():
     rule = next(i for i, line in enumerate(lines) if "net.1" in line) - 1
     assert set(lines[rule].replace(" ", "")) == {"-"}
     assert len(lines[rule + 1]) <= len(lines[rule])  # rows fit the column rule: aligned
+
+
+def test_mse_report_says_lower_is_better_and_the_change_in_percent():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x, metric_name="mse", metric_before=0.20, metric_after=0.21)
+    assert report["metric"]["higher_is_better"] is False
+    assert _report(original, compressed, x)["metric"]["higher_is_better"] is True
+    report["sweep"] = {"chosen_threshold": 1.0, "max_metric_drop": 10.0, "points": []}
+    report["threshold"] = 1.0
+    table = format_table(report)
+    assert "metric: mse (lower is better)" in table and "(+5.0%)" in table
+    assert "within 10% more mse than the original's" in table
+    del report["metric"]["higher_is_better"]  # a report written before the flag: known by the metric's name
+    assert "metric: mse (lower is better)" in format_table(report)
+    accuracy = format_table(_report(original, compressed, x))
+    assert "lower is better" not in accuracy and "%)" not in accuracy.split("metric: accuracy")[1].splitlines()[0]
 
 
 def test_load_report_errors(tmp_path):

@@ -204,9 +204,11 @@ def test_choose_lower_is_better():
     def choose(before, drop):
         return choose_threshold(mse, metric_before=before, max_metric_drop=drop, higher_is_better=False)
 
-    assert choose(0.10, 0.03).threshold == 0.0
-    assert choose(0.10, 0.01).threshold == 2.0
-    assert choose(0.05, 0.01) is None
+    # the budget of a lower-is-better metric is its relative increase in percent (autopilot.metric_drop)
+    assert choose(0.10, 20.0).threshold == 0.0  # 0.12 is 20% more error
+    assert choose(0.10, 19.0).threshold == 2.0  # 0.105 is 5% more
+    assert choose(0.10, 4.0).threshold == 3.0
+    assert choose(0.05, 99.0) is None  # 0.10 is 100% more
     assert choose(0.6, 0.0).threshold == -2.0  # an improvement always qualifies, even with a zero budget
 
 

@@ -125,6 +125,15 @@ def test_finetune_needs_a_variational_model() -> None:
         finetune(_model(), _bundle(), Recipe(epochs=1, kl_warmup_epochs=0), progress=False)
 
 
+def test_evaluate_mse_is_the_mean_over_every_target_value() -> None:
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randn(10, 2)
+    with torch.no_grad():
+        expected = float(((model(x) - y) ** 2).mean())
+    result = evaluate(model, [(x[:4], y[:4]), (x[4:], y[4:])], loss="mse")
+    assert result["mse"] == pytest.approx(expected, rel=1e-6) and result["loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_resolve_device() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")

@@ -1,0 +1,267 @@
+"""Regression (``loss: mse``) from the command line, end to end: real regression models and data through
+``prunedrop compress``, the metric and the report in its terms, and the one-line errors for targets that do not
+fit the model or the loss."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunedrop.cli import cli
+from prunedrop.testing import TinyMLP
+
+QUICK_MSE_RECIPE = """\
+loss: mse
+epochs: 3
+batch_size: 32
+eval_batch_size: 128
+lr: 0.003
+noise_lr: 0.3
+finetune_epochs: 1
+device: cpu
+latency_runs: 0
+plots: false
+mc_samples: 0
+max_metric_drop: 50
+"""
+
+ARCH_MODULE = "regarch_mlp"
+DATA_MODULE = "regdata_hook"
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The user's folder, the current folder; the modules written into it are forgotten afterwards."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"{ARCH_MODULE}.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\ndef build(**kw):\n    return TinyMLP(**kw)\n")
+    (tmp_path / "quick.yaml").write_text(QUICK_MSE_RECIPE)
+    yield tmp_path
+    for name in (ARCH_MODULE, DATA_MODULE):
+        sys.modules.pop(name, None)
+
+
+def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 300) -> torch.nn.Module:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(xt).reshape(yt.shape), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _mse(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    return float(np.mean((out.reshape(y.shape) - y) ** 2))
+
+
+def _diabetes() -> dict[str, np.ndarray]:
+    """scikit-learn's bundled diabetes data (442 patients, 10 features, disease progression after a year;
+    no download), standardised with the training split's statistics, split 300 / 70 / 72."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    mean, std, y_mean, y_std = x[:300].mean(0), x[:300].std(0), y[:300].mean(), y[:300].std()
+    x = ((x - mean) / std).astype(np.float32)
+    y = ((y - y_mean) / y_std).astype(np.float32)
+    return {"x_train": x[:300], "y_train": y[:300], "x_val": x[300:370], "y_val": y[300:370],
+            "x_test": x[370:], "y_test": y[370:]}
+
+
+def _compress(*args: str) -> object:
+    return CliRunner().invoke(cli, ["compress", "model.pt", "--arch", f"{ARCH_MODULE}:build", *args])
+
+
+def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_npz_regression_end_to_end_on_diabetes(folder: Path) -> None:
+    from prunedrop.io import load_saved_model
+
+    data = _diabetes()
+    np.savez(folder / "data.npz", **data)
+    kwargs = {"in_features": 10, "hidden": [32, 16], "num_classes": 1}
+    model = _train(TinyMLP(10, (32, 16), 1), data["x_train"], data["y_train"], steps=50)  # more steps overfit
+    torch.save(model.state_dict(), folder / "model.pt")
+    val_mse = _mse(model, data["x_val"], data["y_val"])
+    assert val_mse < 0.7  # the model has learnt something (the validation targets have variance 0.93)
+
+    result = _compress("--arch-kwargs", json.dumps(kwargs), "--data", "npz:data.npz", "--recipe", "quick.yaml",
+                       "-o", "out", "-q")
+    assert result.exit_code == 0, result.output
+    out = folder / "out"
+    report = json.loads((out / "report.json").read_text())
+    metric = report["metric"]
+    assert metric["name"] == "mse" and metric["higher_is_better"] is False
+    assert metric["before"] == pytest.approx(val_mse, rel=1e-4)  # the validation mse, as sklearn would compute it
+    assert metric["after"] <= metric["before"] * 1.5 + 1e-9  # within the budget of 50% more error
+    assert report["test_metric"]["before"] == pytest.approx(_mse(model, data["x_test"], data["y_test"]), rel=1e-4)
+    assert "calibration" not in report  # ECE/NLL are classification measures
+    assert report["params"]["after"] <= report["params"]["before"]
+    assert "metric: mse (lower is better)" in result.output
+    assert "metric: mse (lower is better)" in (out / "report.md").read_text()
+
+    # parity, and the exported ONNX model reproduces the compressed torch model on the validation inputs
+    compressed = load_saved_model(out)
+    with torch.no_grad():
+        expected = compressed(torch.from_numpy(data["x_val"])).numpy()
+    got = _onnx_outputs(out / "model.onnx", data["x_val"])
+    assert got.shape == (70, 1)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert report["parity_max_abs_diff"] is not None and report["parity_max_abs_diff"] <= 1e-4 * scale
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
+    assert float(np.mean((got[:, 0] - data["y_val"]) ** 2)) == pytest.approx(metric["after"], rel=1e-3)
+
+
+HOOK = '''\
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+
+def _split(seed, n):
+    x = np.random.default_rng(seed).uniform(-1, 1, size=(n, 3)).astype(np.float32)
+    y = np.stack([np.sin(2 * x[:, 0]) + x[:, 1], x[:, 0] * x[:, 2]], axis=1)
+    y = (y + 0.1 * np.random.default_rng(seed + 10).normal(size=y.shape)).astype(np.float32)  # measurement noise
+    return x, y
+
+
+def arrays():
+    return _split(0, 400), _split(1, 100)
+
+
+def load():
+    (x, y), (xv, yv) = arrays()
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), TensorDataset(torch.from_numpy(xv),
+                                                                                  torch.from_numpy(yv))
+'''
+
+
+def test_python_hook_with_two_regression_targets_end_to_end(folder: Path) -> None:
+    """A nonlinear function of 3 inputs with 2 outputs, from a python: hook; mc_samples > 0 still gives no
+    calibration report, since ECE/NLL do not apply to regression."""
+    import importlib
+
+    (folder / f"{DATA_MODULE}.py").write_text(HOOK)
+    sys.path.insert(0, str(folder))
+    try:
+        hook = importlib.import_module(DATA_MODULE)
+    finally:
+        sys.path.remove(str(folder))
+    (x, y), (xv, yv) = hook.arrays()
+    sys.modules.pop(DATA_MODULE, None)  # prunedrop imports it again, from the current folder
+    model = _train(TinyMLP(3, (32, 16), 2), x, y, steps=400)
+    torch.save(model.state_dict(), folder / "model.pt")
+    val_mse = _mse(model, xv, yv)
+    assert val_mse < 0.1 * float(np.var(yv))  # far better than predicting the mean
+    (folder / "quick.yaml").write_text(QUICK_MSE_RECIPE.replace("mc_samples: 0", "mc_samples: 2"))
+
+    result = _compress("--arch-kwargs", '{"in_features": 3, "hidden": [32, 16], "num_classes": 2}',
+                       "--data", f"python:{DATA_MODULE}:load", "--recipe", "quick.yaml", "-o", "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["metric"]["name"] == "mse"
+    # the mean over every target value, not the per-sample sum over the two outputs
+    assert report["metric"]["before"] == pytest.approx(val_mse, rel=1e-4)
+    assert "calibration" not in report and "## Calibration" not in (folder / "out" / "report.md").read_text()
+    got = _onnx_outputs(folder / "out" / "model.onnx", xv)
+    assert got.shape == (100, 2)
+    assert float(np.mean((got - yv) ** 2)) == pytest.approx(report["metric"]["after"], rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ one-line errors
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"" for p in sorted(folder.rglob("*"))
+            if "__pycache__" not in p.parts}
+
+
+def _tiny_model(folder: Path, outputs: int, features: int = 4) -> str:
+    torch.manual_seed(0)
+    torch.save(TinyMLP(features, (8,), outputs).state_dict(), folder / "model.pt")
+    return json.dumps({"in_features": features, "hidden": [8], "num_classes": outputs})
+
+
+def _targets(shape: tuple[int, ...], dtype: type = np.float32, seed: int = 0) -> np.ndarray:
+    y = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    return y
+
+
+MISTAKES = {
+    # name: (model outputs, y_train, y_val, recipe loss, words the one line must hold)
+    "one-target-three-outputs": (3, _targets((40,)), _targets((10,)), "mse",
+                                 ["3 value(s) per sample", "a single number", "(N, 3)", "last layer"]),
+    "two-targets-one-output": (1, _targets((40, 2)), _targets((10, 2)), "mse",
+                               ["1 value(s) per sample", "shape (2,)", "(N, 1) or (N,)", "last layer"]),
+    "val-targets-wider-than-train": (2, _targets((40, 2)), _targets((10, 3)), "mse",
+                                     ["val targets", "shape (3,)", "(N, 2)"]),
+    "class-labels-with-mse": (3, np.arange(40) % 3, np.arange(10) % 3, "mse", ["int64", "loss: cross_entropy"]),
+    "float-targets-with-cross-entropy": (3, _targets((40,)), _targets((10,)), "cross_entropy", ["loss: mse"]),
+    "target-matrix-with-cross-entropy": (2, _targets((40, 2)), _targets((10, 2)), "cross_entropy",
+                                         ["shape (40, 2)", "loss: mse"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_npz_target_mistakes_are_one_line_errors_before_any_file(folder: Path, case: str) -> None:
+    outputs, y, y_val, loss, needles = MISTAKES[case]
+    x = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    np.savez(folder / "data.npz", x_train=x, y_train=y, x_val=x[:10], y_val=y_val)
+    kwargs = _tiny_model(folder, outputs)
+    (folder / "quick.yaml").write_text(QUICK_MSE_RECIPE.replace("loss: mse", f"loss: {loss}"))
+    before = _snapshot(folder)
+    result = _compress("--arch-kwargs", kwargs, "--data", "npz:data.npz", "--recipe", "quick.yaml", "-o", "out")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    assert _snapshot(folder) == before  # nothing written, no output folder
+
+
+HOOK_TARGETS = '''\
+import torch
+from torch.utils.data import TensorDataset
+
+
+def load():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    return TensorDataset(x, torch.randn({shape}, generator=g)), TensorDataset(x[:10], torch.randn({val}, generator=g))
+'''
+
+
+@pytest.mark.parametrize(("loss", "outputs", "shape", "needles"), [
+    ("mse", 1, "40, 3", ["1 value(s) per sample", "shape (3,)", "last layer"]),
+    ("mse", 2, "40", ["2 value(s) per sample", "a single number", "(N, 2)"]),
+    ("cross_entropy", 3, "40", ["torch.float32", "loss: mse"]),
+])
+def test_python_hook_target_mistakes_are_one_line_errors(folder: Path, loss: str, outputs: int, shape: str,
+                                                         needles: list[str]) -> None:
+    val = "10" + shape[2:]
+    (folder / f"{DATA_MODULE}.py").write_text(HOOK_TARGETS.format(shape=shape, val=val))
+    kwargs = _tiny_model(folder, outputs)
+    (folder / "quick.yaml").write_text(QUICK_MSE_RECIPE.replace("loss: mse", f"loss: {loss}"))
+    result = _compress("--arch-kwargs", kwargs, "--data", f"python:{DATA_MODULE}:load", "--recipe", "quick.yaml",
+                       "-o", "out")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    assert not (folder / "out").exists()
