@@ -685,6 +685,10 @@ class _Pilot:
         self.lr_scale = 1.0
         if recipe.max_metric_drop is not None:
             self.controller.resolution = self._resolution()
+            if self.controller.resolution > self.controller.aim:
+                self.log(f"autopilot: one validation sample weighs {self.controller.resolution:.2g} points, more than "
+                         f"the {self.controller.aim:.2g} it aims at while training: a single lost sample reads as too "
+                         "much, so it will compress cautiously (more validation data resolves the budget better)")
         self.announced_backoffs = 0
 
     def _val_metric(self) -> float:

@@ -365,10 +365,15 @@ def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     assert "bound by the budget" in line and "stopped early" in line and "still rising" not in line
 
 
-def test_the_aim_is_never_below_one_validation_sample_nor_above_the_budget() -> None:
+def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_is_warned_about(tmp_path: Path) -> None:
     assert Autopilot(max_drop=1.0).aim == pytest.approx(0.5)
-    assert Autopilot(max_drop=1.0, resolution=100 / 144).aim == pytest.approx(100 / 144)
-    assert Autopilot(max_drop=0.5, resolution=1.0).aim == pytest.approx(0.5)
-    c = Autopilot(max_drop=1.0, resolution=100 / 144)
-    c.check(100, drop=100 / 144)  # one lost image of 144: exactly the aim, β holds
+    assert Autopilot(max_drop=1.0, resolution=100 / 144).aim == pytest.approx(0.5)
+    c = Autopilot(max_drop=1.0)
+    c.check(100, drop=0.5)  # at the aim: β holds
     assert c.beta == pytest.approx(autopilot.BETA_START)
+    data = _bundle()  # 120 validation samples: one weighs 0.83 points, more than the aim of 0.5
+    logs: list[str] = []
+    report = compress(_trained_mlp(data), data, Recipe(**{**_QUICK, "epochs": 2}, max_metric_drop=1.0), tmp_path,
+                      progress=False, log=logs.append).report
+    assert report["autopilot"]["resolution"] == pytest.approx(100 / 120)
+    assert any("one validation sample weighs 0.83 points" in line for line in logs), logs
