@@ -108,7 +108,7 @@ def _run(tmp_path: Path, nproc: int, *extra: str, tag: str = "", expect_rc: int 
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
                f"--master_port={_free_port()}", str(script), str(out), str(ckpt), *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (proc.returncode == 0) if expect_rc == 0 else (proc.returncode != 0), log
     assert ckpt.exists()
@@ -198,7 +198,7 @@ def test_two_nodes_through_torchrun_rendezvous_train_the_same_weights_as_one(tmp
     logs = []
     for agent in agents:
         try:
-            logs.append(agent.communicate(timeout=180)[0])
+            logs.append(agent.communicate(timeout=420)[0])
         except subprocess.TimeoutExpired:
             for a in agents:
                 a.kill()
