@@ -173,24 +173,23 @@ def cost_factors(model: nn.Module, example_input: torch.Tensor, kind: str) -> di
     return {name: (costs[name] / mean if costs[name] > 0 else floor) for name in layers}
 
 
-def _input_density(module: nn.Module, x: torch.Tensor) -> float:
-    """Share of the input's channels (convolutions: dim 1) or features (linear: the last dim) that are not zero
-    on the whole batch: a pruned upstream unit feeds exact zeros, and slimming removes the weights that read them."""
+def _nonzero_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Which of the input's channels (convolutions: dim 1) or features (linear: the last dim) are not zero on the
+    whole batch; None for other layers."""
     if isinstance(module, nn.modules.conv._ConvNd) and x.dim() >= 2:
-        nonzero = x.detach().ne(0).transpose(0, 1).flatten(1).any(dim=1)
-    elif isinstance(module, nn.Linear) and x.dim() >= 1:
-        nonzero = x.detach().ne(0).reshape(-1, x.shape[-1]).any(dim=0)
-    else:
-        return 1.0
-    return float(nonzero.float().mean()) if nonzero.numel() else 1.0
+        return x.detach().ne(0).transpose(0, 1).flatten(1).any(dim=1).cpu()
+    if isinstance(module, nn.Linear) and x.dim() >= 1:
+        return x.detach().ne(0).reshape(-1, x.shape[-1]).any(dim=0).cpu()
+    return None
 
 
 class CostMeter:
     """How many times smaller than the dense model the thresholded model is, in FLOPs or parameters.
 
-    Per variational layer: kept entries (units or weights) × the cost of one entry × the share of the layer's
-    input channels that are not all zero on an example batch (pruned units upstream feed zeros; slimming removes
-    the weights that read them). The layers that are not converted count in full. An estimate for the
+    Per variational layer: kept entries (units or weights) × the cost of one entry × (1 − the share of the layer's
+    input channels that pruning silenced: not all zero on an example batch before anything was pruned, all zero
+    now). Pruned units upstream feed zeros and slimming removes the weights that read them; inputs that were zero
+    from the start (a ReLU that never fires on the example) are not removed, so they do not count. The layers that are not converted count in full. An estimate for the
     controller: the report's numbers come from the slim model itself.
     """
 
@@ -212,13 +211,15 @@ class CostMeter:
             inside = {id(p) for layer in layers.values() for p in layer.parameters()}
             self.other = float(sum(p.numel() for p in model.parameters() if id(p) not in inside))
         self.dense = self.other + self.dense_variational
+        # inputs that are zero before anything is pruned (a ReLU that never fires on the example): slimming does not
+        # remove the weights that read them, so only the zeros that pruning adds count
+        self.reference = self._nonzero(model)
 
     @torch.no_grad()
-    def ratio(self, model: nn.Module) -> float:
-        """Dense cost / estimated kept cost of ``model`` at its current thresholds (eval mode, one forward)."""
-        density: dict[str, float] = {}
+    def _nonzero(self, model: nn.Module) -> dict[str, torch.Tensor | None]:
+        seen: dict[str, torch.Tensor | None] = {}
         handles = [layer.register_forward_pre_hook(
-            lambda m, args, name=name: density.__setitem__(name, _input_density(m, args[0])) if args else None)
+            lambda m, args, name=name: seen.__setitem__(name, _nonzero_inputs(m, args[0])) if args else None)
             for name, layer in self.layers.items()]
         modes = [(m, m.training) for m in model.modules()]
         try:
@@ -230,9 +231,20 @@ class CostMeter:
                 h.remove()
             for m, mode in modes:
                 m.training = mode
+        return seen
+
+    @torch.no_grad()
+    def ratio(self, model: nn.Module) -> float:
+        """Dense cost / estimated kept cost of ``model`` at its current thresholds (eval mode, one forward)."""
+        now = self._nonzero(model)
         kept = self.other
         for name, layer in self.layers.items():
-            kept += float(layer.keep_mask().sum()) * self.costs[name] * density.get(name, 1.0)
+            density = 1.0
+            ref, cur = self.reference.get(name), now.get(name)
+            if ref is not None and cur is not None and ref.shape == cur.shape and ref.numel():
+                silenced = ref & ~cur  # fed something before pruning, zeros now
+                density = 1.0 - float(silenced.float().mean())
+            kept += float(layer.keep_mask().sum()) * self.costs[name] * density
         return self.dense / max(kept, 1e-12)
 
 
@@ -333,7 +345,7 @@ class Autopilot:
             moves["target"] = self.rate * min(1.0, max(-1.0, gap))
         bound_by, move = min(moves.items(), key=lambda kv: kv[1])
         self.log_beta = min(math.log(BETA_MAX), max(math.log(BETA_MIN), self.log_beta + move))
-        bound = bound_by if len(moves) > 1 or move <= 0 else None
+        bound = bound_by if move <= 0 else None  # a constraint binds when it holds β back, not while β rises
         record = Check(step=step, beta=self.beta, drop=drop, smoothed_drop=self.smoothed_drop,
                        cost_ratio=cost_ratio, kept_fraction=kept_fraction, bound=bound)
         self.checks.append(record)

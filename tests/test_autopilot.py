@@ -134,6 +134,9 @@ def test_target_controller_raises_beta_until_the_ratio_is_reached_then_lowers_it
 
 
 def test_with_both_the_tighter_constraint_decides_and_is_named() -> None:
+    rising = Autopilot(max_drop=1.0, target_ratio=10.0, check_every=100)
+    rising.check(100, drop=-5.0, cost_ratio=6.0)  # both let β rise: nothing binds yet
+    assert rising.checks[-1].bound is None and rising.beta > autopilot.BETA_START
     c = Autopilot(max_drop=1.0, target_ratio=10.0, check_every=100)
     c.check(100, drop=2.0, cost_ratio=2.0)  # the target wants more, the budget says no
     assert c.checks[-1].bound == "budget" and c.beta < autopilot.BETA_START
@@ -377,3 +380,14 @@ def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_is_warned_about(
                       progress=False, log=logs.append).report
     assert report["autopilot"]["resolution"] == pytest.approx(100 / 120)
     assert any("one validation sample weighs 0.83 points" in line for line in logs), logs
+
+
+def test_cost_meter_does_not_count_inputs_that_were_zero_before_pruning() -> None:
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3)
+    with torch.no_grad():
+        model.net[1].bias[:12] = -1e6  # half the first hidden layer never fires: zeros that slimming cannot remove
+    x = torch.randn(8, 1, 4, 4)
+    variational = to_variational(model, Recipe(method="group_vd", exclude=["net.5"]))
+    meter = CostMeter(variational, x, "flops")
+    assert meter.ratio(variational) == pytest.approx(1.0, rel=1e-6)
