@@ -134,15 +134,19 @@ def _units(layer: nn.Module) -> int:
         return int(layer.keep_mask().numel())
 
 
-def layer_costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> dict[str, float]:
-    """Variational layer name → the cost of one keep-mask entry of it (a unit or a weight), in ``kind``'s terms:
-    multiply-adds per sample (flops) or parameters (params, bytes). From one profiling pass at batch size 1."""
+def _costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> tuple[dict[str, float], float]:
+    """(:func:`layer_costs`, the cost of everything outside the variational layers), from one profiling pass."""
     from .convert import variational_layers
     from .report import profile_model
 
     layers = variational_layers(model)
-    profiles = {p.name: p for p in profile_model(model, example_input[:1])}
     costs: dict[str, float] = {}
+    if kind == "flops":
+        profiles = {p.name: p for p in profile_model(model, example_input[:1])}
+        other = float(sum(p.macs for name, p in profiles.items() if name not in layers))
+    else:
+        inside = {id(p) for layer in layers.values() for p in layer.parameters()}
+        other = float(sum(p.numel() for p in model.parameters() if id(p) not in inside))
     for name, layer in layers.items():
         entries = max(_units(layer), 1)
         if kind == "flops":
@@ -151,16 +155,24 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> dic
             total = float(sum(p.numel() for n, p in layer.named_parameters()
                               if n in ("weight", "bias") or n.startswith(("weight_", "bias_"))))
         costs[name] = total / entries
-    return costs
+    return costs, other
 
 
-def cost_factors(model: nn.Module, example_input: torch.Tensor, kind: str) -> dict[str, float]:
-    """Per-layer KL factors from :func:`layer_costs`: each entry's cost relative to the average entry (weighted by
-    entries, so that the factors average 1 over all units and β keeps its scale). Layers that cost nothing (a
-    profile without multiply-adds) get the smallest positive factor rather than 0, so that their KL still counts."""
+def layer_costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> dict[str, float]:
+    """Variational layer name → the cost of one keep-mask entry of it (a unit or a weight), in ``kind``'s terms:
+    multiply-adds per sample (flops) or parameters (params, bytes). From one profiling pass at batch size 1."""
+    return _costs(model, example_input, kind)[0]
+
+
+def cost_factors(model: nn.Module, example_input: torch.Tensor, kind: str,
+                 costs: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Per-layer KL factors from :func:`layer_costs` (or ``costs`` already computed for ``kind``): each entry's cost
+    relative to the average entry (weighted by entries, so that the factors average 1 over all units and β keeps
+    its scale). Layers that cost nothing (a profile without multiply-adds) get the smallest positive factor rather
+    than 0, so that their KL still counts."""
     from .convert import variational_layers
 
-    costs = layer_costs(model, example_input, kind)
+    costs = dict(costs) if costs is not None else layer_costs(model, example_input, kind)
     layers = variational_layers(model)
     entries = {name: _units(layer) for name, layer in layers.items()}
     total_entries = sum(entries.values())
@@ -195,42 +207,31 @@ class CostMeter:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, kind: str) -> None:
         from .convert import variational_layers
-        from .report import profile_model
 
         self.kind = "params" if kind == "bytes" else kind
         self.example = example_input
-        self.costs = layer_costs(model, example_input, self.kind)
-        layers = variational_layers(model)
-        self.layers = layers
-        entries = {name: _units(layer) for name, layer in layers.items()}
-        self.dense_variational = sum(entries[n] * self.costs[n] for n in layers)
-        if self.kind == "flops":
-            profiles = profile_model(model, example_input[:1])
-            self.other = float(sum(p.macs for p in profiles if p.name not in layers))
-        else:
-            inside = {id(p) for layer in layers.values() for p in layer.parameters()}
-            self.other = float(sum(p.numel() for p in model.parameters() if id(p) not in inside))
-        self.dense = self.other + self.dense_variational
+        self.costs, self.other = _costs(model, example_input, self.kind)
+        self.layers = variational_layers(model)
+        self.dense = self.other + sum(_units(layer) * self.costs[n] for n, layer in self.layers.items())
         # inputs that are zero before anything is pruned (a ReLU that never fires on the example): slimming does not
         # remove the weights that read them, so only the zeros that pruning adds count
         self.reference = self._nonzero(model)
 
     @torch.no_grad()
     def _nonzero(self, model: nn.Module) -> dict[str, torch.Tensor | None]:
+        from .dropout.mc import sampling_mode
+
         seen: dict[str, torch.Tensor | None] = {}
         handles = [layer.register_forward_pre_hook(
             lambda m, args, name=name: seen.__setitem__(name, _nonzero_inputs(m, args[0])) if args else None)
             for name, layer in self.layers.items()]
-        modes = [(m, m.training) for m in model.modules()]
         try:
-            model.eval()
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            model(self.example.to(device))
+            with sampling_mode(model, lambda m: False):  # eval mode, every module's flag restored afterwards
+                device = next((p.device for p in model.parameters()), torch.device("cpu"))
+                model(self.example.to(device))
         finally:
             for h in handles:
                 h.remove()
-            for m, mode in modes:
-                m.training = mode
         return seen
 
     @torch.no_grad()

@@ -84,16 +84,14 @@ def _by_hooks(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     handles = [m.register_forward_hook(lambda mod, args, out, name=name: outputs.__setitem__(name, out)
                                        if isinstance(out, torch.Tensor) else None)
                for name, m in model.named_modules() if isinstance(m, _UNIT_LAYERS)]
-    modes = [(m, m.training) for m in model.modules()]
+    from .dropout.mc import sampling_mode
+
     try:
-        model.eval()
-        with torch.no_grad():
+        with sampling_mode(model, lambda m: False), torch.no_grad():  # eval mode, flags restored afterwards
             out = model(example_input)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     results = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
     ptrs = {o.untyped_storage().data_ptr() for o in results}
     return [name for name, t in outputs.items() if t.untyped_storage().data_ptr() in ptrs]

@@ -624,16 +624,17 @@ def check_budget(recipe: Recipe, before: float, after: float) -> None:
     """A run with an automatic β never exports a model over its budget (one clear line, exit status 1)."""
     from .autopilot import metric_drop
 
-    if not recipe.automatic or recipe.max_metric_drop is None:
+    if not recipe.automatic or recipe.max_metric_drop is None or within_budget(
+            after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
+            higher_is_better=recipe.loss == "cross_entropy"):
         return
     drop = metric_drop(before, after, loss=recipe.loss)
-    if drop > recipe.max_metric_drop + 1e-9 * max(1.0, abs(before)):
-        worse = (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
-                 else f"has {drop:.3g}% more error (mse) than the original")
-        raise TrainingError(
-            f"the compressed model {worse} on validation data, over the budget "
-            f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
-            "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)")
+    worse = (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+             else f"has {drop:.3g}% more error (mse) than the original")
+    raise TrainingError(
+        f"the compressed model {worse} on validation data, over the budget "
+        f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
+        "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)")
 
 
 def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:

@@ -666,8 +666,10 @@ class _Pilot:
         example = data.example_batch(min(64, recipe.eval_batch_size)).to(device)
         structured = recipe.method != "sparse_vd"
         kind = target.kind if target is not None else ("flops" if structured else "params")
-        self.factors = autopilot.cost_factors(model, example, kind)
         self.meter = autopilot.CostMeter(model, example, target.kind) if target is not None else None
+        # with a target, the factors weigh by the target's kind: the meter has profiled those costs already
+        self.factors = autopilot.cost_factors(model, example, kind,
+                                              costs=self.meter.costs if self.meter is not None else None)
         ratio = None
         if target is not None:
             dense = self.meter.dense * (4.0 if target.kind == "bytes" else 1.0)  # float32 bytes per parameter
@@ -677,37 +679,38 @@ class _Pilot:
                                      "already within it; nothing to do")
         self.target = target
         self.controller = autopilot.Autopilot(max_drop=recipe.max_metric_drop, target_ratio=ratio,
-                                              resolution=0.0,
                                               check_every=autopilot.check_interval(steps_per_epoch),
                                               decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
         self.reference: float | None = None
         self.stopped: str | None = None
         self.lr_scale = 1.0
-        if recipe.max_metric_drop is not None:
-            self.controller.resolution = self._resolution()
-            if self.controller.resolution > self.controller.aim:
-                self.log(f"autopilot: one validation sample weighs {self.controller.resolution:.2g} points, more than "
-                         f"the {self.controller.aim:.2g} it aims at while training: a single lost sample reads as too "
-                         "much, so it will compress cautiously (more validation data resolves the budget better)")
         self.announced_backoffs = 0
+        self.checked_samples = 0
 
     def _val_metric(self) -> float:
-        name = metric_name(self.recipe.loss)
-        return evaluate(self.model, _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES),
-                        loss=self.recipe.loss, device=self.device)[name]
+        """The metric on the validation samples every check uses (their number goes to ``checked_samples``)."""
+        self.checked_samples = 0
+
+        def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
+            for x, y in _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES):
+                self.checked_samples += len(y)
+                yield x, y
+
+        return evaluate(self.model, counted(), loss=self.recipe.loss, device=self.device)[metric_name(self.recipe.loss)]
 
     def start(self) -> None:
-        """Before the first step: the metric of the model as it was given, on the samples every check uses (a
-        resumed run keeps the one its checkpoint holds)."""
-        if self.reference is None and self.controller.max_drop is not None:
-            self.reference = self._val_metric()
-
-    def _resolution(self) -> float:
-        """One validation sample of the checks, in accuracy points (0 for mse, whose drop is continuous)."""
-        if self.recipe.loss != "cross_entropy":
-            return 0.0
-        n = sum(len(y) for _, y in _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES))
-        return 100.0 / max(n, 1)
+        """Before the first step: the metric of the model as it was given, on the samples every check uses, and
+        what one of them weighs (a resumed run keeps both from its checkpoint)."""
+        c = self.controller
+        if self.reference is not None or c.max_drop is None:
+            return
+        self.reference = self._val_metric()
+        if self.recipe.loss == "cross_entropy":  # an mse drop is continuous: no sample has a weight of its own
+            c.resolution = 100.0 / max(self.checked_samples, 1)
+            if c.resolution > c.aim:
+                self.log(f"autopilot: one validation sample weighs {c.resolution:.2g} points, more than the "
+                         f"{c.aim:.2g} it aims at while training: a single lost sample reads as too much, so it will "
+                         "compress cautiously (more validation data resolves the budget better)")
 
     def on_step(self, step: int) -> None:
         c = self.controller
@@ -742,13 +745,14 @@ class _Pilot:
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
-                "lr_scale": self.lr_scale}
+                "lr_scale": self.lr_scale, "resolution": self.controller.resolution}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
         self.reference = state.get("reference")
         self.stopped = state.get("stopped")
         self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.controller.resolution = float(state.get("resolution", 0.0))
         self.announced_backoffs = self.controller.backoffs
 
     def summary(self) -> dict[str, Any]:
