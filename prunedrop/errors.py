@@ -9,6 +9,18 @@ from __future__ import annotations
 import click
 
 
+def one_line(text: str, limit: int = 160) -> str:
+    """``text`` with its whitespace collapsed (a wrapped message cannot break a one-line error), cut to ``limit``."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(exc: BaseException, limit: int = 160) -> str:
+    """``Type: message`` of an exception on one line, the message cut to ``limit``, for quoting in an error."""
+    text = one_line(str(exc), limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class PrunedropError(click.ClickException):
     """A problem with the user's input or environment: one line saying what is wrong and what to do."""
 

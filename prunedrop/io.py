@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_torch_save, atomic_write_text
 from .errors import PrunedropError
+from .errors import one_line as _one_line
 
 if TYPE_CHECKING:
     import torch
@@ -89,12 +90,6 @@ def import_object(spec: str, *, what: str = "object") -> Any:
 # --------------------------------------------------------------------------------------------------
 # Reading torch files safely
 # --------------------------------------------------------------------------------------------------
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    """Collapse whitespace so that a wrapped torch message cannot break the one-line error contract."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PrunedropError
+from .errors import PrunedropError, describe
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 #: the deepest nesting of lists and dicts in those files (prunedrop writes at most about 8)
 MAX_NESTING = 64
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------------------ user modules
@@ -64,7 +58,7 @@ def import_user_module(module_name: str, *, what: str) -> Any:
     except PrunedropError:
         raise
     except (Exception, SystemExit) as e:  # the user's module failing to import is the user's to fix
-        raise PrunedropError(f"cannot import module {module_name!r} for {what}: {_first_line(e)}; "
+        raise PrunedropError(f"cannot import module {module_name!r} for {what}: {describe(e)}; "
                              "fix the module or the name") from None
 
 

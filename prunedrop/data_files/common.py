@@ -18,10 +18,3 @@ def recipe_or_defaults(recipe: Recipe | None) -> Recipe:
     from ..recipes import Recipe
 
     return recipe if recipe is not None else Recipe()
-
-
-def short_reason(e: BaseException) -> str:
-    """``Type: message`` on one line, at most about 100 characters, for an error message."""
-    text = " ".join(str(e).split())
-    text = text if len(text) <= 100 else text[:97] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__

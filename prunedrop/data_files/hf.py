@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import PrunedropError
-from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults, short_reason
+from ..errors import PrunedropError, describe
+from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 from .images import ImageDataset, image_header, image_options
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _tables_from_disk(path: Path) -> dict[str, tuple[Any, str]]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise PrunedropError(f"cannot read the datasets folder {str(path)!r} ({short_reason(e)}); write it again "
+        raise PrunedropError(f"cannot read the datasets folder {str(path)!r} ({describe(e, 100)}); write it again "
                              "with save_to_disk") from None
     if isinstance(loaded, datasets.DatasetDict):
         parts = dict(loaded)
@@ -90,7 +90,7 @@ def _tables_from_parquet(path: Path) -> dict[str, tuple[Any, str]]:
             tables[split] = pa.concat_tables([pq.read_table(p) for p in paths])
         except Exception as e:
             raise PrunedropError(f"cannot read parquet file(s) {', '.join(str(p) for p in paths[:2])} "
-                                 f"({short_reason(e)})") from None
+                                 f"({describe(e, 100)})") from None
     return _pick_splits(tables, str(path))
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import PrunedropError
+from ..errors import PrunedropError, describe
 from ..recipes import MAX_IMAGE_SIDE
-from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults, short_reason
+from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -98,7 +98,7 @@ def decode_image(source: Path | Callable[[], bytes], name: str, options: ImageOp
     except PrunedropError:
         raise
     except Exception as e:  # Pillow raises many types for a damaged file (OSError, SyntaxError, ValueError, ...)
-        raise PrunedropError(f"cannot read image {name} ({short_reason(e)}); replace or remove the file") from None
+        raise PrunedropError(f"cannot read image {name} ({describe(e, 100)}); replace or remove the file") from None
     x = torch.from_numpy(array).div_(scale)
     if deep:
         x = x.clamp_(0.0, 1.0).unsqueeze(0)
@@ -116,7 +116,7 @@ def image_header(source: Path | Callable[[], bytes], name: str) -> tuple[tuple[i
     except PrunedropError:
         raise
     except Exception as e:
-        raise PrunedropError(f"cannot read image {name} ({short_reason(e)}); replace or remove the file") from None
+        raise PrunedropError(f"cannot read image {name} ({describe(e, 100)}); replace or remove the file") from None
 
 
 def image_options(recipe: Recipe | None, headers: Callable[[], Iterable[tuple[str, tuple[int, int], str]]],
