@@ -255,6 +255,21 @@ def tiny_classification_data(
     return x, y
 
 
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: float = 1e-2,
+        loss: str = "cross_entropy") -> nn.Module:
+    """Full-batch Adam on ``(x, y)`` for ``steps`` steps: the quickly trained model that tests start from.
+    ``loss``: ``cross_entropy`` (class labels) or ``mse`` (targets of any shape the outputs reshape to)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        out = model(x)
+        value = (nn.functional.cross_entropy(out, y) if loss == "cross_entropy"
+                 else nn.functional.mse_loss(out.reshape(y.shape), y))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    return model
+
+
 TINY_RECIPE = """\
 # a tiny recipe for tests: a few seconds on a CPU, strong enough KL to prune
 epochs: 8
@@ -289,12 +304,6 @@ def write_tiny_project(folder, *, n: int = 200, n_val: int = 40, recipe: str = T
     np.savez(folder / "data.npz", x_train=x[:n_train].numpy(), y_train=y[:n_train].numpy(),
              x_val=x[n_train:].numpy(), y_val=y[n_train:].numpy())
     torch.manual_seed(0)
-    model = TinyMLP(16, (24, 12), 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = torch.nn.functional.cross_entropy(model(x[:n_train]), y[:n_train])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = fit(TinyMLP(16, (24, 12), 3), x[:n_train], y[:n_train], 100)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "recipe.yaml").write_text(recipe)

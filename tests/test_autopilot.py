@@ -19,7 +19,7 @@ from prunedrop.data import DataBundle, load_data
 from prunedrop.errors import PrunedropError
 from prunedrop.pipeline import compress
 from prunedrop.recipes import Recipe
-from prunedrop.testing import TinyLeNet5, TinyMLP, tiny_classification_data, write_tiny_project
+from prunedrop.testing import TinyLeNet5, TinyMLP, fit, tiny_classification_data
 
 # -- targets and budgets -----------------------------------------------------------------------------------------
 
@@ -228,15 +228,8 @@ def _bundle(n: int = 360, n_val: int = 120) -> DataBundle:
 
 def _trained_mlp(data: DataBundle, hidden: tuple[int, ...] = (48, 24)) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = TinyMLP(16, hidden, 3)
     x, y = data.train.tensors
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit(TinyMLP(16, hidden, 3), x, y, 150).eval()
 
 
 _QUICK = dict(epochs=25, batch_size=24, latency_runs=0, plots=False, mc_samples=0, device="cpu", noise_lr=0.05,
@@ -284,14 +277,6 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
 
 
 # -- the command line -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_tiny_project(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -14,7 +14,7 @@ from prunedrop import __version__
 from prunedrop.cli import cli
 from prunedrop.export import run_onnx
 from prunedrop.io import load_saved_model
-from prunedrop.testing import tiny_classification_data, write_tiny_project
+from prunedrop.testing import fit, tiny_classification_data, write_tiny_project
 
 
 def _make_project(folder: Path) -> None:
@@ -288,13 +288,7 @@ def image_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     x = torch.stack([data.train[i][0] for i in range(len(data.train))])
     y = torch.tensor([data.train[i][1] for i in range(len(data.train))])
     torch.manual_seed(0)
-    model = TinyMLP(16, (10,), 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = fit(TinyMLP(16, (10,), 3), x, y, 60)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     return tmp_path
 
@@ -369,13 +363,7 @@ def test_compress_csv_regression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "recipe.yaml").write_text(QUICK_IMAGE_RECIPE.split("image_size")[0]
                                           + "loss: mse\nlabel_column: price\n")
     torch.manual_seed(0)
-    model = TinyMLP(4, (8,), 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = torch.nn.functional.mse_loss(model(torch.from_numpy(x)).squeeze(1), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = fit(TinyMLP(4, (8,), 1), torch.from_numpy(x), torch.from_numpy(y), 200, loss="mse")
     torch.save(model.state_dict(), tmp_path / "model.pt")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)

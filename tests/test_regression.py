@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from prunedrop.cli import cli
-from prunedrop.testing import TinyMLP
+from prunedrop.testing import TinyMLP, fit
 
 QUICK_MSE_RECIPE = """\
 loss: mse
@@ -49,14 +49,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 300) -> torch.nn.Module:
     torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(steps):
-        loss = torch.nn.functional.mse_loss(model(xt).reshape(yt.shape), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit(model, torch.from_numpy(x), torch.from_numpy(y), steps, loss="mse").eval()
 
 
 def _mse(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:

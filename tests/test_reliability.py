@@ -110,14 +110,6 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(reference: Path, tmp_
     _same_result(reference / "out", folder / "out")
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_tiny_project(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_disk_full_keeps_earlier_files_intact(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_fsync = os.fsync
     calls = {"n": 0}
