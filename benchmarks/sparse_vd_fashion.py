@@ -97,6 +97,7 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
     p.add_argument("--max-drop", type=float, default=None, help="override the recipe's max_metric_drop (budget)")
     p.add_argument("--target", default=None, help="the recipe's target, e.g. params=40x")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's lr (the weights' Adam learning rate)")
     p.add_argument("--finetune-lr", type=float, default=None, help="override the recipe's finetune_lr")
     p.add_argument("--resume", action="store_true",
                    help="continue the pipeline run in --run-dir from its checkpoints (e.g. a copy of a finished "
@@ -117,7 +118,7 @@ def main() -> None:
     recipe_path = Path(args.recipe) if args.recipe else ROOT / "recipes" / f"{args.model}-fashion.yaml"
     recipe = load_recipe(recipe_path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                               kl_warmup_epochs=args.kl_warmup_epochs,
-                                              kl_weight=args.kl_weight, finetune_lr=args.finetune_lr,
+                                              kl_weight=args.kl_weight, finetune_lr=args.finetune_lr, lr=args.lr,
                                               train_limit=args.train_limit, device=args.device,
                                               max_metric_drop=args.max_drop, target=args.target)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]

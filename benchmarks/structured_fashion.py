@@ -298,6 +298,15 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     return recipe.replace(latency_runs=0, plots=False, mc_samples=0), path
 
 
+def trained_epochs(report: dict, recipe: Recipe, data: DataBundle) -> dict:
+    """Epochs each phase trained: the autopilot's epochs are automatic and it may stop early, so they are read
+    from the run's history, not from the recipe."""
+    variational = len({h["epoch"] for h in report["history"] if h.get("phase") == "variational"})
+    finetune = recipe.finetune_epochs_for(data.num_train)
+    return {"variational": variational, "finetune": finetune, "total": variational + finetune,
+            "planned_variational": report.get("variational_epochs")}
+
+
 def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_dir: Path) -> dict:
     recipe, recipe_path = method_recipe(args, method)
     folded, pairs = fold_batchnorm(dense)
@@ -313,8 +322,7 @@ def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_d
                             "kl_weight", "kl_weights", "kl_warmup_epochs", "finetune_epochs", "finetune_lr",
                             "init_mu", "init_log_sigma", "init_log_alpha", "train_limit", "seed", "device",
                             "finetune_batchnorm")},
-        "epochs": {"variational": recipe.epochs, "finetune": recipe.finetune_epochs,
-                   "total": recipe.epochs + recipe.finetune_epochs},
+        "epochs": trained_epochs(report, recipe, data),
         "batchnorm_folded": [list(p) for p in pairs],
         "model": result.model,
         "accuracy_after": report["test_metric"]["after"],
@@ -360,9 +368,9 @@ def reuse_variational(args, method: str, recipe: Recipe, run_dir: Path) -> str:
 
 
 def run_torch_pruning(args, dense: nn.Module, data: DataBundle, run_dir: Path, target_macs: int,
-                      example: torch.Tensor) -> dict:
-    recipe, _ = method_recipe(args, "torch_pruning")  # the SBP recipe's epoch budget and learning rate
-    epochs = recipe.epochs + recipe.finetune_epochs
+                      example: torch.Tensor, rows: dict) -> dict:
+    recipe, _ = method_recipe(args, "torch_pruning")  # the SBP recipe's learning rate
+    epochs = sbp_epochs(args, rows)  # the epochs the SBP row trained (automatic epochs are known only afterwards)
     original = copy.deepcopy(dense).eval()
     pruned, summary = torch_pruning_baseline(copy.deepcopy(dense), data, target_macs=target_macs, epochs=epochs,
                                              lr=recipe.lr, batch_size=recipe.batch_size, device=args.device,
@@ -391,14 +399,22 @@ def results_file(args, method: str) -> Path:
     return Path(args.out) / name if args.smoke else RESULTS / name
 
 
-def sbp_target_macs(args, rows: dict) -> int:
+def sbp_row(args, rows: dict) -> dict:
     if "sbp" in rows:
-        return rows["sbp"]["flops"]["after"]
+        return rows["sbp"]
     path = results_file(args, "sbp")
     if not path.is_file():
         raise SystemExit(f"torch_pruning needs the FLOPs of the SBP row: run --method sbp first ({rel(path)})")
-    row = json.loads(path.read_text())
-    return int(row["flops"]["after"])
+    return json.loads(path.read_text())
+
+
+def sbp_target_macs(args, rows: dict) -> int:
+    return int(sbp_row(args, rows)["flops"]["after"])
+
+
+def sbp_epochs(args, rows: dict) -> int:
+    """The SBP row's variational + noise-free epochs, the Torch-Pruning row's budget."""
+    return int(sbp_row(args, rows)["epochs"]["total"])
 
 
 def main_run(args: argparse.Namespace) -> None:
@@ -437,7 +453,7 @@ def main_run(args: argparse.Namespace) -> None:
             target = sbp_target_macs(args, rows)
             if args.smoke:  # a few smoke steps prune no unit; make Torch-Pruning's part prune anyway
                 target = min(target, before["macs"] // 4)
-            row = run_torch_pruning(args, dense, data, run_dir, target, example)
+            row = run_torch_pruning(args, dense, data, run_dir, target, example, rows)
             row["target_macs"] = target
         else:
             row = run_variational(args, method, dense, data, run_dir)
