@@ -186,11 +186,10 @@ class WeightNode:
 def _module_of(node: onnx.NodeProto, weight: str) -> str | None:
     if weight.endswith(".weight") and not weight.startswith("onnx::"):
         return weight[: -len(".weight")]
-    # TorchScript names nodes by module scope: "/layer1/conv1/Conv", "/fc/Gemm_1"
+    # TorchScript names nodes by module scope, each scope its module's qualified name: "/layer1/layer1.0/conv1/Conv"
+    # (the weight of a Conv that the exporter fused with its BatchNorm is an "onnx::Conv_12" constant)
     parts = node.name.strip("/").split("/")
-    if node.name.startswith("/") and len(parts) > 1:
-        return ".".join(parts[:-1])
-    return None
+    return parts[-2] if node.name.startswith("/") and len(parts) > 1 else None
 
 
 def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:

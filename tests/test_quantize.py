@@ -22,6 +22,7 @@ from prunedrop.quantize import (
     cpu_instruction_sets,
     evaluate_onnx,
     posterior_bits,
+    posterior_moments,
     quantize_model,
     quantize_onnx,
     unit_bits,
@@ -74,13 +75,7 @@ def test_bit_rule_takes_the_90th_percentile_of_the_units_and_skips_pruned_weight
     with torch.no_grad():
         layer.weight[0, 0] = 100.0
         layer.log_sigma2[0, 0] = math.log(1e4 * 100.0**2)  # log α = log 1e4 > 3
-    assert unit_bits(*_moments(layer)).tolist() == [4.0, 4.0]
-
-
-def _moments(layer: nn.Module):
-    from prunedrop.quantize import posterior_moments
-
-    return posterior_moments(layer, 3.0)
+    assert unit_bits(*posterior_moments(layer, 3.0)).tolist() == [4.0, 4.0]
 
 
 def test_bit_rule_structured_noise_uses_the_units_snr() -> None:
@@ -94,18 +89,12 @@ def test_bit_rule_structured_noise_uses_the_units_snr() -> None:
     assert keep.tolist() == [True, True, True, False]
     # folded w' = E[θ]·w for every weight of a unit, std |w'|/SNR: r_u/s_u = 2·SNR_u
     want = [_bits(2 * float(v)) for v in snr[keep]]
-    assert unit_bits(*posterior_moments_of(sbp, 1.0)).tolist() == want
+    assert unit_bits(*posterior_moments(sbp, 1.0)).tolist() == want
     gvd = LinearGroupVD.from_dense(nn.Linear(5, 3))
     with torch.no_grad():
         gvd.weight.fill_(-0.2)
         gvd.log_alpha_param.copy_(torch.tensor([math.log(1e-4), -2.0, 4.0]))  # std 1e-2 and e⁻¹; pruned
-    assert unit_bits(*posterior_moments_of(gvd, 3.0)).tolist() == [_bits(2 / 1e-2), _bits(2 / math.exp(-1))]
-
-
-def posterior_moments_of(layer: nn.Module, threshold: float):
-    from prunedrop.quantize import posterior_moments
-
-    return posterior_moments(layer, threshold)
+    assert unit_bits(*posterior_moments(gvd, 3.0)).tolist() == [_bits(2 / 1e-2), _bits(2 / math.exp(-1))]
 
 
 # ------------------------------------------------------------------------------------------------ onnxruntime
@@ -269,3 +258,15 @@ def test_bad_quantize_value_is_one_line_before_any_file(project: Path) -> None:
         "Error: recipe key 'quantize' = 'int3' must be one of 'none', 'int8', 'bayes'"]
     with pytest.raises(PrunedropError):
         Recipe(quantize="int3")
+
+
+def test_weight_nodes_name_the_module_also_where_the_exporter_fused_a_batchnorm(tmp_path: Path) -> None:
+    import onnx
+
+    from prunedrop.quantize import weight_nodes
+
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    path = export_onnx(model, torch.randn(2, 1, 6, 6), tmp_path / "m.onnx").path
+    found = {(w.op, w.module) for w in weight_nodes(onnx.load(str(path)))}
+    assert found == {("Conv", "0.0"), ("Gemm", "2")}
