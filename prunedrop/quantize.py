@@ -32,7 +32,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -393,7 +393,6 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         raise ValueError(f"quantize_model: mode must be int8 or bayes, not {mode!r}")
     loss = recipe.loss
     nodes = weight_nodes(_load_dense(float_path))
-    modules = {n.node: n.module for n in nodes}
     plan: dict[str, str] = {}  # node → why it stays float32 (absent: quantize it)
     layers: list[dict[str, Any]] = []
     for wn in nodes:
@@ -403,7 +402,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
                        median_spread=lb.median_spread)
         if mode == "bayes" and lb is None:
-            plan[wn.node] = "no posterior (layer not converted)"
+            plan[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)"
         elif mode == "bayes" and lb is not None and lb.precision == "float32":
             plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
         layers.append(row)
@@ -449,7 +448,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                 if in_budget(metric):
                     break
         final = None
-        if any(n not in plan for n in modules):
+        if any(n.node not in plan for n in nodes):
             result = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan), cache=cache)
             final = result
     rows = []
@@ -511,7 +510,3 @@ def _shown(node: str) -> str:
 
 def _metric_text(loss: str) -> str:
     return "accuracy" if loss == "cross_entropy" else "mse"
-
-
-def layer_bits_dicts(bits: dict[str, LayerBits]) -> list[dict[str, Any]]:
-    return [asdict(b) for b in bits.values()]
