@@ -529,7 +529,9 @@ def median_timing(timings: list[dict]) -> dict:
     ordered = sorted(timings, key=lambda t: t["b64"]["speedup"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     if len(timings) > 1:
-        chosen["repeats"] = [{"b1": t["b1"]["speedup"], "b64": t["b64"]["speedup"], "measured": t["measured"]}
+        chosen["repeats"] = [{"b1": t["b1"]["speedup"], "b64": t["b64"]["speedup"], "measured": t["measured"],
+                              **({"b64_quantized_vs_compressed": t["b64"]["quantized_speedup_vs_compressed"]}
+                                 if "quantized_speedup_vs_compressed" in t["b64"] else {})}
                              for t in timings]
     return chosen
 
@@ -550,7 +552,9 @@ def latency_only(run_dir: Path, runs: int, repeats: int = 1) -> None:
     timings: dict[Path, list[dict]] = {path: [] for path in rows}
     for _ in range(repeats):
         for path in rows:
-            timings[path].append(time_pair(path.parent / ORIGINAL_ONNX, path.parent / MODEL_ONNX, example, runs))
+            quantized = path.parent / QUANTIZED_ONNX
+            timings[path].append(time_pair(path.parent / ORIGINAL_ONNX, path.parent / MODEL_ONNX, example, runs,
+                                           quantized if quantized.is_file() else None))
     updated = []
     for path in rows:
         row = json.loads(path.read_text())
