@@ -270,3 +270,38 @@ def test_weight_nodes_name_the_module_also_where_the_exporter_fused_a_batchnorm(
     path = export_onnx(model, torch.randn(2, 1, 6, 6), tmp_path / "m.onnx").path
     found = {(w.op, w.module) for w in weight_nodes(onnx.load(str(path)))}
     assert found == {("Conv", "0.0"), ("Gemm", "2")}
+
+
+def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_path: Path) -> None:
+    from prunedrop.quantize import LayerBits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 6)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data, recipe = _bundle(x, y), Recipe(max_metric_drop=100.0)
+    wide = {"0": LayerBits("0", bits=11.0, units=8, median_spread=1e-5),
+            "2": LayerBits("2", bits=math.inf, units=3, median_spread=0.0)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
+                             metric_before=100.0, bits=wide, log=lambda msg: None)
+    assert section["file"] is None and not (tmp_path / "q.onnx").exists()
+    assert [r["reason"] for r in section["layers"]] == ["the posterior asks for 11 bits",
+                                                        "the posterior asks for unbounded bits"]
+    half = {**wide, "2": LayerBits("2", bits=6.0, units=3, median_spread=0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
+                             metric_before=100.0, bits=half, log=lambda msg: None)
+    assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
+    assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
+
+
+def test_evaluate_onnx_mse_matches_torch(tmp_path: Path) -> None:
+    from prunedrop.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).eval()
+    x, y = torch.randn(50, 4), torch.randn(50, 2)
+    path = export_onnx(model, x[:2], tmp_path / "r.onnx").path
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=16)
+    assert evaluate_onnx(path, loader, loss="mse") == pytest.approx(evaluate(model, loader, loss="mse")["mse"],
+                                                                     rel=1e-5)
