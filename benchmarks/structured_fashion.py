@@ -298,7 +298,7 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                        kl_weight=args.kl_weight, device=args.device, threshold=args.threshold,
                                        seed=args.seed, finetune_batchnorm=True if args.finetune_batchnorm else None,
-                                       quantize=None if method == "torch_pruning" else args.quantize)
+                                       quantize=None if method == "torch_pruning" else getattr(args, "quantize", None))
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
                                 batch_size=50, eval_batch_size=200)
@@ -394,7 +394,8 @@ def run_torch_pruning(args, dense: nn.Module, data: DataBundle, run_dir: Path, t
 
 
 def results_file(args, method: str) -> Path:
-    quantized = f"-{args.quantize}" if args.quantize != "none" and method != "torch_pruning" else ""
+    quantize = getattr(args, "quantize", "none")  # a Namespace built by hand may lack it
+    quantized = f"-{quantize}" if quantize != "none" and method != "torch_pruning" else ""
     name = f"structured-{args.model}-{method}{quantized}.json"
     if args.results_dir:
         return Path(args.results_dir) / name
