@@ -654,7 +654,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(_align(_LATENCY_HEADER, _latency_rows(report["latency"])))
         parts.append("\n".join(_latency_notes(report)))
     if isinstance(report.get("quantization"), Mapping):
-        parts.append(_quantization_line(report["quantization"], report["metric"]["name"]))
+        parts.append("\n".join([_quantization_line(report["quantization"], report["metric"]["name"]),
+                                *_quantized_speed(report.get("latency"))]))
     if isinstance(report.get("sweep"), Mapping):
         parts.append(_sweep_line(report))
     if isinstance(report.get("calibration"), Mapping):
@@ -696,6 +697,21 @@ def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
     return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
             f"({_fmt_ratio(ratio)} smaller than the pruned float32 file), {int8} of {len(q.get('layers', []))} "
             f"layers int8, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+
+
+def _quantized_speed(latency: Any) -> list[str]:
+    """The quantized file's latency against the pruned float32 file's, per batch size: int8 is not always faster
+    (narrow convolutions run slower in onnxruntime's int8 kernels than in its float ones)."""
+    if not isinstance(latency, Mapping):
+        return []
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in latency.get("results", [])}
+    lines = []
+    for (model, batch), ms in rows.items():
+        if model == "quantized" and rows.get(("compressed", batch)):
+            ratio = rows[("compressed", batch)] / ms
+            lines.append(f"batch {batch}: the quantized file runs {_fmt_ratio(ratio)} as fast as the pruned float32 "
+                         f"file ({'faster' if ratio > 1 else 'slower'})")
+    return lines
 
 
 def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
@@ -783,7 +799,8 @@ def _format_markdown(report: Mapping[str, Any]) -> str:
             *_latency_notes(report),
         ]
     if isinstance(report.get("quantization"), Mapping):
-        parts += ["## Quantization", *_quantization_parts(report["quantization"], report["metric"]["name"])]
+        parts += ["## Quantization", *_quantization_parts(report["quantization"], report["metric"]["name"]),
+                  *_quantized_speed(report.get("latency"))]
     if isinstance(report.get("sweep"), Mapping):
         parts += ["## Threshold sweep", _sweep_line(report) + " ◀ marks the threshold used. The metric is "
                   "measured before the noise-free fine-tuning.", _markdown(_SWEEP_HEADER, _sweep_rows(report))]

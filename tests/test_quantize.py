@@ -305,3 +305,14 @@ def test_evaluate_onnx_mse_matches_torch(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=16)
     assert evaluate_onnx(path, loader, loss="mse") == pytest.approx(evaluate(model, loader, loss="mse")["mse"],
                                                                      rel=1e-5)
+
+
+def test_report_says_whether_the_quantized_file_is_faster(quantized_run: Path) -> None:
+    from prunedrop.report import format_table
+
+    report = json.loads((quantized_run / "run" / "report.json").read_text())
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in report["latency"]["results"]}
+    ratio = rows[("compressed", 64)] / rows[("quantized", 64)]
+    line = f"batch 64: the quantized file runs {ratio:.2f}x as fast as the pruned float32 file"
+    assert line in format_table(report)
+    assert line in (quantized_run / "run" / "report.md").read_text()
