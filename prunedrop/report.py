@@ -682,7 +682,7 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
 
 
 _QUANT_FILES_HEADER = ["ONNX file", "bytes", "validation", "test"]
-_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "bits needed", "precision", "why float32"]
+_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "precision", "why float32", "bits needed"]
 _QUANT_FILE_LABELS = {"dense_float32": "dense float32 (original)", "pruned_float32": "pruned float32",
                       "quantized": "pruned + quantized"}
 
@@ -694,8 +694,10 @@ def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
     files = q.get("files") or {}
     int8 = sum(r.get("precision") == "int8" for r in q.get("layers", []))
     ratio = _ratio((files.get("pruned_float32") or {}).get("bytes"), q.get("bytes"))
+    size = "the same size as" if not ratio or ratio == 1 else (
+        f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
     return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
-            f"({_fmt_ratio(ratio)} smaller than the pruned float32 file), {int8} of {len(q.get('layers', []))} "
+            f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
             f"layers int8, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
 
 
@@ -721,9 +723,9 @@ def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
         parts.append(_markdown(_QUANT_FILES_HEADER, [
             [_QUANT_FILE_LABELS.get(k, k), f"{v['bytes']:,}", _fmt_float(v.get("val")), _fmt_float(v.get("test"))]
             for k, v in files.items()]))
-    rows = [[r.get("layer") or "-", r["node"], r["op"], "-" if r.get("bits_needed") is None else f"{r['bits_needed']:g}", r["precision"],
-             r.get("reason", "")] for r in q.get("layers", [])]
-    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=3))
+    rows = [[r.get("layer") or "-", r["node"], r["op"], r["precision"], r.get("reason", ""),
+             "-" if r.get("bits_needed") is None else f"{r['bits_needed']:g}"] for r in q.get("layers", [])]
+    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=5))
     if q.get("unsupported"):
         parts.append("Operators onnxruntime does not quantize (they stay float32): "
                      + ", ".join(f"`{u['node']}` ({u['op']})" for u in q["unsupported"]))
