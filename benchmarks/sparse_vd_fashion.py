@@ -103,6 +103,8 @@ def main() -> None:
                    help="continue the pipeline run in --run-dir from its checkpoints (e.g. a copy of a finished "
                         "run without checkpoint-masked.pt: only the noise-free fine-tuning is redone)")
     p.add_argument("--train-limit", type=int, default=None, help="use the first n training samples (trials)")
+    p.add_argument("--quantize", choices=["none", "int8", "bayes"], default=None,
+                   help="override the recipe's quantize: also write model-int8.onnx (issue 21)")
     p.add_argument("--magnitude-prune-fraction", type=float, default=2 / 3,
                    help="share of the magnitude run's epochs over which sparsity rises (the rest fine-tunes)")
     p.add_argument("--skip-magnitude", action="store_true", help="sparse VD only (tuning)")
@@ -120,7 +122,8 @@ def main() -> None:
                                               kl_warmup_epochs=args.kl_warmup_epochs,
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr, lr=args.lr,
                                               train_limit=args.train_limit, device=args.device,
-                                              max_metric_drop=args.max_drop, target=args.target)
+                                              max_metric_drop=args.max_drop, target=args.target,
+                                              quantize=args.quantize)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)
@@ -154,6 +157,8 @@ def main() -> None:
         "beta_trajectory": [(c["step"], round(c["beta"], 4)) for c in (report.get("autopilot") or {}).get(
             "trajectory", [])][::5],
         "threshold": report.get("threshold"),
+        **({"quantization": report["quantization"], "latency": report.get("latency")}
+           if "quantization" in report else {}),
         "val_accuracy_before": report["metric"]["before"],
         "timings": {k: round(v, 1) for k, v in report["timings"].items()},
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()

@@ -71,6 +71,7 @@ from prunedrop.pipeline import (  # noqa: E402
     MASKED_CHECKPOINT,
     MODEL_ONNX,
     ORIGINAL_ONNX,
+    QUANTIZED_ONNX,
     VARIATIONAL_CHECKPOINT,
     compress,
 )
@@ -172,10 +173,12 @@ def tp_ops(model: nn.Module, example: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------------ latency
 
 
-def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int) -> dict:
-    """onnxruntime CPU latency of the two ONNX files, alternated, batch 1 and 64, 1 thread."""
-    raw = measure_latency({"original": original, "compressed": compressed}, example, batch_sizes=(1, 64),
-                          threads=1, runs=runs)
+def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int,
+              quantized: Path | None = None) -> dict:
+    """onnxruntime CPU latency of the two ONNX files (three with ``quantized``, the int8 file of ``--quantize``),
+    alternated, batch 1 and 64, 1 thread."""
+    paths = {"original": original, "compressed": compressed, **({"quantized": quantized} if quantized else {})}
+    raw = measure_latency(paths, example, batch_sizes=(1, 64), threads=1, runs=runs)
     out: dict = {"threads": raw["threads"], "runs": raw["runs"], "onnxruntime": raw["onnxruntime_version"],
                  "cpu": cpu_model(), "host": socket.gethostname(),
                  "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "raw": raw["results"]}
@@ -183,6 +186,10 @@ def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int
         rows = {r["model"]: r for r in raw["results"] if r["batch_size"] == b}
         out[f"b{b}"] = {"before_ms": rows["original"]["median_ms"], "after_ms": rows["compressed"]["median_ms"],
                         "speedup": rows["compressed"]["speedup"]}
+        if "quantized" in rows:
+            out[f"b{b}"].update(quantized_ms=rows["quantized"]["median_ms"],
+                                quantized_speedup_vs_compressed=rows["compressed"]["median_ms"]
+                                / rows["quantized"]["median_ms"])
     return out
 
 
@@ -290,7 +297,8 @@ def method_recipe(args: argparse.Namespace, method: str) -> tuple[Recipe, Path]:
         ROOT / "recipes" / f"{args.model}-{RECIPE_NAMES.get(method, 'sbp')}-fashion.yaml"
     recipe = load_recipe(path).replace(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                        kl_weight=args.kl_weight, device=args.device, threshold=args.threshold,
-                                       seed=args.seed, finetune_batchnorm=True if args.finetune_batchnorm else None)
+                                       seed=args.seed, finetune_batchnorm=True if args.finetune_batchnorm else None,
+                                       quantize=None if method == "torch_pruning" else getattr(args, "quantize", None))
     if args.smoke:
         recipe = recipe.replace(epochs=1, finetune_epochs=1, kl_warmup_epochs=0, train_limit=SMOKE_TRAIN,
                                 batch_size=50, eval_batch_size=200)
@@ -335,6 +343,7 @@ def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_d
                      if k in ("phase", "epoch", "val_accuracy", "kept_fraction", "data_loss", "kl", "seconds")}
                     for h in report["history"]],
         "seconds": seconds,
+        **({"quantization": report["quantization"]} if "quantization" in report else {}),
         **({"reused_variational": reused} if reused else {}),
     }
 
@@ -393,7 +402,9 @@ def run_torch_pruning(args, dense: nn.Module, data: DataBundle, run_dir: Path, t
 
 
 def results_file(args, method: str) -> Path:
-    name = f"structured-{args.model}-{method}.json"
+    quantize = getattr(args, "quantize", "none")  # a Namespace built by hand may lack it
+    quantized = f"-{quantize}" if quantize != "none" and method != "torch_pruning" else ""
+    name = f"structured-{args.model}-{method}{quantized}.json"
     if args.results_dir:
         return Path(args.results_dir) / name
     return Path(args.out) / name if args.smoke else RESULTS / name
@@ -477,7 +488,9 @@ def main_run(args: argparse.Namespace) -> None:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         row["accuracy"]["drop"] = row["accuracy"]["dense"] - row["accuracy"]["after"]
-        row["latency"] = time_pair(run_dir / ORIGINAL_ONNX, run_dir / MODEL_ONNX, example, args.latency_runs)
+        quantized = run_dir / QUANTIZED_ONNX
+        row["latency"] = time_pair(run_dir / ORIGINAL_ONNX, run_dir / MODEL_ONNX, example, args.latency_runs,
+                                   quantized if (row.get("quantization") or {}).get("file") else None)
         row["targets"] = targets(args.model, row)
         if method == "torch_pruning":
             sbp = rows.get("sbp") or (json.loads(results_file(args, "sbp").read_text())
@@ -533,7 +546,9 @@ def median_timing(timings: list[dict]) -> dict:
     ordered = sorted(timings, key=lambda t: t["b64"]["speedup"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     if len(timings) > 1:
-        chosen["repeats"] = [{"b1": t["b1"]["speedup"], "b64": t["b64"]["speedup"], "measured": t["measured"]}
+        chosen["repeats"] = [{"b1": t["b1"]["speedup"], "b64": t["b64"]["speedup"], "measured": t["measured"],
+                              **({"b64_quantized_vs_compressed": t["b64"]["quantized_speedup_vs_compressed"]}
+                                 if "quantized_speedup_vs_compressed" in t["b64"] else {})}
                              for t in timings]
     return chosen
 
@@ -554,7 +569,9 @@ def latency_only(run_dir: Path, runs: int, repeats: int = 1) -> None:
     timings: dict[Path, list[dict]] = {path: [] for path in rows}
     for _ in range(repeats):
         for path in rows:
-            timings[path].append(time_pair(path.parent / ORIGINAL_ONNX, path.parent / MODEL_ONNX, example, runs))
+            quantized = path.parent / QUANTIZED_ONNX
+            timings[path].append(time_pair(path.parent / ORIGINAL_ONNX, path.parent / MODEL_ONNX, example, runs,
+                                           quantized if quantized.is_file() else None))
     updated = []
     for path in rows:
         row = json.loads(path.read_text())
@@ -605,6 +622,8 @@ def main() -> None:
     p.add_argument("--results-dir", default=None,
                    help="where the rows' JSON go (default: benchmarks/results; with --smoke: --out)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: the usual places)")
+    p.add_argument("--quantize", choices=["none", "int8", "bayes"], default="none",
+                   help="the recipes' quantize: also write and time model-int8.onnx (issue 21)")
     p.add_argument("--latency-runs", type=int, default=50, help="timed onnxruntime runs per model and batch size")
     p.add_argument("--threads", type=int, default=3, help="torch CPU threads (evaluation, export on the CPU)")
     p.add_argument("--out", default=None, help="run folder (default: runs/structured-<model>); keeps the ONNX pairs")

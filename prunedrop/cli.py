@@ -118,6 +118,9 @@ def cli() -> None:
               help="Override the recipe's training precision (bf16/fp16 autocast; log α and KL stay fp32).")
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]),
               help="Override the recipe's torch.compile setting for the variational layers.")
+@click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]),
+              help="Override the recipe's quantize: also write model-int8.onnx (int8 = every layer onnxruntime can "
+                   "quantize, bayes = the layers whose posterior allows 8 bits).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
 def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str,
              data_dir: Path | None, recipe_path: Path | None, output: Path, overwrite: bool, resume: bool,
@@ -239,7 +242,10 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Path of the ONNX file to write: a new file, never one the run depends on.")
 @click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
-def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool) -> None:
+@click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]), default="none", show_default=True,
+              help="Write -o as an int8 ONNX file (onnxruntime QDQ): int8 = every layer onnxruntime can quantize, "
+                   "bayes = the layers whose posterior allows 8 bits; kept within the run's accuracy budget.")
+def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool, quantize: str) -> None:
     """Re-threshold a run's variational checkpoint and export it again, without retraining.
 
     Works on a finished or an interrupted run (after at least one epoch). The noise-free fine-tuning
@@ -261,10 +267,16 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
                      arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
                      seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe)
-    r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite)
+    r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite, quantize=quantize,
+                 log=lambda msg: click.echo(msg, err=True))
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
                f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
                f"{r.metric_name} {r.metric:.4g} on validation data")
+    if r.quantization is not None:
+        int8 = sum(row["precision"] == "int8" for row in r.quantization["layers"])
+        click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes, {int8} of {len(r.quantization['layers'])} layers int8), "
+                   f"{r.metric_name} {r.quantization['metric']['val']:.4g} on validation data (onnxruntime)")
+        return
     click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes), onnxruntime max abs diff {r.parity_max_abs_diff:.2e}")
 
 

@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,13 +234,15 @@ def strip_debug_info(proto: onnx.ModelProto) -> None:
             _strip_node(node)
 
 
-def sparsify_initializers(proto: onnx.ModelProto, mode: bool | str = "auto") -> list[str]:
+def sparsify_initializers(proto: onnx.ModelProto, mode: bool | str = "auto",
+                          dtypes: Iterable[int] = _SPARSE_DTYPES) -> list[str]:
     """Replace float initializers holding zeros by ``Constant`` nodes with a ``sparse_value``, in place.
 
     ``mode="auto"`` converts a tensor only when its sparse form is smaller, ``True`` every tensor with at
     least one zero. Below opset 11, where ``Constant`` has no ``sparse_value``, ``"auto"`` keeps everything
     dense and ``True`` is an error. Initializers that are also graph inputs stay: a caller may override those, and a
-    ``Constant`` cannot be fed. Returns the names of the converted initializers.
+    ``Constant`` cannot be fed. ``dtypes``: the tensor types considered (the float types; the int8 weights of a
+    quantized model with :mod:`prunedrop.quantize`). Returns the names of the converted initializers.
     """
     opset = _default_opset(proto)
     if opset < _SPARSE_MIN_OPSET:
@@ -255,7 +257,7 @@ def sparsify_initializers(proto: onnx.ModelProto, mode: bool | str = "auto") -> 
     kept: list[onnx.TensorProto] = []
     constants: list[onnx.NodeProto] = []
     for init in graph.initializer:
-        node = None if init.name in graph_inputs else _sparse_constant(init)
+        node = None if init.name in graph_inputs else _sparse_constant(init, frozenset(dtypes))
         if node is not None and (mode is True or node.ByteSize() < init.ByteSize()):
             constants.append(node)
         else:
@@ -478,9 +480,9 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
-def _sparse_constant(init: onnx.TensorProto) -> onnx.NodeProto | None:
+def _sparse_constant(init: onnx.TensorProto, dtypes: frozenset[int] = _SPARSE_DTYPES) -> onnx.NodeProto | None:
     """``init`` as a ``Constant`` with a sparse value, or None if it has no zero or cannot be sparse."""
-    if init.data_type not in _SPARSE_DTYPES or init.data_location == onnx.TensorProto.EXTERNAL:
+    if init.data_type not in dtypes or init.data_location == onnx.TensorProto.EXTERNAL:
         return None
     array = numpy_helper.to_array(init)
     if array.ndim == 0:

@@ -32,6 +32,7 @@ from .export import export_onnx, verify_onnx
 from .io import save_model
 from .plots import plot_kept_per_layer, plot_log_alpha_histograms, plot_sweep, plot_training_curves
 from .prune import prune
+from .quantize import posterior_bits, quantize_model
 from .recipes import SNR_METHODS, Recipe
 from .renorm import ATTACHED, attach_batchnorm, fold_attached
 from .report import build_report, count_parameters, measure_latency, public_spec, write_report
@@ -43,6 +44,7 @@ from .uncertainty import calibration_summary
 #: files of a run folder
 ORIGINAL_ONNX = "original.onnx"
 MODEL_ONNX = "model.onnx"
+QUANTIZED_ONNX = "model-int8.onnx"
 VARIATIONAL_CHECKPOINT = "checkpoint-variational.pt"
 MASKED_CHECKPOINT = "checkpoint-masked.pt"
 PARITY_SAMPLES = 256
@@ -394,6 +396,8 @@ def compress(
         else:
             log(f"no probed threshold keeps {name} within {_budget_text(recipe)} of the original's after "
                 f"noise-free fine-tuning; using log α > {threshold:g}")
+    # the bit rule reads the posterior, which prune() replaces by plain layers
+    bits = posterior_bits(variational, threshold) if recipe.quantize != "none" else None
     if masked is None:
         pruned = prune(variational, threshold)
     final = pruned.model
@@ -452,10 +456,21 @@ def compress(
     except PrunedropError as e:
         raise type(e)(f"{e.message}; {saved} in {out_dir}") from None
     timings["export_s"] = time.perf_counter() - t0
+    timed = {"original": original_onnx.path, "compressed": exported.path}
+    quantization = None
+    if recipe.quantize != "none":
+        t0 = time.perf_counter()
+        quantization = quantize_model(exported.path, out_dir / QUANTIZED_ONNX, mode=recipe.quantize, data=data,
+                                      recipe=recipe, metric_before=metric_before["val"], bits=bits,
+                                      compare={"dense_float32": original_onnx.path, "pruned_float32": exported.path},
+                                      log=log)
+        timings["quantize_s"] = time.perf_counter() - t0
+        if quantization["file"] is not None:
+            timed["quantized"] = out_dir / QUANTIZED_ONNX
     latency = None
     if recipe.latency_runs:
-        log(f"timing onnxruntime (original and compressed alternated, {recipe.latency_runs} runs each)")
-        latency = measure_latency({"original": original_onnx.path, "compressed": exported.path}, example,
+        log(f"timing onnxruntime ({', '.join(timed)} alternated, {recipe.latency_runs} runs each)")
+        latency = measure_latency(timed, example,
                                   batch_sizes=recipe.latency_batch_sizes, threads=recipe.latency_threads,
                                   runs=recipe.latency_runs)
 
@@ -503,6 +518,7 @@ def compress(
             "total_params_after": total_after,
             "total_params_before": total_before,
             **({"latency": latency} if latency is not None else {}),
+            **({"quantization": quantization} if quantization is not None else {}),
         },
     )
     if recipe.target is not None:
@@ -517,6 +533,8 @@ def compress(
              "report.json": out_dir / "report.json", "report.md": out_dir / "report.md"}
     if architecture is not None:
         files["architecture.json"] = architecture
+    if quantization is not None and quantization["file"] is not None:
+        files[QUANTIZED_ONNX] = out_dir / QUANTIZED_ONNX
     distributed.barrier()
     return CompressResult(model=final, report=report, out_dir=out_dir, files=files)
 
@@ -700,7 +718,7 @@ def start_run(out_dir: str | Path, info: dict[str, Any], identity: dict[str, Any
                        action="--resume", warn=warn)
         return
     if overwrite:
-        for path in [out_dir / VARIATIONAL_CHECKPOINT, out_dir / MASKED_CHECKPOINT,
+        for path in [out_dir / VARIATIONAL_CHECKPOINT, out_dir / MASKED_CHECKPOINT, out_dir / QUANTIZED_ONNX,
                      *out_dir.glob("checkpoint-masked-t*.pt")]:
             path.unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
     write_run_info(out_dir, {**info, IDENTITY_KEY: identity})
@@ -759,6 +777,8 @@ class ReexportResult:
     parity_max_abs_diff: float
     metric_name: str
     metric: float
+    quantization: dict[str, Any] | None = None
+    """The quantization report section (:func:`prunedrop.quantize.quantize_model`) when ``quantize`` was given."""
 
 
 def reexport(
@@ -770,13 +790,16 @@ def reexport(
     *,
     threshold: float | None = None,
     overwrite: bool = False,
+    quantize: str = "none",
+    log: Callable[[str], None] = lambda msg: None,
 ) -> ReexportResult:
     """Re-threshold a run's trained variational checkpoint and export again, without retraining.
 
     ``model`` is the original plain model (loaded the way the run loaded it). The checkpoint may come from
     a finished or an interrupted run. Masked fine-tuning after thresholding is not replayed. ``output`` must
     be a new file (an existing regular file only with ``overwrite``), and never a file the run depends on
-    (:func:`prunedrop.safety.check_output_file`).
+    (:func:`prunedrop.safety.check_output_file`). ``quantize`` (``int8`` or ``bayes``): ``output`` is the quantized
+    file, checked against the recipe's budget as ``compress`` checks it (the float file is not kept).
     """
     from .io import load_checkpoint
     from .runfolder import export_protected_files
@@ -793,12 +816,18 @@ def reexport(
         raise PrunedropError(f"{run_dir} holds no {VARIATIONAL_CHECKPOINT}: the run did not finish an epoch yet")
     state = load_checkpoint(path, require=("model",))
     threshold = recipe.threshold if threshold is None else threshold
+    if quantize not in ("none", "int8", "bayes"):
+        raise PrunedropError(f"quantize must be none, int8 or bayes, not {quantize!r}")
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    # the budget is measured from the original model, before the conversion swaps its layers
+    metric_before = _evaluate_all(model.cpu(), data, recipe, torch.device("cpu"))["val"] \
+        if quantize != "none" else None
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])
     try:
         variational.load_state_dict(state["model"])
     except RuntimeError as e:
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
+    bits = posterior_bits(variational, threshold) if quantize != "none" else None
     pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:  # as compress refuses: an all-zero model is no export
         raise PrunedropError(f"{recipe.pruning_rule(threshold)} prunes every "
@@ -809,12 +838,28 @@ def reexport(
     final, _ = _slim_units(final, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple)
     metric = _evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
-    exported, parity = _export_verified(final, example, Path(output), recipe, {
-        "prunedrop.version": __version__, "prunedrop.method": recipe.method,
-        "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)})
-    return ReexportResult(path=exported.path, threshold=threshold, kept_fraction=pruned.kept_fraction,
-                          params_before=total_plain, params_after=params_after, onnx_bytes=exported.num_bytes,
-                          parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric)
+    metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,
+                "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)}
+    quantization = None
+    if quantize == "none":
+        exported, parity = _export_verified(final, example, Path(output), recipe, metadata)
+        path, num_bytes = exported.path, exported.num_bytes
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="prunedrop-export-") as tmp:
+            exported, parity = _export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
+            quantization = quantize_model(exported.path, output, mode=quantize, data=data, recipe=recipe,
+                                          metric_before=metric_before, bits=bits,
+                                          compare={"pruned_float32": exported.path}, log=log)
+        if quantization["file"] is None:
+            raise PrunedropError(f"no layer could be quantized within the budget of {recipe.max_metric_drop:g}; "
+                                 f"nothing was written to {output} (export without --quantize for the float file)")
+        path, num_bytes = Path(output), int(quantization["bytes"])
+    return ReexportResult(path=path, threshold=threshold, kept_fraction=pruned.kept_fraction,
+                          params_before=total_plain, params_after=params_after, onnx_bytes=num_bytes,
+                          parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric,
+                          quantization=quantization)
 
 
 def render_report(report: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ Schedule = Literal["cosine", "linear", "constant"]
 Loss = Literal["cross_entropy", "mse"]
 Exporter = Literal["torchscript", "dynamo"]
 SparseStorage = Literal["auto", "always", "never"]
+Quantize = Literal["none", "int8", "bayes"]
 Precision = Literal["fp32", "bf16", "fp16"]
 RecurrentNoise = Literal["sequence", "batch"]
 CompileMode = Literal["auto", "always", "never"]
@@ -168,6 +169,12 @@ class Recipe:
 
     sparse_storage: SparseStorage = "auto"
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
+
+    quantize: Quantize = "none"
+    """Also write an int8 ONNX file beside the float one (``model-int8.onnx``, onnxruntime's QDQ quantizer):
+    ``int8`` quantizes every layer onnxruntime can, ``bayes`` only the layers whose posterior allows 8 bits (the
+    rest stay float32), ``none`` writes no quantized file. Its accuracy is measured with onnxruntime and kept within
+    ``max_metric_drop`` by reverting the most sensitive layers to float32 (docs/quantization.md)."""
 
     parity_atol: float = 1e-4
     """Largest allowed difference between onnxruntime's and PyTorch's outputs, relative to the output's scale:

@@ -653,6 +653,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     if isinstance(report.get("latency"), Mapping):
         parts.append(_align(_LATENCY_HEADER, _latency_rows(report["latency"])))
         parts.append("\n".join(_latency_notes(report)))
+    if isinstance(report.get("quantization"), Mapping):
+        parts.append("\n".join([_quantization_line(report["quantization"], report["metric"]["name"]),
+                                *_quantized_speed(report.get("latency"))]))
     if isinstance(report.get("sweep"), Mapping):
         parts.append(_sweep_line(report))
     if isinstance(report.get("calibration"), Mapping):
@@ -676,6 +679,62 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
         notes.append("output widths that are not multiples of 8, which vectorised kernels handle less well: "
                      + ", ".join(odd))
     return notes
+
+
+_QUANT_FILES_HEADER = ["ONNX file", "bytes", "validation", "test"]
+_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "precision", "why float32", "bits needed"]
+_QUANT_FILE_LABELS = {"dense_float32": "dense float32 (original)", "pruned_float32": "pruned float32",
+                      "quantized": "pruned + quantized"}
+
+
+def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
+    """One line for the terminal: the quantized file, its size against the pruned float one, its metric."""
+    if not q.get("file"):
+        return f"quantization ({q.get('mode')}): no layer stayed quantized within the budget; no file written"
+    files = q.get("files") or {}
+    int8 = sum(r.get("precision") == "int8" for r in q.get("layers", []))
+    ratio = _ratio((files.get("pruned_float32") or {}).get("bytes"), q.get("bytes"))
+    size = "the same size as" if not ratio or ratio == 1 else (
+        f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
+    return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
+            f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
+            f"layers int8, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+
+
+def _quantized_speed(latency: Any) -> list[str]:
+    """The quantized file's latency against the pruned float32 file's, per batch size: int8 is not always faster
+    (narrow convolutions run slower in onnxruntime's int8 kernels than in its float ones)."""
+    if not isinstance(latency, Mapping):
+        return []
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in latency.get("results", [])}
+    lines = []
+    for (model, batch), ms in rows.items():
+        if model == "quantized" and rows.get(("compressed", batch)):
+            ratio = rows[("compressed", batch)] / ms
+            lines.append(f"batch {batch}: the quantized file runs {_fmt_ratio(ratio)} as fast as the pruned float32 "
+                         f"file ({'faster' if ratio > 1 else 'slower'})")
+    return lines
+
+
+def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
+    files = q.get("files") or {}
+    parts = [_quantization_line(q, metric) + ".", str(q.get("format", ""))]
+    if files:
+        parts.append(_markdown(_QUANT_FILES_HEADER, [
+            [_QUANT_FILE_LABELS.get(k, k), f"{v['bytes']:,}", _fmt_float(v.get("val")), _fmt_float(v.get("test"))]
+            for k, v in files.items()]))
+    rows = [[r.get("layer") or "-", r["node"], r["op"], r["precision"], r.get("reason", ""),
+             "-" if r.get("bits_needed") is None else f"{r['bits_needed']:g}"] for r in q.get("layers", [])]
+    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=5))
+    if q.get("unsupported"):
+        parts.append("Operators onnxruntime does not quantize (they stay float32): "
+                     + ", ".join(f"`{u['node']}` ({u['op']})" for u in q["unsupported"]))
+    if q.get("reverted"):
+        parts.append("Reverted to float32 to stay within the accuracy budget, most sensitive first: "
+                     + ", ".join(f"`{r['node']}` (quantized alone: {r['sensitivity']:.3g} worse than the original)" for r in q["reverted"]))
+    if q.get("cpu_instruction_sets") is not None:
+        parts.append("CPU instruction sets for int8: " + (", ".join(q["cpu_instruction_sets"]) or "none found"))
+    return parts
 
 
 _SWEEP_HEADER = ["threshold", "metric", "non-zero params", "params ratio", "non-zero MACs", "chosen"]
@@ -741,6 +800,9 @@ def _format_markdown(report: Mapping[str, Any]) -> str:
             _markdown(_LATENCY_HEADER, _latency_rows(latency)),
             *_latency_notes(report),
         ]
+    if isinstance(report.get("quantization"), Mapping):
+        parts += ["## Quantization", *_quantization_parts(report["quantization"], report["metric"]["name"]),
+                  *_quantized_speed(report.get("latency"))]
     if isinstance(report.get("sweep"), Mapping):
         parts += ["## Threshold sweep", _sweep_line(report) + " ◀ marks the threshold used. The metric is "
                   "measured before the noise-free fine-tuning.", _markdown(_SWEEP_HEADER, _sweep_rows(report))]

@@ -1,0 +1,512 @@
+"""Quantized ONNX export: int8 everywhere, or int8 where the variational posterior allows it (``quantize``).
+
+The quantizer is onnxruntime's own (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel
+symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches); prunedrop decides only
+*which* layers it may quantize, checks the result with onnxruntime and writes it beside the float file.
+
+The bit rule (``quantize: bayes``, see docs/quantization.md). Each kept weight of a converted layer has a
+posterior spread: sparse VD's ``w = θ + σ·ε`` (σ² = α·θ²), or a unit's multiplicative noise (log-normal SBP:
+mean E[θ] and std E[θ]/SNR; group VD: mean 1, std √α), or both (``sbp_sparse_vd``). For a weight ``a·b`` with
+independent ``a`` (per weight) and ``b`` (per unit), the folded weight is E[a]·E[b] and its variance
+``E[a]²·Var b + Var a·(E[b]² + Var b)``. Per kept output unit u (one per-channel scale of the quantizer):
+
+    s_u = sqrt(mean of the variances over u's kept weights)      (the posterior's own spread, rms over the row)
+    Δ_u = sqrt(12)·k·s_u                                           (largest step with Δ²/12 ≤ (k·s_u)²)
+    b_u = ceil(log2(r_u / Δ_u + 1)),  r_u = 2·max |w_u|             (the range a symmetric per-channel quantizer covers)
+
+and the layer needs ``bits = the 90th percentile of b_u`` over its kept units (nearest rank): a few units with an
+unusually sure posterior do not force the whole layer to float, but 90% of them get quantization noise within
+their posterior spread. A layer needing ≤ 8 bits becomes int8, one needing more stays float32, and a layer with no
+posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. Lower widths
+(int4) are reported but not used: onnxruntime's CPU kernels for Conv/Gemm run 8-bit weights only.
+
+Verification: the quantized file's metric is measured with onnxruntime on the validation and test data. If the
+validation metric is outside the run's budget (``max_metric_drop`` from the original model), layers go back to
+float32 one at a time, most sensitive first (sensitivity: the validation loss of quantizing that layer alone),
+until it is within.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .atomic import atomic_write_bytes
+from .errors import PrunedropError, describe
+
+__all__ = [
+    "QUANTIZE_MODES",
+    "LayerBits",
+    "cpu_instruction_sets",
+    "evaluate_onnx",
+    "posterior_bits",
+    "posterior_moments",
+    "quantize_model",
+    "quantize_onnx",
+    "quantized_path",
+    "unit_bits",
+    "weight_nodes",
+]
+
+QUANTIZE_MODES = ("none", "int8", "bayes")
+MAX_INT_BITS = 8
+UNIT_QUANTILE = 0.9
+CALIBRATION_SAMPLES = 512
+CALIBRATION_BATCH = 64
+_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
+
+
+def quantized_path(float_path: str | Path) -> Path:
+    """``model.onnx`` → ``model-int8.onnx`` (beside it)."""
+    path = Path(float_path)
+    return path.with_name(f"{path.stem}-int8{path.suffix or '.onnx'}")
+
+
+# ------------------------------------------------------------------------------------------------ the bit rule
+
+
+def posterior_moments(layer: nn.Module, threshold: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(folded weight, posterior variance of each weight, keep mask), all weight-shaped, of a converted
+    Linear/Conv layer pruned at ``threshold`` (the layer's own by default); None for a layer with no such
+    posterior (recurrent, attention, embedding, or not variational)."""
+    from .layers.group_vd import _GroupVD
+    from .layers.lognormal import _LogNormal
+    from .layers.sparse_vd import _SparseVD
+
+    if not isinstance(layer, (_SparseVD, _LogNormal, _GroupVD)):
+        return None
+    with torch.no_grad():
+        weight = layer.weight.detach().float()
+        unit_shape = (-1, *([1] * (weight.dim() - 1)))
+        if isinstance(layer, _SparseVD):
+            mean_a, var_a = weight, torch.exp(layer.log_alpha.detach().float()) * weight * weight
+        else:
+            mean_a, var_a = weight, torch.zeros_like(weight)
+        if isinstance(layer, _LogNormal):
+            mean_b = layer.expected_theta().detach().float()
+            var_b = (mean_b / layer.snr().detach().float()) ** 2
+        elif isinstance(layer, _GroupVD):
+            mean_b = torch.ones(weight.shape[0])
+            var_b = torch.exp(layer.log_alpha.detach().float())
+        else:
+            mean_b, var_b = torch.ones(weight.shape[0]), torch.zeros(weight.shape[0])
+        mean_b, var_b = mean_b.reshape(unit_shape), var_b.reshape(unit_shape)
+        keep = layer.keep_mask(threshold).detach()
+        if keep.shape != weight.shape:
+            keep = keep.reshape(unit_shape).expand_as(weight)
+        folded = mean_a * mean_b
+        var = mean_a * mean_a * var_b + var_a * (mean_b * mean_b + var_b)
+        return folded * keep, var * keep, keep.bool()
+
+
+def unit_bits(folded: torch.Tensor, var: torch.Tensor, keep: torch.Tensor, k: float = 1.0) -> np.ndarray:
+    """Bits b_u that each kept output unit needs (module docstring); inf where the posterior has no spread."""
+    rows = folded.shape[0]
+    w = folded.reshape(rows, -1).abs().double()
+    v = var.reshape(rows, -1).double()
+    m = keep.reshape(rows, -1)
+    counts = m.sum(dim=1)
+    alive = counts > 0
+    spread = torch.sqrt((v * m).sum(dim=1)[alive] / counts[alive])
+    span = 2 * (w * m).amax(dim=1)[alive]
+    step = math.sqrt(12.0) * k * spread
+    with np.errstate(divide="ignore"):
+        ratio = (span / step).numpy()
+    bits = np.ceil(np.log2(ratio + 1.0))
+    return np.where(step.numpy() > 0, np.maximum(bits, 1.0), np.inf)
+
+
+@dataclass
+class LayerBits:
+    """The bit rule's outcome for one layer."""
+
+    name: str
+    bits: float
+    """Bits the layer needs (the 90th percentile of its units' b_u); inf: a unit's posterior has no spread."""
+    units: int
+    """Kept output units that entered the rule."""
+    median_spread: float
+    """Median over the kept units of s_u (the posterior std, rms over the unit's kept weights)."""
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.bits <= MAX_INT_BITS else "float32"
+
+
+def posterior_bits(model: nn.Module, threshold: float | None = None, *, k: float = 1.0,
+                   quantile: float = UNIT_QUANTILE) -> dict[str, LayerBits]:
+    """Layer name → :class:`LayerBits` for every converted Linear/Conv layer of the variational ``model``."""
+    from .convert import variational_layers
+
+    out: dict[str, LayerBits] = {}
+    for name, layer in variational_layers(model).items():
+        moments = posterior_moments(layer, threshold)
+        if moments is None:
+            continue
+        folded, var, keep = moments
+        bits = unit_bits(folded, var, keep, k=k)
+        if bits.size == 0:
+            continue
+        rows = folded.shape[0]
+        m = keep.reshape(rows, -1)
+        alive = m.sum(dim=1) > 0
+        spread = torch.sqrt((var.reshape(rows, -1) * m).sum(dim=1)[alive] / m.sum(dim=1)[alive])
+        # nearest-rank quantile: the smallest b with at least `quantile` of the units needing ≤ b
+        ordered = np.sort(bits)
+        needed = float(ordered[max(0, math.ceil(quantile * len(ordered)) - 1)])
+        out[name] = LayerBits(name=name, bits=needed, units=int(len(ordered)),
+                              median_spread=float(spread.median()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the ONNX side
+
+
+@dataclass
+class WeightNode:
+    """An ONNX node that applies a weight: its name, op type, weight tensor name and the module it came from."""
+
+    node: str
+    op: str
+    weight: str
+    module: str | None
+
+
+def _module_of(node: onnx.NodeProto, weight: str) -> str | None:
+    if weight.endswith(".weight") and not weight.startswith("onnx::"):
+        return weight[: -len(".weight")]
+    # TorchScript names nodes by module scope, each scope its module's qualified name: "/layer1/layer1.0/conv1/Conv"
+    # (the weight of a Conv that the exporter fused with its BatchNorm is an "onnx::Conv_12" constant)
+    parts = node.name.strip("/").split("/")
+    return parts[-2] if node.name.startswith("/") and len(parts) > 1 else None
+
+
+def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:
+    """Nodes that take a float weight of rank ≥ 2 from an initializer or a Constant (the layers to quantize)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    weights = {t.name for t in proto.graph.initializer if t.data_type in floats and len(t.dims) >= 2}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            tensor = attr.t if attr.HasField("t") else attr.sparse_tensor.values if attr.HasField(
+                "sparse_tensor") else None
+            dims = attr.sparse_tensor.dims if attr.HasField("sparse_tensor") else (tensor.dims if tensor else [])
+            if tensor is not None and tensor.data_type in floats and len(dims) >= 2:
+                weights.add(node.output[0])
+    out = []
+    for node in proto.graph.node:
+        used = [name for name in node.input if name in weights]
+        if used and node.op_type != "Constant":
+            out.append(WeightNode(node=node.name, op=node.op_type, weight=used[0], module=_module_of(node, used[0])))
+    return out
+
+
+def _load_dense(path: str | Path) -> onnx.ModelProto:
+    """The ONNX file with its sparse ``Constant`` weights (:func:`prunedrop.export.sparsify_initializers`) made
+    dense initializers again, as onnxruntime's quantizer finds weights among the initializers only; nodes named."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    nodes, dense = [], []
+    for node in proto.graph.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name == "sparse_value":
+            sparse = attr.sparse_tensor
+            values = numpy_helper.to_array(sparse.values).reshape(-1)
+            indices = numpy_helper.to_array(sparse.indices)
+            array = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+            flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, tuple(sparse.dims))
+            array[flat] = values
+            dense.append(numpy_helper.from_array(array.reshape(tuple(sparse.dims)), name=node.output[0]))
+        else:
+            nodes.append(node)
+    if dense:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        proto.graph.initializer.extend(dense)
+    return _named(proto)
+
+
+def _named(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node named (``nodes_to_exclude`` selects nodes by name); names already there stay."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return proto
+
+
+class _Batches:
+    """An onnxruntime CalibrationDataReader over a list of input arrays."""
+
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray]) -> None:
+        self._items = iter([{input_name: b} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def calibration_batches(loader: Iterable[Any], samples: int = CALIBRATION_SAMPLES) -> list[np.ndarray]:
+    """Up to ``samples`` inputs from ``loader`` (training batches), as float32 arrays."""
+    out, seen = [], 0
+    for x, _ in loader:
+        out.append(np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32)))
+        seen += len(x)
+        if seen >= samples:
+            break
+    if not out:
+        raise PrunedropError("quantization needs training samples to calibrate the activations; the data has none")
+    return out
+
+
+@dataclass
+class QuantizedFile:
+    path: Path
+    num_bytes: int
+    quantized: list[str]
+    """Weight nodes whose weight is int8 (fed by a DequantizeLinear)."""
+    float_nodes: list[str]
+    """Weight nodes that stayed float32 (excluded, or an operator onnxruntime does not quantize)."""
+    sparse_initializers: list[str]
+
+
+def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
+                  exclude: Sequence[str] = (), cache: str | Path | None = None,
+                  sparse: bool | str = "auto") -> QuantizedFile:
+    """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
+    calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
+
+    ``cache``: a calibration cache file (written by the first call, reused by later ones on the same model).
+    ``sparse``: store int8 initializers holding zeros as sparse constants where that is smaller (``"auto"``).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .export import sparsify_initializers
+
+    proto = _load_dense(float_path)
+    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(source))
+        input_name = proto.graph.input[0].name
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer warns through the root logger ("consider pre-processing")
+        try:
+            quantize_static(str(source), str(target), _Batches(input_name, calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=None if cache is None else str(cache))
+        except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
+            raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
+        finally:
+            root.setLevel(level)
+        quantized = onnx.load(str(target))
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    nodes = weight_nodes(proto)
+    by_name = {n.name: n for n in quantized.graph.node}
+    int8, kept_float = [], []
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        inputs = list(node.input) if node is not None else []
+        (int8 if any(i in dequantized for i in inputs) and wn.weight not in inputs else kept_float).append(wn.node)
+    converted = [] if sparse is False else sparsify_initializers(
+        quantized, sparse, dtypes=(onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    onnx.checker.check_model(quantized, full_check=True)
+    data = quantized.SerializeToString()
+    atomic_write_bytes(Path(out_path), data)
+    return QuantizedFile(path=Path(out_path), num_bytes=len(data), quantized=int8, float_nodes=kept_float,
+                         sparse_initializers=converted)
+
+
+def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
+    """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in %, or the mean squared error),
+    computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    total, correct, sq_err, values = 0, 0, 0.0, 0
+    for x, y in loader:
+        out = session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        target = y.detach().cpu().numpy()
+        if loss == "cross_entropy":
+            correct += int((out.argmax(axis=1) == target).sum())
+        else:
+            sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
+            values += out.size
+        total += len(target)
+    if total == 0:
+        raise PrunedropError("the evaluation data is empty")
+    return 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
+
+
+def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
+    """The int8-relevant instruction sets this CPU has (VNNI, AMX, AVX-512, AVX2), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in _CPU_FLAGS if f in flags]
+
+
+# ------------------------------------------------------------------------------------------- the whole step
+
+
+def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
+                   metric_before: float | None, bits: dict[str, LayerBits] | None = None,
+                   compare: dict[str, str | Path] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
+    onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
+    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), and write it
+    to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer had to
+    stay float32, and nothing is written then). ``compare``: other ONNX files (name → path, e.g. the dense and the
+    pruned float32 ones) whose bytes and metrics go into the section's ``files`` beside the quantized file's."""
+    from .autopilot import metric_drop
+    from .sweep import within_budget
+
+    if mode not in ("int8", "bayes"):
+        raise ValueError(f"quantize_model: mode must be int8 or bayes, not {mode!r}")
+    loss = recipe.loss
+    nodes = weight_nodes(_load_dense(float_path))
+    plan: dict[str, str] = {}  # node → why it stays float32 (absent: quantize it)
+    layers: list[dict[str, Any]] = []
+    for wn in nodes:
+        row: dict[str, Any] = {"node": wn.node, "op": wn.op, "layer": wn.module}
+        lb = (bits or {}).get(wn.module or "")
+        if lb is not None:
+            row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
+                       median_spread=lb.median_spread)
+        if mode == "bayes" and lb is None:
+            plan[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)"
+        elif mode == "bayes" and lb is not None and lb.precision == "float32":
+            plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
+        layers.append(row)
+    val_loader = data.loader("val", recipe.eval_batch_size)
+    calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
+    higher = loss == "cross_entropy"
+
+    def in_budget(metric: float) -> bool:
+        return metric_before is None or recipe.max_metric_drop is None or within_budget(
+            metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop, higher_is_better=higher)
+
+    reverted: list[dict[str, Any]] = []
+    sensitivity: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+        cache = Path(tmp) / "calibration.json"
+        trial = Path(tmp) / "trial.onnx"
+
+        def attempt(exclude: Iterable[str], path: Path) -> tuple[QuantizedFile, float]:
+            result = quantize_onnx(float_path, path, calibration, exclude=sorted(set(exclude)), cache=cache)
+            return result, evaluate_onnx(path, val_loader, loss=loss)
+
+        result, metric = attempt(plan, trial)
+        unsupported = [n for n in result.float_nodes if n not in plan]
+        for name in unsupported:
+            plan[name] = "onnxruntime does not quantize this operator"
+        quantizable = [n for n in result.quantized]
+        if not in_budget(metric) and quantizable:
+            log(f"quantized: validation {_metric_text(loss)} {metric:.4g} is outside the budget; measuring each "
+                "layer's sensitivity")
+            others = [n.node for n in nodes]
+            for name in quantizable:  # this layer alone quantized
+                _, alone = attempt([o for o in others if o != name], Path(tmp) / "alone.onnx")
+                sensitivity[name] = metric_drop(metric_before if metric_before is not None else alone, alone,
+                                                loss=loss)
+            for name in sorted(quantizable, key=lambda n: -sensitivity[n]):
+                plan[name] = "reverted: the quantized model was outside the accuracy budget"
+                reverted.append({"node": name, "sensitivity": sensitivity[name]})
+                left = [n for n in quantizable if n not in plan]
+                if not left:
+                    break
+                result, metric = attempt(plan, trial)
+                log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {metric:.4g}")
+                if in_budget(metric):
+                    break
+        final = None
+        if any(n.node not in plan for n in nodes):
+            result = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan), cache=cache)
+            final = result
+    rows = []
+    for row in layers:
+        node = row["node"]
+        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else "int8"
+        if node in plan:
+            row["reason"] = plan[node]
+        if node in sensitivity:
+            row["sensitivity"] = sensitivity[node]
+        rows.append(row)
+    # TorchScript's node names start with "/" ("/fc1/Gemm"), which reads as an absolute path in a report
+    for row in rows:
+        row["node"] = _shown(row["node"])
+    reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
+    section: dict[str, Any] = {
+        "mode": mode,
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS} if mode == "bayes" else None,
+        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, int8 activations "
+                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples",
+        "layers": rows,
+        "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
+        "reverted": reverted,
+        "file": None if final is None else Path(out_path).name,
+        "bytes": None if final is None else final.num_bytes,
+        "sparse_initializers": [] if final is None else final.sparse_initializers,
+        "cpu_instruction_sets": cpu_instruction_sets(),
+    }
+    if final is None:
+        log("quantization: every layer stayed float32 (the budget allowed none); no quantized file written")
+        return section
+    test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
+
+    def measured(path: str | Path) -> dict[str, Any]:
+        out = {"bytes": Path(path).stat().st_size, "val": evaluate_onnx(path, val_loader, loss=loss)}
+        if test_loader is not None:
+            out["test"] = evaluate_onnx(path, test_loader, loss=loss)
+        return out
+
+    files = {name: measured(path) for name, path in (compare or {}).items()}
+    files["quantized"] = measured(out_path)
+    metrics = {k: v for k, v in files["quantized"].items() if k != "bytes"}
+    section["files"] = files
+    section["metric"] = metrics
+    section["within_budget"] = in_budget(metrics["val"])
+    kept = [r["node"] for r in rows if r["precision"] == "int8"]
+    log(f"quantized {len(kept)} of {len(rows)} layer(s) to int8 ({mode}): {Path(out_path).name} "
+        f"{final.num_bytes:,} bytes, validation {_metric_text(loss)} {metrics['val']:.4g} (onnxruntime)"
+        + (f"; {len(unsupported)} stay float32 as onnxruntime does not quantize their operator: "
+           + ", ".join(f"{_shown(n)} ({next(w.op for w in nodes if w.node == n)})" for n in unsupported)
+           if unsupported else ""))
+    return section
+
+
+def _shown(node: str) -> str:
+    """An ONNX node name as the report shows it: without TorchScript's leading "/"."""
+    return node.lstrip("/") or node
+
+
+def _metric_text(loss: str) -> str:
+    return "accuracy" if loss == "cross_entropy" else "mse"

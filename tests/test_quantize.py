@@ -1,0 +1,318 @@
+"""Quantized ONNX export (prunedrop.quantize): the posterior's bit rule, onnxruntime's quantizer, the budget check."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from prunedrop.cli import cli
+from prunedrop.data import DataBundle
+from prunedrop.errors import PrunedropError
+from prunedrop.export import export_onnx
+from prunedrop.layers.group_vd import LinearGroupVD
+from prunedrop.layers.lognormal import LinearLogNormal
+from prunedrop.layers.sparse_vd import LinearSVD
+from prunedrop.quantize import (
+    cpu_instruction_sets,
+    evaluate_onnx,
+    posterior_bits,
+    posterior_moments,
+    quantize_model,
+    quantize_onnx,
+    unit_bits,
+)
+from prunedrop.recipes import Recipe
+from prunedrop.testing import TinyLSTMClassifier, fit, tiny_classification_data, write_tiny_project
+
+SQRT12 = math.sqrt(12.0)
+
+
+def _bits(span_over_spread: float) -> int:
+    """The rule by hand: ceil(log2(r / (sqrt(12)·s) + 1))."""
+    return math.ceil(math.log2(span_over_spread / SQRT12 + 1))
+
+
+def _svd(rows: list[tuple[float, float]], fan_in: int = 4, clip: float = 20.0) -> LinearSVD:
+    """A sparse VD layer whose row u has every weight equal to c_u and every posterior std equal to s_u (log α
+    clipped to ±``clip``)."""
+    layer = LinearSVD.from_dense(nn.Linear(fan_in, len(rows)), log_alpha_clip=clip)
+    with torch.no_grad():
+        for u, (c, s) in enumerate(rows):
+            layer.weight[u] = c
+            layer.log_sigma2[u] = math.log(s * s)
+    return layer
+
+
+def test_bit_rule_sparse_vd_known_posterior() -> None:
+    # r = 2·c, s given: r/(√12·s) = 100 → 7 bits (int8); 1000 → 10 bits (stays float32)
+    model = nn.Sequential(_svd([(1.0, 2 / (100 * SQRT12))] * 3), _svd([(0.5, 1 / (1000 * SQRT12))] * 3))
+    bits = posterior_bits(model, 3.0)
+    assert bits["0"].bits == _bits(100 * SQRT12) == 7
+    assert bits["0"].precision == "int8"
+    assert bits["1"].bits == _bits(1000 * SQRT12) == 10
+    assert bits["1"].precision == "float32"
+    assert bits["0"].median_spread == pytest.approx(2 / (100 * SQRT12), rel=1e-4)
+    # the posterior is the layer's own, clipped one: log α ≥ −10 means s ≥ e⁻⁵·|θ|, so r/s ≤ 2·e⁵ → 7 bits
+    clipped = posterior_bits(nn.Sequential(_svd([(0.5, 1 / (1000 * SQRT12))] * 3, clip=10.0)), 3.0)
+    assert clipped["0"].bits == _bits(2 * math.exp(5)) == 7
+
+
+def test_bit_rule_takes_the_90th_percentile_of_the_units_and_skips_pruned_weights() -> None:
+    sure, loose = 1 / (1000 * SQRT12), 2 / (10 * SQRT12)  # 10 bits and 4 bits for c = 0.5 and c = 1
+    nine_loose = _svd([(1.0, loose)] * 9 + [(0.5, sure)])
+    two_sure = _svd([(1.0, loose)] * 8 + [(0.5, sure)] * 2)
+    bits = posterior_bits(nn.Sequential(nine_loose, two_sure), 3.0)
+    assert bits["0"].bits == 4  # one sure unit in ten does not force the layer to float
+    assert bits["1"].bits == 10  # two do
+    # a pruned weight (log α > threshold) neither widens the range nor enters the spread
+    layer = _svd([(1.0, loose)] * 2)
+    with torch.no_grad():
+        layer.weight[0, 0] = 100.0
+        layer.log_sigma2[0, 0] = math.log(1e4 * 100.0**2)  # log α = log 1e4 > 3
+    assert unit_bits(*posterior_moments(layer, 3.0)).tolist() == [4.0, 4.0]
+
+
+def test_bit_rule_structured_noise_uses_the_units_snr() -> None:
+    sbp = LinearLogNormal.from_dense(nn.Linear(5, 4))
+    with torch.no_grad():
+        sbp.weight.fill_(0.3)
+        sbp.mu.copy_(torch.tensor([0.0, -0.5, -1.0, -15.0]))
+        sbp.log_sigma.copy_(torch.tensor([-5.0, -2.0, -1.0, 1.0]))
+    snr = sbp.snr().detach()
+    keep = snr > 1.0
+    assert keep.tolist() == [True, True, True, False]
+    # folded w' = E[θ]·w for every weight of a unit, std |w'|/SNR: r_u/s_u = 2·SNR_u
+    want = [_bits(2 * float(v)) for v in snr[keep]]
+    assert unit_bits(*posterior_moments(sbp, 1.0)).tolist() == want
+    gvd = LinearGroupVD.from_dense(nn.Linear(5, 3))
+    with torch.no_grad():
+        gvd.weight.fill_(-0.2)
+        gvd.log_alpha_param.copy_(torch.tensor([math.log(1e-4), -2.0, 4.0]))  # std 1e-2 and e⁻¹; pruned
+    assert unit_bits(*posterior_moments(gvd, 3.0)).tolist() == [_bits(2 / 1e-2), _bits(2 / math.exp(-1))]
+
+
+# ------------------------------------------------------------------------------------------------ onnxruntime
+
+
+def _bundle(x: torch.Tensor, y: torch.Tensor) -> DataBundle:
+    n = len(x) // 2
+    return DataBundle(name="tensors", train=TensorDataset(x[:n], y[:n]), val=TensorDataset(x[n:], y[n:]),
+                      test=None, input_shape=tuple(x.shape[1:]), num_classes=3)
+
+
+def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyLSTMClassifier().eval()
+    x = torch.randn(64, 5, 6)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    logs: list[str] = []
+    section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=_bundle(x, y),
+                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, log=logs.append)
+    assert section["unsupported"] == [{"node": "rnn/LSTM", "op": "LSTM"}]
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert rows["rnn"]["precision"] == "float32"
+    assert rows["rnn"]["reason"] == "onnxruntime does not quantize this operator"
+    assert rows["head"]["precision"] == "int8"
+    assert "rnn/LSTM (LSTM)" in logs[-1]
+    # the file holds what the section says: the head's weight dequantized, the LSTM's weights float
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "model-int8.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"LSTM", "DequantizeLinear", "QuantizeLinear"} <= ops
+
+
+def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -> None:
+    # fc2 reads a hidden unit that is always 0 with a huge weight: per-channel int8 then rounds every other
+    # weight of fc2 to 0 (a step of 2e4/254), which destroys the model; fc1 alone quantizes harmlessly
+    x, y = tiny_classification_data(n=400, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    fit(model, x[:200], y[:200], 150)
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = -1.0
+        model[2].weight[:, 0] = 1e4
+    model.eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data = _bundle(x, y)
+    before = evaluate_onnx(float_file, data.loader("val", 64))
+    logs: list[str] = []
+    section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, log=logs.append)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert rows["2"]["precision"] == "float32" and rows["2"]["reason"].startswith("reverted")
+    assert rows["0"]["precision"] == "int8"
+    assert [r["node"] for r in section["reverted"]] == ["2/Gemm"]
+    assert rows["2"]["sensitivity"] > 20 > rows["0"]["sensitivity"]
+    assert section["within_budget"] and before - section["metric"]["val"] <= 3.0
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "model-int8.onnx", data.loader("val", 64))
+    assert any("reverted 2/Gemm" in line for line in logs)
+
+
+def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand(64, 64) < 0.05).float())  # 95% zeros: sparse is smaller
+    x = torch.randn(64, 64)
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path  # fc1 sparse in the float file too
+    dense = quantize_onnx(float_file, tmp_path / "dense.onnx", [x.numpy()], sparse=False)
+    sparse = quantize_onnx(float_file, tmp_path / "sparse.onnx", [x.numpy()])
+    assert "0.weight_quantized" in sparse.sparse_initializers and "2.weight_quantized" not in sparse.sparse_initializers
+    assert sparse.num_bytes < dense.num_bytes - 64 * 64 // 2
+    import onnxruntime as ort
+
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+            for p in (dense.path, sparse.path)]
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_cpu_instruction_sets_from_cpuinfo() -> None:
+    text = "processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\nflags: ignored\n"
+    assert cpu_instruction_sets(text) == ["avx512_vnni", "avx512f", "avx2"]
+    assert cpu_instruction_sets("processor: 0\n") == []
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compress run with --quantize int8 on the tiny project (with a test split)."""
+    folder = tmp_path_factory.mktemp("quantized")
+    write_tiny_project(folder)
+    x, y = tiny_classification_data(n=60, shape=(1, 4, 4), seed=7)
+    with np.load(folder / "data.npz") as d:
+        arrays = dict(d)
+    np.savez(folder / "data.npz", **arrays, x_test=x.numpy(), y_test=y.numpy())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        mp.chdir(folder)
+        result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
+                                          "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
+                                          "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_compress_quantize_writes_int8_file_with_measured_accuracy(quantized_run: Path) -> None:
+    run = quantized_run / "run"
+    assert (run / "model.onnx").is_file() and (run / "model-int8.onnx").is_file()
+    report = json.loads((run / "report.json").read_text())
+    q = report["quantization"]
+    assert q["mode"] == "int8" and q["file"] == "model-int8.onnx"
+    assert q["bytes"] == (run / "model-int8.onnx").stat().st_size
+    assert q["files"]["pruned_float32"]["bytes"] == (run / "model.onnx").stat().st_size
+    assert q["files"]["dense_float32"]["bytes"] == (run / "original.onnx").stat().st_size
+    assert all(row["precision"] == "int8" for row in q["layers"]) and len(q["layers"]) == 3
+    # the accuracy in the report is onnxruntime's on the validation and test data: recompute it
+    with np.load(quantized_run / "data.npz") as d:
+        val = TensorDataset(torch.from_numpy(d["x_val"]), torch.from_numpy(d["y_val"]))
+        test = TensorDataset(torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]))
+    loader = torch.utils.data.DataLoader
+    assert q["metric"]["val"] == evaluate_onnx(run / "model-int8.onnx", loader(val, batch_size=7))
+    assert q["metric"]["test"] == evaluate_onnx(run / "model-int8.onnx", loader(test, batch_size=5))
+    assert q["files"]["pruned_float32"]["val"] == pytest.approx(report["metric"]["after"])
+    models = {r["model"] for r in report["latency"]["results"]}
+    assert models == {"original", "compressed", "quantized"}
+    md = (run / "report.md").read_text()
+    assert "## Quantization" in md and "| pruned + quantized |" in md
+
+
+def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(quantized_run))
+        mp.chdir(quantized_run)
+        result = runner.invoke(cli, ["export", "run", "-o", "bayes.onnx", "--quantize", "bayes"])
+        assert result.exit_code == 0, result.output
+        assert "bayes.onnx" in result.output and "layers int8" in result.output
+        assert (quantized_run / "bayes.onnx").is_file()
+        refused = runner.invoke(cli, ["export", "run", "-o", "run/model-int8.onnx", "--quantize", "int8",
+                                      "--overwrite"])
+    assert refused.exit_code == 1 and "model-int8.onnx" in refused.output
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(quantized_run / "bayes.onnx")).graph.node}
+    assert "DequantizeLinear" in ops
+
+
+def test_bad_quantize_value_is_one_line_before_any_file(project: Path) -> None:
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out", "--quantize", "int3"])
+    assert result.exit_code == 2 and "'int3' is not one of" in result.output
+    assert not (project / "out").exists()
+    (project / "recipe.yaml").write_text((project / "recipe.yaml").read_text() + "quantize: int3\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 1 and not (project / "out").exists()
+    assert result.output.strip().splitlines() == [
+        "Error: recipe key 'quantize' = 'int3' must be one of 'none', 'int8', 'bayes'"]
+    with pytest.raises(PrunedropError):
+        Recipe(quantize="int3")
+
+
+def test_weight_nodes_name_the_module_also_where_the_exporter_fused_a_batchnorm(tmp_path: Path) -> None:
+    import onnx
+
+    from prunedrop.quantize import weight_nodes
+
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    path = export_onnx(model, torch.randn(2, 1, 6, 6), tmp_path / "m.onnx").path
+    found = {(w.op, w.module) for w in weight_nodes(onnx.load(str(path)))}
+    assert found == {("Conv", "0.0"), ("Gemm", "2")}
+
+
+def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_path: Path) -> None:
+    from prunedrop.quantize import LayerBits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 6)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data, recipe = _bundle(x, y), Recipe(max_metric_drop=100.0)
+    wide = {"0": LayerBits("0", bits=11.0, units=8, median_spread=1e-5),
+            "2": LayerBits("2", bits=math.inf, units=3, median_spread=0.0)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
+                             metric_before=100.0, bits=wide, log=lambda msg: None)
+    assert section["file"] is None and not (tmp_path / "q.onnx").exists()
+    assert [r["reason"] for r in section["layers"]] == ["the posterior asks for 11 bits",
+                                                        "the posterior asks for unbounded bits"]
+    half = {**wide, "2": LayerBits("2", bits=6.0, units=3, median_spread=0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
+                             metric_before=100.0, bits=half, log=lambda msg: None)
+    assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
+    assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
+
+
+def test_evaluate_onnx_mse_matches_torch(tmp_path: Path) -> None:
+    from prunedrop.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).eval()
+    x, y = torch.randn(50, 4), torch.randn(50, 2)
+    path = export_onnx(model, x[:2], tmp_path / "r.onnx").path
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=16)
+    assert evaluate_onnx(path, loader, loss="mse") == pytest.approx(evaluate(model, loader, loss="mse")["mse"],
+                                                                     rel=1e-5)
+
+
+def test_report_says_whether_the_quantized_file_is_faster(quantized_run: Path) -> None:
+    from prunedrop.report import format_table
+
+    report = json.loads((quantized_run / "run" / "report.json").read_text())
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in report["latency"]["results"]}
+    ratio = rows[("compressed", 64)] / rows[("quantized", 64)]
+    line = f"batch 64: the quantized file runs {ratio:.2f}x as fast as the pruned float32 file"
+    assert line in format_table(report)
+    assert line in (quantized_run / "run" / "report.md").read_text()
