@@ -256,7 +256,7 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
     check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
-    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
+    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json", saved_run=True)
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,

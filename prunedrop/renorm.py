@@ -90,6 +90,33 @@ def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """The (convolution, BatchNorm) pairs that structured noise treats as one unit (recipe key ``batchnorm_noise:
+    after``): a BatchNorm of the convolution's dimension with running statistics whose input is that convolution,
+    each called once and the convolution's output used by nothing else. Found with a ``torch.fx`` trace; a model
+    without BatchNorms is not traced. Raises :class:`PrunedropError` if the trace fails; modifies nothing."""
+    modules = dict(model.named_modules())
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
+        return []
+    graph = _graph(model, "batchnorm_noise")
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM.values():
+            continue
+        bn, src = modules[node.target], node.args[0] if node.args else None
+        if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
+                and type(modules[src.target]) in _BATCHNORM
+                and _BATCHNORM[type(modules[src.target])] is type(bn)
+                and calls[src.target] == 1 and calls[node.target] == 1
+                and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
 def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     """Fold every BatchNorm whose input is a convolution used by nothing else into that convolution; in place.
 
