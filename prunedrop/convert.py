@@ -162,6 +162,7 @@ def to_variational(
                 parent, _, child = bn_name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
                 summary.normalised.append([conv_name, bn_name])
+                summary.left_alone.pop(bn_name, None)
     if groups:
         modules = dict(model.named_modules())
         for group in groups:
