@@ -7,10 +7,11 @@ A dense BatchNorm network, trained here (cached in ``benchmarks/results/``), is 
 placement, and each copy is trained the same way: Adam (weights ``--lr``, noise ``--noise-lr``), batches of
 ``--batch-size``, a fixed β (``--kl-weight``, no warm-up: the first steps already see the KL's pull) for ``--steps``
 steps, the same batch order and seed. Validation accuracy is measured before training, after ``--early`` steps
-(the issue's "first 25 steps") and at the end; then the model is thresholded (SNR ≤ 1), slimmed
+(the issue's "first 25 steps") and at the end (``plain``: the dense network fine-tuned the same way, no noise,
+for reference); then the model is thresholded (SNR ≤ 1), slimmed
 (``prunedrop.slim``) and its accuracy and FLOPs (multiply-adds per sample) measured. No noise-free fine-tuning:
-the variational phase is what the placements change. One thread, CPU. Results:
-``benchmarks/results/batchnorm-noise-<model>.json``.
+the variational phase is what the placements change. One thread, CPU. Results (one entry per command,
+appended): ``benchmarks/results/batchnorm-noise-<model><tag>.json``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ MODELS = {
     "resnet20-fashion": ("fashion-mnist", resnet20_fashion, "batchnorm-noise-dense-resnet20-e{epochs}-n{n}.pt", 3,
                          1e-3, 100, ["fc"]),
 }
-PLACEMENTS = ("after", "fold", "before")
+PLACEMENTS = ("plain", "after", "fold", "before")
 
 
 def accuracy(model: nn.Module, data) -> float:
@@ -76,7 +77,34 @@ def dense_model(args, data) -> nn.Module:
     return model
 
 
+def run_plain(args, dense: nn.Module, data) -> dict:
+    """The reference: the dense network fine-tuned with the same optimiser, steps and batch order, no noise."""
+    torch.manual_seed(args.seed)
+    model = copy.deepcopy(dense)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    row = {"placement": "plain", "val_start": accuracy(model, data)}
+    step, epoch, t0 = 0, 0, time.perf_counter()
+    while step < args.steps:
+        for x, y in data.loader("train", args.batch_size, shuffle=True, seed=args.seed, epoch=epoch):
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == args.early:
+                row["val_early"] = accuracy(model, data)
+            if step >= args.steps:
+                break
+        epoch += 1
+    row["train_s"] = round(time.perf_counter() - t0, 1)
+    row["val_end"] = accuracy(model, data)
+    return row
+
+
 def run_placement(args, placement: str, dense: nn.Module, data, example: torch.Tensor) -> dict:
+    if placement == "plain":
+        return run_plain(args, dense, data)
     torch.manual_seed(args.seed)
     recipe = Recipe(method="sbp", batchnorm_noise=placement, exclude=MODELS[args.model][6], tie_residual=True,
                     kl_weight=args.kl_weight, max_metric_drop=None)
@@ -135,6 +163,7 @@ def main() -> None:
     p.add_argument("--noise-lr", type=float, default=1e-2, help="Adam learning rate of μ and log σ (recipes/sbp.yaml)")
     p.add_argument("--kl-weight", type=float, default=10.0, help="fixed β")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
     spec = MODELS[args.model][0]
@@ -148,10 +177,12 @@ def main() -> None:
     for placement in args.placements:
         rows.append(run_placement(args, placement, dense, data, example))
         print(rows[-1], flush=True)
-    out = RESULTS / f"batchnorm-noise-{args.model}.json"
-    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
-                                       "train_samples": data.num_train, "args": vars(args), "rows": rows},
-                                      indent=1) + "\n")
+    out = RESULTS / f"batchnorm-noise-{args.model}{args.tag}.json"
+    old = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    runs = old.get("runs", [old])  # one entry per command
+    runs.append({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
+                 "train_samples": data.num_train, "args": vars(args), "rows": rows})
+    atomic_write_text(out, json.dumps({"runs": runs}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

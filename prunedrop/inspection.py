@@ -21,8 +21,8 @@ from torch import nn
 from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
-from .recipes import Recipe
 from .layers.lognormal import _OutputUnitNoise
+from .recipes import Recipe
 from .renorm import batchnorm_pairs, foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
 
