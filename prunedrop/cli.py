@@ -187,6 +187,9 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
     cleanup()
     target = result.report.get("target") if is_main() else None
+    budget = result.report.get("budget") if is_main() else None
+    if budget is not None and not budget["within"]:  # a fixed β ended over the budget (automatic β stops earlier)
+        raise OverBudget(budget["line"])
     if recipe.strict and target is not None and not target["reached"]:
         raise TargetMissed(f"{target['line']} (--strict)")
 
@@ -195,6 +198,12 @@ class TargetMissed(click.ClickException):
     """``--strict``: the run finished and wrote everything, but missed its target."""
 
     exit_code = 3
+
+
+class OverBudget(click.ClickException):
+    """A fixed-β run finished and wrote everything, but its model is over the accuracy budget."""
+
+    exit_code = 4
 
 
 def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:

@@ -508,6 +508,9 @@ def compress(
     if recipe.target is not None:
         report["target"] = target_outcome(recipe, report)
         log(report["target"]["line"])
+    if not recipe.automatic and over_budget(recipe, metric_before["val"], metric_after["val"]):
+        report["budget"] = {"within": False, "line": fixed_beta_budget_line(
+            recipe, metric_before["val"], metric_after["val"], report["params"]["ratio"] or float("inf"))}
     if recipe.plots and plot_error is None:
         plots.update(_draw_plots(out_dir, _report_drawings(report), log)[0])
     if plots:
@@ -620,17 +623,37 @@ def _budget_text(recipe: Recipe) -> str:
     return f"{recipe.max_metric_drop:g}" + ("" if recipe.loss == "cross_entropy" else "%")
 
 
-def check_budget(recipe: Recipe, before: float, after: float) -> None:
-    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1)."""
+def _worse_text(recipe: Recipe, before: float, after: float) -> str:
     from .autopilot import metric_drop
 
-    if not recipe.automatic or recipe.max_metric_drop is None or within_budget(
-            after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
-            higher_is_better=recipe.loss == "cross_entropy"):
-        return
     drop = metric_drop(before, after, loss=recipe.loss)
-    worse = (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
-             else f"has {drop:.3g}% more error (mse) than the original")
+    return (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+            else f"has {drop:.3g}% more error (mse) than the original")
+
+
+def over_budget(recipe: Recipe, before: float, after: float) -> bool:
+    """Whether the recipe has an accuracy budget and ``after`` (validation) misses it."""
+    return recipe.max_metric_drop is not None and not within_budget(
+        after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
+        higher_is_better=recipe.loss == "cross_entropy")
+
+
+def fixed_beta_budget_line(recipe: Recipe, before: float, after: float, params_ratio: float) -> str:
+    """The one line of a fixed-β run that ends over its budget (:func:`check_budget` stops an automatic one)."""
+    return (f"over budget: the compressed model {_worse_text(recipe, before, after)} on validation data "
+            f"(budget {recipe.max_metric_drop:g}) at {params_ratio:.3g}x fewer parameters, with β fixed at "
+            f"{recipe.fixed_beta:g}; lower --kl-weight, or let the autopilot choose β (no --kl-weight). The files are "
+            "written; the exit status is 4 (set max_metric_drop: null to accept any drop)")
+
+
+def check_budget(recipe: Recipe, before: float, after: float) -> None:
+    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1).
+
+    A fixed-β run (``kl_weight`` or ``kl_weights`` set) is the user's choice of β: it exports, then says so in one
+    line (:func:`fixed_beta_budget_line`) and the command exits with status 4 (``report["budget"]``)."""
+    if not recipe.automatic or not over_budget(recipe, before, after):
+        return
+    worse = _worse_text(recipe, before, after)
     raise TrainingError(
         f"the compressed model {worse} on validation data, over the budget "
         f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "

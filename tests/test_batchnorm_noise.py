@@ -204,3 +204,30 @@ def test_a_starting_network_is_never_wrecked() -> None:
     tolerance = 5.0  # points: 144 validation samples, one epoch of Adam at 3e-3
     assert abs(results["after"] - accuracy(plain)) <= tolerance, (results, accuracy(plain))
     assert results["fold"] < accuracy(plain) - tolerance, (results, accuracy(plain))
+
+
+def test_fixed_beta_over_budget_says_so_in_one_line_and_exits_4(project) -> None:
+    """A fixed β (the user's) that ends over the budget: everything is written, one line says so, exit status 4;
+    with ``max_metric_drop: null`` the same run exits 0. An automatic β never exports over its budget."""
+    import json
+
+    from click.testing import CliRunner
+
+    from prunedrop import pipeline
+    from prunedrop.cli import cli
+
+    line = pipeline.fixed_beta_budget_line(Recipe(kl_weight=10.0), 81.75, 51.5, 1.0004)
+    assert "\n" not in line and "30.2 points worse" in line and "1x fewer parameters" in line
+    assert pipeline.over_budget(Recipe(kl_weight=10.0), 81.75, 51.5)
+    assert not pipeline.over_budget(Recipe(kl_weight=10.0, max_metric_drop=None), 81.75, 51.5)
+    recipe = project / "wreck.yaml"
+    recipe.write_text("epochs: 2\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 0\n"
+                      "device: cpu\nlr: 3.0\nkl_weight: 0.0\nsweep_thresholds: [3.0]\n")
+    args = ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "--recipe", str(recipe), "-q"]
+    result = CliRunner().invoke(cli, [*args, "-o", "out", "--max-drop", "0.5"])
+    assert result.exit_code == 4, result.output
+    assert "over budget: the compressed model is" in result.output and (project / "out" / "model.onnx").is_file()
+    assert json.loads((project / "out" / "report.json").read_text())["budget"]["within"] is False
+    recipe.write_text(recipe.read_text() + "max_metric_drop: null\n")
+    accepted = CliRunner().invoke(cli, [*args, "-o", "accepted"])
+    assert accepted.exit_code == 0, accepted.output
