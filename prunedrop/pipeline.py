@@ -326,8 +326,13 @@ def compress(
     variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
     if summary.folded:
-        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (fold_batchnorm): "
+        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (batchnorm_noise: fold): "
             + _some([f"{bn}→{conv}" for conv, bn in summary.folded]))
+    if summary.normalised:
+        log(f"unit noise on the output of {len(summary.normalised)} BatchNorm(s), folded at thresholding "
+            "(batchnorm_noise: after): " + _some([f"{conv}+{bn}" for conv, bn in summary.normalised]))
+    for note in summary.notes:
+        log(f"note: {note}")
     for group in summary.tied:
         log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:
@@ -483,7 +488,8 @@ def compress(
             "sparse_initializers": exported.sparse_initializers,
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
                            "left_alone": summary.left_alone, "tied": summary.tied,
-                           "batchnorm_folded": summary.folded},
+                           "batchnorm_folded": summary.folded, "batchnorm_noise_after": summary.normalised,
+                           **({"notes": summary.notes} if summary.notes else {})},
             "kept_fraction_converted": pruned.kept_fraction,
             **({"kept_unit_fraction_converted": pruned.kept_unit_fraction} if pruned.unit_masks else {}),
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},

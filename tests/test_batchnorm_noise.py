@@ -231,3 +231,23 @@ def test_fixed_beta_over_budget_says_so_in_one_line_and_exits_4(project) -> None
     recipe.write_text(recipe.read_text() + "max_metric_drop: null\n")
     accepted = CliRunner().invoke(cli, [*args, "-o", "accepted"])
     assert accepted.exit_code == 0, accepted.output
+
+
+def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -> None:
+    from test_finetune_slim import _data  # pytest puts tests/ on sys.path
+
+    from prunedrop import pipeline
+    from prunedrop.testing_arch import tiny_arch
+
+    plain, x = tiny_arch("resnet_basic")
+    recipe = Recipe(method="sbp", tie_residual=True, exclude=["fc"], epochs=1, finetune_epochs=1, batch_size=16,
+                    kl_warmup_epochs=0, device="cpu", mc_samples=0, plots=False, latency_runs=0,
+                    sweep_thresholds=[1.0], kl_weight=1.0, max_metric_drop=None)
+    logged: list[str] = []
+    result = pipeline.compress(plain, _data(tuple(x.shape[1:])), recipe, tmp_path / "out", progress=False,
+                               log=logged.append)
+    conversion = result.report["conversion"]
+    assert len(conversion["batchnorm_noise_after"]) == 6 and conversion["batchnorm_folded"] == []
+    assert any(m.startswith("unit noise on the output of 6 BatchNorm(s)") for m in logged)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in result.model.modules())
+    assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
