@@ -69,8 +69,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     * ``method``, ``include``, ``exclude``: the recipe settings that decide the conversion;
     * ``layers``: one entry per module in walk order (the root first, with name ``""``): ``name``
       (qualified), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
-      ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that the recipe
-      key ``fold_batchnorm`` folds into its convolution), ``reason`` (why it is left
+      ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that joins its
+      convolution's unit noise or is folded into it, recipe key ``batchnorm_noise``), ``reason`` (why it is left
       alone; ``""`` when converted; for a container ``""`` unless it owns parameters directly), ``params``
       (parameters it owns directly), ``macs`` (its own multiply-adds per sample), ``subtree_params`` and
       ``subtree_macs`` (itself plus every descendant, shared modules and parameters counted once),
