@@ -251,3 +251,7 @@ def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -
     assert any(m.startswith("unit noise on the output of 6 BatchNorm(s)") for m in logged)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in result.model.modules())
     assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
+    # the run's checkpoint loads into a fresh conversion (the BatchNorms inside their layers): re-export works
+    again = pipeline.reexport(tiny_arch("resnet_basic")[0], _data(tuple(x.shape[1:])), recipe, tmp_path / "out",
+                              tmp_path / "again.onnx")
+    assert again.parity_max_abs_diff <= recipe.parity_atol
