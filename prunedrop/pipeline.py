@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,16 @@ class _Finetuned:
 
 def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torch.device, example: torch.Tensor,
                      checkpoint_path: Path, *, resume: bool, progress: bool,
-                     log: Callable[[str], None]) -> _Finetuned:
+                     log: Callable[[str], None], normalised: Sequence[str] = ()) -> _Finetuned:
     """The noise-free fine-tuning of what survived the threshold.
 
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
     fine-tuning runs at the compressed size: the same function (the slim check holds it to the masked model) at a
     fraction of the work. The pruned units that slimming had to keep, and the pruned weights of per-weight noise,
-    stay masked (:func:`_slim_masks`). Per-weight noise alone (sparse VD) removes no unit, and the masks of recurrent
+    stay masked (:func:`_slim_masks`). ``normalised``: the convolutions whose BatchNorm joined their unit noise
+    (``batchnorm_noise: after``) and was folded at thresholding; they get a calibrated BatchNorm back for the
+    fine-tuning (folded again afterwards), so that the network trains normalised, as it was trained. Per-weight
+    noise alone (sparse VD) removes no unit, and the masks of recurrent
     layers, attention projections and embeddings are not read back from a slim model: there the masked model is
     fine-tuned as it is (:func:`_slims_before_finetune`).
     """
@@ -193,19 +196,22 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
         masks = _slim_masks(model, pruned)
-    if recipe.finetune_batchnorm:
-        masks = {**masks, **_attach_batchnorm(model, data, recipe, device, log)}
+    rebatchnorm = recipe.finetune_batchnorm or bool(normalised)
+    if rebatchnorm:
+        names = None if recipe.finetune_batchnorm else list(normalised)
+        masks = {**masks, **_attach_batchnorm(model, data, recipe, device, log, names)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
                              resume=resume, progress=progress, parallel=False)
-    if recipe.finetune_batchnorm:
+    if rebatchnorm:
         fold_attached(model)
     return _Finetuned(model=model.cpu().eval(), train=result, slimmed=slimmed)
 
 
 def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device,
-                      log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """``finetune_batchnorm``: calibrated BatchNorms on the convolutions that have none
-    (:func:`prunedrop.renorm.attach_batchnorm`), on up to :data:`_CALIBRATION_SAMPLES` training samples."""
+                      log: Callable[[str], None], names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Calibrated BatchNorms for the noise-free fine-tuning (:func:`prunedrop.renorm.attach_batchnorm`), on up to
+    :data:`_CALIBRATION_SAMPLES` training samples: on the convolutions that have none (``finetune_batchnorm``), or
+    on ``names``."""
     batches = []
     seen = 0
     for x, _ in data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed):
@@ -214,7 +220,7 @@ def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device
         if seen >= _CALIBRATION_SAMPLES:
             break
     model.to(device)
-    masks = attach_batchnorm(model, batches, device=device)
+    masks = attach_batchnorm(model, batches, device=device, names=names)
     attached = [n for n, m in model.named_modules() if hasattr(m, ATTACHED)]
     log(f"fine-tuning with BatchNorm after {len(attached)} convolution(s) ({_some(attached)}), folded back "
         "afterwards")
@@ -333,6 +339,7 @@ def compress(
             "(batchnorm_noise: after): " + _some([f"{conv}+{bn}" for conv, bn in summary.normalised]))
     for note in summary.notes:
         log(f"note: {note}")
+    normalised = [conv for conv, _ in summary.normalised]
     for group in summary.tied:
         log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:
@@ -391,7 +398,8 @@ def compress(
             and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         found = _search_after_finetune(variational, points, chosen, metric_before["val"], recipe, data, device,
-                                       out_dir, example, resume=resume, progress=progress, log=log)
+                                       out_dir, example, resume=resume, progress=progress, log=log,
+                                       normalised=normalised)
         timings["masked_finetune_s"] = time.perf_counter() - t0
         search = found.probes
         if found.best is not None:
@@ -418,7 +426,7 @@ def compress(
     if masked is None and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         masked = _finetune_pruned(pruned, data, recipe, device, example, out_dir / MASKED_CHECKPOINT,
-                                  resume=resume, progress=progress, log=log)
+                                  resume=resume, progress=progress, log=log, normalised=normalised)
         timings["masked_finetune_s"] = time.perf_counter() - t0
     if masked is not None:
         history += masked.train.history
@@ -556,6 +564,7 @@ def _search_after_finetune(
     resume: bool,
     progress: bool,
     log: Callable[[str], None],
+    normalised: Sequence[str] = (),
 ) -> _Search:
     """Choose the threshold by the validation metric *after* the noise-free fine-tuning (``budget_after_finetune``).
 
@@ -583,7 +592,7 @@ def _search_after_finetune(
         pruned = prune(copy.deepcopy(variational), point.threshold)
         masked = _finetune_pruned(pruned, data, recipe, device, example,
                                   out_dir / f"checkpoint-masked-t{point.threshold:g}.pt", resume=resume,
-                                  progress=progress, log=log)
+                                  progress=progress, log=log, normalised=normalised)
         metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = within_budget(metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
                            higher_is_better=recipe.loss == "cross_entropy")

@@ -166,15 +166,19 @@ def _apply(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor
 
 
 def attach_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *,
-                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Attach a calibrated BatchNorm to every convolution of ``model`` that has none (in place).
+                     device: torch.device | str = "cpu", names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Attach a calibrated BatchNorm to every convolution of ``model`` that has none (in place), or to the
+    convolutions ``names`` (no trace needed; names the model lacks are skipped).
 
     ``batches``: training inputs for the calibration (a few thousand samples are plenty). Returns the masks
     (parameter name → keep) that hold the BatchNorms of exactly-zero channels at zero, to be added to the
     fine-tuning's masks. The model's eval-mode function is unchanged (to float32 rounding).
     """
-    names = unnormalised_convolutions(model)
     modules = dict(model.named_modules())
+    if names is None:
+        names = unnormalised_convolutions(model)
+    else:
+        names = [n for n in names if type(modules.get(n)) in _BATCHNORM and not hasattr(modules[n], ATTACHED)]
     sums: dict[str, list[torch.Tensor]] = {}
 
     def accumulate(name: str):

@@ -249,6 +249,8 @@ def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -
     conversion = result.report["conversion"]
     assert len(conversion["batchnorm_noise_after"]) == 6 and conversion["batchnorm_folded"] == []
     assert any(m.startswith("unit noise on the output of 6 BatchNorm(s)") for m in logged)
+    # the noise-free fine-tuning runs normalised too: calibrated BatchNorms on exactly those convolutions
+    assert any("fine-tuning with BatchNorm after 6 convolution(s)" in m for m in logged)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in result.model.modules())
     assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
     # the run's checkpoint loads into a fresh conversion (the BatchNorms inside their layers): re-export works
