@@ -150,19 +150,21 @@ def run_placement(args, placement: str, dense: nn.Module, data, example: torch.T
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=list(MODELS), default="rescnn-digits")
-    p.add_argument("--placements", nargs="+", choices=PLACEMENTS, default=list(PLACEMENTS))
+    p.add_argument("--model", choices=list(MODELS), default="rescnn-digits",
+                   help="the dense BatchNorm network and its data (trained here and cached on first use)")
+    p.add_argument("--placements", nargs="+", choices=PLACEMENTS, default=list(PLACEMENTS),
+                   help="batchnorm_noise placements to train (plain: the dense network without noise)")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
                    help="where the Fashion-MNIST IDX files are (ignored for digits)")
     p.add_argument("--train-limit", type=int, default=None, help="keep the first N training samples")
     p.add_argument("--eval-limit", type=int, default=None, help="validate on the first N validation samples")
     p.add_argument("--steps", type=int, default=300, help="variational training steps")
     p.add_argument("--early", type=int, default=25, help="the step after which accuracy is measured early")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the weights (the recipes' default)")
     p.add_argument("--noise-lr", type=float, default=1e-2, help="Adam learning rate of μ and log σ (recipes/sbp.yaml)")
     p.add_argument("--kl-weight", type=float, default=10.0, help="fixed β")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and the batch order")
     p.add_argument("--tag", default="", help="suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
