@@ -111,7 +111,7 @@ def rel(path: Path) -> str:
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
     """A copy of ``model`` (eval mode) with every BatchNorm folded into the convolution that alone feeds it
-    (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``fold_batchnorm``); the BatchNorms become
+    (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``batchnorm_noise: fold``); the BatchNorms become
     ``nn.Identity``, so every name stays. Returns the copy and the (conv, bn) pairs; raises if one is left."""
     model = copy.deepcopy(model).eval()
     no_bias = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.bias is None]

@@ -190,6 +190,9 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")
     cleanup()
     target = result.report.get("target") if is_main() else None
+    budget = result.report.get("budget") if is_main() else None
+    if budget is not None and not budget["within"]:  # a fixed β ended over the budget (automatic β stops earlier)
+        raise OverBudget(budget["line"])
     if recipe.strict and target is not None and not target["reached"]:
         raise TargetMissed(f"{target['line']} (--strict)")
 
@@ -198,6 +201,12 @@ class TargetMissed(click.ClickException):
     """``--strict``: the run finished and wrote everything, but missed its target."""
 
     exit_code = 3
+
+
+class OverBudget(click.ClickException):
+    """A fixed-β run finished and wrote everything, but its model is over the accuracy budget."""
+
+    exit_code = 4
 
 
 def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
@@ -262,7 +271,7 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
     check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
-    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json")
+    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json", saved_run=True)
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,

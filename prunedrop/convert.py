@@ -33,9 +33,15 @@ class ConversionSummary:
     tied: list[list[str]] = field(default_factory=list)
     """Groups of converted layers sharing one noise per unit (recipe key ``tie_residual``)."""
     folded: list[list[str]] = field(default_factory=list)
+    """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``batchnorm_noise: fold``)."""
     output_layers: list[str] = field(default_factory=list)
     """Layers producing the model's outputs, left without unit noise (recipe key ``keep_output_layers``)."""
-    """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``fold_batchnorm``)."""
+    normalised: list[list[str]] = field(default_factory=list)
+    """(convolution, BatchNorm) pairs whose unit noise sits on the BatchNorm's output (``batchnorm_noise: after``);
+    the BatchNorm moved into the layer (``<conv>.batchnorm``) and left an ``nn.Identity`` in its place."""
+    notes: list[str] = field(default_factory=list)
+    """What the conversion could not do as the recipe asked (e.g. a model torch.fx cannot trace keeps its noise
+    before the BatchNorms), one line each."""
 
 
 def _selected(name: str, recipe: Recipe) -> bool:
@@ -63,8 +69,12 @@ def to_variational(
     the layers that write one residual stream, and each such group of converted unit-noise layers shares one
     noise per channel (:func:`prunedrop.layers.lognormal.tie_units`); the groups go into ``summary.tied``.
 
-    With the recipe key ``fold_batchnorm``, every BatchNorm that a convolution alone feeds is folded into it first
-    (:func:`prunedrop.renorm.fold_batchnorm`, in place; the pairs go into ``summary.folded``).
+    Structured noise and BatchNorm (recipe key ``batchnorm_noise``): with ``after`` (the default), each converted
+    convolution that a BatchNorm alone follows (:func:`prunedrop.renorm.batchnorm_pairs`) takes that BatchNorm in and
+    puts its noise on the BatchNorm's output (:meth:`~prunedrop.layers.lognormal._OutputUnitNoise.normalise_with`);
+    the BatchNorm's place holds an ``nn.Identity`` and the pairs go into ``summary.normalised``. With ``fold``, every
+    BatchNorm that a convolution alone feeds is folded into it first (:func:`prunedrop.renorm.fold_batchnorm`, in
+    place; the pairs go into ``summary.folded``). ``before`` leaves the BatchNorms where they are.
     """
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
@@ -114,10 +124,19 @@ def to_variational(
                 setattr(module, child_name, new_child)
         return module
 
-    if recipe.fold_batchnorm and not dry_run:
+    unit_noise = any(issubclass(v, _OutputUnitNoise) for v in registry.values())
+    pairs: list[tuple[str, str]] = []
+    if unit_noise and recipe.batchnorm_noise == "fold" and not dry_run:
         from .renorm import fold_batchnorm
 
         summary.folded = [list(pair) for pair in fold_batchnorm(model)]
+    elif unit_noise and recipe.batchnorm_noise == "after" and not dry_run:
+        from .renorm import batchnorm_pairs
+
+        try:
+            pairs = batchnorm_pairs(model)
+        except PrunedropError as e:
+            summary.notes.append(f"the unit noise stays before the BatchNorms (batchnorm_noise: before): {e.message}")
     groups: list[list[str]] = []
     if recipe.tie_residual and not dry_run:
         if example_input is None:
@@ -134,6 +153,16 @@ def to_variational(
             raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
                                  f"{first}); set tie_residual: false in the recipe") from None
     model = swap(model, "")
+    if pairs:
+        modules = dict(model.named_modules())
+        for conv_name, bn_name in pairs:
+            layer = modules[conv_name]
+            if isinstance(layer, _OutputUnitNoise):
+                layer.normalise_with(modules[bn_name])
+                parent, _, child = bn_name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+                summary.normalised.append([conv_name, bn_name])
+                summary.left_alone.pop(bn_name, None)
     if groups:
         modules = dict(model.named_modules())
         for group in groups:

@@ -21,8 +21,9 @@ from torch import nn
 from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
+from .layers.lognormal import _OutputUnitNoise
 from .recipes import Recipe
-from .renorm import foldable_batchnorms
+from .renorm import batchnorm_pairs, foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
 
 __all__ = ["format_inspection", "inspect_model"]
@@ -68,8 +69,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     * ``method``, ``include``, ``exclude``: the recipe settings that decide the conversion;
     * ``layers``: one entry per module in walk order (the root first, with name ``""``): ``name``
       (qualified), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
-      ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that the recipe
-      key ``fold_batchnorm`` folds into its convolution), ``reason`` (why it is left
+      ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that joins its
+      convolution's unit noise or is folded into it, recipe key ``batchnorm_noise``), ``reason`` (why it is left
       alone; ``""`` when converted; for a container ``""`` unless it owns parameters directly), ``params``
       (parameters it owns directly), ``macs`` (its own multiply-adds per sample), ``subtree_params`` and
       ``subtree_macs`` (itself plus every descendant, shared modules and parameters counted once),
@@ -104,12 +105,20 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     profile_by_id = {id(modules[p.name]): p for p in profiles}
 
     warnings: list[str] = []
-    folded_into: dict[str, str] = {}  # BatchNorm → the convolution that fold_batchnorm folds it into
-    if recipe.fold_batchnorm:
+    folded_into: dict[str, str] = {}  # BatchNorm → the convolution it is folded into (batchnorm_noise)
+    joins: dict[str, str] = {}  # BatchNorm → the converted convolution whose unit noise acts on its output
+    unit_noise = any(issubclass(v, _OutputUnitNoise) for v in registry.values())
+    if unit_noise and recipe.batchnorm_noise == "fold":
         try:
             folded_into = {bn: conv for conv, bn in foldable_batchnorms(model)}
         except PrunedropError as e:
             warnings.append(f"{e}: `prunedrop compress` would stop with this error")
+    elif unit_noise and recipe.batchnorm_noise == "after":
+        try:
+            joins = {bn: conv for conv, bn in batchnorm_pairs(model)
+                     if type(modules[conv]) in registry and conv not in heads and _selected(conv, recipe)}
+        except PrunedropError as e:
+            warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
     entries: list[dict[str, Any]] = []
     converted: list[str] = []
@@ -180,7 +189,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             warnings.append(f"layer {label} is already variational; to_variational needs a plain model")
         elif name in folded_into:
             entry["status"] = FOLDED
-            entry["reason"] = f"folded into {folded_into[name]} before the conversion (fold_batchnorm)"
+            entry["reason"] = f"folded into {folded_into[name]} before the conversion (batchnorm_noise: fold)"
+        elif name in joins:
+            entry["status"] = FOLDED
+            entry["reason"] = (f"joins {joins[name]}: its noise acts on this output; folded into it at thresholding "
+                               "(batchnorm_noise: after)")
         elif not children:
             if params:
                 entry["status"] = UNSUPPORTED

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,13 +180,16 @@ class _Finetuned:
 
 def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torch.device, example: torch.Tensor,
                      checkpoint_path: Path, *, resume: bool, progress: bool,
-                     log: Callable[[str], None]) -> _Finetuned:
+                     log: Callable[[str], None], normalised: Sequence[str] = ()) -> _Finetuned:
     """The noise-free fine-tuning of what survived the threshold.
 
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
     fine-tuning runs at the compressed size: the same function (the slim check holds it to the masked model) at a
     fraction of the work. The pruned units that slimming had to keep, and the pruned weights of per-weight noise,
-    stay masked (:func:`_slim_masks`). Per-weight noise alone (sparse VD) removes no unit, and the masks of recurrent
+    stay masked (:func:`_slim_masks`). ``normalised``: the convolutions whose BatchNorm joined their unit noise
+    (``batchnorm_noise: after``) and was folded at thresholding; they get a calibrated BatchNorm back for the
+    fine-tuning (folded again afterwards), so that the network trains normalised, as it was trained. Per-weight
+    noise alone (sparse VD) removes no unit, and the masks of recurrent
     layers, attention projections and embeddings are not read back from a slim model: there the masked model is
     fine-tuned as it is (:func:`_slims_before_finetune`).
     """
@@ -195,19 +198,22 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
         masks = _slim_masks(model, pruned)
-    if recipe.finetune_batchnorm:
-        masks = {**masks, **_attach_batchnorm(model, data, recipe, device, log)}
+    rebatchnorm = recipe.finetune_batchnorm or bool(normalised)
+    if rebatchnorm:
+        names = None if recipe.finetune_batchnorm else list(normalised)
+        masks = {**masks, **_attach_batchnorm(model, data, recipe, device, log, names)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
                              resume=resume, progress=progress, parallel=False)
-    if recipe.finetune_batchnorm:
+    if rebatchnorm:
         fold_attached(model)
     return _Finetuned(model=model.cpu().eval(), train=result, slimmed=slimmed)
 
 
 def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device,
-                      log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """``finetune_batchnorm``: calibrated BatchNorms on the convolutions that have none
-    (:func:`prunedrop.renorm.attach_batchnorm`), on up to :data:`_CALIBRATION_SAMPLES` training samples."""
+                      log: Callable[[str], None], names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Calibrated BatchNorms for the noise-free fine-tuning (:func:`prunedrop.renorm.attach_batchnorm`), on up to
+    :data:`_CALIBRATION_SAMPLES` training samples: on the convolutions that have none (``finetune_batchnorm``), or
+    on ``names``."""
     batches = []
     seen = 0
     for x, _ in data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed):
@@ -216,7 +222,7 @@ def _attach_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device
         if seen >= _CALIBRATION_SAMPLES:
             break
     model.to(device)
-    masks = attach_batchnorm(model, batches, device=device)
+    masks = attach_batchnorm(model, batches, device=device, names=names)
     attached = [n for n, m in model.named_modules() if hasattr(m, ATTACHED)]
     log(f"fine-tuning with BatchNorm after {len(attached)} convolution(s) ({_some(attached)}), folded back "
         "afterwards")
@@ -328,8 +334,14 @@ def compress(
     variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
     if summary.folded:
-        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (fold_batchnorm): "
+        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (batchnorm_noise: fold): "
             + _some([f"{bn}→{conv}" for conv, bn in summary.folded]))
+    if summary.normalised:
+        log(f"unit noise on the output of {len(summary.normalised)} BatchNorm(s), folded at thresholding "
+            "(batchnorm_noise: after): " + _some([f"{conv}+{bn}" for conv, bn in summary.normalised]))
+    for note in summary.notes:
+        log(f"note: {note}")
+    normalised = [conv for conv, _ in summary.normalised]
     for group in summary.tied:
         log(f"one noise per channel (tie_residual): {', '.join(group)}")
     if summary.left_alone:
@@ -388,7 +400,8 @@ def compress(
             and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         found = _search_after_finetune(variational, points, chosen, metric_before["val"], recipe, data, device,
-                                       out_dir, example, resume=resume, progress=progress, log=log)
+                                       out_dir, example, resume=resume, progress=progress, log=log,
+                                       normalised=normalised)
         timings["masked_finetune_s"] = time.perf_counter() - t0
         search = found.probes
         if found.best is not None:
@@ -417,7 +430,7 @@ def compress(
     if masked is None and recipe.finetune_epochs_for(data.num_train) > 0:
         t0 = time.perf_counter()
         masked = _finetune_pruned(pruned, data, recipe, device, example, out_dir / MASKED_CHECKPOINT,
-                                  resume=resume, progress=progress, log=log)
+                                  resume=resume, progress=progress, log=log, normalised=normalised)
         timings["masked_finetune_s"] = time.perf_counter() - t0
     if masked is not None:
         history += masked.train.history
@@ -498,7 +511,8 @@ def compress(
             "sparse_initializers": exported.sparse_initializers,
             "conversion": {"converted": summary.converted, "excluded": summary.excluded,
                            "left_alone": summary.left_alone, "tied": summary.tied,
-                           "batchnorm_folded": summary.folded},
+                           "batchnorm_folded": summary.folded, "batchnorm_noise_after": summary.normalised,
+                           **({"notes": summary.notes} if summary.notes else {})},
             "kept_fraction_converted": pruned.kept_fraction,
             **({"kept_unit_fraction_converted": pruned.kept_unit_fraction} if pruned.unit_masks else {}),
             **({"slim": {"removed": {n: list(v) for n, v in slimmed.removed.items()},
@@ -524,6 +538,9 @@ def compress(
     if recipe.target is not None:
         report["target"] = target_outcome(recipe, report)
         log(report["target"]["line"])
+    if not recipe.automatic and over_budget(recipe, metric_before["val"], metric_after["val"]):
+        report["budget"] = {"within": False, "line": fixed_beta_budget_line(
+            recipe, metric_before["val"], metric_after["val"], report["params"]["ratio"] or float("inf"))}
     if recipe.plots and plot_error is None:
         plots.update(_draw_plots(out_dir, _report_drawings(report), log)[0])
     if plots:
@@ -565,6 +582,7 @@ def _search_after_finetune(
     resume: bool,
     progress: bool,
     log: Callable[[str], None],
+    normalised: Sequence[str] = (),
 ) -> _Search:
     """Choose the threshold by the validation metric *after* the noise-free fine-tuning (``budget_after_finetune``).
 
@@ -592,7 +610,7 @@ def _search_after_finetune(
         pruned = prune(copy.deepcopy(variational), point.threshold)
         masked = _finetune_pruned(pruned, data, recipe, device, example,
                                   out_dir / f"checkpoint-masked-t{point.threshold:g}.pt", resume=resume,
-                                  progress=progress, log=log)
+                                  progress=progress, log=log, normalised=normalised)
         metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = within_budget(metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
                            higher_is_better=recipe.loss == "cross_entropy")
@@ -638,17 +656,37 @@ def _budget_text(recipe: Recipe) -> str:
     return f"{recipe.max_metric_drop:g}" + ("" if recipe.loss == "cross_entropy" else "%")
 
 
-def check_budget(recipe: Recipe, before: float, after: float) -> None:
-    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1)."""
+def _worse_text(recipe: Recipe, before: float, after: float) -> str:
     from .autopilot import metric_drop
 
-    if not recipe.automatic or recipe.max_metric_drop is None or within_budget(
-            after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
-            higher_is_better=recipe.loss == "cross_entropy"):
-        return
     drop = metric_drop(before, after, loss=recipe.loss)
-    worse = (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
-             else f"has {drop:.3g}% more error (mse) than the original")
+    return (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+            else f"has {drop:.3g}% more error (mse) than the original")
+
+
+def over_budget(recipe: Recipe, before: float, after: float) -> bool:
+    """Whether the recipe has an accuracy budget and ``after`` (validation) misses it."""
+    return recipe.max_metric_drop is not None and not within_budget(
+        after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
+        higher_is_better=recipe.loss == "cross_entropy")
+
+
+def fixed_beta_budget_line(recipe: Recipe, before: float, after: float, params_ratio: float) -> str:
+    """The one line of a fixed-β run that ends over its budget (:func:`check_budget` stops an automatic one)."""
+    return (f"over budget: the compressed model {_worse_text(recipe, before, after)} on validation data "
+            f"(budget {recipe.max_metric_drop:g}) at {params_ratio:.3g}x fewer parameters, with β fixed at "
+            f"{recipe.fixed_beta:g}; lower --kl-weight, or let the autopilot choose β (no --kl-weight). The files are "
+            "written; the exit status is 4 (set max_metric_drop: null to accept any drop)")
+
+
+def check_budget(recipe: Recipe, before: float, after: float) -> None:
+    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1).
+
+    A fixed-β run (``kl_weight`` or ``kl_weights`` set) is the user's choice of β: it exports, then says so in one
+    line (:func:`fixed_beta_budget_line`) and the command exits with status 4 (``report["budget"]``)."""
+    if not recipe.automatic or not over_budget(recipe, before, after):
+        return
+    worse = _worse_text(recipe, before, after)
     raise TrainingError(
         f"the compressed model {worse} on validation data, over the budget "
         f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "

@@ -2,8 +2,10 @@
 
 Structured noise multiplies a convolution's output channels, and a pruned channel must output exact zeros. A
 BatchNorm after the noisy convolution would turn those zeros into its shift, which a zero-padded consumer cannot
-absorb (:mod:`prunedrop.slim`), so the recipe key ``fold_batchnorm`` folds every BatchNorm that a convolution alone
-feeds into that convolution before the conversion (:func:`fold_batchnorm`). The fine-tuning after thresholding then trains a deep network without normalisation, which
+absorb (:mod:`prunedrop.slim`). The default (recipe key ``batchnorm_noise: after``) puts the noise on the BatchNorm's
+output instead (:func:`batchnorm_pairs` finds the pairs; the layer folds the BatchNorm at thresholding);
+``batchnorm_noise: fold`` folds every BatchNorm that a convolution alone feeds into that convolution before the
+conversion (:func:`fold_batchnorm`). The fine-tuning after thresholding then trains a deep network without normalisation, which
 is slower to recover from the noise than the same network with its BatchNorms (Torch-Pruning's baseline keeps
 them).
 
@@ -38,7 +40,7 @@ _BATCHNORM = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: n
 _HOOK_ID = "_finetune_bn_hook"
 
 
-def _graph(model: nn.Module, key: str):
+def _graph(model: nn.Module, key: str, fix: str = "set it to false"):
     from torch import fx
 
     try:
@@ -46,7 +48,7 @@ def _graph(model: nn.Module, key: str):
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrunedropError(f"recipe key '{key}' needs a torch.fx trace of the model, which failed: "
-                             f"{type(e).__name__}: {first}; set it to false") from None
+                             f"{type(e).__name__}: {first}; {fix}") from None
 
 
 def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -76,7 +78,7 @@ def _eval_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, tor
 def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     """The (convolution, BatchNorm) pairs of ``model`` that :func:`fold_batchnorm` folds: a BatchNorm whose input
     is a Conv1d/2d/3d of the same dimension used by nothing else. Traces the model; modifies nothing."""
-    graph = _graph(model, "fold_batchnorm")
+    graph = _graph(model, "batchnorm_noise: fold", "use batchnorm_noise: after or before")
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -86,6 +88,33 @@ def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
         if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
                 and type(modules[src.target]) in _BATCHNORM
                 and _BATCHNORM[type(modules[src.target])] is type(modules[node.target])):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """The (convolution, BatchNorm) pairs that structured noise treats as one unit (recipe key ``batchnorm_noise:
+    after``): a BatchNorm of the convolution's dimension with running statistics whose input is that convolution,
+    each called once and the convolution's output used by nothing else. Found with a ``torch.fx`` trace; a model
+    without BatchNorms is not traced. Raises :class:`PrunedropError` if the trace fails; modifies nothing."""
+    modules = dict(model.named_modules())
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
+        return []
+    graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before")
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM.values():
+            continue
+        bn, src = modules[node.target], node.args[0] if node.args else None
+        if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
+                and type(modules[src.target]) in _BATCHNORM
+                and _BATCHNORM[type(modules[src.target])] is type(bn)
+                and calls[src.target] == 1 and calls[node.target] == 1
+                and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels):
             pairs.append((src.target, node.target))
     return pairs
 
@@ -104,8 +133,8 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
         if bn.running_mean is None or bn.running_var is None:
-            raise PrunedropError(f"fold_batchnorm: {bn_name} keeps no running statistics (track_running_stats="
-                                 "False), so it has no eval-mode affine map to fold; set fold_batchnorm: false")
+            raise PrunedropError(f"batchnorm_noise: fold: {bn_name} keeps no running statistics (track_running_stats="
+                                 "False), so it has no eval-mode affine map to fold; use batchnorm_noise: before")
         _scale_output_channels(conv, *_eval_affine(bn))
         parent, _, child = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
@@ -137,15 +166,19 @@ def _apply(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor
 
 
 def attach_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *,
-                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Attach a calibrated BatchNorm to every convolution of ``model`` that has none (in place).
+                     device: torch.device | str = "cpu", names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Attach a calibrated BatchNorm to every convolution of ``model`` that has none (in place), or to the
+    convolutions ``names`` (no trace needed; names the model lacks are skipped).
 
     ``batches``: training inputs for the calibration (a few thousand samples are plenty). Returns the masks
     (parameter name → keep) that hold the BatchNorms of exactly-zero channels at zero, to be added to the
     fine-tuning's masks. The model's eval-mode function is unchanged (to float32 rounding).
     """
-    names = unnormalised_convolutions(model)
     modules = dict(model.named_modules())
+    if names is None:
+        names = unnormalised_convolutions(model)
+    else:
+        names = [n for n in names if type(modules.get(n)) in _BATCHNORM and not hasattr(modules[n], ATTACHED)]
     sums: dict[str, list[torch.Tensor]] = {}
 
     def accumulate(name: str):

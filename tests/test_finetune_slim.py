@@ -31,10 +31,12 @@ def _data(shape: tuple[int, ...], classes: int = 3, n: int = 64) -> DataBundle:
                       input_shape=shape, num_classes=classes)
 
 
-def _prune_units(method: str, arch: str, units: dict[str, list[int]], *, tie: bool = False):
+def _prune_units(method: str, arch: str, units: dict[str, list[int]], *, tie: bool = False,
+                 batchnorm_noise: str = "after"):
     """Convert ``arch``, make the noise of ``units`` (layer → unit indices) far above its signal, and prune."""
     plain, x = tiny_arch(arch)
-    model = to_variational(plain, Recipe(method=method, tie_residual=tie), example_input=x[:2])
+    model = to_variational(plain, Recipe(method=method, tie_residual=tie, batchnorm_noise=batchnorm_noise),
+                           example_input=x[:2])
     layers = variational_layers(model)
     with torch.no_grad():
         for name, idx in units.items():
@@ -89,7 +91,9 @@ def test_slim_fine_tuning_trains_the_same_function_as_the_masked_model(method: s
 
 def test_pruned_units_that_slimming_keeps_stay_silent_during_fine_tuning() -> None:
     # untied: the block still writes stem channel 1 of the residual stream, so the channel stays with a zero row
-    pruned, x = _prune_units("sbp", "resnet_basic", {"stem.0.0": [1], "layer2.conv1.0": [0]})
+    # the noise before the BatchNorms (batchnorm_noise: before), whose shifts are then set to zero by hand
+    pruned, x = _prune_units("sbp", "resnet_basic", {"stem.0.0": [1], "layer2.conv1.0": [0]},
+                             batchnorm_noise="before")
     with torch.no_grad():  # no BatchNorm shift on the pruned channels, so that they output exact zeros
         for name, channel in (("stem.0.1", 1), ("layer1.conv2.1", 1), ("layer2.conv1.1", 0)):
             bn = pruned.model.get_submodule(name)

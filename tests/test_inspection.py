@@ -165,21 +165,27 @@ def test_batchnorms_that_fold_batchnorm_folds_are_shown_folded():
     from prunedrop.testing_arch import tiny_arch
 
     model, x = tiny_arch("densenet")
-    recipe = Recipe(method="sbp", fold_batchnorm=True)
+    recipe = Recipe(method="sbp", batchnorm_noise="fold")
     entries = _by_name(inspect_model(model, x, recipe))
     assert entries["transition.0"]["status"] == "unsupported"  # after a concatenation: stays
-    plain = _by_name(inspect_model(model, x, Recipe(method="sbp")))
+    plain = _by_name(inspect_model(model, x, Recipe(method="sbp", batchnorm_noise="before")))
     assert plain["block.0.bn"]["status"] == "unsupported"
 
     vgg, x = tiny_arch("vgg_bn")
     d = inspect_model(vgg, x, recipe)
     entries = _by_name(d)
     assert entries["features.1"]["status"] == "folded"
-    assert entries["features.1"]["reason"] == "folded into features.0 before the conversion (fold_batchnorm)"
+    assert entries["features.1"]["reason"] == "folded into features.0 before the conversion (batchnorm_noise: fold)"
     summary = ConversionSummary()
     to_variational(copy.deepcopy(vgg), recipe, summary=summary)
     assert d["summary"]["left_alone"] == summary.left_alone == {}
     assert "keep: folded into features.0" in format_inspection(d)
+    joined = inspect_model(vgg, x, Recipe(method="sbp"))  # the default: noise on the BatchNorm's output
+    after = _by_name(joined)
+    assert after["features.1"]["status"] == "folded" and after["features.1"]["reason"].startswith("joins features.0")
+    summary = ConversionSummary()
+    to_variational(copy.deepcopy(vgg), Recipe(method="sbp"), summary=summary, example_input=x[:2])
+    assert joined["summary"]["left_alone"] == summary.left_alone == {}
 
     class Branchy(nn.Module):
         def __init__(self):
@@ -190,4 +196,4 @@ def test_batchnorms_that_fold_batchnorm_folds_are_shown_folded():
             return self.conv(x) if x.sum() > 0 else self.conv(-x)
 
     d = inspect_model(Branchy(), torch.randn(2, 1, 5, 5), recipe)
-    assert any("fold_batchnorm" in w and "would stop" in w for w in d["warnings"])
+    assert any("batchnorm_noise" in w and "would stop" in w for w in d["warnings"])

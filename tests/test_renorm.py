@@ -165,35 +165,37 @@ def test_fold_batchnorm_keeps_the_function_and_the_weights(arch: str, stays: lis
         assert model.get_submodule(conv).weight.data_ptr() == pointers[f"{conv}.weight"]
 
 
-def test_folded_batchnorm_lets_a_pruned_channel_before_a_padded_convolution_leave() -> None:
-    """Without folding, a pruned layer1.conv1 channel outputs its BatchNorm's shift into the zero-padded conv2,
-    and slimming must keep it; folded first, the noise acts after the normalisation and the channel goes."""
+def test_noise_after_the_batchnorm_lets_a_pruned_channel_before_a_padded_convolution_leave() -> None:
+    """With the noise before the BatchNorm, a pruned layer1.conv1 channel outputs its BatchNorm's shift into the
+    zero-padded conv2, and slimming must keep it; on the BatchNorm's output (the default) or folded first, the noise
+    acts after the normalisation and the channel goes."""
     removed = {}
-    for fold in (False, True):
+    for placement in ("before", "fold", "after"):
         plain, x = tiny_arch("resnet_basic")
-        recipe = Recipe(method="sbp", fold_batchnorm=fold)
+        recipe = Recipe(method="sbp", batchnorm_noise=placement)
         summary = ConversionSummary()
         model = to_variational(plain, recipe, summary=summary, example_input=x[:2])
-        assert len(summary.folded) == (6 if fold else 0)
+        assert len(summary.folded) == (6 if placement == "fold" else 0)
+        assert len(summary.normalised) == (6 if placement == "after" else 0)
         with torch.no_grad():
             layer = variational_layers(model)["layer1.conv1.0"]
             layer.mu[2] = -10.0
             layer.log_sigma[2] = 2.0
         pruned = prune(model.eval(), None)
-        removed[fold] = slim(pruned.model.eval(), pruned.unit_masks, x).removed["layer1.conv1.0"]
-    assert removed == {False: (6, 6), True: (6, 5)}
+        removed[placement] = slim(pruned.model.eval(), pruned.unit_masks, x).removed["layer1.conv1.0"]
+    assert removed == {"before": (6, 6), "fold": (6, 5), "after": (6, 5)}
 
 
 def test_fold_batchnorm_needs_running_statistics() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
-    with pytest.raises(PrunedropError, match="fold_batchnorm"):
+    with pytest.raises(PrunedropError, match="batchnorm_noise: fold"):
         fold_batchnorm(model)
 
 
 def test_compress_folds_fine_tunes_with_batchnorm_and_reports(tmp_path) -> None:
     plain, x = tiny_arch("resnet_basic")
     data = _data(tuple(x.shape[1:]))
-    recipe = Recipe(method="sbp", fold_batchnorm=True, finetune_batchnorm=True, tie_residual=True, exclude=["fc"],
+    recipe = Recipe(method="sbp", batchnorm_noise="fold", finetune_batchnorm=True, tie_residual=True, exclude=["fc"],
                     epochs=1, finetune_epochs=1, batch_size=16, kl_warmup_epochs=0, device="cpu", mc_samples=0,
                     plots=False, latency_runs=0, sweep_thresholds=[1.0])
     logged: list[str] = []

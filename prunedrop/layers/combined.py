@@ -108,7 +108,7 @@ class _LogNormalSVD(_LogNormal):
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         masks = {"weight": self.keep_mask(threshold)}
-        if self.bias is not None:
+        if self.bias is not None or self._batchnorm() is not None:
             masks["bias"] = self.unit_keep_mask(threshold).clone()
         return masks
 
@@ -131,8 +131,9 @@ class _LogNormalSVD(_LogNormal):
     def to_dense(self, threshold: float | None = None) -> nn.Module:
         with torch.no_grad():
             m = self._eval_multiplier(threshold).to(self.weight.dtype)
-            weight = self.weight * self.weight_keep_mask() * m.view(-1, *([1] * (self.weight.dim() - 1)))
-            return self._dense_with(weight, None if self.bias is None else self.bias * m)
+            weight, bias = self._fold_batchnorm(self.weight * self.weight_keep_mask(), self.bias)
+            weight = weight * m.view(-1, *([1] * (weight.dim() - 1)))
+            return self._dense_with(weight, None if bias is None else bias * m)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight_threshold={self.weight_threshold}"

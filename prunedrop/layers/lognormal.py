@@ -153,6 +153,18 @@ def _kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch
     return const - log_sigma + torch.where(tail, tail_part, mid_part)
 
 
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of a BatchNorm in eval mode: ``bn(z) = scale · z + shift`` (running statistics)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = bn.weight * scale
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            shift = shift + bn.bias
+    return scale, shift
+
+
 class TiedDraw:
     """The noise draw that the layers of one tied group share within a forward pass (see :func:`tie_units`).
 
@@ -208,8 +220,49 @@ class _OutputUnitNoise(VariationalLayer):
         return nn.Parameter(torch.full((self.weight.shape[0],), float(value), dtype=self.weight.dtype,
                                        device=self.weight.device))
 
+    def normalise_with(self, batchnorm: nn.Module) -> None:
+        """Apply ``batchnorm`` (a BatchNorm of this layer's units) to the output before the unit noise.
+
+        The convolution → BatchNorm pair then is one unit: ``y = θ ⊙ BN(f(x, W) + b)``, so the variational phase
+        trains the network with its normalisation in place, and a pruned unit outputs exact zeros after it.
+        The BatchNorm becomes a child (``<layer>.batchnorm.*``): it trains with the layer and keeps its own mode,
+        so Monte Carlo sampling (only this layer in train mode) still normalises with the running statistics.
+        ``to_dense`` folds its eval-mode affine map into the weight and bias, exactly.
+        """
+        if not isinstance(batchnorm, nn.modules.batchnorm._BatchNorm) or batchnorm.num_features != self.weight.shape[0]:
+            raise TypeError(f"normalise_with needs a BatchNorm of {self.weight.shape[0]} features, not {batchnorm!r}")
+        if batchnorm.running_mean is None or batchnorm.running_var is None:
+            raise ValueError("normalise_with needs a BatchNorm with running statistics (track_running_stats=True), "
+                             "whose eval-mode affine map can be folded")
+        self.batchnorm = batchnorm
+
+    def _batchnorm(self) -> nn.Module | None:
+        """The BatchNorm applied before the noise (:meth:`normalise_with`), if any."""
+        return self._modules.get("batchnorm")
+
+    def _fold_batchnorm(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight, bias)`` with the eval-mode BatchNorm of :meth:`normalise_with` folded in (unchanged without one)."""
+        bn = self._batchnorm()
+        if bn is None:
+            return weight, bias
+        scale, shift = batchnorm_affine(bn)
+        scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
+        weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+        return weight, shift if bias is None else bias * scale + shift
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        masks = super().parameter_keep_masks(threshold)
+        if self._batchnorm() is not None and "bias" not in masks:  # to_dense gives the layer the BatchNorm's shift
+            unit = self.unit_keep_mask(threshold)
+            if unit is not None:
+                masks["bias"] = unit.clone()
+        return masks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._apply_dense(x)
+        bn = self._batchnorm()
+        if bn is not None:
+            y = bn(y)
         unit_axis, batch_axis = self._unit_axes(y)
         shape = [1] * y.dim()
         shape[unit_axis] = y.shape[unit_axis]
@@ -225,8 +278,9 @@ class _OutputUnitNoise(VariationalLayer):
     def to_dense(self, threshold: float | None = None) -> nn.Module:
         with torch.no_grad():
             m = self._eval_multiplier(threshold).to(self.weight.dtype)
-            weight = self.weight * m.reshape(-1, *[1] * (self.weight.dim() - 1))
-            return self._dense_with(weight, None if self.bias is None else self.bias * m)
+            weight, bias = self._fold_batchnorm(self.weight, self.bias)
+            weight = weight * m.reshape(-1, *[1] * (weight.dim() - 1))
+            return self._dense_with(weight, None if bias is None else bias * m)
 
 
 class _LinearUnits(_OutputUnitNoise):
