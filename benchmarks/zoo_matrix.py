@@ -312,9 +312,11 @@ def _cell_text(cell: dict | None) -> str:
         units = cell.get("units")
         shrink = f", units {units['before']}→{units['after']}" if units else ""
         heads = f", heads {cell['heads'][0]}→{cell['heads'][1]}" if cell.get("heads") else ""
-        return f"works ({cell['seconds']:.0f} s{shrink}{heads})"
+        state_only = "" if cell.get("architecture_json", True) else "; no architecture.json"
+        return f"works ({cell['seconds']:.0f} s{shrink}{heads}{state_only})"
     error = cell["error"]
-    return f"**fails at {error['stage']}**: {error['what'][:110]}".replace("|", "\\|")
+    what = error["what"] if len(error["what"]) <= 150 else error["what"][:147] + "..."
+    return f"**fails at {error['stage']}**: {what}".replace("|", "\\|")
 
 
 def write_docs(results: dict, path: Path) -> None:
@@ -331,11 +333,27 @@ def write_docs(results: dict, path: Path) -> None:
         "its error. `units a→b`: output units of the converted layers before and after slimming (pruned units that",
         "slimming had to keep stay as exact zeros). Times are this machine's, one thread.",
         "",
-        "Produced by (in the zoo environment, `scripts/setup-zoo.sh`):",
+        "Produced by",
         "",
         f"    {results['command']}",
         "",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.",
+        f"in the zoo environment: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.",
+        "",
+        "The environment: PyPI's torchvision does not import beside the CPU build of torch in `.venv` (torch",
+        "2.13.0+cpu: \"operator torchvision::nms does not exist\"; its `_C.so` links `libtorch_cuda.so`).",
+        "`bash scripts/setup-zoo.sh` builds `.venv-zoo`: the CPU builds of torch and torchvision from",
+        "download.pytorch.org when that index is reachable, otherwise PyPI's CUDA builds of torch 2.14.1 and",
+        "torchvision 0.29.1 (they run on a CPU), then timm and prunedrop. Measured here, where only the package",
+        "mirror is reachable: 4 min 19 s for a fresh `.venv-zoo` (138 s of it torch and torchvision, 5.7 GB). Then:",
+        "",
+        "    .venv-zoo/bin/python benchmarks/zoo_matrix.py                 # the whole table, about 25 min here",
+        "    .venv-zoo/bin/python -m pytest tests/test_zoo.py              # ResNet-18 and MobileNetV2 (skipped without torchvision)",
+        "",
+        "Reading the notes: slimming keeps a pruned channel (as exact zeros) where removing it is not exact or not",
+        "possible: a residual stream that another producer still writes (forcing picks units at random, so only",
+        "the streams that `tie_residual` ties agree), a channel that passes through a grouped convolution (RegNet),",
+        "a LayerNorm over channels (ConvNeXt, ViT), or a squeeze-excitation product (MobileNetV3, EfficientNet; the",
+        "slim analysis treats a product like a sum: a channel goes only when both factors' producers prune it).",
         "",
         "| model | input | params | " + " | ".join(methods) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |",
@@ -383,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "zoo.md",
                         help="the Markdown table to write (default docs/zoo.md)")
     parser.add_argument("--no-docs", action="store_true", help="write the JSON only, not the Markdown table")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="run nothing: write the Markdown table (--docs) from the results of an earlier run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -392,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.child:
         child(args.child, args.methods, args.steps, args.fraction, args.seed, args.child_out)
+        return 0
+    if args.render:
+        write_docs(json.loads(args.render.read_text()), args.docs)
+        print(f"wrote {args.docs}")
         return 0
     try:
         versions = _versions()
