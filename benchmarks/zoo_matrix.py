@@ -330,8 +330,10 @@ def write_docs(results: dict, path: Path) -> None:
         "original → convert (the shipped `recipes/<method>.yaml`) → a few training steps on random data → forced",
         f"pruning (a random {results['fraction']:.0%} of every noise tensor set past the threshold) → slim → ONNX export →",
         "onnxruntime parity. A cell *works* when every stage passed; otherwise it names the first stage that failed and",
-        "its error. `units a→b`: output units of the converted layers before and after slimming (pruned units that",
-        "slimming had to keep stay as exact zeros). Times are this machine's, one thread.",
+        "its error. `units a→b`: output units of the Linear/Conv layers that were masked or shrank, before and after",
+        "slimming (pruned units that slimming had to keep stay as exact zeros); `heads a→b`: attention heads.",
+        "\"no architecture.json\": `prunedrop.io.save_model` could not describe the slim model (see the notes), so a",
+        "run saves its state dict only. Times are this machine's (2 shared cores, one thread), so only a guide.",
         "",
         "Produced by",
         "",
@@ -346,14 +348,17 @@ def write_docs(results: dict, path: Path) -> None:
         "torchvision 0.29.1 (they run on a CPU), then timm and prunedrop. Measured here, where only the package",
         "mirror is reachable: 4 min 19 s for a fresh `.venv-zoo` (138 s of it torch and torchvision, 5.7 GB). Then:",
         "",
-        "    .venv-zoo/bin/python benchmarks/zoo_matrix.py                 # the whole table, about 25 min here",
+        "    .venv-zoo/bin/python benchmarks/zoo_matrix.py                 # the whole table, about 20 min here",
         "    .venv-zoo/bin/python -m pytest tests/test_zoo.py              # ResNet-18 and MobileNetV2 (skipped without torchvision)",
         "",
         "Reading the notes: slimming keeps a pruned channel (as exact zeros) where removing it is not exact or not",
         "possible: a residual stream that another producer still writes (forcing picks units at random, so only",
         "the streams that `tie_residual` ties agree), a channel that passes through a grouped convolution (RegNet),",
-        "a LayerNorm over channels (ConvNeXt, ViT), or a squeeze-excitation product (MobileNetV3, EfficientNet; the",
-        "slim analysis treats a product like a sum: a channel goes only when both factors' producers prune it).",
+        "a LayerNorm over channels (ConvNeXt, ViT), timm's fused qkv projection (split by `unbind`), or a",
+        "squeeze-excitation product (MobileNetV3, EfficientNet; the slim analysis treats a product like a sum: a",
+        "channel goes only when both factors' producers prune it, though a zero factor alone silences it).",
+        "Layers are converted by exact type: a subclass (timm's `Conv2dSame`, the `out_proj` of an",
+        "`nn.MultiheadAttention` under sbp, which registers no attention layer) stays dense and is listed below.",
         "",
         "| model | input | params | " + " | ".join(methods) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |",
@@ -375,6 +380,10 @@ def write_docs(results: dict, path: Path) -> None:
             error = c.get("error") or {}
             lines.append(f"- {c['model']} × {c['method']}: {error.get('stage')}, `{error.get('where')}`: "
                          f"{error.get('what')}".replace("|", "\\|"))
+    left = [(c, c["left_alone"]) for c in results["cells"] if c.get("left_alone")]
+    if left:
+        lines += ["", "## Layers with parameters that the method left dense (no registered variational type)", ""]
+        lines += [f"- {c['model']} × {c['method']}: {', '.join(types)}" for c, types in left]
     notes = [(c, n) for c in results["cells"] for n in c.get("notes", [])]
     if notes:
         lines += ["", "## Notes", ""]
