@@ -575,6 +575,13 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "ZeroPad3d": ("padding",),
     "LSTM": (*_RNN_ARGS, "proj_size"),
     "GRU": _RNN_ARGS,
+    "MultiheadAttention": ("embed_dim", "num_heads", "dropout", "bias", "add_bias_kv", "add_zero_attn", "kdim",
+                           "vdim", "batch_first"),
+}
+# Constructor arguments that a module does not hold under their own name: (type name, argument) -> reader.
+_ARG_READERS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("MultiheadAttention", "bias"): lambda m: m.in_proj_bias is not None,
+    ("MultiheadAttention", "add_bias_kv"): lambda m: m.bias_k is not None,
 }
 
 _OPERATOR_FUNCTIONS = (
@@ -598,7 +605,7 @@ _FUNCTIONAL_FUNCTIONS = (
     "conv_transpose3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "elu", "embedding", "gelu",
     "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate", "layer_norm", "leaky_relu", "linear",
     "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "mish", "normalize", "pad", "prelu", "relu",
-    "relu6", "sigmoid", "silu", "softmax", "softplus", "tanh",
+    "relu6", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "softplus", "tanh",
 )
 # Tensor methods a graph may call; checked again on load, since the manifest is untrusted input.
 METHODS: frozenset[str] = frozenset((
@@ -740,6 +747,54 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         ) from e
 
 
+# Functions that return their input unchanged in eval mode (stochastic depth, drop path), by qualified name (nothing
+# is imported for them) -> (position, keyword) of their ``training`` argument. The model is traced in eval mode.
+_EVAL_IDENTITY = {
+    "torchvision.ops.stochastic_depth.stochastic_depth": (3, "training"),
+    "timm.layers.drop.drop_path": (2, "training"),
+}
+
+
+def _qualified_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
+
+
+def _drop_inference_no_ops(gm: fx.GraphModule) -> fx.GraphModule:
+    """Remove what the eval-mode forward does not compute: calls of :data:`_EVAL_IDENTITY` functions with
+    ``training`` False (replaced by their input), and ``torch._assert`` checks (of input shapes, say) with the
+    nodes only they used; :func:`save_model` checks the rebuilt model against the original on the example instead."""
+    import torch
+
+    graph = gm.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        identity = _EVAL_IDENTITY.get(_qualified_name(node.target))
+        if identity is not None:
+            position, keyword = identity
+            training = node.kwargs.get(keyword, node.args[position] if len(node.args) > position else True)
+            if training is False and node.args:
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+                changed = True
+        elif node.target in (torch._assert, getattr(torch, "_assert_async", None)) and not node.users:
+            inputs = list(node.all_input_nodes)
+            graph.erase_node(node)
+            changed = True
+            erased = {node}
+            while inputs:  # the condition's own nodes, when nothing else reads them
+                source = inputs.pop()
+                if source not in erased and not source.users and source.op in ("call_function", "call_method"):
+                    inputs += source.all_input_nodes
+                    graph.erase_node(source)
+                    erased.add(source)
+    if changed:
+        graph.lint()
+        gm.recompile()
+    return gm
+
+
 def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
     type_name = type(module).__name__
     if _module_type(type_name) is not type(module):
@@ -750,8 +805,9 @@ def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
         )
     args = {}
     for arg in MODULE_ARGS[type_name]:
-        value = getattr(module, arg)
-        if arg == "bias":
+        reader = _ARG_READERS.get((type_name, arg))
+        value = reader(module) if reader is not None else getattr(module, arg)
+        if arg == "bias" and reader is None:
             value = value is not None
         args[arg] = _encode(value, f"module {name!r} ({type_name})")
     return {"type": type_name, "args": args}
@@ -870,7 +926,9 @@ def _install(root: nn.Module, qualname: str, value: Any) -> None:
 # fx pastes node names, placeholder targets, kwarg names and module paths verbatim into the Python source of
 # the GraphModule it generates and runs, so a hand-crafted manifest could inject code through them.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PATH_PART = re.compile(r"[A-Za-z0-9_]+")  # Sequential children are named "0", "1", ...
+# Sequential children are named "0", "1", ...; torchvision's RegNet "block1-0". fx writes a part that is not an
+# identifier as a quoted getattr(..., "part"): a hyphen cannot end the string.
+_PATH_PART = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _check_identifier(value: Any, what: str) -> str:
@@ -1064,7 +1122,7 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input:
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # tracing follows `if self.training` branches: record the inference path
-        gm = _trace(model)
+        gm = _drop_inference_no_ops(_trace(model))
         state = {k: _compact(v) for k, v in gm.state_dict().items()}
         manifest = _manifest(model, gm, examples, state)
         text = _dumps_manifest(manifest)

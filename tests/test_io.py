@@ -323,6 +323,39 @@ def test_views_are_saved_compactly(tmp_path):
     assert (tmp_path / WEIGHTS_FILE).stat().st_size < 10_000
 
 
+class ZooIdioms(nn.Module):
+    """What the torchvision and timm zoo writes: a child named with a hyphen (RegNet's "block1-0"), a shape check
+    with torch._assert (ViT), nn.MultiheadAttention and F.scaled_dot_product_attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Module()
+        self.blocks.add_module("block1-0", nn.Linear(8, 8))
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True, kdim=6, vdim=6)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[-1] == 8, "expected 8 features")
+        h = getattr(self.blocks, "block1-0")(x)
+        h = h + self.attention(h, memory, memory, need_weights=False)[0]
+        q = h.unflatten(-1, (2, 4)).transpose(1, 2)
+        h = h + F.scaled_dot_product_attention(q, q, q).transpose(1, 2).flatten(2)
+        return self.head(h.mean(1))
+
+
+def test_zoo_idioms_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model, x, memory = ZooIdioms().eval(), torch.randn(2, 5, 8), torch.randn(2, 7, 6)
+    save_model(model, tmp_path, (x, memory))
+    manifest = json.loads((tmp_path / ARCHITECTURE_FILE).read_text())
+    assert "blocks.block1-0" in manifest["modules"]
+    assert manifest["modules"]["attention"]["args"]["add_bias_kv"] is True
+    assert not any("_assert" in str(n["target"]) for n in manifest["graph"])  # the check is not part of the model
+    rebuilt = load_saved_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(x, memory), rebuilt(x, memory))
+
+
 class Branchy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if x.sum() > 0 else -x
@@ -398,6 +431,7 @@ def _set_graph_target(op: str, value: str) -> Callable[[dict], None]:
         (lambda m: m["graph"][1].__setitem__("name", "a;print(1)"), ["node name", "plain name"]),
         (lambda m: m["graph"][-2]["kwargs"].__setitem__("dim=0,x", 1), ["keyword argument name"]),
         (lambda m: m["modules"].__setitem__('a")+print(1)#', {}), ["module path", "dotted name"]),
+        (lambda m: m["modules"].__setitem__('block-0"+print(1)', {}), ["module path", "dotted name"]),
     ],
 )
 def test_bad_manifests_are_refused(tmp_path, edit, fragments):

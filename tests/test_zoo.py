@@ -1,0 +1,55 @@
+"""A corner of the zoo matrix (benchmarks/zoo_matrix.py) in the test suite: torchvision's ResNet-18 and MobileNetV2
+through convert → training steps → forced pruning → slim → ONNX export → onnxruntime parity.
+
+Skipped where torchvision is not importable (the CPU torch of .venv has none that imports; scripts/setup-zoo.sh
+builds .venv-zoo, where these run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torchvision", exc_type=ImportError)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _matrix():
+    spec = importlib.util.spec_from_file_location("zoo_matrix", ROOT / "benchmarks" / "zoo_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("zoo_matrix", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("model", "method"), [("resnet18", "sbp"), ("mobilenet_v2", "group_vd")])
+def test_torchvision_network_is_compressed_slimmed_and_exported(model: str, method: str, tmp_path: Path) -> None:
+    cell = _matrix().run_cell(model, method, steps=2, fraction=0.5, seed=0, work=tmp_path, size=32)
+    assert cell["error"] is None, cell["error"]
+    assert cell["passed"] == ["build", "original", "convert", "train", "force", "slim", "export", "parity"]
+    assert 0.3 < cell["kept_fraction"] < 0.7  # about half of every noise tensor was forced past the threshold
+    units = cell["units"]
+    assert units["after"] < units["before"]  # slimming removed units physically ...
+    assert cell["slim_diff"] <= 1e-5  # ... and the slim model computes what the masked one does
+    assert cell["params_after"] < cell["params"]
+    assert cell["parity_max_abs_diff"] < 1e-4
+
+
+def test_stochastic_depth_is_left_out_of_architecture_json(tmp_path: Path) -> None:
+    """EfficientNet's and ConvNeXt's stochastic depth is the identity in eval mode: architecture.json needs no
+    torchvision to rebuild them."""
+    import torch
+    import torchvision
+
+    from prunedrop.io import load_saved_model, save_model
+
+    torch.manual_seed(0)
+    model, x = torchvision.models.efficientnet_b0(num_classes=10).eval(), torch.randn(2, 3, 32, 32)
+    save_model(model, tmp_path, x)
+    assert "stochastic_depth" not in (tmp_path / "architecture.json").read_text()
+    with torch.no_grad():
+        assert torch.equal(model(x), load_saved_model(tmp_path)(x))
