@@ -258,3 +258,25 @@ def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -
     again = pipeline.reexport(tiny_arch("resnet_basic")[0], _data(tuple(x.shape[1:])), recipe, tmp_path / "out",
                               tmp_path / "again.onnx")
     assert again.parity_max_abs_diff <= recipe.parity_atol
+
+
+def test_quantized_export_of_a_network_whose_batchnorms_joined_their_noise(tmp_path) -> None:
+    """The two features together: BatchNorms inside the SBP layers (folded at thresholding) and an int8 file from
+    the posterior's bits; every converted convolution gets its bits and the int8 file is written and measured."""
+    from test_finetune_slim import _data  # pytest puts tests/ on sys.path
+
+    from prunedrop import pipeline
+    from prunedrop.testing_arch import tiny_arch
+
+    plain, x = tiny_arch("resnet_basic")
+    recipe = Recipe(method="sbp", tie_residual=True, exclude=["fc"], epochs=1, finetune_epochs=1, batch_size=16,
+                    kl_warmup_epochs=0, device="cpu", mc_samples=0, plots=False, latency_runs=0,
+                    sweep_thresholds=[1.0], kl_weight=1.0, max_metric_drop=None, quantize="bayes")
+    result = pipeline.compress(plain, _data(tuple(x.shape[1:])), recipe, tmp_path / "out", progress=False,
+                               log=lambda m: None)
+    assert len(result.report["conversion"]["batchnorm_noise_after"]) == 6
+    q = result.report["quantization"]
+    assert (tmp_path / "out" / "model-int8.onnx").is_file() and q["bytes"] > 0
+    converted = set(result.report["conversion"]["converted"])
+    with_bits = {row["layer"] for row in q["layers"] if "units" in row}
+    assert converted <= with_bits, (converted, q["layers"])
