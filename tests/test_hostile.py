@@ -179,6 +179,32 @@ def test_a_bad_python_data_module_is_a_one_line_error(user_folder: Path, case: s
     _one_line_error(result, 1, BAD_MODULES[case][1])
 
 
+DATA_HOOKS = {  # python:hooks:NAME, a module that imports but whose function fails
+    "raises": ("boom", "RuntimeError: boom"),
+    "exits": ("exits", "SystemExit: 4"),
+    "returns-garbage": ("garbage", "returned a int"),
+    "no-such-function": ("nope", "has no attribute"),
+}
+
+
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+@pytest.mark.parametrize("case", sorted(DATA_HOOKS))
+def test_a_failing_python_data_function_is_a_one_line_error(user_folder: Path, command: str, case: str) -> None:
+    (user_folder / "hooks.py").write_text("def boom():\n    raise RuntimeError('boom')\n\n\ndef exits():\n"
+                                          "    raise SystemExit(4)\n\n\ndef garbage():\n    return 42\n")
+    function, needle = DATA_HOOKS[case]
+    args = ["compress", "model.pt", "--arch", "tinyarch:build", "--data", f"python:hooks:{function}", "-o", "out"] \
+        if command == "compress" else ["inspect", "model.pt", "--arch", "tinyarch:build", "--data",
+                                       f"python:hooks:{function}"]
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        for name in ("tinyarch", "hooks"):
+            sys.modules.pop(name, None)
+    _one_line_error(result, 1, needle)
+    assert not (user_folder / "out").exists()
+
+
 def test_import_user_module_refuses_non_names() -> None:
     from prunedrop.safety import import_user_module
 
