@@ -318,14 +318,18 @@ def check_temp_dir() -> None:
     if problem is not None:
         where = f"TORCHINDUCTOR_CACHE_DIR={cache}" if from_variable else cache
         advice = "TORCHINDUCTOR_CACHE_DIR" if from_variable else "TMPDIR (or TORCHINDUCTOR_CACHE_DIR)"
-        raise PrunedropError(f"PyTorch's compiler cannot keep its cache in {where} ({problem}); set {advice} "
+        raise PrunedropError(f"PyTorch's compiler cannot create its cache folder {where} ({problem}); set {advice} "
                              "to a writable folder")
 
 
 def _unwritable_folder(path: str) -> str | None:
-    """Why the folder ``path`` cannot be created (where it is missing) and written to; None when it can."""
+    """Why the folder ``path`` is missing and cannot be created (what torch does on import); None when it exists
+    or can be made. An existing folder that is not writable is torch.compile's to report: ``compile: auto``
+    then trains eagerly after a one-line warning."""
     import tempfile
 
+    if os.path.isdir(path):
+        return None
     existing = path
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
