@@ -5,14 +5,16 @@ without an active exception", exit -6) after training had finished. This script 
 times while ``--load`` busy-loop processes compete for the CPU, and counts the runs whose torchrun exit status is
 not 0, the aborts among them (a worker that died of SIGABRT, or "terminate called" in the output) and, per rank,
 the gloo threads (``gloo_tcp_loop``, ``pt_gloo_runloop``) and Python threads still alive after the job's
-teardown (``prunedrop.distributed.cleanup``): the threads that a clean teardown has joined.
+teardown (after ``prunedrop.distributed.cleanup``; for ``compress``, when the process exits): the threads that a
+clean teardown has joined.
 
 Jobs (``--job``):
 
 * ``finetune`` (default): the job of ``tests/test_distributed.py``'s uninterrupted two-process run - the library
   API (``prunedrop.train.finetune`` under DistributedDataParallel, 2 epochs of a tiny MLP), ended by
   ``prunedrop.distributed.cleanup()`` as a user's script ends it;
-* ``compress``: ``torchrun --nproc_per_node=2 -m prunedrop compress`` on the tiny project of the tests.
+* ``compress``: ``torchrun --nproc_per_node=2`` running ``prunedrop compress`` (``prunedrop.cli.main``) on the
+  tiny project of the tests.
 
 ``--root DIR`` takes prunedrop from another checkout (e.g. an unpatched one, to count before a fix).
 
@@ -78,6 +80,29 @@ JOB = textwrap.dedent("""
 """)
 
 
+# the compress job: the `prunedrop` command, with a probe that lists the threads left when the process exits
+# (registered before prunedrop's own atexit handler, so it runs after it)
+COMPRESS = textwrap.dedent("""
+    import atexit
+    import json
+    import os
+    import sys
+    import threading
+
+    def probe():
+        native = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")) \\
+            if os.path.isdir("/proc/self/task") else []
+        with open(f"{os.environ['LOOP_OUT']}.threads{os.environ['RANK']}", "w") as f:
+            json.dump({"native": native, "python": sorted(t.name for t in threading.enumerate())}, f)
+
+    atexit.register(probe)
+    from prunedrop.cli import main
+
+    sys.argv = ["prunedrop", *sys.argv[1:]]
+    main()
+""")
+
+
 def _busy() -> None:
     while True:
         pass
@@ -101,9 +126,12 @@ def _one_run(job: str, folder: Path, pythonpath: str, timeout: float) -> dict:
         script.write_text(JOB)
         cmd = [*torchrun, str(script), str(out)]
     else:
-        cmd = [*torchrun, "-m", "prunedrop", "compress", "model.pt", "--arch", "tinyarch:build", "--data",
+        script = folder / "compress.py"
+        script.write_text(COMPRESS)
+        cmd = [*torchrun, str(script), "compress", "model.pt", "--arch", "tinyarch:build", "--data",
                "npz:data.npz", "--recipe", "recipe.yaml", "-o", str(out), "--overwrite", "--quiet"]
         env["PYTHONPATH"] = f"{folder}{os.pathsep}{pythonpath}"
+        env["LOOP_OUT"] = str(out)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=folder)
@@ -163,6 +191,7 @@ def main() -> None:
         "job": args.job, "runs": len(runs), "load_processes": args.load, "nonzero_exits": len(failed),
         "aborts": sum(r["aborted"] for r in runs), "hung": sum(r["rc"] is None for r in runs),
         "ranks_with_gloo_threads_after_cleanup": leftover,
+        "ranks_measured": sum(len(r["threads_after_cleanup"]) for r in runs),
         "median_wall_s": sorted(r["wall_s"] for r in runs)[len(runs) // 2] if runs else None,
     }
     print(json.dumps(summary))

@@ -833,6 +833,17 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     assert _snapshot(user_folder) == before
 
 
+def test_inspect_of_a_factory_that_builds_on_the_meta_device(user_folder: Path) -> None:
+    (user_folder / "metaarch.py").write_text(
+        "import torch\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n    with torch.device('meta'):\n"
+        "        return TinyMLP(16, (24, 12), 3)\n")
+    try:
+        result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "metaarch:build", "--input-shape", "1,4,4"])
+    finally:
+        sys.modules.pop("metaarch", None)
+    _one_line_error(result, 1, "meta device")
+
+
 # no writable temporary directory: run in a fresh interpreter, where the check must come before torch's import.
 # A missing TMPDIR is not enough to provoke it (tempfile falls back to /tmp, and root writes anywhere), so the
 # interpreter is told that its only candidate is a folder no one can create anything in (/proc/...)
