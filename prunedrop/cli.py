@@ -71,6 +71,10 @@ def cli() -> None:
     Start with:
       prunedrop compress examples/digits_mlp.pt --arch examples.models:digits_mlp -o out/digits
     """
+    if click.get_current_context().invoked_subcommand != "recipes":  # every other command imports torch
+        from .safety import check_temp_dir
+
+        check_temp_dir()
 
 
 @cli.command()

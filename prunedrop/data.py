@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import PrunedropError
+from .errors import PrunedropError, describe
 from .io import import_object
 
 if TYPE_CHECKING:
@@ -639,7 +639,11 @@ def _from_python(arg: str, name: str, val_fraction: float, seed: int, train_limi
     func = import_object(arg, what="data function")
     if not callable(func):
         raise PrunedropError(f"data function {arg!r} is not callable (it is a {type(func).__name__} object)")
-    result = func()
+    try:
+        result = func()
+    except (Exception, SystemExit) as e:  # the user's function failing is the user's to fix: one line, not a traceback
+        raise PrunedropError(f"data function {arg!r} failed when called with no arguments ({describe(e)}): fix it, "
+                             "or try it alone in Python") from e
     expected = "a DataBundle, a dict with 'train' (and 'val', 'test'), or a tuple (train, val[, test])"
     given: DataBundle | None = None
     if isinstance(result, DataBundle):

@@ -10,12 +10,26 @@ How the work is split (see :func:`prunedrop.train.finetune`): every rank walks t
 each) and takes its own contiguous share of each; DistributedDataParallel averages the gradients. The
 global batch therefore stays ``batch_size`` whatever the number of processes, learning rates keep their
 meaning, and N in the ELBO is the full training-set size on every rank. Only rank 0 writes files.
+
+Teardown (see docs/distributed.md): a run ends with :func:`cleanup` (a barrier, then :func:`teardown`); an error,
+Ctrl-C or SIGTERM ends it with :func:`teardown` alone, at the latest from an ``atexit`` handler that :func:`init`
+registers. :func:`teardown` destroys the process group - which joins gloo's threads - and stops tqdm's monitor
+thread, so that no background thread outlives it into the interpreter's shutdown, where one that still runs can
+abort the process ("terminate called without an active exception", exit -6) and lose its exit status.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import os
+import signal
+import sys
+import threading
+import traceback
+import weakref
+from typing import Any
 
 import torch
 
@@ -85,16 +99,136 @@ def init(device: torch.device | str | None = None) -> torch.device | None:
         raise PrunedropError(f"WORLD_SIZE > 1 but {', '.join(missing)} not set; start with "
                              "`torchrun --nproc_per_node=K -m prunedrop compress ...`")
     timeout = datetime.timedelta(seconds=float(os.environ.get("PRUNEDROP_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
+    _import_dynamo()
     torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout,
                                          **({"device_id": device} if device.type == "cuda" else {}))
+    _arm_teardown()
     return device
 
 
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel, remembered so that :func:`teardown` can let go of the group it holds."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    _wrappers.add(ddp)
+    return ddp
+
+
 def cleanup() -> None:
-    """Leave the process group (after a final barrier, so that no rank tears it down under another)."""
+    """End a run that every rank finished: a final barrier (so that no rank tears the group down under another),
+    then :func:`teardown`."""
     if is_initialized():
         torch.distributed.barrier()
+    teardown()
+
+
+def teardown() -> None:
+    """Leave the process group now, without waiting for the other ranks: the end of a run, or its error path.
+
+    Destroys the group, which joins gloo's threads once nothing holds the group any more: the wrappers of
+    :func:`wrap` still alive (in an error's traceback, say) let go of it first, and see :func:`_import_dynamo`.
+    A DistributedDataParallel built elsewhere holds the group (and its threads) as long as it lives. Also stops
+    tqdm's monitor thread and puts back the SIGTERM handler that :func:`init` replaced. A no-op when
+    there is nothing to tear down; safe to call more than once.
+    """
+    if is_initialized():
+        _release_wrappers()
         torch.distributed.destroy_process_group()
+    _stop_tqdm_monitor()
+    _restore_sigterm()
+
+
+#: the DistributedDataParallel wrappers of :func:`wrap` that are still alive
+_wrappers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+#: the SIGTERM handler before :func:`init` replaced it (None: not replaced)
+_previous_sigterm: Any = None
+_atexit_registered = False
+
+
+class Terminated(SystemExit):
+    """SIGTERM (torchrun stopping the job, a scheduler's cancel) during a distributed run: leaves through the
+    error path, so that the process group is torn down, with exit status 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signal.SIGTERM)
+
+
+def _arm_teardown() -> None:
+    """Make :func:`teardown` run however the process ends: at exit (an error that no one caught, Ctrl-C's
+    KeyboardInterrupt, sys.exit) from an atexit handler, which runs while the interpreter is still whole; on
+    SIGTERM - whose default action kills the process without any teardown - by raising :class:`Terminated`
+    (only where no one installed a handler of their own, and only in the main thread, which signals reach)."""
+    global _atexit_registered, _previous_sigterm
+    if not _atexit_registered:
+        atexit.register(_teardown_at_exit)
+        _atexit_registered = True
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _teardown_at_exit() -> None:
+    """The atexit handler: the run ended without :func:`cleanup` (an error, Ctrl-C, sys.exit, SIGTERM).
+
+    An error that no one caught stays in ``sys.last_value``, and the frames of its traceback keep their locals,
+    among them the group of the collective that failed (a peer that died): the group would outlive its
+    destruction. Nothing reads those locals any more at exit, so they are cleared first.
+    """
+    if is_initialized():
+        seen: set[int] = set()
+        error = getattr(sys, "last_value", None)
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
+        gc.collect()
+    teardown()
+
+
+def _restore_sigterm() -> None:
+    global _previous_sigterm
+    if _previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, _previous_sigterm)
+        _previous_sigterm = None
+
+
+def _release_wrappers() -> None:
+    """Make the wrappers of :func:`wrap` let go of the process group: their reducer and logger (C++ objects that
+    hold it) and the group itself. A wrapper is of no use once its group is gone."""
+    for ddp in list(_wrappers):
+        for name in ("reducer", "logger", "process_group"):
+            if name in ddp.__dict__:
+                ddp.__dict__[name] = None
+    _wrappers.clear()
+
+
+def _import_dynamo() -> None:
+    """Import ``torch._dynamo`` before the process group exists.
+
+    DistributedDataParallel imports it when it is built; imported while the group exists, it keeps references to
+    the group that ``destroy_process_group`` does not drop (measured with torch 2.13: the group's refcount goes
+    from 10 to 20 and stays there), so the group is never freed and its gloo threads (``gloo_tcp_loop``,
+    ``pt_gloo_runloop``) keep running into the interpreter's shutdown. Imported first, nothing holds the group
+    once the wrapper is gone and destroying it joins them (``benchmarks/distributed_loop.py`` counts them).
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # a build without it: DistributedDataParallel then does not import it either
+        pass
+
+
+def _stop_tqdm_monitor() -> None:
+    """Join tqdm's monitor thread (started by the first progress bar); tqdm starts a new one if a bar follows."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm._monitor import TMonitor
+
+    for thread in threading.enumerate():
+        if isinstance(thread, TMonitor) and thread is not threading.current_thread():
+            thread.exit()
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:

@@ -6,6 +6,8 @@
 - :func:`load_yaml_file` / :func:`load_json_file` / :func:`check_nesting`: what a small file may make
   prunedrop allocate: bounded size, bounded nesting, no YAML aliases.
 - :func:`check_finite_weights`: a model with NaN or inf weights is refused when it is loaded.
+- :func:`check_temp_dir`: a machine without a writable temporary directory (PyTorch's and its compiler's
+  cache) is told so in one line before torch is imported.
 
 Every refusal is a :class:`~prunedrop.errors.PrunedropError` (one line, exit status 1).
 """
@@ -280,6 +282,64 @@ def _no_alias_loader() -> type:
 
     return NoAliasLoader
 
+
+
+# ------------------------------------------------------------------------------------------ the machine
+
+
+def check_temp_dir() -> None:
+    """Refuse to start, in one line, where PyTorch would fail with a traceback for want of a temporary directory.
+
+    ``import torch`` asks :func:`tempfile.gettempdir` for one (which tries ``TMPDIR``, ``TEMP``, ``TMP``, /tmp,
+    /var/tmp, /usr/tmp and the current folder); its compiler (``torch._dynamo``, imported by the optimizers,
+    DistributedDataParallel, torch.compile and the ONNX exporter) then creates its cache in
+    ``TORCHINDUCTOR_CACHE_DIR``, by default ``<temporary directory>/torchinductor_<user>``. Called before torch
+    is imported; it only probes (a folder it creates to test is removed at once).
+    """
+    import tempfile
+
+    try:
+        tmp = tempfile.gettempdir()
+    except OSError:  # FileNotFoundError: "No usable temporary directory found in [...]"
+        raise PrunedropError("no writable temporary directory (tried TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp and "
+                             "the current folder); PyTorch needs one: set TMPDIR to a writable folder") from None
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    from_variable = cache is not None
+    if cache is None:  # as torch._inductor.runtime.cache_dir_utils.default_cache_dir names it
+        import getpass
+        import re
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, ImportError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        cache = os.path.join(tmp, "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    problem = _unwritable_folder(os.path.abspath(cache))
+    if problem is not None:
+        where = f"TORCHINDUCTOR_CACHE_DIR={cache}" if from_variable else cache
+        advice = "TORCHINDUCTOR_CACHE_DIR" if from_variable else "TMPDIR (or TORCHINDUCTOR_CACHE_DIR)"
+        raise PrunedropError(f"PyTorch's compiler cannot create its cache folder {where} ({problem}); set {advice} "
+                             "to a writable folder")
+
+
+def _unwritable_folder(path: str) -> str | None:
+    """Why the folder ``path`` is missing and cannot be created (what torch does on import); None when it exists
+    or can be made. An existing folder that is not writable is torch.compile's to report: ``compile: auto``
+    then trains eagerly after a one-line warning."""
+    import tempfile
+
+    if os.path.isdir(path):
+        return None
+    existing = path
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".prunedrop-probe-", dir=existing))
+    except OSError as e:
+        return f"cannot create a folder in {existing}: {e.strerror or describe(e)}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -449,9 +449,7 @@ def _run(
     model.to(device)
     net: nn.Module = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = distributed.wrap(model, device)
     with _StopRequests() as stop_requests:
         for epoch in range(start_epoch, epochs):
             if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \

@@ -14,6 +14,7 @@ rank) and its gradient, β warm-up, Adam, the LR schedule - is the real thing. T
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -81,13 +82,36 @@ SCRIPT = textwrap.dedent("""
                           compile="never")
     except TrainingInterrupted:
         open(f"{out}.interrupted{distributed.rank()}", "w").close()  # a file: printed lines interleave
-        distributed.cleanup()
+        left_behind(distributed.rank(), distributed.cleanup)
         sys.exit(3)
     if distributed.is_main():
         torch.save({"state": model.state_dict(), "history": result.history,
                     "world": distributed.world_size(), "resumed_from": result.resumed_from}, out)
-    distributed.cleanup()
+    left_behind(distributed.rank(), distributed.cleanup)
 """)
+
+# what a script's teardown left running (issue 18, item 14): the names of the threads, one file per rank
+LEFT_BEHIND = textwrap.dedent("""
+    def left_behind(rank, teardown):
+        import json, os, sys, threading
+
+        teardown()
+        if os.path.isdir("/proc/self/task"):
+            tasks = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+            with open(f"{sys.argv[1]}.threads{rank}", "w") as f:
+                json.dump({"native": sorted(tasks), "python": [t.name for t in threading.enumerate()]}, f)
+""")
+
+
+def _assert_nothing_left_behind(out: Path, ranks: int) -> None:
+    """No gloo thread (``gloo_tcp_loop``, ``pt_gloo_runloop``) and no Python thread but the main one outlived the
+    teardown: none can then abort the process in the interpreter's shutdown and lose its exit status."""
+    if not os.path.isdir("/proc/self/task"):  # the threads are listed through Linux's /proc
+        return
+    for rank in range(ranks):
+        left = json.loads(Path(f"{out}.threads{rank}").read_text())
+        assert not [t for t in left["native"] if "gloo" in t], (rank, left)
+        assert left["python"] == ["MainThread"], (rank, left)
 
 
 def _free_port() -> int:
@@ -98,7 +122,7 @@ def _free_port() -> int:
 
 def _run(tmp_path: Path, nproc: int, *extra: str, tag: str = "", expect_rc: int = 0) -> dict | None:
     script = tmp_path / "train_tiny.py"
-    script.write_text(SCRIPT)
+    script.write_text(LEFT_BEHIND + SCRIPT)
     out, ckpt = tmp_path / f"out{nproc}{tag}.pt", tmp_path / f"ckpt{nproc}{tag}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if nproc == 1:
@@ -112,6 +136,7 @@ def _run(tmp_path: Path, nproc: int, *extra: str, tag: str = "", expect_rc: int 
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (proc.returncode == 0) if expect_rc == 0 else (proc.returncode != 0), log
     assert ckpt.exists()
+    _assert_nothing_left_behind(out, nproc)
     if expect_rc:
         # every rank stopped at the same step, through the checkpoint path, not by a crash
         assert all(Path(f"{out}.interrupted{r}").exists() for r in range(nproc)), log
@@ -153,6 +178,65 @@ def test_two_gloo_processes_interrupted_then_resumed_train_the_same_weights(tmp_
         torch.testing.assert_close(resumed["state"][k], a, atol=1e-6, rtol=0, msg=k)
     assert [h["loss"] for h in straight["history"]] == pytest.approx([h["loss"] for h in resumed["history"]],
                                                                       rel=1e-6)
+
+
+TEARDOWN = textwrap.dedent("""
+    import atexit
+    import os
+    import signal
+    import sys
+
+    import torch
+    from tqdm import tqdm
+    from prunedrop import distributed
+
+    atexit.register(left_behind, int(os.environ["RANK"]), lambda: None)  # runs after init's atexit handler
+    torch.set_num_threads(1)
+    distributed.init("cpu")
+    torch.manual_seed(0)
+    net = distributed.wrap(torch.nn.Linear(4, 2), torch.device("cpu"))
+    net(torch.randn(3, 4)).sum().backward()
+    for _ in tqdm(range(2), file=open(os.devnull, "w")):  # starts tqdm's monitor thread
+        pass
+    if distributed.rank() == 0:
+        os.kill(os.getpid(), signal.SIGTERM)  # as torchrun stops a job, or a scheduler cancels it
+    distributed.barrier()  # rank 1 waits here for a rank that is gone: an error, not a hang
+    raise AssertionError("not reached")
+""")
+
+
+def test_sigterm_and_an_error_tear_down_and_keep_the_exit_status(tmp_path: Path) -> None:
+    """Rank 0 gets SIGTERM, rank 1 then fails in a collective (its peer is gone) and raises: neither calls
+    cleanup, both tear down on the way out (atexit), leave no thread behind, and exit with their own status:
+    143 (128 + SIGTERM) and 1 (an uncaught error), not -6 or -15."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    script = tmp_path / "teardown.py"
+    script.write_text(LEFT_BEHIND + TEARDOWN)
+    port, out = _free_port(), tmp_path / "out"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PRUNEDROP_DIST_TIMEOUT_S": "120"}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        logs = [proc.communicate(timeout=240)[0][-2000:] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [143, 1], logs
+    assert "RuntimeError" in logs[1] and "not reached" not in logs[1], logs[1]
+    _assert_nothing_left_behind(out, 2)
+
+
+def test_teardown_without_a_group_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init("cpu") is None
+    distributed.teardown()
+    distributed.teardown()
+    assert not distributed.is_initialized()
 
 
 def test_helpers_answer_as_one_process_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

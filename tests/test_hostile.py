@@ -179,6 +179,32 @@ def test_a_bad_python_data_module_is_a_one_line_error(user_folder: Path, case: s
     _one_line_error(result, 1, BAD_MODULES[case][1])
 
 
+DATA_HOOKS = {  # python:hooks:NAME, a module that imports but whose function fails
+    "raises": ("boom", "RuntimeError: boom"),
+    "exits": ("exits", "SystemExit: 4"),
+    "returns-garbage": ("garbage", "returned a int"),
+    "no-such-function": ("nope", "has no attribute"),
+}
+
+
+@pytest.mark.parametrize("command", ["compress", "inspect"])
+@pytest.mark.parametrize("case", sorted(DATA_HOOKS))
+def test_a_failing_python_data_function_is_a_one_line_error(user_folder: Path, command: str, case: str) -> None:
+    (user_folder / "hooks.py").write_text("def boom():\n    raise RuntimeError('boom')\n\n\ndef exits():\n"
+                                          "    raise SystemExit(4)\n\n\ndef garbage():\n    return 42\n")
+    function, needle = DATA_HOOKS[case]
+    args = ["compress", "model.pt", "--arch", "tinyarch:build", "--data", f"python:hooks:{function}", "-o", "out"] \
+        if command == "compress" else ["inspect", "model.pt", "--arch", "tinyarch:build", "--data",
+                                       f"python:hooks:{function}"]
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        for name in ("tinyarch", "hooks"):
+            sys.modules.pop(name, None)
+    _one_line_error(result, 1, needle)
+    assert not (user_folder / "out").exists()
+
+
 def test_import_user_module_refuses_non_names() -> None:
     from prunedrop.safety import import_user_module
 
@@ -805,6 +831,85 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
             sys.modules.pop(name, None)
     _one_line_error(result, 1, needle)
     assert _snapshot(user_folder) == before
+
+
+def test_inspect_of_a_factory_that_builds_on_the_meta_device(user_folder: Path) -> None:
+    (user_folder / "metaarch.py").write_text(
+        "import torch\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n    with torch.device('meta'):\n"
+        "        return TinyMLP(16, (24, 12), 3)\n")
+    try:
+        result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "metaarch:build", "--input-shape", "1,4,4"])
+    finally:
+        sys.modules.pop("metaarch", None)
+    _one_line_error(result, 1, "meta device")
+
+
+# no writable temporary directory: run in a fresh interpreter, where the check must come before torch's import.
+# A missing TMPDIR is not enough to provoke it (tempfile falls back to /tmp, and root writes anywhere), so the
+# interpreter is told that its only candidate is a folder no one can create anything in (/proc/...)
+NO_TEMP_DIR = textwrap.dedent("""
+    import sys
+    import tempfile
+
+    tempfile._candidate_tempdir_list = lambda: ["/proc/no-temp-dir"]
+    tempfile.tempdir = None
+    from prunedrop.cli import main
+
+    sys.argv = ["prunedrop", *sys.argv[1:]]
+    main()
+""")
+TEMP_COMMANDS = {
+    "compress": _compress_args("-o", "out"),
+    "export": ["export", "out", "-o", "again.onnx"],
+    "inspect": ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "1,4,4"],
+    "report": ["report", "out"],
+}
+CACHE_DIRS = {  # TORCHINDUCTOR_CACHE_DIR, where PyTorch's compiler keeps its cache
+    "under-proc": ("/proc/no-such/cache", "cannot create a folder in /proc"),
+    "under-a-file": ("model.pt/cache", "is not a folder"),
+    "read-only-sysfs": ("/sys/prunedrop-cache", "cannot create a folder in /sys"),
+}
+
+
+def _fresh(folder: Path, args: list[str], env: dict[str, str] | None = None, script: str | None = None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **(env or {})}
+    cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "prunedrop"]
+    return subprocess.run([*cmd, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", sorted(TEMP_COMMANDS))
+def test_no_writable_temporary_directory_is_one_line_before_any_file(user_folder: Path, command: str) -> None:
+    before = _snapshot(user_folder)
+    proc = _fresh(user_folder, TEMP_COMMANDS[command], script=NO_TEMP_DIR)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr, proc.stderr
+    assert "no writable temporary directory" in proc.stderr and "TMPDIR" in proc.stderr, proc.stderr
+    assert _snapshot(user_folder) == before
+    # `recipes` needs no torch, and still answers
+    assert _fresh(user_folder, ["recipes"], script=NO_TEMP_DIR).returncode == 0
+
+
+@pytest.mark.parametrize("case", sorted(CACHE_DIRS))
+def test_a_compiler_cache_that_cannot_be_made_is_one_line_before_any_file(user_folder: Path, case: str) -> None:
+    cache, needle = CACHE_DIRS[case]
+    if case == "read-only-sysfs" and not _read_only("/sys"):
+        pytest.skip("/sys is writable here")
+    before = _snapshot(user_folder)
+    proc = _fresh(user_folder, _compress_args("-o", "out"), env={"TORCHINDUCTOR_CACHE_DIR": cache})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in proc.stderr and "TORCHINDUCTOR_CACHE_DIR" in proc.stderr, proc.stderr
+    assert _snapshot(user_folder) == before
+
+
+def _read_only(folder: str) -> bool:
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder))
+    except OSError:
+        return True
+    return False
 
 
 @pytest.mark.parametrize("shape", ["100000,100000,100000", "1,4,4," + "9" * 30, "1,1,1,1,1,1,1,1,1,1"])
