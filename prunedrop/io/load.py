@@ -19,8 +19,10 @@ from .saved import load_saved_model
 if TYPE_CHECKING:
     from torch import nn
 
+
 # Keys under which training scripts commonly nest the state dict inside a checkpoint dict.
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+
 
 def import_object(spec: str, *, what: str = "object") -> Any:
     """Import ``module:attr`` (``attr`` may be dotted) and return it.
@@ -45,6 +47,7 @@ def import_object(spec: str, *, what: str = "object") -> Any:
             raise PrunedropError(f"module {module_name!r} has no attribute {attr!r} (from {what} {spec!r})") from None
     return obj
 
+
 def _find_state_dict(obj: Any) -> Mapping[str, Any] | None:
     if is_state_dict(obj):
         return obj
@@ -67,6 +70,7 @@ def _find_module(obj: Any) -> nn.Module | None:
             if isinstance(obj.get(key), torch.nn.Module):
                 return obj[key]
     return None
+
 
 def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     import torch

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     import torch
     from torch import fx, nn
 
+
 WEIGHTS_FILE = "model.pt"
 ARCHITECTURE_FILE = "architecture.json"
 MANIFEST_FORMAT = "prunedrop-architecture"
 MANIFEST_VERSION = 1
+
 
 # --------------------------------------------------------------------------------------------------
 # The architecture manifest: allowlists
@@ -254,6 +256,12 @@ def _decode(value: Any, nodes: Mapping[str, fx.Node]) -> Any:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The architecture manifest: describing a traced graph, checking and rebuilding one
+# --------------------------------------------------------------------------------------------------
+
 
 def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
     type_name = type(module).__name__
@@ -492,6 +500,7 @@ def rebuild(manifest: Mapping[str, Any], state: Mapping[str, Any]) -> fx.GraphMo
     if leftover:  # a non-persistent buffer would stay on meta: the manifest cannot describe those
         raise PrunedropError(f"{ARCHITECTURE_FILE} leaves tensors without values: {listed(leftover)}")
     return gm.eval()
+
 
 def dumps_manifest(manifest: Mapping[str, Any]) -> str:
     """JSON with one layer, tensor or graph node per line: readable, and diffs of two runs line up."""

@@ -17,6 +17,7 @@ from ..errors import one_line as _one_line
 
 _MAX_LISTED = 3
 
+
 def reason(exc: BaseException) -> str:
     # torch's messages run to paragraphs of advice about weights_only; the first sentence is the fact.
     first = re.split(r"(?<=\.)\s", str(exc).strip(), maxsplit=1)[0]
@@ -123,6 +124,7 @@ def torch_load(path: Path, *, what: str, trust_pickle: bool, pickled: str, pickl
             "classes, or save torch.save(model.state_dict(), path) and pass --arch module:factory"
         ) from e
 
+
 def is_state_dict(obj: Any) -> bool:
     import torch
 
@@ -139,6 +141,7 @@ def describe(obj: Any) -> str:
         more = ", ..." if len(obj) > _MAX_LISTED else ""
         return f"a dict with keys {', '.join(keys)}{more}" if obj else "an empty dict"
     return f"a {type(obj).__module__}.{type(obj).__qualname__}"
+
 
 def listed(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])

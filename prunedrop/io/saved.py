@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
     from torch import fx, nn
 
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     from torch import fx
 
@@ -87,6 +88,7 @@ def _drop_inference_no_ops(gm: fx.GraphModule) -> fx.GraphModule:
         gm.recompile()
     return gm
 
+
 def _as_examples(example_input: Any) -> tuple[torch.Tensor, ...]:
     import torch
 
@@ -94,6 +96,7 @@ def _as_examples(example_input: Any) -> tuple[torch.Tensor, ...]:
     if not examples or not all(isinstance(x, torch.Tensor) for x in examples):
         raise TypeError("example_input must be a tensor or a tuple of tensors")
     return tuple(examples)
+
 
 def _max_abs(value: Any) -> float:
     import torch
@@ -116,6 +119,7 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size() or not tensor.is_contiguous():
         tensor = tensor.clone(memory_format=torch.contiguous_format)
     return tensor
+
 
 def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input: Any) -> tuple[Path, Path]:
     """Write ``model.pt`` (the state dict) and ``architecture.json`` (how to rebuild the model) into ``out_dir``.
