@@ -45,6 +45,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from prunedrop.atomic import atomic_write_bytes
+from prunedrop.compare import max_abs_diff
 from prunedrop.errors import ParityError, PrunedropError
 
 __all__ = [
@@ -198,7 +199,7 @@ def verify_onnx(
                 f"ONNX output {i} has shape {list(got_np.shape)} but PyTorch gives {list(want_np.shape)}; "
                 "export the same model that you verify (a batch size fixed in the model shows up here)"
             )
-        diff = _max_abs_diff(got_np, want_np)
+        diff = max_abs_diff(torch.tensor(got_np), torch.from_numpy(want_np))
         max_diff = max(max_diff, diff)
         scale = _output_scale(want_np)
         # ``not <=`` so that a NaN difference fails too.
@@ -558,13 +559,3 @@ def _flatten_outputs(output: Any) -> list[torch.Tensor]:
     if isinstance(output, (tuple, list)):
         return [t for value in output for t in _flatten_outputs(value)]
     raise TypeError(f"cannot compare a model output of type {type(output).__name__} with ONNX")
-
-
-def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
-    if got.size == 0:
-        return 0.0
-    with np.errstate(invalid="ignore"):
-        # Equal entries count as 0 even when they are inf, and NaN against NaN matches too.
-        same = (got == want) | (np.isnan(got) & np.isnan(want))
-        diff = np.where(same, 0.0, np.abs(got.astype(np.float64) - want.astype(np.float64)))
-    return float(np.max(diff))

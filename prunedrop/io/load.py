@@ -1,0 +1,302 @@
+"""Loading the user's trained model: a state dict plus ``--arch module:factory`` (or a model zoo's name),
+or a whole pickled module when the user trusts the file; also :func:`import_object` for ``module:name`` specs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PrunedropError
+from ..errors import one_line as _one_line
+from .manifest import ARCHITECTURE_FILE
+from .read import describe, is_state_dict, reason, state_mismatch, torch_load
+from .saved import load_saved_model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+# Keys under which training scripts commonly nest the state dict inside a checkpoint dict.
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def import_object(spec: str, *, what: str = "object") -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted) and return it.
+
+    Only the module the user names is imported, and only it may come from the current folder: a module that
+    is not importable from ``sys.path`` is loaded from the current folder by its file location
+    (:func:`prunedrop.safety.import_user_module`), and the current folder is never put on ``sys.path``, so
+    that a ``sklearn.py`` or ``onnxruntime.py`` lying there cannot stand in for the installed library.
+    """
+    from ..safety import import_user_module
+
+    if ":" not in spec:
+        raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PrunedropError(f"{what} {spec!r} is not of the form 'module:name', e.g. 'examples.models:lenet300'")
+    obj: Any = import_user_module(module_name, what=f"{what} {spec!r}")
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PrunedropError(f"module {module_name!r} has no attribute {attr!r} (from {what} {spec!r})") from None
+    return obj
+
+
+def _find_state_dict(obj: Any) -> Mapping[str, Any] | None:
+    if is_state_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in _STATE_DICT_KEYS:
+            if is_state_dict(obj.get(key)):
+                return obj[key]
+    return None
+
+
+def _find_module(obj: Any) -> nn.Module | None:
+    import torch
+
+    if isinstance(obj, torch.jit.ScriptModule):  # only reachable with a pickled ScriptModule inside a dict
+        return None
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "net"):
+            if isinstance(obj.get(key), torch.nn.Module):
+                return obj[key]
+    return None
+
+
+def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    import torch
+
+    kwargs = dict(kwargs or {})
+    if arch.partition(":")[0].strip() == "timm":
+        return _build_timm(arch, kwargs)
+    if arch.partition(":")[0].strip().split(".")[0] == "torchvision":
+        _check_no_download(arch, kwargs)
+    _import_zoo(arch)
+    factory = import_object(arch, what="--arch")
+    if not callable(factory):
+        raise PrunedropError(
+            f"--arch {arch!r} is a {type(factory).__name__}, which is not callable: name a function or class "
+            "that builds the model with no arguments"
+        )
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        if kwargs:
+            raise PrunedropError(
+                f"--arch {arch!r} rejected --arch-kwargs {_one_line(json.dumps(kwargs), 80)} ({reason(e)}): "
+                "give only arguments that the factory takes"
+            ) from e
+        raise PrunedropError(
+            f"--arch {arch!r} failed when called with no arguments ({reason(e)}): name a factory that needs "
+            "no arguments, or give them with --arch-kwargs '{\"name\": value}'"
+        ) from e
+    except Exception as e:
+        called = f"with --arch-kwargs {_one_line(json.dumps(kwargs), 80)}" if kwargs else "with no arguments"
+        raise PrunedropError(
+            f"--arch {arch!r} failed when called {called} ({reason(e)}): name a factory that returns the model"
+        ) from e
+    if not isinstance(model, torch.nn.Module):
+        raise PrunedropError(
+            f"--arch {arch!r} returned {describe(model)}, not an nn.Module: name a factory that returns the model"
+        )
+    from ..safety import check_materialized
+
+    check_materialized(model, f"--arch {arch!r}")
+    return model
+
+
+# Model zoos that --arch names directly: the import name -> the pip extra that installs it.
+_ZOO_EXTRAS = {"torchvision": "torchvision", "timm": "timm"}
+# Arguments that would make a zoo download pretrained weights; MODEL supplies the weights instead.
+_DOWNLOAD_KWARGS = ("pretrained", "weights", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay")
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
+    """The keyword arguments of ``--arch-kwargs``: a JSON object (parsed with ``json.loads``, nothing evaluated)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise PrunedropError(
+            f"--arch-kwargs {_one_line(text, 60)!r} is not valid JSON ({_one_line(str(e), 80)}); "
+            "write a JSON object, e.g. '{\"num_classes\": 10}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise PrunedropError(
+            f"--arch-kwargs must be a JSON object of keyword arguments, not a JSON {_JSON_TYPES[type(value)]}; "
+            "write e.g. '{\"num_classes\": 10}'"
+        )
+    bad = [k for k in value if not k.isidentifier()]
+    if bad:
+        raise PrunedropError(f"--arch-kwargs key {bad[0]!r} is not a Python argument name")
+    return value
+
+
+def _import_zoo(arch: str) -> None:
+    """Import torchvision / timm before their factories are looked up, so that a missing or broken install
+    is one line naming the extra to install (torchvision's PyPI wheel fails on import beside a mismatched torch)."""
+    top = arch.partition(":")[0].strip().split(".")[0]
+    if top not in _ZOO_EXTRAS:
+        return
+    import importlib
+
+    try:
+        importlib.import_module(top)
+    except Exception as e:
+        missing = isinstance(e, ImportError) and getattr(e, "name", None) == top
+        what = "is not installed" if missing else f"cannot be imported ({reason(e)})"
+        raise PrunedropError(
+            f"--arch {arch!r} needs {top}, which {what}: pip install 'prunedrop[{_ZOO_EXTRAS[top]}]' "
+            f"(a {top} built for torch {_torch_version()})"
+        ) from None
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _check_no_download(arch: str, kwargs: Mapping[str, Any]) -> None:
+    asked = [k for k in _DOWNLOAD_KWARGS if kwargs.get(k) not in (None, False)]
+    if asked:
+        raise PrunedropError(
+            f"--arch-kwargs asks {arch!r} for pretrained weights ({asked[0]!r}); the weights come from MODEL, "
+            "so drop that argument (nothing is downloaded)"
+        )
+
+
+def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm:NAME``: ``timm.create_model(NAME, pretrained=False, **kwargs)``."""
+    import torch
+
+    name = arch.partition(":")[2].strip()
+    if not name:
+        raise PrunedropError(f"--arch {arch!r} names no model; write timm:NAME, e.g. timm:resnet18")
+    _check_no_download(arch, kwargs)
+    _import_zoo(arch)
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise PrunedropError(
+            f"--arch {arch!r} rejected --arch-kwargs {_one_line(json.dumps(kwargs), 80)} ({reason(e)}): "
+            "give only arguments that the model takes"
+        ) from e
+    except Exception as e:  # timm raises RuntimeError for an unknown model name
+        raise PrunedropError(
+            f"timm cannot build {name!r} ({reason(e)}); list the names with timm.list_models()"
+        ) from e
+    if not isinstance(model, torch.nn.Module):
+        raise PrunedropError(f"--arch {arch!r} returned {describe(model)}, not an nn.Module")
+    return model
+
+
+def _strip_data_parallel_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
+    # nn.DataParallel / DistributedDataParallel save every key under "module."; the bare model has none.
+    expected = model.state_dict()
+    if state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _load_into(model: nn.Module, state: Mapping[str, Any], path: Path, arch: str) -> None:
+    state = _strip_data_parallel_prefix(state, model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
+    problem = state_mismatch(expected, state)
+    if problem:
+        raise PrunedropError(
+            f"{path} does not fit --arch {arch}: {problem}; check that --arch builds the architecture the "
+            "file was saved from"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # e.g. a dtype that cannot be copied, or a custom _load_from_state_dict
+        raise PrunedropError(f"cannot load {path} into --arch {arch}: {reason(e)}") from e
+
+
+def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_pickle: bool = False,
+               arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Read a trained model and return it on the CPU in eval mode.
+
+    With ``arch`` (``module:factory``, a callable that returns an ``nn.Module``, called with ``arch_kwargs`` as
+    keyword arguments, none by default; ``timm:NAME`` for ``timm.create_model(NAME, pretrained=False)``), the file
+    must hold a state dict (read with ``torch.load(weights_only=True)``), either alone or nested in a dict under
+    ``state_dict`` / ``model`` / ``model_state_dict``; it is loaded with ``strict=True``.
+
+    Without ``arch``, the file must hold a whole pickled ``nn.Module``, which is only unpickled when
+    ``trust_pickle`` is true, since unpickling can run arbitrary code. A folder written by :func:`save_model`
+    is loaded with :func:`load_saved_model`.
+
+    Every problem raises :class:`PrunedropError` with one line saying what is wrong and what to do.
+    """
+    import torch
+
+    path = Path(path)
+    if arch_kwargs and arch is None:
+        raise PrunedropError("--arch-kwargs needs --arch: name the factory that takes these arguments")
+    if path.is_dir() and (path / ARCHITECTURE_FILE).is_file():
+        return load_saved_model(path)
+    advice = (
+        "save torch.save(model.state_dict(), path) instead, or pass --trust-pickle if you trust the file"
+        if arch
+        else "pass --arch module:factory with a file saved from model.state_dict(), or --trust-pickle if you "
+        "trust the file"
+    )
+    obj = torch_load(
+        path,
+        what="model file",
+        trust_pickle=trust_pickle,
+        pickled="a pickled module (saved with torch.save(model)) or other Python objects",
+        pickle_advice=advice,
+    )
+
+    if arch is not None:
+        model = _build_from_arch(arch, arch_kwargs)
+        state = _find_state_dict(obj)
+        if state is None:
+            pickled = _find_module(obj)
+            if pickled is None:
+                raise PrunedropError(
+                    f"model file {path} holds {describe(obj)}, not a state dict: save it with "
+                    "torch.save(model.state_dict(), path)"
+                )
+            state = pickled.state_dict()  # trusted pickle plus --arch: the user's architecture wins
+        _load_into(model, state, path, arch)
+        return model.to("cpu").eval()
+
+    module = _find_module(obj)
+    if module is not None:
+        return module.to("cpu").eval()
+    if _find_state_dict(obj) is not None:
+        beside = path.parent / ARCHITECTURE_FILE
+        hint = (
+            f", or pass the folder {path.parent} that prunedrop wrote with {ARCHITECTURE_FILE}"
+            if beside.is_file()
+            else ""
+        )
+        raise PrunedropError(
+            f"model file {path} holds a state dict (weights only): pass --arch module:factory naming a function "
+            f"that builds the model{hint}"
+        )
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise PrunedropError(
+            f"model file {path} holds a TorchScript module: its layers are compiled and cannot be converted; "
+            "save torch.save(model.state_dict(), path) instead and pass --arch"
+        )
+    raise PrunedropError(
+        f"model file {path} holds {describe(obj)}, not a model or a state dict: save the state dict with "
+        "torch.save(model.state_dict(), path) and pass --arch module:factory"
+    )

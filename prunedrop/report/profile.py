@@ -1,0 +1,235 @@
+"""Profiling a model: parameter counts and FLOPs (multiply-adds) per weight layer, which the report, the
+threshold sweep and ``prunedrop inspect`` all count the same way.
+
+It works on plain (deterministic) torch modules: the original network and the compressed one, which has
+either the same architecture with zeros in it (per-weight pruning) or smaller layers (structured slimming).
+Layers are matched between the two by their fully qualified module name.
+
+FLOPs, everywhere in prunedrop, means **multiply-adds (MACs) of the weight layers for one input sample**:
+
+* ``nn.Linear``: ``in_features * out_features`` per output row (a ``(B, T, F)`` input has ``T`` rows);
+* ``nn.Conv1d/2d/3d``: ``out_channels * (in_channels / groups) * prod(kernel_size)`` per output position,
+  whatever the stride, padding, dilation or groups. Output positions whose window overlaps the zero padding
+  are counted in full, as every framework's dense kernel computes them;
+* ``nn.ConvTranspose1d/2d/3d``: ``weight.numel()`` per *input* position (each input value is multiplied by
+  every weight of its group and scattered);
+* bias additions, activations, pooling and the element-wise work of normalisation layers are not counted:
+  BatchNorm folds into the preceding convolution at export, and the rest is small next to the matrix
+  products. Normalisation layers, ``nn.Embedding``/``nn.EmbeddingBag`` and ``nn.PReLU`` count 0 MACs but
+  their parameters are counted.
+
+*Non-zero MACs* count only the multiply-adds with a non-zero weight, i.e. for every non-zero weight the
+number of times the dense kernel uses it: ``nnz(weight) * output positions`` for convolutions and linear
+layers, ``nnz(weight) * input positions`` for transposed convolutions. A fully dense layer therefore has
+``nonzero_macs == macs``. This is what a sparse kernel would have to compute, not what ONNX Runtime's dense
+kernels actually do.
+
+* ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the size of all ``weight_ih_l*`` and ``weight_hh_l*`` per time step
+  (each layer and direction multiplies every one of its weights once per step); a ``(B, T, F)`` input has
+  ``T`` steps. The gates' element-wise work is not counted, like activations elsewhere.
+
+Any other module that owns parameters (an attention layer, a user's own layer) is listed with 0 MACs and
+``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
+FLOPs figure never silently leaves part of the network out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# Deliberately 0 MACs (see the module docstring), as opposed to unknown types, which are flagged.
+_ZERO_MAC = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.PReLU,
+)
+
+
+@dataclass
+class LayerProfile:
+    """What one parameter-owning module stores and computes, for one input sample."""
+
+    name: str
+    """Fully qualified module name (``features.0``)."""
+    type: str
+    """Class name (``Conv2d``)."""
+    params: int
+    """All parameters the module owns directly (weight + bias, BatchNorm affine, ...)."""
+    nonzero: int
+    """How many of ``params`` are non-zero."""
+    macs: int
+    """Dense multiply-adds per sample, summed over every call of the module in one forward pass."""
+    nonzero_macs: int
+    """Multiply-adds per sample with a non-zero weight (see the module docstring)."""
+    in_shape: list[int]
+    """Input shape without the batch dimension, from the first call; ``[]`` if the module was not called."""
+    out_shape: list[int]
+    """Output shape without the batch dimension, from the first call; ``[]`` if the module was not called."""
+    weight_shape: list[int] | None
+    """Shape of the ``weight`` parameter; ``None`` for modules without one."""
+    counted: bool = True
+    """False when prunedrop has no MAC rule for this module type, so its 0 MACs mean "unknown"."""
+
+
+@dataclass
+class _Tally:
+    macs: int = 0
+    nonzero_macs: int = 0
+    calls: int = 0
+    in_shape: list[int] = field(default_factory=list)
+    out_shape: list[int] = field(default_factory=list)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(total, nonzero)`` over all parameters of ``model``; tied parameters are counted once."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return total, nonzero
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    w = getattr(module, "weight", None)
+    return w if isinstance(w, torch.Tensor) else None
+
+
+def recurrent_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The ``weight_ih_l*`` / ``weight_hh_l*`` matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (biases and a
+    variational layer's noise parameters excluded); ``[]`` for other modules."""
+    if not isinstance(module, nn.RNNBase):
+        return []
+    return [getattr(module, n) for n in module._flat_weights_names if n.startswith("weight")]
+
+
+def layer_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weight matrices a layer prunes: ``weight``; a recurrent layer's ``weight_ih/hh_l*``; or, for layers
+    without one weight (nn.MultiheadAttention's ``in_proj_weight`` and ``out_proj.weight``), every parameter
+    whose name ends in ``weight``."""
+    recurrent = recurrent_weights(module)
+    if recurrent:
+        return recurrent
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return [weight]
+    return [p for n, p in module.named_parameters() if n.endswith("weight")]
+
+
+def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
+    """Dense and non-zero MACs of one call, for the whole batch."""
+    if isinstance(module, nn.RNNBase):
+        if x is None or x.dim() < 2:
+            return 0, 0
+        weights = recurrent_weights(module)
+        steps = x.numel() // x.shape[-1]  # sequences × time steps, whatever the layout
+        return (steps * sum(w.numel() for w in weights),
+                steps * sum(int(torch.count_nonzero(w.detach())) for w in weights))
+    w = _weight(module)
+    if w is None or x is None or y is None:
+        return 0, 0
+    numel, nnz = w.numel(), int(torch.count_nonzero(w.detach()))
+    if isinstance(module, nn.Linear):
+        positions = y.numel() // module.out_features
+    elif isinstance(module, _CONV):
+        positions = y.numel() // module.out_channels
+    elif isinstance(module, _CONV_TRANSPOSE):
+        positions = x.numel() // module.in_channels
+    else:
+        return 0, 0
+    return positions * numel, positions * nnz
+
+
+def _has_mac_rule(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase))
+
+
+def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:
+    """Profile every module that owns parameters with one forward pass of ``example_input``.
+
+    Forward hooks record each module's input/output shapes and multiply-adds (definitions in the module
+    docstring); the totals are divided by the batch size ``example_input.shape[0]``, so the numbers do not
+    depend on the batch. A module called several times in one pass (weight sharing) has its MACs summed.
+    Modules without parameters (ReLU, pooling, Flatten) are left out. The model runs in eval mode under
+    ``torch.no_grad()`` so that profiling does not update BatchNorm statistics; each module's training flag
+    is restored afterwards. Entries come in ``named_modules()`` order.
+    """
+    if example_input.dim() == 0 or example_input.shape[0] == 0:
+        raise ValueError(
+            f"example_input needs a non-empty batch dimension, got shape {tuple(example_input.shape)}"
+        )
+    batch = example_input.shape[0]
+    owners = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    tallies = {n: _Tally() for n, _ in owners}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            x = _first_tensor(args) if args else _first_tensor(kwargs)
+            y = _first_tensor(output)
+            tally = tallies[name]
+            if tally.calls == 0:
+                tally.in_shape = list(x.shape[1:]) if x is not None else []
+                tally.out_shape = list(y.shape[1:]) if y is not None else []
+            tally.calls += 1
+            macs, nonzero_macs = _macs_of_call(module, x, y)
+            tally.macs += macs
+            tally.nonzero_macs += nonzero_macs
+
+        return hook
+
+    training = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in owners]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+
+    profiles = []
+    for name, module in owners:
+        params = list(module.parameters(recurse=False))
+        tally = tallies[name]
+        w = _weight(module)
+        profiles.append(
+            LayerProfile(
+                name=name,
+                type=type(module).__name__,
+                params=sum(p.numel() for p in params),
+                nonzero=sum(int(torch.count_nonzero(p.detach())) for p in params),
+                # Rounded rather than floored: a module fed something not proportional to the batch
+                # (rare) should not lose a MAC to integer division.
+                macs=(tally.macs + batch // 2) // batch,
+                nonzero_macs=(tally.nonzero_macs + batch // 2) // batch,
+                in_shape=tally.in_shape,
+                out_shape=tally.out_shape,
+                weight_shape=list(w.shape) if w is not None else None,
+                counted=_has_mac_rule(module),
+            )
+        )
+    return profiles

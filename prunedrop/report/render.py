@@ -1,0 +1,411 @@
+"""Rendering a report dict as text: the terminal table (``format_table``), ``report.md``, and several runs side
+by side (``compare_reports``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .build import ratio as _ratio
+
+
+def human_count(n: float | None) -> str:
+    """``1234567`` → ``"1.23M"`` (SI prefixes K, M, G, T); integers below 1000 as they are; ``None`` → ``"-"``."""
+    if n is None:
+        return "-"
+    if abs(n) < 1000:
+        return str(int(n)) if float(n).is_integer() else f"{n:.3g}"
+    for prefix in ("K", "M", "G", "T"):
+        n /= 1000
+        if abs(n) < 999.995 or prefix == "T":
+            return f"{n:.2f}{prefix}"
+    raise AssertionError("unreachable")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1536`` → ``"1.50 KiB"`` (binary prefixes); below 1024 as ``"512 B"``; ``None`` → ``"-"``."""
+    if n is None:
+        return "-"
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for prefix in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1023.995 or prefix == "TiB":
+            return f"{n:.2f} {prefix}"
+    raise AssertionError("unreachable")
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def _fmt_float(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _fmt_signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4g}"
+
+
+def _fmt_shape(shape: Sequence[int] | None) -> str:
+    return "-" if shape is None else "x".join(str(s) for s in shape)
+
+
+def _fmt_fraction(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    params, flops, onnx_bytes, metric = (
+        report["params"],
+        report["flops"],
+        report["onnx_bytes"],
+        report["metric"],
+    )
+    rows = [
+        [
+            "parameters (non-zero)",
+            human_count(params["before"]),
+            human_count(params["after"]),
+            _fmt_ratio(params["ratio"]),
+        ],
+        [
+            "parameters (stored)",
+            human_count(params.get("total_before")),
+            human_count(params.get("total_after")),
+            _fmt_ratio(_ratio(params.get("total_before"), params.get("total_after"))),
+        ],
+        [
+            "FLOPs (dense MACs)",
+            human_count(flops["before"]),
+            human_count(flops["after"]),
+            _fmt_ratio(flops["ratio"]),
+        ],
+        [
+            "FLOPs (non-zero MACs)",
+            human_count(flops.get("nonzero_before", flops["before"])),
+            human_count(flops["nonzero_after"]),
+            _fmt_ratio(flops["nonzero_ratio"]),
+        ],
+        [
+            "ONNX file",
+            human_bytes(onnx_bytes["before"]),
+            human_bytes(onnx_bytes["after"]),
+            _fmt_ratio(onnx_bytes["ratio"]),
+        ],
+        [
+            f"metric: {metric['name']}" + ("" if _higher_is_better(metric) else " (lower is better)"),
+            _fmt_float(metric["before"]),
+            _fmt_float(metric["after"]),
+            _fmt_signed(metric["delta"]) + _relative_change(metric),
+        ],
+    ]
+    return rows
+
+
+def _higher_is_better(metric: Mapping[str, Any]) -> bool:
+    """Whether the report's metric is better when higher (accuracy), from the report or, for a report written
+    before it said so, from the metric's name."""
+    flag = metric.get("higher_is_better")
+    return flag if isinstance(flag, bool) else metric.get("name") != "mse"
+
+
+def _relative_change(metric: Mapping[str, Any]) -> str:
+    """For a lower-is-better metric (mse), the change in percent, the unit of its budget: ' (+5.0%)'."""
+    before, delta = metric.get("before"), metric.get("delta")
+    if _higher_is_better(metric) or not isinstance(before, (int, float)) or not isinstance(delta, (int, float)) \
+            or before == 0:
+        return ""
+    return f" ({100.0 * delta / abs(before):+.1f}%)"
+
+
+
+_SUMMARY_HEADER = ["", "before", "after", "ratio / delta"]
+_LAYER_HEADER = [
+    "layer",
+    "type",
+    "params before",
+    "params after",
+    "kept",
+    "shape before",
+    "shape after",
+    "MACs before",
+    "MACs after",
+    "nz MACs after",
+]
+_LATENCY_HEADER = ["model", "batch", "median ms", "IQR ms", "speedup"]
+
+
+def _layer_table_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    return [
+        [
+            row["name"],
+            row["type"],
+            human_count(row["params_before"]),
+            human_count(row["params_after"]),
+            _fmt_fraction(row["kept_fraction"]),
+            _fmt_shape(row["shape_before"]),
+            _fmt_shape(row["shape_after"]),
+            human_count(row["macs_before"]),
+            human_count(row["macs_after"]),
+            human_count(row["nonzero_macs_after"]),
+        ]
+        for row in report["layers"]
+    ]
+
+
+def _latency_rows(latency: Mapping[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["model"],
+            str(r["batch_size"]),
+            f"{r['median_ms']:.4g}",
+            f"{r['iqr_ms']:.3g}",
+            _fmt_ratio(r["speedup"]),
+        ]
+        for r in latency["results"]
+    ]
+
+
+def _align(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> str:
+    """Plain-text table; the first ``left`` columns are left-aligned, the numbers right-aligned."""
+    rows = [list(header), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> str:
+    def esc(c: str) -> str:
+        return c.replace("|", "\\|")
+
+    align = [":---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(esc(c) for c in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as plain text for a terminal: totals, parity, latency (if present), then one row per layer."""
+    parts = [_align(_SUMMARY_HEADER, _summary_rows(report))]
+    parts.append(f"parity (max |torch - onnx|): {_fmt_float(report.get('parity_max_abs_diff'))}")
+    uncounted = report["flops"].get("uncounted_layers") or []
+    if uncounted:
+        parts.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
+    if isinstance(report.get("latency"), Mapping):
+        parts.append(_align(_LATENCY_HEADER, _latency_rows(report["latency"])))
+        parts.append("\n".join(_latency_notes(report)))
+    if isinstance(report.get("quantization"), Mapping):
+        parts.append("\n".join([_quantization_line(report["quantization"], report["metric"]["name"]),
+                                *_quantized_speed(report.get("latency"))]))
+    if isinstance(report.get("sweep"), Mapping):
+        parts.append(_sweep_line(report))
+    if isinstance(report.get("calibration"), Mapping):
+        parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
+    parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
+    return "\n\n".join(parts) + "\n"
+
+
+def _latency_notes(report: Mapping[str, Any]) -> list[str]:
+    """The measured speedup beside the FLOPs ratio, and layers whose new width suits fast kernels badly."""
+    notes = []
+    flops = report.get("flops", {}).get("ratio")
+    for row in report.get("latency", {}).get("results", []):
+        if row.get("model") != report["latency"].get("baseline"):
+            notes.append(f"batch {row['batch_size']}: measured speedup {_fmt_ratio(row.get('speedup'))} "
+                         f"beside a dense FLOPs ratio of {_fmt_ratio(flops)}")
+    odd = [f"{r['name']} ({r['shape_after'][0]})" for r in report.get("layers", [])
+           if r.get("shape_before") and r.get("shape_after") and r["shape_after"][0] != r["shape_before"][0]
+           and r["shape_after"][0] % 8]
+    if odd:
+        notes.append("output widths that are not multiples of 8, which vectorised kernels handle less well: "
+                     + ", ".join(odd))
+    return notes
+
+
+_QUANT_FILES_HEADER = ["ONNX file", "bytes", "validation", "test"]
+_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "precision", "why float32", "bits needed"]
+_QUANT_FILE_LABELS = {"dense_float32": "dense float32 (original)", "pruned_float32": "pruned float32",
+                      "quantized": "pruned + quantized"}
+
+
+def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
+    """One line for the terminal: the quantized file, its size against the pruned float one, its metric."""
+    if not q.get("file"):
+        return f"quantization ({q.get('mode')}): no layer stayed quantized within the budget; no file written"
+    files = q.get("files") or {}
+    int8 = sum(r.get("precision") == "int8" for r in q.get("layers", []))
+    ratio = _ratio((files.get("pruned_float32") or {}).get("bytes"), q.get("bytes"))
+    size = "the same size as" if not ratio or ratio == 1 else (
+        f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
+    return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
+            f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
+            f"layers int8, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+
+
+def _quantized_speed(latency: Any) -> list[str]:
+    """The quantized file's latency against the pruned float32 file's, per batch size: int8 is not always faster
+    (narrow convolutions run slower in onnxruntime's int8 kernels than in its float ones)."""
+    if not isinstance(latency, Mapping):
+        return []
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in latency.get("results", [])}
+    lines = []
+    for (model, batch), ms in rows.items():
+        if model == "quantized" and rows.get(("compressed", batch)):
+            ratio = rows[("compressed", batch)] / ms
+            lines.append(f"batch {batch}: the quantized file runs {_fmt_ratio(ratio)} as fast as the pruned float32 "
+                         f"file ({'faster' if ratio > 1 else 'slower'})")
+    return lines
+
+
+def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
+    files = q.get("files") or {}
+    parts = [_quantization_line(q, metric) + ".", str(q.get("format", ""))]
+    if files:
+        parts.append(_markdown(_QUANT_FILES_HEADER, [
+            [_QUANT_FILE_LABELS.get(k, k), f"{v['bytes']:,}", _fmt_float(v.get("val")), _fmt_float(v.get("test"))]
+            for k, v in files.items()]))
+    rows = [[r.get("layer") or "-", r["node"], r["op"], r["precision"], r.get("reason", ""),
+             "-" if r.get("bits_needed") is None else f"{r['bits_needed']:g}"] for r in q.get("layers", [])]
+    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=5))
+    if q.get("unsupported"):
+        parts.append("Operators onnxruntime does not quantize (they stay float32): "
+                     + ", ".join(f"`{u['node']}` ({u['op']})" for u in q["unsupported"]))
+    if q.get("reverted"):
+        parts.append("Reverted to float32 to stay within the accuracy budget, most sensitive first: "
+                     + ", ".join(f"`{r['node']}` (quantized alone: {r['sensitivity']:.3g} worse than the original)" for r in q["reverted"]))
+    if q.get("cpu_instruction_sets") is not None:
+        parts.append("CPU instruction sets for int8: " + (", ".join(q["cpu_instruction_sets"]) or "none found"))
+    return parts
+
+
+_SWEEP_HEADER = ["threshold", "metric", "non-zero params", "params ratio", "non-zero MACs", "chosen"]
+_CALIBRATION_HEADER = ["model", "accuracy", "ECE", "NLL", "MC samples"]
+
+
+def _sweep_line(report: Mapping[str, Any]) -> str:
+    sweep = report["sweep"]
+    chosen = sweep.get("chosen_threshold")
+    used = report.get("threshold")
+    if chosen is not None:
+        budget = (f"{sweep.get('max_metric_drop'):g} {report['metric']['name']} points of the original"
+                  if _higher_is_better(report["metric"]) else
+                  f"{sweep.get('max_metric_drop'):g}% more {report['metric']['name']} than the original's")
+        return f"threshold {chosen:g} chosen by the sweep: the most pruning within {budget} (validation data)"
+
+    return f"threshold {used:g} (fixed; set max_metric_drop to choose it from the sweep in report.md)"
+
+
+def _sweep_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    sweep = report["sweep"]
+    rows = []
+    for p in sweep.get("points", []):
+        ratio = p["total_params"] / p["params"] if p.get("params") else None
+        mark = "◀" if p["threshold"] == report.get("threshold") else ""
+        rows.append([f"{p['threshold']:g}", _fmt_float(p["metric"]), human_count(p["params"]), _fmt_ratio(ratio),
+                     human_count(p["nonzero_macs"]), mark])
+    return rows
+
+
+def _calibration_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
+    labels = {"original": "original", "variational_mc": "variational (MC)", "compressed": "compressed"}
+    rows = []
+    for key, label in labels.items():
+        c = calibration.get(key)
+        if isinstance(c, Mapping):
+            rows.append([label, _fmt_float(c.get("accuracy")), _fmt_float(c.get("ece")), _fmt_float(c.get("nll")),
+                         str(c.get("samples") or "-")])
+    return rows
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    flops_unit = report["flops"].get("unit", "multiply-adds per sample")
+    parts = [
+        "# prunedrop report",
+        _markdown(_SUMMARY_HEADER, _summary_rows(report)),
+        f"Parity, max |torch − ONNX Runtime| on the verification inputs: "
+        f"{_fmt_float(report.get('parity_max_abs_diff'))}",
+        f"FLOPs are {flops_unit} of the linear and convolution layers; non-zero MACs count only "
+        "multiply-adds with a non-zero weight. Ratios are before / after.",
+    ]
+    uncounted = report["flops"].get("uncounted_layers") or []
+    if uncounted:
+        parts.append(
+            f"Layers with no MAC rule, left out of the FLOPs: {', '.join(f'`{n}`' for n in uncounted)}"
+        )
+    latency = report.get("latency")
+    if isinstance(latency, Mapping):
+        parts += [
+            "## Latency",
+            f"ONNX Runtime, {latency.get('threads', '?')} thread(s), median of {latency.get('runs', '?')} "
+            "alternated runs; speedup against the first model.",
+            _markdown(_LATENCY_HEADER, _latency_rows(latency)),
+            *_latency_notes(report),
+        ]
+    if isinstance(report.get("quantization"), Mapping):
+        parts += ["## Quantization", *_quantization_parts(report["quantization"], report["metric"]["name"]),
+                  *_quantized_speed(report.get("latency"))]
+    if isinstance(report.get("sweep"), Mapping):
+        parts += ["## Threshold sweep", _sweep_line(report) + " ◀ marks the threshold used. The metric is "
+                  "measured before the noise-free fine-tuning.", _markdown(_SWEEP_HEADER, _sweep_rows(report))]
+    if isinstance(report.get("calibration"), Mapping):
+        parts += ["## Calibration",
+                  "Expected calibration error (15 bins) and negative log-likelihood on the validation data: the "
+                  "original model, the variational model averaged over Monte Carlo samples of its noise, and the "
+                  "compressed model.",
+                  _markdown(_CALIBRATION_HEADER, _calibration_rows(report["calibration"]))]
+    parts += ["## Layers", _markdown(_LAYER_HEADER, _layer_table_rows(report), left=2)]
+    plots = report.get("plots")
+    if isinstance(plots, Mapping) and plots:
+        parts += ["## Plots", "\n\n".join(f"![{key}]({path})" for key, path in plots.items())]
+    return "\n\n".join(parts) + "\n"
+
+
+def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """Several runs side by side (``prunedrop report A B``): one column per run, one row per quantity."""
+
+    def get(r: Mapping[str, Any], *keys: str) -> Any:
+        node: Any = r
+        for k in keys:
+            if not isinstance(node, Mapping) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    def latency(r: Mapping[str, Any], batch: int) -> str:
+        for row in get(r, "latency", "results") or []:
+            if row.get("model") == "compressed" and row.get("batch_size") == batch:
+                return f"{row['median_ms']:.4g} ms ({_fmt_ratio(row.get('speedup'))})"
+        return "-"
+
+    rows: list[list[str]] = []
+    names = list(reports)
+    spec: list[tuple[str, Any]] = [
+        ("method", lambda r: str(get(r, "method") or "-")),
+        ("threshold", lambda r: _fmt_float(get(r, "threshold"))),
+        ("parameters before", lambda r: human_count(get(r, "params", "before"))),
+        ("parameters after (non-zero)", lambda r: human_count(get(r, "params", "after"))),
+        ("parameters ratio", lambda r: _fmt_ratio(get(r, "params", "ratio"))),
+        ("FLOPs after (dense)", lambda r: human_count(get(r, "flops", "after"))),
+        ("non-zero FLOPs ratio", lambda r: _fmt_ratio(get(r, "flops", "nonzero_ratio"))),
+        ("ONNX bytes after", lambda r: human_bytes(get(r, "onnx_bytes", "after"))),
+        ("ONNX ratio", lambda r: _fmt_ratio(get(r, "onnx_bytes", "ratio"))),
+        ("metric", lambda r: str(get(r, "metric", "name") or "-")),
+        ("metric before", lambda r: _fmt_float(get(r, "metric", "before"))),
+        ("metric after", lambda r: _fmt_float(get(r, "metric", "after"))),
+        ("metric delta", lambda r: _fmt_signed(get(r, "metric", "delta"))),
+        ("test metric after", lambda r: _fmt_float(get(r, "test_metric", "after"))),
+        ("ECE after", lambda r: _fmt_float(get(r, "calibration", "compressed", "ece"))),
+        ("latency batch 1", lambda r: latency(r, 1)),
+        ("latency batch 64", lambda r: latency(r, 64)),
+        ("parity", lambda r: _fmt_float(get(r, "parity_max_abs_diff"))),
+    ]
+    for label, fn in spec:
+        rows.append([label, *[fn(reports[n]) for n in names]])
+    return _align(["", *names], rows) + "\n"
