@@ -308,8 +308,8 @@ class Autopilot:
         """The drop the budget mode steers to: ``margin`` × budget.
 
         Raising it to one validation sample's weight where that is larger (0.69 points on 144 images) was measured
-        on the digits models of BENCHMARKS.md: a little more compression (LSTM 11× → 18×) for up to 0.8 points more
-        test loss, so the aim stays at the margin and a validation set too small to resolve it is warned about."""
+        on the digits models of BENCHMARKS.md (the autopilot section): a little more compression for more test
+        loss, so the aim stays at the margin and a validation set too small to resolve it is warned about."""
         assert self.max_drop is not None
         return self.margin * self.max_drop
 

@@ -85,8 +85,8 @@ class Recipe:
     """nn.LSTM / nn.GRU: how the weight noise is drawn (it is always fixed along the time steps of a sequence).
     ``sequence``: every sequence of a mini-batch draws its own weights (lower-variance gradients; the time loop
     runs unrolled in Python). ``batch``: one draw per mini-batch shared by its sequences, as Lobacheva et al.
-    train; the layer then runs torch's fused LSTM/GRU kernel (a step of the LSTM benchmark on a CPU: 0.09 s
-    instead of 3.7 s)."""
+    train; the layer then runs torch's fused LSTM/GRU kernel, which makes a training step many times cheaper
+    (measured in BENCHMARKS.md, LSTM section)."""
 
     kl_weights: dict[str, float] = field(default_factory=dict)
     """Expert option: extra KL factor per layer group: qualified-name glob → factor (first match wins), e.g.
@@ -220,8 +220,8 @@ class Recipe:
     variational phase trains the network as it was trained (normalised), a pruned channel outputs exact zeros, and
     the BatchNorm is folded into the convolution exactly when the model is thresholded. ``fold``: fold the
     BatchNorm into the convolution before the conversion and train without it (what the deprecated
-    ``fold_batchnorm: true`` did); Adam's steps then change size per channel, which wrecked issue 19's ResNet-18
-    (81.7% → 15.6% in 25 steps) and helped the benchmark ResNet-20 as a smaller learning rate would.
+    ``fold_batchnorm: true`` did); Adam's steps then change size per channel, which can wreck training or help it as
+    a smaller learning rate would (docs/structured.md; BENCHMARKS.md, "BatchNorm-safe structured noise").
     ``before``: on the convolution's output, before the BatchNorm (prunedrop's placement before this key; a pruned
     channel then carries the BatchNorm's shift). A model that torch.fx cannot trace keeps ``before`` (logged).
     docs/structured.md."""
@@ -242,7 +242,7 @@ class Recipe:
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on
     validation data; about log2(n) + 1 fine-tunings instead of one. Worth it where the fine-tuning wins back much
-    of a low threshold's loss (the LSTM benchmark: 6.8× → 21× fewer weights within the same budget)."""
+    of a low threshold's loss (the LSTM benchmark in BENCHMARKS.md)."""
 
     sweep_thresholds: list[float] | None = None
     """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5. The sweep runs in every run and

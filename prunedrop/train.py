@@ -55,7 +55,8 @@ from .safety import CHECKPOINT_KEYS
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "always", "never")
 #: ``compile: auto`` compiles when (sparse VD weights) × (training steps) reaches this: compiling costs
-#: seconds to a minute, fusing saves roughly 20-30 ns per weight and step on a CPU (BENCHMARKS.md)
+#: seconds to a minute, fusing saves a little time per weight and step (measured in BENCHMARKS.md,
+#: "Training-step overhead")
 AUTO_COMPILE_WEIGHT_STEPS = 1e9
 
 
