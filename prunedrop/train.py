@@ -685,17 +685,50 @@ class _Pilot:
         self.lr_scale = 1.0
         self.announced_backoffs = 0
         self.checked_samples = 0
+        self.checked_train = 0
+        self.train_samples = 0
+        """Training samples each check counts besides the validation ones (only where validation data alone is too
+        coarse for the aim, :meth:`start`)."""
 
     def _val_metric(self) -> float:
-        """The metric on the validation samples every check uses (their number goes to ``checked_samples``)."""
-        self.checked_samples = 0
+        """The metric on the samples every check uses: the validation samples (at most :data:`CHECK_SAMPLES`), then
+        ``train_samples`` training samples in their fixed order; their number goes to ``checked_samples``."""
+        self.checked_samples = self.checked_train = 0
+        size = self.recipe.eval_batch_size
 
         def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
-            for x, y in _capped(self.data.loader("val", self.recipe.eval_batch_size), CHECK_SAMPLES):
+            for x, y in _capped(self.data.loader("val", size), CHECK_SAMPLES):
                 self.checked_samples += len(y)
                 yield x, y
+            if self.train_samples:
+                for x, y in _capped(self.data.loader("train", size), self.train_samples):
+                    self.checked_samples += len(y)
+                    self.checked_train += len(y)
+                    yield x, y
 
         return evaluate(self.model, counted(), loss=self.recipe.loss, device=self.device)[metric_name(self.recipe.loss)]
+
+    def _coarse_validation(self) -> None:
+        """Validation data too small to resolve the aim (one sample weighs more than the drop the controller aims
+        at): the checks while training also count training samples, so that β answers to a drop it can see. The
+        reference is the given model on the same samples, so the check still measures what the compression costs;
+        the budget itself (the threshold, the final verdict) is judged on validation data alone. Not for a
+        DataLoader of the user's (its order or augmentation may change between checks)."""
+        from torch.utils.data import DataLoader
+
+        c = self.controller
+        val_samples = self.checked_samples
+        if isinstance(self.data.split("train"), DataLoader):
+            return
+        wanted = min(CHECK_SAMPLES - val_samples, self.data.num_train)
+        if wanted <= 0:
+            return
+        self.train_samples = wanted
+        self.reference = self._val_metric()
+        self.log(f"autopilot: one of the {val_samples} validation samples weighs {100.0 / max(val_samples, 1):.2g} "
+                 f"points, more than the {c.aim:.2g} it aims at while training; its checks also count "
+                 f"{self.checked_train} training samples (the given model's metric on them is the "
+                 "reference); the budget is still judged on validation data")
 
     def start(self) -> None:
         """Before the first step: the metric of the model as it was given, on the samples every check uses, and
@@ -705,6 +738,8 @@ class _Pilot:
             return
         self.reference = self._val_metric()
         if self.recipe.loss == "cross_entropy":  # an mse drop is continuous: no sample has a weight of its own
+            if 100.0 / max(self.checked_samples, 1) > c.aim:
+                self._coarse_validation()
             c.resolution = 100.0 / max(self.checked_samples, 1)
             if c.resolution > c.aim:
                 self.log(f"autopilot: one validation sample weighs {c.resolution:.2g} points, more than the "
@@ -744,7 +779,8 @@ class _Pilot:
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
-                "lr_scale": self.lr_scale, "resolution": self.controller.resolution}
+                "lr_scale": self.lr_scale, "resolution": self.controller.resolution,
+                "train_samples": self.train_samples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
@@ -752,12 +788,15 @@ class _Pilot:
         self.stopped = state.get("stopped")
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.controller.resolution = float(state.get("resolution", 0.0))
+        self.train_samples = int(state.get("train_samples", 0))
         self.announced_backoffs = self.controller.backoffs
 
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
-                   reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale)
+                   reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
+                   check_samples={"validation": self.checked_samples - self.checked_train,
+                                  "training": self.checked_train})
         return out
 
 

@@ -353,7 +353,7 @@ def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     assert "bound by the budget" in line and "stopped early" in line and "still rising" not in line
 
 
-def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_is_warned_about(tmp_path: Path) -> None:
+def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_borrows_training_samples(tmp_path: Path) -> None:
     assert Autopilot(max_drop=1.0).aim == pytest.approx(0.5)
     assert Autopilot(max_drop=1.0, resolution=100 / 144).aim == pytest.approx(0.5)
     c = Autopilot(max_drop=1.0)
@@ -361,8 +361,24 @@ def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_is_warned_about(
     assert c.beta == pytest.approx(autopilot.BETA_START)
     data = _bundle()  # 120 validation samples: one weighs 0.83 points, more than the aim of 0.5
     logs: list[str] = []
-    report = compress(_trained_mlp(data), data, Recipe(**{**_QUICK, "epochs": 2}, max_metric_drop=1.0), tmp_path,
-                      progress=False, log=logs.append).report
+    report = compress(_trained_mlp(data), data, Recipe(**{**_QUICK, "epochs": 2}, max_metric_drop=1.0),
+                      tmp_path / "coarse", progress=False, log=logs.append).report
+    # the checks while training also count the 240 training samples, so one sample weighs 0.28 points
+    assert report["autopilot"]["check_samples"] == {"validation": 120, "training": 240}
+    assert report["autopilot"]["resolution"] == pytest.approx(100 / 360)
+    assert any("one of the 120 validation samples weighs 0.83 points" in line and "240 training samples" in line
+               for line in logs), logs
+    # the budget itself is still judged on the validation samples alone
+    assert report["sweep"]["selected_on"] == "val"
+    # a DataLoader of the user's for training (its order may change between checks) is not borrowed from: warned
+    from torch.utils.data import DataLoader
+
+    given = DataBundle(train=DataLoader(data.train, batch_size=24), val=data.val, test=None, name="tiny",
+                       num_classes=3, input_shape=(1, 4, 4))
+    logs.clear()
+    report = compress(_trained_mlp(data), given, Recipe(**{**_QUICK, "epochs": 2}, max_metric_drop=1.0),
+                      tmp_path / "loader", progress=False, log=logs.append).report
+    assert report["autopilot"]["check_samples"] == {"validation": 120, "training": 0}
     assert report["autopilot"]["resolution"] == pytest.approx(100 / 120)
     assert any("one validation sample weighs 0.83 points" in line for line in logs), logs
 
