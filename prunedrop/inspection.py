@@ -21,7 +21,7 @@ from torch import nn
 from .convert import _selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
-from .layers.lognormal import _OutputUnitNoise
+from .layers._units import OutputUnitNoise
 from .recipes import Recipe
 from .renorm import batchnorm_pairs, foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
@@ -107,7 +107,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     warnings: list[str] = []
     folded_into: dict[str, str] = {}  # BatchNorm → the convolution it is folded into (batchnorm_noise)
     joins: dict[str, str] = {}  # BatchNorm → the converted convolution whose unit noise acts on its output
-    unit_noise = any(issubclass(v, _OutputUnitNoise) for v in registry.values())
+    unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
     if unit_noise and recipe.batchnorm_noise == "fold":
         try:
             folded_into = {bn: conv for conv, bn in foldable_batchnorms(model)}

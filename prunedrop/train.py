@@ -47,7 +47,7 @@ from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .layers.lognormal import _LogNormal, total_kl
+from .layers.lognormal import LogNormal, total_kl
 from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
@@ -149,7 +149,7 @@ def _training_kl(layers: list[nn.Module], factors: list[float] | None = None) ->
     parts = []
     factors = factors or [1.0] * len(layers)
     # the log-normal (SBP) layers' KLs in one pass: per layer it is hundreds of tiny kernels (see total_kl)
-    lognormal = [i for i, layer in enumerate(layers) if type(layer).kl is _LogNormal.kl]
+    lognormal = [i for i, layer in enumerate(layers) if type(layer).kl is LogNormal.kl]
     if len(lognormal) > 1:
         parts.append(total_kl([layers[i] for i in lognormal], [factors[i] for i in lognormal]))
         keep = set(range(len(layers))) - set(lognormal)

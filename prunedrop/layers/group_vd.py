@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._units import ConvUnits, LinearUnits, OutputUnitNoise
 from .base import register_layer
-from .lognormal import _ConvUnits, _LinearUnits, _OutputUnitNoise
 from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
 
 DEFAULT_INIT_LOG_ALPHA = -8.0
@@ -69,7 +69,7 @@ class GroupLogAlpha:
         return [self.log_alpha_param]
 
 
-class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
+class _GroupVD(GroupLogAlpha, OutputUnitNoise):
     """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
 
     unit_noise_names = ("log_alpha_param",)
@@ -101,23 +101,23 @@ class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
         return 1 + std * torch.randn(shape, dtype=std.dtype, device=std.device)
 
 
-class LinearGroupVD(_GroupVD, _LinearUnits, nn.Linear):
+class LinearGroupVD(_GroupVD, LinearUnits, nn.Linear):
     """``nn.Linear`` with Gaussian multiplicative noise on every out feature (group VD)."""
 
 
-class Conv1dGroupVD(_GroupVD, _ConvUnits, nn.Conv1d):
+class Conv1dGroupVD(_GroupVD, ConvUnits, nn.Conv1d):
     """``nn.Conv1d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv1d
 
 
-class Conv2dGroupVD(_GroupVD, _ConvUnits, nn.Conv2d):
+class Conv2dGroupVD(_GroupVD, ConvUnits, nn.Conv2d):
     """``nn.Conv2d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv2d
 
 
-class Conv3dGroupVD(_GroupVD, _ConvUnits, nn.Conv3d):
+class Conv3dGroupVD(_GroupVD, ConvUnits, nn.Conv3d):
     """``nn.Conv3d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv3d
