@@ -44,7 +44,7 @@ class ConversionSummary:
     before the BatchNorms), one line each."""
 
 
-def _selected(name: str, recipe: Recipe) -> bool:
+def is_selected(name: str, recipe: Recipe) -> bool:
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.include):
         return False
     return not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.exclude)
@@ -102,11 +102,11 @@ def to_variational(
         # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
         variational = registry.get(type(module))
         if variational is not None:
-            if name in heads and _selected(name or "<root>", recipe):
+            if name in heads and is_selected(name or "<root>", recipe):
                 summary.output_layers.append(name)
                 summary.excluded.append(name)
                 return module
-            if _selected(name or "<root>", recipe):
+            if is_selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
                 return module if dry_run else variational.from_dense(module, **options)
             summary.excluded.append(name or "<root>")

@@ -48,7 +48,7 @@ from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .layers.lognormal import LogNormal, total_kl
-from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
+from .layers.sparse_vd import Kernels, SparseVD, fused_kernels
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
 
@@ -202,7 +202,7 @@ def compiled_kernels(device: torch.device, clip: float = 10.0) -> Kernels | None
 def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device: torch.device) -> Kernels | None:
     if mode not in COMPILE_MODES:
         raise PrunedropError(f"unknown compile mode {mode!r}; use auto, always or never")
-    svd = [layer for layer in layers if isinstance(layer, _SparseVD)]
+    svd = [layer for layer in layers if isinstance(layer, SparseVD)]
     if not svd or mode == "never":
         return None
     if mode == "auto" and sum(layer.weight.numel() for layer in svd) * total_steps < AUTO_COMPILE_WEIGHT_STEPS:
@@ -213,7 +213,7 @@ def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device
 @contextlib.contextmanager
 def _kernels_set(layers: list[nn.Module], kernels: Kernels | None) -> Iterator[None]:
     """Hand ``kernels`` to the sparse VD layers for the duration of training, and take them back."""
-    svd = [layer for layer in layers if isinstance(layer, _SparseVD)] if kernels is not None else []
+    svd = [layer for layer in layers if isinstance(layer, SparseVD)] if kernels is not None else []
     for layer in svd:
         layer._kernels = kernels
     try:

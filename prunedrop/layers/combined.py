@@ -40,7 +40,7 @@ from .sparse_vd import (
     Conv2dSVD,
     Conv3dSVD,
     LinearSVD,
-    _SparseVD,
+    SparseVD,
 )
 from .sparse_vd import DEFAULT_THRESHOLD as DEFAULT_WEIGHT_THRESHOLD
 
@@ -50,7 +50,7 @@ class _LogNormalSVD(LogNormal):
 
     Concrete classes list a ``*Units`` mixin and the plain sparse VD layer after this class, so that the unit
     machinery (forward, unit axes) comes first and ``_apply_weight``, ``log_alpha`` and the training forward of
-    the per-weight part come from :class:`_SparseVD`.
+    the per-weight part come from :class:`SparseVD`.
     """
 
     weight_threshold: float
@@ -69,7 +69,7 @@ class _LogNormalSVD(LogNormal):
         **_: Any,
     ) -> _LogNormalSVD:
         layer = super().from_dense(module, init_mu=init_mu, init_log_sigma=init_log_sigma, threshold=threshold)
-        assert isinstance(layer, _SparseVD)
+        assert isinstance(layer, SparseVD)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
         layer.weight_threshold = float(weight_threshold)
         return layer  # type: ignore[return-value]
@@ -82,7 +82,7 @@ class _LogNormalSVD(LogNormal):
 
     def weight_kl(self) -> torch.Tensor:
         """KL of the per-weight sparse VD noise."""
-        return _SparseVD.kl(self)  # type: ignore[arg-type]
+        return SparseVD.kl(self)  # type: ignore[arg-type]
 
     def kl(self) -> torch.Tensor:
         return self.unit_kl() + self.weight_kl()
@@ -122,7 +122,7 @@ class _LogNormalSVD(LogNormal):
         """The output before the unit noise: sparse VD's (a sample in training, the thresholded weights in eval)."""
         if not self.training:
             return self._apply_weight(x, self.weight * self.weight_keep_mask(), self.bias)  # type: ignore[attr-defined]
-        y = _SparseVD.forward(self, x)  # type: ignore[arg-type]
+        y = SparseVD.forward(self, x)  # type: ignore[arg-type]
         if self._step_kl is not None:  # type: ignore[attr-defined]
             # the fused kernels computed the per-weight KL alongside the variance; the trainer takes this
             # value instead of calling kl(), so it must hold both parts
