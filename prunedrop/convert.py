@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
-from .layers.lognormal import _OutputUnitNoise, tie_units
+from .layers._units import OutputUnitNoise, tie_units
 from .recipes import Recipe
 
 
@@ -44,7 +44,7 @@ class ConversionSummary:
     before the BatchNorms), one line each."""
 
 
-def _selected(name: str, recipe: Recipe) -> bool:
+def is_selected(name: str, recipe: Recipe) -> bool:
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.include):
         return False
     return not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.exclude)
@@ -67,11 +67,11 @@ def to_variational(
 
     With the recipe key ``tie_residual``, ``example_input`` (a batch the model accepts) is traced once to find
     the layers that write one residual stream, and each such group of converted unit-noise layers shares one
-    noise per channel (:func:`prunedrop.layers.lognormal.tie_units`); the groups go into ``summary.tied``.
+    noise per channel (:func:`prunedrop.layers._units.tie_units`); the groups go into ``summary.tied``.
 
     Structured noise and BatchNorm (recipe key ``batchnorm_noise``): with ``after`` (the default), each converted
     convolution that a BatchNorm alone follows (:func:`prunedrop.renorm.batchnorm_pairs`) takes that BatchNorm in and
-    puts its noise on the BatchNorm's output (:meth:`~prunedrop.layers.lognormal._OutputUnitNoise.normalise_with`);
+    puts its noise on the BatchNorm's output (:meth:`~prunedrop.layers._units.OutputUnitNoise.normalise_with`);
     the BatchNorm's place holds an ``nn.Identity`` and the pairs go into ``summary.normalised``. With ``fold``, every
     BatchNorm that a convolution alone feeds is folded into it first (:func:`prunedrop.renorm.fold_batchnorm`, in
     place; the pairs go into ``summary.folded``). ``before`` leaves the BatchNorms where they are.
@@ -102,11 +102,11 @@ def to_variational(
         # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
         variational = registry.get(type(module))
         if variational is not None:
-            if name in heads and _selected(name or "<root>", recipe):
+            if name in heads and is_selected(name or "<root>", recipe):
                 summary.output_layers.append(name)
                 summary.excluded.append(name)
                 return module
-            if _selected(name or "<root>", recipe):
+            if is_selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
                 return module if dry_run else variational.from_dense(module, **options)
             summary.excluded.append(name or "<root>")
@@ -124,7 +124,7 @@ def to_variational(
                 setattr(module, child_name, new_child)
         return module
 
-    unit_noise = any(issubclass(v, _OutputUnitNoise) for v in registry.values())
+    unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
     pairs: list[tuple[str, str]] = []
     if unit_noise and recipe.batchnorm_noise == "fold" and not dry_run:
         from .renorm import fold_batchnorm
@@ -157,7 +157,7 @@ def to_variational(
         modules = dict(model.named_modules())
         for conv_name, bn_name in pairs:
             layer = modules[conv_name]
-            if isinstance(layer, _OutputUnitNoise):
+            if isinstance(layer, OutputUnitNoise):
                 layer.normalise_with(modules[bn_name])
                 parent, _, child = bn_name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
@@ -166,7 +166,7 @@ def to_variational(
     if groups:
         modules = dict(model.named_modules())
         for group in groups:
-            tied = [n for n in group if isinstance(modules.get(n), _OutputUnitNoise)]
+            tied = [n for n in group if isinstance(modules.get(n), OutputUnitNoise)]
             if len(tied) > 1:
                 tie_units([modules[n] for n in tied])
                 summary.tied.append(tied)

@@ -2,7 +2,7 @@
 
 :func:`inspect_model` walks the model exactly as :func:`prunedrop.convert.to_variational` does (the same
 ``named_children()`` recursion, the same exact-type registry lookup and the same include/exclude globs via
-:func:`prunedrop.convert._selected`) but converts nothing. Parameter counts and FLOPs (multiply-adds per
+:func:`prunedrop.convert.is_selected`) but converts nothing. Parameter counts and FLOPs (multiply-adds per
 input sample, as everywhere in prunedrop, see :mod:`prunedrop.report`) come from one forward pass of
 :func:`prunedrop.report.profile_model` on a batch of one, so inspecting a ResNet-50-sized model takes about
 as long as one inference.
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import _selected
+from .convert import is_selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
-from .layers.lognormal import _OutputUnitNoise
+from .layers._units import OutputUnitNoise
 from .recipes import Recipe
 from .renorm import batchnorm_pairs, foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
@@ -39,8 +39,8 @@ FOLDED = "folded"
 
 
 def _glob_reason(name: str, recipe: Recipe) -> str:
-    """Why :func:`prunedrop.convert._selected` rejected ``name``: the first exclude glob that matches it,
-    or the include globs that all missed it (the same order of checks as ``_selected``)."""
+    """Why :func:`prunedrop.convert.is_selected` rejected ``name``: the first exclude glob that matches it,
+    or the include globs that all missed it (the same order of checks as ``is_selected``)."""
     if not any(fnmatch.fnmatchcase(name, p) for p in recipe.include):
         return f"not matched by include {list(recipe.include)!r}"
     pattern = next(p for p in recipe.exclude if fnmatch.fnmatchcase(name, p))
@@ -107,7 +107,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     warnings: list[str] = []
     folded_into: dict[str, str] = {}  # BatchNorm → the convolution it is folded into (batchnorm_noise)
     joins: dict[str, str] = {}  # BatchNorm → the converted convolution whose unit noise acts on its output
-    unit_noise = any(issubclass(v, _OutputUnitNoise) for v in registry.values())
+    unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
     if unit_noise and recipe.batchnorm_noise == "fold":
         try:
             folded_into = {bn: conv for conv, bn in foldable_batchnorms(model)}
@@ -116,7 +116,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     elif unit_noise and recipe.batchnorm_noise == "after":
         try:
             joins = {bn: conv for conv, bn in batchnorm_pairs(model)
-                     if type(modules[conv]) in registry and conv not in heads and _selected(conv, recipe)}
+                     if type(modules[conv]) in registry and conv not in heads and is_selected(conv, recipe)}
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
@@ -167,11 +167,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         children = list(module.named_children())
         if type(module) in registry:
             # to_variational stops here: a registered layer is swapped whole and not descended into.
-            if label in heads and _selected(label, recipe):
+            if label in heads and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
-            elif _selected(label, recipe):
+            elif is_selected(label, recipe):
                 entry["status"] = CONVERT
                 converted.append(label)
                 totals["converted_params"] += sub_params

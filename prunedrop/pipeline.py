@@ -36,7 +36,8 @@ from .quantize import posterior_bits, quantize_model
 from .recipes import SNR_METHODS, Recipe
 from .renorm import ATTACHED, attach_batchnorm, fold_attached
 from .report import build_report, count_parameters, measure_latency, public_spec, write_report
-from .slim import _WEIGHT_LAYERS, SlimResult, remove_heads_and_rows, silent_units, slim
+from .slim import WEIGHT_LAYERS as _WEIGHT_LAYERS
+from .slim import SlimResult, remove_heads_and_rows, silent_units, slim
 from .sweep import choose_threshold, default_thresholds, sweep_thresholds, within_budget
 from .train import evaluate, finetune, finetune_masked, metric_name, resolve_device
 from .uncertainty import calibration_summary

@@ -80,23 +80,23 @@ def posterior_moments(layer: nn.Module, threshold: float | None = None
     """(folded weight, posterior variance of each weight, keep mask), all weight-shaped, of a converted
     Linear/Conv layer pruned at ``threshold`` (the layer's own by default); None for a layer with no such
     posterior (recurrent, attention, embedding, or not variational)."""
-    from .layers.group_vd import _GroupVD
-    from .layers.lognormal import _LogNormal
-    from .layers.sparse_vd import _SparseVD
+    from .layers.group_vd import GroupVD
+    from .layers.lognormal import LogNormal
+    from .layers.sparse_vd import SparseVD
 
-    if not isinstance(layer, (_SparseVD, _LogNormal, _GroupVD)):
+    if not isinstance(layer, (SparseVD, LogNormal, GroupVD)):
         return None
     with torch.no_grad():
         weight = layer.weight.detach().float()
         unit_shape = (-1, *([1] * (weight.dim() - 1)))
-        if isinstance(layer, _SparseVD):
+        if isinstance(layer, SparseVD):
             mean_a, var_a = weight, torch.exp(layer.log_alpha.detach().float()) * weight * weight
         else:
             mean_a, var_a = weight, torch.zeros_like(weight)
-        if isinstance(layer, _LogNormal):
+        if isinstance(layer, LogNormal):
             mean_b = layer.expected_theta().detach().float()
             var_b = (mean_b / layer.snr().detach().float()) ** 2
-        elif isinstance(layer, _GroupVD):
+        elif isinstance(layer, GroupVD):
             mean_b = torch.ones(weight.shape[0])
             var_b = torch.exp(layer.log_alpha.detach().float())
         else:

@@ -47,8 +47,8 @@ from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
 from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .layers.lognormal import _LogNormal, total_kl
-from .layers.sparse_vd import Kernels, _SparseVD, fused_kernels
+from .layers.lognormal import LogNormal, total_kl
+from .layers.sparse_vd import Kernels, SparseVD, fused_kernels
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
 
@@ -149,7 +149,7 @@ def _training_kl(layers: list[nn.Module], factors: list[float] | None = None) ->
     parts = []
     factors = factors or [1.0] * len(layers)
     # the log-normal (SBP) layers' KLs in one pass: per layer it is hundreds of tiny kernels (see total_kl)
-    lognormal = [i for i, layer in enumerate(layers) if type(layer).kl is _LogNormal.kl]
+    lognormal = [i for i, layer in enumerate(layers) if type(layer).kl is LogNormal.kl]
     if len(lognormal) > 1:
         parts.append(total_kl([layers[i] for i in lognormal], [factors[i] for i in lognormal]))
         keep = set(range(len(layers))) - set(lognormal)
@@ -202,7 +202,7 @@ def compiled_kernels(device: torch.device, clip: float = 10.0) -> Kernels | None
 def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device: torch.device) -> Kernels | None:
     if mode not in COMPILE_MODES:
         raise PrunedropError(f"unknown compile mode {mode!r}; use auto, always or never")
-    svd = [layer for layer in layers if isinstance(layer, _SparseVD)]
+    svd = [layer for layer in layers if isinstance(layer, SparseVD)]
     if not svd or mode == "never":
         return None
     if mode == "auto" and sum(layer.weight.numel() for layer in svd) * total_steps < AUTO_COMPILE_WEIGHT_STEPS:
@@ -213,7 +213,7 @@ def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device
 @contextlib.contextmanager
 def _kernels_set(layers: list[nn.Module], kernels: Kernels | None) -> Iterator[None]:
     """Hand ``kernels`` to the sparse VD layers for the duration of training, and take them back."""
-    svd = [layer for layer in layers if isinstance(layer, _SparseVD)] if kernels is not None else []
+    svd = [layer for layer in layers if isinstance(layer, SparseVD)] if kernels is not None else []
     for layer in svd:
         layer._kernels = kernels
     try:

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._units import ConvUnits, LinearUnits
 from .base import register_layer
-from .lognormal import DEFAULT_INIT_LOG_SIGMA, DEFAULT_INIT_MU, _ConvUnits, _LinearUnits, _LogNormal
+from .lognormal import DEFAULT_INIT_LOG_SIGMA, DEFAULT_INIT_MU, LogNormal
 from .lognormal import DEFAULT_THRESHOLD as DEFAULT_UNIT_THRESHOLD
 from .sparse_vd import (
     DEFAULT_INIT_LOG_SIGMA2,
@@ -39,17 +40,17 @@ from .sparse_vd import (
     Conv2dSVD,
     Conv3dSVD,
     LinearSVD,
-    _SparseVD,
+    SparseVD,
 )
 from .sparse_vd import DEFAULT_THRESHOLD as DEFAULT_WEIGHT_THRESHOLD
 
 
-class _LogNormalSVD(_LogNormal):
-    """Per-unit log-normal noise (the :class:`_LogNormal` part) over a sparse VD layer (a ``*SVD`` base).
+class _LogNormalSVD(LogNormal):
+    """Per-unit log-normal noise (the :class:`LogNormal` part) over a sparse VD layer (a ``*SVD`` base).
 
     Concrete classes list a ``*Units`` mixin and the plain sparse VD layer after this class, so that the unit
     machinery (forward, unit axes) comes first and ``_apply_weight``, ``log_alpha`` and the training forward of
-    the per-weight part come from :class:`_SparseVD`.
+    the per-weight part come from :class:`SparseVD`.
     """
 
     weight_threshold: float
@@ -68,7 +69,7 @@ class _LogNormalSVD(_LogNormal):
         **_: Any,
     ) -> _LogNormalSVD:
         layer = super().from_dense(module, init_mu=init_mu, init_log_sigma=init_log_sigma, threshold=threshold)
-        assert isinstance(layer, _SparseVD)
+        assert isinstance(layer, SparseVD)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
         layer.weight_threshold = float(weight_threshold)
         return layer  # type: ignore[return-value]
@@ -77,23 +78,23 @@ class _LogNormalSVD(_LogNormal):
 
     def unit_kl(self) -> torch.Tensor:
         """KL of the per-unit log-normal noise."""
-        return _LogNormal.kl(self)
+        return LogNormal.kl(self)
 
     def weight_kl(self) -> torch.Tensor:
         """KL of the per-weight sparse VD noise."""
-        return _SparseVD.kl(self)  # type: ignore[arg-type]
+        return SparseVD.kl(self)  # type: ignore[arg-type]
 
     def kl(self) -> torch.Tensor:
         return self.unit_kl() + self.weight_kl()
 
     def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.log_sigma2, *_LogNormal.noise_parameters(self)]  # type: ignore[attr-defined]
+        return [self.log_sigma2, *LogNormal.noise_parameters(self)]  # type: ignore[attr-defined]
 
     # -- masks
 
     def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor:
         """Per unit: SNR > threshold (the layer's ``threshold`` by default)."""
-        return _LogNormal.keep_mask(self, threshold)
+        return LogNormal.keep_mask(self, threshold)
 
     def weight_keep_mask(self, weight_threshold: float | None = None) -> torch.Tensor:
         """Per weight: log α ≤ ``weight_threshold`` (the layer's by default), whatever its unit does."""
@@ -121,7 +122,7 @@ class _LogNormalSVD(_LogNormal):
         """The output before the unit noise: sparse VD's (a sample in training, the thresholded weights in eval)."""
         if not self.training:
             return self._apply_weight(x, self.weight * self.weight_keep_mask(), self.bias)  # type: ignore[attr-defined]
-        y = _SparseVD.forward(self, x)  # type: ignore[arg-type]
+        y = SparseVD.forward(self, x)  # type: ignore[arg-type]
         if self._step_kl is not None:  # type: ignore[attr-defined]
             # the fused kernels computed the per-weight KL alongside the variance; the trainer takes this
             # value instead of calling kl(), so it must hold both parts
@@ -139,25 +140,25 @@ class _LogNormalSVD(_LogNormal):
         return f"{super().extra_repr()}, weight_threshold={self.weight_threshold}"
 
 
-class LinearLogNormalSVD(_LogNormalSVD, _LinearUnits, LinearSVD):
+class LinearLogNormalSVD(_LogNormalSVD, LinearUnits, LinearSVD):
     """``nn.Linear`` with log-normal noise on every out feature and sparse VD on every weight."""
 
     dense_type = nn.Linear
 
 
-class Conv1dLogNormalSVD(_LogNormalSVD, _ConvUnits, Conv1dSVD):
+class Conv1dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv1dSVD):
     """``nn.Conv1d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv1d
 
 
-class Conv2dLogNormalSVD(_LogNormalSVD, _ConvUnits, Conv2dSVD):
+class Conv2dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv2dSVD):
     """``nn.Conv2d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv2d
 
 
-class Conv3dLogNormalSVD(_LogNormalSVD, _ConvUnits, Conv3dSVD):
+class Conv3dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv3dSVD):
     """``nn.Conv3d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv3d

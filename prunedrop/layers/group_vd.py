@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._units import ConvUnits, LinearUnits, OutputUnitNoise
 from .base import register_layer
-from .lognormal import _ConvUnits, _LinearUnits, _OutputUnitNoise
 from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
 
 DEFAULT_INIT_LOG_ALPHA = -8.0
@@ -37,7 +37,7 @@ DEFAULT_THRESHOLD = 3.0
 class GroupLogAlpha:
     """One learned ``log α`` per group - an output unit, an attention head, a vocabulary row - with the
     log-uniform prior: the clipped log α, its KL, the keep mask and the noise parameter, shared by every
-    group-noise layer (:class:`_GroupVD`, :class:`~prunedrop.layers.attention.MultiheadAttentionGroupVD`,
+    group-noise layer (:class:`GroupVD`, :class:`~prunedrop.layers.attention.MultiheadAttentionGroupVD`,
     :class:`~prunedrop.layers.embedding.EmbeddingSVD`). List it before the layer's other bases."""
 
     log_alpha_param: nn.Parameter
@@ -69,7 +69,7 @@ class GroupLogAlpha:
         return [self.log_alpha_param]
 
 
-class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
+class GroupVD(GroupLogAlpha, OutputUnitNoise):
     """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
 
     unit_noise_names = ("log_alpha_param",)
@@ -83,7 +83,7 @@ class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
         **_: Any,
-    ) -> _GroupVD:
+    ) -> GroupVD:
         layer = cls._take_over(module)
         layer._init_group_noise(layer.weight.shape[0], layer.weight, init_log_alpha=init_log_alpha,
                                 log_alpha_clip=log_alpha_clip, threshold=threshold)
@@ -101,23 +101,23 @@ class _GroupVD(GroupLogAlpha, _OutputUnitNoise):
         return 1 + std * torch.randn(shape, dtype=std.dtype, device=std.device)
 
 
-class LinearGroupVD(_GroupVD, _LinearUnits, nn.Linear):
+class LinearGroupVD(GroupVD, LinearUnits, nn.Linear):
     """``nn.Linear`` with Gaussian multiplicative noise on every out feature (group VD)."""
 
 
-class Conv1dGroupVD(_GroupVD, _ConvUnits, nn.Conv1d):
+class Conv1dGroupVD(GroupVD, ConvUnits, nn.Conv1d):
     """``nn.Conv1d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv1d
 
 
-class Conv2dGroupVD(_GroupVD, _ConvUnits, nn.Conv2d):
+class Conv2dGroupVD(GroupVD, ConvUnits, nn.Conv2d):
     """``nn.Conv2d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv2d
 
 
-class Conv3dGroupVD(_GroupVD, _ConvUnits, nn.Conv3d):
+class Conv3dGroupVD(GroupVD, ConvUnits, nn.Conv3d):
     """``nn.Conv3d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
     dense_type = nn.Conv3d

@@ -35,10 +35,31 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
+from ._units import ConvUnits, LinearUnits, OutputUnitNoise, TiedDraw, tie_units
+from .base import register_layer
+
+# TiedDraw and tie_units live in ._units (shared with group VD); they stay importable here, where tests and
+# pickles of tied SBP layers (prunedrop.layers.lognormal.TiedDraw) name them.
+__all__ = [
+    "DEFAULT_INIT_LOG_SIGMA",
+    "DEFAULT_INIT_MU",
+    "DEFAULT_THRESHOLD",
+    "LOG_THETA_MAX",
+    "LOG_THETA_MIN",
+    "PARAM_MAX",
+    "PARAM_MIN",
+    "SAMPLE_EPS",
+    "Conv1dLogNormal",
+    "Conv2dLogNormal",
+    "Conv3dLogNormal",
+    "LinearLogNormal",
+    "LogNormal",
+    "TiedDraw",
+    "tie_units",
+    "total_kl",
+]
 
 #: the truncation interval [a, b] of log θ (and the support of the log-uniform prior)
 LOG_THETA_MIN, LOG_THETA_MAX = -20.0, 0.0
@@ -153,169 +174,7 @@ def _kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch
     return const - log_sigma + torch.where(tail, tail_part, mid_part)
 
 
-def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel of a BatchNorm in eval mode: ``bn(z) = scale · z + shift`` (running statistics)."""
-    with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.affine:
-            scale = bn.weight * scale
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            shift = shift + bn.bias
-    return scale, shift
-
-
-class TiedDraw:
-    """The noise draw that the layers of one tied group share within a forward pass (see :func:`tie_units`).
-
-    The first member to run in a pass draws the multiplier and the others reuse it; a member asking a second
-    time means a new pass (or the batch size changed), so it draws afresh. Copies and pickles carry no draw.
-    """
-
-    def __init__(self) -> None:
-        self.sample: torch.Tensor | None = None
-        self.users: set[int] = set()
-
-    def multiplier(self, layer: _OutputUnitNoise, shape: list[int], unit_axis: int) -> torch.Tensor:
-        if self.sample is None or id(layer) in self.users or list(self.sample.shape) != shape:
-            self.sample, self.users = layer._sample_multiplier(shape, unit_axis), set()
-        self.users.add(id(layer))
-        return self.sample
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-
-
-class _OutputUnitNoise(VariationalLayer):
-    """A plain layer whose whole output is multiplied by a learned noise per output unit.
-
-    Shared by the log-normal (here) and Gaussian (:mod:`.group_vd`) families. The Linear / Conv mixins
-    say how to apply the layer and where its unit and batch axes are; the noise family supplies
-    ``_sample_multiplier`` (training) and ``_eval_multiplier`` (eval and ``to_dense``), and names its per-unit
-    parameters in ``unit_noise_names`` (what :func:`tie_units` shares).
-    """
-
-    weight: nn.Parameter
-    bias: nn.Parameter | None
-    unit_noise_names: tuple[str, ...] = ()
-    _tied: TiedDraw | None = None
-
-    def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _unit_axes(self, y: torch.Tensor) -> tuple[int, int | None]:
-        """(axis of the units, axis of the examples or None for an unbatched input) of an output y."""
-        raise NotImplementedError
-
-    def _sample_multiplier(self, shape: list[int], unit_axis: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _unit_parameter(self, value: float) -> nn.Parameter:
-        return nn.Parameter(torch.full((self.weight.shape[0],), float(value), dtype=self.weight.dtype,
-                                       device=self.weight.device))
-
-    def normalise_with(self, batchnorm: nn.Module) -> None:
-        """Apply ``batchnorm`` (a BatchNorm of this layer's units) to the output before the unit noise.
-
-        The convolution → BatchNorm pair then is one unit: ``y = θ ⊙ BN(f(x, W) + b)``, so the variational phase
-        trains the network with its normalisation in place, and a pruned unit outputs exact zeros after it.
-        The BatchNorm becomes a child (``<layer>.batchnorm.*``): it trains with the layer and keeps its own mode,
-        so Monte Carlo sampling (only this layer in train mode) still normalises with the running statistics.
-        ``to_dense`` folds its eval-mode affine map into the weight and bias, exactly.
-        """
-        if not isinstance(batchnorm, nn.modules.batchnorm._BatchNorm) or batchnorm.num_features != self.weight.shape[0]:
-            raise TypeError(f"normalise_with needs a BatchNorm of {self.weight.shape[0]} features, not {batchnorm!r}")
-        if batchnorm.running_mean is None or batchnorm.running_var is None:
-            raise ValueError("normalise_with needs a BatchNorm with running statistics (track_running_stats=True), "
-                             "whose eval-mode affine map can be folded")
-        self.batchnorm = batchnorm
-
-    def _batchnorm(self) -> nn.Module | None:
-        """The BatchNorm applied before the noise (:meth:`normalise_with`), if any."""
-        return self._modules.get("batchnorm")
-
-    def _fold_batchnorm(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(weight, bias)`` with the eval-mode BatchNorm of :meth:`normalise_with` folded in (unchanged without one)."""
-        bn = self._batchnorm()
-        if bn is None:
-            return weight, bias
-        scale, shift = batchnorm_affine(bn)
-        scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
-        weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
-        return weight, shift if bias is None else bias * scale + shift
-
-    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
-        masks = super().parameter_keep_masks(threshold)
-        if self._batchnorm() is not None and "bias" not in masks:  # to_dense gives the layer the BatchNorm's shift
-            unit = self.unit_keep_mask(threshold)
-            if unit is not None:
-                masks["bias"] = unit.clone()
-        return masks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._apply_dense(x)
-        bn = self._batchnorm()
-        if bn is not None:
-            y = bn(y)
-        unit_axis, batch_axis = self._unit_axes(y)
-        shape = [1] * y.dim()
-        shape[unit_axis] = y.shape[unit_axis]
-        if not self.training:
-            return y * self._eval_multiplier(None).to(y.dtype).reshape(shape)
-        # One draw per example and unit, shared over positions: the unit as a whole is on or off.
-        if batch_axis is not None:
-            shape[batch_axis] = y.shape[batch_axis]
-        if self._tied is not None:
-            return y * self._tied.multiplier(self, shape, unit_axis).to(y.dtype)
-        return y * self._sample_multiplier(shape, unit_axis).to(y.dtype)
-
-    def to_dense(self, threshold: float | None = None) -> nn.Module:
-        with torch.no_grad():
-            m = self._eval_multiplier(threshold).to(self.weight.dtype)
-            weight, bias = self._fold_batchnorm(self.weight, self.bias)
-            weight = weight * m.reshape(-1, *[1] * (weight.dim() - 1))
-            return self._dense_with(weight, None if bias is None else bias * m)
-
-
-class _LinearUnits(_OutputUnitNoise):
-    """Units are out features, the last axis; the first axis holds the examples."""
-
-    dense_type = nn.Linear
-
-    @classmethod
-    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return linear_kwargs(module)
-
-    def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def _unit_axes(self, y: torch.Tensor) -> tuple[int, int | None]:
-        return y.dim() - 1, (0 if y.dim() >= 2 else None)
-
-
-class _ConvUnits(_OutputUnitNoise):
-    """Units are out channels: axis 1 of ``(N, C, *spatial)``, axis 0 of an unbatched ``(C, *spatial)``."""
-
-    @classmethod
-    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
-        return conv_kwargs(module)
-
-    def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
-        # nn.ConvNd._conv_forward handles every padding_mode (zeros, reflect, replicate, circular).
-        return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
-
-    def _unit_axes(self, y: torch.Tensor) -> tuple[int, int | None]:
-        batched = y.dim() == len(self.kernel_size) + 2  # type: ignore[attr-defined]
-        return (1, 0) if batched else (0, None)
-
-
-class _LogNormal(_OutputUnitNoise):
+class LogNormal(OutputUnitNoise):
     """Log-normal noise per unit (the SBP layers); ``mu`` and ``log_sigma`` have one entry per unit."""
 
     mu: nn.Parameter
@@ -331,7 +190,7 @@ class _LogNormal(_OutputUnitNoise):
         init_log_sigma: float = DEFAULT_INIT_LOG_SIGMA,
         threshold: float = DEFAULT_THRESHOLD,
         **_: Any,
-    ) -> _LogNormal:
+    ) -> LogNormal:
         layer = cls._take_over(module)
         layer.mu = layer._unit_parameter(init_mu)
         layer.log_sigma = layer._unit_parameter(init_log_sigma)
@@ -396,34 +255,7 @@ class _LogNormal(_OutputUnitNoise):
         return torch.exp(log_theta)
 
 
-def tie_units(layers: list[nn.Module]) -> None:
-    """Make ``layers`` one noise per unit: they share their per-unit noise parameters and, in training, each
-    forward pass's draw, so unit i is kept or pruned in all of them at once.
-
-    For the producers of one residual stream (:func:`prunedrop.slim.coupled_producers`): a stream channel can
-    leave only when every producer prunes it, and separate noises rarely all agree. The layers must be unit-noise
-    layers of one family with the same number of units; the first one's parameters are kept (the others'
-    dropped). Each member still adds the (shared) KL with its own factor, so a tied unit carries the prior's
-    cost once for every layer it occupies, as untied units that agree would.
-    """
-    if len(layers) < 2:
-        return
-    lead = layers[0]
-    names = getattr(lead, "unit_noise_names", ())
-    for layer in layers:
-        if not isinstance(layer, _OutputUnitNoise) or not names or layer.unit_noise_names != names:
-            raise TypeError(f"cannot tie {type(layer).__name__} to {type(lead).__name__}: both must be unit-noise "
-                            "layers of one family")
-        if layer.weight.shape[0] != lead.weight.shape[0]:
-            raise ValueError(f"cannot tie layers with {layer.weight.shape[0]} and {lead.weight.shape[0]} units")
-    draw = TiedDraw()
-    for layer in layers:
-        for name in names:
-            setattr(layer, name, getattr(lead, name))
-        layer._tied = draw
-
-
-def total_kl(layers: list[_LogNormal], factors: list[float]) -> torch.Tensor:
+def total_kl(layers: list[LogNormal], factors: list[float]) -> torch.Tensor:
     """``Σ factor·KL`` over several log-normal layers, computed in one pass over all their units.
 
     The same value as ``Σ factor·layer.kl()``; one call instead of one per layer, because :func:`_kl` is a few
@@ -437,23 +269,23 @@ def total_kl(layers: list[_LogNormal], factors: list[float]) -> torch.Tensor:
     return (_kl(mu, log_sigma, sigma) * weights).sum()
 
 
-class LinearLogNormal(_LogNormal, _LinearUnits, nn.Linear):
+class LinearLogNormal(LogNormal, LinearUnits, nn.Linear):
     """``nn.Linear`` with log-normal multiplicative noise on every out feature (SBP)."""
 
 
-class Conv1dLogNormal(_LogNormal, _ConvUnits, nn.Conv1d):
+class Conv1dLogNormal(LogNormal, ConvUnits, nn.Conv1d):
     """``nn.Conv1d`` with log-normal multiplicative noise on every out channel (SBP)."""
 
     dense_type = nn.Conv1d
 
 
-class Conv2dLogNormal(_LogNormal, _ConvUnits, nn.Conv2d):
+class Conv2dLogNormal(LogNormal, ConvUnits, nn.Conv2d):
     """``nn.Conv2d`` with log-normal multiplicative noise on every out channel (SBP)."""
 
     dense_type = nn.Conv2d
 
 
-class Conv3dLogNormal(_LogNormal, _ConvUnits, nn.Conv3d):
+class Conv3dLogNormal(LogNormal, ConvUnits, nn.Conv3d):
     """``nn.Conv3d`` with log-normal multiplicative noise on every out channel (SBP)."""
 
     dense_type = nn.Conv3d

@@ -54,7 +54,7 @@ def clipped_log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: floa
 
 def noise_terms(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(α·θ², ΣKL)`` of one layer from a single pass over θ and log σ²: the same math as the
-    layer's :attr:`~_SparseVD.log_alpha`, the variance term of its forward and :meth:`~_SparseVD.kl`."""
+    layer's :attr:`~SparseVD.log_alpha`, the variance term of its forward and :meth:`~SparseVD.kl`."""
     w2 = weight * weight
     log_alpha = torch.clamp(log_sigma2 - torch.log(w2 + 1e-8), -clip, clip)
     return torch.exp(log_alpha) * w2, kl_log_uniform(log_alpha).sum()
@@ -151,7 +151,7 @@ def fused_kernels(compile_fn: Callable[[Callable[..., Any]], Callable[..., Any]]
     return Kernels(_Terms.apply, _Noise.apply)  # type: ignore[arg-type]
 
 
-class _SparseVD(VariationalLayer):
+class SparseVD(VariationalLayer):
     """Shared machinery of the per-weight sparse VD layers; subclasses say how to apply a weight."""
 
     weight: nn.Parameter
@@ -180,7 +180,7 @@ class _SparseVD(VariationalLayer):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
         **_: Any,
-    ) -> _SparseVD:
+    ) -> SparseVD:
         layer = cls._take_over(module)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
         layer.train(module.training)
@@ -233,7 +233,7 @@ class _SparseVD(VariationalLayer):
             return self._dense_with(self.weight * self.keep_mask(threshold), bias)
 
 
-class LinearSVD(_SparseVD, nn.Linear):
+class LinearSVD(SparseVD, nn.Linear):
     """``nn.Linear`` with sparse variational dropout on every weight."""
 
     dense_type = nn.Linear
@@ -246,7 +246,7 @@ class LinearSVD(_SparseVD, nn.Linear):
         return F.linear(x, weight, bias)
 
 
-class _ConvSVD(_SparseVD):
+class _ConvSVD(SparseVD):
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return conv_kwargs(module)

@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PrunedropError
+from ..errors import PrunedropError
+from .common import max_abs_diff
 
 RECURRENT = (nn.LSTM, nn.GRU)
 #: gate rows per hidden unit (torch's order: LSTM i, f, g, o; GRU r, z, n)
@@ -246,8 +247,6 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
     ``unit_masks`` maps a layer name to a bool keep mask ``[num_layers · directions, hidden_size]`` (the
     layout of ``h_n``). See the module docstring for what is removed and when a layer is kept whole.
     """
-    from .slim import _max_abs_diff  # the same comparison as the Linear/Conv path
-
     x = example_input.detach()
     reference = copy.deepcopy(model).eval()
     work = copy.deepcopy(model).eval()
@@ -296,7 +295,7 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
         else:
             trial = new  # the model is the recurrent layer: its output is the model output (checked below)
         try:
-            diff = _max_abs_diff(want, _run(trial.eval(), x))
+            diff = max_abs_diff(want, _run(trial.eval(), x))
         except (RuntimeError, PrunedropError) as e:
             diff, reason = float("inf"), str(e).splitlines()[0]
         else:
@@ -313,5 +312,5 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
                 f"{name}: {pruned_total - k * len(cells)} pruned hidden unit(s) kept as zero rows: all layers and "
                 f"directions share hidden_size, and the one that prunes least prunes {k}")
     result.model = work.eval()
-    result.max_abs_diff = _max_abs_diff(want, _run(result.model, x))
+    result.max_abs_diff = max_abs_diff(want, _run(result.model, x))
     return result

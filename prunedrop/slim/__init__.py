@@ -1,0 +1,62 @@
+"""The slim stage: physically remove pruned units, so that the smaller model computes the same function.
+
+Input: the masked deterministic model (plain layers; a pruned unit outputs exactly 0 because its weight row
+and bias are zero) and a keep mask per output unit of each Linear/Conv layer. Output: a smaller plain model
+that computes the same function in eval mode, checked on the example input.
+
+Which layers a unit touches is the job of a dependency graph, and we do not write our own: Torch-Pruning's
+``DependencyGraph`` traces the model once and, for every channel of every Linear/Conv layer, lists each
+place it reaches — the producer's weight row and bias, the BatchNorm entry, the consumers' weight columns (a
+block of ``H·W`` columns after flatten→linear), offsets through concatenations, the input *and* output
+channel of a depthwise convolution, and the other producers that a residual addition couples to it. Its
+pruning functions do the index surgery. What it does not know is whether removing a channel is *exact*;
+that is this module's part:
+
+* **Coupling.** A channel goes only when every layer that produces it agrees: walking back from each
+  consumer through the channel's group, every path must end at a pruned unit (a producer or a depthwise
+  convolution whose unit is pruned) or at a parameter. One live producer keeps the channel in all members.
+* **Constants.** A pruned unit outputs 0, but what its consumers see may not be 0: a BatchNorm turns it into
+  ``β − γ·μ/√(σ²+ε)``, and an activation with ``f(0) ≠ 0`` (sigmoid) or a constant turns it into ``f(c)``.
+  Such a channel is input-independent, so its consumer's share is a fixed tensor, measured on the example
+  input. For a Linear consumer (including flatten→linear) that share is a vector: it is folded into the
+  bias exactly. For a convolution it is folded exactly when it is the same at every output position — no
+  zero padding, or the constant is 0. When zero padding makes it position-dependent, no bias can replace it;
+  the channel is then kept (and the case named in ``notes``), or, with ``fold_borders=True``, removed with
+  its interior value folded in, the border outputs differing by a measured amount. (A share is measured at
+  the example input's resolution. In one rare layout — a constant through a kept, zero-padded depthwise
+  convolution, then global pooling, then a Linear — the pooled constant depends on the resolution, so the
+  fold is exact at the example's resolution only.)
+* **Unsupported places.** A channel that reaches the model output, passes through a grouped
+  (non-depthwise) or transposed convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an
+  attention or recurrent layer or a bare parameter is kept; ``notes`` says so.
+* **Recurrent layers.** Masks of ``nn.LSTM`` / ``nn.GRU`` layers (pruned hidden units) are handled first, by
+  :mod:`.recurrent`, which shrinks ``hidden_size`` and the consumers' columns.
+
+Finally the masked and the slim model run on the example input; a difference above ``atol`` that the notes
+do not explain raises :class:`PrunedropError` (it means the graph tracing missed something, e.g. an
+operation that mixes channels but looks element-wise to Torch-Pruning).
+
+The package, each job in its own module and every public name re-exported here: :mod:`.stage` (the public
+:func:`slim`), :mod:`.coupling` (the dependency graph, which channels may leave, :func:`coupled_producers`),
+:mod:`.constants` (constant folding), :mod:`.recurrent` (``nn.LSTM`` / ``nn.GRU``), :mod:`.heads` (attention
+heads and embedding rows, :func:`remove_heads_and_rows`) and :mod:`.common` (what they share).
+"""
+
+from .common import WEIGHT_LAYERS, silent_units
+from .coupling import coupled_producers
+from .heads import HeadsAndRowsResult, remove_heads_and_rows
+from .recurrent import RecurrentSlimResult, slim_recurrent, split_recurrent_masks
+from .stage import SlimResult, slim
+
+__all__ = [
+    "WEIGHT_LAYERS",
+    "HeadsAndRowsResult",
+    "RecurrentSlimResult",
+    "SlimResult",
+    "coupled_producers",
+    "remove_heads_and_rows",
+    "silent_units",
+    "slim",
+    "slim_recurrent",
+    "split_recurrent_masks",
+]

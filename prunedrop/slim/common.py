@@ -1,0 +1,57 @@
+"""What the slim modules share: the layers whose units they remove, a unit count, silent units, and the
+output comparison that checks a slimmed model against the masked one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PrunedropError
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: the layers whose output units the slim stage removes (and the pipeline reads masks of)
+WEIGHT_LAYERS = (nn.Linear, *CONV)
+
+
+def out_units(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """One input channel per output channel: pruning its output channel prunes its input channel too."""
+    return (
+        isinstance(module, CONV)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def silent_units(module: nn.Module) -> torch.Tensor:
+    """One bool per output unit of a Linear/Conv layer: its weight row and its bias (if any) are exactly 0, so it
+    outputs 0 whatever the input (a pruned unit of the masked model)."""
+    with torch.no_grad():
+        silent = module.weight.detach().flatten(1).eq(0).all(dim=1)
+        if module.bias is not None:
+            silent &= module.bias.detach().eq(0)
+    return silent
+
+
+def max_abs_diff(want: Any, got: Any) -> float:
+    """Max |want − got| over a tensor or a (nested) tuple/list/dict of tensors with the same structure."""
+    if isinstance(want, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or want.shape != got.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise PrunedropError(
+                f"slimming changed the output shape from {tuple(want.shape)} to {shape}: a removed channel "
+                "reaches the output; this is a bug in prunedrop's slim stage, please report it"
+            )
+        return float((want.float() - got.float()).abs().max()) if want.numel() else 0.0
+    if isinstance(want, Mapping):
+        return max((max_abs_diff(want[k], got[k]) for k in want), default=0.0)
+    if isinstance(want, (tuple, list)):
+        return max((max_abs_diff(a, b) for a, b in zip(want, got)), default=0.0)
+    return 0.0

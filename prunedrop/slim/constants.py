@@ -1,0 +1,136 @@
+"""Constant folding: what a removed, input-independent channel leaves in each consumer (measured on the example
+input), whether a bias can hold it exactly, and adding it to the bias.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .common import WEIGHT_LAYERS, out_units
+
+# How many input channels' contributions one grouped convolution computes at once (bounds its memory).
+_CHANNEL_CHUNK = 32
+# Relative spread below which a measured value counts as the same everywhere (float32 rounding, not padding).
+_RTOL = 1e-6
+
+
+def record_inputs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, list[torch.Tensor]]:
+    """The input of every Linear/Conv call on ``x`` (up to 4 samples): what a removed channel feeds it."""
+    seen: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            seen[module].append(args[0].detach()[:4].clone())
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _same_everywhere(values: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    """Whether ``values`` is constant along ``dims`` up to float rounding."""
+    spread = values.amax(dim=dims) - values.amin(dim=dims)
+    scale = values.abs().amax(dim=dims).clamp(min=1.0)
+    return bool((spread <= _RTOL * scale).all())
+
+
+def _conv_shares(conv: nn.Module, x: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """What each of ``channels`` of the single-sample input ``x`` adds to ``conv``'s output, bias excluded.
+
+    Returns ``[len(channels), out_channels, *out_spatial]``. A grouped convolution with one input channel per
+    group computes them all at once, in chunks to bound memory (for ``groups == 1`` consumers only).
+    """
+    out = []
+    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[conv.weight.dim() - 2]
+    for start in range(0, len(channels), _CHANNEL_CHUNK):
+        chunk = channels[start : start + _CHANNEL_CHUNK]
+        n, o = len(chunk), conv.out_channels
+        w = conv.weight.detach()[:, chunk].transpose(0, 1).reshape(n * o, 1, *conv.weight.shape[2:])
+        inp = x[chunk].unsqueeze(0)
+        padding = conv.padding
+        if conv.padding_mode != "zeros":
+            inp = F.pad(inp, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            padding = 0
+        y = conv_fn(inp, w, None, conv.stride, padding, conv.dilation, n)
+        out.append(y.reshape(n, o, *y.shape[2:]))
+    return torch.cat(out)
+
+
+def consumer_shares(
+    consumer: nn.Module, calls: list[torch.Tensor], wanted: dict[Any, list[int]], fold_borders: bool
+) -> tuple[dict[Any, torch.Tensor], dict[Any, str]]:
+    """What each candidate channel adds to ``consumer``'s output, as a bias vector, where a bias can hold it.
+
+    ``wanted`` maps a channel key to the consumer's input indices it occupies (one channel for a conv, a block
+    of features after flatten→linear). Returns (key → bias share) for the channels that can be folded and
+    (key → reason) for the others; with ``fold_borders`` a share that zero padding makes position-dependent is
+    folded with its median (interior) value and reported as ``"border-folded"``.
+    """
+    shares: dict[Any, torch.Tensor] = {}
+    problems: dict[Any, str] = {}
+    weight = consumer.weight.detach()
+    if not calls:
+        return {}, dict.fromkeys(wanted, "its input could not be recorded")
+    for x in calls:
+        batch_dims = tuple(range(x.dim() - 1)) if isinstance(consumer, nn.Linear) else (0,)
+        live: dict[Any, list[int]] = {}
+        for key, idxs in wanted.items():
+            if key in problems and problems[key] != "border-folded":
+                continue
+            v = x[..., idxs] if isinstance(consumer, nn.Linear) else x[:, idxs]
+            # Input-independent by the graph walk; a difference between samples would mean the walk is wrong.
+            if not _same_everywhere(v, batch_dims):
+                problems[key] = "its value varies with the input"
+            elif isinstance(consumer, nn.Linear):
+                _merge_share(shares, problems, key, weight[:, idxs] @ v.reshape(-1, len(idxs))[0])
+            elif not v[0].any():
+                _merge_share(
+                    shares, problems, key, torch.zeros(consumer.out_channels, dtype=x.dtype, device=x.device)
+                )
+            else:
+                live[key] = idxs
+        if not live:
+            continue
+        channels = sorted({i for idxs in live.values() for i in idxs})
+        maps = _conv_shares(consumer, x[0], channels)
+        row = {c: i for i, c in enumerate(channels)}
+        for key, idxs in live.items():
+            flat = maps[[row[i] for i in idxs]].sum(dim=0).flatten(1)
+            if _same_everywhere(flat, (1,)):
+                _merge_share(shares, problems, key, flat.mean(dim=1))
+            elif fold_borders:
+                problems[key] = "border-folded"
+                _merge_share(shares, problems, key, flat.median(dim=1).values)
+            else:
+                problems[key] = "border"
+    for key in list(shares):
+        if key in problems and problems[key] != "border-folded":
+            del shares[key]
+    return shares, problems
+
+
+def _merge_share(shares: dict, problems: dict, key: Any, share: torch.Tensor) -> None:
+    """A layer called several times must see the same constant every time for one bias to hold it."""
+    if key in shares and not torch.allclose(shares[key], share, rtol=_RTOL, atol=1e-7):
+        problems[key] = "the layer is called more than once and sees different values"
+    shares.setdefault(key, share)
+
+
+@torch.no_grad()
+def fold(consumer: nn.Module, share: torch.Tensor) -> None:
+    """Add a removed input's constant contribution to ``consumer``'s bias (creating the bias if needed)."""
+    if consumer.bias is None:
+        consumer.bias = nn.Parameter(
+            torch.zeros(out_units(consumer), dtype=consumer.weight.dtype, device=consumer.weight.device)
+        )
+    consumer.bias += share.to(consumer.bias.dtype)

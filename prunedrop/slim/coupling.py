@@ -1,0 +1,305 @@
+"""Coupling analysis: Torch-Pruning's dependency graph of a model, and which channels of each dependency group
+may leave (every producer prunes them, nothing unsupported reads them); also :func:`coupled_producers`, the
+groups of layers that a residual addition joins (``tie_residual``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PrunedropError
+from .common import CONV, WEIGHT_LAYERS, is_depthwise, out_units
+
+# Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
+# act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
+_PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+
+
+@dataclass
+class Channel:
+    """One channel of a dependency group: the places it reaches, by graph node."""
+
+    members: dict[Any, list[tuple[Any, int]]] = field(default_factory=lambda: defaultdict(list))
+    """tp graph node → [(pruning function, local index)]."""
+
+
+def import_torch_pruning():
+    try:
+        import torch_pruning as tp
+    except ImportError:  # pragma: no cover - it is a declared dependency
+        raise PrunedropError(
+            "slimming needs the torch-pruning package: pip install 'torch-pruning>=1.6.1,<1.7'"
+        ) from None
+    return tp
+
+
+def _is_unsupported_conv(module: nn.Module) -> bool:
+    """Convolutions whose channels Torch-Pruning cannot remove one by one: grouped (not depthwise) ones,
+    whose per-group weight slices would have to shrink alike, and transposed ones."""
+    if isinstance(module, CONV):
+        return module.groups > 1 and not is_depthwise(module)
+    return isinstance(module, nn.modules.conv._ConvNd)
+
+
+def _parameters_only(grad_fn: Any, depth: int = 0) -> bool:
+    """True if the autograd subgraph ends only at parameters (e.g. a Linear's transposed weight)."""
+    if grad_fn is None or depth > 32:
+        return False
+    if type(grad_fn).__name__ == "AccumulateGrad":
+        return True
+    return all(_parameters_only(f, depth + 1) for f, _ in grad_fn.next_functions)
+
+
+def _has_untracked_input(grad_fn: Any) -> bool:
+    """An operand without autograd history: the model input or a buffer, which tracing cannot follow."""
+    return grad_fn is not None and any(f is None for f, _ in grad_fn.next_functions)
+
+
+class GroupAnalysis:
+    """Which channels of one dependency group can go, and what they leave behind in each consumer."""
+
+    def __init__(
+        self,
+        graph: Any,
+        group: Any,
+        names: dict[Any, str],
+        masks: dict[str, torch.Tensor],
+        output_fns: set[Any],
+    ):
+        self.graph = graph
+        self.output_fns = output_fns
+        self.names = names
+        self.masks = masks
+        self.root = group[0].dep.target.module
+        self.root_handler = group[0].dep.handler
+        self.size = len(group[0].idxs)
+        self.channels: dict[int, Channel] = defaultdict(Channel)
+        for item in group:
+            for idx, root in zip(item.idxs, item.root_idxs):
+                self.channels[root].members[item.dep.target].append((item.dep.handler, idx))
+
+    # -- roles of the nodes -------------------------------------------------------------------------------
+
+    def name(self, node: Any) -> str:
+        return self.names.get(node.module) or str(node.module)
+
+    def producer_index(self, node: Any, channel: Channel) -> int | None:
+        """The unit of ``node`` that produces this channel, if ``node`` is a plain Linear/Conv doing so."""
+        module = node.module
+        if not isinstance(module, WEIGHT_LAYERS) or is_depthwise(module):
+            return None
+        for handler, idx in channel.members.get(node, []):
+            if self.graph.is_out_channel_pruning_fn(handler) and not self.graph.is_in_channel_pruning_fn(
+                handler
+            ):
+                return idx
+        return None
+
+    def consumers(self, channel: Channel) -> list[tuple[Any, list[int]]]:
+        """Plain Linear/Conv layers reading this channel, with the input indices it occupies there."""
+        found = []
+        for node, entries in channel.members.items():
+            module = node.module
+            if not isinstance(module, WEIGHT_LAYERS) or is_depthwise(module):
+                continue
+            idxs = sorted(
+                {
+                    i
+                    for h, i in entries
+                    if self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
+                }
+            )
+            if idxs:
+                found.append((node, idxs))
+        return found
+
+    def pruned(self, node: Any, idx: int) -> bool:
+        mask = self.masks.get(self.name(node))
+        return mask is not None and not bool(mask[idx])
+
+    def label(self) -> str:
+        """The group's producers, root first: they all number the group's channels alike."""
+        root = self.names.get(self.root, str(self.root))
+        producers = sorted(
+            {
+                self.name(n)
+                for ch in self.channels.values()
+                for n in ch.members
+                if self.producer_index(n, ch) is not None
+            }
+            - {root}
+        )
+        return f"{root} (coupled with {', '.join(producers)})" if producers else root
+
+    def pruned_by(self, channel: Channel) -> list[str]:
+        """The producers and depthwise convolutions whose unit for this channel is pruned."""
+        found = []
+        for node, entries in channel.members.items():
+            idx = self.producer_index(node, channel)
+            if idx is None and is_depthwise(node.module):
+                idx = entries[0][1]
+            if idx is not None and self.pruned(node, idx):
+                found.append(self.name(node))
+        return sorted(found)
+
+    # -- decisions ----------------------------------------------------------------------------------------
+
+    def blocker(self, channel: Channel) -> str | None:
+        """Why this channel cannot be removed at all, whatever the masks say; None if it can be."""
+        tp_ops = self.graph.ops
+        consumers = {node for node, _ in self.consumers(channel)}
+        for node in channel.members:
+            module = node.module
+            # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
+            if node.type == tp_ops.OPTYPE.OUTPUT or (
+                node not in consumers and node.grad_fn in self.output_fns
+            ):
+                return "they reach the model output"
+            if _is_unsupported_conv(module):
+                kind = "transposed" if getattr(module, "transposed", False) else "grouped"
+                return (
+                    f"they pass through the {kind} convolution {self.name(node)}, "
+                    "which cannot lose single channels"
+                )
+            if isinstance(module, nn.Module) and not isinstance(module, (*WEIGHT_LAYERS, *_PER_CHANNEL)):
+                if node.type not in (
+                    tp_ops.OPTYPE.ELEMENTWISE,
+                    tp_ops.OPTYPE.CONCAT,
+                    tp_ops.OPTYPE.SPLIT,
+                    tp_ops.OPTYPE.RESHAPE,
+                    tp_ops.OPTYPE.SLICE,
+                ):
+                    kind = type(module).__name__
+                    return f"they pass through {self.name(node)} ({kind}), which mixes or embeds channels"
+            if isinstance(module, nn.Parameter):
+                return f"they pass through the bare parameter {self.name(node)}"
+        return None
+
+    def live_sources(self, channel: Channel) -> set[str]:
+        """Layers whose live units feed this channel into some consumer (none: it is input-independent)."""
+        live: set[str] = set()
+        memo: dict[Any, bool] = {}
+
+        def depends(node: Any) -> bool:
+            if node in memo:
+                return memo[node]
+            memo[node] = False  # a cycle adds no input of its own
+            module = node.module
+            entries = channel.members.get(node)
+            if entries is None:
+                result = True  # left the group: nothing tells us it is constant
+            elif (idx := self.producer_index(node, channel)) is not None:
+                result = not self.pruned(node, idx)
+                if result:
+                    live.add(self.name(node))
+            elif isinstance(module, WEIGHT_LAYERS) and not is_depthwise(module):
+                result = True
+            elif is_depthwise(module) and self.pruned(node, entries[0][1]):
+                result = False  # a pruned depthwise unit outputs 0 whatever it is fed
+            else:
+                inputs = [n for n in node.inputs if n in channel.members]
+                if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
+                    if _has_untracked_input(node.grad_fn):
+                        live.add(f"an untraced operand of {self.name(node)}")
+                        memo[node] = True
+                        return True
+                    if not inputs and _parameters_only(node.grad_fn):
+                        memo[node] = False  # e.g. a Linear's transposed weight
+                        return False
+                if not inputs:
+                    live.add(f"the input of {self.name(node)}")
+                    result = True
+                else:
+                    result = any([depends(n) for n in inputs])  # a list: visit every branch for the note
+            memo[node] = result
+            return result
+
+        for consumer, _ in self.consumers(channel):
+            for n in consumer.inputs:
+                if n in channel.members:
+                    depends(n)
+        return live
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a (nested) tuple/list/dict output."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+@contextlib.contextmanager
+def all_requiring_grad(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
+    functions work on the traced graph); each parameter's own flag comes back afterwards."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+
+
+def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
+    """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
+    inside :func:`all_requiring_grad`."""
+    outputs: list[Any] = []
+
+    def forward(m: nn.Module, inp: torch.Tensor) -> Any:
+        # Called as m(x): Torch-Pruning's default would try m(*x) first, unpacking the batch.
+        outputs.append(m(inp))
+        return outputs[-1]
+
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=x, forward_fn=forward, verbose=False
+        )
+    return graph, {t.grad_fn for t in _tensors(outputs[-1])}
+
+
+def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
+    """Groups of Linear/Conv layers whose output units are the same channels, joined by residual additions.
+
+    Each group lists (in module order) the plain, non-depthwise Linear/Conv layers that write one set of channels
+    with the same numbering: channel i of every member is added into channel i of the others' stream, as the stem
+    and the second convolutions (and projection shortcuts) of a ResNet stage are. Only whole, identically
+    numbered groups are returned (a concatenation, which offsets the numbering, is not such a group); layers
+    that produce their channels alone are left out. Traces ``model`` once on ``example_input`` with Torch-Pruning's
+    dependency graph (as :func:`slim` does); the model is not modified.
+    """
+    tp = import_torch_pruning()
+    with all_requiring_grad(model):
+        graph, _ = trace(tp, model, example_input.detach())
+    layers = dict(model.named_modules())
+    names = {m: n for n, m in layers.items()}
+    order = {n: i for i, n in enumerate(layers)}
+    groups: dict[tuple[str, ...], None] = {}
+    for g in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+        an = GroupAnalysis(graph, g, names, {}, set())
+        # producer → {root channel: its unit}; a member producing some channels only is not a whole member
+        units: dict[str, dict[int, int]] = defaultdict(dict)
+        for root, channel in an.channels.items():
+            for node in channel.members:
+                idx = an.producer_index(node, channel)
+                if idx is not None and node.module in names:
+                    units[names[node.module]][root] = idx
+        members = [
+            n for n, m in units.items()
+            if len(m) == an.size == out_units(layers[n]) and all(root == idx for root, idx in m.items())
+        ]
+        if len(members) > 1 and len(members) == len(units):
+            groups[tuple(sorted(members, key=order.__getitem__))] = None
+    return [list(g) for g in groups]

@@ -1,0 +1,308 @@
+"""The public :func:`slim` entry for Linear/Conv units: check the masks, plan which channels leave (coupling and
+constants), fold the constants, slice the layers, and check the slim model against the masked one. Masks of
+recurrent layers go to :mod:`.recurrent` first.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PrunedropError
+from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units
+from .constants import consumer_shares, fold, record_inputs
+from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, trace
+from .recurrent import slim_recurrent, split_recurrent_masks
+
+
+@dataclass
+class SlimResult:
+    """The slim model and what slimming did."""
+
+    model: nn.Module
+    """The smaller plain model, in eval mode."""
+    removed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Linear/Conv layer name → (output units before, after): every masked layer and every one that shrank;
+    recurrent layer name → (hidden_size before, after)."""
+    max_abs_diff: float = 0.0
+    """Measured max |masked model − slim model| on the example input, in eval mode."""
+    notes: list[str] = field(default_factory=list)
+    """Units that were pruned but kept (and why), constants folded inexactly, masked layers left alone."""
+    heads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Attention module → (heads before, after), filled by the pipeline from :func:`remove_heads_and_rows`."""
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Embedding → (rows before, after), filled by the pipeline from :func:`remove_heads_and_rows`."""
+
+
+def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate the masks against the model: known layer, one bool per unit, pruned units really zero."""
+    modules = dict(model.named_modules())
+    masks: dict[str, torch.Tensor] = {}
+    for name, mask in unit_masks.items():
+        module = modules.get(name)
+        if not isinstance(module, WEIGHT_LAYERS):
+            found = "no such module" if module is None else f"a {type(module).__name__}"
+            raise PrunedropError(f"unit mask for {name!r}: {found}; masks are for Linear/Conv layers only")
+        mask = torch.as_tensor(mask).detach().cpu()
+        if mask.shape != (out_units(module),):
+            raise PrunedropError(
+                f"unit mask for {name!r} has shape {tuple(mask.shape)}; it needs one entry per output unit "
+                f"({out_units(module)})"
+            )
+        mask = mask.bool()
+        pruned = ~mask
+        if pruned.any():
+            live = ~silent_units(module).cpu()[pruned]
+            if live.any():
+                units = torch.nonzero(pruned).flatten()[live].tolist()
+                raise PrunedropError(
+                    f"{name!r}: units {units} are pruned in the mask but their weights or bias are not zero; "
+                    "slim the deterministic model that the prune stage returns (pruned units zeroed)"
+                )
+        masks[name] = mask
+    return masks
+
+
+def _format_units(units: Iterable[int]) -> str:
+    units = sorted(units)
+    return f"[{', '.join(map(str, units[:12]))}{', ...' if len(units) > 12 else ''}]"
+
+
+@dataclass
+class _Plan:
+    """What slimming will do, decided before anything is changed (all indices in original coordinates)."""
+
+    removal: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    """Group number → root channels to remove."""
+    shares: dict[nn.Module, dict[tuple[int, int], torch.Tensor]] = field(default_factory=dict)
+    """Consumer → {(group, channel): its bias share}, for the candidate channels."""
+    border_folded: dict[nn.Module, set[tuple[int, int]]] = field(default_factory=lambda: defaultdict(set))
+    """Consumer → channels whose share is only the interior value (``fold_borders=True``)."""
+    kept: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+    """(group, reason) → pruned root channels that stay."""
+
+    def removed_keys(self) -> set[tuple[int, int]]:
+        return {(gi, r) for gi, roots in self.removal.items() for r in roots}
+
+
+def _plan(
+    analyses: list[GroupAnalysis],
+    calls: dict[nn.Module, list[torch.Tensor]],
+    names: dict[Any, str],
+    fold_borders: bool,
+    channel_multiple: int = 1,
+) -> _Plan:
+    """Decide which pruned channels leave, and measure the constants they leave in their consumers."""
+    plan = _Plan()
+    # 1. Structure: which pruned channels may go at all.
+    candidates: dict[tuple[int, int], Channel] = {}
+    for gi, an in enumerate(analyses):
+        for root, channel in sorted(an.channels.items()):
+            pruned_by = an.pruned_by(channel)
+            if not pruned_by:
+                continue
+            reason = an.blocker(channel)
+            if reason is None and (live := an.live_sources(channel)):
+                reason = (
+                    f"pruned in {', '.join(pruned_by)} but still produced by {', '.join(sorted(live))}, "
+                    "coupled to it by a residual addition; a channel leaves only when every coupled layer "
+                    "prunes it"
+                )
+            if reason is None:
+                candidates[(gi, root)] = channel
+            else:
+                plan.kept[(gi, reason)].append(root)
+
+    # 2. Constants: what each candidate leaves in its consumers, and whether a bias can hold it.
+    wanted: dict[nn.Module, dict[tuple[int, int], list[int]]] = defaultdict(dict)
+    for key, channel in candidates.items():
+        for node, idxs in analyses[key[0]].consumers(channel):
+            wanted[node.module][key] = idxs
+    for consumer, keys in wanted.items():
+        plan.shares[consumer], problems = consumer_shares(
+            consumer, calls.get(consumer, []), keys, fold_borders
+        )
+        for key, problem in problems.items():
+            if problem == "border-folded":
+                plan.border_folded[consumer].add(key)
+                continue
+            if candidates.pop(key, None) is None:
+                continue  # already kept for another consumer
+            if problem == "border":
+                problem = (
+                    f"they carry a non-zero constant (a BatchNorm shift, f(0) of an activation) into "
+                    f"{names.get(consumer, '?')}, where zero padding (there or in a depthwise convolution "
+                    "before it) makes it differ at the borders, so no bias can replace it; fold_borders=True "
+                    "removes them anyway, inexactly"
+                )
+            else:
+                problem = f"in {names.get(consumer, '?')}, {problem}"
+            plan.kept[(key[0], problem)].append(key[1])
+
+    # 3. Removal sets; a group never loses all of its channels, so that no layer is left empty.
+    for gi, root in sorted(candidates):
+        plan.removal[gi].append(root)
+    for gi, roots in plan.removal.items():
+        if len(roots) == analyses[gi].size:
+            reason = "every channel of the group is pruned; one is kept so that its layers are not empty"
+            plan.kept[(gi, reason)].append(roots.pop(0))
+    # 4. Widths in whole blocks: keep some pruned (exactly silent) channels so that every group's width is a
+    # multiple of channel_multiple; they stay in the model as they are, constants and all, so nothing changes.
+    if channel_multiple > 1:
+        for gi, roots in plan.removal.items():
+            size = analyses[gi].size
+            kept = size - len(roots)
+            target = min(size, -(-kept // channel_multiple) * channel_multiple)
+            if target > kept:
+                reason = f"kept (silent) to round the width {kept} up to {target}, a multiple of {channel_multiple}"
+                plan.kept[(gi, reason)].extend(roots[len(roots) - (target - kept):])
+                del roots[len(roots) - (target - kept):]
+    return plan
+
+
+def _fold_constants(plan: _Plan, names: dict[Any, str]) -> list[str]:
+    """Add the removed channels' shares to their consumers' biases; notes for the inexact (border) ones."""
+    removed = plan.removed_keys()
+    approximate = []
+    for consumer, by_key in plan.shares.items():
+        folded = [share for key, share in by_key.items() if key in removed]
+        if folded:
+            fold(consumer, torch.stack(folded).sum(dim=0))
+        inexact = plan.border_folded[consumer] & removed
+        if inexact:
+            approximate.append(
+                f"{names.get(consumer, '?')}: {len(inexact)} removed input channel(s) carried a non-zero "
+                "constant that zero padding makes differ at the borders; their interior contribution is "
+                "folded into the bias, so outputs near the borders differ"
+            )
+    return approximate
+
+
+def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[int, list[int]]) -> None:
+    """Slice every layer that the removed channels touch, with Torch-Pruning's pruning functions.
+
+    Every group's items are collected in the original coordinates first and merged per (layer, function), so
+    that each layer is sliced once: pruning group by group would shift the indices of a layer that several
+    groups share (a consumer after a concatenation) before the next group's items were computed.
+    """
+    merged: dict[tuple[int, Any], tuple[Any, set[int]]] = {}
+    for gi, roots in removal.items():
+        if not roots:
+            continue
+        an = analyses[gi]
+        for item in graph.get_pruning_group(an.root, an.root_handler, roots):
+            target = item.dep.target.module
+            if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
+                continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
+            handler = item.dep.handler
+            slot = merged.setdefault((id(target), getattr(handler, "__func__", handler)), (item.dep, set()))
+            slot[1].update(item.idxs)
+    for dep, idxs in merged.values():
+        dep(sorted(idxs))
+
+
+def slim(
+    model: nn.Module,
+    unit_masks: Mapping[str, torch.Tensor],
+    example_input: torch.Tensor,
+    *,
+    atol: float = 1e-5,
+    fold_borders: bool = False,
+    channel_multiple: int = 1,
+) -> SlimResult:
+    """Remove the pruned units of ``model`` physically, wherever they reach, keeping its function.
+
+    ``model`` is the masked deterministic model: plain layers in which each pruned unit outputs exactly 0
+    (its weight row and bias are zero; checked). ``unit_masks`` maps the qualified name of a Linear/Conv layer
+    to a bool keep mask over its output units. ``model`` is not modified (a deep copy is slimmed).
+
+    A channel shared by several producers (a residual addition) goes only if all of them prune it. A
+    removed channel whose consumers see a non-zero constant (a BatchNorm shift, sigmoid(0)) has that constant
+    folded into their biases where that is exact; where zero padding makes it position-dependent the channel
+    is kept, unless ``fold_borders=True``, which removes it anyway with its interior value folded in (the
+    border outputs then differ; the measured difference is returned and explained in ``notes``). See the
+    package docstring (:mod:`prunedrop.slim`) for the whole contract.
+
+    ``channel_multiple`` > 1 removes fewer channels where that makes a group's width a multiple of it: the pruned
+    channels that stay output exact zeros, so the function is the same, and convolution kernels that work in
+    blocks of channels (onnxruntime's NCHWc blocks of 8 on AVX2, 16 on AVX-512) keep their fast path.
+
+    Returns a :class:`SlimResult`. Raises :class:`PrunedropError` for a bad mask, or when the slim model's
+    output on ``example_input`` differs from the masked model's by more than ``atol`` without a note that
+    explains it.
+    """
+    recurrent, unit_masks = split_recurrent_masks(model, unit_masks)
+    if recurrent:
+        # hidden units of nn.LSTM / nn.GRU take their own path (prunedrop.slim.recurrent), then Linear/Conv units
+        rec = slim_recurrent(model, recurrent, example_input, atol=atol)
+        if not unit_masks:
+            return SlimResult(model=rec.model, removed=rec.removed, max_abs_diff=rec.max_abs_diff, notes=rec.notes)
+        inner = slim(rec.model, unit_masks, example_input, atol=atol, fold_borders=fold_borders,
+                     channel_multiple=channel_multiple)
+        with torch.no_grad():
+            diff = max_abs_diff(copy.deepcopy(model).eval()(example_input), inner.model(example_input))
+        return SlimResult(model=inner.model, removed={**rec.removed, **inner.removed}, max_abs_diff=diff,
+                          notes=rec.notes + inner.notes)
+    tp = import_torch_pruning()
+    x = example_input.detach()  # an input that requires grad would look like a parameter to the tracing
+    reference = copy.deepcopy(model).eval()
+    work = copy.deepcopy(model).eval()
+    masks = _check_masks(work, unit_masks)
+    names = {m: n for n, m in work.named_modules()}
+    calls = record_inputs(work, x)
+    notes: list[str] = []
+    with all_requiring_grad(work):
+        graph, output_fns = trace(tp, work, x)
+        traced = {names[m] for m in graph.module2node if isinstance(m, nn.Module) and m in names}
+        for name, mask in masks.items():
+            if not bool(mask.all()) and name not in traced:
+                notes.append(f"{name}: not reached by the forward pass on the example input; left unchanged")
+        analyses = [
+            GroupAnalysis(graph, g, names, masks, output_fns)
+            for g in graph.get_all_groups(root_module_types=WEIGHT_LAYERS)
+        ]
+        if channel_multiple < 1:
+            raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
+        plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
+        approximate = _fold_constants(plan, names)
+        _remove_channels(graph, analyses, plan.removal)
+    work.eval()
+
+    try:
+        with torch.no_grad():
+            want, got = reference(x), work(x)
+    except RuntimeError as e:
+        raise PrunedropError(
+            f"the slimmed model no longer runs ({str(e).splitlines()[0]}); this is a bug in prunedrop's slim "
+            "stage or a layer it does not support, please report it"
+        ) from None
+    diff = max_abs_diff(want, got)
+
+    modules = dict(work.named_modules())
+    removed = {}
+    for name, m in reference.named_modules():
+        if isinstance(m, WEIGHT_LAYERS) and name in modules:
+            before, after = out_units(m), out_units(modules[name])
+            if before != after or name in masks:
+                removed[name] = (before, after)
+    for (gi, reason), roots in sorted(plan.kept.items()):
+        notes.append(f"{analyses[gi].label()}: kept pruned channel(s) {_format_units(roots)}: {reason}")
+    if approximate:
+        notes += approximate
+        notes.append(
+            f"border constants folded inexactly (fold_borders=True): measured max abs diff {diff:.3g} "
+            "on the example input"
+        )
+    if not diff <= atol and not approximate:
+        raise PrunedropError(
+            f"the slim model differs from the masked model by {diff:.3g} (> atol {atol:g}) on the example "
+            "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
+            "channels); please report it"
+        )
+    return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes)
