@@ -30,7 +30,7 @@ from benchmarks.structured_fashion import dense_model, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.convert import to_variational
 from prunedrop.io import load_checkpoint
-from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, _slim_masks
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, slim_masks
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import slim
@@ -74,7 +74,7 @@ def main() -> None:
     pruned = prune(variational.eval(), recipe.threshold)
     slimmed = slim(pruned.model, pruned.unit_masks, example)
     models = {"masked": (pruned.model, pruned.masks),
-              "slim": (slimmed.model, _slim_masks(slimmed.model, pruned))}
+              "slim": (slimmed.model, slim_masks(slimmed.model, pruned))}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, *example.shape[1:], generator=g)
     y = torch.randint(0, 10, (recipe.batch_size,), generator=g)
