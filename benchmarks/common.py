@@ -3,6 +3,8 @@
 - :func:`machine`: the machine a result ran on (one set of keys for every new result JSON; files written before keep
   theirs), with :func:`cpu_model` and :func:`command_line` (from ``machine_info.py``, which needs no torch);
 - :func:`dense_model`: a trained dense model of ``examples.models``, from its cached state dict or trained now;
+- what a result row records: :func:`architecture` (layer shapes, multiply-adds), :func:`accuracy`, :func:`tp_ops`
+  (Torch-Pruning's own count) and :func:`time_pair` (onnxruntime latency of an original/compressed ONNX pair);
 - :func:`magnitude_prune`: gradual magnitude pruning (Zhu & Gupta 2017), the unstructured baseline. Global L1
   pruning with ``torch.nn.utils.prune.global_unstructured`` over the weights of every Linear/Conv layer, following
   the cubic schedule ``s_t = s_f·(1 − (1 − t/T)^3)`` at evenly spaced steps of the first ``prune_epochs`` epochs,
@@ -34,11 +36,11 @@ from benchmarks.machine_info import ROOT, command_line, cpu_model
 from examples.train_dense import cached_dense, train_dense
 from prunedrop.data import DataBundle
 from prunedrop.io import import_object
-from prunedrop.report import profile_model
+from prunedrop.report import measure_latency, profile_model
 from prunedrop.train import evaluate
 
-__all__ = ["RESULTS", "ROOT", "command_line", "cpu_model", "cubic_sparsity", "dense_model", "machine",
-           "magnitude_prune", "prunable_weights", "rel", "torch_pruning_baseline"]
+__all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "command_line", "cpu_model", "cubic_sparsity", "dense_model",
+           "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline", "tp_ops"]
 
 #: where the result JSON files and the cached dense models go
 RESULTS = ROOT / "benchmarks" / "results"
@@ -78,6 +80,57 @@ def dense_model(arch: str, data: str, epochs: int, cache: Path | None, *, seed: 
                                             data_dir=data_dir, train_limit=train_limit, eval_limit=eval_limit,
                                             device=device)[0],
                         epochs, cache, label=None if cache is None else rel(cache))
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def architecture(model: nn.Module, example: torch.Tensor) -> dict:
+    """Per Linear/Conv layer: weight shape (out, in, ...), MACs per sample; and the totals."""
+    model = model.cpu().eval()
+    profiles = [p for p in profile_model(model, example[:1])
+                if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd))]
+    return {"layers": {p.name: {"shape": p.weight_shape, "macs": p.macs} for p in profiles},
+            "widths": [p.weight_shape[0] for p in profiles],
+            "macs": sum(p.macs for p in profiles),
+            "params": sum(q.numel() for q in model.parameters()),
+            "nonzero_params": sum(int(torch.count_nonzero(q)) for q in model.parameters())}
+
+
+def accuracy(model: nn.Module, data: DataBundle, split: str, device: str) -> float:
+    """Test/validation accuracy computed on ``device``; the model is left on the CPU."""
+    try:
+        return evaluate(model.to(device), data.loader(split, 1000), device=device)["accuracy"]
+    finally:
+        model.cpu()
+
+
+def tp_ops(model: nn.Module, example: torch.Tensor) -> dict:
+    """Torch-Pruning's own count (MACs including BatchNorm and the like, parameters), for reference."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model.cpu().eval(), example[:1])
+    return {"macs": int(macs), "params": int(params)}
+
+
+def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int,
+              quantized: Path | None = None) -> dict:
+    """onnxruntime CPU latency of the two ONNX files (three with ``quantized``, the int8 file of ``--quantize``),
+    alternated, batch 1 and 64, 1 thread."""
+    paths = {"original": original, "compressed": compressed, **({"quantized": quantized} if quantized else {})}
+    raw = measure_latency(paths, example, batch_sizes=(1, 64), threads=1, runs=runs)
+    out: dict = {"threads": raw["threads"], "runs": raw["runs"], "onnxruntime": raw["onnxruntime_version"],
+                 "cpu": cpu_model(), "host": socket.gethostname(),
+                 "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "raw": raw["results"]}
+    for b in (1, 64):
+        rows = {r["model"]: r for r in raw["results"] if r["batch_size"] == b}
+        out[f"b{b}"] = {"before_ms": rows["original"]["median_ms"], "after_ms": rows["compressed"]["median_ms"],
+                        "speedup": rows["compressed"]["speedup"]}
+        if "quantized" in rows:
+            out[f"b{b}"].update(quantized_ms=rows["quantized"]["median_ms"],
+                                quantized_speedup_vs_compressed=rows["compressed"]["median_ms"]
+                                / rows["quantized"]["median_ms"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ magnitude

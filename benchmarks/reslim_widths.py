@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 from torch import nn
 
-from benchmarks.common import cpu_model
-from benchmarks.structured_fashion import ARCHS, architecture, fold_batchnorm
+from benchmarks.common import architecture, cpu_model
+from benchmarks.structured_fashion import ARCHS, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.export import export_onnx
 from prunedrop.io import import_object

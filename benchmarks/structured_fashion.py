@@ -44,7 +44,6 @@ import copy
 import dataclasses
 import json
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,18 @@ import torch
 from torch import nn
 
 from benchmarks import common
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model, machine, rel, torch_pruning_baseline
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    accuracy,
+    architecture,
+    command_line,
+    machine,
+    rel,
+    time_pair,
+    torch_pruning_baseline,
+    tp_ops,
+)
 from prunedrop import renorm
 from prunedrop.atomic import atomic_torch_save, atomic_write_text
 from prunedrop.data import DataBundle, load_data
@@ -70,8 +80,6 @@ from prunedrop.pipeline import (
     compress,
 )
 from prunedrop.recipes import Recipe, load_recipe
-from prunedrop.report import measure_latency, profile_model
-from prunedrop.train import evaluate
 
 ARCHS = {"lenet5": "examples.models:lenet5", "resnet20": "examples.models:resnet20_fashion"}
 DEFAULT_DENSE_EPOCHS = {"lenet5": 10, "resnet20": 12}
@@ -115,55 +123,7 @@ def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float, de
     return model, {**info, "epochs": epochs}
 
 
-def architecture(model: nn.Module, example: torch.Tensor) -> dict:
-    """Per Linear/Conv layer: weight shape (out, in, ...), MACs per sample; and the totals."""
-    model = model.cpu().eval()
-    profiles = [p for p in profile_model(model, example[:1])
-                if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd))]
-    return {"layers": {p.name: {"shape": p.weight_shape, "macs": p.macs} for p in profiles},
-            "widths": [p.weight_shape[0] for p in profiles],
-            "macs": sum(p.macs for p in profiles),
-            "params": sum(q.numel() for q in model.parameters()),
-            "nonzero_params": sum(int(torch.count_nonzero(q)) for q in model.parameters())}
-
-
-def accuracy(model: nn.Module, data: DataBundle, split: str, device: str) -> float:
-    """Test/validation accuracy computed on ``device``; the model is left on the CPU."""
-    try:
-        return evaluate(model.to(device), data.loader(split, 1000), device=device)["accuracy"]
-    finally:
-        model.cpu()
-
-
-def tp_ops(model: nn.Module, example: torch.Tensor) -> dict:
-    """Torch-Pruning's own count (MACs including BatchNorm and the like, parameters), for reference."""
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model.cpu().eval(), example[:1])
-    return {"macs": int(macs), "params": int(params)}
-
-
 # ------------------------------------------------------------------------------------------------ latency
-
-
-def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int,
-              quantized: Path | None = None) -> dict:
-    """onnxruntime CPU latency of the two ONNX files (three with ``quantized``, the int8 file of ``--quantize``),
-    alternated, batch 1 and 64, 1 thread."""
-    paths = {"original": original, "compressed": compressed, **({"quantized": quantized} if quantized else {})}
-    raw = measure_latency(paths, example, batch_sizes=(1, 64), threads=1, runs=runs)
-    out: dict = {"threads": raw["threads"], "runs": raw["runs"], "onnxruntime": raw["onnxruntime_version"],
-                 "cpu": cpu_model(), "host": socket.gethostname(),
-                 "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "raw": raw["results"]}
-    for b in (1, 64):
-        rows = {r["model"]: r for r in raw["results"] if r["batch_size"] == b}
-        out[f"b{b}"] = {"before_ms": rows["original"]["median_ms"], "after_ms": rows["compressed"]["median_ms"],
-                        "speedup": rows["compressed"]["speedup"]}
-        if "quantized" in rows:
-            out[f"b{b}"].update(quantized_ms=rows["quantized"]["median_ms"],
-                                quantized_speedup_vs_compressed=rows["compressed"]["median_ms"]
-                                / rows["quantized"]["median_ms"])
-    return out
 
 
 def targets(model_name: str, row: dict) -> dict:
