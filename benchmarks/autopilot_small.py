@@ -20,21 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.train_dense import fit_dense  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
-from prunedrop.pipeline import compress  # noqa: E402
-from prunedrop.recipes import Recipe  # noqa: E402
-from prunedrop.testing import TinyRecurrentClassifier, TransformerClassifier  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import RESULTS, ROOT, command_line, cpu_model
+from examples.train_dense import fit_dense
+from prunedrop.atomic import atomic_write_text
+from prunedrop.data import load_data
+from prunedrop.pipeline import compress
+from prunedrop.recipes import Recipe
+from prunedrop.testing import TinyRecurrentClassifier, TransformerClassifier
 
 
 class SmallCNN(nn.Module):

@@ -24,28 +24,26 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset
 
-from benchmarks.autopilot_small import SmallResCNN  # noqa: E402
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.models import resnet20_fashion  # noqa: E402
-from examples.train_dense import fit_dense  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.convert import ConversionSummary, to_variational, variational_layers  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
-from prunedrop.prune import prune  # noqa: E402
-from prunedrop.recipes import Recipe  # noqa: E402
-from prunedrop.report import profile_model  # noqa: E402
-from prunedrop.slim import slim  # noqa: E402
-from prunedrop.train import evaluate, kl_factors  # noqa: E402
+from benchmarks.autopilot_small import SmallResCNN
+from benchmarks.common import RESULTS, command_line, cpu_model, rel
+from examples.models import resnet20_fashion
+from examples.train_dense import cached_dense, fit_dense
+from prunedrop.atomic import atomic_write_text
+from prunedrop.convert import ConversionSummary, to_variational, variational_layers
+from prunedrop.data import load_data
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.report import profile_model
+from prunedrop.slim import slim
+from prunedrop.train import evaluate, kl_factors
 
-RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
     # scikit-learn digits (8x8), the autopilot benchmark's small residual CNN (its cached dense model is reused)
     "rescnn-digits": ("digits", SmallResCNN, "autopilot-dense-rescnn-e40.pt", 40, 2e-3, 50, ["fc"]),
@@ -68,12 +66,8 @@ def dense_model(args, data) -> nn.Module:
     spec, factory, cache, epochs, lr, batch, _ = MODELS[args.model]
     cache = RESULTS / cache.format(epochs=epochs, n=args.train_limit)
     torch.manual_seed(0)
-    model = factory()
-    if cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
-    model = fit_dense(model, data, epochs, lr=lr, batch_size=batch, log=print).cpu().eval()
-    torch.save(model.state_dict(), cache)
+    model, _ = cached_dense(factory, lambda: fit_dense(factory(), data, epochs, lr=lr, batch_size=batch).cpu(),
+                            epochs, cache, label=rel(cache))
     return model
 
 

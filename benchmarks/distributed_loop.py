@@ -40,10 +40,9 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
+from benchmarks.common import ROOT, cpu_model
 
 JOB = textwrap.dedent("""
     import json

@@ -19,22 +19,21 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
-from benchmarks.step_overhead import _step_fn  # noqa: E402
-from benchmarks.structured_fashion import dense_model, fold_batchnorm, rel  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.convert import to_variational  # noqa: E402
-from prunedrop.io import load_checkpoint  # noqa: E402
-from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, _slim_masks  # noqa: E402
-from prunedrop.prune import prune  # noqa: E402
-from prunedrop.recipes import Recipe  # noqa: E402
-from prunedrop.slim import slim  # noqa: E402
+from benchmarks.common import ROOT, cpu_model, rel
+from benchmarks.step_overhead import step_fn
+from benchmarks.structured_fashion import dense_model, fold_batchnorm
+from prunedrop.atomic import atomic_write_text
+from prunedrop.convert import to_variational
+from prunedrop.io import load_checkpoint
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, slim_masks
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.slim import slim
 
 
 def training_step(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
@@ -42,7 +41,7 @@ def training_step(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Ten
     ``step_overhead.py`` (cross-entropy, backward, Adam), then the masks applied again."""
     params = dict(model.named_parameters())
     pairs = [(params[n], m.to(params[n].dtype)) for n, m in masks.items()]
-    plain, _ = _step_fn(model.train(), x, y, variational=False)
+    plain, _ = step_fn(model.train(), x, y, variational=False)
 
     def step() -> None:
         plain()
@@ -75,7 +74,7 @@ def main() -> None:
     pruned = prune(variational.eval(), recipe.threshold)
     slimmed = slim(pruned.model, pruned.unit_masks, example)
     models = {"masked": (pruned.model, pruned.masks),
-              "slim": (slimmed.model, _slim_masks(slimmed.model, pruned))}
+              "slim": (slimmed.model, slim_masks(slimmed.model, pruned))}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, *example.shape[1:], generator=g)
     y = torch.randint(0, 10, (recipe.batch_size,), generator=g)

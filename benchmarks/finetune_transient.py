@@ -17,16 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.models import lenet300  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from benchmarks.common import ROOT, command_line, cpu_model
+from examples.models import lenet300
+from prunedrop.data import load_data
+from prunedrop.train import evaluate
 
 CHECKPOINTS = (100, 300, 600, 1000, 1500)
 SETTINGS = {"adam-1e-3": (1e-3, 0), "adam-1e-3-warmup-2000": (1e-3, 2000), "adam-1e-4": (1e-4, 0)}

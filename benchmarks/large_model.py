@@ -73,16 +73,16 @@ def child(mode: str, d: int, blocks: int, batch: int, seq: int, threads: int, co
     from contextlib import nullcontext
 
     if layers:
-        from prunedrop.train import _kernels_set, _training_kl
+        from prunedrop.train import kernels_set, training_kl
 
-        ctx = _kernels_set(layers, kernels)
+        ctx = kernels_set(layers, kernels)
     else:
         ctx = nullcontext()
     with ctx:
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         if layers:
-            loss = loss + _training_kl(layers) / 60_000
+            loss = loss + training_kl(layers) / 60_000
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

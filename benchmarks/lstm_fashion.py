@@ -29,31 +29,26 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
+import torch
+from torch.utils.data import Subset
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.train_dense import cached_dense, train_dense  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
-from prunedrop.io import import_object  # noqa: E402
-from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, compress  # noqa: E402
-from prunedrop.recipes import load_recipe  # noqa: E402
-from prunedrop.sweep import default_thresholds  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, command_line, dense_model, machine
+from prunedrop.atomic import atomic_write_text
+from prunedrop.data import load_data
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, compress
+from prunedrop.recipes import load_recipe
+from prunedrop.sweep import default_thresholds
+from prunedrop.train import evaluate
 
 ARCH = "examples.models:lstm_fashion"
 DATA = "fashion-mnist"
-RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_DENSE_EPOCHS = 10
 #: what --smoke changes: a few hundred images, one epoch of everything, a one-point sweep, no latency timing
 SMOKE = {"train_limit": 200, "epochs": 1, "kl_warmup_epochs": 1, "finetune_epochs": 1, "val_fraction": 0.01,
@@ -61,27 +56,10 @@ SMOKE = {"train_limit": 200, "epochs": 1, "kl_warmup_epochs": 1, "finetune_epoch
 SMOKE_TEST_IMAGES = 500
 
 
-def machine(device: torch.device) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def lstm_weight_counts(lstm: torch.nn.LSTM) -> tuple[int, int]:
     """(total, non-zero) over ``weight_ih_l*`` and ``weight_hh_l*``; biases excluded."""
     weights = [p.detach() for n, p in lstm.named_parameters() if n.startswith("weight")]
     return sum(w.numel() for w in weights), sum(int(torch.count_nonzero(w)) for w in weights)
-
-
-def dense_model(epochs: int, seed: int, val_fraction: float, device: str, data_dir: str | None,
-                train_limit: int | None, cache: Path | None) -> tuple[torch.nn.Module, dict]:
-    """The trained dense model: from the cache, or trained now (and cached)."""
-    return cached_dense(lambda: import_object(ARCH, what="--arch")(),
-                        lambda: train_dense(ARCH, DATA, epochs, seed=seed, val_fraction=val_fraction,
-                                            data_dir=data_dir, device=device, train_limit=train_limit)[0],
-                        epochs, cache)
 
 
 def main() -> None:
@@ -128,8 +106,9 @@ def main() -> None:
     # the smoke run trains its one-epoch dense model afresh (a cache would outlive a change of SMOKE)
     cache = None if args.smoke else out_dir / f"{name}-dense-e{dense_epochs}-s{recipe.seed}.pt"
 
-    dense, dense_info = dense_model(dense_epochs, recipe.seed, recipe.val_fraction, args.device, args.data_dir,
-                                    recipe.train_limit, cache)
+    dense, dense_info = dense_model(ARCH, DATA, dense_epochs, cache, seed=recipe.seed,
+                                    val_fraction=recipe.val_fraction, data_dir=args.data_dir, device=args.device,
+                                    train_limit=recipe.train_limit)
     data = load_data(DATA, data_dir=args.data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit)
     if args.smoke:

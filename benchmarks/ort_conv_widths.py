@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
+from benchmarks.common import ROOT, command_line, cpu_model
+from prunedrop.atomic import atomic_write_text
 
 #: (name, input channels, input height/width) of the layers timed; conv2's input is conv1's pooled output
 SHAPES = {"conv1": (1, 28), "conv2": (5, 12)}

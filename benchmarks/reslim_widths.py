@@ -19,20 +19,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
-from benchmarks.structured_fashion import ARCHS, architecture, fold_batchnorm  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.export import export_onnx  # noqa: E402
-from prunedrop.io import import_object  # noqa: E402
-from prunedrop.pipeline import ORIGINAL_ONNX  # noqa: E402
-from prunedrop.report import measure_latency  # noqa: E402
-from prunedrop.slim import slim  # noqa: E402
+from benchmarks.common import architecture, cpu_model
+from benchmarks.structured_fashion import ARCHS, fold_batchnorm
+from prunedrop.atomic import atomic_write_text
+from prunedrop.export import export_onnx
+from prunedrop.io import import_object
+from prunedrop.pipeline import ORIGINAL_ONNX
+from prunedrop.report import measure_latency
+from prunedrop.slim import slim
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

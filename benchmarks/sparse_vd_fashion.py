@@ -7,7 +7,7 @@
    ``benchmarks/results/<model>-dense-e<N>-s<seed>.pt``;
 2. compresses it with the full prunedrop pipeline (``prunedrop.pipeline.compress``) and the recipe
    ``recipes/<model>-fashion.yaml``;
-3. prunes the same dense model gradually by magnitude (``benchmarks/magnitude.py``: global L1, cubic
+3. prunes the same dense model gradually by magnitude (``benchmarks.common.magnitude_prune``: global L1, cubic
    schedule, the same total epochs) to the number of non-zero weights that sparse VD kept;
 4. writes ``benchmarks/results/<model>.json`` and prints a Markdown table.
 
@@ -20,41 +20,31 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from magnitude import magnitude_prune  # noqa: E402
+import torch
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.train_dense import cached_dense, train_dense  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.data import load_data  # noqa: E402
-from prunedrop.io import import_object  # noqa: E402
-from prunedrop.pipeline import compress  # noqa: E402
-from prunedrop.recipes import load_recipe  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from benchmarks import common
+from benchmarks.common import RESULTS, ROOT, command_line, machine, magnitude_prune
+from prunedrop.atomic import atomic_write_text
+from prunedrop.data import load_data
+from prunedrop.pipeline import compress
+from prunedrop.recipes import load_recipe
+from prunedrop.train import evaluate
 
 ARCHS = {"lenet300": "examples.models:lenet300", "lenet5": "examples.models:lenet5"}
 DEFAULT_DENSE_EPOCHS = {"lenet300": 30, "lenet5": 10}
-RESULTS = ROOT / "benchmarks" / "results"
 DATA = "fashion-mnist"
 
 
 def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float) -> tuple[torch.nn.Module, dict]:
     """The trained dense model: from the cache, or trained now (and cached)."""
-    arch = ARCHS[model_name]
-    cache = RESULTS / f"{model_name}-dense-e{epochs}-s{seed}.pt"
-    return cached_dense(lambda: import_object(arch, what="--arch")(),
-                        lambda: train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction)[0],
-                        epochs, cache, label=str(cache.relative_to(ROOT)))
+    return common.dense_model(ARCHS[model_name], DATA, epochs, RESULTS / f"{model_name}-dense-e{epochs}-s{seed}.pt",
+                              seed=seed, val_fraction=val_fraction)
 
 
 def converted_weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int, dict]:
@@ -199,9 +189,7 @@ def main() -> None:
         "dense": {"val_accuracy": dense_val, "test_accuracy": dense_test, **dense_info},
         "sparse_vd": svd,
         "magnitude": mag,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "device": report.get("device")},
+        "machine": machine(report.get("device")),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     output = Path(args.output) if args.output else RESULTS / f"{args.model}.json"

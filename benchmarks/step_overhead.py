@@ -40,14 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-from benchmarks.machine_info import cpu_model  # noqa: E402
-from examples.models import lenet5, lenet300  # noqa: E402
-from prunedrop.convert import to_variational, variational_layers  # noqa: E402
-from prunedrop.recipes import Recipe  # noqa: E402
-from prunedrop.train import _kernels_set, _training_kl, compiled_kernels  # noqa: E402
+from benchmarks.common import ROOT, cpu_model
+from examples.models import lenet5, lenet300
+from prunedrop.convert import to_variational, variational_layers
+from prunedrop.recipes import Recipe
+from prunedrop.train import compiled_kernels, kernels_set, training_kl
 
 
 class BasicBlock(nn.Module):
@@ -93,7 +92,7 @@ MODELS = {
 N_TRAIN = 60_000  # the ELBO's N; only a constant factor of the KL here
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bool,
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bool,
              autocast: torch.dtype | None = None):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     layers = list(variational_layers(model).values()) if variational else []
@@ -102,7 +101,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, variational: bo
         with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             loss = F.cross_entropy(model(x), y)
             if variational:
-                loss = loss + _training_kl(layers) / N_TRAIN
+                loss = loss + training_kl(layers) / N_TRAIN
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -135,10 +134,10 @@ def bench_model(name: str, device: torch.device, steps: int, warmup: int, compil
     dense = factory().to(device).train()
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    variants: dict[str, tuple] = {"dense": _step_fn(dense, x, y, False, autocast)}
+    variants: dict[str, tuple] = {"dense": step_fn(dense, x, y, False, autocast)}
     vd = to_variational(copy.deepcopy(dense).cpu(), Recipe()).to(device).train()
-    variants["vd-eager"] = _step_fn(vd, x, y, True, autocast)
-    variants["two-pass-floor"] = _step_fn(_two_pass_floor(dense).to(device).train(), x, y, False, autocast)
+    variants["vd-eager"] = step_fn(vd, x, y, True, autocast)
+    variants["two-pass-floor"] = step_fn(_two_pass_floor(dense).to(device).train(), x, y, False, autocast)
     compile_s = None
     kernels = None
     if compile_:
@@ -147,13 +146,13 @@ def bench_model(name: str, device: torch.device, steps: int, warmup: int, compil
         kernels = compiled_kernels(device)
         compile_s = time.perf_counter() - t0
         if kernels is not None:
-            variants["vd-compiled"] = _step_fn(vd_c, x, y, True, autocast)
+            variants["vd-compiled"] = step_fn(vd_c, x, y, True, autocast)
     times: dict[str, list[float]] = {k: [] for k in variants}
     order = list(variants)
     for i in range(warmup + steps):
         for k in order[i % len(order):] + order[:i % len(order)]:  # rotate: no variant always runs first
             step, layers = variants[k]
-            with _kernels_set(layers, kernels if k == "vd-compiled" else None):
+            with kernels_set(layers, kernels if k == "vd-compiled" else None):
                 _sync(device)
                 t0 = time.perf_counter()
                 step()

@@ -43,31 +43,35 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
-import os
-import platform
 import shutil
-import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.train_dense import cached_dense, train_dense  # noqa: E402
-from prunedrop import renorm  # noqa: E402
-from prunedrop.atomic import atomic_torch_save, atomic_write_text  # noqa: E402
-from prunedrop.data import DataBundle, load_data  # noqa: E402
-from prunedrop.export import export_onnx, verify_onnx  # noqa: E402
-from prunedrop.io import import_object, load_checkpoint  # noqa: E402
-from prunedrop.pipeline import (  # noqa: E402
+from benchmarks import common
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    accuracy,
+    architecture,
+    command_line,
+    machine,
+    rel,
+    time_pair,
+    torch_pruning_baseline,
+    tp_ops,
+)
+from prunedrop import renorm
+from prunedrop.atomic import atomic_torch_save, atomic_write_text
+from prunedrop.data import DataBundle, load_data
+from prunedrop.export import export_onnx, verify_onnx
+from prunedrop.io import load_checkpoint
+from prunedrop.pipeline import (
     MASKED_CHECKPOINT,
     MODEL_ONNX,
     ORIGINAL_ONNX,
@@ -75,9 +79,7 @@ from prunedrop.pipeline import (  # noqa: E402
     VARIATIONAL_CHECKPOINT,
     compress,
 )
-from prunedrop.recipes import Recipe, load_recipe  # noqa: E402
-from prunedrop.report import measure_latency, profile_model  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from prunedrop.recipes import Recipe, load_recipe
 
 ARCHS = {"lenet5": "examples.models:lenet5", "resnet20": "examples.models:resnet20_fashion"}
 DEFAULT_DENSE_EPOCHS = {"lenet5": 10, "resnet20": 12}
@@ -88,22 +90,9 @@ RECIPE_NAMES = {"sbp": "sbp", "group_vd": "group-vd"}
 #: the issue's targets: FLOPs ratio, largest test-accuracy drop (points), b64 speedup per FLOPs ratio
 TARGETS = {"lenet5": {"flops_ratio": 10.0, "max_drop": 1.0, "b64_speedup_per_flops_ratio": 0.6},
            "resnet20": {"flops_ratio": 2.5, "max_drop": 1.0}}
-RESULTS = ROOT / "benchmarks" / "results"
 DATA = "fashion-mnist"
 SMOKE_TRAIN, SMOKE_EVAL = 300, 200
 EXAMPLE_SAMPLES = 256
-
-
-def machine(device: str | None = None) -> dict:
-    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if device and device.startswith("cuda") else None}
-
-
-def rel(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -114,14 +103,10 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
     (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``batchnorm_noise: fold``); the BatchNorms become
     ``nn.Identity``, so every name stays. Returns the copy and the (conv, bn) pairs; raises if one is left."""
     model = copy.deepcopy(model).eval()
-    no_bias = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.bias is None]
-    pairs = renorm.fold_batchnorm(model)
     # Every committed row (and every variational checkpoint that --reuse-variational copies) was made with
     # torch.nn.utils.fusion.fuse_conv_bn_eval, whose new bias of a bias-free convolution does not require grad:
-    # the folded BatchNorm shifts stayed frozen through the variational phase and the fine-tuning. The library's
-    # fold leaves them trainable; the benchmark freezes them again so that its rows stay comparable and reusable.
-    for name in no_bias:
-        model.get_submodule(name).bias.requires_grad_(False)
+    # the folded BatchNorm shifts stayed frozen through the variational phase and the fine-tuning, and stay so here.
+    pairs = renorm.fold_batchnorm(model, freeze_added_bias=True)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise RuntimeError(f"BatchNorm layers not fed by a convolution alone stay unfolded: {left}")
@@ -131,66 +116,14 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
 def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float, device: str, *,
                 data_dir: str | None, cache_dir: Path, train_limit: int | None) -> tuple[nn.Module, dict]:
     """The trained dense model: from the cache, or trained now on ``device`` (and cached)."""
-    arch = ARCHS[model_name]
     cache = cache_dir / f"{model_name}-dense-e{epochs}-s{seed}{'-smoke' if train_limit else ''}.pt"
-    model, info = cached_dense(
-        lambda: import_object(arch, what="--arch")(),
-        lambda: train_dense(arch, DATA, epochs, seed=seed, val_fraction=val_fraction, data_dir=data_dir,
-                            train_limit=train_limit, eval_limit=SMOKE_EVAL if train_limit else None,
-                            device=device)[0],
-        epochs, cache, label=rel(cache))
+    model, info = common.dense_model(ARCHS[model_name], DATA, epochs, cache, seed=seed, val_fraction=val_fraction,
+                                     data_dir=data_dir, device=device, train_limit=train_limit,
+                                     eval_limit=SMOKE_EVAL if train_limit else None)
     return model, {**info, "epochs": epochs}
 
 
-def architecture(model: nn.Module, example: torch.Tensor) -> dict:
-    """Per Linear/Conv layer: weight shape (out, in, ...), MACs per sample; and the totals."""
-    model = model.cpu().eval()
-    profiles = [p for p in profile_model(model, example[:1])
-                if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd))]
-    return {"layers": {p.name: {"shape": p.weight_shape, "macs": p.macs} for p in profiles},
-            "widths": [p.weight_shape[0] for p in profiles],
-            "macs": sum(p.macs for p in profiles),
-            "params": sum(q.numel() for q in model.parameters()),
-            "nonzero_params": sum(int(torch.count_nonzero(q)) for q in model.parameters())}
-
-
-def accuracy(model: nn.Module, data: DataBundle, split: str, device: str) -> float:
-    """Test/validation accuracy computed on ``device``; the model is left on the CPU."""
-    try:
-        return evaluate(model.to(device), data.loader(split, 1000), device=device)["accuracy"]
-    finally:
-        model.cpu()
-
-
-def tp_ops(model: nn.Module, example: torch.Tensor) -> dict:
-    """Torch-Pruning's own count (MACs including BatchNorm and the like, parameters), for reference."""
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(model.cpu().eval(), example[:1])
-    return {"macs": int(macs), "params": int(params)}
-
-
 # ------------------------------------------------------------------------------------------------ latency
-
-
-def time_pair(original: Path, compressed: Path, example: torch.Tensor, runs: int,
-              quantized: Path | None = None) -> dict:
-    """onnxruntime CPU latency of the two ONNX files (three with ``quantized``, the int8 file of ``--quantize``),
-    alternated, batch 1 and 64, 1 thread."""
-    paths = {"original": original, "compressed": compressed, **({"quantized": quantized} if quantized else {})}
-    raw = measure_latency(paths, example, batch_sizes=(1, 64), threads=1, runs=runs)
-    out: dict = {"threads": raw["threads"], "runs": raw["runs"], "onnxruntime": raw["onnxruntime_version"],
-                 "cpu": cpu_model(), "host": socket.gethostname(),
-                 "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "raw": raw["results"]}
-    for b in (1, 64):
-        rows = {r["model"]: r for r in raw["results"] if r["batch_size"] == b}
-        out[f"b{b}"] = {"before_ms": rows["original"]["median_ms"], "after_ms": rows["compressed"]["median_ms"],
-                        "speedup": rows["compressed"]["speedup"]}
-        if "quantized" in rows:
-            out[f"b{b}"].update(quantized_ms=rows["quantized"]["median_ms"],
-                                quantized_speedup_vs_compressed=rows["compressed"]["median_ms"]
-                                / rows["quantized"]["median_ms"])
-    return out
 
 
 def targets(model_name: str, row: dict) -> dict:
@@ -205,88 +138,6 @@ def targets(model_name: str, row: dict) -> dict:
         need = t["b64_speedup_per_flops_ratio"]
         out["b64_speedup_per_flops_ratio"] = {"value": per, "need": f">= {need}", "met": per >= need}
     return out
-
-
-# ------------------------------------------------------------------------------------------ torch-pruning
-
-
-def torch_pruning_baseline(model: nn.Module, data: DataBundle, *, target_macs: int, epochs: int, lr: float,
-                           batch_size: int, device: str, head: str, seed: int, prune_fraction: float = 0.5,
-                           rounds: int = 20, max_pruning_ratio: float = 0.95,
-                           log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
-    """Prune ``model`` (dense, with its BatchNorms; modified) with Torch-Pruning to ``target_macs`` and train it.
-
-    ``GroupMagnitudeImportance(p=1)`` ranks every coupled channel group (a residual stream is one group) by the
-    L1 norm of all its parameters, globally; the classifier ``head`` is left whole, no layer loses more than
-    ``max_pruning_ratio`` of its channels. Pruning happens in ``rounds`` rounds spread over the first
-    ``prune_fraction`` of the training steps: round r prunes small steps (0.5% of the channels each) until the
-    MACs are at most ``dense · (target/dense)^(r/rounds)``, so the last round lands at (just below) the target.
-    The remaining steps fine-tune at the final width. Adam, cosine learning rate over all steps.
-    """
-    import torch_pruning as tp
-
-    torch.manual_seed(seed)
-    model = model.to(device)
-    example = data.example_batch(2).to(device)
-
-    def macs_of() -> int:
-        was_training = model.training
-        model.eval()  # a forward in train mode would move the BatchNorm statistics
-        macs = sum(p.macs for p in profile_model(model, example[:1])
-                   if isinstance(model.get_submodule(p.name), (nn.Linear, nn.modules.conv._ConvNd)))
-        model.train(was_training)
-        return macs
-
-    dense_macs = macs_of()
-    pruner = tp.pruner.MagnitudePruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=True,
-        pruning_ratio=0.995, iterative_steps=200, max_pruning_ratio=max_pruning_ratio,
-        ignored_layers=[model.get_submodule(head)])
-    steps_per_epoch = len(data.loader("train", batch_size))
-    total_steps = max(1, epochs * steps_per_epoch)
-    prune_steps = max(1, int(prune_fraction * total_steps))
-    prune_at = {min(prune_steps, round(prune_steps * (r + 1) / rounds)) - 1: r + 1 for r in range(rounds)}
-
-    def new_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-    def prune_to(round_: int) -> None:
-        goal = dense_macs * (target_macs / dense_macs) ** (round_ / rounds)
-        while macs_of() > goal and pruner.current_step < pruner.iterative_steps:
-            pruner.step()
-
-    opt = new_optimizer()
-    t0 = time.perf_counter()
-    step, history = 0, []
-    for epoch in range(epochs):
-        model.train()
-        te = time.perf_counter()
-        for x, y in data.loader("train", batch_size, shuffle=True, seed=seed, epoch=epoch):
-            if step in prune_at:
-                prune_to(prune_at[step])
-                opt = new_optimizer()
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
-        history.append({"epoch": epoch + 1, "val_accuracy": round(val, 3), "macs": macs_of()})
-        log(f"torch-pruning epoch {epoch + 1}/{epochs}: MACs {macs_of():,} (target {target_macs:,}), "
-            f"val accuracy {val:.2f}% ({time.perf_counter() - te:.1f} s)")
-    if macs_of() > target_macs:  # fewer steps than rounds (smoke runs): prune the rest now
-        prune_to(rounds)
-    model = model.cpu().eval()
-    summary = {
-        "importance": "GroupMagnitudeImportance(p=1), global ranking",
-        "rounds": rounds, "prune_fraction": prune_fraction, "pruner_steps": pruner.current_step,
-        "max_pruning_ratio": max_pruning_ratio, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-        "seconds": time.perf_counter() - t0, "history": history,
-    }
-    return model, summary
 
 
 # ------------------------------------------------------------------------------------------------ the rows

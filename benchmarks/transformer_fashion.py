@@ -23,41 +23,29 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
 
-import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
+import torch
+from torch.utils.data import Subset
 
-from benchmarks.machine_info import command_line, cpu_model  # noqa: E402
-from examples.models import transformer_fashion  # noqa: E402
-from examples.train_dense import cached_dense, fit_dense  # noqa: E402
-from prunedrop.atomic import atomic_write_text  # noqa: E402
-from prunedrop.data import DataBundle, load_data  # noqa: E402
-from prunedrop.pipeline import compress  # noqa: E402
-from prunedrop.recipes import load_recipe  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, command_line, machine, rel
+from examples.models import transformer_fashion
+from examples.train_dense import cached_dense, fit_dense
+from prunedrop.atomic import atomic_write_text
+from prunedrop.data import DataBundle, load_data
+from prunedrop.pipeline import compress
+from prunedrop.recipes import load_recipe
+from prunedrop.train import evaluate
 
-RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "transformer-fashion.yaml"
 DATA = "fashion-mnist"
 DEFAULT_DENSE_EPOCHS = 10
 DENSE_LR = 1e-3
 DENSE_BATCH = 256
-
-
-def machine(device: torch.device) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def train_dense(data: DataBundle, epochs: int, device: torch.device, seed: int) -> torch.nn.Module:
@@ -73,7 +61,7 @@ def dense_model(data: DataBundle, epochs: int, device: torch.device, seed: int, 
     """The trained dense model: from the cache, or trained now (and cached, except in a smoke run)."""
     cache = None if smoke else RESULTS / f"transformer-dense-e{epochs}-s{seed}.pt"
     return cached_dense(transformer_fashion, lambda: train_dense(data, epochs, device, seed), epochs, cache,
-                        label=None if cache is None else str(cache.relative_to(ROOT)))
+                        label=None if cache is None else rel(cache))
 
 
 def weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int]:

@@ -129,7 +129,7 @@ def _slim_unit_masks(model: nn.Module, unit_masks: dict[str, torch.Tensor], exam
 
 
 def _slims_before_finetune(pruned: Any) -> bool:
-    """Whether units were pruned and every mask is a Linear/Conv weight or bias, whose zeros :func:`_slim_masks`
+    """Whether units were pruned and every mask is a Linear/Conv weight or bias, whose zeros :func:`slim_masks`
     can read back after slimming. Recurrent layers, attention projections and embeddings keep the masked path."""
     if not pruned.unit_masks:
         return False
@@ -141,7 +141,7 @@ def _slims_before_finetune(pruned: Any) -> bool:
     return True
 
 
-def _slim_masks(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
+def slim_masks(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
     """The masks of ``pruned`` (a :class:`prunedrop.prune.PruneResult`) carried over to its slim ``model``.
 
     Read from the weights, since slimming renumbers the units: an output unit of a masked layer whose weight row
@@ -187,7 +187,7 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
     fine-tuning runs at the compressed size: the same function (the slim check holds it to the masked model) at a
     fraction of the work. The pruned units that slimming had to keep, and the pruned weights of per-weight noise,
-    stay masked (:func:`_slim_masks`). ``normalised``: the convolutions whose BatchNorm joined their unit noise
+    stay masked (:func:`slim_masks`). ``normalised``: the convolutions whose BatchNorm joined their unit noise
     (``batchnorm_noise: after``) and was folded at thresholding; they get a calibrated BatchNorm back for the
     fine-tuning (folded again afterwards), so that the network trains normalised, as it was trained. Per-weight
     noise alone (sparse VD) removes no unit, and the masks of recurrent
@@ -198,7 +198,7 @@ def _finetune_pruned(pruned: Any, data: DataBundle, recipe: Recipe, device: torc
     if _slims_before_finetune(pruned):
         slimmed = _slim_unit_masks(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
         model = slimmed.model
-        masks = _slim_masks(model, pruned)
+        masks = slim_masks(model, pruned)
     rebatchnorm = recipe.finetune_batchnorm or bool(normalised)
     if rebatchnorm:
         names = None if recipe.finetune_batchnorm else list(normalised)

@@ -119,7 +119,7 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+def fold_batchnorm(model: nn.Module, *, freeze_added_bias: bool = False) -> list[tuple[str, str]]:
     """Fold every BatchNorm whose input is a convolution used by nothing else into that convolution; in place.
 
     The convolution's weight and bias take the BatchNorm's eval-mode affine map (running statistics), and the
@@ -127,6 +127,11 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     eval-mode function is unchanged (to float32 rounding). A BatchNorm fed otherwise (after an addition, a
     concatenation, an activation) stays. Returns the (convolution, BatchNorm) pairs folded
     (:func:`foldable_batchnorms`).
+
+    A convolution without a bias gets one (the BatchNorm's shift), trainable like its weight; with
+    ``freeze_added_bias`` that new bias does not require grad, as ``torch.nn.utils.fusion.fuse_conv_bn_eval``
+    makes it, so training afterwards keeps the folded shifts fixed (the structured benchmark's rows were trained
+    so). Biases the convolutions had already stay as they were.
     """
     pairs = foldable_batchnorms(model)
     modules = dict(model.named_modules())
@@ -135,7 +140,10 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         if bn.running_mean is None or bn.running_var is None:
             raise PrunedropError(f"batchnorm_noise: fold: {bn_name} keeps no running statistics (track_running_stats="
                                  "False), so it has no eval-mode affine map to fold; use batchnorm_noise: before")
+        added = conv.bias is None
         _scale_output_channels(conv, *_eval_affine(bn))
+        if added and freeze_added_bias:
+            conv.bias.requires_grad_(False)
         parent, _, child = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
     return pairs

@@ -143,7 +143,7 @@ def kl_factors(model: nn.Module, kl_weights: dict[str, float] | None = None) -> 
     return factors
 
 
-def _training_kl(layers: list[nn.Module], factors: list[float] | None = None) -> torch.Tensor:
+def training_kl(layers: list[nn.Module], factors: list[float] | None = None) -> torch.Tensor:
     """Σ factor·KL for the step whose forward just ran: per layer the value a fused forward computed
     alongside the variance when there is one (taken, so it is never reused), else ``layer.kl()``."""
     parts = []
@@ -211,7 +211,7 @@ def _choose_kernels(mode: str, layers: list[nn.Module], total_steps: int, device
 
 
 @contextlib.contextmanager
-def _kernels_set(layers: list[nn.Module], kernels: Kernels | None) -> Iterator[None]:
+def kernels_set(layers: list[nn.Module], kernels: Kernels | None) -> Iterator[None]:
     """Hand ``kernels`` to the sparse VD layers for the duration of training, and take them back."""
     svd = [layer for layer in layers if isinstance(layer, SparseVD)] if kernels is not None else []
     for layer in svd:
@@ -617,7 +617,7 @@ def finetune(
         with autocast():
             out = net(x)
         data_term = data_loss(recipe.loss, out.float(), y)
-        kl = _training_kl(layer_list, layer_factors)  # float32: the layers keep log α and the KL out of autocast
+        kl = training_kl(layer_list, layer_factors)  # float32: the layers keep log α and the KL out of autocast
         loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
         # one device synchronisation for the three logged values, not one each
         loss_v, data_v, kl_v = torch.stack([loss.detach(), data_term.detach(), kl.detach()]).tolist()
@@ -634,7 +634,7 @@ def finetune(
                 stats["cost_ratio"] = last.cost_ratio
         return stats
 
-    with _kernels_set(layer_list, kernels):
+    with kernels_set(layer_list, kernels):
         result = _run(model, data, recipe, phase="variational", epochs=epochs, optimizer=optimizer,
                       step_loss=step_loss, after_step=None, device=device,
                       checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,

@@ -131,3 +131,13 @@ def test_seed_option_overrides_the_recipe_seed_of_every_row() -> None:
     for method in ("sbp", "group_vd", "torch_pruning"):
         assert bench.method_recipe(args(None), method)[0].seed == 0  # the shipped recipes' seed
         assert bench.method_recipe(args(3), method)[0].seed == 3
+
+
+def test_every_benchmark_records_the_machine_with_one_set_of_keys() -> None:
+    _benchmark()  # puts the repository root on sys.path, as running a script does
+    from benchmarks.common import machine
+
+    info = machine("cpu")
+    assert set(info) == {"host", "cpu", "cores", "torch_threads", "torch", "python", "device", "gpu"}
+    assert (info["device"], info["gpu"], info["torch"]) == ("cpu", None, torch.__version__)
+    assert machine()["device"] is None

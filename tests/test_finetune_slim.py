@@ -120,16 +120,16 @@ def test_slim_masks_read_zero_rows_and_zero_weights() -> None:
         layer.weight[3, 0, 0, 0] = 0.0
     model = torch.nn.Sequential(layer, torch.nn.Linear(3, 2))
     names = {"0.weight": None, "0.bias": None, "missing.weight": None}
-    masks = pipeline._slim_masks(model, SimpleNamespace(masks=names, per_weight=False))
+    masks = pipeline.slim_masks(model, SimpleNamespace(masks=names, per_weight=False))
     assert sorted(masks) == ["0.bias", "0.weight"]
     assert masks["0.bias"].tolist() == [True, False, True, True]
     assert masks["0.weight"].shape == layer.weight.shape
     assert masks["0.weight"].flatten(1).all(dim=1).tolist() == [True, False, True, True]
     # per-weight noise: every zero weight is a pruned one
-    masks = pipeline._slim_masks(model, SimpleNamespace(masks=names, per_weight=True))
+    masks = pipeline.slim_masks(model, SimpleNamespace(masks=names, per_weight=True))
     assert torch.equal(masks["0.weight"], layer.weight != 0)
     assert masks["0.bias"].tolist() == [True, False, True, True]
-    assert pipeline._slim_masks(model, SimpleNamespace(masks={"1.weight": None}, per_weight=True)) == {}
+    assert pipeline.slim_masks(model, SimpleNamespace(masks={"1.weight": None}, per_weight=True)) == {}
 
 
 def test_per_weight_pruning_fine_tunes_the_masked_model() -> None:

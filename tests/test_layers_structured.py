@@ -450,7 +450,7 @@ def test_lognormal_snr_grid_has_no_pruning_artifacts_of_rounding() -> None:
 
 def test_lognormal_total_kl_is_the_weighted_sum_of_the_layers_kls() -> None:
     from prunedrop.layers.lognormal import Conv2dLogNormal, total_kl
-    from prunedrop.train import _training_kl
+    from prunedrop.train import training_kl
 
     torch.manual_seed(8)
     layers = [LinearLogNormal.from_dense(nn.Linear(3, 5)), Conv2dLogNormal.from_dense(nn.Conv2d(2, 4, 3)),
@@ -462,7 +462,7 @@ def test_lognormal_total_kl_is_the_weighted_sum_of_the_layers_kls() -> None:
     expected = 2.0 * layers[0].kl() + 0.5 * layers[1].kl()
     assert torch.allclose(total_kl(layers[:2], [2.0, 0.5]), expected, rtol=1e-6)
     # the trainer takes the log-normal layers together and every other layer on its own
-    total = _training_kl(layers, [2.0, 0.5, 3.0])
+    total = training_kl(layers, [2.0, 0.5, 3.0])
     assert torch.allclose(total, expected + 3.0 * layers[2].kl(), rtol=1e-6)
     total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for layer in layers

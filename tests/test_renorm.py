@@ -186,6 +186,18 @@ def test_noise_after_the_batchnorm_lets_a_pruned_channel_before_a_padded_convolu
     assert removed == {"before": (6, 6), "fold": (6, 5), "after": (6, 5)}
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_fold_batchnorm_freezes_only_the_biases_it_adds_when_asked(freeze: bool) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    before = model(x)
+    assert fold_batchnorm(model, freeze_added_bias=freeze) == [("0", "1"), ("3", "4")]
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    assert model[0].bias.requires_grad is not freeze  # added by the fold
+    assert model[3].bias.requires_grad and model[0].weight.requires_grad  # the convolution's own parameters
+
+
 def test_fold_batchnorm_needs_running_statistics() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
     with pytest.raises(PrunedropError, match="batchnorm_noise: fold"):

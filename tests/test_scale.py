@@ -14,7 +14,7 @@ from prunedrop.errors import PrunedropError
 from prunedrop.layers.sparse_vd import apply_noise, fused_kernels, noise_terms
 from prunedrop.recipes import Recipe
 from prunedrop.testing import MLPBlock, TinyMLP, tiny_classification_data
-from prunedrop.train import _kernels_set, _training_kl, compiled_kernels, finetune
+from prunedrop.train import compiled_kernels, finetune, kernels_set, training_kl
 
 
 def _bundle(n: int = 96) -> DataBundle:
@@ -46,13 +46,13 @@ def test_bf16_autocast_trains_with_float32_log_alpha_and_kl() -> None:
         seen["out"] = output.dtype
         seen["kl"] = module._step_kl.dtype if module._step_kl is not None else None
 
-    with _kernels_set(layers, fused_kernels()):  # eager kernels, so that the layer keeps the step's KL
+    with kernels_set(layers, fused_kernels()):  # eager kernels, so that the layer keeps the step's KL
         handle = layers[0].register_forward_hook(record)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(torch.randn(4, 1, 4, 4))
             product = layers[0]._apply_weight(torch.randn(4, 16), layers[0].weight, layers[0].bias)
         handle.remove()
-        kl = _training_kl(layers)
+        kl = training_kl(layers)
     assert product.dtype == torch.bfloat16  # the products run in bf16 ...
     assert seen["out"] == out.dtype == torch.float32  # ... the noise, log α and the KL do not
     assert seen["kl"] == torch.float32
@@ -103,10 +103,10 @@ def test_kernels_path_matches_the_plain_forward_and_kl() -> None:
     torch.manual_seed(1)
     plain = model(x)
     plain_kl = sum(layer.kl() for layer in layers)
-    with _kernels_set(layers, fused_kernels()):
+    with kernels_set(layers, fused_kernels()):
         torch.manual_seed(1)
         fused = model(x)
-        fused_kl = _training_kl(layers)
+        fused_kl = training_kl(layers)
         assert all(layer._step_kl is None for layer in layers)  # taken, never reused
     torch.testing.assert_close(fused, plain)
     torch.testing.assert_close(fused_kl, plain_kl)

@@ -15,7 +15,7 @@ from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import coupled_producers, slim
 from prunedrop.testing_arch import tiny_arch
-from prunedrop.train import _training_kl
+from prunedrop.train import training_kl
 
 STRUCTURED = ["sbp", "group_vd", "sbp_sparse_vd"]
 
@@ -94,7 +94,7 @@ def test_a_tied_unit_pays_the_kl_of_every_layer_it_occupies(method: str) -> None
     layers = variational_layers(model)
     names = list(layers)
     factors = [1.0 + i for i in range(len(names))]
-    total = _training_kl(list(layers.values()), factors)
+    total = training_kl(list(layers.values()), factors)
     expected = sum(f * layers[n].kl() for n, f in zip(names, factors, strict=True))
     torch.testing.assert_close(total, expected)
     # and tying made the KL of the group's members identical in their unit part
