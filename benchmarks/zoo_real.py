@@ -207,9 +207,35 @@ def results_file(args, method: str) -> Path:
     return Path(args.out) / name if args.smoke else RESULTS / name
 
 
+def markdown_table() -> str:
+    """The rows written so far under ``benchmarks/results`` as a Markdown table (for BENCHMARKS.md)."""
+    lines = ["| model | method | FLOPs ratio | weights ratio | val acc before → after | test acc before → after "
+             "| ORT b1 ms before → after | ORT b64 ms before → after | β end | epochs | wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model in MODELS:
+        for method in METHODS:
+            path = RESULTS / f"zoo-real-{model}-{method}.json"
+            if not path.is_file():
+                continue
+            r = json.loads(path.read_text())
+            if "error" in r:
+                lines.append(f"| {model} | {method} | {r['error']} | | | | | | | | {r['seconds']:.0f} s |")
+                continue
+            a, lat, e = r["accuracy"], r["latency"], r["epochs"]
+            epochs = f"{e['variational']} + {e['finetune']}" if "variational" in e else f"{e['total']}"
+            beta = "–" if r["beta_final"] is None else f"{r['beta_final']:.3g}"
+            lines.append(
+                f"| {model} | {method} | {r['flops']['ratio']:.2f}× | {r['weights']['ratio']:.2f}× "
+                f"| {a['val_before']:.2f} → {a['val_after']:.2f} | {a['test_before']:.2f} → {a['test_after']:.2f} "
+                f"| {lat['b1']['before_ms']:.2f} → {lat['b1']['after_ms']:.2f} "
+                f"| {lat['b64']['before_ms']:.1f} → {lat['b64']['after_ms']:.1f} | {beta} | {epochs} "
+                f"| {r['seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, required=True, help="torchvision network")
+    parser.add_argument("--model", choices=MODELS, help="torchvision network (required unless --table)")
     parser.add_argument("--method", choices=(*METHODS, "all"), default="all",
                         help="row to run; torch_pruning needs the SBP row (run here or its JSON) for its FLOPs")
     parser.add_argument("--dense-epochs", type=int, default=30, help="epochs of dense training (default 30)")
@@ -219,7 +245,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo-real", help="run folders (default runs/zoo-real)")
     parser.add_argument("--smoke", action="store_true",
                         help="200 images per split, 2 epochs each phase; JSON into --out only")
+    parser.add_argument("--table", action="store_true", help="print the rows written so far as a Markdown table")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table())
+        return
+    if args.model is None:
+        parser.error("--model is required (or --table)")
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.dense_epochs, args.epochs, args.finetune_epochs = 2, 2, 1
