@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
+from .layers._units import batchnorm_affine
 from .slim import silent_units
 
 __all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "foldable_batchnorms",
@@ -61,18 +62,6 @@ def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Te
             conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
         else:
             conv.bias.copy_(new_bias)
-
-
-def _eval_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel of ``bn`` in eval mode: bn(z) = scale · z + shift."""
-    with torch.no_grad():
-        scale = 1 / (bn.running_var + bn.eps).sqrt()
-        if bn.affine:
-            scale = bn.weight * scale
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            shift = shift + bn.bias
-    return scale, shift
 
 
 def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
@@ -141,7 +130,7 @@ def fold_batchnorm(model: nn.Module, *, freeze_added_bias: bool = False) -> list
             raise PrunedropError(f"batchnorm_noise: fold: {bn_name} keeps no running statistics (track_running_stats="
                                  "False), so it has no eval-mode affine map to fold; use batchnorm_noise: before")
         added = conv.bias is None
-        _scale_output_channels(conv, *_eval_affine(bn))
+        _scale_output_channels(conv, *batchnorm_affine(bn))
         if added and freeze_added_bias:
             conv.bias.requires_grad_(False)
         parent, _, child = bn_name.rpartition(".")
@@ -246,7 +235,7 @@ def fold_attached(model: nn.Module) -> list[str]:
         bn = getattr(conv, ATTACHED, None)
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
-        _scale_output_channels(conv, *_eval_affine(bn))
+        _scale_output_channels(conv, *batchnorm_affine(bn))
         del conv._forward_hooks[getattr(conv, _HOOK_ID)]
         delattr(conv, _HOOK_ID)
         delattr(conv, ATTACHED)

@@ -21,7 +21,7 @@ from .base import VariationalLayer, conv_kwargs, linear_kwargs
 def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) per channel of a BatchNorm in eval mode: ``bn(z) = scale · z + shift`` (running statistics)."""
     with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)
+        scale = 1 / (bn.running_var + bn.eps).sqrt()
         if bn.affine:
             scale = bn.weight * scale
         shift = -bn.running_mean * scale
