@@ -507,6 +507,11 @@ def _sparse_constant(init: onnx.TensorProto, dtypes: frozenset[int] = _SPARSE_DT
 def _run_session(
     path: str | os.PathLike[str], inputs: torch.Tensor | np.ndarray, *, threads: int | None = None
 ) -> list[np.ndarray]:
+    return feed_session(open_session(path, threads=threads), path, inputs)
+
+
+def open_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session on the ONNX file at ``path`` that takes exactly one input (one-line errors)."""
     import onnxruntime as ort
 
     if threads is not None and threads < 1:
@@ -527,6 +532,12 @@ def _run_session(
         raise PrunedropError(
             f"ONNX file {path} takes {len(model_inputs)} inputs; prunedrop feeds exactly one"
         )
+    return session
+
+
+def feed_session(session: Any, path: str | os.PathLike[str], inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+    """All outputs of an :func:`open_session` session on ``inputs`` (cast to the input's element type)."""
+    model_inputs = session.get_inputs()
     array = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     array = array.astype(_ORT_NUMPY_TYPES.get(model_inputs[0].type, array.dtype), copy=False)
     try:

@@ -337,15 +337,12 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
     """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in %, or the mean squared error),
     computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
-    import onnxruntime as ort
+    from .export import feed_session, open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    session = open_session(path)
     total, correct, sq_err, values = 0, 0, 0.0, 0
     for x, y in loader:
-        out = session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        out = feed_session(session, path, x)[0]
         target = y.detach().cpu().numpy()
         if loss == "cross_entropy":
             correct += int((out.argmax(axis=1) == target).sum())
