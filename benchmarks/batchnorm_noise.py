@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
@@ -77,11 +78,21 @@ def run_plain(args, dense: nn.Module, data) -> dict:
     model = copy.deepcopy(dense)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     row = {"placement": "plain", "val_start": accuracy(model, data)}
+    train_steps(args, model, opt, data, row)
+    return row
+
+
+def train_steps(args, model: nn.Module, opt: torch.optim.Optimizer, data, row: dict,
+                penalty: Callable[[], torch.Tensor] | None = None) -> None:
+    """``args.steps`` Adam steps over the shuffled training batches (the same order for every placement), the data
+    term plus ``penalty()``; records the validation accuracy after ``args.early`` steps and at the end in ``row``."""
     step, epoch, t0 = 0, 0, time.perf_counter()
     while step < args.steps:
         for x, y in data.loader("train", args.batch_size, shuffle=True, seed=args.seed, epoch=epoch):
             model.train()
             loss = F.cross_entropy(model(x), y)
+            if penalty is not None:
+                loss = loss + penalty()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -93,7 +104,6 @@ def run_plain(args, dense: nn.Module, data) -> dict:
         epoch += 1
     row["train_s"] = round(time.perf_counter() - t0, 1)
     row["val_end"] = accuracy(model, data)
-    return row
 
 
 def run_placement(args, placement: str, dense: nn.Module, data, example: torch.Tensor) -> dict:
@@ -114,23 +124,8 @@ def run_placement(args, placement: str, dense: nn.Module, data, example: torch.T
     n = data.num_train
     row = {"placement": placement, "normalised": len(summary.normalised), "folded": len(summary.folded),
            "val_start": accuracy(model, data)}
-    step, epoch, t0 = 0, 0, time.perf_counter()
-    while step < args.steps:
-        for x, y in data.loader("train", args.batch_size, shuffle=True, seed=args.seed, epoch=epoch):
-            model.train()
-            kl = sum(f * layer.kl() for f, layer in zip(factors, layers, strict=True))
-            loss = F.cross_entropy(model(x), y) + args.kl_weight * kl / n
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == args.early:
-                row["val_early"] = accuracy(model, data)
-            if step >= args.steps:
-                break
-        epoch += 1
-    row["train_s"] = round(time.perf_counter() - t0, 1)
-    row["val_end"] = accuracy(model, data)
+    train_steps(args, model, opt, data, row,
+                penalty=lambda: args.kl_weight * sum(f * layer.kl() for f, layer in zip(factors, layers, strict=True)) / n)
     pruned = prune(model.eval())
     row["val_thresholded"] = accuracy(pruned.model, data)
     slimmed = slim(pruned.model, pruned.unit_masks, example).model
