@@ -203,7 +203,7 @@ def run_torch_pruning(dense: nn.Module, data: DataBundle, args, run_dir: Path, s
 
 
 def results_file(args, method: str) -> Path:
-    name = f"zoo-real-{args.model}-{method}.json"
+    name = f"zoo-real-{args.model}-{method}{'-' + args.tag if args.tag else ''}.json"
     return Path(args.out) / name if args.smoke else RESULTS / name
 
 
@@ -240,7 +240,10 @@ def main() -> None:
     parser.add_argument("--method", choices=(*METHODS, "all"), default="all",
                         help="row to run; torch_pruning needs the SBP row (run here or its JSON) for its FLOPs")
     parser.add_argument("--dense-epochs", type=int, default=30, help="epochs of dense training (default 30)")
-    parser.add_argument("--epochs", type=int, default=30, help="variational epochs (default 30)")
+    parser.add_argument("--epochs", type=lambda v: None if v == "auto" else int(v), default=30,
+                        help="variational epochs (default 30), or auto: the autopilot's own count, ended early when "
+                             "it settles (the default recipe's behaviour)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (zoo-real-MODEL-METHOD-TAG.json)")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="noise-free fine-tuning epochs (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default="runs/zoo-real", help="run folders (default runs/zoo-real)")

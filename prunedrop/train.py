@@ -683,6 +683,8 @@ class _Pilot:
         self.reference: float | None = None
         self.stopped: str | None = None
         self.lr_scale = 1.0
+        self.last_backoff: tuple[int, float] | None = None
+        """(step, smoothed drop) of the last learning-rate back-off."""
         self.announced_backoffs = 0
         self.checked_samples = 0
         self.checked_train = 0
@@ -762,12 +764,21 @@ class _Pilot:
             self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
                      f"backing off (β → {record.beta:.3g})")
         if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop > c.max_drop \
-                and record.beta <= autopilot.BETA_START and self.lr_scale > LR_SCALE_MIN:
+                and record.beta <= autopilot.BETA_START and self.lr_scale > LR_SCALE_MIN \
+                and self._backoff_waited(step):
             # over the budget while β is no higher than it started: the KL is not what hurts, the training steps
             # are (a learning rate too large for a network that has converged)
             self.lr_scale = max(LR_SCALE_MIN, self.lr_scale / 2)
+            self.last_backoff = (step, c.smoothed_drop)
             self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
                      f"started; the weights' learning rate × {self.lr_scale:g}")
+
+    def _backoff_waited(self, step: int) -> bool:
+        """A learning-rate back-off waits for its own effect: :data:`LR_BACKOFF_WAIT_CHECKS` checks after the last
+        one (halving at every check over the budget took a ResNet-18 to 1/32 of its rate within 50 steps, before
+        the first halving could show)."""
+        return self.last_backoff is None or \
+            step - self.last_backoff[0] >= LR_BACKOFF_WAIT_CHECKS * self.controller.check_every
 
     def should_stop(self) -> str | None:
         if self.stopped is None and self.controller.checks and self.controller.settled(self.controller.checks[-1].step):
@@ -779,7 +790,8 @@ class _Pilot:
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
-                "lr_scale": self.lr_scale, "resolution": self.controller.resolution,
+                "lr_scale": self.lr_scale, "last_backoff": self.last_backoff,
+                "resolution": self.controller.resolution,
                 "train_samples": self.train_samples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -787,6 +799,8 @@ class _Pilot:
         self.reference = state.get("reference")
         self.stopped = state.get("stopped")
         self.lr_scale = float(state.get("lr_scale", 1.0))
+        last = state.get("last_backoff")
+        self.last_backoff = None if last is None else (int(last[0]), float(last[1]))
         self.controller.resolution = float(state.get("resolution", 0.0))
         self.train_samples = int(state.get("train_samples", 0))
         self.announced_backoffs = self.controller.backoffs
@@ -804,6 +818,8 @@ class _Pilot:
 CHECK_SAMPLES = 2000
 #: the autopilot's learning-rate back-off stops at this fraction of the recipe's rates
 LR_SCALE_MIN = 1 / 64
+#: checks between two learning-rate back-offs (each waits for the effect of the last)
+LR_BACKOFF_WAIT_CHECKS = 3
 
 
 def _capped(loader: Any, limit: int) -> Iterator[Any]:

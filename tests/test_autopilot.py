@@ -197,6 +197,46 @@ def test_cost_factors_weigh_expensive_units_more_and_average_one() -> None:
     assert [factors[n] for n in order] == sorted(factors.values())
 
 
+class _Chain(torch.nn.Module):
+    """conv1 (4 channels) → ReLU → conv2 → linear; and a residual unit whose output is added to its input."""
+
+    def __init__(self, residual: bool = False) -> None:
+        super().__init__()
+        self.residual = residual
+        self.conv1 = torch.nn.Conv2d(1 if not residual else 4, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x))
+        if self.residual:
+            y = y + x
+        return self.fc(self.conv2(y).flatten(1))  # no ReLU here: the example's zeros all come from conv1's units
+
+
+def test_a_units_cost_includes_the_downstream_inputs_only_it_feeds() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 5, 5)
+    variational = to_variational(_Chain(), Recipe(method="sbp", keep_output_layers=True))
+    own = autopilot.layer_costs(variational, x, "flops")
+    marginal = autopilot.marginal_costs(variational, x, "flops", own)
+    from prunedrop.report import profile_model
+
+    macs = {p.name: p.macs for p in profile_model(variational, x[:1])}
+    conv2_macs, fc_macs = macs["conv2"], macs["fc"]
+    assert conv2_macs >= 6 * 4 * 9 * 25 and fc_macs >= 6 * 25 * 3
+    # a conv1 channel feeds a quarter of conv2's inputs; a conv2 channel a sixth of the classifier's
+    assert marginal["conv1"] == pytest.approx(own["conv1"] + conv2_macs / 4)
+    assert marginal["conv2"] == pytest.approx(own["conv2"] + fc_macs / 6)
+    factors = autopilot.cost_factors(variational, x, "flops")
+    assert factors["conv1"] / factors["conv2"] == pytest.approx(marginal["conv1"] / marginal["conv2"])
+    # a unit whose output is added to the residual stream silences nothing downstream: no credit
+    res = to_variational(_Chain(residual=True), Recipe(method="sbp", keep_output_layers=True))
+    xr = torch.rand(4, 4, 5, 5) + 0.1
+    own_r = autopilot.layer_costs(res, xr, "flops")
+    assert autopilot.marginal_costs(res, xr, "flops", own_r)["conv1"] == pytest.approx(own_r["conv1"])
+
+
 def test_cost_meter_counts_pruned_units_and_the_zeros_they_feed_downstream() -> None:
     torch.manual_seed(0)
     model = TinyMLP(16, (24, 12), 3)
@@ -335,7 +375,12 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
         assert pilot["lr_scale"] < 1.0
     except TrainingError as e:  # backed off, but still over the budget at the end: said in one line, no export
         assert "nothing was exported" in str(e) and not (tmp_path / "model.onnx").exists()
-    assert any("learning rate ×" in line for line in logs), logs
+    backoffs = [line for line in logs if "learning rate ×" in line]
+    assert backoffs, logs
+    # each back-off waits for the effect of the last: never at consecutive checks
+    steps = [int(line.split(" at step ")[1].split()[0]) for line in backoffs]
+    every = autopilot.check_interval(math.ceil(len(data.train) / recipe.batch_size))
+    assert all(b - a >= 3 * every for a, b in zip(steps, steps[1:])), backoffs
 
 
 def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
