@@ -4,6 +4,9 @@ Fine-tunes the cached dense LeNet-300-100 of ``sparse_vd_fashion.py`` (Fashion-M
 no KL, with Adam at 1e-3 (the recipes' weights' learning rate), 1e-3 with the linear "untuned" warm-up of Ma &
 Yarats (2 / (1 − β₂) = 2,000 steps), and 1e-4, and prints the validation accuracy after 100 … 1,500 steps. Any drop
 here is what the variational phase loses before β matters, and what the autopilot reads as over the budget.
+``--anneal`` adds Adam at 1e-3 with a cosine decay to zero over 10 epochs (5,400 steps), as the noise-free
+fine-tuning ends: does the loss at a constant rate come back once the rate anneals? (validation after 100 … 5,400
+steps, and test accuracy at the end).
 
     python benchmarks/finetune_transient.py   # needs benchmarks/results/lenet300-dense-e30-s0.pt (run
                                               # sparse_vd_fashion.py --model lenet300 once) and Fashion-MNIST
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,13 +33,20 @@ from prunedrop.train import evaluate
 
 CHECKPOINTS = (100, 300, 600, 1000, 1500)
 SETTINGS = {"adam-1e-3": (1e-3, 0), "adam-1e-3-warmup-2000": (1e-3, 2000), "adam-1e-4": (1e-4, 0)}
+ANNEAL_STEPS = 5400  # 10 epochs of 540 steps
+ANNEAL_CHECKPOINTS = (100, 300, 600, 1000, 1500, 2700, 4000, 5400)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dense", default=str(ROOT / "benchmarks" / "results" / "lenet300-dense-e30-s0.pt"))
-    p.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" / "finetune-transient.json"))
+    p.add_argument("-o", "--output", default=None,
+                   help="result JSON (default benchmarks/results/finetune-transient[-anneal].json)")
+    p.add_argument("--anneal", action="store_true", help="only the cosine-to-zero run over 10 epochs")
     args = p.parse_args()
+    if args.output is None:
+        args.output = str(ROOT / "benchmarks" / "results" /
+                          f"finetune-transient{'-anneal' if args.anneal else ''}.json")
     torch.set_num_threads(1)
     data = load_data("fashion-mnist", val_fraction=0.1, seed=0)
     dense = lenet300()
@@ -46,13 +57,21 @@ def main() -> None:
 
     rows = {"dense": val(dense)}
     print(f"dense: validation {rows['dense']:.2f}%")
-    for name, (lr, warmup) in SETTINGS.items():
+    settings = {"adam-1e-3-cosine-10-epochs": (1e-3, -1)} if args.anneal else SETTINGS
+    checkpoints = ANNEAL_CHECKPOINTS if args.anneal else CHECKPOINTS
+    for name, (lr, warmup) in settings.items():
         torch.manual_seed(0)
         model = copy.deepcopy(dense)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, w=warmup: min(1.0, (s + 1) / w) if w else 1.0)
+
+        def factor(s: int, w: int = warmup) -> float:
+            if w < 0:  # cosine to zero over ANNEAL_STEPS
+                return 0.5 * (1 + math.cos(math.pi * min(s, ANNEAL_STEPS) / ANNEAL_STEPS))
+            return min(1.0, (s + 1) / w) if w else 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         step, curve = 0, {}
-        for epoch in range(3):
+        for epoch in range(10 if args.anneal else 3):
             for x, y in data.loader("train", 100, shuffle=True, seed=0, epoch=epoch):
                 model.train()
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -61,11 +80,14 @@ def main() -> None:
                 opt.step()
                 sched.step()
                 step += 1
-                if step in CHECKPOINTS:
+                if step in checkpoints:
                     curve[step] = round(val(model), 2)
-            if step >= CHECKPOINTS[-1]:
+            if step >= checkpoints[-1]:
                 break
         rows[name] = curve
+        if args.anneal:
+            rows[f"{name}-test"] = round(evaluate(model.eval(), data.loader("test", 1000))["accuracy"], 2)
+            rows["dense-test"] = round(evaluate(dense.eval(), data.loader("test", 1000))["accuracy"], 2)
         print(name, curve, flush=True)
     Path(args.output).write_text(json.dumps({"command": command_line(), "machine": cpu_model(), "batch_size": 100,
                                              "validation_accuracy": rows}, indent=2) + "\n")

@@ -344,6 +344,8 @@ class Check:
     kept_fraction: float | None = None
     bound: str | None = None
     """Which constraint held β back at this check: ``budget``, ``target`` or None."""
+    discount: float | None = None
+    """The plain-training transient taken off the measured drop at this check (see ``prunedrop.train``)."""
 
 
 @dataclass

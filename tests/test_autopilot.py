@@ -383,6 +383,25 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
     assert all(b - a >= 3 * every for a, b in zip(steps, steps[1:])), backoffs
 
 
+def test_the_plain_training_transient_is_measured_and_discounted_as_the_learning_rate_anneals(tmp_path: Path) -> None:
+    from prunedrop.train import TRANSIENT_CAP
+
+    data = _bundle()
+    logs: list[str] = []
+    budget = 2.0
+    # a learning rate ten times the one the model was trained at: plain training costs about a point at first
+    recipe = Recipe(**{**_QUICK, "epochs": 10, "lr": 0.01}, max_metric_drop=budget)
+    pilot = compress(_trained_mlp(data), data, recipe, tmp_path, progress=False, log=logs.append).report["autopilot"]
+    transient = pilot["transient"]
+    assert transient is not None and transient > 0 and pilot["probe_steps"] == 5 * pilot["check_every"]
+    assert any("plain training at the weights' learning rate" in line for line in logs), logs
+    discounts = [c["discount"] for c in pilot["trajectory"]]
+    cap = min(transient, TRANSIENT_CAP * budget)
+    assert all(0 <= d <= cap + 1e-9 for d in discounts)
+    assert discounts[0] == pytest.approx(cap, rel=0.05)  # the full rate at the start
+    assert discounts[-1] < 0.1 * discounts[0]  # none left once the cosine schedule has annealed the rate
+
+
 def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     from prunedrop.pipeline import autopilot_line
 
