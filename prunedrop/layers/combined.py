@@ -24,13 +24,12 @@ the KL they hand the trainer is completed with the per-unit KL here.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from ._units import ConvUnits, LinearUnits
 from .base import register_layer
+from .configs import SBPSparseVDConfig
 from .lognormal import DEFAULT_INIT_LOG_SIGMA, DEFAULT_INIT_MU, LogNormal
 from .lognormal import DEFAULT_THRESHOLD as DEFAULT_UNIT_THRESHOLD
 from .sparse_vd import (
@@ -42,7 +41,6 @@ from .sparse_vd import (
     LinearSVD,
     SparseVD,
 )
-from .sparse_vd import DEFAULT_THRESHOLD as DEFAULT_WEIGHT_THRESHOLD
 
 
 class _LogNormalSVD(LogNormal):
@@ -65,8 +63,7 @@ class _LogNormalSVD(LogNormal):
         init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_UNIT_THRESHOLD,
-        weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
-        **_: Any,
+        weight_threshold: float = SBPSparseVDConfig.weight_threshold,
     ) -> _LogNormalSVD:
         layer = super().from_dense(module, init_mu=init_mu, init_log_sigma=init_log_sigma, threshold=threshold)
         assert isinstance(layer, SparseVD)
