@@ -384,7 +384,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 @click.option("--keys", is_flag=True, help="Also list every recipe key with its default and meaning.")
 def recipes(keys: bool) -> None:
     """List the shipped recipes (and, with --keys, every recipe key)."""
-    from .recipes import recipe_keys, shipped_recipes_dir
+    from .recipes import recipe_sections, shipped_recipes_dir
 
     folder = shipped_recipes_dir()
     if folder is None:
@@ -395,9 +395,10 @@ def recipes(keys: bool) -> None:
                           if ln.startswith("#")), "")
             click.echo(f"{path.relative_to(folder.parent)}  {first}")
     if keys:
-        click.echo("")
-        for name, default, doc in recipe_keys():
-            click.echo(f"{name} (default {default}): {doc}")
+        for section, _, section_keys in recipe_sections():
+            click.echo(f"\n{'top of the recipe' if section is None else section + ':'}")
+            for name, default, doc in section_keys:
+                click.echo(f"  {name} (default {default}): {doc}")
 
 
 def main() -> None:
