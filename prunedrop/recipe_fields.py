@@ -72,13 +72,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def default_of(f: dataclasses.Field) -> Any:
-    """A field's default value (a fresh one for list and dict defaults)."""
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
 def choices(hint: Any) -> tuple[Any, ...] | None:
     """The allowed values of a ``Literal`` key (also inside ``X | None``), else None."""
     origin, args = get_origin(hint), get_args(hint)

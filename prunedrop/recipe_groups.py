@@ -10,7 +10,7 @@ involve several keys (a threshold inside ``±log_alpha_clip``, ``target`` withou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .errors import PrunedropError
 from .recipe_fields import NON_NEGATIVE, POSITIVE, Cli, setting
@@ -32,11 +32,14 @@ MAX_IMAGE_SIDE = 4096
 # -- checks of one key (called with the key's name and its typed value)
 
 
-def _not_empty(name: str, value: list[Any] | None) -> None:
+def _selects_layers(name: str, value: list[str]) -> None:
+    if not value:
+        raise PrunedropError(f"recipe key '{name}' is empty: no layer would be converted; use ['*'] for all")
+
+
+def _thresholds_given(name: str, value: list[float] | None) -> None:
     if value is not None and not value:
-        hint = {"include": ": no layer would be converted; use ['*'] for all"}.get(
-            name, "; give thresholds or null for the default")
-        raise PrunedropError(f"recipe key '{name}' is empty{hint}")
+        raise PrunedropError(f"recipe key '{name}' is empty; give thresholds or null for the default")
 
 
 def _factors_not_negative(name: str, value: dict[str, float]) -> None:
@@ -119,7 +122,7 @@ class ConversionConfig:
     ``sparse_vd`` (per-weight noise, drawn once per sequence) and ``group_vd`` (that plus group noise on inputs, hidden
     units and gates; removes hidden units)."""
 
-    include: list[str] = setting(factory=lambda: ["*"], check=_not_empty)
+    include: list[str] = setting(factory=lambda: ["*"], check=_selects_layers)
     """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""
 
     exclude: list[str] = setting(factory=list)
@@ -259,7 +262,7 @@ class SelectionConfig:
     validation data; about log2(n) + 1 fine-tunings instead of one. Worth it where the fine-tuning wins back much
     of a low threshold's loss (the LSTM benchmark in BENCHMARKS.md)."""
 
-    sweep_thresholds: list[float] | None = setting(None, check=_not_empty)
+    sweep_thresholds: list[float] | None = setting(None, check=_thresholds_given)
     """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5. The sweep runs in every run and
     its curve goes into the report; it chooses the threshold only when ``max_metric_drop`` is set."""
 
