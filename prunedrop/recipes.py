@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunedropError
-from .layers.configs import NOISE_CONFIGS, RecurrentNoise
+from .layers.configs import DEFAULT_THRESHOLDS, NOISE_CONFIGS, SNR_METHODS, RecurrentNoise
 from .recipe_fields import Cli, coerce, field_docs
 from .recipe_groups import (
     GROUPS,
@@ -53,11 +53,6 @@ __all__ = [
 
 #: the version of the grouped form; files without ``version`` are the flat form of earlier prunedrop versions
 RECIPE_VERSION = 2
-#: default threshold of each method: log α for the variational-dropout families, SNR for log-normal noise
-#: (sbp_sparse_vd: the units' SNR; its weights have ``weight_threshold``)
-DEFAULT_THRESHOLDS = {"sparse_vd": 3.0, "group_vd": 3.0, "sbp": 1.0, "sbp_sparse_vd": 1.0}
-#: methods whose ``threshold`` is a signal-to-noise ratio (log-normal unit noise), not a log α
-SNR_METHODS = ("sbp", "sbp_sparse_vd")
 
 #: section of the grouped form → its dataclass, in file order (None: the top of the file, no section)
 SECTIONS: dict[str | None, type] = {None: GROUPS[None], **NOISE_CONFIGS,
@@ -237,11 +232,11 @@ class _RecipeMethods:
 def _flatten(data: dict[Any, Any], source: str) -> dict[str, Any]:
     """The flat mapping of a mapping that states its ``version``: 1 is the flat form, 2 the grouped form."""
     version = data["version"]
-    if version == 1:
-        return {k: v for k, v in data.items() if k != "version"}
-    if version != RECIPE_VERSION or isinstance(version, bool):
+    if isinstance(version, bool) or version not in (1, RECIPE_VERSION):
         raise PrunedropError(f"{source}: version {version!r} is not a recipe version prunedrop reads (1: flat keys, "
                              f"{RECIPE_VERSION}: grouped)")
+    if version == 1:
+        return {k: v for k, v in data.items() if k != "version"}
     flat: dict[str, Any] = {}
     top = [k for k, s in KEY_SECTIONS.items() if s is None] + [s for s in SECTIONS if s is not None]
     for key, value in data.items():

@@ -173,6 +173,7 @@ def test_run_folder_written_before_version_2_loads_unchanged() -> None:
         ({"version": 2, "trainig": {"lr": 0.1}}, "unknown key 'trainig'; did you mean 'training'?"),
         ({"version": 2, "training": [1]}, "section 'training' must be a mapping"),
         ({"version": 3}, "version 3 is not a recipe version"),
+        ({"version": True, "lr": 0.1}, "version True is not a recipe version"),
         ({"training": {"lr": 0.1}}, "'training' is a section of a grouped recipe; a grouped recipe starts with version: 2"),
         ({"version": 2, "training": {"lr": 0}}, "'lr' = 0.0 must be > 0"),
     ],

@@ -16,6 +16,11 @@ from ..errors import PrunedropError
 from ..recipe_fields import POSITIVE, setting
 
 RecurrentNoise = Literal["sequence", "batch"]
+#: default threshold of each method: log α for the variational-dropout families, SNR for log-normal noise
+#: (sbp_sparse_vd: the units' SNR; its weights have ``weight_threshold``)
+DEFAULT_THRESHOLDS = {"sparse_vd": 3.0, "group_vd": 3.0, "sbp": 1.0, "sbp_sparse_vd": 1.0}
+#: methods whose ``threshold`` is a signal-to-noise ratio (log-normal unit noise), not a log α
+SNR_METHODS = ("sbp", "sbp_sparse_vd")
 
 
 def _log_sigma2_range(name: str, value: float) -> None:

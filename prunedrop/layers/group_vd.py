@@ -25,12 +25,12 @@ from torch import nn
 
 from ._units import ConvUnits, LinearUnits, OutputUnitNoise
 from .base import register_layer
-from .configs import GroupVDConfig
+from .configs import DEFAULT_THRESHOLDS, GroupVDConfig
 from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
 
 DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 #: prune a unit where log α exceeds this
-DEFAULT_THRESHOLD = 3.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["group_vd"]
 
 
 class GroupLogAlpha:

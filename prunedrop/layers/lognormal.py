@@ -38,7 +38,7 @@ from torch import nn
 
 from ._units import ConvUnits, LinearUnits, OutputUnitNoise, TiedDraw, tie_units
 from .base import register_layer
-from .configs import SBPConfig
+from .configs import DEFAULT_THRESHOLDS, SBPConfig
 
 # TiedDraw and tie_units live in ._units (shared with group VD); they stay importable here, where tests and
 # pickles of tied SBP layers (prunedrop.layers.lognormal.TiedDraw) name them.
@@ -68,7 +68,7 @@ PARAM_MIN, PARAM_MAX = -20.0, 5.0
 DEFAULT_INIT_MU = SBPConfig.init_mu
 DEFAULT_INIT_LOG_SIGMA = SBPConfig.init_log_sigma
 #: keep a unit where SNR > threshold
-DEFAULT_THRESHOLD = 1.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["sbp"]
 #: the inverse-CDF sampler clips γ to [eps, 1 − eps] (as in the paper's code)
 SAMPLE_EPS = 1e-5
 

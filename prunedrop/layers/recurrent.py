@@ -100,7 +100,7 @@ class _RecurrentVD(VariationalLayer):
 
     mode: str = "LSTM"
     group_noise: bool = False
-    recurrent_noise: str = "sequence"
+    recurrent_noise: str = RecurrentConfig.recurrent_noise
 
     # -- construction ---------------------------------------------------------------------------------
 

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
-from .configs import SparseVDConfig
+from .configs import DEFAULT_THRESHOLDS, SparseVDConfig
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
-DEFAULT_THRESHOLD = 3.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["sparse_vd"]
 DEFAULT_INIT_LOG_SIGMA2 = SparseVDConfig.init_log_sigma2
 DEFAULT_LOG_ALPHA_CLIP = SparseVDConfig.log_alpha_clip
 
