@@ -9,11 +9,13 @@ import errno
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from . import __version__
+from .recipe_fields import AtLeast, base_type, choices
+from .recipes import Quantize, cli_overrides
 
 DATA_HELP = (
     "Data spec: 'digits' (scikit-learn's bundled 8x8 digits, no files needed), 'fashion-mnist' or 'mnist' "
@@ -42,9 +44,6 @@ def recipe_overrides(command: Any) -> Any:
     :mod:`prunedrop.recipe_groups`), in the recipe's order: a choice for a key with choices, a flag for a true/false
     key, a range for a key whose check is a lower bound (``--epochs`` ≥ 0, ``--lr`` > 0). Each option's value
     arrives under the key's own name; one not given is None, which ``Recipe.replace`` skips."""
-    from .recipe_fields import AtLeast, base_type, choices
-    from .recipes import cli_overrides
-
     for name, spec, hint, checks in reversed(cli_overrides()):
         kind: dict[str, Any] = {}
         base, allowed = base_type(hint), choices(hint)
@@ -252,7 +251,7 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Path of the ONNX file to write: a new file, never one the run depends on.")
 @click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
-@click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]), default="none", show_default=True,
+@click.option("--quantize", type=click.Choice(list(get_args(Quantize))), default="none", show_default=True,
               help="Write -o as an int8 ONNX file (onnxruntime QDQ): int8 = every layer onnxruntime can quantize, "
                    "bayes = the layers whose posterior allows 8 bits; kept within the run's accuracy budget.")
 def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool, quantize: str) -> None:

@@ -220,3 +220,22 @@ def test_convert_passes_each_layer_only_its_own_settings() -> None:
             params = list(inspect.signature(layer.from_dense).parameters.values())[1:]
             assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), (method, layer)
             assert {p.name for p in params} <= NOISE_OPTIONS, (method, layer)
+
+
+def test_the_documented_example_loads() -> None:
+    import yaml
+
+    block = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8").split("```yaml", 1)[1].split("```", 1)[0]
+    recipe = Recipe.from_dict(yaml.safe_load(block))
+    assert recipe.method == "sbp" and recipe.epochs == 10 and recipe.exclude == ["fc"]
+
+
+def test_reading_a_recipe_does_not_import_torch() -> None:
+    """The groups and the noise families' configs are torch-free, so `prunedrop --help` and `prunedrop recipes`
+    answer at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prunedrop.cli, prunedrop.recipes as r; r.load_recipe(r.shipped_recipes_dir() / 'sbp.yaml'); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
