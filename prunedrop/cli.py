@@ -9,11 +9,13 @@ import errno
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from . import __version__
+from .recipe_fields import AtLeast, base_type, choices
+from .recipes import Quantize, cli_overrides
 
 DATA_HELP = (
     "Data spec: 'digits' (scikit-learn's bundled 8x8 digits, no files needed), 'fashion-mnist' or 'mnist' "
@@ -35,6 +37,27 @@ ARCH_KWARGS_HELP = (
 # errno values of OSError that are about a path the user gave or the machine's state, not about prunedrop
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
                 errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENXIO, errno.ENODEV}
+
+
+def recipe_overrides(command: Any) -> Any:
+    """One option per recipe key that declares a command-line override (``cli=`` in
+    :mod:`prunedrop.recipe_groups`), in the recipe's order: a choice for a key with choices, a flag for a true/false
+    key, a range for a key whose check is a lower bound (``--epochs`` ≥ 0, ``--lr`` > 0). Each option's value
+    arrives under the key's own name; one not given is None, which ``Recipe.replace`` skips."""
+    for name, spec, hint, checks in reversed(cli_overrides()):
+        kind: dict[str, Any] = {}
+        base, allowed = base_type(hint), choices(hint)
+        bound = next((c for c in checks if isinstance(c, AtLeast)), None)
+        if allowed is not None:
+            kind["type"] = click.Choice(list(allowed))
+        elif base is bool:
+            kind.update(is_flag=True, default=None)
+        elif base is int:
+            kind["type"] = int if bound is None else click.IntRange(min=int(bound.low) + bound.open)
+        elif base is float:
+            kind["type"] = float if bound is None else click.FloatRange(min=bound.low, min_open=bound.open)
+        command = click.option(spec.flag, name, metavar=spec.metavar, help=spec.help, **kind)(command)
+    return command
 
 
 class _Commands(click.Group):
@@ -98,33 +121,7 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty output folder, replacing its files.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from the checkpoint in the output folder (same command otherwise).")
-@click.option("--epochs", type=click.IntRange(min=0), help="Override the recipe's variational fine-tuning epochs.")
-@click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Override the recipe's noise-free fine-tuning epochs after thresholding.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
-@click.option("--threshold", type=float, help="Override the recipe's pruning threshold (log α).")
-@click.option("--max-drop", "max_metric_drop", type=float, metavar="POINTS",
-              help="Accuracy budget: the validation accuracy points the run may lose (for loss mse: percent more "
-                   "error). The autopilot chooses β to compress as much as this allows. Default: the recipe's "
-                   "(1 point without a recipe).")
-@click.option("--target", metavar="KIND=VALUE",
-              help="Size or speed target: flops=10x, params=50x, bytes=5x or bytes=200KB. The autopilot raises β "
-                   "until the model reaches it, within the budget; the run says which of the two bound.")
-@click.option("--strict", is_flag=True, default=None,
-              help="Exit with status 3 (after writing everything) when the target was not reached within the budget.")
-@click.option("--kl-weight", type=click.FloatRange(min=0),
-              help="Expert option: fix the KL weight β yourself (switches the autopilot off; not with --target).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's training batch size.")
-@click.option("--train-limit", type=click.IntRange(min=1), help="Use only the first N training samples.")
-@click.option("--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, help="Override the recipe's random seed.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
-              help="Override the recipe's training precision (bf16/fp16 autocast; log α and KL stay fp32).")
-@click.option("--compile", "compile_mode", type=click.Choice(["auto", "always", "never"]),
-              help="Override the recipe's torch.compile setting for the variational layers.")
-@click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]),
-              help="Override the recipe's quantize: also write model-int8.onnx (int8 = every layer onnxruntime can "
-                   "quantize, bayes = the layers whose posterior allows 8 bits).")
+@recipe_overrides
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
 def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str,
              data_dir: Path | None, recipe_path: Path | None, output: Path, overwrite: bool, resume: bool,
@@ -146,7 +143,6 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
     from .train import check_precision, resolve_device
 
-    overrides["compile"] = overrides.pop("compile_mode")
     kwargs = parse_arch_kwargs(arch_kwargs)
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
@@ -255,7 +251,7 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Path of the ONNX file to write: a new file, never one the run depends on.")
 @click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
-@click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]), default="none", show_default=True,
+@click.option("--quantize", type=click.Choice(list(get_args(Quantize))), default="none", show_default=True,
               help="Write -o as an int8 ONNX file (onnxruntime QDQ): int8 = every layer onnxruntime can quantize, "
                    "bayes = the layers whose posterior allows 8 bits; kept within the run's accuracy budget.")
 def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool, quantize: str) -> None:
@@ -387,7 +383,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 @click.option("--keys", is_flag=True, help="Also list every recipe key with its default and meaning.")
 def recipes(keys: bool) -> None:
     """List the shipped recipes (and, with --keys, every recipe key)."""
-    from .recipes import recipe_keys, shipped_recipes_dir
+    from .recipes import recipe_sections, shipped_recipes_dir
 
     folder = shipped_recipes_dir()
     if folder is None:
@@ -398,9 +394,10 @@ def recipes(keys: bool) -> None:
                           if ln.startswith("#")), "")
             click.echo(f"{path.relative_to(folder.parent)}  {first}")
     if keys:
-        click.echo("")
-        for name, default, doc in recipe_keys():
-            click.echo(f"{name} (default {default}): {doc}")
+        for section, _, section_keys in recipe_sections():
+            click.echo(f"\n{'top of the recipe' if section is None else section + ':'}")
+            for name, default, doc in section_keys:
+                click.echo(f"  {name} (default {default}): {doc}")
 
 
 def main() -> None:

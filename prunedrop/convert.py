@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
-from .layers import LAYER_REGISTRY, VariationalLayer
+from .layers import LAYER_REGISTRY, VariationalLayer, from_dense_options
 from .layers._units import OutputUnitNoise, tie_units
 from .recipes import Recipe
 
@@ -80,17 +80,7 @@ def to_variational(
     if registry is None:
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
     summary = summary if summary is not None else ConversionSummary()
-    # every family's from_dense takes the options it knows and ignores the others
-    options = {
-        "init_log_sigma2": recipe.init_log_sigma2,
-        "log_alpha_clip": recipe.log_alpha_clip,
-        "init_log_alpha": recipe.init_log_alpha,
-        "recurrent_noise": recipe.recurrent_noise,
-        "init_mu": recipe.init_mu,
-        "init_log_sigma": recipe.init_log_sigma,
-        "threshold": recipe.threshold,
-        "weight_threshold": recipe.weight_threshold,
-    }
+    options = recipe.noise_options()  # each layer's from_dense receives the ones it names (from_dense_options)
 
     heads: set[str] = set()
     if recipe.method != "sparse_vd" and recipe.keep_output_layers:
@@ -108,7 +98,7 @@ def to_variational(
                 return module
             if is_selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
-                return module if dry_run else variational.from_dense(module, **options)
+                return module if dry_run else variational.from_dense(module, **from_dense_options(variational, options))
             summary.excluded.append(name or "<root>")
             return module
         if isinstance(module, VariationalLayer):

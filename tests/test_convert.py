@@ -78,3 +78,32 @@ def test_subclasses_of_registered_types_are_left_alone() -> None:
     model = nn.Sequential(ScaledLinear(2, 2), nn.Linear(2, 2))
     to_variational(model, Recipe(), summary=summary)
     assert summary.converted == ["1"] and summary.left_alone == {"0": "ScaledLinear"}
+
+
+def test_from_dense_receives_the_settings_it_names() -> None:
+    from prunedrop.layers import VariationalLayer, from_dense_options
+
+    class Named(VariationalLayer):
+        @classmethod
+        def from_dense(cls, module: nn.Module, *, threshold: float = 0.0) -> Named:
+            raise NotImplementedError
+
+    class CatchAll(VariationalLayer):
+        @classmethod
+        def from_dense(cls, module: nn.Module, **options: float) -> CatchAll:
+            raise NotImplementedError
+
+    options = Recipe(method="sbp").noise_options()
+    assert set(options) >= {"threshold", "init_mu", "init_log_sigma2", "recurrent_noise", "weight_threshold"}
+    assert from_dense_options(Named, options) == {"threshold": 1.0}
+    assert from_dense_options(CatchAll, options) == options
+
+
+def test_each_family_gets_its_section_settings() -> None:
+    model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
+    recipe = Recipe(method="group_vd", recurrent_noise="batch", init_log_alpha=-5.0, init_log_sigma2=-12.0)
+    layer = to_variational(model, recipe)[0]
+    assert layer.recurrent_noise == "batch" and layer.threshold == 3.0
+    sbp = to_variational(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
+                         Recipe(method="sbp", init_mu=0.5, keep_output_layers=False))[0]
+    assert torch.all(sbp.mu == 0.5) and sbp.threshold == 1.0

@@ -23,6 +23,7 @@ from prunedrop.layers import (
     MultiheadAttentionGroupVD,
     MultiheadAttentionSVD,
     RemappedEmbedding,
+    from_dense_options,
 )
 from prunedrop.pipeline import compress
 from prunedrop.prune import prune
@@ -51,7 +52,7 @@ def _inputs(batch_first: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 def test_negligible_noise_equals_plain_attention(cls: type, batch_first: bool, bias: bool) -> None:
     torch.manual_seed(0)
     plain = nn.MultiheadAttention(8, 2, bias=bias, batch_first=batch_first).eval()
-    layer = cls.from_dense(copy.deepcopy(plain), **NEGLIGIBLE).eval()
+    layer = cls.from_dense(copy.deepcopy(plain), **from_dense_options(cls, NEGLIGIBLE)).eval()
     x, attn_mask, padding = _inputs(batch_first)
     for kwargs in ({}, {"attn_mask": attn_mask, "key_padding_mask": padding}, {"average_attn_weights": False}):
         want, got = plain(x, x, x, **kwargs), layer(x, x, x, **kwargs)

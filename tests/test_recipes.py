@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,9 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunedrop.errors import PrunedropError
-from prunedrop.recipes import Recipe, load_recipe, recipe_keys, shipped_recipes_dir
+from prunedrop.recipes import KEY_SECTIONS, SECTIONS, Recipe, load_recipe, recipe_keys, shipped_recipes_dir
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+FIXTURES = Path(__file__).parent / "fixtures"
+#: the shipped recipes' keys and values as they stood in the flat form, recorded before they became version 2
+FLAT_RECIPES = json.loads((FIXTURES / "recipes_v1.json").read_text(encoding="utf-8"))
 
 
 def test_recipes_are_shipped() -> None:
@@ -25,11 +32,11 @@ def test_every_shipped_recipe_loads_and_documents_itself(path: Path) -> None:
     assert isinstance(recipe, Recipe)
     text = path.read_text(encoding="utf-8")
     assert text.startswith("#"), "the first line says what the recipe is for"
-    # every key set in the file is preceded by a comment somewhere above it (documented key by key)
+    # every key (and section) set in the file is preceded by a comment somewhere above it (documented key by key)
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if line and not line.startswith("#") and ":" in line:
-            assert any(ln.startswith("#") for ln in lines[max(0, i - 4):i]), f"{path.name}: {line} undocumented"
+        if line.strip() and not line.lstrip().startswith("#") and re.match(r"\s*\w+:", line):
+            assert any(ln.lstrip().startswith("#") for ln in lines[max(0, i - 4):i]), f"{path.name}: {line} undocumented"
 
 
 def test_every_field_has_documentation() -> None:
@@ -112,3 +119,123 @@ def test_any_mapping_is_a_recipe_or_a_prunedrop_error(data: dict) -> None:
     except PrunedropError:
         return
     assert isinstance(recipe, Recipe)
+
+
+# -- version 2 (grouped) and the flat form before it
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_is_version_2_with_its_flat_values(path: Path) -> None:
+    import yaml
+
+    assert yaml.safe_load(path.read_text(encoding="utf-8"))["version"] == 2
+    assert load_recipe(path).to_dict() == Recipe.from_dict(FLAT_RECIPES[path.name]).to_dict()
+
+
+def test_flat_recipe_files_still_load(tmp_path: Path) -> None:
+    import yaml
+
+    assert set(FLAT_RECIPES) == {p.name for p in RECIPES}
+    for name, flat in FLAT_RECIPES.items():
+        old = tmp_path / name
+        old.write_text(yaml.safe_dump(flat), encoding="utf-8")
+        assert load_recipe(old) == load_recipe(ROOT / "recipes" / name)
+
+
+def test_grouped_and_flat_forms_round_trip() -> None:
+    recipe = Recipe(method="sbp", lr=0.5, init_mu=0.25, finetune_epochs=3, exclude=["fc"], latency_runs=0)
+    grouped = recipe.to_dict(grouped=True)
+    assert grouped["version"] == 2 and grouped["training"]["lr"] == 0.5 and grouped["sbp"]["init_mu"] == 0.25
+    assert set(grouped) == {"version", *(k for k, s in KEY_SECTIONS.items() if s is None), *filter(None, SECTIONS)}
+    assert Recipe.from_dict(grouped) == recipe == Recipe.from_dict(recipe.to_dict())
+    assert Recipe.from_dict({**recipe.to_dict(), "version": 1}) == recipe
+    assert recipe.section("finetune").finetune_epochs == 3 and recipe.section(None).method == "sbp"
+
+
+def test_run_folder_written_before_version_2_loads_unchanged() -> None:
+    """A run.json written by prunedrop before the grouped recipe (flat keys): re-export and --resume read it, and
+    --resume compares it with the current recipe's to_dict(), which must be the same flat mapping."""
+    from prunedrop.pipeline import read_run_info
+
+    info = read_run_info(FIXTURES / "run_v1")
+    recipe = Recipe.from_dict(info["recipe"], source="run.json", saved_run=True)
+    assert recipe.to_dict() == info["recipe"]
+    assert recipe == load_recipe(ROOT / "recipes" / "lstm-fashion.yaml")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"version": 2, "lr": 0.1}, "key 'lr' belongs in section 'training'"),
+        ({"version": 2, "training": {"init_mu": 0.1}}, "key 'init_mu' belongs in section 'sbp', not in section 'training'"),
+        ({"version": 2, "training": {"method": "sbp"}}, "key 'method' belongs at the top of the recipe"),
+        ({"version": 2, "training": {"lrr": 0.1}}, "unknown key 'lrr' in section 'training'; did you mean 'lr'?"),
+        ({"version": 2, "trainig": {"lr": 0.1}}, "unknown key 'trainig'; did you mean 'training'?"),
+        ({"version": 2, "training": [1]}, "section 'training' must be a mapping"),
+        ({"version": 3}, "version 3 is not a recipe version"),
+        ({"version": True, "lr": 0.1}, "version True is not a recipe version"),
+        ({"training": {"lr": 0.1}}, "'training' is a section of a grouped recipe; a grouped recipe starts with version: 2"),
+        ({"version": 2, "training": {"lr": 0}}, "'lr' = 0.0 must be > 0"),
+    ],
+)
+def test_grouped_recipe_errors_name_the_key_and_its_section(data: dict, message: str) -> None:
+    with pytest.raises(PrunedropError) as info:
+        Recipe.from_dict(data)
+    assert message in info.value.message
+
+
+def _documented_keys() -> list[tuple[str | None, str, object]]:
+    """(section, key, default) of every row of docs/recipes.md's key tables, under its section's heading."""
+    rows, section = [], "?"
+    for line in (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("### "):
+            title = line[4:].strip()
+            section = None if title.startswith("Top") else title.strip("`")
+        match = re.match(r"\| `(\w+)` \| `(.*?)` \|", line)
+        if match:
+            rows.append((section, match.group(1), ast.literal_eval(match.group(2))))
+    return rows
+
+
+def test_every_documented_key_loads_in_its_section() -> None:
+    rows = _documented_keys()
+    assert [key for _, key, _ in rows] == [key for key, _, _ in recipe_keys()]
+    for section, key, default in rows:
+        assert KEY_SECTIONS[key] == section, key
+        grouped = {"version": 2, key: default} if section is None else {"version": 2, section: {key: default}}
+        assert getattr(Recipe.from_dict(grouped), key) == default, key
+        assert getattr(Recipe.from_dict({key: default}), key) == default, key
+
+
+def test_convert_passes_each_layer_only_its_own_settings() -> None:
+    """Every registered layer's from_dense names only settings a noise config (or the threshold) provides, and
+    takes no catch-all **options, so a setting no layer reads cannot be passed silently."""
+    import inspect
+
+    from prunedrop.layers import LAYER_REGISTRY
+    from prunedrop.layers.configs import NOISE_OPTIONS
+
+    for method, layers in LAYER_REGISTRY.items():
+        for layer in layers.values():
+            params = list(inspect.signature(layer.from_dense).parameters.values())[1:]
+            assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), (method, layer)
+            assert {p.name for p in params} <= NOISE_OPTIONS, (method, layer)
+
+
+def test_the_documented_example_loads() -> None:
+    import yaml
+
+    block = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8").split("```yaml", 1)[1].split("```", 1)[0]
+    recipe = Recipe.from_dict(yaml.safe_load(block))
+    assert recipe.method == "sbp" and recipe.epochs == 10 and recipe.exclude == ["fc"]
+
+
+def test_reading_a_recipe_does_not_import_torch() -> None:
+    """The groups and the noise families' configs are torch-free, so `prunedrop --help` and `prunedrop recipes`
+    answer at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prunedrop.cli, prunedrop.recipes as r; r.load_recipe(r.shipped_recipes_dir() / 'sbp.yaml'); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0

@@ -12,45 +12,48 @@ Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per 
 
 All are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
 (:mod:`prunedrop.slim`).
+
+Each family's recipe settings are a small config in :mod:`.configs` (torch-free, so that reading a recipe does not
+import torch); a layer's ``from_dense`` receives only the settings it names.
+
+The names below are imported lazily, like :mod:`prunedrop`'s: the first one asked for imports every layer file
+(and so registers every layer), while ``prunedrop.layers.configs`` alone needs no torch.
 """
 
-from .attention import HeadPrunedMultiheadAttention, MultiheadAttentionGroupVD, MultiheadAttentionSVD
-from .base import LAYER_REGISTRY, VariationalLayer, register_layer
-from .combined import Conv1dLogNormalSVD, Conv2dLogNormalSVD, Conv3dLogNormalSVD, LinearLogNormalSVD
-from .embedding import EmbeddingSVD, RemappedEmbedding
-from .group_vd import Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, LinearGroupVD
-from .lognormal import Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, LinearLogNormal
-from .recurrent import GRUSVD, LSTMSVD, GRUGroupVD, LSTMGroupVD
-from .sparse_vd import Conv1dSVD, Conv2dSVD, Conv3dSVD, LinearSVD, kl_log_uniform
+from __future__ import annotations
 
-__all__ = [
-    "LAYER_REGISTRY",
-    "Conv1dGroupVD",
-    "Conv1dLogNormal",
-    "Conv1dLogNormalSVD",
-    "Conv1dSVD",
-    "Conv2dGroupVD",
-    "Conv2dLogNormal",
-    "Conv2dLogNormalSVD",
-    "Conv2dSVD",
-    "Conv3dGroupVD",
-    "Conv3dLogNormal",
-    "Conv3dLogNormalSVD",
-    "Conv3dSVD",
-    "EmbeddingSVD",
-    "GRUGroupVD",
-    "GRUSVD",
-    "HeadPrunedMultiheadAttention",
-    "LSTMGroupVD",
-    "LSTMSVD",
-    "LinearGroupVD",
-    "LinearLogNormal",
-    "LinearLogNormalSVD",
-    "LinearSVD",
-    "MultiheadAttentionGroupVD",
-    "MultiheadAttentionSVD",
-    "RemappedEmbedding",
-    "VariationalLayer",
-    "kl_log_uniform",
-    "register_layer",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "HeadPrunedMultiheadAttention": "attention", "MultiheadAttentionGroupVD": "attention",
+    "MultiheadAttentionSVD": "attention",
+    "LAYER_REGISTRY": "base", "VariationalLayer": "base", "from_dense_options": "base", "register_layer": "base",
+    "Conv1dLogNormalSVD": "combined", "Conv2dLogNormalSVD": "combined", "Conv3dLogNormalSVD": "combined",
+    "LinearLogNormalSVD": "combined",
+    "EmbeddingSVD": "embedding", "RemappedEmbedding": "embedding",
+    "Conv1dGroupVD": "group_vd", "Conv2dGroupVD": "group_vd", "Conv3dGroupVD": "group_vd", "LinearGroupVD": "group_vd",
+    "Conv1dLogNormal": "lognormal", "Conv2dLogNormal": "lognormal", "Conv3dLogNormal": "lognormal",
+    "LinearLogNormal": "lognormal",
+    "GRUSVD": "recurrent", "LSTMSVD": "recurrent", "GRUGroupVD": "recurrent", "LSTMGroupVD": "recurrent",
+    "Conv1dSVD": "sparse_vd", "Conv2dSVD": "sparse_vd", "Conv3dSVD": "sparse_vd", "LinearSVD": "sparse_vd",
+    "kl_log_uniform": "sparse_vd",
+}
+#: every layer file, imported (and so registered) before any name is handed out
+_LAYER_FILES = ("sparse_vd", "group_vd", "lognormal", "combined", "recurrent", "attention", "embedding")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for module in _LAYER_FILES:
+        importlib.import_module(f".{module}", __name__)
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -37,7 +37,6 @@ reads ``self_attn.in_proj_weight`` and ``out_proj.weight`` directly, whatever th
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -309,7 +308,6 @@ class MultiheadAttentionSVD(_VariationalAttention):
         init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> MultiheadAttentionSVD:
         layer = cls._take_over(module)
         layer.in_proj_log_sigma2 = nn.Parameter(torch.full_like(layer.in_proj_weight, float(init_log_sigma2)))
@@ -387,7 +385,6 @@ class MultiheadAttentionGroupVD(GroupLogAlpha, _VariationalAttention):
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> MultiheadAttentionGroupVD:
         layer = cls._take_over(module)
         layer._init_group_noise(layer.num_heads, layer.in_proj_weight, init_log_alpha=init_log_alpha,

@@ -2,7 +2,9 @@
 
 A variational layer wraps a plain ``nn.Linear`` / ``nn.ConvNd`` with a learned noise level. It must:
 
-* ``from_dense(module, **options)`` - build itself from a trained plain layer, keeping its weights;
+* ``from_dense(module, *, <settings>)`` - build itself from a trained plain layer, keeping its weights; its
+  keyword arguments name the recipe settings it takes (the fields of its family's config in :mod:`.configs`
+  and ``threshold``), and the conversion passes exactly those (:func:`from_dense_options`);
 * ``kl()`` - the KL divergence of its posterior from the prior (a scalar tensor, summed over its noise);
 * ``keep_mask(threshold)`` - which weights (per-weight noise) or units (per-unit noise) survive;
 * ``to_dense(threshold)`` - a plain torch module with the noise mean folded in and the pruned entries zero.
@@ -122,6 +124,16 @@ def conv_kwargs(module: nn.Module) -> dict[str, Any]:
 #: method name -> {plain layer type: variational layer type}. Users may add their own entries
 #: with :func:`register_layer`.
 LAYER_REGISTRY: dict[str, dict[type[nn.Module], type[VariationalLayer]]] = {}
+
+
+def from_dense_options(variational_type: type[VariationalLayer], available: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``available`` that ``variational_type.from_dense`` names as keyword arguments (all of them
+    when it takes ``**options``, as a user's layer may)."""
+    params = inspect.signature(variational_type.from_dense).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(available)
+    names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in available.items() if k in names}
 
 
 def register_layer(method: str, dense_type: type[nn.Module], variational_type: type[VariationalLayer]) -> None:

@@ -24,15 +24,13 @@ the KL they hand the trainer is completed with the per-unit KL here.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from ._units import ConvUnits, LinearUnits
 from .base import register_layer
+from .configs import DEFAULT_THRESHOLDS, SBPSparseVDConfig
 from .lognormal import DEFAULT_INIT_LOG_SIGMA, DEFAULT_INIT_MU, LogNormal
-from .lognormal import DEFAULT_THRESHOLD as DEFAULT_UNIT_THRESHOLD
 from .sparse_vd import (
     DEFAULT_INIT_LOG_SIGMA2,
     DEFAULT_LOG_ALPHA_CLIP,
@@ -42,7 +40,6 @@ from .sparse_vd import (
     LinearSVD,
     SparseVD,
 )
-from .sparse_vd import DEFAULT_THRESHOLD as DEFAULT_WEIGHT_THRESHOLD
 
 
 class _LogNormalSVD(LogNormal):
@@ -64,9 +61,8 @@ class _LogNormalSVD(LogNormal):
         init_log_sigma: float = DEFAULT_INIT_LOG_SIGMA,
         init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
-        threshold: float = DEFAULT_UNIT_THRESHOLD,
-        weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
-        **_: Any,
+        threshold: float = DEFAULT_THRESHOLDS["sbp_sparse_vd"],
+        weight_threshold: float = SBPSparseVDConfig.weight_threshold,
     ) -> _LogNormalSVD:
         layer = super().from_dense(module, init_mu=init_mu, init_log_sigma=init_log_sigma, threshold=threshold)
         assert isinstance(layer, SparseVD)

@@ -55,7 +55,6 @@ class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> EmbeddingSVD:
         if module.max_norm is not None:
             raise PrunedropError("nn.Embedding with max_norm is not supported by EmbeddingSVD (it renormalises "

@@ -20,18 +20,17 @@ Every output unit (out feature / out channel) gets ``z ~ N(1, α)`` on its whole
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from ._units import ConvUnits, LinearUnits, OutputUnitNoise
 from .base import register_layer
+from .configs import DEFAULT_THRESHOLDS, GroupVDConfig
 from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
 
-DEFAULT_INIT_LOG_ALPHA = -8.0
+DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 #: prune a unit where log α exceeds this
-DEFAULT_THRESHOLD = 3.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["group_vd"]
 
 
 class GroupLogAlpha:
@@ -82,7 +81,6 @@ class GroupVD(GroupLogAlpha, OutputUnitNoise):
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> GroupVD:
         layer = cls._take_over(module)
         layer._init_group_noise(layer.weight.shape[0], layer.weight, init_log_alpha=init_log_alpha,

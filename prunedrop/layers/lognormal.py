@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
 from ._units import ConvUnits, LinearUnits, OutputUnitNoise, TiedDraw, tie_units
 from .base import register_layer
+from .configs import DEFAULT_THRESHOLDS, SBPConfig
 
 # TiedDraw and tie_units live in ._units (shared with group VD); they stay importable here, where tests and
 # pickles of tied SBP layers (prunedrop.layers.lognormal.TiedDraw) name them.
@@ -65,10 +65,10 @@ __all__ = [
 LOG_THETA_MIN, LOG_THETA_MAX = -20.0, 0.0
 #: μ and log σ are clamped to this range where used
 PARAM_MIN, PARAM_MAX = -20.0, 5.0
-DEFAULT_INIT_MU = 0.0
-DEFAULT_INIT_LOG_SIGMA = -5.0
+DEFAULT_INIT_MU = SBPConfig.init_mu
+DEFAULT_INIT_LOG_SIGMA = SBPConfig.init_log_sigma
 #: keep a unit where SNR > threshold
-DEFAULT_THRESHOLD = 1.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["sbp"]
 #: the inverse-CDF sampler clips γ to [eps, 1 − eps] (as in the paper's code)
 SAMPLE_EPS = 1e-5
 
@@ -189,7 +189,6 @@ class LogNormal(OutputUnitNoise):
         init_mu: float = DEFAULT_INIT_MU,
         init_log_sigma: float = DEFAULT_INIT_LOG_SIGMA,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> LogNormal:
         layer = cls._take_over(module)
         layer.mu = layer._unit_parameter(init_mu)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
+from .configs import GroupVDConfig, RecurrentConfig, RecurrentNoise
 from .sparse_vd import (
     DEFAULT_INIT_LOG_SIGMA2,
     DEFAULT_LOG_ALPHA_CLIP,
@@ -68,11 +69,11 @@ from .sparse_vd import (
     kl_log_uniform,
 )
 
-DEFAULT_INIT_LOG_ALPHA = -8.0
+DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 #: the plain layers this module replaces
 DENSE_TYPES = (nn.LSTM, nn.GRU)
 #: how the noise is drawn: per sequence of a mini-batch, or once per mini-batch (see the module docstring)
-NOISE_MODES = ("sequence", "batch")
+NOISE_MODES: tuple[str, ...] = get_args(RecurrentNoise)
 #: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order)
 GATES = {"LSTM": 4, "GRU": 3}
 
@@ -99,7 +100,7 @@ class _RecurrentVD(VariationalLayer):
 
     mode: str = "LSTM"
     group_noise: bool = False
-    recurrent_noise: str = "sequence"
+    recurrent_noise: str = RecurrentConfig.recurrent_noise
 
     # -- construction ---------------------------------------------------------------------------------
 
@@ -118,8 +119,7 @@ class _RecurrentVD(VariationalLayer):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
-        recurrent_noise: str = "sequence",
-        **_: Any,
+        recurrent_noise: str = RecurrentConfig.recurrent_noise,
     ) -> _RecurrentVD:
         if recurrent_noise not in NOISE_MODES:
             raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
+from .configs import DEFAULT_THRESHOLDS, SparseVDConfig
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
-DEFAULT_THRESHOLD = 3.0
-DEFAULT_INIT_LOG_SIGMA2 = -10.0
-DEFAULT_LOG_ALPHA_CLIP = 10.0
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS["sparse_vd"]
+DEFAULT_INIT_LOG_SIGMA2 = SparseVDConfig.init_log_sigma2
+DEFAULT_LOG_ALPHA_CLIP = SparseVDConfig.log_alpha_clip
 
 
 def kl_log_uniform(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -179,7 +180,6 @@ class SparseVD(VariationalLayer):
         init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-        **_: Any,
     ) -> SparseVD:
         layer = cls._take_over(module)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
