@@ -1,6 +1,7 @@
 """``compress()``: the stages of :mod:`prunedrop.stages`, called in order and nothing else.
 
-    load ─► convert ─► fine-tune ─► select ─► prune ─► fine-tune pruned ─► slim ─► evaluate ─► export ─► report
+    load ─► convert ─► fine-tune ─► select ─► prune ─► fine-tune pruned ─► slim ─► evaluate ─► export
+         ─► report
 
 Each stage is a public function in its own module with a typed result whose ``to_dict()`` is its part of
 report.json; :class:`prunedrop.runfolder.RunFolder` names every file of the output folder. Where units were pruned,

@@ -35,8 +35,23 @@ REPORT_MD = "report.md"
 PLOTS = "plots"
 
 
+def _named(name: str, doc: str | None = None) -> property:
+    """A property of :class:`RunFolder`: the file ``name`` in its folder."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
 class RunFolder:
     """The output folder of one ``compress`` run, and the one place that names its files."""
+
+    run_info = _named(RUN_INFO, "How the run was started: model file, --arch, data spec, recipe, identity.")
+    variational_checkpoint = _named(VARIATIONAL_CHECKPOINT, "The variational fine-tuning's checkpoint: what "
+                                    "``--resume`` continues and ``export`` re-thresholds.")
+    masked_checkpoint = _named(MASKED_CHECKPOINT, "The noise-free fine-tuning's checkpoint.")
+    original_onnx = _named(ORIGINAL_ONNX)
+    model_onnx = _named(MODEL_ONNX)
+    quantized_onnx = _named(QUANTIZED_ONNX)
+    report_json = _named(REPORT_JSON)
+    report_md = _named(REPORT_MD)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -48,35 +63,9 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
-    @property
-    def run_info(self) -> Path:
-        return self.path / RUN_INFO
-
-    @property
-    def variational_checkpoint(self) -> Path:
-        """The variational fine-tuning's checkpoint: what ``--resume`` continues and ``export`` re-thresholds."""
-        return self.path / VARIATIONAL_CHECKPOINT
-
-    @property
-    def masked_checkpoint(self) -> Path:
-        """The noise-free fine-tuning's checkpoint."""
-        return self.path / MASKED_CHECKPOINT
-
     def probe_checkpoint(self, threshold: float) -> Path:
         """The noise-free fine-tuning of one probe of ``budget_after_finetune``."""
         return self.path / f"checkpoint-masked-t{threshold:g}.pt"
-
-    @property
-    def original_onnx(self) -> Path:
-        return self.path / ORIGINAL_ONNX
-
-    @property
-    def model_onnx(self) -> Path:
-        return self.path / MODEL_ONNX
-
-    @property
-    def quantized_onnx(self) -> Path:
-        return self.path / QUANTIZED_ONNX
 
     @property
     def model_pt(self) -> Path:
@@ -89,14 +78,6 @@ class RunFolder:
         from .io import ARCHITECTURE_FILE
 
         return self.path / ARCHITECTURE_FILE
-
-    @property
-    def report_json(self) -> Path:
-        return self.path / REPORT_JSON
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / REPORT_MD
 
     @staticmethod
     def plot(key: str) -> str:
@@ -143,7 +124,8 @@ def prepare_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool = Fal
         raise PrunedropError(f"output path {out_dir} exists and is not a folder; choose another -o")
     if resume:
         if not folder.variational_checkpoint.exists():
-            raise PrunedropError(f"--resume: {out_dir} holds no checkpoint ({VARIATIONAL_CHECKPOINT}); run without --resume")
+            raise PrunedropError(f"--resume: {out_dir} holds no checkpoint ({VARIATIONAL_CHECKPOINT}); run without "
+                                 "--resume")
         return out_dir
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "

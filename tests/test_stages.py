@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from prunedrop import distributed
+from prunedrop import distributed, stages
 from prunedrop.cli import cli
 from prunedrop.data import load_data
 from prunedrop.export import run_onnx
@@ -26,19 +26,6 @@ from prunedrop.pipeline import compress
 from prunedrop.recipes import load_recipe
 from prunedrop.report import load_report
 from prunedrop.runfolder import IDENTITY_KEY, RunFolder, read_run_info
-from prunedrop.stages import (
-    assemble_report,
-    convert,
-    evaluate_compressed,
-    export_compressed,
-    finetune_pruned,
-    finetune_variational,
-    measure_original,
-    prune_variational,
-    select_threshold,
-    slim_pruned,
-    write_run_report,
-)
 from prunedrop.stages.common import PARITY_SAMPLES, merge_parts
 from prunedrop.testing import TinyMLP, write_tiny_project
 from prunedrop.train import resolve_device
@@ -64,23 +51,25 @@ def _run_stages(model, data, recipe, out: Path) -> tuple[dict[str, Any], list[An
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     run = {"resume": False, "progress": False, "log": lambda _: None}
     log = run["log"]
-    baseline = measure_original(model, data, recipe, folder, example, log)
-    converted = convert(model, recipe, example, log)
-    trained = finetune_variational(converted, data, recipe, device, folder, **run)
-    selection = select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
-    pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned)
-    tuned = selection.finetuned or finetune_pruned(pruned.result, data, recipe, device, example,
-                                                   folder.masked_checkpoint, normalised=converted.normalised, **run)
-    slimmed = slim_pruned(tuned.model, pruned.result.unit_masks, example, log, recipe.channel_multiple,
-                          slimmed=tuned.slimmed)
-    evaluation = evaluate_compressed(slimmed.model, baseline, selection, data, recipe)
-    exported = export_compressed(slimmed.model, baseline, evaluation, selection.threshold, pruned.bits, data, recipe,
-                                 folder, example, log)
-    stages = [baseline, converted, trained, selection, pruned, tuned, slimmed, evaluation, exported]
-    report = assemble_report(slimmed.model, stages, baseline=baseline, evaluation=evaluation, exported=exported,
-                             recipe=recipe, data=data, example=example, device=device, source=None)
-    write_run_report(report, selection, evaluation, recipe, folder, log)
-    return report, stages
+    baseline = stages.measure_original(model, data, recipe, folder, example, log)
+    converted = stages.convert(model, recipe, example, log)
+    trained = stages.finetune_variational(converted, data, recipe, device, folder, **run)
+    selection = stages.select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
+    pruned = stages.prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned)
+    tuned = selection.finetuned or stages.finetune_pruned(pruned.result, data, recipe, device, example,
+                                                          folder.masked_checkpoint, normalised=converted.normalised,
+                                                          **run)
+    slimmed = stages.slim_pruned(tuned.model, pruned.result.unit_masks, example, log, recipe.channel_multiple,
+                                 slimmed=tuned.slimmed)
+    evaluation = stages.evaluate_compressed(slimmed.model, baseline, selection, data, recipe)
+    exported = stages.export_compressed(slimmed.model, baseline, evaluation, selection.threshold, pruned.bits, data,
+                                        recipe, folder, example, log)
+    results = [baseline, converted, trained, selection, pruned, tuned, slimmed, evaluation, exported]
+    report = stages.assemble_report(slimmed.model, results, baseline=baseline, evaluation=evaluation,
+                                    exported=exported, recipe=recipe, data=data, example=example, device=device,
+                                    source=None)
+    stages.write_run_report(report, selection, evaluation, recipe, folder, log)
+    return report, results
 
 
 def test_the_stage_results_assemble_the_report(tmp_path: Path) -> None:
@@ -96,9 +85,9 @@ def test_the_stage_results_assemble_the_report(tmp_path: Path) -> None:
         m.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
         return m
 
-    report, stages = _run_stages(model(), data, recipe, tmp_path / "stages")
+    report, results = _run_stages(model(), data, recipe, tmp_path / "stages")
     written = json.loads((tmp_path / "stages" / "report.json").read_text())
-    parts = [stage.to_dict() for stage in stages]
+    parts = [result.to_dict() for result in results]
     merged = json.loads(json.dumps(merge_parts(parts)))
     assert {"conversion", "sweep", "threshold", "calibration", "slim", "kept_unit_fraction_converted",
             "history", "variational_epochs", "test_metric", "sparse_initializers"} <= set(merged)
