@@ -1,21 +1,17 @@
-"""The stages of :func:`prunedrop.pipeline.compress`, one module each, called in this order:
+"""The stages of :func:`prunedrop.pipeline.compress`, one module each, called in this order (module: function →
+result; each result's ``to_dict()`` is its part of report.json):
 
-====================  ===================================  ==========================================
-module                function                             result (``to_dict()``: its part of report.json)
-====================  ===================================  ==========================================
-:mod:`.baseline`      :func:`measure_original`             :class:`Baseline`
-:mod:`.conversion`    :func:`convert`                      :class:`Converted`
-:mod:`.variational`   :func:`finetune_variational`         :class:`VariationalFinetune`
-:mod:`.selection`     :func:`select_threshold`             :class:`Selection` (sweep, budget, and
-                                                           :mod:`.bisection` after fine-tuning)
-:mod:`.pruning`       :func:`prune_variational`            :class:`Pruned`
-:mod:`.pruned_finetune` :func:`finetune_pruned`            :class:`FinetunedPruned`
-:mod:`.slimming`      :func:`slim_pruned`                  :class:`Slimmed`
-:mod:`.evaluation`    :func:`evaluate_compressed`          :class:`Evaluation`
-:mod:`.exporting`     :func:`export_compressed`            :class:`Exported`
-:mod:`.reporting`     :func:`assemble_report`,             report.json, report.md, plots
-                      :func:`write_run_report`
-====================  ===================================  ==========================================
+1. :mod:`.baseline`: :func:`measure_original` → :class:`Baseline` (load: the original measured, original.onnx)
+2. :mod:`.conversion`: :func:`convert` → :class:`Converted`
+3. :mod:`.variational`: :func:`finetune_variational` → :class:`VariationalFinetune`
+4. :mod:`.selection`: :func:`select_threshold` → :class:`Selection` (sweep, budget, and :mod:`.bisection`, the
+   bisection after fine-tuning: :func:`search_after_finetune` → :class:`Search`)
+5. :mod:`.pruning`: :func:`prune_variational` → :class:`Pruned`
+6. :mod:`.pruned_finetune`: :func:`finetune_pruned` → :class:`FinetunedPruned`
+7. :mod:`.slimming`: :func:`slim_pruned` → :class:`Slimmed`
+8. :mod:`.evaluation`: :func:`evaluate_compressed` → :class:`Evaluation`
+9. :mod:`.exporting`: :func:`export_compressed` → :class:`Exported` (export and verify, int8, latency)
+10. :mod:`.reporting`: :func:`assemble_report`, :func:`write_run_report` (report.json, report.md, plots)
 
 :mod:`.budget` holds the budget and target judgements several stages state; :mod:`.common` what they share.
 Every file name of the run folder is :class:`prunedrop.runfolder.RunFolder`'s.
