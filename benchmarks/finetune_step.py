@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_step.py runs/structured-resnet20-tied-kl30-e16 --threads 1 --steps 40
 
-The pipeline fine-tunes the slim model where units were pruned (``prunedrop.pipeline._finetune_pruned``);
+The pipeline fine-tunes the slim model where units were pruned (``prunedrop.stages.finetune_pruned``);
 before, it fine-tuned the masked full-size model and slimmed afterwards. This script rebuilds both from a
 ``benchmarks/structured_fashion.py`` run folder (its cached dense model, BatchNorm folded, the run's
 ``checkpoint-variational.pt`` thresholded at the recipe's threshold) and times one training step of each (forward,
@@ -30,10 +30,11 @@ from benchmarks.structured_fashion import dense_model, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.convert import to_variational
 from prunedrop.io import load_checkpoint
-from prunedrop.pipeline import VARIATIONAL_CHECKPOINT, slim_masks
+from prunedrop.pipeline import VARIATIONAL_CHECKPOINT
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import slim
+from prunedrop.stages.pruned_finetune import masks_after_slim
 
 
 def training_step(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
@@ -74,7 +75,7 @@ def main() -> None:
     pruned = prune(variational.eval(), recipe.threshold)
     slimmed = slim(pruned.model, pruned.unit_masks, example)
     models = {"masked": (pruned.model, pruned.masks),
-              "slim": (slimmed.model, slim_masks(slimmed.model, pruned))}
+              "slim": (slimmed.model, masks_after_slim(slimmed.model, pruned))}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(recipe.batch_size, *example.shape[1:], generator=g)
     y = torch.randint(0, 10, (recipe.batch_size,), generator=g)

@@ -136,10 +136,9 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .distributed import init as init_distributed
     from .io import load_model, parse_arch_kwargs
     from .pipeline import compress as run_compress
-    from .pipeline import prepare_output_dir, read_run_info, start_run
     from .recipes import load_recipe
     from .report import format_table
-    from .runfolder import RunFolderLock, run_identity
+    from .runfolder import RunFolderLock, prepare_output_dir, read_run_info, run_identity, start_run
     from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
     from .train import check_precision, resolve_device
 
@@ -211,7 +210,7 @@ class OverBudget(click.ClickException):
 
 def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
     """--resume must rebuild the model the interrupted run built: the same --arch-kwargs."""
-    from .pipeline import read_run_info
+    from .runfolder import read_run_info
 
     previous = read_run_info(out_dir).get("arch_kwargs") or {}
     if previous != kwargs:
@@ -262,16 +261,16 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     """
     from .data import load_data
     from .io import load_model
-    from .pipeline import read_run_info, reexport
     from .recipes import Recipe
-    from .runfolder import export_protected_files
+    from .reexport import reexport
+    from .runfolder import RUN_INFO, export_protected_files, read_run_info
     from .safety import check_output_file
 
     if threshold is not None and not math.isfinite(threshold):
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
     check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
-    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/run.json", saved_run=True)
+    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/{RUN_INFO}", saved_run=True)
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
@@ -310,7 +309,7 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
             return
         table = format_table(reports[0])  # before anything is rewritten
         if render:
-            from .pipeline import render_report
+            from .stages import render_report
 
             render_report(reports[0], run_dirs[0])
     except PrunedropError:

@@ -1,5 +1,8 @@
-"""A run folder's identity and ownership: what `compress --resume` and `export` may trust about it.
+"""A run folder: the names of its files, its ``run.json``, its identity and ownership.
 
+- :class:`RunFolder`: every file name of a run folder (checkpoints, ONNX files, the PyTorch result, report, plots,
+  ``run.json``); :func:`prepare_output_dir`, :func:`start_run`, :func:`write_run_info` and :func:`read_run_info`
+  set a folder up and read ``run.json`` back.
 - :func:`run_identity` / :func:`check_identity`: content hashes of the model file and a fingerprint of the
   loaded data, recorded in ``run.json``; ``--resume`` (and ``export``) refuse inputs that differ from the run's,
   before any file is written.
@@ -19,6 +22,164 @@ from typing import Any
 from .errors import PrunedropError
 
 IDENTITY_KEY = "identity"
+
+#: files of a run folder (the PyTorch result's two names are :mod:`prunedrop.io`'s, whose ``save_model`` writes them)
+ORIGINAL_ONNX = "original.onnx"
+MODEL_ONNX = "model.onnx"
+QUANTIZED_ONNX = "model-int8.onnx"
+VARIATIONAL_CHECKPOINT = "checkpoint-variational.pt"
+MASKED_CHECKPOINT = "checkpoint-masked.pt"
+RUN_INFO = "run.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOTS = "plots"
+
+
+def _named(name: str, doc: str | None = None) -> property:
+    """A property of :class:`RunFolder`: the file ``name`` in its folder."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
+class RunFolder:
+    """The output folder of one ``compress`` run, and the one place that names its files."""
+
+    run_info = _named(RUN_INFO, "How the run was started: model file, --arch, data spec, recipe, identity.")
+    variational_checkpoint = _named(VARIATIONAL_CHECKPOINT, "The variational fine-tuning's checkpoint: what "
+                                    "``--resume`` continues and ``export`` re-thresholds.")
+    masked_checkpoint = _named(MASKED_CHECKPOINT, "The noise-free fine-tuning's checkpoint.")
+    original_onnx = _named(ORIGINAL_ONNX)
+    model_onnx = _named(MODEL_ONNX)
+    quantized_onnx = _named(QUANTIZED_ONNX)
+    report_json = _named(REPORT_JSON)
+    report_md = _named(REPORT_MD)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def create(self) -> RunFolder:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def probe_checkpoint(self, threshold: float) -> Path:
+        """The noise-free fine-tuning of one probe of ``budget_after_finetune``."""
+        return self.path / f"checkpoint-masked-t{threshold:g}.pt"
+
+    @property
+    def model_pt(self) -> Path:
+        from .io import WEIGHTS_FILE
+
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def architecture_json(self) -> Path:
+        from .io import ARCHITECTURE_FILE
+
+        return self.path / ARCHITECTURE_FILE
+
+    @staticmethod
+    def plot(key: str) -> str:
+        """A plot's path relative to the folder (as report.json records it)."""
+        return f"{PLOTS}/{key}.png"
+
+    def stale_files(self) -> list[Path]:
+        """What an earlier run leaves that must not leak into a fresh one (``--overwrite``)."""
+        return [self.variational_checkpoint, self.masked_checkpoint, self.quantized_onnx,
+                *self.path.glob("checkpoint-masked-t*.pt")]
+
+    def read_info(self) -> dict[str, Any]:
+        """``run.json``, checked (:func:`check_run_info`)."""
+        from .safety import load_json_file
+
+        path = self.run_info
+        if not path.is_file():
+            raise PrunedropError(f"{self.path} is not a prunedrop run folder (no {RUN_INFO}); give the -o folder of "
+                                 "`prunedrop compress`")
+        info = load_json_file(path, where=str(path), advice="it is not a run.json that prunedrop wrote")
+        if not isinstance(info, dict):
+            raise PrunedropError(f"{path} is corrupt; it holds no JSON object")
+        check_run_info(info, str(path))
+        return info
+
+    def write_info(self, info: Mapping[str, Any]) -> None:
+        """Record how the run was started (model file, --arch, data spec, recipe) for resume and re-export."""
+        import json
+
+        from .atomic import atomic_write_text
+
+        atomic_write_text(self.run_info, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def prepare_output_dir(out_dir: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Refuse to mix a new run into a folder that holds something else, unless asked to.
+
+    Creates nothing: the folder is made when the first file is written, after every input has been
+    loaded and checked, so that a mistake in the inputs leaves no trace.
+    """
+    folder = RunFolder(out_dir)
+    out_dir = folder.path
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrunedropError(f"output path {out_dir} exists and is not a folder; choose another -o")
+    if resume:
+        if not folder.variational_checkpoint.exists():
+            raise PrunedropError(f"--resume: {out_dir} holds no checkpoint ({VARIATIONAL_CHECKPOINT}); run without "
+                                 "--resume")
+        return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PrunedropError(f"output folder {out_dir} is not empty; pass --overwrite to replace its files, "
+                             "--resume to continue an interrupted run, or choose another -o")
+    _check_writable(out_dir)
+    return out_dir
+
+
+def start_run(out_dir: str | os.PathLike[str], info: dict[str, Any], identity: dict[str, Any], *,
+              overwrite: bool = False, resume: bool = False, warn: Callable[[str], None] = print) -> None:
+    """The first change a run makes to its folder, once every input has been loaded and checked.
+
+    ``resume``: the inputs must be the interrupted run's (:func:`check_identity`: model file, data, --arch); a
+    refusal changes nothing, and run.json is left as the run wrote it. Otherwise the stale checkpoints of an earlier
+    run are deleted (with ``overwrite``) and run.json records ``info`` and ``identity``.
+    """
+    folder = RunFolder(out_dir)
+    if resume:
+        check_identity(folder.read_info(), {**identity, "arch": info.get("arch"),
+                                            "trust_pickle": info.get("trust_pickle")},
+                       action="--resume", warn=warn)
+        return
+    if overwrite:
+        for path in folder.stale_files():
+            path.unlink(missing_ok=True)  # a stale checkpoint must not leak into a fresh run
+    folder.write_info({**info, IDENTITY_KEY: identity})
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before hours of training, not after: the folder (or its nearest existing parent) takes files."""
+    import tempfile
+
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PrunedropError(f"cannot create output folder {out_dir}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise PrunedropError(f"output folder {out_dir} is not writable ({e.strerror}); choose another -o") from None
+
+
+def write_run_info(out_dir: str | os.PathLike[str], info: dict[str, Any]) -> None:
+    """Record how the run was started (model file, --arch, data spec, recipe) for resume and re-export."""
+    RunFolder(out_dir).write_info(info)
+
+
+def read_run_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run folder's ``run.json``, checked; a folder without one is no run folder (one clear line)."""
+    return RunFolder(run_dir).read_info()
 #: samples per split that go into the data fingerprint (evenly spaced, first and last included)
 FINGERPRINT_SAMPLES = 16
 

@@ -18,6 +18,8 @@ from prunedrop import pipeline
 from prunedrop.convert import to_variational
 from prunedrop.data import load_data
 from prunedrop.recipes import Recipe, load_recipe
+from prunedrop.runfolder import RunFolder
+from prunedrop.stages import bisection, pruned_finetune
 from prunedrop.sweep import SweepPoint
 from prunedrop.testing import TinyMLP, write_tiny_project
 from prunedrop.train import TrainResult
@@ -38,7 +40,7 @@ class _Scripted:
         self.metric = metric
         self.pruned: list[float] = []
         self.finetuned = 0
-        real_prune = pipeline.prune
+        real_prune = bisection.prune
 
         def prune(model, threshold=None):
             self.pruned.append(threshold)
@@ -53,9 +55,9 @@ class _Scripted:
                 return []
 
         self.data = _Data()
-        monkeypatch.setattr(pipeline, "prune", prune)
-        monkeypatch.setattr(pipeline, "finetune_masked", finetune_masked)
-        monkeypatch.setattr(pipeline, "evaluate", lambda model, loader, loss: {"accuracy": metric(self.pruned[-1])})
+        monkeypatch.setattr(bisection, "prune", prune)
+        monkeypatch.setattr(pruned_finetune, "finetune_masked", finetune_masked)
+        monkeypatch.setattr(bisection, "evaluate", lambda model, loader, loss: {"accuracy": metric(self.pruned[-1])})
 
 
 def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0):
@@ -63,9 +65,9 @@ def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budg
     recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=1)
     variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
     logs: list[str] = []
-    found = pipeline._search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
-                                            torch.device("cpu"), tmp_path, torch.zeros(2, 1, 4, 4), resume=False,
-                                            progress=False, log=logs.append)
+    found = bisection.search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
+                                            torch.device("cpu"), RunFolder(tmp_path), torch.zeros(2, 1, 4, 4),
+                                            resume=False, progress=False, log=logs.append)
     return found, logs
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from prunedrop import pipeline
 from prunedrop.convert import to_variational, variational_layers
 from prunedrop.data import DataBundle
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import slim
+from prunedrop.stages.pruned_finetune import finetune_pruned, finetunes_slim, masks_after_slim
 from prunedrop.testing import tiny_classification_data
 from prunedrop.testing_arch import tiny_arch
 from prunedrop.train import finetune_masked
@@ -69,7 +69,7 @@ def test_slim_fine_tuning_trains_the_same_function_as_the_masked_model(method: s
     pruned, x = _prune_units(method, arch, units)
     data = _data(tuple(x.shape[1:]))
     reference = _masked_then_slim(pruned, data, x)
-    done = pipeline._finetune_pruned(pruned, data, RECIPE, torch.device("cpu"), x, None, resume=False,
+    done = finetune_pruned(pruned, data, RECIPE, torch.device("cpu"), x, None, resume=False,
                                      progress=False, log=lambda msg: None)
     assert done.slimmed is not None
     params = {n: p.shape for n, p in done.model.named_parameters()}
@@ -101,7 +101,7 @@ def test_pruned_units_that_slimming_keeps_stay_silent_during_fine_tuning() -> No
             bn.running_mean[channel] = 0.0
     # (no comparison with the masked path here: there the BatchNorm shift of the pruned channel layer2.conv1 trains
     # on, so that the channel outputs a learnt constant again, which slimming must then fold or keep)
-    done = pipeline._finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
+    done = finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
                                      resume=False, progress=False, log=lambda msg: None)
     assert done.slimmed.removed["stem.0.0"] == (6, 6)  # kept for the stream
     assert done.slimmed.removed["layer2.conv1.0"][1] < done.slimmed.removed["layer2.conv1.0"][0]  # removed
@@ -120,23 +120,23 @@ def test_slim_masks_read_zero_rows_and_zero_weights() -> None:
         layer.weight[3, 0, 0, 0] = 0.0
     model = torch.nn.Sequential(layer, torch.nn.Linear(3, 2))
     names = {"0.weight": None, "0.bias": None, "missing.weight": None}
-    masks = pipeline.slim_masks(model, SimpleNamespace(masks=names, per_weight=False))
+    masks = masks_after_slim(model, SimpleNamespace(masks=names, per_weight=False))
     assert sorted(masks) == ["0.bias", "0.weight"]
     assert masks["0.bias"].tolist() == [True, False, True, True]
     assert masks["0.weight"].shape == layer.weight.shape
     assert masks["0.weight"].flatten(1).all(dim=1).tolist() == [True, False, True, True]
     # per-weight noise: every zero weight is a pruned one
-    masks = pipeline.slim_masks(model, SimpleNamespace(masks=names, per_weight=True))
+    masks = masks_after_slim(model, SimpleNamespace(masks=names, per_weight=True))
     assert torch.equal(masks["0.weight"], layer.weight != 0)
     assert masks["0.bias"].tolist() == [True, False, True, True]
-    assert pipeline.slim_masks(model, SimpleNamespace(masks={"1.weight": None}, per_weight=True)) == {}
+    assert masks_after_slim(model, SimpleNamespace(masks={"1.weight": None}, per_weight=True)) == {}
 
 
 def test_per_weight_pruning_fine_tunes_the_masked_model() -> None:
     plain, x = tiny_arch("mlp")
     model = to_variational(plain, Recipe(method="sparse_vd"))
     pruned = prune(model.eval(), None)
-    done = pipeline._finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
+    done = finetune_pruned(pruned, _data(tuple(x.shape[1:])), RECIPE, torch.device("cpu"), x, None,
                                      resume=False, progress=False, log=lambda msg: None)
     assert done.slimmed is None
     assert done.model is pruned.model
@@ -148,7 +148,7 @@ def test_only_linear_and_conv_masks_are_read_back_after_slimming() -> None:
                                  "attn": torch.nn.MultiheadAttention(6, 2)})
 
     def slims(unit_masks: list[str], masks: list[str]) -> bool:
-        return pipeline._slims_before_finetune(SimpleNamespace(
+        return finetunes_slim(SimpleNamespace(
             model=model, unit_masks=dict.fromkeys(unit_masks), masks=dict.fromkeys(masks)))
 
     assert slims(["fc"], ["fc.weight", "fc.bias"])

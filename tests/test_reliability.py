@@ -172,16 +172,16 @@ def test_everything_pruned_stops_before_export(project: Path) -> None:
 
 
 def test_export_failure_keeps_the_pytorch_result(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunedrop.pipeline as pipeline
+    from prunedrop.stages import exporting
 
-    real = pipeline.export_onnx
+    real = exporting.export_onnx
 
     def export(model, example, path, **kw):
         if Path(path).name == "model.onnx":
             raise PrunedropError("cannot export to ONNX: operator aten::frobnicate has no ONNX equivalent")
         return real(model, example, path, **kw)
 
-    monkeypatch.setattr(pipeline, "export_onnx", export)
+    monkeypatch.setattr(exporting, "export_onnx", export)
     result = CliRunner().invoke(cli, [*ARGS, "-o", "out"])
     assert result.exit_code == 1
     assert "aten::frobnicate" in result.output and "PyTorch result is saved as model.pt" in result.output

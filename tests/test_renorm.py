@@ -24,6 +24,7 @@ from prunedrop.renorm import (
     unnormalised_convolutions,
 )
 from prunedrop.slim import silent_units, slim
+from prunedrop.stages import finetune_pruned
 from prunedrop.testing import tiny_model
 from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
 from prunedrop.train import finetune_masked
@@ -109,9 +110,9 @@ def test_the_pipeline_fine_tunes_the_slim_model_with_batchnorm_and_resumes(tmp_p
     data = _data(tuple(x.shape[1:]))
     recipe = RECIPE.replace(finetune_batchnorm=True)
     logged: list[str] = []
-    plain = pipeline._finetune_pruned(copy.deepcopy(pruned), data, RECIPE, torch.device("cpu"), x, None,
+    plain = finetune_pruned(copy.deepcopy(pruned), data, RECIPE, torch.device("cpu"), x, None,
                                       resume=False, progress=False, log=lambda msg: None)
-    done = pipeline._finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
+    done = finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
                                      tmp_path / "ckpt.pt", resume=False, progress=False, log=logged.append)
     assert any("BatchNorm after 2 convolution(s) (conv1, conv2)" in m for m in logged)
     assert {n: p.shape for n, p in done.model.named_parameters()} == \
@@ -119,7 +120,7 @@ def test_the_pipeline_fine_tunes_the_slim_model_with_batchnorm_and_resumes(tmp_p
     assert _attached(done.model) == []
     assert not torch.allclose(done.model(x), plain.model(x), atol=1e-4)  # trained otherwise
     # a finished checkpoint of the fine-tuning loads into the freshly attached model again
-    again = pipeline._finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
+    again = finetune_pruned(copy.deepcopy(pruned), data, recipe, torch.device("cpu"), x,
                                       tmp_path / "ckpt.pt", resume=True, progress=False, log=lambda msg: None)
     torch.testing.assert_close(again.model(x), done.model(x), atol=1e-6, rtol=1e-6)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..errors import PrunedropError
+from ..runfolder import REPORT_JSON, REPORT_MD
 from .build import REPORT_SCHEMA_VERSION, check_no_absolute_paths
 from .render import format_markdown
 
@@ -21,8 +22,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     check_no_absolute_paths(report)
     text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "report.json", text)
-    atomic_write_text(out_dir / "report.md", format_markdown(report))
+    atomic_write_text(out_dir / REPORT_JSON, text)
+    atomic_write_text(out_dir / REPORT_MD, format_markdown(report))
 
 
 def load_report(run_dir: str | os.PathLike[str]) -> dict:
@@ -32,7 +33,7 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
     """
     path = Path(run_dir)
     if path.is_dir() or path.suffix != ".json":
-        path = path / "report.json"
+        path = path / REPORT_JSON
     if not path.is_file():
         raise PrunedropError(f"no report at {path}: run `prunedrop compress` with this output folder first")
     from ..safety import load_json_file

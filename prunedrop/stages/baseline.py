@@ -1,0 +1,62 @@
+"""Stage 0, load: the original model measured before anything changes it (its metric, its ONNX file, whose parity
+with the model is checked in seconds rather than after the whole training)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..errors import PrunedropError
+from ..export import ExportResult, export_onnx, verify_onnx
+from ..recipes import Recipe
+from ..runfolder import RunFolder
+from ..train import metric_name
+from .common import evaluate_all
+
+
+@dataclass
+class Baseline:
+    """The original model and what was measured on it."""
+
+    model: nn.Module
+    """A copy of the original (CPU, eval mode): the conversion trains the caller's weights in place."""
+    metric: dict[str, float]
+    """The recipe's metric: ``val`` and, where the data has a test split, ``test``."""
+    onnx: ExportResult
+    """original.onnx."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test_metric": {"before": self.metric.get("test")}, "timings": self.timings}
+
+
+def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder: RunFolder, example: torch.Tensor,
+                     log: Callable[[str], None]) -> Baseline:
+    """Evaluate the original, export it to original.onnx and check that file against it."""
+    t0 = time.perf_counter()
+    original = copy.deepcopy(model)
+    metric = evaluate_all(original, data, recipe, torch.device("cpu"))
+    exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
+                           exporter=recipe.onnx_exporter)
+    check_parity_before_training(exported, original, example, recipe)
+    timings = {"baseline_s": time.perf_counter() - t0}
+    log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
+        f"ONNX {exported.num_bytes:,} bytes")
+    return Baseline(model=original, metric=metric, onnx=exported, timings=timings)
+
+
+def check_parity_before_training(exported: ExportResult, original: nn.Module, example: torch.Tensor,
+                                 recipe: Recipe) -> None:
+    """The parity check on the original model, before any fine-tuning: a model whose ONNX export does not
+    compute what it computes fails in seconds, not after the whole training."""
+    try:
+        verify_onnx(exported.path, original, example, atol=recipe.parity_atol)
+    except PrunedropError as e:
+        raise type(e)(f"before fine-tuning, the original model: {e.message}") from None

@@ -1,0 +1,79 @@
+"""The accuracy budget and the target, as the stages judge and state them: one-line texts, the stop of an automatic-β
+run over its budget (:func:`check_budget`), and whether the exported model reached the recipe's target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import TrainingError
+from ..recipes import Recipe
+from ..sweep import within_budget
+
+
+def budget_text(recipe: Recipe) -> str:
+    """The budget as the log lines state it: '1' (points of accuracy), or '50%' (more error) for mse."""
+    return f"{recipe.max_metric_drop:g}" + ("" if recipe.loss == "cross_entropy" else "%")
+
+
+def worse_text(recipe: Recipe, before: float, after: float) -> str:
+    """How much worse ``after`` is than ``before``, in the words of the recipe's metric."""
+    from ..autopilot import metric_drop
+
+    drop = metric_drop(before, after, loss=recipe.loss)
+    return (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+            else f"has {drop:.3g}% more error (mse) than the original")
+
+
+def over_budget(recipe: Recipe, before: float, after: float) -> bool:
+    """Whether the recipe has an accuracy budget and ``after`` (validation) misses it."""
+    return recipe.max_metric_drop is not None and not within_budget(
+        after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
+        higher_is_better=recipe.loss == "cross_entropy")
+
+
+def fixed_beta_budget_line(recipe: Recipe, before: float, after: float, params_ratio: float) -> str:
+    """The one line of a fixed-β run that ends over its budget (:func:`check_budget` stops an automatic one)."""
+    return (f"over budget: the compressed model {worse_text(recipe, before, after)} on validation data "
+            f"(budget {recipe.max_metric_drop:g}) at {params_ratio:.3g}x fewer parameters, with β fixed at "
+            f"{recipe.fixed_beta:g}; lower --kl-weight, or let the autopilot choose β (no --kl-weight). The files are "
+            "written; the exit status is 4 (set max_metric_drop: null to accept any drop)")
+
+
+def check_budget(recipe: Recipe, before: float, after: float) -> None:
+    """A run with an automatic β never exports a model over its budget (one clear line, exit status 1).
+
+    A fixed-β run (``kl_weight`` or ``kl_weights`` set) is the user's choice of β: it exports, then says so in one
+    line (:func:`fixed_beta_budget_line`) and the command exits with status 4 (``report["budget"]``)."""
+    if not recipe.automatic or not over_budget(recipe, before, after):
+        return
+    worse = worse_text(recipe, before, after)
+    raise TrainingError(
+        f"the compressed model {worse} on validation data, over the budget "
+        f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
+        "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)")
+
+
+def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
+    """Whether the exported model reached the recipe's target, measured on it: reached or missed, by how much,
+    and which constraint bound. ``bytes`` targets are judged on the real ONNX file."""
+    from ..autopilot import parse_target
+
+    target = parse_target(recipe.target or "")
+    if target.kind == "flops":
+        before, after = report["flops"]["before"], report["flops"]["nonzero_after"]
+    elif target.kind == "params":
+        before, after = report["params"]["before"], report["params"]["after"]
+    else:
+        before, after = report["onnx_bytes"]["before"], report["onnx_bytes"]["after"]
+    reached_ratio = before / after if after else float("inf")
+    wanted = target.ratio_for(before)
+    reached = reached_ratio >= wanted * (1 - 1e-9)
+    bound = (report.get("autopilot") or {}).get("bound", "target")
+    if reached:
+        line = f"target {target} reached: {reached_ratio:.3g}x fewer {target.kind}"
+    else:
+        why = "the accuracy budget bound first" if bound == "budget" else "training ended before it got there"
+        line = (f"target {target} missed: the closest model within the budget is {reached_ratio:.3g}x smaller "
+                f"({reached_ratio / wanted:.0%} of the way in ratio; {why})")
+    return {"target": str(target), "kind": target.kind, "wanted_ratio": wanted, "reached_ratio": reached_ratio,
+            "reached": reached, "bound": bound, "line": line}

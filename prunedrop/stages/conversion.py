@@ -1,0 +1,54 @@
+"""Stage 1, convert: the chosen layers become their variational counterparts (:func:`prunedrop.convert.to_variational`),
+and the log says what was converted, folded, tied and left alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..convert import ConversionSummary, to_variational
+from ..recipes import Recipe
+from .common import some
+
+
+@dataclass
+class Converted:
+    """The variational model and what the conversion did."""
+
+    model: nn.Module
+    summary: ConversionSummary
+
+    @property
+    def normalised(self) -> list[str]:
+        """The convolutions whose BatchNorm joined their unit noise (``batchnorm_noise: after``)."""
+        return [conv for conv, _ in self.summary.normalised]
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {"conversion": {"converted": s.converted, "excluded": s.excluded, "left_alone": s.left_alone,
+                               "tied": s.tied, "batchnorm_folded": s.folded, "batchnorm_noise_after": s.normalised,
+                               **({"notes": s.notes} if s.notes else {})}}
+
+
+def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callable[[str], None]) -> Converted:
+    """Convert ``model`` (in place, as :func:`~prunedrop.convert.to_variational` does) and log the summary."""
+    summary = ConversionSummary()
+    variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
+    log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
+    if summary.folded:
+        log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (batchnorm_noise: fold): "
+            + some([f"{bn}→{conv}" for conv, bn in summary.folded]))
+    if summary.normalised:
+        log(f"unit noise on the output of {len(summary.normalised)} BatchNorm(s), folded at thresholding "
+            "(batchnorm_noise: after): " + some([f"{conv}+{bn}" for conv, bn in summary.normalised]))
+    for note in summary.notes:
+        log(f"note: {note}")
+    for group in summary.tied:
+        log(f"one noise per channel (tie_residual): {', '.join(group)}")
+    if summary.left_alone:
+        log("left alone: " + ", ".join(f"{k} ({v})" for k, v in summary.left_alone.items()))
+    return Converted(model=variational, summary=summary)

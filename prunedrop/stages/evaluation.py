@@ -1,0 +1,42 @@
+"""Stage 7, evaluate: the compressed model's metric on every split, held to the accuracy budget (an automatic-β run
+over it stops here, before anything is exported), and its calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..recipes import Recipe
+from ..uncertainty import calibration_summary
+from .baseline import Baseline
+from .budget import check_budget
+from .common import evaluate_all
+from .selection import Selection
+
+
+@dataclass
+class Evaluation:
+    metric: dict[str, float]
+    """The compressed model's metric: ``val`` and, where the data has a test split, ``test``."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """``compressed``: its calibration, where the original's was measured (cross-entropy)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test_metric": {"after": self.metric.get("test")},
+                **({"calibration": self.calibration} if self.calibration else {})}
+
+
+def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selection, data: DataBundle,
+                        recipe: Recipe) -> Evaluation:
+    """Evaluate the compressed ``model`` and stop an automatic-β run over its budget
+    (:func:`prunedrop.stages.budget.check_budget`)."""
+    metric = evaluate_all(model, data, recipe, torch.device("cpu"))
+    check_budget(recipe, baseline.metric["val"], metric["val"])
+    calibration = {}
+    if selection.calibration:
+        calibration["compressed"] = calibration_summary(model, data.loader("val", recipe.eval_batch_size))
+    return Evaluation(metric=metric, calibration=calibration)

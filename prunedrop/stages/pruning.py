@@ -1,0 +1,53 @@
+"""Stage 4, prune: the variational model thresholded into a plain one with masks (:func:`prunedrop.prune.prune`),
+after the posterior's bit widths are read for ``quantize: bayes`` (pruning replaces the posterior)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import TrainingError
+from ..prune import PruneResult, prune
+from ..quantize import posterior_bits
+from ..recipes import SNR_METHODS, Recipe
+
+
+@dataclass
+class Pruned:
+    """The pruned model, its masks, and the posterior's bits when the recipe quantizes."""
+
+    result: PruneResult
+    threshold: float
+    bits: Any = None
+    """:func:`prunedrop.quantize.posterior_bits` at the threshold (``quantize`` set), else None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {"kept_fraction_converted": r.kept_fraction,
+                **({"kept_unit_fraction_converted": r.kept_unit_fraction} if r.unit_masks else {})}
+
+
+def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, log: Callable[[str], None], *,
+                      pruned: PruneResult | None = None) -> Pruned:
+    """Threshold ``variational`` at ``threshold`` (``pruned``: already done, by the bisection after fine-tuning) and
+    log what was kept; a threshold that prunes everything stops the run with one line of advice."""
+    bits = posterior_bits(variational, threshold) if recipe.quantize != "none" else None
+    if pruned is None:
+        pruned = prune(variational, threshold)
+    rule = recipe.pruning_rule(threshold)
+    if pruned.kept_fraction == 0.0:
+        raise TrainingError(
+            f"every {'weight' if pruned.per_weight else 'unit'} of the converted layers has {rule}: nothing would "
+            "be left to export; lower kl_weight, "
+            f"{'lower' if recipe.method in SNR_METHODS else 'raise'} threshold, or train for fewer epochs"
+        )
+    if pruned.per_weight and pruned.unit_masks:
+        log(f"pruned where {rule}: kept {pruned.kept_unit_fraction:.2%} of the converted layers' units and "
+            f"{pruned.kept_fraction:.2%} of their weights")
+    else:
+        what = "weights" if pruned.per_weight else "units"
+        log(f"pruned where {rule}: kept {pruned.kept_fraction:.2%} of the converted layers' {what}")
+    return Pruned(result=pruned, threshold=threshold, bits=bits)

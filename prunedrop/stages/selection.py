@@ -1,0 +1,124 @@
+"""Stage 3, select: the threshold. The sweep on validation data, the choice within the accuracy budget, the
+calibration of the Monte Carlo posterior and the log α histograms (all need the variational model, so they come
+before it is thresholded), and, with ``budget_after_finetune``, the bisection after fine-tuning
+(:mod:`.bisection`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..convert import variational_layers
+from ..data import DataBundle
+from ..plots import plot_log_alpha_histograms
+from ..prune import PruneResult
+from ..recipes import Recipe
+from ..runfolder import RunFolder
+from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds
+from ..train import evaluate, metric_name
+from ..uncertainty import calibration_summary
+from .baseline import Baseline
+from .bisection import Search, search_after_finetune
+from .budget import budget_text
+from .common import draw_plots
+from .conversion import Converted
+from .pruned_finetune import FinetunedPruned
+
+
+@dataclass
+class Selection:
+    """The chosen threshold and how it was chosen."""
+
+    threshold: float
+    points: list[SweepPoint]
+    """The sweep."""
+    chosen: SweepPoint | None
+    """The sweep's choice within the budget (None: no budget, or none in it)."""
+    metric_before: float
+    """The original's validation metric, which the budget is measured from."""
+    max_metric_drop: float | None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """Calibration of the original and of the variational model's Monte Carlo posterior (cross-entropy only)."""
+    plots: dict[str, str] = field(default_factory=dict)
+    """The plots drawn so far (the log α histograms): key → path relative to the run folder."""
+    plot_error: str | None = None
+    """Why the plots were skipped (no matplotlib), when they were."""
+    search: Search | None = None
+    """The bisection after fine-tuning, when the recipe asks for it."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pruned(self) -> PruneResult | None:
+        """The bisection's pruned model at :attr:`threshold` (None: prune it now)."""
+        return self.search.best[1] if self.search is not None and self.search.best is not None else None
+
+    @property
+    def finetuned(self) -> FinetunedPruned | None:
+        """The bisection's fine-tuned model at :attr:`threshold` (None: fine-tune it now)."""
+        return self.search.best[2] if self.search is not None and self.search.best is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        probes = self.search.probes if self.search is not None else []
+        return {"threshold": self.threshold,
+                "sweep": {"points": [p.to_dict() for p in self.points], "selected_on": "val",
+                          "chosen_threshold": None if self.chosen is None else self.chosen.threshold,
+                          "max_metric_drop": self.max_metric_drop, "metric_before": self.metric_before,
+                          **({"after_finetune": probes} if probes else {})},
+                **({"calibration": self.calibration} if self.calibration else {}),
+                "timings": self.timings}
+
+
+def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle, recipe: Recipe,
+                     device: torch.device, folder: RunFolder, example: torch.Tensor, *, resume: bool,
+                     progress: bool, log: Callable[[str], None]) -> Selection:
+    """Sweep the thresholds, choose the most pruning one within the budget (the recipe's threshold without a
+    budget), and, with ``budget_after_finetune``, bisect the swept thresholds by the metric after fine-tuning."""
+    t0 = time.perf_counter()
+    variational = converted.model.cpu().eval()
+    metric_before = baseline.metric["val"]
+    val_loader = data.loader("val", recipe.eval_batch_size)
+    name = metric_name(recipe.loss)
+    points = sweep_thresholds(variational, val_loader, recipe.sweep_thresholds or default_thresholds(),
+                              evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
+                              example_input=example[:1])
+    threshold, chosen = recipe.threshold, None
+    if recipe.max_metric_drop is not None:
+        # a threshold that prunes every weight leaves nothing to export, whatever its metric
+        chosen = choose_threshold([p for p in points if p.kept_weights > 0], metric_before=metric_before,
+                                  max_metric_drop=recipe.max_metric_drop,
+                                  higher_is_better=recipe.loss == "cross_entropy")
+        if chosen is None:
+            log(f"no swept threshold keeps {name} within {budget_text(recipe)} of the original's; "
+                f"using the recipe's threshold {recipe.threshold:g}")
+        else:
+            threshold = chosen.threshold
+            log(f"threshold sweep: log α > {threshold:g} prunes most within the budget of {recipe.max_metric_drop:g} "
+                f"({name} {chosen.metric:.4g} before noise-free fine-tuning)")
+    calibration: dict[str, Any] = {}
+    if recipe.loss == "cross_entropy":
+        calibration["original"] = calibration_summary(baseline.model, val_loader)
+        if recipe.mc_samples:
+            calibration["variational_mc"] = calibration_summary(variational, val_loader, samples=recipe.mc_samples)
+    # log α histograms need the variational model, so they are drawn now; the other plots from the report
+    has_log_alpha = any(hasattr(layer, "log_alpha") for layer in variational_layers(variational).values())
+    plots, plot_error = draw_plots(
+        folder, {"log_alpha": lambda p: plot_log_alpha_histograms(variational, p, threshold)}
+        if recipe.plots and has_log_alpha else {}, log)
+    selection = Selection(threshold=threshold, points=points, chosen=chosen, metric_before=metric_before,
+                          max_metric_drop=recipe.max_metric_drop, calibration=calibration, plots=plots,
+                          plot_error=plot_error, timings={"sweep_calibration_plots_s": time.perf_counter() - t0})
+    if recipe.budget_after_finetune and recipe.max_metric_drop is not None \
+            and recipe.finetune_epochs_for(data.num_train) > 0:
+        selection.search = search_after_finetune(variational, points, chosen, metric_before, recipe, data, device,
+                                                 folder, example, resume=resume, progress=progress, log=log,
+                                                 normalised=converted.normalised)
+        if selection.search.best is not None:
+            selection.threshold = selection.search.best[0]
+        else:
+            log(f"no probed threshold keeps {name} within {budget_text(recipe)} of the original's after "
+                f"noise-free fine-tuning; using log α > {threshold:g}")
+    return selection

@@ -1,0 +1,164 @@
+"""The stages of ``compress()`` (:mod:`prunedrop.stages`) and the run folder (:class:`prunedrop.runfolder.RunFolder`).
+
+The stage results' ``to_dict()`` parts assemble report.json (and calling the public stages one by one writes the
+report ``compress()`` writes); a run folder written by an earlier prunedrop (``tests/data/run-v1``, written by the
+commit before the stages had modules of their own) still loads, re-exports, re-renders and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunedrop import distributed, stages
+from prunedrop.cli import cli
+from prunedrop.data import load_data
+from prunedrop.export import run_onnx
+from prunedrop.io import load_saved_model
+from prunedrop.pipeline import compress
+from prunedrop.recipes import load_recipe
+from prunedrop.report import load_report
+from prunedrop.runfolder import IDENTITY_KEY, RunFolder, read_run_info
+from prunedrop.stages.common import PARITY_SAMPLES, merge_parts
+from prunedrop.testing import TinyMLP, write_tiny_project
+from prunedrop.train import resolve_device
+
+OLD_RUN = Path(__file__).parent / "data" / "run-v1"
+
+
+def _untimed(obj: Any) -> Any:
+    """``obj`` without the wall-clock entries (stage timings, seconds per epoch), which differ from run to run."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in ("timings", "seconds")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _run_stages(model, data, recipe, out: Path) -> tuple[dict[str, Any], list[Any]]:
+    """The stages called one by one through their public functions, as ``compress()`` calls them."""
+    folder = RunFolder(out).create()
+    torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    model = model.cpu().eval()
+    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    run = {"resume": False, "progress": False, "log": lambda _: None}
+    log = run["log"]
+    baseline = stages.measure_original(model, data, recipe, folder, example, log)
+    converted = stages.convert(model, recipe, example, log)
+    trained = stages.finetune_variational(converted, data, recipe, device, folder, **run)
+    selection = stages.select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
+    pruned = stages.prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned)
+    tuned = selection.finetuned or stages.finetune_pruned(pruned.result, data, recipe, device, example,
+                                                          folder.masked_checkpoint, normalised=converted.normalised,
+                                                          **run)
+    slimmed = stages.slim_pruned(tuned.model, pruned.result.unit_masks, example, log, recipe.channel_multiple,
+                                 slimmed=tuned.slimmed)
+    evaluation = stages.evaluate_compressed(slimmed.model, baseline, selection, data, recipe)
+    exported = stages.export_compressed(slimmed.model, baseline, evaluation, selection.threshold, pruned.bits, data,
+                                        recipe, folder, example, log)
+    results = [baseline, converted, trained, selection, pruned, tuned, slimmed, evaluation, exported]
+    report = stages.assemble_report(slimmed.model, results, baseline=baseline, evaluation=evaluation,
+                                    exported=exported, recipe=recipe, data=data, example=example, device=device,
+                                    source=None)
+    stages.write_run_report(report, selection, evaluation, recipe, folder, log)
+    return report, results
+
+
+def test_the_stage_results_assemble_the_report(tmp_path: Path) -> None:
+    write_tiny_project(tmp_path)
+    # per-unit noise (slim, kept units), a budget (the sweep's choice), MC calibration (two stages' parts)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(
+        method="sbp", kl_weight=1.0, max_metric_drop=100.0, sweep_thresholds=[0.5, 1.0, 2.0, 4.0], mc_samples=2,
+        plots=False, latency_runs=0)
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+
+    def model() -> TinyMLP:
+        m = TinyMLP(16, (24, 12), 3)
+        m.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+        return m
+
+    report, results = _run_stages(model(), data, recipe, tmp_path / "stages")
+    written = json.loads((tmp_path / "stages" / "report.json").read_text())
+    parts = [result.to_dict() for result in results]
+    merged = json.loads(json.dumps(merge_parts(parts)))
+    assert {"conversion", "sweep", "threshold", "calibration", "slim", "kept_unit_fraction_converted",
+            "history", "variational_epochs", "test_metric", "sparse_initializers"} <= set(merged)
+    for key, value in merged.items():
+        assert key in written, key
+        if key == "timings":
+            assert set(value) == set(written["timings"])
+        else:
+            assert written[key] == value, key
+    assert set(merged["calibration"]) == {"original", "variational_mc", "compressed"}
+    phases = [h.get("phase") for h in written["history"]]
+    assert phases[-recipe.finetune_epochs:] == ["masked"] * recipe.finetune_epochs  # variational, then masked
+    assert written["world_size"] == distributed.world_size() and written["method"] == "sbp"
+    # compress() is those calls: the same report, bar the wall clock
+    result = compress(model(), data, recipe, tmp_path / "whole", progress=False, log=lambda _: None)
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    assert _untimed(whole) == _untimed(written)
+    assert set(whole["timings"]) == set(written["timings"])
+    assert sorted(result.files) == ["architecture.json", "model.onnx", "model.pt", "original.onnx", "report.json",
+                                    "report.md"]
+
+
+def test_the_run_folder_names_every_file_a_run_writes(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    named = {folder.run_info, folder.variational_checkpoint, folder.masked_checkpoint, folder.original_onnx,
+             folder.model_onnx, folder.quantized_onnx, folder.model_pt, folder.architecture_json,
+             folder.report_json, folder.report_md, folder.probe_checkpoint(-0.5)}
+    assert len(named) == 11 and all(p.parent == tmp_path for p in named)
+    assert folder.probe_checkpoint(-0.5).name == "checkpoint-masked-t-0.5.pt"
+    assert folder.plot("sweep") == "plots/sweep.png"
+    # everything the old run wrote has a name here
+    old = {p.name for p in (OLD_RUN / "run").iterdir()}
+    assert old <= {p.name for p in named}
+
+
+@pytest.fixture
+def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of tests/data/run-v1: the user's folder (tinyarch.py, model.pt, data.npz, recipe.yaml) and the run
+    folder ``run`` that ``prunedrop compress ... -o run`` wrote in it."""
+    project = tmp_path / "project"
+    shutil.copytree(OLD_RUN, project)
+    run_json = project / "run" / "run.json"
+    info = json.loads(run_json.read_text())
+    info["model_path"] = str(project / "model.pt")  # an absolute path where it was written; the copy lives here
+    run_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_an_old_run_folder_still_loads(old_run: Path) -> None:
+    run = old_run / "run"
+    info = read_run_info(run)
+    assert info["arch"] == "tinyarch:build" and info["recipe"]["method"] == "sparse_vd" and IDENTITY_KEY in info
+    report = load_report(run)
+    # export: the old checkpoint loads into today's conversion and prunes as the run did
+    exported = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    assert exported.exit_code == 0, exported.output
+    assert f"kept {report['kept_fraction_converted']:.2%} of the converted weights" in exported.output
+    assert (old_run / "again.onnx").is_file()
+    # the saved model reloads and agrees with its ONNX file
+    x = torch.from_numpy(np.load(old_run / "data.npz")["x_val"])
+    np.testing.assert_allclose(run_onnx(run / "model.onnx", x), load_saved_model(run)(x).detach().numpy(),
+                               atol=1e-5)
+    # report: re-rendered from the old report.json
+    rendered = CliRunner().invoke(cli, ["report", "run"])
+    assert rendered.exit_code == 0, rendered.output
+    assert "net.3" in rendered.output and "net.3" in (run / "report.md").read_text()
+    # resume: the old run.json's identity and recipe are the inputs' (a finished run resumes to the same model)
+    resumed = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                       "--recipe", "recipe.yaml", "-q", "-o", "run", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    again = load_report(run)
+    assert again["params"] == report["params"] and again["threshold"] == report["threshold"]
