@@ -250,6 +250,21 @@ def test_head_pruned_in_the_mask_is_kept_since_it_reaches_the_output() -> None:
     assert any("model output" in n for n in result.notes)
 
 
+def test_large_outputs_get_a_tolerance_scaled_to_their_magnitude() -> None:
+    """Removing channels reorders float32 sums: outputs of magnitude 1e5 differ by more than 1e-5 after a correct
+    slim, which is rounding, not a graph misread."""
+    model, x = tiny_arch("lenet5")
+    head = [m for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)][-1]
+    with torch.no_grad():
+        head.weight.mul_(1e5)
+    masks = _random_prune(model, p=0.5)
+    result = slim(model, masks, x)
+    with torch.no_grad():
+        scale = float(model.eval()(x).abs().max())
+    assert scale > 1e3 and 0 < result.max_abs_diff <= 1e-5 * scale
+    assert result.max_abs_diff > 1e-5  # the absolute tolerance alone would have refused this exact slim
+
+
 def test_unexplained_difference_raises() -> None:
     model, x = tiny_arch("sigmoid_mlp")
     masks = _prune_units(model, {"fc1": [0]})  # the fold is exact only up to float rounding

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunedropError
-from .common import max_abs_diff
+from .common import max_abs_diff, tolerance
 
 
 @dataclass
@@ -77,10 +77,12 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
                 parent, _, child = name.rpartition(".")
                 setattr(work.get_submodule(parent), child, replacement.eval())
     with torch.no_grad():
-        diff = max_abs_diff(model.eval()(example_input), work(example_input))
-    if not diff <= atol:
+        want = model.eval()(example_input)
+        diff = max_abs_diff(want, work(example_input))
+    allowed = tolerance(atol, want)
+    if not diff <= allowed:
         raise PrunedropError(
-            f"removing attention heads / embedding rows changed the output by {diff:.3g} (> atol {atol:g}) on the "
+            f"removing attention heads / embedding rows changed the output by {diff:.3g} (> {allowed:.3g}) on the "
             "example input; this is a bug in prunedrop's slim stage, please report it"
         )
     return HeadsAndRowsResult(model=work, heads=heads, rows=rows, max_abs_diff=diff)

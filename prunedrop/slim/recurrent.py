@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunedropError
-from .common import max_abs_diff
+from .common import max_abs_diff, tolerance
 
 RECURRENT = (nn.LSTM, nn.GRU)
 #: gate rows per hidden unit (torch's order: LSTM i, f, g, o; GRU r, z, n)
@@ -300,7 +300,7 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
             diff, reason = float("inf"), str(e).splitlines()[0]
         else:
             reason = f"the slim model would differ by {diff:.3g}"
-        if not diff <= atol:
+        if not diff <= tolerance(atol, want):
             result.notes.append(f"{name}: pruned hidden units kept: removing them changes the model output "
                                 f"({reason}); e.g. the layer's output is a model output")
             result.removed[name] = (rnn.hidden_size, rnn.hidden_size)

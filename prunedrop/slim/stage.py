@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunedropError
-from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units
+from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units, tolerance
 from .constants import consumer_shares, fold, record_inputs
 from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, trace
 from .recurrent import slim_recurrent, split_recurrent_masks
@@ -299,9 +299,11 @@ def slim(
             f"border constants folded inexactly (fold_borders=True): measured max abs diff {diff:.3g} "
             "on the example input"
         )
-    if not diff <= atol and not approximate:
+    allowed = tolerance(atol, want)
+    if not diff <= allowed and not approximate:
         raise PrunedropError(
-            f"the slim model differs from the masked model by {diff:.3g} (> atol {atol:g}) on the example "
+            f"the slim model differs from the masked model by {diff:.3g} (> {allowed:.3g}: atol {atol:g} scaled by "
+            "the output's magnitude) on the example "
             "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
             "channels); please report it"
         )
