@@ -68,6 +68,7 @@ from benchmarks.common import (
 )
 from prunedrop import renorm
 from prunedrop.atomic import atomic_torch_save, atomic_write_text
+from prunedrop.autopilot import auto_epochs
 from prunedrop.data import DataBundle, load_data
 from prunedrop.export import export_onnx, verify_onnx
 from prunedrop.io import load_checkpoint
@@ -169,7 +170,7 @@ def trained_epochs(report: dict, recipe: Recipe, data: DataBundle) -> dict:
 def run_variational(args, method: str, dense: nn.Module, data: DataBundle, run_dir: Path) -> dict:
     recipe, recipe_path = method_recipe(args, method)
     folded, pairs = fold_batchnorm(dense)
-    reused = reuse_variational(args, method, recipe, run_dir) if args.reuse_variational else None
+    reused = reuse_variational(args, method, recipe, run_dir, data) if args.reuse_variational else None
     t0 = time.perf_counter()
     result = compress(folded, data, recipe, run_dir, resume=reused is not None, progress=False, log=print)
     seconds = time.perf_counter() - t0
@@ -205,7 +206,7 @@ VARIATIONAL_KEYS = ("method", "include", "exclude", "epochs", "batch_size", "lr"
                     "tie_residual", "seed", "val_fraction", "train_limit")
 
 
-def reuse_variational(args, method: str, recipe: Recipe, run_dir: Path) -> str:
+def reuse_variational(args, method: str, recipe: Recipe, run_dir: Path, data: DataBundle) -> str:
     """Copy the finished variational checkpoint of an earlier run into ``run_dir`` so that ``compress`` resumes
     after it: only thresholding, the noise-free fine-tuning (``--finetune-epochs``) and what follows run again."""
     source = Path(args.reuse_variational) / method / VARIATIONAL_CHECKPOINT
@@ -219,9 +220,12 @@ def reuse_variational(args, method: str, recipe: Recipe, run_dir: Path) -> str:
     if differ:
         raise SystemExit("--reuse-variational: the checkpoint was trained with other " + ", ".join(
             f"{k} ({saved.get(k)!r}, here {wanted.get(k)!r})" for k in differ))
-    if int(state.get("epoch", -1)) != recipe.epochs:
+    # an automatic run plans its own epochs and may end early once the autopilot settles
+    planned = recipe.epochs if recipe.epochs is not None else auto_epochs(data.num_train, recipe.batch_size)
+    stopped = (state.get("extra") or {}).get("stopped")
+    if int(state.get("epoch", -1)) != planned and not stopped:
         raise SystemExit(f"--reuse-variational: {rel(source)} stopped after epoch {state.get('epoch')} of "
-                         f"{recipe.epochs}; finish that run first")
+                         f"{planned}; finish that run first")
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, run_dir / VARIATIONAL_CHECKPOINT)
     return rel(source)
