@@ -384,7 +384,7 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
 
 
 def test_the_plain_training_transient_is_measured_and_discounted_as_the_learning_rate_anneals(tmp_path: Path) -> None:
-    from prunedrop.train import TRANSIENT_CAP
+    from prunedrop.pilot import TRANSIENT_CAP
 
     data = _bundle()
     logs: list[str] = []

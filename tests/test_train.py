@@ -60,7 +60,8 @@ def test_masked_finetuning_keeps_pruned_weights_zero_and_learns() -> None:
     assert evaluate(pruned.model, data.loader("train", 64))["loss"] < before
 
 
-def _run(recipe: Recipe, path: Path | None, *, resume: bool = False, stop_after: int | None = None):
+def _run(recipe: Recipe, path: Path | None, *, resume: bool = False, stop_after: int | None = None,
+         seed: int | None = None):
     torch.manual_seed(recipe.seed)
     model = to_variational(_model(), recipe)
     data = _bundle()
@@ -71,8 +72,8 @@ def _run(recipe: Recipe, path: Path | None, *, resume: bool = False, stop_after:
 
         def loader(split, batch_size, **kw):
             inner = original(split, batch_size, **kw)
-            if split != "train" or not kw.get("shuffle"):  # training batches only, not the autopilot's checks
-                return inner
+            if split != "train" or not kw.get("shuffle") or kw.get("seed") != (recipe.seed if seed is None else seed):
+                return inner  # the training loop's batches only (``seed``: the autopilot probe's), not the checks
 
             class Interrupting:
                 def __len__(self):
@@ -109,6 +110,17 @@ def test_interrupt_then_resume_gives_exactly_the_same_weights(tmp_path: Path) ->
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in straight_result.history] == [h["loss"] for h in resumed_result.history]
+
+
+def test_interrupt_during_the_autopilots_probe_says_to_run_again(tmp_path: Path) -> None:
+    from prunedrop.train import TrainingInterrupted
+
+    recipe = Recipe(epochs=3, batch_size=32, seed=5)  # automatic: the probe trains a copy before the first step
+    assert recipe.automatic
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(TrainingInterrupted, match="probe.*run the same command again"):
+        _run(recipe, ckpt, stop_after=2, seed=recipe.seed + 1)  # the probe's batches
+    assert not ckpt.exists()
 
 
 def test_nan_loss_stops_with_advice() -> None:

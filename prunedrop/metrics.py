@@ -1,0 +1,63 @@
+"""The data term and the metrics every stage measures with: the loss (cross-entropy or mean squared error), the
+metric's name, evaluation of a model on a loader, and the share of weights the current thresholds keep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .convert import variational_layers
+from .errors import PrunedropError
+
+
+def data_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The data term: mean cross-entropy, or mean squared error for regression."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(output, target)
+    if loss == "mse":
+        return F.mse_loss(output, target.to(output.dtype).reshape(output.shape))
+    raise PrunedropError(f"unknown loss {loss!r}")
+
+
+def metric_name(loss: str) -> str:
+    return "accuracy" if loss == "cross_entropy" else "mse"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean loss and the metric (accuracy in %, or the mean squared error over every target value, as for
+    ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, loss_sum, correct, sq_err, values = 0, 0.0, 0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        n = y.shape[0]
+        loss_sum += float(data_loss(loss, out, y)) * n
+        if loss == "cross_entropy":
+            correct += int((out.argmax(dim=1) == y).sum())
+        else:
+            sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
+            values += out.numel()
+        total += n
+    model.train(was_training)
+    if total == 0:
+        raise PrunedropError("the evaluation data is empty")
+    metric = 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
+    return {"loss": loss_sum / total, metric_name(loss): metric}
+
+
+def kept_fraction(model: nn.Module) -> float:
+    """Share of the variational layers' weights that the current thresholds keep."""
+    kept, total = 0, 0
+    with torch.no_grad():
+        for layer in variational_layers(model).values():
+            mask = layer.keep_mask()
+            kept += int(mask.sum())
+            total += mask.numel()
+    return kept / total if total else 1.0

@@ -1,0 +1,291 @@
+"""The autopilot wired into the variational phase (:class:`Pilot`): the controller of :mod:`prunedrop.autopilot`,
+the measurements it steers by (the validation drop on the check samples, the kept cost ratio), the KL factors, the
+plain-training transient it discounts, the learning-rate back-off and the early stop once it has settled.
+:func:`prunedrop.train.finetune` runs it; the maths of the controller lives in :mod:`prunedrop.autopilot`."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import autopilot
+from .convert import variational_layers
+from .data import DataBundle
+from .errors import PrunedropError
+from .metrics import data_loss, evaluate, kept_fraction, metric_name
+from .recipes import Recipe
+
+
+class Pilot:
+    """The autopilot wired into the variational phase: the controller, its measurements and the KL factors.
+
+    Measurements every ``check_every`` steps: the validation metric of the eval-mode model (exactly the
+    thresholded model) on at most :data:`CHECK_SAMPLES` validation samples, as a drop from the same samples'
+    metric at the start; and, with a target, the kept cost ratio (:class:`prunedrop.autopilot.CostMeter`).
+    """
+
+    def __init__(self, model: nn.Module, data: DataBundle, recipe: Recipe, steps_per_epoch: int,
+                 device: torch.device, log: Callable[[str], None] | None) -> None:
+        self.model, self.data, self.recipe, self.device = model, data, recipe, device
+        self.log = log or (lambda msg: None)
+        target = autopilot.parse_target(recipe.target) if recipe.target else None
+        example = data.example_batch(min(64, recipe.eval_batch_size)).to(device)
+        structured = recipe.method != "sparse_vd"
+        kind = target.kind if target is not None else ("flops" if structured else "params")
+        self.meter = autopilot.CostMeter(model, example, target.kind) if target is not None else None
+        # with a target, the factors weigh by the target's kind: the meter has profiled those costs already
+        self.factors = autopilot.cost_factors(model, example, kind,
+                                              costs=self.meter.costs if self.meter is not None else None)
+        ratio = None
+        if target is not None:
+            dense = self.meter.dense * (4.0 if target.kind == "bytes" else 1.0)  # float32 bytes per parameter
+            ratio = target.ratio_for(dense)
+            if not ratio > 1.0:
+                raise PrunedropError(f"target {target}: the dense model ({dense:,.0f} bytes of parameters) is "
+                                     "already within it; nothing to do")
+        self.target = target
+        self.controller = autopilot.Autopilot(max_drop=recipe.max_metric_drop, target_ratio=ratio,
+                                              check_every=autopilot.check_interval(steps_per_epoch),
+                                              decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
+        self.reference: float | None = None
+        self.stopped: str | None = None
+        self.lr_scale = 1.0
+        self.weights_lr: Callable[[], float] = lambda: float(recipe.lr) * self.lr_scale
+        """The weights' learning rate now (the optimizer's, once training is wired up)."""
+        self.transient: float | None = None
+        """What plain training at the recipe's weights' learning rate costs on the check samples (:meth:`_probe`)."""
+        self.probe_steps = 0
+        self.interrupted = False
+        """Stopped (Ctrl-C, SIGTERM) during :meth:`start`'s probe."""
+        self.last_backoff: tuple[int, float] | None = None
+        """(step, smoothed drop) of the last learning-rate back-off."""
+        self.announced_backoffs = 0
+        self.checked_samples = 0
+        self.checked_train = 0
+        self.train_samples = 0
+        """Training samples each check counts besides the validation ones (only where validation data alone is too
+        coarse for the aim, :meth:`start`)."""
+
+    def _val_metric(self, model: nn.Module | None = None) -> float:
+        """The metric on the samples every check uses: the validation samples (at most :data:`CHECK_SAMPLES`), then
+        ``train_samples`` training samples in their fixed order; their number goes to ``checked_samples``."""
+        self.checked_samples = self.checked_train = 0
+        size = self.recipe.eval_batch_size
+
+        def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
+            for x, y in _capped(self.data.loader("val", size), CHECK_SAMPLES):
+                self.checked_samples += len(y)
+                yield x, y
+            if self.train_samples:
+                for x, y in _capped(self.data.loader("train", size), self.train_samples):
+                    self.checked_samples += len(y)
+                    self.checked_train += len(y)
+                    yield x, y
+
+        return evaluate(self.model if model is None else model, counted(), loss=self.recipe.loss,
+                        device=self.device)[metric_name(self.recipe.loss)]
+
+    def _coarse_validation(self) -> None:
+        """Validation data too small to resolve the aim (one sample weighs more than the drop the controller aims
+        at): the checks while training also count training samples, so that β answers to a drop it can see. The
+        reference is the given model on the same samples, so the check still measures what the compression costs;
+        the budget itself (the threshold, the final verdict) is judged on validation data alone. Not for a
+        DataLoader of the user's (its order or augmentation may change between checks)."""
+        from torch.utils.data import DataLoader
+
+        c = self.controller
+        val_samples = self.checked_samples
+        if isinstance(self.data.split("train"), DataLoader):
+            return
+        wanted = min(CHECK_SAMPLES - val_samples, self.data.num_train)
+        if wanted <= 0:
+            return
+        self.train_samples = wanted
+        self.reference = self._val_metric()
+        self.log(f"autopilot: one of the {val_samples} validation samples weighs {100.0 / max(val_samples, 1):.2g} "
+                 f"points, more than the {c.aim:.2g} it aims at while training; its checks also count "
+                 f"{self.checked_train} training samples (the given model's metric on them is the "
+                 "reference); the budget is still judged on validation data")
+
+    def start(self, interrupted: Callable[[], bool] | None = None) -> None:
+        """Before the first step: the metric of the model as it was given, on the samples every check uses, and
+        what one of them weighs (a resumed run keeps both from its checkpoint)."""
+        c = self.controller
+        if self.reference is not None or c.max_drop is None:
+            return
+        self.reference = self._val_metric()
+        if self.recipe.loss == "cross_entropy":  # an mse drop is continuous: no sample has a weight of its own
+            if 100.0 / max(self.checked_samples, 1) > c.aim:
+                self._coarse_validation()
+            c.resolution = 100.0 / max(self.checked_samples, 1)
+            if c.resolution > c.aim:
+                self.log(f"autopilot: one validation sample weighs {c.resolution:.2g} points, more than the "
+                         f"{c.aim:.2g} it aims at while training: a single lost sample reads as too much, so it will "
+                         "compress cautiously (more validation data resolves the budget better)")
+        self._probe(interrupted or (lambda: False))
+
+    def _probe(self, interrupted: Callable[[], bool]) -> None:
+        """Measure the transient: what plain training (no KL) at the recipe's weights' learning rate costs before
+        anything is compressed. A network that converged at a small final learning rate loses accuracy when
+        training resumes at a larger one, and wins it back as the rate anneals (LeNet-300-100 on Fashion-MNIST:
+        Adam at 1e-3 loses about a point within 100 steps and ends 0.15 points above the start after a cosine
+        decay to zero; ``benchmarks/finetune_transient.py --anneal``). Read as the cost of compressing, that loss
+        holds β down for the whole phase. So a copy of the model trains :data:`PROBE_CHECKS` checks' worth of
+        steps with β at 0, the mean drop over the last :data:`PROBE_PLATEAU` checks is the transient, and each
+        check discounts it in proportion to the weights' learning rate at that moment (none once the rate has
+        annealed), up to :data:`TRANSIENT_CAP` budgets, so that a learning rate that wrecks the model still reads
+        as over the budget and is backed off. The budget itself is judged after the noise-free fine-tuning, with
+        no discount."""
+        c, recipe = self.controller, self.recipe
+        probe = copy.deepcopy(self.model).to(self.device)
+        noise = {id(p) for layer in variational_layers(probe).values() for p in layer.noise_parameters()}
+        optimizer = torch.optim.Adam([
+            {"params": [p for p in probe.parameters() if id(p) not in noise and p.requires_grad], "lr": recipe.lr,
+             "weight_decay": recipe.weight_decay},
+            {"params": [p for p in probe.parameters() if id(p) in noise], "lr": recipe.noise_lr or recipe.lr,
+             "weight_decay": 0.0}])
+        steps = PROBE_CHECKS * c.check_every
+        drops: list[float] = []
+        step, epoch = 0, 0
+        with torch.random.fork_rng(devices=[]):  # the probe draws noise; the training run's stream stays as it was
+            while step < steps:
+                for x, y in self.data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed + 1,
+                                             epoch=epoch):
+                    if interrupted():  # Ctrl-C or SIGTERM before the first training step: nothing to keep
+                        self.interrupted = True
+                        return
+                    probe.train()
+                    loss = data_loss(recipe.loss, probe(x.to(self.device)).float(), y.to(self.device))
+                    if not torch.isfinite(loss):
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    if step % c.check_every == 0 and step > (PROBE_CHECKS - PROBE_PLATEAU) * c.check_every:
+                        drops.append(autopilot.metric_drop(self.reference, self._val_metric(probe),
+                                                           loss=recipe.loss))
+                    if step >= steps:
+                        break
+                else:
+                    epoch += 1
+                    continue
+                break
+        del probe, optimizer
+        finite = [d for d in drops if math.isfinite(d)]
+        self.probe_steps = step
+        self.transient = max(0.0, sum(finite) / len(finite)) if finite else 0.0
+        if self.transient > 0:
+            self.log(f"autopilot: plain training at the weights' learning rate {recipe.lr:g} costs "
+                     f"{self.transient:.3g} {'points' if recipe.loss == 'cross_entropy' else '%'} on the check "
+                     f"samples before anything is pruned (a probe of {step} steps); the checks discount it in "
+                     "proportion to the learning rate, which anneals before the end (the budget is judged after "
+                     "the noise-free fine-tuning, without it)")
+
+    def discount(self) -> float:
+        """The transient (:meth:`_probe`) at the weights' learning rate of this moment, at most
+        :data:`TRANSIENT_CAP` budgets."""
+        c = self.controller
+        if not self.transient or c.max_drop is None or not self.recipe.lr:
+            return 0.0
+        share = max(0.0, self.weights_lr()) / float(self.recipe.lr)
+        return min(self.transient, TRANSIENT_CAP * c.max_drop) * min(1.0, share)
+
+    def on_step(self, step: int) -> None:
+        c = self.controller
+        if step % c.check_every:
+            return
+        drop = discount = None
+        if c.max_drop is not None:
+            if self.reference is None:  # resumed from a checkpoint written before this was recorded
+                self.reference = self._val_metric()
+            discount = self.discount()
+            drop = autopilot.metric_drop(self.reference, self._val_metric(), loss=self.recipe.loss) - discount
+        cost_ratio = self.meter.ratio(self.model) if self.meter is not None else None
+        record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
+        record.discount = discount
+        if c.backoffs > self.announced_backoffs:
+            self.announced_backoffs = c.backoffs
+            self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
+                     f"backing off (β → {record.beta:.3g})")
+        if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop > c.max_drop \
+                and record.beta <= autopilot.BETA_START and self.lr_scale > LR_SCALE_MIN \
+                and self._backoff_waited(step):
+            # over the budget while β is no higher than it started: the KL is not what hurts, the training steps
+            # are (a learning rate too large for a network that has converged)
+            self.lr_scale = max(LR_SCALE_MIN, self.lr_scale / 2)
+            self.last_backoff = (step, c.smoothed_drop)
+            self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
+                     f"started; the weights' learning rate × {self.lr_scale:g}")
+
+    def _backoff_waited(self, step: int) -> bool:
+        """A learning-rate back-off waits for its own effect: :data:`LR_BACKOFF_WAIT_CHECKS` checks after the last
+        one (halving at every check over the budget took a ResNet-18 to 1/32 of its rate within 50 steps, before
+        the first halving could show)."""
+        return self.last_backoff is None or \
+            step - self.last_backoff[0] >= LR_BACKOFF_WAIT_CHECKS * self.controller.check_every
+
+    def should_stop(self) -> str | None:
+        if self.stopped is None and self.controller.checks and self.controller.settled(self.controller.checks[-1].step):
+            c = self.controller.checks[-1]
+            self.stopped = (f"autopilot settled at step {c.step} (β {c.beta:.3g}, kept fraction "
+                            f"{c.kept_fraction:.4g} flat over the last {autopilot.SETTLE_STEPS} steps): variational "
+                            "phase ends here")
+        return self.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
+                "lr_scale": self.lr_scale, "last_backoff": self.last_backoff, "transient": self.transient,
+                "probe_steps": self.probe_steps,
+                "resolution": self.controller.resolution,
+                "train_samples": self.train_samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.reference = state.get("reference")
+        self.stopped = state.get("stopped")
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.transient = state.get("transient")
+        self.probe_steps = int(state.get("probe_steps", 0))
+        last = state.get("last_backoff")
+        self.last_backoff = None if last is None else (int(last[0]), float(last[1]))
+        self.controller.resolution = float(state.get("resolution", 0.0))
+        self.train_samples = int(state.get("train_samples", 0))
+        self.announced_backoffs = self.controller.backoffs
+
+    def summary(self) -> dict[str, Any]:
+        out = self.controller.summary()
+        out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
+                   reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
+                   transient=self.transient, probe_steps=self.probe_steps,
+                   check_samples={"validation": self.checked_samples - self.checked_train,
+                                  "training": self.checked_train})
+        return out
+
+
+#: validation samples per autopilot measurement
+CHECK_SAMPLES = 2000
+#: the autopilot's learning-rate back-off stops at this fraction of the recipe's rates
+LR_SCALE_MIN = 1 / 64
+#: the transient probe trains this many checks' worth of steps; the mean drop of the last PROBE_PLATEAU is the transient
+PROBE_CHECKS = 5
+PROBE_PLATEAU = 3
+#: the checks discount the transient up to this many budgets (more reads as a learning rate that wrecks the model)
+TRANSIENT_CAP = 2.0
+#: checks between two learning-rate back-offs (each waits for the effect of the last)
+LR_BACKOFF_WAIT_CHECKS = 3
+
+
+def _capped(loader: Any, limit: int) -> Iterator[Any]:
+    """The first batches of ``loader`` holding at most about ``limit`` samples (whole batches; at least one)."""
+    seen = 0
+    for x, y in loader:
+        if seen and seen + len(y) > limit:
+            break
+        yield x, y
+        seen += len(y)
