@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ __all__ = [
 
 QUANTIZE_MODES = ("none", "int8", "bayes")
 MAX_INT_BITS = 8
+MIN_INT_BITS = 4  # int4 storage (opset 21's DequantizeLinear) where the posterior allows it
+SPEED_RUNS = 30  # alternated timed runs per file in each round of the speed check
+SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
 UNIT_QUANTILE = 0.9
 CALIBRATION_SAMPLES = 512
 CALIBRATION_BATCH = 64
@@ -279,29 +282,95 @@ class QuantizedFile:
     path: Path
     num_bytes: int
     quantized: list[str]
-    """Weight nodes whose weight is int8 (fed by a DequantizeLinear)."""
+    """Weight nodes whose weight is integer (fed by a DequantizeLinear)."""
     float_nodes: list[str]
     """Weight nodes that stayed float32 (excluded, or an operator onnxruntime does not quantize)."""
     sparse_initializers: list[str]
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Quantized weight node → how its weight is stored: ``type`` (int8 or int4), ``stored`` (dense or sparse),
+    ``bytes`` as stored, ``dense_bytes`` and (int8 with zeros) ``sparse_bytes``, all serialized protobuf bytes."""
+
+
+INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
+
+
+def _weight_inputs(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, str]:
+    """Quantized weight node → the name of its integer weight tensor (the input of the DequantizeLinear that
+    feeds it)."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants.update(n.output[0] for n in proto.graph.node if n.op_type == "Constant")
+    producers = {n.output[0]: n for n in proto.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in constants}  # weights, not activations
+    by_name = {n.name: n for n in proto.graph.node}
+    out = {}
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        for i in (node.input if node is not None else []):
+            if i in producers and i != wn.weight:
+                out[wn.node] = producers[i].input[0]
+                break
+    return out
+
+
+def _storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, dict[str, Any]]:
+    """Each quantized weight's storage options (before sparse conversion): its type and the bytes dense and, for
+    int8 with zeros, as a sparse constant (what :func:`prunedrop.export.sparsify_initializers` would write)."""
+    from .export import _sparse_constant
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
+             onnx.TensorProto.UINT4: "uint4"}
+    out = {}
+    for node, tensor in _weight_inputs(proto, nodes).items():
+        init = inits.get(tensor)
+        if init is None:
+            continue
+        row: dict[str, Any] = {"tensor": tensor, "type": names.get(init.data_type, str(init.data_type)),
+                               "dense_bytes": init.ByteSize()}
+        sparse = _sparse_constant(init, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8}))
+        if sparse is not None:
+            row["sparse_bytes"] = sparse.ByteSize()
+        out[node] = row
+    return out
+
+
+def _to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``proto`` converted to ``opset`` of the default domain where ONNX's converter can (else unchanged:
+    onnxruntime's quantizer then writes its com.microsoft Q/DQ for int4)."""
+    from onnx import version_converter
+
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return proto
+    try:
+        return _named(version_converter.convert_version(proto, opset))
+    except Exception:  # the converter lacks an adapter for some op: keep the model's opset
+        return proto
 
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
-                  exclude: Sequence[str] = (), cache: str | Path | None = None,
+                  exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
                   sparse: bool | str = "auto") -> QuantizedFile:
     """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
-    ``cache``: a calibration cache file (written by the first call, reused by later ones on the same model).
-    ``sparse``: store int8 initializers holding zeros as sparse constants where that is smaller (``"auto"``).
+    ``int4``: weight nodes whose weights are stored as 4-bit integers instead (onnxruntime's per-tensor quant
+    override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
+    file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights holding
+    zeros as sparse constants where that is smaller (``"auto"``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .export import sparsify_initializers
 
     proto = _load_dense(float_path)
+    nodes = weight_nodes(proto)
+    int4 = [n for n in int4 if n not in set(exclude)]
+    overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": 0}] for wn in nodes if wn.node in int4}
+    source_proto = _to_opset(proto, INT4_OPSET) if overrides else proto
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(proto, str(source))
+        onnx.save(source_proto, str(source))
         input_name = proto.graph.input[0].name
         root = logging.getLogger()
         level = root.level
@@ -311,27 +380,40 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                             calibrate_method=CalibrationMethod.MinMax,
-                            calibration_cache_path=None if cache is None else str(cache))
+                            calibration_cache_path=None if cache is None else str(cache),
+                            extra_options={"TensorQuantOverrides": overrides} if overrides else None)
         except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
             raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
         finally:
             root.setLevel(level)
         quantized = onnx.load(str(target))
-    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    nodes = weight_nodes(proto)
-    by_name = {n.name: n for n in quantized.graph.node}
-    int8, kept_float = [], []
-    for wn in nodes:
-        node = by_name.get(wn.node)
-        inputs = list(node.input) if node is not None else []
-        (int8 if any(i in dequantized for i in inputs) and wn.weight not in inputs else kept_float).append(wn.node)
+    int8 = quantized_nodes(quantized, nodes)
+    kept_float = [wn.node for wn in nodes if wn.node not in int8]
+    storage = _storage(quantized, nodes)
     converted = [] if sparse is False else sparsify_initializers(
         quantized, sparse, dtypes=(onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    for row in storage.values():
+        row["stored"] = "sparse" if row["tensor"] in converted else "dense"
+        row["bytes"] = row["sparse_bytes"] if row["stored"] == "sparse" else row["dense_bytes"]
     onnx.checker.check_model(quantized, full_check=True)
     data = quantized.SerializeToString()
     atomic_write_bytes(Path(out_path), data)
     return QuantizedFile(path=Path(out_path), num_bytes=len(data), quantized=int8, float_nodes=kept_float,
-                         sparse_initializers=converted)
+                         sparse_initializers=converted, storage=storage)
+
+
+def quantized_nodes(quantized: onnx.ModelProto, nodes: Sequence[WeightNode]) -> list[str]:
+    """The weight nodes (of the float model, ``nodes``) whose weight in the ``quantized`` model comes through a
+    DequantizeLinear instead of the float weight itself."""
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    by_name = {n.name: n for n in quantized.graph.node}
+    out = []
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        inputs = list(node.input) if node is not None else []
+        if any(i in dequantized for i in inputs) and wn.weight not in inputs:
+            out.append(wn.node)
+    return out
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
@@ -373,16 +455,34 @@ def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
 # ------------------------------------------------------------------------------------------- the whole step
 
 
+Timer = Callable[[Mapping[str, Path]], dict[str, float]]
+"""Times ONNX files (name → path) and returns each one's latency in ms (:func:`time_models` on this CPU)."""
+
+
+def time_models(paths: Mapping[str, str | Path], example: torch.Tensor, *, batch_size: int, threads: int,
+                runs: int = SPEED_RUNS, warmup: int = 3) -> dict[str, float]:
+    """Median onnxruntime CPU latency (ms) of each ONNX file at ``batch_size``, the files taking turns in one
+    process (:func:`prunedrop.report.latency.measure_latency`)."""
+    from .report.latency import measure_latency
+
+    raw = measure_latency(paths, example, batch_sizes=(batch_size,), threads=threads, runs=runs, warmup=warmup)
+    return {r["model"]: float(r["median_ms"]) for r in raw["results"]}
+
+
 def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
                    metric_before: float | None, bits: dict[str, LayerBits] | None = None,
-                   compare: dict[str, str | Path] | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   compare: dict[str, str | Path] | None = None, speed_check: bool = True,
+                   timer: Timer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
     onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
-    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), and write it
-    to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer had to
-    stay float32, and nothing is written then). ``compare``: other ONNX files (name → path, e.g. the dense and the
-    pruned float32 ones) whose bytes and metrics go into the section's ``files`` beside the quantized file's."""
+    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
+    layer's weights in the smallest form allowed (int8 dense or sparse; int4 under ``bayes`` where the posterior
+    allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``,
+    timed by ``timer``, by default :func:`time_models` at the largest of ``recipe.latency_batch_sizes``), and
+    write it to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer
+    had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
+    (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
+    ``files`` beside the quantized file's."""
     from .autopilot import metric_drop
     from .sweep import within_budget
 
@@ -391,7 +491,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     loss = recipe.loss
     nodes = weight_nodes(_load_dense(float_path))
     plan: dict[str, str] = {}  # node → why it stays float32 (absent: quantize it)
+    why: dict[str, str] = {}  # node → the kind of reason: posterior, operator, accuracy, speed
     layers: list[dict[str, Any]] = []
+    four_bit: list[str] = []  # nodes whose posterior allows 4 bits (bayes)
     for wn in nodes:
         row: dict[str, Any] = {"node": wn.node, "op": wn.op, "layer": wn.module}
         lb = (bits or {}).get(wn.module or "")
@@ -399,9 +501,12 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
                        median_spread=lb.median_spread)
         if mode == "bayes" and lb is None:
-            plan[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)"
+            plan[wn.node], why[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)", "posterior"
         elif mode == "bayes" and lb is not None and lb.precision == "float32":
             plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
+            why[wn.node] = "posterior"
+        elif mode == "bayes" and lb is not None and lb.bits <= MIN_INT_BITS:
+            four_bit.append(wn.node)
         layers.append(row)
     val_loader = data.loader("val", recipe.eval_batch_size)
     calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
@@ -413,6 +518,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
 
     reverted: list[dict[str, Any]] = []
     sensitivity: dict[str, float] = {}
+    storage_note: str | None = None
+    speed: dict[str, Any] | None = None
+    int4: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
         cache = Path(tmp) / "calibration.json"
         trial = Path(tmp) / "trial.onnx"
@@ -424,7 +532,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         result, metric = attempt(plan, trial)
         unsupported = [n for n in result.float_nodes if n not in plan]
         for name in unsupported:
-            plan[name] = "onnxruntime does not quantize this operator"
+            plan[name], why[name] = "onnxruntime does not quantize this operator", "operator"
         quantizable = [n for n in result.quantized]
         if not in_budget(metric) and quantizable:
             log(f"quantized: validation {_metric_text(loss)} {metric:.4g} is outside the budget; measuring each "
@@ -436,6 +544,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                                                 loss=loss)
             for name in sorted(quantizable, key=lambda n: -sensitivity[n]):
                 plan[name] = "reverted: the quantized model was outside the accuracy budget"
+                why[name] = "accuracy"
                 reverted.append({"node": name, "sensitivity": sensitivity[name]})
                 left = [n for n in quantizable if n not in plan]
                 if not left:
@@ -444,38 +553,99 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                 log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {metric:.4g}")
                 if in_budget(metric):
                     break
+
+        # storage: int4 (dense, 2 per byte) where the posterior allows 4 bits and that is smaller than the int8
+        # weight as stored (dense, or sparse where that is smaller); kept only if the file stays within the budget
+        candidates = [n for n in four_bit if n not in plan]
+        storage8 = result.storage if any(n not in plan for n in quantizable) else {}
+        if candidates:
+            with_int4 = quantize_onnx(float_path, Path(tmp) / "int4.onnx", calibration, exclude=sorted(plan),
+                                      int4=candidates, cache=cache)
+            int4 = [n for n in candidates if n in with_int4.storage and n in storage8
+                    and with_int4.storage[n]["bytes"] < storage8[n]["bytes"]]
+            storage_options = {n: {"int4_dense_bytes": with_int4.storage[n]["bytes"]}
+                               for n in candidates if n in with_int4.storage}
+            if int4:
+                trial4 = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+                metric4 = evaluate_onnx(trial, val_loader, loss=loss)
+                if in_budget(metric4):
+                    log(f"int4 weights for {', '.join(_shown(n) for n in int4)} (smaller than their int8 form): "
+                        f"validation {_metric_text(loss)} {metric4:.4g}")
+                    result = trial4
+                else:
+                    storage_note = (f"int4 weights for {', '.join(_shown(n) for n in int4)} left the budget "
+                                    f"(validation {_metric_text(loss)} {metric4:.4g}); they stay int8")
+                    log(storage_note)
+                    int4 = []
+        else:
+            storage_options = {}
+
+        if speed_check and any(n.node not in plan for n in nodes):
+            if timer is None:
+                example = torch.from_numpy(calibration[0])
+                batch, threads = max(recipe.latency_batch_sizes), recipe.latency_threads
+
+                def timer(paths: Mapping[str, Path]) -> dict[str, float]:
+                    return time_models(paths, example, batch_size=batch, threads=threads)
+
+                setting = {"batch_size": batch, "threads": threads, "runs": SPEED_RUNS}
+            else:
+                setting = {"timer": getattr(timer, "__name__", type(timer).__name__)}
+            speed = _speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)
+            speed.update(setting)
         final = None
         if any(n.node not in plan for n in nodes):
-            result = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan), cache=cache)
-            final = result
+            final = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan),
+                                  int4=[n for n in int4 if n not in plan], cache=cache)
     rows = []
     for row in layers:
         node = row["node"]
-        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else "int8"
+        stored = (final.storage.get(node) if final is not None else None) or {}
+        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else \
+            stored.get("type", "int8")
         if node in plan:
             row["reason"] = plan[node]
+            row["float_because"] = why[node]
         if node in sensitivity:
             row["sensitivity"] = sensitivity[node]
+        if stored:
+            options = {"int8_dense_bytes": storage8.get(node, {}).get("dense_bytes"),
+                       "int8_sparse_bytes": storage8.get(node, {}).get("sparse_bytes"),
+                       **storage_options.get(node, {})}
+            row["storage"] = {"form": f"{stored['type']} {stored['stored']}", "bytes": stored["bytes"],
+                              "options": {k: v for k, v in options.items() if v is not None}}
         rows.append(row)
     # TorchScript's node names start with "/" ("/fc1/Gemm"), which reads as an absolute path in a report
     for row in rows:
         row["node"] = _shown(row["node"])
     reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
+    if speed is not None:
+        speed["reverted"] = [_shown(n) for n in speed["reverted"]]
+        for r in speed["rounds"]:
+            r["candidates_ms"] = {_shown(n): v for n, v in r["candidates_ms"].items()}
+            if r.get("reverted"):
+                r["reverted"] = _shown(r["reverted"])
+    reasons = sorted({why[n] for n in plan})
     section: dict[str, Any] = {
         "mode": mode,
-        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS} if mode == "bayes" else None,
-        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, int8 activations "
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
+                 "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
+        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
+                  "allows 4 bits and that is smaller), int8 activations "
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples",
         "layers": rows,
         "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
         "reverted": reverted,
+        "speed": speed,
+        "storage_note": storage_note,
         "file": None if final is None else Path(out_path).name,
         "bytes": None if final is None else final.num_bytes,
         "sparse_initializers": [] if final is None else final.sparse_initializers,
         "cpu_instruction_sets": cpu_instruction_sets(),
     }
     if final is None:
-        log("quantization: every layer stayed float32 (the budget allowed none); no quantized file written")
+        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")"
+        log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
     test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
 
@@ -491,13 +661,68 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     section["files"] = files
     section["metric"] = metrics
     section["within_budget"] = in_budget(metrics["val"])
-    kept = [r["node"] for r in rows if r["precision"] == "int8"]
-    log(f"quantized {len(kept)} of {len(rows)} layer(s) to int8 ({mode}): {Path(out_path).name} "
+    kept = [r["node"] for r in rows if r["precision"] != "float32"]
+    slow = [r["node"] for r in rows if r.get("float_because") == "speed"]
+    log(f"quantized {len(kept)} of {len(rows)} layer(s) ({mode}): {Path(out_path).name} "
         f"{final.num_bytes:,} bytes, validation {_metric_text(loss)} {metrics['val']:.4g} (onnxruntime)"
         + (f"; {len(unsupported)} stay float32 as onnxruntime does not quantize their operator: "
            + ", ".join(f"{_shown(n)} ({next(w.op for w in nodes if w.node == n)})" for n in unsupported)
-           if unsupported else ""))
+           if unsupported else "")
+        + (f"; {len(slow)} stay float32 as their int8 form ran slower here: {', '.join(slow)}" if slow else ""))
     return section
+
+
+_WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
+        "operator": "onnxruntime does not quantize the operator",
+        "accuracy": "outside the accuracy budget",
+        "speed": "the int8 form ran slower than float32 on this CPU"}
+
+
+def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
+                   int4: Sequence[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Revert quantized layers to float32, one per round, while the quantized model is slower than the float32
+    file or reverting one of its layers makes it faster (by more than ``SPEED_MARGIN``, against timing noise).
+
+    Each round times, taking turns: the float32 file, the quantized model as planned, and for each quantized
+    layer the same model with that layer float32. The layer whose reversal gives the fastest model goes back when
+    that model is faster than the planned one, or when the planned one is slower than the float32 file. The last
+    round therefore measured a planned model no slower than the float32 file (within the margin). Updates
+    ``plan``/``why`` in place and returns the rounds."""
+    rounds: list[dict[str, Any]] = []
+    done: list[str] = []
+    while True:
+        current = [n.node for n in nodes if n.node not in plan]
+        if not current:
+            break
+        planned = tmp / "speed-planned.onnx"
+        quantize_onnx(float_path, planned, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+        paths: dict[str, Path] = {"float32": Path(float_path), "quantized": planned}
+        for i, name in enumerate(current):
+            if len(current) == 1:
+                paths[name] = Path(float_path)  # reverting the last layer leaves the float32 model
+                continue
+            paths[name] = tmp / f"speed-without-{i}.onnx"
+            quantize_onnx(float_path, paths[name], calibration, exclude=sorted({*plan, name}), int4=int4,
+                          cache=cache)
+        times = timer(paths)
+        float_ms, planned_ms = times["float32"], times["quantized"]
+        best = min(current, key=lambda n: times[n])
+        slower = planned_ms > float_ms * (1 + SPEED_MARGIN)
+        helps = times[best] < planned_ms * (1 - SPEED_MARGIN)
+        entry: dict[str, Any] = {"float32_ms": float_ms, "quantized_ms": planned_ms,
+                                 "candidates_ms": {n: times[n] for n in current}}
+        rounds.append(entry)
+        if not (slower or helps):
+            break
+        plan[best] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
+                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)")
+        why[best] = "speed"
+        entry["reverted"] = best
+        done.append(best)
+        log(f"reverted {_shown(best)} to float32 for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
+            f"(float32 file {float_ms:.3g} ms)")
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done}
 
 
 def _shown(node: str) -> str:

@@ -114,7 +114,8 @@ def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path:
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=_bundle(x, y),
-                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, log=logs.append)
+                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, speed_check=False,
+                             log=logs.append)
     assert section["unsupported"] == [{"node": "rnn/LSTM", "op": "LSTM"}]
     rows = {r["layer"]: r for r in section["layers"]}
     assert rows["rnn"]["precision"] == "float32"
@@ -146,7 +147,8 @@ def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -
     before = evaluate_onnx(float_file, data.loader("val", 64))
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=data,
-                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, log=logs.append)
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, speed_check=False,
+                             log=logs.append)
     rows = {r["layer"]: r for r in section["layers"]}
     assert rows["2"]["precision"] == "float32" and rows["2"]["reason"].startswith("reverted")
     assert rows["0"]["precision"] == "int8"
@@ -196,6 +198,8 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
         mp.chdir(folder)
+        # every file equally fast: the speed check keeps every layer (it is tested with its own timers below)
+        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
                                           "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
                                           "--quantize", "int8"])
@@ -232,12 +236,21 @@ def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(quantized_run))
         mp.chdir(quantized_run)
+        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = runner.invoke(cli, ["export", "run", "-o", "bayes.onnx", "--quantize", "bayes"])
         assert result.exit_code == 0, result.output
-        assert "bayes.onnx" in result.output and "layers int8" in result.output
+        assert "bayes.onnx" in result.output and "layers integer" in result.output
         assert (quantized_run / "bayes.onnx").is_file()
         refused = runner.invoke(cli, ["export", "run", "-o", "run/model-int8.onnx", "--quantize", "int8",
                                       "--overwrite"])
+        # a CPU where every int8 model runs slower than the float32 one: every layer stays float32, nothing written
+        mp.setattr("prunedrop.quantize.time_models",
+                   lambda paths, *a, **k: {n: 1.0 if n == "float32" else 2.0 for n in paths})
+        slow = runner.invoke(cli, ["export", "run", "-o", "slow.onnx", "--quantize", "int8"])
+    assert slow.exit_code == 1 and not (quantized_run / "slow.onnx").exists()
+    assert slow.output.strip().splitlines()[-1] == (
+        "Error: quantization: every layer stayed float32 (the int8 form ran slower than float32 on this CPU); "
+        "nothing was written to slow.onnx (export without --quantize for the float file)")
     assert refused.exit_code == 1 and "model-int8.onnx" in refused.output
     import onnx
 
@@ -284,13 +297,13 @@ def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_pat
     wide = {"0": LayerBits("0", bits=11.0, units=8, median_spread=1e-5),
             "2": LayerBits("2", bits=math.inf, units=3, median_spread=0.0)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
-                             metric_before=100.0, bits=wide, log=lambda msg: None)
+                             metric_before=100.0, bits=wide, speed_check=False, log=lambda msg: None)
     assert section["file"] is None and not (tmp_path / "q.onnx").exists()
     assert [r["reason"] for r in section["layers"]] == ["the posterior asks for 11 bits",
                                                         "the posterior asks for unbounded bits"]
     half = {**wide, "2": LayerBits("2", bits=6.0, units=3, median_spread=0.1)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
-                             metric_before=100.0, bits=half, log=lambda msg: None)
+                             metric_before=100.0, bits=half, speed_check=False, log=lambda msg: None)
     assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
     assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
 
@@ -316,3 +329,122 @@ def test_report_says_whether_the_quantized_file_is_faster(quantized_run: Path) -
     line = f"batch 64: the quantized file runs {ratio:.2f}x as fast as the pruned float32 file"
     assert line in format_table(report)
     assert line in (quantized_run / "run" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------- speed and storage
+
+
+def _int8_layers(path: Path) -> set[str]:
+    """Modules ("0", "2", ...) whose Gemm weight comes through a DequantizeLinear in the ONNX file at ``path``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name.strip("/").split("/")[0] for n in proto.graph.node
+            if n.op_type == "Gemm" and n.input[1] in dequantized}
+
+
+def _fake_timer(cost: dict[str, float], calls: list[dict[str, set[str]]]):
+    """A timer that reads which layers each file quantizes: 10 ms plus ``cost[layer]`` per int8 layer."""
+    def timer(paths):
+        seen = {name: _int8_layers(path) for name, path in paths.items()}
+        calls.append(seen)
+        return {name: 10.0 + sum(cost[layer] for layer in layers) for name, layers in seen.items()}
+    return timer
+
+
+def _three_layers(tmp_path: Path) -> tuple[Path, DataBundle]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 6)
+    y = model(x).argmax(1).detach()
+    return export_onnx(model, x[:2], tmp_path / "model.onnx").path, _bundle(x, y)
+
+
+def test_layer_whose_int8_form_runs_slower_stays_float32(tmp_path: Path) -> None:
+    float_file, data = _three_layers(tmp_path)
+    calls: list[dict[str, set[str]]] = []
+    logs: list[str] = []
+    # layer 2 int8 costs 5 ms; the others save 0.5 ms each
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": -0.5, "2": 5.0, "4": -0.5}, calls), log=logs.append)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert [rows[k]["precision"] for k in ("0", "2", "4")] == ["int8", "float32", "int8"]
+    assert rows["2"]["float_because"] == "speed" and rows["2"]["reason"].startswith("speed: ")
+    assert "14 ms with it quantized, 9 ms with it float32" in rows["2"]["reason"]
+    assert "float_because" not in rows["0"]
+    assert section["speed"]["reverted"] == ["2/Gemm"]
+    first, second = section["speed"]["rounds"]
+    assert first["quantized_ms"] == 14.0 and first["float32_ms"] == 10.0 and first["reverted"] == "2/Gemm"
+    assert first["candidates_ms"] == {"0/Gemm": 14.5, "2/Gemm": 9.0, "4/Gemm": 14.5}
+    assert second["quantized_ms"] == 9.0 and "reverted" not in second  # nothing left that helps: stop
+    # each round timed the float file, the planned model and one model per quantized layer, as they say
+    assert calls[0] == {"float32": set(), "quantized": {"0", "2", "4"}, "/0/Gemm": {"2", "4"},
+                        "/2/Gemm": {"0", "4"}, "/4/Gemm": {"0", "2"}}
+    assert _int8_layers(tmp_path / "q.onnx") == {"0", "4"}  # the file written is the one reported
+    assert any("reverted 2/Gemm to float32 for speed" in line for line in logs)
+    assert "ran slower here: 2/Gemm" in logs[-1]
+
+
+def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(tmp_path: Path) -> None:
+    float_file, data = _three_layers(tmp_path)
+    # every int8 layer costs 1 ms: no single one stands out, yet the quantized model is slower than float32;
+    # each round reverts one until the planned model is no slower than the float32 file, which is all three
+    calls: list[dict[str, set[str]]] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": 1.0, "2": 1.0, "4": 1.0}, calls), log=lambda m: None)
+    assert len(section["speed"]["rounds"]) == 3 and len(section["speed"]["reverted"]) == 3
+    assert section["file"] is None and not (tmp_path / "q.onnx").exists()
+    assert section["none_reason"] == "every layer stayed float32 (the int8 form ran slower than float32 on this CPU)"
+    assert calls[-1]["quantized"] != set() and all(not v for k, v in calls[-1].items() if k != "quantized")
+    # a cost within the noise margin (5%) reverts nothing
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": 0.1, "2": 0.1, "4": 0.1}, []), log=lambda m: None)
+    assert section["speed"]["reverted"] == [] and section["file"] == "q.onnx"
+    assert len(section["speed"]["rounds"]) == 1
+
+
+def test_time_models_times_each_file_on_this_cpu(tmp_path: Path) -> None:
+    from prunedrop.quantize import time_models
+
+    float_file, _ = _three_layers(tmp_path)
+    times = time_models({"a": float_file, "b": float_file}, torch.randn(4, 6), batch_size=8, threads=1, runs=3,
+                        warmup=1)
+    assert set(times) == {"a", "b"} and all(0 < v < 1000 for v in times.values())
+
+
+def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from prunedrop.quantize import LayerBits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_((torch.rand(64, 64) < 0.03).float())  # 97% zeros: sparse int8 beats dense int4
+    x = torch.randn(128, 64)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    bits = {"0": LayerBits("0", 4.0, 64, 0.1), "2": LayerBits("2", 3.0, 64, 0.1), "4": LayerBits("4", 6.0, 3, 0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=_bundle(x, y),
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, bits=bits,
+                             speed_check=False, log=lambda m: None)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert [rows[k]["precision"] for k in ("0", "2", "4")] == ["int4", "int8", "int8"]
+    assert rows["0"]["storage"]["form"] == "int4 dense"
+    opts = rows["0"]["storage"]["options"]
+    assert opts["int4_dense_bytes"] == rows["0"]["storage"]["bytes"] < opts["int8_dense_bytes"]
+    assert rows["2"]["storage"]["form"] == "int8 sparse"  # 4 bits allowed, but the sparse int8 form is smaller
+    assert rows["2"]["storage"]["bytes"] == rows["2"]["storage"]["options"]["int8_sparse_bytes"] \
+        < rows["2"]["storage"]["options"]["int4_dense_bytes"]
+    assert rows["4"]["storage"]["form"] == "int8 dense" and "int4_dense_bytes" not in rows["4"]["storage"]["options"]
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    assert types["0.weight_quantized"] == onnx.TensorProto.INT4
+    # onnxruntime runs it, and the measured accuracy in the section is that file's
+    ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
