@@ -61,7 +61,6 @@ __all__ = [
 QUANTIZE_MODES = ("none", "int8", "bayes")
 MAX_INT_BITS = 8
 MIN_INT_BITS = 4  # int4 storage (opset 21's DequantizeLinear) where the posterior allows it
-SPEED_RUNS = 30  # alternated timed runs per file in each round of the speed check
 SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
 UNIT_QUANTILE = 0.9
 CALIBRATION_SAMPLES = 512
@@ -460,7 +459,7 @@ Timer = Callable[[Mapping[str, Path]], dict[str, float]]
 
 
 def time_models(paths: Mapping[str, str | Path], example: torch.Tensor, *, batch_size: int, threads: int,
-                runs: int = SPEED_RUNS, warmup: int = 3) -> dict[str, float]:
+                runs: int = 30, warmup: int = 3) -> dict[str, float]:
     """Median onnxruntime CPU latency (ms) of each ONNX file at ``batch_size``, the files taking turns in one
     process (:func:`prunedrop.report.latency.measure_latency`)."""
     from .report.latency import measure_latency
@@ -471,14 +470,15 @@ def time_models(paths: Mapping[str, str | Path], example: torch.Tensor, *, batch
 
 def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
                    metric_before: float | None, bits: dict[str, LayerBits] | None = None,
-                   compare: dict[str, str | Path] | None = None, speed_check: bool = True,
+                   compare: dict[str, str | Path] | None = None, speed_check: bool | None = None,
                    timer: Timer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
     onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
     validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
     layer's weights in the smallest form allowed (int8 dense or sparse; int4 under ``bayes`` where the posterior
-    allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``,
-    timed by ``timer``, by default :func:`time_models` at the largest of ``recipe.latency_batch_sizes``), and
+    allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``; None:
+    where ``recipe.latency_runs`` allows timing at all; timed by ``timer``, by default :func:`time_models` with
+    ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``), and
     write it to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer
     had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
     (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
@@ -580,19 +580,24 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         else:
             storage_options = {}
 
+        if speed_check is None:
+            speed_check = timer is not None or recipe.latency_runs > 0
+            if not speed_check:
+                speed = {"checked": False, "why": "latency_runs is 0: nothing is timed"}
         if speed_check and any(n.node not in plan for n in nodes):
             if timer is None:
                 example = torch.from_numpy(calibration[0])
                 batch, threads = max(recipe.latency_batch_sizes), recipe.latency_threads
+                runs = max(recipe.latency_runs, 2)
 
                 def timer(paths: Mapping[str, Path]) -> dict[str, float]:
-                    return time_models(paths, example, batch_size=batch, threads=threads)
+                    return time_models(paths, example, batch_size=batch, threads=threads, runs=runs)
 
-                setting = {"batch_size": batch, "threads": threads, "runs": SPEED_RUNS}
+                setting = {"batch_size": batch, "threads": threads, "runs": runs}
             else:
                 setting = {"timer": getattr(timer, "__name__", type(timer).__name__)}
-            speed = _speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)
-            speed.update(setting)
+            speed = {"checked": True, **setting,
+                     **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)}
         final = None
         if any(n.node not in plan for n in nodes):
             final = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan),
@@ -619,7 +624,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     for row in rows:
         row["node"] = _shown(row["node"])
     reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
-    if speed is not None:
+    if speed is not None and speed["checked"]:
         speed["reverted"] = [_shown(n) for n in speed["reverted"]]
         for r in speed["rounds"]:
             r["candidates_ms"] = {_shown(n): v for n, v in r["candidates_ms"].items()}

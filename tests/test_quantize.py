@@ -431,8 +431,9 @@ def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_pa
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
     bits = {"0": LayerBits("0", 4.0, 64, 0.1), "2": LayerBits("2", 3.0, 64, 0.1), "4": LayerBits("4", 6.0, 3, 0.1)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=_bundle(x, y),
-                             recipe=Recipe(max_metric_drop=None), metric_before=None, bits=bits,
-                             speed_check=False, log=lambda m: None)
+                             recipe=Recipe(max_metric_drop=None, latency_runs=0), metric_before=None, bits=bits,
+                             log=lambda m: None)
+    assert section["speed"] == {"checked": False, "why": "latency_runs is 0: nothing is timed"}
     rows = {r["layer"]: r for r in section["layers"]}
     assert [rows[k]["precision"] for k in ("0", "2", "4")] == ["int4", "int8", "int8"]
     assert rows["0"]["storage"]["form"] == "int4 dense"

@@ -287,6 +287,8 @@ def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
         setting = f" (batch {speed['batch_size']}, {speed['threads']} thread(s))" if "batch_size" in speed else ""
         parts.append(f"Kept float32 because their integer form ran slower than float32 on this CPU{setting}: "
                      + ", ".join(f"`{n}`" for n in speed["reverted"]))
+    if speed.get("checked") is False:
+        parts.append(f"Speed not checked: {speed.get('why')}")
     if speed.get("rounds"):
         last = speed["rounds"][-1]
         parts.append(f"Speed check: the quantized model {last['quantized_ms']:.3g} ms against the pruned float32 "
