@@ -17,13 +17,18 @@ independent ``a`` (per weight) and ``b`` (per unit), the folded weight is E[a]·
 and the layer needs ``bits = the 90th percentile of b_u`` over its kept units (nearest rank): a few units with an
 unusually sure posterior do not force the whole layer to float, but 90% of them get quantization noise within
 their posterior spread. A layer needing ≤ 8 bits becomes int8, one needing more stays float32, and a layer with no
-posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. Lower widths
-(int4) are reported but not used: onnxruntime's CPU kernels for Conv/Gemm run 8-bit weights only.
+posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. A layer needing
+≤ 4 bits gets int4 weights (opset 21) where they are smaller than its int8 weights as stored (dense or sparse).
 
 Verification: the quantized file's metric is measured with onnxruntime on the validation and test data. If the
 validation metric is outside the run's budget (``max_metric_drop`` from the original model), layers go back to
 float32 one at a time, most sensitive first (sensitivity: the validation loss of quantizing that layer alone),
 until it is within.
+
+Speed (docs/quantization.md): integer kernels are not always faster (a narrow convolution runs slower in
+onnxruntime's QLinearConv than in its float kernel), so the quantized model is timed against the float32 file on
+this CPU, and layers whose reversal to float32 makes it faster (or while it is slower than the float32 file) go
+back to float32, one per round.
 """
 
 from __future__ import annotations
