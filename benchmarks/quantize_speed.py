@@ -35,6 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import onnx
 import torch
 
@@ -60,6 +61,41 @@ def bits_from(path: Path) -> dict[str, LayerBits]:
     return out
 
 
+def csr_count(float_file: Path, bits: dict[str, LayerBits], dense_file: Path) -> dict:
+    """The issue's counting of a per-weight sparse model (after Louizos et al. 2017): each layer's kept weights at
+    the bits the posterior asks for (ceil; 32 where it asks for more than 32 or has no posterior) plus the index
+    cost of compressed sparse rows (a column index of ceil(log2(columns)) bits per kept weight and a row pointer of
+    ceil(log2(kept + 1)) bits per row + 1), against 32 bits per weight of the dense file's weight layers. Biases
+    are left out on both sides."""
+    from onnx import numpy_helper
+
+    from prunedrop.quantize import _load_dense, weight_nodes
+
+    def weights(path: Path) -> dict[str, np.ndarray]:
+        proto = _load_dense(path)
+        inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        return {wn.module: inits[wn.weight] for wn in weight_nodes(proto) if wn.weight in inits}
+
+    dense_bits = sum(32 * w.size for w in weights(dense_file).values())
+    layers, value_bits, index_bits = {}, 0, 0
+    for name, w in weights(float_file).items():
+        matrix = w.reshape(w.shape[0], -1)
+        kept = int((matrix != 0).sum())
+        lb = bits.get(name)
+        b = 32 if lb is None or not math.isfinite(lb.bits) or lb.bits > 32 else int(math.ceil(lb.bits))
+        col = max(1, math.ceil(math.log2(matrix.shape[1])))
+        ptr = max(1, math.ceil(math.log2(kept + 1)))
+        layers[name] = {"shape": list(w.shape), "kept": kept, "value_bits": b, "column_index_bits": col,
+                        "row_pointer_bits": ptr}
+        value_bits += kept * b
+        index_bits += kept * col + (matrix.shape[0] + 1) * ptr
+    float_kept_bits = sum(32 * v["kept"] for v in layers.values())
+    return {"layers": layers, "dense_bits": dense_bits, "value_bits": value_bits, "index_bits": index_bits,
+            "ratio_kept_float32_values_only": dense_bits / float_kept_bits,
+            "ratio_float32_csr": dense_bits / (float_kept_bits + index_bits),
+            "ratio_posterior_bits_csr": dense_bits / (value_bits + index_bits)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -75,6 +111,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-runs", type=int, default=50, help="alternated timed runs per file and batch size")
     p.add_argument("--repeats", type=int, default=3, help="timings of all files; each file keeps its median")
+    p.add_argument("--csr-count", action="store_true",
+                   help="also count the size as bits per kept weight plus a CSR index (per-weight sparsity)")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args()
     if args.mode == "bayes" and args.bits_from is None:
@@ -129,8 +167,10 @@ def main() -> None:
         repeats.append({(r["model"], r["batch_size"]): r["median_ms"] for r in raw["results"]})
     latency = {f"b{b}": {name: statistics.median(rep[(name, b)] for rep in repeats) for name in timed}
                for b in (1, 64)}
+    counting = csr_count(float_file, bits or {}, dense_file) if args.csr_count else None
     row = {
         "command": command_line(),
+        **({"csr_count": counting} if counting else {}),
         "source": rel(args.run) if args.run else {"arch": args.dense[0], "state_dict": args.dense[1]},
         "mode": args.mode,
         "quantization": section,
@@ -151,6 +191,8 @@ def main() -> None:
         info = files.get(name, unchecked_metrics if name == "quantized_no_speed_check" else {})
         print(f"{name:26s} {info.get('bytes', 0):>10,} bytes  test {info.get('test', float('nan')):.2f}%  "
               f"b1 {latency['b1'][name]:.3f} ms  b64 {latency['b64'][name]:.3f} ms")
+    if counting:
+        print("CSR counting: " + ", ".join(f"{k} {v:.1f}x" for k, v in counting.items() if k.startswith("ratio")))
     print(f"wrote {rel(args.output)}")
 
 
