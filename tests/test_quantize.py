@@ -449,3 +449,25 @@ def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_pa
     # onnxruntime runs it, and the measured accuracy in the section is that file's
     ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
+
+
+def test_pruned_model_outside_the_budget_already_is_the_reference(tmp_path: Path) -> None:
+    # the float file scores below the budget (metric_before 100, budget 1 point): reverting every layer cannot
+    # bring it within, so the quantized file must merely be no worse than the float file
+    float_file, data = _three_layers(tmp_path)
+    float_metric = evaluate_onnx(float_file, data.loader("val", 64))
+    assert float_metric == 100.0  # labels are the model's own predictions
+    logs: list[str] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=1.0), metric_before=float_metric + 5.0,
+                             speed_check=False, log=logs.append)
+    assert section["budget_reference"] == "the pruned float32 model (outside the budget already)"
+    assert any("outside the budget already" in line for line in logs)
+    # the int8 model keeps the float one's 100%: within the new reference, so nothing is reverted (measured
+    # against the original, every layer would have gone back and no file been written)
+    assert section["file"] == "q.onnx" and section["reverted"] == [] and section["within_budget"]
+    assert section["metric"]["val"] == float_metric
+    section = quantize_model(float_file, tmp_path / "q2.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=10.0), metric_before=float_metric,
+                             speed_check=False, log=lambda m: None)
+    assert section["budget_reference"] == "the original model"
