@@ -295,6 +295,8 @@ class QuantizedFile:
     ``bytes`` as stored, ``dense_bytes`` and (int8 with zeros) ``sparse_bytes``, all serialized protobuf bytes."""
 
 
+_SPARSE_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                 onnx.TensorProto.DOUBLE)
 INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
 
 
@@ -360,8 +362,9 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
 
     ``int4``: weight nodes whose weights are stored as 4-bit integers instead (onnxruntime's per-tensor quant
     override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
-    file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights holding
-    zeros as sparse constants where that is smaller (``"auto"``).
+    file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights, and
+    the float weights of layers left float32, holding zeros as sparse constants where that is smaller
+    (``"auto"``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -394,8 +397,9 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     int8 = quantized_nodes(quantized, nodes)
     kept_float = [wn.node for wn in nodes if wn.node not in int8]
     storage = _storage(quantized, nodes)
-    converted = [] if sparse is False else sparsify_initializers(
-        quantized, sparse, dtypes=(onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    # int8 weights, and the float weights of layers left float32 (densified above for the quantizer), go sparse
+    # where that is smaller, as in the float file
+    converted = [] if sparse is False else sparsify_initializers(quantized, sparse, dtypes=_SPARSE_TYPES)
     for row in storage.values():
         row["stored"] = "sparse" if row["tensor"] in converted else "dense"
         row["bytes"] = row["sparse_bytes"] if row["stored"] == "sparse" else row["dense_bytes"]

@@ -175,6 +175,12 @@ def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> 
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
             for p in (dense.path, sparse.path)]
     assert np.array_equal(outs[0], outs[1])
+    # a sparse layer left float32 (excluded: for speed, accuracy, ...) stays sparse as in the float file
+    excluded = quantize_onnx(float_file, tmp_path / "excluded.onnx", [x.numpy()], exclude=["/0/Gemm"])
+    assert excluded.float_nodes == ["/0/Gemm"] and "0.weight" in excluded.sparse_initializers
+    assert excluded.num_bytes < 64 * 64 * 4  # fc1 dense alone would take 16 kB
+    out = ort.InferenceSession(str(excluded.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert np.allclose(out[0], model(x).detach().numpy(), atol=0.1)
 
 
 def test_cpu_instruction_sets_from_cpuinfo() -> None:
