@@ -642,6 +642,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                        **storage_options.get(node, {})}
             row["storage"] = {"form": f"{stored['type']} {stored['stored']}", "bytes": stored["bytes"],
                               "options": {k: v for k, v in options.items() if v is not None}}
+            if speed is not None and node in speed.get("int4_to_int8", []):
+                row["storage"]["why"] = "int4 was smaller, but the model ran faster with this layer int8"
         rows.append(row)
     # TorchScript's node names start with "/" ("/fc1/Gemm"), which reads as an absolute path in a report
     for row in rows:
@@ -649,10 +651,11 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
     if speed is not None and speed["checked"]:
         speed["reverted"] = [_shown(n) for n in speed["reverted"]]
+        speed["int4_to_int8"] = [_shown(n) for n in speed["int4_to_int8"]]
         for r in speed["rounds"]:
             r["candidates_ms"] = {_shown(n): v for n, v in r["candidates_ms"].items()}
-            if r.get("reverted"):
-                r["reverted"] = _shown(r["reverted"])
+            if r.get("changed"):
+                r["changed"]["node"] = _shown(r["changed"]["node"])
     reasons = sorted({why[n] for n in plan})
     section: dict[str, Any] = {
         "mode": mode,
@@ -709,18 +712,20 @@ _WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
 
 
 def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
-                   int4: Sequence[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
+                   int4: list[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
                    log: Callable[[str], None]) -> dict[str, Any]:
-    """Revert quantized layers to float32, one per round, while the quantized model is slower than the float32
-    file or reverting one of its layers makes it faster (by more than ``SPEED_MARGIN``, against timing noise).
+    """Make the quantized model no slower than the float32 file, one change per round: a quantized layer back to
+    float32, or an int4 layer to int8 (int4 weights are not run by onnxruntime's integer kernels).
 
-    Each round times, taking turns: the float32 file, the quantized model as planned, and for each quantized
-    layer the same model with that layer float32. The layer whose reversal gives the fastest model goes back when
-    that model is faster than the planned one, or when the planned one is slower than the float32 file. The last
-    round therefore measured a planned model no slower than the float32 file (within the margin). Updates
-    ``plan``/``why`` in place and returns the rounds."""
+    Each round times, taking turns: the float32 file, the quantized model as planned, and one model per possible
+    change. The change giving the fastest model is made when that model is faster than the planned one by more
+    than ``SPEED_MARGIN`` (against timing noise), or when the planned one is slower than the float32 file by more
+    than that. The last round therefore measured a planned model no slower than the float32 file (within the
+    margin). Updates ``plan``/``why`` (layers gone float32) and ``int4`` (layers gone int8) in place; returns the
+    rounds."""
     rounds: list[dict[str, Any]] = []
     done: list[str] = []
+    to_int8: list[str] = []
     while True:
         current = [n.node for n in nodes if n.node not in plan]
         if not current:
@@ -728,31 +733,44 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
         planned = tmp / "speed-planned.onnx"
         quantize_onnx(float_path, planned, calibration, exclude=sorted(plan), int4=int4, cache=cache)
         paths: dict[str, Path] = {"float32": Path(float_path), "quantized": planned}
+        changes: dict[str, tuple[str, str]] = {}  # timing key → (node, "float32" | "int8")
         for i, name in enumerate(current):
+            key = f"{name} → float32"
+            changes[key] = (name, "float32")
             if len(current) == 1:
-                paths[name] = Path(float_path)  # reverting the last layer leaves the float32 model
-                continue
-            paths[name] = tmp / f"speed-without-{i}.onnx"
-            quantize_onnx(float_path, paths[name], calibration, exclude=sorted({*plan, name}), int4=int4,
-                          cache=cache)
+                paths[key] = Path(float_path)  # reverting the last layer leaves the float32 model
+            else:
+                paths[key] = tmp / f"speed-float-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted({*plan, name}), int4=int4,
+                              cache=cache)
+            if name in int4:
+                key = f"{name} → int8"
+                changes[key], paths[key] = (name, "int8"), tmp / f"speed-int8-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted(plan),
+                              int4=[n for n in int4 if n != name], cache=cache)
         times = timer(paths)
         float_ms, planned_ms = times["float32"], times["quantized"]
-        best = min(current, key=lambda n: times[n])
+        best = min(changes, key=lambda k: times[k])
         slower = planned_ms > float_ms * (1 + SPEED_MARGIN)
         helps = times[best] < planned_ms * (1 - SPEED_MARGIN)
         entry: dict[str, Any] = {"float32_ms": float_ms, "quantized_ms": planned_ms,
-                                 "candidates_ms": {n: times[n] for n in current}}
+                                 "candidates_ms": {k: times[k] for k in changes}}
         rounds.append(entry)
         if not (slower or helps):
             break
-        plan[best] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
-                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)")
-        why[best] = "speed"
-        entry["reverted"] = best
-        done.append(best)
-        log(f"reverted {_shown(best)} to float32 for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
+        node, target = changes[best]
+        entry["changed"] = {"node": node, "to": target}
+        log(f"{_shown(node)} to {target} for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
             f"(float32 file {float_ms:.3g} ms)")
-    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done}
+        if target == "int8":
+            int4.remove(node)
+            to_int8.append(node)
+            continue
+        plan[node] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
+                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)")
+        why[node] = "speed"
+        done.append(node)
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8}
 
 
 def _shown(node: str) -> str:

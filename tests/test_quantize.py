@@ -382,14 +382,15 @@ def test_layer_whose_int8_form_runs_slower_stays_float32(tmp_path: Path) -> None
     assert "float_because" not in rows["0"]
     assert section["speed"]["reverted"] == ["2/Gemm"]
     first, second = section["speed"]["rounds"]
-    assert first["quantized_ms"] == 14.0 and first["float32_ms"] == 10.0 and first["reverted"] == "2/Gemm"
-    assert first["candidates_ms"] == {"0/Gemm": 14.5, "2/Gemm": 9.0, "4/Gemm": 14.5}
-    assert second["quantized_ms"] == 9.0 and "reverted" not in second  # nothing left that helps: stop
+    assert first["quantized_ms"] == 14.0 and first["float32_ms"] == 10.0
+    assert first["changed"] == {"node": "2/Gemm", "to": "float32"}
+    assert first["candidates_ms"] == {"0/Gemm → float32": 14.5, "2/Gemm → float32": 9.0, "4/Gemm → float32": 14.5}
+    assert second["quantized_ms"] == 9.0 and "changed" not in second  # nothing left that helps: stop
     # each round timed the float file, the planned model and one model per quantized layer, as they say
-    assert calls[0] == {"float32": set(), "quantized": {"0", "2", "4"}, "/0/Gemm": {"2", "4"},
-                        "/2/Gemm": {"0", "4"}, "/4/Gemm": {"0", "2"}}
+    assert calls[0] == {"float32": set(), "quantized": {"0", "2", "4"}, "/0/Gemm → float32": {"2", "4"},
+                        "/2/Gemm → float32": {"0", "4"}, "/4/Gemm → float32": {"0", "2"}}
     assert _int8_layers(tmp_path / "q.onnx") == {"0", "4"}  # the file written is the one reported
-    assert any("reverted 2/Gemm to float32 for speed" in line for line in logs)
+    assert any("2/Gemm to float32 for speed" in line for line in logs)
     assert "ran slower here: 2/Gemm" in logs[-1]
 
 
@@ -477,3 +478,34 @@ def test_pruned_model_outside_the_budget_already_is_the_reference(tmp_path: Path
                              recipe=Recipe(max_metric_drop=10.0), metric_before=float_metric,
                              speed_check=False, log=lambda m: None)
     assert section["budget_reference"] == "the original model"
+
+
+def test_int4_layer_that_runs_slower_than_its_int8_form_goes_int8(tmp_path: Path) -> None:
+    import onnx
+
+    from prunedrop.quantize import LayerBits
+
+    float_file, data = _three_layers(tmp_path)
+    bits = {k: LayerBits(k, 3.0, 8, 0.1) for k in ("0", "2")}  # 0 and 2 may be int4 (4 is excluded: no bits)
+
+    def int4_layers(path: Path) -> set[str]:
+        proto = onnx.load(str(path))
+        four = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+        return {name.split(".")[0] for name in four}
+
+    seen: list[dict[str, set[str]]] = []
+
+    def timer(paths):  # int8 layers save 1 ms each; an int4 layer 0 costs 3 ms, an int4 layer 2 saves 1 ms
+        seen.append({k: int4_layers(v) for k, v in paths.items()})
+        return {k: 10.0 - len(_int8_layers(v)) + 4.0 * ("0" in int4_layers(v)) for k, v in paths.items()}
+
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, bits=bits, timer=timer,
+                             log=lambda m: None)
+    assert seen[0]["quantized"] == {"0", "2"}  # the storage choice picked int4 for both (smaller)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert rows["0"]["precision"] == "int8" and rows["2"]["precision"] == "int4"
+    assert rows["0"]["storage"]["why"].startswith("int4 was smaller")
+    assert section["speed"]["int4_to_int8"] == ["0/Gemm"] and section["speed"]["reverted"] == []
+    assert section["speed"]["rounds"][0]["changed"] == {"node": "0/Gemm", "to": "int8"}
+    assert int4_layers(tmp_path / "q.onnx") == {"2"}

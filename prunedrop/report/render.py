@@ -287,6 +287,9 @@ def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
         setting = f" (batch {speed['batch_size']}, {speed['threads']} thread(s))" if "batch_size" in speed else ""
         parts.append(f"Kept float32 because their integer form ran slower than float32 on this CPU{setting}: "
                      + ", ".join(f"`{n}`" for n in speed["reverted"]))
+    if speed.get("int4_to_int8"):
+        parts.append("Kept int8 rather than int4 because that ran faster: "
+                     + ", ".join(f"`{n}`" for n in speed["int4_to_int8"]))
     if speed.get("checked") is False:
         parts.append(f"Speed not checked: {speed.get('why')}")
     if speed.get("rounds"):
