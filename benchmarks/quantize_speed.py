@@ -36,14 +36,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import onnx
 import torch
 
 from benchmarks.common import command_line, machine, rel
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.export import export_onnx
-from prunedrop.quantize import LayerBits, calibration_batches, evaluate_onnx, quantize_model, quantize_onnx
+from prunedrop.quantize import LayerBits, evaluate_onnx, quantize_model
 from prunedrop.recipes import Recipe
 from prunedrop.report import measure_latency
 
@@ -140,26 +139,20 @@ def main() -> None:
     out_file = tmp / "model-int8.onnx"
     section = quantize_model(float_file, out_file, mode=args.mode, data=data, recipe=recipe,
                              metric_before=metric_before, bits=bits, compare=compare, log=print)
-    # the same without the speed check: the layers that stayed float32 for another reason stay so
-
-    other = [r["node"] for r in section["layers"] if r.get("float_because") not in (None, "speed")]
-    calibration = calibration_batches(data.loader("train", 64, shuffle=True, seed=args.seed))
-    int4 = [r["node"] for r in section["layers"] if r.get("precision") == "int4"]
+    # the same without the speed check (what quantize did before it): accuracy budget and storage choice alike
     unchecked_file = tmp / "model-int8-unchecked.onnx"
-    # node names in the section lost TorchScript's leading "/"; the quantizer takes the ONNX names
-    names = {n.name.lstrip("/"): n.name for n in onnx.load(str(float_file)).graph.node}
-    unchecked = quantize_onnx(float_file, unchecked_file, calibration, exclude=[names.get(n, n) for n in other],
-                              int4=[names.get(n, n) for n in int4])
-    unchecked_metrics = {"bytes": unchecked.num_bytes, "val": evaluate_onnx(unchecked_file, data.loader("val", 1000)),
-                         "test": evaluate_onnx(unchecked_file, data.loader("test", 1000)),
-                         "integer_layers": [n.lstrip("/") for n in unchecked.quantized]}
+    unchecked = quantize_model(float_file, unchecked_file, mode=args.mode, data=data, recipe=recipe,
+                               metric_before=metric_before, bits=bits, speed_check=False, log=lambda m: None)
+    unchecked_metrics = {"bytes": unchecked["bytes"], **unchecked.get("metric", {}),
+                         "layers": {r["node"]: r["precision"] for r in unchecked["layers"]}}
 
     timed = {"dense_float32": dense_file}
     if args.run is not None:
         timed["pruned_float32"] = float_file
     if section["file"] is not None:
         timed["quantized"] = out_file
-    timed["quantized_no_speed_check"] = unchecked_file
+    if unchecked["file"] is not None:
+        timed["quantized_no_speed_check"] = unchecked_file
     example = data.example_batch(64)
     repeats = []
     for _ in range(args.repeats):
