@@ -392,6 +392,11 @@ def test_layer_whose_int8_form_runs_slower_stays_float32(tmp_path: Path) -> None
     assert _int8_layers(tmp_path / "q.onnx") == {"0", "4"}  # the file written is the one reported
     assert any("2/Gemm to float32 for speed" in line for line in logs)
     assert "ran slower here: 2/Gemm" in logs[-1]
+    from prunedrop.report.render import _quantization_parts
+
+    text = "\n".join(_quantization_parts(section, "accuracy"))
+    assert "Kept float32 because their integer form ran slower than float32 on this CPU: `2/Gemm`" in text
+    assert "| 2 | 2/Gemm | Gemm | float32 | - | speed: " in text and "| 0 | 0/Gemm | Gemm | int8 | int8 dense |" in text
 
 
 def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(tmp_path: Path) -> None:
