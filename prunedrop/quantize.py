@@ -269,10 +269,13 @@ class _Batches:
 
 
 def calibration_batches(loader: Iterable[Any], samples: int = CALIBRATION_SAMPLES) -> list[np.ndarray]:
-    """Up to ``samples`` inputs from ``loader`` (training batches), as float32 arrays."""
+    """Up to ``samples`` inputs from ``loader`` (training batches), as arrays: float inputs as float32, integer
+    ones (token ids) as they are."""
     out, seen = [], 0
     for x, _ in loader:
-        out.append(np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32)))
+        array = x.detach().cpu().numpy()
+        out.append(np.ascontiguousarray(array.astype(np.float32) if np.issubdtype(array.dtype, np.floating)
+                                        else array))
         seen += len(x)
         if seen >= samples:
             break

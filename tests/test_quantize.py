@@ -514,3 +514,21 @@ def test_int4_layer_that_runs_slower_than_its_int8_form_goes_int8(tmp_path: Path
     assert section["speed"]["int4_to_int8"] == ["0/Gemm"] and section["speed"]["reverted"] == []
     assert section["speed"]["rounds"][0]["changed"] == {"node": "0/Gemm", "to": "int8"}
     assert int4_layers(tmp_path / "q.onnx") == {"2"}
+
+
+def test_token_id_model_is_calibrated_with_its_integer_inputs(tmp_path: Path) -> None:
+    from prunedrop.testing import tiny_token_model
+
+    model, x = tiny_token_model()
+    x = x.repeat(8, 1)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "m.onnx").path
+    data = DataBundle(name="tokens", train=TensorDataset(x[:16], y[:16]), val=TensorDataset(x[16:], y[16:]),
+                      test=None, input_shape=(7,), num_classes=3)
+    calls: list[dict[str, set[str]]] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"head": 0.0}, calls), log=lambda m: None)
+    assert section["file"] == "q.onnx"
+    assert {r["layer"]: r["precision"] for r in section["layers"]} == {"embedding": "int8", "head": "int8"}
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 8))
