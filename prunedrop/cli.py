@@ -124,7 +124,8 @@ def cli() -> None:
               help="Override the recipe's torch.compile setting for the variational layers.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]),
               help="Override the recipe's quantize: also write model-int8.onnx (int8 = every layer onnxruntime can "
-                   "quantize, bayes = the layers whose posterior allows 8 bits).")
+                   "quantize, bayes = the layers whose posterior allows 8 bits, int4 where 4); a layer whose integer "
+                   "form runs slower here stays float32.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or stage messages; only the final table.")
 def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool, data_spec: str,
              data_dir: Path | None, recipe_path: Path | None, output: Path, overwrite: bool, resume: bool,
@@ -257,7 +258,8 @@ def _num_outputs_on(model: Any, x: Any) -> int:
 @click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")
 @click.option("--quantize", type=click.Choice(["none", "int8", "bayes"]), default="none", show_default=True,
               help="Write -o as an int8 ONNX file (onnxruntime QDQ): int8 = every layer onnxruntime can quantize, "
-                   "bayes = the layers whose posterior allows 8 bits; kept within the run's accuracy budget.")
+                   "bayes = the layers whose posterior allows 8 bits; kept within the run's accuracy budget, and "
+                   "layers whose integer form runs slower on this CPU stay float32.")
 def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: bool, quantize: str) -> None:
     """Re-threshold a run's variational checkpoint and export it again, without retraining.
 
