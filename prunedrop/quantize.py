@@ -680,7 +680,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         "cpu_instruction_sets": cpu_instruction_sets(),
     }
     if final is None:
-        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")"
+        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
+            if reasons else "the model has no Linear/Conv-like weight layer to quantize"
         log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
     test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
