@@ -300,6 +300,8 @@ class QuantizedFile:
 
 _SPARSE_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                  onnx.TensorProto.DOUBLE)
+DYNAMIC_OPS = ("LSTM",)  # operators quantized by onnxruntime's dynamic quantizer (its static one has none)
+_DYNAMIC_SUFFIX = "_quant"  # onnxruntime names DynamicQuantizeLSTM after the LSTM node it replaces
 INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
 
 
@@ -323,22 +325,28 @@ def _weight_inputs(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[
 
 def _storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, dict[str, Any]]:
     """Each quantized weight's storage options (before sparse conversion): its type and the bytes dense and, for
-    int8 with zeros, as a sparse constant (what :func:`prunedrop.export.sparsify_initializers` would write)."""
+    int8 with zeros, as sparse constants (what :func:`prunedrop.export.sparsify_initializers` would write)."""
     from .export import _sparse_constant
 
     inits = {t.name: t for t in proto.graph.initializer}
     names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
              onnx.TensorProto.UINT4: "uint4"}
+    tensors = {node: [tensor] for node, tensor in _weight_inputs(proto, nodes).items()}
+    for node in proto.graph.node:  # onnxruntime's dynamic LSTM: W and R are its int8 inputs 1 and 2
+        if node.op_type == "DynamicQuantizeLSTM" and node.name.endswith(_DYNAMIC_SUFFIX):
+            tensors[node.name[: -len(_DYNAMIC_SUFFIX)]] = [node.input[1], node.input[2]]
     out = {}
-    for node, tensor in _weight_inputs(proto, nodes).items():
-        init = inits.get(tensor)
-        if init is None:
+    for node, names_ in tensors.items():
+        found = [inits[t] for t in names_ if t in inits]
+        if not found:
             continue
-        row: dict[str, Any] = {"tensor": tensor, "type": names.get(init.data_type, str(init.data_type)),
-                               "dense_bytes": init.ByteSize()}
-        sparse = _sparse_constant(init, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8}))
-        if sparse is not None:
-            row["sparse_bytes"] = sparse.ByteSize()
+        row: dict[str, Any] = {"tensors": [t.name for t in found],
+                               "type": names.get(found[0].data_type, str(found[0].data_type)),
+                               "dense_bytes": sum(t.ByteSize() for t in found)}
+        sparse = [_sparse_constant(t, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})) for t in found]
+        if all(c is not None for c in sparse):
+            row["sparse_bytes"] = sum(c.ByteSize() for c in sparse)
+        row["per_tensor"] = {t.name: (t.ByteSize(), None if c is None else c.ByteSize()) for t, c in zip(found, sparse)}
         out[node] = row
     return out
 
@@ -355,6 +363,35 @@ def _to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         return _named(version_converter.convert_version(proto, opset))
     except Exception:  # the converter lacks an adapter for some op: keep the model's opset
         return proto
+
+
+def _splice_dynamic(static: onnx.ModelProto, dynamic: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """``static`` with its LSTM nodes named in ``nodes`` replaced by ``dynamic``'s DynamicQuantizeLSTM nodes (and
+    their int8 weights). onnxruntime's dynamic quantizer also rewrites every Gemm into MatMul + Add, which would
+    undo the static quantizer's QDQ Gemms; only its LSTMs are taken."""
+    by_name = {n.name: n for n in dynamic.graph.node}
+    inits = {t.name: t for t in dynamic.graph.initializer}
+    have = {t.name for t in static.graph.initializer}
+    kept = []
+    for node in static.graph.node:
+        replacement = by_name.get(node.name + _DYNAMIC_SUFFIX) if node.name in nodes else None
+        if replacement is None:
+            kept.append(node)
+            continue
+        kept.append(replacement)
+        for name in replacement.input:
+            if name in inits and name not in have:
+                static.graph.initializer.append(inits[name])
+                have.add(name)
+    del static.graph.node[:]
+    static.graph.node.extend(kept)
+    used = {i for n in static.graph.node for i in n.input} | {o.name for o in static.graph.output}
+    unused = [t for t in static.graph.initializer if t.name not in used]  # the LSTMs' float weights
+    for t in unused:
+        static.graph.initializer.remove(t)
+    domains = {o.domain for o in static.opset_import}
+    static.opset_import.extend(o for o in dynamic.opset_import if o.domain not in domains)
+    return static
 
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
@@ -396,7 +433,24 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
             raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
         finally:
             root.setLevel(level)
-        quantized = onnx.load(str(target))
+        dynamic = [wn.node for wn in nodes if wn.op in DYNAMIC_OPS and wn.node not in set(exclude)]
+        if dynamic:
+            from onnxruntime.quantization import quantize_dynamic
+
+            # the static (QDQ) quantizer has no integer LSTM; onnxruntime's dynamic one has (DynamicQuantizeLSTM:
+            # int8 weights, activations quantized at run time)
+            root.setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(str(target), str(Path(tmp) / "dynamic.onnx"), op_types_to_quantize=list(DYNAMIC_OPS),
+                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+            except Exception as e:  # as above: every failure means "cannot quantize"
+                raise PrunedropError(f"onnxruntime cannot quantize the LSTM of {Path(float_path).name}: "
+                                     f"{describe(e)}") from e
+            finally:
+                root.setLevel(level)
+            quantized = _splice_dynamic(onnx.load(str(target)), onnx.load(str(Path(tmp) / "dynamic.onnx")), dynamic)
+        else:
+            quantized = onnx.load(str(target))
     int8 = quantized_nodes(quantized, nodes)
     kept_float = [wn.node for wn in nodes if wn.node not in int8]
     storage = _storage(quantized, nodes)
@@ -404,8 +458,10 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     # where that is smaller, as in the float file
     converted = [] if sparse is False else sparsify_initializers(quantized, sparse, dtypes=_SPARSE_TYPES)
     for row in storage.values():
-        row["stored"] = "sparse" if row["tensor"] in converted else "dense"
-        row["bytes"] = row["sparse_bytes"] if row["stored"] == "sparse" else row["dense_bytes"]
+        sizes = row.pop("per_tensor")
+        stored = [t in converted for t in row["tensors"]]
+        row["stored"] = "sparse" if all(stored) else "dense" if not any(stored) else "partly sparse"
+        row["bytes"] = sum(sizes[t][1] if t in converted else sizes[t][0] for t in row["tensors"])
     onnx.checker.check_model(quantized, full_check=True)
     data = quantized.SerializeToString()
     atomic_write_bytes(Path(out_path), data)
@@ -422,7 +478,9 @@ def quantized_nodes(quantized: onnx.ModelProto, nodes: Sequence[WeightNode]) -> 
     for wn in nodes:
         node = by_name.get(wn.node)
         inputs = list(node.input) if node is not None else []
-        if any(i in dequantized for i in inputs) and wn.weight not in inputs:
+        dynamic = by_name.get(wn.node + _DYNAMIC_SUFFIX)
+        if (any(i in dequantized for i in inputs) and wn.weight not in inputs) or (
+                dynamic is not None and dynamic.op_type.startswith("DynamicQuantize")):
             out.append(wn.node)
     return out
 
@@ -666,7 +724,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                  "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
         "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
                   "allows 4 bits and that is smaller), int8 activations "
-                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples",
+                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
+                  "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
         "layers": rows,
         "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
         "reverted": reverted,

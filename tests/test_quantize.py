@@ -107,8 +107,10 @@ def _bundle(x: torch.Tensor, y: torch.Tensor) -> DataBundle:
 
 
 def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path: Path) -> None:
+    from prunedrop.testing import TinyGRUClassifier
+
     torch.manual_seed(0)
-    model = TinyLSTMClassifier().eval()
+    model = TinyGRUClassifier().eval()
     x = torch.randn(64, 5, 6)
     y = model(x).argmax(1).detach()
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
@@ -116,18 +118,45 @@ def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path:
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=_bundle(x, y),
                              recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, speed_check=False,
                              log=logs.append)
-    assert section["unsupported"] == [{"node": "rnn/LSTM", "op": "LSTM"}]
-    rows = {r["layer"]: r for r in section["layers"]}
-    assert rows["rnn"]["precision"] == "float32"
-    assert rows["rnn"]["reason"] == "onnxruntime does not quantize this operator"
-    assert rows["head"]["precision"] == "int8"
-    assert "rnn/LSTM (LSTM)" in logs[-1]
-    # the file holds what the section says: the head's weight dequantized, the LSTM's weights float
+    assert section["unsupported"] == [{"node": "rnn/GRU", "op": "GRU"}, {"node": "rnn/GRU_1", "op": "GRU"}]
+    rows = {r["node"]: r for r in section["layers"]}
+    assert rows["rnn/GRU"]["precision"] == rows["rnn/GRU_1"]["precision"] == "float32"
+    assert rows["rnn/GRU"]["reason"] == "onnxruntime does not quantize this operator"
+    assert rows["head/Gemm"]["precision"] == "int8"
+    assert "rnn/GRU (GRU), rnn/GRU_1 (GRU)" in logs[-1]
+    # the file holds what the section says: the head's weight dequantized, the GRU's weights float
     import onnx
 
     proto = onnx.load(str(tmp_path / "model-int8.onnx"))
     ops = {n.op_type for n in proto.graph.node}
-    assert {"LSTM", "DequantizeLinear", "QuantizeLinear"} <= ops
+    assert {"GRU", "DequantizeLinear", "QuantizeLinear"} <= ops
+
+
+def test_lstm_is_quantized_by_onnxruntimes_dynamic_quantizer(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    model = TinyLSTMClassifier().eval()
+    x = torch.randn(64, 5, 6)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data = _bundle(x, y)
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, speed_check=False,
+                             log=lambda m: None)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert section["unsupported"] == []
+    assert rows["rnn"]["precision"] == "int8" and rows["rnn"]["op"] == "LSTM"
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    lstm = [n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM"]
+    assert len(lstm) == 1 and not any(n.op_type == "LSTM" for n in proto.graph.node)
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert rows["rnn"]["storage"]["bytes"] == inits[lstm[0].input[1]].ByteSize() + inits[lstm[0].input[2]].ByteSize()
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 64)) > 90.0
+    # excluded (for accuracy or speed), the LSTM stays a float LSTM
+    kept = quantize_onnx(float_file, tmp_path / "kept.onnx", [x.numpy()], exclude=["/rnn/LSTM"])
+    assert kept.float_nodes == ["/rnn/LSTM"]
+    assert any(n.op_type == "LSTM" for n in onnx.load(str(tmp_path / "kept.onnx")).graph.node)
 
 
 def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -> None:
