@@ -1,8 +1,9 @@
 """Quantized ONNX export: int8 everywhere, or int8 where the variational posterior allows it (``quantize``).
 
 The quantizer is onnxruntime's own (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel
-symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches); prunedrop decides only
-*which* layers it may quantize, checks the result with onnxruntime and writes it beside the float file.
+symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches; LSTMs through its
+``quantize_dynamic``); prunedrop decides only *which* layers it may quantize and how their weights are stored,
+checks the result with onnxruntime and writes it beside the float file.
 
 The bit rule (``quantize: bayes``, see docs/quantization.md). Each kept weight of a converted layer has a
 posterior spread: sparse VD's ``w = θ + σ·ε`` (σ² = α·θ²), or a unit's multiplicative noise (log-normal SBP:
