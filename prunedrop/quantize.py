@@ -658,10 +658,22 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                         f"validation {_metric_text(loss)} {metric4:.4g}")
                     result = trial4
                 else:
-                    storage_note = (f"int4 weights for {', '.join(_shown(n) for n in int4)} left the budget "
-                                    f"(validation {_metric_text(loss)} {metric4:.4g}); they stay int8")
+                    # together they leave the budget: add them one at a time, the largest saving first, keeping
+                    # each that leaves the file within the budget
+                    tried, int4 = int4, []
+                    saving = {n: storage8[n]["bytes"] - with_int4.storage[n]["bytes"] for n in tried}
+                    for name in sorted(tried, key=lambda n: -saving[n]):
+                        step = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan),
+                                             int4=[*int4, name], cache=cache)
+                        if in_budget(evaluate_onnx(trial, val_loader, loss=loss)):
+                            int4.append(name)
+                            result = step
+                    dropped = [n for n in tried if n not in int4]
+                    storage_note = (f"int4 weights for {', '.join(_shown(n) for n in tried)} together left the "
+                                    f"budget (validation {_metric_text(loss)} {metric4:.4g}); one at a time, "
+                                    + (f"{', '.join(_shown(n) for n in int4)} stayed int4 and " if int4 else "")
+                                    + f"{', '.join(_shown(n) for n in dropped)} went back to int8")
                     log(storage_note)
-                    int4 = []
         else:
             storage_options = {}
 

@@ -561,3 +561,30 @@ def test_token_id_model_is_calibrated_with_its_integer_inputs(tmp_path: Path) ->
     assert section["file"] == "q.onnx"
     assert {r["layer"]: r["precision"] for r in section["layers"]} == {"embedding": "int8", "head": "int8"}
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 8))
+
+
+def test_int4_layers_that_together_leave_the_budget_are_added_one_at_a_time(tmp_path: Path) -> None:
+    from prunedrop.quantize import LayerBits
+    from prunedrop.testing import fit, tiny_classification_data
+
+    # layer 2 reads a dead hidden unit with weight 10: int8's step (10/127) keeps its other weights, int4's (10/7)
+    # rounds them away; layer 0 is harmless in int4
+    x, y = tiny_classification_data(n=400, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    fit(model, x[:200], y[:200], 150)
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = -1.0
+        model[2].weight[:, 0] = 10.0
+    model.eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "m.onnx").path
+    data = _bundle(x, y)
+    before = evaluate_onnx(float_file, data.loader("val", 64))
+    bits = {"0": LayerBits("0", 4.0, 32, 0.1), "2": LayerBits("2", 4.0, 3, 0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data,
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, bits=bits, speed_check=False,
+                             log=lambda m: None)
+    assert [(r["node"], r["precision"]) for r in section["layers"]] == [("0/Gemm", "int4"), ("2/Gemm", "int8")]
+    assert section["storage_note"].endswith("one at a time, 0/Gemm stayed int4 and 2/Gemm went back to int8")
+    assert section["within_budget"] and before - section["metric"]["val"] <= 3.0
