@@ -843,7 +843,10 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
             to_int8.append(node)
             continue
         plan[node] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
-                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)")
+                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)" if helps else
+                      f"speed: the quantized model ran slower than the float32 file on this CPU ({planned_ms:.3g} "
+                      f"against {float_ms:.3g} ms), and of the changes tried, this layer as float32 ran fastest "
+                      f"({times[best]:.3g} ms)")
         why[node] = "speed"
         done.append(node)
     return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8}
