@@ -1,8 +1,9 @@
 """Quantized ONNX export: int8 everywhere, or int8 where the variational posterior allows it (``quantize``).
 
 The quantizer is onnxruntime's own (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel
-symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches); prunedrop decides only
-*which* layers it may quantize, checks the result with onnxruntime and writes it beside the float file.
+symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches; LSTMs through its
+``quantize_dynamic``); prunedrop decides only *which* layers it may quantize and how their weights are stored,
+checks the result with onnxruntime and writes it beside the float file.
 
 The bit rule (``quantize: bayes``, see docs/quantization.md). Each kept weight of a converted layer has a
 posterior spread: sparse VD's ``w = θ + σ·ε`` (σ² = α·θ²), or a unit's multiplicative noise (log-normal SBP:
@@ -17,13 +18,18 @@ independent ``a`` (per weight) and ``b`` (per unit), the folded weight is E[a]·
 and the layer needs ``bits = the 90th percentile of b_u`` over its kept units (nearest rank): a few units with an
 unusually sure posterior do not force the whole layer to float, but 90% of them get quantization noise within
 their posterior spread. A layer needing ≤ 8 bits becomes int8, one needing more stays float32, and a layer with no
-posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. Lower widths
-(int4) are reported but not used: onnxruntime's CPU kernels for Conv/Gemm run 8-bit weights only.
+posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. A layer needing
+≤ 4 bits gets int4 weights (opset 21) where they are smaller than its int8 weights as stored (dense or sparse).
 
 Verification: the quantized file's metric is measured with onnxruntime on the validation and test data. If the
 validation metric is outside the run's budget (``max_metric_drop`` from the original model), layers go back to
 float32 one at a time, most sensitive first (sensitivity: the validation loss of quantizing that layer alone),
 until it is within.
+
+Speed (docs/quantization.md): integer kernels are not always faster (a narrow convolution runs slower in
+onnxruntime's QLinearConv than in its float kernel), so the quantized model is timed against the float32 file on
+this CPU, and layers whose reversal to float32 makes it faster (or while it is slower than the float32 file) go
+back to float32, one per round.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,8 @@ __all__ = [
 
 QUANTIZE_MODES = ("none", "int8", "bayes")
 MAX_INT_BITS = 8
+MIN_INT_BITS = 4  # int4 storage (opset 21's DequantizeLinear) where the posterior allows it
+SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
 UNIT_QUANTILE = 0.9
 CALIBRATION_SAMPLES = 512
 CALIBRATION_BATCH = 64
@@ -262,10 +270,13 @@ class _Batches:
 
 
 def calibration_batches(loader: Iterable[Any], samples: int = CALIBRATION_SAMPLES) -> list[np.ndarray]:
-    """Up to ``samples`` inputs from ``loader`` (training batches), as float32 arrays."""
+    """Up to ``samples`` inputs from ``loader`` (training batches), as arrays: float inputs as float32, integer
+    ones (token ids) as they are."""
     out, seen = [], 0
     for x, _ in loader:
-        out.append(np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float32)))
+        array = x.detach().cpu().numpy()
+        out.append(np.ascontiguousarray(array.astype(np.float32) if np.issubdtype(array.dtype, np.floating)
+                                        else array))
         seen += len(x)
         if seen >= samples:
             break
@@ -279,29 +290,135 @@ class QuantizedFile:
     path: Path
     num_bytes: int
     quantized: list[str]
-    """Weight nodes whose weight is int8 (fed by a DequantizeLinear)."""
+    """Weight nodes whose weight is integer (fed by a DequantizeLinear)."""
     float_nodes: list[str]
     """Weight nodes that stayed float32 (excluded, or an operator onnxruntime does not quantize)."""
     sparse_initializers: list[str]
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Quantized weight node → how its weight is stored: ``type`` (int8 or int4), ``stored`` (dense or sparse),
+    ``bytes`` as stored, ``dense_bytes`` and (int8 with zeros) ``sparse_bytes``, all serialized protobuf bytes."""
+
+
+_SPARSE_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                 onnx.TensorProto.DOUBLE)
+DYNAMIC_OPS = ("LSTM",)  # operators quantized by onnxruntime's dynamic quantizer (its static one has none)
+_DYNAMIC_SUFFIX = "_quant"  # onnxruntime names DynamicQuantizeLSTM after the LSTM node it replaces
+INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
+
+
+def _weight_inputs(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, str]:
+    """Quantized weight node → the name of its integer weight tensor (the input of the DequantizeLinear that
+    feeds it)."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants.update(n.output[0] for n in proto.graph.node if n.op_type == "Constant")
+    producers = {n.output[0]: n for n in proto.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in constants}  # weights, not activations
+    by_name = {n.name: n for n in proto.graph.node}
+    out = {}
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        for i in (node.input if node is not None else []):
+            if i in producers and i != wn.weight:
+                out[wn.node] = producers[i].input[0]
+                break
+    return out
+
+
+def _storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, dict[str, Any]]:
+    """Each quantized weight's storage options (before sparse conversion): its type and the bytes dense and, for
+    int8 with zeros, as sparse constants (what :func:`prunedrop.export.sparsify_initializers` would write)."""
+    from .export import _sparse_constant
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
+             onnx.TensorProto.UINT4: "uint4"}
+    tensors = {node: [tensor] for node, tensor in _weight_inputs(proto, nodes).items()}
+    for node in proto.graph.node:  # onnxruntime's dynamic LSTM: W and R are its int8 inputs 1 and 2
+        if node.op_type == "DynamicQuantizeLSTM" and node.name.endswith(_DYNAMIC_SUFFIX):
+            tensors[node.name[: -len(_DYNAMIC_SUFFIX)]] = [node.input[1], node.input[2]]
+    out = {}
+    for node, names_ in tensors.items():
+        found = [inits[t] for t in names_ if t in inits]
+        if not found:
+            continue
+        row: dict[str, Any] = {"tensors": [t.name for t in found],
+                               "type": names.get(found[0].data_type, str(found[0].data_type)),
+                               "dense_bytes": sum(t.ByteSize() for t in found)}
+        sparse = [_sparse_constant(t, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})) for t in found]
+        if all(c is not None for c in sparse):
+            row["sparse_bytes"] = sum(c.ByteSize() for c in sparse)
+        row["per_tensor"] = {t.name: (t.ByteSize(), None if c is None else c.ByteSize()) for t, c in zip(found, sparse)}
+        out[node] = row
+    return out
+
+
+def _to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``proto`` converted to ``opset`` of the default domain where ONNX's converter can (else unchanged:
+    onnxruntime's quantizer then writes its com.microsoft Q/DQ for int4)."""
+    from onnx import version_converter
+
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return proto
+    try:
+        return _named(version_converter.convert_version(proto, opset))
+    except Exception:  # the converter lacks an adapter for some op: keep the model's opset
+        return proto
+
+
+def _splice_dynamic(static: onnx.ModelProto, dynamic: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """``static`` with its LSTM nodes named in ``nodes`` replaced by ``dynamic``'s DynamicQuantizeLSTM nodes (and
+    their int8 weights). onnxruntime's dynamic quantizer also rewrites every Gemm into MatMul + Add, which would
+    undo the static quantizer's QDQ Gemms; only its LSTMs are taken."""
+    by_name = {n.name: n for n in dynamic.graph.node}
+    inits = {t.name: t for t in dynamic.graph.initializer}
+    have = {t.name for t in static.graph.initializer}
+    kept = []
+    for node in static.graph.node:
+        replacement = by_name.get(node.name + _DYNAMIC_SUFFIX) if node.name in nodes else None
+        if replacement is None:
+            kept.append(node)
+            continue
+        kept.append(replacement)
+        for name in replacement.input:
+            if name in inits and name not in have:
+                static.graph.initializer.append(inits[name])
+                have.add(name)
+    del static.graph.node[:]
+    static.graph.node.extend(kept)
+    used = {i for n in static.graph.node for i in n.input} | {o.name for o in static.graph.output}
+    unused = [t for t in static.graph.initializer if t.name not in used]  # the LSTMs' float weights
+    for t in unused:
+        static.graph.initializer.remove(t)
+    domains = {o.domain for o in static.opset_import}
+    static.opset_import.extend(o for o in dynamic.opset_import if o.domain not in domains)
+    return static
 
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
-                  exclude: Sequence[str] = (), cache: str | Path | None = None,
+                  exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
                   sparse: bool | str = "auto") -> QuantizedFile:
     """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
-    ``cache``: a calibration cache file (written by the first call, reused by later ones on the same model).
-    ``sparse``: store int8 initializers holding zeros as sparse constants where that is smaller (``"auto"``).
+    ``int4``: weight nodes whose weights are stored as 4-bit integers instead (onnxruntime's per-tensor quant
+    override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
+    file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights, and
+    the float weights of layers left float32, holding zeros as sparse constants where that is smaller
+    (``"auto"``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .export import sparsify_initializers
 
     proto = _load_dense(float_path)
+    nodes = weight_nodes(proto)
+    int4 = [n for n in int4 if n not in set(exclude)]
+    overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": 0}] for wn in nodes if wn.node in int4}
+    source_proto = _to_opset(proto, INT4_OPSET) if overrides else proto
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(proto, str(source))
+        onnx.save(source_proto, str(source))
         input_name = proto.graph.input[0].name
         root = logging.getLogger()
         level = root.level
@@ -311,27 +428,62 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                             calibrate_method=CalibrationMethod.MinMax,
-                            calibration_cache_path=None if cache is None else str(cache))
+                            calibration_cache_path=None if cache is None else str(cache),
+                            extra_options={"TensorQuantOverrides": overrides} if overrides else None)
         except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
             raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
         finally:
             root.setLevel(level)
-        quantized = onnx.load(str(target))
-    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    nodes = weight_nodes(proto)
-    by_name = {n.name: n for n in quantized.graph.node}
-    int8, kept_float = [], []
-    for wn in nodes:
-        node = by_name.get(wn.node)
-        inputs = list(node.input) if node is not None else []
-        (int8 if any(i in dequantized for i in inputs) and wn.weight not in inputs else kept_float).append(wn.node)
-    converted = [] if sparse is False else sparsify_initializers(
-        quantized, sparse, dtypes=(onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+        dynamic = [wn.node for wn in nodes if wn.op in DYNAMIC_OPS and wn.node not in set(exclude)]
+        if dynamic:
+            from onnxruntime.quantization import quantize_dynamic
+
+            # the static (QDQ) quantizer has no integer LSTM; onnxruntime's dynamic one has (DynamicQuantizeLSTM:
+            # int8 weights, activations quantized at run time)
+            root.setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(str(target), str(Path(tmp) / "dynamic.onnx"), op_types_to_quantize=list(DYNAMIC_OPS),
+                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+            except Exception as e:  # as above: every failure means "cannot quantize"
+                raise PrunedropError(f"onnxruntime cannot quantize the LSTM of {Path(float_path).name}: "
+                                     f"{describe(e)}") from e
+            finally:
+                root.setLevel(level)
+            quantized = _splice_dynamic(onnx.load(str(target)), onnx.load(str(Path(tmp) / "dynamic.onnx")), dynamic)
+        else:
+            quantized = onnx.load(str(target))
+    int8 = quantized_nodes(quantized, nodes)
+    kept_float = [wn.node for wn in nodes if wn.node not in int8]
+    storage = _storage(quantized, nodes)
+    # int8 weights, and the float weights of layers left float32 (densified above for the quantizer), go sparse
+    # where that is smaller, as in the float file
+    converted = [] if sparse is False else sparsify_initializers(quantized, sparse, dtypes=_SPARSE_TYPES)
+    for row in storage.values():
+        sizes = row.pop("per_tensor")
+        stored = [t in converted for t in row["tensors"]]
+        row["stored"] = "sparse" if all(stored) else "dense" if not any(stored) else "partly sparse"
+        row["bytes"] = sum(sizes[t][1] if t in converted else sizes[t][0] for t in row["tensors"])
     onnx.checker.check_model(quantized, full_check=True)
     data = quantized.SerializeToString()
     atomic_write_bytes(Path(out_path), data)
     return QuantizedFile(path=Path(out_path), num_bytes=len(data), quantized=int8, float_nodes=kept_float,
-                         sparse_initializers=converted)
+                         sparse_initializers=converted, storage=storage)
+
+
+def quantized_nodes(quantized: onnx.ModelProto, nodes: Sequence[WeightNode]) -> list[str]:
+    """The weight nodes (of the float model, ``nodes``) whose weight in the ``quantized`` model comes through a
+    DequantizeLinear instead of the float weight itself."""
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    by_name = {n.name: n for n in quantized.graph.node}
+    out = []
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        inputs = list(node.input) if node is not None else []
+        dynamic = by_name.get(wn.node + _DYNAMIC_SUFFIX)
+        if (any(i in dequantized for i in inputs) and wn.weight not in inputs) or (
+                dynamic is not None and dynamic.op_type.startswith("DynamicQuantize")):
+            out.append(wn.node)
+    return out
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
@@ -373,16 +525,35 @@ def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
 # ------------------------------------------------------------------------------------------- the whole step
 
 
+Timer = Callable[[Mapping[str, Path]], dict[str, float]]
+"""Times ONNX files (name → path) and returns each one's latency in ms (:func:`time_models` on this CPU)."""
+
+
+def time_models(paths: Mapping[str, str | Path], example: torch.Tensor, *, batch_size: int, threads: int,
+                runs: int = 30, warmup: int = 3) -> dict[str, float]:
+    """Median onnxruntime CPU latency (ms) of each ONNX file at ``batch_size``, the files taking turns in one
+    process (:func:`prunedrop.report.latency.measure_latency`)."""
+    from .report.latency import measure_latency
+
+    raw = measure_latency(paths, example, batch_sizes=(batch_size,), threads=threads, runs=runs, warmup=warmup)
+    return {r["model"]: float(r["median_ms"]) for r in raw["results"]}
+
+
 def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
                    metric_before: float | None, bits: dict[str, LayerBits] | None = None,
-                   compare: dict[str, str | Path] | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   compare: dict[str, str | Path] | None = None, speed_check: bool | None = None,
+                   timer: Timer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
     onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
-    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), and write it
-    to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer had to
-    stay float32, and nothing is written then). ``compare``: other ONNX files (name → path, e.g. the dense and the
-    pruned float32 ones) whose bytes and metrics go into the section's ``files`` beside the quantized file's."""
+    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
+    layer's weights in the smallest form allowed (int8 dense or sparse; int4 under ``bayes`` where the posterior
+    allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``; None:
+    where ``recipe.latency_runs`` allows timing at all; timed by ``timer``, by default :func:`time_models` with
+    ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``), and
+    write it to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer
+    had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
+    (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
+    ``files`` beside the quantized file's."""
     from .autopilot import metric_drop
     from .sweep import within_budget
 
@@ -391,7 +562,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     loss = recipe.loss
     nodes = weight_nodes(_load_dense(float_path))
     plan: dict[str, str] = {}  # node → why it stays float32 (absent: quantize it)
+    why: dict[str, str] = {}  # node → the kind of reason: posterior, operator, accuracy, speed
     layers: list[dict[str, Any]] = []
+    four_bit: list[str] = []  # nodes whose posterior allows 4 bits (bayes)
     for wn in nodes:
         row: dict[str, Any] = {"node": wn.node, "op": wn.op, "layer": wn.module}
         lb = (bits or {}).get(wn.module or "")
@@ -399,20 +572,40 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
                        median_spread=lb.median_spread)
         if mode == "bayes" and lb is None:
-            plan[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)"
+            plan[wn.node], why[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)", "posterior"
         elif mode == "bayes" and lb is not None and lb.precision == "float32":
             plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
+            why[wn.node] = "posterior"
+        elif mode == "bayes" and lb is not None and lb.bits <= MIN_INT_BITS:
+            four_bit.append(wn.node)
         layers.append(row)
     val_loader = data.loader("val", recipe.eval_batch_size)
     calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
     higher = loss == "cross_entropy"
 
-    def in_budget(metric: float) -> bool:
+    def original_budget(metric: float) -> bool:
         return metric_before is None or recipe.max_metric_drop is None or within_budget(
             metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop, higher_is_better=higher)
 
+    # where the pruned float32 model is itself outside the budget (a run that kept the recipe's threshold when
+    # none was within it), quantizing may cost nothing more: the reference becomes the float32 model's metric
+    float_metric = evaluate_onnx(float_path, val_loader, loss=loss) \
+        if metric_before is not None and recipe.max_metric_drop is not None else None
+    float_outside = float_metric is not None and not original_budget(float_metric)
+    if float_outside:
+        log(f"the pruned float32 model is outside the budget already (validation {_metric_text(loss)} "
+            f"{float_metric:.4g}); the quantized one may be no worse than it")
+
+    def in_budget(metric: float) -> bool:
+        if float_outside:
+            return metric >= float_metric if higher else metric <= float_metric
+        return original_budget(metric)
+
     reverted: list[dict[str, Any]] = []
     sensitivity: dict[str, float] = {}
+    storage_note: str | None = None
+    speed: dict[str, Any] | None = None
+    int4: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
         cache = Path(tmp) / "calibration.json"
         trial = Path(tmp) / "trial.onnx"
@@ -424,7 +617,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         result, metric = attempt(plan, trial)
         unsupported = [n for n in result.float_nodes if n not in plan]
         for name in unsupported:
-            plan[name] = "onnxruntime does not quantize this operator"
+            plan[name], why[name] = "onnxruntime does not quantize this operator", "operator"
         quantizable = [n for n in result.quantized]
         if not in_budget(metric) and quantizable:
             log(f"quantized: validation {_metric_text(loss)} {metric:.4g} is outside the budget; measuring each "
@@ -436,6 +629,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                                                 loss=loss)
             for name in sorted(quantizable, key=lambda n: -sensitivity[n]):
                 plan[name] = "reverted: the quantized model was outside the accuracy budget"
+                why[name] = "accuracy"
                 reverted.append({"node": name, "sensitivity": sensitivity[name]})
                 left = [n for n in quantizable if n not in plan]
                 if not left:
@@ -444,38 +638,123 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                 log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {metric:.4g}")
                 if in_budget(metric):
                     break
+
+        # storage: int4 (dense, 2 per byte) where the posterior allows 4 bits and that is smaller than the int8
+        # weight as stored (dense, or sparse where that is smaller); kept only if the file stays within the budget
+        candidates = [n for n in four_bit if n not in plan]
+        storage8 = result.storage if any(n not in plan for n in quantizable) else {}
+        if candidates:
+            with_int4 = quantize_onnx(float_path, Path(tmp) / "int4.onnx", calibration, exclude=sorted(plan),
+                                      int4=candidates, cache=cache)
+            int4 = [n for n in candidates if n in with_int4.storage and n in storage8
+                    and with_int4.storage[n]["bytes"] < storage8[n]["bytes"]]
+            storage_options = {n: {"int4_dense_bytes": with_int4.storage[n]["bytes"]}
+                               for n in candidates if n in with_int4.storage}
+            if int4:
+                trial4 = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+                metric4 = evaluate_onnx(trial, val_loader, loss=loss)
+                if in_budget(metric4):
+                    log(f"int4 weights for {', '.join(_shown(n) for n in int4)} (smaller than their int8 form): "
+                        f"validation {_metric_text(loss)} {metric4:.4g}")
+                    result = trial4
+                else:
+                    # together they leave the budget: add them one at a time, the largest saving first, keeping
+                    # each that leaves the file within the budget
+                    tried, int4 = int4, []
+                    saving = {n: storage8[n]["bytes"] - with_int4.storage[n]["bytes"] for n in tried}
+                    for name in sorted(tried, key=lambda n: -saving[n]):
+                        step = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan),
+                                             int4=[*int4, name], cache=cache)
+                        if in_budget(evaluate_onnx(trial, val_loader, loss=loss)):
+                            int4.append(name)
+                            result = step
+                    dropped = [n for n in tried if n not in int4]
+                    storage_note = (f"int4 weights for {', '.join(_shown(n) for n in tried)} together left the "
+                                    f"budget (validation {_metric_text(loss)} {metric4:.4g}); one at a time, "
+                                    + (f"{', '.join(_shown(n) for n in int4)} stayed int4 and " if int4 else "")
+                                    + f"{', '.join(_shown(n) for n in dropped)} went back to int8")
+                    log(storage_note)
+        else:
+            storage_options = {}
+
+        if speed_check is None:
+            speed_check = timer is not None or recipe.latency_runs > 0
+            if not speed_check:
+                speed = {"checked": False, "why": "latency_runs is 0: nothing is timed"}
+        if speed_check and any(n.node not in plan for n in nodes):
+            if timer is None:
+                example = torch.from_numpy(calibration[0])
+                batch, threads = max(recipe.latency_batch_sizes), recipe.latency_threads
+                runs = max(recipe.latency_runs, 2)
+
+                def timer(paths: Mapping[str, Path]) -> dict[str, float]:
+                    return time_models(paths, example, batch_size=batch, threads=threads, runs=runs)
+
+                setting = {"batch_size": batch, "threads": threads, "runs": runs}
+            else:
+                setting = {"timer": getattr(timer, "__name__", type(timer).__name__)}
+            speed = {"checked": True, **setting,
+                     **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)}
         final = None
         if any(n.node not in plan for n in nodes):
-            result = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan), cache=cache)
-            final = result
+            final = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan),
+                                  int4=[n for n in int4 if n not in plan], cache=cache)
     rows = []
     for row in layers:
         node = row["node"]
-        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else "int8"
+        stored = (final.storage.get(node) if final is not None else None) or {}
+        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else \
+            stored.get("type", "int8")
         if node in plan:
             row["reason"] = plan[node]
+            row["float_because"] = why[node]
         if node in sensitivity:
             row["sensitivity"] = sensitivity[node]
+        if stored:
+            options = {"int8_dense_bytes": storage8.get(node, {}).get("dense_bytes"),
+                       "int8_sparse_bytes": storage8.get(node, {}).get("sparse_bytes"),
+                       **storage_options.get(node, {})}
+            row["storage"] = {"form": f"{stored['type']} {stored['stored']}", "bytes": stored["bytes"],
+                              "options": {k: v for k, v in options.items() if v is not None}}
+            if speed is not None and node in speed.get("int4_to_int8", []):
+                row["storage"]["why"] = "int4 was smaller, but the model ran faster with this layer int8"
         rows.append(row)
     # TorchScript's node names start with "/" ("/fc1/Gemm"), which reads as an absolute path in a report
     for row in rows:
         row["node"] = _shown(row["node"])
     reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
+    if speed is not None and speed["checked"]:
+        speed["reverted"] = [_shown(n) for n in speed["reverted"]]
+        speed["int4_to_int8"] = [_shown(n) for n in speed["int4_to_int8"]]
+        for r in speed["rounds"]:
+            r["candidates_ms"] = {_shown(n): v for n, v in r["candidates_ms"].items()}
+            if r.get("changed"):
+                r["changed"]["node"] = _shown(r["changed"]["node"])
+    reasons = sorted({why[n] for n in plan})
     section: dict[str, Any] = {
         "mode": mode,
-        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS} if mode == "bayes" else None,
-        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, int8 activations "
-                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples",
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
+                 "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
+        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
+                  "allows 4 bits and that is smaller), int8 activations "
+                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
+                  "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
         "layers": rows,
         "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
         "reverted": reverted,
+        "budget_reference": None if float_metric is None else (
+            "the pruned float32 model (outside the budget already)" if float_outside else "the original model"),
+        "speed": speed,
+        "storage_note": storage_note,
         "file": None if final is None else Path(out_path).name,
         "bytes": None if final is None else final.num_bytes,
         "sparse_initializers": [] if final is None else final.sparse_initializers,
         "cpu_instruction_sets": cpu_instruction_sets(),
     }
     if final is None:
-        log("quantization: every layer stayed float32 (the budget allowed none); no quantized file written")
+        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
+            if reasons else "the model has no Linear/Conv-like weight layer to quantize"
+        log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
     test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
 
@@ -491,13 +770,86 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     section["files"] = files
     section["metric"] = metrics
     section["within_budget"] = in_budget(metrics["val"])
-    kept = [r["node"] for r in rows if r["precision"] == "int8"]
-    log(f"quantized {len(kept)} of {len(rows)} layer(s) to int8 ({mode}): {Path(out_path).name} "
+    kept = [r["node"] for r in rows if r["precision"] != "float32"]
+    slow = [r["node"] for r in rows if r.get("float_because") == "speed"]
+    log(f"quantized {len(kept)} of {len(rows)} layer(s) ({mode}): {Path(out_path).name} "
         f"{final.num_bytes:,} bytes, validation {_metric_text(loss)} {metrics['val']:.4g} (onnxruntime)"
         + (f"; {len(unsupported)} stay float32 as onnxruntime does not quantize their operator: "
            + ", ".join(f"{_shown(n)} ({next(w.op for w in nodes if w.node == n)})" for n in unsupported)
-           if unsupported else ""))
+           if unsupported else "")
+        + (f"; {len(slow)} stay float32 as their int8 form ran slower here: {', '.join(slow)}" if slow else ""))
     return section
+
+
+_WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
+        "operator": "onnxruntime does not quantize the operator",
+        "accuracy": "outside the accuracy budget",
+        "speed": "the int8 form ran slower than float32 on this CPU"}
+
+
+def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
+                   int4: list[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Make the quantized model no slower than the float32 file, one change per round: a quantized layer back to
+    float32, or an int4 layer to int8 (int4 weights are not run by onnxruntime's integer kernels).
+
+    Each round times, taking turns: the float32 file, the quantized model as planned, and one model per possible
+    change. The change giving the fastest model is made when that model is faster than the planned one by more
+    than ``SPEED_MARGIN`` (against timing noise), or when the planned one is slower than the float32 file by more
+    than that. The last round therefore measured a planned model no slower than the float32 file (within the
+    margin). Updates ``plan``/``why`` (layers gone float32) and ``int4`` (layers gone int8) in place; returns the
+    rounds."""
+    rounds: list[dict[str, Any]] = []
+    done: list[str] = []
+    to_int8: list[str] = []
+    while True:
+        current = [n.node for n in nodes if n.node not in plan]
+        if not current:
+            break
+        planned = tmp / "speed-planned.onnx"
+        quantize_onnx(float_path, planned, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+        paths: dict[str, Path] = {"float32": Path(float_path), "quantized": planned}
+        changes: dict[str, tuple[str, str]] = {}  # timing key → (node, "float32" | "int8")
+        for i, name in enumerate(current):
+            key = f"{name} → float32"
+            changes[key] = (name, "float32")
+            if len(current) == 1:
+                paths[key] = Path(float_path)  # reverting the last layer leaves the float32 model
+            else:
+                paths[key] = tmp / f"speed-float-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted({*plan, name}), int4=int4,
+                              cache=cache)
+            if name in int4:
+                key = f"{name} → int8"
+                changes[key], paths[key] = (name, "int8"), tmp / f"speed-int8-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted(plan),
+                              int4=[n for n in int4 if n != name], cache=cache)
+        times = timer(paths)
+        float_ms, planned_ms = times["float32"], times["quantized"]
+        best = min(changes, key=lambda k: times[k])
+        slower = planned_ms > float_ms * (1 + SPEED_MARGIN)
+        helps = times[best] < planned_ms * (1 - SPEED_MARGIN)
+        entry: dict[str, Any] = {"float32_ms": float_ms, "quantized_ms": planned_ms,
+                                 "candidates_ms": {k: times[k] for k in changes}}
+        rounds.append(entry)
+        if not (slower or helps):
+            break
+        node, target = changes[best]
+        entry["changed"] = {"node": node, "to": target}
+        log(f"{_shown(node)} to {target} for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
+            f"(float32 file {float_ms:.3g} ms)")
+        if target == "int8":
+            int4.remove(node)
+            to_int8.append(node)
+            continue
+        plan[node] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
+                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)" if helps else
+                      f"speed: the quantized model ran slower than the float32 file on this CPU ({planned_ms:.3g} "
+                      f"against {float_ms:.3g} ms), and of the changes tried, this layer as float32 ran fastest "
+                      f"({times[best]:.3g} ms)")
+        why[node] = "speed"
+        done.append(node)
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8}
 
 
 def _shown(node: str) -> str:

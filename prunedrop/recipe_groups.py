@@ -321,11 +321,14 @@ class ExportConfig:
 
     quantize: Quantize = setting("none",
             cli=Cli("--quantize", "Override the recipe's quantize: also write model-int8.onnx (int8 = every layer "
-                                'onnxruntime can quantize, bayes = the layers whose posterior allows 8 bits).'))
+                                'onnxruntime can quantize, bayes = the layers whose posterior allows 8 bits, int4 where '
+                                '4); a layer whose integer form runs slower here stays float32.'))
     """Also write an int8 ONNX file beside the float one (``model-int8.onnx``, onnxruntime's QDQ quantizer):
     ``int8`` quantizes every layer onnxruntime can, ``bayes`` only the layers whose posterior allows 8 bits (the
     rest stay float32), ``none`` writes no quantized file. Its accuracy is measured with onnxruntime and kept within
-    ``max_metric_drop`` by reverting the most sensitive layers to float32 (docs/quantization.md)."""
+    ``max_metric_drop`` by reverting the most sensitive layers to float32; a layer whose integer form runs slower
+    than float32 on this CPU (timed with onnxruntime, ``latency_runs``) stays float32 too, and ``bayes`` stores a
+    layer in int4 where its posterior allows 4 bits and that is smaller (docs/quantization.md)."""
 
     parity_atol: float = setting(1e-4, check=POSITIVE)
     """Largest allowed difference between onnxruntime's and PyTorch's outputs, relative to the output's scale:

@@ -112,8 +112,8 @@ def reexport(
                                           metric_before=metric_before, bits=bits,
                                           compare={"pruned_float32": exported.path}, log=log)
         if quantization["file"] is None:
-            raise PrunedropError(f"no layer could be quantized within the budget of {recipe.max_metric_drop:g}; "
-                                 f"nothing was written to {output} (export without --quantize for the float file)")
+            raise PrunedropError(f"quantization: {quantization['none_reason']}; nothing was written to {output} "
+                                 "(export without --quantize for the float file)")
         path, num_bytes = Path(output), int(quantization["bytes"])
     return ReexportResult(path=path, threshold=threshold, kept_fraction=pruned.kept_fraction,
                           params_before=total_plain, params_after=params_after, onnx_bytes=num_bytes,

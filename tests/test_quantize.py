@@ -107,26 +107,56 @@ def _bundle(x: torch.Tensor, y: torch.Tensor) -> DataBundle:
 
 
 def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path: Path) -> None:
+    from prunedrop.testing import TinyGRUClassifier
+
     torch.manual_seed(0)
-    model = TinyLSTMClassifier().eval()
+    model = TinyGRUClassifier().eval()
     x = torch.randn(64, 5, 6)
     y = model(x).argmax(1).detach()
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=_bundle(x, y),
-                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, log=logs.append)
-    assert section["unsupported"] == [{"node": "rnn/LSTM", "op": "LSTM"}]
-    rows = {r["layer"]: r for r in section["layers"]}
-    assert rows["rnn"]["precision"] == "float32"
-    assert rows["rnn"]["reason"] == "onnxruntime does not quantize this operator"
-    assert rows["head"]["precision"] == "int8"
-    assert "rnn/LSTM (LSTM)" in logs[-1]
-    # the file holds what the section says: the head's weight dequantized, the LSTM's weights float
+                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, speed_check=False,
+                             log=logs.append)
+    assert section["unsupported"] == [{"node": "rnn/GRU", "op": "GRU"}, {"node": "rnn/GRU_1", "op": "GRU"}]
+    rows = {r["node"]: r for r in section["layers"]}
+    assert rows["rnn/GRU"]["precision"] == rows["rnn/GRU_1"]["precision"] == "float32"
+    assert rows["rnn/GRU"]["reason"] == "onnxruntime does not quantize this operator"
+    assert rows["head/Gemm"]["precision"] == "int8"
+    assert "rnn/GRU (GRU), rnn/GRU_1 (GRU)" in logs[-1]
+    # the file holds what the section says: the head's weight dequantized, the GRU's weights float
     import onnx
 
     proto = onnx.load(str(tmp_path / "model-int8.onnx"))
     ops = {n.op_type for n in proto.graph.node}
-    assert {"LSTM", "DequantizeLinear", "QuantizeLinear"} <= ops
+    assert {"GRU", "DequantizeLinear", "QuantizeLinear"} <= ops
+
+
+def test_lstm_is_quantized_by_onnxruntimes_dynamic_quantizer(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    model = TinyLSTMClassifier().eval()
+    x = torch.randn(64, 5, 6)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data = _bundle(x, y)
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, speed_check=False,
+                             log=lambda m: None)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert section["unsupported"] == []
+    assert rows["rnn"]["precision"] == "int8" and rows["rnn"]["op"] == "LSTM"
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    lstm = [n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM"]
+    assert len(lstm) == 1 and not any(n.op_type == "LSTM" for n in proto.graph.node)
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert rows["rnn"]["storage"]["bytes"] == inits[lstm[0].input[1]].ByteSize() + inits[lstm[0].input[2]].ByteSize()
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 64)) > 90.0
+    # excluded (for accuracy or speed), the LSTM stays a float LSTM
+    kept = quantize_onnx(float_file, tmp_path / "kept.onnx", [x.numpy()], exclude=["/rnn/LSTM"])
+    assert kept.float_nodes == ["/rnn/LSTM"]
+    assert any(n.op_type == "LSTM" for n in onnx.load(str(tmp_path / "kept.onnx")).graph.node)
 
 
 def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -> None:
@@ -146,7 +176,8 @@ def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -
     before = evaluate_onnx(float_file, data.loader("val", 64))
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=data,
-                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, log=logs.append)
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, speed_check=False,
+                             log=logs.append)
     rows = {r["layer"]: r for r in section["layers"]}
     assert rows["2"]["precision"] == "float32" and rows["2"]["reason"].startswith("reverted")
     assert rows["0"]["precision"] == "int8"
@@ -173,6 +204,12 @@ def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> 
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
             for p in (dense.path, sparse.path)]
     assert np.array_equal(outs[0], outs[1])
+    # a sparse layer left float32 (excluded: for speed, accuracy, ...) stays sparse as in the float file
+    excluded = quantize_onnx(float_file, tmp_path / "excluded.onnx", [x.numpy()], exclude=["/0/Gemm"])
+    assert excluded.float_nodes == ["/0/Gemm"] and "0.weight" in excluded.sparse_initializers
+    assert excluded.num_bytes < 64 * 64 * 4  # fc1 dense alone would take 16 kB
+    out = ort.InferenceSession(str(excluded.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert np.allclose(out[0], model(x).detach().numpy(), atol=0.1)
 
 
 def test_cpu_instruction_sets_from_cpuinfo() -> None:
@@ -196,6 +233,8 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
         mp.chdir(folder)
+        # every file equally fast: the speed check keeps every layer (it is tested with its own timers below)
+        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
                                           "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
                                           "--quantize", "int8"])
@@ -232,12 +271,21 @@ def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(quantized_run))
         mp.chdir(quantized_run)
+        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = runner.invoke(cli, ["export", "run", "-o", "bayes.onnx", "--quantize", "bayes"])
         assert result.exit_code == 0, result.output
-        assert "bayes.onnx" in result.output and "layers int8" in result.output
+        assert "bayes.onnx" in result.output and "layers integer" in result.output
         assert (quantized_run / "bayes.onnx").is_file()
         refused = runner.invoke(cli, ["export", "run", "-o", "run/model-int8.onnx", "--quantize", "int8",
                                       "--overwrite"])
+        # a CPU where every int8 model runs slower than the float32 one: every layer stays float32, nothing written
+        mp.setattr("prunedrop.quantize.time_models",
+                   lambda paths, *a, **k: {n: 1.0 if n == "float32" else 2.0 for n in paths})
+        slow = runner.invoke(cli, ["export", "run", "-o", "slow.onnx", "--quantize", "int8"])
+    assert slow.exit_code == 1 and not (quantized_run / "slow.onnx").exists()
+    assert slow.output.strip().splitlines()[-1] == (
+        "Error: quantization: every layer stayed float32 (the int8 form ran slower than float32 on this CPU); "
+        "nothing was written to slow.onnx (export without --quantize for the float file)")
     assert refused.exit_code == 1 and "model-int8.onnx" in refused.output
     import onnx
 
@@ -284,13 +332,13 @@ def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_pat
     wide = {"0": LayerBits("0", bits=11.0, units=8, median_spread=1e-5),
             "2": LayerBits("2", bits=math.inf, units=3, median_spread=0.0)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
-                             metric_before=100.0, bits=wide, log=lambda msg: None)
+                             metric_before=100.0, bits=wide, speed_check=False, log=lambda msg: None)
     assert section["file"] is None and not (tmp_path / "q.onnx").exists()
     assert [r["reason"] for r in section["layers"]] == ["the posterior asks for 11 bits",
                                                         "the posterior asks for unbounded bits"]
     half = {**wide, "2": LayerBits("2", bits=6.0, units=3, median_spread=0.1)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
-                             metric_before=100.0, bits=half, log=lambda msg: None)
+                             metric_before=100.0, bits=half, speed_check=False, log=lambda msg: None)
     assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
     assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
 
@@ -316,3 +364,237 @@ def test_report_says_whether_the_quantized_file_is_faster(quantized_run: Path) -
     line = f"batch 64: the quantized file runs {ratio:.2f}x as fast as the pruned float32 file"
     assert line in format_table(report)
     assert line in (quantized_run / "run" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------- speed and storage
+
+
+def _int8_layers(path: Path) -> set[str]:
+    """Modules ("0", "2", ...) whose Gemm weight comes through a DequantizeLinear in the ONNX file at ``path``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name.strip("/").split("/")[0] for n in proto.graph.node
+            if n.op_type == "Gemm" and n.input[1] in dequantized}
+
+
+def _fake_timer(cost: dict[str, float], calls: list[dict[str, set[str]]]):
+    """A timer that reads which layers each file quantizes: 10 ms plus ``cost[layer]`` per int8 layer."""
+    def timer(paths):
+        seen = {name: _int8_layers(path) for name, path in paths.items()}
+        calls.append(seen)
+        return {name: 10.0 + sum(cost[layer] for layer in layers) for name, layers in seen.items()}
+    return timer
+
+
+def _three_layers(tmp_path: Path) -> tuple[Path, DataBundle]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(64, 6)
+    y = model(x).argmax(1).detach()
+    return export_onnx(model, x[:2], tmp_path / "model.onnx").path, _bundle(x, y)
+
+
+def test_layer_whose_int8_form_runs_slower_stays_float32(tmp_path: Path) -> None:
+    float_file, data = _three_layers(tmp_path)
+    calls: list[dict[str, set[str]]] = []
+    logs: list[str] = []
+    # layer 2 int8 costs 5 ms; the others save 0.5 ms each
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": -0.5, "2": 5.0, "4": -0.5}, calls), log=logs.append)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert [rows[k]["precision"] for k in ("0", "2", "4")] == ["int8", "float32", "int8"]
+    assert rows["2"]["float_because"] == "speed" and rows["2"]["reason"].startswith("speed: ")
+    assert "14 ms with it quantized, 9 ms with it float32" in rows["2"]["reason"]
+    assert "float_because" not in rows["0"]
+    assert section["speed"]["reverted"] == ["2/Gemm"]
+    first, second = section["speed"]["rounds"]
+    assert first["quantized_ms"] == 14.0 and first["float32_ms"] == 10.0
+    assert first["changed"] == {"node": "2/Gemm", "to": "float32"}
+    assert first["candidates_ms"] == {"0/Gemm → float32": 14.5, "2/Gemm → float32": 9.0, "4/Gemm → float32": 14.5}
+    assert second["quantized_ms"] == 9.0 and "changed" not in second  # nothing left that helps: stop
+    # each round timed the float file, the planned model and one model per quantized layer, as they say
+    assert calls[0] == {"float32": set(), "quantized": {"0", "2", "4"}, "/0/Gemm → float32": {"2", "4"},
+                        "/2/Gemm → float32": {"0", "4"}, "/4/Gemm → float32": {"0", "2"}}
+    assert _int8_layers(tmp_path / "q.onnx") == {"0", "4"}  # the file written is the one reported
+    assert any("2/Gemm to float32 for speed" in line for line in logs)
+    assert "ran slower here: 2/Gemm" in logs[-1]
+    from prunedrop.report.render import _quantization_parts
+
+    text = "\n".join(_quantization_parts(section, "accuracy"))
+    assert "Kept float32 because their integer form ran slower than float32 on this CPU: `2/Gemm`" in text
+    assert "| 2 | 2/Gemm | Gemm | float32 | - | speed: " in text and "| 0 | 0/Gemm | Gemm | int8 | int8 dense |" in text
+
+
+def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(tmp_path: Path) -> None:
+    float_file, data = _three_layers(tmp_path)
+    # every int8 layer costs 1 ms: no single one stands out, yet the quantized model is slower than float32;
+    # each round reverts one until the planned model is no slower than the float32 file, which is all three
+    calls: list[dict[str, set[str]]] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": 1.0, "2": 1.0, "4": 1.0}, calls), log=lambda m: None)
+    assert len(section["speed"]["rounds"]) == 3 and len(section["speed"]["reverted"]) == 3
+    assert section["file"] is None and not (tmp_path / "q.onnx").exists()
+    assert section["none_reason"] == "every layer stayed float32 (the int8 form ran slower than float32 on this CPU)"
+    assert calls[-1]["quantized"] != set() and all(not v for k, v in calls[-1].items() if k != "quantized")
+    assert section["layers"][0]["reason"].startswith("speed: its integer form ran slower on this CPU (13 ms")
+    # 0.3 ms each: no single reversal is faster beyond the 5% margin, yet the model is slower than float32 (10.9
+    # against 10 ms): layers go back until it is within the margin (10.3 ms), and the reason says why
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": 0.3, "2": 0.3, "4": 0.3}, []), log=lambda m: None)
+    assert len(section["speed"]["reverted"]) == 2 and section["file"] == "q.onnx"
+    assert section["speed"]["rounds"][-1]["quantized_ms"] == pytest.approx(10.3)
+    slow = [r for r in section["layers"] if r.get("float_because") == "speed"]
+    assert all(r["reason"].startswith("speed: the quantized model ran slower than the float32 file") for r in slow)
+    # a cost within the noise margin (5%) reverts nothing
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"0": 0.1, "2": 0.1, "4": 0.1}, []), log=lambda m: None)
+    assert section["speed"]["reverted"] == [] and section["file"] == "q.onnx"
+    assert len(section["speed"]["rounds"]) == 1
+
+
+def test_time_models_times_each_file_on_this_cpu(tmp_path: Path) -> None:
+    from prunedrop.quantize import time_models
+
+    float_file, _ = _three_layers(tmp_path)
+    times = time_models({"a": float_file, "b": float_file}, torch.randn(4, 6), batch_size=8, threads=1, runs=3,
+                        warmup=1)
+    assert set(times) == {"a", "b"} and all(0 < v < 1000 for v in times.values())
+
+
+def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from prunedrop.quantize import LayerBits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    with torch.no_grad():
+        model[2].weight.mul_((torch.rand(64, 64) < 0.03).float())  # 97% zeros: sparse int8 beats dense int4
+    x = torch.randn(128, 64)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    bits = {"0": LayerBits("0", 4.0, 64, 0.1), "2": LayerBits("2", 3.0, 64, 0.1), "4": LayerBits("4", 6.0, 3, 0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=_bundle(x, y),
+                             recipe=Recipe(max_metric_drop=None, latency_runs=0), metric_before=None, bits=bits,
+                             log=lambda m: None)
+    assert section["speed"] == {"checked": False, "why": "latency_runs is 0: nothing is timed"}
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert [rows[k]["precision"] for k in ("0", "2", "4")] == ["int4", "int8", "int8"]
+    assert rows["0"]["storage"]["form"] == "int4 dense"
+    opts = rows["0"]["storage"]["options"]
+    assert opts["int4_dense_bytes"] == rows["0"]["storage"]["bytes"] < opts["int8_dense_bytes"]
+    assert rows["2"]["storage"]["form"] == "int8 sparse"  # 4 bits allowed, but the sparse int8 form is smaller
+    assert rows["2"]["storage"]["bytes"] == rows["2"]["storage"]["options"]["int8_sparse_bytes"] \
+        < rows["2"]["storage"]["options"]["int4_dense_bytes"]
+    assert rows["4"]["storage"]["form"] == "int8 dense" and "int4_dense_bytes" not in rows["4"]["storage"]["options"]
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    assert types["0.weight_quantized"] == onnx.TensorProto.INT4
+    # onnxruntime runs it, and the measured accuracy in the section is that file's
+    ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
+
+
+def test_pruned_model_outside_the_budget_already_is_the_reference(tmp_path: Path) -> None:
+    # the float file scores below the budget (metric_before 100, budget 1 point): reverting every layer cannot
+    # bring it within, so the quantized file must merely be no worse than the float file
+    float_file, data = _three_layers(tmp_path)
+    float_metric = evaluate_onnx(float_file, data.loader("val", 64))
+    assert float_metric == 100.0  # labels are the model's own predictions
+    logs: list[str] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=1.0), metric_before=float_metric + 5.0,
+                             speed_check=False, log=logs.append)
+    assert section["budget_reference"] == "the pruned float32 model (outside the budget already)"
+    assert any("outside the budget already" in line for line in logs)
+    # the int8 model keeps the float one's 100%: within the new reference, so nothing is reverted (measured
+    # against the original, every layer would have gone back and no file been written)
+    assert section["file"] == "q.onnx" and section["reverted"] == [] and section["within_budget"]
+    assert section["metric"]["val"] == float_metric
+    section = quantize_model(float_file, tmp_path / "q2.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=10.0), metric_before=float_metric,
+                             speed_check=False, log=lambda m: None)
+    assert section["budget_reference"] == "the original model"
+
+
+def test_int4_layer_that_runs_slower_than_its_int8_form_goes_int8(tmp_path: Path) -> None:
+    import onnx
+
+    from prunedrop.quantize import LayerBits
+
+    float_file, data = _three_layers(tmp_path)
+    bits = {k: LayerBits(k, 3.0, 8, 0.1) for k in ("0", "2")}  # 0 and 2 may be int4 (4 is excluded: no bits)
+
+    def int4_layers(path: Path) -> set[str]:
+        proto = onnx.load(str(path))
+        four = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+        return {name.split(".")[0] for name in four}
+
+    seen: list[dict[str, set[str]]] = []
+
+    def timer(paths):  # int8 layers save 1 ms each; an int4 layer 0 costs 3 ms, an int4 layer 2 saves 1 ms
+        seen.append({k: int4_layers(v) for k, v in paths.items()})
+        return {k: 10.0 - len(_int8_layers(v)) + 4.0 * ("0" in int4_layers(v)) for k, v in paths.items()}
+
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, bits=bits, timer=timer,
+                             log=lambda m: None)
+    assert seen[0]["quantized"] == {"0", "2"}  # the storage choice picked int4 for both (smaller)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert rows["0"]["precision"] == "int8" and rows["2"]["precision"] == "int4"
+    assert rows["0"]["storage"]["why"].startswith("int4 was smaller")
+    assert section["speed"]["int4_to_int8"] == ["0/Gemm"] and section["speed"]["reverted"] == []
+    assert section["speed"]["rounds"][0]["changed"] == {"node": "0/Gemm", "to": "int8"}
+    assert int4_layers(tmp_path / "q.onnx") == {"2"}
+
+
+def test_token_id_model_is_calibrated_with_its_integer_inputs(tmp_path: Path) -> None:
+    from prunedrop.testing import tiny_token_model
+
+    model, x = tiny_token_model()
+    x = x.repeat(8, 1)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "m.onnx").path
+    data = DataBundle(name="tokens", train=TensorDataset(x[:16], y[:16]), val=TensorDataset(x[16:], y[16:]),
+                      test=None, input_shape=(7,), num_classes=3)
+    calls: list[dict[str, set[str]]] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None,
+                             timer=_fake_timer({"head": 0.0}, calls), log=lambda m: None)
+    assert section["file"] == "q.onnx"
+    assert {r["layer"]: r["precision"] for r in section["layers"]} == {"embedding": "int8", "head": "int8"}
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 8))
+
+
+def test_int4_layers_that_together_leave_the_budget_are_added_one_at_a_time(tmp_path: Path) -> None:
+    from prunedrop.quantize import LayerBits
+    from prunedrop.testing import fit, tiny_classification_data
+
+    # layer 2 reads a dead hidden unit with weight 10: int8's step (10/127) keeps its other weights, int4's (10/7)
+    # rounds them away; layer 0 is harmless in int4
+    x, y = tiny_classification_data(n=400, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    fit(model, x[:200], y[:200], 150)
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = -1.0
+        model[2].weight[:, 0] = 10.0
+    model.eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "m.onnx").path
+    data = _bundle(x, y)
+    before = evaluate_onnx(float_file, data.loader("val", 64))
+    bits = {"0": LayerBits("0", 4.0, 32, 0.1), "2": LayerBits("2", 4.0, 3, 0.1)}
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data,
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, bits=bits, speed_check=False,
+                             log=lambda m: None)
+    assert [(r["node"], r["precision"]) for r in section["layers"]] == [("0/Gemm", "int4"), ("2/Gemm", "int8")]
+    assert section["storage_note"].endswith("one at a time, 0/Gemm stayed int4 and 2/Gemm went back to int8")
+    assert section["within_budget"] and before - section["metric"]["val"] <= 3.0

@@ -230,7 +230,7 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
 
 
 _QUANT_FILES_HEADER = ["ONNX file", "bytes", "validation", "test"]
-_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "precision", "why float32", "bits needed"]
+_QUANT_LAYER_HEADER = ["layer", "ONNX node", "op", "precision", "storage", "why float32", "bits needed"]
 _QUANT_FILE_LABELS = {"dense_float32": "dense float32 (original)", "pruned_float32": "pruned float32",
                       "quantized": "pruned + quantized"}
 
@@ -238,15 +238,16 @@ _QUANT_FILE_LABELS = {"dense_float32": "dense float32 (original)", "pruned_float
 def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
     """One line for the terminal: the quantized file, its size against the pruned float one, its metric."""
     if not q.get("file"):
-        return f"quantization ({q.get('mode')}): no layer stayed quantized within the budget; no file written"
+        why = q.get("none_reason") or "no layer stayed quantized within the budget"
+        return f"quantization ({q.get('mode')}): {why}; no file written"
     files = q.get("files") or {}
-    int8 = sum(r.get("precision") == "int8" for r in q.get("layers", []))
+    int8 = sum(r.get("precision") not in (None, "float32") for r in q.get("layers", []))
     ratio = _ratio((files.get("pruned_float32") or {}).get("bytes"), q.get("bytes"))
     size = "the same size as" if not ratio or ratio == 1 else (
         f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
     return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
             f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
-            f"layers int8, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+            f"layers integer, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
 
 
 def _quantized_speed(latency: Any) -> list[str]:
@@ -271,15 +272,31 @@ def _quantization_parts(q: Mapping[str, Any], metric: str) -> list[str]:
         parts.append(_markdown(_QUANT_FILES_HEADER, [
             [_QUANT_FILE_LABELS.get(k, k), f"{v['bytes']:,}", _fmt_float(v.get("val")), _fmt_float(v.get("test"))]
             for k, v in files.items()]))
-    rows = [[r.get("layer") or "-", r["node"], r["op"], r["precision"], r.get("reason", ""),
+    rows = [[r.get("layer") or "-", r["node"], r["op"], r["precision"],
+             (r.get("storage") or {}).get("form", "-"), r.get("reason", ""),
              "-" if r.get("bits_needed") is None else f"{r['bits_needed']:g}"] for r in q.get("layers", [])]
-    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=5))
+    parts.append(_markdown(_QUANT_LAYER_HEADER, rows, left=6))
     if q.get("unsupported"):
         parts.append("Operators onnxruntime does not quantize (they stay float32): "
                      + ", ".join(f"`{u['node']}` ({u['op']})" for u in q["unsupported"]))
     if q.get("reverted"):
         parts.append("Reverted to float32 to stay within the accuracy budget, most sensitive first: "
                      + ", ".join(f"`{r['node']}` (quantized alone: {r['sensitivity']:.3g} worse than the original)" for r in q["reverted"]))
+    speed = q.get("speed") or {}
+    if speed.get("reverted"):
+        setting = f" (batch {speed['batch_size']}, {speed['threads']} thread(s))" if "batch_size" in speed else ""
+        parts.append(f"Kept float32 because their integer form ran slower than float32 on this CPU{setting}: "
+                     + ", ".join(f"`{n}`" for n in speed["reverted"]))
+    if speed.get("int4_to_int8"):
+        parts.append("Kept int8 rather than int4 because that ran faster: "
+                     + ", ".join(f"`{n}`" for n in speed["int4_to_int8"]))
+    if speed.get("checked") is False:
+        parts.append(f"Speed not checked: {speed.get('why')}")
+    if speed.get("rounds"):
+        last = speed["rounds"][-1]
+        parts.append(f"Speed check: the quantized model {last['quantized_ms']:.3g} ms against the pruned float32 "
+                     f"file's {last['float32_ms']:.3g} ms in its last round ({len(speed['rounds'])} round(s), "
+                     f"differences under {speed['margin']:.0%} taken as noise)")
     if q.get("cpu_instruction_sets") is not None:
         parts.append("CPU instruction sets for int8: " + (", ".join(q["cpu_instruction_sets"]) or "none found"))
     return parts
