@@ -60,6 +60,8 @@ class Pilot:
         self.transient: float | None = None
         """What plain training at the recipe's weights' learning rate costs on the check samples (:meth:`_probe`)."""
         self.probe_steps = 0
+        self.probe_lr: float | None = None
+        """The weights' learning rate the transient was measured at (the one the variational phase starts at)."""
         self.interrupted = False
         """Stopped (Ctrl-C, SIGTERM) during :meth:`start`'s probe."""
         self.last_backoff: tuple[int, float] | None = None
@@ -142,10 +144,36 @@ class Pilot:
         as over the budget and is backed off. The budget itself is judged after the noise-free fine-tuning, with
         no discount."""
         c, recipe = self.controller, self.recipe
+        cap = TRANSIENT_CAP * c.max_drop if c.max_drop is not None else math.inf
+        unit = "points" if recipe.loss == "cross_entropy" else "%"
+        for attempt in range(PROBE_RETRIES + 1):
+            lr = float(recipe.lr) * self.lr_scale
+            transient = self._probe_at(lr, interrupted)
+            if self.interrupted:
+                return
+            if transient <= cap or attempt == PROBE_RETRIES or self.lr_scale * PROBE_LR_STEP < LR_SCALE_MIN:
+                break
+            # far over the budget before anything is pruned: the learning rate is too large for this network
+            self.lr_scale *= PROBE_LR_STEP
+            self.log(f"autopilot: plain training at the weights' learning rate {lr:g} costs {transient:.3g} {unit} "
+                     f"on the check samples, more than {TRANSIENT_CAP:g} budgets before anything is pruned; trying "
+                     f"{float(recipe.lr) * self.lr_scale:g}")
+        self.probe_lr = lr
+        self.transient = transient if math.isfinite(transient) else cap
+        if self.transient > 0:
+            self.log(f"autopilot: plain training at the weights' learning rate {lr:g} costs {self.transient:.3g} "
+                     f"{unit} on the check samples before anything is pruned (probes of {self.probe_steps} steps in "
+                     "all); the checks discount it in proportion to the learning rate, which anneals before the end "
+                     "(the budget is judged after the noise-free fine-tuning, without it)")
+
+    def _probe_at(self, lr: float, interrupted: Callable[[], bool]) -> float:
+        """The mean drop of a copy of the model over the last :data:`PROBE_PLATEAU` of :data:`PROBE_CHECKS` checks'
+        worth of plain training at the weights' learning rate ``lr`` (inf when its loss stops being finite)."""
+        c, recipe = self.controller, self.recipe
         probe = copy.deepcopy(self.model).to(self.device)
         noise = {id(p) for layer in variational_layers(probe).values() for p in layer.noise_parameters()}
         optimizer = torch.optim.Adam([
-            {"params": [p for p in probe.parameters() if id(p) not in noise and p.requires_grad], "lr": recipe.lr,
+            {"params": [p for p in probe.parameters() if id(p) not in noise and p.requires_grad], "lr": lr,
              "weight_decay": recipe.weight_decay},
             {"params": [p for p in probe.parameters() if id(p) in noise], "lr": recipe.noise_lr or recipe.lr,
              "weight_decay": 0.0}])
@@ -158,11 +186,12 @@ class Pilot:
                                              epoch=epoch):
                     if interrupted():  # Ctrl-C or SIGTERM before the first training step: nothing to keep
                         self.interrupted = True
-                        return
+                        return math.inf
                     probe.train()
                     loss = data_loss(recipe.loss, probe(x.to(self.device)).float(), y.to(self.device))
                     if not torch.isfinite(loss):
-                        break
+                        self.probe_steps += step
+                        return math.inf
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -176,16 +205,10 @@ class Pilot:
                     epoch += 1
                     continue
                 break
-        del probe, optimizer
-        finite = [d for d in drops if math.isfinite(d)]
-        self.probe_steps = step
-        self.transient = max(0.0, sum(finite) / len(finite)) if finite else 0.0
-        if self.transient > 0:
-            self.log(f"autopilot: plain training at the weights' learning rate {recipe.lr:g} costs "
-                     f"{self.transient:.3g} {'points' if recipe.loss == 'cross_entropy' else '%'} on the check "
-                     f"samples before anything is pruned (a probe of {step} steps); the checks discount it in "
-                     "proportion to the learning rate, which anneals before the end (the budget is judged after "
-                     "the noise-free fine-tuning, without it)")
+        self.probe_steps += step
+        if any(not math.isfinite(d) for d in drops):
+            return math.inf
+        return max(0.0, sum(drops) / len(drops)) if drops else 0.0
 
     def discount(self) -> float:
         """The transient (:meth:`_probe`) at the weights' learning rate of this moment, at most
@@ -193,7 +216,7 @@ class Pilot:
         c = self.controller
         if not self.transient or c.max_drop is None or not self.recipe.lr:
             return 0.0
-        share = max(0.0, self.weights_lr()) / float(self.recipe.lr)
+        share = max(0.0, self.weights_lr()) / (self.probe_lr or float(self.recipe.lr))
         return min(self.transient, TRANSIENT_CAP * c.max_drop) * min(1.0, share)
 
     def on_step(self, step: int) -> None:
@@ -241,7 +264,7 @@ class Pilot:
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "reference": self.reference, "stopped": self.stopped,
                 "lr_scale": self.lr_scale, "last_backoff": self.last_backoff, "transient": self.transient,
-                "probe_steps": self.probe_steps,
+                "probe_steps": self.probe_steps, "probe_lr": self.probe_lr,
                 "resolution": self.controller.resolution,
                 "train_samples": self.train_samples}
 
@@ -252,6 +275,7 @@ class Pilot:
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.transient = state.get("transient")
         self.probe_steps = int(state.get("probe_steps", 0))
+        self.probe_lr = state.get("probe_lr")
         last = state.get("last_backoff")
         self.last_backoff = None if last is None else (int(last[0]), float(last[1]))
         self.controller.resolution = float(state.get("resolution", 0.0))
@@ -262,7 +286,7 @@ class Pilot:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
-                   transient=self.transient, probe_steps=self.probe_steps,
+                   transient=self.transient, probe_steps=self.probe_steps, probe_lr=self.probe_lr,
                    check_samples={"validation": self.checked_samples - self.checked_train,
                                   "training": self.checked_train})
         return out
@@ -275,6 +299,10 @@ LR_SCALE_MIN = 1 / 64
 #: the transient probe trains this many checks' worth of steps; the mean drop of the last PROBE_PLATEAU is the transient
 PROBE_CHECKS = 5
 PROBE_PLATEAU = 3
+#: a probe whose transient is over TRANSIENT_CAP budgets is repeated at PROBE_LR_STEP × the learning rate, at most
+#: PROBE_RETRIES times (the variational phase then starts at the lower rate)
+PROBE_RETRIES = 2
+PROBE_LR_STEP = 0.25
 #: the checks discount the transient up to this many budgets (more reads as a learning rate that wrecks the model)
 TRANSIENT_CAP = 2.0
 #: checks between two learning-rate back-offs (each waits for the effect of the last)

@@ -375,6 +375,10 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
         assert pilot["lr_scale"] < 1.0
     except TrainingError as e:  # backed off, but still over the budget at the end: said in one line, no export
         assert "nothing was exported" in str(e) and not (tmp_path / "model.onnx").exists()
+    # the probe sees the wreck before the first step and starts lower (a quarter, at most twice)
+    tries = [line for line in logs if "more than 2 budgets before anything is pruned; trying" in line]
+    assert 1 <= len(tries) <= 2, logs
+    assert "trying 0.125" in tries[0]
     backoffs = [line for line in logs if "learning rate ×" in line]
     assert backoffs, logs
     # each back-off waits for the effect of the last: never at consecutive checks
