@@ -102,7 +102,10 @@ def test_the_stage_results_assemble_the_report(tmp_path: Path) -> None:
     assert phases[-recipe.finetune_epochs:] == ["masked"] * recipe.finetune_epochs  # variational, then masked
     assert written["world_size"] == distributed.world_size() and written["method"] == "sbp"
     # compress() is those calls: the same report, bar the wall clock
-    result = compress(model(), data, recipe, tmp_path / "whole", progress=False, log=lambda _: None)
+    logs: list[str] = []
+    result = compress(model(), data, recipe, tmp_path / "whole", progress=False, log=logs.append)
+    # SBP prunes by signal-to-noise ratio: the sweep's line says so, not "log α"
+    assert any(line.startswith("threshold sweep: SNR ≤ ") for line in logs), logs
     whole = json.loads((tmp_path / "whole" / "report.json").read_text())
     assert _untimed(whole) == _untimed(written)
     assert set(whole["timings"]) == set(written["timings"])

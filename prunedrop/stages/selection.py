@@ -96,7 +96,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
                 f"using the recipe's threshold {recipe.threshold:g}")
         else:
             threshold = chosen.threshold
-            log(f"threshold sweep: log α > {threshold:g} prunes most within the budget of {recipe.max_metric_drop:g} "
+            log(f"threshold sweep: {recipe.pruning_rule(threshold)} prunes most within the budget of {recipe.max_metric_drop:g} "
                 f"({name} {chosen.metric:.4g} before noise-free fine-tuning)")
     calibration: dict[str, Any] = {}
     if recipe.loss == "cross_entropy":
@@ -120,5 +120,5 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             selection.threshold = selection.search.best[0]
         else:
             log(f"no probed threshold keeps {name} within {budget_text(recipe)} of the original's after "
-                f"noise-free fine-tuning; using log α > {threshold:g}")
+                f"noise-free fine-tuning; using {recipe.pruning_rule(threshold)}")
     return selection
