@@ -256,11 +256,14 @@ class SelectionConfig:
                                 ' budget.'))
     """Exit non-zero (after writing everything) when the run could not reach its ``target`` within the budget."""
 
-    budget_after_finetune: bool = setting(False)
+    budget_after_finetune: bool | None = setting(None)
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on
-    validation data; about log2(n) + 1 fine-tunings instead of one. Worth it where the fine-tuning wins back much
-    of a low threshold's loss (the LSTM benchmark in BENCHMARKS.md)."""
+    validation data; about log2(n) + 1 fine-tunings instead of one. null (the default): on for automatic runs
+    (the autopilot spends part of the budget while training and counts on the fine-tuning to win it back, so the
+    budget is judged where the model ends), off with a fixed β. Judged before the fine-tuning, a noise-trained
+    LeNet-5 had no SNR threshold within 1 point and pruned nothing; after it, the same model kept the budget at
+    several times fewer FLOPs (BENCHMARKS.md)."""
 
     sweep_thresholds: list[float] | None = setting(None, check=_thresholds_given)
     """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5. The sweep runs in every run and

@@ -64,6 +64,11 @@ _HINTS = {name: hint for group in SECTIONS.values() for name, hint in typing.get
 _DOCS = {name: doc for group in SECTIONS.values() for name, doc in field_docs(group).items()}
 
 
+#: keys whose null means "decided by the run" and which a run folder written before that null existed stores as a
+#: value: ``--resume`` without the key continues with the stored value (so such folders still resume)
+RUN_DECIDES = ("budget_after_finetune",)
+
+
 class _RecipeMethods:
     """What a :class:`Recipe` does beyond holding its keys (the keys are generated from the groups)."""
 
@@ -130,6 +135,13 @@ class _RecipeMethods:
                 f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
                 f"(−{r.log_alpha_clip}, {r.log_alpha_clip}), else nothing or everything is pruned"
             )
+
+    @property
+    def judges_after_finetune(self) -> bool:
+        """Whether the budget is judged after the noise-free fine-tuning (``budget_after_finetune``; null: when
+        automatic)."""
+        r: Any = self
+        return bool(r.automatic if r.budget_after_finetune is None else r.budget_after_finetune)
 
     @property
     def automatic(self) -> bool:

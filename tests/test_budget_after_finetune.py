@@ -135,6 +135,10 @@ def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
     assert result.model is not None
 
 
-def test_off_by_default_and_without_a_budget() -> None:
-    assert Recipe().budget_after_finetune is False
+def test_on_by_default_for_automatic_runs_only() -> None:
+    assert Recipe().budget_after_finetune is None
+    assert Recipe().automatic and Recipe().judges_after_finetune  # the autopilot: judged where the model ends
+    assert not Recipe(kl_weight=1.0).judges_after_finetune  # a fixed β: before the fine-tuning, as before
+    assert Recipe(kl_weight=1.0, budget_after_finetune=True).judges_after_finetune
+    assert not Recipe(budget_after_finetune=False).judges_after_finetune
     assert Recipe.from_dict({"budget_after_finetune": True}).budget_after_finetune is True

@@ -111,7 +111,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     selection = Selection(threshold=threshold, points=points, chosen=chosen, metric_before=metric_before,
                           max_metric_drop=recipe.max_metric_drop, calibration=calibration, plots=plots,
                           plot_error=plot_error, timings={"sweep_calibration_plots_s": time.perf_counter() - t0})
-    if recipe.budget_after_finetune and recipe.max_metric_drop is not None \
+    if recipe.judges_after_finetune and recipe.max_metric_drop is not None \
             and recipe.finetune_epochs_for(data.num_train) > 0:
         selection.search = search_after_finetune(variational, points, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
