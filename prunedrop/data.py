@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import PrunedropError, describe
-from .io import import_object
+from .storage import import_object
 
 if TYPE_CHECKING:
     from .recipes import Recipe

@@ -627,7 +627,7 @@ def _saved_model(folder: Path) -> Path:
     """A folder written by save_model (compress's -o), to be loaded as MODEL without --arch."""
     import torch
 
-    from prunedrop.io import save_model
+    from prunedrop.storage import save_model
     from prunedrop.testing import TinyMLP
 
     torch.manual_seed(0)

@@ -269,7 +269,7 @@ def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
         where = f"{type(module).__module__}.{type(module).__qualname__}"
         raise PrunedropError(
             f"cannot describe module {name!r} of type {where} in {ARCHITECTURE_FILE}: that layer type is not in "
-            "prunedrop's allowlist (prunedrop.io.MODULE_ARGS)"
+            "prunedrop's allowlist (prunedrop.storage.MODULE_ARGS)"
         )
     args = {}
     for arg in MODULE_ARGS[type_name]:

@@ -1,4 +1,7 @@
 """Model loading and saving (the package: each job in its own module, every public name re-exported here).
+It was called ``prunedrop.io``, renamed so as not to shadow the standard library's :mod:`io`; nothing that
+prunedrop writes names a prunedrop module (checkpoints and ``model.pt`` hold tensors and plain values,
+``architecture.json`` names torch's types), so files written before the rename read as ever.
 
 Three jobs, all of them safe by default (no pickle unless the user says they trust a file):
 
