@@ -35,8 +35,8 @@ from torch.nn.utils import prune
 from benchmarks.machine_info import ROOT, command_line, cpu_model
 from examples.train_dense import cached_dense, train_dense
 from prunedrop.data import DataBundle
-from prunedrop.io import import_object
 from prunedrop.report import measure_latency, profile_model
+from prunedrop.storage import import_object
 from prunedrop.train import evaluate
 
 __all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "command_line", "cpu_model", "cubic_sparsity", "dense_model",

@@ -29,12 +29,12 @@ from benchmarks.step_overhead import step_fn
 from benchmarks.structured_fashion import dense_model, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.convert import to_variational
-from prunedrop.io import load_checkpoint
 from prunedrop.pipeline import VARIATIONAL_CHECKPOINT
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import slim
 from prunedrop.stages.pruned_finetune import masks_after_slim
+from prunedrop.storage import load_checkpoint
 
 
 def training_step(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):

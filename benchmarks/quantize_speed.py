@@ -126,7 +126,7 @@ def main() -> None:
         dense_file, float_file = args.run / "original.onnx", args.run / "model.onnx"
         compare = {"dense_float32": dense_file, "pruned_float32": float_file}
     else:
-        from prunedrop.io import import_object
+        from prunedrop.storage import import_object
 
         model = import_object(args.dense[0], what="--dense")()
         model.load_state_dict(torch.load(args.dense[1], map_location="cpu", weights_only=True))

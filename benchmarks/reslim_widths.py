@@ -28,10 +28,10 @@ from benchmarks.common import architecture, cpu_model
 from benchmarks.structured_fashion import ARCHS, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.export import export_onnx
-from prunedrop.io import import_object
 from prunedrop.pipeline import ORIGINAL_ONNX
 from prunedrop.report import measure_latency
 from prunedrop.slim import slim
+from prunedrop.storage import import_object
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

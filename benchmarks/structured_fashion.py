@@ -71,7 +71,6 @@ from prunedrop.atomic import atomic_torch_save, atomic_write_text
 from prunedrop.autopilot import auto_epochs
 from prunedrop.data import DataBundle, load_data
 from prunedrop.export import export_onnx, verify_onnx
-from prunedrop.io import load_checkpoint
 from prunedrop.pipeline import (
     MASKED_CHECKPOINT,
     MODEL_ONNX,
@@ -81,6 +80,7 @@ from prunedrop.pipeline import (
     compress,
 )
 from prunedrop.recipes import Recipe, load_recipe
+from prunedrop.storage import load_checkpoint
 
 ARCHS = {"lenet5": "examples.models:lenet5", "resnet20": "examples.models:resnet20_fashion"}
 DEFAULT_DENSE_EPOCHS = {"lenet5": 10, "resnet20": 12}

@@ -22,7 +22,7 @@ public functions, on random inputs and labels:
 6. ``export`` and ``parity``: :func:`prunedrop.export.export_onnx` (exported at batch 2) and
    :func:`prunedrop.export.verify_onnx` at batch 3 with the recipe's tolerance.
 
-``architecture.json`` (:func:`prunedrop.io.save_model`, a torch.fx trace) is tried as well; the pipeline falls back to
+``architecture.json`` (:func:`prunedrop.storage.save_model`, a torch.fx trace) is tried as well; the pipeline falls back to
 a state dict when it fails, so its failure is a note, not a failed cell. Each model runs in its own subprocess (one
 thread), so that a crash or a timeout loses one row only. The JSON goes to ``benchmarks/results/zoo.json`` and the
 table to ``docs/zoo.md``, with the command.
@@ -163,11 +163,11 @@ def run_cell(name: str, method: str, steps: int, fraction: float, seed: int, wor
     from prunedrop.convert import ConversionSummary, to_variational
     from prunedrop.data import DataBundle
     from prunedrop.export import export_onnx, verify_onnx
-    from prunedrop.io import save_model
     from prunedrop.prune import prune
     from prunedrop.recipes import load_recipe
     from prunedrop.report import count_parameters
     from prunedrop.slim import remove_heads_and_rows, slim
+    from prunedrop.storage import save_model
     from prunedrop.train import finetune
 
     cell: dict = {"model": name, "method": method, "passed": [], "times": {}, "notes": [], "error": None}
@@ -332,7 +332,7 @@ def write_docs(results: dict, path: Path) -> None:
         "onnxruntime parity. A cell *works* when every stage passed; otherwise it names the first stage that failed and",
         "its error. `units a→b`: output units of the Linear/Conv layers that were masked or shrank, before and after",
         "slimming (pruned units that slimming had to keep stay as exact zeros); `heads a→b`: attention heads.",
-        "\"no architecture.json\": `prunedrop.io.save_model` could not describe the slim model (see the notes), so a",
+        "\"no architecture.json\": `prunedrop.storage.save_model` could not describe the slim model (see the notes), so a",
         "run saves its state dict only. Times are this machine's (2 shared cores, one thread), so only a guide.",
         "",
         "Produced by",

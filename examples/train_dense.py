@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prunedrop.atomic import atomic_torch_save  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
-from prunedrop.io import import_object  # noqa: E402
+from prunedrop.storage import import_object  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
 
 

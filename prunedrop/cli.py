@@ -134,12 +134,12 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .data import check_labels, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
-    from .io import load_model, parse_arch_kwargs
     from .pipeline import compress as run_compress
     from .recipes import RUN_DECIDES, load_recipe
     from .report import format_table
     from .runfolder import RunFolderLock, prepare_output_dir, read_run_info, run_identity, start_run
     from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
+    from .storage import load_model, parse_arch_kwargs
     from .train import check_precision, resolve_device
 
     kwargs = parse_arch_kwargs(arch_kwargs)
@@ -264,11 +264,11 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     after thresholding is not replayed.
     """
     from .data import load_data
-    from .io import load_model
     from .recipes import Recipe
     from .reexport import reexport
     from .runfolder import RUN_INFO, export_protected_files, read_run_info
     from .safety import check_output_file
+    from .storage import load_model
 
     if threshold is not None and not math.isfinite(threshold):
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
@@ -353,9 +353,9 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     import torch
 
     from .inspection import format_inspection, inspect_model
-    from .io import load_model, parse_arch_kwargs
     from .recipes import load_recipe
     from .safety import check_finite_weights
+    from .storage import load_model, parse_arch_kwargs
 
     recipe = load_recipe(recipe_path)
     if input_shape is not None:

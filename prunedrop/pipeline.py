@@ -6,7 +6,7 @@
 Each stage is a public function in its own module with a typed result whose ``to_dict()`` is its part of
 report.json; :class:`prunedrop.runfolder.RunFolder` names every file of the output folder. Where units were pruned,
 the noise-free fine-tuning runs on the slim model already (the slim stage then removes attention heads and embedding
-rows only). Loading (model file, data spec, recipe file) is the caller's: the CLI does it with :mod:`prunedrop.io`,
+rows only). Loading (model file, data spec, recipe file) is the caller's: the CLI does it with :mod:`prunedrop.storage`,
 :mod:`prunedrop.data` and :mod:`prunedrop.recipes`, a Python user with their own objects. Everything the run writes
 goes to ``out_dir``, atomically.
 

@@ -62,9 +62,9 @@ def reexport(
     (:func:`prunedrop.safety.check_output_file`). ``quantize`` (``int8`` or ``bayes``): ``output`` is the quantized
     file, checked against the recipe's budget as ``compress`` checks it (the float file is not kept).
     """
-    from .io import load_checkpoint
     from .runfolder import export_protected_files
     from .safety import check_output_file
+    from .storage import load_checkpoint
 
     folder = RunFolder(run_dir)
     output = check_output_file(output, overwrite=overwrite,

@@ -23,7 +23,7 @@ from .errors import PrunedropError
 
 IDENTITY_KEY = "identity"
 
-#: files of a run folder (the PyTorch result's two names are :mod:`prunedrop.io`'s, whose ``save_model`` writes them)
+#: files of a run folder (the PyTorch result's two names are :mod:`prunedrop.storage`'s, whose ``save_model`` writes them)
 ORIGINAL_ONNX = "original.onnx"
 MODEL_ONNX = "model.onnx"
 QUANTIZED_ONNX = "model-int8.onnx"
@@ -69,13 +69,13 @@ class RunFolder:
 
     @property
     def model_pt(self) -> Path:
-        from .io import WEIGHTS_FILE
+        from .storage import WEIGHTS_FILE
 
         return self.path / WEIGHTS_FILE
 
     @property
     def architecture_json(self) -> Path:
-        from .io import ARCHITECTURE_FILE
+        from .storage import ARCHITECTURE_FILE
 
         return self.path / ARCHITECTURE_FILE
 
@@ -197,7 +197,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def model_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of the model file; of a folder written by ``save_model``: of its architecture.json and model.pt."""
-    from .io import ARCHITECTURE_FILE, WEIGHTS_FILE
+    from .storage import ARCHITECTURE_FILE, WEIGHTS_FILE
 
     path = Path(path)
     if path.is_dir():

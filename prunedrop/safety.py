@@ -214,7 +214,7 @@ def load_json_file(path: str | os.PathLike[str], *, where: str, advice: str,
 
 
 #: bounds on an architecture.json (a LeNet has 10 modules, a ResNet-152 about 500, a 100-layer transformer a
-#: few thousand): what a small hand-edited file can make :func:`prunedrop.io.load_saved_model` build
+#: few thousand): what a small hand-edited file can make :func:`prunedrop.storage.load_saved_model` build
 MAX_MANIFEST_ENTRIES = 100_000
 MAX_RECURRENT_LAYERS = 1024
 

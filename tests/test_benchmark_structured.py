@@ -75,7 +75,7 @@ def test_resnet20_with_folded_batchnorm_slims_exactly() -> None:
 def test_reuse_variational_takes_only_a_finished_checkpoint_of_the_same_variational_phase(tmp_path: Path) -> None:
     import pytest
 
-    from prunedrop.io import save_checkpoint
+    from prunedrop.storage import save_checkpoint
 
     bench = _benchmark()
     recipe = Recipe(method="sbp", epochs=3, kl_weight=10.0, finetune_epochs=2, threshold=1.0)

@@ -14,12 +14,12 @@ from torch import nn
 from prunedrop.cli import cli
 from prunedrop.errors import PrunedropError
 from prunedrop.export import run_onnx
-from prunedrop.io import load_saved_model
 from prunedrop.layers import LAYER_REGISTRY
 from prunedrop.layers.lognormal import LinearLogNormal
 from prunedrop.layers.sparse_vd import LinearSVD, fused_kernels
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe, load_recipe
+from prunedrop.storage import load_saved_model
 from prunedrop.testing import tiny_classification_data, write_tiny_project
 
 EXAMPLES = {

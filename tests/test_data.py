@@ -57,11 +57,8 @@ def message(excinfo: pytest.ExceptionInfo[PrunedropError]) -> str:
 @pytest.fixture
 def no_system_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Hide Debian's dataset folders so that tests do not depend on what this machine has installed."""
-    monkeypatch.setattr(
-        data_module,
-        "SYSTEM_DATA_DIRS",
-        {"mnist": tmp_path / "nowhere" / "mnist", "fashion-mnist": tmp_path / "nowhere" / "fashion-mnist"},
-    )
+    for name in ("mnist", "fashion-mnist"):  # the one dict that prunedrop.data re-exports from prunedrop.data.named
+        monkeypatch.setitem(data_module.SYSTEM_DATA_DIRS, name, tmp_path / "nowhere" / name)
 
 
 # --- parse_spec ---------------------------------------------------------------------------------------

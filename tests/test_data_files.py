@@ -1,4 +1,4 @@
-"""Tests for prunedrop.data_files through ``load_data``: imagefolder:, csv: and hf: specs on files the tests
+"""Tests for prunedrop.data.files through ``load_data``: imagefolder:, csv: and hf: specs on files the tests
 write (tiny PNGs, CSVs, parquet and save_to_disk folders), and every bad-input answer."""
 
 from __future__ import annotations

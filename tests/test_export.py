@@ -18,11 +18,11 @@ import prunedrop
 from prunedrop.errors import ParityError, PrunedropError
 from prunedrop.export import (
     ExportResult,
-    _sparse_constant,
     export_onnx,
     run_onnx,
     verify_onnx,
 )
+from prunedrop.export.sparse import sparse_constant
 from prunedrop.testing import TINY_MODELS, TinyMLP, tiny_model
 
 REPO = Path(prunedrop.__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_sparse_needs_opset_11(tmp_path: Path) -> None:
     )
 )
 def test_sparse_constant_round_trip(array: np.ndarray) -> None:
-    node = _sparse_constant(numpy_helper.from_array(array, name="w"))
+    node = sparse_constant(numpy_helper.from_array(array, name="w"))
     if np.all(array != 0):
         assert node is None
         return

@@ -627,7 +627,7 @@ def _saved_model(folder: Path) -> Path:
     """A folder written by save_model (compress's -o), to be loaded as MODEL without --arch."""
     import torch
 
-    from prunedrop.io import save_model
+    from prunedrop.storage import save_model
     from prunedrop.testing import TinyMLP
 
     torch.manual_seed(0)
@@ -777,9 +777,9 @@ def test_parity_tolerance_scales_with_the_outputs(tmp_path: Path, monkeypatch: p
     with torch.no_grad():
         want = model(x).numpy()
     assert np.abs(want).max() > 1000
-    monkeypatch.setattr(export, "_run_session", lambda p, inputs: [want * np.float32(1 + relative_error)
-                                                                   if relative_error == relative_error
-                                                                   else want * np.nan])
+    monkeypatch.setattr(export.runtime, "run_session", lambda p, inputs: [want * np.float32(1 + relative_error)
+                                                                          if relative_error == relative_error
+                                                                          else want * np.nan])
     if ok:
         assert export.verify_onnx(path, model, x, atol=1e-4) >= 0
     else:
@@ -788,10 +788,10 @@ def test_parity_tolerance_scales_with_the_outputs(tmp_path: Path, monkeypatch: p
 
 
 def test_parity_is_checked_before_training(user_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunedrop import export
+    from prunedrop.export import runtime
 
-    real = export._run_session
-    monkeypatch.setattr(export, "_run_session", lambda p, inputs: [o + 1.0 for o in real(p, inputs)])
+    real = runtime.run_session
+    monkeypatch.setattr(runtime, "run_session", lambda p, inputs: [o + 1.0 for o in real(p, inputs)])
     (user_folder / "recipe.yaml").write_text(FAST_RECIPE)
     result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
                                       "--recipe", "recipe.yaml", "-q", "-o", "out"])

@@ -15,7 +15,6 @@ from prunedrop.convert import to_variational, variational_layers
 from prunedrop.data import DataBundle
 from prunedrop.errors import PrunedropError
 from prunedrop.export import export_onnx, verify_onnx
-from prunedrop.io import load_saved_model
 from prunedrop.layers import (
     EmbeddingSVD,
     HeadPrunedMultiheadAttention,
@@ -29,6 +28,7 @@ from prunedrop.pipeline import compress
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import remove_heads_and_rows
+from prunedrop.storage import load_saved_model
 from prunedrop.testing import TINY_RECIPE, tiny_token_model, tiny_transformer
 
 ATTENTION_LAYERS = [MultiheadAttentionSVD, MultiheadAttentionGroupVD]

@@ -85,7 +85,7 @@ def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def test_npz_regression_end_to_end_on_diabetes(folder: Path) -> None:
-    from prunedrop.io import load_saved_model
+    from prunedrop.storage import load_saved_model
 
     data = _diabetes()
     np.savez(folder / "data.npz", **data)

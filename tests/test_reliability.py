@@ -191,10 +191,10 @@ def test_export_failure_keeps_the_pytorch_result(project: Path, monkeypatch: pyt
 def test_parity_failure_is_an_error(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    import prunedrop.export as export
+    from prunedrop.export import runtime
 
-    real = export._run_session  # what onnxruntime returns, shifted as a broken exporter would
-    monkeypatch.setattr(export, "_run_session",
+    real = runtime.run_session  # what onnxruntime returns, shifted as a broken exporter would
+    monkeypatch.setattr(runtime, "run_session",
                         lambda path, x, **kw: [np.asarray(a) + np.float32(0.01) for a in real(path, x, **kw)])
     result = CliRunner().invoke(cli, [*ARGS, "-o", "out"])
     assert result.exit_code == 1, result.output

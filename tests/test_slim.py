@@ -287,7 +287,7 @@ def test_bad_masks_are_errors(masks: dict[str, torch.Tensor], match: str) -> Non
 
 
 def test_slim_model_reloads_without_its_class(tmp_path) -> None:
-    from prunedrop.io import load_saved_model, save_model
+    from prunedrop.storage import load_saved_model, save_model
 
     model, x = tiny_arch("densenet")
     result = slim(model, _random_prune(model), x)

@@ -21,12 +21,12 @@ from prunedrop import distributed, stages
 from prunedrop.cli import cli
 from prunedrop.data import load_data
 from prunedrop.export import run_onnx
-from prunedrop.io import load_saved_model
 from prunedrop.pipeline import compress
 from prunedrop.recipes import load_recipe
 from prunedrop.report import load_report
 from prunedrop.runfolder import IDENTITY_KEY, RunFolder, read_run_info
 from prunedrop.stages.common import PARITY_SAMPLES, merge_parts
+from prunedrop.storage import load_saved_model
 from prunedrop.testing import TinyMLP, write_tiny_project
 from prunedrop.train import resolve_device
 

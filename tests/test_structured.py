@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from prunedrop.cli import cli
 from prunedrop.export import run_onnx
-from prunedrop.io import load_saved_model
+from prunedrop.storage import load_saved_model
 from prunedrop.testing import tiny_classification_data, write_tiny_project
 
 RECIPE = """\

@@ -45,7 +45,7 @@ def test_stochastic_depth_is_left_out_of_architecture_json(tmp_path: Path) -> No
     import torch
     import torchvision
 
-    from prunedrop.io import load_saved_model, save_model
+    from prunedrop.storage import load_saved_model, save_model
 
     torch.manual_seed(0)
     model, x = torchvision.models.efficientnet_b0(num_classes=10).eval(), torch.randn(2, 3, 32, 32)

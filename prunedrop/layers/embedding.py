@@ -110,7 +110,7 @@ class RemappedEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # a lookup in a one-column table rather than index_map[ids]: the same Gather in ONNX, and a function that
-        # the architecture manifest (prunedrop.io) allows, so the slim model reloads without its class
+        # the architecture manifest (prunedrop.storage) allows, so the slim model reloads without its class
         return self.embedding(F.embedding(ids, self.index_map.unsqueeze(1)).squeeze(-1))
 
 

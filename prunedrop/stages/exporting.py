@@ -17,11 +17,11 @@ from .. import __version__
 from ..data import DataBundle
 from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
-from ..io import save_model
 from ..quantize import quantize_model
 from ..recipes import Recipe
 from ..report import count_parameters, measure_latency
 from ..runfolder import RunFolder
+from ..storage import save_model
 from ..train import metric_name
 from .baseline import Baseline
 from .evaluation import Evaluation

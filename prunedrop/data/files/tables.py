@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import PrunedropError
+from ...errors import PrunedropError
 from .common import VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
+    from ...recipes import Recipe
 
 
 def load_csv(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:

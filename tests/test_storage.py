@@ -1,12 +1,15 @@
-"""Tests for prunedrop.io: safe model loading, the JSON architecture manifest, checkpoints."""
+"""Tests for prunedrop.storage: safe model loading, the JSON architecture manifest, checkpoints."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickletools
 import random
+import re
 import sys
 import types
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunedrop.errors import PrunedropError
-from prunedrop.io import (
+from prunedrop.storage import (
     ARCHITECTURE_FILE,
     WEIGHTS_FILE,
     capture_rng_state,
@@ -511,6 +514,50 @@ def test_bad_checkpoints(tmp_path):
     raises_one_line(lambda: restore_rng_state({"python": {"version": 3}}), "RNG state is malformed")
 
 
+def _pickled_names(path: Path) -> set[str]:
+    """``module name`` of every class or function that the pickles inside the torch file ``path`` name."""
+    names: set[str] = set()
+    with zipfile.ZipFile(path) as archive:
+        for member in (m for m in archive.namelist() if m.endswith(".pkl")):
+            memo: dict[int, object] = {}
+            pushed: list[object] = []  # the values pushed so far, enough to read STACK_GLOBAL's two strings
+            for op, arg, _ in pickletools.genops(archive.read(member)):
+                if op.name in ("GLOBAL", "INST"):
+                    names.add(str(arg))
+                elif op.name == "STACK_GLOBAL":
+                    names.add(f"{pushed[-2]} {pushed[-1]}")
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                    pushed.append(arg)
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    pushed.append(memo.get(int(arg)))
+    return names
+
+
+def test_saved_files_name_no_prunedrop_module(tmp_path, mlp):
+    """What prunedrop writes names torch and the standard library only, never a prunedrop module, so that
+    moving or renaming a module (``prunedrop.io`` became ``prunedrop.storage``) cannot break a saved run."""
+    model, x = mlp
+    old_run = Path(__file__).parent / "data" / "run-v1"
+    weights, manifest = save_model(model, tmp_path / "saved", x)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(x).sum().backward()
+    optimizer.step()
+    checkpoint = save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "rng": capture_rng_state(), "epoch": 1}, tmp_path / "checkpoint.pt")
+    torch_files = [weights, checkpoint, *sorted(old_run.rglob("*.pt"))]
+    assert len(torch_files) >= 5
+    for path in torch_files:
+        names = _pickled_names(path)
+        assert any(name.startswith("torch") for name in names), (path, names)  # the reader found the names
+        assert not [name for name in names if name.startswith("prunedrop")], (path, names)
+    for path in (manifest, old_run / "run" / "architecture.json"):
+        assert not re.search(r"prunedrop\.\w", path.read_text()), path
+
+
 # --------------------------------------------------------------------------------------------------
 # --arch-kwargs, timm:NAME and torchvision.models:NAME (fake zoo packages: nothing is installed or downloaded)
 # --------------------------------------------------------------------------------------------------
@@ -582,13 +629,13 @@ def test_arch_kwargs_reach_the_factory(tmp_path):
     ],
 )
 def test_bad_arch_kwargs(text, fragment):
-    from prunedrop.io import parse_arch_kwargs
+    from prunedrop.storage import parse_arch_kwargs
 
     raises_one_line(lambda: parse_arch_kwargs(text), fragment)
 
 
 def test_arch_kwargs_parse():
-    from prunedrop.io import parse_arch_kwargs
+    from prunedrop.storage import parse_arch_kwargs
 
     assert parse_arch_kwargs(None) == {}
     assert parse_arch_kwargs('{"num_classes": 10, "hidden": [4, 2], "flag": true}') == {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
+    from ...recipes import Recipe
 
 VAL_NAMES = ("val", "valid", "validation")
 """Folder / file / split names read as the validation split."""
@@ -15,6 +15,6 @@ TEST_NAMES = ("test",)
 
 def recipe_or_defaults(recipe: Recipe | None) -> Recipe:
     """``recipe``, or the default recipe when None."""
-    from ..recipes import Recipe
+    from ...recipes import Recipe
 
     return recipe if recipe is not None else Recipe()

@@ -1,8 +1,8 @@
 """Data from files without a Python hook: the ``imagefolder:DIR``, ``csv:FILE`` and ``hf:PATH`` data specs.
 
-:mod:`prunedrop.data` parses the spec and calls :func:`load_imagefolder`, :func:`load_csv` or :func:`load_hf`;
+:mod:`prunedrop.data.load` parses the spec and calls :func:`load_imagefolder`, :func:`load_csv` or :func:`load_hf`;
 each returns ``(train, val, test)`` Datasets (``val``/``test`` None when the files have none), which
-``data.load_data`` then checks, splits and limits like every other spec. The recipe's data keys
+``load_data`` then checks, splits and limits like every other spec. The recipe's data keys
 (``image_size``, ``image_channels``, ``normalize``, ``normalize_mean``/``normalize_std``, ``label_column``,
 ``loss``) say how the files are read.
 

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import PrunedropError, describe
+from ...errors import PrunedropError, describe
 from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 from .images import ImageDataset, image_header, image_options
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
+    from ...recipes import Recipe
 
 
 _HF_SPLITS = {"train": ("train",), "val": VAL_NAMES, "test": TEST_NAMES}

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import PrunedropError, describe
-from ..recipes import MAX_IMAGE_SIDE
+from ...errors import PrunedropError, describe
+from ...recipes import MAX_IMAGE_SIDE
 from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
+    from ...recipes import Recipe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 """File name endings that ``imagefolder:`` reads as images (any case); other files are ignored."""

@@ -1,4 +1,7 @@
 """Model loading and saving (the package: each job in its own module, every public name re-exported here).
+It was called ``prunedrop.io``, renamed so as not to shadow the standard library's :mod:`io`; nothing that
+prunedrop writes names a prunedrop module (checkpoints and ``model.pt`` hold tensors and plain values,
+``architecture.json`` names torch's types), so files written before the rename read as ever.
 
 Three jobs, all of them safe by default (no pickle unless the user says they trust a file):
 
@@ -10,14 +13,16 @@ Three jobs, all of them safe by default (no pickle unless the user says they tru
 - :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`capture_rng_state` /
   :func:`restore_rng_state` keep fine-tuning resumable with ``torch.load(weights_only=True)``.
 
-Modules: :mod:`.load` (the user's model), :mod:`.manifest` (``architecture.json``), :mod:`.saved` (save_model /
-load_saved_model), :mod:`.checkpoint`, and :mod:`.read` (torch.load without pickle). torch is imported inside the
-functions so that importing this package (and the CLI's ``--help``) stays instant.
+Modules: :mod:`.load` (the user's model), :mod:`.manifest` (``architecture.json``), :mod:`.allowlist` (the layer
+types, functions and methods a manifest may name), :mod:`.saved` (save_model / load_saved_model),
+:mod:`.checkpoint`, and :mod:`.read` (torch.load without pickle). torch is imported inside the functions so that
+importing this package (and the CLI's ``--help``) stays instant.
 """
 
+from .allowlist import METHODS, MODULE_ARGS
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .load import import_object, load_model, parse_arch_kwargs
-from .manifest import ARCHITECTURE_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, METHODS, MODULE_ARGS, WEIGHTS_FILE
+from .manifest import ARCHITECTURE_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS_FILE
 from .saved import load_saved_model, save_model
 
 __all__ = [

@@ -1,0 +1,213 @@
+"""A bundle assembled from its splits: each split checked (in full where it is held in tensors, else through
+its first item), validation data split off when none is given, the training limit applied, the input shape and
+the class count found; and :func:`check_labels`, the data checked against the model's outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ..errors import PrunedropError
+from .bundle import SPLITS, DataBundle, seeded_generator
+from .checks import check_finite, check_non_negative, describe_value
+
+
+def check_labels(bundle: DataBundle, num_outputs: int) -> None:
+    """Raise :class:`PrunedropError` when the data has labels the model cannot output.
+
+    Uses every label where they are cheap to get (tensor datasets, ``targets`` attributes), else the first
+    sample or batch of each split; a dataset that must be iterated in full is not, since that may mean
+    decoding every image.
+    """
+    largest = -1
+    for split in SPLITS:
+        data = getattr(bundle, split)
+        if data is None:
+            continue
+        labels = labels_of(data)
+        if labels is None:
+            labels = torch.as_tensor(first_item(data)[1])
+        if labels.is_floating_point():
+            continue  # regression targets (loss: mse), not class indices
+        if labels.numel():
+            largest = max(largest, int(labels.max()))
+    if largest >= num_outputs:
+        raise PrunedropError(
+            f"labels go up to {largest} but the model has {num_outputs} outputs; "
+            "check that --data matches the model"
+        )
+    if bundle.num_classes is not None and bundle.num_classes > num_outputs:
+        raise PrunedropError(
+            f"the data has {bundle.num_classes} classes but the model has {num_outputs} outputs; "
+            "check that --data matches the model"
+        )
+
+
+def assemble(
+    name: str,
+    train: Dataset | DataLoader,
+    val: Dataset | DataLoader | None,
+    test: Dataset | DataLoader | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    train_limit: int | None,
+    regression: bool = False,
+) -> DataBundle:
+    """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
+    With ``regression`` labels may be real numbers and there are no classes."""
+    shapes = {}
+    for split, data in (("train", train), ("val", val), ("test", test)):
+        if data is not None:
+            shapes[split] = _validate_split(data, f"the {split} data of {name!r}", regression=regression)
+    if len(set(shapes.values())) > 1:
+        raise PrunedropError(f"the inputs of {name!r} differ in sample shape between splits: {shapes}")
+    if val is None:
+        train, val = _split_off_validation(train, val_fraction, seed, name)  # type: ignore[arg-type]
+    if train_limit is not None:
+        if isinstance(train, DataLoader):
+            raise PrunedropError(
+                f"a training limit cannot be applied to the DataLoader that {name!r} returned; "
+                "drop the limit or return a Dataset"
+            )
+        train = _take(train, range(min(train_limit, len(train))))  # type: ignore[arg-type]
+    return DataBundle(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        input_shape=shapes["train"],
+        num_classes=None if regression else _num_classes(train, val, test),
+    )
+
+
+def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool = False) -> tuple[int, ...]:
+    """Check one split and return its sample shape.
+
+    Tensor-backed data is checked in full; any other dataset only through its first sample, since
+    iterating it could mean decoding every image.
+    """
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = None
+        if not isinstance(data, DataLoader):
+            raise PrunedropError(
+                f"{where} has no length; use a map-style Dataset (with __len__), not an IterableDataset"
+            ) from None
+    if size == 0:
+        raise PrunedropError(f"{where} is empty; the data must have at least one sample")
+    inputs, labels = first_item(data, where)
+    try:
+        inputs = torch.as_tensor(inputs)
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise PrunedropError(
+            f"{where} yields ({type(inputs).__name__}, {type(labels).__name__}) items; "
+            "inputs and labels must be tensors, arrays or numbers"
+        ) from None
+    if labels.is_complex() or (labels.is_floating_point() and not regression):
+        raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices"
+                             + ("" if labels.is_complex() else " (for real-valued regression targets set loss: mse "
+                                "in the recipe)"))
+    all_inputs, all_labels = _inputs_of(data), labels_of(data)
+    check_finite(inputs if all_inputs is None else all_inputs, where)
+    if regression:
+        check_finite(labels if all_labels is None else all_labels, where)
+    else:
+        check_non_negative(labels if all_labels is None else all_labels, where)
+    shape = tuple(inputs.shape)
+    return shape[1:] if isinstance(data, DataLoader) else shape
+
+
+def first_item(data: Dataset | DataLoader, where: str = "the data") -> Sequence[Any]:
+    """The first ``(input, label)`` sample of a Dataset, or the first batch of a DataLoader."""
+    if isinstance(data, DataLoader):
+        # A shuffling DataLoader draws its seed from the global RNG; peeking at it must not shift the
+        # random stream that the caller seeded for training.
+        with torch.random.fork_rng(devices=[]):
+            item = next(iter(data))
+    else:
+        item = data[0]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise PrunedropError(
+            f"{where} yields {describe_value(item)} items; each item must be an (input, label) pair"
+        )
+    return item
+
+
+def _split_off_validation(
+    train: Dataset, val_fraction: float, seed: int, name: str
+) -> tuple[Dataset, Dataset]:
+    """Split a seeded random ``val_fraction`` (at least one sample) off ``train``: (rest, validation)."""
+    size = len(train)  # type: ignore[arg-type]
+    n_val = max(1, round(size * val_fraction))
+    if n_val >= size:
+        raise PrunedropError(
+            f"the training data of {name!r} has {size} samples, too few to split off a validation set; "
+            "add data or give a validation set"
+        )
+    order = torch.randperm(size, generator=seeded_generator(seed, "validation split"))
+    return _take(train, order[n_val:]), _take(train, order[:n_val])
+
+
+def _take(data: Dataset, indices: torch.Tensor | range) -> Dataset:
+    """The samples at ``indices``; tensor data stays a TensorDataset (so it is still checked and fast)."""
+    if isinstance(data, TensorDataset):
+        index = torch.as_tensor(indices, dtype=torch.long) if isinstance(indices, range) else indices
+        return TensorDataset(*(t[index] for t in data.tensors))
+    return Subset(data, list(indices) if isinstance(indices, range) else indices.tolist())
+
+
+def _inputs_of(data: Dataset | DataLoader) -> torch.Tensor | None:
+    """All inputs when they are held in one tensor, else None."""
+    if isinstance(data, DataLoader):
+        return _inputs_of(data.dataset)
+    if isinstance(data, TensorDataset):
+        return data.tensors[0]
+    if isinstance(data, Subset):
+        inner = _inputs_of(data.dataset)
+        return None if inner is None else inner[torch.as_tensor(data.indices, dtype=torch.long)]
+    return None
+
+
+def labels_of(data: Dataset | DataLoader) -> torch.Tensor | None:
+    """All labels when they are at hand without loading the inputs, else None."""
+    if isinstance(data, DataLoader):
+        return labels_of(data.dataset)
+    if isinstance(data, TensorDataset):
+        return data.tensors[-1] if len(data.tensors) >= 2 else None
+    if isinstance(data, Subset):
+        inner = labels_of(data.dataset)
+        return None if inner is None else inner[torch.as_tensor(data.indices, dtype=torch.long)]
+    targets = getattr(data, "targets", None)  # torchvision-style datasets keep their labels here
+    if targets is None:
+        return None
+    try:
+        labels = torch.as_tensor(targets)
+        size = len(data)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if labels.ndim != 1 or len(labels) != size or labels.is_floating_point():
+        return None
+    return labels
+
+
+def _num_classes(*splits: Dataset | DataLoader | None) -> int | None:
+    """Largest label + 1 over the splits, else ``len(dataset.classes)``, else None when unknown."""
+    largest = -1
+    for data in splits:
+        if data is None:
+            continue
+        labels = labels_of(data)
+        if labels is None:
+            dataset = data.dataset if isinstance(data, DataLoader) else data
+            classes = getattr(dataset, "classes", None)
+            return len(classes) if isinstance(classes, Sequence) and classes else None
+        if labels.numel():
+            largest = max(largest, int(labels.max()))
+    return largest + 1 if largest >= 0 else None

@@ -1,0 +1,109 @@
+"""The :class:`DataBundle` that every data spec becomes, and the seeded generators behind its order."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ..errors import PrunedropError
+
+SPLITS = ("train", "val", "test")
+"""The names of a bundle's splits, in order."""
+
+
+@dataclass
+class DataBundle:
+    """Train/validation/test data plus what the pipeline needs to know about it."""
+
+    name: str
+    """The data spec it came from, e.g. ``fashion-mnist`` or ``npz:data.npz``; used in reports."""
+    train: Dataset | DataLoader
+    """Training data: a map-style Dataset, or a DataLoader only when the user's python: function returned one."""
+    val: Dataset | DataLoader
+    """Validation data, used to measure the metric before and after compression."""
+    test: Dataset | DataLoader | None
+    """Test data, or None when the spec has none."""
+    input_shape: tuple[int, ...]
+    """The shape of one input sample, without the batch dimension."""
+    num_classes: int | None
+    """Number of classes (largest label + 1, or ``len(dataset.classes)``) when it is known, else None."""
+
+    @property
+    def num_train(self) -> int:
+        """Training-set size N, the factor of the data term in the ELBO."""
+        data = self.train.dataset if isinstance(self.train, DataLoader) else self.train
+        try:
+            return len(data)  # type: ignore[arg-type]
+        except TypeError:
+            raise PrunedropError(
+                f"the training data of {self.name!r} has no length, which the ELBO needs; "
+                "use a map-style Dataset (with __len__) rather than an IterableDataset"
+            ) from None
+
+    def split(self, split: str) -> Dataset | DataLoader:
+        """The data of ``split`` (``train``, ``val`` or ``test``); an error when that split is absent."""
+        if split not in SPLITS:
+            raise PrunedropError(f"unknown data split {split!r}; use one of: {', '.join(SPLITS)}")
+        data = getattr(self, split)
+        if data is None:
+            raise PrunedropError(
+                f"data {self.name!r} has no {split} split; use a data spec that provides one "
+                "(e.g. npz with x_test/y_test, or a python: function returning (train, val, test))"
+            )
+        return data
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+    ) -> DataLoader:
+        """A DataLoader over ``split`` in a deterministic order.
+
+        When shuffling, the permutation comes from a ``torch.Generator`` seeded from ``(seed, epoch)`` alone,
+        not from global RNG state, so a resumed run sees exactly the order an uninterrupted one would have.
+        A DataLoader the user gave is returned as is: its own batch size and order win.
+        """
+        data = self.split(split)
+        if isinstance(data, DataLoader):
+            return data
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PrunedropError(f"batch size must be a positive integer, got {batch_size!r}")
+        order = torch.randperm(len(data), generator=seeded_generator(seed, epoch)).tolist() if shuffle else None
+        # A generator of its own: a DataLoader without one draws its base seed from the global RNG on every
+        # iteration, which would shift the noise of a resumed run against an uninterrupted one.
+        return DataLoader(data, batch_size=batch_size, sampler=order, drop_last=drop_last,
+                          generator=seeded_generator(seed, epoch, "loader"))
+
+    def example_batch(self, n: int = 8, split: str = "val") -> torch.Tensor:
+        """The first ``n`` inputs of ``split`` (fewer if the split is smaller), for export, parity and FLOPs."""
+        if n < 1:
+            raise PrunedropError(f"an example batch needs at least one sample, got n={n}")
+        data = self.split(split)
+        if isinstance(data, DataLoader):
+            parts: list[torch.Tensor] = []
+            count = 0
+            for batch in data:
+                inputs = torch.as_tensor(batch[0])
+                parts.append(inputs)
+                count += len(inputs)
+                if count >= n:
+                    break
+            return torch.cat(parts)[:n]
+        if isinstance(data, TensorDataset):
+            return data.tensors[0][:n].clone()
+        return torch.stack([torch.as_tensor(data[i][0]) for i in range(min(n, len(data)))])
+
+
+def seeded_generator(*key: object) -> torch.Generator:
+    """A generator seeded from ``key`` by hashing, so that nearby keys such as (0, 1) and (1, 0) give
+    unrelated streams, and the result is the same on every platform and Python version."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))

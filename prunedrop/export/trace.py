@@ -1,0 +1,278 @@
+""":func:`export_onnx`: the model traced by ``torch.onnx.export`` (TorchScript or ``torch.export`` based) in eval
+mode on CPU, the exporters kept quiet and their failures said in one line, then the file stripped, sparsified,
+checked and written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper
+from torch import nn
+
+from ..atomic import atomic_write_bytes
+from ..errors import PrunedropError
+from .sparse import sparsify_initializers, strip_debug_info
+
+EXPORTERS = ("torchscript", "dynamo")
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+BATCH_DIM = "batch"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# How each exporter names an operator it cannot translate:
+#   torchscript: "Exporting the operator 'aten::linalg_eig' to ONNX opset version 18 is not supported"
+#   dynamo:      "No ONNX function found for <OpOverload(op='aten.linalg_eig', overload='default')>"
+_OPERATOR_PATTERNS = (
+    re.compile(r"operator '([^']+)'"),
+    re.compile(r"OpOverload\(op='([^']+)'"),
+    re.compile(r"No ONNX function found for (\S+)"),
+)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    path: Path
+    """The ONNX file."""
+    num_bytes: int
+    """Size of the file as written."""
+    dense_bytes: int
+    """Size the same file would have with every initializer stored dense (``sparse=False``)."""
+    sparse_initializers: list[str] = field(default_factory=list)
+    """Names of the initializers stored as sparse ``Constant`` nodes, in graph order."""
+    max_abs_diff: float | None = None
+    """Largest |onnxruntime - PyTorch| difference; filled in by the caller after :func:`verify_onnx`."""
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    sparse: bool | str = "auto",
+    metadata: dict[str, str] | None = None,
+    exporter: str = "torchscript",
+) -> ExportResult:
+    """Export ``model`` to one self-contained ONNX file at ``path``.
+
+    Args:
+        model: the network to export; it is traced in eval mode on CPU and left in the mode it was in.
+        example_input: one input batch; only its shape and dtype matter.
+        path: the ``.onnx`` file to write (its folder is created).
+        opset: ONNX opset version of the default domain.
+        dynamic_batch: make dimension 0 of the input and the output symbolic (``"batch"``).
+        sparse: ``"auto"`` stores a float initializer sparsely when that is smaller, ``True`` every float
+            initializer that has a zero, ``False`` none.
+        metadata: strings stored in the model's ``metadata_props`` (the compression summary).
+        exporter: ``"torchscript"`` (fast, the default) or ``"dynamo"`` (``torch.export`` based).
+
+    Raises:
+        PrunedropError: the model uses an operator ONNX cannot express, its forward fixes the batch size
+            while ``dynamic_batch`` is set, or ``path`` cannot be written.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    if sparse not in (True, False, "auto"):
+        raise ValueError(f"sparse must be True, False or 'auto', not {sparse!r}")
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata keys and values must be str, got {key!r}: {value!r}")
+    path = Path(path)
+
+    proto = _trace(model, example_input, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+    if dynamic_batch:
+        _check_batch_is_symbolic(proto)
+    strip_debug_info(proto)
+    if metadata:
+        helper.set_model_props(proto, metadata)
+    dense_bytes = proto.ByteSize()
+    sparse_names = sparsify_initializers(proto, sparse) if sparse is not False else []
+    # Catches a bad file here rather than in whoever loads it next; cheap next to the export itself.
+    onnx.checker.check_model(proto, full_check=True)
+
+    data = proto.SerializeToString()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise PrunedropError(
+            f"cannot write ONNX file {path}: {reason}; choose an output folder you can write to"
+        ) from e
+    return ExportResult(
+        path=path, num_bytes=len(data), dense_bytes=dense_bytes, sparse_initializers=sparse_names
+    )
+
+
+@contextlib.contextmanager
+def eval_on_cpu(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield ``model`` in eval mode on CPU; the caller's model keeps its mode and device."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
+        # A copy rather than model.cpu(): moving back would hand the caller new storage.
+        yield copy.deepcopy(model).cpu().eval()
+        return
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        # Restore per module: a caller may have frozen some submodules in eval mode on purpose.
+        for module, training in modes.items():
+            module.training = training
+
+
+def _trace(
+    model: nn.Module, example_input: torch.Tensor, *, opset: int, dynamic_batch: bool, exporter: str
+) -> onnx.ModelProto:
+    example = example_input.detach().cpu()
+    with eval_on_cpu(model) as cpu_model, _quiet_exporter():
+        try:
+            if exporter == "torchscript":
+                return _trace_torchscript(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
+            return _trace_dynamo(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
+        except Exception as e:  # the exporters raise a dozen unrelated types; all mean "cannot export"
+            raise _export_error(e, exporter=exporter, opset=opset) from e
+
+
+def _trace_torchscript(
+    model: nn.Module, example: torch.Tensor, *, opset: int, dynamic_batch: bool
+) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic_batch else None
+    torch.onnx.export(
+        model,
+        (example,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _trace_dynamo(
+    model: nn.Module, example: torch.Tensor, *, opset: int, dynamic_batch: bool
+) -> onnx.ModelProto:
+    # A named Dim (not Dim.DYNAMIC) so that the ONNX dimension is called "batch" like the TorchScript one.
+    dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM)},) if dynamic_batch else None
+    program = torch.onnx.export(
+        model,
+        (example,),
+        None,  # keep the program in memory: saving would split large weights into an external data file
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_shapes=dynamic_shapes,
+        dynamo=True,
+        verbose=False,
+        report=False,
+    )
+    if program is None:  # pragma: no cover - torch returns the program whenever dynamo=True
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
+    return program.model_proto
+
+
+def _check_batch_is_symbolic(proto: onnx.ModelProto) -> None:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+    if dims and not dims[0].dim_param:
+        raise PrunedropError(
+            f"the model's forward fixes the batch size to {dims[0].dim_value}, so ONNX cannot take other "
+            "batch sizes; use x.flatten(1) or x.reshape(x.size(0), ...) instead of a literal batch size, "
+            "or export with dynamic_batch=False"
+        )
+
+
+def _export_error(error: Exception, *, exporter: str, opset: int) -> PrunedropError:
+    text = _ANSI.sub("", "\n".join(str(e) for e in _exception_chain(error)))
+    for pattern in _OPERATOR_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return PrunedropError(
+                f"cannot export to ONNX: operator {match.group(1)} has no ONNX equivalent at opset {opset} "
+                f"({exporter} exporter); replace it in the model's forward, or try another opset or exporter"
+            )
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if len(first_line) > 200:
+        first_line = first_line[:197] + "..."
+    return PrunedropError(
+        f"ONNX export failed ({exporter} exporter, opset {opset}): {first_line}; "
+        f"simplify the model's forward or try the other exporter"
+    )
+
+
+def _exception_chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what the exporters print: Python warnings, logging, print(), and C++ writes to stdout."""
+    loggers = [
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    ]
+    levels = [logger.level for logger in loggers]
+    # torch's TorchScript exporter switches its C++ ONNX log on for good (a torch bug: it tests the
+    # function object ``_jit_is_onnx_log_enabled`` rather than calling it) and then dumps the whole graph,
+    # with source paths, to the C++ stdout when an export fails. Restore the switch, and hide fd 1.
+    log_was_enabled = torch._C._jit_is_onnx_log_enabled()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _hide_fd_stdout():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        torch._C._jit_set_onnx_log_enabled(log_was_enabled)
+
+
+@contextlib.contextmanager
+def _hide_fd_stdout() -> Iterator[None]:
+    try:
+        if sys.__stdout__ is not None:
+            sys.__stdout__.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no fd 1 (a daemon, some embedded interpreters): nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        # C++ output goes through C stdio, which buffers when fd 1 is not a terminal: flush it into
+        # /dev/null before fd 1 points back at the real stdout.
+        _flush_c_stdio()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)

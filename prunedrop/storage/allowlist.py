@@ -1,0 +1,161 @@
+"""What ``architecture.json`` may name: the layer types (with the constructor arguments read back from each
+layer), the functions and the tensor methods. Both writing a manifest and rebuilding one (an untrusted file)
+resolve every name through these tables; nothing else is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+              "padding_mode")
+_CONV_T_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding", "groups",
+                "bias", "dilation", "padding_mode")
+_BN_ARGS = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+_MAXPOOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+_AVGPOOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+_DROPOUT_ARGS = ("p", "inplace")
+
+# torch.nn type name -> constructor arguments, read back from the module's attributes of the same name
+# ("bias" is special: the constructor takes a bool, the module holds a tensor or None). Everything else a
+# module holds must be in its state dict; save_model checks the rebuilt model's outputs to make sure.
+_RNN_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+MODULE_ARGS: dict[str, tuple[str, ...]] = {
+    "Linear": ("in_features", "out_features", "bias"),
+    "Bilinear": ("in1_features", "in2_features", "out_features", "bias"),
+    "Conv1d": _CONV_ARGS,
+    "Conv2d": _CONV_ARGS,
+    "Conv3d": _CONV_ARGS,
+    "ConvTranspose1d": _CONV_T_ARGS,
+    "ConvTranspose2d": _CONV_T_ARGS,
+    "ConvTranspose3d": _CONV_T_ARGS,
+    "BatchNorm1d": _BN_ARGS,
+    "BatchNorm2d": _BN_ARGS,
+    "BatchNorm3d": _BN_ARGS,
+    "LayerNorm": ("normalized_shape", "eps", "elementwise_affine", "bias"),
+    "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
+    "Embedding": ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                  "scale_grad_by_freq", "sparse"),
+    "ReLU": ("inplace",),
+    "ReLU6": ("inplace",),
+    "LeakyReLU": ("negative_slope", "inplace"),
+    "PReLU": ("num_parameters",),
+    "GELU": ("approximate",),
+    "SiLU": ("inplace",),
+    "Mish": ("inplace",),
+    "Sigmoid": (),
+    "Tanh": (),
+    "Hardswish": ("inplace",),
+    "Hardsigmoid": ("inplace",),
+    "Hardtanh": ("min_val", "max_val", "inplace"),
+    "ELU": ("alpha", "inplace"),
+    "Softplus": ("beta", "threshold"),
+    "Softmax": ("dim",),
+    "LogSoftmax": ("dim",),
+    "MaxPool1d": _MAXPOOL_ARGS,
+    "MaxPool2d": _MAXPOOL_ARGS,
+    "MaxPool3d": _MAXPOOL_ARGS,
+    "AvgPool1d": _AVGPOOL_ARGS,
+    "AvgPool2d": (*_AVGPOOL_ARGS, "divisor_override"),
+    "AvgPool3d": (*_AVGPOOL_ARGS, "divisor_override"),
+    "AdaptiveAvgPool1d": ("output_size",),
+    "AdaptiveAvgPool2d": ("output_size",),
+    "AdaptiveAvgPool3d": ("output_size",),
+    "AdaptiveMaxPool1d": ("output_size", "return_indices"),
+    "AdaptiveMaxPool2d": ("output_size", "return_indices"),
+    "AdaptiveMaxPool3d": ("output_size", "return_indices"),
+    "Flatten": ("start_dim", "end_dim"),
+    "Unflatten": ("dim", "unflattened_size"),
+    "Dropout": _DROPOUT_ARGS,
+    "Dropout1d": _DROPOUT_ARGS,
+    "Dropout2d": _DROPOUT_ARGS,
+    "Dropout3d": _DROPOUT_ARGS,
+    "AlphaDropout": _DROPOUT_ARGS,
+    "Identity": (),
+    "Upsample": ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor"),
+    "ZeroPad1d": ("padding",),
+    "ZeroPad2d": ("padding",),
+    "ZeroPad3d": ("padding",),
+    "LSTM": (*_RNN_ARGS, "proj_size"),
+    "GRU": _RNN_ARGS,
+    "MultiheadAttention": ("embed_dim", "num_heads", "dropout", "bias", "add_bias_kv", "add_zero_attn", "kdim",
+                           "vdim", "batch_first"),
+}
+# Constructor arguments that a module does not hold under their own name: (type name, argument) -> reader.
+ARG_READERS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("MultiheadAttention", "bias"): lambda m: m.in_proj_bias is not None,
+    ("MultiheadAttention", "add_bias_kv"): lambda m: m.bias_k is not None,
+}
+
+_OPERATOR_FUNCTIONS = (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "neg", "pos", "abs", "getitem",
+    "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "invert",
+)
+_TORCH_FUNCTIONS = (
+    "abs", "adaptive_avg_pool1d", "adaptive_max_pool1d", "add", "addmm", "amax", "amin", "arange", "argmax",
+    "argmin", "avg_pool1d", "batch_norm", "bmm", "cat", "chunk", "clamp", "clip", "concat", "conv1d", "conv2d",
+    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "cos", "cumsum", "div", "dropout",
+    "einsum", "erf", "exp", "flatten", "full", "full_like", "gather", "group_norm", "layer_norm", "log",
+    "log_softmax", "logsumexp", "matmul", "max", "max_pool1d", "max_pool2d", "max_pool3d", "maximum", "mean",
+    "min", "minimum", "mm", "mul", "narrow", "neg", "ones", "ones_like", "permute", "pow", "relu", "reshape",
+    "roll", "rsqrt", "sigmoid", "sin", "softmax", "split", "sqrt", "square", "squeeze", "stack", "std", "sub",
+    "sum", "t", "tanh", "transpose", "unbind", "unsqueeze", "var", "where", "zeros", "zeros_like",
+)
+_FUNCTIONAL_FUNCTIONS = (
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "alpha_dropout", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "batch_norm", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "elu", "embedding", "gelu",
+    "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate", "layer_norm", "leaky_relu", "linear",
+    "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d", "mish", "normalize", "pad", "prelu", "relu",
+    "relu6", "scaled_dot_product_attention", "sigmoid", "silu", "softmax", "softplus", "tanh",
+)
+# Tensor methods a graph may call; checked again on load, since the manifest is untrusted input.
+METHODS: frozenset[str] = frozenset((
+    "abs", "add", "amax", "amin", "argmax", "argmin", "chunk", "clamp", "clip", "contiguous", "detach", "dim",
+    "div", "double", "exp", "expand", "expand_as", "flatten", "float", "half", "log", "log_softmax", "masked_fill",
+    "matmul", "max", "mean", "min", "mul", "narrow", "neg", "norm", "numel", "permute", "pow", "relu", "repeat",
+    "reshape", "reshape_as", "rsqrt", "sigmoid", "size", "softmax", "split", "sqrt", "squeeze", "std", "sub",
+    "sum", "t", "tanh", "to", "transpose", "type_as", "unbind", "unflatten", "unsqueeze", "var", "view", "view_as",
+))
+# builtins.getattr is how fx records ``x.shape``; only harmless tensor attributes may be read.
+GETATTR_NAMES = frozenset(("shape", "dtype", "device", "ndim", "T", "mT"))
+
+
+@functools.cache
+def function_table() -> tuple[dict[str, Callable[..., Any]], dict[Any, str]]:
+    """name -> function and function -> name for every allowlisted ``call_function`` target."""
+    import builtins
+
+    import torch
+    import torch.nn.functional as F
+
+    by_name: dict[str, Callable[..., Any]] = {}
+    for prefix, namespace, names in (
+        ("operator", operator, _OPERATOR_FUNCTIONS),
+        ("torch", torch, _TORCH_FUNCTIONS),
+        ("torch.nn.functional", F, _FUNCTIONAL_FUNCTIONS),
+    ):
+        for name in names:
+            fn = getattr(namespace, name, None)
+            if fn is not None:  # older torch versions lack a few of these
+                by_name[f"{prefix}.{name}"] = fn
+    by_name["builtins.getattr"] = builtins.getattr
+    by_function: dict[Any, str] = {}
+    for name, fn in by_name.items():
+        by_function.setdefault(fn, name)  # F.conv2d is torch.conv2d: the first name is the one written
+    return by_name, by_function
+
+
+def module_type(name: str) -> type[nn.Module] | None:
+    """The ``torch.nn`` class of an allowlisted layer type name, else None."""
+    import torch
+
+    cls = getattr(torch.nn, name, None) if name in MODULE_ARGS else None
+    return cls if isinstance(cls, type) and issubclass(cls, torch.nn.Module) else None
