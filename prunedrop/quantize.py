@@ -327,7 +327,7 @@ def _weight_inputs(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[
 def _storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, dict[str, Any]]:
     """Each quantized weight's storage options (before sparse conversion): its type and the bytes dense and, for
     int8 with zeros, as sparse constants (what :func:`prunedrop.export.sparsify_initializers` would write)."""
-    from .export import _sparse_constant
+    from .export.sparse import sparse_constant
 
     inits = {t.name: t for t in proto.graph.initializer}
     names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
@@ -344,7 +344,7 @@ def _storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, d
         row: dict[str, Any] = {"tensors": [t.name for t in found],
                                "type": names.get(found[0].data_type, str(found[0].data_type)),
                                "dense_bytes": sum(t.ByteSize() for t in found)}
-        sparse = [_sparse_constant(t, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})) for t in found]
+        sparse = [sparse_constant(t, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})) for t in found]
         if all(c is not None for c in sparse):
             row["sparse_bytes"] = sum(c.ByteSize() for c in sparse)
         row["per_tensor"] = {t.name: (t.ByteSize(), None if c is None else c.ByteSize()) for t, c in zip(found, sparse)}

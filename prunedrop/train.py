@@ -45,13 +45,13 @@ from . import autopilot, distributed
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
-from .io import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .layers.lognormal import LogNormal, total_kl
 from .layers.sparse_vd import Kernels, SparseVD, fused_kernels
 from .metrics import data_loss, evaluate, kept_fraction, metric_name  # noqa: F401 (public here too)
 from .pilot import Pilot
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
+from .storage import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "always", "never")

@@ -82,6 +82,7 @@ def test_reuse_variational_takes_only_a_finished_checkpoint_of_the_same_variatio
     old = tmp_path / "old" / "sbp"
     old.mkdir(parents=True)
     args = type("Args", (), {"reuse_variational": str(tmp_path / "old")})()
+    data = type("Data", (), {"num_train": 1000})()
 
     def saved(epoch: int, **changes) -> None:
         save_checkpoint({"phase": "variational", "epoch": epoch, "recipe": recipe.replace(**changes).to_dict()},
@@ -89,18 +90,27 @@ def test_reuse_variational_takes_only_a_finished_checkpoint_of_the_same_variatio
 
     saved(3, kl_weight=20.0)
     with pytest.raises(SystemExit, match=r"kl_weight \(20.0, here 10.0\)"):
-        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new", data)
     saved(2)
     with pytest.raises(SystemExit, match="stopped after epoch 2 of 3"):
-        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new", data)
     # what follows the variational phase may differ: the noise-free epochs, the threshold
     saved(3, finetune_epochs=10, threshold=0.4)
-    bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+    bench.reuse_variational(args, "sbp", recipe, tmp_path / "new", data)
     assert (tmp_path / "new" / "checkpoint-variational.pt").read_bytes() == (old / "checkpoint-variational.pt").read_bytes()
     with pytest.raises(SystemExit, match="already holds checkpoints"):
-        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new")
+        bench.reuse_variational(args, "sbp", recipe, tmp_path / "new", data)
     with pytest.raises(SystemExit, match="does not exist"):
-        bench.reuse_variational(args, "group_vd", recipe, tmp_path / "other")
+        bench.reuse_variational(args, "group_vd", recipe, tmp_path / "other", data)
+    # an automatic run plans its own epochs and may stop early: a checkpoint that says it stopped is finished
+    auto = recipe.replace(epochs=None, kl_weight=None, max_metric_drop=1.0)
+    save_checkpoint({"phase": "variational", "epoch": 2, "recipe": auto.to_dict(), "extra": {"stopped": "settled"}},
+                    old / "checkpoint-variational.pt")
+    bench.reuse_variational(args, "sbp", auto, tmp_path / "auto", data)
+    save_checkpoint({"phase": "variational", "epoch": 2, "recipe": auto.to_dict(), "extra": {"stopped": None}},
+                    old / "checkpoint-variational.pt")
+    with pytest.raises(SystemExit, match="stopped after epoch 2 of"):
+        bench.reuse_variational(args, "sbp", auto, tmp_path / "auto2", data)
 
 
 def test_median_timing_keeps_the_middle_timing_and_every_speedup() -> None:
