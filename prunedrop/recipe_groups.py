@@ -261,7 +261,8 @@ class SelectionConfig:
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on
     validation data; about log2(n) + 1 fine-tunings instead of one. null (the default): on for automatic runs
     (the autopilot spends part of the budget while training and counts on the fine-tuning to win it back, so the
-    budget is judged where the model ends), off with a fixed β. Judged before the fine-tuning, a noise-trained
+    budget is judged where the model ends) whose validation data resolves the budget (one sample weighs at most
+    half of it; a coarser set would favour the probe that happened to lose no sample), off with a fixed β. Judged before the fine-tuning, a noise-trained
     LeNet-5 had no SNR threshold within 1 point and pruned nothing; after it, the same model kept the budget at
     several times fewer FLOPs (BENCHMARKS.md)."""
 

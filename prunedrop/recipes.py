@@ -136,12 +136,19 @@ class _RecipeMethods:
                 f"(−{r.log_alpha_clip}, {r.log_alpha_clip}), else nothing or everything is pruned"
             )
 
-    @property
-    def judges_after_finetune(self) -> bool:
-        """Whether the budget is judged after the noise-free fine-tuning (``budget_after_finetune``; null: when
-        automatic)."""
+    def judges_after_finetune(self, num_val: int) -> bool:
+        """Whether the budget is judged after the noise-free fine-tuning (``budget_after_finetune``). null: in
+        automatic runs whose ``num_val`` validation samples resolve the budget (for accuracy, one sample weighs at
+        most half of it); a coarser validation set would pick, among the bisection's probes, the one that happened
+        to lose no sample, so the pessimistic sweep before the fine-tuning is kept there."""
         r: Any = self
-        return bool(r.automatic if r.budget_after_finetune is None else r.budget_after_finetune)
+        if r.budget_after_finetune is not None:
+            return bool(r.budget_after_finetune)
+        if not r.automatic:
+            return False
+        if r.loss == "cross_entropy" and r.max_metric_drop is not None:
+            return 100.0 / max(num_val, 1) <= 0.5 * r.max_metric_drop
+        return True
 
     @property
     def automatic(self) -> bool:

@@ -137,8 +137,11 @@ def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
 
 def test_on_by_default_for_automatic_runs_only() -> None:
     assert Recipe().budget_after_finetune is None
-    assert Recipe().automatic and Recipe().judges_after_finetune  # the autopilot: judged where the model ends
-    assert not Recipe(kl_weight=1.0).judges_after_finetune  # a fixed β: before the fine-tuning, as before
-    assert Recipe(kl_weight=1.0, budget_after_finetune=True).judges_after_finetune
-    assert not Recipe(budget_after_finetune=False).judges_after_finetune
+    assert Recipe().automatic and Recipe().judges_after_finetune(6000)  # the autopilot: judged where the model ends
+    assert not Recipe().judges_after_finetune(144)  # one of 144 samples weighs 0.69 points, over half the budget
+    assert Recipe(max_metric_drop=2.0).judges_after_finetune(144)
+    assert Recipe(loss="mse").judges_after_finetune(10)  # a continuous metric: no sample has a weight of its own
+    assert not Recipe(kl_weight=1.0).judges_after_finetune(6000)  # a fixed β: before the fine-tuning, as before
+    assert Recipe(kl_weight=1.0, budget_after_finetune=True).judges_after_finetune(10)
+    assert not Recipe(budget_after_finetune=False).judges_after_finetune(6000)
     assert Recipe.from_dict({"budget_after_finetune": True}).budget_after_finetune is True

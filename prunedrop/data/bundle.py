@@ -43,6 +43,15 @@ class DataBundle:
                 "use a map-style Dataset (with __len__) rather than an IterableDataset"
             ) from None
 
+    @property
+    def num_val(self) -> int:
+        """Validation samples (0 when the validation data has no length)."""
+        data = self.val.dataset if isinstance(self.val, DataLoader) else self.val
+        try:
+            return len(data)  # type: ignore[arg-type]
+        except TypeError:
+            return 0
+
     def split(self, split: str) -> Dataset | DataLoader:
         """The data of ``split`` (``train``, ``val`` or ``test``); an error when that split is absent."""
         if split not in SPLITS:
