@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -34,23 +35,18 @@ class DataBundle:
     @property
     def num_train(self) -> int:
         """Training-set size N, the factor of the data term in the ELBO."""
-        data = self.train.dataset if isinstance(self.train, DataLoader) else self.train
-        try:
-            return len(data)  # type: ignore[arg-type]
-        except TypeError:
+        size = samples_in(self.train)
+        if size is None:
             raise PrunedropError(
                 f"the training data of {self.name!r} has no length, which the ELBO needs; "
                 "use a map-style Dataset (with __len__) rather than an IterableDataset"
-            ) from None
+            )
+        return size
 
     @property
     def num_val(self) -> int:
         """Validation samples (0 when the validation data has no length)."""
-        data = self.val.dataset if isinstance(self.val, DataLoader) else self.val
-        try:
-            return len(data)  # type: ignore[arg-type]
-        except TypeError:
-            return 0
+        return samples_in(self.val) or 0
 
     def split(self, split: str) -> Dataset | DataLoader:
         """The data of ``split`` (``train``, ``val`` or ``test``); an error when that split is absent."""
@@ -116,3 +112,12 @@ def seeded_generator(*key: object) -> torch.Generator:
     unrelated streams, and the result is the same on every platform and Python version."""
     digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def samples_in(split: Any) -> int | None:
+    """Samples in a Dataset or in a DataLoader's dataset; None when it has no length (an IterableDataset)."""
+    data = split.dataset if isinstance(split, DataLoader) else split
+    try:
+        return len(data)
+    except TypeError:
+        return None
