@@ -1,5 +1,9 @@
 """Fine-tuning: the variational ELBO, schedules, progress bars, checkpoints and resume.
 
+(Over 500 lines on purpose: the one loop both phases share, its exact checkpoint/resume and its data-parallel
+sharding hold one piece of state between them; the autopilot's wiring is in :mod:`prunedrop.pilot`, the loss and
+metrics in :mod:`prunedrop.metrics`.)
+
 Two phases share one loop:
 
 * ``variational``: ``loss = mean(CE) + β·ΣKL / N`` (the ELBO ``N·mean(CE) + β·ΣKL`` divided by the
