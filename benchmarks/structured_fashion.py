@@ -66,7 +66,7 @@ from benchmarks.common import (
     torch_pruning_baseline,
     tp_ops,
 )
-from prunedrop import renorm
+from prunedrop import batchnorm
 from prunedrop.atomic import atomic_torch_save, atomic_write_text
 from prunedrop.autopilot import auto_epochs
 from prunedrop.data import DataBundle, load_data
@@ -101,13 +101,13 @@ EXAMPLE_SAMPLES = 256
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[tuple[str, str]]]:
     """A copy of ``model`` (eval mode) with every BatchNorm folded into the convolution that alone feeds it
-    (:func:`prunedrop.renorm.fold_batchnorm`, the recipe key ``batchnorm_noise: fold``); the BatchNorms become
+    (:func:`prunedrop.batchnorm.fold_batchnorm`, the recipe key ``batchnorm_noise: fold``); the BatchNorms become
     ``nn.Identity``, so every name stays. Returns the copy and the (conv, bn) pairs; raises if one is left."""
     model = copy.deepcopy(model).eval()
     # Every committed row (and every variational checkpoint that --reuse-variational copies) was made with
     # torch.nn.utils.fusion.fuse_conv_bn_eval, whose new bias of a bias-free convolution does not require grad:
     # the folded BatchNorm shifts stayed frozen through the variational phase and the fine-tuning, and stay so here.
-    pairs = renorm.fold_batchnorm(model, freeze_added_bias=True)
+    pairs = batchnorm.fold_batchnorm(model, freeze_added_bias=True)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise RuntimeError(f"BatchNorm layers not fed by a convolution alone stay unfolded: {left}")

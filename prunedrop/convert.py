@@ -70,10 +70,10 @@ def to_variational(
     noise per channel (:func:`prunedrop.layers._units.tie_units`); the groups go into ``summary.tied``.
 
     Structured noise and BatchNorm (recipe key ``batchnorm_noise``): with ``after`` (the default), each converted
-    convolution that a BatchNorm alone follows (:func:`prunedrop.renorm.batchnorm_pairs`) takes that BatchNorm in and
+    convolution that a BatchNorm alone follows (:func:`prunedrop.batchnorm.batchnorm_pairs`) takes that BatchNorm in and
     puts its noise on the BatchNorm's output (:meth:`~prunedrop.layers._units.OutputUnitNoise.normalise_with`);
     the BatchNorm's place holds an ``nn.Identity`` and the pairs go into ``summary.normalised``. With ``fold``, every
-    BatchNorm that a convolution alone feeds is folded into it first (:func:`prunedrop.renorm.fold_batchnorm`, in
+    BatchNorm that a convolution alone feeds is folded into it first (:func:`prunedrop.batchnorm.fold_batchnorm`, in
     place; the pairs go into ``summary.folded``). ``before`` leaves the BatchNorms where they are.
     """
     registry = LAYER_REGISTRY.get(recipe.method)
@@ -117,11 +117,11 @@ def to_variational(
     unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
     pairs: list[tuple[str, str]] = []
     if unit_noise and recipe.batchnorm_noise == "fold" and not dry_run:
-        from .renorm import fold_batchnorm
+        from .batchnorm import fold_batchnorm
 
         summary.folded = [list(pair) for pair in fold_batchnorm(model)]
     elif unit_noise and recipe.batchnorm_noise == "after" and not dry_run:
-        from .renorm import batchnorm_pairs
+        from .batchnorm import batchnorm_pairs
 
         try:
             pairs = batchnorm_pairs(model)

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batchnorm import batchnorm_pairs, foldable_batchnorms
 from .convert import is_selected
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .layers._units import OutputUnitNoise
 from .recipes import Recipe
-from .renorm import batchnorm_pairs, foldable_batchnorms
 from .report import LayerProfile, human_count, layer_weights, profile_model
 
 __all__ = ["format_inspection", "inspect_model"]

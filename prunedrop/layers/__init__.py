@@ -5,7 +5,7 @@
 * ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
 * recurrent (:mod:`.recurrent`): ``nn.LSTM`` / ``nn.GRU`` under ``sparse_vd`` (per-weight noise drawn once per
   sequence) and ``group_vd`` (the same plus group noise on inputs, hidden units and gates)
-* ``sbp_sparse_vd``: both granularities, SBP's per-unit noise over per-weight sparse VD (:mod:`.combined`)
+* ``sbp_sparse_vd``: both granularities, SBP's per-unit noise over per-weight sparse VD (:mod:`.sbp_sparse_vd`)
 
 Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
 (:mod:`.attention`), and ``nn.Embedding`` per vocabulary row under both (:mod:`.embedding`).
@@ -29,8 +29,10 @@ _EXPORTS = {
     "HeadPrunedMultiheadAttention": "attention", "MultiheadAttentionGroupVD": "attention",
     "MultiheadAttentionSVD": "attention",
     "LAYER_REGISTRY": "base", "VariationalLayer": "base", "from_dense_options": "base", "register_layer": "base",
-    "Conv1dLogNormalSVD": "combined", "Conv2dLogNormalSVD": "combined", "Conv3dLogNormalSVD": "combined",
-    "LinearLogNormalSVD": "combined",
+    "Conv1dSBPSparseVD": "sbp_sparse_vd", "Conv2dSBPSparseVD": "sbp_sparse_vd", "Conv3dSBPSparseVD": "sbp_sparse_vd",
+    "LinearSBPSparseVD": "sbp_sparse_vd",
+    "Conv1dLogNormalSVD": "sbp_sparse_vd", "Conv2dLogNormalSVD": "sbp_sparse_vd", "Conv3dLogNormalSVD": "sbp_sparse_vd",
+    "LinearLogNormalSVD": "sbp_sparse_vd",
     "EmbeddingSVD": "embedding", "RemappedEmbedding": "embedding",
     "Conv1dGroupVD": "group_vd", "Conv2dGroupVD": "group_vd", "Conv3dGroupVD": "group_vd", "LinearGroupVD": "group_vd",
     "Conv1dLogNormal": "lognormal", "Conv2dLogNormal": "lognormal", "Conv3dLogNormal": "lognormal",
@@ -40,7 +42,7 @@ _EXPORTS = {
     "kl_log_uniform": "sparse_vd",
 }
 #: every layer file, imported (and so registered) before any name is handed out
-_LAYER_FILES = ("sparse_vd", "group_vd", "lognormal", "combined", "recurrent", "attention", "embedding")
+_LAYER_FILES = ("sparse_vd", "group_vd", "lognormal", "sbp_sparse_vd", "recurrent", "attention", "embedding")
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,5 +1,5 @@
 """The per-unit noise machinery that the unit-noise families share (SBP in :mod:`.lognormal`, group VD in
-:mod:`.group_vd`, SBP over sparse VD in :mod:`.combined`): a plain Linear/Conv layer whose whole output is multiplied
+:mod:`.group_vd`, SBP over sparse VD in :mod:`.sbp_sparse_vd`): a plain Linear/Conv layer whose whole output is multiplied
 by a noise per output unit (:class:`OutputUnitNoise`, with the :class:`LinearUnits` / :class:`ConvUnits` mixins),
 the BatchNorm it may normalise with, and units tied across layers (:func:`tie_units`, :class:`TiedDraw`).
 

@@ -63,7 +63,7 @@ class SBPConfig:
 
 @dataclass
 class SBPSparseVDConfig:
-    """``sbp_sparse_vd``: sbp's unit noise over sparse VD's weight noise (:mod:`prunedrop.layers.combined`); its
+    """``sbp_sparse_vd``: sbp's unit noise over sparse VD's weight noise (:mod:`prunedrop.layers.sbp_sparse_vd`); its
     initial noise comes from the ``sbp`` and ``sparse_vd`` sections."""
 
     weight_threshold: float = setting(3.0)

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batchnorm import ATTACHED, attach_batchnorm, fold_attached
 from ..data import DataBundle
 from ..prune import PruneResult
 from ..recipes import Recipe
-from ..renorm import ATTACHED, attach_batchnorm, fold_attached
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
 from ..train import TrainResult, finetune_masked
 from .common import some
@@ -118,7 +118,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
 
 def attach_calibrated_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device,
                                 log: Callable[[str], None], names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Calibrated BatchNorms for the noise-free fine-tuning (:func:`prunedrop.renorm.attach_batchnorm`), on up to
+    """Calibrated BatchNorms for the noise-free fine-tuning (:func:`prunedrop.batchnorm.attach_batchnorm`), on up to
     :data:`CALIBRATION_SAMPLES` training samples: on the convolutions that have none (``finetune_batchnorm``), or
     on ``names``."""
     batches = []

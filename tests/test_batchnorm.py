@@ -1,4 +1,4 @@
-"""prunedrop.renorm: ``fold_batchnorm`` (BatchNorms folded into their convolutions before the conversion) and
+"""prunedrop.batchnorm: ``fold_batchnorm`` (BatchNorms folded into their convolutions before the conversion) and
 ``finetune_batchnorm`` (calibrated BatchNorms attached to the convolutions that have none for the noise-free
 fine-tuning, and folded back afterwards)."""
 
@@ -12,17 +12,17 @@ from test_finetune_slim import RECIPE, _data, _prune_units  # pytest puts tests/
 from torch import nn
 
 from prunedrop import pipeline
-from prunedrop.convert import ConversionSummary, to_variational, variational_layers
-from prunedrop.errors import PrunedropError
-from prunedrop.prune import prune
-from prunedrop.recipes import Recipe
-from prunedrop.renorm import (
+from prunedrop.batchnorm import (
     ATTACHED,
     attach_batchnorm,
     fold_attached,
     fold_batchnorm,
     unnormalised_convolutions,
 )
+from prunedrop.convert import ConversionSummary, to_variational, variational_layers
+from prunedrop.errors import PrunedropError
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
 from prunedrop.slim import silent_units, slim
 from prunedrop.stages import finetune_pruned
 from prunedrop.testing import tiny_model

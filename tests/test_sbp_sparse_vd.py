@@ -233,3 +233,11 @@ def test_compress_removes_units_and_stores_the_remaining_weights_sparsely(tmp_pa
     dense_2d = [list(t.dims) for t in graph.initializer if len(t.dims) == 2]
     assert any(s[1] == 16 and s[0] == hidden_after for s in sparse + dense_2d), (sparse, dense_2d)
     assert sparse, "the remaining zeros are stored sparsely"
+
+
+def test_the_old_class_names_still_import() -> None:
+    """The method's layers were named ``*LogNormalSVD`` in ``prunedrop.layers.combined``; user code keeps working."""
+    from prunedrop import layers
+
+    assert layers.LinearLogNormalSVD is layers.LinearSBPSparseVD
+    assert layers.Conv2dLogNormalSVD is layers.Conv2dSBPSparseVD

@@ -42,7 +42,7 @@ from .sparse_vd import (
 )
 
 
-class _LogNormalSVD(LogNormal):
+class _SBPSparseVD(LogNormal):
     """Per-unit log-normal noise (the :class:`LogNormal` part) over a sparse VD layer (a ``*SVD`` base).
 
     Concrete classes list a ``*Units`` mixin and the plain sparse VD layer after this class, so that the unit
@@ -63,7 +63,7 @@ class _LogNormalSVD(LogNormal):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLDS["sbp_sparse_vd"],
         weight_threshold: float = SBPSparseVDConfig.weight_threshold,
-    ) -> _LogNormalSVD:
+    ) -> _SBPSparseVD:
         layer = super().from_dense(module, init_mu=init_mu, init_log_sigma=init_log_sigma, threshold=threshold)
         assert isinstance(layer, SparseVD)
         layer._init_noise(init_log_sigma2, log_alpha_clip, threshold)
@@ -136,30 +136,36 @@ class _LogNormalSVD(LogNormal):
         return f"{super().extra_repr()}, weight_threshold={self.weight_threshold}"
 
 
-class LinearLogNormalSVD(_LogNormalSVD, LinearUnits, LinearSVD):
+class LinearSBPSparseVD(_SBPSparseVD, LinearUnits, LinearSVD):
     """``nn.Linear`` with log-normal noise on every out feature and sparse VD on every weight."""
 
     dense_type = nn.Linear
 
 
-class Conv1dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv1dSVD):
+class Conv1dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv1dSVD):
     """``nn.Conv1d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv1d
 
 
-class Conv2dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv2dSVD):
+class Conv2dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv2dSVD):
     """``nn.Conv2d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv2d
 
 
-class Conv3dLogNormalSVD(_LogNormalSVD, ConvUnits, Conv3dSVD):
+class Conv3dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv3dSVD):
     """``nn.Conv3d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
     dense_type = nn.Conv3d
 
 
-for _dense, _variational in ((nn.Linear, LinearLogNormalSVD), (nn.Conv1d, Conv1dLogNormalSVD),
-                             (nn.Conv2d, Conv2dLogNormalSVD), (nn.Conv3d, Conv3dLogNormalSVD)):
+for _dense, _variational in ((nn.Linear, LinearSBPSparseVD), (nn.Conv1d, Conv1dSBPSparseVD),
+                             (nn.Conv2d, Conv2dSBPSparseVD), (nn.Conv3d, Conv3dSBPSparseVD)):
     register_layer("sbp_sparse_vd", _dense, _variational)
+
+# the names before the module was named after its method (``combined.py``, ``*LogNormalSVD``): kept for user code
+LinearLogNormalSVD = LinearSBPSparseVD
+Conv1dLogNormalSVD = Conv1dSBPSparseVD
+Conv2dLogNormalSVD = Conv2dSBPSparseVD
+Conv3dLogNormalSVD = Conv3dSBPSparseVD
