@@ -97,7 +97,12 @@ LEFT_BEHIND = textwrap.dedent("""
 
         teardown()
         if os.path.isdir("/proc/self/task"):
-            tasks = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+            tasks = []
+            for t in os.listdir("/proc/self/task"):
+                try:
+                    tasks.append(open(f"/proc/self/task/{t}/comm").read().strip())
+                except OSError:  # the thread ended between the listing and the read: it is not left behind
+                    pass
             with open(f"{sys.argv[1]}.threads{rank}", "w") as f:
                 json.dump({"native": sorted(tasks), "python": [t.name for t in threading.enumerate()]}, f)
 """)
