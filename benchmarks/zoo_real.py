@@ -136,7 +136,7 @@ def latency(run_dir: Path, example: torch.Tensor) -> dict:
 
 def run_variational(method: str, dense: nn.Module, data: DataBundle, args, run_dir: Path) -> dict:
     recipe = Recipe(method=method, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                    latency_runs=0, plots=False)
+                    latency_runs=0, plots=False, budget_after_finetune=True if args.budget_after_finetune else None)
     if args.smoke:  # 2 epochs on 200 images cannot keep 1 point; the smoke run checks the plumbing only
         recipe = recipe.replace(max_metric_drop=100.0)
     t0 = time.perf_counter()
@@ -174,6 +174,8 @@ def run_variational(method: str, dense: nn.Module, data: DataBundle, args, run_d
 def run_torch_pruning(dense: nn.Module, data: DataBundle, args, run_dir: Path, sbp: dict) -> dict:
     recipe = Recipe()
     epochs = int(sbp["epochs"]["variational"] + sbp["epochs"]["finetune"])
+    if args.tp_epochs is not None:  # fewer than the SBP row's, to fit a time budget: the row says so
+        epochs = args.tp_epochs
     target = int(sbp["flops"]["after"])
     example = data.example_batch(256)
     before = macs_and_weights(dense, example)
@@ -243,6 +245,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=lambda v: None if v == "auto" else int(v), default=30,
                         help="variational epochs (default 30), or auto: the autopilot's own count, ended early when "
                              "it settles (the default recipe's behaviour)")
+    parser.add_argument("--tp-epochs", type=int, default=None,
+                        help="Torch-Pruning's epochs (default: the SBP row's variational + noise-free epochs)")
+    parser.add_argument("--budget-after-finetune", action="store_true",
+                        help="judge the budget after the noise-free fine-tuning even on this coarse validation set "
+                             "(what the default did when the ResNet-18 --epochs auto row ran)")
     parser.add_argument("--tag", default="", help="suffix of the result files (zoo-real-MODEL-METHOD-TAG.json)")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="noise-free fine-tuning epochs (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
