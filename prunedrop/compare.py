@@ -1,4 +1,5 @@
-"""Comparing model outputs: the one ``max |a - b|`` that saving a model and checking an ONNX export both use."""
+"""Comparing model outputs: the one ``max |a - b|`` that saving a model and checking an ONNX export both use, and the
+largest value that tolerances for large outputs scale with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["max_abs_diff"]
+__all__ = ["largest_abs", "max_abs_diff", "scaled_tolerance"]
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
@@ -32,3 +33,24 @@ def max_abs_diff(a: Any, b: Any) -> float:
     if isinstance(a, (torch.Tensor, tuple, list, Mapping)) or isinstance(b, (torch.Tensor, tuple, list, Mapping)):
         return math.inf  # different structure
     return 0.0 if a == b else math.inf
+
+
+def largest_abs(x: Any) -> float:
+    """The largest finite ``|value|`` over a tensor or a (nested) tuple/list/dict of tensors (0 for none)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        finite = x.detach().double()
+        finite = finite[torch.isfinite(finite)]
+        return float(finite.abs().max()) if finite.numel() else 0.0
+    if isinstance(x, Mapping):
+        return max((largest_abs(v) for v in x.values()), default=0.0)
+    if isinstance(x, (tuple, list)):
+        return max((largest_abs(v) for v in x), default=0.0)
+    return 0.0
+
+
+def scaled_tolerance(atol: float, want: Any) -> float:
+    """``atol`` for outputs of magnitude up to 1, relatively more for larger ones: float32 sums reordered (fewer
+    channels, another kernel) round in proportion to the values summed."""
+    return atol * max(1.0, largest_abs(want))

@@ -40,27 +40,6 @@ def silent_units(module: nn.Module) -> torch.Tensor:
     return silent
 
 
-def tolerance(atol: float, want: Any) -> float:
-    """The difference allowed between a slim and a masked model whose output is ``want``: ``atol`` for outputs of
-    magnitude up to 1, relatively more for larger ones. Removing channels changes the order of float32 sums, whose
-    rounding grows with the values summed (LeNet-5 logits of about 20 differed by 1.1e-5 after a correct slim);
-    a graph misread changes outputs by their own order of magnitude, far above this."""
-    return atol * max(1.0, largest_abs(want))
-
-
-def largest_abs(x: Any) -> float:
-    """The largest finite ``|value|`` over a tensor or a (nested) tuple/list/dict of tensors (0 for none)."""
-    if isinstance(x, torch.Tensor):
-        finite = x.detach().float()
-        finite = finite[torch.isfinite(finite)]
-        return float(finite.abs().max()) if finite.numel() else 0.0
-    if isinstance(x, Mapping):
-        return max((largest_abs(v) for v in x.values()), default=0.0)
-    if isinstance(x, (tuple, list)):
-        return max((largest_abs(v) for v in x), default=0.0)
-    return 0.0
-
-
 def max_abs_diff(want: Any, got: Any) -> float:
     """Max |want − got| over a tensor or a (nested) tuple/list/dict of tensors with the same structure."""
     if isinstance(want, torch.Tensor):

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..compare import scaled_tolerance
 from ..errors import PrunedropError
-from .common import max_abs_diff, tolerance
+from .common import max_abs_diff
 
 
 @dataclass
@@ -79,7 +80,7 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
     with torch.no_grad():
         want = model.eval()(example_input)
         diff = max_abs_diff(want, work(example_input))
-    allowed = tolerance(atol, want)
+    allowed = scaled_tolerance(atol, want)
     if not diff <= allowed:
         raise PrunedropError(
             f"removing attention heads / embedding rows changed the output by {diff:.3g} (> {allowed:.3g}) on the "

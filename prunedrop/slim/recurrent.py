@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compare import scaled_tolerance
 from ..errors import PrunedropError
-from .common import max_abs_diff, tolerance
+from .common import max_abs_diff
 
 RECURRENT = (nn.LSTM, nn.GRU)
 #: gate rows per hidden unit (torch's order: LSTM i, f, g, o; GRU r, z, n)
@@ -300,7 +301,7 @@ def slim_recurrent(model: nn.Module, unit_masks: Mapping[str, torch.Tensor], exa
             diff, reason = float("inf"), str(e).splitlines()[0]
         else:
             reason = f"the slim model would differ by {diff:.3g}"
-        if not diff <= tolerance(atol, want):
+        if not diff <= scaled_tolerance(atol, want):
             result.notes.append(f"{name}: pruned hidden units kept: removing them changes the model output "
                                 f"({reason}); e.g. the layer's output is a model output")
             result.removed[name] = (rnn.hidden_size, rnn.hidden_size)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compare import scaled_tolerance
 from ..errors import PrunedropError
-from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units, tolerance
+from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units
 from .constants import consumer_shares, fold, record_inputs
 from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, trace
 from .recurrent import slim_recurrent, split_recurrent_masks
@@ -299,7 +300,7 @@ def slim(
             f"border constants folded inexactly (fold_borders=True): measured max abs diff {diff:.3g} "
             "on the example input"
         )
-    allowed = tolerance(atol, want)
+    allowed = scaled_tolerance(atol, want)
     if not diff <= allowed and not approximate:
         raise PrunedropError(
             f"the slim model differs from the masked model by {diff:.3g} (> {allowed:.3g}: atol {atol:g} scaled by "

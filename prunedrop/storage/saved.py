@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_torch_save, atomic_write_text
-from ..compare import max_abs_diff
+from ..compare import max_abs_diff, scaled_tolerance
 from ..errors import PrunedropError
 from .manifest import (
     ARCHITECTURE_FILE,
@@ -98,19 +97,6 @@ def _as_examples(example_input: Any) -> tuple[torch.Tensor, ...]:
     return tuple(examples)
 
 
-def _max_abs(value: Any) -> float:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        finite = value.detach().double().nan_to_num(0.0, 0.0, 0.0)
-        return float(finite.abs().max()) if value.numel() else 0.0
-    if isinstance(value, (tuple, list)):
-        return max((_max_abs(v) for v in value), default=0.0)
-    if isinstance(value, Mapping):
-        return max((_max_abs(v) for v in value.values()), default=0.0)
-    return 0.0
-
-
 def _compact(tensor: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -150,7 +136,7 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input:
         for module, training in modes.items():
             module.train(training)
     diff = max_abs_diff(expected, got)
-    if not diff <= 1e-5 * max(1.0, _max_abs(expected)):
+    if not diff <= scaled_tolerance(1e-5, expected):
         raise PrunedropError(
             f"the model rebuilt from {ARCHITECTURE_FILE} does not compute what the model computes (max abs diff "
             f"{diff:.3g}): its forward depends on something the manifest cannot record (hooks, attributes changed "
