@@ -21,6 +21,18 @@ from .metrics import data_loss, evaluate, kept_fraction, metric_name
 from .recipes import Recipe
 
 
+def variational_adam(model: nn.Module, recipe: Recipe, *, weights_lr: float | None = None) -> torch.optim.Adam:
+    """The variational phase's optimizer: Adam over the weights (``weights_lr``, the recipe's ``lr`` by default,
+    with its weight decay) and, in a second group, the noise parameters at ``noise_lr`` without decay. The phase
+    (:func:`prunedrop.train.finetune`) and the autopilot's probe train with the same one."""
+    noise = {id(p) for layer in variational_layers(model).values() for p in layer.noise_parameters()}
+    return torch.optim.Adam([
+        {"params": [p for p in model.parameters() if id(p) not in noise and p.requires_grad],
+         "lr": recipe.lr if weights_lr is None else weights_lr, "weight_decay": recipe.weight_decay},
+        {"params": [p for p in model.parameters() if id(p) in noise], "lr": recipe.noise_lr or recipe.lr,
+         "weight_decay": 0.0}])
+
+
 class Pilot:
     """The autopilot wired into the variational phase: the controller, its measurements and the KL factors.
 
@@ -171,12 +183,7 @@ class Pilot:
         worth of plain training at the weights' learning rate ``lr`` (inf when its loss stops being finite)."""
         c, recipe = self.controller, self.recipe
         probe = copy.deepcopy(self.model).to(self.device)
-        noise = {id(p) for layer in variational_layers(probe).values() for p in layer.noise_parameters()}
-        optimizer = torch.optim.Adam([
-            {"params": [p for p in probe.parameters() if id(p) not in noise and p.requires_grad], "lr": lr,
-             "weight_decay": recipe.weight_decay},
-            {"params": [p for p in probe.parameters() if id(p) in noise], "lr": recipe.noise_lr or recipe.lr,
-             "weight_decay": 0.0}])
+        optimizer = variational_adam(probe, recipe, weights_lr=lr)
         steps = PROBE_CHECKS * c.check_every
         drops: list[float] = []
         step, epoch = 0, 0

@@ -52,7 +52,7 @@ from .errors import PrunedropError, TrainingError
 from .layers.lognormal import LogNormal, total_kl
 from .layers.sparse_vd import Kernels, SparseVD, fused_kernels
 from .metrics import data_loss, evaluate, kept_fraction, metric_name  # noqa: F401 (public here too)
-from .pilot import Pilot
+from .pilot import Pilot, variational_adam
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
 from .storage import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -538,13 +538,7 @@ def finetune(
     check_precision(precision, device)
     parallel, device = _parallel(parallel, device)
     model.to(device)
-    noise = {id(p) for layer in layers.values() for p in layer.noise_parameters()}
-    weights = [p for p in model.parameters() if id(p) not in noise and p.requires_grad]
-    noise_params = [p for p in model.parameters() if id(p) in noise]
-    optimizer = torch.optim.Adam([
-        {"params": weights, "lr": recipe.lr, "weight_decay": recipe.weight_decay},
-        {"params": noise_params, "lr": recipe.noise_lr or recipe.lr, "weight_decay": 0.0},
-    ])
+    optimizer = variational_adam(model, recipe)
     n = data.num_train
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     epochs = recipe.epochs if recipe.epochs is not None else autopilot.auto_epochs(n, recipe.batch_size)
