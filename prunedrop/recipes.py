@@ -147,7 +147,8 @@ class _RecipeMethods:
         if not r.automatic:
             return False
         if r.loss == "cross_entropy" and r.max_metric_drop is not None:
-            from .autopilot import MARGIN  # the aim while training (imported here: reading a recipe needs no torch)
+            # the autopilot's aim while training; imported here, since reading a recipe must not import torch
+            from .autopilot import MARGIN
 
             return 100.0 / max(num_val, 1) <= MARGIN * r.max_metric_drop
         return True
