@@ -97,6 +97,70 @@ def test_budget_controller_holds_beta_at_the_margin() -> None:
     assert c.beta == pytest.approx(before)
 
 
+def _noisy_plant(monkeypatch: pytest.MonkeyPatch, floor: float, *, drift: float = 0.0,
+                 checks: int = 160) -> tuple[list[float], list[float], Autopilot]:
+    """A toy plant: the true drop follows log β with a lag of one response time (five checks), 0.3 points per
+    e-fold above β* = 0.4, and every measurement carries N(0, 0.23) points of noise (what 2,000 Fashion-MNIST
+    validation samples showed between checks). Returns log β and the true drop at every check."""
+    monkeypatch.setattr(autopilot, "RATE_FLOOR", floor)
+    rng = np.random.default_rng(0)
+    c = Autopilot(max_drop=0.5, check_every=100, decade_steps=500)
+    lagged, log_betas, true = c.log_beta, [], []
+    for k in range(checks):
+        lagged += (c.log_beta - lagged) / 5
+        d = 0.25 + 0.3 * (lagged - math.log(0.4) - drift * k)
+        c.check((k + 1) * 100, drop=d + float(rng.normal(0.0, 0.23)))
+        log_betas.append(c.log_beta)
+        true.append(d)
+    return log_betas, true, c
+
+
+def test_the_budget_step_shrinks_as_the_noisy_drop_keeps_crossing_the_aim(monkeypatch: pytest.MonkeyPatch) -> None:
+    floor = autopilot.RATE_FLOOR
+    constant, _, _ = _noisy_plant(monkeypatch, 1.0)  # floor 1: every step at the full rate, as before
+    kesten, true, c = _noisy_plant(monkeypatch, floor)
+    late = slice(len(kesten) // 2, None)
+    # β wanders much less around its equilibrium, and the true drop still sits at the aim
+    assert np.std(kesten[late]) < 0.6 * np.std(constant[late])
+    assert abs(float(np.mean(true[late])) - c.aim) < 0.05
+    assert c.crossings > 0 and c.budget_rate < c.rate
+    assert c.summary()["budget_rate"] == pytest.approx(c.budget_rate)
+    assert all(math.isfinite(b) for b in kesten)
+
+
+def test_far_from_the_aim_the_step_stays_full_and_over_the_budget_the_back_off_is_full() -> None:
+    c = Autopilot(max_drop=1.0, check_every=100, decade_steps=500)
+    for i in range(1, 11):
+        c.check(i * 100, drop=0.0)  # never crosses: every step the full rate
+    assert c.crossings == 0
+    assert c.log_beta == pytest.approx(math.log(autopilot.BETA_START) + 10 * c.rate * 0.5)
+    c.crossings = 20.0  # many crossings behind it: the budget's step is at its floor
+    before = c.log_beta
+    c.smoothed_drop = 3.0
+    c.check(1100, drop=3.0)  # far over the whole budget: the back-off takes the full (doubled) step
+    assert c.log_beta == pytest.approx(before - 2 * c.rate)
+
+
+def test_a_moved_equilibrium_restores_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Autopilot(max_drop=1.0, check_every=100, decade_steps=500)
+    for i, d in enumerate([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], start=1):  # crossing the aim of 0.5 back and forth
+        c.check(i * 100, drop=d)
+    c.check(700, drop=0.0)  # back below the aim: one more crossing
+    crossed = c.crossings
+    assert crossed >= 3
+    for i in range(8, 8 + 15):  # then three response times below the aim: the equilibrium has moved
+        c.check(i * 100, drop=0.0)
+    assert c.crossings == crossed - 3
+
+
+def test_check_samples_grow_with_the_training_between_checks() -> None:
+    from prunedrop import pilot
+
+    assert pilot.check_samples(100, 100) == 5000  # half the samples the 100 steps between checks train on
+    assert pilot.check_samples(10, 32) == pilot.CHECK_SAMPLES  # never fewer than before
+    assert pilot.check_samples(100, 1024) == pilot.CHECK_SAMPLES_MAX
+
+
 def test_beta_moves_at_most_one_decade_per_thousand_steps_and_stays_in_bounds() -> None:
     c = Autopilot(max_drop=1.0, check_every=50)
     for i in range(1, 21):  # 1000 steps, everything far within budget
