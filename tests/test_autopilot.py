@@ -427,7 +427,7 @@ def test_digits_default_recipe_is_automatic_sparse_vd() -> None:
     assert np.isclose(recipe.max_metric_drop, 1.0)
 
 
-def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_path: Path) -> None:
+def _wrecking_run(tmp_path: Path) -> tuple[list[str], Recipe, DataBundle]:
     from prunedrop.errors import TrainingError
 
     data = _bundle()
@@ -439,15 +439,30 @@ def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_pat
         assert pilot["lr_scale"] < 1.0
     except TrainingError as e:  # backed off, but still over the budget at the end: said in one line, no export
         assert "nothing was exported" in str(e) and not (tmp_path / "model.onnx").exists()
+    return logs, recipe, data
+
+
+def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_path: Path) -> None:
+    logs, _, _ = _wrecking_run(tmp_path)
     # the probe sees the wreck before the first step and starts lower (a quarter, at most twice)
     tries = [line for line in logs if "more than 2 budgets before anything is pruned; trying" in line]
     assert 1 <= len(tries) <= 2, logs
     assert "trying 0.125" in tries[0]
+
+
+def test_the_runs_own_learning_rate_back_off_waits_for_the_probes_window_and_its_own_effect(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop import pilot
+
+    monkeypatch.setattr(pilot, "PROBE_RETRIES", 0)  # the probe may not lower the wrecking rate: the run must
+    logs, recipe, data = _wrecking_run(tmp_path)
     backoffs = [line for line in logs if "learning rate ×" in line]
     assert backoffs, logs
-    # each back-off waits for the effect of the last: never at consecutive checks
     steps = [int(line.split(" at step ")[1].split()[0]) for line in backoffs]
     every = autopilot.check_interval(math.ceil(len(data.train) / recipe.batch_size))
+    # none within the steps the probe already trained at this rate (the restart's shock that it saw settle)...
+    assert steps[0] > pilot.PROBE_CHECKS * every, backoffs
+    # ...and each waits for the effect of the last: never at consecutive checks
     assert all(b - a >= 3 * every for a, b in zip(steps, steps[1:])), backoffs
 
 
