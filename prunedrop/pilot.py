@@ -239,6 +239,11 @@ class Pilot:
             discount = self.discount()
             drop = autopilot.metric_drop(self.reference, self._val_metric(), loss=self.recipe.loss) - discount
         cost_ratio = self.meter.ratio(self.model) if self.meter is not None else None
+        if c.checks and self._in_probe_window(c.checks[-1].step) and not self._in_probe_window(step):
+            # the restart's shock (below) is behind: the smoothed drop starts again from this check, so that its
+            # memory of the shock does not read as over the budget for checks to come (a digits MobileNetV2: 34.7
+            # points at step 10, 0.84 at step 30, but smoothed over the budget until step 60)
+            c.smoothed_drop = None
         record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
         record.discount = discount
         if c.backoffs > self.announced_backoffs:
@@ -255,12 +260,16 @@ class Pilot:
             self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
                      f"started; the weights' learning rate × {self.lr_scale:g}")
 
+    def _in_probe_window(self, step: int) -> bool:
+        """Within the steps the probe has already trained at this rate (:data:`PROBE_CHECKS` checks)."""
+        return bool(self.probe_steps) and step <= PROBE_CHECKS * self.controller.check_every
+
     def _backoff_waited(self, step: int) -> bool:
-        """A learning-rate back-off waits until the probe's window has passed, and then for its own effect: :data:`LR_BACKOFF_WAIT_CHECKS` checks after the last
-        one (halving at every check over the budget took a ResNet-18 to 1/32 of its rate within 50 steps, before
-        the first halving could show)."""
+        """A learning-rate back-off waits until the probe's window has passed, and then for its own effect:
+        :data:`LR_BACKOFF_WAIT_CHECKS` checks after the last one (halving at every check over the budget took a
+        ResNet-18 to 1/32 of its rate within 50 steps, before the first halving could show)."""
         every = self.controller.check_every
-        if self.probe_steps and step <= PROBE_CHECKS * every:
+        if self._in_probe_window(step):
             # the probe has already trained this many steps at this rate and found its plateau within the cap:
             # what the first checks see is the restart's shock that the probe saw settle (a fresh Adam moves every
             # weight by a whole learning rate at first): a digits MobileNetV2 read 34.7 points at the run's step 10,

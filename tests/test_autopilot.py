@@ -466,6 +466,26 @@ def test_the_runs_own_learning_rate_back_off_waits_for_the_probes_window_and_its
     assert all(b - a >= 3 * every for a, b in zip(steps, steps[1:])), backoffs
 
 
+def test_the_restarts_shock_is_forgotten_when_the_probes_window_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop import pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient = 90.0, pilot.PROBE_CHECKS * every, 0.0
+    # the shock of a restart: 35 points at the first check, then back within the budget
+    measured = iter([90.0 - 35.0, 90.0 - 0.8] + [90.0 - 0.2] * 10)
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(measured))
+    for k in range(1, pilot.PROBE_CHECKS + 3):
+        p.on_step(k * every)
+    window, after = p.controller.checks[pilot.PROBE_CHECKS - 1], p.controller.checks[pilot.PROBE_CHECKS]
+    assert window.smoothed_drop > 1.0  # within the window the shock is still in the smoothed drop...
+    assert after.smoothed_drop == pytest.approx(0.2)  # ...and forgotten at the first check after it
+    assert p.lr_scale == 1.0  # and it never halved the weights' learning rate
+
+
 def test_the_plain_training_transient_is_measured_and_discounted_as_the_learning_rate_anneals(tmp_path: Path) -> None:
     from prunedrop.pilot import TRANSIENT_CAP
 
