@@ -68,10 +68,10 @@ def csr_count(float_file: Path, bits: dict[str, LayerBits], dense_file: Path) ->
     are left out on both sides."""
     from onnx import numpy_helper
 
-    from prunedrop.quantize import _load_dense, weight_nodes
+    from prunedrop.quantize import load_dense, weight_nodes
 
     def weights(path: Path) -> dict[str, np.ndarray]:
-        proto = _load_dense(path)
+        proto = load_dense(path)
         inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
         return {wn.module: inits[wn.weight] for wn in weight_nodes(proto) if wn.weight in inits}
 

@@ -234,7 +234,7 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.syspath_prepend(str(folder))
         mp.chdir(folder)
         # every file equally fast: the speed check keeps every layer (it is tested with its own timers below)
-        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
+        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
                                           "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
                                           "--quantize", "int8"])
@@ -271,7 +271,7 @@ def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(quantized_run))
         mp.chdir(quantized_run)
-        mp.setattr("prunedrop.quantize.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
+        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
         result = runner.invoke(cli, ["export", "run", "-o", "bayes.onnx", "--quantize", "bayes"])
         assert result.exit_code == 0, result.output
         assert "bayes.onnx" in result.output and "layers integer" in result.output
@@ -279,7 +279,7 @@ def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
         refused = runner.invoke(cli, ["export", "run", "-o", "run/model-int8.onnx", "--quantize", "int8",
                                       "--overwrite"])
         # a CPU where every int8 model runs slower than the float32 one: every layer stays float32, nothing written
-        mp.setattr("prunedrop.quantize.time_models",
+        mp.setattr("prunedrop.quantize.plan.time_models",
                    lambda paths, *a, **k: {n: 1.0 if n == "float32" else 2.0 for n in paths})
         slow = runner.invoke(cli, ["export", "run", "-o", "slow.onnx", "--quantize", "int8"])
     assert slow.exit_code == 1 and not (quantized_run / "slow.onnx").exists()

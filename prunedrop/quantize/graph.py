@@ -1,0 +1,200 @@
+"""The ONNX side of quantization, read and rewritten as protobuf (no onnxruntime here): the weight nodes of the
+float file and the modules they came from, the float file made dense again for onnxruntime's quantizer, how each
+quantized weight can be stored (its type, its bytes dense and sparse), the conversion to a newer opset (int4), and
+the splice that takes onnxruntime's dynamic (DynamicQuantizeLSTM) LSTMs into the statically quantized model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+_DYNAMIC_SUFFIX = "_quant"  # onnxruntime names DynamicQuantizeLSTM after the LSTM node it replaces
+
+
+@dataclass
+class WeightNode:
+    """An ONNX node that applies a weight: its name, op type, weight tensor name and the module it came from."""
+
+    node: str
+    op: str
+    weight: str
+    module: str | None
+
+
+def _module_of(node: onnx.NodeProto, weight: str) -> str | None:
+    if weight.endswith(".weight") and not weight.startswith("onnx::"):
+        return weight[: -len(".weight")]
+    # TorchScript names nodes by module scope, each scope its module's qualified name: "/layer1/layer1.0/conv1/Conv"
+    # (the weight of a Conv that the exporter fused with its BatchNorm is an "onnx::Conv_12" constant)
+    parts = node.name.strip("/").split("/")
+    return parts[-2] if node.name.startswith("/") and len(parts) > 1 else None
+
+
+def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:
+    """Nodes that take a float weight of rank ≥ 2 from an initializer or a Constant (the layers to quantize)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    weights = {t.name for t in proto.graph.initializer if t.data_type in floats and len(t.dims) >= 2}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attr = node.attribute[0]
+            tensor = attr.t if attr.HasField("t") else attr.sparse_tensor.values if attr.HasField(
+                "sparse_tensor") else None
+            dims = attr.sparse_tensor.dims if attr.HasField("sparse_tensor") else (tensor.dims if tensor else [])
+            if tensor is not None and tensor.data_type in floats and len(dims) >= 2:
+                weights.add(node.output[0])
+    out = []
+    for node in proto.graph.node:
+        used = [name for name in node.input if name in weights]
+        if used and node.op_type != "Constant":
+            out.append(WeightNode(node=node.name, op=node.op_type, weight=used[0], module=_module_of(node, used[0])))
+    return out
+
+
+def load_dense(path: str | Path) -> onnx.ModelProto:
+    """The ONNX file with its sparse ``Constant`` weights (:func:`prunedrop.export.sparsify_initializers`) made
+    dense initializers again, as onnxruntime's quantizer finds weights among the initializers only; nodes named."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    nodes, dense = [], []
+    for node in proto.graph.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name == "sparse_value":
+            sparse = attr.sparse_tensor
+            values = numpy_helper.to_array(sparse.values).reshape(-1)
+            indices = numpy_helper.to_array(sparse.indices)
+            array = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+            flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, tuple(sparse.dims))
+            array[flat] = values
+            dense.append(numpy_helper.from_array(array.reshape(tuple(sparse.dims)), name=node.output[0]))
+        else:
+            nodes.append(node)
+    if dense:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        proto.graph.initializer.extend(dense)
+    return _named(proto)
+
+
+def _named(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node named (``nodes_to_exclude`` selects nodes by name); names already there stay."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return proto
+
+
+def _weight_inputs(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, str]:
+    """Quantized weight node → the name of its integer weight tensor (the input of the DequantizeLinear that
+    feeds it)."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants.update(n.output[0] for n in proto.graph.node if n.op_type == "Constant")
+    producers = {n.output[0]: n for n in proto.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in constants}  # weights, not activations
+    by_name = {n.name: n for n in proto.graph.node}
+    out = {}
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        for i in (node.input if node is not None else []):
+            if i in producers and i != wn.weight:
+                out[wn.node] = producers[i].input[0]
+                break
+    return out
+
+
+def weight_storage(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, dict[str, Any]]:
+    """Each quantized weight's storage options (before sparse conversion): its type and the bytes dense and, for
+    int8 with zeros, as sparse constants (what :func:`prunedrop.export.sparsify_initializers` would write)."""
+    from ..export.sparse import sparse_constant
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
+             onnx.TensorProto.UINT4: "uint4"}
+    tensors = {node: [tensor] for node, tensor in _weight_inputs(proto, nodes).items()}
+    for node in proto.graph.node:  # onnxruntime's dynamic LSTM: W and R are its int8 inputs 1 and 2
+        if node.op_type == "DynamicQuantizeLSTM" and node.name.endswith(_DYNAMIC_SUFFIX):
+            tensors[node.name[: -len(_DYNAMIC_SUFFIX)]] = [node.input[1], node.input[2]]
+    out = {}
+    for node, names_ in tensors.items():
+        found = [inits[t] for t in names_ if t in inits]
+        if not found:
+            continue
+        row: dict[str, Any] = {"tensors": [t.name for t in found],
+                               "type": names.get(found[0].data_type, str(found[0].data_type)),
+                               "dense_bytes": sum(t.ByteSize() for t in found)}
+        sparse = [sparse_constant(t, frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})) for t in found]
+        if all(c is not None for c in sparse):
+            row["sparse_bytes"] = sum(c.ByteSize() for c in sparse)
+        row["per_tensor"] = {t.name: (t.ByteSize(), None if c is None else c.ByteSize()) for t, c in zip(found, sparse)}
+        out[node] = row
+    return out
+
+
+def to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``proto`` converted to ``opset`` of the default domain where ONNX's converter can (else unchanged:
+    onnxruntime's quantizer then writes its com.microsoft Q/DQ for int4)."""
+    from onnx import version_converter
+
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return proto
+    try:
+        return _named(version_converter.convert_version(proto, opset))
+    except Exception:  # the converter lacks an adapter for some op: keep the model's opset
+        return proto
+
+
+def splice_dynamic(static: onnx.ModelProto, dynamic: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """``static`` with its LSTM nodes named in ``nodes`` replaced by ``dynamic``'s DynamicQuantizeLSTM nodes (and
+    their int8 weights). onnxruntime's dynamic quantizer also rewrites every Gemm into MatMul + Add, which would
+    undo the static quantizer's QDQ Gemms; only its LSTMs are taken."""
+    by_name = {n.name: n for n in dynamic.graph.node}
+    inits = {t.name: t for t in dynamic.graph.initializer}
+    have = {t.name for t in static.graph.initializer}
+    kept = []
+    for node in static.graph.node:
+        replacement = by_name.get(node.name + _DYNAMIC_SUFFIX) if node.name in nodes else None
+        if replacement is None:
+            kept.append(node)
+            continue
+        kept.append(replacement)
+        for name in replacement.input:
+            if name in inits and name not in have:
+                static.graph.initializer.append(inits[name])
+                have.add(name)
+    del static.graph.node[:]
+    static.graph.node.extend(kept)
+    used = {i for n in static.graph.node for i in n.input} | {o.name for o in static.graph.output}
+    unused = [t for t in static.graph.initializer if t.name not in used]  # the LSTMs' float weights
+    for t in unused:
+        static.graph.initializer.remove(t)
+    domains = {o.domain for o in static.opset_import}
+    static.opset_import.extend(o for o in dynamic.opset_import if o.domain not in domains)
+    return static
+
+
+def quantized_nodes(quantized: onnx.ModelProto, nodes: Sequence[WeightNode]) -> list[str]:
+    """The weight nodes (of the float model, ``nodes``) whose weight in the ``quantized`` model comes through a
+    DequantizeLinear instead of the float weight itself."""
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    by_name = {n.name: n for n in quantized.graph.node}
+    out = []
+    for wn in nodes:
+        node = by_name.get(wn.node)
+        inputs = list(node.input) if node is not None else []
+        dynamic = by_name.get(wn.node + _DYNAMIC_SUFFIX)
+        if (any(i in dequantized for i in inputs) and wn.weight not in inputs) or (
+                dynamic is not None and dynamic.op_type.startswith("DynamicQuantize")):
+            out.append(wn.node)
+    return out

@@ -1,0 +1,66 @@
+"""Measuring an ONNX file on this CPU: its metric run by onnxruntime (:func:`evaluate_onnx`), its latency beside
+other files (:func:`time_models`), and the CPU's int8-relevant instruction sets (:func:`cpu_instruction_sets`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import PrunedropError
+
+_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
+
+
+def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
+    """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in %, or the mean squared error),
+    computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
+    from ..export import feed_session, open_session
+
+    session = open_session(path)
+    total, correct, sq_err, values = 0, 0, 0.0, 0
+    for x, y in loader:
+        out = feed_session(session, path, x)[0]
+        target = y.detach().cpu().numpy()
+        if loss == "cross_entropy":
+            correct += int((out.argmax(axis=1) == target).sum())
+        else:
+            sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
+            values += out.size
+        total += len(target)
+    if total == 0:
+        raise PrunedropError("the evaluation data is empty")
+    return 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
+
+
+def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
+    """The int8-relevant instruction sets this CPU has (VNNI, AMX, AVX-512, AVX2), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in _CPU_FLAGS if f in flags]
+
+
+Timer = Callable[[Mapping[str, Path]], dict[str, float]]
+"""Times ONNX files (name → path) and returns each one's latency in ms (:func:`time_models` on this CPU)."""
+
+
+def time_models(paths: Mapping[str, str | Path], example: torch.Tensor, *, batch_size: int, threads: int,
+                runs: int = 30, warmup: int = 3) -> dict[str, float]:
+    """Median onnxruntime CPU latency (ms) of each ONNX file at ``batch_size``, the files taking turns in one
+    process (:func:`prunedrop.report.latency.measure_latency`)."""
+    from ..report.latency import measure_latency
+
+    raw = measure_latency(paths, example, batch_sizes=(batch_size,), threads=threads, runs=runs, warmup=warmup)
+    return {r["model"]: float(r["median_ms"]) for r in raw["results"]}

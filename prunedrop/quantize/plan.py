@@ -1,0 +1,354 @@
+"""The whole quantization step (:func:`quantize_model`): which layers are quantized and how, decided from the
+posterior's bits, measured with onnxruntime, and revised for accuracy, storage and speed.
+
+Verification: the quantized file's metric is measured with onnxruntime on the validation and test data. If the
+validation metric is outside the run's budget (``max_metric_drop`` from the original model), layers go back to
+float32 one at a time, most sensitive first (sensitivity: the validation loss of quantizing that layer alone),
+until it is within.
+
+Speed (docs/quantization.md): integer kernels are not always faster (a narrow convolution runs slower in
+onnxruntime's QLinearConv than in its float kernel), so the quantized model is timed against the float32 file on
+this CPU, and layers whose reversal to float32 makes it faster (or while it is slower than the float32 file) go
+back to float32, one per round (:func:`_speed_reverts`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
+from .graph import WeightNode, load_dense, weight_nodes
+from .measure import Timer, cpu_instruction_sets, evaluate_onnx, time_models
+from .quantizer import CALIBRATION_BATCH, QuantizedFile, calibration_batches, quantize_onnx
+
+QUANTIZE_MODES = ("none", "int8", "bayes")
+SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
+
+
+def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
+                   metric_before: float | None, bits: dict[str, LayerBits] | None = None,
+                   compare: dict[str, str | Path] | None = None, speed_check: bool | None = None,
+                   timer: Timer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
+    onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
+    validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
+    layer's weights in the smallest form allowed (int8 dense or sparse; int4 under ``bayes`` where the posterior
+    allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``; None:
+    where ``recipe.latency_runs`` allows timing at all; timed by ``timer``, by default :func:`time_models` with
+    ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``), and
+    write it to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer
+    had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
+    (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
+    ``files`` beside the quantized file's."""
+    from ..autopilot import metric_drop
+    from ..sweep import within_budget
+
+    if mode not in ("int8", "bayes"):
+        raise ValueError(f"quantize_model: mode must be int8 or bayes, not {mode!r}")
+    loss = recipe.loss
+    nodes = weight_nodes(load_dense(float_path))
+    plan: dict[str, str] = {}  # node → why it stays float32 (absent: quantize it)
+    why: dict[str, str] = {}  # node → the kind of reason: posterior, operator, accuracy, speed
+    layers: list[dict[str, Any]] = []
+    four_bit: list[str] = []  # nodes whose posterior allows 4 bits (bayes)
+    for wn in nodes:
+        row: dict[str, Any] = {"node": wn.node, "op": wn.op, "layer": wn.module}
+        lb = (bits or {}).get(wn.module or "")
+        if lb is not None:
+            row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
+                       median_spread=lb.median_spread)
+        if mode == "bayes" and lb is None:
+            plan[wn.node], why[wn.node] = "no posterior (not converted, or not a Linear/Conv layer)", "posterior"
+        elif mode == "bayes" and lb is not None and lb.precision == "float32":
+            plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
+            why[wn.node] = "posterior"
+        elif mode == "bayes" and lb is not None and lb.bits <= MIN_INT_BITS:
+            four_bit.append(wn.node)
+        layers.append(row)
+    val_loader = data.loader("val", recipe.eval_batch_size)
+    calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
+    higher = loss == "cross_entropy"
+
+    def original_budget(metric: float) -> bool:
+        return metric_before is None or recipe.max_metric_drop is None or within_budget(
+            metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop, higher_is_better=higher)
+
+    # where the pruned float32 model is itself outside the budget (a run that kept the recipe's threshold when
+    # none was within it), quantizing may cost nothing more: the reference becomes the float32 model's metric
+    float_metric = evaluate_onnx(float_path, val_loader, loss=loss) \
+        if metric_before is not None and recipe.max_metric_drop is not None else None
+    float_outside = float_metric is not None and not original_budget(float_metric)
+    if float_outside:
+        log(f"the pruned float32 model is outside the budget already (validation {_metric_text(loss)} "
+            f"{float_metric:.4g}); the quantized one may be no worse than it")
+
+    def in_budget(metric: float) -> bool:
+        if float_outside:
+            return metric >= float_metric if higher else metric <= float_metric
+        return original_budget(metric)
+
+    reverted: list[dict[str, Any]] = []
+    sensitivity: dict[str, float] = {}
+    storage_note: str | None = None
+    speed: dict[str, Any] | None = None
+    int4: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+        cache = Path(tmp) / "calibration.json"
+        trial = Path(tmp) / "trial.onnx"
+
+        def attempt(exclude: Iterable[str], path: Path) -> tuple[QuantizedFile, float]:
+            result = quantize_onnx(float_path, path, calibration, exclude=sorted(set(exclude)), cache=cache)
+            return result, evaluate_onnx(path, val_loader, loss=loss)
+
+        result, metric = attempt(plan, trial)
+        unsupported = [n for n in result.float_nodes if n not in plan]
+        for name in unsupported:
+            plan[name], why[name] = "onnxruntime does not quantize this operator", "operator"
+        quantizable = [n for n in result.quantized]
+        if not in_budget(metric) and quantizable:
+            log(f"quantized: validation {_metric_text(loss)} {metric:.4g} is outside the budget; measuring each "
+                "layer's sensitivity")
+            others = [n.node for n in nodes]
+            for name in quantizable:  # this layer alone quantized
+                _, alone = attempt([o for o in others if o != name], Path(tmp) / "alone.onnx")
+                sensitivity[name] = metric_drop(metric_before if metric_before is not None else alone, alone,
+                                                loss=loss)
+            for name in sorted(quantizable, key=lambda n: -sensitivity[n]):
+                plan[name] = "reverted: the quantized model was outside the accuracy budget"
+                why[name] = "accuracy"
+                reverted.append({"node": name, "sensitivity": sensitivity[name]})
+                left = [n for n in quantizable if n not in plan]
+                if not left:
+                    break
+                result, metric = attempt(plan, trial)
+                log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {metric:.4g}")
+                if in_budget(metric):
+                    break
+
+        # storage: int4 (dense, 2 per byte) where the posterior allows 4 bits and that is smaller than the int8
+        # weight as stored (dense, or sparse where that is smaller); kept only if the file stays within the budget
+        candidates = [n for n in four_bit if n not in plan]
+        storage8 = result.storage if any(n not in plan for n in quantizable) else {}
+        if candidates:
+            with_int4 = quantize_onnx(float_path, Path(tmp) / "int4.onnx", calibration, exclude=sorted(plan),
+                                      int4=candidates, cache=cache)
+            int4 = [n for n in candidates if n in with_int4.storage and n in storage8
+                    and with_int4.storage[n]["bytes"] < storage8[n]["bytes"]]
+            storage_options = {n: {"int4_dense_bytes": with_int4.storage[n]["bytes"]}
+                               for n in candidates if n in with_int4.storage}
+            if int4:
+                trial4 = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+                metric4 = evaluate_onnx(trial, val_loader, loss=loss)
+                if in_budget(metric4):
+                    log(f"int4 weights for {', '.join(_shown(n) for n in int4)} (smaller than their int8 form): "
+                        f"validation {_metric_text(loss)} {metric4:.4g}")
+                    result = trial4
+                else:
+                    # together they leave the budget: add them one at a time, the largest saving first, keeping
+                    # each that leaves the file within the budget
+                    tried, int4 = int4, []
+                    saving = {n: storage8[n]["bytes"] - with_int4.storage[n]["bytes"] for n in tried}
+                    for name in sorted(tried, key=lambda n: -saving[n]):
+                        step = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan),
+                                             int4=[*int4, name], cache=cache)
+                        if in_budget(evaluate_onnx(trial, val_loader, loss=loss)):
+                            int4.append(name)
+                            result = step
+                    dropped = [n for n in tried if n not in int4]
+                    storage_note = (f"int4 weights for {', '.join(_shown(n) for n in tried)} together left the "
+                                    f"budget (validation {_metric_text(loss)} {metric4:.4g}); one at a time, "
+                                    + (f"{', '.join(_shown(n) for n in int4)} stayed int4 and " if int4 else "")
+                                    + f"{', '.join(_shown(n) for n in dropped)} went back to int8")
+                    log(storage_note)
+        else:
+            storage_options = {}
+
+        if speed_check is None:
+            speed_check = timer is not None or recipe.latency_runs > 0
+            if not speed_check:
+                speed = {"checked": False, "why": "latency_runs is 0: nothing is timed"}
+        if speed_check and any(n.node not in plan for n in nodes):
+            if timer is None:
+                example = torch.from_numpy(calibration[0])
+                batch, threads = max(recipe.latency_batch_sizes), recipe.latency_threads
+                runs = max(recipe.latency_runs, 2)
+
+                def timer(paths: Mapping[str, Path]) -> dict[str, float]:
+                    return time_models(paths, example, batch_size=batch, threads=threads, runs=runs)
+
+                setting = {"batch_size": batch, "threads": threads, "runs": runs}
+            else:
+                setting = {"timer": getattr(timer, "__name__", type(timer).__name__)}
+            speed = {"checked": True, **setting,
+                     **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)}
+        final = None
+        if any(n.node not in plan for n in nodes):
+            final = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan),
+                                  int4=[n for n in int4 if n not in plan], cache=cache)
+    rows = []
+    for row in layers:
+        node = row["node"]
+        stored = (final.storage.get(node) if final is not None else None) or {}
+        row["precision"] = "float32" if node in plan or final is None or node not in final.quantized else \
+            stored.get("type", "int8")
+        if node in plan:
+            row["reason"] = plan[node]
+            row["float_because"] = why[node]
+        if node in sensitivity:
+            row["sensitivity"] = sensitivity[node]
+        if stored:
+            options = {"int8_dense_bytes": storage8.get(node, {}).get("dense_bytes"),
+                       "int8_sparse_bytes": storage8.get(node, {}).get("sparse_bytes"),
+                       **storage_options.get(node, {})}
+            row["storage"] = {"form": f"{stored['type']} {stored['stored']}", "bytes": stored["bytes"],
+                              "options": {k: v for k, v in options.items() if v is not None}}
+            if speed is not None and node in speed.get("int4_to_int8", []):
+                row["storage"]["why"] = "int4 was smaller, but the model ran faster with this layer int8"
+        rows.append(row)
+    # TorchScript's node names start with "/" ("/fc1/Gemm"), which reads as an absolute path in a report
+    for row in rows:
+        row["node"] = _shown(row["node"])
+    reverted = [{**r, "node": _shown(r["node"])} for r in reverted]
+    if speed is not None and speed["checked"]:
+        speed["reverted"] = [_shown(n) for n in speed["reverted"]]
+        speed["int4_to_int8"] = [_shown(n) for n in speed["int4_to_int8"]]
+        for r in speed["rounds"]:
+            r["candidates_ms"] = {_shown(n): v for n, v in r["candidates_ms"].items()}
+            if r.get("changed"):
+                r["changed"]["node"] = _shown(r["changed"]["node"])
+    reasons = sorted({why[n] for n in plan})
+    section: dict[str, Any] = {
+        "mode": mode,
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
+                 "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
+        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
+                  "allows 4 bits and that is smaller), int8 activations "
+                  f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
+                  "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
+        "layers": rows,
+        "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
+        "reverted": reverted,
+        "budget_reference": None if float_metric is None else (
+            "the pruned float32 model (outside the budget already)" if float_outside else "the original model"),
+        "speed": speed,
+        "storage_note": storage_note,
+        "file": None if final is None else Path(out_path).name,
+        "bytes": None if final is None else final.num_bytes,
+        "sparse_initializers": [] if final is None else final.sparse_initializers,
+        "cpu_instruction_sets": cpu_instruction_sets(),
+    }
+    if final is None:
+        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
+            if reasons else "the model has no Linear/Conv-like weight layer to quantize"
+        log(f"quantization: {section['none_reason']}; no quantized file written")
+        return section
+    test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
+
+    def measured(path: str | Path) -> dict[str, Any]:
+        out = {"bytes": Path(path).stat().st_size, "val": evaluate_onnx(path, val_loader, loss=loss)}
+        if test_loader is not None:
+            out["test"] = evaluate_onnx(path, test_loader, loss=loss)
+        return out
+
+    files = {name: measured(path) for name, path in (compare or {}).items()}
+    files["quantized"] = measured(out_path)
+    metrics = {k: v for k, v in files["quantized"].items() if k != "bytes"}
+    section["files"] = files
+    section["metric"] = metrics
+    section["within_budget"] = in_budget(metrics["val"])
+    kept = [r["node"] for r in rows if r["precision"] != "float32"]
+    slow = [r["node"] for r in rows if r.get("float_because") == "speed"]
+    log(f"quantized {len(kept)} of {len(rows)} layer(s) ({mode}): {Path(out_path).name} "
+        f"{final.num_bytes:,} bytes, validation {_metric_text(loss)} {metrics['val']:.4g} (onnxruntime)"
+        + (f"; {len(unsupported)} stay float32 as onnxruntime does not quantize their operator: "
+           + ", ".join(f"{_shown(n)} ({next(w.op for w in nodes if w.node == n)})" for n in unsupported)
+           if unsupported else "")
+        + (f"; {len(slow)} stay float32 as their int8 form ran slower here: {', '.join(slow)}" if slow else ""))
+    return section
+
+
+_WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
+        "operator": "onnxruntime does not quantize the operator",
+        "accuracy": "outside the accuracy budget",
+        "speed": "the int8 form ran slower than float32 on this CPU"}
+
+
+def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
+                   int4: list[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Make the quantized model no slower than the float32 file, one change per round: a quantized layer back to
+    float32, or an int4 layer to int8 (int4 weights are not run by onnxruntime's integer kernels).
+
+    Each round times, taking turns: the float32 file, the quantized model as planned, and one model per possible
+    change. The change giving the fastest model is made when that model is faster than the planned one by more
+    than ``SPEED_MARGIN`` (against timing noise), or when the planned one is slower than the float32 file by more
+    than that. The last round therefore measured a planned model no slower than the float32 file (within the
+    margin). Updates ``plan``/``why`` (layers gone float32) and ``int4`` (layers gone int8) in place; returns the
+    rounds."""
+    rounds: list[dict[str, Any]] = []
+    done: list[str] = []
+    to_int8: list[str] = []
+    while True:
+        current = [n.node for n in nodes if n.node not in plan]
+        if not current:
+            break
+        planned = tmp / "speed-planned.onnx"
+        quantize_onnx(float_path, planned, calibration, exclude=sorted(plan), int4=int4, cache=cache)
+        paths: dict[str, Path] = {"float32": Path(float_path), "quantized": planned}
+        changes: dict[str, tuple[str, str]] = {}  # timing key → (node, "float32" | "int8")
+        for i, name in enumerate(current):
+            key = f"{name} → float32"
+            changes[key] = (name, "float32")
+            if len(current) == 1:
+                paths[key] = Path(float_path)  # reverting the last layer leaves the float32 model
+            else:
+                paths[key] = tmp / f"speed-float-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted({*plan, name}), int4=int4,
+                              cache=cache)
+            if name in int4:
+                key = f"{name} → int8"
+                changes[key], paths[key] = (name, "int8"), tmp / f"speed-int8-{i}.onnx"
+                quantize_onnx(float_path, paths[key], calibration, exclude=sorted(plan),
+                              int4=[n for n in int4 if n != name], cache=cache)
+        times = timer(paths)
+        float_ms, planned_ms = times["float32"], times["quantized"]
+        best = min(changes, key=lambda k: times[k])
+        slower = planned_ms > float_ms * (1 + SPEED_MARGIN)
+        helps = times[best] < planned_ms * (1 - SPEED_MARGIN)
+        entry: dict[str, Any] = {"float32_ms": float_ms, "quantized_ms": planned_ms,
+                                 "candidates_ms": {k: times[k] for k in changes}}
+        rounds.append(entry)
+        if not (slower or helps):
+            break
+        node, target = changes[best]
+        entry["changed"] = {"node": node, "to": target}
+        log(f"{_shown(node)} to {target} for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
+            f"(float32 file {float_ms:.3g} ms)")
+        if target == "int8":
+            int4.remove(node)
+            to_int8.append(node)
+            continue
+        plan[node] = (f"speed: its integer form ran slower on this CPU ({planned_ms:.3g} ms with it quantized, "
+                      f"{times[best]:.3g} ms with it float32; the float32 file {float_ms:.3g} ms)" if helps else
+                      f"speed: the quantized model ran slower than the float32 file on this CPU ({planned_ms:.3g} "
+                      f"against {float_ms:.3g} ms), and of the changes tried, this layer as float32 ran fastest "
+                      f"({times[best]:.3g} ms)")
+        why[node] = "speed"
+        done.append(node)
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8}
+
+
+def _shown(node: str) -> str:
+    """An ONNX node name as the report shows it: without TorchScript's leading "/"."""
+    return node.lstrip("/") or node
+
+
+def _metric_text(loss: str) -> str:
+    return "accuracy" if loss == "cross_entropy" else "mse"

@@ -1,0 +1,150 @@
+"""onnxruntime's own quantizer run on the float ONNX file: the calibration batches (a few training samples) and
+:func:`quantize_onnx` (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel symmetric int8 or
+int4 weights, activation ranges calibrated (MinMax); LSTMs through its ``quantize_dynamic``), which leaves the nodes
+it is told to float32 and writes the quantized file, its weights stored sparse where that is smaller.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..atomic import atomic_write_bytes
+from ..errors import PrunedropError, describe
+from .graph import load_dense, quantized_nodes, splice_dynamic, to_opset, weight_nodes, weight_storage
+
+CALIBRATION_SAMPLES = 512
+CALIBRATION_BATCH = 64
+
+_SPARSE_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                 onnx.TensorProto.DOUBLE)
+DYNAMIC_OPS = ("LSTM",)  # operators quantized by onnxruntime's dynamic quantizer (its static one has none)
+INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
+
+
+def quantized_path(float_path: str | Path) -> Path:
+    """``model.onnx`` → ``model-int8.onnx`` (beside it)."""
+    path = Path(float_path)
+    return path.with_name(f"{path.stem}-int8{path.suffix or '.onnx'}")
+
+
+class _Batches:
+    """An onnxruntime CalibrationDataReader over a list of input arrays."""
+
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray]) -> None:
+        self._items = iter([{input_name: b} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def calibration_batches(loader: Iterable[Any], samples: int = CALIBRATION_SAMPLES) -> list[np.ndarray]:
+    """Up to ``samples`` inputs from ``loader`` (training batches), as arrays: float inputs as float32, integer
+    ones (token ids) as they are."""
+    out, seen = [], 0
+    for x, _ in loader:
+        array = x.detach().cpu().numpy()
+        out.append(np.ascontiguousarray(array.astype(np.float32) if np.issubdtype(array.dtype, np.floating)
+                                        else array))
+        seen += len(x)
+        if seen >= samples:
+            break
+    if not out:
+        raise PrunedropError("quantization needs training samples to calibrate the activations; the data has none")
+    return out
+
+
+@dataclass
+class QuantizedFile:
+    path: Path
+    num_bytes: int
+    quantized: list[str]
+    """Weight nodes whose weight is integer (fed by a DequantizeLinear)."""
+    float_nodes: list[str]
+    """Weight nodes that stayed float32 (excluded, or an operator onnxruntime does not quantize)."""
+    sparse_initializers: list[str]
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Quantized weight node → how its weight is stored: ``type`` (int8 or int4), ``stored`` (dense or sparse),
+    ``bytes`` as stored, ``dense_bytes`` and (int8 with zeros) ``sparse_bytes``, all serialized protobuf bytes."""
+
+
+def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
+                  exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
+                  sparse: bool | str = "auto") -> QuantizedFile:
+    """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
+    calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
+
+    ``int4``: weight nodes whose weights are stored as 4-bit integers instead (onnxruntime's per-tensor quant
+    override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
+    file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights, and
+    the float weights of layers left float32, holding zeros as sparse constants where that is smaller
+    (``"auto"``).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from ..export import sparsify_initializers
+
+    proto = load_dense(float_path)
+    nodes = weight_nodes(proto)
+    int4 = [n for n in int4 if n not in set(exclude)]
+    overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": 0}] for wn in nodes if wn.node in int4}
+    source_proto = to_opset(proto, INT4_OPSET) if overrides else proto
+    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(source_proto, str(source))
+        input_name = proto.graph.input[0].name
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer warns through the root logger ("consider pre-processing")
+        try:
+            quantize_static(str(source), str(target), _Batches(input_name, calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=None if cache is None else str(cache),
+                            extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+        except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
+            raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
+        finally:
+            root.setLevel(level)
+        dynamic = [wn.node for wn in nodes if wn.op in DYNAMIC_OPS and wn.node not in set(exclude)]
+        if dynamic:
+            from onnxruntime.quantization import quantize_dynamic
+
+            # the static (QDQ) quantizer has no integer LSTM; onnxruntime's dynamic one has (DynamicQuantizeLSTM:
+            # int8 weights, activations quantized at run time)
+            root.setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(str(target), str(Path(tmp) / "dynamic.onnx"), op_types_to_quantize=list(DYNAMIC_OPS),
+                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+            except Exception as e:  # as above: every failure means "cannot quantize"
+                raise PrunedropError(f"onnxruntime cannot quantize the LSTM of {Path(float_path).name}: "
+                                     f"{describe(e)}") from e
+            finally:
+                root.setLevel(level)
+            quantized = splice_dynamic(onnx.load(str(target)), onnx.load(str(Path(tmp) / "dynamic.onnx")), dynamic)
+        else:
+            quantized = onnx.load(str(target))
+    int8 = quantized_nodes(quantized, nodes)
+    kept_float = [wn.node for wn in nodes if wn.node not in int8]
+    storage = weight_storage(quantized, nodes)
+    # int8 weights, and the float weights of layers left float32 (densified above for the quantizer), go sparse
+    # where that is smaller, as in the float file
+    converted = [] if sparse is False else sparsify_initializers(quantized, sparse, dtypes=_SPARSE_TYPES)
+    for row in storage.values():
+        sizes = row.pop("per_tensor")
+        stored = [t in converted for t in row["tensors"]]
+        row["stored"] = "sparse" if all(stored) else "dense" if not any(stored) else "partly sparse"
+        row["bytes"] = sum(sizes[t][1] if t in converted else sizes[t][0] for t in row["tensors"])
+    onnx.checker.check_model(quantized, full_check=True)
+    data = quantized.SerializeToString()
+    atomic_write_bytes(Path(out_path), data)
+    return QuantizedFile(path=Path(out_path), num_bytes=len(data), quantized=int8, float_nodes=kept_float,
+                         sparse_initializers=converted, storage=storage)
