@@ -168,3 +168,31 @@ def test_on_by_default_for_automatic_runs_only() -> None:
     assert Recipe(kl_weight=1.0, budget_after_finetune=True).judges_after_finetune(10)
     assert not Recipe(budget_after_finetune=False).judges_after_finetune(6000)
     assert Recipe.from_dict({"budget_after_finetune": True}).budget_after_finetune is True
+
+
+def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it() -> None:
+    from prunedrop.stages.budget import TARGET_REFINE_STEPS, capped, target_cap
+
+    # params = 110 + 20·(t + 2) of 410: 410 / params is 2.05 at t = 2.5 and 1.95 at t = 3.0
+    points = _points()
+    recipe = Recipe(target="params=2x", max_metric_drop=1.0)
+    assert target_cap(points, Recipe(max_metric_drop=1.0)) is None  # no target: no cap
+    assert target_cap(points, Recipe(target="bytes=2x", max_metric_drop=1.0)) is None  # judged on the file
+    grid = target_cap(list(points), recipe)
+    assert grid.threshold == 2.5  # on the grid: 2.5 meets 2x and prunes least, 3.0 does not meet it
+    # nothing that prunes more than the cap is left to choose from
+    assert [p.threshold for p in capped(points, grid, recipe)] == [2.5, 3.0]
+    measured: list[float] = []
+
+    def point_at(t: float) -> SweepPoint:
+        measured.append(t)
+        return _point(t)
+
+    swept = list(points)
+    refined = target_cap(swept, recipe, point_at)
+    # bisected between 2.5 (meets) and 3.0 (misses): lands on the least pruning threshold that still meets it
+    assert len(measured) == TARGET_REFINE_STEPS and measured[0] == 2.75
+    assert 410 / refined.params >= 2.0 and refined.threshold > 2.5
+    assert all(410 / _point(t).params < 2.0 for t in measured if t > refined.threshold)
+    assert len(swept) == len(points) + TARGET_REFINE_STEPS  # the measured points join the sweep
+    assert target_cap(list(points), Recipe(target="params=100x", max_metric_drop=1.0)) is None  # none meets it

@@ -22,8 +22,8 @@ from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thre
 from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, search_after_finetune
-from .budget import budget_text
+from .bisection import Search, point_at, search_after_finetune
+from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
 from .pruned_finetune import FinetunedPruned
@@ -38,6 +38,8 @@ class Selection:
     """The sweep."""
     chosen: SweepPoint | None
     """The sweep's choice within the budget (None: no budget, or none in it)."""
+    cap: SweepPoint | None
+    """With a flops or params target: the point that meets it and prunes least; nothing chosen prunes more."""
     metric_before: float
     """The original's validation metric, which the budget is measured from."""
     max_metric_drop: float | None
@@ -66,6 +68,7 @@ class Selection:
         return {"threshold": self.threshold,
                 "sweep": {"points": [p.to_dict() for p in self.points], "selected_on": "val",
                           "chosen_threshold": None if self.chosen is None else self.chosen.threshold,
+                          "target_cap_threshold": None if self.cap is None else self.cap.threshold,
                           "max_metric_drop": self.max_metric_drop, "metric_before": self.metric_before,
                           **({"after_finetune": probes} if probes else {})},
                 **({"calibration": self.calibration} if self.calibration else {}),
@@ -86,9 +89,17 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
                               evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
                               example_input=example[:1])
     threshold, chosen = recipe.threshold, None
+    cap = target_cap(points, recipe, lambda t: point_at(variational, t, val_loader, recipe, example))
+    points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
+    candidates = capped(points, cap, recipe)
+    if cap is not None:
+        log(f"target {recipe.target}: {recipe.pruning_rule(cap.threshold)} meets it and prunes least; no threshold "
+            "that prunes more is chosen")
+        if recipe.max_metric_drop is None:
+            threshold = cap.threshold
     if recipe.max_metric_drop is not None:
         # a threshold that prunes every weight leaves nothing to export, whatever its metric
-        chosen = choose_threshold([p for p in points if p.kept_weights > 0], metric_before=metric_before,
+        chosen = choose_threshold([p for p in candidates if p.kept_weights > 0], metric_before=metric_before,
                                   max_metric_drop=recipe.max_metric_drop,
                                   higher_is_better=recipe.loss == "cross_entropy")
         if chosen is None:
@@ -108,7 +119,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     plots, plot_error = draw_plots(
         folder, {"log_alpha": lambda p: plot_log_alpha_histograms(variational, p, threshold)}
         if recipe.plots and has_log_alpha else {}, log)
-    selection = Selection(threshold=threshold, points=points, chosen=chosen, metric_before=metric_before,
+    selection = Selection(threshold=threshold, points=points, chosen=chosen, cap=cap, metric_before=metric_before,
                           max_metric_drop=recipe.max_metric_drop, calibration=calibration, plots=plots,
                           plot_error=plot_error, timings={"sweep_calibration_plots_s": time.perf_counter() - t0})
     num_val = data.num_val
@@ -119,7 +130,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             f"{100.0 / max(num_val, 1):.2g} points, more than half the budget); it is judged before it, on the sweep")
     if after_finetune and recipe.max_metric_drop is not None \
             and recipe.finetune_epochs_for(data.num_train) > 0:
-        selection.search = search_after_finetune(variational, points, chosen, metric_before, recipe, data, device,
+        selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised)
         if selection.search.best is not None:
