@@ -259,8 +259,7 @@ class SelectionConfig:
     budget_after_finetune: bool | None = setting(None)
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on
-    validation data; about log2(n) + 1 fine-tunings instead of one, then two more that halve the interval between
-    the most pruning probe in budget and its neighbour outside it. null (the default): on for automatic runs
+    validation data; about log2(n) + 1 fine-tunings instead of one. null (the default): on for automatic runs
     (the autopilot spends part of the budget while training and counts on the fine-tuning to win it back, so the
     budget is judged where the model ends) whose validation data resolves the budget (one sample weighs at most
     half of it; a coarser set would favour the probe that happened to lose no sample), off with a fixed β. Judged before the fine-tuning, a noise-trained

@@ -78,7 +78,6 @@ def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budg
 def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # within the budget of 1 point (original 90) exactly where the threshold is >= -0.5
     scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
-    monkeypatch.setattr(bisection, "REFINE_PROBES", 0)  # the grid's bisection alone (refinement: below)
     found, logs = _search(tmp_path, scripted, chosen=None)
     assert found.best is not None and found.best[0] == -0.5
     assert found.best[2].train.history[0]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
@@ -88,24 +87,6 @@ def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeyp
     assert [p["threshold"] for p in found.probes] == scripted.pruned
     assert all(p["within_budget"] == (p["threshold"] >= -0.5) for p in found.probes)
     assert any("prunes most" in line for line in logs)
-
-
-def test_the_interval_after_the_bisection_is_halved_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # in budget where the threshold is >= -0.8: the grid's bisection ends at -0.5 (in) beside -1.0 (out)
-    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.8 else 80.0)
-    monkeypatch.setattr(bisection, "point_at", lambda variational, t, *args: _point(t))
-    found, logs = _search(tmp_path, scripted, chosen=None)
-    grid = [p for p in found.probes if p["threshold"] in THRESHOLDS]
-    refined = found.probes[len(grid):]
-    assert [p["threshold"] for p in refined] == [-0.75, -0.875]  # halving between the in-budget -0.5 and -1.0
-    assert [p["within_budget"] for p in refined] == [True, False]
-    assert len(refined) == bisection.REFINE_PROBES
-    assert found.best[0] == -0.75 and found.best[2].train.history[0]["threshold"] == -0.75
-    # nothing between the two (the same parameters): no refinement probe
-    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.8 else 80.0)
-    monkeypatch.setattr(bisection, "point_at", lambda variational, t, *args: _point(-0.5))
-    found, _ = _search(tmp_path / "flat", scripted, chosen=None)
-    assert all(p["threshold"] in THRESHOLDS for p in found.probes) and found.best[0] == -0.5
 
 
 def test_the_sweeps_choice_bounds_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

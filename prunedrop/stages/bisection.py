@@ -1,6 +1,5 @@
 """Part of stage 3, select: the threshold chosen by the validation metric *after* the noise-free fine-tuning
-(``budget_after_finetune``), by bisecting the swept thresholds, then the interval between the last probe in budget
-and its neighbour outside it."""
+(``budget_after_finetune``), by bisecting the swept thresholds."""
 
 from __future__ import annotations
 
@@ -20,11 +19,6 @@ from ..runfolder import RunFolder
 from ..sweep import SweepPoint, sweep_thresholds, within_budget
 from ..train import evaluate, metric_name
 from .pruned_finetune import finetune_pruned
-
-#: after the bisection of the swept grid, at most this many probes halve the threshold interval between the most
-#: pruning probe in budget and its neighbour outside it. The grid's steps of 0.5 in log α are coarse in what they
-#: keep: LeNet-300-100 kept 20,449 weights at log α > 0.5 (in budget) and 12,532 at > 0 (0.06 points outside)
-REFINE_PROBES = 2
 
 
 @dataclass
@@ -91,26 +85,9 @@ def search_after_finetune(
         return ok
 
     lo, hi = 0, len(candidates) - 1
-    verdicts: list[tuple[SweepPoint, bool]] = []
     while lo <= hi:
         mid = (lo + hi) // 2
-        ok = probe(candidates[mid])
-        verdicts.append((candidates[mid], ok))
-        lo, hi = (lo, mid - 1) if ok else (mid + 1, hi)
-    # the most pruning probe in budget, and the least pruning of those outside it that prune more
-    inside = min((p for p, ok in verdicts if ok), key=lambda p: p.params, default=None)
-    outside = None if inside is None else \
-        max((p for p, ok in verdicts if not ok and p.params < inside.params), key=lambda p: p.params, default=None)
-    for _ in range(REFINE_PROBES):
-        if inside is None or outside is None:
-            break
-        point = point_at(variational, (inside.threshold + outside.threshold) / 2, val_loader, recipe, example)
-        if point.params in (inside.params, outside.params) or point.kept_weights == 0:
-            break  # nothing between the two
-        if probe(point):
-            inside = point
-        else:
-            outside = point
+        lo, hi = (lo, mid - 1) if probe(candidates[mid]) else (mid + 1, hi)
     if best is not None:
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
             f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
@@ -120,7 +97,8 @@ def search_after_finetune(
 
 def point_at(variational: nn.Module, threshold: float, val_loader: Any, recipe: Recipe,
              example: torch.Tensor) -> SweepPoint:
-    """The sweep's point at one more threshold (what it keeps; its metric before fine-tuning)."""
+    """The sweep's point at one more threshold (what it keeps; its metric before fine-tuning): the target's
+    bisection (:func:`prunedrop.stages.budget.target_cap`) measures its thresholds with it."""
     name = metric_name(recipe.loss)
     return sweep_thresholds(variational, val_loader, [round(threshold, 6)],
                             evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
