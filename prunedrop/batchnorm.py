@@ -241,3 +241,41 @@ def fold_attached(model: nn.Module) -> list[str]:
         delattr(conv, ATTACHED)
         folded.append(name)
     return folded
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate the running statistics of every BatchNorm in ``model`` from ``batches``, for its weights of now;
+    returns how many batches were used (0: nothing changed).
+
+    The rest of the model runs in eval mode (no noise draws: exactly the thresholded model), each BatchNorm in
+    training mode with a cumulative average (``momentum=None``), then back to its own mode and momentum. Running
+    statistics follow the weights with a lag (momentum 0.1 per step); while the KL term shrinks the weights in
+    steps of a whole learning rate (Adam), an eval-mode measurement with the lagging statistics reads a collapse
+    that training does not see: a digits ResNet-18 under sparse VD read 69.8 points lost at step 10 with batch
+    statistics intact. ``SyncBatchNorm`` (which needs a process group in training mode) is left as it is.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats and m.running_mean is not None]
+    if not bns:
+        return 0
+    saved = [(bn.training, bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in bns]
+    was_training = model.training
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    used = 0
+    try:
+        for x in batches:
+            model(x)
+            used += 1
+    finally:
+        for bn, (training, momentum, state) in zip(bns, saved):
+            bn.momentum = momentum
+            bn.train(training)
+            if not used:
+                bn.load_state_dict(state)
+        model.train(was_training)
+    return used

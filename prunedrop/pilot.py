@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import autopilot
+from .batchnorm import recalibrate_batchnorm
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError
@@ -92,6 +93,10 @@ class Pilot:
         ``train_samples`` training samples in their fixed order; their number goes to ``checked_samples``."""
         self.checked_samples = self.checked_train = 0
         size = self.recipe.eval_batch_size
+        target = self.model if model is None else model
+        # running statistics lag the weights: measure the model with statistics of its weights of now
+        recalibrate_batchnorm(target, (x.to(self.device) for x, _ in
+                                       _capped(self.data.loader("train", size), RECALIBRATION_SAMPLES)))
 
         def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
             for x, y in _capped(self.data.loader("val", size), self.check_samples):
@@ -103,8 +108,7 @@ class Pilot:
                     self.checked_train += len(y)
                     yield x, y
 
-        return evaluate(self.model if model is None else model, counted(), loss=self.recipe.loss,
-                        device=self.device)[metric_name(self.recipe.loss)]
+        return evaluate(target, counted(), loss=self.recipe.loss, device=self.device)[metric_name(self.recipe.loss)]
 
     def _coarse_validation(self) -> None:
         """Validation data too small to resolve the aim (one sample weighs more than the drop the controller aims
@@ -323,6 +327,8 @@ class Pilot:
 CHECK_SAMPLES = 2000
 CHECK_SAMPLES_MAX = 10000
 CHECK_SHARE = 0.5
+#: training samples each check re-estimates the BatchNorms' running statistics from (models with BatchNorm only)
+RECALIBRATION_SAMPLES = 1000
 #: the autopilot's learning-rate back-off stops at this fraction of the recipe's rates
 LR_SCALE_MIN = 1 / 64
 #: the transient probe trains this many checks' worth of steps; the mean drop of the last PROBE_PLATEAU is the transient

@@ -487,6 +487,28 @@ def test_the_restarts_shock_is_forgotten_when_the_probes_window_ends(monkeypatch
     assert p.lr_scale == 1.0  # and it never halved the weights' learning rate
 
 
+def test_a_check_measures_a_batchnorm_network_with_statistics_of_its_weights_of_now() -> None:
+    from torch import nn
+
+    from prunedrop import pilot
+
+    data = _bundle()
+    torch.manual_seed(0)
+    x, y = data.train.tensors
+    net = fit(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(8 * 16, 3)), x, y, 200).eval()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(net, recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    reference = p._val_metric()
+    conv = model[0]
+    with torch.no_grad():  # the KL's pull on every weight at once, as Adam's first steps give it
+        conv.weight.mul_(0.05)
+        conv.bias.mul_(0.05)
+    assert p._val_metric() == pytest.approx(reference, abs=2.0)  # no collapse read from lagging statistics
+    assert not model.training and not model[1].training
+
+
 def test_the_plain_training_transient_is_measured_and_discounted_as_the_learning_rate_anneals(tmp_path: Path) -> None:
     from prunedrop.pilot import TRANSIENT_CAP
 

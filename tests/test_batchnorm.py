@@ -219,3 +219,29 @@ def test_compress_folds_fine_tunes_with_batchnorm_and_reports(tmp_path) -> None:
     assert any("fine-tuning with BatchNorm after 6 convolution(s)" in m for m in logged)
     assert _batchnorms(result.model) == [] and _attached(result.model) == []
     assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
+
+
+def test_running_statistics_are_re_estimated_for_the_weights_of_now() -> None:
+    from prunedrop.batchnorm import recalibrate_batchnorm
+    from prunedrop.testing import fit, tiny_classification_data
+
+    torch.manual_seed(0)
+    x, y = tiny_classification_data(n=240, shape=(1, 6, 6), seed=3)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 36, 3))
+    model = fit(model, x, y, 200).eval()
+    before = model(x).argmax(1)
+    with torch.no_grad():  # what a KL term does to the weights in a few Adam steps: all shrink together
+        model[0].weight.mul_(0.05)
+        model[0].bias.mul_(0.05)
+    stale = (model(x).argmax(1) == before).float().mean().item()
+    assert stale < 0.9  # the running statistics still describe the old weights
+    assert recalibrate_batchnorm(model, (x[i:i + 60] for i in range(0, 240, 60))) == 4
+    assert not model.training and not model[1].training and model[1].momentum == 0.1  # modes and momentum back
+    agree = (model(x).argmax(1) == before).float().mean().item()
+    assert agree > 0.97  # BatchNorm undoes the common scale once its statistics are those of the weights of now
+    # no batches: nothing changes; no BatchNorm: nothing to do
+    state = {k: v.clone() for k, v in model[1].state_dict().items()}
+    assert recalibrate_batchnorm(model, iter(())) == 0
+    assert all(torch.equal(state[k], v) for k, v in model[1].state_dict().items())
+    assert recalibrate_batchnorm(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(2, 3)]) == 0
