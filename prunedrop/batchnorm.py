@@ -279,3 +279,38 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
                 bn.load_state_dict(state)
         model.train(was_training)
     return used
+
+
+#: training samples the BatchNorms' running statistics are re-estimated from before a measurement
+RECALIBRATION_SAMPLES = 1000
+
+
+def recalibrate_from(model: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu",
+                     samples: int = RECALIBRATION_SAMPLES) -> int:
+    """:func:`recalibrate_batchnorm` on the first batches of ``loader`` ((input, target) pairs) holding about
+    ``samples`` samples (whole batches, at least one); nothing is read from ``loader`` without a BatchNorm."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+
+    def batches() -> Iterable[torch.Tensor]:
+        seen = 0
+        for x, y in loader:
+            if seen and seen + len(y) > samples:
+                return
+            yield x.to(device)
+            seen += len(y)
+
+    return recalibrate_batchnorm(model, batches())
+
+
+def batchnorm_state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy of every BatchNorm's state (running statistics), for :func:`restore_batchnorm`."""
+    return {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def restore_batchnorm(model: nn.Module, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Give the BatchNorms of ``model`` the state :func:`batchnorm_state` copied."""
+    modules = dict(model.named_modules())
+    for name, bn_state in state.items():
+        modules[name].load_state_dict(bn_state)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import autopilot
-from .batchnorm import recalibrate_batchnorm
+from .batchnorm import recalibrate_from
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError
@@ -95,8 +95,7 @@ class Pilot:
         size = self.recipe.eval_batch_size
         target = self.model if model is None else model
         # running statistics lag the weights: measure the model with statistics of its weights of now
-        recalibrate_batchnorm(target, (x.to(self.device) for x, _ in
-                                       _capped(self.data.loader("train", size), RECALIBRATION_SAMPLES)))
+        recalibrate_from(target, self.data.loader("train", size), self.device)
 
         def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
             for x, y in _capped(self.data.loader("val", size), self.check_samples):
@@ -327,8 +326,6 @@ class Pilot:
 CHECK_SAMPLES = 2000
 CHECK_SAMPLES_MAX = 10000
 CHECK_SHARE = 0.5
-#: training samples each check re-estimates the BatchNorms' running statistics from (models with BatchNorm only)
-RECALIBRATION_SAMPLES = 1000
 #: the autopilot's learning-rate back-off stops at this fraction of the recipe's rates
 LR_SCALE_MIN = 1 / 64
 #: the transient probe trains this many checks' worth of steps; the mean drop of the last PROBE_PLATEAU is the transient

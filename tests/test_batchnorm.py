@@ -245,3 +245,32 @@ def test_running_statistics_are_re_estimated_for_the_weights_of_now() -> None:
     assert recalibrate_batchnorm(model, iter(())) == 0
     assert all(torch.equal(state[k], v) for k, v in model[1].state_dict().items())
     assert recalibrate_batchnorm(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(2, 3)]) == 0
+
+
+def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_weights() -> None:
+    from torch.utils.data import TensorDataset
+
+    from prunedrop.batchnorm import batchnorm_state, restore_batchnorm
+    from prunedrop.data import DataBundle
+    from prunedrop.stages.bisection import thresholded_metric
+    from prunedrop.testing import fit, tiny_classification_data
+    from prunedrop.train import evaluate
+
+    torch.manual_seed(0)
+    x, y = tiny_classification_data(n=360, shape=(1, 6, 6), seed=3)
+    data = DataBundle(train=TensorDataset(x[:240], y[:240]), val=TensorDataset(x[240:], y[240:]), test=None,
+                      name="tiny", num_classes=3, input_shape=(1, 6, 6))
+    net = fit(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(8 * 36, 3)), x[:240], y[:240], 200).eval()
+    recipe = Recipe(method="sparse_vd", eval_batch_size=60)
+    model = to_variational(net, recipe).eval()
+    val = data.loader("val", 60)
+    good = evaluate(model, val)["accuracy"]
+    trained = batchnorm_state(model)
+    with torch.no_grad():  # statistics of another network (the noisy one that training saw)
+        model[1].running_mean.add_(3.0)
+        model[1].running_var.mul_(20.0)
+    assert evaluate(model, val)["accuracy"] < good - 20
+    assert thresholded_metric(recipe, data)(model, val) == pytest.approx(good, abs=3.0)
+    restore_batchnorm(model, trained)  # what the selection does after its sweep
+    assert torch.equal(model[1].running_mean, trained["1"]["running_mean"])

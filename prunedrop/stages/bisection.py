@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batchnorm import recalibrate_from
 from ..data import DataBundle
 from ..prune import prune
 from ..recipes import Recipe
@@ -95,11 +96,25 @@ def search_after_finetune(
     return Search(best=best, probes=probes)
 
 
-def point_at(variational: nn.Module, threshold: float, val_loader: Any, recipe: Recipe,
-             example: torch.Tensor) -> SweepPoint:
+def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
+    """The sweep's measurement of the model at one threshold: the BatchNorms' running statistics re-estimated for
+    its thresholded weights first (:func:`prunedrop.batchnorm.recalibrate_from`), then the metric on ``loader``.
+    Statistics kept while training describe the noisy network, not the thresholded one: a digits ResNet-18 under
+    sparse VD, keeping 0.5% of its weights, read 80.6% validation accuracy with them (98.6% before), while the
+    autopilot's checks, with statistics re-estimated, read a drop of 0.57 points. :func:`prunedrop.stages.selection.select_threshold` restores the statistics
+    after the sweep."""
+    name = metric_name(recipe.loss)
+
+    def metric(model: nn.Module, loader: Any) -> float:
+        recalibrate_from(model, data.loader("train", recipe.eval_batch_size))
+        return evaluate(model, loader, loss=recipe.loss)[name]
+
+    return metric
+
+
+def point_at(variational: nn.Module, threshold: float, val_loader: Any, recipe: Recipe, example: torch.Tensor,
+             data: DataBundle) -> SweepPoint:
     """The sweep's point at one more threshold (what it keeps; its metric before fine-tuning): the target's
     bisection (:func:`prunedrop.stages.budget.target_cap`) measures its thresholds with it."""
-    name = metric_name(recipe.loss)
     return sweep_thresholds(variational, val_loader, [round(threshold, 6)],
-                            evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
-                            example_input=example[:1])[0]
+                            evaluate_fn=thresholded_metric(recipe, data), example_input=example[:1])[0]

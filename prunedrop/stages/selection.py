@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..batchnorm import batchnorm_state, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
 from ..plots import plot_log_alpha_histograms
@@ -19,10 +20,10 @@ from ..prune import PruneResult
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds
-from ..train import evaluate, metric_name
+from ..train import metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, point_at, search_after_finetune
+from .bisection import Search, point_at, search_after_finetune, thresholded_metric
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
@@ -85,11 +86,12 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     metric_before = baseline.metric["val"]
     val_loader = data.loader("val", recipe.eval_batch_size)
     name = metric_name(recipe.loss)
+    trained_statistics = batchnorm_state(variational)
     points = sweep_thresholds(variational, val_loader, recipe.sweep_thresholds or default_thresholds(),
-                              evaluate_fn=lambda m, loader: evaluate(m, loader, loss=recipe.loss)[name],
-                              example_input=example[:1])
+                              evaluate_fn=thresholded_metric(recipe, data), example_input=example[:1])
     threshold, chosen = recipe.threshold, None
-    cap = target_cap(points, recipe, lambda t: point_at(variational, t, val_loader, recipe, example))
+    cap = target_cap(points, recipe, lambda t: point_at(variational, t, val_loader, recipe, example, data))
+    restore_batchnorm(variational, trained_statistics)  # the later stages start from the trained model as it was
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
     candidates = capped(points, cap, recipe)
     if cap is not None:
