@@ -288,7 +288,9 @@ RECALIBRATION_SAMPLES = 1000
 def recalibrate_from(model: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu",
                      samples: int = RECALIBRATION_SAMPLES) -> int:
     """:func:`recalibrate_batchnorm` on the first batches of ``loader`` ((input, target) pairs) holding about
-    ``samples`` samples (whole batches, at least one); nothing is read from ``loader`` without a BatchNorm."""
+    ``samples`` samples (whole batches, at least one); nothing is read from ``loader`` without a BatchNorm.
+    Batches of one sample are skipped: a BatchNorm in training mode cannot normalise a single value per channel
+    (``eval_batch_size: 1`` with a BatchNorm1d), so with only those the statistics stay as they were."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return 0
 
@@ -297,7 +299,8 @@ def recalibrate_from(model: nn.Module, loader: Iterable[Any], device: torch.devi
         for x, y in loader:
             if seen and seen + len(y) > samples:
                 return
-            yield x.to(device)
+            if len(y) > 1:
+                yield x.to(device)
             seen += len(y)
 
     return recalibrate_batchnorm(model, batches())

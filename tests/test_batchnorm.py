@@ -274,3 +274,15 @@ def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_we
     assert thresholded_metric(recipe, data)(model, val) == pytest.approx(good, abs=3.0)
     restore_batchnorm(model, trained)  # what the selection does after its sweep
     assert torch.equal(model[1].running_mean, trained["1"]["running_mean"])
+
+
+def test_batches_of_one_sample_leave_the_statistics_alone() -> None:
+    from prunedrop.batchnorm import recalibrate_from
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    before = model[1].running_mean.clone()
+    singles = [(torch.randn(1, 4), torch.zeros(1, dtype=torch.long)) for _ in range(5)]
+    assert recalibrate_from(model, singles) == 0  # a BatchNorm1d in training mode would raise on one value
+    assert torch.equal(model[1].running_mean, before)
+    pairs = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+    assert recalibrate_from(model, singles[:1] + pairs) == 3
