@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import autopilot, distributed
+from .batchnorm import recalibrate_from
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
@@ -473,6 +474,10 @@ def _run(
             record.update({k: v / max(seen, 1) for k, v in sums.items()})
             record["lr"] = optimizer.param_groups[0]["lr"]
             if main:  # the other ranks hold the same weights: one evaluation is enough
+                if phase == "variational":
+                    # the running statistics describe the noisy network: the thresholded one is measured with its
+                    # own (a sparse VD ResNet-18 read 80.6% with them, within its budget with its own)
+                    recalibrate_from(model, data.loader("train", recipe.eval_batch_size), device)
                 val = evaluate(model, data.loader("val", recipe.eval_batch_size), loss=recipe.loss, device=device)
                 record.update({f"val_{k}": v for k, v in val.items()})
                 record.update(epoch_stats())

@@ -286,3 +286,29 @@ def test_batches_of_one_sample_leave_the_statistics_alone() -> None:
     assert torch.equal(model[1].running_mean, before)
     pairs = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
     assert recalibrate_from(model, singles[:1] + pairs) == 3
+
+
+def test_the_variational_phase_logs_its_metric_with_statistics_of_the_thresholded_network() -> None:
+    from torch.utils.data import TensorDataset
+
+    from prunedrop.data import DataBundle
+    from prunedrop.testing import fit, tiny_classification_data
+    from prunedrop.train import evaluate, finetune
+
+    torch.manual_seed(0)
+    x, y = tiny_classification_data(n=360, shape=(1, 6, 6), seed=3)
+    data = DataBundle(train=TensorDataset(x[:240], y[:240]), val=TensorDataset(x[240:], y[240:]), test=None,
+                      name="tiny", num_classes=3, input_shape=(1, 6, 6))
+    net = fit(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(8 * 36, 3)), x[:240], y[:240], 200).eval()
+    # no learning to speak of: the logged metric must be the given network's
+    recipe = Recipe(method="sparse_vd", kl_weight=1e-8, lr=1e-9, noise_lr=1e-9, epochs=1, kl_warmup_epochs=0,
+                    batch_size=24, eval_batch_size=60, device="cpu", plots=False, latency_runs=0, mc_samples=0)
+    model = to_variational(net, recipe)
+    good = evaluate(model, data.loader("val", 60))["accuracy"]
+    with torch.no_grad():  # statistics that describe another network (ten steps' momentum leave a third of this)
+        model[1].running_mean.add_(3.0)
+        model[1].running_var.mul_(20.0)
+    assert evaluate(model, data.loader("val", 60))["accuracy"] < good - 20
+    history = finetune(model, data, recipe, progress=False).history
+    assert history[-1]["val_accuracy"] == pytest.approx(good, abs=2.0)
