@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import first_batches
 from .errors import PrunedropError
 from .layers._units import batchnorm_affine
 from .slim import silent_units
@@ -294,16 +295,7 @@ def recalibrate_from(model: nn.Module, loader: Iterable[Any], device: torch.devi
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return 0
 
-    def batches() -> Iterable[torch.Tensor]:
-        seen = 0
-        for x, y in loader:
-            if seen and seen + len(y) > samples:
-                return
-            if len(y) > 1:
-                yield x.to(device)
-            seen += len(y)
-
-    return recalibrate_batchnorm(model, batches())
+    return recalibrate_batchnorm(model, (x.to(device) for x, y in first_batches(loader, samples) if len(y) > 1))
 
 
 def batchnorm_state(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from torch import nn
 from . import autopilot
 from .batchnorm import recalibrate_from
 from .convert import variational_layers
-from .data import DataBundle
+from .data import DataBundle, first_batches
 from .errors import PrunedropError
 from .metrics import data_loss, evaluate, kept_fraction, metric_name
 from .recipes import Recipe
@@ -98,11 +98,11 @@ class Pilot:
         recalibrate_from(target, self.data.loader("train", size), self.device)
 
         def counted() -> Iterator[Any]:  # streamed, not held: a check may cover thousands of large images
-            for x, y in _capped(self.data.loader("val", size), self.check_samples):
+            for x, y in first_batches(self.data.loader("val", size), self.check_samples):
                 self.checked_samples += len(y)
                 yield x, y
             if self.train_samples:
-                for x, y in _capped(self.data.loader("train", size), self.train_samples):
+                for x, y in first_batches(self.data.loader("train", size), self.train_samples):
                     self.checked_samples += len(y)
                     self.checked_train += len(y)
                     yield x, y
@@ -349,13 +349,3 @@ def check_samples(check_every: int, batch_size: int) -> int:
     noise draws or backward, about a third of a training step per sample, so counting CHECK_SHARE × the samples
     trained on between two checks costs about a sixth of that training."""
     return int(min(CHECK_SAMPLES_MAX, max(CHECK_SAMPLES, CHECK_SHARE * check_every * batch_size)))
-
-
-def _capped(loader: Any, limit: int) -> Iterator[Any]:
-    """The first batches of ``loader`` holding at most about ``limit`` samples (whole batches; at least one)."""
-    seen = 0
-    for x, y in loader:
-        if seen and seen + len(y) > limit:
-            break
-        yield x, y
-        seen += len(y)

@@ -50,7 +50,7 @@ every reader shares), the readers :mod:`.idx` (IDX files), :mod:`.named` (``digi
 """
 
 from .assemble import check_labels
-from .bundle import DataBundle
+from .bundle import DataBundle, first_batches
 from .idx import read_idx
 from .load import load_data
 from .named import SYSTEM_DATA_DIRS
@@ -61,6 +61,7 @@ __all__ = [
     "SYSTEM_DATA_DIRS",
     "DataBundle",
     "check_labels",
+    "first_batches",
     "load_data",
     "parse_spec",
     "read_idx",

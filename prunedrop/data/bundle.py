@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,3 +122,14 @@ def samples_in(split: Any) -> int | None:
         return len(data)
     except TypeError:
         return None
+
+
+def first_batches(loader: Iterable[Any], samples: int) -> Iterator[Any]:
+    """The first (input, target) batches of ``loader`` holding at most about ``samples`` samples (whole batches; at
+    least one)."""
+    seen = 0
+    for x, y in loader:
+        if seen and seen + len(y) > samples:
+            break
+        yield x, y
+        seen += len(y)
