@@ -252,7 +252,7 @@ def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_we
 
     from prunedrop.batchnorm import batchnorm_state, restore_batchnorm
     from prunedrop.data import DataBundle
-    from prunedrop.stages.bisection import thresholded_metric
+    from prunedrop.stages.selection import thresholded_metric
     from prunedrop.testing import fit, tiny_classification_data
     from prunedrop.train import evaluate
 

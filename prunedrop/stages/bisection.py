@@ -12,12 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batchnorm import recalibrate_from
 from ..data import DataBundle
 from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..sweep import SweepPoint, sweep_thresholds, within_budget
+from ..sweep import within_budget
 from ..train import evaluate, metric_name
 from .pruned_finetune import finetune_pruned
 
@@ -54,7 +53,9 @@ def search_after_finetune(
     the variational model at one swept threshold, fine-tunes it for the recipe's ``finetune_epochs`` and
     evaluates it on the validation data. The probes bisect the swept thresholds that prune more than the
     sweep's own choice (all of them when the sweep found none in budget), assuming the fine-tuned metric falls as
-    the pruning grows: about log2(n) + 1 fine-tunings for n candidates. The most pruning probe within budget is
+    the pruning grows: about log2(n) + 1 fine-tunings for n candidates. (Two more probes between grid thresholds
+    were measured and taken out: each probe more is one more chance for the validation data to favour a model by
+    luck; docs/autopilot.md.) The most pruning probe within budget is
     the result, its fine-tuned model the one exported (its ``timings`` are the whole search's). Each probe
     checkpoints to its own :meth:`RunFolder.probe_checkpoint`, so that ``--resume`` skips the probes already done.
     """
@@ -67,9 +68,10 @@ def search_after_finetune(
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
     best: tuple[float, Any, Any] | None = None
-
-    def probe(point: SweepPoint) -> bool:
-        nonlocal best
+    lo, hi = 0, len(candidates) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        point = candidates[mid]
         pruned = prune(copy.deepcopy(variational), point.threshold)
         masked = finetune_pruned(pruned, data, recipe, device, example, folder.probe_checkpoint(point.threshold),
                                  resume=resume, progress=progress, log=log, normalised=normalised)
@@ -83,38 +85,11 @@ def search_after_finetune(
             f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g})")
         if ok:
             best = (point.threshold, pruned, masked)
-        return ok
-
-    lo, hi = 0, len(candidates) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid - 1) if probe(candidates[mid]) else (mid + 1, hi)
+            hi = mid - 1
+        else:
+            lo = mid + 1
     if best is not None:
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
             f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
         best[2].timings = {"masked_finetune_s": time.perf_counter() - t0}
     return Search(best=best, probes=probes)
-
-
-def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
-    """The sweep's measurement of the model at one threshold: the BatchNorms' running statistics re-estimated for
-    its thresholded weights first (:func:`prunedrop.batchnorm.recalibrate_from`), then the metric on ``loader``.
-    Statistics kept while training describe the noisy network, not the thresholded one: a digits ResNet-18 under
-    sparse VD, keeping 0.5% of its weights, read 80.6% validation accuracy with them (98.6% before), while the
-    autopilot's checks, with statistics re-estimated, read a drop of 0.57 points. :func:`prunedrop.stages.selection.select_threshold` restores the statistics
-    after the sweep."""
-    name = metric_name(recipe.loss)
-
-    def metric(model: nn.Module, loader: Any) -> float:
-        recalibrate_from(model, data.loader("train", recipe.eval_batch_size))
-        return evaluate(model, loader, loss=recipe.loss)[name]
-
-    return metric
-
-
-def point_at(variational: nn.Module, threshold: float, val_loader: Any, recipe: Recipe, example: torch.Tensor,
-             data: DataBundle) -> SweepPoint:
-    """The sweep's point at one more threshold (what it keeps; its metric before fine-tuning): the target's
-    bisection (:func:`prunedrop.stages.budget.target_cap`) measures its thresholds with it."""
-    return sweep_thresholds(variational, val_loader, [round(threshold, 6)],
-                            evaluate_fn=thresholded_metric(recipe, data), example_input=example[:1])[0]

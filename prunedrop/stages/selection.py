@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..batchnorm import batchnorm_state, restore_batchnorm
+from ..batchnorm import batchnorm_state, recalibrate_from, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
 from ..plots import plot_log_alpha_histograms
@@ -20,10 +21,10 @@ from ..prune import PruneResult
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds
-from ..train import metric_name
+from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, point_at, search_after_finetune, thresholded_metric
+from .bisection import Search, search_after_finetune
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
@@ -76,6 +77,22 @@ class Selection:
                 "timings": self.timings}
 
 
+def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
+    """The sweep's measurement of the model at one threshold: the BatchNorms' running statistics re-estimated for
+    its thresholded weights first (:func:`prunedrop.batchnorm.recalibrate_from`), then the metric on ``loader``.
+    Statistics kept while training describe the noisy network, not the thresholded one: a digits ResNet-18 under
+    sparse VD, keeping 0.5% of its weights, read 80.6% validation accuracy with them (98.6% before), while the
+    autopilot's checks, with statistics re-estimated, read a drop of 0.57 points. :func:`select_threshold`
+    restores the trained statistics after the sweep."""
+    name = metric_name(recipe.loss)
+
+    def metric(model: nn.Module, loader: Any) -> float:
+        recalibrate_from(model, data.loader("train", recipe.eval_batch_size))
+        return evaluate(model, loader, loss=recipe.loss)[name]
+
+    return metric
+
+
 def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle, recipe: Recipe,
                      device: torch.device, folder: RunFolder, example: torch.Tensor, *, resume: bool,
                      progress: bool, log: Callable[[str], None]) -> Selection:
@@ -87,10 +104,12 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     val_loader = data.loader("val", recipe.eval_batch_size)
     name = metric_name(recipe.loss)
     trained_statistics = batchnorm_state(variational)
+    metric = thresholded_metric(recipe, data)
     points = sweep_thresholds(variational, val_loader, recipe.sweep_thresholds or default_thresholds(),
-                              evaluate_fn=thresholded_metric(recipe, data), example_input=example[:1])
+                              evaluate_fn=metric, example_input=example[:1])
     threshold, chosen = recipe.threshold, None
-    cap = target_cap(points, recipe, lambda t: point_at(variational, t, val_loader, recipe, example, data))
+    cap = target_cap(points, recipe, lambda t: sweep_thresholds(variational, val_loader, [round(t, 6)],
+                                                                evaluate_fn=metric, example_input=example[:1])[0])
     restore_batchnorm(variational, trained_statistics)  # the later stages start from the trained model as it was
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
     candidates = capped(points, cap, recipe)
