@@ -85,6 +85,19 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
 TARGET_REFINE_STEPS = 6
 
 
+def _target_cost(recipe: Recipe) -> tuple[Callable[[SweepPoint], int], Callable[[SweepPoint], int]] | None:
+    """(a swept point's cost, the dense model's) in the kind of the recipe's target; None without a target or with a
+    ``bytes`` one."""
+    from ..autopilot import parse_target
+
+    kind = parse_target(recipe.target).kind if recipe.target else None
+    if kind == "flops":
+        return (lambda p: p.nonzero_macs), (lambda p: p.macs)
+    if kind == "params":
+        return (lambda p: p.params), (lambda p: p.total_params)
+    return None
+
+
 def target_cap(points: list[SweepPoint], recipe: Recipe,
                point_at: Callable[[float], SweepPoint] | None = None) -> SweepPoint | None:
     """With a ``flops`` or ``params`` target: the swept point that meets it and prunes least (None without such a
@@ -93,25 +106,23 @@ def target_cap(points: list[SweepPoint], recipe: Recipe,
     The sweep counts the thresholded model's non-zero weights (``nonzero_macs``, ``params``): for per-weight noise
     what the report measures; for per-unit noise more, since slimming also removes the weights downstream layers
     read from pruned units (LeNet-5 SBP: the sweep's 10× at SNR ≤ 3.7, the slim model's 11.1× already at 2.5), so
-    the cap errs towards pruning more: the target is met, and may be passed. A ``bytes`` target is judged on the ONNX file, which the sweep does not write: no cap. Without
-    it, the most pruning threshold within the budget overshot a digits CNN's ``flops=8x`` to 20.7×.
+    the cap errs towards pruning more: the target is met, and may be passed. A ``bytes`` target is judged on the
+    ONNX file, which the sweep does not write: no cap. Without it, the most pruning threshold within the budget
+    overshot a digits CNN's ``flops=8x`` to 20.7×.
 
-    The swept grid is coarse (a target-only MLP run measured 3.9× at one threshold and 5.4× at the next, for a 4×
-    target), so with ``point_at`` (threshold → its point) the interval between the cap and its neighbour that misses
-    the target is bisected :data:`TARGET_REFINE_STEPS` times; the points it measures are appended to ``points``."""
+    The swept grid is coarse (on the grid alone, a target-only MLP run landed at 5.41× for a 4× target), so with
+    ``point_at`` (threshold → its point) the interval between the cap and its neighbour that misses the target is
+    bisected :data:`TARGET_REFINE_STEPS` times (the run then landed at 4.003×); the points it measures are appended
+    to ``points``."""
     from ..autopilot import parse_target
 
-    if not recipe.target:
+    costs = _target_cost(recipe)
+    if costs is None or not points:
         return None
-    target = parse_target(recipe.target)
-    if target.kind == "bytes" or not points:
-        return None
+    cost, dense_cost = costs
+    dense = dense_cost(points[0])
+    wanted = parse_target(recipe.target).ratio_for(dense)
 
-    def cost(p: SweepPoint) -> int:
-        return p.nonzero_macs if target.kind == "flops" else p.params
-
-    dense = points[0].macs if target.kind == "flops" else points[0].total_params
-    wanted = target.ratio_for(dense)
     def meets(p: SweepPoint) -> bool:
         return p.kept_weights > 0 and dense / max(cost(p), 1) >= wanted * (1 - 1e-9)
 
@@ -134,9 +145,8 @@ def target_cap(points: list[SweepPoint], recipe: Recipe,
 
 def capped(points: list[SweepPoint], cap: SweepPoint | None, recipe: Recipe) -> list[SweepPoint]:
     """The points that prune no more than ``cap`` (all of them without one)."""
-    if cap is None:
+    costs = _target_cost(recipe)
+    if cap is None or costs is None:
         return points
-    from ..autopilot import parse_target
-
-    kind = parse_target(recipe.target or "").kind
-    return [p for p in points if (p.nonzero_macs >= cap.nonzero_macs if kind == "flops" else p.params >= cap.params)]
+    cost = costs[0]
+    return [p for p in points if cost(p) >= cost(cap)]
