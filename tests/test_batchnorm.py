@@ -5,6 +5,7 @@ fine-tuning, and folded back afterwards)."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -247,14 +248,12 @@ def test_running_statistics_are_re_estimated_for_the_weights_of_now() -> None:
     assert recalibrate_batchnorm(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(2, 3)]) == 0
 
 
-def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_weights() -> None:
+def _batchnorm_net() -> tuple[Any, nn.Module]:
+    """Tiny data and a conv → BatchNorm → linear network trained on its 240 training samples."""
     from torch.utils.data import TensorDataset
 
-    from prunedrop.batchnorm import batchnorm_state, restore_batchnorm
     from prunedrop.data import DataBundle
-    from prunedrop.stages.selection import thresholded_metric
     from prunedrop.testing import fit, tiny_classification_data
-    from prunedrop.train import evaluate
 
     torch.manual_seed(0)
     x, y = tiny_classification_data(n=360, shape=(1, 6, 6), seed=3)
@@ -262,14 +261,28 @@ def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_we
                       name="tiny", num_classes=3, input_shape=(1, 6, 6))
     net = fit(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
                             nn.Linear(8 * 36, 3)), x[:240], y[:240], 200).eval()
+    return data, net
+
+
+def _stale(bn: nn.Module) -> None:
+    """Give ``bn`` running statistics of another network."""
+    with torch.no_grad():
+        bn.running_mean.add_(3.0)
+        bn.running_var.mul_(20.0)
+
+
+def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_weights() -> None:
+    from prunedrop.batchnorm import batchnorm_state, restore_batchnorm
+    from prunedrop.stages.selection import thresholded_metric
+    from prunedrop.train import evaluate
+
+    data, net = _batchnorm_net()
     recipe = Recipe(method="sparse_vd", eval_batch_size=60)
     model = to_variational(net, recipe).eval()
     val = data.loader("val", 60)
     good = evaluate(model, val)["accuracy"]
     trained = batchnorm_state(model)
-    with torch.no_grad():  # statistics of another network (the noisy one that training saw)
-        model[1].running_mean.add_(3.0)
-        model[1].running_var.mul_(20.0)
+    _stale(model[1])  # statistics of another network (the noisy one that training saw)
     assert evaluate(model, val)["accuracy"] < good - 20
     assert thresholded_metric(recipe, data)(model, val) == pytest.approx(good, abs=3.0)
     restore_batchnorm(model, trained)  # what the selection does after its sweep
@@ -289,26 +302,15 @@ def test_batches_of_one_sample_leave_the_statistics_alone() -> None:
 
 
 def test_the_variational_phase_logs_its_metric_with_statistics_of_the_thresholded_network() -> None:
-    from torch.utils.data import TensorDataset
-
-    from prunedrop.data import DataBundle
-    from prunedrop.testing import fit, tiny_classification_data
     from prunedrop.train import evaluate, finetune
 
-    torch.manual_seed(0)
-    x, y = tiny_classification_data(n=360, shape=(1, 6, 6), seed=3)
-    data = DataBundle(train=TensorDataset(x[:240], y[:240]), val=TensorDataset(x[240:], y[240:]), test=None,
-                      name="tiny", num_classes=3, input_shape=(1, 6, 6))
-    net = fit(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(8 * 36, 3)), x[:240], y[:240], 200).eval()
+    data, net = _batchnorm_net()
     # no learning to speak of: the logged metric must be the given network's
     recipe = Recipe(method="sparse_vd", kl_weight=1e-8, lr=1e-9, noise_lr=1e-9, epochs=1, kl_warmup_epochs=0,
                     batch_size=24, eval_batch_size=60, device="cpu", plots=False, latency_runs=0, mc_samples=0)
     model = to_variational(net, recipe)
     good = evaluate(model, data.loader("val", 60))["accuracy"]
-    with torch.no_grad():  # statistics that describe another network (ten steps' momentum leave a third of this)
-        model[1].running_mean.add_(3.0)
-        model[1].running_var.mul_(20.0)
+    _stale(model[1])  # statistics that describe another network (ten steps' momentum leave a third of this)
     assert evaluate(model, data.loader("val", 60))["accuracy"] < good - 20
     history = finetune(model, data, recipe, progress=False).history
     assert history[-1]["val_accuracy"] == pytest.approx(good, abs=2.0)
