@@ -260,7 +260,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
            and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats and m.running_mean is not None]
     if not bns:
         return 0
-    saved = [(bn.training, bn.momentum, {k: v.clone() for k, v in bn.state_dict().items()}) for bn in bns]
+    modes = [(bn.training, bn.momentum) for bn in bns]
+    state = batchnorm_state(model)
     was_training = model.training
     model.eval()
     for bn in bns:
@@ -273,11 +274,11 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
             model(x)
             used += 1
     finally:
-        for bn, (training, momentum, state) in zip(bns, saved):
+        for bn, (training, momentum) in zip(bns, modes):
             bn.momentum = momentum
             bn.train(training)
-            if not used:
-                bn.load_state_dict(state)
+        if not used:
+            restore_batchnorm(model, state)
         model.train(was_training)
     return used
 
