@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,12 @@ def test_bit_rule_structured_noise_uses_the_units_snr() -> None:
 # ------------------------------------------------------------------------------------------------ onnxruntime
 
 
+def _int8_faster(paths: Mapping[str, Path]) -> dict[str, float]:
+    """A timer on a CPU where every quantized file runs faster than the float32 one (2 ms): these tiny models
+    quantize to files larger than their float32 ones, and a file neither smaller nor faster is not written."""
+    return {name: 2.0 if name == "float32" else 1.0 for name in paths}
+
+
 def _bundle(x: torch.Tensor, y: torch.Tensor) -> DataBundle:
     n = len(x) // 2
     return DataBundle(name="tensors", train=TensorDataset(x[:n], y[:n]), val=TensorDataset(x[n:], y[n:]),
@@ -116,7 +123,7 @@ def test_operator_onnxruntime_cannot_quantize_stays_float_and_is_named(tmp_path:
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=_bundle(x, y),
-                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, speed_check=False,
+                             recipe=Recipe(max_metric_drop=100.0), metric_before=100.0, timer=_int8_faster,
                              log=logs.append)
     assert section["unsupported"] == [{"node": "rnn/GRU", "op": "GRU"}, {"node": "rnn/GRU_1", "op": "GRU"}]
     rows = {r["node"]: r for r in section["layers"]}
@@ -142,7 +149,7 @@ def test_lstm_is_quantized_by_onnxruntimes_dynamic_quantizer(tmp_path: Path) -> 
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
     data = _bundle(x, y)
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
-                             recipe=Recipe(max_metric_drop=None), metric_before=None, speed_check=False,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, timer=_int8_faster,
                              log=lambda m: None)
     rows = {r["layer"]: r for r in section["layers"]}
     assert section["unsupported"] == []
@@ -176,7 +183,7 @@ def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -
     before = evaluate_onnx(float_file, data.loader("val", 64))
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "model-int8.onnx", mode="int8", data=data,
-                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, speed_check=False,
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, timer=_int8_faster,
                              log=logs.append)
     rows = {r["layer"]: r for r in section["layers"]}
     assert rows["2"]["precision"] == "float32" and rows["2"]["reason"].startswith("reverted")
@@ -233,8 +240,9 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
         mp.chdir(folder)
-        # every file equally fast: the speed check keeps every layer (it is tested with its own timers below)
-        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
+        # every quantized file faster than the float32 one: the speed check keeps every layer (it is tested with
+        # its own timers below), and the file is written although it is larger than the tiny float32 one
+        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: _int8_faster(paths))
         result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
                                           "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
                                           "--quantize", "int8"])
@@ -271,7 +279,7 @@ def test_export_requantizes_a_finished_run_folder(quantized_run: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(quantized_run))
         mp.chdir(quantized_run)
-        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: dict.fromkeys(paths, 1.0))
+        mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: _int8_faster(paths))
         result = runner.invoke(cli, ["export", "run", "-o", "bayes.onnx", "--quantize", "bayes"])
         assert result.exit_code == 0, result.output
         assert "bayes.onnx" in result.output and "layers integer" in result.output
@@ -338,7 +346,7 @@ def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_pat
                                                         "the posterior asks for unbounded bits"]
     half = {**wide, "2": LayerBits("2", bits=6.0, units=3, median_spread=0.1)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
-                             metric_before=100.0, bits=half, speed_check=False, log=lambda msg: None)
+                             metric_before=100.0, bits=half, timer=_int8_faster, log=lambda msg: None)
     assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
     assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
 
@@ -473,16 +481,59 @@ def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
                              recipe=Recipe(max_metric_drop=None), metric_before=None,
                              timer=_fake_timer({"0": 0.3, "2": 0.3, "4": 0.3}, []), log=lambda m: None)
-    assert len(section["speed"]["reverted"]) == 2 and section["file"] == "q.onnx"
+    assert len(section["speed"]["reverted"]) == 2
     assert section["speed"]["rounds"][-1]["quantized_ms"] == pytest.approx(10.3)
+    # what is left is no faster than the float32 file, and on this tiny model larger: not written
+    assert section["file"] is None and "no faster (10.3 against 10 ms)" in section["none_reason"]
     slow = [r for r in section["layers"] if r.get("float_because") == "speed"]
     assert all(r["reason"].startswith("speed: the quantized model ran slower than the float32 file") for r in slow)
     # a cost within the noise margin (5%) reverts nothing
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
                              recipe=Recipe(max_metric_drop=None), metric_before=None,
                              timer=_fake_timer({"0": 0.1, "2": 0.1, "4": 0.1}, []), log=lambda m: None)
-    assert section["speed"]["reverted"] == [] and section["file"] == "q.onnx"
-    assert len(section["speed"]["rounds"]) == 1
+    assert section["speed"]["reverted"] == [] and len(section["speed"]["rounds"]) == 1
+
+
+def _wide(tmp_path: Path) -> tuple[Path, DataBundle]:
+    """A model whose int8 file is smaller than its float32 one (4,096 + 192 weights: the quantization nodes,
+    scales and zero points weigh less than the 3 bytes saved per weight)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    x = torch.randn(64, 64)
+    y = model(x).argmax(1).detach()
+    return export_onnx(model, x[:2], tmp_path / "wide.onnx").path, _bundle(x, y)
+
+
+def test_a_quantized_file_neither_smaller_nor_faster_is_not_written(tmp_path: Path) -> None:
+    float_file, data = _three_layers(tmp_path)  # 6-8-8-3: its int8 file is larger than the float32 one
+    logs: list[str] = []
+    same_speed = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                                recipe=Recipe(max_metric_drop=None), metric_before=None,
+                                timer=lambda paths: dict.fromkeys(paths, 1.0), log=logs.append)
+    assert same_speed["file"] is None and not (tmp_path / "q.onnx").exists()
+    size = float_file.stat().st_size
+    unwritten = same_speed["unwritten"]["bytes"]
+    assert unwritten > size and same_speed["unwritten"]["quantized"] == ["0/Gemm", "2/Gemm", "4/Gemm"]
+    assert same_speed["none_reason"] == (f"the quantized file ({unwritten:,} bytes) was no smaller than the float32 "
+                                         f"file ({size:,}) and no faster (1 against 1 ms)")
+    assert all(r["precision"] == "float32" and r["float_because"] == "gain" for r in same_speed["layers"])
+    assert logs[-1].startswith("quantization: the quantized file") and logs[-1].endswith("no quantized file written")
+    # not timed at all: its speed is unknown, so only a smaller file would be worth writing
+    untimed = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, speed_check=False,
+                             log=lambda m: None)
+    assert untimed["file"] is None and untimed["none_reason"].endswith("and its speed was not measured (latency_runs 0)")
+    # larger, but faster beyond the margin: written
+    faster = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                            recipe=Recipe(max_metric_drop=None), metric_before=None, timer=_int8_faster,
+                            log=lambda m: None)
+    assert faster["file"] == "q.onnx" and faster["bytes"] == (tmp_path / "q.onnx").stat().st_size > size
+    # smaller, and no faster: written (the size is the gain)
+    wide_file, wide_data = _wide(tmp_path)
+    smaller = quantize_model(wide_file, tmp_path / "w.onnx", mode="int8", data=wide_data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, speed_check=False,
+                             log=lambda m: None)
+    assert smaller["file"] == "w.onnx" and smaller["bytes"] < wide_file.stat().st_size
 
 
 def test_time_models_times_each_file_on_this_cpu(tmp_path: Path) -> None:
@@ -538,7 +589,7 @@ def test_pruned_model_outside_the_budget_already_is_the_reference(tmp_path: Path
     logs: list[str] = []
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
                              recipe=Recipe(max_metric_drop=1.0), metric_before=float_metric + 5.0,
-                             speed_check=False, log=logs.append)
+                             timer=_int8_faster, log=logs.append)
     assert section["budget_reference"] == "the pruned float32 model (outside the budget already)"
     assert any("outside the budget already" in line for line in logs)
     # the int8 model keeps the float one's 100%: within the new reference, so nothing is reverted (measured
@@ -594,7 +645,7 @@ def test_token_id_model_is_calibrated_with_its_integer_inputs(tmp_path: Path) ->
     calls: list[dict[str, set[str]]] = []
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
                              recipe=Recipe(max_metric_drop=None), metric_before=None,
-                             timer=_fake_timer({"head": 0.0}, calls), log=lambda m: None)
+                             timer=_fake_timer({"head": -1.0}, calls), log=lambda m: None)
     assert section["file"] == "q.onnx"
     assert {r["layer"]: r["precision"] for r in section["layers"]} == {"embedding": "int8", "head": "int8"}
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", data.loader("val", 8))
@@ -620,7 +671,7 @@ def test_int4_layers_that_together_leave_the_budget_are_added_one_at_a_time(tmp_
     before = evaluate_onnx(float_file, data.loader("val", 64))
     bits = {"0": LayerBits("0", 4.0, 32, 0.1), "2": LayerBits("2", 4.0, 3, 0.1)}
     section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data,
-                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, bits=bits, speed_check=False,
+                             recipe=Recipe(max_metric_drop=3.0), metric_before=before, bits=bits, timer=_int8_faster,
                              log=lambda m: None)
     assert [(r["node"], r["precision"]) for r in section["layers"]] == [("0/Gemm", "int4"), ("2/Gemm", "int8")]
     assert section["storage_note"].endswith("one at a time, 0/Gemm stayed int4 and 2/Gemm went back to int8")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_bytes
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
 from .graph import WeightNode, load_dense, weight_nodes
 from .measure import Timer, cpu_instruction_sets, evaluate_onnx, time_models
@@ -189,9 +190,17 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             speed = {"checked": True, **setting,
                      **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)}
         final = None
+        no_gain: str | None = None
         if any(n.node not in plan for n in nodes):
-            final = quantize_onnx(float_path, out_path, calibration, exclude=sorted(plan),
+            final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, exclude=sorted(plan),
                                   int4=[n for n in int4 if n not in plan], cache=cache)
+            no_gain = _no_gain(final.num_bytes, Path(float_path).stat().st_size, speed)
+            if no_gain is None:
+                atomic_write_bytes(Path(out_path), final.path.read_bytes())
+                final.path = Path(out_path)
+    unwritten = None  # the quantized model measured no gain over the float32 file: not written
+    if no_gain is not None:
+        unwritten, final = final, None
     rows = []
     for row in layers:
         node = row["node"]
@@ -201,6 +210,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         if node in plan:
             row["reason"] = plan[node]
             row["float_because"] = why[node]
+        elif unwritten is not None and node in unwritten.quantized:
+            row["reason"], row["float_because"] = no_gain, "gain"
         if node in sensitivity:
             row["sensitivity"] = sensitivity[node]
         if stored:
@@ -244,9 +255,13 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         "sparse_initializers": [] if final is None else final.sparse_initializers,
         "cpu_instruction_sets": cpu_instruction_sets(),
     }
-    if final is None:
+    if unwritten is not None:
+        section["none_reason"] = no_gain
+        section["unwritten"] = {"bytes": unwritten.num_bytes, "quantized": [_shown(n) for n in unwritten.quantized]}
+    elif final is None:
         section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
             if reasons else "the model has no Linear/Conv-like weight layer to quantize"
+    if final is None:
         log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
     test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
@@ -274,7 +289,30 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     return section
 
 
-_WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
+def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | None) -> str | None:
+    """Why the quantized file is not worth writing, or None when it is: it must be smaller than the float32 file
+    or measured faster than it (by more than :data:`SPEED_MARGIN`, in the speed check's last timing). On small
+    models the quantize/dequantize nodes, scales and zero points can outweigh the weights they shrink (a digits
+    transformer's int8 file was 2.2x the float32 one), and a file that is neither smaller nor faster is not a
+    compression of it."""
+    if quantized_bytes < float_bytes:
+        return None
+    rounds = (speed or {}).get("rounds") or []
+    if speed is not None and speed.get("checked") and rounds:
+        last = rounds[-1].get("confirmation_ms") or rounds[-1]
+        float_ms = last.get("float32", last.get("float32_ms"))
+        quantized_ms = last.get("quantized", last.get("quantized_ms"))
+        if quantized_ms < float_ms * (1 - SPEED_MARGIN):
+            return None
+        timing = f"and no faster ({quantized_ms:.3g} against {float_ms:.3g} ms)"
+    else:
+        timing = "and its speed was not measured (latency_runs 0)"
+    return (f"the quantized file ({quantized_bytes:,} bytes) was no smaller than the float32 file ({float_bytes:,}) "
+            f"{timing}")
+
+
+_WHY = {"gain": "the quantized file was neither smaller nor faster than the float32 file",
+        "posterior": "the posterior asks for more than 8 bits or has none",
         "operator": "onnxruntime does not quantize the operator",
         "accuracy": "outside the accuracy budget",
         "speed": "the int8 form ran slower than float32 on this CPU"}
