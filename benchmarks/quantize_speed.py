@@ -146,6 +146,10 @@ def main() -> None:
     unchecked_metrics = {"bytes": unchecked["bytes"], **unchecked.get("metric", {}),
                          "layers": {r["node"]: r["precision"] for r in unchecked["layers"]}}
 
+    # the float files' bytes and accuracy (quantize_model measures them only beside a quantized file it wrote)
+    files = section.get("files") or {
+        name: {"bytes": Path(path).stat().st_size, "val": evaluate_onnx(path, data.loader("val", 1000)),
+               "test": evaluate_onnx(path, data.loader("test", 1000))} for name, path in compare.items()}
     timed = {"dense_float32": dense_file}
     if args.run is not None:
         timed["pruned_float32"] = float_file
@@ -167,6 +171,7 @@ def main() -> None:
         "source": rel(args.run) if args.run else {"arch": args.dense[0], "state_dict": args.dense[1]},
         "mode": args.mode,
         "quantization": section,
+        "files": files,
         "no_speed_check": unchecked_metrics,
         "latency_ms": latency,
         "latency": {"batch_sizes": [1, 64], "threads": 1, "runs": args.latency_runs, "repeats": args.repeats,
@@ -179,7 +184,6 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output, json.dumps(row, indent=1, sort_keys=True) + "\n")
-    files = section.get("files", {})
     for name in timed:
         info = files.get(name, unchecked_metrics if name == "quantized_no_speed_check" else {})
         print(f"{name:26s} {info.get('bytes', 0):>10,} bytes  test {info.get('test', float('nan')):.2f}%  "

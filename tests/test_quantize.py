@@ -676,3 +676,72 @@ def test_int4_layers_that_together_leave_the_budget_are_added_one_at_a_time(tmp_
     assert [(r["node"], r["precision"]) for r in section["layers"]] == [("0/Gemm", "int4"), ("2/Gemm", "int8")]
     assert section["storage_note"].endswith("one at a time, 0/Gemm stayed int4 and 2/Gemm went back to int8")
     assert section["within_budget"] and before - section["metric"]["val"] <= 3.0
+
+
+# ------------------------------------------------------------------------------------------ what is quantized
+
+
+class _ConvChain(nn.Module):
+    """conv → ReLU → max-pool → conv → flatten → Linear, and an activation product (x xᵀ) before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.max_pool2d(torch.relu(self.conv1(x)), 2)).mean((2, 3))
+        h = self.fc(x)
+        return self.head(h @ h.t() @ h)  # a product of two activations: no weight, never a carrier
+
+
+def _ops(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_only_the_layers_and_the_operators_between_them_are_quantized(tmp_path: Path) -> None:
+    from prunedrop.quantize.graph import carriers, load_dense, weight_nodes
+
+    torch.manual_seed(0)
+    model = _ConvChain().eval()
+    x = torch.randn(32, 1, 10, 10)
+    float_file = export_onnx(model, x[:2], tmp_path / "chain.onnx").path
+    proto = load_dense(float_file)
+    names = {wn.module: wn.node for wn in weight_nodes(proto)}
+    by_name = {n.name: n.op_type for n in proto.graph.node}
+    every = carriers(proto, list(names.values()))
+    # the ReLU and the max-pool between the two convolutions carry int8; nothing around the activation product does
+    assert sorted(by_name[n] for n in every) == ["MaxPool", "Relu"]
+    assert carriers(proto, [names["conv2"], names["fc"], names["head"]]) == []  # conv1 float: no chain into conv2
+    assert carriers(proto, []) == []
+    # every layer excluded: not one quantize/dequantize node is left, the file is the float32 model
+    none = quantize_onnx(float_file, tmp_path / "none.onnx", [x.numpy()], exclude=list(names.values()))
+    assert none.quantized == [] and "QuantizeLinear" not in _ops(none.path) and "DequantizeLinear" not in _ops(none.path)
+    import onnxruntime as ort
+
+    def run(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+
+    assert np.allclose(run(none.path), run(float_file), atol=1e-6)
+    # every layer quantized: the activation product (Transpose, the inner MatMul) stays float32 and unquantized
+    every_q = quantize_onnx(float_file, tmp_path / "all.onnx", [x.numpy()])
+    assert sorted(every_q.quantized) == sorted(names.values())
+    assert _quantized_tensor_makers(every_q.path) >= {"Conv", "MaxPool", "Gemm"}  # the int8 chain is there
+    assert "Transpose" not in _quantized_tensor_makers(every_q.path)
+    assert _ops(every_q.path)["MatMul"] == 2 and run(every_q.path).shape == (32, 3)
+
+
+def _quantized_tensor_makers(path: Path) -> set[str]:
+    """The op types of the nodes whose outputs a QuantizeLinear quantizes in the ONNX file at ``path``, except the
+    outer (the head's input: the inner MatMul's output is quantized there as the quantized head reads it)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    quantized = [made_by[n.input[0]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in made_by]
+    return {node.op_type for node in quantized if node.name != "/MatMul_1"}

@@ -18,7 +18,15 @@ import onnx
 
 from ..atomic import atomic_write_bytes
 from ..errors import PrunedropError, describe
-from .graph import load_dense, quantized_nodes, splice_dynamic, to_opset, weight_nodes, weight_storage
+from .graph import (
+    carriers,
+    load_dense,
+    quantized_nodes,
+    splice_dynamic,
+    to_opset,
+    weight_nodes,
+    weight_storage,
+)
 
 CALIBRATION_SAMPLES = 512
 CALIBRATION_BATCH = 64
@@ -103,13 +111,20 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer warns through the root logger ("consider pre-processing")
+        # the layers to quantize and the operators between them (graph.carriers), nothing else: onnxruntime would
+        # otherwise quantize every operator it knows, excluded layers or not
+        static = [wn.node for wn in nodes if wn.node not in set(exclude) and wn.op not in DYNAMIC_OPS]
+        chosen = [*static, *carriers(proto, static)]
         try:
-            quantize_static(str(source), str(target), _Batches(input_name, calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                            calibrate_method=CalibrationMethod.MinMax,
-                            calibration_cache_path=None if cache is None else str(cache),
-                            extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+            if chosen:
+                quantize_static(str(source), str(target), _Batches(input_name, calibration),
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
+                                nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+                                calibration_cache_path=None if cache is None else str(cache),
+                                extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+            else:  # (an empty nodes_to_quantize would mean "every node" to onnxruntime)
+                onnx.save(source_proto, str(target))
         except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
             raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
         finally:
