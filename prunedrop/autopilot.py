@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,13 +58,11 @@ DROP_SMOOTHING = 0.5
 #: ``s`` crossings, at least RATE_FLOOR × rate; a run of one response time (``decade_steps``) without a crossing
 #: takes one back, so that a moved equilibrium is followed at the full rate again
 RATE_FLOOR = 0.25
-#: settled: over the last SETTLE_STEPS steps β moved less than ×SETTLE_BETA, and the kept fraction fell so slowly
-#: that training as long again as so far would shrink it by less than SETTLE_GAIN (relative: compression is a ratio,
-#: so 0.10 → 0.099 is the same gain as 0.010 → 0.0099; an absolute step of 0.005 stopped LeNet-5's sparse VD at 15
-#: epochs while its compression still grew 1.7% per 1,000 steps)
+#: settled: over the last SETTLE_STEPS steps β moved less than ×SETTLE_BETA and the kept fraction less than
+#: SETTLE_KEPT (absolute)
 SETTLE_STEPS = 1000
 SETTLE_BETA = 1.25
-SETTLE_GAIN = 0.10
+SETTLE_KEPT = 0.005
 #: an automatic run trains at least this many optimizer steps (sparse VD's noise needs thousands of steps to grow)
 AUTO_MIN_STEPS = 10000
 AUTO_MIN_EPOCHS = 10
@@ -472,16 +470,15 @@ class Autopilot:
         return record
 
     def settled(self, step: int) -> bool:
-        """β has stayed flat over the last :data:`SETTLE_STEPS` steps, and the kept fraction's relative change over
-        them, extrapolated over as many steps again as were trained so far, is under :data:`SETTLE_GAIN`: the
-        compression that doubling the training would still buy is not worth its cost."""
+        """β and the kept fraction have stayed flat over the last :data:`SETTLE_STEPS` steps."""
         window = [c for c in self.checks if c.step >= step - SETTLE_STEPS]
         if len(window) < 3 or not self.checks or self.checks[0].step > step - SETTLE_STEPS:
             return False
         betas = [c.beta for c in window]
         kept = [c.kept_fraction for c in window if c.kept_fraction is not None]
         flat_beta = max(betas) / min(betas) <= SETTLE_BETA
-        return flat_beta and (not kept or _relative_change(kept) * step / SETTLE_STEPS <= SETTLE_GAIN)
+        flat_kept = not kept or max(kept) - min(kept) <= SETTLE_KEPT
+        return flat_beta and flat_kept
 
     def bound(self) -> str:
         """Which constraint decided where β ended: the one that held it back in most of the last five checks, or
@@ -545,11 +542,3 @@ def decade_steps(noise_lr: float) -> float:
 def check_interval(steps_per_epoch: int) -> int:
     """Steps between two measurements: about four per epoch, between 10 and 100 steps apart."""
     return int(min(100, max(10, steps_per_epoch // 4)))
-
-
-def _relative_change(values: Sequence[float]) -> float:
-    """How far ``values`` spread as a ratio (max / min − 1); infinite when some but not all of them are zero."""
-    low, high = min(values), max(values)
-    if high <= 0:
-        return 0.0
-    return math.inf if low <= 0 else high / low - 1.0

@@ -284,9 +284,8 @@ class Pilot:
     def should_stop(self) -> str | None:
         if self.stopped is None and self.controller.checks and self.controller.settled(self.controller.checks[-1].step):
             c = self.controller.checks[-1]
-            self.stopped = (f"autopilot settled at step {c.step} (β {c.beta:.3g} flat over the last "
-                            f"{autopilot.SETTLE_STEPS} steps; at its pace the kept fraction {c.kept_fraction:.4g} "
-                            f"would shrink less than {autopilot.SETTLE_GAIN:.0%} in {c.step} steps more): variational "
+            self.stopped = (f"autopilot settled at step {c.step} (β {c.beta:.3g}, kept fraction "
+                            f"{c.kept_fraction:.4g} flat over the last {autopilot.SETTLE_STEPS} steps): variational "
                             "phase ends here")
         return self.stopped
 

@@ -136,8 +136,7 @@ class TrainingConfig:
     epochs: int | None = setting(None, check=NON_NEGATIVE,
             cli=Cli("--epochs", "Override the recipe's variational fine-tuning epochs."))
     """Variational fine-tuning epochs; null = automatic: enough for at least 10,000 optimizer steps and 10 epochs
-    (at most 300), ended early when the autopilot has settled (β flat over 1,000 steps, and at their pace the kept
-    fraction would shrink less than 10% in as many steps again as were trained)."""
+    (at most 300), ended early when the autopilot has settled (β and the kept fraction flat over 1,000 steps)."""
 
     batch_size: int = setting(100, check=POSITIVE,
             cli=Cli("--batch-size", "Override the recipe's training batch size."))

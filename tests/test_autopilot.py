@@ -223,27 +223,6 @@ def test_settled_needs_flat_beta_and_kept_fraction_over_the_window() -> None:
     assert not fresh.settled(400)  # too short a history to call it settled
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.1])
-def test_settled_weighs_the_kept_fractions_relative_pace_against_the_steps_so_far(scale: float) -> None:
-    """Compression is a ratio: the same relative pace settles or not whatever the kept fraction's size, and the
-    same pace is judged against the steps it would cost to double the run (LeNet-5's sparse VD stopped at step 8,100 while
-    its kept fraction fell 1.7% per 1,000 steps, under the old absolute step of 0.005)."""
-
-    def run(pace: float, steps: int) -> Autopilot:
-        c = Autopilot(max_drop=1.0, check_every=100)
-        for i in range(1, steps // 100 + 1):  # β stays put (the drop sits on the aim); kept falls `pace` / 1,000 steps
-            c.log_beta = math.log(0.5)
-            c.check(i * 100, drop=c.aim, kept_fraction=scale * 0.1 * (1 - pace) ** (i / 10))
-        return c
-
-    assert not run(0.017, 8100).settled(8100)  # doubling the training would still shrink it by ~14%
-    assert run(0.017, 8100).checks[-1].kept_fraction < scale * 0.1 * 0.88
-    assert run(0.008, 8100).settled(8100)  # ~6.5%: not worth another 8,100 steps
-    assert run(0.02, 3000).settled(3000)  # 6% for another 3,000 steps: not worth doubling a short run
-    assert not run(0.02, 8100).settled(8100)  # 16% for another 8,100: worth it
-    assert run(0.0, 2000).settled(2000)
-
-
 def test_controller_state_round_trips() -> None:
     c = Autopilot(max_drop=1.0, target_ratio=3.0, check_every=20)
     for i in range(1, 6):
