@@ -9,8 +9,8 @@ checks the result with onnxruntime and writes it beside the float file.
 Modules, each importing only those before it: :mod:`.bits` (the posterior's bit rule: :func:`posterior_bits`),
 :mod:`.graph` (the ONNX files as protobuf: the weight nodes, the dense float file the quantizer reads, each
 quantized weight's storage, the opset conversion, the splice of the dynamic LSTMs), :mod:`.quantizer`
-(onnxruntime's quantizer and its calibration batches: :func:`quantize_onnx`), :mod:`.measure` (onnxruntime's
-metric and latency, the CPU's instruction sets) and :mod:`.plan` (the whole step, :func:`quantize_model`: the
+(onnxruntime's quantizer, its calibration batches and the CPU it quantizes for: :func:`quantize_onnx`,
+:func:`activation_type`), :mod:`.measure` (onnxruntime's metric and latency) and :mod:`.plan` (the whole step, :func:`quantize_model`: the
 bits, the accuracy budget's reverts, the storage choice and the speed check).
 """
 
@@ -24,7 +24,7 @@ from .bits import (
     unit_bits,
 )
 from .graph import WeightNode, load_dense, quantized_nodes, weight_nodes
-from .measure import Timer, cpu_instruction_sets, evaluate_onnx, time_models
+from .measure import Timer, evaluate_onnx, time_models
 from .plan import QUANTIZE_MODES, SPEED_MARGIN, quantize_model
 from .quantizer import (
     CALIBRATION_BATCH,
@@ -32,7 +32,9 @@ from .quantizer import (
     DYNAMIC_OPS,
     INT4_OPSET,
     QuantizedFile,
+    activation_type,
     calibration_batches,
+    cpu_instruction_sets,
     quantize_onnx,
     quantized_path,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "QuantizedFile",
     "Timer",
     "WeightNode",
+    "activation_type",
     "calibration_batches",
     "cpu_instruction_sets",
     "evaluate_onnx",

@@ -13,8 +13,6 @@ import torch
 
 from ..errors import PrunedropError
 
-_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
-
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
     """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in %, or the mean squared error),
@@ -35,21 +33,6 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
     return 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
-
-
-def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
-    """The int8-relevant instruction sets this CPU has (VNNI, AMX, AVX-512, AVX2), from /proc/cpuinfo."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    return [f for f in _CPU_FLAGS if f in flags]
 
 
 Timer = Callable[[Mapping[str, Path]], dict[str, float]]

@@ -26,8 +26,15 @@ import torch
 from ..atomic import atomic_write_bytes
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
 from .graph import WeightNode, load_dense, weight_nodes
-from .measure import Timer, cpu_instruction_sets, evaluate_onnx, time_models
-from .quantizer import CALIBRATION_BATCH, QuantizedFile, calibration_batches, quantize_onnx
+from .measure import Timer, evaluate_onnx, time_models
+from .quantizer import (
+    CALIBRATION_BATCH,
+    QuantizedFile,
+    activation_type,
+    calibration_batches,
+    cpu_instruction_sets,
+    quantize_onnx,
+)
 
 QUANTIZE_MODES = ("none", "int8", "bayes")
 SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
@@ -240,7 +247,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
                  "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
         "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
-                  "allows 4 bits and that is smaller), int8 activations "
+                  f"allows 4 bits and that is smaller), {activation_type()} activations "
+                  f"({'u8s8: this CPU has VNNI' if activation_type() == 'uint8' else 's8s8: this CPU has no VNNI'}) "
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
                   "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
         "layers": rows,

@@ -37,6 +37,36 @@ DYNAMIC_OPS = ("LSTM",)  # operators quantized by onnxruntime's dynamic quantize
 INT4_OPSET = 21  # the opset whose DequantizeLinear takes int4 (below it onnxruntime uses its com.microsoft one)
 
 
+_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
+#: instruction sets whose int8 dot product multiplies unsigned activations by signed weights (vpdpbusd)
+_VNNI = ("avx512_vnni", "avx_vnni")
+
+
+def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
+    """The int8-relevant instruction sets this CPU has (VNNI, AMX, AVX-512, AVX2), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in _CPU_FLAGS if f in flags]
+
+
+def activation_type(instruction_sets: Sequence[str] | None = None) -> str:
+    """The integer type of the quantized activations for this CPU: ``uint8`` where it has VNNI, whose int8 dot
+    product multiplies unsigned by signed bytes, so that onnxruntime's u8s8 kernels run natively; ``int8``
+    (onnxruntime's default, s8s8) elsewhere, where u8s8 goes through AVX2's vpmaddubsw, whose 16-bit sums can
+    saturate. Measured here (VNNI): a dense ResNet-18 (3×32×32, batch 64) ran 20.4 ms as u8s8, 75 ms as s8s8 and
+    30 ms as float32, at the same accuracy."""
+    sets = cpu_instruction_sets() if instruction_sets is None else instruction_sets
+    return "uint8" if any(s in _VNNI for s in sets) else "int8"
+
+
 def quantized_path(float_path: str | Path) -> Path:
     """``model.onnx`` → ``model-int8.onnx`` (beside it)."""
     path = Path(float_path)
@@ -85,7 +115,7 @@ class QuantizedFile:
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
                   exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
-                  sparse: bool | str = "auto") -> QuantizedFile:
+                  sparse: bool | str = "auto", activations: str | None = None) -> QuantizedFile:
     """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
@@ -93,7 +123,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
     file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights, and
     the float weights of layers left float32, holding zeros as sparse constants where that is smaller
-    (``"auto"``).
+    (``"auto"``). ``activations``: ``uint8`` or ``int8``; None: :func:`activation_type` for this CPU.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -113,12 +143,13 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         root.setLevel(logging.ERROR)  # the quantizer warns through the root logger ("consider pre-processing")
         # the layers to quantize and the operators between them (graph.carriers), nothing else: onnxruntime would
         # otherwise quantize every operator it knows, excluded layers or not
+        act = QuantType.QUInt8 if (activations or activation_type()) == "uint8" else QuantType.QInt8
         static = [wn.node for wn in nodes if wn.node not in set(exclude) and wn.op not in DYNAMIC_OPS]
         chosen = [*static, *carriers(proto, static)]
         try:
             if chosen:
                 quantize_static(str(source), str(target), _Batches(input_name, calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
                                 weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
                                 nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
                                 calibration_cache_path=None if cache is None else str(cache),
