@@ -766,3 +766,26 @@ def test_activations_are_unsigned_where_the_cpu_has_vnni(tmp_path: Path) -> None
         # the input's quantize node stores the activations as the type asked for
         first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
         assert points[first.input[2]] == elem
+
+
+def test_a_model_the_quantizer_cannot_take_loses_the_int8_file_not_the_run(tmp_path: Path) -> None:
+    from prunedrop.errors import PrunedropError
+
+    write_tiny_project(tmp_path)
+
+    def cannot(*args, **kwargs):
+        raise PrunedropError("onnxruntime cannot quantize model.onnx: an operator it does not know")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        mp.chdir(tmp_path)
+        mp.setattr("prunedrop.quantize.plan.quantize_onnx", cannot)
+        result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
+                                          "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert (run / "model.onnx").is_file() and not (run / "model-int8.onnx").exists()
+    q = json.loads((run / "report.json").read_text())["quantization"]
+    assert q["file"] is None and q["none_reason"] == (
+        "quantization failed: onnxruntime cannot quantize model.onnx: an operator it does not know")
+    assert "quantization failed" in result.output and "## Quantization" in (run / "report.md").read_text()

@@ -115,10 +115,17 @@ def export_compressed(model: nn.Module, baseline: Baseline, evaluation: Evaluati
     quantization = None
     if recipe.quantize != "none":
         t0 = time.perf_counter()
-        quantization = quantize_model(exported.path, folder.quantized_onnx, mode=recipe.quantize, data=data,
-                                      recipe=recipe, metric_before=baseline.metric["val"], bits=bits,
-                                      compare={"dense_float32": baseline.onnx.path, "pruned_float32": exported.path},
-                                      log=log)
+        try:
+            quantization = quantize_model(exported.path, folder.quantized_onnx, mode=recipe.quantize, data=data,
+                                          recipe=recipe, metric_before=baseline.metric["val"], bits=bits,
+                                          compare={"dense_float32": baseline.onnx.path,
+                                                   "pruned_float32": exported.path}, log=log)
+        except PrunedropError as e:
+            # the compressed float32 model is exported and verified already: a model onnxruntime's quantizer cannot
+            # take loses the int8 file, not the run
+            quantization = {"mode": recipe.quantize, "file": None, "bytes": None, "layers": [],
+                            "none_reason": f"quantization failed: {e.message}"}
+            log(f"quantization failed, no quantized file written (the float32 model is exported): {e.message}")
         timings["quantize_s"] = time.perf_counter() - t0
         if quantization["file"] is not None:
             timed["quantized"] = folder.quantized_onnx
