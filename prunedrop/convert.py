@@ -9,6 +9,7 @@ done in place.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -161,13 +162,36 @@ def to_variational(
                 tie_units([modules[n] for n in tied])
                 summary.tied.append(tied)
     if not summary.converted:
-        hint = (
-            f"the include/exclude globs excluded all of: {', '.join(summary.excluded[:5])}"
-            if summary.excluded
-            else f"supported types are {', '.join(sorted(t.__name__ for t in registry))}"
-        )
+        by_globs = [n for n in summary.excluded if n not in summary.output_layers]
+        hint = nothing_converted_hint(recipe.method, by_globs, summary.output_layers, summary.left_alone.values())
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
+
+
+def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
+                           unsupported: Iterable[str]) -> str:
+    """Why a model has no layer for ``method`` to convert, for the one-line error (and ``inspect``'s warning).
+
+    Each reason is named apart: the globs, the output layers that structured methods keep whole (a GRU
+    classifier under ``sbp`` was told that "the include/exclude globs excluded all of: head"), and the layer
+    types the method has no version of, with the methods that have one.
+    """
+    registry = LAYER_REGISTRY.get(method, {})
+    reasons = []
+    if output_layers:
+        several = len(output_layers) > 1
+        reasons.append(f"the output layer{'s' if several else ''} {', '.join(output_layers[:5])} "
+                       f"{'stay' if several else 'stays'} whole under {method} (keep_output_layers)")
+    if by_globs:
+        reasons.append(f"the include/exclude globs exclude {', '.join(by_globs[:5])}")
+    types = sorted(set(unsupported))
+    if types:
+        others = sorted(m for m, layers in LAYER_REGISTRY.items()
+                        if m != method and any(t.__name__ in types for t in layers))
+        elsewhere = f" (method {' or '.join(others)} converts {'them' if len(types) > 1 else 'it'})" if others else ""
+        reasons.append(f"{method} has no variational version of {', '.join(types[:5])}{elsewhere}")
+    reasons.append(f"supported types are {', '.join(sorted(t.__name__ for t in registry))}")
+    return "; ".join(reasons)
 
 
 def variational_layers(model: nn.Module) -> dict[str, VariationalLayer]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batchnorm import batchnorm_pairs, foldable_batchnorms
-from .convert import is_selected
+from .convert import is_selected, nothing_converted_hint
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .layers._units import OutputUnitNoise
@@ -221,11 +221,12 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     walk(model, "", 0)
 
     if not converted:
-        hint = (f"the include/exclude globs exclude all of: {', '.join(excluded[:5])}" if excluded
-                else f"supported types are {', '.join(sorted(t.__name__ for t in registry))}")
+        outputs = [n for n in excluded if n in heads]
+        hint = nothing_converted_hint(recipe.method, [n for n in excluded if n not in heads], outputs,
+                                      left_alone.values())
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
-    uncounted = sorted({p.name for p in profiles if not p.counted})
+    uncounted = sorted({p.name or "<root>" for p in profiles if not p.counted})
     if uncounted:
         warnings.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
     not_called = [e["name"] for e in entries if e["status"] == CONVERT and not e["out_shape"]]
@@ -299,8 +300,8 @@ def format_inspection(d: dict[str, Any]) -> str:
         "  ".join("-" * w for w in [*widths, len(header[4])]),
         *(line(r) for r in rows),
         "",
-        f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded by the recipe's "
-        f"globs, {t['layers_unsupported']} of unsupported types",
+        f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded (by the recipe's "
+        f"globs or as output layers), {t['layers_unsupported']} of unsupported types",
         f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
         f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
         f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "

@@ -8,9 +8,10 @@ from torch import nn
 
 from prunedrop.convert import ConversionSummary, to_deterministic, to_variational, variational_layers
 from prunedrop.errors import PrunedropError
+from prunedrop.inspection import inspect_model
 from prunedrop.layers import Conv2dSVD, LinearSVD
 from prunedrop.recipes import Recipe
-from prunedrop.testing import TINY_MODELS, tiny_model
+from prunedrop.testing import TINY_MODELS, TinyGRUClassifier, tiny_model
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
@@ -59,8 +60,22 @@ def test_include_and_exclude_globs() -> None:
 def test_nothing_to_convert_is_a_clear_error() -> None:
     with pytest.raises(PrunedropError, match="no layer of the model can be converted.*supported types"):
         to_variational(nn.Sequential(nn.LayerNorm(3), nn.ReLU()), Recipe())
-    with pytest.raises(PrunedropError, match="excluded all of: 0"):
+    with pytest.raises(PrunedropError, match="globs exclude 0"):
         to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe(exclude=["*"]))
+
+
+def test_nothing_to_convert_names_each_reason_apart() -> None:
+    # A GRU classifier under sbp: the head is kept whole as the output layer, not by the globs (the message said
+    # "the include/exclude globs excluded all of: head"), and the GRU has no sbp version but a sparse_vd one.
+    model = TinyGRUClassifier()
+    with pytest.raises(PrunedropError) as info:
+        to_variational(model, Recipe(method="sbp"), example_input=torch.randn(2, *TINY_MODELS["gru"][1]))
+    message = str(info.value)
+    assert "globs" not in message
+    assert "output layer head stays whole under sbp (keep_output_layers)" in message
+    assert "no variational version of GRU (method group_vd or sparse_vd converts it)" in message
+    report = inspect_model(TinyGRUClassifier(), torch.randn(2, *TINY_MODELS["gru"][1]), Recipe(method="sbp"))
+    assert "globs" not in report["warnings"][0] and "output layer head" in report["warnings"][0]
 
 
 def test_converting_twice_is_refused() -> None:
