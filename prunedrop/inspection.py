@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batchnorm import batchnorm_pairs, foldable_batchnorms
-from .convert import is_selected, nothing_converted_hint
+from .convert import is_selected, nothing_converted_hint, shared_parameter_layers
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .layers._units import OutputUnitNoise
@@ -120,6 +120,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
+    sharing = shared_parameter_layers(model, registry)
     entries: list[dict[str, Any]] = []
     converted: list[str] = []
     excluded: list[str] = []
@@ -167,7 +168,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         children = list(module.named_children())
         if type(module) in registry:
             # to_variational stops here: a registered layer is swapped whole and not descended into.
-            if label in heads and is_selected(label, recipe):
+            if label in sharing and is_selected(label, recipe):
+                entry["status"] = EXCLUDED
+                entry["reason"] = f"shares parameters with {', '.join(sharing[label][:3])} (weight tying)"
+                excluded.append(label)
+            elif label in heads and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
@@ -221,9 +226,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     walk(model, "", 0)
 
     if not converted:
-        outputs = [n for n in excluded if n in heads]
-        hint = nothing_converted_hint(recipe.method, [n for n in excluded if n not in heads], outputs,
-                                      left_alone.values())
+        outputs = [n for n in excluded if n in heads and n not in sharing]
+        hint = nothing_converted_hint(recipe.method, [n for n in excluded if n not in heads and n not in sharing],
+                                      outputs, left_alone.values(), [n for n in excluded if n in sharing])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
     uncounted = sorted({p.name or "<root>" for p in profiles if not p.counted})
@@ -301,7 +306,7 @@ def format_inspection(d: dict[str, Any]) -> str:
         *(line(r) for r in rows),
         "",
         f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded (by the recipe's "
-        f"globs or as output layers), {t['layers_unsupported']} of unsupported types",
+        f"globs, as output layers or for weight tying), {t['layers_unsupported']} of unsupported types",
         f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
         f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
         f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "

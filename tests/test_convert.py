@@ -122,3 +122,46 @@ def test_each_family_gets_its_section_settings() -> None:
     sbp = to_variational(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
                          Recipe(method="sbp", init_mu=0.5, keep_output_layers=False))[0]
     assert torch.all(sbp.mu == 0.5) and sbp.threshold == 1.0
+
+
+class _Tied(nn.Module):
+    """Weight tying twice over: ``b`` shares ``a``'s weight, and the output layer shares the embedding's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(5, 6)
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.mid = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 5, bias=False)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(tokens).mean(1)
+        return self.head(torch.relu(self.mid(torch.relu(self.b(torch.relu(self.a(h)))))))
+
+
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_layers_sharing_a_weight_stay_dense_and_tied(method: str) -> None:
+    # Each converted layer learnt its own noise over the one weight and pruned it its own way: the pruned model
+    # held two different weights where there was one, more parameters than before.
+    model, tokens = _Tied(), torch.randint(0, 5, (4, 3))
+    summary = ConversionSummary()
+    converted = to_variational(model, Recipe(method=method, keep_output_layers=False), summary=summary,
+                               example_input=tokens)
+    assert summary.converted == ["mid"]
+    assert sorted(summary.excluded) == ["a", "b", "embedding", "head"]
+    assert "weight tying" in summary.notes[0] and "a with b" in summary.notes[0]
+    dense = to_deterministic(converted)
+    assert dense.b.weight is dense.a.weight and dense.head.weight is dense.embedding.weight
+    report = inspect_model(_Tied(), tokens, Recipe(method=method, keep_output_layers=False))
+    reasons = {e["name"]: e["reason"] for e in report["layers"]}
+    assert reasons["b"] == "shares parameters with a (weight tying)" and reasons["mid"] == ""
+    assert report["summary"]["converted"] == ["mid"]
+
+
+def test_a_model_whose_layers_all_share_weights_says_so() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    with pytest.raises(PrunedropError, match=r"0, 2 share parameters with other modules \(weight tying\)"):
+        to_variational(model, Recipe())
