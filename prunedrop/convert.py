@@ -198,7 +198,9 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
     if by_globs:
         reasons.append(f"the include/exclude globs exclude {', '.join(by_globs[:5])}")
     if tied:
-        reasons.append(f"{', '.join(tied[:5])} share parameters with other modules (weight tying) and stay dense")
+        several = len(tied) > 1
+        reasons.append(f"{', '.join(tied[:5])} {'share' if several else 'shares'} parameters with other modules or "
+                       f"the forward (weight tying) and {'stay' if several else 'stays'} dense")
     types = sorted(set(unsupported))
     if types:
         others = sorted(m for m, layers in LAYER_REGISTRY.items()
@@ -217,6 +219,11 @@ def shared_parameter_layers(model: nn.Module, registry: Mapping[type[nn.Module],
     names: converted, each layer would learn its own noise over the one weight, prune it its own way, and the
     pruned model would hold two different weights where there was one (a tied digits MLP grew from 9.0K to 9.6K
     parameters under sparse VD, 13.1K under sbp). A layer called twice through one name shares nothing.
+
+    A forward that reads a layer's parameter itself (a tied decoder, ``F.linear(z, self.enc.weight.t())``) shares it
+    too (``"the model's forward"``, found by a torch.fx trace where the model allows one): that read sees the
+    plain weight while the layer trains with noise, and slimming misread it (a units' removal cut the wrong
+    layer's inputs, and the slim model no longer ran). Reading only its shape, dtype or device does not count.
     """
     owners: dict[int, set[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -231,7 +238,38 @@ def shared_parameter_layers(model: nn.Module, registry: Mapping[type[nn.Module],
                   if owner != label and not owner.startswith(below)}
         if others:
             sharing[label] = sorted(others)
+    for label in _read_by_forward(model, registry):
+        sharing.setdefault(label, []).append("the model's forward")
     return sharing
+
+
+_METADATA = {"shape", "dtype", "device", "size", "dim", "ndim", "numel"}
+
+
+def _read_by_forward(model: nn.Module, registry: Mapping[type[nn.Module], Any]) -> list[str]:
+    """Registered layers whose parameters ``model.forward`` reads outside the layer (torch.fx ``get_attr`` nodes
+    used for more than their metadata); none when torch.fx cannot trace the model."""
+    from torch import fx
+
+    from .storage.saved import _defaults_beyond
+
+    layers = [name for name, m in model.named_modules() if name and type(m) in registry]
+    if not layers:
+        return []
+    try:
+        graph = fx.symbolic_trace(model, concrete_args=_defaults_beyond(model, 1) or None).graph
+    except Exception:  # noqa: BLE001 - control flow or types torch.fx cannot follow: nothing to go on
+        return []
+
+    def metadata_only(node: fx.Node) -> bool:
+        return all(user.op == "call_function" and user.target is getattr and user.args[1] in _METADATA
+                   or user.op == "call_method" and user.target in _METADATA for user in node.users)
+
+    found = []
+    for node in graph.nodes:
+        if node.op == "get_attr" and not metadata_only(node):
+            found += [name for name in layers if node.target.startswith(f"{name}.") and name not in found]
+    return found
 
 
 def variational_layers(model: nn.Module) -> dict[str, VariationalLayer]:

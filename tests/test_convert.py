@@ -163,5 +163,29 @@ def test_layers_sharing_a_weight_stay_dense_and_tied(method: str) -> None:
 def test_a_model_whose_layers_all_share_weights_says_so() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     model[2].weight = model[0].weight
-    with pytest.raises(PrunedropError, match=r"0, 2 share parameters with other modules \(weight tying\)"):
+    with pytest.raises(PrunedropError, match=r"0, 2 share parameters with other modules or the forward \(weight tying\) and stay dense"):
         to_variational(model, Recipe())
+
+
+class _TiedDecoder(nn.Module):
+    """An autoencoder-style tie: the forward reads the encoder's weight itself, transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(8, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.enc(x))
+        rec = nn.functional.linear(z, self.enc.weight.t())  # a shape read alone would not count
+        return self.head(torch.relu(rec)) * self.head.weight.shape[0]
+
+
+def test_a_layer_whose_weight_the_forward_reads_stays_dense() -> None:
+    # Under sbp, slimming the encoder's pruned units cut the head's inputs instead ("the slimmed model no longer
+    # runs ... please report it"); under any method the read saw the plain weight while the layer trained noisy.
+    summary = ConversionSummary()
+    model = to_variational(_TiedDecoder(), Recipe(method="sparse_vd"), summary=summary)
+    assert summary.converted == ["head"] and summary.excluded == ["enc"]
+    assert "enc with the model's forward" in summary.notes[0]
+    assert type(model.enc) is nn.Linear
