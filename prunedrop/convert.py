@@ -108,6 +108,11 @@ def to_variational(
                 summary.output_layers.append(name)
                 summary.excluded.append(name)
                 return module
+            why = variational.unsupported(module)
+            if why is not None and is_selected(name or "<root>", recipe):
+                summary.left_alone[name or "<root>"] = type(module).__name__
+                summary.notes.append(f"{name or '<root>'} left dense: {type(module).__name__} with {why}")
+                return module
             if is_selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
                 return module if dry_run else variational.from_dense(module, **from_dense_options(variational, options))

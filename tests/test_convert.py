@@ -189,3 +189,43 @@ def test_a_layer_whose_weight_the_forward_reads_stays_dense() -> None:
     assert summary.converted == ["head"] and summary.excluded == ["enc"]
     assert "enc with the model's forward" in summary.notes[0]
     assert type(model.enc) is nn.Linear
+
+
+class _UnsupportedSettings(nn.Module):
+    """Registered types with settings the variational layers do not implement, beside a plain Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(5, 4, max_norm=1.0)
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True, add_bias_kv=True)
+        self.lstm = nn.LSTM(4, 6, batch_first=True, proj_size=4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(tokens)
+        h, _ = self.attention(h, h, h, need_weights=False)
+        h, _ = self.lstm(h)
+        return self.head(h[:, -1])
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_registered_layers_with_unsupported_settings_stay_dense(method: str) -> None:
+    # The default command stopped at the conversion, after writing run.json and original.onnx: "nn.Embedding with
+    # max_norm is not supported by EmbeddingSVD ...; leave it dense with the recipe's exclude globs".
+    tokens = torch.randint(0, 5, (2, 3))
+    summary = ConversionSummary()
+    recipe = Recipe(method=method, keep_output_layers=False)
+    assert to_variational(_UnsupportedSettings(), recipe, summary=ConversionSummary(), dry_run=True)
+    model = to_variational(_UnsupportedSettings(), recipe, summary=summary, example_input=tokens)
+    assert summary.converted == ["head"]
+    assert summary.left_alone == {"embedding": "Embedding", "attention": "MultiheadAttention", "lstm": "LSTM"}
+    assert [note.split(":")[0] for note in summary.notes] == ["embedding left dense", "attention left dense",
+                                                             "lstm left dense"]
+    assert "max_norm" in summary.notes[0] and "add_bias_kv=True" in summary.notes[1] and "proj_size=4" in summary.notes[2]
+    assert type(model.embedding) is nn.Embedding and type(model.lstm) is nn.LSTM
+    report = inspect_model(_UnsupportedSettings(), tokens, recipe)
+    statuses = {e["name"]: (e["status"], e["reason"]) for e in report["layers"]}
+    assert statuses["embedding"] == ("unsupported", "Embedding with max_norm (it renormalises rows in place on every "
+                                                    "lookup) not supported by EmbeddingSVD")
+    assert report["summary"]["left_alone"] == summary.left_alone
