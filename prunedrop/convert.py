@@ -90,7 +90,8 @@ def to_variational(
 
         heads = set(output_layers(model, example_input))
 
-    sharing = shared_parameter_layers(model, registry)
+    sharing = {name: others for name, others in shared_parameter_layers(model, registry).items()
+               if is_selected(name, recipe)}
     if sharing:
         summary.notes.append(
             "left dense, as they share parameters with other modules (weight tying): "
@@ -101,8 +102,8 @@ def to_variational(
         # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
         variational = registry.get(type(module))
         if variational is not None:
-            if name in sharing and is_selected(name or "<root>", recipe):
-                summary.excluded.append(name)
+            if (name or "<root>") in sharing:
+                summary.excluded.append(name or "<root>")
                 return module
             if name in heads and is_selected(name or "<root>", recipe):
                 summary.output_layers.append(name)
@@ -256,13 +257,13 @@ def _read_by_forward(model: nn.Module, registry: Mapping[type[nn.Module], Any]) 
     used for more than their metadata); none when torch.fx cannot trace the model."""
     from torch import fx
 
-    from .storage.saved import _defaults_beyond
+    from .storage.saved import forward_defaults
 
     layers = [name for name, m in model.named_modules() if name and type(m) in registry]
     if not layers:
         return []
     try:
-        graph = fx.symbolic_trace(model, concrete_args=_defaults_beyond(model, 1) or None).graph
+        graph = fx.symbolic_trace(model, concrete_args=forward_defaults(model, 1) or None).graph
     except Exception:  # noqa: BLE001 - control flow or types torch.fx cannot follow: nothing to go on
         return []
 

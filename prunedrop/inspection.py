@@ -176,9 +176,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
-            elif registry[type(module)].unsupported(module) is not None and is_selected(label, recipe):
+            elif (why := registry[type(module)].unsupported(module)) is not None and is_selected(label, recipe):
                 entry["status"] = UNSUPPORTED
-                entry["reason"] = f"{type(module).__name__} with {registry[type(module)].unsupported(module)}"
+                entry["reason"] = f"{type(module).__name__} with {why}"
                 left_alone[label] = type(module).__name__
             elif is_selected(label, recipe):
                 entry["status"] = CONVERT

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from torch import fx, nn
 
 
-def _defaults_beyond(model: nn.Module, given: int) -> dict[str, Any]:
+def forward_defaults(model: nn.Module, given: int) -> dict[str, Any]:
     """``forward``'s parameters after the first ``given`` that have defaults → their defaults."""
     import inspect
 
@@ -52,7 +52,7 @@ def _trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
     """
     from torch import fx
 
-    defaults = _defaults_beyond(model, given)
+    defaults = forward_defaults(model, given)
     try:
         gm = fx.symbolic_trace(model, concrete_args=defaults or None)
     except Exception as e:  # TraceError, TypeError, NotImplementedError ... from user forward code
