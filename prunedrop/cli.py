@@ -235,23 +235,24 @@ def _num_outputs(model: Any, data: Any) -> int:
 def _check_training_output(model: Any, x: Any) -> None:
     """One line, before any file, for a model that returns something else than a tensor in training mode: as
     torchvision's GoogLeNet and Inception3 (``aux_logits``) return their main and auxiliary logits, a model that
-    answered the eval-mode check with a tensor failed at the first training step with a traceback. The BatchNorm
-    statistics, the random state and the modes are left as they were; a forward that fails here is left to training
-    to report."""
+    answered the eval-mode check with a tensor failed at the first training step with a traceback. The buffers
+    (BatchNorm statistics, a spectral norm's vectors), the random state and the modes are left as they were; a
+    forward that fails here is left to training to report."""
     import torch
 
-    from .batchnorm import batchnorm_state, restore_batchnorm
     from .errors import PrunedropError
 
     modes = {m: m.training for m in model.modules()}
-    statistics = batchnorm_state(model)
+    buffers = [(b, b.clone()) for b in model.buffers()]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model.train()(x)
     except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
         return
     finally:
-        restore_batchnorm(model, statistics)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         for module, training in modes.items():
             module.training = training
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
