@@ -225,8 +225,42 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
 
 
 def _num_outputs(model: Any, data: Any) -> int:
-    """The model's number of outputs, from one forward pass on an example input."""
-    return _num_outputs_on(model, data.example_batch(2))
+    """The model's number of outputs, from one forward pass on an example input (and one in training mode)."""
+    x = data.example_batch(2)
+    outputs = _num_outputs_on(model, x)
+    _check_training_output(model, x)
+    return outputs
+
+
+def _check_training_output(model: Any, x: Any) -> None:
+    """One line, before any file, for a model that returns something else than a tensor in training mode: as
+    torchvision's GoogLeNet and Inception3 (``aux_logits``) return their main and auxiliary logits, a model that
+    answered the eval-mode check with a tensor failed at the first training step with a traceback. The buffers
+    (BatchNorm statistics, a spectral norm's vectors), the random state and the modes are left as they were; a
+    forward that fails here is left to training to report."""
+    import torch
+
+    from .errors import PrunedropError
+
+    modes = {m: m.training for m in model.modules()}
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model.train()(x)
+    except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
+        return
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes.items():
+            module.training = training
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PrunedropError(
+            f"in training mode the model returns {got}, not the (batch, classes) tensor it returns in eval mode (as "
+            "torchvision's GoogLeNet and Inception3 return auxiliary logits); prunedrop trains on one tensor: build "
+            "the model without the auxiliary outputs (aux_logits=False), or return the logits alone")
 
 
 def _num_outputs_on(model: Any, x: Any) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batchnorm import batchnorm_pairs, foldable_batchnorms
-from .convert import is_selected
+from .convert import is_selected, nothing_converted_hint, shared_parameter_layers
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .layers._units import OutputUnitNoise
@@ -120,6 +120,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
+    sharing = shared_parameter_layers(model, registry)
     entries: list[dict[str, Any]] = []
     converted: list[str] = []
     excluded: list[str] = []
@@ -167,10 +168,18 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         children = list(module.named_children())
         if type(module) in registry:
             # to_variational stops here: a registered layer is swapped whole and not descended into.
-            if label in heads and is_selected(label, recipe):
+            if label in sharing and is_selected(label, recipe):
+                entry["status"] = EXCLUDED
+                entry["reason"] = f"shares parameters with {', '.join(sharing[label][:3])} (weight tying)"
+                excluded.append(label)
+            elif label in heads and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
+            elif (why := registry[type(module)].unsupported(module)) is not None and is_selected(label, recipe):
+                entry["status"] = UNSUPPORTED
+                entry["reason"] = f"{type(module).__name__} with {why}"
+                left_alone[label] = type(module).__name__
             elif is_selected(label, recipe):
                 entry["status"] = CONVERT
                 converted.append(label)
@@ -221,11 +230,12 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     walk(model, "", 0)
 
     if not converted:
-        hint = (f"the include/exclude globs exclude all of: {', '.join(excluded[:5])}" if excluded
-                else f"supported types are {', '.join(sorted(t.__name__ for t in registry))}")
+        outputs = [n for n in excluded if n in heads and n not in sharing]
+        hint = nothing_converted_hint(recipe.method, [n for n in excluded if n not in heads and n not in sharing],
+                                      outputs, left_alone.values(), [n for n in excluded if n in sharing])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
-    uncounted = sorted({p.name for p in profiles if not p.counted})
+    uncounted = sorted({p.name or "<root>" for p in profiles if not p.counted})
     if uncounted:
         warnings.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")
     not_called = [e["name"] for e in entries if e["status"] == CONVERT and not e["out_shape"]]
@@ -299,8 +309,8 @@ def format_inspection(d: dict[str, Any]) -> str:
         "  ".join("-" * w for w in [*widths, len(header[4])]),
         *(line(r) for r in rows),
         "",
-        f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded by the recipe's "
-        f"globs, {t['layers_unsupported']} of unsupported types",
+        f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded (by the recipe's "
+        f"globs, as output layers or for weight tying), {t['layers_unsupported']} of unsupported types",
         f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
         f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
         f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "

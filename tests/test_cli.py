@@ -139,7 +139,7 @@ def test_version() -> None:
         (_compress("-o", "out", "--epochs", "-1"), "Invalid value for '--epochs'", 2),
         (_compress(), "Missing option '-o'", 2),
         (["report", "nowhere"], "nowhere", 1),
-        (_compress("-o", "out", "--recipe", "exclude-all.yaml"), "excluded all of", 1),
+        (_compress("-o", "out", "--recipe", "exclude-all.yaml"), "globs exclude", 1),
         (["export", "nowhere", "-o", "x.onnx"], "not a prunedrop run folder", 1),
     ],
 )
@@ -392,3 +392,23 @@ def test_inspect_with_arch_kwargs_and_an_image_folder(image_project: Path) -> No
     assert json.loads(result.output)["summary"]["converted"] == ["net.1", "net.3"]
     without = CliRunner().invoke(cli, args)
     assert without.exit_code == 1 and "does not fit --arch" in without.output, without.output
+
+
+def test_the_training_mode_check_leaves_the_model_as_it_was() -> None:
+    # One forward in training mode before any file: it must not move BatchNorm statistics, a spectral norm's
+    # vectors, the modes or the random state of the run to come.
+    import torch
+    from torch import nn
+
+    from prunedrop.cli import _check_training_output
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                          nn.utils.spectral_norm(nn.Linear(4 * 6 * 6, 3))).eval()
+    model[1].train()  # a caller's choice of modes is kept, module by module
+    x = torch.randn(2, 1, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    _check_training_output(model, x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == modes and torch.equal(rng, torch.get_rng_state())

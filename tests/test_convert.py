@@ -8,9 +8,10 @@ from torch import nn
 
 from prunedrop.convert import ConversionSummary, to_deterministic, to_variational, variational_layers
 from prunedrop.errors import PrunedropError
+from prunedrop.inspection import inspect_model
 from prunedrop.layers import Conv2dSVD, LinearSVD
 from prunedrop.recipes import Recipe
-from prunedrop.testing import TINY_MODELS, tiny_model
+from prunedrop.testing import TINY_MODELS, TinyGRUClassifier, tiny_model
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
@@ -59,8 +60,22 @@ def test_include_and_exclude_globs() -> None:
 def test_nothing_to_convert_is_a_clear_error() -> None:
     with pytest.raises(PrunedropError, match="no layer of the model can be converted.*supported types"):
         to_variational(nn.Sequential(nn.LayerNorm(3), nn.ReLU()), Recipe())
-    with pytest.raises(PrunedropError, match="excluded all of: 0"):
+    with pytest.raises(PrunedropError, match="globs exclude 0"):
         to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe(exclude=["*"]))
+
+
+def test_nothing_to_convert_names_each_reason_apart() -> None:
+    # A GRU classifier under sbp: the head is kept whole as the output layer, not by the globs (the message said
+    # "the include/exclude globs excluded all of: head"), and the GRU has no sbp version but a sparse_vd one.
+    model = TinyGRUClassifier()
+    with pytest.raises(PrunedropError) as info:
+        to_variational(model, Recipe(method="sbp"), example_input=torch.randn(2, *TINY_MODELS["gru"][1]))
+    message = str(info.value)
+    assert "globs" not in message
+    assert "output layer head stays whole under sbp (keep_output_layers)" in message
+    assert "no variational version of GRU (method group_vd or sparse_vd converts it)" in message
+    report = inspect_model(TinyGRUClassifier(), torch.randn(2, *TINY_MODELS["gru"][1]), Recipe(method="sbp"))
+    assert "globs" not in report["warnings"][0] and "output layer head" in report["warnings"][0]
 
 
 def test_converting_twice_is_refused() -> None:
@@ -107,3 +122,110 @@ def test_each_family_gets_its_section_settings() -> None:
     sbp = to_variational(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
                          Recipe(method="sbp", init_mu=0.5, keep_output_layers=False))[0]
     assert torch.all(sbp.mu == 0.5) and sbp.threshold == 1.0
+
+
+class _Tied(nn.Module):
+    """Weight tying twice over: ``b`` shares ``a``'s weight, and the output layer shares the embedding's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(5, 6)
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.mid = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 5, bias=False)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(tokens).mean(1)
+        return self.head(torch.relu(self.mid(torch.relu(self.b(torch.relu(self.a(h)))))))
+
+
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_layers_sharing_a_weight_stay_dense_and_tied(method: str) -> None:
+    # Each converted layer learnt its own noise over the one weight and pruned it its own way: the pruned model
+    # held two different weights where there was one, more parameters than before.
+    model, tokens = _Tied(), torch.randint(0, 5, (4, 3))
+    summary = ConversionSummary()
+    converted = to_variational(model, Recipe(method=method, keep_output_layers=False), summary=summary,
+                               example_input=tokens)
+    assert summary.converted == ["mid"]
+    assert sorted(summary.excluded) == ["a", "b", "embedding", "head"]
+    assert "weight tying" in summary.notes[0] and "a with b" in summary.notes[0]
+    dense = to_deterministic(converted)
+    assert dense.b.weight is dense.a.weight and dense.head.weight is dense.embedding.weight
+    report = inspect_model(_Tied(), tokens, Recipe(method=method, keep_output_layers=False))
+    reasons = {e["name"]: e["reason"] for e in report["layers"]}
+    assert reasons["b"] == "shares parameters with a (weight tying)" and reasons["mid"] == ""
+    assert report["summary"]["converted"] == ["mid"]
+
+
+def test_a_model_whose_layers_all_share_weights_says_so() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    with pytest.raises(PrunedropError, match=r"0, 2 share parameters with other modules or the forward \(weight tying\) and stay dense"):
+        to_variational(model, Recipe())
+
+
+class _TiedDecoder(nn.Module):
+    """An autoencoder-style tie: the forward reads the encoder's weight itself, transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(8, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.enc(x))
+        rec = nn.functional.linear(z, self.enc.weight.t())  # a shape read alone would not count
+        return self.head(torch.relu(rec)) * self.head.weight.shape[0]
+
+
+def test_a_layer_whose_weight_the_forward_reads_stays_dense() -> None:
+    # Under sbp, slimming the encoder's pruned units cut the head's inputs instead ("the slimmed model no longer
+    # runs ... please report it"); under any method the read saw the plain weight while the layer trained noisy.
+    summary = ConversionSummary()
+    model = to_variational(_TiedDecoder(), Recipe(method="sparse_vd"), summary=summary)
+    assert summary.converted == ["head"] and summary.excluded == ["enc"]
+    assert "enc with the model's forward" in summary.notes[0]
+    assert type(model.enc) is nn.Linear
+
+
+class _UnsupportedSettings(nn.Module):
+    """Registered types with settings the variational layers do not implement, beside a plain Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(5, 4, max_norm=1.0)
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True, add_bias_kv=True)
+        self.lstm = nn.LSTM(4, 6, batch_first=True, proj_size=4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embedding(tokens)
+        h, _ = self.attention(h, h, h, need_weights=False)
+        h, _ = self.lstm(h)
+        return self.head(h[:, -1])
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_registered_layers_with_unsupported_settings_stay_dense(method: str) -> None:
+    # The default command stopped at the conversion, after writing run.json and original.onnx: "nn.Embedding with
+    # max_norm is not supported by EmbeddingSVD ...; leave it dense with the recipe's exclude globs".
+    tokens = torch.randint(0, 5, (2, 3))
+    summary = ConversionSummary()
+    recipe = Recipe(method=method, keep_output_layers=False)
+    assert to_variational(_UnsupportedSettings(), recipe, summary=ConversionSummary(), dry_run=True)
+    model = to_variational(_UnsupportedSettings(), recipe, summary=summary, example_input=tokens)
+    assert summary.converted == ["head"]
+    assert summary.left_alone == {"embedding": "Embedding", "attention": "MultiheadAttention", "lstm": "LSTM"}
+    assert [note.split(":")[0] for note in summary.notes] == ["embedding left dense", "attention left dense",
+                                                             "lstm left dense"]
+    assert "max_norm" in summary.notes[0] and "add_bias_kv=True" in summary.notes[1] and "proj_size=4" in summary.notes[2]
+    assert type(model.embedding) is nn.Embedding and type(model.lstm) is nn.LSTM
+    report = inspect_model(_UnsupportedSettings(), tokens, recipe)
+    statuses = {e["name"]: (e["status"], e["reason"]) for e in report["layers"]}
+    assert statuses["embedding"] == ("unsupported", "Embedding with max_norm (it renormalises rows in place on every "
+                                                    "lookup) not supported by EmbeddingSVD")
+    assert report["summary"]["left_alone"] == summary.left_alone

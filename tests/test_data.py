@@ -570,6 +570,17 @@ def test_loader_and_example_batch_errors(tmp_path: Path) -> None:
     assert bundle.example_batch(100).shape == (2, 1)  # the split has only 2 samples
 
 
+def test_a_one_logit_binary_classifier_is_named() -> None:
+    # A model with one output and 0/1 labels was told "labels go up to 1 but the model has 1 outputs".
+    x = torch.zeros(4, 2)
+    bundle = DataBundle("b", TensorDataset(x, torch.tensor([0, 1, 1, 0])), None, None, (2,), 2)
+    with pytest.raises(PrunedropError) as excinfo:
+        check_labels(bundle, 1)
+    assert message(excinfo).startswith("the model has one output and the labels are 0 and 1: a one-logit binary "
+                                       "classifier, which prunedrop does not train")
+    check_labels(bundle, 2)
+
+
 def test_check_labels() -> None:
     x = torch.zeros(6, 2)
     bundle = DataBundle(

@@ -115,6 +115,31 @@ def test_dynamo_exporter(tmp_path: Path) -> None:
         assert verify_onnx(result.path, model, torch.randn(batch, *x.shape[1:])) <= 1e-4
 
 
+class _WithDefaults(TinyMLP):
+    """A forward with keyword arguments that have defaults, as users write them (a temperature, a switch, a mask)."""
+
+    def forward(self, x: torch.Tensor, temperature: float = 2.0, hard: bool = False,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(x) / temperature
+        return out.round() if hard else out if mask is None else out + mask
+
+
+def test_defaults_of_forward_stay_constants_of_the_export(tmp_path: Path) -> None:
+    # The TorchScript exporter passed every defaulted parameter as one more graph input: two inputs here, and
+    # onnxruntime, fed the batch alone, refused the file.
+    torch.manual_seed(0)
+    model, x = _WithDefaults().eval(), torch.randn(4, *TINY_MODELS["mlp"][1])
+    path = export_onnx(model, x, tmp_path / "m.onnx").path
+    proto = onnx.load(path)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert verify_onnx(path, model, torch.randn(7, *x.shape[1:])) <= 1e-5
+    # the names are those of the model exported directly (the quantizer maps them to modules)
+    torch.manual_seed(0)
+    plain = onnx.load(export_onnx(TinyMLP().eval(), x, tmp_path / "plain.onnx").path)
+    assert sorted(t.name for t in proto.graph.initializer) == sorted(t.name for t in plain.graph.initializer)
+    assert {n.name for n in plain.graph.node if n.op_type == "Gemm"} <= {n.name for n in proto.graph.node}
+
+
 def test_sparse_storage_is_smaller_identical_and_valid(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _pruned(TinyMLP(64, (48, 32), 10).eval(), 0.9)

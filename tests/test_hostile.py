@@ -811,6 +811,8 @@ COMPRESS_MISTAKES = {
     "latency-batch-bomb": (["--recipe", "latency.yaml"], "latency_batch_sizes"),
     "mse-on-class-labels": (["--recipe", "mse.yaml"], "mse"),
     "fp16-on-cpu": (["--precision", "fp16", "--device", "cpu"], "fp16"),
+    # a tensor in eval mode, a tuple in training (GoogLeNet's aux logits): a traceback at the first training step
+    "aux-logits-in-training": (["--arch", "auxarch:build"], "in training mode the model returns tuple"),
 }
 
 
@@ -819,6 +821,10 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     (user_folder / "metaarch.py").write_text(
         "import torch\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n    with torch.device('meta'):\n"
         "        return TinyMLP(16, (24, 12), 3)\n")
+    (user_folder / "auxarch.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\nclass Aux(TinyMLP):\n    def forward(self, x):\n"
+        "        out = super().forward(x)\n        return (out, out) if self.training else out\n\n\n"
+        "def build():\n    return Aux(16, (24, 12), 3)\n")
     (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
                                               + f"latency_batch_sizes: [1, {10**9}]\n")
     (user_folder / "mse.yaml").write_text(FAST_RECIPE + "loss: mse\n")
@@ -828,7 +834,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     try:
         result = CliRunner().invoke(cli, _with(_compress_args("-o", "out"), extra))
     finally:
-        for name in ("tinyarch", "metaarch"):
+        for name in ("tinyarch", "metaarch", "auxarch"):
             sys.modules.pop(name, None)
     _one_line_error(result, 1, needle)
     assert _snapshot(user_folder) == before

@@ -197,3 +197,22 @@ def test_batchnorms_that_fold_batchnorm_folds_are_shown_folded():
 
     d = inspect_model(Branchy(), torch.randn(2, 1, 5, 5), recipe)
     assert any("batchnorm_noise" in w and "would stop" in w for w in d["warnings"])
+
+
+class _RawParameters(nn.Module):
+    """No Linear or Conv: the forward multiplies by its own parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_a_model_of_raw_parameters_is_named_in_the_warnings() -> None:
+    # The root module has no name: the FLOPs warning ended in an empty list ("no MAC rule: ").
+    report = inspect_model(_RawParameters(), torch.randn(2, 6), Recipe())
+    assert report["warnings"][0].startswith("no layer can be converted by method 'sparse_vd' (sparse_vd has no "
+                                            "variational version of _RawParameters;")
+    assert report["warnings"][-1] == "FLOPs leave out layers with no MAC rule: <root>"

@@ -165,3 +165,22 @@ def test_an_old_run_folder_still_loads(old_run: Path) -> None:
     assert resumed.exit_code == 0, resumed.output
     again = load_report(run)
     assert again["params"] == report["params"] and again["threshold"] == report["threshold"]
+
+
+@pytest.mark.parametrize(("bound", "notes", "why"), [
+    ("target", ["c2: kept pruned channel(s) [3, 4]: they pass through the grouped convolution c2, which cannot "
+                "lose single channels"], "slimming kept pruned units it could not remove: c2: kept pruned"),
+    ("target", [], "training ended before it got there"),
+    ("budget", ["c2: kept pruned channel(s) [3]: ..."], "the accuracy budget bound first"),
+])
+def test_a_missed_target_says_why(bound: str, notes: list[str], why: str) -> None:
+    # A CNN of grouped convolutions under sbp with --target flops=4x: the autopilot read 7.14x and held β there
+    # (bound by the target), slimming could remove no channel, and the line said "training ended before it got
+    # there".
+    from prunedrop.recipes import Recipe
+    from prunedrop.stages.budget import target_outcome
+
+    report = {"flops": {"before": 235_520, "nonzero_after": 70_784}, "autopilot": {"bound": bound},
+              "slim": {"notes": notes, "removed": {"c2": [32, 32]}}}
+    outcome = target_outcome(Recipe(method="sbp", target="flops=4x"), report)
+    assert not outcome["reached"] and why in outcome["line"]

@@ -307,6 +307,31 @@ def test_round_trip_of_every_argument_kind(tmp_path):
     assert isinstance(rebuilt.get_parameter("scale"), nn.Parameter)
 
 
+class WithDefaults(nn.Module):
+    """Defaulted parameters after the inputs: a temperature, a switch, an optional mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, y, temperature: float = 2.0, mask=None, *, hard: bool = False):
+        out = self.fc(x + y) / temperature
+        if mask is not None:  # symbolically, a Proxy is not None: the rebuilt model added None
+            out = out + mask
+        return out.round() if hard else out
+
+
+def test_defaulted_parameters_are_saved_as_called(tmp_path):
+    torch.manual_seed(0)
+    model, x, y = WithDefaults().eval(), torch.randn(5, 4), torch.randn(5, 4)
+    save_model(model, tmp_path, (x, y))  # two inputs given, the rest take their defaults
+    rebuilt = load_saved_model(tmp_path)
+    assert [n.name for n in rebuilt.graph.nodes if n.op == "placeholder"] == ["x", "y"]
+    assert "_assert" not in rebuilt.code
+    with torch.no_grad():
+        assert torch.equal(model(x, y), rebuilt(x, y))
+
+
 def test_dtype_is_kept_and_global_rng_untouched(tmp_path, mlp):
     model, x = mlp
     model = model.double()

@@ -175,3 +175,39 @@ def test_a_tracing_failure_names_the_recipe_key(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(PrunedropError, match="tie_residual: false") as info:
         to_variational(model, Recipe(method="sbp", tie_residual=True), example_input=x[:2])
     assert "RuntimeError: unsupported operation" in str(info.value)
+
+
+class _ReusedLayer(torch.nn.Module):
+    """One Linear applied twice in forward: its input and output are one channel space, which it shares with the
+    layer before it, so tie_residual ties the two (a weight-shared recurrence of the kind users write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(6, 8)
+        self.shared = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        h = torch.relu(self.shared(h))
+        return self.out(torch.relu(self.shared(h)))
+
+
+@pytest.mark.parametrize("method", STRUCTURED)
+def test_a_tied_group_with_a_layer_called_twice_trains_step_after_step(method: str) -> None:
+    # The layer's second call draws afresh, so the first member of the next pass was not among the draw's users
+    # and reused it after backward had freed its graph: "Trying to backward through the graph a second time".
+    torch.manual_seed(0)
+    x = torch.randn(16, 6)
+    summary = ConversionSummary()
+    model = to_variational(_ReusedLayer(), Recipe(method=method, tie_residual=True), summary=summary,
+                           example_input=x)
+    assert summary.tied == [["inp", "shared"]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(3):
+        loss = model(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)

@@ -34,9 +34,16 @@ def check_labels(bundle: DataBundle, num_outputs: int) -> None:
             continue  # regression targets (loss: mse), not class indices
         if labels.numel():
             largest = max(largest, int(labels.max()))
+    if largest == 1 and num_outputs == 1:
+        # A binary classifier with one logit (trained with BCEWithLogitsLoss): told "the model has 1 outputs".
+        raise PrunedropError(
+            "the model has one output and the labels are 0 and 1: a one-logit binary classifier, which prunedrop "
+            "does not train (its losses are cross_entropy over one output per class, and mse); give the model two "
+            "outputs, or give the labels as floats and set loss: mse in the recipe to fit them as targets"
+        )
     if largest >= num_outputs:
         raise PrunedropError(
-            f"labels go up to {largest} but the model has {num_outputs} outputs; "
+            f"labels go up to {largest} but the model has {num_outputs} output{'s' if num_outputs > 1 else ''}; "
             "check that --data matches the model"
         )
     if bundle.num_classes is not None and bundle.num_classes > num_outputs:

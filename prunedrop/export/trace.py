@@ -155,7 +155,7 @@ def _trace_torchscript(
     buffer = io.BytesIO()
     dynamic_axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic_batch else None
     torch.onnx.export(
-        model,
+        _OneInput(model),
         (example,),
         buffer,
         input_names=[INPUT_NAME],
@@ -166,6 +166,28 @@ def _trace_torchscript(
         dynamo=False,
     )
     return onnx.load_from_string(buffer.getvalue())
+
+
+class _OneInput(nn.Module):
+    """``model`` called with its input alone, for the TorchScript exporter.
+
+    That exporter reads ``forward``'s signature and passes every parameter with a default as an extra graph
+    input: ``forward(self, x, temperature=1.0)`` became an ONNX file with two inputs, which onnxruntime cannot
+    be fed with one batch. Called as ``model(x)``, the defaults stay constants of the trace. The wrapper holds
+    the model's own children, parameters and buffers (the same dictionaries) and its mode, so the file's
+    initializer and node names are those of ``model`` exported directly (the quantizer maps them to modules).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._modules = model._modules
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self.training = model.training
+        object.__setattr__(self, "wrapped", model)  # not a child: the names keep no prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wrapped(x)
 
 
 def _trace_dynamo(

@@ -34,18 +34,27 @@ class TiedDraw:
     """The noise draw that the layers of one tied group share within a forward pass (see :func:`tie_units`).
 
     The first member to run in a pass draws the multiplier and the others reuse it; a member asking a second
-    time means a new pass (or the batch size changed), so it draws afresh. Copies and pickles carry no draw.
+    time means a new pass (or the batch size changed), so it draws afresh. A draw that a backward pass has gone
+    through is spent as well: its graph is freed, and a member that a module called twice in one forward pass
+    left out of ``users`` (the second call drew afresh) would otherwise reuse it in the next pass and fail in
+    backward ("Trying to backward through the graph a second time"). Copies and pickles carry no draw.
     """
 
     def __init__(self) -> None:
         self.sample: torch.Tensor | None = None
         self.users: set[int] = set()
+        self.spent = False
 
     def multiplier(self, layer: OutputUnitNoise, shape: list[int], unit_axis: int) -> torch.Tensor:
-        if self.sample is None or id(layer) in self.users or list(self.sample.shape) != shape:
-            self.sample, self.users = layer._sample_multiplier(shape, unit_axis), set()
+        if self.sample is None or self.spent or id(layer) in self.users or list(self.sample.shape) != shape:
+            self.sample, self.users, self.spent = layer._sample_multiplier(shape, unit_axis), set(), False
+            if self.sample.requires_grad:
+                self.sample.register_hook(self._backward_went_through)
         self.users.add(id(layer))
         return self.sample
+
+    def _backward_went_through(self, grad: torch.Tensor) -> None:
+        self.spent = True
 
     def __getstate__(self) -> dict[str, Any]:
         return {}

@@ -57,6 +57,16 @@ from .sparse_vd import (
 
 def check_supported(module: nn.MultiheadAttention) -> None:
     """Raise PrunedropError for the ``nn.MultiheadAttention`` settings these layers do not implement."""
+    problems = unsupported_settings(module)
+    if problems:
+        raise PrunedropError(
+            f"nn.MultiheadAttention with {', '.join(problems)} is not supported by prunedrop's attention layers; "
+            "leave it dense with the recipe's exclude globs"
+        )
+
+
+def unsupported_settings(module: nn.MultiheadAttention) -> list[str]:
+    """The ``nn.MultiheadAttention`` settings these layers do not implement, in words."""
     problems = []
     if not module._qkv_same_embed_dim:
         problems.append(f"kdim/vdim ({module.kdim}/{module.vdim}) different from embed_dim ({module.embed_dim})")
@@ -64,11 +74,7 @@ def check_supported(module: nn.MultiheadAttention) -> None:
         problems.append("add_bias_kv=True")
     if module.add_zero_attn:
         problems.append("add_zero_attn=True")
-    if problems:
-        raise PrunedropError(
-            f"nn.MultiheadAttention with {', '.join(problems)} is not supported by prunedrop's attention layers; "
-            "leave it dense with the recipe's exclude globs"
-        )
+    return problems
 
 
 def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -262,6 +268,11 @@ class _VariationalAttention(_Attention, VariationalLayer):
                  dropout: float = 0.0):
         super().__init__()
         self._init_attention(embed_dim, num_heads, embed_dim // num_heads, bias, batch_first, dropout)
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        problems = unsupported_settings(module) if isinstance(module, nn.MultiheadAttention) else []
+        return f"{', '.join(problems)} not supported by the attention layers" if problems else None
 
     @classmethod
     def _take_over(cls, module: nn.Module) -> _VariationalAttention:

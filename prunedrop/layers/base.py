@@ -33,6 +33,15 @@ class VariationalLayer(nn.Module):
     def from_dense(cls, module: nn.Module, **options: Any) -> VariationalLayer:
         raise NotImplementedError
 
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        """Why ``module``'s settings keep this layer from taking it over (None when nothing does).
+
+        :func:`prunedrop.convert.to_variational` then leaves the module dense, as a layer of an unregistered type,
+        and says why; ``from_dense`` still refuses it. The default command thus compresses the rest of a model
+        with an ``nn.Embedding(max_norm=...)`` instead of stopping after it had written its first files."""
+        return None
+
     def kl(self) -> torch.Tensor:
         raise NotImplementedError
 

@@ -48,6 +48,12 @@ class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
     dense_type = nn.Embedding
 
     @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        if getattr(module, "max_norm", None) is not None:
+            return "max_norm (it renormalises rows in place on every lookup) not supported by EmbeddingSVD"
+        return None
+
+    @classmethod
     def from_dense(
         cls,
         module: nn.Module,
@@ -56,7 +62,7 @@ class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
     ) -> EmbeddingSVD:
-        if module.max_norm is not None:
+        if cls.unsupported(module) is not None:
             raise PrunedropError("nn.Embedding with max_norm is not supported by EmbeddingSVD (it renormalises "
                                  "rows in place on every lookup); leave it dense with the recipe's exclude globs")
         with torch.device("meta"):

@@ -105,6 +105,11 @@ class _RecurrentVD(VariationalLayer):
     # -- construction ---------------------------------------------------------------------------------
 
     @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        proj_size = getattr(module, "proj_size", 0)
+        return f"proj_size={proj_size} not supported by the variational recurrent layers" if proj_size else None
+
+    @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return {"input_size": module.input_size, "hidden_size": module.hidden_size,
                 "num_layers": module.num_layers, "bias": module.bias, "batch_first": module.batch_first,
@@ -123,7 +128,7 @@ class _RecurrentVD(VariationalLayer):
     ) -> _RecurrentVD:
         if recurrent_noise not in NOISE_MODES:
             raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
-        if getattr(module, "proj_size", 0):
+        if cls.unsupported(module) is not None:
             raise PrunedropError(f"{type(module).__name__} with proj_size={module.proj_size} is not supported by "
                                  "the variational recurrent layers; exclude it in the recipe")
         with torch.device("meta"), warnings.catch_warnings():

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,16 +29,60 @@ if TYPE_CHECKING:
     from torch import fx, nn
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    from torch import fx
+def forward_defaults(model: nn.Module, given: int) -> dict[str, Any]:
+    """``forward``'s parameters after the first ``given`` that have defaults → their defaults."""
+    import inspect
 
     try:
-        return fx.symbolic_trace(model)
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature: trace it as it is
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters[given:]
+            if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def _trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
+    """``model`` traced as it is called, with its first ``given`` inputs.
+
+    The parameters after those that have defaults (``forward(self, x, temperature=1.0, mask=None)``) are traced
+    with their defaults: symbolically, ``if mask is not None`` took the branch the call does not take, and the
+    rebuilt model added None. The checks that torch.fx adds for the specialised values, and their placeholders,
+    are removed (the model is saved for calls with its inputs alone).
+    """
+    from torch import fx
+
+    defaults = forward_defaults(model, given)
+    try:
+        gm = fx.symbolic_trace(model, concrete_args=defaults or None)
     except Exception as e:  # TraceError, TypeError, NotImplementedError ... from user forward code
         raise PrunedropError(
             f"cannot describe the model in {ARCHITECTURE_FILE}: torch.fx cannot trace its forward "
             f"({reason(e)}); a forward without data-dependent control flow (if/for on tensor values) can be traced"
         ) from e
+    if defaults:
+        _drop_specialised_inputs(gm, given)
+    return gm
+
+
+def _drop_specialised_inputs(gm: fx.GraphModule, given: int) -> None:
+    """Remove the placeholders after the first ``given`` and the nodes that only check their values."""
+    import torch
+    from torch.fx._symbolic_trace import _assert_is_none
+
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"][given:]
+    checks = (torch._assert, _assert_is_none, operator.eq)
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and node.target in checks and not node.users and any(
+                source in placeholders or source.op == "call_function" and source.target is operator.eq
+                for source in node.all_input_nodes):
+            graph.erase_node(node)
+    for node in placeholders:
+        if not node.users:
+            graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
 
 
 # Functions that return their input unchanged in eval mode (stochastic depth, drop path), by qualified name (nothing
@@ -124,7 +169,7 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input:
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # tracing follows `if self.training` branches: record the inference path
-        gm = _drop_inference_no_ops(_trace(model))
+        gm = _drop_inference_no_ops(_trace(model, len(examples)))
         state = {k: _compact(v) for k, v in gm.state_dict().items()}
         manifest = build_manifest(model, gm, examples, state)
         text = dumps_manifest(manifest)
