@@ -323,7 +323,7 @@ class ExportConfig:
     sparse_storage: SparseStorage = setting("auto")
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
 
-    quantize: Quantize = setting("none",
+    quantize: Quantize = setting("bayes",
             cli=Cli("--quantize", "Override the recipe's quantize: also write model-int8.onnx (int8 = every layer "
                                 'onnxruntime can quantize, bayes = the layers whose posterior allows 8 bits, int4 where '
                                 '4); a layer whose integer form runs slower here stays float32.'))
@@ -332,7 +332,9 @@ class ExportConfig:
     rest stay float32), ``none`` writes no quantized file. Its accuracy is measured with onnxruntime and kept within
     ``max_metric_drop`` by reverting the most sensitive layers to float32; a layer whose integer form runs slower
     than float32 on this CPU (timed with onnxruntime, ``latency_runs``) stays float32 too, and ``bayes`` stores a
-    layer in int4 where its posterior allows 4 bits and that is smaller (docs/quantization.md)."""
+    layer in int4 where its posterior allows 4 bits and that is smaller (docs/quantization.md). No file is written
+    when the result is neither smaller nor faster than the float32 file, and a model onnxruntime cannot quantize
+    keeps its float32 file alone; the report says why either way."""
 
     parity_atol: float = setting(1e-4, check=POSITIVE)
     """Largest allowed difference between onnxruntime's and PyTorch's outputs, relative to the output's scale:

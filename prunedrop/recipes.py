@@ -68,6 +68,11 @@ _DOCS = {name: doc for group in SECTIONS.values() for name, doc in field_docs(gr
 #: value: ``--resume`` without the key continues with the stored value (so such folders still resume)
 RUN_DECIDES = ("budget_after_finetune",)
 
+#: keys whose default changed, with the old default: ``--resume`` of a run folder that stored the old default,
+#: with a recipe that leaves the key at today's default, continues with the stored value (``quantize`` became
+#: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md)
+DEFAULT_CHANGED = {"quantize": "none"}
+
 
 class _RecipeMethods:
     """What a :class:`Recipe` does beyond holding its keys (the keys are generated from the groups)."""

@@ -160,7 +160,8 @@ def test_run_folder_written_before_version_2_loads_unchanged() -> None:
     info = read_run_info(FIXTURES / "run_v1")
     recipe = Recipe.from_dict(info["recipe"], source="run.json", saved_run=True)
     assert recipe.to_dict() == info["recipe"]
-    assert recipe == load_recipe(ROOT / "recipes" / "lstm-fashion.yaml")
+    # the same recipe as today's file but for quantize, whose default became bayes after that run
+    assert recipe == load_recipe(ROOT / "recipes" / "lstm-fashion.yaml").replace(quantize="none")
 
 
 @pytest.mark.parametrize(
