@@ -789,3 +789,31 @@ def test_a_model_the_quantizer_cannot_take_loses_the_int8_file_not_the_run(tmp_p
     assert q["file"] is None and q["none_reason"] == (
         "quantization failed: onnxruntime cannot quantize model.onnx: an operator it does not know")
     assert "quantization failed" in result.output and "## Quantization" in (run / "report.md").read_text()
+
+
+def test_the_speed_check_stops_when_its_time_is_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    float_file, data = _three_layers(tmp_path)
+    clock = {"now": 0.0}
+    monkeypatch.setattr("prunedrop.quantize.plan.time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    slow = _fake_timer({"0": 5.0, "2": 3.0, "4": 0.0}, [])
+
+    def timer(paths):  # each timing takes 100 s of the fake clock
+        clock["now"] += 100.0
+        return slow(paths)
+
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                             recipe=Recipe(max_metric_drop=None), metric_before=None, timer=timer,
+                             speed_seconds=150.0, log=lambda m: None)
+    speed = section["speed"]
+    # two rounds fit (each reverted the slowest layer); the third would start after 200 s and is not run
+    assert len(speed["rounds"]) == 2 and speed["reverted"] == ["0/Gemm", "2/Gemm"]
+    assert speed["stopped"].startswith("the speed check's time ran out after 2 round(s)")
+    # what is left (layer 4 int8) was timed by the second round's change: as fast as float32, and larger
+    assert section["file"] is None and "no faster (10 against 10 ms)" in section["none_reason"]
+    # without the limit the third round runs and stops by itself
+    clock["now"] = 0.0
+    free = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
+                          recipe=Recipe(max_metric_drop=None), metric_before=None, timer=timer, log=lambda m: None)
+    assert len(free["speed"]["rounds"]) == 3 and free["speed"]["stopped"] is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,17 @@ from .quantizer import (
 
 QUANTIZE_MODES = ("none", "int8", "bayes")
 SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise, not a faster model
+#: wall seconds the speed check may spend: each round quantizes and times one model per quantized layer, so on a
+#: large network it could take hours (a dense ResNet-18 needed 162 s for 4 rounds at 5 timed runs per file); when
+#: the time is spent, the rounds stop where they are and the report says so
+SPEED_CHECK_SECONDS = 600.0
 
 
 def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
                    metric_before: float | None, bits: dict[str, LayerBits] | None = None,
                    compare: dict[str, str | Path] | None = None, speed_check: bool | None = None,
-                   timer: Timer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   timer: Timer | None = None, speed_seconds: float = SPEED_CHECK_SECONDS,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
     onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
     validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
@@ -51,7 +57,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``; None:
     where ``recipe.latency_runs`` allows timing at all; timed by ``timer``, by default :func:`time_models` with
     ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``), and
-    write it to ``out_path``. Returns the report's ``quantization`` section (its ``file`` is None when every layer
+    write it to ``out_path``; the speed check stops after ``speed_seconds`` of wall time. Returns the report's ``quantization`` section (its ``file`` is None when every layer
     had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
     (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
     ``files`` beside the quantized file's."""
@@ -195,7 +201,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             else:
                 setting = {"timer": getattr(timer, "__name__", type(timer).__name__)}
             speed = {"checked": True, **setting,
-                     **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log)}
+                     **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log,
+                                     deadline=time.perf_counter() + speed_seconds)}
         final = None
         no_gain: str | None = None
         if any(n.node not in plan for n in nodes):
@@ -310,9 +317,14 @@ def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | 
         last = rounds[-1].get("confirmation_ms") or rounds[-1]
         float_ms = last.get("float32", last.get("float32_ms"))
         quantized_ms = last.get("quantized", last.get("quantized_ms"))
+        change = rounds[-1].get("changed")
+        if change:  # the check ran out of time after a change: the model written is the one that change timed
+            quantized_ms = rounds[-1]["candidates_ms"][f"{change['node']} → {change['to']}"]
         if quantized_ms < float_ms * (1 - SPEED_MARGIN):
             return None
         timing = f"and no faster ({quantized_ms:.3g} against {float_ms:.3g} ms)"
+    elif speed is not None and speed.get("checked"):
+        timing = "and the speed check's time ran out before it timed it"
     else:
         timing = "and its speed was not measured (latency_runs 0)"
     return (f"the quantized file ({quantized_bytes:,} bytes) was no smaller than the float32 file ({float_bytes:,}) "
@@ -328,7 +340,7 @@ _WHY = {"gain": "the quantized file was neither smaller nor faster than the floa
 
 def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
                    int4: list[str], calibration: Sequence[np.ndarray], cache: Path, tmp: Path, timer: Timer,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+                   log: Callable[[str], None], *, deadline: float = math.inf) -> dict[str, Any]:
     """Make the quantized model no slower than the float32 file, one change per round: a quantized layer back to
     float32, or an int4 layer to int8 (int4 weights are not run by onnxruntime's integer kernels).
 
@@ -337,20 +349,33 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
     than ``SPEED_MARGIN`` (against timing noise), or when the planned one is slower than the float32 file by more
     than that. A round that would stop times the float32 file and the planned model once more, and stops only if
     that confirms it. The last round therefore measured, twice, a planned model no slower than the float32 file
-    (within the margin). Updates ``plan``/``why`` (layers gone float32) and ``int4`` (layers gone int8) in place; returns the
+    (within the margin), unless the wall clock passes ``deadline`` first: then the rounds stop before the next
+    model is built (``stopped`` says so) and the plan stays as the rounds so far left it. Updates ``plan``/``why`` (layers gone float32) and ``int4`` (layers gone int8) in place; returns the
     rounds."""
     rounds: list[dict[str, Any]] = []
     done: list[str] = []
     to_int8: list[str] = []
+    stopped: str | None = None
+
+    def out_of_time() -> bool:
+        nonlocal stopped
+        if stopped is None and time.perf_counter() > deadline:
+            stopped = (f"the speed check's time ran out after {len(rounds)} round(s) (SPEED_CHECK_SECONDS); the "
+                       "layers it had not reverted stay quantized, untimed")
+            log(stopped)
+        return stopped is not None
+
     while True:
         current = [n.node for n in nodes if n.node not in plan]
-        if not current:
+        if not current or out_of_time():
             break
         planned = tmp / "speed-planned.onnx"
         quantize_onnx(float_path, planned, calibration, exclude=sorted(plan), int4=int4, cache=cache)
         paths: dict[str, Path] = {"float32": Path(float_path), "quantized": planned}
         changes: dict[str, tuple[str, str]] = {}  # timing key → (node, "float32" | "int8")
         for i, name in enumerate(current):
+            if out_of_time():
+                break
             key = f"{name} → float32"
             changes[key] = (name, "float32")
             if len(current) == 1:
@@ -364,6 +389,8 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
                 changes[key], paths[key] = (name, "int8"), tmp / f"speed-int8-{i}.onnx"
                 quantize_onnx(float_path, paths[key], calibration, exclude=sorted(plan),
                               int4=[n for n in int4 if n != name], cache=cache)
+        if stopped is not None:
+            break
         times = timer(paths)
         float_ms, planned_ms = times["float32"], times["quantized"]
         best = min(changes, key=lambda k: times[k])
@@ -398,7 +425,7 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
                       f"({times[best]:.3g} ms)")
         why[node] = "speed"
         done.append(node)
-    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8}
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8, "stopped": stopped}
 
 
 def _shown(node: str) -> str:
