@@ -56,9 +56,10 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     layer's weights in the smallest form allowed (int8 dense or sparse; int4 under ``bayes`` where the posterior
     allows 4 bits), revert layers whose integer form runs slower than float32 on this CPU (``speed_check``; None:
     where ``recipe.latency_runs`` allows timing at all; timed by ``timer``, by default :func:`time_models` with
-    ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``), and
-    write it to ``out_path``; the speed check stops after ``speed_seconds`` of wall time. Returns the report's ``quantization`` section (its ``file`` is None when every layer
-    had to stay float32, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
+    ``recipe.latency_runs`` runs at the largest of ``recipe.latency_batch_sizes``, for ``speed_seconds`` of wall
+    time at most), and write it to ``out_path`` if it is smaller than the float32 file or was timed faster. Returns
+    the report's ``quantization`` section (its ``file`` is None when every layer had to stay float32 or the file
+    would gain nothing, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
     (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
     ``files`` beside the quantized file's."""
     from ..autopilot import metric_drop
@@ -331,8 +332,7 @@ def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | 
             f"{timing}")
 
 
-_WHY = {"gain": "the quantized file was neither smaller nor faster than the float32 file",
-        "posterior": "the posterior asks for more than 8 bits or has none",
+_WHY = {"posterior": "the posterior asks for more than 8 bits or has none",
         "operator": "onnxruntime does not quantize the operator",
         "accuracy": "outside the accuracy budget",
         "speed": "the int8 form ran slower than float32 on this CPU"}
