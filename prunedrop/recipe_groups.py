@@ -324,9 +324,10 @@ class ExportConfig:
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""
 
     quantize: Quantize = setting("bayes",
-            cli=Cli("--quantize", "Override the recipe's quantize: also write model-int8.onnx (int8 = every layer "
-                                'onnxruntime can quantize, bayes = the layers whose posterior allows 8 bits, int4 where '
-                                '4); a layer whose integer form runs slower here stays float32.'))
+            cli=Cli("--quantize", "Override the recipe's quantize (default bayes): also write model-int8.onnx "
+                                '(int8 = every layer onnxruntime can quantize, bayes = the layers whose posterior allows '
+                                '8 bits, int4 where 4; none = no int8 file); a layer whose integer form runs slower here '
+                                'stays float32, and no file is written that is neither smaller nor faster.'))
     """Also write an int8 ONNX file beside the float one (``model-int8.onnx``, onnxruntime's QDQ quantizer):
     ``int8`` quantizes every layer onnxruntime can, ``bayes`` only the layers whose posterior allows 8 bits (the
     rest stay float32), ``none`` writes no quantized file. Its accuracy is measured with onnxruntime and kept within
