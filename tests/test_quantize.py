@@ -349,6 +349,12 @@ def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_pat
                              metric_before=100.0, bits=half, timer=_int8_faster, log=lambda msg: None)
     assert [r["precision"] for r in section["layers"]] == ["float32", "int8"]
     assert [r["bits_needed"] for r in section["layers"]] == [11.0, 6.0]
+    # a layer with no posterior (not converted) is int8 as under quantize: int8, and its row says why
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=data, recipe=recipe,
+                             metric_before=100.0, bits={"0": wide["0"]}, timer=_int8_faster, log=lambda msg: None)
+    rows = {r["layer"]: r for r in section["layers"]}
+    assert rows["0"]["precision"] == "float32" and rows["2"]["precision"] == "int8"
+    assert "no_posterior" in rows["2"] and "no_posterior" not in rows["0"] and "bits_needed" not in rows["2"]
 
 
 def test_evaluate_onnx_mse_matches_torch(tmp_path: Path) -> None:
