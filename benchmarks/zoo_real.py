@@ -135,7 +135,9 @@ def latency(run_dir: Path, example: torch.Tensor) -> dict:
 
 
 def run_variational(method: str, dense: nn.Module, data: DataBundle, args, run_dir: Path) -> dict:
-    recipe = Recipe(method=method, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+    # quantize: none as the rows were measured (this script times the float32 files itself, with latency_runs 0 the
+    # quantize step would have no speed check; benchmarks/quantize_resnet18.py --run quantizes a run folder)
+    recipe = Recipe(method=method, epochs=args.epochs, finetune_epochs=args.finetune_epochs, quantize="none",
                     latency_runs=0, plots=False, budget_after_finetune=True if args.budget_after_finetune else None)
     if args.smoke:  # 2 epochs on 200 images cannot keep 1 point; the smoke run checks the plumbing only
         recipe = recipe.replace(max_metric_drop=100.0)
