@@ -378,6 +378,15 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
         pipeline.check_budget(Recipe(loss="mse"), 0.10, 0.12)
     pipeline.check_budget(Recipe(kl_weight=2.0), 95.0, 92.0)  # a fixed β: the user's call
     pipeline.check_budget(Recipe(), 95.0, 94.5)
+    # a perfect original score on a coarse split: the line says what likely happened
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(Recipe(), 100.0, 98.61, num_val=144)
+    message = str(caught.value)
+    assert "scores 100% on the validation data" in message and "held-out validation data" in message
+    assert message.endswith("One of the 144 validation samples weighs 0.69 points, more than half the budget.")
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(Recipe(), 95.0, 92.0, num_val=6000)
+    assert "100%" not in str(caught.value) and "weighs" not in str(caught.value)
     pipeline.check_budget(Recipe(loss="mse"), 0.10, 0.1005)
 
 

@@ -35,7 +35,7 @@ def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selecti
     """Evaluate the compressed ``model`` and stop an automatic-β run over its budget
     (:func:`prunedrop.stages.budget.check_budget`)."""
     metric = evaluate_all(model, data, recipe, torch.device("cpu"))
-    check_budget(recipe, baseline.metric["val"], metric["val"])
+    check_budget(recipe, baseline.metric["val"], metric["val"], num_val=data.num_val)
     calibration = {}
     if selection.calibration:
         calibration["compressed"] = calibration_summary(model, data.loader("val", recipe.eval_batch_size))
