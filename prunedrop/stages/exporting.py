@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import __version__
 from ..data import DataBundle
-from ..errors import PrunedropError
+from ..errors import PrunedropError, describe
 from ..export import ExportResult, export_onnx, verify_onnx
 from ..quantize import quantize_model
 from ..recipes import Recipe
@@ -120,12 +120,13 @@ def export_compressed(model: nn.Module, baseline: Baseline, evaluation: Evaluati
                                           recipe=recipe, metric_before=baseline.metric["val"], bits=bits,
                                           compare={"dense_float32": baseline.onnx.path,
                                                    "pruned_float32": exported.path}, log=log)
-        except PrunedropError as e:
+        except Exception as e:  # onnxruntime's quantizer and onnx's checker raise many types
             # the compressed float32 model is exported and verified already: a model onnxruntime's quantizer cannot
             # take loses the int8 file, not the run
+            why = e.message if isinstance(e, PrunedropError) else describe(e)
             quantization = {"mode": recipe.quantize, "file": None, "bytes": None, "layers": [],
-                            "none_reason": f"quantization failed: {e.message}"}
-            log(f"quantization failed, no quantized file written (the float32 model is exported): {e.message}")
+                            "none_reason": f"quantization failed: {why}"}
+            log(f"quantization failed, no quantized file written (the float32 model is exported): {why}")
         timings["quantize_s"] = time.perf_counter() - t0
         if quantization["file"] is not None:
             timed["quantized"] = folder.quantized_onnx
