@@ -327,6 +327,36 @@ def test_weight_nodes_name_the_module_also_where_the_exporter_fused_a_batchnorm(
     found = {(w.op, w.module) for w in weight_nodes(onnx.load(str(path)))}
     assert found == {("Conv", "0.0"), ("Gemm", "2")}
 
+    class Block(nn.Module):  # a fused convolution two attributes deep: "/block/conv/Conv"
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block, self.head = Block(), nn.Linear(64, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.block(x).flatten(1))
+
+    path = export_onnx(Net().eval(), torch.randn(2, 1, 6, 6), tmp_path / "n.onnx").path
+    found = {(w.op, w.module) for w in weight_nodes(onnx.load(str(path)))}
+    assert found == {("Conv", "block.conv"), ("Gemm", "head")}  # it was "conv": no posterior under bayes
+
+
+def test_scope_names_make_the_qualified_module_name() -> None:
+    from prunedrop.quantize.graph import _scope_name
+
+    assert _scope_name(["layer1", "layer1.0", "conv1"]) == "layer1.0.conv1"
+    assert _scope_name(["layer1", "layer1.0", "downsample", "downsample.0"]) == "layer1.0.downsample.0"
+    assert _scope_name(["encoder", "layers.0", "self_attn"]) == "encoder.layers.0.self_attn"
+    assert _scope_name(["layer1", "layer1.0", "layer1.0.conv1"]) == "layer1.0.conv1"
+    assert _scope_name(["0", "0.0"]) == "0.0" and _scope_name(["stem"]) == "stem" and _scope_name([]) is None
+
 
 def test_bayes_keeps_layers_float_where_the_posterior_asks_for_more_bits(tmp_path: Path) -> None:
     from prunedrop.quantize import LayerBits

@@ -30,10 +30,28 @@ class WeightNode:
 def _module_of(node: onnx.NodeProto, weight: str) -> str | None:
     if weight.endswith(".weight") and not weight.startswith("onnx::"):
         return weight[: -len(".weight")]
-    # TorchScript names nodes by module scope, each scope its module's qualified name: "/layer1/layer1.0/conv1/Conv"
-    # (the weight of a Conv that the exporter fused with its BatchNorm is an "onnx::Conv_12" constant)
-    parts = node.name.strip("/").split("/")
-    return parts[-2] if node.name.startswith("/") and len(parts) > 1 else None
+    # the weight of a Conv that the exporter fused with its BatchNorm is an "onnx::Conv_12" constant: the module is
+    # read from the node's name, which TorchScript builds from the module scopes: "/block1/conv1/Conv" (attribute
+    # names) or "/layer1/layer1.0/conv1/Conv" (a container's child named "attribute.index")
+    if not node.name.startswith("/"):
+        return None
+    return _scope_name(node.name.strip("/").split("/")[:-1])
+
+
+def _scope_name(scopes: Sequence[str]) -> str | None:
+    """The qualified module name of TorchScript's scope names: each is appended, except that a scope named
+    ``X.i`` right after a scope ``X`` (a container's child, or a fully qualified scope) replaces it: ["layer1",
+    "layer1.0", "conv1"] → "layer1.0.conv1", ["block1", "conv1"] → "block1.conv1", ["0", "0.0"] → "0.0". (It used
+    the last scope alone, so that a digits residual CNN's BatchNorm-fused convolutions, "/block1/conv1/Conv", found
+    no posterior under ``bayes``.)"""
+    parts: list[str] = []
+    for scope in scopes:
+        head, dot, _ = scope.rpartition(".")
+        if dot and parts and parts[-1] == head:
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts) or None
 
 
 def weight_nodes(proto: onnx.ModelProto) -> list[WeightNode]:
