@@ -855,3 +855,16 @@ def test_the_speed_check_stops_when_its_time_is_spent(tmp_path: Path, monkeypatc
     free = quantize_model(float_file, tmp_path / "q.onnx", mode="int8", data=data,
                           recipe=Recipe(max_metric_drop=None), metric_before=None, timer=timer, log=lambda m: None)
     assert len(free["speed"]["rounds"]) == 3 and free["speed"]["stopped"] is None
+
+
+def test_the_quantization_line_gives_sizes_within_half_a_percent_in_bytes() -> None:
+    from prunedrop.report.render import _quantization_line
+
+    def line(quantized: int, pruned: int) -> str:
+        return _quantization_line({"mode": "bayes", "file": "model-int8.onnx", "bytes": quantized, "layers": [],
+                                   "files": {"pruned_float32": {"bytes": pruned}}, "metric": {"val": 98.6}},
+                                  "accuracy")
+
+    assert "(89 bytes larger than the pruned float32 file)" in line(18_674, 18_585)  # the shipped example's
+    assert "(2.00x smaller than the pruned float32 file)" in line(500, 1_000)
+    assert "(1.74x larger than the pruned float32 file)" in line(15_003, 8_623)

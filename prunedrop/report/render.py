@@ -242,9 +242,14 @@ def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
         return f"quantization ({q.get('mode')}): {why}; no file written"
     files = q.get("files") or {}
     int8 = sum(r.get("precision") not in (None, "float32") for r in q.get("layers", []))
-    ratio = _ratio((files.get("pruned_float32") or {}).get("bytes"), q.get("bytes"))
-    size = "the same size as" if not ratio or ratio == 1 else (
-        f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
+    float_bytes = (files.get("pruned_float32") or {}).get("bytes")
+    ratio = _ratio(float_bytes, q.get("bytes"))
+    if ratio and ratio != 1 and _fmt_ratio(max(ratio, 1 / ratio)) == "1.00x":  # within half a percent: in bytes
+        diff = int(q.get("bytes") or 0) - int(float_bytes or 0)
+        size = f"{abs(diff):,} bytes {'larger' if diff > 0 else 'smaller'} than"
+    else:
+        size = "the same size as" if not ratio or ratio == 1 else (
+            f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
     return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
             f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
             f"layers integer, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
