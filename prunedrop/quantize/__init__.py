@@ -3,8 +3,9 @@ package, each public name re-exported here).
 
 The quantizer is onnxruntime's own (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel
 symmetric int8 weights, activation ranges calibrated (MinMax) on a few training batches; LSTMs through its
-``quantize_dynamic``); prunedrop decides only *which* layers it may quantize and how their weights are stored,
-checks the result with onnxruntime and writes it beside the float file.
+``quantize_dynamic``); prunedrop decides *which* nodes it quantizes (the chosen layers and the operators that carry
+int8 between them), the activations' type for this CPU and how the weights are stored, checks the result with
+onnxruntime and writes it beside the float file where it is smaller or faster.
 
 Modules, each importing only those before it: :mod:`.bits` (the posterior's bit rule: :func:`posterior_bits`),
 :mod:`.graph` (the ONNX files as protobuf: the weight nodes, the dense float file the quantizer reads, each

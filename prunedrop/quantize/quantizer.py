@@ -1,7 +1,8 @@
 """onnxruntime's own quantizer run on the float ONNX file: the calibration batches (a few training samples) and
 :func:`quantize_onnx` (:func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel symmetric int8 or
-int4 weights, activation ranges calibrated (MinMax); LSTMs through its ``quantize_dynamic``), which leaves the nodes
-it is told to float32 and writes the quantized file, its weights stored sparse where that is smaller.
+int4 weights, activation ranges calibrated (MinMax); LSTMs through its ``quantize_dynamic``), which quantizes the
+layers it is not told to leave float32 and the operators between them, with the activation type this CPU runs
+fastest, and writes the quantized file, its weights stored sparse where that is smaller.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class QuantizedFile:
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
                   exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
                   sparse: bool | str = "auto", activations: str | None = None) -> QuantizedFile:
-    """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static int8 activations
+    """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static 8-bit activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
     ``int4``: weight nodes whose weights are stored as 4-bit integers instead (onnxruntime's per-tensor quant
