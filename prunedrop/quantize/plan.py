@@ -116,6 +116,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     sensitivity: dict[str, float] = {}
     storage_note: str | None = None
     speed: dict[str, Any] | None = None
+    final_ms: dict[str, float] | None = None  # the speed check's last timing of the plan it leaves
     int4: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
         cache = Path(tmp) / "calibration.json"
@@ -207,12 +208,13 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             speed = {"checked": True, **setting,
                      **_speed_reverts(float_path, nodes, plan, why, int4, calibration, cache, Path(tmp), timer, log,
                                      deadline=time.perf_counter() + speed_seconds)}
+            final_ms = speed.pop("final_ms")
         final = None
         no_gain: str | None = None
         if any(n.node not in plan for n in nodes):
             final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, exclude=sorted(plan),
                                   int4=[n for n in int4 if n not in plan], cache=cache)
-            no_gain = _no_gain(final.num_bytes, Path(float_path).stat().st_size, speed)
+            no_gain = _no_gain(final.num_bytes, Path(float_path).stat().st_size, speed, final_ms)
             if no_gain is None:
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
                 final.path = Path(out_path)
@@ -308,22 +310,17 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     return section
 
 
-def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | None) -> str | None:
+def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | None,
+             final_ms: Mapping[str, float] | None) -> str | None:
     """Why the quantized file is not worth writing, or None when it is: it must be smaller than the float32 file
-    or measured faster than it (by more than :data:`SPEED_MARGIN`, in the speed check's last timing). On small
-    models the quantize/dequantize nodes, scales and zero points can outweigh the weights they shrink (a digits
-    transformer's int8 file was 2.2x the float32 one), and a file that is neither smaller nor faster is not a
-    compression of it."""
+    or measured faster than it (by more than :data:`SPEED_MARGIN`, in the speed check's last timing of the plan it
+    left, ``final_ms``). On small models the quantize/dequantize nodes, scales and zero points can outweigh the
+    weights they shrink (a digits transformer's int8 file was 2.2x the float32 one), and a file that is neither
+    smaller nor faster is not a compression of it."""
     if quantized_bytes < float_bytes:
         return None
-    rounds = (speed or {}).get("rounds") or []
-    if speed is not None and speed.get("checked") and rounds:
-        last = rounds[-1].get("confirmation_ms") or rounds[-1]
-        float_ms = last.get("float32", last.get("float32_ms"))
-        quantized_ms = last.get("quantized", last.get("quantized_ms"))
-        change = rounds[-1].get("changed")
-        if change:  # the check ran out of time after a change: the model written is the one that change timed
-            quantized_ms = rounds[-1]["candidates_ms"][f"{change['node']} → {change['to']}"]
+    if final_ms is not None:
+        float_ms, quantized_ms = final_ms["float32"], final_ms["quantized"]
         if quantized_ms < float_ms * (1 - SPEED_MARGIN):
             return None
         timing = f"and no faster ({quantized_ms:.3g} against {float_ms:.3g} ms)"
@@ -359,6 +356,7 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
     done: list[str] = []
     to_int8: list[str] = []
     stopped: str | None = None
+    final_ms: dict[str, float] | None = None  # the last timing of the plan the rounds leave, beside the float32 file
 
     def out_of_time() -> bool:
         nonlocal stopped
@@ -411,10 +409,12 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
             entry["confirmation_ms"] = {"float32": again["float32"], "quantized": again["quantized"]}
             slower = again["quantized"] > again["float32"] * (1 + SPEED_MARGIN)
             if not slower:
+                final_ms = {"float32": again["float32"], "quantized": again["quantized"]}
                 break
             float_ms, planned_ms = again["float32"], again["quantized"]  # what the reason below states
         node, target = changes[best]
         entry["changed"] = {"node": node, "to": target}
+        final_ms = {"float32": float_ms, "quantized": times[best]}  # the plan as this change leaves it
         log(f"{_shown(node)} to {target} for speed: {planned_ms:.3g} ms → {times[best]:.3g} ms "
             f"(float32 file {float_ms:.3g} ms)")
         if target == "int8":
@@ -428,7 +428,8 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
                       f"({times[best]:.3g} ms)")
         why[node] = "speed"
         done.append(node)
-    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8, "stopped": stopped}
+    return {"margin": SPEED_MARGIN, "rounds": rounds, "reverted": done, "int4_to_int8": to_int8, "stopped": stopped,
+            "final_ms": final_ms}
 
 
 def _shown(node: str) -> str:
