@@ -255,13 +255,14 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             if r.get("changed"):
                 r["changed"]["node"] = _shown(r["changed"]["node"])
     reasons = sorted({why[n] for n in plan})
+    activations = activation_type()
     section: dict[str, Any] = {
         "mode": mode,
         "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
                  "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
         "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
-                  f"allows 4 bits and that is smaller), {activation_type()} activations "
-                  f"({'u8s8: this CPU has VNNI' if activation_type() == 'uint8' else 's8s8: this CPU has no VNNI'}) "
+                  f"allows 4 bits and that is smaller), {activations} activations "
+                  f"({'u8s8: this CPU has VNNI' if activations == 'uint8' else 's8s8: this CPU has no VNNI'}) "
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
                   "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
         "layers": rows,

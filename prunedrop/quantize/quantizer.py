@@ -7,6 +7,7 @@ fastest, and writes the quantized file, its weights stored sparse where that is 
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -46,16 +47,22 @@ _VNNI = ("avx512_vnni", "avx_vnni")
 def cpu_instruction_sets(cpuinfo: str | None = None) -> list[str]:
     """The int8-relevant instruction sets this CPU has (VNNI, AMX, AVX-512, AVX2), from /proc/cpuinfo."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
+        return list(_this_cpu())
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
             break
     return [f for f in _CPU_FLAGS if f in flags]
+
+
+@functools.cache
+def _this_cpu() -> tuple[str, ...]:
+    """This CPU's sets, read once: every quantize_onnx call asks (one per speed-check candidate)."""
+    try:
+        return tuple(cpu_instruction_sets(Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return ()
 
 
 def activation_type(instruction_sets: Sequence[str] | None = None) -> str:
@@ -132,7 +139,8 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
 
     proto = load_dense(float_path)
     nodes = weight_nodes(proto)
-    int4 = [n for n in int4 if n not in set(exclude)]
+    excluded = set(exclude)
+    int4 = [n for n in int4 if n not in excluded]
     overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": 0}] for wn in nodes if wn.node in int4}
     source_proto = to_opset(proto, INT4_OPSET) if overrides else proto
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
@@ -145,7 +153,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         # the layers to quantize and the operators between them (graph.carriers), nothing else: onnxruntime would
         # otherwise quantize every operator it knows, excluded layers or not
         act = QuantType.QUInt8 if (activations or activation_type()) == "uint8" else QuantType.QInt8
-        static = [wn.node for wn in nodes if wn.node not in set(exclude) and wn.op not in DYNAMIC_OPS]
+        static = [wn.node for wn in nodes if wn.node not in excluded and wn.op not in DYNAMIC_OPS]
         chosen = [*static, *carriers(proto, static)]
         try:
             if chosen:
@@ -161,7 +169,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
             raise PrunedropError(f"onnxruntime cannot quantize {Path(float_path).name}: {describe(e)}") from e
         finally:
             root.setLevel(level)
-        dynamic = [wn.node for wn in nodes if wn.op in DYNAMIC_OPS and wn.node not in set(exclude)]
+        dynamic = [wn.node for wn in nodes if wn.op in DYNAMIC_OPS and wn.node not in excluded]
         if dynamic:
             from onnxruntime.quantization import quantize_dynamic
 
