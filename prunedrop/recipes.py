@@ -151,6 +151,13 @@ class _RecipeMethods:
             return bool(r.budget_after_finetune)
         if not r.automatic:
             return False
+        return self.validation_resolves_budget(num_val)
+
+    def validation_resolves_budget(self, num_val: int) -> bool:
+        """Whether ``num_val`` validation samples resolve the accuracy budget: one of them weighs at most the
+        autopilot's aim while training (half the budget). Always for ``mse`` (no sample has a weight of its own)
+        and without a budget."""
+        r: Any = self
         if r.loss == "cross_entropy" and r.max_metric_drop is not None:
             # the autopilot's aim while training; imported here, since reading a recipe must not import torch
             from .autopilot import MARGIN

@@ -55,7 +55,7 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
         hints += (" The given model scores 100% on the validation data: if it was trained on those samples it knows "
                   "them by heart, and fine-tuning on the rest loses some whatever is pruned; give it held-out "
                   "validation data (x_val/y_val, docs/cli.md).")
-    if recipe.loss == "cross_entropy" and num_val and 100.0 / num_val > recipe.max_metric_drop / 2:
+    if num_val and not recipe.validation_resolves_budget(num_val):
         hints += (f" One of the {num_val} validation samples weighs {100.0 / num_val:.2g} points, more than half the "
                   "budget.")
     raise TrainingError(
