@@ -266,6 +266,7 @@ def test_quantized_export_of_a_network_whose_batchnorms_joined_their_noise(tmp_p
     (The tiny network's int8 file is larger than its float32 one, so the speed check is told that it runs faster:
     a file neither smaller nor faster is not written.)"""
     from test_finetune_slim import _data  # pytest puts tests/ on sys.path
+    from test_quantize import _int8_faster
 
     from prunedrop import pipeline
     from prunedrop.testing_arch import tiny_arch
@@ -274,8 +275,7 @@ def test_quantized_export_of_a_network_whose_batchnorms_joined_their_noise(tmp_p
     recipe = Recipe(method="sbp", tie_residual=True, exclude=["fc"], epochs=1, finetune_epochs=1, batch_size=16,
                     kl_warmup_epochs=0, device="cpu", mc_samples=0, plots=False, latency_runs=2,
                     sweep_thresholds=[1.0], kl_weight=1.0, max_metric_drop=None, quantize="bayes")
-    monkeypatch.setattr("prunedrop.quantize.plan.time_models",
-                        lambda paths, *a, **k: {n: 2.0 if n == "float32" else 1.0 for n in paths})
+    monkeypatch.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: _int8_faster(paths))
     result = pipeline.compress(plain, _data(tuple(x.shape[1:])), recipe, tmp_path / "out", progress=False,
                                log=lambda m: None)
     assert len(result.report["conversion"]["batchnorm_noise_after"]) == 6
