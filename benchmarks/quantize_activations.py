@@ -1,6 +1,7 @@
 """s8s8 against u8s8: one float32 ONNX file quantized by onnxruntime's QDQ quantizer with int8 and with uint8
 activations (per-channel int8 weights, the layers and their carriers as prunedrop hands them over), timed against
-the float32 file alternated in one process at batch 64, 1 thread, and evaluated on the validation split.
+the float32 file alternated in one process at batch 64, 1 thread, and evaluated on the validation split
+(``prunedrop.quantize.quantize_onnx`` with each ``activations``).
 
     python benchmarks/quantize_activations.py RUN/model.onnx --data fashion-mnist
     .venv-zoo/bin/python benchmarks/quantize_activations.py r18.onnx --data digits-rgb32 --runs 5
@@ -12,19 +13,13 @@ file, not here). Prints the median latency of two timings and the validation acc
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnx  # noqa: E402
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: E402
-
-from prunedrop.quantize.graph import carriers, load_dense, weight_nodes  # noqa: E402
-from prunedrop.quantize.measure import evaluate_onnx, time_models  # noqa: E402
-from prunedrop.quantize.quantizer import _Batches, calibration_batches  # noqa: E402
+from prunedrop.quantize import calibration_batches, evaluate_onnx, quantize_onnx, time_models  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +28,6 @@ def main() -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits or digits-rgb32")
     p.add_argument("--runs", type=int, default=20, help="timed runs per file and timing")
     args = p.parse_args()
-    logging.getLogger().setLevel(logging.ERROR)
     if args.data == "digits-rgb32":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from zoo_real import digits_rgb
@@ -44,19 +38,11 @@ def main() -> None:
 
         data = load_data(args.data, val_fraction=0.1, seed=0)
     calibration = calibration_batches(data.loader("train", 64, shuffle=True, seed=0))
-    proto = load_dense(args.onnx_file)
-    layers = [n.node for n in weight_nodes(proto)]
-    chosen = layers + carriers(proto, layers)
     files = {"float32": args.onnx_file}
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "float.onnx"
-        onnx.save(proto, str(source))
-        for name, kind in (("s8s8", QuantType.QInt8), ("u8s8", QuantType.QUInt8)):
-            files[name] = Path(tmp) / f"{name}.onnx"
-            quantize_static(str(source), str(files[name]), _Batches(proto.graph.input[0].name, calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind,
-                            weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
-                            calibrate_method=CalibrationMethod.MinMax)
+        for name, kind in (("s8s8", "int8"), ("u8s8", "uint8")):  # every layer, as quantize_onnx hands it over
+            files[name] = quantize_onnx(args.onnx_file, Path(tmp) / f"{name}.onnx", calibration,
+                                        activations=kind).path
         for rep in range(2):
             times = time_models(files, data.example_batch(64), batch_size=64, threads=1, runs=args.runs)
             print(f"timing {rep + 1} (ms, batch 64): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
