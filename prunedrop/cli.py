@@ -323,8 +323,11 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
                f"{r.params_after:,} of {r.params_before:,} parameters non-zero; "
                f"{r.metric_name} {r.metric:.4g} on validation data")
     if r.quantization is not None:
+        from .report.render import int8_stored_text
+
         int8 = sum(row["precision"] != "float32" for row in r.quantization["layers"])
-        click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes, {int8} of {len(r.quantization['layers'])} layers integer), "
+        click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes, {int8} of {len(r.quantization['layers'])} layers integer"
+                   f"{int8_stored_text(r.quantization)}), "
                    f"{r.metric_name} {r.quantization['metric']['val']:.4g} on validation data (onnxruntime)")
         return
     click.echo(f"wrote {r.path} ({r.onnx_bytes:,} bytes), onnxruntime max abs diff {r.parity_max_abs_diff:.2e}")

@@ -211,9 +211,25 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             final_ms = speed.pop("final_ms")
         final = None
         no_gain: str | None = None
-        if any(n.node not in plan for n in nodes):
-            final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, exclude=sorted(plan),
-                                  int4=[n for n in int4 if n not in plan], cache=cache)
+        # a layer left float32 for speed, or because onnxruntime has no integer kernel for its operator, still
+        # stores its weights as int8 (store_int8: decoded when the model loads, float32 arithmetic at the float32
+        # speed) when its posterior allows 8 bits; the file's validation metric decides, as for the quantized layers
+        int8_stored = [n.node for n in nodes if why.get(n.node) in ("speed", "operator")]
+        if any(n.node not in plan for n in nodes) or int8_stored:
+            final_kw = {"exclude": sorted(plan), "int4": [n for n in int4 if n not in plan], "cache": cache}
+            final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, int8_weights=int8_stored,
+                                  **final_kw)
+            if final.int8_weights:
+                metric_stored = evaluate_onnx(final.path, val_loader, loss=loss)
+                if not in_budget(metric_stored):
+                    note = (f"int8-stored weights of {', '.join(_shown(n) for n in final.int8_weights)} (float32 "
+                            f"layers) left the budget (validation {_metric_text(loss)} {metric_stored:.4g}): stored "
+                            "float32")
+                    storage_note = note if storage_note is None else f"{storage_note}; {note}"
+                    log(note)
+                    final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, **final_kw) \
+                        if any(n.node not in plan for n in nodes) else None
+        if final is not None:
             no_gain = _no_gain(final.num_bytes, Path(float_path).stat().st_size, speed, final_ms)
             if no_gain is None:
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
@@ -240,6 +256,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                        **storage_options.get(node, {})}
             row["storage"] = {"form": f"{stored['type']} {stored['stored']}", "bytes": stored["bytes"],
                               "options": {k: v for k, v in options.items() if v is not None}}
+            if final is not None and node in final.int8_weights:
+                row["storage"]["form"] += ", decoded to float32 when the model loads"
             if speed is not None and node in speed.get("int4_to_int8", []):
                 row["storage"]["why"] = "int4 was smaller, but the model ran faster with this layer int8"
         rows.append(row)
@@ -264,7 +282,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                   f"allows 4 bits and that is smaller), {activations} activations "
                   f"({'u8s8: this CPU has VNNI' if activations == 'uint8' else 's8s8: this CPU has no VNNI'}) "
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
-                  "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights)",
+                  "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights); layers left float32 for speed "
+                  "or operator keep int8-stored weights (per-channel symmetric), decoded to float32 when the model "
+                  "loads (Cast and Mul, folded by onnxruntime)",
         "layers": rows,
         "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
         "reverted": reverted,
@@ -277,12 +297,17 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         "sparse_initializers": [] if final is None else final.sparse_initializers,
         "cpu_instruction_sets": cpu_instruction_sets(),
     }
+    every_float = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
+        if reasons else "the model has no Linear/Conv-like weight layer to quantize"
     if unwritten is not None:
-        section["none_reason"] = no_gain
-        section["unwritten"] = {"bytes": unwritten.num_bytes, "quantized": [_shown(n) for n in unwritten.quantized]}
+        # with no layer integer, the file's only gain would have been its int8-stored weights
+        section["none_reason"] = no_gain if unwritten.quantized else (
+            f"{every_float}, and with int8-stored weights the file was no smaller ({unwritten.num_bytes:,} "
+            f"against {Path(float_path).stat().st_size:,} bytes)")
+        section["unwritten"] = {"bytes": unwritten.num_bytes, "quantized": [_shown(n) for n in unwritten.quantized],
+                                "int8_stored_weights": [_shown(n) for n in unwritten.int8_weights]}
     elif final is None:
-        section["none_reason"] = "every layer stayed float32 (" + ", ".join(_WHY[r] for r in reasons) + ")" \
-            if reasons else "the model has no Linear/Conv-like weight layer to quantize"
+        section["none_reason"] = every_float
     if final is None:
         log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
@@ -307,7 +332,10 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         + (f"; {len(unsupported)} stay float32 as onnxruntime does not quantize their operator: "
            + ", ".join(f"{_shown(n)} ({next(w.op for w in nodes if w.node == n)})" for n in unsupported)
            if unsupported else "")
-        + (f"; {len(slow)} stay float32 as their int8 form ran slower here: {', '.join(slow)}" if slow else ""))
+        + (f"; {len(slow)} stay float32 as their int8 form ran slower here: {', '.join(slow)}" if slow else "")
+        + (f"; weights stored int8 and decoded to float32 when the model loads: "
+           f"{', '.join(_shown(n) for n in final.int8_weights)}" if final.int8_weights else ""))
+    section["int8_stored_weights"] = [_shown(n) for n in final.int8_weights]
     return section
 
 

@@ -25,6 +25,7 @@ from .graph import (
     load_dense,
     quantized_nodes,
     splice_dynamic,
+    store_int8,
     to_opset,
     weight_nodes,
     weight_storage,
@@ -119,11 +120,15 @@ class QuantizedFile:
     storage: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Quantized weight node → how its weight is stored: ``type`` (int8 or int4), ``stored`` (dense or sparse),
     ``bytes`` as stored, ``dense_bytes`` and (int8 with zeros) ``sparse_bytes``, all serialized protobuf bytes."""
+    int8_weights: list[str] = field(default_factory=list)
+    """Float32 nodes (in ``float_nodes``) whose weights are stored as int8 and decoded when the model loads
+    (:func:`~prunedrop.quantize.graph.store_int8`); their rows are in ``storage`` too."""
 
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
                   exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
-                  sparse: bool | str = "auto", activations: str | None = None) -> QuantizedFile:
+                  sparse: bool | str = "auto", activations: str | None = None,
+                  int8_weights: Sequence[str] = ()) -> QuantizedFile:
     """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static 8-bit activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
@@ -189,7 +194,8 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
             quantized = onnx.load(str(target))
     int8 = quantized_nodes(quantized, nodes)
     kept_float = [wn.node for wn in nodes if wn.node not in int8]
-    storage = weight_storage(quantized, nodes)
+    int8_stored = store_int8(quantized, [wn for wn in nodes if wn.node in set(int8_weights) and wn.node in kept_float])
+    storage = weight_storage(quantized, nodes, int8_stored)
     # int8 weights, and the float weights of layers left float32 (densified above for the quantizer), go sparse
     # where that is smaller, as in the float file
     converted = [] if sparse is False else sparsify_initializers(quantized, sparse, dtypes=_SPARSE_TYPES)
@@ -202,4 +208,4 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     data = quantized.SerializeToString()
     atomic_write_bytes(Path(out_path), data)
     return QuantizedFile(path=Path(out_path), num_bytes=len(data), quantized=int8, float_nodes=kept_float,
-                         sparse_initializers=converted, storage=storage)
+                         sparse_initializers=converted, storage=storage, int8_weights=sorted(int8_stored))

@@ -252,7 +252,13 @@ def _quantization_line(q: Mapping[str, Any], metric: str) -> str:
             f"{_fmt_ratio(ratio)} smaller than" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} larger than")
     return (f"quantization ({q.get('mode')}): {q['file']} {human_bytes(q.get('bytes'))} "
             f"({size} the pruned float32 file), {int8} of {len(q.get('layers', []))} "
-            f"layers integer, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+            f"layers integer{int8_stored_text(q)}, validation {metric} {_fmt_float((q.get('metric') or {}).get('val'))} (onnxruntime)")
+
+
+def int8_stored_text(q: Mapping[str, Any]) -> str:
+    """", 2 more with int8-stored weights" for the float32 layers whose weights the file stores as int8."""
+    stored = len(q.get("int8_stored_weights") or [])
+    return f", {stored} more with int8-stored weights (float32 arithmetic)" if stored else ""
 
 
 def _quantized_speed(latency: Any) -> list[str]:
