@@ -988,3 +988,26 @@ def test_a_float32_layer_keeps_int8_stored_weights_only_within_the_budget(tmp_pa
         "float32", "float32", "int8"]
     assert "storage" not in dropped["layers"][0]
     assert "Cast" not in {n.op_type for n in onnx.load(str(tmp_path / "q2.onnx")).graph.node}
+
+
+def test_store_int8_takes_weights_that_were_stored_sparse(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from prunedrop.quantize.graph import load_dense, store_int8, weight_nodes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[:, ::2] = 0.0  # half zeros: exported as sparse Constants, made dense again by load_dense
+    path = export_onnx(model, torch.randn(2, 8), tmp_path / "sparse.onnx", sparse=True).path
+    assert any(n.op_type == "Constant" for n in onnx.load(str(path)).graph.node)
+    proto = load_dense(path)
+    stored = store_int8(proto, weight_nodes(proto))
+    assert len(stored) == 2
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(tmp_path / "stored.onnx"))
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "stored.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=0.05)

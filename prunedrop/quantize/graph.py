@@ -245,6 +245,7 @@ def store_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str,
     taken = set(inits) | {o for n in proto.graph.node for o in n.output} | graph_inputs
     converted: dict[str, str] = {}  # weight → int8 tensor
     decoders: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
     for wn in nodes:
         init = inits.get(wn.weight)
         users = readers.get(wn.weight, [])
@@ -271,14 +272,16 @@ def store_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str,
 
         q_name, s_name, f_name = fresh(wn.weight + "_int8"), fresh(wn.weight + "_int8_scale"), fresh(
             wn.weight + "_int8_float")
-        proto.graph.initializer.remove(init)
-        proto.graph.initializer.extend([numpy_helper.from_array(q, q_name),
-                                        numpy_helper.from_array(scale.astype(numpy_helper.to_array(init).dtype),
-                                                                s_name)])
+        added += [numpy_helper.from_array(q, q_name),
+                  numpy_helper.from_array(scale.astype(numpy_helper.to_array(init).dtype), s_name)]
         decoders += [helper.make_node("Cast", [q_name], [f_name], name=fresh(q_name + "_Cast"), to=init.data_type),
                      helper.make_node("Mul", [f_name, s_name], [wn.weight], name=fresh(q_name + "_Mul"))]
         converted[wn.weight] = q_name
     if decoders:
+        # one rebuild of each list instead of a removal (a linear search) per weight
+        initializers = [t for t in proto.graph.initializer if t.name not in converted] + added
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(initializers)
         kept = list(proto.graph.node)
         del proto.graph.node[:]
         proto.graph.node.extend([*decoders, *kept])
