@@ -64,15 +64,32 @@ class _Scripted:
         monkeypatch.setattr(bisection, "evaluate", lambda model, loader, loss: {"accuracy": metric(self.pruned[-1])})
 
 
-def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0):
+def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None):
     torch.manual_seed(0)
     recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=1)
     variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
     logs: list[str] = []
     found = bisection.search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
                                             torch.device("cpu"), RunFolder(tmp_path), torch.zeros(2, 1, 4, 4),
-                                            resume=False, progress=False, log=logs.append)
+                                            resume=False, progress=False, log=logs.append, sweep=sweep,
+                                            grid=_points())
     return found, logs
+
+
+def _past_grid(t: float) -> SweepPoint:
+    # past the grid's edge (−2) each half unit of threshold keeps 30% fewer weights; below −6 nothing is left
+    kept = 0 if t < -6 else int(100 * 0.7 ** ((-2 - t) / 0.5))
+    return SweepPoint(threshold=t, metric=10.0, kept_weights=kept, total_weights=400, params=kept + 10,
+                      total_params=410, nonzero_macs=0, macs=0)
+
+
+class _Sweeps:
+    def __init__(self) -> None:
+        self.calls: list[list[float]] = []
+
+    def __call__(self, thresholds: list[float]) -> list[SweepPoint]:
+        self.calls.append(list(thresholds))
+        return [_past_grid(t) for t in thresholds]
 
 
 def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,6 +126,53 @@ def test_every_probe_within_the_budget(tmp_path: Path, monkeypatch: pytest.Monke
     scripted = _Scripted(monkeypatch, lambda t: 90.0)
     found, _ = _search(tmp_path, scripted, chosen=None, budget=1e-6)
     assert found.best[0] == -2.0
+
+
+def test_goes_past_the_grid_when_its_edge_is_within_the_budget(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # within the budget down to −3.5 (beyond the grid's −2); the search finds it past the grid
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -3.5 else 80.0)
+    sweeps = _Sweeps()
+    found, logs = _search(tmp_path, scripted, chosen=None, sweep=sweeps)
+    assert sweeps.calls and all(t < -2.0 for call in sweeps.calls for t in call), "only thresholds past the edge"
+    past = [p for p in found.probes if p["threshold"] < -2.0]
+    assert 1 <= len(past) <= bisection.EXTEND_PROBES
+    assert found.best is not None and -3.5 <= found.best[0] < -2.0
+    assert all(p["within_budget"] == (p["threshold"] >= -3.5) for p in found.probes)
+    # each probe past the grid that came after one within the budget keeps at most EXTEND_KEEP of its parameters,
+    # unless it is the probe between the last within and the first outside
+    first = past[0]
+    assert first["params"] <= bisection.EXTEND_KEEP * _points()[0].params
+    assert found.swept and {p.threshold for p in found.swept} >= {p["threshold"] for p in past}
+    assert any("past the grid" in line for line in logs)
+
+
+def test_past_the_grid_stops_at_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nothing past the grid is within the budget: one probe past it, the grid's edge stays the result
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -2.0 else 80.0)
+    found, _ = _search(tmp_path, scripted, chosen=None, sweep=_Sweeps())
+    assert found.best[0] == -2.0
+    past = [p for p in found.probes if p["threshold"] < -2.0]
+    assert past and not any(p["within_budget"] for p in past)
+    assert len(past) <= bisection.EXTEND_PROBES
+
+
+def test_everything_within_the_budget_past_the_grid_stops_before_emptying(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t: 90.0)
+    found, _ = _search(tmp_path, scripted, chosen=None, sweep=_Sweeps())
+    past = [p for p in found.probes if p["threshold"] < -2.0]
+    assert len(past) == bisection.EXTEND_PROBES
+    assert all(p["kept_weights"] > 0 for p in found.probes)
+    assert found.best[0] == min(p["threshold"] for p in past)
+
+
+def test_no_search_past_the_grid_when_its_edge_is_outside_the_budget(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
+    sweeps = _Sweeps()
+    found, _ = _search(tmp_path, scripted, chosen=None, sweep=sweeps)
+    assert found.best[0] == -0.5 and not sweeps.calls and not found.swept
 
 
 def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
@@ -177,3 +241,27 @@ def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it()
     assert all(410 / _point(t).params < 2.0 for t in measured if t > refined.threshold)
     assert len(swept) == len(points) + TARGET_REFINE_STEPS  # the measured points join the sweep
     assert target_cap(list(points), Recipe(target="params=100x", max_metric_drop=1.0)) is None  # none meets it
+
+
+def test_end_to_end_default_grid_goes_past_its_edge(tmp_path: Path) -> None:
+    # a budget of 100 points admits every threshold: the default grid's edge (log α > −2) is within it, so the
+    # search probes past it and exports a model pruned more than the grid allows (a short, weak variational phase:
+    # the grid's edge keeps weights)
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(
+        kl_weight=1.0, epochs=2, max_metric_drop=100.0, budget_after_finetune=True, sweep_thresholds=None,
+        mc_samples=0, plots=False, latency_runs=0, quantize="none")
+    model = TinyMLP(16, (24, 12), 3)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    out = tmp_path / "out"
+    pipeline.compress(model, data, recipe, out, progress=False, log=lambda _: None)
+    report = json.loads((out / "report.json").read_text())
+    past = [p for p in report["sweep"]["after_finetune"] if p["threshold"] < -2.0]
+    assert 1 <= len(past) <= bisection.EXTEND_PROBES
+    assert report["threshold"] < -2.0
+    swept = {p["threshold"] for p in report["sweep"]["points"]}
+    assert report["threshold"] in swept, "the points swept past the grid are in the report's sweep"
+    grid_edge = next(p for p in report["sweep"]["points"] if p["threshold"] == -2.0)
+    exported = next(p for p in report["sweep"]["points"] if p["threshold"] == report["threshold"])
+    assert 0 < exported["params"] < grid_edge["params"]

@@ -4,21 +4,32 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..errors import PrunedropError
 from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..sweep import within_budget
+from ..sweep import SweepPoint, within_budget
 from ..train import evaluate, metric_name
 from .pruned_finetune import finetune_pruned
+
+#: past the grid: when the default grid's most pruning threshold is still within the budget after fine-tuning, at
+#: most this many more probes (fine-tunings) look for the edge of the budget beyond it
+EXTEND_PROBES = 3
+#: the thresholds past the grid: the grid's last step × 1, 2, 4, … (EXTEND_STEPS of them) beyond its edge, swept (one
+#: evaluation each, no fine-tuning) for their sizes
+EXTEND_STEPS = 8
+#: each probe past the grid keeps at most this share of the parameters of the last one within the budget
+EXTEND_KEEP = 0.8
 
 
 @dataclass
@@ -28,6 +39,8 @@ class Search:
     probes: list[dict[str, Any]]
     """Every probe in the order run: threshold, kept weights and parameters, validation metric before and after
     the noise-free fine-tuning, and whether that is within the budget."""
+    swept: list[SweepPoint] = field(default_factory=list)
+    """Points swept past the grid's edge (:data:`EXTEND_PROBES`), for the report's sweep."""
 
 
 def search_after_finetune(
@@ -45,6 +58,8 @@ def search_after_finetune(
     progress: bool,
     log: Callable[[str], None],
     normalised: Sequence[str] = (),
+    sweep: Callable[[list[float]], list[SweepPoint]] | None = None,
+    grid: Sequence[SweepPoint] = (),
 ) -> Search:
     """Choose the threshold by the validation metric *after* the noise-free fine-tuning (``budget_after_finetune``).
 
@@ -58,6 +73,10 @@ def search_after_finetune(
     luck; docs/autopilot.md.) The most pruning probe within budget is
     the result, its fine-tuned model the one exported (its ``timings`` are the whole search's). Each probe
     checkpoints to its own :meth:`RunFolder.probe_checkpoint`, so that ``--resume`` skips the probes already done.
+
+    With ``sweep`` (measures thresholds as the sweep does) and ``grid`` (every swept point), a search whose best
+    probe is the grid's most pruning threshold, still within the budget, goes on past the grid
+    (:func:`_past_the_edge`): the grid's edge, not the budget, was what stopped it.
     """
     t0 = time.perf_counter()
     name = metric_name(recipe.loss)
@@ -67,11 +86,8 @@ def search_after_finetune(
         candidates = [p for p in candidates if p.params <= chosen.params]
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
-    best: tuple[float, Any, Any] | None = None
-    lo, hi = 0, len(candidates) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        point = candidates[mid]
+
+    def probe(point: SweepPoint) -> tuple[bool, Any, Any]:
         pruned = prune(copy.deepcopy(variational), point.threshold)
         masked = finetune_pruned(pruned, data, recipe, device, example, folder.probe_checkpoint(point.threshold),
                                  resume=resume, progress=progress, log=log, normalised=normalised)
@@ -83,13 +99,97 @@ def search_after_finetune(
         log(f"probe {recipe.pruning_rule(point.threshold)}: {point.kept_weights:,} weights kept, {name} "
             f"{point.metric:.4g} → {metric:.4g} after noise-free fine-tuning "
             f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g})")
+        return ok, pruned, masked
+
+    best: tuple[float, Any, Any] | None = None
+    best_point: SweepPoint | None = None
+    lo, hi = 0, len(candidates) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        ok, pruned, masked = probe(candidates[mid])
         if ok:
-            best = (point.threshold, pruned, masked)
+            best, best_point = (candidates[mid].threshold, pruned, masked), candidates[mid]
             hi = mid - 1
         else:
             lo = mid + 1
+    swept: list[SweepPoint] = []
+    if best_point is not None and sweep is not None and _at_edge(best_point, grid):
+        best, swept = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
     if best is not None:
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
             f"{recipe.max_metric_drop:g} ({len(probes)} probes)")
         best[2].timings = {"masked_finetune_s": time.perf_counter() - t0}
-    return Search(best=best, probes=probes)
+    return Search(best=best, probes=probes, swept=swept)
+
+
+def _direction(grid: Sequence[SweepPoint]) -> int:
+    """+1 where a higher threshold prunes more (SNR), −1 where a lower one does (log α), 0 where the grid cannot
+    tell (one threshold, or the same size at both ends)."""
+    ends = sorted(grid, key=lambda p: p.threshold)
+    if len(ends) < 2 or ends[0].params == ends[-1].params:
+        return 0
+    return 1 if ends[-1].params < ends[0].params else -1
+
+
+def _at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
+    """Whether ``point`` is the grid's most pruning threshold (no swept threshold, even one that empties the
+    model, lies beyond it)."""
+    direction = _direction(grid)
+    if not direction:
+        return False
+    edge = max(grid, key=lambda p: direction * p.threshold)
+    return point.threshold == edge.threshold
+
+
+def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequence[SweepPoint], recipe: Recipe,
+                   sweep: Callable[[list[float]], list[SweepPoint]],
+                   probe: Callable[[SweepPoint], tuple[bool, Any, Any]],
+                   log: Callable[[str], None]) -> tuple[tuple[float, Any, Any], list[SweepPoint]]:
+    """Probe past the grid's edge, whose threshold was within the budget after fine-tuning: thresholds the grid's
+    last step × 1, 2, 4, … beyond it are swept for their sizes; each probe then keeps at most :data:`EXTEND_KEEP`
+    of the parameters of the last one within the budget (the least pruning such point), until one falls outside
+    it; then one more probe between the two (the swept point nearest their geometric mean in parameters, or the
+    threshold half-way). At most :data:`EXTEND_PROBES` probes in all. A structured model fine-tuned for long (a
+    ResNet-20 with its BatchNorm shifts, 10 epochs) wins back nearly everything a threshold costs: on Fashion-MNIST
+    its grid's edge, SNR ≤ 6, read 28% before fine-tuning and 93.2% after, above the original's 92.95%."""
+    direction = _direction(grid)
+    ordered = sorted(t.threshold for t in grid)
+    step = abs(ordered[-1] - ordered[-2])
+
+    def valid(t: float) -> bool:
+        try:
+            recipe._check_threshold(t, "threshold")
+        except PrunedropError:
+            return False
+        return True
+
+    def measure(thresholds: list[float]) -> list[SweepPoint]:
+        ts = [round(t, 6) for t in thresholds if valid(t)]
+        found = sweep(ts) if ts else []
+        swept.extend(found)
+        return [p for p in found if p.kept_weights > 0]
+
+    swept: list[SweepPoint] = []
+    log(f"{recipe.pruning_rule(edge.threshold)}, the grid's most pruning threshold, is within the budget after "
+        f"fine-tuning: probing past the grid (at most {EXTEND_PROBES} more fine-tunings)")
+    pool = measure([edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)])
+    last, fail = edge, None
+    for _ in range(EXTEND_PROBES):
+        between = [p for p in pool if p.params < last.params and (fail is None or p.params > fail.params)]
+        if fail is not None and not between:
+            between = [p for p in measure([(last.threshold + fail.threshold) / 2])
+                       if fail.params < p.params < last.params]
+        if not between:
+            break
+        if fail is None:
+            smaller = [p for p in between if p.params <= EXTEND_KEEP * last.params]
+            point = max(smaller, key=lambda p: p.params) if smaller else min(between, key=lambda p: p.params)
+        else:
+            middle = math.sqrt(last.params * fail.params)
+            point = min(between, key=lambda p: abs(math.log(p.params / middle)))
+        ok, pruned, masked = probe(point)
+        if ok:
+            last, best = point, (point.threshold, pruned, masked)
+        else:
+            fail = point
+    return best, swept

@@ -151,9 +151,24 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             f"{100.0 / max(num_val, 1):.2g} points, more than half the budget); it is judged before it, on the sweep")
     if after_finetune and recipe.max_metric_drop is not None \
             and recipe.finetune_epochs_for(data.num_train) > 0:
+        def sweep_more(thresholds: list[float]) -> list[SweepPoint]:
+            # measured as the sweep was; the probes start from the trained statistics all the same
+            trained = batchnorm_state(variational)
+            try:
+                return sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric,
+                                        example_input=example[:1])
+            finally:
+                restore_batchnorm(variational, trained)
+
+        # past the grid only on the default grid (a grid the user gave is the user's) and without a target's cap
+        # (it bounds the pruning from within the grid)
+        beyond = recipe.sweep_thresholds is None and cap is None
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
-                                                 normalised=converted.normalised)
+                                                 normalised=converted.normalised,
+                                                 sweep=sweep_more if beyond else None, grid=points)
+        if selection.search.swept:
+            selection.points = sorted([*points, *selection.search.swept], key=lambda p: p.threshold)
         if selection.search.best is not None:
             selection.threshold = selection.search.best[0]
         else:
