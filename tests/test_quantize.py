@@ -28,6 +28,7 @@ from prunedrop.quantize import (
     quantize_onnx,
     unit_bits,
 )
+from prunedrop.quantize.graph import compact_size
 from prunedrop.recipes import Recipe
 from prunedrop.testing import TinyLSTMClassifier, fit, tiny_classification_data, write_tiny_project
 
@@ -204,7 +205,10 @@ def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> 
     float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path  # fc1 sparse in the float file too
     dense = quantize_onnx(float_file, tmp_path / "dense.onnx", [x.numpy()], sparse=False)
     sparse = quantize_onnx(float_file, tmp_path / "sparse.onnx", [x.numpy()])
-    assert "0.weight_quantized" in sparse.sparse_initializers and "2.weight_quantized" not in sparse.sparse_initializers
+    stored = {node.strip("/").split("/")[0]: row for node, row in sparse.storage.items()}
+    assert stored["0"]["stored"] == "sparse" and stored["2"]["stored"] == "dense"
+    assert set(stored["0"]["tensors"]) <= set(sparse.sparse_initializers)
+    assert not set(stored["2"]["tensors"]) & set(sparse.sparse_initializers)
     assert sparse.num_bytes < dense.num_bytes - 64 * 64 // 2
     import onnxruntime as ort
 
@@ -213,7 +217,7 @@ def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> 
     assert np.array_equal(outs[0], outs[1])
     # a sparse layer left float32 (excluded: for speed, accuracy, ...) stays sparse as in the float file
     excluded = quantize_onnx(float_file, tmp_path / "excluded.onnx", [x.numpy()], exclude=["/0/Gemm"])
-    assert excluded.float_nodes == ["/0/Gemm"] and "0.weight" in excluded.sparse_initializers
+    assert excluded.float_nodes == ["/0/Gemm"] and len(excluded.sparse_initializers) == 1  # its float weight (renamed short)
     assert excluded.num_bytes < 64 * 64 * 4  # fc1 dense alone would take 16 kB
     out = ort.InferenceSession(str(excluded.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert np.allclose(out[0], model(x).detach().numpy(), atol=0.1)
@@ -426,6 +430,18 @@ def _int8_layers(path: Path) -> set[str]:
             if n.op_type == "Gemm" and n.input[1] in dequantized}
 
 
+def _weight_types(path: Path) -> dict[str, int]:
+    """Module ("0", "2", ...) → the ONNX type of the initializer its Gemm weight is dequantized from (the tensors
+    have short names in a quantized file; the nodes keep the module paths)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    source = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name.strip("/").split("/")[0]: types[source[n.input[1]]] for n in proto.graph.node
+            if n.op_type == "Gemm" and source.get(n.input[1]) in types}
+
+
 def _fake_timer(cost: dict[str, float], calls: list[dict[str, set[str]]]):
     """A timer that reads which layers each file quantizes: 10 ms plus ``cost[layer]`` per int8 layer."""
     def timer(paths):
@@ -435,10 +451,11 @@ def _fake_timer(cost: dict[str, float], calls: list[dict[str, set[str]]]):
     return timer
 
 
-def _three_layers(tmp_path: Path) -> tuple[Path, DataBundle]:
+def _three_layers(tmp_path: Path, widths: tuple[int, ...] = (6, 8, 8, 3)) -> tuple[Path, DataBundle]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    x = torch.randn(64, 6)
+    model = nn.Sequential(nn.Linear(widths[0], widths[1]), nn.ReLU(), nn.Linear(widths[1], widths[2]), nn.ReLU(),
+                          nn.Linear(widths[2], widths[3])).eval()
+    x = torch.randn(64, widths[0])
     y = model(x).argmax(1).detach()
     return export_onnx(model, x[:2], tmp_path / "model.onnx").path, _bundle(x, y)
 
@@ -507,7 +524,7 @@ def test_a_stop_on_a_burst_of_load_is_not_taken_without_a_second_timing(tmp_path
 
 
 def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(tmp_path: Path) -> None:
-    float_file, data = _three_layers(tmp_path)
+    float_file, data = _three_layers(tmp_path, (3, 3, 3, 3))
     # every int8 layer costs 1 ms: no single one stands out, yet the quantized model is slower than float32;
     # each round reverts one until the planned model is no slower than the float32 file, which is all three
     calls: list[dict[str, set[str]]] = []
@@ -518,7 +535,7 @@ def test_quantized_model_slower_than_float_overall_loses_layers_until_it_is_not(
     assert section["file"] is None and not (tmp_path / "q.onnx").exists()
     assert section["none_reason"].startswith(
         "every layer stayed float32 (the int8 form ran slower than float32 on this CPU), and with int8-stored weights "
-        "the file was no smaller (")  # a 6-8-8-3 model: the decoding nodes outweigh the 408 bytes saved
+        "the file was no smaller (")  # a 3-3-3-3 model: the decoding nodes outweigh the 81 bytes saved
     assert section["unwritten"]["int8_stored_weights"] == ["0/Gemm", "2/Gemm", "4/Gemm"]
     assert calls[-1]["quantized"] != set() and all(not v for k, v in calls[-1].items() if k != "quantized")
     assert section["layers"][0]["reason"].startswith("speed: its integer form ran slower on this CPU (13 ms")
@@ -561,7 +578,8 @@ def test_a_quantized_file_neither_smaller_nor_faster_is_not_written(tmp_path: Pa
     unwritten = same_speed["unwritten"]["bytes"]
     assert unwritten > size and same_speed["unwritten"]["quantized"] == ["0/Gemm", "2/Gemm", "4/Gemm"]
     assert same_speed["none_reason"] == (f"the quantized file ({unwritten:,} bytes) was no smaller than the float32 "
-                                         f"file ({size:,}) and no faster (1 against 1 ms)")
+                                         f"file ({compact_size(float_file):,} with its tensor names as short) and no "
+                                         "faster (1 against 1 ms)")
     assert all(r["precision"] == "float32" and r["float_because"] == "gain" for r in same_speed["layers"])
     assert logs[-1].startswith("quantization: the quantized file") and logs[-1].endswith("no quantized file written")
     # not timed at all: its speed is unknown, so only a smaller file would be worth writing
@@ -619,8 +637,9 @@ def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_pa
         < rows["2"]["storage"]["options"]["int4_dense_bytes"]
     assert rows["4"]["storage"]["form"] == "int8 dense" and "int4_dense_bytes" not in rows["4"]["storage"]["options"]
     proto = onnx.load(str(tmp_path / "q.onnx"))
-    types = {t.name: t.data_type for t in proto.graph.initializer}
-    assert types["0.weight_quantized"] == onnx.TensorProto.INT4
+    assert _weight_types(tmp_path / "q.onnx")["0"] == onnx.TensorProto.INT4
+    assert not any("weight" in t.name for t in proto.graph.initializer), "tensors are renamed short"
+    assert {n.name for n in proto.graph.node if n.op_type == "Gemm"} == {"/0/Gemm", "/2/Gemm", "/4/Gemm"}
     # onnxruntime runs it, and the measured accuracy in the section is that file's
     ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
@@ -657,9 +676,7 @@ def test_int4_layer_that_runs_slower_than_its_int8_form_goes_int8(tmp_path: Path
     bits = {k: LayerBits(k, 3.0, 8, 0.1) for k in ("0", "2")}  # 0 and 2 may be int4 (4 is excluded: no bits)
 
     def int4_layers(path: Path) -> set[str]:
-        proto = onnx.load(str(path))
-        four = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4}
-        return {name.split(".")[0] for name in four}
+        return {m for m, t in _weight_types(path).items() if t == onnx.TensorProto.INT4}
 
     seen: list[dict[str, set[str]]] = []
 
@@ -1011,3 +1028,51 @@ def test_store_int8_takes_weights_that_were_stored_sparse(tmp_path: Path) -> Non
     session = ort.InferenceSession(str(tmp_path / "stored.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=0.05)
+
+
+def test_compact_names_keeps_inputs_outputs_and_node_names_and_the_outputs(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from prunedrop.quantize.graph import compact_names, compact_size
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 6)
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    proto = onnx.load(str(float_file))
+    inputs, outputs = [v.name for v in proto.graph.input], [v.name for v in proto.graph.output]
+    nodes = [n.name for n in proto.graph.node]
+    renamed = compact_names(proto)
+    assert renamed and all(new.startswith("t") and len(new) < len(old) for old, new in renamed.items())
+    assert [v.name for v in proto.graph.input] == inputs and [v.name for v in proto.graph.output] == outputs
+    assert [n.name for n in proto.graph.node] == nodes
+    assert proto.ByteSize() == compact_size(float_file) < float_file.stat().st_size
+    onnx.checker.check_model(proto, full_check=True)
+    run = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {inputs[0]: x.numpy()})[0]
+           for p in (str(float_file), proto.SerializeToString())]
+    np.testing.assert_array_equal(run[0], run[1])
+    # a name the user chose for an input is never given to an inner tensor
+    clash = onnx.load(str(float_file))
+    clash.graph.input[0].name = "t0"
+    for n in clash.graph.node:
+        n.input[:] = ["t0" if i == inputs[0] else i for i in n.input]
+    assert "t0" not in compact_names(clash).values()
+    onnx.checker.check_model(clash, full_check=True)
+
+
+def test_compact_names_leaves_a_model_with_subgraphs_alone() -> None:
+    from onnx import TensorProto, helper
+
+    from prunedrop.quantize.graph import compact_names
+
+    branch = helper.make_graph([helper.make_node("Identity", ["outer_value"], ["branch_out"])], "b", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["outer_value"]),
+         helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph)
+    assert compact_names(proto) == {} and proto.graph.node[0].output[0] == "outer_value"

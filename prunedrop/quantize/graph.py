@@ -345,3 +345,52 @@ def quantized_nodes(quantized: onnx.ModelProto, nodes: Sequence[WeightNode]) -> 
                 dynamic is not None and dynamic.op_type.startswith("DynamicQuantize")):
             out.append(wn.node)
     return out
+
+
+def compact_names(proto: onnx.ModelProto) -> dict[str, str]:
+    """Rename, in place, every tensor inside the graph to a short name (``t0``, ``t1``, …; the graph's inputs and
+    outputs keep theirs) and clear the doc strings; returns the renaming (old → new). The nodes keep their names
+    (the module paths, which onnxruntime's profiler and ``prunedrop`` read). onnxruntime's QDQ quantizer gives every
+    weight three derived tensors (``…_quantized``, ``…_scale``, ``…_zero_point``) and every activation more, each
+    named after the module path: in a quantized ResNet-20 (Fashion-MNIST, 3× fewer FLOPs) the tensor names were
+    27 kB of its 185 kB. Nothing computes with them; a model with subgraphs (If, Loop, Scan, whose bodies may name
+    the outer graph's tensors) is left as it is."""
+    g = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return {}
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            candidate = f"t{len(mapping)}"
+            while candidate in keep:  # a graph input or output of the user's may be called t3
+                candidate = "_" + candidate
+            mapping[name] = candidate
+        return mapping[name]
+
+    for node in g.node:
+        node.doc_string = ""
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+    for t in g.initializer:
+        t.name = short(t.name)
+        t.doc_string = ""
+    for s in g.sparse_initializer:
+        s.values.name = short(s.values.name)
+        if s.indices.name:
+            s.indices.name = short(s.indices.name)
+    for v in g.value_info:
+        v.name = short(v.name)
+        v.doc_string = ""
+    return mapping
+
+
+def compact_size(path: str | Path) -> int:
+    """Bytes of the ONNX file at ``path`` with its tensor names compacted (:func:`compact_names`), as a quantized
+    file's are: what a quantized file's size is compared with."""
+    proto = onnx.load(str(path))
+    compact_names(proto)
+    return proto.ByteSize()

@@ -26,7 +26,7 @@ import torch
 
 from ..atomic import atomic_write_bytes
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
-from .graph import WeightNode, load_dense, weight_nodes
+from .graph import WeightNode, compact_size, load_dense, weight_nodes
 from .measure import Timer, evaluate_onnx, time_models
 from .quantizer import (
     CALIBRATION_BATCH,
@@ -230,7 +230,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                     final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, **final_kw) \
                         if any(n.node not in plan for n in nodes) else None
         if final is not None:
-            no_gain = _no_gain(final.num_bytes, Path(float_path).stat().st_size, speed, final_ms)
+            # against the float32 file with its tensor names as short as the quantized file's: a gain from the
+            # names alone (most of one on a tiny model) is no reason to write an int8 file
+            no_gain = _no_gain(final.num_bytes, compact_size(float_path), speed, final_ms)
             if no_gain is None:
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
                 final.path = Path(out_path)
@@ -284,7 +286,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "
                   "quantize_dynamic (DynamicQuantizeLSTM, per-channel int8 weights); layers left float32 for speed "
                   "or operator keep int8-stored weights (per-channel symmetric), decoded to float32 when the model "
-                  "loads (Cast and Mul, folded by onnxruntime)",
+                  "loads (Cast and Mul, folded by onnxruntime); tensors of the float32 "
+                  "file renamed short before quantizing (t0, t1, …; the graph's inputs and outputs and the nodes "
+                  "keep their names)",
         "layers": rows,
         "unsupported": [{"node": _shown(n), "op": next(w.op for w in nodes if w.node == n)} for n in unsupported],
         "reverted": reverted,
@@ -303,7 +307,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         # with no layer integer, the file's only gain would have been its int8-stored weights
         section["none_reason"] = no_gain if unwritten.quantized else (
             f"{every_float}, and with int8-stored weights the file was no smaller ({unwritten.num_bytes:,} "
-            f"against {Path(float_path).stat().st_size:,} bytes)")
+            f"against {compact_size(float_path):,} bytes with the float32 file's tensor names as short)")
         section["unwritten"] = {"bytes": unwritten.num_bytes, "quantized": [_shown(n) for n in unwritten.quantized],
                                 "int8_stored_weights": [_shown(n) for n in unwritten.int8_weights]}
     elif final is None:
@@ -357,8 +361,8 @@ def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | 
         timing = "and the speed check's time ran out before it timed it"
     else:
         timing = "and its speed was not measured (latency_runs 0)"
-    return (f"the quantized file ({quantized_bytes:,} bytes) was no smaller than the float32 file ({float_bytes:,}) "
-            f"{timing}")
+    return (f"the quantized file ({quantized_bytes:,} bytes) was no smaller than the float32 file ({float_bytes:,} "
+            f"with its tensor names as short) {timing}")
 
 
 _WHY = {"posterior": "the posterior asks for more than 8 bits",
