@@ -259,7 +259,8 @@ class SelectionConfig:
     budget_after_finetune: bool | None = setting(None)
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
     that prune more than the sweep's choice, each probe pruned, fine-tuned (``finetune_epochs``) and evaluated on
-    validation data; about log2(n) + 1 fine-tunings instead of one. null (the default): on for automatic runs
+    validation data; about log2(n) + 1 fine-tunings instead of one, and up to 3 more past the default grid's most
+    pruning end when that is within the budget. null (the default): on for automatic runs
     (the autopilot spends part of the budget while training and counts on the fine-tuning to win it back, so the
     budget is judged where the model ends) whose validation data resolves the budget (one sample weighs at most
     half of it; a coarser set would favour the probe that happened to lose no sample), off with a fixed β. Judged before the fine-tuning, a noise-trained
@@ -267,8 +268,9 @@ class SelectionConfig:
     several times fewer FLOPs (BENCHMARKS.md)."""
 
     sweep_thresholds: list[float] | None = setting(None, check=_thresholds_given)
-    """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5. The sweep runs in every run and
-    its curve goes into the report; it chooses the threshold only when ``max_metric_drop`` is set."""
+    """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5, extended past its most pruning end
+    when that end is within ``max_metric_drop`` (docs/autopilot.md). The sweep runs in every run and its curve goes
+    into the report; it chooses the threshold only when ``max_metric_drop`` is set."""
 
 
 @dataclass

@@ -265,3 +265,32 @@ def test_end_to_end_default_grid_goes_past_its_edge(tmp_path: Path) -> None:
     grid_edge = next(p for p in report["sweep"]["points"] if p["threshold"] == -2.0)
     exported = next(p for p in report["sweep"]["points"] if p["threshold"] == report["threshold"])
     assert 0 < exported["params"] < grid_edge["params"]
+
+
+def test_sweep_goes_past_the_default_grid_before_fine_tuning(tmp_path: Path) -> None:
+    # judged on the sweep (no bisection after fine-tuning): the default grid's edge (log α > −2) is within the budget,
+    # so thresholds past it are swept (one evaluation each) and the most pruning within the budget is chosen; a grid
+    # the recipe gives is kept as it is
+    write_tiny_project(tmp_path)
+    base = load_recipe(tmp_path / "recipe.yaml").replace(
+        kl_weight=1.0, epochs=2, max_metric_drop=100.0, budget_after_finetune=False, mc_samples=0, plots=False,
+        latency_runs=0, quantize="none")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    reports = {}
+    for name, grid in (("default", None), ("given", [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0])):
+        model = TinyMLP(16, (24, 12), 3)
+        model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+        logs: list[str] = []
+        pipeline.compress(model, data, base.replace(sweep_thresholds=grid), tmp_path / name, progress=False,
+                          log=logs.append)
+        reports[name] = (json.loads((tmp_path / name / "report.json").read_text()), logs)
+    report, logs = reports["default"]
+    swept = {p["threshold"]: p for p in report["sweep"]["points"]}
+    assert min(swept) < -2.0 and any("sweeping" in line and "past it" in line for line in logs)
+    assert report["threshold"] < -2.0 and swept[report["threshold"]]["kept_weights"] > 0
+    assert swept[report["threshold"]]["params"] < swept[-2.0]["params"]
+    keeping = [p for p in swept.values() if p["kept_weights"] > 0]
+    assert report["threshold"] == min(keeping, key=lambda p: (p["params"], p["threshold"]))["threshold"]
+    given, given_logs = reports["given"]
+    assert given["threshold"] == -2.0 and min(p["threshold"] for p in given["sweep"]["points"]) == -2.0
+    assert not any("past it" in line for line in given_logs)

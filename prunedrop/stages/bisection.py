@@ -113,7 +113,7 @@ def search_after_finetune(
         else:
             lo = mid + 1
     swept: list[SweepPoint] = []
-    if best_point is not None and sweep is not None and _at_edge(best_point, grid):
+    if best_point is not None and sweep is not None and at_edge(best_point, grid):
         best, swept = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
     if best is not None:
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
@@ -131,7 +131,7 @@ def _direction(grid: Sequence[SweepPoint]) -> int:
     return 1 if ends[-1].params < ends[0].params else -1
 
 
-def _at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
+def at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
     """Whether ``point`` is the grid's most pruning threshold (no swept threshold, even one that empties the
     model, lies beyond it)."""
     direction = _direction(grid)
@@ -139,6 +139,26 @@ def _at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
         return False
     edge = max(grid, key=lambda p: direction * p.threshold)
     return point.threshold == edge.threshold
+
+
+def valid_threshold(recipe: Recipe, t: float) -> bool:
+    """Whether ``t`` is a threshold the recipe's method accepts (an SNR > 0; a log α inside the clip)."""
+    try:
+        recipe._check_threshold(t, "threshold")
+    except PrunedropError:
+        return False
+    return True
+
+
+def thresholds_past(edge: SweepPoint, grid: Sequence[SweepPoint]) -> list[float]:
+    """The thresholds past the grid's edge, in the direction that prunes more: the grid's last step × 1, 2, 4, …
+    (:data:`EXTEND_STEPS` of them) beyond ``edge``; none where the grid cannot tell the direction."""
+    direction = _direction(grid)
+    ordered = sorted(t.threshold for t in grid)
+    if not direction or len(ordered) < 2:
+        return []
+    step = abs(ordered[-1] - ordered[-2])
+    return [edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)]
 
 
 def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequence[SweepPoint], recipe: Recipe,
@@ -152,19 +172,8 @@ def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequenc
     threshold half-way). At most :data:`EXTEND_PROBES` probes in all. A structured model fine-tuned for long (a
     ResNet-20 with its BatchNorm shifts, 10 epochs) wins back nearly everything a threshold costs: on Fashion-MNIST
     its grid's edge, SNR ≤ 6, read 28% before fine-tuning and 93.2% after, above the original's 92.95%."""
-    direction = _direction(grid)
-    ordered = sorted(t.threshold for t in grid)
-    step = abs(ordered[-1] - ordered[-2])
-
-    def valid(t: float) -> bool:
-        try:
-            recipe._check_threshold(t, "threshold")
-        except PrunedropError:
-            return False
-        return True
-
     def measure(thresholds: list[float]) -> list[SweepPoint]:
-        ts = [round(t, 6) for t in thresholds if valid(t)]
+        ts = [t for t in (round(t, 6) for t in thresholds) if valid_threshold(recipe, t)]
         found = sweep(ts) if ts else []
         swept.extend(found)
         return [p for p in found if p.kept_weights > 0]
@@ -172,7 +181,7 @@ def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequenc
     swept: list[SweepPoint] = []
     log(f"{recipe.pruning_rule(edge.threshold)}, the grid's most pruning threshold, is within the budget after "
         f"fine-tuning: probing past the grid (at most {EXTEND_PROBES} more fine-tunings)")
-    pool = measure([edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)])
+    pool = measure(thresholds_past(edge, grid))
     last, fail = edge, None
     for _ in range(EXTEND_PROBES):
         between = [p for p in pool if p.params < last.params and (fail is None or p.params > fail.params)]

@@ -24,7 +24,7 @@ from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thre
 from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, search_after_finetune
+from .bisection import Search, at_edge, search_after_finetune, thresholds_past, valid_threshold
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
@@ -113,16 +113,39 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     restore_batchnorm(variational, trained_statistics)  # the later stages start from the trained model as it was
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
     candidates = capped(points, cap, recipe)
+
+    def sweep_more(thresholds: list[float]) -> list[SweepPoint]:
+        # measured as the sweep was; the later stages start from the trained statistics all the same
+        try:
+            return sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric, example_input=example[:1])
+        finally:
+            restore_batchnorm(variational, trained_statistics)
+
+    # past the grid only on the default grid (a grid the recipe gives is the user's) and without a target's cap
+    # (it bounds the pruning from within the grid)
+    beyond = recipe.sweep_thresholds is None and cap is None
     if cap is not None:
         log(f"target {recipe.target}: {recipe.pruning_rule(cap.threshold)} meets it and prunes least; no threshold "
             "that prunes more is chosen")
         if recipe.max_metric_drop is None:
             threshold = cap.threshold
     if recipe.max_metric_drop is not None:
-        # a threshold that prunes every weight leaves nothing to export, whatever its metric
-        chosen = choose_threshold([p for p in candidates if p.kept_weights > 0], metric_before=metric_before,
-                                  max_metric_drop=recipe.max_metric_drop,
-                                  higher_is_better=recipe.loss == "cross_entropy")
+        def choose() -> SweepPoint | None:
+            # a threshold that prunes every weight leaves nothing to export, whatever its metric
+            return choose_threshold([p for p in candidates if p.kept_weights > 0], metric_before=metric_before,
+                                    max_metric_drop=recipe.max_metric_drop,
+                                    higher_is_better=recipe.loss == "cross_entropy")
+
+        chosen = choose()
+        if chosen is not None and beyond and at_edge(chosen, points):
+            # the grid's most pruning threshold is within the budget already: its edge, not the budget, stopped the
+            # choice; the thresholds past it cost one evaluation each
+            more = [t for t in (round(t, 6) for t in thresholds_past(chosen, points)) if valid_threshold(recipe, t)]
+            log(f"{recipe.pruning_rule(chosen.threshold)}, the grid's most pruning threshold, is within the budget "
+                f"before fine-tuning: sweeping {len(more)} thresholds past it")
+            points = sorted([*points, *sweep_more(more)], key=lambda p: p.threshold)
+            candidates = points
+            chosen = choose()
         if chosen is None:
             log(f"no swept threshold keeps {name} within {budget_text(recipe)} of the original's; "
                 f"using the recipe's threshold {recipe.threshold:g}")
@@ -151,18 +174,6 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             f"{100.0 / max(num_val, 1):.2g} points, more than half the budget); it is judged before it, on the sweep")
     if after_finetune and recipe.max_metric_drop is not None \
             and recipe.finetune_epochs_for(data.num_train) > 0:
-        def sweep_more(thresholds: list[float]) -> list[SweepPoint]:
-            # measured as the sweep was; the probes start from the trained statistics all the same
-            trained = batchnorm_state(variational)
-            try:
-                return sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric,
-                                        example_input=example[:1])
-            finally:
-                restore_batchnorm(variational, trained)
-
-        # past the grid only on the default grid (a grid the user gave is the user's) and without a target's cap
-        # (it bounds the pruning from within the grid)
-        beyond = recipe.sweep_thresholds is None and cap is None
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised,
