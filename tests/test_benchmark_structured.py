@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from prunedrop.convert import to_variational
@@ -151,3 +152,41 @@ def test_every_benchmark_records_the_machine_with_one_set_of_keys() -> None:
     assert set(info) == {"host", "cpu", "cores", "torch_threads", "torch", "python", "device", "gpu"}
     assert (info["device"], info["gpu"], info["torch"]) == ("cpu", None, torch.__version__)
     assert machine()["device"] is None
+
+
+def test_posterior_bits_script_reads_a_runs_checkpoint_as_the_run_would(tmp_path: Path) -> None:
+    import json
+
+    from examples.models import resnet20_fashion
+    from prunedrop.quantize import posterior_bits
+    from prunedrop.storage import save_checkpoint
+
+    spec = importlib.util.spec_from_file_location("posterior_bits", ROOT / "benchmarks" / "posterior_bits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    bench = _benchmark()
+    dense = _trained_like(resnet20_fashion())
+    torch.save(dense.state_dict(), tmp_path / "dense.pt")
+    recipe = Recipe(method="sbp", exclude=["fc"], threshold=1.0)
+    folded, _ = bench.fold_batchnorm(dense)
+    variational = to_variational(folded, recipe, example_input=torch.zeros(2, 1, 28, 28))
+    with torch.no_grad():  # a known posterior: every other channel of each block's first convolution is pruned
+        for name, layer in variational.named_modules():
+            if hasattr(layer, "log_sigma"):
+                layer.log_sigma.copy_(torch.full_like(layer.log_sigma, -4.0))
+                if name.endswith("conv1"):
+                    layer.log_sigma[::2] = 3.0
+    run = tmp_path / "run" / "sbp"
+    run.mkdir(parents=True)
+    save_checkpoint({"phase": "variational", "epoch": 1, "model": variational.state_dict(),
+                     "recipe": recipe.to_dict()}, run / "checkpoint-variational.pt")
+    (run / "report.json").write_text(json.dumps({"threshold": 1.0}))
+    script.main(["--model", "resnet20", "--run", str(run), "--dense", str(tmp_path / "dense.pt"),
+                 "-o", str(tmp_path / "bits.json")])
+    rows = {r["layer"]: r for r in json.loads((tmp_path / "bits.json").read_text())["quantization"]["layers"]}
+    expected = posterior_bits(variational.eval(), 1.0)
+    assert set(rows) == set(expected) and rows
+    for name, lb in expected.items():
+        assert rows[name]["units"] == lb.units and rows[name]["median_spread"] == pytest.approx(lb.median_spread)
+        assert rows[name]["bits_needed"] == lb.bits
+    assert rows["layer1.0.conv1"]["units"] == 8 and rows["layer1.0.conv2"]["units"] == 16
