@@ -230,9 +230,10 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                     final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, **final_kw) \
                         if any(n.node not in plan for n in nodes) else None
         if final is not None:
-            # against the float32 file with its tensor names as short as the quantized file's: a gain from the
-            # names alone (most of one on a tiny model) is no reason to write an int8 file
-            no_gain = _no_gain(final.num_bytes, compact_size(float_path), speed, final_ms)
+            # the float32 file with its tensor names as short as the quantized file's: a gain from the names alone
+            # (most of one on a tiny model) is no reason to write an int8 file
+            float_bytes = compact_size(float_path)
+            no_gain = _no_gain(final.num_bytes, float_bytes, speed, final_ms)
             if no_gain is None:
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
                 final.path = Path(out_path)
@@ -307,7 +308,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         # with no layer integer, the file's only gain would have been its int8-stored weights
         section["none_reason"] = no_gain if unwritten.quantized else (
             f"{every_float}, and with int8-stored weights the file was no smaller ({unwritten.num_bytes:,} "
-            f"against {compact_size(float_path):,} bytes with the float32 file's tensor names as short)")
+            f"against {float_bytes:,} bytes with the float32 file's tensor names as short)")
         section["unwritten"] = {"bytes": unwritten.num_bytes, "quantized": [_shown(n) for n in unwritten.quantized],
                                 "int8_stored_weights": [_shown(n) for n in unwritten.int8_weights]}
     elif final is None:

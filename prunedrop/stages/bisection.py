@@ -141,24 +141,29 @@ def at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
     return point.threshold == edge.threshold
 
 
-def valid_threshold(recipe: Recipe, t: float) -> bool:
-    """Whether ``t`` is a threshold the recipe's method accepts (an SNR > 0; a log α inside the clip)."""
-    try:
-        recipe._check_threshold(t, "threshold")
-    except PrunedropError:
-        return False
-    return True
+def _usable(recipe: Recipe, thresholds: Sequence[float]) -> list[float]:
+    """``thresholds`` rounded as the sweep's are, less those the recipe's method refuses (an SNR ≤ 0; a log α
+    outside the clip)."""
+    out = []
+    for t in (round(t, 6) for t in thresholds):
+        try:
+            recipe._check_threshold(t, "threshold")
+        except PrunedropError:
+            continue
+        out.append(t)
+    return out
 
 
-def thresholds_past(edge: SweepPoint, grid: Sequence[SweepPoint]) -> list[float]:
+def thresholds_past(edge: SweepPoint, grid: Sequence[SweepPoint], recipe: Recipe) -> list[float]:
     """The thresholds past the grid's edge, in the direction that prunes more: the grid's last step × 1, 2, 4, …
-    (:data:`EXTEND_STEPS` of them) beyond ``edge``; none where the grid cannot tell the direction."""
+    (:data:`EXTEND_STEPS` of them) beyond ``edge``, those the recipe's method accepts; none where the grid cannot
+    tell the direction."""
     direction = _direction(grid)
-    ordered = sorted(t.threshold for t in grid)
-    if not direction or len(ordered) < 2:
+    if not direction:  # (two thresholds at least)
         return []
+    ordered = sorted(t.threshold for t in grid)
     step = abs(ordered[-1] - ordered[-2])
-    return [edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)]
+    return _usable(recipe, [edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)])
 
 
 def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequence[SweepPoint], recipe: Recipe,
@@ -173,20 +178,19 @@ def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequenc
     ResNet-20 with its BatchNorm shifts, 10 epochs) wins back nearly everything a threshold costs: on Fashion-MNIST
     its grid's edge, SNR ≤ 6, read 28% before fine-tuning and 93.2% after, above the original's 92.95%."""
     def measure(thresholds: list[float]) -> list[SweepPoint]:
-        ts = [t for t in (round(t, 6) for t in thresholds) if valid_threshold(recipe, t)]
-        found = sweep(ts) if ts else []
+        found = sweep(thresholds) if thresholds else []
         swept.extend(found)
         return [p for p in found if p.kept_weights > 0]
 
     swept: list[SweepPoint] = []
     log(f"{recipe.pruning_rule(edge.threshold)}, the grid's most pruning threshold, is within the budget after "
         f"fine-tuning: probing past the grid (at most {EXTEND_PROBES} more fine-tunings)")
-    pool = measure(thresholds_past(edge, grid))
+    pool = measure(thresholds_past(edge, grid, recipe))
     last, fail = edge, None
     for _ in range(EXTEND_PROBES):
         between = [p for p in pool if p.params < last.params and (fail is None or p.params > fail.params)]
         if fail is not None and not between:
-            between = [p for p in measure([(last.threshold + fail.threshold) / 2])
+            between = [p for p in measure(_usable(recipe, [(last.threshold + fail.threshold) / 2]))
                        if fail.params < p.params < last.params]
         if not between:
             break

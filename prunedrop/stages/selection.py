@@ -24,7 +24,7 @@ from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thre
 from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, at_edge, search_after_finetune, thresholds_past, valid_threshold
+from .bisection import Search, at_edge, search_after_finetune, thresholds_past
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
@@ -105,22 +105,20 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     name = metric_name(recipe.loss)
     trained_statistics = batchnorm_state(variational)
     metric = thresholded_metric(recipe, data)
-    points = sweep_thresholds(variational, val_loader, recipe.sweep_thresholds or default_thresholds(),
-                              evaluate_fn=metric, example_input=example[:1])
-    threshold, chosen = recipe.threshold, None
-    cap = target_cap(points, recipe, lambda t: sweep_thresholds(variational, val_loader, [round(t, 6)],
-                                                                evaluate_fn=metric, example_input=example[:1])[0])
-    restore_batchnorm(variational, trained_statistics)  # the later stages start from the trained model as it was
-    points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
-    candidates = capped(points, cap, recipe)
 
-    def sweep_more(thresholds: list[float]) -> list[SweepPoint]:
-        # measured as the sweep was; the later stages start from the trained statistics all the same
+    def sweep(thresholds: list[float]) -> list[SweepPoint]:
+        # every measurement re-estimates the BatchNorm statistics for its threshold; the later stages (and the
+        # probes past the grid) start from the trained model as it was
         try:
             return sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric, example_input=example[:1])
         finally:
             restore_batchnorm(variational, trained_statistics)
 
+    points = sweep(recipe.sweep_thresholds or default_thresholds())
+    threshold, chosen = recipe.threshold, None
+    cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0])
+    points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
+    candidates = capped(points, cap, recipe)
     # past the grid only on the default grid (a grid the recipe gives is the user's) and without a target's cap
     # (it bounds the pruning from within the grid)
     beyond = recipe.sweep_thresholds is None and cap is None
@@ -140,10 +138,10 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         if chosen is not None and beyond and at_edge(chosen, points):
             # the grid's most pruning threshold is within the budget already: its edge, not the budget, stopped the
             # choice; the thresholds past it cost one evaluation each
-            more = [t for t in (round(t, 6) for t in thresholds_past(chosen, points)) if valid_threshold(recipe, t)]
+            more = thresholds_past(chosen, points, recipe)
             log(f"{recipe.pruning_rule(chosen.threshold)}, the grid's most pruning threshold, is within the budget "
                 f"before fine-tuning: sweeping {len(more)} thresholds past it")
-            points = sorted([*points, *sweep_more(more)], key=lambda p: p.threshold)
+            points = sorted([*points, *sweep(more)], key=lambda p: p.threshold)
             candidates = points
             chosen = choose()
         if chosen is None:
@@ -177,7 +175,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised,
-                                                 sweep=sweep_more if beyond else None, grid=points)
+                                                 sweep=sweep if beyond else None, grid=points)
         if selection.search.swept:
             selection.points = sorted([*points, *selection.search.swept], key=lambda p: p.threshold)
         if selection.search.best is not None:
