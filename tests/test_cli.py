@@ -415,3 +415,18 @@ def test_the_training_mode_check_leaves_the_model_as_it_was() -> None:
     _check_training_output(model, x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [m.training for m in model.modules()] == modes and torch.equal(rng, torch.get_rng_state())
+
+
+def test_resume_a_run_folder_written_before_a_recipe_key_existed(project: Path) -> None:
+    """A run.json without a key added since (here ``strict``, at its default) resumes, instead of being refused as
+    "a different recipe"; a recipe that sets that key otherwise is still refused."""
+    assert CliRunner().invoke(cli, _compress("-o", "out")).exit_code == 0
+    info_path = project / "out" / "run.json"
+    info = json.loads(info_path.read_text())
+    assert info["recipe"].pop("strict") is False
+    info_path.write_text(json.dumps(info))
+    resumed = CliRunner().invoke(cli, _compress("-o", "out", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    info_path.write_text(json.dumps(info))
+    refused = CliRunner().invoke(cli, _compress("-o", "out", "--resume", "--strict"))
+    assert refused.exit_code == 1 and "changed: strict" in refused.output, refused.output
