@@ -290,9 +290,12 @@ def _run(
     should_stop: Callable[[], str | None] | None = None,
     extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
     lr_scale: Callable[[], float] | None = None,
+    stop_on: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> TrainResult:
     """The loop both phases share. ``on_step(step)`` runs after every optimizer step (``step`` counts from 1);
     ``should_stop()`` after every epoch: a message ends the phase there (and, on resume, before the next epoch);
+    ``stop_on(record)`` the same, given the epoch's history record (its validation metric); a later call without it
+    continues from that epoch's checkpoint to the end of the schedule;
     ``extra_state`` = (get, set) of state that the checkpoint carries besides model and optimizer."""
     from tqdm.auto import tqdm
 
@@ -409,8 +412,9 @@ def _run(
         net = distributed.wrap(model, device)
     with _StopRequests() as stop_requests:
         for epoch in range(start_epoch, epochs):
-            if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \
-                    and should_stop() is not None:
+            if epoch == start_epoch and start_batch == 0 and epoch > 0 and (
+                    (should_stop is not None and should_stop() is not None)
+                    or (stop_on is not None and result.history and stop_on(result.history[-1]) is not None)):
                 break  # a resumed run that had already stopped early
             model.train()
             t0 = time.perf_counter()
@@ -488,6 +492,8 @@ def _run(
                 tqdm.write(f"{phase} epoch {epoch + 1}/{epochs}: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
             stopped = should_stop() if should_stop is not None and epoch + 1 < epochs else None
+            if stopped is None and stop_on is not None and epoch + 1 < epochs:
+                stopped = stop_on(record)
             checkpoint(epoch + 1, 0)
             if stopped is not None:
                 if progress and main:
@@ -620,10 +626,14 @@ def finetune_masked(
     progress: bool = True,
     precision: str | None = None,
     parallel: bool | None = None,
+    stop_on: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> TrainResult:
     """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied.
 
-    ``precision`` and ``parallel`` as in :func:`finetune`.
+    ``precision`` and ``parallel`` as in :func:`finetune`. ``stop_on(record)``: after each epoch but the last, given
+    its history record (``val_accuracy`` or ``val_mse`` among its keys); a message stops the fine-tuning there, with
+    its checkpoint written, and a later call with ``resume`` and without ``stop_on`` continues it to the end of the
+    same schedule.
     """
     device = torch.device(device)
     precision = precision or getattr(recipe, "precision", "fp32")
@@ -662,4 +672,5 @@ def finetune_masked(
                 optimizer=optimizer,
                 step_loss=step_loss, after_step=apply_masks, device=device,
                 checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
-                progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel)
+                progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel,
+                stop_on=stop_on)

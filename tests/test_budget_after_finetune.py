@@ -40,33 +40,53 @@ def _points(chosen_metric: float = 95.0) -> list[SweepPoint]:
 class _Scripted:
     """Stands in for prune / finetune_masked / evaluate: the metric after fine-tuning is ``metric(threshold)``."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, metric) -> None:
-        self.metric = metric
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, metric, *, by_epoch: bool = False) -> None:
+        # by_epoch: metric(threshold, epoch) after that epoch of the fine-tuning, instead of metric(threshold)
+        self.metric = metric if by_epoch else (lambda t, epoch: metric(t))
         self.pruned: list[float] = []
         self.finetuned = 0
+        self.epochs_trained = 0
+        self.saved: dict[str, list[dict]] = {}  # checkpoint name → the history it holds
         real_prune = bisection.prune
 
         def prune(model, threshold=None):
             self.pruned.append(threshold)
             return real_prune(model, threshold)
 
-        def finetune_masked(model, masks, data, recipe, **kwargs):
+        def finetune_masked(model, masks, data, recipe, *, checkpoint_path=None, resume=False, stop_on=None,
+                            **kwargs):
+            # the real loop's contract: stop_on after every epoch but the last; resume continues a checkpoint
             self.finetuned += 1
-            return TrainResult(history=[{"phase": "masked", "threshold": self.pruned[-1]}])
+            t, name = self.pruned[-1], Path(checkpoint_path).name
+            history = list(self.saved.get(name, [])) if resume else []
+            if history and stop_on is not None and stop_on(history[-1]) is not None:
+                return TrainResult(history=history)
+            for epoch in range(len(history) + 1, recipe.finetune_epochs + 1):
+                self.epochs_trained += 1
+                record = {"phase": "masked", "epoch": epoch, "threshold": t, "val_accuracy": self.metric(t, epoch)}
+                history.append(record)
+                self.saved[name] = list(history)
+                if stop_on is not None and epoch < recipe.finetune_epochs and stop_on(record) is not None:
+                    break
+            return TrainResult(history=history)
 
         class _Data:
+            num_train = 100
+
             def loader(self, *args, **kwargs):
                 return []
 
         self.data = _Data()
         monkeypatch.setattr(bisection, "prune", prune)
         monkeypatch.setattr(pruned_finetune, "finetune_masked", finetune_masked)
-        monkeypatch.setattr(bisection, "evaluate", lambda model, loader, loss: {"accuracy": metric(self.pruned[-1])})
+        monkeypatch.setattr(bisection, "evaluate", lambda model, loader, loss: {
+            "accuracy": self.metric(self.pruned[-1], self.saved[f"checkpoint-masked-t{self.pruned[-1]:g}.pt"][-1]["epoch"])})
 
 
-def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None):
+def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None,
+            epochs: int = 1):
     torch.manual_seed(0)
-    recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=1)
+    recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=epochs)
     variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
     logs: list[str] = []
     found = bisection.search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
@@ -97,7 +117,7 @@ def test_bisects_to_the_most_pruning_threshold_in_budget(tmp_path: Path, monkeyp
     scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= -0.5 else 80.0)
     found, logs = _search(tmp_path, scripted, chosen=None)
     assert found.best is not None and found.best[0] == -0.5
-    assert found.best[2].train.history[0]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
+    assert found.best[2].train.history[-1]["threshold"] == -0.5  # the probe's own fine-tuning comes back with it
     # bisection: at most ceil(log2(11)) + 1 probes, each pruned and fine-tuned once
     assert len(found.probes) <= math.ceil(math.log2(len(THRESHOLDS))) + 1
     assert scripted.finetuned == len(found.probes) == len(scripted.pruned)
@@ -175,17 +195,77 @@ def test_no_search_past_the_grid_when_its_edge_is_outside_the_budget(tmp_path: P
     assert found.best[0] == -0.5 and not sweeps.calls and not found.swept
 
 
-def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
+def _rising(t: float, epoch: int) -> float:
+    # every probe's accuracy rises over its 3 epochs; within the budget (>= 89) at the end from -1.0 on, after
+    # epoch 2 from -0.5 on, after epoch 1 from 0.0 on
+    return 89.5 if t >= {1: 0.0, 2: -0.5, 3: -1.0}[epoch] else 80.0
+
+
+def test_probes_stop_once_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, _rising, by_epoch=True)
+    found, logs = _search(tmp_path, scripted, chosen=None, epochs=3)
+    # the same threshold as probes of the whole fine-tuning give (below), at fewer epochs
+    assert found.best is not None and found.best[0] == -1.0
+    first = [p for p in found.probes if not p.get("continued")]
+    for p in first:
+        # a probe within the budget stops after the first epoch that reads within it; one outside trains all 3
+        expected = min((e for e in (1, 2, 3) if _rising(p["threshold"], e) >= 89.0), default=3)
+        assert p["epochs"] == expected, p
+    # the result is judged at the end of its whole fine-tuning and exported with it
+    assert found.best[2].train.history[-1]["epoch"] == 3
+    assert [h["epoch"] for h in found.best[2].train.history] == [1, 2, 3]
+    assert scripted.epochs_trained < 3 * len(first)
+    assert any(p["epochs"] < 3 for p in first) and any("stopped there" in line for line in logs)
+
+    # probes of the whole fine-tuning (no early stop) choose the same threshold
+    whole = _Scripted(monkeypatch, _rising, by_epoch=True)
+    monkeypatch.setattr(bisection, "_early", lambda *args: None)
+    again, _ = _search(tmp_path / "whole", whole, chosen=None, epochs=3)
+    assert again.best[0] == found.best[0]
+    assert whole.epochs_trained == 3 * len(again.probes) > scripted.epochs_trained
+
+
+def test_a_probe_stopped_early_is_continued_to_the_end_when_chosen(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # every threshold >= -1.5 reads within the budget after epoch 1; all 3 epochs keep only >= -0.5 there
+    scripted = _Scripted(monkeypatch, lambda t, epoch: 89.5 if t >= (-1.5 if epoch == 1 else -0.5) else 80.0,
+                         by_epoch=True)
+    found, logs = _search(tmp_path, scripted, chosen=None, epochs=3)
+    continued = [p for p in found.probes if p.get("continued")]
+    assert continued and all(p["epochs"] == 3 for p in continued)
+    # the most pruning probe within the budget (-1.5, stopped after epoch 1) ends outside it: the next one is taken
+    assert continued[0]["threshold"] == -1.5 and not continued[0]["within_budget"]
+    assert found.best is not None and found.best[0] >= -0.5 and continued[-1]["within_budget"]
+    assert found.best[0] == continued[-1]["threshold"]
+    assert found.best[2].train.history[-1]["epoch"] == 3
+    assert any("the next probe within the budget is taken" in line for line in logs)
+
+
+def test_every_probe_stopped_early_and_ending_outside_leaves_no_choice(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, lambda t, epoch: 89.5 if epoch == 1 else 80.0, by_epoch=True)
+    found, _ = _search(tmp_path, scripted, chosen=None, epochs=3)
+    assert found.best is None
+    assert all(not p["within_budget"] for p in found.probes if p.get("continued"))
+
+
+def _compressed(tmp_path: Path, **changes):
+    """The tiny project compressed into tmp_path / "out" with the budget after fine-tuning, a budget of 100 points
+    (every probe within it) and the recipe's ``changes``: (report, recipe, result)."""
     write_tiny_project(tmp_path)
-    recipe = load_recipe(tmp_path / "recipe.yaml").replace(
-        max_metric_drop=100.0, budget_after_finetune=True, sweep_thresholds=[-1.0, 0.0, 1.0, 2.0, 3.0],
-        mc_samples=0, plots=False, latency_runs=0)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(**{
+        "max_metric_drop": 100.0, "budget_after_finetune": True, "sweep_thresholds": [-1.0, 0.0, 1.0, 2.0, 3.0],
+        "mc_samples": 0, "plots": False, "latency_runs": 0, **changes})
     model = TinyMLP(16, (24, 12), 3)
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    result = pipeline.compress(model, data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
+    return json.loads((tmp_path / "out" / "report.json").read_text()), recipe, result
+
+
+def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
+    report, recipe, result = _compressed(tmp_path)
     out = tmp_path / "out"
-    result = pipeline.compress(model, data, recipe, out, progress=False, log=lambda _: None)
-    report = json.loads((out / "report.json").read_text())
     probes = report["sweep"]["after_finetune"]
     assert probes and all(p["within_budget"] for p in probes)  # a budget of 100 points admits everything
     # the most pruning swept threshold that keeps something, reached by bisection
@@ -201,6 +281,19 @@ def test_end_to_end_exports_the_probed_model(tmp_path: Path) -> None:
         assert (out / f"checkpoint-masked-t{p['threshold']:g}.pt").is_file()
     assert not (out / pipeline.MASKED_CHECKPOINT).exists()
     assert result.model is not None
+
+
+def test_end_to_end_probes_stop_early_and_the_chosen_one_is_continued(tmp_path: Path) -> None:
+    report, _, _ = _compressed(tmp_path, finetune_epochs=3)
+    probes = report["sweep"]["after_finetune"]
+    first = [p for p in probes if not p.get("continued")]
+    continued = [p for p in probes if p.get("continued")]
+    # a budget of 100 points admits every probe after its first epoch: each stops there
+    assert first and all(p["epochs"] == 1 and p["within_budget"] for p in first)
+    assert len(continued) == 1 and continued[0]["epochs"] == 3 and continued[0]["threshold"] == report["threshold"]
+    # the exported model is the continued fine-tuning's: its metric, its three epochs in the history
+    assert report["metric"]["after"] == pytest.approx(continued[0]["metric"], abs=1e-9)
+    assert [h["epoch"] for h in report["history"] if h.get("phase") == "masked"] == [1, 2, 3]
 
 
 def test_on_by_default_for_automatic_runs_only() -> None:
@@ -247,16 +340,8 @@ def test_end_to_end_default_grid_goes_past_its_edge(tmp_path: Path) -> None:
     # a budget of 100 points admits every threshold: the default grid's edge (log α > −2) is within it, so the
     # search probes past it and exports a model pruned more than the grid allows (a short, weak variational phase:
     # the grid's edge keeps weights)
-    write_tiny_project(tmp_path)
-    recipe = load_recipe(tmp_path / "recipe.yaml").replace(
-        kl_weight=1.0, epochs=2, max_metric_drop=100.0, budget_after_finetune=True, sweep_thresholds=None,
-        mc_samples=0, plots=False, latency_runs=0, quantize="none")
-    model = TinyMLP(16, (24, 12), 3)
-    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
-    data = load_data(f"npz:{tmp_path / 'data.npz'}")
-    out = tmp_path / "out"
-    pipeline.compress(model, data, recipe, out, progress=False, log=lambda _: None)
-    report = json.loads((out / "report.json").read_text())
+    report, recipe, _ = _compressed(tmp_path, kl_weight=1.0, epochs=2, sweep_thresholds=None,
+                                    quantize="none")
     past = [p for p in report["sweep"]["after_finetune"] if p["threshold"] < -2.0]
     assert 1 <= len(past) <= bisection.EXTEND_PROBES
     assert report["threshold"] < -2.0

@@ -60,6 +60,41 @@ def test_masked_finetuning_keeps_pruned_weights_zero_and_learns() -> None:
     assert evaluate(pruned.model, data.loader("train", 64))["loss"] < before
 
 
+def test_masked_finetuning_stopped_by_stop_on_continues_to_the_same_weights(tmp_path: Path) -> None:
+    """A probe of the budget after fine-tuning stops once within the budget (``stop_on``); the chosen one is
+    continued from that checkpoint and must end exactly where an uninterrupted fine-tuning ends."""
+    data = _bundle()
+    recipe = Recipe(batch_size=32, finetune_epochs=4, finetune_lr=1e-2, seed=5)
+    seen: list[dict] = []
+
+    def after_two(record: dict) -> str | None:
+        seen.append(record)
+        return "within the budget" if record["epoch"] == 2 else None
+
+    whole = _model(1)
+    full = finetune_masked(whole, {}, data, recipe, progress=False)
+    stopped_model = _model(1)
+    path = tmp_path / "probe.pt"
+    stopped = finetune_masked(stopped_model, {}, data, recipe, progress=False, checkpoint_path=path,
+                              stop_on=after_two)
+    assert [h["epoch"] for h in stopped.history] == [1, 2] and "val_accuracy" in seen[0]
+    # resumed with the rule, it stays stopped; without it, it goes on to the end of the same schedule
+    again = finetune_masked(_model(1), {}, data, recipe, progress=False, checkpoint_path=path, resume=True,
+                            stop_on=after_two)
+    assert [h["epoch"] for h in again.history] == [1, 2]
+    continued_model = _model(1)
+    continued = finetune_masked(continued_model, {}, data, recipe, progress=False, checkpoint_path=path,
+                                resume=True)
+    assert [h["epoch"] for h in continued.history] == [1, 2, 3, 4]
+    assert continued.history[-1]["val_accuracy"] == pytest.approx(full.history[-1]["val_accuracy"])
+    for a, b in zip(continued_model.parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the rule is never asked about the last epoch
+    ruled = finetune_masked(_model(1), {}, data, recipe.replace(finetune_epochs=1), progress=False,
+                            stop_on=lambda record: pytest.fail("asked after the last epoch"))
+    assert len(ruled.history) == 1
+
+
 def _run(recipe: Recipe, path: Path | None, *, resume: bool = False, stop_after: int | None = None,
          seed: int | None = None):
     torch.manual_seed(recipe.seed)

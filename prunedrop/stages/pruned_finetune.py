@@ -86,7 +86,8 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
 
 def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, device: torch.device,
                     example: torch.Tensor, checkpoint_path: Path | None, *, resume: bool, progress: bool,
-                    log: Callable[[str], None], normalised: Sequence[str] = ()) -> FinetunedPruned:
+                    log: Callable[[str], None], normalised: Sequence[str] = (),
+                    stop_on: Callable[[dict[str, Any]], str | None] | None = None) -> FinetunedPruned:
     """The noise-free fine-tuning of what survived the threshold.
 
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
@@ -97,6 +98,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
     fine-tuning (folded again afterwards), so that the network trains normalised, as it was trained. Per-weight
     noise alone (sparse VD) removes no unit, and the masks of recurrent layers, attention projections and embeddings
     are not read back from a slim model: there the masked model is fine-tuned as it is (:func:`finetunes_slim`).
+    ``stop_on``: as in :func:`prunedrop.train.finetune_masked` (a probe that stops once within the budget).
     """
     t0 = time.perf_counter()
     model, masks, slimmed = pruned.model, pruned.masks, None
@@ -109,7 +111,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
         names = None if recipe.finetune_batchnorm else list(normalised)
         masks = {**masks, **attach_calibrated_batchnorm(model, data, recipe, device, log, names)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
-                             resume=resume, progress=progress, parallel=False)
+                             resume=resume, progress=progress, parallel=False, stop_on=stop_on)
     if rebatchnorm:
         fold_attached(model)
     return FinetunedPruned(model=model.cpu().eval(), train=result, slimmed=slimmed,
