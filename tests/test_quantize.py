@@ -27,6 +27,7 @@ from prunedrop.quantize import (
     quantize_model,
     quantize_onnx,
     unit_bits,
+    weight_bits,
 )
 from prunedrop.quantize.graph import compact_size
 from prunedrop.recipes import Recipe
@@ -227,6 +228,37 @@ def test_cpu_instruction_sets_from_cpuinfo() -> None:
     text = "processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\nflags: ignored\n"
     assert cpu_instruction_sets(text) == ["avx512_vnni", "avx512f", "avx2"]
     assert cpu_instruction_sets("processor: 0\n") == []
+
+
+@pytest.mark.parametrize(("flags", "bits"), [(["avx512_vnni", "avx512f", "avx2"], 8), (["avx_vnni", "avx2"], 8),
+                                             (["avx512f", "avx2"], 7), (["avx2"], 7), ([], 7)])
+def test_int8_weights_keep_7_bits_without_vnni(flags: list[str], bits: int) -> None:
+    assert weight_bits(flags) == bits
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_quantized_weights_use_the_bits_asked_for(tmp_path: Path, bits: int) -> None:
+    """7 bits (onnxruntime's reduce_range) on CPUs whose int8 kernels add byte products in 16 bits (no VNNI): the
+    largest stored weight is 64, not 127; the file computes the float model's classes either way."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.rand(64, 1, 4, 4) * 4
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    out = quantize_onnx(float_file, tmp_path / f"q{bits}.onnx", [x.numpy()], bits=bits, sparse=False)
+    proto = onnx.load(str(out.path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    weights = [inits[n.input[0]] for n in proto.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert len(weights) == 2
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == (64 if bits == 7 else 127)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out.path), providers=["CPUExecutionProvider"])
+    classes = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].argmax(1)
+    assert (classes == model(x).argmax(1).numpy()).mean() >= 0.9
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

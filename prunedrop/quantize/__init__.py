@@ -38,6 +38,7 @@ from .quantizer import (
     cpu_instruction_sets,
     quantize_onnx,
     quantized_path,
+    weight_bits,
 )
 
 _load_dense = load_dense  # its name before the package split (scripts and branches written then import it)
@@ -67,6 +68,7 @@ __all__ = [
     "quantize_onnx",
     "quantized_nodes",
     "quantized_path",
+    "weight_bits",
     "time_models",
     "unit_bits",
     "weight_nodes",

@@ -12,7 +12,8 @@ weight is E[a]·E[b] and its variance ``E[a]²·Var b + Var a·(E[b]² + Var b)`
 
 and the layer needs ``bits = the 90th percentile of b_u`` over its kept units (nearest rank): a few units with an
 unusually sure posterior do not force the whole layer to float, but 90% of them get quantization noise within
-their posterior spread. A layer needing ≤ 8 bits becomes int8, one needing more stays float32, and a layer with no
+their posterior spread. A layer needing ≤ 8 bits becomes int8 (≤ 7 on a CPU without VNNI, where the int8 weights keep
+7 bits: :func:`prunedrop.quantize.quantizer.weight_bits`), one needing more stays float32, and a layer with no
 posterior (not converted, or a recurrent/attention/embedding layer) stays float32 under ``bayes``. A layer needing
 ≤ 4 bits gets int4 weights (opset 21) where they are smaller than its int8 weights as stored (dense or sparse).
 """

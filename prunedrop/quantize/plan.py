@@ -35,6 +35,7 @@ from .quantizer import (
     calibration_batches,
     cpu_instruction_sets,
     quantize_onnx,
+    weight_bits,
 )
 
 QUANTIZE_MODES = ("none", "int8", "bayes")
@@ -84,7 +85,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             # speed checks decide as for every layer (as float32, a compressed LSTM's int8 gain was lost whole:
             # 1.32x smaller, 1.36x faster, -0.06 points)
             row["no_posterior"] = "not converted, or not a Linear/Conv layer: int8 as under quantize: int8"
-        elif mode == "bayes" and lb is not None and lb.precision == "float32":
+        elif mode == "bayes" and lb is not None and lb.bits > weight_bits():
             plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
             why[wn.node] = "posterior"
         elif mode == "bayes" and lb is not None and lb.bits <= MIN_INT_BITS:
@@ -279,9 +280,11 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     activations = activation_type()
     section: dict[str, Any] = {
         "mode": mode,
-        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": MAX_INT_BITS,
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": weight_bits(),
                  "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
-        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights (int4 where the posterior "
+        "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights"
+                  + ("" if weight_bits() == MAX_INT_BITS else " of 7 bits (reduce_range: this CPU has no VNNI, and "
+                     "AVX2's 16-bit pair sums saturate with 8)") + " (int4 where the posterior "
                   f"allows 4 bits and that is smaller), {activations} activations "
                   f"({'u8s8: this CPU has VNNI' if activations == 'uint8' else 's8s8: this CPU has no VNNI'}) "
                   f"calibrated (MinMax) on {sum(len(b) for b in calibration)} training samples; LSTM: onnxruntime "

@@ -70,11 +70,22 @@ def _this_cpu() -> tuple[str, ...]:
 def activation_type(instruction_sets: Sequence[str] | None = None) -> str:
     """The integer type of the quantized activations for this CPU: ``uint8`` where it has VNNI, whose int8 dot
     product multiplies unsigned by signed bytes, so that onnxruntime's u8s8 kernels run natively; ``int8``
-    (onnxruntime's default, s8s8) elsewhere, where u8s8 goes through AVX2's vpmaddubsw, whose 16-bit sums can
-    saturate. Measured here (VNNI): a dense ResNet-18 (3×32×32, batch 64) ran 20.4 ms as u8s8, 75 ms as s8s8 and
-    30 ms as float32, at the same accuracy (benchmarks/quantize_activations.py)."""
+    (onnxruntime's default, s8s8) elsewhere. Measured on a VNNI CPU: a dense ResNet-18 (3×32×32, batch 64) ran
+    20.4 ms as u8s8, 75 ms as s8s8 and 30 ms as float32, at the same accuracy (benchmarks/quantize_activations.py).
+    Without VNNI both go through AVX2's vpmaddubsw, whose 16-bit sums saturate: :func:`weight_bits`."""
     sets = cpu_instruction_sets() if instruction_sets is None else instruction_sets
     return "uint8" if any(s in _VNNI for s in sets) else "int8"
+
+
+def weight_bits(instruction_sets: Sequence[str] | None = None) -> int:
+    """The bits an int8 weight keeps on this CPU: 8 where it has VNNI (a byte product summed in 32 bits), 7 elsewhere
+    (onnxruntime's ``reduce_range``). Without VNNI, onnxruntime multiplies bytes with AVX2's vpmaddubsw, which adds
+    two byte products in 16 bits: 255·127·2 overflows, 255·63·2 does not. Measured on an AMD EPYC (AVX2, no VNNI): a
+    tiny LSTM classifier's quantized head (one Gemm) moved the logits by up to 0.28 with 8-bit weights, as u8s8 and
+    as s8s8 alike, and by 0.003 with 7-bit ones (0.002 with the same 8-bit QDQ file computed in float), its agreement
+    with the float model 56% → 97% (``tests/test_quantize.py``)."""
+    sets = cpu_instruction_sets() if instruction_sets is None else instruction_sets
+    return 8 if any(s in _VNNI for s in sets) else 7
 
 
 def quantized_path(float_path: str | Path) -> Path:
@@ -129,7 +140,7 @@ class QuantizedFile:
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
                   exclude: Sequence[str] = (), int4: Sequence[str] = (), cache: str | Path | None = None,
                   sparse: bool | str = "auto", activations: str | None = None,
-                  int8_weights: Sequence[str] = ()) -> QuantizedFile:
+                  int8_weights: Sequence[str] = (), bits: int | None = None) -> QuantizedFile:
     """Quantize the float ONNX file with onnxruntime (QDQ, per-channel int8 weights, static 8-bit activations
     calibrated on ``calibration``), leaving the nodes named in ``exclude`` float; write ``out_path`` atomically.
 
@@ -137,7 +148,8 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     override; the model is moved to opset 21 for them where ONNX's converter can). ``cache``: a calibration cache
     file (written by the first call, reused by later ones on the same model). ``sparse``: store int8 weights, and
     the float weights of layers left float32, holding zeros as sparse constants where that is smaller
-    (``"auto"``). ``activations``: ``uint8`` or ``int8``; None: :func:`activation_type` for this CPU.
+    (``"auto"``). ``activations``: ``uint8`` or ``int8``; None: :func:`activation_type` for this CPU. ``bits``: 8, or
+    7 (onnxruntime's ``reduce_range``) for the int8 weights; None: :func:`weight_bits` for this CPU.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -162,6 +174,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         # the layers to quantize and the operators between them (graph.carriers), nothing else: onnxruntime would
         # otherwise quantize every operator it knows, excluded layers or not
         act = QuantType.QUInt8 if (activations or activation_type()) == "uint8" else QuantType.QInt8
+        reduce_range = (bits or weight_bits()) < 8
         static = [wn.node for wn in nodes if wn.node not in excluded and wn.op not in DYNAMIC_OPS]
         chosen = [*static, *carriers(proto, static)]
         try:
@@ -171,6 +184,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
                                 weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
                                 nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
                                 calibration_cache_path=None if cache is None else str(cache),
+                                reduce_range=reduce_range,
                                 extra_options={"TensorQuantOverrides": overrides} if overrides else None)
             else:  # (an empty nodes_to_quantize would mean "every node" to onnxruntime)
                 onnx.save(source_proto, str(target))
@@ -187,7 +201,8 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
             root.setLevel(logging.ERROR)
             try:
                 quantize_dynamic(str(target), str(Path(tmp) / "dynamic.onnx"), op_types_to_quantize=list(DYNAMIC_OPS),
-                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                                 reduce_range=reduce_range)
             except Exception as e:  # as above: every failure means "cannot quantize"
                 raise PrunedropError(f"onnxruntime cannot quantize the LSTM of {Path(float_path).name}: "
                                      f"{describe(e)}") from e
