@@ -161,9 +161,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
             defaults = Recipe()
             recipe = recipe.replace(**{k: old for k, old in DEFAULT_CHANGED.items()
                                        if previous.get(k) == old and getattr(recipe, k) == getattr(defaults, k)})
-        if previous is not None:
             # a key added since the run was started is not in its run.json: it ran as the key's default does
-            previous = {**Recipe().to_dict(), **previous}
+            previous = {**defaults.to_dict(), **previous}
         if previous is not None and previous != recipe.to_dict():
             changed = sorted(k for k, v in recipe.to_dict().items() if previous.get(k) != v)
             raise click.ClickException(

@@ -287,15 +287,14 @@ def _run(
     precision: str = "fp32",
     parallel: bool = False,
     on_step: Callable[[int], None] | None = None,
-    should_stop: Callable[[], str | None] | None = None,
+    should_stop: Callable[[dict[str, Any]], str | None] | None = None,
     extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
     lr_scale: Callable[[], float] | None = None,
-    stop_on: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> TrainResult:
     """The loop both phases share. ``on_step(step)`` runs after every optimizer step (``step`` counts from 1);
-    ``should_stop()`` after every epoch: a message ends the phase there (and, on resume, before the next epoch);
-    ``stop_on(record)`` the same, given the epoch's history record (its validation metric); a later call without it
-    continues from that epoch's checkpoint to the end of the schedule;
+    ``should_stop(record)`` after every epoch but the last, given the epoch's history record (its validation metric):
+    a message ends the phase there (and, on resume, before the next epoch); a later call without it continues from
+    that epoch's checkpoint to the end of the schedule;
     ``extra_state`` = (get, set) of state that the checkpoint carries besides model and optimizer."""
     from tqdm.auto import tqdm
 
@@ -412,9 +411,8 @@ def _run(
         net = distributed.wrap(model, device)
     with _StopRequests() as stop_requests:
         for epoch in range(start_epoch, epochs):
-            if epoch == start_epoch and start_batch == 0 and epoch > 0 and (
-                    (should_stop is not None and should_stop() is not None)
-                    or (stop_on is not None and result.history and stop_on(result.history[-1]) is not None)):
+            if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \
+                    and should_stop(result.history[-1] if result.history else {}) is not None:
                 break  # a resumed run that had already stopped early
             model.train()
             t0 = time.perf_counter()
@@ -491,9 +489,7 @@ def _run(
                 shown = {k: v for k, v in record.items() if k not in ("phase", "epoch", "lr")}
                 tqdm.write(f"{phase} epoch {epoch + 1}/{epochs}: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
-            stopped = should_stop() if should_stop is not None and epoch + 1 < epochs else None
-            if stopped is None and stop_on is not None and epoch + 1 < epochs:
-                stopped = stop_on(record)
+            stopped = should_stop(record) if should_stop is not None and epoch + 1 < epochs else None
             checkpoint(epoch + 1, 0)
             if stopped is not None:
                 if progress and main:
@@ -605,7 +601,7 @@ def finetune(
                       checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
                       progress=progress, epoch_stats=epoch_stats, precision=precision, parallel=parallel,
                       on_step=None if pilot is None else pilot.on_step,
-                      should_stop=None if pilot is None else pilot.should_stop,
+                      should_stop=None if pilot is None else lambda record: pilot.should_stop(),
                       extra_state=None if pilot is None else (pilot.state_dict, pilot.load_state_dict),
                       lr_scale=None if pilot is None else (lambda: pilot.lr_scale))
     result.epochs = epochs
@@ -673,4 +669,4 @@ def finetune_masked(
                 step_loss=step_loss, after_step=apply_masks, device=device,
                 checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
                 progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel,
-                stop_on=stop_on)
+                should_stop=stop_on)

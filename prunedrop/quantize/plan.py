@@ -74,6 +74,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     why: dict[str, str] = {}  # node → the kind of reason: posterior, operator, accuracy, speed
     layers: list[dict[str, Any]] = []
     four_bit: list[str] = []  # nodes whose posterior allows 4 bits (bayes)
+    int_bits = weight_bits()  # 8, or 7 on a CPU without VNNI
     for wn in nodes:
         row: dict[str, Any] = {"node": wn.node, "op": wn.op, "layer": wn.module}
         lb = (bits or {}).get(wn.module or "")
@@ -85,7 +86,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             # speed checks decide as for every layer (as float32, a compressed LSTM's int8 gain was lost whole:
             # 1.32x smaller, 1.36x faster, -0.06 points)
             row["no_posterior"] = "not converted, or not a Linear/Conv layer: int8 as under quantize: int8"
-        elif mode == "bayes" and lb is not None and lb.bits > weight_bits():
+        elif mode == "bayes" and lb is not None and lb.bits > int_bits:
             plan[wn.node] = f"the posterior asks for {int(lb.bits) if math.isfinite(lb.bits) else 'unbounded'} bits"
             why[wn.node] = "posterior"
         elif mode == "bayes" and lb is not None and lb.bits <= MIN_INT_BITS:
@@ -280,10 +281,10 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     activations = activation_type()
     section: dict[str, Any] = {
         "mode": mode,
-        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": weight_bits(),
+        "rule": {"k": 1.0, "unit_quantile": UNIT_QUANTILE, "max_int_bits": int_bits,
                  "int4_bits": MIN_INT_BITS} if mode == "bayes" else None,
         "format": "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights"
-                  + ("" if weight_bits() == MAX_INT_BITS else " of 7 bits (reduce_range: this CPU has no VNNI, and "
+                  + ("" if int_bits == MAX_INT_BITS else " of 7 bits (reduce_range: this CPU has no VNNI, and "
                      "AVX2's 16-bit pair sums saturate with 8)") + " (int4 where the posterior "
                   f"allows 4 bits and that is smaller), {activations} activations "
                   f"({'u8s8: this CPU has VNNI' if activations == 'uint8' else 's8s8: this CPU has no VNNI'}) "

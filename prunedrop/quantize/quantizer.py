@@ -73,8 +73,7 @@ def activation_type(instruction_sets: Sequence[str] | None = None) -> str:
     (onnxruntime's default, s8s8) elsewhere. Measured on a VNNI CPU: a dense ResNet-18 (3×32×32, batch 64) ran
     20.4 ms as u8s8, 75 ms as s8s8 and 30 ms as float32, at the same accuracy (benchmarks/quantize_activations.py).
     Without VNNI both go through AVX2's vpmaddubsw, whose 16-bit sums saturate: :func:`weight_bits`."""
-    sets = cpu_instruction_sets() if instruction_sets is None else instruction_sets
-    return "uint8" if any(s in _VNNI for s in sets) else "int8"
+    return "uint8" if _has_vnni(instruction_sets) else "int8"
 
 
 def weight_bits(instruction_sets: Sequence[str] | None = None) -> int:
@@ -84,8 +83,13 @@ def weight_bits(instruction_sets: Sequence[str] | None = None) -> int:
     tiny LSTM classifier's quantized head (one Gemm) moved the logits by up to 0.28 with 8-bit weights, as u8s8 and
     as s8s8 alike, and by 0.003 with 7-bit ones (0.002 with the same 8-bit QDQ file computed in float), its agreement
     with the float model 56% → 97% (``tests/test_quantize.py``)."""
+    return 8 if _has_vnni(instruction_sets) else 7
+
+
+def _has_vnni(instruction_sets: Sequence[str] | None) -> bool:
+    """Whether ``instruction_sets`` (this CPU's when None) hold a VNNI set."""
     sets = cpu_instruction_sets() if instruction_sets is None else instruction_sets
-    return 8 if any(s in _VNNI for s in sets) else 7
+    return any(s in _VNNI for s in sets)
 
 
 def quantized_path(float_path: str | Path) -> Path:

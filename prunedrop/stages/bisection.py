@@ -99,8 +99,6 @@ def search_after_finetune(
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
 
-    trained: dict[float, int] = {}  # threshold → epochs its probe trained (fewer than `epochs`: stopped early)
-
     def finetuned_at(point: SweepPoint, early: bool) -> tuple[bool, Any, Any]:
         """Prune at ``point`` and fine-tune: a probe (``early``: it stops once within the budget), or the rest of
         an early-stopped probe's schedule (from its checkpoint)."""
@@ -110,9 +108,7 @@ def search_after_finetune(
                                  stop_on=_early(name, in_budget, epochs) if early else None)
         metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = in_budget(metric)
-        done = max((int(h.get("epoch", 0)) for h in masked.train.history if h.get("phase") == "masked"),
-                   default=epochs)
-        trained[point.threshold] = done
+        done = _epochs_done(masked, epochs)
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok,
                        "epochs": done, **({} if early else {"continued": True})})
@@ -144,13 +140,14 @@ def search_after_finetune(
     swept: list[SweepPoint] = []
     if best_point is not None and sweep is not None and at_edge(best_point, grid):
         best, swept = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
-    if best is not None and trained.get(best[0], epochs) < epochs:
-        best = _finish(accepted, epochs, trained, finetuned_at, log)
+    if best is not None and _epochs_done(best[2], epochs) < epochs:
+        best = _finish(accepted, finetuned_at, log)
     if best is not None:
+        # each threshold's last entry (its continuation where there is one) holds the epochs it trained
+        trained = {p["threshold"]: p["epochs"] for p in probes}
         log(f"budget after fine-tuning: {recipe.pruning_rule(best[0])} prunes most within "
-            f"{recipe.max_metric_drop:g} ({len(probes)} fine-tunings, "
-            f"{sum(p['epochs'] for p in probes if not p.get('continued')) + _continued(probes)} of their "
-            f"{len({p['threshold'] for p in probes}) * epochs} epochs trained)")
+            f"{recipe.max_metric_drop:g} ({len(probes)} fine-tunings, {sum(trained.values())} of their "
+            f"{len(trained) * epochs} epochs trained)")
         best[2].timings = {"masked_finetune_s": time.perf_counter() - t0}
     return Search(best=best, probes=probes, swept=swept)
 
@@ -171,14 +168,13 @@ def _early(name: str, in_budget: Callable[[float], bool], epochs: int) -> Callab
     return stop
 
 
-def _continued(probes: list[dict[str, Any]]) -> int:
-    """Epochs the continuations trained (each from where its probe stopped)."""
-    stopped = {p["threshold"]: p["epochs"] for p in probes if not p.get("continued")}
-    return sum(p["epochs"] - stopped.get(p["threshold"], 0) for p in probes if p.get("continued"))
+def _epochs_done(masked: Any, epochs: int) -> int:
+    """Epochs a probe's fine-tuning (a :class:`FinetunedPruned`) has trained: its history's last epoch."""
+    history = [h for h in masked.train.history if h.get("phase") == "masked"]
+    return int(history[-1].get("epoch", epochs)) if history else epochs
 
 
-def _finish(accepted: list[SweepPoint], epochs: int, trained: dict[float, int],
-            finetuned_at: Callable[[SweepPoint, bool], tuple[bool, Any, Any]],
+def _finish(accepted: list[SweepPoint], finetuned_at: Callable[[SweepPoint, bool], tuple[bool, Any, Any]],
             log: Callable[[str], None]) -> tuple[float, Any, Any] | None:
     """The most pruning probe within the budget stopped early: continue it to the end of its fine-tuning and judge
     it there; should it end outside the budget, the next probe within it (continued too where it stopped early, else
