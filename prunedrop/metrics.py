@@ -3,6 +3,7 @@ metric's name, evaluation of a model on a loader, and the share of weights the c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,6 +51,39 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         raise PrunedropError("the evaluation data is empty")
     metric = 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
+
+
+@torch.no_grad()
+def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
+    0 where not, or its mean squared error over its target values; their mean is :func:`evaluate`'s metric."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        if loss == "cross_entropy":
+            parts.append(100.0 * (out.argmax(dim=1) == y).double().cpu())
+        else:
+            err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
+            parts.append(err.reshape(err.shape[0], -1).double().mean(dim=1).cpu())
+    model.train(was_training)
+    if not parts:
+        raise PrunedropError("the evaluation data is empty")
+    return torch.cat(parts)
+
+
+def paired_standard_error(before: torch.Tensor, after: torch.Tensor) -> float | None:
+    """Standard error of ``after.mean() − before.mean()`` when both models were measured on the same samples (the
+    per-sample scores of :func:`sample_scores`): the sample standard deviation of the per-sample differences over
+    √n. Pairing counts only the samples on which the two models differ, so it is far below the error of either
+    metric alone. None with fewer than two samples, different sample counts or a non-finite score."""
+    if before.shape != after.shape or before.numel() < 2:
+        return None
+    se = float((after - before).std(unbiased=True)) / math.sqrt(before.numel())
+    return se if math.isfinite(se) else None
 
 
 def kept_fraction(model: nn.Module) -> float:

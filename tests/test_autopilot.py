@@ -388,6 +388,18 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
         pipeline.check_budget(Recipe(), 95.0, 92.0, num_val=6000)
     assert "100%" not in str(caught.value) and "weighs" not in str(caught.value)
     pipeline.check_budget(Recipe(loss="mse"), 0.10, 0.1005)
+    # a change measured more coarsely than half the budget is said to be (in the metric's unit: 2% of 0.10 for mse)
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(Recipe(), 95.0, 93.0, delta_se=0.6)
+    assert "±0.6 (paired standard error)" in str(caught.value)
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(Recipe(), 95.0, 93.0, delta_se=0.4)
+    assert "standard error" not in str(caught.value)
+    with pytest.raises(TrainingError, match="standard error"):
+        pipeline.check_budget(Recipe(loss="mse", max_metric_drop=4.0), 0.10, 0.12, delta_se=0.0021)
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(Recipe(loss="mse", max_metric_drop=4.0), 0.10, 0.12, delta_se=0.0019)
+    assert "standard error" not in str(caught.value)
 
 
 # -- the command line -----------------------------------------------------------------------------------------------

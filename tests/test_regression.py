@@ -120,6 +120,12 @@ def test_npz_regression_end_to_end_on_diabetes(folder: Path) -> None:
     assert report["parity_max_abs_diff"] is not None and report["parity_max_abs_diff"] <= 1e-4 * scale
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
     assert float(np.mean((got[:, 0] - data["y_val"]) ** 2)) == pytest.approx(metric["after"], rel=1e-3)
+    # the change's paired standard error, recomputed from the two models' per-sample squared errors
+    with torch.no_grad():
+        before = (model(torch.from_numpy(data["x_val"]))[:, 0].numpy() - data["y_val"]) ** 2
+    diff = (expected[:, 0] - data["y_val"]) ** 2 - before
+    assert metric["delta_se"] == pytest.approx(float(diff.std(ddof=1)) / np.sqrt(70), rel=1e-3)
+    assert report["test_metric"]["delta_se"] is not None and report["test_metric"]["delta_se"] >= 0
 
 
 HOOK = '''\

@@ -285,7 +285,7 @@ def test_build_report_unmatched_layers_and_missing_values():
     assert rows["1"]["params_after"] is None and rows["1"]["shape_after"] is None
     assert rows["2"]["params_before"] is None and rows["2"]["kept_fraction"] is None
     assert report["metric"] == {"name": "accuracy", "before": None, "after": None, "delta": None,
-                                "higher_is_better": True}
+                                "delta_se": None, "higher_is_better": True}
     assert report["onnx_bytes"]["ratio"] is None
     json.dumps(report, allow_nan=False)
 
@@ -396,6 +396,19 @@ def test_format_table():
     rule = next(i for i, line in enumerate(lines) if "net.1" in line) - 1
     assert set(lines[rule].replace(" ", "")) == {"-"}
     assert len(lines[rule + 1]) <= len(lines[rule])  # rows fit the column rule: aligned
+
+
+def test_table_gives_the_standard_error_of_the_change_and_the_test_split():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x, metric_before=90.13, metric_after=89.67, metric_delta_se=0.2771,
+                     extra={"test_metric": {"before": 90.04, "after": 89.02, "delta_se": 0.2145}})
+    assert report["metric"]["delta_se"] == 0.2771
+    rows = {line.split("  ")[0]: line for line in format_table(report).splitlines()}
+    assert rows["metric: accuracy"].split()[-3:] == ["-0.46", "±", "0.28"]
+    assert rows["accuracy on test data"].split()[-5:] == ["90.04", "89.02", "-1.02", "±", "0.21"]
+    plain = format_table(_report(original, compressed, x))  # no standard error, no test split: neither is shown
+    assert "±" not in plain and "on test data" not in plain
+    assert _report(original, compressed, x, metric_delta_se=float("nan"))["metric"]["delta_se"] is None
 
 
 def test_mse_report_says_lower_is_better_and_the_change_in_percent():

@@ -181,6 +181,37 @@ def test_evaluate_mse_is_the_mean_over_every_target_value() -> None:
     assert result["mse"] == pytest.approx(expected, rel=1e-6) and result["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_sample_scores_average_to_the_metric_and_pair_for_the_standard_error() -> None:
+    from prunedrop.metrics import paired_standard_error, sample_scores
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(50, 3), torch.randint(0, 4, (50,))
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    scores = sample_scores(model, batches)
+    assert scores.shape == (50,) and set(scores.tolist()) <= {0.0, 100.0}
+    assert float(scores.mean()) == pytest.approx(evaluate(model, batches)["accuracy"], abs=1e-9)
+    regression, targets = torch.nn.Linear(3, 2), torch.randn(50, 2)
+    mse = sample_scores(regression, [(x[:20], targets[:20]), (x[20:], targets[20:])], loss="mse")
+    with torch.no_grad():
+        per_sample = ((regression(x) - targets) ** 2).mean(dim=1).double()
+    torch.testing.assert_close(mse, per_sample)
+    assert float(mse.mean()) == pytest.approx(evaluate(regression, [(x, targets)], loss="mse")["mse"], rel=1e-6)
+    # pairing: two models that differ on 3 of 100 samples (one gained, two lost): the change is -1 point and its
+    # standard error sd(d)/√n with d ∈ {+100, −100, −100, 0 × 97}
+    before = torch.full((100,), 100.0, dtype=torch.float64)
+    before[:1] = 0.0
+    after = before.clone()
+    after[0], after[1], after[2] = 100.0, 0.0, 0.0
+    d = (after - before).tolist()
+    mean = sum(d) / 100
+    expected = (sum((v - mean) ** 2 for v in d) / 99) ** 0.5 / 10
+    assert float(after.mean() - before.mean()) == pytest.approx(-1.0)
+    assert paired_standard_error(before, after) == pytest.approx(expected)
+    assert paired_standard_error(before, before) == 0.0
+    assert paired_standard_error(before, after[:50]) is None and paired_standard_error(before[:1], after[:1]) is None
+
+
 def test_resolve_device() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")

@@ -108,6 +108,7 @@ def build_report(
     onnx_bytes_after: int | None,
     parity_max_abs_diff: float | None,
     extra: dict | None = None,
+    metric_delta_se: float | None = None,
 ) -> dict:
     """Compare ``original`` and ``compressed`` and return a JSON-able report dict.
 
@@ -123,8 +124,9 @@ def build_report(
       (multiply-adds with a non-zero weight), ``ratio`` (before/after), ``nonzero_ratio``
       (before/nonzero_after), ``uncounted_layers`` (names of parameter-owning layers with no MAC rule)
     * ``onnx_bytes``: ``before``, ``after``, ``ratio``
-    * ``metric``: ``name``, ``before``, ``after``, ``delta`` (after − before), ``higher_is_better`` (false for
-      ``mse``: lower is better, and its budget is the relative increase in percent)
+    * ``metric``: ``name``, ``before``, ``after``, ``delta`` (after − before), ``delta_se`` (``metric_delta_se``:
+      the paired standard error of ``delta`` over the samples both were measured on, or ``None``),
+      ``higher_is_better`` (false for ``mse``: lower is better, and its budget is the relative increase in percent)
     * ``parity_max_abs_diff``: float or ``None``
     * ``layers``: one dict per parameter-owning module, matched by name (original order, then layers only
       the compressed model has): ``name``, ``type``, ``params_before`` / ``params_after`` (non-zero),
@@ -175,7 +177,7 @@ def build_report(
             "ratio": ratio(onnx_bytes_before, onnx_bytes_after),
         },
         "metric": {"name": metric_name, "before": metric_before, "after": metric_after, "delta": delta,
-                   "higher_is_better": metric_name != "mse"},
+                   "delta_se": _finite_or_none(metric_delta_se), "higher_is_better": metric_name != "mse"},
         "parity_max_abs_diff": _finite_or_none(parity_max_abs_diff),
         "layers": _layer_rows(prof_before, prof_after),
     }

@@ -4,6 +4,7 @@ by side (``compare_reports``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -98,10 +99,24 @@ def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
             f"metric: {metric['name']}" + ("" if _higher_is_better(metric) else " (lower is better)"),
             _fmt_float(metric["before"]),
             _fmt_float(metric["after"]),
-            _fmt_signed(metric["delta"]) + _relative_change(metric),
+            _fmt_signed(metric["delta"]) + _fmt_se(metric.get("delta_se")) + _relative_change(metric),
         ],
     ]
+    test = report.get("test_metric") or {}
+    if isinstance(test.get("before"), (int, float)) and isinstance(test.get("after"), (int, float)):
+        shown = {**metric, "before": test["before"], "delta": test["after"] - test["before"]}
+        rows.append([
+            f"{metric['name']} on test data",
+            _fmt_float(test["before"]),
+            _fmt_float(test["after"]),
+            _fmt_signed(shown["delta"]) + _fmt_se(test.get("delta_se")) + _relative_change(shown),
+        ])
     return rows
+
+
+def _fmt_se(se: Any) -> str:
+    """' ± 0.28': the paired standard error of a change, where the report has one."""
+    return f" ± {se:.2g}" if isinstance(se, (int, float)) and math.isfinite(se) else ""
 
 
 def _higher_is_better(metric: Mapping[str, Any]) -> bool:
@@ -427,7 +442,7 @@ def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> str:
         ("metric", lambda r: str(get(r, "metric", "name") or "-")),
         ("metric before", lambda r: _fmt_float(get(r, "metric", "before"))),
         ("metric after", lambda r: _fmt_float(get(r, "metric", "after"))),
-        ("metric delta", lambda r: _fmt_signed(get(r, "metric", "delta"))),
+        ("metric delta", lambda r: _fmt_signed(get(r, "metric", "delta")) + _fmt_se(get(r, "metric", "delta_se"))),
         ("test metric after", lambda r: _fmt_float(get(r, "test_metric", "after"))),
         ("ECE after", lambda r: _fmt_float(get(r, "calibration", "compressed", "ece"))),
         ("latency batch 1", lambda r: latency(r, 1)),

@@ -18,7 +18,7 @@ from ..export import ExportResult, export_onnx, verify_onnx
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..train import metric_name
-from .common import evaluate_all
+from .common import measure_all
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Baseline:
     onnx: ExportResult
     """original.onnx."""
     timings: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per split, the metric per sample (:func:`prunedrop.stages.common.measure_all`): the paired standard error of
+    the change."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"test_metric": {"before": self.metric.get("test")}, "timings": self.timings}
@@ -42,14 +45,14 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     """Evaluate the original, export it to original.onnx and check that file against it."""
     t0 = time.perf_counter()
     original = copy.deepcopy(model)
-    metric = evaluate_all(original, data, recipe, torch.device("cpu"))
+    metric, scores = measure_all(original, data, recipe, torch.device("cpu"))
     exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
                            exporter=recipe.onnx_exporter)
     check_parity_before_training(exported, original, example, recipe)
     timings = {"baseline_s": time.perf_counter() - t0}
     log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
         f"ONNX {exported.num_bytes:,} bytes")
-    return Baseline(model=original, metric=metric, onnx=exported, timings=timings)
+    return Baseline(model=original, metric=metric, onnx=exported, timings=timings, scores=scores)
 
 
 def check_parity_before_training(exported: ExportResult, original: nn.Module, example: torch.Tensor,

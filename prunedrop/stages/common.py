@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..errors import PrunedropError
+from ..metrics import sample_scores
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..train import evaluate, metric_name
@@ -34,6 +35,24 @@ def evaluate_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: tor
         out["test"] = evaluate(model, data.loader("test", recipe.eval_batch_size), loss=recipe.loss,
                                device=device)[name]
     return out
+
+
+def measure_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device
+                ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """:func:`evaluate_all`'s metric per split, and the per-sample scores it is the mean of
+    (:func:`prunedrop.metrics.sample_scores`), for the paired standard error of a change between two models."""
+    splits = ["val"] + (["test"] if data.test is not None else [])
+    scores = {split: sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
+                                   device=device) for split in splits}
+    return {split: _mean_metric(s, recipe.loss) for split, s in scores.items()}, scores
+
+
+def _mean_metric(scores: torch.Tensor, loss: str) -> float:
+    """The metric from per-sample scores, as :func:`prunedrop.metrics.evaluate` computes it (accuracy from the
+    count of correct samples, so that it is the same float)."""
+    if loss == "cross_entropy":
+        return 100.0 * int((scores > 0).sum()) / scores.numel()
+    return float(scores.mean())
 
 
 def draw_plots(folder: RunFolder, drawings: dict[str, Callable[[Path], Any]],

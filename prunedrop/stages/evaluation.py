@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..metrics import paired_standard_error
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
 from .budget import check_budget
-from .common import evaluate_all
+from .common import measure_all
 from .selection import Selection
 
 
@@ -24,19 +25,26 @@ class Evaluation:
     """The compressed model's metric: ``val`` and, where the data has a test split, ``test``."""
     calibration: dict[str, Any] = field(default_factory=dict)
     """``compressed``: its calibration, where the original's was measured (cross-entropy)."""
+    delta_se: dict[str, float | None] = field(default_factory=dict)
+    """Per split, the paired standard error of the change of the metric against the original
+    (:func:`prunedrop.metrics.paired_standard_error`): how finely that split's samples measure it."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"test_metric": {"after": self.metric.get("test")},
-                **({"calibration": self.calibration} if self.calibration else {})}
+        test = {"after": self.metric.get("test")}
+        if "test" in self.metric:
+            test["delta_se"] = self.delta_se.get("test")
+        return {"test_metric": test, **({"calibration": self.calibration} if self.calibration else {})}
 
 
 def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selection, data: DataBundle,
                         recipe: Recipe) -> Evaluation:
     """Evaluate the compressed ``model`` and stop an automatic-β run over its budget
     (:func:`prunedrop.stages.budget.check_budget`)."""
-    metric = evaluate_all(model, data, recipe, torch.device("cpu"))
-    check_budget(recipe, baseline.metric["val"], metric["val"], num_val=data.num_val)
+    metric, scores = measure_all(model, data, recipe, torch.device("cpu"))
+    delta_se = {split: paired_standard_error(baseline.scores[split], s) if split in baseline.scores else None
+                for split, s in scores.items()}
+    check_budget(recipe, baseline.metric["val"], metric["val"], num_val=data.num_val, delta_se=delta_se["val"])
     calibration = {}
     if selection.calibration:
         calibration["compressed"] = calibration_summary(model, data.loader("val", recipe.eval_batch_size))
-    return Evaluation(metric=metric, calibration=calibration)
+    return Evaluation(metric=metric, calibration=calibration, delta_se=delta_se)

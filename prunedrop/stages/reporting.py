@@ -44,7 +44,8 @@ def assemble_report(model: nn.Module, stages: Sequence[Any], *, baseline: Baseli
     return build_report(original=baseline.model, compressed=model, example_input=example,
                         metric_name=metric_name(recipe.loss), metric_before=baseline.metric["val"],
                         metric_after=evaluation.metric["val"], onnx_bytes_before=baseline.onnx.num_bytes,
-                        onnx_bytes_after=exported.onnx.num_bytes, parity_max_abs_diff=exported.parity, extra=extra)
+                        onnx_bytes_after=exported.onnx.num_bytes, parity_max_abs_diff=exported.parity, extra=extra,
+                        metric_delta_se=evaluation.delta_se.get("val"))
 
 
 def write_run_report(report: dict[str, Any], selection: Selection, evaluation: Evaluation, recipe: Recipe,
