@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prunedrop import pipeline
-from prunedrop.convert import to_variational
+from prunedrop.convert import to_variational, variational_layers
 from prunedrop.data import load_data
 from prunedrop.recipes import Recipe, load_recipe
 from prunedrop.runfolder import RunFolder
@@ -334,6 +334,35 @@ def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it()
     assert all(410 / _point(t).params < 2.0 for t in measured if t > refined.threshold)
     assert len(swept) == len(points) + TARGET_REFINE_STEPS  # the measured points join the sweep
     assert target_cap(list(points), Recipe(target="params=100x", max_metric_drop=1.0)) is None  # none meets it
+
+
+def test_a_flops_target_counts_the_slim_model_of_each_unit_pruning_threshold() -> None:
+    from prunedrop.stages.selection import slim_costs
+    from prunedrop.sweep import sweep_thresholds
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    recipe = Recipe(method="sbp", target="flops=2x", max_metric_drop=1.0)
+    variational = to_variational(TinyMLP(8, (16, 12), 3), recipe, example_input=x[:2])  # net.5 (the classes) kept
+    with torch.no_grad():
+        for layer in (variational.net[1], variational.net[3]):
+            layer.mu.fill_(0.0)
+            layer.log_sigma.fill_(-5.0)
+        variational.net[1].mu[8:] = -15.0  # SNR far below 1: units 8..15 of the first hidden layer are pruned
+        variational.net[1].log_sigma[8:] = 1.0
+    point = sweep_thresholds(variational, [(x, torch.zeros(6, dtype=torch.long))], [1.0],
+                             evaluate_fn=lambda m, dl: 0.0, example_input=x[:1])[0]
+    exact = slim_costs(variational, recipe, x)(point)
+    # thresholded: 8·8 + 12·16 + 12·3 multiply-adds; slim: the second layer no longer reads the 8 pruned units
+    assert point.nonzero_macs == 8 * 8 + 12 * 16 + 12 * 3
+    assert exact.nonzero_macs == 8 * 8 + 12 * 8 + 12 * 3 and exact.params == (8 * 8 + 8) + (12 * 8 + 12) + (12 * 3 + 3)
+    assert exact.metric == point.metric and exact.threshold == point.threshold
+    assert variational.net[1].mu[8] == -15.0 and len(variational_layers(variational)) == 2  # left as it was
+    # nothing to correct without a flops/params target, or where single weights are pruned
+    assert slim_costs(variational, Recipe(method="sbp", max_metric_drop=1.0), x) is None
+    assert slim_costs(variational, Recipe(method="sbp", target="bytes=2x"), x) is None
+    sparse = Recipe(method="sparse_vd", target="flops=2x")
+    assert slim_costs(to_variational(TinyMLP(8, (16, 12), 3), sparse, example_input=x[:2]), sparse, x) is None
 
 
 def test_end_to_end_default_grid_goes_past_its_edge(tmp_path: Path) -> None:

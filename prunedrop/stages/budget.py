@@ -133,10 +133,10 @@ def target_cap(points: list[SweepPoint], recipe: Recipe,
     """With a ``flops`` or ``params`` target: the swept point that meets it and prunes least (None without such a
     target, or when no swept point meets it). A user who states a target wants a model that fits it, and the most
     accurate of those prunes least: no threshold prunes more than this one (the budget may still stop short of it).
-    The sweep counts the thresholded model's non-zero weights (``nonzero_macs``, ``params``): for per-weight noise
-    what the report measures; for per-unit noise more, since slimming also removes the weights downstream layers
-    read from pruned units (LeNet-5 SBP: the sweep's 10× at SNR ≤ 3.7, the slim model's 11.1× already at 2.5), so
-    the cap errs towards pruning more: the target is met, and may be passed. A ``bytes`` target is judged on the
+    The points count non-zero weights (``nonzero_macs``, ``params``): for per-weight noise those of the thresholded
+    model, what the report measures; for per-unit noise those of its slim model
+    (:func:`prunedrop.stages.selection.slim_costs`), since slimming also removes the weights downstream layers read
+    from pruned units. A ``bytes`` target is judged on the
     ONNX file, which the sweep does not write: no cap. Without it, the most pruning threshold within the budget
     overshot a digits CNN's ``flops=8x`` to 20.7×.
 
