@@ -7,7 +7,8 @@
 The run's variational checkpoint is loaded into the model it was trained from (the cached dense model with its
 BatchNorms folded, as ``structured_fashion.py`` folds them, converted by the recipe saved in the checkpoint), and
 :func:`prunedrop.quantize.posterior_bits` is applied at the run's threshold (its ``report.json``): exactly what a run
-with ``quantize: bayes`` computes at the same point. The JSON holds a ``quantization`` section with one row per
+with ``quantize: bayes`` computes at the same point (``--rule outputs``, the default: each unit's step matched on its
+output over 256 Fashion-MNIST training samples; ``--rule weights``: the rule before it, from the weights alone). The JSON holds a ``quantization`` section with one row per
 layer (``layer``, ``bits_needed``, ``units``, ``median_spread``), the form ``quantize_speed.py`` reads.
 """
 
@@ -28,8 +29,9 @@ from benchmarks.common import import_object
 from benchmarks.structured_fashion import ARCHS, fold_batchnorm
 from prunedrop.atomic import atomic_write_text
 from prunedrop.convert import to_variational
+from prunedrop.data import load_data
 from prunedrop.pipeline import VARIATIONAL_CHECKPOINT
-from prunedrop.quantize import posterior_bits
+from prunedrop.quantize import posterior_bits, rule_inputs
 from prunedrop.recipes import Recipe
 from prunedrop.storage import load_checkpoint
 
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", type=Path, required=True, help="the run folder (RUN/sbp) with the variational checkpoint")
     p.add_argument("--dense", type=Path, default=None,
                    help="the cached dense state dict (default: benchmarks/results/<model>-dense-e5-s0.pt)")
+    p.add_argument("--rule", choices=["outputs", "weights"], default="outputs",
+                   help="match each unit's step on its output over training samples (as a run does), or on its "
+                        "weights alone (the rule before)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: the usual places)")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
     dense_file = args.dense or ROOT / "benchmarks" / "results" / f"{args.model}-dense-e5-s0.pt"
@@ -53,10 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     threshold = json.loads((args.run / "report.json").read_text())["threshold"]
     variational = to_variational(folded, recipe, example_input=torch.zeros(2, 1, 28, 28))
     variational.load_state_dict(state["model"])
-    bits = posterior_bits(variational.eval(), threshold)
+    inputs = None
+    if args.rule == "outputs":
+        data = load_data("fashion-mnist", data_dir=args.data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed)
+        inputs = rule_inputs(data, recipe.seed)
+    bits = posterior_bits(variational.eval(), threshold, inputs=inputs)
     rows = [{"layer": name, "bits_needed": lb.bits if math.isfinite(lb.bits) else None, "units": lb.units,
              "median_spread": lb.median_spread, "precision": lb.precision} for name, lb in bits.items()]
-    atomic_write_text(args.output, json.dumps({"run": str(args.run), "threshold": threshold,
+    atomic_write_text(args.output, json.dumps({"run": str(args.run), "threshold": threshold, "rule": args.rule,
                                                "quantization": {"layers": rows}}, indent=1) + "\n")
     for row in rows:
         print(f"{row['layer']:24s} {row['bits_needed']!s:>8.6} bits over {row['units']} units -> {row['precision']}")

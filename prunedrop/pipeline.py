@@ -110,7 +110,7 @@ def compress(
         distributed.barrier()  # this rank waits for rank 0
         return CompressResult(model=converted.model.cpu().eval(), report={}, out_dir=folder.path, files={})
     selection = select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
-    pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned)
+    pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned, data=data)
     tuned = selection.finetuned
     if tuned is None and recipe.finetune_epochs_for(data.num_train) > 0:
         tuned = finetune_pruned(pruned.result, data, recipe, device, example, folder.masked_checkpoint,

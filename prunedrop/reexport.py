@@ -17,7 +17,7 @@ from .convert import to_variational
 from .data import DataBundle
 from .errors import PrunedropError
 from .prune import prune
-from .quantize import posterior_bits, quantize_model
+from .quantize import posterior_bits, quantize_model, rule_inputs
 from .recipes import SNR_METHODS, Recipe
 from .report import count_parameters
 from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
@@ -87,7 +87,8 @@ def reexport(
         variational.load_state_dict(state["model"])
     except RuntimeError as e:
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
-    bits = posterior_bits(variational, threshold) if quantize != "none" else None
+    bits = posterior_bits(variational, threshold, inputs=rule_inputs(data, recipe.seed)) \
+        if quantize != "none" else None
     pruned = prune(variational, threshold)
     if pruned.kept_fraction == 0.0:  # as compress refuses: an all-zero model is no export
         raise PrunedropError(f"{recipe.pruning_rule(threshold)} prunes every "

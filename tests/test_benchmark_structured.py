@@ -181,7 +181,7 @@ def test_posterior_bits_script_reads_a_runs_checkpoint_as_the_run_would(tmp_path
     save_checkpoint({"phase": "variational", "epoch": 1, "model": variational.state_dict(),
                      "recipe": recipe.to_dict()}, run / "checkpoint-variational.pt")
     (run / "report.json").write_text(json.dumps({"threshold": 1.0}))
-    script.main(["--model", "resnet20", "--run", str(run), "--dense", str(tmp_path / "dense.pt"),
+    script.main(["--model", "resnet20", "--run", str(run), "--dense", str(tmp_path / "dense.pt"), "--rule", "weights",
                  "-o", str(tmp_path / "bits.json")])
     rows = {r["layer"]: r for r in json.loads((tmp_path / "bits.json").read_text())["quantization"]["layers"]}
     expected = posterior_bits(variational.eval(), 1.0)

@@ -100,6 +100,80 @@ def test_bit_rule_structured_noise_uses_the_units_snr() -> None:
     assert unit_bits(*posterior_moments(gvd, 3.0)).tolist() == [_bits(2 / 1e-2), _bits(2 / math.exp(-1))]
 
 
+def _gvd(weight: torch.Tensor, log_alpha: list[float]) -> LinearGroupVD:
+    """A group VD layer with the given weights and each unit's log α (relative variance α of its output scale)."""
+    layer = LinearGroupVD.from_dense(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.log_alpha_param.copy_(torch.tensor(log_alpha))
+    return layer
+
+
+def test_bit_rule_on_inputs_matches_the_units_output() -> None:
+    from prunedrop.quantize import input_spreads
+
+    torch.manual_seed(0)
+    power = torch.tensor([4.0, 1.0, 0.25, 0.01])  # E[x_i²]: independent inputs of unequal power
+    x = torch.randn(40000, 4) * power.sqrt()
+    weight = torch.tensor([[1.0, -0.5, 2.0, 3.0], [0.2, 0.2, 0.2, 0.2]])
+    alpha = torch.tensor([1e-4, 1e-3])
+    gvd = _gvd(weight, alpha.log().tolist())
+    # a unit's scale noise moves its output by α·E[y²] = α·Σ w_i²·E[x_i²]; a step Δ on every weight by Δ²/12·Σ E[x_i²]
+    want = (alpha * (weight**2 * power).sum(1) / power.sum()).sqrt()
+    torch.testing.assert_close(input_spreads(nn.Sequential(gvd), x)["0"].float(), want, rtol=0.03, atol=0)
+    # independent per-weight noise (sparse VD) counts each weight's variance by its input's power
+    svd = _svd([(1.0, 0.01), (1.0, 0.01)], fan_in=4)
+    with torch.no_grad():
+        svd.log_sigma2[:, 0] = math.log(0.1**2)  # the loud input's weights are the unsure ones
+    var = svd.log_sigma2.detach().exp()
+    want = ((var * power).sum(1) / power.sum()).sqrt()
+    torch.testing.assert_close(input_spreads(nn.Sequential(svd), x)["0"].float(), want, rtol=0.03, atol=0)
+    # inputs of equal power, uncorrelated: the rms of the variances over the weights, as without inputs
+    iso = input_spreads(nn.Sequential(gvd), torch.randn(40000, 4))["0"]
+    torch.testing.assert_close(iso.float(), (alpha * (weight**2).mean(1)).sqrt(), rtol=0.03, atol=0)
+
+
+def test_bit_rule_on_inputs_asks_more_bits_of_a_filter_that_cancels_its_correlated_inputs() -> None:
+    # every input carries the same signal z: the filter's output (Σw)·z is small beside its weights, so scale noise
+    # moves it little, while rounding errors add up over all the inputs: the weights alone overstate the allowance
+    torch.manual_seed(0)
+    z = torch.randn(2000, 1)
+    x = z.repeat(1, 8) + 0.01 * torch.randn(2000, 8)
+    weight = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -0.9]])
+    model = nn.Sequential(_gvd(weight, [math.log(1e-2)]))
+    alone = posterior_bits(model, 3.0)["0"]
+    measured = posterior_bits(model, 3.0, inputs=x)["0"]
+    assert not alone.on_inputs and measured.on_inputs
+    assert alone.bits == _bits(2 * 1.0 / (0.1 * float(weight.pow(2).mean().sqrt())))  # r/s = 2·max|w| / (√α·rms w)
+    assert measured.bits >= alone.bits + 3  # s shrinks by about |Σw|/(√8·rms w) ≈ 0.04: ~4.6 more bits
+    # a unit whose inputs are all zero on the samples may take any step: the fewest bits
+    dead = posterior_bits(model, 3.0, inputs=torch.zeros(10, 8))["0"]
+    assert dead.bits == 1 and dead.on_inputs and dead.median_spread == math.inf
+    # samples the model cannot take (5 features for 8 inputs): the rule on the weights, not a failed run
+    unfit = posterior_bits(model, 3.0, inputs=torch.zeros(10, 5))["0"]
+    assert not unfit.on_inputs and unfit.bits == alone.bits
+
+
+def test_bit_rule_on_inputs_of_a_convolution_counts_every_patch() -> None:
+    from prunedrop.layers.lognormal import Conv2dLogNormal
+    from prunedrop.quantize import input_spreads
+
+    torch.manual_seed(0)
+    conv = Conv2dLogNormal.from_dense(nn.Conv2d(2, 3, 3, padding=1, bias=False))
+    with torch.no_grad():
+        conv.mu.copy_(torch.tensor([0.0, -0.3, -0.1]))
+        conv.log_sigma.copy_(torch.tensor([-2.0, -1.5, -3.0]))
+    x = torch.rand(16, 2, 6, 6) * torch.tensor([1.0, 0.1]).reshape(1, 2, 1, 1)
+    mean = conv.expected_theta().detach()
+    rho2 = (1 / conv.snr().detach()) ** 2
+    folded = conv.weight.detach() * mean.reshape(-1, 1, 1, 1)
+    patches = nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 18)  # (samples·positions, inputs)
+    y = patches @ folded.reshape(3, -1).T
+    want = (rho2 * (y**2).mean(0) / (patches**2).sum(1).mean()).sqrt()
+    torch.testing.assert_close(input_spreads(nn.Sequential(conv), x, batch_size=5)["0"].float(), want, rtol=1e-4,
+                               atol=0)
+
+
 # ------------------------------------------------------------------------------------------------ onnxruntime
 
 
@@ -243,6 +317,8 @@ def test_quantized_weights_use_the_bits_asked_for(tmp_path: Path, bits: int) -> 
     import onnx
     from onnx import numpy_helper
 
+    from prunedrop.quantize import weight_nodes
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
     x = torch.rand(64, 1, 4, 4) * 4
@@ -254,6 +330,15 @@ def test_quantized_weights_use_the_bits_asked_for(tmp_path: Path, bits: int) -> 
                if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
     assert len(weights) == 2
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == (64 if bits == 7 else 127)
+    # int4 weights are decoded to float, so they keep their whole range [-8, 7] either way (with reduce_range
+    # onnxruntime would store them in [-4, 3]: 3 bits)
+    int4_file = quantize_onnx(float_file, tmp_path / f"q{bits}-int4.onnx", [x.numpy()], bits=bits, sparse=False,
+                              int4=[wn.node for wn in weight_nodes(onnx.load(str(float_file)))][:1])
+    graph = onnx.load(str(int4_file.path)).graph
+    inputs = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    int4 = [numpy_helper.to_array(t) for t in graph.initializer
+            if t.data_type == onnx.TensorProto.INT4 and t.name in inputs]
+    assert len(int4) == 1 and int(np.abs(int4[0].astype(np.int32)).max()) >= 7
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out.path), providers=["CPUExecutionProvider"])
@@ -296,6 +381,8 @@ def test_compress_quantize_writes_int8_file_with_measured_accuracy(quantized_run
     assert q["files"]["pruned_float32"]["bytes"] == (run / "model.onnx").stat().st_size
     assert q["files"]["dense_float32"]["bytes"] == (run / "original.onnx").stat().st_size
     assert all(row["precision"] == "int8" for row in q["layers"]) and len(q["layers"]) == 3
+    # the posterior's bits were matched on the converted layers' outputs over training samples
+    assert {row.get("spread_on") for row in q["layers"] if "bits_needed" in row} == {"outputs"}
     # the accuracy in the report is onnxruntime's on the validation and test data: recompute it
     with np.load(quantized_run / "data.npz") as d:
         val = TensorDataset(torch.from_numpy(d["x_val"]), torch.from_numpy(d["y_val"]))

@@ -55,7 +55,8 @@ def _run_stages(model, data, recipe, out: Path) -> tuple[dict[str, Any], list[An
     converted = stages.convert(model, recipe, example, log)
     trained = stages.finetune_variational(converted, data, recipe, device, folder, **run)
     selection = stages.select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
-    pruned = stages.prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned)
+    pruned = stages.prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned,
+                                      data=data)
     tuned = selection.finetuned or stages.finetune_pruned(pruned.result, data, recipe, device, example,
                                                           folder.masked_checkpoint, normalised=converted.normalised,
                                                           **run)

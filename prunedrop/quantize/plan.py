@@ -80,7 +80,8 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         lb = (bits or {}).get(wn.module or "")
         if lb is not None:
             row.update(bits_needed=lb.bits if math.isfinite(lb.bits) else None, units=lb.units,
-                       median_spread=lb.median_spread)
+                       median_spread=lb.median_spread if math.isfinite(lb.median_spread) else None,
+                       spread_on="outputs" if lb.on_inputs else "weights")
         if mode == "bayes" and lb is None:
             # nothing says how precisely it must be stored: int8, as under quantize: int8, and the accuracy and
             # speed checks decide as for every layer (as float32, a compressed LSTM's int8 gain was lost whole:

@@ -9,9 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from ..data import DataBundle
 from ..errors import TrainingError
 from ..prune import PruneResult, prune
-from ..quantize import posterior_bits
+from ..quantize import posterior_bits, rule_inputs
 from ..recipes import SNR_METHODS, Recipe
 
 
@@ -31,10 +32,14 @@ class Pruned:
 
 
 def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, log: Callable[[str], None], *,
-                      pruned: PruneResult | None = None) -> Pruned:
+                      pruned: PruneResult | None = None, data: DataBundle | None = None) -> Pruned:
     """Threshold ``variational`` at ``threshold`` (``pruned``: already done, by the bisection after fine-tuning) and
-    log what was kept; a threshold that prunes everything stops the run with one line of advice."""
-    bits = posterior_bits(variational, threshold) if recipe.quantize != "none" else None
+    log what was kept; a threshold that prunes everything stops the run with one line of advice. With ``data``, the
+    posterior's bits are matched on the units' outputs over training samples (:func:`posterior_bits`)."""
+    bits = None
+    if recipe.quantize != "none":
+        inputs = rule_inputs(data, recipe.seed) if data is not None else None
+        bits = posterior_bits(variational, threshold, inputs=inputs)
     if pruned is None:
         pruned = prune(variational, threshold)
     rule = recipe.pruning_rule(threshold)
