@@ -57,7 +57,8 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
 def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
-    0 where not, or its mean squared error over its target values; their mean is :func:`evaluate`'s metric."""
+    0 where not (100 per correct position for per-position labels), or its mean squared error over its target
+    values; their mean is :func:`evaluate`'s metric."""
     was_training = model.training
     model.eval()
     parts = []
@@ -65,7 +66,9 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         x, y = x.to(device), y.to(device)
         out = model(x)
         if loss == "cross_entropy":
-            parts.append(100.0 * (out.argmax(dim=1) == y).double().cpu())
+            # 100 per correct prediction (a model that predicts per position, (N, C, T) against (N, T) labels,
+            # counts each, as evaluate does)
+            parts.append(100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().sum(dim=1).cpu())
         else:
             err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
             parts.append(err.reshape(err.shape[0], -1).double().mean(dim=1).cpu())

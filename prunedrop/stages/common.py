@@ -51,7 +51,7 @@ def _mean_metric(scores: torch.Tensor, loss: str) -> float:
     """The metric from per-sample scores, as :func:`prunedrop.metrics.evaluate` computes it (accuracy from the
     count of correct samples, so that it is the same float)."""
     if loss == "cross_entropy":
-        return 100.0 * int((scores > 0).sum()) / scores.numel()
+        return 100.0 * round(float(scores.sum()) / 100.0) / scores.numel()
     return float(scores.mean())
 
 
