@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunedrop.convert import to_variational
@@ -197,6 +198,11 @@ def test_sample_scores_average_to_the_metric_and_pair_for_the_standard_error() -
         per_sample = ((regression(x) - targets) ** 2).mean(dim=1).double()
     torch.testing.assert_close(mse, per_sample)
     assert float(mse.mean()) == pytest.approx(evaluate(regression, [(x, targets)], loss="mse")["mse"], rel=1e-6)
+    # labels per position ((N, C, T) outputs, (N, T) labels): every correct position counts, as in evaluate
+    logits, labels = torch.randn(12, 4, 5), torch.randint(0, 4, (12, 5))
+    positions = sample_scores(nn.Identity(), [(logits, labels)])
+    assert positions.shape == (12,)
+    assert float(positions.mean()) == pytest.approx(evaluate(nn.Identity(), [(logits, labels)])["accuracy"])
     # pairing: two models that differ on 3 of 100 samples (one gained, two lost): the change is -1 point and its
     # standard error sd(d)/√n with d ∈ {+100, −100, −100, 0 × 97}
     before = torch.full((100,), 100.0, dtype=torch.float64)
