@@ -15,7 +15,6 @@ from ..errors import PrunedropError
 from ..metrics import sample_scores
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..train import evaluate, metric_name
 
 #: samples of the example batch that the parity checks run on
 PARITY_SAMPLES = 256
@@ -28,13 +27,7 @@ def some(names: list[str], shown: int = 6) -> str:
 
 def evaluate_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device) -> dict[str, float]:
     """The recipe's metric on the validation split (``val``) and, where the data has one, the test split."""
-    name = metric_name(recipe.loss)
-    out = {"val": evaluate(model, data.loader("val", recipe.eval_batch_size), loss=recipe.loss,
-                           device=device)[name]}
-    if data.test is not None:
-        out["test"] = evaluate(model, data.loader("test", recipe.eval_batch_size), loss=recipe.loss,
-                               device=device)[name]
-    return out
+    return measure_all(model, data, recipe, device)[0]
 
 
 def measure_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device
