@@ -30,11 +30,12 @@ def metric_name(loss: str) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
              device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean loss and the metric (accuracy in %, or the mean squared error over every target value, as for
+    """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
+    predicts per position, or the mean squared error over every target value, as for
     ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    total, loss_sum, correct, sq_err, values = 0, 0.0, 0, 0.0, 0
+    total, loss_sum, correct, labels, sq_err, values = 0, 0.0, 0, 0, 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         out = model(x)
@@ -42,6 +43,7 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         loss_sum += float(data_loss(loss, out, y)) * n
         if loss == "cross_entropy":
             correct += int((out.argmax(dim=1) == y).sum())
+            labels += y.numel()
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
             values += out.numel()
@@ -49,7 +51,7 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
     model.train(was_training)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
+    metric = 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 
@@ -57,8 +59,8 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
 def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
-    0 where not (100 per correct position for per-position labels), or its mean squared error over its target
-    values; their mean is :func:`evaluate`'s metric."""
+    0 where not (for per-position labels, the percentage of its positions classified correctly), or its mean squared
+    error over its target values; their mean is :func:`evaluate`'s metric."""
     was_training = model.training
     model.eval()
     parts = []
@@ -66,9 +68,8 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         x, y = x.to(device), y.to(device)
         out = model(x)
         if loss == "cross_entropy":
-            # 100 per correct prediction (a model that predicts per position, (N, C, T) against (N, T) labels,
-            # counts each, as evaluate does)
-            parts.append(100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().sum(dim=1).cpu())
+            # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
+            parts.append(100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu())
         else:
             err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
             parts.append(err.reshape(err.shape[0], -1).double().mean(dim=1).cpu())

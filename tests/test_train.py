@@ -198,11 +198,13 @@ def test_sample_scores_average_to_the_metric_and_pair_for_the_standard_error() -
         per_sample = ((regression(x) - targets) ** 2).mean(dim=1).double()
     torch.testing.assert_close(mse, per_sample)
     assert float(mse.mean()) == pytest.approx(evaluate(regression, [(x, targets)], loss="mse")["mse"], rel=1e-6)
-    # labels per position ((N, C, T) outputs, (N, T) labels): every correct position counts, as in evaluate
+    # labels per position ((N, C, T) outputs, (N, T) labels): the share of the positions right, never over 100%
     logits, labels = torch.randn(12, 4, 5), torch.randint(0, 4, (12, 5))
-    positions = sample_scores(nn.Identity(), [(logits, labels)])
-    assert positions.shape == (12,)
-    assert float(positions.mean()) == pytest.approx(evaluate(nn.Identity(), [(logits, labels)])["accuracy"])
+    right = (logits.argmax(dim=1) == labels).double()
+    positions = sample_scores(nn.Identity(), [(logits[:7], labels[:7]), (logits[7:], labels[7:])])
+    torch.testing.assert_close(positions, 100.0 * right.mean(dim=1))
+    accuracy = evaluate(nn.Identity(), [(logits[:7], labels[:7]), (logits[7:], labels[7:])])["accuracy"]
+    assert accuracy == pytest.approx(100.0 * float(right.mean())) and accuracy == pytest.approx(float(positions.mean()))
     # pairing: two models that differ on 3 of 100 samples (one gained, two lost): the change is -1 point and its
     # standard error sd(d)/√n with d ∈ {+100, −100, −100, 0 × 97}
     before = torch.full((100,), 100.0, dtype=torch.float64)

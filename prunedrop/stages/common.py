@@ -41,11 +41,9 @@ def measure_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torc
 
 
 def _mean_metric(scores: torch.Tensor, loss: str) -> float:
-    """The metric from per-sample scores, as :func:`prunedrop.metrics.evaluate` computes it (accuracy from the
-    count of correct samples, so that it is the same float)."""
-    if loss == "cross_entropy":
-        return 100.0 * round(float(scores.sum()) / 100.0) / scores.numel()
-    return float(scores.mean())
+    """The metric from per-sample scores, as :func:`prunedrop.metrics.evaluate` computes it (for one label per
+    sample the sum is 100 × the count of correct samples, exactly, so that the accuracy is the same float)."""
+    return float(scores.sum()) / scores.numel()
 
 
 def draw_plots(folder: RunFolder, drawings: dict[str, Callable[[Path], Any]],
