@@ -4,6 +4,7 @@ metric's name, evaluation of a model on a loader, and the share of weights the c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,18 +28,26 @@ def metric_name(loss: str) -> str:
     return "accuracy" if loss == "cross_entropy" else "mse"
 
 
+def _outputs(model: nn.Module, loader: Any, device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(output, target) per batch of ``loader``, ``model`` in eval mode (the caller runs without gradients); its
+    training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in loader:
+            yield model(x.to(device)), y.to(device)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
     predicts per position, or the mean squared error over every target value, as for
     ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
-    was_training = model.training
-    model.eval()
     total, loss_sum, correct, labels, sq_err, values = 0, 0.0, 0, 0, 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        out = model(x)
+    for out, y in _outputs(model, loader, device):
         n = y.shape[0]
         loss_sum += float(data_loss(loss, out, y)) * n
         if loss == "cross_entropy":
@@ -48,7 +57,6 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
             values += out.numel()
         total += n
-    model.train(was_training)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
     metric = 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
@@ -61,19 +69,14 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
     """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
     0 where not (for per-position labels, the percentage of its positions classified correctly), or its mean squared
     error over its target values; their mean is :func:`evaluate`'s metric."""
-    was_training = model.training
-    model.eval()
     parts = []
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        out = model(x)
+    for out, y in _outputs(model, loader, device):
         if loss == "cross_entropy":
             # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
             parts.append(100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu())
         else:
             err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
             parts.append(err.reshape(err.shape[0], -1).double().mean(dim=1).cpu())
-    model.train(was_training)
     if not parts:
         raise PrunedropError("the evaluation data is empty")
     return torch.cat(parts)

@@ -128,18 +128,17 @@ def _rms_spread(var: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def rule_inputs(data: Any, seed: int = 0, samples: int = RULE_SAMPLES) -> torch.Tensor | None:
-    """Up to ``samples`` training inputs of the :class:`prunedrop.data.DataBundle` ``data`` (shuffled with ``seed``),
-    for :func:`input_spreads`; None where the training split yields none or its inputs are not one tensor."""
-    parts, seen = [], 0
-    for batch in data.loader("train", min(samples, 64), shuffle=True, seed=seed):
-        x = batch[0]
-        if not isinstance(x, torch.Tensor):
-            return None
-        parts.append(x)
-        seen += len(x)
-        if seen >= samples:
-            break
-    return torch.cat(parts)[:samples] if parts else None
+    """The first ``samples`` of the training inputs the activations are calibrated on
+    (:func:`prunedrop.quantize.quantizer.calibration_batches`, shuffled with ``seed``) of the
+    :class:`prunedrop.data.DataBundle` ``data``, for :func:`input_spreads`; None where there are none."""
+    from ..errors import PrunedropError
+    from .quantizer import CALIBRATION_BATCH, calibration_batches
+
+    try:
+        batches = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=seed), samples)
+    except (PrunedropError, AttributeError):  # no training samples, or inputs that are not one tensor
+        return None
+    return torch.from_numpy(np.concatenate(batches))[:samples]
 
 
 @torch.no_grad()

@@ -48,6 +48,8 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
     line (:func:`fixed_beta_budget_line`) and the command exits with status 4 (``report["budget"]``). ``num_val``:
     the validation samples, for the line's hints (a perfect original score or a coarse split; docs/cli.md);
     ``delta_se``: the paired standard error of the change on them, said where it is a large share of the budget."""
+    from ..autopilot import metric_drop
+
     if not recipe.automatic or not over_budget(recipe, before, after):
         return
     worse = worse_text(recipe, before, after)
@@ -60,7 +62,9 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
     if num_val and not recipe.validation_resolves_budget(num_val):
         hints += (f" One of the {num_val} validation samples weighs {100.0 / num_val:.2g} points, more than half the "
                   "budget.")
-    if delta_se is not None and delta_se > 0.5 * budget_in_metric_unit(recipe, before):
+    # the standard error in the budget's unit (points, or percent of the original's error for mse)
+    if delta_se is not None and abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
+            > 0.5 * recipe.max_metric_drop:
         hints += (f" The validation data measures the change only to ±{delta_se:.2g} (paired standard error), more "
                   "than half the budget: more validation samples judge it more finely.")
     raise TrainingError(
@@ -68,14 +72,6 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
         f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
         "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)."
         + hints)
-
-
-def budget_in_metric_unit(recipe: Recipe, before: float) -> float:
-    """The budget in the metric's own unit: accuracy points as they are; for ``mse``, whose budget is percent more
-    error, that share of the original's error."""
-    assert recipe.max_metric_drop is not None
-    budget = recipe.max_metric_drop
-    return budget if recipe.loss == "cross_entropy" else abs(before) * budget / 100.0
 
 
 def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:

@@ -37,13 +37,9 @@ def measure_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torc
     splits = ["val"] + (["test"] if data.test is not None else [])
     scores = {split: sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
                                    device=device) for split in splits}
-    return {split: _mean_metric(s, recipe.loss) for split, s in scores.items()}, scores
-
-
-def _mean_metric(scores: torch.Tensor, loss: str) -> float:
-    """The metric from per-sample scores, as :func:`prunedrop.metrics.evaluate` computes it (for one label per
-    sample the sum is 100 × the count of correct samples, exactly, so that the accuracy is the same float)."""
-    return float(scores.sum()) / scores.numel()
+    # sum / count, as evaluate divides: for one label per sample the sum is exactly 100 × the correct samples, so
+    # the accuracy is the same float
+    return {split: float(s.sum()) / s.numel() for split, s in scores.items()}, scores
 
 
 def draw_plots(folder: RunFolder, drawings: dict[str, Callable[[Path], Any]],
