@@ -525,6 +525,32 @@ def test_evaluate_onnx_mse_matches_torch(tmp_path: Path) -> None:
                                                                      rel=1e-5)
 
 
+def test_evaluate_onnx_accuracy_counts_every_label_of_a_per_position_model(tmp_path: Path) -> None:
+    """A model that predicts per position ((N, C, T) outputs against (N, T) labels) reads at most 100%, the same
+    number as :func:`prunedrop.train.evaluate` (counted per sample it read up to T × 100%)."""
+    from prunedrop.train import evaluate
+
+    class PerPosition(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    model = PerPosition().eval()
+    x = torch.randn(40, 3, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:10, 0] = (y[:10, 0] + 1) % 4  # 10 of the 240 labels wrong
+    path = export_onnx(model, x[:2], tmp_path / "p.onnx").path
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=16)
+    measured = evaluate_onnx(path, loader)
+    assert measured == pytest.approx(100.0 * 230 / 240)
+    assert measured == pytest.approx(evaluate(model, loader)["accuracy"])
+
+
 def test_report_says_whether_the_quantized_file_is_faster(quantized_run: Path) -> None:
     from prunedrop.report import format_table
 

@@ -15,24 +15,26 @@ from ..errors import PrunedropError
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
-    """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in %, or the mean squared error),
-    computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
+    """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in % over every label, or the mean
+    squared error), computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
     from ..export import feed_session, open_session
 
     session = open_session(path)
-    total, correct, sq_err, values = 0, 0, 0.0, 0
+    total, correct, labels, sq_err, values = 0, 0, 0, 0.0, 0
     for x, y in loader:
         out = feed_session(session, path, x)[0]
         target = y.detach().cpu().numpy()
         if loss == "cross_entropy":
+            # over every label: one per sample, or one per position of a model that predicts per position
             correct += int((out.argmax(axis=1) == target).sum())
+            labels += target.size
         else:
             sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
             values += out.size
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    return 100.0 * correct / total if loss == "cross_entropy" else sq_err / max(values, 1)
+    return 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
 
 
 Timer = Callable[[Mapping[str, Path]], dict[str, float]]
