@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
     p.add_argument("--max-drop", type=float, default=None, help="override the recipe's max_metric_drop (budget)")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="the recipe's budget_confidence: the budget must hold with this one-sided confidence")
     p.add_argument("--target", default=None, help="the recipe's target, e.g. params=40x")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's lr (the weights' Adam learning rate)")
     p.add_argument("--finetune-lr", type=float, default=None, help="override the recipe's finetune_lr")
@@ -113,6 +115,7 @@ def main() -> None:
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr, lr=args.lr,
                                               train_limit=args.train_limit, device=args.device,
                                               max_metric_drop=args.max_drop, target=args.target,
+                                              budget_confidence=args.confidence,
                                               quantize=args.quantize)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 

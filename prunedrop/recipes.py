@@ -25,6 +25,7 @@ import typing
 import warnings
 from dataclasses import fields
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from .errors import PrunedropError
@@ -101,6 +102,9 @@ class _RecipeMethods:
             if r.fold_batchnorm:
                 r.batchnorm_noise = "fold"
             r.fold_batchnorm = None
+        if r.budget_confidence is not None and r.max_metric_drop is None:
+            raise PrunedropError("recipe key 'budget_confidence' needs a budget ('max_metric_drop'): it says how surely "
+                                 "the budget must hold; set one, or drop budget_confidence")
         if r.target is not None and (r.kl_weight is not None or r.kl_weights):
             raise PrunedropError("recipe key 'target' cannot be combined with a fixed 'kl_weight' or "
                                  "'kl_weights': the autopilot chooses β to reach the target; remove one")
@@ -164,6 +168,13 @@ class _RecipeMethods:
 
             return 100.0 / max(num_val, 1) <= MARGIN * r.max_metric_drop
         return True
+
+    @property
+    def budget_z(self) -> float:
+        """Standard errors added to a measured drop before it is held to the budget (``budget_confidence``'s one-sided
+        standard normal quantile; 0 without one)."""
+        r: Any = self
+        return 0.0 if r.budget_confidence is None else NormalDist().inv_cdf(r.budget_confidence)
 
     @property
     def automatic(self) -> bool:

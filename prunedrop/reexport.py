@@ -21,7 +21,7 @@ from .quantize import posterior_bits, quantize_model, rule_inputs
 from .recipes import SNR_METHODS, Recipe
 from .report import count_parameters
 from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
-from .stages.common import PARITY_SAMPLES, evaluate_all
+from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
 from .stages.slimming import slim_pruned
 from .train import metric_name
@@ -80,8 +80,10 @@ def reexport(
         raise PrunedropError(f"quantize must be none, int8 or bayes, not {quantize!r}")
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     # the budget is measured from the original model, before the conversion swaps its layers
-    metric_before = evaluate_all(model.cpu(), data, recipe, torch.device("cpu"))["val"] \
-        if quantize != "none" else None
+    metric_before, scores_before = None, None
+    if quantize != "none":
+        measured, scores = measure_all(model.cpu(), data, recipe, torch.device("cpu"))
+        metric_before, scores_before = measured["val"], scores["val"]
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])
     try:
         variational.load_state_dict(state["model"])
@@ -111,7 +113,8 @@ def reexport(
             exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
             quantization = quantize_model(exported.path, output, mode=quantize, data=data, recipe=recipe,
                                           metric_before=metric_before, bits=bits,
-                                          compare={"pruned_float32": exported.path}, log=log)
+                                          compare={"pruned_float32": exported.path}, log=log,
+                                          scores_before=scores_before)
         if quantization["file"] is None:
             raise PrunedropError(f"quantization: {quantization['none_reason']}; nothing was written to {output} "
                                  "(export without --quantize for the float file)")

@@ -216,13 +216,20 @@ def choose_threshold(
 
 
 def within_budget(metric: float, *, metric_before: float, max_metric_drop: float,
-                  higher_is_better: bool = True) -> bool:
+                  higher_is_better: bool = True, delta_se: float | None = None, z: float = 0.0) -> bool:
     """``metric_before − metric ≤ max_metric_drop`` (points of accuracy); for a lower-is-better metric (MSE) the
     budget is relative, as the recipe's ``max_metric_drop`` says and :func:`prunedrop.autopilot.metric_drop`
     measures: ``100 · (metric − metric_before) / |metric_before| ≤ max_metric_drop`` percent. Both with a relative
-    slack of 1e-9 for float rounding; a NaN metric never is."""
+    slack of 1e-9 for float rounding; a NaN metric never is.
+
+    With ``z`` > 0 and ``delta_se`` (the paired standard error of the change, in the metric's unit), the metric is
+    first moved ``z`` standard errors the worse way: the budget then holds with the one-sided confidence whose
+    normal quantile is ``z`` (the recipe's ``budget_confidence``). Without a standard error (fewer than two
+    samples) the measured metric is judged."""
     if not math.isfinite(metric):
         return False
+    if z > 0 and delta_se is not None and math.isfinite(delta_se):
+        metric = metric - z * delta_se if higher_is_better else metric + z * delta_se
     slack = _BUDGET_RTOL * max(1.0, abs(metric_before), abs(max_metric_drop))
     drop = metric_drop(metric_before, metric, loss="cross_entropy" if higher_is_better else "mse")
     return drop <= max_metric_drop + slack

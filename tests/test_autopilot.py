@@ -58,6 +58,9 @@ def test_metric_drop_is_points_for_accuracy_and_percent_for_mse() -> None:
     ({"max_metric_drop": float("inf")}, "max_metric_drop"),
     ({"target": "flops=1x"}, "target"), ({"target": "speed=3x"}, "target"),
     ({"target": "flops=10x", "kl_weight": 2.0}, "target"), ({"target": "params=4x", "kl_weights": {"a": 2}}, "target"),
+    ({"budget_confidence": 0.4}, "budget_confidence"), ({"budget_confidence": 1.0}, "budget_confidence"),
+    ({"budget_confidence": float("nan")}, "budget_confidence"), ({"budget_confidence": -0.9}, "budget_confidence"),
+    ({"budget_confidence": 0.9, "max_metric_drop": None}, "budget_confidence"),
 ])
 def test_bad_budgets_and_targets_in_recipes(changes: dict, key: str) -> None:
     with pytest.raises(PrunedropError, match=key):
@@ -402,6 +405,37 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
     assert "standard error" not in str(caught.value)
 
 
+def test_a_confidence_holds_the_drop_plus_standard_errors_to_the_budget() -> None:
+    from prunedrop import pipeline
+    from prunedrop.errors import TrainingError
+    from prunedrop.stages.budget import held_confidence, within
+
+    sure = Recipe(budget_confidence=0.9)  # z = 1.28
+    assert sure.budget_z == pytest.approx(1.2816, abs=1e-4) and Recipe().budget_z == 0.0
+    # 0.5 points down, budget 1: within on the measured drop; at 90% only while 0.5 + 1.28 × se ≤ 1
+    assert within(Recipe(), 95.0, 94.5, 0.6) and within(sure, 95.0, 94.5, 0.39)
+    assert not within(sure, 95.0, 94.5, 0.4)
+    assert within(sure, 95.0, 94.5, None)  # no standard error (fewer than two samples): the measured drop
+    assert not within(sure, 95.0, float("nan"), 0.1)
+    # mse: the standard error in percent of the original's error (0.001 of 0.10 is 1%): 2% + 1.28 × 1% ≤ 4%
+    sure_mse = Recipe(loss="mse", max_metric_drop=4.0, budget_confidence=0.9)
+    assert within(sure_mse, 0.10, 0.102, 0.001) and not within(sure_mse, 0.10, 0.102, 0.0016)
+    # the verdict on the exported model
+    pipeline.check_budget(sure, 95.0, 94.5, delta_se=0.3)
+    with pytest.raises(TrainingError) as caught:
+        pipeline.check_budget(sure, 95.0, 94.5, delta_se=0.5)
+    message = str(caught.value)
+    assert "over the budget of 1 at 90% confidence (standard error 0.5)" in message
+    assert "1.28 standard errors" in message and "--confidence" in message
+    # the confidence a measured change keeps the budget with: Φ((1 − 0.5) / 0.25) = Φ(2)
+    assert held_confidence(Recipe(), 95.0, 94.5, 0.25) == pytest.approx(0.97725, abs=1e-5)
+    assert held_confidence(Recipe(), 95.0, 94.0, 0.25) == pytest.approx(0.5)
+    assert held_confidence(Recipe(max_metric_drop=None), 95.0, 94.5, 0.25) is None
+    assert held_confidence(Recipe(), 95.0, 94.5, 0.0) is None and held_confidence(Recipe(), 95.0, 94.5, None) is None
+    assert held_confidence(Recipe(loss="mse", max_metric_drop=4.0), 0.10, 0.102, 0.001) == pytest.approx(0.97725,
+                                                                                                       abs=1e-5)
+
+
 # -- the command line -----------------------------------------------------------------------------------------------
 
 
@@ -410,6 +444,8 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
     (["--max-drop", "nan"], "max_metric_drop"), (["--max-drop", "150"], "max_metric_drop"),
     (["--target", "flops=1x"], "more than 1x"), (["--target", "speed=2x"], "KIND=VALUE"),
     (["--target", "flops=10x", "--kl-weight", "2"], "cannot be combined"),
+    (["--confidence", "1.5"], "budget_confidence"), (["--confidence", "nan"], "budget_confidence"),
+    (["--confidence", "0.3"], "budget_confidence"),
 ])
 def test_bad_budget_or_target_on_the_command_line(project: Path, options: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
@@ -435,9 +471,31 @@ def test_cli_target_run_reports_the_outcome_and_strict_exits_non_zero(project: P
     assert (project / "strict" / "model.onnx").is_file()
 
 
+def test_cli_confidence_run_exports_a_model_that_keeps_the_budget_that_surely(project: Path) -> None:
+    recipe = project / "quick.yaml"
+    recipe.write_text("epochs: 4\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 2\n"
+                      "device: cpu\nquantize: none\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", str(recipe), "--max-drop", "10", "--confidence", "0.9", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["recipe"]["budget_confidence"] == 0.9
+    metric = report["metric"]
+    # what the run judged: the drop plus 1.28 standard errors within the budget, so Φ((budget − drop) / se) ≥ 0.9
+    assert metric["delta_se"] is not None and metric["delta_se"] > 0
+    assert metric["before"] - metric["after"] + 1.2816 * metric["delta_se"] <= 10.0 + 1e-9
+    assert metric["budget_confidence"] >= 0.9
+    assert "one-sided confidence (asked: 90%)" in result.output
+    # on these 40 validation samples (2.5 points each) a probe 5 points down is within 10 by its measured drop, and
+    # outside at 90% (standard error about 5 points)
+    probes = report["sweep"]["after_finetune"]
+    assert all(p["delta_se"] is not None for p in probes)
+    assert any(not p["within_budget"] and metric["before"] - p["metric"] <= 10.0 for p in probes)
+
+
 def test_help_names_the_budget_and_target_options() -> None:
     out = CliRunner().invoke(cli, ["compress", "--help"]).output
-    for option in ("--max-drop", "--target", "--strict", "--kl-weight"):
+    for option in ("--max-drop", "--target", "--strict", "--kl-weight", "--confidence"):
         assert option in out
 
 

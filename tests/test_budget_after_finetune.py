@@ -84,15 +84,16 @@ class _Scripted:
 
 
 def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None,
-            epochs: int = 1):
+            epochs: int = 1, confidence: float | None = None, scores_before: torch.Tensor | None = None):
     torch.manual_seed(0)
-    recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=epochs)
+    recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=epochs,
+                    budget_confidence=confidence)
     variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
     logs: list[str] = []
     found = bisection.search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
                                             torch.device("cpu"), RunFolder(tmp_path), torch.zeros(2, 1, 4, 4),
                                             resume=False, progress=False, log=logs.append, sweep=sweep,
-                                            grid=_points())
+                                            grid=_points(), scores_before=scores_before)
     return found, logs
 
 
@@ -247,6 +248,68 @@ def test_every_probe_stopped_early_and_ending_outside_leaves_no_choice(tmp_path:
     found, _ = _search(tmp_path, scripted, chosen=None, epochs=3)
     assert found.best is None
     assert all(not p["within_budget"] for p in found.probes if p.get("continued"))
+
+
+def _scores(down: int, up: int) -> torch.Tensor:
+    """Per-sample accuracy scores of 1,000 validation samples: the original's 900 right (90%), with ``down`` of them
+    now wrong and ``up`` of its wrong ones now right. The drop is (down − up) / 10 points; its paired standard error
+    grows with down + up (5 + 0 changed samples: 0.22 points; 25 + 20: 0.67)."""
+    scores = torch.cat([torch.full((900,), 100.0), torch.zeros(100)]).double()
+    scores[:down] = 0.0
+    scores[900:900 + up] = 100.0
+    return scores
+
+
+def _scored(monkeypatch: pytest.MonkeyPatch, scores) -> _Scripted:
+    """A scripted search whose probes score ``scores(threshold, epoch)`` per sample (the metric is their mean)."""
+    scripted = _Scripted(monkeypatch, lambda t, epoch: float(scores(t, epoch).mean()), by_epoch=True)
+
+    def sample_scores(model, loader, loss):
+        t = scripted.pruned[-1]
+        return scores(t, scripted.saved[f"checkpoint-masked-t{t:g}.pt"][-1]["epoch"])
+
+    monkeypatch.setattr(bisection, "sample_scores", sample_scores)
+    return scripted
+
+
+def test_a_confidence_judges_each_probe_by_its_drop_and_standard_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # every threshold >= -0.5 reads 0.5 points down against a budget of 1; below 1.0 on many changed samples (standard
+    # error 0.67: 0.5 + 1.28 × 0.67 > 1 at 90%), from 1.0 on few (0.22: 0.5 + 1.28 × 0.22 < 1)
+    def scores(t: float, epoch: int) -> torch.Tensor:
+        return _scores(100, 0) if t < -0.5 else _scores(25, 20) if t < 1.0 else _scores(5, 0)
+
+    plain, _ = _search(tmp_path / "plain", _scored(monkeypatch, scores), chosen=_point(0.0))
+    assert plain.best is not None and plain.best[0] == -0.5
+    assert all("delta_se" not in p for p in plain.probes)
+
+    # at 90% confidence: past the sweep's choice (0.0: judged on the measured drop, it does not bound this search)
+    found, logs = _search(tmp_path / "sure", _scored(monkeypatch, scores), chosen=_point(0.0), confidence=0.9,
+                          scores_before=_scores(0, 0))
+    assert found.best is not None and found.best[0] == 1.0
+    by_t = {p["threshold"]: p for p in found.probes}
+    # 0.5 reads 0.5 points down too, on many changed samples: excluded
+    assert by_t[0.5]["metric"] == pytest.approx(89.5) and not by_t[0.5]["within_budget"]
+    assert all(p["delta_se"] == pytest.approx(float((scores(p["threshold"], 1) - _scores(0, 0)).std()) / math.sqrt(1000))
+               for p in found.probes)
+    assert by_t[1.0]["within_budget"] and by_t[1.0]["metric"] == pytest.approx(89.5)
+    assert any("at 90% confidence" in line for line in logs)
+
+
+def test_a_probe_stopped_early_but_not_confidently_within_is_judged_at_its_end(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # from -0.5 on, 0.5 points down at every epoch: confidently within the budget only at the end (epoch 3)
+    def scores(t: float, epoch: int) -> torch.Tensor:
+        return _scores(100, 0) if t < -0.5 else _scores(5, 0) if epoch == 3 else _scores(25, 20)
+
+    scripted = _scored(monkeypatch, scores)
+    found, _ = _search(tmp_path, scripted, chosen=None, epochs=3, confidence=0.9, scores_before=_scores(0, 0))
+    assert found.best is not None and found.best[0] == -0.5
+    first = [p for p in found.probes if p["threshold"] == -0.5]
+    # stopped after epoch 1 on its measured metric, excluded there by the confident verdict, continued to the end
+    assert [(p["epochs"], p["within_budget"], bool(p.get("continued"))) for p in first] == [
+        (1, False, False), (3, True, True)]
+    assert found.best[2].train.history[-1]["epoch"] == 3
 
 
 def _compressed(tmp_path: Path, **changes):

@@ -22,6 +22,7 @@ from prunedrop.layers.sparse_vd import LinearSVD
 from prunedrop.quantize import (
     cpu_instruction_sets,
     evaluate_onnx,
+    onnx_sample_scores,
     posterior_bits,
     posterior_moments,
     quantize_model,
@@ -269,6 +270,44 @@ def test_sensitive_layer_is_reverted_to_stay_within_the_budget(tmp_path: Path) -
     assert section["within_budget"] and before - section["metric"]["val"] <= 3.0
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "model-int8.onnx", data.loader("val", 64))
     assert any("reverted 2/Gemm" in line for line in logs)
+
+
+def test_a_confidence_holds_the_quantized_file_to_the_budget_by_its_standard_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop.quantize import plan
+
+    x, y = tiny_classification_data(n=400, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    fit(model, x[:200], y[:200], 150)
+    model.eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data = _bundle(x, y)
+    loader = data.loader("val", 64)
+    scores = onnx_sample_scores(float_file, loader)
+    assert float(scores.mean()) == pytest.approx(evaluate_onnx(float_file, loader))
+    before = float(scores.mean())
+    kw = {"mode": "int8", "data": data, "metric_before": before, "timer": _int8_faster, "log": lambda m: None,
+          "scores_before": scores}
+    sure = Recipe(max_metric_drop=3.0, budget_confidence=0.9)
+    # paired with the float model's own scores, int8 keeps the budget at 90% confidence
+    kept = quantize_model(float_file, tmp_path / "kept.onnx", recipe=sure, **kw)
+    assert kept["file"] is not None and kept["within_budget"]
+    assert all(r["precision"] == "int8" for r in kept["layers"])
+
+    # every quantized file now reads right on 12 samples the float model got wrong and wrong on 14 it got right: 1
+    # point down on 200, with a standard error of about 2.5 points: within 3 by the measured drop, not at 90%
+    right, wrong = (scores > 0).nonzero().flatten(), (scores == 0).nonzero().flatten()
+    changed = scores.clone()
+    changed[right[:14]], changed[wrong[:12]] = 0.0, 100.0
+    assert before - float(changed.mean()) == pytest.approx(1.0)
+    monkeypatch.setattr(plan, "onnx_sample_scores", lambda path, loader, loss: scores
+                        if Path(path) == Path(float_file) else changed)
+    reverted = quantize_model(float_file, tmp_path / "reverted.onnx", recipe=sure, **kw)
+    assert reverted["file"] is None
+    assert {r["node"] for r in reverted["reverted"]} == {"0/Gemm", "2/Gemm"}
+    plain = quantize_model(float_file, tmp_path / "plain.onnx", recipe=Recipe(max_metric_drop=3.0), **kw)
+    assert plain["file"] is not None and not plain.get("reverted")
 
 
 def test_int8_weights_are_stored_sparsely_only_where_smaller(tmp_path: Path) -> None:

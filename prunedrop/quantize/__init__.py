@@ -28,7 +28,7 @@ from .bits import (
     unit_bits,
 )
 from .graph import WeightNode, load_dense, quantized_nodes, weight_nodes
-from .measure import Timer, evaluate_onnx, time_models
+from .measure import Timer, evaluate_onnx, onnx_sample_scores, time_models
 from .plan import QUANTIZE_MODES, SPEED_MARGIN, quantize_model
 from .quantizer import (
     CALIBRATION_BATCH,
@@ -64,6 +64,7 @@ __all__ = [
     "calibration_batches",
     "cpu_instruction_sets",
     "evaluate_onnx",
+    "onnx_sample_scores",
     "input_spreads",
     "load_dense",
     "posterior_bits",

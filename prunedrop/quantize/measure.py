@@ -37,6 +37,29 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
     return 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
 
 
+def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:
+    """The metric per sample of an ONNX file run by onnxruntime over ``loader``, float64, in loader order, as
+    :func:`prunedrop.metrics.sample_scores` gives it for a torch model (100 or 0 per sample, the share of its
+    positions right for per-position labels, or its mean squared error): their mean is :func:`evaluate_onnx`'s
+    metric, and paired with the original's scores they give the standard error of the change."""
+    from ..export import feed_session, open_session
+
+    session = open_session(path)
+    parts = []
+    for x, y in loader:
+        out = feed_session(session, path, x)[0]
+        target = y.detach().cpu().numpy()
+        n = len(target)
+        if loss == "cross_entropy":
+            parts.append(100.0 * (out.argmax(axis=1) == target).reshape(n, -1).astype(np.float64).mean(axis=1))
+        else:
+            err = (out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2
+            parts.append(err.reshape(n, -1).mean(axis=1))
+    if not parts:
+        raise PrunedropError("the evaluation data is empty")
+    return torch.from_numpy(np.concatenate(parts))
+
+
 Timer = Callable[[Mapping[str, Path]], dict[str, float]]
 """Times ONNX files (name → path) and returns each one's latency in ms (:func:`time_models` on this CPU)."""
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
+from ..metrics import paired_standard_error
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
 from .graph import WeightNode, compact_size, load_dense, weight_nodes
-from .measure import Timer, evaluate_onnx, time_models
+from .measure import Timer, evaluate_onnx, onnx_sample_scores, time_models
 from .quantizer import (
     CALIBRATION_BATCH,
     QuantizedFile,
@@ -50,7 +51,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                    metric_before: float | None, bits: dict[str, LayerBits] | None = None,
                    compare: dict[str, str | Path] | None = None, speed_check: bool | None = None,
                    timer: Timer | None = None, speed_seconds: float = SPEED_CHECK_SECONDS,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, scores_before: torch.Tensor | None = None) -> dict[str, Any]:
     """Quantize ``float_path`` as ``mode`` says (``int8`` or ``bayes`` with the layers' ``bits``), measure it with
     onnxruntime on the validation and test data, revert layers to float32 (most sensitive first) until the
     validation metric is within ``recipe.max_metric_drop`` of ``metric_before`` (the original model's), store each
@@ -62,7 +63,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     the report's ``quantization`` section (its ``file`` is None when every layer had to stay float32 or the file
     would gain nothing, and nothing is written then; ``none_reason`` says why). ``compare``: other ONNX files
     (name → path, e.g. the dense and the pruned float32 ones) whose bytes and metrics go into the section's
-    ``files`` beside the quantized file's."""
+    ``files`` beside the quantized file's. ``scores_before``: the original's per-sample validation scores
+    (:func:`prunedrop.metrics.sample_scores`); with them and the recipe's ``budget_confidence``, each file is held to
+    the budget by its drop plus ``z`` paired standard errors, as the compressed model was."""
     from ..autopilot import metric_drop
     from ..sweep import within_budget
 
@@ -97,23 +100,34 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
     higher = loss == "cross_entropy"
 
-    def original_budget(metric: float) -> bool:
+    confident = recipe.budget_z > 0 and scores_before is not None
+
+    def measure_val(path: str | Path) -> tuple[float, float | None]:
+        """The file's validation metric, and with a confidence the paired standard error of its change."""
+        if not confident:
+            return evaluate_onnx(path, val_loader, loss=loss), None
+        scores = onnx_sample_scores(path, val_loader, loss=loss)
+        return float(scores.sum()) / scores.numel(), paired_standard_error(scores_before, scores)
+
+    def original_budget(metric: float, se: float | None = None) -> bool:
         return metric_before is None or recipe.max_metric_drop is None or within_budget(
-            metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop, higher_is_better=higher)
+            metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop, higher_is_better=higher,
+            delta_se=se, z=recipe.budget_z)
 
     # where the pruned float32 model is itself outside the budget (a run that kept the recipe's threshold when
     # none was within it), quantizing may cost nothing more: the reference becomes the float32 model's metric
-    float_metric = evaluate_onnx(float_path, val_loader, loss=loss) \
-        if metric_before is not None and recipe.max_metric_drop is not None else None
-    float_outside = float_metric is not None and not original_budget(float_metric)
+    float_metric, float_se = measure_val(float_path) \
+        if metric_before is not None and recipe.max_metric_drop is not None else (None, None)
+    float_outside = float_metric is not None and not original_budget(float_metric, float_se)
     if float_outside:
         log(f"the pruned float32 model is outside the budget already (validation {_metric_text(loss)} "
             f"{float_metric:.4g}); the quantized one may be no worse than it")
 
-    def in_budget(metric: float) -> bool:
+    def in_budget(measured: tuple[float, float | None]) -> bool:
+        metric, se = measured
         if float_outside:
             return metric >= float_metric if higher else metric <= float_metric
-        return original_budget(metric)
+        return original_budget(metric, se)
 
     reverted: list[dict[str, Any]] = []
     sensitivity: dict[str, float] = {}
@@ -125,21 +139,21 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         cache = Path(tmp) / "calibration.json"
         trial = Path(tmp) / "trial.onnx"
 
-        def attempt(exclude: Iterable[str], path: Path) -> tuple[QuantizedFile, float]:
+        def attempt(exclude: Iterable[str], path: Path) -> tuple[QuantizedFile, tuple[float, float | None]]:
             result = quantize_onnx(float_path, path, calibration, exclude=sorted(set(exclude)), cache=cache)
-            return result, evaluate_onnx(path, val_loader, loss=loss)
+            return result, measure_val(path)
 
-        result, metric = attempt(plan, trial)
+        result, measured = attempt(plan, trial)
         unsupported = [n for n in result.float_nodes if n not in plan]
         for name in unsupported:
             plan[name], why[name] = "onnxruntime does not quantize this operator", "operator"
         quantizable = [n for n in result.quantized]
-        if not in_budget(metric) and quantizable:
-            log(f"quantized: validation {_metric_text(loss)} {metric:.4g} is outside the budget; measuring each "
+        if not in_budget(measured) and quantizable:
+            log(f"quantized: validation {_metric_text(loss)} {measured[0]:.4g} is outside the budget; measuring each "
                 "layer's sensitivity")
             others = [n.node for n in nodes]
             for name in quantizable:  # this layer alone quantized
-                _, alone = attempt([o for o in others if o != name], Path(tmp) / "alone.onnx")
+                alone = attempt([o for o in others if o != name], Path(tmp) / "alone.onnx")[1][0]
                 sensitivity[name] = metric_drop(metric_before if metric_before is not None else alone, alone,
                                                 loss=loss)
             for name in sorted(quantizable, key=lambda n: -sensitivity[n]):
@@ -149,9 +163,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                 left = [n for n in quantizable if n not in plan]
                 if not left:
                     break
-                result, metric = attempt(plan, trial)
-                log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {metric:.4g}")
-                if in_budget(metric):
+                result, measured = attempt(plan, trial)
+                log(f"reverted {_shown(name)} to float32: validation {_metric_text(loss)} {measured[0]:.4g}")
+                if in_budget(measured):
                     break
 
         # storage: int4 (dense, 2 per byte) where the posterior allows 4 bits and that is smaller than the int8
@@ -167,8 +181,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                                for n in candidates if n in with_int4.storage}
             if int4:
                 trial4 = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan), int4=int4, cache=cache)
-                metric4 = evaluate_onnx(trial, val_loader, loss=loss)
-                if in_budget(metric4):
+                measured4 = measure_val(trial)
+                metric4 = measured4[0]
+                if in_budget(measured4):
                     log(f"int4 weights for {', '.join(_shown(n) for n in int4)} (smaller than their int8 form): "
                         f"validation {_metric_text(loss)} {metric4:.4g}")
                     result = trial4
@@ -180,7 +195,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                     for name in sorted(tried, key=lambda n: -saving[n]):
                         step = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan),
                                              int4=[*int4, name], cache=cache)
-                        if in_budget(evaluate_onnx(trial, val_loader, loss=loss)):
+                        if in_budget(measure_val(trial)):
                             int4.append(name)
                             result = step
                     dropped = [n for n in tried if n not in int4]
@@ -223,8 +238,9 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             final = quantize_onnx(float_path, Path(tmp) / "final.onnx", calibration, int8_weights=int8_stored,
                                   **final_kw)
             if final.int8_weights:
-                metric_stored = evaluate_onnx(final.path, val_loader, loss=loss)
-                if not in_budget(metric_stored):
+                measured_stored = measure_val(final.path)
+                metric_stored = measured_stored[0]
+                if not in_budget(measured_stored):
                     note = (f"int8-stored weights of {', '.join(_shown(n) for n in final.int8_weights)} (float32 "
                             f"layers) left the budget (validation {_metric_text(loss)} {metric_stored:.4g}): stored "
                             "float32")
@@ -334,7 +350,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     metrics = {k: v for k, v in files["quantized"].items() if k != "bytes"}
     section["files"] = files
     section["metric"] = metrics
-    section["within_budget"] = in_budget(metrics["val"])
+    section["within_budget"] = in_budget(measure_val(out_path) if confident else (metrics["val"], None))
     kept = [r["node"] for r in rows if r["precision"] != "float32"]
     slow = [r["node"] for r in rows if r.get("float_because") == "speed"]
     log(f"quantized {len(kept)} of {len(rows)} layer(s) ({mode}): {Path(out_path).name} "

@@ -15,11 +15,13 @@ from torch import nn
 
 from ..data import DataBundle
 from ..errors import PrunedropError
+from ..metrics import paired_standard_error, sample_scores
 from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..sweep import SweepPoint, within_budget
+from ..sweep import SweepPoint
 from ..train import evaluate, metric_name
+from .budget import confidence_text, within
 from .pruned_finetune import finetune_pruned
 
 #: past the grid: when the default grid's most pruning threshold is still within the budget after fine-tuning, at
@@ -60,6 +62,7 @@ def search_after_finetune(
     normalised: Sequence[str] = (),
     sweep: Callable[[list[float]], list[SweepPoint]] | None = None,
     grid: Sequence[SweepPoint] = (),
+    scores_before: torch.Tensor | None = None,
 ) -> Search:
     """Choose the threshold by the validation metric *after* the noise-free fine-tuning (``budget_after_finetune``).
 
@@ -83,18 +86,25 @@ def search_after_finetune(
     With ``sweep`` (measures thresholds as the sweep does) and ``grid`` (every swept point), a search whose best
     probe is the grid's most pruning threshold, still within the budget, goes on past the grid
     (:func:`_past_the_edge`): the grid's edge, not the budget, was what stopped it.
+
+    With the recipe's ``budget_confidence`` and ``scores_before`` (the original's per-sample validation scores), each
+    probe is judged by its drop plus ``z`` paired standard errors (:func:`prunedrop.stages.budget.within`); a probe
+    that stopped early on its measured metric but is not within the budget so judged is continued to the end of its
+    schedule and judged there, and the search is not bounded by the sweep's choice (judged on the measured drop).
     """
     t0 = time.perf_counter()
     name = metric_name(recipe.loss)
     epochs = recipe.finetune_epochs_for(data.num_train)
 
-    def in_budget(metric: float) -> bool:
-        return within_budget(metric, metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
-                             higher_is_better=recipe.loss == "cross_entropy")
+    confident = recipe.budget_z > 0 and scores_before is not None
 
-    # most pruning first; the sweep's choice (in budget before fine-tuning) bounds the search from below
+    def in_budget(metric: float, se: float | None = None) -> bool:
+        return within(recipe, metric_before, metric, se)
+
+    # most pruning first; the sweep's choice (in budget before fine-tuning, on the measured drop) bounds the search
+    # from below, unless the budget must hold with a confidence
     candidates = sorted((p for p in points if p.kept_weights > 0), key=lambda p: (p.params, p.threshold))
-    if chosen is not None:
+    if chosen is not None and not confident:
         candidates = [p for p in candidates if p.params <= chosen.params]
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
@@ -106,20 +116,31 @@ def search_after_finetune(
         masked = finetune_pruned(pruned, data, recipe, device, example, folder.probe_checkpoint(point.threshold),
                                  resume=resume or not early, progress=progress, log=log, normalised=normalised,
                                  stop_on=_early(name, in_budget, epochs) if early else None)
-        metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
-        ok = in_budget(metric)
+        se = None
+        if confident:
+            scores = sample_scores(masked.model, val_loader, loss=recipe.loss)
+            metric, se = float(scores.sum()) / scores.numel(), paired_standard_error(scores_before, scores)
+        else:
+            metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
+        ok = in_budget(metric, se)
         done = _epochs_done(masked, epochs)
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok,
-                       "epochs": done, **({} if early else {"continued": True})})
+                       "epochs": done, **({"delta_se": se} if confident else {}),
+                       **({} if early else {"continued": True})})
         when = "noise-free fine-tuning" if done >= epochs else f"{done} of {epochs} fine-tuning epochs (stopped there)"
         log(f"{'probe' if early else 'the rest of its fine-tuning:'} {recipe.pruning_rule(point.threshold)}: "
             f"{point.kept_weights:,} weights kept, {name} {point.metric:.4g} → {metric:.4g} after {when} "
-            f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g})")
+            f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g}"
+            f"{confidence_text(recipe, se)})")
         return ok, pruned, masked
 
     def probe(point: SweepPoint) -> tuple[bool, Any, Any]:
         ok, pruned, masked = finetuned_at(point, True)
+        if not ok and _epochs_done(masked, epochs) < epochs:
+            # it stopped on its measured metric, and the confident verdict excludes it: only the whole fine-tuning
+            # may exclude a threshold
+            ok, pruned, masked = finetuned_at(point, False)
         if ok:
             accepted.append(point)
         return ok, pruned, masked

@@ -3,6 +3,7 @@ run over its budget (:func:`check_budget`), and whether the exported model reach
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,17 +26,48 @@ def worse_text(recipe: Recipe, before: float, after: float) -> str:
             else f"has {drop:.3g}% more error (mse) than the original")
 
 
-def over_budget(recipe: Recipe, before: float, after: float) -> bool:
-    """Whether the recipe has an accuracy budget and ``after`` (validation) misses it."""
-    return recipe.max_metric_drop is not None and not within_budget(
+def within(recipe: Recipe, before: float, after: float, delta_se: float | None = None) -> bool:
+    """Whether ``after`` (validation) keeps the recipe's budget from ``before``, with its ``budget_confidence``
+    where ``delta_se`` (the change's paired standard error) is given; always without a budget."""
+    return recipe.max_metric_drop is None or within_budget(
         after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
-        higher_is_better=recipe.loss == "cross_entropy")
+        higher_is_better=recipe.loss == "cross_entropy", delta_se=delta_se, z=recipe.budget_z)
 
 
-def fixed_beta_budget_line(recipe: Recipe, before: float, after: float, params_ratio: float) -> str:
+def over_budget(recipe: Recipe, before: float, after: float, delta_se: float | None = None) -> bool:
+    """Whether the recipe has an accuracy budget and ``after`` (validation) misses it (:func:`within`)."""
+    return not within(recipe, before, after, delta_se)
+
+
+def held_confidence(recipe: Recipe, before: float, after: float, delta_se: float | None) -> float | None:
+    """The one-sided confidence, on data like the validation data, that the change from ``before`` to ``after`` is
+    within the budget: Φ((budget − drop) / standard error), the normal approximation of the paired difference. It
+    leaves out that the search kept the most pruning model that read within the budget, so it errs high. None without
+    a budget or a finite, positive standard error."""
+    from statistics import NormalDist
+
+    from ..autopilot import metric_drop
+
+    if recipe.max_metric_drop is None or delta_se is None or not math.isfinite(after) \
+            or not (math.isfinite(delta_se) and delta_se > 0):
+        return None
+    se = abs(metric_drop(before, before + delta_se, loss=recipe.loss))
+    return NormalDist().cdf((recipe.max_metric_drop - metric_drop(before, after, loss=recipe.loss)) / se)
+
+
+def confidence_text(recipe: Recipe, delta_se: float | None) -> str:
+    """' at 90% confidence (± 0.27 standard error)' where the recipe asks for a confidence and the standard error is
+    known, else ''."""
+    if recipe.budget_confidence is None or delta_se is None:
+        return ""
+    return f" at {recipe.budget_confidence:.0%} confidence (standard error {delta_se:.2g})"
+
+
+def fixed_beta_budget_line(recipe: Recipe, before: float, after: float, params_ratio: float,
+                           delta_se: float | None = None) -> str:
     """The one line of a fixed-β run that ends over its budget (:func:`check_budget` stops an automatic one)."""
     return (f"over budget: the compressed model {worse_text(recipe, before, after)} on validation data "
-            f"(budget {recipe.max_metric_drop:g}) at {params_ratio:.3g}x fewer parameters, with β fixed at "
+            f"(budget {recipe.max_metric_drop:g}{confidence_text(recipe, delta_se)}) at {params_ratio:.3g}x fewer parameters, with β fixed at "
             f"{recipe.fixed_beta:g}; lower --kl-weight, or let the autopilot choose β (no --kl-weight). The files are "
             "written; the exit status is 4 (set max_metric_drop: null to accept any drop)")
 
@@ -50,7 +82,7 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
     ``delta_se``: the paired standard error of the change on them, said where it is a large share of the budget."""
     from ..autopilot import metric_drop
 
-    if not recipe.automatic or not over_budget(recipe, before, after):
+    if not recipe.automatic or not over_budget(recipe, before, after, delta_se):
         return
     worse = worse_text(recipe, before, after)
     hints = ""
@@ -63,13 +95,18 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
         hints += (f" One of the {num_val} validation samples weighs {100.0 / num_val:.2g} points, more than half the "
                   "budget.")
     # the standard error in the budget's unit (points, or percent of the original's error for mse)
-    if delta_se is not None and abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
+    if delta_se is not None and recipe.budget_z * abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
+            > 0.5 * recipe.max_metric_drop:
+        hints += (f" At {recipe.budget_confidence:.0%} confidence the drop must be {recipe.budget_z:.2f} standard "
+                  f"errors (±{delta_se:.2g}) inside the budget; more validation samples, or a lower --confidence, "
+                  "leave more of it to compress with.")
+    elif delta_se is not None and abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
             > 0.5 * recipe.max_metric_drop:
         hints += (f" The validation data measures the change only to ±{delta_se:.2g} (paired standard error), more "
                   "than half the budget: more validation samples judge it more finely.")
     raise TrainingError(
         f"the compressed model {worse} on validation data, over the budget "
-        f"of {recipe.max_metric_drop:g}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
+        f"of {recipe.max_metric_drop:g}{confidence_text(recipe, delta_se)}; nothing was exported. Give a larger --max-drop, more --finetune-epochs, "
         "or fix β yourself with --kl-weight (the checkpoints in the output folder stay for `prunedrop export`)."
         + hints)
 

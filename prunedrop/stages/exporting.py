@@ -119,7 +119,8 @@ def export_compressed(model: nn.Module, baseline: Baseline, evaluation: Evaluati
             quantization = quantize_model(exported.path, folder.quantized_onnx, mode=recipe.quantize, data=data,
                                           recipe=recipe, metric_before=baseline.metric["val"], bits=bits,
                                           compare={"dense_float32": baseline.onnx.path,
-                                                   "pruned_float32": exported.path}, log=log)
+                                                   "pruned_float32": exported.path}, log=log,
+                                          scores_before=baseline.scores.get("val"))
         except Exception as e:  # onnxruntime's quantizer and onnx's checker raise many types
             # the compressed float32 model is exported and verified already: a model onnxruntime's quantizer cannot
             # take loses the int8 file, not the run

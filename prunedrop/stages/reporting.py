@@ -19,7 +19,7 @@ from ..report import build_report, public_spec, write_report
 from ..runfolder import QUANTIZED_ONNX, RunFolder
 from ..train import metric_name
 from .baseline import Baseline
-from .budget import fixed_beta_budget_line, over_budget, target_outcome
+from .budget import budget_text, fixed_beta_budget_line, held_confidence, over_budget, target_outcome
 from .common import draw_plots, merge_parts
 from .evaluation import Evaluation
 from .exporting import Exported
@@ -56,9 +56,16 @@ def write_run_report(report: dict[str, Any], selection: Selection, evaluation: E
     if recipe.target is not None:
         report["target"] = target_outcome(recipe, report)
         log(report["target"]["line"])
-    if not recipe.automatic and over_budget(recipe, before, after):
+    se = evaluation.delta_se.get("val")
+    held = held_confidence(recipe, before, after, se)
+    if held is not None and isinstance(report.get("metric"), dict):
+        report["metric"]["budget_confidence"] = held
+        log(f"budget: validation {metric_name(recipe.loss)} {before:.4g} → {after:.4g} (the change's paired standard "
+            f"error {se:.2g}) keeps the budget of {budget_text(recipe)} with {held:.0%} one-sided confidence"
+            + (f" (asked: {recipe.budget_confidence:.0%})" if recipe.budget_confidence is not None else ""))
+    if not recipe.automatic and over_budget(recipe, before, after, se):
         report["budget"] = {"within": False, "line": fixed_beta_budget_line(
-            recipe, before, after, report["params"]["ratio"] or float("inf"))}
+            recipe, before, after, report["params"]["ratio"] or float("inf"), se)}
     plots = dict(selection.plots)
     if recipe.plots and selection.plot_error is None:
         plots.update(draw_plots(folder, report_drawings(report), log)[0])

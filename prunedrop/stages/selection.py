@@ -218,7 +218,8 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised,
-                                                 sweep=sweep if beyond else None, grid=points)
+                                                 sweep=sweep if beyond else None, grid=points,
+                                                 scores_before=baseline.scores.get("val"))
         if selection.search.swept:
             selection.points = sorted([*points, *selection.search.swept], key=lambda p: p.threshold)
         if selection.search.best is not None:
