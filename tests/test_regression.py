@@ -125,6 +125,12 @@ def test_npz_regression_end_to_end_on_diabetes(folder: Path) -> None:
         before = (model(torch.from_numpy(data["x_val"]))[:, 0].numpy() - data["y_val"]) ** 2
     diff = (expected[:, 0] - data["y_val"]) ** 2 - before
     assert metric["delta_se"] == pytest.approx(float(diff.std(ddof=1)) / np.sqrt(70), rel=1e-3)
+    # the confidence with which the change keeps the budget (50% more error): Φ((50 − % more error) / se in %)
+    from statistics import NormalDist
+
+    more = 100 * (metric["after"] - metric["before"]) / metric["before"]
+    se_percent = 100 * metric["delta_se"] / metric["before"]
+    assert metric["budget_confidence"] == pytest.approx(NormalDist().cdf((50 - more) / se_percent), rel=1e-6)
     assert report["test_metric"]["delta_se"] is not None and report["test_metric"]["delta_se"] >= 0
 
 
