@@ -69,17 +69,26 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
     """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
     0 where not (for per-position labels, the percentage of its positions classified correctly), or its mean squared
     error over its target values; their mean is :func:`evaluate`'s metric."""
-    parts = []
-    for out, y in _outputs(model, loader, device):
-        if loss == "cross_entropy":
-            # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
-            parts.append(100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu())
-        else:
-            err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
-            parts.append(err.reshape(err.shape[0], -1).double().mean(dim=1).cpu())
+    parts = [batch_scores(out, y, loss) for out, y in _outputs(model, loader, device)]
     if not parts:
         raise PrunedropError("the evaluation data is empty")
     return torch.cat(parts)
+
+
+def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """:func:`sample_scores` of one batch, from the model's outputs ``out`` and the targets ``y`` (a torch model's,
+    or an ONNX file's run by onnxruntime: :func:`prunedrop.quantize.onnx_sample_scores`), float64 on the CPU."""
+    if loss == "cross_entropy":
+        # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
+        return 100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
+    err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
+    return err.reshape(err.shape[0], -1).double().mean(dim=1).cpu()
+
+
+def scores_metric(scores: torch.Tensor) -> float:
+    """The metric from :func:`sample_scores`: sum / count, as :func:`evaluate` divides; for one label per sample the
+    sum is exactly 100 × the correct samples, so the accuracy is the same float."""
+    return float(scores.sum()) / scores.numel()
 
 
 def paired_standard_error(before: torch.Tensor, after: torch.Tensor) -> float | None:

@@ -4,7 +4,7 @@ other files (:func:`time_models`), and the CPU's int8-relevant instruction sets 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,8 @@ from ..errors import PrunedropError
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
     """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in % over every label, or the mean
     squared error), computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
-    from ..export import feed_session, open_session
-
-    session = open_session(path)
     total, correct, labels, sq_err, values = 0, 0, 0, 0.0, 0
-    for x, y in loader:
-        out = feed_session(session, path, x)[0]
-        target = y.detach().cpu().numpy()
+    for out, target in _onnx_outputs(path, loader):
         if loss == "cross_entropy":
             # over every label: one per sample, or one per position of a model that predicts per position
             correct += int((out.argmax(axis=1) == target).sum())
@@ -42,22 +37,22 @@ def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "
     :func:`prunedrop.metrics.sample_scores` gives it for a torch model (100 or 0 per sample, the share of its
     positions right for per-position labels, or its mean squared error): their mean is :func:`evaluate_onnx`'s
     metric, and paired with the original's scores they give the standard error of the change."""
+    from ..metrics import batch_scores
+
+    parts = [batch_scores(torch.from_numpy(out), torch.from_numpy(target), loss)
+             for out, target in _onnx_outputs(path, loader)]
+    if not parts:
+        raise PrunedropError("the evaluation data is empty")
+    return torch.cat(parts)
+
+
+def _onnx_outputs(path: str | Path, loader: Iterable[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(first output, targets) per batch of ``loader``, the ONNX file run by an onnxruntime session."""
     from ..export import feed_session, open_session
 
     session = open_session(path)
-    parts = []
     for x, y in loader:
-        out = feed_session(session, path, x)[0]
-        target = y.detach().cpu().numpy()
-        n = len(target)
-        if loss == "cross_entropy":
-            parts.append(100.0 * (out.argmax(axis=1) == target).reshape(n, -1).astype(np.float64).mean(axis=1))
-        else:
-            err = (out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2
-            parts.append(err.reshape(n, -1).mean(axis=1))
-    if not parts:
-        raise PrunedropError("the evaluation data is empty")
-    return torch.from_numpy(np.concatenate(parts))
+        yield feed_session(session, path, x)[0], y.detach().cpu().numpy()
 
 
 Timer = Callable[[Mapping[str, Path]], dict[str, float]]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
-from ..metrics import paired_standard_error
+from ..metrics import paired_standard_error, scores_metric
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
 from .graph import WeightNode, compact_size, load_dense, weight_nodes
 from .measure import Timer, evaluate_onnx, onnx_sample_scores, time_models
@@ -107,7 +107,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         if not confident:
             return evaluate_onnx(path, val_loader, loss=loss), None
         scores = onnx_sample_scores(path, val_loader, loss=loss)
-        return float(scores.sum()) / scores.numel(), paired_standard_error(scores_before, scores)
+        return scores_metric(scores), paired_standard_error(scores_before, scores)
 
     def original_budget(metric: float, se: float | None = None) -> bool:
         return metric_before is None or recipe.max_metric_drop is None or within_budget(
@@ -339,18 +339,21 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         return section
     test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
 
-    def measured(path: str | Path) -> dict[str, Any]:
-        out = {"bytes": Path(path).stat().st_size, "val": evaluate_onnx(path, val_loader, loss=loss)}
+    def measured(path: str | Path) -> tuple[dict[str, Any], float | None]:
+        # the float32 file's validation metric was measured before quantizing
+        val, se = (float_metric, float_se) if float_metric is not None and Path(path) == Path(float_path) \
+            else measure_val(path)
+        out = {"bytes": Path(path).stat().st_size, "val": val}
         if test_loader is not None:
             out["test"] = evaluate_onnx(path, test_loader, loss=loss)
-        return out
+        return out, se
 
-    files = {name: measured(path) for name, path in (compare or {}).items()}
-    files["quantized"] = measured(out_path)
+    files = {name: measured(path)[0] for name, path in (compare or {}).items()}
+    files["quantized"], quantized_se = measured(out_path)
     metrics = {k: v for k, v in files["quantized"].items() if k != "bytes"}
     section["files"] = files
     section["metric"] = metrics
-    section["within_budget"] = in_budget(measure_val(out_path) if confident else (metrics["val"], None))
+    section["within_budget"] = in_budget((metrics["val"], quantized_se))
     kept = [r["node"] for r in rows if r["precision"] != "float32"]
     slow = [r["node"] for r in rows if r.get("float_because") == "speed"]
     log(f"quantized {len(kept)} of {len(rows)} layer(s) ({mode}): {Path(out_path).name} "

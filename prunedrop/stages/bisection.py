@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..errors import PrunedropError
-from ..metrics import paired_standard_error, sample_scores
+from ..metrics import paired_standard_error, sample_scores, scores_metric
 from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
@@ -119,7 +119,7 @@ def search_after_finetune(
         se = None
         if confident:
             scores = sample_scores(masked.model, val_loader, loss=recipe.loss)
-            metric, se = float(scores.sum()) / scores.numel(), paired_standard_error(scores_before, scores)
+            metric, se = scores_metric(scores), paired_standard_error(scores_before, scores)
         else:
             metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = in_budget(metric, se)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any
 
 from ..errors import TrainingError
@@ -44,19 +45,25 @@ def held_confidence(recipe: Recipe, before: float, after: float, delta_se: float
     within the budget: Φ((budget − drop) / standard error), the normal approximation of the paired difference. It
     leaves out that the search kept the most pruning model that read within the budget, so it errs high. None without
     a budget or a finite, positive standard error."""
-    from statistics import NormalDist
-
     from ..autopilot import metric_drop
 
     if recipe.max_metric_drop is None or delta_se is None or not math.isfinite(after) \
             or not (math.isfinite(delta_se) and delta_se > 0):
         return None
-    se = abs(metric_drop(before, before + delta_se, loss=recipe.loss))
-    return NormalDist().cdf((recipe.max_metric_drop - metric_drop(before, after, loss=recipe.loss)) / se)
+    drop = metric_drop(before, after, loss=recipe.loss)
+    return NormalDist().cdf((recipe.max_metric_drop - drop) / se_in_budget_unit(recipe, before, delta_se))
+
+
+def se_in_budget_unit(recipe: Recipe, before: float, delta_se: float) -> float:
+    """The change's standard error (in the metric's unit) in the budget's: points, or percent of the original's
+    error for ``mse``."""
+    from ..autopilot import metric_drop
+
+    return abs(metric_drop(before, before + delta_se, loss=recipe.loss))
 
 
 def confidence_text(recipe: Recipe, delta_se: float | None) -> str:
-    """' at 90% confidence (± 0.27 standard error)' where the recipe asks for a confidence and the standard error is
+    """' at 90% confidence (standard error 0.27)' where the recipe asks for a confidence and the standard error is
     known, else ''."""
     if recipe.budget_confidence is None or delta_se is None:
         return ""
@@ -80,8 +87,6 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
     line (:func:`fixed_beta_budget_line`) and the command exits with status 4 (``report["budget"]``). ``num_val``:
     the validation samples, for the line's hints (a perfect original score or a coarse split; docs/cli.md);
     ``delta_se``: the paired standard error of the change on them, said where it is a large share of the budget."""
-    from ..autopilot import metric_drop
-
     if not recipe.automatic or not over_budget(recipe, before, after, delta_se):
         return
     worse = worse_text(recipe, before, after)
@@ -94,14 +99,12 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
     if num_val and not recipe.validation_resolves_budget(num_val):
         hints += (f" One of the {num_val} validation samples weighs {100.0 / num_val:.2g} points, more than half the "
                   "budget.")
-    # the standard error in the budget's unit (points, or percent of the original's error for mse)
-    if delta_se is not None and recipe.budget_z * abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
-            > 0.5 * recipe.max_metric_drop:
+    se = None if delta_se is None else se_in_budget_unit(recipe, before, delta_se)
+    if se is not None and recipe.budget_z * se > 0.5 * recipe.max_metric_drop:
         hints += (f" At {recipe.budget_confidence:.0%} confidence the drop must be {recipe.budget_z:.2f} standard "
                   f"errors (±{delta_se:.2g}) inside the budget; more validation samples, or a lower --confidence, "
                   "leave more of it to compress with.")
-    elif delta_se is not None and abs(metric_drop(before, before + delta_se, loss=recipe.loss)) \
-            > 0.5 * recipe.max_metric_drop:
+    elif se is not None and se > 0.5 * recipe.max_metric_drop:
         hints += (f" The validation data measures the change only to ±{delta_se:.2g} (paired standard error), more "
                   "than half the budget: more validation samples judge it more finely.")
     raise TrainingError(

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..errors import PrunedropError
-from ..metrics import sample_scores
+from ..metrics import sample_scores, scores_metric
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 
@@ -37,9 +37,7 @@ def measure_all(model: nn.Module, data: DataBundle, recipe: Recipe, device: torc
     splits = ["val"] + (["test"] if data.test is not None else [])
     scores = {split: sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
                                    device=device) for split in splits}
-    # sum / count, as evaluate divides: for one label per sample the sum is exactly 100 × the correct samples, so
-    # the accuracy is the same float
-    return {split: float(s.sum()) / s.numel() for split, s in scores.items()}, scores
+    return {split: scores_metric(s) for split, s in scores.items()}, scores
 
 
 def draw_plots(folder: RunFolder, drawings: dict[str, Callable[[Path], Any]],
