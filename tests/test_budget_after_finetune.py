@@ -84,7 +84,8 @@ class _Scripted:
 
 
 def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None,
-            epochs: int = 1, confidence: float | None = None, scores_before: torch.Tensor | None = None):
+            epochs: int = 1, confidence: float | None = None, scores_before: torch.Tensor | None = None,
+            resume: bool = False):
     torch.manual_seed(0)
     recipe = Recipe(max_metric_drop=budget, budget_after_finetune=True, finetune_epochs=epochs,
                     budget_confidence=confidence)
@@ -92,7 +93,7 @@ def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budg
     logs: list[str] = []
     found = bisection.search_after_finetune(variational, _points(), chosen, 90.0, recipe, scripted.data,
                                             torch.device("cpu"), RunFolder(tmp_path), torch.zeros(2, 1, 4, 4),
-                                            resume=False, progress=False, log=logs.append, sweep=sweep,
+                                            resume=resume, progress=False, log=logs.append, sweep=sweep,
                                             grid=_points(), scores_before=scores_before)
     return found, logs
 
@@ -203,6 +204,9 @@ def _rising(t: float, epoch: int) -> float:
 
 
 def test_probes_stop_once_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # _rising jumps from 10 points down to within the budget in one epoch, which no finished probe shows: the rule
+    # that abandons a hopeless probe (tested below) is off here
+    monkeypatch.setattr(bisection, "_hopeless", lambda *args: None)
     scripted = _Scripted(monkeypatch, _rising, by_epoch=True)
     found, logs = _search(tmp_path, scripted, chosen=None, epochs=3)
     # the same threshold as probes of the whole fine-tuning give (below), at fewer epochs
@@ -248,6 +252,82 @@ def test_every_probe_stopped_early_and_ending_outside_leaves_no_choice(tmp_path:
     found, _ = _search(tmp_path, scripted, chosen=None, epochs=3)
     assert found.best is None
     assert all(not p["within_budget"] for p in found.probes if p.get("continued"))
+
+
+def _recovering(t: float, epoch: int) -> float:
+    """Every probe ends at its own drop (0.5 points from 2.0 on, 4 more per unit of threshold below it) and wins back
+    the same points over its 4 epochs: 3 more than that after epoch 1, 1 after epoch 2, 0.3 after epoch 3."""
+    final = 0.5 if t >= 2.0 else 0.5 + 4.0 * (2.0 - t)
+    return 90.0 - final - {1: 3.0, 2: 1.0, 3: 0.3, 4: 0.0}[epoch]
+
+
+def test_a_probe_that_cannot_end_within_the_budget_is_abandoned(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = _Scripted(monkeypatch, _recovering, by_epoch=True)
+    found, logs = _search(tmp_path, scripted, chosen=None, epochs=4)
+    # resumed: the same choice; the chosen probe's continuation, finished now from the start, only makes the rule
+    # more careful, so no probe stops earlier than it did
+    resumed, _ = _search(tmp_path, scripted, chosen=None, epochs=4, resume=True)
+    assert resumed.best is not None and resumed.best[0] == found.best[0]
+    first_run = {p["threshold"]: p["epochs"] for p in found.probes}
+    assert all(p["epochs"] >= first_run[p["threshold"]] for p in resumed.probes)
+    whole = _Scripted(monkeypatch, _recovering, by_epoch=True)
+    monkeypatch.setattr(bisection, "_hopeless", lambda *args: None)
+    again, _ = _search(tmp_path / "whole", whole, chosen=None, epochs=4)
+    # the same threshold as without the rule, in fewer epochs
+    assert found.best is not None and found.best[0] == again.best[0] == 2.0
+    assert [p["threshold"] for p in found.probes] == [p["threshold"] for p in again.probes]
+    assert scripted.epochs_trained < whole.epochs_trained
+    first = [p for p in found.probes if not p.get("continued")]
+    # the first probe outside the budget trains its whole schedule: nothing has shown what the fine-tuning wins back
+    outside = [p for p in first if not p["within_budget"]]
+    assert outside[0]["epochs"] == 4 and "abandoned" not in outside[0]
+    given_up = [p for p in first if p.get("abandoned")]
+    assert given_up and all(p["epochs"] < 4 and not p["within_budget"] for p in given_up)
+    # only probes that end outside the budget are abandoned, and only far outside it
+    assert all(_recovering(p["threshold"], 4) < 89.0 - 1.0 for p in given_up)
+    assert not any(p.get("abandoned") for p in found.probes if _recovering(p["threshold"], 4) >= 89.0)
+    assert any("abandoned there" in line for line in logs)
+
+
+
+def test_an_abandoned_probe_is_not_continued_for_a_confident_verdict(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # _recovering's accuracies as per-sample scores of 1,000 samples (the original 90% right)
+    def scores(t: float, epoch: int) -> torch.Tensor:
+        lost = round(10 * (90.0 - _recovering(t, epoch)))
+        return _scores(lost, 0)
+
+    scripted = _scored(monkeypatch, scores)
+    found, _ = _search(tmp_path, scripted, chosen=None, epochs=4, confidence=0.9, scores_before=_scores(0, 0))
+    given_up = {p["threshold"] for p in found.probes if p.get("abandoned")}
+    assert given_up
+    assert not any(p.get("continued") and p["threshold"] in given_up for p in found.probes)
+
+
+def test_the_abandon_rule_reads_the_finished_probes() -> None:
+    def drop(metric: float) -> float:
+        return 90.0 - metric
+
+    assert bisection._hopeless("accuracy", drop, 1.0, 4, []) is None  # nothing finished: no rule
+    assert bisection._hopeless("accuracy", drop, None, 4, [[4.0, 3.0, 2.5, 2.0]]) is None  # no budget
+    smooth = bisection._hopeless("accuracy", drop, 1.0, 4, [[4.0, 3.0, 2.5, 2.0]])
+    # after epoch 2 the finished probe won back 1 point (1/3 of 3); its late jitter (0.5) × 3 makes the margin 1.5:
+    # 6 down ends at 6 − 1.5 × max(1, 6/3) = 3 > 1 + 1.5: abandoned
+    said = smooth({"epoch": 2, "val_accuracy": 84.0})
+    assert said is not None and said.startswith(bisection.ABANDONED)
+    # 4 down: 4 − 1.5 × max(1, 4/3) = 2, within the budget plus the margin: kept
+    assert smooth({"epoch": 2, "val_accuracy": 86.0}) is None
+    # never after the last epoch, never on a missing or non-finite metric
+    assert smooth({"epoch": 4, "val_accuracy": 50.0}) is None
+    assert smooth({"epoch": 2}) is None and smooth({"epoch": 2, "val_accuracy": float("nan")}) is None
+    # a finished probe whose validation metric jitters late in its schedule widens the margin: 3 × 3 = 9
+    jittery = bisection._hopeless("accuracy", drop, 1.0, 4, [[4.0, 3.0, 1.0, 4.0], [4.0, 3.0, 2.5, 2.0]])
+    assert jittery({"epoch": 2, "val_accuracy": 84.0}) is None
+    assert jittery({"epoch": 2, "val_accuracy": 69.0}) is not None  # 21 − 1.5 × 21/3 = 10.5 > 1 + 9
+    # mse: the drop is the relative increase of the error in percent, read the same way
+    mse = bisection._hopeless("mse", lambda m: 100.0 * (m - 1.0), 10.0, 4, [[40.0, 30.0, 25.0, 20.0]])
+    assert mse({"epoch": 2, "val_mse": 1.6}) is not None and mse({"epoch": 2, "val_mse": 1.35}) is None
 
 
 def _scores(down: int, up: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..autopilot import metric_drop
 from ..data import DataBundle
 from ..errors import PrunedropError
 from ..metrics import paired_standard_error, sample_scores, scores_metric
@@ -32,6 +33,12 @@ EXTEND_PROBES = 3
 EXTEND_STEPS = 8
 #: each probe past the grid keeps at most this share of the parameters of the last one within the budget
 EXTEND_KEEP = 0.8
+#: a probe outside the budget is abandoned (:func:`_hopeless`) only when it would end outside it even if it won back
+#: this many times what the finished probes of the same search won back from the same epoch on
+RECOVERY_SAFETY = 1.5
+#: ... and by more than a margin: the budget itself, or this many times the epoch-to-epoch jitter of the finished
+#: probes' validation metric late in their schedules, whichever is larger
+JITTER_MARGIN = 3.0
 
 
 @dataclass
@@ -82,6 +89,11 @@ def search_after_finetune(
     end rarely ends lower than it was half-way. The probe chosen is then continued from that epoch's checkpoint to the
     end of its schedule and judged again there (:func:`_finish`; should it fall outside, the next probe within the
     budget is), so the exported model is judged, like every probe outside the budget, after the whole fine-tuning.
+    A probe that cannot end within the budget is abandoned (:func:`_hopeless`): once a probe of the search has
+    trained its whole schedule, a later probe stops after an epoch from which even winning back
+    :data:`RECOVERY_SAFETY` times what the finished probes won back from that epoch on would leave it outside the
+    budget by more than a margin. It counts as outside; only the finished probes' own curves are read, so the rule
+    needs no model of the schedule.
 
     With ``sweep`` (measures thresholds as the sweep does) and ``grid`` (every swept point), a search whose best
     probe is the grid's most pruning threshold, still within the budget, goes on past the grid
@@ -108,6 +120,29 @@ def search_after_finetune(
         candidates = [p for p in candidates if p.params <= chosen.params]
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
+    # the drop after each epoch of every probe trained through its whole schedule: what the fine-tuning wins back
+    finished: list[list[float]] = []
+    abandoned: dict[float, str] = {}
+
+    def drop_of(metric: float) -> float:
+        return metric_drop(metric_before, metric, loss=recipe.loss)
+
+    def stop_rule(point: SweepPoint) -> Callable[[dict[str, Any]], str | None] | None:
+        rules = [r for r in (_early(name, in_budget, epochs),
+                             _hopeless(name, drop_of, recipe.max_metric_drop, epochs, list(finished)))
+                 if r is not None]
+        if not rules:
+            return None
+
+        def stop(record: dict[str, Any]) -> str | None:
+            for rule in rules:
+                said = rule(record)
+                if said is not None:
+                    if said.startswith(ABANDONED):
+                        abandoned[point.threshold] = said
+                    return said
+            return None
+        return stop
 
     def finetuned_at(point: SweepPoint, early: bool) -> tuple[bool, Any, Any]:
         """Prune at ``point`` and fine-tune: a probe (``early``: it stops once within the budget), or the rest of
@@ -115,7 +150,7 @@ def search_after_finetune(
         pruned = prune(copy.deepcopy(variational), point.threshold)
         masked = finetune_pruned(pruned, data, recipe, device, example, folder.probe_checkpoint(point.threshold),
                                  resume=resume or not early, progress=progress, log=log, normalised=normalised,
-                                 stop_on=_early(name, in_budget, epochs) if early else None)
+                                 stop_on=stop_rule(point) if early else None)
         se = None
         if confident:
             scores = sample_scores(masked.model, val_loader, loss=recipe.loss)
@@ -124,11 +159,18 @@ def search_after_finetune(
             metric = evaluate(masked.model, val_loader, loss=recipe.loss)[name]
         ok = in_budget(metric, se)
         done = _epochs_done(masked, epochs)
+        given_up = early and point.threshold in abandoned
+        if done >= epochs:
+            curve = _drops(masked, name, drop_of, epochs)
+            if curve is not None:
+                finished.append(curve)
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok,
                        "epochs": done, **({"delta_se": se} if confident else {}),
+                       **({"abandoned": True} if given_up else {}),
                        **({} if early else {"continued": True})})
-        when = "noise-free fine-tuning" if done >= epochs else f"{done} of {epochs} fine-tuning epochs (stopped there)"
+        when = "noise-free fine-tuning" if done >= epochs else \
+            f"{done} of {epochs} fine-tuning epochs ({'abandoned' if given_up else 'stopped'} there)"
         log(f"{'probe' if early else 'the rest of its fine-tuning:'} {recipe.pruning_rule(point.threshold)}: "
             f"{point.kept_weights:,} weights kept, {name} {point.metric:.4g} → {metric:.4g} after {when} "
             f"({'within' if ok else 'outside'} the budget of {recipe.max_metric_drop:g}"
@@ -137,7 +179,7 @@ def search_after_finetune(
 
     def probe(point: SweepPoint) -> tuple[bool, Any, Any]:
         ok, pruned, masked = finetuned_at(point, True)
-        if not ok and _epochs_done(masked, epochs) < epochs:
+        if not ok and _epochs_done(masked, epochs) < epochs and point.threshold not in abandoned:
             # it stopped on its measured metric, and the confident verdict excludes it: only the whole fine-tuning
             # may exclude a threshold
             ok, pruned, masked = finetuned_at(point, False)
@@ -187,6 +229,71 @@ def _early(name: str, in_budget: Callable[[float], bool], epochs: int) -> Callab
         return (f"within the budget after epoch {record.get('epoch')} of {epochs}: the probe stops here (continued "
                 "to the end if chosen)")
     return stop
+
+
+#: how an abandoned probe's stop message begins
+ABANDONED = "cannot end within the budget"
+
+
+def _hopeless(name: str, drop_of: Callable[[float], float], budget: float | None, epochs: int,
+              finished: Sequence[Sequence[float]]) -> Callable[[dict[str, Any]], str | None] | None:
+    """A probe's second stop rule: abandon it after an epoch from which it cannot end within the budget.
+
+    ``finished``: the drop (in the budget's unit) after each epoch of every probe of this search that trained its
+    whole schedule; none → no rule (the first probe outside the budget always trains to its end). A probe ``d``
+    down after epoch k would end at ``d − RECOVERY_SAFETY × g``, where ``g`` is the most any finished probe won back
+    from its epoch k to its end: in points (its drop then less its drop at the end), or as a share of what it then
+    lacked, applied to ``d`` (only from a finished probe that was then outside the budget: a share of a shortfall
+    smaller than the budget is mostly noise). It is abandoned when that still misses the budget by more than the
+    margin: the budget, or :data:`JITTER_MARGIN` times the largest epoch-to-epoch jitter of a finished probe over the
+    second half of its schedule, whichever is larger (a coarse validation set jitters by whole samples). Each finished
+    probe can only make the rule more careful, so a resumed search (which reads the checkpoint of every probe that
+    finished, the chosen one's continuation too, from its start) abandons no probe earlier than the first run did.
+
+    Measured on the probes of five searches (LeNet-5 and LeNet-300-100 sparse VD, 10 epochs; the LSTM, 5 and 10
+    epochs; Fashion-MNIST): the share a probe won back from epoch k on was larger the nearer it ended to the
+    budget, up to 1.7 times that of a probe pruning more, while the points it won back were fewer; the rule takes
+    the larger of the two, and 1.5 times it, and abandoned none of the probes that ended within the budget
+    (BENCHMARKS.md, autopilot)."""
+    if budget is None or not finished:
+        return None
+    margin = max([budget] + [JITTER_MARGIN * _jitter(curve) for curve in finished])
+
+    def stop(record: dict[str, Any]) -> str | None:
+        metric, epoch = record.get(f"val_{name}"), record.get("epoch")
+        if metric is None or epoch is None or not 1 <= int(epoch) < epochs:
+            return None
+        k = int(epoch) - 1
+        drop = drop_of(float(metric))
+        if not math.isfinite(drop) or drop <= budget + margin:
+            return None
+        gain = 0.0
+        for curve in finished:
+            won = curve[k] - curve[-1]
+            gain = max(gain, won, won / curve[k] * drop if curve[k] > budget else 0.0)
+        forecast = drop - RECOVERY_SAFETY * gain
+        if forecast <= budget + margin:
+            return None
+        return (f"{ABANDONED} after epoch {epoch} of {epochs}: {drop:.3g} down, it would end {forecast:.3g} down "
+                f"even winning back {RECOVERY_SAFETY:g}x what the finished probes did from there (budget "
+                f"{budget:g}, margin {margin:.2g}); the probe is abandoned as outside the budget")
+    return stop
+
+
+def _jitter(curve: Sequence[float]) -> float:
+    """The root mean square of the epoch-to-epoch changes over the second half of a finished probe's drops."""
+    late = curve[len(curve) // 2:]
+    steps = [b - a for a, b in zip(late, late[1:], strict=False)]
+    return math.sqrt(sum(x * x for x in steps) / len(steps)) if steps else 0.0
+
+
+def _drops(masked: Any, name: str, drop_of: Callable[[float], float], epochs: int) -> list[float] | None:
+    """The drop after each epoch of a probe that trained its whole schedule (None where its history lacks one)."""
+    history = [h for h in masked.train.history if h.get("phase") == "masked"]
+    metrics = [h.get(f"val_{name}") for h in history]
+    if len(metrics) != epochs or any(m is None or not math.isfinite(float(m)) for m in metrics):
+        return None
+    return [drop_of(float(m)) for m in metrics]
 
 
 def _epochs_done(masked: Any, epochs: int) -> int:
