@@ -4,9 +4,9 @@ and without the rule that abandons a probe which cannot end within the budget (i
     python benchmarks/replay_probes.py RUN [RUN ...] -o OUT.json
 
 RUN: an output folder of ``prunedrop compress`` (or of ``benchmarks/sparse_vd_fashion.py``, ``lstm_fashion.py``)
-whose search ran without abandoning: its ``report.json`` (the swept points, the sweep's choice, the budget) and its
-probe checkpoints ``checkpoint-masked-t*.pt``, each holding the validation metric after every epoch its probe
-trained. The fine-tuning is deterministic on the CPU for a given recipe and seed, so a probe stopped after epoch k
+whose search ran without abandoning: its ``report.json`` (the swept points, the sweep's choice, the budget, and
+since 0302ed2 each probe's ``curve``) or its probe checkpoints ``checkpoint-masked-t*.pt``, which hold the
+validation metric after every epoch a probe trained. The fine-tuning is deterministic on the CPU for a given recipe and seed, so a probe stopped after epoch k
 would have read exactly those metrics up to k: the replay runs :func:`prunedrop.stages.bisection.search_after_finetune`
 with the pruning, fine-tuning and evaluation replaced by those records, and says which threshold each variant
 chooses and how many fine-tuning epochs it trains. It stops with an error where a variant would need an epoch that
@@ -44,12 +44,20 @@ class Left(RuntimeError):
     """The replay needs an epoch the run never trained."""
 
 
-def _curves(run: Path, name: str) -> dict[float, list[float]]:
-    curves = {}
+def _curves(run: Path, name: str, probes: list[dict[str, Any]]) -> dict[float, list[float]]:
+    """Each probed threshold's validation metric after every epoch it trained: the longest of the report's
+    ``curve`` entries (runs since 0302ed2) and of its checkpoint's history."""
+    curves: dict[float, list[float]] = {}
+    for probe in probes:
+        curve = probe.get("curve") or []
+        if len(curve) > len(curves.get(probe["threshold"], [])):
+            curves[probe["threshold"]] = list(curve)
     for path in run.glob("checkpoint-masked-t*.pt"):
         saved = torch.load(path, map_location="cpu", weights_only=False)
         threshold = float(path.stem.split("-t", 1)[1])
-        curves[threshold] = [h[f"val_{name}"] for h in saved["history"] if h.get("phase") == "masked"]
+        curve = [h[f"val_{name}"] for h in saved["history"] if h.get("phase") == "masked"]
+        if len(curve) > len(curves.get(threshold, [])):
+            curves[threshold] = curve
     return curves
 
 
@@ -61,9 +69,9 @@ def replay(run: Path, abandon: bool) -> dict[str, Any]:
         raise SystemExit(f"{run}: judged with a confidence; per-sample scores are not in the checkpoints")
     loss = saved_recipe.get("loss", "cross_entropy")
     name = "accuracy" if loss == "cross_entropy" else "mse"
-    curves = _curves(run, name)
+    curves = _curves(run, name, sweep.get("after_finetune") or [])
     if not curves:
-        raise SystemExit(f"{run}: no probe checkpoints (checkpoint-masked-t*.pt)")
+        raise SystemExit(f"{run}: no probe curves (report.json's sweep.after_finetune, checkpoint-masked-t*.pt)")
     epochs = max(len(c) for c in curves.values())
     fields = SweepPoint.__dataclass_fields__
     points = [SweepPoint(**{k: v for k, v in p.items() if k in fields}) for p in sweep["points"]]

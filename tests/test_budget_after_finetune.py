@@ -288,6 +288,9 @@ def test_a_probe_that_cannot_end_within_the_budget_is_abandoned(tmp_path: Path,
     assert all(_recovering(p["threshold"], 4) < 89.0 - 1.0 for p in given_up)
     assert not any(p.get("abandoned") for p in found.probes if _recovering(p["threshold"], 4) >= 89.0)
     assert any("abandoned there" in line for line in logs)
+    # each probe's validation metric after every epoch it trained is reported
+    for p in found.probes:
+        assert p["curve"] == [_recovering(p["threshold"], e) for e in range(1, p["epochs"] + 1)]
 
 
 
@@ -434,6 +437,7 @@ def test_end_to_end_probes_stop_early_and_the_chosen_one_is_continued(tmp_path: 
     # a budget of 100 points admits every probe after its first epoch: each stops there
     assert first and all(p["epochs"] == 1 and p["within_budget"] for p in first)
     assert len(continued) == 1 and continued[0]["epochs"] == 3 and continued[0]["threshold"] == report["threshold"]
+    assert all(len(p["curve"]) == p["epochs"] and p["curve"][-1] == pytest.approx(p["metric"]) for p in probes)
     # the exported model is the continued fine-tuning's: its metric, its three epochs in the history
     assert report["metric"]["after"] == pytest.approx(continued[0]["metric"], abs=1e-9)
     assert [h["epoch"] for h in report["history"] if h.get("phase") == "masked"] == [1, 2, 3]
@@ -551,3 +555,18 @@ def test_sweep_goes_past_the_default_grid_before_fine_tuning(tmp_path: Path) -> 
     given, given_logs = reports["given"]
     assert given["threshold"] == -2.0 and min(p["threshold"] for p in given["sweep"]["points"]) == -2.0
     assert not any("past it" in line for line in given_logs)
+
+
+def test_a_finished_search_replays_from_its_report(tmp_path: Path) -> None:
+    from benchmarks.replay_probes import replay
+
+    report, _, _ = _compressed(tmp_path, finetune_epochs=3)
+    out = tmp_path / "out"
+    for checkpoint in out.glob("checkpoint-masked-t*.pt"):
+        checkpoint.unlink()  # from the report's curves alone
+    again = replay(out, abandon=True)
+    assert again["threshold"] == report["threshold"]
+    assert [(p["threshold"], p["epochs"], p["within_budget"]) for p in again["probes"]] == [
+        (p["threshold"], p["epochs"], p["within_budget"]) for p in report["sweep"]["after_finetune"]]
+    assert again["epochs_trained"] == sum(p["epochs"] for p in report["sweep"]["after_finetune"]
+                                          if not p.get("continued")) + 2  # the chosen probe's last 2 epochs

@@ -166,7 +166,7 @@ def search_after_finetune(
                 finished.append(curve)
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok,
-                       "epochs": done, **({"delta_se": se} if confident else {}),
+                       "epochs": done, "curve": _curve(masked, name), **({"delta_se": se} if confident else {}),
                        **({"abandoned": True} if given_up else {}),
                        **({} if early else {"continued": True})})
         when = "noise-free fine-tuning" if done >= epochs else \
@@ -287,13 +287,19 @@ def _jitter(curve: Sequence[float]) -> float:
     return math.sqrt(sum(x * x for x in steps) / len(steps)) if steps else 0.0
 
 
+def _curve(masked: Any, name: str) -> list[float | None]:
+    """A probe's validation metric after each epoch it trained (None where an epoch's record lacks it): the report
+    keeps it, so that what the fine-tuning won back can be read, and a search replayed, without the checkpoints."""
+    history = [h for h in masked.train.history if h.get("phase") == "masked"]
+    return [None if h.get(f"val_{name}") is None else float(h[f"val_{name}"]) for h in history]
+
+
 def _drops(masked: Any, name: str, drop_of: Callable[[float], float], epochs: int) -> list[float] | None:
     """The drop after each epoch of a probe that trained its whole schedule (None where its history lacks one)."""
-    history = [h for h in masked.train.history if h.get("phase") == "masked"]
-    metrics = [h.get(f"val_{name}") for h in history]
-    if len(metrics) != epochs or any(m is None or not math.isfinite(float(m)) for m in metrics):
+    metrics = _curve(masked, name)
+    if len(metrics) != epochs or any(m is None or not math.isfinite(m) for m in metrics):
         return None
-    return [drop_of(float(m)) for m in metrics]
+    return [drop_of(float(m)) for m in metrics if m is not None]
 
 
 def _epochs_done(masked: Any, epochs: int) -> int:
