@@ -11,8 +11,9 @@ would have read exactly those metrics up to k: the replay runs :func:`prunedrop.
 with the pruning, fine-tuning and evaluation replaced by those records, and says which threshold each variant
 chooses and how many fine-tuning epochs it trains. It stops with an error where a variant would need an epoch that
 the run never trained (a probe the original search stopped early, or never ran): then the replay cannot tell. A
-search judged with a confidence (``budget_confidence``) needs per-sample scores, which checkpoints do not keep: such
-runs are refused.
+search judged with a confidence (``budget_confidence``) needs per-sample scores, which checkpoints do not keep, and
+a target (``target``) caps the thresholds searched by measuring the model, as a search past the grid's edge sweeps it: such runs are
+refused.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from prunedrop.prune import prune as real_prune
 from prunedrop.recipes import Recipe
 from prunedrop.runfolder import RunFolder
 from prunedrop.stages import bisection, pruned_finetune
-from prunedrop.sweep import SweepPoint
+from prunedrop.sweep import SweepPoint, default_thresholds
 from prunedrop.testing import TinyMLP
 from prunedrop.train import TrainResult
 
@@ -67,6 +68,8 @@ def replay(run: Path, abandon: bool) -> dict[str, Any]:
     saved_recipe = report.get("recipe") or {}
     if saved_recipe.get("budget_confidence") is not None:
         raise SystemExit(f"{run}: judged with a confidence; per-sample scores are not in the checkpoints")
+    if saved_recipe.get("target"):
+        raise SystemExit(f"{run}: a target capped the thresholds searched (measured on the model); not replayed")
     loss = saved_recipe.get("loss", "cross_entropy")
     name = "accuracy" if loss == "cross_entropy" else "mse"
     curves = _curves(run, name, sweep.get("after_finetune") or [])
@@ -74,8 +77,13 @@ def replay(run: Path, abandon: bool) -> dict[str, Any]:
         raise SystemExit(f"{run}: no probe curves (report.json's sweep.after_finetune, checkpoint-masked-t*.pt)")
     epochs = max(len(c) for c in curves.values())
     fields = SweepPoint.__dataclass_fields__
-    points = [SweepPoint(**{k: v for k, v in p.items() if k in fields}) for p in sweep["points"]]
+    # the grid the search bisected (the report's points also hold those swept past its edge)
+    grid = {round(t, 6) for t in (saved_recipe.get("sweep_thresholds") or default_thresholds())}
+    points = [SweepPoint(**{k: v for k, v in p.items() if k in fields}) for p in sweep["points"]
+              if round(p["threshold"], 6) in grid]
     chosen = next((p for p in points if p.threshold == sweep.get("chosen_threshold")), None)
+    if any(round(probe["threshold"], 6) not in grid for probe in sweep.get("after_finetune") or []):
+        raise SystemExit(f"{run}: the search went past the grid (sweeping the model); not replayed")
     state: dict[str, Any] = {"threshold": None, "trained": 0, "saved": {}}
 
     def prune(model, threshold=None):

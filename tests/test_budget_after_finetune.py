@@ -570,3 +570,15 @@ def test_a_finished_search_replays_from_its_report(tmp_path: Path) -> None:
         (p["threshold"], p["epochs"], p["within_budget"]) for p in report["sweep"]["after_finetune"]]
     assert again["epochs_trained"] == sum(p["epochs"] for p in report["sweep"]["after_finetune"]
                                           if not p.get("continued")) + 2  # the chosen probe's last 2 epochs
+
+
+def test_a_probe_with_a_non_finite_metric_is_reported_as_json() -> None:
+    from prunedrop.stages.selection import Selection
+
+    probe = {"threshold": 0.5, "metric": float("nan"), "within_budget": False, "epochs": 2,
+             "curve": [float("inf"), 0.5], "delta_se": float("nan")}
+    selection = Selection(threshold=1.0, points=_points(), chosen=None, cap=None, metric_before=90.0,
+                          max_metric_drop=1.0, search=bisection.Search(best=None, probes=[probe]))
+    reported = json.loads(json.dumps(selection.to_dict(), allow_nan=False))["sweep"]["after_finetune"]
+    assert reported == [{"threshold": 0.5, "metric": None, "within_budget": False, "epochs": 2,
+                         "curve": [None, 0.5], "delta_se": None}]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class Selection:
         return self.search.best[2] if self.search is not None and self.search.best is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        probes = self.search.probes if self.search is not None else []
+        probes = [_finite_probe(p) for p in self.search.probes] if self.search is not None else []
         return {"threshold": self.threshold,
                 "sweep": {"points": [p.to_dict() for p in self.points], "selected_on": "val",
                           "chosen_threshold": None if self.chosen is None else self.chosen.threshold,
@@ -78,6 +79,15 @@ class Selection:
                           **({"after_finetune": probes} if probes else {})},
                 **({"calibration": self.calibration} if self.calibration else {}),
                 "timings": self.timings}
+
+
+def _finite_probe(probe: dict[str, Any]) -> dict[str, Any]:
+    """A probe of the search as the report holds it: a non-finite metric (a validation error that overflowed) becomes
+    None, since JSON has no NaN or infinity."""
+    def finite(x: Any) -> Any:
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    return {k: [finite(x) for x in v] if isinstance(v, list) else finite(v) for k, v in probe.items()}
 
 
 def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
