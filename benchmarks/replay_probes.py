@@ -32,13 +32,11 @@ import torch
 
 from prunedrop.atomic import atomic_write_text
 from prunedrop.convert import to_variational
-from prunedrop.prune import prune as real_prune
 from prunedrop.recipes import Recipe
 from prunedrop.runfolder import RunFolder
-from prunedrop.stages import bisection, pruned_finetune
+from prunedrop.stages import bisection
 from prunedrop.sweep import SweepPoint, default_thresholds
-from prunedrop.testing import TinyMLP
-from prunedrop.train import TrainResult
+from prunedrop.testing import ScriptedSearch, TinyMLP
 
 
 class Left(RuntimeError):
@@ -84,41 +82,14 @@ def replay(run: Path, abandon: bool) -> dict[str, Any]:
     chosen = next((p for p in points if p.threshold == sweep.get("chosen_threshold")), None)
     if any(round(probe["threshold"], 6) not in grid for probe in sweep.get("after_finetune") or []):
         raise SystemExit(f"{run}: the search went past the grid (sweeping the model); not replayed")
-    state: dict[str, Any] = {"threshold": None, "trained": 0, "saved": {}}
-
-    def prune(model, threshold=None):
-        state["threshold"] = threshold
-        return real_prune(model, threshold)
-
-    def finetune_masked(model, masks, data, recipe, *, checkpoint_path=None, resume=False, stop_on=None, **kwargs):
-        t, key = state["threshold"], Path(checkpoint_path).name
-        history = list(state["saved"].get(key, [])) if resume else []
-        if history and stop_on is not None and stop_on(history[-1]) is not None:
-            return TrainResult(history=history)
+    def metric(t: float, epoch: int) -> float:
         curve = curves.get(t, [])
-        for epoch in range(len(history) + 1, epochs + 1):
-            if len(curve) < epoch:
-                raise Left(f"threshold {t:g} epoch {epoch} was never trained")
-            state["trained"] += 1
-            record = {"phase": "masked", "epoch": epoch, f"val_{name}": curve[epoch - 1]}
-            history.append(record)
-            state["saved"][key] = list(history)
-            if stop_on is not None and epoch < epochs and stop_on(record) is not None:
-                break
-        return TrainResult(history=history)
+        if len(curve) < epoch:
+            raise Left(f"threshold {t:g} epoch {epoch} was never trained")
+        return curve[epoch - 1]
 
-    def evaluate(model, loader, loss):
-        t = state["threshold"]
-        return {name: curves[t][state["saved"][f"checkpoint-masked-t{t:g}.pt"][-1]["epoch"] - 1]}
-
-    class Data:
-        num_train = 1
-
-        def loader(self, *args, **kwargs):
-            return []
-
-    patched = {(bisection, "prune"): prune, (bisection, "evaluate"): evaluate,
-               (pruned_finetune, "finetune_masked"): finetune_masked}
+    scripted = ScriptedSearch(metric, name)
+    patched = scripted.replacements()
     if not abandon:
         patched[(bisection, "_hopeless")] = lambda *args: None
     originals = {key: getattr(*key) for key in patched}
@@ -131,12 +102,12 @@ def replay(run: Path, abandon: bool) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             found = bisection.search_after_finetune(
                 to_variational(TinyMLP(16, (24, 12), 3), recipe), points, chosen, sweep["metric_before"], recipe,
-                Data(), torch.device("cpu"), RunFolder(Path(tmp)), torch.zeros(2, 1, 4, 4), resume=False,
+                scripted.data, torch.device("cpu"), RunFolder(Path(tmp)), torch.zeros(2, 1, 4, 4), resume=False,
                 progress=False, log=logs.append)
     finally:
         for (module, attr), value in originals.items():
             setattr(module, attr, value)
-    return {"threshold": found.best[0] if found.best else None, "epochs_trained": state["trained"],
+    return {"threshold": found.best[0] if found.best else None, "epochs_trained": scripted.epochs_trained,
             "epochs_scheduled": epochs * len({p["threshold"] for p in found.probes}),
             "probes": found.probes, "log": logs}
 

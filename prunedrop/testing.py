@@ -307,3 +307,69 @@ def write_tiny_project(folder, *, n: int = 200, n_val: int = 40, recipe: str = T
     model = fit(TinyMLP(16, (24, 12), 3), x[:n_train], y[:n_train], 100)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "recipe.yaml").write_text(recipe)
+
+
+class ScriptedSearch:
+    """Stands in for the training of the threshold search after fine-tuning (``prune``, ``finetune_masked`` and
+    ``evaluate`` of :mod:`prunedrop.stages.bisection`), so that :func:`~prunedrop.stages.bisection.search_after_finetune`
+    runs on given numbers: the validation metric (``val_<name>``) after epoch ``e`` of the probe at threshold ``t``
+    is ``metric(t, e)``. It keeps the real loop's contract: ``stop_on`` after every epoch but the last, ``resume``
+    continues the probe's checkpoint (:attr:`saved`, by file name). Used by the tests and by
+    ``benchmarks/replay_probes.py``; install :meth:`replacements` with ``setattr`` (or pytest's monkeypatch)."""
+
+    def __init__(self, metric: Callable[[float, int], float], name: str = "accuracy") -> None:
+        self.metric = metric
+        self.name = name
+        self.pruned: list[float] = []
+        """Every threshold pruned, in order."""
+        self.finetuned = 0
+        self.epochs_trained = 0
+        self.saved: dict[str, list[dict]] = {}
+        """Checkpoint file name → the history it holds."""
+        self.data = _NoData()
+
+    def prune(self, model: nn.Module, threshold: float | None = None):
+        from .prune import prune
+
+        self.pruned.append(threshold)
+        return prune(model, threshold)
+
+    def finetune_masked(self, model, masks, data, recipe, *, checkpoint_path=None, resume=False, stop_on=None,
+                        **kwargs):
+        from pathlib import Path
+
+        from .train import TrainResult
+
+        self.finetuned += 1
+        t, key = self.pruned[-1], Path(checkpoint_path).name
+        history = list(self.saved.get(key, [])) if resume else []
+        if history and stop_on is not None and stop_on(history[-1]) is not None:
+            return TrainResult(history=history)
+        for epoch in range(len(history) + 1, recipe.finetune_epochs + 1):
+            record = {"phase": "masked", "epoch": epoch, "threshold": t, f"val_{self.name}": self.metric(t, epoch)}
+            self.epochs_trained += 1
+            history.append(record)
+            self.saved[key] = list(history)
+            if stop_on is not None and epoch < recipe.finetune_epochs and stop_on(record) is not None:
+                break
+        return TrainResult(history=history)
+
+    def evaluate(self, model, loader, loss) -> dict[str, float]:
+        t = self.pruned[-1]
+        return {self.name: self.metric(t, self.saved[f"checkpoint-masked-t{t:g}.pt"][-1]["epoch"])}
+
+    def replacements(self) -> dict[tuple[object, str], Callable[..., object]]:
+        """(module, attribute) → its stand-in."""
+        from .stages import bisection, pruned_finetune
+
+        return {(bisection, "prune"): self.prune, (bisection, "evaluate"): self.evaluate,
+                (pruned_finetune, "finetune_masked"): self.finetune_masked}
+
+
+class _NoData:
+    """The data a scripted search is given: nothing to load."""
+
+    num_train = 100
+
+    def loader(self, *args, **kwargs) -> list:
+        return []

@@ -19,10 +19,9 @@ from prunedrop.convert import to_variational, variational_layers
 from prunedrop.data import load_data
 from prunedrop.recipes import Recipe, load_recipe
 from prunedrop.runfolder import RunFolder
-from prunedrop.stages import bisection, pruned_finetune
+from prunedrop.stages import bisection
 from prunedrop.sweep import SweepPoint
-from prunedrop.testing import TinyMLP, write_tiny_project
-from prunedrop.train import TrainResult
+from prunedrop.testing import ScriptedSearch, TinyMLP, write_tiny_project
 
 THRESHOLDS = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 
@@ -37,50 +36,14 @@ def _points(chosen_metric: float = 95.0) -> list[SweepPoint]:
     return [_point(t, chosen_metric) for t in THRESHOLDS]
 
 
-class _Scripted:
-    """Stands in for prune / finetune_masked / evaluate: the metric after fine-tuning is ``metric(threshold)``."""
+class _Scripted(ScriptedSearch):
+    """The search's training replaced (:class:`prunedrop.testing.ScriptedSearch`): the metric after fine-tuning is
+    ``metric(threshold)``, or with ``by_epoch`` ``metric(threshold, epoch)`` after that epoch."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, metric, *, by_epoch: bool = False) -> None:
-        # by_epoch: metric(threshold, epoch) after that epoch of the fine-tuning, instead of metric(threshold)
-        self.metric = metric if by_epoch else (lambda t, epoch: metric(t))
-        self.pruned: list[float] = []
-        self.finetuned = 0
-        self.epochs_trained = 0
-        self.saved: dict[str, list[dict]] = {}  # checkpoint name → the history it holds
-        real_prune = bisection.prune
-
-        def prune(model, threshold=None):
-            self.pruned.append(threshold)
-            return real_prune(model, threshold)
-
-        def finetune_masked(model, masks, data, recipe, *, checkpoint_path=None, resume=False, stop_on=None,
-                            **kwargs):
-            # the real loop's contract: stop_on after every epoch but the last; resume continues a checkpoint
-            self.finetuned += 1
-            t, name = self.pruned[-1], Path(checkpoint_path).name
-            history = list(self.saved.get(name, [])) if resume else []
-            if history and stop_on is not None and stop_on(history[-1]) is not None:
-                return TrainResult(history=history)
-            for epoch in range(len(history) + 1, recipe.finetune_epochs + 1):
-                self.epochs_trained += 1
-                record = {"phase": "masked", "epoch": epoch, "threshold": t, "val_accuracy": self.metric(t, epoch)}
-                history.append(record)
-                self.saved[name] = list(history)
-                if stop_on is not None and epoch < recipe.finetune_epochs and stop_on(record) is not None:
-                    break
-            return TrainResult(history=history)
-
-        class _Data:
-            num_train = 100
-
-            def loader(self, *args, **kwargs):
-                return []
-
-        self.data = _Data()
-        monkeypatch.setattr(bisection, "prune", prune)
-        monkeypatch.setattr(pruned_finetune, "finetune_masked", finetune_masked)
-        monkeypatch.setattr(bisection, "evaluate", lambda model, loader, loss: {
-            "accuracy": self.metric(self.pruned[-1], self.saved[f"checkpoint-masked-t{self.pruned[-1]:g}.pt"][-1]["epoch"])})
+        super().__init__(metric if by_epoch else (lambda t, epoch: metric(t)))
+        for (module, attr), stand_in in self.replacements().items():
+            monkeypatch.setattr(module, attr, stand_in)
 
 
 def _search(tmp_path: Path, scripted: _Scripted, chosen: SweepPoint | None, budget: float = 1.0, sweep=None,

@@ -122,26 +122,22 @@ def search_after_finetune(
     probes: list[dict[str, Any]] = []
     # the drop after each epoch of every probe trained through its whole schedule: what the fine-tuning wins back
     finished: list[list[float]] = []
-    abandoned: dict[float, str] = {}
+    abandoned: set[float] = set()
 
     def drop_of(metric: float) -> float:
         return metric_drop(metric_before, metric, loss=recipe.loss)
 
-    def stop_rule(point: SweepPoint) -> Callable[[dict[str, Any]], str | None] | None:
-        rules = [r for r in (_early(name, in_budget, epochs),
-                             _hopeless(name, drop_of, recipe.max_metric_drop, epochs, list(finished)))
-                 if r is not None]
-        if not rules:
-            return None
+    def stop_rule(point: SweepPoint) -> Callable[[dict[str, Any]], str | None]:
+        within_now = _early(name, in_budget, epochs)
+        hopeless = _hopeless(name, drop_of, recipe.max_metric_drop, epochs, list(finished))
 
         def stop(record: dict[str, Any]) -> str | None:
-            for rule in rules:
-                said = rule(record)
+            said = within_now(record) if within_now is not None else None
+            if said is None and hopeless is not None:
+                said = hopeless(record)
                 if said is not None:
-                    if said.startswith(ABANDONED):
-                        abandoned[point.threshold] = said
-                    return said
-            return None
+                    abandoned.add(point.threshold)
+            return said
         return stop
 
     def finetuned_at(point: SweepPoint, early: bool) -> tuple[bool, Any, Any]:
@@ -160,13 +156,12 @@ def search_after_finetune(
         ok = in_budget(metric, se)
         done = _epochs_done(masked, epochs)
         given_up = early and point.threshold in abandoned
-        if done >= epochs:
-            curve = _drops(masked, name, drop_of, epochs)
-            if curve is not None:
-                finished.append(curve)
+        curve = _curve(masked, name)
+        if len(curve) == epochs and all(m is not None and math.isfinite(m) for m in curve):
+            finished.append([drop_of(m) for m in curve if m is not None])  # the whole schedule: a reference
         probes.append({"threshold": point.threshold, "kept_weights": point.kept_weights, "params": point.params,
                        "metric_before_finetune": point.metric, "metric": metric, "within_budget": ok,
-                       "epochs": done, "curve": _curve(masked, name), **({"delta_se": se} if confident else {}),
+                       "epochs": done, "curve": curve, **({"delta_se": se} if confident else {}),
                        **({"abandoned": True} if given_up else {}),
                        **({} if early else {"continued": True})})
         when = "noise-free fine-tuning" if done >= epochs else \
@@ -231,7 +226,7 @@ def _early(name: str, in_budget: Callable[[float], bool], epochs: int) -> Callab
     return stop
 
 
-#: how an abandoned probe's stop message begins
+#: how an abandoned probe's stop message begins (logged)
 ABANDONED = "cannot end within the budget"
 
 
@@ -292,14 +287,6 @@ def _curve(masked: Any, name: str) -> list[float | None]:
     keeps it, so that what the fine-tuning won back can be read, and a search replayed, without the checkpoints."""
     history = [h for h in masked.train.history if h.get("phase") == "masked"]
     return [None if h.get(f"val_{name}") is None else float(h[f"val_{name}"]) for h in history]
-
-
-def _drops(masked: Any, name: str, drop_of: Callable[[float], float], epochs: int) -> list[float] | None:
-    """The drop after each epoch of a probe that trained its whole schedule (None where its history lacks one)."""
-    metrics = _curve(masked, name)
-    if len(metrics) != epochs or any(m is None or not math.isfinite(m) for m in metrics):
-        return None
-    return [drop_of(float(m)) for m in metrics if m is not None]
 
 
 def _epochs_done(masked: Any, epochs: int) -> int:
