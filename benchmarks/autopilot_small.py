@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--max-drop", type=float, default=None)
     p.add_argument("--target", default=None)
     p.add_argument("--dense-epochs", type=int, default=40)
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="the recipe's finetune_lr (default: the built-in default's)")
     p.add_argument("--tag", default="", help="suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -110,6 +112,8 @@ def main() -> None:
         changes = {"method": args.method, "latency_runs": 0, "plots": False, "mc_samples": 0, "target": args.target}
         if args.max_drop is not None:
             changes["max_metric_drop"] = args.max_drop
+        if args.finetune_lr is not None:
+            changes["finetune_lr"] = args.finetune_lr
         recipe = Recipe().replace(**changes)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
@@ -125,6 +129,7 @@ def main() -> None:
             "variational_epochs": r.get("variational_epochs"), "steps": (pilot.get("last_check") or {}).get("step"),
             "stopped_early": pilot.get("stopped_early"), "beta_final": pilot.get("beta_final"),
             "bound": pilot.get("bound"), "target_outcome": r.get("target"), "threshold": r["threshold"],
+            "finetune_lr": r["recipe"]["finetune_lr"], "lr_scale": pilot.get("lr_scale"),
             "wall_s": time.perf_counter() - t0,
         }
         rows.append(row)
