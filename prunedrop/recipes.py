@@ -69,10 +69,17 @@ _DOCS = {name: doc for group in SECTIONS.values() for name, doc in field_docs(gr
 #: value: ``--resume`` without the key continues with the stored value (so such folders still resume)
 RUN_DECIDES = ("budget_after_finetune",)
 
+#: the share of the weights' rate a null ``finetune_lr`` fine-tunes at where no probe judges the fine-tuned model
+#: against the budget (the threshold judged before the fine-tuning, a fixed β): Adam at the full rate first costs a
+#: converged network 0.8-1.2 points (docs/autopilot.md), and nothing there would see it; 0.3 × the default lr is
+#: the 3e-4 those runs always had
+GENTLE_FINETUNE = 0.3
+
 #: keys whose default changed, with the old default: ``--resume`` of a run folder that stored the old default,
 #: with a recipe that leaves the key at today's default, continues with the stored value (``quantize`` became
-#: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md)
-DEFAULT_CHANGED = {"quantize": "none"}
+#: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md;
+#: ``finetune_lr`` became null, the weights' rate, once 1e-3 was measured to win back more than 3e-4: docs/autopilot.md)
+DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4}
 
 
 class _RecipeMethods:
@@ -190,6 +197,16 @@ class _RecipeMethods:
             return int(r.finetune_epochs)
         steps_per_epoch = max(1, math.ceil(num_train / r.batch_size))
         return int(min(50, max(3, math.ceil(500 / steps_per_epoch))))
+
+    def finetune_rate(self, lr_scale: float = 1.0, *, verified: bool = False) -> float:
+        """The noise-free fine-tuning's learning rate: ``finetune_lr``, or where it is null the weights' ``lr`` times
+        ``lr_scale`` (the autopilot's back-off of the weights' rate in the variational phase), and times
+        :data:`GENTLE_FINETUNE` unless each fine-tuning is ``verified``: judged against the budget where it ends
+        (``budget_after_finetune``'s probes)."""
+        r: Any = self
+        if r.finetune_lr is not None:
+            return float(r.finetune_lr)
+        return float(r.lr) * float(lr_scale) * (1.0 if verified else GENTLE_FINETUNE)
 
     @property
     def fixed_beta(self) -> float:

@@ -641,7 +641,7 @@ def finetune_masked(
     if missing:
         raise PrunedropError(f"masks name parameters the model does not have: {', '.join(sorted(missing))}")
     pairs = [(params[name], mask.to(device=device, dtype=params[name].dtype)) for name, mask in masks.items()]
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.finetune_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.finetune_rate())
 
     def apply_masks() -> None:
         with torch.no_grad():

@@ -435,3 +435,29 @@ def test_resume_a_run_folder_written_before_a_recipe_key_existed(finished: Path,
     info_path.write_text(json.dumps(info))
     refused = CliRunner().invoke(cli, _compress("-o", "out", "--resume", "--strict"))
     assert refused.exit_code == 1 and "changed: strict" in refused.output, refused.output
+
+
+def test_resume_a_run_folder_that_stored_the_old_finetuning_rate(finished: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finetune_lr`` became null (the weights' rate): a run started at the old default (0.0003) resumes, with a
+    recipe that leaves the key at today's default, at the rate it started with, instead of being refused; a fresh
+    run at the default fine-tunes at a rate decided from the weights' ``lr``."""
+    project = tmp_path / "copy"
+    shutil.copytree(finished, project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(project)
+    recipe = (project / "recipe.yaml").read_text()
+    assert "finetune_lr: 0.001\n" in recipe
+    (project / "recipe.yaml").write_text(recipe.replace("finetune_lr: 0.001\n", ""))
+    info_path = project / "out" / "run.json"
+    info = json.loads(info_path.read_text())
+    info["recipe"]["finetune_lr"] = 0.0003
+    info_path.write_text(json.dumps(info))
+    resumed = CliRunner().invoke(cli, _compress("-o", "out", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((project / "out" / "report.json").read_text())["recipe"]["finetune_lr"] == 0.0003
+    fresh = CliRunner().invoke(cli, _compress("-o", "fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    # a fixed β: no probe judges the fine-tuned model, so the gentle share (0.3) of the weights' lr 0.003
+    assert json.loads((project / "fresh" / "report.json").read_text())["recipe"]["finetune_lr"] == \
+        pytest.approx(0.0009)

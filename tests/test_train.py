@@ -239,3 +239,15 @@ def test_kl_weights_scale_the_kl_of_matching_layers() -> None:
     b = finetune(model, data, scaled, progress=False).history[0]["kl"]
     first = model.net[1].kl().item()
     assert b > a + 5 * first, "the KL of net.1 counts ten times"
+
+
+@pytest.mark.parametrize(("finetune_lr", "expected"), [(None, 2e-3 * 0.3), (5e-4, 5e-4)])
+def test_masked_finetuning_rate_defaults_to_the_weights_rate(tmp_path: Path, finetune_lr: float | None,
+                                                             expected: float) -> None:
+    """``finetune_lr: null`` fine-tunes at the gentle share of the weights' ``lr`` where no probe judges the result
+    (a direct call); a set value is kept."""
+    recipe = Recipe(batch_size=32, finetune_epochs=1, lr=2e-3, finetune_lr=finetune_lr, seed=0)
+    path = tmp_path / "masked.pt"
+    finetune_masked(_model(1), {}, _bundle(), recipe, progress=False, checkpoint_path=path)
+    state = torch.load(path, weights_only=False)
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [pytest.approx(expected)]

@@ -24,7 +24,7 @@ from .bisection import Search, search_after_finetune
 from .conversion import Converted, convert
 from .evaluation import Evaluation, evaluate_compressed
 from .exporting import Exported, export_compressed
-from .pruned_finetune import FinetunedPruned, finetune_pruned
+from .pruned_finetune import FinetunedPruned, finetune_pruned, with_finetune_rate
 from .pruning import Pruned, prune_variational
 from .reporting import assemble_report, render_report, write_run_report
 from .selection import Selection, select_threshold
@@ -35,5 +35,5 @@ __all__ = [
     "Baseline", "Converted", "Evaluation", "Exported", "FinetunedPruned", "Pruned", "Search", "Selection", "Slimmed",
     "VariationalFinetune", "assemble_report", "convert", "evaluate_compressed", "export_compressed", "finetune_pruned",
     "finetune_variational", "measure_original", "prune_variational", "render_report", "search_after_finetune",
-    "select_threshold", "slim_pruned", "write_run_report",
+    "select_threshold", "slim_pruned", "with_finetune_rate", "write_run_report",
 ]

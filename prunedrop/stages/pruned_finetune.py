@@ -19,7 +19,7 @@ from torch import nn
 from ..batchnorm import ATTACHED, attach_batchnorm, fold_attached
 from ..data import DataBundle
 from ..prune import PruneResult
-from ..recipes import Recipe
+from ..recipes import GENTLE_FINETUNE, Recipe
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
 from ..train import TrainResult, finetune_masked
 from .common import some
@@ -116,6 +116,27 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
         fold_attached(model)
     return FinetunedPruned(model=model.cpu().eval(), train=result, slimmed=slimmed,
                            timings={"masked_finetune_s": time.perf_counter() - t0})
+
+
+def with_finetune_rate(recipe: Recipe, autopilot: dict[str, Any] | None, data: DataBundle,
+                       log: Callable[[str], None]) -> Recipe:
+    """``recipe`` with its noise-free fine-tuning's learning rate decided (:meth:`Recipe.finetune_rate`). A null
+    ``finetune_lr`` becomes the rate the variational phase trained the weights at (``lr`` times the back-off the
+    autopilot, summary ``autopilot``, applied) where the budget is judged after the fine-tuning, each probe's
+    fine-tuned model measured against it; elsewhere :data:`~prunedrop.recipes.GENTLE_FINETUNE` of it. Logged where a
+    fine-tuning follows; the report records the rate."""
+    if recipe.finetune_lr is not None:
+        return recipe
+    scale = float((autopilot or {}).get("lr_scale", 1.0))
+    verified = recipe.max_metric_drop is not None and recipe.judges_after_finetune(data.num_val)
+    rate = recipe.finetune_rate(scale, verified=verified)
+    if recipe.finetune_epochs_for(data.num_train) > 0:
+        why = "the weights' learning rate" + (f" {float(recipe.lr):g} × the autopilot's back-off {scale:g}"
+                                              if scale != 1.0 else "")
+        why += ": the budget is judged after it" if verified else \
+            f" × {GENTLE_FINETUNE:g}: no probe judges the fine-tuned model against the budget"
+        log(f"noise-free fine-tuning at learning rate {rate:g} ({why})")
+    return recipe.replace(finetune_lr=rate)
 
 
 def attach_calibrated_batchnorm(model: nn.Module, data: DataBundle, recipe: Recipe, device: torch.device,
