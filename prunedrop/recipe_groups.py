@@ -218,11 +218,10 @@ class FinetuneConfig:
     null = automatic: at least 3 epochs and 500 optimizer steps (at most 50 epochs); 0 = none."""
 
     finetune_lr: float | None = setting(None, check=POSITIVE)
-    """Adam learning rate of that noise-free fine-tuning (cosine to zero). null = decided from the rate the
-    variational phase trained the weights at (``lr``, times the autopilot's back-off where it lowered it): that rate
-    where the budget is judged after the fine-tuning (each probe's fine-tuned model is measured against it, and the
-    fine-tuning must win back what a lower threshold cost), 0.3 of it elsewhere (threshold judged before the
-    fine-tuning, fixed β), where nothing would see the accuracy Adam at the full rate first costs a converged
+    """Adam learning rate of that noise-free fine-tuning (cosine to zero). null = decided from the weights' ``lr``:
+    that rate where the budget is judged after the fine-tuning (each probe's fine-tuned model is measured against
+    it, and the fine-tuning must win back what a lower threshold cost), 0.3 of it elsewhere (threshold judged before
+    the fine-tuning, fixed β), where nothing would see the accuracy Adam at the full rate first costs a converged
     network. So a model given a small ``lr`` (a delicate pretrained network) is fine-tuned gently too."""
 
     finetune_batchnorm: bool = setting(False)

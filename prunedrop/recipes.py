@@ -198,15 +198,14 @@ class _RecipeMethods:
         steps_per_epoch = max(1, math.ceil(num_train / r.batch_size))
         return int(min(50, max(3, math.ceil(500 / steps_per_epoch))))
 
-    def finetune_rate(self, lr_scale: float = 1.0, *, verified: bool = False) -> float:
-        """The noise-free fine-tuning's learning rate: ``finetune_lr``, or where it is null the weights' ``lr`` times
-        ``lr_scale`` (the autopilot's back-off of the weights' rate in the variational phase), and times
+    def finetune_rate(self, *, verified: bool = False) -> float:
+        """The noise-free fine-tuning's learning rate: ``finetune_lr``, or where it is null the weights' ``lr``, times
         :data:`GENTLE_FINETUNE` unless each fine-tuning is ``verified``: judged against the budget where it ends
         (``budget_after_finetune``'s probes)."""
         r: Any = self
         if r.finetune_lr is not None:
             return float(r.finetune_lr)
-        return float(r.lr) * float(lr_scale) * (1.0 if verified else GENTLE_FINETUNE)
+        return float(r.lr) * (1.0 if verified else GENTLE_FINETUNE)
 
     @property
     def fixed_beta(self) -> float:

@@ -54,7 +54,7 @@ def _run_stages(model, data, recipe, out: Path) -> tuple[dict[str, Any], list[An
     baseline = stages.measure_original(model, data, recipe, folder, example, log)
     converted = stages.convert(model, recipe, example, log)
     trained = stages.finetune_variational(converted, data, recipe, device, folder, **run)
-    recipe = stages.with_finetune_rate(recipe, trained.train.autopilot, data, log)
+    recipe = stages.with_finetune_rate(recipe, data, log)
     selection = stages.select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
     pruned = stages.prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned,
                                       data=data)
@@ -188,10 +188,9 @@ def test_a_missed_target_says_why(bound: str, notes: list[str], why: str) -> Non
     assert not outcome["reached"] and why in outcome["line"]
 
 
-def test_the_finetuning_rate_is_decided_after_the_variational_phase() -> None:
-    """A null ``finetune_lr`` becomes the weights' ``lr`` times the autopilot's back-off where the budget is judged
-    after the fine-tuning (validation data that resolves it), and 0.3 of that elsewhere; logged where a fine-tuning
-    follows. A set rate stays."""
+def test_the_finetuning_rate_is_decided_by_where_the_budget_is_judged() -> None:
+    """A null ``finetune_lr`` becomes the weights' ``lr`` where the budget is judged after the fine-tuning (validation
+    data that resolves it), and 0.3 of it elsewhere; logged where a fine-tuning follows. A set rate stays."""
     from types import SimpleNamespace
 
     from prunedrop.recipes import Recipe
@@ -199,17 +198,17 @@ def test_the_finetuning_rate_is_decided_after_the_variational_phase() -> None:
     said: list[str] = []
     null = Recipe(lr=2e-3, finetune_epochs=2)  # automatic: budget 1 point
     fine, coarse = SimpleNamespace(num_val=1000, num_train=100), SimpleNamespace(num_val=10, num_train=100)
-    assert stages.with_finetune_rate(null, {"lr_scale": 0.25}, fine, said.append).finetune_lr == pytest.approx(5e-4)
-    assert said == ["noise-free fine-tuning at learning rate 0.0005 (the weights' learning rate 0.002 × the "
-                    "autopilot's back-off 0.25: the budget is judged after it)"]
-    assert stages.with_finetune_rate(null, None, fine, said.append).finetune_lr == pytest.approx(2e-3)
-    assert stages.with_finetune_rate(null, None, coarse, said.append).finetune_lr == pytest.approx(6e-4)
+    assert stages.with_finetune_rate(null, fine, said.append).finetune_lr == pytest.approx(2e-3)
+    assert said == ["noise-free fine-tuning at learning rate 0.002 (the weights' learning rate: the budget is judged "
+                    "after it)"]
+    assert stages.with_finetune_rate(null, coarse, said.append).finetune_lr == pytest.approx(6e-4)
     assert said[-1] == ("noise-free fine-tuning at learning rate 0.0006 (the weights' learning rate × 0.3: no probe "
                         "judges the fine-tuned model against the budget)")
     fixed_beta = null.replace(kl_weight=1.0)  # no probes: the threshold is judged before the fine-tuning
-    assert stages.with_finetune_rate(fixed_beta, None, fine, said.append).finetune_lr == pytest.approx(6e-4)
-    assert stages.with_finetune_rate(null.replace(finetune_lr=1e-4), {"lr_scale": 0.25}, fine,
-                                     said.append).finetune_lr == 1e-4
-    assert stages.with_finetune_rate(Recipe(lr=2e-3, finetune_epochs=0), None, fine, said.append).finetune_lr \
+    assert stages.with_finetune_rate(fixed_beta, fine, said.append).finetune_lr == pytest.approx(6e-4)
+    target_only = Recipe(lr=2e-3, finetune_epochs=2, max_metric_drop=None, target="params=4x")  # no budget
+    assert stages.with_finetune_rate(target_only, fine, said.append).finetune_lr == pytest.approx(6e-4)
+    assert stages.with_finetune_rate(null.replace(finetune_lr=1e-4), fine, said.append).finetune_lr == 1e-4
+    assert stages.with_finetune_rate(Recipe(lr=2e-3, finetune_epochs=0), fine, said.append).finetune_lr \
         == pytest.approx(2e-3)
     assert len(said) == 4  # no line for a set rate, nor where nothing is fine-tuned

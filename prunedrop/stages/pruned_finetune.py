@@ -118,23 +118,20 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
                            timings={"masked_finetune_s": time.perf_counter() - t0})
 
 
-def with_finetune_rate(recipe: Recipe, autopilot: dict[str, Any] | None, data: DataBundle,
-                       log: Callable[[str], None]) -> Recipe:
+def with_finetune_rate(recipe: Recipe, data: DataBundle, log: Callable[[str], None]) -> Recipe:
     """``recipe`` with its noise-free fine-tuning's learning rate decided (:meth:`Recipe.finetune_rate`). A null
-    ``finetune_lr`` becomes the rate the variational phase trained the weights at (``lr`` times the back-off the
-    autopilot, summary ``autopilot``, applied) where the budget is judged after the fine-tuning, each probe's
-    fine-tuned model measured against it; elsewhere :data:`~prunedrop.recipes.GENTLE_FINETUNE` of it. Logged where a
-    fine-tuning follows; the report records the rate."""
+    ``finetune_lr`` becomes the weights' ``lr`` where the budget is judged after the fine-tuning, each probe's
+    fine-tuned model measured against it, and :data:`~prunedrop.recipes.GENTLE_FINETUNE` of it elsewhere. The
+    autopilot's back-off of the weights' rate is not applied: it answers the noisy phase near β's floor, and a
+    pruned model's fine-tuning has to win back what pruning cost. Logged where a fine-tuning follows; the report
+    records the rate."""
     if recipe.finetune_lr is not None:
         return recipe
-    scale = float((autopilot or {}).get("lr_scale", 1.0))
     verified = recipe.max_metric_drop is not None and recipe.judges_after_finetune(data.num_val)
-    rate = recipe.finetune_rate(scale, verified=verified)
+    rate = recipe.finetune_rate(verified=verified)
     if recipe.finetune_epochs_for(data.num_train) > 0:
-        why = "the weights' learning rate" + (f" {float(recipe.lr):g} × the autopilot's back-off {scale:g}"
-                                              if scale != 1.0 else "")
-        why += ": the budget is judged after it" if verified else \
-            f" × {GENTLE_FINETUNE:g}: no probe judges the fine-tuned model against the budget"
+        why = "the weights' learning rate: the budget is judged after it" if verified else \
+            f"the weights' learning rate × {GENTLE_FINETUNE:g}: no probe judges the fine-tuned model against the budget"
         log(f"noise-free fine-tuning at learning rate {rate:g} ({why})")
     return recipe.replace(finetune_lr=rate)
 
