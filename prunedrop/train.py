@@ -626,6 +626,10 @@ def finetune_masked(
 ) -> TrainResult:
     """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied.
 
+    Adam at :meth:`Recipe.finetune_rate` (cosine to zero): ``finetune_lr``, or for a null one 0.3 × ``lr``, since a
+    direct call has no probe that judges the result; ``compress()`` decides a null rate first
+    (:func:`prunedrop.stages.with_finetune_rate`).
+
     ``precision`` and ``parallel`` as in :func:`finetune`. ``stop_on(record)``: after each epoch but the last, given
     its history record (``val_accuracy`` or ``val_mse`` among its keys); a message stops the fine-tuning there, with
     its checkpoint written, and a later call with ``resume`` and without ``stop_on`` continues it to the end of the
