@@ -2,16 +2,15 @@
 
     python benchmarks/magnitude_at.py --model lenet300 --nonzero 8873 --epochs 26 -o out.json
 
-The peer of ``benchmarks/sparse_vd_fashion.py`` (global L1, cubic schedule over the first two thirds of the epochs,
-Adam 1e-3, cosine; ``benchmarks.common.magnitude_prune``) run alone: at a count sparse VD did not export, or with
-more epochs than the sparse VD run trained, to ask what the peer reaches there. The dense model is the cached one
-of ``sparse_vd_fashion.py`` (trained and cached there when missing).
+The peer of ``benchmarks/sparse_vd_fashion.py`` (its ``magnitude_peer``: global L1, cubic schedule over the first
+two thirds of the epochs, the model's recipe's learning rate, batch size and seed) run alone: at a count sparse VD
+did not export, or with more epochs than the sparse VD run trained, to ask what the peer reaches there. The dense
+model is the cached one of ``sparse_vd_fashion.py`` (trained and cached there when missing).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -21,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch
 
-from benchmarks.common import command_line, machine, magnitude_prune
-from benchmarks.sparse_vd_fashion import ARCHS, DATA, DEFAULT_DENSE_EPOCHS, dense_model
+from benchmarks.common import ROOT, command_line, machine
+from benchmarks.sparse_vd_fashion import ARCHS, DATA, DEFAULT_DENSE_EPOCHS, dense_model, magnitude_peer
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
+from prunedrop.recipes import load_recipe
 
 
 def main() -> None:
@@ -37,13 +37,11 @@ def main() -> None:
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    dense_epochs = DEFAULT_DENSE_EPOCHS[args.model]
-    dense, dense_info = dense_model(args.model, dense_epochs, 0, 0.1)
-    data = load_data(DATA, val_fraction=0.1, seed=0)
-    _, summary = magnitude_prune(copy.deepcopy(dense), data, target_nonzero=args.nonzero, epochs=args.epochs,
-                                 prune_epochs=max(1, round(args.epochs * args.prune_fraction)), lr=1e-3,
-                                 batch_size=100, seed=0)
-    summary["weights_ratio"] = summary["weights_total"] / summary["weights_nonzero"]
+    recipe = load_recipe(ROOT / "recipes" / f"{args.model}-fashion.yaml")  # as sparse_vd_fashion.py's default
+    dense, dense_info = dense_model(args.model, DEFAULT_DENSE_EPOCHS[args.model], recipe.seed, recipe.val_fraction)
+    data = load_data(DATA, val_fraction=recipe.val_fraction, seed=recipe.seed)
+    summary = magnitude_peer(dense, data, recipe, nonzero=args.nonzero, epochs=args.epochs,
+                             prune_fraction=args.prune_fraction)
     out = {"model": args.model, "data": DATA, "command": command_line(), "dense": dense_info,
            "magnitude": summary, "machine": machine("cpu"),
            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

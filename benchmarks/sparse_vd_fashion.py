@@ -47,6 +47,18 @@ def dense_model(model_name: str, epochs: int, seed: int, val_fraction: float) ->
                               seed=seed, val_fraction=val_fraction)
 
 
+def magnitude_peer(dense: torch.nn.Module, data, recipe, *, nonzero: int, epochs: int,
+                   prune_fraction: float) -> dict:
+    """Gradual magnitude pruning of a copy of ``dense`` to ``nonzero`` weights over ``epochs`` (sparsity rising over
+    ``prune_fraction`` of them), at the recipe's learning rate, batch size and seed: the peer's summary, with its
+    ``weights_ratio``."""
+    _, mag = magnitude_prune(copy.deepcopy(dense), data, target_nonzero=nonzero, epochs=epochs,
+                             prune_epochs=max(1, round(epochs * prune_fraction)), lr=recipe.lr,
+                             batch_size=recipe.batch_size, seed=recipe.seed)
+    mag["weights_ratio"] = mag["weights_total"] / mag["weights_nonzero"]
+    return mag
+
+
 def converted_weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int, dict]:
     """(total, non-zero, per layer) over the weights of the named layers; biases excluded."""
     total = nonzero = 0
@@ -167,11 +179,8 @@ def main() -> None:
     total_epochs = variational_epochs + finetune_epochs
     mag = None
     if not args.skip_magnitude:
-        prune_epochs = max(1, round(total_epochs * args.magnitude_prune_fraction))
-        _, mag = magnitude_prune(copy.deepcopy(dense), data, target_nonzero=w_nonzero, epochs=total_epochs,
-                                 prune_epochs=prune_epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-                                 seed=recipe.seed)
-        mag["weights_ratio"] = mag["weights_total"] / mag["weights_nonzero"]
+        mag = magnitude_peer(dense, data, recipe, nonzero=w_nonzero, epochs=total_epochs,
+                             prune_fraction=args.magnitude_prune_fraction)
         print(f"magnitude: {mag['weights_ratio']:.1f}×, test {mag['test_accuracy']:.2f}% "
               f"in {mag['seconds']:.0f} s")
 

@@ -164,6 +164,12 @@ class _RecipeMethods:
             return False
         return self.validation_resolves_budget(num_val)
 
+    def budget_judges_finetuned(self, num_val: int) -> bool:
+        """Whether each probe of the threshold search is fine-tuned and held to the budget where it ends: a budget
+        (``max_metric_drop``), judged after the fine-tuning (:meth:`judges_after_finetune`)."""
+        r: Any = self
+        return r.max_metric_drop is not None and self.judges_after_finetune(num_val)
+
     def validation_resolves_budget(self, num_val: int) -> bool:
         """Whether ``num_val`` validation samples resolve the accuracy budget: one of them weighs at most the
         autopilot's aim while training (half the budget). Always for ``mse`` (no sample has a weight of its own)

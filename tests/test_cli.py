@@ -418,14 +418,20 @@ def test_the_training_mode_check_leaves_the_model_as_it_was() -> None:
     assert [m.training for m in model.modules()] == modes and torch.equal(rng, torch.get_rng_state())
 
 
-def test_resume_a_run_folder_written_before_a_recipe_key_existed(finished: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run.json without a key added since (here ``strict``, at its default) resumes, instead of being refused as
-    "a different recipe"; a recipe that sets that key otherwise is still refused."""
+def _copy_of(finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the finished project to change and resume, as the working directory."""
     project = tmp_path / "copy"
     shutil.copytree(finished, project)
     monkeypatch.syspath_prepend(str(project))
     monkeypatch.chdir(project)
+    return project
+
+
+def test_resume_a_run_folder_written_before_a_recipe_key_existed(finished: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run.json without a key added since (here ``strict``, at its default) resumes, instead of being refused as
+    "a different recipe"; a recipe that sets that key otherwise is still refused."""
+    project = _copy_of(finished, tmp_path, monkeypatch)
     info_path = project / "out" / "run.json"
     info = json.loads(info_path.read_text())
     assert info["recipe"].pop("strict") is False
@@ -442,10 +448,7 @@ def test_resume_a_run_folder_that_stored_the_old_finetuning_rate(finished: Path,
     """``finetune_lr`` became null (the weights' rate): a run started at the old default (0.0003) resumes, with a
     recipe that leaves the key at today's default, at the rate it started with, instead of being refused; a fresh
     run at the default fine-tunes at a rate decided from the weights' ``lr``."""
-    project = tmp_path / "copy"
-    shutil.copytree(finished, project)
-    monkeypatch.syspath_prepend(str(project))
-    monkeypatch.chdir(project)
+    project = _copy_of(finished, tmp_path, monkeypatch)
     recipe = (project / "recipe.yaml").read_text()
     assert "finetune_lr: 0.001\n" in recipe
     (project / "recipe.yaml").write_text(recipe.replace("finetune_lr: 0.001\n", ""))

@@ -127,7 +127,7 @@ def with_finetune_rate(recipe: Recipe, data: DataBundle, log: Callable[[str], No
     records the rate."""
     if recipe.finetune_lr is not None:
         return recipe
-    verified = recipe.max_metric_drop is not None and recipe.judges_after_finetune(data.num_val)
+    verified = recipe.budget_judges_finetuned(data.num_val)
     rate = recipe.finetune_rate(verified=verified)
     if recipe.finetune_epochs_for(data.num_train) > 0:
         why = "the weights' learning rate: the budget is judged after it" if verified else \

@@ -218,13 +218,11 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
                           max_metric_drop=recipe.max_metric_drop, calibration=calibration, plots=plots,
                           plot_error=plot_error, timings={"sweep_calibration_plots_s": time.perf_counter() - t0})
     num_val = data.num_val
-    after_finetune = recipe.judges_after_finetune(num_val)
     if recipe.budget_after_finetune is None and recipe.automatic and recipe.max_metric_drop is not None \
-            and not after_finetune:
+            and not recipe.judges_after_finetune(num_val):
         log(f"the {num_val} validation samples are too coarse to judge the budget after fine-tuning (one weighs "
             f"{100.0 / max(num_val, 1):.2g} points, more than half the budget); it is judged before it, on the sweep")
-    if after_finetune and recipe.max_metric_drop is not None \
-            and recipe.finetune_epochs_for(data.num_train) > 0:
+    if recipe.budget_judges_finetuned(num_val) and recipe.finetune_epochs_for(data.num_train) > 0:
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised,
