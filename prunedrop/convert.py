@@ -286,10 +286,17 @@ def variational_layers(model: nn.Module) -> dict[str, VariationalLayer]:
 def to_deterministic(model: nn.Module, threshold: float | None = None) -> nn.Module:
     """Replace every variational layer by its plain equivalent with pruned entries zero (inverse of the swap).
 
-    ``threshold`` overrides each layer's own threshold when given.
+    ``threshold`` overrides each layer's own threshold when given. A parameter the user froze
+    (``requires_grad=False``) stays frozen in the plain layer, so the noise-free fine-tuning leaves it as the
+    variational phase did.
     """
     if isinstance(model, VariationalLayer):
-        return model.to_dense(threshold)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        dense = model.to_dense(threshold)
+        for n, p in dense.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
+        return dense
     for name, child in list(model.named_children()):
         new_child = to_deterministic(child, threshold)
         if new_child is not child:

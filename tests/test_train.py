@@ -61,6 +61,32 @@ def test_masked_finetuning_keeps_pruned_weights_zero_and_learns() -> None:
     assert evaluate(pruned.model, data.loader("train", 64))["loss"] < before
 
 
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp"])
+def test_a_frozen_layer_stays_frozen_through_both_fine_tunings(method: str) -> None:
+    data = _bundle()
+    recipe = Recipe(method=method, epochs=2, batch_size=32, kl_weight=1.0, kl_warmup_epochs=0, finetune_epochs=2,
+                    finetune_lr=1e-2)
+    model = _model()
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    for p in first.parameters():
+        p.requires_grad_(False)
+    names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model = to_variational(model, recipe)
+    finetune(model, data, recipe, progress=False)
+    for n in names:  # the variational phase leaves them alone
+        assert torch.equal(dict(model.named_parameters())[n], original[n]), n
+    pruned = prune(model)
+    # sbp's plain layer absorbs the noise's mean into the weight: compare from here on
+    thresholded = {n: p.detach().clone() for n, p in pruned.model.named_parameters()}
+    finetune_masked(pruned.model, pruned.masks, data, recipe, progress=False)
+    params = dict(pruned.model.named_parameters())
+    for n in names:
+        assert not params[n].requires_grad, n
+        assert torch.equal(params[n], thresholded[n]), n
+    assert any(not torch.equal(p, thresholded[n]) for n, p in params.items() if n not in names)  # the rest learnt
+
+
 def test_masked_finetuning_stopped_by_stop_on_continues_to_the_same_weights(tmp_path: Path) -> None:
     """A probe of the budget after fine-tuning stops once within the budget (``stop_on``); the chosen one is
     continued from that checkpoint and must end exactly where an uninterrupted fine-tuning ends."""
