@@ -292,8 +292,8 @@ class SelectionConfig:
     several times fewer FLOPs (BENCHMARKS.md)."""
 
     sweep_thresholds: list[float] | None = setting(None, check=_thresholds_given)
-    """Thresholds the sweep evaluates (log α); null = −2 to 6 in steps of 0.5, extended past its most pruning end
-    when that end is within ``max_metric_drop`` (docs/autopilot.md). The sweep runs in every run and its curve goes
+    """Thresholds the sweep evaluates (log α; SNR for SBP); null = −2 to 6 in steps of 0.5 (for SBP, whose SNR
+    is positive, 0.5 to 6), extended past its most pruning end when that end is within ``max_metric_drop`` (docs/autopilot.md). The sweep runs in every run and its curve goes
     into the report; it chooses the threshold only when ``max_metric_drop`` is set."""
 
 

@@ -113,6 +113,22 @@ def test_every_probe_within_the_budget(tmp_path: Path, monkeypatch: pytest.Monke
     assert found.best[0] == -2.0
 
 
+def test_thresholds_that_keep_the_same_model_are_fine_tuned_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # after a short SBP run no threshold prunes a unit: every swept threshold keeps the same model
+    tied = [SweepPoint(threshold=t, metric=90.0, kept_weights=400, total_weights=400, params=410, total_params=410,
+                       nonzero_macs=0, macs=0) for t in THRESHOLDS]
+    scripted = _Scripted(monkeypatch, lambda t: 90.0)
+    recipe = Recipe(max_metric_drop=1.0, budget_after_finetune=True, finetune_epochs=1)
+    torch.manual_seed(0)
+    variational = to_variational(TinyMLP(16, (24, 12), 3), recipe)
+    found = bisection.search_after_finetune(variational, tied, tied[0], 90.0, recipe, scripted.data,
+                                            torch.device("cpu"), RunFolder(tmp_path), torch.zeros(2, 1, 4, 4),
+                                            resume=False, progress=False, log=lambda _: None, grid=tied)
+    assert found.best is not None and found.best[0] == THRESHOLDS[0]
+    assert scripted.pruned == [THRESHOLDS[0]], "one fine-tuning for thresholds that keep the same weights"
+
+
 def test_goes_past_the_grid_when_its_edge_is_within_the_budget(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # within the budget down to −3.5 (beyond the grid's −2); the search finds it past the grid

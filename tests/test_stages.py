@@ -212,3 +212,24 @@ def test_the_finetuning_rate_is_decided_by_where_the_budget_is_judged() -> None:
     assert stages.with_finetune_rate(Recipe(lr=2e-3, finetune_epochs=0), fine, said.append).finetune_lr \
         == pytest.approx(2e-3)
     assert len(said) == 4  # no line for a set rate, nor where nothing is fine-tuned
+
+
+@pytest.mark.parametrize("method", ["sbp", "sparse_vd"])
+def test_the_default_sweep_grid_holds_only_thresholds_the_method_accepts(tmp_path: Path, method: str) -> None:
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(method=method, kl_weight=1.0, max_metric_drop=100.0,
+                                                           sweep_thresholds=None, threshold=None, plots=False)
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    model = TinyMLP(16, (24, 12), 3).eval()
+    folder = RunFolder(tmp_path / "out").create()
+    example = data.example_batch(8)
+    run = {"resume": False, "progress": False, "log": lambda _: None}
+    baseline = stages.measure_original(model, data, recipe, folder, example, run["log"])
+    converted = stages.convert(model, recipe, example, run["log"])
+    stages.finetune_variational(converted, data, recipe, resolve_device("cpu"), folder, **run)
+    selection = stages.select_threshold(converted, baseline, data, recipe, resolve_device("cpu"), folder, example,
+                                        **run)
+    swept = sorted(p.threshold for p in selection.points)
+    # a signal-to-noise ratio is never negative: SNR ≤ 0 or below prunes nothing, and a recipe may not ask for it
+    assert swept[0] == (0.5 if method == "sbp" else -2.0) and swept[-1] == 6.0, swept
+    assert selection.threshold > 0 or method == "sparse_vd"

@@ -118,6 +118,12 @@ def search_after_finetune(
     candidates = sorted((p for p in points if p.kept_weights > 0), key=lambda p: (p.params, p.threshold))
     if chosen is not None and not confident:
         candidates = [p for p in candidates if p.params <= chosen.params]
+    # thresholds that keep as many weights are the same masks (nested in the threshold): one fine-tuning tells for all
+    # (SBP after a short run: every swept SNR threshold kept every unit, and each was fine-tuned alike)
+    distinct: dict[tuple[int, int], SweepPoint] = {}
+    for p in candidates:
+        distinct.setdefault((p.params, p.kept_weights), p)
+    candidates = list(distinct.values())
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
     # the drop after each epoch of every probe trained through its whole schedule: what the fine-tuning wins back
@@ -327,7 +333,7 @@ def at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
     return point.threshold == edge.threshold
 
 
-def _usable(recipe: Recipe, thresholds: Sequence[float]) -> list[float]:
+def usable_thresholds(recipe: Recipe, thresholds: Sequence[float]) -> list[float]:
     """``thresholds`` rounded as the sweep's are, less those the recipe's method refuses (an SNR ≤ 0; a log α
     outside the clip)."""
     out = []
@@ -349,7 +355,7 @@ def thresholds_past(edge: SweepPoint, grid: Sequence[SweepPoint], recipe: Recipe
         return []
     ordered = sorted(t.threshold for t in grid)
     step = abs(ordered[-1] - ordered[-2])
-    return _usable(recipe, [edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)])
+    return usable_thresholds(recipe, [edge.threshold + direction * step * 2 ** k for k in range(EXTEND_STEPS)])
 
 
 def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequence[SweepPoint], recipe: Recipe,
@@ -376,7 +382,7 @@ def _past_the_edge(edge: SweepPoint, best: tuple[float, Any, Any], grid: Sequenc
     for _ in range(EXTEND_PROBES):
         between = [p for p in pool if p.params < last.params and (fail is None or p.params > fail.params)]
         if fail is not None and not between:
-            between = [p for p in measure(_usable(recipe, [(last.threshold + fail.threshold) / 2]))
+            between = [p for p in measure(usable_thresholds(recipe, [(last.threshold + fail.threshold) / 2]))
                        if fail.params < p.params < last.params]
         if not between:
             break

@@ -28,7 +28,7 @@ from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thre
 from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, at_edge, search_after_finetune, thresholds_past
+from .bisection import Search, at_edge, search_after_finetune, thresholds_past, usable_thresholds
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
@@ -167,7 +167,8 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             restore_batchnorm(variational, trained_statistics)
         return [slim_cost(p) for p in points] if slim_cost is not None else points
 
-    points = sweep(recipe.sweep_thresholds or default_thresholds())
+    # the default grid less the thresholds the method refuses (an SNR ≤ 0 prunes nothing, as SNR ≤ 0.5 may)
+    points = sweep(recipe.sweep_thresholds or usable_thresholds(recipe, default_thresholds()))
     threshold, chosen = recipe.threshold, None
     cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0])
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
