@@ -398,8 +398,10 @@ def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
     with pytest.raises(TrainingError) as caught:
         pipeline.check_budget(Recipe(), 95.0, 93.0, delta_se=0.4)
     assert "standard error" not in str(caught.value)
-    with pytest.raises(TrainingError, match="standard error"):
+    with pytest.raises(TrainingError) as caught:
         pipeline.check_budget(Recipe(loss="mse", max_metric_drop=4.0), 0.10, 0.12, delta_se=0.0021)
+    # the budget is in percent: the standard error is said in percent too, not only in mse beside a "4"
+    assert "±0.0021 mse, 2.1% of the original's (paired standard error)" in str(caught.value)
     with pytest.raises(TrainingError) as caught:
         pipeline.check_budget(Recipe(loss="mse", max_metric_drop=4.0), 0.10, 0.12, delta_se=0.0019)
     assert "standard error" not in str(caught.value)

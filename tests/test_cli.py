@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from prunedrop import __version__
@@ -176,6 +177,18 @@ def test_input_shape_that_does_not_fit(project: Path) -> None:
     np.savez(project / "big.npz", x_train=x, y_train=np.zeros(30, dtype="int64"))
     result = CliRunner().invoke(cli, _compress("-o", "out", "--data", "npz:big.npz"))
     assert result.exit_code == 1 and "(1, 5, 5)" in result.output, result.output
+
+
+def test_a_float64_model_is_told_to_be_saved_as_float32(project: Path) -> None:
+    (project / "f64arch.py").write_text("from tinyarch import build as _build\n\n\n"
+                                        "def build():\n    return _build().double()\n")
+    torch.save({k: v.double() for k, v in torch.load(project / "model.pt").items()}, project / "model64.pt")
+    args = _compress("-o", "out", "--arch", "f64arch:build")
+    args[1] = "model64.pt"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "the model's parameters are float64, the inputs float32" in result.output, \
+        result.output
+    assert "model.float()" in result.output and not (project / "out").exists()
 
 
 def test_run_has_sweep_calibration_and_plots(finished: Path) -> None:

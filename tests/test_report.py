@@ -427,6 +427,21 @@ def test_mse_report_says_lower_is_better_and_the_change_in_percent():
     assert "lower is better" not in accuracy and "%)" not in accuracy.split("metric: accuracy")[1].splitlines()[0]
 
 
+def test_sweep_line_names_the_threshold_the_bisection_after_fine_tuning_chose():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x)
+    report["sweep"] = {"chosen_threshold": -4.0, "max_metric_drop": 1.0, "points": [],
+                       "after_finetune": [{"threshold": -6.0, "within_budget": True},
+                                          {"threshold": -7.0, "within_budget": False},
+                                          {"threshold": -6.5, "within_budget": True}]}
+    report["threshold"] = -6.5
+    table = format_table(report)
+    assert "threshold -6.5 chosen after noise-free fine-tuning" in table and "the sweep before it chose -4" in table
+    assert "threshold -4 chosen by the sweep" not in table
+    report["threshold"] = -4.0  # no probe kept the budget: the sweep's choice is used, and said so
+    assert "threshold -4 chosen by the sweep" in format_table(report)
+
+
 def test_load_report_errors(tmp_path):
     with pytest.raises(PrunedropError, match="no report"):
         load_report(tmp_path)

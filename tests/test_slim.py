@@ -327,3 +327,26 @@ def test_channel_multiple_must_be_positive() -> None:
     model, x = tiny_arch("mlp")
     with pytest.raises(PrunedropError, match="channel_multiple"):
         slim(model, _random_prune(model), x, channel_multiple=0)
+
+
+class _ScaledConvs(nn.Module):
+    """A convolution whose output a bare parameter scales per channel before the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 4).view(4, 1, 1))
+        self.c2 = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.relu(self.c1(x)) * self.scale).flatten(1)
+
+
+def test_a_bare_parameter_is_named_in_the_note_not_printed() -> None:
+    torch.manual_seed(0)
+    model, x = _ScaledConvs().eval(), torch.randn(2, 1, 5, 5)
+    masks = _prune_units(model, {"c1": [1]})
+    result = slim(model, masks, x)
+    notes = [n for n in result.notes if "bare parameter" in n]
+    assert notes and all("bare parameter scale" in n and "tensor(" not in n for n in notes), result.notes
+    assert result.max_abs_diff <= 1e-5

@@ -340,6 +340,11 @@ def _sweep_line(report: Mapping[str, Any]) -> str:
         budget = (f"{sweep.get('max_metric_drop'):g} {report['metric']['name']} points of the original"
                   if _higher_is_better(report["metric"]) else
                   f"{sweep.get('max_metric_drop'):g}% more {report['metric']['name']} than the original's")
+        probed = [p["threshold"] for p in sweep.get("after_finetune") or [] if p.get("within_budget")]
+        if used is not None and used != chosen and used in probed:
+            # the bisection after the noise-free fine-tuning moved it: name the threshold the model was pruned at
+            return (f"threshold {used:g} chosen after noise-free fine-tuning: the most pruning within {budget} "
+                    f"(validation data; the sweep before it chose {chosen:g})")
         return f"threshold {chosen:g} chosen by the sweep: the most pruning within {budget} (validation data)"
 
     return f"threshold {used:g} (fixed; set max_metric_drop to choose it from the sweep in report.md)"

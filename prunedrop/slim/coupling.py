@@ -88,6 +88,11 @@ class GroupAnalysis:
     # -- roles of the nodes -------------------------------------------------------------------------------
 
     def name(self, node: Any) -> str:
+        if isinstance(node.module, nn.Parameter):
+            # a bare parameter is no module: its qualified name in the traced model (str() would print its values)
+            model = getattr(self.graph, "model", None)
+            found = (n for n, p in model.named_parameters() if p is node.module) if model is not None else iter(())
+            return next(found, f"of shape {tuple(node.module.shape)}")
         return self.names.get(node.module) or str(node.module)
 
     def producer_index(self, node: Any, channel: Channel) -> int | None:

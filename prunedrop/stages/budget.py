@@ -100,12 +100,15 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
         hints += (f" One of the {num_val} validation samples weighs {100.0 / num_val:.2g} points, more than half the "
                   "budget.")
     se = None if delta_se is None else se_in_budget_unit(recipe, before, delta_se)
+    # in the metric's unit, and for mse also in the budget's (percent of the original's error)
+    se_text = "" if se is None else (f"±{delta_se:.2g}" if recipe.loss == "cross_entropy"
+                                     else f"±{delta_se:.2g} mse, {se:.2g}% of the original's")
     if se is not None and recipe.budget_z * se > 0.5 * recipe.max_metric_drop:
         hints += (f" At {recipe.budget_confidence:.0%} confidence the drop must be {recipe.budget_z:.2f} standard "
-                  f"errors (±{delta_se:.2g}) inside the budget; more validation samples, or a lower --confidence, "
+                  f"errors ({se_text}) inside the budget; more validation samples, or a lower --confidence, "
                   "leave more of it to compress with.")
     elif se is not None and se > 0.5 * recipe.max_metric_drop:
-        hints += (f" The validation data measures the change only to ±{delta_se:.2g} (paired standard error), more "
+        hints += (f" The validation data measures the change only to {se_text} (paired standard error), more "
                   "than half the budget: more validation samples judge it more finely.")
     raise TrainingError(
         f"the compressed model {worse} on validation data, over the budget "
