@@ -442,6 +442,24 @@ def test_sweep_line_names_the_threshold_the_bisection_after_fine_tuning_chose():
     assert "threshold -4 chosen by the sweep" in format_table(report)
 
 
+def test_speed_lines_name_the_file_and_say_when_rounding_hides_the_difference():
+    original, compressed, x = _half_zeroed_mlp()
+
+    def row(model: str, ms: float) -> dict:
+        return {"model": model, "batch_size": 64, "median_ms": ms, "iqr_ms": 0.0, "p25_ms": ms, "p75_ms": ms,
+                "speedup": 2.0 / ms}
+
+    report = _report(original, compressed, x, extra={"latency": {
+        "baseline": "original", "results": [row("original", 2.0), row("compressed", 1.0), row("quantized", 0.999)]}})
+    report["quantization"] = {"mode": "int8", "file": "model-int8.onnx", "bytes": 100, "files": {}, "layers": []}
+    table = format_table(report)
+    assert "measured speedup 2.00x of the compressed float32 file over the original" in table
+    assert "measured speedup 2.00x of the quantized file over the original" in table
+    assert "runs 1.00x as fast as the pruned float32 file (as fast within rounding)" in table
+    report["latency"]["results"][2] = row("quantized", 1.25)
+    assert "runs 0.80x as fast as the pruned float32 file (slower)" in format_table(report)
+
+
 def test_load_report_errors(tmp_path):
     with pytest.raises(PrunedropError, match="no report"):
         load_report(tmp_path)

@@ -227,14 +227,19 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+#: the files of the latency rows, as the speedup notes name them
+_LATENCY_FILES = {"compressed": "the compressed float32 file", "quantized": "the quantized file"}
+
+
 def _latency_notes(report: Mapping[str, Any]) -> list[str]:
     """The measured speedup beside the FLOPs ratio, and layers whose new width suits fast kernels badly."""
     notes = []
     flops = report.get("flops", {}).get("ratio")
     for row in report.get("latency", {}).get("results", []):
         if row.get("model") != report["latency"].get("baseline"):
-            notes.append(f"batch {row['batch_size']}: measured speedup {_fmt_ratio(row.get('speedup'))} "
-                         f"beside a dense FLOPs ratio of {_fmt_ratio(flops)}")
+            which = _LATENCY_FILES.get(row.get("model"), f"the {row.get('model')} file")
+            notes.append(f"batch {row['batch_size']}: measured speedup {_fmt_ratio(row.get('speedup'))} of "
+                         f"{which} over the original, beside a dense FLOPs ratio of {_fmt_ratio(flops)}")
     odd = [f"{r['name']} ({r['shape_after'][0]})" for r in report.get("layers", [])
            if r.get("shape_before") and r.get("shape_after") and r["shape_after"][0] != r["shape_before"][0]
            and r["shape_after"][0] % 8]
@@ -286,8 +291,9 @@ def _quantized_speed(latency: Any) -> list[str]:
     for (model, batch), ms in rows.items():
         if model == "quantized" and rows.get(("compressed", batch)):
             ratio = rows[("compressed", batch)] / ms
-            lines.append(f"batch {batch}: the quantized file runs {_fmt_ratio(ratio)} as fast as the pruned float32 "
-                         f"file ({'faster' if ratio > 1 else 'slower'})")
+            said = _fmt_ratio(ratio)
+            how = "as fast within rounding" if said == "1.00x" else "faster" if ratio > 1 else "slower"
+            lines.append(f"batch {batch}: the quantized file runs {said} as fast as the pruned float32 file ({how})")
     return lines
 
 
