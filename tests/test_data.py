@@ -324,6 +324,14 @@ def _npz(tmp_path: Path, **arrays: np.ndarray) -> str:
     return f"npz:{path}"
 
 
+def test_npz_class_labels_as_a_column_are_one_label_per_sample(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.zeros((6, 2)), y_train=(np.arange(6) % 3).reshape(6, 1))
+    bundle = load_data(f"npz:{path}", val_fraction=0.5)
+    labels = torch.cat([bundle.train.tensors[1], bundle.val.tensors[1]])
+    assert labels.shape == (6,) and sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2] and bundle.num_classes == 3
+
+
 def test_npz_errors(tmp_path: Path) -> None:
     x, y = np.zeros((4, 2)), np.zeros(4, dtype=np.int64)
     cases = [
@@ -332,6 +340,8 @@ def test_npz_errors(tmp_path: Path) -> None:
         (_npz(tmp_path, x_train=x, y_train=y, x_val=x), "has no array 'y_val'"),
         (_npz(tmp_path, x_train=x, y_train=y[:3]), "x_train has 4 samples but y_train has 3 labels"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, 0.5, 1, 1])), "non-integer values"),
+        (_npz(tmp_path, x_train=x, y_train=np.array([0, np.nan, 1, np.nan])), "labels in y_train contain 2 NaN or inf"),
+        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2), dtype=np.int64)), "labels must be shaped (N,)"),
         (_npz(tmp_path, x_train=np.zeros((0, 2)), y_train=np.zeros(0)), "is empty"),
         (_npz(tmp_path, x_train=np.array([[0.0, np.nan]] * 4), y_train=y), "contain 4 NaN or inf values"),
         (_npz(tmp_path, x_train=np.array([[0.0, np.inf]] * 4), y_train=y), "NaN or inf"),

@@ -15,7 +15,10 @@ def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
     """Labels as int64 class indices; float labels are accepted only when they hold whole numbers."""
     if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         return torch.from_numpy(y.astype(np.int64))
-    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise PrunedropError(f"labels in {where} contain {int((~np.isfinite(y)).sum())} NaN or inf values; clean the "
+                             "data first")
+    if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         return torch.from_numpy(y.astype(np.int64))
     raise PrunedropError(
         f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices "

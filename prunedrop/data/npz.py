@@ -57,6 +57,8 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
                     f"x_{split} in {str(path)!r} has dtype {x.dtype} and shape {x.shape}; "
                     "inputs must be numbers shaped (N, ...) with one sample per row"
                 )
+            if not regression and y.ndim == 2 and y.shape[1] == 1:
+                y = y[:, 0]  # class labels as a column, (N, 1): one label per sample all the same
             if y.ndim != 1 and not (regression and y.ndim == 2):
                 raise PrunedropError(
                     f"y_{split} in {str(path)!r} has shape {y.shape}; labels must be shaped (N,)"
