@@ -278,10 +278,10 @@ def _num_outputs_on(model: Any, x: Any) -> int:
         with torch.no_grad():
             out = model.eval()(x)
     except Exception as e:  # the user's model rejecting the user's data: say what did not fit
+        inputs = str(x.dtype).removeprefix("torch.")
         dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
-        hint = ("" if dtypes in ([], [str(x.dtype).removeprefix("torch.")]) else
-                f"; the model's parameters are {', '.join(dtypes)}, the inputs {str(x.dtype).removeprefix('torch.')}: "
-                "save the model as float32 (model.float()) for prunedrop")
+        hint = "" if dtypes in ([], [inputs]) else (f"; the model's parameters are {', '.join(dtypes)}, the inputs "
+                                                    f"{inputs}: save the model as float32 (model.float()) for prunedrop")
         raise PrunedropError(
             f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None

@@ -96,6 +96,19 @@ def default_thresholds(start: float = -2.0, stop: float = 6.0, step: float = 0.5
     return [round(start + i * step, 10) for i in range(n)]
 
 
+def usable_thresholds(recipe: Any, thresholds: Sequence[float]) -> list[float]:
+    """``thresholds`` rounded as the sweep's are, less those the recipe's method refuses (an SNR ≤ 0; a log α
+    outside the clip)."""
+    out = []
+    for t in (round(t, 6) for t in thresholds):
+        try:
+            recipe._check_threshold(t, "threshold")
+        except PrunedropError:
+            continue
+        out.append(t)
+    return out
+
+
 def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     batch = next(iter(data_loader), None)
     if batch is None:

@@ -88,11 +88,6 @@ class GroupAnalysis:
     # -- roles of the nodes -------------------------------------------------------------------------------
 
     def name(self, node: Any) -> str:
-        if isinstance(node.module, nn.Parameter):
-            # a bare parameter is no module: its qualified name in the traced model (str() would print its values)
-            model = getattr(self.graph, "model", None)
-            found = (n for n, p in model.named_parameters() if p is node.module) if model is not None else iter(())
-            return next(found, f"of shape {tuple(node.module.shape)}")
         return self.names.get(node.module) or str(node.module)
 
     def producer_index(self, node: Any, channel: Channel) -> int | None:
@@ -233,6 +228,12 @@ class GroupAnalysis:
         return live
 
 
+def node_names(model: nn.Module) -> dict[Any, str]:
+    """The qualified name of each module and parameter of ``model``: what a traced node's ``module`` is (a bare
+    parameter is a node of its own, whose str() would print its values)."""
+    return {**{m: n for n, m in model.named_modules()}, **{p: n for n, p in model.named_parameters()}}
+
+
 def _tensors(obj: Any) -> list[torch.Tensor]:
     """The tensors in a (nested) tuple/list/dict output."""
     if isinstance(obj, torch.Tensor):
@@ -289,7 +290,7 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
     with all_requiring_grad(model):
         graph, _ = trace(tp, model, example_input.detach())
     layers = dict(model.named_modules())
-    names = {m: n for n, m in layers.items()}
+    names = node_names(model)
     order = {n: i for i, n in enumerate(layers)}
     groups: dict[tuple[str, ...], None] = {}
     for g in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):

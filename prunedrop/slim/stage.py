@@ -18,7 +18,7 @@ from ..compare import scaled_tolerance
 from ..errors import PrunedropError
 from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units
 from .constants import consumer_shares, fold, record_inputs
-from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, trace
+from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, node_names, trace
 from .recurrent import slim_recurrent, split_recurrent_masks
 
 
@@ -255,7 +255,7 @@ def slim(
     reference = copy.deepcopy(model).eval()
     work = copy.deepcopy(model).eval()
     masks = _check_masks(work, unit_masks)
-    names = {m: n for n, m in work.named_modules()}
+    names = node_names(work)
     calls = record_inputs(work, x)
     notes: list[str] = []
     with all_requiring_grad(work):

@@ -15,12 +15,11 @@ from torch import nn
 
 from ..autopilot import metric_drop
 from ..data import DataBundle
-from ..errors import PrunedropError
 from ..metrics import paired_standard_error, sample_scores, scores_metric
 from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..sweep import SweepPoint
+from ..sweep import SweepPoint, usable_thresholds
 from ..train import evaluate, metric_name
 from .budget import confidence_text, within
 from .pruned_finetune import finetune_pruned
@@ -331,19 +330,6 @@ def at_edge(point: SweepPoint, grid: Sequence[SweepPoint]) -> bool:
         return False
     edge = max(grid, key=lambda p: direction * p.threshold)
     return point.threshold == edge.threshold
-
-
-def usable_thresholds(recipe: Recipe, thresholds: Sequence[float]) -> list[float]:
-    """``thresholds`` rounded as the sweep's are, less those the recipe's method refuses (an SNR ≤ 0; a log α
-    outside the clip)."""
-    out = []
-    for t in (round(t, 6) for t in thresholds):
-        try:
-            recipe._check_threshold(t, "threshold")
-        except PrunedropError:
-            continue
-        out.append(t)
-    return out
 
 
 def thresholds_past(edge: SweepPoint, grid: Sequence[SweepPoint], recipe: Recipe) -> list[float]:

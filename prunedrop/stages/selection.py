@@ -24,11 +24,11 @@ from ..plots import plot_log_alpha_histograms
 from ..prune import PruneResult
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds
+from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds, usable_thresholds
 from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .bisection import Search, at_edge, search_after_finetune, thresholds_past, usable_thresholds
+from .bisection import Search, at_edge, search_after_finetune, thresholds_past
 from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
