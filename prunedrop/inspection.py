@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from .batchnorm import batchnorm_pairs, foldable_batchnorms
-from .convert import is_selected, nothing_converted_hint, shared_parameter_layers
+from .convert import (
+    copy_for_folding,
+    fold_parametrizations,
+    is_selected,
+    nothing_converted_hint,
+    parametrized_tensors,
+    shared_parameter_layers,
+)
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
 from .layers._units import OutputUnitNoise
@@ -91,6 +98,10 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] == 0:
         raise PrunedropError("inspect needs an example input batch with at least one sample")
+    reparametrized: list[str] = []
+    if parametrized_tensors(model):  # compress folds them first (and converts the layers): show what it sees
+        model = copy_for_folding(model)
+        reparametrized = fold_parametrizations(model)
     # Batch 1: MACs are per sample anyway, and a big model's inspection should cost one inference.
     device = next((p.device for p in model.parameters()), example_input.device)
     heads: set[str] = set()
@@ -105,6 +116,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     profile_by_id = {id(modules[p.name]): p for p in profiles}
 
     warnings: list[str] = []
+    if reparametrized:
+        warnings.append("parametrized weights are folded into plain ones before the conversion (the same outputs; "
+                        "the parametrization's constraint is not kept while fine-tuning): " + ", ".join(reparametrized))
     folded_into: dict[str, str] = {}  # BatchNorm → the convolution it is folded into (batchnorm_noise)
     joins: dict[str, str] = {}  # BatchNorm → the converted convolution whose unit noise acts on its output
     unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())

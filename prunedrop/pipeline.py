@@ -47,6 +47,7 @@ from .stages import (
     export_compressed,
     finetune_pruned,
     finetune_variational,
+    fold,
     measure_original,
     prune_variational,
     render_report,
@@ -101,11 +102,12 @@ def compress(
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     model = model.cpu().eval()
+    reparametrized = fold(model, log if distributed.is_main() else (lambda _: None))
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     run = {"resume": resume, "progress": progress, "log": log}
     # in a data-parallel run, rank 0 alone measures the original, thresholds, exports and reports
     baseline = measure_original(model, data, recipe, folder, example, log) if distributed.is_main() else None
-    converted = convert(model, recipe, example, log)
+    converted = convert(model, recipe, example, log, reparametrized)
     trained = finetune_variational(converted, data, recipe, device, folder, **run)
     if baseline is None:
         distributed.barrier()  # this rank waits for rank 0

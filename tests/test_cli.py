@@ -99,6 +99,36 @@ def test_export_rethresholds_without_retraining(finished: Path, monkeypatch: pyt
     assert (project / "loose.onnx").stat().st_size > (project / "strict.onnx").stat().st_size
 
 
+def test_parametrized_weights_are_folded_converted_and_exported(project: Path) -> None:
+    """weight_norm and spectral_norm layers (torch.nn.utils.parametrizations) are folded into plain weights and
+    converted; before, the first was left dense without a word and the second's vdot stopped the ONNX export of
+    the original. `export` rebuilds the model from --arch and folds it the same way."""
+    (project / "normarch.py").write_text(
+        "import torch\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n"
+        "    model = TinyMLP(16, (24, 12), 3)\n"
+        "    torch.nn.utils.parametrizations.weight_norm(model.net[1])\n"
+        "    torch.nn.utils.parametrizations.spectral_norm(model.net[3])\n"
+        "    return model\n")
+    import normarch
+
+    x, y = tiny_classification_data(n=200, shape=(1, 4, 4), seed=1)
+    torch.manual_seed(0)
+    torch.save(fit(normarch.build(), x[:160], y[:160], 100).state_dict(), project / "norm.pt")
+    args = ["compress", "norm.pt", "--arch", "normarch:build", "--data", "npz:data.npz", "--recipe", "recipe.yaml",
+            "-o", "out"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "folded 2 parametrized weight(s)" in result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["conversion"]["converted"] == ["net.1", "net.3", "net.5"]
+    assert report["conversion"]["reparametrized"] == ["net.1.weight (weight_norm)", "net.3.weight (spectral_norm)"]
+    assert report["params"]["after"] < report["params"]["before"]
+    assert report["parity_max_abs_diff"] <= 1e-4
+    again = CliRunner().invoke(cli, ["export", "out", "--threshold", "2", "-o", "again.onnx"])
+    assert again.exit_code == 0, again.output
+    assert (project / "again.onnx").is_file()
+
+
 def test_report_and_recipes_commands(finished: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["report", str(finished / "out")])

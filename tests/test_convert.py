@@ -229,3 +229,66 @@ def test_registered_layers_with_unsupported_settings_stay_dense(method: str) -> 
     assert statuses["embedding"] == ("unsupported", "Embedding with max_norm (it renormalises rows in place on every "
                                                     "lookup) not supported by EmbeddingSVD")
     assert report["summary"]["left_alone"] == summary.left_alone
+
+
+# ------------------------------------------------------------------------------- parametrized weights
+
+
+def _parametrized_mlp() -> nn.Module:
+    """A TinyMLP whose layers carry each kind of reparametrized weight: the torch.nn.utils.parametrize ones
+    (weight_norm, spectral_norm, orthogonal) and the older hook-based weight_norm."""
+    import warnings
+
+    from prunedrop.testing import TinyMLP
+
+    torch.manual_seed(0)
+    model = TinyMLP(16, (12, 12), 3)
+    p = nn.utils.parametrizations
+    p.weight_norm(model.net[1])
+    p.spectral_norm(model.net[3])
+    p.orthogonal(model.net[5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.net.append(nn.utils.weight_norm(nn.Linear(3, 3)))
+    return model.eval()
+
+
+def test_parametrized_weights_fold_into_plain_ones_with_the_same_outputs() -> None:
+    from prunedrop.convert import copy_for_folding, fold_parametrizations, parametrized_tensors
+
+    model = _parametrized_mlp()
+    x = torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        before = model(x)
+    kinds = sorted(kind for _, _, kind in parametrized_tensors(model))
+    assert kinds == ["orthogonal", "spectral_norm", "weight_norm", "weight_norm"]
+    twin = copy_for_folding(model)
+    assert sorted(fold_parametrizations(twin)) == ["net.1.weight (weight_norm)", "net.3.weight (spectral_norm)",
+                                                   "net.5.weight (orthogonal)", "net.6.weight (weight_norm)"]
+    # the original, whose classes a deepcopy shares, still has its parametrized weights and computes the same
+    assert len(parametrized_tensors(model)) == 4 and parametrized_tensors(twin) == []
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), before)
+        torch.testing.assert_close(model(x), before)
+    assert all(type(m) is nn.Linear for m in twin.net if isinstance(m, nn.Linear))
+    assert sorted(n for n, _ in twin.named_parameters()) == sorted(
+        f"net.{i}.{k}" for i in (1, 3, 5, 6) for k in ("weight", "bias"))
+    assert fold_parametrizations(twin) == []  # nothing left to fold
+
+
+def test_parametrized_layers_are_converted_not_silently_left_dense() -> None:
+    """A weight-normed Linear is a class torch makes on the fly (ParametrizedLinear): it was neither converted nor
+    listed as left alone; a hook-normed one stopped the conversion with a TypeError."""
+    model = _parametrized_mlp()
+    dry = ConversionSummary()
+    to_variational(model, Recipe(), summary=dry, dry_run=True)
+    assert dry.converted == ["net.1", "net.3", "net.5", "net.6"]
+    assert len(dry.reparametrized) == 4
+    assert type(model.net[1]).__name__ == "ParametrizedLinear"  # the dry run folded a copy
+    summary = ConversionSummary()
+    variational = to_variational(model, Recipe(), summary=summary)
+    assert summary.converted == dry.converted and summary.reparametrized == dry.reparametrized
+    assert all(isinstance(variational.net[i], LinearSVD) for i in (1, 3, 5, 6))
+    report = inspect_model(_parametrized_mlp(), torch.randn(2, 1, 4, 4), Recipe())
+    assert report["summary"]["converted"] == dry.converted
+    assert any("folded" in w and "net.3.weight (spectral_norm)" in w for w in report["warnings"])

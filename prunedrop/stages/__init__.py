@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .baseline import Baseline, measure_original
 from .bisection import Search, search_after_finetune
-from .conversion import Converted, convert
+from .conversion import Converted, convert, fold
 from .evaluation import Evaluation, evaluate_compressed
 from .exporting import Exported, export_compressed
 from .pruned_finetune import FinetunedPruned, finetune_pruned, with_finetune_rate
@@ -34,6 +34,6 @@ from .variational import VariationalFinetune, finetune_variational
 __all__ = [
     "Baseline", "Converted", "Evaluation", "Exported", "FinetunedPruned", "Pruned", "Search", "Selection", "Slimmed",
     "VariationalFinetune", "assemble_report", "convert", "evaluate_compressed", "export_compressed", "finetune_pruned",
-    "finetune_variational", "measure_original", "prune_variational", "render_report", "search_after_finetune",
+    "finetune_variational", "fold", "measure_original", "prune_variational", "render_report", "search_after_finetune",
     "select_threshold", "slim_pruned", "with_finetune_rate", "write_run_report",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import ConversionSummary, to_variational
+from ..convert import ConversionSummary, fold_parametrizations, to_variational
 from ..recipes import Recipe
 from .common import some
 
@@ -31,12 +31,26 @@ class Converted:
         s = self.summary
         return {"conversion": {"converted": s.converted, "excluded": s.excluded, "left_alone": s.left_alone,
                                "tied": s.tied, "batchnorm_folded": s.folded, "batchnorm_noise_after": s.normalised,
+                               **({"reparametrized": s.reparametrized} if s.reparametrized else {}),
                                **({"notes": s.notes} if s.notes else {})}}
 
 
-def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callable[[str], None]) -> Converted:
-    """Convert ``model`` (in place, as :func:`~prunedrop.convert.to_variational` does) and log the summary."""
-    summary = ConversionSummary()
+def fold(model: nn.Module, log: Callable[[str], None]) -> list[str]:
+    """Fold ``model``'s parametrized weights into plain ones before anything measures it
+    (:func:`~prunedrop.convert.fold_parametrizations`: the original's ONNX export cannot hold ``spectral_norm``'s
+    ``vdot``), and say so."""
+    folded = fold_parametrizations(model)
+    if folded:
+        log(f"folded {len(folded)} parametrized weight(s) into plain ones (the same outputs; the pruned model stores "
+            "plain weights, and the fine-tuning does not keep the parametrization's constraint): " + some(folded))
+    return folded
+
+
+def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callable[[str], None],
+            reparametrized: list[str] | None = None) -> Converted:
+    """Convert ``model`` (in place, as :func:`~prunedrop.convert.to_variational` does) and log the summary;
+    ``reparametrized``: what :func:`fold` folded before, for the report."""
+    summary = ConversionSummary(reparametrized=list(reparametrized or []))
     variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
     if summary.folded:
