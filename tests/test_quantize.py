@@ -829,6 +829,43 @@ def test_int4_storage_where_the_posterior_allows_4_bits_and_it_is_smaller(tmp_pa
     assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
 
 
+class _Attention(nn.Module):
+    """Self-attention over 8 steps of 8 features (nn.MultiheadAttention), as a digits row model has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.att = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.reshape(x.size(0), 8, 8))
+        return self.fc(self.att(h, h, h)[0].mean(1))
+
+
+def test_int4_that_onnxruntime_cannot_load_stays_int8(tmp_path: Path) -> None:
+    """int4 weights move the file to opset 21, where onnxruntime's graph optimizer builds a QuantizeLinear for an
+    attention block's Reshape/Transpose that it then refuses ("output_dtype INT8 does not match y_zero_point type
+    UINT8"): the whole quantization failed and no int8 file was written; now those weights stay int8."""
+    from prunedrop.quantize import LayerBits
+
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    x = torch.randn(128, 64)
+    y = model(x).argmax(1).detach()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    bits = {name: LayerBits(name, 3.0, 64, 0.1) for name in ("inp", "att", "fc")}
+    logs: list[str] = []
+    section = quantize_model(float_file, tmp_path / "q.onnx", mode="bayes", data=_bundle(x, y),
+                             recipe=Recipe(max_metric_drop=None, latency_runs=0), metric_before=None, bits=bits,
+                             log=logs.append)
+    assert any("stay int8: onnxruntime cannot load the model with them" in line for line in logs), logs
+    precisions = [r["precision"] for r in section["layers"]]
+    assert "int4" not in precisions and "int8" in precisions, section["layers"]
+    assert section["file"] == "q.onnx"
+    assert section["metric"]["val"] == evaluate_onnx(tmp_path / "q.onnx", _bundle(x, y).loader("val", 64))
+
+
 def test_pruned_model_outside_the_budget_already_is_the_reference(tmp_path: Path) -> None:
     # the float file scores below the budget (metric_before 100, budget 1 point): reverting every layer cannot
     # bring it within, so the quantized file must merely be no worse than the float file

@@ -179,6 +179,15 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                     and with_int4.storage[n]["bytes"] < storage8[n]["bytes"]]
             storage_options = {n: {"int4_dense_bytes": with_int4.storage[n]["bytes"]}
                                for n in candidates if n in with_int4.storage}
+            refused = _refused_by_onnxruntime(with_int4.path) if int4 else None
+            if refused is not None:
+                # int4 weights need opset 21, where onnxruntime's graph optimizer can build a node it then
+                # rejects (an attention block's Reshape/Transpose between quantized tensors: "output_dtype INT8
+                # does not match y_zero_point type UINT8"); the whole quantization was lost, now int8 stays
+                storage_note = (f"int4 weights for {', '.join(_shown(n) for n in int4)} stay int8: onnxruntime "
+                                f"cannot load the model with them ({refused})")
+                log(storage_note)
+                int4 = []
             if int4:
                 trial4 = quantize_onnx(float_path, trial, calibration, exclude=sorted(plan), int4=int4, cache=cache)
                 measured4 = measure_val(trial)
@@ -394,6 +403,19 @@ _WHY = {"posterior": "the posterior asks for more than 8 bits",
         "operator": "onnxruntime does not quantize the operator",
         "accuracy": "outside the accuracy budget",
         "speed": "the int8 form ran slower than float32 on this CPU"}
+
+
+def _refused_by_onnxruntime(path: Path) -> str | None:
+    """Why onnxruntime (default graph optimizations, as a user's session has them) cannot load ``path``; None when
+    it can."""
+    from ..errors import PrunedropError
+    from ..export import open_session
+
+    try:
+        open_session(path)
+    except PrunedropError as e:
+        return str(e).split(": ", 1)[-1].split("; re-export")[0]
+    return None
 
 
 def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: dict[str, str], why: dict[str, str],
