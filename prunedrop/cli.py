@@ -286,9 +286,28 @@ def _num_outputs_on(model: Any, x: Any) -> int:
             f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned "
-                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned {_described(out)}"
+                             + ("" if isinstance(out, torch.Tensor) else
+                                ": wrap it in a module whose forward returns the logits alone (e.g. "
+                                "model(x)['logits'] or model(x)[0]) and pass that as --arch"))
     return int(out.shape[1])
+
+
+def _described(out: Any, depth: int = 0) -> str:
+    """What a model returned, for a one-line error: a tensor's shape, a dict's keys with what they hold, a
+    tuple's parts (a Hugging Face ``ModelOutput`` is a dict: its ``logits`` are named)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    name = type(out).__name__
+    if depth == 0 and isinstance(out, dict):
+        parts = [f"{k!s}: {_described(v, 1)}" for k, v in list(out.items())[:4]]
+        return f"{name} {{{', '.join(parts)}{', ...' if len(out) > 4 else ''}}}"
+    if depth == 0 and isinstance(out, (tuple, list)):
+        parts = [_described(v, 1) for v in out[:4]]
+        return f"a {name} of {len(out)} ({', '.join(parts)}{', ...' if len(out) > 4 else ''})"
+    return name
 
 
 @cli.command(name="export")

@@ -185,6 +185,30 @@ def test_user_mistakes_are_one_line_errors(project: Path, args: list[str], messa
     assert not (project / "out").exists(), "a failed run must leave no output folder behind"
 
 
+@pytest.mark.parametrize(("wrap", "needles"), [
+    ("{'logits': out, 'hidden': out[:, :2]}",
+     ["dict {logits: a tensor of shape (2, 3), hidden: a tensor of shape (2, 2)}", "model(x)['logits']"]),
+    ("(out, out.sum())", ["a tuple of 2 (a tensor of shape (2, 3), a tensor of shape ())", "model(x)[0]"]),
+    ("out[:, 0]", ["a tensor of shape (2,)"]),
+])
+def test_a_model_that_returns_no_logits_tensor_is_told_what_it_returned(project: Path, wrap: str,
+                                                                        needles: list[str]) -> None:
+    """A Hugging Face style model returns a dict (ModelOutput) or a tuple: the error names what came back and
+    how to wrap the model (it said 'returned dict')."""
+    module = f"outarch{abs(hash(wrap))}"  # one module per case: an imported module stays in sys.modules
+    (project / f"{module}.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\nclass Wrapped(TinyMLP):\n"
+        f"    def forward(self, x):\n        out = super().forward(x)\n        return {wrap}\n\n\n"
+        "def build():\n    return Wrapped(16, (24, 12), 3)\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", f"{module}:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    assert not (project / "out").exists()
+
+
 def test_non_empty_output_folder_needs_overwrite(project: Path) -> None:
     (project / "out").mkdir()
     (project / "out" / "precious.txt").write_text("keep me")
