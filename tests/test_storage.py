@@ -74,10 +74,21 @@ def test_load_state_dict_with_arch(tmp_path, mlp, nesting):
     assert_same_output(model, loaded, x)
 
 
-def test_load_strips_data_parallel_prefix(tmp_path, mlp):
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "model.", "module._orig_mod."])
+def test_load_strips_a_wrappers_prefix(tmp_path, mlp, prefix):
+    """DataParallel's module., torch.compile's _orig_mod. (a compiled model's state dict did not fit its own
+    architecture), a Lightning module's model., and both at once."""
     model, x = mlp
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "m.pt")
+    torch.save({f"{prefix}{k}": v for k, v in model.state_dict().items()}, tmp_path / "m.pt")
     assert_same_output(model, load_model(tmp_path / "m.pt", arch=MLP_ARCH), x)
+
+
+def test_a_prefix_that_does_not_give_the_models_keys_is_not_stripped(tmp_path, mlp):
+    model, _ = mlp
+    state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    state["_orig_mod.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "m.pt")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=MLP_ARCH), "unexpected keys _orig_mod.")
 
 
 def test_arch_mismatch_is_one_line_listing_keys_and_shapes(tmp_path):

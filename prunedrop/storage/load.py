@@ -204,16 +204,25 @@ def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _strip_data_parallel_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
-    # nn.DataParallel / DistributedDataParallel save every key under "module."; the bare model has none.
-    expected = model.state_dict()
-    if state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
-        return {k[len("module.") :]: v for k, v in state.items()}
-    return state
+def _strip_wrapper_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
+    """``state`` with the prefix a wrapper put before every key taken off, where the bare keys are the model's:
+    nn.DataParallel / DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.`` (a compiled model's
+    state dict, the most common way a file stops fitting its own architecture), a Lightning module's ``model.``,
+    or several of them (``module._orig_mod.``). Anything else is left to the mismatch message."""
+    expected = set(model.state_dict())
+    current = dict(state)
+    for _ in range(4):
+        if not current or set(current) == expected:
+            break
+        head = next(iter(current)).split(".", 1)[0] + "."
+        if not all(k.startswith(head) and len(k) > len(head) for k in current):
+            break
+        current = {k[len(head):]: v for k, v in current.items()}
+    return current if current and set(current) == expected else state
 
 
 def _load_into(model: nn.Module, state: Mapping[str, Any], path: Path, arch: str) -> None:
-    state = _strip_data_parallel_prefix(state, model)
+    state = _strip_wrapper_prefix(state, model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
     problem = state_mismatch(expected, state)
     if problem:
