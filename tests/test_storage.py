@@ -83,6 +83,41 @@ def test_load_strips_a_wrappers_prefix(tmp_path, mlp, prefix):
     assert_same_output(model, load_model(tmp_path / "m.pt", arch=MLP_ARCH), x)
 
 
+def _lazy() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.LazyLinear(3))
+
+
+def test_a_lazy_architecture_loads_as_its_plain_layers(tmp_path, monkeypatch):
+    """nn.LazyLinear has no shapes before loading (reading them raised a traceback), and stays LazyLinear until
+    its first forward, which a conversion need not wait for."""
+    from prunedrop.convert import ConversionSummary, to_variational
+    from prunedrop.recipes import Recipe
+
+    torch.manual_seed(0)
+    model = _lazy()
+    x = torch.randn(4, 16)
+    model(x)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, "lazyarch_for_test", types.SimpleNamespace(build=_lazy))
+    loaded = load_model(tmp_path / "m.pt", arch="lazyarch_for_test:build")
+    assert [type(m) for m in loaded] == [torch.nn.Flatten, torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert_same_output(model, loaded, x)
+    summary = ConversionSummary()
+    to_variational(loaded, Recipe(), summary=summary)  # no forward before it
+    assert summary.converted == ["1", "3"]
+
+
+@pytest.mark.parametrize("wrap", ["compile", "data_parallel"])
+def test_a_pickled_wrapper_gives_the_model_inside(tmp_path, mlp, wrap):
+    """A pickled torch.compile(model) ran its compiled graph: the swapped layers were never called and FLOPs read 0."""
+    model, x = mlp
+    wrapped = torch.compile(model) if wrap == "compile" else torch.nn.DataParallel(model)
+    torch.save(wrapped, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", trust_pickle=True)
+    assert isinstance(loaded, TinyMLP)
+    assert_same_output(model, loaded, x)
+
+
 def test_a_prefix_that_does_not_give_the_models_keys_is_not_stripped(tmp_path, mlp):
     model, _ = mlp
     state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}

@@ -72,6 +72,38 @@ def _find_module(obj: Any) -> nn.Module | None:
     return None
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a wrapper: ``torch.compile``'s ``OptimizedModule`` (its forward runs a compiled graph: the
+    swapped layers were never called, and every FLOP read 0), ``nn.DataParallel`` / ``DistributedDataParallel``."""
+    from torch import nn
+
+    for _ in range(4):
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def _materialized(model: nn.Module) -> nn.Module:
+    """``model`` with each lazy module whose parameters the state dict filled (``nn.LazyLinear``) turned into its
+    plain class, as its first forward would do: a conversion before any forward (``prunedrop export``'s rebuild)
+    met a ``LazyLinear``, a type it does not convert."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    for module in model.modules():
+        if isinstance(module, LazyModuleMixin) and not module.has_uninitialized_params():
+            for hook in ("_initialize_hook", "_load_hook"):
+                if hasattr(module, hook):
+                    getattr(module, hook).remove()
+                    delattr(module, hook)
+            if module.cls_to_become is not None:
+                module.__class__ = module.cls_to_become
+    return model
+
+
 def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     import torch
 
@@ -222,8 +254,12 @@ def _strip_wrapper_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping
 
 
 def _load_into(model: nn.Module, state: Mapping[str, Any], path: Path, arch: str) -> None:
+    from torch.nn.parameter import is_lazy
+
     state = _strip_wrapper_prefix(state, model)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
+    # a lazy module's (nn.LazyLinear) parameters have no shape before they are loaded: any shape fits them
+    expected = {k: None if is_lazy(v) else tuple(v.shape) for k, v in model.state_dict().items()
+                if is_lazy(v) or hasattr(v, "shape")}
     problem = state_mismatch(expected, state)
     if problem:
         raise PrunedropError(
@@ -284,11 +320,11 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
                 )
             state = pickled.state_dict()  # trusted pickle plus --arch: the user's architecture wins
         _load_into(model, state, path, arch)
-        return model.to("cpu").eval()
+        return _materialized(_unwrapped(model)).to("cpu").eval()
 
     module = _find_module(obj)
     if module is not None:
-        return module.to("cpu").eval()
+        return _unwrapped(module).to("cpu").eval()
     if _find_state_dict(obj) is not None:
         beside = path.parent / ARCHITECTURE_FILE
         hint = (

@@ -148,14 +148,16 @@ def listed(items: list[str]) -> str:
     return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
-def state_mismatch(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, Any]) -> str | None:
-    """One line listing (a few of) the missing keys, unexpected keys and shape mismatches, or None."""
+def state_mismatch(expected: Mapping[str, tuple[int, ...] | None], got: Mapping[str, Any]) -> str | None:
+    """One line listing (a few of) the missing keys, unexpected keys and shape mismatches, or None. An expected
+    shape of None fits any (a lazy module's parameter before loading)."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     shapes = [
         f"{k}: file has {tuple(got[k].shape)}, model has {tuple(expected[k])}"
         for k in expected
-        if k in got and hasattr(got[k], "shape") and tuple(got[k].shape) != tuple(expected[k])
+        if k in got and expected[k] is not None and hasattr(got[k], "shape")
+        and tuple(got[k].shape) != tuple(expected[k])
     ]
     parts = []
     if missing:
