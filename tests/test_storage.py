@@ -107,6 +107,16 @@ def test_a_lazy_architecture_loads_as_its_plain_layers(tmp_path, monkeypatch):
     assert summary.converted == ["1", "3"]
 
 
+def test_a_factory_that_compiles_its_model_loads_a_plain_state_dict(tmp_path, mlp, monkeypatch):
+    model, x = mlp
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, "compiledarch_for_test",
+                        types.SimpleNamespace(build=lambda: torch.compile(TinyMLP())))
+    loaded = load_model(tmp_path / "m.pt", arch="compiledarch_for_test:build")
+    assert type(loaded) is TinyMLP
+    assert_same_output(model, loaded, x)
+
+
 @pytest.mark.parametrize("wrap", ["compile", "data_parallel"])
 def test_a_pickled_wrapper_gives_the_model_inside(tmp_path, mlp, wrap):
     """A pickled torch.compile(model) ran its compiled graph: the swapped layers were never called and FLOPs read 0."""

@@ -309,7 +309,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
     )
 
     if arch is not None:
-        model = _build_from_arch(arch, arch_kwargs)
+        model = _unwrapped(_build_from_arch(arch, arch_kwargs))  # a factory may compile or wrap its model
         state = _find_state_dict(obj)
         if state is None:
             pickled = _find_module(obj)
@@ -320,7 +320,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
                 )
             state = pickled.state_dict()  # trusted pickle plus --arch: the user's architecture wins
         _load_into(model, state, path, arch)
-        return _materialized(_unwrapped(model)).to("cpu").eval()
+        return _materialized(model).to("cpu").eval()
 
     module = _find_module(obj)
     if module is not None:
