@@ -182,7 +182,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             refused = _refused_by_onnxruntime(with_int4.path) if int4 else None
             if refused is not None:
                 # int4 weights need opset 21, where onnxruntime's graph optimizer can build a node it then
-                # rejects (an attention block's Reshape/Transpose between quantized tensors: "output_dtype INT8
+                # rejects (a Reshape between quantized tensors, in attention or GroupNorm: "output_dtype INT8
                 # does not match y_zero_point type UINT8"); the whole quantization was lost, now int8 stays
                 storage_note = (f"int4 weights for {', '.join(_shown(n) for n in int4)} stay int8: onnxruntime "
                                 f"cannot load the model with them ({refused})")
