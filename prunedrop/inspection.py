@@ -249,6 +249,14 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                                       outputs, left_alone.values(), [n for n in excluded if n in sharing])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
+    if unit_noise and converted:
+        from .slim import unremovable_layers
+        from .stages.conversion import unremovable_note
+
+        blocked = unremovable_layers(model, example_input[:2].to(device))
+        stuck = {name: blocked[name] for name in converted if name in blocked}
+        if stuck:
+            warnings.append(unremovable_note(recipe.method, stuck))
     uncounted = sorted({p.name or "<root>" for p in profiles if not p.counted})
     if uncounted:
         warnings.append(f"FLOPs leave out layers with no MAC rule: {', '.join(uncounted)}")

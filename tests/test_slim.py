@@ -350,3 +350,56 @@ def test_a_bare_parameter_is_named_in_the_note_not_printed() -> None:
     notes = [n for n in result.notes if "bare parameter" in n]
     assert notes and all("bare parameter scale" in n and "tensor(" not in n for n in notes), result.notes
     assert result.max_abs_diff <= 1e-5
+
+
+# ------------------------------------------------------------------------------- units that can never leave
+
+
+class _GroupNormCNN(nn.Module):
+    """conv → GroupNorm twice, then a plain conv → ReLU block: GroupNorm mixes its channels' statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.n1(self.c1(x)))
+        x = torch.relu(self.c3(torch.relu(self.c2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_unremovable_layers_names_the_blocker_before_any_pruning() -> None:
+    from prunedrop.inspection import inspect_model
+    from prunedrop.recipes import Recipe
+    from prunedrop.slim import unremovable_layers
+    from prunedrop.stages.conversion import convert
+
+    torch.manual_seed(0)
+    model = _GroupNormCNN().eval()
+    x = torch.randn(2, 1, 6, 6)
+    blocked = unremovable_layers(model, x)
+    assert set(blocked) == {"c1", "fc"}  # c2 and c3 can lose units; c1 feeds the GroupNorm, fc the output
+    assert "n1 (GroupNorm)" in blocked["c1"] and "model output" in blocked["fc"]
+    # slim agrees: c1's pruned units stay, c2's leave
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in (masked.c1, masked.c2):
+            layer.weight[:2].zero_()
+            layer.bias[:2].zero_()
+    result = slim(masked, {"c1": torch.tensor([False] * 2 + [True] * 6), "c2": torch.tensor([False] * 2 + [True] * 6)},
+                  x)
+    assert result.removed["c1"] == (8, 8) and result.removed["c2"] == (8, 6)
+    # said before training: in the conversion's notes (compress logs them) and in inspect's warnings
+    logs: list[str] = []
+    converted = convert(copy.deepcopy(model), Recipe(method="sbp"), x, logs.append)
+    assert converted.summary.converted == ["c1", "c2", "c3"]
+    note = next(n for n in converted.summary.notes if "cannot remove any unit" in n)
+    assert "1 converted layer(s)" in note and "c1: they pass through n1 (GroupNorm)" in note
+    assert any("cannot remove any unit" in line for line in logs)
+    warnings = inspect_model(model, x, Recipe(method="sbp"))["warnings"]
+    assert any("cannot remove any unit of 1 converted layer(s)" in w for w in warnings)
+    # per-weight noise removes no units anyway: no such note
+    assert not any("cannot remove" in n for n in convert(copy.deepcopy(model), Recipe(), x, logs.append).summary.notes)

@@ -46,7 +46,7 @@ from .common import WEIGHT_LAYERS, silent_units
 from .coupling import coupled_producers
 from .heads import HeadsAndRowsResult, remove_heads_and_rows
 from .recurrent import RecurrentSlimResult, slim_recurrent, split_recurrent_masks
-from .stage import SlimResult, slim
+from .stage import SlimResult, slim, unremovable_layers
 
 __all__ = [
     "WEIGHT_LAYERS",
@@ -58,5 +58,6 @@ __all__ = [
     "silent_units",
     "slim",
     "slim_recurrent",
+    "unremovable_layers",
     "split_recurrent_masks",
 ]

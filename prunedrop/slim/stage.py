@@ -208,6 +208,35 @@ def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[in
         dep(sorted(idxs))
 
 
+def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
+    """The Linear/Conv layers of the plain ``model`` none of whose output units :func:`slim` could ever remove,
+    whatever the masks, each with the reason (the same blockers: a GroupNorm or LayerNorm that mixes channels, an
+    attention block, a grouped or transposed convolution, the model output); for a structured method's early
+    warning, before any training. Empty where the model cannot be traced. ``model`` is not modified."""
+    tp = import_torch_pruning()
+    work = copy.deepcopy(model).eval()
+    names = node_names(work)
+    free: set[str] = set()
+    reasons: dict[str, str] = {}
+    try:
+        with all_requiring_grad(work):
+            graph, output_fns = trace(tp, work, example_input.detach())
+            for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+                analysis = GroupAnalysis(graph, group, names, {}, output_fns)
+                for channel in analysis.channels.values():
+                    reason = analysis.blocker(channel)
+                    for node in channel.members:
+                        if analysis.producer_index(node, channel) is None:
+                            continue
+                        if reason is None:
+                            free.add(analysis.name(node))
+                        else:
+                            reasons.setdefault(analysis.name(node), reason)
+    except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
+        return {}
+    return {name: reason for name, reason in reasons.items() if name not in free}
+
+
 def slim(
     model: nn.Module,
     unit_masks: Mapping[str, torch.Tensor],

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..convert import ConversionSummary, fold_parametrizations, to_variational
 from ..recipes import Recipe
+from ..slim import unremovable_layers
 from .common import some
 
 
@@ -35,6 +36,24 @@ class Converted:
                                **({"notes": s.notes} if s.notes else {})}}
 
 
+def unit_noise(method: str) -> bool:
+    """Whether ``method`` puts its noise on whole units (a structured method, followed by slimming)."""
+    from ..layers import LAYER_REGISTRY
+    from ..layers._units import OutputUnitNoise
+
+    return any(issubclass(v, OutputUnitNoise) for v in LAYER_REGISTRY.get(method, {}).values())
+
+
+def unremovable_note(method: str, stuck: dict[str, str]) -> str:
+    """One line for converted layers whose units slimming can never remove
+    (:func:`~prunedrop.slim.unremovable_layers`), said before any training rather than after it."""
+    shown = "; ".join(f"{name}: {why}" for name, why in list(stuck.items())[:4])
+    more = f"; and {len(stuck) - 4} more" if len(stuck) > 4 else ""
+    return (f"{method} cannot remove any unit of {len(stuck)} converted layer(s), whatever it prunes ({shown}{more}): "
+            "their pruned units stay in the model as zeros, which makes it no smaller or faster there; sparse_vd "
+            "prunes their single weights, or exclude them")
+
+
 def fold(model: nn.Module, log: Callable[[str], None]) -> list[str]:
     """Fold ``model``'s parametrized weights into plain ones before anything measures it
     (:func:`~prunedrop.convert.fold_parametrizations`: the original's ONNX export cannot hold ``spectral_norm``'s
@@ -51,7 +70,11 @@ def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callab
     """Convert ``model`` (in place, as :func:`~prunedrop.convert.to_variational` does) and log the summary;
     ``reparametrized``: what :func:`fold` folded before, for the report."""
     summary = ConversionSummary(reparametrized=list(reparametrized or []))
+    blocked = unremovable_layers(model, example[:2]) if unit_noise(recipe.method) else {}
     variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
+    stuck = {name: why for name, why in blocked.items() if name in summary.converted}
+    if stuck:
+        summary.notes.append(unremovable_note(recipe.method, stuck))
     log(f"converted {len(summary.converted)} layer(s) to {recipe.method}: {', '.join(summary.converted)}")
     if summary.folded:
         log(f"folded {len(summary.folded)} BatchNorm(s) into their convolutions (batchnorm_noise: fold): "
