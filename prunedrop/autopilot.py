@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
+from .recipe_groups import is_classification
 
 BETA_MIN = 1e-4
 BETA_MAX = 1e4
@@ -124,7 +125,7 @@ def parse_target(spec: str) -> Target:
 def metric_drop(before: float, after: float, *, loss: str) -> float:
     """How much worse ``after`` is than ``before``, in the budget's unit: accuracy points, or for ``mse`` the
     relative increase of the error in percent."""
-    if loss == "cross_entropy":
+    if is_classification(loss):
         return before - after
     return 100.0 * (after - before) / max(abs(before), 1e-12)
 

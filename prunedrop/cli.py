@@ -131,7 +131,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
     """
     from .convert import to_variational
-    from .data import check_labels, load_data
+    from .data import binary_labels, check_labels, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
     from .pipeline import compress as run_compress
@@ -163,6 +163,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
                                        if previous.get(k) == old and getattr(recipe, k) == getattr(defaults, k)})
             # a key added since the run was started is not in its run.json: it ran as the key's default does
             previous = {**defaults.to_dict(), **previous}
+            if previous.get("loss") == "binary_cross_entropy" and recipe.loss == "cross_entropy":
+                recipe = recipe.replace(loss="binary_cross_entropy")  # chosen by the run (below), as again now
         if previous is not None and previous != recipe.to_dict():
             changed = sorted(k for k, v in recipe.to_dict().items() if previous.get(k) != v)
             raise click.ClickException(
@@ -175,8 +177,15 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit, recipe=recipe)
     num_outputs = _num_outputs(net, data)
+    if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
+        # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the
+        # cross-entropy over its one output is 0 whatever it predicts
+        recipe = recipe.replace(loss="binary_cross_entropy")
+        if not quiet and is_main():
+            click.echo("the model has one output and the labels are 0 and 1: a one-logit binary classifier, trained "
+                       "with binary cross-entropy (loss: binary_cross_entropy)", err=True)
     check_loss_targets(recipe.loss, data, num_outputs)
-    check_labels(data, num_outputs)
+    check_labels(data, num_outputs, recipe.loss)
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
     check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists

@@ -13,19 +13,48 @@ from torch import nn
 
 from .convert import variational_layers
 from .errors import PrunedropError
+from .recipe_groups import is_classification
+
+
+def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
+    """The outputs as logits over the classes: for ``binary_cross_entropy`` the one logit ``z`` becomes ``[0, z]``,
+    whose softmax is ``[1 − σ(z), σ(z)]`` and whose argmax is ``z > 0``, so that accuracy, calibration and the
+    two-class cross-entropy (equal to the binary one) read it as any classifier's; other losses' outputs as they are."""
+    if loss == "binary_cross_entropy":
+        return torch.cat([torch.zeros_like(output), output], dim=1)
+    return output
+
+
+class TwoClassLogits(nn.Module):
+    """A one-logit binary classifier seen as a two-class one (:func:`class_logits`), for code that reads logits
+    over the classes (calibration, Monte Carlo predictions). Holds the model as a submodule."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_logits(self.model(x), "binary_cross_entropy")
+
+
+def as_classifier(model: nn.Module, loss: str) -> nn.Module:
+    """``model`` as a classifier over its classes: wrapped in :class:`TwoClassLogits` for ``binary_cross_entropy``."""
+    return TwoClassLogits(model) if loss == "binary_cross_entropy" else model
 
 
 def data_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The data term: mean cross-entropy, or mean squared error for regression."""
+    """The data term: mean cross-entropy, binary cross-entropy of one logit, or mean squared error for regression."""
     if loss == "cross_entropy":
         return F.cross_entropy(output, target)
+    if loss == "binary_cross_entropy":
+        return F.binary_cross_entropy_with_logits(output, target.to(output.dtype).reshape(output.shape))
     if loss == "mse":
         return F.mse_loss(output, target.to(output.dtype).reshape(output.shape))
     raise PrunedropError(f"unknown loss {loss!r}")
 
 
 def metric_name(loss: str) -> str:
-    return "accuracy" if loss == "cross_entropy" else "mse"
+    return "accuracy" if is_classification(loss) else "mse"
 
 
 def _outputs(model: nn.Module, loader: Any, device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -50,8 +79,8 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
     for out, y in _outputs(model, loader, device):
         n = y.shape[0]
         loss_sum += float(data_loss(loss, out, y)) * n
-        if loss == "cross_entropy":
-            correct += int((out.argmax(dim=1) == y).sum())
+        if is_classification(loss):
+            correct += int((class_logits(out, loss).argmax(dim=1) == y).sum())
             labels += y.numel()
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
@@ -59,7 +88,7 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         total += n
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
+    metric = 100.0 * correct / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 
@@ -78,9 +107,9 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
 def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """:func:`sample_scores` of one batch, from the model's outputs ``out`` and the targets ``y`` (a torch model's,
     or an ONNX file's run by onnxruntime: :func:`prunedrop.quantize.onnx_sample_scores`), float64 on the CPU."""
-    if loss == "cross_entropy":
+    if is_classification(loss):
         # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
-        return 100.0 * (out.argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
+        return 100.0 * (class_logits(out, loss).argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
     err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
     return err.reshape(err.shape[0], -1).double().mean(dim=1).cpu()
 

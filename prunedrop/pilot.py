@@ -19,6 +19,7 @@ from .convert import variational_layers
 from .data import DataBundle, first_batches
 from .errors import PrunedropError
 from .metrics import data_loss, evaluate, kept_fraction, metric_name
+from .recipe_groups import is_classification
 from .recipes import Recipe
 
 
@@ -138,7 +139,7 @@ class Pilot:
         if self.reference is not None or c.max_drop is None:
             return
         self.reference = self._val_metric()
-        if self.recipe.loss == "cross_entropy":  # an mse drop is continuous: no sample has a weight of its own
+        if is_classification(self.recipe.loss):  # an mse drop is continuous: no sample has a weight of its own
             if 100.0 / max(self.checked_samples, 1) > c.aim:
                 self._coarse_validation()
             c.resolution = 100.0 / max(self.checked_samples, 1)
@@ -162,7 +163,7 @@ class Pilot:
         no discount."""
         c, recipe = self.controller, self.recipe
         cap = TRANSIENT_CAP * c.max_drop if c.max_drop is not None else math.inf
-        unit = "points" if recipe.loss == "cross_entropy" else "%"
+        unit = "points" if is_classification(recipe.loss) else "%"
         for attempt in range(PROBE_RETRIES + 1):
             lr = float(recipe.lr) * self.lr_scale
             transient = self._probe_at(lr, interrupted)

@@ -17,7 +17,14 @@ from .recipe_fields import NON_NEGATIVE, POSITIVE, Cli, setting
 
 Method = Literal["sparse_vd", "sbp", "group_vd", "sbp_sparse_vd"]
 Schedule = Literal["cosine", "linear", "constant"]
-Loss = Literal["cross_entropy", "mse"]
+Loss = Literal["cross_entropy", "binary_cross_entropy", "mse"]
+#: the losses whose metric is accuracy: class labels, one output per class or one logit for two classes
+CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+
+
+def is_classification(loss: str) -> bool:
+    """Whether ``loss`` fits class labels (metric accuracy, higher is better), not regression targets."""
+    return loss in CLASSIFICATION_LOSSES
 Exporter = Literal["torchscript", "dynamo"]
 SparseStorage = Literal["auto", "always", "never"]
 Quantize = Literal["none", "int8", "bayes"]
@@ -187,7 +194,9 @@ class TrainingConfig:
     """Clip the gradient norm to this value; null disables clipping."""
 
     loss: Loss = setting("cross_entropy")
-    """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy) or ``mse`` (regression)."""
+    """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy), ``binary_cross_entropy`` (a
+    one-logit binary classifier, as trained with ``BCEWithLogitsLoss``: labels 0 and 1, the output the logit of
+    class 1; chosen by itself for a model with one output and labels 0/1) or ``mse`` (regression)."""
 
     seed: int = setting(0, check=_seed_range, cli=Cli("--seed", "Override the recipe's random seed."))
     """Seed of every random number (data order, noise, splits); a fixed seed makes CPU runs repeatable."""

@@ -258,12 +258,14 @@ def tiny_classification_data(
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: float = 1e-2,
         loss: str = "cross_entropy") -> nn.Module:
     """Full-batch Adam on ``(x, y)`` for ``steps`` steps: the quickly trained model that tests start from.
-    ``loss``: ``cross_entropy`` (class labels) or ``mse`` (targets of any shape the outputs reshape to)."""
+    ``loss``: ``cross_entropy`` (class labels), ``binary_cross_entropy`` (one logit, labels 0/1) or ``mse``
+    (targets of any shape the outputs reshape to)."""
+    from .metrics import data_loss
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         out = model(x)
-        value = (nn.functional.cross_entropy(out, y) if loss == "cross_entropy"
-                 else nn.functional.mse_loss(out.reshape(y.shape), y))
+        value = data_loss(loss, out, y)
         opt.zero_grad()
         value.backward()
         opt.step()

@@ -582,13 +582,25 @@ def test_loader_and_example_batch_errors(tmp_path: Path) -> None:
 
 def test_a_one_logit_binary_classifier_is_named() -> None:
     # A model with one output and 0/1 labels was told "labels go up to 1 but the model has 1 outputs".
+    from prunedrop.data import binary_labels
+
     x = torch.zeros(4, 2)
     bundle = DataBundle("b", TensorDataset(x, torch.tensor([0, 1, 1, 0])), None, None, (2,), 2)
+    assert binary_labels(bundle)
     with pytest.raises(PrunedropError) as excinfo:
         check_labels(bundle, 1)
     assert message(excinfo).startswith("the model has one output and the labels are 0 and 1: a one-logit binary "
-                                       "classifier, which prunedrop does not train")
+                                       "classifier; set loss: binary_cross_entropy")
     check_labels(bundle, 2)
+    check_labels(bundle, 1, "binary_cross_entropy")
+    with pytest.raises(PrunedropError, match="needs a model with one output"):
+        check_labels(bundle, 2, "binary_cross_entropy")
+    three = DataBundle("c", TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 2])), None, None, (2,), 3)
+    assert not binary_labels(three)
+    with pytest.raises(PrunedropError, match="needs labels 0 and 1, the data's go up to 2"):
+        check_labels(three, 1, "binary_cross_entropy")
+    assert not binary_labels(DataBundle("r", TensorDataset(x, torch.tensor([0.0, 1.0, 1.0, 0.0])), None, None,
+                                        (2,), None))
 
 
 def test_check_labels() -> None:

@@ -49,7 +49,7 @@ every reader shares), the readers :mod:`.idx` (IDX files), :mod:`.named` (``digi
 (``imagefolder:``, ``csv:``, ``hf:``), imported only when such a spec is loaded.
 """
 
-from .assemble import check_labels
+from .assemble import binary_labels, check_labels
 from .bundle import DataBundle, first_batches
 from .idx import read_idx
 from .load import load_data
@@ -60,6 +60,7 @@ __all__ = [
     "NAMED_DATASETS",
     "SYSTEM_DATA_DIRS",
     "DataBundle",
+    "binary_labels",
     "check_labels",
     "first_batches",
     "load_data",

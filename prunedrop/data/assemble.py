@@ -15,8 +15,26 @@ from .bundle import SPLITS, DataBundle, seeded_generator
 from .checks import check_finite, check_non_negative, describe_value
 
 
-def check_labels(bundle: DataBundle, num_outputs: int) -> None:
-    """Raise :class:`PrunedropError` when the data has labels the model cannot output.
+def binary_labels(bundle: DataBundle) -> bool:
+    """Whether the data's class labels are 0 and 1 and nothing else (what a one-logit binary classifier, trained
+    with ``BCEWithLogitsLoss``, predicts), read as :func:`check_labels` reads them."""
+    values: set[int] = set()
+    for split in SPLITS:
+        data = getattr(bundle, split)
+        if data is None:
+            continue
+        labels = labels_of(data)
+        if labels is None:
+            labels = torch.as_tensor(first_item(data)[1])
+        if labels.is_floating_point():
+            return False
+        values |= {int(v) for v in labels.unique()[:3]}
+    return values == {0, 1}
+
+
+def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entropy") -> None:
+    """Raise :class:`PrunedropError` when the data has labels the model cannot output (``loss``
+    ``binary_cross_entropy``: one output, labels 0 and 1).
 
     Uses every label where they are cheap to get (tensor datasets, ``targets`` attributes), else the first
     sample or batch of each split; a dataset that must be iterated in full is not, since that may mean
@@ -34,12 +52,18 @@ def check_labels(bundle: DataBundle, num_outputs: int) -> None:
             continue  # regression targets (loss: mse), not class indices
         if labels.numel():
             largest = max(largest, int(labels.max()))
+    if loss == "binary_cross_entropy":
+        if num_outputs != 1:
+            raise PrunedropError(f"loss binary_cross_entropy needs a model with one output (the logit of class 1), "
+                                 f"this one has {num_outputs}: use loss cross_entropy for one output per class")
+        if largest > 1:
+            raise PrunedropError(f"loss binary_cross_entropy needs labels 0 and 1, the data's go up to {largest}")
+        return
     if largest == 1 and num_outputs == 1:
         # A binary classifier with one logit (trained with BCEWithLogitsLoss): told "the model has 1 outputs".
         raise PrunedropError(
-            "the model has one output and the labels are 0 and 1: a one-logit binary classifier, which prunedrop "
-            "does not train (its losses are cross_entropy over one output per class, and mse); give the model two "
-            "outputs, or give the labels as floats and set loss: mse in the recipe to fit them as targets"
+            "the model has one output and the labels are 0 and 1: a one-logit binary classifier; set loss: "
+            "binary_cross_entropy in the recipe (prunedrop compress chooses it by itself)"
         )
     if largest >= num_outputs:
         raise PrunedropError(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
+from ..recipe_groups import is_classification
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
@@ -19,7 +20,9 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
     squared error), computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
     total, correct, labels, sq_err, values = 0, 0, 0, 0.0, 0
     for out, target in _onnx_outputs(path, loader):
-        if loss == "cross_entropy":
+        if is_classification(loss):
+            if loss == "binary_cross_entropy":  # one logit: class 1 where it is positive (metrics.class_logits)
+                out = np.concatenate([np.zeros_like(out), out], axis=1)
             # over every label: one per sample, or one per position of a model that predicts per position
             correct += int((out.argmax(axis=1) == target).sum())
             labels += target.size
@@ -29,7 +32,7 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    return 100.0 * correct / max(labels, 1) if loss == "cross_entropy" else sq_err / max(values, 1)
+    return 100.0 * correct / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
 
 
 def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 
 from ..atomic import atomic_write_bytes
 from ..metrics import paired_standard_error, scores_metric
+from ..recipe_groups import is_classification
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
 from .graph import WeightNode, compact_size, load_dense, weight_nodes
 from .measure import Timer, evaluate_onnx, onnx_sample_scores, time_models
@@ -98,7 +99,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
         layers.append(row)
     val_loader = data.loader("val", recipe.eval_batch_size)
     calibration = calibration_batches(data.loader("train", CALIBRATION_BATCH, shuffle=True, seed=recipe.seed))
-    higher = loss == "cross_entropy"
+    higher = is_classification(loss)
 
     confident = recipe.budget_z > 0 and scores_before is not None
 
@@ -518,4 +519,4 @@ def _shown(node: str) -> str:
 
 
 def _metric_text(loss: str) -> str:
-    return "accuracy" if loss == "cross_entropy" else "mse"
+    return "accuracy" if is_classification(loss) else "mse"

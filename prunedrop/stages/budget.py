@@ -9,13 +9,14 @@ from statistics import NormalDist
 from typing import Any
 
 from ..errors import TrainingError
+from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..sweep import SweepPoint, within_budget
 
 
 def budget_text(recipe: Recipe) -> str:
     """The budget as the log lines state it: '1' (points of accuracy), or '50%' (more error) for mse."""
-    return f"{recipe.max_metric_drop:g}" + ("" if recipe.loss == "cross_entropy" else "%")
+    return f"{recipe.max_metric_drop:g}" + ("" if is_classification(recipe.loss) else "%")
 
 
 def worse_text(recipe: Recipe, before: float, after: float) -> str:
@@ -23,7 +24,7 @@ def worse_text(recipe: Recipe, before: float, after: float) -> str:
     from ..autopilot import metric_drop
 
     drop = metric_drop(before, after, loss=recipe.loss)
-    return (f"is {drop:.3g} points worse than the original" if recipe.loss == "cross_entropy"
+    return (f"is {drop:.3g} points worse than the original" if is_classification(recipe.loss)
             else f"has {drop:.3g}% more error (mse) than the original")
 
 
@@ -32,7 +33,7 @@ def within(recipe: Recipe, before: float, after: float, delta_se: float | None =
     where ``delta_se`` (the change's paired standard error) is given; always without a budget."""
     return recipe.max_metric_drop is None or within_budget(
         after, metric_before=before, max_metric_drop=recipe.max_metric_drop,
-        higher_is_better=recipe.loss == "cross_entropy", delta_se=delta_se, z=recipe.budget_z)
+        higher_is_better=is_classification(recipe.loss), delta_se=delta_se, z=recipe.budget_z)
 
 
 def over_budget(recipe: Recipe, before: float, after: float, delta_se: float | None = None) -> bool:
@@ -91,7 +92,7 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
         return
     worse = worse_text(recipe, before, after)
     hints = ""
-    if recipe.loss == "cross_entropy" and before >= 100.0 - 1e-9:
+    if is_classification(recipe.loss) and before >= 100.0 - 1e-9:
         # measured: 5 of 13 default runs on digits models trained on the validation images too stopped here
         hints += (" The given model scores 100% on the validation data: if it was trained on those samples it knows "
                   "them by heart, and fine-tuning on the rest loses some whatever is pruned; give it held-out "
@@ -101,7 +102,7 @@ def check_budget(recipe: Recipe, before: float, after: float, num_val: int | Non
                   "budget.")
     se = None if delta_se is None else se_in_budget_unit(recipe, before, delta_se)
     # in the metric's unit, and for mse also in the budget's (percent of the original's error)
-    se_text = "" if se is None else (f"±{delta_se:.2g}" if recipe.loss == "cross_entropy"
+    se_text = "" if se is None else (f"±{delta_se:.2g}" if is_classification(recipe.loss)
                                      else f"±{delta_se:.2g} mse, {se:.2g}% of the original's")
     if se is not None and recipe.budget_z * se > 0.5 * recipe.max_metric_drop:
         hints += (f" At {recipe.budget_confidence:.0%} confidence the drop must be {recipe.budget_z:.2f} standard "

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
-from ..metrics import paired_standard_error
+from ..metrics import as_classifier, paired_standard_error
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
@@ -46,5 +46,6 @@ def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selecti
     check_budget(recipe, baseline.metric["val"], metric["val"], num_val=data.num_val, delta_se=delta_se["val"])
     calibration = {}
     if selection.calibration:
-        calibration["compressed"] = calibration_summary(model, data.loader("val", recipe.eval_batch_size))
+        calibration["compressed"] = calibration_summary(as_classifier(model, recipe.loss),
+                                                        data.loader("val", recipe.eval_batch_size))
     return Evaluation(metric=metric, calibration=calibration, delta_se=delta_se)

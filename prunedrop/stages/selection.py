@@ -20,8 +20,10 @@ from ..batchnorm import batchnorm_state, recalibrate_from, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
 from ..errors import PrunedropError
+from ..metrics import as_classifier
 from ..plots import plot_log_alpha_histograms
 from ..prune import PruneResult
+from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds, usable_thresholds
@@ -186,7 +188,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             # a threshold that prunes every weight leaves nothing to export, whatever its metric
             return choose_threshold([p for p in candidates if p.kept_weights > 0], metric_before=metric_before,
                                     max_metric_drop=recipe.max_metric_drop,
-                                    higher_is_better=recipe.loss == "cross_entropy")
+                                    higher_is_better=is_classification(recipe.loss))
 
         chosen = choose()
         if chosen is not None and beyond and at_edge(chosen, points):
@@ -206,10 +208,11 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             log(f"threshold sweep: {recipe.pruning_rule(threshold)} prunes most within the budget of {recipe.max_metric_drop:g} "
                 f"({name} {chosen.metric:.4g} before noise-free fine-tuning)")
     calibration: dict[str, Any] = {}
-    if recipe.loss == "cross_entropy":
-        calibration["original"] = calibration_summary(baseline.model, val_loader)
+    if is_classification(recipe.loss):
+        calibration["original"] = calibration_summary(as_classifier(baseline.model, recipe.loss), val_loader)
         if recipe.mc_samples:
-            calibration["variational_mc"] = calibration_summary(variational, val_loader, samples=recipe.mc_samples)
+            calibration["variational_mc"] = calibration_summary(as_classifier(variational, recipe.loss), val_loader,
+                                                                samples=recipe.mc_samples)
     # log α histograms need the variational model, so they are drawn now; the other plots from the report
     has_log_alpha = any(hasattr(layer, "log_alpha") for layer in variational_layers(variational).values())
     plots, plot_error = draw_plots(
