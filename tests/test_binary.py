@@ -100,8 +100,9 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_compress_a_one_logit_binary_classifier_end_to_end(folder: Path) -> None:
     """It was refused ("a one-logit binary classifier, which prunedrop does not train")."""
-    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", f"{ARCH_MODULE}:build", "--data",
-                                      "npz:data.npz", "--recipe", "quick.yaml", "-o", "out"])
+    args = ["compress", "model.pt", "--arch", f"{ARCH_MODULE}:build", "--data", "npz:data.npz", "--recipe",
+            "quick.yaml", "-o", "out"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "a one-logit binary classifier, trained with binary cross-entropy" in result.output
     report = json.loads((folder / "out" / "report.json").read_text())
@@ -116,3 +117,6 @@ def test_compress_a_one_logit_binary_classifier_end_to_end(folder: Path) -> None
     again = CliRunner().invoke(cli, ["export", "out", "--threshold", "2", "-o", "again.onnx"])
     assert again.exit_code == 0, again.output
     assert "accuracy" in again.output
+    # the same command resumes: the loss the run chose is not read as a changed recipe
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
