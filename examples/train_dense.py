@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prunedrop.atomic import atomic_torch_save  # noqa: E402
 from prunedrop.data import DataBundle, load_data  # noqa: E402
 from prunedrop.storage import import_object  # noqa: E402
-from prunedrop.train import evaluate  # noqa: E402
+from prunedrop.train import data_loss, evaluate  # noqa: E402
 
 
 def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, batch_size: int = 100,
@@ -50,9 +50,11 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
 
 
 def fit_dense(model: torch.nn.Module, data: DataBundle, epochs: int, *, lr: float = 1e-3, batch_size: int = 100,
-              seed: int = 0, device: str | torch.device = "cpu", log=print) -> torch.nn.Module:
+              seed: int = 0, device: str | torch.device = "cpu", log=print,
+              loss: str = "cross_entropy") -> torch.nn.Module:
     """The training loop of :func:`train_dense` on data already loaded: Adam, cosine schedule, the data
-    bundle's (seed, epoch) batch order; logs the validation accuracy each epoch; returns the model on ``device``."""
+    bundle's (seed, epoch) batch order; logs the validation accuracy each epoch; returns the model on ``device``.
+    ``loss``: a prunedrop loss name (``binary_cross_entropy`` for a one-logit classifier)."""
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * len(data.loader("train", batch_size))
@@ -62,12 +64,12 @@ def fit_dense(model: torch.nn.Module, data: DataBundle, epochs: int, *, lr: floa
         t0 = time.perf_counter()
         for x, y in data.loader("train", batch_size, shuffle=True, seed=seed, epoch=epoch):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            value = data_loss(loss, model(x), y)
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
             sched.step()
-        val = evaluate(model, data.loader("val", 1000), device=device)["accuracy"]
+        val = evaluate(model, data.loader("val", 1000), loss=loss, device=device)["accuracy"]
         log(f"epoch {epoch + 1}/{epochs}: val accuracy {val:.2f}% ({time.perf_counter() - t0:.1f} s)")
     return model
 
