@@ -21,13 +21,11 @@ from prunedrop.testing import TinyMLP, fit
 from prunedrop.uncertainty import calibration_summary
 
 QUICK_RECIPE = """\
+# a few seconds: 4 variational epochs of 10 steps, a wide budget for 80 validation samples
 epochs: 4
 batch_size: 16
-eval_batch_size: 64
-lr: 0.003
 noise_lr: 0.3
 finetune_epochs: 1
-device: cpu
 latency_runs: 0
 plots: false
 max_metric_drop: 5

@@ -15,17 +15,24 @@ from .bundle import SPLITS, DataBundle, seeded_generator
 from .checks import check_finite, check_non_negative, describe_value
 
 
+def _split_labels(bundle: DataBundle) -> list[torch.Tensor]:
+    """Each split's labels: all of them where they are cheap to get (tensor datasets, ``targets`` attributes),
+    else those of the first sample or batch; a dataset that must be iterated in full is not, since that may mean
+    decoding every image."""
+    found = []
+    for split in SPLITS:
+        data = getattr(bundle, split)
+        if data is not None:
+            labels = labels_of(data)
+            found.append(torch.as_tensor(first_item(data)[1]) if labels is None else labels)
+    return found
+
+
 def binary_labels(bundle: DataBundle) -> bool:
     """Whether the data's class labels are 0 and 1 and nothing else (what a one-logit binary classifier, trained
     with ``BCEWithLogitsLoss``, predicts), read as :func:`check_labels` reads them."""
     values: set[int] = set()
-    for split in SPLITS:
-        data = getattr(bundle, split)
-        if data is None:
-            continue
-        labels = labels_of(data)
-        if labels is None:
-            labels = torch.as_tensor(first_item(data)[1])
+    for labels in _split_labels(bundle):
         if labels.is_floating_point():
             return False
         values |= {int(v) for v in labels.unique()[:3]}
@@ -34,20 +41,9 @@ def binary_labels(bundle: DataBundle) -> bool:
 
 def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entropy") -> None:
     """Raise :class:`PrunedropError` when the data has labels the model cannot output (``loss``
-    ``binary_cross_entropy``: one output, labels 0 and 1).
-
-    Uses every label where they are cheap to get (tensor datasets, ``targets`` attributes), else the first
-    sample or batch of each split; a dataset that must be iterated in full is not, since that may mean
-    decoding every image.
-    """
+    ``binary_cross_entropy``: one output, labels 0 and 1), read as :func:`_split_labels` reads them."""
     largest = -1
-    for split in SPLITS:
-        data = getattr(bundle, split)
-        if data is None:
-            continue
-        labels = labels_of(data)
-        if labels is None:
-            labels = torch.as_tensor(first_item(data)[1])
+    for labels in _split_labels(bundle):
         if labels.is_floating_point():
             continue  # regression targets (loss: mse), not class indices
         if labels.numel():
