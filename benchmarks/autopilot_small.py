@@ -3,6 +3,8 @@
     python benchmarks/autopilot_small.py                       # every model, the default recipe (sparse VD, 1 pt)
     python benchmarks/autopilot_small.py --models cnn rescnn --method sbp
     python benchmarks/autopilot_small.py --models cnn --method sbp --target flops=3x
+    python benchmarks/autopilot_small.py --models conv1d gru attention lnres weightnorm hooknorm prelu groupnorm \
+        --tag thirteenth                                       # architectures added in the thirteenth session
 
 Each model is trained dense here (Adam, 40 epochs, seed 0; cached in ``benchmarks/results/autopilot-dense-*.pt``)
 on the digits training split, then compressed by ``prunedrop.pipeline.compress`` with ``Recipe()`` plus only
@@ -70,6 +72,97 @@ class SmallResCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class Conv1dNet(nn.Module):
+    """The image's 8 rows as 8 channels of 8 steps; a dilated second convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(8, 32, 3, padding=1)
+        self.c2 = nn.Conv1d(32, 32, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c2(torch.relu(self.c1(x.reshape(x.size(0), 8, 8)))))
+        return self.fc(x.mean(-1))
+
+
+class AttentionNet(nn.Module):
+    """nn.MultiheadAttention over the 8 rows, a residual and a LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 32)
+        self.att = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ln = nn.LayerNorm(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.reshape(x.size(0), 8, 8))
+        return self.fc(self.ln(h + self.att(h, h, h)[0]).mean(1))
+
+
+class LayerNormResMLP(nn.Module):
+    """Two pre-LayerNorm residual MLP blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 64)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 128), nn.GELU(),
+                                                   nn.Linear(128, 64)) for _ in range(2)])
+        self.out = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x.flatten(1))
+        for block in self.blocks:
+            x = x + block(x)
+        return self.out(x)
+
+
+def weight_norm_mlp() -> nn.Module:
+    """The first layer reparametrized by ``parametrizations.weight_norm``."""
+    return nn.Sequential(nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(64, 128)), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def hook_norm_mlp() -> nn.Module:
+    """The deprecated hook-based ``weight_norm`` and ``spectral_norm``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.Sequential(nn.Flatten(), nn.utils.weight_norm(nn.Linear(64, 128)), nn.ReLU(),
+                             nn.utils.spectral_norm(nn.Linear(128, 64)), nn.ReLU(), nn.Linear(64, 10))
+
+
+class PReLUNet(nn.Module):
+    """A strided, reflect-padded convolution, BatchNorms after bias-free convolutions, a per-channel PReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, stride=2, padding=1, padding_mode="reflect", bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.act = nn.PReLU(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.c1(x.reshape(x.size(0), 1, 8, 8))))
+        return self.fc(self.act(self.bn2(self.c2(x))).mean((2, 3)))
+
+
+class GroupNormCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.c2, self.n2 = nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.n1(self.c1(x.reshape(x.size(0), 1, 8, 8))))
+        return self.fc(torch.relu(self.n2(self.c2(x))).mean((2, 3)))
+
+
 MODELS = {
     "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
                                  nn.Linear(128, 10)),
@@ -78,6 +171,15 @@ MODELS = {
     "transformer": lambda: TransformerClassifier(in_features=8, seq_len=8, d_model=32, num_heads=4, ff=64,
                                                  num_layers=2, num_classes=10),
     "rescnn": SmallResCNN,
+    # thirteenth session: architectures the first five did not cover
+    "conv1d": Conv1dNet,
+    "gru": lambda: TinyRecurrentClassifier("gru", in_features=8, hidden=64, num_classes=10),
+    "attention": AttentionNet,
+    "lnres": LayerNormResMLP,
+    "weightnorm": weight_norm_mlp,
+    "hooknorm": hook_norm_mlp,
+    "prelu": PReLUNet,
+    "groupnorm": GroupNormCNN,
 }
 
 
@@ -95,7 +197,8 @@ def dense(name: str, data, epochs: int) -> nn.Module:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS)[:5], choices=list(MODELS),
+                   help="default: the first five (mlp cnn lstm transformer rescnn)")
     p.add_argument("--method", default="sparse_vd")
     p.add_argument("--max-drop", type=float, default=None)
     p.add_argument("--target", default=None)

@@ -152,9 +152,10 @@ def to_variational(
 
     The trained weights are kept (the variational layer takes over the same Parameter objects, so no
     second copy of the model is made). Parametrized weights (``weight_norm``, ``spectral_norm``, ...) are first
-    folded into plain ones (:func:`fold_parametrizations`, listed in ``summary.reparametrized``). Modules of unknown types are left alone and listed in
-    ``summary.left_alone``. Raises PrunedropError when nothing at all could be converted. ``dry_run`` walks
-    and checks the same way but swaps nothing (to fail before any file is written).
+    folded into plain ones (:func:`fold_parametrizations`, listed in ``summary.reparametrized``). Modules of unknown
+    types are left alone and listed in ``summary.left_alone``. Raises PrunedropError when nothing at all could be
+    converted. ``dry_run`` walks and checks the same way but swaps nothing (to fail before any file is written; a
+    parametrized model is folded in a copy).
 
     With the recipe key ``tie_residual``, ``example_input`` (a batch the model accepts) is traced once to find
     the layers that write one residual stream, and each such group of converted unit-noise layers shares one
