@@ -104,8 +104,6 @@ def fold_parametrizations(model: nn.Module) -> list[str]:
     norm of 1) is not kept during the fine-tuning.
     """
     from torch.nn.utils import parametrize, remove_spectral_norm, remove_weight_norm
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
 
     folded = []
     for name, tensor, kind in parametrized_tensors(model):
@@ -120,9 +118,9 @@ def fold_parametrizations(model: nn.Module) -> list[str]:
                 module.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
                                                                        if k not in ("__dict__", "__weakref__")})
                 parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
-            elif any(isinstance(h, WeightNorm) and h.name == tensor for h in module._forward_pre_hooks.values()):
+            elif kind == "weight_norm":  # the hook-based forms (parametrized_tensors names them so)
                 remove_weight_norm(module, tensor)
-            elif any(isinstance(h, SpectralNorm) and h.name == tensor for h in module._forward_pre_hooks.values()):
+            else:
                 remove_spectral_norm(module, tensor)
         except Exception as e:  # noqa: BLE001 - a user parametrization that cannot leave a plain tensor behind
             first = (str(e).strip().splitlines() or [""])[0][:200]
@@ -132,6 +130,11 @@ def fold_parametrizations(model: nn.Module) -> list[str]:
             ) from None
         folded.append(f"{label} ({kind})")
     return folded
+
+
+def unit_noise(method: str) -> bool:
+    """Whether ``method`` puts its noise on whole units (a structured method, followed by slimming)."""
+    return any(issubclass(v, OutputUnitNoise) for v in LAYER_REGISTRY.get(method, {}).values())
 
 
 def is_selected(name: str, recipe: Recipe) -> bool:
@@ -226,13 +229,13 @@ def to_variational(
                 setattr(module, child_name, new_child)
         return module
 
-    unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
+    structured = unit_noise(recipe.method)
     pairs: list[tuple[str, str]] = []
-    if unit_noise and recipe.batchnorm_noise == "fold" and not dry_run:
+    if structured and recipe.batchnorm_noise == "fold" and not dry_run:
         from .batchnorm import fold_batchnorm
 
         summary.folded = [list(pair) for pair in fold_batchnorm(model)]
-    elif unit_noise and recipe.batchnorm_noise == "after" and not dry_run:
+    elif structured and recipe.batchnorm_noise == "after" and not dry_run:
         from .batchnorm import batchnorm_pairs
 
         try:

@@ -26,10 +26,10 @@ from .convert import (
     nothing_converted_hint,
     parametrized_tensors,
     shared_parameter_layers,
+    unit_noise,
 )
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
-from .layers._units import OutputUnitNoise
 from .recipes import Recipe
 from .report import LayerProfile, human_count, layer_weights, profile_model
 
@@ -121,13 +121,13 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                         "the parametrization's constraint is not kept while fine-tuning): " + ", ".join(reparametrized))
     folded_into: dict[str, str] = {}  # BatchNorm → the convolution it is folded into (batchnorm_noise)
     joins: dict[str, str] = {}  # BatchNorm → the converted convolution whose unit noise acts on its output
-    unit_noise = any(issubclass(v, OutputUnitNoise) for v in registry.values())
-    if unit_noise and recipe.batchnorm_noise == "fold":
+    structured = unit_noise(recipe.method)
+    if structured and recipe.batchnorm_noise == "fold":
         try:
             folded_into = {bn: conv for conv, bn in foldable_batchnorms(model)}
         except PrunedropError as e:
             warnings.append(f"{e}: `prunedrop compress` would stop with this error")
-    elif unit_noise and recipe.batchnorm_noise == "after":
+    elif structured and recipe.batchnorm_noise == "after":
         try:
             joins = {bn: conv for conv, bn in batchnorm_pairs(model)
                      if type(modules[conv]) in registry and conv not in heads and is_selected(conv, recipe)}
@@ -249,7 +249,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                                       outputs, left_alone.values(), [n for n in excluded if n in sharing])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
-    if unit_noise and converted:
+    if structured and converted:
         from .slim import unremovable_layers
         from .stages.conversion import unremovable_note
 

@@ -32,7 +32,6 @@ from .errors import PrunedropError
 from .layers.configs import DEFAULT_THRESHOLDS, NOISE_CONFIGS, SNR_METHODS, RecurrentNoise
 from .recipe_fields import Cli, coerce, field_docs
 from .recipe_groups import (
-    CLASSIFICATION_LOSSES,
     GROUPS,
     MAX_IMAGE_SIDE,
     CompileMode,
@@ -44,6 +43,7 @@ from .recipe_groups import (
     Quantize,
     Schedule,
     SparseStorage,
+    is_classification,
 )
 
 __all__ = [
@@ -176,7 +176,7 @@ class _RecipeMethods:
         autopilot's aim while training (half the budget). Always for ``mse`` (no sample has a weight of its own)
         and without a budget."""
         r: Any = self
-        if r.loss in CLASSIFICATION_LOSSES and r.max_metric_drop is not None:
+        if is_classification(r.loss) and r.max_metric_drop is not None:
             # the autopilot's aim while training; imported here, since reading a recipe must not import torch
             from .autopilot import MARGIN
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
+from ..metrics import batch_scores, class_logits
 from ..recipe_groups import is_classification
 
 
@@ -21,8 +22,7 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
     total, correct, labels, sq_err, values = 0, 0, 0, 0.0, 0
     for out, target in _onnx_outputs(path, loader):
         if is_classification(loss):
-            if loss == "binary_cross_entropy":  # one logit: class 1 where it is positive (metrics.class_logits)
-                out = np.concatenate([np.zeros_like(out), out], axis=1)
+            out = class_logits(torch.from_numpy(out), loss).numpy()  # one logit: [0, z] (binary_cross_entropy)
             # over every label: one per sample, or one per position of a model that predicts per position
             correct += int((out.argmax(axis=1) == target).sum())
             labels += target.size
@@ -40,8 +40,6 @@ def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "
     :func:`prunedrop.metrics.sample_scores` gives it for a torch model (100 or 0 per sample, the share of its
     positions right for per-position labels, or its mean squared error): their mean is :func:`evaluate_onnx`'s
     metric, and paired with the original's scores they give the standard error of the change."""
-    from ..metrics import batch_scores
-
     parts = [batch_scores(torch.from_numpy(out), torch.from_numpy(target), loss)
              for out, target in _onnx_outputs(path, loader)]
     if not parts:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import ConversionSummary, fold_parametrizations, to_variational
+from ..convert import ConversionSummary, fold_parametrizations, to_variational, unit_noise
 from ..recipes import Recipe
 from ..slim import unremovable_layers
 from .common import some
@@ -34,14 +34,6 @@ class Converted:
                                "tied": s.tied, "batchnorm_folded": s.folded, "batchnorm_noise_after": s.normalised,
                                **({"reparametrized": s.reparametrized} if s.reparametrized else {}),
                                **({"notes": s.notes} if s.notes else {})}}
-
-
-def unit_noise(method: str) -> bool:
-    """Whether ``method`` puts its noise on whole units (a structured method, followed by slimming)."""
-    from ..layers import LAYER_REGISTRY
-    from ..layers._units import OutputUnitNoise
-
-    return any(issubclass(v, OutputUnitNoise) for v in LAYER_REGISTRY.get(method, {}).values())
 
 
 def unremovable_note(method: str, stuck: dict[str, str]) -> str:
