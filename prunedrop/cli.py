@@ -282,6 +282,7 @@ def _num_outputs_on(model: Any, x: Any) -> int:
     import torch
 
     from .errors import PrunedropError
+    from .safety import check_deterministic
 
     try:
         with torch.no_grad():
@@ -299,6 +300,7 @@ def _num_outputs_on(model: Any, x: Any) -> int:
                              + ("" if isinstance(out, torch.Tensor) else
                                 ": wrap it in a module whose forward returns the logits alone (e.g. "
                                 "model(x)['logits'] or model(x)[0]) and pass that as --arch"))
+    check_deterministic(model, x)
     return int(out.shape[1])
 
 

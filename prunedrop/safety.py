@@ -360,6 +360,34 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
                              "give a model with finite weights (the original training may have diverged)")
 
 
+def check_deterministic(model: nn.Module, x: Any) -> None:
+    """Refuse a model whose eval-mode output is random (dropout forced on with ``F.dropout(x, p, training=True)``,
+    noise drawn in ``forward``): accuracy, the budget's verdict and the ONNX parity of every file are measured on
+    the model's outputs, and an original whose outputs change from call to call would fail the parity check with a
+    misleading message. Two passes on the same inputs; the caller's random stream is left as it was."""
+    import torch
+
+    was = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            first, second = model.eval()(x), model(x)
+    finally:
+        for module, training in was.items():
+            module.training = training
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)) or first.shape != second.shape \
+            or not first.is_floating_point():
+        return
+    scale = float(first.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if first.numel() else 0.0
+    if torch.allclose(first, second, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True):
+        return
+    diff = float((first - second).abs().nan_to_num(0.0, 0.0, 0.0).max())
+    raise PrunedropError(
+        f"the model's output in eval mode is random: two passes on the same inputs differ by up to {diff:.3g} "
+        f"(largest output {scale:.3g}); prunedrop measures accuracy, the budget and ONNX parity on a deterministic "
+        "model: let dropout follow the module's mode (F.dropout(x, p, self.training) or nn.Dropout) and draw no "
+        "noise in forward when not training")
+
+
 def check_materialized(model: nn.Module, source: str) -> None:
     """Refuse a model whose tensors live on the ``meta`` device (shapes without values): weights cannot be
     loaded into it."""

@@ -813,7 +813,12 @@ COMPRESS_MISTAKES = {
     "fp16-on-cpu": (["--precision", "fp16", "--device", "cpu"], "fp16"),
     # a tensor in eval mode, a tuple in training (GoogLeNet's aux logits): a traceback at the first training step
     "aux-logits-in-training": (["--arch", "auxarch:build"], "in training mode the model returns tuple"),
+    # dropout forced on in eval mode: the parity check of the original failed with "ONNX output differs"
+    "random-in-eval": (["--arch", "mcarch:build"], "in eval mode is random"),
 }
+MC_ARCH = ("import torch.nn.functional as F\nfrom prunedrop.testing import TinyMLP\n\n\nclass MC(TinyMLP):\n"
+           "    def forward(self, x):\n        return F.dropout(super().forward(x), 0.3, training=True)\n\n\n"
+           "def build():\n    return MC(16, (24, 12), 3)\n")
 
 
 @pytest.mark.parametrize("case", sorted(COMPRESS_MISTAKES))
@@ -825,6 +830,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
         "from prunedrop.testing import TinyMLP\n\n\nclass Aux(TinyMLP):\n    def forward(self, x):\n"
         "        out = super().forward(x)\n        return (out, out) if self.training else out\n\n\n"
         "def build():\n    return Aux(16, (24, 12), 3)\n")
+    (user_folder / "mcarch.py").write_text(MC_ARCH)
     (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
                                               + f"latency_batch_sizes: [1, {10**9}]\n")
     (user_folder / "mse.yaml").write_text(FAST_RECIPE + "loss: mse\n")
@@ -834,10 +840,46 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     try:
         result = CliRunner().invoke(cli, _with(_compress_args("-o", "out"), extra))
     finally:
-        for name in ("tinyarch", "metaarch", "auxarch"):
+        for name in ("tinyarch", "metaarch", "auxarch", "mcarch"):
             sys.modules.pop(name, None)
     _one_line_error(result, 1, needle)
     assert _snapshot(user_folder) == before
+
+
+def test_a_model_random_in_eval_mode_is_refused_by_inspect_and_the_python_api(user_folder: Path) -> None:
+    import torch
+
+    from prunedrop.data import DataBundle
+    from prunedrop.pipeline import compress
+    from prunedrop.recipes import Recipe
+    from prunedrop.testing import TinyMLP, tiny_classification_data
+
+    (user_folder / "mcarch.py").write_text(MC_ARCH)
+    try:
+        result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "mcarch:build", "--input-shape", "1,4,4"])
+    finally:
+        sys.modules.pop("mcarch", None)
+    _one_line_error(result, 1, "in eval mode is random")
+
+    class MC(TinyMLP):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.dropout(super().forward(x), 0.3, training=True)
+
+    x, y = tiny_classification_data(n=60, shape=(1, 4, 4), seed=0)
+    data = DataBundle(train=torch.utils.data.TensorDataset(x[:40], y[:40]),
+                      val=torch.utils.data.TensorDataset(x[40:], y[40:]), test=None, name="tiny", num_classes=3,
+                      input_shape=(1, 4, 4))
+    with pytest.raises(PrunedropError, match="in eval mode is random"):
+        compress(MC(16, (24, 12), 3), data, Recipe(epochs=1, latency_runs=0, plots=False), user_folder / "api",
+                 progress=False, log=lambda msg: None)
+    # dropout that follows the module's mode passes, and the check leaves the caller's random stream and the
+    # module's mode as they were
+    from prunedrop.safety import check_deterministic
+
+    net = torch.nn.Sequential(TinyMLP(16, (24, 12), 3), torch.nn.Dropout(0.3)).train()
+    state = torch.random.get_rng_state()
+    check_deterministic(net, x[:2])
+    assert torch.equal(torch.random.get_rng_state(), state) and net.training and net[1].training
 
 
 def test_inspect_of_a_factory_that_builds_on_the_meta_device(user_folder: Path) -> None:
