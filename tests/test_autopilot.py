@@ -568,6 +568,27 @@ def test_the_restarts_shock_is_forgotten_when_the_probes_window_ends(monkeypatch
     assert p.lr_scale == 1.0  # and it never halved the weights' learning rate
 
 
+@pytest.mark.parametrize("transient, halves", [(0.0, False), (0.2, False), (0.5, True)])
+def test_the_learning_rate_is_backed_off_only_where_the_probe_measured_it_costing(
+        transient: float, halves: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the budget with β at its start: the rate is halved only where plain training at it cost at least a
+    quarter of the budget in the probe; otherwise the noise is what costs and the weights must keep adapting."""
+    from prunedrop import pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient, p.probe_lr = 90.0, pilot.PROBE_CHECKS * every, transient, recipe.lr
+    # 1.5 points over the budget after the discount, at every check past the probe's window
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: 90.0 - 2.5 - min(transient, 2.0))
+    for k in range(1, pilot.PROBE_CHECKS + 4 * pilot.LR_BACKOFF_WAIT_CHECKS):
+        p.on_step(k * every)
+    assert p.controller.checks[-1].beta <= autopilot.BETA_START  # β backed off all along
+    assert (p.lr_scale < 1.0) == halves
+
+
 def test_a_check_measures_a_batchnorm_network_with_statistics_of_its_weights_of_now() -> None:
     from torch import nn
 
