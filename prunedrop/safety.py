@@ -388,6 +388,22 @@ def check_deterministic(model: nn.Module, x: Any) -> None:
         "noise in forward when not training")
 
 
+def check_no_torchscript(model: nn.Module, source: str) -> None:
+    """Refuse a model that holds TorchScript submodules (``torch.jit.script(block)`` inside a plain module): their
+    layers are compiled, so they can be neither converted nor traced for the ONNX file (the export failed with
+    "Tried to trace ... but it is not part of the active trace")."""
+    import torch
+
+    scripted = [name or "the model" for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    # the outermost scripted modules only: their own submodules are scripted with them
+    outer = [n for n in scripted if not any(n != o and n.startswith(o + ".") for o in scripted)]
+    if outer:
+        shown = ", ".join(outer[:3]) + (", ..." if len(outer) > 3 else "")
+        raise PrunedropError(f"{source} holds TorchScript modules ({shown}): their layers are compiled and can be "
+                             "neither converted nor exported; build them as plain modules (without "
+                             "torch.jit.script) and script the compressed model afterwards if you need TorchScript")
+
+
 def check_materialized(model: nn.Module, source: str) -> None:
     """Refuse a model whose tensors live on the ``meta`` device (shapes without values): weights cannot be
     loaded into it."""

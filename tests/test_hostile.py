@@ -815,7 +815,14 @@ COMPRESS_MISTAKES = {
     "aux-logits-in-training": (["--arch", "auxarch:build"], "in training mode the model returns tuple"),
     # dropout forced on in eval mode: the parity check of the original failed with "ONNX output differs"
     "random-in-eval": (["--arch", "mcarch:build"], "in eval mode is random"),
+    # a torch.jit.script'ed block inside a plain module: the original's export failed with torch's tracer message
+    "torchscript-submodule": (["--arch", "scriptarch:build"], "holds TorchScript modules (body)"),
 }
+SCRIPT_ARCH = ("import torch\nfrom torch import nn\n\n\nclass S(nn.Module):\n    def __init__(self):\n"
+               "        super().__init__()\n        self.body = torch.jit.script(nn.Sequential(nn.Flatten(), "
+               "nn.Linear(16, 24), nn.ReLU()))\n        self.head = nn.Linear(24, 3)\n\n"
+               "    def forward(self, x):\n        return self.head(self.body(x))\n\n\ndef build():\n"
+               "    return S()\n")
 MC_ARCH = ("import torch.nn.functional as F\nfrom prunedrop.testing import TinyMLP\n\n\nclass MC(TinyMLP):\n"
            "    def forward(self, x):\n        return F.dropout(super().forward(x), 0.3, training=True)\n\n\n"
            "def build():\n    return MC(16, (24, 12), 3)\n")
@@ -831,6 +838,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
         "        out = super().forward(x)\n        return (out, out) if self.training else out\n\n\n"
         "def build():\n    return Aux(16, (24, 12), 3)\n")
     (user_folder / "mcarch.py").write_text(MC_ARCH)
+    (user_folder / "scriptarch.py").write_text(SCRIPT_ARCH)
     (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
                                               + f"latency_batch_sizes: [1, {10**9}]\n")
     (user_folder / "mse.yaml").write_text(FAST_RECIPE + "loss: mse\n")
@@ -840,10 +848,37 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     try:
         result = CliRunner().invoke(cli, _with(_compress_args("-o", "out"), extra))
     finally:
-        for name in ("tinyarch", "metaarch", "auxarch", "mcarch"):
+        for name in ("tinyarch", "metaarch", "auxarch", "mcarch", "scriptarch"):
             sys.modules.pop(name, None)
     _one_line_error(result, 1, needle)
     assert _snapshot(user_folder) == before
+
+
+def test_torchscript_submodules_are_refused_by_inspect_and_the_python_api(user_folder: Path) -> None:
+    import torch
+
+    from prunedrop.data import DataBundle
+    from prunedrop.pipeline import compress
+    from prunedrop.recipes import Recipe
+    from prunedrop.testing import tiny_classification_data
+
+    (user_folder / "scriptarch.py").write_text(SCRIPT_ARCH)
+    try:
+        result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "scriptarch:build", "--input-shape",
+                                          "1,4,4"])
+    finally:
+        sys.modules.pop("scriptarch", None)
+    _one_line_error(result, 1, "holds TorchScript modules (body)")
+    namespace: dict = {}
+    exec(SCRIPT_ARCH, namespace)  # the same module, built here for the Python API
+    model = namespace["build"]()
+    x, y = tiny_classification_data(n=60, shape=(1, 4, 4), seed=0)
+    data = DataBundle(train=torch.utils.data.TensorDataset(x[:40], y[:40]),
+                      val=torch.utils.data.TensorDataset(x[40:], y[40:]), test=None, name="tiny", num_classes=3,
+                      input_shape=(1, 4, 4))
+    with pytest.raises(PrunedropError, match=r"holds TorchScript modules \(body\)"):
+        compress(model, data, Recipe(epochs=1, latency_runs=0, plots=False), user_folder / "api", progress=False,
+                 log=lambda msg: None)
 
 
 def test_a_model_random_in_eval_mode_is_refused_by_inspect_and_the_python_api(user_folder: Path) -> None:

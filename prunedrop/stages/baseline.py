@@ -17,7 +17,7 @@ from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..safety import check_deterministic
+from ..safety import check_deterministic, check_no_torchscript
 from ..train import metric_name
 from .common import measure_all
 
@@ -46,6 +46,7 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     """Evaluate the original, export it to original.onnx and check that file against it."""
     t0 = time.perf_counter()
     original = copy.deepcopy(model)
+    check_no_torchscript(original, "the model")
     check_deterministic(original, example[:2])
     metric, scores = measure_all(original, data, recipe, torch.device("cpu"))
     exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,

@@ -289,6 +289,8 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
     """
     import torch
 
+    from ..safety import check_no_torchscript
+
     path = Path(path)
     if arch_kwargs and arch is None:
         raise PrunedropError("--arch-kwargs needs --arch: name the factory that takes these arguments")
@@ -319,6 +321,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
                     "torch.save(model.state_dict(), path)"
                 )
             state = pickled.state_dict()  # trusted pickle plus --arch: the user's architecture wins
+        check_no_torchscript(model, f"the model that --arch {arch} builds")
         _load_into(model, state, path, arch)
         return _materialized(model).to("cpu").eval()
 
