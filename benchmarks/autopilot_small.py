@@ -174,6 +174,7 @@ MODELS = {
     # thirteenth session: architectures the first five did not cover
     "conv1d": Conv1dNet,
     "gru": lambda: TinyRecurrentClassifier("gru", in_features=8, hidden=64, num_classes=10),
+    "rnn": lambda: TinyRecurrentClassifier("rnn", in_features=8, hidden=64, num_classes=10),
     "attention": AttentionNet,
     "lnres": LayerNormResMLP,
     "weightnorm": weight_norm_mlp,

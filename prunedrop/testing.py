@@ -138,7 +138,7 @@ class MLPStack(nn.Module):
 
 class TinyRecurrentClassifier(nn.Module):
     """A sequence classifier: ``[B, 1, T, F]`` (an image read row by row) or ``[B, T, F]`` → ``nn.LSTM`` /
-    ``nn.GRU`` (batch_first) → Linear head.
+    ``nn.GRU`` / ``nn.RNN`` (batch_first) → Linear head.
 
     ``readout="last"`` feeds the head the output at the last time step (both directions side by side when
     bidirectional); ``readout="hidden"`` the last layer's final hidden states ``h_n`` (for a bidirectional
@@ -148,7 +148,7 @@ class TinyRecurrentClassifier(nn.Module):
     def __init__(self, cell: str = "lstm", in_features: int = 6, hidden: int = 8, num_layers: int = 1,
                  bidirectional: bool = False, readout: str = "last", num_classes: int = 3):
         super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
         self.directions = 2 if bidirectional else 1
         self.readout = readout
         self.cell = cell
@@ -175,6 +175,14 @@ class TinyGRUClassifier(TinyRecurrentClassifier):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("gru", **{"num_layers": 2, "bidirectional": True, "readout": "hidden", **kwargs})
+
+
+class TinyRNNClassifier(TinyRecurrentClassifier):
+    """Two-layer plain (tanh) RNN(8) on 5 steps of 6 features, head on the last step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("rnn", **{"num_layers": 2, **kwargs})
+
 
 class TransformerClassifier(nn.Module):
     """A sequence classifier: Linear token embedding plus learned positions, ``nn.TransformerEncoder``
@@ -232,6 +240,7 @@ TINY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "residual": (TinyResidual, (1, 6, 6)),
     "lstm": (TinyLSTMClassifier, (1, 5, 6)),
     "gru": (TinyGRUClassifier, (5, 6)),
+    "rnn": (TinyRNNClassifier, (5, 6)),
 }
 
 

@@ -1,4 +1,4 @@
-"""Variational LSTM / GRU (prunedrop.layers.recurrent) and the slimming of their hidden units."""
+"""Variational LSTM / GRU / RNN (prunedrop.layers.recurrent) and the slimming of their hidden units."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from prunedrop.convert import to_variational
 from prunedrop.data import load_data
 from prunedrop.errors import PrunedropError
 from prunedrop.export import export_onnx, verify_onnx
-from prunedrop.layers import GRUSVD, LAYER_REGISTRY, LSTMSVD, GRUGroupVD, LSTMGroupVD
+from prunedrop.layers import GRUSVD, LAYER_REGISTRY, LSTMSVD, RNNSVD, GRUGroupVD, LSTMGroupVD
 from prunedrop.pipeline import compress
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.slim import slim
 from prunedrop.testing import TinyRecurrentClassifier, tiny_classification_data
 
-LAYERS = [(LSTMSVD, nn.LSTM), (GRUSVD, nn.GRU), (LSTMGroupVD, nn.LSTM), (GRUGroupVD, nn.GRU)]
+LAYERS = [(LSTMSVD, nn.LSTM), (GRUSVD, nn.GRU), (RNNSVD, nn.RNN), (LSTMGroupVD, nn.LSTM), (GRUGroupVD, nn.GRU)]
 IDS = [v.__name__ for v, _ in LAYERS]
 #: noise so small that the sampled layer is the plain one to float rounding (the clip must allow it)
 NEGLIGIBLE = {"init_log_sigma2": -60.0, "init_log_alpha": -60.0, "log_alpha_clip": 60.0}
@@ -35,6 +35,7 @@ def _max_diff(a, b) -> float:
 
 def test_registered_under_both_methods() -> None:
     assert LAYER_REGISTRY["sparse_vd"][nn.LSTM] is LSTMSVD and LAYER_REGISTRY["sparse_vd"][nn.GRU] is GRUSVD
+    assert LAYER_REGISTRY["sparse_vd"][nn.RNN] is RNNSVD
     assert LAYER_REGISTRY["group_vd"][nn.LSTM] is LSTMGroupVD and LAYER_REGISTRY["group_vd"][nn.GRU] is GRUGroupVD
 
 
@@ -57,6 +58,21 @@ def test_negligible_noise_equals_the_plain_layer(vtype, dense_type, batch_first,
     hx = (h0, torch.randn_like(h0)) if dense_type is nn.LSTM else h0
     with torch.no_grad():
         assert _max_diff(layer.train()(x, hx), dense(x, hx)) < 1e-5
+
+
+@pytest.mark.parametrize("noise", ["sequence", "batch"])
+def test_a_relu_rnn_keeps_its_nonlinearity(noise) -> None:
+    torch.manual_seed(0)
+    dense = nn.RNN(5, 7, num_layers=2, nonlinearity="relu", batch_first=True, bidirectional=True)
+    x = torch.randn(3, 6, 5)
+    with torch.no_grad():
+        want = dense(x)
+    layer = RNNSVD.from_dense(dense, recurrent_noise=noise, **NEGLIGIBLE)
+    assert layer.nonlinearity == "relu" and layer.to_dense().nonlinearity == "relu"
+    with torch.no_grad():
+        assert _max_diff(layer.eval()(x), want) == 0.0
+        assert _max_diff(layer.train()(x), want) < 1e-5  # a tanh in place of the ReLU would differ here
+    assert bool((want[0] >= 0).all())  # the plain layer's outputs are ReLU's
 
 
 @pytest.mark.parametrize(("vtype", "dense_type"), LAYERS, ids=IDS)
@@ -261,13 +277,13 @@ def test_proj_size_and_packed_sequences_are_refused() -> None:
         layer(packed)
 
 
-@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
-def test_compress_end_to_end_with_onnx_parity(method, tmp_path) -> None:
+@pytest.mark.parametrize(("method", "cell"), [("sparse_vd", "lstm"), ("group_vd", "lstm"), ("sparse_vd", "rnn")])
+def test_compress_end_to_end_with_onnx_parity(method, cell, tmp_path) -> None:
     x, y = tiny_classification_data(n=160, shape=(1, 6, 5), seed=1)
     np.savez(tmp_path / "data.npz", x_train=x[:128].numpy(), y_train=y[:128].numpy(), x_val=x[128:].numpy(),
              y_val=y[128:].numpy())
     torch.manual_seed(0)
-    model = TinyRecurrentClassifier("lstm", in_features=5, hidden=12)
+    model = TinyRecurrentClassifier(cell, in_features=5, hidden=12)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):
         loss = nn.functional.cross_entropy(model(x[:128]), y[:128])
@@ -284,7 +300,7 @@ def test_compress_end_to_end_with_onnx_parity(method, tmp_path) -> None:
     assert report["parity_max_abs_diff"] <= recipe.parity_atol
     assert (tmp_path / "out" / "model.onnx").is_file()
     lstm = result.model.rnn
-    assert type(lstm) is nn.LSTM
+    assert type(lstm) is {"lstm": nn.LSTM, "rnn": nn.RNN}[cell]
     weights = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
     assert sum(int(torch.count_nonzero(w)) for w in weights) < sum(w.numel() for w in model.rnn.parameters()
                                                                     if w.dim() == 2)

@@ -470,7 +470,7 @@ class Hooked(nn.Sequential):
 @pytest.mark.parametrize(
     ("make", "fragments"),
     [
-        (lambda: nn.Sequential(nn.RNN(4, 4)), ["module '0'", "torch.nn.modules.rnn.RNN", "architecture.json"]),
+        (lambda: nn.Sequential(nn.RNNCell(4, 4)), ["module '0'", "torch.nn.modules.rnn.RNNCell", "architecture.json"]),
         (WithFunction, ["torch.cumprod", "not in prunedrop's allowlist"]),
         (WithMethod, ["Tensor.cumprod", "not in prunedrop's allowlist"]),
         (WithRequiresGrad, ["requires_grad"]),

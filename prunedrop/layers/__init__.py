@@ -37,7 +37,8 @@ _EXPORTS = {
     "Conv1dGroupVD": "group_vd", "Conv2dGroupVD": "group_vd", "Conv3dGroupVD": "group_vd", "LinearGroupVD": "group_vd",
     "Conv1dLogNormal": "lognormal", "Conv2dLogNormal": "lognormal", "Conv3dLogNormal": "lognormal",
     "LinearLogNormal": "lognormal",
-    "GRUSVD": "recurrent", "LSTMSVD": "recurrent", "GRUGroupVD": "recurrent", "LSTMGroupVD": "recurrent",
+    "GRUSVD": "recurrent", "LSTMSVD": "recurrent", "RNNSVD": "recurrent", "GRUGroupVD": "recurrent",
+    "LSTMGroupVD": "recurrent",
     "Conv1dSVD": "sparse_vd", "Conv2dSVD": "sparse_vd", "Conv3dSVD": "sparse_vd", "LinearSVD": "sparse_vd",
     "kl_log_uniform": "sparse_vd",
 }

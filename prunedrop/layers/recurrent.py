@@ -1,12 +1,12 @@
-"""Variational LSTM and GRU: sparse VD on the recurrent weights, optionally with group noise.
+"""Variational LSTM, GRU and plain RNN: sparse VD on the recurrent weights, optionally with group noise (LSTM, GRU).
 
 Lobacheva, Chirkova, Vetrov, "Bayesian Sparsification of Recurrent Neural Networks" (2017) and "Bayesian
-Sparsification of Gated Recurrent Neural Networks" (2018). The layers replace ``nn.LSTM`` / ``nn.GRU`` (any
+Sparsification of Gated Recurrent Neural Networks" (2018). The layers replace ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (any
 ``num_layers``, ``bidirectional``, ``batch_first``, ``bias``, ``dropout``; not ``proj_size``), keep their
 parameters under the same names (``weight_ih_l0``, ``weight_hh_l0_reverse``, …) and turn back into them.
 
-**Per-weight noise** (``LSTMSVD``, ``GRUSVD``; method ``sparse_vd``). Every entry of every ``weight_ih_l*`` and
-``weight_hh_l*`` has ``w = θ + σ·ε``, ``log α = log σ² − log(θ² + 1e-8)`` clipped, the KL of
+**Per-weight noise** (``LSTMSVD``, ``GRUSVD``, ``RNNSVD``; method ``sparse_vd``). Every entry of every
+``weight_ih_l*`` and ``weight_hh_l*`` has ``w = θ + σ·ε``, ``log α = log σ² − log(θ² + 1e-8)`` clipped, the KL of
 :func:`~prunedrop.layers.sparse_vd.kl_log_uniform`, pruned where ``log α > threshold`` (biases carry no noise).
 
 *Why the noise is sampled per sequence, as whole weight matrices.* A weight is one random variable for the
@@ -71,11 +71,11 @@ from .sparse_vd import (
 
 DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 #: the plain layers this module replaces
-DENSE_TYPES = (nn.LSTM, nn.GRU)
+DENSE_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
 #: how the noise is drawn: per sequence of a mini-batch, or once per mini-batch (see the module docstring)
 NOISE_MODES: tuple[str, ...] = get_args(RecurrentNoise)
-#: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order)
-GATES = {"LSTM": 4, "GRU": 3}
+#: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order); the plain RNN's one preactivation
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 @dataclass
@@ -156,6 +156,11 @@ class _RecurrentVD(VariationalLayer):
     # -- structure ------------------------------------------------------------------------------------
 
     @property
+    def _cell(self) -> str:
+        """``LSTM``, ``GRU`` or ``RNN`` (``nn.RNN`` sets its ``mode`` to ``RNN_TANH`` / ``RNN_RELU``)."""
+        return "RNN" if self.mode.startswith("RNN") else self.mode
+
+    @property
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -195,7 +200,7 @@ class _RecurrentVD(VariationalLayer):
         (columns of pruned inputs/hidden units, rows of pruned gates, all rows and biases of pruned units)."""
         t = self.threshold if threshold is None else threshold
         masks: dict[str, torch.Tensor] = {}
-        gates = GATES[self.mode]
+        gates = GATES[self._cell]
         for layer, d in self._cells():
             s = self._suffix(layer, d)
             m_ih = self.weight_log_alpha(f"weight_ih{s}") <= t
@@ -297,7 +302,7 @@ class _RecurrentVD(VariationalLayer):
             x = x.transpose(0, 1)
         batch = x.shape[0]
         zeros = x.new_zeros(len(self._cells()), batch, self.hidden_size)
-        lstm = self.mode == "LSTM"
+        lstm = self._cell == "LSTM"
         if hx is None:
             h0, c0 = zeros, zeros
         elif lstm:
@@ -351,8 +356,12 @@ class _RecurrentVD(VariationalLayer):
             flat += [w_ih, w_hh]
             if self.bias:
                 flat += [getattr(self, f"bias_ih{s}"), getattr(self, f"bias_hh{s}")]
-        if self.mode == "LSTM":
+        if self._cell == "LSTM":
             out, h, c = torch._VF.lstm(x, (h0, c0), flat, self.bias, 1, 0.0, True, self.bidirectional, True)
+        elif self._cell == "RNN":
+            kernel = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
+            out, h = kernel(x, h0, flat, self.bias, 1, 0.0, True, self.bidirectional, True)
+            c = c0
         else:
             out, h = torch._VF.gru(x, h0, flat, self.bias, 1, 0.0, True, self.bidirectional, True)
             c = c0
@@ -379,10 +388,10 @@ class _RecurrentVD(VariationalLayer):
             z_g = noise.z_gate[:, :, None]
             w_ih = z_g * w_ih * noise.z_input[:, None, :]
             w_hh = z_g * w_hh * z_h[:, None, :]  # z^h on the state that is read back
-        lstm = self.mode == "LSTM"
+        lstm = self._cell == "LSTM"
         pre_x = torch.bmm(x, w_ih.transpose(1, 2))  # all steps at once: [B, T, G·H]
         if bias_ih is not None:
-            pre_x = pre_x + (bias_ih + bias_hh if lstm else bias_ih)
+            pre_x = pre_x + (bias_ih if self._cell == "GRU" else bias_ih + bias_hh)
         w_hh_t = w_hh.transpose(1, 2)
         ys: list[torch.Tensor] = [x.new_empty(0)] * steps
         for t in (range(steps - 1, -1, -1) if d else range(steps)):
@@ -391,6 +400,8 @@ class _RecurrentVD(VariationalLayer):
                 i, f, g, o = gates.chunk(4, dim=1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
+            elif self._cell == "RNN":
+                h = self._activation(torch.baddbmm(pre_x[:, t:t + 1], h.unsqueeze(1), w_hh_t).squeeze(1))
             else:
                 gh = torch.bmm(h.unsqueeze(1), w_hh_t).squeeze(1)
                 if bias_hh is not None:
@@ -419,6 +430,20 @@ class GRUSVD(_RecurrentVD, nn.GRU):
     mode = "GRU"
 
 
+class RNNSVD(_RecurrentVD, nn.RNN):
+    """``nn.RNN`` (tanh or ReLU) with sparse variational dropout on every weight, noise drawn once per sequence."""
+
+    dense_type = nn.RNN
+    mode = "RNN"
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._dense_kwargs(module), "nonlinearity": module.nonlinearity}
+
+    def _activation(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) if self.nonlinearity == "tanh" else torch.relu(x)
+
+
 class LSTMGroupVD(_RecurrentVD, nn.LSTM):
     """``nn.LSTM`` with per-weight noise plus group noise on input features, hidden units and gate rows
     (Lobacheva et al. 2018): removes whole hidden units and makes gates constant."""
@@ -438,5 +463,6 @@ class GRUGroupVD(_RecurrentVD, nn.GRU):
 
 register_layer("sparse_vd", nn.LSTM, LSTMSVD)
 register_layer("sparse_vd", nn.GRU, GRUSVD)
+register_layer("sparse_vd", nn.RNN, RNNSVD)
 register_layer("group_vd", nn.LSTM, LSTMGroupVD)
 register_layer("group_vd", nn.GRU, GRUGroupVD)

@@ -84,6 +84,7 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "ZeroPad3d": ("padding",),
     "LSTM": (*_RNN_ARGS, "proj_size"),
     "GRU": _RNN_ARGS,
+    "RNN": (*_RNN_ARGS, "nonlinearity"),
     "MultiheadAttention": ("embed_dim", "num_heads", "dropout", "bias", "add_bias_kv", "add_zero_attn", "kdim",
                            "vdim", "batch_first"),
 }
