@@ -31,7 +31,7 @@ def _log_sigma2_range(name: str, value: float) -> None:
 @dataclass
 class SparseVDConfig:
     """``sparse_vd``: per-weight noise (:mod:`prunedrop.layers.sparse_vd`; also the per-weight noise of
-    ``sbp_sparse_vd``, of nn.LSTM/nn.GRU and of nn.MultiheadAttention)."""
+    ``sbp_sparse_vd``, of nn.LSTM/nn.GRU/nn.RNN and of nn.MultiheadAttention)."""
 
     init_log_sigma2: float = setting(-10.0, check=_log_sigma2_range)
     """Initial log σ² of every weight; very low, so fine-tuning starts from the trained network."""
@@ -73,13 +73,14 @@ class SBPSparseVDConfig:
 
 @dataclass
 class RecurrentConfig:
-    """nn.LSTM / nn.GRU under ``sparse_vd`` and ``group_vd`` (:mod:`prunedrop.layers.recurrent`)."""
+    """nn.LSTM / nn.GRU under ``sparse_vd`` and ``group_vd``, nn.RNN under ``sparse_vd``
+    (:mod:`prunedrop.layers.recurrent`)."""
 
     recurrent_noise: RecurrentNoise = setting("sequence")
-    """nn.LSTM / nn.GRU: how the weight noise is drawn (it is always fixed along the time steps of a sequence).
+    """nn.LSTM / nn.GRU / nn.RNN: how the weight noise is drawn (it is always fixed along the time steps of a sequence).
     ``sequence``: every sequence of a mini-batch draws its own weights (lower-variance gradients; the time loop
     runs unrolled in Python). ``batch``: one draw per mini-batch shared by its sequences, as Lobacheva et al.
-    train; the layer then runs torch's fused LSTM/GRU kernel, which makes a training step many times cheaper
+    train; the layer then runs torch's fused LSTM/GRU/RNN kernel, which makes a training step many times cheaper
     (measured in BENCHMARKS.md, LSTM section)."""
 
 
