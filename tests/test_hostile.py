@@ -881,6 +881,32 @@ def test_torchscript_submodules_are_refused_by_inspect_and_the_python_api(user_f
                  log=lambda msg: None)
 
 
+def test_a_classifier_that_returns_probabilities_is_warned_about(tmp_path: Path) -> None:
+    import torch
+
+    from prunedrop.data import DataBundle
+    from prunedrop.pipeline import compress
+    from prunedrop.recipes import Recipe
+    from prunedrop.stages.baseline import probabilities_note
+    from prunedrop.testing import TinyMLP, tiny_classification_data
+
+    x, y = tiny_classification_data(n=60, shape=(1, 4, 4), seed=0)
+    data = DataBundle(train=torch.utils.data.TensorDataset(x[:40], y[:40]),
+                      val=torch.utils.data.TensorDataset(x[40:], y[40:]), test=None, name="tiny", num_classes=3,
+                      input_shape=(1, 4, 4))
+    probabilities = torch.nn.Sequential(TinyMLP(16, (24, 12), 3), torch.nn.Softmax(dim=1))
+    logs: list[str] = []
+    compress(probabilities, data, Recipe(epochs=1, finetune_epochs=0, latency_runs=0, plots=False, mc_samples=0,
+                                         max_metric_drop=None, kl_weight=1.0, kl_warmup_epochs=0), tmp_path / "run",
+             progress=False, log=logs.append)
+    assert any(line.startswith("warning: the model returns probabilities") for line in logs), logs
+    # logits, log-probabilities and a regression are not probabilities
+    for model, recipe in ((TinyMLP(16, (24, 12), 3), Recipe()),
+                          (torch.nn.Sequential(TinyMLP(16, (24, 12), 3), torch.nn.LogSoftmax(dim=1)), Recipe()),
+                          (probabilities, Recipe(loss="mse"))):
+        assert probabilities_note(model, x[:8], recipe) is None
+
+
 def test_a_model_random_in_eval_mode_is_refused_by_inspect_and_the_python_api(user_folder: Path) -> None:
     import torch
 

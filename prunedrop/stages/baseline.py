@@ -55,7 +55,28 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     timings = {"baseline_s": time.perf_counter() - t0}
     log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
         f"ONNX {exported.num_bytes:,} bytes")
+    note = probabilities_note(original, example, recipe)
+    if note:
+        log(f"warning: {note}")
     return Baseline(model=original, metric=metric, onnx=exported, timings=timings, scores=scores)
+
+
+def probabilities_note(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> str | None:
+    """A note for a classifier that returns probabilities (a final softmax: every row non-negative and summing to
+    1), which the cross-entropy reads as logits: the argmax, the accuracy and the budget are the same, but the
+    loss is flattened and the calibration figures (ECE, NLL) describe a softmax of probabilities."""
+    if recipe.loss != "cross_entropy":
+        return None
+    with torch.no_grad():
+        out = model.eval()(example).float()
+    if out.dim() != 2 or out.shape[1] < 2 or not bool((out >= 0).all()):
+        return None
+    if not torch.allclose(out.sum(dim=1), torch.ones(out.shape[0]), atol=1e-4):
+        return None
+    return ("the model returns probabilities (a final softmax: its rows sum to 1), which the cross-entropy reads "
+            "as logits: accuracy and the budget are unaffected, but the training loss is flattened (a softmax over "
+            "values in [0, 1] is never confident) and the calibration figures (ECE, NLL) are not the model's; "
+            "return the logits (drop the final softmax) for prunedrop, and apply the softmax after it")
 
 
 def check_parity_before_training(exported: ExportResult, original: nn.Module, example: torch.Tensor,
