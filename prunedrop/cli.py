@@ -300,7 +300,7 @@ def _num_outputs_on(model: Any, x: Any) -> int:
                              + ("" if isinstance(out, torch.Tensor) else
                                 ": wrap it in a module whose forward returns the logits alone (e.g. "
                                 "model(x)['logits'] or model(x)[0]) and pass that as --arch"))
-    check_deterministic(model, x)
+    check_deterministic(model, x, first=out)
     return int(out.shape[1])
 
 

@@ -360,17 +360,20 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
                              "give a model with finite weights (the original training may have diverged)")
 
 
-def check_deterministic(model: nn.Module, x: Any) -> None:
+def check_deterministic(model: nn.Module, x: Any, first: Any = None) -> None:
     """Refuse a model whose eval-mode output is random (dropout forced on with ``F.dropout(x, p, training=True)``,
     noise drawn in ``forward``): accuracy, the budget's verdict and the ONNX parity of every file are measured on
     the model's outputs, and an original whose outputs change from call to call would fail the parity check with a
-    misleading message. Two passes on the same inputs; the caller's random stream is left as it was."""
+    misleading message. Two passes on the same inputs (``first``: the eval-mode output the caller already has, so
+    that one more pass is run); the caller's random stream is left as it was."""
     import torch
 
     was = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            first, second = model.eval()(x), model(x)
+            model.eval()
+            first = model(x) if first is None else first
+            second = model(x)
     finally:
         for module, training in was.items():
             module.training = training
@@ -394,11 +397,11 @@ def check_no_torchscript(model: nn.Module, source: str) -> None:
     "Tried to trace ... but it is not part of the active trace")."""
     import torch
 
-    scripted = [name or "the model" for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    scripted = [name for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
     # the outermost scripted modules only: their own submodules are scripted with them
-    outer = [n for n in scripted if not any(n != o and n.startswith(o + ".") for o in scripted)]
+    outer = [n for n in scripted if not any(o != n and (o == "" or n.startswith(o + ".")) for o in scripted)]
     if outer:
-        shown = ", ".join(outer[:3]) + (", ..." if len(outer) > 3 else "")
+        shown = ", ".join(n or "the model" for n in outer[:3]) + (", ..." if len(outer) > 3 else "")
         raise PrunedropError(f"{source} holds TorchScript modules ({shown}): their layers are compiled and can be "
                              "neither converted nor exported; build them as plain modules (without "
                              "torch.jit.script) and script the compressed model afterwards if you need TorchScript")

@@ -47,7 +47,9 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     t0 = time.perf_counter()
     original = copy.deepcopy(model)
     check_no_torchscript(original, "the model")
-    check_deterministic(original, example[:2])
+    with torch.no_grad():
+        outputs = original.eval()(example)
+    check_deterministic(original, example, first=outputs)
     metric, scores = measure_all(original, data, recipe, torch.device("cpu"))
     exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
                            exporter=recipe.onnx_exporter)
@@ -55,20 +57,19 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     timings = {"baseline_s": time.perf_counter() - t0}
     log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
         f"ONNX {exported.num_bytes:,} bytes")
-    note = probabilities_note(original, example, recipe)
+    note = probabilities_note(outputs, recipe.loss)
     if note:
         log(f"warning: {note}")
     return Baseline(model=original, metric=metric, onnx=exported, timings=timings, scores=scores)
 
 
-def probabilities_note(model: nn.Module, example: torch.Tensor, recipe: Recipe) -> str | None:
-    """A note for a classifier that returns probabilities (a final softmax: every row non-negative and summing to
-    1), which the cross-entropy reads as logits: the argmax, the accuracy and the budget are the same, but the
-    loss is flattened and the calibration figures (ECE, NLL) describe a softmax of probabilities."""
-    if recipe.loss != "cross_entropy":
+def probabilities_note(outputs: torch.Tensor, loss: str) -> str | None:
+    """A note for a classifier whose ``outputs`` are probabilities (a final softmax: every row non-negative and
+    summing to 1), which the cross-entropy reads as logits: the argmax, the accuracy and the budget are the same,
+    but the loss is flattened and the calibration figures (ECE, NLL) describe a softmax of probabilities."""
+    if loss != "cross_entropy" or not isinstance(outputs, torch.Tensor):
         return None
-    with torch.no_grad():
-        out = model.eval()(example).float()
+    out = outputs.detach().float()
     if out.dim() != 2 or out.shape[1] < 2 or not bool((out >= 0).all()):
         return None
     if not torch.allclose(out.sum(dim=1), torch.ones(out.shape[0]), atol=1e-4):
