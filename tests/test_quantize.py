@@ -843,11 +843,16 @@ class _Attention(nn.Module):
         return self.fc(self.att(h, h, h)[0].mean(1))
 
 
-def test_int4_that_onnxruntime_cannot_load_stays_int8(tmp_path: Path) -> None:
+def test_int4_that_onnxruntime_cannot_load_stays_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """int4 weights move the file to opset 21, where onnxruntime's graph optimizer builds a QuantizeLinear for an
     attention block's Reshape/Transpose that it then refuses ("output_dtype INT8 does not match y_zero_point type
-    UINT8"): the whole quantization failed and no int8 file was written; now those weights stay int8."""
-    from prunedrop.quantize import LayerBits
+    UINT8"): the whole quantization failed and no int8 file was written; now those weights stay int8.
+
+    The refusal comes with int8 (s8s8) activations, which prunedrop chooses on CPUs without VNNI; on a VNNI CPU
+    (uint8 activations) the same file loads, so the test asks for the CPU without VNNI wherever it runs."""
+    from prunedrop.quantize import LayerBits, quantizer
+
+    monkeypatch.setattr(quantizer, "cpu_instruction_sets", lambda cpuinfo=None: ["avx2"])
 
     torch.manual_seed(0)
     model = _Attention().eval()
