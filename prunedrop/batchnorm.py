@@ -65,6 +65,14 @@ def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Te
             conv.bias.copy_(new_bias)
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether the user registered hooks on any of ``modules``: folding or moving a BatchNorm would change what
+    those hooks see or drop them (:func:`prunedrop.convert.user_hooks`), so such a pair stays as it is."""
+    from .convert import user_hooks
+
+    return any(user_hooks(m) for m in modules)
+
+
 def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     """The (convolution, BatchNorm) pairs of ``model`` that :func:`fold_batchnorm` folds: a BatchNorm whose input
     is a Conv1d/2d/3d of the same dimension used by nothing else. Traces the model; modifies nothing."""
@@ -77,7 +85,8 @@ def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
         src = node.args[0] if node.args else None
         if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
                 and type(modules[src.target]) in _BATCHNORM
-                and _BATCHNORM[type(modules[src.target])] is type(modules[node.target])):
+                and _BATCHNORM[type(modules[src.target])] is type(modules[node.target])
+                and not _hooked(modules[src.target], modules[node.target])):
             pairs.append((src.target, node.target))
     return pairs
 
@@ -104,7 +113,8 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 and type(modules[src.target]) in _BATCHNORM
                 and _BATCHNORM[type(modules[src.target])] is type(bn)
                 and calls[src.target] == 1 and calls[node.target] == 1
-                and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels):
+                and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels
+                and not _hooked(bn)):
             pairs.append((src.target, node.target))
     return pairs
 

@@ -45,6 +45,9 @@ class ConversionSummary:
     reparametrized: list[str] = field(default_factory=list)
     """Tensors whose parametrization (weight_norm, spectral_norm, ...) was folded into a plain tensor first
     (:func:`fold_parametrizations`), e.g. ``"fc1.weight (weight_norm)"``."""
+    hooked: dict[str, list[str]] = field(default_factory=dict)
+    """Convertible layers left dense because the user registered hooks on them (:func:`user_hooks`): name → the
+    hooks."""
     notes: list[str] = field(default_factory=list)
     """What the conversion could not do as the recipe asked (e.g. a model torch.fx cannot trace keeps its noise
     before the BatchNorms), one line each."""
@@ -71,6 +74,42 @@ def parametrized_tensors(model: nn.Module) -> list[tuple[str, str, str]]:
             if isinstance(hook, (WeightNorm, SpectralNorm)):
                 found.append((name, hook.name, "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"))
     return found
+
+
+_HOOK_KINDS = {"_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook",
+               "_backward_pre_hooks": "backward pre-hook", "_backward_hooks": "backward hook"}
+
+
+def user_hooks(module: nn.Module) -> list[str]:
+    """The hooks registered on ``module`` itself (``register_forward_pre_hook``, ``register_forward_hook``,
+    ``register_full_backward_hook``, ...), as ``"forward hook <lambda>"``; ``weight_norm`` / ``spectral_norm``'s
+    own hooks (folded before the conversion) and prunedrop's are not counted.
+
+    prunedrop replaces a converted layer by a new module (and a BatchNorm it folds by ``nn.Identity``), which the
+    hooks are not registered on: a hook that changes the layer's input or output (a scale, a clamp, a feature
+    tap) would be dropped without a word and the compressed model would compute something else. Such a layer is
+    left dense and named instead (a digits MLP whose first layer's pre-hook mapped x to 3x − 1 and whose head's
+    hook halved the logits was converted whole, both hooks lost).
+    """
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    ours = {getattr(module, attribute) for attribute in ("_finetune_bn_hook",) if hasattr(module, attribute)}
+    found = []
+    for attribute, kind in _HOOK_KINDS.items():
+        for key, hook in getattr(module, attribute, {}).items():
+            if isinstance(hook, (WeightNorm, SpectralNorm)) or key in ours:
+                continue
+            found.append(f"{kind} {getattr(hook, '__qualname__', type(hook).__name__)}")
+    return found
+
+
+def hooks_note(hooked: Mapping[str, Sequence[str]]) -> str:
+    """One line for the layers :func:`user_hooks` keeps dense."""
+    shown = "; ".join(f"{name} ({', '.join(hooks[:2])})" for name, hooks in list(hooked.items())[:5])
+    more = f"; and {len(hooked) - 5} more" if len(hooked) > 5 else ""
+    return (f"left dense, as hooks are registered on them that a replaced layer would lose: {shown}{more} "
+            "(to compress such a layer, do what its hook does in the model's forward instead)")
 
 
 def copy_for_folding(model: nn.Module) -> nn.Module:
@@ -202,6 +241,10 @@ def to_variational(
             if (name or "<root>") in sharing:
                 summary.excluded.append(name or "<root>")
                 return module
+            if (hooks := user_hooks(module)) and is_selected(name or "<root>", recipe):
+                summary.hooked[name or "<root>"] = hooks
+                summary.excluded.append(name or "<root>")
+                return module
             if name in heads and is_selected(name or "<root>", recipe):
                 summary.output_layers.append(name)
                 summary.excluded.append(name)
@@ -258,6 +301,8 @@ def to_variational(
             raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
                                  f"{first}); set tie_residual: false in the recipe") from None
     model = swap(model, "")
+    if summary.hooked:
+        summary.notes.append(hooks_note(summary.hooked))
     if pairs:
         modules = dict(model.named_modules())
         for conv_name, bn_name in pairs:
@@ -276,21 +321,22 @@ def to_variational(
                 tie_units([modules[n] for n in tied])
                 summary.tied.append(tied)
     if not summary.converted:
-        by_globs = [n for n in summary.excluded if n not in summary.output_layers and n not in sharing]
+        by_globs = [n for n in summary.excluded
+                    if n not in summary.output_layers and n not in sharing and n not in summary.hooked]
         hint = nothing_converted_hint(recipe.method, by_globs, summary.output_layers, summary.left_alone.values(),
-                                      [n for n in summary.excluded if n in sharing])
+                                      [n for n in summary.excluded if n in sharing], list(summary.hooked))
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
-                           unsupported: Iterable[str], tied: Sequence[str] = ()) -> str:
+                           unsupported: Iterable[str], tied: Sequence[str] = (), hooked: Sequence[str] = ()) -> str:
     """Why a model has no layer for ``method`` to convert, for the one-line error (and ``inspect``'s warning).
 
     Each reason is named apart: the globs, the output layers that structured methods keep whole (a GRU
     classifier under ``sbp`` was told that "the include/exclude globs excluded all of: head"), and the layer
     types the method has no version of, with the methods that have one, and the layers that weight tying
-    keeps dense (:func:`shared_parameter_layers`).
+    keeps dense (:func:`shared_parameter_layers`), and those with hooks of the user's (:func:`user_hooks`).
     """
     registry = LAYER_REGISTRY.get(method, {})
     reasons = []
@@ -304,6 +350,10 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
         several = len(tied) > 1
         reasons.append(f"{', '.join(tied[:5])} {'share' if several else 'shares'} parameters with other modules or "
                        f"the forward (weight tying) and {'stay' if several else 'stays'} dense")
+    if hooked:
+        several = len(hooked) > 1
+        reasons.append(f"{', '.join(hooked[:5])} {'have' if several else 'has'} hooks registered and "
+                       f"{'stay' if several else 'stays'} dense")
     types = sorted(set(unsupported))
     if types:
         others = sorted(m for m, layers in LAYER_REGISTRY.items()

@@ -22,11 +22,13 @@ from .batchnorm import batchnorm_pairs, foldable_batchnorms
 from .convert import (
     copy_for_folding,
     fold_parametrizations,
+    hooks_note,
     is_selected,
     nothing_converted_hint,
     parametrized_tensors,
     shared_parameter_layers,
     unit_noise,
+    user_hooks,
 )
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer
@@ -139,6 +141,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     converted: list[str] = []
     excluded: list[str] = []
     left_alone: dict[str, str] = {}
+    hooked: dict[str, list[str]] = {}
     seen_params: set[int] = set()
     seen_modules: set[int] = set()
     totals = {"params": 0, "macs": 0, "converted_params": 0, "prunable_weights": 0, "converted_macs": 0}
@@ -186,6 +189,11 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = EXCLUDED
                 entry["reason"] = f"shares parameters with {', '.join(sharing[label][:3])} (weight tying)"
                 excluded.append(label)
+            elif (hooks := user_hooks(module)) and is_selected(label, recipe):
+                entry["status"] = EXCLUDED
+                entry["reason"] = f"hooks registered on it would be lost ({', '.join(hooks[:2])})"
+                excluded.append(label)
+                hooked[label] = hooks
             elif label in heads and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
@@ -243,10 +251,13 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
 
     walk(model, "", 0)
 
+    if hooked:
+        warnings.append(hooks_note(hooked))
     if not converted:
         outputs = [n for n in excluded if n in heads and n not in sharing]
-        hint = nothing_converted_hint(recipe.method, [n for n in excluded if n not in heads and n not in sharing],
-                                      outputs, left_alone.values(), [n for n in excluded if n in sharing])
+        hint = nothing_converted_hint(
+            recipe.method, [n for n in excluded if n not in heads and n not in sharing and n not in hooked],
+            outputs, left_alone.values(), [n for n in excluded if n in sharing], list(hooked))
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
     if structured and converted:
@@ -332,7 +343,7 @@ def format_inspection(d: dict[str, Any]) -> str:
         *(line(r) for r in rows),
         "",
         f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded (by the recipe's "
-        f"globs, as output layers or for weight tying), {t['layers_unsupported']} of unsupported types",
+        f"globs, as output layers, for weight tying or hooks), {t['layers_unsupported']} of unsupported types",
         f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
         f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
         f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "

@@ -292,3 +292,67 @@ def test_parametrized_layers_are_converted_not_silently_left_dense() -> None:
     report = inspect_model(_parametrized_mlp(), torch.randn(2, 1, 4, 4), Recipe())
     assert report["summary"]["converted"] == dry.converted
     assert any("folded" in w and "net.3.weight (spectral_norm)" in w for w in report["warnings"])
+
+
+def _hooked_mlp() -> nn.Module:
+    """An MLP whose first layer maps its input to 3x − 1 in a pre-hook and whose head halves its logits in a hook."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    model[1].register_forward_pre_hook(lambda module, args: (args[0] * 3.0 - 1.0,))
+    model[5].register_forward_hook(lambda module, args, output: output * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp"])
+def test_layers_with_the_users_hooks_stay_dense_and_keep_them(method: str) -> None:
+    """A converted layer is a new module: hooks registered on the old one were lost without a word, and the
+    compressed model computed something else."""
+    model, x = _hooked_mlp(), torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        expected = model(x)
+    recipe = Recipe(method=method, init_log_sigma2=-30.0, keep_output_layers=False)
+    dry = ConversionSummary()
+    to_variational(model, recipe, summary=dry, dry_run=True)
+    summary = ConversionSummary()
+    variational = to_variational(model, recipe, summary=summary).eval()
+    assert summary.converted == dry.converted == ["3"]
+    assert sorted(summary.hooked) == ["1", "5"] and summary.hooked["1"][0].startswith("forward pre-hook")
+    assert summary.hooked["5"][0].startswith("forward hook")
+    assert any("hooks are registered" in note and "1 (forward pre-hook" in note for note in summary.notes)
+    assert type(variational[1]) is nn.Linear and type(variational[5]) is nn.Linear
+    if method == "sparse_vd":
+        with torch.no_grad():  # the noise is off: the same function, hooks included
+            torch.testing.assert_close(variational(x), expected)
+    assert len(variational[1]._forward_pre_hooks) == len(variational[5]._forward_hooks) == 1
+    report = inspect_model(_hooked_mlp(), x, recipe)
+    assert report["summary"]["converted"] == ["3"]
+    assert any("hooks are registered" in w for w in report["warnings"])
+
+
+def test_a_model_whose_layers_all_carry_hooks_says_so() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    model[1].register_forward_hook(lambda module, args, output: output.clamp(-5, 5))
+    with pytest.raises(PrunedropError, match=r"1 has hooks registered and stays dense"):
+        to_variational(model, Recipe())
+    report = inspect_model(model, torch.randn(2, 1, 4, 4), Recipe())
+    assert any("1 has hooks registered" in w for w in report["warnings"])
+
+
+def test_weight_norm_and_backward_hooks_are_told_apart() -> None:
+    from prunedrop.convert import user_hooks
+
+    layer = nn.utils.weight_norm(nn.Linear(4, 4))  # its own pre-hook: folded before the conversion, not the user's
+    assert user_hooks(layer) == []
+    layer.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    assert [h.split()[:2] for h in user_hooks(layer)] == [["backward", "hook"]]
+
+
+def test_a_batchnorm_with_hooks_is_neither_folded_nor_moved() -> None:
+    from prunedrop.batchnorm import batchnorm_pairs, foldable_batchnorms
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    assert len(foldable_batchnorms(model)) == len(batchnorm_pairs(model)) == 2
+    model[4].register_forward_hook(lambda module, args, output: output + 1.0)
+    assert foldable_batchnorms(model) == batchnorm_pairs(model) == [("0", "1")]
+    model[0].register_forward_pre_hook(lambda module, args: args)
+    assert foldable_batchnorms(model) == []  # folding would change what the convolution's hook sees
