@@ -556,3 +556,24 @@ def test_measure_latency_errors(onnx_pair, tmp_path):
     fixed = _export(model, x, tmp_path / "fixed.onnx", dynamic=False)
     with pytest.raises(PrunedropError, match="fixed batch size of 4"):
         measure_latency({"fixed": fixed}, x, batch_sizes=(1,), runs=2)
+
+
+def test_the_models_own_parameters_are_named_root():
+    """A forward that calls F.linear with a parameter of the model itself: its row and the uncounted layers were
+    named by the empty string (a blank first column, "left out of the FLOPs: ``")."""
+    class RawParam(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.nn.functional.linear(x, self.w))
+
+    model = RawParam().eval()
+    report = _report(model, model, torch.randn(2, 4))
+    assert report["flops"]["uncounted_layers"] == ["<root>"]
+    assert [row["name"] for row in report["layers"]] == ["<root>", "head"]
+    from prunedrop.report.render import format_markdown
+
+    assert "`<root>`" in format_markdown(report) and "<root>" in format_table(report)

@@ -145,7 +145,7 @@ def build_report(
     flops_nonzero_before = sum(p.nonzero_macs for p in prof_before)
     flops_after = sum(p.macs for p in prof_after)
     flops_nonzero_after = sum(p.nonzero_macs for p in prof_after)
-    uncounted = sorted({p.name for p in (*prof_before, *prof_after) if not p.counted})
+    uncounted = sorted({p.name or "<root>" for p in (*prof_before, *prof_after) if not p.counted})
 
     metric_before = _finite_or_none(metric_before)
     metric_after = _finite_or_none(metric_after)
@@ -203,7 +203,7 @@ def _layer_rows(before: Sequence[LayerProfile], after: Sequence[LayerProfile]) -
         b, a = by_name_before.get(name), by_name_after.get(name)
         rows.append(
             {
-                "name": name,
+                "name": name or "<root>",  # parameters of the model's own (a forward calling F.linear)
                 "type": (b or a).type,  # type: ignore[union-attr]
                 "params_before": b.nonzero if b else None,
                 "params_after": a.nonzero if a else None,
