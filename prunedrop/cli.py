@@ -131,7 +131,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
     """
     from .convert import to_variational
-    from .data import binary_labels, check_labels, load_data
+    from .data import binary_labels, check_labels, fit_inputs, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
     from .pipeline import compress as run_compress
@@ -176,6 +176,9 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit, recipe=recipe)
+    data, fitted = fit_inputs(net, data)
+    if fitted and not quiet and is_main():
+        click.echo(fitted, err=True)
     num_outputs = _num_outputs(net, data)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the
@@ -337,7 +340,7 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     Works on a finished or an interrupted run (after at least one epoch). The noise-free fine-tuning
     after thresholding is not replayed.
     """
-    from .data import load_data
+    from .data import fit_inputs, load_data
     from .recipes import Recipe
     from .reexport import reexport
     from .runfolder import RUN_INFO, export_protected_files, read_run_info
@@ -351,8 +354,8 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/{RUN_INFO}", saved_run=True)
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
-    data = load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
-                     seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe)
+    data, _ = fit_inputs(net, load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
+                                        seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe))
     r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite, quantize=quantize,
                  log=lambda msg: click.echo(msg, err=True))
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
@@ -449,11 +452,14 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
                                      "(without the batch size)", param_hint="--input-shape")
         example = torch.zeros(1, *shape)
     else:
-        from .data import load_data
-
-        example = load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe).example_batch(1)
+        example = None
     net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs))
     check_finite_weights(net, f"model {model}")
+    if example is None:
+        from .data import fit_inputs, load_data
+
+        data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe))
+        example = data.example_batch(1)
     _num_outputs_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))

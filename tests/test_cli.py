@@ -531,3 +531,57 @@ def test_resume_a_run_folder_that_stored_the_old_finetuning_rate(finished: Path,
     # a fixed β: no probe judges the fine-tuned model, so the gentle share (0.3) of the weights' lr 0.003
     assert json.loads((project / "fresh" / "report.json").read_text())["recipe"]["finetune_lr"] == \
         pytest.approx(0.0009)
+
+
+def test_token_ids_from_an_npz_file_reach_an_embedding_model(project: Path) -> None:
+    """The file readers give float32 inputs; a token classifier (nn.Embedding) stopped with "Expected tensor for
+    argument #1 'indices' to have one of the following scalar types: Long, Int". Whole-number inputs that the model
+    takes only as integers are now fed as int64 ids, in compress, export and inspect."""
+    (project / "tokenarch.py").write_text(
+        "from prunedrop.testing import TokenClassifier\n\n\ndef build():\n    return TokenClassifier(40, 8, 3)\n")
+    import tokenarch
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 20, (240, 7), generator=g)
+    y = (ids[:, 0] % 3).long()
+    torch.manual_seed(0)
+    torch.save(fit(tokenarch.build(), ids[:200], y[:200], 200).state_dict(), project / "tokens.pt")
+    np.savez(project / "tokens.npz", x_train=ids[:200].numpy(), y_train=y[:200].numpy(),
+             x_test=ids[200:].numpy().astype(np.int32), y_test=y[200:].numpy())
+    args = ["compress", "tokens.pt", "--arch", "tokenarch:build", "--data", "npz:tokens.npz", "--recipe",
+            "recipe.yaml", "-o", "out"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "fed as int64 token ids" in result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["conversion"]["converted"] == ["embedding", "head"]
+    assert report["parity_max_abs_diff"] <= 1e-4
+    again = CliRunner().invoke(cli, ["export", "out", "--threshold", "2", "-o", "again.onnx"])
+    assert again.exit_code == 0, again.output
+    shown = CliRunner().invoke(cli, ["inspect", "tokens.pt", "--arch", "tokenarch:build", "--data", "npz:tokens.npz"])
+    assert shown.exit_code == 0, shown.output
+    assert "embedding" in shown.output
+
+
+def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
+    from torch.utils.data import TensorDataset
+
+    from prunedrop.data import DataBundle, fit_inputs
+    from prunedrop.testing import TinyMLP, TokenClassifier
+
+    def bundle(x: torch.Tensor) -> DataBundle:
+        y = torch.zeros(len(x), dtype=torch.long)
+        return DataBundle("npz:x.npz", TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None,
+                          tuple(x.shape[1:]), 3)
+
+    whole = torch.randint(0, 20, (12, 7)).float()
+    tokens, said = fit_inputs(TokenClassifier(20), bundle(whole))
+    assert said is not None and "0 … " in said
+    assert tokens.train.tensors[0].dtype == tokens.val.tensors[0].dtype == torch.int64
+    assert torch.equal(tokens.val.tensors[0], whole[8:].long())
+    same, said = fit_inputs(TinyMLP(7, (5,), 3), bundle(whole))  # a float model keeps its float inputs
+    assert said is None and same.train.tensors[0].dtype == torch.float32
+    halves, said = fit_inputs(TokenClassifier(20), bundle(whole + 0.5))  # not ids: left for the model's error
+    assert said is None and halves.train.tensors[0].dtype == torch.float32
+    outside, said = fit_inputs(TokenClassifier(10), bundle(whole))  # ids past the vocabulary: the model still fails
+    assert said is None and outside.train.tensors[0].dtype == torch.float32

@@ -15,7 +15,8 @@ Valid specs (see :func:`parse_spec`):
     ``uint8`` images are scaled to [0, 1]; other IDX dtypes are cast to float32 unscaled.
 ``npz:FILE``
     arrays ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``, ``x_test``/``y_test``. Inputs are cast
-    to float32 **as given: no scaling or normalisation is applied**; labels become int64. With the recipe's
+    to float32 **as given: no scaling or normalisation is applied** (whole numbers that the model takes only as
+    integers, token ids for an ``nn.Embedding``, become int64: :func:`fit_inputs`); labels become int64. With the recipe's
     ``loss: mse`` (regression), float ``y_*`` arrays shaped ``(N,)`` or ``(N, k)`` are targets, cast to float32.
 ``imagefolder:DIR``
     one sub-folder per class (labels: the sorted folder names' indices); ``train/`` and ``val/`` (or ``valid/``,
@@ -49,7 +50,7 @@ every reader shares), the readers :mod:`.idx` (IDX files), :mod:`.named` (``digi
 (``imagefolder:``, ``csv:``, ``hf:``), imported only when such a spec is loaded.
 """
 
-from .assemble import binary_labels, check_labels
+from .assemble import binary_labels, check_labels, fit_inputs
 from .bundle import DataBundle, first_batches
 from .idx import read_idx
 from .load import load_data
@@ -63,6 +64,7 @@ __all__ = [
     "binary_labels",
     "check_labels",
     "first_batches",
+    "fit_inputs",
     "load_data",
     "parse_spec",
     "read_idx",

@@ -4,6 +4,7 @@ the class count found; and :func:`check_labels`, the data checked against the mo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -238,3 +239,50 @@ def _num_classes(*splits: Dataset | DataLoader | None) -> int | None:
         if labels.numel():
             largest = max(largest, int(labels.max()))
     return largest + 1 if largest >= 0 else None
+
+
+def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, str | None]:
+    """``bundle`` with its inputs in the type ``model`` takes, and a line saying so when they were changed.
+
+    The file readers (``npz:``, ``csv:``, ``hf:``) give float32 inputs, which a model that indexes with them (an
+    ``nn.Embedding`` of token ids) cannot take: a token classifier stopped with "Expected tensor for argument #1
+    'indices' to have one of the following scalar types: Long, Int". When the model fails on the float inputs,
+    every split is held in tensors and every input is a whole number, the inputs become int64 token ids, provided
+    the model runs on them; anything else is left as it was (the model's error is then the caller's to report).
+    Models that run on the float inputs are never changed.
+    """
+    x = bundle.example_batch(2)
+    if not x.is_floating_point() or _runs(model, x):
+        return bundle, None
+    held = {split: getattr(bundle, split) for split in SPLITS if getattr(bundle, split) is not None}
+    if not all(isinstance(data, TensorDataset) for data in held.values()):
+        return bundle, None
+    inputs = [data.tensors[0] for data in held.values()]
+    if not all(_whole_ids(t) for t in inputs):
+        return bundle, None
+    ids = {split: TensorDataset(data.tensors[0].to(torch.int64), *data.tensors[1:]) for split, data in held.items()}
+    candidate = dataclasses.replace(bundle, **ids)
+    if not _runs(model, candidate.example_batch(2)):
+        return bundle, None
+    largest = max(int(t.max()) for t in inputs if t.numel())
+    return candidate, (f"the model does not take float inputs, and every input of {bundle.name} is a whole number "
+                       f"(0 … {largest}): they are fed as int64 token ids")
+
+
+def _whole_ids(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds only whole numbers from 0 to 2**24 (exact in float32), as token ids would be."""
+    return not x.numel() or bool((x >= 0).all() and (x <= 2**24).all() and (x == x.round()).all())
+
+
+def _runs(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` computes an output for ``x`` in eval mode (the modes are restored)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not these inputs"; the caller reports the model's own error
+        return False
+    finally:
+        for module, training in modes.items():
+            module.train(training)
