@@ -403,3 +403,45 @@ def test_unremovable_layers_names_the_blocker_before_any_pruning() -> None:
     assert any("cannot remove any unit of 1 converted layer(s)" in w for w in warnings)
     # per-weight noise removes no units anyway: no such note
     assert not any("cannot remove" in n for n in convert(copy.deepcopy(model), Recipe(), x, logs.append).summary.notes)
+
+
+class _FixedWidths(nn.Module):
+    """A CNN whose forward fixes the second convolution's width itself (``view(-1, 8 * 2 * 2)``), as many
+    hand-written classifiers do; the first convolution's width is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = nn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
+        return self.fc(x.view(-1, 8 * 2 * 2))
+
+
+def test_units_the_forward_fixes_are_kept_as_zeros_and_the_rest_go() -> None:
+    """Removing c2's units made the slim model fail ("shape '[-1, 32]' is invalid for input of size ...") and the
+    whole run ended in an error after its training; now c2 keeps its pruned units as zeros, named in a note, and
+    c1's still go."""
+    torch.manual_seed(0)
+    model, x = _FixedWidths().eval(), torch.randn(4, 1, 4, 4)
+    masks = _prune_units(model, {"c1": [0, 3], "c2": [1, 2, 5]})
+    result = slim(model, masks, x)
+    assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (8, 8)
+    assert any(note.startswith("c2: pruned units kept as zeros") and "fixes their number" in note
+               for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    assert count_parameters(result.model) < count_parameters(model)
+
+
+def test_units_the_forward_fixes_are_named_before_training() -> None:
+    from prunedrop.slim import unremovable_layers
+
+    torch.manual_seed(0)
+    model, x = _FixedWidths().eval(), torch.randn(4, 1, 4, 4)
+    before = [p.clone() for p in model.parameters()]
+    stuck = unremovable_layers(model, x)
+    assert set(stuck) == {"c2", "fc"} and "fixes the number of units" in stuck["c2"], stuck
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # a copy was tried
+    assert unremovable_layers(*tiny_arch("lenet5")) == {"fc2": "they reach the model output"}  # sizes derived

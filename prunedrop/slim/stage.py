@@ -234,7 +234,46 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                             reasons.setdefault(analysis.name(node), reason)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
-    return {name: reason for name, reason in reasons.items() if name not in free}
+    found = {name: reason for name, reason in reasons.items() if name not in free}
+    return {**found, **_fixed_widths(model, example_input, sorted(free))}
+
+
+def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, str]:
+    """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
+    fixes their number itself: ``x.view(-1, 512)``), found by removing the last unit of each on a copy; one slim
+    when none breaks, one more per layer when one does."""
+    work = copy.deepcopy(model).eval()
+    modules = dict(work.named_modules())
+    masks: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name in names:
+            layer = modules.get(name)
+            if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
+                masks[name] = torch.ones(out_units(layer), dtype=torch.bool)
+                masks[name][-1] = False
+                layer.weight[-1] = 0
+                if layer.bias is not None:
+                    layer.bias[-1] = 0
+    if not masks:
+        return {}
+    try:
+        _slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
+        return {}
+    except _SlimBroke:
+        pass
+    except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
+        return {}
+    found = {}
+    for name, mask in masks.items():
+        try:
+            _slim_once(work, {name: mask}, x, atol=1e-5, fold_borders=False, channel_multiple=1)
+        except _SlimBroke as e:
+            found[name] = (f"removing a unit breaks the forward ({e.reason}): it fixes the number of units itself "
+                           "(x.view(-1, 512), a reshape to a constant channel count)" if not e.runs else
+                           f"removing a unit changes the output ({e.reason})")
+        except Exception:  # noqa: BLE001
+            continue
+    return found
 
 
 def slim(
@@ -279,6 +318,71 @@ def slim(
             diff = max_abs_diff(copy.deepcopy(model).eval()(example_input), inner.model(example_input))
         return SlimResult(model=inner.model, removed={**rec.removed, **inner.removed}, max_abs_diff=diff,
                           notes=rec.notes + inner.notes)
+    _check_masks(model, unit_masks)
+    try:
+        return _slim_once(model, unit_masks, example_input, atol=atol, fold_borders=fold_borders,
+                          channel_multiple=channel_multiple)
+    except _SlimBroke as broke:
+        first = broke
+    # The forward fixes some width itself (``x.view(-1, 32 * 4 * 4)``, ``x.reshape(n, 32, -1)``): removing that
+    # layer's units breaks it. Find the layers whose units can go and keep the others' pruned units as zeros.
+    names = list(unit_masks)
+    alone_ok = [name for name in names if _slims(model, {name: unit_masks[name]}, example_input, atol, fold_borders,
+                                                 channel_multiple)]
+    chosen: list[str] = []
+    if _slims(model, {n: unit_masks[n] for n in alone_ok}, example_input, atol, fold_borders, channel_multiple):
+        chosen = alone_ok
+    else:  # layers that can go one at a time but not together: add them one by one
+        for name in alone_ok:
+            if _slims(model, {n: unit_masks[n] for n in [*chosen, name]}, example_input, atol, fold_borders,
+                      channel_multiple):
+                chosen.append(name)
+    left = [name for name in names if name not in chosen and not bool(torch.as_tensor(unit_masks[name]).all())]
+    result = _slim_once(model, {n: unit_masks[n] for n in chosen}, example_input, atol=atol,
+                        fold_borders=fold_borders, channel_multiple=channel_multiple)
+    if left:
+        why = (f"breaks the model's forward ({first.reason}): it fixes their number itself (e.g. x.view(-1, 512) "
+               "or a reshape to a constant channel count); derive it from the input (x.flatten(1), x.shape[1]) to "
+               "let them go" if first.runs is False else
+               f"changes the model's output ({first.reason}): an operation the dependency graph misreads")
+        result.notes.append(f"{', '.join(left[:6])}{' and more' if len(left) > 6 else ''}: pruned units kept as "
+                            f"zeros, since removing them {why}")
+        for name in left:
+            module = model.get_submodule(name)
+            result.removed.setdefault(name, (out_units(module), out_units(module)))
+    return result
+
+
+class _SlimBroke(PrunedropError):
+    """The slim model no longer runs, or computes something else than the masked model."""
+
+    def __init__(self, message: str, reason: str, *, runs: bool):
+        super().__init__(message)
+        self.reason = reason
+        self.runs = runs
+
+
+def _slims(model: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor, atol: float, fold_borders: bool,
+           channel_multiple: int) -> bool:
+    """Whether slimming ``model`` with only ``masks`` gives a model that runs and computes the masked model."""
+    try:
+        _slim_once(model, masks, x, atol=atol, fold_borders=fold_borders, channel_multiple=channel_multiple)
+    except _SlimBroke:
+        return False
+    return True
+
+
+def _slim_once(
+    model: nn.Module,
+    unit_masks: Mapping[str, torch.Tensor],
+    example_input: torch.Tensor,
+    *,
+    atol: float,
+    fold_borders: bool,
+    channel_multiple: int,
+) -> SlimResult:
+    """:func:`slim` of Linear/Conv units with ``unit_masks`` as given; raises :class:`_SlimBroke` when the slim
+    model does not run or differs from the masked one."""
     tp = import_torch_pruning()
     x = example_input.detach()  # an input that requires grad would look like a parameter to the tracing
     reference = copy.deepcopy(model).eval()
@@ -308,9 +412,10 @@ def slim(
         with torch.no_grad():
             want, got = reference(x), work(x)
     except RuntimeError as e:
-        raise PrunedropError(
-            f"the slimmed model no longer runs ({str(e).splitlines()[0]}); this is a bug in prunedrop's slim "
-            "stage or a layer it does not support, please report it"
+        first = (str(e).splitlines() or [""])[0]
+        raise _SlimBroke(
+            f"the slimmed model no longer runs ({first}); this is a bug in prunedrop's slim "
+            "stage or a layer it does not support, please report it", first, runs=False
         ) from None
     diff = max_abs_diff(want, got)
 
@@ -331,10 +436,10 @@ def slim(
         )
     allowed = scaled_tolerance(atol, want)
     if not diff <= allowed and not approximate:
-        raise PrunedropError(
+        raise _SlimBroke(
             f"the slim model differs from the masked model by {diff:.3g} (> {allowed:.3g}: atol {atol:g} scaled by "
             "the output's magnitude) on the example "
             "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
-            "channels); please report it"
+            "channels); please report it", f"its output moved by {diff:.3g}", runs=True
         )
     return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes)
