@@ -10,7 +10,7 @@ from torch import nn
 
 from prunedrop.errors import PrunedropError
 from prunedrop.report import count_parameters
-from prunedrop.slim import SlimResult, slim
+from prunedrop.slim import SlimResult, slim, unremovable_layers
 from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -429,19 +429,48 @@ def test_units_the_forward_fixes_are_kept_as_zeros_and_the_rest_go() -> None:
     masks = _prune_units(model, {"c1": [0, 3], "c2": [1, 2, 5]})
     result = slim(model, masks, x)
     assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (8, 8)
-    assert any(note.startswith("c2: pruned units kept as zeros") and "fixes their number" in note
+    assert any(note.startswith("c2: pruned units kept as zeros") and "depends on their number" in note
                for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     assert count_parameters(result.model) < count_parameters(model)
 
 
 def test_units_the_forward_fixes_are_named_before_training() -> None:
-    from prunedrop.slim import unremovable_layers
-
     torch.manual_seed(0)
     model, x = _FixedWidths().eval(), torch.randn(4, 1, 4, 4)
     before = [p.clone() for p in model.parameters()]
     stuck = unremovable_layers(model, x)
-    assert set(stuck) == {"c2", "fc"} and "fixes the number of units" in stuck["c2"], stuck
+    assert set(stuck) == {"c2", "fc"} and "depends on the number of units" in stuck["c2"], stuck
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # a copy was tried
     assert unremovable_layers(*tiny_arch("lenet5")) == {"fc2": "they reach the model output"}  # sizes derived
+
+
+class _Shuffles(nn.Module):
+    """c1's channels go through a channel shuffle (a view into 4 fixed groups), c2's through a pixel shuffle
+    (4 channels → 1), which the dependency graph misreads; c3's go plainly into the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(2, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = nn.functional.pixel_shuffle(torch.relu(self.c2(x)), 2)
+        return self.fc(torch.relu(self.c3(x)).mean((2, 3)))
+
+
+def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
+    """A pixel shuffle made the removal's planning fail with an IndexError (a traceback after the training)."""
+    torch.manual_seed(0)
+    model, x = _Shuffles().eval(), torch.randn(4, 1, 6, 6)
+    masks = _prune_units(model, {"c1": [1], "c2": [0, 5], "c3": [2, 4]})
+    result = slim(model, masks, x)
+    assert result.removed["c1"] == (8, 8) and result.removed["c2"] == (8, 8) and result.removed["c3"] == (6, 4)
+    assert any(note.startswith("c2: pruned units kept as zeros") and "pixel shuffle" in note
+               for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    stuck = unremovable_layers(_Shuffles().eval(), x)
+    assert "depends on the number of units" in stuck["c1"] and "cannot follow" in stuck["c2"], stuck

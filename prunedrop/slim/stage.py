@@ -268,9 +268,10 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
         try:
             _slim_once(work, {name: mask}, x, atol=1e-5, fold_borders=False, channel_multiple=1)
         except _SlimBroke as e:
-            found[name] = (f"removing a unit breaks the forward ({e.reason}): it fixes the number of units itself "
-                           "(x.view(-1, 512), a reshape to a constant channel count)" if not e.runs else
-                           f"removing a unit changes the output ({e.reason})")
+            found[name] = {"runs": f"removing a unit breaks the forward ({e.reason}): it depends on the number of "
+                                   "units (x.view(-1, 512), a reshape to a constant channel count, fixed groups)",
+                           "output": f"removing a unit changes the output ({e.reason})",
+                           "graph": f"the dependency graph cannot follow where its units go ({e.reason})"}[e.kind]
         except Exception:  # noqa: BLE001
             continue
     return found
@@ -341,10 +342,12 @@ def slim(
     result = _slim_once(model, {n: unit_masks[n] for n in chosen}, example_input, atol=atol,
                         fold_borders=fold_borders, channel_multiple=channel_multiple)
     if left:
-        why = (f"breaks the model's forward ({first.reason}): it fixes their number itself (e.g. x.view(-1, 512) "
-               "or a reshape to a constant channel count); derive it from the input (x.flatten(1), x.shape[1]) to "
-               "let them go" if first.runs is False else
-               f"changes the model's output ({first.reason}): an operation the dependency graph misreads")
+        why = {"runs": f"breaks the model's forward ({first.reason}): it depends on their number (e.g. "
+                       "x.view(-1, 512), a reshape to a constant channel count, channels split into fixed groups); "
+                       "derive the sizes from the input (x.flatten(1), x.shape[1]) to let them go",
+               "output": f"changes the model's output ({first.reason}): an operation the dependency graph misreads",
+               "graph": f"is more than the dependency graph can follow ({first.reason}): an operation that moves "
+                        "channels elsewhere (a pixel shuffle, say)"}[first.kind]
         result.notes.append(f"{', '.join(left[:6])}{' and more' if len(left) > 6 else ''}: pruned units kept as "
                             f"zeros, since removing them {why}")
         for name in left:
@@ -356,10 +359,12 @@ def slim(
 class _SlimBroke(PrunedropError):
     """The slim model no longer runs, or computes something else than the masked model."""
 
-    def __init__(self, message: str, reason: str, *, runs: bool):
+    def __init__(self, message: str, reason: str, kind: str):
         super().__init__(message)
         self.reason = reason
-        self.runs = runs
+        self.kind = kind
+        """``runs`` (the slim model fails), ``output`` (it computes something else), ``graph`` (planning the removal
+        failed: the dependency graph misread an operation)."""
 
 
 def _slims(model: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor, atol: float, fold_borders: bool,
@@ -403,9 +408,17 @@ def _slim_once(
         ]
         if channel_multiple < 1:
             raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
-        plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
-        approximate = _fold_constants(plan, names)
-        _remove_channels(graph, analyses, plan.removal)
+        try:
+            plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
+            approximate = _fold_constants(plan, names)
+            _remove_channels(graph, analyses, plan.removal)
+        except PrunedropError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the dependency graph misread an operation (a pixel shuffle)
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise _SlimBroke(f"slimming could not plan the removal ({type(e).__name__}: {first}); this is a bug in "
+                             "prunedrop's slim stage or a layer it does not support, please report it",
+                             f"{type(e).__name__}: {first}", "graph") from None
     work.eval()
 
     try:
@@ -415,7 +428,7 @@ def _slim_once(
         first = (str(e).splitlines() or [""])[0]
         raise _SlimBroke(
             f"the slimmed model no longer runs ({first}); this is a bug in prunedrop's slim "
-            "stage or a layer it does not support, please report it", first, runs=False
+            "stage or a layer it does not support, please report it", first, "runs"
         ) from None
     diff = max_abs_diff(want, got)
 
@@ -440,6 +453,6 @@ def _slim_once(
             f"the slim model differs from the masked model by {diff:.3g} (> {allowed:.3g}: atol {atol:g} scaled by "
             "the output's magnitude) on the example "
             "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
-            "channels); please report it", f"its output moved by {diff:.3g}", runs=True
+            "channels); please report it", f"its output moved by {diff:.3g}", "output"
         )
     return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes)
