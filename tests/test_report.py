@@ -577,3 +577,21 @@ def test_the_models_own_parameters_are_named_root():
     from prunedrop.report.render import format_markdown
 
     assert "`<root>`" in format_markdown(report) and "<root>" in format_table(report)
+
+
+def test_an_embedding_that_lost_rows_is_one_row_under_its_name():
+    """Slimming wraps an embedding whose rows left in a RemappedEmbedding (``embedding`` → ``embedding.embedding``):
+    the layer table showed the embedding gone ("-" after) and a new layer beside it."""
+    from prunedrop.slim import remove_heads_and_rows
+    from prunedrop.testing import tiny_token_model
+
+    model, ids = tiny_token_model(vocab=20)
+    with torch.no_grad():
+        model.embedding.weight[12:] = 0
+    slim = remove_heads_and_rows(model, ids).model
+    assert any(name == "embedding.embedding" for name, _ in slim.named_modules())
+    report = _report(model, slim, ids)
+    rows = {row["name"]: row for row in report["layers"]}
+    assert set(rows) == {"embedding", "head"}
+    assert rows["embedding"]["shape_before"] == [20, 6] and rows["embedding"]["shape_after"] == [13, 6]
+    assert rows["embedding"]["params_after"] == 12 * 6

@@ -4,6 +4,7 @@ check that a report holds no absolute path (reports are shared and committed nex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -196,6 +197,12 @@ def build_report(
 
 def _layer_rows(before: Sequence[LayerProfile], after: Sequence[LayerProfile]) -> list[dict[str, Any]]:
     by_name_before = {p.name: p for p in before}
+    # A layer that slimming wrapped (an embedding whose unused rows left: ``emb`` → ``emb.embedding`` inside a
+    # RemappedEmbedding) is one row under its own name, not a layer gone and a new one.
+    gone = {n for n in by_name_before if n not in {p.name for p in after}}
+    after = [dataclasses.replace(p, name=p.name.rpartition(".")[0])
+             if p.name not in by_name_before and p.name.rpartition(".")[0] in gone
+             and p.type == by_name_before[p.name.rpartition(".")[0]].type else p for p in after]
     by_name_after = {p.name: p for p in after}
     names = [p.name for p in before] + [p.name for p in after if p.name not in by_name_before]
     rows = []
