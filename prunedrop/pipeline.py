@@ -121,7 +121,7 @@ def compress(
                                 normalised=converted.normalised, **run)
     slimmed = slim_pruned(pruned.result.model if tuned is None else tuned.model, pruned.result.unit_masks, example,
                           log, recipe.channel_multiple, slimmed=None if tuned is None else tuned.slimmed)
-    evaluation = evaluate_compressed(slimmed.model, baseline, selection, data, recipe)
+    evaluation = evaluate_compressed(slimmed.model, baseline, selection, data, recipe, log)
     exported = export_compressed(slimmed.model, baseline, evaluation, selection.threshold, pruned.bits, data,
                                  recipe, folder, example, log)
     report = assemble_report(slimmed.model, [baseline, converted, trained, selection, pruned, tuned, slimmed,

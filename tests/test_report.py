@@ -595,3 +595,20 @@ def test_an_embedding_that_lost_rows_is_one_row_under_its_name():
     assert set(rows) == {"embedding", "head"}
     assert rows["embedding"]["shape_before"] == [20, 6] and rows["embedding"]["shape_after"] == [13, 6]
     assert rows["embedding"]["params_after"] == 12 * 6
+
+
+def test_per_class_accuracies_are_listed_and_a_class_that_fell_is_named():
+    from prunedrop.report.render import format_markdown
+
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x)
+    assert "## Per class" not in format_markdown(report)
+    report["per_class"] = {"val": [{"label": 0, "samples": 96, "before": 100.0, "after": 100.0},
+                                   {"label": 1, "samples": 4, "before": 100.0, "after": 75.0}],
+                           "test": [{"label": 0, "samples": 90, "before": 98.0, "after": 97.0}]}
+    markdown = format_markdown(report)
+    section = markdown[markdown.index("## Per class"):markdown.index("## Layers")]
+    assert section.index("| 1 | 4 | 100 | 75 (-25) | - | - | - |") < section.index("| 0 | 96 | 100 | 100 (+0) | 90 |")
+    assert "Note: class 1 lost 25 points" in section
+    assert "note: class 1 lost 25 points" in format_table(report)
+    json.dumps(report, allow_nan=False)

@@ -92,7 +92,9 @@ def test_the_stage_results_assemble_the_report(tmp_path: Path) -> None:
     parts = [result.to_dict() for result in results]
     merged = json.loads(json.dumps(merge_parts(parts)))
     assert {"conversion", "sweep", "threshold", "calibration", "slim", "kept_unit_fraction_converted",
-            "history", "variational_epochs", "test_metric", "sparse_initializers"} <= set(merged)
+            "history", "variational_epochs", "test_metric", "sparse_initializers", "per_class"} <= set(merged)
+    assert [r["label"] for r in merged["per_class"]["val"]] == [0, 1, 2]
+    assert sum(r["samples"] for r in merged["per_class"]["val"]) == data.num_val
     for key, value in merged.items():
         assert key in written, key
         if key == "timings":

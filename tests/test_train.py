@@ -277,3 +277,25 @@ def test_masked_finetuning_rate_defaults_to_the_weights_rate(tmp_path: Path, fin
     finetune_masked(_model(1), {}, _bundle(), recipe, progress=False, checkpoint_path=path)
     state = torch.load(path, weights_only=False)
     assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [pytest.approx(expected)]
+
+
+def test_class_changes_and_the_note_on_a_class_that_fell() -> None:
+    from prunedrop.metrics import CLASS_DROP_WARNING, class_changes, class_drop_note
+
+    labels = torch.tensor([0] * 96 + [1] * 4)
+    before = torch.full((100,), 100.0, dtype=torch.float64)
+    after = before.clone()
+    after[96] = 0.0  # one of the four samples of class 1 lost: −25 points there, −1 over all
+    rows = class_changes(before, after, labels)
+    assert rows == [{"label": 0, "samples": 96, "before": 100.0, "after": 100.0},
+                    {"label": 1, "samples": 4, "before": 100.0, "after": 75.0}]
+    note = class_drop_note({"val": rows}, -1.0, 1.0)
+    assert note is not None and note.startswith("class 1 lost 25 points on validation data (4 samples")
+    assert class_drop_note({"val": rows}, -1.0, 13.0) is None  # not twice a budget of 13
+    assert class_drop_note({"test": rows}, -1.0, 1.0) is None  # named from validation data only
+    small = class_changes(before, after, torch.tensor([0] * 90 + [1] * 10))
+    assert small[1]["after"] == 90.0 and CLASS_DROP_WARNING == 10.0
+    assert class_drop_note({"val": small}, -1.0, 1.0) is not None
+    assert class_drop_note({"val": class_changes(before, before, labels)}, 0.0, 1.0) is None
+    assert class_changes(before, after, labels[:50]) == []  # labels that do not match the scores: nothing
+    assert class_changes(before, after, torch.zeros(100, 2, dtype=torch.long)) == []

@@ -223,8 +223,50 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(_sweep_line(report))
     if isinstance(report.get("calibration"), Mapping):
         parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
+    note = _class_note(report)
+    if note:
+        parts.append(f"note: {note}")
     parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
     return "\n\n".join(parts) + "\n"
+
+
+def _class_note(report: Mapping[str, Any]) -> str | None:
+    """:func:`prunedrop.metrics.class_drop_note` of the report's per-class accuracies, if it has them."""
+    from ..metrics import class_drop_note
+
+    per_class, metric = report.get("per_class"), report.get("metric")
+    if not isinstance(per_class, Mapping) or not isinstance(metric, Mapping) or metric.get("delta") is None:
+        return None
+    sweep = report.get("sweep")
+    budget = sweep.get("max_metric_drop") if isinstance(sweep, Mapping) else None
+    return class_drop_note(per_class, float(metric["delta"]), float(budget) if budget is not None else None)
+
+
+#: classes listed in report.md's per-class table (those whose validation accuracy fell most)
+_CLASS_ROWS = 20
+
+
+def _per_class_parts(report: Mapping[str, Any]) -> list[str]:
+    """report.md's per-class section: each class's accuracy before and after on the validation and test data, the
+    classes that fell most on validation data first."""
+    per_class = report["per_class"]
+    val = {r["label"]: r for r in per_class.get("val") or []}
+    test = {r["label"]: r for r in per_class.get("test") or []}
+    labels = sorted(set(val) | set(test), key=lambda k: (-(val[k]["before"] - val[k]["after"]) if k in val else 0, k))
+
+    def cells(r: Mapping[str, Any] | None) -> list[str]:
+        if r is None:
+            return ["-", "-", "-"]
+        return [str(r["samples"]), f"{r['before']:.4g}", f"{r['after']:.4g} ({r['after'] - r['before']:+.3g})"]
+
+    rows = [[str(k), *cells(val.get(k)), *cells(test.get(k))] for k in labels[:_CLASS_ROWS]]
+    more = len(labels) - _CLASS_ROWS
+    text = ("Accuracy per class before and after (the budget holds over all samples, not per class); the classes "
+            "that fell most on validation data first" + (f", {more} more not shown." if more > 0 else "."))
+    note = _class_note(report)
+    return [text, _markdown(["class", "val samples", "val before", "val after", "test samples", "test before",
+                             "test after"], rows),
+            *([f"Note: {note.replace(' (report.md lists every class)', '')}."] if note else [])]
 
 
 #: the files of the latency rows, as the speedup notes name them
@@ -414,6 +456,8 @@ def format_markdown(report: Mapping[str, Any]) -> str:
                   "original model, the variational model averaged over Monte Carlo samples of its noise, and the "
                   "compressed model.",
                   _markdown(_CALIBRATION_HEADER, _calibration_rows(report["calibration"]))]
+    if isinstance(report.get("per_class"), Mapping) and report["per_class"]:
+        parts += ["## Per class", *_per_class_parts(report)]
     parts += ["## Layers", _markdown(_LAYER_HEADER, _layer_table_rows(report), left=2)]
     plots = report.get("plots")
     if isinstance(plots, Mapping) and plots:

@@ -3,14 +3,18 @@ over it stops here, before anything is exported), and its calibration."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..data import DataBundle
-from ..metrics import as_classifier, paired_standard_error
+from ..data.assemble import labels_of
+from ..metrics import as_classifier, class_changes, class_drop_note, paired_standard_error
+from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
@@ -28,24 +32,40 @@ class Evaluation:
     delta_se: dict[str, float | None] = field(default_factory=dict)
     """Per split, the paired standard error of the change of the metric against the original
     (:func:`prunedrop.metrics.paired_standard_error`): how finely that split's samples measure it."""
+    per_class: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per split, each class's accuracy before and after (:func:`prunedrop.metrics.class_changes`), for classifiers
+    whose labels are at hand without a pass over the data (one label per sample)."""
 
     def to_dict(self) -> dict[str, Any]:
         test = {"after": self.metric.get("test")}
         if "test" in self.metric:
             test["delta_se"] = self.delta_se.get("test")
-        return {"test_metric": test, **({"calibration": self.calibration} if self.calibration else {})}
+        return {"test_metric": test, **({"calibration": self.calibration} if self.calibration else {}),
+                **({"per_class": self.per_class} if self.per_class else {})}
 
 
 def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selection, data: DataBundle,
-                        recipe: Recipe) -> Evaluation:
+                        recipe: Recipe, log: Callable[[str], None] | None = None) -> Evaluation:
     """Evaluate the compressed ``model`` and stop an automatic-β run over its budget
-    (:func:`prunedrop.stages.budget.check_budget`)."""
+    (:func:`prunedrop.stages.budget.check_budget`); ``log`` hears of a class that lost much within it."""
     metric, scores = measure_all(model, data, recipe, torch.device("cpu"))
     delta_se = {split: paired_standard_error(baseline.scores[split], s) if split in baseline.scores else None
                 for split, s in scores.items()}
     check_budget(recipe, baseline.metric["val"], metric["val"], num_val=data.num_val, delta_se=delta_se["val"])
+    per_class: dict[str, list[dict[str, Any]]] = {}
+    if is_classification(recipe.loss):
+        for split, after in scores.items():
+            held = data.split(split)  # a DataLoader of the user's may shuffle: its labels' order is not the scores'
+            labels = None if isinstance(held, DataLoader) else labels_of(held)
+            if labels is not None and split in baseline.scores:
+                rows = class_changes(baseline.scores[split], after, labels)
+                if rows:
+                    per_class[split] = rows
+    note = class_drop_note(per_class, metric["val"] - baseline.metric["val"], recipe.max_metric_drop)
+    if note and log is not None:
+        log(f"note: {note}")
     calibration = {}
     if selection.calibration:
         calibration["compressed"] = calibration_summary(as_classifier(model, recipe.loss),
                                                         data.loader("val", recipe.eval_batch_size))
-    return Evaluation(metric=metric, calibration=calibration, delta_se=delta_se)
+    return Evaluation(metric=metric, calibration=calibration, delta_se=delta_se, per_class=per_class)
