@@ -460,6 +460,11 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 
         data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe))
         example = data.example_batch(1)
+    else:
+        from .data.assemble import runs_on
+
+        if not runs_on(net, example) and runs_on(net, example.long()):
+            example = example.long()  # a model of token ids: zeros as ids
     _num_outputs_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))

@@ -252,7 +252,7 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     Models that run on the float inputs are never changed.
     """
     x = bundle.example_batch(2)
-    if not x.is_floating_point() or _runs(model, x):
+    if not x.is_floating_point() or runs_on(model, x):
         return bundle, None
     held = {split: getattr(bundle, split) for split in SPLITS if getattr(bundle, split) is not None}
     if not all(isinstance(data, TensorDataset) for data in held.values()):
@@ -262,7 +262,7 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
         return bundle, None
     ids = {split: TensorDataset(data.tensors[0].to(torch.int64), *data.tensors[1:]) for split, data in held.items()}
     candidate = dataclasses.replace(bundle, **ids)
-    if not _runs(model, candidate.example_batch(2)):
+    if not runs_on(model, candidate.example_batch(2)):
         return bundle, None
     largest = max(int(t.max()) for t in inputs if t.numel())
     return candidate, (f"the model does not take float inputs, and every input of {bundle.name} is a whole number "
@@ -274,7 +274,7 @@ def _whole_ids(x: torch.Tensor) -> bool:
     return not x.numel() or bool((x >= 0).all() and (x <= 2**24).all() and (x == x.round()).all())
 
 
-def _runs(model: torch.nn.Module, x: torch.Tensor) -> bool:
+def runs_on(model: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``model`` computes an output for ``x`` in eval mode (the modes are restored)."""
     modes = {m: m.training for m in model.modules()}
     try:
