@@ -98,10 +98,17 @@ def user_hooks(module: nn.Module) -> list[str]:
     found = []
     for attribute, kind in _HOOK_KINDS.items():
         for key, hook in getattr(module, attribute, {}).items():
-            if isinstance(hook, (WeightNorm, SpectralNorm)) or key in ours:
+            if isinstance(hook, (WeightNorm, SpectralNorm)) or key in ours or _torch_own(hook):
                 continue
             found.append(f"{kind} {getattr(hook, '__qualname__', type(hook).__name__)}")
     return found
+
+
+def _torch_own(hook: Any) -> bool:
+    """A hook torch registers itself: a lazy module's ``_infer_parameters``, removed at its first forward."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    return getattr(hook, "__func__", None) is LazyModuleMixin._infer_parameters
 
 
 def hooks_note(hooked: Mapping[str, Sequence[str]]) -> str:

@@ -345,6 +345,8 @@ def test_weight_norm_and_backward_hooks_are_told_apart() -> None:
     assert user_hooks(layer) == []
     layer.register_full_backward_hook(lambda module, grad_in, grad_out: None)
     assert [h.split()[:2] for h in user_hooks(layer)] == [["backward", "hook"]]
+    lazy = nn.LazyLinear(3)  # torch's own pre-hook, which infers the input size at the first forward
+    assert lazy._forward_pre_hooks and user_hooks(lazy) == []
 
 
 def test_a_batchnorm_with_hooks_is_neither_folded_nor_moved() -> None:
