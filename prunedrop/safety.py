@@ -391,6 +391,24 @@ def check_deterministic(model: nn.Module, x: Any, first: Any = None) -> None:
         "noise in forward when not training")
 
 
+def check_batchnorm_statistics(model: nn.Module, source: str) -> None:
+    """Refuse a model with a BatchNorm that keeps no running statistics (``track_running_stats=False``): in eval
+    mode it normalises each batch by the batch's own statistics, so a sample's output depends on the other samples
+    of its batch (the accuracy at one batch size is not the model's at another), and the ONNX export cannot hold it
+    (it failed with "batch_size and channel_size must be non-None" after the run had started)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    found = [name or "the model" for name, m in model.named_modules()
+             if isinstance(m, _BatchNorm) and (not m.track_running_stats or m.running_mean is None)]
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise PrunedropError(
+            f"{source} has BatchNorm layers without running statistics ({shown}, track_running_stats=False): in "
+            "eval mode they normalise each batch by its own statistics, so a sample's output depends on the rest of "
+            "its batch and the ONNX file cannot hold them; train the model with running statistics (the default), "
+            "or use GroupNorm or LayerNorm, which normalise each sample alone")
+
+
 def check_no_torchscript(model: nn.Module, source: str) -> None:
     """Refuse a model that holds TorchScript submodules (``torch.jit.script(block)`` inside a plain module): their
     layers are compiled, so they can be neither converted nor traced for the ONNX file (the export failed with

@@ -817,7 +817,13 @@ COMPRESS_MISTAKES = {
     "random-in-eval": (["--arch", "mcarch:build"], "in eval mode is random"),
     # a torch.jit.script'ed block inside a plain module: the original's export failed with torch's tracer message
     "torchscript-submodule": (["--arch", "scriptarch:build"], "holds TorchScript modules (body)"),
+    # a BatchNorm normalising by each batch's own statistics in eval mode: the original's export failed after the run
+    # had started ("batch_size and channel_size must be non-None")
+    "batchnorm-without-statistics": (["--arch", "bnarch:build"], "BatchNorm layers without running statistics (net.2"),
 }
+BN_ARCH = ("from torch import nn\nfrom prunedrop.testing import TinyMLP\n\n\ndef build():\n"
+           "    model = TinyMLP(16, (24, 12), 3)\n"
+           "    model.net[2] = nn.BatchNorm1d(24, affine=False, track_running_stats=False)\n    return model\n")
 SCRIPT_ARCH = ("import torch\nfrom torch import nn\n\n\nclass S(nn.Module):\n    def __init__(self):\n"
                "        super().__init__()\n        self.body = torch.jit.script(nn.Sequential(nn.Flatten(), "
                "nn.Linear(16, 24), nn.ReLU()))\n        self.head = nn.Linear(24, 3)\n\n"
@@ -839,6 +845,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
         "def build():\n    return Aux(16, (24, 12), 3)\n")
     (user_folder / "mcarch.py").write_text(MC_ARCH)
     (user_folder / "scriptarch.py").write_text(SCRIPT_ARCH)
+    (user_folder / "bnarch.py").write_text(BN_ARCH)
     (user_folder / "latency.yaml").write_text(FAST_RECIPE.replace("latency_runs: 0", "latency_runs: 2")
                                               + f"latency_batch_sizes: [1, {10**9}]\n")
     (user_folder / "mse.yaml").write_text(FAST_RECIPE + "loss: mse\n")
@@ -848,7 +855,7 @@ def test_compress_mistakes_are_one_line_errors_before_any_file(user_folder: Path
     try:
         result = CliRunner().invoke(cli, _with(_compress_args("-o", "out"), extra))
     finally:
-        for name in ("tinyarch", "metaarch", "auxarch", "mcarch", "scriptarch"):
+        for name in ("tinyarch", "metaarch", "auxarch", "mcarch", "scriptarch", "bnarch"):
             sys.modules.pop(name, None)
     _one_line_error(result, 1, needle)
     assert _snapshot(user_folder) == before
@@ -879,6 +886,11 @@ def test_torchscript_submodules_are_refused_by_inspect_and_the_python_api(user_f
     with pytest.raises(PrunedropError, match=r"holds TorchScript modules \(body\)"):
         compress(model, data, Recipe(epochs=1, latency_runs=0, plots=False), user_folder / "api", progress=False,
                  log=lambda msg: None)
+    namespace = {}
+    exec(BN_ARCH, namespace)  # a BatchNorm without running statistics, refused by the Python API too
+    with pytest.raises(PrunedropError, match=r"without running statistics \(net.2"):
+        compress(namespace["build"](), data, Recipe(epochs=1, latency_runs=0, plots=False), user_folder / "api2",
+                 progress=False, log=lambda msg: None)
 
 
 def test_a_classifier_that_returns_probabilities_is_warned_about(tmp_path: Path) -> None:
