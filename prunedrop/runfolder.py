@@ -85,9 +85,12 @@ class RunFolder:
         return f"{PLOTS}/{key}.png"
 
     def stale_files(self) -> list[Path]:
-        """What an earlier run leaves that must not leak into a fresh one (``--overwrite``)."""
+        """What an earlier run leaves that must not leak into a fresh one (``--overwrite``): its checkpoints, and
+        its results too, so that a fresh run that stops early (a model the ONNX exporter cannot take) leaves no
+        earlier run's report and model beside its own run.json."""
         return [self.variational_checkpoint, self.masked_checkpoint, self.quantized_onnx,
-                *self.path.glob("checkpoint-masked-t*.pt")]
+                *self.path.glob("checkpoint-masked-t*.pt"), self.report_json, self.report_md, self.model_onnx,
+                self.model_pt, self.architecture_json, self.original_onnx, *(self.path / PLOTS).glob("*.png")]
 
     def read_info(self) -> dict[str, Any]:
         """``run.json``, checked (:func:`check_run_info`)."""

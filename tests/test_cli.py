@@ -586,3 +586,25 @@ def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
     assert said is None and halves.train.tensors[0].dtype == torch.float32
     outside, said = fit_inputs(TokenClassifier(10), bundle(whole))  # ids past the vocabulary: the model still fails
     assert said is None and outside.train.tensors[0].dtype == torch.float32
+
+
+def test_an_overwrite_that_stops_early_leaves_no_earlier_results(finished: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite deleted only the checkpoints: a fresh run that stopped at the original's ONNX export (an
+    operator the exporter lacks) left the earlier run's report.json and model files beside its own run.json."""
+    project = tmp_path / "copy"
+    shutil.copytree(finished, project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(project)
+    (project / "bilarch.py").write_text(
+        "import torch\nfrom torch import nn\nfrom tinyarch import build as _build\n\n\nclass B(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.inner = _build()\n"
+        "    def forward(self, x):\n        return torch.nn.functional.bilinear(self.inner(x), self.inner(x), "
+        "torch.ones(3, 3, 3))\n\n\ndef build():\n    return B()\n")
+    torch.save({f"inner.{k}": v for k, v in torch.load(project / "model.pt").items()}, project / "bil.pt")
+    assert (project / "out" / "report.json").is_file()
+    result = CliRunner().invoke(cli, ["compress", "bil.pt", "--arch", "bilarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-q", "-o", "out", "--overwrite"])
+    assert result.exit_code == 1 and "bilinear" in result.output, result.output
+    left = sorted(p.name for p in (project / "out").rglob("*") if p.is_file())
+    assert left == ["run.json"], left
