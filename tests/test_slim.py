@@ -474,3 +474,20 @@ def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     stuck = unremovable_layers(_Shuffles().eval(), x)
     assert "depends on the number of units" in stuck["c1"] and "cannot follow" in stuck["c2"], stuck
+
+
+class _AssertsWidth(_FixedWidths):
+    """The same, but the forward checks the width with an assert (an AssertionError, not a RuntimeError)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 2)
+        assert x.shape[1] == 8, "eight channels expected"
+        return self.fc(x.flatten(1))
+
+
+def test_a_forward_that_asserts_a_width_keeps_that_layer() -> None:
+    torch.manual_seed(0)
+    model, x = _AssertsWidth().eval(), torch.randn(4, 1, 4, 4)
+    result = slim(model, _prune_units(model, {"c1": [0, 3], "c2": [1, 2, 5]}), x)
+    assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (8, 8)
+    assert any("eight channels expected" in note for note in result.notes), result.notes

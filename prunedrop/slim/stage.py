@@ -421,11 +421,13 @@ def _slim_once(
                              f"{type(e).__name__}: {first}", "graph") from None
     work.eval()
 
+    with torch.no_grad():
+        want = reference(x)
     try:
         with torch.no_grad():
-            want, got = reference(x), work(x)
-    except RuntimeError as e:
-        first = (str(e).splitlines() or [""])[0]
+            got = work(x)
+    except Exception as e:  # noqa: BLE001 - a view's RuntimeError, an assert or an einops error in the forward
+        first = (str(e).splitlines() or [""])[0] or type(e).__name__
         raise _SlimBroke(
             f"the slimmed model no longer runs ({first}); this is a bug in prunedrop's slim "
             "stage or a layer it does not support, please report it", first, "runs"
