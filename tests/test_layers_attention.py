@@ -176,8 +176,9 @@ def test_embedding_rows_removed_with_remap(tmp_path: Path) -> None:
     assert isinstance(remapped, RemappedEmbedding)
     assert result.rows == {"embedding": (20, 16)}
     assert remapped.embedding.num_embeddings == 17  # 16 kept rows and the shared zero row
-    assert remapped.index_map[[3, 12, 13, 19]].tolist() == [16] * 4
-    assert remapped.index_map[[0, 4, 14]].tolist() == [0, 3, 11]
+    assert remapped.index_map[[3, 12, 13, 19]].tolist() == [0] * 4  # the shared zero row is row 0
+    assert remapped.index_map[[0, 4, 14]].tolist() == [1, 4, 12]
+    assert float(remapped.embedding.weight.detach()[0].abs().max()) == 0.0
     every_id = torch.arange(20).reshape(4, 5)  # the original ids go in, removed ones included
     with torch.no_grad():
         torch.testing.assert_close(result.model(every_id), variational(every_id), atol=1e-6, rtol=0)
@@ -287,3 +288,29 @@ def test_user_attention_block_from_linear_layers() -> None:
         torch.testing.assert_close(variational(x), block(x), atol=1e-6, rtol=0)
         variational.v.log_sigma2.fill_(20.0)  # every value weight pruned: only the biases remain
         torch.testing.assert_close(prune(variational).model(x), variational(x), atol=1e-6, rtol=0)
+
+
+def test_a_large_vocabulary_s_id_map_is_stored_sparsely(tmp_path: Path) -> None:
+    """A 200,000-id embedding with 30 rows kept: its ONNX file held the dense id → row map (1.6 MB, int64) for
+    25 kB of weights. With the zero row first the map is mostly zeros, stored as a sparse Constant."""
+    import onnx
+
+    from prunedrop.export.sparse import lookup_tables
+    from prunedrop.testing import TokenClassifier
+
+    torch.manual_seed(0)
+    model = TokenClassifier(200_000, 8, 3).eval()
+    with torch.no_grad():
+        keep = torch.zeros(200_000, dtype=torch.bool)
+        keep[torch.randperm(200_000)[:30]] = True
+        model.embedding.weight[~keep] = 0
+    ids = torch.randint(0, 200_000, (4, 7))
+    ids[0, :3] = torch.nonzero(keep).flatten()[:3]
+    slim = remove_heads_and_rows(model, ids).model
+    dense = export_onnx(slim, ids[:2], tmp_path / "dense.onnx", opset=18, sparse=False)
+    packed = export_onnx(slim, ids[:2], tmp_path / "packed.onnx", opset=18)
+    assert dense.num_bytes > 1_600_000 and packed.num_bytes < 20_000, (dense.num_bytes, packed.num_bytes)
+    assert lookup_tables(onnx.load(dense.path).graph)  # the map, found as the data of a Gather
+    every = torch.cat([torch.nonzero(keep).flatten()[:7], torch.arange(7)]).reshape(2, 7)
+    assert verify_onnx(packed.path, slim, every, atol=1e-6) <= 1e-6
+    onnx.checker.check_model(onnx.load(packed.path), full_check=True)

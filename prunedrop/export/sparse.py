@@ -30,6 +30,22 @@ SPARSE_DTYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx
 
 _SPARSE_MIN_OPSET = 11  # Constant gained its sparse_value attribute in opset 11
 
+_INTEGER_DTYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
+
+
+def lookup_tables(graph: onnx.GraphProto) -> set[str]:
+    """The integer initializers that only ever serve as the data a ``Gather`` looks values up in: a slim embedding's
+    id → row map (:class:`prunedrop.layers.RemappedEmbedding`), which maps every removed id to row 0. No shape
+    inference or constant folding reads them as shapes, so they may be stored sparsely like a pruned weight: a
+    200,000-id vocabulary with 30 rows kept took 1.6 MB dense."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, position))
+    return {init.name for init in graph.initializer
+            if init.data_type in _INTEGER_DTYPES and uses.get(init.name)
+            and all(use == ("Gather", 0) for use in uses[init.name])}
+
 
 def strip_debug_info(proto: onnx.ModelProto) -> None:
     """Remove every ``doc_string`` and ``metadata_props`` entry from ``proto``, in place.
@@ -68,10 +84,12 @@ def sparsify_initializers(proto: onnx.ModelProto, mode: bool | str = "auto",
         return []
     graph = proto.graph
     graph_inputs = {value.name for value in graph.input}
+    tables = lookup_tables(graph)
     kept: list[onnx.TensorProto] = []
     constants: list[onnx.NodeProto] = []
     for init in graph.initializer:
-        node = None if init.name in graph_inputs else sparse_constant(init, frozenset(dtypes))
+        types = frozenset(dtypes) | (_INTEGER_DTYPES if init.name in tables else frozenset())
+        node = None if init.name in graph_inputs else sparse_constant(init, types)
         if node is not None and (mode is True or node.ByteSize() < init.ByteSize()):
             constants.append(node)
         else:

@@ -106,7 +106,9 @@ class RemappedEmbedding(nn.Module):
     """An embedding with rows removed, still indexed by the original token ids.
 
     ``index_map`` (a buffer, so it is in the state dict and in the ONNX graph) maps every original id to its row
-    in ``embedding``; removed ids share the last row, which is zero, exactly what the masked model looked up.
+    in ``embedding``; removed ids share one zero row, exactly what the masked model looked up. :func:`remove_zero_rows`
+    puts that row first, so that the map is mostly zeros and the ONNX file stores it sparsely
+    (:func:`prunedrop.export.sparse.lookup_tables`); a map saved with the zero row last reads as well.
     """
 
     def __init__(self, index_map: torch.Tensor, embedding: nn.Embedding):
@@ -133,13 +135,14 @@ def remove_zero_rows(module: nn.Embedding) -> RemappedEmbedding | None:
     if int(zero.sum()) < 2 or module.max_norm is not None:
         return None  # one zero row is replaced by the shared zero row: nothing saved
     kept = torch.nonzero(~zero).flatten()
-    index_map = torch.full((module.num_embeddings,), len(kept), dtype=torch.long, device=weight.device)
-    index_map[kept] = torch.arange(len(kept), device=weight.device)
+    # row 0 is the shared zero row: the removed ids (most of a large vocabulary) map to 0, a map stored sparsely
+    index_map = torch.zeros(module.num_embeddings, dtype=torch.long, device=weight.device)
+    index_map[kept] = torch.arange(1, len(kept) + 1, device=weight.device)
     padding_idx = None if module.padding_idx is None else int(index_map[module.padding_idx])
     slim = nn.Embedding(len(kept) + 1, module.embedding_dim, padding_idx=padding_idx, norm_type=module.norm_type,
                         scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse,
                         device=weight.device, dtype=weight.dtype)
-    slim.weight.copy_(torch.cat([weight[kept], weight.new_zeros(1, module.embedding_dim)]))
+    slim.weight.copy_(torch.cat([weight.new_zeros(1, module.embedding_dim), weight[kept]]))
     return RemappedEmbedding(index_map, slim.train(module.training))
 
 
