@@ -252,6 +252,25 @@ def test_csv_folder_with_splits(tmp_path: Path) -> None:
     assert "['g']" in message(e) and "['f']" in message(e)
 
 
+@pytest.mark.parametrize(("separator", "decimal"), [(";", ","), (";", "."), ("\t", "."), ("|", ".")])
+def test_csv_with_another_separator(tmp_path: Path, separator: str, decimal: str) -> None:
+    """A semicolon-separated file (as spreadsheets write where the decimal mark is a comma) was read as one column
+    named "x1;label;x2" and refused for having no label column."""
+    rows = "".join(f"{i}{separator}{i % 3}{separator}{str(i * 0.5).replace('.', decimal)}\n" for i in range(30))
+    path = write_csv(tmp_path / "t.csv", f"x1{separator}label{separator}x2\n" + rows)
+    bundle = load_data(f"csv:{path}", val_fraction=0.2)
+    assert bundle.input_shape == (2,) and bundle.num_classes == 3
+    x, y = bundle.train.tensors
+    i = int(x[0, 0])
+    assert x[0, 1] == pytest.approx(i * 0.5) and int(y[0]) == i % 3
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a;label\n" + "".join(f"{i};{i % 2}\n" for i in range(10)), encoding="utf-8-sig")
+    assert load_data(f"csv:{path}", val_fraction=0.2).input_shape == (1,)
+
+
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [

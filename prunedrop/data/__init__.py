@@ -26,7 +26,8 @@ Valid specs (see :func:`parse_spec`):
 ``csv:FILE`` / ``csv:DIR``
     a CSV table with a header row: the label column (recipe key ``label_column``, default ``label``) and numeric
     feature columns, inputs ``(N, F)`` float32 as given; integer class labels, or float targets when the recipe's
-    ``loss`` is ``mse``. A folder holds ``train.csv`` and optionally ``val.csv`` and ``test.csv``.
+    ``loss`` is ``mse``. A folder holds ``train.csv`` and optionally ``val.csv`` and ``test.csv``. Comma-separated,
+    or semicolon- (decimal commas allowed), tab- or bar-separated: the header line tells.
 ``hf:PATH``
     a folder written by Hugging Face ``datasets``' ``save_to_disk`` (splits ``train``, ``validation``, ``test``),
     a parquet file, or a folder of ``train-*.parquet`` / ``validation-*`` / ``test-*`` files; inputs from one

@@ -55,7 +55,11 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
     where = f"csv file {str(path)!r}"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            delimiter = _delimiter(f.readline())
+            f.seek(0)
+            if f.read(1) != "\ufeff":  # utf-8-sig drops the BOM when it reads from the start; seek(0) keeps it
+                f.seek(0)
+            reader = csv.reader(f, delimiter=delimiter)
             header = next(reader, None)
             if header is None or not any(h.strip() for h in header):
                 raise PrunedropError(f"{where} is empty; it needs a header row naming the columns, then one row "
@@ -83,6 +87,8 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
                         f"{where} line {reader.line_num} has {len(row)} values but the header has {len(header)} "
                         "columns; every row needs one value per column"
                     )
+                if delimiter == ";":  # a semicolon file may write decimal commas (0,5), as spreadsheets do
+                    row = [v.replace(",", ".") for v in row]
                 try:
                     values = [float(v) for v in row]
                 except ValueError:
@@ -114,6 +120,16 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
             "labels must be whole numbers 0, 1, ..., C-1 (for regression set loss: mse in the recipe)"
         )
     return x, torch.from_numpy(labels.astype(np.int64)), features
+
+
+def _delimiter(header: str) -> str:
+    """The header line's separator: a comma, or else a semicolon, tab or bar, whichever it holds most (a
+    semicolon-separated file was read as one column named "p0;p1;...;label")."""
+    if "," in header:
+        return ","
+    counts = {d: header.count(d) for d in (";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
 
 
 def _number(text: str, column: str, line: int, where: str) -> float:
