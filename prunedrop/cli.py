@@ -193,14 +193,15 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
     to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
     if is_main():
+        # the identity reads every sample (an image folder's broken file stops it here), so before the folder exists
+        identity = run_identity(model, data)
         lock.acquire()  # every input is checked: the run may now create, clear and write its folder
         start_run(out_dir, {
             "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
             "trust_pickle": trust_pickle,
             "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
             "recipe": recipe.to_dict(),
-        }, run_identity(model, data), overwrite=overwrite, resume=resume,
-            warn=lambda msg: click.echo(msg, err=True))
+        }, identity, overwrite=overwrite, resume=resume, warn=lambda msg: click.echo(msg, err=True))
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,

@@ -1271,3 +1271,28 @@ def test_export_survives_any_wrong_value_in_run_json(finished_run: Path, data: s
         if result.exit_code == 1:
             assert len(result.output.strip().splitlines()) == 1, result.output
         assert _snapshot(run) == before
+
+
+def test_a_broken_image_is_a_one_line_error_before_any_file(user_folder: Path) -> None:
+    """The identity of the data (which reads every sample) was taken after the output folder was made: a broken
+    image in an image folder left an empty output folder behind."""
+    import numpy as np
+
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):  # the broken file in the training split, which the checks of the model skip
+        for label in ("a", "b", "c"):
+            folder = user_folder / "imgs" / split / label
+            folder.mkdir(parents=True)
+            for i in range(8):
+                image.fromarray((rng.random((4, 4)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    (user_folder / "imgs" / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (user_folder / "recipe.yaml").write_text(FAST_RECIPE + "image_channels: 1\nimage_size: [4, 4]\n")  # no size scan
+    before = _snapshot(user_folder)
+    try:
+        result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
+                                          "imagefolder:imgs", "--recipe", "recipe.yaml", "-q", "-o", "out"])
+    finally:
+        sys.modules.pop("tinyarch", None)
+    _one_line_error(result, 1, "broken.png")
+    assert _snapshot(user_folder) == before
