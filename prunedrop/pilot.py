@@ -88,6 +88,12 @@ class Pilot:
         self.train_samples = 0
         """Training samples each check counts besides the validation ones (only where validation data alone is too
         coarse for the aim, :meth:`start`)."""
+        self.within: tuple[int, float, dict[str, torch.Tensor]] | None = None
+        """(step, kept fraction, a CPU copy of the model's state) at the last check whose smoothed drop was within
+        the budget: what :meth:`rewind` goes back to (not kept for models over :data:`REWIND_MAX_BYTES` or across
+        processes)."""
+        self.rewound: tuple[int, int] | None = None
+        """(the step the phase ended at, the step it went back to), once :meth:`rewind` has."""
 
     def _val_metric(self, model: nn.Module | None = None) -> float:
         """The metric on the samples every check uses: the validation samples (at most ``check_samples``), then
@@ -250,6 +256,16 @@ class Pilot:
             c.smoothed_drop = None
         record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
         record.discount = discount
+        if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop <= c.max_drop \
+                and self._keeps_copies():
+            state = self.model.state_dict()
+            if self.within is None:
+                copies = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            else:  # into the same buffers: the state's keys and shapes do not change during the phase
+                copies = self.within[2]
+                for k, v in state.items():
+                    copies[k].copy_(v.detach())
+            self.within = (step, record.kept_fraction, copies)
         if c.backoffs > self.announced_backoffs:
             self.announced_backoffs = c.backoffs
             self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
@@ -264,6 +280,39 @@ class Pilot:
             self.last_backoff = (step, c.smoothed_drop)
             self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
                      f"started; the weights' learning rate × {self.lr_scale:g}")
+
+    def _keeps_copies(self) -> bool:
+        """Whether :meth:`rewind` may keep a copy of the model: one process, and a state of at most
+        :data:`REWIND_MAX_BYTES`."""
+        from . import distributed
+
+        if distributed.world_size() > 1:
+            return False
+        size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        return size <= REWIND_MAX_BYTES
+
+    def rewind(self) -> str | None:
+        """Go back to the last state measured within the budget, when the variational phase ended outside it;
+        a line saying so, or None.
+
+        The controller holds the drop near half the budget, and backs β off when it is over; but where the metric
+        stays flat while the noise prunes (an easy task: a 200,000-id token classifier at 100% validation
+        accuracy while β rose to ~260) it can fall off a cliff faster than the back-off answers, and weights pruned
+        that far do not come back: that run ended its variational phase 25 points down, with β at its floor. The
+        state at the last check within the budget is the most compressed model the phase made that kept it."""
+        c = self.controller
+        if self.within is None or self.rewound is not None or c.max_drop is None or not c.checks:
+            return None
+        last = c.checks[-1]
+        if last.smoothed_drop is None or last.smoothed_drop <= c.max_drop or self.within[0] >= last.step:
+            return None
+        step, kept, state = self.within
+        self.model.load_state_dict(state)
+        self.rewound = (last.step, step)
+        self.within = None
+        return (f"autopilot: the variational phase ended {last.smoothed_drop:.3g} points down, over the budget of "
+                f"{c.max_drop:g}; back to its state at step {step} (the last check within the budget, kept fraction "
+                f"{kept:.4g})")
 
     def _rate_to_blame(self) -> bool:
         """Whether the weights' learning rate may be what holds the run over the budget: the probe (:meth:`_probe`)
@@ -308,7 +357,8 @@ class Pilot:
                 "lr_scale": self.lr_scale, "last_backoff": self.last_backoff, "transient": self.transient,
                 "probe_steps": self.probe_steps, "probe_lr": self.probe_lr,
                 "resolution": self.controller.resolution,
-                "train_samples": self.train_samples, "check_samples": self.check_samples}
+                "train_samples": self.train_samples, "check_samples": self.check_samples,
+                "rewound": None if self.rewound is None else list(self.rewound)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
@@ -324,6 +374,8 @@ class Pilot:
         self.train_samples = int(state.get("train_samples", 0))
         self.check_samples = int(state.get("check_samples", CHECK_SAMPLES))  # older checkpoints: the old fixed count
         self.announced_backoffs = self.controller.backoffs
+        rewound = state.get("rewound")
+        self.rewound = None if rewound is None else (int(rewound[0]), int(rewound[1]))
 
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
@@ -331,7 +383,9 @@ class Pilot:
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
                    transient=self.transient, probe_steps=self.probe_steps, probe_lr=self.probe_lr,
                    check_samples={"validation": self.checked_samples - self.checked_train,
-                                  "training": self.checked_train})
+                                  "training": self.checked_train},
+                   rewound=None if self.rewound is None else {"ended_at": self.rewound[0],
+                                                              "back_to": self.rewound[1]})
         return out
 
 
@@ -353,6 +407,8 @@ PROBE_LR_STEP = 0.25
 TRANSIENT_CAP = 2.0
 #: checks between two learning-rate back-offs (each waits for the effect of the last)
 LR_BACKOFF_WAIT_CHECKS = 3
+#: :meth:`Pilot.rewind` keeps a copy of models whose state is at most this many bytes (CPU memory)
+REWIND_MAX_BYTES = 2 * 1024**3
 #: the weights' learning rate is backed off only where the probe measured plain training at it costing at least
 #: this share of the budget (half the aim)
 LR_BLAME_SHARE = 0.25

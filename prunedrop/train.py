@@ -606,6 +606,16 @@ def finetune(
                       lr_scale=None if pilot is None else (lambda: pilot.lr_scale))
     result.epochs = epochs
     if pilot is not None:
+        line = pilot.rewind()
+        if line is not None:
+            if log is not None:
+                log(line)
+            if checkpoint_path is not None and Path(checkpoint_path).exists():
+                # the checkpoint holds what the phase ends with: --resume and `prunedrop export` read it
+                state = load_checkpoint(Path(checkpoint_path))
+                state["model"] = model.state_dict()
+                state["extra"] = pilot.state_dict()
+                save_checkpoint(state, Path(checkpoint_path))
         result.autopilot = pilot.summary()
     return result
 

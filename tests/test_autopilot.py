@@ -684,3 +684,81 @@ def test_cost_meter_does_not_count_inputs_that_were_zero_before_pruning() -> Non
     variational = to_variational(model, Recipe(method="group_vd", exclude=["net.5"]))
     meter = CostMeter(variational, x, "flops")
     assert meter.ratio(variational) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_phase_that_ends_over_the_budget_goes_back_to_its_last_state_within_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An easy task's accuracy stays flat while the noise prunes, then falls off a cliff faster than β's back-off
+    answers (a 200,000-id token classifier ended its variational phase 25 points down): the phase goes back to the
+    state of its last check within the budget."""
+    from prunedrop import pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient = 90.0, 0, 0.0
+    measured = iter([90.0] * 4 + [90.0 - 25.0] * 4)  # within the budget for four checks, then the cliff
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(measured))
+    weight = next(model.parameters())
+    for k in range(1, 9):
+        with torch.no_grad():
+            weight.fill_(float(k))  # the "training" between checks: the weight says which check it was at
+        p.on_step(k * every)
+    line = p.rewind()
+    assert line is not None and f"back to its state at step {4 * every}" in line and "points down" in line
+    assert float(weight.detach()[0].flatten()[0]) == 4.0  # the state at the fourth check, the last within it
+    assert p.summary()["rewound"] == {"ended_at": 8 * every, "back_to": 4 * every}
+    assert p.rewind() is None  # once
+    restored = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    restored.load_state_dict(p.state_dict())
+    assert restored.summary()["rewound"] == {"ended_at": 8 * every, "back_to": 4 * every}
+
+
+def test_a_phase_that_ends_within_the_budget_stays_where_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop import pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient = 90.0, 0, 0.0
+    measured = iter([90.0 - 3.0, 90.0 - 0.5, 90.0 - 0.4])  # over it early, within it at the end
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(measured))
+    for k in range(1, 4):
+        p.on_step(k * every)
+    assert p.rewind() is None and p.summary()["rewound"] is None
+    monkeypatch.setattr(pilot, "REWIND_MAX_BYTES", 0)  # a model too large to copy: nothing kept, nothing rewound
+    q = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    q.reference, q.probe_steps, q.transient = 90.0, 0, 0.0
+    cliff = iter([90.0, 65.0])
+    monkeypatch.setattr(q, "_val_metric", lambda model=None: next(cliff))
+    q.on_step(every)
+    q.on_step(2 * every)
+    assert q.within is None and q.rewind() is None
+
+
+def test_the_rewound_state_is_what_the_checkpoint_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume and `prunedrop export` read the variational checkpoint: after a rewind it holds the rewound model."""
+    from prunedrop import pilot
+    from prunedrop.storage import load_checkpoint
+    from prunedrop.train import finetune
+
+    data = _bundle()
+    recipe = Recipe(**{**_QUICK, "epochs": 4}, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    # within the budget for the first three checks, then 25 points down to the end
+    monkeypatch.setattr(pilot.Pilot, "_val_metric",
+                        lambda self, model=None: 90.0 if len(self.controller.checks) < 3 else 65.0)
+    logs: list[str] = []
+    result = finetune(model, data, recipe, device="cpu", checkpoint_path=tmp_path / "v.pt", progress=False,
+                      log=logs.append)
+    assert any("back to its state at step" in line for line in logs), logs
+    rewound = result.autopilot["rewound"]
+    assert rewound is not None and rewound["back_to"] < rewound["ended_at"]
+    saved = load_checkpoint(tmp_path / "v.pt")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(saved["model"][name], tensor), name
+    assert saved["extra"]["rewound"] == [rewound["ended_at"], rewound["back_to"]]
