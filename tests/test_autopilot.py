@@ -643,6 +643,9 @@ def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     held = {**c.summary(), "target": None, "stopped_early": "settled"}
     line = autopilot_line(held)
     assert "bound by the budget" in line and "stopped early" in line and "still rising" not in line
+    assert "back to its state" not in line
+    rewound = autopilot_line({**held, "rewound": {"ended_at": 1100, "back_to": 500}})
+    assert rewound.endswith("then back to its state at step 500 (within the budget)")
 
 
 def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_borrows_training_samples(tmp_path: Path) -> None:

@@ -61,4 +61,7 @@ def autopilot_line(summary: dict[str, Any]) -> str:
         parts.append("β still rising when training ended (more epochs would compress more)")
     if summary["bound"] != "none":
         parts.append(f"bound by the {summary['bound']}")
+    rewound = summary.get("rewound")
+    if rewound:  # the last check describes where the phase ended, not the state it went back to
+        parts.append(f"then back to its state at step {rewound['back_to']} (within the budget)")
     return ", ".join(parts)
