@@ -689,6 +689,20 @@ def test_cost_meter_does_not_count_inputs_that_were_zero_before_pruning() -> Non
     assert meter.ratio(variational) == pytest.approx(1.0, rel=1e-6)
 
 
+def _pilot_measuring(monkeypatch: pytest.MonkeyPatch, measured: list[float], model: torch.nn.Module | None = None):
+    """A Pilot on the tiny data (budget 1, reference 90, no probe) whose checks read ``measured`` in turn."""
+    from prunedrop import pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = model if model is not None else to_variational(_trained_mlp(data), recipe)
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    p.reference, p.probe_steps, p.transient = 90.0, 0, 0.0
+    values = iter(measured)
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(values))
+    return p, model, p.controller.check_every
+
+
 def test_a_phase_that_ends_over_the_budget_goes_back_to_its_last_state_within_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An easy task's accuracy stays flat while the noise prunes, then falls off a cliff faster than β's back-off
@@ -696,14 +710,8 @@ def test_a_phase_that_ends_over_the_budget_goes_back_to_its_last_state_within_it
     state of its last check within the budget."""
     from prunedrop import pilot
 
-    data = _bundle()
-    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
-    model = to_variational(_trained_mlp(data), recipe)
-    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
-    every = p.controller.check_every
-    p.reference, p.probe_steps, p.transient = 90.0, 0, 0.0
-    measured = iter([90.0] * 4 + [90.0 - 25.0] * 4)  # within the budget for four checks, then the cliff
-    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(measured))
+    # within the budget for four checks, then the cliff
+    p, model, every = _pilot_measuring(monkeypatch, [90.0] * 4 + [90.0 - 25.0] * 4)
     weight = next(model.parameters())
     for k in range(1, 9):
         with torch.no_grad():
@@ -714,7 +722,7 @@ def test_a_phase_that_ends_over_the_budget_goes_back_to_its_last_state_within_it
     assert float(weight.detach()[0].flatten()[0]) == 4.0  # the state at the fourth check, the last within it
     assert p.summary()["rewound"] == {"ended_at": 8 * every, "back_to": 4 * every}
     assert p.rewind() is None  # once
-    restored = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    restored = pilot.Pilot(model, p.data, p.recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
     restored.load_state_dict(p.state_dict())
     assert restored.summary()["rewound"] == {"ended_at": 8 * every, "back_to": 4 * every}
 
@@ -722,22 +730,12 @@ def test_a_phase_that_ends_over_the_budget_goes_back_to_its_last_state_within_it
 def test_a_phase_that_ends_within_the_budget_stays_where_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     from prunedrop import pilot
 
-    data = _bundle()
-    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
-    model = to_variational(_trained_mlp(data), recipe)
-    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
-    every = p.controller.check_every
-    p.reference, p.probe_steps, p.transient = 90.0, 0, 0.0
-    measured = iter([90.0 - 3.0, 90.0 - 0.5, 90.0 - 0.4])  # over it early, within it at the end
-    monkeypatch.setattr(p, "_val_metric", lambda model=None: next(measured))
+    p, model, every = _pilot_measuring(monkeypatch, [90.0 - 3.0, 90.0 - 0.5, 90.0 - 0.4])  # over it, then within
     for k in range(1, 4):
         p.on_step(k * every)
     assert p.rewind() is None and p.summary()["rewound"] is None
     monkeypatch.setattr(pilot, "REWIND_MAX_BYTES", 0)  # a model too large to copy: nothing kept, nothing rewound
-    q = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
-    q.reference, q.probe_steps, q.transient = 90.0, 0, 0.0
-    cliff = iter([90.0, 65.0])
-    monkeypatch.setattr(q, "_val_metric", lambda model=None: next(cliff))
+    q, _, _ = _pilot_measuring(monkeypatch, [90.0, 65.0], model)
     q.on_step(every)
     q.on_step(2 * every)
     assert q.within is None and q.rewind() is None
