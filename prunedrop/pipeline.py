@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .data import DataBundle
+from .data import DataBundle, fit_inputs
 from .recipes import Recipe
 from .reexport import ReexportResult, reexport
 from .runfolder import (
@@ -103,6 +103,9 @@ def compress(
     device = resolve_device(recipe.device)
     model = model.cpu().eval()
     reparametrized = fold(model, log if distributed.is_main() else (lambda _: None))
+    data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
+    if fitted and distributed.is_main():
+        log(fitted)
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     run = {"resume": resume, "progress": progress, "log": log}
     # in a data-parallel run, rank 0 alone measures the original, thresholds, exports and reports

@@ -314,3 +314,18 @@ def test_a_large_vocabulary_s_id_map_is_stored_sparsely(tmp_path: Path) -> None:
     every = torch.cat([torch.nonzero(keep).flatten()[:7], torch.arange(7)]).reshape(2, 7)
     assert verify_onnx(packed.path, slim, every, atol=1e-6) <= 1e-6
     onnx.checker.check_model(onnx.load(packed.path), full_check=True)
+
+
+def test_the_python_api_feeds_whole_float_inputs_to_a_token_model_as_ids(tmp_path: Path) -> None:
+    """`load_data("npz:...")` gives float32 inputs; compress() now fits them to the model as the CLI does."""
+    model, _ = tiny_token_model(vocab=40)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 20, (160, 7), generator=g)
+    y = (ids[:, 0] % 3).long()
+    _fit(model, ids[:-40], y[:-40])
+    data = _bundle(ids.float(), y, 40)
+    logs: list[str] = []
+    recipe = Recipe.from_dict({**_tiny_recipe(), "epochs": 1, "mc_samples": 0, "plots": False})
+    result = compress(model, data, recipe, tmp_path, progress=False, log=logs.append)
+    assert any("fed as int64 token ids" in line for line in logs), logs
+    assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
