@@ -59,8 +59,10 @@ _PARAMETRIZATION_NAMES = {"_WeightNorm": "weight_norm", "_SpectralNorm": "spectr
 def parametrized_tensors(model: nn.Module) -> list[tuple[str, str, str]]:
     """``(module name, tensor name, kind)`` of every reparametrized tensor of ``model``: a
     ``torch.nn.utils.parametrize`` parametrization (``parametrizations.weight_norm``, ``spectral_norm``,
-    ``orthogonal`` or the user's own) or the older hook-based ``weight_norm`` / ``spectral_norm``."""
+    ``orthogonal`` or the user's own), the older hook-based ``weight_norm`` / ``spectral_norm``, or a mask of
+    ``torch.nn.utils.prune`` (``weight = weight_orig * weight_mask``, computed by a forward pre-hook)."""
     from torch.nn.utils import parametrize
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
@@ -73,6 +75,8 @@ def parametrized_tensors(model: nn.Module) -> list[tuple[str, str, str]]:
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, (WeightNorm, SpectralNorm)):
                 found.append((name, hook.name, "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"))
+            elif isinstance(hook, BasePruningMethod):
+                found.append((name, hook._tensor_name, "torch.nn.utils.prune"))
     return found
 
 
@@ -91,6 +95,7 @@ def user_hooks(module: nn.Module) -> list[str]:
     left dense and named instead (a digits MLP whose first layer's pre-hook mapped x to 3x − 1 and whose head's
     hook halved the logits was converted whole, both hooks lost).
     """
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
@@ -98,7 +103,7 @@ def user_hooks(module: nn.Module) -> list[str]:
     found = []
     for attribute, kind in _HOOK_KINDS.items():
         for key, hook in getattr(module, attribute, {}).items():
-            if isinstance(hook, (WeightNorm, SpectralNorm)) or key in ours or _torch_own(hook):
+            if isinstance(hook, (WeightNorm, SpectralNorm, BasePruningMethod)) or key in ours or _torch_own(hook):
                 continue
             found.append(f"{kind} {getattr(hook, '__qualname__', type(hook).__name__)}")
     return found
@@ -123,6 +128,7 @@ def copy_for_folding(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` to fold (a dry run, ``inspect``). A hook-based ``weight_norm`` / ``spectral_norm``
     layer keeps the weight it last computed as a plain attribute, a non-leaf tensor that ``deepcopy`` refuses; it
     is recomputed without autograd first (the same value; the hook recomputes it at every forward)."""
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
@@ -133,6 +139,8 @@ def copy_for_folding(model: nn.Module) -> nn.Module:
                     setattr(module, hook.name, hook.compute_weight(module))
                 elif isinstance(hook, SpectralNorm):
                     setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
+                elif isinstance(hook, BasePruningMethod):
+                    setattr(module, hook._tensor_name, hook.apply_mask(module))
     return copy.deepcopy(model)
 
 
@@ -150,6 +158,7 @@ def fold_parametrizations(model: nn.Module) -> list[str]:
     norm of 1) is not kept during the fine-tuning.
     """
     from torch.nn.utils import parametrize, remove_spectral_norm, remove_weight_norm
+    from torch.nn.utils import prune as torch_prune
 
     folded = []
     for name, tensor, kind in parametrized_tensors(model):
@@ -166,6 +175,8 @@ def fold_parametrizations(model: nn.Module) -> list[str]:
                 parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
             elif kind == "weight_norm":  # the hook-based forms (parametrized_tensors names them so)
                 remove_weight_norm(module, tensor)
+            elif kind == "torch.nn.utils.prune":  # the mask made permanent: weight = weight_orig * weight_mask
+                torch_prune.remove(module, tensor)
             else:
                 remove_spectral_norm(module, tensor)
         except Exception as e:  # noqa: BLE001 - a user parametrization that cannot leave a plain tensor behind

@@ -358,3 +358,34 @@ def test_a_batchnorm_with_hooks_is_neither_folded_nor_moved() -> None:
     assert foldable_batchnorms(model) == batchnorm_pairs(model) == [("0", "1")]
     model[0].register_forward_pre_hook(lambda module, args: args)
     assert foldable_batchnorms(model) == []  # folding would change what the convolution's hook sees
+
+
+def test_a_torch_pruned_layer_is_folded_and_converted_not_left_dense() -> None:
+    """torch.nn.utils.prune computes ``weight = weight_orig * weight_mask`` in a forward pre-hook: the layer was left
+    dense as one with the user's hooks. Its mask is made permanent first, as a parametrization is folded."""
+    from torch.nn.utils import prune as torch_prune
+
+    from prunedrop.convert import fold_parametrizations, parametrized_tensors, user_hooks
+
+    def pruned() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+        torch_prune.l1_unstructured(model[1], "weight", amount=0.5)
+        return model
+
+    model, x = pruned(), torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        expected = model(x)
+    assert parametrized_tensors(model) == [("1", "weight", "torch.nn.utils.prune")]
+    assert user_hooks(model[1]) == []  # folded before the conversion, not the user's hook
+    dry = ConversionSummary()
+    to_variational(model, Recipe(), summary=dry, dry_run=True)  # on a copy: the original keeps its mask
+    assert dry.converted == ["1", "3"] and hasattr(model[1], "weight_orig")
+    assert fold_parametrizations(model) == ["1.weight (torch.nn.utils.prune)"]
+    assert not hasattr(model[1], "weight_orig") and int((model[1].weight == 0).sum()) == 96
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    variational = to_variational(pruned(), Recipe(init_log_sigma2=-30.0))
+    assert isinstance(variational[1], LinearSVD)
+    with torch.no_grad():
+        torch.testing.assert_close(variational.eval()(x), expected)
