@@ -39,7 +39,9 @@ ATTACHED = "finetune_bn"
 """The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
 
 _BATCHNORM = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
-_HOOK_ID = "_finetune_bn_hook"
+FINETUNE_HOOK_ATTRIBUTE = "_finetune_bn_hook"
+"""The attribute of a convolution holding the id of the forward hook that applies its attached BatchNorm (not a
+user's hook: :func:`prunedrop.convert.user_hooks`)."""
 
 
 def _graph(model: nn.Module, key: str, fix: str = "set it to false"):
@@ -229,7 +231,7 @@ def attach_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *,
             bn.weight.copy_((var + bn.eps).sqrt().masked_fill(silent, 0))
             bn.bias.copy_(mean.masked_fill(silent, 0))
         conv.add_module(ATTACHED, bn)
-        setattr(conv, _HOOK_ID, conv.register_forward_hook(_apply).id)
+        setattr(conv, FINETUNE_HOOK_ATTRIBUTE, conv.register_forward_hook(_apply).id)
         if silent.any():
             masks[f"{name}.{ATTACHED}.weight"] = ~silent
             masks[f"{name}.{ATTACHED}.bias"] = ~silent
@@ -247,8 +249,8 @@ def fold_attached(model: nn.Module) -> list[str]:
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
         _scale_output_channels(conv, *batchnorm_affine(bn))
-        del conv._forward_hooks[getattr(conv, _HOOK_ID)]
-        delattr(conv, _HOOK_ID)
+        del conv._forward_hooks[getattr(conv, FINETUNE_HOOK_ATTRIBUTE)]
+        delattr(conv, FINETUNE_HOOK_ATTRIBUTE)
         delattr(conv, ATTACHED)
         folded.append(name)
     return folded

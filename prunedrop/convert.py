@@ -62,9 +62,6 @@ def parametrized_tensors(model: nn.Module) -> list[tuple[str, str, str]]:
     ``orthogonal`` or the user's own), the older hook-based ``weight_norm`` / ``spectral_norm``, or a mask of
     ``torch.nn.utils.prune`` (``weight = weight_orig * weight_mask``, computed by a forward pre-hook)."""
     from torch.nn.utils import parametrize
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
 
     found = []
     for name, module in model.named_modules():
@@ -73,11 +70,27 @@ def parametrized_tensors(model: nn.Module) -> list[tuple[str, str, str]]:
                 kinds = [_PARAMETRIZATION_NAMES.get(type(p).__name__, type(p).__name__) for p in chain]
                 found.append((name, tensor, "+".join(kinds)))
         for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, (WeightNorm, SpectralNorm)):
-                found.append((name, hook.name, "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"))
-            elif isinstance(hook, BasePruningMethod):
-                found.append((name, hook._tensor_name, "torch.nn.utils.prune"))
+            folded = _folded_hook(hook)
+            if folded is not None:
+                found.append((name, *folded))
     return found
+
+
+def _folded_hook(hook: Any) -> tuple[str, str] | None:
+    """``(tensor name, kind)`` of a forward pre-hook that computes a weight and that :func:`fold_parametrizations`
+    folds (the hook-based ``weight_norm`` / ``spectral_norm``, a ``torch.nn.utils.prune`` mask), else None: the one
+    list of them, which :func:`parametrized_tensors` finds and :func:`user_hooks` does not count."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    if isinstance(hook, WeightNorm):
+        return hook.name, "weight_norm"
+    if isinstance(hook, SpectralNorm):
+        return hook.name, "spectral_norm"
+    if isinstance(hook, BasePruningMethod):
+        return hook._tensor_name, "torch.nn.utils.prune"
+    return None
 
 
 _HOOK_KINDS = {"_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook",
@@ -86,8 +99,9 @@ _HOOK_KINDS = {"_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forw
 
 def user_hooks(module: nn.Module) -> list[str]:
     """The hooks registered on ``module`` itself (``register_forward_pre_hook``, ``register_forward_hook``,
-    ``register_full_backward_hook``, ...), as ``"forward hook <lambda>"``; ``weight_norm`` / ``spectral_norm``'s
-    own hooks (folded before the conversion) and prunedrop's are not counted.
+    ``register_full_backward_hook``, ...), as ``"forward hook <lambda>"``; the weight-computing hooks folded before
+    the conversion (:func:`_folded_hook`), a lazy module's own ``_infer_parameters`` (gone at its first forward)
+    and prunedrop's are not counted.
 
     prunedrop replaces a converted layer by a new module (and a BatchNorm it folds by ``nn.Identity``), which the
     hooks are not registered on: a hook that changes the layer's input or output (a scale, a clamp, a feature
@@ -95,25 +109,19 @@ def user_hooks(module: nn.Module) -> list[str]:
     left dense and named instead (a digits MLP whose first layer's pre-hook mapped x to 3x − 1 and whose head's
     hook halved the logits was converted whole, both hooks lost).
     """
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
+    from torch.nn.modules.lazy import LazyModuleMixin
 
-    ours = {getattr(module, attribute) for attribute in ("_finetune_bn_hook",) if hasattr(module, attribute)}
+    from .batchnorm import FINETUNE_HOOK_ATTRIBUTE
+
+    ours = getattr(module, FINETUNE_HOOK_ATTRIBUTE, None)
     found = []
     for attribute, kind in _HOOK_KINDS.items():
         for key, hook in getattr(module, attribute, {}).items():
-            if isinstance(hook, (WeightNorm, SpectralNorm, BasePruningMethod)) or key in ours or _torch_own(hook):
+            if key == ours or _folded_hook(hook) is not None \
+                    or getattr(hook, "__func__", None) is LazyModuleMixin._infer_parameters:
                 continue
             found.append(f"{kind} {getattr(hook, '__qualname__', type(hook).__name__)}")
     return found
-
-
-def _torch_own(hook: Any) -> bool:
-    """A hook torch registers itself: a lazy module's ``_infer_parameters``, removed at its first forward."""
-    from torch.nn.modules.lazy import LazyModuleMixin
-
-    return getattr(hook, "__func__", None) is LazyModuleMixin._infer_parameters
 
 
 def hooks_note(hooked: Mapping[str, Sequence[str]]) -> str:
@@ -128,19 +136,20 @@ def copy_for_folding(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` to fold (a dry run, ``inspect``). A hook-based ``weight_norm`` / ``spectral_norm``
     layer keeps the weight it last computed as a plain attribute, a non-leaf tensor that ``deepcopy`` refuses; it
     is recomputed without autograd first (the same value; the hook recomputes it at every forward)."""
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
     with torch.no_grad():
         for module in model.modules():
             for hook in module._forward_pre_hooks.values():
-                if isinstance(hook, WeightNorm):
-                    setattr(module, hook.name, hook.compute_weight(module))
-                elif isinstance(hook, SpectralNorm):
-                    setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
-                elif isinstance(hook, BasePruningMethod):
-                    setattr(module, hook._tensor_name, hook.apply_mask(module))
+                folded = _folded_hook(hook)
+                if folded is None:
+                    continue
+                tensor, kind = folded
+                if kind == "torch.nn.utils.prune":
+                    weight = hook.apply_mask(module)
+                elif kind == "spectral_norm":
+                    weight = hook.compute_weight(module, do_power_iteration=False)
+                else:
+                    weight = hook.compute_weight(module)
+                setattr(module, tensor, weight)
     return copy.deepcopy(model)
 
 
