@@ -6,6 +6,7 @@ plain-training transient it discounts, the learning-rate back-off and the early 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -257,7 +258,7 @@ class Pilot:
         record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
         record.discount = discount
         if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop <= c.max_drop \
-                and self._keeps_copies():
+                and self.keeps_copies:
             state = self.model.state_dict()
             if self.within is None:
                 copies = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -281,9 +282,10 @@ class Pilot:
             self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
                      f"started; the weights' learning rate × {self.lr_scale:g}")
 
-    def _keeps_copies(self) -> bool:
+    @functools.cached_property
+    def keeps_copies(self) -> bool:
         """Whether :meth:`rewind` may keep a copy of the model: one process, and a state of at most
-        :data:`REWIND_MAX_BYTES`."""
+        :data:`REWIND_MAX_BYTES` (decided once: neither changes during the phase, and the checks are frequent)."""
         from . import distributed
 
         if distributed.world_size() > 1:
