@@ -199,10 +199,14 @@ def _layer_rows(before: Sequence[LayerProfile], after: Sequence[LayerProfile]) -
     by_name_before = {p.name: p for p in before}
     # A layer that slimming wrapped (an embedding whose unused rows left: ``emb`` → ``emb.embedding`` inside a
     # RemappedEmbedding) is one row under its own name, not a layer gone and a new one.
-    gone = {n for n in by_name_before if n not in {p.name for p in after}}
-    after = [dataclasses.replace(p, name=p.name.rpartition(".")[0])
-             if p.name not in by_name_before and p.name.rpartition(".")[0] in gone
-             and p.type == by_name_before[p.name.rpartition(".")[0]].type else p for p in after]
+    gone = set(by_name_before) - {p.name for p in after}
+
+    def renamed(p: LayerProfile) -> LayerProfile:
+        parent = p.name.rpartition(".")[0]
+        wrapped = p.name not in by_name_before and parent in gone and p.type == by_name_before[parent].type
+        return dataclasses.replace(p, name=parent) if wrapped else p
+
+    after = [renamed(p) for p in after]
     by_name_after = {p.name: p for p in after}
     names = [p.name for p in before] + [p.name for p in after if p.name not in by_name_before]
     rows = []

@@ -225,7 +225,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
     note = _class_note(report)
     if note:
-        parts.append(f"note: {note}")
+        from ..metrics import SEE_EVERY_CLASS
+
+        parts.append(f"note: {note}{SEE_EVERY_CLASS}")
     parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
     return "\n\n".join(parts) + "\n"
 
@@ -266,7 +268,7 @@ def _per_class_parts(report: Mapping[str, Any]) -> list[str]:
     note = _class_note(report)
     return [text, _markdown(["class", "val samples", "val before", "val after", "test samples", "test before",
                              "test after"], rows),
-            *([f"Note: {note.replace(' (report.md lists every class)', '')}."] if note else [])]
+            *([f"Note: {note}."] if note else [])]
 
 
 #: the files of the latency rows, as the speedup notes name them

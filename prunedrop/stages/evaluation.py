@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DataBundle
 from ..data.assemble import labels_of
-from ..metrics import as_classifier, class_changes, class_drop_note, paired_standard_error
+from ..metrics import SEE_EVERY_CLASS, as_classifier, class_changes, class_drop_note, paired_standard_error
 from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
@@ -63,7 +63,7 @@ def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selecti
                     per_class[split] = rows
     note = class_drop_note(per_class, metric["val"] - baseline.metric["val"], recipe.max_metric_drop)
     if note and log is not None:
-        log(f"note: {note}")
+        log(f"note: {note}{SEE_EVERY_CLASS}")
     calibration = {}
     if selection.calibration:
         calibration["compressed"] = calibration_summary(as_classifier(model, recipe.loss),
