@@ -286,9 +286,9 @@ def _num_outputs_on(model: Any, x: Any) -> int:
     import torch
 
     from .errors import PrunedropError
-    from .safety import check_batchnorm_statistics, check_deterministic
+    from .safety import check_deterministic, check_model_structure
 
-    check_batchnorm_statistics(model, "the model")
+    check_model_structure(model, "the model")
     try:
         with torch.no_grad():
             out = model.eval()(x)

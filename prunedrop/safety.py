@@ -391,6 +391,15 @@ def check_deterministic(model: nn.Module, x: Any, first: Any = None) -> None:
         "noise in forward when not training")
 
 
+def check_model_structure(model: nn.Module, source: str) -> None:
+    """The checks of a model's make-up that neither compress's pre-run checks (the CLI, before any file) nor the
+    pipeline (the Python API) may skip: no TorchScript submodules (:func:`check_no_torchscript`), no BatchNorm
+    without running statistics (:func:`check_batchnorm_statistics`). One place, so that the two lists cannot drift
+    (the CLI listed only the second; a scripted block reaches it only through ``--arch``, which refuses it at load)."""
+    check_no_torchscript(model, source)
+    check_batchnorm_statistics(model, source)
+
+
 def check_batchnorm_statistics(model: nn.Module, source: str) -> None:
     """Refuse a model with a BatchNorm that keeps no running statistics (``track_running_stats=False``): in eval
     mode it normalises each batch by the batch's own statistics, so a sample's output depends on the other samples

@@ -17,7 +17,7 @@ from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
 from ..recipes import Recipe
 from ..runfolder import RunFolder
-from ..safety import check_batchnorm_statistics, check_deterministic, check_no_torchscript
+from ..safety import check_deterministic, check_model_structure
 from ..train import metric_name
 from .common import measure_all
 
@@ -46,8 +46,7 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     """Evaluate the original, export it to original.onnx and check that file against it."""
     t0 = time.perf_counter()
     original = copy.deepcopy(model)
-    check_no_torchscript(original, "the model")
-    check_batchnorm_statistics(original, "the model")
+    check_model_structure(original, "the model")
     with torch.no_grad():
         outputs = original.eval()(example)
     check_deterministic(original, example, first=outputs)
