@@ -85,10 +85,11 @@ def sparsify_initializers(proto: onnx.ModelProto, mode: bool | str = "auto",
     graph = proto.graph
     graph_inputs = {value.name for value in graph.input}
     tables = lookup_tables(graph)
+    weights, lookups = frozenset(dtypes), frozenset(dtypes) | _INTEGER_DTYPES
     kept: list[onnx.TensorProto] = []
     constants: list[onnx.NodeProto] = []
     for init in graph.initializer:
-        types = frozenset(dtypes) | (_INTEGER_DTYPES if init.name in tables else frozenset())
+        types = lookups if init.name in tables else weights
         node = None if init.name in graph_inputs else sparse_constant(init, types)
         if node is not None and (mode is True or node.ByteSize() < init.ByteSize()):
             constants.append(node)

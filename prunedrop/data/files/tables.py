@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,11 +56,9 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
     where = f"csv file {str(path)!r}"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            delimiter = _delimiter(f.readline())
-            f.seek(0)
-            if f.read(1) != "\ufeff":  # utf-8-sig drops the BOM when it reads from the start; seek(0) keeps it
-                f.seek(0)
-            reader = csv.reader(f, delimiter=delimiter)
+            first = f.readline()  # the header line tells the separator; the reader gets it back in front
+            delimiter = _delimiter(first)
+            reader = csv.reader(itertools.chain([first], f), delimiter=delimiter)
             header = next(reader, None)
             if header is None or not any(h.strip() for h in header):
                 raise PrunedropError(f"{where} is empty; it needs a header row naming the columns, then one row "
