@@ -99,6 +99,22 @@ def test_the_sweeps_choice_bounds_the_search(tmp_path: Path, monkeypatch: pytest
     assert max(scripted.pruned) <= 1.0, "thresholds pruning less than the sweep's choice are never probed"
 
 
+def test_the_thresholds_pruning_less_than_the_sweeps_choice_are_probed_when_none_from_it_on_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fine-tuning loses accuracy instead of winning it back: the sweep's choice (-1, in budget before it) and
+    # everything pruning more end outside; only 1.5 and up hold. Before, the search ended with nothing and the run
+    # with an error although less pruning thresholds would have kept the budget
+    scripted = _Scripted(monkeypatch, lambda t: 89.5 if t >= 1.5 else 80.0)
+    chosen = _points()[THRESHOLDS.index(-1.0)]
+    found, logs = _search(tmp_path, scripted, chosen=chosen)
+    assert found.best is not None and found.best[0] == 1.5
+    assert min(scripted.pruned) >= -2.0 and any(t > -1.0 for t in scripted.pruned)
+    assert any("that prune less" in line for line in logs)
+    # the second bisection is over the 8 thresholds above the choice: at most ceil(log2(8)) + 1 more probes
+    bounded = [p for p in found.probes if p["threshold"] <= -1.0]
+    assert len(found.probes) - len(bounded) <= math.ceil(math.log2(8)) + 1
+
+
 def test_every_probe_outside_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripted = _Scripted(monkeypatch, lambda t: 50.0)
     found, _ = _search(tmp_path, scripted, chosen=None)

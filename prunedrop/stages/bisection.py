@@ -115,14 +115,18 @@ def search_after_finetune(
     # most pruning first; the sweep's choice (in budget before fine-tuning, on the measured drop) bounds the search
     # from below, unless the budget must hold with a confidence
     candidates = sorted((p for p in points if p.kept_weights > 0), key=lambda p: (p.params, p.threshold))
-    if chosen is not None and not confident:
-        candidates = [p for p in candidates if p.params <= chosen.params]
     # thresholds that keep as many weights are the same masks (nested in the threshold): one fine-tuning tells for all
     # (SBP after a short run: every swept SNR threshold kept every unit, and each was fine-tuned alike)
     distinct: dict[tuple[int, int], SweepPoint] = {}
     for p in candidates:
         distinct.setdefault((p.params, p.kept_weights), p)
     candidates = list(distinct.values())
+    # the thresholds pruning less than the sweep's choice: probed only when no threshold from it on is within the
+    # budget after fine-tuning (the bound assumes the fine-tuning wins back; where it loses instead, they remain)
+    safer: list[SweepPoint] = []
+    if chosen is not None and not confident:
+        safer = [p for p in candidates if p.params > chosen.params]
+        candidates = [p for p in candidates if p.params <= chosen.params]
     val_loader = data.loader("val", recipe.eval_batch_size)
     probes: list[dict[str, Any]] = []
     # the drop after each epoch of every probe trained through its whole schedule: what the fine-tuning wins back
@@ -189,17 +193,27 @@ def search_after_finetune(
 
     accepted: list[SweepPoint] = []
 
-    best: tuple[float, Any, Any] | None = None
-    best_point: SweepPoint | None = None
-    lo, hi = 0, len(candidates) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        ok, pruned, masked = probe(candidates[mid])
-        if ok:
-            best, best_point = (candidates[mid].threshold, pruned, masked), candidates[mid]
-            hi = mid - 1
-        else:
-            lo = mid + 1
+    def bisect(ordered: Sequence[SweepPoint]) -> tuple[tuple[float, Any, Any] | None, SweepPoint | None]:
+        """The most pruning of ``ordered`` (most pruning first) within the budget after fine-tuning, by bisection."""
+        found: tuple[float, Any, Any] | None = None
+        found_point: SweepPoint | None = None
+        lo, hi = 0, len(ordered) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ok, pruned, masked = probe(ordered[mid])
+            if ok:
+                found, found_point = (ordered[mid].threshold, pruned, masked), ordered[mid]
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        return found, found_point
+
+    best, best_point = bisect(candidates)
+    if best is None and safer and chosen is not None:
+        log(f"no threshold from the sweep's choice on ({recipe.pruning_rule(chosen.threshold)}) is within the budget "
+            f"after noise-free fine-tuning (the fine-tuning lost {name} instead of winning it back); probing the "
+            f"{len(safer)} swept threshold(s) that prune less")
+        best, best_point = bisect(safer)
     swept: list[SweepPoint] = []
     if best_point is not None and sweep is not None and at_edge(best_point, grid):
         best, swept = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
