@@ -274,7 +274,7 @@ def _check_training_output(model: Any, x: Any) -> None:
                 buffer.copy_(saved)
         for module, training in modes.items():
             module.training = training
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+    if not isinstance(out, torch.Tensor) or not 1 <= out.dim() <= 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunedropError(
             f"in training mode the model returns {got}, not the (batch, classes) tensor it returns in eval mode (as "
@@ -300,13 +300,15 @@ def _num_outputs_on(model: Any, x: Any) -> int:
         raise PrunedropError(
             f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+    # (batch,): one value per sample, as a regression or one-logit model that squeezes its last axis returns
+    one_per_sample = isinstance(out, torch.Tensor) and out.dim() == 1 and out.shape[0] == x.shape[0]
+    if not isinstance(out, torch.Tensor) or (out.dim() != 2 and not one_per_sample):
         raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned {_described(out)}"
                              + ("" if isinstance(out, torch.Tensor) else
                                 ": wrap it in a module whose forward returns the logits alone (e.g. "
                                 "model(x)['logits'] or model(x)[0]) and pass that as --arch"))
     check_deterministic(model, x, first=out)
-    return int(out.shape[1])
+    return 1 if one_per_sample else int(out.shape[1])
 
 
 def _described(out: Any, depth: int = 0) -> str:

@@ -21,7 +21,8 @@ def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
     whose softmax is ``[1 − σ(z), σ(z)]`` and whose argmax is ``z > 0``, so that accuracy, calibration and the
     two-class cross-entropy (equal to the binary one) read it as any classifier's; other losses' outputs as they are."""
     if loss == "binary_cross_entropy":
-        return torch.cat([torch.zeros_like(output), output], dim=1)
+        logit = output.reshape(output.shape[0], 1)  # (N, 1), or (N,) from a model that squeezes its last axis
+        return torch.cat([torch.zeros_like(logit), logit], dim=1)
     return output
 
 

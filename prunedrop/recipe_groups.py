@@ -193,7 +193,11 @@ class TrainingConfig:
     grad_clip: float | None = setting(None, check=POSITIVE)
     """Clip the gradient norm to this value; null disables clipping."""
 
-    loss: Loss = setting("cross_entropy")
+    loss: Loss = setting("cross_entropy",
+                         cli=Cli("--loss", "Override the recipe's data term: cross_entropy (classes), "
+                                           "binary_cross_entropy (one logit, labels 0/1; chosen by itself for such a "
+                                           "model) or mse (regression: real-valued targets, the budget in percent "
+                                           "more error)."))
     """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy), ``binary_cross_entropy`` (a
     one-logit binary classifier, as trained with ``BCEWithLogitsLoss``: labels 0 and 1, the output the logit of
     class 1; chosen by itself for a model with one output and labels 0/1) or ``mse`` (regression)."""

@@ -118,3 +118,39 @@ def test_compress_a_one_logit_binary_classifier_end_to_end(folder: Path) -> None
     # the same command resumes: the loss the run chose is not read as a changed recipe
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
+
+
+SQUEEZED = '''\
+import torch
+from prunedrop.testing import TinyMLP
+
+
+class Squeezed(TinyMLP):
+    """returns (batch,): the one logit with its last axis squeezed, as many BCEWithLogitsLoss models do"""
+
+    def forward(self, x):
+        return super().forward(x).squeeze(-1)
+
+
+def build():
+    return Squeezed(16, (24, 12), 1)
+'''
+
+
+def test_a_one_logit_classifier_that_squeezes_its_output_to_one_axis(folder: Path) -> None:
+    """A (batch,) output was refused ("the model must return a (batch, classes) tensor"), and read as a (batch, 1)
+    logit it failed inside the accuracy."""
+    (folder / "squeezed_arch.py").write_text(SQUEEZED)
+    try:
+        result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "squeezed_arch:build", "--data",
+                                          "npz:data.npz", "--recipe", "quick.yaml", "-o", "out"])
+    finally:
+        sys.modules.pop("squeezed_arch", None)
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["recipe"]["loss"] == "binary_cross_entropy"
+    assert report["metric"]["before"] > 80.0
+    assert report["metric"]["before"] - report["metric"]["after"] <= 5.0
+    assert report["parity_max_abs_diff"] <= 1e-4
+    z = torch.tensor([2.0, -1.0])
+    assert class_logits(z, "binary_cross_entropy").tolist() == [[0.0, 2.0], [0.0, -1.0]]

@@ -189,7 +189,10 @@ def test_user_mistakes_are_one_line_errors(project: Path, args: list[str], messa
     ("{'logits': out, 'hidden': out[:, :2]}",
      ["dict {logits: a tensor of shape (2, 3), hidden: a tensor of shape (2, 2)}", "model(x)['logits']"]),
     ("(out, out.sum())", ["a tuple of 2 (a tensor of shape (2, 3), a tensor of shape ())", "model(x)[0]"]),
-    ("out[:, 0]", ["a tensor of shape (2,)"]),
+    ("out[:, :, None]", ["a tensor of shape (2, 3, 1)"]),
+    # one value per sample (a regression or one-logit model's squeezed output) is one output; class labels 0-2
+    # do not fit it
+    ("out[:, 0]", ["labels go up to 2 but the model has 1 output"]),
 ])
 def test_a_model_that_returns_no_logits_tensor_is_told_what_it_returned(project: Path, wrap: str,
                                                                         needles: list[str]) -> None:

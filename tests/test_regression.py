@@ -134,6 +134,36 @@ def test_npz_regression_end_to_end_on_diabetes(folder: Path) -> None:
     assert report["test_metric"]["delta_se"] is not None and report["test_metric"]["delta_se"] >= 0
 
 
+
+def test_a_regression_model_returning_one_value_per_sample_with_the_loss_option(folder: Path) -> None:
+    """A model whose forward squeezes its one output to (batch,) was refused ("must return a (batch, classes)
+    tensor"); ``--loss mse`` sets the loss without a recipe key (the recipe here has none)."""
+    data = _diabetes()
+    np.savez(folder / "data.npz", **data)
+    (folder / "squeezed_reg.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\nclass Squeezed(TinyMLP):\n    def forward(self, x):\n"
+        "        return super().forward(x).squeeze(-1)\n\n\ndef build():\n    return Squeezed(10, (32, 16), 1)\n")
+    (folder / "noloss.yaml").write_text(QUICK_MSE_RECIPE.replace("loss: mse\n", ""))
+    model = _train(TinyMLP(10, (32, 16), 1), data["x_train"], data["y_train"], steps=50)
+    torch.save(model.state_dict(), folder / "model.pt")
+    args = ["compress", "model.pt", "--arch", "squeezed_reg:build", "--data", "npz:data.npz", "--recipe",
+            "noloss.yaml", "-o", "out", "-q"]
+    try:
+        refused = CliRunner().invoke(cli, args)
+        assert refused.exit_code == 1 and "pass --loss mse" in refused.output, refused.output
+        result = CliRunner().invoke(cli, [*args, "--loss", "mse"])
+    finally:
+        sys.modules.pop("squeezed_reg", None)
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "out" / "report.json").read_text())
+    assert report["recipe"]["loss"] == "mse" and report["metric"]["name"] == "mse"
+    assert report["metric"]["before"] == pytest.approx(_mse(model, data["x_val"], data["y_val"]), rel=1e-4)
+    assert report["metric"]["after"] <= report["metric"]["before"] * 1.5 + 1e-9
+    got = _onnx_outputs(folder / "out" / "model.onnx", data["x_val"])
+    assert got.shape == (70,)
+    assert float(np.mean((got - data["y_val"]) ** 2)) == pytest.approx(report["metric"]["after"], rel=1e-3)
+
+
 HOOK = '''\
 import numpy as np
 import torch

@@ -22,7 +22,7 @@ def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
         return torch.from_numpy(y.astype(np.int64))
     raise PrunedropError(
         f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices "
-        "(for real-valued regression targets set loss: mse in the recipe)"
+        "(for real-valued regression targets pass --loss mse, or set loss: mse in the recipe)"
     )
 
 

@@ -63,7 +63,7 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
                 raise PrunedropError(
                     f"y_{split} in {str(path)!r} has shape {y.shape}; labels must be shaped (N,)"
                     + (" (or (N, k) for k regression targets)" if regression else
-                       "; for regression targets set loss: mse in the recipe" if np.issubdtype(y.dtype, np.floating)
+                       "; for regression targets pass --loss mse, or set loss: mse in the recipe" if np.issubdtype(y.dtype, np.floating)
                        else "")
                 )
             if len(x) != len(y):

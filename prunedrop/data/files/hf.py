@@ -200,7 +200,7 @@ def _hf_labels(column: Any, name: str, where: str, *, regression: bool) -> torch
     if bad.size:
         raise PrunedropError(
             f"label column {name!r} of {where} holds {values[bad[0]]:g} in row {bad[0]}; class labels must be whole "
-            "numbers 0, 1, ..., C-1 (for regression set loss: mse in the recipe)"
+            "numbers 0, 1, ..., C-1 (for regression pass --loss mse, or set loss: mse in the recipe)"
         )
     return torch.from_numpy(values.astype(np.int64))
 

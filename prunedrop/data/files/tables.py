@@ -116,7 +116,7 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
     if bad.size:
         raise PrunedropError(
             f"label column {label_column!r} of {where} holds {labels[bad[0]]:g} (data row {bad[0] + 1}); class "
-            "labels must be whole numbers 0, 1, ..., C-1 (for regression set loss: mse in the recipe)"
+            "labels must be whole numbers 0, 1, ..., C-1 (for regression pass --loss mse, or set loss: mse in the recipe)"
         )
     return x, torch.from_numpy(labels.astype(np.int64)), features
 
