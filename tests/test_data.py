@@ -389,8 +389,8 @@ def test_npz_regression_target_errors(tmp_path: Path) -> None:
     cases = [
         (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2, 2))), mse, "(or (N, k) for k regression targets)"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0.0, np.nan, 1.0, 2.0])), mse, "NaN or inf"),
-        (_npz(tmp_path, x_train=x, y_train=np.array([0.5, 1.0, 1.0, 2.0])), None, "set loss: mse"),
-        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2))), None, "for regression targets set loss: mse"),
+        (_npz(tmp_path, x_train=x, y_train=np.array([0.5, 1.0, 1.0, 2.0])), None, "pass --loss mse"),
+        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2))), None, "for regression targets pass --loss mse"),
     ]
     for spec, recipe, fragment in cases:
         with pytest.raises(PrunedropError) as excinfo:
