@@ -25,7 +25,7 @@ CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 def is_classification(loss: str) -> bool:
     """Whether ``loss`` fits class labels (metric accuracy, higher is better), not regression targets."""
     return loss in CLASSIFICATION_LOSSES
-Exporter = Literal["torchscript", "dynamo"]
+Exporter = Literal["auto", "torchscript", "dynamo"]
 SparseStorage = Literal["auto", "always", "never"]
 Quantize = Literal["none", "int8", "bayes"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -356,8 +356,10 @@ class ExportConfig:
     onnx_opset: int = setting(18, check=_opset_range)
     """ONNX opset of the exported model."""
 
-    onnx_exporter: Exporter = setting("torchscript")
-    """``torchscript`` (fast, torch.onnx's classic exporter) or ``dynamo`` (torch.export based)."""
+    onnx_exporter: Exporter = setting("auto")
+    """``torchscript`` (fast, torch.onnx's classic exporter), ``dynamo`` (torch.export based), or ``auto``:
+    TorchScript, and dynamo for a model TorchScript cannot export (an operator it lacks, as ``nn.Bilinear``'s
+    ``aten::bilinear``; said in the log and the report's ``onnx_exporter``)."""
 
     sparse_storage: SparseStorage = setting("auto")
     """Store pruned initializers as ONNX sparse tensors: ``auto`` where that is smaller, ``always``, ``never``."""

@@ -79,8 +79,9 @@ GENTLE_FINETUNE = 0.3
 #: keys whose default changed, with the old default: ``--resume`` of a run folder that stored the old default,
 #: with a recipe that leaves the key at today's default, continues with the stored value (``quantize`` became
 #: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md;
-#: ``finetune_lr`` became null, the weights' rate, once 1e-3 was measured to win back more than 3e-4: docs/autopilot.md)
-DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4}
+#: ``finetune_lr`` became null, the weights' rate, once 1e-3 was measured to win back more than 3e-4: docs/autopilot.md;
+#: ``onnx_exporter`` became ``auto`` once models with an operator only the dynamo exporter knows were refused)
+DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4, "onnx_exporter": "torchscript"}
 
 
 class _RecipeMethods:

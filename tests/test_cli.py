@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -602,12 +603,44 @@ def test_an_overwrite_that_stops_early_leaves_no_earlier_results(finished: Path,
     (project / "bilarch.py").write_text(
         "import torch\nfrom torch import nn\nfrom tinyarch import build as _build\n\n\nclass B(nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n        self.inner = _build()\n"
-        "    def forward(self, x):\n        return torch.nn.functional.bilinear(self.inner(x), self.inner(x), "
-        "torch.ones(3, 3, 3))\n\n\ndef build():\n    return B()\n")
+        "    def forward(self, x):\n        out = self.inner(x)\n        # an operator neither exporter has\n"
+        "        return torch.linalg.eig(out[:, :, None] * out[:, None, :]).eigenvalues.real\n\n\n"
+        "def build():\n    return B()\n")
     torch.save({f"inner.{k}": v for k, v in torch.load(project / "model.pt").items()}, project / "bil.pt")
     assert (project / "out" / "report.json").is_file()
     result = CliRunner().invoke(cli, ["compress", "bil.pt", "--arch", "bilarch:build", "--data", "npz:data.npz",
                                       "--recipe", "recipe.yaml", "-q", "-o", "out", "--overwrite"])
-    assert result.exit_code == 1 and "bilinear" in result.output, result.output
+    assert result.exit_code == 1 and "linalg_eig" in result.output, result.output
     left = sorted(p.name for p in (project / "out").rglob("*") if p.is_file())
     assert left == ["run.json"], left
+
+
+def test_a_model_only_the_dynamo_exporter_can_export_is_compressed(project: Path) -> None:
+    """``nn.Bilinear`` has no TorchScript export ("operator aten::bilinear has no ONNX equivalent"): the run was
+    refused before training; ``onnx_exporter: auto`` (the default) exports it with dynamo and says so."""
+    import torch
+
+    (project / "bilinear_only.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.a = nn.Linear(16, 8)\n        self.bl = nn.Bilinear(8, 16, 3)\n\n"
+        "    def forward(self, x):\n        x = x.flatten(1)\n        return self.bl(torch.relu(self.a(x)), x)\n\n\ndef build():\n"
+        "    return Net()\n")
+    import bilinear_only
+
+    from prunedrop.testing import fit
+
+    data = np.load(project / "data.npz")
+    torch.manual_seed(0)
+    model = fit(bilinear_only.build(), torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]), 200)
+    torch.save(model.state_dict(), project / "bil.pt")
+    args = ["compress", "bil.pt", "--arch", "bilinear_only:build", "--data", "npz:data.npz", "--recipe", "recipe.yaml",
+            "--quantize", "none", "-o", "out"]
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        sys.modules.pop("bilinear_only", None)
+    assert result.exit_code == 0, result.output
+    assert "the TorchScript exporter cannot export the model" in result.output
+    assert "exported with the dynamo exporter" in result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["onnx_exporter"] == "dynamo" and report["parity_max_abs_diff"] <= 1e-4

@@ -271,6 +271,36 @@ def test_unsupported_operator_is_a_one_line_error(
     assert "graph" not in out and "graph" not in err
 
 
+class _Bilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bl = nn.Bilinear(4, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bl(torch.relu(self.fc(x)), x)
+
+
+def test_auto_exports_with_dynamo_what_torchscript_cannot(tmp_path: Path) -> None:
+    """``nn.Bilinear`` (aten::bilinear) has no TorchScript export: such a model was refused before any training."""
+    torch.manual_seed(0)
+    model, x = _Bilinear().eval(), torch.randn(5, 4)
+    with pytest.raises(PrunedropError, match="bilinear"):
+        export_onnx(model, x[:2], tmp_path / "ts.onnx", exporter="torchscript")
+    result = export_onnx(model, x[:2], tmp_path / "m.onnx")  # auto, the default
+    assert result.exporter == "dynamo" and "aten::bilinear" in (result.fallback or "")
+    assert verify_onnx(result.path, model, x) <= 1e-4
+    plain = export_onnx(nn.Linear(4, 3).eval(), x[:2], tmp_path / "plain.onnx")
+    assert plain.exporter == "torchscript" and plain.fallback is None
+
+
+def test_auto_says_both_exporters_when_neither_can(tmp_path: Path) -> None:
+    with pytest.raises(PrunedropError, match="linalg_eig") as info:
+        export_onnx(_Eig().eval(), torch.randn(4, 4), tmp_path / "m.onnx", exporter="auto")
+    assert "torchscript exporter" in info.value.message and "the dynamo exporter failed too" in info.value.message
+    assert "\n" not in info.value.message and not (tmp_path / "m.onnx").exists()
+
+
 def test_unwritable_folder_is_an_error(tmp_path: Path) -> None:
     model, x = tiny_model("mlp")
     blocker = tmp_path / "not-a-folder"

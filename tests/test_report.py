@@ -49,6 +49,23 @@ def test_linear_on_sequence_counts_every_row():
     assert p.macs == 5 * 16 * 12
 
 
+def test_bilinear_counts_every_weight_once_per_output_row():
+    # y_k = x1ᵀ W_k x2 + b_k: in1 × in2 multiply-adds per output value (it counted 0 and was left out of the FLOPs)
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bl = nn.Bilinear(6, 5, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bl(x[..., :6], x[..., 6:])
+
+    model = Pair()
+    with torch.no_grad():
+        model.bl.weight[0].zero_()
+    (p,) = profile_model(model, torch.randn(3, 2, 11))
+    assert p.counted and p.macs == 2 * 4 * 6 * 5 and p.nonzero_macs == 2 * 3 * 6 * 5
+
+
 def test_conv2d_stride_padding_dilation_groups():
     # 9x9 input, k=3, stride 2, padding 1, dilation 2: out = floor((9 + 2 - 2*2 - 1) / 2) + 1 = 4
     conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2)

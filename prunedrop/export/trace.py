@@ -25,7 +25,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import PrunedropError
 from .sparse import sparsify_initializers, strip_debug_info
 
-EXPORTERS = ("torchscript", "dynamo")
+EXPORTERS = ("auto", "torchscript", "dynamo")
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 BATCH_DIM = "batch"
@@ -55,6 +55,10 @@ class ExportResult:
     """Names of the initializers stored as sparse ``Constant`` nodes, in graph order."""
     max_abs_diff: float | None = None
     """Largest |onnxruntime - PyTorch| difference; filled in by the caller after :func:`verify_onnx`."""
+    exporter: str = "torchscript"
+    """The exporter that wrote the file (``auto`` chooses ``dynamo`` where ``torchscript`` cannot export)."""
+    fallback: str | None = None
+    """With ``auto`` and the dynamo exporter: why the TorchScript one could not export the model (one line)."""
 
 
 def export_onnx(
@@ -66,7 +70,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     sparse: bool | str = "auto",
     metadata: dict[str, str] | None = None,
-    exporter: str = "torchscript",
+    exporter: str = "auto",
 ) -> ExportResult:
     """Export ``model`` to one self-contained ONNX file at ``path``.
 
@@ -79,7 +83,9 @@ def export_onnx(
         sparse: ``"auto"`` stores a float initializer sparsely when that is smaller, ``True`` every float
             initializer that has a zero, ``False`` none.
         metadata: strings stored in the model's ``metadata_props`` (the compression summary).
-        exporter: ``"torchscript"`` (fast, the default) or ``"dynamo"`` (``torch.export`` based).
+        exporter: ``"torchscript"`` (fast), ``"dynamo"`` (``torch.export`` based), or ``"auto"`` (the default):
+            TorchScript, and where it cannot export the model (an operator it lacks, as ``aten::bilinear``), dynamo;
+            should dynamo fail too, the TorchScript exporter's error is raised with dynamo's appended.
 
     Raises:
         PrunedropError: the model uses an operator ONNX cannot express, its forward fixes the batch size
@@ -94,7 +100,19 @@ def export_onnx(
             raise TypeError(f"metadata keys and values must be str, got {key!r}: {value!r}")
     path = Path(path)
 
-    proto = _trace(model, example_input, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+    used, fallback = exporter, None
+    if exporter == "auto":
+        used = "torchscript"
+        try:
+            proto = _trace(model, example_input, opset=opset, dynamic_batch=dynamic_batch, exporter=used)
+        except PrunedropError as first:
+            used, fallback = "dynamo", first.message
+            try:
+                proto = _trace(model, example_input, opset=opset, dynamic_batch=dynamic_batch, exporter=used)
+            except PrunedropError as second:
+                raise PrunedropError(f"{first.message} (the dynamo exporter failed too: {second.message})") from None
+    else:
+        proto = _trace(model, example_input, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
     if dynamic_batch:
         _check_batch_is_symbolic(proto)
     strip_debug_info(proto)
@@ -114,7 +132,8 @@ def export_onnx(
             f"cannot write ONNX file {path}: {reason}; choose an output folder you can write to"
         ) from e
     return ExportResult(
-        path=path, num_bytes=len(data), dense_bytes=dense_bytes, sparse_initializers=sparse_names
+        path=path, num_bytes=len(data), dense_bytes=dense_bytes, sparse_initializers=sparse_names, exporter=used,
+        fallback=fallback,
     )
 
 

@@ -8,6 +8,7 @@ Layers are matched between the two by their fully qualified module name.
 FLOPs, everywhere in prunedrop, means **multiply-adds (MACs) of the weight layers for one input sample**:
 
 * ``nn.Linear``: ``in_features * out_features`` per output row (a ``(B, T, F)`` input has ``T`` rows);
+  ``nn.Bilinear``: ``out_features * in1_features * in2_features`` per output row;
 * ``nn.Conv1d/2d/3d``: ``out_channels * (in_channels / groups) * prod(kernel_size)`` per output position,
   whatever the stride, padding, dilation or groups. Output positions whose window overlaps the zero padding
   are counted in full, as every framework's dense kernel computes them;
@@ -151,7 +152,7 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
     if w is None or x is None or y is None:
         return 0, 0
     numel, nnz = w.numel(), int(torch.count_nonzero(w.detach()))
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, nn.Bilinear)):  # a bilinear output: in1 × in2 weights, one MAC each
         positions = y.numel() // module.out_features
     elif isinstance(module, _CONV):
         positions = y.numel() // module.out_channels
@@ -163,7 +164,7 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
 
 
 def _has_mac_rule(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase))
+    return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase))
 
 
 def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:

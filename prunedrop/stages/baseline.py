@@ -54,6 +54,9 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
                            exporter=recipe.onnx_exporter)
     check_parity_before_training(exported, original, example, recipe)
+    if exported.fallback:
+        log(f"ONNX: the TorchScript exporter cannot export the model ({exported.fallback}); exported with the dynamo "
+            "exporter (onnx_exporter: auto)")
     timings = {"baseline_s": time.perf_counter() - t0}
     log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
         f"ONNX {exported.num_bytes:,} bytes")

@@ -48,7 +48,7 @@ class Exported:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"onnx_dense_bytes_after": self.onnx.dense_bytes,
+        return {"onnx_dense_bytes_after": self.onnx.dense_bytes, "onnx_exporter": self.onnx.exporter,
                 "sparse_initializers": self.onnx.sparse_initializers, "timings": self.timings,
                 "total_params_after": self.params["total_after"], "total_params_before": self.params["total_before"],
                 **({"latency": self.latency} if self.latency is not None else {}),
