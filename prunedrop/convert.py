@@ -241,6 +241,7 @@ def to_variational(
     if registry is None:
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
     summary = summary if summary is not None else ConversionSummary()
+    refused: dict[str, str] = {}  # left alone for their settings, not their type: name → why
     if parametrized_tensors(model):  # a dry run folds a copy: it must see the layers the real run converts
         if dry_run:
             model = copy_for_folding(model)
@@ -280,6 +281,7 @@ def to_variational(
             if why is not None and is_selected(name or "<root>", recipe):
                 summary.left_alone[name or "<root>"] = type(module).__name__
                 summary.notes.append(f"{name or '<root>'} left dense: {type(module).__name__} with {why}")
+                refused[name or "<root>"] = f"{type(module).__name__} with {why}"
                 return module
             if is_selected(name or "<root>", recipe):
                 summary.converted.append(name or "<root>")
@@ -350,20 +352,24 @@ def to_variational(
     if not summary.converted:
         by_globs = [n for n in summary.excluded
                     if n not in summary.output_layers and n not in sharing and n not in summary.hooked]
-        hint = nothing_converted_hint(recipe.method, by_globs, summary.output_layers, summary.left_alone.values(),
-                                      [n for n in summary.excluded if n in sharing], list(summary.hooked))
+        hint = nothing_converted_hint(recipe.method, by_globs, summary.output_layers,
+                                      [t for n, t in summary.left_alone.items() if n not in refused],
+                                      [n for n in summary.excluded if n in sharing], list(summary.hooked), refused)
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
-                           unsupported: Iterable[str], tied: Sequence[str] = (), hooked: Sequence[str] = ()) -> str:
+                           unsupported: Iterable[str], tied: Sequence[str] = (), hooked: Sequence[str] = (),
+                           settings: Mapping[str, str] | None = None) -> str:
     """Why a model has no layer for ``method`` to convert, for the one-line error (and ``inspect``'s warning).
 
     Each reason is named apart: the globs, the output layers that structured methods keep whole (a GRU
     classifier under ``sbp`` was told that "the include/exclude globs excluded all of: head"), and the layer
     types the method has no version of, with the methods that have one, and the layers that weight tying
     keeps dense (:func:`shared_parameter_layers`), and those with hooks of the user's (:func:`user_hooks`).
+    ``settings``: layer → why the method's version cannot take that layer's settings (an ``nn.LSTM`` with
+    ``proj_size`` under group_vd was told that group_vd "has no variational version of LSTM", a supported type).
     """
     registry = LAYER_REGISTRY.get(method, {})
     reasons = []
@@ -387,6 +393,9 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
                         if m != method and any(t.__name__ in types for t in layers))
         elsewhere = f" (method {' or '.join(others)} converts {'them' if len(types) > 1 else 'it'})" if others else ""
         reasons.append(f"{method} has no variational version of {', '.join(types[:5])}{elsewhere}")
+    if settings:
+        reasons.append(f"{method} cannot take the settings of " + ", ".join(
+            f"{name} ({why})" for name, why in list(settings.items())[:3]))
     reasons.append(f"supported types are {', '.join(sorted(t.__name__ for t in registry))}")
     return "; ".join(reasons)
 

@@ -141,6 +141,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     converted: list[str] = []
     excluded: list[str] = []
     left_alone: dict[str, str] = {}
+    refused: dict[str, str] = {}  # left alone for their settings, not their type: name → why
     hooked: dict[str, list[str]] = {}
     seen_params: set[int] = set()
     seen_modules: set[int] = set()
@@ -202,6 +203,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = UNSUPPORTED
                 entry["reason"] = f"{type(module).__name__} with {why}"
                 left_alone[label] = type(module).__name__
+                refused[label] = entry["reason"]
             elif is_selected(label, recipe):
                 entry["status"] = CONVERT
                 converted.append(label)
@@ -257,7 +259,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         outputs = [n for n in excluded if n in heads and n not in sharing]
         hint = nothing_converted_hint(
             recipe.method, [n for n in excluded if n not in heads and n not in sharing and n not in hooked],
-            outputs, left_alone.values(), [n for n in excluded if n in sharing], list(hooked))
+            outputs, [t for n, t in left_alone.items() if n not in refused], [n for n in excluded if n in sharing],
+            list(hooked), refused)
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
     if structured and converted:

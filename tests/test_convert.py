@@ -78,6 +78,29 @@ def test_nothing_to_convert_names_each_reason_apart() -> None:
     assert "globs" not in report["warnings"][0] and "output layer head" in report["warnings"][0]
 
 
+class _ProjectedLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 12, batch_first=True, proj_size=3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_nothing_to_convert_names_a_layer_refused_for_its_settings() -> None:
+    # an LSTM with proj_size under group_vd: LSTM is a supported type, so "group_vd has no variational version of
+    # LSTM" (what the message said) contradicted the list of supported types after it
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(PrunedropError) as info:
+        to_variational(_ProjectedLSTM(), Recipe(method="group_vd"), example_input=x)
+    message = str(info.value)
+    assert "no variational version of LSTM" not in message
+    assert "group_vd cannot take the settings of rnn (LSTM with proj_size=3" in message
+    report = inspect_model(_ProjectedLSTM(), x, Recipe(method="group_vd"))
+    assert "cannot take the settings of rnn (LSTM with proj_size=3" in report["warnings"][0]
+
+
 def test_converting_twice_is_refused() -> None:
     model = to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe())
     with pytest.raises(PrunedropError, match="already variational"):
