@@ -153,7 +153,7 @@ class TrainingConfig:
 
     batch_size: int = setting(100, check=POSITIVE,
             cli=Cli("--batch-size", "Override the recipe's training batch size."))
-    """Training batch size."""
+    """Training batch size. A last batch of one sample is left out of that epoch (a BatchNorm cannot train on one)."""
 
     eval_batch_size: int = setting(1000, check=POSITIVE)
     """Batch size for evaluation, export checks and reports."""

@@ -314,3 +314,31 @@ def test_the_variational_phase_logs_its_metric_with_statistics_of_the_thresholde
     assert evaluate(model, data.loader("val", 60))["accuracy"] < good - 20
     history = finetune(model, data, recipe, progress=False).history
     assert history[-1]["val_accuracy"] == pytest.approx(good, abs=2.0)
+
+
+def test_a_training_batch_of_one_sample_is_dropped_not_fed_to_batchnorm(tmp_path) -> None:
+    """121 training samples in batches of 8 left one sample for the last batch of every epoch, and a BatchNorm1d in
+    training mode stopped the run with a traceback ("Expected more than 1 value per channel when training")."""
+    from torch.utils.data import TensorDataset
+
+    from prunedrop.data import DataBundle
+    from prunedrop.testing import fit, tiny_classification_data
+
+    x, y = tiny_classification_data(n=161, shape=(12,), seed=4)
+    data = DataBundle(name="toy", train=TensorDataset(x[:121], y[:121]), val=TensorDataset(x[121:], y[121:]),
+                      test=None, input_shape=(12,), num_classes=3)
+    shuffled = [len(b[1]) for b in data.loader("train", 8, shuffle=True)]
+    assert shuffled == [8] * 15  # the lone sample sits out (a different one each epoch: the order is shuffled)
+    assert {int(i) for b in data.loader("train", 8, shuffle=True, epoch=1) for i in b[1]} <= {0, 1, 2}
+    assert [len(b[1]) for b in data.loader("train", 8)][-1] == 1  # evaluation reads every sample
+    assert len(data.loader("train", 10, shuffle=True)) == 12  # 121 = 12 × 10 + 1
+    assert len(data.loader("train", 7, shuffle=True)) == 18  # 121 = 17 × 7 + 2: only a remainder of one drops
+    assert len(data.loader("train", 11, shuffle=True)) == 11  # 121 = 11 × 11: nothing to drop
+
+    torch.manual_seed(0)
+    model = fit(nn.Sequential(nn.Linear(12, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3)),
+                x[:121], y[:121], 150).eval()
+    recipe = Recipe(epochs=2, finetune_epochs=1, batch_size=8, device="cpu", mc_samples=0, plots=False,
+                    latency_runs=0, quantize="none", max_metric_drop=50)
+    result = pipeline.compress(model, data, recipe, tmp_path / "out", progress=False)
+    assert result.report["parity_max_abs_diff"] <= recipe.parity_atol

@@ -76,6 +76,11 @@ class DataBundle:
         When shuffling, the permutation comes from a ``torch.Generator`` seeded from ``(seed, epoch)`` alone,
         not from global RNG state, so a resumed run sees exactly the order an uninterrupted one would have.
         A DataLoader the user gave is returned as is: its own batch size and order win.
+
+        A shuffled loader (training) whose last batch would hold one sample drops it: a BatchNorm in training mode
+        cannot normalise one value per channel, and a training set of 1,137 samples in batches of 8 stopped the run
+        with a traceback at its last step ("Expected more than 1 value per channel when training"). The order is
+        shuffled each epoch, so a different sample sits out each time.
         """
         data = self.split(split)
         if isinstance(data, DataLoader):
@@ -83,6 +88,8 @@ class DataBundle:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PrunedropError(f"batch size must be a positive integer, got {batch_size!r}")
         order = torch.randperm(len(data), generator=seeded_generator(seed, epoch)).tolist() if shuffle else None
+        if shuffle and len(data) > batch_size and len(data) % batch_size == 1:
+            drop_last = True
         # A generator of its own: a DataLoader without one draws its base seed from the global RNG on every
         # iteration, which would shift the noise of a resumed run against an uninterrupted one.
         return DataLoader(data, batch_size=batch_size, sampler=order, drop_last=drop_last,
