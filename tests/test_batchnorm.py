@@ -335,6 +335,13 @@ def test_a_training_batch_of_one_sample_is_dropped_not_fed_to_batchnorm(tmp_path
     assert len(data.loader("train", 7, shuffle=True)) == 18  # 121 = 17 × 7 + 2: only a remainder of one drops
     assert len(data.loader("train", 11, shuffle=True)) == 11  # 121 = 11 × 11: nothing to drop
 
+    from torch.utils.data import DataLoader
+
+    users = DataBundle(name="toy", train=DataLoader(data.train, batch_size=8), val=data.val, test=None,
+                       input_shape=(12,), num_classes=3)  # a python: data function's own DataLoader
+    assert [len(b[1]) for b in users.loader("train", 100, shuffle=True)] == [8] * 15
+    assert [len(b[1]) for b in users.loader("train", 100)][-1] == 1
+
     torch.manual_seed(0)
     model = fit(nn.Sequential(nn.Linear(12, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3)),
                 x[:121], y[:121], 150).eval()

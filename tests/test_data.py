@@ -486,7 +486,10 @@ def test_python_tuple_dict_and_bundle(user_module: str) -> None:
 def test_python_loaders_are_returned_as_is(user_module: str) -> None:
     b = load_data(f"python:{user_module}:loaders")
     assert b.num_train == 10 and b.input_shape == (2, 3)
-    assert b.loader("train", 128, shuffle=True) is b.train
+    assert b.loader("train", 128) is b.train
+    training = b.loader("train", 128, shuffle=True)  # the same batches, but for any of one sample (BatchNorm)
+    assert training.loader is b.train and len(training) == len(b.train) and training.batch_size == b.train.batch_size
+    assert [len(y) for _, y in training] == [len(y) for _, y in b.train]
     assert b.example_batch(6, split="train").shape == (6, 2, 3)
     with pytest.raises(PrunedropError, match="cannot be applied to the DataLoader"):
         load_data(f"python:{user_module}:loaders", train_limit=2)

@@ -75,7 +75,8 @@ class DataBundle:
 
         When shuffling, the permutation comes from a ``torch.Generator`` seeded from ``(seed, epoch)`` alone,
         not from global RNG state, so a resumed run sees exactly the order an uninterrupted one would have.
-        A DataLoader the user gave is returned as is: its own batch size and order win.
+        A DataLoader the user gave is returned as is: its own batch size and order win (for training, ``shuffle``,
+        its batches of one sample are left out, as below).
 
         A shuffled loader (training) whose last batch would hold one sample drops it: a BatchNorm in training mode
         cannot normalise one value per channel, and a training set of 1,137 samples in batches of 8 stopped the run
@@ -84,7 +85,7 @@ class DataBundle:
         """
         data = self.split(split)
         if isinstance(data, DataLoader):
-            return data
+            return _WithoutLoneBatches(data) if shuffle else data  # type: ignore[return-value]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PrunedropError(f"batch size must be a positive integer, got {batch_size!r}")
         order = torch.randperm(len(data), generator=seeded_generator(seed, epoch)).tolist() if shuffle else None
@@ -140,3 +141,25 @@ def first_batches(loader: Iterable[Any], samples: int) -> Iterator[Any]:
             break
         yield x, y
         seen += len(y)
+
+
+class _WithoutLoneBatches:
+    """A user's training DataLoader whose batches of one sample are left out (a BatchNorm in training mode cannot
+    normalise one value per channel: a loader of 1,137 samples in batches of 8 stopped the run at its last step).
+    Its length and attributes are the loader's."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            target = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+            if isinstance(target, torch.Tensor) and target.dim() > 0 and len(target) == 1:
+                continue
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
