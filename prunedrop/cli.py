@@ -191,7 +191,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     check_labels(data, num_outputs, recipe.loss)
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
     check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
-    to_variational(net, recipe, dry_run=True)  # a model with nothing to convert fails before any file exists
+    # a model with nothing to convert fails before any file exists
+    to_variational(net, recipe, dry_run=True, example_input=data.example_batch(2))
     if is_main():
         # the identity reads every sample (an image folder's broken file stops it here), so before the folder exists
         identity = run_identity(model, data)

@@ -22,6 +22,7 @@ from .batchnorm import batchnorm_pairs, foldable_batchnorms
 from .convert import (
     copy_for_folding,
     fold_parametrizations,
+    gradient_free_layers,
     hooks_note,
     is_selected,
     nothing_converted_hint,
@@ -137,6 +138,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
     sharing = shared_parameter_layers(model, registry)
+    cut = set(gradient_free_layers(model, registry, example_input[:2].to(device))) - set(sharing)
     entries: list[dict[str, Any]] = []
     converted: list[str] = []
     excluded: list[str] = []
@@ -189,6 +191,10 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             if label in sharing and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
                 entry["reason"] = f"shares parameters with {', '.join(sharing[label][:3])} (weight tying)"
+                excluded.append(label)
+            elif label in cut and is_selected(label, recipe):
+                entry["status"] = EXCLUDED
+                entry["reason"] = "no gradient reaches its output (torch.no_grad() or .detach() in the forward)"
                 excluded.append(label)
             elif (hooks := user_hooks(module)) and is_selected(label, recipe):
                 entry["status"] = EXCLUDED
@@ -258,9 +264,10 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     if not converted:
         outputs = [n for n in excluded if n in heads and n not in sharing]
         hint = nothing_converted_hint(
-            recipe.method, [n for n in excluded if n not in heads and n not in sharing and n not in hooked],
+            recipe.method,
+            [n for n in excluded if n not in heads and n not in sharing and n not in hooked and n not in cut],
             outputs, [t for n, t in left_alone.items() if n not in refused], [n for n in excluded if n in sharing],
-            list(hooked), refused)
+            list(hooked), refused, [n for n in excluded if n in cut])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
     if structured and converted:
@@ -346,7 +353,7 @@ def format_inspection(d: dict[str, Any]) -> str:
         *(line(r) for r in rows),
         "",
         f"would convert {t['layers_converted']} layer(s); {t['layers_excluded']} excluded (by the recipe's "
-        f"globs, as output layers, for weight tying or hooks), {t['layers_unsupported']} of unsupported types",
+        f"globs, as output layers, for weight tying, hooks or no gradient), {t['layers_unsupported']} of unsupported types",
         f"parameters: {human_count(t['converted_params'])} of {human_count(t['params'])} in converted layers "
         f"({_pct(t['params_share'])}); {human_count(t['prunable_weights'])} weights get noise",
         f"FLOPs (multiply-adds per sample): {human_count(t['converted_macs'])} of {human_count(t['macs'])} "

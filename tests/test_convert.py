@@ -101,6 +101,67 @@ def test_nothing_to_convert_names_a_layer_refused_for_its_settings() -> None:
     assert "cannot take the settings of rnn (LSTM with proj_size=3" in report["warnings"][0]
 
 
+class _CutOff(nn.Module):
+    """a frozen extractor under torch.no_grad(), a detached branch, a frozen layer, and a layer never called"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen_by_no_grad = nn.Linear(6, 8)
+        self.detached = nn.Linear(6, 8)
+        self.frozen = nn.Linear(6, 8).requires_grad_(False)
+        self.unused = nn.Linear(6, 8)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            a = torch.relu(self.frozen_by_no_grad(x))
+        b = torch.relu(self.detached(x)).detach()
+        c = torch.relu(self.frozen(x))
+        return self.head(torch.cat([a, b, c], dim=1))
+
+
+def test_layers_no_gradient_reaches_stay_dense() -> None:
+    """Converted, a layer run under torch.no_grad() gets no gradient from the data term: the KL alone pruned it
+    whatever it was worth (a digits MLP ended 2.3 points down and the run exported nothing)."""
+    from prunedrop.convert import gradient_free_layers
+    from prunedrop.layers import LAYER_REGISTRY
+
+    model = _CutOff().train()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    x = torch.randn(4, 6)
+    assert gradient_free_layers(model, LAYER_REGISTRY["sparse_vd"], x) == ["frozen_by_no_grad", "detached"]
+    # the pass leaves the flags, the gradients and the mode as they were
+    assert not model.frozen.weight.requires_grad and model.detached.weight.requires_grad
+    assert torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
+    assert model.detached.weight.grad is None and model.training
+
+    summary = ConversionSummary()
+    converted = to_variational(model, Recipe(), summary=summary, example_input=x)
+    assert summary.cut_off == ["frozen_by_no_grad", "detached"]
+    assert type(converted.frozen_by_no_grad) is nn.Linear and type(converted.detached) is nn.Linear
+    assert {"frozen", "unused", "head"} <= set(summary.converted)
+    assert any("no gradient reaches their output: frozen_by_no_grad, detached" in n for n in summary.notes)
+    report = inspect_model(_CutOff(), x, Recipe())
+    reasons = {e["name"]: e.get("reason") for e in report["layers"]}
+    assert "no gradient reaches its output" in reasons["detached"]
+    # without an example input nothing is run, and every layer converts as before
+    assert ConversionSummary().cut_off == []
+    bare = ConversionSummary()
+    to_variational(_CutOff(), Recipe(), summary=bare)
+    assert "detached" in bare.converted
+
+    class AllCut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x).detach() * 2
+
+    with pytest.raises(PrunedropError, match="no gradient reaches the output of a"):
+        to_variational(AllCut(), Recipe(), example_input=x)
+
+
 def test_converting_twice_is_refused() -> None:
     model = to_variational(nn.Sequential(nn.Linear(2, 2)), Recipe())
     with pytest.raises(PrunedropError, match="already variational"):
