@@ -150,6 +150,19 @@ def test_layers_no_gradient_reaches_stay_dense() -> None:
     to_variational(_CutOff(), Recipe(), summary=bare)
     assert "detached" in bare.converted
 
+    class Checkpointed(nn.Module):  # recomputed in the backward pass: its forward ran under no_grad first
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.inner, self.head = nn.Linear(6, 6), nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from torch.utils.checkpoint import checkpoint
+
+            inner = checkpoint(lambda t: torch.relu(self.inner(t)), self.first(x), use_reentrant=True)
+            return self.head(inner)
+
+    assert gradient_free_layers(Checkpointed(), LAYER_REGISTRY["sparse_vd"], x) == []
+
     class AllCut(nn.Module):
         def __init__(self) -> None:
             super().__init__()
