@@ -592,6 +592,35 @@ def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
     assert said is None and outside.train.tensors[0].dtype == torch.float32
 
 
+def test_fit_inputs_lays_images_out_as_the_model_takes_them() -> None:
+    """Image arrays saved without their channel axis, or channels last (NumPy, PIL, TensorFlow), stopped a CNN with
+    "expected input[2, 8, 8, 1] to have 1 channels, but got 8 channels instead"."""
+    from torch.utils.data import TensorDataset
+
+    from prunedrop.data import DataBundle, fit_inputs
+    from prunedrop.testing import TinyConv1d, TinyLeNet5, TinyMLP
+
+    def bundle(x: torch.Tensor) -> DataBundle:
+        y = torch.zeros(len(x), dtype=torch.long)
+        return DataBundle("npz:x.npz", TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None,
+                          tuple(x.shape[1:]), 3)
+
+    images = torch.rand(12, 1, 14, 14)
+    plain, said = fit_inputs(TinyLeNet5(), bundle(images[:, 0]))
+    assert "a channel axis added" in said and "(1, 14, 14) per sample" in said
+    assert plain.input_shape == (1, 14, 14) and torch.equal(plain.val.tensors[0], images[8:])
+    last, said = fit_inputs(TinyLeNet5(in_channels=3), bundle(torch.rand(12, 14, 14, 3)))
+    assert "channels moved first" in said and last.train.tensors[0].shape == (8, 3, 14, 14)
+    assert last.example_batch(2).shape == (2, 3, 14, 14)
+    signal, said = fit_inputs(TinyConv1d(), bundle(torch.rand(12, 9, 3)))  # a 1-D signal, channels last
+    assert "(N, L, C) → (N, C, L)" in said and signal.input_shape == (3, 9)
+    odd, said = fit_inputs(TinyConv1d(), bundle(torch.rand(12, 9, 5)))  # 5 values last: not read as channels
+    assert said is None and odd.input_shape == (9, 5)
+    flat, said = fit_inputs(TinyMLP(196, (5,), 3), bundle(images.flatten(1).view(12, 14, 14)))
+    assert said is None  # a model that runs on the inputs as they are keeps them (TinyMLP flattens)
+    assert flat.input_shape == (14, 14)
+
+
 def test_an_overwrite_that_stops_early_leaves_no_earlier_results(finished: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """--overwrite deleted only the checkpoints: a fresh run that stopped at the original's ONNX export (an

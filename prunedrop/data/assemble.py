@@ -249,16 +249,20 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     'indices' to have one of the following scalar types: Long, Int". When the model fails on the float inputs,
     every split is held in tensors and every input is a whole number, the inputs become int64 token ids, provided
     the model runs on them; anything else is left as it was (the model's error is then the caller's to report).
-    Models that run on the float inputs are never changed.
+    Models that run on the float inputs are never changed. Inputs in another layout than the model's (no channel
+    axis, or channels last) are laid out as the model takes them (:func:`_fit_layout`).
     """
     x = bundle.example_batch(2)
-    if not x.is_floating_point() or runs_on(model, x):
+    if runs_on(model, x):
         return bundle, None
     held = {split: getattr(bundle, split) for split in SPLITS if getattr(bundle, split) is not None}
     if not all(isinstance(data, TensorDataset) for data in held.values()):
         return bundle, None
     inputs = [data.tensors[0] for data in held.values()]
-    if not all(_whole_ids(t) for t in inputs):
+    laid_out = _fit_layout(model, bundle, held, x)
+    if laid_out is not None:
+        return laid_out
+    if not x.is_floating_point() or not all(_whole_ids(t) for t in inputs):
         return bundle, None
     ids = {split: TensorDataset(data.tensors[0].to(torch.int64), *data.tensors[1:]) for split, data in held.items()}
     candidate = dataclasses.replace(bundle, **ids)
@@ -267,6 +271,49 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     largest = max(int(t.max()) for t in inputs if t.numel())
     return candidate, (f"the model does not take float inputs, and every input of {bundle.name} is a whole number "
                        f"(0 … {largest}): they are fed as int64 token ids")
+
+
+#: layouts tried for inputs a model rejects: (what changes, the change, whether it applies to a batch's shape)
+_LAYOUTS: tuple[tuple[str, Any, Any], ...] = (
+    ("a channel axis added, (N, H, W) → (N, 1, H, W)", lambda t: t.unsqueeze(1), lambda s: len(s) in (2, 3)),
+    ("channels moved first, (N, H, W, C) → (N, C, H, W)", lambda t: t.permute(0, 3, 1, 2),
+     lambda s: len(s) == 4 and s[-1] in (1, 2, 3, 4) and s[1] > 4),
+    ("channels moved first, (N, L, C) → (N, C, L)", lambda t: t.permute(0, 2, 1),
+     lambda s: len(s) == 3 and s[-1] in (1, 2, 3, 4) and s[1] > 4),
+)
+
+
+def _fit_layout(model: torch.nn.Module, bundle: DataBundle, held: dict[str, TensorDataset],
+                x: torch.Tensor) -> tuple[DataBundle, str] | None:
+    """``bundle`` with its inputs laid out as ``model`` takes them, when exactly one of :data:`_LAYOUTS` makes the
+    model run on inputs it rejects as given: image arrays saved without their channel axis, or channels last as
+    NumPy, PIL and TensorFlow keep them (a CNN stopped with "expected input[2, 8, 8, 1] to have 1 channels, but got 8
+    channels instead"). The tensors are views: nothing is copied."""
+    x = bundle.example_batch(3)  # three samples: an unbatched reading (a Conv2d takes (C, H, W)) shows in the output
+    fits = [(what, change) for what, change, applies in _LAYOUTS
+            if applies(tuple(x.shape)) and _batched_output(model, change(x))]
+    if len(fits) != 1:  # none, or more than one reading: not guessed
+        return None
+    what, change = fits[0]
+    moved = {split: TensorDataset(change(data.tensors[0]), *data.tensors[1:]) for split, data in held.items()}
+    candidate = dataclasses.replace(bundle, **moved, input_shape=tuple(change(x).shape[1:]))
+    return candidate, (f"the model does not take the inputs of {bundle.name} as they are, shape "
+                       f"{tuple(x.shape[1:])} per sample; it takes them with {what}: they are fed so "
+                       f"({tuple(candidate.input_shape)} per sample, the shape model.onnx expects)")
+
+
+def _batched_output(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` runs on ``x`` (eval mode, the modes restored) and returns one output row per sample."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+        return isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == x.shape[0]
+    except Exception:  # noqa: BLE001 - any failure means "not this layout"
+        return False
+    finally:
+        for module, training in modes.items():
+            module.train(training)
 
 
 def _whole_ids(x: torch.Tensor) -> bool:
