@@ -332,11 +332,27 @@ def test_npz_class_labels_as_a_column_are_one_label_per_sample(tmp_path: Path) -
     assert labels.shape == (6,) and sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2] and bundle.num_classes == 3
 
 
+def test_npz_arrays_under_the_names_they_usually_have(tmp_path: Path) -> None:
+    """scikit-learn's X_train/Y_test, x_valid, and one x/y pair were refused ("has no array 'x_train'")."""
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    y = np.arange(40) % 2
+    b = load_data(_npz(tmp_path, X_train=x[:30], Y_train=y[:30], X_valid=x[30:35], y_VALID=y[30:35],
+                       X_test=x[35:], Y_test=y[35:]))
+    assert (b.num_train, b.num_val, len(b.test)) == (30, 5, 5)
+    torch.testing.assert_close(b.val.tensors[0], torch.from_numpy(x[30:35]))
+    pair = load_data(_npz(tmp_path, x=x, y=y), val_fraction=0.25)
+    assert (pair.num_train, pair.num_val, pair.test) == (30, 10, None)
+    with pytest.raises(PrunedropError, match="2 arrays for x_train"):
+        load_data(_npz(tmp_path, x_train=x, X_train=x, y_train=y))
+    with pytest.raises(PrunedropError, match="has no array 'x_train'.*one x/y pair"):
+        load_data(_npz(tmp_path, features=x, labels=y))
+
+
 def test_npz_errors(tmp_path: Path) -> None:
     x, y = np.zeros((4, 2)), np.zeros(4, dtype=np.int64)
     cases = [
         (f"npz:{tmp_path / 'nope.npz'}", "does not exist"),
-        (_npz(tmp_path, X_train=x, y_train=y), "has no array 'x_train' (it has: X_train, y_train)"),
+        (_npz(tmp_path, X_tr=x, y_train=y), "has no array 'x_train' (it has: X_tr, y_train)"),
         (_npz(tmp_path, x_train=x, y_train=y, x_val=x), "has no array 'y_val'"),
         (_npz(tmp_path, x_train=x, y_train=y[:3]), "x_train has 4 samples but y_train has 3 labels"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, 0.5, 1, 1])), "non-integer values"),

@@ -1,4 +1,5 @@
-"""``npz:FILE``: arrays ``x_train``/``y_train`` and optionally the val and test pairs, cast but never scaled."""
+"""``npz:FILE``: arrays ``x_train``/``y_train`` (or ``X_train``, or one ``x``/``y`` pair) and optionally the val and test
+pairs, cast but never scaled."""
 
 from __future__ import annotations
 
@@ -15,13 +16,38 @@ from ..errors import PrunedropError
 from .bundle import SPLITS
 from .checks import as_labels, tensor_dataset
 
+#: the names a split goes by in an npz archive, besides its own (matched without regard to case: X_train, Y_test)
+_SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def _array_names(present: set[str], path: Path) -> dict[str, str]:
+    """``x_train`` … ``y_test`` → the archive's own name for that array: any case (scikit-learn's ``X_train``),
+    ``valid``/``validation`` for ``val``, and a lone ``x``/``y`` pair for the training split (the validation split is
+    then split off it). Two arrays for one name (``x_train`` and ``X_train``) are refused as ambiguous."""
+    by_lower: dict[str, list[str]] = {}
+    for name in present:
+        by_lower.setdefault(name.lower(), []).append(name)
+    names: dict[str, str] = {}
+    for split, aliases in _SPLIT_NAMES.items():
+        for prefix in ("x", "y"):
+            found = [name for alias in aliases for name in by_lower.get(f"{prefix}_{alias}", [])]
+            if len(found) > 1:
+                raise PrunedropError(f"npz file {str(path)!r} has {len(found)} arrays for {prefix}_{split} "
+                                     f"({', '.join(sorted(found))}); keep one")
+            if found:
+                names[f"{prefix}_{split}"] = found[0]
+    if "x_train" not in names and "y_train" not in names and len(by_lower.get("x", [])) == 1 \
+            and len(by_lower.get("y", [])) == 1:
+        names["x_train"], names["y_train"] = by_lower["x"][0], by_lower["y"][0]
+    return names
+
 
 def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """Train and optional val/test splits from an npz archive; inputs are cast, never scaled. With
     ``regression`` float labels are targets shaped (N,) or (N, k)."""
     if not path.is_file():
         raise PrunedropError(f"npz file {str(path)!r} does not exist")
-    hint = "save it with numpy.savez(FILE, x_train=..., y_train=...)"
+    hint = "save it with numpy.savez(FILE, x_train=..., y_train=...) (X_train, x_valid or one x/y pair are read too)"
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
@@ -30,12 +56,13 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
         raise PrunedropError(f"{str(path)!r} holds a single array, not an npz archive; {hint}")
     with archive:
         present = set(archive.files)
+        names = _array_names(present, path)
 
         def get(key: str) -> np.ndarray | None:
-            if key not in present:
+            if key not in names:
                 return None
             try:
-                return archive[key]
+                return archive[names[key]]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise PrunedropError(
                     f"cannot read array {key!r} of npz file {str(path)!r} ({e}); {hint}"
