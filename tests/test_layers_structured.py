@@ -467,3 +467,47 @@ def test_lognormal_total_kl_is_the_weighted_sum_of_the_layers_kls() -> None:
     total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for layer in layers
                for p in layer.noise_parameters())
+
+
+@pytest.mark.parametrize("method", ["sbp", "group_vd", "sbp_sparse_vd"])
+def test_the_eval_multiplier_is_reused_only_while_its_inputs_are_unchanged(method: str) -> None:
+    """Eval-mode passes reuse the unit multiplier (the log-normal moments cost more than a small layer's product);
+    an optimizer step, a loaded state, a new threshold or a wanted gradient each see a fresh one."""
+    torch.manual_seed(0)
+    layer = LAYER_REGISTRY[method][nn.Linear].from_dense(nn.Linear(5, 7)).eval()
+    x = torch.randn(3, 5)
+    calls = []
+    compute = layer._eval_multiplier
+    layer._eval_multiplier = lambda threshold: calls.append(threshold) or compute(threshold)
+    with torch.no_grad():
+        first = layer(x)
+        torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+    assert len(calls) == 1, "the second pass reuses the multiplier"
+
+    optimizer = torch.optim.SGD(layer.noise_parameters(), lr=1.0)
+    layer.train()
+    layer(x).sum().backward()
+    optimizer.step()  # in place: the parameters' version moves
+    layer.eval()
+    with torch.no_grad():
+        stepped = layer(x)
+    assert len(calls) == 2
+    dense = layer.to_dense()
+    torch.testing.assert_close(stepped, dense(x))
+    del calls[2:]  # to_dense computes its own
+
+    layer.threshold = layer.threshold + 0.5
+    with torch.no_grad():
+        layer(x)
+    assert len(calls) == 3
+    state = copy.deepcopy(layer.state_dict())
+    with torch.no_grad():
+        for p in layer.noise_parameters():
+            p.add_(0.3)
+        layer(x)
+        layer.load_state_dict(state)
+        layer(x)
+    assert len(calls) == 5
+    out = layer(x)  # eval mode with gradients: computed afresh, and the noise parameters receive them
+    out.sum().backward()
+    assert len(calls) == 6 and any(p.grad is not None for p in layer.noise_parameters())

@@ -71,6 +71,8 @@ class GroupLogAlpha:
 class GroupVD(GroupLogAlpha, OutputUnitNoise):
     """Gaussian noise per unit; ``log_alpha_param`` has one entry per unit."""
 
+    caches_eval_multiplier = True
+
     unit_noise_names = ("log_alpha_param",)
 
     @classmethod

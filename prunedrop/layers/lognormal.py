@@ -177,6 +177,8 @@ def _kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch
 class LogNormal(OutputUnitNoise):
     """Log-normal noise per unit (the SBP layers); ``mu`` and ``log_sigma`` have one entry per unit."""
 
+    caches_eval_multiplier = True
+
     mu: nn.Parameter
     log_sigma: nn.Parameter
     unit_noise_names = ("mu", "log_sigma")
