@@ -64,7 +64,7 @@ def assert_same_output(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("nesting", [None, "state_dict", "model", "model_state_dict"])
+@pytest.mark.parametrize("nesting", [None, "state_dict", "model", "model_state_dict", "net", "weights"])
 def test_load_state_dict_with_arch(tmp_path, mlp, nesting):
     model, x = mlp
     state = model.state_dict()
@@ -72,6 +72,13 @@ def test_load_state_dict_with_arch(tmp_path, mlp, nesting):
     loaded = load_model(tmp_path / "m.pt", arch=MLP_ARCH)
     assert isinstance(loaded, TinyMLP) and not loaded.training
     assert_same_output(model, loaded, x)
+
+
+def test_a_checkpoint_with_several_state_dicts_under_other_keys_names_them(tmp_path, mlp):
+    model, _ = mlp
+    torch.save({"live": model.state_dict(), "ema": model.state_dict(), "epoch": 3}, tmp_path / "m.pt")
+    raises_one_line(lambda: load_model(tmp_path / "m.pt", arch=MLP_ARCH), "holds 2 state dicts (under live, ema)",
+                    "checkpoint[KEY]")
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "model.", "module._orig_mod."])

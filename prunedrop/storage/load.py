@@ -49,12 +49,18 @@ def import_object(spec: str, *, what: str = "object") -> Any:
 
 
 def _find_state_dict(obj: Any) -> Mapping[str, Any] | None:
+    """The state dict in a checkpoint: the object itself, the one under a usual key (:data:`_STATE_DICT_KEYS`), or
+    the only state dict among a dict's values (``{"net": ..., "epoch": 3}``, as training scripts name it as they
+    like); several under other keys (a model and its EMA copy) are left to the caller's error."""
     if is_state_dict(obj):
         return obj
     if isinstance(obj, Mapping):
         for key in _STATE_DICT_KEYS:
             if is_state_dict(obj.get(key)):
                 return obj[key]
+        found = [value for value in obj.values() if is_state_dict(value)]
+        if len(found) == 1:
+            return found[0]
     return None
 
 
@@ -316,6 +322,11 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
         if state is None:
             pickled = _find_module(obj)
             if pickled is None:
+                several = [str(k) for k, v in obj.items() if is_state_dict(v)] if isinstance(obj, Mapping) else []
+                if len(several) > 1:
+                    raise PrunedropError(
+                        f"model file {path} holds {len(several)} state dicts (under {', '.join(several[:4])}): save "
+                        "the one to compress on its own, torch.save(checkpoint[KEY], path)")
                 raise PrunedropError(
                     f"model file {path} holds {describe(obj)}, not a state dict: save it with "
                     "torch.save(model.state_dict(), path)"
