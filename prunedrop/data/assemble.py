@@ -291,7 +291,7 @@ def _fit_layout(model: torch.nn.Module, bundle: DataBundle, held: dict[str, Tens
     channels instead"). The tensors are views: nothing is copied."""
     x = bundle.example_batch(3)  # three samples: an unbatched reading (a Conv2d takes (C, H, W)) shows in the output
     fits = [(what, change) for what, change, applies in _LAYOUTS
-            if applies(tuple(x.shape)) and _batched_output(model, change(x))]
+            if applies(tuple(x.shape)) and runs_on(model, change(x), batched=True)]
     if len(fits) != 1:  # none, or more than one reading: not guessed
         return None
     what, change = fits[0]
@@ -302,32 +302,19 @@ def _fit_layout(model: torch.nn.Module, bundle: DataBundle, held: dict[str, Tens
                        f"({tuple(candidate.input_shape)} per sample, the shape model.onnx expects)")
 
 
-def _batched_output(model: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` runs on ``x`` (eval mode, the modes restored) and returns one output row per sample."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-        return isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == x.shape[0]
-    except Exception:  # noqa: BLE001 - any failure means "not this layout"
-        return False
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-
-
 def _whole_ids(x: torch.Tensor) -> bool:
     """Whether ``x`` holds only whole numbers from 0 to 2**24 (exact in float32), as token ids would be."""
     return not x.numel() or bool((x >= 0).all() and (x <= 2**24).all() and (x == x.round()).all())
 
 
-def runs_on(model: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` computes an output for ``x`` in eval mode (the modes are restored)."""
+def runs_on(model: torch.nn.Module, x: torch.Tensor, *, batched: bool = False) -> bool:
+    """Whether ``model`` computes an output for ``x`` in eval mode (the modes are restored); with ``batched``, one
+    that has a row per sample (a Conv2d also takes an unbatched (C, H, W) input, and then answers with none)."""
     modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
-            model.eval()(x)
-        return True
+            out = model.eval()(x)
+        return not batched or (isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == x.shape[0])
     except Exception:  # noqa: BLE001 - any failure means "not these inputs"; the caller reports the model's own error
         return False
     finally:
