@@ -294,9 +294,9 @@ class SelectionConfig:
 
     budget_after_finetune: bool | None = setting(None)
     """Judge ``max_metric_drop`` after the noise-free fine-tuning instead of before it: bisect the swept thresholds
-    that prune more than the sweep's choice (where none holds after it, then those that prune less), each probe pruned, fine-tuned (``finetune_epochs``; a probe stops at
-    the first epoch within the budget, and the one chosen is continued to the end and judged there) and evaluated on
-    validation data; about log2(n) + 1 fine-tunings instead of one, and up to 3 more past the default grid's most
+    that prune more than the sweep's choice (where none holds after it, then those that prune less), each probe
+    pruned, fine-tuned (``finetune_epochs``; a probe stops at the first epoch within the budget, and the one chosen
+    is continued to the end and judged there) and evaluated on validation data; about log2(n) + 1 fine-tunings instead of one, and up to 3 more past the default grid's most
     pruning end when that is within the budget. null (the default): on for automatic runs
     (the autopilot spends part of the budget while training and counts on the fine-tuning to win it back, so the
     budget is judged where the model ends) whose validation data resolves the budget (one sample weighs at most
