@@ -88,6 +88,7 @@ class _ProjectedLSTM(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections")  # torch's own, from the forward
 def test_nothing_to_convert_names_a_layer_refused_for_its_settings() -> None:
     # an LSTM with proj_size under group_vd: LSTM is a supported type, so "group_vd has no variational version of
     # LSTM" (what the message said) contradicted the list of supported types after it
