@@ -14,9 +14,11 @@ Valid specs (see :func:`parse_spec`):
     any folder with ``train-images``/``train-labels`` IDX files and optionally ``t10k-*`` or ``test-*`` ones.
     ``uint8`` images are scaled to [0, 1]; other IDX dtypes are cast to float32 unscaled.
 ``npz:FILE``
-    arrays ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``, ``x_test``/``y_test``. Inputs are cast
-    to float32 **as given: no scaling or normalisation is applied** (whole numbers that the model takes only as
-    integers, token ids for an ``nn.Embedding``, become int64: :func:`fit_inputs`); labels become int64. With the recipe's
+    arrays ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``, ``x_test``/``y_test`` (any case; ``valid``
+    for ``val``; or one ``x``/``y`` pair). Inputs are cast to float32 **as given: no scaling or normalisation is
+    applied** (whole numbers that the model takes only as integers, token ids for an ``nn.Embedding``, become int64,
+    and images without a channel axis or channels last are laid out as the model takes them: :func:`fit_inputs`);
+    labels become int64. With the recipe's
     ``loss: mse`` (regression), float ``y_*`` arrays shaped ``(N,)`` or ``(N, k)`` are targets, cast to float32.
 ``imagefolder:DIR``
     one sub-folder per class (labels: the sorted folder names' indices); ``train/`` and ``val/`` (or ``valid/``,
