@@ -112,8 +112,8 @@ def _plan(
             if reason is None and (live := an.live_sources(channel)):
                 reason = (
                     f"pruned in {', '.join(pruned_by)} but still produced by {', '.join(sorted(live))}, "
-                    "coupled to it by a residual addition; a channel leaves only when every coupled layer "
-                    "prunes it"
+                    "coupled to it element-wise (a residual addition, a product with a tensor of its width); "
+                    "a channel leaves only when every coupled layer prunes it"
                 )
             if reason is None:
                 candidates[(gi, root)] = channel
