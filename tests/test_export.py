@@ -353,3 +353,30 @@ def test_bad_arguments(tmp_path: Path) -> None:
         export_onnx(model, x, tmp_path / "m.onnx", exporter="tflite")
     with pytest.raises(ValueError, match="sparse"):
         export_onnx(model, x, tmp_path / "m.onnx", sparse="yes")
+
+
+class _Autocast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.fc(x)
+
+
+def test_a_graph_onnxruntime_cannot_run_in_half_precision_names_the_cause(tmp_path: Path) -> None:
+    """torch.autocast in the forward exports bfloat16 Gemms that onnxruntime's CPU provider lacks; the error said
+    only "re-export the model"."""
+    from prunedrop.export.runtime import _half_precision, open_session
+
+    result = export_onnx(_Autocast().eval(), torch.randn(2, 4), tmp_path / "m.onnx", sparse=False)
+    assert _half_precision(result.path)
+    assert not _half_precision(export_onnx(nn.Linear(4, 3).eval(), torch.randn(2, 4), tmp_path / "f.onnx").path)
+    try:
+        open_session(result.path)
+    except PrunedropError as e:
+        assert "NOT_IMPLEMENTED" in e.message and "\n" not in e.message
+        assert "float16/bfloat16 (torch.autocast or .half() in the forward?)" in e.message
+    else:
+        pytest.skip("this onnxruntime runs bfloat16 Gemm on the CPU")

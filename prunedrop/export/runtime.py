@@ -84,6 +84,20 @@ def run_session(
     return feed_session(open_session(path, threads=threads), path, inputs)
 
 
+def _half_precision(path: Path) -> bool:
+    """Whether the ONNX file at ``path`` casts to, or stores, float16 or bfloat16 values (False if unreadable)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - only a hint depends on it
+        return False
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    graph = proto.graph
+    return any(t.data_type in half for t in graph.initializer) or any(
+        a.name == "to" and a.i in half for node in graph.node if node.op_type == "Cast" for a in node.attribute)
+
+
 def open_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
     """An onnxruntime CPU session on the ONNX file at ``path`` that takes exactly one input (one-line errors)."""
     import onnxruntime as ort
@@ -100,7 +114,11 @@ def open_session(path: str | os.PathLike[str], *, threads: int | None = None) ->
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own pybind exception types
-        raise PrunedropError(f"onnxruntime cannot load {path}: {_first_line(e)}; re-export the model") from e
+        advice = "re-export the model"
+        if "NOT_IMPLEMENTED" in str(e) and _half_precision(path):
+            advice = ("the graph computes in float16/bfloat16 (torch.autocast or .half() in the forward?), for which "
+                      "onnxruntime's CPU provider lacks kernels: compute in float32 in the forward")
+        raise PrunedropError(f"onnxruntime cannot load {path}: {_first_line(e)}; {advice}") from e
     model_inputs = session.get_inputs()
     if len(model_inputs) != 1:
         raise PrunedropError(
