@@ -443,7 +443,8 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
     the autopilot's smallest β, ended 2.3 points down, and the run exported nothing). Found with one backward
     pass of the sum of the outputs on ``example_input`` (eval mode, every floating parameter requiring a gradient
     for the pass: a frozen layer, ``requires_grad=False``, still trains its noise and is not cut off); the
-    parameters' flags, gradients and the modes are restored. None when the model cannot take the pass."""
+    parameters' flags and gradients, the buffers and the modes are restored. None when the model cannot take the
+    pass."""
     layers = {name or "<root>": m for name, m in model.named_modules() if type(m) in registry}
     if not layers:
         return []
@@ -460,6 +461,7 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
 
     params = [p for p in model.parameters() if p.is_floating_point()]
     saved = [(p, p.requires_grad, p.grad) for p in params]
+    buffers = [(b, b.clone()) for b in model.buffers()]  # a forward that updates a buffer of its own
     modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(name)) for name, m in layers.items()]
     try:
@@ -481,6 +483,9 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
         for p, flag, grad in saved:
             p.requires_grad_(flag)
             p.grad = grad
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
         for module, training in modes.items():
             module.training = training
     return [name for name in layers if name in called and name not in reached]

@@ -128,13 +128,15 @@ def test_layers_no_gradient_reaches_stay_dense() -> None:
     from prunedrop.layers import LAYER_REGISTRY
 
     model = _CutOff().train()
+    model.register_buffer("calls", torch.zeros(()))
+    model.register_forward_pre_hook(lambda module, args: module.calls.add_(1) and None)  # a forward that counts
     model.head.weight.grad = torch.ones_like(model.head.weight)
     x = torch.randn(4, 6)
     assert gradient_free_layers(model, LAYER_REGISTRY["sparse_vd"], x) == ["frozen_by_no_grad", "detached"]
     # the pass leaves the flags, the gradients and the mode as they were
     assert not model.frozen.weight.requires_grad and model.detached.weight.requires_grad
     assert torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
-    assert model.detached.weight.grad is None and model.training
+    assert model.detached.weight.grad is None and model.training and float(model.calls) == 0
 
     summary = ConversionSummary()
     converted = to_variational(model, Recipe(), summary=summary, example_input=x)
