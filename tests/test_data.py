@@ -464,7 +464,19 @@ def not_pairs():
     return TensorDataset(torch.zeros(4, 2)), _ds(2)
 
 def float_labels():
-    return TensorDataset(torch.zeros(4, 2), torch.zeros(4)), _ds(2)
+    return TensorDataset(torch.zeros(4, 2), torch.full((4,), 0.5)), _ds(2)
+
+def whole_float_labels():
+    return TensorDataset(torch.zeros(4, 2, 3), torch.tensor([0.0, 2.0, 1.0, 2.0])), _ds(2)
+
+class OneHot(Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        return torch.zeros(2), torch.nn.functional.one_hot(torch.tensor(i % 3), 3).float()
+
+def one_hot():
+    return OneHot(), OneHot()
 
 def nan_inputs():
     return TensorDataset(torch.full((4, 2), float("nan")), torch.zeros(4, dtype=torch.long)), _ds(2)
@@ -519,7 +531,9 @@ def test_python_loaders_are_returned_as_is(user_module: str) -> None:
         ("wrong_item", "returned a str as val; use a torch Dataset or DataLoader"),
         ("unknown_key", "returned unknown keys ['valid']"),
         ("not_pairs", "yields a tuple of length 1 items; each item must be an (input, label) pair"),
-        ("float_labels", "are torch.float32; labels must be integer class indices"),
+        ("float_labels", "are torch.float32; labels must be integer class indices (for real-valued regression "
+                         "targets pass --loss mse"),
+        ("one_hot", "are one-hot vectors over 3 classes; labels must be class indices: give labels.argmax(-1)"),
         ("nan_inputs", "contain 8 NaN or inf values"),
         ("empty_val", "the val data of 'python:userdata_for_tests:empty_val' is empty"),
         ("not_callable", "is not callable (it is a int object)"),
@@ -530,6 +544,13 @@ def test_python_errors(user_module: str, function: str, fragment: str) -> None:
     with pytest.raises(PrunedropError) as excinfo:
         load_data(f"python:{user_module}:{function}")
     assert fragment in message(excinfo)
+
+
+def test_python_whole_number_float_labels_are_class_indices(user_module: str) -> None:
+    """As the npz reader reads them: a TensorDataset of labels 0.0, 2.0, ... was refused ("are torch.float32")."""
+    b = load_data(f"python:{user_module}:whole_float_labels")
+    assert b.train.tensors[1].dtype == torch.int64 and b.train.tensors[1].tolist() == [0, 2, 1, 2]
+    assert b.num_classes == 3
 
 
 # --- splits, limits, loaders, labels ------------------------------------------------------------------

@@ -87,6 +87,8 @@ def assemble(
 ) -> DataBundle:
     """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
     With ``regression`` labels may be real numbers and there are no classes."""
+    if not regression:  # whole-number float labels in tensors are class indices, as the npz reader reads them
+        train, val, test = (_integer_labels(data) for data in (train, val, test))
     shapes = {}
     for split, data in (("train", train), ("val", val), ("test", test)):
         if data is not None:
@@ -110,6 +112,22 @@ def assemble(
         input_shape=shapes["train"],
         num_classes=None if regression else _num_classes(train, val, test),
     )
+
+
+def _integer_labels(data: Any) -> Any:
+    """A TensorDataset whose float labels all hold whole numbers, with int64 labels; anything else as it is."""
+    if not isinstance(data, TensorDataset) or len(data.tensors) != 2:
+        return data
+    x, y = data.tensors
+    if not y.is_floating_point() or y.dim() != 1 or not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+        return data
+    return TensorDataset(x, y.to(torch.int64))
+
+
+def _one_hot(labels: torch.Tensor) -> bool:
+    """Whether ``labels`` (one item's, or a batch's) look like one-hot vectors: 0s and 1s, a single 1 per vector."""
+    return labels.dim() >= 1 and labels.shape[-1] > 1 and bool(((labels == 0) | (labels == 1)).all()) \
+        and bool((labels.sum(-1) == 1).all())
 
 
 def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool = False) -> tuple[int, ...]:
@@ -139,9 +157,12 @@ def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool 
             "inputs and labels must be tensors, arrays or numbers"
         ) from None
     if labels.is_complex() or (labels.is_floating_point() and not regression):
+        if not labels.is_complex() and _one_hot(labels):
+            raise PrunedropError(f"labels in {where} are one-hot vectors over {labels.shape[-1]} classes; labels must "
+                                 "be class indices: give labels.argmax(-1)")
         raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices"
-                             + ("" if labels.is_complex() else " (for real-valued regression targets set loss: mse "
-                                "in the recipe)"))
+                             + ("" if labels.is_complex() else " (for real-valued regression targets pass --loss mse, "
+                                "or set loss: mse in the recipe)"))
     all_inputs, all_labels = _inputs_of(data), labels_of(data)
     check_finite(inputs if all_inputs is None else all_inputs, where)
     if regression:
