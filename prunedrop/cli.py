@@ -296,8 +296,14 @@ def _num_outputs_on(model: Any, x: Any) -> int:
     except Exception as e:  # the user's model rejecting the user's data: say what did not fit
         inputs = str(x.dtype).removeprefix("torch.")
         dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
-        hint = "" if dtypes in ([], [inputs]) else (f"; the model's parameters are {', '.join(dtypes)}, the inputs "
-                                                    f"{inputs}: save the model as float32 (model.float()) for prunedrop")
+        if dtypes in ([], [inputs]):
+            hint = ""
+        elif not x.is_floating_point() and not x.is_complex() and "type" in str(e).lower():  # not ids out of range
+            hint = (f"; the inputs are {inputs} and the model's parameters {', '.join(dtypes)}: give float inputs, "
+                    "scaled as the model was trained on them (e.g. x.float() / 255 for 8-bit images)")
+        else:
+            hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: save the model as "
+                    "float32 (model.float()) for prunedrop")
         raise PrunedropError(
             f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None

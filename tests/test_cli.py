@@ -249,6 +249,22 @@ def test_a_float64_model_is_told_to_be_saved_as_float32(project: Path) -> None:
     assert "model.float()" in result.output and not (project / "out").exists()
 
 
+def test_integer_image_inputs_are_told_to_be_given_as_floats(project: Path) -> None:
+    """8-bit images from a python: function reached a float32 model as uint8; the advice was to save the model as
+    float32, which it was."""
+    (project / "u8data.py").write_text(
+        "import torch\nfrom torch.utils.data import TensorDataset\n\n\ndef load():\n"
+        "    x = torch.randint(0, 256, (20, 16), dtype=torch.uint8)\n"
+        "    y = torch.randint(0, 3, (20,))\n    return TensorDataset(x, y), TensorDataset(x[:6], y[:6])\n")
+    try:
+        result = CliRunner().invoke(cli, _compress("-o", "out", "--data", "python:u8data:load"))
+    finally:
+        sys.modules.pop("u8data", None)
+    assert result.exit_code == 1, result.output
+    assert "the inputs are uint8 and the model's parameters float32: give float inputs" in result.output
+    assert "model.float()" not in result.output and not (project / "out").exists()
+
+
 def test_run_has_sweep_calibration_and_plots(finished: Path) -> None:
     out = finished / "out"
     report = json.loads((out / "report.json").read_text())
