@@ -226,6 +226,22 @@ def test_csv_classification(tmp_path: Path) -> None:
     assert x[0, 1] == pytest.approx(i * 0.5) and int(y[0]) == i % 3
 
 
+@pytest.mark.parametrize("name", ["", "Unnamed: 0"])
+def test_csv_with_pandas_row_index(tmp_path: Path, name: str) -> None:
+    """DataFrame.to_csv() without index=False writes the row index as a first, unnamed column (shuffled rows keep
+    their old index); it was fed to the model as one more feature."""
+    order = np.random.default_rng(0).permutation(20)
+    rows = "".join(f"{k},{i},{i * 0.5},{i % 2}\n" for k, i in zip(order, range(20)))
+    bundle = load_data(f"csv:{write_csv(tmp_path / 't.csv', f'{name},a,b,label' + chr(10) + rows)}", val_fraction=0.25)
+    assert bundle.input_shape == (2,)
+    x, y = bundle.train.tensors
+    assert x[:, 1].tolist() == pytest.approx((x[:, 0] * 0.5).tolist()) and y.tolist() == (x[:, 0] % 2).long().tolist()
+    # a first unnamed column that is no row index (repeated values) stays a feature
+    kept = load_data(f"csv:{write_csv(tmp_path / 'u.csv', ',a,label' + chr(10) + '1,2,0' + chr(10) + '1,3,1' + chr(10))}",
+                     val_fraction=0.5)
+    assert kept.input_shape == (2,)
+
+
 def test_csv_regression_and_label_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", "a,b,target\n" + "".join(f"{i},1,{i / 4}\n" for i in range(20)))
     with pytest.raises(PrunedropError) as e:

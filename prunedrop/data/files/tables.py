@@ -109,7 +109,14 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
         raise PrunedropError(f"{where} has a header but no rows; add one row per sample")
     table = np.asarray(rows, dtype=np.float64)
     labels = table[:, label_at]
-    x = torch.from_numpy(np.delete(table, label_at, axis=1).astype(np.float32))
+    dropped = [label_at]
+    if _row_index(header, table, label_at):  # pandas' DataFrame.to_csv() writes its index as a first, unnamed column
+        dropped.append(0)
+        features = features[1:]
+    if not features:
+        raise PrunedropError(f"{where} has only the label column {label_column!r} and a row index; it needs feature "
+                             "columns")
+    x = torch.from_numpy(np.delete(table, dropped, axis=1).astype(np.float32))
     if regression:
         return x, torch.from_numpy(labels.astype(np.float32)), features
     bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
@@ -119,6 +126,17 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
             "labels must be whole numbers 0, 1, ..., C-1 (for regression pass --loss mse, or set loss: mse in the recipe)"
         )
     return x, torch.from_numpy(labels.astype(np.int64)), features
+
+
+def _row_index(header: list[str], table: np.ndarray, label_at: int) -> bool:
+    """Whether the first column is a row index as pandas writes it (``DataFrame.to_csv()`` without ``index=False``):
+    no name (or pandas' ``Unnamed: 0`` after a second round trip), not the labels, and distinct whole numbers. Fed to
+    the model as a feature it made the inputs one wider than the model ("mat1 and mat2 shapes cannot be
+    multiplied (1x5 and 4x32)")."""
+    if label_at == 0 or header[0] not in ("", "Unnamed: 0"):
+        return False
+    column = table[:, 0]
+    return bool(np.all(column == np.round(column))) and len(np.unique(column)) == len(column)
 
 
 def _delimiter(header: str) -> str:
