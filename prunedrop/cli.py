@@ -246,8 +246,20 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
 
 def _num_outputs(model: Any, data: Any) -> int:
     """The model's number of outputs, from one forward pass on an example input (and one in training mode)."""
+    from .data.assemble import runs_on
+    from .errors import PrunedropError
+
     x = data.example_batch(2)
-    outputs = _num_outputs_on(model, x)
+    try:
+        outputs = _num_outputs_on(model, x)
+    except PrunedropError as e:
+        # an image folder read with another channel count than the model's first layer takes: say which one fits
+        if str(data.name).startswith("imagefolder:") and x.dim() == 4 and x.shape[1] in (1, 3):
+            other = 4 - x.shape[1]  # 1 ↔ 3
+            if runs_on(model, x[:, :1].expand(-1, other, -1, -1) if other == 3 else x.mean(1, keepdim=True)):
+                raise PrunedropError(f"{e.message}; the images are read with {x.shape[1]} channel(s) and the model "
+                                     f"takes {other}: set the recipe key image_channels: {other}") from None
+        raise
     _check_training_output(model, x)
     return outputs
 

@@ -389,6 +389,28 @@ def _compress_images(*extra: str) -> list[str]:
             "--data", "imagefolder:images", "--recipe", "recipe.yaml", "-q", *extra]
 
 
+def test_an_image_folder_read_with_another_channel_count_than_the_model_takes(image_project: Path) -> None:
+    """The images are read as grey (image_channels: 1) and the CNN's first convolution takes RGB: the error said only
+    "expected input[2, 1, 4, 4] to have 3 channels"; it now names the recipe key that fits."""
+    import torch
+
+    (image_project / "rgbarch.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), "
+        "nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))\n")
+    import rgbarch
+
+    try:
+        torch.save(rgbarch.build().state_dict(), image_project / "rgb.pt")
+        result = CliRunner().invoke(cli, ["compress", "rgb.pt", "--arch", "rgbarch:build", "--data",
+                                          "imagefolder:images", "--recipe", "recipe.yaml", "-q", "-o", "out"])
+    finally:
+        sys.modules.pop("rgbarch", None)
+    assert result.exit_code == 1, result.output
+    assert "the images are read with 1 channel(s) and the model takes 3: set the recipe key image_channels: 3" \
+        in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (image_project / "out").exists()
+
+
 def test_compress_an_image_folder_with_arch_kwargs(image_project: Path) -> None:
     result = CliRunner().invoke(cli, _compress_images("-o", "out"))
     assert result.exit_code == 0, result.output
