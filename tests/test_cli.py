@@ -654,6 +654,9 @@ def test_fit_inputs_lays_images_out_as_the_model_takes_them() -> None:
     assert "(N, L, C) → (N, C, L)" in said and signal.input_shape == (3, 9)
     odd, said = fit_inputs(TinyConv1d(), bundle(torch.rand(12, 9, 5)))  # 5 values last: not read as channels
     assert said is None and odd.input_shape == (9, 5)
+    rows, said = fit_inputs(TinyLeNet5(), bundle(images.flatten(1)))  # MNIST as CSV: one row of pixels per image
+    assert "square grey image" in said and rows.input_shape == (1, 14, 14)
+    assert torch.equal(rows.val.tensors[0], images[8:])
     flat, said = fit_inputs(TinyMLP(196, (5,), 3), bundle(images.flatten(1).view(12, 14, 14)))
     assert said is None  # a model that runs on the inputs as they are keeps them (TinyMLP flattens)
     assert flat.input_shape == (14, 14)

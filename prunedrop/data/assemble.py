@@ -5,6 +5,7 @@ the class count found; and :func:`check_labels`, the data checked against the mo
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -301,6 +302,10 @@ _LAYOUTS: tuple[tuple[str, Any, Any], ...] = (
      lambda s: len(s) == 4 and s[-1] in (1, 2, 3, 4) and s[1] > 4),
     ("channels moved first, (N, L, C) → (N, C, L)", lambda t: t.permute(0, 2, 1),
      lambda s: len(s) == 3 and s[-1] in (1, 2, 3, 4) and s[1] > 4),
+    # a grey image stored as one row of pixels (MNIST and Fashion-MNIST as CSV: 784 columns)
+    ("each row of pixels read as a square grey image, (N, H·W) → (N, 1, H, H)",
+     lambda t: t.reshape(t.shape[0], 1, math.isqrt(t.shape[1]), math.isqrt(t.shape[1])),
+     lambda s: len(s) == 2 and s[1] >= 16 and math.isqrt(s[1]) ** 2 == s[1]),
 )
 
 
