@@ -353,6 +353,8 @@ def test_npz_errors(tmp_path: Path) -> None:
     cases = [
         (f"npz:{tmp_path / 'nope.npz'}", "does not exist"),
         (_npz(tmp_path, X_tr=x, y_train=y), "has no array 'x_train' (it has: X_tr, y_train)"),
+        (_npz(tmp_path, x_train=x, y_train=np.array(["cat", "dog", "cat", "owl"])),
+         "labels in y_train are names ('cat', 'dog', 'owl', ...), not class indices"),
         (_npz(tmp_path, x_train=x, y_train=y, x_val=x), "has no array 'y_val'"),
         (_npz(tmp_path, x_train=x, y_train=y[:3]), "x_train has 4 samples but y_train has 3 labels"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, 0.5, 1, 1])), "non-integer values"),

@@ -20,6 +20,10 @@ def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
                              "data first")
     if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         return torch.from_numpy(y.astype(np.int64))
+    if y.dtype.kind in "USO":  # class names: their numbering is the user's to give, not ours to guess
+        shown = ", ".join(repr(v) for v in list(dict.fromkeys(y.ravel().tolist()))[:3])
+        raise PrunedropError(f"labels in {where} are names ({shown}, ...), not class indices; number the classes as "
+                             "the model was trained, e.g. np.unique(y, return_inverse=True)[1] for sorted names")
     raise PrunedropError(
         f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices "
         "(for real-valued regression targets pass --loss mse, or set loss: mse in the recipe)"
