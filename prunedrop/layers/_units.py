@@ -76,9 +76,9 @@ class OutputUnitNoise(VariationalLayer):
     bias: nn.Parameter | None
     unit_noise_names: tuple[str, ...] = ()
     _tied: TiedDraw | None = None
-    #: whether ``_eval_multiplier`` depends on nothing but :meth:`noise_parameters` and the layer's thresholds, so
-    #: that eval-mode passes reuse it while those are unchanged (:meth:`_eval_multiplier_now`); the built-in families
-    #: say so, a user's layer is recomputed every pass unless it does
+    #: whether ``_eval_multiplier(None)`` depends on nothing but the per-unit parameters (``unit_noise_names``) and
+    #: ``threshold``, so that eval-mode passes reuse it while those are unchanged (:meth:`_eval_multiplier_now`); the
+    #: built-in families say so, a user's layer is recomputed every pass unless it does
     caches_eval_multiplier: bool = False
 
     def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,22 +154,22 @@ class OutputUnitNoise(VariationalLayer):
         return y * self._sample_multiplier(shape, unit_axis).to(y.dtype)
 
     def _eval_multiplier_now(self) -> torch.Tensor:
-        """``_eval_multiplier(None)``, reused between eval-mode passes while the noise parameters (their storage and
-        in-place version) and the thresholds are unchanged and no gradient is wanted: the log-normal moments cost more
+        """``_eval_multiplier(None)``, reused between eval-mode passes while the per-unit parameters (the same objects,
+        their storage and in-place version) and the threshold are unchanged and no gradient is wanted: the log-normal moments cost more
         than the layer's own product, and every validation check, sweep point and cost measurement recomputed them
         (a 300-block residual MLP spent 6.5 minutes in one measurement pass per block before its first epoch)."""
-        params = self.noise_parameters()
-        if not self.caches_eval_multiplier or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        if not self.caches_eval_multiplier:
             return self._eval_multiplier(None)
-        key = (tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params),
-               tuple((k, v) for k, v in vars(self).items() if "threshold" in k and isinstance(v, (int, float))))
+        params = [getattr(self, name) for name in self.unit_noise_names]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._eval_multiplier(None)
+        key = (tuple((p._version, p.data_ptr()) for p in params), self.threshold)
         cached = self.__dict__.get("_eval_cache")
         # the cache holds the parameters themselves: a replaced one is never freed and its address reused unseen
-        if cached is not None and cached[0] == key and len(cached[1]) == len(params) \
-                and all(a is b for a, b in zip(cached[1], params)):
+        if cached is not None and cached[0] == key and all(a is b for a, b in zip(cached[1], params, strict=True)):
             return cached[2]
         value = self._eval_multiplier(None)
-        self.__dict__["_eval_cache"] = (key, list(params), value)
+        self.__dict__["_eval_cache"] = (key, params, value)
         return value
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
