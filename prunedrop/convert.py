@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,17 +422,6 @@ CUT_OFF_WHY = ("(computed under torch.no_grad() or detached in the forward: the 
                "back, and the KL alone would prune them whatever they are worth)")
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, Mapping):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
-
-
 def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], Any],
                          example_input: torch.Tensor) -> list[str]:
     """Registered layers that the forward calls but whose output no gradient of the model's outputs reaches.
@@ -445,6 +434,8 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
     for the pass: a frozen layer, ``requires_grad=False``, still trains its noise and is not cut off); the
     parameters' flags and gradients, the buffers and the modes are restored. None when the model cannot take the
     pass."""
+    from .slim.coupling import all_requiring_grad, tensors_in
+
     layers = {name or "<root>": m for name, m in model.named_modules() if type(m) in registry}
     if not layers:
         return []
@@ -454,24 +445,21 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
     def make_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             called.add(name)
-            for tensor in _tensors(output):
+            for tensor in tensors_in(output):
                 if tensor.requires_grad:
                     tensor.register_hook(lambda grad: reached.add(name))
         return hook
 
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    saved = [(p, p.requires_grad, p.grad) for p in params]
+    grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(b, b.clone()) for b in model.buffers()]  # a forward that updates a buffer of its own
     modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(name)) for name, m in layers.items()]
     try:
-        for p in params:
-            p.requires_grad_(True)
-            p.grad = None
-        model.eval()
-        device = params[0].device if params else example_input.device
-        with torch.enable_grad():
-            outputs = [t for t in _tensors(model(example_input.to(device)))
+        with all_requiring_grad(model), torch.enable_grad():
+            for p, _ in grads:
+                p.grad = None
+            device = grads[0][0].device if grads else example_input.device
+            outputs = [t for t in tensors_in(model.eval()(example_input.to(device)))
                        if t.requires_grad and t.is_floating_point()]
             if outputs:
                 torch.stack([t.float().sum() for t in outputs]).sum().backward()
@@ -480,8 +468,7 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
     finally:
         for handle in handles:
             handle.remove()
-        for p, flag, grad in saved:
-            p.requires_grad_(flag)
+        for p, grad in grads:
             p.grad = grad
         with torch.no_grad():
             for buffer, value in buffers:

@@ -234,24 +234,26 @@ def node_names(model: nn.Module) -> dict[Any, str]:
     return {**{m: n for n, m in model.named_modules()}, **{p: n for n, p in model.named_parameters()}}
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
+def tensors_in(obj: Any) -> list[torch.Tensor]:
     """The tensors in a (nested) tuple/list/dict output."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, Mapping):
         obj = list(obj.values())
     if isinstance(obj, (tuple, list)):
-        return [t for item in obj for t in _tensors(item)]
+        return [t for item in obj for t in tensors_in(item)]
     return []
 
 
 @contextlib.contextmanager
 def all_requiring_grad(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
-    functions work on the traced graph); each parameter's own flag comes back afterwards."""
+    functions work on the traced graph); each parameter's own flag comes back afterwards. Integer parameters, which
+    cannot require grad, are left as they are."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
-        p.requires_grad_(True)
+        if p.is_floating_point() or p.is_complex():
+            p.requires_grad_(True)
     try:
         yield
     finally:
@@ -273,7 +275,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
-    return graph, {t.grad_fn for t in _tensors(outputs[-1])}
+    return graph, {t.grad_fn for t in tensors_in(outputs[-1])}
 
 
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
