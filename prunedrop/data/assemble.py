@@ -281,7 +281,7 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     if not all(isinstance(data, TensorDataset) for data in held.values()):
         return bundle, None
     inputs = [data.tensors[0] for data in held.values()]
-    laid_out = _fit_layout(model, bundle, held, x)
+    laid_out = _fit_layout(model, bundle, held)
     if laid_out is not None:
         return laid_out
     if not x.is_floating_point() or not all(_whole_ids(t) for t in inputs):
@@ -309,8 +309,8 @@ _LAYOUTS: tuple[tuple[str, Any, Any], ...] = (
 )
 
 
-def _fit_layout(model: torch.nn.Module, bundle: DataBundle, held: dict[str, TensorDataset],
-                x: torch.Tensor) -> tuple[DataBundle, str] | None:
+def _fit_layout(model: torch.nn.Module, bundle: DataBundle,
+                held: dict[str, TensorDataset]) -> tuple[DataBundle, str] | None:
     """``bundle`` with its inputs laid out as ``model`` takes them, when exactly one of :data:`_LAYOUTS` makes the
     model run on inputs it rejects as given: image arrays saved without their channel axis, or channels last as
     NumPy, PIL and TensorFlow keep them (a CNN stopped with "expected input[2, 8, 8, 1] to have 1 channels, but got 8
