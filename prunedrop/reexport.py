@@ -16,13 +16,13 @@ from . import __version__
 from .convert import to_variational
 from .data import DataBundle
 from .errors import PrunedropError
-from .prune import prune
 from .quantize import posterior_bits, quantize_model, rule_inputs
 from .recipes import SNR_METHODS, Recipe
 from .report import count_parameters
 from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
 from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
+from .stages.pruning import prune_calibrated
 from .stages.slimming import slim_pruned
 from .train import metric_name
 
@@ -91,7 +91,7 @@ def reexport(
         raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
     bits = posterior_bits(variational, threshold, inputs=rule_inputs(data, recipe.seed)) \
         if quantize != "none" else None
-    pruned = prune(variational, threshold)
+    pruned = prune_calibrated(variational, threshold, data, recipe)
     if pruned.kept_fraction == 0.0:  # as compress refuses: an all-zero model is no export
         raise PrunedropError(f"{recipe.pruning_rule(threshold)} prunes every "
                              f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "

@@ -7,6 +7,7 @@ enough that a whole compress run on them takes seconds on a CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -321,7 +322,7 @@ def write_tiny_project(folder, *, n: int = 200, n_val: int = 40, recipe: str = T
 
 
 class ScriptedSearch:
-    """Stands in for the training of the threshold search after fine-tuning (``prune``, ``finetune_masked`` and
+    """Stands in for the training of the threshold search after fine-tuning (``prune_calibrated``, ``finetune_masked`` and
     ``evaluate`` of :mod:`prunedrop.stages.bisection`), so that :func:`~prunedrop.stages.bisection.search_after_finetune`
     runs on given numbers: the validation metric (``val_<name>``) after epoch ``e`` of the probe at threshold ``t``
     is ``metric(t, e)``. It keeps the real loop's contract: ``stop_on`` after every epoch but the last, ``resume``
@@ -339,7 +340,8 @@ class ScriptedSearch:
         """Checkpoint file name → the history it holds."""
         self.data = _NoData()
 
-    def prune(self, model: nn.Module, threshold: float | None = None):
+    def prune(self, model: nn.Module, threshold: float, data: Any = None, recipe: Any = None):
+        """``prune_calibrated`` without data: the BatchNorms keep their statistics."""
         from .prune import prune
 
         self.pruned.append(threshold)
@@ -373,7 +375,7 @@ class ScriptedSearch:
         """(module, attribute) → its stand-in."""
         from .stages import bisection, pruned_finetune
 
-        return {(bisection, "prune"): self.prune, (bisection, "evaluate"): self.evaluate,
+        return {(bisection, "prune_calibrated"): self.prune, (bisection, "evaluate"): self.evaluate,
                 (pruned_finetune, "finetune_masked"): self.finetune_masked}
 
 

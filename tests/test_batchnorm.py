@@ -289,6 +289,40 @@ def test_the_sweep_measures_each_threshold_with_statistics_of_its_thresholded_we
     assert torch.equal(model[1].running_mean, trained["1"]["running_mean"])
 
 
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp"])
+def test_the_model_pruned_is_the_model_the_sweep_measured(method: str) -> None:
+    """A BatchNorm that no layer's noise takes in (here after a ReLU, as after a DenseNet concatenation) kept the
+    trained statistics into the pruned model, while the sweep had chosen its threshold with re-estimated ones: a
+    DenseNet-style model read 17% where the sweep had measured 44%, and slimming folded a removed channel's
+    constant output, computed with the stale statistics, into the next layer."""
+    from prunedrop.stages import prune_variational
+    from prunedrop.stages.selection import thresholded_metric
+    from prunedrop.testing import fit
+    from prunedrop.train import evaluate
+
+    data, _ = _batchnorm_net()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(8), nn.Flatten(),
+                        nn.Linear(8 * 36, 3))
+    x, y = data.train.tensors
+    net = fit(net, x, y, 200).eval()
+    recipe = Recipe(method=method, eval_batch_size=60, quantize="none")
+    model = to_variational(net, recipe).eval()
+    assert isinstance(model[2], nn.BatchNorm2d)  # not joined to the convolution's noise
+    val = data.loader("val", 60)
+    good = evaluate(model, val)["accuracy"]
+    _stale(model[2])
+    stale = evaluate(model, val)["accuracy"]
+    assert stale < good - 20
+    measured = thresholded_metric(recipe, data)(copy.deepcopy(model), val)
+    pruned = prune_variational(copy.deepcopy(model), recipe.threshold, recipe, lambda _: None, data=data).result
+    assert evaluate(pruned.model, val)["accuracy"] == pytest.approx(measured, abs=1.0)
+    assert measured > stale + 20
+    # without data (the library's own prune) the statistics stay as trained
+    unmeasured = prune_variational(copy.deepcopy(model), recipe.threshold, recipe, lambda _: None).result
+    assert evaluate(unmeasured.model, val)["accuracy"] == pytest.approx(stale, abs=1.0)
+
+
 def test_batches_of_one_sample_leave_the_statistics_alone() -> None:
     from prunedrop.batchnorm import recalibrate_from
 

@@ -16,13 +16,13 @@ from torch import nn
 from ..autopilot import metric_drop
 from ..data import DataBundle
 from ..metrics import paired_standard_error, sample_scores, scores_metric
-from ..prune import prune
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..sweep import SweepPoint, usable_thresholds
 from ..train import evaluate, metric_name
 from .budget import confidence_text, within
 from .pruned_finetune import finetune_pruned
+from .pruning import prune_calibrated
 
 #: past the grid: when the default grid's most pruning threshold is still within the budget after fine-tuning, at
 #: most this many more probes (fine-tunings) look for the edge of the budget beyond it
@@ -152,7 +152,7 @@ def search_after_finetune(
     def finetuned_at(point: SweepPoint, early: bool) -> tuple[bool, Any, Any]:
         """Prune at ``point`` and fine-tune: a probe (``early``: it stops once within the budget), or the rest of
         an early-stopped probe's schedule (from its checkpoint)."""
-        pruned = prune(copy.deepcopy(variational), point.threshold)
+        pruned = prune_calibrated(copy.deepcopy(variational), point.threshold, data, recipe)
         masked = finetune_pruned(pruned, data, recipe, device, example, folder.probe_checkpoint(point.threshold),
                                  resume=resume or not early, progress=progress, log=log, normalised=normalised,
                                  stop_on=stop_rule(point) if early else None)
