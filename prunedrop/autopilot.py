@@ -142,7 +142,7 @@ def _units(layer: nn.Module) -> int:
 def _costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> tuple[dict[str, float], float]:
     """(:func:`layer_costs`, the cost of everything outside the variational layers), from one profiling pass."""
     from .convert import variational_layers
-    from .report import profile_model
+    from .report import layer_weights, profile_model
 
     layers = variational_layers(model)
     costs: dict[str, float] = {}
@@ -156,6 +156,11 @@ def _costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> tuple[di
         entries = max(_units(layer), 1)
         if kind == "flops":
             total = float(profiles[name].macs) if name in profiles else 0.0
+            fixed = float(profiles[name].fixed_macs) if name in profiles else 0.0
+            if fixed and entries == sum(w.numel() for w in layer_weights(layer)):
+                # an attention's products of queries and keys stay whatever single weights go: not theirs to save
+                total -= fixed
+                other += fixed
         else:
             total = float(sum(p.numel() for n, p in layer.named_parameters()
                               if n in ("weight", "bias") or n.startswith(("weight_", "bias_"))))

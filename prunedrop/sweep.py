@@ -156,7 +156,9 @@ def sweep_thresholds(
     # Constant parts: everything outside the variational layers, and each layer's output positions
     # (dense MACs / weight size on a batch of one, exact: no rounding at batch 1).
     profiles = {p.name: p for p in profile_model(model, example_input[:1].to(device))}
-    positions = {name: profiles[name].macs // _weight_count(layer) if name in profiles else 0
+    # (an attention layer's products of queries and keys use no weight: the same at every threshold)
+    fixed = {name: profiles[name].fixed_macs if name in profiles else 0 for name in layers}
+    positions = {name: (profiles[name].macs - fixed[name]) // _weight_count(layer) if name in profiles else 0
                  for name, layer in layers.items()}
     variational_ids = {id(p) for layer in layers.values() for p in layer.parameters()}
     other = [p for p in model.parameters() if id(p) not in variational_ids]
@@ -185,7 +187,7 @@ def sweep_thresholds(
                 kept_per_layer[name] = kept
                 params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
                 total_params += sum(p.numel() for p in dense.parameters())
-                nonzero_macs += kept * positions[name]
+                nonzero_macs += kept * positions[name] + fixed[name]
                 del dense
             points.append(SweepPoint(
                 threshold=t, metric=metric, kept_weights=sum(kept_per_layer.values()),

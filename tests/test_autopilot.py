@@ -264,6 +264,29 @@ def test_cost_factors_weigh_expensive_units_more_and_average_one() -> None:
     assert [factors[n] for n in order] == sorted(factors.values())
 
 
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_an_attention_layers_products_are_a_heads_cost_not_a_weights(method: str) -> None:
+    """The products of queries and keys (no weight) go with a head when group VD removes it; a single weight that
+    sparse VD prunes saves only its own multiply-adds: its layer's per-weight cost is its positions."""
+    import copy
+
+    from prunedrop.report import profile_model
+    from prunedrop.testing import TransformerClassifier
+
+    model, x = TransformerClassifier().eval(), torch.randn(2, 5, 6)  # 5 tokens of width 8, 2 heads
+    products = 2 * 5 * 5 * 8
+    dense = {p.name: p for p in profile_model(model, x)}["encoder.layers.0.self_attn"]
+    assert dense.fixed_macs == products
+    variational = to_variational(copy.deepcopy(model), Recipe(method=method))
+    costs, other = autopilot._costs(variational, x, "flops")
+    if method == "sparse_vd":
+        assert costs["encoder.layers.0.self_attn"] == 5.0  # one multiply-add per query or key position
+        assert other == 2 * products  # two layers' products stay, whatever is pruned
+    else:
+        assert costs["encoder.layers.0.self_attn"] == dense.macs / 2  # one head: half the projections and products
+        assert other < products
+
+
 class _Chain(torch.nn.Module):
     """conv1 (4 channels) → ReLU → conv2 → linear; and a residual unit whose output is added to its input."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -128,6 +129,68 @@ def test_unknown_layer_is_flagged_not_counted():
     p = _single(_Scale(4), torch.randn(2, 5, 4))
     assert p.macs == 0 and not p.counted
     assert p.params == 4
+
+
+class _Attend(nn.Module):
+    """Attention of ``L`` queries over ``S`` keys (self-attention without ``memory``) on a batch-first input,
+    handed to the attention module in its own layout."""
+
+    def __init__(self, attention: nn.Module, memory: torch.Tensor | None = None):
+        super().__init__()
+        self.attention, self.memory = attention, memory
+
+    def forward(self, x):
+        kv = x if self.memory is None else self.memory.expand(x.shape[0], -1, -1)
+        if not self.attention.batch_first:
+            return self.attention(x.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1),
+                                  need_weights=False)[0].transpose(0, 1)
+        return self.attention(x, kv, kv, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_counts_its_projections_and_its_products(batch_first, cross):
+    """nn.MultiheadAttention had no MAC rule: a transformer's FLOPs left its attention out (a 2-layer encoder
+    on 17 tokens left 55% of its multiply-adds out), and the projections of head-pruned attention with it."""
+    from prunedrop.layers import HeadPrunedMultiheadAttention
+    from prunedrop.layers.attention import prune_heads
+
+    e, h, lq, ls = 8, 2, 5, 3
+    mha = nn.MultiheadAttention(e, h, batch_first=batch_first)
+    with torch.no_grad():
+        mha.in_proj_weight[:3] = 0  # three query rows
+        mha.out_proj.weight[:, :2] = 0  # two input columns of the output projection
+    memory = torch.randn(1, ls, e) if cross else None
+    s = ls if cross else lq
+    x = torch.randn(4, lq, e)
+    profiles = {p.name: p for p in profile_model(_Attend(mha, memory), x)}
+    p = profiles["attention"]
+    products = 2 * lq * s * e
+    assert p.counted and p.fixed_macs == products
+    assert p.macs == lq * e * e + 2 * s * e * e + lq * e * e + products
+    assert p.nonzero_macs == p.macs - lq * 3 * e - lq * e * 2
+    assert profiles["attention.out_proj"].macs == 0  # counted with its attention module, once
+    # head removal halves the projections and the products; the slim module's out_proj is not counted twice
+    slim = prune_heads(mha, [1])
+    assert isinstance(slim, HeadPrunedMultiheadAttention)
+    q = {p.name: p for p in profile_model(_Attend(slim, memory), x)}
+    assert q["attention"].macs == p.macs // 2
+    assert q["attention.out_proj"].macs == 0
+
+
+def test_variational_attention_counts_what_its_dense_module_counts():
+    from prunedrop.convert import to_variational
+    from prunedrop.recipes import Recipe
+    from prunedrop.testing import TransformerClassifier
+
+    model, x = TransformerClassifier().eval(), torch.randn(4, 5, 6)
+    dense = {p.name: p for p in profile_model(model, x)}
+    assert dense["encoder.layers.0.self_attn"].counted and dense["encoder.layers.0.self_attn"].macs > 0
+    for method in ("sparse_vd", "group_vd"):
+        variational = to_variational(copy.deepcopy(model), Recipe(method=method)).eval()
+        profiles = {p.name: p for p in profile_model(variational, x)}
+        assert sum(p.macs for p in profiles.values()) == sum(p.macs for p in dense.values())
+        assert profiles["encoder.layers.0.self_attn"].macs == dense["encoder.layers.0.self_attn"].macs
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -104,6 +104,31 @@ def test_sweep_is_exact_against_prune_and_report(name, method):
         assert p.metric == pytest.approx(_accuracy(pruned, loader))
 
 
+@pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])
+def test_the_sweep_counts_attention_as_the_report_does(method):
+    """An attention layer's products of queries and keys use no weight: the sweep adds them at every threshold
+    (its per-weight count of positions would otherwise be off by them), so a transformer's points are exact."""
+    from prunedrop.testing import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = to_variational(TransformerClassifier().eval(), Recipe(method=method))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for layer in variational_layers(model).values():
+            for noise in layer.noise_parameters():
+                noise.copy_(torch.empty(noise.shape).uniform_(-6, 6, generator=g))
+    x = torch.randn(4, 5, 6)
+    loader = [(x, torch.zeros(4, dtype=torch.long))]
+    points = sweep_thresholds(model, loader, [-1.0, 1.0, 3.0], evaluate_fn=_accuracy)
+    assert any(q.fixed_macs > 0 for q in profile_model(model, x))
+    for p in points:
+        pruned = prune(copy.deepcopy(model), p.threshold).model
+        profiles = profile_model(pruned, x)
+        assert p.nonzero_macs == sum(q.nonzero_macs for q in profiles)
+        assert p.macs == sum(q.macs for q in profiles)
+    assert points[0].nonzero_macs != points[-1].nonzero_macs
+
+
 def test_thresholds_and_modes_restored_even_on_error():
     model, _ = _variational_mlp()
     layers = list(variational_layers(model).values())

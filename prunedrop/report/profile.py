@@ -29,7 +29,14 @@ kernels actually do.
   (each layer and direction multiplies every one of its weights once per step); a ``(B, T, F)`` input has
   ``T`` steps. The gates' element-wise work is not counted, like activations elsewhere.
 
-Any other module that owns parameters (an attention layer, a user's own layer) is listed with 0 MACs and
+* ``nn.MultiheadAttention`` (and prunedrop's attention layers, variational or head-pruned): its q, k and v
+  projections per query, key and value position, its output projection per query position (``out_proj`` is
+  counted here, with its attention module, and as 0 MACs itself), and the attention's own products,
+  ``2 · L · S · H·d`` per sample (scores ``QKᵀ`` and the weighted sum of values over ``L`` queries, ``S`` keys and
+  ``H`` heads of ``d``). Those products have no weight: they count in full in the non-zero MACs too (``fixed_macs``),
+  and shrink only when heads are removed.
+
+Any other module that owns parameters (a user's own layer) is listed with 0 MACs and
 ``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
 FLOPs figure never silently leaves part of the network out.
 """
@@ -80,12 +87,16 @@ class LayerProfile:
     """Shape of the ``weight`` parameter; ``None`` for modules without one."""
     counted: bool = True
     """False when prunedrop has no MAC rule for this module type, so its 0 MACs mean "unknown"."""
+    fixed_macs: int = 0
+    """The multiply-adds of ``macs`` that use no weight (an attention's products of queries, keys and values): in
+    ``nonzero_macs`` in full, whatever is pruned."""
 
 
 @dataclass
 class _Tally:
     macs: int = 0
     nonzero_macs: int = 0
+    fixed_macs: int = 0
     calls: int = 0
     in_shape: list[int] = field(default_factory=list)
     out_shape: list[int] = field(default_factory=list)
@@ -163,8 +174,37 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
     return positions * numel, positions * nnz
 
 
+def _is_attention(module: nn.Module) -> bool:
+    """``nn.MultiheadAttention`` or one of prunedrop's attention layers, which keep its parameter names."""
+    from ..layers.attention import _Attention
+
+    return isinstance(module, (nn.MultiheadAttention, _Attention))
+
+
+def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int]:
+    """(dense, non-zero, weightless) MACs of one attention call for the whole batch (the module docstring)."""
+    query, key, value = (args[i] if len(args) > i else kwargs.get(name)
+                         for i, name in enumerate(("query", "key", "value")))
+    if not all(isinstance(t, torch.Tensor) and not t.is_nested and t.dim() >= 2 for t in (query, key, value)):
+        return 0, 0, 0
+    batch = (query.shape[0] if module.batch_first else query.shape[1]) if query.dim() == 3 else 1
+    rows_q, rows_k, rows_v = (t.numel() // t.shape[-1] for t in (query, key, value))  # positions over the batch
+    inner = module.num_heads * module.head_dim
+    if getattr(module, "in_proj_weight", None) is not None:
+        w_q, w_k, w_v = module.in_proj_weight.detach().split(inner)
+    else:  # nn.MultiheadAttention with kdim or vdim of its own
+        w_q, w_k, w_v = (getattr(module, f"{p}_proj_weight").detach() for p in "qkv")
+    extra = int(getattr(module, "bias_k", None) is not None) + int(bool(getattr(module, "add_zero_attn", False)))
+    fixed = 2 * batch * (rows_q // batch) * (rows_k // batch + extra) * inner
+    parts = [(w_q, rows_q), (w_k, rows_k), (w_v, rows_v), (module.out_proj.weight.detach(), rows_q)]
+    dense = sum(w.numel() * rows for w, rows in parts)
+    nonzero = sum(int(torch.count_nonzero(w)) * rows for w, rows in parts)
+    return dense + fixed, nonzero + fixed, fixed
+
+
 def _has_mac_rule(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase))
+    return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase)) \
+        or _is_attention(module)
 
 
 def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:
@@ -184,6 +224,8 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
     batch = example_input.shape[0]
     owners = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
     tallies = {n: _Tally() for n, _ in owners}
+    # an attention module counts its output projection itself (nn.MultiheadAttention never calls it as a module)
+    counted_by_parent = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules() if _is_attention(m)}
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -194,9 +236,16 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
                 tally.in_shape = list(x.shape[1:]) if x is not None else []
                 tally.out_shape = list(y.shape[1:]) if y is not None else []
             tally.calls += 1
-            macs, nonzero_macs = _macs_of_call(module, x, y)
+            fixed = 0
+            if name in counted_by_parent:
+                macs = nonzero_macs = 0
+            elif _is_attention(module):
+                macs, nonzero_macs, fixed = _attention_macs(module, args, kwargs)
+            else:
+                macs, nonzero_macs = _macs_of_call(module, x, y)
             tally.macs += macs
             tally.nonzero_macs += nonzero_macs
+            tally.fixed_macs += fixed
 
         return hook
 
@@ -227,6 +276,7 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
                 # (rare) should not lose a MAC to integer division.
                 macs=(tally.macs + batch // 2) // batch,
                 nonzero_macs=(tally.nonzero_macs + batch // 2) // batch,
+                fixed_macs=(tally.fixed_macs + batch // 2) // batch,
                 in_shape=tally.in_shape,
                 out_shape=tally.out_shape,
                 weight_shape=list(w.shape) if w is not None else None,

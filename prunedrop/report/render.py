@@ -429,8 +429,9 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         _markdown(_SUMMARY_HEADER, _summary_rows(report)),
         f"Parity, max |torch − ONNX Runtime| on the verification inputs: "
         f"{_fmt_float(report.get('parity_max_abs_diff'))}",
-        f"FLOPs are {flops_unit} of the linear and convolution layers; non-zero MACs count only "
-        "multiply-adds with a non-zero weight. Ratios are before / after.",
+        f"FLOPs are {flops_unit} of the linear, convolution, recurrent and attention layers; non-zero MACs count "
+        "only multiply-adds with a non-zero weight (and an attention's products of queries, keys and values in "
+        "full). Ratios are before / after.",
     ]
     uncounted = report["flops"].get("uncounted_layers") or []
     if uncounted:
