@@ -633,6 +633,7 @@ def finetune_masked(
     precision: str | None = None,
     parallel: bool | None = None,
     stop_on: Callable[[dict[str, Any]], str | None] | None = None,
+    kept_fraction: float | None = None,
 ) -> TrainResult:
     """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied.
 
@@ -643,7 +644,10 @@ def finetune_masked(
     ``precision`` and ``parallel`` as in :func:`finetune`. ``stop_on(record)``: after each epoch but the last, given
     its history record (``val_accuracy`` or ``val_mse`` among its keys); a message stops the fine-tuning there, with
     its checkpoint written, and a later call with ``resume`` and without ``stop_on`` continues it to the end of the
-    same schedule.
+    same schedule. ``kept_fraction``: what each epoch's record says was kept (the pruned model's share of its
+    variational layers' weights or units, as the variational phase counted it); without it, the share of the masked
+    parameters that are non-zero, which says nothing for a slim model, whose masks cover only the pruned units
+    slimming had to keep (all zero: a kept fraction of 0 in the history and the plot).
     """
     device = torch.device(device)
     precision = precision or getattr(recipe, "precision", "fp32")
@@ -672,6 +676,8 @@ def finetune_masked(
         return (loss * share if share != 1.0 else loss), {"loss": loss.item()}
 
     def nonzero_fraction() -> dict[str, float]:
+        if kept_fraction is not None:
+            return {"kept_fraction": kept_fraction}
         if not pairs:  # a slim model with nothing masked: nothing to count
             return {}
         kept = sum(int((p != 0).sum()) for p, _ in pairs)

@@ -111,7 +111,8 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
         names = None if recipe.finetune_batchnorm else list(normalised)
         masks = {**masks, **attach_calibrated_batchnorm(model, data, recipe, device, log, names)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
-                             resume=resume, progress=progress, parallel=False, stop_on=stop_on)
+                             resume=resume, progress=progress, parallel=False, stop_on=stop_on,
+                             kept_fraction=pruned.kept_fraction)
     if rebatchnorm:
         fold_attached(model)
     return FinetunedPruned(model=model.cpu().eval(), train=result, slimmed=slimmed,
