@@ -661,6 +661,10 @@ def test_check_labels() -> None:
     assert message(excinfo) == (
         "labels go up to 11 but the model has 10 outputs; check that --data matches the model"
     )
+    # labels counted from 1 (1 … 10 for 10 classes, as R, MATLAB and many CSV files write them)
+    from_one = DataBundle("o", TensorDataset(x, torch.tensor([1, 2, 3, 10, 4, 5])), None, None, (2,), None)
+    with pytest.raises(PrunedropError, match="they run from 1 to 10: class indices count from 0, so subtract 1"):
+        check_labels(from_one, 10)
     loader = DataLoader([(torch.zeros(2), 4), (torch.zeros(2), 1)], shuffle=True)
     loader_bundle = DataBundle("l", loader, TensorDataset(x, torch.zeros(6)), None, (2,), None)
     torch.manual_seed(0)

@@ -44,12 +44,13 @@ def binary_labels(bundle: DataBundle) -> bool:
 def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entropy") -> None:
     """Raise :class:`PrunedropError` when the data has labels the model cannot output (``loss``
     ``binary_cross_entropy``: one output, labels 0 and 1), read as :func:`_split_labels` reads them."""
-    largest = -1
+    largest, smallest = -1, None
     for labels in _split_labels(bundle):
         if labels.is_floating_point():
             continue  # regression targets (loss: mse), not class indices
         if labels.numel():
             largest = max(largest, int(labels.max()))
+            smallest = int(labels.min()) if smallest is None else min(smallest, int(labels.min()))
     if loss == "binary_cross_entropy":
         if num_outputs != 1:
             raise PrunedropError(f"loss binary_cross_entropy needs a model with one output (the logit of class 1), "
@@ -64,9 +65,11 @@ def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entrop
             "binary_cross_entropy in the recipe (prunedrop compress chooses it by itself)"
         )
     if largest >= num_outputs:
+        counted_from_one = largest == num_outputs and smallest == 1
         raise PrunedropError(
             f"labels go up to {largest} but the model has {num_outputs} output{'s' if num_outputs > 1 else ''}; "
-            "check that --data matches the model"
+            + (f"they run from 1 to {largest}: class indices count from 0, so subtract 1 from every label"
+               if counted_from_one else "check that --data matches the model")
         )
     if bundle.num_classes is not None and bundle.num_classes > num_outputs:
         raise PrunedropError(
