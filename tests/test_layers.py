@@ -30,6 +30,12 @@ EXAMPLES: dict[type[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]] = {
         (nn.Conv3d(2, 3, 3, padding=1, stride=(1, 2, 2)), (2, 2, 4, 5, 5)),
         (nn.Conv3d(2, 2, 2, groups=2, bias=False), (2, 2, 3, 3, 3)),
     ],
+    nn.ConvTranspose1d: [(nn.ConvTranspose1d(3, 4, 4, stride=3, bias=False), (2, 3, 6))],
+    nn.ConvTranspose2d: [
+        (nn.ConvTranspose2d(3, 4, 2, stride=2), (2, 3, 4, 4)),
+        (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2), (2, 4, 5, 5)),
+    ],
+    nn.ConvTranspose3d: [(nn.ConvTranspose3d(2, 3, 3, stride=(1, 2, 2), padding=1), (2, 2, 3, 3, 3))],
 }
 
 # Layers whose parameters are not one weight applied by _apply_weight; tests/test_layers_attention.py has theirs.
@@ -113,6 +119,21 @@ def test_kl_is_finite_with_gradients_at_extremes(vtype, dense, shape) -> None:
     assert torch.isfinite(layer.log_sigma2.grad).all()
     assert torch.isfinite(layer.weight.grad).all()
     assert layer.log_sigma2.grad.abs().sum() > 0
+
+
+def test_a_transposed_convolution_takes_the_output_size_of_its_call() -> None:
+    """``nn.ConvTranspose2d(x, output_size)`` chooses the output padding per call (U-Net decoders match a skip
+    connection's size this way); the variational layer takes the same argument, in training and in eval mode."""
+    from prunedrop.layers import ConvTranspose2dSVD
+
+    torch.manual_seed(3)
+    dense = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1)
+    x = torch.randn(2, 4, 7, 7)
+    layer = ConvTranspose2dSVD.from_dense(dense, init_log_sigma2=-30.0)
+    assert layer.eval()(x).shape[-2:] == (13, 13)
+    assert torch.equal(layer(x, output_size=[14, 14]), dense(x, output_size=[14, 14]))
+    assert layer.train()(x, [2, 3, 14, 14]).shape[-2:] == (14, 14)
+    assert layer(x).shape[-2:] == (13, 13)  # the next call without one: the layer's own output padding
 
 
 def test_kl_approximation_values() -> None:

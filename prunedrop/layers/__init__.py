@@ -40,6 +40,7 @@ _EXPORTS = {
     "GRUSVD": "recurrent", "LSTMSVD": "recurrent", "RNNSVD": "recurrent", "GRUGroupVD": "recurrent",
     "LSTMGroupVD": "recurrent",
     "Conv1dSVD": "sparse_vd", "Conv2dSVD": "sparse_vd", "Conv3dSVD": "sparse_vd", "LinearSVD": "sparse_vd",
+    "ConvTranspose1dSVD": "sparse_vd", "ConvTranspose2dSVD": "sparse_vd", "ConvTranspose3dSVD": "sparse_vd",
     "kl_log_uniform": "sparse_vd",
 }
 #: every layer file, imported (and so registered) before any name is handed out

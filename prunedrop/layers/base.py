@@ -130,6 +130,11 @@ def conv_kwargs(module: nn.Module) -> dict[str, Any]:
     }
 
 
+def conv_transpose_kwargs(module: nn.Module) -> dict[str, Any]:
+    """Constructor arguments that rebuild ``module``'s nn.ConvTransposeNd, its ``output_padding`` included."""
+    return {**conv_kwargs(module), "output_padding": module.output_padding}
+
+
 #: method name -> {plain layer type: variational layer type}. Users may add their own entries
 #: with :func:`register_layer`.
 LAYER_REGISTRY: dict[str, dict[type[nn.Module], type[VariationalLayer]]] = {}

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, conv_kwargs, linear_kwargs, register_layer
+from .base import VariationalLayer, conv_kwargs, conv_transpose_kwargs, linear_kwargs, register_layer
 from .configs import DEFAULT_THRESHOLDS, SparseVDConfig
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -274,6 +274,57 @@ class Conv3dSVD(_ConvSVD, nn.Conv3d):
     dense_type = nn.Conv3d
 
 
+class _ConvTransposeSVD(SparseVD):
+    """Transposed convolutions (decoders, upsampling): the same noise per weight. Each output of a transposed
+    convolution sums products of distinct weights, as a convolution's does, so the local reparameterisation's
+    variance ``f(x², α·θ²)`` is exact here too. ``forward(x, output_size)`` takes the plain layer's optional output
+    size, which decides its output padding for that call."""
+
+    _spatial_dims: int
+    _transpose: Callable[..., torch.Tensor]
+    _call_output_padding: Any = None
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return conv_transpose_kwargs(module)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        # the plain layer's rule (nn.ConvTransposeNd.forward), for the products of this call alone
+        self._call_output_padding = self._output_padding(  # type: ignore[attr-defined]
+            x, output_size, self.stride, self.padding, self.kernel_size, self._spatial_dims, self.dilation)
+        try:
+            return super().forward(x)
+        finally:
+            self._call_output_padding = None
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        padding = self.output_padding if self._call_output_padding is None else self._call_output_padding
+        return type(self)._transpose(x, weight, bias, self.stride, self.padding, padding, self.groups,
+                                     self.dilation)
+
+
+class ConvTranspose1dSVD(_ConvTransposeSVD, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` with sparse variational dropout on every weight."""
+
+    dense_type = nn.ConvTranspose1d
+    _spatial_dims, _transpose = 1, F.conv_transpose1d
+
+
+class ConvTranspose2dSVD(_ConvTransposeSVD, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with sparse variational dropout on every weight."""
+
+    dense_type = nn.ConvTranspose2d
+    _spatial_dims, _transpose = 2, F.conv_transpose2d
+
+
+class ConvTranspose3dSVD(_ConvTransposeSVD, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` with sparse variational dropout on every weight."""
+
+    dense_type = nn.ConvTranspose3d
+    _spatial_dims, _transpose = 3, F.conv_transpose3d
+
+
 for _dense, _variational in ((nn.Linear, LinearSVD), (nn.Conv1d, Conv1dSVD), (nn.Conv2d, Conv2dSVD),
-                             (nn.Conv3d, Conv3dSVD)):
+                             (nn.Conv3d, Conv3dSVD), (nn.ConvTranspose1d, ConvTranspose1dSVD),
+                             (nn.ConvTranspose2d, ConvTranspose2dSVD), (nn.ConvTranspose3d, ConvTranspose3dSVD)):
     register_layer("sparse_vd", _dense, _variational)
