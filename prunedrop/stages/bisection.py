@@ -87,7 +87,9 @@ def search_after_finetune(
     the budget (:func:`_early`): it has shown what the bisection needs to know, and a fine-tuning annealed to its
     end rarely ends lower than it was half-way. The probe chosen is then continued from that epoch's checkpoint to the
     end of its schedule and judged again there (:func:`_finish`; should it fall outside, the next probe within the
-    budget is), so the exported model is judged, like every probe outside the budget, after the whole fine-tuning.
+    budget is, and where none holds, the bisection goes on among the thresholds pruning less than all of them, then
+    among those pruning less than the sweep's choice), so the exported model is judged, like every probe outside the
+    budget, after the whole fine-tuning.
     A probe that cannot end within the budget is abandoned (:func:`_hopeless`): once a probe of the search has
     trained its whole schedule, a later probe stops after an epoch from which even winning back
     :data:`RECOVERY_SAFETY` times what the finished probes won back from that epoch on would leave it outside the
@@ -208,17 +210,36 @@ def search_after_finetune(
                 lo = mid + 1
         return found, found_point
 
-    best, best_point = bisect(candidates)
+    def search(ordered: Sequence[SweepPoint]) -> tuple[tuple[float, Any, Any] | None, list[SweepPoint]]:
+        """The bisection of ``ordered``, past the grid's edge where it ends there, and the chosen probe's whole
+        fine-tuning (:func:`_finish`): the most pruning of them within the budget after it, or None. Where every
+        probe within the budget half-way ends outside it, the bisection goes on among the thresholds that prune less
+        than all of those."""
+        swept: list[SweepPoint] = []
+        while True:
+            best, best_point = bisect(ordered)
+            if best_point is not None and sweep is not None and at_edge(best_point, grid):
+                best, more = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
+                swept += more
+            if best is None or _epochs_done(best[2], epochs) >= epochs:
+                return best, swept
+            ended_outside: list[SweepPoint] = []
+            best = _finish(accepted, finetuned_at, log, ended_outside)
+            ordered = [p for p in ordered if p.params > max(q.params for q in ended_outside)] \
+                if best is None and ended_outside else []
+            if best is not None or not ordered:
+                return best, swept
+            log(f"every probe within the budget half-way ended outside it; bisecting the {len(ordered)} threshold(s) "
+                "that prune less")
+
+    best, swept = search(candidates)
     if best is None and safer and chosen is not None:
+        # also where a probe within the budget half-way ended outside it: the fine-tuning lost what it had won back
         log(f"no threshold from the sweep's choice on ({recipe.pruning_rule(chosen.threshold)}) is within the budget "
             f"after noise-free fine-tuning (the fine-tuning lost {name} instead of winning it back); probing the "
             f"{len(safer)} swept threshold(s) that prune less")
-        best, best_point = bisect(safer)
-    swept: list[SweepPoint] = []
-    if best_point is not None and sweep is not None and at_edge(best_point, grid):
-        best, swept = _past_the_edge(best_point, best, grid, recipe, sweep, probe, log)
-    if best is not None and _epochs_done(best[2], epochs) < epochs:
-        best = _finish(accepted, finetuned_at, log)
+        best, more = search(safer)
+        swept += more
     if best is not None:
         # each threshold's last entry (its continuation where there is one) holds the epochs it trained
         trained = {p["threshold"]: p["epochs"] for p in probes}
@@ -315,14 +336,17 @@ def _epochs_done(masked: Any, epochs: int) -> int:
 
 
 def _finish(accepted: list[SweepPoint], finetuned_at: Callable[[SweepPoint, bool], tuple[bool, Any, Any]],
-            log: Callable[[str], None]) -> tuple[float, Any, Any] | None:
+            log: Callable[[str], None], ended_outside: list[SweepPoint]) -> tuple[float, Any, Any] | None:
     """The most pruning probe within the budget stopped early: continue it to the end of its fine-tuning and judge
     it there; should it end outside the budget, the next probe within it (continued too where it stopped early, else
-    its finished fine-tuning loaded from its checkpoint). None when none holds."""
+    its finished fine-tuning loaded from its checkpoint). None when none holds. Those that end outside leave
+    ``accepted`` for ``ended_outside``."""
     for point in sorted(accepted, key=lambda p: (p.params, p.threshold)):
         ok, pruned, masked = finetuned_at(point, False)
         if ok:
             return point.threshold, pruned, masked
+        accepted.remove(point)
+        ended_outside.append(point)
         log("it ends outside the budget after the whole fine-tuning: the next probe within the budget is taken")
     return None
 
