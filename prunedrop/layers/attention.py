@@ -226,6 +226,12 @@ class HeadPrunedMultiheadAttention(_Attention):
         return self.out_proj(x)
 
 
+def is_attention(module: nn.Module) -> bool:
+    """``nn.MultiheadAttention``, or one of the attention layers here (variational or head-pruned), which keep its
+    parameter names, ``num_heads``, ``head_dim`` and ``out_proj``."""
+    return isinstance(module, (nn.MultiheadAttention, _Attention))
+
+
 def prune_heads(module: nn.Module, keep: list[int]) -> HeadPrunedMultiheadAttention:
     """A :class:`HeadPrunedMultiheadAttention` holding only heads ``keep`` of an ``nn.MultiheadAttention`` (or
     of a :class:`HeadPrunedMultiheadAttention`): their q, k and v rows and their ``out_proj`` columns."""

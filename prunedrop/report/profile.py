@@ -175,10 +175,9 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
 
 
 def _is_attention(module: nn.Module) -> bool:
-    """``nn.MultiheadAttention`` or one of prunedrop's attention layers, which keep its parameter names."""
-    from ..layers.attention import _Attention
+    from ..layers.attention import is_attention
 
-    return isinstance(module, (nn.MultiheadAttention, _Attention))
+    return is_attention(module)
 
 
 def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int]:
