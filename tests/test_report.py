@@ -125,10 +125,45 @@ class _Scale(nn.Module):
         return x * self.scale
 
 
+class _OwnProduct(nn.Module):
+    """A user's own layer that multiplies by its parameter as a matrix: prunedrop has no MAC rule for it."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return x @ self.w.t()
+
+
 def test_unknown_layer_is_flagged_not_counted():
-    p = _single(_Scale(4), torch.randn(2, 5, 4))
+    p = _single(_OwnProduct(4), torch.randn(2, 5, 4))
     assert p.macs == 0 and not p.counted
-    assert p.params == 4
+    assert p.params == 16
+
+
+@pytest.mark.parametrize("where", ["module", "root"])
+def test_a_parameter_used_only_element_wise_counts_no_multiply_adds(where):
+    """A layer scale, a class token or a position embedding (ViT, ConvNeXt) has no MAC rule, and every report flagged
+    it: "Layers with no MAC rule, left out of the FLOPs". Watched at the operator level, it enters no product:
+    0 multiply-adds is its count."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls = nn.Parameter(torch.zeros(1, 1, 4))
+            self.pos = nn.Parameter(torch.randn(1, 6, 4))
+            self.scale = _Scale(4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+            return self.head(self.scale(x).mean(1))
+
+    profiles = {p.name: p for p in profile_model(Tokens().eval(), torch.randn(3, 5, 4))}
+    assert profiles["" if where == "root" else "scale"].counted
+    assert profiles[""].macs == profiles["scale"].macs == 0 and profiles["head"].macs == 8
+    mixed = nn.Sequential(_Scale(4), _OwnProduct(4))  # only the product is left out
+    assert [p.counted for p in profile_model(mixed, torch.randn(2, 4))] == [True, False]
 
 
 class _Attend(nn.Module):
@@ -374,7 +409,7 @@ def test_build_report_flags_uncounted_layers():
     class WithScale(nn.Module):
         def __init__(self):
             super().__init__()
-            self.scale = _Scale(4)
+            self.scale = _OwnProduct(4)
             self.head = nn.Linear(4, 2)
 
         def forward(self, x):

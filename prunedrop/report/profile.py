@@ -36,13 +36,16 @@ kernels actually do.
   ``H`` heads of ``d``). Those products have no weight: they count in full in the non-zero MACs too (``fixed_macs``),
   and shrink only when heads are removed.
 
-Any other module that owns parameters (a user's own layer) is listed with 0 MACs and
-``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
+Any other module that owns parameters (a user's own layer, or the model's own class token) is listed with 0 MACs.
+Where none of its parameters enters a product (a matrix product or a convolution, watched at the operator level
+while profiling: a layer scale, a position embedding, a temperature), that is its count (``counted=True``). Where one
+does, it is ``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
 FLOPs figure never silently leaves part of the network out.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +209,45 @@ def _has_mac_rule(module: nn.Module) -> bool:
         or _is_attention(module)
 
 
+#: operators that multiply and accumulate (what a parameter of a layer without a MAC rule must not enter to count 0)
+_PRODUCT_OPS = ("mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "vdot", "addr", "_addmm_activation",
+                "linear", "matmul", "einsum", "convolution", "_convolution", "convolution_overrideable",
+                "mkldnn_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                "conv_transpose3d", "_scaled_dot_product_flash_attention_for_cpu", "scaled_dot_product_attention",
+                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_attention_math")
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr() if t.numel() else None
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (nested, functional, meta)
+        return None
+
+
+def _product_watch(storages: dict[int, set[str]]) -> Any:
+    """A dispatch mode that records which owners' parameters (by storage: views and transposes count) enter a
+    product operator while it is active (``found``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    products = {getattr(torch.ops.aten, name) for name in _PRODUCT_OPS if hasattr(torch.ops.aten, name)}
+
+    class Watch(TorchDispatchMode):
+        found: set[str] = set()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            kwargs = kwargs or {}
+            if func.overloadpacket in products:
+                for t in tree_leaves((args, kwargs)):
+                    if isinstance(t, torch.Tensor):
+                        self.found |= storages.get(_storage(t), set())
+            return func(*args, **kwargs)
+
+    watch = Watch()
+    watch.found = set()
+    return watch
+
+
 def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:
     """Profile every module that owns parameters with one forward pass of ``example_input``.
 
@@ -248,11 +290,20 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
 
         return hook
 
+    # the parameters of layers without a MAC rule, by storage: do they enter a product, or only element-wise work?
+    storages: dict[int, set[str]] = {}
+    for n, m in owners:
+        if not _has_mac_rule(m):
+            for p in m.parameters(recurse=False):
+                key = _storage(p)
+                if key is not None:
+                    storages.setdefault(key, set()).add(n)
+    watch = _product_watch(storages) if storages else contextlib.nullcontext()
     training = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in owners]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), watch:
             model(example_input)
     finally:
         for h in handles:
@@ -279,7 +330,7 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
                 in_shape=tally.in_shape,
                 out_shape=tally.out_shape,
                 weight_shape=list(w.shape) if w is not None else None,
-                counted=_has_mac_rule(module),
+                counted=_has_mac_rule(module) or (bool(storages) and name not in watch.found),
             )
         )
     return profiles
