@@ -352,6 +352,17 @@ def test_a_bare_parameter_is_named_in_the_note_not_printed() -> None:
     assert result.max_abs_diff <= 1e-5
 
 
+@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="nn.RMSNorm is new in torch 2.4")
+def test_a_functional_layers_weight_is_named_with_its_layer() -> None:
+    """nn.RMSNorm calls F.rms_norm with its weight, which the graph sees as a bare parameter: the note said "the bare
+    parameter n.weight" where the RMSNorm n, which normalises across the channels, keeps them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 3)).eval()
+    result = slim(model, _prune_units(model, {"0": [1, 2]}), torch.randn(4, 6))
+    assert any("1.weight, a parameter of 1 (RMSNorm)" in n for n in result.notes), result.notes
+    assert result.max_abs_diff <= 1e-5
+
+
 # ------------------------------------------------------------------------------- units that can never leave
 
 

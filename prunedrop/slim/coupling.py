@@ -179,7 +179,12 @@ class GroupAnalysis:
                     kind = type(module).__name__
                     return f"they pass through {self.name(node)} ({kind}), which mixes or embeds channels"
             if isinstance(module, nn.Parameter):
-                return f"they pass through the bare parameter {self.name(node)}"
+                name = self.name(node)
+                prefix = name.rpartition(".")[0]
+                owner = next((m for m, n in self.names.items() if n == prefix and isinstance(m, nn.Module)), None)
+                if prefix and owner is not None:  # a functional layer's own weight (nn.RMSNorm calls F.rms_norm)
+                    return f"they pass through {name}, a parameter of {prefix} ({type(owner).__name__})"
+                return f"they pass through the bare parameter {name}"
         return None
 
     def live_sources(self, channel: Channel) -> set[str]:
