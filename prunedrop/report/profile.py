@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers.attention import is_attention
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # Deliberately 0 MACs (see the module docstring), as opposed to unknown types, which are flagged.
@@ -89,7 +91,8 @@ class LayerProfile:
     weight_shape: list[int] | None
     """Shape of the ``weight`` parameter; ``None`` for modules without one."""
     counted: bool = True
-    """False when prunedrop has no MAC rule for this module type, so its 0 MACs mean "unknown"."""
+    """False when prunedrop has no MAC rule for this module type and one of its parameters enters a product, so its
+    0 MACs mean "unknown"."""
     fixed_macs: int = 0
     """The multiply-adds of ``macs`` that use no weight (an attention's products of queries, keys and values): in
     ``nonzero_macs`` in full, whatever is pruned."""
@@ -177,12 +180,6 @@ def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | N
     return positions * numel, positions * nnz
 
 
-def _is_attention(module: nn.Module) -> bool:
-    from ..layers.attention import is_attention
-
-    return is_attention(module)
-
-
 def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int]:
     """(dense, non-zero, weightless) MACs of one attention call for the whole batch (the module docstring)."""
     query, key, value = (args[i] if len(args) > i else kwargs.get(name)
@@ -206,7 +203,7 @@ def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, 
 
 def _has_mac_rule(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase)) \
-        or _is_attention(module)
+        or is_attention(module)
 
 
 #: operators that multiply and accumulate (what a parameter of a layer without a MAC rule must not enter to count 0)
@@ -233,7 +230,9 @@ def _product_watch(storages: dict[int, set[str]]) -> Any:
     products = {getattr(torch.ops.aten, name) for name in _PRODUCT_OPS if hasattr(torch.ops.aten, name)}
 
     class Watch(TorchDispatchMode):
-        found: set[str] = set()
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: set[str] = set()
 
         def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
             kwargs = kwargs or {}
@@ -243,9 +242,7 @@ def _product_watch(storages: dict[int, set[str]]) -> Any:
                         self.found |= storages.get(_storage(t), set())
             return func(*args, **kwargs)
 
-    watch = Watch()
-    watch.found = set()
-    return watch
+    return Watch()
 
 
 def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerProfile]:
@@ -266,7 +263,7 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
     owners = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
     tallies = {n: _Tally() for n, _ in owners}
     # an attention module counts its output projection itself (nn.MultiheadAttention never calls it as a module)
-    counted_by_parent = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules() if _is_attention(m)}
+    counted_by_parent = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules() if is_attention(m)}
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -280,7 +277,7 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
             fixed = 0
             if name in counted_by_parent:
                 macs = nonzero_macs = 0
-            elif _is_attention(module):
+            elif is_attention(module):
                 macs, nonzero_macs, fixed = _attention_macs(module, args, kwargs)
             else:
                 macs, nonzero_macs = _macs_of_call(module, x, y)
