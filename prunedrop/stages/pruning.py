@@ -42,9 +42,15 @@ def prune_calibrated(variational: nn.Module, threshold: float, data: DataBundle,
     measured 44%, a pre-activation residual CNN 42% where it had measured 87.67%, and slimming folds a removed
     channel's constant output, computed with them, into the next layer. ``variational`` becomes the pruned model, as
     with :func:`~prunedrop.prune.prune`; a model without BatchNorm reads no data."""
+    calibrate_at(variational, threshold, data, recipe)
+    return prune(variational, threshold)
+
+
+def calibrate_at(variational: nn.Module, threshold: float, data: DataBundle, recipe: Recipe) -> None:
+    """``variational`` thresholded at ``threshold`` (eval mode) with every BatchNorm's running statistics
+    re-estimated for it from training samples (:func:`prune_calibrated`)."""
     set_thresholds(variational, threshold)
     recalibrate_from(variational.eval(), data.loader("train", recipe.eval_batch_size))
-    return prune(variational, threshold)
 
 
 def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, log: Callable[[str], None], *,
@@ -53,12 +59,14 @@ def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, 
     log what was kept; a threshold that prunes everything stops the run with one line of advice. With ``data``, the
     BatchNorms' statistics are re-estimated for the pruned weights (:func:`prune_calibrated`) and the posterior's
     bits are matched on the units' outputs over training samples (:func:`posterior_bits`)."""
+    if data is not None:  # the bits too are read from the model the sweep measured
+        calibrate_at(variational, threshold, data, recipe)
     bits = None
     if recipe.quantize != "none":
         inputs = rule_inputs(data, recipe.seed) if data is not None else None
         bits = posterior_bits(variational, threshold, inputs=inputs)
     if pruned is None:
-        pruned = prune(variational, threshold) if data is None else prune_calibrated(variational, threshold, data, recipe)
+        pruned = prune(variational, threshold)
     rule = recipe.pruning_rule(threshold)
     if pruned.kept_fraction == 0.0:
         raise TrainingError(
