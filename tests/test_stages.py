@@ -235,3 +235,22 @@ def test_the_default_sweep_grid_holds_only_thresholds_the_method_accepts(tmp_pat
     # a signal-to-noise ratio is never negative: SNR ≤ 0 or below prunes nothing, and a recipe may not ask for it
     assert swept[0] == (0.5 if method == "sbp" else -2.0) and swept[-1] == 6.0, swept
     assert selection.threshold > 0 or method == "sparse_vd"
+
+
+@pytest.mark.parametrize("kl_weight", [30.0, None])
+def test_a_run_that_prunes_nothing_says_why_and_what_would_change_it(kl_weight: float | None) -> None:
+    """A fixed β of 30 under group VD pruned no unit of a digits CNN in 60 epochs, and the run exported the original
+    model, 0.98x the size, without a word."""
+    from prunedrop.convert import to_variational
+    from prunedrop.recipes import Recipe
+    from prunedrop.stages import prune_variational
+    from prunedrop.testing import TinyMLP
+
+    recipe = Recipe(method="sbp", kl_weight=kl_weight, max_metric_drop=1.0, quantize="none")
+    logs: list[str] = []
+    variational = to_variational(TinyMLP(), recipe)  # fresh noise: every unit's SNR is far above any threshold
+    pruned = prune_variational(variational, recipe.threshold, recipe, logs.append)
+    assert pruned.result.kept_fraction == 1.0
+    notes = [line for line in logs if line.startswith("note: nothing was pruned")]
+    assert len(notes) == 1
+    assert ("β fixed at 30" in notes[0] and "--kl-weight" in notes[0]) if kl_weight else "--max-drop" in notes[0]
