@@ -117,6 +117,30 @@ def _image_channels(name: str, value: int | None) -> None:
         raise PrunedropError(f"recipe key '{name}' = {value} must be 1 (grayscale), 3 (RGB) or null")
 
 
+#: the recipe key ``class_names`` that numbers names in sorted order
+SORTED = "sorted"
+
+
+def class_order(value: list[str] | None) -> list[str] | str | None:
+    """The recipe key ``class_names`` as a rule: None, :data:`SORTED`, or the names in the model's output order (one
+    comma-separated entry, as ``--class-names A,B,C`` gives it, is split)."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value[0].split(",")] if len(value) == 1 else [n.strip() for n in value]
+    return SORTED if names == [SORTED] else names
+
+
+def _class_names(name: str, value: list[str] | None) -> None:
+    names = class_order(value)
+    if names is None or names == SORTED:
+        return
+    if not names or not all(names):
+        raise PrunedropError(f"recipe key '{name}' = {value} holds an empty name; give 'sorted' or the class names")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PrunedropError(f"recipe key '{name}' names {repeated[0]!r} twice; name every class once")
+
+
 def _column_named(name: str, value: str) -> None:
     if not value.strip():
         raise PrunedropError(f"recipe key '{name}' is empty; name the column that holds the labels")
@@ -434,6 +458,14 @@ class DataConfig:
 
     normalize_std: list[float] | None = setting(None)
     """``normalize: custom``: the std to divide by, one positive number per channel (or one for all)."""
+
+    class_names: list[str] | None = setting(None, check=_class_names, cli=Cli(
+        "--class-names", "Labels that are names (a CSV column of cat/dog, strings in an npz): 'sorted' numbers them "
+        "in sorted order (as scikit-learn's LabelEncoder and np.unique do), or give the names in the order of the "
+        "model's outputs, comma-separated.", metavar="sorted|A,B,..."))
+    """``csv:`` and ``npz:`` labels that are names, not class indices: ``sorted`` numbers them in sorted order over
+    every split, as scikit-learn's ``LabelEncoder`` and ``np.unique`` do; a list gives the names in the order of the
+    model's outputs. null: names are refused, since how they are numbered is the model's, not a guess."""
 
     label_column: str = setting("label", check=_column_named)
     """``csv:`` and ``hf:`` data: the column that holds the labels (class indices 0..C-1, or numbers to predict

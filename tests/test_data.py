@@ -348,13 +348,29 @@ def test_npz_arrays_under_the_names_they_usually_have(tmp_path: Path) -> None:
         load_data(_npz(tmp_path, features=x, labels=y))
 
 
+def test_npz_labels_that_are_names(tmp_path: Path) -> None:
+    from prunedrop.recipes import Recipe
+
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    spec = _npz(tmp_path, x_train=x, y_train=np.array(["dog", "cat", "owl", "cat", "dog"]),
+                x_val=x[:2], y_val=np.array([b"owl", b"cat"]))  # bytes too, as h5py and old pickles write them
+    data = load_data(spec, recipe=Recipe(class_names=["sorted"]))
+    assert data.train.tensors[1].tolist() == [1, 0, 2, 0, 1] and data.val.tensors[1].tolist() == [2, 0]
+    assert data.class_names == ["cat", "dog", "owl"]
+    mixed = _npz(tmp_path, x_train=x, y_train=np.array(["dog", "cat", "owl", "cat", "dog"]), x_val=x[:2],
+                 y_val=np.array([0, 1]))
+    with pytest.raises(PrunedropError, match="names as labels in some splits"):
+        load_data(mixed, recipe=Recipe(class_names=["sorted"]))
+
+
 def test_npz_errors(tmp_path: Path) -> None:
     x, y = np.zeros((4, 2)), np.zeros(4, dtype=np.int64)
     cases = [
         (f"npz:{tmp_path / 'nope.npz'}", "does not exist"),
         (_npz(tmp_path, X_tr=x, y_train=y), "has no array 'x_train' (it has: X_tr, y_train)"),
         (_npz(tmp_path, x_train=x, y_train=np.array(["cat", "dog", "cat", "owl"])),
-         "labels in y_train are names ('cat', 'dog', 'owl', ...), not class indices"),
+         "labels in y_train are names ('cat', 'dog', 'owl', ...), not class indices; say how the model numbers them: "
+         "--class-names sorted"),
         (_npz(tmp_path, x_train=x, y_train=y, x_val=x), "has no array 'y_val'"),
         (_npz(tmp_path, x_train=x, y_train=y[:3]), "x_train has 4 samples but y_train has 3 labels"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, 0.5, 1, 1])), "non-integer values"),

@@ -214,6 +214,35 @@ def write_csv(path: Path, text: str) -> Path:
     return path
 
 
+def test_csv_labels_that_are_names_are_numbered_as_the_recipe_says(tmp_path: Path) -> None:
+    """iris.csv with its species in the label column was refused ("csv data must be numeric"); the numbering is the
+    model's, so the user says it: sorted (LabelEncoder, np.unique) or the names in the order of the outputs."""
+    folder = tmp_path / "iris"
+    folder.mkdir()
+    write_csv(folder / "train.csv", "a,b,label\n1,2,virginica\n3,4,setosa\n5,6,versicolor\n7,8,setosa\n")
+    write_csv(folder / "val.csv", "a,b,label\n1,2,setosa\n3,4,virginica\n")
+    with pytest.raises(PrunedropError, match="are names .*--class-names sorted"):
+        load_data(f"csv:{folder}")
+    data = load_data(f"csv:{folder}", recipe=Recipe(class_names=["sorted"]))
+    assert data.train.tensors[1].tolist() == [2, 0, 1, 0] and data.val.tensors[1].tolist() == [0, 2]
+    assert data.class_names == ["setosa", "versicolor", "virginica"] and data.num_classes == 3
+    # the order of the model's outputs, as --class-names gives it (one comma-separated value); a fourth class that the
+    # data lacks still counts as an output
+    given = load_data(f"csv:{folder}", recipe=Recipe(class_names=["virginica, setosa,versicolor,unseen"]))
+    assert given.train.tensors[1].tolist() == [0, 1, 2, 1] and given.num_classes == 4
+    with pytest.raises(PrunedropError, match="'virginica' of .* are not among the class names given"):
+        load_data(f"csv:{folder}", recipe=Recipe(class_names=["setosa", "versicolor"]))
+    write_csv(folder / "val.csv", "a,b,label\n1,2,0\n")
+    with pytest.raises(PrunedropError, match="names in some files and class indices in others"):
+        load_data(f"csv:{folder}", recipe=Recipe(class_names=["sorted"]))
+
+
+@pytest.mark.parametrize("value", [["a", "b", "a"], ["a,,b"], [""]])
+def test_class_names_must_name_each_class_once(value: list[str]) -> None:
+    with pytest.raises(PrunedropError, match="class_names"):
+        Recipe(class_names=value)
+
+
 def test_csv_classification(tmp_path: Path) -> None:
     rows = "".join(f"{i},{i % 3},{i * 0.5}\n" for i in range(30))
     path = write_csv(tmp_path / "t.csv", "x1,label,x2\n" + rows + "\n")  # the label column may be anywhere

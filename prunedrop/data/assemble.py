@@ -91,6 +91,8 @@ def assemble(
 ) -> DataBundle:
     """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
     With ``regression`` labels may be real numbers and there are no classes."""
+    named = getattr(train.dataset if isinstance(train, DataLoader) else train, "classes", None)
+    class_names = [str(c) for c in named] if isinstance(named, Sequence) and named and not regression else None
     if not regression:  # whole-number float labels in tensors are class indices, as the npz reader reads them
         train, val, test = (_integer_labels(data) for data in (train, val, test))
     shapes = {}
@@ -114,7 +116,8 @@ def assemble(
         val=val,
         test=test,
         input_shape=shapes["train"],
-        num_classes=None if regression else _num_classes(train, val, test),
+        num_classes=None if regression else max(_num_classes(train, val, test) or 0, len(class_names or ())) or None,
+        class_names=class_names,
     )
 
 

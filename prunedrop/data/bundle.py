@@ -32,6 +32,8 @@ class DataBundle:
     """The shape of one input sample, without the batch dimension."""
     num_classes: int | None
     """Number of classes (largest label + 1, or ``len(dataset.classes)``) when it is known, else None."""
+    class_names: list[str] | None = None
+    """The names the class indices stand for, where the data named them (image folders, labels that were names)."""
 
     @property
     def num_train(self) -> int:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import PrunedropError
+from ..recipe_groups import SORTED, class_order
 
 
 def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
@@ -21,17 +22,62 @@ def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
     if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         return torch.from_numpy(y.astype(np.int64))
     if y.dtype.kind in "USO":  # class names: their numbering is the user's to give, not ours to guess
-        shown = ", ".join(repr(v) for v in list(dict.fromkeys(y.ravel().tolist()))[:3])
-        raise PrunedropError(f"labels in {where} are names ({shown}, ...), not class indices; number the classes as "
-                             "the model was trained, e.g. np.unique(y, return_inverse=True)[1] for sorted names")
+        raise names_refused(y, where)
     raise PrunedropError(
         f"labels in {where} have dtype {y.dtype} with non-integer values; labels must be class indices "
         "(for real-valued regression targets pass --loss mse, or set loss: mse in the recipe)"
     )
 
 
-def tensor_dataset(x: torch.Tensor, y: torch.Tensor, where: str) -> TensorDataset:
-    """A TensorDataset after checking every input and label (cheap for tensors, so done in full)."""
+def names_refused(y: np.ndarray, where: str) -> PrunedropError:
+    """The error for labels that are names where the recipe does not say how they are numbered."""
+    shown = ", ".join(repr(_name(v)) for v in list(dict.fromkeys(y.ravel().tolist()))[:3])
+    return PrunedropError(
+        f"labels in {where} are names ({shown}, ...), not class indices; say how the model numbers them: "
+        "--class-names sorted (in sorted order, as scikit-learn's LabelEncoder and np.unique do) or --class-names "
+        "A,B,C (the names in the order of the model's outputs), or recipe key class_names"
+    )
+
+
+def _name(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def number_names(labels: dict[str, np.ndarray], class_names: list[str] | None,
+                 where: dict[str, str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Labels that are names (split → array), numbered by the rule of ``class_names`` (:func:`class_order`) over
+    every split at once; returns the int64 labels and the names in the order of their numbers. Without a rule, or
+    with a name the rule does not list, a one-line error."""
+    order = class_order(class_names)
+    if order is None:
+        split = next(iter(labels))
+        raise names_refused(labels[split], where[split])
+    found = sorted({_name(v) for y in labels.values() for v in y.ravel().tolist()})
+    names = found if order == SORTED else list(order)
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [n for n in found if n not in index]
+    if unknown:
+        raise PrunedropError(
+            f"labels {', '.join(repr(u) for u in unknown[:3])} of {where[next(iter(labels))]} are not among the class "
+            f"names given ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); name every class, in the order "
+            "of the model's outputs"
+        )
+    return {split: np.array([index[_name(v)] for v in y.ravel().tolist()], dtype=np.int64)
+            for split, y in labels.items()}, names
+
+
+class ClassesDataset(TensorDataset):
+    """A TensorDataset whose class indices number ``classes`` (the names its labels had), as torchvision's
+    ImageFolder has them."""
+
+    def __init__(self, *tensors: torch.Tensor, classes: list[str]) -> None:
+        super().__init__(*tensors)
+        self.classes = list(classes)
+
+
+def tensor_dataset(x: torch.Tensor, y: torch.Tensor, where: str, classes: list[str] | None = None) -> TensorDataset:
+    """A TensorDataset after checking every input and label (cheap for tensors, so done in full); with ``classes``,
+    the names its class indices stand for."""
     if len(x) == 0:
         raise PrunedropError(f"{where} is empty; the data must have at least one sample")
     check_finite(x, where)
@@ -39,7 +85,7 @@ def tensor_dataset(x: torch.Tensor, y: torch.Tensor, where: str) -> TensorDatase
         check_finite(y, where)
     else:
         check_non_negative(y, where)
-    return TensorDataset(x, y)
+    return TensorDataset(x, y) if classes is None else ClassesDataset(x, y, classes=classes)
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:

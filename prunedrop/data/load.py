@@ -77,7 +77,8 @@ def load_data(
             raise PrunedropError(f"IDX folder {str(directory)!r} does not exist or is not a folder")
         train, val, test = load_idx_dir(directory, require_test=False)
     else:  # npz
-        train, val, test = load_npz(Path(arg).expanduser(), regression=regression)
+        train, val, test = load_npz(Path(arg).expanduser(), regression=regression,
+                                    class_names=recipe.class_names if recipe is not None else None)
         return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
                         regression=regression)
     return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit)

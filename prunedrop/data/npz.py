@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import PrunedropError
 from .bundle import SPLITS
-from .checks import as_labels, tensor_dataset
+from .checks import as_labels, number_names, tensor_dataset
 
 #: the names a split goes by in an npz archive, besides its own (matched without regard to case: X_train, Y_test)
 _SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -42,9 +42,11 @@ def _array_names(present: set[str], path: Path) -> dict[str, str]:
     return names
 
 
-def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset | None, Dataset | None]:
+def load_npz(path: Path, *, regression: bool = False,
+             class_names: list[str] | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """Train and optional val/test splits from an npz archive; inputs are cast, never scaled. With
-    ``regression`` float labels are targets shaped (N,) or (N, k)."""
+    ``regression`` float labels are targets shaped (N,) or (N, k). Labels that are names (strings) are numbered
+    by the recipe key ``class_names`` (:func:`~prunedrop.data.checks.number_names`), else refused."""
     if not path.is_file():
         raise PrunedropError(f"npz file {str(path)!r} does not exist")
     hint = "save it with numpy.savez(FILE, x_train=..., y_train=...) (X_train, x_valid or one x/y pair are read too)"
@@ -69,6 +71,7 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
                 ) from None
 
         splits: dict[str, TensorDataset | None] = {}
+        named: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}  # split → (x, names, where): numbered below
         for split in SPLITS:
             x, y = get(f"x_{split}"), get(f"y_{split}")
             if x is None and y is None and split != "train":
@@ -100,6 +103,9 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
                 )
             if regression and np.issubdtype(y.dtype, np.floating):
                 labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+            elif y.dtype.kind in "USO" and not regression:
+                named[split] = (x, y, f"y_{split}")
+                continue
             else:  # integer labels with loss: mse are refused later, naming the loss
                 labels = as_labels(y, f"y_{split}")
             splits[split] = tensor_dataset(
@@ -107,6 +113,16 @@ def load_npz(path: Path, *, regression: bool = False) -> tuple[Dataset, Dataset 
                 labels,
                 where,
             )
+        if named:
+            numbered, classes = number_names({s: y for s, (_, y, _) in named.items()}, class_names,
+                                             {s: w for s, (_, _, w) in named.items()})
+            if len(named) < len([s for s in SPLITS if splits.get(s) is not None or s in named]):
+                raise PrunedropError(f"npz file {str(path)!r} has names as labels in some splits and class indices "
+                                     "in others; give every split the same kind")
+            for split, (x, _, _) in named.items():
+                splits[split] = tensor_dataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                                               torch.from_numpy(numbered[split]), f"{path.name} x_{split}/y_{split}",
+                                               classes=classes)
     shapes = {s: tuple(d.tensors[0].shape[1:]) for s, d in splits.items() if d is not None}
     if len(set(shapes.values())) > 1:
         raise PrunedropError(

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ...errors import PrunedropError
+from ..checks import ClassesDataset, number_names
 from .common import VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def load_csv(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset
     elif not path.is_file():
         raise PrunedropError(f"csv file {str(path)!r} does not exist")
     out: dict[str, Dataset | None] = {}
+    named: dict[str, tuple[torch.Tensor, np.ndarray]] = {}  # split → (inputs, label names): numbered below
     columns: list[str] | None = None
     for split, file in files.items():
         if file is None:
@@ -47,12 +49,25 @@ def load_csv(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset
                 "use the same columns in every split"
             )
         columns = features
-        out[split] = TensorDataset(x, y)
+        if isinstance(y, np.ndarray):
+            named[split] = (x, y)
+        else:
+            out[split] = TensorDataset(x, y)
+    if named:
+        if len(named) < sum(f is not None for f in files.values()):
+            raise PrunedropError(f"the label column {recipe.label_column!r} of {str(path)!r} holds names in some "
+                                 "files and class indices in others; give every split the same kind")
+        where = {split: f"csv file {str(files[split])!r} (label column {recipe.label_column!r})" for split in named}
+        numbered, classes = number_names({split: y for split, (_, y) in named.items()}, recipe.class_names, where)
+        for split, (x, _) in named.items():
+            out[split] = ClassesDataset(x, torch.from_numpy(numbered[split]), classes=classes)
     return out["train"], out["val"], out["test"]  # type: ignore[return-value]
 
 
-def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Features (N, F) float32 and labels (int64 classes, or float32 targets for ``regression``) of one CSV."""
+def _read_csv(path: Path, label_column: str, *,
+              regression: bool) -> tuple[torch.Tensor, torch.Tensor | np.ndarray, list[str]]:
+    """Features (N, F) float32 and labels (int64 classes, or float32 targets for ``regression``) of one CSV; labels
+    that are names come back as they are written (an object array), for :func:`load_csv` to number."""
     where = f"csv file {str(path)!r}"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -78,6 +93,8 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
             if not features:
                 raise PrunedropError(f"{where} has only the label column {label_column!r}; it needs feature columns")
             rows: list[list[float]] = []
+            names: list[str] = []  # the label column as written, and the line of each
+            lines: list[int] = []
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line
@@ -88,10 +105,21 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
                     )
                 if delimiter == ";":  # a semicolon file may write decimal commas (0,5), as spreadsheets do
                     row = [v.replace(",", ".") for v in row]
+                label = row[label_at].strip()
+                names.append(label)
+                lines.append(reader.line_num)
+                try:
+                    float(label)
+                except ValueError:  # a class name: numbered once every split is read (number_names)
+                    if regression or not label:
+                        _number(label, label_column, reader.line_num, where)  # the error for a missing target
+                    row = [*row[:label_at], "nan", *row[label_at + 1:]]
                 try:
                     values = [float(v) for v in row]
                 except ValueError:
                     values = [_number(v, header[i], reader.line_num, where) for i, v in enumerate(row)]
+                if math.isnan(values[label_at]) and label.lower() != "nan":
+                    values[label_at] = 0.0  # the name's place in the table; its number comes later
                 if not all(math.isfinite(v) for v in values):
                     i = next(i for i, v in enumerate(values) if not math.isfinite(v))
                     raise PrunedropError(
@@ -119,6 +147,12 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
     x = torch.from_numpy(np.delete(table, dropped, axis=1).astype(np.float32))
     if regression:
         return x, torch.from_numpy(labels.astype(np.float32)), features
+    numbers = [_is_number(n) for n in names]
+    if not any(numbers):  # class names
+        return x, np.asarray(names, dtype=object), features
+    if not all(numbers):  # numbers with a stray word among them: a typo, not names
+        at = numbers.index(False)
+        _number(names[at], label_column, lines[at], where)
     bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
     if bad.size:
         raise PrunedropError(
@@ -126,6 +160,14 @@ def _read_csv(path: Path, label_column: str, *, regression: bool) -> tuple[torch
             "labels must be whole numbers 0, 1, ..., C-1 (for regression pass --loss mse, or set loss: mse in the recipe)"
         )
     return x, torch.from_numpy(labels.astype(np.int64)), features
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _row_index(header: list[str], table: np.ndarray, label_at: int) -> bool:
