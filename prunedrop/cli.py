@@ -312,7 +312,10 @@ def _num_outputs_on(model: Any, x: Any) -> int:
     except Exception as e:  # the user's model rejecting the user's data: say what did not fit
         inputs = str(x.dtype).removeprefix("torch.")
         dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
-        if dtypes in ([], [inputs]):
+        if isinstance(e, TypeError) and "required positional argument" in str(e):
+            hint = ("; prunedrop feeds the model one input tensor: wrap it in a module whose forward(self, x) returns "
+                    "self.model(x, ...) with the other arguments fixed, and pass that as --arch")
+        elif dtypes in ([], [inputs]):
             hint = ""
         elif not x.is_floating_point() and not x.is_complex() and "type" in str(e).lower():  # not ids out of range
             hint = (f"; the inputs are {inputs} and the model's parameters {', '.join(dtypes)}: give float inputs, "

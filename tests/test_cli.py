@@ -186,6 +186,19 @@ def test_user_mistakes_are_one_line_errors(project: Path, args: list[str], messa
     assert not (project / "out").exists(), "a failed run must leave no output folder behind"
 
 
+def test_a_model_that_takes_two_inputs_is_told_to_be_wrapped(project: Path) -> None:
+    (project / "twoinputs.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\nclass Masked(TinyMLP):\n"
+        "    def forward(self, x, mask):\n        return super().forward(x) * mask\n\n\n"
+        "def build():\n    return Masked(16, (24, 12), 3)\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "twoinputs:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "missing 1 required positional argument: 'mask'" in result.output
+    assert "feeds the model one input tensor: wrap it" in result.output
+    assert not (project / "out").exists()
+
+
 @pytest.mark.parametrize(("wrap", "needles"), [
     ("{'logits': out, 'hidden': out[:, :2]}",
      ["dict {logits: a tensor of shape (2, 3), hidden: a tensor of shape (2, 2)}", "model(x)['logits']"]),
