@@ -114,11 +114,11 @@ def load_npz(path: Path, *, regression: bool = False,
                 where,
             )
         if named:
-            numbered, classes = number_names({s: y for s, (_, y, _) in named.items()}, class_names,
-                                             {s: w for s, (_, _, w) in named.items()})
-            if len(named) < len([s for s in SPLITS if splits.get(s) is not None or s in named]):
+            if any(d is not None for d in splits.values()):
                 raise PrunedropError(f"npz file {str(path)!r} has names as labels in some splits and class indices "
                                      "in others; give every split the same kind")
+            numbered, classes = number_names({s: y for s, (_, y, _) in named.items()}, class_names,
+                                             {s: w for s, (_, _, w) in named.items()})
             for split, (x, _, _) in named.items():
                 splits[split] = tensor_dataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                                                torch.from_numpy(numbered[split]), f"{path.name} x_{split}/y_{split}",

@@ -108,18 +108,14 @@ def _read_csv(path: Path, label_column: str, *,
                 label = row[label_at].strip()
                 names.append(label)
                 lines.append(reader.line_num)
-                try:
-                    float(label)
-                except ValueError:  # a class name: numbered once every split is read (number_names)
+                if not _is_number(label):  # a class name: numbered once every split is read (number_names)
                     if regression or not label:
                         _number(label, label_column, reader.line_num, where)  # the error for a missing target
-                    row = [*row[:label_at], "nan", *row[label_at + 1:]]
+                    row = [*row[:label_at], "0", *row[label_at + 1:]]
                 try:
                     values = [float(v) for v in row]
                 except ValueError:
                     values = [_number(v, header[i], reader.line_num, where) for i, v in enumerate(row)]
-                if math.isnan(values[label_at]) and label.lower() != "nan":
-                    values[label_at] = 0.0  # the name's place in the table; its number comes later
                 if not all(math.isfinite(v) for v in values):
                     i = next(i for i, v in enumerate(values) if not math.isfinite(v))
                     raise PrunedropError(
