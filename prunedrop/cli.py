@@ -463,6 +463,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     import torch
 
     from .inspection import format_inspection, inspect_model
+    from .recipe_groups import SORTED
     from .recipes import load_recipe
     from .safety import check_finite_weights
     from .storage import load_model, parse_arch_kwargs
@@ -488,7 +489,9 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     if example is None:
         from .data import fit_inputs, load_data
 
-        data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=recipe))
+        # only an input is read: labels that are names need no numbering of the user's here
+        named = recipe if recipe.class_names is not None else recipe.replace(class_names=[SORTED])
+        data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=named))
         example = data.example_batch(1)
     else:
         from .data.assemble import runs_on

@@ -186,6 +186,25 @@ def test_user_mistakes_are_one_line_errors(project: Path, args: list[str], messa
     assert not (project / "out").exists(), "a failed run must leave no output folder behind"
 
 
+def test_inspect_reads_a_table_whose_labels_are_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """inspect reads one input for its shape; a CSV whose label column holds class names needs no numbering there
+    (compress asks for --class-names)."""
+    (tmp_path / "twofeatures.py").write_text("from torch import nn\n\n\ndef build():\n"
+                                             "    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from torch import nn
+    torch.save(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3)).state_dict(), tmp_path / "m.pt")
+    rows = "".join(f"{i},{i % 5},{['cat', 'dog', 'owl'][i % 3]}\n" for i in range(30))
+    (tmp_path / "t.csv").write_text("a,b,label\n" + rows)
+    result = CliRunner().invoke(cli, ["inspect", "m.pt", "--arch", "twofeatures:build", "--data", "csv:t.csv"])
+    assert result.exit_code == 0, result.output
+    assert "input 2" in result.output
+    refused = CliRunner().invoke(cli, ["compress", "m.pt", "--arch", "twofeatures:build", "--data", "csv:t.csv",
+                                       "-o", "out"])
+    assert refused.exit_code == 1 and "--class-names sorted" in refused.output, refused.output
+
+
 def test_a_model_that_takes_two_inputs_is_told_to_be_wrapped(project: Path) -> None:
     (project / "twoinputs.py").write_text(
         "from prunedrop.testing import TinyMLP\n\n\nclass Masked(TinyMLP):\n"
