@@ -363,6 +363,44 @@ def test_a_functional_layers_weight_is_named_with_its_layer() -> None:
     assert result.max_abs_diff <= 1e-5
 
 
+class _Decoder(nn.Module):
+    """A convolution upsampled by a transposed convolution (a decoder); ``shift`` puts a BatchNorm in between,
+    whose shift turns a pruned channel into a non-zero constant."""
+
+    def __init__(self, shift: bool = False) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, 6, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(6) if shift else nn.Identity()
+        self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.up(torch.relu(self.bn(self.down(x))))).flatten(1))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_transposed_convolution_loses_the_input_channels_a_pruned_layer_no_longer_writes(shift: bool) -> None:
+    """A pruned channel read by a transposed convolution stayed ("which cannot lose single channels"): it leaves
+    when it is exactly 0 there; a non-zero constant (a BatchNorm shift) a transposed convolution would spread
+    unevenly, so that channel stays, and the note says why."""
+    torch.manual_seed(0)
+    model = _Decoder(shift).eval()
+    if shift:
+        with torch.no_grad():
+            model.bn.bias.fill_(0.5)
+            model.bn.running_mean.uniform_(-0.2, 0.2)
+    x = torch.randn(3, 1, 8, 8)
+    masks = _prune_units(model, {"down": [1, 4]})
+    result = slim(model, masks, x)
+    assert result.max_abs_diff <= 1e-5
+    if shift:
+        assert result.removed.get("down", (6, 6)) == (6, 6)
+        assert any("transposed convolution spreads" in n for n in result.notes), result.notes
+    else:
+        assert result.removed["down"] == (6, 4)
+        assert result.model.up.weight.shape[0] == 4 and result.model.up.in_channels == 4
+
+
 # ------------------------------------------------------------------------------- units that can never leave
 
 

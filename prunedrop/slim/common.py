@@ -15,6 +15,14 @@ from ..errors import PrunedropError
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: the layers whose output units the slim stage removes (and the pipeline reads masks of)
 WEIGHT_LAYERS = (nn.Linear, *CONV)
+CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def reads_channels(module: nn.Module) -> bool:
+    """A layer that may read a removed channel, whose weight then loses that input slice: the weight layers, and
+    ungrouped transposed convolutions (a decoder's upsampling; their weight's first axis is the input channel). A
+    transposed convolution spreads a constant unevenly over its output, so it takes only channels that are 0."""
+    return isinstance(module, WEIGHT_LAYERS) or (isinstance(module, CONV_TRANSPOSE) and module.groups == 1)
 
 
 def out_units(module: nn.Module) -> int:

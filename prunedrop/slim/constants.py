@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import WEIGHT_LAYERS, out_units
+from .common import CONV_TRANSPOSE, out_units, reads_channels
 
 # How many input channels' contributions one grouped convolution computes at once (bounds its memory).
 _CHANNEL_CHUNK = 32
@@ -27,7 +27,7 @@ def record_inputs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, list[tor
         if args and isinstance(args[0], torch.Tensor):
             seen[module].append(args[0].detach()[:4].clone())
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if reads_channels(m)]
     try:
         with torch.no_grad():
             model(x)
@@ -97,6 +97,9 @@ def consumer_shares(
                 _merge_share(
                     shares, problems, key, torch.zeros(consumer.out_channels, dtype=x.dtype, device=x.device)
                 )
+            elif isinstance(consumer, CONV_TRANSPOSE):
+                problems[key] = ("it carries a non-zero constant, which a transposed convolution spreads unevenly "
+                                 "over its output, so no bias can replace it")
             else:
                 live[key] = idxs
         if not live:

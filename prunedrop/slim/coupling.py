@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunedropError
-from .common import CONV, WEIGHT_LAYERS, is_depthwise, out_units
+from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, out_units, reads_channels
 
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
@@ -42,7 +42,8 @@ def import_torch_pruning():
 
 def _is_unsupported_conv(module: nn.Module) -> bool:
     """Convolutions whose channels Torch-Pruning cannot remove one by one: grouped (not depthwise) ones,
-    whose per-group weight slices would have to shrink alike, and transposed ones."""
+    whose per-group weight slices would have to shrink alike, and transposed ones (but where an ungrouped one only
+    reads the channel: :meth:`GroupAnalysis.read_only`)."""
     if isinstance(module, CONV):
         return module.groups > 1 and not is_depthwise(module)
     return isinstance(module, nn.modules.conv._ConvNd)
@@ -107,7 +108,7 @@ class GroupAnalysis:
         found = []
         for node, entries in channel.members.items():
             module = node.module
-            if not isinstance(module, WEIGHT_LAYERS) or is_depthwise(module):
+            if not reads_channels(module) or is_depthwise(module):
                 continue
             idxs = sorted(
                 {
@@ -119,6 +120,14 @@ class GroupAnalysis:
             if idxs:
                 found.append((node, idxs))
         return found
+
+    def read_only(self, node: Any, channel: Channel) -> bool:
+        """An ungrouped transposed convolution that only reads this channel (input-channel entries alone): it loses
+        that slice of its weight. One whose output the channel is coupled to cannot lose it."""
+        module = node.module
+        return (isinstance(module, CONV_TRANSPOSE) and module.groups == 1
+                and all(self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
+                        for h, _ in channel.members.get(node, [])))
 
     def pruned(self, node: Any, idx: int) -> bool:
         mask = self.masks.get(self.name(node))
@@ -162,6 +171,8 @@ class GroupAnalysis:
                 node not in consumers and node.grad_fn in self.output_fns
             ):
                 return "they reach the model output"
+            if self.read_only(node, channel):
+                continue
             if _is_unsupported_conv(module):
                 kind = "transposed" if getattr(module, "transposed", False) else "grouped"
                 return (
