@@ -179,10 +179,14 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     data, fitted = fit_inputs(net, data)
     if fitted and not quiet and is_main():
         click.echo(fitted, err=True)
-    if recipe.class_names is not None and data.class_names and not quiet and is_main():
-        shown = ", ".join(f"{i} {n!r}" for i, n in enumerate(data.class_names[:12]))
-        click.echo(f"labels that are names, numbered by --class-names: {shown}"
-                   f"{', ...' if len(data.class_names) > 12 else ''}", err=True)
+    if recipe.class_names is not None and not quiet and is_main():
+        if data.class_names:
+            shown = ", ".join(f"{i} {n!r}" for i, n in enumerate(data.class_names[:12]))
+            click.echo(f"labels that are names, numbered by --class-names: {shown}"
+                       f"{', ...' if len(data.class_names) > 12 else ''}", err=True)
+        else:
+            click.echo("note: --class-names (class_names) is not used: the labels of this data are not names",
+                       err=True)
     num_outputs = _num_outputs(net, data)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the

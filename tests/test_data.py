@@ -357,6 +357,10 @@ def test_npz_labels_that_are_names(tmp_path: Path) -> None:
     data = load_data(spec, recipe=Recipe(class_names=["sorted"]))
     assert data.train.tensors[1].tolist() == [1, 0, 2, 0, 1] and data.val.tensors[1].tolist() == [2, 0]
     assert data.class_names == ["cat", "dog", "owl"]
+    # digits saved as text are class indices, not names
+    digits = load_data(_npz(tmp_path, x_train=x, y_train=np.array(["2", "0", "1", "0", "2"]), x_val=x[:1],
+                            y_val=np.array([b"1"])))
+    assert digits.train.tensors[1].tolist() == [2, 0, 1, 0, 2] and digits.class_names is None
     mixed = _npz(tmp_path, x_train=x, y_train=np.array(["dog", "cat", "owl", "cat", "dog"]), x_val=x[:2],
                  y_val=np.array([0, 1]))
     with pytest.raises(PrunedropError, match="names as labels in some splits"):

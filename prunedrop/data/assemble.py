@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import PrunedropError
 from .bundle import SPLITS, DataBundle, seeded_generator
-from .checks import check_finite, check_non_negative, describe_value
+from .checks import ClassesDataset, check_finite, check_non_negative, describe_value
 
 
 def _split_labels(bundle: DataBundle) -> list[torch.Tensor]:
@@ -91,8 +91,8 @@ def assemble(
 ) -> DataBundle:
     """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
     With ``regression`` labels may be real numbers and there are no classes."""
-    named = getattr(train.dataset if isinstance(train, DataLoader) else train, "classes", None)
-    class_names = [str(c) for c in named] if isinstance(named, Sequence) and named and not regression else None
+    # labels that were names, numbered by the recipe's class_names (an image folder's classes are its sub-folders)
+    class_names = list(train.classes) if isinstance(train, ClassesDataset) and not regression else None
     if not regression:  # whole-number float labels in tensors are class indices, as the npz reader reads them
         train, val, test = (_integer_labels(data) for data in (train, val, test))
     shapes = {}

@@ -33,7 +33,7 @@ class DataBundle:
     num_classes: int | None
     """Number of classes (largest label + 1, or ``len(dataset.classes)``) when it is known, else None."""
     class_names: list[str] | None = None
-    """The names the class indices stand for, where the data named them (image folders, labels that were names)."""
+    """The names the class indices stand for, where the labels were names numbered by the recipe's ``class_names``."""
 
     @property
     def num_train(self) -> int:

@@ -42,6 +42,14 @@ def _array_names(present: set[str], path: Path) -> dict[str, str]:
     return names
 
 
+def _numeric(y: np.ndarray) -> np.ndarray | None:
+    """Text labels that all read as numbers, as numbers; else None (they are names)."""
+    try:
+        return y.astype(np.float64)
+    except ValueError:
+        return None
+
+
 def load_npz(path: Path, *, regression: bool = False,
              class_names: list[str] | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """Train and optional val/test splits from an npz archive; inputs are cast, never scaled. With
@@ -103,6 +111,8 @@ def load_npz(path: Path, *, regression: bool = False,
                 )
             if regression and np.issubdtype(y.dtype, np.floating):
                 labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+            elif y.dtype.kind in "US" and not regression and _numeric(y) is not None:
+                labels = as_labels(_numeric(y), f"y_{split}")  # digits saved as text ('0', '1', …)
             elif y.dtype.kind in "USO" and not regression:
                 named[split] = (x, y, f"y_{split}")
                 continue
