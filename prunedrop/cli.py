@@ -185,8 +185,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
             click.echo(f"labels that are names, numbered by --class-names: {shown}"
                        f"{', ...' if len(data.class_names) > 12 else ''}", err=True)
         else:
-            click.echo("note: --class-names (class_names) is not used: the labels of this data are not names",
-                       err=True)
+            click.echo("note: --class-names (class_names) is not used: the labels of this data are class indices "
+                       "already (an image folder's classes are its sub-folders, in sorted order)", err=True)
     num_outputs = _num_outputs(net, data)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the

@@ -190,7 +190,7 @@ def test_class_names_for_labels_that_are_not_names_are_said_to_be_unused(project
     result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
                                       "--recipe", "recipe.yaml", "--class-names", "sorted", "-o", "out"])
     assert result.exit_code == 0, result.output
-    assert "note: --class-names (class_names) is not used: the labels of this data are not names" in result.output
+    assert "note: --class-names (class_names) is not used: the labels of this data are class indices" in result.output
 
 
 def test_inspect_reads_a_table_whose_labels_are_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
