@@ -50,7 +50,14 @@ def calibrate_at(variational: nn.Module, threshold: float, data: DataBundle, rec
     """``variational`` thresholded at ``threshold`` (eval mode) with every BatchNorm's running statistics
     re-estimated for it from training samples (:func:`prune_calibrated`)."""
     set_thresholds(variational, threshold)
-    recalibrate_from(variational.eval(), data.loader("train", recipe.eval_batch_size))
+    recalibrate(variational.eval(), data, recipe)
+
+
+def recalibrate(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
+    """The BatchNorms' running statistics of ``model`` re-estimated for its weights of now from the recipe's training
+    batches: what the sweep measures each threshold with (:func:`~prunedrop.stages.selection.thresholded_metric`) and
+    what pruning folds, one function so that the two cannot drift apart."""
+    recalibrate_from(model, data.loader("train", recipe.eval_batch_size))
 
 
 def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, log: Callable[[str], None], *,
@@ -59,7 +66,9 @@ def prune_variational(variational: nn.Module, threshold: float, recipe: Recipe, 
     log what was kept; a threshold that prunes everything stops the run with one line of advice. With ``data``, the
     BatchNorms' statistics are re-estimated for the pruned weights (:func:`prune_calibrated`) and the posterior's
     bits are matched on the units' outputs over training samples (:func:`posterior_bits`)."""
-    if data is not None:  # the bits too are read from the model the sweep measured
+    # the model pruned here, and the bits read from it, are the one the sweep measured (the bisection's probe was
+    # calibrated already: then only the bits need it)
+    if data is not None and (pruned is None or recipe.quantize != "none"):
         calibrate_at(variational, threshold, data, recipe)
     bits = None
     if recipe.quantize != "none":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batchnorm import batchnorm_state, recalibrate_from, restore_batchnorm
+from ..batchnorm import batchnorm_state, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
 from ..errors import PrunedropError
@@ -35,6 +35,7 @@ from .budget import budget_text, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
 from .pruned_finetune import FinetunedPruned
+from .pruning import recalibrate
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _finite_probe(probe: dict[str, Any]) -> dict[str, Any]:
 
 def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
     """The sweep's measurement of the model at one threshold: the BatchNorms' running statistics re-estimated for
-    its thresholded weights first (:func:`prunedrop.batchnorm.recalibrate_from`), then the metric on ``loader``.
+    its thresholded weights first (:func:`~prunedrop.stages.pruning.recalibrate`), then the metric on ``loader``.
     Statistics kept while training describe the noisy network, not the thresholded one: a digits ResNet-18 under
     sparse VD, keeping 0.5% of its weights, read 80.6% validation accuracy with them (98.6% before), while the
     autopilot's checks, with statistics re-estimated, read a drop of 0.57 points. :func:`select_threshold`
@@ -102,7 +103,7 @@ def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module,
     name = metric_name(recipe.loss)
 
     def metric(model: nn.Module, loader: Any) -> float:
-        recalibrate_from(model, data.loader("train", recipe.eval_batch_size))
+        recalibrate(model, data, recipe)
         return evaluate(model, loader, loss=recipe.loss)[name]
 
     return metric
