@@ -111,8 +111,8 @@ def load_npz(path: Path, *, regression: bool = False,
                 )
             if regression and np.issubdtype(y.dtype, np.floating):
                 labels = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-            elif y.dtype.kind in "US" and not regression and _numeric(y) is not None:
-                labels = as_labels(_numeric(y), f"y_{split}")  # digits saved as text ('0', '1', …)
+            elif y.dtype.kind in "US" and not regression and (digits := _numeric(y)) is not None:
+                labels = as_labels(digits, f"y_{split}")  # digits saved as text ('0', '1', …)
             elif y.dtype.kind in "USO" and not regression:
                 named[split] = (x, y, f"y_{split}")
                 continue

@@ -93,8 +93,9 @@ def _read_csv(path: Path, label_column: str, *,
             if not features:
                 raise PrunedropError(f"{where} has only the label column {label_column!r}; it needs feature columns")
             rows: list[list[float]] = []
-            names: list[str] = []  # the label column as written, and the line of each
-            lines: list[int] = []
+            names: list[str] = []  # the label column as written
+            first_name: tuple[str, int] | None = None  # the first label that is no number, and its line
+            named = 0
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line
@@ -107,11 +108,12 @@ def _read_csv(path: Path, label_column: str, *,
                     row = [v.replace(",", ".") for v in row]
                 label = row[label_at].strip()
                 names.append(label)
-                lines.append(reader.line_num)
                 if not _is_number(label):  # a class name: numbered once every split is read (number_names)
                     if regression or not label:
                         _number(label, label_column, reader.line_num, where)  # the error for a missing target
                     row = [*row[:label_at], "0", *row[label_at + 1:]]
+                    named += 1
+                    first_name = first_name or (label, reader.line_num)
                 try:
                     values = [float(v) for v in row]
                 except ValueError:
@@ -143,12 +145,11 @@ def _read_csv(path: Path, label_column: str, *,
     x = torch.from_numpy(np.delete(table, dropped, axis=1).astype(np.float32))
     if regression:
         return x, torch.from_numpy(labels.astype(np.float32)), features
-    numbers = [_is_number(n) for n in names]
-    if not any(numbers):  # class names
+    if named == len(names):  # class names
         return x, np.asarray(names, dtype=object), features
-    if not all(numbers):  # numbers with a stray word among them: a typo, not names
-        at = numbers.index(False)
-        _number(names[at], label_column, lines[at], where)
+    if first_name is not None:  # numbers with a stray word among them: a typo, not names
+        text, line = first_name
+        _number(text, label_column, line, where)
     bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
     if bad.size:
         raise PrunedropError(
