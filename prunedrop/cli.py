@@ -281,20 +281,13 @@ def _check_training_output(model: Any, x: Any) -> None:
     import torch
 
     from .errors import PrunedropError
+    from .modes import kept
 
-    modes = {m: m.training for m in model.modules()}
-    buffers = [(b, b.clone()) for b in model.buffers()]
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model.train()(x)
     except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
         return
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for module, training in modes.items():
-            module.training = training
     if not isinstance(out, torch.Tensor) or not 1 <= out.dim() <= 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunedropError(

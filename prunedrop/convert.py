@@ -434,6 +434,7 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
     for the pass: a frozen layer, ``requires_grad=False``, still trains its noise and is not cut off); the
     parameters' flags and gradients, the buffers and the modes are restored. None when the model cannot take the
     pass."""
+    from .modes import kept
     from .slim.coupling import all_requiring_grad, tensors_in
 
     layers = {name or "<root>": m for name, m in model.named_modules() if type(m) in registry}
@@ -451,11 +452,10 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
         return hook
 
     grads = [(p, p.grad) for p in model.parameters()]
-    buffers = [(b, b.clone()) for b in model.buffers()]  # a forward that updates a buffer of its own
-    modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(name)) for name, m in layers.items()]
     try:
-        with all_requiring_grad(model), torch.enable_grad():
+        # buffers kept too: a forward that updates a buffer of its own
+        with kept(model, buffers=True), all_requiring_grad(model), torch.enable_grad():
             for p, _ in grads:
                 p.grad = None
             device = grads[0][0].device if grads else example_input.device
@@ -470,11 +470,6 @@ def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], An
             handle.remove()
         for p, grad in grads:
             p.grad = grad
-        with torch.no_grad():
-            for buffer, value in buffers:
-                buffer.copy_(value)
-        for module, training in modes.items():
-            module.training = training
     return [name for name in layers if name in called and name not in reached]
 
 

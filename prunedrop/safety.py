@@ -368,15 +368,12 @@ def check_deterministic(model: nn.Module, x: Any, first: Any = None) -> None:
     that one more pass is run); the caller's random stream is left as it was."""
     import torch
 
-    was = {m: m.training for m in model.modules()}
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model.eval()
-            first = model(x) if first is None else first
-            second = model(x)
-    finally:
-        for module, training in was.items():
-            module.training = training
+    from .modes import kept
+
+    with kept(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model.eval()
+        first = model(x) if first is None else first
+        second = model(x)
     if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)) or first.shape != second.shape \
             or not first.is_floating_point():
         return

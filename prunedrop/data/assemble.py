@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import PrunedropError
+from ..modes import kept
 from .bundle import SPLITS, DataBundle, seeded_generator
 from .checks import ClassesDataset, check_finite, check_non_negative, describe_value
 
@@ -342,13 +343,9 @@ def _whole_ids(x: torch.Tensor) -> bool:
 def runs_on(model: torch.nn.Module, x: torch.Tensor, *, batched: bool = False) -> bool:
     """Whether ``model`` computes an output for ``x`` in eval mode (the modes are restored); with ``batched``, one
     that has a row per sample (a Conv2d also takes an unbatched (C, H, W) input, and then answers with none)."""
-    modes = {m: m.training for m in model.modules()}
     try:
-        with torch.no_grad():
+        with kept(model), torch.no_grad():
             out = model.eval()(x)
         return not batched or (isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == x.shape[0])
     except Exception:  # noqa: BLE001 - any failure means "not these inputs"; the caller reports the model's own error
         return False
-    finally:
-        for module, training in modes.items():
-            module.train(training)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import PrunedropError
+from ..modes import kept
 from .sparse import sparsify_initializers, strip_debug_info
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -145,14 +146,8 @@ def eval_on_cpu(model: nn.Module) -> Iterator[nn.Module]:
         # A copy rather than model.cpu(): moving back would hand the caller new storage.
         yield copy.deepcopy(model).cpu().eval()
         return
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        # Restore per module: a caller may have frozen some submodules in eval mode on purpose.
-        for module, training in modes.items():
-            module.training = training
+    with kept(model):
+        yield model.eval()
 
 
 def _trace(

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from ..layers.attention import is_attention
+from ..modes import kept
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -296,17 +297,13 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
                 if key is not None:
                     storages.setdefault(key, set()).add(n)
     watch = _product_watch(storages) if storages else contextlib.nullcontext()
-    training = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in owners]
     try:
-        model.eval()
-        with torch.no_grad(), watch:
-            model(example_input)
+        with kept(model), torch.no_grad(), watch:
+            model.eval()(example_input)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training.items():
-            m.training = flag
 
     profiles = []
     for name, module in owners:

@@ -166,8 +166,9 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input:
 
     examples = _as_examples(example_input)
     out = Path(out_dir)
-    modes = {m: m.training for m in model.modules()}
-    try:
+    from ..modes import kept
+
+    with kept(model):
         model.eval()  # tracing follows `if self.training` branches: record the inference path
         gm = _drop_inference_no_ops(_trace(model, len(examples)))
         state = {k: _compact(v) for k, v in gm.state_dict().items()}
@@ -177,9 +178,6 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike[str], example_input:
         with torch.no_grad():
             expected = model(*examples)
             got = rebuilt(*(x.cpu() for x in examples))
-    finally:
-        for module, training in modes.items():
-            module.train(training)
     diff = max_abs_diff(expected, got)
     if not diff <= scaled_tolerance(1e-5, expected):
         raise PrunedropError(

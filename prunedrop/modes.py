@@ -1,0 +1,28 @@
+"""A model's modes (and buffers) kept across a pass that changes them: the checks and measurements that run the
+user's model before, beside or after the pipeline put it in eval or training mode, and a training-mode forward
+updates its buffers (BatchNorm statistics, a spectral norm's vectors); the caller's model comes back as it was."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def kept(model: nn.Module, *, buffers: bool = False) -> Iterator[nn.Module]:
+    """Inside, ``model`` may change modes (and with ``buffers``, its buffers' values); afterwards every module's own
+    training flag is as it was (a caller may have frozen some submodules in eval mode on purpose), and so are the
+    buffers."""
+    modes = {module: module.training for module in model.modules()}
+    saved = [(b, b.clone()) for b in model.buffers()] if buffers else []
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        for module, training in modes.items():
+            module.training = training
