@@ -540,3 +540,88 @@ def test_a_forward_that_asserts_a_width_keeps_that_layer() -> None:
     result = slim(model, _prune_units(model, {"c1": [0, 3], "c2": [1, 2, 5]}), x)
     assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (8, 8)
     assert any("eight channels expected" in note for note in result.notes), result.notes
+
+
+class _SqueezeExcite(nn.Module):
+    """An inverted residual with squeeze-excitation, as MobileNetV3 and EfficientNet build it: expand → depthwise →
+    ``x · gate(fc2(relu(fc1(pool(x)))))`` → project, with a residual addition around it."""
+
+    def __init__(self, gate: str = "hardsigmoid", act: str = "hardswish"):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.exp = nn.Conv2d(8, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.fc1, self.fc2 = nn.Conv2d(24, 6, 1), nn.Conv2d(6, 24, 1)
+        self.proj = nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 3)
+        self.gate, self.act = getattr(nn.functional, gate), getattr(nn.functional, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = self.act(self.dw(self.act(self.exp(x))))
+        y = y * self.gate(self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(y, 1)))))
+        return self.head(nn.functional.adaptive_avg_pool2d(x + self.proj(y), 1).flatten(1))
+
+
+@pytest.mark.parametrize(("gate", "act"), [("hardsigmoid", "hardswish"), ("sigmoid", "silu"), ("sigmoid", "relu6")])
+def test_a_pruned_factor_of_a_squeeze_excitation_removes_the_channel_everywhere(gate: str, act: str) -> None:
+    """A channel that the depthwise convolution prunes is zero in ``x · gate(…)`` whatever the gate says: it leaves the
+    expansion, the depthwise convolution, the excitation's fc2 (which still writes it) and the readers. It was kept,
+    the product read like a residual addition (MobileNetV3 and EfficientNet slimmed nothing in their blocks)."""
+    torch.manual_seed(0)
+    model, x = _SqueezeExcite(gate, act).eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"dw": [0, 5, 7, 20]}), x)
+    assert result.removed["dw"] == result.removed["exp"] == result.removed["fc2"] == (24, 20)
+    assert model.fc1.in_channels == 24 and result.model.fc1.in_channels == 20 and result.model.proj.in_channels == 20
+    assert not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_a_pruned_excitation_alone_keeps_the_channel() -> None:
+    """fc2's pruned unit gives gate(0) = 0.5, not zero: the product still carries the depthwise output, so the channel
+    stays (and says why); the output is unchanged."""
+    torch.manual_seed(0)
+    model, x = _SqueezeExcite().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"fc2": [1, 2]}), x)
+    assert result.removed["fc2"] == (24, 24) and result.model.dw.out_channels == 24
+    assert any("still produced by" in note for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_an_activation_that_moves_zero_does_not_silence_the_product() -> None:
+    """With a gate of ``exp`` on the pruned factor (exp(0) = 1) the product still varies with the input: kept."""
+
+    class _ExpGate(_SqueezeExcite):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            y = torch.exp(-self.dw(torch.relu(self.exp(x))).abs()) * self.fc2(torch.relu(self.fc1(x.repeat(1, 3, 1, 1))))
+            return self.head(nn.functional.adaptive_avg_pool2d(x + self.proj(y), 1).flatten(1))
+
+    torch.manual_seed(0)
+    model, x = _ExpGate().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"dw": [0, 5]}), x)
+    assert result.model.dw.out_channels == 24 and result.model.fc2.out_channels == 24
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("make", "rule"),
+    [
+        (lambda t: nn.functional.relu6(t), "keeps"),
+        (lambda t: nn.functional.hardtanh(t, 0.1, 2.0), None),  # hardtanh(0) = 0.1
+        (lambda t: t.clamp(min=0), "keeps"),
+        (lambda t: t.clamp(min=0.5), None),
+        (lambda t: t ** 2, "keeps"),
+        (lambda t: t ** -1, None),
+        (lambda t: torch.sigmoid(t), None),
+        (lambda t: nn.functional.softplus(t), None),
+        (lambda t: t * t, "product"),
+        (lambda t: t / 3, "numerator"),
+        (lambda t: t + 1, None),
+        (lambda t: nn.functional.silu(t).mean(1), "keeps"),
+    ],
+)
+def test_which_operations_keep_a_zero_channel_zero(make, rule) -> None:
+    from prunedrop.slim.coupling import _zero_rule
+
+    assert _zero_rule(make(torch.randn(2, 3, requires_grad=True)).grad_fn) == rule

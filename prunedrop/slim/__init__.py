@@ -14,7 +14,10 @@ that is this module's part:
 
 * **Coupling.** A channel goes only when every layer that produces it agrees: walking back from each
   consumer through the channel's group, every path must end at a pruned unit (a producer or a depthwise
-  convolution whose unit is pruned) or at a parameter. One live producer keeps the channel in all members.
+  convolution whose unit is pruned) or at a parameter. One live producer keeps the channel in all members,
+  except behind a product: a factor that is exact zeros whatever the input (a pruned unit carried through
+  operations that keep 0 as 0 — ReLU, SiLU, hardswish, pooling, reshapes) silences it, so a squeeze-excitation's
+  ``x · sigmoid(fc2(…))`` loses the channels that x's depthwise convolution prunes, fc2's unit with them.
 * **Constants.** A pruned unit outputs 0, but what its consumers see may not be 0: a BatchNorm turns it into
   ``β − γ·μ/√(σ²+ε)``, and an activation with ``f(0) ≠ 0`` (sigmoid) or a constant turns it into ``f(c)``.
   Such a channel is input-independent, so its consumer's share is a fixed tensor, measured on the example

@@ -6,6 +6,7 @@ groups of layers that a residual addition joins (``tie_residual``).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,42 @@ from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, out_units
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
 _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+
+
+# Autograd functions (names without "Backward<n>") that map a channel of exact zeros to exact zeros whatever else
+# they are given: activations with f(0) = 0, pooling and means, reshapes and moves. Hardtanh (ReLU6), clamp and pow
+# keep zeros only for some arguments, checked in :func:`_zero_rule`; sigmoid (0.5), softplus and exp do not.
+_KEEPS_ZERO = frozenset({
+    "Relu", "Silu", "Gelu", "Hardswish", "Tanh", "LeakyRelu", "Elu", "Celu", "Mish", "Neg", "Abs", "Mean", "Sum",
+    "AvgPool1D", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool1D", "AdaptiveAvgPool2D", "AdaptiveAvgPool3D",
+    "MaxPool2DWithIndices", "MaxPool3DWithIndices", "AdaptiveMaxPool1D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D",
+    "UpsampleNearest1D", "UpsampleNearest2D", "UpsampleNearest3D", "UpsampleNearestExact1D", "UpsampleNearestExact2D",
+    "UpsampleNearestExact3D", "UpsampleLinear1D", "UpsampleBilinear2D", "UpsampleBicubic2D", "UpsampleTrilinear3D",
+    "View", "Reshape", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "T", "Clone", "Expand", "Squeeze",
+    "Unsqueeze", "Slice", "Select", "ToCopy", "Alias",
+})
+
+
+def _zero_rule(grad_fn: Any) -> str | None:
+    """How an operation passes on a channel that is exact zeros: ``"product"`` (zero when any factor is), ``"keeps"``
+    (zero when its inputs in the channel are), ``"numerator"`` (a division: when its first operand is), or None
+    (nothing known: a BatchNorm's shift, sigmoid(0), an addition of something outside the channel)."""
+    name = re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
+    try:
+        if name == "Mul":
+            return "product"
+        if name == "Div":
+            return "numerator"
+        if name == "Hardtanh":
+            return "keeps" if grad_fn._saved_min_val <= 0 <= grad_fn._saved_max_val else None
+        if name == "Clamp":
+            low, high = grad_fn._saved_min, grad_fn._saved_max
+            return "keeps" if (low is None or low <= 0) and (high is None or high >= 0) else None
+        if name == "Pow":
+            return "keeps" if grad_fn._saved_exponent > 0 else None
+    except (AttributeError, RuntimeError, TypeError):  # a saved value this torch names otherwise, or a tensor one
+        return None
+    return "keeps" if name in _KEEPS_ZERO else None
 
 
 @dataclass
@@ -198,10 +235,42 @@ class GroupAnalysis:
                 return f"they pass through the bare parameter {name}"
         return None
 
+    def silent(self, node: Any, channel: Channel, memo: dict[Any, bool]) -> bool:
+        """Whether this channel of ``node``'s output is exact zeros whatever the input: a pruned producer or
+        depthwise unit, carried through operations that keep zeros zeros (ReLU, SiLU, pooling, reshapes, PReLU), or
+        a product with such a factor (a squeeze-excitation's ``x · sigmoid(…)`` where x's channel is pruned)."""
+        if node in memo:
+            return memo[node]
+        memo[node] = False  # a cycle proves nothing
+        module = node.module
+        entries = channel.members.get(node)
+        result = False
+        if entries is None:
+            pass
+        elif (idx := self.producer_index(node, channel)) is not None:
+            result = self.pruned(node, idx)
+        elif is_depthwise(module):
+            result = self.pruned(node, entries[0][1])
+        elif isinstance(module, nn.PReLU) or (
+            not isinstance(module, WEIGHT_LAYERS) and type(module).__module__.startswith("torch_pruning")
+        ):
+            inputs = [n for n in node.inputs if n in channel.members]
+            rule = "keeps" if isinstance(module, nn.PReLU) else _zero_rule(node.grad_fn)
+            if rule == "product":
+                result = any([self.silent(n, channel, memo) for n in inputs])
+            elif rule == "numerator":
+                first = node.grad_fn.next_functions[0][0] if node.grad_fn.next_functions else None
+                result = any(n.grad_fn is first and self.silent(n, channel, memo) for n in inputs)
+            elif rule == "keeps":
+                result = bool(inputs) and all([self.silent(n, channel, memo) for n in inputs])
+        memo[node] = result
+        return result
+
     def live_sources(self, channel: Channel) -> set[str]:
         """Layers whose live units feed this channel into some consumer (none: it is input-independent)."""
         live: set[str] = set()
         memo: dict[Any, bool] = {}
+        zeros: dict[Any, bool] = {}
 
         def depends(node: Any) -> bool:
             if node in memo:
@@ -219,6 +288,8 @@ class GroupAnalysis:
                 result = True
             elif is_depthwise(module) and self.pruned(node, entries[0][1]):
                 result = False  # a pruned depthwise unit outputs 0 whatever it is fed
+            elif type(module).__module__.startswith("torch_pruning") and self.silent(node, channel, zeros):
+                result = False  # exact zeros: a product with a pruned factor, whatever the others carry
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
