@@ -233,7 +233,7 @@ def run_cell(name: str, method: str, steps: int, fraction: float, seed: int, wor
         with stage("slim"):
             final = masked
             if pruned.unit_masks:
-                slimmed = slim(masked, pruned.unit_masks, example, channel_multiple=recipe.channel_multiple)
+                slimmed = slim(masked, pruned.unit_masks, example, channel_multiple=recipe.channel_multiple or 1)
                 final = slimmed.model.eval()
                 before = sum(a for a, _ in slimmed.removed.values())
                 after = sum(b for _, b in slimmed.removed.values())

@@ -59,6 +59,7 @@ from .stages import (
 from .stages.budget import check_budget, fixed_beta_budget_line, over_budget, target_outcome
 from .stages.common import PARITY_SAMPLES
 from .stages.reporting import run_files
+from .stages.slimming import slim_multiple
 from .stages.variational import autopilot_line
 from .train import resolve_device
 
@@ -123,7 +124,7 @@ def compress(
         tuned = finetune_pruned(pruned.result, data, recipe, device, example, folder.masked_checkpoint,
                                 normalised=converted.normalised, **run)
     slimmed = slim_pruned(pruned.result.model if tuned is None else tuned.model, pruned.result.unit_masks, example,
-                          log, recipe.channel_multiple, slimmed=None if tuned is None else tuned.slimmed)
+                          log, slim_multiple(recipe), slimmed=None if tuned is None else tuned.slimmed)
     evaluation = evaluate_compressed(slimmed.model, baseline, selection, data, recipe, log)
     exported = export_compressed(slimmed.model, baseline, evaluation, selection.threshold, pruned.bits, data,
                                  recipe, folder, example, log)

@@ -366,11 +366,15 @@ class StructureConfig:
     """Deprecated: ``fold_batchnorm: true`` is read as ``batchnorm_noise: fold`` (with a warning). Run folders
     written before ``batchnorm_noise`` existed are read with the placement they were trained with."""
 
-    channel_multiple: int = setting(1, check=POSITIVE)
+    channel_multiple: int | None = setting(None, check=POSITIVE)
     """Slimming: keep each layer's (or residual group's) width a multiple of this by leaving some pruned channels in
     place (they output exact zeros, so the function is unchanged). Convolution kernels that work in blocks of
-    channels run odd widths on a slower path: onnxruntime on AVX2 uses blocks of 8 (16 on AVX-512); 1 removes
-    every pruned channel."""
+    channels can run odd widths on a slower path (onnxruntime's NCHWc blocks of 8 on AVX2, 16 on AVX-512); 1 removes
+    every pruned channel. null (the default): measured: where removing every pruned channel leaves a convolution's
+    width off a multiple of 8, the slim model is built both ways, each is timed with onnxruntime on this CPU, and the
+    rounded one is kept when it is at least 10% faster at batch 16 (and not slower at batch 1); logged, and recorded
+    in ``report["slim"]["widths"]``. With a ``flops`` or ``params`` target, null removes every pruned channel (the
+    target is counted on the exported widths)."""
 
 
 @dataclass

@@ -80,8 +80,10 @@ GENTLE_FINETUNE = 0.3
 #: with a recipe that leaves the key at today's default, continues with the stored value (``quantize`` became
 #: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md;
 #: ``finetune_lr`` became null, the weights' rate, once 1e-3 was measured to win back more than 3e-4: docs/autopilot.md;
-#: ``onnx_exporter`` became ``auto`` once models with an operator only the dynamo exporter knows were refused)
-DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4, "onnx_exporter": "torchscript"}
+#: ``onnx_exporter`` became ``auto`` once models with an operator only the dynamo exporter knows were refused;
+#: ``channel_multiple`` became null, measured, once odd widths were measured to run slower than the original)
+DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4, "onnx_exporter": "torchscript",
+                                   "channel_multiple": 1}
 
 
 class _RecipeMethods:

@@ -23,7 +23,7 @@ from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
 from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
 from .stages.pruning import prune_calibrated
-from .stages.slimming import slim_pruned
+from .stages.slimming import slim_multiple, slim_pruned
 from .train import metric_name
 
 
@@ -97,7 +97,7 @@ def reexport(
                              f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "
                              f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     total_plain = sum(p.numel() for p in pruned.model.parameters())
-    final = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, recipe.channel_multiple).model
+    final = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, slim_multiple(recipe)).model
     metric = evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
     metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,

@@ -267,3 +267,94 @@ def test_the_budget_line_advises_a_confidence_where_the_budget_holds_with_little
     assert "--confidence" not in budget_line(recipe, 95.67, 96.0, 0.5, 0.99)
     asked = budget_line(Recipe(max_metric_drop=1.0, budget_confidence=0.9), 95.67, 96.0, 0.5, 0.99)
     assert asked.endswith("(asked: 90%)")
+
+
+class _OddWidths(torch.nn.Module):
+    """Convolutions and a depthwise one whose pruned widths (16 → 11, 24 → 13) are off a multiple of 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 24, 1)
+        self.dw = torch.nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.head = torch.nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.dw(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@torch.no_grad()
+def _odd_pruned() -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor]:
+    torch.manual_seed(0)
+    model, masks = _OddWidths().eval(), {}
+    for name, pruned in (("a", [0, 3, 5, 9, 12]), ("dw", list(range(0, 24, 2))[:11])):
+        layer = getattr(model, name)
+        masks[name] = torch.ones(layer.out_channels, dtype=torch.bool)
+        masks[name][pruned] = False
+        layer.weight[pruned] = 0
+        layer.bias[pruned] = 0
+    return model, masks, torch.randn(4, 1, 6, 6)
+
+
+@pytest.mark.parametrize(("rounded_ms", "chosen"), [(0.5, 8), (0.95, 1), (2.0, 1)])
+def test_measured_widths_keep_the_rounded_model_only_where_it_runs_faster(rounded_ms: float, chosen: int) -> None:
+    """``channel_multiple: null``: widths left off a multiple of 8 are rounded up (pruned channels kept as exact zeros)
+    only when that model is at least 10% faster at the larger batch; the function is the same either way."""
+    from prunedrop.stages.slimming import remove_pruned_units
+
+    model, masks, x = _odd_pruned()
+    calls, lines = [], []
+
+    def timer(plain, rounded, example):
+        calls.append((plain.a.out_channels, rounded.a.out_channels))
+        return {1: (1.0, 1.0), 16: (1.0, rounded_ms)}
+
+    result = remove_pruned_units(model, masks, x, lines.append, None, timer=timer)
+    assert calls == [(11, 16)]
+    widths = (result.model.a.out_channels, result.model.dw.out_channels)
+    assert widths == ((16, 16) if chosen == 8 else (11, 13))
+    assert result.widths["multiple"] == chosen and result.widths["odd_convolutions"] == ["a", "b", "dw"]
+    assert result.widths["ms"]["16"] == {"as_pruned": 1.0, "rounded": rounded_ms}
+    assert any(line.startswith("widths: ") for line in lines), lines
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), model(x), atol=1e-5)
+
+
+def test_measured_widths_time_nothing_where_no_width_is_odd_and_survive_a_failed_timing() -> None:
+    from prunedrop.stages.slimming import remove_pruned_units
+
+    def refuse(*args):
+        raise RuntimeError("onnxruntime cannot load this")
+
+    model, masks, x = _odd_pruned()
+    masks["a"][:] = True  # a keeps 16, and dw's 13 are the only odd ones
+    masks["a"][[1, 2, 4, 6, 7, 8, 10, 11]] = False
+    with torch.no_grad():
+        model.a.weight[~masks["a"]] = 0
+        model.a.bias[~masks["a"]] = 0
+    lines: list[str] = []
+    failed = remove_pruned_units(model, masks, x, lines.append, None, timer=refuse)
+    assert failed.widths["multiple"] == 1 and "RuntimeError" in failed.widths["error"]
+    assert failed.model.a.out_channels == 8 and any("failed (RuntimeError" in line for line in lines)
+    masks["dw"][:] = True
+    masks["dw"][list(range(16))] = False
+    with torch.no_grad():
+        model.dw.weight[:16] = 0
+        model.dw.bias[:16] = 0
+    even = remove_pruned_units(model, masks, x, lines.append, None, timer=refuse)  # 8 and 8: nothing to time
+    assert even.widths is None and (even.model.a.out_channels, even.model.dw.out_channels) == (8, 8)
+
+
+def test_measured_widths_are_timed_with_onnxruntime_and_only_where_the_recipe_leaves_them() -> None:
+    from prunedrop.recipes import Recipe
+    from prunedrop.slim import slim
+    from prunedrop.stages.slimming import WIDTH_BATCHES, slim_multiple, time_widths
+
+    model, masks, x = _odd_pruned()
+    plain, rounded = slim(model, masks, x).model, slim(model, masks, x, channel_multiple=8).model
+    times = time_widths(plain, rounded, x)
+    assert sorted(times) == list(WIDTH_BATCHES) and all(a > 0 and b > 0 for a, b in times.values())
+    assert slim_multiple(Recipe()) is None and slim_multiple(Recipe(channel_multiple=4)) == 4
+    assert slim_multiple(Recipe(method="sbp", target="flops=4x")) == 1  # a FLOPs target counts the exported widths
+    assert slim_multiple(Recipe(method="sbp", target="bytes=4x")) is None

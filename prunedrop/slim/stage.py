@@ -39,6 +39,9 @@ class SlimResult:
     """Attention module → (heads before, after), filled by the pipeline from :func:`remove_heads_and_rows`."""
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Embedding → (rows before, after), filled by the pipeline from :func:`remove_heads_and_rows`."""
+    widths: dict[str, Any] | None = None
+    """How the widths were chosen where the pipeline measured them (``channel_multiple: null``): the multiple kept,
+    the one tried and each one's onnxruntime latency (:func:`prunedrop.stages.slimming.remove_pruned_units`)."""
 
 
 def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

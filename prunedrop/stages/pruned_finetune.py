@@ -23,7 +23,7 @@ from ..recipes import GENTLE_FINETUNE, Recipe
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
 from ..train import TrainResult, finetune_masked
 from .common import some
-from .slimming import remove_pruned_units
+from .slimming import remove_pruned_units, slim_multiple
 
 #: training samples that calibrate the BatchNorms of the noise-free fine-tuning
 CALIBRATION_SAMPLES = 4096
@@ -103,7 +103,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
     t0 = time.perf_counter()
     model, masks, slimmed = pruned.model, pruned.masks, None
     if finetunes_slim(pruned):
-        slimmed = remove_pruned_units(model.cpu().eval(), pruned.unit_masks, example, log, recipe.channel_multiple)
+        slimmed = remove_pruned_units(model.cpu().eval(), pruned.unit_masks, example, log, slim_multiple(recipe))
         model = slimmed.model
         masks = masks_after_slim(model, pruned)
     rebatchnorm = recipe.finetune_batchnorm or bool(normalised)

@@ -36,6 +36,7 @@ from .common import draw_plots
 from .conversion import Converted
 from .pruned_finetune import FinetunedPruned
 from .pruning import recalibrate
+from .slimming import slim_multiple
 
 
 @dataclass
@@ -135,7 +136,7 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
         if not pruned.unit_masks or pruned.kept_fraction == 0.0:
             return point
         try:
-            model = slim(pruned.model, pruned.unit_masks, few, channel_multiple=recipe.channel_multiple).model
+            model = slim(pruned.model, pruned.unit_masks, few, channel_multiple=slim_multiple(recipe) or 1).model
         except PrunedropError:
             return point  # slimming refuses this mask: the exported model would keep the units, as counted
         _, params = count_parameters(model)

@@ -3,15 +3,29 @@ unit), then silent attention heads and zero embedding rows go (any method: read 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..recipes import Recipe
 from ..slim import SlimResult, remove_heads_and_rows, slim
+from ..slim.common import CONV
+
+#: the width multiple that ``channel_multiple: null`` tries: onnxruntime's NCHWc block on AVX2 (AVX-512's 16 is two)
+AUTO_MULTIPLE = 8
+#: the batch sizes it times, and the share of the widths-as-pruned latency the rounded model must stay under at the
+#: larger one (at the smaller one it may not be slower by the inverse)
+WIDTH_BATCHES = (1, 16)
+AUTO_GAIN = 0.9
+
+WidthTimer = Callable[[nn.Module, nn.Module, torch.Tensor], dict[int, tuple[float, float]]]
+"""(widths as pruned, widths rounded, example) → batch size → (latency of the first, of the second) in ms."""
 
 
 @dataclass
@@ -30,13 +44,90 @@ class Slimmed:
                             "heads": {n: list(v) for n, v in r.heads.items()},
                             "embedding_rows": {n: list(v) for n, v in r.rows.items()},
                             "max_abs_diff": r.max_abs_diff, "notes": r.notes}
+            if r.widths is not None:
+                part["slim"]["widths"] = r.widths
         return part
 
 
+def slim_multiple(recipe: Recipe) -> int | None:
+    """The ``channel_multiple`` slimming uses: the recipe's; where it is null, 1 for a ``flops`` or ``params`` target
+    (counted on the exported widths) and None (measured, :func:`remove_pruned_units`) otherwise."""
+    if recipe.channel_multiple is not None:
+        return recipe.channel_multiple
+    from ..autopilot import parse_target
+
+    if recipe.target is not None and parse_target(recipe.target).kind in ("flops", "params"):
+        return 1
+    return None
+
+
+def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> dict[int, tuple[float, float]]:
+    """Both slim models exported to ONNX and timed with onnxruntime on this CPU (one thread, alternated):
+    batch size → (median ms of ``plain``, of ``rounded``), for each of :data:`WIDTH_BATCHES`."""
+    from ..export import export_onnx
+    from ..report.latency import measure_latency
+
+    with tempfile.TemporaryDirectory(prefix="prunedrop-widths-") as tmp:
+        paths = {}
+        for name, model in (("plain", plain), ("rounded", rounded)):
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            export_onnx(model.eval(), example[:1], paths[name], sparse=False)
+        raw = measure_latency(paths, example, batch_sizes=WIDTH_BATCHES, threads=1, warmup=2, runs=15)
+    ms = {(r["model"], r["batch_size"]): float(r["median_ms"]) for r in raw["results"]}
+    return {b: (ms[("plain", b)], ms[("rounded", b)]) for b in WIDTH_BATCHES}
+
+
+def _conv_widths(model: nn.Module) -> dict[str, int]:
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, CONV)}
+
+
+def _measured_widths(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
+                     log: Callable[[str], None], timer: WidthTimer) -> SlimResult:
+    """Every pruned unit removed, or, where that leaves a convolution's width off a multiple of
+    :data:`AUTO_MULTIPLE` and the widths rounded up to it run faster on this CPU, the rounded model (the same
+    function: the pruned channels kept output exact zeros)."""
+    plain = slim(model, unit_masks, example, channel_multiple=1)
+    odd = sorted(n for n, w in _conv_widths(plain.model).items() if w % AUTO_MULTIPLE)
+    if not odd:
+        return plain
+    rounded = slim(model, unit_masks, example, channel_multiple=AUTO_MULTIPLE)
+    if _conv_widths(rounded.model) == _conv_widths(plain.model):
+        return plain
+    try:
+        times = timer(plain.model, rounded.model, example)
+    except Exception as e:  # noqa: BLE001 - an export or onnxruntime failure: the exporter says so later, if at all
+        first = (str(e).splitlines() or [""])[0][:160]
+        log(f"widths: every pruned channel removed; timing them against widths rounded up to multiples of "
+            f"{AUTO_MULTIPLE} failed ({type(e).__name__}: {first})")
+        plain.widths = {"multiple": 1, "tried": AUTO_MULTIPLE, "error": f"{type(e).__name__}: {first}"}
+        return plain
+    small, large = times[min(times)], times[max(times)]
+    faster = large[1] <= AUTO_GAIN * large[0] and small[1] * AUTO_GAIN <= small[0]
+    chosen = rounded if faster else plain
+    chosen.widths = {"multiple": AUTO_MULTIPLE if faster else 1, "tried": AUTO_MULTIPLE,
+                     "ms": {str(b): {"as_pruned": t[0], "rounded": t[1]} for b, t in sorted(times.items())},
+                     "odd_convolutions": odd}
+    speeds = ", ".join(f"batch {b} {t[0]:.3g} → {t[1]:.3g} ms" for b, t in sorted(times.items()))
+    if faster:
+        log(f"widths: rounded up to multiples of {AUTO_MULTIPLE} (some pruned channels stay, as exact zeros): "
+            f"onnxruntime on this CPU, widths as pruned → rounded: {speeds}")
+    else:
+        log(f"widths: every pruned channel removed; widths rounded up to multiples of {AUTO_MULTIPLE} were not "
+            f"{round((1 - AUTO_GAIN) * 100)}% faster on this CPU ({speeds})")
+    return chosen
+
+
 def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
-                        log: Callable[[str], None], channel_multiple: int) -> SlimResult:
-    """Remove the pruned units physically (:func:`prunedrop.slim.slim`) and log what went."""
-    slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
+                        log: Callable[[str], None], channel_multiple: int | None,
+                        timer: WidthTimer | None = None) -> SlimResult:
+    """Remove the pruned units physically (:func:`prunedrop.slim.slim`) and log what went. ``channel_multiple``
+    None: every pruned unit, or widths rounded up to multiples of :data:`AUTO_MULTIPLE` where that leaves a
+    convolution's width odd and the rounded model runs faster on this CPU (``timer``, :func:`time_widths` by
+    default)."""
+    if channel_multiple is None:
+        slimmed = _measured_widths(model, unit_masks, example, log, timer or time_widths)
+    else:
+        slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
     shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
     log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
     for note in slimmed.notes:
@@ -45,7 +136,8 @@ def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], e
 
 
 def slim_pruned(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
-                log: Callable[[str], None], channel_multiple: int, slimmed: SlimResult | None = None) -> Slimmed:
+                log: Callable[[str], None], channel_multiple: int | None,
+                slimmed: SlimResult | None = None) -> Slimmed:
     """Remove the pruned units of ``model`` (:func:`remove_pruned_units`), then silent attention heads and zero
     embedding rows. ``slimmed``: the units were removed before the noise-free fine-tuning already
     (:func:`prunedrop.stages.pruned_finetune.finetunes_slim`); only the heads and rows are left to do."""
