@@ -158,3 +158,20 @@ def test_only_linear_and_conv_masks_are_read_back_after_slimming() -> None:
     # rows: those keep the masked path, so that none of their pruned weights comes back
     assert not slims(["rnn"], ["rnn.weight_ih_l0", "rnn.weight_hh_l0"])
     assert not slims(["fc"], ["fc.weight", "attn.in_proj_weight"])
+
+
+def test_slim_masks_keep_the_columns_of_channels_kept_for_a_width_at_zero() -> None:
+    """A width rounded up (``channel_multiple``) keeps pruned channels whose consumers' columns slimming zeroed (their
+    constant went into the bias): those columns stay masked, or they would learn to read the constant again."""
+    layer = torch.nn.Linear(4, 3)
+    conv = torch.nn.Conv2d(3, 2, 3)
+    with torch.no_grad():
+        layer.weight[:, 2] = 0.0
+        conv.weight[:, 1] = 0.0
+        conv.weight[0, 0] = 0.0  # part of a column: read by the other output
+    model = torch.nn.Sequential(layer, torch.nn.Unflatten(1, (3, 1, 1)), conv)
+    masks = masks_after_slim(model, SimpleNamespace(masks={"0.weight": None, "2.weight": None}, per_weight=False))
+    assert masks["0.weight"].all(dim=0).tolist() == [True, True, False, True]
+    assert not masks["0.weight"][:, 2].any()
+    assert masks["2.weight"].transpose(0, 1).flatten(1).any(dim=1).tolist() == [True, False, True]
+    assert masks["2.weight"][0, 0].all()

@@ -321,6 +321,13 @@ def test_channel_multiple_rounds_widths_up_and_stays_exact(name: str, multiple: 
     assert changed, "the random pruning left no width to round"
     assert count_parameters(rounded.model)[0] >= count_parameters(plain.model)[0]
     assert any(f"a multiple of {multiple}" in n for n in rounded.notes)
+    # the channels kept for the width are read by nothing: their consumers' columns are zero (constants in the
+    # biases), so the Linear/Conv weights hold as many non-zeros as the plain slim model's
+    assert _nonzero_weights(rounded.model) == _nonzero_weights(plain.model)
+
+
+def _nonzero_weights(model: nn.Module) -> int:
+    return sum(int(m.weight.count_nonzero()) for m in model.modules() if isinstance(m, _WEIGHT_LAYERS))
 
 
 def test_channel_multiple_must_be_positive() -> None:

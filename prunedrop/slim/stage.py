@@ -16,7 +16,7 @@ from torch import nn
 
 from ..compare import scaled_tolerance
 from ..errors import PrunedropError
-from .common import WEIGHT_LAYERS, max_abs_diff, out_units, silent_units
+from .common import CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, max_abs_diff, out_units, silent_units
 from .constants import consumer_shares, fold, record_inputs
 from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, node_names, trace
 from .recurrent import slim_recurrent, split_recurrent_masks
@@ -90,9 +90,16 @@ class _Plan:
     """Consumer → channels whose share is only the interior value (``fold_borders=True``)."""
     kept: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))
     """(group, reason) → pruned root channels that stay."""
+    zeroed: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    """Group number → root channels that could go but stay to round a width (``channel_multiple``): their shares are
+    folded and their consumers' columns zeroed, as if removed, so that they weigh nothing but their width."""
 
     def removed_keys(self) -> set[tuple[int, int]]:
         return {(gi, r) for gi, roots in self.removal.items() for r in roots}
+
+    def folded_keys(self) -> set[tuple[int, int]]:
+        """The channels whose shares go into their consumers' biases: the removed ones and the zeroed ones."""
+        return self.removed_keys() | {(gi, r) for gi, roots in self.zeroed.items() for r in roots}
 
 
 def _plan(
@@ -166,13 +173,15 @@ def _plan(
             if target > kept:
                 reason = f"kept (silent) to round the width {kept} up to {target}, a multiple of {channel_multiple}"
                 plan.kept[(gi, reason)].extend(roots[len(roots) - (target - kept):])
+                plan.zeroed[gi].extend(roots[len(roots) - (target - kept):])
                 del roots[len(roots) - (target - kept):]
     return plan
 
 
 def _fold_constants(plan: _Plan, names: dict[Any, str]) -> list[str]:
-    """Add the removed channels' shares to their consumers' biases; notes for the inexact (border) ones."""
-    removed = plan.removed_keys()
+    """Add the removed (and zeroed) channels' shares to their consumers' biases; notes for the inexact (border)
+    ones."""
+    removed = plan.folded_keys()
     approximate = []
     for consumer, by_key in plan.shares.items():
         folded = [share for key, share in by_key.items() if key in removed]
@@ -186,6 +195,31 @@ def _fold_constants(plan: _Plan, names: dict[Any, str]) -> list[str]:
                 "folded into the bias, so outputs near the borders differ"
             )
     return approximate
+
+
+@torch.no_grad()
+def _zero_columns(analyses: list[GroupAnalysis], zeroed: dict[int, list[int]]) -> None:
+    """Zero the consumers' weight columns (input slices) of the channels kept only to round a width, and the units
+    that write them (producers, depthwise convolutions): their shares are in the biases already
+    (:func:`_fold_constants`) and nothing else reads them (they could have been removed), so the function stays, and
+    those weights, which computed a constant or nothing, no longer count. In the original coordinates, before
+    :func:`_remove_channels`."""
+    for gi, roots in zeroed.items():
+        an = analyses[gi]
+        for root in roots:
+            channel = an.channels[root]
+            for node, idxs in an.consumers(channel):
+                weight = node.module.weight
+                if isinstance(node.module, CONV_TRANSPOSE):
+                    weight[idxs] = 0  # (in, out / groups, *kernel): the input channels come first
+                else:
+                    weight[:, idxs] = 0
+            for node, entries in channel.members.items():  # the units that write it compute for nothing now
+                unit = entries[0][1] if is_depthwise(node.module) else an.producer_index(node, channel)
+                if unit is not None:
+                    node.module.weight[unit] = 0
+                    if node.module.bias is not None:
+                        node.module.bias[unit] = 0
 
 
 def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[int, list[int]]) -> None:
@@ -414,6 +448,7 @@ def _slim_once(
         try:
             plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
             approximate = _fold_constants(plan, names)
+            _zero_columns(analyses, plan.zeroed)
             _remove_channels(graph, analyses, plan.removal)
         except PrunedropError:
             raise

@@ -62,8 +62,9 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
 
     Read from the weights, since slimming renumbers the units: an output unit of a masked layer whose weight row
     and bias are exactly 0 is a pruned unit that slimming had to keep (a residual channel that another producer of
-    the stream keeps, a constant that zero padding makes position-dependent, width rounding); with per-weight noise,
-    each exactly-zero weight of a masked layer is a pruned weight. They stay at 0 during the fine-tuning that
+    the stream keeps, a constant that zero padding makes position-dependent, width rounding), and an input column
+    whose weights are all exactly 0 reads a channel kept only to round a width; with per-weight noise, each
+    exactly-zero weight of a masked layer is a pruned weight. They stay at 0 during the fine-tuning that
     follows, as the masks kept them in the full-size model.
     """
     modules = dict(model.named_modules())
@@ -77,6 +78,9 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
         weight = layer.weight.detach()
         kept_weights = weight.ne(0) if pruned.per_weight else \
             keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        if not pruned.per_weight and weight.dim() > 1:  # input columns slimming zeroed (a width rounded up)
+            read = weight.transpose(0, 1).flatten(1).ne(0).any(dim=1)
+            kept_weights &= read.view(1, -1, *([1] * (weight.dim() - 2)))
         if not bool(kept_weights.all()):
             masks[f"{name}.weight"] = kept_weights
         if layer.bias is not None and silent.any():
