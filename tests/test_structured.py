@@ -106,3 +106,68 @@ def _reexported_matrix_shapes(tmp_path: Path) -> list[list[int]]:
     shapes = [list(t.dims) for t in graph.initializer if len(t.dims) == 2]
     return shapes + [list(n.attribute[0].sparse_tensor.dims) for n in graph.node
                      if n.op_type == "Constant" and n.attribute[0].name == "sparse_value"]
+
+
+_CONV_ARCH = """\
+import torch
+from torch import nn
+
+
+class OddConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.dw(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.head(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def build():
+    return OddConvs()
+"""
+
+
+@pytest.mark.real_width_timing
+def test_measured_widths_end_to_end_keep_the_function_and_record_the_timing(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ``channel_multiple: null`` on a convolutional model whose dead units leave odd widths: the run
+    times both slim models with onnxruntime, keeps one, records it, and the exported file computes the slim model.
+    (Which one is faster on this CPU is not asserted: it is what the run measures.)"""
+    import numpy as np
+
+    (tmp_path / "convarch.py").write_text(_CONV_ARCH)
+    x, y = tiny_classification_data(n=160, shape=(1, 4, 4), seed=1)
+    np.savez(tmp_path / "data.npz", x_train=x[:120].numpy(), y_train=y[:120].numpy(), x_val=x[120:].numpy(),
+             y_val=y[120:].numpy())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from convarch import build
+
+    from prunedrop.testing import fit
+
+    torch.manual_seed(0)
+    model = fit(build(), x[:120], y[:120], 100)
+    with torch.no_grad():  # dead units: no data term holds them, so the KL prunes them and the widths turn odd
+        for layer, dead in ((model.a, [0, 3, 5, 9, 12]), (model.b, list(range(0, 22, 2)))):
+            layer.weight[dead] = 0
+            layer.bias[dead] = -1.0
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    recipe = RECIPE.format(method="sbp", noise_lr=0.1, kl_weight=2.0).replace('exclude: ["net.5"]', 'exclude: ["head"]')
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "convarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    widths = report["slim"]["widths"]
+    assert widths["tried"] == 8 and widths["multiple"] in (1, 8) and "a" in widths["odd_convolutions"]
+    assert all(t > 0 for batch in widths["ms"].values() for t in batch.values())
+    assert "widths: " in result.output
+    slim = load_saved_model(tmp_path / "out")
+    assert slim.a.out_channels <= 11 or slim.a.out_channels == 16
+    assert (slim.a.out_channels % 8 == 0) == (widths["multiple"] == 8)
+    torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", x[:16])), slim(x[:16]),
+                               atol=1e-5, rtol=0)

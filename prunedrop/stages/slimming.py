@@ -77,6 +77,11 @@ def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> 
     return {b: (ms[("plain", b)], ms[("rounded", b)]) for b in WIDTH_BATCHES}
 
 
+#: the timer :func:`remove_pruned_units` uses when given none (the test suite swaps in a deterministic one: the
+#: choice between two latencies of tiny models is a coin toss, and a test must not depend on it)
+WIDTH_TIMER: WidthTimer = time_widths
+
+
 def _conv_widths(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, CONV)}
 
@@ -125,7 +130,7 @@ def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], e
     convolution's width odd and the rounded model runs faster on this CPU (``timer``, :func:`time_widths` by
     default)."""
     if channel_multiple is None:
-        slimmed = _measured_widths(model, unit_masks, example, log, timer or time_widths)
+        slimmed = _measured_widths(model, unit_masks, example, log, timer or WIDTH_TIMER)
     else:
         slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
     shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
