@@ -166,6 +166,9 @@ def test_measured_widths_end_to_end_keep_the_function_and_record_the_timing(tmp_
     assert widths["tried"] == 8 and widths["multiple"] in (1, 8) and "a" in widths["odd_convolutions"]
     assert all(t > 0 for batch in widths["ms"].values() for t in batch.values())
     assert "widths: " in result.output
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "measured when slimming" in markdown and ("rounded up to multiples of 8" in markdown) == (
+        widths["multiple"] == 8)
     slim = load_saved_model(tmp_path / "out")
     assert slim.a.out_channels <= 11 or slim.a.out_channels == 16
     assert (slim.a.out_channels % 8 == 0) == (widths["multiple"] == 8)

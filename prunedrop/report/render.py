@@ -290,6 +290,16 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
     if odd:
         notes.append("output widths that are not multiples of 8, which vectorised kernels handle less well: "
                      + ", ".join(odd))
+    widths = report.get("slim", {}).get("widths")
+    if isinstance(widths, Mapping) and isinstance(widths.get("ms"), Mapping):
+        try:
+            times = ", ".join(f"batch {b} {t['as_pruned']:.3g} → {t['rounded']:.3g} ms" for b, t in widths["ms"].items())
+            rounded = widths.get("multiple", 1) != 1
+            notes.append(f"widths {'rounded up to multiples of ' + str(widths['multiple']) if rounded else 'as pruned'}"
+                         f", measured when slimming (as pruned → rounded up to multiples of {widths.get('tried')}, "
+                         f"onnxruntime on the machine of the run): {times}")
+        except (KeyError, TypeError, ValueError):
+            pass  # a hand-edited report: the table and notes above stand on their own
     return notes
 
 
