@@ -97,7 +97,9 @@ def reexport(
                              f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "
                              f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     total_plain = sum(p.numel() for p in pruned.model.parameters())
-    final = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, slim_multiple(recipe)).model
+    # of slimming's lines, the export says how the widths were chosen (timed on this CPU, channel_multiple: null)
+    widths_only = lambda msg: log(msg) if msg.startswith("widths: ") else None  # noqa: E731
+    final = slim_pruned(pruned.model, pruned.unit_masks, example, widths_only, slim_multiple(recipe)).model
     metric = evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
     metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,

@@ -174,3 +174,5 @@ def test_measured_widths_end_to_end_keep_the_function_and_record_the_timing(tmp_
     assert (slim.a.out_channels % 8 == 0) == (widths["multiple"] == 8)
     torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", x[:16])), slim(x[:16]),
                                atol=1e-5, rtol=0)
+    exported = CliRunner().invoke(cli, ["export", "out", "-o", "again.onnx"])  # says how it chose its widths too
+    assert exported.exit_code == 0 and "widths: " in exported.output, exported.output
