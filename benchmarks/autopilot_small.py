@@ -235,6 +235,7 @@ def main() -> None:
             "bound": pilot.get("bound"), "target_outcome": r.get("target"), "threshold": r["threshold"],
             "finetune_lr": r["recipe"]["finetune_lr"], "lr_scale": pilot.get("lr_scale"),
             "wall_s": time.perf_counter() - t0,
+            "widths": (r.get("slim") or {}).get("widths"),  # how slimming chose the widths (channel_multiple: null)
         }
         rows.append(row)
         print(f"{name:12s} val {row['val_before']:.2f}→{row['val_after']:.2f} test {row['test_before']:.2f}→"
