@@ -287,11 +287,12 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
     odd = [f"{r['name']} ({r['shape_after'][0]})" for r in report.get("layers", [])
            if r.get("shape_before") and r.get("shape_after") and r["shape_after"][0] != r["shape_before"][0]
            and r["shape_after"][0] % 8]
-    if odd:
+    widths = report.get("slim", {}).get("widths")
+    measured = isinstance(widths, Mapping) and isinstance(widths.get("ms"), Mapping)
+    if odd and not measured:  # where slimming timed the widths, its line below says what rounding them would give
         notes.append("output widths that are not multiples of 8, which vectorised kernels handle less well: "
                      + ", ".join(odd))
-    widths = report.get("slim", {}).get("widths")
-    if isinstance(widths, Mapping) and isinstance(widths.get("ms"), Mapping):
+    if measured:
         try:
             times = ", ".join(f"batch {b} {t['as_pruned']:.3g} → {t['rounded']:.3g} ms" for b, t in widths["ms"].items())
             rounded = widths.get("multiple", 1) != 1
