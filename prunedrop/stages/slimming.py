@@ -23,6 +23,8 @@ AUTO_MULTIPLE = 8
 #: larger one (at the smaller one it may not be slower by the inverse)
 WIDTH_BATCHES = (1, 16)
 AUTO_GAIN = 0.9
+#: about how long the timing at the larger batch may take (a ResNet-50 at 224×224 gets 6 runs instead of 15)
+WIDTH_SECONDS = 10.0
 
 WidthTimer = Callable[[nn.Module, nn.Module, torch.Tensor], dict[int, tuple[float, float]]]
 """(widths as pruned, widths rounded, example) → batch size → (latency of the first, of the second) in ms."""
@@ -63,7 +65,8 @@ def slim_multiple(recipe: Recipe) -> int | None:
 
 def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> dict[int, tuple[float, float]]:
     """Both slim models exported to ONNX and timed with onnxruntime on this CPU (one thread, alternated):
-    batch size → (median ms of ``plain``, of ``rounded``), for each of :data:`WIDTH_BATCHES`."""
+    batch size → (median ms of ``plain``, of ``rounded``), for each of :data:`WIDTH_BATCHES` (15 runs each, fewer at
+    the larger batch where they would take more than about :data:`WIDTH_SECONDS`)."""
     from ..export import export_onnx
     from ..report.latency import measure_latency
 
@@ -72,8 +75,13 @@ def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> 
         for name, model in (("plain", plain), ("rounded", rounded)):
             paths[name] = Path(tmp) / f"{name}.onnx"
             export_onnx(model.eval(), example[:1], paths[name], sparse=False)
-        raw = measure_latency(paths, example, batch_sizes=WIDTH_BATCHES, threads=1, warmup=2, runs=15)
-    ms = {(r["model"], r["batch_size"]): float(r["median_ms"]) for r in raw["results"]}
+        ms: dict[tuple[str, int], float] = {}
+        for b in sorted(WIDTH_BATCHES):
+            # a large model gets fewer runs at the larger batch: about WIDTH_SECONDS for both models together
+            per_run = max((ms[(name, 1)] for name in paths if (name, 1) in ms), default=0.0) * b / 1000
+            runs = 15 if b == 1 or per_run <= 0 else int(min(15, max(3, WIDTH_SECONDS / (2 * per_run))))
+            raw = measure_latency(paths, example, batch_sizes=(b,), threads=1, warmup=1 if runs < 15 else 2, runs=runs)
+            ms.update({(r["model"], r["batch_size"]): float(r["median_ms"]) for r in raw["results"]})
     return {b: (ms[("plain", b)], ms[("rounded", b)]) for b in WIDTH_BATCHES}
 
 
