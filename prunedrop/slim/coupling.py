@@ -24,16 +24,17 @@ _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Instan
 
 
 # Autograd functions (names without "Backward<n>") that map a channel of exact zeros to exact zeros whatever else
-# they are given: activations with f(0) = 0, pooling and means, reshapes and moves. Hardtanh (ReLU6), clamp and pow
-# keep zeros only for some arguments, checked in :func:`_zero_rule`; sigmoid (0.5), softplus and exp do not.
+# they are given: activations with f(0) = 0, spatial pooling, reshapes and moves. Hardtanh (ReLU6), clamp and pow
+# keep zeros only for some arguments, checked in :func:`_zero_rule`; sigmoid (0.5), softplus and exp do not. Means,
+# sums and index selections are left out: over the channel axis they mix the channel with others.
 _KEEPS_ZERO = frozenset({
-    "Relu", "Silu", "Gelu", "Hardswish", "Tanh", "LeakyRelu", "Elu", "Celu", "Mish", "Neg", "Abs", "Mean", "Sum",
+    "Relu", "Silu", "Gelu", "Hardswish", "Tanh", "LeakyRelu", "Elu", "Celu", "Mish", "Neg", "Abs",
     "AvgPool1D", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool1D", "AdaptiveAvgPool2D", "AdaptiveAvgPool3D",
     "MaxPool2DWithIndices", "MaxPool3DWithIndices", "AdaptiveMaxPool1D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D",
     "UpsampleNearest1D", "UpsampleNearest2D", "UpsampleNearest3D", "UpsampleNearestExact1D", "UpsampleNearestExact2D",
     "UpsampleNearestExact3D", "UpsampleLinear1D", "UpsampleBilinear2D", "UpsampleBicubic2D", "UpsampleTrilinear3D",
     "View", "Reshape", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "T", "Clone", "Expand", "Squeeze",
-    "Unsqueeze", "Slice", "Select", "ToCopy", "Alias",
+    "Unsqueeze", "Slice", "ToCopy", "Alias",
 })
 
 
