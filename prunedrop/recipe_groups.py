@@ -373,8 +373,8 @@ class StructureConfig:
     every pruned channel. null (the default): measured: where removing every pruned channel leaves a convolution's
     width off a multiple of 8, the slim model is built both ways, each is timed with onnxruntime on this CPU, and the
     rounded one is kept when it is at least 10% faster at batch 16 (and not slower at batch 1); logged, and recorded
-    in ``report["slim"]["widths"]``. With a ``flops`` or ``params`` target, null removes every pruned channel (the
-    target is counted on the exported widths)."""
+    in ``report["slim"]["widths"]``. With a target (``flops``, ``params``, ``bytes``), null removes every pruned channel
+    (the target is counted on the exported widths, and rounding adds to each)."""
 
 
 @dataclass

@@ -52,15 +52,12 @@ class Slimmed:
 
 
 def slim_multiple(recipe: Recipe) -> int | None:
-    """The ``channel_multiple`` slimming uses: the recipe's; where it is null, 1 for a ``flops`` or ``params`` target
-    (counted on the exported widths) and None (measured, :func:`remove_pruned_units`) otherwise."""
+    """The ``channel_multiple`` slimming uses: the recipe's; where it is null, 1 under a target (``flops``,
+    ``params`` or ``bytes``: the cost the user stated is counted on the exported widths, and rounding adds to it) and
+    None (measured, :func:`remove_pruned_units`) otherwise."""
     if recipe.channel_multiple is not None:
         return recipe.channel_multiple
-    from ..autopilot import parse_target
-
-    if recipe.target is not None and parse_target(recipe.target).kind in ("flops", "params"):
-        return 1
-    return None
+    return 1 if recipe.target is not None else None
 
 
 def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> dict[int, tuple[float, float]]:
