@@ -634,3 +634,27 @@ def test_which_operations_keep_a_zero_channel_zero(make, rule) -> None:
     from prunedrop.slim.coupling import _zero_rule
 
     assert _zero_rule(make(torch.randn(2, 3, requires_grad=True)).grad_fn) == rule
+
+
+class _SwiGLU(nn.Module):
+    """A LLaMA-style gated MLP in a residual stream: ``h + down(silu(gate(h)) · up(h))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.gate, self.up = nn.Linear(6, 8), nn.Linear(8, 16), nn.Linear(8, 16)
+        self.down, self.head = nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.head(h + self.down(nn.functional.silu(self.gate(h)) * self.up(h)))
+
+
+def test_a_gated_mlp_loses_a_hidden_unit_that_either_side_prunes() -> None:
+    """silu(0) = 0, and a pruned up-projection is 0: either factor alone silences the product, so the unit leaves
+    both projections and the down-projection's columns (before, only units both sides pruned left)."""
+    torch.manual_seed(0)
+    model, x = _SwiGLU().eval(), torch.randn(4, 6)
+    result = slim(model, _prune_units(model, {"gate": [0, 1, 2], "up": [7, 9]}), x)
+    assert result.removed["gate"] == result.removed["up"] == (16, 11)
+    assert result.model.down.in_features == 11 and not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
