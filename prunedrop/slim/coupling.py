@@ -367,11 +367,12 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
 
 
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
-    """Groups of Linear/Conv layers whose output units are the same channels, joined by residual additions.
+    """Groups of Linear/Conv layers whose output units are the same channels, joined element-wise (residual additions,
+    and products: a gated MLP's gate and up projections, a squeeze-excitation's fc2 and the expansion before it).
 
     Each group lists (in module order) the plain, non-depthwise Linear/Conv layers that write one set of channels
-    with the same numbering: channel i of every member is added into channel i of the others' stream, as the stem
-    and the second convolutions (and projection shortcuts) of a ResNet stage are. Only whole, identically
+    with the same numbering: channel i of every member meets channel i of the others element-wise, as the stem
+    and the second convolutions (and projection shortcuts) of a ResNet stage are added. Only whole, identically
     numbered groups are returned (a concatenation, which offsets the numbering, is not such a group); layers
     that produce their channels alone are left out. Traces ``model`` once on ``example_input`` with Torch-Pruning's
     dependency graph (as :func:`slim` does); the model is not modified.
