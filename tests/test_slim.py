@@ -628,6 +628,8 @@ def test_an_activation_that_moves_zero_does_not_silence_the_product() -> None:
         (lambda t: nn.functional.silu(t).flatten(), "keeps"),
         (lambda t: t.mean(1), None),  # over the channel axis it mixes the channel with others
         (lambda t: t[:, 1], None),
+        (lambda t: torch.cat([t, t], 1), "keeps"),
+        (lambda t: torch.split(t, [1, 2], 1)[0], "keeps"),
     ],
 )
 def test_which_operations_keep_a_zero_channel_zero(make, rule) -> None:
@@ -657,4 +659,28 @@ def test_a_gated_mlp_loses_a_hidden_unit_that_either_side_prunes() -> None:
     result = slim(model, _prune_units(model, {"gate": [0, 1, 2], "up": [7, 9]}), x)
     assert result.removed["gate"] == result.removed["up"] == (16, 11)
     assert result.model.down.in_features == 11 and not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _ConcatGate(nn.Module):
+    """Two branches concatenated, then gated by an excitation of the concatenation: the zero channel of a pruned unit
+    keeps its place in the concatenation and silences the product there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.g, self.c, self.head = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 6, 1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        y = y * torch.sigmoid(self.g(nn.functional.adaptive_avg_pool2d(y, 1)))
+        return self.head(nn.functional.adaptive_avg_pool2d(self.c(y), 1).flatten(1))
+
+
+def test_a_zero_channel_is_followed_through_a_concatenation_into_a_product() -> None:
+    torch.manual_seed(0)
+    model, x = _ConcatGate().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"a": [1, 2], "b": [3]}), x)
+    assert result.removed["a"] == (4, 2) and result.removed["b"] == (4, 3) and result.removed["g"] == (8, 5)
+    assert result.model.c.in_channels == 5 and not result.notes, result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

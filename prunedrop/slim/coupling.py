@@ -35,6 +35,8 @@ _KEEPS_ZERO = frozenset({
     "UpsampleNearestExact3D", "UpsampleLinear1D", "UpsampleBilinear2D", "UpsampleBicubic2D", "UpsampleTrilinear3D",
     "View", "Reshape", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "T", "Clone", "Expand", "Squeeze",
     "Unsqueeze", "Slice", "ToCopy", "Alias",
+    # concatenations and splits move the channel to another offset, whole: the dependency graph maps it there
+    "Cat", "Split", "SplitWithSizes",
 })
 
 
