@@ -65,21 +65,21 @@ def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> 
     batch size → (median ms of ``plain``, of ``rounded``), for each of :data:`WIDTH_BATCHES` (15 runs each, fewer at
     the larger batch where they would take more than about :data:`WIDTH_SECONDS`)."""
     from ..export import export_onnx
-    from ..report.latency import measure_latency
+    from ..quantize.measure import time_models
 
     with tempfile.TemporaryDirectory(prefix="prunedrop-widths-") as tmp:
         paths = {}
         for name, model in (("plain", plain), ("rounded", rounded)):
             paths[name] = Path(tmp) / f"{name}.onnx"
             export_onnx(model.eval(), example[:1], paths[name], sparse=False)
-        ms: dict[tuple[str, int], float] = {}
+        times: dict[int, tuple[float, float]] = {}
         for b in sorted(WIDTH_BATCHES):
             # a large model gets fewer runs at the larger batch: about WIDTH_SECONDS for both models together
-            per_run = max((ms[(name, 1)] for name in paths if (name, 1) in ms), default=0.0) * b / 1000
+            per_run = max(times[1]) * b / 1000 if 1 in times else 0.0
             runs = 15 if b == 1 or per_run <= 0 else int(min(15, max(3, WIDTH_SECONDS / (2 * per_run))))
-            raw = measure_latency(paths, example, batch_sizes=(b,), threads=1, warmup=1 if runs < 15 else 2, runs=runs)
-            ms.update({(r["model"], r["batch_size"]): float(r["median_ms"]) for r in raw["results"]})
-    return {b: (ms[("plain", b)], ms[("rounded", b)]) for b in WIDTH_BATCHES}
+            ms = time_models(paths, example, batch_size=b, threads=1, runs=runs, warmup=1 if runs < 15 else 2)
+            times[b] = (ms["plain"], ms["rounded"])
+    return times
 
 
 #: the timer :func:`remove_pruned_units` uses when given none (the test suite swaps in a deterministic one: the
