@@ -23,7 +23,7 @@ from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
 from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
 from .stages.pruning import prune_calibrated
-from .stages.slimming import slim_multiple, slim_pruned
+from .stages.slimming import slim_multiple, slim_pruned, widths_line
 from .train import metric_name
 
 
@@ -97,9 +97,10 @@ def reexport(
                              f"{'weight' if pruned.per_weight else 'unit'} of the converted layers: nothing would be "
                              f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     total_plain = sum(p.numel() for p in pruned.model.parameters())
-    # of slimming's lines, the export says how the widths were chosen (timed on this CPU, channel_multiple: null)
-    widths_only = lambda msg: log(msg) if msg.startswith("widths: ") else None  # noqa: E731
-    final = slim_pruned(pruned.model, pruned.unit_masks, example, widths_only, slim_multiple(recipe)).model
+    slimmed = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, slim_multiple(recipe))
+    if slimmed.result is not None and slimmed.result.widths is not None:
+        log(widths_line(slimmed.result.widths))  # how the widths were chosen (timed on this CPU, channel_multiple: null)
+    final = slimmed.model
     metric = evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)
     metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,

@@ -275,6 +275,12 @@ def _per_class_parts(report: Mapping[str, Any]) -> list[str]:
 _LATENCY_FILES = {"compressed": "the compressed float32 file", "quantized": "the quantized file"}
 
 
+def width_times(ms: Mapping[str, Any]) -> str:
+    """The latencies of a width decision (``report["slim"]["widths"]["ms"]``: batch → as pruned, rounded) in one
+    phrase, as the run's log and report.md both say them."""
+    return ", ".join(f"batch {b} {t['as_pruned']:.3g} → {t['rounded']:.3g} ms" for b, t in ms.items())
+
+
 def _latency_notes(report: Mapping[str, Any]) -> list[str]:
     """The measured speedup beside the FLOPs ratio, and layers whose new width suits fast kernels badly."""
     notes = []
@@ -294,7 +300,7 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
                      + ", ".join(odd))
     if measured:
         try:
-            times = ", ".join(f"batch {b} {t['as_pruned']:.3g} → {t['rounded']:.3g} ms" for b, t in widths["ms"].items())
+            times = width_times(widths["ms"])
             rounded = widths.get("multiple", 1) != 1
             notes.append(f"widths {'rounded up to multiples of ' + str(widths['multiple']) if rounded else 'as pruned'}"
                          f", measured when slimming (as pruned → rounded up to multiples of {widths.get('tried')}, "

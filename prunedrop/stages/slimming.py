@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
+from ..report.render import width_times
 from ..slim import SlimResult, remove_heads_and_rows, slim
 from ..slim.common import CONV
 
@@ -107,24 +108,31 @@ def _measured_widths(model: nn.Module, unit_masks: dict[str, torch.Tensor], exam
         times = timer(plain.model, rounded.model, example)
     except Exception as e:  # noqa: BLE001 - an export or onnxruntime failure: the exporter says so later, if at all
         first = (str(e).splitlines() or [""])[0][:160]
-        log(f"widths: every pruned channel removed; timing them against widths rounded up to multiples of "
-            f"{AUTO_MULTIPLE} failed ({type(e).__name__}: {first})")
-        plain.widths = {"multiple": 1, "tried": AUTO_MULTIPLE, "error": f"{type(e).__name__}: {first}"}
-        return plain
-    small, large = times[min(times)], times[max(times)]
-    faster = large[1] <= AUTO_GAIN * large[0] and small[1] * AUTO_GAIN <= small[0]
-    chosen = rounded if faster else plain
-    chosen.widths = {"multiple": AUTO_MULTIPLE if faster else 1, "tried": AUTO_MULTIPLE,
-                     "ms": {str(b): {"as_pruned": t[0], "rounded": t[1]} for b, t in sorted(times.items())},
-                     "odd_convolutions": odd}
-    speeds = ", ".join(f"batch {b} {t[0]:.3g} → {t[1]:.3g} ms" for b, t in sorted(times.items()))
-    if faster:
-        log(f"widths: rounded up to multiples of {AUTO_MULTIPLE} (some pruned channels stay, as exact zeros): "
-            f"onnxruntime on this CPU, widths as pruned → rounded: {speeds}")
+        chosen = plain
+        chosen.widths = {"multiple": 1, "tried": AUTO_MULTIPLE, "error": f"{type(e).__name__}: {first}"}
     else:
-        log(f"widths: every pruned channel removed; widths rounded up to multiples of {AUTO_MULTIPLE} were not "
-            f"{round((1 - AUTO_GAIN) * 100)}% faster on this CPU ({speeds})")
+        small, large = times[min(times)], times[max(times)]
+        faster = large[1] <= AUTO_GAIN * large[0] and small[1] * AUTO_GAIN <= small[0]
+        chosen = rounded if faster else plain
+        chosen.widths = {"multiple": AUTO_MULTIPLE if faster else 1, "tried": AUTO_MULTIPLE,
+                         "ms": {str(b): {"as_pruned": t[0], "rounded": t[1]} for b, t in sorted(times.items())},
+                         "odd_convolutions": odd}
+    log(widths_line(chosen.widths))
     return chosen
+
+
+def widths_line(widths: Mapping[str, Any]) -> str:
+    """The log line of a width decision (:attr:`SlimResult.widths <prunedrop.slim.SlimResult.widths>`), as
+    ``compress`` and ``prunedrop export`` say it."""
+    tried = widths["tried"]
+    if "error" in widths:
+        return (f"widths: every pruned channel removed; timing them against widths rounded up to multiples of {tried} "
+                f"failed ({widths['error']})")
+    if widths["multiple"] != 1:
+        return (f"widths: rounded up to multiples of {tried} (some pruned channels stay, as exact zeros): onnxruntime "
+                f"on this CPU, widths as pruned → rounded: {width_times(widths['ms'])}")
+    return (f"widths: every pruned channel removed; widths rounded up to multiples of {tried} were not "
+            f"{round((1 - AUTO_GAIN) * 100)}% faster on this CPU ({width_times(widths['ms'])})")
 
 
 def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
