@@ -206,6 +206,8 @@ def main() -> None:
     p.add_argument("--dense-epochs", type=int, default=40)
     p.add_argument("--finetune-lr", type=float, default=None,
                    help="the recipe's finetune_lr (default: the built-in default's)")
+    p.add_argument("--seed", type=int, default=None, help="the recipe's seed (the run's noise and batches; the dense "
+                   "model stays the one trained with seed 0)")
     p.add_argument("--tag", default="", help="suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -216,6 +218,8 @@ def main() -> None:
         changes = {"method": args.method, "latency_runs": 0, "plots": False, "mc_samples": 0, "target": args.target}
         if args.max_drop is not None:
             changes["max_metric_drop"] = args.max_drop
+        if args.seed is not None:
+            changes["seed"] = args.seed
         if args.finetune_lr is not None:
             changes["finetune_lr"] = args.finetune_lr
         recipe = Recipe().replace(**changes)
@@ -226,6 +230,7 @@ def main() -> None:
         pilot = r.get("autopilot") or {}
         row = {
             "model": name, "method": args.method, "budget": recipe.max_metric_drop, "target": args.target,
+            "seed": recipe.seed,
             "val_before": r["metric"]["before"], "val_after": r["metric"]["after"],
             "test_before": r["test_metric"]["before"], "test_after": r["test_metric"]["after"],
             "params_ratio": r["params"]["ratio"], "flops_ratio": r["flops"]["ratio"],

@@ -210,6 +210,7 @@ def run_cell(name: str, method: str, steps: int, fraction: float, seed: int, wor
             cell["folded"] = len(summary.folded)
             cell["tied_groups"] = len(summary.tied)
             cell["output_layers"] = summary.output_layers
+            cell["unremovable"] = sorted(summary.unremovable)  # left dense: no unit of theirs could ever leave
         if cell["error"]:
             break
         with stage("train"):
@@ -312,6 +313,7 @@ def _cell_text(cell: dict | None) -> str:
         units = cell.get("units")
         shrink = f", units {units['before']}→{units['after']}" if units else ""
         heads = f", heads {cell['heads'][0]}→{cell['heads'][1]}" if cell.get("heads") else ""
+        heads += f", {len(cell['unremovable'])} left dense" if cell.get("unremovable") else ""
         state_only = "" if cell.get("architecture_json", True) else "; no architecture.json"
         return f"works ({cell['seconds']:.0f} s{shrink}{heads}{state_only})"
     error = cell["error"]
@@ -331,7 +333,9 @@ def write_docs(results: dict, path: Path) -> None:
         f"pruning (a random {results['fraction']:.0%} of every noise tensor set past the threshold) → slim → ONNX export →",
         "onnxruntime parity. A cell *works* when every stage passed; otherwise it names the first stage that failed and",
         "its error. `units a→b`: output units of the Linear/Conv layers that were masked or shrank, before and after",
-        "slimming (pruned units that slimming had to keep stay as exact zeros); `heads a→b`: attention heads.",
+        "slimming (pruned units that slimming had to keep stay as exact zeros); `heads a→b`: attention heads;",
+        "`N left dense`: layers none of whose units slimming could ever remove, which sbp and group_vd leave dense",
+        "(`keep_unremovable`).",
         "\"no architecture.json\": `prunedrop.storage.save_model` could not describe the slim model (see the notes), so a",
         "run saves its state dict only. Times are this machine's (2 shared cores, one thread), so only a guide.",
         "",

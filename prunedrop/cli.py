@@ -135,7 +135,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
     from .pipeline import compress as run_compress
-    from .recipes import DEFAULT_CHANGED, RUN_DECIDES, Recipe, load_recipe
+    from .recipes import DEFAULT_CHANGED, KEYS_ADDED, RUN_DECIDES, Recipe, load_recipe
     from .report import format_table
     from .runfolder import RunFolderLock, prepare_output_dir, read_run_info, run_identity, start_run
     from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
@@ -155,6 +155,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     if resume:
         previous = read_run_info(out_dir).get("recipe")
         if previous is not None:  # keys left to the run (null) continue with what the interrupted run stored
+            previous = {**KEYS_ADDED, **previous}  # a key added since: that run did what the key's old value does
             recipe = recipe.replace(**{k: previous[k] for k in RUN_DECIDES
                                        if getattr(recipe, k) is None and previous.get(k) is not None})
             # a default that changed since the run was started: the run keeps the one it started with

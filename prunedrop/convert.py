@@ -20,6 +20,7 @@ from torch import nn
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer, from_dense_options
 from .layers._units import OutputUnitNoise, tie_units
+from .layers.sparse_vd import SparseVD
 from .recipes import Recipe
 
 
@@ -39,6 +40,9 @@ class ConversionSummary:
     """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``batchnorm_noise: fold``)."""
     output_layers: list[str] = field(default_factory=list)
     """Layers producing the model's outputs, left without unit noise (recipe key ``keep_output_layers``)."""
+    unremovable: dict[str, str] = field(default_factory=dict)
+    """Layers a structured method leaves dense because slimming could never remove any of their units (recipe key
+    ``keep_unremovable``; :func:`prunedrop.slim.unremovable_layers`): name → why."""
     normalised: list[list[str]] = field(default_factory=list)
     """(convolution, BatchNorm) pairs whose unit noise sits on the BatchNorm's output (``batchnorm_noise: after``);
     the BatchNorm moved into the layer (``<conv>.batchnorm``) and left an ``nn.Identity`` in its place."""
@@ -205,6 +209,41 @@ def unit_noise(method: str) -> bool:
     return any(issubclass(v, OutputUnitNoise) for v in LAYER_REGISTRY.get(method, {}).values())
 
 
+def prunes_units_only(method: str) -> bool:
+    """Whether ``method`` prunes whole units and nothing finer (sbp, group_vd; not sbp_sparse_vd, whose per-weight
+    noise also prunes single weights): the methods that leave layers with unremovable units dense
+    (``keep_unremovable``)."""
+    return unit_noise(method) and not any(issubclass(v, SparseVD) for v in LAYER_REGISTRY[method].values())
+
+
+def unremovable_to_keep(model: nn.Module, recipe: Recipe, example_input: torch.Tensor | None,
+                        heads: set[str], found: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The selected layers that ``recipe`` leaves dense because slimming could never remove any of their units
+    (``keep_unremovable``): name → why. ``heads``: the model's output layers (``keep_output_layers`` decides those);
+    ``found``: :func:`prunedrop.slim.unremovable_layers` of ``model`` when the caller has it. Empty without an
+    example input (nothing can be traced) or for a method that does not prune units only."""
+    if not (recipe.keep_unremovable and prunes_units_only(recipe.method)) or example_input is None:
+        return {}
+    if found is None:
+        from .slim import unremovable_layers
+
+        found = unremovable_layers(model, example_input[:2])
+    if found and not recipe.keep_output_layers:  # the user asked for the outputs' units: not this key's to keep
+        from .outputs import output_layers
+
+        heads = set(output_layers(model, example_input))
+    return {name: why for name, why in found.items() if name not in heads and is_selected(name, recipe)}
+
+
+def unremovable_kept_note(kept: Mapping[str, str]) -> str:
+    """One line for the layers :func:`unremovable_to_keep` leaves dense."""
+    shown = "; ".join(f"{name} ({why})" for name, why in list(kept.items())[:4])
+    more = f"; and {len(kept) - 4} more" if len(kept) > 4 else ""
+    return (f"left dense, as slimming could never remove any of their units: {shown}{more} (pruned units would stay "
+            "as zeros, no smaller or faster; keep_unremovable: false converts them, sparse_vd prunes their single "
+            "weights)")
+
+
 def is_selected(name: str, recipe: Recipe) -> bool:
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.include):
         return False
@@ -218,6 +257,7 @@ def to_variational(
     summary: ConversionSummary | None = None,
     dry_run: bool = False,
     example_input: torch.Tensor | None = None,
+    unremovable: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Swap every selected, registered layer of ``model`` for its variational version.
 
@@ -238,6 +278,11 @@ def to_variational(
     the BatchNorm's place holds an ``nn.Identity`` and the pairs go into ``summary.normalised``. With ``fold``, every
     BatchNorm that a convolution alone feeds is folded into it first (:func:`prunedrop.batchnorm.fold_batchnorm`, in
     place; the pairs go into ``summary.folded``). ``before`` leaves the BatchNorms where they are.
+
+    Structured methods that prune units only (sbp, group_vd) leave dense the layers none of whose units slimming
+    could ever remove (recipe key ``keep_unremovable``, :func:`unremovable_to_keep`; traced from ``example_input``,
+    or given as ``unremovable``, :func:`prunedrop.slim.unremovable_layers` of the plain model); they go into
+    ``summary.unremovable``.
     """
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
@@ -255,6 +300,8 @@ def to_variational(
         from .outputs import output_layers
 
         heads = set(output_layers(model, example_input))
+
+    kept = unremovable_to_keep(model, recipe, example_input, heads, unremovable)
 
     sharing = {name: others for name, others in shared_parameter_layers(model, registry).items()
                if is_selected(name, recipe)}
@@ -287,6 +334,10 @@ def to_variational(
                 return module
             if name in heads and is_selected(name or "<root>", recipe):
                 summary.output_layers.append(name)
+                summary.excluded.append(name)
+                return module
+            if name in kept:
+                summary.unremovable[name] = kept[name]
                 summary.excluded.append(name)
                 return module
             why = variational.unsupported(module)
@@ -344,6 +395,8 @@ def to_variational(
     model = swap(model, "")
     if summary.hooked:
         summary.notes.append(hooks_note(summary.hooked))
+    if summary.unremovable:
+        summary.notes.append(unremovable_kept_note(summary.unremovable))
     if pairs:
         modules = dict(model.named_modules())
         for conv_name, bn_name in pairs:
@@ -363,18 +416,19 @@ def to_variational(
                 summary.tied.append(tied)
     if not summary.converted:
         by_globs = [n for n in summary.excluded if n not in summary.output_layers and n not in sharing
-                    and n not in summary.hooked and n not in summary.cut_off]
+                    and n not in summary.hooked and n not in summary.cut_off and n not in summary.unremovable]
         hint = nothing_converted_hint(recipe.method, by_globs, summary.output_layers,
                                       [t for n, t in summary.left_alone.items() if n not in refused],
                                       [n for n in summary.excluded if n in sharing], list(summary.hooked), refused,
-                                      summary.cut_off)
+                                      summary.cut_off, list(summary.unremovable))
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
                            unsupported: Iterable[str], tied: Sequence[str] = (), hooked: Sequence[str] = (),
-                           settings: Mapping[str, str] | None = None, cut_off: Sequence[str] = ()) -> str:
+                           settings: Mapping[str, str] | None = None, cut_off: Sequence[str] = (),
+                           unremovable: Sequence[str] = ()) -> str:
     """Why a model has no layer for ``method`` to convert, for the one-line error (and ``inspect``'s warning).
 
     Each reason is named apart: the globs, the output layers that structured methods keep whole (a GRU
@@ -406,6 +460,11 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
                         if m != method and any(t.__name__ in types for t in layers))
         elsewhere = f" (method {' or '.join(others)} converts {'them' if len(types) > 1 else 'it'})" if others else ""
         reasons.append(f"{method} has no variational version of {', '.join(types[:5])}{elsewhere}")
+    if unremovable:
+        several = len(unremovable) > 1
+        reasons.append(f"slimming could never remove any unit of {', '.join(unremovable[:5])}, so "
+                       f"{'they stay' if several else 'it stays'} dense (keep_unremovable; sparse_vd prunes "
+                       f"{'their' if several else 'its'} single weights)")
     if cut_off:
         several = len(cut_off) > 1
         reasons.append(f"no gradient reaches the output of {', '.join(cut_off[:5])} (torch.no_grad() or .detach() "

@@ -29,6 +29,8 @@ from .convert import (
     parametrized_tensors,
     shared_parameter_layers,
     unit_noise,
+    unremovable_kept_note,
+    unremovable_to_keep,
     user_hooks,
 )
 from .errors import PrunedropError
@@ -137,6 +139,13 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
+    blocked: dict[str, str] = {}
+    if structured:
+        from .slim import unremovable_layers
+
+        blocked = unremovable_layers(model, example_input[:2].to(device))
+    kept = unremovable_to_keep(model, recipe, example_input[:2].to(device), heads, blocked)
+
     sharing = shared_parameter_layers(model, registry)
     cut = set(gradient_free_layers(model, registry, example_input[:2].to(device))) - set(sharing)
     entries: list[dict[str, Any]] = []
@@ -205,6 +214,10 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
+            elif label in kept:
+                entry["status"] = EXCLUDED
+                entry["reason"] = f"slimming could never remove its units: {kept[label]} (keep_unremovable)"
+                excluded.append(label)
             elif (why := registry[type(module)].unsupported(module)) is not None and is_selected(label, recipe):
                 entry["status"] = UNSUPPORTED
                 entry["reason"] = f"{type(module).__name__} with {why}"
@@ -265,16 +278,17 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         outputs = [n for n in excluded if n in heads and n not in sharing]
         hint = nothing_converted_hint(
             recipe.method,
-            [n for n in excluded if n not in heads and n not in sharing and n not in hooked and n not in cut],
+            [n for n in excluded if n not in heads and n not in sharing and n not in hooked and n not in cut
+             and n not in kept],
             outputs, [t for n, t in left_alone.items() if n not in refused], [n for n in excluded if n in sharing],
-            list(hooked), refused, [n for n in excluded if n in cut])
+            list(hooked), refused, [n for n in excluded if n in cut], [n for n in excluded if n in kept])
         warnings.insert(0, f"no layer can be converted by method {recipe.method!r} ({hint}): "
                            "`prunedrop compress` would stop with an error")
+    if kept:
+        warnings.append(unremovable_kept_note({n: kept[n] for n in excluded if n in kept}))
     if structured and converted:
-        from .slim import unremovable_layers
         from .stages.conversion import unremovable_note
 
-        blocked = unremovable_layers(model, example_input[:2].to(device))
         stuck = {name: blocked[name] for name in converted if name in blocked}
         if stuck:
             warnings.append(unremovable_note(recipe.method, stuck))

@@ -344,6 +344,15 @@ class StructureConfig:
     classes, the regression targets) without unit noise, found from the graph (:mod:`prunedrop.outputs`), so that no
     class is pruned away. sparse_vd prunes single weights and converts them as usual."""
 
+    keep_unremovable: bool = setting(True)
+    """Structured methods (sbp, group_vd): leave dense the layers none of whose units slimming could ever remove,
+    found from the graph before training (:func:`prunedrop.slim.unremovable_layers`: their outputs pass through a
+    LayerNorm or GroupNorm that mixes channels, an attention block, a forward that fixes their number). Their pruned
+    units would stay in the model as zeros: fewer non-zero weights, no smaller file or faster model, and unit noise
+    that costs accuracy there. ``false`` converts them (the zeros count as non-zero savings). sbp_sparse_vd converts
+    them either way: its per-weight noise prunes their single weights, which are stored sparsely. The model's output
+    layers are ``keep_output_layers``'s."""
+
     tie_residual: bool = setting(False)
     """Structured methods (sbp, group_vd, sbp_sparse_vd): give the layers that write one residual stream (a ResNet
     stage's stem or projection and its blocks' last convolutions) one shared noise per channel, found by tracing the

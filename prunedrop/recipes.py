@@ -81,9 +81,15 @@ GENTLE_FINETUNE = 0.3
 #: ``bayes`` once the quantized files were measured faster and within the budget; docs/quantization.md;
 #: ``finetune_lr`` became null, the weights' rate, once 1e-3 was measured to win back more than 3e-4: docs/autopilot.md;
 #: ``onnx_exporter`` became ``auto`` once models with an operator only the dynamo exporter knows were refused;
-#: ``channel_multiple`` became null, measured, once odd widths were measured to run slower than the original)
+#: ``channel_multiple`` became null, measured, once odd widths were measured to run slower than the original;
+#: ``keep_unremovable`` came in true, see :data:`KEYS_ADDED`)
 DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4, "onnx_exporter": "torchscript",
-                                   "channel_multiple": 1}
+                                   "channel_multiple": 1, "keep_unremovable": False}
+
+#: keys added with a default that changes what a run does, with the value that gives what runs did before the key
+#: existed: a run folder's recorded recipe without the key is read with it (its checkpoints hold the layers that
+#: run converted), and ``--resume`` continues it so (``keep_unremovable``: structured runs converted every layer)
+KEYS_ADDED: dict[str, Any] = {"keep_unremovable": False}
 
 
 class _RecipeMethods:
@@ -269,8 +275,9 @@ class _RecipeMethods:
     def from_dict(cls, data: Any, *, source: str = "recipe", saved_run: bool = False) -> Recipe:
         """A recipe from a mapping (a YAML file's): grouped with ``version: 2``, flat without a version.
         ``saved_run``: the mapping is a run folder's recorded recipe; one written before ``batchnorm_noise`` existed
-        gets the placement that run trained with (``fold`` where it set ``fold_batchnorm``, else ``before``), so that
-        its checkpoints load as they were saved."""
+        gets the placement that run trained with (``fold`` where it set ``fold_batchnorm``, else ``before``), and one
+        written before a key of :data:`KEYS_ADDED` existed gets that key's old behaviour, so that its checkpoints load
+        as they were saved."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -288,6 +295,8 @@ class _RecipeMethods:
         elif data.get("fold_batchnorm") and data.get("batchnorm_noise") not in (None, "fold"):
             raise PrunedropError(f"{source}: fold_batchnorm: true and batchnorm_noise: {data['batchnorm_noise']} "
                                  "contradict each other; fold_batchnorm is deprecated, keep batchnorm_noise only")
+        if saved_run and any(k not in data for k in KEYS_ADDED):
+            data = {**KEYS_ADDED, **data}
         names = list(KEY_SECTIONS)
         for key in data:
             if not isinstance(key, str) or key not in KEY_SECTIONS:

@@ -591,6 +591,20 @@ def test_resume_a_run_folder_written_before_a_recipe_key_existed(finished: Path,
     assert refused.exit_code == 1 and "changed: strict" in refused.output, refused.output
 
 
+def test_resume_a_run_folder_written_before_keep_unremovable(finished: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep_unremovable`` came in true and changes which layers a structured run converts: a run.json without it
+    trained them all, and resumes so (its checkpoint holds those layers), instead of with today's default."""
+    project = _copy_of(finished, tmp_path, monkeypatch)
+    info_path = project / "out" / "run.json"
+    info = json.loads(info_path.read_text())
+    assert info["recipe"].pop("keep_unremovable") is True
+    info_path.write_text(json.dumps(info))
+    resumed = CliRunner().invoke(cli, _compress("-o", "out", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((project / "out" / "report.json").read_text())["recipe"]["keep_unremovable"] is False
+
+
 def test_resume_a_run_folder_that_stored_the_old_finetuning_rate(finished: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """``finetune_lr`` became null (the weights' rate): a run started at the old default (0.0003) resumes, with a

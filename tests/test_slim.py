@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunedrop.errors import PrunedropError
+from prunedrop.layers import VariationalLayer
 from prunedrop.report import count_parameters
 from prunedrop.slim import SlimResult, slim, unremovable_layers
 from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
@@ -448,17 +449,116 @@ def test_unremovable_layers_names_the_blocker_before_any_pruning() -> None:
     result = slim(masked, {"c1": torch.tensor([False] * 2 + [True] * 6), "c2": torch.tensor([False] * 2 + [True] * 6)},
                   x)
     assert result.removed["c1"] == (8, 8) and result.removed["c2"] == (8, 6)
-    # said before training: in the conversion's notes (compress logs them) and in inspect's warnings
+    # by default a structured method leaves c1 dense, said before training: in the conversion's notes (compress logs
+    # them), the report's conversion and inspect's table and warnings
     logs: list[str] = []
     converted = convert(copy.deepcopy(model), Recipe(method="sbp"), x, logs.append)
-    assert converted.summary.converted == ["c1", "c2", "c3"]
+    assert converted.summary.converted == ["c2", "c3"] and set(converted.summary.excluded) == {"c1", "fc"}
+    assert converted.to_dict()["conversion"]["unremovable"] == {"c1": blocked["c1"]}
+    assert not isinstance(converted.model.c1, VariationalLayer)
+    assert any(line.startswith("note: left dense, as slimming could never remove any of their units: c1 (they pass "
+                               "through n1 (GroupNorm)") for line in logs), logs
+    inspected = inspect_model(model, x, Recipe(method="sbp"))
+    row = next(e for e in inspected["layers"] if e["name"] == "c1")
+    assert row["status"] == "excluded" and row["reason"].endswith("(keep_unremovable)")
+    assert inspected["summary"]["converted"] == ["c2", "c3"]
+    assert any(w.startswith("left dense, as slimming could never remove") for w in inspected["warnings"])
+    # keep_unremovable: false converts it, as before, and says that its pruned units stay as zeros
+    logs.clear()
+    converted = convert(copy.deepcopy(model), Recipe(method="sbp", keep_unremovable=False), x, logs.append)
+    assert converted.summary.converted == ["c1", "c2", "c3"] and not converted.summary.unremovable
     note = next(n for n in converted.summary.notes if "cannot remove any unit" in n)
     assert "1 converted layer(s)" in note and "c1: they pass through n1 (GroupNorm)" in note
     assert any("cannot remove any unit" in line for line in logs)
-    warnings = inspect_model(model, x, Recipe(method="sbp"))["warnings"]
+    warnings = inspect_model(model, x, Recipe(method="sbp", keep_unremovable=False))["warnings"]
     assert any("cannot remove any unit of 1 converted layer(s)" in w for w in warnings)
+    # sbp_sparse_vd's per-weight noise prunes c1's single weights: converted, with the note
+    both = convert(copy.deepcopy(model), Recipe(method="sbp_sparse_vd"), x, logs.append).summary
+    assert both.converted == ["c1", "c2", "c3"]
+    assert any("its per-weight noise still prunes their single weights" in n for n in both.notes)
     # per-weight noise removes no units anyway: no such note
     assert not any("cannot remove" in n for n in convert(copy.deepcopy(model), Recipe(), x, logs.append).summary.notes)
+
+
+class _LayerNormResidual(nn.Module):
+    """A pre-norm residual MLP: the stem and the blocks' second layers write a stream that LayerNorms read (their
+    units can never leave), the blocks' first layers' hidden units can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.norms = nn.ModuleList([nn.LayerNorm(8), nn.LayerNorm(8)])
+        self.up = nn.ModuleList([nn.Linear(8, 16), nn.Linear(8, 16)])
+        self.down = nn.ModuleList([nn.Linear(16, 8), nn.Linear(16, 8)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for norm, up, down in zip(self.norms, self.up, self.down, strict=True):
+            h = h + down(torch.relu(up(norm(h))))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("method", ["sbp", "group_vd"])
+def test_structured_methods_leave_a_layernorm_stream_dense(method: str) -> None:
+    from prunedrop.convert import ConversionSummary, to_variational
+    from prunedrop.recipes import Recipe
+
+    torch.manual_seed(0)
+    model, x = _LayerNormResidual().eval(), torch.randn(4, 6)
+    summary = ConversionSummary()
+    variational = to_variational(copy.deepcopy(model), Recipe(method=method), summary=summary, example_input=x)
+    assert summary.converted == ["up.0", "up.1"]
+    assert set(summary.unremovable) == {"stem", "down.0", "down.1"} and summary.output_layers == ["head"]
+    assert all("LayerNorm" in why for why in summary.unremovable.values())
+    assert type(variational.stem) is nn.Linear and isinstance(variational.up[0], VariationalLayer)
+    # the user's keep_output_layers: false converts the head (this key never keeps the outputs' layers)
+    summary = ConversionSummary()
+    to_variational(copy.deepcopy(model), Recipe(method=method, keep_output_layers=False), summary=summary,
+                   example_input=x)
+    assert "head" in summary.converted and "head" not in summary.unremovable
+    # the globs still decide what is selected: an excluded layer is the globs', not this key's
+    summary = ConversionSummary()
+    to_variational(copy.deepcopy(model), Recipe(method=method, exclude=["stem"]), summary=summary, example_input=x)
+    assert "stem" not in summary.unremovable and "stem" in summary.excluded
+    # without an example nothing is traced: every layer is converted, as before the key
+    summary = ConversionSummary()
+    to_variational(copy.deepcopy(model), Recipe(method=method), summary=summary)
+    assert {"stem", "down.0", "down.1"} <= set(summary.converted)
+
+
+def test_a_model_whose_units_can_never_leave_is_refused_before_training() -> None:
+    """A GroupNorm after every convolution: sbp could remove nothing, and trained the whole run to export a model
+    of the same size (1.00× fewer FLOPs on the digits GroupNorm CNN); now it stops at once and says why."""
+    from prunedrop.convert import to_variational
+    from prunedrop.recipes import Recipe
+
+    class AllNormed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.n1 = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.n1(self.c1(x))).mean((2, 3)))
+
+    x = torch.randn(2, 1, 6, 6)
+    with pytest.raises(PrunedropError, match=r"slimming could never remove any unit of c1, so it stays dense "
+                                             r"\(keep_unremovable; sparse_vd prunes its single weights\)"):
+        to_variational(AllNormed(), Recipe(method="sbp"), dry_run=True, example_input=x)
+    assert to_variational(AllNormed(), Recipe(method="sbp_sparse_vd"), example_input=x).c1 is not None
+
+
+def test_a_saved_run_without_keep_unremovable_converts_as_it_did() -> None:
+    """Run folders written before the key existed trained every layer's noise: their recorded recipe is read so,
+    and their checkpoints load; a new recipe leaves such layers dense."""
+    from prunedrop.recipes import Recipe
+
+    assert Recipe().keep_unremovable is True
+    stored = {k: v for k, v in Recipe(method="sbp").to_dict().items() if k != "keep_unremovable"}
+    assert Recipe.from_dict(stored, saved_run=True).keep_unremovable is False
+    assert Recipe.from_dict(stored).keep_unremovable is True
+    assert Recipe.from_dict({**stored, "keep_unremovable": True}, saved_run=True).keep_unremovable is True
 
 
 class _FixedWidths(nn.Module):

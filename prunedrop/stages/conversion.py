@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import ConversionSummary, fold_parametrizations, to_variational, unit_noise
+from ..convert import ConversionSummary, fold_parametrizations, prunes_units_only, to_variational, unit_noise
 from ..recipes import Recipe
 from ..slim import unremovable_layers
 from .common import some
@@ -32,6 +32,7 @@ class Converted:
         s = self.summary
         return {"conversion": {"converted": s.converted, "excluded": s.excluded, "left_alone": s.left_alone,
                                "tied": s.tied, "batchnorm_folded": s.folded, "batchnorm_noise_after": s.normalised,
+                               **({"unremovable": s.unremovable} if s.unremovable else {}),
                                **({"reparametrized": s.reparametrized} if s.reparametrized else {}),
                                **({"notes": s.notes} if s.notes else {})}}
 
@@ -41,9 +42,10 @@ def unremovable_note(method: str, stuck: dict[str, str]) -> str:
     (:func:`~prunedrop.slim.unremovable_layers`), said before any training rather than after it."""
     shown = "; ".join(f"{name}: {why}" for name, why in list(stuck.items())[:4])
     more = f"; and {len(stuck) - 4} more" if len(stuck) > 4 else ""
+    advice = ("its per-weight noise still prunes their single weights" if not prunes_units_only(method) else
+              "keep_unremovable: true leaves them dense, sparse_vd prunes their single weights")
     return (f"{method} cannot remove any unit of {len(stuck)} converted layer(s), whatever it prunes ({shown}{more}): "
-            "their pruned units stay in the model as zeros, which makes it no smaller or faster there; sparse_vd "
-            "prunes their single weights, or exclude them")
+            f"their pruned units stay in the model as zeros, which makes it no smaller or faster there ({advice})")
 
 
 def fold(model: nn.Module, log: Callable[[str], None]) -> list[str]:
@@ -63,7 +65,7 @@ def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callab
     ``reparametrized``: what :func:`fold` folded before, for the report."""
     summary = ConversionSummary(reparametrized=list(reparametrized or []))
     blocked = unremovable_layers(model, example[:2]) if unit_noise(recipe.method) else {}
-    variational = to_variational(model, recipe, summary=summary, example_input=example[:2])
+    variational = to_variational(model, recipe, summary=summary, example_input=example[:2], unremovable=blocked)
     stuck = {name: why for name, why in blocked.items() if name in summary.converted}
     if stuck:
         summary.notes.append(unremovable_note(recipe.method, stuck))
