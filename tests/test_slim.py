@@ -527,6 +527,41 @@ def test_structured_methods_leave_a_layernorm_stream_dense(method: str) -> None:
     assert {"stem", "down.0", "down.1"} <= set(summary.converted)
 
 
+class _ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: a depthwise convolution whose channels go through a channels-last LayerNorm, an inverted
+    MLP, and back onto the residual stream."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.up, self.down = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        y = self.norm(self.dw(h).permute(0, 2, 3, 1))
+        h = h + self.down(nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_depthwise_convolution_whose_channels_meet_a_layernorm_is_unremovable() -> None:
+    """A depthwise convolution produces no channel of its own group (its units follow its input's), so the check
+    skipped it: ConvNeXt's depthwise convolutions were converted and their pruned units all kept by slimming."""
+    torch.manual_seed(0)
+    model, x = _ConvNeXtBlock().eval(), torch.randn(2, 1, 6, 6)
+    blocked = unremovable_layers(model, x)
+    assert set(blocked) == {"stem", "dw", "down", "head"} and "norm (LayerNorm)" in blocked["dw"], blocked
+    masks = _prune_units(model, {"dw": [1, 4], "up": [0, 5]})
+    result = slim(model, masks, x)
+    assert result.removed["dw"] == (8, 8) and result.removed["up"] == (32, 30)  # slim agrees
+    # a depthwise convolution that nothing blocks stays removable (MobileNet's)
+    mobile = nn.Sequential(nn.Conv2d(1, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                           nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    assert set(unremovable_layers(mobile, torch.randn(2, 1, 6, 6))) == {"6"}
+
+
 def test_a_model_whose_units_can_never_leave_is_refused_before_training() -> None:
     """A GroupNorm after every convolution: sbp could remove nothing, and trained the whole run to export a model
     of the same size (1.00× fewer FLOPs on the digits GroupNorm CNN); now it stops at once and says why."""

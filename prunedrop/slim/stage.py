@@ -263,7 +263,9 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                 for channel in analysis.channels.values():
                     reason = analysis.blocker(channel)
                     for node in channel.members:
-                        if analysis.producer_index(node, channel) is None:
+                        # a depthwise convolution is no producer of its group's channels but a member whose
+                        # pruned unit silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
+                        if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
                             continue
                         if reason is None:
                             free.add(analysis.name(node))
