@@ -11,7 +11,7 @@ from torch import nn
 from prunedrop.errors import PrunedropError
 from prunedrop.layers import VariationalLayer
 from prunedrop.report import count_parameters
-from prunedrop.slim import SlimResult, slim, unremovable_layers
+from prunedrop.slim import SlimResult, silent_units, slim, unremovable_layers
 from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -819,3 +819,78 @@ def test_a_zero_channel_is_followed_through_a_concatenation_into_a_product() -> 
     assert result.removed["a"] == (4, 2) and result.removed["b"] == (4, 3) and result.removed["g"] == (8, 5)
     assert result.model.c.in_channels == 5 and not result.notes, result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+# ------------------------------------------------------------------- whole units that per-weight pruning left
+
+
+def _sparse_mlp() -> nn.Sequential:
+    """6-12-8-3 with what sparse VD leaves: hidden units 0-2 with every incoming weight pruned (unit 1 and 2 keep
+    a bias, so they output a constant), units 3-4 that the next layer no longer reads, unit 5 a head's column."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[:3] = 0
+        model[0].bias[0] = 0
+        model[0].bias[1:3] = torch.tensor([0.7, -0.4])  # relu(0.7) = 0.7 reaches layer 2; relu(-0.4) = 0
+        model[2].weight[:, 3:5] = 0
+        model[2].weight[6] = 0  # layer 2's unit 6: a constant tanh(bias) into the head
+        model[4].weight[1] = 0  # a class logit that is its bias alone: the model's output stays
+    return model
+
+
+def test_per_weight_pruning_loses_the_units_it_emptied_or_left_unread() -> None:
+    from prunedrop.slim import dead_units
+
+    model, x = _sparse_mlp(), torch.randn(16, 6)
+    want = model(x)
+    masks = dead_units(model, x[:2])
+    assert {k: (~m).nonzero().flatten().tolist() for k, m in masks.items()} == {"0": [0, 1, 2, 3, 4], "2": [6]}
+    assert (model(x) - want).abs().max() <= 1e-6  # the same function: constants moved into the consumers' biases
+    assert all(silent_units(model.get_submodule(k))[~m].all() for k, m in masks.items())
+    result = slim(model, masks, x[:4])
+    assert result.removed == {"0": (12, 7), "2": (8, 7)} and not result.notes
+    assert (result.model(x) - want).abs().max() <= 1e-5
+
+
+def test_per_weight_dead_units_of_a_residual_stream_go_only_when_every_writer_lets_them() -> None:
+    from prunedrop.slim import dead_units
+
+    class Stream(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.head = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.c(self.a(x) + self.b(x))))
+
+    torch.manual_seed(0)
+    model, x = Stream().eval(), torch.randn(8, 4)
+    with torch.no_grad():
+        model.a.weight[[0, 1]] = 0  # channel 0 empty in both writers, channel 1 only in a
+        model.b.weight[0] = 0
+    want = model(x)
+    masks = dead_units(model, x[:2])
+    assert {k: (~m).nonzero().flatten().tolist() for k, m in masks.items()} == {"a": [0], "b": [0]}
+    result = slim(model, masks, x[:4])
+    assert result.removed["a"] == (6, 5) and result.removed["b"] == (6, 5)
+    assert (result.model(x) - want).abs().max() <= 1e-5
+
+
+def test_a_constant_unit_before_a_zero_padded_convolution_stays() -> None:
+    """A pruned convolution channel with a bias is a constant, which a zero-padded 3×3 convolution turns into
+    different values at the borders: no bias holds it, so it stays; a channel nothing reads goes."""
+    from prunedrop.slim import dead_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 5 * 5, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[0] = 0
+        model[0].bias[0] = 0.5
+        model[2].weight[:, 3] = 0
+    x = torch.randn(3, 1, 5, 5)
+    want = model(x)
+    masks = dead_units(model, x[:2])
+    assert {k: (~m).nonzero().flatten().tolist() for k, m in masks.items()} == {"0": [3]}
+    assert (model(x) - want).abs().max() <= 1e-6

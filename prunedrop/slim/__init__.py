@@ -51,7 +51,7 @@ from .common import WEIGHT_LAYERS, silent_units
 from .coupling import coupled_producers
 from .heads import HeadsAndRowsResult, remove_heads_and_rows
 from .recurrent import RecurrentSlimResult, slim_recurrent, split_recurrent_masks
-from .stage import SlimResult, slim, unremovable_layers
+from .stage import SlimResult, dead_units, slim, unremovable_layers
 
 __all__ = [
     "WEIGHT_LAYERS",
@@ -64,5 +64,6 @@ __all__ = [
     "slim",
     "slim_recurrent",
     "unremovable_layers",
+    "dead_units",
     "split_recurrent_masks",
 ]

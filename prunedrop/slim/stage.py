@@ -245,6 +245,83 @@ def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[in
         dep(sorted(idxs))
 
 
+def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The whole units that per-weight pruning (sparse VD) left behind, as :func:`slim`'s keep masks over output
+    units: a Linear/Conv unit whose output no consumer reads any more (every column of it in every consumer is
+    pruned), or whose every weight is pruned (it outputs a constant: its bias through what follows). Only units that
+    slimming could remove are named (no model output, no channel a LayerNorm or GroupNorm mixes, no depthwise
+    convolution on the way: :func:`unremovable_layers`' blockers), a residual stream's channel only when all of its
+    producers let it go, and a layer only with at least one such unit.
+
+    ``model`` is changed in place so that each named unit outputs zeros, as a pruned unit of a structured method does
+    and :func:`slim` requires, with the same function: a constant unit's value in each consumer (measured on
+    ``example_input``) goes into that consumer's bias and its columns there are zeroed, where a bias can hold it
+    exactly (a unit whose constant meets a zero-padded convolution stays); then the unit's weights and bias are
+    zeroed. Empty where the model cannot be traced."""
+    tp = import_torch_pruning()
+    work = copy.deepcopy(model).eval()
+    names = node_names(work)
+    layers = dict(model.named_modules())
+    found: list[tuple[list[tuple[str, int]], list[tuple[str, list[int]]], bool]] = []
+    try:
+        with all_requiring_grad(work):
+            graph, output_fns = trace(tp, work, example_input.detach())
+            for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+                analysis = GroupAnalysis(graph, group, names, {}, output_fns)
+                for channel in analysis.channels.values():
+                    if analysis.blocker(channel) is not None or any(is_depthwise(n.module) for n in channel.members):
+                        continue
+                    producers = [(analysis.name(node), index) for node in channel.members
+                                 if (index := analysis.producer_index(node, channel)) is not None]
+                    consumers = analysis.consumers(channel)
+                    if not producers or not consumers:
+                        continue
+                    unread = not any(_reads(node.module, idxs) for node, idxs in consumers)
+                    if unread or all(layers[n].weight.detach().flatten(1)[i].eq(0).all() for n, i in producers):
+                        found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
+    except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow keeps its units, as before
+        return {}
+    calls = record_inputs(model, example_input) if any(not unread for *_, unread in found) else {}
+    gone: dict[str, set[int]] = defaultdict(set)
+    with torch.no_grad():
+        for producers, consumers, unread in found:
+            if not unread:  # constant: into the consumers' biases, if every one can hold it exactly
+                shares = [consumer_shares(layers[c], calls.get(layers[c], []), {0: idxs}, fold_borders=False)
+                          for c, idxs in consumers]
+                if any(problems for _, problems in shares):
+                    continue
+                for (c, idxs), (share, _) in zip(consumers, shares, strict=True):
+                    fold(layers[c], share[0])
+                    _zero_inputs(layers[c], idxs)
+            for name, index in producers:
+                layers[name].weight[index] = 0
+                if layers[name].bias is not None:
+                    layers[name].bias[index] = 0
+                gone[name].add(index)
+    masks = {}
+    for name, indices in sorted(gone.items()):
+        mask = torch.ones(out_units(layers[name]), dtype=torch.bool)
+        mask[sorted(indices)] = False
+        masks[name] = mask
+    return masks
+
+
+def _zero_inputs(consumer: nn.Module, idxs: list[int]) -> None:
+    """Zero ``consumer``'s weights on its input indices ``idxs``."""
+    if isinstance(consumer, CONV_TRANSPOSE):  # (in, out / groups, ...): the input channel is the first axis
+        consumer.weight[idxs] = 0
+    else:
+        consumer.weight[:, idxs] = 0
+
+
+def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
+    """Whether ``consumer`` has a non-zero weight on any of its input indices ``idxs``."""
+    weight = consumer.weight.detach()
+    if isinstance(consumer, CONV_TRANSPOSE):  # (in, out / groups, ...): the input channel is the first axis
+        return bool(weight[idxs].ne(0).any())
+    return bool(weight[:, idxs].ne(0).any())
+
+
 def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """The Linear/Conv layers of the plain ``model`` none of whose output units :func:`slim` could ever remove,
     whatever the masks, each with the reason (the same blockers: a GroupNorm or LayerNorm that mixes channels, an

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..recipes import Recipe
 from ..report.render import width_times
-from ..slim import SlimResult, remove_heads_and_rows, slim
+from ..slim import SlimResult, dead_units, remove_heads_and_rows, slim
 from ..slim.common import CONV
 
 #: the width multiple that ``channel_multiple: null`` tries: onnxruntime's NCHWc block on AVX2 (AVX-512's 16 is two)
@@ -161,6 +161,13 @@ def slim_pruned(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: 
     (:func:`prunedrop.stages.pruned_finetune.finetunes_slim`); only the heads and rows are left to do."""
     model = model.cpu().eval()
     t0 = time.perf_counter()
+    if slimmed is None and not unit_masks:
+        # per-weight pruning: the units it emptied whole, or that nothing reads any more, go as well
+        unit_masks = dead_units(model, example[:2])
+        if unit_masks:
+            gone = sum(int((~m).sum()) for m in unit_masks.values())
+            log(f"per-weight pruning left {gone} whole unit(s) that compute a constant or that nothing reads: "
+                "removing them")
     if slimmed is None and unit_masks:
         slimmed = remove_pruned_units(model, unit_masks, example, log, channel_multiple)
     if slimmed is not None:
