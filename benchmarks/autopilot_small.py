@@ -208,6 +208,8 @@ def main() -> None:
                    help="the recipe's finetune_lr (default: the built-in default's)")
     p.add_argument("--seed", type=int, default=None, help="the recipe's seed (the run's noise and batches; the dense "
                    "model stays the one trained with seed 0)")
+    p.add_argument("--latency-runs", type=int, default=0,
+                   help="the recipe's latency_runs (default 0: nothing timed); the rows record the medians")
     p.add_argument("--tag", default="", help="suffix of the result file")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -215,7 +217,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = dense(name, data, args.dense_epochs)
-        changes = {"method": args.method, "latency_runs": 0, "plots": False, "mc_samples": 0, "target": args.target}
+        changes = {"method": args.method, "latency_runs": args.latency_runs, "plots": False, "mc_samples": 0, "target": args.target}
         if args.max_drop is not None:
             changes["max_metric_drop"] = args.max_drop
         if args.seed is not None:
@@ -241,6 +243,8 @@ def main() -> None:
             "finetune_lr": r["recipe"]["finetune_lr"], "lr_scale": pilot.get("lr_scale"),
             "wall_s": time.perf_counter() - t0,
             "widths": (r.get("slim") or {}).get("widths"),  # how slimming chose the widths (channel_multiple: null)
+            "onnx_bytes": r.get("onnx_bytes"), "latency": r.get("latency"),
+            "shapes": {layer["name"]: layer.get("shape_after") for layer in r.get("layers") or []},
         }
         rows.append(row)
         print(f"{name:12s} val {row['val_before']:.2f}→{row['val_after']:.2f} test {row['test_before']:.2f}→"
