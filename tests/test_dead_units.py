@@ -51,3 +51,40 @@ def test_sparse_vd_exports_a_narrower_model_with_the_same_outputs(tmp_path: Path
 def _stored_shapes(path: Path) -> list[list[int]]:
     graph = onnx.load(str(path)).graph
     return sorted([list(t.dims) for t in graph.initializer] + [list(t.dims) for t in graph.sparse_initializer])
+
+
+def _emptied_mlp() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[:4] = 0  # four hidden units emptied, with their biases: constants into the head's bias
+    return model
+
+
+def test_the_emptied_units_leave_in_the_slim_stage() -> None:
+    from prunedrop.stages.slimming import slim_pruned
+
+    model, x = _emptied_mlp(), torch.randn(8, 6)
+    want = model(x)
+    logs: list[str] = []
+    slimmed = slim_pruned(model, {}, x[:4], logs.append, channel_multiple=None)
+    assert slimmed.model[0].out_features == 6 and slimmed.result.removed == {"0": (10, 6)}
+    assert (slimmed.model(x) - want).abs().max() <= 1e-5
+    assert (model(x) - want).abs().max() == 0  # the caller's model is not changed
+    assert any("per-weight pruning left 4 whole unit(s)" in line for line in logs), logs
+
+
+def test_a_failure_to_remove_them_keeps_them_as_zeros_and_the_run_goes_on(monkeypatch) -> None:
+    from prunedrop.stages import slimming
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an operator the dependency graph has never seen\nsecond line")
+
+    monkeypatch.setattr(slimming, "remove_pruned_units", broken)
+    model, x = _emptied_mlp(), torch.randn(8, 6)
+    want = model(x)
+    logs: list[str] = []
+    slimmed = slimming.slim_pruned(model, {}, x[:4], logs.append, channel_multiple=None)
+    assert slimmed.model[0].out_features == 10 and (slimmed.model(x) - want).abs().max() == 0
+    assert any(line.startswith("note: the whole units that per-weight pruning emptied stay in the model as zeros")
+               and "RuntimeError: an operator the dependency graph has never seen)" in line for line in logs), logs

@@ -3,6 +3,7 @@ unit), then silent attention heads and zero embedding rows go (any method: read 
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -153,22 +154,38 @@ def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], e
     return slimmed
 
 
+def remove_dead_units(model: nn.Module, example: torch.Tensor, log: Callable[[str], None],
+                      channel_multiple: int | None) -> SlimResult | None:
+    """Per-weight pruning's whole units (:func:`prunedrop.slim.dead_units`: emptied, or read by nobody) removed from
+    a copy of ``model`` (:func:`remove_pruned_units`); None where there are none. A failure there leaves them as
+    the zeros they are and says so, rather than end a trained run (the units are an extra, not the run's result)."""
+    work = copy.deepcopy(model)
+    try:
+        masks = dead_units(work, example[:2])
+        if not masks:
+            return None
+        gone = sum(int((~m).sum()) for m in masks.values())
+        log(f"per-weight pruning left {gone} whole unit(s) that compute a constant or that nothing reads: removing "
+            "them")
+        return remove_pruned_units(work, masks, example, log, channel_multiple)
+    except Exception as e:  # noqa: BLE001 - any model of the user's: the masked model is exported as before
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        log(f"note: the whole units that per-weight pruning emptied stay in the model as zeros: removing them "
+            f"failed ({type(e).__name__}: {first})")
+        return None
+
+
 def slim_pruned(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
                 log: Callable[[str], None], channel_multiple: int | None,
                 slimmed: SlimResult | None = None) -> Slimmed:
-    """Remove the pruned units of ``model`` (:func:`remove_pruned_units`), then silent attention heads and zero
-    embedding rows. ``slimmed``: the units were removed before the noise-free fine-tuning already
+    """Remove the pruned units of ``model`` (:func:`remove_pruned_units`; without unit masks, those that per-weight
+    pruning emptied, :func:`remove_dead_units`), then silent attention heads and zero embedding rows. ``slimmed``: the units were removed before the noise-free fine-tuning already
     (:func:`prunedrop.stages.pruned_finetune.finetunes_slim`); only the heads and rows are left to do."""
     model = model.cpu().eval()
     t0 = time.perf_counter()
     if slimmed is None and not unit_masks:
-        # per-weight pruning: the units it emptied whole, or that nothing reads any more, go as well
-        unit_masks = dead_units(model, example[:2])
-        if unit_masks:
-            gone = sum(int((~m).sum()) for m in unit_masks.values())
-            log(f"per-weight pruning left {gone} whole unit(s) that compute a constant or that nothing reads: "
-                "removing them")
-    if slimmed is None and unit_masks:
+        slimmed = remove_dead_units(model, example, log, channel_multiple)
+    elif slimmed is None:
         slimmed = remove_pruned_units(model, unit_masks, example, log, channel_multiple)
     if slimmed is not None:
         model = slimmed.model.eval()
