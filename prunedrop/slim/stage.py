@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +245,20 @@ def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[in
         dep(sorted(idxs))
 
 
+def _every_channel(model: nn.Module, example_input: torch.Tensor) -> Iterator[tuple[GroupAnalysis, Channel]]:
+    """Every channel of every dependency group of a copy of ``model`` (traced on ``example_input``) with its group's
+    analysis, whatever the masks: what :func:`dead_units` and :func:`unremovable_layers` read."""
+    tp = import_torch_pruning()
+    work = copy.deepcopy(model).eval()
+    names = node_names(work)
+    with all_requiring_grad(work):
+        graph, output_fns = trace(tp, work, example_input.detach())
+        for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+            analysis = GroupAnalysis(graph, group, names, {}, output_fns)
+            for channel in analysis.channels.values():
+                yield analysis, channel
+
+
 def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
     """The whole units that per-weight pruning (sparse VD) left behind, as :func:`slim`'s keep masks over output
     units: a Linear/Conv unit whose output no consumer reads any more (every column of it in every consumer is
@@ -258,27 +272,20 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     ``example_input``) goes into that consumer's bias and its columns there are zeroed, where a bias can hold it
     exactly (a unit whose constant meets a zero-padded convolution stays); then the unit's weights and bias are
     zeroed. Empty where the model cannot be traced."""
-    tp = import_torch_pruning()
-    work = copy.deepcopy(model).eval()
-    names = node_names(work)
     layers = dict(model.named_modules())
     found: list[tuple[list[tuple[str, int]], list[tuple[str, list[int]]], bool]] = []
     try:
-        with all_requiring_grad(work):
-            graph, output_fns = trace(tp, work, example_input.detach())
-            for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
-                analysis = GroupAnalysis(graph, group, names, {}, output_fns)
-                for channel in analysis.channels.values():
-                    if analysis.blocker(channel) is not None or any(is_depthwise(n.module) for n in channel.members):
-                        continue
-                    producers = [(analysis.name(node), index) for node in channel.members
-                                 if (index := analysis.producer_index(node, channel)) is not None]
-                    consumers = analysis.consumers(channel)
-                    if not producers or not consumers:
-                        continue
-                    unread = not any(_reads(node.module, idxs) for node, idxs in consumers)
-                    if unread or all(layers[n].weight.detach().flatten(1)[i].eq(0).all() for n, i in producers):
-                        found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
+        for analysis, channel in _every_channel(model, example_input):
+            if analysis.blocker(channel) is not None or any(is_depthwise(n.module) for n in channel.members):
+                continue
+            producers = [(analysis.name(node), index) for node in channel.members
+                         if (index := analysis.producer_index(node, channel)) is not None]
+            consumers = analysis.consumers(channel)
+            if not producers or not consumers:
+                continue
+            unread = not any(_reads(node.module, idxs) for node, idxs in consumers)
+            if unread or all(layers[n].weight.detach().flatten(1)[i].eq(0).all() for n, i in producers):
+                found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow keeps its units, as before
         return {}
     calls = record_inputs(model, example_input) if any(not unread for *_, unread in found) else {}
@@ -327,27 +334,20 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     whatever the masks, each with the reason (the same blockers: a GroupNorm or LayerNorm that mixes channels, an
     attention block, a grouped or transposed convolution, the model output); for a structured method's early
     warning, before any training. Empty where the model cannot be traced. ``model`` is not modified."""
-    tp = import_torch_pruning()
-    work = copy.deepcopy(model).eval()
-    names = node_names(work)
     free: set[str] = set()
     reasons: dict[str, str] = {}
     try:
-        with all_requiring_grad(work):
-            graph, output_fns = trace(tp, work, example_input.detach())
-            for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
-                analysis = GroupAnalysis(graph, group, names, {}, output_fns)
-                for channel in analysis.channels.values():
-                    reason = analysis.blocker(channel)
-                    for node in channel.members:
-                        # a depthwise convolution is no producer of its group's channels but a member whose
-                        # pruned unit silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
-                        if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
-                            continue
-                        if reason is None:
-                            free.add(analysis.name(node))
-                        else:
-                            reasons.setdefault(analysis.name(node), reason)
+        for analysis, channel in _every_channel(model, example_input):
+            reason = analysis.blocker(channel)
+            for node in channel.members:
+                # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
+                # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
+                if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
+                    continue
+                if reason is None:
+                    free.add(analysis.name(node))
+                else:
+                    reasons.setdefault(analysis.name(node), reason)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
     found = {name: reason for name, reason in reasons.items() if name not in free}
