@@ -59,13 +59,17 @@ def magnitude_peer(dense: torch.nn.Module, data, recipe, *, nonzero: int, epochs
     return mag
 
 
-def converted_weight_counts(model: torch.nn.Module, names: list[str]) -> tuple[int, int, dict]:
-    """(total, non-zero, per layer) over the weights of the named layers; biases excluded."""
+def converted_weight_counts(model: torch.nn.Module, names: list[str],
+                            dense: torch.nn.Module | None = None) -> tuple[int, int, dict]:
+    """(total, non-zero, per layer) over the weights of the named layers; biases excluded. The totals are
+    ``dense``'s where given: the compressed model may be narrower (the units sparse VD emptied leave it), and its
+    weights are counted against the original's."""
     total = nonzero = 0
     per_layer = {}
     for name in names:
         w = model.get_submodule(name).weight.detach()
-        n, nz = w.numel(), int(torch.count_nonzero(w))
+        n = (dense if dense is not None else model).get_submodule(name).weight.numel()
+        nz = int(torch.count_nonzero(w))
         per_layer[name] = {"weights": n, "nonzero": nz, "ratio": round(n / max(nz, 1), 2)}
         total += n
         nonzero += nz
@@ -144,7 +148,7 @@ def main() -> None:
     svd_seconds = time.perf_counter() - t0
     report = result.report
     converted = report["conversion"]["converted"]
-    w_total, w_nonzero, per_layer = converted_weight_counts(result.model, converted)
+    w_total, w_nonzero, per_layer = converted_weight_counts(result.model, converted, dense)
     svd = {
         "test_accuracy": report["test_metric"]["after"],
         "test_accuracy_before": report["test_metric"]["before"],
