@@ -383,7 +383,8 @@ class StructureConfig:
     width off a multiple of 8, the slim model is built both ways, each is timed with onnxruntime on this CPU, and the
     rounded one is kept when it is at least 10% faster at batch 16 (and not slower at batch 1); logged, and recorded
     in ``report["slim"]["widths"]``. With a target (``flops``, ``params``, ``bytes``), null removes every pruned channel
-    (the target is counted on the exported widths, and rounding adds to each)."""
+    (the target is counted on the exported widths, and rounding adds to each), and so it does with ``latency_runs: 0``
+    (nothing is timed)."""
 
 
 @dataclass

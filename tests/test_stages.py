@@ -358,3 +358,6 @@ def test_measured_widths_are_timed_with_onnxruntime_and_only_where_the_recipe_le
     assert slim_multiple(Recipe()) is None and slim_multiple(Recipe(channel_multiple=4)) == 4
     assert slim_multiple(Recipe(method="sbp", target="flops=4x")) == 1  # a FLOPs target counts the exported widths
     assert slim_multiple(Recipe(method="sbp", target="bytes=4x")) == 1  # and rounding adds bytes
+    # latency_runs: 0 times nothing, as the quantizer's speed check does not: every pruned channel goes
+    assert slim_multiple(Recipe(method="sbp", latency_runs=0)) == 1
+    assert slim_multiple(Recipe(method="sbp", latency_runs=0, channel_multiple=8)) == 8

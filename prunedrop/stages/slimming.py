@@ -55,11 +55,12 @@ class Slimmed:
 
 def slim_multiple(recipe: Recipe) -> int | None:
     """The ``channel_multiple`` slimming uses: the recipe's; where it is null, 1 under a target (``flops``,
-    ``params`` or ``bytes``: the cost the user stated is counted on the exported widths, and rounding adds to it) and
-    None (measured, :func:`remove_pruned_units`) otherwise."""
+    ``params`` or ``bytes``: the cost the user stated is counted on the exported widths, and rounding adds to it) or
+    with ``latency_runs: 0`` (nothing is timed, as the quantizer's speed check is not), and None (measured,
+    :func:`remove_pruned_units`) otherwise."""
     if recipe.channel_multiple is not None:
         return recipe.channel_multiple
-    return 1 if recipe.target is not None else None
+    return 1 if recipe.target is not None or recipe.latency_runs == 0 else None
 
 
 def time_widths(plain: nn.Module, rounded: nn.Module, example: torch.Tensor) -> dict[int, tuple[float, float]]:
