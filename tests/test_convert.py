@@ -78,6 +78,18 @@ def test_nothing_to_convert_names_each_reason_apart() -> None:
     assert "globs" not in report["warnings"][0] and "output layer head" in report["warnings"][0]
 
 
+def test_tracing_a_recurrent_model_for_what_slimming_could_remove_warns_nothing() -> None:
+    """The structured conversion traces the model (keep_unremovable); Torch-Pruning's shape inference gave up on a GRU
+    classifier with "UserWarning: Maximum recursive depth reached!", shown to the user for nothing."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(PrunedropError):
+            to_variational(TinyGRUClassifier(), Recipe(method="sbp"), example_input=torch.randn(2, *TINY_MODELS["gru"][1]))
+    assert not [w for w in caught if "recursive depth" in str(w.message)]
+
+
 class _ProjectedLSTM(nn.Module):
     def __init__(self) -> None:
         super().__init__()

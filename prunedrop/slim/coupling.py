@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -339,13 +340,17 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
 def all_requiring_grad(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
     functions work on the traced graph); each parameter's own flag comes back afterwards. Integer parameters, which
-    cannot require grad, are left as they are."""
+    cannot require grad, are left as they are. Torch-Pruning's "Maximum recursive depth reached!" is silenced inside."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         if p.is_floating_point() or p.is_complex():
             p.requires_grad_(True)
     try:
-        yield
+        with warnings.catch_warnings():
+            # Torch-Pruning's shape inference gives up on some graphs (a GRU classifier's) with a warning that says
+            # nothing to the user; what slimming does is checked against the model anyway
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+            yield
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags.get(n, True))
