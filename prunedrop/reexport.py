@@ -100,6 +100,9 @@ def reexport(
     slimmed = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, slim_multiple(recipe))
     if slimmed.result is not None and slimmed.result.widths is not None:
         log(widths_line(slimmed.result.widths))  # how the widths were chosen (timed on this CPU, channel_multiple: null)
+    shrunk = [f"{n} {a}→{b}" for n, (a, b) in (slimmed.result.removed if slimmed.result else {}).items() if b < a]
+    if shrunk:
+        log(f"slimmed: {', '.join(shrunk)}")
     final = slimmed.model
     metric = evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)

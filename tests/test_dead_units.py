@@ -44,8 +44,11 @@ def test_sparse_vd_exports_a_narrower_model_with_the_same_outputs(tmp_path: Path
     shapes = _stored_shapes(tmp_path / "out" / "model.onnx")
     assert [24, 16] not in shapes or [12, 24] not in shapes, shapes
     # `prunedrop export` rebuilds the same narrower model from the variational checkpoint
-    reexport(dense(), data, recipe, tmp_path / "out", tmp_path / "again.onnx", threshold=report["threshold"])
+    said: list[str] = []
+    reexport(dense(), data, recipe, tmp_path / "out", tmp_path / "again.onnx", threshold=report["threshold"],
+             log=said.append)
     assert _stored_shapes(tmp_path / "again.onnx") == shapes
+    assert any(line.startswith("slimmed: net.1 24→") for line in said), said
 
 
 def _stored_shapes(path: Path) -> list[list[int]]:
