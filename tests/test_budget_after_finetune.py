@@ -495,6 +495,29 @@ def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it()
     assert target_cap(list(points), Recipe(target="params=100x", max_metric_drop=1.0)) is None  # none meets it
 
 
+def test_a_target_and_a_budget_choose_a_point_that_fits_both_where_the_cap_itself_misses_the_budget() -> None:
+    """A few validation samples make the metric jump between thresholds: the least pruning point that met a digits
+    MLP's flops=2x read one image under the budget's line, points pruning a little more read one image above it, and
+    the run exported 1.84× saying the budget had stopped it short of the target."""
+    from prunedrop.stages.budget import cap_within_budget, capped, target_cap
+
+    recipe = Recipe(target="params=2x", max_metric_drop=1.0)  # before: 96.0; the budget's line 95.0
+    metric = {2.5: 94.5, 2.0: 95.5, 1.5: 95.0, 1.0: 93.0}  # 2.5 meets 2x but misses the budget; 2.0 and 1.5 fit both
+    points = [_point(t, metric.get(t, 96.0 if t > 2.5 else 90.0)) for t in THRESHOLDS]
+    cap = target_cap(list(points), recipe)
+    assert cap.threshold == 2.5
+
+    def inside(p: SweepPoint) -> bool:
+        return p.metric >= 95.0
+
+    moved = cap_within_budget(points, cap, recipe, inside)
+    assert moved.threshold == 2.0  # meets the target within the budget, and prunes least of those
+    assert [p.threshold for p in capped(points, moved, recipe)] == [2.0, 2.5, 3.0]
+    # a cap within the budget stays; so does one that no point meeting the target can replace
+    assert cap_within_budget(points, moved, recipe, inside) is moved
+    assert cap_within_budget(points, cap, recipe, lambda p: p.threshold > 2.5) is cap
+
+
 def test_a_flops_target_counts_the_slim_model_of_each_unit_pruning_threshold() -> None:
     from prunedrop.stages.selection import slim_costs
     from prunedrop.sweep import sweep_thresholds

@@ -31,7 +31,7 @@ from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
 from .bisection import Search, at_edge, search_after_finetune, thresholds_past
-from .budget import budget_text, capped, target_cap
+from .budget import budget_text, cap_within_budget, capped, target_cap
 from .common import draw_plots
 from .conversion import Converted
 from .pruned_finetune import FinetunedPruned
@@ -176,13 +176,24 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     threshold, chosen = recipe.threshold, None
     cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0])
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
+    on_sweep = not (recipe.budget_judges_finetuned(data.num_val) and recipe.finetune_epochs_for(data.num_train) > 0)
+    least = cap
+    if cap is not None and recipe.max_metric_drop is not None and on_sweep:
+        # the sweep's metric decides the budget: a point that fits both the target and the budget is the choice
+        cap = cap_within_budget(points, cap, recipe, lambda p: choose_threshold(
+            [p], metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
+            higher_is_better=is_classification(recipe.loss)) is not None)
+        if cap is not least:
+            log(f"target {recipe.target}: {recipe.pruning_rule(least.threshold)} meets it and prunes least, but reads "
+                f"{least.metric:.4g}, outside the budget; {recipe.pruning_rule(cap.threshold)} meets both")
     candidates = capped(points, cap, recipe)
     # past the grid only on the default grid (a grid the recipe gives is the user's) and without a target's cap
     # (it bounds the pruning from within the grid)
     beyond = recipe.sweep_thresholds is None and cap is None
     if cap is not None:
-        log(f"target {recipe.target}: {recipe.pruning_rule(cap.threshold)} meets it and prunes least; no threshold "
-            "that prunes more is chosen")
+        if cap is least:
+            log(f"target {recipe.target}: {recipe.pruning_rule(cap.threshold)} meets it and prunes least; no "
+                "threshold that prunes more is chosen")
         if recipe.max_metric_drop is None:
             threshold = cap.threshold
     if recipe.max_metric_drop is not None:
