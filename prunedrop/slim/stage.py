@@ -209,17 +209,11 @@ def _zero_columns(analyses: list[GroupAnalysis], zeroed: dict[int, list[int]]) -
         for root in roots:
             channel = an.channels[root]
             for node, idxs in an.consumers(channel):
-                weight = node.module.weight
-                if isinstance(node.module, CONV_TRANSPOSE):
-                    weight[idxs] = 0  # (in, out / groups, *kernel): the input channels come first
-                else:
-                    weight[:, idxs] = 0
+                node.module.weight[_inputs(node.module, idxs)] = 0
             for node, entries in channel.members.items():  # the units that write it compute for nothing now
                 unit = entries[0][1] if is_depthwise(node.module) else an.producer_index(node, channel)
                 if unit is not None:
-                    node.module.weight[unit] = 0
-                    if node.module.bias is not None:
-                        node.module.bias[unit] = 0
+                    _zero_unit(node.module, unit)
 
 
 def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[int, list[int]]) -> None:
@@ -299,11 +293,9 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
                     continue
                 for (c, idxs), (share, _) in zip(consumers, shares, strict=True):
                     fold(layers[c], share[0])
-                    _zero_inputs(layers[c], idxs)
+                    layers[c].weight[_inputs(layers[c], idxs)] = 0
             for name, index in producers:
-                layers[name].weight[index] = 0
-                if layers[name].bias is not None:
-                    layers[name].bias[index] = 0
+                _zero_unit(layers[name], index)
                 gone[name].add(index)
     masks = {}
     for name, indices in sorted(gone.items()):
@@ -313,20 +305,23 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     return masks
 
 
-def _zero_inputs(consumer: nn.Module, idxs: list[int]) -> None:
-    """Zero ``consumer``'s weights on its input indices ``idxs``."""
-    if isinstance(consumer, CONV_TRANSPOSE):  # (in, out / groups, ...): the input channel is the first axis
-        consumer.weight[idxs] = 0
-    else:
-        consumer.weight[:, idxs] = 0
+def _inputs(consumer: nn.Module, idxs: list[int]) -> tuple[Any, ...]:
+    """The index of ``consumer``'s weight slice that reads its input indices ``idxs``: the first axis of a transposed
+    convolution's ``(in, out / groups, *kernel)``, the second of every other layer's."""
+    return (idxs,) if isinstance(consumer, CONV_TRANSPOSE) else (slice(None), idxs)
 
 
 def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
     """Whether ``consumer`` has a non-zero weight on any of its input indices ``idxs``."""
-    weight = consumer.weight.detach()
-    if isinstance(consumer, CONV_TRANSPOSE):  # (in, out / groups, ...): the input channel is the first axis
-        return bool(weight[idxs].ne(0).any())
-    return bool(weight[:, idxs].ne(0).any())
+    return bool(consumer.weight.detach()[_inputs(consumer, idxs)].ne(0).any())
+
+
+@torch.no_grad()
+def _zero_unit(layer: nn.Module, unit: int) -> None:
+    """Zero output unit ``unit`` of ``layer``: its weight row and bias entry."""
+    layer.weight[unit] = 0
+    if layer.bias is not None:
+        layer.bias[unit] = 0
 
 
 def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
