@@ -23,7 +23,7 @@ from .runfolder import MODEL_ONNX, VARIATIONAL_CHECKPOINT, RunFolder
 from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
 from .stages.pruning import prune_calibrated
-from .stages.slimming import slim_multiple, slim_pruned, widths_line
+from .stages.slimming import slim_multiple, slim_pruned, slimmed_line, widths_line
 from .train import metric_name
 
 
@@ -98,11 +98,11 @@ def reexport(
                              f"left; {'lower' if recipe.method in SNR_METHODS else 'raise'} --threshold")
     total_plain = sum(p.numel() for p in pruned.model.parameters())
     slimmed = slim_pruned(pruned.model, pruned.unit_masks, example, lambda msg: None, slim_multiple(recipe))
-    if slimmed.result is not None and slimmed.result.widths is not None:
-        log(widths_line(slimmed.result.widths))  # how the widths were chosen (timed on this CPU, channel_multiple: null)
-    shrunk = [f"{n} {a}→{b}" for n, (a, b) in (slimmed.result.removed if slimmed.result else {}).items() if b < a]
-    if shrunk:
-        log(f"slimmed: {', '.join(shrunk)}")
+    if slimmed.result is not None:
+        if slimmed.result.widths is not None:  # how the widths were chosen (timed on this CPU, channel_multiple: null)
+            log(widths_line(slimmed.result.widths))
+        if slimmed.result.removed:
+            log(slimmed_line(slimmed.result))
     final = slimmed.model
     metric = evaluate_all(final, data, recipe, torch.device("cpu"))["val"]
     _, params_after = count_parameters(final)

@@ -137,6 +137,12 @@ def widths_line(widths: Mapping[str, Any]) -> str:
             f"{round((1 - AUTO_GAIN) * 100)}% faster on this CPU ({width_times(widths['ms'])})")
 
 
+def slimmed_line(slimmed: SlimResult) -> str:
+    """The log line of what slimming removed, as ``compress`` and ``prunedrop export`` say it."""
+    shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
+    return f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})"
+
+
 def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
                         log: Callable[[str], None], channel_multiple: int | None,
                         timer: WidthTimer | None = None) -> SlimResult:
@@ -148,8 +154,7 @@ def remove_pruned_units(model: nn.Module, unit_masks: dict[str, torch.Tensor], e
         slimmed = _measured_widths(model, unit_masks, example, log, timer or WIDTH_TIMER)
     else:
         slimmed = slim(model, unit_masks, example, channel_multiple=channel_multiple)
-    shrunk = [f"{n} {a}→{b}" for n, (a, b) in slimmed.removed.items() if a != b]
-    log(f"slimmed: {', '.join(shrunk) or 'no unit could be removed'} (max abs diff {slimmed.max_abs_diff:.2g})")
+    log(slimmed_line(slimmed))
     for note in slimmed.notes:
         log(f"note: {note}")
     return slimmed
