@@ -176,9 +176,10 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     threshold, chosen = recipe.threshold, None
     cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0])
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
-    on_sweep = not (recipe.budget_judges_finetuned(data.num_val) and recipe.finetune_epochs_for(data.num_train) > 0)
+    # the budget is held to each threshold after its noise-free fine-tuning (the search below), or else to the sweep
+    searches = recipe.budget_judges_finetuned(data.num_val) and recipe.finetune_epochs_for(data.num_train) > 0
     least = cap
-    if cap is not None and recipe.max_metric_drop is not None and on_sweep:
+    if cap is not None and recipe.max_metric_drop is not None and not searches:
         # the sweep's metric decides the budget: a point that fits both the target and the budget is the choice
         cap = cap_within_budget(points, cap, recipe, lambda p: choose_threshold(
             [p], metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
@@ -239,7 +240,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
             and not recipe.judges_after_finetune(num_val):
         log(f"the {num_val} validation samples are too coarse to judge the budget after fine-tuning (one weighs "
             f"{100.0 / max(num_val, 1):.2g} points, more than half the budget); it is judged before it, on the sweep")
-    if recipe.budget_judges_finetuned(num_val) and recipe.finetune_epochs_for(data.num_train) > 0:
+    if searches:
         selection.search = search_after_finetune(variational, candidates, chosen, metric_before, recipe, data, device,
                                                  folder, example, resume=resume, progress=progress, log=log,
                                                  normalised=converted.normalised,
