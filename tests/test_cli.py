@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -575,18 +576,29 @@ def _copy_of(finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return project
 
 
+def _written_before(project: Path, key: str, stored: object) -> Callable[[], None]:
+    """Make the copied run's run.json one written before recipe key ``key`` existed (it stored ``stored``); returns
+    the function that writes it so again (a resume rewrites it)."""
+    info_path = project / "out" / "run.json"
+    info = json.loads(info_path.read_text())
+    assert info["recipe"].pop(key) is stored
+
+    def write() -> None:
+        info_path.write_text(json.dumps(info))
+
+    write()
+    return write
+
+
 def test_resume_a_run_folder_written_before_a_recipe_key_existed(finished: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A run.json without a key added since (here ``strict``, at its default) resumes, instead of being refused as
     "a different recipe"; a recipe that sets that key otherwise is still refused."""
     project = _copy_of(finished, tmp_path, monkeypatch)
-    info_path = project / "out" / "run.json"
-    info = json.loads(info_path.read_text())
-    assert info["recipe"].pop("strict") is False
-    info_path.write_text(json.dumps(info))
+    write_again = _written_before(project, "strict", False)
     resumed = CliRunner().invoke(cli, _compress("-o", "out", "--resume"))
     assert resumed.exit_code == 0, resumed.output
-    info_path.write_text(json.dumps(info))
+    write_again()
     refused = CliRunner().invoke(cli, _compress("-o", "out", "--resume", "--strict"))
     assert refused.exit_code == 1 and "changed: strict" in refused.output, refused.output
 
@@ -596,10 +608,7 @@ def test_resume_a_run_folder_written_before_keep_unremovable(finished: Path, tmp
     """``keep_unremovable`` came in true and changes which layers a structured run converts: a run.json without it
     trained them all, and resumes so (its checkpoint holds those layers), instead of with today's default."""
     project = _copy_of(finished, tmp_path, monkeypatch)
-    info_path = project / "out" / "run.json"
-    info = json.loads(info_path.read_text())
-    assert info["recipe"].pop("keep_unremovable") is True
-    info_path.write_text(json.dumps(info))
+    _written_before(project, "keep_unremovable", True)
     resumed = CliRunner().invoke(cli, _compress("-o", "out", "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((project / "out" / "report.json").read_text())["recipe"]["keep_unremovable"] is False
