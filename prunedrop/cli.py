@@ -188,7 +188,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         else:
             click.echo("note: --class-names (class_names) is not used: the labels of this data are class indices "
                        "already (an image folder's classes are its sub-folders, in sorted order)", err=True)
-    num_outputs = _num_outputs(net, data)
+    num_outputs, output_shape = _num_outputs(net, data, recipe.loss)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the
         # cross-entropy over its one output is 0 whatever it predicts
@@ -196,7 +196,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         if not quiet and is_main():
             click.echo("the model has one output and the labels are 0 and 1: a one-logit binary classifier, trained "
                        "with binary cross-entropy (loss: binary_cross_entropy)", err=True)
-    check_loss_targets(recipe.loss, data, num_outputs)
+    check_loss_targets(recipe.loss, data, num_outputs, output_shape)
     check_labels(data, num_outputs, recipe.loss)
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
     check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
@@ -253,14 +253,15 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
             "resume with the same settings")
 
 
-def _num_outputs(model: Any, data: Any) -> int:
-    """The model's number of outputs, from one forward pass on an example input (and one in training mode)."""
-    from .data.assemble import runs_on
+def _num_outputs(model: Any, data: Any, loss: str = "cross_entropy") -> tuple[int, tuple[int, ...]]:
+    """The model's number of outputs (classes, or regression targets) and its output's shape per sample, from one
+    forward pass on an example input (and one in training mode), checked against the shape of the data's labels."""
+    from .data.assemble import label_shape, runs_on
     from .errors import PrunedropError
 
     x = data.example_batch(2)
     try:
-        outputs = _num_outputs_on(model, x)
+        shape = _output_shape_on(model, x)
     except PrunedropError as e:
         # an image folder read with another channel count than the model's first layer takes: say which one fits
         if str(data.name).startswith("imagefolder:") and x.dim() == 4 and x.shape[1] in (1, 3):
@@ -269,16 +270,51 @@ def _num_outputs(model: Any, data: Any) -> int:
                 raise PrunedropError(f"{e.message}; the images are read with {x.shape[1]} channel(s) and the model "
                                      f"takes {other}: set the recipe key image_channels: {other}") from None
         raise
-    _check_training_output(model, x)
-    return outputs
+    _check_training_output(model, x, len(shape) + 1)
+    _check_label_shape(shape, label_shape(data), loss)
+    return (shape[0] if shape else 1), shape
 
 
-def _check_training_output(model: Any, x: Any) -> None:
+def _check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, loss: str) -> None:
+    """One line, before any file, where the model's outputs (per sample: ``output``) and the data's class labels
+    (per sample: ``labels``; None where unknown) do not pair up: one label per sample for (C,) outputs, one per
+    position for (C, *S) outputs (a segmentation's (C, H, W) against (H, W) masks, or (1, H, W) masks of a
+    one-logit model). Regression targets are :func:`prunedrop.safety.check_loss_targets`' to check."""
+    from .errors import PrunedropError
+    from .recipe_groups import is_classification
+
+    if labels is None or not is_classification(loss):
+        return
+    positions = output[1:]
+    if labels == positions or (not positions and labels == (1,)) or (positions and output[0] == 1 and labels == output):
+        return
+    shown = f"(N, {', '.join(map(str, labels))})" if labels else "(N,)"
+    if len(output) > 1 and labels == output:
+        raise PrunedropError(
+            f"the model returns (N, {', '.join(map(str, output))}), the labels' shape: a model that predicts per "
+            "position returns its classes on the second axis, (N, C, *positions) (a one-logit mask model (N, 1, "
+            "*positions)); give it that axis in its forward (out.unsqueeze(1)) and pass that as --arch")
+    if not positions:
+        raise PrunedropError(
+            f"the data's labels are shaped {shown}, but the model predicts one class per sample (outputs (N, "
+            f"{output[0] if output else 1})); give one class index per sample"
+            + (" (one-hot labels: labels.argmax(-1))" if len(labels) == 1 else ""))
+    grid = ", ".join(map(str, positions))
+    if all(d == 1 for d in positions) and not labels:
+        raise PrunedropError(
+            f"the model returns (N, {output[0]}, {grid}) and the labels are one class per sample: flatten the "
+            f"model's output to (N, {output[0]}) in its forward (torch.flatten(x, 1)), and pass that as --arch")
+    raise PrunedropError(
+        f"the model predicts per position (outputs (N, {output[0]}, {grid}): {output[0]} classes at each of "
+        f"({grid})), so the labels must be one class per position, shaped (N, {grid}); the data's are shaped {shown}")
+
+
+def _check_training_output(model: Any, x: Any, dims: int = 2) -> None:
     """One line, before any file, for a model that returns something else than a tensor in training mode: as
     torchvision's GoogLeNet and Inception3 (``aux_logits``) return their main and auxiliary logits, a model that
     answered the eval-mode check with a tensor failed at the first training step with a traceback. The buffers
     (BatchNorm statistics, a spectral norm's vectors), the random state and the modes are left as they were; a
-    forward that fails here is left to training to report."""
+    forward that fails here is left to training to report. ``dims``: the eval-mode output's number of axes."""
     import torch
 
     from .errors import PrunedropError
@@ -289,7 +325,7 @@ def _check_training_output(model: Any, x: Any) -> None:
             out = model.train()(x)
     except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
         return
-    if not isinstance(out, torch.Tensor) or not 1 <= out.dim() <= 2 or out.shape[0] != x.shape[0]:
+    if not isinstance(out, torch.Tensor) or out.dim() not in {dims, min(dims, 2)} or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunedropError(
             f"in training mode the model returns {got}, not the (batch, classes) tensor it returns in eval mode (as "
@@ -297,7 +333,9 @@ def _check_training_output(model: Any, x: Any) -> None:
             "the model without the auxiliary outputs (aux_logits=False), or return the logits alone")
 
 
-def _num_outputs_on(model: Any, x: Any) -> int:
+def _output_shape_on(model: Any, x: Any) -> tuple[int, ...]:
+    """The model's output shape per sample on the batch ``x``: () for one value per sample ((batch,) outputs),
+    (C,) for a (batch, C) tensor, (C, *S) for a model that predicts per position (a segmentation's (C, H, W))."""
     import torch
 
     from .errors import PrunedropError
@@ -324,15 +362,16 @@ def _num_outputs_on(model: Any, x: Any) -> int:
         raise PrunedropError(
             f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None
-    # (batch,): one value per sample, as a regression or one-logit model that squeezes its last axis returns
-    one_per_sample = isinstance(out, torch.Tensor) and out.dim() == 1 and out.shape[0] == x.shape[0]
-    if not isinstance(out, torch.Tensor) or (out.dim() != 2 and not one_per_sample):
+    # (batch,): one value per sample, as a regression or one-logit model that squeezes its last axis returns;
+    # (batch, C, *S): a prediction per position (labels are checked against it by _check_label_shape)
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0] or out.numel() == 0:
         raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned {_described(out)}"
                              + ("" if isinstance(out, torch.Tensor) else
                                 ": wrap it in a module whose forward returns the logits alone (e.g. "
-                                "model(x)['logits'] or model(x)[0]) and pass that as --arch"))
+                                "model(x)['logits'] or model(x)[0]; a torchvision segmentation model's "
+                                "model(x)['out']) and pass that as --arch"))
     check_deterministic(model, x, first=out)
-    return 1 if one_per_sample else int(out.shape[1])
+    return tuple(int(d) for d in out.shape[1:])
 
 
 def _described(out: Any, depth: int = 0) -> str:
@@ -496,7 +535,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 
         if not runs_on(net, example) and runs_on(net, example.long()):
             example = example.long()  # a model of token ids: zeros as ids
-    _num_outputs_on(net, example)
+    _output_shape_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))
 

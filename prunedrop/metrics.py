@@ -21,9 +21,21 @@ def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
     whose softmax is ``[1 − σ(z), σ(z)]`` and whose argmax is ``z > 0``, so that accuracy, calibration and the
     two-class cross-entropy (equal to the binary one) read it as any classifier's; other losses' outputs as they are."""
     if loss == "binary_cross_entropy":
-        logit = output.reshape(output.shape[0], 1)  # (N, 1), or (N,) from a model that squeezes its last axis
+        # (N, 1), (N,) from a model that squeezes its last axis, or (N, 1, *positions) from one that predicts a
+        # logit per position (a binary segmentation mask): the class axis is the second
+        logit = output.reshape(output.shape[0], 1) if output.dim() <= 2 else output
         return torch.cat([torch.zeros_like(logit), logit], dim=1)
     return output
+
+
+def correct(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Whether each label is predicted: the argmax over the class axis (the second) of :func:`class_logits`
+    against ``target``, one label per sample, or one per position of a model that predicts per position ((N, C, *S)
+    outputs against (N, *S) labels; a binary mask's (N, 1, *S) labels too). A bool tensor of the labels' count."""
+    predicted = class_logits(output, loss).argmax(dim=1)
+    if target.shape != predicted.shape and target.numel() == predicted.numel():
+        target = target.reshape(predicted.shape)  # (N, 1, H, W) masks against (N, H, W) predictions
+    return predicted == target
 
 
 class TwoClassLogits(nn.Module):
@@ -38,9 +50,24 @@ class TwoClassLogits(nn.Module):
         return class_logits(self.model(x), "binary_cross_entropy")
 
 
+class ClassesLast(nn.Module):
+    """A model that predicts per position ((N, C, *S) logits: a segmentation or a per-token model) with its class
+    axis moved last, (N, *S, C), for code that reads logits over the last axis (calibration's softmax, Monte Carlo
+    predictions); (N, C) outputs pass as they are. Holds the model as a submodule."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.movedim(1, -1) if out.dim() > 2 else out
+
+
 def as_classifier(model: nn.Module, loss: str) -> nn.Module:
-    """``model`` as a classifier over its classes: wrapped in :class:`TwoClassLogits` for ``binary_cross_entropy``."""
-    return TwoClassLogits(model) if loss == "binary_cross_entropy" else model
+    """``model`` as a classifier whose last axis holds its classes' logits: wrapped in :class:`TwoClassLogits` for
+    ``binary_cross_entropy``, and in :class:`ClassesLast` (which passes (N, C) outputs as they are)."""
+    return ClassesLast(TwoClassLogits(model) if loss == "binary_cross_entropy" else model)
 
 
 def data_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -76,12 +103,12 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
     """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
     predicts per position, or the mean squared error over every target value, as for
     ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
-    total, loss_sum, correct, labels, sq_err, values = 0, 0.0, 0, 0, 0.0, 0
+    total, loss_sum, right, labels, sq_err, values = 0, 0.0, 0, 0, 0.0, 0
     for out, y in _outputs(model, loader, device):
         n = y.shape[0]
         loss_sum += float(data_loss(loss, out, y)) * n
         if is_classification(loss):
-            correct += int((class_logits(out, loss).argmax(dim=1) == y).sum())
+            right += int(correct(out, y, loss).sum())
             labels += y.numel()
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
@@ -89,7 +116,7 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         total += n
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = 100.0 * correct / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
+    metric = 100.0 * right / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 
@@ -110,7 +137,7 @@ def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     or an ONNX file's run by onnxruntime: :func:`prunedrop.quantize.onnx_sample_scores`), float64 on the CPU."""
     if is_classification(loss):
         # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
-        return 100.0 * (class_logits(out, loss).argmax(dim=1) == y).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
+        return 100.0 * correct(out, y, loss).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
     err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
     return err.reshape(err.shape[0], -1).double().mean(dim=1).cpu()
 
@@ -157,6 +184,25 @@ def class_changes(before: torch.Tensor, after: torch.Tensor, labels: torch.Tenso
                                                                                          ("after", after))}
     return [{"label": k, "samples": int(counts[k]), "before": float(sums["before"][k] / counts[k]),
              "after": float(sums["after"][k] / counts[k])} for k in torch.nonzero(counts).flatten().tolist()]
+
+
+@torch.no_grad()
+def position_class_changes(before: nn.Module, after: nn.Module, loader: Any, *, loss: str = "cross_entropy",
+                           device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """:func:`class_changes` for labels per position (a segmentation's masks): each class's accuracy over the
+    positions labelled with it (its "samples" are positions), from one pass of each model over ``loader``, which
+    must give the same batches in the same order twice."""
+    right: dict[str, list[torch.Tensor]] = {"before": [], "after": []}
+    labels = []
+    for name, model in (("before", before), ("after", after)):
+        for out, y in _outputs(model, loader, device):
+            hit = correct(out, y, loss)
+            right[name].append(100.0 * hit.reshape(-1).double().cpu())
+            if name == "before":
+                labels.append(y.reshape(hit.shape).reshape(-1).cpu())
+    if not labels:
+        return []
+    return class_changes(torch.cat(right["before"]), torch.cat(right["after"]), torch.cat(labels))
 
 
 #: a class whose validation accuracy fell by at least this many points (and twice the budget) is named in the log

@@ -486,16 +486,19 @@ def check_latency_batches(batch_sizes: Iterable[int], input_shape: Iterable[int]
                              "use smaller batch sizes")
 
 
-def check_loss_targets(loss: str, data: Any, num_outputs: int) -> None:
+def check_loss_targets(loss: str, data: Any, num_outputs: int, output_shape: tuple[int, ...] | None = None) -> None:
     """Refuse, before training, ``loss: mse`` on data whose targets are not float vectors of the model's output
     size (class labels, another width); training would fail deep inside the loss after files were written.
-    The first sample of each split is looked at: a target per sample is a number (a model with one output) or a
-    vector of ``num_outputs`` values."""
+    The first sample of each split is looked at: a target per sample is a number (a model with one output), a
+    vector of ``num_outputs`` values, or, for a model whose output per sample is ``output_shape`` = (k, *S) (a value
+    per position: a depth map, a denoised image), a tensor of that shape (or (*S,) where k is 1)."""
     if loss != "mse":
         return
     import torch
     from torch.utils.data import DataLoader
 
+    shape = tuple(output_shape) if output_shape is not None else (num_outputs,)
+    fits = {shape, (num_outputs,)} if len(shape) <= 1 else {shape, *([shape[1:]] if shape[0] == 1 else [])}
     for split in ("train", "val", "test"):
         part = getattr(data, split, None)
         if part is None:
@@ -509,7 +512,13 @@ def check_loss_targets(loss: str, data: Any, num_outputs: int) -> None:
             raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per "
                                  f"sample, the model's outputs; the data's targets are {target.dtype} of shape "
                                  f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")
-        if tuple(target.shape) not in {(num_outputs,), ()} or (target.dim() == 0 and num_outputs != 1):
+        if len(shape) > 1:
+            if tuple(target.shape) not in fits:
+                raise PrunedropError(f"loss mse: the model's outputs are shaped (N, {', '.join(map(str, shape))}) "
+                                     f"but the {split} targets have shape {tuple(target.shape)} per sample; give "
+                                     "targets of the model's output shape")
+            continue
+        if tuple(target.shape) not in fits | {()} or (target.dim() == 0 and num_outputs != 1):
             per_sample = "a single number" if target.dim() == 0 else f"shape {tuple(target.shape)}"
             raise PrunedropError(f"loss mse: the model outputs {num_outputs} value(s) per sample (shape (N, "
                                  f"{num_outputs})) but the {split} targets have {per_sample} per sample; give "

@@ -130,6 +130,9 @@ def calibration_summary(
       variational model before thresholding); adds the mean ``entropy`` and ``mutual_information``;
     * any other callable: ``fn(x)`` must return class probabilities ``(N, C)``.
 
+    Outputs of shape ``(N, *S, C)`` against labels ``(N, *S)`` (a model that predicts per position, with its class
+    axis last) count every position as one prediction; ``n`` is then the number of labels.
+
     Returns ``{"ece", "nll", "accuracy", "n", "samples"}`` (plus the two uncertainties for MC); ``accuracy``
     is in percent like :func:`prunedrop.train.evaluate`, ``ece`` a fraction in [0, 1], ``nll`` in nats.
     Modes are restored afterwards.
@@ -164,6 +167,8 @@ def calibration_summary(
         raise PrunedropError("the calibration data is empty")
     probs = torch.cat(all_probs)
     labels = torch.cat(all_labels)
+    if probs.dim() > 2:  # per position ((N, *S, C), :class:`prunedrop.metrics.ClassesLast`): each position a label
+        probs, labels = probs.reshape(-1, probs.shape[-1]), labels.reshape(-1)
     n = labels.numel()
     ece = expected_calibration_error(probs, labels, n_bins)
     nll = negative_log_likelihood(probs, labels)

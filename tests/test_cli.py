@@ -230,7 +230,8 @@ def test_a_model_that_takes_two_inputs_is_told_to_be_wrapped(project: Path) -> N
     ("{'logits': out, 'hidden': out[:, :2]}",
      ["dict {logits: a tensor of shape (2, 3), hidden: a tensor of shape (2, 2)}", "model(x)['logits']"]),
     ("(out, out.sum())", ["a tuple of 2 (a tensor of shape (2, 3), a tensor of shape ())", "model(x)[0]"]),
-    ("out[:, :, None]", ["a tensor of shape (2, 3, 1)"]),
+    # (N, C, 1): a prediction per position to the shape check, which says to flatten it for one label per sample
+    ("out[:, :, None]", ["the model returns (N, 3, 1)", "flatten the model's output to (N, 3)"]),
     # one value per sample (a regression or one-logit model's squeezed output) is one output; class labels 0-2
     # do not fit it
     ("out[:, 0]", ["labels go up to 2 but the model has 1 output"]),

@@ -379,7 +379,8 @@ def test_npz_errors(tmp_path: Path) -> None:
         (_npz(tmp_path, x_train=x, y_train=y[:3]), "x_train has 4 samples but y_train has 3 labels"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, 0.5, 1, 1])), "non-integer values"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0, np.nan, 1, np.nan])), "labels in y_train contain 2 NaN or inf"),
-        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2), dtype=np.int64)), "labels must be shaped (N,)"),
+        (_npz(tmp_path, x_train=x, y_train=np.full((4, 2), 0.5)), "labels must be shaped (N,), or (N, ...) with a "
+         "class per position"),
         (_npz(tmp_path, x_train=np.zeros((0, 2)), y_train=np.zeros(0)), "is empty"),
         (_npz(tmp_path, x_train=np.array([[0.0, np.nan]] * 4), y_train=y), "contain 4 NaN or inf values"),
         (_npz(tmp_path, x_train=np.array([[0.0, np.inf]] * 4), y_train=y), "NaN or inf"),
@@ -425,10 +426,11 @@ def test_npz_regression_target_errors(tmp_path: Path) -> None:
     x = np.zeros((4, 2))
     mse = Recipe(loss="mse")
     cases = [
-        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2, 2))), mse, "(or (N, k) for k regression targets)"),
+        (_npz(tmp_path, x_train=x, y_train=np.float64(1.0)), mse, "(regression targets: (N,), or (N, ...) shaped as "
+         "the model's output per sample)"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0.0, np.nan, 1.0, 2.0])), mse, "NaN or inf"),
         (_npz(tmp_path, x_train=x, y_train=np.array([0.5, 1.0, 1.0, 2.0])), None, "pass --loss mse"),
-        (_npz(tmp_path, x_train=x, y_train=np.zeros((4, 2))), None, "for regression targets pass --loss mse"),
+        (_npz(tmp_path, x_train=x, y_train=np.full((4, 2), 0.5)), None, "for regression targets pass --loss mse"),
     ]
     for spec, recipe, fragment in cases:
         with pytest.raises(PrunedropError) as excinfo:

@@ -42,6 +42,17 @@ def binary_labels(bundle: DataBundle) -> bool:
     return values == {0, 1}
 
 
+def label_shape(bundle: DataBundle) -> tuple[int, ...] | None:
+    """The shape of one sample's label in the training data: () for one label per sample, (H, W) for a mask of a
+    class per pixel; None where the first item has no label tensor to read."""
+    try:
+        label = torch.as_tensor(first_item(bundle.train)[1])
+    except Exception:  # noqa: BLE001 - items of another form: the data checks speak for these
+        return None
+    shape = tuple(int(d) for d in label.shape)
+    return shape[1:] if isinstance(bundle.train, DataLoader) else shape
+
+
 def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entropy") -> None:
     """Raise :class:`PrunedropError` when the data has labels the model cannot output (``loss``
     ``binary_cross_entropy``: one output, labels 0 and 1), read as :func:`_split_labels` reads them."""
@@ -123,11 +134,14 @@ def assemble(
 
 
 def _integer_labels(data: Any) -> Any:
-    """A TensorDataset whose float labels all hold whole numbers, with int64 labels; anything else as it is."""
+    """A TensorDataset whose float labels all hold whole numbers, with int64 labels (one per sample, or one per
+    position: a segmentation mask saved as floats); one-hot vectors, refused later, and anything else as it is."""
     if not isinstance(data, TensorDataset) or len(data.tensors) != 2:
         return data
     x, y = data.tensors
-    if not y.is_floating_point() or y.dim() != 1 or not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+    if not y.is_floating_point() or y.dim() < 1 or not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+        return data
+    if y.dim() > 1 and _one_hot(y):
         return data
     return TensorDataset(x, y.to(torch.int64))
 

@@ -62,7 +62,7 @@ def number_names(labels: dict[str, np.ndarray], class_names: list[str] | None,
             f"names given ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); name every class, in the order "
             "of the model's outputs"
         )
-    return {split: np.array([index[_name(v)] for v in y.ravel().tolist()], dtype=np.int64)
+    return {split: np.array([index[_name(v)] for v in y.ravel().tolist()], dtype=np.int64).reshape(y.shape)
             for split, y in labels.items()}, names
 
 

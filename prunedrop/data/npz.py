@@ -97,10 +97,14 @@ def load_npz(path: Path, *, regression: bool = False,
                 )
             if not regression and y.ndim == 2 and y.shape[1] == 1:
                 y = y[:, 0]  # class labels as a column, (N, 1): one label per sample all the same
-            if y.ndim != 1 and not (regression and y.ndim == 2):
+            whole = y.dtype.kind in "biuUSO" or (np.issubdtype(y.dtype, np.floating) and bool(np.all(y == np.round(y))))
+            if y.ndim == 0 or (y.ndim != 1 and not regression and not whole):
+                # (N, *S) labels are one class per position (a segmentation mask, a label per token), checked
+                # against the model's (N, C, *S) outputs; (N, k) float targets are regression's
                 raise PrunedropError(
-                    f"y_{split} in {str(path)!r} has shape {y.shape}; labels must be shaped (N,)"
-                    + (" (or (N, k) for k regression targets)" if regression else
+                    f"y_{split} in {str(path)!r} has shape {y.shape}; labels must be shaped (N,), or (N, ...) with "
+                    "a class per position for a model that predicts per position"
+                    + (" (regression targets: (N,), or (N, ...) shaped as the model's output per sample)" if regression else
                        "; for regression targets pass --loss mse, or set loss: mse in the recipe" if np.issubdtype(y.dtype, np.floating)
                        else "")
                 )

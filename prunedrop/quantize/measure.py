@@ -12,19 +12,18 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
-from ..metrics import batch_scores, class_logits
+from ..metrics import batch_scores, correct
 from ..recipe_groups import is_classification
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
     """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in % over every label, or the mean
     squared error), computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
-    total, correct, labels, sq_err, values = 0, 0, 0, 0.0, 0
+    total, right, labels, sq_err, values = 0, 0, 0, 0.0, 0
     for out, target in _onnx_outputs(path, loader):
         if is_classification(loss):
-            out = class_logits(torch.from_numpy(out), loss).numpy()  # one logit: [0, z] (binary_cross_entropy)
             # over every label: one per sample, or one per position of a model that predicts per position
-            correct += int((out.argmax(axis=1) == target).sum())
+            right += int(correct(torch.from_numpy(out), torch.from_numpy(target), loss).sum())
             labels += target.size
         else:
             sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
@@ -32,7 +31,7 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    return 100.0 * correct / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
+    return 100.0 * right / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
 
 
 def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 
 from ..data import DataBundle
 from ..data.assemble import labels_of
-from ..metrics import SEE_EVERY_CLASS, as_classifier, class_changes, class_drop_note, paired_standard_error
+from ..metrics import (
+    SEE_EVERY_CLASS,
+    as_classifier,
+    class_changes,
+    class_drop_note,
+    paired_standard_error,
+    position_class_changes,
+)
 from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
@@ -34,7 +41,8 @@ class Evaluation:
     (:func:`prunedrop.metrics.paired_standard_error`): how finely that split's samples measure it."""
     per_class: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per split, each class's accuracy before and after (:func:`prunedrop.metrics.class_changes`), for classifiers
-    whose labels are at hand without a pass over the data (one label per sample)."""
+    whose labels are at hand without a pass over the data (one label per sample, or a class per position:
+    :func:`prunedrop.metrics.position_class_changes`, whose rows count positions)."""
 
     def to_dict(self) -> dict[str, Any]:
         test = {"after": self.metric.get("test")}
@@ -57,7 +65,12 @@ def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selecti
         for split, after in scores.items():
             held = data.split(split)  # a DataLoader of the user's may shuffle: its labels' order is not the scores'
             labels = None if isinstance(held, DataLoader) else labels_of(held)
-            if labels is not None and split in baseline.scores:
+            if labels is not None and labels.dim() > 1:  # a class per position: one more pass of each model
+                rows = position_class_changes(baseline.model, model, data.loader(split, recipe.eval_batch_size),
+                                              loss=recipe.loss)
+                if rows:
+                    per_class[split] = rows
+            elif labels is not None and split in baseline.scores:
                 rows = class_changes(baseline.scores[split], after, labels)
                 if rows:
                     per_class[split] = rows
