@@ -385,6 +385,34 @@ def test_quantized_weights_use_the_bits_asked_for(tmp_path: Path, bits: int) -> 
     assert (classes == model(x).argmax(1).numpy()).mean() >= 0.9
 
 
+def test_int4_transposed_convolution_gets_a_scale_per_output_channel(tmp_path: Path) -> None:
+    """A transposed convolution's weight is (in, out, kH, kW): int4 scales along axis 0 (as for Conv) made
+    onnxruntime's bias quantization fail ("operands could not be broadcast together with shapes (32,) (40,)") on a
+    slimmed U-Net whose up-sampling layer had 40 inputs and 32 outputs, and no int8 file was written."""
+    import onnx
+    import onnxruntime as ort
+
+    from prunedrop.quantize import weight_nodes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 10, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(10, 6, 2, stride=2),
+                          nn.ReLU(), nn.Conv2d(6, 3, 1)).eval()
+    x = torch.randn(32, 2, 4, 4)
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    up = [wn.node for wn in weight_nodes(onnx.load(str(float_file))) if wn.op == "ConvTranspose"]
+    assert len(up) == 1
+    out = quantize_onnx(float_file, tmp_path / "q.onnx", [x.numpy()], sparse=False, int4=up)
+    graph = onnx.load(str(out.path)).graph
+    scales = {n.input[1]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    int4 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT4 and len(t.dims) == 4]
+    assert len(int4) == 1 and list(int4[0].dims) == [10, 6, 2, 2]
+    axis = next(a.i for n in scales.values() if n.input[0] == int4[0].name for a in n.attribute if a.name == "axis")
+    assert axis == 1
+    session = ort.InferenceSession(str(out.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert (got.argmax(1) == model(x).argmax(1).numpy()).mean() >= 0.8
+
+
 # ------------------------------------------------------------------------------------------------------- CLI
 
 

@@ -222,6 +222,15 @@ def _channel_axis(node: onnx.NodeProto, weight: str, rank: int) -> int | None:
     return None
 
 
+def output_axis(proto: onnx.ModelProto, wn: WeightNode) -> int:
+    """The axis of ``wn``'s weight that indexes its output channels, where per-channel scales go (a transposed
+    convolution's is 1, not 0: onnxruntime quantizes its bias with one scale per output channel); 0 where unknown."""
+    node = next((n for n in proto.graph.node if n.name == wn.node), None)
+    rank = next((len(t.dims) for t in proto.graph.initializer if t.name == wn.weight), 2)
+    axis = None if node is None else _channel_axis(node, wn.weight, rank)
+    return 0 if axis is None else axis
+
+
 def store_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str, str]:
     """Store the float weights of ``nodes`` as int8, in place: per-channel symmetric scales (``max |w| / 127`` per
     output channel, as onnxruntime's per-channel weights), decoded by a ``Cast`` to float and a ``Mul`` by the

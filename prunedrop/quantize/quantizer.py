@@ -24,6 +24,7 @@ from .graph import (
     carriers,
     compact_names,
     load_dense,
+    output_axis,
     quantized_nodes,
     splice_dynamic,
     store_int8,
@@ -169,7 +170,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
     # int4 weights are decoded to float (DequantizeLinear, then a float operator): no integer arithmetic to
     # saturate, so they keep their full range [-8, 7] where int8 weights keep 7 bits; with the run-wide
     # reduce_range they would get [-4, 3], 3 bits (a LeNet-5 SBP conv1 at 4 bits asked lost 3.7 points so)
-    overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": 0, "reduce_range": False}]
+    overrides = {wn.weight: [{"quant_type": QuantType.QInt4, "axis": output_axis(proto, wn), "reduce_range": False}]
                  for wn in nodes if wn.node in int4}
     source_proto = to_opset(proto, INT4_OPSET) if overrides else proto
     with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
