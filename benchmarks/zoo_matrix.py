@@ -67,7 +67,31 @@ MODELS: dict[str, tuple[str, str, dict, int, str]] = {
                                 "TF 'SAME' padding computed from the input shape (Conv2dSame): torch.fx cannot trace it"),
     "timm_vit_tiny": ("timm", "vit_tiny_patch16_224", {"img_size": 32}, 32,
                       "timm's own Attention (fused qkv Linear, scaled_dot_product_attention) at img_size=32"),
+    # segmentation: 10 classes per pixel, (N, 10, H, W) logits against (N, H, W) masks; the model's dict output is
+    # read as a user is told to (a module whose forward returns model(x)["out"])
+    "lraspp_mobilenet_v3_large": ("torchvision.segmentation", "lraspp_mobilenet_v3_large", {}, 64,
+                                  "segmentation: LR-ASPP head (a sigmoid gate over pooled features, two classifiers "
+                                  "added), bilinear upsampling to the input size"),
+    "deeplabv3_mobilenet_v3_large": ("torchvision.segmentation", "deeplabv3_mobilenet_v3_large", {}, 64,
+                                     "segmentation: ASPP (dilated branches and an image-pooling branch, concatenated)"),
+    "fcn_resnet50": ("torchvision.segmentation", "fcn_resnet50", {}, 64,
+                     "segmentation: dilated ResNet-50 backbone, FCN head"),
 }
+
+
+def _segmentation_logits(model):
+    """A torchvision segmentation model whose forward returns ``model(x)["out"]``."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x):
+            return self.model(x)["out"]
+
+    return Logits(model)
 
 
 def build_model(name: str, size: int | None = None):
@@ -79,6 +103,11 @@ def build_model(name: str, size: int | None = None):
         import torchvision.models as tvm
 
         model = getattr(tvm, constructor)(weights=None, num_classes=10, **kwargs)
+    elif library == "torchvision.segmentation":
+        import torchvision.models.segmentation as tvs
+
+        model = _segmentation_logits(getattr(tvs, constructor)(weights=None, weights_backbone=None, num_classes=10,
+                                                               **kwargs))
     else:
         import timm
 
@@ -188,7 +217,9 @@ def run_cell(name: str, method: str, steps: int, fraction: float, seed: int, wor
             cell["input"] = list(shape)
             cell["params"] = sum(p.numel() for p in model.parameters())
             x = torch.randn(3 * steps, *shape, generator=torch.Generator().manual_seed(seed))
-            y = torch.randint(0, 10, (3 * steps,), generator=torch.Generator().manual_seed(seed + 1))
+            per_pixel = MODELS[name][0] == "torchvision.segmentation"  # a class per pixel: (N, H, W) masks
+            y = torch.randint(0, 10, (3 * steps, *(shape[1:] if per_pixel else ())),
+                              generator=torch.Generator().manual_seed(seed + 1))
             train = TensorDataset(x[: 2 * steps], y[: 2 * steps])
             data = DataBundle(name="random", train=train, val=TensorDataset(x, y), test=None, input_shape=shape,
                               num_classes=10)
@@ -335,7 +366,9 @@ def write_docs(results: dict, path: Path) -> None:
         "its error. `units a→b`: output units of the Linear/Conv layers that were masked or shrank, before and after",
         "slimming (pruned units that slimming had to keep stay as exact zeros); `heads a→b`: attention heads;",
         "`N left dense`: layers none of whose units slimming could ever remove, which sbp and group_vd leave dense",
-        "(`keep_unremovable`).",
+        "(`keep_unremovable`). The segmentation networks (torchvision's LR-ASPP, DeepLabV3, FCN) return a dict: they",
+        "run as a user is told to run them, in a module whose forward returns `model(x)[\"out\"]`, with random masks",
+        "of a class per pixel as labels.",
         "\"no architecture.json\": `prunedrop.storage.save_model` could not describe the slim model (see the notes), so a",
         "run saves its state dict only. Times are this machine's (2 shared cores, one thread), so only a guide.",
         "",
