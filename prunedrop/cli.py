@@ -289,6 +289,12 @@ def _check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, 
     if labels == positions or (not positions and labels == (1,)) or (positions and output[0] == 1 and labels == output):
         return
     shown = f"(N, {', '.join(map(str, labels))})" if labels else "(N,)"
+    if len(output) > 1 and labels == output[:-1] and labels != positions:
+        raise PrunedropError(
+            f"the model returns (N, {', '.join(map(str, output))}), its classes on the last axis, as a tagger's "
+            f"Linear gives them; prunedrop reads the classes on the second axis, as torch's cross_entropy does, "
+            f"(N, {output[-1]}, {', '.join(map(str, labels))}): return out.movedim(-1, 1) in a module that wraps the "
+            "model, and pass that as --arch")
     if len(output) > 1 and labels == output:
         raise PrunedropError(
             f"the model returns (N, {', '.join(map(str, output))}), the labels' shape: a model that predicts per "

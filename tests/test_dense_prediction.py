@@ -55,6 +55,21 @@ def pooled():
 def flat():
     """one class per sample: (N, 3)"""
     return nn.Sequential(pooled(), nn.Flatten())
+
+
+class ClassesLast(nn.Module):
+    """(N, 8, 8, 3): the classes on the last axis, as a Linear over each position's features gives them"""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = segmenter()
+
+    def forward(self, x):
+        return self.inner(x).permute(0, 2, 3, 1)
+
+
+def classes_last():
+    return ClassesLast()
 '''
 
 ARCH_MODULE = "densepred_arch"
@@ -202,6 +217,7 @@ def test_a_value_per_pixel_with_mse(folder: Path) -> None:
     ("segmenter", "one per sample", "the labels must be one class per position, shaped (N, 8, 8)"),
     ("pooled", "one per sample", "flatten the model's output to (N, 3)"),
     ("flat", "one per pixel", "the model predicts one class per sample (outputs (N, 3))"),
+    ("classes_last", "one per pixel", "its classes on the last axis"),
 ])
 def test_outputs_and_labels_that_do_not_pair_up_stop_before_any_file(folder: Path, arch: str, labels: str,
                                                                      says: str) -> None:
