@@ -235,7 +235,7 @@ def marginal_costs(model: nn.Module, example_input: torch.Tensor, kind: str,
         tie = getattr(layer, "_tied", None)
         groups.setdefault(id(tie) if tie is not None else id(layer), []).append(name)
     for members in groups.values():
-        count = int(units[members[0]].weight.shape[0])
+        count = units[members[0]].num_units
         zeroed = torch.arange(0, count, 2)
         handles = [units[name].register_forward_hook(_zero_units(zeroed)) for name in members]
         try:

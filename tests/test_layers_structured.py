@@ -47,7 +47,29 @@ EXAMPLES: dict[type[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]] = {
         (nn.Conv3d(2, 3, 3, padding=1, stride=(1, 2, 2)), (2, 2, 4, 5, 5)),
         (nn.Conv3d(2, 2, 2, groups=2, bias=False), (2, 2, 3, 3, 3)),
     ],
+    # transposed convolutions (a decoder's upsampling): units are out channels, the weight's axis 1
+    nn.ConvTranspose1d: [
+        (nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1, output_padding=1), (2, 3, 6)),
+        (nn.ConvTranspose1d(2, 3, 2, stride=2, bias=False), (2, 5)),  # unbatched
+    ],
+    nn.ConvTranspose2d: [
+        (nn.ConvTranspose2d(5, 4, 2, stride=2), (2, 5, 3, 3)),
+        (nn.ConvTranspose2d(3, 6, 3, stride=2, padding=1, output_padding=1, dilation=1, bias=False), (2, 3, 4, 4)),
+    ],
+    nn.ConvTranspose3d: [
+        (nn.ConvTranspose3d(2, 3, 2, stride=(1, 2, 2)), (2, 2, 3, 3, 3)),
+    ],
 }
+
+
+def _units(dense: nn.Module) -> int:
+    """The output units: out features or out channels (a transposed convolution's are its weight's axis 1)."""
+    return dense.out_features if isinstance(dense, nn.Linear) else dense.out_channels
+
+
+def _unit_rows(weight: torch.Tensor, dense: nn.Module) -> torch.Tensor:
+    """The weight with its units first."""
+    return weight.transpose(0, 1) if isinstance(dense, nn.modules.conv._ConvTransposeNd) else weight
 
 # group_vd also has per-head attention and per-row embedding layers; tests/test_layers_attention.py has theirs.
 # tested in their own files: tests/test_layers_attention.py, tests/test_layers_recurrent.py
@@ -86,7 +108,8 @@ def _set_noise(layer: nn.Module, method: str, pruned: torch.Tensor) -> None:
 
 def test_every_registered_type_has_examples() -> None:
     for method in METHODS:
-        assert set(LAYER_REGISTRY[method]) - OWN_TESTS == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d}
+        assert set(LAYER_REGISTRY[method]) - OWN_TESTS == {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                                                           nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d}
         assert set(LAYER_REGISTRY[method]) - OWN_TESTS <= set(EXAMPLES)
 
 
@@ -101,9 +124,9 @@ def test_from_dense_shares_weights_and_adds_one_noise_entry_per_unit(method, vty
     assert layer.weight is dense.weight
     assert layer.bias is dense.bias
     noise = layer.noise_parameters()
-    assert noise and all(p.shape == (dense.weight.shape[0],) for p in noise)
+    assert noise and all(p.shape == (_units(dense),) for p in noise)
     assert {id(p) for p in noise} | {id(dense.weight)} <= {id(p) for p in layer.parameters()}
-    assert layer.keep_mask().shape == (dense.weight.shape[0],) and layer.keep_mask().dtype == torch.bool
+    assert layer.keep_mask().shape == (_units(dense),) and layer.keep_mask().dtype == torch.bool
     assert layer.keep_mask().all()  # at init nothing is pruned
 
 
@@ -112,7 +135,7 @@ def test_eval_multiplies_each_unit_by_its_folded_mean(method, vtype, dense, shap
     dense = copy.deepcopy(dense)  # the examples are shared between tests
     torch.manual_seed(0)
     layer = vtype.from_dense(dense).eval()
-    out = dense.weight.shape[0]
+    out = _units(dense)
     _set_noise(layer, method, torch.arange(out) % 2 == 1)
     x = torch.randn(shape)
     expected = dense(x)
@@ -145,7 +168,7 @@ def test_to_dense_equals_eval_mode_and_pruned_units_output_exact_zeros(method, v
     dense = copy.deepcopy(dense)  # the examples are shared between tests
     torch.manual_seed(2)
     layer = vtype.from_dense(dense)
-    out = dense.weight.shape[0]
+    out = _units(dense)
     pruned = torch.arange(out) % 2 == 1
     _set_noise(layer, method, pruned)
     layer.eval()
@@ -153,7 +176,8 @@ def test_to_dense_equals_eval_mode_and_pruned_units_output_exact_zeros(method, v
     plain = layer.to_dense()
     assert type(plain) is vtype.dense_type and not plain.training
     assert plain.weight.shape == dense.weight.shape and plain.weight.requires_grad
-    assert (plain.weight[pruned] == 0).all() and (plain.weight[~pruned] != 0).any()
+    rows = _unit_rows(plain.weight, dense)
+    assert (rows[pruned] == 0).all() and (rows[~pruned] != 0).any()
     if dense.bias is None:
         assert plain.bias is None
     else:
@@ -226,7 +250,7 @@ def test_group_vd_training_mean_and_variance_are_exact(method, vtype, dense, sha
     dense = copy.deepcopy(dense)  # the examples are shared between tests
     torch.manual_seed(4)
     layer = vtype.from_dense(dense).train()
-    out = dense.weight.shape[0]
+    out = _units(dense)
     with torch.no_grad():
         layer.log_alpha_param.copy_(torch.linspace(-1.5, 0.5, out))
     n = 4000

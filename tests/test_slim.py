@@ -409,6 +409,65 @@ def test_a_transposed_convolution_loses_the_input_channels_a_pruned_layer_no_lon
         assert result.model.up.weight.shape[0] == 4 and result.model.up.in_channels == 4
 
 
+class _UNet(nn.Module):
+    """conv → transposed conv (upsampling) → concatenated with the skip → conv → a per-pixel head."""
+
+    def __init__(self, groups: int = 1) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(2, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=groups)
+        self.skip = nn.Conv2d(2, 4, 3, padding=1)
+        self.mix = nn.Conv2d(10, 5, 3, padding=1)
+        self.head = nn.Conv2d(5, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.relu(self.up(torch.relu(self.down(x))))
+        return self.head(torch.relu(self.mix(torch.cat([up, torch.relu(self.skip(x))], 1))))
+
+
+@torch.no_grad()
+def test_a_transposed_convolution_loses_its_pruned_output_channels() -> None:
+    """A decoder's upsampling layer is a unit layer too: its pruned output channels (its weight's axis 1) leave, with
+    the slice of the next layer that reads them through the concatenation. They stayed ("they pass through the
+    transposed convolution up, which cannot lose single channels") and sbp/group_vd left the layer dense."""
+    torch.manual_seed(0)
+    model = _UNet().eval()
+    x = torch.randn(3, 2, 8, 8)
+    keep = torch.ones(6, dtype=torch.bool)
+    keep[[1, 4]] = False
+    model.up.weight[:, ~keep] = 0
+    model.up.bias[~keep] = 0
+    assert torch.equal(silent_units(model.up), ~keep)
+    result = slim(model, {"up": keep}, x)
+    assert result.removed["up"] == (6, 4)
+    assert result.model.up.weight.shape == (8, 4, 2, 2) and result.model.up.out_channels == 4
+    assert result.model.mix.weight.shape[1] == 8  # 4 upsampled channels + 4 from the skip
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    # a grouped one cannot lose single channels: it stays, and says so
+    grouped = _UNet(groups=2).eval()
+    grouped.up.weight[:, 1] = 0
+    grouped.up.bias[1] = 0
+    kept = slim(grouped, {"up": torch.tensor([True, False, True, True, True, True])}, x)
+    assert kept.removed.get("up", (6, 6)) == (6, 6)
+    assert any("transposed convolution up" in n for n in kept.notes), kept.notes
+
+
+def test_sbp_and_group_vd_convert_an_ungrouped_transposed_convolution_only() -> None:
+    from prunedrop.convert import ConversionSummary, to_variational
+    from prunedrop.layers import ConvTranspose2dGroupVD, ConvTranspose2dLogNormal
+    from prunedrop.recipes import Recipe
+
+    x = torch.randn(2, 2, 8, 8)
+    for method, layer_type in (("sbp", ConvTranspose2dLogNormal), ("group_vd", ConvTranspose2dGroupVD)):
+        converted = to_variational(_UNet().eval(), Recipe(method=method), example_input=x)
+        assert type(converted.up) is layer_type and converted.up.num_units == 6
+        summary = ConversionSummary()
+        grouped = to_variational(_UNet(groups=2).eval(), Recipe(method=method), summary=summary, example_input=x)
+        assert type(grouped.up) is nn.ConvTranspose2d
+        assert "up" not in summary.converted
+
+
 # ------------------------------------------------------------------------------- units that can never leave
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, conv_kwargs, linear_kwargs
+from .base import VariationalLayer, conv_kwargs, conv_transpose_kwargs, linear_kwargs
 
 
 def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +75,8 @@ class OutputUnitNoise(VariationalLayer):
     weight: nn.Parameter
     bias: nn.Parameter | None
     unit_noise_names: tuple[str, ...] = ()
+    #: the weight's axis that indexes the output units: 0, but 1 for a transposed convolution's (in, out, *kernel)
+    weight_unit_axis: int = 0
     _tied: TiedDraw | None = None
     #: whether ``_eval_multiplier(None)`` depends on nothing but the per-unit parameters (``unit_noise_names``) and
     #: ``threshold``, so that eval-mode passes reuse it while those are unchanged (:meth:`_eval_multiplier_now`); the
@@ -94,8 +96,19 @@ class OutputUnitNoise(VariationalLayer):
     def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def num_units(self) -> int:
+        """The number of output units (out features, out channels), each with its own noise."""
+        return int(self.weight.shape[self.weight_unit_axis])
+
+    def _per_unit(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``values`` (one per unit) shaped to broadcast over ``like`` (the weight) along its unit axis."""
+        shape = [1] * like.dim()
+        shape[self.weight_unit_axis] = -1
+        return values.reshape(shape)
+
     def _unit_parameter(self, value: float) -> nn.Parameter:
-        return nn.Parameter(torch.full((self.weight.shape[0],), float(value), dtype=self.weight.dtype,
+        return nn.Parameter(torch.full((self.num_units,), float(value), dtype=self.weight.dtype,
                                        device=self.weight.device))
 
     def normalise_with(self, batchnorm: nn.Module) -> None:
@@ -107,8 +120,8 @@ class OutputUnitNoise(VariationalLayer):
         so Monte Carlo sampling (only this layer in train mode) still normalises with the running statistics.
         ``to_dense`` folds its eval-mode affine map into the weight and bias, exactly.
         """
-        if not isinstance(batchnorm, nn.modules.batchnorm._BatchNorm) or batchnorm.num_features != self.weight.shape[0]:
-            raise TypeError(f"normalise_with needs a BatchNorm of {self.weight.shape[0]} features, not {batchnorm!r}")
+        if not isinstance(batchnorm, nn.modules.batchnorm._BatchNorm) or batchnorm.num_features != self.num_units:
+            raise TypeError(f"normalise_with needs a BatchNorm of {self.num_units} features, not {batchnorm!r}")
         if batchnorm.running_mean is None or batchnorm.running_var is None:
             raise ValueError("normalise_with needs a BatchNorm with running statistics (track_running_stats=True), "
                              "whose eval-mode affine map can be folded")
@@ -125,7 +138,7 @@ class OutputUnitNoise(VariationalLayer):
             return weight, bias
         scale, shift = batchnorm_affine(bn)
         scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
-        weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+        weight = weight * self._per_unit(scale, weight)
         return weight, shift if bias is None else bias * scale + shift
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
@@ -176,7 +189,7 @@ class OutputUnitNoise(VariationalLayer):
         with torch.no_grad():
             m = self._eval_multiplier(threshold).to(self.weight.dtype)
             weight, bias = self._fold_batchnorm(self.weight, self.bias)
-            weight = weight * m.reshape(-1, *[1] * (weight.dim() - 1))
+            weight = weight * self._per_unit(m, weight)
             return self._dense_with(weight, None if bias is None else bias * m)
 
 
@@ -212,6 +225,41 @@ class ConvUnits(OutputUnitNoise):
         return (1, 0) if batched else (0, None)
 
 
+class ConvTransposeUnits(OutputUnitNoise):
+    """Units are out channels of an ungrouped transposed convolution (a decoder's upsampling): axis 1 of its
+    ``(in, out, *kernel)`` weight and of its ``(N, C, *spatial)`` output. ``forward(x, output_size)`` takes the plain
+    layer's optional output size, as ``nn.ConvTransposeNd`` does."""
+
+    weight_unit_axis = 1
+    _call_output_size: Any = None
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        if getattr(module, "groups", 1) != 1:
+            return (f"a grouped transposed convolution (groups={module.groups}): its output channels are spread "
+                    "over the weight's groups, which unit noise does not follow")
+        return None
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return conv_transpose_kwargs(module)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        self._call_output_size = output_size
+        try:
+            return super().forward(x)
+        finally:
+            self._call_output_size = None
+
+    def _apply_dense(self, x: torch.Tensor) -> torch.Tensor:
+        # the plain layer's rule (nn.ConvTransposeNd.forward: the output padding for this call's output size)
+        return self.dense_type.forward(self, x, self._call_output_size)  # type: ignore[call-arg]
+
+    def _unit_axes(self, y: torch.Tensor) -> tuple[int, int | None]:
+        batched = y.dim() == len(self.kernel_size) + 2  # type: ignore[attr-defined]
+        return (1, 0) if batched else (0, None)
+
+
 def tie_units(layers: list[nn.Module]) -> None:
     """Make ``layers`` one noise per unit: they share their per-unit noise parameters and, in training, each
     forward pass's draw, so unit i is kept or pruned in all of them at once.
@@ -230,8 +278,8 @@ def tie_units(layers: list[nn.Module]) -> None:
         if not isinstance(layer, OutputUnitNoise) or not names or layer.unit_noise_names != names:
             raise TypeError(f"cannot tie {type(layer).__name__} to {type(lead).__name__}: both must be unit-noise "
                             "layers of one family")
-        if layer.weight.shape[0] != lead.weight.shape[0]:
-            raise ValueError(f"cannot tie layers with {layer.weight.shape[0]} and {lead.weight.shape[0]} units")
+        if layer.num_units != lead.num_units:
+            raise ValueError(f"cannot tie layers with {layer.num_units} and {lead.num_units} units")
     draw = TiedDraw()
     for layer in layers:
         for name in names:

@@ -74,7 +74,9 @@ class VariationalLayer(nn.Module):
         mask = self.keep_mask(threshold)
         if mask.shape == self.weight.shape:
             return {"weight": mask}
-        rows = mask.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight).clone()
+        per_unit = [1] * self.weight.dim()
+        per_unit[getattr(self, "weight_unit_axis", 0)] = -1  # a transposed convolution's units: its weight's axis 1
+        rows = mask.view(per_unit).expand_as(self.weight).clone()
         return {"weight": rows, **({"bias": mask.clone()} if self.bias is not None else {})}
 
     # -- shared by the families: the plain layer's constructor arguments, taking over its trained

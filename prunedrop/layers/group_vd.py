@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._units import ConvUnits, LinearUnits, OutputUnitNoise
+from ._units import ConvTransposeUnits, ConvUnits, LinearUnits, OutputUnitNoise
 from .base import register_layer
 from .configs import DEFAULT_THRESHOLDS, GroupVDConfig
 from .sparse_vd import DEFAULT_LOG_ALPHA_CLIP, kl_log_uniform
@@ -85,7 +85,7 @@ class GroupVD(GroupLogAlpha, OutputUnitNoise):
         threshold: float = DEFAULT_THRESHOLD,
     ) -> GroupVD:
         layer = cls._take_over(module)
-        layer._init_group_noise(layer.weight.shape[0], layer.weight, init_log_alpha=init_log_alpha,
+        layer._init_group_noise(layer.num_units, layer.weight, init_log_alpha=init_log_alpha,
                                 log_alpha_clip=log_alpha_clip, threshold=threshold)
         layer.train(module.training)
         return layer
@@ -123,6 +123,26 @@ class Conv3dGroupVD(GroupVD, ConvUnits, nn.Conv3d):
     dense_type = nn.Conv3d
 
 
+class ConvTranspose1dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.ConvTranspose1d
+
+
+class ConvTranspose2dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.ConvTranspose2d
+
+
+class ConvTranspose3dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
+
+    dense_type = nn.ConvTranspose3d
+
+
 for _dense, _variational in ((nn.Linear, LinearGroupVD), (nn.Conv1d, Conv1dGroupVD),
-                             (nn.Conv2d, Conv2dGroupVD), (nn.Conv3d, Conv3dGroupVD)):
+                             (nn.Conv2d, Conv2dGroupVD), (nn.Conv3d, Conv3dGroupVD),
+                             (nn.ConvTranspose1d, ConvTranspose1dGroupVD), (nn.ConvTranspose2d, ConvTranspose2dGroupVD),
+                             (nn.ConvTranspose3d, ConvTranspose3dGroupVD)):
     register_layer("group_vd", _dense, _variational)

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from ._units import ConvUnits, LinearUnits, OutputUnitNoise, TiedDraw, tie_units
+from ._units import ConvTransposeUnits, ConvUnits, LinearUnits, OutputUnitNoise, TiedDraw, tie_units
 from .base import register_layer
 from .configs import DEFAULT_THRESHOLDS, SBPConfig
 
@@ -292,6 +292,27 @@ class Conv3dLogNormal(LogNormal, ConvUnits, nn.Conv3d):
     dense_type = nn.Conv3d
 
 
+class ConvTranspose1dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
+
+    dense_type = nn.ConvTranspose1d
+
+
+class ConvTranspose2dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
+
+    dense_type = nn.ConvTranspose2d
+
+
+class ConvTranspose3dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
+
+    dense_type = nn.ConvTranspose3d
+
+
 for _dense, _variational in ((nn.Linear, LinearLogNormal), (nn.Conv1d, Conv1dLogNormal),
-                             (nn.Conv2d, Conv2dLogNormal), (nn.Conv3d, Conv3dLogNormal)):
+                             (nn.Conv2d, Conv2dLogNormal), (nn.Conv3d, Conv3dLogNormal),
+                             (nn.ConvTranspose1d, ConvTranspose1dLogNormal),
+                             (nn.ConvTranspose2d, ConvTranspose2dLogNormal),
+                             (nn.ConvTranspose3d, ConvTranspose3dLogNormal)):
     register_layer("sbp", _dense, _variational)

@@ -30,10 +30,11 @@ that is this module's part:
   convolution, then global pooling, then a Linear — the pooled constant depends on the resolution, so the
   fold is exact at the example's resolution only.)
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped
-  (non-depthwise) convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention or recurrent
-  layer or a bare parameter is kept; ``notes`` says so. An ungrouped transposed convolution that reads a channel
-  loses that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
-  output); one whose output the channel is coupled to keeps it.
+  (non-depthwise or transposed) convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
+  or recurrent layer or a bare parameter is kept; ``notes`` says so. An ungrouped transposed convolution is a unit
+  layer like a convolution: its own output channels (its weight's axis 1) leave, and a channel it reads leaves
+  with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
+  output).
 * **Recurrent layers.** Masks of ``nn.LSTM`` / ``nn.GRU`` layers (pruned hidden units) are handled first, by
   :mod:`.recurrent`, which shrinks ``hidden_size`` and the consumers' columns.
 

@@ -13,9 +13,26 @@ from torch import nn
 from ..errors import PrunedropError
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: the layers whose output units the slim stage removes (and the pipeline reads masks of)
-WEIGHT_LAYERS = (nn.Linear, *CONV)
 CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: the layers whose output units the slim stage removes (and the pipeline reads masks of); a transposed
+#: convolution's output channels are its weight's axis 1 (:func:`unit_axis`), and only an ungrouped one's leave
+WEIGHT_LAYERS = (nn.Linear, *CONV, *CONV_TRANSPOSE)
+
+
+def unit_axis(module: nn.Module) -> int:
+    """The axis of ``module``'s weight that indexes its output units: 1 for a transposed convolution, else 0."""
+    return 1 if isinstance(module, CONV_TRANSPOSE) else 0
+
+
+def unit_weights(module: nn.Module) -> torch.Tensor:
+    """``module``'s weight as one row per output unit, (units, fan-in) (a grouped transposed convolution's units
+    gathered from its groups)."""
+    weight = module.weight.detach()
+    if not isinstance(module, CONV_TRANSPOSE):
+        return weight.flatten(1)
+    groups = module.groups
+    per_group = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)  # (g, in/g, out/g, k)
+    return per_group.permute(0, 2, 1, 3).reshape(groups * weight.shape[1], -1)
 
 
 def reads_channels(module: nn.Module) -> bool:
@@ -42,7 +59,7 @@ def silent_units(module: nn.Module) -> torch.Tensor:
     """One bool per output unit of a Linear/Conv layer: its weight row and its bias (if any) are exactly 0, so it
     outputs 0 whatever the input (a pruned unit of the masked model)."""
     with torch.no_grad():
-        silent = module.weight.detach().flatten(1).eq(0).all(dim=1)
+        silent = unit_weights(module).eq(0).all(dim=1)
         if module.bias is not None:
             silent &= module.bias.detach().eq(0)
     return silent

@@ -82,11 +82,12 @@ def import_torch_pruning():
 
 
 def _is_unsupported_conv(module: nn.Module) -> bool:
-    """Convolutions whose channels Torch-Pruning cannot remove one by one: grouped (not depthwise) ones,
-    whose per-group weight slices would have to shrink alike, and transposed ones (but where an ungrouped one only
-    reads the channel: :meth:`GroupAnalysis.read_only`)."""
+    """Convolutions whose channels Torch-Pruning cannot remove one by one: grouped (not depthwise) ones, whose
+    per-group weight slices would have to shrink alike, grouped transposed ones, and any other kind."""
     if isinstance(module, CONV):
         return module.groups > 1 and not is_depthwise(module)
+    if isinstance(module, CONV_TRANSPOSE):
+        return module.groups > 1  # an ungrouped one loses output channels (weight axis 1) and input channels alike
     return isinstance(module, nn.modules.conv._ConvNd)
 
 

@@ -16,7 +16,15 @@ from torch import nn
 
 from ..compare import scaled_tolerance
 from ..errors import PrunedropError
-from .common import CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, max_abs_diff, out_units, silent_units
+from .common import (
+    CONV_TRANSPOSE,
+    WEIGHT_LAYERS,
+    is_depthwise,
+    max_abs_diff,
+    out_units,
+    silent_units,
+    unit_axis,
+)
 from .constants import consumer_shares, fold, record_inputs
 from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, node_names, trace
 from .recurrent import slim_recurrent, split_recurrent_masks
@@ -318,8 +326,8 @@ def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
 
 @torch.no_grad()
 def _zero_unit(layer: nn.Module, unit: int) -> None:
-    """Zero output unit ``unit`` of ``layer``: its weight row and bias entry."""
-    layer.weight[unit] = 0
+    """Zero output unit ``unit`` of ``layer``: its weight row (a transposed convolution's column) and bias entry."""
+    layer.weight.select(unit_axis(layer), unit).zero_()
     if layer.bias is not None:
         layer.bias[unit] = 0
 
@@ -327,7 +335,7 @@ def _zero_unit(layer: nn.Module, unit: int) -> None:
 def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """The Linear/Conv layers of the plain ``model`` none of whose output units :func:`slim` could ever remove,
     whatever the masks, each with the reason (the same blockers: a GroupNorm or LayerNorm that mixes channels, an
-    attention block, a grouped or transposed convolution, the model output); for a structured method's early
+    attention block, a grouped convolution, the model output); for a structured method's early
     warning, before any training. Empty where the model cannot be traced. ``model`` is not modified."""
     free: set[str] = set()
     reasons: dict[str, str] = {}
@@ -362,9 +370,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
             if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
                 masks[name] = torch.ones(out_units(layer), dtype=torch.bool)
                 masks[name][-1] = False
-                layer.weight[-1] = 0
-                if layer.bias is not None:
-                    layer.bias[-1] = 0
+                _zero_unit(layer, out_units(layer) - 1)
     if not masks:
         return {}
     try:

@@ -21,6 +21,7 @@ from ..data import DataBundle
 from ..prune import PruneResult
 from ..recipes import GENTLE_FINETUNE, Recipe
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
+from ..slim.common import unit_axis
 from ..train import TrainResult, finetune_masked
 from .common import some
 from .slimming import remove_pruned_units, slim_multiple
@@ -76,11 +77,15 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
         silent = silent_units(layer)
         keep = ~silent
         weight = layer.weight.detach()
-        kept_weights = weight.ne(0) if pruned.per_weight else \
-            keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        per_unit = [1] * weight.dim()
+        per_unit[unit_axis(layer)] = -1  # a transposed convolution's units: its weight's axis 1
+        kept_weights = weight.ne(0) if pruned.per_weight else keep.view(per_unit).expand_as(weight).clone()
         if not pruned.per_weight and weight.dim() > 1:  # input columns slimming zeroed (a width rounded up)
-            read = weight.transpose(0, 1).flatten(1).ne(0).any(dim=1)
-            kept_weights &= read.view(1, -1, *([1] * (weight.dim() - 2)))
+            inputs = 1 - unit_axis(layer)
+            read = weight.movedim(inputs, 0).flatten(1).ne(0).any(dim=1)
+            columns = [1] * weight.dim()
+            columns[inputs] = -1
+            kept_weights &= read.view(columns)
         if not bool(kept_weights.all()):
             masks[f"{name}.weight"] = kept_weights
         if layer.bias is not None and silent.any():
