@@ -134,6 +134,23 @@ def test_bit_rule_on_inputs_matches_the_units_output() -> None:
     torch.testing.assert_close(iso.float(), (alpha * (weight**2).mean(1)).sqrt(), rtol=0.03, atol=0)
 
 
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp", "group_vd"])
+def test_bit_rule_counts_a_transposed_convolutions_output_channels(method: str) -> None:
+    """A transposed convolution's weight is (in, out, *kernel): the rule's units are its out channels (axis 1). The
+    unit-noise families' per-unit posterior did not broadcast against that weight (6 inputs, 4 outputs)."""
+    from prunedrop.convert import to_variational
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(6, 4, 2, stride=2), nn.ReLU(),
+                          nn.Conv2d(4, 3, 1)).eval()
+    x = torch.randn(16, 2, 4, 4)
+    variational = to_variational(model, Recipe(method=method), example_input=x[:2]).eval()
+    for inputs in (None, x):
+        bits = posterior_bits(variational, inputs=inputs)
+        assert bits["2"].units == 4 and bits["0"].units == 6
+        assert bits["2"].on_inputs == (inputs is not None)
+
+
 def test_bit_rule_on_inputs_asks_more_bits_of_a_filter_that_cancels_its_correlated_inputs() -> None:
     # every input carries the same signal z: the filter's output (Σw)·z is small beside its weights, so scale noise
     # moves it little, while rounding errors add up over all the inputs: the weights alone overstate the allowance

@@ -49,6 +49,11 @@ UNIT_QUANTILE = 0.9
 RULE_SAMPLES = 256
 
 
+def _unit_axis(layer: nn.Module) -> int:
+    """The axis of ``layer``'s weight that indexes its output units: 1 for a transposed convolution, else 0."""
+    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+
+
 def posterior_parts(layer: nn.Module, threshold: float | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(folded weight, the independent part of each weight's posterior variance, each unit's relative variance
@@ -63,7 +68,10 @@ def posterior_parts(layer: nn.Module, threshold: float | None = None
         return None
     with torch.no_grad():
         weight = layer.weight.detach().float()
-        unit_shape = (-1, *([1] * (weight.dim() - 1)))
+        axis = _unit_axis(layer)  # the weight keeps its layout; each unit's entries broadcast along its axis
+        unit_shape = [1] * weight.dim()
+        unit_shape[axis] = -1
+        units = weight.shape[axis]
         if isinstance(layer, SparseVD):
             mean_a, var_a = weight, torch.exp(layer.log_alpha.detach().float()) * weight * weight
         else:
@@ -72,10 +80,10 @@ def posterior_parts(layer: nn.Module, threshold: float | None = None
             mean_b = layer.expected_theta().detach().float()
             var_b = (mean_b / layer.snr().detach().float()) ** 2
         elif isinstance(layer, GroupVD):
-            mean_b = torch.ones(weight.shape[0])
+            mean_b = torch.ones(units)
             var_b = torch.exp(layer.log_alpha.detach().float())
         else:
-            mean_b, var_b = torch.ones(weight.shape[0]), torch.zeros(weight.shape[0])
+            mean_b, var_b = torch.ones(units), torch.zeros(units)
         mean_b, var_b = mean_b.reshape(unit_shape), var_b.reshape(unit_shape)
         keep = layer.keep_mask(threshold).detach()
         if keep.shape != weight.shape:
@@ -115,6 +123,11 @@ def unit_bits(folded: torch.Tensor, var: torch.Tensor, keep: torch.Tensor, k: fl
         ratio = (span / step).numpy()
         bits = np.ceil(np.log2(ratio + 1.0))
     return np.where(step.numpy() > 0, np.maximum(bits, 1.0), np.inf)
+
+
+def _rows(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t`` as one row per entry of its ``axis`` (a weight's output units)."""
+    return t.movedim(axis, 0).reshape(t.shape[axis], -1)
 
 
 def _rms_spread(var: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -159,7 +172,7 @@ def input_spreads(model: nn.Module, inputs: torch.Tensor, threshold: float | Non
         if parts is None or not hasattr(layer, "_dense_with"):
             continue
         folded, independent, relative, keep = parts
-        alive[name] = keep.reshape(keep.shape[0], -1).any(dim=1).cpu()
+        alive[name] = _rows(keep, _unit_axis(layer)).any(dim=1).cpu()
         ones = layer._dense_with(keep.to(folded.dtype), None)
         noisy = layer._dense_with(independent, None) if bool(independent.any()) else None
         mean = layer._dense_with(folded, None)
@@ -240,7 +253,7 @@ def posterior_bits(model: nn.Module, threshold: float | None = None, *, k: float
         moments = posterior_moments(layer, threshold)
         if moments is None:
             continue
-        folded, var, keep = moments
+        folded, var, keep = (t.movedim(_unit_axis(layer), 0) for t in moments)  # one row per output unit
         spread = measured.get(name)
         if spread is None:
             spread = _rms_spread(var, keep)
