@@ -331,7 +331,8 @@ def _check_training_output(model: Any, x: Any, dims: int = 2) -> None:
             out = model.train()(x)
     except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
         return
-    if not isinstance(out, torch.Tensor) or out.dim() not in {dims, min(dims, 2)} or out.shape[0] != x.shape[0]:
+    allowed = {1, 2} if dims <= 2 else {dims}  # (batch,) and (batch, C) alike, as before; per position, its axes
+    if not isinstance(out, torch.Tensor) or out.dim() not in allowed or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunedropError(
             f"in training mode the model returns {got}, not the (batch, classes) tensor it returns in eval mode (as "
