@@ -24,7 +24,7 @@ from .stages.common import PARITY_SAMPLES, evaluate_all, measure_all
 from .stages.exporting import export_verified
 from .stages.pruning import prune_calibrated
 from .stages.slimming import slim_multiple, slim_pruned, slimmed_line, widths_line
-from .train import metric_name
+from .train import metric_name, state_mismatch
 
 
 @dataclass
@@ -87,8 +87,9 @@ def reexport(
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])
     try:
         variational.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise PrunedropError(f"checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
+    except RuntimeError:
+        raise PrunedropError(f"checkpoint does not fit the model "
+                             f"({state_mismatch(variational.state_dict(), state['model'])})") from None
     bits = posterior_bits(variational, threshold, inputs=rule_inputs(data, recipe.seed)) \
         if quantize != "none" else None
     pruned = prune_calibrated(variational, threshold, data, recipe)

@@ -37,7 +37,7 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,31 @@ class TrainingInterrupted(PrunedropError):
 
     exit_code = 130
 
+
+
+def state_mismatch(wanted: Mapping[str, Any], saved: Mapping[str, Any], shown: int = 4) -> str:
+    """What keeps the state dict ``saved`` from loading into a model whose own is ``wanted``, in a few words: the
+    entries it lacks and has beyond the model's, and those of another shape; a layer whose noise the checkpoint lacks
+    while it holds the layer's weight is named as converted now and dense then (a recipe or a prunedrop version
+    that converts more layer types than the run's)."""
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
+
+    missing = [k for k in wanted if k not in saved]
+    extra = [k for k in saved if k not in wanted]
+    reshaped = [k for k in wanted if k in saved and hasattr(saved[k], "shape") and hasattr(wanted[k], "shape")
+                and tuple(saved[k].shape) != tuple(wanted[k].shape)]
+    parts = []
+    if missing:
+        layers = list(dict.fromkeys(k.rpartition(".")[0] for k in missing))
+        dense_then = [layer for layer in layers if f"{layer}.weight" in saved]
+        parts.append(f"it lacks {listed(missing)}"
+                     + (f": {listed(dense_then)} converted now, dense in the checkpoint's run" if dense_then else ""))
+    if extra:
+        parts.append(f"it has {listed(extra)} beyond the model's")
+    if reshaped:
+        parts.append(f"{listed(reshaped)} of another shape")
+    return "; ".join(parts) or "the entries differ"
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device when there is one, else the CPU."""
@@ -359,9 +384,9 @@ def _run(
             raise PrunedropError(f"checkpoint {checkpoint_path.name} is of phase {state.get('phase')!r}, not {phase!r}")
         try:
             model.load_state_dict(state["model"])
-        except RuntimeError as e:
+        except RuntimeError:
             raise PrunedropError(
-                f"checkpoint {checkpoint_path.name} does not fit this model ({str(e).splitlines()[0]}); "
+                f"checkpoint {checkpoint_path.name} does not fit this model ({state_mismatch(model.state_dict(), state['model'])}); "
                 "resume with the same model, recipe and data, or start afresh without --resume"
             ) from None
         try:  # a checkpoint with missing or edited entries: one line, not a traceback

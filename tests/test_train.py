@@ -299,3 +299,21 @@ def test_class_changes_and_the_note_on_a_class_that_fell() -> None:
     assert class_drop_note({"val": class_changes(before, before, labels)}, 0.0, 1.0) is None
     assert class_changes(before, after, labels[:50]) == []  # labels that do not match the scores: nothing
     assert class_changes(before, after, torch.zeros(100, 2, dtype=torch.long)) == []
+
+
+def test_a_checkpoint_that_does_not_fit_says_which_entries_differ() -> None:
+    """The error quoted torch's first line alone ("Error(s) in loading state_dict for UNet:"), which names nothing; a
+    layer whose noise the checkpoint lacks while it holds its weight was dense in the run that wrote it (a prunedrop
+    that converts more layer types than the run's: sbp's transposed convolutions)."""
+    from prunedrop.train import state_mismatch
+
+    wanted = {"a.weight": torch.zeros(2, 3), "up.weight": torch.zeros(4, 2), "up.mu": torch.zeros(2),
+              "up.log_sigma": torch.zeros(2), "b.bias": torch.zeros(5)}
+    saved = {"a.weight": torch.zeros(3, 3), "up.weight": torch.zeros(4, 2), "b.bias": torch.zeros(5),
+             "old.weight": torch.zeros(1)}
+    text = state_mismatch(wanted, saved)
+    assert "it lacks up.mu, up.log_sigma: up converted now, dense in the checkpoint's run" in text
+    assert "it has old.weight beyond the model's" in text and "a.weight of another shape" in text
+    many = state_mismatch({f"l{i}.mu": torch.zeros(1) for i in range(7)}, {})
+    assert many == "it lacks l0.mu, l1.mu, l2.mu, l3.mu (+3 more)"
+    assert state_mismatch(saved, saved) == "the entries differ"
