@@ -263,10 +263,10 @@ def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -
 def test_quantized_export_of_a_network_whose_batchnorms_joined_their_noise(tmp_path, monkeypatch) -> None:
     """The two features together: BatchNorms inside the SBP layers (folded at thresholding) and an int8 file from
     the posterior's bits; every converted convolution gets its bits and the int8 file is written and measured.
-    (The tiny network's int8 file is larger than its float32 one, so the speed check is told that it runs faster:
-    a file neither smaller nor faster is not written.)"""
+    (The tiny network's int8 file is larger than its float32 one, so the speed check and the report's timing are
+    told that it runs faster: a file neither smaller nor faster is not written.)"""
     from test_finetune_slim import _data  # pytest puts tests/ on sys.path
-    from test_quantize import _int8_faster
+    from test_quantize import _int8_faster, _quantized_timed_faster
 
     from prunedrop import pipeline
     from prunedrop.testing_arch import tiny_arch
@@ -276,6 +276,7 @@ def test_quantized_export_of_a_network_whose_batchnorms_joined_their_noise(tmp_p
                     kl_warmup_epochs=0, device="cpu", mc_samples=0, plots=False, latency_runs=2,
                     sweep_thresholds=[1.0], kl_weight=1.0, max_metric_drop=None, quantize="bayes")
     monkeypatch.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: _int8_faster(paths))
+    monkeypatch.setattr("prunedrop.stages.exporting.measure_latency", _quantized_timed_faster)  # the report agrees
     result = pipeline.compress(plain, _data(tuple(x.shape[1:])), recipe, tmp_path / "out", progress=False,
                                log=lambda m: None)
     assert len(result.report["conversion"]["batchnorm_noise_after"]) == 6

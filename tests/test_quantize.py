@@ -4,6 +4,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -433,6 +434,53 @@ def test_int4_transposed_convolution_gets_a_scale_per_output_channel(tmp_path: P
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
+def _quantized_timed_faster(*args: Any, **kwargs: Any) -> dict:
+    """The report's latency measured as usual, with the quantized file's medians set to half the fastest one."""
+    from prunedrop.report.latency import measure_latency
+
+    out = measure_latency(*args, **kwargs)
+    for row in out["results"]:
+        if row["model"] == "quantized":
+            row["median_ms"] = 0.5 * min(r["median_ms"] for r in out["results"] if r["batch_size"] == row["batch_size"])
+    return out
+
+
+def test_a_file_the_reports_timing_finds_no_smaller_and_no_faster_is_removed(tmp_path: Path) -> None:
+    """The demo wrote model-int8.onnx 1.02x larger than the pruned float32 file, its report timing it 0.75x and
+    0.95x as fast as that file: the speed check had read it faster once (0.03 ms a batch; noise)."""
+    from prunedrop.quantize.plan import confirm_gain
+
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    float_file = export_onnx(model, torch.randn(2, 4), tmp_path / "model.onnx").path
+    size = compact_size(float_file)
+
+    def section(bytes_: int) -> dict:
+        return {"file": "model-int8.onnx", "bytes": bytes_, "layers": [{"node": "n", "precision": "int8"}],
+                "files": {"pruned_float32": {"bytes": size}, "quantized": {"bytes": bytes_}}}
+
+    def latency(q1: float, q64: float) -> dict:
+        return {"results": [{"model": "compressed", "batch_size": 1, "median_ms": 1.0},
+                            {"model": "quantized", "batch_size": 1, "median_ms": q1},
+                            {"model": "compressed", "batch_size": 64, "median_ms": 10.0},
+                            {"model": "quantized", "batch_size": 64, "median_ms": q64}]}
+
+    quantized = tmp_path / "model-int8.onnx"
+    for bytes_, timing, kept in ((size + 10, latency(1.3, 10.2), False), (size + 10, latency(1.3, 9.0), True),
+                                 (size - 10, latency(1.3, 10.2), True), (size + 10, latency(0.96, 9.7), False)):
+        quantized.write_bytes(b"x")
+        said: list[str] = []
+        q = confirm_gain(section(bytes_), float_file, quantized, timing, said.append)
+        assert quantized.exists() == kept and (q["file"] is not None) == kept
+        assert any(r["model"] == "quantized" for r in timing["results"]) == kept
+        if not kept:
+            assert q["none_reason"].startswith(f"the quantized file ({bytes_:,} bytes) was no smaller")
+            assert "batch 64: 10.2 against 10 ms" in q["none_reason"] or "batch 64: 9.7 against 10 ms" in q["none_reason"]
+            assert q["layers"][0]["precision"] == "float32" and "quantized" not in q["files"]
+            assert said and said[0].endswith("model-int8.onnx removed")
+    # nothing timed (latency_runs 0) or nothing written: as it was
+    assert confirm_gain(section(size + 10), float_file, quantized, None)["file"] == "model-int8.onnx"
+
+
 @pytest.fixture(scope="module")
 def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One compress run with --quantize int8 on the tiny project (with a test split)."""
@@ -448,6 +496,8 @@ def quantized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # every quantized file faster than the float32 one: the speed check keeps every layer (it is tested with
         # its own timers below), and the file is written although it is larger than the tiny float32 one
         mp.setattr("prunedrop.quantize.plan.time_models", lambda paths, *a, **k: _int8_faster(paths))
+        # and the report's timing agrees (a file it timed no faster, and no smaller, would be removed)
+        mp.setattr("prunedrop.stages.exporting.measure_latency", _quantized_timed_faster)
         result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data",
                                           "npz:data.npz", "--recipe", "recipe.yaml", "-o", "run", "-q",
                                           "--quantize", "int8"])

@@ -400,6 +400,39 @@ def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | 
             f"with its tensor names as short) {timing}")
 
 
+def confirm_gain(section: dict[str, Any], float_path: str | Path, quantized_path: str | Path,
+                 latency: Mapping[str, Any] | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Hold a written quantized file to the report's own timing (``latency``: the original, the pruned float32 and
+    the quantized file alternated, :func:`prunedrop.report.latency.measure_latency`): a file no smaller than the
+    float32 one (with its tensor names as short) that was timed no faster at any batch size there (by more than
+    :data:`SPEED_MARGIN`) was written on the speed check's reading alone, which on a tiny model is timing noise;
+    it is removed, its rows leave ``latency``, and the section says why (in place; also returned)."""
+    if not section.get("file") or not latency:
+        return section
+    float_bytes = compact_size(float_path)
+    if section["bytes"] < float_bytes:
+        return section
+    rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in latency.get("results", [])}
+    pairs = [(b, ms, rows[("compressed", b)]) for (model, b), ms in rows.items()
+             if model == "quantized" and ("compressed", b) in rows]
+    if not pairs or any(ms < float_ms * (1 - SPEED_MARGIN) for _, ms, float_ms in pairs):
+        return section
+    timed = "; ".join(f"batch {b}: {ms:.3g} against {float_ms:.3g} ms" for b, ms, float_ms in pairs)
+    why = (f"the quantized file ({section['bytes']:,} bytes) was no smaller than the float32 file ({float_bytes:,} with "
+           f"its tensor names as short) and the report's timing found it no faster ({timed}): the speed check's "
+           "faster reading was timing noise")
+    Path(quantized_path).unlink(missing_ok=True)
+    latency["results"] = [r for r in latency.get("results", []) if r["model"] != "quantized"]
+    for row in section.get("layers", []):
+        if row.get("precision") != "float32":
+            row["precision"], row["reason"], row["float_because"] = "float32", why, "gain"
+    section["unwritten"] = {"bytes": section["bytes"]}
+    (section.get("files") or {}).pop("quantized", None)
+    section.update(file=None, bytes=None, none_reason=why)
+    log(f"quantization: {why}; model-int8.onnx removed")
+    return section
+
+
 _WHY = {"posterior": "the posterior asks for more than 8 bits",
         "operator": "onnxruntime does not quantize the operator",
         "accuracy": "outside the accuracy budget",

@@ -17,7 +17,7 @@ from .. import __version__
 from ..data import DataBundle
 from ..errors import PrunedropError, describe
 from ..export import ExportResult, export_onnx, verify_onnx
-from ..quantize import quantize_model
+from ..quantize.plan import confirm_gain, quantize_model
 from ..recipes import Recipe
 from ..report import count_parameters, measure_latency
 from ..runfolder import RunFolder
@@ -136,6 +136,8 @@ def export_compressed(model: nn.Module, baseline: Baseline, evaluation: Evaluati
         log(f"timing onnxruntime ({', '.join(timed)} alternated, {recipe.latency_runs} runs each)")
         latency = measure_latency(timed, example, batch_sizes=recipe.latency_batch_sizes,
                                   threads=recipe.latency_threads, runs=recipe.latency_runs)
+        if quantization is not None:  # a file the report times as neither smaller nor faster is not written
+            confirm_gain(quantization, exported.path, folder.quantized_onnx, latency, log)
     return Exported(onnx=exported, parity=parity, model_pt=model_pt, architecture=architecture,
                     params={"total_before": total_before, "total_after": total_after}, quantization=quantization,
                     latency=latency, timings=timings)
