@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VariationalLayer, conv_kwargs, conv_transpose_kwargs, linear_kwargs
+from .base import VariationalLayer, along, conv_kwargs, conv_transpose_kwargs, linear_kwargs, weight_unit_axis
 
 
 def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +75,6 @@ class OutputUnitNoise(VariationalLayer):
     weight: nn.Parameter
     bias: nn.Parameter | None
     unit_noise_names: tuple[str, ...] = ()
-    #: the weight's axis that indexes the output units: 0, but 1 for a transposed convolution's (in, out, *kernel)
-    weight_unit_axis: int = 0
     _tied: TiedDraw | None = None
     #: whether ``_eval_multiplier(None)`` depends on nothing but the per-unit parameters (``unit_noise_names``) and
     #: ``threshold``, so that eval-mode passes reuse it while those are unchanged (:meth:`_eval_multiplier_now`); the
@@ -99,13 +97,11 @@ class OutputUnitNoise(VariationalLayer):
     @property
     def num_units(self) -> int:
         """The number of output units (out features, out channels), each with its own noise."""
-        return int(self.weight.shape[self.weight_unit_axis])
+        return int(self.weight.shape[weight_unit_axis(self)])
 
     def _per_unit(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``values`` (one per unit) shaped to broadcast over ``like`` (the weight) along its unit axis."""
-        shape = [1] * like.dim()
-        shape[self.weight_unit_axis] = -1
-        return values.reshape(shape)
+        return along(values, like, weight_unit_axis(self))
 
     def _unit_parameter(self, value: float) -> nn.Parameter:
         return nn.Parameter(torch.full((self.num_units,), float(value), dtype=self.weight.dtype,
@@ -230,7 +226,6 @@ class ConvTransposeUnits(OutputUnitNoise):
     ``(in, out, *kernel)`` weight and of its ``(N, C, *spatial)`` output. ``forward(x, output_size)`` takes the plain
     layer's optional output size, as ``nn.ConvTransposeNd`` does."""
 
-    weight_unit_axis = 1
     _call_output_size: Any = None
 
     @classmethod

@@ -21,6 +21,19 @@ import torch
 from torch import nn
 
 
+def weight_unit_axis(module: nn.Module) -> int:
+    """The axis of ``module``'s weight that indexes its output units: 1 for a transposed convolution's
+    ``(in, out / groups, *kernel)``, 0 for a Linear's or a convolution's."""
+    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+
+
+def along(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    """``values`` (one per entry of ``like``'s ``axis``) shaped to broadcast over ``like`` along that axis."""
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
 class VariationalLayer(nn.Module):
     """Marker base class; concrete layers also inherit from the plain layer they replace."""
 
@@ -74,9 +87,7 @@ class VariationalLayer(nn.Module):
         mask = self.keep_mask(threshold)
         if mask.shape == self.weight.shape:
             return {"weight": mask}
-        per_unit = [1] * self.weight.dim()
-        per_unit[getattr(self, "weight_unit_axis", 0)] = -1  # a transposed convolution's units: its weight's axis 1
-        rows = mask.view(per_unit).expand_as(self.weight).clone()
+        rows = along(mask, self.weight, weight_unit_axis(self)).expand_as(self.weight).clone()
         return {"weight": rows, **({"bias": mask.clone()} if self.bias is not None else {})}
 
     # -- shared by the families: the plain layer's constructor arguments, taking over its trained

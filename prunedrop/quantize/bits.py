@@ -42,16 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers.base import along, weight_unit_axis
+
 MAX_INT_BITS = 8
 MIN_INT_BITS = 4  # int4 storage (opset 21's DequantizeLinear) where the posterior allows it
 UNIT_QUANTILE = 0.9
 #: training samples the rule measures each unit's output on (:func:`input_spreads`)
 RULE_SAMPLES = 256
-
-
-def _unit_axis(layer: nn.Module) -> int:
-    """The axis of ``layer``'s weight that indexes its output units: 1 for a transposed convolution, else 0."""
-    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
 
 
 def posterior_parts(layer: nn.Module, threshold: float | None = None
@@ -68,9 +65,7 @@ def posterior_parts(layer: nn.Module, threshold: float | None = None
         return None
     with torch.no_grad():
         weight = layer.weight.detach().float()
-        axis = _unit_axis(layer)  # the weight keeps its layout; each unit's entries broadcast along its axis
-        unit_shape = [1] * weight.dim()
-        unit_shape[axis] = -1
+        axis = weight_unit_axis(layer)  # the weight keeps its layout; each unit's entries broadcast along its axis
         units = weight.shape[axis]
         if isinstance(layer, SparseVD):
             mean_a, var_a = weight, torch.exp(layer.log_alpha.detach().float()) * weight * weight
@@ -84,10 +79,10 @@ def posterior_parts(layer: nn.Module, threshold: float | None = None
             var_b = torch.exp(layer.log_alpha.detach().float())
         else:
             mean_b, var_b = torch.ones(units), torch.zeros(units)
-        mean_b, var_b = mean_b.reshape(unit_shape), var_b.reshape(unit_shape)
+        mean_b, var_b = along(mean_b, weight, axis), along(var_b, weight, axis)
         keep = layer.keep_mask(threshold).detach()
         if keep.shape != weight.shape:
-            keep = keep.reshape(unit_shape).expand_as(weight)
+            keep = along(keep, weight, axis).expand_as(weight)
         folded = mean_a * mean_b
         independent = var_a * (mean_b * mean_b + var_b)
         relative = torch.where(mean_b != 0, var_b / (mean_b * mean_b).clamp_min(1e-30), torch.zeros_like(var_b))
@@ -172,7 +167,7 @@ def input_spreads(model: nn.Module, inputs: torch.Tensor, threshold: float | Non
         if parts is None or not hasattr(layer, "_dense_with"):
             continue
         folded, independent, relative, keep = parts
-        alive[name] = _rows(keep, _unit_axis(layer)).any(dim=1).cpu()
+        alive[name] = _rows(keep, weight_unit_axis(layer)).any(dim=1).cpu()
         ones = layer._dense_with(keep.to(folded.dtype), None)
         noisy = layer._dense_with(independent, None) if bool(independent.any()) else None
         mean = layer._dense_with(folded, None)
@@ -253,7 +248,7 @@ def posterior_bits(model: nn.Module, threshold: float | None = None, *, k: float
         moments = posterior_moments(layer, threshold)
         if moments is None:
             continue
-        folded, var, keep = (t.movedim(_unit_axis(layer), 0) for t in moments)  # one row per output unit
+        folded, var, keep = (t.movedim(weight_unit_axis(layer), 0) for t in moments)  # one row per output unit
         spread = measured.get(name)
         if spread is None:
             spread = _rms_spread(var, keep)

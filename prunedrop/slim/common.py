@@ -15,13 +15,9 @@ from ..errors import PrunedropError
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 #: the layers whose output units the slim stage removes (and the pipeline reads masks of); a transposed
-#: convolution's output channels are its weight's axis 1 (:func:`unit_axis`), and only an ungrouped one's leave
+#: convolution's output channels are its weight's axis 1 (:func:`prunedrop.layers.base.weight_unit_axis`), and only an
+#: ungrouped one's leave
 WEIGHT_LAYERS = (nn.Linear, *CONV, *CONV_TRANSPOSE)
-
-
-def unit_axis(module: nn.Module) -> int:
-    """The axis of ``module``'s weight that indexes its output units: 1 for a transposed convolution, else 0."""
-    return 1 if isinstance(module, CONV_TRANSPOSE) else 0
 
 
 def unit_weights(module: nn.Module) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..compare import scaled_tolerance
 from ..errors import PrunedropError
+from ..layers.base import weight_unit_axis
 from .common import (
     CONV_TRANSPOSE,
     WEIGHT_LAYERS,
@@ -23,7 +24,6 @@ from .common import (
     max_abs_diff,
     out_units,
     silent_units,
-    unit_axis,
 )
 from .constants import consumer_shares, fold, record_inputs
 from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, node_names, trace
@@ -327,7 +327,7 @@ def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
 @torch.no_grad()
 def _zero_unit(layer: nn.Module, unit: int) -> None:
     """Zero output unit ``unit`` of ``layer``: its weight row (a transposed convolution's column) and bias entry."""
-    layer.weight.select(unit_axis(layer), unit).zero_()
+    layer.weight.select(weight_unit_axis(layer), unit).zero_()
     if layer.bias is not None:
         layer.bias[unit] = 0
 

@@ -18,10 +18,10 @@ from torch import nn
 
 from ..batchnorm import ATTACHED, attach_batchnorm, fold_attached
 from ..data import DataBundle
+from ..layers.base import along, weight_unit_axis
 from ..prune import PruneResult
 from ..recipes import GENTLE_FINETUNE, Recipe
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
-from ..slim.common import unit_axis
 from ..train import TrainResult, finetune_masked
 from .common import some
 from .slimming import remove_pruned_units, slim_multiple
@@ -77,15 +77,11 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
         silent = silent_units(layer)
         keep = ~silent
         weight = layer.weight.detach()
-        per_unit = [1] * weight.dim()
-        per_unit[unit_axis(layer)] = -1  # a transposed convolution's units: its weight's axis 1
-        kept_weights = weight.ne(0) if pruned.per_weight else keep.view(per_unit).expand_as(weight).clone()
+        units = weight_unit_axis(layer)  # a transposed convolution's units: its weight's axis 1
+        kept_weights = weight.ne(0) if pruned.per_weight else along(keep, weight, units).expand_as(weight).clone()
         if not pruned.per_weight and weight.dim() > 1:  # input columns slimming zeroed (a width rounded up)
-            inputs = 1 - unit_axis(layer)
-            read = weight.movedim(inputs, 0).flatten(1).ne(0).any(dim=1)
-            columns = [1] * weight.dim()
-            columns[inputs] = -1
-            kept_weights &= read.view(columns)
+            inputs = 1 - units
+            kept_weights &= along(weight.movedim(inputs, 0).flatten(1).ne(0).any(dim=1), weight, inputs)
         if not bool(kept_weights.all()):
             masks[f"{name}.weight"] = kept_weights
         if layer.bias is not None and silent.any():
