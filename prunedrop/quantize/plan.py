@@ -389,15 +389,24 @@ def _no_gain(quantized_bytes: int, float_bytes: int, speed: Mapping[str, Any] | 
         return None
     if final_ms is not None:
         float_ms, quantized_ms = final_ms["float32"], final_ms["quantized"]
-        if quantized_ms < float_ms * (1 - SPEED_MARGIN):
+        if _faster(quantized_ms, float_ms):
             return None
         timing = f"and no faster ({quantized_ms:.3g} against {float_ms:.3g} ms)"
     elif speed is not None and speed.get("checked"):
         timing = "and the speed check's time ran out before it timed it"
     else:
         timing = "and its speed was not measured (latency_runs 0)"
+    return f"{_no_smaller(quantized_bytes, float_bytes)} {timing}"
+
+
+def _faster(ms: float, than_ms: float) -> bool:
+    """``ms`` is faster than ``than_ms`` by more than :data:`SPEED_MARGIN` (less is timing noise)."""
+    return ms < than_ms * (1 - SPEED_MARGIN)
+
+
+def _no_smaller(quantized_bytes: int, float_bytes: int) -> str:
     return (f"the quantized file ({quantized_bytes:,} bytes) was no smaller than the float32 file ({float_bytes:,} "
-            f"with its tensor names as short) {timing}")
+            "with its tensor names as short)")
 
 
 def confirm_gain(section: dict[str, Any], float_path: str | Path, quantized_path: str | Path,
@@ -415,12 +424,11 @@ def confirm_gain(section: dict[str, Any], float_path: str | Path, quantized_path
     rows = {(r["model"], r["batch_size"]): r["median_ms"] for r in latency.get("results", [])}
     pairs = [(b, ms, rows[("compressed", b)]) for (model, b), ms in rows.items()
              if model == "quantized" and ("compressed", b) in rows]
-    if not pairs or any(ms < float_ms * (1 - SPEED_MARGIN) for _, ms, float_ms in pairs):
+    if not pairs or any(_faster(ms, float_ms) for _, ms, float_ms in pairs):
         return section
     timed = "; ".join(f"batch {b}: {ms:.3g} against {float_ms:.3g} ms" for b, ms, float_ms in pairs)
-    why = (f"the quantized file ({section['bytes']:,} bytes) was no smaller than the float32 file ({float_bytes:,} with "
-           f"its tensor names as short) and the report's timing found it no faster ({timed}): the speed check's "
-           "faster reading was timing noise")
+    why = (f"{_no_smaller(section['bytes'], float_bytes)} and the report's timing found it no faster ({timed}): the "
+           "speed check's faster reading was timing noise")
     Path(quantized_path).unlink(missing_ok=True)
     latency["results"] = [r for r in latency.get("results", []) if r["model"] != "quantized"]
     for row in section.get("layers", []):
@@ -510,7 +518,7 @@ def _speed_reverts(float_path: str | Path, nodes: Sequence[WeightNode], plan: di
         float_ms, planned_ms = times["float32"], times["quantized"]
         best = min(changes, key=lambda k: times[k])
         slower = planned_ms > float_ms * (1 + SPEED_MARGIN)
-        helps = times[best] < planned_ms * (1 - SPEED_MARGIN)
+        helps = _faster(times[best], planned_ms)
         entry: dict[str, Any] = {"float32_ms": float_ms, "quantized_ms": planned_ms,
                                  "candidates_ms": {k: times[k] for k in changes}}
         rounds.append(entry)
