@@ -93,20 +93,6 @@ def denoising_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def train_autoencoder(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
-    x, y = splits["train"]
-    torch.manual_seed(0)
-    model = autoencoder()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(40):
-        for idx in torch.randperm(len(x)).split(64):
-            loss = F.mse_loss(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
 def unet() -> nn.Module:
     """The factory for ``--arch benchmarks.segmentation_digits:unet``."""
     return UNet()
@@ -124,17 +110,18 @@ def segmentation_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {"train": (x[:1100], y[:1100]), "val": (x[1100:1450], y[1100:1450]), "test": (x[1450:], y[1450:])}
 
 
-def train_dense(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
+def train(factory, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], epochs: int, loss) -> nn.Module:
+    """A dense model from ``factory`` trained on the training split: Adam 3e-3, batch 64, seed 0, ``loss``."""
     x, y = splits["train"]
     torch.manual_seed(0)
-    model = unet()
+    model = factory()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(25):
+    for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(64):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            value = loss(model(x[idx]), y[idx])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     return model.eval()
 
@@ -154,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     np.savez(data, **{f"{k}_{s}": t.numpy() for s, pair in splits.items() for k, t in zip("xy", pair)})
     dense = RESULTS / f"{name}-dense.pt"
     if not dense.exists():
-        torch.save((train_autoencoder if denoise else train_dense)(splits).state_dict(), dense)
+        trained = train(autoencoder, splits, 40, F.mse_loss) if denoise else train(unet, splits, 25, F.cross_entropy)
+        torch.save(trained.state_dict(), dense)
     out = ROOT / "runs" / f"{name}-{args.tag}"
     cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch",
            f"benchmarks.segmentation_digits:{'autoencoder' if denoise else 'unet'}", "--data", f"npz:{rel(data)}",
