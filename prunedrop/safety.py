@@ -498,7 +498,11 @@ def check_loss_targets(loss: str, data: Any, num_outputs: int, output_shape: tup
     from torch.utils.data import DataLoader
 
     shape = tuple(output_shape) if output_shape is not None else (num_outputs,)
-    fits = {shape, (num_outputs,)} if len(shape) <= 1 else {shape, *([shape[1:]] if shape[0] == 1 else [])}
+    fits = {shape}  # and, for one output (per position), the targets without that axis of 1
+    if len(shape) <= 1 and num_outputs == 1:
+        fits |= {(), (1,)}
+    elif len(shape) > 1 and shape[0] == 1:
+        fits.add(shape[1:])
     for split in ("train", "val", "test"):
         part = getattr(data, split, None)
         if part is None:
@@ -512,16 +516,15 @@ def check_loss_targets(loss: str, data: Any, num_outputs: int, output_shape: tup
             raise PrunedropError(f"recipe key 'loss' = mse needs float targets of {num_outputs} value(s) per "
                                  f"sample, the model's outputs; the data's targets are {target.dtype} of shape "
                                  f"{tuple(target.shape)} (class labels?): use loss: cross_entropy for class labels")
-        if len(shape) > 1:
-            if tuple(target.shape) not in fits:
-                raise PrunedropError(f"loss mse: the model's outputs are shaped (N, {', '.join(map(str, shape))}) "
-                                     f"but the {split} targets have shape {tuple(target.shape)} per sample; give "
-                                     "targets of the model's output shape")
+        if tuple(target.shape) in fits:
             continue
-        if tuple(target.shape) not in fits | {()} or (target.dim() == 0 and num_outputs != 1):
-            per_sample = "a single number" if target.dim() == 0 else f"shape {tuple(target.shape)}"
-            raise PrunedropError(f"loss mse: the model outputs {num_outputs} value(s) per sample (shape (N, "
-                                 f"{num_outputs})) but the {split} targets have {per_sample} per sample; give "
-                                 f"targets shaped (N, {num_outputs})" + (" or (N,)" if num_outputs == 1 else "")
-                                 + " or change the model's last layer to output "
-                                 + (f"{target.numel()} value(s)" if target.dim() <= 1 else "one value per target"))
+        if len(shape) > 1:
+            raise PrunedropError(f"loss mse: the model's outputs are shaped (N, {', '.join(map(str, shape))}) "
+                                 f"but the {split} targets have shape {tuple(target.shape)} per sample; give "
+                                 "targets of the model's output shape")
+        per_sample = "a single number" if target.dim() == 0 else f"shape {tuple(target.shape)}"
+        raise PrunedropError(f"loss mse: the model outputs {num_outputs} value(s) per sample (shape (N, "
+                             f"{num_outputs})) but the {split} targets have {per_sample} per sample; give "
+                             f"targets shaped (N, {num_outputs})" + (" or (N,)" if num_outputs == 1 else "")
+                             + " or change the model's last layer to output "
+                             + (f"{target.numel()} value(s)" if target.dim() <= 1 else "one value per target"))
