@@ -726,6 +726,41 @@ def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
     assert "depends on the number of units" in stuck["c1"] and "cannot follow" in stuck["c2"], stuck
 
 
+class _SlicedBeside(nn.Module):
+    """c1's first 8 channels feed c2; its last 8 are concatenated, through a channel slice and a spatial max, beside
+    c2's pooled channels (the slice's width is one Torch-Pruning cannot infer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(x[:, :8]))
+        return self.fc(torch.cat([y.mean((2, 3)), x[:, 8:].amax((2, 3))], 1))
+
+
+def test_a_concatenation_beside_a_channel_slice_keeps_its_offsets() -> None:
+    """Torch-Pruning could not infer the sliced input's width, so the concatenation got no index mapping: c2's
+    channels looked coupled to c1's ("pruned in c2 but still produced by c1") and none left; the real sizes,
+    recorded while tracing, map them."""
+    torch.manual_seed(0)
+    model, x = _SlicedBeside().eval(), torch.randn(4, 1, 6, 6)
+    masks = _prune_units(model, {"c2": [0, 5, 11]})
+    result = slim(model, masks, x)
+    assert result.removed["c2"] == (12, 9), (result.removed, result.notes)
+    assert _module(result.model, "fc").in_features == 17
+    assert not any("coupled" in note for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_units_a_fixed_slice_reads_are_named_before_training() -> None:
+    """Only the last unit was tried: removing it shortens x[:, 8:] harmlessly, so c1 was converted and trained, and
+    its pruned units then stayed as zeros (x[:, :8] takes the first eight whatever they are)."""
+    stuck = unremovable_layers(_SlicedBeside().eval(), torch.randn(4, 1, 6, 6))
+    assert set(stuck) == {"c1", "fc"} and "x[:, :8]" in stuck["c1"], stuck
+
+
 class _AssertsWidth(_FixedWidths):
     """The same, but the forward checks the width with an assert (an AssertionError, not a RuntimeError)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import PrunedropError
 from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, out_units, reads_channels
@@ -357,20 +358,70 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flags.get(n, True))
 
 
+class _ConcatSizes(TorchFunctionMode):
+    """Records, for each concatenation the forward makes, its autograd node → the sizes of its inputs along the
+    concatenated axis, as they were."""
+
+    _CATS = (torch.cat, torch.concat, torch.concatenate)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[Any, list[int]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self._CATS and isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() > 0:
+            with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
+                tensors = args[0] if args else kwargs.get("tensors", ())
+                dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+                self.sizes[out.grad_fn] = [int(t.shape[dim % out.dim()]) for t in tensors]
+        return out
+
+
+def _use_concat_sizes(graph: Any, sizes: dict[Any, list[int]]) -> None:
+    """Give Torch-Pruning the concatenations' real input sizes, and redo their index mappings.
+
+    Torch-Pruning infers them from the layers around, and where it cannot (an input through a channel slice, a
+    reduction, anything without a layer of known width) the concatenation gets no mapping: every channel of it
+    reaches every input, and unrelated layers look coupled (a Conv's pruned channels were "still produced" by
+    another layer whose slice was concatenated beside them, and nothing was removed). Only where each input of
+    the concatenation is one autograd node of the graph, in the order of the call."""
+    try:
+        from torch_pruning import ops
+        from torch_pruning.dependency.index_mapping import update_concat_index_mapping
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout: its own inference stays
+        return
+    for node in graph.module2node.values():
+        real = sizes.get(node.grad_fn)
+        if node.type != ops.OPTYPE.CONCAT or real is None:
+            continue
+        inputs = [f for f, _ in node.grad_fn.next_functions]
+        if (len(inputs) != len(real) or len(node.inputs) != len(real) or any(f is None for f in inputs)
+                or any(type(f).__name__ == "AccumulateGrad" for f in inputs)
+                or [n.grad_fn for n in node.inputs] != inputs):
+            continue
+        node.module.concat_sizes = real
+        update_concat_index_mapping(graph, node)
+
+
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
     outputs: list[Any] = []
+    cats = _ConcatSizes()
 
     def forward(m: nn.Module, inp: torch.Tensor) -> Any:
         # Called as m(x): Torch-Pruning's default would try m(*x) first, unpacking the batch.
-        outputs.append(m(inp))
+        with cats:
+            outputs.append(m(inp))
         return outputs[-1]
 
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
+    _use_concat_sizes(graph, cats.sizes)
     return graph, {t.grad_fn for t in tensors_in(outputs[-1])}
 
 

@@ -359,8 +359,9 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
 
 def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
-    fixes their number itself: ``x.view(-1, 512)``), found by removing the last unit of each on a copy; one slim
-    when none breaks, one more per layer when one does."""
+    fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``), found by
+    removing the first and the last unit of each on a copy (a fixed slice breaks on a unit before its offset); one
+    slim when none breaks, one more per layer when one does."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     masks: dict[str, torch.Tensor] = {}
@@ -369,8 +370,9 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
             layer = modules.get(name)
             if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
                 masks[name] = torch.ones(out_units(layer), dtype=torch.bool)
-                masks[name][-1] = False
-                _zero_unit(layer, out_units(layer) - 1)
+                for unit in (0, out_units(layer) - 1):
+                    masks[name][unit] = False
+                    _zero_unit(layer, unit)
     if not masks:
         return {}
     try:
@@ -386,9 +388,12 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
             _slim_once(work, {name: mask}, x, atol=1e-5, fold_borders=False, channel_multiple=1)
         except _SlimBroke as e:
             found[name] = {"runs": f"removing a unit breaks the forward ({e.reason}): it depends on the number of "
-                                   "units (x.view(-1, 512), a reshape to a constant channel count, fixed groups)",
+                                   "units (x.view(-1, 512), a reshape to a constant channel count, fixed groups, "
+                                   "a slice x[:, :8])",
                            "output": f"removing a unit changes the output ({e.reason})",
-                           "graph": f"the dependency graph cannot follow where its units go ({e.reason})"}[e.kind]
+                           "graph": f"the dependency graph cannot follow where its units go ({e.reason}): an "
+                                    "operation that moves channels elsewhere or changes their number (F.glu, a pixel "
+                                    "shuffle)"}[e.kind]
         except Exception:  # noqa: BLE001
             continue
     return found
@@ -460,11 +465,12 @@ def slim(
                         fold_borders=fold_borders, channel_multiple=channel_multiple)
     if left:
         why = {"runs": f"breaks the model's forward ({first.reason}): it depends on their number (e.g. "
-                       "x.view(-1, 512), a reshape to a constant channel count, channels split into fixed groups); "
-                       "derive the sizes from the input (x.flatten(1), x.shape[1]) to let them go",
+                       "x.view(-1, 512), a reshape to a constant channel count, channels split into fixed groups or "
+                       "sliced at fixed offsets, x[:, :8]); derive the sizes from the input (x.flatten(1), "
+                       "x.shape[1]) to let them go",
                "output": f"changes the model's output ({first.reason}): an operation the dependency graph misreads",
                "graph": f"is more than the dependency graph can follow ({first.reason}): an operation that moves "
-                        "channels elsewhere (a pixel shuffle, say)"}[first.kind]
+                        "channels elsewhere or changes their number (F.glu, a pixel shuffle)"}[first.kind]
         result.notes.append(f"{', '.join(left[:6])}{' and more' if len(left) > 6 else ''}: pruned units kept as "
                             f"zeros, since removing them {why}")
         for name in left:
