@@ -713,17 +713,20 @@ class _Shuffles(nn.Module):
 
 
 def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
-    """A pixel shuffle made the removal's planning fail with an IndexError (a traceback after the training)."""
+    """A pixel shuffle made the removal's planning fail with an IndexError (a traceback after the training); then
+    its IndexError was the reason given. The operations that move channels are recorded while tracing now: their
+    channels stay, and the notes name the operation."""
     torch.manual_seed(0)
     model, x = _Shuffles().eval(), torch.randn(4, 1, 6, 6)
     masks = _prune_units(model, {"c1": [1], "c2": [0, 5], "c3": [2, 4]})
     result = slim(model, masks, x)
     assert result.removed["c1"] == (8, 8) and result.removed["c2"] == (8, 8) and result.removed["c3"] == (6, 4)
-    assert any(note.startswith("c2: pruned units kept as zeros") and "pixel shuffle" in note
-               for note in result.notes), result.notes
+    for name, op in (("c1", "View"), ("c2", "PixelShuffle")):
+        assert any(note.startswith(f"{name}: kept pruned channel(s)") and f"({op}: " in note
+                   for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     stuck = unremovable_layers(_Shuffles().eval(), x)
-    assert "depends on the number of units" in stuck["c1"] and "cannot follow" in stuck["c2"], stuck
+    assert set(stuck) == {"c1", "c2", "fc"} and "(View: " in stuck["c1"] and "(PixelShuffle: " in stuck["c2"], stuck
 
 
 class _SlicedBeside(nn.Module):
@@ -759,6 +762,74 @@ def test_units_a_fixed_slice_reads_are_named_before_training() -> None:
     its pruned units then stayed as zeros (x[:, :8] takes the first eight whatever they are)."""
     stuck = unremovable_layers(_SlicedBeside().eval(), torch.randn(4, 1, 6, 6))
     assert set(stuck) == {"c1", "fc"} and "x[:, :8]" in stuck["c1"], stuck
+
+
+def _channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+
+class _ShuffleBlock(nn.Module):
+    """ShuffleNetV2's unit: half the channels pass, the other half through 1x1 → depthwise 3x3 → 1x1, then the two
+    halves are concatenated and shuffled."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.b = nn.Sequential(nn.Conv2d(c // 2, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
+                               nn.Conv2d(8, c // 2, 1), nn.BatchNorm2d(c // 2), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=1)
+        return _channel_shuffle(torch.cat([x1, self.b(x2)], 1))
+
+
+class _TinyShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.blocks, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Sequential(_ShuffleBlock(8),
+                                                                                       _ShuffleBlock(8)), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_channels_through_a_channel_shuffle_stay_and_the_branch_inside_slims() -> None:
+    """The channel shuffle's views were read as if they kept channels where they were: the branch outputs were
+    refused for an IndexError or for a slim that broke the forward (and a full ShuffleNetV2's view divided by zero
+    in Torch-Pruning, so that nothing could be tied or slimmed). The views that split channels into groups are
+    recorded while tracing now: what reaches them stays, named, and the branch's hidden channels go."""
+    torch.manual_seed(0)
+    model, x = _TinyShuffleNet().eval(), torch.randn(4, 1, 6, 6)
+    stuck = unremovable_layers(model, x)
+    assert set(stuck) == {"stem", "blocks.0.b.5", "blocks.1.b.5", "fc"}, stuck
+    assert all("(View: a channel shuffle" in stuck[n] for n in ("stem", "blocks.0.b.5", "blocks.1.b.5")), stuck
+    masks = _prune_units(model, {"blocks.0.b.0": [1, 6], "blocks.1.b.0": [0], "blocks.0.b.5": [2]})
+    result = slim(model, masks, x)
+    assert result.removed["blocks.0.b.0"] == (8, 6) and result.removed["blocks.1.b.0"] == (8, 7)
+    assert _module(result.model, "blocks.0.b.3").out_channels == 6  # the depthwise convolution lost them too
+    assert result.removed["blocks.0.b.5"] == (4, 4)
+    assert any(note.startswith("blocks.0.b.5") and "kept pruned channel(s) [2]: " in note and "(View: " in note
+               for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_an_index_mapping_that_fails_leaves_that_operation_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Torch-Pruning index mapping that raised (a full ShuffleNetV2's ZeroDivisionError) failed the whole graph,
+    and with it every slim and tie; now that operation passes no channel on, and the rest is analysed."""
+    from torch_pruning.dependency import index_mapping
+
+    from prunedrop.slim.coupling import coupled_producers
+
+    def broken(graph, node):  # noqa: ANN001, ANN202
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(index_mapping, "update_concat_index_mapping", broken)
+    model, x = tiny_arch("densenet")
+    assert coupled_producers(model, x) == []
+    stuck = unremovable_layers(model, x)
+    assert "block.0.conv" in stuck and "(Cat: " in stuck["block.0.conv"], stuck
+    assert "transition.2" not in stuck, stuck
 
 
 class _AssertsWidth(_FixedWidths):

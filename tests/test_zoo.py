@@ -1,5 +1,5 @@
-"""A corner of the zoo matrix (benchmarks/zoo_matrix.py) in the test suite: torchvision's ResNet-18, MobileNetV2 and
-LR-ASPP segmentation network through convert → training steps → forced pruning → slim → ONNX export → onnxruntime parity.
+"""A corner of the zoo matrix (benchmarks/zoo_matrix.py) in the test suite: torchvision's ResNet-18, MobileNetV2,
+ShuffleNetV2 and LR-ASPP segmentation network through convert → training steps → forced pruning → slim → ONNX export → onnxruntime parity.
 
 Skipped where torchvision is not importable (the CPU torch of .venv has none that imports; scripts/setup-zoo.sh
 builds .venv-zoo, where these run).
@@ -27,7 +27,8 @@ def _matrix():
 
 
 @pytest.mark.parametrize(("model", "method"), [("resnet18", "sbp"), ("mobilenet_v2", "group_vd"),
-                                               ("lraspp_mobilenet_v3_large", "sbp")])  # a class per pixel
+                                               ("lraspp_mobilenet_v3_large", "sbp"),  # a class per pixel
+                                               ("shufflenet_v2_x0_5", "sbp")])  # channel split and shuffle
 def test_torchvision_network_is_compressed_slimmed_and_exported(model: str, method: str, tmp_path: Path) -> None:
     cell = _matrix().run_cell(model, method, steps=2, fraction=0.5, seed=0, work=tmp_path, size=32)
     assert cell["error"] is None, cell["error"]

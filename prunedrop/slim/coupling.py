@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -207,8 +208,13 @@ class GroupAnalysis:
         """Why this channel cannot be removed at all, whatever the masks say; None if it can be."""
         tp_ops = self.graph.ops
         consumers = {node for node, _ in self.consumers(channel)}
+        broken = unmapped(self.graph)
         for node in channel.members:
             module = node.module
+            if node in broken:
+                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__) or "an operation"
+                return (f"they pass through an operation that moves channels to other places or numbers, which "
+                        f"the dependency graph cannot follow ({what}: a channel shuffle, a pixel shuffle, F.glu)")
             # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
             if node.type == tp_ops.OPTYPE.OUTPUT or (
                 node not in consumers and node.grad_fn in self.output_fns
@@ -338,17 +344,74 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+def _no_channels(idxs: Any) -> list[Any]:
+    """An index mapping that passes no channel on."""
+    return []
+
+
+def _stop(node: Any, graph: Any) -> None:
+    """``node`` passes no channel on, and is listed in :func:`unmapped`."""
+    for dep in node.dependencies:
+        dep.index_mapping[0] = _no_channels
+    unmapped(graph).add(node)
+
+
+def unmapped(graph: Any) -> set[Any]:
+    """The nodes of ``graph`` whose index mapping Torch-Pruning failed to work out (:func:`_each_mapping_alone`)."""
+    if not hasattr(graph, "prunedrop_unmapped"):
+        graph.prunedrop_unmapped = set()
+    return graph.prunedrop_unmapped
+
+
+@contextlib.contextmanager
+def _each_mapping_alone() -> Iterator[None]:
+    """Torch-Pruning's index mapping of a single operation (a concatenation, a reshape, a slice) may fail alone:
+    the whole graph failed instead (a ShuffleNetV2's channel shuffle divided by a width inferred as 0, and nothing
+    could be slimmed or even tied). Such an operation now passes no channel on (left unmapped, every channel of
+    it would reach every channel beyond, and the groups grew without end) and is listed in :func:`unmapped`: a
+    channel that reaches it stays (:meth:`GroupAnalysis.blocker`)."""
+    try:
+        from torch_pruning.dependency import index_mapping
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout
+        yield
+        return
+    originals = {name: f for name, f in vars(index_mapping).items()
+                 if name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping"
+                 and callable(f)}
+
+    def alone(f: Any) -> Any:
+        def update(graph: Any, node: Any, *args: Any, **kwargs: Any) -> None:
+            if node in unmapped(graph):
+                _stop(node, graph)
+                return
+            try:
+                f(graph, node, *args, **kwargs)
+            except Exception:  # noqa: BLE001 - this operation only: its channels go no further, and stay
+                _stop(node, graph)
+        return update
+
+    for name, f in originals.items():
+        setattr(index_mapping, name, alone(f))
+    try:
+        yield
+    finally:
+        for name, f in originals.items():
+            setattr(index_mapping, name, f)
+
+
 @contextlib.contextmanager
 def all_requiring_grad(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
     functions work on the traced graph); each parameter's own flag comes back afterwards. Integer parameters, which
-    cannot require grad, are left as they are. Torch-Pruning's "Maximum recursive depth reached!" is silenced inside."""
+    cannot require grad, are left as they are. Torch-Pruning's "Maximum recursive depth reached!" is silenced inside,
+    and its index mappings, which it recomputes for every group, fail one operation at a time
+    (:func:`_each_mapping_alone`)."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         if p.is_floating_point() or p.is_complex():
             p.requires_grad_(True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _each_mapping_alone():
             # Torch-Pruning's shape inference gives up on some graphs (a GRU classifier's) with a warning that says
             # nothing to the user; what slimming does is checked against the model anyway
             warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
@@ -358,24 +421,39 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flags.get(n, True))
 
 
-class _ConcatSizes(TorchFunctionMode):
-    """Records, for each concatenation the forward makes, its autograd node → the sizes of its inputs along the
-    concatenated axis, as they were."""
+class _Recorder(TorchFunctionMode):
+    """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
+    concatenation's autograd node → the sizes of its inputs along the concatenated axis, as they were; and the
+    autograd nodes of operations that move channels to other places or numbers (a view that splits a
+    (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu)."""
 
     _CATS = (torch.cat, torch.concat, torch.concatenate)
+    _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
+    _MOVERS = (F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, F.glu, torch.pixel_shuffle,
+               torch.pixel_unshuffle, torch.channel_shuffle)
 
     def __init__(self) -> None:
         super().__init__()
         self.sizes: dict[Any, list[int]] = {}
+        self.movers: set[Any] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in self._CATS and isinstance(out, torch.Tensor) and out.grad_fn is not None and out.dim() > 0:
-            with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None or out.dim() == 0:
+            return out
+        with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
+            if func in self._CATS:
                 tensors = args[0] if args else kwargs.get("tensors", ())
                 dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
                 self.sizes[out.grad_fn] = [int(t.shape[dim % out.dim()]) for t in tensors]
+            elif func in self._MOVERS:
+                self.movers.add(out.grad_fn)
+            elif func in self._VIEWS:
+                x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+                if (x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0]
+                        and out.shape[1] != x.shape[1]):
+                    self.movers.add(out.grad_fn)
         return out
 
 
@@ -409,7 +487,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
     outputs: list[Any] = []
-    cats = _ConcatSizes()
+    cats = _Recorder()
 
     def forward(m: nn.Module, inp: torch.Tensor) -> Any:
         # Called as m(x): Torch-Pruning's default would try m(*x) first, unpacking the batch.
@@ -421,8 +499,41 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
-    _use_concat_sizes(graph, cats.sizes)
+        _use_concat_sizes(graph, cats.sizes)
+        for node in graph.module2node.values():
+            if node.grad_fn in cats.movers:
+                _stop(node, graph)
     return graph, {t.grad_fn for t in tensors_in(outputs[-1])}
+
+
+def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
+    """Torch-Pruning's dependency group of the output channels of every Linear/Conv layer, as its
+    ``get_all_groups`` builds them, and the layers whose group it could not build, each with the error.
+
+    One operation that Torch-Pruning misreads (a ShuffleNetV2's channel split after a shuffle, whose index mapping
+    raised IndexError) failed every group at once, so nothing could be slimmed or tied; now only the layers whose
+    own group fails keep their channels."""
+    groups: list[Any] = []
+    failed: dict[nn.Module, str] = {}
+    visited: set[int] = set()
+    ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
+    for module in list(graph.module2node):
+        if not isinstance(module, WEIGHT_LAYERS) or id(module) in visited or any(module is m for m in ignored):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        width = None if pruner is None else pruner.get_out_channels(module)
+        if width is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
+            failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            continue
+        members = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        visited.update(id(m) for m in members)
+        if not any(m is i for m in members for i in ignored):
+            groups.append(group)
+    return groups, failed
 
 
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
@@ -439,11 +550,12 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
     tp = import_torch_pruning()
     with all_requiring_grad(model):
         graph, _ = trace(tp, model, example_input.detach())
+        every, _ = unit_groups(graph)
     layers = dict(model.named_modules())
     names = node_names(model)
     order = {n: i for i, n in enumerate(layers)}
     groups: dict[tuple[str, ...], None] = {}
-    for g in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+    for g in every:
         an = GroupAnalysis(graph, g, names, {}, set())
         # producer → {root channel: its unit}; a member producing some channels only is not a whole member
         units: dict[str, dict[int, int]] = defaultdict(dict)

@@ -26,7 +26,15 @@ from .common import (
     silent_units,
 )
 from .constants import consumer_shares, fold, record_inputs
-from .coupling import Channel, GroupAnalysis, all_requiring_grad, import_torch_pruning, node_names, trace
+from .coupling import (
+    Channel,
+    GroupAnalysis,
+    all_requiring_grad,
+    import_torch_pruning,
+    node_names,
+    trace,
+    unit_groups,
+)
 from .recurrent import slim_recurrent, split_recurrent_masks
 
 
@@ -247,15 +255,20 @@ def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[in
         dep(sorted(idxs))
 
 
-def _every_channel(model: nn.Module, example_input: torch.Tensor) -> Iterator[tuple[GroupAnalysis, Channel]]:
+def _every_channel(model: nn.Module, example_input: torch.Tensor, failed: dict[str, str] | None = None
+                   ) -> Iterator[tuple[GroupAnalysis, Channel]]:
     """Every channel of every dependency group of a copy of ``model`` (traced on ``example_input``) with its group's
-    analysis, whatever the masks: what :func:`dead_units` and :func:`unremovable_layers` read."""
+    analysis, whatever the masks: what :func:`dead_units` and :func:`unremovable_layers` read. The layers whose
+    group Torch-Pruning could not build go into ``failed`` (name → error), when given."""
     tp = import_torch_pruning()
     work = copy.deepcopy(model).eval()
     names = node_names(work)
     with all_requiring_grad(work):
         graph, output_fns = trace(tp, work, example_input.detach())
-        for group in graph.get_all_groups(root_module_types=WEIGHT_LAYERS):
+        groups, broken = unit_groups(graph)
+        if failed is not None:
+            failed.update({names.get(m, str(m)): reason for m, reason in broken.items()})
+        for group in groups:
             analysis = GroupAnalysis(graph, group, names, {}, output_fns)
             for channel in analysis.channels.values():
                 yield analysis, channel
@@ -339,8 +352,9 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     warning, before any training. Empty where the model cannot be traced. ``model`` is not modified."""
     free: set[str] = set()
     reasons: dict[str, str] = {}
+    failed: dict[str, str] = {}
     try:
-        for analysis, channel in _every_channel(model, example_input):
+        for analysis, channel in _every_channel(model, example_input, failed):
             reason = analysis.blocker(channel)
             for node in channel.members:
                 # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
@@ -353,6 +367,8 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                     reasons.setdefault(analysis.name(node), reason)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
+    for name, error in failed.items():
+        reasons.setdefault(name, f"the dependency graph cannot follow where its units go ({error})")
     found = {name: reason for name, reason in reasons.items() if name not in free}
     return {**found, **_fixed_widths(model, example_input, sorted(free))}
 
@@ -525,10 +541,13 @@ def _slim_once(
         for name, mask in masks.items():
             if not bool(mask.all()) and name not in traced:
                 notes.append(f"{name}: not reached by the forward pass on the example input; left unchanged")
-        analyses = [
-            GroupAnalysis(graph, g, names, masks, output_fns)
-            for g in graph.get_all_groups(root_module_types=WEIGHT_LAYERS)
-        ]
+        groups, failed = unit_groups(graph)
+        analyses = [GroupAnalysis(graph, g, names, masks, output_fns) for g in groups]
+        for module, error in failed.items():
+            name = names.get(module, str(module))
+            if name in masks and not bool(masks[name].all()):
+                notes.append(f"{name}: pruned units kept as zeros: the dependency graph cannot follow where its "
+                             f"units go ({error})")
         if channel_multiple < 1:
             raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
         try:
