@@ -1,4 +1,4 @@
-"""torchvision ResNet-18 and MobileNetV2 on digits: ``sbp`` and ``sparse_vd`` with the default recipe, and Torch-Pruning.
+"""torchvision ResNet-18, MobileNetV2 and ShuffleNetV2 (x0.5) on digits: ``sbp`` and ``sparse_vd`` with the default recipe, and Torch-Pruning.
 
     python benchmarks/zoo_real.py --model resnet18 --method sbp            # then torch_pruning, sparse_vd
     python benchmarks/zoo_real.py --model mobilenet_v2 --method all
@@ -58,8 +58,8 @@ from prunedrop.recipes import Recipe  # noqa: E402
 from prunedrop.report import profile_model  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
 
-MODELS = ("resnet18", "mobilenet_v2")
-HEADS = {"resnet18": "fc", "mobilenet_v2": "classifier.1"}
+MODELS = ("resnet18", "mobilenet_v2", "shufflenet_v2_x0_5")
+HEADS = {"resnet18": "fc", "mobilenet_v2": "classifier.1", "shufflenet_v2_x0_5": "fc"}
 METHODS = ("sbp", "torch_pruning", "sparse_vd")
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 32
