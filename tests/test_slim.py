@@ -757,6 +757,40 @@ def test_a_concatenation_beside_a_channel_slice_keeps_its_offsets() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _Pieces(nn.Module):
+    """The model input concatenated before c1's channels; c2's split into unequal pieces for two branches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(9, 10, 3, padding=1)
+        self.a, self.b, self.fc = nn.Conv2d(6, 5, 1), nn.Conv2d(4, 5, 1), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.cat([x, torch.relu(self.c1(x))], 1)))
+        p, q = h.split([6, 4], 1)
+        return self.fc(torch.cat([torch.relu(self.a(p)), torch.relu(self.b(q))], 1).mean((2, 3)))
+
+
+def test_concatenations_and_splits_map_the_pieces_the_call_had() -> None:
+    """The input image before c1's channels has no autograd node, so Torch-Pruning put c1's channel k at k, not
+    k + 1, and kept c1's pruned channels ("in c2, its value varies with the input"); it numbered the split's
+    outputs in the order its search met them, so c2's channel 8 was read as one of p's. The pieces are recorded
+    while tracing now; and the split's fixed sizes are found before training."""
+    torch.manual_seed(0)
+    model, x = _Pieces().eval(), torch.randn(4, 1, 6, 6)
+    masks = _prune_units(model, {"c1": [0, 6], "a": [1], "b": [4]})
+    result = slim(model, masks, x)
+    assert result.removed["c1"] == (8, 6) and result.removed["a"] == (5, 4) and result.removed["b"] == (5, 4)
+    assert _module(result.model, "c2").in_channels == 7 and not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    stuck = unremovable_layers(_Pieces().eval(), x)
+    assert set(stuck) == {"c2", "fc"} and "split" in stuck["c2"], stuck
+    model = _Pieces().eval()
+    result = slim(model, _prune_units(model, {"c2": [8]}), x)
+    assert result.removed["c2"] == (10, 10)  # channel 8 is q's, read by b: it could go but for the fixed sizes
+    assert [note.split(":")[0] for note in result.notes] == ["c2"] and "breaks" in result.notes[0], result.notes
+
+
 def test_units_a_fixed_slice_reads_are_named_before_training() -> None:
     """Only the last unit was tried: removing it shortens x[:, 8:] harmlessly, so c1 was converted and trained, and
     its pruned units then stayed as zeros (x[:, :8] takes the first eight whatever they are)."""
@@ -802,8 +836,9 @@ def test_channels_through_a_channel_shuffle_stay_and_the_branch_inside_slims() -
     torch.manual_seed(0)
     model, x = _TinyShuffleNet().eval(), torch.randn(4, 1, 6, 6)
     stuck = unremovable_layers(model, x)
-    assert set(stuck) == {"stem", "blocks.0.b.5", "blocks.1.b.5", "fc"}, stuck
-    assert all("(View: a channel shuffle" in stuck[n] for n in ("stem", "blocks.0.b.5", "blocks.1.b.5")), stuck
+    # the stem's second half goes only into the first branch: those channels could leave
+    assert set(stuck) == {"blocks.0.b.5", "blocks.1.b.5", "fc"}, stuck
+    assert all("(View: a channel shuffle" in stuck[n] for n in ("blocks.0.b.5", "blocks.1.b.5")), stuck
     masks = _prune_units(model, {"blocks.0.b.0": [1, 6], "blocks.1.b.0": [0], "blocks.0.b.5": [2]})
     result = slim(model, masks, x)
     assert result.removed["blocks.0.b.0"] == (8, 6) and result.removed["blocks.1.b.0"] == (8, 7)

@@ -384,6 +384,9 @@ def _each_mapping_alone() -> Iterator[None]:
             if node in unmapped(graph):
                 _stop(node, graph)
                 return
+            if node in real_mappings(graph):
+                _apply_real(node, graph)
+                return
             try:
                 f(graph, node, *args, **kwargs)
             except Exception:  # noqa: BLE001 - this operation only: its channels go no further, and stay
@@ -423,64 +426,126 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
 
 class _Recorder(TorchFunctionMode):
     """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
-    concatenation's autograd node → the sizes of its inputs along the concatenated axis, as they were; and the
-    autograd nodes of operations that move channels to other places or numbers (a view that splits a
-    (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu)."""
+    concatenation's and split's autograd node → its axis and the sizes of its pieces along it, in the order of the
+    call; and the autograd nodes of operations that move channels to other places or numbers (a view that splits
+    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu)."""
 
     _CATS = (torch.cat, torch.concat, torch.concatenate)
+    _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
+               torch.Tensor.split_with_sizes)
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
     _MOVERS = (F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, F.glu, torch.pixel_shuffle,
                torch.pixel_unshuffle, torch.channel_shuffle)
 
     def __init__(self) -> None:
         super().__init__()
-        self.sizes: dict[Any, list[int]] = {}
+        self.cats: dict[Any, tuple[int, list[int]]] = {}
+        self.splits: dict[Any, tuple[int, list[int]]] = {}
         self.movers: set[Any] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not isinstance(out, torch.Tensor) or out.grad_fn is None or out.dim() == 0:
-            return out
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
-            if func in self._CATS:
-                tensors = args[0] if args else kwargs.get("tensors", ())
-                dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
-                self.sizes[out.grad_fn] = [int(t.shape[dim % out.dim()]) for t in tensors]
-            elif func in self._MOVERS:
-                self.movers.add(out.grad_fn)
-            elif func in self._VIEWS:
-                x = args[0] if args else kwargs.get("input", kwargs.get("self"))
-                if (x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0]
-                        and out.shape[1] != x.shape[1]):
-                    self.movers.add(out.grad_fn)
+            self._record(func, args, kwargs, out)
         return out
 
+    def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        if func in self._SPLITS and isinstance(out, (tuple, list)) and out:
+            fns = {t.grad_fn for t in out}
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            if len(fns) == 1 and None not in fns and out[0].dim() > 0:
+                self.splits[out[0].grad_fn] = (dim % out[0].dim(), [int(t.shape[dim]) for t in out])
+            return
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None or out.dim() == 0:
+            return
+        if func in self._CATS:
+            tensors = args[0] if args else kwargs.get("tensors", ())
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            self.cats[out.grad_fn] = (dim % out.dim(), [int(t.shape[dim % out.dim()]) for t in tensors])
+        elif func in self._MOVERS:
+            self.movers.add(out.grad_fn)
+        elif func in self._VIEWS:
+            x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            if x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
+                self.movers.add(out.grad_fn)
 
-def _use_concat_sizes(graph: Any, sizes: dict[Any, list[int]]) -> None:
-    """Give Torch-Pruning the concatenations' real input sizes, and redo their index mappings.
 
-    Torch-Pruning infers them from the layers around, and where it cannot (an input through a channel slice, a
-    reduction, anything without a layer of known width) the concatenation gets no mapping: every channel of it
-    reaches every input, and unrelated layers look coupled (a Conv's pruned channels were "still produced" by
-    another layer whose slice was concatenated beside them, and nothing was removed). Only where each input of
-    the concatenation is one autograd node of the graph, in the order of the call."""
+def _ranges(sizes: list[int]) -> list[tuple[int, int]]:
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [(a, a + n) for a, n in zip(starts, sizes, strict=True)]
+
+
+def _position(fn: Any, entries: Any) -> int | None:
+    """The one position among a concatenation's autograd ``entries`` ((function, output number) pairs) that comes
+    from ``fn``, or None when none or several do."""
+    found = [k for k, (f, _) in enumerate(entries) if f is fn] if fn is not None else []
+    return found[0] if len(found) == 1 else None
+
+
+def _real_mappings(graph: Any, recorder: _Recorder) -> None:
+    """Map the channels of concatenations and splits along axis 1 by the pieces the traced call really had.
+
+    Torch-Pruning infers a concatenation's input sizes from the layers around, and where it cannot (an input through
+    a channel slice, a reduction, the model input concatenated beside features) the concatenation got no mapping
+    or a shifted one: unrelated layers looked coupled and nothing left. It also numbers a split's outputs in the
+    order its graph search met them, not the split's: after ``p, q = torch.split(h, [6, 4], 1)``, h's channel 8
+    was read as one of p's. Registered in ``graph.prunedrop_real`` and applied by :func:`_each_mapping_alone`
+    whenever Torch-Pruning recomputes its mappings; only where each piece is one autograd node of the graph."""
     try:
         from torch_pruning import ops
-        from torch_pruning.dependency.index_mapping import update_concat_index_mapping
+        from torch_pruning.dependency.index_mapping import _ConcatIndexMapping, _SplitIndexMapping
     except ImportError:  # pragma: no cover - another Torch-Pruning layout: its own inference stays
         return
+    real = real_mappings(graph)
     for node in graph.module2node.values():
-        real = sizes.get(node.grad_fn)
-        if node.type != ops.OPTYPE.CONCAT or real is None:
+        if not getattr(node, "enable_index_mapping", True):
             continue
-        inputs = [f for f, _ in node.grad_fn.next_functions]
-        if (len(inputs) != len(real) or len(node.inputs) != len(real) or any(f is None for f in inputs)
-                or any(type(f).__name__ == "AccumulateGrad" for f in inputs)
-                or [n.grad_fn for n in node.inputs] != inputs):
-            continue
-        node.module.concat_sizes = real
-        update_concat_index_mapping(graph, node)
+        if node.type == ops.OPTYPE.CONCAT and node.grad_fn in recorder.cats:
+            dim, sizes = recorder.cats[node.grad_fn]
+            entries = node.grad_fn.next_functions
+            if dim != 1 or len(entries) != len(sizes):
+                continue
+            where = [_position(n.grad_fn, entries) for n in node.inputs]
+            if None in where or len(set(where)) != len(where):
+                continue
+            pairs = [(n, _ranges(sizes)[k]) for n, k in zip(node.inputs, where, strict=True)]
+            real[node] = (pairs, _ConcatIndexMapping, 1)
+        elif node.type == ops.OPTYPE.SPLIT and node.grad_fn in recorder.splits:
+            dim, sizes = recorder.splits[node.grad_fn]
+            if dim != 1:
+                continue
+            where = []
+            for out in node.outputs:
+                numbers = {k for f, k in getattr(out.grad_fn, "next_functions", ()) if f is node.grad_fn}
+                where.append(numbers.pop() if len(numbers) == 1 else None)
+            if None in where:
+                continue
+            real[node] = ([(n, _ranges(sizes)[k]) for n, k in zip(node.outputs, where, strict=True)],
+                          _SplitIndexMapping, 0)
+
+
+def real_mappings(graph: Any) -> dict[Any, tuple[list[tuple[Any, tuple[int, int]]], Any, int]]:
+    """Concatenation and split nodes of ``graph`` → their pieces' nodes and channel ranges (:func:`_real_mappings`)."""
+    if not hasattr(graph, "prunedrop_real"):
+        graph.prunedrop_real = {}
+    return graph.prunedrop_real
+
+
+def _apply_real(node: Any, graph: Any) -> None:
+    """Set the index mappings between ``node`` and each of its pieces to the piece's real channel range: a
+    concatenation's input or a split's output, both ways, in Torch-Pruning's slot for such an operation."""
+    pairs, mapping, slot = real_mappings(graph)[node]
+    inward = mapping.__name__ == "_ConcatIndexMapping"  # a concatenation's pieces are its inputs
+    for piece, (start, end) in pairs:
+        for dep in node.dependencies:
+            if dep.target is piece:
+                dep.index_mapping[slot] = mapping(offset=[start, end], reverse=inward)
+                break
+        for dep in piece.dependencies:
+            if dep.target is node:
+                dep.index_mapping[slot] = mapping(offset=[start, end], reverse=not inward)
+                break
 
 
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
@@ -499,10 +564,12 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
-        _use_concat_sizes(graph, cats.sizes)
+        _real_mappings(graph, cats)
         for node in graph.module2node.values():
             if node.grad_fn in cats.movers:
                 _stop(node, graph)
+            elif node in real_mappings(graph):
+                _apply_real(node, graph)
     return graph, {t.grad_fn for t in tensors_in(outputs[-1])}
 
 
