@@ -357,7 +357,8 @@ def _stop(node: Any, graph: Any) -> None:
 
 
 def unmapped(graph: Any) -> set[Any]:
-    """The nodes of ``graph`` whose index mapping Torch-Pruning failed to work out (:func:`_each_mapping_alone`)."""
+    """The nodes of ``graph`` that pass no channel on: operations recorded as moving channels (:class:`_Recorder`)
+    and those whose index mapping Torch-Pruning failed to work out (:func:`_each_mapping_alone`)."""
     if not hasattr(graph, "prunedrop_unmapped"):
         graph.prunedrop_unmapped = set()
     return graph.prunedrop_unmapped
@@ -381,11 +382,11 @@ def _each_mapping_alone() -> Iterator[None]:
 
     def alone(f: Any) -> Any:
         def update(graph: Any, node: Any, *args: Any, **kwargs: Any) -> None:
-            if node in unmapped(graph):
-                _stop(node, graph)
-                return
             if node in real_mappings(graph):
                 _apply_real(node, graph)
+                return
+            if node in unmapped(graph):
+                _stop(node, graph)
                 return
             try:
                 f(graph, node, *args, **kwargs)
@@ -510,7 +511,7 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
             if None in where or len(set(where)) != len(where):
                 continue
             pairs = [(n, _ranges(sizes)[k]) for n, k in zip(node.inputs, where, strict=True)]
-            real[node] = (pairs, _ConcatIndexMapping, 1)
+            real[node] = (pairs, _ConcatIndexMapping, 1, True)
         elif node.type == ops.OPTYPE.SPLIT and node.grad_fn in recorder.splits:
             dim, sizes = recorder.splits[node.grad_fn]
             if dim != 1:
@@ -522,11 +523,12 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
             if None in where:
                 continue
             real[node] = ([(n, _ranges(sizes)[k]) for n, k in zip(node.outputs, where, strict=True)],
-                          _SplitIndexMapping, 0)
+                          _SplitIndexMapping, 0, False)
 
 
-def real_mappings(graph: Any) -> dict[Any, tuple[list[tuple[Any, tuple[int, int]]], Any, int]]:
-    """Concatenation and split nodes of ``graph`` → their pieces' nodes and channel ranges (:func:`_real_mappings`)."""
+def real_mappings(graph: Any) -> dict[Any, tuple[list[tuple[Any, tuple[int, int]]], Any, int, bool]]:
+    """Concatenation and split nodes of ``graph`` → their pieces' nodes and channel ranges, Torch-Pruning's mapping
+    class and slot for them, and whether the pieces are the node's inputs (:func:`_real_mappings`)."""
     if not hasattr(graph, "prunedrop_real"):
         graph.prunedrop_real = {}
     return graph.prunedrop_real
@@ -535,8 +537,7 @@ def real_mappings(graph: Any) -> dict[Any, tuple[list[tuple[Any, tuple[int, int]
 def _apply_real(node: Any, graph: Any) -> None:
     """Set the index mappings between ``node`` and each of its pieces to the piece's real channel range: a
     concatenation's input or a split's output, both ways, in Torch-Pruning's slot for such an operation."""
-    pairs, mapping, slot = real_mappings(graph)[node]
-    inward = mapping.__name__ == "_ConcatIndexMapping"  # a concatenation's pieces are its inputs
+    pairs, mapping, slot, inward = real_mappings(graph)[node]
     for piece, (start, end) in pairs:
         for dep in node.dependencies:
             if dep.target is piece:
@@ -552,11 +553,11 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
     outputs: list[Any] = []
-    cats = _Recorder()
+    recorder = _Recorder()
 
     def forward(m: nn.Module, inp: torch.Tensor) -> Any:
         # Called as m(x): Torch-Pruning's default would try m(*x) first, unpacking the batch.
-        with cats:
+        with recorder:
             outputs.append(m(inp))
         return outputs[-1]
 
@@ -564,11 +565,12 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
-        _real_mappings(graph, cats)
+        _real_mappings(graph, recorder)
         for node in graph.module2node.values():
-            if node.grad_fn in cats.movers:
+            if node.grad_fn in recorder.movers:
                 _stop(node, graph)
-            elif node in real_mappings(graph):
+            elif node in real_mappings(graph):  # the real pieces, also where Torch-Pruning's own mapping failed
+                unmapped(graph).discard(node)
                 _apply_real(node, graph)
     return graph, {t.grad_fn for t in tensors_in(outputs[-1])}
 

@@ -368,9 +368,13 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
     for name, error in failed.items():
-        reasons.setdefault(name, f"the dependency graph cannot follow where its units go ({error})")
+        reasons.setdefault(name, _cannot_follow(error))
     found = {name: reason for name, reason in reasons.items() if name not in free}
     return {**found, **_fixed_widths(model, example_input, sorted(free))}
+
+
+def _cannot_follow(error: str) -> str:
+    return f"the dependency graph cannot follow where its units go ({error})"
 
 
 def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, str]:
@@ -407,9 +411,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
                                    "units (x.view(-1, 512), a reshape to a constant channel count, fixed groups, "
                                    "a slice x[:, :8])",
                            "output": f"removing a unit changes the output ({e.reason})",
-                           "graph": f"the dependency graph cannot follow where its units go ({e.reason}): an "
-                                    "operation that moves channels elsewhere or changes their number (F.glu, a pixel "
-                                    "shuffle)"}[e.kind]
+                           "graph": f"{_cannot_follow(e.reason)}: an operation that moves channels elsewhere or "
+                                    "changes their number (F.glu, a pixel shuffle)"}[e.kind]
         except Exception:  # noqa: BLE001
             continue
     return found
@@ -546,8 +549,7 @@ def _slim_once(
         for module, error in failed.items():
             name = names.get(module, str(module))
             if name in masks and not bool(masks[name].all()):
-                notes.append(f"{name}: pruned units kept as zeros: the dependency graph cannot follow where its "
-                             f"units go ({error})")
+                notes.append(f"{name}: pruned units kept as zeros: {_cannot_follow(error)}")
         if channel_multiple < 1:
             raise PrunedropError(f"channel_multiple must be at least 1, got {channel_multiple}")
         try:
