@@ -58,6 +58,7 @@ from .stages import (
 )
 from .stages.budget import check_budget, fixed_beta_budget_line, over_budget, target_outcome
 from .stages.common import PARITY_SAMPLES
+from .stages.evaluation import budget_judge
 from .stages.reporting import run_files
 from .stages.slimming import slim_multiple
 from .stages.variational import autopilot_line
@@ -121,8 +122,10 @@ def compress(
     pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned, data=data)
     tuned = selection.finetuned
     if tuned is None and recipe.finetune_epochs_for(data.num_train) > 0:
+        judge = budget_judge(baseline, data, recipe) if recipe.automatic and recipe.max_metric_drop is not None \
+            else None
         tuned = finetune_pruned(pruned.result, data, recipe, device, example, folder.masked_checkpoint,
-                                normalised=converted.normalised, **run)
+                                normalised=converted.normalised, judge=judge, **run)
     slimmed = slim_pruned(pruned.result.model if tuned is None else tuned.model, pruned.result.unit_masks, example,
                           log, slim_multiple(recipe), slimmed=None if tuned is None else tuned.slimmed)
     evaluation = evaluate_compressed(slimmed.model, baseline, selection, data, recipe, log)

@@ -6,6 +6,8 @@ weights of per-weight noise, and leave per-weight noise alone (sparse VD) on the
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -175,3 +177,77 @@ def test_slim_masks_keep_the_columns_of_channels_kept_for_a_width_at_zero() -> N
     assert not masks["0.weight"][:, 2].any()
     assert masks["2.weight"].transpose(0, 1).flatten(1).any(dim=1).tolist() == [True, False, True]
     assert masks["2.weight"][0, 0].all()
+
+
+@pytest.mark.parametrize(("method", "arch", "units"), [
+    ("sbp", "lenet5", {"conv1": [1], "fc1": [2, 3]}),  # fine-tuned slim
+    ("sparse_vd", "mlp", {}),  # fine-tuned masked, in place
+])
+@pytest.mark.parametrize("verdicts", [[(False, 90.0), (True, 95.0)], [(True, 96.0)], [(False, 90.0), (False, 89.0)]])
+def test_a_fine_tuning_that_leaves_the_budget_gives_way_to_the_model_before_it(method: str, arch: str, units,
+                                                                               verdicts) -> None:
+    """A sweep that judged the budget before the fine-tuning chose a threshold within it; the fine-tuning then lost
+    a validation sample more, and the run stopped with nothing exported (a digits CNN, 1.39 points down on a budget of
+    1, 0.69 before the fine-tuning). Where the fine-tuned model misses the budget and the one before it keeps it, that
+    one goes on, and the report says so; otherwise the fine-tuned one does."""
+    if method == "sparse_vd":
+        plain, x = tiny_arch(arch)
+        model = to_variational(plain, Recipe(method=method), example_input=x[:2])
+        with torch.no_grad():
+            for layer in variational_layers(model).values():
+                layer.log_sigma2[torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(5)) < 0.4] = 5.0
+        pruned = prune(model.eval(), None)
+    else:
+        pruned, x = _prune_units(method, arch, units)
+    data = _data(tuple(x.shape[1:]))
+    before = copy.deepcopy(pruned.model if not finetunes_slim(pruned) else slim(pruned.model, pruned.unit_masks,
+                                                                                   x).model)
+    calls, lines = [], []
+
+    def judge(model):  # noqa: ANN001, ANN202 - the fine-tuned model is judged first, then the one before it
+        calls.append(model)
+        return verdicts[len(calls) - 1]
+
+    done = finetune_pruned(copy.deepcopy(pruned), data, RECIPE, torch.device("cpu"), x, None, resume=False,
+                           progress=False, log=lines.append, judge=judge)
+    assert len(calls) == len(verdicts)
+    same = all(torch.equal(a, b) for a, b in zip(done.model.state_dict().values(), before.state_dict().values(),
+                                                 strict=True))
+    if verdicts == [(False, 90.0), (True, 95.0)]:
+        assert same and done.model is calls[1] and done.discarded == {"finetuned": 90.0, "before": 95.0}
+        assert done.to_dict()["finetune_discarded"] == done.discarded
+        assert any("goes on instead" in line for line in lines), lines
+        if done.slimmed is not None:
+            assert done.slimmed.model is done.model  # what the slim stage goes on with
+    else:
+        assert not same and done.discarded is None and "finetune_discarded" not in done.to_dict()
+
+
+def test_an_automatic_run_whose_fine_tuning_leaves_the_budget_exports_the_model_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: a fine-tuning at a learning rate that wrecks the model (0.5) ended the run with "83.3 points worse
+    than the original ... nothing was exported"; the model the sweep chose, before it, kept the budget."""
+    from click.testing import CliRunner
+
+    from prunedrop.cli import cli
+    from prunedrop.data import load_data
+    from prunedrop.testing import TinyMLP, fit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "ft_arch.py").write_text(
+        "from prunedrop.testing import TinyMLP\n\n\ndef build():\n    return TinyMLP(64, (32,), 10)\n")
+    (tmp_path / "wrecking.yaml").write_text("epochs: 2\nbatch_size: 32\nnoise_lr: 0.3\nfinetune_epochs: 1\n"
+                                            "finetune_lr: 0.5\nlatency_runs: 0\nplots: false\nmax_metric_drop: 5\n")
+    x, y = load_data("digits", seed=0).train.tensors
+    torch.manual_seed(0)
+    torch.save(fit(TinyMLP(64, (32,), 10), x, y, 150).state_dict(), tmp_path / "model.pt")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "ft_arch:build", "--data", "digits",
+                                      "--recipe", "wrecking.yaml", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    assert "the model before it keeps the budget" in result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    finetuned, before = report["finetune_discarded"]["finetuned"], report["finetune_discarded"]["before"]
+    assert report["metric"]["before"] - finetuned > 5 >= report["metric"]["before"] - before
+    assert report["metric"]["after"] == pytest.approx(before)
+    assert report["params"]["after"] < report["params"]["before"]

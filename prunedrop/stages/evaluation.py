@@ -20,12 +20,14 @@ from ..metrics import (
     class_drop_note,
     paired_standard_error,
     position_class_changes,
+    sample_scores,
+    scores_metric,
 )
 from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
-from .budget import check_budget
+from .budget import check_budget, within
 from .common import measure_all
 from .selection import Selection
 
@@ -50,6 +52,19 @@ class Evaluation:
             test["delta_se"] = self.delta_se.get("test")
         return {"test_metric": test, **({"calibration": self.calibration} if self.calibration else {}),
                 **({"per_class": self.per_class} if self.per_class else {})}
+
+
+def budget_judge(baseline: Baseline, data: DataBundle, recipe: Recipe) -> Callable[[nn.Module], tuple[bool, float]]:
+    """Whether a model keeps the budget on validation data as :func:`evaluate_compressed` judges it (the same
+    scores, the same paired standard error), and its validation metric."""
+    def judge(model: nn.Module) -> tuple[bool, float]:
+        scores = sample_scores(model.cpu().eval(), data.loader("val", recipe.eval_batch_size), loss=recipe.loss,
+                               device=torch.device("cpu"))
+        metric = scores_metric(scores)
+        delta_se = paired_standard_error(baseline.scores["val"], scores) if "val" in baseline.scores else None
+        return within(recipe, baseline.metric["val"], metric, delta_se), metric
+
+    return judge
 
 
 def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selection, data: DataBundle,

@@ -7,6 +7,7 @@ weights (:func:`masks_after_slim`); BatchNorms that joined their unit noise come
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch import nn
 from ..batchnorm import ATTACHED, attach_batchnorm, fold_attached
 from ..data import DataBundle
 from ..layers.base import along, weight_unit_axis
+from ..metrics import metric_name
 from ..prune import PruneResult
 from ..recipes import GENTLE_FINETUNE, Recipe
 from ..slim import WEIGHT_LAYERS, SlimResult, silent_units
@@ -40,9 +42,13 @@ class FinetunedPruned:
     slimmed: SlimResult | None = None
     """What slimming before the fine-tuning did, when it ran."""
     timings: dict[str, float] = field(default_factory=dict)
+    discarded: dict[str, float] | None = None
+    """Where the fine-tuned model missed the budget that the model before the fine-tuning kept, and that one went on
+    instead: both validation metrics (``finetuned``, ``before``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": list(self.train.history), "timings": self.timings}
+        return {"history": list(self.train.history), "timings": self.timings,
+                **({"finetune_discarded": self.discarded} if self.discarded else {})}
 
 
 def finetunes_slim(pruned: Any) -> bool:
@@ -92,7 +98,8 @@ def masks_after_slim(model: nn.Module, pruned: Any) -> dict[str, torch.Tensor]:
 def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, device: torch.device,
                     example: torch.Tensor, checkpoint_path: Path | None, *, resume: bool, progress: bool,
                     log: Callable[[str], None], normalised: Sequence[str] = (),
-                    stop_on: Callable[[dict[str, Any]], str | None] | None = None) -> FinetunedPruned:
+                    stop_on: Callable[[dict[str, Any]], str | None] | None = None,
+                    judge: Callable[[nn.Module], tuple[bool, float]] | None = None) -> FinetunedPruned:
     """The noise-free fine-tuning of what survived the threshold.
 
     Where units were pruned (SBP, group VD, the combined method), the model is slimmed first, so that the
@@ -104,6 +111,10 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
     noise alone (sparse VD) removes no unit, and the masks of recurrent layers, attention projections and embeddings
     are not read back from a slim model: there the masked model is fine-tuned as it is (:func:`finetunes_slim`).
     ``stop_on``: as in :func:`prunedrop.train.finetune_masked` (a probe that stops once within the budget).
+    ``judge(model)``: whether a model keeps the budget, and its validation metric
+    (:func:`prunedrop.stages.evaluation.budget_judge`); where the fine-tuned model misses it and the model before the
+    fine-tuning keeps it, that one goes on (a sweep that judged the budget before the fine-tuning chose a threshold
+    within it, the fine-tuning lost a validation sample more, and the run stopped with nothing exported).
     """
     t0 = time.perf_counter()
     model, masks, slimmed = pruned.model, pruned.masks, None
@@ -111,6 +122,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
         slimmed = remove_pruned_units(model.cpu().eval(), pruned.unit_masks, example, log, slim_multiple(recipe))
         model = slimmed.model
         masks = masks_after_slim(model, pruned)
+    start = copy.deepcopy(model).cpu().eval() if judge is not None else None
     rebatchnorm = recipe.finetune_batchnorm or bool(normalised)
     if rebatchnorm:
         names = None if recipe.finetune_batchnorm else list(normalised)
@@ -120,8 +132,20 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
                              kept_fraction=pruned.kept_fraction)
     if rebatchnorm:
         fold_attached(model)
-    return FinetunedPruned(model=model.cpu().eval(), train=result, slimmed=slimmed,
-                           timings={"masked_finetune_s": time.perf_counter() - t0})
+    model, discarded = model.cpu().eval(), None
+    if start is not None and judge is not None:
+        kept, after = judge(model)
+        if not kept:
+            kept_before, before = judge(start)
+            if kept_before:
+                name = metric_name(recipe.loss)
+                log(f"the noise-free fine-tuning left the model over the budget (validation {name} {after:.4g}); the "
+                    f"model before it keeps the budget ({before:.4g}) and goes on instead")
+                model, discarded = start, {"finetuned": after, "before": before}
+                if slimmed is not None:
+                    slimmed.model = model
+    return FinetunedPruned(model=model, train=result, slimmed=slimmed,
+                           timings={"masked_finetune_s": time.perf_counter() - t0}, discarded=discarded)
 
 
 def with_finetune_rate(recipe: Recipe, data: DataBundle, log: Callable[[str], None]) -> Recipe:
