@@ -1,0 +1,113 @@
+"""Channel patterns that Torch-Pruning's dependency graph misread, through ``prunedrop compress`` on digits.
+
+    python benchmarks/graph_patterns_digits.py --model sliced                 # recipes/sbp.yaml, the default budget
+    python benchmarks/graph_patterns_digits.py --model input_concat
+    python benchmarks/graph_patterns_digits.py --model sliced --tag before    # the same, run from an older checkout
+
+Two small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
+
+- ``sliced``: a stem of 16 channels whose first 8 feed a second convolution (24 channels) and whose last 8 are
+  pooled and concatenated beside it, ``x[:, :8]`` / ``x[:, 8:]``; the concatenation's sliced input has a width that
+  Torch-Pruning cannot infer, so it gave the concatenation no mapping and the second convolution's channels looked
+  coupled to the stem's (nothing left);
+- ``input_concat``: the input image concatenated before the stem's 16 channels (``torch.cat([x, h], 1)``, as
+  refinement networks do), then two convolutions; the image has no autograd node, so Torch-Pruning placed the
+  stem's channel k at k instead of k + 1 and kept the stem's pruned channels.
+
+Each is trained dense here (Adam 3e-3, 30 epochs, batch 64, seed 0; cached in ``benchmarks/results``, not tracked),
+then ``prunedrop compress --recipe recipes/sbp.yaml`` runs on it (the autopilot, budget 1 point), and
+``benchmarks/results/graph-patterns-<model>-<tag>.json`` keeps the report's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import RESULTS, ROOT, command_line, cpu_model, rel
+from prunedrop.atomic import atomic_write_text
+
+
+class Sliced(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 24, 3, padding=1)
+        self.fc = nn.Linear(24 + 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.c1(x))
+        y = F.relu(self.c2(x[:, :8]))
+        return self.fc(torch.cat([y.mean((2, 3)), x[:, 8:].amax((2, 3))], 1))
+
+
+class InputConcat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.c2, self.c3 = nn.Conv2d(17, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, F.relu(self.c1(x))], 1)
+        h = F.max_pool2d(F.relu(self.c2(h)), 2)
+        return self.fc(F.relu(self.c3(h)).mean((2, 3)))
+
+
+MODELS = {"sliced": Sliced, "input_concat": InputConcat}
+
+
+def sliced() -> nn.Module:
+    return Sliced()
+
+
+def input_concat() -> nn.Module:
+    return InputConcat()
+
+
+def train(name: str) -> nn.Module:
+    """The dense model, trained on prunedrop's digits training split: Adam 3e-3, 30 epochs, batch 64, seed 0."""
+    from benchmarks.segmentation_digits import train as train_dense
+    from prunedrop.data import load_data
+
+    return train_dense(MODELS[name], {"train": load_data("digits", seed=0).train.tensors}, 30, F.cross_entropy)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=list(MODELS), required=True)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "sbp.yaml",
+                        help="recipe for prunedrop compress (default: recipes/sbp.yaml)")
+    parser.add_argument("--tag", default="sbp", help="name of the result (default: sbp)")
+    args = parser.parse_args(argv)
+    dense = RESULTS / f"graph-patterns-{args.model}-dense.pt"
+    if not dense.exists():
+        torch.save(train(args.model).state_dict(), dense)
+    out = ROOT / "runs" / f"graph-patterns-{args.model}-{args.tag}"
+    cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch",
+           f"benchmarks.graph_patterns_digits:{args.model}", "--data", "digits", "--recipe", rel(args.recipe),
+           "-o", rel(out), "--overwrite"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    report = json.loads((out / "report.json").read_text())
+    keep = {k: report.get(k) for k in ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
+                                       "autopilot", "threshold", "slim", "conversion")}
+    result = {"command": command_line(), "compress": " ".join(cmd[1:]), "machine": cpu_model(), "wall_s": round(wall),
+              "report": keep}
+    atomic_write_text(RESULTS / f"graph-patterns-{args.model}-{args.tag}.json", json.dumps(result, indent=1) + "\n")
+    print(f"wrote {RESULTS / f'graph-patterns-{args.model}-{args.tag}.json'}")
+
+
+if __name__ == "__main__":
+    main()
