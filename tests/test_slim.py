@@ -791,6 +791,31 @@ def test_concatenations_and_splits_map_the_pieces_the_call_had() -> None:
     assert [note.split(":")[0] for note in result.notes] == ["c2"] and "breaks" in result.notes[0], result.notes
 
 
+class _Reordered(nn.Module):
+    """c1's channels are reordered (flipped, rolled or accumulated along the channel axis) before c2 reads them."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        h = {"flip": lambda t: t.flip(1), "roll": lambda t: t.roll(2, 1), "cumsum": lambda t: t.cumsum(1)}[self.op](h)
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("op", ["flip", "roll", "cumsum"])
+def test_channels_reordered_on_the_way_are_named_before_training(op: str) -> None:
+    """The dependency graph reads a flip or roll along the channels as element-wise: removing c1's first and last
+    units (flipped onto each other) passed the early check, c1 was converted and trained, and its pruned units then
+    stayed ("in c2, its value varies with the input"). The check removes an asymmetric set now, and a consumer that
+    reads a zeroed channel varying names the layer."""
+    torch.manual_seed(0)
+    stuck = unremovable_layers(_Reordered(op).eval(), torch.randn(4, 1, 6, 6))
+    assert set(stuck) == {"c1", "fc"} and "misread by the dependency graph" in stuck["c1"], stuck
+
+
 def test_units_a_fixed_slice_reads_are_named_before_training() -> None:
     """Only the last unit was tried: removing it shortens x[:, 8:] harmlessly, so c1 was converted and trained, and
     its pruned units then stayed as zeros (x[:, :8] takes the first eight whatever they are)."""

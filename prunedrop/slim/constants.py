@@ -66,6 +66,11 @@ def _conv_shares(conv: nn.Module, x: torch.Tensor, channels: list[int]) -> torch
     return torch.cat(out)
 
 
+#: why a channel the dependency graph has as constant stays: a consumer reads it varying (the graph misread an
+#: operation between them)
+VARIES = "its value varies with the input"
+
+
 def consumer_shares(
     consumer: nn.Module, calls: list[torch.Tensor], wanted: dict[Any, list[int]], fold_borders: bool
 ) -> tuple[dict[Any, torch.Tensor], dict[Any, str]]:
@@ -90,7 +95,7 @@ def consumer_shares(
             v = x[..., idxs] if isinstance(consumer, nn.Linear) else x[:, idxs]
             # Input-independent by the graph walk; a difference between samples would mean the walk is wrong.
             if not _same_everywhere(v, batch_dims):
-                problems[key] = "its value varies with the input"
+                problems[key] = VARIES
             elif isinstance(consumer, nn.Linear):
                 _merge_share(shares, problems, key, weight[:, idxs] @ v.reshape(-1, len(idxs))[0])
             elif not v[0].any():

@@ -177,18 +177,15 @@ class GroupAnalysis:
         mask = self.masks.get(self.name(node))
         return mask is not None and not bool(mask[idx])
 
-    def label(self) -> str:
+    def producers(self) -> list[str]:
         """The group's producers, root first: they all number the group's channels alike."""
         root = self.names.get(self.root, str(self.root))
-        producers = sorted(
-            {
-                self.name(n)
-                for ch in self.channels.values()
-                for n in ch.members
-                if self.producer_index(n, ch) is not None
-            }
-            - {root}
-        )
+        others = {self.name(n) for ch in self.channels.values() for n in ch.members
+                  if self.producer_index(n, ch) is not None} - {root}
+        return [root, *sorted(others)]
+
+    def label(self) -> str:
+        root, *producers = self.producers()
         return f"{root} (coupled with {', '.join(producers)})" if producers else root
 
     def pruned_by(self, channel: Channel) -> list[str]:

@@ -25,7 +25,7 @@ from .common import (
     out_units,
     silent_units,
 )
-from .constants import consumer_shares, fold, record_inputs
+from .constants import VARIES, consumer_shares, fold, record_inputs
 from .coupling import (
     Channel,
     GroupAnalysis,
@@ -58,6 +58,9 @@ class SlimResult:
     widths: dict[str, Any] | None = None
     """How the widths were chosen where the pipeline measured them (``channel_multiple: null``): the multiple kept,
     the one tried and each one's onnxruntime latency (:func:`prunedrop.stages.slimming.remove_pruned_units`)."""
+    misread: list[str] = field(default_factory=list)
+    """Producers of a pruned channel that a consumer read varying with the input where the dependency graph has it
+    constant: an operation between them that the graph misreads (a roll, flip or index along the channels)."""
 
 
 def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -373,15 +376,24 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     return {**found, **_fixed_widths(model, example_input, sorted(free))}
 
 
+def _misread(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """The masked layers of a trial slim whose zeroed units a consumer read varying with the input."""
+    return {name: ("removing a unit is misread by the dependency graph: a consumer reads its zeroed channel varying "
+                   "with the input (an operation reorders the channels: a roll, flip, index or gather along them)")
+            for name in result.misread if name in masks}
+
+
 def _cannot_follow(error: str) -> str:
     return f"the dependency graph cannot follow where its units go ({error})"
 
 
 def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
-    fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``), found by
-    removing the first and the last unit of each on a copy (a fixed slice breaks on a unit before its offset); one
-    slim when none breaks, one more per layer when one does."""
+    fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``) or is
+    misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing the
+    first two units and the last of each on a copy (a fixed slice breaks on a unit before its offset; the set is not
+    symmetric, so a flip or roll does not map it onto itself); one slim when none breaks, one more per layer when
+    one does."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     masks: dict[str, torch.Tensor] = {}
@@ -389,15 +401,15 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
         for name in names:
             layer = modules.get(name)
             if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
-                masks[name] = torch.ones(out_units(layer), dtype=torch.bool)
-                for unit in (0, out_units(layer) - 1):
+                width = out_units(layer)
+                masks[name] = torch.ones(width, dtype=torch.bool)
+                for unit in (0, 1, width - 1) if width >= 4 else (0,):
                     masks[name][unit] = False
                     _zero_unit(layer, unit)
     if not masks:
         return {}
     try:
-        _slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
-        return {}
+        return _misread(_slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1), masks)
     except _SlimBroke:
         pass
     except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
@@ -405,7 +417,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
     found = {}
     for name, mask in masks.items():
         try:
-            _slim_once(work, {name: mask}, x, atol=1e-5, fold_borders=False, channel_multiple=1)
+            found.update(_misread(_slim_once(work, {name: mask}, x, atol=1e-5, fold_borders=False,
+                                             channel_multiple=1), {name: mask}))
         except _SlimBroke as e:
             found[name] = {"runs": f"removing a unit breaks the forward ({e.reason}): it depends on the number of "
                                    "units (x.view(-1, 512), a reshape to a constant channel count, fixed groups, "
@@ -586,8 +599,11 @@ def _slim_once(
             before, after = out_units(m), out_units(modules[name])
             if before != after or name in masks:
                 removed[name] = (before, after)
+    misread: set[str] = set()
     for (gi, reason), roots in sorted(plan.kept.items()):
         notes.append(f"{analyses[gi].label()}: kept pruned channel(s) {_format_units(roots)}: {reason}")
+        if reason.endswith(VARIES):
+            misread.update(analyses[gi].producers())
     if approximate:
         notes += approximate
         notes.append(
@@ -602,4 +618,4 @@ def _slim_once(
             "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
             "channels); please report it", f"its output moved by {diff:.3g}", "output"
         )
-    return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes)
+    return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes, misread=sorted(misread))
