@@ -791,6 +791,32 @@ def test_concatenations_and_splits_map_the_pieces_the_call_had() -> None:
     assert [note.split(":")[0] for note in result.notes] == ["c2"] and "breaks" in result.notes[0], result.notes
 
 
+class _HalvesGate(nn.Module):
+    """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.c1(x).chunk(2, dim=1)
+        return self.fc(torch.relu(self.c2(torch.tanh(a) * torch.sigmoid(b))).mean((2, 3)))
+
+
+def test_a_gate_of_two_halves_loses_a_unit_with_its_partner_and_stays_convertible() -> None:
+    """Mapping the chunk by its pieces, the plan took a b-half unit pruned alone away (sigmoid(0) is no zero), the
+    slim changed the output and the layer kept every pruned unit; and the early check, reading that unit varying,
+    left the layer dense. An a-half unit silences the product, so it goes with its partner; a b-half one stays."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(_HalvesGate().eval(), x)) == {"fc"}
+    model = _HalvesGate().eval()
+    result = slim(model, _prune_units(model, {"c1": [2, 13]}), x)
+    assert result.removed["c1"] == (16, 14) and _module(result.model, "c2").in_channels == 7
+    assert any(note.startswith("c1: kept pruned channel(s) [13]") for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _Reordered(nn.Module):
     """c1's channels are reordered (flipped, rolled or accumulated along the channel axis) before c2 reads them."""
 

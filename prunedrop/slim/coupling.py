@@ -488,7 +488,7 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
     a channel slice, a reduction, the model input concatenated beside features) the concatenation got no mapping
     or a shifted one: unrelated layers looked coupled and nothing left. It also numbers a split's outputs in the
     order its graph search met them, not the split's: after ``p, q = torch.split(h, [6, 4], 1)``, h's channel 8
-    was read as one of p's. Registered in ``graph.prunedrop_real`` and applied by :func:`_each_mapping_alone`
+    was read as one of p's (splits into equal pieces keep its mapping). Registered in ``graph.prunedrop_real`` and applied by :func:`_each_mapping_alone`
     whenever Torch-Pruning recomputes its mappings; only where each piece is one autograd node of the graph."""
     try:
         from torch_pruning import ops
@@ -511,7 +511,10 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
             real[node] = (pairs, _ConcatIndexMapping, 1, True)
         elif node.type == ops.OPTYPE.SPLIT and node.grad_fn in recorder.splits:
             dim, sizes = recorder.splits[node.grad_fn]
-            if dim != 1:
+            # equal pieces keep Torch-Pruning's mapping: a gate whose two halves multiply (a, b = h.chunk(2, 1);
+            # a * sigmoid(b)) loses a unit with its partner there, and keeps one it cannot (b's alone) with a note;
+            # mapped by the pieces, the analysis planned b's alone away and the whole layer kept its pruned units
+            if dim != 1 or len(set(sizes)) < 2:
                 continue
             where = []
             for out in node.outputs:

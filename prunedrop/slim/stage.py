@@ -60,7 +60,8 @@ class SlimResult:
     the one tried and each one's onnxruntime latency (:func:`prunedrop.stages.slimming.remove_pruned_units`)."""
     misread: list[str] = field(default_factory=list)
     """Producers of a pruned channel that a consumer read varying with the input where the dependency graph has it
-    constant: an operation between them that the graph misreads (a roll, flip or index along the channels)."""
+    constant, with no product on the way: an operation between them that the graph misreads (a roll, flip or index
+    along the channels)."""
 
 
 def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -602,7 +603,9 @@ def _slim_once(
     misread: set[str] = set()
     for (gi, reason), roots in sorted(plan.kept.items()):
         notes.append(f"{analyses[gi].label()}: kept pruned channel(s) {_format_units(roots)}: {reason}")
-        if reason.endswith(VARIES):
+        # a product with a live factor varies too (a gate's b-half pruned alone: a · sigmoid(0)): not a misreading
+        if reason.endswith(VARIES) and not any(type(node.grad_fn).__name__.startswith("MulBackward")
+                                               for root in roots for node in analyses[gi].channels[root].members):
             misread.update(analyses[gi].producers())
     if approximate:
         notes += approximate
