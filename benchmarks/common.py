@@ -5,6 +5,7 @@
 - :func:`dense_model`: a trained dense model of ``examples.models``, from its cached state dict or trained now;
 - what a result row records: :func:`architecture` (layer shapes, multiply-adds), :func:`accuracy`, :func:`tp_ops`
   (Torch-Pruning's own count) and :func:`time_pair` (onnxruntime latency of an original/compressed ONNX pair);
+- :func:`record_compress`: run a ``prunedrop compress`` command and keep the report's numbers in a result JSON;
 - :func:`magnitude_prune`: gradual magnitude pruning (Zhu & Gupta 2017), the unstructured baseline. Global L1
   pruning with ``torch.nn.utils.prune.global_unstructured`` over the weights of every Linear/Conv layer, following
   the cubic schedule ``s_t = s_f·(1 − (1 − t/T)^3)`` at evenly spaced steps of the first ``prune_epochs`` epochs,
@@ -19,10 +20,13 @@ in one line before its imports, then imports ``benchmarks.common``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +38,7 @@ from torch.nn.utils import prune
 
 from benchmarks.machine_info import ROOT, command_line, cpu_model
 from examples.train_dense import cached_dense, train_dense
+from prunedrop.atomic import atomic_write_text
 from prunedrop.data import DataBundle
 from prunedrop.report import measure_latency, profile_model
 from prunedrop.storage import import_object
@@ -83,6 +88,19 @@ def dense_model(arch: str, data: str, epochs: int, cache: Path | None, *, seed: 
 
 
 # ------------------------------------------------------------------------------------------------ rows
+
+
+def record_compress(cmd: list[str], out: Path, keys: tuple[str, ...], result: Path) -> None:
+    """Run ``cmd`` (``python -m prunedrop compress … -o out``) from the repository root, then write ``result``: the
+    command lines, the machine, the wall time and the report's ``keys``."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    report = json.loads((out / "report.json").read_text())
+    record = {"command": command_line(), "compress": " ".join(cmd[1:]), "machine": cpu_model(), "wall_s": round(wall),
+              "report": {k: report.get(k) for k in keys}}
+    atomic_write_text(result, json.dumps(record, indent=1) + "\n")
+    print(f"wrote {result}", file=sys.stderr)
 
 
 def architecture(model: nn.Module, example: torch.Tensor) -> dict:

@@ -22,11 +22,7 @@ then ``prunedrop compress --recipe recipes/sbp.yaml`` runs on it (the autopilot,
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
@@ -35,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model, rel
-from prunedrop.atomic import atomic_write_text
+from benchmarks.common import RESULTS, ROOT, record_compress, rel
 
 
 class Sliced(nn.Module):
@@ -97,16 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch",
            f"benchmarks.graph_patterns_digits:{args.model}", "--data", "digits", "--recipe", rel(args.recipe),
            "-o", rel(out), "--overwrite"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - t0
-    report = json.loads((out / "report.json").read_text())
-    keep = {k: report.get(k) for k in ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
-                                       "autopilot", "threshold", "slim", "conversion")}
-    result = {"command": command_line(), "compress": " ".join(cmd[1:]), "machine": cpu_model(), "wall_s": round(wall),
-              "report": keep}
-    atomic_write_text(RESULTS / f"graph-patterns-{args.model}-{args.tag}.json", json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS / f'graph-patterns-{args.model}-{args.tag}.json'}")
+    record_compress(cmd, out, ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
+                    "autopilot", "threshold", "slim", "conversion"), RESULTS / f"graph-patterns-{args.model}-{args.tag}.json")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,7 @@ stride-2 transposed convolutions (16, 8), a 3x3 output convolution; trained with
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (python benchmarks/<script>.py)
@@ -37,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model, rel
-from prunedrop.atomic import atomic_write_text
+from benchmarks.common import RESULTS, ROOT, record_compress, rel
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -149,16 +144,8 @@ def main(argv: list[str] | None = None) -> None:
            "-o", rel(out), "--overwrite", *(["--loss", "mse"] if denoise else [])]
     if args.recipe is not None:
         cmd += ["--recipe", str(args.recipe)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - t0
-    report = json.loads((out / "report.json").read_text())
-    keep = {k: report.get(k) for k in ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
-                                       "per_class", "autopilot", "threshold")}
-    result = {"command": command_line(), "compress": " ".join(cmd[1:]), "machine": cpu_model(), "wall_s": round(wall),
-              "report": keep}
-    atomic_write_text(RESULTS / f"{name}-{args.tag}.json", json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS / f'{name}-{args.tag}.json'}")
+    record_compress(cmd, out, ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
+                    "per_class", "autopilot", "threshold"), RESULTS / f"{name}-{args.tag}.json")
 
 
 if __name__ == "__main__":
