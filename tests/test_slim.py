@@ -973,6 +973,36 @@ def test_a_pruned_factor_of_a_squeeze_excitation_removes_the_channel_everywhere(
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _ExpandedExcite(_SqueezeExcite):
+    """The same block with the excitation written as the widely copied SENet code does: a Linear excitation on the
+    pooled vector, viewed back to (batch, channels, 1, 1) and spread with ``y.expand_as(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__("sigmoid", "relu")
+        self.fc1, self.fc2 = nn.Linear(24, 6), nn.Linear(6, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = self.act(self.dw(self.act(self.exp(x))))
+        b, c = y.shape[:2]
+        s = self.gate(self.fc2(torch.relu(self.fc1(y.mean((2, 3)))))).view(b, c, 1, 1)
+        y = y * s.expand_as(y)
+        return self.head(nn.functional.adaptive_avg_pool2d(x + self.proj(y), 1).flatten(1))
+
+
+def test_an_excitation_spread_with_expand_as_slims_like_a_broadcast_one() -> None:
+    """Torch-Pruning's expand node (made for grouped attention) read ``s.expand_as(y)`` as mixing channels: the
+    expansion, the depthwise convolution and the excitation were left dense before training and kept their units.
+    An expand that only spreads a (batch, channels, 1, 1) tensor over the pixels is recorded and passes them on."""
+    torch.manual_seed(0)
+    model, x = _ExpandedExcite().eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"head"}
+    result = slim(model, _prune_units(model, {"dw": [0, 5, 7, 20]}), x)
+    assert result.removed["dw"] == result.removed["exp"] == result.removed["fc2"] == (24, 20)
+    assert result.model.fc1.in_features == 20 and not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 def test_a_pruned_excitation_alone_keeps_the_channel() -> None:
     """fc2's pruned unit gives gate(0) = 0.5, not zero: the product still carries the depthwise output, so the channel
     stays (and says why); the output is unchanged."""

@@ -232,7 +232,7 @@ class GroupAnalysis:
                     tp_ops.OPTYPE.SPLIT,
                     tp_ops.OPTYPE.RESHAPE,
                     tp_ops.OPTYPE.SLICE,
-                ):
+                ) and node not in getattr(self.graph, "prunedrop_plain_expands", ()):  # those keep their channels
                     kind = type(module).__name__
                     return f"they pass through {self.name(node)} ({kind}), which mixes or embeds channels"
             if isinstance(module, nn.Parameter):
@@ -425,10 +425,13 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
 class _Recorder(TorchFunctionMode):
     """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
     concatenation's and split's autograd node → its axis and the sizes of its pieces along it, in the order of the
-    call; and the autograd nodes of operations that move channels to other places or numbers (a view that splits
-    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu)."""
+    call; the autograd nodes of operations that move channels to other places or numbers (a view that splits
+    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu); and those
+    of expands that only spread a (batch, channels, 1, 1) tensor over the other axes (a squeeze-excitation's
+    ``y.expand_as(x)``), which Torch-Pruning's expand node, made for grouped attention, would read as mixing."""
 
     _CATS = (torch.cat, torch.concat, torch.concatenate)
+    _EXPANDS = (torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to, torch.Tensor.broadcast_to)
     _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
                torch.Tensor.split_with_sizes)
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
@@ -440,6 +443,7 @@ class _Recorder(TorchFunctionMode):
         self.cats: dict[Any, tuple[int, list[int]]] = {}
         self.splits: dict[Any, tuple[int, list[int]]] = {}
         self.movers: set[Any] = set()
+        self.plain_expands: set[Any] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
@@ -463,6 +467,12 @@ class _Recorder(TorchFunctionMode):
             self.cats[out.grad_fn] = (dim % out.dim(), [int(t.shape[dim % out.dim()]) for t in tensors])
         elif func in self._MOVERS:
             self.movers.add(out.grad_fn)
+        elif func in self._EXPANDS:
+            x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            # a (batch, channels, 1, 1) excitation spread over the pixels (y.expand_as(x)): the channels stay
+            if (x.dim() == out.dim() >= 3 and x.shape[1] == out.shape[1] and x.shape[0] in (1, out.shape[0])
+                    and all(a in (1, b) for a, b in zip(x.shape[2:], out.shape[2:]))):
+                self.plain_expands.add(out.grad_fn)
         elif func in self._VIEWS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             if x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
@@ -566,6 +576,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
             model, example_inputs=x, forward_fn=forward, verbose=False
         )
         _real_mappings(graph, recorder)
+        graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}
         for node in graph.module2node.values():
             if node.grad_fn in recorder.movers:
                 _stop(node, graph)
