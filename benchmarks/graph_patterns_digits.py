@@ -2,9 +2,10 @@
 
     python benchmarks/graph_patterns_digits.py --model sliced                 # recipes/sbp.yaml, the default budget
     python benchmarks/graph_patterns_digits.py --model input_concat
+    python benchmarks/graph_patterns_digits.py --model se_expand
     python benchmarks/graph_patterns_digits.py --model sliced --tag before    # the same, run from an older checkout
 
-Two small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
+Three small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
 
 - ``sliced``: a stem of 16 channels whose first 8 feed a second convolution (24 channels) and whose last 8 are
   pooled and concatenated beside it, ``x[:, :8]`` / ``x[:, 8:]``; the concatenation's sliced input has a width that
@@ -12,7 +13,10 @@ Two small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data d
   coupled to the stem's (nothing left);
 - ``input_concat``: the input image concatenated before the stem's 16 channels (``torch.cat([x, h], 1)``, as
   refinement networks do), then two convolutions; the image has no autograd node, so Torch-Pruning placed the
-  stem's channel k at k instead of k + 1 and kept the stem's pruned channels.
+  stem's channel k at k instead of k + 1 and kept the stem's pruned channels;
+- ``se_expand``: an inverted residual (1x1 expansion to 48, depthwise 3x3, 1x1 projection, added to the stem) with a
+  squeeze-excitation written as the widely copied SENet code does (``y * s.view(b, c, 1, 1).expand_as(y)``);
+  Torch-Pruning's expand node read the expand as mixing channels, so the block was left dense.
 
 Each is trained dense here (Adam 3e-3, 30 epochs, batch 64, seed 0; cached in ``benchmarks/results``, not tracked),
 then ``prunedrop compress --recipe recipes/sbp.yaml`` runs on it (the autopilot, budget 1 point), and
@@ -59,7 +63,23 @@ class InputConcat(nn.Module):
         return self.fc(F.relu(self.c3(h)).mean((2, 3)))
 
 
-MODELS = {"sliced": Sliced, "input_concat": InputConcat}
+class SEExpand(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.exp = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 48, 1)
+        self.dw = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.fc1, self.fc2 = nn.Linear(48, 12), nn.Linear(12, 48)
+        self.proj, self.fc = nn.Conv2d(48, 16, 1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        y = F.relu(self.dw(F.relu(self.exp(x))))
+        b, c = y.shape[:2]
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3)))))).view(b, c, 1, 1)
+        return self.fc((x + self.proj(y * s.expand_as(y))).mean((2, 3)))
+
+
+MODELS = {"sliced": Sliced, "input_concat": InputConcat, "se_expand": SEExpand}
 
 
 def sliced() -> nn.Module:
@@ -68,6 +88,10 @@ def sliced() -> nn.Module:
 
 def input_concat() -> nn.Module:
     return InputConcat()
+
+
+def se_expand() -> nn.Module:
+    return SEExpand()
 
 
 def train(name: str) -> nn.Module:
