@@ -192,8 +192,6 @@ class OutputUnitNoise(VariationalLayer):
 class LinearUnits(OutputUnitNoise):
     """Units are out features, the last axis; the first axis holds the examples."""
 
-    dense_type = nn.Linear
-
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return linear_kwargs(module)

@@ -37,10 +37,18 @@ def along(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
 class VariationalLayer(nn.Module):
     """Marker base class; concrete layers also inherit from the plain layer they replace."""
 
-    #: the plain type this layer replaces and turns back into
+    #: the plain type this layer replaces and turns back into: the first plain torch layer among its bases (set
+    #: by :meth:`__init_subclass__`), or given where it is none of them (attention)
     dense_type: type[nn.Module] = nn.Module
     #: default pruning threshold, overwritten by :func:`prunedrop.prune.set_thresholds`
     threshold: float
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "dense_type" not in cls.__dict__:
+            plain = next(b for b in cls.__mro__ if b.__module__.startswith("torch.nn.modules"))
+            if plain is not nn.Module:
+                cls.dense_type = plain
 
     @classmethod
     def from_dense(cls, module: nn.Module, **options: Any) -> VariationalLayer:

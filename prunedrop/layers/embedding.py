@@ -45,8 +45,6 @@ def _embedding_kwargs(module: nn.Module) -> dict[str, Any]:
 class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
     """``nn.Embedding`` with Gaussian multiplicative noise on every vocabulary row (one log α per row)."""
 
-    dense_type = nn.Embedding
-
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
         if getattr(module, "max_norm", None) is not None:

@@ -108,41 +108,27 @@ class LinearGroupVD(GroupVD, LinearUnits, nn.Linear):
 class Conv1dGroupVD(GroupVD, ConvUnits, nn.Conv1d):
     """``nn.Conv1d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
-    dense_type = nn.Conv1d
-
 
 class Conv2dGroupVD(GroupVD, ConvUnits, nn.Conv2d):
     """``nn.Conv2d`` with Gaussian multiplicative noise on every out channel (group VD)."""
-
-    dense_type = nn.Conv2d
 
 
 class Conv3dGroupVD(GroupVD, ConvUnits, nn.Conv3d):
     """``nn.Conv3d`` with Gaussian multiplicative noise on every out channel (group VD)."""
 
-    dense_type = nn.Conv3d
-
 
 class ConvTranspose1dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
-
-    dense_type = nn.ConvTranspose1d
 
 
 class ConvTranspose2dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
 
-    dense_type = nn.ConvTranspose2d
-
 
 class ConvTranspose3dGroupVD(GroupVD, ConvTransposeUnits, nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` (ungrouped) with Gaussian multiplicative noise on every out channel (group VD)."""
 
-    dense_type = nn.ConvTranspose3d
 
-
-for _dense, _variational in ((nn.Linear, LinearGroupVD), (nn.Conv1d, Conv1dGroupVD),
-                             (nn.Conv2d, Conv2dGroupVD), (nn.Conv3d, Conv3dGroupVD),
-                             (nn.ConvTranspose1d, ConvTranspose1dGroupVD), (nn.ConvTranspose2d, ConvTranspose2dGroupVD),
-                             (nn.ConvTranspose3d, ConvTranspose3dGroupVD)):
-    register_layer("group_vd", _dense, _variational)
+for _variational in (LinearGroupVD, Conv1dGroupVD, Conv2dGroupVD, Conv3dGroupVD, ConvTranspose1dGroupVD,
+                     ConvTranspose2dGroupVD, ConvTranspose3dGroupVD):
+    register_layer("group_vd", _variational.dense_type, _variational)

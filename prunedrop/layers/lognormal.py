@@ -277,42 +277,27 @@ class LinearLogNormal(LogNormal, LinearUnits, nn.Linear):
 class Conv1dLogNormal(LogNormal, ConvUnits, nn.Conv1d):
     """``nn.Conv1d`` with log-normal multiplicative noise on every out channel (SBP)."""
 
-    dense_type = nn.Conv1d
-
 
 class Conv2dLogNormal(LogNormal, ConvUnits, nn.Conv2d):
     """``nn.Conv2d`` with log-normal multiplicative noise on every out channel (SBP)."""
-
-    dense_type = nn.Conv2d
 
 
 class Conv3dLogNormal(LogNormal, ConvUnits, nn.Conv3d):
     """``nn.Conv3d`` with log-normal multiplicative noise on every out channel (SBP)."""
 
-    dense_type = nn.Conv3d
-
 
 class ConvTranspose1dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
-
-    dense_type = nn.ConvTranspose1d
 
 
 class ConvTranspose2dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
 
-    dense_type = nn.ConvTranspose2d
-
 
 class ConvTranspose3dLogNormal(LogNormal, ConvTransposeUnits, nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` (ungrouped) with log-normal multiplicative noise on every out channel (SBP)."""
 
-    dense_type = nn.ConvTranspose3d
 
-
-for _dense, _variational in ((nn.Linear, LinearLogNormal), (nn.Conv1d, Conv1dLogNormal),
-                             (nn.Conv2d, Conv2dLogNormal), (nn.Conv3d, Conv3dLogNormal),
-                             (nn.ConvTranspose1d, ConvTranspose1dLogNormal),
-                             (nn.ConvTranspose2d, ConvTranspose2dLogNormal),
-                             (nn.ConvTranspose3d, ConvTranspose3dLogNormal)):
-    register_layer("sbp", _dense, _variational)
+for _variational in (LinearLogNormal, Conv1dLogNormal, Conv2dLogNormal, Conv3dLogNormal, ConvTranspose1dLogNormal,
+                     ConvTranspose2dLogNormal, ConvTranspose3dLogNormal):
+    register_layer("sbp", _variational.dense_type, _variational)

@@ -419,21 +419,18 @@ class _RecurrentVD(VariationalLayer):
 class LSTMSVD(_RecurrentVD, nn.LSTM):
     """``nn.LSTM`` with sparse variational dropout on every weight, noise drawn once per sequence."""
 
-    dense_type = nn.LSTM
     mode = "LSTM"
 
 
 class GRUSVD(_RecurrentVD, nn.GRU):
     """``nn.GRU`` with sparse variational dropout on every weight, noise drawn once per sequence."""
 
-    dense_type = nn.GRU
     mode = "GRU"
 
 
 class RNNSVD(_RecurrentVD, nn.RNN):
     """``nn.RNN`` (tanh or ReLU) with sparse variational dropout on every weight, noise drawn once per sequence."""
 
-    dense_type = nn.RNN
     mode = "RNN"
 
     @classmethod
@@ -448,7 +445,6 @@ class LSTMGroupVD(_RecurrentVD, nn.LSTM):
     """``nn.LSTM`` with per-weight noise plus group noise on input features, hidden units and gate rows
     (Lobacheva et al. 2018): removes whole hidden units and makes gates constant."""
 
-    dense_type = nn.LSTM
     mode = "LSTM"
     group_noise = True
 
@@ -456,7 +452,6 @@ class LSTMGroupVD(_RecurrentVD, nn.LSTM):
 class GRUGroupVD(_RecurrentVD, nn.GRU):
     """``nn.GRU`` with per-weight noise plus group noise on input features, hidden units and gate rows."""
 
-    dense_type = nn.GRU
     mode = "GRU"
     group_noise = True
 

@@ -139,30 +139,21 @@ class _SBPSparseVD(LogNormal):
 class LinearSBPSparseVD(_SBPSparseVD, LinearUnits, LinearSVD):
     """``nn.Linear`` with log-normal noise on every out feature and sparse VD on every weight."""
 
-    dense_type = nn.Linear
-
 
 class Conv1dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv1dSVD):
     """``nn.Conv1d`` with log-normal noise on every out channel and sparse VD on every weight."""
-
-    dense_type = nn.Conv1d
 
 
 class Conv2dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv2dSVD):
     """``nn.Conv2d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
-    dense_type = nn.Conv2d
-
 
 class Conv3dSBPSparseVD(_SBPSparseVD, ConvUnits, Conv3dSVD):
     """``nn.Conv3d`` with log-normal noise on every out channel and sparse VD on every weight."""
 
-    dense_type = nn.Conv3d
 
-
-for _dense, _variational in ((nn.Linear, LinearSBPSparseVD), (nn.Conv1d, Conv1dSBPSparseVD),
-                             (nn.Conv2d, Conv2dSBPSparseVD), (nn.Conv3d, Conv3dSBPSparseVD)):
-    register_layer("sbp_sparse_vd", _dense, _variational)
+for _variational in (LinearSBPSparseVD, Conv1dSBPSparseVD, Conv2dSBPSparseVD, Conv3dSBPSparseVD):
+    register_layer("sbp_sparse_vd", _variational.dense_type, _variational)
 
 # the names before the module was named after its method (``combined.py``, ``*LogNormalSVD``): kept for user code
 LinearLogNormalSVD = LinearSBPSparseVD

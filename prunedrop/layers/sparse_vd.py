@@ -236,8 +236,6 @@ class SparseVD(VariationalLayer):
 class LinearSVD(SparseVD, nn.Linear):
     """``nn.Linear`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.Linear
-
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
         return linear_kwargs(module)
@@ -259,19 +257,13 @@ class _ConvSVD(SparseVD):
 class Conv1dSVD(_ConvSVD, nn.Conv1d):
     """``nn.Conv1d`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.Conv1d
-
 
 class Conv2dSVD(_ConvSVD, nn.Conv2d):
     """``nn.Conv2d`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.Conv2d
-
 
 class Conv3dSVD(_ConvSVD, nn.Conv3d):
     """``nn.Conv3d`` with sparse variational dropout on every weight."""
-
-    dense_type = nn.Conv3d
 
 
 class _ConvTransposeSVD(SparseVD):
@@ -306,25 +298,21 @@ class _ConvTransposeSVD(SparseVD):
 class ConvTranspose1dSVD(_ConvTransposeSVD, nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.ConvTranspose1d
     _spatial_dims, _transpose = 1, F.conv_transpose1d
 
 
 class ConvTranspose2dSVD(_ConvTransposeSVD, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.ConvTranspose2d
     _spatial_dims, _transpose = 2, F.conv_transpose2d
 
 
 class ConvTranspose3dSVD(_ConvTransposeSVD, nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` with sparse variational dropout on every weight."""
 
-    dense_type = nn.ConvTranspose3d
     _spatial_dims, _transpose = 3, F.conv_transpose3d
 
 
-for _dense, _variational in ((nn.Linear, LinearSVD), (nn.Conv1d, Conv1dSVD), (nn.Conv2d, Conv2dSVD),
-                             (nn.Conv3d, Conv3dSVD), (nn.ConvTranspose1d, ConvTranspose1dSVD),
-                             (nn.ConvTranspose2d, ConvTranspose2dSVD), (nn.ConvTranspose3d, ConvTranspose3dSVD)):
-    register_layer("sparse_vd", _dense, _variational)
+for _variational in (LinearSVD, Conv1dSVD, Conv2dSVD, Conv3dSVD, ConvTranspose1dSVD, ConvTranspose2dSVD,
+                     ConvTranspose3dSVD):
+    register_layer("sparse_vd", _variational.dense_type, _variational)
