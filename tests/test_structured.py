@@ -167,7 +167,9 @@ def test_measured_widths_end_to_end_keep_the_function_and_record_the_timing(tmp_
     assert all(t > 0 for batch in widths["ms"].values() for t in batch.values())
     assert "widths: " in result.output
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "measured when slimming" in markdown and ("rounded up to multiples of 8" in markdown) == (
+    # the note reads "widths rounded up to multiples of 8, measured ..." or "widths as pruned, measured ... (as pruned
+    # → rounded up to multiples of 8, ...)": the latter names the multiple it tried too
+    assert "measured when slimming" in markdown and ("widths rounded up to multiples of 8, measured" in markdown) == (
         widths["multiple"] == 8)
     assert "which vectorised kernels handle less well" not in markdown  # the measurement says more than the guess
     slim = load_saved_model(tmp_path / "out")
