@@ -1178,3 +1178,46 @@ def test_a_constant_unit_before_a_zero_padded_convolution_stays() -> None:
     masks = dead_units(model, x[:2])
     assert {k: (~m).nonzero().flatten().tolist() for k, m in masks.items()} == {"0": [3]}
     assert (model(x) - want).abs().max() <= 1e-6
+
+
+class _GatedConv(nn.Module):
+    """A Conformer's convolution module: a pointwise convolution to twice the width, a GLU over the channels, a
+    depthwise convolution, BatchNorm, SiLU and a pointwise convolution back; ``functional`` uses F.glu on tokens
+    (a gated feed-forward block: (batch, time, features), the last axis halved) instead of nn.GLU."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.pw1, self.dw = nn.Conv1d(4, 16, 1), nn.Conv1d(8, 8, 3, padding=1, groups=8)
+        self.bn, self.pw2, self.glu = nn.BatchNorm1d(8), nn.Conv1d(8, 6, 1), nn.GLU(dim=1)
+        self.up, self.down, self.fc = nn.Linear(6, 12), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pw2(nn.functional.silu(self.bn(self.dw(self.glu(self.pw1(x))))))
+        t = h.transpose(1, 2)
+        if self.functional:
+            t = self.down(nn.functional.glu(self.up(t), dim=-1))
+        return self.fc(t.mean(1))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_glu_is_a_gate_of_two_halves(functional: bool) -> None:
+    """F.glu and nn.GLU were stopped as operations that move channels: the layer before them and the depthwise
+    convolution after kept every unit. Traced as a · sigmoid(b), a first-half unit leaves with its partner (and the
+    depthwise channel after it); a second-half unit pruned alone stays, named."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 4, 10)
+    assert set(unremovable_layers(_GatedConv(functional).eval(), x)) == {"fc"}
+    model = _GatedConv(functional).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+    masks = _prune_units(model, {"pw1": [1, 4, 9, 12, 13], **({"up": [0, 3, 6, 9, 7]} if functional else {})})
+    result = slim(model, masks, x)
+    assert result.removed["pw1"] == (16, 12) and result.removed["dw"] == (8, 6), (result.removed, result.notes)
+    # numbered as the GLU's output channels, by the depthwise convolution (unit 13's partner is 5)
+    assert [n for n in result.notes if "pw1" in n and "kept" in n][0].startswith("dw (coupled with pw1): kept pruned "
+                                                                                 "channel(s) [5]"), result.notes
+    if functional:  # 6 and 9 leave with 0 and 3; 7 alone stays
+        assert result.removed["up"] == (12, 8) and _module(result.model, "down").in_features == 4
+        assert [n for n in result.notes if n.startswith("up:")][0].startswith("up: kept pruned channel(s) [7]:")
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

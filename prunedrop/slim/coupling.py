@@ -173,6 +173,15 @@ class GroupAnalysis:
                 and all(self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
                         for h, _ in channel.members.get(node, [])))
 
+    def leaving(self, roots: list[int]) -> set[int]:
+        """The root layer's units that leave when ``roots`` are removed: those and their partners (a gate's
+        other half: the unit k + half of the layer before an F.glu or a chunk(2) product)."""
+        if not roots:
+            return set()
+        return {i for item in self.graph.get_pruning_group(self.root, self.root_handler, list(roots))
+                if item.dep.target.module is self.root and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                for i in item.idxs}
+
     def pruned(self, node: Any, idx: int) -> bool:
         mask = self.masks.get(self.name(node))
         return mask is not None and not bool(mask[idx])
@@ -211,7 +220,7 @@ class GroupAnalysis:
             if node in broken:
                 what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
-                        f"the dependency graph cannot follow ({what}: a channel shuffle, a pixel shuffle, F.glu)")
+                        f"the dependency graph cannot follow ({what}: a channel shuffle, a pixel shuffle)")
             # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
             if node.type == tp_ops.OPTYPE.OUTPUT or (
                 node not in consumers and node.grad_fn in self.output_fns
@@ -426,16 +435,18 @@ class _Recorder(TorchFunctionMode):
     """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
     concatenation's and split's autograd node → its axis and the sizes of its pieces along it, in the order of the
     call; the autograd nodes of operations that move channels to other places or numbers (a view that splits
-    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles, F.glu); and those
+    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles); and those
     of expands that only spread a (batch, channels, 1, 1) tensor over the other axes (a squeeze-excitation's
-    ``y.expand_as(x)``), which Torch-Pruning's expand node, made for grouped attention, would read as mixing."""
+    ``y.expand_as(x)``), which Torch-Pruning's expand node, made for grouped attention, would read as mixing.
+    ``F.glu`` (and ``nn.GLU``) is traced as the gate it computes, ``a · sigmoid(b)`` of its input's two halves: one
+    autograd node, Torch-Pruning read it as element-wise, and its input's second half reached nothing."""
 
     _CATS = (torch.cat, torch.concat, torch.concatenate)
     _EXPANDS = (torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to, torch.Tensor.broadcast_to)
     _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
                torch.Tensor.split_with_sizes)
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
-    _MOVERS = (F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, F.glu, torch.pixel_shuffle,
+    _MOVERS = (F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, torch.pixel_shuffle,
                torch.pixel_unshuffle, torch.channel_shuffle)
 
     def __init__(self) -> None:
@@ -447,10 +458,23 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
+        if func is F.glu and (halves := self._glu_halves(args, kwargs)) is not None:
+            # traced as the gate it is (a · sigmoid(b) of the two halves), which the dependency graph follows: unit
+            # k leaves with unit k + half, and a unit of the first half silences its channel (a product's factor)
+            a, b = halves
+            return a * torch.sigmoid(b)
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
             self._record(func, args, kwargs, out)
         return out
+
+    @staticmethod
+    def _glu_halves(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        x = args[0] if args else kwargs.get("input")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[dim] % 2:
+            return None  # F.glu itself says what is wrong
+        return tuple(x.chunk(2, dim))
 
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if func in self._SPLITS and isinstance(out, (tuple, list)) and out:

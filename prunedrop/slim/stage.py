@@ -195,6 +195,15 @@ def _plan(
                 plan.kept[(gi, reason)].extend(roots[len(roots) - (target - kept):])
                 plan.zeroed[gi].extend(roots[len(roots) - (target - kept):])
                 del roots[len(roots) - (target - kept):]
+    # 5. A pruned channel kept for its own reasons may still leave with a removed partner (a gate's second half,
+    # whose first half silences the product): it is not named as kept.
+    for gi, roots in plan.removal.items():
+        keys = [key for key in plan.kept if key[0] == gi]
+        gone = analyses[gi].leaving(roots) if keys else set()
+        for key in keys:
+            plan.kept[key] = [r for r in plan.kept[key] if r not in gone]
+            if not plan.kept[key]:
+                del plan.kept[key]
     return plan
 
 
@@ -426,7 +435,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
                                    "a slice x[:, :8])",
                            "output": f"removing a unit changes the output ({e.reason})",
                            "graph": f"{_cannot_follow(e.reason)}: an operation that moves channels elsewhere or "
-                                    "changes their number (F.glu, a pixel shuffle)"}[e.kind]
+                                    "changes their number (a channel or pixel shuffle)"}[e.kind]
         except Exception:  # noqa: BLE001
             continue
     return found
@@ -503,7 +512,7 @@ def slim(
                        "x.shape[1]) to let them go",
                "output": f"changes the model's output ({first.reason}): an operation the dependency graph misreads",
                "graph": f"is more than the dependency graph can follow ({first.reason}): an operation that moves "
-                        "channels elsewhere or changes their number (F.glu, a pixel shuffle)"}[first.kind]
+                        "channels elsewhere or changes their number (a channel or pixel shuffle)"}[first.kind]
         result.notes.append(f"{', '.join(left[:6])}{' and more' if len(left) > 6 else ''}: pruned units kept as "
                             f"zeros, since removing them {why}")
         for name in left:
