@@ -714,19 +714,64 @@ class _Shuffles(nn.Module):
 
 def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
     """A pixel shuffle made the removal's planning fail with an IndexError (a traceback after the training); then
-    its IndexError was the reason given. The operations that move channels are recorded while tracing now: their
-    channels stay, and the notes name the operation."""
+    its IndexError was the reason given. A channel shuffle is recorded while tracing now: its channels stay, and the
+    notes name the operation; a pixel shuffle's blocks are mapped (c2's units 0 and 5 stay: their blocks are
+    live)."""
     torch.manual_seed(0)
     model, x = _Shuffles().eval(), torch.randn(4, 1, 6, 6)
     masks = _prune_units(model, {"c1": [1], "c2": [0, 5], "c3": [2, 4]})
     result = slim(model, masks, x)
     assert result.removed["c1"] == (8, 8) and result.removed["c2"] == (8, 8) and result.removed["c3"] == (6, 4)
-    for name, op in (("c1", "View"), ("c2", "PixelShuffle")):
-        assert any(note.startswith(f"{name}: kept pruned channel(s)") and f"({op}: " in note
+    for name, why in (("c1", "(View: "), ("c2", "a pixel shuffle joins each with the 3 other channel(s)")):
+        assert any(note.startswith(f"{name}: kept pruned channel(s)") and why in note
                    for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     stuck = unremovable_layers(_Shuffles().eval(), x)
-    assert set(stuck) == {"c1", "c2", "fc"} and "(View: " in stuck["c1"] and "(PixelShuffle: " in stuck["c2"], stuck
+    assert set(stuck) == {"c1", "fc"} and "(View: " in stuck["c1"], stuck
+
+
+class _SubPixel(nn.Module):
+    """An upsampling block in the middle (EDSR's, NAFNet's): ``up`` writes 4 channels per output channel of the
+    pixel shuffle; ``skip`` is added after it (``residual``), coupling ``skip``'s unit k with ``up``'s block k. Then
+    a pixel unshuffle spreads ``c2``'s unit i over 4 channels that ``c3`` reads."""
+
+    def __init__(self, residual: bool = False) -> None:
+        super().__init__()
+        self.residual = residual
+        self.c1, self.up, self.skip = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 24, 1), nn.Conv2d(1, 6, 1)
+        self.c2, self.c3, self.fc = nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(20, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.pixel_shuffle(self.up(torch.relu(self.c1(x))), 2)
+        if self.residual:
+            h = h + self.skip(nn.functional.interpolate(x, scale_factor=2.0))
+        h = nn.functional.pixel_unshuffle(torch.relu(self.c2(torch.relu(h))), 2)
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_pixel_shuffle_block_leaves_whole(residual: bool) -> None:
+    """Pixel shuffles were stopped as moving channels: the layer before one kept every unit. Its output channel k
+    is now the block of input channels 4k … 4k + 3: a block leaves when all of its units are pruned (and a unit added
+    to it after the shuffle), the next layer losing one input channel; a block with a live unit keeps its pruned ones,
+    named. After a pixel unshuffle, a unit leaves with its 4 columns in the next layer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 5, 5)
+    assert set(unremovable_layers(_SubPixel(residual).eval(), x)) == {"fc"}
+    model = _SubPixel(residual).eval()
+    blocks = [4, 5, 6, 7, 16, 17, 18, 19, 20, 21]  # blocks 1 and 4 whole, block 5 half
+    masks = _prune_units(model, {"up": blocks, "c2": [1, 3], **({"skip": [1, 5]} if residual else {})})
+    result = slim(model, masks, x)
+    assert result.removed["up"] == ((24, 20) if residual else (24, 16)), (result.removed, result.notes)
+    assert _module(result.model, "c2").in_channels == (5 if residual else 4)
+    assert result.removed["c2"] == (5, 3) and _module(result.model, "c3").in_channels == 12
+    if residual:  # numbered as skip's units: block 4 is whole but skip's unit 4 live, block 5 half
+        assert {n.split(":")[1] for n in result.notes} == {" kept pruned channel(s) [4]", " kept pruned channel(s) [5]"}
+        assert any("[5]: pruned in skip but still produced by up" in n for n in result.notes), result.notes
+    else:
+        kept = [n for n in result.notes if n.startswith("up") and "pixel shuffle joins" in n]
+        assert kept and "[20, 21]" in kept[0], result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
 class _SlicedBeside(nn.Module):

@@ -129,6 +129,9 @@ class GroupAnalysis:
         for item in group:
             for idx, root in zip(item.idxs, item.root_idxs):
                 self.channels[root].members[item.dep.target].append((item.dep.handler, idx))
+        # a pixel shuffle joins blocks of its input channels into one output channel (:func:`_map_blocks`)
+        self.blocks = any(getattr(item.dep.target, "prunedrop_block", 1) > 1 for item in group)
+        self._joined: dict[int, frozenset[int]] = {}
 
     # -- roles of the nodes -------------------------------------------------------------------------------
 
@@ -173,6 +176,30 @@ class GroupAnalysis:
                 and all(self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
                         for h, _ in channel.members.get(node, [])))
 
+    def unit_pruned(self, node: Any, channel: Channel) -> bool | None:
+        """Whether ``node``'s unit for this channel is pruned (None: it is no producer or depthwise convolution of
+        it). Where a pixel shuffle joins a block of a layer's units into one channel, all of them must be."""
+        entries = channel.members.get(node, [])
+        idx = self.producer_index(node, channel)
+        if idx is None and not (is_depthwise(node.module) and entries):
+            return None
+        if not self.blocks:
+            return self.pruned(node, entries[0][1] if idx is None else idx)
+        units = {i for h, i in entries if idx is None or (self.graph.is_out_channel_pruning_fn(h)
+                                                          and not self.graph.is_in_channel_pruning_fn(h))}
+        return all(self.pruned(node, i) for i in units)
+
+    def joined(self, root: int) -> frozenset[int]:
+        """The root channels that leave together with ``root``: a pixel shuffle's block (the unit before it that
+        writes one of its input channels takes the block's other units with it), or ``root`` alone."""
+        if not self.blocks:
+            return frozenset((root,))
+        if root not in self._joined:
+            together = frozenset(self.leaving([root]) & set(self.channels)) | {root}
+            for r in together:
+                self._joined[r] = together
+        return self._joined[root]
+
     def leaving(self, roots: list[int]) -> set[int]:
         """The root layer's units that leave when ``roots`` are removed: those and their partners (a gate's
         other half: the unit k + half of the layer before an F.glu or a chunk(2) product)."""
@@ -200,11 +227,8 @@ class GroupAnalysis:
     def pruned_by(self, channel: Channel) -> list[str]:
         """The producers and depthwise convolutions whose unit for this channel is pruned."""
         found = []
-        for node, entries in channel.members.items():
-            idx = self.producer_index(node, channel)
-            if idx is None and is_depthwise(node.module):
-                idx = entries[0][1]
-            if idx is not None and self.pruned(node, idx):
+        for node in channel.members:
+            if self.unit_pruned(node, channel):
                 found.append(self.name(node))
         return sorted(found)
 
@@ -220,7 +244,7 @@ class GroupAnalysis:
             if node in broken:
                 what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
-                        f"the dependency graph cannot follow ({what}: a channel shuffle, a pixel shuffle)")
+                        f"the dependency graph cannot follow ({what}: a channel shuffle)")
             # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
             if node.type == tp_ops.OPTYPE.OUTPUT or (
                 node not in consumers and node.grad_fn in self.output_fns
@@ -265,10 +289,8 @@ class GroupAnalysis:
         result = False
         if entries is None:
             pass
-        elif (idx := self.producer_index(node, channel)) is not None:
-            result = self.pruned(node, idx)
-        elif is_depthwise(module):
-            result = self.pruned(node, entries[0][1])
+        elif (pruned := self.unit_pruned(node, channel)) is not None:
+            result = pruned
         elif isinstance(module, nn.PReLU) or (
             not isinstance(module, WEIGHT_LAYERS) and type(module).__module__.startswith("torch_pruning")
         ):
@@ -298,13 +320,13 @@ class GroupAnalysis:
             entries = channel.members.get(node)
             if entries is None:
                 result = True  # left the group: nothing tells us it is constant
-            elif (idx := self.producer_index(node, channel)) is not None:
-                result = not self.pruned(node, idx)
+            elif self.producer_index(node, channel) is not None:
+                result = not self.unit_pruned(node, channel)
                 if result:
                     live.add(self.name(node))
             elif isinstance(module, WEIGHT_LAYERS) and not is_depthwise(module):
                 result = True
-            elif is_depthwise(module) and self.pruned(node, entries[0][1]):
+            elif is_depthwise(module) and self.unit_pruned(node, channel):
                 result = False  # a pruned depthwise unit outputs 0 whatever it is fed
             elif type(module).__module__.startswith("torch_pruning") and self.silent(node, channel, zeros):
                 result = False  # exact zeros: a product with a pruned factor, whatever the others carry
@@ -435,7 +457,8 @@ class _Recorder(TorchFunctionMode):
     """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
     concatenation's and split's autograd node → its axis and the sizes of its pieces along it, in the order of the
     call; the autograd nodes of operations that move channels to other places or numbers (a view that splits
-    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does; pixel shuffles); and those
+    a (batch, channels, …) tensor's channels into groups, as a channel shuffle does), and of pixel shuffles and
+    unshuffles with their block sizes (:func:`_map_blocks`); and those
     of expands that only spread a (batch, channels, 1, 1) tensor over the other axes (a squeeze-excitation's
     ``y.expand_as(x)``), which Torch-Pruning's expand node, made for grouped attention, would read as mixing.
     ``F.glu`` (and ``nn.GLU``) is traced as the gate it computes, ``a · sigmoid(b)`` of its input's two halves: one
@@ -446,14 +469,15 @@ class _Recorder(TorchFunctionMode):
     _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
                torch.Tensor.split_with_sizes)
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
-    _MOVERS = (F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle, torch.pixel_shuffle,
-               torch.pixel_unshuffle, torch.channel_shuffle)
+    _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
+    _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
 
     def __init__(self) -> None:
         super().__init__()
         self.cats: dict[Any, tuple[int, list[int]]] = {}
         self.splits: dict[Any, tuple[int, list[int]]] = {}
         self.movers: set[Any] = set()
+        self.blocks: dict[Any, tuple[int, bool]] = {}
         self.plain_expands: set[Any] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
@@ -489,6 +513,10 @@ class _Recorder(TorchFunctionMode):
             tensors = args[0] if args else kwargs.get("tensors", ())
             dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
             self.cats[out.grad_fn] = (dim % out.dim(), [int(t.shape[dim % out.dim()]) for t in tensors])
+        elif func in self._BLOCKS:
+            factor = args[1] if len(args) > 1 else kwargs.get("upscale_factor", kwargs.get("downscale_factor"))
+            # pixel_shuffle: (C·r², H, W) → (C, H·r, W·r), output channel k ← input channels k·r² … k·r² + r² − 1
+            self.blocks[out.grad_fn] = (int(factor) ** (out.dim() - 2), func in (F.pixel_shuffle, torch.pixel_shuffle))
         elif func in self._MOVERS:
             self.movers.add(out.grad_fn)
         elif func in self._EXPANDS:
@@ -583,6 +611,23 @@ def _apply_real(node: Any, graph: Any) -> None:
                 break
 
 
+def _map_blocks(node: Any, size: int, gathers: bool) -> None:
+    """Map a pixel shuffle's channels (``gathers``): its output channel k is the block of its input channels
+    k·size … k·size + size − 1 (size = r² for an upscale factor r); a pixel unshuffle's input channel i is its output
+    channels i·size … i·size + size − 1. A pixel shuffle's node is marked with its block size
+    (:meth:`GroupAnalysis.joined`: a block leaves whole)."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    for source in node.inputs:
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=gathers)
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=not gathers)
+    if gathers:
+        node.prunedrop_block = size
+
+
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
@@ -604,6 +649,8 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         for node in graph.module2node.values():
             if node.grad_fn in recorder.movers:
                 _stop(node, graph)
+            elif node.grad_fn in recorder.blocks:
+                _map_blocks(node, *recorder.blocks[node.grad_fn])
             elif node in real_mappings(graph):  # the real pieces, also where Torch-Pruning's own mapping failed
                 unmapped(graph).discard(node)
                 _apply_real(node, graph)

@@ -122,6 +122,19 @@ class _Plan:
         return self.removed_keys() | {(gi, r) for gi, roots in self.zeroed.items() for r in roots}
 
 
+def _whole_blocks(analyses: list[GroupAnalysis], candidates: dict[tuple[int, int], Channel], plan: _Plan) -> None:
+    """A pixel shuffle joins a block of channels into one: the block leaves whole or not at all, so a candidate whose
+    block has a channel that is no candidate stays (before its constants are measured: it is not silent)."""
+    for gi, root in sorted(candidates):
+        block = analyses[gi].joined(root)
+        if len(block) > 1 and not all((gi, r) in candidates for r in block):
+            reason = (f"a pixel shuffle joins each with the {len(block) - 1} other channel(s) of its block into one, "
+                      "and a block leaves only when every channel of it is pruned and free to go")
+            for r in sorted(block):
+                if candidates.pop((gi, r), None) is not None:
+                    plan.kept[(gi, reason)].append(r)
+
+
 def _plan(
     analyses: list[GroupAnalysis],
     calls: dict[nn.Module, list[torch.Tensor]],
@@ -150,6 +163,8 @@ def _plan(
             else:
                 plan.kept[(gi, reason)].append(root)
 
+    _whole_blocks(analyses, candidates, plan)
+
     # 2. Constants: what each candidate leaves in its consumers, and whether a bias can hold it.
     wanted: dict[nn.Module, dict[tuple[int, int], list[int]]] = defaultdict(dict)
     for key, channel in candidates.items():
@@ -176,13 +191,16 @@ def _plan(
                 problem = f"in {names.get(consumer, '?')}, {problem}"
             plan.kept[(key[0], problem)].append(key[1])
 
+    _whole_blocks(analyses, candidates, plan)
     # 3. Removal sets; a group never loses all of its channels, so that no layer is left empty.
     for gi, root in sorted(candidates):
         plan.removal[gi].append(root)
     for gi, roots in plan.removal.items():
         if len(roots) == analyses[gi].size:
             reason = "every channel of the group is pruned; one is kept so that its layers are not empty"
-            plan.kept[(gi, reason)].append(roots.pop(0))
+            block = analyses[gi].joined(roots[0])
+            plan.kept[(gi, reason)].extend(r for r in roots if r in block)
+            roots[:] = [r for r in roots if r not in block]
     # 4. Widths in whole blocks: keep some pruned (exactly silent) channels so that every group's width is a
     # multiple of channel_multiple; they stay in the model as they are, constants and all, so nothing changes.
     if channel_multiple > 1:
@@ -192,9 +210,10 @@ def _plan(
             target = min(size, -(-kept // channel_multiple) * channel_multiple)
             if target > kept:
                 reason = f"kept (silent) to round the width {kept} up to {target}, a multiple of {channel_multiple}"
-                plan.kept[(gi, reason)].extend(roots[len(roots) - (target - kept):])
-                plan.zeroed[gi].extend(roots[len(roots) - (target - kept):])
-                del roots[len(roots) - (target - kept):]
+                extra = {b for r in roots[len(roots) - (target - kept):] for b in analyses[gi].joined(r)}
+                plan.kept[(gi, reason)].extend(r for r in roots if r in extra)
+                plan.zeroed[gi].extend(r for r in roots if r in extra)
+                roots[:] = [r for r in roots if r not in extra]
     # 5. A pruned channel kept for its own reasons may still leave with a removed partner (a gate's second half,
     # whose first half silences the product): it is not named as kept.
     for gi, roots in plan.removal.items():
@@ -304,8 +323,9 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     found: list[tuple[list[tuple[str, int]], list[tuple[str, list[int]]], bool]] = []
     try:
         for analysis, channel in _every_channel(model, example_input):
-            if analysis.blocker(channel) is not None or any(is_depthwise(n.module) for n in channel.members):
-                continue
+            if (analysis.blocker(channel) is not None or analysis.blocks
+                    or any(is_depthwise(n.module) for n in channel.members)):
+                continue  # (a pixel shuffle's block: a unit's columns there are its block's)
             producers = [(analysis.name(node), index) for node in channel.members
                          if (index := analysis.producer_index(node, channel)) is not None]
             consumers = analysis.consumers(channel)
