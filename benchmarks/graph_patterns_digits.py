@@ -3,9 +3,11 @@
     python benchmarks/graph_patterns_digits.py --model sliced                 # recipes/sbp.yaml, the default budget
     python benchmarks/graph_patterns_digits.py --model input_concat
     python benchmarks/graph_patterns_digits.py --model se_expand
+    python benchmarks/graph_patterns_digits.py --model glu_conv
+    python benchmarks/graph_patterns_digits.py --model subpixel
     python benchmarks/graph_patterns_digits.py --model sliced --tag before    # the same, run from an older checkout
 
-Three small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
+Small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
 
 - ``sliced``: a stem of 16 channels whose first 8 feed a second convolution (24 channels) and whose last 8 are
   pooled and concatenated beside it, ``x[:, :8]`` / ``x[:, 8:]``; the concatenation's sliced input has a width that
@@ -16,7 +18,14 @@ Three small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data
   stem's channel k at k instead of k + 1 and kept the stem's pruned channels;
 - ``se_expand``: an inverted residual (1x1 expansion to 48, depthwise 3x3, 1x1 projection, added to the stem) with a
   squeeze-excitation written as the widely copied SENet code does (``y * s.view(b, c, 1, 1).expand_as(y)``);
-  Torch-Pruning's expand node read the expand as mixing channels, so the block was left dense.
+  Torch-Pruning's expand node read the expand as mixing channels, so the block was left dense;
+- ``glu_conv``: a Conformer's convolution module over the image's rows as a sequence (8 features, 8 steps): a stem
+  of 32 channels, a pointwise convolution to 128, ``nn.GLU(dim=1)``, a depthwise convolution of 64, BatchNorm, SiLU,
+  a pointwise convolution back to 32, added to the stem; the GLU was stopped as moving channels, so the pointwise
+  convolution before it and the depthwise one after it were left dense;
+- ``subpixel``: an upsampling block in the middle (EDSR's, NAFNet's): two convolutions down to 4x4, a convolution
+  to 64 channels, ``nn.PixelShuffle(2)`` back to 16 channels at 8x8, a convolution of 32; the pixel shuffle was
+  stopped, so the convolution before it was left dense.
 
 Each is trained dense here (Adam 3e-3, 30 epochs, batch 64, seed 0; cached in ``benchmarks/results``, not tracked),
 then ``prunedrop compress --recipe recipes/sbp.yaml`` runs on it (the autopilot, budget 1 point), and
@@ -79,7 +88,34 @@ class SEExpand(nn.Module):
         return self.fc((x + self.proj(y * s.expand_as(y))).mean((2, 3)))
 
 
-MODELS = {"sliced": Sliced, "input_concat": InputConcat, "se_expand": SEExpand}
+class GLUConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.pw1, self.glu = nn.Conv1d(8, 32, 3, padding=1), nn.Conv1d(32, 128, 1), nn.GLU(dim=1)
+        self.dw, self.bn = nn.Conv1d(64, 64, 5, padding=2, groups=64), nn.BatchNorm1d(64)
+        self.pw2, self.fc = nn.Conv1d(64, 32, 1), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.stem(x.flatten(1, 2)))  # (batch, 8 rows as features, 8 columns as steps)
+        h = h + self.pw2(F.silu(self.bn(self.dw(self.glu(self.pw1(h))))))
+        return self.fc(h.mean(2))
+
+
+class SubPixel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.up, self.ps = nn.Conv2d(32, 64, 3, padding=1), nn.PixelShuffle(2)
+        self.c3, self.fc = nn.Conv2d(16, 32, 3, padding=1), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.c2(F.max_pool2d(F.relu(self.c1(x)), 2)))  # 32 channels at 4x4
+        h = F.relu(self.ps(self.up(h)))  # 16 at 8x8
+        return self.fc(F.relu(self.c3(h)).mean((2, 3)))
+
+
+MODELS = {"sliced": Sliced, "input_concat": InputConcat, "se_expand": SEExpand, "glu_conv": GLUConv,
+          "subpixel": SubPixel}
 
 
 def sliced() -> nn.Module:
@@ -92,6 +128,14 @@ def input_concat() -> nn.Module:
 
 def se_expand() -> nn.Module:
     return SEExpand()
+
+
+def glu_conv() -> nn.Module:
+    return GLUConv()
+
+
+def subpixel() -> nn.Module:
+    return SubPixel()
 
 
 def train(name: str) -> nn.Module:
