@@ -5,6 +5,8 @@
     python benchmarks/graph_patterns_digits.py --model se_expand
     python benchmarks/graph_patterns_digits.py --model glu_conv
     python benchmarks/graph_patterns_digits.py --model subpixel
+    python benchmarks/graph_patterns_digits.py --model att_gate
+    python benchmarks/graph_patterns_digits.py --model cosine
     python benchmarks/graph_patterns_digits.py --model sliced --tag before    # the same, run from an older checkout
 
 Small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digits``), each with one pattern:
@@ -25,7 +27,13 @@ Small CNNs on scikit-learn's 8x8 digits (prunedrop's own split of ``--data digit
   convolution before it and the depthwise one after it were left dense;
 - ``subpixel``: an upsampling block in the middle (EDSR's, NAFNet's): two convolutions down to 4x4, a convolution
   to 64 channels, ``nn.PixelShuffle(2)`` back to 16 channels at 8x8, a convolution of 32; the pixel shuffle was
-  stopped, so the convolution before it was left dense.
+  stopped, so the convolution before it was left dense;
+- ``att_gate``: an attention U-Net's gate in a classifier: a one-channel map (a 1x1 convolution of the two
+  features' projections, its sigmoid) multiplies the second convolution's 32 channels; the map's unit was read as
+  coupled to channel 0 of them, and the others were never analysed (their pruned units stayed, unnamed);
+- ``cosine``: three convolutions, the pooled features normalized (``F.normalize``, as metric-learning heads do)
+  before the classifier; the norm's expand over the features was read as mixing them (the last convolution left
+  dense).
 
 Each is trained dense here (Adam 3e-3, 30 epochs, batch 64, seed 0; cached in ``benchmarks/results``, not tracked),
 then ``prunedrop compress --recipe recipes/sbp.yaml`` runs on it (the autopilot, budget 1 point), and
@@ -114,8 +122,33 @@ class SubPixel(nn.Module):
         return self.fc(F.relu(self.c3(h)).mean((2, 3)))
 
 
+class AttGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.wg, self.wx, self.psi = nn.Conv2d(16, 16, 1), nn.Conv2d(32, 16, 1), nn.Conv2d(16, 1, 1)
+        self.c3, self.fc = nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = F.relu(self.c1(x))
+        h = F.relu(self.c2(g))
+        a = torch.sigmoid(self.psi(F.relu(self.wg(g) + self.wx(h))))  # (batch, 1, 8, 8)
+        return self.fc(F.relu(self.c3(h * a)).mean((2, 3)))
+
+
+class Cosine(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(32, 64, 3, padding=1), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.relu(self.c2(F.relu(self.c1(x)))), 2)
+        return self.fc(10 * F.normalize(F.relu(self.c3(h)).mean((2, 3)), dim=1))
+
+
 MODELS = {"sliced": Sliced, "input_concat": InputConcat, "se_expand": SEExpand, "glu_conv": GLUConv,
-          "subpixel": SubPixel}
+          "subpixel": SubPixel, "att_gate": AttGate, "cosine": Cosine}
 
 
 def sliced() -> nn.Module:
@@ -136,6 +169,14 @@ def glu_conv() -> nn.Module:
 
 def subpixel() -> nn.Module:
     return SubPixel()
+
+
+def att_gate() -> nn.Module:
+    return AttGate()
+
+
+def cosine() -> nn.Module:
+    return Cosine()
 
 
 def train(name: str) -> nn.Module:

@@ -727,7 +727,7 @@ def test_units_moved_by_shuffles_are_kept_as_zeros_and_named() -> None:
                    for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     stuck = unremovable_layers(_Shuffles().eval(), x)
-    assert set(stuck) == {"c1", "fc"} and "(View: " in stuck["c1"], stuck
+    assert set(stuck) == {"c1", "c2", "fc"} and "(View: " in stuck["c1"] and "blocks of 4" in stuck["c2"], stuck
 
 
 class _SubPixel(nn.Module):
@@ -757,7 +757,10 @@ def test_a_pixel_shuffle_block_leaves_whole(residual: bool) -> None:
     named. After a pixel unshuffle, a unit leaves with its 4 columns in the next layer."""
     torch.manual_seed(0)
     x = torch.randn(2, 1, 5, 5)
-    assert set(unremovable_layers(_SubPixel(residual).eval(), x)) == {"fc"}
+    # before training, the layer before the shuffle is named: unit noise prunes its units one by one, and a block
+    # leaves whole (slimming removes whole blocks of pruned units all the same, as below)
+    stuck = unremovable_layers(_SubPixel(residual).eval(), x)
+    assert set(stuck) == {"fc", "up"} and stuck["up"].startswith("its units leave only in whole blocks of 4"), stuck
     model = _SubPixel(residual).eval()
     blocks = [4, 5, 6, 7, 16, 17, 18, 19, 20, 21]  # blocks 1 and 4 whole, block 5 half
     masks = _prune_units(model, {"up": blocks, "c2": [1, 3], **({"skip": [1, 5]} if residual else {})})
@@ -1265,4 +1268,99 @@ def test_a_glu_is_a_gate_of_two_halves(functional: bool) -> None:
     if functional:  # 6 and 9 leave with 0 and 3; 7 alone stays
         assert result.removed["up"] == (12, 8) and _module(result.model, "down").in_features == 4
         assert [n for n in result.notes if n.startswith("up:")][0].startswith("up: kept pruned channel(s) [7]:")
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _OverChannels(nn.Module):
+    """c2's channels meet each other in a reduction over the channel axis: ``how`` is a CBAM spatial attention (the
+    channels' mean and maximum, a convolution of the two maps, its sigmoid multiplying the features), a softmax over
+    the channels, a norm (F.normalize of the pooled features, or written out as a square root of a sum)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.sa, self.fc = nn.Conv2d(2, 1, 3, padding=1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        if self.how == "cbam":
+            h = h * torch.sigmoid(self.sa(torch.cat([h.mean(1, keepdim=True), h.amax(1, keepdim=True)], 1)))
+        elif self.how == "softmax":
+            h = h * torch.softmax(h, 1)
+        elif self.how == "sum":
+            h = h / (h.pow(2).sum(1, keepdim=True) + 1e-6).sqrt()
+        pooled = h.mean((2, 3))
+        return self.fc(nn.functional.normalize(pooled, dim=1) if self.how == "normalize" else pooled)
+
+
+@pytest.mark.parametrize(("how", "why"), [("cbam", "a maximum or minimum over the channels (Amax)"),
+                                          ("softmax", "a softmax over the channels (Softmax)")])
+def test_a_reduction_over_the_channels_that_a_channel_changes_is_named(how: str, why: str) -> None:
+    """A CBAM's channel mean: the early check did not name c2, and after training its pruned channels stayed with no
+    word (the one-channel attention map was read as coupled to c2's channel 0, and c2 was never a group of its own).
+    A mean, maximum or softmax over the channels changes when a channel leaves: named before training."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    stuck = unremovable_layers(_OverChannels(how).eval(), x)
+    assert set(stuck) == {"c2", "fc"} and why in stuck["c2"], stuck
+    model = _OverChannels(how).eval()
+    result = slim(model, _prune_units(model, {"c1": [1, 5], "c2": [0, 3, 7]}), x)
+    assert result.removed["c1"] == (8, 6) and result.removed["c2"] == (12, 12)
+    assert any(note.startswith("c2: kept pruned channel(s) [0, 3, 7]") and why in note for note in result.notes)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+@pytest.mark.parametrize("how", ["normalize", "sum"])
+def test_a_sum_or_norm_over_the_channels_lets_a_zero_channel_go(how: str) -> None:
+    """F.normalize spreads the features' norm over them with an expand that the dependency graph read as mixing: c2
+    was left dense. A channel of zeros adds nothing to a sum or a norm over the channels: it leaves."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(_OverChannels(how).eval(), x)) == {"fc"}
+    model = _OverChannels(how).eval()
+    result = slim(model, _prune_units(model, {"c2": [0, 3, 7]}), x)
+    assert result.removed["c2"] == (12, 9) and _module(result.model, "fc").in_features == 9, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _SpreadMap(nn.Module):
+    """An attention U-Net's gate: a one-channel map ``a`` (psi: a 1x1 convolution to one channel, its sigmoid) is
+    spread over c2's 12 channels, multiplied (``mul``) or added (``add``); ``scale``: a per-example scale of shape
+    (batch, 1) multiplies a Linear's features."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.wg, self.wx, self.psi = nn.Conv2d(8, 6, 1), nn.Conv2d(12, 6, 1), nn.Conv2d(6, 1, 1)
+        self.c3, self.fc = nn.Conv2d(12, 10, 3, padding=1), nn.Linear(10, 3)
+        self.l1, self.g, self.l2 = nn.Linear(10, 16), nn.Linear(10, 1), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.relu(self.c1(x))
+        h = torch.relu(self.c2(g))
+        a = torch.sigmoid(self.psi(torch.relu(self.wg(g) + self.wx(h))))
+        f = torch.relu(self.c3(h * a if self.op == "mul" else h + a)).mean((2, 3))
+        return self.fc(f) + (self.l2(torch.relu(self.l1(f)) * torch.sigmoid(self.g(f))) if self.op == "mul" else 0)
+
+
+@pytest.mark.parametrize("op", ["mul", "add"])
+def test_a_one_channel_map_spread_over_the_channels(op: str) -> None:
+    """The one-channel map's unit was read as coupled to channel 0 of the features it multiplies, and the features'
+    other channels were never analysed: c2 (and l1) kept every pruned channel with no word. A product with the map
+    lets a pruned channel go; a sum with it keeps the channel (the map's value is no constant), named."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(_SpreadMap(op).eval(), x)) == ({"fc", "l2"} if op == "mul" else {"fc"})
+    model = _SpreadMap(op).eval()
+    masks = _prune_units(model, {"c2": [0, 3, 7], "psi": [0], **({"l1": [2, 5, 9], "g": [0]} if op == "mul" else {})})
+    result = slim(model, masks, x)
+    if op == "mul":
+        assert result.removed["c2"] == (12, 9) and result.removed["l1"] == (16, 13), (result.removed, result.notes)
+    else:
+        assert result.removed["c2"] == (12, 12)
+        assert any(note.startswith("c2: kept pruned channel(s) [0, 3, 7]") and "a tensor of one channel spread over "
+                   "the channels (Add)" in note for note in result.notes), result.notes
+    assert result.removed["psi"] == (1, 1)
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

@@ -31,7 +31,10 @@ that is this module's part:
   fold is exact at the example's resolution only.)
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped
   (non-depthwise or transposed) convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
-  or recurrent layer or a bare parameter is kept; ``notes`` says so. An ungrouped transposed convolution is a unit
+  or recurrent layer or a bare parameter, or meets the others in a mean, maximum, variance or softmax over the
+  channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not change) is kept;
+  ``notes`` says so. A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)
+  is no channel of theirs: a product with it lets a pruned channel go, a sum with it does not. An ungrouped transposed convolution is a unit
   layer like a convolution: its own output channels (its weight's axis 1) leave, and a channel it reads leaves
   with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
   output).

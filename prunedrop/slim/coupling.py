@@ -29,7 +29,8 @@ _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Instan
 # Autograd functions (names without "Backward<n>") that map a channel of exact zeros to exact zeros whatever else
 # they are given: activations with f(0) = 0, spatial pooling, reshapes and moves. Hardtanh (ReLU6), clamp and pow
 # keep zeros only for some arguments, checked in :func:`_zero_rule`; sigmoid (0.5), softplus and exp do not. Means,
-# sums and index selections are left out: over the channel axis they mix the channel with others.
+# sums and index selections are left out: over the channel axis they mix the channel with others; a reduction that
+# the trace saw taken over the pixels of a (batch, channels, …) tensor keeps zeros (``graph.prunedrop_keeps_zero``).
 _KEEPS_ZERO = frozenset({
     "Relu", "Silu", "Gelu", "Hardswish", "Tanh", "LeakyRelu", "Elu", "Celu", "Mish", "Neg", "Abs",
     "AvgPool1D", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool1D", "AdaptiveAvgPool2D", "AdaptiveAvgPool3D",
@@ -239,12 +240,18 @@ class GroupAnalysis:
         tp_ops = self.graph.ops
         consumers = {node for node, _ in self.consumers(channel)}
         broken = unmapped(self.graph)
+        reduced = None
         for node in channel.members:
             module = node.module
             if node in broken:
                 what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
                         f"the dependency graph cannot follow ({what}: a channel shuffle)")
+            reduction = getattr(self.graph, "prunedrop_reductions", {}).get(node)
+            if reduction is not None and not reduction[1] and reduced is None:  # the last reason to give
+                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__)
+                reduced = (f"they meet the others in {reduction[0]} over the channels ({what}), which changes when "
+                           "a channel leaves")
             # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
             if node.type == tp_ops.OPTYPE.OUTPUT or (
                 node not in consumers and node.grad_fn in self.output_fns
@@ -265,7 +272,8 @@ class GroupAnalysis:
                     tp_ops.OPTYPE.SPLIT,
                     tp_ops.OPTYPE.RESHAPE,
                     tp_ops.OPTYPE.SLICE,
-                ) and node not in getattr(self.graph, "prunedrop_plain_expands", ()):  # those keep their channels
+                ) and node not in getattr(self.graph, "prunedrop_plain_expands", ()) and (  # those keep their channels
+                    node not in getattr(self.graph, "prunedrop_spread", {})):  # one channel spread: mixes nothing
                     kind = type(module).__name__
                     return f"they pass through {self.name(node)} ({kind}), which mixes or embeds channels"
             if isinstance(module, nn.Parameter):
@@ -275,7 +283,7 @@ class GroupAnalysis:
                 if prefix and owner is not None:  # a functional layer's own weight (nn.RMSNorm calls F.rms_norm)
                     return f"they pass through {name}, a parameter of {prefix} ({type(owner).__name__})"
                 return f"they pass through the bare parameter {name}"
-        return None
+        return reduced
 
     def silent(self, node: Any, channel: Channel, memo: dict[Any, bool]) -> bool:
         """Whether this channel of ``node``'s output is exact zeros whatever the input: a pruned producer or
@@ -295,7 +303,8 @@ class GroupAnalysis:
             not isinstance(module, WEIGHT_LAYERS) and type(module).__module__.startswith("torch_pruning")
         ):
             inputs = [n for n in node.inputs if n in channel.members]
-            rule = "keeps" if isinstance(module, nn.PReLU) else _zero_rule(node.grad_fn)
+            rule = ("keeps" if isinstance(module, nn.PReLU) or node in getattr(self.graph, "prunedrop_keeps_zero", ())
+                    else _zero_rule(node.grad_fn))
             if rule == "product":
                 result = any([self.silent(n, channel, memo) for n in inputs])
             elif rule == "numerator":
@@ -330,6 +339,10 @@ class GroupAnalysis:
                 result = False  # a pruned depthwise unit outputs 0 whatever it is fed
             elif type(module).__module__.startswith("torch_pruning") and self.silent(node, channel, zeros):
                 result = False  # exact zeros: a product with a pruned factor, whatever the others carry
+            elif node in getattr(self.graph, "prunedrop_spread", {}):
+                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__)
+                live.add(f"a tensor of one channel spread over the channels ({what})")
+                result = True
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
@@ -355,6 +368,23 @@ class GroupAnalysis:
         return live
 
 
+def feeds_pixel_shuffle(node: Any) -> int:
+    """The block size of a pixel shuffle that ``node``'s output channels reach before any layer reads them (0 for
+    none): such a layer's units leave only in whole blocks (:meth:`GroupAnalysis.joined`)."""
+    seen: set[Any] = set()
+    stack = list(node.outputs)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if getattr(n, "prunedrop_block", 1) > 1:
+            return int(n.prunedrop_block)
+        if not (isinstance(n.module, WEIGHT_LAYERS) and not is_depthwise(n.module)):
+            stack.extend(n.outputs)
+    return 0
+
+
 def node_names(model: nn.Module) -> dict[Any, str]:
     """The qualified name of each module and parameter of ``model``: what a traced node's ``module`` is (a bare
     parameter is a node of its own, whose str() would print its values)."""
@@ -375,6 +405,22 @@ def tensors_in(obj: Any) -> list[torch.Tensor]:
 def _no_channels(idxs: Any) -> list[Any]:
     """An index mapping that passes no channel on."""
     return []
+
+
+def _cut(node: Any, graph: Any) -> None:
+    """No channel number passes between ``node`` and the operands it spreads over the channels
+    (``graph.prunedrop_spread``), nor out of a reduction over the channels (``graph.prunedrop_reductions``, whose
+    input channels still reach it, for :meth:`GroupAnalysis.blocker`)."""
+    ends = set(graph.prunedrop_spread.get(node, ()))
+    if node in graph.prunedrop_reductions:
+        ends |= set(node.outputs) | set(node.inputs)
+    for other in ends:
+        for a, b in ((node, other), (other, node)):
+            if a is other and other in node.inputs and node in graph.prunedrop_reductions:
+                continue  # a reduction's input keeps its channels up to it
+            for dep in a.dependencies:
+                if dep.target is b:
+                    dep.index_mapping[0] = _no_channels
 
 
 def _stop(node: Any, graph: Any) -> None:
@@ -420,6 +466,8 @@ def _each_mapping_alone() -> Iterator[None]:
                 f(graph, node, *args, **kwargs)
             except Exception:  # noqa: BLE001 - this operation only: its channels go no further, and stay
                 _stop(node, graph)
+            if node in getattr(graph, "prunedrop_spread", {}) or node in getattr(graph, "prunedrop_reductions", {}):
+                _cut(node, graph)  # an expand that spreads one channel, which Torch-Pruning mapped again
         return update
 
     for name, f in originals.items():
@@ -471,6 +519,28 @@ class _Recorder(TorchFunctionMode):
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
     _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
     _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
+    # reductions along an axis: what they compute and whether a channel of zeros leaves them unchanged (sums and
+    # norms) or not (a mean divides by the count, a maximum may be the zero, a softmax gives it a share)
+    _REDUCTIONS: dict[Any, tuple[str, bool]] = {
+        **dict.fromkeys((torch.sum, torch.Tensor.sum, torch.nansum, torch.Tensor.nansum), ("a sum", True)),
+        **dict.fromkeys((torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm), ("a norm", True)),
+        **dict.fromkeys((torch.mean, torch.Tensor.mean, torch.nanmean, torch.Tensor.nanmean), ("a mean", False)),
+        **dict.fromkeys((torch.amax, torch.Tensor.amax, torch.amin, torch.Tensor.amin, torch.max, torch.Tensor.max,
+                         torch.min, torch.Tensor.min), ("a maximum or minimum", False)),
+        **dict.fromkeys((torch.var, torch.Tensor.var, torch.std, torch.Tensor.std, torch.var_mean, torch.std_mean),
+                        ("a variance", False)),
+        **dict.fromkeys((torch.logsumexp, torch.Tensor.logsumexp, torch.prod, torch.Tensor.prod), ("a product or "
+                                                                                               "log-sum-exp", False)),
+        **dict.fromkeys((torch.softmax, torch.Tensor.softmax, F.softmax, torch.log_softmax, torch.Tensor.log_softmax,
+                         F.log_softmax, F.softmin), ("a softmax", False)),
+    }
+    _NORM_DIM_AT = (torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm)
+    _ELEMENTWISE = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
+                    torch.Tensor.__imul__, torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
+                    torch.Tensor.__radd__, torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_,
+                    torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__, torch.div, torch.Tensor.div,
+                    torch.Tensor.div_, torch.true_divide, torch.Tensor.__truediv__, torch.Tensor.__rtruediv__,
+                    torch.Tensor.__itruediv__)
 
     def __init__(self) -> None:
         super().__init__()
@@ -479,6 +549,9 @@ class _Recorder(TorchFunctionMode):
         self.movers: set[Any] = set()
         self.blocks: dict[Any, tuple[int, bool]] = {}
         self.plain_expands: set[Any] = set()
+        self.reductions: dict[Any, tuple[str, bool]] = {}
+        self.keeps_zero: set[Any] = set()
+        self.spread: dict[Any, set[Any]] = defaultdict(set)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
@@ -487,6 +560,9 @@ class _Recorder(TorchFunctionMode):
             # k leaves with unit k + half, and a unit of the first half silences its channel (a product's factor)
             a, b = halves
             return a * torch.sigmoid(b)
+        if func is F.normalize:  # its norm and expand happen inside, where this mode does not see them
+            with contextlib.suppress(Exception):
+                return self._normalize(*args, **kwargs)
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
             self._record(func, args, kwargs, out)
@@ -500,7 +576,50 @@ class _Recorder(TorchFunctionMode):
             return None  # F.glu itself says what is wrong
         return tuple(x.chunk(2, dim))
 
+    def _normalize(self, x: torch.Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
+                   out: Any = None) -> torch.Tensor:
+        """F.normalize as it computes (the norm along ``dim``, spread over it, the quotient), each step recorded."""
+        if out is not None:
+            raise TypeError("out=")
+        norm = x.norm(p, dim, keepdim=True)
+        self._record(torch.Tensor.norm, (x, p, dim, True), {}, norm)
+        clamped = norm.clamp_min(eps)
+        spread = clamped.expand_as(x)
+        self._record(torch.Tensor.expand_as, (clamped, x), {}, spread)
+        result = x / spread
+        self._record(torch.Tensor.__truediv__, (x, spread), {}, result)
+        return result
+
+    @staticmethod
+    def _channel_axis(x: Any) -> bool:
+        """Whether axis 1 of ``x`` surely holds channels: (batch, features), (batch, channels, H, W) or
+        (…, D, H, W). A (batch, a, b) tensor may be a 1-d convolution's (batch, channels, time) or a sequence's
+        (batch, tokens, features), which no shape tells apart."""
+        return isinstance(x, torch.Tensor) and x.dim() in (2, 4, 5)
+
+    @classmethod
+    def _spreads(cls, x: Any, out: torch.Tensor) -> bool:
+        """Whether ``x``, an operand of ``out`` with autograd history, has one channel that broadcasting spreads over
+        ``out``'s channels ((batch, 1, H, W) beside (batch, C, H, W), or (batch, 1) beside (batch, C))."""
+        if not (isinstance(x, torch.Tensor) and x.grad_fn is not None and cls._channel_axis(out)
+                and 0 < x.dim() <= out.dim() and out.shape[1] > 1):
+            return False
+        return ([1] * (out.dim() - x.dim()) + list(x.shape))[1] == 1
+
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        if func in self._REDUCTIONS:
+            x = args[0] if args else kwargs.get("input")
+            at = 2 if func in self._NORM_DIM_AT else 1
+            dim = args[at] if len(args) > at else kwargs.get("dim")
+            values = out[0] if isinstance(out, (tuple, list)) else out
+            dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+            if self._channel_axis(x) and dim is not None and isinstance(values, torch.Tensor) and values.grad_fn:
+                if 1 in {int(d) % x.dim() for d in dims}:
+                    self.reductions[values.grad_fn] = self._REDUCTIONS[func]
+                elif self._REDUCTIONS[func][0] not in ("a softmax", "a product or log-sum-exp") or func in (
+                        torch.prod, torch.Tensor.prod):  # over the pixels: a channel of zeros stays zeros
+                    self.keeps_zero.add(values.grad_fn)
+            return
         if func in self._SPLITS and isinstance(out, (tuple, list)) and out:
             fns = {t.grad_fn for t in out}
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
@@ -525,6 +644,14 @@ class _Recorder(TorchFunctionMode):
             if (x.dim() == out.dim() >= 3 and x.shape[1] == out.shape[1] and x.shape[0] in (1, out.shape[0])
                     and all(a in (1, b) for a, b in zip(x.shape[2:], out.shape[2:]))):
                 self.plain_expands.add(out.grad_fn)
+            elif self._spreads(x, out):  # a norm spread over the channels it was taken over (F.normalize)
+                self.spread[out.grad_fn].add(x.grad_fn)
+        elif func in self._ELEMENTWISE:
+            # an operand of one channel spread over the others: a spatial attention map (CBAM, an attention gate),
+            # a per-example scale; none of its channel numbers meets the others'
+            for x in args[:2]:
+                if self._spreads(x, out):
+                    self.spread[out.grad_fn].add(x.grad_fn)
         elif func in self._VIEWS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             if x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
@@ -646,6 +773,14 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         )
         _real_mappings(graph, recorder)
         graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}
+        nodes = list(graph.module2node.values())
+        graph.prunedrop_reductions = {n: recorder.reductions[n.grad_fn] for n in nodes
+                                      if n.grad_fn in recorder.reductions}
+        graph.prunedrop_keeps_zero = {n for n in nodes if n.grad_fn in recorder.keeps_zero}
+        graph.prunedrop_spread = {n: [i for i in n.inputs if i.grad_fn in recorder.spread[n.grad_fn]] for n in nodes
+                                  if n.grad_fn in recorder.spread}
+        for node in {*graph.prunedrop_reductions, *graph.prunedrop_spread}:
+            _cut(node, graph)
         for node in graph.module2node.values():
             if node.grad_fn in recorder.movers:
                 _stop(node, graph)

@@ -30,6 +30,7 @@ from .coupling import (
     Channel,
     GroupAnalysis,
     all_requiring_grad,
+    feeds_pixel_shuffle,
     import_torch_pruning,
     node_names,
     trace,
@@ -394,10 +395,14 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                 # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
                 if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
                     continue
-                if reason is None:
+                why = reason
+                if why is None and analysis.blocks and (size := feeds_pixel_shuffle(node)):
+                    why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block one "
+                           "channel), and unit noise prunes them one by one, seldom a whole block")
+                if why is None:
                     free.add(analysis.name(node))
                 else:
-                    reasons.setdefault(analysis.name(node), reason)
+                    reasons.setdefault(analysis.name(node), why)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
     for name, error in failed.items():
