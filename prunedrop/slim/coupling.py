@@ -798,25 +798,34 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
 
     One operation that Torch-Pruning misreads (a ShuffleNetV2's channel split after a shuffle, whose index mapping
     raised IndexError) failed every group at once, so nothing could be slimmed or tied; now only the layers whose
-    own group fails keep their channels."""
+    own group fails keep their channels.
+
+    A layer is left out as a root only when the groups built so far hold every one of its units: one that a group
+    holds in part (coupled to a layer of another width: a one-channel attention map read as channel 0 of the
+    features it multiplies, a half of a split) got no group of its own before, and its other units were never
+    analysed, so they stayed pruned with no word."""
     groups: list[Any] = []
     failed: dict[nn.Module, str] = {}
-    visited: set[int] = set()
+    covered: dict[int, set[int]] = defaultdict(set)
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
     for module in list(graph.module2node):
-        if not isinstance(module, WEIGHT_LAYERS) or id(module) in visited or any(module is m for m in ignored):
+        if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
             continue
         pruner = graph.get_pruner_of_module(module)
         width = None if pruner is None else pruner.get_out_channels(module)
-        if width is None:
+        if width is None or len(covered[id(module)]) >= width:
             continue
         try:
             group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
         except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
             failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
             continue
-        members = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
-        visited.update(id(m) for m in members)
+        members = []
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                members.append(item.dep.target.module)
+                covered[id(item.dep.target.module)].update(int(i) for i in item.idxs)
+        covered[id(module)].update(range(width))
         if not any(m is i for m in members for i in ignored):
             groups.append(group)
     return groups, failed
