@@ -1395,3 +1395,31 @@ def test_a_layer_coupled_in_part_gets_a_group_of_its_own() -> None:
     assert result.removed["c1"] == (8, 6) and result.removed["c2"] == (12, 12)
     assert any(note.startswith("c2: pruned units kept as zeros") for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _AttentionPool(nn.Module):
+    """A 1-d CNN whose features are pooled over time with an attention map: a 1-d convolution to one channel, its
+    softmax over time, multiplying c2's 12 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 12, 3, padding=1)
+        self.att, self.fc = nn.Conv1d(12, 1, 1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc((h * torch.softmax(self.att(h), dim=-1)).sum(-1))
+
+
+def test_a_one_channel_map_over_time_is_spread_over_the_channels() -> None:
+    """A (batch, 1, time) tensor beside (batch, 12, time) may be a sequence's (tokens on axis 1) or a 1-d
+    convolution's; where it is a 1-d convolution's one channel, it is spread over the channels like a spatial map.
+    Before, its unit was coupled to c2's channel 0, and removing that channel removed the map's only unit (the
+    forward broke: c2 named "depends on the number of units" before training)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 4, 10)
+    assert set(unremovable_layers(_AttentionPool().eval(), x)) == {"fc"}
+    model = _AttentionPool().eval()
+    result = slim(model, _prune_units(model, {"c2": [0, 3, 7]}), x)
+    assert result.removed["c2"] == (12, 9) and result.removed.get("att", (1, 1)) == (1, 1), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

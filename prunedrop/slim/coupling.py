@@ -551,6 +551,7 @@ class _Recorder(TorchFunctionMode):
         self.plain_expands: set[Any] = set()
         self.reductions: dict[Any, tuple[str, bool]] = {}
         self.keeps_zero: set[Any] = set()
+        self.conv_maps: set[Any] = set()
         self.spread: dict[Any, set[Any]] = defaultdict(set)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
@@ -597,16 +598,35 @@ class _Recorder(TorchFunctionMode):
         (batch, tokens, features), which no shape tells apart."""
         return isinstance(x, torch.Tensor) and x.dim() in (2, 4, 5)
 
-    @classmethod
-    def _spreads(cls, x: Any, out: torch.Tensor) -> bool:
+    def _spreads(self, x: Any, out: torch.Tensor) -> bool:
         """Whether ``x``, an operand of ``out`` with autograd history, has one channel that broadcasting spreads over
-        ``out``'s channels ((batch, 1, H, W) beside (batch, C, H, W), or (batch, 1) beside (batch, C))."""
-        if not (isinstance(x, torch.Tensor) and x.grad_fn is not None and cls._channel_axis(out)
-                and 0 < x.dim() <= out.dim() and out.shape[1] > 1):
+        ``out``'s channels ((batch, 1, H, W) beside (batch, C, H, W), or (batch, 1) beside (batch, C)); for a
+        (batch, 1, time) operand beside (batch, C, time), only where it is a 1-d convolution's one channel, through
+        operations of one operand (an attention map over time: its sigmoid or softmax)."""
+        if not (isinstance(x, torch.Tensor) and x.grad_fn is not None and isinstance(out, torch.Tensor)
+                and 0 < x.dim() <= out.dim() and out.dim() > 1 and out.shape[1] > 1):
             return False
-        return ([1] * (out.dim() - x.dim()) + list(x.shape))[1] == 1
+        if ([1] * (out.dim() - x.dim()) + list(x.shape))[1] != 1:
+            return False
+        if self._channel_axis(out):
+            return True
+        fn = x.grad_fn
+        for _ in range(8):  # a (batch, 1, L) map of a 1-d convolution: its axis 1 is channels, not tokens
+            if fn is None:
+                return False
+            if fn in self.conv_maps:
+                return True
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return False
+            fn = inputs[0]
+        return False
 
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        if (func in (torch.conv1d, F.conv1d) and isinstance(out, torch.Tensor) and out.dim() == 3
+                and out.shape[1] == 1 and out.grad_fn is not None):
+            self.conv_maps.add(out.grad_fn)
+            return
         if func in self._REDUCTIONS:
             x = args[0] if args else kwargs.get("input")
             at = 2 if func in self._NORM_DIM_AT else 1
