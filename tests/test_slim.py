@@ -1423,3 +1423,25 @@ def test_a_one_channel_map_over_time_is_spread_over_the_channels() -> None:
     result = slim(model, _prune_units(model, {"c2": [0, 3, 7]}), x)
     assert result.removed["c2"] == (12, 9) and result.removed.get("att", (1, 1)) == (1, 1), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_a_flatten_mapping_that_would_outgrow_every_layer_fails_its_group() -> None:
+    """Torch-Pruning's flatten mapping, read inside a cycle, multiplied the channel indices on every turn (timm's
+    global-context block: minutes and more than 12 GB, tests/test_zoo.py). Inside ``all_requiring_grad`` a mapping
+    that would give more indices than four times the model's widest layer raises; a real flatten into a Linear
+    (8192 inputs from 2 channels) passes, and the layers slim as before."""
+    from torch_pruning._helpers import _HybridIndex
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    from prunedrop.slim.coupling import _GroupGrows, all_requiring_grad
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 64 * 64, 3)).eval()
+    idxs = [_HybridIndex(idx=i, root_idx=i) for i in range(2)]
+    with all_requiring_grad(model):
+        assert len(_FlattenIndexMapping(stride=4096)(idxs)) == 8192  # the Linear's inputs
+        with pytest.raises(_GroupGrows, match="grew past 32768"):
+            _FlattenIndexMapping(stride=4096 * 5)(idxs)
+    assert len(_FlattenIndexMapping(stride=4096 * 5)(idxs)) == 40960  # outside, Torch-Pruning's own
+    x = torch.randn(2, 1, 64, 64)
+    masks = _prune_units(model, {"0": [1]})
+    assert slim(model, masks, x).removed["0"] == (2, 1)

@@ -55,3 +55,32 @@ def test_stochastic_depth_is_left_out_of_architecture_json(tmp_path: Path) -> No
     assert "stochastic_depth" not in (tmp_path / "architecture.json").read_text()
     with torch.no_grad():
         assert torch.equal(model(x), load_saved_model(tmp_path)(x))
+
+
+def test_a_global_context_network_is_traced_in_seconds() -> None:
+    """timm's GCResNet-33ts: Torch-Pruning read the global-context block's flatten inside a cycle, each turn
+    multiplying the channel indices; building the groups took more than 12 GB and minutes before the machine killed
+    the run. Such a group now fails alone, named, and the rest slims."""
+    timm = pytest.importorskip("timm")
+    import time
+
+    import torch
+
+    from prunedrop.slim import slim, unremovable_layers
+
+    torch.manual_seed(0)
+    model, x = timm.create_model("gcresnet33ts", pretrained=False, num_classes=10).eval(), torch.randn(2, 3, 64, 64)
+    start = time.perf_counter()
+    stuck = unremovable_layers(model, x)
+    assert time.perf_counter() - start < 60
+    assert any("grew past" in why for why in stuck.values()), stuck
+    masks = {}
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if isinstance(layer, torch.nn.Conv2d) and name not in stuck and layer.out_channels >= 4:
+                keep = torch.rand(layer.out_channels) > 0.3
+                layer.weight[~keep] = 0
+                masks[name] = keep
+    result = slim(model, masks, x)
+    assert any(after < before for before, after in result.removed.values())
+    assert result.max_abs_diff <= 1e-4

@@ -479,6 +479,40 @@ def _each_mapping_alone() -> Iterator[None]:
             setattr(index_mapping, name, f)
 
 
+class _GroupGrows(RuntimeError):
+    """Torch-Pruning's index mapping of a flatten produced more channel indices than any layer of the model reads."""
+
+
+@contextlib.contextmanager
+def _bounded_flattens(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning maps a flatten's channel k to its k·stride … (k+1)·stride − 1 inputs; read inside a cycle (timm's
+    global-context block flattens the pixels, multiplies by an attention map and adds the result back), each turn
+    multiplied the indices again, and building one group took minutes and more than 12 GB before the machine killed
+    it. A mapping that would give more indices than the widest layer of ``model`` reads (four times over) raises
+    :class:`_GroupGrows` instead: that layer's group fails alone (:func:`unit_groups`) and its units stay."""
+    try:
+        from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout
+        yield
+        return
+    widths = [max(m.weight.shape[:2]) if m.weight.dim() > 1 else m.weight.shape[0] for m in model.modules()
+              if isinstance(m, WEIGHT_LAYERS) and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    limit = 4 * max([*widths, 1024])
+    original = _FlattenIndexMapping.__call__
+
+    def bounded(self: Any, idxs: Any) -> Any:
+        if not self.reverse and len(idxs) * self._stride > limit:
+            raise _GroupGrows(f"its channel indices grew past {limit} through a flatten (stride {self._stride}) that "
+                              "Torch-Pruning read inside a cycle")
+        return original(self, idxs)
+
+    _FlattenIndexMapping.__call__ = bounded
+    try:
+        yield
+    finally:
+        _FlattenIndexMapping.__call__ = original
+
+
 @contextlib.contextmanager
 def all_requiring_grad(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` requires grad inside (Torch-Pruning's tracing follows autograd, and its pruning
@@ -491,7 +525,7 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
         if p.is_floating_point() or p.is_complex():
             p.requires_grad_(True)
     try:
-        with warnings.catch_warnings(), _each_mapping_alone():
+        with warnings.catch_warnings(), _each_mapping_alone(), _bounded_flattens(model):
             # Torch-Pruning's shape inference gives up on some graphs (a GRU classifier's) with a warning that says
             # nothing to the user; what slimming does is checked against the model anyway
             warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
