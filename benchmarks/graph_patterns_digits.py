@@ -151,34 +151,6 @@ MODELS = {"sliced": Sliced, "input_concat": InputConcat, "se_expand": SEExpand, 
           "subpixel": SubPixel, "att_gate": AttGate, "cosine": Cosine}
 
 
-def sliced() -> nn.Module:
-    return Sliced()
-
-
-def input_concat() -> nn.Module:
-    return InputConcat()
-
-
-def se_expand() -> nn.Module:
-    return SEExpand()
-
-
-def glu_conv() -> nn.Module:
-    return GLUConv()
-
-
-def subpixel() -> nn.Module:
-    return SubPixel()
-
-
-def att_gate() -> nn.Module:
-    return AttGate()
-
-
-def cosine() -> nn.Module:
-    return Cosine()
-
-
 def train(name: str) -> nn.Module:
     """The dense model, trained on prunedrop's digits training split: Adam 3e-3, 30 epochs, batch 64, seed 0."""
     from benchmarks.segmentation_digits import train as train_dense
@@ -199,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(train(args.model).state_dict(), dense)
     out = ROOT / "runs" / f"graph-patterns-{args.model}-{args.tag}"
     cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch",
-           f"benchmarks.graph_patterns_digits:{args.model}", "--data", "digits", "--recipe", rel(args.recipe),
+           f"benchmarks.graph_patterns_digits:{MODELS[args.model].__name__}", "--data", "digits", "--recipe", rel(args.recipe),
            "-o", rel(out), "--overwrite"]
     record_compress(cmd, out, ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency",
                     "autopilot", "threshold", "slim", "conversion"), RESULTS / f"graph-patterns-{args.model}-{args.tag}.json")
