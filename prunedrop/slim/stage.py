@@ -453,6 +453,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
     found: dict[str, str] = {}
 
     def probe(part: list[str]) -> None:
+        if not part:
+            return
         subset = {name: masks[name] for name in part}
         try:
             found.update(_misread(_slim_once(work, subset, x, atol=1e-5, fold_borders=False, channel_multiple=1),
