@@ -760,7 +760,10 @@ def test_a_pixel_shuffle_block_leaves_whole(residual: bool) -> None:
     # before training, the layer before the shuffle is named: unit noise prunes its units one by one, and a block
     # leaves whole (slimming removes whole blocks of pruned units all the same, as below)
     stuck = unremovable_layers(_SubPixel(residual).eval(), x)
-    assert set(stuck) == {"fc", "up"} and stuck["up"].startswith("its units leave only in whole blocks of 4"), stuck
+    assert set(stuck) == {"fc", "up", *(["skip"] if residual else [])}, stuck
+    assert stuck["up"].startswith("its units leave only in whole blocks of 4"), stuck
+    if residual:  # added to up's blocks, which stay: its channels never leave either
+        assert stuck["skip"].startswith("its channels are coupled element-wise to up, which cannot lose units"), stuck
     model = _SubPixel(residual).eval()
     blocks = [4, 5, 6, 7, 16, 17, 18, 19, 20, 21]  # blocks 1 and 4 whole, block 5 half
     masks = _prune_units(model, {"up": blocks, "c2": [1, 3], **({"skip": [1, 5]} if residual else {})})
@@ -1474,3 +1477,28 @@ def test_the_early_check_halves_the_layers_to_find_one_that_breaks(monkeypatch: 
     stuck = unremovable_layers(_Tower().eval(), torch.randn(2, 1, 5, 5))
     assert set(stuck) == {"convs.7", "fc"} and "depends on the number of units" in stuck["convs.7"], stuck
     assert len(calls) <= 9, len(calls)
+
+
+class _GatedFixedView(nn.Module):
+    """c1's output, multiplied by a squeeze-excitation gate whose expansion is c2, is viewed with its width written
+    out (c1 cannot lose units); c3 is a plain convolution beside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(1, 6, 3, padding=1)
+        self.fc = nn.Linear(14, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.c1(x))
+        h = (a * torch.sigmoid(self.c2(a.mean((2, 3), keepdim=True)))).view(a.shape[0], 8, -1).mean(2)
+        return self.fc(torch.cat([h, torch.relu(self.c3(x)).mean((2, 3))], 1))
+
+
+def test_a_layer_coupled_only_to_a_dense_layer_is_named_before_training() -> None:
+    """c2's gate multiplies channels that c1 writes, and c1 cannot lose units (its width is written out): a channel
+    leaves only when every coupled layer prunes it, so c2 never can, yet it was converted and trained with noise for
+    nothing (MixNet's squeeze-excitation expansions, beside a split of fixed sizes). It is named now; c3 is not."""
+    stuck = unremovable_layers(_GatedFixedView().eval(), torch.randn(2, 1, 5, 5))
+    assert {"c1", "c2", "fc"} <= set(stuck) and "c3" not in stuck, stuck
+    assert "depends on the number of units" in stuck["c1"]
+    assert stuck["c2"].startswith("its channels are coupled element-wise to c1, which cannot lose units"), stuck

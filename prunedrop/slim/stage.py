@@ -63,6 +63,9 @@ class SlimResult:
     """Producers of a pruned channel that a consumer read varying with the input where the dependency graph has it
     constant, with no product on the way: an operation between them that the graph misreads (a roll, flip or index
     along the channels)."""
+    held: dict[str, set[str]] = field(default_factory=dict)
+    """Masked layer → the coupled layers (or other live sources) that kept some of its pruned channels, where that
+    was the reason (a channel leaves only when every coupled producer prunes it)."""
 
 
 def _check_masks(model: nn.Module, unit_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -111,6 +114,8 @@ class _Plan:
     """Consumer → channels whose share is only the interior value (``fold_borders=True``)."""
     kept: dict[tuple[int, str], list[int]] = field(default_factory=lambda: defaultdict(list))
     """(group, reason) → pruned root channels that stay."""
+    held: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    """Pruning layer → the live sources that kept one of its pruned channels (:attr:`SlimResult.held`)."""
     zeroed: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     """Group number → root channels that could go but stay to round a width (``channel_multiple``): their shares are
     folded and their consumers' columns zeroed, as if removed, so that they weigh nothing but their width."""
@@ -154,6 +159,8 @@ def _plan(
                 continue
             reason = an.blocker(channel)
             if reason is None and (live := an.live_sources(channel)):
+                for name in pruned_by:
+                    plan.held[name].update(live)
                 reason = (
                     f"pruned in {', '.join(pruned_by)} but still produced by {', '.join(sorted(live))}, "
                     "coupled to it element-wise (a residual addition, a product with a tensor of its width); "
@@ -408,7 +415,18 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     for name, error in failed.items():
         reasons.setdefault(name, _cannot_follow(error))
     found = {name: reason for name, reason in reasons.items() if name not in free}
-    return {**found, **_fixed_widths(model, example_input, sorted(free))}
+    # a layer named here leaves dense: the layers coupled only to it can then lose no channel either (named in the
+    # next pass; at most three, each one slim where the rest slims together)
+    fixed: dict[str, str] = {}
+    rest = sorted(free)
+    for _ in range(3):
+        named = {name: why for name, why in _fixed_widths(model, example_input, rest, set(found) | set(fixed)).items()
+                 if name not in fixed}
+        if not named:
+            break
+        fixed.update(named)
+        rest = [name for name in rest if name not in fixed]
+    return {**found, **fixed}
 
 
 def _misread(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -422,7 +440,21 @@ def _cannot_follow(error: str) -> str:
     return f"the dependency graph cannot follow where its units go ({error})"
 
 
-def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, str]:
+def _held_by_dense(result: SlimResult, masks: Mapping[str, torch.Tensor], dense: set[str]) -> dict[str, str]:
+    """The masked layers of a trial slim that lost no unit because layers left dense kept their channels: coupled
+    element-wise (a squeeze-excitation's expansion multiplied with a convolution whose width is fixed), a channel
+    leaves only when every coupled layer prunes it, so they never can."""
+    found = {}
+    for name, live in result.held.items():
+        before, after = result.removed.get(name, (0, 0))
+        if name in masks and before == after and live and live <= dense:
+            found[name] = (f"its channels are coupled element-wise to {', '.join(sorted(live))}, which cannot lose "
+                           "units, and a channel leaves only when every coupled layer prunes it")
+    return found
+
+
+def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: set[str] = frozenset()
+                  ) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
     fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``) or is
     misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing the
@@ -445,7 +477,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
     if not masks:
         return {}
     try:
-        return _misread(_slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1), masks)
+        result = _slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
+        return {**_held_by_dense(result, masks, dense), **_misread(result, masks)}
     except _SlimBroke:
         pass
     except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
@@ -457,8 +490,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
             return
         subset = {name: masks[name] for name in part}
         try:
-            found.update(_misread(_slim_once(work, subset, x, atol=1e-5, fold_borders=False, channel_multiple=1),
-                                  subset))
+            result = _slim_once(work, subset, x, atol=1e-5, fold_borders=False, channel_multiple=1)
+            found.update({**_held_by_dense(result, subset, dense), **_misread(result, subset)})
             return
         except _SlimBroke as e:
             if len(part) == 1:
@@ -670,4 +703,5 @@ def _slim_once(
             "input; the model has an operation that the dependency graph misreads (e.g. one that mixes "
             "channels); please report it", f"its output moved by {diff:.3g}", "output"
         )
-    return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes, misread=sorted(misread))
+    return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes, misread=sorted(misread),
+                      held={name: set(live) for name, live in plan.held.items()})
