@@ -44,11 +44,16 @@ _KEEPS_ZERO = frozenset({
 })
 
 
+def _op_name(grad_fn: Any) -> str:
+    """An autograd function's operation, without "Backward<n>": ``MulBackward0`` → ``Mul``."""
+    return re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
+
+
 def _zero_rule(grad_fn: Any) -> str | None:
     """How an operation passes on a channel that is exact zeros: ``"product"`` (zero when any factor is), ``"keeps"``
     (zero when its inputs in the channel are), ``"numerator"`` (a division: when its first operand is), or None
     (nothing known: a BatchNorm's shift, sigmoid(0), an addition of something outside the channel)."""
-    name = re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
+    name = _op_name(grad_fn)
     try:
         if name == "Mul":
             return "product"
@@ -244,14 +249,13 @@ class GroupAnalysis:
         for node in channel.members:
             module = node.module
             if node in broken:
-                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__) or "an operation"
+                what = _op_name(node.grad_fn) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
                         f"the dependency graph cannot follow ({what}: a channel shuffle)")
             reduction = getattr(self.graph, "prunedrop_reductions", {}).get(node)
             if reduction is not None and not reduction[1] and reduced is None:  # the last reason to give
-                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__)
-                reduced = (f"they meet the others in {reduction[0]} over the channels ({what}), which changes when "
-                           "a channel leaves")
+                reduced = (f"they meet the others in {reduction[0]} over the channels ({_op_name(node.grad_fn)}), "
+                           "which changes when a channel leaves")
             # Torch-Pruning adds an output node only when the last operation is not a layer: check both.
             if node.type == tp_ops.OPTYPE.OUTPUT or (
                 node not in consumers and node.grad_fn in self.output_fns
@@ -340,8 +344,7 @@ class GroupAnalysis:
             elif type(module).__module__.startswith("torch_pruning") and self.silent(node, channel, zeros):
                 result = False  # exact zeros: a product with a pruned factor, whatever the others carry
             elif node in getattr(self.graph, "prunedrop_spread", {}):
-                what = re.sub(r"Backward\d*$", "", type(node.grad_fn).__name__)
-                live.add(f"a tensor of one channel spread over the channels ({what})")
+                live.add(f"a tensor of one channel spread over the channels ({_op_name(node.grad_fn)})")
                 result = True
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
@@ -409,18 +412,16 @@ def _no_channels(idxs: Any) -> list[Any]:
 
 def _cut(node: Any, graph: Any) -> None:
     """No channel number passes between ``node`` and the operands it spreads over the channels
-    (``graph.prunedrop_spread``), nor out of a reduction over the channels (``graph.prunedrop_reductions``, whose
-    input channels still reach it, for :meth:`GroupAnalysis.blocker`)."""
-    ends = set(graph.prunedrop_spread.get(node, ()))
+    (``graph.prunedrop_spread``), nor out of a reduction over the channels (``graph.prunedrop_reductions``); a
+    reduction's input channels still reach it, for :meth:`GroupAnalysis.blocker`."""
+    edges = [(a, b) for operand in graph.prunedrop_spread.get(node, ()) for a, b in ((node, operand), (operand, node))]
     if node in graph.prunedrop_reductions:
-        ends |= set(node.outputs) | set(node.inputs)
-    for other in ends:
-        for a, b in ((node, other), (other, node)):
-            if a is other and other in node.inputs and node in graph.prunedrop_reductions:
-                continue  # a reduction's input keeps its channels up to it
-            for dep in a.dependencies:
-                if dep.target is b:
-                    dep.index_mapping[0] = _no_channels
+        edges += [(node, other) for other in (*node.inputs, *node.outputs)]
+        edges += [(after, node) for after in node.outputs]
+    for source, target in edges:
+        for dep in source.dependencies:
+            if dep.target is target:
+                dep.index_mapping[0] = _no_channels
 
 
 def _stop(node: Any, graph: Any) -> None:
@@ -466,7 +467,7 @@ def _each_mapping_alone() -> Iterator[None]:
                 f(graph, node, *args, **kwargs)
             except Exception:  # noqa: BLE001 - this operation only: its channels go no further, and stay
                 _stop(node, graph)
-            if node in getattr(graph, "prunedrop_spread", {}) or node in getattr(graph, "prunedrop_reductions", {}):
+            if node in getattr(graph, "prunedrop_spread", {}):
                 _cut(node, graph)  # an expand that spreads one channel, which Torch-Pruning mapped again
         return update
 
@@ -553,20 +554,22 @@ class _Recorder(TorchFunctionMode):
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
     _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
     _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
-    # reductions along an axis: what they compute and whether a channel of zeros leaves them unchanged (sums and
-    # norms) or not (a mean divides by the count, a maximum may be the zero, a softmax gives it a share)
-    _REDUCTIONS: dict[Any, tuple[str, bool]] = {
-        **dict.fromkeys((torch.sum, torch.Tensor.sum, torch.nansum, torch.Tensor.nansum), ("a sum", True)),
-        **dict.fromkeys((torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm), ("a norm", True)),
-        **dict.fromkeys((torch.mean, torch.Tensor.mean, torch.nanmean, torch.Tensor.nanmean), ("a mean", False)),
+    # reductions along an axis: what they compute, whether a channel of zeros leaves them unchanged when taken over
+    # the channels (sums and norms; a mean divides by the count, a maximum may be the zero, a softmax gives it a
+    # share), and whether they keep a channel of zeros zeros when taken over the pixels (not a softmax: 1/n each)
+    _REDUCTIONS: dict[Any, tuple[str, bool, bool]] = {
+        **dict.fromkeys((torch.sum, torch.Tensor.sum, torch.nansum, torch.Tensor.nansum), ("a sum", True, True)),
+        **dict.fromkeys((torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm),
+                        ("a norm", True, True)),
+        **dict.fromkeys((torch.mean, torch.Tensor.mean, torch.nanmean, torch.Tensor.nanmean), ("a mean", False, True)),
         **dict.fromkeys((torch.amax, torch.Tensor.amax, torch.amin, torch.Tensor.amin, torch.max, torch.Tensor.max,
-                         torch.min, torch.Tensor.min), ("a maximum or minimum", False)),
+                         torch.min, torch.Tensor.min), ("a maximum or minimum", False, True)),
         **dict.fromkeys((torch.var, torch.Tensor.var, torch.std, torch.Tensor.std, torch.var_mean, torch.std_mean),
-                        ("a variance", False)),
-        **dict.fromkeys((torch.logsumexp, torch.Tensor.logsumexp, torch.prod, torch.Tensor.prod), ("a product or "
-                                                                                               "log-sum-exp", False)),
+                        ("a variance", False, True)),
+        **dict.fromkeys((torch.prod, torch.Tensor.prod), ("a product or log-sum-exp", False, True)),
+        **dict.fromkeys((torch.logsumexp, torch.Tensor.logsumexp), ("a product or log-sum-exp", False, False)),
         **dict.fromkeys((torch.softmax, torch.Tensor.softmax, F.softmax, torch.log_softmax, torch.Tensor.log_softmax,
-                         F.log_softmax, F.softmin), ("a softmax", False)),
+                         F.log_softmax, F.softmin), ("a softmax", False, False)),
     }
     _NORM_DIM_AT = (torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm)
     _ELEMENTWISE = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
@@ -667,11 +670,11 @@ class _Recorder(TorchFunctionMode):
             dim = args[at] if len(args) > at else kwargs.get("dim")
             values = out[0] if isinstance(out, (tuple, list)) else out
             dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+            what, invariant, keeps_zero = self._REDUCTIONS[func]
             if self._channel_axis(x) and dim is not None and isinstance(values, torch.Tensor) and values.grad_fn:
                 if 1 in {int(d) % x.dim() for d in dims}:
-                    self.reductions[values.grad_fn] = self._REDUCTIONS[func]
-                elif self._REDUCTIONS[func][0] not in ("a softmax", "a product or log-sum-exp") or func in (
-                        torch.prod, torch.Tensor.prod):  # over the pixels: a channel of zeros stays zeros
+                    self.reductions[values.grad_fn] = (what, invariant)
+                elif keeps_zero:  # over the pixels: a channel of zeros stays zeros
                     self.keeps_zero.add(values.grad_fn)
             return
         if func in self._SPLITS and isinstance(out, (tuple, list)) and out:
