@@ -138,6 +138,7 @@ class GroupAnalysis:
         # a pixel shuffle joins blocks of its input channels into one output channel (:func:`_map_blocks`)
         self.blocks = any(getattr(item.dep.target, "prunedrop_block", 1) > 1 for item in group)
         self._joined: dict[int, frozenset[int]] = {}
+        self._removals: dict[tuple[int, ...], Any] = {}
 
     # -- roles of the nodes -------------------------------------------------------------------------------
 
@@ -206,12 +207,20 @@ class GroupAnalysis:
                 self._joined[r] = together
         return self._joined[root]
 
+    def removal(self, roots: list[int]) -> Any:
+        """Torch-Pruning's group for removing ``roots`` (every place they reach), built once per set of roots: the plan
+        reads who leaves with them (:meth:`leaving`) and the slicing uses the same group."""
+        key = tuple(roots)
+        if key not in self._removals:
+            self._removals[key] = self.graph.get_pruning_group(self.root, self.root_handler, list(roots))
+        return self._removals[key]
+
     def leaving(self, roots: list[int]) -> set[int]:
         """The root layer's units that leave when ``roots`` are removed: those and their partners (a gate's
         other half: the unit k + half of the layer before an F.glu or a chunk(2) product)."""
         if not roots:
             return set()
-        return {i for item in self.graph.get_pruning_group(self.root, self.root_handler, list(roots))
+        return {i for item in self.removal(roots)
                 if item.dep.target.module is self.root and self.graph.is_out_channel_pruning_fn(item.dep.handler)
                 for i in item.idxs}
 

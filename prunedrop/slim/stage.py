@@ -272,7 +272,7 @@ def _zero_columns(analyses: list[GroupAnalysis], zeroed: dict[int, list[int]]) -
                     _zero_unit(node.module, unit)
 
 
-def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[int, list[int]]) -> None:
+def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]]) -> None:
     """Slice every layer that the removed channels touch, with Torch-Pruning's pruning functions.
 
     Every group's items are collected in the original coordinates first and merged per (layer, function), so
@@ -283,8 +283,7 @@ def _remove_channels(graph: Any, analyses: list[GroupAnalysis], removal: dict[in
     for gi, roots in removal.items():
         if not roots:
             continue
-        an = analyses[gi]
-        for item in graph.get_pruning_group(an.root, an.root_handler, roots):
+        for item in analyses[gi].removal(roots):
             target = item.dep.target.module
             if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
                 continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
@@ -395,6 +394,7 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     reasons: dict[str, str] = {}
     failed: dict[str, str] = {}
     try:
+        blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
         for analysis, channel in _every_channel(model, example_input, failed):
             reason = analysis.blocker(channel)
             for node in channel.members:
@@ -403,7 +403,9 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                 if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
                     continue
                 why = reason
-                if why is None and analysis.blocks and (size := feeds_pixel_shuffle(node)):
+                if why is None and analysis.blocks and node not in blocks:
+                    blocks[node] = feeds_pixel_shuffle(node)
+                if why is None and analysis.blocks and (size := blocks[node]):
                     why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block one "
                            "channel), and unit noise prunes them one by one, seldom a whole block")
                 if why is None:
@@ -652,7 +654,7 @@ def _slim_once(
             plan = _plan(analyses, calls, names, fold_borders, channel_multiple)
             approximate = _fold_constants(plan, names)
             _zero_columns(analyses, plan.zeroed)
-            _remove_channels(graph, analyses, plan.removal)
+            _remove_channels(analyses, plan.removal)
         except PrunedropError:
             raise
         except Exception as e:  # noqa: BLE001 - the dependency graph misread an operation (a pixel shuffle)
