@@ -132,6 +132,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     """
     from .convert import to_variational
     from .data import binary_labels, check_labels, fit_inputs, load_data
+    from .data.assemble import label_shape, multi_hot_labels
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
     from .pipeline import compress as run_compress
@@ -188,7 +189,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         else:
             click.echo("note: --class-names (class_names) is not used: the labels of this data are class indices "
                        "already (an image folder's classes are its sub-folders, in sorted order)", err=True)
-    num_outputs, output_shape = _num_outputs(net, data, recipe.loss)
+    num_outputs, output_shape = _num_outputs(net, data)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the
         # cross-entropy over its one output is 0 whatever it predicts
@@ -196,6 +197,15 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         if not quiet and is_main():
             click.echo("the model has one output and the labels are 0 and 1: a one-logit binary classifier, trained "
                        "with binary cross-entropy (loss: binary_cross_entropy)", err=True)
+    elif recipe.loss == "cross_entropy" and output_shape == label_shape(data) and multi_hot_labels(data):
+        # a vector of 0s and 1s per sample, one per output, not one-hot: independent labels (BCEWithLogitsLoss)
+        recipe = recipe.replace(loss="binary_cross_entropy")
+        if not quiet and is_main():
+            click.echo(f"the labels are vectors of 0s and 1s, one per output of the model ({num_outputs}), some "
+                       "with other than a single 1: a multi-label model, trained with binary cross-entropy per "
+                       "output (loss: binary_cross_entropy); its accuracy counts every label of every sample",
+                       err=True)
+    _check_label_shape(output_shape, label_shape(data), recipe.loss)
     check_loss_targets(recipe.loss, data, num_outputs, output_shape)
     check_labels(data, num_outputs, recipe.loss)
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
@@ -253,10 +263,10 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
             "resume with the same settings")
 
 
-def _num_outputs(model: Any, data: Any, loss: str = "cross_entropy") -> tuple[int, tuple[int, ...]]:
+def _num_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:
     """The model's number of outputs (classes, or regression targets) and its output's shape per sample, from one
-    forward pass on an example input (and one in training mode), checked against the shape of the data's labels."""
-    from .data.assemble import label_shape, runs_on
+    forward pass on an example input (and one in training mode)."""
+    from .data.assemble import runs_on
     from .errors import PrunedropError
 
     x = data.example_batch(2)
@@ -271,7 +281,6 @@ def _num_outputs(model: Any, data: Any, loss: str = "cross_entropy") -> tuple[in
                                      f"takes {other}: set the recipe key image_channels: {other}") from None
         raise
     _check_training_output(model, x, len(shape) + 1)
-    _check_label_shape(shape, label_shape(data), loss)
     return (shape[0] if shape else 1), shape
 
 
@@ -288,6 +297,8 @@ def _check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, 
     positions = output[1:]
     if labels == positions or (not positions and labels == (1,)) or (positions and output[0] == 1 and labels == output):
         return
+    if not positions and labels == output and loss == "binary_cross_entropy":
+        return  # a multi-label model: a 0/1 label per output
     shown = f"(N, {', '.join(map(str, labels))})" if labels else "(N,)"
     if len(output) > 1 and labels == output[:-1] and labels != positions:
         raise PrunedropError(
@@ -304,7 +315,9 @@ def _check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, 
         raise PrunedropError(
             f"the data's labels are shaped {shown}, but the model predicts one class per sample (outputs (N, "
             f"{output[0] if output else 1})); give one class index per sample"
-            + (" (one-hot labels: labels.argmax(-1))" if len(labels) == 1 else ""))
+            + (" (one-hot labels: labels.argmax(-1); for a multi-label model, an independent 0/1 label per "
+               "output, pass --loss binary_cross_entropy)" if labels == output else
+               " (one-hot labels: labels.argmax(-1))" if len(labels) == 1 else ""))
     grid = ", ".join(map(str, positions))
     if all(d == 1 for d in positions) and not labels:
         raise PrunedropError(

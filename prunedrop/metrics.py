@@ -22,8 +22,12 @@ def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
     two-class cross-entropy (equal to the binary one) read it as any classifier's; other losses' outputs as they are."""
     if loss == "binary_cross_entropy":
         # (N, 1), (N,) from a model that squeezes its last axis, or (N, 1, *positions) from one that predicts a
-        # logit per position (a binary segmentation mask): the class axis is the second
-        logit = output.reshape(output.shape[0], 1) if output.dim() <= 2 else output
+        # logit per position (a binary segmentation mask): the class axis is the second; (N, k) from a multi-label
+        # model (a logit per label) is read as k positions of one logit each, (N, 1, k)
+        if output.dim() == 2 and output.shape[1] > 1:
+            logit = output.unsqueeze(1)
+        else:
+            logit = output.reshape(output.shape[0], 1) if output.dim() <= 2 else output
         return torch.cat([torch.zeros_like(logit), logit], dim=1)
     return output
 
@@ -31,7 +35,8 @@ def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
 def correct(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Whether each label is predicted: the argmax over the class axis (the second) of :func:`class_logits`
     against ``target``, one label per sample, or one per position of a model that predicts per position ((N, C, *S)
-    outputs against (N, *S) labels; a binary mask's (N, 1, *S) labels too). A bool tensor of the labels' count."""
+    outputs against (N, *S) labels; a binary mask's (N, 1, *S) labels too; a multi-label model's (N, k) logits
+    against (N, k) labels of 0s and 1s). A bool tensor of the labels' count."""
     predicted = class_logits(output, loss).argmax(dim=1)
     if target.shape != predicted.shape and target.numel() == predicted.numel():
         target = target.reshape(predicted.shape)  # (N, 1, H, W) masks against (N, H, W) predictions
@@ -191,18 +196,28 @@ def position_class_changes(before: nn.Module, after: nn.Module, loader: Any, *, 
                            device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """:func:`class_changes` for labels per position (a segmentation's masks): each class's accuracy over the
     positions labelled with it (its "samples" are positions), from one pass of each model over ``loader``, which
-    must give the same batches in the same order twice."""
+    must give the same batches in the same order twice. For a multi-label model ((N, k) logits, labels of 0s and
+    1s) each label's recall instead: the share of the samples that carry it where the model finds it (rows marked
+    ``"of": "positives"``), as a classifier's per-class accuracy is its recall."""
     right: dict[str, list[torch.Tensor]] = {"before": [], "after": []}
     labels = []
+    tags = False
     for name, model in (("before", before), ("after", after)):
         for out, y in _outputs(model, loader, device):
             hit = correct(out, y, loss)
+            y = y.reshape(hit.shape)
+            tags = loss == "binary_cross_entropy" and out.dim() == 2 and out.shape[1] > 1
+            if tags:  # the positives of each label, named by its output's index
+                positive = y == 1
+                hit = hit[positive]
+                y = torch.nonzero(positive)[:, 1]
             right[name].append(100.0 * hit.reshape(-1).double().cpu())
             if name == "before":
-                labels.append(y.reshape(hit.shape).reshape(-1).cpu())
+                labels.append(y.reshape(-1).cpu())
     if not labels:
         return []
-    return class_changes(torch.cat(right["before"]), torch.cat(right["after"]), torch.cat(labels))
+    rows = class_changes(torch.cat(right["before"]), torch.cat(right["after"]), torch.cat(labels))
+    return [{**r, "of": "positives"} for r in rows] if tags else rows
 
 
 #: a class whose validation accuracy fell by at least this many points (and twice the budget) is named in the log
@@ -219,6 +234,10 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
     drop = worst["before"] - worst["after"]
     if drop < max(CLASS_DROP_WARNING, 2 * (budget or 0.0)):
         return None
+    if worst.get("of") == "positives":
+        return (f"label {worst['label']} lost {drop:.3g} points of recall on validation data ({worst['samples']} "
+                f"samples carry it: found in {worst['before']:.4g} → {worst['after']:.4g}%), while the accuracy over "
+                f"all labels moved {overall:+.3g}: the budget holds over all labels, not per label")
     return (f"class {worst['label']} lost {drop:.3g} points on validation data ({worst['samples']} samples: "
             f"{worst['before']:.4g} → {worst['after']:.4g}%), while the accuracy over all samples moved "
             f"{overall:+.3g}: the budget holds over all samples, not per class")

@@ -219,12 +219,14 @@ class TrainingConfig:
 
     loss: Loss = setting("cross_entropy",
                          cli=Cli("--loss", "Override the recipe's data term: cross_entropy (classes), "
-                                           "binary_cross_entropy (one logit, labels 0/1; chosen by itself for such a "
-                                           "model) or mse (regression: real-valued targets, the budget in percent "
-                                           "more error)."))
+                                           "binary_cross_entropy (one logit, labels 0/1, or a logit per label of "
+                                           "a multi-label model; chosen by itself for such models) or mse "
+                                           "(regression: real-valued targets, the budget in percent more error)."))
     """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy), ``binary_cross_entropy`` (a
     one-logit binary classifier, as trained with ``BCEWithLogitsLoss``: labels 0 and 1, the output the logit of
-    class 1; chosen by itself for a model with one output and labels 0/1) or ``mse`` (regression)."""
+    class 1; or a multi-label model, a logit and a 0/1 label per output, the accuracy over every label; chosen by
+    itself for a model with one output and labels 0/1, and for labels that are 0/1 vectors, one per output, not
+    one-hot) or ``mse`` (regression)."""
 
     seed: int = setting(0, check=_seed_range, cli=Cli("--seed", "Override the recipe's random seed."))
     """Seed of every random number (data order, noise, splits); a fixed seed makes CPU runs repeatable."""

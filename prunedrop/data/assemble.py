@@ -32,14 +32,28 @@ def _split_labels(bundle: DataBundle) -> list[torch.Tensor]:
 
 
 def binary_labels(bundle: DataBundle) -> bool:
-    """Whether the data's class labels are 0 and 1 and nothing else (what a one-logit binary classifier, trained
-    with ``BCEWithLogitsLoss``, predicts), read as :func:`check_labels` reads them."""
-    values: set[int] = set()
+    """Whether the data's class labels are 0 and 1 and nothing else (what a one-logit binary classifier, or a
+    multi-label one's outputs, trained with ``BCEWithLogitsLoss``, predict), read as :func:`check_labels` reads
+    them; float labels count where they are vectors of 0.0 and 1.0 (a multi-label data set's targets), not one
+    number per sample (a regression's)."""
+    shape = label_shape(bundle)
+    vectors = shape is not None and len(shape) == 1 and shape[0] > 1
+    values: set[float] = set()
     for labels in _split_labels(bundle):
-        if labels.is_floating_point():
+        if labels.is_floating_point() and not vectors:
             return False
-        values |= {int(v) for v in labels.unique()[:3]}
-    return values == {0, 1}
+        values |= {float(v) for v in labels.unique()[:3]}
+    return values == {0.0, 1.0}
+
+
+def multi_hot_labels(bundle: DataBundle) -> bool:
+    """Whether the data's labels are vectors of 0s and 1s, one label per output of a multi-label model: 0 and 1
+    only, a vector per sample, and at least one vector (of those read as :func:`check_labels` reads them) with
+    other than a single 1, which tells them from one-hot vectors."""
+    shape = label_shape(bundle)
+    if shape is None or len(shape) != 1 or shape[0] < 2 or not binary_labels(bundle):
+        return False
+    return any(not _one_hot(labels) for labels in _split_labels(bundle))
 
 
 def label_shape(bundle: DataBundle) -> tuple[int, ...] | None:
@@ -64,9 +78,12 @@ def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entrop
             largest = max(largest, int(labels.max()))
             smallest = int(labels.min()) if smallest is None else min(smallest, int(labels.min()))
     if loss == "binary_cross_entropy":
-        if num_outputs != 1:
+        if num_outputs != 1 and label_shape(bundle) != (num_outputs,):
             raise PrunedropError(f"loss binary_cross_entropy needs a model with one output (the logit of class 1), "
-                                 f"this one has {num_outputs}: use loss cross_entropy for one output per class")
+                                 f"or one output per label with labels of 0s and 1s shaped (N, {num_outputs}) (a "
+                                 f"multi-label model); this one has {num_outputs} outputs and the labels are shaped "
+                                 f"(N{''.join(f', {d}' for d in label_shape(bundle) or ())}): use loss "
+                                 "cross_entropy for one output per class")
         if largest > 1:
             raise PrunedropError(f"loss binary_cross_entropy needs labels 0 and 1, the data's go up to {largest}")
         return
@@ -100,9 +117,11 @@ def assemble(
     seed: int,
     train_limit: int | None,
     regression: bool = False,
+    tags: bool = False,
 ) -> DataBundle:
     """Validate the splits, split off validation data if needed, apply ``train_limit``, fill in the shapes.
-    With ``regression`` labels may be real numbers and there are no classes."""
+    With ``regression`` labels may be real numbers and there are no classes; with ``tags`` (``loss:
+    binary_cross_entropy``) float vectors of 0s and 1s are a multi-label model's labels, one-hot ones too."""
     # labels that were names, numbered by the recipe's class_names (an image folder's classes are its sub-folders)
     class_names = list(train.classes) if isinstance(train, ClassesDataset) and not regression else None
     if not regression:  # whole-number float labels in tensors are class indices, as the npz reader reads them
@@ -110,7 +129,7 @@ def assemble(
     shapes = {}
     for split, data in (("train", train), ("val", val), ("test", test)):
         if data is not None:
-            shapes[split] = _validate_split(data, f"the {split} data of {name!r}", regression=regression)
+            shapes[split] = _validate_split(data, f"the {split} data of {name!r}", regression=regression, tags=tags)
     if len(set(shapes.values())) > 1:
         raise PrunedropError(f"the inputs of {name!r} differ in sample shape between splits: {shapes}")
     if val is None:
@@ -152,11 +171,14 @@ def _one_hot(labels: torch.Tensor) -> bool:
         and bool((labels.sum(-1) == 1).all())
 
 
-def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool = False) -> tuple[int, ...]:
+def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool = False,
+                    tags: bool = False) -> tuple[int, ...]:
     """Check one split and return its sample shape.
 
     Tensor-backed data is checked in full; any other dataset only through its first sample, since
-    iterating it could mean decoding every image.
+    iterating it could mean decoding every image. Float labels are regression targets with ``regression``, and
+    a multi-label model's targets where they are vectors of 0s and 1s that are not one-hot (one-hot ones too with
+    ``tags``: ``loss: binary_cross_entropy``).
     """
     dataset = data.dataset if isinstance(data, DataLoader) else data
     try:
@@ -178,10 +200,14 @@ def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool 
             f"{where} yields ({type(inputs).__name__}, {type(labels).__name__}) items; "
             "inputs and labels must be tensors, arrays or numbers"
         ) from None
-    if labels.is_complex() or (labels.is_floating_point() and not regression):
+    vectors = labels.dim() == (2 if isinstance(data, DataLoader) else 1)  # a vector per sample, not a mask
+    multi_hot = (not labels.is_complex() and labels.is_floating_point() and vectors and labels.shape[-1] > 1
+                 and bool(((labels == 0) | (labels == 1)).all()) and (tags or not _one_hot(labels)))
+    if labels.is_complex() or (labels.is_floating_point() and not regression and not multi_hot):
         if not labels.is_complex() and _one_hot(labels):
             raise PrunedropError(f"labels in {where} are one-hot vectors over {labels.shape[-1]} classes; labels must "
-                                 "be class indices: give labels.argmax(-1)")
+                                 "be class indices: give labels.argmax(-1) (for a multi-label model, an independent "
+                                 "0/1 label per output, pass --loss binary_cross_entropy)")
         raise PrunedropError(f"labels in {where} are {labels.dtype}; labels must be integer class indices"
                              + ("" if labels.is_complex() else " (for real-valued regression targets pass --loss mse, "
                                 "or set loss: mse in the recipe)"))

@@ -56,15 +56,16 @@ def load_data(
         raise PrunedropError(f"the seed must be an integer, got {seed!r}")
     name = kind if not arg else f"{kind}:{arg}"
     regression = recipe is not None and recipe.loss == "mse"
+    tags = recipe is not None and recipe.loss == "binary_cross_entropy"  # float 0/1 label vectors are a model's labels
 
     if kind == "python":
-        return from_python(arg, name, val_fraction, seed, train_limit, regression=regression)
+        return from_python(arg, name, val_fraction, seed, train_limit, regression=regression, tags=tags)
     if kind in _FILE_LOADERS:
         from . import files
 
         train, val, test = getattr(files, _FILE_LOADERS[kind])(Path(arg), recipe)
         return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
-                        regression=regression)
+                        regression=regression, tags=tags)
 
     if kind == "digits":
         train, val, test = load_digits()
@@ -80,7 +81,7 @@ def load_data(
         train, val, test = load_npz(Path(arg).expanduser(), regression=regression,
                                     class_names=recipe.class_names if recipe is not None else None)
         return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
-                        regression=regression)
+                        regression=regression, tags=tags)
     return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit)
 
 

@@ -12,7 +12,7 @@ from .checks import describe_value
 
 
 def from_python(arg: str, name: str, val_fraction: float, seed: int, train_limit: int | None, *,
-                regression: bool = False) -> DataBundle:
+                regression: bool = False, tags: bool = False) -> DataBundle:
     """Call the user's data function and turn whatever of the accepted forms it returns into a bundle."""
     func = import_object(arg, what="data function")
     if not callable(func):
@@ -62,6 +62,7 @@ def from_python(arg: str, name: str, val_fraction: float, seed: int, train_limit
         seed=seed,
         train_limit=train_limit,
         regression=regression,
+        tags=tags,
     )
     if given is not None:
         bundle.name, bundle.input_shape, bundle.num_classes = given.name, given.input_shape, given.num_classes

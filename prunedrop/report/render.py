@@ -263,12 +263,19 @@ def _per_class_parts(report: Mapping[str, Any]) -> list[str]:
 
     rows = [[str(k), *cells(val.get(k)), *cells(test.get(k))] for k in labels[:_CLASS_ROWS]]
     more = len(labels) - _CLASS_ROWS
-    text = ("Accuracy per class before and after (the budget holds over all samples, not per class); the classes "
-            "that fell most on validation data first" + (f", {more} more not shown." if more > 0 else "."))
+    shown = f", {more} more not shown." if more > 0 else "."
     note = _class_note(report)
-    return [text, _markdown(["class", "val samples", "val before", "val after", "test samples", "test before",
-                             "test after"], rows),
-            *([f"Note: {note}."] if note else [])]
+    if any(isinstance(r, Mapping) and r.get("of") == "positives" for r in [*val.values(), *test.values()]):
+        text = ("Recall per label before and after: of the samples that carry each label (the model's output of "
+                "that index), the share where the model finds it (the budget holds over all labels, not per label); "
+                "the labels that fell most on validation data first" + shown)
+        header = ["label", "val samples carrying it", "val before", "val after", "test samples carrying it",
+                  "test before", "test after"]
+    else:
+        text = ("Accuracy per class before and after (the budget holds over all samples, not per class); the "
+                "classes that fell most on validation data first" + shown)
+        header = ["class", "val samples", "val before", "val after", "test samples", "test before", "test after"]
+    return [text, _markdown(header, rows), *([f"Note: {note}."] if note else [])]
 
 
 #: the files of the latency rows, as the speedup notes name them

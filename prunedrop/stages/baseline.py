@@ -69,10 +69,20 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
 def probabilities_note(outputs: torch.Tensor, loss: str) -> str | None:
     """A note for a classifier whose ``outputs`` are probabilities (a final softmax: every row non-negative and
     summing to 1), which the cross-entropy reads as logits: the argmax, the accuracy and the budget are the same,
-    but the loss is flattened and the calibration figures (ECE, NLL) describe a softmax of probabilities."""
-    if loss != "cross_entropy" or not isinstance(outputs, torch.Tensor):
+    but the loss is flattened and the calibration figures (ECE, NLL) describe a softmax of probabilities. For
+    ``binary_cross_entropy`` (every output in [0, 1]: a final sigmoid) the predictions themselves are wrong."""
+    if not isinstance(outputs, torch.Tensor):
         return None
     out = outputs.detach().float()
+    if loss == "binary_cross_entropy":
+        if out.numel() < 8 or not bool(((out >= 0) & (out <= 1)).all()):
+            return None
+        return ("every output of the model lies in [0, 1] on the example batch: probabilities (a final sigmoid?), "
+                "which binary cross-entropy reads as logits, so that every label counts as predicted 1 (a logit "
+                "above 0) and the accuracy is the share of 1s in the labels; return the logits (drop the final "
+                "sigmoid) for prunedrop, and apply the sigmoid after it")
+    if loss != "cross_entropy":
+        return None
     if out.dim() != 2 or out.shape[1] < 2 or not bool((out >= 0).all()):
         return None
     if not torch.allclose(out.sum(dim=1), torch.ones(out.shape[0]), atol=1e-4):
