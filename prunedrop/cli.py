@@ -131,16 +131,16 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
     """
     from .convert import to_variational
-    from .data import binary_labels, check_labels, fit_inputs, load_data
-    from .data.assemble import label_shape, multi_hot_labels
+    from .data import fit_inputs, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
     from .pipeline import compress as run_compress
     from .recipes import DEFAULT_CHANGED, KEYS_ADDED, RUN_DECIDES, Recipe, load_recipe
     from .report import format_table
     from .runfolder import RunFolderLock, prepare_output_dir, read_run_info, run_identity, start_run
-    from .safety import check_finite_weights, check_latency_batches, check_loss_targets, check_output_folder
+    from .safety import check_finite_weights, check_latency_batches, check_output_folder
     from .storage import load_model, parse_arch_kwargs
+    from .task import fit_task
     from .train import check_precision, resolve_device
 
     kwargs = parse_arch_kwargs(arch_kwargs)
@@ -189,25 +189,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         else:
             click.echo("note: --class-names (class_names) is not used: the labels of this data are class indices "
                        "already (an image folder's classes are its sub-folders, in sorted order)", err=True)
-    num_outputs, output_shape = _num_outputs(net, data)
-    if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
-        # one output and labels 0/1: a one-logit binary classifier (BCEWithLogitsLoss), for which the
-        # cross-entropy over its one output is 0 whatever it predicts
-        recipe = recipe.replace(loss="binary_cross_entropy")
-        if not quiet and is_main():
-            click.echo("the model has one output and the labels are 0 and 1: a one-logit binary classifier, trained "
-                       "with binary cross-entropy (loss: binary_cross_entropy)", err=True)
-    elif recipe.loss == "cross_entropy" and output_shape == label_shape(data) and multi_hot_labels(data):
-        # a vector of 0s and 1s per sample, one per output, not one-hot: independent labels (BCEWithLogitsLoss)
-        recipe = recipe.replace(loss="binary_cross_entropy")
-        if not quiet and is_main():
-            click.echo(f"the labels are vectors of 0s and 1s, one per output of the model ({num_outputs}), some "
-                       "with other than a single 1: a multi-label model, trained with binary cross-entropy per "
-                       "output (loss: binary_cross_entropy); its accuracy counts every label of every sample",
-                       err=True)
-    _check_label_shape(output_shape, label_shape(data), recipe.loss)
-    check_loss_targets(recipe.loss, data, num_outputs, output_shape)
-    check_labels(data, num_outputs, recipe.loss)
+    recipe = fit_task(net, data, recipe, log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
     check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
     check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
     # a model with nothing to convert fails before any file exists
@@ -261,154 +243,6 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
         raise click.ClickException(
             f"--resume with --arch-kwargs {json.dumps(kwargs)} but the interrupted run used {json.dumps(previous)}; "
             "resume with the same settings")
-
-
-def _num_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:
-    """The model's number of outputs (classes, or regression targets) and its output's shape per sample, from one
-    forward pass on an example input (and one in training mode)."""
-    from .data.assemble import runs_on
-    from .errors import PrunedropError
-
-    x = data.example_batch(2)
-    try:
-        shape = _output_shape_on(model, x)
-    except PrunedropError as e:
-        # an image folder read with another channel count than the model's first layer takes: say which one fits
-        if str(data.name).startswith("imagefolder:") and x.dim() == 4 and x.shape[1] in (1, 3):
-            other = 4 - x.shape[1]  # 1 ↔ 3
-            if runs_on(model, x[:, :1].expand(-1, other, -1, -1) if other == 3 else x.mean(1, keepdim=True)):
-                raise PrunedropError(f"{e.message}; the images are read with {x.shape[1]} channel(s) and the model "
-                                     f"takes {other}: set the recipe key image_channels: {other}") from None
-        raise
-    _check_training_output(model, x, len(shape) + 1)
-    return (shape[0] if shape else 1), shape
-
-
-def _check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, loss: str) -> None:
-    """One line, before any file, where the model's outputs (per sample: ``output``) and the data's class labels
-    (per sample: ``labels``; None where unknown) do not pair up: one label per sample for (C,) outputs, one per
-    position for (C, *S) outputs (a segmentation's (C, H, W) against (H, W) masks, or (1, H, W) masks of a
-    one-logit model). Regression targets are :func:`prunedrop.safety.check_loss_targets`' to check."""
-    from .errors import PrunedropError
-    from .recipe_groups import is_classification
-
-    if labels is None or not is_classification(loss):
-        return
-    positions = output[1:]
-    if labels == positions or (not positions and labels == (1,)) or (positions and output[0] == 1 and labels == output):
-        return
-    if not positions and labels == output and loss == "binary_cross_entropy":
-        return  # a multi-label model: a 0/1 label per output
-    shown = f"(N, {', '.join(map(str, labels))})" if labels else "(N,)"
-    if len(output) > 1 and labels == output[:-1] and labels != positions:
-        raise PrunedropError(
-            f"the model returns (N, {', '.join(map(str, output))}), its classes on the last axis, as a tagger's "
-            f"Linear gives them; prunedrop reads the classes on the second axis, as torch's cross_entropy does, "
-            f"(N, {output[-1]}, {', '.join(map(str, labels))}): return out.movedim(-1, 1) in a module that wraps the "
-            "model, and pass that as --arch")
-    if len(output) > 1 and labels == output:
-        raise PrunedropError(
-            f"the model returns (N, {', '.join(map(str, output))}), the labels' shape: a model that predicts per "
-            "position returns its classes on the second axis, (N, C, *positions) (a one-logit mask model (N, 1, "
-            "*positions)); give it that axis in its forward (out.unsqueeze(1)) and pass that as --arch")
-    if not positions:
-        raise PrunedropError(
-            f"the data's labels are shaped {shown}, but the model predicts one class per sample (outputs (N, "
-            f"{output[0] if output else 1})); give one class index per sample"
-            + (" (one-hot labels: labels.argmax(-1); for a multi-label model, an independent 0/1 label per "
-               "output, pass --loss binary_cross_entropy)" if labels == output else
-               " (one-hot labels: labels.argmax(-1))" if len(labels) == 1 else ""))
-    grid = ", ".join(map(str, positions))
-    if all(d == 1 for d in positions) and not labels:
-        raise PrunedropError(
-            f"the model returns (N, {output[0]}, {grid}) and the labels are one class per sample: flatten the "
-            f"model's output to (N, {output[0]}) in its forward (torch.flatten(x, 1)), and pass that as --arch")
-    raise PrunedropError(
-        f"the model predicts per position (outputs (N, {output[0]}, {grid}): {output[0]} classes at each of "
-        f"({grid})), so the labels must be one class per position, shaped (N, {grid}); the data's are shaped {shown}")
-
-
-def _check_training_output(model: Any, x: Any, dims: int = 2) -> None:
-    """One line, before any file, for a model that returns something else than a tensor in training mode: as
-    torchvision's GoogLeNet and Inception3 (``aux_logits``) return their main and auxiliary logits, a model that
-    answered the eval-mode check with a tensor failed at the first training step with a traceback. The buffers
-    (BatchNorm statistics, a spectral norm's vectors), the random state and the modes are left as they were; a
-    forward that fails here is left to training to report. ``dims``: the eval-mode output's number of axes."""
-    import torch
-
-    from .errors import PrunedropError
-    from .modes import kept
-
-    try:
-        with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = model.train()(x)
-    except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
-        return
-    allowed = {1, 2} if dims <= 2 else {dims}  # (batch,) and (batch, C) alike, as before; per position, its axes
-    if not isinstance(out, torch.Tensor) or out.dim() not in allowed or out.shape[0] != x.shape[0]:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PrunedropError(
-            f"in training mode the model returns {got}, not the (batch, classes) tensor it returns in eval mode (as "
-            "torchvision's GoogLeNet and Inception3 return auxiliary logits); prunedrop trains on one tensor: build "
-            "the model without the auxiliary outputs (aux_logits=False), or return the logits alone")
-
-
-def _output_shape_on(model: Any, x: Any) -> tuple[int, ...]:
-    """The model's output shape per sample on the batch ``x``: () for one value per sample ((batch,) outputs),
-    (C,) for a (batch, C) tensor, (C, *S) for a model that predicts per position (a segmentation's (C, H, W))."""
-    import torch
-
-    from .errors import PrunedropError
-    from .safety import check_deterministic, check_model_structure
-
-    check_model_structure(model, "the model")
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-    except Exception as e:  # the user's model rejecting the user's data: say what did not fit
-        inputs = str(x.dtype).removeprefix("torch.")
-        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
-        if isinstance(e, TypeError) and "required positional argument" in str(e):
-            hint = ("; prunedrop feeds the model one input tensor: wrap it in a module whose forward(self, x) returns "
-                    "self.model(x, ...) with the other arguments fixed, and pass that as --arch")
-        elif dtypes in ([], [inputs]):
-            hint = ""
-        elif not x.is_floating_point() and not x.is_complex() and "type" in str(e).lower():  # not ids out of range
-            hint = (f"; the inputs are {inputs} and the model's parameters {', '.join(dtypes)}: give float inputs, "
-                    "scaled as the model was trained on them (e.g. x.float() / 255 for 8-bit images)")
-        else:
-            hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: save the model as "
-                    "float32 (model.float()) for prunedrop")
-        raise PrunedropError(
-            f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None
-    # (batch,): one value per sample, as a regression or one-logit model that squeezes its last axis returns;
-    # (batch, C, *S): a prediction per position (labels are checked against it by _check_label_shape)
-    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0] or out.numel() == 0:
-        raise PrunedropError(f"the model must return a (batch, classes) tensor; it returned {_described(out)}"
-                             + ("" if isinstance(out, torch.Tensor) else
-                                ": wrap it in a module whose forward returns the logits alone (e.g. "
-                                "model(x)['logits'] or model(x)[0]; a torchvision segmentation model's "
-                                "model(x)['out']) and pass that as --arch"))
-    check_deterministic(model, x, first=out)
-    return tuple(int(d) for d in out.shape[1:])
-
-
-def _described(out: Any, depth: int = 0) -> str:
-    """What a model returned, for a one-line error: a tensor's shape, a dict's keys with what they hold, a
-    tuple's parts (a Hugging Face ``ModelOutput`` is a dict: its ``logits`` are named)."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return f"a tensor of shape {tuple(out.shape)}"
-    name = type(out).__name__
-    if depth == 0 and isinstance(out, dict):
-        parts = [f"{k!s}: {_described(v, 1)}" for k, v in list(out.items())[:4]]
-        return f"{name} {{{', '.join(parts)}{', ...' if len(out) > 4 else ''}}}"
-    if depth == 0 and isinstance(out, (tuple, list)):
-        parts = [_described(v, 1) for v in out[:4]]
-        return f"a {name} of {len(out)} ({', '.join(parts)}{', ...' if len(out) > 4 else ''})"
-    return name
 
 
 @cli.command(name="export")
@@ -524,6 +358,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     from .recipes import load_recipe
     from .safety import check_finite_weights
     from .storage import load_model, parse_arch_kwargs
+    from .task import output_shape_on
 
     recipe = load_recipe(recipe_path)
     if input_shape is not None:
@@ -555,7 +390,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 
         if not runs_on(net, example) and runs_on(net, example.long()):
             example = example.long()  # a model of token ids: zeros as ids
-    _output_shape_on(net, example)
+    output_shape_on(net, example)
     d = inspect_model(net, example, recipe)
     click.echo(json.dumps(d, indent=2) if as_json else format_inspection(d))
 

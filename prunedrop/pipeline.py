@@ -62,6 +62,7 @@ from .stages.evaluation import budget_judge
 from .stages.reporting import run_files
 from .stages.slimming import slim_multiple
 from .stages.variational import autopilot_line
+from .task import fit_task
 from .train import resolve_device
 
 __all__ = [
@@ -96,16 +97,23 @@ def compress(
 ) -> CompressResult:
     """Compress ``model`` on ``data`` with ``recipe``; write model, ONNX file and report into ``out_dir``.
 
+    The model's outputs are checked against the data's labels before anything is written
+    (:func:`prunedrop.task.fit_task`: a mistake raises :class:`prunedrop.errors.PrunedropError`), and a one-logit
+    binary or a multi-label classifier given ``loss: cross_entropy`` is trained with binary cross-entropy
+    (``log`` says so; the report's recipe records it).
+
     ``resume`` continues from the checkpoints of an interrupted run in the same ``out_dir``. ``source``
     (how the model was loaded: file name, ``--arch``) is recorded in the report so that
     ``prunedrop export RUN_DIR`` can rebuild the variational model later.
     """
+    model = model.cpu().eval()
+    data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
+    # the model's outputs against the data's labels, and the loss they call for, before any file (as the CLI does)
+    recipe = fit_task(model, data, recipe, log if distributed.is_main() else None)
     folder = RunFolder(out_dir).create()
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
-    model = model.cpu().eval()
     reparametrized = fold(model, log if distributed.is_main() else (lambda _: None))
-    data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
     if fitted and distributed.is_main():
         log(fitted)
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))

@@ -554,7 +554,7 @@ def test_the_training_mode_check_leaves_the_model_as_it_was() -> None:
     import torch
     from torch import nn
 
-    from prunedrop.cli import _check_training_output
+    from prunedrop.task import _check_training_output
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
                           nn.utils.spectral_norm(nn.Linear(4 * 6 * 6, 3))).eval()

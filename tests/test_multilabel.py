@@ -217,3 +217,28 @@ def test_one_hot_labels_name_both_readings_and_the_loss_takes_them(folder: Path)
                                      f"npz:{one_per_sample}", "--loss", "binary_cross_entropy", "-o", "wrong"])
     assert wrong.exit_code != 0 and not (folder / "wrong").exists()
     assert "or one output per label with labels of 0s and 1s shaped (N, 3)" in wrong.output
+
+
+def test_the_python_api_checks_the_labels_and_chooses_the_loss(tmp_path: Path) -> None:
+    """``prunedrop.pipeline.compress`` checked nothing of the labels: a multi-label model stopped deep in the
+    accuracy with "The size of tensor a (80) must match the size of tensor b (3)" after its folder was made."""
+    from prunedrop.data import DataBundle
+    from prunedrop.pipeline import compress
+
+    x, y = _tags(240)
+    torch.manual_seed(0)
+    model = fit(TinyMLP(16, (24, 12), 3), x[:160], y[:160], 200, loss="binary_cross_entropy").eval()
+
+    def bundle(labels: torch.Tensor) -> DataBundle:
+        return DataBundle("tags", TensorDataset(x[:160], labels[:160]), TensorDataset(x[160:], labels[160:]), None,
+                          (16,), None)
+
+    recipe = Recipe(epochs=1, finetune_epochs=0, latency_runs=0, plots=False, mc_samples=0, quantize="none")
+    logs: list[str] = []
+    result = compress(model, bundle(y), recipe, tmp_path / "run", progress=False, log=logs.append)
+    assert result.report["recipe"]["loss"] == "binary_cross_entropy"
+    assert any("a multi-label model, trained with binary cross-entropy" in line for line in logs), logs
+    assert result.report["metric"]["before"] > 85.0
+    with pytest.raises(PrunedropError, match="labels go up to 5 but the model has 3 outputs"):
+        compress(model, bundle(y.sum(1) + 2), recipe, tmp_path / "wrong", progress=False, log=logs.append)
+    assert not (tmp_path / "wrong").exists()
