@@ -12,8 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convert import variational_layers
+from .data.checks import IGNORED
 from .errors import PrunedropError
 from .recipe_groups import is_classification
+
+
+def labelled(target: torch.Tensor) -> torch.Tensor:
+    """Where ``target`` holds a label: everywhere but at :data:`IGNORED`."""
+    return target != IGNORED
 
 
 def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
@@ -41,6 +47,16 @@ def correct(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tens
     if target.shape != predicted.shape and target.numel() == predicted.numel():
         target = target.reshape(predicted.shape)  # (N, 1, H, W) masks against (N, H, W) predictions
     return predicted == target
+
+
+def hits(output: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample of one batch, float64 on the CPU: how many of its labels ``output`` predicts (:func:`correct`),
+    and how many labels it has (those not :data:`IGNORED`: a tagger's padding)."""
+    hit = correct(output, target, loss)
+    counted = labelled(target).reshape(hit.shape)
+    n = hit.shape[0]
+    return ((hit & counted).reshape(n, -1).double().sum(dim=1).cpu(),
+            counted.reshape(n, -1).double().sum(dim=1).cpu())
 
 
 class TwoClassLogits(nn.Module):
@@ -76,11 +92,20 @@ def as_classifier(model: nn.Module, loss: str) -> nn.Module:
 
 
 def data_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The data term: mean cross-entropy, binary cross-entropy of one logit, or mean squared error for regression."""
+    """The data term: mean cross-entropy, binary cross-entropy of one logit (or of each, for a multi-label model),
+    or mean squared error for regression. Labels :data:`IGNORED` count in neither mean (a batch of nothing but
+    them gives 0, with the graph's gradient: zero)."""
     if loss == "cross_entropy":
-        return F.cross_entropy(output, target)
+        if target.numel() and not bool(labelled(target).any()):
+            return output.sum() * 0.0  # torch's own mean over no labels is 0/0
+        return F.cross_entropy(output, target)  # ignore_index=-100 (IGNORED) by default
     if loss == "binary_cross_entropy":
-        return F.binary_cross_entropy_with_logits(output, target.to(output.dtype).reshape(output.shape))
+        target = target.reshape(output.shape)
+        counted = labelled(target)
+        if bool(counted.all()):
+            return F.binary_cross_entropy_with_logits(output, target.to(output.dtype))
+        each = F.binary_cross_entropy_with_logits(output, target.clamp(min=0).to(output.dtype), reduction="none")
+        return (each * counted).sum() / counted.sum().clamp(min=1)
     if loss == "mse":
         return F.mse_loss(output, target.to(output.dtype).reshape(output.shape))
     raise PrunedropError(f"unknown loss {loss!r}")
@@ -106,23 +131,29 @@ def _outputs(model: nn.Module, loader: Any, device: torch.device | str) -> Itera
 def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
-    predicts per position, or the mean squared error over every target value, as for
-    ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
-    total, loss_sum, right, labels, sq_err, values = 0, 0.0, 0, 0, 0.0, 0
+    predicts per position, those :data:`IGNORED` left out, or the mean squared error over every target value, as
+    for ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
+    total, loss_sum, right, labels, sq_err, values = 0, 0.0, 0.0, 0.0, 0.0, 0
     for out, y in _outputs(model, loader, device):
         n = y.shape[0]
         loss_sum += float(data_loss(loss, out, y)) * n
         if is_classification(loss):
-            right += int(correct(out, y, loss).sum())
-            labels += y.numel()
+            r, counted = hits(out, y, loss)
+            right += float(r.sum())
+            labels += float(counted.sum())
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
             values += out.numel()
         total += n
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = 100.0 * right / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
+    if is_classification(loss) and labels == 0:
+        raise PrunedropError(NO_LABELS)
+    metric = 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
+
+
+NO_LABELS = f"every label of the evaluation data is {IGNORED} (a label to ignore): there is nothing to measure"
 
 
 @torch.no_grad()
@@ -130,21 +161,35 @@ def sample_scores(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The metric per sample, float64, in loader order: 100 where ``model`` (eval mode) classifies it correctly and
     0 where not (for per-position labels, the percentage of its positions classified correctly), or its mean squared
-    error over its target values; their mean is :func:`evaluate`'s metric."""
-    parts = [batch_scores(out, y, loss) for out, y in _outputs(model, loader, device)]
+    error over its target values; their mean is :func:`evaluate`'s metric (:func:`combine_scores`)."""
+    return combine_scores([batch_scores(out, y, loss) for out, y in _outputs(model, loader, device)])
+
+
+def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's part of :func:`sample_scores`, from the model's outputs ``out`` and the targets ``y`` (a torch
+    model's, or an ONNX file's run by onnxruntime: :func:`prunedrop.quantize.onnx_sample_scores`): per sample, 100 ×
+    its labels predicted and the count of its labels (:func:`hits`), or its summed squared error and its count of
+    target values; float64 on the CPU."""
+    if is_classification(loss):
+        right, counted = hits(out, y, loss)
+        return 100.0 * right, counted
+    err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none").reshape(out.shape[0], -1).double()
+    return err.sum(dim=1).cpu(), torch.full((out.shape[0],), float(err.shape[1]), dtype=torch.float64)
+
+
+def combine_scores(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The per-sample scores from the batches' :func:`batch_scores`: each sample's share of its labels right (or
+    its mean squared error) where every sample has as many; else, where some labels are :data:`IGNORED` (a tagger's
+    padded sequences), each sample's count right scaled by samples / labels, so that their mean is still the
+    accuracy over every label, as :func:`evaluate` measures it, and a sample with no label scores 0 for any model."""
     if not parts:
         raise PrunedropError("the evaluation data is empty")
-    return torch.cat(parts)
-
-
-def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """:func:`sample_scores` of one batch, from the model's outputs ``out`` and the targets ``y`` (a torch model's,
-    or an ONNX file's run by onnxruntime: :func:`prunedrop.quantize.onnx_sample_scores`), float64 on the CPU."""
-    if is_classification(loss):
-        # a model that predicts per position ((N, C, T) against (N, T) labels): the share of its positions right
-        return 100.0 * correct(out, y, loss).reshape(y.shape[0], -1).double().mean(dim=1).cpu()
-    err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none")
-    return err.reshape(err.shape[0], -1).double().mean(dim=1).cpu()
+    total, counts = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if bool((counts == counts[0]).all()) and float(counts[0]) > 0:
+        return total / counts
+    if float(counts.sum()) == 0:
+        raise PrunedropError(NO_LABELS)
+    return total * (counts.numel() / float(counts.sum()))
 
 
 def scores_metric(scores: torch.Tensor) -> float:
@@ -184,6 +229,11 @@ def class_changes(before: torch.Tensor, after: torch.Tensor, labels: torch.Tenso
     if not (before.shape == after.shape == labels.shape and labels.ndim == 1 and labels.numel()):
         return []
     labels = labels.long()
+    counted = labelled(labels)
+    if not bool(counted.all()):
+        before, after, labels = before[counted], after[counted], labels[counted]
+        if not labels.numel():
+            return []
     counts = torch.bincount(labels)  # one pass per model, whatever the number of classes
     sums = {name: torch.bincount(labels, weights=scores.double()) for name, scores in (("before", before),
                                                                                          ("after", after))}
@@ -211,9 +261,10 @@ def position_class_changes(before: nn.Module, after: nn.Module, loader: Any, *, 
                 positive = y == 1
                 hit = hit[positive]
                 y = torch.nonzero(positive)[:, 1]
-            right[name].append(100.0 * hit.reshape(-1).double().cpu())
+            counted = labelled(y).reshape(-1)
+            right[name].append(100.0 * hit.reshape(-1)[counted].double().cpu())
             if name == "before":
-                labels.append(y.reshape(-1).cpu())
+                labels.append(y.reshape(-1)[counted].cpu())
     if not labels:
         return []
     rows = class_changes(torch.cat(right["before"]), torch.cat(right["after"]), torch.cat(labels))

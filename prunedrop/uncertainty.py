@@ -31,6 +31,7 @@ from torch import nn
 from .convert import variational_layers
 from .dropout.mc import MCPrediction, monte_carlo, sampling_mode
 from .errors import PrunedropError
+from .metrics import NO_LABELS, labelled
 
 __all__ = [
     "MCPrediction",
@@ -166,9 +167,15 @@ def calibration_summary(
     if not all_probs:
         raise PrunedropError("the calibration data is empty")
     probs = torch.cat(all_probs)
-    labels = torch.cat(all_labels)
+    labels = torch.cat(all_labels).long()  # class indices (a multi-label model's float 0/1 targets too)
     if probs.dim() > 2:  # per position ((N, *S, C), :class:`prunedrop.metrics.ClassesLast`): each position a label
         probs, labels = probs.reshape(-1, probs.shape[-1]), labels.reshape(-1)
+    predictions = labels.numel()  # the uncertainties are over every prediction, the rest over the labelled ones
+    counted = labelled(labels)
+    if not bool(counted.all()):  # a tagger's padding, or a void pixel: no label to be calibrated against
+        probs, labels = probs[counted], labels[counted]
+        if not labels.numel():
+            raise PrunedropError(NO_LABELS)
     n = labels.numel()
     ece = expected_calibration_error(probs, labels, n_bins)
     nll = negative_log_likelihood(probs, labels)
@@ -182,6 +189,6 @@ def calibration_summary(
         "samples": samples,
     }
     if samples is not None:
-        out["entropy"] = entropy_sum / n
-        out["mutual_information"] = mi_sum / n
+        out["entropy"] = entropy_sum / predictions
+        out["mutual_information"] = mi_sum / predictions
     return out

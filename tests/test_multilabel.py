@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from prunedrop.cli import cli
 from prunedrop.data import load_data
+from prunedrop.data.assemble import multi_hot_labels
 from prunedrop.errors import PrunedropError
 from prunedrop.metrics import (
     as_classifier,
@@ -133,6 +134,9 @@ def data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "def multi_hot():\n"
         "    y = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 1], [0, 1, 0]] * 5)\n"
         "    return _FloatTags(y), _FloatTags(y)\n\n"
+        "def all_ones_first():\n"
+        "    y = torch.tensor([[1, 1, 1], [0, 1, 0], [0, 0, 0]] * 5)\n"
+        "    return _FloatTags(y), _FloatTags(y)\n\n"
         "def one_hot():\n"
         "    y = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]] * 5)\n"
         "    return _FloatTags(y), _FloatTags(y)\n")
@@ -145,7 +149,10 @@ def test_float_label_vectors_of_a_dataset(data_module: str) -> None:
     must be integer class indices"); one-hot ones keep the refusal, which now names the multi-label reading, and
     pass where the loss says so."""
     bundle = load_data(f"python:{data_module}:multi_hot")
-    assert bundle.val[0][1].tolist() == [1.0, 1.0, 0.0]
+    assert bundle.val[0][1].tolist() == [1.0, 1.0, 0.0] and multi_hot_labels(bundle)
+    # only a Dataset's first item is read: one holding 1s alone (or 0s alone) is still a multi-label model's
+    every = load_data(f"python:{data_module}:all_ones_first")
+    assert every.train[0][1].tolist() == [1.0, 1.0, 1.0] and multi_hot_labels(every)
     with pytest.raises(PrunedropError, match=r"give labels.argmax\(-1\) \(for a multi-label model, an independent "
                                              r"0/1 label per output, pass --loss binary_cross_entropy\)"):
         load_data(f"python:{data_module}:one_hot")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ..errors import PrunedropError
 from ..modes import kept
 from .bundle import SPLITS, DataBundle, seeded_generator
-from .checks import ClassesDataset, check_finite, check_non_negative, describe_value
+from .checks import IGNORED, ClassesDataset, check_finite, check_non_negative, describe_value
 
 
 def _split_labels(bundle: DataBundle) -> list[torch.Tensor]:
@@ -34,16 +34,16 @@ def _split_labels(bundle: DataBundle) -> list[torch.Tensor]:
 def binary_labels(bundle: DataBundle) -> bool:
     """Whether the data's class labels are 0 and 1 and nothing else (what a one-logit binary classifier, or a
     multi-label one's outputs, trained with ``BCEWithLogitsLoss``, predict), read as :func:`check_labels` reads
-    them; float labels count where they are vectors of 0.0 and 1.0 (a multi-label data set's targets), not one
-    number per sample (a regression's)."""
+    them (a Dataset's first item alone may hold only one of the two); float labels count where they are vectors of
+    0.0 and 1.0 (a multi-label data set's targets), not one number per sample (a regression's)."""
     shape = label_shape(bundle)
     vectors = shape is not None and len(shape) == 1 and shape[0] > 1
     values: set[float] = set()
     for labels in _split_labels(bundle):
         if labels.is_floating_point() and not vectors:
             return False
-        values |= {float(v) for v in labels.unique()[:3]}
-    return values == {0.0, 1.0}
+        values |= {float(v) for v in labels[labels != IGNORED].unique()[:3]}
+    return bool(values) and values <= {0.0, 1.0}  # a Dataset's first item may hold one of the two alone
 
 
 def multi_hot_labels(bundle: DataBundle) -> bool:
@@ -67,13 +67,21 @@ def label_shape(bundle: DataBundle) -> tuple[int, ...] | None:
     return shape[1:] if isinstance(bundle.train, DataLoader) else shape
 
 
+def _largest_below(bundle: DataBundle, limit: int) -> int:
+    """The largest label below ``limit`` (-1 where none is), read as :func:`check_labels` reads them."""
+    found = [int(labels[labels < limit].max()) for labels in _split_labels(bundle)
+             if not labels.is_floating_point() and bool((labels < limit).any())]
+    return max(found, default=-1)
+
+
 def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entropy") -> None:
     """Raise :class:`PrunedropError` when the data has labels the model cannot output (``loss``
     ``binary_cross_entropy``: one output, labels 0 and 1), read as :func:`_split_labels` reads them."""
     largest, smallest = -1, None
     for labels in _split_labels(bundle):
-        if labels.is_floating_point():
+        if labels.is_floating_point() and loss != "binary_cross_entropy":
             continue  # regression targets (loss: mse), not class indices
+        labels = labels[labels != IGNORED]  # a position or sample with no label (a tagger's padding)
         if labels.numel():
             largest = max(largest, int(labels.max()))
             smallest = int(labels.min()) if smallest is None else min(smallest, int(labels.min()))
@@ -95,10 +103,14 @@ def check_labels(bundle: DataBundle, num_outputs: int, loss: str = "cross_entrop
         )
     if largest >= num_outputs:
         counted_from_one = largest == num_outputs and smallest == 1
+        void = largest == 255 and _largest_below(bundle, largest) < num_outputs
         raise PrunedropError(
             f"labels go up to {largest} but the model has {num_outputs} output{'s' if num_outputs > 1 else ''}; "
             + (f"they run from 1 to {largest}: class indices count from 0, so subtract 1 from every label"
-               if counted_from_one else "check that --data matches the model")
+               if counted_from_one else
+               f"the others are below {num_outputs}: if 255 marks pixels or positions to ignore (void), give "
+               f"them as {IGNORED}, the label prunedrop (and torch's cross_entropy) ignores" if void else
+               "check that --data matches the model")
         )
     if bundle.num_classes is not None and bundle.num_classes > num_outputs:
         raise PrunedropError(
@@ -202,7 +214,8 @@ def _validate_split(data: Dataset | DataLoader, where: str, *, regression: bool 
         ) from None
     vectors = labels.dim() == (2 if isinstance(data, DataLoader) else 1)  # a vector per sample, not a mask
     multi_hot = (not labels.is_complex() and labels.is_floating_point() and vectors and labels.shape[-1] > 1
-                 and bool(((labels == 0) | (labels == 1)).all()) and (tags or not _one_hot(labels)))
+                 and bool(((labels == 0) | (labels == 1) | (labels == IGNORED)).all())
+                 and (tags or not _one_hot(labels)))
     if labels.is_complex() or (labels.is_floating_point() and not regression and not multi_hot):
         if not labels.is_complex() and _one_hot(labels):
             raise PrunedropError(f"labels in {where} are one-hot vectors over {labels.shape[-1]} classes; labels must "

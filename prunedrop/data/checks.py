@@ -11,6 +11,10 @@ from torch.utils.data import TensorDataset
 from ..errors import PrunedropError
 from ..recipe_groups import SORTED, class_order
 
+#: the label of a position (or a sample) that has none to learn or to score: torch's cross_entropy ignores it by
+#: default (``ignore_index=-100``), and Hugging Face's token classifiers pad their labels with it
+IGNORED = -100
+
 
 def as_labels(y: np.ndarray, where: str) -> torch.Tensor:
     """Labels as int64 class indices; float labels are accepted only when they hold whole numbers."""
@@ -99,11 +103,15 @@ def check_finite(x: torch.Tensor, where: str) -> None:
 
 
 def check_non_negative(y: torch.Tensor, where: str) -> None:
-    """Raise on negative labels, which cross-entropy rejects only deep inside training."""
+    """Raise on negative labels, which cross-entropy rejects only deep inside training; :data:`IGNORED` (-100)
+    marks a label to ignore, as for torch's cross_entropy."""
     if y.numel() and int(y.min()) < 0:
-        raise PrunedropError(
-            f"labels in {where} include {int(y.min())}; labels must be class indices 0, 1, ..., C-1"
-        )
+        wrong = y[y != IGNORED]
+        if wrong.numel() and int(wrong.min()) < 0:
+            raise PrunedropError(
+                f"labels in {where} include {int(wrong.min())}; labels must be class indices 0, 1, ..., C-1 "
+                f"(or {IGNORED} for a position or sample with no label: a tagger's padding, a void pixel)"
+            )
 
 
 def describe_value(obj: Any) -> str:

@@ -12,26 +12,29 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
-from ..metrics import batch_scores, correct
+from ..metrics import NO_LABELS, batch_scores, combine_scores, hits
 from ..recipe_groups import is_classification
 
 
 def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> float:
     """The metric of an ONNX file run by onnxruntime over ``loader`` (accuracy in % over every label, or the mean
     squared error), computed as :func:`prunedrop.train.evaluate` computes it for a torch model."""
-    total, right, labels, sq_err, values = 0, 0, 0, 0.0, 0
+    total, right, labels, sq_err, values = 0, 0.0, 0.0, 0.0, 0
     for out, target in _onnx_outputs(path, loader):
         if is_classification(loss):
             # over every label: one per sample, or one per position of a model that predicts per position
-            right += int(correct(torch.from_numpy(out), torch.from_numpy(target), loss).sum())
-            labels += target.size
+            r, counted = hits(torch.from_numpy(out), torch.from_numpy(target), loss)
+            right += float(r.sum())
+            labels += float(counted.sum())
         else:
             sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
             values += out.size
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    return 100.0 * right / max(labels, 1) if is_classification(loss) else sq_err / max(values, 1)
+    if is_classification(loss) and labels == 0:
+        raise PrunedropError(NO_LABELS)
+    return 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
 
 
 def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:
@@ -39,11 +42,8 @@ def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "
     :func:`prunedrop.metrics.sample_scores` gives it for a torch model (100 or 0 per sample, the share of its
     positions right for per-position labels, or its mean squared error): their mean is :func:`evaluate_onnx`'s
     metric, and paired with the original's scores they give the standard error of the change."""
-    parts = [batch_scores(torch.from_numpy(out), torch.from_numpy(target), loss)
-             for out, target in _onnx_outputs(path, loader)]
-    if not parts:
-        raise PrunedropError("the evaluation data is empty")
-    return torch.cat(parts)
+    return combine_scores([batch_scores(torch.from_numpy(out), torch.from_numpy(target), loss)
+                           for out, target in _onnx_outputs(path, loader)])
 
 
 def _onnx_outputs(path: str | Path, loader: Iterable[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DataBundle
 from ..data.assemble import labels_of
+from ..data.checks import IGNORED
 from ..metrics import (
     SEE_EVERY_CLASS,
     as_classifier,
@@ -80,7 +81,9 @@ def evaluate_compressed(model: nn.Module, baseline: Baseline, selection: Selecti
         for split, after in scores.items():
             held = data.split(split)  # a DataLoader of the user's may shuffle: its labels' order is not the scores'
             labels = None if isinstance(held, DataLoader) else labels_of(held)
-            if labels is not None and labels.dim() > 1:  # a class per position: one more pass of each model
+            # a class per position, or samples without a label (whose scores are scaled: combine_scores): one more
+            # pass of each model
+            if labels is not None and (labels.dim() > 1 or bool((labels == IGNORED).any())):
                 rows = position_class_changes(baseline.model, model, data.loader(split, recipe.eval_batch_size),
                                               loss=recipe.loss)
                 if rows:
