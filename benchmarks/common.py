@@ -103,6 +103,35 @@ def record_compress(cmd: list[str], out: Path, keys: tuple[str, ...], result: Pa
     print(f"wrote {result}", file=sys.stderr)
 
 
+#: the report keys a task benchmark keeps (:func:`compress_task`)
+TASK_KEYS = ("params", "flops", "onnx_bytes", "metric", "test_metric", "latency", "autopilot", "threshold",
+             "per_class", "variational_epochs", "recipe")
+
+
+def compress_task(name: str, arch: str, make_data: Callable[[Path], None], train: Callable[[Path], nn.Module],
+                  argv: list[str] | None, description: str) -> None:
+    """The command line of a benchmark of one task (``--recipe``, default none: the default command; ``--tag``):
+    its data written once to ``runs/NAME.npz`` by ``make_data``, its dense model trained once by ``train`` and
+    cached in ``benchmarks/results/NAME-dense.pt``, then ``prunedrop compress`` on them, recorded in
+    ``benchmarks/results/NAME-TAG.json`` (:func:`record_compress`, the keys :data:`TASK_KEYS`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--recipe", type=Path, default=None, help="recipe for prunedrop compress (default: none)")
+    parser.add_argument("--tag", default="default", help="name of the result (default: default)")
+    args = parser.parse_args(argv)
+    data = ROOT / "runs" / f"{name}.npz"
+    if not data.exists():
+        make_data(data)
+    dense = RESULTS / f"{name}-dense.pt"
+    if not dense.exists():
+        torch.save(train(data).state_dict(), dense)
+    out = ROOT / "runs" / f"{name}-{args.tag}"
+    cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch", arch, "--data", f"npz:{rel(data)}",
+           "-o", rel(out), "--overwrite", *(["--recipe", rel(args.recipe)] if args.recipe is not None else [])]
+    record_compress(cmd, out, TASK_KEYS, RESULTS / f"{name}-{args.tag}.json")
+
+
 def architecture(model: nn.Module, example: torch.Tensor) -> dict:
     """Per Linear/Conv layer: weight shape (out, in, ...), MACs per sample; and the totals."""
     model = model.cpu().eval()

@@ -300,6 +300,19 @@ latency_runs: 3
 """
 
 
+QUICK_RECIPE = """\
+# a few seconds on a CPU: 4 variational epochs (the autopilot's β), one noise-free epoch, a wide budget of 5 points
+# for a validation split of tens of samples
+epochs: 4
+batch_size: 16
+noise_lr: 0.3
+finetune_epochs: 1
+latency_runs: 0
+plots: false
+max_metric_drop: 5
+"""
+
+
 def write_tiny_project(folder, *, n: int = 200, n_val: int = 40, recipe: str = TINY_RECIPE) -> None:
     """A user's folder as the CLI sees it: ``tinyarch.py`` (``--arch tinyarch:build``), a trained state dict
     ``model.pt``, ``data.npz`` (``--data npz:data.npz``) and ``recipe.yaml``."""

@@ -17,19 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from prunedrop.cli import cli
 from prunedrop.metrics import TwoClassLogits, class_logits, data_loss, evaluate, sample_scores
-from prunedrop.testing import TinyMLP, fit
+from prunedrop.testing import QUICK_RECIPE, TinyMLP, fit
 from prunedrop.uncertainty import calibration_summary
-
-QUICK_RECIPE = """\
-# a few seconds: 4 variational epochs of 10 steps, a wide budget for 80 validation samples
-epochs: 4
-batch_size: 16
-noise_lr: 0.3
-finetune_epochs: 1
-latency_runs: 0
-plots: false
-max_metric_drop: 5
-"""
 
 ARCH_MODULE = "binarch_mlp"
 

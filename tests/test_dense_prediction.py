@@ -19,19 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from prunedrop.cli import cli
 from prunedrop.data import load_data
 from prunedrop.metrics import as_classifier, correct, evaluate, sample_scores
-from prunedrop.testing import fit
+from prunedrop.testing import QUICK_RECIPE, fit
 from prunedrop.uncertainty import calibration_summary
-
-QUICK_RECIPE = """\
-# a few seconds: 3 variational epochs, one noise-free epoch, a wide budget for 60 validation masks
-epochs: 3
-batch_size: 16
-noise_lr: 0.3
-finetune_epochs: 1
-latency_runs: 0
-plots: false
-max_metric_drop: 5
-"""
 
 ARCH = '''\
 from torch import nn

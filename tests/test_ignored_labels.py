@@ -30,6 +30,7 @@ from prunedrop.metrics import (
     sample_scores,
     scores_metric,
 )
+from prunedrop.testing import QUICK_RECIPE
 from prunedrop.uncertainty import calibration_summary
 
 
@@ -100,15 +101,6 @@ class Tagger(nn.Module):
         return self.out(torch.relu(self.conv(self.emb(x).transpose(1, 2))))
 '''
 
-QUICK_RECIPE = """\
-epochs: 4
-batch_size: 16
-noise_lr: 0.3
-finetune_epochs: 1
-latency_runs: 0
-plots: false
-max_metric_drop: 5
-"""
 
 
 def _padded(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
