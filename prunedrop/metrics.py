@@ -16,6 +16,9 @@ from .data.checks import IGNORED
 from .errors import PrunedropError
 from .recipe_groups import is_classification
 
+#: the error where every label is :data:`IGNORED`
+NO_LABELS = f"every label of the evaluation data is {IGNORED} (a label to ignore): there is nothing to measure"
+
 
 def labelled(target: torch.Tensor) -> torch.Tensor:
     """Where ``target`` holds a label: everywhere but at :data:`IGNORED`."""
@@ -151,9 +154,6 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         raise PrunedropError(NO_LABELS)
     metric = 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
-
-
-NO_LABELS = f"every label of the evaluation data is {IGNORED} (a label to ignore): there is nothing to measure"
 
 
 @torch.no_grad()
