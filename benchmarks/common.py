@@ -113,7 +113,8 @@ def compress_task(name: str, arch: str, make_data: Callable[[Path], None], train
     """The command line of a benchmark of one task (``--recipe``, default none: the default command; ``--tag``):
     its data written once to ``runs/NAME.npz`` by ``make_data``, its dense model trained once by ``train`` and
     cached in ``benchmarks/results/NAME-dense.pt``, then ``prunedrop compress`` on them, recorded in
-    ``benchmarks/results/NAME-TAG.json`` (:func:`record_compress`, the keys :data:`TASK_KEYS`)."""
+    ``benchmarks/results/NAME-TAG.json`` (:func:`record_compress`, the keys :data:`TASK_KEYS`; the autopilot's
+    trajectory of β is left in the run folder's report.json)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -129,7 +130,11 @@ def compress_task(name: str, arch: str, make_data: Callable[[Path], None], train
     out = ROOT / "runs" / f"{name}-{args.tag}"
     cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch", arch, "--data", f"npz:{rel(data)}",
            "-o", rel(out), "--overwrite", *(["--recipe", rel(args.recipe)] if args.recipe is not None else [])]
-    record_compress(cmd, out, TASK_KEYS, RESULTS / f"{name}-{args.tag}.json")
+    result = RESULTS / f"{name}-{args.tag}.json"
+    record_compress(cmd, out, TASK_KEYS, result)
+    record = json.loads(result.read_text())  # β's trajectory (hundreds of kilobytes) stays in the run's report.json
+    (record["report"].get("autopilot") or {}).pop("trajectory", None)
+    atomic_write_text(result, json.dumps(record, indent=1) + "\n")
 
 
 def architecture(model: nn.Module, example: torch.Tensor) -> dict:
