@@ -52,38 +52,14 @@ def correct(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tens
     return predicted == target
 
 
-def multi_label(output: torch.Tensor, loss: str) -> bool:
-    """Whether ``output`` is a multi-label model's: binary cross-entropy over a (N, k) logit per label, k > 1."""
-    return loss == "binary_cross_entropy" and output.dim() == 2 and output.shape[1] > 1
-
-
 def hits(output: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample of one batch and per cell of the metric, float64 on the CPU, shaped (N, cells): how many of its
-    labels ``output`` predicts (:func:`correct`), and how many labels it has (those not :data:`IGNORED`: a tagger's
-    padding). One cell, except for a multi-label model: its labels that are 0 and those that are 1, whose accuracies
-    the metric averages (:func:`cell_metric`)."""
+    """Per sample of one batch, float64 on the CPU: how many of its labels ``output`` predicts (:func:`correct`),
+    and how many labels it has (those not :data:`IGNORED`: a tagger's padding)."""
     hit = correct(output, target, loss)
     counted = labelled(target).reshape(hit.shape)
     n = hit.shape[0]
-    if multi_label(output, loss):
-        positive = target.reshape(hit.shape) == 1
-        cells = [counted & ~positive, positive]
-    else:
-        cells = [counted]
-    return (torch.stack([(hit & c).reshape(n, -1).double().sum(dim=1) for c in cells], dim=1).cpu(),
-            torch.stack([c.reshape(n, -1).double().sum(dim=1) for c in cells], dim=1).cpu())
-
-
-def cell_metric(right: torch.Tensor, counted: torch.Tensor) -> float:
-    """The accuracy in % from the summed :func:`hits` of a split ((cells,) each): the mean over the cells that hold
-    a label of their share right. For one cell, every label right over every label; for a multi-label model, the
-    mean of its accuracy on the labels that are 1 (their recall) and on those that are 0: a balanced accuracy, in
-    which predicting 0 everywhere scores 50, whatever share of the labels are 1, and a compressed model cannot
-    keep its accuracy by finding fewer labels where more are 0."""
-    held = counted > 0
-    if not bool(held.any()):
-        raise PrunedropError(NO_LABELS)
-    return float((100.0 * right[held] / counted[held]).mean())  # 100 × right first, as the scores sum it
+    return ((hit & counted).reshape(n, -1).double().sum(dim=1).cpu(),
+            counted.reshape(n, -1).double().sum(dim=1).cpu())
 
 
 class TwoClassLogits(nn.Module):
@@ -166,14 +142,17 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         loss_sum += float(data_loss(loss, out, y)) * n
         if is_classification(loss):
             r, counted = hits(out, y, loss)
-            right, labels = right + r.sum(dim=0), labels + counted.sum(dim=0)
+            right += float(r.sum())
+            labels += float(counted.sum())
         else:
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
             values += out.numel()
         total += n
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    metric = cell_metric(right, labels) if is_classification(loss) else sq_err / max(values, 1)
+    if is_classification(loss) and labels == 0:
+        raise PrunedropError(NO_LABELS)
+    metric = 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 
@@ -195,26 +174,22 @@ def batch_scores(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.T
         right, counted = hits(out, y, loss)
         return 100.0 * right, counted
     err = F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="none").reshape(out.shape[0], -1).double()
-    return err.sum(dim=1, keepdim=True).cpu(), torch.full((out.shape[0], 1), float(err.shape[1]), dtype=torch.float64)
+    return err.sum(dim=1).cpu(), torch.full((out.shape[0],), float(err.shape[1]), dtype=torch.float64)
 
 
 def combine_scores(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The per-sample scores from the batches' :func:`batch_scores`: each sample's share of its labels right (or
-    its mean squared error) where every sample has as many in one cell; else each sample's count right in each cell
-    scaled by samples / the cell's labels, averaged over the cells that hold a label, so that their mean is still
-    :func:`evaluate`'s metric (:func:`cell_metric`): the accuracy over every label where some are :data:`IGNORED`
-    (a tagger's padded sequences; a sample with no label scores 0 for any model), a multi-label model's balanced
-    accuracy."""
+    its mean squared error) where every sample has as many; else, where some labels are :data:`IGNORED` (a tagger's
+    padded sequences), each sample's count right scaled by samples / labels, so that their mean is still the
+    accuracy over every label, as :func:`evaluate` measures it, and a sample with no label scores 0 for any model."""
     if not parts:
         raise PrunedropError("the evaluation data is empty")
     total, counts = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    if counts.shape[1] == 1 and bool((counts == counts[0]).all()) and float(counts[0]) > 0:
-        return (total / counts)[:, 0]
-    cells = counts.sum(dim=0)
-    held = cells > 0
-    if not bool(held.any()):
+    if bool((counts == counts[0]).all()) and float(counts[0]) > 0:
+        return total / counts
+    if float(counts.sum()) == 0:
         raise PrunedropError(NO_LABELS)
-    return (total[:, held] / cells[held]).mean(dim=1) * counts.shape[0]
+    return total * (counts.numel() / float(counts.sum()))
 
 
 def scores_metric(scores: torch.Tensor) -> float:
@@ -281,7 +256,7 @@ def position_class_changes(before: nn.Module, after: nn.Module, loader: Any, *, 
         for out, y in _outputs(model, loader, device):
             hit = correct(out, y, loss)
             y = y.reshape(hit.shape)
-            tags = multi_label(out, loss)
+            tags = loss == "binary_cross_entropy" and out.dim() == 2 and out.shape[1] > 1
             if tags:  # the positives of each label, named by its output's index
                 positive = y == 1
                 hit = hit[positive]
@@ -312,8 +287,8 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
         return None
     if worst.get("of") == "positives":
         return (f"label {worst['label']} lost {drop:.3g} points of recall on validation data ({worst['samples']} "
-                f"samples carry it: found in {worst['before']:.4g} → {worst['after']:.4g}%), while the balanced "
-                f"accuracy over all labels moved {overall:+.3g}: the budget holds over all labels, not per label")
+                f"samples carry it: found in {worst['before']:.4g} → {worst['after']:.4g}%), while the accuracy over "
+                f"all labels moved {overall:+.3g}: the budget holds over all labels, not per label")
     return (f"class {worst['label']} lost {drop:.3g} points on validation data ({worst['samples']} samples: "
             f"{worst['before']:.4g} → {worst['after']:.4g}%), while the accuracy over all samples moved "
             f"{overall:+.3g}: the budget holds over all samples, not per class")

@@ -224,8 +224,7 @@ class TrainingConfig:
                                            "(regression: real-valued targets, the budget in percent more error)."))
     """Data term of the ELBO: ``cross_entropy`` (classification, metric accuracy), ``binary_cross_entropy`` (a
     one-logit binary classifier, as trained with ``BCEWithLogitsLoss``: labels 0 and 1, the output the logit of
-    class 1; or a multi-label model, a logit and a 0/1 label per output, its accuracy balanced between the labels
-    that are 1 and those that are 0; chosen by
+    class 1; or a multi-label model, a logit and a 0/1 label per output, the accuracy over every label; chosen by
     itself for a model with one output and labels 0/1, and for labels that are 0/1 vectors, one per output, not
     one-hot) or ``mse`` (regression)."""
 

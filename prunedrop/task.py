@@ -38,8 +38,7 @@ def fit_task(model: nn.Module, data: DataBundle, recipe: Recipe, log: Callable[[
         if log is not None:
             log(f"the labels are vectors of 0s and 1s, one per output of the model ({num_outputs}), some with other "
                 "than a single 1: a multi-label model, trained with binary cross-entropy per output (loss: "
-                "binary_cross_entropy); its accuracy is balanced: the mean of its accuracy on the labels that are 1 "
-                "and on those that are 0")
+                "binary_cross_entropy); its accuracy counts every label of every sample")
     check_label_shape(output_shape, label_shape(data), recipe.loss)
     check_loss_targets(recipe.loss, data, num_outputs, output_shape)
     check_labels(data, num_outputs, recipe.loss)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
-from ..metrics import batch_scores, cell_metric, combine_scores, hits
+from ..metrics import NO_LABELS, batch_scores, combine_scores, hits
 from ..recipe_groups import is_classification
 
 
@@ -24,14 +24,17 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
         if is_classification(loss):
             # over every label: one per sample, or one per position of a model that predicts per position
             r, counted = hits(torch.from_numpy(out), torch.from_numpy(target), loss)
-            right, labels = right + r.sum(dim=0), labels + counted.sum(dim=0)
+            right += float(r.sum())
+            labels += float(counted.sum())
         else:
             sq_err += float(((out.astype(np.float64) - target.astype(np.float64).reshape(out.shape)) ** 2).sum())
             values += out.size
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    return cell_metric(right, labels) if is_classification(loss) else sq_err / max(values, 1)
+    if is_classification(loss) and labels == 0:
+        raise PrunedropError(NO_LABELS)
+    return 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
 
 
 def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:
