@@ -295,4 +295,4 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
 
 
 #: what the log's and the terminal's class note add: report.md holds the table
-SEE_EVERY_CLASS = " (report.md lists every class)"
+SEE_EVERY_CLASS = " (report.md lists every class, or every label of a multi-label model)"
