@@ -33,7 +33,7 @@ def class_logits(output: torch.Tensor, loss: str) -> torch.Tensor:
         # (N, 1), (N,) from a model that squeezes its last axis, or (N, 1, *positions) from one that predicts a
         # logit per position (a binary segmentation mask): the class axis is the second; (N, k) from a multi-label
         # model (a logit per label) is read as k positions of one logit each, (N, 1, k)
-        if output.dim() == 2 and output.shape[1] > 1:
+        if multi_label(output, loss):
             logit = output.unsqueeze(1)
         else:
             logit = output.reshape(output.shape[0], 1) if output.dim() <= 2 else output
@@ -50,6 +50,18 @@ def correct(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tens
     if target.shape != predicted.shape and target.numel() == predicted.numel():
         target = target.reshape(predicted.shape)  # (N, 1, H, W) masks against (N, H, W) predictions
     return predicted == target
+
+
+def multi_label(output: torch.Tensor, loss: str) -> bool:
+    """Whether ``output`` is a multi-label model's: binary cross-entropy of a (N, k) logit per label, k > 1."""
+    return loss == "binary_cross_entropy" and output.dim() == 2 and output.shape[1] > 1
+
+
+def label_accuracy(right: float, labels: float) -> float:
+    """The accuracy in % from the labels predicted and the labels counted over a split (:func:`hits`)."""
+    if labels == 0:
+        raise PrunedropError(NO_LABELS)
+    return 100.0 * right / labels
 
 
 def hits(output: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,13 +111,13 @@ def data_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Te
     or mean squared error for regression. Labels :data:`IGNORED` count in neither mean (a batch of nothing but
     them gives 0, with the graph's gradient: zero)."""
     if loss == "cross_entropy":
-        if target.numel() and not bool(labelled(target).any()):
-            return output.sum() * 0.0  # torch's own mean over no labels is 0/0
-        return F.cross_entropy(output, target)  # ignore_index=-100 (IGNORED) by default
+        # torch's mean over the labels not IGNORED (its default ignore_index), bit for bit, without its 0/0 where
+        # there are none, and without asking the device whether there are (one synchronisation per step)
+        return F.cross_entropy(output, target, reduction="sum") / labelled(target).sum().clamp(min=1)
     if loss == "binary_cross_entropy":
         target = target.reshape(output.shape)
         counted = labelled(target)
-        if bool(counted.all()):
+        if bool(counted.all()):  # torch's own mean, whose gradient differs in the last bits from the sum's
             return F.binary_cross_entropy_with_logits(output, target.to(output.dtype))
         each = F.binary_cross_entropy_with_logits(output, target.clamp(min=0).to(output.dtype), reduction="none")
         return (each * counted).sum() / counted.sum().clamp(min=1)
@@ -150,9 +162,7 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
         total += n
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    if is_classification(loss) and labels == 0:
-        raise PrunedropError(NO_LABELS)
-    metric = 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
+    metric = label_accuracy(right, labels) if is_classification(loss) else sq_err / max(values, 1)
     return {"loss": loss_sum / total, metric_name(loss): metric}
 
 
@@ -256,7 +266,7 @@ def position_class_changes(before: nn.Module, after: nn.Module, loader: Any, *, 
         for out, y in _outputs(model, loader, device):
             hit = correct(out, y, loss)
             y = y.reshape(hit.shape)
-            tags = loss == "binary_cross_entropy" and out.dim() == 2 and out.shape[1] > 1
+            tags = multi_label(out, loss)
             if tags:  # the positives of each label, named by its output's index
                 positive = y == 1
                 hit = hit[positive]

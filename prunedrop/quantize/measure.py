@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunedropError
-from ..metrics import NO_LABELS, batch_scores, combine_scores, hits
+from ..metrics import batch_scores, combine_scores, hits, label_accuracy
 from ..recipe_groups import is_classification
 
 
@@ -32,9 +32,7 @@ def evaluate_onnx(path: str | Path, loader: Iterable[Any], *, loss: str = "cross
         total += len(target)
     if total == 0:
         raise PrunedropError("the evaluation data is empty")
-    if is_classification(loss) and labels == 0:
-        raise PrunedropError(NO_LABELS)
-    return 100.0 * right / labels if is_classification(loss) else sq_err / max(values, 1)
+    return label_accuracy(right, labels) if is_classification(loss) else sq_err / max(values, 1)
 
 
 def onnx_sample_scores(path: str | Path, loader: Iterable[Any], *, loss: str = "cross_entropy") -> torch.Tensor:
