@@ -403,11 +403,12 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                 if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
                     continue
                 why = reason
-                if why is None and analysis.blocks and node not in blocks:
-                    blocks[node] = feeds_pixel_shuffle(node)
-                if why is None and analysis.blocks and (size := blocks[node]):
-                    why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block one "
-                           "channel), and unit noise prunes them one by one, seldom a whole block")
+                if why is None and analysis.blocks:
+                    if node not in blocks:
+                        blocks[node] = feeds_pixel_shuffle(node)
+                    if size := blocks[node]:
+                        why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block "
+                               "one channel), and unit noise prunes them one by one, seldom a whole block")
                 if why is None:
                     free.add(analysis.name(node))
                 else:
