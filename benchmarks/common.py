@@ -90,15 +90,19 @@ def dense_model(arch: str, data: str, epochs: int, cache: Path | None, *, seed: 
 # ------------------------------------------------------------------------------------------------ rows
 
 
-def record_compress(cmd: list[str], out: Path, keys: tuple[str, ...], result: Path) -> None:
+def record_compress(cmd: list[str], out: Path, keys: tuple[str, ...], result: Path, *, trajectory: bool = True
+                    ) -> None:
     """Run ``cmd`` (``python -m prunedrop compress … -o out``) from the repository root, then write ``result``: the
-    command lines, the machine, the wall time and the report's ``keys``."""
+    command lines, the machine, the wall time and the report's ``keys`` (without the autopilot's trajectory of β,
+    hundreds of kilobytes that stay in the run's report.json, where ``trajectory`` is false)."""
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     report = json.loads((out / "report.json").read_text())
     record = {"command": command_line(), "compress": " ".join(cmd[1:]), "machine": cpu_model(), "wall_s": round(wall),
               "report": {k: report.get(k) for k in keys}}
+    if not trajectory and isinstance(record["report"].get("autopilot"), dict):
+        record["report"]["autopilot"] = {k: v for k, v in record["report"]["autopilot"].items() if k != "trajectory"}
     atomic_write_text(result, json.dumps(record, indent=1) + "\n")
     print(f"wrote {result}", file=sys.stderr)
 
@@ -130,11 +134,7 @@ def compress_task(name: str, arch: str, make_data: Callable[[Path], None], train
     out = ROOT / "runs" / f"{name}-{args.tag}"
     cmd = [sys.executable, "-m", "prunedrop", "compress", rel(dense), "--arch", arch, "--data", f"npz:{rel(data)}",
            "-o", rel(out), "--overwrite", *(["--recipe", rel(args.recipe)] if args.recipe is not None else [])]
-    result = RESULTS / f"{name}-{args.tag}.json"
-    record_compress(cmd, out, TASK_KEYS, result)
-    record = json.loads(result.read_text())  # β's trajectory (hundreds of kilobytes) stays in the run's report.json
-    (record["report"].get("autopilot") or {}).pop("trajectory", None)
-    atomic_write_text(result, json.dumps(record, indent=1) + "\n")
+    record_compress(cmd, out, TASK_KEYS, RESULTS / f"{name}-{args.tag}.json", trajectory=False)
 
 
 def architecture(model: nn.Module, example: torch.Tensor) -> dict:
