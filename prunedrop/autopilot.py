@@ -356,6 +356,9 @@ class Check:
     """Which constraint held β back at this check: ``budget``, ``target`` or None."""
     discount: float | None = None
     """The plain-training transient taken off the measured drop at this check (see ``prunedrop.train``)."""
+    kl: float | None = None
+    """The mean KL (the noise's description length, weighted as trained) over the training steps since the last
+    check: it falls as the noise grows, and rises as it shrinks."""
 
 
 @dataclass

@@ -95,6 +95,17 @@ class Pilot:
         processes)."""
         self.rewound: tuple[int, int] | None = None
         """(the step the phase ended at, the step it went back to), once :meth:`rewind` has."""
+        self.kl_sum, self.kl_steps = 0.0, 0
+        """The training KL summed over the steps since the last check (:meth:`note_kl`)."""
+        self.overfit_backoffs = 0
+        """Learning-rate back-offs of :meth:`_overfitting`: the weights' training, not the noise, cost accuracy."""
+        self.given: dict[str, torch.Tensor] | None = None
+        """A CPU copy of the variational model's state before the first step (:meth:`start`, where
+        :attr:`keeps_copies`): what an overfitting back-off starts again from."""
+        self.reset_optimizer: Callable[[], None] = lambda: None
+        """Clears the optimizer's moments (set by :func:`prunedrop.train.finetune`)."""
+        self.restarts: list[int] = []
+        """The steps at which the phase started again from :attr:`given` at a lower rate."""
 
     def _val_metric(self, model: nn.Module | None = None) -> float:
         """The metric on the samples every check uses: the validation samples (at most ``check_samples``), then
@@ -145,6 +156,8 @@ class Pilot:
         c = self.controller
         if self.reference is not None or c.max_drop is None:
             return
+        if self.keeps_copies:
+            self.given = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.reference = self._val_metric()
         if is_classification(self.recipe.loss):  # an mse drop is continuous: no sample has a weight of its own
             if 100.0 / max(self.checked_samples, 1) > c.aim:
@@ -257,6 +270,8 @@ class Pilot:
             c.smoothed_drop = None
         record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
         record.discount = discount
+        record.kl = self.kl_sum / self.kl_steps if self.kl_steps else None
+        self.kl_sum, self.kl_steps = 0.0, 0
         if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop <= c.max_drop \
                 and self.keeps_copies:
             state = self.model.state_dict()
@@ -281,6 +296,58 @@ class Pilot:
             self.last_backoff = (step, c.smoothed_drop)
             self.log(f"autopilot: over the budget at step {step} with β at {record.beta:.3g}, no higher than it "
                      f"started; the weights' learning rate × {self.lr_scale:g}")
+        elif self.lr_scale > LR_SCALE_MIN and self._backoff_waited(step):
+            window = self._overfitting()
+            if window is not None:
+                first, last = window
+                self.lr_scale = max(LR_SCALE_MIN, self.lr_scale / 2)
+                self.last_backoff = (step, c.smoothed_drop)
+                self.overfit_backoffs += 1
+                again = ""
+                if self.given is not None:
+                    # the steps at the larger rate have overfitted the weights: start again from the given ones
+                    self.model.load_state_dict(self.given)
+                    self.reset_optimizer()
+                    c.log_beta, c.smoothed_drop = math.log(autopilot.BETA_START), None
+                    self.restarts.append(step)
+                    again = f"; back to the given weights, β {autopilot.BETA_START:g}"
+                self.log(f"autopilot: over the budget at step {step}, and from step {first.step} the validation drop "
+                         f"rose {first.drop:.3g} → {last.drop:.3g} while the noise did not grow (KL "
+                         f"{first.kl:.4g} → {last.kl:.4g}) and nothing more was pruned: training the weights at this "
+                         f"rate costs accuracy (a model trained past its best overfits), not the noise; the weights' "
+                         f"learning rate × {self.lr_scale:g}{again}")
+
+    def note_kl(self, kl: float) -> None:
+        """One training step's KL (as trained, with its layer factors), for the next check's ``kl``."""
+        self.kl_sum += kl
+        self.kl_steps += 1
+
+    def _overfitting(self) -> tuple[autopilot.Check, autopilot.Check] | None:
+        """The first and last of the last :data:`OVERFIT_CHECKS` checks, where they show the weights' training
+        costing accuracy with the noise not to blame; else None. Over the budget (smoothed), all after the last
+        learning-rate back-off and past the probe's window, and across them: the measured drop rose and the KL
+        rose (the noise shrank), each the slope of a line at least :data:`OVERFIT_T` standard errors above 0; the
+        kept fraction moved by at most a factor :data:`OVERFIT_KEPT` (nothing more was pruned). β cannot answer that: backing it off shrinks the
+        noise, and the drop still grows. A padded tagger trained 10 epochs past its best validation epoch
+        (BENCHMARKS.md, twenty-fourth section) lost 1.2 points with nothing pruned under sbp's noise at the
+        recipe's rate, and 4.5 once β had backed off to its floor; at a tenth of the rate its validation accuracy
+        rose while β climbed."""
+        c = self.controller
+        if c.max_drop is None or c.smoothed_drop is None or c.smoothed_drop <= c.max_drop:
+            return None
+        since = self.last_backoff[0] if self.last_backoff is not None else -1
+        window = [k for k in c.checks[-OVERFIT_CHECKS:] if k.step > since and not self._in_probe_window(k.step)]
+        if len(window) < OVERFIT_CHECKS or any(k.kl is None or k.kept_fraction is None or k.drop is None
+                                               for k in window):
+            return None
+        kept = [float(k.kept_fraction) for k in window]  # type: ignore[arg-type]
+        if max(kept) > OVERFIT_KEPT * min(kept):
+            return None
+        if _slope_t([float(k.kl) for k in window]) < OVERFIT_T:  # type: ignore[arg-type]
+            return None
+        if _slope_t([float(k.drop) for k in window]) < OVERFIT_T:  # type: ignore[arg-type]
+            return None
+        return window[0], window[-1]
 
     @functools.cached_property
     def keeps_copies(self) -> bool:
@@ -360,7 +427,9 @@ class Pilot:
                 "probe_steps": self.probe_steps, "probe_lr": self.probe_lr,
                 "resolution": self.controller.resolution,
                 "train_samples": self.train_samples, "check_samples": self.check_samples,
-                "rewound": None if self.rewound is None else list(self.rewound)}
+                "rewound": None if self.rewound is None else list(self.rewound),
+                "kl_partial": [self.kl_sum, self.kl_steps], "overfit_backoffs": self.overfit_backoffs,
+                "restarts": list(self.restarts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
@@ -378,11 +447,16 @@ class Pilot:
         self.announced_backoffs = self.controller.backoffs
         rewound = state.get("rewound")
         self.rewound = None if rewound is None else (int(rewound[0]), int(rewound[1]))
+        kl_sum, kl_steps = state.get("kl_partial") or (0.0, 0)
+        self.kl_sum, self.kl_steps = float(kl_sum), int(kl_steps)
+        self.overfit_backoffs = int(state.get("overfit_backoffs", 0))
+        self.restarts = [int(s) for s in state.get("restarts", [])]
 
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
+                   overfit_backoffs=self.overfit_backoffs, restarts=list(self.restarts),
                    transient=self.transient, probe_steps=self.probe_steps, probe_lr=self.probe_lr,
                    check_samples={"validation": self.checked_samples - self.checked_train,
                                   "training": self.checked_train},
@@ -409,6 +483,11 @@ PROBE_LR_STEP = 0.25
 TRANSIENT_CAP = 2.0
 #: checks between two learning-rate back-offs (each waits for the effect of the last)
 LR_BACKOFF_WAIT_CHECKS = 3
+#: :meth:`Pilot._overfitting` reads this many checks after the last learning-rate back-off; the slopes of the measured
+#: drop and of the KL over them must be OVERFIT_T standard errors above 0, the kept fraction within a factor OVERFIT_KEPT
+OVERFIT_CHECKS = 16
+OVERFIT_T = 3.0
+OVERFIT_KEPT = 1.01
 #: :meth:`Pilot.rewind` keeps a copy of models whose state is at most this many bytes (CPU memory)
 REWIND_MAX_BYTES = 2 * 1024**3
 #: the weights' learning rate is backed off only where the probe measured plain training at it costing at least
@@ -424,3 +503,19 @@ def check_samples(check_every: int, batch_size: int) -> int:
     noise draws or backward, about a third of a training step per sample, so counting CHECK_SHARE × the samples
     trained on between two checks costs about a sixth of that training."""
     return int(min(CHECK_SAMPLES_MAX, max(CHECK_SAMPLES, CHECK_SHARE * check_every * batch_size)))
+
+
+def _slope_t(values: list[float]) -> float:
+    """The least-squares slope of ``values`` against their index, in standard errors (t statistic); inf for a
+    rising line with no scatter, 0 for a flat or falling one."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    mx, my = (n - 1) / 2.0, sum(values) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    slope = sum((i - mx) * (v - my) for i, v in enumerate(values)) / sxx
+    if slope <= 0:
+        return 0.0
+    residual = sum((v - my - slope * (i - mx)) ** 2 for i, v in enumerate(values)) / (n - 2)
+    se = math.sqrt(residual / sxx)
+    return math.inf if se == 0 else slope / se

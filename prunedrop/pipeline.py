@@ -125,7 +125,7 @@ def compress(
     if baseline is None:
         distributed.barrier()  # this rank waits for rank 0
         return CompressResult(model=converted.model.cpu().eval(), report={}, out_dir=folder.path, files={})
-    recipe = with_finetune_rate(recipe, data, log)
+    recipe = with_finetune_rate(recipe, data, log, trained.train.autopilot)
     selection = select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
     pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned, data=data)
     tuned = selection.finetuned

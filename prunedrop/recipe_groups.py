@@ -261,7 +261,9 @@ class FinetuneConfig:
     that rate where the budget is judged after the fine-tuning (each probe's fine-tuned model is measured against
     it, and the fine-tuning must win back what a lower threshold cost), 0.3 of it elsewhere (threshold judged before
     the fine-tuning, fixed β), where nothing would see the accuracy Adam at the full rate first costs a converged
-    network. So a model given a small ``lr`` (a delicate pretrained network) is fine-tuned gently too."""
+    network. So a model given a small ``lr`` (a delicate pretrained network) is fine-tuned gently too. Where the
+    autopilot found training at ``lr`` overfitting the model (a model trained past its best), the rate it backed
+    off to (docs/autopilot.md)."""
 
     finetune_batchnorm: bool = setting(False)
     """Noise-free fine-tuning with BatchNorm: every convolution that no BatchNorm follows (BatchNorms are folded into

@@ -581,6 +581,7 @@ def finetune(
     if pilot is not None:
         factors = pilot.factors
         pilot.weights_lr = lambda: float(optimizer.param_groups[0]["lr"])
+        pilot.reset_optimizer = optimizer.state.clear
         if not (resume and checkpoint_path is not None and Path(checkpoint_path).exists()):
             with _StopRequests() as requests:
                 pilot.start(interrupted=lambda: requests.requested)
@@ -607,6 +608,8 @@ def finetune(
         loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
         # one device synchronisation for the three logged values, not one each
         loss_v, data_v, kl_v = torch.stack([loss.detach(), data_term.detach(), kl.detach()]).tolist()
+        if pilot is not None:
+            pilot.note_kl(kl_v)
         return loss, {"loss": loss_v, "data_loss": data_v, "kl": kl_v, "beta": beta}
 
     def epoch_stats() -> dict[str, float]:

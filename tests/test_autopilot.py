@@ -612,6 +612,62 @@ def test_the_learning_rate_is_backed_off_only_where_the_probe_measured_it_costin
     assert (p.lr_scale < 1.0) == halves
 
 
+@pytest.mark.parametrize("rise, kl_step, kept_step, halves", [
+    (0.1, 1.0, 0.0, True),     # worse at every check while the noise shrinks and nothing more is pruned: training
+    (0.1, -1.0, 0.0, False),   # the noise grows: it may be what costs
+    (0.1, 1.0, -0.002, False),  # weights keep going: so may the pruning
+    (0.0, 1.0, 0.0, False),    # over the budget but no worse: β's back-off is still at work
+])
+def test_the_learning_rate_is_backed_off_where_training_not_the_noise_costs_accuracy(
+        rise: float, kl_step: float, kept_step: float, halves: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model trained past its best (the probe measured no cost of plain training: the first epochs even gain)
+    overfits as training goes on; backing β off cannot answer, so the weights' rate is halved, said, counted, the
+    phase starts again from the given weights with fresh moments and β at its start, and the noise-free fine-tuning
+    follows the rate."""
+    from prunedrop import pilot
+    from prunedrop.stages import with_finetune_rate
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    logs: list[str] = []
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=logs.append)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient, p.probe_lr = 90.0, pilot.PROBE_CHECKS * every, 0.0, recipe.lr
+    p.given = {name: v.clone() for name, v in model.state_dict().items()}
+    resets: list[int] = []
+    p.reset_optimizer = lambda: resets.append(1)
+    weight = next(model.parameters())
+    with torch.no_grad():
+        weight.add_(1.0)  # the weights the steps at the larger rate left
+    k = {"check": 0}
+    monkeypatch.setattr(p, "_val_metric", lambda model=None: 90.0 - 1.5 - rise * k["check"])
+    monkeypatch.setattr(pilot, "kept_fraction", lambda model: 0.9 + kept_step * k["check"])
+    for k["check"] in range(1, pilot.PROBE_CHECKS + pilot.OVERFIT_CHECKS + 2):
+        for _ in range(every):
+            p.note_kl(500.0 + kl_step * k["check"])
+        p.on_step(k["check"] * every)
+    assert (p.lr_scale < 1.0) == halves, logs
+    assert (p.overfit_backoffs > 0) == halves
+    assert (len(p.restarts) == len(resets) == p.overfit_backoffs)
+    assert torch.equal(weight, p.given[next(iter(p.given))]) == halves  # back to the given weights, or left alone
+    if halves:
+        restart = [c.step for c in p.controller.checks].index(p.restarts[0])
+        assert p.controller.checks[restart + 1].beta > p.controller.checks[restart].beta  # from β's start again
+    assert any("costs accuracy (a model trained past its best overfits)" in line for line in logs) == halves
+    assert p.controller.checks[-1].kl == pytest.approx(500.0 + kl_step * k["check"])
+    null = Recipe(**{**_QUICK, "finetune_lr": None}, max_metric_drop=1.0)  # the rate left to prunedrop
+    fine = with_finetune_rate(null, data, logs.append, p.summary())
+    assert fine.finetune_lr == pytest.approx(null.finetune_rate(verified=null.budget_judges_finetuned(
+        data.num_val)) * p.lr_scale)
+    assert with_finetune_rate(recipe, data, logs.append, p.summary()).finetune_lr == recipe.finetune_lr  # given
+    # a resumed run keeps the count (the fine-tuning's rate depends on it) and the KL of a check half done
+    p.note_kl(7.0)
+    q = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    q.load_state_dict(p.state_dict())
+    assert (q.overfit_backoffs, q.kl_sum, q.kl_steps) == (p.overfit_backoffs, 7.0, 1)
+
+
 def test_a_check_measures_a_batchnorm_network_with_statistics_of_its_weights_of_now() -> None:
     from torch import nn
 
@@ -669,6 +725,10 @@ def test_the_log_line_says_why_beta_ended_where_it_did() -> None:
     assert "back to its state" not in line
     rewound = autopilot_line({**held, "rewound": {"ended_at": 1100, "back_to": 500}})
     assert rewound.endswith("then back to its state at step 500 (within the budget)")
+    assert "overfitted" not in line
+    again = autopilot_line({**held, "overfit_backoffs": 2, "lr_scale": 0.25, "restarts": [400, 900]})
+    assert "the weights' learning rate × 0.25 (training at the larger rate overfitted the model; started again " \
+        "from the given weights at step 400, 900)" in again
 
 
 def test_the_aim_is_half_the_budget_and_a_coarse_validation_set_borrows_training_samples(tmp_path: Path) -> None:

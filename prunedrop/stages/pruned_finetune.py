@@ -148,20 +148,27 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
                            timings={"masked_finetune_s": time.perf_counter() - t0}, discarded=discarded)
 
 
-def with_finetune_rate(recipe: Recipe, data: DataBundle, log: Callable[[str], None]) -> Recipe:
+def with_finetune_rate(recipe: Recipe, data: DataBundle, log: Callable[[str], None],
+                       autopilot: dict[str, Any] | None = None) -> Recipe:
     """``recipe`` with its noise-free fine-tuning's learning rate decided (:meth:`Recipe.finetune_rate`). A null
     ``finetune_lr`` becomes the weights' ``lr`` where the budget is judged after the fine-tuning, each probe's
     fine-tuned model measured against it, and :data:`~prunedrop.recipes.GENTLE_FINETUNE` of it elsewhere. The
-    autopilot's back-off of the weights' rate is not applied: it answers the noisy phase near β's floor, and a
-    pruned model's fine-tuning has to win back what pruning cost. Logged where a fine-tuning follows; the report
-    records the rate."""
+    autopilot's back-off of the weights' rate (``autopilot``: the variational phase's summary) is applied only where
+    it found the weights' training itself costing accuracy with the noise not to blame (``overfit_backoffs``:
+    a model trained past its best, which a fine-tuning at the recipe's rate overfits further); its other back-off
+    answers the noisy phase near β's floor, and a pruned model's fine-tuning has to win back what pruning cost.
+    Logged where a fine-tuning follows; the report records the rate."""
     if recipe.finetune_lr is not None:
         return recipe
     verified = recipe.budget_judges_finetuned(data.num_val)
     rate = recipe.finetune_rate(verified=verified)
+    why = "the weights' learning rate: the budget is judged after it" if verified else \
+        f"the weights' learning rate × {GENTLE_FINETUNE:g}: no probe judges the fine-tuned model against the budget"
+    if autopilot and autopilot.get("overfit_backoffs") and float(autopilot.get("lr_scale", 1.0)) < 1.0:
+        scale = float(autopilot["lr_scale"])
+        rate *= scale
+        why += f"; × {scale:g}, where the variational phase found training at the recipe's rate overfitting the model"
     if recipe.finetune_epochs_for(data.num_train) > 0:
-        why = "the weights' learning rate: the budget is judged after it" if verified else \
-            f"the weights' learning rate × {GENTLE_FINETUNE:g}: no probe judges the fine-tuned model against the budget"
         log(f"noise-free fine-tuning at learning rate {rate:g} ({why})")
     return recipe.replace(finetune_lr=rate)
 

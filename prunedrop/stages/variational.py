@@ -61,6 +61,11 @@ def autopilot_line(summary: dict[str, Any]) -> str:
         parts.append("β still rising when training ended (more epochs would compress more)")
     if summary["bound"] != "none":
         parts.append(f"bound by the {summary['bound']}")
+    restarts = summary.get("restarts") or []
+    if summary.get("overfit_backoffs"):
+        parts.append(f"the weights' learning rate × {summary.get('lr_scale', 1.0):g} (training at the larger rate "
+                     "overfitted the model" + (f"; started again from the given weights at step "
+                                               f"{', '.join(str(s) for s in restarts)})" if restarts else ")"))
     rewound = summary.get("rewound")
     if rewound:  # the last check describes where the phase ended, not the state it went back to
         parts.append(f"then back to its state at step {rewound['back_to']} (within the budget)")
