@@ -137,7 +137,15 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .pipeline import compress as run_compress
     from .recipes import DEFAULT_CHANGED, KEYS_ADDED, RUN_DECIDES, Recipe, load_recipe
     from .report import format_table
-    from .runfolder import RunFolderLock, prepare_output_dir, read_run_info, run_identity, start_run
+    from .runfolder import (
+        RunFolderLock,
+        check_inputs_kept,
+        prepare_output_dir,
+        read_run_info,
+        run_identity,
+        run_inputs,
+        start_run,
+    )
     from .safety import check_finite_weights, check_latency_batches, check_output_folder
     from .storage import load_model, parse_arch_kwargs
     from .task import fit_task
@@ -152,6 +160,9 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     if is_main():
         lock.acquire_if_exists()
     out_dir = prepare_output_dir(output, overwrite=overwrite, resume=resume) if is_main() else Path(output)
+    # no file the run writes (or --overwrite clears) may be one of its inputs: refused before anything is loaded
+    check_inputs_kept(out_dir, run_inputs(model, arch=arch, data_spec=data_spec, data_dir=data_dir,
+                                          recipe_path=recipe_path))
     barrier()
     if resume:
         previous = read_run_info(out_dir).get("recipe")
@@ -308,6 +319,18 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     from .report import compare_reports, format_table, load_report
 
     reports = [load_report(d) for d in run_dirs]
+    if render and len(run_dirs) == 1:
+        from .runfolder import PLOTS, REPORT_MD, RunFolder, check_inputs_kept, run_inputs_of
+
+        folder = RunFolder(run_dirs[0])
+        try:
+            info = folder.read_info()
+        except PrunedropError:
+            info = {}  # a report without its run.json: nothing recorded to protect
+        # report.md and the plots are rewritten: never over one of the run's inputs
+        check_inputs_kept(folder.path, run_inputs_of(info), option="report",
+                          written=[folder.path / REPORT_MD, *(p for p in folder.written_files()
+                                                              if p.parent == folder.path / PLOTS)])
     try:  # a hand-edited report.json with a wrong value somewhere: one line, not a traceback
         if len(reports) > 1:
             click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))

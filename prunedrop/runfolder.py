@@ -7,7 +7,9 @@
   loaded data, recorded in ``run.json``; ``--resume`` (and ``export``) refuse inputs that differ from the run's,
   before any file is written.
 - :class:`RunFolderLock`: one ``compress`` at a time per output folder (an advisory ``flock`` on the folder).
-- :func:`export_protected_files`: the files a run depends on, which ``export -o`` must never replace.
+- :func:`export_protected_files`: the files a run depends on, which ``export -o`` must never replace;
+  :func:`run_inputs` and :func:`check_inputs_kept`: no file a run writes or ``--overwrite`` clears may be one of
+  its inputs (model, recipe, data, the --arch and ``python:`` data modules).
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ class RunFolder:
         return [self.variational_checkpoint, self.masked_checkpoint, self.quantized_onnx,
                 *self.path.glob("checkpoint-masked-t*.pt"), self.report_json, self.report_md, self.model_onnx,
                 self.model_pt, self.architecture_json, self.original_onnx, *(self.path / PLOTS).glob("*.png")]
+
+    def written_files(self) -> list[Path]:
+        """Every file of the folder that a run writes, replaces or (``--overwrite``) deletes: run.json and
+        :meth:`stale_files`, with any .png in plots/ (whatever the letter case of its suffix)."""
+        plots = self.path / PLOTS
+        try:
+            pngs = [p for p in plots.iterdir() if p.suffix.lower() == ".png"] if plots.is_dir() else []
+        except OSError:
+            pngs = []
+        return list(dict.fromkeys([self.run_info, *self.stale_files(), *pngs]))
 
     def read_info(self) -> dict[str, Any]:
         """``run.json``, checked (:func:`check_run_info`)."""
@@ -425,18 +437,85 @@ def _files_in(path: Path, depth: int = 2) -> list[Path]:
 
 def export_protected_files(run_dir: str | os.PathLike[str], info: Mapping[str, Any]) -> list[Path]:
     """The files ``export -o`` must not replace: everything in the run folder (checkpoints, run.json, reports,
-    model files, plots), the original model (file, or save_model folder) and the data files the run names."""
-    run_dir = Path(run_dir)
-    files = _files_in(run_dir)
-    model_path = info.get("model_path")
-    if isinstance(model_path, str):
-        files += _files_in(Path(model_path), depth=1)
-    spec = info.get("data")
-    if isinstance(spec, str):
-        kind, _, arg = spec.partition(":")
-        if kind.strip().lower() in ("npz", "idx") and arg.strip():
-            files += _files_in(Path(arg.strip()), depth=1)
-    data_dir = info.get("data_dir")
-    if isinstance(data_dir, str):
-        files += _files_in(Path(data_dir), depth=1)
+    model files, plots), and every input the run names (:func:`run_inputs`): the original model (file, or
+    save_model folder), the data's files, the --arch module's and a ``python:`` data module's source files."""
+    files = _files_in(Path(run_dir))
+    for _, path, kind in run_inputs_of(info):
+        files += _files_in(path, depth=_INPUT_DEPTH.get(kind, 1))
     return files
+
+
+# ------------------------------------------------------------------------------------------ inputs kept
+
+#: how deep the files of an input folder lie (an image folder: [train/]class/image)
+_INPUT_DEPTH = {"imagefolder": 3, "hf": 2}
+
+
+def run_inputs(model_path: str | os.PathLike[str] | None, *, arch: str | None, data_spec: str | None,
+               data_dir: str | os.PathLike[str] | None = None,
+               recipe_path: str | os.PathLike[str] | None = None) -> list[tuple[str, Path, str]]:
+    """(what, path, kind) of every file or folder a run reads: the model (file or save_model folder), the recipe,
+    the --arch module's source files, the data's file or folder (``npz:``, ``csv:``, ``idx:``, ``imagefolder:``,
+    ``hf:``, ``--data-dir``) and a ``python:`` data module's files. ``kind`` is the data spec's kind for data, else
+    ``model``, ``recipe`` or ``module``. A malformed spec contributes nothing (its loader reports it)."""
+    from .data.spec import parse_spec
+    from .safety import module_files
+
+    out: list[tuple[str, Path, str]] = []
+    if model_path is not None:
+        out.append(("the model", Path(model_path).expanduser(), "model"))
+    if recipe_path is not None:
+        out.append(("the recipe", Path(recipe_path).expanduser(), "recipe"))
+    if isinstance(arch, str) and ":" in arch and arch.partition(":")[0].strip() != "timm":
+        out += [("the --arch module", f, "module") for f in module_files(arch.partition(":")[0].strip())]
+    if isinstance(data_spec, str):
+        try:
+            kind, arg = parse_spec(data_spec)
+        except PrunedropError:
+            kind, arg = "", ""
+        if kind == "python":
+            out += [("the data module", f, "module") for f in module_files(arg.partition(":")[0])]
+        elif arg:
+            out.append(("the data", Path(arg).expanduser(), kind))
+    if data_dir is not None:
+        out.append(("the --data-dir", Path(data_dir).expanduser(), "idx"))
+    return out
+
+
+def run_inputs_of(info: Mapping[str, Any]) -> list[tuple[str, Path, str]]:
+    """:func:`run_inputs` of the run that ``info`` (its run.json) records (the recipe file is not recorded)."""
+    def text(key: str) -> str | None:
+        value = info.get(key)
+        return value if isinstance(value, str) and value.strip() and "\x00" not in value else None
+
+    return run_inputs(text("model_path"), arch=text("arch"), data_spec=text("data"), data_dir=text("data_dir"))
+
+
+def check_inputs_kept(out_dir: str | os.PathLike[str], inputs: list[tuple[str, Path, str]], *,
+                      written: list[Path] | None = None, option: str = "-o") -> None:
+    """Refuse, before anything is written, a run folder whose writing would replace or delete one of the run's
+    ``inputs`` (:func:`run_inputs`): a file of the folder that the run writes or ``--overwrite`` clears
+    (``written``, by default :meth:`RunFolder.written_files`) that is an input file, or lies in an input folder;
+    and a folder that is an input folder itself, or lies inside an image folder (it would become a class).
+    Paths are compared by device and inode, so that links, ``..`` and letter case hide nothing."""
+    from .safety import lies_within, same_entry
+
+    folder = RunFolder(out_dir)
+    existing = [p for p in (folder.written_files() if written is None else written) if os.path.lexists(p)]
+    for what, path, kind in inputs:
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            inside = "" if same_entry(folder.path, path) else "inside " if (
+                kind == "imagefolder" and lies_within(folder.path, path)) else None
+            if inside is not None:
+                raise PrunedropError(f"{option} {folder.path} is {inside}{what} folder {path}: the run's files would "
+                                     f"mix into it; choose another {option}")
+            hit = next((p for p in existing if lies_within(p, path)), None)
+        else:
+            hit = next((p for p in existing if same_entry(p, path)), None)
+        if hit is not None:
+            advice = (f"choose another {option}, or move the input out of the folder" if option == "-o" else
+                      "move the input out of the run folder")
+            raise PrunedropError(f"{option} {folder.path}: the run would replace {what} {path} (it writes "
+                                 f"{hit.relative_to(folder.path)} there); {advice}")

@@ -2,7 +2,9 @@
 
 - :func:`import_user_module`: the only way prunedrop imports a module the user names (``--arch``,
   ``--data python:``); only that module may come from the current folder, which is never put on ``sys.path``.
-- :func:`check_output_file`: the one check of a file path prunedrop is asked to write (``export -o``).
+- :func:`check_output_file`: the one check of a file path prunedrop is asked to write (``export -o``);
+  :func:`same_entry`, :func:`lies_within` and :func:`module_files` tell whether an output would replace an input
+  (:func:`prunedrop.runfolder.check_inputs_kept`).
 - :func:`load_yaml_file` / :func:`load_json_file` / :func:`check_nesting`: what a small file may make
   prunedrop allocate: bounded size, bounded nesting, no YAML aliases.
 - :func:`check_finite_weights`: a model with NaN or inf weights is refused when it is loaded.
@@ -80,11 +82,80 @@ def _load_from_current_folder(top: str, *, what: str) -> None:
         raise
 
 
+def module_files(module_name: str) -> list[Path]:
+    """The source files that the module ``module_name`` comes from (the module's and its packages'
+    ``__init__.py``), found as :func:`import_user_module` would find them but without importing anything: the
+    files a run depends on, which no output may replace. A name that cannot be found gives what was found of it."""
+    import importlib.machinery
+
+    parts = module_name.split(".")
+    if not module_name or not all(part.isidentifier() for part in parts):
+        return []
+    files: list[Path] = []
+    locations: list[str] | None = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        module = sys.modules.get(name)
+        try:
+            if module is not None:
+                origin, search = getattr(module, "__file__", None), getattr(module, "__path__", None)
+            else:
+                if i == 0:
+                    spec = importlib.util.find_spec(name)  # a top-level name: nothing is imported to find it
+                    if spec is None:
+                        spec = importlib.machinery.PathFinder.find_spec(name, [os.getcwd()])
+                else:
+                    spec = importlib.machinery.PathFinder.find_spec(name, locations)
+                if spec is None:
+                    break
+                origin = spec.origin if spec.has_location else None
+                search = spec.submodule_search_locations
+        except (Exception, SystemExit):  # a broken finder or package: the import itself reports it
+            break
+        if isinstance(origin, str) and os.path.isfile(origin):
+            files.append(Path(origin))
+        if search is None:
+            break
+        locations = list(search)
+    return files
+
+
 # ------------------------------------------------------------------------------------------ output paths
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def same_entry(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether writing or deleting ``a`` would replace or delete ``b``: the same directory entry, or the same file
+    (by device and inode, so that links, ``..`` and the letter case of a case-insensitive file system hide nothing)."""
+    try:
+        if _same_file(os.lstat(a), os.lstat(b)):
+            return True
+        return _same_file(os.stat(a), os.stat(b))
+    except (OSError, ValueError):
+        return False
+
+
+def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the folder ``folder`` or lies under it, compared by device and inode (links, ``..``
+    and letter case hide nothing); ``path`` need not exist."""
+    try:
+        target = os.stat(folder)
+    except (OSError, ValueError):
+        return False
+    if not stat.S_ISDIR(target.st_mode):
+        return False
+    path = Path(path)
+    for start in {Path(os.path.realpath(path.parent)) / path.name, Path(os.path.realpath(path))}:
+        for q in (start, *start.parents):
+            try:
+                if _same_file(os.stat(q), target):
+                    return True
+            except (OSError, ValueError):
+                continue
+    return False
 
 
 def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protected: Iterable[Path] = (),
@@ -136,7 +207,7 @@ def _refuse_protected(path: Path, st: os.stat_result | None, protected: Iterable
             pst = None
         if os.path.realpath(p) == target or (st is not None and pst is not None and _same_file(st, pst)):
             raise PrunedropError(f"{option} {path} is {p.name}, which the run needs (its checkpoint, record, "
-                                 "report, model or data); choose another path")
+                                 "report, model, data or module); choose another path")
 
 
 def check_output_folder(path: str | os.PathLike[str], option: str = "-o") -> Path:

@@ -375,6 +375,111 @@ def test_reexport_refuses_run_files_from_python(finished_run: Path) -> None:
     assert _snapshot(finished_run / "out") == before
 
 
+def test_export_never_replaces_the_runs_modules(run_copy: Path) -> None:
+    """The --arch module and a python: data module are the run's too: export -o over them is refused, even with
+    --overwrite (a file of the user's own that the run does not read may be replaced)."""
+    sys.modules.pop("tinyarch", None)  # the module of this copy, not of an earlier test's folder
+    info = json.loads((run_copy / "out" / "run.json").read_text())
+    (run_copy / "userdata.py").write_text("from prunedrop.data import load_data\n\n\ndef load():\n"
+                                          "    return load_data('npz:data.npz')\n")
+    info["data"] = "python:userdata:load"
+    (run_copy / "out" / "run.json").write_text(json.dumps(info))
+    before = _snapshot(run_copy)
+    for target in ("tinyarch.py", "./userdata.py", "out/../tinyarch.py"):
+        result = CliRunner().invoke(cli, ["export", "out", "-o", target, "--overwrite"])
+        _one_line_error(result, 1, "the run needs")
+    assert _snapshot(run_copy) == before
+
+
+def _into_out(folder: Path, name: str, source: str) -> str:
+    (folder / "out" / name).write_bytes((folder / source).read_bytes())
+    return f"out/{name}"
+
+
+def _linked_into_out(folder: Path) -> str:
+    os.symlink(folder / "out" / "model.pt", folder / "mine.pt")  # an earlier run's result, compressed again
+    return "mine.pt"
+
+
+def _image_folder(folder: Path) -> str:
+    (folder / "images" / "a").mkdir(parents=True)
+    return "images"
+
+
+INPUTS_IN_OUT = {  # (make the input, return its path; the option it is given to; the -o to give)
+    "model": (lambda f: _into_out(f, "model.pt", "model.pt"), "MODEL", "out"),
+    "model-dotdot": (lambda f: _into_out(f, "model.pt", "model.pt"), "MODEL", "out/../out/."),
+    "model-link": (_linked_into_out, "MODEL", "out"),
+    "model-onnx-name": (lambda f: _into_out(f, "model.onnx", "model.pt"), "MODEL", "out"),
+    "data": (lambda f: _into_out(f, "report.json", "data.npz"), "--data", "out"),
+    "recipe": (lambda f: _into_out(f, "run.json", "recipe.yaml"), "--recipe", "out"),
+    "data-dir": (lambda f: "out", "--data-dir", "out"),
+    "in-image-folder": (_image_folder, "--data", "images/out"),
+}
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+@pytest.mark.parametrize("case", sorted(INPUTS_IN_OUT))
+def test_compress_never_replaces_or_deletes_an_input(run_copy: Path, case: str, resume: bool) -> None:
+    """A file the run writes or --overwrite clears that is one of its inputs (by any path: a link, ``..``), or an
+    output folder that is an input folder (or lies in an image folder, where it would be a class): refused before
+    anything is written, with --overwrite as with --resume."""
+    make, option, out = INPUTS_IN_OUT[case]
+    sys.modules.pop("tinyarch", None)  # the module of this copy, not of an earlier test's folder
+    given = make(run_copy)
+    if option == "--data":
+        given = ("imagefolder:" if case == "in-image-folder" else "npz:") + given
+    extra = [option, given] if option != "--data-dir" else ["--data", "mnist", "--data-dir", given]
+    if case == "in-image-folder":
+        (run_copy / "images" / "out").mkdir()
+        (run_copy / "images" / "out" / "checkpoint-variational.pt").write_text("")
+    before = _snapshot(run_copy)
+    args = _with(_compress_args("-o", out, "--resume" if resume else "--overwrite"), extra)
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, 1, "choose another -o")
+    assert _snapshot(run_copy) == before
+
+
+def test_compress_beside_its_inputs_in_the_output_folder_goes_on(run_copy: Path) -> None:
+    """Inputs in the output folder under names the run does not write (the --arch module, the recipe, the data)
+    are left as they were."""
+    out = run_copy / "out"
+    for name in ("tinyarch.py", "recipe.yaml", "data.npz"):
+        (out / name).write_bytes((run_copy / name).read_bytes())
+    kept = {name: (out / name).read_bytes() for name in ("tinyarch.py", "recipe.yaml", "data.npz")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(out)
+        result = CliRunner().invoke(cli, ["compress", "../model.pt", "--arch", "tinyarch:build", "--data",
+                                          "npz:data.npz", "--recipe", "recipe.yaml", "-q", "-o", ".", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+
+
+def test_report_never_rewrites_an_input(run_copy: Path) -> None:
+    info = json.loads((run_copy / "out" / "run.json").read_text())
+    info["model_path"] = str(run_copy / "out" / "report.md")
+    (run_copy / "out" / "run.json").write_text(json.dumps(info))
+    before = _snapshot(run_copy)
+    _one_line_error(CliRunner().invoke(cli, ["report", "out"]), 1, "would replace the model")
+    assert _snapshot(run_copy) == before
+    assert CliRunner().invoke(cli, ["report", "out", "--no-render"]).exit_code == 0
+
+
+def test_module_files_finds_a_package_module_without_importing_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop.safety import module_files
+
+    (tmp_path / "unimported_pkg").mkdir()
+    (tmp_path / "unimported_pkg" / "__init__.py").write_text("raise SystemExit('imported')\n")
+    (tmp_path / "unimported_pkg" / "nets.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.chdir(tmp_path)
+    files = module_files("unimported_pkg.nets")
+    assert [f.resolve() for f in files] == [(tmp_path / "unimported_pkg" / n).resolve()
+                                           for n in ("__init__.py", "nets.py")]
+    assert "unimported_pkg" not in sys.modules
+    assert module_files("no_such_module_xyz") == [] and module_files("../x") == []
+
+
 # ------------------------------------------------------------------------------- 3. resume identity
 
 
