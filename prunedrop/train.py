@@ -648,6 +648,39 @@ def finetune(
     return result
 
 
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tensors in tuples, lists and dicts)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _output_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _output_tensors(v)]
+    return []
+
+
+def _trains_anything(model: nn.Module, data: DataBundle, device: torch.device) -> bool:
+    """Whether a gradient of the model's output reaches a parameter that requires grad: one forward and backward on
+    two validation inputs, in eval mode (no running statistic moves), without touching any ``.grad``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            outs = [t for t in _output_tensors(model(data.example_batch(2).to(device))) if t.requires_grad]
+            if not outs:
+                return False
+            total = torch.stack([t.float().sum() for t in outs]).sum()
+            grads = torch.autograd.grad(total, trainable, allow_unused=True)
+        return any(g is not None for g in grads)
+    except (RuntimeError, TypeError, ValueError):  # an input this probe cannot take: let the training decide
+        return True
+    finally:
+        model.train(was_training)
+
+
 def finetune_masked(
     model: nn.Module,
     masks: dict[str, torch.Tensor],
@@ -662,8 +695,14 @@ def finetune_masked(
     parallel: bool | None = None,
     stop_on: Callable[[dict[str, Any]], str | None] | None = None,
     kept_fraction: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train the surviving weights of a deterministic model; ``masks`` (parameter name → keep) stay applied.
+
+    Only what the user lets train is trained: a parameter frozen with ``requires_grad=False`` keeps the value the
+    threshold left it (its pruned entries zero). Where no parameter that may train reaches the output (every one
+    frozen, or cut off by ``torch.no_grad()``), the fine-tuning is skipped, with a line to ``log``, and the result
+    holds no epoch, as with ``finetune_epochs: 0``.
 
     Adam at :meth:`Recipe.finetune_rate` (cosine to zero): ``finetune_lr``, or for a null one 0.3 × ``lr``, since a
     direct call has no probe that judges the result; ``compress()`` decides a null rate first
@@ -695,6 +734,12 @@ def finetune_masked(
                 p.mul_(mask)
 
     apply_masks()
+    epochs = recipe.finetune_epochs_for(data.num_train)
+    if epochs > 0 and not _trains_anything(model, data, device):
+        if log is not None:
+            log("noise-free fine-tuning skipped: no parameter the model lets train (requires_grad) reaches its "
+                "output; the kept weights stay as the variational phase left them")
+        return TrainResult(epochs=0)
 
     def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, share: float,
                   autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -712,8 +757,7 @@ def finetune_masked(
         total = sum(p.numel() for p, _ in pairs)
         return {"kept_fraction": kept / total if total else 1.0}
 
-    return _run(model, data, recipe, phase="masked", epochs=recipe.finetune_epochs_for(data.num_train),
-                optimizer=optimizer,
+    return _run(model, data, recipe, phase="masked", epochs=epochs, optimizer=optimizer,
                 step_loss=step_loss, after_step=apply_masks, device=device,
                 checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, resume=resume,
                 progress=progress, epoch_stats=nonzero_fraction, precision=precision, parallel=parallel,

@@ -87,6 +87,90 @@ def test_a_frozen_layer_stays_frozen_through_both_fine_tunings(method: str) -> N
     assert any(not torch.equal(p, thresholded[n]) for n, p in params.items() if n not in names)  # the rest learnt
 
 
+class _NoGradHead(nn.Module):
+    """A frozen layer (converted) behind a trainable one that no gradient reaches (run under torch.no_grad)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extract = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = torch.relu(self.extract(x.flatten(1)))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("case", ["all-frozen", "trainable-but-cut-off"])
+def test_masked_finetuning_with_nothing_to_train_is_skipped_with_a_line(case: str) -> None:
+    """Every parameter frozen (or the only trainable ones out of the gradient's reach): nothing is trained, no
+    error, the weights stay as thresholded, and the log says the fine-tuning was skipped."""
+    data = _bundle()
+    recipe = Recipe(epochs=1, batch_size=32, kl_weight=1.0, kl_warmup_epochs=0, finetune_epochs=2, finetune_lr=1e-2)
+    model = _model().requires_grad_(False) if case == "all-frozen" else _NoGradHead()
+    model = to_variational(model, recipe)
+    finetune(model, data, recipe, progress=False)
+    pruned = prune(model)
+    before = {n: p.detach().clone() for n, p in pruned.model.named_parameters()}
+    lines: list[str] = []
+    result = finetune_masked(pruned.model, pruned.masks, data, recipe, progress=False, log=lines.append)
+    assert result.history == [] and len(lines) == 1 and "fine-tuning skipped" in lines[0]
+    after = dict(pruned.model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_a_fully_frozen_model_compresses_end_to_end(tmp_path: Path) -> None:
+    from prunedrop.pipeline import compress
+    from prunedrop.storage import load_saved_model
+
+    data = _bundle()
+    model = _model().requires_grad_(False)
+    lines: list[str] = []
+    recipe = Recipe(epochs=2, batch_size=32, kl_weight=1.0, kl_warmup_epochs=0, finetune_epochs=2, finetune_lr=1e-2,
+                    latency_runs=0, plots=False, mc_samples=0, max_metric_drop=None)
+    result = compress(model, data, recipe, tmp_path / "run", progress=False, log=lines.append)
+    assert any("fine-tuning skipped" in line for line in lines), lines
+    assert (tmp_path / "run" / "model.onnx").is_file()
+    assert not any(h.get("phase") == "masked" for h in result.report.get("history", []))
+    x = data.example_batch(8)
+    with torch.no_grad():
+        assert torch.allclose(load_saved_model(tmp_path / "run")(x), result.model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp"])
+def test_a_partly_frozen_model_keeps_its_frozen_weights_through_the_pipelines_finetuning(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the noise-free fine-tuning as compress runs it (sbp: on the slimmed model), a frozen weight keeps the
+    value the threshold left it, while the rest learns."""
+    from prunedrop.stages import pruned_finetune
+
+    data = _bundle()
+    recipe = Recipe(method=method, epochs=2, batch_size=32, kl_weight=1.0, kl_warmup_epochs=0, finetune_epochs=2,
+                    finetune_lr=1e-2)
+    model = _model()
+    next(m for m in model.modules() if isinstance(m, nn.Linear)).requires_grad_(False)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    model = to_variational(model, recipe)
+    finetune(model, data, recipe, progress=False)
+    pruned = prune(model)
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    real = pruned_finetune.finetune_masked
+
+    def recording(net: nn.Module, *args, **kwargs):
+        seen["before"] = {n: p.detach().clone() for n, p in net.named_parameters()}
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(pruned_finetune, "finetune_masked", recording)
+    tuned = pruned_finetune.finetune_pruned(pruned, data, recipe, torch.device("cpu"), data.example_batch(4), None,
+                                            resume=False, progress=False, log=lambda msg: None)
+    assert len(tuned.train.history) == 2
+    params = dict(tuned.model.named_parameters())
+    for n in frozen:
+        assert not params[n].requires_grad, n
+        assert torch.equal(params[n], seen["before"][n]), n
+    assert any(not torch.equal(p, seen["before"][n]) for n, p in params.items() if n not in frozen)  # the rest learnt
+
+
 def test_masked_finetuning_stopped_by_stop_on_continues_to_the_same_weights(tmp_path: Path) -> None:
     """A probe of the budget after fine-tuning stops once within the budget (``stop_on``); the chosen one is
     continued from that checkpoint and must end exactly where an uninterrupted fine-tuning ends."""

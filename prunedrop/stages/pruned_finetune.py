@@ -129,7 +129,7 @@ def finetune_pruned(pruned: PruneResult, data: DataBundle, recipe: Recipe, devic
         masks = {**masks, **attach_calibrated_batchnorm(model, data, recipe, device, log, names)}
     result = finetune_masked(model, masks, data, recipe, device=device, checkpoint_path=checkpoint_path,
                              resume=resume, progress=progress, parallel=False, stop_on=stop_on,
-                             kept_fraction=pruned.kept_fraction)
+                             kept_fraction=pruned.kept_fraction, log=log)
     if rebatchnorm:
         fold_attached(model)
     model, discarded = model.cpu().eval(), None
