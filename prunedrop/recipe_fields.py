@@ -95,8 +95,48 @@ def _is_union(origin: Any) -> bool:
     return origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>")
 
 
+def _numeric_text(value: Any) -> float | None:
+    """The number that a string such as ``'5e-4'``, ``'1E-3'`` or ``'+2e3'`` writes (what Python's ``float()`` reads,
+    in ASCII: YAML 1.1 reads an exponent without a dot, ``lr: 5e-4``, as a string); None for anything else."""
+    if not isinstance(value, str) or not value.isascii() or len(value) > 64:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int where it writes one exactly: an int, an integral float (``1000.0``) or a numeric string
+    whose value is integral (``'1e3'``, ``'+20'``); None otherwise (``2.5``, ``'1.5e0'``, text, booleans, inf, NaN)."""
+    import decimal
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    number = value if isinstance(value, float) else _numeric_text(value)
+    if number is None or not math.isfinite(number):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    exact = decimal.Decimal(value.strip().replace("_", ""))  # finite and bounded: float() read it
+    return int(exact) if exact == exact.to_integral_value() else None
+
+
+def _real_number(value: Any) -> float | None:
+    """``value`` as a float where it is a number (not a boolean) or a numeric string (:func:`_numeric_text`)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return _numeric_text(value)
+
+
 def coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's annotation; ints are accepted for floats, one value for a list."""
+    """Check ``value`` against the field's annotation; ints are accepted for floats, one value for a list. A numeric
+    string (``lr: 5e-4``, which YAML reads as a string) is read as its number; an int key takes a whole number in any
+    form that writes it exactly (``1e3``, ``1000.0``)."""
     origin, args = get_origin(hint), get_args(hint)
     if _is_union(origin):
         if value is None and type(None) in args:
@@ -109,12 +149,11 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
             raise PrunedropError(f"recipe key '{name}' = {value!r} must be one of {allowed}")
         return value
     if origin is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for k, v in value.items()
-        ):
+        numbers = {k: _real_number(v) for k, v in value.items()} if isinstance(value, dict) else None
+        if numbers is None or not all(isinstance(k, str) and v is not None and math.isfinite(v)
+                                      for k, v in numbers.items()):
             raise PrunedropError(f"recipe key '{name}' must map layer-name globs to numbers, not {value!r}")
-        return {k: float(v) for k, v in value.items()}
+        return numbers
     if origin is list:
         return _coerce_list(name, value, args[0])
     if hint is bool:
@@ -122,15 +161,17 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
             raise PrunedropError(f"recipe key '{name}' must be true or false, not {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        whole = _whole_number(value)
+        if whole is None:
             raise PrunedropError(f"recipe key '{name}' must be a whole number, not {value!r}")
-        return value
+        return whole
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _real_number(value)
+        if number is None:
             raise PrunedropError(f"recipe key '{name}' must be a number, not {value!r}")
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             raise PrunedropError(f"recipe key '{name}' must be a finite number, not {value!r}")
-        return float(value)
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise PrunedropError(f"recipe key '{name}' must be a string, not {value!r}")
@@ -139,16 +180,13 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def _coerce_list(name: str, value: Any, item: Any) -> list[Any]:
-    accepted = (int, float) if item is float else item
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(v, accepted) and not isinstance(v, bool) for v in value
-    ):
+    read = {str: lambda v: v if isinstance(v, str) else None, int: _whole_number, float: _real_number}[item]
+    items = [read(v) for v in value] if isinstance(value, (list, tuple)) else None
+    if items is None or any(v is None for v in items):
         kind = {str: "strings", int: "whole numbers", float: "numbers"}[item]
         raise PrunedropError(f"recipe key '{name}' must be a list of {kind}, not {value!r}")
-    if item is float:
-        if not all(math.isfinite(v) for v in value):
-            raise PrunedropError(f"recipe key '{name}' must hold finite numbers, not {value!r}")
-        return [float(v) for v in value]
-    return list(value)
+    if item is float and not all(math.isfinite(v) for v in items):
+        raise PrunedropError(f"recipe key '{name}' must hold finite numbers, not {value!r}")
+    return items

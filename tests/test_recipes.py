@@ -80,6 +80,65 @@ def test_bad_values_name_the_key(data: dict, message: str) -> None:
     assert message in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("data", "key", "expected"),
+    [
+        ({"lr": "5e-4"}, "lr", 5e-4),
+        ({"lr": "1E-3"}, "lr", 1e-3),
+        ({"finetune_lr": "+2e3"}, "finetune_lr", 2e3),
+        ({"kl_weight": " 1e1 "}, "kl_weight", 10.0),
+        ({"epochs": "1e3"}, "epochs", 1000),
+        ({"epochs": "+2E1"}, "epochs", 20),
+        ({"epochs": 30.0}, "epochs", 30),
+        ({"batch_size": "64"}, "batch_size", 64),
+        ({"latency_batch_sizes": ["1e0", 6.4e1]}, "latency_batch_sizes", [1, 64]),
+        ({"kl_weights": {"fc*": "5e-1"}}, "kl_weights", {"fc*": 0.5}),
+    ],
+)
+def test_numbers_written_as_yaml_strings_are_read(data: dict, key: str, expected) -> None:
+    """YAML 1.1 reads ``5e-4`` (an exponent without a dot) as a string: a number key reads it as the number, and an
+    int key any form that writes a whole number exactly."""
+    value = getattr(Recipe.from_dict(data), key)
+    assert value == expected and type(value) is type(expected)
+    if isinstance(value, list):
+        assert all(type(v) is type(e) for v, e in zip(value, expected))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lr": "5e-4x"}, "'lr' must be a number, not '5e-4x'"),
+        ({"lr": "true"}, "'lr' must be a number"),
+        ({"lr": "nan"}, "'lr' must be a finite number"),
+        ({"lr": "-inf"}, "'lr' must be a finite number"),
+        ({"lr": "0x10"}, "'lr' must be a number"),
+        ({"epochs": "1.5e0"}, "'epochs' must be a whole number"),
+        ({"epochs": "1e-400"}, "'epochs' must be a whole number"),
+        ({"epochs": "1e400"}, "'epochs' must be a whole number"),
+        ({"epochs": "inf"}, "'epochs' must be a whole number"),
+        ({"epochs": True}, "'epochs' must be a whole number"),
+        ({"epochs": float("nan")}, "'epochs' must be a whole number"),
+        ({"latency_batch_sizes": ["1.5"]}, "'latency_batch_sizes' must be a list of whole numbers"),
+        ({"kl_weights": {"fc*": "nan"}}, "'kl_weights' must map layer-name globs to numbers"),
+        ({"kl_weights": {"fc*": True}}, "'kl_weights' must map layer-name globs to numbers"),
+    ],
+)
+def test_text_that_is_not_a_number_is_still_refused(data: dict, message: str) -> None:
+    with pytest.raises(PrunedropError) as info:
+        Recipe.from_dict(data)
+    assert message in info.value.message
+
+
+def test_a_recipe_file_with_exponents_without_a_dot_loads(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 2\ntraining:\n  lr: 5e-4\n  epochs: 1e1\nfinetune:\n  finetune_lr: 1E-3\n")
+    recipe = load_recipe(path)
+    assert (recipe.lr, recipe.epochs, recipe.finetune_lr) == (5e-4, 10, 1e-3)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("lr: 5e-4\nepochs: 1e1\n")
+    assert load_recipe(flat) == Recipe(lr=5e-4, epochs=10)
+
+
 def test_load_recipe_errors(tmp_path: Path) -> None:
     with pytest.raises(PrunedropError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
