@@ -94,7 +94,6 @@ def _lazy() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.LazyLinear(3))
 
 
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
 def test_a_lazy_architecture_loads_as_its_plain_layers(tmp_path, monkeypatch):
     """nn.LazyLinear has no shapes before loading (reading them raised a traceback), and stays LazyLinear until
     its first forward, which a conversion need not wait for."""
@@ -113,6 +112,68 @@ def test_a_lazy_architecture_loads_as_its_plain_layers(tmp_path, monkeypatch):
     summary = ConversionSummary()
     to_variational(loaded, Recipe(), summary=summary)  # no forward before it
     assert summary.converted == ["1", "3"]
+
+
+class _LazyConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.LazyConv2d(6, 3, padding=1)
+        self.bn = nn.LazyBatchNorm2d()
+        self.up = nn.LazyConvTranspose2d(4, 2, stride=2)
+        self.fc = nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.up(F.relu(self.bn(self.conv(x))))).mean((2, 3)))
+
+
+LAZY_ARCHS = {  # a factory with lazy layers, and the same model with the plain layers they become
+    "linear": (lambda: nn.Sequential(nn.Flatten(), nn.LazyLinear(12), nn.ReLU(), nn.LazyLinear(3)),
+               lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))),
+    "conv": (_LazyConvNet, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAZY_ARCHS))
+def test_a_lazy_model_is_compressed_with_its_architecture_json(case, tmp_path, monkeypatch):
+    """A lazy layer filled by the state dict kept the input size 0 that only its first forward sets: every copy
+    rebuilt from its sizes warned "Initializing zero-element tensors", and architecture.json recorded the 0 (its
+    check failed, the file was not written). The loaded layer has the sizes of its weights, and a run writes an
+    architecture.json that loads back to the same outputs."""
+    import warnings
+
+    from prunedrop.data import DataBundle
+    from prunedrop.pipeline import compress
+    from prunedrop.recipes import Recipe
+    from prunedrop.testing import tiny_classification_data
+
+    build, plain = LAZY_ARCHS[case]
+    torch.manual_seed(0)
+    model = build()
+    x, y = tiny_classification_data(n=96, shape=(1, 4, 4), seed=1)
+    model(x[:2])
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(sys.modules, "lazyarch_sizes_for_test", types.SimpleNamespace(build=build))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(tmp_path / "m.pt", arch="lazyarch_sizes_for_test:build")
+        if plain is not None:
+            assert [type(m) for m in loaded] == [type(m) for m in plain()]
+            assert repr(loaded) == repr(plain())  # in_features as a forward would have set it
+        else:
+            assert (loaded.conv.in_channels, loaded.bn.num_features, loaded.up.in_channels, loaded.fc.in_features) \
+                == (1, 6, 6, 4)
+        assert_same_output(model.eval(), loaded, x[:8])
+        data = DataBundle(name="tiny", train=torch.utils.data.TensorDataset(x[:64], y[:64]),
+                          val=torch.utils.data.TensorDataset(x[64:], y[64:]), test=None, input_shape=(1, 4, 4),
+                          num_classes=3)
+        lines: list[str] = []
+        recipe = Recipe(epochs=1, batch_size=32, kl_weight=1.0, kl_warmup_epochs=0, finetune_epochs=1,
+                        latency_runs=0, plots=False, mc_samples=0, max_metric_drop=None, quantize="none")
+        result = compress(loaded, data, recipe, tmp_path / "run", progress=False, log=lines.append)
+    assert not [w for w in caught if "zero-element" in str(w.message)], [str(w.message) for w in caught]
+    assert not [line for line in lines if "architecture.json not written" in line], lines
+    assert (tmp_path / "run" / ARCHITECTURE_FILE).is_file()
+    assert_same_output(result.model, load_saved_model(tmp_path / "run"), x[:8])
 
 
 def test_a_factory_that_compiles_its_model_loads_a_plain_state_dict(tmp_path, mlp, monkeypatch):

@@ -96,7 +96,10 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 def _materialized(model: nn.Module) -> nn.Module:
     """``model`` with each lazy module whose parameters the state dict filled (``nn.LazyLinear``) turned into its
     plain class, as its first forward would do: a conversion before any forward (``prunedrop export``'s rebuild)
-    met a ``LazyLinear``, a type it does not convert."""
+    met a ``LazyLinear``, a type it does not convert. The sizes that the first forward would have read from its
+    input (``in_features``, ``in_channels``, ``num_features``, left 0 by a state dict) are read from the loaded
+    weights, so that the plain layer is the one a forward makes: ``architecture.json`` describes it, and every copy
+    rebuilt from its sizes has the weights' shape."""
     from torch.nn.modules.lazy import LazyModuleMixin
 
     for module in model.modules():
@@ -105,9 +108,28 @@ def _materialized(model: nn.Module) -> nn.Module:
                 if hasattr(module, hook):
                     getattr(module, hook).remove()
                     delattr(module, hook)
+            _input_sizes_from_weights(module)
             if module.cls_to_become is not None:
                 module.__class__ = module.cls_to_become
     return model
+
+
+def _input_sizes_from_weights(module: nn.Module) -> None:
+    """Set a materialised lazy layer's input size from its weights, as its ``initialize_parameters`` sets it from the
+    first input (torch's lazy Linear, convolutions, transposed convolutions and normalisations)."""
+    from torch import nn
+    from torch.nn.modules.batchnorm import _NormBase
+    from torch.nn.modules.conv import _ConvNd
+
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear) and weight is not None and weight.dim() == 2:
+        module.in_features = int(weight.shape[1])
+    elif isinstance(module, _ConvNd) and weight is not None and weight.dim() >= 3:
+        module.in_channels = int(weight.shape[0] if module.transposed else weight.shape[1] * module.groups)
+    elif isinstance(module, _NormBase):
+        sized = weight if weight is not None else getattr(module, "running_mean", None)
+        if sized is not None and sized.dim() == 1:
+            module.num_features = int(sized.shape[0])
 
 
 def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
@@ -338,7 +360,7 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
 
     module = _find_module(obj)
     if module is not None:
-        return _unwrapped(module).to("cpu").eval()
+        return _materialized(_unwrapped(module)).to("cpu").eval()
     if _find_state_dict(obj) is not None:
         beside = path.parent / ARCHITECTURE_FILE
         hint = (
