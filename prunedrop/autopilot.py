@@ -478,6 +478,14 @@ class Autopilot:
         self.checks.append(record)
         return record
 
+    def restart(self) -> None:
+        """Start over as at the first check (β at :data:`BETA_START`, no smoothed drop, no crossings of the aim), the
+        trajectory kept: the phase starts again from the given weights (an overfitting back-off,
+        :class:`prunedrop.pilot.Pilot`), where the step that the crossings before had shrunk would let β climb at a
+        quarter of its pace."""
+        self.log_beta, self.smoothed_drop = math.log(BETA_START), None
+        self.crossings, self._side, self._since_crossing, self._over = 0.0, 0, 0, False
+
     def settled(self, step: int) -> bool:
         """β and the kept fraction have stayed flat over the last :data:`SETTLE_STEPS` steps."""
         window = [c for c in self.checks if c.step >= step - SETTLE_STEPS]

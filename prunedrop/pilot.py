@@ -299,8 +299,12 @@ class Pilot:
         elif self.lr_scale > LR_SCALE_MIN and self._backoff_waited(step):
             window = self._overfitting()
             if window is not None:
-                first, last = window
-                self.lr_scale = max(LR_SCALE_MIN, self.lr_scale / 2)
+                first, last, slope = window
+                # the drift measured, slowed until it would cost at most OVERFIT_SHARE of the budget over the steps
+                # the controller must hold it for (SETTLE_STEPS): Adam moves the weights in proportion to the rate
+                drift = slope / c.check_every * autopilot.SETTLE_STEPS
+                factor = min(0.5, OVERFIT_SHARE * float(c.max_drop) / max(drift, 1e-12))
+                self.lr_scale = max(LR_SCALE_MIN, self.lr_scale * factor)
                 self.last_backoff = (step, c.smoothed_drop)
                 self.overfit_backoffs += 1
                 again = ""
@@ -308,7 +312,7 @@ class Pilot:
                     # the steps at the larger rate have overfitted the weights: start again from the given ones
                     self.model.load_state_dict(self.given)
                     self.reset_optimizer()
-                    c.log_beta, c.smoothed_drop = math.log(autopilot.BETA_START), None
+                    c.restart()
                     self.restarts.append(step)
                     again = f"; back to the given weights, β {autopilot.BETA_START:g}"
                 self.log(f"autopilot: over the budget at step {step}, and from step {first.step} the validation drop "
@@ -322,9 +326,9 @@ class Pilot:
         self.kl_sum += kl
         self.kl_steps += 1
 
-    def _overfitting(self) -> tuple[autopilot.Check, autopilot.Check] | None:
-        """The first and last of the last :data:`OVERFIT_CHECKS` checks, where they show the weights' training
-        costing accuracy with the noise not to blame; else None. Over the budget (smoothed), all after the last
+    def _overfitting(self) -> tuple[autopilot.Check, autopilot.Check, float] | None:
+        """The first and last of the last :data:`OVERFIT_CHECKS` checks and the drop's slope over them (per check),
+        where they show the weights' training costing accuracy with the noise not to blame; else None. Over the budget (smoothed), all after the last
         learning-rate back-off and past the probe's window, and across them: the measured drop rose and the KL
         rose (the noise shrank), each the slope of a line at least :data:`OVERFIT_T` standard errors above 0; the
         kept fraction moved by at most a factor :data:`OVERFIT_KEPT` (nothing more was pruned). β cannot answer that: backing it off shrinks the
@@ -343,11 +347,12 @@ class Pilot:
         kept = [float(k.kept_fraction) for k in window]  # type: ignore[arg-type]
         if max(kept) > OVERFIT_KEPT * min(kept):
             return None
-        if _slope_t([float(k.kl) for k in window]) < OVERFIT_T:  # type: ignore[arg-type]
+        if _slope([float(k.kl) for k in window])[1] < OVERFIT_T:  # type: ignore[arg-type]
             return None
-        if _slope_t([float(k.drop) for k in window]) < OVERFIT_T:  # type: ignore[arg-type]
+        slope, t = _slope([float(k.drop) for k in window])  # type: ignore[arg-type]
+        if t < OVERFIT_T:
             return None
-        return window[0], window[-1]
+        return window[0], window[-1], slope
 
     @functools.cached_property
     def keeps_copies(self) -> bool:
@@ -488,6 +493,9 @@ LR_BACKOFF_WAIT_CHECKS = 3
 OVERFIT_CHECKS = 16
 OVERFIT_T = 3.0
 OVERFIT_KEPT = 1.01
+#: an overfitting back-off slows the measured drift until it would cost at most OVERFIT_SHARE budgets over
+#: autopilot.SETTLE_STEPS steps (and at least halves the rate)
+OVERFIT_SHARE = 0.25
 #: :meth:`Pilot.rewind` keeps a copy of models whose state is at most this many bytes (CPU memory)
 REWIND_MAX_BYTES = 2 * 1024**3
 #: the weights' learning rate is backed off only where the probe measured plain training at it costing at least
@@ -505,17 +513,17 @@ def check_samples(check_every: int, batch_size: int) -> int:
     return int(min(CHECK_SAMPLES_MAX, max(CHECK_SAMPLES, CHECK_SHARE * check_every * batch_size)))
 
 
-def _slope_t(values: list[float]) -> float:
-    """The least-squares slope of ``values`` against their index, in standard errors (t statistic); inf for a
-    rising line with no scatter, 0 for a flat or falling one."""
+def _slope(values: list[float]) -> tuple[float, float]:
+    """The least-squares slope of ``values`` against their index, and that slope in standard errors (its t
+    statistic: inf for a rising line with no scatter, 0 for a flat or falling one)."""
     n = len(values)
     if n < 3:
-        return 0.0
+        return 0.0, 0.0
     mx, my = (n - 1) / 2.0, sum(values) / n
     sxx = sum((i - mx) ** 2 for i in range(n))
     slope = sum((i - mx) * (v - my) for i, v in enumerate(values)) / sxx
     if slope <= 0:
-        return 0.0
+        return slope, 0.0
     residual = sum((v - my - slope * (i - mx)) ** 2 for i, v in enumerate(values)) / (n - 2)
     se = math.sqrt(residual / sxx)
-    return math.inf if se == 0 else slope / se
+    return slope, math.inf if se == 0 else slope / se

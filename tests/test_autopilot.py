@@ -652,8 +652,18 @@ def test_the_learning_rate_is_backed_off_where_training_not_the_noise_costs_accu
     assert (len(p.restarts) == len(resets) == p.overfit_backoffs)
     assert torch.equal(weight, p.given[next(iter(p.given))]) == halves  # back to the given weights, or left alone
     if halves:
+        # slowed until the drift measured (0.1 points a check) would cost a quarter of the budget over the settle window
+        drift = rise / every * autopilot.SETTLE_STEPS
+        assert p.lr_scale == pytest.approx(max(pilot.LR_SCALE_MIN, min(0.5, pilot.OVERFIT_SHARE * 1.0 / drift)))
         restart = [c.step for c in p.controller.checks].index(p.restarts[0])
         assert p.controller.checks[restart + 1].beta > p.controller.checks[restart].beta  # from β's start again
+    # a restart forgets the crossings of the aim, whose shrunk step would let β climb at a quarter of its pace
+    c = Autopilot(max_drop=1.0, check_every=10, decade_steps=1000.0)
+    for i, d in enumerate([0.0, 1.0] * 10):
+        c.check(10 * (i + 1), drop=d)
+    assert c.budget_rate < c.rate
+    c.restart()
+    assert (c.budget_rate, c.beta, c.smoothed_drop) == (c.rate, pytest.approx(autopilot.BETA_START), None)
     assert any("costs accuracy (a model trained past its best overfits)" in line for line in logs) == halves
     assert p.controller.checks[-1].kl == pytest.approx(500.0 + kl_step * k["check"])
     null = Recipe(**{**_QUICK, "finetune_lr": None}, max_metric_drop=1.0)  # the rate left to prunedrop
