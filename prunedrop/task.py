@@ -42,7 +42,41 @@ def fit_task(model: nn.Module, data: DataBundle, recipe: Recipe, log: Callable[[
     check_label_shape(output_shape, label_shape(data), recipe.loss)
     check_loss_targets(recipe.loss, data, num_outputs, output_shape)
     check_labels(data, num_outputs, recipe.loss)
+    check_single_sample_batches(model, data, recipe.batch_size)
     return recipe
+
+
+def check_single_sample_batches(model: nn.Module, data: DataBundle, batch_size: int) -> None:
+    """One line, before any file, where every training batch holds one sample (a DataLoader of ``batch_size=1``,
+    recipe key ``batch_size: 1``, a training set of one sample) and the model cannot train on one, though it trains
+    on two: a BatchNorm in training mode normalises over the batch ("Expected more than 1 value per channel when
+    training", at the first step). Such batches are kept for any other model. The buffers, the random state and the
+    modes are left as they were; a forward that fails on two samples as well is left to training to report."""
+    why = data.single_sample_batches(batch_size)
+    if why is None:
+        return
+    one = data.example_batch(1, "train")
+    try:
+        _train_forward(model, one)
+        return
+    except Exception as e:  # noqa: BLE001 - told apart below: one sample, or anything
+        failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        _train_forward(model, data.example_batch(2, "train"))
+    except Exception:  # noqa: BLE001 - not the batch size: training reports it
+        return
+    norms = [f"{type(m).__name__} {name!r}" for name, m in model.named_modules()
+             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))]
+    raise PrunedropError(
+        f"every training batch holds one sample ({why}), which the model cannot train on ({failure}"
+        + (f"; its {norms[0]} normalises over the batch" if norms else "")
+        + "): give batches of at least 2 samples")
+
+
+def _train_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One training-mode forward pass on ``x``, leaving the buffers, the random state and the modes as they were."""
+    with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model.train()(x)
 
 
 def model_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:

@@ -240,7 +240,11 @@ def first_item(data: Dataset | DataLoader, where: str = "the data") -> Sequence[
         # A shuffling DataLoader draws its seed from the global RNG; peeking at it must not shift the
         # random stream that the caller seeded for training.
         with torch.random.fork_rng(devices=[]):
-            item = next(iter(data))
+            item = next(iter(data), None)
+        if item is None:  # drop_last with fewer samples than a batch, a sampler that selects nothing
+            raise PrunedropError(f"{where} yields no batch (a DataLoader with drop_last=True and fewer samples "
+                                 "than its batch size, or a sampler that selects nothing?); give a DataLoader that "
+                                 "yields at least one batch")
     else:
         item = data[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2:

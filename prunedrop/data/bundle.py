@@ -78,7 +78,9 @@ class DataBundle:
         When shuffling, the permutation comes from a ``torch.Generator`` seeded from ``(seed, epoch)`` alone,
         not from global RNG state, so a resumed run sees exactly the order an uninterrupted one would have.
         A DataLoader the user gave is returned as is: its own batch size and order win (for training, ``shuffle``,
-        its batches of one sample are left out, as below).
+        a batch of one sample that follows larger ones, its last, is left out, as below; a loader of ``batch_size=1``
+        keeps every batch, and a model that cannot train on one sample is refused before any file:
+        :func:`prunedrop.task.check_single_sample_batches`).
 
         A shuffled loader (training) whose last batch would hold one sample drops it: a BatchNorm in training mode
         cannot normalise one value per channel, and a training set of 1,137 samples in batches of 8 stopped the run
@@ -90,6 +92,8 @@ class DataBundle:
             return _WithoutLoneBatches(data) if shuffle else data  # type: ignore[return-value]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PrunedropError(f"batch size must be a positive integer, got {batch_size!r}")
+        if len(data) == 0:  # a bundle built in Python, unchecked: no loop over its batches may wait for one
+            raise PrunedropError(f"the {split} data of {self.name!r} is empty; the data must have at least one sample")
         order = torch.randperm(len(data), generator=seeded_generator(seed, epoch)).tolist() if shuffle else None
         if shuffle and len(data) > batch_size and len(data) % batch_size == 1:
             drop_last = True
@@ -97,6 +101,25 @@ class DataBundle:
         # iteration, which would shift the noise of a resumed run against an uninterrupted one.
         return DataLoader(data, batch_size=batch_size, sampler=order, drop_last=drop_last,
                           generator=seeded_generator(seed, epoch, "loader"))
+
+    def single_sample_batches(self, batch_size: int) -> str | None:
+        """Why the training batches hold one sample each (every one, or the first of a loader's), with the
+        recipe's ``batch_size``; None where they hold more. What :meth:`loader` leaves out is not counted: a last
+        batch of one after larger ones."""
+        data = self.train
+        if samples_in(data) == 1:
+            return "the training data holds one sample"
+        if isinstance(data, DataLoader):
+            if data.batch_size == 1:
+                return "the training DataLoader's batch_size is 1"
+            if data.batch_size is None:  # a batch_sampler of its own: its first batch tells
+                with torch.random.fork_rng(devices=[]):  # peeking must not shift the caller's random stream
+                    batch = next(iter(data), None)
+                target = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+                if isinstance(target, torch.Tensor) and target.dim() > 0 and len(target) == 1:
+                    return "the training DataLoader's first batch holds one sample"
+            return None
+        return "recipe key batch_size is 1" if batch_size == 1 else None
 
     def example_batch(self, n: int = 8, split: str = "val") -> torch.Tensor:
         """The first ``n`` inputs of ``split`` (fewer if the split is smaller), for export, parity and FLOPs."""
@@ -146,22 +169,38 @@ def first_batches(loader: Iterable[Any], samples: int) -> Iterator[Any]:
 
 
 class _WithoutLoneBatches:
-    """A user's training DataLoader whose batches of one sample are left out (a BatchNorm in training mode cannot
-    normalise one value per channel: a loader of 1,137 samples in batches of 8 stopped the run at its last step).
-    Its length and attributes are the loader's."""
+    """A user's training DataLoader whose batch of one sample after larger ones (its last) is left out, as for
+    the recipe's ``batch_size`` (a BatchNorm in training mode cannot normalise one value per channel: a loader of
+    1,137 samples in batches of 8 stopped the run at its last step). Batches of one sample that follow none larger
+    are kept: a loader of ``batch_size=1`` lost every batch, and the autopilot's probe went round empty epochs for
+    ever, deaf to Ctrl-C and SIGTERM. An epoch that yields no batch at all is an error, never an empty epoch (a
+    loop that counts steps would wait for ever). Its length and attributes are the loader's."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
 
     def __iter__(self) -> Iterator[Any]:
+        larger = yielded = False
         for batch in self.loader:
             target = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-            if isinstance(target, torch.Tensor) and target.dim() > 0 and len(target) == 1:
+            size = len(target) if isinstance(target, torch.Tensor) and target.dim() > 0 else None
+            if size == 1 and larger:
                 continue
+            larger = larger or (size is not None and size > 1)
+            yielded = True
             yield batch
+        if not yielded:
+            raise PrunedropError(NO_TRAINING_BATCH)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
+
+
+#: the error for training data that yields no batch (a DataLoader with ``drop_last=True`` and fewer samples than its
+#: batch size, a sampler that selects nothing, an iterator that is spent after its first pass)
+NO_TRAINING_BATCH = ("the training data yields no batch (a DataLoader with drop_last=True and fewer samples than its "
+                     "batch size, or a sampler that selects nothing?); give a training DataLoader that yields at "
+                     "least one batch in every epoch")

@@ -1,0 +1,178 @@
+"""Hostile data against a model: what only the data's batches, its labels, its token ids, its dtypes or the model's
+outputs on it show. Each refusal is one line, before any file (no output folder left behind), from the CLI and from
+Python alike; nothing waits for ever on data that yields no batch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.data import DataLoader, TensorDataset
+
+from prunedrop.cli import cli
+from prunedrop.data import DataBundle
+from prunedrop.errors import PrunedropError
+from prunedrop.testing import write_tiny_project
+
+FAST_RECIPE = """\
+epochs: 1
+batch_size: 16
+eval_batch_size: 64
+lr: 0.003
+lr_schedule: constant
+finetune_epochs: 0
+device: cpu
+latency_runs: 0
+plots: false
+mc_samples: 0
+quantize: none
+"""
+
+USER_DATA = textwrap.dedent("""\
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+
+    def _splits():
+        z = np.load("data.npz")
+        return (torch.tensor(z["x_train"]), torch.tensor(z["y_train"]), torch.tensor(z["x_val"]),
+                torch.tensor(z["y_val"]))
+
+
+    def single_batches():
+        xt, yt, xv, yv = _splits()
+        return DataLoader(TensorDataset(xt, yt), batch_size=1), TensorDataset(xv, yv)
+
+
+    def no_batch():
+        xt, yt, xv, yv = _splits()
+        return DataLoader(TensorDataset(xt[:3], yt[:3]), batch_size=8, drop_last=True), TensorDataset(xv, yv)
+
+
+    def float64():
+        xt, yt, xv, yv = _splits()
+        return TensorDataset(xt.double(), yt), TensorDataset(xv.double(), yv)
+
+
+    def float64_train():
+        xt, yt, xv, yv = _splits()
+        return TensorDataset(xt.double(), yt), TensorDataset(xv, yv)
+    """)
+
+ARCHS = {
+    "bnarch": ("from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), "
+               "nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 3))\n"),
+    "nanarch": ("from torch import nn\n\n\nclass Log(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.a = nn.Linear(16, 3)\n\n    def forward(self, x):\n"
+                "        return self.a(x.flatten(1)).log()\n\n\ndef build():\n    return Log()\n"),
+    "embarch": ("from torch import nn\n\n\nclass Emb(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.e = nn.Embedding(10, 4)\n        self.out = nn.Linear(32, 3)\n\n"
+                "    def forward(self, x):\n        return self.out(self.e(x).flatten(1))\n\n\n"
+                "def build():\n    return Emb()\n"),
+}
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's folder, the current one and on sys.path: the tiny project, the data functions and the models above."""
+    write_tiny_project(tmp_path, n=60, n_val=20, recipe=FAST_RECIPE)
+    (tmp_path / "userdata.py").write_text(USER_DATA)
+    for name, source in ARCHS.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("tinyarch", "userdata", *ARCHS):
+        sys.modules.pop(name, None)
+
+
+def _save_state(folder: Path, arch: str) -> str:
+    import importlib
+
+    torch.manual_seed(0)
+    torch.save(importlib.import_module(arch).build().state_dict(), folder / f"{arch}.pt")
+    return f"{arch}.pt"
+
+
+def _timed_out(signum: int, frame: object) -> None:
+    raise TimeoutError("compress ran past the test's time limit (a loop waiting for a batch?)")
+
+
+def _refused(args: list[str], *needles: str) -> str:
+    """``compress`` with ``args`` is a one-line error holding ``needles``, and leaves no output folder; within two
+    minutes (a loop over a loader that yields nothing never ended, deaf to SIGTERM)."""
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(120)
+    try:
+        result = CliRunner().invoke(cli, ["compress", *args, "--recipe", "recipe.yaml", "-q", "-o", "out"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    assert not Path("out").exists(), sorted(p.name for p in Path("out").iterdir())
+    return result.output
+
+
+# ------------------------------------------------------------------------------- 1. batches of one sample
+
+
+def _bundle(train, val=None) -> DataBundle:
+    val = val if val is not None else TensorDataset(torch.randn(4, 16), torch.zeros(4, dtype=torch.long))
+    return DataBundle(name="t", train=train, val=val, test=None, input_shape=(16,), num_classes=3)
+
+
+def test_a_training_loader_of_batch_size_1_keeps_every_batch() -> None:
+    """A loader of batch_size=1 lost every batch (each one sample), and the autopilot's probe went round empty
+    epochs for ever; a last batch of one after larger ones is still left out (a BatchNorm cannot train on it)."""
+    x, y = torch.randn(7, 16), torch.arange(7) % 3
+    single = _bundle(DataLoader(TensorDataset(x, y), batch_size=1))
+    assert [len(b[1]) for b in single.loader("train", 100, shuffle=True)] == [1] * 7
+    remainder = _bundle(DataLoader(TensorDataset(x, y), batch_size=3))
+    assert [len(b[1]) for b in remainder.loader("train", 100, shuffle=True)] == [3, 3]
+    one = _bundle(DataLoader(TensorDataset(x[:1], y[:1]), batch_size=4))
+    assert [len(b[1]) for b in one.loader("train", 100, shuffle=True)] == [1]
+
+
+def test_training_data_that_yields_no_batch_is_an_error_never_an_empty_epoch() -> None:
+    x, y = torch.randn(3, 16), torch.arange(3) % 3
+    loader = _bundle(DataLoader(TensorDataset(x, y), batch_size=8, drop_last=True)).loader("train", 8, shuffle=True)
+    with pytest.raises(PrunedropError, match="the training data yields no batch"):
+        list(loader)
+    with pytest.raises(PrunedropError, match="the train data of 't' is empty"):
+        _bundle(TensorDataset(x[:0], y[:0])).loader("train", 8, shuffle=True)
+
+
+def test_a_loader_of_single_samples_trains_a_model_without_batchnorm(folder: Path) -> None:
+    """End to end in a fresh interpreter with a time limit: before, the run never ended (nor heard SIGTERM)."""
+    proc = subprocess.run([sys.executable, "-m", "prunedrop", "compress", "model.pt", "--arch", "tinyarch:build",
+                           "--data", "python:userdata:single_batches", "--recipe", "recipe.yaml", "-q", "-o", "out"],
+                          cwd=folder, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (folder / "out" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize(("data", "recipe", "why"), [
+    ("python:userdata:single_batches", "", "the training DataLoader's batch_size is 1"),
+    ("npz:data.npz", "batch_size: 1\n", "recipe key batch_size is 1"),
+])
+def test_single_sample_batches_for_a_batchnorm_model_are_one_line_before_any_file(folder: Path, data: str,
+                                                                                  recipe: str, why: str) -> None:
+    (folder / "recipe.yaml").write_text(FAST_RECIPE + recipe)
+    _refused([_save_state(folder, "bnarch"), "--arch", "bnarch:build", "--data", data],
+             f"every training batch holds one sample ({why}), which the model cannot train on",
+             "BatchNorm1d '2' normalises over the batch", "give batches of at least 2")
+
+
+def test_a_training_loader_that_yields_no_batch_is_one_line_before_any_file(folder: Path) -> None:
+    _refused(["model.pt", "--arch", "tinyarch:build", "--data", "python:userdata:no_batch"],
+             "the train data of 'python:userdata:no_batch' yields no batch", "drop_last=True")
