@@ -599,9 +599,17 @@ def test_val_split_sizes(tmp_path: Path, n: int, fraction: float, n_val: int) ->
 def test_split_and_limit_errors(tmp_path: Path) -> None:
     with pytest.raises(PrunedropError, match="has 1 samples, too few to split off a validation set"):
         load_data(_tensor_npz(tmp_path, 1))
-    for fraction in (0, 1, -0.1, 1.5, "0.1"):
-        with pytest.raises(PrunedropError, match="validation fraction must be between 0 and 1"):
+    for fraction in (1, -0.1, 1.5, "0.1", True):
+        with pytest.raises(PrunedropError, match=r"validation fraction \(val_fraction\) must be in \[0, 1\)"):
             load_data("digits", val_fraction=fraction)  # type: ignore[arg-type]
+    # the recipe's range, [0, 1): 0 is refused where a validation split must be split off (digits has none) ...
+    with pytest.raises(PrunedropError, match="has no validation split and val_fraction is 0: .* set val_fraction above"):
+        load_data("digits", val_fraction=0)
+    # ... and unused where the data brings its own
+    own = tmp_path / "own_val.npz"
+    np.savez(own, x_train=np.zeros((10, 2), np.float32), y_train=np.arange(10) % 3,
+             x_val=np.zeros((4, 2), np.float32), y_val=np.arange(4) % 3)
+    assert len(load_data(f"npz:{own}", val_fraction=0).val) == 4
     for limit in (0, -3, 2.5):
         with pytest.raises(PrunedropError, match="training limit must be a positive integer"):
             load_data("digits", train_limit=limit)  # type: ignore[arg-type]

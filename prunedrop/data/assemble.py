@@ -257,7 +257,14 @@ def first_item(data: Dataset | DataLoader, where: str = "the data") -> Sequence[
 def _split_off_validation(
     train: Dataset, val_fraction: float, seed: int, name: str
 ) -> tuple[Dataset, Dataset]:
-    """Split a seeded random ``val_fraction`` (at least one sample) off ``train``: (rest, validation)."""
+    """Split a seeded random ``val_fraction`` (at least one sample) off ``train``: (rest, validation). A fraction
+    of 0 (the recipe allows it, for data that brings its own validation split) is an error here, where one is
+    needed."""
+    if not val_fraction > 0:
+        raise PrunedropError(
+            f"the data {name!r} has no validation split and val_fraction is {val_fraction}: prunedrop measures the "
+            "model before and after on validation data; give a validation split (x_val/y_val in an npz, val.csv, "
+            "val/ in an image folder, a python: function's val) or set val_fraction above 0 (e.g. 0.1)")
     size = len(train)  # type: ignore[arg-type]
     n_val = max(1, round(size * val_fraction))
     if n_val >= size:

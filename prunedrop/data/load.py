@@ -34,7 +34,8 @@ def load_data(
     """Load the data that ``spec`` names (see the module docstring for the forms).
 
     ``data_dir`` is where ``mnist``/``fashion-mnist`` files are looked for first. A validation set is split
-    off the training data (``val_fraction`` of it, in an order seeded by ``seed``) when the spec gives none.
+    off the training data (``val_fraction`` of it, in an order seeded by ``seed``) when the spec gives none;
+    ``val_fraction`` is then above 0, and unused (0 too) where the spec gives one.
     ``train_limit`` then keeps the first n training samples, for quick runs. ``recipe`` gives the data keys
     of ``imagefolder:``, ``csv:`` and ``hf:`` (image size, channels, normalisation, label column), and its
     ``loss: mse`` lets labels be real numbers (regression); None means the defaults.
@@ -43,11 +44,9 @@ def load_data(
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, (int, float))
-        or not 0.0 < val_fraction < 1.0
-    ):
-        raise PrunedropError(
-            f"the validation fraction must be between 0 and 1 (exclusive), got {val_fraction!r}"
-        )
+        or not 0.0 <= val_fraction < 1.0
+    ):  # the recipe's range; 0 is refused only where a validation split must be split off (assemble)
+        raise PrunedropError(f"the validation fraction (val_fraction) must be in [0, 1), got {val_fraction!r}")
     if train_limit is not None and (
         isinstance(train_limit, bool) or not isinstance(train_limit, int) or train_limit < 1
     ):
