@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunedrop.cli import cli
-from prunedrop.data import DataBundle
+from prunedrop.data import DataBundle, load_data
 from prunedrop.errors import PrunedropError
 from prunedrop.testing import write_tiny_project
 
@@ -176,3 +176,22 @@ def test_single_sample_batches_for_a_batchnorm_model_are_one_line_before_any_fil
 def test_a_training_loader_that_yields_no_batch_is_one_line_before_any_file(folder: Path) -> None:
     _refused(["model.pt", "--arch", "tinyarch:build", "--data", "python:userdata:no_batch"],
              "the train data of 'python:userdata:no_batch' yields no batch", "drop_last=True")
+
+
+# ------------------------------------------------------------------------------- 5. dtypes and files
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.write_text("hello\n"), "is a text file (it starts with 'hello'), not an npz archive"),
+    (lambda p: p.write_text("a,b,label\n1,2,0\n"), "a table? read it as csv:FILE"),
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: p.write_bytes(b""), "is empty (0 bytes), not an npz archive"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps([1, 2])), "is a pickle"),
+    (lambda p: torch.save({"w": torch.zeros(2)}, p), "is a file written by torch.save"),
+])
+def test_a_file_that_is_no_npz_archive_says_what_it_is(tmp_path: Path, make, says: str) -> None:
+    make(tmp_path / "data.npz")
+    with pytest.raises(PrunedropError, match=None) as e:
+        load_data(f"npz:{tmp_path / 'data.npz'}")
+    assert says in e.value.message and "pickled (object) data" not in e.value.message
+    assert "does not exist" not in e.value.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,45 @@ def check_non_negative(y: torch.Tensor, where: str) -> None:
                 f"labels in {where} include {int(wrong.min())}; labels must be class indices 0, 1, ..., C-1 "
                 f"(or {IGNORED} for a position or sample with no label: a tagger's padding, a void pixel)"
             )
+
+
+def not_a_file(path: Path, what: str) -> PrunedropError | None:
+    """The error for a data file ``path`` (``what``: "npz file", "csv file") that is no regular file: it does not
+    exist, it is a folder, or something else (a FIFO, a device, a socket); None for a regular file."""
+    shown = repr(str(path))
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return PrunedropError(f"{what} {shown} is a folder, not a file; name the file in it")
+    if path.exists():
+        return PrunedropError(f"{what} {shown} is not a regular file (a FIFO, device or socket); name a file")
+    return PrunedropError(f"{what} {shown} does not exist")
+
+
+def file_kind(path: Path) -> str | None:
+    """What a file is, from its first bytes, for a reader that cannot read it: "empty (0 bytes)", "a text file
+    (it starts with ...)", "a pickle", or None where that tells nothing (a zip archive, a NumPy array, other bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "empty (0 bytes)"
+    if head.startswith((b"PK", b"\x93NUMPY")):
+        return None
+    if head[:1] == b"\x80":
+        return "a pickle (pickle.dump, or torch.save with _use_new_zipfile_serialization=False)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[:-3].decode("utf-8", "ignore") if len(head) == 512 else ""  # a character cut at the end
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text.lstrip("\ufeff")):
+        first = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+        first = first if len(first) <= 40 else first[:37] + "..."
+        table = "," in first or ";" in first or "\t" in first
+        return f"a text file (it starts with {first!r}{'; a table? read it as csv:FILE' if table else ''})"
+    return None
 
 
 def describe_value(obj: Any) -> str:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import PrunedropError
 from .bundle import SPLITS
-from .checks import as_labels, number_names, tensor_dataset
+from .checks import as_labels, file_kind, not_a_file, number_names, tensor_dataset
 
 #: the names a split goes by in an npz archive, besides its own (matched without regard to case: X_train, Y_test)
 _SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -55,9 +55,13 @@ def load_npz(path: Path, *, regression: bool = False,
     """Train and optional val/test splits from an npz archive; inputs are cast, never scaled. With
     ``regression`` float labels are targets shaped (N,) or (N, k). Labels that are names (strings) are numbered
     by the recipe key ``class_names`` (:func:`~prunedrop.data.checks.number_names`), else refused."""
-    if not path.is_file():
-        raise PrunedropError(f"npz file {str(path)!r} does not exist")
+    missing = not_a_file(path, "npz file")
+    if missing is not None:
+        raise missing
     hint = "save it with numpy.savez(FILE, x_train=..., y_train=...) (X_train, x_valid or one x/y pair are read too)"
+    kind = file_kind(path)  # numpy calls a text file "pickled (object) data"
+    if kind is not None:
+        raise PrunedropError(f"npz file {str(path)!r} is {kind}, not an npz archive; {hint}")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
@@ -67,6 +71,9 @@ def load_npz(path: Path, *, regression: bool = False,
     with archive:
         present = set(archive.files)
         names = _array_names(present, path)
+        if not names and any(name == "data.pkl" or name.endswith("/data.pkl") for name in present):
+            raise PrunedropError(f"npz file {str(path)!r} is a file written by torch.save (a model or tensors), not "
+                                 f"an npz archive; {hint}")
 
         def get(key: str) -> np.ndarray | None:
             if key not in names:

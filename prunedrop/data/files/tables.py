@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ...errors import PrunedropError
-from ..checks import ClassesDataset, number_names
+from ..checks import ClassesDataset, not_a_file, number_names
 from .common import VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def load_csv(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset
         files["val"] = vals[0] if vals else None
         files["test"] = path / "test.csv" if (path / "test.csv").is_file() else None
     elif not path.is_file():
-        raise PrunedropError(f"csv file {str(path)!r} does not exist")
+        raise not_a_file(path, "csv file") or PrunedropError(f"csv file {str(path)!r} cannot be read")
     out: dict[str, Dataset | None] = {}
     named: dict[str, tuple[torch.Tensor, np.ndarray]] = {}  # split → (inputs, label names): numbered below
     columns: list[str] | None = None
