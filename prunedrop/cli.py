@@ -130,10 +130,10 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
 
     MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
     """
-    from .convert import to_variational
     from .data import fit_inputs, load_data
     from .distributed import barrier, cleanup, is_main
     from .distributed import init as init_distributed
+    from .pipeline import check_before_files, measure_before_files
     from .pipeline import compress as run_compress
     from .recipes import DEFAULT_CHANGED, KEYS_ADDED, RUN_DECIDES, Recipe, load_recipe
     from .report import format_table
@@ -146,10 +146,10 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         run_inputs,
         start_run,
     )
-    from .safety import check_finite_weights, check_latency_batches, check_output_folder
+    from .safety import check_finite_weights, check_output_folder
     from .storage import load_model, parse_arch_kwargs
     from .task import fit_task
-    from .train import check_precision, resolve_device
+    from .train import resolve_device
 
     kwargs = parse_arch_kwargs(arch_kwargs)
     recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
@@ -201,13 +201,14 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
             click.echo("note: --class-names (class_names) is not used: the labels of this data are class indices "
                        "already (an image folder's classes are its sub-folders, in sorted order)", err=True)
     recipe = fit_task(net, data, recipe, log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
-    check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
-    check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
-    # a model with nothing to convert fails before any file exists
-    to_variational(net, recipe, dry_run=True, example_input=data.example_batch(2))
+    # latency batches, precision, a model with nothing to convert: before any file exists
+    check_before_files(net, data, recipe)
+    measured = None
     if is_main():
         # the identity reads every sample (an image folder's broken file stops it here), so before the folder exists
         identity = run_identity(model, data)
+        # the original measured on every validation and test sample: ignored labels, outputs that are not finite
+        measured = measure_before_files(net, data, recipe)
         lock.acquire()  # every input is checked: the run may now create, clear and write its folder
         start_run(out_dir, {
             "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
@@ -218,7 +219,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,
-                                  "data": data_spec})
+                                  "data": data_spec}, measured=measured)
     if is_main():
         click.echo(format_table(result.report))
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import distributed
 from .data import DataBundle, fit_inputs
+from .errors import PrunedropError
 from .recipes import Recipe
 from .reexport import ReexportResult, reexport
 from .runfolder import (
@@ -56,6 +57,7 @@ from .stages import (
     with_finetune_rate,
     write_run_report,
 )
+from .stages.baseline import Measured, measure_before_files
 from .stages.budget import check_budget, fixed_beta_budget_line, over_budget, target_outcome
 from .stages.common import PARITY_SAMPLES
 from .stages.evaluation import budget_judge
@@ -63,13 +65,14 @@ from .stages.reporting import run_files
 from .stages.slimming import slim_multiple
 from .stages.variational import autopilot_line
 from .task import fit_task
-from .train import resolve_device
+from .train import check_precision, resolve_device
 
 __all__ = [
     "MASKED_CHECKPOINT", "MODEL_ONNX", "ORIGINAL_ONNX", "PARITY_SAMPLES", "QUANTIZED_ONNX", "RUN_INFO",
-    "VARIATIONAL_CHECKPOINT", "CompressResult", "ReexportResult", "autopilot_line", "check_budget", "compress",
-    "fixed_beta_budget_line", "over_budget", "prepare_output_dir", "read_run_info", "reexport", "render_report",
-    "start_run", "target_outcome", "write_run_info",
+    "VARIATIONAL_CHECKPOINT", "CompressResult", "Measured", "ReexportResult", "autopilot_line", "check_budget",
+    "check_before_files", "compress", "fixed_beta_budget_line", "measure_before_files", "over_budget",
+    "prepare_output_dir", "read_run_info", "reexport", "render_report", "start_run", "target_outcome",
+    "write_run_info",
 ]
 
 
@@ -84,6 +87,26 @@ class CompressResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def check_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> None:
+    """What :func:`compress` checks besides :func:`~prunedrop.task.fit_task` that reads only the model, the data
+    and the recipe, so that it fails before any file (from the CLI and from Python alike): latency batches that
+    cannot fit in memory, a precision the device cannot run, a training set without a length (the ELBO needs it), a
+    training DataLoader in a data-parallel run, and a model with nothing to convert. The original's measurement,
+    which reads every validation and test sample, is :func:`measure_before_files`."""
+    from torch.utils.data import DataLoader
+
+    from .convert import to_variational
+    from .safety import check_latency_batches
+
+    check_latency_batches(recipe.latency_batch_sizes, data.input_shape, recipe.latency_runs)
+    check_precision(recipe.precision, resolve_device(recipe.device))  # before any file, not at the first step
+    _ = data.num_train  # an IterableDataset's DataLoader: refused here, not at the first epoch
+    if distributed.world_size() > 1 and isinstance(data.train, DataLoader):
+        raise PrunedropError("distributed fine-tuning needs a map-style training Dataset to shard, not a "
+                             "DataLoader; return datasets from the python: data function, or run one process")
+    to_variational(model, recipe, dry_run=True, example_input=data.example_batch(2))
+
+
 def compress(
     model: nn.Module,
     data: DataBundle,
@@ -94,6 +117,7 @@ def compress(
     progress: bool = True,
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    measured: Measured | None = None,
 ) -> CompressResult:
     """Compress ``model`` on ``data`` with ``recipe``; write model, ONNX file and report into ``out_dir``.
 
@@ -104,12 +128,17 @@ def compress(
 
     ``resume`` continues from the checkpoints of an interrupted run in the same ``out_dir``. ``source``
     (how the model was loaded: file name, ``--arch``) is recorded in the report so that
-    ``prunedrop export RUN_DIR`` can rebuild the variational model later.
+    ``prunedrop export RUN_DIR`` can rebuild the variational model later. ``measured``: what
+    :func:`measure_before_files` measured on this model and data (the CLI measures before it writes run.json);
+    without it, it is measured here, before the folder is made.
     """
     model = model.cpu().eval()
     data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
     # the model's outputs against the data's labels, and the loss they call for, before any file (as the CLI does)
     recipe = fit_task(model, data, recipe, log if distributed.is_main() else None)
+    check_before_files(model, data, recipe)
+    if measured is None and distributed.is_main():  # every validation and test sample, before any file
+        measured = measure_before_files(model, data, recipe)
     folder = RunFolder(out_dir).create()
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
@@ -119,7 +148,8 @@ def compress(
     example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     run = {"resume": resume, "progress": progress, "log": log}
     # in a data-parallel run, rank 0 alone measures the original, thresholds, exports and reports
-    baseline = measure_original(model, data, recipe, folder, example, log) if distributed.is_main() else None
+    baseline = (measure_original(model, data, recipe, folder, example, log, measured=measured)
+                if distributed.is_main() else None)
     converted = convert(model, recipe, example, log, reparametrized)
     trained = finetune_variational(converted, data, recipe, device, folder, **run)
     if baseline is None:

@@ -10,14 +10,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunedrop.cli import cli
 from prunedrop.data import DataBundle, load_data
 from prunedrop.errors import PrunedropError
+from prunedrop.recipes import Recipe
 from prunedrop.testing import write_tiny_project
 
 FAST_RECIPE = """\
@@ -176,6 +179,52 @@ def test_single_sample_batches_for_a_batchnorm_model_are_one_line_before_any_fil
 def test_a_training_loader_that_yields_no_batch_is_one_line_before_any_file(folder: Path) -> None:
     _refused(["model.pt", "--arch", "tinyarch:build", "--data", "python:userdata:no_batch"],
              "the train data of 'python:userdata:no_batch' yields no batch", "drop_last=True")
+
+
+# ------------------------------------------------------------------------------- 2. checks that read every sample
+
+
+def _write_npz(folder: Path, **changes: np.ndarray) -> None:
+    z = dict(np.load(folder / "data.npz"))
+    z.update(changes)
+    np.savez(folder / "data.npz", **z)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_every_label_ignored_is_one_line_before_any_file_and_again_on_a_rerun(folder: Path, split: str) -> None:
+    """The error came after run.json was written, so that running the command again said "output folder is not
+    empty"."""
+    z = np.load(folder / "data.npz")
+    _write_npz(folder, **{f"x_{split}": z["x_val"], f"y_{split}": np.full(len(z["y_val"]), -100)})
+    name = "validation" if split == "val" else "test"
+    for _ in range(2):
+        _refused(["model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz"],
+                 f"every label of the {name} data is -100 (a label to ignore)")
+
+
+def test_python_compress_measures_before_it_makes_the_folder(folder: Path) -> None:
+    from prunedrop.pipeline import compress
+    from prunedrop.testing import TinyMLP
+
+    _write_npz(folder, y_val=np.full(20, -100))
+    data = load_data("npz:data.npz")
+    with pytest.raises(PrunedropError, match="every label of the validation data is -100"):
+        compress(TinyMLP(16, (24, 12), 3), data, Recipe(epochs=1), folder / "py-out", progress=False,
+                 log=lambda _: None)
+    assert not (folder / "py-out").exists()
+    # so is a model with nothing to convert, checked by the CLI alone before
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 16))
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w.t()
+
+    with pytest.raises(PrunedropError, match="no layer of the model can be converted"):
+        compress(Plain(), load_data("npz:data.npz"), Recipe(epochs=1), folder / "py-out", progress=False,
+                 log=lambda _: None)
+    assert not (folder / "py-out").exists()
 
 
 # ------------------------------------------------------------------------------- 5. dtypes and files

@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..data.checks import IGNORED
 from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
+from ..metrics import NO_LABELS, sample_scores, scores_metric
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..safety import check_deterministic, check_model_structure
 from ..train import metric_name
-from .common import measure_all
 
 
 @dataclass
@@ -41,16 +42,51 @@ class Baseline:
         return {"test_metric": {"before": self.metric.get("test")}, "timings": self.timings}
 
 
-def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder: RunFolder, example: torch.Tensor,
-                     log: Callable[[str], None]) -> Baseline:
-    """Evaluate the original, export it to original.onnx and check that file against it."""
+@dataclass
+class Measured:
+    """The original's metric on the validation and test data, measured before any file is written
+    (:func:`measure_before_files`)."""
+
+    metric: dict[str, float]
+    """The recipe's metric: ``val`` and, where the data has a test split, ``test``."""
+    scores: dict[str, torch.Tensor]
+    """Per split, the metric per sample (:func:`prunedrop.metrics.sample_scores`)."""
+    seconds: float = 0.0
+
+
+def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> Measured:
+    """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
+    folder is made, so that what only this pass finds is one line with no file written: every label ignored
+    (-100). :func:`measure_original` takes the result over, so the data is read once."""
     t0 = time.perf_counter()
+    metric: dict[str, float] = {}
+    scores: dict[str, torch.Tensor] = {}
+    for split in ["val"] + (["test"] if data.test is not None else []):
+        name = "validation" if split == "val" else split
+        try:
+            scores[split] = sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
+                                          device=torch.device("cpu"))
+        except PrunedropError as e:
+            if e.message == NO_LABELS:  # which split
+                raise PrunedropError(f"every label of the {name} data is {IGNORED} (a label to ignore): there is "
+                                     "nothing to measure") from None
+            raise
+        metric[split] = scores_metric(scores[split])
+    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0)
+
+
+def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder: RunFolder, example: torch.Tensor,
+                     log: Callable[[str], None], measured: Measured | None = None) -> Baseline:
+    """Evaluate the original (or take ``measured``, what :func:`measure_before_files` measured on it before the
+    folder was made), export it to original.onnx and check that file against it."""
+    t0 = time.perf_counter() - (measured.seconds if measured is not None else 0.0)
     original = copy.deepcopy(model)
     check_model_structure(original, "the model")
     with torch.no_grad():
         outputs = original.eval()(example)
     check_deterministic(original, example, first=outputs)
-    metric, scores = measure_all(original, data, recipe, torch.device("cpu"))
+    measured = measured if measured is not None else measure_before_files(original, data, recipe)
+    metric, scores = measured.metric, measured.scores
     exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
                            exporter=recipe.onnx_exporter)
     check_parity_before_training(exported, original, example, recipe)
