@@ -227,6 +227,36 @@ def test_python_compress_measures_before_it_makes_the_folder(folder: Path) -> No
     assert not (folder / "py-out").exists()
 
 
+# ------------------------------------------------------------------------------- 3. outputs that are not finite
+
+
+def test_outputs_that_are_not_finite_are_one_line_before_any_file(folder: Path) -> None:
+    """The baseline passed, then training said "the variational loss became nan ... the last good checkpoint is
+    checkpoint-variational.pt", a file that did not exist."""
+    out = _refused([_save_state(folder, "nanarch"), "--arch", "nanarch:build", "--data", "npz:data.npz"],
+                   "the model's outputs are not finite (NaN or inf) on ", " of the 20 validation samples")
+    assert "checkpoint" not in out
+
+
+def test_a_logit_of_minus_infinity_masks_a_class_and_passes() -> None:
+    from prunedrop.stages.baseline import measure_before_files
+
+    class Masked(nn.Module):
+        def __init__(self, fill: float = float("-inf")) -> None:
+            super().__init__()
+            self.a = nn.Linear(16, 3)
+            self.fill = fill
+
+        def forward(self, x):
+            return self.a(x).masked_fill(torch.tensor([False, False, True]), self.fill)
+
+    x = torch.randn(10, 16)
+    data = _bundle(TensorDataset(x, torch.zeros(10, dtype=torch.long)), TensorDataset(x, torch.arange(10) % 2))
+    assert measure_before_files(Masked(), data, Recipe()).scores["val"].shape == (10,)
+    with pytest.raises(PrunedropError, match=r"not finite \(NaN or inf\) on 10 of the 10 validation samples"):
+        measure_before_files(Masked(float("inf")), data, Recipe())
+
+
 # ------------------------------------------------------------------------------- 5. dtypes and files
 
 

@@ -56,13 +56,16 @@ class Measured:
 
 def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> Measured:
     """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
-    folder is made, so that what only this pass finds is one line with no file written: every label ignored
-    (-100). :func:`measure_original` takes the result over, so the data is read once."""
+    folder is made, so that what only this pass finds is one line with no file written: every label ignored (-100),
+    outputs that are not finite (NaN or inf: a ``log`` of values that can be negative). :func:`measure_original`
+    takes the result over, so the data is read once."""
     t0 = time.perf_counter()
     metric: dict[str, float] = {}
     scores: dict[str, torch.Tensor] = {}
     for split in ["val"] + (["test"] if data.test is not None else []):
         name = "validation" if split == "val" else split
+        count = _NonFinite(recipe.loss)
+        handle = model.register_forward_hook(count)
         try:
             scores[split] = sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
                                           device=torch.device("cpu"))
@@ -70,9 +73,40 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
             if e.message == NO_LABELS:  # which split
                 raise PrunedropError(f"every label of the {name} data is {IGNORED} (a label to ignore): there is "
                                      "nothing to measure") from None
-            raise
+            if not count.bad:
+                raise
+        finally:
+            handle.remove()
+        if count.bad:
+            raise PrunedropError(
+                f"the model's outputs are not finite (NaN or inf) on {count.bad} of the {count.seen} {name} samples "
+                "(in eval mode, before any change): a log, square root or division in its forward of values that "
+                "can be 0 or negative? prunedrop cannot train or measure it; make its outputs finite for every input")
         metric[split] = scores_metric(scores[split])
     return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0)
+
+
+class _NonFinite:
+    """A forward hook on the whole model that counts the samples whose outputs are not finite: NaN or +inf
+    anywhere, or -inf (with cross-entropy, -inf in every output of a sample or position: a logit of -inf masks a
+    class and is fine while another is finite)."""
+
+    def __init__(self, loss: str) -> None:
+        self.loss = loss
+        self.bad = 0
+        self.seen = 0
+
+    def __call__(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or not out.is_floating_point():
+            return
+        self.seen += out.shape[0]
+        if bool(torch.isfinite(out).all()):
+            return
+        if self.loss == "cross_entropy" and out.dim() >= 2:
+            bad = out.isnan() | out.isposinf() | out.isneginf().all(dim=1, keepdim=True)
+        else:
+            bad = ~torch.isfinite(out)
+        self.bad += int(bad.reshape(out.shape[0], -1).any(dim=1).sum())
 
 
 def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder: RunFolder, example: torch.Tensor,
