@@ -14,6 +14,7 @@ from torch import nn
 
 from .data import DataBundle, binary_labels, check_labels
 from .data.assemble import label_shape, multi_hot_labels, runs_on
+from .data.token_ids import check_token_ids, checked_token_ids
 from .errors import PrunedropError
 from .modes import kept
 from .recipe_groups import is_classification
@@ -27,6 +28,7 @@ def fit_task(model: nn.Module, data: DataBundle, recipe: Recipe, log: Callable[[
     classifier: the cross-entropy over one output is 0 whatever it predicts), and labels that are vectors of 0s
     and 1s, one per output, not one-hot (a multi-label model), get ``loss: binary_cross_entropy``; ``log`` hears
     of it."""
+    check_token_ids(model, data)
     num_outputs, output_shape = model_outputs(model, data)
     if recipe.loss == "cross_entropy" and num_outputs == 1 and binary_labels(data):
         recipe = recipe.replace(loss="binary_cross_entropy")
@@ -84,7 +86,8 @@ def model_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:
     forward pass on an example input (and one in training mode)."""
     x = data.example_batch(2)
     try:
-        shape = output_shape_on(model, x)
+        with checked_token_ids(model, f"the validation inputs of {data.name}"):
+            shape = output_shape_on(model, x)
     except PrunedropError as e:
         # an image folder read with another channel count than the model's first layer takes: say which one fits
         if str(data.name).startswith("imagefolder:") and x.dim() == 4 and x.shape[1] in (1, 3):
@@ -166,6 +169,8 @@ def output_shape_on(model: Any, x: Any) -> tuple[int, ...]:
     try:
         with torch.no_grad():
             out = model.eval()(x)
+    except PrunedropError:  # a check inside the model's run (a token id beyond an embedding) says it in full
+        raise
     except Exception as e:  # the user's model rejecting the user's data: say what did not fit
         inputs = str(x.dtype).removeprefix("torch.")
         dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})

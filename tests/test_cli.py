@@ -673,6 +673,7 @@ def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
     from torch.utils.data import TensorDataset
 
     from prunedrop.data import DataBundle, fit_inputs
+    from prunedrop.errors import PrunedropError
     from prunedrop.testing import TinyMLP, TokenClassifier
 
     def bundle(x: torch.Tensor) -> DataBundle:
@@ -689,8 +690,10 @@ def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
     assert said is None and same.train.tensors[0].dtype == torch.float32
     halves, said = fit_inputs(TokenClassifier(20), bundle(whole + 0.5))  # not ids: left for the model's error
     assert said is None and halves.train.tensors[0].dtype == torch.float32
-    outside, said = fit_inputs(TokenClassifier(10), bundle(whole))  # ids past the vocabulary: the model still fails
-    assert said is None and outside.train.tensors[0].dtype == torch.float32
+    # ids past the vocabulary: said so, naming the id and the embedding, not that the model refuses float inputs
+    with pytest.raises(PrunedropError, match=rf"inputs of npz:x.npz hold token id {int(whole.max())} but Embedding "
+                                             "'embedding' has 10 rows"):
+        fit_inputs(TokenClassifier(10), bundle(whole))
 
 
 def test_fit_inputs_lays_images_out_as_the_model_takes_them() -> None:

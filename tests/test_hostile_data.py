@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from prunedrop.cli import cli
 from prunedrop.data import DataBundle, load_data
@@ -255,6 +255,66 @@ def test_a_logit_of_minus_infinity_masks_a_class_and_passes() -> None:
     assert measure_before_files(Masked(), data, Recipe()).scores["val"].shape == (10,)
     with pytest.raises(PrunedropError, match=r"not finite \(NaN or inf\) on 10 of the 10 validation samples"):
         measure_before_files(Masked(float("inf")), data, Recipe())
+
+
+# ------------------------------------------------------------------------------- 4. token ids beyond an embedding
+
+
+def _ids(n: int, high: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, high, size=(n, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("split", "row", "name"), [("train", 17, "training"), ("val", 11, "validation"),
+                                                    ("test", 3, "test")])
+def test_token_ids_beyond_an_embedding_are_one_line_before_any_file(folder: Path, split: str, row: int,
+                                                                    name: str) -> None:
+    """An IndexError traceback from the baseline measurement, after run.json, where the first samples' ids were in
+    range; the split, the id and the embedding are named."""
+    z = {f"x_{s}": _ids(n, 10, i) for i, (s, n) in enumerate((("train", 40), ("val", 20), ("test", 20)))}
+    z[f"x_{split}"][row, 5] = 12
+    y = {f"y_{s}": np.arange(len(z[f"x_{s}"])) % 3 for s in ("train", "val", "test")}
+    np.savez(folder / "tok.npz", **z, **y)
+    _refused([_save_state(folder, "embarch"), "--arch", "embarch:build", "--data", "npz:tok.npz"],
+             f"the {name} inputs of npz:tok.npz hold token id 12 but Embedding 'e' has 10 rows")
+
+
+class _Items(Dataset):
+    """Token ids that are no TensorDataset: read one by one."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], 0
+
+
+def test_token_ids_of_every_kind_of_embedding_and_split() -> None:
+    from prunedrop.data.token_ids import check_token_ids
+    from prunedrop.stages.baseline import measure_before_files
+
+    class Bag(nn.Module):
+        def __init__(self, padding_idx: int | None = None) -> None:
+            super().__init__()
+            self.bag = nn.EmbeddingBag(10, 4, mode="sum", padding_idx=padding_idx)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.out(self.bag(x))
+
+    ids = torch.randint(0, 10, (12, 8), generator=torch.Generator().manual_seed(0))
+    bad = ids.clone()
+    bad[9, 2] = -1  # padding written as -1
+    with pytest.raises(PrunedropError, match=r"the validation inputs of t hold token id -1 but EmbeddingBag 'bag' "
+                                             r"has 10 rows; ids run from 0 to 9: pad with the padding_idx 0"):
+        check_token_ids(Bag(padding_idx=0), _bundle(TensorDataset(ids, ids[:, 0] % 3), TensorDataset(bad, ids[:, 0])))
+    # a split read one sample at a time is checked where every sample is read: the measurement before any file
+    data = _bundle(TensorDataset(ids, ids[:, 0] % 3), _Items(torch.where(bad < 0, 10, bad)))
+    check_token_ids(Bag(), data)
+    with pytest.raises(PrunedropError, match="the validation inputs of t hold token id 10 but EmbeddingBag 'bag'"):
+        measure_before_files(Bag(), data, Recipe())
 
 
 # ------------------------------------------------------------------------------- 5. dtypes and files

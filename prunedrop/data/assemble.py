@@ -360,6 +360,9 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     ids = {split: TensorDataset(data.tensors[0].to(torch.int64), *data.tensors[1:]) for split, data in held.items()}
     candidate = dataclasses.replace(bundle, **ids)
     if not runs_on(model, candidate.example_batch(2)):
+        from .token_ids import check_token_ids
+
+        check_token_ids(model, candidate)  # ids beyond an embedding's rows: that, not that floats are refused
         return bundle, None
     largest = max(int(t.max()) for t in inputs if t.numel())
     return candidate, (f"the model does not take float inputs, and every input of {bundle.name} is a whole number "

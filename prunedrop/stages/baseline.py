@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..data.checks import IGNORED
+from ..data.token_ids import checked_token_ids
 from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
 from ..metrics import NO_LABELS, sample_scores, scores_metric
@@ -57,8 +58,9 @@ class Measured:
 def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> Measured:
     """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
     folder is made, so that what only this pass finds is one line with no file written: every label ignored (-100),
-    outputs that are not finite (NaN or inf: a ``log`` of values that can be negative). :func:`measure_original`
-    takes the result over, so the data is read once."""
+    outputs that are not finite (NaN or inf: a ``log`` of values that can be negative), a token id beyond an
+    embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). :func:`measure_original` takes the
+    result over, so the data is read once."""
     t0 = time.perf_counter()
     metric: dict[str, float] = {}
     scores: dict[str, torch.Tensor] = {}
@@ -67,8 +69,9 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
         count = _NonFinite(recipe.loss)
         handle = model.register_forward_hook(count)
         try:
-            scores[split] = sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
-                                          device=torch.device("cpu"))
+            with checked_token_ids(model, f"the {name} inputs of {data.name}"):
+                scores[split] = sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
+                                              device=torch.device("cpu"))
         except PrunedropError as e:
             if e.message == NO_LABELS:  # which split
                 raise PrunedropError(f"every label of the {name} data is {IGNORED} (a label to ignore): there is "
