@@ -83,11 +83,11 @@ def _train_forward(model: nn.Module, x: torch.Tensor) -> None:
 
 def model_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:
     """The model's number of outputs (classes, or regression targets) and its output's shape per sample, from one
-    forward pass on an example input (and one in training mode)."""
+    forward pass on an example input (and one in training mode); the model must run on every split's inputs."""
     x = data.example_batch(2)
     try:
         with checked_token_ids(model, f"the validation inputs of {data.name}"):
-            shape = output_shape_on(model, x)
+            shape = output_shape_on(model, x, what="the validation data's inputs")
     except PrunedropError as e:
         # an image folder read with another channel count than the model's first layer takes: say which one fits
         if str(data.name).startswith("imagefolder:") and x.dim() == 4 and x.shape[1] in (1, 3):
@@ -97,7 +97,21 @@ def model_outputs(model: Any, data: Any) -> tuple[int, tuple[int, ...]]:
                                      f"takes {other}: set the recipe key image_channels: {other}") from None
         raise
     _check_training_output(model, x, len(shape) + 1)
+    _check_other_splits(model, data)
     return (shape[0] if shape else 1), shape
+
+
+def _check_other_splits(model: Any, data: Any) -> None:
+    """One line, before any file, where the model cannot run on the first inputs of the training or test split
+    though it runs on the validation split's: float64 training inputs beside float32 validation ones stopped the
+    run at its first training step with a traceback, after run.json and original.onnx were written."""
+    for split, name in (("train", "training"), ("test", "test")):
+        if getattr(data, split) is None:
+            continue
+        other = data.example_batch(2, split)
+        if not runs_on(model, other):
+            with checked_token_ids(model, f"the {name} inputs of {data.name}"):
+                output_shape_on(model, other, what=f"the {name} data's inputs")  # the model's error, in one line
 
 
 def check_label_shape(output: tuple[int, ...], labels: tuple[int, ...] | None, loss: str) -> None:
@@ -162,9 +176,10 @@ def _check_training_output(model: Any, x: Any, dims: int = 2) -> None:
             "the model without the auxiliary outputs (aux_logits=False), or return the logits alone")
 
 
-def output_shape_on(model: Any, x: Any) -> tuple[int, ...]:
-    """The model's output shape per sample on the batch ``x``: () for one value per sample ((batch,) outputs),
-    (C,) for a (batch, C) tensor, (C, *S) for a model that predicts per position (a segmentation's (C, H, W))."""
+def output_shape_on(model: Any, x: Any, *, what: str = "the data's inputs") -> tuple[int, ...]:
+    """The model's output shape per sample on the batch ``x`` (``what`` the error calls it): () for one value per
+    sample ((batch,) outputs), (C,) for a (batch, C) tensor, (C, *S) for a model that predicts per position (a
+    segmentation's (C, H, W))."""
     check_model_structure(model, "the model")
     try:
         with torch.no_grad():
@@ -182,11 +197,14 @@ def output_shape_on(model: Any, x: Any) -> tuple[int, ...]:
         elif not x.is_floating_point() and not x.is_complex() and "type" in str(e).lower():  # not ids out of range
             hint = (f"; the inputs are {inputs} and the model's parameters {', '.join(dtypes)}: give float inputs, "
                     "scaled as the model was trained on them (e.g. x.float() / 255 for 8-bit images)")
+        elif x.is_floating_point() and dtypes == ["float32"]:  # the model is as prunedrop wants it: the inputs are not
+            hint = (f"; the inputs are {inputs} and the model's parameters float32: give float32 inputs (x.float() "
+                    "in the data function, x.astype(np.float32) for NumPy arrays)")
         else:
             hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: save the model as "
                     "float32 (model.float()) for prunedrop")
         raise PrunedropError(
-            f"the model cannot run on the data's inputs of shape {tuple(x.shape[1:])} (per sample): "
+            f"the model cannot run on {what} of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None
     # (batch,): one value per sample, as a regression or one-logit model that squeezes its last axis returns;
     # (batch, C, *S): a prediction per position (labels are checked against it by check_label_shape)

@@ -320,6 +320,16 @@ def test_token_ids_of_every_kind_of_embedding_and_split() -> None:
 # ------------------------------------------------------------------------------- 5. dtypes and files
 
 
+@pytest.mark.parametrize(("function", "name"), [("float64", "validation"), ("float64_train", "training")])
+def test_float64_inputs_are_named_as_the_inputs_before_any_file(folder: Path, function: str, name: str) -> None:
+    """float64 inputs with a float32 model were told to "save the model as float32 (model.float())"; float64 in the
+    training split alone was a traceback at the first step, after run.json and original.onnx."""
+    out = _refused(["model.pt", "--arch", "tinyarch:build", "--data", f"python:userdata:{function}"],
+                   f"the model cannot run on the {name} data's inputs", "the inputs are float64 and the model's "
+                   "parameters float32: give float32 inputs (x.float()")
+    assert "model.float()" not in out
+
+
 @pytest.mark.parametrize(("make", "says"), [
     (lambda p: p.write_text("hello\n"), "is a text file (it starts with 'hello'), not an npz archive"),
     (lambda p: p.write_text("a,b,label\n1,2,0\n"), "a table? read it as csv:FILE"),
