@@ -460,9 +460,10 @@ def _run(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 loss, parts = step_loss(net, x, y, step, share, autocast)
                 if not math.isfinite(parts["loss"]):  # the logged value: no second synchronisation
+                    saved = checkpoint_path is not None and checkpoint_path.exists()  # none before the first epoch
                     raise TrainingError(
                         f"the {phase} loss became {parts['loss']} at epoch {epoch + 1}, batch {batch_index + 1}"
-                        f"{'; the last good checkpoint is ' + checkpoint_path.name if checkpoint_path else ''}"
+                        f"{'; the last good checkpoint is ' + checkpoint_path.name if saved else ''}"
                         f"; lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}, e.g. --lr "
                         f"{recipe.lr / 10:g}) or set grad_clip in the recipe"
                     )

@@ -278,6 +278,20 @@ def test_nan_loss_stops_with_advice() -> None:
         finetune(model, _bundle(), recipe, progress=False)
 
 
+def test_nan_loss_names_a_checkpoint_only_where_one_was_written(tmp_path: Path) -> None:
+    recipe = Recipe(epochs=1, batch_size=32, kl_warmup_epochs=0)
+    model = to_variational(_model(), recipe)
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = float("nan")
+    ckpt = tmp_path / "checkpoint-variational.pt"
+    with pytest.raises(TrainingError) as caught:  # at the first batch: no checkpoint yet
+        finetune(model, _bundle(), recipe, progress=False, checkpoint_path=ckpt)
+    assert "checkpoint" not in str(caught.value) and not ckpt.exists()
+    ckpt.write_bytes(b"an earlier epoch's")
+    with pytest.raises(TrainingError, match="the last good checkpoint is checkpoint-variational.pt"):
+        finetune(model, _bundle(), recipe, progress=False, checkpoint_path=ckpt)
+
+
 def test_finetune_needs_a_variational_model() -> None:
     with pytest.raises(PrunedropError, match="no variational layer"):
         finetune(_model(), _bundle(), Recipe(epochs=1, kl_warmup_epochs=0), progress=False)
