@@ -359,6 +359,8 @@ class Check:
     kl: float | None = None
     """The mean KL (the noise's description length, weighted as trained) over the training steps since the last
     check: it falls as the noise grows, and rises as it shrinks."""
+    loss: float | None = None
+    """The data loss of the eval-mode model on the check's samples."""
 
 
 @dataclass

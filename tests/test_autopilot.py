@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -612,14 +613,16 @@ def test_the_learning_rate_is_backed_off_only_where_the_probe_measured_it_costin
     assert (p.lr_scale < 1.0) == halves
 
 
-@pytest.mark.parametrize("rise, kl_step, kept_step, halves", [
-    (0.1, 1.0, 0.0, True),     # worse at every check while the noise shrinks and nothing more is pruned: training
-    (0.1, -1.0, 0.0, False),   # the noise grows: it may be what costs
-    (0.1, 1.0, -0.002, False),  # weights keep going: so may the pruning
-    (0.0, 1.0, 0.0, False),    # over the budget but no worse: β's back-off is still at work
+@pytest.mark.parametrize("rise, kl_step, kept_step, loss_step, halves", [
+    (0.1, 1.0, 0.0, 0.01, True),     # worse at every check, less sure of the truth, the noise shrinking, nothing
+    (0.1, -1.0, 0.0, 0.01, False),   # more pruned: training. The noise grows: it may be what costs
+    (0.1, 1.0, -0.002, 0.01, False),  # weights keep going: so may the pruning
+    (0.0, 1.0, 0.0, 0.01, False),    # over the budget but no worse: β's back-off is still at work
+    (0.1, 1.0, 0.0, -0.01, False),   # the loss falls as the noise shrinks: the noise's own transient
 ])
 def test_the_learning_rate_is_backed_off_where_training_not_the_noise_costs_accuracy(
-        rise: float, kl_step: float, kept_step: float, halves: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        rise: float, kl_step: float, kept_step: float, loss_step: float, halves: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A model trained past its best (the probe measured no cost of plain training: the first epochs even gain)
     overfits as training goes on; backing β off cannot answer, so the weights' rate is halved, said, counted, the
     phase starts again from the given weights with fresh moments and β at its start, and the noise-free fine-tuning
@@ -641,7 +644,12 @@ def test_the_learning_rate_is_backed_off_where_training_not_the_noise_costs_accu
     with torch.no_grad():
         weight.add_(1.0)  # the weights the steps at the larger rate left
     k = {"check": 0}
-    monkeypatch.setattr(p, "_val_metric", lambda model=None: 90.0 - 1.5 - rise * k["check"])
+
+    def measured(model: Any = None) -> float:
+        p.last_loss = 0.5 + loss_step * k["check"]
+        return 90.0 - 1.5 - rise * k["check"]
+
+    monkeypatch.setattr(p, "_val_metric", measured)
     monkeypatch.setattr(pilot, "kept_fraction", lambda model: 0.9 + kept_step * k["check"])
     for k["check"] in range(1, pilot.PROBE_CHECKS + pilot.OVERFIT_CHECKS + 2):
         for _ in range(every):
