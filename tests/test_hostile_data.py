@@ -344,3 +344,23 @@ def test_a_file_that_is_no_npz_archive_says_what_it_is(tmp_path: Path, make, say
         load_data(f"npz:{tmp_path / 'data.npz'}")
     assert says in e.value.message and "pickled (object) data" not in e.value.message
     assert "does not exist" not in e.value.message
+
+
+@pytest.mark.parametrize("inputs, says", [
+    (lambda x: x.astype(np.complex64) * (1 + 1j), "holds complex numbers"),
+    (lambda x: x.astype(np.float64) * 1e300, "beyond float32's range"),
+])
+def test_npz_inputs_that_float32_cannot_hold_are_one_line(tmp_path: Path, inputs, says: str) -> None:
+    """Complex inputs lost their imaginary part with only numpy's warning; float64 values beyond float32's range became
+    inf, read as data holding NaN or inf."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4))
+    arrays = {"x_train": inputs(x), "y_train": np.arange(20) % 2, "x_val": x[:6].astype(np.float32),
+              "y_val": np.arange(6) % 2}
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(PrunedropError) as e:
+        load_data(f"npz:{tmp_path / 'd.npz'}")
+    assert says in e.value.message and "x_train" in e.value.message
+    arrays["x_train"] = x.astype(np.float64)  # float64 within range is read as before
+    np.savez(tmp_path / "d.npz", **arrays)
+    assert load_data(f"npz:{tmp_path / 'd.npz'}").num_train == 20

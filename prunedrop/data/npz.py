@@ -102,6 +102,7 @@ def load_npz(path: Path, *, regression: bool = False,
                     f"x_{split} in {str(path)!r} has dtype {x.dtype} and shape {x.shape}; "
                     "inputs must be numbers shaped (N, ...) with one sample per row"
                 )
+            _check_real_float32(x, f"x_{split} in {str(path)!r}")
             if not regression and y.ndim == 2 and y.shape[1] == 1:
                 y = y[:, 0]  # class labels as a column, (N, 1): one label per sample all the same
             whole = y.dtype.kind in "biuUSO" or (np.issubdtype(y.dtype, np.floating) and bool(np.all(y == np.round(y))))
@@ -150,3 +151,18 @@ def load_npz(path: Path, *, regression: bool = False,
             f"the inputs of npz file {str(path)!r} differ in sample shape between splits: {shapes}"
         )
     return splits["train"], splits["val"], splits["test"]  # type: ignore[return-value]
+
+
+def _check_real_float32(x: np.ndarray, what: str) -> None:
+    """Inputs become float32: complex numbers would lose their imaginary part (numpy only warns), and finite values
+    beyond float32's range would become inf (read afterwards as data holding inf)."""
+    if np.iscomplexobj(x):
+        raise PrunedropError(f"{what} holds complex numbers ({x.dtype}); inputs are read as real float32, which would "
+                             "drop the imaginary part: give the real and imaginary parts as two channels "
+                             "(np.stack([x.real, x.imag], axis=1))")
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size:
+        finite = x[np.isfinite(x)]
+        largest = float(np.abs(finite).max()) if finite.size else 0.0
+        if largest > float(np.finfo(np.float32).max):
+            raise PrunedropError(f"{what} holds values up to {largest:.3g}, beyond float32's range (3.4e38), in which "
+                                 "inputs are read: scale them first")
