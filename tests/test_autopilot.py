@@ -665,7 +665,7 @@ def test_the_learning_rate_is_backed_off_where_training_not_the_noise_costs_accu
         assert p.lr_scale == pytest.approx(max(pilot.LR_SCALE_MIN, min(0.5, pilot.OVERFIT_SHARE * 1.0 / drift)))
         restart = [c.step for c in p.controller.checks].index(p.restarts[0])
         assert p.controller.checks[restart + 1].beta > p.controller.checks[restart].beta  # from β's start again
-    # a restart forgets the crossings of the aim, whose shrunk step would let β climb at a quarter of its pace
+    # a restart forgets the crossings of the aim, whose shrunk step (down to a quarter) would slow β's climb
     c = Autopilot(max_drop=1.0, check_every=10, decade_steps=1000.0)
     for i, d in enumerate([0.0, 1.0] * 10):
         c.check(10 * (i + 1), drop=d)
