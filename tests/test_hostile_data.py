@@ -364,3 +364,13 @@ def test_npz_inputs_that_float32_cannot_hold_are_one_line(tmp_path: Path, inputs
     arrays["x_train"] = x.astype(np.float64)  # float64 within range is read as before
     np.savez(tmp_path / "d.npz", **arrays)
     assert load_data(f"npz:{tmp_path / 'd.npz'}").num_train == 20
+
+
+def test_csv_values_beyond_float32_are_one_line(tmp_path: Path) -> None:
+    """A CSV value of 1e300 became inf in float32, read afterwards as data holding NaN or inf."""
+    rows = "\n".join(f"{i % 3},{1e300 if i == 4 else i},{i / 2}" for i in range(30))
+    (tmp_path / "d.csv").write_text("label,a,b\n" + rows + "\n")
+    with pytest.raises(PrunedropError, match="a feature holds 1e\\+300, beyond float32's range"):
+        load_data(f"csv:{tmp_path / 'd.csv'}")
+    (tmp_path / "d.csv").write_text("label,a,b\n" + rows.replace("1e+300", "4") + "\n")
+    assert load_data(f"csv:{tmp_path / 'd.csv'}").num_train > 0

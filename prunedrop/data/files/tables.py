@@ -142,7 +142,12 @@ def _read_csv(path: Path, label_column: str, *,
     if not features:
         raise PrunedropError(f"{where} has only the label column {label_column!r} and a row index; it needs feature "
                              "columns")
-    x = torch.from_numpy(np.delete(table, dropped, axis=1).astype(np.float32))
+    features_table = np.delete(table, dropped, axis=1)
+    for what, values in (("a feature", features_table), ("the label column", labels if regression else None)):
+        if values is not None and values.size and float(np.abs(values).max()) > float(np.finfo(np.float32).max):
+            raise PrunedropError(f"{where}: {what} holds {float(np.abs(values).max()):.3g}, beyond float32's range "
+                                 "(3.4e38), in which values are read; scale them first")
+    x = torch.from_numpy(features_table.astype(np.float32))
     if regression:
         return x, torch.from_numpy(labels.astype(np.float32)), features
     if named == len(names):  # class names
