@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["largest_abs", "max_abs_diff", "scaled_tolerance"]
+__all__ = ["largest_abs", "max_abs_diff", "output_tensors", "scaled_tolerance"]
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
@@ -33,6 +33,23 @@ def max_abs_diff(a: Any, b: Any) -> float:
     if isinstance(a, (torch.Tensor, tuple, list, Mapping)) or isinstance(b, (torch.Tensor, tuple, list, Mapping)):
         return math.inf  # different structure
     return 0.0 if a == b else math.inf
+
+
+def output_tensors(output: Any, *, strict: bool = False) -> list[Any]:
+    """The tensors of a model's output (a tensor, or tensors nested in tuples, lists and dicts), in the order the
+    ONNX exporters flatten them into graph outputs. A leaf that is no tensor is left out, or with ``strict`` raises
+    ``TypeError``."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for value in output.values() for t in output_tensors(value, strict=strict)]
+    if isinstance(output, (tuple, list)):
+        return [t for value in output for t in output_tensors(value, strict=strict)]
+    if strict:
+        raise TypeError(f"cannot compare a model output of type {type(output).__name__} with ONNX")
+    return []
 
 
 def largest_abs(x: Any) -> float:

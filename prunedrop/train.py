@@ -47,6 +47,7 @@ from torch import nn
 
 from . import autopilot, distributed
 from .batchnorm import recalibrate_from
+from .compare import output_tensors
 from .convert import variational_layers
 from .data import DataBundle
 from .errors import PrunedropError, TrainingError
@@ -649,17 +650,6 @@ def finetune(
     return result
 
 
-def _output_tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or tensors in tuples, lists and dicts)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _output_tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _output_tensors(v)]
-    return []
-
-
 def _trains_anything(model: nn.Module, data: DataBundle, device: torch.device) -> bool:
     """Whether a gradient of the model's output reaches a parameter that requires grad: one forward and backward on
     two validation inputs, in eval mode (no running statistic moves), without touching any ``.grad``."""
@@ -670,7 +660,7 @@ def _trains_anything(model: nn.Module, data: DataBundle, device: torch.device) -
     model.eval()
     try:
         with torch.enable_grad():
-            outs = [t for t in _output_tensors(model(data.example_batch(2).to(device))) if t.requires_grad]
+            outs = [t for t in output_tensors(model(data.example_batch(2).to(device))) if t.requires_grad]
             if not outs:
                 return False
             total = torch.stack([t.float().sum() for t in outs]).sum()

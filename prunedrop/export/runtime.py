@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compare import max_abs_diff
+from ..compare import max_abs_diff, output_tensors
 from ..errors import ParityError, PrunedropError
 from .trace import eval_on_cpu
 
@@ -43,7 +43,7 @@ def verify_onnx(
         ParityError: an output differs by more than its tolerance, or has another shape.
     """
     with eval_on_cpu(model) as cpu_model, torch.no_grad():
-        expected = _flatten_outputs(cpu_model(inputs.detach().cpu()))
+        expected = output_tensors(cpu_model(inputs.detach().cpu()), strict=True)
     actual = run_session(path, inputs)
     if len(actual) != len(expected):
         raise ParityError(
@@ -153,12 +153,3 @@ def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
-def _flatten_outputs(output: Any) -> list[torch.Tensor]:
-    # The exporters flatten nested tuples/lists/dicts of tensors into graph outputs in this same order.
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for value in output.values() for t in _flatten_outputs(value)]
-    if isinstance(output, (tuple, list)):
-        return [t for value in output for t in _flatten_outputs(value)]
-    raise TypeError(f"cannot compare a model output of type {type(output).__name__} with ONNX")
