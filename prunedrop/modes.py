@@ -26,3 +26,11 @@ def kept(model: nn.Module, *, buffers: bool = False) -> Iterator[nn.Module]:
                 buffer.copy_(value)
         for module, training in modes.items():
             module.training = training
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, a check may run ``model`` in any mode without gradients; afterwards its modes, its buffers and the
+    caller's random stream (dropout, noise drawn in ``forward``) are as they were."""
+    with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        yield model

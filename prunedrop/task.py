@@ -16,7 +16,7 @@ from .data import DataBundle, binary_labels, check_labels
 from .data.assemble import label_shape, multi_hot_labels, runs_on
 from .data.token_ids import check_token_ids, checked_token_ids
 from .errors import PrunedropError
-from .modes import kept
+from .modes import untouched
 from .recipe_groups import is_classification
 from .recipes import Recipe
 from .safety import check_deterministic, check_loss_targets, check_model_structure
@@ -77,7 +77,7 @@ def check_single_sample_batches(model: nn.Module, data: DataBundle, batch_size: 
 
 def _train_forward(model: nn.Module, x: torch.Tensor) -> None:
     """One training-mode forward pass on ``x``, leaving the buffers, the random state and the modes as they were."""
-    with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with untouched(model):
         model.train()(x)
 
 
@@ -163,7 +163,7 @@ def _check_training_output(model: Any, x: Any, dims: int = 2) -> None:
     (BatchNorm statistics, a spectral norm's vectors), the random state and the modes are left as they were; a
     forward that fails here is left to training to report. ``dims``: the eval-mode output's number of axes."""
     try:
-        with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with untouched(model):
             out = model.train()(x)
     except Exception:  # noqa: BLE001 - the eval-mode pass worked; training says what fails, if anything does
         return

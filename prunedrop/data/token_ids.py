@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunedropError
-from ..modes import kept
+from ..modes import untouched
 from .bundle import SPLITS
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ def check_token_ids(model: nn.Module, bundle: DataBundle) -> None:
         picked = sorted({int(flat.max(dim=1).values.argmax()), int(flat.min(dim=1).values.argmin())})
         name = {"train": "training", "val": "validation"}.get(split, split)
         try:
-            with checked_token_ids(model, f"the {name} inputs of {bundle.name}"), kept(model, buffers=True), \
-                    torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with checked_token_ids(model, f"the {name} inputs of {bundle.name}"), untouched(model):
                 model.eval()(x[picked])
         except PrunedropError:
             raise
