@@ -219,7 +219,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,
-                                  "data": data_spec}, measured=measured)
+                                  "data": data_spec}, measured=measured, checked=True)
     if is_main():
         click.echo(format_table(result.report))
         click.echo(f"\nwrote {', '.join(sorted(result.files))} to {out_dir}")

@@ -118,6 +118,7 @@ def compress(
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     measured: Measured | None = None,
+    checked: bool = False,
 ) -> CompressResult:
     """Compress ``model`` on ``data`` with ``recipe``; write model, ONNX file and report into ``out_dir``.
 
@@ -130,13 +131,15 @@ def compress(
     (how the model was loaded: file name, ``--arch``) is recorded in the report so that
     ``prunedrop export RUN_DIR`` can rebuild the variational model later. ``measured``: what
     :func:`measure_before_files` measured on this model and data (the CLI measures before it writes run.json);
-    without it, it is measured here, before the folder is made.
+    without it, it is measured here, before the folder is made. ``checked``: the caller has run
+    :func:`~prunedrop.task.fit_task` (its recipe is the one given) and :func:`check_before_files` on this model and
+    data, as the CLI does before run.json; they are not run again.
     """
     model = model.cpu().eval()
     data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
-    # the model's outputs against the data's labels, and the loss they call for, before any file (as the CLI does)
-    recipe = fit_task(model, data, recipe, log if distributed.is_main() else None)
-    check_before_files(model, data, recipe)
+    if not checked:  # the model's outputs against the data's labels, the loss they call for: before any file
+        recipe = fit_task(model, data, recipe, log if distributed.is_main() else None)
+        check_before_files(model, data, recipe)
     if measured is None and distributed.is_main():  # every validation and test sample, before any file
         measured = measure_before_files(model, data, recipe)
     folder = RunFolder(out_dir).create()
