@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import PrunedropError
 from ..modes import kept
-from .bundle import SPLITS, DataBundle, seeded_generator
+from .bundle import SPLITS, DataBundle, no_batch, seeded_generator
 from .checks import IGNORED, ClassesDataset, check_finite, check_non_negative, describe_value
 
 
@@ -242,9 +242,7 @@ def first_item(data: Dataset | DataLoader, where: str = "the data") -> Sequence[
         with torch.random.fork_rng(devices=[]):
             item = next(iter(data), None)
         if item is None:  # drop_last with fewer samples than a batch, a sampler that selects nothing
-            raise PrunedropError(f"{where} yields no batch (a DataLoader with drop_last=True and fewer samples "
-                                 "than its batch size, or a sampler that selects nothing?); give a DataLoader that "
-                                 "yields at least one batch")
+            raise PrunedropError(no_batch(where))
     else:
         item = data[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2:

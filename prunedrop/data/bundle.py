@@ -199,8 +199,12 @@ class _WithoutLoneBatches:
         return getattr(self.loader, name)
 
 
-#: the error for training data that yields no batch (a DataLoader with ``drop_last=True`` and fewer samples than its
-#: batch size, a sampler that selects nothing, an iterator that is spent after its first pass)
-NO_TRAINING_BATCH = ("the training data yields no batch (a DataLoader with drop_last=True and fewer samples than its "
-                     "batch size, or a sampler that selects nothing?); give a training DataLoader that yields at "
-                     "least one batch in every epoch")
+def no_batch(where: str, loader: str = "a DataLoader that yields at least one batch") -> str:
+    """The error for data (``where``) that yields no batch: a DataLoader with ``drop_last=True`` and fewer samples
+    than its batch size, a sampler that selects nothing, an iterator spent after its first pass."""
+    return (f"{where} yields no batch (a DataLoader with drop_last=True and fewer samples than its batch size, or a "
+            f"sampler that selects nothing?); give {loader}")
+
+
+#: the error for training data that yields no batch in an epoch
+NO_TRAINING_BATCH = no_batch("the training data", "a training DataLoader that yields at least one batch in every epoch")
