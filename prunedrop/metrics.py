@@ -304,5 +304,62 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
             f"{overall:+.3g}: the budget holds over all samples, not per class")
 
 
+class LabelCounts:
+    """Counts the class labels a loader gives (one per sample or per position, :data:`IGNORED` left out), passed
+    through unchanged: ``for x, y in counts.through(loader)``. Only single-label classification labels are counted
+    (a one-logit binary classifier's 0/1 included, a multi-label model's rows not): :attr:`counts` stays None
+    otherwise. For :func:`chance_note`."""
+
+    def __init__(self, loss: str) -> None:
+        self.loss = loss
+        self.counts: torch.Tensor | None = None
+        self.usable = is_classification(loss)
+
+    def through(self, loader: Any) -> Iterator[Any]:
+        for batch in loader:
+            if self.usable:
+                self._add(batch[1])
+            yield batch
+
+    def _add(self, y: Any) -> None:
+        if not isinstance(y, torch.Tensor) or (self.loss != "cross_entropy" and y.dim() > 1 and y.shape[-1] != 1):
+            self.usable, self.counts = False, None  # a multi-label model's rows of 0s and 1s
+            return
+        y = y.detach().reshape(-1)
+        if y.is_floating_point():
+            if not bool((y == y.round()).all()):
+                self.usable, self.counts = False, None
+                return
+            y = y.long()
+        y = y[y >= 0].cpu()
+        counts = torch.bincount(y)
+        if self.counts is None:
+            self.counts = counts
+            return
+        if counts.numel() > self.counts.numel():
+            counts, self.counts = self.counts, counts
+        self.counts[:counts.numel()] += counts
+
+
+def chance_note(metric: float, counts: torch.Tensor | None, split: str = "validation") -> str | None:
+    """One line for a classifier whose accuracy ``metric`` (in %) on the ``split`` data is not measurably above
+    always predicting its most frequent label (``counts``: :class:`LabelCounts`): within two binomial standard
+    errors of that share, or below it. An untrained model (weights never loaded), or one that learnt nothing: its
+    compression is measured against a model that predicts nothing, so every number of the run means little."""
+    if counts is None or not counts.numel():
+        return None
+    total = int(counts.sum())
+    if total < 2:
+        return None
+    top = int(counts.argmax())
+    share = float(counts[top]) / total
+    margin = 200.0 * math.sqrt(max(share * (1.0 - share), 1.0 / total) / total)
+    if metric > 100.0 * share + margin:
+        return None
+    return (f"the given model's {split} accuracy, {metric:.4g}%, is no better than always predicting its most frequent "
+            f"label ({top}: {100.0 * share:.4g}% of {total:,} labels): was it trained, and were its weights loaded? "
+            "a budget kept against it says nothing about a trained model")
+
+
 #: what the log's and the terminal's class note add: report.md holds the table
 SEE_EVERY_CLASS = " (report.md lists every class, or every label of a multi-label model)"

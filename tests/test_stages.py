@@ -361,3 +361,60 @@ def test_measured_widths_are_timed_with_onnxruntime_and_only_where_the_recipe_le
     # latency_runs: 0 times nothing, as the quantizer's speed check does not: every pruned channel goes
     assert slim_multiple(Recipe(method="sbp", latency_runs=0)) == 1
     assert slim_multiple(Recipe(method="sbp", latency_runs=0, channel_multiple=8)) == 8
+
+
+def test_label_counts_count_single_labels_across_batches_and_leave_other_tasks_alone() -> None:
+    from prunedrop.metrics import LabelCounts
+
+    counts = LabelCounts("cross_entropy")
+    batches = [(torch.zeros(3, 2), torch.tensor([0, 0, 1])), (torch.zeros(3, 2), torch.tensor([4, -100, 0]))]
+    assert [y.tolist() for _, y in counts.through(batches)] == [[0, 0, 1], [4, -100, 0]]  # passed through
+    assert counts.counts.tolist() == [3, 1, 0, 0, 1]
+    per_position = LabelCounts("cross_entropy")
+    list(per_position.through([(None, torch.tensor([[2, 2], [1, -100]]))]))
+    assert per_position.counts.tolist() == [0, 1, 2]
+    binary = LabelCounts("binary_cross_entropy")  # a one-logit classifier's 0/1 floats
+    list(binary.through([(None, torch.tensor([[1.0], [0.0], [1.0]]))]))
+    assert binary.counts.tolist() == [1, 2]
+    tags = LabelCounts("binary_cross_entropy")  # a multi-label model's rows: no most frequent label
+    list(tags.through([(None, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))]))
+    assert not tags.usable and tags.counts is None
+    assert not LabelCounts("mse").usable
+
+
+@pytest.mark.parametrize(("metric", "warned"), [(9.0, True), (13.0, True), (19.0, True), (21.0, False), (97.0, False)])
+def test_a_classifier_no_better_than_its_most_frequent_label_is_named(metric: float, warned: bool) -> None:
+    from prunedrop.metrics import chance_note
+
+    counts = torch.tensor([13, 11, 10, 10, 10, 10, 9, 9, 9, 9])  # 100 labels, the most frequent 13%: 2 SE ≈ 6.7
+    note = chance_note(metric, counts)
+    assert (note is not None) == warned
+    if warned:
+        assert "no better than always predicting its most frequent label (0: 13%" in note
+    assert chance_note(50.0, None) is None and chance_note(50.0, torch.tensor([1])) is None
+
+
+def test_an_untrained_model_is_named_in_the_log_the_report_and_the_terminal(tmp_path: Path) -> None:
+    from prunedrop.pipeline import measure_before_files
+    from prunedrop.report.render import format_markdown, format_table
+    from prunedrop.storage import load_model
+
+    data = load_data("digits")
+    recipe = load_recipe("recipes/digits-quick.yaml")
+    trained = load_model("examples/digits_mlp.pt", arch="examples.models:digits_mlp")
+    assert measure_before_files(trained, data, recipe).notes == []
+    untrained = load_model("examples/digits_mlp.pt", arch="examples.models:digits_mlp")
+    with torch.no_grad():
+        for p in untrained.parameters():
+            p.zero_()  # every output equal: the first class for every sample
+    measured = measure_before_files(untrained, data, recipe)
+    assert len(measured.notes) == 1 and "was it trained" in measured.notes[0]
+    lines: list[str] = []
+    baseline = stages.measure_original(untrained, data, recipe, RunFolder(tmp_path / "run").create(),
+                                       data.example_batch(8), lines.append, measured=measured)
+    assert f"warning: {measured.notes[0]}" in lines
+    assert baseline.to_dict()["original_notes"] == measured.notes
+    report = {**load_report(OLD_RUN / "run"), "original_notes": measured.notes}
+    assert f"warning: {measured.notes[0]}" in format_table(report)
+    assert f"warning: {measured.notes[0]}" in format_markdown(report)
+    assert "warning" not in format_table(load_report(OLD_RUN / "run"))

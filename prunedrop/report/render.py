@@ -223,6 +223,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(_sweep_line(report))
     if isinstance(report.get("calibration"), Mapping):
         parts.append(_align(_CALIBRATION_HEADER, _calibration_rows(report["calibration"])))
+    parts += _original_notes(report)
     note = _class_note(report)
     if note:
         from ..metrics import SEE_EVERY_CLASS
@@ -230,6 +231,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         parts.append(f"note: {note}{SEE_EVERY_CLASS}")
     parts.append(_align(_LAYER_HEADER, _layer_table_rows(report), left=2))
     return "\n\n".join(parts) + "\n"
+
+
+def _original_notes(report: Mapping[str, Any]) -> list[str]:
+    """The warnings about the original model (report.json's ``original_notes``: one no better than its most
+    frequent label)."""
+    notes = report.get("original_notes")
+    return [f"warning: {n}" for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
 
 
 def _class_note(report: Mapping[str, Any]) -> str | None:
@@ -453,6 +461,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         _markdown(_SUMMARY_HEADER, _summary_rows(report)),
         f"Parity, max |torch − ONNX Runtime| on the verification inputs: "
         f"{_fmt_float(report.get('parity_max_abs_diff'))}",
+        *_original_notes(report),
         f"FLOPs are {flops_unit} of the linear, convolution, recurrent and attention layers; non-zero MACs count "
         "only multiply-adds with a non-zero weight (and an attention's products of queries, keys and values in "
         "full). Ratios are before / after.",

@@ -17,7 +17,7 @@ from ..data.checks import IGNORED
 from ..data.token_ids import checked_token_ids
 from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
-from ..metrics import NO_LABELS, sample_scores, scores_metric
+from ..metrics import NO_LABELS, LabelCounts, chance_note, sample_scores, scores_metric
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..safety import check_deterministic, check_model_structure
@@ -38,9 +38,13 @@ class Baseline:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per split, the metric per sample (:func:`prunedrop.stages.common.measure_all`): the paired standard error of
     the change."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the original model itself (:func:`~prunedrop.metrics.chance_note`); logged, and kept in
+    report.json's ``original_notes``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"test_metric": {"before": self.metric.get("test")}, "timings": self.timings}
+        return {"test_metric": {"before": self.metric.get("test")}, "timings": self.timings,
+                **({"original_notes": list(self.notes)} if self.notes else {})}
 
 
 @dataclass
@@ -53,25 +57,31 @@ class Measured:
     scores: dict[str, torch.Tensor]
     """Per split, the metric per sample (:func:`prunedrop.metrics.sample_scores`)."""
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the model: a classifier no better than its most frequent label
+    (:func:`~prunedrop.metrics.chance_note`)."""
 
 
 def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> Measured:
     """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
     folder is made, so that what only this pass finds is one line with no file written: every label ignored (-100),
     outputs that are not finite (NaN or inf: a ``log`` of values that can be negative), a token id beyond an
-    embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). :func:`measure_original` takes the
-    result over, so the data is read once."""
+    embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). It also counts the validation labels,
+    for a note on a classifier no better than its most frequent label (an untrained model). :func:`measure_original`
+    takes the result over, so the data is read once."""
     t0 = time.perf_counter()
     metric: dict[str, float] = {}
     scores: dict[str, torch.Tensor] = {}
+    labels = LabelCounts(recipe.loss)
     for split in ["val"] + (["test"] if data.test is not None else []):
         name = "validation" if split == "val" else split
         count = _NonFinite(recipe.loss)
         handle = model.register_forward_hook(count)
+        loader = data.loader(split, recipe.eval_batch_size)
         try:
             with checked_token_ids(model, f"the {name} inputs of {data.name}"):
-                scores[split] = sample_scores(model, data.loader(split, recipe.eval_batch_size), loss=recipe.loss,
-                                              device=torch.device("cpu"))
+                scores[split] = sample_scores(model, labels.through(loader) if split == "val" else loader,
+                                              loss=recipe.loss, device=torch.device("cpu"))
         except PrunedropError as e:
             if e.message == NO_LABELS:  # which split
                 raise PrunedropError(f"every label of the {name} data is {IGNORED} (a label to ignore): there is "
@@ -86,7 +96,8 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
                 "(in eval mode, before any change): a log, square root or division in its forward of values that "
                 "can be 0 or negative? prunedrop cannot train or measure it; make its outputs finite for every input")
         metric[split] = scores_metric(scores[split])
-    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0)
+    note = chance_note(metric["val"], labels.counts) if labels.usable else None
+    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [])
 
 
 class _NonFinite:
@@ -133,10 +144,11 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     timings = {"baseline_s": time.perf_counter() - t0}
     log(f"original model: {metric_name(recipe.loss)} {metric['val']:.4g} on validation data, "
         f"ONNX {exported.num_bytes:,} bytes")
-    note = probabilities_note(outputs, recipe.loss)
-    if note:
-        log(f"warning: {note}")
-    return Baseline(model=original, metric=metric, onnx=exported, timings=timings, scores=scores)
+    notes = list(measured.notes)
+    for note in [probabilities_note(outputs, recipe.loss), *notes]:
+        if note:
+            log(f"warning: {note}")
+    return Baseline(model=original, metric=metric, onnx=exported, timings=timings, scores=scores, notes=notes)
 
 
 def probabilities_note(outputs: torch.Tensor, loss: str) -> str | None:
