@@ -341,6 +341,57 @@ class LabelCounts:
         self.counts[:counts.numel()] += counts
 
 
+class TargetSpread:
+    """The sums a loader's regression targets give (per target column: count, sum, sum of squares, float64),
+    passed through unchanged like :class:`LabelCounts`: the error of always predicting each column's mean
+    (:meth:`constant_error`), for :func:`mean_note`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.usable = True
+
+    def through(self, loader: Any) -> Iterator[Any]:
+        for batch in loader:
+            if self.usable:
+                self._add(batch[1])
+            yield batch
+
+    def _add(self, y: Any) -> None:
+        if not isinstance(y, torch.Tensor) or y.dim() == 0:
+            self.usable = False
+            return
+        y = y.detach().reshape(y.shape[0], -1).double().cpu()
+        if self.sums is not None and self.sums.shape[0] != y.shape[1]:
+            self.usable = False
+            return
+        sums, squares = y.sum(dim=0), (y * y).sum(dim=0)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += y.shape[0]
+
+    def constant_error(self) -> float | None:
+        """The mean squared error, over every target value, of predicting each column's mean; None without two
+        samples."""
+        if not self.usable or self.sums is None or self.squares is None or self.count < 2:
+            return None
+        mean = self.sums / self.count
+        variance = (self.squares / self.count - mean * mean).clamp(min=0.0)
+        return float(variance.mean())
+
+
+def mean_note(metric: float, constant: float | None, split: str = "validation") -> str | None:
+    """One line for a regression model whose mean squared error ``metric`` on the ``split`` data is no lower than
+    that of always predicting the targets' mean (``constant``, :meth:`TargetSpread.constant_error`; R² ≤ 0): an
+    untrained model, or one whose weights were never loaded."""
+    if constant is None or not math.isfinite(metric) or constant <= 0.0 or metric < constant:
+        return None
+    return (f"the given model's {split} mean squared error, {metric:.4g}, is no lower than always predicting the "
+            f"targets' mean ({constant:.4g}; R² {1.0 - metric / constant:.3g}): was it trained, and were its weights "
+            "loaded? A budget kept against it says nothing about a trained model")
+
+
 def chance_note(metric: float, counts: torch.Tensor | None, split: str = "validation") -> str | None:
     """One line for a classifier whose accuracy ``metric`` (in %) on the ``split`` data is not measurably above
     always predicting its most frequent label (``counts``: :class:`LabelCounts`): within two binomial standard

@@ -300,3 +300,33 @@ def test_python_hook_target_mistakes_are_one_line_errors(folder: Path, loss: str
     for needle in needles:
         assert needle in result.output, result.output
     assert not (folder / "out").exists()
+
+
+def test_a_regression_model_no_better_than_the_targets_mean_is_named() -> None:
+    from prunedrop.data import DataBundle
+    from prunedrop.metrics import TargetSpread, mean_note
+    from prunedrop.pipeline import measure_before_files
+    from prunedrop.recipes import Recipe
+
+    spread = TargetSpread()
+    y = torch.tensor([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0], [7.0, 70.0]])
+    batches = [(None, y[:3]), (None, y[3:])]
+    assert [b[1].tolist() for b in spread.through(batches)] == [y[:3].tolist(), y[3:].tolist()]
+    assert spread.constant_error() == pytest.approx(float(y.var(dim=0, unbiased=False).mean()))
+    assert mean_note(spread.constant_error() * 0.5, spread.constant_error()) is None
+    assert "R² 0" in mean_note(spread.constant_error(), spread.constant_error())
+    assert mean_note(1.0, None) is None and mean_note(1.0, 0.0) is None
+
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(240, 8)).astype(np.float32)
+    target = (x @ gen.normal(size=(8, 2)) + 3.0).astype(np.float32)  # not centred: a model at zero is far off
+    sets = [torch.utils.data.TensorDataset(torch.from_numpy(x[i::3]), torch.from_numpy(target[i::3]))
+            for i in range(3)]
+    data = DataBundle(name="toy", train=sets[0], val=sets[1], test=sets[2], input_shape=(8,), num_classes=None)
+    recipe = Recipe(loss="mse")
+    torch.manual_seed(0)
+    untrained = TinyMLP(in_features=8, hidden=(16,), num_classes=2).eval()
+    notes = measure_before_files(untrained, data, recipe).notes
+    assert len(notes) == 1 and "no lower than always predicting the targets' mean" in notes[0]
+    trained = _train(TinyMLP(in_features=8, hidden=(16,), num_classes=2), x, target)
+    assert measure_before_files(trained, data, recipe).notes == []

@@ -17,7 +17,15 @@ from ..data.checks import IGNORED
 from ..data.token_ids import checked_token_ids
 from ..errors import PrunedropError
 from ..export import ExportResult, export_onnx, verify_onnx
-from ..metrics import NO_LABELS, LabelCounts, chance_note, sample_scores, scores_metric
+from ..metrics import (
+    NO_LABELS,
+    LabelCounts,
+    TargetSpread,
+    chance_note,
+    mean_note,
+    sample_scores,
+    scores_metric,
+)
 from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..safety import check_deterministic, check_model_structure
@@ -66,13 +74,14 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
     """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
     folder is made, so that what only this pass finds is one line with no file written: every label ignored (-100),
     outputs that are not finite (NaN or inf: a ``log`` of values that can be negative), a token id beyond an
-    embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). It also counts the validation labels,
-    for a note on a classifier no better than its most frequent label (an untrained model). :func:`measure_original`
-    takes the result over, so the data is read once."""
+    embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). It also counts the validation labels
+    (or the targets' spread), for a note on a model no better than always predicting the most frequent label (or
+    the targets' mean): an untrained model. :func:`measure_original` takes the result over, so the data is read
+    once."""
     t0 = time.perf_counter()
     metric: dict[str, float] = {}
     scores: dict[str, torch.Tensor] = {}
-    labels = LabelCounts(recipe.loss)
+    labels = TargetSpread() if recipe.loss == "mse" else LabelCounts(recipe.loss)
     for split in ["val"] + (["test"] if data.test is not None else []):
         name = "validation" if split == "val" else split
         count = _NonFinite(recipe.loss)
@@ -96,7 +105,10 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
                 "(in eval mode, before any change): a log, square root or division in its forward of values that "
                 "can be 0 or negative? prunedrop cannot train or measure it; make its outputs finite for every input")
         metric[split] = scores_metric(scores[split])
-    note = chance_note(metric["val"], labels.counts) if labels.usable else None
+    if isinstance(labels, TargetSpread):
+        note = mean_note(metric["val"], labels.constant_error())
+    else:
+        note = chance_note(metric["val"], labels.counts) if labels.usable else None
     return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [])
 
 
