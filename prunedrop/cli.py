@@ -259,7 +259,9 @@ def _check_same_arch_kwargs(out_dir: Path, kwargs: dict[str, Any]) -> None:
 
 @cli.command(name="export")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--threshold", type=float, help="Pruning threshold (log α); default: the run's recipe threshold.")
+@click.option("--threshold", type=float,
+              help="Pruning threshold (log α, or the SNR for sbp); default: the one the run chose (its report.json), "
+                   "or the recipe's for a run that did not finish.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Path of the ONNX file to write: a new file, never one the run depends on.")
 @click.option("--overwrite", is_flag=True, help="Replace the file at -o if it exists (a regular file only).")

@@ -315,7 +315,8 @@ _WHAT = {"model_sha256": "the model file's content", "data_sizes": "the data's s
 
 
 def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, action: str,
-                   warn: Callable[[str], None]) -> None:
+                   warn: Callable[[str], None],
+                   advice: str = "give the run's inputs, or start a new run with another -o or --overwrite") -> None:
     """Refuse ``action`` (e.g. ``--resume``) when ``current`` inputs differ from those ``info`` (run.json) records.
 
     ``current`` holds the identity keys and the loading settings (``arch``, ``trust_pickle``). A run.json from an
@@ -338,7 +339,7 @@ def check_identity(info: Mapping[str, Any], current: Mapping[str, Any], *, actio
         raise PrunedropError(f"run.json has a malformed {IDENTITY_KEY!r} entry; {action} cannot trust this run")
     if changed:
         raise PrunedropError(f"{action}: {', '.join(changed)} differ(s) from the run's; nothing was changed "
-                             "(give the run's inputs, or start a new run with another -o or --overwrite)")
+                             f"({advice})")
 
 
 #: what run.json holds (written by the CLI's compress), and the types each entry may have
@@ -348,9 +349,18 @@ RUN_INFO_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: what every run.json written by ``compress`` holds, and what ``export`` and ``--resume`` cannot do without: the
+#: model file, the data spec and the recipe (a run.json without the recipe would be read with today's defaults)
+RUN_INFO_REQUIRED = ("model_path", "data", "recipe")
+
+
 def check_run_info(info: Mapping[str, Any], where: str) -> None:
-    """Refuse a run.json whose entries have the wrong types (edited by hand or damaged), before anything uses
-    them; entries that are missing are each user's to report."""
+    """Refuse a run.json whose entries have the wrong types (edited by hand or damaged), or that lacks one of
+    :data:`RUN_INFO_REQUIRED`, before anything uses them; other entries that are missing are each user's to report."""
+    missing = [key for key in RUN_INFO_REQUIRED if key not in info]
+    if missing:
+        raise PrunedropError(f"{where} has no {', '.join(repr(k) for k in missing)}; it was edited or damaged (or "
+                             "not written by `prunedrop compress`): run `prunedrop compress` again with another -o")
     for key, kinds in RUN_INFO_TYPES.items():
         if key in info and not isinstance(info[key], kinds):
             raise PrunedropError(f"{where} has a malformed {key!r} ({type(info[key]).__name__}); it was edited or "

@@ -1,0 +1,183 @@
+"""Hostile and careless inputs to what reads a finished (or unfinished) run folder: ``prunedrop export`` and its
+Python function ``reexport``.
+
+Every case works on a copy of ``tests/data/run-v1`` (a run folder written by an earlier prunedrop), so nothing is
+trained here. Each refusal must be a one-line error (status 1) that writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prunedrop.cli import cli
+from prunedrop.errors import PrunedropError
+
+OLD_RUN = Path(__file__).parent / "data" / "run-v1"
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (KeyError, TypeError))
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of tests/data/run-v1 as the current folder: the user's files and the run folder ``run``."""
+    folder = tmp_path / "project"
+    shutil.copytree(OLD_RUN, folder)
+    run_json = folder / "run" / "run.json"
+    info = json.loads(run_json.read_text())
+    info["model_path"] = str(folder / "model.pt")  # an absolute path where it was written; the copy lives here
+    run_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------- export: run.json without a key
+
+
+@pytest.mark.parametrize("key", ["model_path", "data", "recipe"])
+def test_export_of_a_run_json_without_a_key_it_needs(project: Path, key: str) -> None:
+    """A run.json without 'model_path' or 'data' stopped with a KeyError traceback; one without 'recipe' was
+    exported silently with today's default recipe (another method's layers, another threshold)."""
+    _edit_json(project / "run" / "run.json", lambda info: info.pop(key))
+    before = _snapshot(project)
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    _one_line_error(result, f"has no '{key}'", "compress")
+    assert _snapshot(project) == before
+
+
+# ------------------------------------------------------------------------------- export: the threshold
+
+
+@pytest.mark.parametrize("value", ["1e9", "10", "30"])
+def test_export_threshold_that_prunes_nothing(project: Path, value: str) -> None:
+    """A log α threshold at or above log_alpha_clip (a typo of 3.0 as 30) pruned nothing and wrote the dense model as
+    the 'compressed' one; the recipe refuses it, and so does export now."""
+    before = _snapshot(project)
+    result = CliRunner().invoke(cli, ["export", "run", "--threshold", value, "-o", "t.onnx"])
+    _one_line_error(result, "prunes no weight", "(−10, 10)")
+    assert _snapshot(project) == before
+
+
+@pytest.mark.parametrize("value", [-4.0, 0.0])
+def test_reexport_snr_threshold_that_prunes_nothing(project: Path, value: float) -> None:
+    """A log α threshold given to a signal-to-noise method (an SNR is ≥ 0): refused by name, before the checkpoint
+    is read."""
+    from prunedrop.pipeline import reexport
+    from prunedrop.recipes import Recipe
+
+    with pytest.raises(PrunedropError, match="no signal-to-noise threshold"):
+        reexport(_model(project), _data(), Recipe(method="sbp"), project / "run", project / "t.onnx",
+                 threshold=value)
+    assert not (project / "t.onnx").exists()
+
+
+def test_export_defaults_to_the_threshold_the_run_chose(project: Path) -> None:
+    """Without --threshold, export took the recipe's threshold (3), not the one the run's sweep chose (report.json):
+    `prunedrop export RUN` wrote another model than the run's (a digits MLP: 43,317 parameters where the run had
+    18,987). Here the run's report is edited to a chosen threshold of 1."""
+    _edit_json(project / "run" / "report.json", lambda r: r.update(threshold=1.0))
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    assert result.exit_code == 0, result.output
+    assert "threshold 1: the one the run chose" in result.output
+    assert "threshold 1: kept" in result.output
+    assert (project / "again.onnx").is_file()
+
+
+def test_export_of_a_run_without_report_takes_the_recipes_threshold(project: Path) -> None:
+    (project / "run" / "report.json").unlink()
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    assert result.exit_code == 0, result.output
+    assert "threshold 3: the run's recipe's, as report.json is missing" in result.output
+
+
+# ------------------------------------------------------------------------------- export: other inputs than the run's
+
+
+def _shuffle_validation(folder: Path) -> None:
+    arrays = dict(np.load(folder / "data.npz"))
+    arrays["x_val"] = arrays["x_val"][::-1].copy()  # the labels no longer go with their inputs
+    np.savez(folder / "data.npz", **arrays)
+
+
+def _retrain_model(folder: Path) -> None:
+    import torch
+
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, folder / "model.pt")
+
+
+@pytest.mark.parametrize(("edit", "needle"), [(_shuffle_validation, "the data's samples"),
+                                              (_retrain_model, "the model file's content")])
+def test_export_refuses_inputs_that_are_not_the_runs(project: Path, edit, needle: str) -> None:
+    """run.json records the identity of the run's model file and data, and --resume checks it; export did not, and
+    reported (and, with --quantize, budgeted) a metric measured on other data: 42.5% where the run's data gives 72.5%
+    when the validation labels no longer go with their inputs."""
+    edit(project)
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    _one_line_error(result, needle, "differ")
+    assert not (project / "again.onnx").exists()
+
+
+def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
+    checkpoint = project / "run" / "checkpoint-variational.pt"
+    checkpoint.unlink()
+    checkpoint.mkdir()
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    _one_line_error(result, "is not a file")
+    assert not (project / "again.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- the Python functions
+
+
+def _model(folder: Path):
+    from prunedrop.storage import load_model
+
+    return load_model(folder / "model.pt", arch="tinyarch:build")
+
+
+def _data():
+    from prunedrop.data import load_data
+
+    return load_data("npz:data.npz")
+
+
+@pytest.mark.parametrize("wrong", ["model", "data", "recipe", "threshold-str", "threshold-bool"])
+def test_reexport_with_arguments_of_the_wrong_kind(project: Path, wrong: str) -> None:
+    """reexport(None, ...) stopped with "'NoneType' object has no attribute 'cpu'" deep in the conversion; a
+    threshold given as a string with "must be real number, not str"; True was taken as the threshold 1."""
+    from prunedrop.pipeline import read_run_info, reexport
+    from prunedrop.recipes import Recipe
+
+    args = {"model": _model(project), "data": _data(),
+            "recipe": Recipe.from_dict(read_run_info("run")["recipe"], saved_run=True)}
+    threshold = {"threshold-str": "3", "threshold-bool": True}.get(wrong)
+    if wrong in args:
+        args[wrong] = None
+    name = wrong.partition("-")[0]
+    with pytest.raises(TypeError, match=f"reexport: {name} must be"):
+        reexport(args["model"], args["data"], args["recipe"], "run", "again.onnx", threshold=threshold)
+    assert not (project / "again.onnx").exists()
