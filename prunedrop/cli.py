@@ -319,9 +319,9 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     only drawn by `compress`).
     """
     from .errors import PrunedropError
-    from .report import compare_reports, format_table, load_report
+    from .report import compare_reports, format_table, load_reports
 
-    reports = [load_report(d) for d in run_dirs]
+    reports = list(load_reports(run_dirs).values())  # one run given twice is refused
     if render and len(run_dirs) == 1:
         from .runfolder import PLOTS, REPORT_MD, RunFolder, check_inputs_kept, run_inputs_of
 

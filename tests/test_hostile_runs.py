@@ -1,5 +1,5 @@
-"""Hostile and careless inputs to what reads a finished (or unfinished) run folder: ``prunedrop export`` and its
-Python function ``reexport``.
+"""Hostile and careless inputs to what reads a finished (or unfinished) run folder: ``prunedrop export``,
+``prunedrop report`` and their Python functions (``reexport``, ``load_report``, ``load_reports``).
 
 Every case works on a copy of ``tests/data/run-v1`` (a run folder written by an earlier prunedrop), so nothing is
 trained here. Each refusal must be a one-line error (status 1) that writes nothing.
@@ -8,6 +8,7 @@ trained here. Each refusal must be a one-line error (status 1) that writes nothi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,35 @@ def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
     result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
     _one_line_error(result, "is not a file")
     assert not (project / "again.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def test_report_of_an_unfinished_run_says_so(project: Path) -> None:
+    """A run interrupted (or stopped over its budget) has run.json and a checkpoint but no report.json: `report` said
+    'run `prunedrop compress` with this output folder first', which a non-empty folder refuses."""
+    (project / "run" / "report.json").unlink()
+    result = CliRunner().invoke(cli, ["report", "run"])
+    _one_line_error(result, "interrupted", "--resume", "prunedrop export run")
+    result = CliRunner().invoke(cli, ["report", "run", "run"])
+    _one_line_error(result, "interrupted")
+
+
+@pytest.mark.parametrize("second", ["run", "./run/", "link", "absolute"])
+def test_report_of_one_run_given_twice(project: Path, second: str) -> None:
+    """`report run run` printed one column and `report run ./link` two columns of one run, as if compared."""
+    os.symlink("run", project / "link")
+    second = str(project / "run") if second == "absolute" else second
+    result = CliRunner().invoke(cli, ["report", "run", second])
+    _one_line_error(result, "given twice", "give each run once")
+
+
+def test_report_of_two_runs_still_compares_them(project: Path) -> None:
+    shutil.copytree(project / "run", project / "other")
+    result = CliRunner().invoke(cli, ["report", "run", "other"])
+    assert result.exit_code == 0, result.output
+    assert "run" in result.output.splitlines()[0] and "other" in result.output.splitlines()[0]
 
 
 # ------------------------------------------------------------------------------- the Python functions

@@ -10,7 +10,7 @@ from .build import REPORT_SCHEMA_VERSION, build_report, check_no_absolute_paths,
 from .latency import measure_latency
 from .profile import LayerProfile, count_parameters, layer_weights, profile_model, recurrent_weights
 from .render import compare_reports, format_table, human_bytes, human_count
-from .store import load_report, write_report
+from .store import load_report, load_reports, write_report
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -24,6 +24,7 @@ __all__ = [
     "human_count",
     "layer_weights",
     "load_report",
+    "load_reports",
     "measure_latency",
     "profile_model",
     "public_spec",

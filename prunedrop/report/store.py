@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,24 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     atomic_write_text(out_dir / REPORT_MD, format_markdown(report))
 
 
+def _no_report(path: Path) -> str:
+    """Why ``path`` (a report.json) is not there, and what to do: a run that was interrupted (its run.json and
+    checkpoint are there) is told apart from a folder that holds no run."""
+    from ..runfolder import RunFolder
+
+    folder = RunFolder(path.parent)
+    if os.path.lexists(path):
+        return f"{path} is not a file; restore the run's report.json or run `prunedrop compress` again"
+    if folder.run_info.is_file():
+        if folder.variational_checkpoint.is_file():
+            return (f"the run in {folder.path} has no {REPORT_JSON}: it was interrupted or stopped before its report "
+                    "(its checkpoint is there): continue an interrupted run with its `prunedrop compress` command and "
+                    f"--resume, or export the checkpoint as it is with `prunedrop export {folder.path} -o FILE.onnx`")
+        return (f"the run in {folder.path} has no {REPORT_JSON}: it was interrupted or stopped before its first "
+                "checkpoint; run `prunedrop compress` again")
+    return f"no report at {path}: run `prunedrop compress` with this output folder first"
+
+
 def load_report(run_dir: str | os.PathLike[str]) -> dict:
     """Read ``run_dir/report.json`` (``run_dir`` may also be the file itself).
 
@@ -35,7 +53,7 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
     if path.is_dir() or path.suffix != ".json":
         path = path / REPORT_JSON
     if not path.is_file():
-        raise PrunedropError(f"no report at {path}: run `prunedrop compress` with this output folder first")
+        raise PrunedropError(_no_report(path))
     from ..safety import load_json_file
 
     report = load_json_file(path, where=str(path), advice="delete it and run the report stage again")
@@ -48,3 +66,21 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
             f"{REPORT_SCHEMA_VERSION}; run the report stage again with this version"
         )
     return report
+
+
+def load_reports(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict]:
+    """:func:`load_report` of each of ``run_dirs``, keyed by the path as given, for runs side by side
+    (:func:`~prunedrop.report.compare_reports`). The same report given twice (``run run``, ``run ./run``, a link to
+    it) is refused: it would show as one column, or as two columns that are one run."""
+    from ..safety import same_entry
+
+    paths: list[tuple[str, Path]] = []
+    for run_dir in run_dirs:
+        path = Path(run_dir)
+        report_json = path if path.suffix == ".json" and not path.is_dir() else path / REPORT_JSON
+        twin = next((given for given, other in paths if same_entry(report_json, other)), None)
+        if twin is not None:
+            same = "" if twin == str(run_dir) else f" (as {twin} and {run_dir})"
+            raise PrunedropError(f"{run_dir} is given twice{same}: it is one run; give each run once")
+        paths.append((str(run_dir), report_json))
+    return {given: load_report(given) for given, _ in paths}
