@@ -203,7 +203,7 @@ def _run_threshold(folder: RunFolder, recipe: Recipe) -> tuple[float, str]:
                     return threshold, (f"threshold {threshold:g}: the one the run chose (its "
                                        f"{folder.report_json.name}); --threshold chooses another")
             else:
-                reason = f"its {folder.report_json.name} records no threshold"
+                reason = f"its {folder.report_json.name} records no threshold that is a number"
     return float(recipe.threshold), (f"threshold {recipe.threshold:g}: the run's recipe's, as {reason}; --threshold "
                                      "chooses another")
 

@@ -211,3 +211,19 @@ def test_reexport_with_arguments_of_the_wrong_kind(project: Path, wrong: str) ->
     with pytest.raises(TypeError, match=f"reexport: {name} must be"):
         reexport(args["model"], args["data"], args["recipe"], "run", "again.onnx", threshold=threshold)
     assert not (project / "again.onnx").exists()
+
+
+@pytest.mark.parametrize(("version", "needle"), [(2, "newer prunedrop"), (10**30, "newer prunedrop"),
+                                                 (0, "run `prunedrop compress` again"), ("1", "not a whole number"),
+                                                 (1.5, "not a whole number"), (float("inf"), "not a whole number"),
+                                                 (float("nan"), "not a whole number"), (True, "not a whole number")])
+def test_report_of_another_schema_version(project: Path, version, needle: str) -> None:
+    """A report.json of a newer prunedrop was told to 'run the report stage again with this version' (there is no
+    such command, and it would need the newer prunedrop); one that is no whole number ("1", 1.5, NaN, true) was
+    called a schema version as well."""
+    _edit_json(project / "run" / "report.json", lambda r: r.update(schema_version=version))
+    for args in (["report", "run"], ["report", "run", "--no-render"]):
+        _one_line_error(CliRunner().invoke(cli, args), needle)
+    # 1.0 is the version 1
+    _edit_json(project / "run" / "report.json", lambda r: r.update(schema_version=1.0))
+    assert CliRunner().invoke(cli, ["report", "run", "--no-render"]).exit_code == 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..atomic import atomic_write_text
 from ..errors import PrunedropError
 from ..runfolder import REPORT_JSON, REPORT_MD
@@ -60,11 +62,18 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
     missing = [k for k in _REQUIRED_KEYS if not isinstance(report, dict) or k not in report]
     if missing:
         raise PrunedropError(f"{path} is not a prunedrop report (missing {', '.join(missing)})")
-    if report["schema_version"] != REPORT_SCHEMA_VERSION:
-        raise PrunedropError(
-            f"{path} has report schema version {report['schema_version']}, this prunedrop reads "
-            f"{REPORT_SCHEMA_VERSION}; run the report stage again with this version"
-        )
+    version = report["schema_version"]
+    if isinstance(version, bool) or not (isinstance(version, int) or isinstance(version, float)
+                                         and math.isfinite(version) and version.is_integer()):
+        raise PrunedropError(f"{path} is not a prunedrop report (its schema_version is {str(version)[:40]!r}, not a "
+                             "whole number); it was edited or damaged: run `prunedrop compress` again")
+    if version > REPORT_SCHEMA_VERSION:
+        raise PrunedropError(f"{path} was written by a newer prunedrop (report schema version {str(int(version))[:20]}; this "
+                             f"prunedrop {__version__} reads {REPORT_SCHEMA_VERSION}): read it with that prunedrop, or "
+                             "upgrade this one")
+    if version != REPORT_SCHEMA_VERSION:
+        raise PrunedropError(f"{path} has report schema version {int(version)}, this prunedrop reads "
+                             f"{REPORT_SCHEMA_VERSION}; run `prunedrop compress` again with this version")
     return report
 
 
