@@ -125,12 +125,17 @@ def reexport(
     metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,
                 "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)}
     quantization = None
-    if quantize == "none":
-        exported, parity = export_verified(final, example, Path(output), recipe, metadata)
-        path, num_bytes = exported.path, exported.num_bytes
-    else:
-        import tempfile
+    import os
+    import tempfile
 
+    if quantize == "none":
+        # written beside -o and moved onto it once verified: a file that fails the check is never left at -o, and
+        # one that --overwrite replaces is kept until then
+        with tempfile.TemporaryDirectory(prefix=".prunedrop-export-", dir=Path(output).parent) as tmp:
+            exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
+            os.replace(exported.path, output)
+        path, num_bytes = Path(output), exported.num_bytes
+    else:
         with tempfile.TemporaryDirectory(prefix="prunedrop-export-") as tmp:
             exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
             quantization = quantize_model(exported.path, output, mode=quantize, data=data, recipe=recipe,

@@ -227,3 +227,48 @@ def test_report_of_another_schema_version(project: Path, version, needle: str) -
     # 1.0 is the version 1
     _edit_json(project / "run" / "report.json", lambda r: r.update(schema_version=1.0))
     assert CliRunner().invoke(cli, ["report", "run", "--no-render"]).exit_code == 0
+
+
+# ------------------------------------------------------------------------------- export: what is left at -o
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_export_that_fails_its_check_leaves_no_file_and_keeps_the_old_one(project: Path, overwrite: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX file was written at -o and then checked with onnxruntime: a file that failed the check (a parity
+    error; onnxruntime unable to open a path that is not UTF-8) stayed at -o, and the file that --overwrite was to
+    replace was gone already."""
+    import prunedrop.stages.exporting as exporting
+    from prunedrop.errors import ParityError
+
+    def fails(*args, **kwargs):
+        raise ParityError("onnxruntime and PyTorch disagree (test)")
+
+    monkeypatch.setattr(exporting, "verify_onnx", fails)
+    if overwrite:
+        (project / "mine.onnx").write_bytes(b"old")
+    result = CliRunner().invoke(cli, ["export", "run", "--threshold", "3", "-o", "mine.onnx",
+                                      *(["--overwrite"] if overwrite else [])])
+    _one_line_error(result, "disagree")
+    assert (project / "mine.onnx").read_bytes() == b"old" if overwrite else not (project / "mine.onnx").exists()
+    assert not [p for p in project.iterdir() if p.name.startswith(".prunedrop")]
+
+
+def test_export_to_a_path_that_is_not_utf8(project: Path) -> None:
+    """onnxruntime's binding cannot take a path that is not UTF-8 ("incompatible constructor arguments"): export
+    wrote the file, then stopped with "onnxruntime cannot load ...; re-export the model" and left it there."""
+    name = os.fsdecode(b"caf\xe9.onnx")  # Latin-1 bytes in a Linux file name
+    try:
+        (project / name).write_bytes(b"")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    (project / name).unlink()
+    from prunedrop.export import run_onnx
+    from prunedrop.pipeline import read_run_info, reexport
+    from prunedrop.recipes import Recipe
+
+    recipe = Recipe.from_dict(read_run_info("run")["recipe"], saved_run=True)
+    reexport(_model(project), _data(), recipe, "run", name)
+
+    x = np.load(project / "data.npz")["x_val"][:4]
+    assert run_onnx(project / name, x).shape == (4, 3)

@@ -18,7 +18,7 @@ stripped, the sparse ``Constant`` nodes and why they are stored as they are), :m
 sessions, :func:`run_onnx`, :func:`verify_onnx`).
 """
 
-from .runtime import feed_session, open_session, run_onnx, verify_onnx
+from .runtime import feed_session, open_session, run_onnx, session_source, verify_onnx
 from .sparse import sparsify_initializers, strip_debug_info
 from .trace import EXPORTERS, ExportResult, export_onnx
 
@@ -29,6 +29,7 @@ __all__ = [
     "feed_session",
     "open_session",
     "run_onnx",
+    "session_source",
     "sparsify_initializers",
     "strip_debug_info",
     "verify_onnx",

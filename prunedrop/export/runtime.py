@@ -98,6 +98,18 @@ def _half_precision(path: Path) -> bool:
         a.name == "to" and a.i in half for node in graph.node if node.op_type == "Cast" for a in node.attribute)
 
 
+def session_source(path: str | os.PathLike[str]) -> str | bytes:
+    """What ``onnxruntime.InferenceSession`` is given for the ONNX file at ``path``: the path, or, for a path that is
+    not UTF-8 (bytes a Linux file name may hold, which onnxruntime's binding cannot take: "incompatible constructor
+    arguments"), the file's bytes (prunedrop's ONNX files are self-contained: no external data beside them)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return Path(path).read_bytes()
+    return text
+
+
 def open_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
     """An onnxruntime CPU session on the ONNX file at ``path`` that takes exactly one input (one-line errors)."""
     import onnxruntime as ort
@@ -112,7 +124,7 @@ def open_session(path: str | os.PathLike[str], *, threads: int | None = None) ->
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(session_source(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own pybind exception types
         advice = "re-export the model"
         if "NOT_IMPLEMENTED" in str(e) and _half_precision(path):

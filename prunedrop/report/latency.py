@@ -38,6 +38,8 @@ def measure_latency(
     """
     import onnxruntime as ort
 
+    from ..export import session_source
+
     if not onnx_paths:
         raise ValueError("measure_latency needs at least one model")
     if runs < 2:
@@ -56,7 +58,7 @@ def measure_latency(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(session_source(path), options, providers=["CPUExecutionProvider"])
         inputs = sess.get_inputs()
         if len(inputs) != 1:
             raise PrunedropError(
