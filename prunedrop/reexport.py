@@ -131,6 +131,7 @@ def reexport(
     if quantize == "none":
         # written beside -o and moved onto it once verified: a file that fails the check is never left at -o, and
         # one that --overwrite replaces is kept until then
+        Path(output).parent.mkdir(parents=True, exist_ok=True)  # as the exporter makes it
         with tempfile.TemporaryDirectory(prefix=".prunedrop-export-", dir=Path(output).parent) as tmp:
             exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
             os.replace(exported.path, output)

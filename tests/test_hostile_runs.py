@@ -272,3 +272,9 @@ def test_export_to_a_path_that_is_not_utf8(project: Path) -> None:
 
     x = np.load(project / "data.npz")["x_val"][:4]
     assert run_onnx(project / name, x).shape == (4, 3)
+
+
+def test_export_into_a_folder_that_does_not_exist_yet(project: Path) -> None:
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "new/folder/again.onnx"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (project / "new" / "folder").iterdir()] == ["again.onnx"]
