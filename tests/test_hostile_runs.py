@@ -278,3 +278,40 @@ def test_export_into_a_folder_that_does_not_exist_yet(project: Path) -> None:
     result = CliRunner().invoke(cli, ["export", "run", "-o", "new/folder/again.onnx"])
     assert result.exit_code == 0, result.output
     assert [p.name for p in (project / "new" / "folder").iterdir()] == ["again.onnx"]
+
+
+# ------------------------------------------------------------------------------- inspect: the user's code exits
+
+
+def _exits():
+    import sys
+
+    sys.exit(7)
+
+
+class _ExitsOnUnpickling:
+    def __reduce__(self):
+        return (_exits, ())
+
+
+@pytest.mark.parametrize("case", ["factory", "pickle"])
+def test_user_code_that_calls_sys_exit_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           case: str) -> None:
+    """An --arch factory, or the code a trusted pickle runs, that calls sys.exit() ended `inspect` (and `compress`,
+    `export`) silently with its status; the data function's failing so is one line already."""
+    import sys
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "exitarch.py").write_text("import sys\n\n\ndef build():\n    sys.exit(5)\n")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "sd.pt")
+    torch.save(_ExitsOnUnpickling(), tmp_path / "exits.pt")
+    args = ["inspect", "sd.pt", "--arch", "exitarch:build"] if case == "factory" else \
+        ["inspect", "exits.pt", "--trust-pickle"]
+    try:
+        result = CliRunner().invoke(cli, [*args, "--input-shape", "4"])
+    finally:
+        sys.modules.pop("exitarch", None)
+    _one_line_error(result, "SystemExit")

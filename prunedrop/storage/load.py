@@ -159,7 +159,7 @@ def _build_from_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.M
             f"--arch {arch!r} failed when called with no arguments ({reason(e)}): name a factory that needs "
             "no arguments, or give them with --arch-kwargs '{\"name\": value}'"
         ) from e
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in the user's factory too: one line, not a silent exit
         called = f"with --arch-kwargs {_one_line(json.dumps(kwargs), 80)}" if kwargs else "with no arguments"
         raise PrunedropError(
             f"--arch {arch!r} failed when called {called} ({reason(e)}): name a factory that returns the model"

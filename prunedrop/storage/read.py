@@ -118,7 +118,7 @@ def torch_load(path: Path, *, what: str, trust_pickle: bool, pickled: str, pickl
         ) from safe_error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a trusted pickle still fails when its classes cannot be imported here
+    except (Exception, SystemExit) as e:  # its classes cannot be imported here, or the code it runs fails or exits
         raise PrunedropError(
             f"cannot unpickle {what} {path} ({reason(e)}): run from the project that defines the model's "
             "classes, or save torch.save(model.state_dict(), path) and pass --arch module:factory"
