@@ -98,10 +98,18 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
 
     Raises :class:`PrunedropError` when the recipe's method has no registered layers.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"inspect_model: model must be an nn.Module, not {type(model).__name__}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"inspect_model: recipe must be a Recipe (prunedrop.recipes.load_recipe, or Recipe()), not "
+                        f"{type(recipe).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"inspect_model: example_input must be a torch.Tensor batch (torch.as_tensor(x)), not "
+                        f"{type(example_input).__name__}")
     registry = LAYER_REGISTRY.get(recipe.method)
     if registry is None:
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] == 0:
+    if example_input.dim() == 0 or example_input.shape[0] == 0:
         raise PrunedropError("inspect needs an example input batch with at least one sample")
     reparametrized: list[str] = []
     if parametrized_tensors(model):  # compress folds them first (and converts the layers): show what it sees

@@ -315,3 +315,48 @@ def test_user_code_that_calls_sys_exit_is_a_one_line_error(tmp_path: Path, monke
     finally:
         sys.modules.pop("exitarch", None)
     _one_line_error(result, "SystemExit")
+
+
+# ------------------------------------------------------------------------------- the Python API: wrong kinds
+
+
+def _load_model_calls():
+    import torch
+
+    from prunedrop.storage import load_model
+
+    model_file = str(OLD_RUN / "model.pt")
+    return {
+        "path-none": (lambda: load_model(None), "path must be"),
+        "path-module": (lambda: load_model(torch.nn.Linear(2, 2)), "the model is loaded already"),
+        "arch-int": (lambda: load_model(model_file, arch=5), "arch must be"),
+        "kwargs-json-text": (lambda: load_model(model_file, arch="tinyarch:build", arch_kwargs='{"a": 1}'),
+                             "parse_arch_kwargs"),
+        "kwargs-list": (lambda: load_model(model_file, arch="tinyarch:build", arch_kwargs=[1]), "arch_kwargs must be"),
+    }
+
+
+def _inspect_calls():
+    import torch
+
+    from prunedrop.inspection import inspect_model
+    from prunedrop.recipes import Recipe
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.zeros(2, 1, 4, 4)
+    return {
+        "model-none": (lambda: inspect_model(None, x, Recipe()), "model must be"),
+        "recipe-none": (lambda: inspect_model(model, x, None), "recipe must be a Recipe"),
+        "recipe-dict": (lambda: inspect_model(model, x, {"method": "sbp"}), "recipe must be a Recipe"),
+        "input-numpy": (lambda: inspect_model(model, x.numpy(), Recipe()), "torch.as_tensor"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_load_model_calls()) + sorted(_inspect_calls()))
+def test_api_arguments_of_the_wrong_kind(case: str) -> None:
+    """load_model(path, arch=5) stopped with "'int' object has no attribute 'partition'", arch_kwargs given as the JSON
+    text with "dictionary update sequence element #0 has length 1"; inspect_model(model, x, None) with "'NoneType'
+    object has no attribute 'method'", a NumPy input with "needs an example input batch with at least one sample"."""
+    call, needle = {**_load_model_calls(), **_inspect_calls()}[case]
+    with pytest.raises(TypeError, match=needle):
+        call()

@@ -319,6 +319,17 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
 
     from ..safety import check_no_torchscript
 
+    if not isinstance(path, (str, os.PathLike)):
+        from torch import nn as torch_nn
+
+        raise TypeError(f"load_model: path must be the model file's path (a str or a Path), not {type(path).__name__}"
+                        + ("; the model is loaded already" if isinstance(path, torch_nn.Module) else ""))
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"load_model: arch must be 'module:factory' (a str) or None, not {type(arch).__name__}")
+    if arch_kwargs is not None and not isinstance(arch_kwargs, Mapping):
+        raise TypeError(f"load_model: arch_kwargs must be a dict of the factory's keyword arguments or None, not "
+                        f"{type(arch_kwargs).__name__}"
+                        + (" (parse a JSON text with parse_arch_kwargs)" if isinstance(arch_kwargs, str) else ""))
     path = Path(path)
     if arch_kwargs and arch is None:
         raise PrunedropError("--arch-kwargs needs --arch: name the factory that takes these arguments")
