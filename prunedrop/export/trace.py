@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -154,13 +155,47 @@ def _trace(
     model: nn.Module, example_input: torch.Tensor, *, opset: int, dynamic_batch: bool, exporter: str
 ) -> onnx.ModelProto:
     example = example_input.detach().cpu()
-    with eval_on_cpu(model) as cpu_model, _quiet_exporter():
+    with eval_on_cpu(model) as cpu_model, _explicit_same_padding(cpu_model), _quiet_exporter():
         try:
             if exporter == "torchscript":
                 return _trace_torchscript(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
             return _trace_dynamo(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
         except Exception as e:  # the exporters raise a dozen unrelated types; all mean "cannot export"
             raise _export_error(e, exporter=exporter, opset=opset) from e
+
+
+@contextlib.contextmanager
+def _explicit_same_padding(model: nn.Module) -> Iterator[None]:
+    """Inside, every zero-padded convolution with ``padding="same"`` and a dilation pads by explicit amounts.
+
+    The TorchScript exporter writes ``padding="same"`` as ``auto_pad=SAME_UPPER``, which onnxruntime refuses with a
+    dilation ("Dilation not supported for AutoPadType::SAME_UPPER": a digits CNN with ``Conv2d(16, 32, 2,
+    padding="same", dilation=2)`` stopped before training). Where the padding is the same on both sides it becomes
+    the convolution's own padding; where it is not (an even kernel with an odd dilation), the input is padded by
+    ``F.pad`` before a convolution without padding, as torch pads it. The same outputs; the layers are as they were
+    afterwards."""
+    changed: list[tuple[nn.modules.conv._ConvNd, Any]] = []
+    handles = []
+    for module in model.modules():
+        if (not isinstance(module, nn.modules.conv._ConvNd) or module.padding != "same"
+                or module.padding_mode != "zeros" or all(d == 1 for d in module.dilation)):
+            continue
+        totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        changed.append((module, module.padding))
+        if all(t % 2 == 0 for t in totals):
+            module.padding = tuple(t // 2 for t in totals)
+            continue
+        module.padding = (0,) * len(totals)
+        pads = [p for t in reversed(totals) for p in (t // 2, t - t // 2)]  # F.pad: last dimension first
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, pads=pads: (torch.nn.functional.pad(args[0], pads), *args[1:])))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, padding in changed:
+            module.padding = padding
 
 
 def _trace_torchscript(
