@@ -288,6 +288,8 @@ def to_variational(
     if registry is None:
         raise PrunedropError(f"no variational layers are registered for method {recipe.method!r}")
     summary = summary if summary is not None else ConversionSummary()
+    if example_input is not None:
+        check_no_packed_sequences(model, example_input)
     refused: dict[str, str] = {}  # left alone for their settings, not their type: name → why
     if parametrized_tensors(model):  # a dry run folds a copy: it must see the layers the real run converts
         if dry_run:
@@ -358,6 +360,9 @@ def to_variational(
             if any(True for _ in module.parameters(recurse=False)):
                 summary.left_alone[name or "<root>"] = type(module).__name__
             return module
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if is_selected(name or "<root>", recipe)]
+        if own:  # a container's own parameters, read by its forward (torch.matmul, F.linear, a class token)
+            bare[name or "<root>"] = own
         for child_name, child in children:
             new_child = swap(child, f"{name}.{child_name}" if name else child_name)
             if new_child is not child:
@@ -392,7 +397,12 @@ def to_variational(
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
                                  f"{first}); set tie_residual: false in the recipe") from None
+    bare: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    total = sum(p.numel() for p in model.parameters())
     model = swap(model, "")
+    bare_note = bare_parameters_note(bare, total)
+    if bare_note is not None:
+        summary.notes.append(bare_note)
     if summary.hooked:
         summary.notes.append(hooks_note(summary.hooked))
     if summary.unremovable:
@@ -421,8 +431,30 @@ def to_variational(
                                       [t for n, t in summary.left_alone.items() if n not in refused],
                                       [n for n in summary.excluded if n in sharing], list(summary.hooked), refused,
                                       summary.cut_off, list(summary.unremovable))
+        if bare_note is not None:
+            hint = f"{hint}; {bare_note}"
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
+
+
+BARE_SHARE = 0.1
+"""A module's own parameters (beside its child modules) holding at least this share of the model's are named."""
+
+
+def bare_parameters_note(bare: Mapping[str, Sequence[tuple[str, nn.Parameter]]], total: int) -> str | None:
+    """One line naming the parameters that modules with child modules hold themselves, where together they are at
+    least :data:`BARE_SHARE` of the model's ``total``: no variational layer replaces them (the forward reads them
+    with ``torch.matmul``, ``F.linear``, ``einsum`` …), so they stay dense and uncounted in the FLOPs; None when
+    they are fewer (a class token, a position embedding, a learned temperature)."""
+    count = sum(p.numel() for params in bare.values() for _, p in params)
+    if not total or count < BARE_SHARE * total:
+        return None
+    named = [f"{name}.{n}" if name != "<root>" else n for name, params in bare.items() for n, _ in params]
+    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    return (f"left dense: {shown} ({count:,} parameters, {100 * count / total:.0f}% of the model's), held by a "
+            "module itself rather than by a layer, and used by its forward directly (torch.matmul, F.linear, "
+            "einsum, …); only layers (nn.Linear, nn.Conv*d, nn.Embedding, …) are converted: hold such a weight in "
+            "an nn.Linear (y = layer(x) for x @ W.T + b) to compress it")
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
@@ -479,6 +511,40 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
 #: why a layer no gradient reaches stays dense (the conversion's note and ``inspect``'s reason)
 CUT_OFF_WHY = ("(computed under torch.no_grad() or detached in the forward: the data term cannot hold their noise "
                "back, and the KL alone would prune them whatever they are worth)")
+
+
+def check_no_packed_sequences(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Refuse, in one line, a model whose recurrent layers are given a ``PackedSequence`` (``pack_padded_sequence``
+    in the forward, as taggers and text classifiers of padded batches do): neither ONNX exporter can write one (the
+    TorchScript exporter fails with "vector::_M_range_check", torch.export cannot trace it), which the original's
+    export found only after the run folder was made, and the variational recurrent layers run on padded tensors.
+    Found with forward pre-hooks on one eval-mode pass of ``example_input`` (modes, buffers and the random stream
+    restored); a model that cannot take the pass is left to the checks that report its own failure."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    from .modes import untouched
+
+    fed: list[str] = []
+    handles = [m.register_forward_pre_hook(
+        lambda module, args, name=name: fed.append(name) if args and isinstance(args[0], PackedSequence) else None)
+        for name, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+    if not handles:
+        return
+    try:
+        with untouched(model):
+            device = next((p.device for p in model.parameters()), example_input.device)
+            model.eval()(example_input.to(device))
+    except Exception:  # noqa: BLE001 - a model that cannot take the pass: its own failure is reported elsewhere
+        return
+    finally:
+        for handle in handles:
+            handle.remove()
+    if fed:
+        names = ", ".join(f"{n or '<root>'} ({type(model.get_submodule(n)).__name__})" for n in dict.fromkeys(fed))
+        raise PrunedropError(
+            f"{names} {'is' if len(set(fed)) == 1 else 'are'} given a PackedSequence (pack_padded_sequence), which "
+            "neither ONNX exporter can write: run the recurrent layer on the padded batch itself, and take each "
+            "sequence's last real step by its length (out[torch.arange(len(x)), lengths - 1]) or mask the padding")
 
 
 def gradient_free_layers(model: nn.Module, registry: Mapping[type[nn.Module], Any],

@@ -1,0 +1,131 @@
+"""Architectures users bring that no earlier test tried: each either compresses or stops with one clear line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunedrop.convert import ConversionSummary, to_variational
+from prunedrop.errors import PrunedropError
+from prunedrop.recipes import Recipe
+
+
+class MatmulParam(nn.Module):
+    """A hidden layer written as ``x @ W + b`` with the module's own parameters, beside an nn.Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(64, 128) * 0.125)
+        self.b = nn.Parameter(torch.zeros(128))
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(torch.matmul(x.flatten(1), self.W) + self.b))
+
+
+def test_a_modules_own_weights_that_stay_dense_are_named() -> None:
+    summary = ConversionSummary()
+    to_variational(MatmulParam(), Recipe(), summary=summary)
+    assert summary.converted == ["fc"]
+    note = next(n for n in summary.notes if "W, b" in n)
+    assert "8,320 parameters, 87% of the model's" in note and "nn.Linear" in note
+
+
+def test_a_class_token_is_too_small_to_be_named() -> None:
+    class WithToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 1, 64))
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1) + self.token[:, 0])
+
+    summary = ConversionSummary()
+    to_variational(WithToken(), Recipe(), summary=summary)
+    assert summary.converted == ["fc"] and not summary.notes
+
+
+def test_nothing_to_convert_but_a_modules_own_weights_says_so() -> None:
+    class Only(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(64, 10))
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(x.flatten(1)) @ self.W
+
+    with pytest.raises(PrunedropError, match=r"left dense: W \(640 parameters, 100%"):
+        to_variational(Only(), Recipe())
+
+
+@pytest.mark.parametrize(("conv", "kernel", "dilation"), [
+    (nn.Conv2d, 2, 2), (nn.Conv2d, 3, 2), (nn.Conv2d, 2, 3), (nn.Conv2d, 3, (1, 2)), (nn.Conv1d, 4, 3),
+])
+def test_same_padding_with_a_dilation_runs_in_onnxruntime(tmp_path, conv, kernel: int, dilation) -> None:
+    from prunedrop.export import export_onnx
+    from prunedrop.export.runtime import run_onnx
+
+    torch.manual_seed(0)
+    layer = conv(2, 3, kernel, padding="same", dilation=dilation)
+    model = nn.Sequential(layer, nn.ReLU()).eval()
+    x = torch.randn(4, 2, 8, 8) if conv is nn.Conv2d else torch.randn(4, 2, 9)
+    export_onnx(model, x, tmp_path / "m.onnx")
+    out = run_onnx(tmp_path / "m.onnx", x)
+    assert torch.allclose(torch.as_tensor(out), model(x), atol=1e-5)
+    assert layer.padding == "same" and not layer._forward_pre_hooks  # the layer as it was
+
+
+PACKED_ARCH = """import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+class Packed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        s = x.squeeze(1)
+        lengths = torch.full((s.shape[0],), s.shape[1], dtype=torch.long)
+        _, h = self.rnn(pack_padded_sequence(s, lengths, batch_first=True, enforce_sorted=False))
+        return self.fc(h[-1])
+
+
+def build():
+    return Packed()
+"""
+
+
+def test_a_packed_sequence_is_one_line_before_any_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from prunedrop.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "packedarch.py").write_text(PACKED_ARCH)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x_train=rng.normal(size=(40, 1, 4, 4)).astype(np.float32),
+             y_train=np.arange(40) % 3, x_val=rng.normal(size=(12, 1, 4, 4)).astype(np.float32),
+             y_val=np.arange(12) % 3)
+    try:
+        import packedarch  # noqa: PLC0415 - the user's module, written above
+
+        torch.save(packedarch.build().state_dict(), tmp_path / "model.pt")
+        result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "packedarch:build", "--data",
+                                          "npz:data.npz", "-o", "out", "-q"])
+    finally:
+        sys.modules.pop("packedarch", None)
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "rnn (GRU) is given a PackedSequence" in result.output
+    assert not (tmp_path / "out").exists()
