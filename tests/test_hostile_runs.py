@@ -360,3 +360,18 @@ def test_api_arguments_of_the_wrong_kind(case: str) -> None:
     call, needle = {**_load_model_calls(), **_inspect_calls()}[case]
     with pytest.raises(TypeError, match=needle):
         call()
+
+
+# ------------------------------------------------------------------------------- export: a damaged checkpoint
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_export_of_a_damaged_checkpoint_says_what_to_do(project: Path, damage: str) -> None:
+    """An empty checkpoint was answered "save it again" (prunedrop writes it, not the user); a truncated one named no
+    way out."""
+    checkpoint = project / "run" / "checkpoint-variational.pt"
+    checkpoint.write_bytes(b"" if damage == "empty" else checkpoint.read_bytes()[:200])
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    _one_line_error(result, "it was damaged", "run `prunedrop compress` again")
+    assert "save it again" not in result.output
+    assert not (project / "again.onnx").exists()

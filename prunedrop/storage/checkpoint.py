@@ -67,6 +67,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, require: Iterable[str] = ()
         trust_pickle=False,
         pickled="pickled Python objects, not only tensors",
         pickle_advice="prunedrop's save_checkpoint writes only tensors and plain values; was it written by another tool?",
+        damaged="it was damaged (a full disk, a copy cut short): run `prunedrop compress` again, with another -o or "
+                "--overwrite (the run's report and exported files stay usable as they are)",
     )
     if not isinstance(state, dict):
         raise PrunedropError(f"checkpoint {path} holds {describe(state)}, not a dict: was it written by another tool?")

@@ -24,7 +24,7 @@ def reason(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 120)
 
 
-def _check_readable_file(path: Path, what: str) -> None:
+def _check_readable_file(path: Path, what: str, damaged: str = "save it again") -> None:
     if not path.exists():
         raise PrunedropError(f"{what} {path} does not exist: check the path")
     if path.is_dir():
@@ -34,7 +34,7 @@ def _check_readable_file(path: Path, what: str) -> None:
     except OSError as e:
         raise PrunedropError(f"cannot read {what} {path}: {_one_line(e.strerror or str(e))}") from e
     if size == 0:
-        raise PrunedropError(f"{what} {path} is empty (0 bytes): save it again")
+        raise PrunedropError(f"{what} {path} is empty (0 bytes): {damaged}")
 
 
 def _zip_members(path: Path) -> list[str] | None:
@@ -91,15 +91,17 @@ def _suffix_hint(path: Path) -> str:
     return hints.get(path.suffix.lower(), "")
 
 
-def torch_load(path: Path, *, what: str, trust_pickle: bool, pickled: str, pickle_advice: str) -> Any:
+def torch_load(path: Path, *, what: str, trust_pickle: bool, pickled: str, pickle_advice: str,
+               damaged: str | None = None) -> Any:
     """``torch.load`` that turns every failure into one PrunedropError line.
 
     The file is first read with ``weights_only=True``; only when that fails because the file holds pickled
-    Python objects, and the caller trusts it, is it read again with full unpickling.
+    Python objects, and the caller trusts it, is it read again with full unpickling. ``damaged``: what to do about
+    a file that is empty, truncated or corrupt (by default: save it again).
     """
     import torch
 
-    _check_readable_file(path, what)
+    _check_readable_file(path, what, damaged or "save it again")
     _refuse_compiled_formats(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -109,7 +111,7 @@ def torch_load(path: Path, *, what: str, trust_pickle: bool, pickled: str, pickl
     if not names:
         raise PrunedropError(
             f"cannot read {what} {path}: it is not a file written by torch.save, or it is truncated or corrupt "
-            f"({reason(safe_error)}){_suffix_hint(path)}"
+            f"({reason(safe_error)}){_suffix_hint(path)}" + (f"; {damaged}" if damaged else "")
         ) from safe_error
     if not trust_pickle:
         raise PrunedropError(
