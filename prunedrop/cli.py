@@ -321,7 +321,9 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
     from .errors import PrunedropError
     from .report import compare_reports, format_table, load_reports
 
-    reports = list(load_reports(run_dirs).values())  # one run given twice is refused
+    # one run given twice (run ./run, a link) is shown once, and said so
+    by_name = load_reports(run_dirs, log=lambda msg: click.echo(msg, err=True))
+    reports = list(by_name.values())
     if render and len(run_dirs) == 1:
         from .runfolder import PLOTS, REPORT_MD, RunFolder, check_inputs_kept, run_inputs_of
 
@@ -335,8 +337,8 @@ def report(run_dirs: tuple[Path, ...], render: bool) -> None:
                           written=[folder.path / REPORT_MD, *(p for p in folder.written_files()
                                                               if p.parent == folder.path / PLOTS)])
     try:  # a hand-edited report.json with a wrong value somewhere: one line, not a traceback
-        if len(reports) > 1:
-            click.echo(compare_reports({str(d): r for d, r in zip(run_dirs, reports)}))
+        if len(run_dirs) > 1:
+            click.echo(compare_reports(by_name))
             return
         table = format_table(reports[0])  # before anything is rewritten
         if render:

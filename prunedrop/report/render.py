@@ -520,7 +520,14 @@ def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> str:
 
     rows: list[list[str]] = []
     names = list(reports)
+    def source(r: Mapping[str, Any], key: str) -> str:
+        value = get(r, "source", key)
+        text = " ".join(str(value).split()) if isinstance(value, str) and value.strip() else "-"
+        return text if len(text) <= 40 else text[:37] + "..."
+
     spec: list[tuple[str, Any]] = [
+        ("model", lambda r: source(r, "model")),
+        ("data", lambda r: source(r, "data")),
         ("method", lambda r: str(get(r, "method") or "-")),
         ("threshold", lambda r: _fmt_float(get(r, "threshold"))),
         ("parameters before", lambda r: human_count(get(r, "params", "before"))),
@@ -542,4 +549,10 @@ def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     for label, fn in spec:
         rows.append([label, *[fn(reports[n]) for n in names]])
-    return _align(["", *names], rows) + "\n"
+    table = _align(["", *names], rows) + "\n"
+    tasks = {(source(reports[n], "model"), source(reports[n], "data"), str(get(reports[n], "metric", "name")))
+             for n in names}
+    if len(tasks) > 1:  # the ratios compare; the metrics are each run's own
+        table += ("\nnote: these runs compressed different models, data or metrics: compare their ratios; each "
+                  "metric is its own run's, before against after\n")
+    return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +77,27 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict:
     return report
 
 
-def load_reports(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict]:
+def load_reports(run_dirs: Sequence[str | os.PathLike[str]], *,
+                 log: Callable[[str], None] = lambda msg: None) -> dict[str, dict]:
     """:func:`load_report` of each of ``run_dirs``, keyed by the path as given, for runs side by side
-    (:func:`~prunedrop.report.compare_reports`). The same report given twice (``run run``, ``run ./run``, a link to
-    it) is refused: it would show as one column, or as two columns that are one run."""
+    (:func:`~prunedrop.report.compare_reports`). A report given again (``run run``, ``run ./run``, a link to it) is
+    read once, under the name it was first given, and ``log`` says so: it would show as two columns that are one run,
+    or silently as one."""
     from ..safety import same_entry
 
     paths: list[tuple[str, Path]] = []
+    notes: list[str] = []
     for run_dir in run_dirs:
         path = Path(run_dir)
         report_json = path if path.suffix == ".json" and not path.is_dir() else path / REPORT_JSON
-        twin = next((given for given, other in paths if same_entry(report_json, other)), None)
+        twin = next((given for given, other in paths if given == str(run_dir) or same_entry(report_json, other)),
+                    None)
         if twin is not None:
-            same = "" if twin == str(run_dir) else f" (as {twin} and {run_dir})"
-            raise PrunedropError(f"{run_dir} is given twice{same}: it is one run; give each run once")
+            also = "" if twin == str(run_dir) else f" (as {twin} and {run_dir})"
+            notes.append(f"note: {twin} is given twice{also}: it is one run, shown once")
+            continue
         paths.append((str(run_dir), report_json))
-    return {given: load_report(given) for given, _ in paths}
+    reports = {given: load_report(given) for given, _ in paths}
+    for note in notes:  # once every report is read: a refusal stays one line
+        log(note)
+    return reports
