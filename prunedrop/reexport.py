@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +127,6 @@ def reexport(
     metadata = {"prunedrop.version": __version__, "prunedrop.method": recipe.method,
                 "prunedrop.threshold": f"{threshold:g}", "prunedrop.params_after": str(params_after)}
     quantization = None
-    import os
-    import tempfile
-
     if quantize == "none":
         # written beside -o and moved onto it once verified: a file that fails the check is never left at -o, and
         # one that --overwrite replaces is kept until then
@@ -217,8 +216,6 @@ def _run_threshold(folder: RunFolder, recipe: Recipe) -> tuple[float, str]:
 def _check_same_inputs(info: dict[str, Any], data: DataBundle, log: Callable[[str], None]) -> None:
     """The run's model file and data (as run.json's identity records them) are the ones given: the metric, the
     calibration and the quantization's budget would otherwise be measured on other data than the run's."""
-    import os
-
     from .runfolder import check_identity, data_fingerprint, data_sizes, model_sha256
 
     current: dict[str, Any] = {"data_sizes": data_sizes(data), "data_fingerprint": data_fingerprint(data)}
