@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -62,11 +63,21 @@ def recipe_overrides(command: Any) -> Any:
 
 class _Commands(click.Group):
     """The command group; an OSError about a path (a name too long for the file system, a loop of links, no
-    permission) that no stage turned into a PrunedropError is still one line, not a traceback."""
+    permission) that no stage turned into a PrunedropError is still one line, not a traceback. A SystemExit that
+    the user's code raised while prunedrop ran it (a forward, a Dataset, a factory calling sys.exit()) is one line
+    naming where (:func:`prunedrop.errors.exit_error`), not a silent exit with that code's status; KeyboardInterrupt
+    is left alone (click's "Aborted!")."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except SystemExit as e:
+            distributed = sys.modules.get("prunedrop.distributed")
+            if distributed is not None and isinstance(e, distributed.Terminated):
+                raise  # prunedrop's own: SIGTERM during a distributed run, leaving with status 143
+            from .errors import exit_error
+
+            raise exit_error(e) from None
         except OSError as e:
             if e.errno not in _PATH_ERRNOS:
                 raise

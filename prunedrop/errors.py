@@ -6,6 +6,10 @@ exits with status 1, while a Python user can catch ``PrunedropError`` without kn
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+
 import click
 
 
@@ -37,6 +41,70 @@ class PrunedropError(click.ClickException):
         if len(text) > self.max_length:
             kept += f"... ({len(text) - self.max_length:,} more characters)"
         super().__init__(kept)
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Folders whose code is prunedrop's or a library's it runs the user's code through, never the user's: prunedrop
+    itself, torch and click (wherever installed), and Python's standard library (not its site-packages)."""
+    roots = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(os.__file__))]
+    for name in ("torch", "click"):
+        module = sys.modules.get(name)
+        if getattr(module, "__file__", None):
+            roots.append(os.path.dirname(os.path.abspath(module.__file__)))  # type: ignore[union-attr, arg-type]
+    return tuple(roots)
+
+
+def _under(filename: str, root: str) -> bool:
+    return filename == root or filename.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _is_library(filename: str, roots: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):  # <frozen runpy>, <string>: the interpreter's own, or code given as text
+        return not filename.startswith("<string")
+    path = os.path.abspath(filename)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:  # an installed package: the user's unless listed
+        return any(_under(path, r) for r in roots[:1] + roots[2:])
+    return any(_under(path, r) for r in roots)
+
+
+def exit_error(exc: SystemExit) -> PrunedropError:
+    """The one line for a ``SystemExit`` that the user's code raised while prunedrop ran it (``sys.exit()``,
+    ``exit()``, an ``argparse`` error in a model's module): a model's forward, a Dataset's ``__getitem__``, a
+    sampler, a collate function, an ``--arch`` factory. Uncaught, it ended prunedrop silently with the code's status
+    (0 for ``sys.exit()``: a "success" that wrote nothing). Names what called it and where (the deepest frame of the
+    traceback that is not prunedrop's, torch's, click's or the standard library's)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    roots = _library_roots()
+    own = roots[0]
+    user = next((i for i in range(len(frames) - 1, -1, -1) if not _is_library(frames[i].filename, roots)), None)
+    code = exc.code
+    status = "" if code is None else one_line(repr(code), 60)
+    if user is None:
+        return PrunedropError(f"code that prunedrop ran raised SystemExit({status}) instead of an exception: "
+                              "prunedrop stopped here; run it alone in Python to see where")
+    frame = frames[user]
+    caller = max((i for i in range(user) if _under(os.path.abspath(frames[i].filename), own)), default=None)
+    between = [os.path.abspath(f.filename).replace(os.sep, "/") for f in frames[(caller or 0) + 1:user]]
+    into = "" if caller is None else os.path.abspath(frames[caller].filename).replace(os.sep, "/")
+    if any(f.endswith("/torch/nn/modules/module.py") for f in between):
+        who = "the model's code (its forward)"
+    elif any("/torch/utils/data/" in f for f in between) or "/prunedrop/data/" in into:
+        who = "the data's code (a Dataset, sampler or collate function)"
+    elif "/prunedrop/storage/" in into:
+        who = "the model's code (building or loading it)"
+    else:
+        who = "your code"
+    where = frame.filename
+    try:
+        relative = os.path.relpath(where)
+        where = relative if not relative.startswith("..") else where
+    except ValueError:  # another drive (Windows)
+        pass
+    return PrunedropError(f"{who} raised SystemExit({status}) at {one_line(where, 120)}:{frame.lineno} in "
+                          f"{frame.name}() while prunedrop ran it: prunedrop stopped here; code that prunedrop runs "
+                          "must raise an exception, not exit (sys.exit, exit, argparse)")
+
 
 class ParityError(PrunedropError):
     """The ONNX model does not compute what the PyTorch model computes."""

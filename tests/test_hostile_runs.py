@@ -334,6 +334,93 @@ def test_user_code_that_calls_sys_exit_is_a_one_line_error(tmp_path: Path, monke
     _one_line_error(result, "SystemExit")
 
 
+_EXITING = """
+import sys
+
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        {forward}
+        return self.fc(x.flatten(1))
+
+
+def build():
+    return Net()
+
+
+class Samples(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        sys.exit(3)
+
+
+def data():
+    return Samples(), Samples()
+"""
+
+
+@pytest.mark.parametrize(("case", "forward", "needles"), [
+    ("inspect-shape", "sys.exit(5)", ["the model's code (its forward)", "SystemExit(5)", "exitnet.py:13 in forward()"]),
+    ("inspect-data", "sys.exit(5)", ["the model's code (its forward)", "SystemExit(5)"]),
+    ("inspect-shape", "sys.exit()", ["the model's code (its forward)", "SystemExit()"]),
+    ("inspect-shape", "exit('bye')", ["SystemExit('bye')", "exitnet.py:13 in forward()"]),
+    ("compress", "sys.exit(5)", ["the model's code (its forward)", "SystemExit(5)"]),
+    ("compress-data", "pass", ["the data's code", "SystemExit(3)", "in __getitem__()"]),
+])
+def test_forward_or_data_that_calls_sys_exit_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 case: str, forward: str, needles: list[str]) -> None:
+    """A model whose forward calls sys.exit() (inspect's and compress's first forward passes: assemble.runs_on,
+    fit_inputs, task.py), or a Dataset whose __getitem__ does, ended prunedrop silently with the code's status (0 for
+    sys.exit(): a "success" that wrote nothing); each place prunedrop runs the user's code is covered by the command
+    group (errors.exit_error), which names what raised it and where."""
+    import sys
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "exitnet.py").write_text(_EXITING.replace("{forward}", forward))
+    torch.save({f"fc.{k}": v for k, v in torch.nn.Linear(64, 10).state_dict().items()}, tmp_path / "sd.pt")
+    model = ["sd.pt", "--arch", "exitnet:build"]
+    args = {"inspect-shape": ["inspect", *model, "--input-shape", "64"],
+            "inspect-data": ["inspect", *model, "--data", "digits"],
+            "compress": ["compress", *model, "-o", "out"],
+            "compress-data": ["compress", *model, "--data", "python:exitnet:data", "-o", "out"]}[case]
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        sys.modules.pop("exitnet", None)
+    _one_line_error(result, "raise an exception, not exit", *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_keyboard_interrupt_in_a_forward_is_not_turned_into_an_error(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stays Ctrl-C: only SystemExit is the one-line error."""
+    import sys
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "exitnet.py").write_text(_EXITING.replace("{forward}", "raise KeyboardInterrupt"))
+    torch.save({f"fc.{k}": v for k, v in torch.nn.Linear(64, 10).state_dict().items()}, tmp_path / "sd.pt")
+    try:
+        result = CliRunner().invoke(cli, ["inspect", "sd.pt", "--arch", "exitnet:build", "--input-shape", "64"])
+    finally:
+        sys.modules.pop("exitnet", None)
+    assert result.exit_code == 1 and "Aborted!" in result.output, result.output
+    assert "SystemExit" not in result.output
+
+
 # ------------------------------------------------------------------------------- the Python API: wrong kinds
 
 
