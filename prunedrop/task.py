@@ -201,8 +201,9 @@ def output_shape_on(model: Any, x: Any, *, what: str = "the data's inputs") -> t
             hint = (f"; the inputs are {inputs} and the model's parameters float32: give float32 inputs (x.float() "
                     "in the data function, x.astype(np.float32) for NumPy arrays)")
         else:
-            hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: save the model as "
-                    "float32 (model.float()) for prunedrop")
+            hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: give prunedrop a float32 "
+                    "model (model.float() before saving it; with --arch, the factory's model must be float32 too: a "
+                    f"{dtypes[0]} state dict loads into it)")
         raise PrunedropError(
             f"the model cannot run on {what} of shape {tuple(x.shape[1:])} (per sample): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from None

@@ -129,3 +129,13 @@ def test_a_packed_sequence_is_one_line_before_any_file(tmp_path, monkeypatch: py
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert "rnn (GRU) is given a PackedSequence" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_factory_that_builds_another_float_type_is_told_to_build_float32(dtype: torch.dtype) -> None:
+    from prunedrop.task import output_shape_on
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, 3)).to(dtype)
+    with pytest.raises(PrunedropError, match="with --arch, the factory's model must be float32 too") as caught:
+        output_shape_on(model, torch.rand(2, 1, 4, 4))
+    assert "model.float()" in caught.value.message and "\n" not in caught.value.message
