@@ -383,11 +383,15 @@ def load_recipe(path: str | os.PathLike[str] | None) -> Recipe:
     """Load a YAML recipe with the safe loader; ``None`` gives the defaults."""
     if path is None:
         return Recipe()
-    from .safety import load_yaml_file
+    from .safety import load_yaml_file, not_a_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PrunedropError(f"recipe file {path} does not exist; see `prunedrop recipes` for the shipped ones")
+    wrong = not_a_file(path)  # a folder, a FIFO, a path without permission: said as it is, never "does not exist"
+    if wrong is not None:
+        if wrong.startswith(("does not exist", "is a link")):
+            raise PrunedropError(f"recipe file {path} {wrong}; see `prunedrop recipes` for the shipped ones")
+        raise PrunedropError(f"recipe file {path} {wrong}; give the YAML file itself (`prunedrop recipes` lists the "
+                             "shipped ones)")
     data = load_yaml_file(path, where=f"recipe {path.name}")  # safe_load, bounded, no aliases
     return Recipe.from_dict(data, source=f"recipe {path.name}")
 

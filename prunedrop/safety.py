@@ -158,6 +158,35 @@ def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     return False
 
 
+def _kind(st: os.stat_result) -> str:
+    """What a file system entry that is no regular file is, in words."""
+    mode = st.st_mode
+    return ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why the input ``path`` (a recipe, a model file, a data file) cannot be read as a file, as the end of a
+    sentence naming it: "does not exist", "is a folder, not a file", "is a FIFO, not a file", "is a link to nothing
+    (a dangling link)", "cannot be looked at (Permission denied)"; None for a regular file or a link to one. The one
+    place that tells these apart, so that a folder or a path behind a folder without permission is never called
+    missing, nor a FIFO empty."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is a link to nothing (a dangling link)" if os.path.islink(path) else "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of its path is a file, not a folder)"
+    except OSError as e:
+        return f"cannot be looked at ({e.strerror or e})"
+    except ValueError:  # a NUL character in the path
+        return "is not a valid path (it holds a NUL character)"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = _kind(st)
+    return f"is {kind}, not a file" if kind != "not a regular file" else "is not a regular file"
+
+
 def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protected: Iterable[Path] = (),
                       option: str = "-o") -> Path:
     """Check that ``path`` may be written (atomically: a temporary file, then rename): return it as a Path.
@@ -187,9 +216,7 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protecte
         _refuse_protected(path, None, protected, option)
         return path
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                or stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        kind = _kind(st)
         raise PrunedropError(f"{option} {path} is {'a link to ' if link else ''}{kind}, not a regular file; "
                              "give the path of a new .onnx file")
     _refuse_protected(path, st, protected, option)

@@ -421,6 +421,66 @@ def test_keyboard_interrupt_in_a_forward_is_not_turned_into_an_error(tmp_path: P
     assert "SystemExit" not in result.output
 
 
+# ------------------------------------------------------------------------------- input paths that are no file
+
+
+def _no_file(kind: str, path: Path) -> str:
+    """Make ``path`` something other than a readable file; return its name as given on the command line."""
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling":
+        path.symlink_to(path.parent / "nowhere")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "behind-a-file":
+        path.write_text("x")
+        return f"{path.name}/inside"
+    elif kind == "too-long":
+        return "n" * 300
+    return path.name
+
+
+_NO_FILE = {"folder": "is a folder, not a file", "fifo": "is a FIFO, not a file", "dangling": "a dangling link",
+            "behind-a-file": "a part of its path is a file", "too-long": "File name too long"}
+
+
+@pytest.mark.parametrize("kind", [*_NO_FILE, "binary"])
+def test_a_recipe_path_that_is_no_file_says_what_it_is(project: Path, kind: str) -> None:
+    """`inspect --recipe <a folder>` (or a FIFO, a path behind a file, a name too long) said "recipe file ... does not
+    exist"; one check (safety.not_a_file) tells them apart for the recipe, the model file and the data files."""
+    given = _no_file(kind, project / "r.yaml")
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "4",
+                                      "--recipe", given])
+    _one_line_error(result, _NO_FILE.get(kind, "is not UTF-8 text"))
+    assert "does not exist" not in result.output or kind == "behind-a-file"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling"])
+def test_a_model_path_that_is_no_file_says_what_it_is(project: Path, kind: str) -> None:
+    """A FIFO as the model was "model file ... is empty (0 bytes): save it again"."""
+    given = _no_file(kind, project / "m.pt")
+    result = CliRunner().invoke(cli, ["inspect", given, "--arch", "tinyarch:build", "--input-shape", "4"])
+    _one_line_error(result, _NO_FILE[kind])
+    assert "empty" not in result.output and "does not exist" not in result.output
+
+
+@pytest.mark.parametrize(("spec", "kind", "says"), [
+    ("npz", "folder", "is a folder, not a file; name the file in it"),
+    ("npz", "fifo", "is a FIFO, not a file"),
+    ("csv", "fifo", "is a FIFO, not a file"),
+    ("npz", "binary", "binary data of another kind"),
+])
+def test_a_data_path_that_is_no_file_says_what_it_is(project: Path, spec: str, kind: str, says: str) -> None:
+    """npz:<random bytes> was "This file contains pickled (object) data ... allow_pickle=" (NumPy's guess), a FIFO "is
+    not a regular file (a FIFO, device or socket)"."""
+    given = _no_file(kind, project / f"d.{spec}")
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--data", f"{spec}:{given}"])
+    _one_line_error(result, says)
+    assert "does not exist" not in result.output and "pickled" not in result.output
+
+
 # ------------------------------------------------------------------------------- the Python API: wrong kinds
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import PrunedropError
 from ..recipe_groups import SORTED, class_order
+from ..safety import not_a_file as path_problem
 
 #: the label of a position (or a sample) that has none to learn or to score: torch's cross_entropy ignores it by
 #: default (``ignore_index=-100``), and Hugging Face's token classifiers pad their labels with it
@@ -118,19 +119,18 @@ def check_non_negative(y: torch.Tensor, where: str) -> None:
 def not_a_file(path: Path, what: str) -> PrunedropError | None:
     """The error for a data file ``path`` (``what``: "npz file", "csv file") that is no regular file: it does not
     exist, it is a folder, or something else (a FIFO, a device, a socket); None for a regular file."""
-    shown = repr(str(path))
-    if path.is_file():
+    wrong = path_problem(path)
+    if wrong is None:
         return None
-    if path.is_dir():
-        return PrunedropError(f"{what} {shown} is a folder, not a file; name the file in it")
-    if path.exists():
-        return PrunedropError(f"{what} {shown} is not a regular file (a FIFO, device or socket); name a file")
-    return PrunedropError(f"{what} {shown} does not exist")
+    advice = "; name the file in it" if wrong.startswith("is a folder") else \
+        "" if wrong.startswith("does not exist") else "; name a file"
+    return PrunedropError(f"{what} {str(path)!r} {wrong}{advice}")
 
 
 def file_kind(path: Path) -> str | None:
-    """What a file is, from its first bytes, for a reader that cannot read it: "empty (0 bytes)", "a text file
-    (it starts with ...)", "a pickle", or None where that tells nothing (a zip archive, a NumPy array, other bytes)."""
+    """What a file is, from its first bytes, for a reader of zip archives and NumPy arrays that cannot read it:
+    "empty (0 bytes)", "a text file (it starts with ...)", "a pickle", "binary data of another kind" (which NumPy
+    calls "pickled (object) data"), or None for what may be a zip archive or a NumPy array, or cannot be read."""
     try:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -151,7 +151,7 @@ def file_kind(path: Path) -> str | None:
         first = first if len(first) <= 40 else first[:37] + "..."
         table = "," in first or ";" in first or "\t" in first
         return f"a text file (it starts with {first!r}{'; a table? read it as csv:FILE' if table else ''})"
-    return None
+    return "binary data of another kind (it starts as neither a zip archive nor a NumPy array does)"
 
 
 def describe_value(obj: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import PrunedropError
 from ..errors import one_line as _one_line
+from ..safety import not_a_file
 
 _MAX_LISTED = 3
 
@@ -25,10 +26,11 @@ def reason(exc: BaseException) -> str:
 
 
 def _check_readable_file(path: Path, what: str, damaged: str = "save it again") -> None:
-    if not path.exists():
-        raise PrunedropError(f"{what} {path} does not exist: check the path")
-    if path.is_dir():
-        raise PrunedropError(f"{what} {path} is a folder, not a file: pass the file saved with torch.save")
+    wrong = not_a_file(path)  # a FIFO is no "empty (0 bytes)" file, a path without permission no missing one
+    if wrong is not None:
+        advice = "check the path" if wrong.startswith(("does not exist", "is a link", "cannot")) else \
+            "pass the file saved with torch.save"
+        raise PrunedropError(f"{what} {path} {wrong}: {advice}")
     try:
         size = path.stat().st_size
     except OSError as e:
