@@ -149,6 +149,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .recipes import DEFAULT_CHANGED, KEYS_ADDED, RUN_DECIDES, Recipe, load_recipe
     from .report import format_table
     from .runfolder import (
+        RUN_INFO,
         RunFolderLock,
         check_inputs_kept,
         prepare_output_dir,
@@ -178,6 +179,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     if resume:
         previous = read_run_info(out_dir).get("recipe")
         if previous is not None:  # keys left to the run (null) continue with what the interrupted run stored
+            # one that this prunedrop cannot read (a newer one's key, a value of the wrong type) says where it is
+            Recipe.from_dict(previous, source=f"the recipe recorded in {out_dir}/{RUN_INFO}", saved_run=True)
             previous = {**KEYS_ADDED, **previous}  # a key added since: that run did what the key's old value does
             recipe = recipe.replace(**{k: previous[k] for k in RUN_DECIDES
                                        if getattr(recipe, k) is None and previous.get(k) is not None})
@@ -297,7 +300,8 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
     info = read_run_info(run_dir)
     check_output_file(output, overwrite=overwrite, protected=export_protected_files(run_dir, info))
-    recipe = Recipe.from_dict(info.get("recipe"), source=f"{run_dir}/{RUN_INFO}", saved_run=True)
+    recipe = Recipe.from_dict(info.get("recipe"), source=f"the recipe recorded in {run_dir}/{RUN_INFO}",
+                              saved_run=True)
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data, _ = fit_inputs(net, load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,

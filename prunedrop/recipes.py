@@ -28,6 +28,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from . import __version__
 from .errors import PrunedropError
 from .layers.configs import DEFAULT_THRESHOLDS, NOISE_CONFIGS, SNR_METHODS, RecurrentNoise
 from .recipe_fields import Cli, coerce, field_docs
@@ -303,18 +304,32 @@ class _RecipeMethods:
                 if key in SECTIONS:
                     raise PrunedropError(f"{source}: '{key}' is a section of a grouped recipe; a grouped recipe starts "
                                          f"with version: {RECIPE_VERSION} (docs/recipes.md)")
+                if saved_run:  # prunedrop wrote it: a key it does not know comes from a newer prunedrop (or an edit)
+                    raise PrunedropError(f"{source}: unknown key '{key}'{_NEWER}")
                 close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+                hint = f"; did you mean '{close[0]}'?" if close else \
+                    f"; valid keys: {', '.join(names)} (a key of a newer prunedrop than this one, {__version__}?)"
                 raise PrunedropError(f"{source}: unknown key '{key}'{hint}")
-        return cls(**data)  # type: ignore[no-any-return]
+        try:
+            return cls(**data)  # type: ignore[no-any-return]
+        except PrunedropError as e:  # a key's check: say where the value came from (which file, or run.json)
+            edited = "; run.json was edited, or written by another prunedrop" if saved_run else ""
+            raise PrunedropError(e.message if source == "recipe" else f"{source}: {e.message}{edited}") from None
+
+
+#: the end of an unknown key's error in a recipe that prunedrop recorded (run.json)
+_NEWER = (f": the run was recorded by a newer prunedrop than this one ({__version__}), or run.json was edited; use "
+          "that prunedrop, or upgrade this one")
 
 
 def _flatten(data: dict[Any, Any], source: str) -> dict[str, Any]:
     """The flat mapping of a mapping that states its ``version``: 1 is the flat form, 2 the grouped form."""
     version = data["version"]
     if isinstance(version, bool) or version not in (1, RECIPE_VERSION):
+        newer = isinstance(version, (int, float)) and not isinstance(version, bool) and version > RECIPE_VERSION
         raise PrunedropError(f"{source}: version {version!r} is not a recipe version prunedrop reads (1: flat keys, "
-                             f"{RECIPE_VERSION}: grouped)")
+                             f"{RECIPE_VERSION}: grouped)" + (f"; a newer prunedrop's recipe? this is prunedrop "
+                                                              f"{__version__}: upgrade it" if newer else ""))
     if version == 1:
         return {k: v for k, v in data.items() if k != "version"}
     flat: dict[str, Any] = {}
@@ -331,7 +346,8 @@ def _flatten(data: dict[Any, Any], source: str) -> dict[str, Any]:
                                  f"{RECIPE_VERSION} recipe ({KEY_SECTIONS[key]}: {{{key}: ...}})")
         else:
             close = difflib.get_close_matches(str(key), top, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys and sections: {', '.join(top)}"
+            hint = f"; did you mean '{close[0]}'?" if close else \
+                f"; valid keys and sections: {', '.join(top)} (a key of a newer prunedrop than this one, {__version__}?)"
             raise PrunedropError(f"{source}: unknown key '{key}'{hint}")
     return flat
 
@@ -392,8 +408,8 @@ def load_recipe(path: str | os.PathLike[str] | None) -> Recipe:
             raise PrunedropError(f"recipe file {path} {wrong}; see `prunedrop recipes` for the shipped ones")
         raise PrunedropError(f"recipe file {path} {wrong}; give the YAML file itself (`prunedrop recipes` lists the "
                              "shipped ones)")
-    data = load_yaml_file(path, where=f"recipe {path.name}")  # safe_load, bounded, no aliases
-    return Recipe.from_dict(data, source=f"recipe {path.name}")
+    data = load_yaml_file(path, where=f"recipe {path}")  # safe_load, bounded, no aliases
+    return Recipe.from_dict(data, source=f"recipe {path}")
 
 
 def shipped_recipes_dir() -> Path | None:

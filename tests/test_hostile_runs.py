@@ -421,6 +421,45 @@ def test_keyboard_interrupt_in_a_forward_is_not_turned_into_an_error(tmp_path: P
     assert "SystemExit" not in result.output
 
 
+# ------------------------------------------------------------------------------- recipe errors name their source
+
+
+@pytest.mark.parametrize(("command", "edit", "needles"), [
+    ("export", lambda r: r.update(zzz=1), ["unknown key 'zzz'", "newer prunedrop"]),
+    ("resume", lambda r: r.update(zzz=1), ["unknown key 'zzz'", "newer prunedrop"]),
+    ("export", lambda r: r.update(epochs="x"), ["recipe key 'epochs' must be a whole number", "edited"]),
+    ("resume", lambda r: r.update(epochs="x"), ["recipe key 'epochs' must be a whole number", "edited"]),
+    ("export", lambda r: r.update(threshold=99.0), ["recipe key 'threshold' = 99.0 must lie inside"]),
+])
+def test_a_run_json_recipe_error_names_run_json(project: Path, command: str, edit, needles: list[str]) -> None:
+    """A run.json whose recipe holds a key this prunedrop does not know (a newer one wrote it) said "unknown key
+    'zzz'; valid keys ..." with no hint of a newer version, and a value of the wrong type "recipe key 'epochs' must
+    be ..." without saying the value came from run.json (--resume compared it without a word)."""
+    _edit_json(project / "run" / "run.json", lambda info: edit(info["recipe"]))
+    before = _snapshot(project)
+    args = ["export", "run", "-o", "again.onnx"] if command == "export" else \
+        ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "-o", "run", "--resume"]
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, "the recipe recorded in run/run.json: ", *needles)
+    assert _snapshot(project) == before
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("epochs: -1\n", ["recipe r.yaml: recipe key 'epochs' = -1 must be ≥ 0"]),
+    ("lr: fast\n", ["recipe r.yaml: recipe key 'lr' must be a number"]),
+    ("kl_weight: 1\ntarget: flops=2x\n", ["recipe r.yaml: recipe key 'target' cannot be combined"]),
+    ("version: 3\n", ["recipe r.yaml: version 3", "newer prunedrop"]),
+    ("zzzqqq: 1\n", ["recipe r.yaml: unknown key 'zzzqqq'", "newer prunedrop"]),
+])
+def test_a_recipe_file_error_names_the_file(project: Path, text: str, needles: list[str]) -> None:
+    """A recipe file's value that fails its key's check said "recipe key 'epochs' = -1 must be ≥ 0" without naming
+    the file (its unknown keys named it already)."""
+    (project / "r.yaml").write_text(text)
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "16",
+                                      "--recipe", "r.yaml"])
+    _one_line_error(result, *needles)
+
+
 # ------------------------------------------------------------------------------- input paths that are no file
 
 

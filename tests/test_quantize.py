@@ -571,7 +571,7 @@ def test_bad_quantize_value_is_one_line_before_any_file(project: Path) -> None:
                                       "--recipe", "recipe.yaml", "-o", "out"])
     assert result.exit_code == 1 and not (project / "out").exists()
     assert result.output.strip().splitlines() == [
-        "Error: recipe key 'quantize' = 'int3' must be one of 'none', 'int8', 'bayes'"]
+        "Error: recipe recipe.yaml: recipe key 'quantize' = 'int3' must be one of 'none', 'int8', 'bayes'"]
     with pytest.raises(PrunedropError):
         Recipe(quantize="int3")
 
