@@ -196,6 +196,9 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protecte
     run's checkpoints, run.json, reports, the original model and data); an existing regular file without
     ``overwrite``.
     """
+    if os.fspath(path) == "-":  # the usual name of standard output: a file named "-" is never what was meant
+        raise PrunedropError(f"{option} -: prunedrop writes no ONNX file to standard output; give a file name such as "
+                             "model.onnx (./- for a file named '-')")
     path = Path(path)
     if not str(path).strip() or path.name in ("", ".", ".."):
         raise PrunedropError(f"{option} {str(path)!r} does not name a file; give a file name such as model.onnx")
@@ -240,6 +243,9 @@ def _refuse_protected(path: Path, st: os.stat_result | None, protected: Iterable
 def check_output_folder(path: str | os.PathLike[str], option: str = "-o") -> Path:
     """Check that the output folder ``path`` can be looked at (a name too long for the file system, a file in
     the middle of the path, a loop of links are one-line errors): return it as a Path."""
+    if os.fspath(path) == "-":  # the usual name of standard output: a folder named "-" is never what was meant
+        raise PrunedropError(f"{option} -: a run writes a folder of files, not to standard output; give an output "
+                             "folder (./- for a folder named '-')")
     path = Path(path)
     if not str(path).strip():
         raise PrunedropError(f"{option} is empty; give an output folder")

@@ -297,6 +297,18 @@ def test_export_into_a_folder_that_does_not_exist_yet(project: Path) -> None:
     assert [p.name for p in (project / "new" / "folder").iterdir()] == ["again.onnx"]
 
 
+@pytest.mark.parametrize("command", ["export", "compress"])
+def test_output_dash_is_refused_not_written_as_a_file_named_dash(project: Path, command: str) -> None:
+    """`export RUN -o -` wrote a file named '-' (and `compress -o -` a folder named '-'), where '-' usually means
+    standard output; ./- still names such a file."""
+    args = ["export", "run", "-o", "-"] if command == "export" else \
+        ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz", "-o", "-"]
+    before = _snapshot(project)
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, "-o -: ", "standard output", "./-")
+    assert not (project / "-").exists() and _snapshot(project) == before
+
+
 # ------------------------------------------------------------------------------- inspect: the user's code exits
 
 
