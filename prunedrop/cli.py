@@ -385,7 +385,7 @@ MAX_INSPECT_ELEMENTS = 2**26
               help="Data spec whose first input gives the input shape (see `compress --help`).")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder of IDX files.")
 @click.option("--input-shape", metavar="C,H,W", help="Shape of one input without the batch dimension, "
-              "instead of --data, e.g. 1,28,28.")
+              "instead of --data (not with it), e.g. 1,28,28.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
 def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickle: bool,
                 recipe_path: Path | None, data_spec: str | None, data_dir: Path | None, input_shape: str | None,
@@ -403,6 +403,12 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     from .storage import load_model, parse_arch_kwargs
     from .task import output_shape_on
 
+    if input_shape is not None and (data_spec is not None or data_dir is not None):
+        from .errors import PrunedropError
+
+        given = "--data" if data_spec is not None else "--data-dir"
+        raise PrunedropError(f"--input-shape and {given} are alternatives (the example input is zeros of that shape, "
+                             "or the data's first input): give one of them")
     recipe = load_recipe(recipe_path)
     if input_shape is not None:
         try:

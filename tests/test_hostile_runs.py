@@ -309,6 +309,17 @@ def test_output_dash_is_refused_not_written_as_a_file_named_dash(project: Path, 
     assert not (project / "-").exists() and _snapshot(project) == before
 
 
+@pytest.mark.parametrize("other", [["--data", "digits"], ["--data", "npz:data.npz"], ["--data-dir", "."]])
+def test_inspect_input_shape_with_data_is_refused(project: Path, other: list[str]) -> None:
+    """`inspect --input-shape 16 --data digits` ignored --data without a word, although the usage gives them as
+    alternatives ([--data SPEC | --input-shape C,H,W])."""
+    result = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "16",
+                                      *other])
+    _one_line_error(result, f"--input-shape and {other[0]} are alternatives")
+    alone = CliRunner().invoke(cli, ["inspect", "model.pt", "--arch", "tinyarch:build", "--input-shape", "16"])
+    assert alone.exit_code == 0, alone.output
+
+
 # ------------------------------------------------------------------------------- inspect: the user's code exits
 
 
