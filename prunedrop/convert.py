@@ -319,7 +319,15 @@ def to_variational(
         summary.notes.append(f"left dense, as no gradient reaches their output: {', '.join(cut[:5])} "
                              f"{CUT_OFF_WHY}")
 
+    swapped: dict[int, nn.Module] = {}  # a module registered under several names is swapped once, for all of them
+
     def swap(module: nn.Module, name: str) -> nn.Module:
+        if id(module) in swapped:
+            return swapped[id(module)]
+        swapped[id(module)] = new = swap_once(module, name)
+        return new
+
+    def swap_once(module: nn.Module, name: str) -> nn.Module:
         # Exact type lookup: a subclass of nn.Linear may change forward(), so it is not assumed convertible.
         variational = registry.get(type(module))
         if variational is not None:
@@ -602,27 +610,31 @@ def shared_parameter_layers(model: nn.Module, registry: Mapping[type[nn.Module],
     """Convertible layers (exact types of ``registry``) holding a parameter that another module holds too →
     those other modules' names.
 
-    Weight tying (``decoder.weight = embedding.weight``, ``b.weight = a.weight``) and one layer registered under two
-    names: converted, each layer would learn its own noise over the one weight, prune it its own way, and the
-    pruned model would hold two different weights where there was one (a tied digits MLP grew from 9.0K to 9.6K
-    parameters under sparse VD, 13.1K under sbp). A layer called twice through one name shares nothing.
+    Weight tying (``decoder.weight = embedding.weight``, ``b.weight = a.weight``): converted, each layer would learn
+    its own noise over the one weight, prune it its own way, and the pruned model would hold two different weights
+    where there was one (a tied digits MLP grew from 9.0K to 9.6K parameters under sparse VD, 13.1K under sbp). A
+    layer called twice through one name shares nothing, and neither does one module registered under two names
+    (locuslab/TCN's ``self.conv1`` that is also ``self.net[0]``): it is one layer, listed under its first name
+    (``named_modules()``), and :func:`to_variational` swaps it once for both.
 
     A forward that reads a layer's parameter itself (a tied decoder, ``F.linear(z, self.enc.weight.t())``) shares it
     too (``"the model's forward"``, found by a torch.fx trace where the model allows one): that read sees the
     plain weight while the layer trains with noise, and slimming misread it (a units' removal cut the wrong
     layer's inputs, and the slim model no longer ran). Reading only its shape, dtype or device does not count.
     """
-    owners: dict[int, set[str]] = {}
+    owners: dict[int, set[tuple[str, int]]] = {}  # a parameter → (name, module) of each module holding it
     for name, module in model.named_modules(remove_duplicate=False):
         for parameter in module.parameters(recurse=False):
-            owners.setdefault(id(parameter), set()).add(name or "<root>")
+            owners.setdefault(id(parameter), set()).add((name or "<root>", id(module)))
     sharing: dict[str, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
+    inside: dict[int, set[int]] = {}  # a layer → the modules it holds (itself too)
+    for name, module in model.named_modules():  # one module registered under two names is one layer: its first
         if type(module) not in registry:
             continue
-        label, below = name or "<root>", f"{name}." if name else ""  # the root holds every module
-        others = {owner for parameter in module.parameters() for owner in owners[id(parameter)]
-                  if owner != label and not owner.startswith(below)}
+        label = name or "<root>"
+        held = inside.setdefault(id(module), {id(m) for m in module.modules()})
+        others = {owner for parameter in module.parameters() for owner, holder in owners[id(parameter)]
+                  if holder not in held}
         if others:
             sharing[label] = sorted(others)
     for label in _read_by_forward(model, registry):
@@ -671,15 +683,23 @@ def to_deterministic(model: nn.Module, threshold: float | None = None) -> nn.Mod
     (``requires_grad=False``) stays frozen in the plain layer, so the noise-free fine-tuning leaves it as the
     variational phase did.
     """
+    return _to_deterministic(model, threshold, {})
+
+
+def _to_deterministic(model: nn.Module, threshold: float | None, done: dict[int, nn.Module]) -> nn.Module:
+    if id(model) in done:  # one layer registered under two names stays one plain layer
+        return done[id(model)]
     if isinstance(model, VariationalLayer):
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         dense = model.to_dense(threshold)
         for n, p in dense.named_parameters():
             if n in frozen:
                 p.requires_grad_(False)
+        done[id(model)] = dense
         return dense
+    done[id(model)] = model
     for name, child in list(model.named_children()):
-        new_child = to_deterministic(child, threshold)
+        new_child = _to_deterministic(child, threshold, done)
         if new_child is not child:
             setattr(model, name, new_child)
     return model

@@ -139,3 +139,57 @@ def test_a_factory_that_builds_another_float_type_is_told_to_build_float32(dtype
     with pytest.raises(PrunedropError, match="with --arch, the factory's model must be float32 too") as caught:
         output_shape_on(model, torch.rand(2, 1, 4, 4))
     assert "model.float()" in caught.value.message and "\n" not in caught.value.message
+
+
+class Chomp1d(nn.Module):
+    def __init__(self, chomp: int) -> None:
+        super().__init__()
+        self.chomp = chomp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :-self.chomp].contiguous()
+
+
+class AliasedTCN(nn.Module):
+    """locuslab/TCN's TemporalBlock: each convolution is ``self.conv1`` and also ``self.net[0]``, one module under two
+    names (the block's forward calls ``self.net``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(4, 8, 2, padding=1)
+        self.conv2 = nn.Conv1d(8, 8, 2, padding=1)
+        self.net = nn.Sequential(self.conv1, Chomp1d(1), nn.ReLU(), self.conv2, Chomp1d(1), nn.ReLU())
+        self.downsample = nn.Conv1d(4, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.net(x) + self.downsample(x))[:, :, -1])
+
+
+@pytest.mark.parametrize("method", ["sparse_vd", "sbp"])
+def test_one_layer_under_two_names_is_converted_once(method: str) -> None:
+    from prunedrop.convert import to_deterministic
+
+    torch.manual_seed(0)
+    model = AliasedTCN().eval()
+    x = torch.randn(5, 4, 6)
+    expected = model(x)
+    summary = ConversionSummary()
+    recipe = Recipe(method=method, init_log_sigma2=-30.0) if method == "sparse_vd" else Recipe(method=method)
+    variational = to_variational(model, recipe, summary=summary, example_input=x[:2]).eval()
+    assert {"conv1", "conv2"} <= set(summary.converted)  # left dense as "weight tying" before
+    assert not any("share parameters" in note for note in summary.notes)
+    assert "net.0" not in summary.converted and "net.0" not in summary.excluded
+    assert variational.conv1 is variational.net[0] and variational.conv2 is variational.net[3]
+    if method == "sparse_vd":
+        assert torch.allclose(variational(x), expected, atol=1e-6)
+    plain = to_deterministic(variational)
+    assert plain.conv1 is plain.net[0] and type(plain.conv1) is nn.Conv1d
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in AliasedTCN().parameters())
+
+
+def test_two_modules_that_tie_one_weight_still_stay_dense() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    with pytest.raises(PrunedropError, match="share parameters|tied"):
+        to_variational(model, Recipe())
