@@ -1397,3 +1397,37 @@ def test_compact_names_leaves_a_model_with_subgraphs_alone() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     proto = helper.make_model(graph)
     assert compact_names(proto) == {} and proto.graph.node[0].output[0] == "outer_value"
+
+
+class _BrokenTest(torch.utils.data.Dataset):
+    """Test data that fails once it is read: the measurement after the quantized file is made."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        raise RuntimeError("the test data broke")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failure_measuring_the_quantized_file_leaves_no_file_at_the_output(tmp_path: Path, existing: bool) -> None:
+    """The quantized file was written to out_path and measured there: a measurement that failed (test data that
+    breaks, onnxruntime refusing it, Ctrl-C) left an unverified file where a verified one is expected (and the file
+    --overwrite replaces was gone). It is measured where it was made and written only then."""
+    x, y = tiny_classification_data(n=128, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    data = _bundle(x, y)
+    out = tmp_path / "q.onnx"
+    kw = dict(mode="int8", recipe=Recipe(), metric_before=None, timer=_int8_faster, log=lambda m: None)
+    assert quantize_model(float_file, out, data=data, **kw)["file"] == "q.onnx"  # with test data that works: written
+    out.unlink()
+    if existing:
+        out.write_bytes(b"the file --overwrite replaces")
+    data.test = _BrokenTest()
+    with pytest.raises(RuntimeError, match="the test data broke"):
+        quantize_model(float_file, out, data=data, **kw)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "model.onnx"] == (["q.onnx"] if existing else [])
+    if existing:
+        assert out.read_bytes() == b"the file --overwrite replaces"

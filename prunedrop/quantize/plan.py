@@ -130,6 +130,19 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             return metric >= float_metric if higher else metric <= float_metric
         return original_budget(metric, se)
 
+    test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
+
+    def measure_file(path: str | Path) -> tuple[dict[str, Any], float | None]:
+        # the float32 file's validation metric was measured before quantizing
+        val, se = (float_metric, float_se) if float_metric is not None and Path(path) == Path(float_path) \
+            else measure_val(path)
+        out = {"bytes": Path(path).stat().st_size, "val": val}
+        if test_loader is not None:
+            out["test"] = evaluate_onnx(path, test_loader, loss=loss)
+        return out, se
+
+    files: dict[str, dict[str, Any]] = {}
+    quantized_se: float | None = None
     reverted: list[dict[str, Any]] = []
     sensitivity: dict[str, float] = {}
     storage_note: str | None = None
@@ -264,6 +277,10 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
             float_bytes = compact_size(float_path)
             no_gain = _no_gain(final.num_bytes, float_bytes, speed, final_ms)
             if no_gain is None:
+                # measured where it was made, and written to out_path only then: a measurement that fails (or is
+                # interrupted) leaves no unverified file where a verified one is expected, and keeps the file there
+                files = {name: measure_file(path)[0] for name, path in (compare or {}).items()}
+                files["quantized"], quantized_se = measure_file(final.path)
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
                 final.path = Path(out_path)
     unwritten = None  # the quantized model measured no gain over the float32 file: not written
@@ -347,19 +364,6 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     if final is None:
         log(f"quantization: {section['none_reason']}; no quantized file written")
         return section
-    test_loader = data.loader("test", recipe.eval_batch_size) if data.test is not None else None
-
-    def measured(path: str | Path) -> tuple[dict[str, Any], float | None]:
-        # the float32 file's validation metric was measured before quantizing
-        val, se = (float_metric, float_se) if float_metric is not None and Path(path) == Path(float_path) \
-            else measure_val(path)
-        out = {"bytes": Path(path).stat().st_size, "val": val}
-        if test_loader is not None:
-            out["test"] = evaluate_onnx(path, test_loader, loss=loss)
-        return out, se
-
-    files = {name: measured(path)[0] for name, path in (compare or {}).items()}
-    files["quantized"], quantized_se = measured(out_path)
     metrics = {k: v for k, v in files["quantized"].items() if k != "bytes"}
     section["files"] = files
     section["metric"] = metrics
