@@ -487,6 +487,18 @@ def unknown_key():
 def not_pairs():
     return TensorDataset(torch.zeros(4, 2)), _ds(2)
 
+class _Dicts(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        return {"pixel_values": torch.zeros(2), "labels": 0}
+
+def dict_items():
+    return _Dicts(), _ds(2)
+
+def weighted_triples():
+    return TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.ones(4)), _ds(2)
+
 def float_labels():
     return TensorDataset(torch.zeros(4, 2), torch.full((4,), 0.5)), _ds(2)
 
@@ -554,7 +566,11 @@ def test_python_loaders_are_returned_as_is(user_module: str) -> None:
         ("wrong_type", "returned a list of length 4; return a DataBundle, a dict"),
         ("wrong_item", "returned a str as val; use a torch Dataset or DataLoader"),
         ("unknown_key", "returned unknown keys ['valid']"),
-        ("not_pairs", "yields a tuple of length 1 items; each item must be an (input, label) pair"),
+        ("not_pairs", "is a tuple of length 1; it must be an (input, label) pair"),
+        ("dict_items", "is a dict; it must be an (input, label) pair (its keys: pixel_values, labels): return "
+                       "(item['pixel_values'], item['labels'])"),
+        ("weighted_triples", "is a tuple of length 3; it must be an (input, label) pair; the entries after the "
+                             "label (sample weights"),
         ("float_labels", "are torch.float32; labels must be integer class indices (for real-valued regression "
                          "targets pass --loss mse"),
         ("one_hot", "are one-hot vectors over 3 classes; labels must be class indices: give labels.argmax(-1)"),

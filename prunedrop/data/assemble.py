@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -247,9 +247,27 @@ def first_item(data: Dataset | DataLoader, where: str = "the data") -> Sequence[
         item = data[0]
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise PrunedropError(
-            f"{where} yields {describe_value(item)} items; each item must be an (input, label) pair"
+            f"each item of {where} is {describe_value(item)}; it must be an (input, label) pair{_pair_hint(item)}"
         )
     return item
+
+
+def _pair_hint(item: Any) -> str:
+    """How to make an (input, label) pair of what ``item`` is: a dict's keys (a Hugging Face style sample) or a
+    tuple's extra entries (sample weights, a second input)."""
+    if isinstance(item, Mapping):
+        keys = [str(k) for k in item][:6]
+        label = next((k for k in keys if k.lower() in ("label", "labels", "target", "targets", "y")), None)
+        inputs = [k for k in keys if k != label]
+        if label and len(inputs) == 1:
+            return (f" (its keys: {', '.join(keys)}): return (item[{inputs[0]!r}], item[{label!r}]) from your "
+                    "Dataset's __getitem__ (or a Dataset that wraps it)")
+        return (f" (its keys: {', '.join(keys)}): return (input, label) from your Dataset's __getitem__; the model "
+                "takes one input tensor")
+    if isinstance(item, (tuple, list)) and len(item) > 2:
+        return ("; the entries after the label (sample weights, masks, a second input) are not read: return (input, "
+                "label), and the model takes one input tensor")
+    return ""
 
 
 def _split_off_validation(
