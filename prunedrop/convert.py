@@ -460,9 +460,9 @@ def bare_parameters_note(bare: Mapping[str, Sequence[tuple[str, nn.Parameter]]],
     named = [f"{name}.{n}" if name != "<root>" else n for name, params in bare.items() for n, _ in params]
     shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
     return (f"left dense: {shown} ({count:,} parameters, {100 * count / total:.0f}% of the model's), held by a "
-            "module itself rather than by a layer, and used by its forward directly (torch.matmul, F.linear, "
-            "einsum, …); only layers (nn.Linear, nn.Conv*d, nn.Embedding, …) are converted: hold such a weight in "
-            "an nn.Linear (y = layer(x) for x @ W.T + b) to compress it")
+            "module itself rather than by a layer, which its forward reads directly (as in x @ self.W or "
+            "F.linear(x, self.w)); only layers (nn.Linear, nn.Conv*d, nn.Embedding, …) are converted: hold such a "
+            "weight in an nn.Linear (layer(x) computes x @ W.T + b) to compress it")
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
