@@ -304,7 +304,24 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
             f"{overall:+.3g}: the budget holds over all samples, not per class")
 
 
-class LabelCounts:
+class _Targets:
+    """What a loader's targets tell, gathered while the batches pass through unchanged: ``for x, y in
+    self.through(loader)``; :meth:`_add` takes each batch's targets, and sets ``usable`` False where they are of no
+    use."""
+
+    usable = True
+
+    def through(self, loader: Any) -> Iterator[Any]:
+        for batch in loader:
+            if self.usable:
+                self._add(batch[1])
+            yield batch
+
+    def _add(self, y: Any) -> None:
+        raise NotImplementedError
+
+
+class LabelCounts(_Targets):
     """Counts the class labels a loader gives (one per sample or per position, :data:`IGNORED` left out), passed
     through unchanged: ``for x, y in counts.through(loader)``. Only single-label classification labels are counted
     (a one-logit binary classifier's 0/1 included, a multi-label model's rows not): :attr:`counts` stays None
@@ -314,12 +331,6 @@ class LabelCounts:
         self.loss = loss
         self.counts: torch.Tensor | None = None
         self.usable = is_classification(loss)
-
-    def through(self, loader: Any) -> Iterator[Any]:
-        for batch in loader:
-            if self.usable:
-                self._add(batch[1])
-            yield batch
 
     def _add(self, y: Any) -> None:
         if not isinstance(y, torch.Tensor) or (self.loss != "cross_entropy" and y.dim() > 1 and y.shape[-1] != 1):
@@ -341,7 +352,7 @@ class LabelCounts:
         self.counts[:counts.numel()] += counts
 
 
-class TargetSpread:
+class TargetSpread(_Targets):
     """The sums a loader's regression targets give (per target column: count, sum, sum of squares, float64),
     passed through unchanged like :class:`LabelCounts`: the error of always predicting each column's mean
     (:meth:`constant_error`), for :func:`mean_note`."""
@@ -350,13 +361,6 @@ class TargetSpread:
         self.count = 0
         self.sums: torch.Tensor | None = None
         self.squares: torch.Tensor | None = None
-        self.usable = True
-
-    def through(self, loader: Any) -> Iterator[Any]:
-        for batch in loader:
-            if self.usable:
-                self._add(batch[1])
-            yield batch
 
     def _add(self, y: Any) -> None:
         if not isinstance(y, torch.Tensor) or y.dim() == 0:

@@ -1,5 +1,7 @@
 """Shared test settings and fixtures."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,21 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+OLD_RUN = Path(__file__).parent / "data" / "run-v1"
+
+
+@pytest.fixture
+def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of tests/data/run-v1 as the current folder: the user's folder (tinyarch.py, model.pt, data.npz,
+    recipe.yaml) and the run folder ``run`` that ``prunedrop compress ... -o run`` wrote in it."""
+    project = tmp_path / "project"
+    shutil.copytree(OLD_RUN, project)
+    run_json = project / "run" / "run.json"
+    info = json.loads(run_json.read_text())
+    info["model_path"] = str(project / "model.pt")  # an absolute path where it was written; the copy lives here
+    run_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(project)
+    return project

@@ -35,17 +35,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(old_run: Path) -> Path:
     """A copy of tests/data/run-v1 as the current folder: the user's files and the run folder ``run``."""
-    folder = tmp_path / "project"
-    shutil.copytree(OLD_RUN, folder)
-    run_json = folder / "run" / "run.json"
-    info = json.loads(run_json.read_text())
-    info["model_path"] = str(folder / "model.pt")  # an absolute path where it was written; the copy lives here
-    run_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.chdir(folder)
-    return folder
+    return old_run
 
 
 def _edit_json(path: Path, edit) -> None:

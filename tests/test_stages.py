@@ -8,7 +8,6 @@ commit before the stages had modules of their own) still loads, re-exports, re-r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -128,21 +127,6 @@ def test_the_run_folder_names_every_file_a_run_writes(tmp_path: Path) -> None:
     # everything the old run wrote has a name here
     old = {p.name for p in (OLD_RUN / "run").iterdir()}
     assert old <= {p.name for p in named}
-
-
-@pytest.fixture
-def old_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of tests/data/run-v1: the user's folder (tinyarch.py, model.pt, data.npz, recipe.yaml) and the run
-    folder ``run`` that ``prunedrop compress ... -o run`` wrote in it."""
-    project = tmp_path / "project"
-    shutil.copytree(OLD_RUN, project)
-    run_json = project / "run" / "run.json"
-    info = json.loads(run_json.read_text())
-    info["model_path"] = str(project / "model.pt")  # an absolute path where it was written; the copy lives here
-    run_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    monkeypatch.syspath_prepend(str(project))
-    monkeypatch.chdir(project)
-    return project
 
 
 def test_an_old_run_folder_still_loads(old_run: Path) -> None:
