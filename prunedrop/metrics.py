@@ -325,24 +325,37 @@ class LabelCounts(_Targets):
     """Counts the class labels a loader gives (one per sample or per position, :data:`IGNORED` left out), passed
     through unchanged: ``for x, y in counts.through(loader)``. Only single-label classification labels are counted
     (a one-logit binary classifier's 0/1 included, a multi-label model's rows not): :attr:`counts` stays None
-    otherwise. For :func:`chance_note`."""
+    otherwise. Where each sample has one label, none ignored, :attr:`labels` holds them in order. For
+    :func:`chance_note`."""
 
     def __init__(self, loss: str) -> None:
         self.loss = loss
         self.counts: torch.Tensor | None = None
         self.usable = is_classification(loss)
+        self._labels: list[torch.Tensor] | None = []
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return torch.cat(self._labels) if self.usable and self._labels else None
 
     def _add(self, y: Any) -> None:
         if not isinstance(y, torch.Tensor) or (self.loss != "cross_entropy" and y.dim() > 1 and y.shape[-1] != 1):
             self.usable, self.counts = False, None  # a multi-label model's rows of 0s and 1s
             return
+        one_per_sample = y.dim() == 1 or (y.dim() == 2 and y.shape[1] == 1)
         y = y.detach().reshape(-1)
         if y.is_floating_point():
             if not bool((y == y.round()).all()):
                 self.usable, self.counts = False, None
                 return
             y = y.long()
-        y = y[y >= 0].cpu()
+        y = y.cpu()
+        if self._labels is not None:
+            if one_per_sample and bool((y >= 0).all()):
+                self._labels.append(y)
+            else:
+                self._labels = None  # labels per position, or samples without one
+        y = y[y >= 0]
         counts = torch.bincount(y)
         if self.counts is None:
             self.counts = counts
@@ -396,16 +409,37 @@ def mean_note(metric: float, constant: float | None, split: str = "validation") 
             "loaded? A budget kept against it says nothing about a trained model")
 
 
-def chance_note(metric: float, counts: torch.Tensor | None, split: str = "validation") -> str | None:
-    """One line for a classifier whose accuracy ``metric`` (in %) on the ``split`` data is not measurably above
-    always predicting its most frequent label (``counts``: :class:`LabelCounts`): within two binomial standard
-    errors of that share, or below it. An untrained model (weights never loaded), or one that learnt nothing: its
-    compression is measured against a model that predicts nothing, so every number of the run means little."""
-    if counts is None or not counts.numel():
+def chance_note(metric: float, counts: torch.Tensor | None, split: str = "validation", *,
+                labels: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> str | None:
+    """One line for a classifier that is not measurably better on the ``split`` data than always predicting one
+    label, or guessing: an untrained model (weights never loaded), or one that learnt nothing, against which a kept
+    budget means nothing. ``counts``: :attr:`LabelCounts.counts`; no line where fewer than two classes occur.
+
+    Where each sample has one label (``labels``, :attr:`LabelCounts.labels`) and its score (``scores``, 100 or 0:
+    :func:`sample_scores`), the test is on the accuracy averaged over the classes (balanced accuracy): one label
+    always predicted, or guesses, average 1/K over K classes, whatever their shares, while a model that learnt a
+    rare class stands clear of it even where its plain accuracy lies near that of predicting the frequent one (a
+    fraud detector's 98.5%). It is within two standard errors of 1/K, or below: the line. Otherwise (labels per
+    position) the plain accuracy ``metric`` (in %) against the most frequent label's share, within two binomial
+    standard errors."""
+    if counts is None or int((counts > 0).sum()) < 2:
         return None
     total = int(counts.sum())
-    if total < 2:
-        return None
+    if labels is not None and scores is not None and labels.shape == scores.shape and labels.dim() == 1:
+        classes = torch.unique(labels)
+        chance = 1.0 / classes.numel()
+        recalls, variance = [], 0.0
+        for k in classes.tolist():
+            right = scores[labels == k].double() / 100.0
+            recalls.append(float(right.mean()))
+            variance += max(recalls[-1] * (1.0 - recalls[-1]), chance * (1.0 - chance)) / right.numel()
+        balanced = sum(recalls) / len(recalls)
+        if balanced > chance + 2.0 * math.sqrt(variance) / len(recalls):
+            return None
+        return (f"the given model's {split} accuracy, {metric:.4g}%, averages {100.0 * balanced:.4g}% over its "
+                f"{len(recalls)} classes, no better than always predicting one label or guessing "
+                f"({100.0 * chance:.4g}% averaged over the classes): was it trained, and were its weights loaded? "
+                "A budget kept against it says nothing about a trained model")
     top = int(counts.argmax())
     share = float(counts[top]) / total
     margin = 200.0 * math.sqrt(max(share * (1.0 - share), 1.0 / total) / total)
@@ -413,7 +447,7 @@ def chance_note(metric: float, counts: torch.Tensor | None, split: str = "valida
         return None
     return (f"the given model's {split} accuracy, {metric:.4g}%, is no better than always predicting its most frequent "
             f"label ({top}: {100.0 * share:.4g}% of {total:,} labels): was it trained, and were its weights loaded? "
-            "a budget kept against it says nothing about a trained model")
+            "A budget kept against it says nothing about a trained model")
 
 
 #: what the log's and the terminal's class note add: report.md holds the table

@@ -359,7 +359,8 @@ def test_label_counts_count_single_labels_across_batches_and_leave_other_tasks_a
     assert per_position.counts.tolist() == [0, 1, 2]
     binary = LabelCounts("binary_cross_entropy")  # a one-logit classifier's 0/1 floats
     list(binary.through([(None, torch.tensor([[1.0], [0.0], [1.0]]))]))
-    assert binary.counts.tolist() == [1, 2]
+    assert binary.counts.tolist() == [1, 2] and binary.labels.tolist() == [1, 0, 1]
+    assert counts.labels is None and per_position.labels is None  # a sample without its label; labels per position
     tags = LabelCounts("binary_cross_entropy")  # a multi-label model's rows: no most frequent label
     list(tags.through([(None, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))]))
     assert not tags.usable and tags.counts is None
@@ -376,6 +377,24 @@ def test_a_classifier_no_better_than_its_most_frequent_label_is_named(metric: fl
     if warned:
         assert "no better than always predicting its most frequent label (0: 13%" in note
     assert chance_note(50.0, None) is None and chance_note(50.0, torch.tensor([1])) is None
+
+
+def test_the_classes_averaged_tell_a_rare_class_learnt_from_one_label_always_predicted() -> None:
+    from prunedrop.metrics import chance_note
+
+    labels = torch.cat([torch.zeros(295, dtype=torch.long), torch.ones(5, dtype=torch.long)])  # 1.7% positives
+    counts = torch.bincount(labels)
+    learnt = torch.full((300,), 100.0)
+    learnt[0] = 0.0  # every positive found, one false alarm: 99.67%, within 2 SE of predicting 0 always (98.33%)
+    assert chance_note(99.67, counts) is not None  # the plain accuracy against the frequent label's share cannot tell
+    assert chance_note(99.67, counts, labels=labels, scores=learnt) is None
+    constant = (labels == 0).double() * 100.0  # always 0: 98.33% accurate, 50% over the two classes
+    note = chance_note(98.33, counts, labels=labels, scores=constant)
+    assert note is not None and "averages 50% over its 2 classes" in note
+    guesses = (torch.arange(300) % 2 == labels).double() * 100.0
+    assert chance_note(50.0, counts, labels=labels, scores=guesses) is not None
+    assert chance_note(100.0, torch.tensor([0, 9]), labels=torch.ones(9, dtype=torch.long),
+                       scores=torch.full((9,), 100.0)) is None  # one class only: nothing to tell
 
 
 def test_an_untrained_model_is_named_in_the_log_the_report_and_the_terminal(tmp_path: Path) -> None:

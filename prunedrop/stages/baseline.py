@@ -108,7 +108,8 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
     if isinstance(labels, TargetSpread):
         note = mean_note(metric["val"], labels.constant_error())
     else:
-        note = chance_note(metric["val"], labels.counts) if labels.usable else None
+        note = chance_note(metric["val"], labels.counts, labels=labels.labels, scores=scores["val"]) \
+            if labels.usable else None
     return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [])
 
 
