@@ -199,7 +199,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
                 "resume with the same settings")
     if resume:
         _check_same_arch_kwargs(out_dir, kwargs)
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=kwargs)
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=kwargs,
+                     log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
     check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit, recipe=recipe)
@@ -425,7 +426,8 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
         example = torch.zeros(1, *shape)
     else:
         example = None
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs))
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs),
+                     log=lambda m: click.echo(m, err=True))
     check_finite_weights(net, f"model {model}")
     if example is None:
         from .data import fit_inputs, load_data

@@ -64,6 +64,7 @@ from .stages.evaluation import budget_judge
 from .stages.reporting import run_files
 from .stages.slimming import slim_multiple
 from .stages.variational import autopilot_line
+from .storage import unwrap_compiled
 from .task import fit_task
 from .train import check_precision, resolve_device
 
@@ -134,8 +135,12 @@ def compress(
     without it, it is measured here, before the folder is made. ``checked``: the caller has run
     :func:`~prunedrop.task.fit_task` (its recipe is the one given) and :func:`check_before_files` on this model and
     data, as the CLI does before run.json; they are not run again.
+
+    A ``torch.compile``d ``model`` or submodule runs uncompiled (:func:`~prunedrop.storage.unwrap_compiled`, in
+    place; ``log`` says so): what is returned is plain PyTorch.
     """
-    model = model.cpu().eval()
+    # a compiled model or submodule runs uncompiled (its layers are swapped, counted and exported one by one)
+    model = unwrap_compiled(model, log if distributed.is_main() else None).cpu().eval()
     data, fitted = fit_inputs(model, data)  # token ids read as floats by a file reader (the CLI has done it already)
     if not checked:  # the model's outputs against the data's labels, the loss they call for: before any file
         recipe = fit_task(model, data, recipe, log if distributed.is_main() else None)

@@ -193,3 +193,92 @@ def test_two_modules_that_tie_one_weight_still_stay_dense() -> None:
     model[2].weight = model[0].weight
     with pytest.raises(PrunedropError, match="share parameters|tied"):
         to_variational(model, Recipe())
+
+
+COMPILED_ARCH = """import torch
+from torch import nn
+
+
+class Part(nn.Module):
+    def __init__(self, compiled):
+        super().__init__()
+        inner = nn.Linear(64, 32)
+        body = nn.Sequential(torch.compile(inner) if compiled else inner, nn.ReLU())
+        self.body = torch.compile(body) if compiled else body
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x.flatten(1)))
+
+
+def compiled():
+    return Part(True)
+
+
+def plain():
+    return Part(False)
+"""
+
+
+def _compiled_modules(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if type(m).__name__ == "OptimizedModule"]
+
+
+def test_a_compiled_submodule_runs_uncompiled_where_the_model_is_loaded(tmp_path, monkeypatch) -> None:
+    """A model holding a torch.compile'd submodule (nested here) trained, but its FLOPs read 1,280 before and 8,510
+    after (the compiled graph hid its layers from the hooks) and dynamo recompiled while training. Its state dict
+    (``body._orig_mod.0._orig_mod.weight``) also loads into the plain architecture, and a plain one into it."""
+    import sys
+
+    from prunedrop.report import profile_model
+    from prunedrop.storage import load_model
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "compiledarch.py").write_text(COMPILED_ARCH)
+    try:
+        import compiledarch  # noqa: PLC0415 - the user's module, written above
+
+        torch.manual_seed(0)
+        saved = compiledarch.compiled().state_dict()
+        assert "body._orig_mod.0._orig_mod.weight" in saved
+        torch.save(saved, tmp_path / "compiled.pt")
+        torch.save(compiledarch.plain().state_dict(), tmp_path / "plain.pt")
+        said: list[str] = []
+        loaded = {(file, arch): load_model(tmp_path / file, arch=f"compiledarch:{arch}", log=said.append)
+                  for file in ("compiled.pt", "plain.pt") for arch in ("compiled", "plain")}
+    finally:
+        sys.modules.pop("compiledarch", None)
+    assert said == [said[0]] * 2 and said[0].startswith("torch.compile: body, body.0 run uncompiled")
+    for model in loaded.values():
+        assert not _compiled_modules(model) and set(model.state_dict()) == set(compiledarch.plain().state_dict())
+    assert torch.equal(loaded["compiled.pt", "plain"].body[0].weight, saved["body._orig_mod.0._orig_mod.weight"])
+    profiles = {p.name: p.macs for p in profile_model(loaded["compiled.pt", "compiled"], torch.rand(2, 1, 8, 8))}
+    assert profiles == {"body.0": 64 * 32, "fc": 32 * 10}
+
+
+def test_compress_runs_a_compiled_model_uncompiled_before_anything_reads_it(monkeypatch) -> None:
+    """The Python API's compress() given a model with compiled parts unwraps them, as load_model does, before its
+    first check reads the model; a model compiled in place (``module.compile()``) runs uncompiled too."""
+    from prunedrop import pipeline
+
+    class Stop(Exception):
+        pass
+
+    seen: list[nn.Module] = []
+
+    def fit_task(model, *args, **kwargs):
+        seen.append(model)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "fit_task", fit_task)
+    head = nn.Linear(16, 3)
+    head.compile()
+    model = torch.compile(nn.Sequential(nn.Flatten(), torch.compile(nn.Linear(16, 16)), nn.ReLU(), head))
+    said: list[str] = []
+    samples = torch.utils.data.TensorDataset(torch.rand(8, 4, 4), torch.arange(8) % 3)
+    data = pipeline.DataBundle(name="t", train=samples, val=samples, test=None, input_shape=(4, 4), num_classes=3)
+    with pytest.raises(Stop):
+        pipeline.compress(model, data, Recipe(), "never-written", log=said.append)
+    (given,) = seen
+    assert type(given) is nn.Sequential and not _compiled_modules(given) and given[3]._compiled_call_impl is None
+    assert len(said) == 1 and said[0].startswith("torch.compile: the model, 1, 3 run uncompiled")
