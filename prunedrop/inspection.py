@@ -80,7 +80,9 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
 
     * ``method``, ``include``, ``exclude``: the recipe settings that decide the conversion;
     * ``layers``: one entry per module in walk order (the root first, with name ``""``): ``name``
-      (qualified), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
+      (qualified; a module registered under several names, locuslab/TCN's ``conv1`` that is also ``net[0]``, has one
+      entry, under its first name, as :func:`~prunedrop.convert.to_variational` converts it once), ``aliases`` (its
+      other names), ``depth`` (0 for the root), ``type``, ``status`` (``convert``, ``excluded``,
       ``unsupported``, ``no parameters``, ``container``, ``variational``, or ``folded`` for a BatchNorm that joins its
       convolution's unit noise or is folded into it, recipe key ``batchnorm_noise``), ``reason`` (why it is left
       alone; ``""`` when converted; for a container ``""`` unless it owns parameters directly), ``params``
@@ -123,8 +125,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
 
         heads = set(output_layers(model, example_input[:1].to(device)))
     profiles: list[LayerProfile] = profile_model(model, example_input[:1].to(device))
-    # profile_model names a shared module once (named_modules() removes duplicates); the walk below meets
-    # it under every name, so profiles are looked up by module identity.
+    # profile_model names a shared module once (named_modules() removes duplicates), as the walk below lists it;
+    # profiles are looked up by module identity.
     modules = dict(model.named_modules())
     profile_by_id = {id(modules[p.name]): p for p in profiles}
 
@@ -169,9 +171,15 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     def own_params(module: nn.Module) -> list[nn.Parameter]:
         return list(module.parameters(recurse=False))
 
+    names_of: dict[int, list[str]] = {}  # a module registered under several names: one entry, under its first
+    for qualified, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(qualified)
+
     def walk(module: nn.Module, name: str, depth: int) -> tuple[int, int]:
         """Append the entry of ``module`` (and its subtree); return its subtree (params, macs)."""
         label = name or "<root>"
+        if id(module) in seen_modules:  # listed under its first name already, with this one among its aliases
+            return 0, 0
         # a registered layer is converted whole, children included (nn.MultiheadAttention's out_proj)
         params = list(module.parameters()) if type(module) in registry else own_params(module)
         n_params = sum(p.numel() for p in params)
@@ -190,15 +198,15 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             "counted": profile.counted if profile is not None else True,
             "weight_shape": profile.weight_shape if profile is not None else None,
             "out_shape": profile.out_shape if profile is not None else [],
+            "aliases": [n for n in names_of.get(id(module), []) if n != name],
         }
         entries.append(entry)
-        first_visit = id(module) not in seen_modules
         seen_modules.add(id(module))
         # Totals count each parameter and each module's MACs once, however often it is reached.
         new_params = [p for p in params if id(p) not in seen_params]
         seen_params.update(id(p) for p in params)
         sub_params = sum(p.numel() for p in new_params)
-        sub_macs = macs if first_visit else 0
+        sub_macs = macs
         totals["params"] += sub_params
         totals["macs"] += sub_macs
 
@@ -357,6 +365,8 @@ def format_inspection(d: dict[str, Any]) -> str:
             action = e["reason"]  # "" unless the container owns parameters directly
         else:
             action = "-"  # no parameters: nothing to convert, nothing to say
+        if e.get("aliases"):
+            action = f"{'' if action == '-' else action} (also {', '.join(e['aliases'])})".lstrip()
         macs_text = human_count(macs) if e["counted"] else "?"
         rows.append(["  " * e["depth"] + name, e["type"], human_count(params), macs_text, action])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]

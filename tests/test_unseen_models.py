@@ -188,6 +188,32 @@ def test_one_layer_under_two_names_is_converted_once(method: str) -> None:
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in AliasedTCN().parameters())
 
 
+def test_inspect_lists_one_layer_under_two_names_once() -> None:
+    """``prunedrop inspect`` listed locuslab/TCN's ``conv1`` again as ``net.0`` ("would convert 14 layer(s)" for 8);
+    it is one entry, under its first name, that says its other one. The report's profile names it once too."""
+    from prunedrop.inspection import format_inspection, inspect_model
+    from prunedrop.report import count_parameters, profile_model
+
+    model = AliasedTCN()
+    x = torch.randn(2, 4, 6)
+    result = inspect_model(model, x, Recipe())
+    names = [e["name"] for e in result["layers"]]
+    assert "net.0" not in names and "net.3" not in names and len(names) == len(set(names))
+    assert result["summary"]["converted"] == ["conv1", "conv2", "downsample", "fc"]
+    assert result["totals"]["layers_converted"] == 4
+    total = sum(p.numel() for p in model.parameters())
+    assert result["totals"]["params"] == result["totals"]["converted_params"] == total
+    conv1 = next(e for e in result["layers"] if e["name"] == "conv1")
+    assert conv1["aliases"] == ["net.0"] and conv1["params"] == 4 * 8 * 2 + 8
+    assert result["layers"][0]["subtree_params"] == total
+    text = format_inspection(result)
+    assert "convert (also net.0)" in text and "would convert 4 layer(s)" in text
+    profiles = profile_model(model, x)
+    assert [p.name for p in profiles] == ["conv1", "conv2", "downsample", "fc"]
+    assert sum(p.params for p in profiles) == count_parameters(model)[0] == total
+    assert result["totals"]["macs"] == sum(p.macs for p in profiles)
+
+
 def test_two_modules_that_tie_one_weight_still_stay_dense() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     model[2].weight = model[0].weight
