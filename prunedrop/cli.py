@@ -222,7 +222,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     if is_main():
         # the identity reads every sample (an image folder's broken file stops it here), so before the folder exists
         identity = run_identity(model, data)
-        # the original measured on every validation and test sample: ignored labels, outputs that are not finite
+        # the original measured on every validation and test sample (ignored labels, outputs that are not finite)
+        # and exported to ONNX in a temporary folder, checked in onnxruntime: the file is moved in as original.onnx
         measured = measure_before_files(net, data, recipe)
         lock.acquire()  # every input is checked: the run may now create, clear and write its folder
         start_run(out_dir, {

@@ -93,7 +93,8 @@ def check_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> No
     and the recipe, so that it fails before any file (from the CLI and from Python alike): latency batches that
     cannot fit in memory, a precision the device cannot run, a training set without a length (the ELBO needs it), a
     training DataLoader in a data-parallel run, and a model with nothing to convert. The original's measurement,
-    which reads every validation and test sample, is :func:`measure_before_files`."""
+    which reads every validation and test sample and exports it to ONNX (checked in onnxruntime), is
+    :func:`measure_before_files`."""
     from torch.utils.data import DataLoader
 
     from .convert import to_variational

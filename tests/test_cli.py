@@ -731,7 +731,9 @@ def test_fit_inputs_lays_images_out_as_the_model_takes_them() -> None:
 def test_an_overwrite_that_stops_early_leaves_no_earlier_results(finished: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """--overwrite deleted only the checkpoints: a fresh run that stopped at the original's ONNX export (an
-    operator the exporter lacks) left the earlier run's report.json and model files beside its own run.json."""
+    operator the exporter lacks) left the earlier run's report.json and model files beside its own run.json. Then
+    it deleted them all and left its run.json; now the export is tried before any file (in a temporary folder),
+    and the earlier run is left as it was, not one file changed."""
     project = tmp_path / "copy"
     shutil.copytree(finished, project)
     monkeypatch.syspath_prepend(str(project))
@@ -744,11 +746,12 @@ def test_an_overwrite_that_stops_early_leaves_no_earlier_results(finished: Path,
         "def build():\n    return B()\n")
     torch.save({f"inner.{k}": v for k, v in torch.load(project / "model.pt").items()}, project / "bil.pt")
     assert (project / "out" / "report.json").is_file()
+    before = {p: p.read_bytes() for p in (project / "out").rglob("*") if p.is_file()}
     result = CliRunner().invoke(cli, ["compress", "bil.pt", "--arch", "bilarch:build", "--data", "npz:data.npz",
                                       "--recipe", "recipe.yaml", "-q", "-o", "out", "--overwrite"])
     assert result.exit_code == 1 and "linalg_eig" in result.output, result.output
-    left = sorted(p.name for p in (project / "out").rglob("*") if p.is_file())
-    assert left == ["run.json"], left
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert {p: p.read_bytes() for p in (project / "out").rglob("*") if p.is_file()} == before
 
 
 def test_a_model_only_the_dynamo_exporter_can_export_is_compressed(project: Path) -> None:

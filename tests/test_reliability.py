@@ -200,3 +200,21 @@ def test_parity_failure_is_an_error(project: Path, monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(cli, [*ARGS, "-o", "out"])
     assert result.exit_code == 1, result.output
     assert "differs from PyTorch" in result.output
+    # found before any file (the original exported to a temporary folder): run.json was written first
+    assert len(result.output.strip().splitlines()) == 1 and "the original's ONNX export" in result.output
+    assert "prunedrop-original-" not in result.output and not (project / "out").exists()
+
+
+def test_an_original_onnxruntime_cannot_run_is_one_line_before_any_file(project: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunedrop.export import runtime
+
+    def refuse(path, x, **kw):
+        raise PrunedropError(f"onnxruntime cannot run {path}: NOT_IMPLEMENTED: no kernel for Frobnicate(18)")
+
+    monkeypatch.setattr(runtime, "run_session", refuse)
+    result = CliRunner().invoke(cli, [*ARGS, "-o", "out"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: before fine-tuning, the original model: onnxruntime cannot run the "
+                                    "original's ONNX export (original.onnx): NOT_IMPLEMENTED"), result.output
+    assert not (project / "out").exists()

@@ -421,3 +421,35 @@ def test_an_untrained_model_is_named_in_the_log_the_report_and_the_terminal(tmp_
     assert f"warning: {measured.notes[0]}" in format_table(report)
     assert f"warning: {measured.notes[0]}" in format_markdown(report)
     assert "warning" not in format_table(load_report(OLD_RUN / "run"))
+
+
+def test_the_original_is_exported_once_before_any_file_and_moved_in(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure_before_files exports the original to a temporary folder and checks it in onnxruntime (a failure was
+    found only after run.json); measure_original moves that file in as original.onnx instead of exporting again."""
+    from prunedrop.stages import baseline as baseline_stage
+
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    model = TinyMLP(16, (24, 12), 3).eval()
+    exports: list[Path] = []
+    real = baseline_stage.export_onnx
+
+    def export(*args, **kwargs):
+        exports.append(Path(args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(baseline_stage, "export_onnx", export)
+    measured = baseline_stage.measure_before_files(model, data, recipe)
+    scratch = measured.onnx.path
+    assert scratch.is_file() and scratch.name == "original.onnx" and not (tmp_path / "out").exists()
+    folder = RunFolder(tmp_path / "out").create()
+    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    result = stages.measure_original(model, data, recipe, folder, example, lambda _: None, measured=measured)
+    assert exports == [scratch] and not scratch.parent.exists()
+    assert result.onnx.path == folder.original_onnx and folder.original_onnx.stat().st_size == result.onnx.num_bytes
+    assert torch.allclose(torch.as_tensor(run_onnx(folder.original_onnx, example)), model(example), atol=1e-5)
+    again = stages.measure_original(model, data, recipe, RunFolder(tmp_path / "again").create(), example,
+                                    lambda _: None, measured=measured)  # the file is moved: exported there anew
+    assert again.onnx.path.is_file() and exports[-1] == again.onnx.path

@@ -1,17 +1,25 @@
 """Stage 0, load: the original model measured before anything changes it (its metric, its ONNX file, whose parity
-with the model is checked in seconds rather than after the whole training)."""
+with the model is checked in seconds rather than after the whole training). Both are measured before the run folder
+is made (:func:`measure_before_files`: the ONNX file in a temporary folder), and :func:`measure_original` moves the
+file in as original.onnx."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_bytes
+from ..convert import copy_for_folding, fold_parametrizations, parametrized_tensors
 from ..data import DataBundle
 from ..data.checks import IGNORED
 from ..data.token_ids import checked_token_ids
@@ -27,9 +35,10 @@ from ..metrics import (
     scores_metric,
 )
 from ..recipes import Recipe
-from ..runfolder import RunFolder
+from ..runfolder import ORIGINAL_ONNX, RunFolder
 from ..safety import check_deterministic, check_model_structure
 from ..train import metric_name
+from .common import PARITY_SAMPLES
 
 
 @dataclass
@@ -68,16 +77,26 @@ class Measured:
     notes: list[str] = field(default_factory=list)
     """Warnings about the model: a classifier no better than its most frequent label
     (:func:`~prunedrop.metrics.chance_note`)."""
+    onnx: ExportResult | None = None
+    """The original exported to ONNX in a temporary folder and checked against the model in onnxruntime;
+    :func:`measure_original` moves the file into the run folder as original.onnx (None once moved, or for a
+    ``Measured`` made without one: then it exports the original there)."""
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    """The temporary folder holding :attr:`onnx`, deleted once the file is moved (or when this is garbage)."""
 
 
-def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> Measured:
+def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe,
+                         example: torch.Tensor | None = None) -> Measured:
     """The original ``model``'s metric on every validation and test sample (CPU, eval mode), measured before the run
     folder is made, so that what only this pass finds is one line with no file written: every label ignored (-100),
     outputs that are not finite (NaN or inf: a ``log`` of values that can be negative), a token id beyond an
     embedding's rows (:func:`~prunedrop.data.token_ids.checked_token_ids`). It also counts the validation labels
     (or the targets' spread), for a note on a model no better than always predicting the most frequent label (or
-    the targets' mean): an untrained model. :func:`measure_original` takes the result over, so the data is read
-    once."""
+    the targets' mean): an untrained model. Then the original is exported to ONNX in a temporary folder and the
+    file checked against it on ``example`` (by default the first validation inputs, as :func:`compress` takes
+    them): an operator neither exporter has, a file onnxruntime cannot run or one that computes something else is
+    one line here too, where it stopped the run after run.json. :func:`measure_original` takes the result over
+    (the file moved in as original.onnx), so the data is read, and the original exported, once."""
     t0 = time.perf_counter()
     metric: dict[str, float] = {}
     scores: dict[str, torch.Tensor] = {}
@@ -110,7 +129,54 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe) -> 
     else:
         note = chance_note(metric["val"], labels.counts, labels=labels.labels, scores=scores["val"]) \
             if labels.usable else None
-    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [])
+    if example is None:
+        example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    exported, scratch = _export_checked(model, example, recipe)
+    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [],
+                    onnx=exported, scratch=scratch)
+
+
+def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
+                    ) -> tuple[ExportResult, tempfile.TemporaryDirectory]:
+    """``model`` exported to ORIGINAL_ONNX in a new temporary folder and checked against it in onnxruntime
+    (:func:`check_parity_before_training`); a failure leaves no folder, and its message names the file as the
+    original's export rather than a temporary path. Parametrized weights are exported as :func:`compress` exports
+    them, folded (``spectral_norm``'s ``vdot`` has no ONNX equivalent): a folded copy is exported, the model is
+    left as it is."""
+    scratch = tempfile.TemporaryDirectory(prefix="prunedrop-original-")
+    path = Path(scratch.name) / ORIGINAL_ONNX
+    if parametrized_tensors(model):
+        model = copy_for_folding(model)
+        fold_parametrizations(model)
+    try:
+        exported = export_onnx(model, example[:2], path, opset=recipe.onnx_opset, sparse=False,
+                               exporter=recipe.onnx_exporter)
+        check_parity_before_training(exported, model, example, recipe)
+    except PrunedropError as e:
+        scratch.cleanup()
+        raise type(e)(e.message.replace(str(path), f"the original's ONNX export ({ORIGINAL_ONNX})")) from None
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return exported, scratch
+
+
+def _moved_in(measured: Measured, target: Path) -> ExportResult:
+    """``measured.onnx`` moved to ``target`` (renamed where the two share a file system, else copied atomically);
+    its temporary folder is deleted."""
+    assert measured.onnx is not None
+    source = Path(measured.onnx.path)
+    try:
+        try:
+            os.replace(source, target)
+        except OSError:  # another file system (the temporary folder's): copied, then written in one step
+            atomic_write_bytes(target, source.read_bytes())
+    finally:
+        if measured.scratch is not None:
+            measured.scratch.cleanup()
+    exported = dataclasses.replace(measured.onnx, path=target)
+    measured.onnx, measured.scratch = None, None  # a second compress() with this Measured exports again
+    return exported
 
 
 class _NonFinite:
@@ -138,19 +204,23 @@ class _NonFinite:
 
 def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder: RunFolder, example: torch.Tensor,
                      log: Callable[[str], None], measured: Measured | None = None) -> Baseline:
-    """Evaluate the original (or take ``measured``, what :func:`measure_before_files` measured on it before the
-    folder was made), export it to original.onnx and check that file against it."""
+    """Evaluate the original and export it to ONNX, the file checked against it (or take ``measured``, what
+    :func:`measure_before_files` measured and exported before the folder was made), and move that file into the
+    run folder as original.onnx."""
     t0 = time.perf_counter() - (measured.seconds if measured is not None else 0.0)
     original = copy.deepcopy(model)
     check_model_structure(original, "the model")
     with torch.no_grad():
         outputs = original.eval()(example)
     check_deterministic(original, example, first=outputs)
-    measured = measured if measured is not None else measure_before_files(original, data, recipe)
+    measured = measured if measured is not None else measure_before_files(original, data, recipe, example)
     metric, scores = measured.metric, measured.scores
-    exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
-                           exporter=recipe.onnx_exporter)
-    check_parity_before_training(exported, original, example, recipe)
+    if measured.onnx is not None:
+        exported = _moved_in(measured, folder.original_onnx)
+    else:  # a Measured made without the export (or whose file an earlier run moved in already)
+        exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
+                               exporter=recipe.onnx_exporter)
+        check_parity_before_training(exported, original, example, recipe)
     if exported.fallback:
         log(f"ONNX: the TorchScript exporter cannot export the model ({exported.fallback}); exported with the dynamo "
             "exporter (onnx_exporter: auto)")
