@@ -185,6 +185,25 @@ class TinyRNNClassifier(TinyRecurrentClassifier):
         super().__init__("rnn", **{"num_layers": 2, **kwargs})
 
 
+class TinyCellClassifier(nn.Module):
+    """A sequence classifier written as a loop over time steps, one ``nn.LSTMCell`` / ``nn.GRUCell`` /
+    ``nn.RNNCell`` call per step: ``[B, 1, T, F]`` (an image read row by row) or ``[B, T, F]`` → cell over the T
+    steps → Linear head on the last hidden state."""
+
+    def __init__(self, cell: str = "lstm", in_features: int = 8, hidden: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.kind = cell
+        self.cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[cell](in_features, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1, -2)  # [B, 1, T, F] -> [B, T, F]
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        return self.head(state[0] if self.kind == "lstm" else state)
+
+
 class TransformerClassifier(nn.Module):
     """A sequence classifier: Linear token embedding plus learned positions, ``nn.TransformerEncoder``
     (post-norm, batch_first), mean over tokens, Linear head. Takes ``[B, T, F]`` or ``[B, 1, T, F]`` (an

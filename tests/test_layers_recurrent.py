@@ -14,12 +14,23 @@ from prunedrop.convert import to_variational
 from prunedrop.data import load_data
 from prunedrop.errors import PrunedropError
 from prunedrop.export import export_onnx, verify_onnx
-from prunedrop.layers import GRUSVD, LAYER_REGISTRY, LSTMSVD, RNNSVD, GRUGroupVD, LSTMGroupVD
+from prunedrop.layers import (
+    GRUSVD,
+    LAYER_REGISTRY,
+    LSTMSVD,
+    RNNSVD,
+    GRUCellSVD,
+    GRUGroupVD,
+    LSTMCellSVD,
+    LSTMGroupVD,
+    RNNCellSVD,
+)
 from prunedrop.pipeline import compress
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
+from prunedrop.report import profile_model
 from prunedrop.slim import slim
-from prunedrop.testing import TinyRecurrentClassifier, tiny_classification_data
+from prunedrop.testing import TinyCellClassifier, TinyRecurrentClassifier, tiny_classification_data
 
 LAYERS = [(LSTMSVD, nn.LSTM), (GRUSVD, nn.GRU), (RNNSVD, nn.RNN), (LSTMGroupVD, nn.LSTM), (GRUGroupVD, nn.GRU)]
 IDS = [v.__name__ for v, _ in LAYERS]
@@ -306,3 +317,174 @@ def test_compress_end_to_end_with_onnx_parity(method, cell, tmp_path) -> None:
                                                                     if w.dim() == 2)
     if method == "group_vd":
         assert lstm.hidden_size < 12 and result.model.head.in_features == lstm.hidden_size
+
+
+# -- cells: nn.LSTMCell / nn.GRUCell / nn.RNNCell called once per step in the caller's loop ----------------------
+
+CELLS = [(LSTMCellSVD, nn.LSTMCell, {}), (GRUCellSVD, nn.GRUCell, {}), (RNNCellSVD, nn.RNNCell, {}),
+         (RNNCellSVD, nn.RNNCell, {"nonlinearity": "relu"})]
+CELL_IDS = ["lstm", "gru", "rnn-tanh", "rnn-relu"]
+NEGLIGIBLE_CELL = {"init_log_sigma2": -60.0, "log_alpha_clip": 60.0}
+
+
+def _loop(cell: nn.Module, x: torch.Tensor, hx=None) -> torch.Tensor:
+    """The hidden state at every step ``[T, B, H]`` of ``x`` ``[T, B, F]`` (or ``[T, F]`` unbatched)."""
+    outs = []
+    for t in range(x.shape[0]):
+        hx = cell(x[t], hx)
+        outs.append(hx[0] if isinstance(hx, tuple) else hx)
+    return torch.stack(outs)
+
+
+def test_cells_are_registered_under_sparse_vd_only() -> None:
+    assert LAYER_REGISTRY["sparse_vd"][nn.LSTMCell] is LSTMCellSVD
+    assert LAYER_REGISTRY["sparse_vd"][nn.GRUCell] is GRUCellSVD
+    assert LAYER_REGISTRY["sparse_vd"][nn.RNNCell] is RNNCellSVD
+    for method in ("sbp", "group_vd"):  # removing a cell's units would change the caller's own state tensors
+        assert not {nn.LSTMCell, nn.GRUCell, nn.RNNCell} & set(LAYER_REGISTRY[method])
+
+
+@pytest.mark.parametrize(("vtype", "dense_type", "kwargs"), CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("noise", ["sequence", "batch"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_with_negligible_noise_equals_the_plain_cell(vtype, dense_type, kwargs, noise, bias) -> None:
+    torch.manual_seed(0)
+    dense = dense_type(5, 7, bias=bias, **kwargs)
+    x = torch.randn(6, 3, 5)
+    h0 = torch.randn(3, 7)
+    hx = (h0, torch.randn(3, 7)) if dense_type is nn.LSTMCell else h0
+    with torch.no_grad():
+        want, want_hx, want_unbatched = _loop(dense, x), _loop(dense, x, hx), _loop(dense, x[:, 0])
+    layer = vtype.from_dense(dense, recurrent_noise=noise, **NEGLIGIBLE_CELL)
+    assert layer.weight_ih is dense.weight_ih and layer.bias_hh is dense.bias_hh  # the trained Parameters
+    assert isinstance(layer, dense_type) and layer.recurrent_noise == noise
+    with torch.no_grad():
+        assert _max_diff(_loop(layer.eval(), x), want) == 0.0  # eval runs the plain cell with the same weights
+        assert _max_diff(_loop(layer.train(), x), want) < 1e-5  # the sampled forward: same gate math
+        assert _max_diff(_loop(layer.train(), x, hx), want_hx) < 1e-5  # an initial state is honoured
+        assert _max_diff(_loop(layer.train(), x[:, 0]), want_unbatched) < 1e-5  # unbatched [F] steps
+
+
+@pytest.mark.parametrize(("vtype", "dense_type", "kwargs"), CELLS[:3], ids=CELL_IDS[:3])
+def test_cell_noise_is_fixed_along_the_callers_loop(vtype, dense_type, kwargs) -> None:
+    """The draw is kept while the caller feeds back the state the cell returned, per sequence (sequence) or for
+    the whole batch (batch), and a new sequence (hx None, a fresh state, a state the caller changed) draws anew."""
+    torch.manual_seed(0)
+    layer = vtype.from_dense(dense_type(4, 5, **kwargs), init_log_sigma2=0.0, log_alpha_clip=8.0).train()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        state = layer(x)
+        first = layer._draw.noise[0]
+        assert first.shape == (3, *layer.weight_ih.shape)  # one draw per sequence
+        state = layer(x, state)
+        assert layer._draw.noise[0] is first  # the state it returned: the same sequence
+        if isinstance(state, tuple):
+            layer(x, (state[0], state[1]))  # a new tuple of the same tensors is the same sequence
+            assert layer._draw.noise[0] is first
+            layer(x, (state[0].clone(), state[1].clone()))
+        else:
+            layer(x, state.clone())
+        assert layer._draw.noise[0] is not first  # a state the caller made: a new draw
+        second = layer._draw.noise[0]
+        layer(x)
+        assert layer._draw.noise[0] is not second
+        layer.recurrent_noise = "batch"
+        state = layer(x)
+        assert layer._draw.noise[0].shape == layer.weight_ih.shape  # one draw for the mini-batch
+        shared = layer._draw.noise[0]
+        layer(x, state)
+        assert layer._draw.noise[0] is shared
+    state = layer(x)  # with autograd on, the draw is part of the graph: a copy of the layer drops it
+    assert copy.deepcopy(layer)._draw.noise is None and layer._draw.noise is not None
+
+
+@pytest.mark.parametrize(("vtype", "dense_type", "kwargs"), CELLS[:3], ids=CELL_IDS[:3])
+@pytest.mark.parametrize("noise", ["sequence", "batch"])
+def test_cell_kl_masks_and_gradients(vtype, dense_type, kwargs, noise) -> None:
+    torch.manual_seed(0)
+    layer = vtype.from_dense(dense_type(3, 4, **kwargs), recurrent_noise=noise)
+    gates = {nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNNCell: 1}[dense_type]
+    out = _loop(layer.train(), torch.randn(5, 2, 3))
+    kl = layer.kl()
+    assert kl.shape == () and torch.isfinite(kl) and kl > 0
+    (out.square().sum() + 1e-3 * kl).backward()  # through the 5 steps that share one draw
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert {id(p) for p in layer.noise_parameters()} == {
+        id(p) for n, p in layer.named_parameters() if n.startswith("log_")}
+    assert layer.keep_mask().shape == (gates * 4 * 3 + gates * 4 * 4,)
+    assert layer.log_alpha.shape == layer.keep_mask().shape
+    masks = layer.parameter_keep_masks()
+    assert set(masks) == {"weight_ih", "weight_hh"}
+    assert masks["weight_ih"].shape == (gates * 4, 3) and masks["weight_hh"].shape == (gates * 4, 4)
+    assert layer.unit_keep_mask() is None
+
+
+@pytest.mark.parametrize(("vtype", "dense_type", "kwargs"), CELLS, ids=CELL_IDS)
+def test_cell_to_dense_round_trip(vtype, dense_type, kwargs) -> None:
+    torch.manual_seed(0)
+    dense = dense_type(5, 6, **kwargs)
+    layer = vtype.from_dense(dense)
+    _prune_some(layer)
+    plain = layer.eval().to_dense()
+    assert type(plain) is dense_type
+    assert getattr(plain, "nonlinearity", None) == getattr(dense, "nonlinearity", None)
+    masks = layer.parameter_keep_masks()
+    for name, mask in masks.items():
+        assert torch.equal(getattr(plain, name) == 0, ~mask | (getattr(layer, name) == 0)), name
+    assert torch.equal(plain.bias_ih, dense.bias_ih) and torch.equal(plain.bias_hh, dense.bias_hh)
+    assert 0 < int(layer.keep_mask().sum()) < layer.keep_mask().numel()
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        assert _max_diff(_loop(plain, x), _loop(layer, x)) == 0.0
+    # and back: the plain cell converts again, with the same weights and zeros
+    again = vtype.from_dense(plain)
+    assert torch.equal(again.eval().to_dense().weight_hh, plain.weight_hh)
+
+
+def test_cell_flops_are_counted_per_call() -> None:
+    """A cell called T times in one forward pass counts T steps of its weights per sample, and its non-zero MACs
+    count the non-zero weights as many times."""
+    torch.manual_seed(0)
+    for kind, gates in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+        model = TinyCellClassifier(kind, in_features=8, hidden=6, num_classes=3)
+        with torch.no_grad():
+            model.cell.weight_hh[:, :2] = 0.0
+        profiles = {p.name: p for p in profile_model(model, torch.randn(5, 1, 8, 8))}
+        cell = profiles["cell"]
+        per_step = gates * 6 * (8 + 6)
+        assert cell.counted and cell.macs == 8 * per_step
+        assert cell.nonzero_macs == 8 * (per_step - gates * 6 * 2)
+        assert cell.params == gates * 6 * (8 + 6) + 2 * gates * 6 and cell.in_shape == [8]
+        assert profiles["head"].macs == 6 * 3  # called once
+    # the same count as nn.LSTM over the same 8 steps
+    lstm = TinyRecurrentClassifier("lstm", in_features=8, hidden=6)
+    assert {p.name: p for p in profile_model(lstm, torch.randn(5, 8, 8))}["rnn"].macs == 8 * 4 * 6 * 14
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cell_loop_compresses_end_to_end_with_onnx_parity(cell, tmp_path) -> None:
+    x, y = tiny_classification_data(n=160, shape=(1, 8, 5), seed=1)
+    np.savez(tmp_path / "data.npz", x_train=x[:128].numpy(), y_train=y[:128].numpy(), x_val=x[128:].numpy(),
+             y_val=y[128:].numpy())
+    torch.manual_seed(0)
+    model = TinyCellClassifier(cell, in_features=5, hidden=12, num_classes=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model(x[:128]), y[:128])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    recipe = Recipe(epochs=6, batch_size=32, eval_batch_size=64, lr=3e-3, noise_lr=0.3, lr_schedule="constant",
+                    kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1, finetune_lr=1e-3, device="cpu",
+                    latency_runs=0, mc_samples=2, plots=False, max_metric_drop=None)
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    result = compress(copy.deepcopy(model), data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["parity_max_abs_diff"] <= recipe.parity_atol
+    assert (tmp_path / "out" / "model.onnx").is_file()
+    plain = result.model.cell
+    assert type(plain) is {"gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell]
+    weights = [plain.weight_ih, plain.weight_hh]
+    assert sum(int(torch.count_nonzero(w)) for w in weights) < sum(w.numel() for w in weights)
+    assert "cell" not in json.dumps(report.get("flops", {}).get("uncounted_layers", []))

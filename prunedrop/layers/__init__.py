@@ -3,8 +3,9 @@
 * ``sparse_vd``: per-weight sparse variational dropout (:mod:`.sparse_vd`)
 * ``sbp``: per-unit log-normal multiplicative noise, structured Bayesian pruning (:mod:`.lognormal`)
 * ``group_vd``: per-unit Gaussian multiplicative noise, group variational dropout (:mod:`.group_vd`)
-* recurrent (:mod:`.recurrent`): ``nn.LSTM`` / ``nn.GRU`` under ``sparse_vd`` (per-weight noise drawn once per
-  sequence) and ``group_vd`` (the same plus group noise on inputs, hidden units and gates)
+* recurrent (:mod:`.recurrent`): ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` under ``sparse_vd`` (per-weight noise drawn
+  once per sequence) and ``group_vd`` (the same plus group noise on inputs, hidden units and gates; not ``nn.RNN``);
+  ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` under ``sparse_vd`` (the draw reused along the caller's loop)
 * ``sbp_sparse_vd``: both granularities, SBP's per-unit noise over per-weight sparse VD (:mod:`.sbp_sparse_vd`)
 
 Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
@@ -41,7 +42,7 @@ _EXPORTS = {
     "ConvTranspose1dLogNormal": "lognormal", "ConvTranspose2dLogNormal": "lognormal",
     "ConvTranspose3dLogNormal": "lognormal",
     "GRUSVD": "recurrent", "LSTMSVD": "recurrent", "RNNSVD": "recurrent", "GRUGroupVD": "recurrent",
-    "LSTMGroupVD": "recurrent",
+    "LSTMGroupVD": "recurrent", "GRUCellSVD": "recurrent", "LSTMCellSVD": "recurrent", "RNNCellSVD": "recurrent",
     "Conv1dSVD": "sparse_vd", "Conv2dSVD": "sparse_vd", "Conv3dSVD": "sparse_vd", "LinearSVD": "sparse_vd",
     "ConvTranspose1dSVD": "sparse_vd", "ConvTranspose2dSVD": "sparse_vd", "ConvTranspose3dSVD": "sparse_vd",
     "kl_log_uniform": "sparse_vd",

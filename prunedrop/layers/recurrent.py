@@ -45,11 +45,18 @@ makes a training step many times cheaper (measured in BENCHMARKS.md, LSTM sectio
 the model, its KL and everything after training are the same.
 
 Eval mode runs the plain layer that :meth:`to_dense` returns, so the two agree exactly.
+
+**Cells** (``LSTMCellSVD``, ``GRUCellSVD``, ``RNNCellSVD``; method ``sparse_vd``) replace ``nn.LSTMCell`` /
+``nn.GRUCell`` / ``nn.RNNCell``, which the caller's own loop calls once per time step: the same per-weight noise
+on ``weight_ih`` and ``weight_hh``, drawn at a sequence's first step and reused while the caller feeds back the
+state the cell returned (:class:`_DrawCache`), so that it is fixed along the sequence here too. Removing a cell's
+hidden units would change the state tensors the caller makes, so the unit-noise methods leave cells dense.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -71,7 +78,7 @@ from .sparse_vd import (
 
 DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 #: the plain layers this module replaces
-DENSE_TYPES = (nn.LSTM, nn.GRU, nn.RNN)
+DENSE_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 #: how the noise is drawn: per sequence of a mini-batch, or once per mini-batch (see the module docstring)
 NOISE_MODES: tuple[str, ...] = get_args(RecurrentNoise)
 #: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order); the plain RNN's one preactivation
@@ -456,8 +463,228 @@ class GRUGroupVD(_RecurrentVD, nn.GRU):
     group_noise = True
 
 
+class _DrawCache:
+    """The weight draw a cell reuses along one sequence, and the states it returned with it (held weakly).
+
+    A cell's call is one time step, so the sequence is recognised by its state: a call whose ``hx`` is a state
+    this cell returned continues that sequence and reuses its draw; any other call (``hx`` None, a fresh zero
+    state, a state the caller changed) starts a new one. Never copied, pickled or saved: a copy of the layer
+    starts with no draw (the drawn tensors are part of an autograd graph, which ``copy.deepcopy`` refuses)."""
+
+    __slots__ = ("noise", "states")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.noise: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.states: tuple[weakref.ref, ...] = ()
+
+    def follows(self, hx: Any) -> bool:
+        """Whether ``hx`` holds a state this cell returned in its last call."""
+        if self.noise is None or hx is None:
+            return False
+        given = hx if isinstance(hx, (tuple, list)) else (hx,)
+        returned = [r() for r in self.states]
+        return any(t is s for t in given for s in returned if s is not None)
+
+    def remember(self, noise: tuple[torch.Tensor, torch.Tensor], states: tuple[torch.Tensor, ...]) -> None:
+        self.noise = noise
+        self.states = tuple(weakref.ref(s) for s in states)
+
+    def __deepcopy__(self, memo: dict) -> _DrawCache:
+        return _DrawCache()
+
+    def __reduce__(self) -> tuple:
+        return (_DrawCache, ())
+
+
+class _RecurrentCellVD(VariationalLayer):
+    """Sparse VD on every entry of a cell's ``weight_ih`` and ``weight_hh`` (``nn.LSTMCell``, ``nn.GRUCell``,
+    ``nn.RNNCell``), with the noise of :class:`_RecurrentVD`: ``w = θ + σ·ε``, the same ``log α``, KL and
+    threshold, biases without noise.
+
+    The cell runs one time step per call, in the caller's own loop. Its weights are drawn at the first step of a
+    sequence and reused while the caller feeds back the state the cell returned (:class:`_DrawCache`), so that a
+    weight's noise is fixed along the sequence, as for the whole-sequence layers: per sequence of the mini-batch
+    (``recurrent_noise: sequence``, ``B`` weight matrices, batched products) or once per mini-batch (``batch``).
+    A caller that changes the state between steps (``h = dropout(h)``, ``h.clone()``) gets a new draw at every
+    step: the per-step noise of the module docstring, which trains and prunes but is not quite the model whose KL
+    is paid. Eval mode runs the plain cell that :meth:`to_dense` returns.
+    """
+
+    mode: str = "LSTM"
+    recurrent_noise: str = RecurrentConfig.recurrent_noise
+    _weight_names = ("weight_ih", "weight_hh")
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {"input_size": module.input_size, "hidden_size": module.hidden_size, "bias": module.bias}
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        *,
+        init_log_sigma2: float = DEFAULT_INIT_LOG_SIGMA2,
+        log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
+        threshold: float = DEFAULT_THRESHOLD,
+        recurrent_noise: str = RecurrentConfig.recurrent_noise,
+    ) -> _RecurrentCellVD:
+        if recurrent_noise not in NOISE_MODES:
+            raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
+        with torch.device("meta"):
+            layer = cls(**cls._dense_kwargs(module))
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(layer, name, getattr(module, name))  # the trained Parameters themselves (biases may be None)
+        layer.log_alpha_clip = float(log_alpha_clip)
+        layer.threshold = float(threshold)
+        layer.recurrent_noise = recurrent_noise
+        for name in cls._weight_names:
+            w = getattr(layer, name)
+            setattr(layer, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
+        return layer.train(module.training)
+
+    @property
+    def _draw(self) -> _DrawCache:
+        cache = self.__dict__.get("_draw_cache")
+        if cache is None:
+            cache = self.__dict__["_draw_cache"] = _DrawCache()
+        return cache
+
+    # -- log α and masks --------------------------------------------------------------------------------
+
+    def weight_log_alpha(self, name: str) -> torch.Tensor:
+        """Clipped per-weight log α of ``weight_ih`` or ``weight_hh``."""
+        return clipped_log_alpha(getattr(self, name), getattr(self, f"log_sigma2_{name}"), self.log_alpha_clip)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Every per-weight log α, ``weight_ih``'s then ``weight_hh``'s, flattened (for histograms)."""
+        return torch.cat([self.weight_log_alpha(n).flatten() for n in self._weight_names])
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        t = self.threshold if threshold is None else threshold
+        return {n: self.weight_log_alpha(n) <= t for n in self._weight_names}
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per weight, ``weight_ih`` then ``weight_hh``, flattened."""
+        masks = self.parameter_keep_masks(threshold)
+        return torch.cat([masks[n].flatten() for n in self._weight_names])
+
+    def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
+        return None  # per-weight noise removes no whole unit
+
+    def kl(self) -> torch.Tensor:
+        return torch.stack([kl_log_uniform(self.weight_log_alpha(n)).sum() for n in self._weight_names]).sum()
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters(recurse=False) if n.startswith("log_")]
+
+    def to_dense(self, threshold: float | None = None) -> nn.Module:
+        masks = self.parameter_keep_masks(threshold)
+        with torch.device("meta"):
+            dense = self.dense_type(**self._dense_kwargs(self))
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                value = getattr(self, name)
+                if value is None:
+                    continue
+                value = value.detach() * masks[name] if name in masks else value.detach()
+                setattr(dense, name, nn.Parameter(value.clone()))
+        return dense.train(self.training)
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def sample_weights(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw of ``(weight_ih, weight_hh)``: ``[batch, G·H, in]`` / ``[batch, G·H, H]`` per sequence, or
+        ``[G·H, in]`` / ``[G·H, H]`` with ``batch=0`` (one draw for the mini-batch)."""
+        sampled = []
+        for name in self._weight_names:
+            w = getattr(self, name)
+            std = torch.exp(0.5 * self.weight_log_alpha(name)) * w.abs()
+            shape = (batch, *w.shape) if batch else w.shape
+            sampled.append(w + std * torch.randn(shape, dtype=w.dtype, device=w.device))
+        return sampled[0], sampled[1]
+
+    @staticmethod
+    def _product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``x Wᵀ`` for one weight matrix ``[G·H, in]`` or one per sequence ``[B, G·H, in]``."""
+        return torch.bmm(x.unsqueeze(1), w.transpose(1, 2)).squeeze(1) if w.dim() == 3 else x @ w.t()
+
+    def forward(self, input: torch.Tensor, hx: Any = None) -> Any:
+        if not self.training:
+            self._draw.clear()
+            return self.to_dense()(input, hx)
+        lstm = self.mode == "LSTM"
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        zeros = x.new_zeros(x.shape[0], self.hidden_size)
+        if hx is None:
+            h, c = zeros, zeros
+        elif lstm:
+            h, c = (s.unsqueeze(0) for s in hx) if unbatched else hx
+        else:
+            h, c = (hx.unsqueeze(0) if unbatched else hx), zeros
+        cache = self._draw
+        batch = 0 if self.recurrent_noise == "batch" else x.shape[0]
+        if cache.follows(hx) and cache.noise[0].dim() == (3 if batch else 2) and \
+                (not batch or cache.noise[0].shape[0] == batch):
+            w_ih, w_hh = cache.noise
+        else:
+            w_ih, w_hh = self.sample_weights(batch)
+        gi, gh = self._product(x, w_ih), self._product(h, w_hh)
+        if self.bias:
+            gi, gh = gi + self.bias_ih, gh + self.bias_hh
+        if lstm:
+            i, f, g, o = (gi + gh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif self.mode == "GRU":
+            xr, xz, xn = gi.chunk(3, dim=1)
+            hr, hz, hn = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        else:
+            h = torch.tanh(gi + gh) if self.nonlinearity == "tanh" else torch.relu(gi + gh)
+        if unbatched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        out = (h, c) if lstm else h
+        cache.remember((w_ih, w_hh), (h, c) if lstm else (h,))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, recurrent_noise={self.recurrent_noise}"
+
+
+class LSTMCellSVD(_RecurrentCellVD, nn.LSTMCell):
+    """``nn.LSTMCell`` with sparse variational dropout on every weight, noise fixed along a sequence."""
+
+    mode = "LSTM"
+
+
+class GRUCellSVD(_RecurrentCellVD, nn.GRUCell):
+    """``nn.GRUCell`` with sparse variational dropout on every weight, noise fixed along a sequence."""
+
+    mode = "GRU"
+
+
+class RNNCellSVD(_RecurrentCellVD, nn.RNNCell):
+    """``nn.RNNCell`` (tanh or ReLU) with sparse variational dropout on every weight, noise fixed along a
+    sequence."""
+
+    mode = "RNN"
+
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        return {**super()._dense_kwargs(module), "nonlinearity": module.nonlinearity}
+
+
 register_layer("sparse_vd", nn.LSTM, LSTMSVD)
 register_layer("sparse_vd", nn.GRU, GRUSVD)
 register_layer("sparse_vd", nn.RNN, RNNSVD)
+register_layer("sparse_vd", nn.LSTMCell, LSTMCellSVD)
+register_layer("sparse_vd", nn.GRUCell, GRUCellSVD)
+register_layer("sparse_vd", nn.RNNCell, RNNCellSVD)
 register_layer("group_vd", nn.LSTM, LSTMGroupVD)
 register_layer("group_vd", nn.GRU, GRUGroupVD)

@@ -28,6 +28,9 @@ kernels actually do.
 * ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the size of all ``weight_ih_l*`` and ``weight_hh_l*`` per time step
   (each layer and direction multiplies every one of its weights once per step); a ``(B, T, F)`` input has
   ``T`` steps. The gates' element-wise work is not counted, like activations elsewhere.
+* ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``: the size of ``weight_ih`` and ``weight_hh`` per call and
+  sequence (one call is one time step, whatever the caller's loop): a cell called ``T`` times in one forward pass
+  counts ``T`` steps, the first one too (a state of None is zeros the dense kernel multiplies all the same).
 
 * ``nn.MultiheadAttention`` (and prunedrop's attention layers, variational or head-pruned): its q, k and v
   projections per query, key and value position, its output projection per query position (``out_proj`` is
@@ -137,8 +140,11 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def recurrent_weights(module: nn.Module) -> list[torch.Tensor]:
-    """The ``weight_ih_l*`` / ``weight_hh_l*`` matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (biases and a
-    variational layer's noise parameters excluded); ``[]`` for other modules."""
+    """The ``weight_ih_l*`` / ``weight_hh_l*`` matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN``, or ``weight_ih`` and
+    ``weight_hh`` of an ``nn.LSTMCell``/``nn.GRUCell``/``nn.RNNCell`` (biases and a variational layer's noise
+    parameters excluded); ``[]`` for other modules."""
+    if isinstance(module, nn.RNNCellBase):
+        return [module.weight_ih, module.weight_hh]
     if not isinstance(module, nn.RNNBase):
         return []
     return [getattr(module, n) for n in module._flat_weights_names if n.startswith("weight")]
@@ -159,6 +165,13 @@ def layer_weights(module: nn.Module) -> list[torch.Tensor]:
 
 def _macs_of_call(module: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[int, int]:
     """Dense and non-zero MACs of one call, for the whole batch."""
+    if isinstance(module, nn.RNNCellBase):  # one step: [B, in], or [in] unbatched
+        if x is None or x.dim() == 0:
+            return 0, 0
+        weights = recurrent_weights(module)
+        rows = x.numel() // x.shape[-1]
+        return (rows * sum(w.numel() for w in weights),
+                rows * sum(int(torch.count_nonzero(w.detach())) for w in weights))
     if isinstance(module, nn.RNNBase):
         if x is None or x.dim() < 2:
             return 0, 0
@@ -203,7 +216,8 @@ def _attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, 
 
 
 def _has_mac_rule(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase)) \
+    return isinstance(module, (nn.Linear, nn.Bilinear, *_CONV, *_CONV_TRANSPOSE, *_ZERO_MAC, nn.RNNBase,
+                               nn.RNNCellBase)) \
         or is_attention(module)
 
 
