@@ -538,7 +538,8 @@ class Hooked(nn.Sequential):
 @pytest.mark.parametrize(
     ("make", "fragments"),
     [
-        (lambda: nn.Sequential(nn.RNNCell(4, 4)), ["module '0'", "torch.nn.modules.rnn.RNNCell", "architecture.json"]),
+        (lambda: nn.Sequential(nn.Hardshrink()), ["module '0'", "torch.nn.modules.activation.Hardshrink",
+                                                  "architecture.json"]),
         (WithFunction, ["torch.cumprod", "not in prunedrop's allowlist"]),
         (WithMethod, ["Tensor.cumprod", "not in prunedrop's allowlist"]),
         (WithRequiresGrad, ["requires_grad"]),
@@ -838,3 +839,35 @@ def test_broken_torchvision_is_one_line(tmp_path, mlp, monkeypatch):
     raises_one_line(lambda: load_model(tmp_path / "m.pt", arch="torchvision.models:resnet18"),
                     "cannot be imported", "torchvision::nms", "prunedrop[torchvision]")
     sys.modules.pop("torchvision", None)
+
+
+class _GRUCellLoop(nn.Module):
+    """A hand-written loop over a sequence's steps, one call of a bias-free cell per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(5, 6, bias=False)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = None
+        for t in range(4):
+            h = self.cell(x[:, t], h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize(("make", "shape"), [(lambda: nn.Sequential(nn.LSTM(5, 6, bias=False, batch_first=True)),
+                                              (2, 4, 5)),
+                                             (lambda: nn.Sequential(nn.RNNCell(5, 6, nonlinearity="relu")), (2, 5)),
+                                             (_GRUCellLoop, (2, 4, 5))],
+                         ids=["lstm-without-bias", "rnn-cell", "gru-cell-loop"])
+def test_recurrent_layers_and_cells_are_described_with_their_bias_flag(tmp_path: Path, make, shape) -> None:
+    """A recurrent layer holds ``bias`` as a flag, not a tensor: read as "a bias tensor is there", a bias-free LSTM
+    was described as one with biases, whose state dict then did not load (no architecture.json). The cells, which
+    sparse VD converts, are in the allowlist."""
+    model, x = make().eval(), torch.randn(*shape)
+    save_model(model, tmp_path / "out", x)
+    assert (tmp_path / "out" / ARCHITECTURE_FILE).is_file()
+    back = load_saved_model(tmp_path / "out")
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731 - nn.LSTM's (output, state)
+    assert torch.equal(first(back(x)), first(model(x)))

@@ -85,6 +85,9 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "LSTM": (*_RNN_ARGS, "proj_size"),
     "GRU": _RNN_ARGS,
     "RNN": (*_RNN_ARGS, "nonlinearity"),
+    "LSTMCell": ("input_size", "hidden_size", "bias"),
+    "GRUCell": ("input_size", "hidden_size", "bias"),
+    "RNNCell": ("input_size", "hidden_size", "bias", "nonlinearity"),
     "MultiheadAttention": ("embed_dim", "num_heads", "dropout", "bias", "add_bias_kv", "add_zero_attn", "kdim",
                            "vdim", "batch_first"),
 }

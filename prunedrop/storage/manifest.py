@@ -124,8 +124,8 @@ def _describe_module(name: str, module: nn.Module) -> dict[str, Any]:
     for arg in MODULE_ARGS[type_name]:
         reader = ARG_READERS.get((type_name, arg))
         value = reader(module) if reader is not None else getattr(module, arg)
-        if arg == "bias" and reader is None:
-            value = value is not None
+        if arg == "bias" and reader is None and not isinstance(value, bool):
+            value = value is not None  # a layer's bias tensor (or None); recurrent layers hold the flag itself
         args[arg] = _encode(value, f"module {name!r} ({type_name})")
     return {"type": type_name, "args": args}
 
