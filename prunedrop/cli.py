@@ -225,13 +225,17 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         # the original measured on every validation and test sample (ignored labels, outputs that are not finite)
         # and exported to ONNX in a temporary folder, checked in onnxruntime: the file is moved in as original.onnx
         measured = measure_before_files(net, data, recipe)
-        lock.acquire()  # every input is checked: the run may now create, clear and write its folder
-        start_run(out_dir, {
-            "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
-            "trust_pickle": trust_pickle,
-            "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
-            "recipe": recipe.to_dict(),
-        }, identity, overwrite=overwrite, resume=resume, warn=lambda msg: click.echo(msg, err=True))
+        try:
+            lock.acquire()  # every input is checked: the run may now create, clear and write its folder
+            start_run(out_dir, {
+                "model_path": os.path.abspath(model), "arch": arch, "arch_kwargs": kwargs,
+                "trust_pickle": trust_pickle,
+                "data": data_spec, "data_dir": None if data_dir is None else os.path.abspath(data_dir),
+                "recipe": recipe.to_dict(),
+            }, identity, overwrite=overwrite, resume=resume, warn=lambda msg: click.echo(msg, err=True))
+        except BaseException:  # another run holds the folder, --resume with other inputs: no temporary folder left
+            measured.discard()
+            raise
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_compress(net, data, recipe, out_dir, resume=resume, progress=not quiet, log=log,
                           source={"model": Path(model).name, "arch": arch, "arch_kwargs": kwargs,

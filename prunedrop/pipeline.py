@@ -148,17 +148,22 @@ def compress(
         check_before_files(model, data, recipe)
     if measured is None and distributed.is_main():  # every validation and test sample, before any file
         measured = measure_before_files(model, data, recipe)
-    folder = RunFolder(out_dir).create()
-    torch.manual_seed(recipe.seed)
-    device = resolve_device(recipe.device)
-    reparametrized = fold(model, log if distributed.is_main() else (lambda _: None))
-    if fitted and distributed.is_main():
-        log(fitted)
-    example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+    try:
+        folder = RunFolder(out_dir).create()
+        torch.manual_seed(recipe.seed)
+        device = resolve_device(recipe.device)
+        reparametrized = fold(model, log if distributed.is_main() else (lambda _: None))
+        if fitted and distributed.is_main():
+            log(fitted)
+        example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
+        # in a data-parallel run, rank 0 alone measures the original, thresholds, exports and reports
+        baseline = (measure_original(model, data, recipe, folder, example, log, measured=measured)
+                    if distributed.is_main() else None)
+    except BaseException:
+        if measured is not None:  # stopped before the original's export was moved in: no temporary folder left
+            measured.discard()
+        raise
     run = {"resume": resume, "progress": progress, "log": log}
-    # in a data-parallel run, rank 0 alone measures the original, thresholds, exports and reports
-    baseline = (measure_original(model, data, recipe, folder, example, log, measured=measured)
-                if distributed.is_main() else None)
     converted = convert(model, recipe, example, log, reparametrized)
     trained = finetune_variational(converted, data, recipe, device, folder, **run)
     if baseline is None:

@@ -134,6 +134,22 @@ def test_export_refuses_inputs_that_are_not_the_runs(project: Path, edit, needle
     assert not (project / "again.onnx").exists()
 
 
+def test_a_refused_resume_leaves_no_temporary_folder(project: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress exports the original to a temporary folder before --resume compares the inputs with run.json's; a
+    refusal there left that folder behind for as long as the process (here the test runner) lived."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    _retrain_model(project)
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", "recipe.yaml", "-q", "-o", "run", "--resume"])
+    _one_line_error(result, "the model file's content", "differ")
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("prunedrop-original-")]
+
+
 def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
     checkpoint = project / "run" / "checkpoint-variational.pt"
     checkpoint.unlink()

@@ -453,3 +453,23 @@ def test_the_original_is_exported_once_before_any_file_and_moved_in(tmp_path: Pa
     again = stages.measure_original(model, data, recipe, RunFolder(tmp_path / "again").create(), example,
                                     lambda _: None, measured=measured)  # the file is moved: exported there anew
     assert again.onnx.path.is_file() and exports[-1] == again.onnx.path
+
+
+def test_a_compress_that_stops_before_the_original_is_moved_in_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    """measure_before_files' temporary folder is deleted when compress() fails before measure_original moves its
+    file in (here the output is a file, so the folder cannot be made), though the caller still holds the Measured;
+    a later compress() with it exports the original again."""
+    from prunedrop.pipeline import measure_before_files
+
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    model = TinyMLP(16, (24, 12), 3).eval()
+    measured = measure_before_files(model, data, recipe)
+    scratch = measured.onnx.path.parent
+    assert scratch.is_dir()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError):
+        compress(model, data, recipe, blocked, measured=measured, log=lambda _: None, progress=False)
+    assert not scratch.exists() and measured.onnx is None

@@ -84,6 +84,13 @@ class Measured:
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
     """The temporary folder holding :attr:`onnx`, deleted once the file is moved (or when this is garbage)."""
 
+    def discard(self) -> None:
+        """Delete the exported file and its temporary folder now: the run stopped before :func:`measure_original`
+        moved it in (a later :func:`measure_original` with this ``Measured`` exports the original again)."""
+        scratch, self.onnx, self.scratch = self.scratch, None, None
+        if scratch is not None:
+            scratch.cleanup()
+
 
 def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe,
                          example: torch.Tensor | None = None) -> Measured:
@@ -145,10 +152,10 @@ def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
     left as it is."""
     scratch = tempfile.TemporaryDirectory(prefix="prunedrop-original-")
     path = Path(scratch.name) / ORIGINAL_ONNX
-    if parametrized_tensors(model):
-        model = copy_for_folding(model)
-        fold_parametrizations(model)
     try:
+        if parametrized_tensors(model):
+            model = copy_for_folding(model)
+            fold_parametrizations(model)
         exported = export_onnx(model, example[:2], path, opset=recipe.onnx_opset, sparse=False,
                                exporter=recipe.onnx_exporter)
         check_parity_before_training(exported, model, example, recipe)
