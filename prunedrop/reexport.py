@@ -132,12 +132,12 @@ def reexport(
         # one that --overwrite replaces is kept until then
         Path(output).parent.mkdir(parents=True, exist_ok=True)  # as the exporter makes it
         with tempfile.TemporaryDirectory(prefix=".prunedrop-export-", dir=Path(output).parent) as tmp:
-            exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
+            exported, parity = _export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata, output)
             os.replace(exported.path, output)
         path, num_bytes = Path(output), exported.num_bytes
     else:
         with tempfile.TemporaryDirectory(prefix="prunedrop-export-") as tmp:
-            exported, parity = export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata)
+            exported, parity = _export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata, output)
             quantization = quantize_model(exported.path, output, mode=quantize, data=data, recipe=recipe,
                                           metric_before=metric_before, bits=bits,
                                           compare={"pruned_float32": exported.path}, log=log,
@@ -150,6 +150,17 @@ def reexport(
                           params_before=total_plain, params_after=params_after, onnx_bytes=num_bytes,
                           parity_max_abs_diff=parity, metric_name=metric_name(recipe.loss), metric=metric,
                           quantization=quantization)
+
+
+def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe: Recipe, metadata: dict[str, str],
+                     output: str | os.PathLike[str]) -> tuple[Any, float]:
+    """:func:`~prunedrop.stages.exporting.export_verified` into the temporary ``path``; a failure names the file as
+    the export for ``output`` rather than that path, which is deleted by the time the message is read."""
+    try:
+        return export_verified(model, example, path, recipe, metadata)
+    except PrunedropError as e:
+        raise type(e)(e.message.replace(str(path), f"the ONNX export for {output} (nothing was written there)")) \
+            from None
 
 
 def _check_arguments(model: Any, data: Any, recipe: Any, threshold: Any) -> None:

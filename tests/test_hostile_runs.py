@@ -150,6 +150,23 @@ def test_a_refused_resume_leaves_no_temporary_folder(project: Path, tmp_path: Pa
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("prunedrop-original-")]
 
 
+def test_an_export_that_fails_its_check_names_the_output_not_a_deleted_temporary_file(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """export writes the ONNX file in a temporary folder beside -o and verifies it there; a file that failed the
+    check was named by that folder's path (.prunedrop-export-*/model.onnx), deleted by the time the line is read."""
+    from prunedrop.export import runtime
+
+    real = runtime.run_session  # what onnxruntime returns, shifted as a broken exporter would
+    monkeypatch.setattr(runtime, "run_session",
+                        lambda path, x, **kw: [np.asarray(a) + np.float32(0.5) for a in real(path, x, **kw)])
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert "differs from PyTorch" in error and "again.onnx" in error and "nothing was written" in error, error
+    assert "prunedrop-export-" not in result.output and not (project / "again.onnx").exists()
+    assert not [p for p in project.iterdir() if p.name.startswith(".prunedrop-export-")]
+
+
 def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
     checkpoint = project / "run" / "checkpoint-variational.pt"
     checkpoint.unlink()
