@@ -130,10 +130,21 @@ def reexport(
     if quantize == "none":
         # written beside -o and moved onto it once verified: a file that fails the check is never left at -o, and
         # one that --overwrite replaces is kept until then
-        Path(output).parent.mkdir(parents=True, exist_ok=True)  # as the exporter makes it
-        with tempfile.TemporaryDirectory(prefix=".prunedrop-export-", dir=Path(output).parent) as tmp:
-            exported, parity = _export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata, output)
-            os.replace(exported.path, output)
+        parent = Path(output).parent
+        made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
+        parent.mkdir(parents=True, exist_ok=True)  # as the exporter makes it
+        try:
+            with tempfile.TemporaryDirectory(prefix=".prunedrop-export-", dir=parent) as tmp:
+                exported, parity = _export_verified(final, example, Path(tmp) / MODEL_ONNX, recipe, metadata,
+                                                    output)
+                os.replace(exported.path, output)
+        except BaseException:
+            for folder in made:  # made for a file that was not written: not left behind
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
         path, num_bytes = Path(output), exported.num_bytes
     else:
         with tempfile.TemporaryDirectory(prefix="prunedrop-export-") as tmp:

@@ -165,6 +165,10 @@ def test_an_export_that_fails_its_check_names_the_output_not_a_deleted_temporary
     assert "differs from PyTorch" in error and "again.onnx" in error and "nothing was written" in error, error
     assert "prunedrop-export-" not in result.output and not (project / "again.onnx").exists()
     assert not [p for p in project.iterdir() if p.name.startswith(".prunedrop-export-")]
+    # -o in folders that do not exist yet: they are made for the file, and not left behind without it
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "new/sub/again.onnx"])
+    assert result.exit_code == 1 and "differs from PyTorch" in result.output, result.output
+    assert not (project / "new").exists()
 
 
 def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
