@@ -232,7 +232,8 @@ def unremovable_to_keep(model: nn.Module, recipe: Recipe, example_input: torch.T
         from .outputs import output_layers
 
         heads = set(output_layers(model, example_input))
-    return {name: why for name, why in found.items() if name not in heads and is_selected(name, recipe)}
+    names = module_names(model)
+    return {name: why for name, why in found.items() if name not in heads and is_selected(name, recipe, names)}
 
 
 def unremovable_kept_note(kept: Mapping[str, str]) -> str:
@@ -244,10 +245,24 @@ def unremovable_kept_note(kept: Mapping[str, str]) -> str:
             "weights)")
 
 
-def is_selected(name: str, recipe: Recipe) -> bool:
-    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.include):
+def module_names(model: nn.Module) -> dict[str, list[str]]:
+    """Every name of each module (``named_modules(remove_duplicate=False)``, the root ``<root>``), keyed by its
+    first name: more than one for a module registered under several names (locuslab/TCN's ``conv1`` that is also
+    ``net.0``)."""
+    by_id: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        by_id.setdefault(id(module), []).append(name or "<root>")
+    return {names[0]: names for names in by_id.values()}
+
+
+def is_selected(name: str, recipe: Recipe, names: Mapping[str, Sequence[str]] | None = None) -> bool:
+    """Whether the recipe's ``include`` globs match the layer ``name`` and no ``exclude`` glob does. A module
+    registered under several names (``names``: :func:`module_names`, keyed by the first) is selected where one of
+    its names is included and none is excluded: an exclude glob naming it by its other name leaves it dense."""
+    every = (names or {}).get(name) or (name,)
+    if not any(fnmatch.fnmatchcase(n, pattern) for n in every for pattern in recipe.include):
         return False
-    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.exclude)
+    return not any(fnmatch.fnmatchcase(n, pattern) for n in every for pattern in recipe.exclude)
 
 
 def to_variational(
@@ -295,6 +310,7 @@ def to_variational(
         if dry_run:
             model = copy_for_folding(model)
         summary.reparametrized += fold_parametrizations(model)
+    names = module_names(model)  # a module registered under several names is selected by all of them
     options = recipe.noise_options()  # each layer's from_dense receives the ones it names (from_dense_options)
 
     heads: set[str] = set()
@@ -306,7 +322,7 @@ def to_variational(
     kept = unremovable_to_keep(model, recipe, example_input, heads, unremovable)
 
     sharing = {name: others for name, others in shared_parameter_layers(model, registry).items()
-               if is_selected(name, recipe)}
+               if is_selected(name, recipe, names)}
     if sharing:
         summary.notes.append(
             "left dense, as they share parameters with other modules (weight tying): "
@@ -314,7 +330,7 @@ def to_variational(
             + " (each layer's own noise would prune the shared weight differently, untie it and store it twice)")
 
     cut = [name for name in gradient_free_layers(model, registry, example_input)
-           if name not in sharing and is_selected(name, recipe)] if example_input is not None else []
+           if name not in sharing and is_selected(name, recipe, names)] if example_input is not None else []
     if cut:
         summary.notes.append(f"left dense, as no gradient reaches their output: {', '.join(cut[:5])} "
                              f"{CUT_OFF_WHY}")
@@ -338,11 +354,11 @@ def to_variational(
                 summary.cut_off.append(name or "<root>")
                 summary.excluded.append(name or "<root>")
                 return module
-            if (hooks := user_hooks(module)) and is_selected(name or "<root>", recipe):
+            if (hooks := user_hooks(module)) and is_selected(name or "<root>", recipe, names):
                 summary.hooked[name or "<root>"] = hooks
                 summary.excluded.append(name or "<root>")
                 return module
-            if name in heads and is_selected(name or "<root>", recipe):
+            if name in heads and is_selected(name or "<root>", recipe, names):
                 summary.output_layers.append(name)
                 summary.excluded.append(name)
                 return module
@@ -351,12 +367,12 @@ def to_variational(
                 summary.excluded.append(name)
                 return module
             why = variational.unsupported(module)
-            if why is not None and is_selected(name or "<root>", recipe):
+            if why is not None and is_selected(name or "<root>", recipe, names):
                 summary.left_alone[name or "<root>"] = type(module).__name__
                 summary.notes.append(f"{name or '<root>'} left dense: {type(module).__name__} with {why}")
                 refused[name or "<root>"] = f"{type(module).__name__} with {why}"
                 return module
-            if is_selected(name or "<root>", recipe):
+            if is_selected(name or "<root>", recipe, names):
                 summary.converted.append(name or "<root>")
                 return module if dry_run else variational.from_dense(module, **from_dense_options(variational, options))
             summary.excluded.append(name or "<root>")
@@ -368,7 +384,7 @@ def to_variational(
             if any(True for _ in module.parameters(recurse=False)):
                 summary.left_alone[name or "<root>"] = type(module).__name__
             return module
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if is_selected(name or "<root>", recipe)]
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if is_selected(name or "<root>", recipe, names)]
         if own:  # a container's own parameters, read by its forward (torch.matmul, F.linear, a class token)
             bare[name or "<root>"] = own
         for child_name, child in children:

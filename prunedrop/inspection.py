@@ -13,6 +13,7 @@ as long as one inference.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from .convert import (
     gradient_free_layers,
     hooks_note,
     is_selected,
+    module_names,
     nothing_converted_hint,
     parametrized_tensors,
     shared_parameter_layers,
@@ -50,13 +52,15 @@ VARIATIONAL = "variational"
 FOLDED = "folded"
 
 
-def _glob_reason(name: str, recipe: Recipe) -> str:
-    """Why :func:`prunedrop.convert.is_selected` rejected ``name``: the first exclude glob that matches it,
-    or the include globs that all missed it (the same order of checks as ``is_selected``)."""
-    if not any(fnmatch.fnmatchcase(name, p) for p in recipe.include):
+def _glob_reason(name: str, recipe: Recipe, names: Sequence[str] = ()) -> str:
+    """Why :func:`prunedrop.convert.is_selected` rejected ``name`` (whose every name is ``names``): the first
+    exclude glob that matches one of them, or the include globs that all missed them (the same order of checks as
+    ``is_selected``)."""
+    every = list(names) or [name]
+    if not any(fnmatch.fnmatchcase(n, p) for n in every for p in recipe.include):
         return f"not matched by include {list(recipe.include)!r}"
-    pattern = next(p for p in recipe.exclude if fnmatch.fnmatchcase(name, p))
-    return f"excluded by glob {pattern!r}"
+    pattern, alias = next((p, n) for p in recipe.exclude for n in every if fnmatch.fnmatchcase(n, p))
+    return f"excluded by glob {pattern!r}" + (f" (as {alias})" if alias != name else "")
 
 
 def _unsupported_reason(module: nn.Module, registry: dict[type[nn.Module], Any]) -> str:
@@ -117,6 +121,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     if parametrized_tensors(model):  # compress folds them first (and converts the layers): show what it sees
         model = copy_for_folding(model)
         reparametrized = fold_parametrizations(model)
+    every_name = module_names(model)  # a module registered under several names is selected by all of them
     # Batch 1: MACs are per sample anyway, and a big model's inspection should cost one inference.
     device = next((p.device for p in model.parameters()), example_input.device)
     heads: set[str] = set()
@@ -145,7 +150,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
     elif structured and recipe.batchnorm_noise == "after":
         try:
             joins = {bn: conv for conv, bn in batchnorm_pairs(model)
-                     if type(modules[conv]) in registry and conv not in heads and is_selected(conv, recipe)}
+                     if type(modules[conv]) in registry and conv not in heads and is_selected(conv, recipe, every_name)}
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")
 
@@ -213,20 +218,20 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
         children = list(module.named_children())
         if type(module) in registry:
             # to_variational stops here: a registered layer is swapped whole and not descended into.
-            if label in sharing and is_selected(label, recipe):
+            if label in sharing and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED
                 entry["reason"] = f"shares parameters with {', '.join(sharing[label][:3])} (weight tying)"
                 excluded.append(label)
-            elif label in cut and is_selected(label, recipe):
+            elif label in cut and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "no gradient reaches its output (torch.no_grad() or .detach() in the forward)"
                 excluded.append(label)
-            elif (hooks := user_hooks(module)) and is_selected(label, recipe):
+            elif (hooks := user_hooks(module)) and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED
                 entry["reason"] = f"hooks registered on it would be lost ({', '.join(hooks[:2])})"
                 excluded.append(label)
                 hooked[label] = hooks
-            elif label in heads and is_selected(label, recipe):
+            elif label in heads and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED
                 entry["reason"] = "produces the model's outputs (keep_output_layers)"
                 excluded.append(label)
@@ -234,12 +239,12 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 entry["status"] = EXCLUDED
                 entry["reason"] = f"slimming could never remove its units: {kept[label]} (keep_unremovable)"
                 excluded.append(label)
-            elif (why := registry[type(module)].unsupported(module)) is not None and is_selected(label, recipe):
+            elif (why := registry[type(module)].unsupported(module)) is not None and is_selected(label, recipe, every_name):
                 entry["status"] = UNSUPPORTED
                 entry["reason"] = f"{type(module).__name__} with {why}"
                 left_alone[label] = type(module).__name__
                 refused[label] = entry["reason"]
-            elif is_selected(label, recipe):
+            elif is_selected(label, recipe, every_name):
                 entry["status"] = CONVERT
                 converted.append(label)
                 totals["converted_params"] += sub_params
@@ -249,7 +254,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 totals["converted_macs"] += sub_macs
             else:
                 entry["status"] = EXCLUDED
-                entry["reason"] = _glob_reason(label, recipe)
+                entry["reason"] = _glob_reason(label, recipe, every_name.get(label, ()))
                 excluded.append(label)
         elif isinstance(module, VariationalLayer):
             entry["status"] = VARIATIONAL

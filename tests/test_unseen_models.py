@@ -188,6 +188,24 @@ def test_one_layer_under_two_names_is_converted_once(method: str) -> None:
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in AliasedTCN().parameters())
 
 
+def test_an_exclude_glob_naming_a_layer_by_its_other_name_leaves_it_dense() -> None:
+    """A module registered under two names is converted under its first (``conv1``); an exclude glob naming it by its
+    other one (``net.0``, or ``net.*`` for the block's Sequential) was ignored, and the layer converted anyway.
+    ``prunedrop inspect`` says the same."""
+    from prunedrop.inspection import inspect_model
+
+    x = torch.randn(2, 4, 6)
+    for exclude in (["net.0"], ["net.*"]):
+        summary = ConversionSummary()
+        to_variational(AliasedTCN().eval(), Recipe(exclude=exclude), summary=summary, dry_run=True, example_input=x)
+        assert "conv1" not in summary.converted and "conv1" in summary.excluded
+        assert ("conv2" in summary.converted) == (exclude == ["net.0"])
+        result = inspect_model(AliasedTCN(), x, Recipe(exclude=exclude))
+        conv1 = next(e for e in result["layers"] if e["name"] == "conv1")
+        assert conv1["status"] == "excluded" and conv1["reason"] == f"excluded by glob {exclude[0]!r} (as net.0)"
+        assert "conv1" not in result["summary"]["converted"]
+
+
 def test_inspect_lists_one_layer_under_two_names_once() -> None:
     """``prunedrop inspect`` listed locuslab/TCN's ``conv1`` again as ``net.0`` ("would convert 14 layer(s)" for 8);
     it is one entry, under its first name, that says its other one. The report's profile names it once too."""
