@@ -71,7 +71,7 @@ def reexport(
     """
     from .runfolder import export_protected_files
     from .safety import check_output_file
-    from .storage import load_checkpoint
+    from .storage import load_checkpoint, strip_wrapper_prefix
 
     folder = RunFolder(run_dir)
     info = folder.read_info() if folder.run_info.is_file() else {}
@@ -100,6 +100,7 @@ def reexport(
         measured, scores = measure_all(model.cpu(), data, recipe, torch.device("cpu"))
         metric_before, scores_before = measured["val"], scores["val"]
     variational = to_variational(model.cpu(), recipe, example_input=example[:2])
+    state["model"] = strip_wrapper_prefix(state["model"], variational)  # an earlier run's compiled submodule's keys
     try:
         variational.load_state_dict(state["model"])
     except RuntimeError:

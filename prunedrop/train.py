@@ -57,7 +57,13 @@ from .metrics import data_loss, evaluate, kept_fraction, metric_name  # noqa: F4
 from .pilot import Pilot, variational_adam
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
-from .storage import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .storage import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    strip_wrapper_prefix,
+)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "always", "never")
@@ -383,6 +389,7 @@ def _run(
         state = load_checkpoint(checkpoint_path, require=CHECKPOINT_KEYS)
         if state.get("phase") != phase:
             raise PrunedropError(f"checkpoint {checkpoint_path.name} is of phase {state.get('phase')!r}, not {phase!r}")
+        state["model"] = strip_wrapper_prefix(state["model"], model)  # an earlier run's compiled submodule's keys
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:

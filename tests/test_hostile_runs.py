@@ -171,6 +171,25 @@ def test_an_export_that_fails_its_check_names_the_output_not_a_deleted_temporary
     assert not (project / "new").exists()
 
 
+def test_a_run_whose_checkpoints_hold_a_compiled_submodule_still_exports_and_resumes(project: Path) -> None:
+    """A model with a torch.compile'd submodule runs uncompiled now (storage.unwrap_compiled), but a run that an
+    earlier prunedrop made of it saved its checkpoints with the wrapper's ``_orig_mod.`` inside the keys
+    (``net._orig_mod.1.weight``): export and --resume said the checkpoint does not fit the model."""
+    import torch
+
+    for name in ("checkpoint-variational.pt", "checkpoint-masked.pt"):
+        path = project / "run" / name
+        state = torch.load(path, weights_only=True)
+        state["model"] = {k.replace("net.", "net._orig_mod.", 1): v for k, v in state["model"].items()}
+        torch.save(state, path)
+    result = CliRunner().invoke(cli, ["export", "run", "-o", "again.onnx"])
+    assert result.exit_code == 0, result.output
+    assert (project / "again.onnx").is_file()
+    resumed = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                       "--recipe", "recipe.yaml", "-q", "-o", "run", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+
 def test_export_of_a_checkpoint_that_is_a_folder(project: Path) -> None:
     checkpoint = project / "run" / "checkpoint-variational.pt"
     checkpoint.unlink()

@@ -21,7 +21,7 @@ importing this package (and the CLI's ``--help``) stays instant.
 
 from .allowlist import METHODS, MODULE_ARGS
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .load import import_object, load_model, parse_arch_kwargs, unwrap_compiled
+from .load import import_object, load_model, parse_arch_kwargs, strip_wrapper_prefix, unwrap_compiled
 from .manifest import ARCHITECTURE_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, WEIGHTS_FILE
 from .saved import load_saved_model, save_model
 
@@ -41,5 +41,6 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "save_model",
+    "strip_wrapper_prefix",
     "unwrap_compiled",
 ]

@@ -315,12 +315,14 @@ def _build_timm(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _strip_wrapper_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
+def strip_wrapper_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
     """``state`` with the prefix a wrapper put before every key taken off, where the bare keys are the model's:
     nn.DataParallel / DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.`` (a compiled model's
     state dict, the most common way a file stops fitting its own architecture), a Lightning module's ``model.``,
     or several of them (``module._orig_mod.``); and ``_orig_mod.`` inside a key, at any depth (a compiled submodule:
-    ``body._orig_mod.0.weight``). Anything else is left to the mismatch message."""
+    ``body._orig_mod.0.weight``). Anything else is left to the mismatch message. Run checkpoints are read through it
+    too: a run that an earlier prunedrop made of a model with a compiled submodule saved ``_orig_mod.`` in their
+    keys, and the model runs uncompiled now (:func:`unwrap_compiled`)."""
     expected = set(model.state_dict())
     current = dict(state)
     if not any("_orig_mod" in key.split(".") for key in expected):
@@ -340,7 +342,7 @@ def _strip_wrapper_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping
 def _load_into(model: nn.Module, state: Mapping[str, Any], path: Path, arch: str) -> None:
     from torch.nn.parameter import is_lazy
 
-    state = _strip_wrapper_prefix(state, model)
+    state = strip_wrapper_prefix(state, model)
     # a lazy module's (nn.LazyLinear) parameters have no shape before they are loaded: any shape fits them
     expected = {k: None if is_lazy(v) else tuple(v.shape) for k, v in model.state_dict().items()
                 if is_lazy(v) or hasattr(v, "shape")}
