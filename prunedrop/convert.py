@@ -385,7 +385,11 @@ def to_variational(
                 summary.left_alone[name or "<root>"] = type(module).__name__
             return module
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if is_selected(name or "<root>", recipe, names)]
-        if own:  # a container's own parameters, read by its forward (torch.matmul, F.linear, a class token)
+        if own and type(module).__module__.startswith("torch."):
+            # a torch layer with a child (nn.MultiheadAttention's out_proj) that this method has no version of: left
+            # dense as a layer, not weights of the user's module that its forward reads directly
+            summary.left_alone[name or "<root>"] = type(module).__name__
+        elif own:  # a container's own parameters, read by its forward (torch.matmul, F.linear, a class token)
             bare[name or "<root>"] = own
         for child_name, child in children:
             new_child = swap(child, f"{name}.{child_name}" if name else child_name)

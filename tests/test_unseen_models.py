@@ -48,6 +48,29 @@ def test_a_class_token_is_too_small_to_be_named() -> None:
     assert summary.converted == ["fc"] and not summary.notes
 
 
+def test_a_torch_layer_the_method_cannot_convert_is_no_modules_own_weights() -> None:
+    """nn.MultiheadAttention holds in_proj_weight itself beside its out_proj child; under a method without a
+    version of it (sbp) it was named as weights a module holds itself and its forward reads directly, with the advice
+    to hold them in an nn.Linear: it is a torch layer this method leaves dense, listed as such."""
+
+    class Attending(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.fc = nn.Linear(32, 32)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.attn(x, x, x)
+            return self.head(F.relu(self.fc(h[:, -1])))
+
+    summary = ConversionSummary()
+    to_variational(Attending().eval(), Recipe(method="sbp"), summary=summary, dry_run=True,
+                   example_input=torch.randn(2, 5, 32))
+    assert summary.converted == ["fc"] and summary.left_alone.get("attn") == "MultiheadAttention"
+    assert not any("held by a module itself" in note for note in summary.notes), summary.notes
+
+
 def test_nothing_to_convert_but_a_modules_own_weights_says_so() -> None:
     class Only(nn.Module):
         def __init__(self) -> None:
