@@ -224,10 +224,9 @@ def measure_original(model: nn.Module, data: DataBundle, recipe: Recipe, folder:
     metric, scores = measured.metric, measured.scores
     if measured.onnx is not None:
         exported = _moved_in(measured, folder.original_onnx)
-    else:  # a Measured made without the export (or whose file an earlier run moved in already)
-        exported = export_onnx(original, example[:2], folder.original_onnx, opset=recipe.onnx_opset, sparse=False,
-                               exporter=recipe.onnx_exporter)
-        check_parity_before_training(exported, original, example, recipe)
+    else:  # a Measured made without the export (or whose file an earlier run moved in already): exported here
+        measured.onnx, measured.scratch = _export_checked(original, example, recipe)
+        exported = _moved_in(measured, folder.original_onnx)
     if exported.fallback:
         log(f"ONNX: the TorchScript exporter cannot export the model ({exported.fallback}); exported with the dynamo "
             "exporter (onnx_exporter: auto)")
