@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -305,11 +307,7 @@ def test_compress_end_to_end_with_onnx_parity(method, cell, tmp_path) -> None:
                     noise_lr=0.3, lr_schedule="constant", kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1,
                     init_log_alpha=-1.0,
                     finetune_lr=1e-3, device="cpu", latency_runs=0, mc_samples=2, plots=False, max_metric_drop=None)
-    data = load_data(f"npz:{tmp_path / 'data.npz'}")
-    result = compress(copy.deepcopy(model), data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["parity_max_abs_diff"] <= recipe.parity_atol
-    assert (tmp_path / "out" / "model.onnx").is_file()
+    result, report = _compressed(model, recipe, tmp_path)
     lstm = result.model.rnn
     assert type(lstm) is {"lstm": nn.LSTM, "rnn": nn.RNN}[cell]
     weights = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
@@ -478,13 +476,19 @@ def test_cell_loop_compresses_end_to_end_with_onnx_parity(cell, tmp_path) -> Non
     recipe = Recipe(epochs=6, batch_size=32, eval_batch_size=64, lr=3e-3, noise_lr=0.3, lr_schedule="constant",
                     kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1, finetune_lr=1e-3, device="cpu",
                     latency_runs=0, mc_samples=2, plots=False, max_metric_drop=None)
-    data = load_data(f"npz:{tmp_path / 'data.npz'}")
-    result = compress(copy.deepcopy(model), data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["parity_max_abs_diff"] <= recipe.parity_atol
-    assert (tmp_path / "out" / "model.onnx").is_file()
+    result, report = _compressed(model, recipe, tmp_path)
     plain = result.model.cell
     assert type(plain) is {"gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell]
     weights = [plain.weight_ih, plain.weight_hh]
     assert sum(int(torch.count_nonzero(w)) for w in weights) < sum(w.numel() for w in weights)
     assert "cell" not in json.dumps(report.get("flops", {}).get("uncounted_layers", []))
+
+
+def _compressed(model: nn.Module, recipe: Recipe, tmp_path: Path) -> tuple[Any, dict]:
+    """``compress()`` of a copy of ``model`` on the npz data in ``tmp_path``; the run's report, its ONNX file checked."""
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    result = compress(copy.deepcopy(model), data, recipe, tmp_path / "out", progress=False, log=lambda _: None)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["parity_max_abs_diff"] <= recipe.parity_atol
+    assert (tmp_path / "out" / "model.onnx").is_file()
+    return result, report

@@ -81,6 +81,13 @@ DEFAULT_INIT_LOG_ALPHA = GroupVDConfig.init_log_alpha
 DENSE_TYPES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 #: how the noise is drawn: per sequence of a mini-batch, or once per mini-batch (see the module docstring)
 NOISE_MODES: tuple[str, ...] = get_args(RecurrentNoise)
+
+
+def _check_noise_mode(recurrent_noise: str) -> None:
+    if recurrent_noise not in NOISE_MODES:
+        raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
+
+
 #: gate rows per hidden unit: LSTM i, f, g, o; GRU r, z, n (torch's order); the plain RNN's one preactivation
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
@@ -133,8 +140,7 @@ class _RecurrentVD(VariationalLayer):
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         recurrent_noise: str = RecurrentConfig.recurrent_noise,
     ) -> _RecurrentVD:
-        if recurrent_noise not in NOISE_MODES:
-            raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
+        _check_noise_mode(recurrent_noise)
         if cls.unsupported(module) is not None:
             raise PrunedropError(f"{type(module).__name__} with proj_size={module.proj_size} is not supported by "
                                  "the variational recurrent layers; exclude it in the recipe")
@@ -531,8 +537,7 @@ class _RecurrentCellVD(VariationalLayer):
         threshold: float = DEFAULT_THRESHOLD,
         recurrent_noise: str = RecurrentConfig.recurrent_noise,
     ) -> _RecurrentCellVD:
-        if recurrent_noise not in NOISE_MODES:
-            raise PrunedropError(f"recurrent_noise must be one of {', '.join(NOISE_MODES)}, got {recurrent_noise!r}")
+        _check_noise_mode(recurrent_noise)
         with torch.device("meta"):
             layer = cls(**cls._dense_kwargs(module))
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
