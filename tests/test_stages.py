@@ -474,3 +474,30 @@ def test_a_compress_that_stops_before_the_original_is_moved_in_leaves_no_tempora
     with pytest.raises(OSError):
         compress(model, data, recipe, blocked, measured=measured, log=lambda _: None, progress=False)
     assert not scratch.exists() and measured.onnx is None
+
+
+def test_a_full_temporary_folder_during_the_original_export_is_named_as_such(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original is exported to a temporary folder before any file: a disk full there is no output folder the
+    user could choose ("choose an output folder you can write to" was the advice); it names the folder and TMPDIR."""
+    import errno
+    import tempfile
+
+    from prunedrop.errors import PrunedropError
+    from prunedrop.export import trace
+    from prunedrop.stages import baseline as baseline_stage
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trace, "atomic_write_bytes", full)
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    scratch = set(Path(tempfile.gettempdir()).glob("prunedrop-original-*"))  # other runs' on this machine
+    with pytest.raises(PrunedropError) as excinfo:
+        baseline_stage.measure_before_files(TinyMLP(16, (24, 12), 3).eval(), data, recipe)
+    message = excinfo.value.message
+    assert f"temporary folder {tempfile.gettempdir()}: No space left on device" in message and "TMPDIR" in message
+    assert "choose an output folder" not in message
+    assert set(Path(tempfile.gettempdir()).glob("prunedrop-original-*")) <= scratch  # none left behind

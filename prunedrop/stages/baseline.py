@@ -161,6 +161,11 @@ def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
         check_parity_before_training(exported, model, example, recipe)
     except PrunedropError as e:
         scratch.cleanup()
+        if isinstance(e.__cause__, OSError):  # the temporary folder's disk, not an output the user chose
+            reason = e.__cause__.strerror or type(e.__cause__).__name__
+            raise PrunedropError(f"cannot write the original's ONNX export to the temporary folder "
+                                 f"{Path(scratch.name).parent}: {reason}; free space there, or point TMPDIR at a "
+                                 "folder with room") from None
         raise type(e)(e.message.replace(str(path), f"the original's ONNX export ({ORIGINAL_ONNX})")) from None
     except BaseException:
         scratch.cleanup()
