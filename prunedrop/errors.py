@@ -42,6 +42,11 @@ class PrunedropError(click.ClickException):
             kept += f"... ({len(text) - self.max_length:,} more characters)"
         super().__init__(kept)
 
+    def naming(self, path: str | os.PathLike[str], name: str) -> PrunedropError:
+        """This error (of the same type) with ``path``, a temporary file deleted by the time the message is read,
+        written as ``name``: what the file was made for."""
+        return type(self)(self.message.replace(str(path), name))
+
 
 def _library_roots() -> tuple[str, ...]:
     """Folders whose code is prunedrop's or a library's it runs the user's code through, never the user's: prunedrop

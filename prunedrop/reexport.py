@@ -171,8 +171,7 @@ def _export_verified(model: nn.Module, example: torch.Tensor, path: Path, recipe
     try:
         return export_verified(model, example, path, recipe, metadata)
     except PrunedropError as e:
-        raise type(e)(e.message.replace(str(path), f"the ONNX export for {output} (nothing was written there)")) \
-            from None
+        raise e.naming(path, f"the ONNX export for {output} (nothing was written there)") from None
 
 
 def _check_arguments(model: Any, data: Any, recipe: Any, threshold: Any) -> None:

@@ -1431,3 +1431,32 @@ def test_a_failure_measuring_the_quantized_file_leaves_no_file_at_the_output(tmp
     assert [p.name for p in tmp_path.iterdir() if p.name != "model.onnx"] == (["q.onnx"] if existing else [])
     if existing:
         assert out.read_bytes() == b"the file --overwrite replaces"
+
+
+def test_a_failure_measuring_the_quantized_file_names_its_output_not_the_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantized file is measured in the step's temporary folder: an onnxruntime error naming that file named a
+    path deleted by the time the line was read; it names the output instead, and says nothing was written there."""
+    from prunedrop.errors import PrunedropError
+    from prunedrop.quantize import plan
+
+    x, y = tiny_classification_data(n=128, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    real, data = plan.evaluate_onnx, _bundle(x, y)
+    data.test = TensorDataset(x[:32], y[:32])
+
+    def refusing(path, loader, **kw):
+        if Path(path).parent != tmp_path and getattr(loader, "dataset", None) is data.test:  # the file measured
+            raise PrunedropError(f"onnxruntime cannot run {path}: a kernel is missing")
+        return real(path, loader, **kw)
+
+    monkeypatch.setattr(plan, "evaluate_onnx", refusing)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(PrunedropError) as excinfo:
+        quantize_model(float_file, out, data=data, mode="int8", recipe=Recipe(), metric_before=None,
+                       timer=_int8_faster, log=lambda m: None)
+    assert excinfo.value.message == (f"onnxruntime cannot run the quantized file for {out} (nothing was written "
+                                     "there): a kernel is missing")
+    assert not out.exists()

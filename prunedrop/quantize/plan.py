@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
+from ..errors import PrunedropError
 from ..metrics import paired_standard_error, scores_metric
 from ..recipe_groups import is_classification
 from .bits import MAX_INT_BITS, MIN_INT_BITS, UNIT_QUANTILE, LayerBits
@@ -280,7 +281,11 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
                 # measured where it was made, and written to out_path only then: a measurement that fails (or is
                 # interrupted) leaves no unverified file where a verified one is expected, and keeps the file there
                 files = {name: measure_file(path)[0] for name, path in (compare or {}).items()}
-                files["quantized"], quantized_se = measure_file(final.path)
+                try:
+                    files["quantized"], quantized_se = measure_file(final.path)
+                except PrunedropError as e:  # named as what it was made for: the temporary file is deleted
+                    raise e.naming(final.path, f"the quantized file for {out_path} (nothing was written there)") \
+                        from None
                 atomic_write_bytes(Path(out_path), final.path.read_bytes())
                 final.path = Path(out_path)
     unwritten = None  # the quantized model measured no gain over the float32 file: not written

@@ -166,7 +166,7 @@ def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
             raise PrunedropError(f"cannot write the original's ONNX export to the temporary folder "
                                  f"{Path(scratch.name).parent}: {reason}; free space there, or point TMPDIR at a "
                                  "folder with room") from None
-        raise type(e)(e.message.replace(str(path), f"the original's ONNX export ({ORIGINAL_ONNX})")) from None
+        raise e.naming(path, f"the original's ONNX export ({ORIGINAL_ONNX})") from None
     except BaseException:
         scratch.cleanup()
         raise
