@@ -151,17 +151,24 @@ class _RecipeMethods:
         if r.normalize_std is not None and min(r.normalize_std) <= 0:
             raise PrunedropError(f"recipe key 'normalize_std' = {r.normalize_std} must hold positive numbers")
 
+    def threshold_allowed(self, t: float) -> bool:
+        """Whether the method's pruning rule can take threshold ``t``: > 0 for a signal-to-noise rule (an SNR is
+        ≥ 0), inside (−log_alpha_clip, log_alpha_clip) for a log α rule (log α is clipped to that range: outside it
+        every weight or none is pruned)."""
+        r: Any = self
+        return t > 0 if r.method in SNR_METHODS else -r.log_alpha_clip < t < r.log_alpha_clip
+
     def _check_threshold(self, t: float, key: str) -> None:
         r: Any = self
+        if self.threshold_allowed(t):
+            return
         if r.method in SNR_METHODS:
-            if not t > 0:
-                raise PrunedropError(f"recipe key '{key}' = {t}: a signal-to-noise threshold (method "
-                                     f"{r.method}) must be > 0")
-        elif not -r.log_alpha_clip < t < r.log_alpha_clip:
-            raise PrunedropError(
-                f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
-                f"(−{r.log_alpha_clip}, {r.log_alpha_clip}), else nothing or everything is pruned"
-            )
+            raise PrunedropError(f"recipe key '{key}' = {t}: a signal-to-noise threshold (method "
+                                 f"{r.method}) must be > 0")
+        raise PrunedropError(
+            f"recipe key '{key}' = {t} must lie inside (−log_alpha_clip, log_alpha_clip) = "
+            f"(−{r.log_alpha_clip}, {r.log_alpha_clip}), else nothing or everything is pruned"
+        )
 
     def judges_after_finetune(self, num_val: int) -> bool:
         """Whether the budget is judged after the noise-free fine-tuning (``budget_after_finetune``). null: in

@@ -194,19 +194,17 @@ def _checked_threshold(threshold: float, recipe: Recipe) -> float:
     it: every weight or no weight is pruned), > 0 for a signal-to-noise rule (an SNR is ≥ 0: nothing is pruned)."""
     if not math.isfinite(threshold):
         raise PrunedropError(f"threshold {threshold} is not a finite number; give one such as 3")
-    if recipe.method in SNR_METHODS:
-        if not threshold > 0:
-            raise PrunedropError(f"threshold {threshold:g} is no signal-to-noise threshold: method {recipe.method} "
-                                 f"prunes units whose SNR is below it, and an SNR is ≥ 0, so it prunes no unit; give one "
-                                 f"> 0, such as {recipe.threshold:g} (the run's recipe)")
+    if recipe.threshold_allowed(threshold):
         return threshold
+    if recipe.method in SNR_METHODS:
+        raise PrunedropError(f"threshold {threshold:g} is no signal-to-noise threshold: method {recipe.method} "
+                             f"prunes units whose SNR is below it, and an SNR is ≥ 0, so it prunes no unit; give one "
+                             f"> 0, such as {recipe.threshold:g} (the run's recipe)")
     clip = recipe.log_alpha_clip
-    if not -clip < threshold < clip:
-        what = "every weight" if threshold <= -clip else "no weight"
-        raise PrunedropError(f"threshold {threshold:g} lies outside (−{clip:g}, {clip:g}), the range log α is clipped "
-                             f"to: it prunes {what} of the converted layers; give one inside it, such as "
-                             f"{recipe.threshold:g} (the run's recipe)")
-    return threshold
+    what = "every weight" if threshold <= -clip else "no weight"
+    raise PrunedropError(f"threshold {threshold:g} lies outside (−{clip:g}, {clip:g}), the range log α is clipped "
+                         f"to: it prunes {what} of the converted layers; give one inside it, such as "
+                         f"{recipe.threshold:g} (the run's recipe)")
 
 
 def _run_threshold(folder: RunFolder, recipe: Recipe) -> tuple[float, str]:
