@@ -187,6 +187,21 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
     return f"is {kind}, not a file" if kind != "not a regular file" else "is not a regular file"
 
 
+def not_a_folder(path: str | os.PathLike[str]) -> str | None:
+    """:func:`not_a_file` for an input that must be a folder (an image folder, an IDX folder, ``--data-dir``):
+    "does not exist", "is a file, not a folder", "is a FIFO, not a folder", ...; None for a folder or a link to
+    one."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, OSError, ValueError):
+        why = not_a_file(path)
+        return why.replace("not a file", "not a folder") if why else "does not exist"
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    kind = "a file" if stat.S_ISREG(st.st_mode) else _kind(st)
+    return f"is {kind}, not a folder" if kind != "not a regular file" else "is not a folder"
+
+
 def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, protected: Iterable[Path] = (),
                       option: str = "-o") -> Path:
     """Check that ``path`` may be written (atomically: a temporary file, then rename): return it as a Path.

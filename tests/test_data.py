@@ -218,8 +218,16 @@ def test_read_idx_bad_gzip_names_file(tmp_path: Path) -> None:
 
 
 def test_idx_errors(tmp_path: Path) -> None:
-    with pytest.raises(PrunedropError, match="does not exist or is not a folder"):
+    with pytest.raises(PrunedropError, match=r"IDX folder '.*missing' does not exist$"):
         load_data(f"idx:{tmp_path / 'missing'}")
+    (tmp_path / "a-file").write_bytes(b"")
+    for spec in (f"idx:{tmp_path / 'a-file'}", f"imagefolder:{tmp_path / 'a-file'}"):
+        with pytest.raises(PrunedropError, match="a-file' is a file, not a folder$"):
+            load_data(spec)
+    with pytest.raises(PrunedropError, match="a-file' is a file, not a folder$"):
+        load_data("fashion-mnist", data_dir=tmp_path / "a-file")
+    with pytest.raises(PrunedropError, match="missing/below' does not exist$"):
+        load_data(f"imagefolder:{tmp_path / 'missing' / 'below'}")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PrunedropError) as excinfo:
         load_data(f"idx:{tmp_path / 'empty'}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import PrunedropError
+from ..safety import not_a_folder
 from .assemble import assemble
 from .bundle import DataBundle
 from .idx import load_idx_dir
@@ -73,8 +74,9 @@ def load_data(
         train, val, test = load_idx_dir(directory, require_test=True)
     elif kind == "idx":
         directory = Path(arg).expanduser()
-        if not directory.is_dir():
-            raise PrunedropError(f"IDX folder {str(directory)!r} does not exist or is not a folder")
+        why = not_a_folder(directory)
+        if why:
+            raise PrunedropError(f"IDX folder {str(directory)!r} {why}")
         train, val, test = load_idx_dir(directory, require_test=False)
     else:  # npz
         train, val, test = load_npz(Path(arg).expanduser(), regression=regression,
@@ -87,6 +89,7 @@ def load_data(
 def _as_dir(data_dir: str | Path) -> Path:
     """``data_dir`` as a Path, checked to exist, so that a typo is reported as such."""
     directory = Path(data_dir).expanduser()
-    if not directory.is_dir():
-        raise PrunedropError(f"data directory {str(directory)!r} does not exist or is not a folder")
+    why = not_a_folder(directory)
+    if why:
+        raise PrunedropError(f"data directory {str(directory)!r} {why}")
     return directory

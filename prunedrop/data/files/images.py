@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ...errors import PrunedropError, describe
 from ...recipes import MAX_IMAGE_SIDE
+from ...safety import not_a_folder
 from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 
 if TYPE_CHECKING:
@@ -186,8 +187,9 @@ def load_imagefolder(directory: Path, recipe: Recipe | None = None) -> tuple[Dat
     """``imagefolder:DIR``: one sub-folder per class (labels are the sorted folder names' indices); with
     ``train/`` (and ``val/``, ``valid/`` or ``validation/``, and ``test/``) sub-folders, one such tree each."""
     directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise PrunedropError(f"image folder {str(directory)!r} does not exist or is not a folder")
+    why = not_a_folder(directory)
+    if why:
+        raise PrunedropError(f"image folder {str(directory)!r} {why}")
     subfolders = _subfolders(directory)
     roots: dict[str, Path | None] = {"train": directory, "val": None, "test": None}
     split_names = {"train", *VAL_NAMES, *TEST_NAMES}
