@@ -109,7 +109,43 @@ class SequenceNoise:
     """Group noise on the gate preactivations ``[B, G·H]``."""
 
 
-class _RecurrentVD(VariationalLayer):
+class _WeightNoise(VariationalLayer):
+    """What the recurrent layers and the cells share: a ``log σ²`` per entry of each weight
+    :meth:`_weight_names` names, taken on in :meth:`_take_noise`, the clipped ``log α`` of each, and the noise's
+    parameters."""
+
+    def _weight_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _take_noise(self, *, init_log_sigma2: float, log_alpha_clip: float, threshold: float,
+                    recurrent_noise: str) -> None:
+        """The noise settings, and a ``log_sigma2_<weight>`` Parameter beside every noisy weight."""
+        self.log_alpha_clip = float(log_alpha_clip)
+        self.threshold = float(threshold)
+        self.recurrent_noise = recurrent_noise
+        for name in self._weight_names():
+            w = getattr(self, name)
+            setattr(self, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
+
+    def weight_log_alpha(self, name: str) -> torch.Tensor:
+        """Clipped per-weight log α of the weight ``name`` (e.g. ``weight_hh_l0``)."""
+        return clipped_log_alpha(getattr(self, name), getattr(self, f"log_sigma2_{name}"), self.log_alpha_clip)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Every per-weight log α, flattened and concatenated (for histograms)."""
+        return torch.cat([self.weight_log_alpha(n).flatten() for n in self._weight_names()])
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per weight, flattened over every noisy weight in order (:meth:`parameter_keep_masks`)."""
+        masks = self.parameter_keep_masks(threshold)
+        return torch.cat([masks[n].flatten() for n in self._weight_names()])
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters(recurse=False) if n.startswith("log_")]
+
+
+class _RecurrentVD(_WeightNoise):
     """Shared machinery; subclasses fix the cell (``mode``) and whether group noise is on."""
 
     mode: str = "LSTM"
@@ -149,12 +185,8 @@ class _RecurrentVD(VariationalLayer):
             layer = cls(**cls._dense_kwargs(module))
         for name in module._flat_weights_names:
             setattr(layer, name, getattr(module, name))  # the trained Parameters themselves, no copy
-        layer.log_alpha_clip = float(log_alpha_clip)
-        layer.threshold = float(threshold)
-        layer.recurrent_noise = recurrent_noise
-        for name in layer._weight_names():
-            w = getattr(layer, name)
-            setattr(layer, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
+        layer._take_noise(init_log_sigma2=init_log_sigma2, log_alpha_clip=log_alpha_clip, threshold=threshold,
+                          recurrent_noise=recurrent_noise)
         if cls.group_noise:
             for layer_index, direction in layer._cells():
                 s = layer._suffix(layer_index, direction)
@@ -195,18 +227,9 @@ class _RecurrentVD(VariationalLayer):
     def _clip(self, log_alpha: torch.Tensor) -> torch.Tensor:
         return torch.clamp(log_alpha, -self.log_alpha_clip, self.log_alpha_clip)
 
-    def weight_log_alpha(self, name: str) -> torch.Tensor:
-        """Clipped per-weight log α of the weight ``name`` (e.g. ``weight_hh_l0``)."""
-        return clipped_log_alpha(getattr(self, name), getattr(self, f"log_sigma2_{name}"), self.log_alpha_clip)
-
     def group_log_alpha(self, kind: str, layer: int, direction: int) -> torch.Tensor:
         """Clipped group log α: ``kind`` is ``x`` (input features), ``h`` (hidden units) or ``g`` (gate rows)."""
         return self._clip(getattr(self, f"log_alpha_{kind}{self._suffix(layer, direction)}"))
-
-    @property
-    def log_alpha(self) -> torch.Tensor:
-        """Every per-weight log α, flattened and concatenated (for histograms)."""
-        return torch.cat([self.weight_log_alpha(n).flatten() for n in self._weight_names()])
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         """Per parameter of the plain layer, what survives: per-weight masks, with the group masks folded in
@@ -233,11 +256,6 @@ class _RecurrentVD(VariationalLayer):
                 masks[f"bias_ih{s}"], masks[f"bias_hh{s}"] = rows.clone(), rows.clone()
         return masks
 
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per weight, flattened over every ``weight_*`` in order (group masks folded in)."""
-        masks = self.parameter_keep_masks(threshold)
-        return torch.cat([masks[n].flatten() for n in self._weight_names()])
-
     def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
         """``[num_layers · directions, hidden_size]`` (the layout of ``h_n``): which hidden units survive;
         None without group noise (per-weight noise removes no whole unit)."""
@@ -252,9 +270,6 @@ class _RecurrentVD(VariationalLayer):
             parts += [kl_log_uniform(self.group_log_alpha(k, layer, d)).sum()
                       for layer, d in self._cells() for k in ("x", "h", "g")]
         return torch.stack(parts).sum()
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters(recurse=False) if n.startswith("log_")]
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
         masks = self.parameter_keep_masks(threshold)
@@ -505,7 +520,7 @@ class _DrawCache:
         return (_DrawCache, ())
 
 
-class _RecurrentCellVD(VariationalLayer):
+class _RecurrentCellVD(_WeightNoise):
     """Sparse VD on every entry of a cell's ``weight_ih`` and ``weight_hh`` (``nn.LSTMCell``, ``nn.GRUCell``,
     ``nn.RNNCell``), with the noise of :class:`_RecurrentVD`: ``w = θ + σ·ε``, the same ``log α``, KL and
     threshold, biases without noise.
@@ -521,7 +536,9 @@ class _RecurrentCellVD(VariationalLayer):
 
     mode: str = "LSTM"
     recurrent_noise: str = RecurrentConfig.recurrent_noise
-    _weight_names = ("weight_ih", "weight_hh")
+
+    def _weight_names(self) -> list[str]:
+        return ["weight_ih", "weight_hh"]
 
     @classmethod
     def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
@@ -542,12 +559,8 @@ class _RecurrentCellVD(VariationalLayer):
             layer = cls(**cls._dense_kwargs(module))
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             setattr(layer, name, getattr(module, name))  # the trained Parameters themselves (biases may be None)
-        layer.log_alpha_clip = float(log_alpha_clip)
-        layer.threshold = float(threshold)
-        layer.recurrent_noise = recurrent_noise
-        for name in cls._weight_names:
-            w = getattr(layer, name)
-            setattr(layer, f"log_sigma2_{name}", nn.Parameter(torch.full_like(w, float(init_log_sigma2))))
+        layer._take_noise(init_log_sigma2=init_log_sigma2, log_alpha_clip=log_alpha_clip, threshold=threshold,
+                          recurrent_noise=recurrent_noise)
         return layer.train(module.training)
 
     @property
@@ -559,32 +572,15 @@ class _RecurrentCellVD(VariationalLayer):
 
     # -- log α and masks --------------------------------------------------------------------------------
 
-    def weight_log_alpha(self, name: str) -> torch.Tensor:
-        """Clipped per-weight log α of ``weight_ih`` or ``weight_hh``."""
-        return clipped_log_alpha(getattr(self, name), getattr(self, f"log_sigma2_{name}"), self.log_alpha_clip)
-
-    @property
-    def log_alpha(self) -> torch.Tensor:
-        """Every per-weight log α, ``weight_ih``'s then ``weight_hh``'s, flattened (for histograms)."""
-        return torch.cat([self.weight_log_alpha(n).flatten() for n in self._weight_names])
-
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         t = self.threshold if threshold is None else threshold
-        return {n: self.weight_log_alpha(n) <= t for n in self._weight_names}
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per weight, ``weight_ih`` then ``weight_hh``, flattened."""
-        masks = self.parameter_keep_masks(threshold)
-        return torch.cat([masks[n].flatten() for n in self._weight_names])
+        return {n: self.weight_log_alpha(n) <= t for n in self._weight_names()}
 
     def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
         return None  # per-weight noise removes no whole unit
 
     def kl(self) -> torch.Tensor:
-        return torch.stack([kl_log_uniform(self.weight_log_alpha(n)).sum() for n in self._weight_names]).sum()
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters(recurse=False) if n.startswith("log_")]
+        return torch.stack([kl_log_uniform(self.weight_log_alpha(n)).sum() for n in self._weight_names()]).sum()
 
     def to_dense(self, threshold: float | None = None) -> nn.Module:
         masks = self.parameter_keep_masks(threshold)
@@ -605,7 +601,7 @@ class _RecurrentCellVD(VariationalLayer):
         """One draw of ``(weight_ih, weight_hh)``: ``[batch, G·H, in]`` / ``[batch, G·H, H]`` per sequence, or
         ``[G·H, in]`` / ``[G·H, H]`` with ``batch=0`` (one draw for the mini-batch)."""
         sampled = []
-        for name in self._weight_names:
+        for name in self._weight_names():
             w = getattr(self, name)
             std = torch.exp(0.5 * self.weight_log_alpha(name)) * w.abs()
             shape = (batch, *w.shape) if batch else w.shape
