@@ -32,7 +32,7 @@ from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.report import profile_model
 from prunedrop.slim import slim
-from prunedrop.testing import TinyCellClassifier, TinyRecurrentClassifier, tiny_classification_data
+from prunedrop.testing import TinyCellClassifier, TinyRecurrentClassifier, fit, tiny_classification_data
 
 LAYERS = [(LSTMSVD, nn.LSTM), (GRUSVD, nn.GRU), (RNNSVD, nn.RNN), (LSTMGroupVD, nn.LSTM), (GRUGroupVD, nn.GRU)]
 IDS = [v.__name__ for v, _ in LAYERS]
@@ -296,13 +296,7 @@ def test_compress_end_to_end_with_onnx_parity(method, cell, tmp_path) -> None:
     np.savez(tmp_path / "data.npz", x_train=x[:128].numpy(), y_train=y[:128].numpy(), x_val=x[128:].numpy(),
              y_val=y[128:].numpy())
     torch.manual_seed(0)
-    model = TinyRecurrentClassifier(cell, in_features=5, hidden=12)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = nn.functional.cross_entropy(model(x[:128]), y[:128])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = fit(TinyRecurrentClassifier(cell, in_features=5, hidden=12), x[:128], y[:128], 60)
     recipe = Recipe(method=method, include=["rnn"], epochs=6, batch_size=32, eval_batch_size=64, lr=3e-3,
                     noise_lr=0.3, lr_schedule="constant", kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1,
                     init_log_alpha=-1.0,
@@ -466,13 +460,7 @@ def test_cell_loop_compresses_end_to_end_with_onnx_parity(cell, tmp_path) -> Non
     np.savez(tmp_path / "data.npz", x_train=x[:128].numpy(), y_train=y[:128].numpy(), x_val=x[128:].numpy(),
              y_val=y[128:].numpy())
     torch.manual_seed(0)
-    model = TinyCellClassifier(cell, in_features=5, hidden=12, num_classes=3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = nn.functional.cross_entropy(model(x[:128]), y[:128])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = fit(TinyCellClassifier(cell, in_features=5, hidden=12, num_classes=3), x[:128], y[:128], 60)
     recipe = Recipe(epochs=6, batch_size=32, eval_batch_size=64, lr=3e-3, noise_lr=0.3, lr_schedule="constant",
                     kl_weight=30.0, kl_warmup_epochs=1, finetune_epochs=1, finetune_lr=1e-3, device="cpu",
                     latency_runs=0, mc_samples=2, plots=False, max_metric_drop=None)
