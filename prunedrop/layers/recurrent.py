@@ -58,6 +58,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, get_args
 
 import torch
@@ -492,7 +493,7 @@ class _DrawCache:
     state, a state the caller changed) starts a new one. Never copied, pickled or saved: a copy of the layer
     starts with no draw (the drawn tensors are part of an autograd graph, which ``copy.deepcopy`` refuses)."""
 
-    __slots__ = ("noise", "states")
+    __slots__ = ("noise", "states", "plain")
 
     def __init__(self) -> None:
         self.clear()
@@ -500,6 +501,7 @@ class _DrawCache:
     def clear(self) -> None:
         self.noise: tuple[torch.Tensor, torch.Tensor] | None = None
         self.states: tuple[weakref.ref, ...] = ()
+        self.plain = False
 
     def follows(self, hx: Any) -> bool:
         """Whether ``hx`` holds a state this cell returned in its last call."""
@@ -509,9 +511,12 @@ class _DrawCache:
         returned = [r() for r in self.states]
         return any(t is s for t in given for s in returned if s is not None)
 
-    def remember(self, noise: tuple[torch.Tensor, torch.Tensor], states: tuple[torch.Tensor, ...]) -> None:
+    def remember(self, noise: tuple[torch.Tensor, torch.Tensor], states: tuple[torch.Tensor, ...], *,
+                 plain: bool = False) -> None:
+        """``noise``: the weights drawn, or with ``plain`` the masked weights of eval mode (no noise)."""
         self.noise = noise
         self.states = tuple(weakref.ref(s) for s in states)
+        self.plain = plain
 
     def __deepcopy__(self, memo: dict) -> _DrawCache:
         return _DrawCache()
@@ -615,8 +620,7 @@ class _RecurrentCellVD(_WeightNoise):
 
     def forward(self, input: torch.Tensor, hx: Any = None) -> Any:
         if not self.training:
-            self._draw.clear()
-            return self.to_dense()(input, hx)
+            return self._plain_forward(input, hx)
         lstm = self.mode == "LSTM"
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
@@ -629,7 +633,7 @@ class _RecurrentCellVD(_WeightNoise):
             h, c = (hx.unsqueeze(0) if unbatched else hx), zeros
         cache = self._draw
         batch = 0 if self.recurrent_noise == "batch" else x.shape[0]
-        if cache.follows(hx) and cache.noise[0].dim() == (3 if batch else 2) and \
+        if cache.follows(hx) and not cache.plain and cache.noise[0].dim() == (3 if batch else 2) and \
                 (not batch or cache.noise[0].shape[0] == batch):
             w_ih, w_hh = cache.noise
         else:
@@ -652,6 +656,24 @@ class _RecurrentCellVD(_WeightNoise):
             h, c = h.squeeze(0), c.squeeze(0)
         out = (h, c) if lstm else h
         cache.remember((w_ih, w_hh), (h, c) if lstm else (h,))
+        return out
+
+    def _plain_forward(self, input: torch.Tensor, hx: Any) -> Any:
+        """Eval mode: the plain cell :meth:`to_dense` returns, run by the plain type's own forward on the masked
+        weights, which are computed at a sequence's first step and reused along it (as the training's draws are):
+        building the plain cell at every step ran an LSTMCell(8, 64) loop 3.4× slower than the plain one."""
+        cache = self._draw
+        if cache.follows(hx) and cache.plain:
+            w_ih, w_hh = cache.noise
+        else:
+            masks = self.parameter_keep_masks()
+            w_ih, w_hh = (getattr(self, n).detach() * masks[n] for n in self._weight_names())
+        plain = SimpleNamespace(weight_ih=w_ih, weight_hh=w_hh, hidden_size=self.hidden_size,
+                                bias_ih=None if self.bias_ih is None else self.bias_ih.detach(),
+                                bias_hh=None if self.bias_hh is None else self.bias_hh.detach(),
+                                nonlinearity=getattr(self, "nonlinearity", None))
+        out = self.dense_type.forward(plain, input, hx)  # type: ignore[arg-type]  # reads only these attributes
+        cache.remember((w_ih, w_hh), tuple(out) if isinstance(out, tuple) else (out,), plain=True)
         return out
 
     def extra_repr(self) -> str:
