@@ -146,6 +146,11 @@ def _column_named(name: str, value: str) -> None:
         raise PrunedropError(f"recipe key '{name}' is empty; name the column that holds the labels")
 
 
+def _token_id(name: str, value: int | None) -> None:
+    if value is not None and value < 0:
+        raise PrunedropError(f"recipe key '{name}' is {value}; a pad id is a token id, 0 or more")
+
+
 @dataclass
 class ConversionConfig:
     """What is converted, and with which noise: the top of a grouped recipe (no section)."""
@@ -488,6 +493,10 @@ class DataConfig:
     label_column: str = setting("label", check=_column_named)
     """``csv:`` and ``hf:`` data: the column that holds the labels (class indices 0..C-1, or numbers to predict
     with ``loss: mse``); every other column is an input."""
+
+    pad_token_id: int | None = setting(None, check=_token_id)
+    """``hf:`` data with an ``input_ids`` column (a tokenized dataset): the id that pads every id list to the
+    longest one; null = the model's config ``pad_token_id`` when the model is a Hugging Face folder, else 0."""
 
 
 #: section name → group, in the order of the grouped recipe (None: the top, no section); the noise families'
