@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PrunedropError
 from ..errors import one_line as _one_line
+from .hf_model import is_hf_folder, load_hf_model
 from .manifest import ARCHITECTURE_FILE
 from .read import describe, is_state_dict, reason, state_mismatch, torch_load
 from .saved import load_saved_model
@@ -397,6 +398,10 @@ def load_model(path: str | os.PathLike[str], *, arch: str | None = None, trust_p
         raise PrunedropError("--arch-kwargs needs --arch: name the factory that takes these arguments")
     if path.is_dir() and (path / ARCHITECTURE_FILE).is_file():
         return load_saved_model(path)
+    if path.is_dir() and is_hf_folder(path):
+        if arch is not None:
+            raise PrunedropError(f"{path} is a Hugging Face model folder, which its config.json describes: drop --arch")
+        return load_hf_model(path, log)
     advice = (
         "save torch.save(model.state_dict(), path) instead, or pass --trust-pickle if you trust the file"
         if arch

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ...errors import PrunedropError, describe
 from .common import TEST_NAMES, VAL_NAMES, recipe_or_defaults
 from .images import ImageDataset, image_header, image_options
+from .tokens import TOKEN_COLUMN, missing_label, token_datasets
 
 if TYPE_CHECKING:
     from ...recipes import Recipe
@@ -23,10 +24,14 @@ if TYPE_CHECKING:
 _HF_SPLITS = {"train": ("train",), "val": VAL_NAMES, "test": TEST_NAMES}
 
 
-def load_hf(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:
+def load_hf(path: Path, recipe: Recipe | None = None,
+            log: Callable[[str], None] | None = None) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """``hf:PATH``: a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, a
     parquet file, or a folder of parquet files whose names (or parent folders) start with the split name
-    (``train-00000-of-00001.parquet``, ``data/test-*.parquet``). Local files only; nothing is downloaded."""
+    (``train-00000-of-00001.parquet``, ``data/test-*.parquet``). Local files only; nothing is downloaded.
+
+    A tokenized dataset (an ``input_ids`` column) gives its ids, padded to the longest list of every split
+    (:mod:`.tokens`); ``log`` gets one line naming the columns it leaves out."""
     recipe = recipe_or_defaults(recipe)
     path = Path(path).expanduser()
     if not path.exists():
@@ -36,6 +41,10 @@ def load_hf(path: Path, recipe: Recipe | None = None) -> tuple[Dataset, Dataset 
     else:
         tables = _tables_from_parquet(path)
     out: dict[str, Dataset | None] = {"train": None, "val": None, "test": None}
+    if any(TOKEN_COLUMN in table.column_names for table, _ in tables.values()):
+        for split, dataset in token_datasets(tables, recipe, _hf_labels, log).items():
+            out[split] = dataset
+        return out["train"], out["val"], out["test"]  # type: ignore[return-value]
     for split, (table, where) in tables.items():
         out[split] = _table_dataset(table, where, recipe, path)
     return out["train"], out["val"], out["test"]  # type: ignore[return-value]
@@ -119,8 +128,7 @@ def _table_dataset(table: Any, where: str, recipe: Recipe, root: Path) -> Datase
     label = recipe.label_column
     names = list(table.column_names)
     if label not in names:
-        raise PrunedropError(f"{where} has no label column {label!r} (its columns: {', '.join(names[:8])}); set the "
-                             "recipe key label_column")
+        raise missing_label(label, names, where)
     if table.num_rows == 0:
         raise PrunedropError(f"{where} is empty; the data must have at least one sample")
     labels = _hf_labels(table.column(label), label, where, regression=recipe.loss == "mse")
