@@ -160,6 +160,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     )
     from .safety import check_finite_weights, check_output_folder
     from .storage import load_model, parse_arch_kwargs
+    from .storage.hf_model import data_recipe
     from .task import fit_task
     from .train import resolve_device
 
@@ -203,7 +204,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
                      log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
     check_finite_weights(net, f"model {model}")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
-                     train_limit=recipe.train_limit, recipe=recipe)
+                     train_limit=recipe.train_limit, recipe=data_recipe(net, recipe),
+                     log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
     data, fitted = fit_inputs(net, data)
     if fitted and not quiet and is_main():
         click.echo(fitted, err=True)
@@ -301,6 +303,7 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     from .runfolder import RUN_INFO, export_protected_files, read_run_info
     from .safety import check_output_file
     from .storage import load_model
+    from .storage.hf_model import data_recipe
 
     if threshold is not None and not math.isfinite(threshold):
         raise click.BadParameter(f"{threshold} is not a finite number", param_hint="--threshold")
@@ -311,7 +314,8 @@ def export_cmd(run_dir: Path, threshold: float | None, output: Path, overwrite: 
     net = load_model(info["model_path"], arch=info.get("arch"), trust_pickle=bool(info.get("trust_pickle")),
                      arch_kwargs=info.get("arch_kwargs"))
     data, _ = fit_inputs(net, load_data(info["data"], data_dir=info.get("data_dir"), val_fraction=recipe.val_fraction,
-                                        seed=recipe.seed, train_limit=recipe.train_limit, recipe=recipe))
+                                        seed=recipe.seed, train_limit=recipe.train_limit,
+                                        recipe=data_recipe(net, recipe)))
     r = reexport(net, data, recipe, run_dir, output, threshold=threshold, overwrite=overwrite, quantize=quantize,
                  log=lambda msg: click.echo(msg, err=True))
     click.echo(f"threshold {r.threshold:g}: kept {r.kept_fraction:.2%} of the converted weights, "
@@ -407,6 +411,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     from .recipes import load_recipe
     from .safety import check_finite_weights
     from .storage import load_model, parse_arch_kwargs
+    from .storage.hf_model import data_recipe
     from .task import output_shape_on
 
     if input_shape is not None and (data_spec is not None or data_dir is not None):
@@ -439,7 +444,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
 
         # only an input is read: labels that are names need no numbering of the user's here
         named = recipe if recipe.class_names is not None else recipe.replace(class_names=[SORTED])
-        data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=named))
+        data, _ = fit_inputs(net, load_data(data_spec or "digits", data_dir=data_dir, recipe=data_recipe(net, named)))
         example = data.example_batch(1)
     else:
         from .data.assemble import runs_on

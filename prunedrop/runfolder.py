@@ -211,13 +211,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def model_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of the model file; of a folder written by ``save_model``: of its architecture.json and model.pt."""
+    """sha256 of the model file; of a folder written by ``save_model``: of its architecture.json and model.pt; of a
+    Hugging Face ``save_pretrained`` folder: of its files."""
     from .storage import ARCHITECTURE_FILE, WEIGHTS_FILE
 
     path = Path(path)
     if path.is_dir():
         h = hashlib.sha256()
-        for name in (ARCHITECTURE_FILE, WEIGHTS_FILE):
+        names = (ARCHITECTURE_FILE, WEIGHTS_FILE) if (path / ARCHITECTURE_FILE).is_file() else \
+            sorted(p.name for p in path.iterdir() if p.is_file())
+        for name in names:
             h.update(name.encode() + b"\0" + file_sha256(path / name).encode())
         return h.hexdigest()
     return file_sha256(path)

@@ -3,6 +3,7 @@ that its kind names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ def load_data(
     seed: int = 0,
     train_limit: int | None = None,
     recipe: Recipe | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> DataBundle:
     """Load the data that ``spec`` names (see the module docstring for the forms).
 
@@ -39,7 +41,8 @@ def load_data(
     ``val_fraction`` is then above 0, and unused (0 too) where the spec gives one.
     ``train_limit`` then keeps the first n training samples, for quick runs. ``recipe`` gives the data keys
     of ``imagefolder:``, ``csv:`` and ``hf:`` (image size, channels, normalisation, label column), and its
-    ``loss: mse`` lets labels be real numbers (regression); None means the defaults.
+    ``loss: mse`` lets labels be real numbers (regression); None means the defaults. ``log`` gets the notes of
+    a reader (the columns of a tokenized ``hf:`` dataset that are not used).
     """
     kind, arg = parse_spec(spec)
     if (
@@ -63,7 +66,8 @@ def load_data(
     if kind in _FILE_LOADERS:
         from . import files
 
-        train, val, test = getattr(files, _FILE_LOADERS[kind])(Path(arg), recipe)
+        more = {"log": log} if kind == "hf" else {}  # a tokenized dataset names the columns it leaves out
+        train, val, test = getattr(files, _FILE_LOADERS[kind])(Path(arg), recipe, **more)
         return assemble(name, train, val, test, val_fraction=val_fraction, seed=seed, train_limit=train_limit,
                         regression=regression, tags=tags)
 
