@@ -132,6 +132,21 @@ class Pilot:
         self.last_loss = measured["loss"]
         return measured[metric_name(self.recipe.loss)]
 
+    @property
+    def data_scale(self) -> float:
+        """What the variational objective multiplies the data loss by: for ``mse``, 1 / the given model's error on the
+        check samples (:attr:`reference`), so that the data term reads in the budget's unit (1.01 is 1% more error)
+        whatever the targets' unit; 1 for the classification losses (already in nats) and where that error is not a
+        positive finite number. β is clipped to [1e-4, 1e4] and starts at 0.1: against a raw mean squared error of
+        1e-8 (targets of scale 1e-4) the KL pruned every weight with β at its floor, and against one of 3,000 (the
+        diabetes targets) β was still rising when training ended, having pruned little."""
+        if self.recipe.loss != "mse":
+            return 1.0
+        if self.reference is None:  # a target without a budget: measured once, as a budget's reference is
+            self.reference = self._val_metric()
+        ref = self.reference
+        return 1.0 / ref if math.isfinite(ref) and ref > 0 else 1.0
+
     def _coarse_validation(self) -> None:
         """Validation data too small to resolve the aim (one sample weighs more than the drop the controller aims
         at): the checks while training also count training samples, so that β answers to a drop it can see. The

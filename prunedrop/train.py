@@ -614,7 +614,10 @@ def finetune(
             out = net(x)
         data_term = data_loss(recipe.loss, out.float(), y)
         kl = training_kl(layer_list, layer_factors)  # float32: the layers keep log α and the KL out of autocast
-        loss = (data_term * share if share != 1.0 else data_term) + beta * kl / n
+        # the autopilot's data term in the budget's unit (mse: relative to the given model's error; read at each
+        # step, since a resumed run restores the reference from its checkpoint once training has started)
+        scale = share * (1.0 if pilot is None else pilot.data_scale)
+        loss = (data_term * scale if scale != 1.0 else data_term) + beta * kl / n
         # one device synchronisation for the three logged values, not one each
         loss_v, data_v, kl_v = torch.stack([loss.detach(), data_term.detach(), kl.detach()]).tolist()
         if pilot is not None:
