@@ -4,6 +4,7 @@ outcomes; the plots that report.json holds the data for; report.json and report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,20 @@ from torch import nn
 from .. import distributed
 from ..data import DataBundle
 from ..plots import plot_kept_per_layer, plot_sweep, plot_training_curves
+from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..report import build_report, public_spec, write_report
 from ..runfolder import QUANTIZED_ONNX, RunFolder
 from ..train import metric_name
 from .baseline import Baseline
-from .budget import budget_text, fixed_beta_budget_line, held_confidence, over_budget, target_outcome
+from .budget import (
+    budget_text,
+    fixed_beta_budget_line,
+    held_confidence,
+    over_budget,
+    se_in_budget_unit,
+    target_outcome,
+)
 from .common import draw_plots, merge_parts
 from .evaluation import Evaluation
 from .exporting import Exported
@@ -35,7 +44,7 @@ def assemble_report(model: nn.Module, stages: Sequence[Any], *, baseline: Baseli
     extra = {"method": recipe.method,
              **merge_parts(stage.to_dict() for stage in stages if stage is not None),
              "recipe": recipe.to_dict(),
-             "data": {"name": public_spec(data.name), "num_train": data.num_train,
+             "data": {"name": public_spec(data.name), "num_train": data.num_train, "num_val": data.num_val,
                       "input_shape": list(data.input_shape)},
              "source": {k: public_spec(v) for k, v in (source or {}).items()},
              "device": str(device),
@@ -61,9 +70,31 @@ def budget_line(recipe: Recipe, before: float, after: float, se: float | None, h
     if recipe.budget_confidence is not None:
         return f"{line} (asked: {recipe.budget_confidence:.0%})"
     if held < LOW_CONFIDENCE:
-        return (f"{line}; new data may read the change up to that error worse (the search chose among its probes on "
+        line = (f"{line}; new data may read the change up to that error worse (the search chose among its probes on "
                 "these samples): --confidence 0.9 judges the budget with a margin")
+    if se is not None and se_in_budget_unit(recipe, before, se) > recipe.max_metric_drop:
+        # 89 diabetes rows measure an mse change to ±2.8%, four linnerud rows to ±57%: a budget of 1% is not seen
+        line += (f". The validation data measures the change only to ±{se_in_budget_unit(recipe, before, se):.2g}"
+                 f"{'' if is_classification(recipe.loss) else '%'}, more than the budget itself: more validation "
+                 "samples judge it more finely")
     return line
+
+
+def coarse_budget_line(recipe: Recipe, before: float, after: float, num_val: int | None) -> str | None:
+    """The log line of a classification budget judged on validation data too coarse for it (one sample weighs more
+    than half the budget: :meth:`Recipe.validation_resolves_budget`), said whether or not any sample changed its
+    answer: where none did, the standard error is 0 and :func:`budget_line` is silent, though 20 validation images
+    (5 points each) cannot tell a drop of 1 point from none. None elsewhere."""
+    if recipe.max_metric_drop is None or not num_val or not is_classification(recipe.loss) \
+            or recipe.validation_resolves_budget(num_val):
+        return None
+    weight = 100.0 / num_val
+    allowed = math.floor(recipe.max_metric_drop / weight + 1e-9)
+    means = "no validation sample lost on balance" if allowed == 0 else \
+        f"at most {allowed} validation sample{'s' if allowed > 1 else ''} lost on balance"
+    return (f"budget: validation {metric_name(recipe.loss)} {before:.4g} → {after:.4g} is judged on {num_val} "
+            f"samples, where one weighs {weight:.2g} points against a budget of {budget_text(recipe)}: within the budget means {means}, and new data may read a larger drop; "
+            "more validation data judges a budget this fine")
 
 
 def write_run_report(report: dict[str, Any], selection: Selection, evaluation: Evaluation, recipe: Recipe,
@@ -79,6 +110,10 @@ def write_run_report(report: dict[str, Any], selection: Selection, evaluation: E
     if held is not None and isinstance(report.get("metric"), dict):
         report["metric"]["budget_confidence"] = held
         log(budget_line(recipe, before, after, se, held))
+    coarse = coarse_budget_line(recipe, before, after, (report.get("data") or {}).get("num_val"))
+    if coarse is not None and isinstance(report.get("metric"), dict):
+        report["metric"]["budget_resolution"] = 100.0 / report["data"]["num_val"]
+        log(coarse)
     if not recipe.automatic and over_budget(recipe, before, after, se):
         report["budget"] = {"within": False, "line": fixed_beta_budget_line(
             recipe, before, after, report["params"]["ratio"] or float("inf"), se)}
