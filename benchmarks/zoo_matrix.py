@@ -436,7 +436,12 @@ def write_docs(results: dict, path: Path) -> None:
         lines += ["", "## Notes", ""]
         lines += [f"- {c['model']} × {c['method']}: {n}".replace("|", "\\|") for c, n in notes]
     lines += ["", "`benchmarks/results/zoo.json` holds every cell (stage times, kept fractions, parity, notes).", ""]
-    path.write_text("\n".join(lines))
+    kept = path.read_text(encoding="utf-8").partition(HAND_WRITTEN)[1:] if path.is_file() else ("", "")
+    path.write_text("\n".join(lines) + "".join(kept))  # the hand-written sections after the table's stay
+
+
+#: where the hand-written part of docs/zoo.md starts (kept as it is when the table is written again)
+HAND_WRITTEN = "\n## Hugging Face transformers"
 
 
 def main(argv: list[str] | None = None) -> int:
