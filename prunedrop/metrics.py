@@ -304,6 +304,36 @@ def class_drop_note(per_class: Any, overall: float, budget: float | None) -> str
             f"{overall:+.3g}: the budget holds over all samples, not per class")
 
 
+def absent_class_note(train: Any, val: Any, test: Any = None) -> str | None:
+    """One line naming the classes that occur in the training labels but in no validation label (one label per
+    sample, where the splits hold them at hand: :func:`~prunedrop.data.assemble.labels_of`): the budget is judged on
+    validation data, so it cannot see what compression costs them (a four-class set whose fourth class was left out
+    of validation: nothing said). None where every class is there, or the labels are not at hand."""
+    from .data.assemble import labels_of
+
+    held = [None if split is None else labels_of(split) for split in (train, val, test)]
+    if held[0] is None or held[1] is None or held[0].dim() != 1 or held[1].dim() != 1 \
+            or held[0].is_floating_point() or held[1].is_floating_point():
+        return None
+    counts = [None if y is None or y.dim() != 1 else torch.bincount(y[y >= 0]) for y in held]
+    absent = [k for k in range(len(counts[0])) if counts[0][k] > 0 and (k >= len(counts[1]) or counts[1][k] == 0)]
+    if not absent:
+        return None
+
+    def n(c: torch.Tensor | None, k: int) -> int:
+        return 0 if c is None or k >= len(c) else int(c[k])
+
+    shown = ", ".join(f"{k} ({n(counts[0], k):,} training"
+                      + (f", {n(counts[2], k):,} test" if counts[2] is not None else "") + " samples)"
+                      for k in absent[:5])
+    more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+    which = "class" if len(absent) == 1 else "classes"
+    return (f"{which} {shown}{more} of the training data {'has' if len(absent) == 1 else 'have'} no validation "
+            "sample: the budget, judged on validation data, cannot see what compression costs "
+            f"{'it' if len(absent) == 1 else 'them'}; report.md's per-class table shows the test data's, or give "
+            "validation data that holds every class")
+
+
 class _Targets:
     """What a loader's targets tell, gathered while the batches pass through unchanged: ``for x, y in
     self.through(loader)``; :meth:`_add` takes each batch's targets, and sets ``usable`` False where they are of no
