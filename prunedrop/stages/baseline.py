@@ -29,11 +29,13 @@ from ..metrics import (
     NO_LABELS,
     LabelCounts,
     TargetSpread,
+    absent_class_note,
     chance_note,
     mean_note,
     sample_scores,
     scores_metric,
 )
+from ..recipe_groups import is_classification
 from ..recipes import Recipe
 from ..runfolder import ORIGINAL_ONNX, RunFolder
 from ..safety import check_deterministic, check_model_structure
@@ -136,11 +138,12 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe,
     else:
         note = chance_note(metric["val"], labels.counts, labels=labels.labels, scores=scores["val"]) \
             if labels.usable else None
+    absent = absent_class_note(data.train, data.val, data.test) if is_classification(recipe.loss) else None
     if example is None:
         example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     exported, scratch = _export_checked(model, example, recipe)
-    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0, notes=[note] if note else [],
-                    onnx=exported, scratch=scratch)
+    return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0,
+                    notes=[n for n in (note, absent) if n], onnx=exported, scratch=scratch)
 
 
 def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
