@@ -105,3 +105,31 @@ def _classes(n: int, n_val: int) -> DataBundle:
     t = n - n_val
     return DataBundle(train=TensorDataset(x[:t], y[:t]), val=TensorDataset(x[t:], y[t:]), test=None,
                       name="three classes", num_classes=3, input_shape=(8,))
+
+
+def test_a_class_with_no_validation_sample_is_named_before_training(tmp_path: Path) -> None:
+    """A four-class set whose fourth class was left out of validation: the budget cannot see it, and nothing said so."""
+    from prunedrop.metrics import absent_class_note
+    from prunedrop.stages.baseline import measure_before_files
+
+    x = torch.zeros(12, 8)
+    y = torch.tensor([0, 1, 2, 3] * 3)
+    note = absent_class_note(TensorDataset(x, y), TensorDataset(x[:3], y[:3]), TensorDataset(x[:4], y[:4]))
+    assert note is not None and note.startswith("class 3 (3 training, 1 test samples) of the training data has no "
+                                                "validation sample")
+    assert absent_class_note(TensorDataset(x, y), TensorDataset(x[:4], y[:4])) is None
+    # labels never used by any split (a model with 8 outputs for the classes {0, 3, 7}) are not absent
+    sparse = torch.tensor([0, 3, 7] * 4)
+    assert absent_class_note(TensorDataset(x, sparse), TensorDataset(x[:3], sparse[:3])) is None
+    assert absent_class_note(TensorDataset(x, y.float()), TensorDataset(x[:3], y[:3].float())) is None  # mse targets
+
+    data = _classes(n=200, n_val=60)
+    xv, yv = data.val.tensors
+    data = DataBundle(train=data.train, val=TensorDataset(xv[yv != 2], yv[yv != 2]), test=None, name="no 2 in val",
+                      num_classes=3, input_shape=(8,))
+    model = nn.Sequential(nn.Linear(8, 3)).eval()
+    measured = measure_before_files(model, data, Recipe(device="cpu"))
+    try:
+        assert any(n.startswith("class 2 (") and "no validation sample" in n for n in measured.notes), measured.notes
+    finally:
+        measured.discard()
