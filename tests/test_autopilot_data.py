@@ -87,7 +87,7 @@ def test_the_budget_line_says_where_the_change_is_measured_more_coarsely_than_th
 
 
 def test_the_run_logs_and_records_the_resolution_of_a_coarse_validation_split(tmp_path: Path) -> None:
-    data = _classes(n=260, n_val=20)
+    data = _classes(n=120, n_val=20)
     torch.manual_seed(0)
     x, y = data.train.tensors
     model = fit(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), x, y, 200).eval()
@@ -96,6 +96,9 @@ def test_the_run_logs_and_records_the_resolution_of_a_coarse_validation_split(tm
                       tmp_path, progress=False, log=lines.append).report
     assert report["data"]["num_val"] == 20 and report["metric"]["budget_resolution"] == 5.0
     assert any(line.startswith("budget: ") and "judged on 20 samples" in line for line in lines), lines[-5:]
+    # the checks while training borrowed the 100 training samples: one of the 120 they count is no validation sample
+    assert any("one check sample weighs 0.83 points" in line for line in lines), lines
+    assert not any("one validation sample weighs" in line for line in lines)
 
 
 def _classes(n: int, n_val: int) -> DataBundle:
