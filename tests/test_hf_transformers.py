@@ -287,3 +287,13 @@ def test_the_data_fits_the_model_as_token_ids(folders: dict[str, Path], tokens: 
     assert note is None and data.train.tensors[0].dtype == torch.int64
     with torch.no_grad():
         assert model(data.example_batch(4)).shape == (4, 2)
+
+
+def test_a_gpt2_classifier_without_a_pad_id_is_refused(tmp_path: Path) -> None:
+    """GPT-2's sequence classifier finds each sentence's end by the pad id; without one it refuses batches."""
+    cls, config = _configs()["gpt2"]
+    config = type(config)(**{**config.to_dict(), "pad_token_id": None})
+    torch.manual_seed(0)
+    folder = _save(cls(config), tmp_path / "nopad")
+    with pytest.raises(PrunedropError, match="fails on a batch of two sentences .*set pad_token_id in its config.json"):
+        load_model(folder)

@@ -97,7 +97,21 @@ def load_hf_model(path: Path, log: Callable[[str], None] | None = None) -> HFTex
         log(f"{path.name}: {replaced} transformers Conv1D layer(s) (a Linear with its weight transposed) run as "
             "nn.Linear with the same weights, so that they are converted like every Linear")
     pad = config.pad_token_id
-    return HFTextModel(model, None if pad is None else int(pad)).to("cpu").eval()
+    wrapped = HFTextModel(model, None if pad is None else int(pad)).to("cpu").eval()
+    _check_batches_run(wrapped, cls.__name__, path)
+    return wrapped
+
+
+def _check_batches_run(model: HFTextModel, name: str, path: Path) -> None:
+    """A batch of two id lists runs: GPT-2's sequence classifier finds each sentence's last token by the pad id,
+    and without one refuses every batch of more than one ("Cannot handle batch sizes > 1 if no padding token")."""
+    try:
+        with torch.no_grad():
+            model(torch.ones(2, 2, dtype=torch.long))
+    except Exception as e:
+        fix = ("set pad_token_id in its config.json (GPT-2's tokenizer has none: use the id the data pads with, "
+               "often the eos id)") if model.pad_token_id is None else "check the folder's config.json"
+        raise PrunedropError(f"{name} of {path} fails on a batch of two sentences ({reason(e)}): {fix}") from None
 
 
 def _import_transformers(path: Path) -> Any:

@@ -129,5 +129,6 @@ def _log_left_out(tables: dict[str, tuple[Any, str]], recipe: Recipe, pad: int, 
                   log: Callable[[str], None]) -> None:
     left = sorted({n for table, _ in tables.values() for n in table.column_names}
                   - {TOKEN_COLUMN, recipe.label_column})
-    unused = f"; not used: {', '.join(left)} (the model masks the pad id itself)" if left else ""
+    unused = (f"; not used: {', '.join(left)} (input_ids alone are fed; a Hugging Face model folder builds its "
+              "attention mask from the pad id)") if left else ""
     log(f"tokenized data: {TOKEN_COLUMN} padded with id {pad} to {length} tokens{unused}")
