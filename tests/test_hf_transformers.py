@@ -205,6 +205,8 @@ def test_compress_a_model_folder_end_to_end(tokens: Path, tmp_path: Path) -> Non
 
     logits = run_onnx(out / "model.onnx", x)
     assert (logits.argmax(1) == np.array(_rows(120, 3)["label"])).mean() > 0.85
+    again = CliRunner().invoke(cli, ["export", str(out), "-o", str(tmp_path / "again.onnx")])  # rebuilt from the folder
+    assert again.exit_code == 0 and "onnxruntime max abs diff" in again.output, again.output
 
 
 def test_compress_refuses_ids_beyond_the_vocabulary(folders: dict[str, Path], tmp_path: Path) -> None:
