@@ -225,13 +225,19 @@ def test_concatenation_maps_channels_through_offsets() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
-def test_grouped_convolution_keeps_its_channels_with_a_note() -> None:
-    model, x = tiny_arch("convzoo")
-    masks = _prune_units(model, {"features.0": [1], "features.5": [2]})
+def test_a_grouped_convolution_loses_channels_only_alike_in_each_group() -> None:
+    model, x = tiny_arch("convzoo")  # features.5: 4 → 6 channels in 2 groups
+    masks = _prune_units(model, {"features.0": [1], "features.5": [2]})  # group 0 alone prunes: kept, and said so
     result = slim(model, masks, x)
     assert count_parameters(result.model) == count_parameters(model)
-    assert any("grouped convolution features.5" in n for n in result.notes)
+    assert any("grouped convolution features.5 (groups=2) keeps its groups equal" in n for n in result.notes)
     assert result.max_abs_diff <= 1e-5
+    masks = _prune_units(model, {"features.0": [1, 3], "features.5": [2, 5]})  # one of each group, in and out
+    result = slim(model, masks, x)  # (features.0's pruned channels carry a BatchNorm shift into features.5's bias)
+    assert result.removed == {"features.0": (4, 2), "features.2": (4, 2), "features.5": (6, 4)}
+    assert _module(result.model, "features.5").groups == 2 and _module(result.model, "features.2").groups == 2
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
 def test_a_group_never_loses_every_channel() -> None:

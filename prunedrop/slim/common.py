@@ -51,6 +51,32 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
+def is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is no plain depthwise one: ``1 < groups``, each output channel reads the
+    ``in_channels / groups`` input channels of its group (ResNeXt's and RegNet's, or a depthwise convolution with a
+    channel multiplier, ``groups = in_channels``, ``out_channels = k·in_channels``). Its groups must stay equal in
+    size, so its channels leave by the per-group rule of :func:`prunedrop.slim.stage._grouped_rule`. (One with
+    ``groups == out_channels < in_channels``, which Torch-Pruning's graph reads as depthwise, is not one.)"""
+    return (
+        isinstance(module, CONV)
+        and module.groups > 1
+        and module.groups != module.out_channels
+    )
+
+
+def input_slices(consumer: nn.Module, idxs: list[int]) -> list[tuple[Any, ...]]:
+    """The indices of ``consumer``'s weight that read its input channels ``idxs``: the first axis of a transposed
+    convolution's ``(in, out / groups, *kernel)``, the second of every other layer's; in a grouped convolution input
+    channel ``c`` is column ``c mod (in / groups)`` of the rows of its group ``c div (in / groups)``."""
+    if isinstance(consumer, CONV_TRANSPOSE):
+        return [(idxs,)]
+    if isinstance(consumer, CONV) and consumer.groups > 1:
+        per_in = consumer.in_channels // consumer.groups
+        per_out = consumer.out_channels // consumer.groups
+        return [(slice(c // per_in * per_out, (c // per_in + 1) * per_out), c % per_in) for c in idxs]
+    return [(slice(None), idxs)]
+
+
 def silent_units(module: nn.Module) -> torch.Tensor:
     """One bool per output unit of a Linear/Conv layer: its weight row and its bias (if any) are exactly 0, so it
     outputs 0 whatever the input (a pruned unit of the masked model)."""

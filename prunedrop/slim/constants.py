@@ -48,14 +48,25 @@ def _conv_shares(conv: nn.Module, x: torch.Tensor, channels: list[int]) -> torch
     """What each of ``channels`` of the single-sample input ``x`` adds to ``conv``'s output, bias excluded.
 
     Returns ``[len(channels), out_channels, *out_spatial]``. A grouped convolution with one input channel per
-    group computes them all at once, in chunks to bound memory (for ``groups == 1`` consumers only).
+    group computes them all at once, in chunks to bound memory. Where ``conv`` itself is grouped, input channel ``c``
+    is column ``c mod (in / groups)`` of the rows of its group, and adds nothing to the other groups' outputs.
     """
     out = []
     conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[conv.weight.dim() - 2]
+    per_in = conv.in_channels // conv.groups
+    per_out = conv.out_channels // conv.groups
+    weight = conv.weight.detach()
     for start in range(0, len(channels), _CHANNEL_CHUNK):
         chunk = channels[start : start + _CHANNEL_CHUNK]
         n, o = len(chunk), conv.out_channels
-        w = conv.weight.detach()[:, chunk].transpose(0, 1).reshape(n * o, 1, *conv.weight.shape[2:])
+        if conv.groups == 1:
+            w = weight[:, chunk].transpose(0, 1)
+        else:  # (n, out, *kernel): each channel's column in its group's rows, zeros in the others
+            w = weight[:, [c % per_in for c in chunk]].transpose(0, 1).clone()
+            rows = torch.arange(o, device=w.device) // per_out
+            own = rows.unsqueeze(0) == torch.tensor([c // per_in for c in chunk], device=w.device).unsqueeze(1)
+            w[~own] = 0
+        w = w.reshape(n * o, 1, *weight.shape[2:])
         inp = x[chunk].unsqueeze(0)
         padding = conv.padding
         if conv.padding_mode != "zeros":

@@ -19,7 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import PrunedropError
-from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, out_units, reads_channels
+from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, is_grouped, out_units, reads_channels
 
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
@@ -90,10 +90,12 @@ def import_torch_pruning():
 
 
 def _is_unsupported_conv(module: nn.Module) -> bool:
-    """Convolutions whose channels Torch-Pruning cannot remove one by one: grouped (not depthwise) ones, whose
-    per-group weight slices would have to shrink alike, grouped transposed ones, and any other kind."""
+    """Convolutions whose channels cannot leave: one with ``groups == out_channels < in_channels`` (Torch-Pruning's
+    graph reads it as depthwise, one input channel per output), grouped transposed ones, and any other kind. A
+    grouped convolution (:func:`.common.is_grouped`) loses channels by the per-group rule
+    (:func:`prunedrop.slim.stage._grouped_rule`), a depthwise one with its channel."""
     if isinstance(module, CONV):
-        return module.groups > 1 and not is_depthwise(module)
+        return module.groups > 1 and not is_depthwise(module) and not is_grouped(module)
     if isinstance(module, CONV_TRANSPOSE):
         return module.groups > 1  # an ungrouped one loses output channels (weight axis 1) and input channels alike
     return isinstance(module, nn.modules.conv._ConvNd)

@@ -18,9 +18,10 @@ from ..compare import scaled_tolerance
 from ..errors import PrunedropError
 from ..layers.base import weight_unit_axis
 from .common import (
-    CONV_TRANSPOSE,
     WEIGHT_LAYERS,
+    input_slices,
     is_depthwise,
+    is_grouped,
     max_abs_diff,
     out_units,
     silent_units,
@@ -222,6 +223,8 @@ def _plan(
                 plan.kept[(gi, reason)].extend(r for r in roots if r in extra)
                 plan.zeroed[gi].extend(r for r in roots if r in extra)
                 roots[:] = [r for r in roots if r not in extra]
+    # 4b. Grouped convolutions keep their groups equal in size (after the rounding, which only keeps more).
+    _grouped_rule(analyses, plan, names)
     # 5. A pruned channel kept for its own reasons may still leave with a removed partner (a gate's second half,
     # whose first half silences the product): it is not named as kept.
     for gi, roots in plan.removal.items():
@@ -232,6 +235,109 @@ def _plan(
             if not plan.kept[key]:
                 del plan.kept[key]
     return plan
+
+
+def _grouped_sides(analyses: list[GroupAnalysis]) -> dict[nn.Module, tuple[dict[int, tuple[int, int]],
+                                                                            dict[int, tuple[int, int]]]]:
+    """Each grouped convolution (:func:`.common.is_grouped`) of the groups → (its input channel → the (group, root
+    channel) that it reads, its output channel → the (group, root channel) that it writes)."""
+    sides: dict[nn.Module, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
+    for gi, an in enumerate(analyses):
+        for root, channel in an.channels.items():
+            for node, idxs in an.consumers(channel):
+                if is_grouped(node.module):
+                    for i in idxs:
+                        sides.setdefault(node.module, ({}, {}))[0][i] = (gi, root)
+            for node in channel.members:
+                if is_grouped(node.module) and (unit := an.producer_index(node, channel)) is not None:
+                    sides.setdefault(node.module, ({}, {}))[1][unit] = (gi, root)
+    return sides
+
+
+def _group_cut(conv: nn.Module, gone_in: set[int], gone_out: set[int]) -> tuple[list[int], int, int]:
+    """How a grouped convolution loses the input channels ``gone_in`` and output channels ``gone_out``, as far as its
+    groups stay equal in size: (the groups that leave whole, every input and output channel of theirs gone; how many
+    input and how many output channels each other group can lose, the fewest any of them loses)."""
+    g = conv.groups
+    per_in, per_out = conv.in_channels // g, conv.out_channels // g
+    lost_in = [sum(j * per_in + t in gone_in for t in range(per_in)) for j in range(g)]
+    lost_out = [sum(j * per_out + t in gone_out for t in range(per_out)) for j in range(g)]
+    whole = [j for j in range(g) if lost_in[j] == per_in and lost_out[j] == per_out][:g - 1]  # one group stays
+    rest = [j for j in range(g) if j not in whole]
+    return whole, min(lost_in[j] for j in rest), min(lost_out[j] for j in rest)
+
+
+def _grouped_rule(analyses: list[GroupAnalysis], plan: _Plan, names: dict[Any, str]) -> None:
+    """Keep the removal that every grouped convolution can follow: its groups must stay equal in size, so a group
+    leaves whole (all its input and output channels go: ``groups`` shrinks; a depthwise convolution with a channel
+    multiplier loses an input channel with its k outputs), and each other group loses as many input channels as the
+    others and as many output channels as the others, the fewest that any of them loses. The pruned channels beyond
+    that, in the groups that lost more, stay as exact zeros (kept, with a note). Keeping a channel can change what
+    another grouped convolution that reads or writes it can lose, so this repeats until nothing changes."""
+    sides = _grouped_sides(analyses)
+    if not sides:
+        return
+    removed = plan.removed_keys()
+    why: dict[tuple[int, int], str] = {}
+    while True:
+        keep: set[tuple[int, int]] = set()
+        for conv, (reads, writes) in sides.items():
+            g = conv.groups
+            per_in, per_out = conv.in_channels // g, conv.out_channels // g
+            gone_in = {i for i, key in reads.items() if key in removed}
+            gone_out = {u for u, key in writes.items() if key in removed}
+            whole, m_in, m_out = _group_cut(conv, gone_in, gone_out)
+            held: set[tuple[int, int]] = set()
+            for j in range(g):
+                if j in whole:
+                    continue
+                ins = [reads[i] for i in range(j * per_in, (j + 1) * per_in) if i in gone_in]
+                outs = [writes[u] for u in range(j * per_out, (j + 1) * per_out) if u in gone_out]
+                held.update(ins[m_in:])
+                held.update(outs[m_out:])
+            for key in held - keep:
+                why.setdefault(key, (
+                    f"the grouped convolution {names.get(conv, '?')} (groups={g}) keeps its groups equal in size: a "
+                    f"group leaves whole (all of its channels pruned, in and out), and the others lose {m_in} input "
+                    f"and {m_out} output channel(s) each, the fewest any of them has pruned; these stay as zeros"))
+            keep |= held
+        keep &= removed
+        if not keep:
+            break
+        removed -= keep
+    kept: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for gi, roots in plan.removal.items():
+        for r in roots:
+            if (gi, r) not in removed:
+                kept[(gi, why[(gi, r)])].append(r)
+        roots[:] = [r for r in roots if (gi, r) in removed]
+    for key, roots in kept.items():
+        plan.kept[key].extend(roots)
+
+
+@torch.no_grad()
+def _slice_grouped(conv: nn.Module, gone_in: set[int], gone_out: set[int]) -> None:
+    """Remove the input channels ``gone_in`` and output channels ``gone_out`` (original numbers) of the grouped
+    convolution ``conv``: the groups that lose all of theirs leave (``groups`` shrinks), each other group keeps its
+    remaining columns (its own ones: groups may lose different input channels) and rows. :func:`_grouped_rule` made
+    the groups equal; anything else is a bug, raised as such."""
+    g = conv.groups
+    per_in, per_out = conv.in_channels // g, conv.out_channels // g
+    whole, m_in, m_out = _group_cut(conv, gone_in, gone_out)
+    rest = [j for j in range(g) if j not in whole]
+    columns = [[t for t in range(per_in) if j * per_in + t not in gone_in] for j in rest]
+    rows = [[j * per_out + t for t in range(per_out) if j * per_out + t not in gone_out] for j in rest]
+    if {len(c) for c in columns} != {per_in - m_in} or {len(r) for r in rows} != {per_out - m_out}:
+        raise RuntimeError(f"grouped convolution with groups={g} would lose different numbers of channels per group")
+    weight = conv.weight.detach()
+    pieces = [weight[r][:, c] for r, c in zip(rows, columns, strict=True)]
+    conv.weight = nn.Parameter(torch.cat(pieces).contiguous(), requires_grad=conv.weight.requires_grad)
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.detach()[[u for r in rows for u in r]].clone(),
+                                 requires_grad=conv.bias.requires_grad)
+    conv.groups = len(rest)
+    conv.in_channels = len(rest) * (per_in - m_in)
+    conv.out_channels = len(rest) * (per_out - m_out)
 
 
 def _fold_constants(plan: _Plan, names: dict[Any, str]) -> list[str]:
@@ -265,7 +371,7 @@ def _zero_columns(analyses: list[GroupAnalysis], zeroed: dict[int, list[int]]) -
         for root in roots:
             channel = an.channels[root]
             for node, idxs in an.consumers(channel):
-                node.module.weight[_inputs(node.module, idxs)] = 0
+                _zero_inputs(node.module, idxs)
             for node, entries in channel.members.items():  # the units that write it compute for nothing now
                 unit = entries[0][1] if is_depthwise(node.module) else an.producer_index(node, channel)
                 if unit is not None:
@@ -280,6 +386,7 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
     groups share (a consumer after a concatenation) before the next group's items were computed.
     """
     merged: dict[tuple[int, Any], tuple[Any, set[int]]] = {}
+    grouped: dict[nn.Module, tuple[set[int], set[int]]] = {}
     for gi, roots in removal.items():
         if not roots:
             continue
@@ -288,10 +395,17 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
             if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
                 continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
             handler = item.dep.handler
+            if is_grouped(target):  # sliced by the per-group rule below, inputs and outputs at once
+                graph = analyses[gi].graph
+                side = 1 if graph.is_out_channel_pruning_fn(handler) else 0
+                grouped.setdefault(target, (set(), set()))[side].update(int(i) for i in item.idxs)
+                continue
             slot = merged.setdefault((id(target), getattr(handler, "__func__", handler)), (item.dep, set()))
             slot[1].update(item.idxs)
     for dep, idxs in merged.values():
         dep(sorted(idxs))
+    for conv, (gone_in, gone_out) in grouped.items():
+        _slice_grouped(conv, gone_in, gone_out)
 
 
 def _every_channel(model: nn.Module, example_input: torch.Tensor, failed: dict[str, str] | None = None
@@ -354,7 +468,7 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
                     continue
                 for (c, idxs), (share, _) in zip(consumers, shares, strict=True):
                     fold(layers[c], share[0])
-                    layers[c].weight[_inputs(layers[c], idxs)] = 0
+                    _zero_inputs(layers[c], idxs)
             for name, index in producers:
                 _zero_unit(layers[name], index)
                 gone[name].add(index)
@@ -366,15 +480,16 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     return masks
 
 
-def _inputs(consumer: nn.Module, idxs: list[int]) -> tuple[Any, ...]:
-    """The index of ``consumer``'s weight slice that reads its input indices ``idxs``: the first axis of a transposed
-    convolution's ``(in, out / groups, *kernel)``, the second of every other layer's."""
-    return (idxs,) if isinstance(consumer, CONV_TRANSPOSE) else (slice(None), idxs)
+def _zero_inputs(consumer: nn.Module, idxs: list[int]) -> None:
+    """Zero ``consumer``'s weights that read its input indices ``idxs`` (:func:`.common.input_slices`)."""
+    for index in input_slices(consumer, idxs):
+        consumer.weight[index] = 0
 
 
 def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
     """Whether ``consumer`` has a non-zero weight on any of its input indices ``idxs``."""
-    return bool(consumer.weight.detach()[_inputs(consumer, idxs)].ne(0).any())
+    weight = consumer.weight.detach()
+    return any(bool(weight[index].ne(0).any()) for index in input_slices(consumer, idxs))
 
 
 @torch.no_grad()
