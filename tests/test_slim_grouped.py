@@ -285,6 +285,11 @@ def test_grouped_convolutions_are_no_longer_left_dense() -> None:
     summary = ConversionSummary()
     to_variational(model, Recipe(method="sbp"), summary=summary, example_input=x)
     assert not summary.unremovable and {"a", "b", "c"} <= set(summary.converted)
+    from prunedrop.inspection import inspect_model
+
+    model, x = _block()
+    status = {e["name"]: e["status"] for e in inspect_model(model, x, Recipe(method="sbp"))["layers"]}
+    assert status["a"] == status["b"] == status["c"] == "convert", status
 
 
 _ARCH = """\
@@ -390,3 +395,4 @@ def test_sbp_end_to_end_on_a_grouped_cnn_slims_the_grouped_layers(tmp_path: Path
     torch.testing.assert_close(torch.from_numpy(run_onnx(tmp_path / "out" / "model.onnx", xs)), slim_model(xs),
                                atol=1e-5, rtol=0)
     assert report["flops"]["after"] < report["flops"]["before"]
+    assert report["flops"]["after"] == _macs(slim_model.eval(), xs)  # the grouped layers as they are now

@@ -29,8 +29,13 @@ that is this module's part:
   the example input's resolution. In one rare layout — a constant through a kept, zero-padded depthwise
   convolution, then global pooling, then a Linear — the pooled constant depends on the resolution, so the
   fold is exact at the example's resolution only.)
-* **Unsupported places.** A channel that reaches the model output, passes through a grouped
-  (non-depthwise or transposed) convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
+* **Grouped convolutions.** A grouped convolution's groups must stay equal in size: a group leaves whole where all
+  of its input and output channels go (``groups`` shrinks; a depthwise convolution with a channel multiplier loses an
+  input channel with its k outputs), and every other group loses as many input channels, and as many output
+  channels, as the fewest any group prunes; the pruned channels beyond that stay as zeros (named in ``notes``), and
+  the producers of the input channels that stay keep them.
+* **Unsupported places.** A channel that reaches the model output, passes through a grouped transposed
+  convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
   or recurrent layer or a bare parameter, or meets the others in a mean, maximum, variance or softmax over the
   channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not change) is kept;
   ``notes`` says so. A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)

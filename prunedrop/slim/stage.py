@@ -503,7 +503,8 @@ def _zero_unit(layer: nn.Module, unit: int) -> None:
 def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
     """The Linear/Conv layers of the plain ``model`` none of whose output units :func:`slim` could ever remove,
     whatever the masks, each with the reason (the same blockers: a GroupNorm or LayerNorm that mixes channels, an
-    attention block, a grouped convolution, the model output); for a structured method's early
+    attention block, a grouped transposed convolution, the model output; a grouped convolution is none, it loses
+    channels alike in each group); for a structured method's early
     warning, before any training. Empty where the model cannot be traced. ``model`` is not modified."""
     free: set[str] = set()
     reasons: dict[str, str] = {}
