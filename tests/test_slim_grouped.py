@@ -396,3 +396,25 @@ def test_sbp_end_to_end_on_a_grouped_cnn_slims_the_grouped_layers(tmp_path: Path
                                atol=1e-5, rtol=0)
     assert report["flops"]["after"] < report["flops"]["before"]
     assert report["flops"]["after"] == _macs(slim_model.eval(), xs)  # the grouped layers as they are now
+
+
+def test_per_weight_dead_units_fold_into_their_own_group_only() -> None:
+    """sparse_vd's dead units (:func:`dead_units`): a unit whose weights are all pruned outputs a constant, which goes
+    into the bias of the grouped convolution that reads it, in its own group's outputs only, its column there zeroed."""
+    from prunedrop.slim import dead_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1, groups=2), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model[0].weight[[1, 5]] = 0  # outputs relu(bias): constant
+        model[0].bias[[1, 5]] = 0.5
+        want = model(x)
+    masks = dead_units(model, x)
+    assert masks["0"].tolist() == [True, False, True, True, True, False, True, True]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, atol=1e-6, rtol=0)
+    result = slim(model, masks, x)
+    assert result.removed["0"] == (8, 6) and result.model[2].in_channels == 6 and result.model[2].groups == 2
+    _exact(model, result, x)
