@@ -418,3 +418,15 @@ def test_per_weight_dead_units_fold_into_their_own_group_only() -> None:
     result = slim(model, masks, x)
     assert result.removed["0"] == (8, 6) and result.model[2].in_channels == 6 and result.model[2].groups == 2
     _exact(model, result, x)
+
+
+def test_width_rounding_leaves_a_grouped_convolutions_channels_alone() -> None:
+    """``channel_multiple`` keeps pruned channels to round a width; among a grouped convolution's, those kept made its
+    groups lose different numbers, and the equal-count rule then kept every pruned input channel (32, not 20)."""
+    model, x = _block(32, 4)  # groups of 8: a prunes 3, 3, 3 and 4 of them, b 4 of each
+    masks = _prune_units(model, {"a": [0, 1, 2, 8, 9, 10, 16, 17, 18, 24, 25, 26, 27],
+                                 "b": [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 28]})
+    for multiple in (1, 8):
+        result = slim(model, masks, x, channel_multiple=multiple)
+        assert result.removed["a"] == (32, 20) and result.removed["b"] == (32, 16), (multiple, result.removed)
+        _exact(model, result, x)

@@ -213,7 +213,13 @@ def _plan(
     # 4. Widths in whole blocks: keep some pruned (exactly silent) channels so that every group's width is a
     # multiple of channel_multiple; they stay in the model as they are, constants and all, so nothing changes.
     if channel_multiple > 1:
+        # not where a grouped convolution reads or writes the channels: the channels kept to round a width would make
+        # its groups lose different numbers, and the rule below would keep more (every group's, at worst)
+        grouped = {key[0] for reads, writes in _grouped_sides(analyses).values() for key in (*reads.values(),
+                                                                                            *writes.values())}
         for gi, roots in plan.removal.items():
+            if gi in grouped:
+                continue
             size = analyses[gi].size
             kept = size - len(roots)
             target = min(size, -(-kept // channel_multiple) * channel_multiple)
