@@ -51,6 +51,7 @@ class Case:
     lr: float = 1e-2
     note: str = ""
     scale: float = 1.0   # the model's output is multiplied by this constant (a careful user's tiny targets)
+    csv_names: list[str] | None = None  # written as csv:DIR (train/val/test.csv), labels as these names
 
 
 class Scaled(nn.Sequential):
@@ -218,6 +219,8 @@ CASES = [
     Case("huge_scale", huge_scale, 20, 3, note="features ×1e6, 4 constant columns"),
     Case("offset_target", offset_target, 10, 1, loss="mse", note="target mean 1e4"),
     Case("tiny_target", tiny_target, 10, 1, loss="mse", note="target scale 1e-4 (the output times 1e-4)", scale=1e-4),
+    Case("iris_csv", iris, 4, 3, note="iris as csv:DIR, labels as names (--class-names sorted)",
+         csv_names=["setosa", "versicolor", "virginica"]),
     Case("perfect", perfect, 10, 5, note="100% validation accuracy"),
     Case("poor", poor, 20, 3, note="30% random labels: a model near 60%"),
 ]
@@ -273,16 +276,28 @@ def run_case(case: Case, budget: float | None, tag: str) -> dict:
     data = WORK / f"{case.name}.npz"
     s = case.make()
     np.savez(data, **s)
+    spec = f"npz:{data.relative_to(ROOT)}"
+    if case.csv_names is not None:  # the same splits as csv:DIR, the labels as names
+        folder = WORK / case.name
+        folder.mkdir(exist_ok=True)
+        for split in ("train", "val", "test"):
+            x, y = s[f"x_{split}"], s[f"y_{split}"]
+            header = ",".join([f"f{i}" for i in range(x.shape[1])] + ["label"])
+            rows = [",".join([f"{v:.6g}" for v in row] + [case.csv_names[int(k)]]) for row, k in zip(x, y)]
+            (folder / f"{split}.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+        spec = f"csv:{folder.relative_to(ROOT)}"
     weights = WORK / f"{case.name}.pt"
     t0 = time.perf_counter()
     torch.save(train_dense(case, s).state_dict(), weights)
     train_s = time.perf_counter() - t0
     out = WORK / f"{case.name}-{tag}"
     cmd = [sys.executable, "-m", "prunedrop", "compress", str(weights.relative_to(ROOT)), "--arch",
-           f"benchmarks.autopilot_data:{case.name}", "--data", f"npz:{data.relative_to(ROOT)}", "-o",
+           f"benchmarks.autopilot_data:{case.name}", "--data", spec, "-o",
            str(out.relative_to(ROOT)), "--overwrite"]
     if case.loss == "mse":
         cmd += ["--loss", "mse"]
+    if case.csv_names is not None:
+        cmd += ["--class-names", "sorted"]
     if budget is not None:
         cmd += ["--max-drop", str(budget)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
