@@ -299,3 +299,12 @@ def test_a_gpt2_classifier_without_a_pad_id_is_refused(tmp_path: Path) -> None:
     folder = _save(cls(config), tmp_path / "nopad")
     with pytest.raises(PrunedropError, match="fails on a batch of two sentences .*set pad_token_id in its config.json"):
         load_model(folder)
+
+
+def test_a_bfloat16_checkpoint_loads_in_float32(tmp_path: Path) -> None:
+    """transformers 5 loads a checkpoint in the dtype it was saved in; prunedrop trains and exports float32."""
+    cls, config = _configs()["bert"]
+    torch.manual_seed(0)
+    folder = _save(cls(config).to(torch.bfloat16), tmp_path / "bf16")
+    assert json.loads((folder / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"
+    assert {p.dtype for p in load_model(folder).parameters()} == {torch.float32}

@@ -83,7 +83,8 @@ def load_hf_model(path: Path, log: Callable[[str], None] | None = None) -> HFTex
         cls = _head_class(transformers, config, path)
         try:
             model, info = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
-                                              output_loading_info=True, attn_implementation="eager")
+                                              output_loading_info=True, attn_implementation="eager",
+                                              dtype=torch.float32)  # a bf16 / fp16 checkpoint trains in float32
         except Exception as e:
             raise PrunedropError(f"transformers cannot load the weights of {path} into {cls.__name__} "
                                  f"({reason(e)}); save the model again with save_pretrained") from None
