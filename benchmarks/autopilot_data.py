@@ -126,6 +126,12 @@ def digits_val20() -> Splits:
     return s
 
 
+def digits_value() -> Splits:
+    """The digits, the digit's value (0 to 9) as a regression target."""
+    x, y = _digits()
+    return _split(x, y.astype(np.float32), (0.2, 0.2), stratify=False)
+
+
 def imbalance() -> Splits:
     """Two classes, 95/5, 3,000 samples, 20 features."""
     from sklearn.datasets import make_classification
@@ -212,6 +218,7 @@ CASES = [
     Case("linnerud", linnerud, 3, 3, loss="mse", note="20 samples, 3 targets, 4 validation"),
     Case("diabetes", diabetes, 10, 1, loss="mse", note="442 samples, target mean 152"),
     Case("digits_val20", digits_val20, 64, 10, hidden=128, note="validation of 20 images (one = 5 points)"),
+    Case("digits_value", digits_value, 64, 1, hidden=128, loss="mse", note="digits, the value 0-9 as an mse target"),
     Case("imbalance", imbalance, 20, 2, note="95/5, 3,000 samples"),
     Case("many_classes", many_classes, 20, 50, hidden=128, note="50 classes × 10 samples"),
     Case("sparse_labels", sparse_labels, 13, 8, note="wine, labels {0, 3, 7}, 8 outputs"),
