@@ -136,3 +136,19 @@ def test_a_class_with_no_validation_sample_is_named_before_training(tmp_path: Pa
         assert any(n.startswith("class 2 (") and "no validation sample" in n for n in measured.notes), measured.notes
     finally:
         measured.discard()
+
+
+def test_an_mse_run_on_a_small_validation_split_borrows_training_rows_for_its_checks(tmp_path: Path) -> None:
+    """The relative error of 80 validation rows moves by more than a 1% budget's aim between checks: the checks also
+    count training rows (the budget is still judged on validation data alone)."""
+    lines: list[str] = []
+    data = _regression(1.0)
+    torch.manual_seed(0)
+    x, y = data.train.tensors
+    model = fit(_ScaledMLP(1.0), x, y, 300, loss="mse").eval()
+    report = compress(model, data, Recipe(**{**_QUICK_MSE, "epochs": 2}), tmp_path, progress=False,
+                      log=lines.append).report
+    assert report["autopilot"]["check_samples"] == {"validation": 80, "training": 240}
+    assert any("the 80 validation samples are fewer than" in line and "240 training samples" in line
+               for line in lines), lines
+    assert report["sweep"]["selected_on"] == "val"
