@@ -132,6 +132,14 @@ def digits_value() -> Splits:
     return _split(x, y.astype(np.float32), (0.2, 0.2), stratify=False)
 
 
+def cancer_radius() -> Splits:
+    """The breast cancer set's mean radius (its first column) as an mse target, from the 27 columns that are not
+    radius, perimeter or area, unscaled."""
+    x, _ = _sk("load_breast_cancer")
+    keep = [i for i in range(30) if i % 10 not in (0, 2, 3)]
+    return _split(x[:, keep], x[:, 0].astype(np.float32), (0.2, 0.2), stratify=False)
+
+
 def imbalance() -> Splits:
     """Two classes, 95/5, 3,000 samples, 20 features."""
     from sklearn.datasets import make_classification
@@ -219,6 +227,8 @@ CASES = [
     Case("diabetes", diabetes, 10, 1, loss="mse", note="442 samples, target mean 152"),
     Case("digits_val20", digits_val20, 64, 10, hidden=128, note="validation of 20 images (one = 5 points)"),
     Case("digits_value", digits_value, 64, 1, hidden=128, loss="mse", note="digits, the value 0-9 as an mse target"),
+    Case("digits_value64", digits_value, 64, 1, hidden=64, loss="mse", note="the same, a 64-wide MLP"),
+    Case("cancer_radius", cancer_radius, 21, 1, loss="mse", note="breast cancer's mean radius as an mse target"),
     Case("imbalance", imbalance, 20, 2, note="95/5, 3,000 samples"),
     Case("many_classes", many_classes, 20, 50, hidden=128, note="50 classes × 10 samples"),
     Case("sparse_labels", sparse_labels, 13, 8, note="wine, labels {0, 3, 7}, 8 outputs"),
