@@ -308,3 +308,33 @@ def test_a_bfloat16_checkpoint_loads_in_float32(tmp_path: Path) -> None:
     folder = _save(cls(config).to(torch.bfloat16), tmp_path / "bf16")
     assert json.loads((folder / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"
     assert {p.dtype for p in load_model(folder).parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(("kind", "feed_forward"), [("bert", "bert.encoder.layer.0.intermediate.dense"),
+                                                    ("gpt2", "transformer.h.0.mlp.c_fc")])
+def test_group_vd_removes_feed_forward_units_inside_hf_layers(folders: dict[str, Path], kind: str, feed_forward: str,
+                                                               tmp_path: Path) -> None:
+    """Structured pruning in HF blocks: the feed-forward units leave (GPT-2's Conv1D, now a Linear, too), the
+    attention's projections stay dense (their channels pass through the heads' reshape or a LayerNorm)."""
+    from prunedrop.convert import ConversionSummary, to_variational, variational_layers
+    from prunedrop.prune import prune
+    from prunedrop.recipes import load_recipe
+    from prunedrop.slim import slim
+
+    torch.manual_seed(0)
+    model = load_model(folders[kind])
+    x = _padded([[3, 5, 7, 9, 2, 8, 1, 1], [4, 4, 6], [9, 5]], 8)
+    summary = ConversionSummary()
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "group-vd.yaml")
+    variational = to_variational(model, recipe, summary=summary, example_input=x[:2]).eval()
+    assert f"model.{feed_forward}" in summary.converted
+    assert not any("attn" in name or "attention" in name for name in summary.converted)
+    with torch.no_grad():
+        for layer in variational_layers(variational).values():
+            layer.log_alpha_param[::2] = 8.0  # every other unit far past the threshold (log α > 3)
+    pruned = prune(variational)
+    slimmed = slim(pruned.model.eval(), pruned.unit_masks, x)
+    before, after = slimmed.removed[f"model.{feed_forward}"]
+    assert after == before // 2 and slimmed.max_abs_diff < 1e-5
+    export_onnx(slimmed.model.eval(), x[:2], tmp_path / "slim.onnx")
+    assert verify_onnx(tmp_path / "slim.onnx", slimmed.model.eval(), x) < 1e-4
