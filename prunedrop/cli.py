@@ -139,7 +139,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
              quiet: bool, **overrides: Any) -> None:
     """Compress MODEL and write the smaller model, its ONNX export and a report to -o.
 
-    MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module.
+    MODEL is a state dict (with --arch) or, with --trust-pickle, a pickled nn.Module, or a Hugging Face
+    save_pretrained folder (a classifier; with tokenized hf: data).
     """
     from .data import fit_inputs, load_data
     from .distributed import barrier, cleanup, is_main
