@@ -338,3 +338,26 @@ def test_group_vd_removes_feed_forward_units_inside_hf_layers(folders: dict[str,
     assert after == before // 2 and slimmed.max_abs_diff < 1e-5
     export_onnx(slimmed.model.eval(), x[:2], tmp_path / "slim.onnx")
     assert verify_onnx(tmp_path / "slim.onnx", slimmed.model.eval(), x) < 1e-4
+
+
+def test_a_token_classifier_gives_its_classes_on_the_second_axis(tmp_path: Path) -> None:
+    """AutoModelForTokenClassification's logits are (N, length, classes); prunedrop, like cross_entropy, reads
+    (N, classes, length), with the per-token labels padded with -100."""
+    from prunedrop.task import fit_task
+
+    _, config = _configs()["bert"]
+    torch.manual_seed(0)
+    folder = _save(transformers.BertForTokenClassification(type(config)(**{**config.to_dict(), "num_labels": 3})),
+                   tmp_path / "tagger")
+    model = load_model(folder)
+    ids = [[3, 5, 7], [4, 9, 2, 8, 6]]
+    split = {"input_ids": ids, "labels": [[v % 3 for v in s] for s in ids]}
+    ds = _dataset(tmp_path / "ds", {"train": split, "validation": split})
+    recipe = Recipe(label_column="labels")
+    data = load_data(f"hf:{ds}", recipe=data_recipe(model, recipe))
+    assert data.train.tensors[1].tolist() == [[0, 2, 1, -100, -100], [1, 0, 2, 2, 0]]
+    with torch.no_grad():
+        assert model(data.train.tensors[0]).shape == (2, 3, 5)
+    assert fit_task(model, data, recipe).loss == "cross_entropy"
+    export_onnx(model, data.train.tensors[0], tmp_path / "tagger.onnx")
+    assert verify_onnx(tmp_path / "tagger.onnx", model, data.train.tensors[0]) < 1e-4

@@ -39,19 +39,22 @@ _HEADS = {
 
 class HFTextModel(nn.Module):
     """A ``transformers`` model with a task head, as one tensor in (``input_ids``, int64, batch × length), one out
-    (the head's ``logits``). Positions holding ``pad_token_id`` are masked out of attention (``attention_mask``);
-    with no pad id every position is attended to."""
+    (the head's ``logits``: batch × classes; with ``per_token``, a token classifier's, batch × classes × length, the
+    classes on the second axis as torch's ``cross_entropy`` reads them). Positions holding ``pad_token_id`` are
+    masked out of attention (``attention_mask``); with no pad id every position is attended to."""
 
-    def __init__(self, model: nn.Module, pad_token_id: int | None) -> None:
+    def __init__(self, model: nn.Module, pad_token_id: int | None, per_token: bool = False) -> None:
         super().__init__()
         self.model = model
         self.pad_token_id = pad_token_id
+        self.per_token = per_token
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.pad_token_id is None:
-            return self.model(input_ids=input_ids).logits
-        mask = (input_ids != self.pad_token_id).long()
-        return self.model(input_ids=input_ids, attention_mask=mask).logits
+            logits = self.model(input_ids=input_ids).logits
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=(input_ids != self.pad_token_id).long()).logits
+        return logits.transpose(1, 2) if self.per_token else logits  # (N, L, C) -> (N, C, L)
 
 
 def is_hf_folder(path: str | os.PathLike[str]) -> bool:
@@ -98,7 +101,8 @@ def load_hf_model(path: Path, log: Callable[[str], None] | None = None) -> HFTex
         log(f"{path.name}: {replaced} transformers Conv1D layer(s) (a Linear with its weight transposed) run as "
             "nn.Linear with the same weights, so that they are converted like every Linear")
     pad = config.pad_token_id
-    wrapped = HFTextModel(model, None if pad is None else int(pad)).to("cpu").eval()
+    per_token = _heads()[cls.__name__] == "AutoModelForTokenClassification"
+    wrapped = HFTextModel(model, None if pad is None else int(pad), per_token).to("cpu").eval()
     _check_batches_run(wrapped, cls.__name__, path)
     return wrapped
 
@@ -158,12 +162,16 @@ def _config(transformers: Any, path: Path) -> Any:
                              "model_type") from None
 
 
-def _head_class(transformers: Any, config: Any, path: Path) -> type:
-    """The class named by the config's ``architectures``, when it is one of the task heads prunedrop runs."""
+def _heads() -> dict[str, str]:
+    """Each task-head class name that prunedrop runs -> the Auto class that loads it."""
     from transformers.models.auto import modeling_auto
 
-    heads = {name: auto for table, auto in _HEADS.items()
-             for name in getattr(modeling_auto, table, {}).values()}
+    return {name: auto for table, auto in _HEADS.items() for name in getattr(modeling_auto, table, {}).values()}
+
+
+def _head_class(transformers: Any, config: Any, path: Path) -> type:
+    """The class named by the config's ``architectures``, when it is one of the task heads prunedrop runs."""
+    heads = _heads()
     named = list(getattr(config, "architectures", None) or [])
     autos = " or ".join(_HEADS.values())
     if not named:
