@@ -361,3 +361,12 @@ def test_a_token_classifier_gives_its_classes_on_the_second_axis(tmp_path: Path)
     assert fit_task(model, data, recipe).loss == "cross_entropy"
     export_onnx(model, data.train.tensors[0], tmp_path / "tagger.onnx")
     assert verify_onnx(tmp_path / "tagger.onnx", model, data.train.tensors[0]) < 1e-4
+
+
+def test_sentences_longer_than_the_model_positions_are_refused(folders: dict[str, Path], tmp_path: Path) -> None:
+    ds = _dataset(tmp_path / "ds", {"train": {"input_ids": [[1, 2, 3] * 14, [4, 5]] * 10, "label": [0, 1] * 10}})
+    result = CliRunner().invoke(cli, ["compress", str(folders["distilbert"]), "--data", f"hf:{ds}", "-o",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "hold 42 tokens per sample but the model has 32 positions" in result.output
+    assert not (tmp_path / "out").exists()

@@ -43,13 +43,19 @@ class HFTextModel(nn.Module):
     classes on the second axis as torch's ``cross_entropy`` reads them). Positions holding ``pad_token_id`` are
     masked out of attention (``attention_mask``); with no pad id every position is attended to."""
 
-    def __init__(self, model: nn.Module, pad_token_id: int | None, per_token: bool = False) -> None:
+    def __init__(self, model: nn.Module, pad_token_id: int | None, per_token: bool = False,
+                 max_length: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.pad_token_id = pad_token_id
         self.per_token = per_token
+        self.max_length = max_length
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.max_length is not None and input_ids.shape[-1] > self.max_length:
+            raise PrunedropError(f"the inputs hold {input_ids.shape[-1]} tokens per sample but the model has "
+                                 f"{self.max_length} positions (config.json max_position_embeddings): truncate the "
+                                 f"sentences to {self.max_length} tokens when tokenizing (truncation=True)")
         if self.pad_token_id is None:
             logits = self.model(input_ids=input_ids).logits
         else:
@@ -102,7 +108,9 @@ def load_hf_model(path: Path, log: Callable[[str], None] | None = None) -> HFTex
             "nn.Linear with the same weights, so that they are converted like every Linear")
     pad = config.pad_token_id
     per_token = _heads()[cls.__name__] == "AutoModelForTokenClassification"
-    wrapped = HFTextModel(model, None if pad is None else int(pad), per_token).to("cpu").eval()
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    wrapped = HFTextModel(model, None if pad is None else int(pad), per_token,
+                          int(positions) if isinstance(positions, int) else None).to("cpu").eval()
     _check_batches_run(wrapped, cls.__name__, path)
     return wrapped
 
