@@ -412,7 +412,7 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     from .recipes import load_recipe
     from .safety import check_finite_weights
     from .storage import load_model, parse_arch_kwargs
-    from .storage.hf_model import data_recipe
+    from .storage.hf_model import HFTextModel, data_recipe
     from .task import output_shape_on
 
     if input_shape is not None and (data_spec is not None or data_dir is not None):
@@ -440,6 +440,9 @@ def inspect_cmd(model: Path, arch: str | None, arch_kwargs: str | None, trust_pi
     net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=parse_arch_kwargs(arch_kwargs),
                      log=lambda m: click.echo(m, err=True))
     check_finite_weights(net, f"model {model}")
+    if example is None and data_spec is None and isinstance(net, HFTextModel):  # not the digits' images
+        raise click.UsageError("a Hugging Face model takes token ids: give its tokenized data (--data hf:PATH) or "
+                               "a sentence length (--input-shape 128)")
     if example is None:
         from .data import fit_inputs, load_data
 

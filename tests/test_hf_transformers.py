@@ -370,3 +370,12 @@ def test_sentences_longer_than_the_model_positions_are_refused(folders: dict[str
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "hold 42 tokens per sample but the model has 32 positions" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_a_model_folder(folders: dict[str, Path], tokens: Path) -> None:
+    runner = CliRunner()
+    bare = runner.invoke(cli, ["inspect", str(folders["bert"])])
+    assert bare.exit_code == 2 and "takes token ids: give its tokenized data (--data hf:PATH)" in bare.output
+    given = runner.invoke(cli, ["inspect", str(folders["bert"]), "--data", f"hf:{tokens}"])
+    assert given.exit_code == 0, given.output
+    assert "model.bert.encoder.layer.0.intermediate.dense" in given.output and "convert" in given.output
