@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import PrunedropError
 from .layers import LAYER_REGISTRY, VariationalLayer, from_dense_options
-from .layers._units import OutputUnitNoise, tie_units
+from .layers._units import OutputUnitNoise, tie_slots, tie_units
 from .layers.sparse_vd import SparseVD
 from .recipes import Recipe
 
@@ -36,6 +36,9 @@ class ConversionSummary:
     """Leaf modules with parameters of a type that no registered variational layer replaces (BatchNorm, LayerNorm, user layers): name → type."""
     tied: list[list[str]] = field(default_factory=list)
     """Groups of converted layers sharing one noise per unit (recipe key ``tie_residual``)."""
+    slots: dict[str, int] = field(default_factory=dict)
+    """Converted layers whose units are tied in slots around a grouped convolution (recipe key ``tie_grouped``): name
+    → the period p (unit ``j·p + t`` of every group j shares slot t's noise)."""
     folded: list[list[str]] = field(default_factory=list)
     """(convolution, BatchNorm) pairs folded before the conversion (recipe key ``batchnorm_noise: fold``)."""
     output_layers: list[str] = field(default_factory=list)
@@ -425,6 +428,21 @@ def to_variational(
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
                                  f"{first}); set tie_residual: false in the recipe") from None
+    slots: dict[str, int] = {}
+    if structured and recipe.tie_grouped and not dry_run:
+        if example_input is None:
+            raise PrunedropError("recipe key tie_grouped needs an example input to trace the model's grouped "
+                                 "convolutions (to_variational(..., example_input=batch))")
+        from .slim import grouped_slots
+
+        try:
+            slots = grouped_slots(model, example_input)
+        except PrunedropError:
+            raise
+        except Exception as e:  # the dependency-graph tracing met something it cannot follow
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise PrunedropError(f"tie_grouped: tracing the model's grouped convolutions failed ({type(e).__name__}: "
+                                 f"{first}); set tie_grouped: false in the recipe") from None
     bare: dict[str, list[tuple[str, nn.Parameter]]] = {}
     total = sum(p.numel() for p in model.parameters())
     model = swap(model, "")
@@ -452,6 +470,8 @@ def to_variational(
             if len(tied) > 1:
                 tie_units([modules[n] for n in tied])
                 summary.tied.append(tied)
+    if slots:
+        _tie_grouped_slots(model, slots, summary)
     if not summary.converted:
         by_globs = [n for n in summary.excluded if n not in summary.output_layers and n not in sharing
                     and n not in summary.hooked and n not in summary.cut_off and n not in summary.unremovable]
@@ -463,6 +483,35 @@ def to_variational(
             hint = f"{hint}; {bare_note}"
         raise PrunedropError(f"no layer of the model can be converted by recipe method {recipe.method!r}: {hint}")
     return model
+
+
+def _tie_grouped_slots(model: nn.Module, slots: dict[str, int], summary: ConversionSummary) -> None:
+    """Tie the converted layers of ``slots`` (:func:`prunedrop.slim.grouped_slots`: name → period) in slots
+    (:func:`~prunedrop.layers._units.tie_slots`). A residual group that shares one noise (``tie_residual``) is tied
+    as one, in the greatest common divisor of its members' periods, so every member's slot structure holds."""
+    import math
+
+    modules = dict(model.named_modules())
+    done: set[str] = set()
+    for name in slots:
+        if name in done or not isinstance(modules.get(name), OutputUnitNoise):
+            continue
+        members = next((g for g in summary.tied if name in g), [name])
+        period = 0
+        for member in members:
+            period = math.gcd(period, slots.get(member, 0))
+        layers = [modules[n] for n in members]
+        done.update(members)
+        if period < 1 or period >= layers[0].num_units:
+            continue
+        tie_slots(layers, period)
+        for member in members:
+            summary.slots[member] = period
+    if summary.slots:
+        shown = ", ".join(f"{n} ({p})" for n, p in list(summary.slots.items())[:8])
+        more = f" and {len(summary.slots) - 8} more" if len(summary.slots) > 8 else ""
+        summary.notes.append(f"one noise per slot around grouped convolutions (tie_grouped; channel t of every group "
+                             f"of the period in brackets): {shown}{more}")
 
 
 BARE_SHARE = 0.1

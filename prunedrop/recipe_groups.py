@@ -368,6 +368,15 @@ class StructureConfig:
     model once. A stream channel can leave only when all of its producers prune it, and separate noises rarely all
     agree; tied, the channel is one decision. Each member still adds the shared KL with its own ``kl_weights`` factor."""
 
+    tie_grouped: bool = setting(False)
+    """Structured methods (sbp, group_vd, sbp_sparse_vd): around a grouped convolution (ResNeXt's, RegNet's), tie
+    channel t of every group to one noise (a slot): its own output channels, in slots of ``out_channels / groups``,
+    and the layer that writes its input channels, in slots of ``in_channels / groups`` (found by tracing the model
+    once; a depthwise convolution with a channel multiplier is left per channel). Its groups must stay equal in size,
+    so slimming removes a pruned channel only as far as every group lost as many and keeps the rest as zeros; a slot
+    leaves from every group at once, exactly. No effect on a model without grouped convolutions.
+    docs/structured-pruning.md."""
+
     batchnorm_noise: Literal["after", "fold", "before"] = setting("after")
     """Structured methods (sbp, group_vd, sbp_sparse_vd): where a convolution's unit noise goes when a BatchNorm alone
     follows it (found with a torch.fx trace). ``after``: on the BatchNorm's output; the pair is one unit, so the

@@ -47,7 +47,7 @@ class TiedDraw:
 
     def multiplier(self, layer: OutputUnitNoise, shape: list[int], unit_axis: int) -> torch.Tensor:
         if self.sample is None or self.spent or id(layer) in self.users or list(self.sample.shape) != shape:
-            self.sample, self.users, self.spent = layer._sample_multiplier(shape, unit_axis), set(), False
+            self.sample, self.users, self.spent = layer._draw(shape, unit_axis), set(), False
             if self.sample.requires_grad:
                 self.sample.register_hook(self._backward_went_through)
         self.users.add(id(layer))
@@ -76,6 +76,10 @@ class OutputUnitNoise(VariationalLayer):
     bias: nn.Parameter | None
     unit_noise_names: tuple[str, ...] = ()
     _tied: TiedDraw | None = None
+    #: where set (:func:`tie_slots`), the per-unit noise parameters hold one entry per slot ``t`` of this period,
+    #: shared by the units ``j·period + t`` of every group j: each slot is one noise (one draw per pass)
+    unit_period: int | None = None
+    _slot_raw: bool = False
     #: whether ``_eval_multiplier(None)`` depends on nothing but the per-unit parameters (``unit_noise_names``) and
     #: ``threshold``, so that eval-mode passes reuse it while those are unchanged (:meth:`_eval_multiplier_now`); the
     #: built-in families say so, a user's layer is recomputed every pass unless it does
@@ -98,6 +102,15 @@ class OutputUnitNoise(VariationalLayer):
     def num_units(self) -> int:
         """The number of output units (out features, out channels), each with its own noise."""
         return int(self.weight.shape[weight_unit_axis(self)])
+
+    def _per_unit_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-unit noise values from the stored ones: unchanged, or where the units are tied in slots
+        (:func:`tie_slots`) each slot's value repeated for every group (while a training draw is made per slot, the
+        slots' own values)."""
+        period = self.unit_period
+        if period is None or self._slot_raw or values.shape[0] != period:
+            return values
+        return values.repeat(self.num_units // period)
 
     def _per_unit(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``values`` (one per unit) shaped to broadcast over ``like`` (the weight) along its unit axis."""
@@ -160,7 +173,24 @@ class OutputUnitNoise(VariationalLayer):
             shape[batch_axis] = y.shape[batch_axis]
         if self._tied is not None:
             return y * self._tied.multiplier(self, shape, unit_axis).to(y.dtype)
-        return y * self._sample_multiplier(shape, unit_axis).to(y.dtype)
+        return y * self._draw(shape, unit_axis).to(y.dtype)
+
+    def _draw(self, shape: list[int], unit_axis: int) -> torch.Tensor:
+        """A training multiplier of ``shape``: one draw per example and unit, or per slot where the units are tied in
+        slots (:func:`tie_slots`), repeated for every group along the unit axis."""
+        period = self.unit_period
+        if period is None:
+            return self._sample_multiplier(shape, unit_axis)
+        reps = [1] * len(shape)
+        reps[unit_axis] = shape[unit_axis] // period
+        slots = list(shape)
+        slots[unit_axis] = period
+        self._slot_raw = True
+        try:
+            sample = self._sample_multiplier(slots, unit_axis)
+        finally:
+            self._slot_raw = False
+        return sample.repeat(reps)
 
     def _eval_multiplier_now(self) -> torch.Tensor:
         """``_eval_multiplier(None)``, reused between eval-mode passes while the per-unit parameters (the same objects,
@@ -278,3 +308,34 @@ def tie_units(layers: list[nn.Module]) -> None:
         for name in names:
             setattr(layer, name, getattr(lead, name))
         layer._tied = draw
+
+
+def tie_slots(layers: list[nn.Module], period: int) -> None:
+    """Tie the units of ``layers`` in slots: unit ``j·period + t`` of every group j (of ``num_units / period``) takes
+    the one noise of slot t: the per-unit noise parameters shrink to ``period`` entries (the first group's), and a
+    training pass draws one multiplier per example and slot, so slot t is kept or pruned in every group at once.
+    Several layers (a residual group that :func:`tie_units` tied: one noise already) are tied in slots together.
+
+    For the convolutions around a grouped one (``recipe key tie_grouped``, :func:`prunedrop.slim.grouped_slots`): its
+    groups must stay equal in size, so a channel leaves only where every group can lose as many, and separate
+    noises per channel rarely agree; a slot leaves from every group exactly. The KL is still summed per unit, so a
+    slot pays the prior once for every channel it occupies, as its channels cost multiply-adds in every group.
+    """
+    lead = layers[0]
+    names = getattr(lead, "unit_noise_names", ())
+    for layer in layers:
+        if not isinstance(layer, OutputUnitNoise) or not names or layer.unit_noise_names != names:
+            raise TypeError(f"cannot tie the units of {type(layer).__name__} in slots: not a unit-noise layer")
+        if layer.unit_period is not None:
+            raise ValueError("the layer's units are tied in slots already")
+        if any(getattr(layer, n) is not getattr(lead, n) for n in names):
+            raise ValueError("layers tied in slots together must share their noise (tie_units) first")
+        if period < 1 or layer.num_units % period:
+            raise ValueError(f"cannot tie {layer.num_units} units in slots of period {period}")
+    for name in names:
+        value = getattr(lead, name)
+        shared = nn.Parameter(value.detach()[:period].clone(), requires_grad=value.requires_grad)
+        for layer in layers:
+            setattr(layer, name, shared)
+    for layer in layers:
+        layer.unit_period = int(period)

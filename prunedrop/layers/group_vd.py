@@ -75,6 +75,11 @@ class GroupVD(GroupLogAlpha, OutputUnitNoise):
 
     unit_noise_names = ("log_alpha_param",)
 
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """Clipped log α per unit (per slot's units where they are tied in slots: :func:`~._units.tie_slots`)."""
+        return self._per_unit_values(GroupLogAlpha.log_alpha.fget(self))  # type: ignore[attr-defined]
+
     @classmethod
     def from_dense(
         cls,

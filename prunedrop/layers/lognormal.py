@@ -202,8 +202,8 @@ class LogNormal(OutputUnitNoise):
     def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clamped (μ, log σ, σ), in at least float32: half precision cannot hold these statistics."""
         dtype = torch.promote_types(self.mu.dtype, torch.float32)
-        mu = self.mu.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
-        log_sigma = self.log_sigma.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
+        mu = self._per_unit_values(self.mu).to(dtype).clamp(PARAM_MIN, PARAM_MAX)
+        log_sigma = self._per_unit_values(self.log_sigma).to(dtype).clamp(PARAM_MIN, PARAM_MAX)
         return mu, log_sigma, torch.exp(log_sigma)
 
     def kl(self) -> torch.Tensor:

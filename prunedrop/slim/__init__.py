@@ -57,7 +57,7 @@ heads and embedding rows, :func:`remove_heads_and_rows`) and :mod:`.common` (wha
 """
 
 from .common import WEIGHT_LAYERS, silent_units
-from .coupling import coupled_producers
+from .coupling import coupled_producers, grouped_slots
 from .heads import HeadsAndRowsResult, remove_heads_and_rows
 from .recurrent import RecurrentSlimResult, slim_recurrent, split_recurrent_masks
 from .stage import SlimResult, dead_units, slim, unremovable_layers
@@ -68,6 +68,7 @@ __all__ = [
     "RecurrentSlimResult",
     "SlimResult",
     "coupled_producers",
+    "grouped_slots",
     "remove_heads_and_rows",
     "silent_units",
     "slim",

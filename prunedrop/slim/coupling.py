@@ -934,3 +934,62 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
         if len(members) > 1 and len(members) == len(units):
             groups[tuple(sorted(members, key=order.__getitem__))] = None
     return [list(g) for g in groups]
+
+
+def grouped_slots(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Layers whose units a grouped convolution wants tied in slots (recipe key ``tie_grouped``): layer name → the
+    period p, unit ``j·p + t`` of every group j being slot t.
+
+    A grouped convolution (:func:`.common.is_grouped`) keeps its groups equal in size, so it loses a channel only as
+    far as every group loses as many (:func:`prunedrop.slim.stage._grouped_rule`). Its own output channels are slots of
+    ``out_channels / groups``; the layers that write its input channels (numbered as it reads them, every one of
+    them) are slots of ``in_channels / groups``. A layer asked for two periods takes their greatest common divisor
+    (every slot structure then holds). A depthwise convolution with a channel multiplier (one input channel per
+    group) is left per channel: its groups are single input channels that leave whole, with their k outputs, and a
+    slot of its k outputs would keep every group; only where it feeds a grouped convolution that asks for slots of
+    its outputs are they slots of the greatest common divisor of that period and k (its own rule holds too). Periods that equal the layer's width (nothing tied) are dropped. Traces
+    ``model`` once on ``example_input`` (as :func:`coupled_producers`); the model is not modified.
+    """
+    import math
+
+    if not any(is_grouped(m) and m.in_channels // m.groups > 1 for m in model.modules()):
+        return {}
+    tp = import_torch_pruning()
+    with all_requiring_grad(model):
+        graph, _ = trace(tp, model, example_input.detach())
+        every, _ = unit_groups(graph)
+    layers = dict(model.named_modules())
+    names = node_names(model)
+    periods: dict[str, int] = {}
+
+    def want(name: str, period: int) -> None:
+        periods[name] = math.gcd(periods.get(name, period), period)
+
+    # grouped convolution → its input index → the (producer, unit) pairs that write it
+    writers: dict[nn.Module, dict[int, set[tuple[str, int | None]]]] = defaultdict(lambda: defaultdict(set))
+    for g in every:
+        an = GroupAnalysis(graph, g, names, {}, set())
+        for channel in an.channels.values():
+            producers = {(names[node.module], an.producer_index(node, channel)) for node in channel.members
+                         if node.module in names and isinstance(node.module, WEIGHT_LAYERS)
+                         and not is_depthwise(node.module)}
+            for node, idxs in an.consumers(channel):
+                if is_grouped(node.module):
+                    for i in idxs:
+                        writers[node.module][i].update(producers)
+    for name, conv in layers.items():
+        if not is_grouped(conv) or conv.in_channels // conv.groups == 1:
+            continue
+        want(name, conv.out_channels // conv.groups)
+        by_input = writers.get(conv, {})
+        if len(by_input) != conv.in_channels:
+            continue
+        candidates = set.intersection(*({p for p, _ in pairs} for pairs in by_input.values()))
+        for producer in candidates:
+            if out_units(layers[producer]) == conv.in_channels and all(
+                    (producer, i) in by_input[i] for i in range(conv.in_channels)):
+                want(producer, conv.in_channels // conv.groups)
+    for name, conv in layers.items():  # a multiplier asked for slots by the grouped layer it feeds keeps its own too
+        if name in periods and is_grouped(conv) and conv.in_channels // conv.groups == 1:
+            want(name, conv.out_channels // conv.groups)
+    return {n: p for n, p in periods.items() if p < out_units(layers[n])}
