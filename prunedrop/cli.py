@@ -161,7 +161,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     )
     from .safety import check_finite_weights, check_output_folder
     from .storage import load_model, parse_arch_kwargs
-    from .storage.hf_model import data_recipe
+    from .storage.hf_model import HFTextModel, data_recipe
     from .task import fit_task
     from .train import resolve_device
 
@@ -204,6 +204,8 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     net = load_model(model, arch=arch, trust_pickle=trust_pickle, arch_kwargs=kwargs,
                      log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
     check_finite_weights(net, f"model {model}")
+    if isinstance(net, HFTextModel) and _default(click.get_current_context(), "data_spec"):  # not the digits
+        raise click.UsageError("a Hugging Face model takes token ids: give its tokenized data, --data hf:PATH")
     data = load_data(data_spec, data_dir=data_dir, val_fraction=recipe.val_fraction, seed=recipe.seed,
                      train_limit=recipe.train_limit, recipe=data_recipe(net, recipe),
                      log=None if quiet or not is_main() else (lambda m: click.echo(m, err=True)))
@@ -253,6 +255,13 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
         raise OverBudget(budget["line"])
     if recipe.strict and target is not None and not target["reached"]:
         raise TargetMissed(f"{target['line']} (--strict)")
+
+
+def _default(ctx: click.Context, name: str) -> bool:
+    """The option ``name`` was not given: its value is the default."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
 
 
 class TargetMissed(click.ClickException):

@@ -372,8 +372,11 @@ def test_sentences_longer_than_the_model_positions_are_refused(folders: dict[str
     assert not (tmp_path / "out").exists()
 
 
-def test_inspect_a_model_folder(folders: dict[str, Path], tokens: Path) -> None:
+def test_inspect_and_compress_without_token_data(folders: dict[str, Path], tokens: Path, tmp_path: Path) -> None:
     runner = CliRunner()
+    compress = runner.invoke(cli, ["compress", str(folders["bert"]), "-o", str(tmp_path / "out")])  # no --data
+    assert compress.exit_code == 2 and "give its tokenized data, --data hf:PATH" in compress.output
+    assert not (tmp_path / "out").exists()
     bare = runner.invoke(cli, ["inspect", str(folders["bert"])])
     assert bare.exit_code == 2 and "takes token ids: give its tokenized data (--data hf:PATH)" in bare.output
     given = runner.invoke(cli, ["inspect", str(folders["bert"]), "--data", f"hf:{tokens}"])
