@@ -425,10 +425,12 @@ def _run(
         checkpoint(epoch, batch)
         if world > 1:
             distributed.barrier()
-        where = f" to {checkpoint_path.name}" if checkpoint_path else ""
+        if checkpoint_path is None:  # a direct call without a checkpoint: nothing to resume from
+            raise TrainingInterrupted(f"interrupted during {phase} epoch {epoch + 1}, after batch {batch}; no "
+                                      "checkpoint was written (no checkpoint_path), so the training starts afresh")
         raise TrainingInterrupted(
-            f"interrupted during {phase} epoch {epoch + 1}, after batch {batch}; checkpoint saved{where}; "
-            "run the same command again with --resume to continue"
+            f"interrupted during {phase} epoch {epoch + 1}, after batch {batch}; checkpoint saved to "
+            f"{checkpoint_path.name}; run the same command again with --resume to continue"
         )
 
     def reduce_sums(sums: dict[str, float]) -> dict[str, float]:

@@ -258,6 +258,15 @@ def test_interrupt_then_resume_gives_exactly_the_same_weights(tmp_path: Path) ->
     assert [h["loss"] for h in straight_result.history] == [h["loss"] for h in resumed_result.history]
 
 
+def test_interrupt_without_a_checkpoint_path_does_not_claim_a_checkpoint(tmp_path: Path) -> None:
+    from prunedrop.train import TrainingInterrupted
+
+    recipe = Recipe(epochs=3, batch_size=32, kl_warmup_epochs=1, seed=5, kl_weight=1.0)  # fixed β: no probe
+    with pytest.raises(TrainingInterrupted, match="no checkpoint was written") as caught:
+        _run(recipe, None, stop_after=8)
+    assert "--resume" not in str(caught.value)
+
+
 def test_interrupt_during_the_autopilots_probe_says_to_run_again(tmp_path: Path) -> None:
     from prunedrop.train import TrainingInterrupted
 
