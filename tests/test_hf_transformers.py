@@ -382,3 +382,16 @@ def test_inspect_and_compress_without_token_data(folders: dict[str, Path], token
     given = runner.invoke(cli, ["inspect", str(folders["bert"]), "--data", f"hf:{tokens}"])
     assert given.exit_code == 0, given.output
     assert "model.bert.encoder.layer.0.intermediate.dense" in given.output and "convert" in given.output
+
+
+def test_a_config_that_is_no_json_and_weights_that_are_no_safetensors(folders: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    broken = _hf("bert", tmp_path / "config")
+    (broken / "config.json").write_text("{\"model_type\": \"bert\",")
+    with pytest.raises(PrunedropError, match="config.json is not a JSON object; save the model again"):
+        load_model(broken)
+    garbage = _hf("bert", tmp_path / "weights")
+    (garbage / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PrunedropError, match="transformers cannot load the weights of .* into "
+                                             "BertForSequenceClassification .*save the model again"):
+        load_model(garbage)

@@ -64,15 +64,21 @@ class HFTextModel(nn.Module):
 
 
 def is_hf_folder(path: str | os.PathLike[str]) -> bool:
-    """``path`` is a folder holding an HF ``config.json`` (a JSON object with a ``model_type``)."""
+    """``path`` is a folder holding an HF ``config.json``: a JSON object with a ``model_type``, or a file that is no
+    JSON (:func:`load_hf_model` says so)."""
     config = Path(path) / CONFIG_FILE
     if not config.is_file():
         return False
+    text = _read_json(config)
+    return text is None or (isinstance(text, dict) and "model_type" in text)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None where it cannot be read as JSON."""
     try:
-        text = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(text, dict) and "model_type" in text
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
 
 
 def model_pad_token_id(model: nn.Module) -> int | None:
@@ -84,12 +90,12 @@ def load_hf_model(path: Path, log: Callable[[str], None] | None = None) -> HFTex
     """The model of the ``save_pretrained`` folder ``path``, with its task head, in eval mode on the CPU, wrapped in
     :class:`HFTextModel`. Every problem is one :class:`PrunedropError` line saying what to do."""
     transformers = _import_transformers(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise PrunedropError(f"HF model folder {path} holds {CONFIG_FILE} but no weights ({WEIGHT_FILES[0]}); save "
-                             "the model with model.save_pretrained(folder)")
     with _quiet(transformers):
         config = _config(transformers, path)
         cls = _head_class(transformers, config, path)
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise PrunedropError(f"HF model folder {path} holds {CONFIG_FILE} but no weights ({WEIGHT_FILES[0]}); "
+                                 "save the model with model.save_pretrained(folder)")
         try:
             model, info = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
                                               output_loading_info=True, attn_implementation="eager",
@@ -158,7 +164,9 @@ def _quiet(transformers: Any) -> Iterator[None]:
 
 
 def _config(transformers: Any, path: Path) -> Any:
-    text = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    text = _read_json(path / CONFIG_FILE)
+    if not isinstance(text, dict):
+        raise PrunedropError(f"{path / CONFIG_FILE} is not a JSON object; save the model again with save_pretrained")
     if "auto_map" in text:
         raise PrunedropError(f"{path / CONFIG_FILE} names custom code (auto_map), which prunedrop does not run; "
                              "use a model type that transformers ships, or pass --arch module:factory")
