@@ -173,7 +173,12 @@ def compress(
     selection = select_threshold(converted, baseline, data, recipe, device, folder, example, **run)
     pruned = prune_variational(converted.model, selection.threshold, recipe, log, pruned=selection.pruned, data=data)
     tuned = selection.finetuned
-    if tuned is None and recipe.finetune_epochs_for(data.num_train) > 0:
+    nothing_pruned = pruned.result.kept_fraction == 1.0
+    if tuned is None and nothing_pruned and recipe.finetune_epochs_for(data.num_train) > 0:
+        # nothing for the fine-tuning to win back: the thresholded model is what the sweep measured (and what the
+        # budget judges below); a short SBP run that pruned nothing trained 39 more epochs for an unchanged model
+        log("noise-free fine-tuning skipped: nothing was pruned, so there is nothing for it to win back")
+    elif tuned is None and recipe.finetune_epochs_for(data.num_train) > 0:
         judge = budget_judge(baseline, data, recipe) if recipe.automatic and recipe.max_metric_drop is not None \
             else None
         tuned = finetune_pruned(pruned.result, data, recipe, device, example, folder.masked_checkpoint,

@@ -501,3 +501,21 @@ def test_a_full_temporary_folder_during_the_original_export_is_named_as_such(tmp
     assert f"temporary folder {tempfile.gettempdir()}: No space left on device" in message and "TMPDIR" in message
     assert "choose an output folder" not in message
     assert set(Path(tempfile.gettempdir()).glob("prunedrop-original-*")) <= scratch  # none left behind
+
+
+def test_a_run_that_prunes_nothing_skips_the_noise_free_fine_tuning(tmp_path: Path) -> None:
+    """A short SBP run on the digits example pruned no unit and then trained 39 noise-free epochs of a model that
+    could not change size; there is nothing for the fine-tuning to win back."""
+    write_tiny_project(tmp_path)
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(method="sbp", kl_weight=0.0, epochs=1,
+                                                           finetune_epochs=3, plots=False, quantize="none")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    model = TinyMLP(16, (24, 12), 3)
+    model.load_state_dict(torch.load(tmp_path / "model.pt"))
+    logs: list[str] = []
+    result = compress(model, data, recipe, tmp_path / "out", progress=False, log=logs.append)
+    assert any(line.startswith("note: nothing was pruned") for line in logs), logs
+    assert "noise-free fine-tuning skipped: nothing was pruned, so there is nothing for it to win back" in logs
+    assert not any(line.startswith("masked epoch") for line in logs)
+    assert not (tmp_path / "out" / "checkpoint-masked.pt").exists()
+    assert [h.get("phase") for h in result.report["history"]] == ["variational"]
