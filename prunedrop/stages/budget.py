@@ -139,8 +139,8 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
         line = f"target {target} reached: {reached_ratio:.3g}x fewer {target.kind}"
     else:
         # The autopilot and the sweep count pruned units as gone; slimming may have to keep some (a grouped
-        # convolution cannot lose single channels): a digits CNN with groups=2 read 7.14x while training, and
-        # the exported model kept every channel.
+        # convolution keeps its groups equal in size): a digits CNN with groups=2 read 7.14x while training, and
+        # the exported model kept every channel (before grouped convolutions slimmed, 1307387).
         why = ("the accuracy budget bound first" if bound == "budget"
                else f"slimming kept pruned units it could not remove: {kept[0]}" if kept
                else "training ended before it got there")
