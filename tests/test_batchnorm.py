@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_finetune_slim import RECIPE, _data, _prune_units  # pytest puts tests/ on sys.path
+from test_finetune_slim import RECIPE, _data, _prune_units, drop_units_after_training  # tests/ on sys.path
 from torch import nn
 
 from prunedrop import pipeline
@@ -206,8 +206,9 @@ def test_fold_batchnorm_needs_running_statistics() -> None:
         fold_batchnorm(model)
 
 
-def test_compress_folds_fine_tunes_with_batchnorm_and_reports(tmp_path) -> None:
+def test_compress_folds_fine_tunes_with_batchnorm_and_reports(tmp_path, monkeypatch) -> None:
     plain, x = tiny_arch("resnet_basic")
+    drop_units_after_training(monkeypatch, {"layer1.conv1.0": [1, 3]})
     data = _data(tuple(x.shape[1:]))
     recipe = Recipe(method="sbp", batchnorm_noise="fold", finetune_batchnorm=True, tie_residual=True, exclude=["fc"],
                     epochs=1, finetune_epochs=1, batch_size=16, kl_warmup_epochs=0, device="cpu", mc_samples=0,

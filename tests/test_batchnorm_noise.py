@@ -234,13 +234,14 @@ def test_fixed_beta_over_budget_says_so_in_one_line_and_exits_4(project) -> None
     assert accepted.exit_code == 0, accepted.output
 
 
-def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path) -> None:
-    from test_finetune_slim import _data  # pytest puts tests/ on sys.path
+def test_compress_trains_with_the_batchnorms_and_exports_them_folded(tmp_path, monkeypatch) -> None:
+    from test_finetune_slim import _data, drop_units_after_training  # pytest puts tests/ on sys.path
 
     from prunedrop import pipeline
     from prunedrop.testing_arch import tiny_arch
 
     plain, x = tiny_arch("resnet_basic")
+    drop_units_after_training(monkeypatch, {"layer1.conv1.0": [1, 3]})
     recipe = Recipe(method="sbp", tie_residual=True, exclude=["fc"], epochs=1, finetune_epochs=1, batch_size=16,
                     kl_warmup_epochs=0, device="cpu", mc_samples=0, plots=False, latency_runs=0,
                     sweep_thresholds=[1.0], kl_weight=1.0, max_metric_drop=None)

@@ -54,6 +54,26 @@ def _prune_units(method: str, arch: str, units: dict[str, list[int]], *, tie: bo
     return prune(model.eval(), None), x
 
 
+def drop_units_after_training(monkeypatch: pytest.MonkeyPatch, units: dict[str, list[int]]) -> None:
+    """Within ``monkeypatch``, ``compress()``'s variational phase ends with the noise of ``units`` (layer → unit
+    indices) far above its signal, as if training had learnt to drop them: a run of a few steps prunes nothing, and a
+    run that prunes nothing skips its noise-free fine-tuning."""
+    from prunedrop import pipeline
+
+    trained = pipeline.finetune_variational
+
+    def finetune_variational(converted, *args, **kwargs):
+        result = trained(converted, *args, **kwargs)
+        layers = variational_layers(converted.model)
+        with torch.no_grad():
+            for name, idx in units.items():
+                layers[name].mu[idx] = -10.0
+                layers[name].log_sigma[idx] = 2.0
+        return result
+
+    monkeypatch.setattr(pipeline, "finetune_variational", finetune_variational)
+
+
 def _masked_then_slim(pruned, data: DataBundle, x: torch.Tensor) -> torch.nn.Module:
     """The path before: fine-tune the masked full-size model, then slim it."""
     model = copy.deepcopy(pruned.model)
