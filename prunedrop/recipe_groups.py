@@ -374,8 +374,9 @@ class StructureConfig:
     and the layer that writes its input channels, in slots of ``in_channels / groups`` (found by tracing the model
     once; a depthwise convolution with a channel multiplier is left per channel). Its groups must stay equal in size,
     so slimming removes a pruned channel only as far as every group lost as many and keeps the rest as zeros; a slot
-    leaves from every group at once, exactly. No effect on a model without grouped convolutions.
-    docs/structured-pruning.md."""
+    leaves from every group at once, exactly. No effect on a model without grouped convolutions. Off by default: on
+    a ResNeXt-style digits CNN it left no zeros but pruned less, and compressed no more at the same budget
+    (docs/structured-pruning.md)."""
 
     batchnorm_noise: Literal["after", "fold", "before"] = setting("after")
     """Structured methods (sbp, group_vd, sbp_sparse_vd): where a convolution's unit noise goes when a BatchNorm alone

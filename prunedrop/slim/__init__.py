@@ -33,7 +33,9 @@ that is this module's part:
   of its input and output channels go (``groups`` shrinks; a depthwise convolution with a channel multiplier loses an
   input channel with its k outputs), and every other group loses as many input channels, and as many output
   channels, as the fewest any group prunes; the pruned channels beyond that stay as zeros (named in ``notes``), and
-  the producers of the input channels that stay keep them.
+  the producers of the input channels that stay keep them. :func:`grouped_slots` lists the layers whose units the
+  recipe key ``tie_grouped`` ties in slots (channel t of every group one noise), so that what is pruned there leaves
+  every group alike.
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped transposed
   convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
   or recurrent layer or a bare parameter, or meets the others in a mean, maximum, variance or softmax over the
