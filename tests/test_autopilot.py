@@ -864,3 +864,65 @@ def test_the_rewound_state_is_what_the_checkpoint_holds(tmp_path: Path, monkeypa
     for name, tensor in model.state_dict().items():
         assert torch.equal(saved["model"][name], tensor), name
     assert saved["extra"]["rewound"] == [rewound["ended_at"], rewound["back_to"]]
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_an_overfitting_back_off_late_in_the_phase_goes_back_to_the_last_state_within_the_budget(
+        late: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BERT on the digits as sentences kept 5.1% of its weights within the budget by step 2,850 of 3,900; from
+    there its drop rose with nothing more pruned, and the back-off started again from the given weights at step
+    3,000: 900 steps at 1/64 of the rate could not prune again, and the phase ended keeping 71%. With fewer steps
+    left than trained, the back-off goes back to the last state within the budget instead (at the lower rate);
+    with more left, it starts again from the given weights as before."""
+    from prunedrop import pilot
+    from prunedrop.pipeline import autopilot_line
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=1.0)
+    model = to_variational(_trained_mlp(data), recipe)
+    logs: list[str] = []
+    p = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=logs.append)
+    every = p.controller.check_every
+    p.reference, p.probe_steps, p.transient, p.probe_lr = 90.0, pilot.PROBE_CHECKS * every, 0.0, recipe.lr
+    p.given = {name: v.clone() for name, v in model.state_dict().items()}
+    p.reset_optimizer = lambda: None
+    within_checks = pilot.PROBE_CHECKS + 6
+    last = within_checks + pilot.OVERFIT_CHECKS + 2
+    p.total_steps = (last + 2) * every if late else 100 * last * every
+    weight = next(model.parameters())
+    k = {"check": 0}
+
+    def measured(model: Any = None) -> float:
+        rising = max(0, k["check"] - within_checks)
+        p.last_loss = 0.5 + 0.01 * rising
+        return 90.0 - (0.3 if not rising else 1.5 + 0.1 * rising)
+
+    monkeypatch.setattr(p, "_val_metric", measured)
+    monkeypatch.setattr(pilot, "kept_fraction", lambda model: 0.05)
+    snapshot, back = None, None
+    for k["check"] in range(1, last + 1):
+        with torch.no_grad():
+            weight.add_(0.01)  # the weights move at every step the checks watch
+        for _ in range(every):
+            p.note_kl(500.0 + k["check"])
+        p.on_step(k["check"] * every)
+        if p.overfit_backoffs:
+            break
+        if p.within is not None and p.within[0] == k["check"] * every:  # a check within the budget (smoothed)
+            snapshot, back = weight.detach().clone(), k["check"] * every
+    assert back is not None and back >= within_checks * every
+    assert p.overfit_backoffs == 1 and p.lr_scale < 1.0, logs
+    line = next(line for line in logs if "a model trained past its best overfits" in line)
+    summary = autopilot_line({**p.summary(), "bound": "budget", "last": {}})
+    if late:
+        assert p.restarts == [] and p.resumed_within == [(k["check"] * every, back)]
+        assert torch.equal(weight, snapshot)
+        assert f"back to its state at step {back}" in line and "steps are left" in line
+        assert f"back to its state at step {back} (within the budget)" in summary
+    else:
+        assert p.restarts == [k["check"] * every] and p.resumed_within == []
+        assert torch.equal(weight, p.given[next(iter(p.given))])
+        assert "back to the given weights" in line and "started again from the given weights" in summary
+    q = pilot.Pilot(model, data, recipe, steps_per_epoch=10, device=torch.device("cpu"), log=None)
+    q.load_state_dict(p.state_dict())
+    assert q.resumed_within == p.resumed_within  # a resumed run reports it too
