@@ -218,11 +218,12 @@ def test_run_folder_written_before_version_2_loads_unchanged() -> None:
 
     info = read_run_info(FIXTURES / "run_v1")
     recipe = Recipe.from_dict(info["recipe"], source="run.json", saved_run=True)
-    # keys added since (budget_confidence, class_names, pad_token_id) are not in the file: the run ran as their defaults do, as
-    # --resume reads it; but keep_unremovable, whose default changes what a structured run converts, as that run did
+    # keys added since (budget_confidence, class_names, pad_token_id, tie_grouped) are not in the file: the run ran as
+    # their defaults do, as --resume reads it; but keep_unremovable, whose default changes what a structured run
+    # converts, as that run did
     assert recipe.to_dict() == {**Recipe().to_dict(), **info["recipe"], "keep_unremovable": False}
     assert set(recipe.to_dict()) - set(info["recipe"]) == {"budget_confidence", "class_names", "keep_unremovable",
-                                                                  "pad_token_id"}
+                                                           "pad_token_id", "tie_grouped"}
     # the same recipe as today's file but for quantize, whose default became bayes after that run, the exporter,
     # auto since, the slim widths, measured since, and the noise-free epochs, 10 in today's file
     assert recipe == load_recipe(ROOT / "recipes" / "lstm-fashion.yaml").replace(quantize="none", finetune_epochs=5,
