@@ -268,6 +268,23 @@ def is_selected(name: str, recipe: Recipe, names: Mapping[str, Sequence[str]] | 
     return not any(fnmatch.fnmatchcase(n, pattern) for n in every for pattern in recipe.exclude)
 
 
+def _traced(key: str, what: str, read: Callable[[nn.Module, torch.Tensor], Any], model: nn.Module,
+            example_input: torch.Tensor | None) -> Any:
+    """``read(model, example_input)``, a dependency-graph tracing that recipe key ``key`` needs (it reads the model's
+    ``what``), with its failures as one line naming the key to switch off."""
+    if example_input is None:
+        raise PrunedropError(f"recipe key {key} needs an example input to trace the model's {what} "
+                             "(to_variational(..., example_input=batch))")
+    try:
+        return read(model, example_input)
+    except PrunedropError:
+        raise
+    except Exception as e:  # the dependency-graph tracing met something it cannot follow
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise PrunedropError(f"{key}: tracing the model's {what} failed ({type(e).__name__}: {first}); set "
+                             f"{key}: false in the recipe") from None
+
+
 def to_variational(
     model: nn.Module,
     recipe: Recipe,
@@ -415,34 +432,14 @@ def to_variational(
             summary.notes.append(f"the unit noise stays before the BatchNorms (batchnorm_noise: before): {e.message}")
     groups: list[list[str]] = []
     if recipe.tie_residual and not dry_run:
-        if example_input is None:
-            raise PrunedropError("recipe key tie_residual needs an example input to trace the model's residual "
-                                 "streams (to_variational(..., example_input=batch))")
         from .slim import coupled_producers
 
-        try:
-            groups = coupled_producers(model, example_input)
-        except PrunedropError:
-            raise
-        except Exception as e:  # the dependency-graph tracing met something it cannot follow
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise PrunedropError(f"tie_residual: tracing the model's residual streams failed ({type(e).__name__}: "
-                                 f"{first}); set tie_residual: false in the recipe") from None
+        groups = _traced("tie_residual", "residual streams", coupled_producers, model, example_input)
     slots: dict[str, int] = {}
     if structured and recipe.tie_grouped and not dry_run:
-        if example_input is None:
-            raise PrunedropError("recipe key tie_grouped needs an example input to trace the model's grouped "
-                                 "convolutions (to_variational(..., example_input=batch))")
         from .slim import grouped_slots
 
-        try:
-            slots = grouped_slots(model, example_input)
-        except PrunedropError:
-            raise
-        except Exception as e:  # the dependency-graph tracing met something it cannot follow
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise PrunedropError(f"tie_grouped: tracing the model's grouped convolutions failed ({type(e).__name__}: "
-                                 f"{first}); set tie_grouped: false in the recipe") from None
+        slots = _traced("tie_grouped", "grouped convolutions", grouped_slots, model, example_input)
     bare: dict[str, list[tuple[str, nn.Parameter]]] = {}
     total = sum(p.numel() for p in model.parameters())
     model = swap(model, "")
