@@ -108,11 +108,6 @@ class Pilot:
         """Clears the optimizer's moments (set by :func:`prunedrop.train.finetune`)."""
         self.restarts: list[int] = []
         """The steps at which the phase started again from :attr:`given` at a lower rate."""
-        self.total_steps: int | None = None
-        """The variational phase's optimizer steps (set by :func:`prunedrop.train.finetune`; None: unknown)."""
-        self.resumed_within: list[tuple[int, int]] = []
-        """(step, the step it went back to) of each overfitting back-off that went back to the last state within
-        the budget instead of the given weights (:meth:`_restart_point`)."""
 
     def _val_metric(self, model: nn.Module | None = None) -> float:
         """The metric on the samples every check uses: the validation samples (at most ``check_samples``), then
@@ -348,19 +343,7 @@ class Pilot:
                 self.last_backoff = (step, c.smoothed_drop)
                 self.overfit_backoffs += 1
                 again = ""
-                point = self._restart_point(step)
-                if point is not None:
-                    # the steps at the larger rate have overfitted the weights: go back to the last state within the
-                    # budget, whose compression a restart could not win back in the steps left
-                    back, kept, state = point
-                    self.model.load_state_dict(state)
-                    self.reset_optimizer()
-                    c.smoothed_drop = None
-                    self.resumed_within.append((step, back))
-                    again = (f"; back to its state at step {back} (the last check within the budget, kept fraction "
-                             f"{kept:.4g}): {self.total_steps - step} steps are left, fewer than the {step} a restart "
-                             "from the given weights would need to compress as much")
-                elif self.given is not None:
+                if self.given is not None:
                     # the steps at the larger rate have overfitted the weights: start again from the given ones
                     self.model.load_state_dict(self.given)
                     self.reset_optimizer()
@@ -373,16 +356,6 @@ class Pilot:
                          f"{first.kl:.4g} → {last.kl:.4g}) and nothing more was pruned: training the weights at this "
                          f"rate costs accuracy (a model trained past its best overfits), not the noise; the weights' "
                          f"learning rate × {self.lr_scale:g}{again}")
-
-    def _restart_point(self, step: int) -> tuple[int, float, dict[str, torch.Tensor]] | None:
-        """Where an overfitting back-off at ``step`` goes back to instead of the given weights: the last state within
-        the budget (:attr:`within`), where fewer steps are left than the phase has trained (a restart from the given
-        weights would end less compressed than that state: a BERT on the digits as sentences, 5.1% of its weights
-        kept within the budget by step 2,850 of 3,900, restarted at step 3,000 and ended keeping 71%); None: restart
-        from the given weights (where enough steps are left, or no state within the budget is held)."""
-        if self.within is None or self.total_steps is None or self.total_steps - step >= step:
-            return None
-        return self.within
 
     def note_kl(self, kl: float) -> None:
         """One training step's KL (as trained, with its layer factors), for the next check's ``kl``."""
@@ -503,7 +476,7 @@ class Pilot:
                 "train_samples": self.train_samples, "check_samples": self.check_samples,
                 "rewound": None if self.rewound is None else list(self.rewound),
                 "kl_partial": [self.kl_sum, self.kl_steps], "overfit_backoffs": self.overfit_backoffs,
-                "restarts": list(self.restarts), "resumed_within": [list(r) for r in self.resumed_within]}
+                "restarts": list(self.restarts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
@@ -525,14 +498,12 @@ class Pilot:
         self.kl_sum, self.kl_steps = float(kl_sum), int(kl_steps)
         self.overfit_backoffs = int(state.get("overfit_backoffs", 0))
         self.restarts = [int(s) for s in state.get("restarts", [])]
-        self.resumed_within = [(int(a), int(b)) for a, b in state.get("resumed_within", [])]
 
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
                    overfit_backoffs=self.overfit_backoffs, restarts=list(self.restarts),
-                   resumed_within=[{"at": a, "back_to": b} for a, b in self.resumed_within],
                    transient=self.transient, probe_steps=self.probe_steps, probe_lr=self.probe_lr,
                    check_samples={"validation": self.checked_samples - self.checked_train,
                                   "training": self.checked_train},

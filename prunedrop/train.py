@@ -593,7 +593,6 @@ def finetune(
         factors = pilot.factors
         pilot.weights_lr = lambda: float(optimizer.param_groups[0]["lr"])
         pilot.reset_optimizer = optimizer.state.clear
-        pilot.total_steps = epochs * steps_per_epoch
         if not (resume and checkpoint_path is not None and Path(checkpoint_path).exists()):
             with _StopRequests() as requests:
                 pilot.start(interrupted=lambda: requests.requested)

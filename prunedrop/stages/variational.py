@@ -62,14 +62,10 @@ def autopilot_line(summary: dict[str, Any]) -> str:
     if summary["bound"] != "none":
         parts.append(f"bound by the {summary['bound']}")
     restarts = summary.get("restarts") or []
-    went_back = summary.get("resumed_within") or []
     if summary.get("overfit_backoffs"):
-        again = (f"; started again from the given weights at step {', '.join(str(s) for s in restarts)}"
-                 if restarts else "")
-        again += "".join(f"; at step {r['at']} back to its state at step {r['back_to']} (within the budget)"
-                         for r in went_back)
         parts.append(f"the weights' learning rate × {summary.get('lr_scale', 1.0):g} (training at the larger rate "
-                     f"overfitted the model{again})")
+                     "overfitted the model" + (f"; started again from the given weights at step "
+                                               f"{', '.join(str(s) for s in restarts)})" if restarts else ")"))
     rewound = summary.get("rewound")
     if rewound:  # the last check describes where the phase ended, not the state it went back to
         parts.append(f"then back to its state at step {rewound['back_to']} (within the budget)")
