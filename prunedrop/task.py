@@ -200,6 +200,10 @@ def output_shape_on(model: Any, x: Any, *, what: str = "the data's inputs") -> t
         elif x.is_floating_point() and dtypes == ["float32"]:  # the model is as prunedrop wants it: the inputs are not
             hint = (f"; the inputs are {inputs} and the model's parameters float32: give float32 inputs (x.float() "
                     "in the data function, x.astype(np.float32) for NumPy arrays)")
+        elif dtypes == ["float32"]:
+            # whole-number inputs (token ids) and a float32 model: the error is no dtype's (a sentence longer than
+            # the position embedding read "give prunedrop a float32 model" to a float32 model)
+            hint = ""
         else:
             hint = (f"; the model's parameters are {', '.join(dtypes)}, the inputs {inputs}: give prunedrop a float32 "
                     "model (model.float() before saving it; with --arch, the factory's model must be float32 too: a "

@@ -330,6 +330,27 @@ def test_float64_inputs_are_named_as_the_inputs_before_any_file(folder: Path, fu
     assert "model.float()" not in out
 
 
+def test_token_ids_a_float32_model_refuses_for_another_reason_get_no_dtype_advice() -> None:
+    """A float32 text model whose position embedding is shorter than the sentences failed with a shape error, and the
+    int64 ids beside float32 parameters drew "give prunedrop a float32 model" (it was one)."""
+    from torch import nn
+
+    from prunedrop.task import output_shape_on
+
+    class Positions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens, self.positions, self.head = nn.Embedding(20, 8), nn.Parameter(torch.zeros(16, 8)), nn.Linear(8, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head((self.tokens(ids) + self.positions).mean(1))
+
+    with pytest.raises(PrunedropError, match="the model cannot run on the data's inputs") as e:
+        output_shape_on(Positions(), torch.randint(0, 20, (2, 24)))
+    assert "float32 model" not in e.value.message and "give float" not in e.value.message
+    assert "must match the size" in e.value.message  # torch's own reason, in the one line
+
+
 @pytest.mark.parametrize(("make", "says"), [
     (lambda p: p.write_text("hello\n"), "is a text file (it starts with 'hello'), not an npz archive"),
     (lambda p: p.write_text("a,b,label\n1,2,0\n"), "a table? read it as csv:FILE"),
