@@ -7,6 +7,7 @@ exits with status 1, while a Python user can catch ``PrunedropError`` without kn
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -46,6 +47,13 @@ class PrunedropError(click.ClickException):
         """This error (of the same type) with ``path``, a temporary file deleted by the time the message is read,
         written as ``name``: what the file was made for."""
         return type(self)(self.message.replace(str(path), name))
+
+    def naming_in(self, folder: str | os.PathLike[str], what: str) -> PrunedropError:
+        """This error (of the same type) with each file of the temporary ``folder``, deleted by the time the message
+        is read, written as ``what`` and its name: ``/tmp/x/trial.onnx`` → ``the int8 planning's trial.onnx
+        (deleted)``."""
+        pattern = re.escape(str(folder).rstrip(os.sep) + os.sep) + r"([^\s,;:'\"()]+)"
+        return type(self)(re.sub(pattern, lambda m: f"{what} {m.group(1)} (deleted)", self.message))
 
 
 def _library_roots() -> tuple[str, ...]:

@@ -1460,3 +1460,31 @@ def test_a_failure_measuring_the_quantized_file_names_its_output_not_the_tempora
     assert excinfo.value.message == (f"onnxruntime cannot run the quantized file for {out} (nothing was written "
                                      "there): a kernel is missing")
     assert not out.exists()
+
+
+def test_a_failure_during_the_planning_names_its_trial_file_not_a_deleted_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planning measures trial files in its temporary folder: an error naming one named a path deleted by the
+    time the line was read; it names the planning's file."""
+    from prunedrop.errors import PrunedropError
+    from prunedrop.quantize import plan
+
+    x, y = tiny_classification_data(n=128, shape=(16,), seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    float_file = export_onnx(model, x[:2], tmp_path / "model.onnx").path
+    real, data = plan.evaluate_onnx, _bundle(x, y)
+
+    def refusing(path, loader, **kw):
+        if Path(path).parent.name.startswith("prunedrop-quant-"):  # a file of the planning's
+            raise PrunedropError(f"onnxruntime cannot run {path}: a kernel is missing")
+        return real(path, loader, **kw)
+
+    monkeypatch.setattr(plan, "evaluate_onnx", refusing)
+    with pytest.raises(PrunedropError) as excinfo:
+        quantize_model(float_file, tmp_path / "q.onnx", data=data, mode="int8", recipe=Recipe(), metric_before=None,
+                       timer=_int8_faster, log=lambda m: None)
+    message = excinfo.value.message
+    assert message.startswith("onnxruntime cannot run the int8 planning's ") and message.endswith(
+        ".onnx (deleted): a kernel is missing"), message
+    assert "prunedrop-quant-" not in message and not (tmp_path / "q.onnx").exists()

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ SPEED_MARGIN = 0.05  # a relative latency difference below this is timing noise,
 #: large network it could take hours (a dense ResNet-18 needed 162 s for 4 rounds at 5 timed runs per file); when
 #: the time is spent, the rounds stop where they are and the report says so
 SPEED_CHECK_SECONDS = 600.0
+
+
+@contextmanager
+def _trial_folder() -> Iterator[str]:
+    """The planning's temporary folder (its trial, calibration and timing files); an error raised inside that names
+    one of them names it as the planning's file, deleted by the time the line is read (the quantized file's own
+    failure is named as its output first)."""
+    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+        try:
+            yield tmp
+        except PrunedropError as e:
+            raise e.naming_in(tmp, "the int8 planning's") from None
 
 
 def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, data: Any, recipe: Any,
@@ -150,7 +163,7 @@ def quantize_model(float_path: str | Path, out_path: str | Path, *, mode: str, d
     speed: dict[str, Any] | None = None
     final_ms: dict[str, float] | None = None  # the speed check's last timing of the plan it leaves
     int4: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="prunedrop-quant-") as tmp:
+    with _trial_folder() as tmp:
         cache = Path(tmp) / "calibration.json"
         trial = Path(tmp) / "trial.onnx"
 
