@@ -212,11 +212,11 @@ def _plan(
             roots[:] = [r for r in roots if r not in block]
     # 4. Widths in whole blocks: keep some pruned (exactly silent) channels so that every group's width is a
     # multiple of channel_multiple; they stay in the model as they are, constants and all, so nothing changes.
+    sides = _grouped_sides(analyses)
     if channel_multiple > 1:
         # not where a grouped convolution reads or writes the channels: the channels kept to round a width would make
         # its groups lose different numbers, and the rule below would keep more (every group's, at worst)
-        grouped = {key[0] for reads, writes in _grouped_sides(analyses).values() for key in (*reads.values(),
-                                                                                            *writes.values())}
+        grouped = {key[0] for reads, writes in sides.values() for key in (*reads.values(), *writes.values())}
         for gi, roots in plan.removal.items():
             if gi in grouped:
                 continue
@@ -230,7 +230,7 @@ def _plan(
                 plan.zeroed[gi].extend(r for r in roots if r in extra)
                 roots[:] = [r for r in roots if r not in extra]
     # 4b. Grouped convolutions keep their groups equal in size (after the rounding, which only keeps more).
-    _grouped_rule(analyses, plan, names)
+    _grouped_rule(sides, plan, names)
     # 5. A pruned channel kept for its own reasons may still leave with a removed partner (a gate's second half,
     # whose first half silences the product): it is not named as kept.
     for gi, roots in plan.removal.items():
@@ -243,11 +243,15 @@ def _plan(
     return plan
 
 
-def _grouped_sides(analyses: list[GroupAnalysis]) -> dict[nn.Module, tuple[dict[int, tuple[int, int]],
-                                                                            dict[int, tuple[int, int]]]]:
+#: each grouped convolution → (its input channel → the (group, root channel) it reads, its output channel → the
+#: (group, root channel) it writes)
+GroupedSides = dict[nn.Module, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]]
+
+
+def _grouped_sides(analyses: list[GroupAnalysis]) -> GroupedSides:
     """Each grouped convolution (:func:`.common.is_grouped`) of the groups → (its input channel → the (group, root
     channel) that it reads, its output channel → the (group, root channel) that it writes)."""
-    sides: dict[nn.Module, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
+    sides: GroupedSides = {}
     for gi, an in enumerate(analyses):
         for root, channel in an.channels.items():
             for node, idxs in an.consumers(channel):
@@ -273,14 +277,13 @@ def _group_cut(conv: nn.Module, gone_in: set[int], gone_out: set[int]) -> tuple[
     return whole, min(lost_in[j] for j in rest), min(lost_out[j] for j in rest)
 
 
-def _grouped_rule(analyses: list[GroupAnalysis], plan: _Plan, names: dict[Any, str]) -> None:
-    """Keep the removal that every grouped convolution can follow: its groups must stay equal in size, so a group
+def _grouped_rule(sides: GroupedSides, plan: _Plan, names: dict[Any, str]) -> None:
+    """Keep the removal that every grouped convolution (``sides``: :func:`_grouped_sides`) can follow: its groups must stay equal in size, so a group
     leaves whole (all its input and output channels go: ``groups`` shrinks; a depthwise convolution with a channel
     multiplier loses an input channel with its k outputs), and each other group loses as many input channels as the
     others and as many output channels as the others, the fewest that any of them loses. The pruned channels beyond
     that, in the groups that lost more, stay as exact zeros (kept, with a note). Keeping a channel can change what
     another grouped convolution that reads or writes it can lose, so this repeats until nothing changes."""
-    sides = _grouped_sides(analyses)
     if not sides:
         return
     removed = plan.removed_keys()
