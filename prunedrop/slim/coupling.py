@@ -899,6 +899,17 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
     return groups, failed
 
 
+def _analysed_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[list[GroupAnalysis], dict[Any, str]]:
+    """Torch-Pruning's unit groups of ``model``, traced once on ``example_input`` and each analysed with nothing
+    removed, and the modules' names; the model is not modified."""
+    tp = import_torch_pruning()
+    with all_requiring_grad(model):
+        graph, _ = trace(tp, model, example_input.detach())
+        every, _ = unit_groups(graph)
+    names = node_names(model)
+    return [GroupAnalysis(graph, g, names, {}, set()) for g in every], names
+
+
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
     """Groups of Linear/Conv layers whose output units are the same channels, joined element-wise (residual additions,
     and products: a gated MLP's gate and up projections, a squeeze-excitation's fc2 and the expansion before it).
@@ -910,16 +921,11 @@ def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[lis
     that produce their channels alone are left out. Traces ``model`` once on ``example_input`` with Torch-Pruning's
     dependency graph (as :func:`slim` does); the model is not modified.
     """
-    tp = import_torch_pruning()
-    with all_requiring_grad(model):
-        graph, _ = trace(tp, model, example_input.detach())
-        every, _ = unit_groups(graph)
+    analyses, names = _analysed_groups(model, example_input)
     layers = dict(model.named_modules())
-    names = node_names(model)
     order = {n: i for i, n in enumerate(layers)}
     groups: dict[tuple[str, ...], None] = {}
-    for g in every:
-        an = GroupAnalysis(graph, g, names, {}, set())
+    for an in analyses:
         # producer → {root channel: its unit}; a member producing some channels only is not a whole member
         units: dict[str, dict[int, int]] = defaultdict(dict)
         for root, channel in an.channels.items():
@@ -954,12 +960,8 @@ def grouped_slots(model: nn.Module, example_input: torch.Tensor) -> dict[str, in
 
     if not any(is_grouped(m) and m.in_channels // m.groups > 1 for m in model.modules()):
         return {}
-    tp = import_torch_pruning()
-    with all_requiring_grad(model):
-        graph, _ = trace(tp, model, example_input.detach())
-        every, _ = unit_groups(graph)
+    analyses, names = _analysed_groups(model, example_input)
     layers = dict(model.named_modules())
-    names = node_names(model)
     periods: dict[str, int] = {}
 
     def want(name: str, period: int) -> None:
@@ -967,8 +969,7 @@ def grouped_slots(model: nn.Module, example_input: torch.Tensor) -> dict[str, in
 
     # grouped convolution → its input index → the (producer, unit) pairs that write it
     writers: dict[nn.Module, dict[int, set[tuple[str, int | None]]]] = defaultdict(lambda: defaultdict(set))
-    for g in every:
-        an = GroupAnalysis(graph, g, names, {}, set())
+    for an in analyses:
         for channel in an.channels.values():
             producers = {(names[node.module], an.producer_index(node, channel)) for node in channel.members
                          if node.module in names and isinstance(node.module, WEIGHT_LAYERS)
