@@ -118,6 +118,22 @@ class _WeightNoise(VariationalLayer):
     def _weight_names(self) -> list[str]:
         raise NotImplementedError
 
+    @classmethod
+    def _dense_kwargs(cls, module: nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _adopt(cls, module: nn.Module, names: list[str], **noise: Any) -> Any:
+        """A layer of this type built on the meta device from ``module``'s settings, holding ``module``'s trained
+        Parameters ``names`` themselves (no copy; a missing bias stays None) and its noise (:meth:`_take_noise`)."""
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nn.LSTM's "dropout with num_layers=1" is the user's choice, already warned
+            layer = cls(**cls._dense_kwargs(module))
+        for name in names:
+            setattr(layer, name, getattr(module, name))
+        layer._take_noise(**noise)
+        return layer
+
     def _take_noise(self, *, init_log_sigma2: float, log_alpha_clip: float, threshold: float,
                     recurrent_noise: str) -> None:
         """The noise settings, and a ``log_sigma2_<weight>`` Parameter beside every noisy weight."""
@@ -181,13 +197,8 @@ class _RecurrentVD(_WeightNoise):
         if cls.unsupported(module) is not None:
             raise PrunedropError(f"{type(module).__name__} with proj_size={module.proj_size} is not supported by "
                                  "the variational recurrent layers; exclude it in the recipe")
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "dropout with num_layers=1" is the user's choice, already warned
-            layer = cls(**cls._dense_kwargs(module))
-        for name in module._flat_weights_names:
-            setattr(layer, name, getattr(module, name))  # the trained Parameters themselves, no copy
-        layer._take_noise(init_log_sigma2=init_log_sigma2, log_alpha_clip=log_alpha_clip, threshold=threshold,
-                          recurrent_noise=recurrent_noise)
+        layer = cls._adopt(module, list(module._flat_weights_names), init_log_sigma2=init_log_sigma2,
+                           log_alpha_clip=log_alpha_clip, threshold=threshold, recurrent_noise=recurrent_noise)
         if cls.group_noise:
             for layer_index, direction in layer._cells():
                 s = layer._suffix(layer_index, direction)
@@ -560,12 +571,8 @@ class _RecurrentCellVD(_WeightNoise):
         recurrent_noise: str = RecurrentConfig.recurrent_noise,
     ) -> _RecurrentCellVD:
         _check_noise_mode(recurrent_noise)
-        with torch.device("meta"):
-            layer = cls(**cls._dense_kwargs(module))
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            setattr(layer, name, getattr(module, name))  # the trained Parameters themselves (biases may be None)
-        layer._take_noise(init_log_sigma2=init_log_sigma2, log_alpha_clip=log_alpha_clip, threshold=threshold,
-                          recurrent_noise=recurrent_noise)
+        layer = cls._adopt(module, ["weight_ih", "weight_hh", "bias_ih", "bias_hh"], init_log_sigma2=init_log_sigma2,
+                           log_alpha_clip=log_alpha_clip, threshold=threshold, recurrent_noise=recurrent_noise)
         return layer.train(module.training)
 
     @property
