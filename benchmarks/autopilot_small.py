@@ -196,12 +196,17 @@ def dense(name: str, data, epochs: int) -> nn.Module:
     return model
 
 
+def _budget(text: str) -> float | str:
+    return "none" if text.lower() == "none" else float(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS)[:5], choices=list(MODELS),
                    help="default: the first five (mlp cnn lstm transformer rescnn)")
     p.add_argument("--method", default="sparse_vd")
-    p.add_argument("--max-drop", type=float, default=None)
+    p.add_argument("--max-drop", type=_budget, default=None,
+                   help="the recipe's max_metric_drop (default: the built-in 1 point); none = no budget (a target alone)")
     p.add_argument("--target", default=None)
     p.add_argument("--dense-epochs", type=int, default=40)
     p.add_argument("--finetune-lr", type=float, default=None,
@@ -220,7 +225,7 @@ def main() -> None:
         model = dense(name, data, args.dense_epochs)
         changes = {"method": args.method, "latency_runs": args.latency_runs, "plots": False, "mc_samples": 0, "target": args.target}
         if args.max_drop is not None:
-            changes["max_metric_drop"] = args.max_drop
+            changes["max_metric_drop"] = None if args.max_drop == "none" else args.max_drop
         if args.seed is not None:
             changes["seed"] = args.seed
         if args.finetune_lr is not None:

@@ -33,7 +33,7 @@ from benchmarks.common import RESULTS, ROOT, command_line, machine, magnitude_pr
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
-from prunedrop.recipes import load_recipe
+from prunedrop.recipes import Recipe, load_recipe
 from prunedrop.train import evaluate
 
 ARCHS = {"lenet300": "examples.models:lenet300", "lenet5": "examples.models:lenet5"}
@@ -92,6 +92,10 @@ def markdown_table(r: dict) -> str:
             f"sparse VD {svd['seconds'] / 60:.0f} min{mag_time} |\n")
 
 
+def _budget(text: str) -> float | str:
+    return "none" if text.lower() == "none" else float(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(ARCHS), required=True)
@@ -101,7 +105,8 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
     p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
-    p.add_argument("--max-drop", type=float, default=None, help="override the recipe's max_metric_drop (budget)")
+    p.add_argument("--max-drop", type=_budget, default=None,
+                   help="override the recipe's max_metric_drop (budget); none = no budget (a --target alone)")
     p.add_argument("--confidence", type=float, default=None,
                    help="the recipe's budget_confidence: the budget must hold with this one-sided confidence")
     p.add_argument("--target", default=None, help="the recipe's target, e.g. params=40x")
@@ -130,9 +135,12 @@ def main() -> None:
                                               kl_warmup_epochs=args.kl_warmup_epochs,
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr, lr=args.lr,
                                               train_limit=args.train_limit, device=args.device,
-                                              max_metric_drop=args.max_drop, target=args.target,
+                                              max_metric_drop=None if args.max_drop == "none" else args.max_drop,
+                                              target=args.target,
                                               budget_confidence=args.confidence,
                                               quantize=args.quantize)
+    if args.max_drop == "none":
+        recipe = Recipe(**{**recipe.to_dict(), "max_metric_drop": None})
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)

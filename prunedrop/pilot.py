@@ -52,7 +52,8 @@ class Pilot:
         example = data.example_batch(min(64, recipe.eval_batch_size)).to(device)
         structured = recipe.method != "sparse_vd"
         kind = target.kind if target is not None else ("flops" if structured else "params")
-        self.meter = autopilot.CostMeter(model, example, target.kind) if target is not None else None
+        self.meter = None if target is None else autopilot.CostMeter(
+            model, example, target.kind, threshold=autopilot.control_threshold(recipe.method, recipe.threshold))
         # with a target, the factors weigh by the target's kind: the meter has profiled those costs already
         self.factors = autopilot.cost_factors(model, example, kind,
                                               costs=self.meter.costs if self.meter is not None else None)
@@ -64,6 +65,9 @@ class Pilot:
                 raise PrunedropError(f"target {target}: the dense model ({dense:,.0f} bytes of parameters) is "
                                      "already within it; nothing to do")
         self.target = target
+        if self.meter is not None and self.meter.threshold is not None and self.meter.threshold != recipe.threshold:
+            self.log(f"autopilot: target {target}: its cost is measured at {recipe.pruning_rule(self.meter.threshold)} "
+                     "while training (the noise at least the weight); the threshold that meets it is chosen after")
         self.controller = autopilot.Autopilot(max_drop=recipe.max_metric_drop, target_ratio=ratio,
                                               check_every=autopilot.check_interval(steps_per_epoch),
                                               decade_steps=autopilot.decade_steps(recipe.noise_lr or recipe.lr))
@@ -502,6 +506,7 @@ class Pilot:
     def summary(self) -> dict[str, Any]:
         out = self.controller.summary()
         out.update(target=None if self.target is None else str(self.target), stopped_early=self.stopped,
+                   control_threshold=None if self.meter is None else self.meter.threshold,
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
                    overfit_backoffs=self.overfit_backoffs, restarts=list(self.restarts),
                    transient=self.transient, probe_steps=self.probe_steps, probe_lr=self.probe_lr,

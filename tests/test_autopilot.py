@@ -225,6 +225,10 @@ def test_settled_needs_flat_beta_and_kept_fraction_over_the_window() -> None:
     for i in range(1, 5):
         fresh.check(i * 100, drop=0.5, kept_fraction=0.1)
     assert not fresh.settled(400)  # too short a history to call it settled
+    alone = Autopilot(max_drop=None, target_ratio=10.0, check_every=100)
+    for i in range(1, 15):
+        alone.check(i * 100, cost_ratio=10.0, kept_fraction=0.1)
+    assert not alone.settled(1400)  # a target alone: nothing measures what the noise still costs
 
 
 def test_controller_state_round_trips() -> None:
@@ -345,6 +349,31 @@ def test_cost_meter_counts_pruned_units_and_the_zeros_they_feed_downstream() -> 
     assert meter.ratio(variational) == ratio  # measuring does not change the model
 
 
+def test_a_targets_cost_is_measured_where_the_noise_reaches_the_weight_and_the_layers_keep_their_threshold() -> None:
+    assert autopilot.control_threshold("sparse_vd", 3.0) == autopilot.TARGET_LOG_ALPHA == 0.0
+    assert autopilot.control_threshold("group_vd", 3.0) == 0.0
+    assert autopilot.control_threshold("sparse_vd", -1.0) == -1.0  # a recipe that prunes more eagerly keeps its own
+    assert autopilot.control_threshold("sbp", 1.0) is None and autopilot.control_threshold("sbp_sparse_vd", 2.0) is None
+    torch.manual_seed(0)
+    model = TinyMLP(16, (24, 12), 3)
+    x = torch.randn(8, 1, 4, 4)
+    variational = to_variational(model, Recipe(method="sparse_vd"))
+    from prunedrop.convert import variational_layers
+
+    layers = list(variational_layers(variational).values())
+    with torch.no_grad():  # log α spread over [-4, 6]: a third of the weights between 0 and 3
+        for layer in layers:
+            layer.log_sigma2.data = torch.log(layer.weight.data ** 2) + torch.empty_like(layer.weight).uniform_(-4, 6)
+    own = CostMeter(variational, x, "params")
+    at_zero = CostMeter(variational, x, "params", threshold=0.0)
+    assert at_zero.ratio(variational) > 1.3 * own.ratio(variational)
+    assert all(layer.threshold == 3.0 for layer in layers)  # measured at 0, restored to the recipe's
+    kept = sum(int(layer.keep_mask(0.0).sum()) for layer in layers)
+    # the weights kept at log α ≤ 0 (each with its share of the biases), less those reading silenced inputs
+    weights = sum(layer.weight.numel() for layer in layers)
+    assert at_zero.ratio(variational) == pytest.approx(weights / kept, rel=0.05)
+
+
 # -- end to end on tiny data ---------------------------------------------------------------------------------------
 
 
@@ -393,6 +422,7 @@ def test_target_run_lands_within_ten_percent_of_its_target(tmp_path: Path) -> No
     # the least pruning threshold that meets the target (the grid's interval bisected): reached, not overshot
     assert 4.0 <= outcome["reached_ratio"] <= 1.1 * 4.0, outcome
     assert outcome["reached"]
+    assert report["autopilot"]["control_threshold"] == 0.0
 
 
 def test_a_run_with_an_automatic_beta_never_ends_over_its_budget() -> None:
