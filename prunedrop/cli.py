@@ -15,7 +15,7 @@ from typing import Any, get_args
 import click
 
 from . import __version__
-from .recipe_fields import AtLeast, base_type, choices
+from .recipe_fields import NONE, AtLeast, base_type, choices
 from .recipes import Quantize, cli_overrides
 
 DATA_HELP = (
@@ -57,8 +57,31 @@ def recipe_overrides(command: Any) -> Any:
             kind["type"] = int if bound is None else click.IntRange(min=int(bound.low) + bound.open)
         elif base is float:
             kind["type"] = float if bound is None else click.FloatRange(min=bound.low, min_open=bound.open)
+        if spec.none:
+            kind["type"] = _OrNone(kind.get("type", str))
         command = click.option(spec.flag, name, metavar=spec.metavar, help=spec.help, **kind)(command)
     return command
+
+
+class _OrNone(click.ParamType):
+    """A recipe override that also takes ``none`` (:attr:`prunedrop.recipe_fields.Cli.none`): the key set to null."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = f"{getattr(inner, 'name', 'value')} or none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is NONE or (isinstance(value, str) and value.strip().lower() == "none"):
+            return NONE
+        return click.types.convert_type(self.inner).convert(value, param, ctx)
+
+
+def with_overrides(recipe: Any, overrides: dict[str, Any]) -> Any:
+    """``recipe`` with the command line's overrides: an option not given (None) leaves its key, ``none`` sets it to
+    null (validated as a recipe that says null)."""
+    recipe = recipe.replace(**{k: v for k, v in overrides.items() if v is not NONE})
+    nulled = [k for k, v in overrides.items() if v is NONE]
+    return recipe if not nulled else type(recipe)(**{**recipe.to_dict(), **dict.fromkeys(nulled)})
 
 
 class _Commands(click.Group):
@@ -166,7 +189,7 @@ def compress(model: Path, arch: str | None, arch_kwargs: str | None, trust_pickl
     from .train import resolve_device
 
     kwargs = parse_arch_kwargs(arch_kwargs)
-    recipe = load_recipe(recipe_path).replace(**overrides)  # options not given are None: replace skips them
+    recipe = with_overrides(load_recipe(recipe_path), overrides)  # options not given are None: skipped
     init_distributed(resolve_device(recipe.device))  # joins torchrun's process group when WORLD_SIZE > 1
     check_output_folder(output)
     lock = RunFolderLock(output)  # one compress per folder: held until the command ends, taken at once if it exists

@@ -30,6 +30,20 @@ class Cli:
     flag: str
     help: str
     metavar: str | None = None
+    none: bool = False
+    """The option also takes ``none``: the key set to null (e.g. ``--max-drop none``, no budget), which a plain
+    override cannot say (an option not given is None)."""
+
+
+class _Null:
+    """What a ``Cli(none=True)`` option's ``none`` arrives as: not None (an option not given) and not the string
+    ``"none"`` (a choice of another key, ``--quantize none``)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _Null()
 
 
 @dataclass(frozen=True)

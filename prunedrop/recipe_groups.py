@@ -292,7 +292,8 @@ class SelectionConfig:
     max_metric_drop: float | None = setting(1.0, check=_budget_range,
             cli=Cli("--max-drop", 'Accuracy budget: the validation accuracy points the run may lose (for loss mse: percent '
                                 'more error). The autopilot chooses β to compress as much as this allows. Default: the '
-                                "recipe's (1 point without a recipe).", metavar="POINTS"))
+                                "recipe's (1 point without a recipe); none: no budget (with --target, the target "
+                                "alone decides).", metavar="POINTS", none=True))
     """The accuracy budget: how much of the validation metric the run may lose, in points of accuracy (for
     ``loss: mse``: the relative increase of the validation error, in percent). The autopilot moves β during training
     to spend about half of it, then the threshold sweep takes the threshold that prunes most within all of it, and a

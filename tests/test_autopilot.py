@@ -502,6 +502,7 @@ def test_a_confidence_holds_the_drop_plus_standard_errors_to_the_budget() -> Non
     (["--target", "flops=10x", "--kl-weight", "2"], "cannot be combined"),
     (["--confidence", "1.5"], "budget_confidence"), (["--confidence", "nan"], "budget_confidence"),
     (["--confidence", "0.3"], "budget_confidence"),
+    (["--max-drop", "nothing"], "--max-drop"), (["--max-drop", "none", "--confidence", "0.9"], "needs a budget"),
 ])
 def test_bad_budget_or_target_on_the_command_line(project: Path, options: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
@@ -525,6 +526,27 @@ def test_cli_target_run_reports_the_outcome_and_strict_exits_non_zero(project: P
     strict = CliRunner().invoke(cli, [*args, "-o", "strict", "--strict"])
     assert strict.exit_code == 3 and "missed" in strict.output
     assert (project / "strict" / "model.onnx").is_file()
+
+
+def test_cli_max_drop_none_leaves_the_target_alone_to_decide(project: Path) -> None:
+    from prunedrop.cli import with_overrides
+    from prunedrop.recipe_fields import NONE
+
+    recipe = project / "quick.yaml"
+    recipe.write_text("epochs: 4\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 0\n"
+                      "device: cpu\nquantize: none\nmax_metric_drop: 0.5\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", str(recipe), "--target", "params=2x", "--max-drop", "None", "-q",
+                                      "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["recipe"]["max_metric_drop"] is None and report["autopilot"]["max_metric_drop"] is None
+    assert report["autopilot"]["bound"] != "budget" and report["target"]["wanted_ratio"] == 2.0
+    # an option not given leaves the recipe's key; a number still overrides it
+    assert with_overrides(Recipe(max_metric_drop=0.5), {"max_metric_drop": None}).max_metric_drop == 0.5
+    assert with_overrides(Recipe(), {"max_metric_drop": 2.0, "target": None}).max_metric_drop == 2.0
+    # another key's choice named none is that choice, not null
+    assert with_overrides(Recipe(), {"quantize": "none", "max_metric_drop": NONE}).quantize == "none"
 
 
 def test_cli_confidence_run_exports_a_model_that_keeps_the_budget_that_surely(project: Path) -> None:
