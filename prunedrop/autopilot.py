@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
+from .export.sparse import index_bytes
 from .layers.configs import SNR_METHODS
 from .recipe_groups import is_classification
 
@@ -315,6 +316,9 @@ class CostMeter:
         from .convert import variational_layers
 
         self.kind = "params" if kind == "bytes" else kind
+        self.stored = kind == "bytes"
+        """Count what the file stores: a per-weight layer's kept weights sparse (value and index) where that is
+        smaller than the layer dense (:func:`prunedrop.export.sparse.stored_bytes`)."""
         self.example = example_input
         self.threshold = threshold
         """The threshold the kept cost is measured at (set on every variational layer for the measurement); None =
@@ -355,7 +359,12 @@ class CostMeter:
                 if ref is not None and cur is not None and ref.shape == cur.shape and ref.numel():
                     silenced = ref & ~cur  # fed something before pruning, zeros now
                     density = 1.0 - float(silenced.float().mean())
-                kept += float(layer.keep_mask().sum()) * self.costs[name] * density
+                entries = float(layer.keep_mask().sum())
+                if self.stored and layer.unit_keep_mask() is None:
+                    # per weight: the file holds the layer dense (zeros too), or each kept value with its index
+                    total = _units(layer)
+                    entries = min(float(total), entries * (1.0 + float(index_bytes(max(total - 1, 0))) / 4.0))
+                kept += entries * self.costs[name] * density
         return self.dense / max(kept, 1e-12)
 
 

@@ -58,6 +58,11 @@ class SweepPoint:
     """Dense multiply-adds per sample, whole model (the same at every threshold)."""
     kept_per_layer: dict[str, int] = field(default_factory=dict)
     """Variational layer name → its non-zero weights after thresholding."""
+    stored_bytes: int = 0
+    """About the bytes the exported file spends on the parameters: each tensor dense, or sparse where that is
+    smaller (:func:`prunedrop.export.sparse.stored_bytes`); what a ``bytes`` target is capped by."""
+    dense_bytes: int = 0
+    """The same parameters stored dense (the same at every threshold)."""
 
     @property
     def kept_fraction(self) -> float:
@@ -119,6 +124,13 @@ def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     return x
 
 
+def _stored(tensor: torch.Tensor) -> int:
+    """:func:`prunedrop.export.sparse.stored_bytes` of a parameter."""
+    from .export.sparse import stored_bytes
+
+    return stored_bytes(tensor.detach().cpu().numpy())
+
+
 def _weight_count(module: nn.Module) -> int:
     return sum(w.numel() for w in layer_weights(module))
 
@@ -164,6 +176,7 @@ def sweep_thresholds(
     other = [p for p in model.parameters() if id(p) not in variational_ids]
     other_params = sum(p.numel() for p in other)
     other_nonzero = sum(int(torch.count_nonzero(p)) for p in other)
+    other_stored, other_dense = sum(map(_stored, other)), sum(p.numel() * p.element_size() for p in other)
     layer_names = set(layers)
     other_nonzero_macs = sum(p.nonzero_macs for p in profiles.values() if p.name not in layer_names)
     macs = sum(p.macs for p in profiles.values())
@@ -179,6 +192,7 @@ def sweep_thresholds(
             metric = float(evaluate_fn(model, data_loader))
             kept_per_layer: dict[str, int] = {}
             params, total_params, nonzero_macs = other_nonzero, other_params, other_nonzero_macs
+            stored, dense_bytes = other_stored, other_dense
             for name, layer in layers.items():
                 # The layer's own deterministic version: exact for any noise family (a per-unit family also
                 # zeroes the pruned units' biases), and one layer at a time so memory stays small.
@@ -187,12 +201,15 @@ def sweep_thresholds(
                 kept_per_layer[name] = kept
                 params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
                 total_params += sum(p.numel() for p in dense.parameters())
+                stored += sum(map(_stored, dense.parameters()))
+                dense_bytes += sum(p.numel() * p.element_size() for p in dense.parameters())
                 nonzero_macs += kept * positions[name] + fixed[name]
                 del dense
             points.append(SweepPoint(
                 threshold=t, metric=metric, kept_weights=sum(kept_per_layer.values()),
                 total_weights=total_weights, params=params, total_params=total_params,
-                nonzero_macs=nonzero_macs, macs=macs, kept_per_layer=kept_per_layer,
+                nonzero_macs=nonzero_macs, macs=macs, kept_per_layer=kept_per_layer, stored_bytes=stored,
+                dense_bytes=dense_bytes,
             ))
     finally:
         for name, layer in layers.items():

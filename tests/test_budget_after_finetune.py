@@ -7,6 +7,7 @@ checks that the exported model is the probe's fine-tuned model, that every probe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -474,7 +475,13 @@ def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it()
     points = _points()
     recipe = Recipe(target="params=2x", max_metric_drop=1.0)
     assert target_cap(points, Recipe(max_metric_drop=1.0)) is None  # no target: no cap
-    assert target_cap(points, Recipe(target="bytes=2x", max_metric_drop=1.0)) is None  # judged on the file
+    assert target_cap(points, Recipe(target="bytes=2x", max_metric_drop=1.0)) is None  # points that count no bytes
+    # a bytes target counts what the file stores, and what it holds besides the parameters on both sides
+    stored = [dataclasses.replace(p, stored_bytes=6 * p.params, dense_bytes=4 * p.total_params) for p in points]
+    by_bytes = target_cap(stored, Recipe(target="bytes=1.5x", max_metric_drop=1.0))
+    assert by_bytes.threshold == 1.5  # 4·410 bytes against 6·180: 1.52x at 1.5 (1.44x at 2)
+    # 400 bytes of graph on both sides: (1640 + 400) / (6·160 + 400) = 1.5x at 0.5
+    assert target_cap(stored, Recipe(target="bytes=1.5x", max_metric_drop=1.0), overhead=400).threshold == 0.5
     grid = target_cap(list(points), recipe)
     assert grid.threshold == 2.5  # on the grid: 2.5 meets 2x and prunes least, 3.0 does not meet it
     # nothing that prunes more than the cap is left to choose from
@@ -540,9 +547,11 @@ def test_a_flops_target_counts_the_slim_model_of_each_unit_pruning_threshold() -
     assert exact.nonzero_macs == 8 * 8 + 12 * 8 + 12 * 3 and exact.params == (8 * 8 + 8) + (12 * 8 + 12) + (12 * 3 + 3)
     assert exact.metric == point.metric and exact.threshold == point.threshold
     assert variational.net[1].mu[8] == -15.0 and len(variational_layers(variational)) == 2  # left as it was
-    # nothing to correct without a flops/params target, or where single weights are pruned
+    # a bytes target: the slim model's parameters, each stored dense (no zeros left in them)
+    in_bytes = slim_costs(variational, Recipe(method="sbp", target="bytes=2x"), x)(point)
+    assert in_bytes.stored_bytes == 4 * exact.params and in_bytes.dense_bytes == point.dense_bytes
+    # nothing to correct without a target, or where single weights are pruned
     assert slim_costs(variational, Recipe(method="sbp", max_metric_drop=1.0), x) is None
-    assert slim_costs(variational, Recipe(method="sbp", target="bytes=2x"), x) is None
     sparse = Recipe(method="sparse_vd", target="flops=2x")
     assert slim_costs(to_variational(TinyMLP(8, (16, 12), 3), sparse, example_input=x[:2]), sparse, x) is None
 

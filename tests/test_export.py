@@ -231,6 +231,23 @@ def test_sparse_constant_round_trip(array: np.ndarray) -> None:
     np.testing.assert_array_equal(dense.reshape(tuple(sparse.dims)), array)
 
 
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.2, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("shape", [(300, 784), (10, 100), (16, 8, 3, 3)])
+def test_stored_bytes_is_what_the_file_spends_on_a_tensor(shape: tuple[int, ...], density: float) -> None:
+    from prunedrop.export.sparse import index_bytes, stored_bytes
+
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
+    init = numpy_helper.from_array(array, name="w")
+    node = sparse_constant(init)
+    # the file keeps the smaller of the two forms (sparsify_initializers' "auto")
+    spent = min(init.ByteSize(), node.ByteSize()) if node is not None else init.ByteSize()
+    estimate = stored_bytes(array)
+    assert abs(estimate - spent) <= 0.02 * spent + 64, (estimate, spent)
+    assert stored_bytes(torch.from_numpy(array).numpy()) == estimate
+    assert list(index_bytes(np.array([0, 127, 128, 16383, 16384, 2**21]))) == [1, 1, 2, 2, 3, 4]
+
+
 def test_metadata_props(tmp_path: Path) -> None:
     model, x = tiny_model("mlp")
     metadata = {"prunedrop.version": prunedrop.__version__, "params.kept": "123/456"}

@@ -145,6 +145,26 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
 
 
+def index_bytes(index: Any) -> Any:
+    """The bytes of packed varints holding the non-negative integers ``index`` (a NumPy array): 7 bits a byte."""
+    index = np.asarray(index, dtype=np.int64)
+    return np.maximum(1, (np.floor(np.log2(np.maximum(index, 1))).astype(np.int64) // 7) + 1)
+
+
+def stored_bytes(array: Any) -> int:
+    """About the bytes the exported file spends on one float tensor (a NumPy array or a tensor): its dense form, or
+    where smaller its sparse ``Constant`` (:func:`sparse_constant`: each non-zero value, and its linear index as a
+    varint). What a ``bytes`` target counts before any file is written; the exporter may lay a tensor out
+    differently (a transposed Gemm weight), which moves the indices' varints by a byte at most."""
+    flat = np.asarray(array).reshape(-1)
+    width = flat.dtype.itemsize
+    dense = width * flat.size
+    nonzero = np.flatnonzero(flat)
+    if nonzero.size == flat.size:
+        return int(dense)
+    return int(min(dense, width * nonzero.size + int(index_bytes(nonzero).sum())))
+
+
 def sparse_constant(init: onnx.TensorProto, dtypes: frozenset[int] = SPARSE_DTYPES) -> onnx.NodeProto | None:
     """``init`` as a ``Constant`` with a sparse value, or None if it has no zero or cannot be sparse."""
     if init.data_type not in dtypes or init.data_location == onnx.TensorProto.EXTERNAL:

@@ -155,9 +155,10 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
 TARGET_REFINE_STEPS = 6
 
 
-def _target_cost(recipe: Recipe) -> tuple[Callable[[SweepPoint], int], Callable[[SweepPoint], int]] | None:
-    """(a swept point's cost, the dense model's) in the kind of the recipe's target; None without a target or with a
-    ``bytes`` one."""
+def _target_cost(recipe: Recipe, overhead: int = 0
+                 ) -> tuple[Callable[[SweepPoint], int], Callable[[SweepPoint], int]] | None:
+    """(a swept point's cost, the dense model's) in the kind of the recipe's target; None without a target. A
+    ``bytes`` target adds ``overhead`` to both: what the file holds besides the parameters (its graph, names)."""
     from ..autopilot import parse_target
 
     kind = parse_target(recipe.target).kind if recipe.target else None
@@ -165,32 +166,39 @@ def _target_cost(recipe: Recipe) -> tuple[Callable[[SweepPoint], int], Callable[
         return (lambda p: p.nonzero_macs), (lambda p: p.macs)
     if kind == "params":
         return (lambda p: p.params), (lambda p: p.total_params)
+    if kind == "bytes":
+        return (lambda p: p.stored_bytes + overhead), (lambda p: p.dense_bytes + overhead)
     return None
 
 
 def target_cap(points: list[SweepPoint], recipe: Recipe,
-               point_at: Callable[[float], SweepPoint] | None = None) -> SweepPoint | None:
-    """With a ``flops`` or ``params`` target: the swept point that meets it and prunes least (None without such a
-    target, or when no swept point meets it). A user who states a target wants a model that fits it, and the most
+               point_at: Callable[[float], SweepPoint] | None = None, *, overhead: int = 0) -> SweepPoint | None:
+    """With a target: the swept point that meets it and prunes least (None without a target, or when no swept point
+    meets it). A user who states a target wants a model that fits it, and the most
     accurate of those prunes least: no threshold prunes more than this one (the budget may still stop short of it).
     The points count non-zero weights (``nonzero_macs``, ``params``): for per-weight noise those of the thresholded
     model, what the report measures; for per-unit noise those of its slim model
     (:func:`prunedrop.stages.selection.slim_costs`), since slimming also removes the weights downstream layers read
-    from pruned units. A ``bytes`` target is judged on the
-    ONNX file, which the sweep does not write: no cap. Without it, the most pruning threshold within the budget
-    overshot a digits CNN's ``flops=8x`` to 20.7×.
+    from pruned units. A ``bytes`` target counts the bytes the file would spend on the parameters (``stored_bytes``:
+    each tensor dense, or sparse where smaller), since the report judges it on the ONNX file: without the cap, a
+    digits MLP under sparse VD with ``bytes=10x`` and no budget exported its recipe's threshold, 11.6× fewer
+    parameters in a file 7.7× smaller (sparse storage spends 5-7 bytes on a weight, not 4). Without a cap, the
+    most pruning threshold within the budget overshot a digits CNN's ``flops=8x`` to 20.7×.
 
     The swept grid is coarse (on the grid alone, a target-only MLP run landed at 5.41× for a 4× target), so with
     ``point_at`` (threshold → its point) the interval between the cap and its neighbour that misses the target is
     bisected :data:`TARGET_REFINE_STEPS` times (the run then landed at 4.003×); the points it measures are appended
-    to ``points``."""
+    to ``points``. ``overhead``: the file's bytes besides the parameters, for a ``bytes`` target (:func:`_target_cost`;
+    a small MLP's 3.92× file for a 4× cap on its parameters' bytes)."""
     from ..autopilot import parse_target
 
-    costs = _target_cost(recipe)
+    costs = _target_cost(recipe, overhead)
     if costs is None or not points:
         return None
     cost, dense_cost = costs
     dense = dense_cost(points[0])
+    if not dense:  # points that do not count this kind (a report written before it was counted)
+        return None
     wanted = parse_target(recipe.target).ratio_for(dense)
 
     def meets(p: SweepPoint) -> bool:
@@ -214,13 +222,13 @@ def target_cap(points: list[SweepPoint], recipe: Recipe,
 
 
 def cap_within_budget(points: list[SweepPoint], cap: SweepPoint, recipe: Recipe,
-                      inside: Callable[[SweepPoint], bool]) -> SweepPoint:
+                      inside: Callable[[SweepPoint], bool], *, overhead: int = 0) -> SweepPoint:
     """The cap of :func:`target_cap`, or, where the budget (``inside``) rules it out, the least pruning swept point
     that meets the target within the budget, when one does (else the cap). A validation metric measured on few
     samples is not monotone in the threshold: a digits MLP's ``flops=2x`` cap read one image under the budget's line
     while the points pruning more (2.08×, 2.2×) read one image above it, and the run exported 1.84× and said the
     budget had stopped it short of the target. A point pruning at least as much as the cap meets the target too."""
-    costs = _target_cost(recipe)
+    costs = _target_cost(recipe, overhead)
     if costs is None or inside(cap):
         return cap
     cost = costs[0]
@@ -228,9 +236,10 @@ def cap_within_budget(points: list[SweepPoint], cap: SweepPoint, recipe: Recipe,
     return max(fitting, key=lambda p: (cost(p), p.params), default=cap)
 
 
-def capped(points: list[SweepPoint], cap: SweepPoint | None, recipe: Recipe) -> list[SweepPoint]:
+def capped(points: list[SweepPoint], cap: SweepPoint | None, recipe: Recipe, *, overhead: int = 0
+           ) -> list[SweepPoint]:
     """The points that prune no more than ``cap`` (all of them without one)."""
-    costs = _target_cost(recipe)
+    costs = _target_cost(recipe, overhead)
     if cap is None or costs is None:
         return points
     cost = costs[0]

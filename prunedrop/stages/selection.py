@@ -112,20 +112,20 @@ def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module,
 
 def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
                ) -> Callable[[SweepPoint], SweepPoint] | None:
-    """For a ``flops`` or ``params`` target on a model that prunes whole units: a swept point → the same point with
-    its non-zero multiply-adds and parameters counted on the slim model that its threshold gives (pruned, slimmed
+    """For a target on a model that prunes whole units: a swept point → the same point with its non-zero
+    multiply-adds, parameters and stored bytes counted on the slim model that its threshold gives (pruned, slimmed
     and profiled on a copy). None otherwise.
 
     The sweep counts the thresholded model's non-zero weights, and slimming also removes the weights that read
     pruned units: on a LeNet-5 SBP run with ``--target flops=10x`` the sweep read 10× at SNR ≤ 4.48, where the slim
     model at SNR ≤ 3.5, the threshold chosen, measured 15.6× (test −1.20 points). Counted on the slim model, the
     target's cap is where the exported model meets it. A few samples of ``example`` check each slim model."""
-    from ..autopilot import parse_target
+    from ..export.sparse import stored_bytes
     from ..prune import prune
     from ..report import count_parameters, profile_model
     from ..slim import slim
 
-    if recipe.target is None or parse_target(recipe.target).kind not in ("flops", "params"):
+    if recipe.target is None:
         return None
     if not any(layer.unit_keep_mask() is not None for layer in variational_layers(variational).values()):
         return None
@@ -141,7 +141,8 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
             return point  # slimming refuses this mask: the exported model would keep the units, as counted
         _, params = count_parameters(model)
         macs = sum(p.nonzero_macs for p in profile_model(model.eval(), few[:1]))
-        return dataclasses.replace(point, nonzero_macs=macs, params=params)
+        stored = sum(stored_bytes(p.detach().cpu().numpy()) for p in model.parameters())
+        return dataclasses.replace(point, nonzero_macs=macs, params=params, stored_bytes=stored)
 
     return exact
 
@@ -174,7 +175,9 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     # the default grid less the thresholds the method refuses (an SNR ≤ 0 prunes nothing, as SNR ≤ 0.5 may)
     points = sweep(recipe.sweep_thresholds or usable_thresholds(recipe, default_thresholds()))
     threshold, chosen = recipe.threshold, None
-    cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0])
+    # what original.onnx holds besides the parameters, which a bytes target's file holds as well
+    overhead = max(0, baseline.onnx.num_bytes - points[0].dense_bytes) if points else 0
+    cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0], overhead=overhead)
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
     # the budget is held to each threshold after its noise-free fine-tuning (the search below), or else to the sweep
     searches = recipe.budget_judges_finetuned(data.num_val) and recipe.finetune_epochs_for(data.num_train) > 0
@@ -183,11 +186,11 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         # the sweep's metric decides the budget: a point that fits both the target and the budget is the choice
         cap = cap_within_budget(points, cap, recipe, lambda p: choose_threshold(
             [p], metric_before=metric_before, max_metric_drop=recipe.max_metric_drop,
-            higher_is_better=is_classification(recipe.loss)) is not None)
+            higher_is_better=is_classification(recipe.loss)) is not None, overhead=overhead)
         if cap is not least:
             log(f"target {recipe.target}: {recipe.pruning_rule(least.threshold)} meets it and prunes least, but reads "
                 f"{least.metric:.4g}, outside the budget; {recipe.pruning_rule(cap.threshold)} meets both")
-    candidates = capped(points, cap, recipe)
+    candidates = capped(points, cap, recipe, overhead=overhead)
     # past the grid only on the default grid (a grid the recipe gives is the user's) and without a target's cap
     # (it bounds the pruning from within the grid)
     beyond = recipe.sweep_thresholds is None and cap is None
