@@ -258,11 +258,17 @@ class _RecipeMethods:
         return SECTIONS[name](**{f.name: values[f.name] for f in fields(SECTIONS[name])})
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with some keys changed (validated); ``None`` values are ignored (CLI overrides)."""
+        """A copy with some keys changed (validated); ``None`` values are ignored (CLI overrides). A new ``method``
+        without a ``threshold`` takes the new method's default threshold where the old one had its own method's
+        (``Recipe().replace(method="sbp")`` pruned at SNR ≤ 3, sparse VD's log α default read as an SNR)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - set(KEY_SECTIONS)
         if unknown:
             raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        r: Any = self
+        if changes.get("method", r.method) != r.method and "threshold" not in changes \
+                and r.threshold == DEFAULT_THRESHOLDS[r.method]:
+            changes["threshold"] = DEFAULT_THRESHOLDS[changes["method"]]
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def to_dict(self, *, grouped: bool = False) -> dict[str, Any]:

@@ -166,6 +166,15 @@ def test_replace_ignores_none_and_validates() -> None:
         Recipe().replace(batch_size=0)
 
 
+def test_a_new_method_takes_its_own_default_threshold_unless_one_was_set() -> None:
+    assert Recipe(method="sbp").threshold == 1.0
+    assert Recipe().replace(method="sbp").threshold == 1.0  # not sparse VD's log α 3 read as an SNR
+    assert Recipe(method="sbp").replace(method="group_vd").threshold == 3.0
+    assert Recipe().replace(method="sbp", threshold=2.0).threshold == 2.0
+    assert Recipe(threshold=2.5).replace(method="group_vd").threshold == 2.5  # the user's own stays
+    assert Recipe().replace(epochs=3).threshold == 3.0
+
+
 values = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.text(max_size=4), max_size=3))
 
