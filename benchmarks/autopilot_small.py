@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model
+from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, cpu_model
 from examples.train_dense import fit_dense
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
@@ -196,16 +196,12 @@ def dense(name: str, data, epochs: int) -> nn.Module:
     return model
 
 
-def _budget(text: str) -> float | str:
-    return "none" if text.lower() == "none" else float(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS)[:5], choices=list(MODELS),
                    help="default: the first five (mlp cnn lstm transformer rescnn)")
     p.add_argument("--method", default="sparse_vd")
-    p.add_argument("--max-drop", type=_budget, default=None,
+    p.add_argument("--max-drop", type=budget_arg, default=None,
                    help="the recipe's max_metric_drop (default: the built-in 1 point); none = no budget (a target alone)")
     p.add_argument("--target", default=None)
     p.add_argument("--dense-epochs", type=int, default=40)

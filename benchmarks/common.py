@@ -44,7 +44,7 @@ from prunedrop.report import measure_latency, profile_model
 from prunedrop.storage import import_object
 from prunedrop.train import evaluate
 
-__all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "command_line", "cpu_model", "cubic_sparsity", "dense_model",
+__all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "budget_arg", "command_line", "cpu_model", "cubic_sparsity", "dense_model",
            "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline", "tp_ops"]
 
 #: where the result JSON files and the cached dense models go
@@ -52,6 +52,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 # ------------------------------------------------------------------------------------------------ machine
+
+
+def budget_arg(text: str) -> float | str:
+    """``--max-drop``'s value: points, or ``none`` (no budget: a target alone)."""
+    return "none" if text.strip().lower() == "none" else float(text)
 
 
 def machine(device: str | torch.device | None = None) -> dict:

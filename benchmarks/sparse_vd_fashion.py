@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 
 from benchmarks import common
-from benchmarks.common import RESULTS, ROOT, command_line, machine, magnitude_prune
+from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, machine, magnitude_prune
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
@@ -92,10 +92,6 @@ def markdown_table(r: dict) -> str:
             f"sparse VD {svd['seconds'] / 60:.0f} min{mag_time} |\n")
 
 
-def _budget(text: str) -> float | str:
-    return "none" if text.lower() == "none" else float(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(ARCHS), required=True)
@@ -105,7 +101,7 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=None, help="override the recipe's finetune_epochs")
     p.add_argument("--kl-warmup-epochs", type=float, default=None, help="override the recipe's warm-up")
     p.add_argument("--kl-weight", type=float, default=None, help="override the recipe's kl_weight (β)")
-    p.add_argument("--max-drop", type=_budget, default=None,
+    p.add_argument("--max-drop", type=budget_arg, default=None,
                    help="override the recipe's max_metric_drop (budget); none = no budget (a --target alone)")
     p.add_argument("--confidence", type=float, default=None,
                    help="the recipe's budget_confidence: the budget must hold with this one-sided confidence")
