@@ -337,11 +337,13 @@ class CostMeter:
     @contextmanager
     def _at_threshold(self) -> Iterator[None]:
         """The variational layers thresholded at :attr:`threshold` for the measurement, their own restored after."""
+        if self.threshold is None:
+            yield
+            return
         own = {name: layer.threshold for name, layer in self.layers.items()}
         try:
-            if self.threshold is not None:
-                for layer in self.layers.values():
-                    layer.threshold = self.threshold
+            for layer in self.layers.values():
+                layer.threshold = self.threshold
             yield
         finally:
             for name, layer in self.layers.items():
