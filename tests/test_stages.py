@@ -172,6 +172,10 @@ def test_a_missed_target_says_why(bound: str, notes: list[str], why: str) -> Non
               "slim": {"notes": notes, "removed": {"c2": [32, 32]}}}
     outcome = target_outcome(Recipe(method="sbp", target="flops=4x"), report)
     assert not outcome["reached"] and why in outcome["line"]
+    assert "the closest model within the budget is 3.33x smaller" in outcome["line"]
+    # with no budget there is none to be within
+    alone = target_outcome(Recipe(method="sbp", target="flops=4x", max_metric_drop=None), report)
+    assert "missed: the model is 3.33x smaller" in alone["line"] and "budget" not in alone["line"].split(";")[0]
 
 
 def test_the_finetuning_rate_is_decided_by_where_the_budget_is_judged() -> None:

@@ -144,7 +144,8 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
         why = ("the accuracy budget bound first" if bound == "budget"
                else f"slimming kept pruned units it could not remove: {kept[0]}" if kept
                else "training ended before it got there")
-        line = (f"target {target} missed: the closest model within the budget is {reached_ratio:.3g}x smaller "
+        closest = "the closest model within the budget" if recipe.max_metric_drop is not None else "the model"
+        line = (f"target {target} missed: {closest} is {reached_ratio:.3g}x smaller "
                 f"({reached_ratio / wanted:.0%} of the way in ratio; {why})")
     return {"target": str(target), "kind": target.kind, "wanted_ratio": wanted, "reached_ratio": reached_ratio,
             "reached": reached, "bound": bound, "line": line}
