@@ -197,10 +197,11 @@ def target_cap(points: list[SweepPoint], recipe: Recipe,
     if costs is None or not points:
         return None
     cost, dense_cost = costs
-    dense = dense_cost(points[0])
-    if not dense:  # points that do not count this kind (a report written before it was counted)
+    target = parse_target(recipe.target)
+    if target.kind == "bytes" and not points[0].dense_bytes:  # points that count no bytes (an older report's)
         return None
-    wanted = parse_target(recipe.target).ratio_for(dense)
+    dense = dense_cost(points[0])
+    wanted = target.ratio_for(dense)
 
     def meets(p: SweepPoint) -> bool:
         return p.kept_weights > 0 and dense / max(cost(p), 1) >= wanted * (1 - 1e-9)
