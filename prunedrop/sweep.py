@@ -143,6 +143,7 @@ def sweep_thresholds(
     *,
     evaluate_fn: Callable[[nn.Module, Iterable[Any]], float],
     example_input: torch.Tensor | None = None,
+    count_bytes: bool = False,
 ) -> list[SweepPoint]:
     """Evaluate a trained variational ``model`` at every threshold; one :class:`SweepPoint` each, in order.
 
@@ -153,7 +154,8 @@ def sweep_thresholds(
     batch of ``data_loader``) is used once, at batch size 1, to find each layer's output positions.
 
     The model is not modified: every layer's own threshold and every module's training flag are restored
-    afterwards, also when ``evaluate_fn`` raises.
+    afterwards, also when ``evaluate_fn`` raises. ``count_bytes``: also count each point's ``stored_bytes`` and
+    ``dense_bytes`` (for a ``bytes`` target; zero otherwise: they read every weight).
     """
     layers = variational_layers(model)
     if not layers:
@@ -176,7 +178,13 @@ def sweep_thresholds(
     other = [p for p in model.parameters() if id(p) not in variational_ids]
     other_params = sum(p.numel() for p in other)
     other_nonzero = sum(int(torch.count_nonzero(p)) for p in other)
-    other_stored, other_dense = sum(map(_stored, other)), sum(p.numel() * p.element_size() for p in other)
+    def stored(params: Iterable[torch.Tensor]) -> tuple[int, int]:
+        if not count_bytes:
+            return 0, 0
+        params = list(params)
+        return sum(map(_stored, params)), sum(p.numel() * p.element_size() for p in params)
+
+    other_stored, other_dense = stored(other)
     layer_names = set(layers)
     other_nonzero_macs = sum(p.nonzero_macs for p in profiles.values() if p.name not in layer_names)
     macs = sum(p.macs for p in profiles.values())
@@ -192,7 +200,7 @@ def sweep_thresholds(
             metric = float(evaluate_fn(model, data_loader))
             kept_per_layer: dict[str, int] = {}
             params, total_params, nonzero_macs = other_nonzero, other_params, other_nonzero_macs
-            stored, dense_bytes = other_stored, other_dense
+            stored_total, dense_bytes = other_stored, other_dense
             for name, layer in layers.items():
                 # The layer's own deterministic version: exact for any noise family (a per-unit family also
                 # zeroes the pruned units' biases), and one layer at a time so memory stays small.
@@ -201,14 +209,15 @@ def sweep_thresholds(
                 kept_per_layer[name] = kept
                 params += sum(int(torch.count_nonzero(p)) for p in dense.parameters())
                 total_params += sum(p.numel() for p in dense.parameters())
-                stored += sum(map(_stored, dense.parameters()))
-                dense_bytes += sum(p.numel() * p.element_size() for p in dense.parameters())
+                layer_stored, layer_dense = stored(dense.parameters())
+                stored_total += layer_stored
+                dense_bytes += layer_dense
                 nonzero_macs += kept * positions[name] + fixed[name]
                 del dense
             points.append(SweepPoint(
                 threshold=t, metric=metric, kept_weights=sum(kept_per_layer.values()),
                 total_weights=total_weights, params=params, total_params=total_params,
-                nonzero_macs=nonzero_macs, macs=macs, kept_per_layer=kept_per_layer, stored_bytes=stored,
+                nonzero_macs=nonzero_macs, macs=macs, kept_per_layer=kept_per_layer, stored_bytes=stored_total,
                 dense_bytes=dense_bytes,
             ))
     finally:

@@ -11,6 +11,7 @@ import torch
 
 from prunedrop.convert import to_variational, variational_layers
 from prunedrop.errors import PrunedropError
+from prunedrop.export.sparse import stored_bytes
 from prunedrop.prune import prune
 from prunedrop.recipes import Recipe
 from prunedrop.report import count_parameters, profile_model
@@ -102,6 +103,13 @@ def test_sweep_is_exact_against_prune_and_report(name, method):
         assert p.nonzero_macs == sum(q.nonzero_macs for q in profiles)
         assert p.macs == sum(q.macs for q in profiles)
         assert p.metric == pytest.approx(_accuracy(pruned, loader))
+        assert p.stored_bytes == p.dense_bytes == 0  # not asked for
+    counted = sweep_thresholds(model, loader, thresholds, evaluate_fn=_accuracy, count_bytes=True)
+    for p in counted:
+        pruned = prune(copy.deepcopy(model), p.threshold).model
+        assert p.stored_bytes == sum(stored_bytes(q.detach().numpy()) for q in pruned.parameters())
+        assert p.dense_bytes == 4 * p.total_params
+    assert counted[0].stored_bytes < counted[-1].stored_bytes <= counted[-1].dense_bytes
 
 
 @pytest.mark.parametrize("method", ["sparse_vd", "group_vd"])

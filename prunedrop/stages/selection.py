@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..autopilot import parse_target
 from ..batchnorm import batchnorm_state, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
@@ -127,6 +128,7 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
 
     if recipe.target is None:
         return None
+    in_bytes = parse_target(recipe.target).kind == "bytes"
     if not any(layer.unit_keep_mask() is not None for layer in variational_layers(variational).values()):
         return None
     few = example[:4]
@@ -141,7 +143,8 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
             return point  # slimming refuses this mask: the exported model would keep the units, as counted
         _, params = count_parameters(model)
         macs = sum(p.nonzero_macs for p in profile_model(model.eval(), few[:1]))
-        stored = sum(stored_bytes(p.detach().cpu().numpy()) for p in model.parameters())
+        stored = sum(stored_bytes(p.detach().cpu().numpy()) for p in model.parameters()) if in_bytes \
+            else point.stored_bytes
         return dataclasses.replace(point, nonzero_macs=macs, params=params, stored_bytes=stored)
 
     return exact
@@ -161,13 +164,14 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     metric = thresholded_metric(recipe, data)
 
     slim_cost = slim_costs(variational, recipe, example)
+    counts_bytes = recipe.target is not None and parse_target(recipe.target).kind == "bytes"
 
     def sweep(thresholds: list[float]) -> list[SweepPoint]:
         # every measurement re-estimates the BatchNorm statistics for its threshold; the later stages (and the
         # probes past the grid) start from the trained model as it was
         try:
             points = sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric,
-                                      example_input=example[:1])
+                                      example_input=example[:1], count_bytes=counts_bytes)
         finally:
             restore_batchnorm(variational, trained_statistics)
         return [slim_cost(p) for p in points] if slim_cost is not None else points
