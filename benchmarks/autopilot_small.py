@@ -220,13 +220,15 @@ def main() -> None:
     for name in args.models:
         model = dense(name, data, args.dense_epochs)
         changes = {"method": args.method, "latency_runs": args.latency_runs, "plots": False, "mc_samples": 0, "target": args.target}
-        if args.max_drop is not None:
-            changes["max_metric_drop"] = None if args.max_drop == "none" else args.max_drop
+        if args.max_drop is not None and args.max_drop != "none":
+            changes["max_metric_drop"] = args.max_drop
         if args.seed is not None:
             changes["seed"] = args.seed
         if args.finetune_lr is not None:
             changes["finetune_lr"] = args.finetune_lr
         recipe = Recipe().replace(**changes)
+        if args.max_drop == "none":  # replace skips None: a recipe that says null
+            recipe = Recipe(**{**recipe.to_dict(), "max_metric_drop": None})
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             result = compress(model, data, recipe, out, progress=False, log=lambda msg: None)

@@ -176,6 +176,13 @@ def test_a_missed_target_says_why(bound: str, notes: list[str], why: str) -> Non
     # with no budget there is none to be within
     alone = target_outcome(Recipe(method="sbp", target="flops=4x", max_metric_drop=None), report)
     assert "missed: the model is 3.33x smaller" in alone["line"] and "budget" not in alone["line"].split(";")[0]
+    # a bytes target smaller than what the graph takes besides the parameters (a small transformer's 54 KB of shape
+    # constants against its 72 KB of weights) says so, instead of blaming the training
+    files = {"onnx_bytes": {"before": 125_638, "after": 67_891}, "params": {"total_before": 17_962},
+             "autopilot": {"bound": "target"}}
+    graph = target_outcome(Recipe(target="bytes=8x", max_metric_drop=None), files)["line"]
+    assert "the file's graph alone, about 53,790 bytes besides the parameters, is more than the 15,705 bytes" in graph
+    assert "training ended" in target_outcome(Recipe(target="bytes=2x", max_metric_drop=None), files)["line"]
 
 
 def test_the_finetuning_rate_is_decided_by_where_the_budget_is_judged() -> None:

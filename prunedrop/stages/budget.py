@@ -141,7 +141,11 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
         # The autopilot and the sweep count pruned units as gone; slimming may have to keep some (a grouped
         # convolution keeps its groups equal in size): a digits CNN with groups=2 read 7.14x while training, and
         # the exported model kept every channel (before grouped convolutions slimmed, 1307387).
-        why = ("the accuracy budget bound first" if bound == "budget"
+        # what the file holds besides its float32 parameters (operators, shapes, names): no pruning removes it
+        graph = before - 4 * int((report.get("params") or {}).get("total_before") or 0)
+        why = (f"the file's graph alone, about {graph:,} bytes besides the parameters, is more than the "
+               f"{before / wanted:,.0f} bytes the target allows" if target.kind == "bytes" and graph >= before / wanted
+               else "the accuracy budget bound first" if bound == "budget"
                else f"slimming kept pruned units it could not remove: {kept[0]}" if kept
                else "training ended before it got there")
         closest = "the closest model within the budget" if recipe.max_metric_drop is not None else "the model"
