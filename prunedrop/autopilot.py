@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -334,20 +334,11 @@ class CostMeter:
     def _nonzero(self, model: nn.Module) -> dict[str, torch.Tensor | None]:
         return _nonzero_of(model, self.example, self.layers)
 
-    @contextmanager
-    def _at_threshold(self) -> Iterator[None]:
+    def _at_threshold(self) -> AbstractContextManager[None]:
         """The variational layers thresholded at :attr:`threshold` for the measurement, their own restored after."""
-        if self.threshold is None:
-            yield
-            return
-        own = {name: layer.threshold for name, layer in self.layers.items()}
-        try:
-            for layer in self.layers.values():
-                layer.threshold = self.threshold
-            yield
-        finally:
-            for name, layer in self.layers.items():
-                layer.threshold = own[name]
+        from .prune import thresholds_at
+
+        return nullcontext() if self.threshold is None else thresholds_at(self.layers, self.threshold)
 
     @torch.no_grad()
     def ratio(self, model: nn.Module) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +45,20 @@ def set_thresholds(model: nn.Module, threshold: float) -> nn.Module:
     for layer in variational_layers(model).values():
         layer.threshold = float(threshold)
     return model
+
+
+@contextmanager
+def thresholds_at(layers: Mapping[str, nn.Module], threshold: float) -> Iterator[None]:
+    """``layers`` (name → variational layer) thresholded at ``threshold`` inside the block, each layer's own threshold
+    restored after it, also when it raises."""
+    own = {name: layer.threshold for name, layer in layers.items()}
+    try:
+        for layer in layers.values():
+            layer.threshold = float(threshold)
+        yield
+    finally:
+        for name, layer in layers.items():
+            layer.threshold = own[name]
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from torch import nn
 from .autopilot import metric_drop
 from .convert import variational_layers
 from .errors import PrunedropError
-from .prune import set_thresholds
+from .prune import thresholds_at
 from .report import layer_weights, profile_model
 
 __all__ = ["SweepPoint", "choose_threshold", "default_thresholds", "sweep_thresholds"]
@@ -147,7 +147,7 @@ def sweep_thresholds(
 ) -> list[SweepPoint]:
     """Evaluate a trained variational ``model`` at every threshold; one :class:`SweepPoint` each, in order.
 
-    For each threshold, every variational layer gets it (:func:`prunedrop.prune.set_thresholds`) and
+    For each threshold, every variational layer gets it (:func:`prunedrop.prune.thresholds_at`) and
     ``evaluate_fn(model, data_loader)`` is called with the model in eval mode, where it computes exactly
     what ``prune(model, threshold).model`` would. ``evaluate_fn`` returns one float (e.g.
     ``lambda m, dl: prunedrop.train.evaluate(m, dl)["accuracy"]``). ``example_input`` (default: the first
@@ -190,14 +190,13 @@ def sweep_thresholds(
     macs = sum(p.macs for p in profiles.values())
     total_weights = sum(_weight_count(layer) for layer in layers.values())
 
-    saved_thresholds = {name: layer.threshold for name, layer in layers.items()}
     saved_modes = [(m, m.training) for m in model.modules()]
     points = []
     try:
         for t in thresholds:
-            set_thresholds(model, t)
-            model.eval()
-            metric = float(evaluate_fn(model, data_loader))
+            with thresholds_at(layers, t):
+                model.eval()
+                metric = float(evaluate_fn(model, data_loader))
             kept_per_layer: dict[str, int] = {}
             params, total_params, nonzero_macs = other_nonzero, other_params, other_nonzero_macs
             stored_total, dense_bytes = other_stored, other_dense
@@ -221,8 +220,6 @@ def sweep_thresholds(
                 dense_bytes=dense_bytes,
             ))
     finally:
-        for name, layer in layers.items():
-            layer.threshold = saved_thresholds[name]
         for m, mode in saved_modes:
             m.training = mode
     return points
