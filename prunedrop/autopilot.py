@@ -43,7 +43,6 @@ import torch
 from torch import nn
 
 from .errors import PrunedropError
-from .export.sparse import index_bytes
 from .layers.configs import SNR_METHODS
 from .recipe_groups import is_classification
 
@@ -316,9 +315,6 @@ class CostMeter:
         from .convert import variational_layers
 
         self.kind = "params" if kind == "bytes" else kind
-        self.stored = kind == "bytes"
-        """Count what the file stores: a per-weight layer's kept weights sparse (value and index) where that is
-        smaller than the layer dense (:func:`prunedrop.export.sparse.stored_bytes`)."""
         self.example = example_input
         self.threshold = threshold
         """The threshold the kept cost is measured at (set on every variational layer for the measurement); None =
@@ -326,6 +322,15 @@ class CostMeter:
         self.costs, self.other = _costs(model, example_input, self.kind)
         self.layers = variational_layers(model)
         self.dense = self.other + sum(_units(layer) * self.costs[n] for n, layer in self.layers.items())
+        self.sparse_factor: dict[str, float] = {}
+        """For a ``bytes`` target, per-weight layer → what a kept weight costs stored sparsely against densely: its
+        4 bytes and the varint of the layer's largest index (:func:`prunedrop.export.sparse.stored_bytes`); the file
+        holds such a layer sparse where that is smaller than dense."""
+        if kind == "bytes":
+            from .export.sparse import index_bytes
+
+            self.sparse_factor = {n: 1.0 + float(index_bytes(max(_units(layer) - 1, 0))) / 4.0
+                                  for n, layer in self.layers.items() if layer.unit_keep_mask() is None}
         # inputs that are zero before anything is pruned (a ReLU that never fires on the example): slimming does not
         # remove the weights that read them, so only the zeros that pruning adds count
         with self._at_threshold():
@@ -352,11 +357,10 @@ class CostMeter:
                 if ref is not None and cur is not None and ref.shape == cur.shape and ref.numel():
                     silenced = ref & ~cur  # fed something before pruning, zeros now
                     density = 1.0 - float(silenced.float().mean())
-                entries = float(layer.keep_mask().sum())
-                if self.stored and layer.unit_keep_mask() is None:
-                    # per weight: the file holds the layer dense (zeros too), or each kept value with its index
-                    total = _units(layer)
-                    entries = min(float(total), entries * (1.0 + float(index_bytes(max(total - 1, 0))) / 4.0))
+                mask = layer.keep_mask()
+                entries = float(mask.sum())
+                if name in self.sparse_factor:  # the file holds the layer dense (zeros too), or sparse
+                    entries = min(float(mask.numel()), entries * self.sparse_factor[name])
                 kept += entries * self.costs[name] * density
         return self.dense / max(kept, 1e-12)
 
