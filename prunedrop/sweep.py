@@ -124,13 +124,6 @@ def _first_input(data_loader: Iterable[Any]) -> torch.Tensor:
     return x
 
 
-def _stored(tensor: torch.Tensor) -> int:
-    """:func:`prunedrop.export.sparse.stored_bytes` of a parameter."""
-    from .export.sparse import stored_bytes
-
-    return stored_bytes(tensor.detach().cpu().numpy())
-
-
 def _weight_count(module: nn.Module) -> int:
     return sum(w.numel() for w in layer_weights(module))
 
@@ -179,10 +172,9 @@ def sweep_thresholds(
     other_params = sum(p.numel() for p in other)
     other_nonzero = sum(int(torch.count_nonzero(p)) for p in other)
     def stored(params: Iterable[torch.Tensor]) -> tuple[int, int]:
-        if not count_bytes:
-            return 0, 0
-        params = list(params)
-        return sum(map(_stored, params)), sum(p.numel() * p.element_size() for p in params)
+        from .export.sparse import parameters_bytes
+
+        return parameters_bytes(params) if count_bytes else (0, 0)
 
     other_stored, other_dense = stored(other)
     layer_names = set(layers)

@@ -165,6 +165,17 @@ def stored_bytes(array: Any) -> int:
     return int(min(dense, width * nonzero.size + int(index_bytes(nonzero).sum())))
 
 
+def parameters_bytes(params: Iterable[Any]) -> tuple[int, int]:
+    """(:func:`stored_bytes` summed over the tensors ``params``, the same stored dense): what a ``bytes`` target
+    counts of a model's parameters."""
+    stored = dense = 0
+    for p in params:
+        array = p.detach().cpu().numpy() if hasattr(p, "detach") else np.asarray(p)
+        stored += stored_bytes(array)
+        dense += array.size * array.dtype.itemsize
+    return stored, dense
+
+
 def sparse_constant(init: onnx.TensorProto, dtypes: frozenset[int] = SPARSE_DTYPES) -> onnx.NodeProto | None:
     """``init`` as a ``Constant`` with a sparse value, or None if it has no zero or cannot be sparse."""
     if init.data_type not in dtypes or init.data_location == onnx.TensorProto.EXTERNAL:

@@ -121,7 +121,7 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
     pruned units: on a LeNet-5 SBP run with ``--target flops=10x`` the sweep read 10× at SNR ≤ 4.48, where the slim
     model at SNR ≤ 3.5, the threshold chosen, measured 15.6× (test −1.20 points). Counted on the slim model, the
     target's cap is where the exported model meets it. A few samples of ``example`` check each slim model."""
-    from ..export.sparse import stored_bytes
+    from ..export.sparse import parameters_bytes
     from ..prune import prune
     from ..report import count_parameters, profile_model
     from ..slim import slim
@@ -143,8 +143,7 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
             return point  # slimming refuses this mask: the exported model would keep the units, as counted
         _, params = count_parameters(model)
         macs = sum(p.nonzero_macs for p in profile_model(model.eval(), few[:1]))
-        stored = sum(stored_bytes(p.detach().cpu().numpy()) for p in model.parameters()) if in_bytes \
-            else point.stored_bytes
+        stored = parameters_bytes(model.parameters())[0] if in_bytes else point.stored_bytes
         return dataclasses.replace(point, nonzero_macs=macs, params=params, stored_bytes=stored)
 
     return exact
