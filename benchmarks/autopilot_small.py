@@ -227,8 +227,8 @@ def main() -> None:
         if args.finetune_lr is not None:
             changes["finetune_lr"] = args.finetune_lr
         recipe = Recipe().replace(**changes)
-        if args.max_drop == "none":  # replace skips None: a recipe that says null
-            recipe = Recipe(**{**recipe.to_dict(), "max_metric_drop": None})
+        if args.max_drop == "none":  # replace skips None
+            recipe = recipe.nulled("max_metric_drop")
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             result = compress(model, data, recipe, out, progress=False, log=lambda msg: None)

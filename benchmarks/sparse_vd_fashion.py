@@ -33,7 +33,7 @@ from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, machine, 
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
-from prunedrop.recipes import Recipe, load_recipe
+from prunedrop.recipes import load_recipe
 from prunedrop.train import evaluate
 
 ARCHS = {"lenet300": "examples.models:lenet300", "lenet5": "examples.models:lenet5"}
@@ -136,7 +136,7 @@ def main() -> None:
                                               budget_confidence=args.confidence,
                                               quantize=args.quantize)
     if args.max_drop == "none":
-        recipe = Recipe(**{**recipe.to_dict(), "max_metric_drop": None})
+        recipe = recipe.nulled("max_metric_drop")
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)

@@ -81,7 +81,7 @@ def with_overrides(recipe: Any, overrides: dict[str, Any]) -> Any:
     null (validated as a recipe that says null)."""
     recipe = recipe.replace(**{k: v for k, v in overrides.items() if v is not NONE})
     nulled = [k for k, v in overrides.items() if v is NONE]
-    return recipe if not nulled else type(recipe)(**{**recipe.to_dict(), **dict.fromkeys(nulled)})
+    return recipe.nulled(*nulled)
 
 
 class _Commands(click.Group):

@@ -271,6 +271,14 @@ class _RecipeMethods:
             changes["threshold"] = DEFAULT_THRESHOLDS[changes["method"]]
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
+    def nulled(self, *keys: str) -> Recipe:
+        """A copy with ``keys`` set to null (validated), which :meth:`replace` cannot say: ``nulled("max_metric_drop")``
+        is a recipe without a budget."""
+        unknown = set(keys) - set(KEY_SECTIONS)
+        if unknown:
+            raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        return type(self)(**{**self.to_dict(), **dict.fromkeys(keys)})  # type: ignore[return-value]
+
     def to_dict(self, *, grouped: bool = False) -> dict[str, Any]:
         """The flat mapping of every key (as run folders store it), or with ``grouped`` the ``version: 2`` form."""
         flat = dataclasses.asdict(self)  # type: ignore[call-overload]

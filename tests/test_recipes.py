@@ -175,6 +175,15 @@ def test_a_new_method_takes_its_own_default_threshold_unless_one_was_set() -> No
     assert Recipe().replace(epochs=3).threshold == 3.0
 
 
+def test_nulled_sets_keys_to_null_and_validates() -> None:
+    assert Recipe().nulled("max_metric_drop").max_metric_drop is None
+    assert Recipe(target="params=4x").nulled("max_metric_drop").target == "params=4x"
+    with pytest.raises(PrunedropError, match="unknown recipe key"):
+        Recipe().nulled("bogus")
+    with pytest.raises(PrunedropError, match="needs a budget"):
+        Recipe(budget_confidence=0.9).nulled("max_metric_drop")
+
+
 values = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.text(max_size=4), max_size=3))
 
