@@ -16,7 +16,6 @@ by the run), the compression and what the autopilot did. Results: ``benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, cpu_model
+from benchmarks.common import RESULTS, budget_arg, write_rows
 from examples.train_dense import fit_dense
-from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
 from prunedrop.recipes import Recipe
@@ -256,10 +254,7 @@ def main() -> None:
               f"nz-flops {row['nonzero_flops_ratio']:.1f}x β {row['beta_final']} epochs {row['variational_epochs']} "
               f"{row['wall_s']:.0f}s", flush=True)
     tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"autopilot-small-{args.method}{tag}.json"
-    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
-                                       "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_rows(f"autopilot-small-{args.method}{tag}.json", rows)
 
 
 if __name__ == "__main__":

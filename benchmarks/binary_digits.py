@@ -12,7 +12,6 @@ is never seen by the run. Result: ``benchmarks/results/binary-digits.json``.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -24,9 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model
+from benchmarks.common import RESULTS, write_rows
 from examples.train_dense import fit_dense
-from prunedrop.atomic import atomic_write_text
 from prunedrop.data import DataBundle, load_data
 from prunedrop.pipeline import compress
 from prunedrop.recipes import Recipe
@@ -66,10 +64,7 @@ def main() -> None:
     print(f"val {row['val_before']:.2f}→{row['val_after']:.2f} test {row['test_before']:.2f}→{row['test_after']:.2f} "
           f"params {row['params_ratio']:.1f}x β {row['beta_final']} epochs {row['variational_epochs']} "
           f"{row['wall_s']:.0f}s", flush=True)
-    out = RESULTS / "binary-digits.json"
-    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
-                                       "rows": [row]}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_rows("binary-digits.json", [row])
 
 
 if __name__ == "__main__":

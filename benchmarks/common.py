@@ -45,7 +45,8 @@ from prunedrop.storage import import_object
 from prunedrop.train import evaluate
 
 __all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "budget_arg", "command_line", "cpu_model", "cubic_sparsity", "dense_model",
-           "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline", "tp_ops"]
+           "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline", "tp_ops",
+           "write_rows"]
 
 #: where the result JSON files and the cached dense models go
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,6 +58,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 def budget_arg(text: str) -> float | str:
     """``--max-drop``'s value: points, or ``none`` (no budget: a target alone)."""
     return "none" if text.strip().lower() == "none" else float(text)
+
+
+def write_rows(name: str, rows: list[dict]) -> Path:
+    """``benchmarks/results/<name>``: the command, the CPU, torch's version and ``rows``; says where."""
+    out = RESULTS / name
+    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
+                                       "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return out
 
 
 def machine(device: str | torch.device | None = None) -> dict:

@@ -22,7 +22,6 @@ slimming notes' reasons (``equal_count``: the grouped convolution's equal-count 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -34,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, ROOT, command_line, cpu_model
+from benchmarks.common import RESULTS, ROOT, write_rows
 from examples.train_dense import fit_dense
-from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
 from prunedrop.recipes import load_recipe
@@ -162,10 +160,7 @@ def main() -> None:
               f"{row['test_before']:.2f}→{row['test_after']:.2f} β {row['beta_final']} removed {removed} "
               f"zeros {row['units_zero']} {zeros} {row['kept_by_reason']} {wall:.0f}s", flush=True)
     tag = f"-{args.tag}" if args.tag else ""
-    out = RESULTS / f"grouped-digits-g{args.groups}-s{args.seed}{tag}.json"
-    atomic_write_text(out, json.dumps({"command": command_line(), "cpu": cpu_model(), "torch": torch.__version__,
-                                       "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_rows(f"grouped-digits-g{args.groups}-s{args.seed}{tag}.json", rows)
 
 
 if __name__ == "__main__":
