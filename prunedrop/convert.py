@@ -446,6 +446,9 @@ def to_variational(
     bare_note = bare_parameters_note(bare, total)
     if bare_note is not None:
         summary.notes.append(bare_note)
+    dense_note = left_dense_note(model, summary.left_alone, recipe.method, total)
+    if dense_note is not None:
+        summary.notes.append(dense_note)
     if summary.hooked:
         summary.notes.append(hooks_note(summary.hooked))
     if summary.unremovable:
@@ -529,6 +532,38 @@ def bare_parameters_note(bare: Mapping[str, Sequence[tuple[str, nn.Parameter]]],
             "module itself rather than by a layer, which its forward reads directly (as in x @ self.W or "
             "F.linear(x, self.w)); only layers (nn.Linear, nn.Conv*d, nn.Embedding, …) are converted: hold such a "
             "weight in an nn.Linear (layer(x) computes x @ W.T + b) to compress it")
+
+
+def left_dense_note(model: nn.Module, left_alone: Mapping[str, str], method: str, total: int) -> str | None:
+    """One line for the layers ``method`` has no variational version of (``left_alone``: name → type), where together
+    they hold at least :data:`BARE_SHARE` of the model's ``total`` parameters: they keep every weight, which bounds
+    what the run can save (an ``nn.Bilinear`` holding 88% of a model's parameters left it at most 1.14× smaller, and
+    the run said only "left alone: bil (Bilinear)"). Per-channel layers (normalisations, PReLU) are not counted:
+    a tiny model's BatchNorms can hold a tenth of it, and slimming removes their entries with the channels. None when
+    the rest are fewer."""
+    per_channel = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+    seen: set[int] = set()
+    count = 0
+    counted: dict[str, str] = {}
+    for name, kind in left_alone.items():
+        try:
+            module = model.get_submodule("" if name == "<root>" else name)
+        except AttributeError:
+            continue
+        if isinstance(module, per_channel):
+            continue
+        counted[name] = kind
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                count += p.numel()
+    if not total or count < BARE_SHARE * total:
+        return None
+    shown = ", ".join(f"{n} ({t})" for n, t in list(counted.items())[:5])
+    more = f" and {len(counted) - 5} more" if len(counted) > 5 else ""
+    return (f"left dense: {shown}{more} ({count:,} parameters, {100 * count / total:.0f}% of the model's): {method} "
+            f"has no variational version of these layers (or of their settings), so they keep every weight and the "
+            f"model can become at most {total / count:.3g}x smaller in parameters")
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],

@@ -333,7 +333,8 @@ def test_registered_layers_with_unsupported_settings_stay_dense(method: str) -> 
     assert summary.converted == ["head"]
     assert summary.left_alone == {"embedding": "Embedding", "attention": "MultiheadAttention", "lstm": "LSTM"}
     assert [note.split(":")[0] for note in summary.notes] == ["embedding left dense", "attention left dense",
-                                                             "lstm left dense"]
+                                                             "lstm left dense", "left dense"]
+    assert "the model can become at most" in summary.notes[3]  # they hold most of its parameters
     assert "max_norm" in summary.notes[0] and "add_bias_kv=True" in summary.notes[1] and "proj_size=4" in summary.notes[2]
     assert type(model.embedding) is nn.Embedding and type(model.lstm) is nn.LSTM
     report = inspect_model(_UnsupportedSettings(), tokens, recipe)

@@ -349,3 +349,57 @@ def test_compress_runs_a_compiled_model_uncompiled_before_anything_reads_it(monk
     (given,) = seen
     assert type(given) is nn.Sequential and not _compiled_modules(given) and given[3]._compiled_call_impl is None
     assert len(said) == 1 and said[0].startswith("torch.compile: the model, 1, 3 run uncompiled")
+
+
+class BilinearBulk(nn.Module):
+    """An nn.Bilinear, which no method has a variational version of, holding most of the model's parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 32)
+        self.b = nn.Linear(64, 32)
+        self.bil = nn.Bilinear(32, 32, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.head(F.relu(self.bil(F.relu(self.a(x)), F.relu(self.b(x)))))
+
+
+def test_layers_left_dense_that_hold_most_of_the_model_bound_the_saving() -> None:
+    summary = ConversionSummary()
+    to_variational(BilinearBulk(), Recipe(), summary=summary)
+    assert summary.converted == ["a", "b", "head"] and summary.left_alone == {"bil": "Bilinear"}
+    note = next(n for n in summary.notes if "bil (Bilinear)" in n)
+    # 32·32·32 + 32 of 37,314 parameters: at most 37,314 / 32,800 = 1.14x smaller
+    assert "32,800 parameters, 88% of the model's" in note and "at most 1.14x smaller" in note
+
+
+def test_small_layers_left_dense_are_not_named_as_a_bound() -> None:
+    """A small bilinear gate (34 parameters) is too few to bound anything, and BatchNorms (here 256 of 9,000
+    parameters; a tenth of a tiny model) lose their entries with the channels slimming removes: neither is named."""
+
+    class SmallGate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 128)
+            self.bn = nn.BatchNorm1d(128)
+            self.gate = nn.Bilinear(4, 4, 2)
+            self.head = nn.Linear(128, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.bn(self.fc(x.flatten(1))))
+            return self.head(h) * torch.sigmoid(self.gate(h[:, :4], h[:, 4:8])).mean(1, keepdim=True)
+
+    summary = ConversionSummary()
+    to_variational(SmallGate(), Recipe(), summary=summary)
+    assert summary.left_alone == {"bn": "BatchNorm1d", "gate": "Bilinear"}
+    assert not any("keep every weight" in n for n in summary.notes), summary.notes
+
+
+def test_batchnorms_are_no_bound_however_much_of_a_tiny_model_they_hold() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    summary = ConversionSummary()
+    to_variational(model, Recipe(), summary=summary)
+    assert summary.left_alone == {"1": "BatchNorm2d"}  # 8 of 26 parameters
+    assert not any("keep every weight" in n for n in summary.notes), summary.notes
