@@ -9,7 +9,8 @@ fine-tuning ends: does the loss at a constant rate come back once the rate annea
 steps, and test accuracy at the end).
 
     python benchmarks/finetune_transient.py   # needs benchmarks/results/lenet300-dense-e30-s0.pt (run
-                                              # sparse_vd_fashion.py --model lenet300 once) and Fashion-MNIST
+                                              # sparse_vd_fashion.py --model lenet300 once) and Fashion-MNIST;
+                                              # --seed N: the split and dense model of that script's --seed N
 """
 
 from __future__ import annotations
@@ -39,16 +40,20 @@ ANNEAL_CHECKPOINTS = (100, 300, 600, 1000, 1500, 2700, 4000, 5400)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dense", default=str(ROOT / "benchmarks" / "results" / "lenet300-dense-e30-s0.pt"))
+    p.add_argument("--seed", type=int, default=0, help="the validation split and batch order, and the cached dense "
+                   "model of sparse_vd_fashion.py --seed N (lenet300-dense-e30-sN.pt)")
+    p.add_argument("--dense", default=None, help="the dense state dict (default: the one of --seed)")
     p.add_argument("-o", "--output", default=None,
                    help="result JSON (default benchmarks/results/finetune-transient[-anneal].json)")
     p.add_argument("--anneal", action="store_true", help="only the cosine-to-zero run over 10 epochs")
     args = p.parse_args()
+    if args.dense is None:
+        args.dense = str(ROOT / "benchmarks" / "results" / f"lenet300-dense-e30-s{args.seed}.pt")
     if args.output is None:
         args.output = str(ROOT / "benchmarks" / "results" /
                           f"finetune-transient{'-anneal' if args.anneal else ''}.json")
     torch.set_num_threads(1)
-    data = load_data("fashion-mnist", val_fraction=0.1, seed=0)
+    data = load_data("fashion-mnist", val_fraction=0.1, seed=args.seed)
     dense = lenet300()
     dense.load_state_dict(torch.load(args.dense, weights_only=True))
 
@@ -72,7 +77,7 @@ def main() -> None:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         step, curve = 0, {}
         for epoch in range(10 if args.anneal else 3):
-            for x, y in data.loader("train", 100, shuffle=True, seed=0, epoch=epoch):
+            for x, y in data.loader("train", 100, shuffle=True, seed=args.seed, epoch=epoch):
                 model.train()
                 loss = nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad()

@@ -112,6 +112,8 @@ def main() -> None:
                    help="continue the pipeline run in --run-dir from its checkpoints (e.g. a copy of a finished "
                         "run without checkpoint-masked.pt: only the noise-free fine-tuning is redone)")
     p.add_argument("--train-limit", type=int, default=None, help="use the first n training samples (trials)")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed: the dense model (trained and "
+                   "cached per seed), the validation split, the batches and the noise")
     p.add_argument("--quantize", choices=["none", "int8", "bayes"], default=None,
                    help="override the recipe's quantize: also write model-int8.onnx (issue 21)")
     p.add_argument("--magnitude-prune-fraction", type=float, default=2 / 3,
@@ -134,7 +136,7 @@ def main() -> None:
                                               max_metric_drop=None if args.max_drop == "none" else args.max_drop,
                                               target=args.target,
                                               budget_confidence=args.confidence,
-                                              quantize=args.quantize)
+                                              quantize=args.quantize, seed=args.seed)
     if args.max_drop == "none":
         recipe = recipe.nulled("max_metric_drop")
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
