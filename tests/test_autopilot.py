@@ -617,9 +617,10 @@ def _wrecking_run(tmp_path: Path) -> tuple[list[str], Recipe, DataBundle]:
 def test_a_learning_rate_that_wrecks_the_model_is_backed_off_and_said_so(tmp_path: Path) -> None:
     logs, _, _ = _wrecking_run(tmp_path)
     # the probe sees the wreck before the first step and starts lower (a quarter, at most twice)
-    tries = [line for line in logs if "more than 2 budgets before anything is pruned; trying" in line]
+    tries = [line for line in logs if "more than 2 budgets before anything is pruned" in line and "; trying" in line]
     assert 1 <= len(tries) <= 2, logs
     assert "trying 0.125" in tries[0]
+    assert "once the rate anneals" in tries[0]  # annealing did not win it back: the rate itself is too large
 
 
 def test_the_runs_own_learning_rate_back_off_waits_for_the_probes_window_and_its_own_effect(
@@ -930,3 +931,53 @@ def test_the_rewound_state_is_what_the_checkpoint_holds(tmp_path: Path, monkeypa
     for name, tensor in model.state_dict().items():
         assert torch.equal(saved["model"][name], tensor), name
     assert saved["extra"]["rewound"] == [rewound["ended_at"], rewound["back_to"]]
+
+
+@pytest.mark.parametrize(("annealed", "kept"), [(0.2, True), (2.5, False)])
+def test_a_transient_that_annealing_wins_back_keeps_the_rate(monkeypatch: pytest.MonkeyPatch, annealed: float,
+                                                              kept: bool) -> None:
+    """Plain training at the rate costs 3 points, six half-point budgets. Where the probe's annealed steps bring it
+    back within the budget, it is an ordinary transient (LeNet-300-100 on Fashion-MNIST: 1.1-1.7 points, won back to
+    0-0.06), and quartering the rate kept the weights from following the noise: the rate stays and the checks
+    discount all of it. Where it stays over the budget, the rate is too large: quartered, and at most two budgets
+    discounted."""
+    from prunedrop.pilot import Pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
+    logs: list[str] = []
+    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
+              log=logs.append)
+    p.reference = 90.0
+    asked: list[float] = []
+
+    def probe_at(self: Pilot, lr: float, interrupted: Any, anneal_over: float = math.inf) -> tuple[float, float | None]:
+        asked.append(anneal_over)
+        return 3.0, (annealed if 3.0 > anneal_over else None)
+
+    monkeypatch.setattr(Pilot, "_probe_at", probe_at)
+    p._probe(lambda: False)
+    assert asked[0] == pytest.approx(1.0)  # annealing is asked for past two budgets
+    assert p.recovered is kept and (p.lr_scale == 1.0) is kept, logs
+    assert p.discount() == pytest.approx(3.0 if kept else 1.0)
+    said = "annealing wins back" if kept else "once the rate anneals; trying"
+    assert any(said in line for line in logs), logs
+    assert p.summary()["transient_recovered"] is kept
+
+
+def test_the_probe_anneals_only_past_two_budgets_and_measures_the_annealed_copy() -> None:
+    """The real probe on a tiny model: a transient within two budgets trains the plateau alone and reports no
+    annealed drop; asked to anneal past any transient (anneal_over 0), it trains as many steps again and measures the
+    drop after them."""
+    from prunedrop.pilot import PROBE_CHECKS, Pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
+    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
+              log=None)
+    p.reference = p._val_metric()
+    plateau = PROBE_CHECKS * p.controller.check_every
+    transient, annealed = p._probe_at(1e-3, lambda: False)
+    assert annealed is None and p.probe_steps == plateau and transient >= 0
+    transient, annealed = p._probe_at(1e-3, lambda: False, anneal_over=-1.0)
+    assert annealed is not None and 0 <= annealed < math.inf and p.probe_steps == 3 * plateau
