@@ -226,8 +226,8 @@ class Pilot:
         A transient over :data:`TRANSIENT_CAP` budgets may be a rate too large for the network or an ordinary one
         that a small budget makes look large, so the probe then trains as many steps again with every rate annealed
         to zero: where that brings the drop within the budget (:attr:`recovered`), the rate stays and the checks
-        discount all of the transient; otherwise the probe is repeated at :data:`PROBE_LR_STEP` × the rate. Three
-        LeNet-300-100s on Fashion-MNIST lost 1.1–1.7 points at 1e-3 and 0–0.06 once annealed; with the rate
+        discount all of the transient; otherwise the probe is repeated at :data:`PROBE_LR_STEP` × the rate. Two
+        LeNet-300-100s on Fashion-MNIST lost 1.71 and 1.11 points at 1e-3 and 0 and 0.06 once annealed; with the rate
         quartered at ``--max-drop 0.5`` one ended at 16.3× fewer weights, with it kept at 23.6× (BENCHMARKS.md)."""
         c, recipe = self.controller, self.recipe
         cap = TRANSIENT_CAP * c.max_drop if c.max_drop is not None else math.inf
