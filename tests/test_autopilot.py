@@ -981,3 +981,22 @@ def test_the_probe_anneals_only_past_two_budgets_and_measures_the_annealed_copy(
     assert annealed is None and p.probe_steps == plateau and transient >= 0
     transient, annealed = p._probe_at(1e-3, lambda: False, anneal_over=-1.0)
     assert annealed is not None and 0 <= annealed < math.inf and p.probe_steps == 3 * plateau
+
+
+def test_a_transient_that_annealing_wins_back_is_not_blamed_for_the_noises_cost() -> None:
+    """The run's own halvings blame the rate where the probe measured plain training at it costing a quarter of the
+    budget or more; where the probe also saw annealing win that back (and the checks discount all of it), what stays
+    over the budget is the noise's, and halving the rate only keeps the weights from following it."""
+    from prunedrop.pilot import Pilot
+
+    data = _bundle()
+    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
+    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
+              log=None)
+    p.transient = 1.7  # a quarter of the budget and more
+    assert p._rate_to_blame()
+    p.recovered = True
+    assert not p._rate_to_blame()
+    p.transient = 0.01  # too small to blame either way
+    p.recovered = False
+    assert not p._rate_to_blame()
