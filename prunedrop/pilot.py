@@ -278,6 +278,10 @@ class Pilot:
         transient: float | None = None
         annealed: float | None = None
         step, epoch = 0, 0
+
+        def drop_now() -> float:
+            return autopilot.metric_drop(self.reference, self._val_metric(probe), loss=recipe.loss)
+
         with torch.random.fork_rng(devices=[]):  # the probe draws noise; the training run's stream stays as it was
             while step < steps:
                 for x, y in self.data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed + 1,
@@ -300,16 +304,14 @@ class Pilot:
                     step += 1
                     if transient is None and step % c.check_every == 0 \
                             and step > (PROBE_CHECKS - PROBE_PLATEAU) * c.check_every:
-                        drops.append(autopilot.metric_drop(self.reference, self._val_metric(probe),
-                                                           loss=recipe.loss))
+                        drops.append(drop_now())
                     if step == plateau_steps:
                         transient = math.inf if any(not math.isfinite(d) for d in drops) else \
                             (max(0.0, sum(drops) / len(drops)) if drops else 0.0)
                         if math.isfinite(transient) and transient > anneal_over:
                             steps = 2 * plateau_steps
                     elif step == 2 * plateau_steps:
-                        annealed = max(0.0, autopilot.metric_drop(self.reference, self._val_metric(probe),
-                                                                  loss=recipe.loss))
+                        annealed = max(0.0, drop_now())
                     if step >= steps:
                         break
                 else:
@@ -326,8 +328,8 @@ class Pilot:
         if not self.transient or c.max_drop is None or not self.recipe.lr:
             return 0.0
         share = max(0.0, self.weights_lr()) / (self.probe_lr or float(self.recipe.lr))
-        cap = self.transient if self.recovered else TRANSIENT_CAP * c.max_drop
-        return min(self.transient, cap) * min(1.0, share)
+        amount = self.transient if self.recovered else min(self.transient, TRANSIENT_CAP * c.max_drop)
+        return amount * min(1.0, share)
 
     def on_step(self, step: int) -> None:
         c = self.controller

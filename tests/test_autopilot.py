@@ -933,6 +933,15 @@ def test_the_rewound_state_is_what_the_checkpoint_holds(tmp_path: Path, monkeypa
     assert saved["extra"]["rewound"] == [rewound["ended_at"], rewound["back_to"]]
 
 
+def _half_point_pilot(data: DataBundle, log: Any) -> Any:  # a prunedrop.pilot.Pilot
+    """The autopilot of a tiny trained MLP with a half-point budget, before its probe."""
+    from prunedrop.pilot import Pilot
+
+    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
+    return Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10,
+                 device=torch.device("cpu"), log=log)
+
+
 @pytest.mark.parametrize(("annealed", "kept"), [(0.2, True), (2.5, False)])
 def test_a_transient_that_annealing_wins_back_keeps_the_rate(monkeypatch: pytest.MonkeyPatch, annealed: float,
                                                               kept: bool) -> None:
@@ -943,11 +952,8 @@ def test_a_transient_that_annealing_wins_back_keeps_the_rate(monkeypatch: pytest
     discounted."""
     from prunedrop.pilot import Pilot
 
-    data = _bundle()
-    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
     logs: list[str] = []
-    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
-              log=logs.append)
+    p = _half_point_pilot(_bundle(), log=logs.append)
     p.reference = 90.0
     asked: list[float] = []
 
@@ -969,12 +975,9 @@ def test_the_probe_anneals_only_past_two_budgets_and_measures_the_annealed_copy(
     """The real probe on a tiny model: a transient within two budgets trains the plateau alone and reports no
     annealed drop; asked to anneal past any transient (anneal_over 0), it trains as many steps again and measures the
     drop after them."""
-    from prunedrop.pilot import PROBE_CHECKS, Pilot
+    from prunedrop.pilot import PROBE_CHECKS
 
-    data = _bundle()
-    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
-    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
-              log=None)
+    p = _half_point_pilot(_bundle(), log=None)
     p.reference = p._val_metric()
     plateau = PROBE_CHECKS * p.controller.check_every
     transient, annealed = p._probe_at(1e-3, lambda: False)
@@ -987,12 +990,7 @@ def test_a_transient_that_annealing_wins_back_is_not_blamed_for_the_noises_cost(
     """The run's own halvings blame the rate where the probe measured plain training at it costing a quarter of the
     budget or more; where the probe also saw annealing win that back (and the checks discount all of it), what stays
     over the budget is the noise's, and halving the rate only keeps the weights from following it."""
-    from prunedrop.pilot import Pilot
-
-    data = _bundle()
-    recipe = Recipe(**_QUICK, max_metric_drop=0.5)
-    p = Pilot(to_variational(_trained_mlp(data), recipe), data, recipe, steps_per_epoch=10, device=torch.device("cpu"),
-              log=None)
+    p = _half_point_pilot(_bundle(), log=None)
     p.transient = 1.7  # a quarter of the budget and more
     assert p._rate_to_blame()
     p.recovered = True
