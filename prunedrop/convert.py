@@ -523,12 +523,12 @@ def bare_parameters_note(bare: Mapping[str, Sequence[tuple[str, nn.Parameter]]],
     least :data:`BARE_SHARE` of the model's ``total``: no variational layer replaces them (the forward reads them
     with ``torch.matmul``, ``F.linear``, ``einsum`` …), so they stay dense and uncounted in the FLOPs; None when
     they are fewer (a class token, a position embedding, a learned temperature)."""
-    count = sum(p.numel() for params in bare.values() for _, p in params)
-    if not total or count < BARE_SHARE * total:
+    held = _held(sum(p.numel() for params in bare.values() for _, p in params), total)
+    if held is None:
         return None
     named = [f"{name}.{n}" if name != "<root>" else n for name, params in bare.items() for n, _ in params]
     shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
-    return (f"left dense: {shown} ({count:,} parameters, {100 * count / total:.0f}% of the model's), held by a "
+    return (f"left dense: {shown} ({held}), held by a "
             "module itself rather than by a layer, which its forward reads directly (as in x @ self.W or "
             "F.linear(x, self.w)); only layers (nn.Linear, nn.Conv*d, nn.Embedding, …) are converted: hold such a "
             "weight in an nn.Linear (layer(x) computes x @ W.T + b) to compress it")
@@ -542,28 +542,26 @@ def left_dense_note(model: nn.Module, left_alone: Mapping[str, str], method: str
     a tiny model's BatchNorms can hold a tenth of it, and slimming removes their entries with the channels. None when
     the rest are fewer."""
     per_channel = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
-    seen: set[int] = set()
-    count = 0
-    counted: dict[str, str] = {}
-    for name, kind in left_alone.items():
-        try:
-            module = model.get_submodule("" if name == "<root>" else name)
-        except AttributeError:
-            continue
-        if isinstance(module, per_channel):
-            continue
-        counted[name] = kind
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                count += p.numel()
-    if not total or count < BARE_SHARE * total:
+    modules = {name: model.get_submodule("" if name == "<root>" else name) for name in left_alone}
+    counted = {name: kind for name, kind in left_alone.items() if not isinstance(modules[name], per_channel)}
+    params = {id(p): p for name in counted for p in modules[name].parameters()}  # a shared weight counted once
+    count = sum(p.numel() for p in params.values())
+    held = _held(count, total)
+    if held is None:
         return None
     shown = ", ".join(f"{n} ({t})" for n, t in list(counted.items())[:5])
     more = f" and {len(counted) - 5} more" if len(counted) > 5 else ""
-    return (f"left dense: {shown}{more} ({count:,} parameters, {100 * count / total:.0f}% of the model's): {method} "
-            f"has no variational version of these layers (or of their settings), so they keep every weight and the "
-            f"model can become at most {total / count:.3g}x smaller in parameters")
+    return (f"left dense: {shown}{more} ({held}): {method} has no variational version of these layers (or of their "
+            f"settings), so they keep every weight and the model can become at most {total / count:.3g}x smaller in "
+            "parameters")
+
+
+def _held(count: int, total: int) -> str | None:
+    """``N parameters, P% of the model's`` for ``count`` of ``total`` parameters, where that is at least
+    :data:`BARE_SHARE` of them (else None): how the notes on weights left dense name their share."""
+    if not total or count < BARE_SHARE * total:
+        return None
+    return f"{count:,} parameters, {100 * count / total:.0f}% of the model's"
 
 
 def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list[str],
