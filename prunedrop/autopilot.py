@@ -99,6 +99,11 @@ class Target:
         return f"{self.kind}={self.limit:g}"
 
 
+def target_kind(spec: str | None) -> str | None:
+    """The kind of the target ``spec`` (flops, params or bytes; :func:`parse_target`), None without one."""
+    return parse_target(spec).kind if spec else None
+
+
 def parse_target(spec: str) -> Target:
     """``flops=10x``, ``params=50x``, ``bytes=5x`` or ``bytes=200KB`` (KB/MB/GB, KiB/MiB/GiB); a one-line error
     naming what is wrong otherwise."""

@@ -164,9 +164,9 @@ def _target_cost(recipe: Recipe, overhead: int = 0
                  ) -> tuple[Callable[[SweepPoint], int], Callable[[SweepPoint], int]] | None:
     """(a swept point's cost, the dense model's) in the kind of the recipe's target; None without a target. A
     ``bytes`` target adds ``overhead`` to both: what the file holds besides the parameters (its graph, names)."""
-    from ..autopilot import parse_target
+    from ..autopilot import target_kind
 
-    kind = parse_target(recipe.target).kind if recipe.target else None
+    kind = target_kind(recipe.target)
     if kind == "flops":
         return (lambda p: p.nonzero_macs), (lambda p: p.macs)
     if kind == "params":

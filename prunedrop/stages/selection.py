@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..autopilot import parse_target
+from ..autopilot import target_kind
 from ..batchnorm import batchnorm_state, restore_batchnorm
 from ..convert import variational_layers
 from ..data import DataBundle
@@ -128,7 +128,7 @@ def slim_costs(variational: nn.Module, recipe: Recipe, example: torch.Tensor
 
     if recipe.target is None:
         return None
-    in_bytes = parse_target(recipe.target).kind == "bytes"
+    in_bytes = target_kind(recipe.target) == "bytes"
     if not any(layer.unit_keep_mask() is not None for layer in variational_layers(variational).values()):
         return None
     few = example[:4]
@@ -163,7 +163,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     metric = thresholded_metric(recipe, data)
 
     slim_cost = slim_costs(variational, recipe, example)
-    counts_bytes = recipe.target is not None and parse_target(recipe.target).kind == "bytes"
+    counts_bytes = target_kind(recipe.target) == "bytes"
 
     def sweep(thresholds: list[float]) -> list[SweepPoint]:
         # every measurement re-estimates the BatchNorm statistics for its threshold; the later stages (and the
