@@ -23,6 +23,7 @@ import math
 import os
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 from statistics import NormalDist
@@ -91,6 +92,13 @@ DEFAULT_CHANGED: dict[str, Any] = {"quantize": "none", "finetune_lr": 3e-4, "onn
 #: existed: a run folder's recorded recipe without the key is read with it (its checkpoints hold the layers that
 #: run converted), and ``--resume`` continues it so (``keep_unremovable``: structured runs converted every layer)
 KEYS_ADDED: dict[str, Any] = {"keep_unremovable": False}
+
+
+def _known_keys(keys: Iterable[str]) -> None:
+    """A one-line error naming the keys that are no recipe key."""
+    unknown = set(keys) - set(KEY_SECTIONS)
+    if unknown:
+        raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
 
 
 class _RecipeMethods:
@@ -262,9 +270,7 @@ class _RecipeMethods:
         without a ``threshold`` takes the new method's default threshold where the old one had its own method's
         (``Recipe().replace(method="sbp")`` pruned at SNR ≤ 3, sparse VD's log α default read as an SNR)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        unknown = set(changes) - set(KEY_SECTIONS)
-        if unknown:
-            raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        _known_keys(changes)
         r: Any = self
         if changes.get("method", r.method) != r.method and "threshold" not in changes \
                 and r.threshold == DEFAULT_THRESHOLDS[r.method]:
@@ -274,9 +280,7 @@ class _RecipeMethods:
     def nulled(self, *keys: str) -> Recipe:
         """A copy with ``keys`` set to null (validated), which :meth:`replace` cannot say: ``nulled("max_metric_drop")``
         is a recipe without a budget."""
-        unknown = set(keys) - set(KEY_SECTIONS)
-        if unknown:
-            raise PrunedropError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        _known_keys(keys)
         return type(self)(**{**self.to_dict(), **dict.fromkeys(keys)})  # type: ignore[return-value]
 
     def to_dict(self, *, grouped: bool = False) -> dict[str, Any]:
