@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, budget_arg, write_rows
+from benchmarks.common import RESULTS, budget_arg, with_budget, write_rows
 from examples.train_dense import fit_dense
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
@@ -218,15 +218,11 @@ def main() -> None:
     for name in args.models:
         model = dense(name, data, args.dense_epochs)
         changes = {"method": args.method, "latency_runs": args.latency_runs, "plots": False, "mc_samples": 0, "target": args.target}
-        if args.max_drop is not None and args.max_drop != "none":
-            changes["max_metric_drop"] = args.max_drop
         if args.seed is not None:
             changes["seed"] = args.seed
         if args.finetune_lr is not None:
             changes["finetune_lr"] = args.finetune_lr
-        recipe = Recipe().replace(**changes)
-        if args.max_drop == "none":  # replace skips None
-            recipe = recipe.nulled("max_metric_drop")
+        recipe = with_budget(Recipe().replace(**changes), args.max_drop)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             result = compress(model, data, recipe, out, progress=False, log=lambda msg: None)

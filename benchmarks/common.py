@@ -40,13 +40,14 @@ from benchmarks.machine_info import ROOT, command_line, cpu_model
 from examples.train_dense import cached_dense, train_dense
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import DataBundle
+from prunedrop.recipes import Recipe
 from prunedrop.report import measure_latency, profile_model
 from prunedrop.storage import import_object
 from prunedrop.train import evaluate
 
-__all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "budget_arg", "command_line", "cpu_model", "cubic_sparsity", "dense_model",
-           "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline", "tp_ops",
-           "write_rows"]
+__all__ = ["RESULTS", "ROOT", "accuracy", "architecture", "budget_arg", "command_line", "cpu_model", "cubic_sparsity",
+           "dense_model", "machine", "magnitude_prune", "prunable_weights", "rel", "time_pair", "torch_pruning_baseline",
+           "tp_ops", "with_budget", "write_rows"]
 
 #: where the result JSON files and the cached dense models go
 RESULTS = ROOT / "benchmarks" / "results"
@@ -58,6 +59,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 def budget_arg(text: str) -> float | str:
     """``--max-drop``'s value: points, or ``none`` (no budget: a target alone)."""
     return "none" if text.strip().lower() == "none" else float(text)
+
+
+def with_budget(recipe: Recipe, value: float | str | None) -> Recipe:
+    """``recipe`` with ``--max-drop``'s ``value`` (:func:`budget_arg`): unchanged for None, without a budget for
+    ``none`` (which ``Recipe.replace`` cannot say), else that budget."""
+    if value == "none":
+        return recipe.nulled("max_metric_drop")
+    return recipe.replace(max_metric_drop=value)
 
 
 def write_rows(name: str, rows: list[dict]) -> Path:

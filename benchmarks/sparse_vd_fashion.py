@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch
 
 from benchmarks import common
-from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, machine, magnitude_prune
+from benchmarks.common import RESULTS, ROOT, budget_arg, command_line, machine, magnitude_prune, with_budget
 from prunedrop.atomic import atomic_write_text
 from prunedrop.data import load_data
 from prunedrop.pipeline import compress
@@ -133,12 +133,10 @@ def main() -> None:
                                               kl_warmup_epochs=args.kl_warmup_epochs,
                                               kl_weight=args.kl_weight, finetune_lr=args.finetune_lr, lr=args.lr,
                                               train_limit=args.train_limit, device=args.device,
-                                              max_metric_drop=None if args.max_drop == "none" else args.max_drop,
                                               target=args.target,
                                               budget_confidence=args.confidence,
                                               quantize=args.quantize, seed=args.seed)
-    if args.max_drop == "none":
-        recipe = recipe.nulled("max_metric_drop")
+    recipe = with_budget(recipe, args.max_drop)
     dense_epochs = args.dense_epochs or DEFAULT_DENSE_EPOCHS[args.model]
 
     dense, dense_info = dense_model(args.model, dense_epochs, recipe.seed, recipe.val_fraction)
