@@ -179,7 +179,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     points = sweep(recipe.sweep_thresholds or usable_thresholds(recipe, default_thresholds()))
     threshold, chosen = recipe.threshold, None
     # what original.onnx holds besides the parameters, which a bytes target's file holds as well
-    overhead = max(0, baseline.onnx.num_bytes - points[0].dense_bytes) if points else 0
+    overhead = max(0, baseline.onnx.num_bytes - points[0].dense_bytes) if counts_bytes and points else 0
     cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0], overhead=overhead)
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
     # the budget is held to each threshold after its noise-free fine-tuning (the search below), or else to the sweep
