@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--from", dest="start", type=float, default=None,
                    help="start from the run's fine-tuned probe at this threshold")
     p.add_argument("--chain", action="store_true", help="each threshold from the previous one's result")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (its dense model, split and batches)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
@@ -55,6 +56,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(ROOT / "recipes" / f"{args.model}-fashion.yaml").replace(
         finetune_lr=args.lr, finetune_epochs=args.epochs)
+    if args.seed is not None:
+        recipe = recipe.replace(seed=args.seed)
     dense, dense_info = dense_model(args.model, DEFAULT_DENSE_EPOCHS[args.model], recipe.seed, recipe.val_fraction)
     data = load_data(DATA, val_fraction=recipe.val_fraction, seed=recipe.seed)
     variational = to_variational(copy.deepcopy(dense), recipe)
