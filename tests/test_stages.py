@@ -27,7 +27,7 @@ from prunedrop.runfolder import IDENTITY_KEY, RunFolder, read_run_info
 from prunedrop.stages.common import PARITY_SAMPLES, merge_parts
 from prunedrop.storage import load_saved_model
 from prunedrop.testing import TinyMLP, write_tiny_project
-from prunedrop.train import resolve_device
+from prunedrop.train import evaluate, resolve_device
 
 OLD_RUN = Path(__file__).parent / "data" / "run-v1"
 
@@ -530,3 +530,68 @@ def test_a_run_that_prunes_nothing_skips_the_noise_free_fine_tuning(tmp_path: Pa
     assert not any(line.startswith("masked epoch") for line in logs)
     assert not (tmp_path / "out" / "checkpoint-masked.pt").exists()
     assert [h.get("phase") for h in result.report["history"]] == ["variational"]
+
+
+@pytest.mark.parametrize("automatic", [True, False])
+def test_a_coarse_validation_sets_choice_keeps_the_budget_on_the_check_samples_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, automatic: bool) -> None:
+    """On 144 validation images the sweep chose the first step of a cliff: two digits models with BatchNorm read
+    99.31% there on validation and 94.72% / 95.83% on test, where their training samples showed the step. Where the
+    sweep judges an automatic budget because the validation set is coarse, its choice must keep the budget on the
+    checks' samples too (validation and training); a fixed β is the user's call and chooses on validation alone."""
+    import dataclasses
+
+    from prunedrop.convert import variational_layers
+    from prunedrop.stages import selection as selection_module
+    from prunedrop.testing import TinyMLP
+
+    write_tiny_project(tmp_path)  # 40 validation samples: one weighs 2.5 points, a budget of 1 is coarse there
+    recipe = load_recipe(tmp_path / "recipe.yaml").replace(kl_weight=1.0, max_metric_drop=1.0, plots=False)
+    if automatic:
+        recipe = recipe.nulled("kl_weight")
+    data = load_data(f"npz:{tmp_path / 'data.npz'}")
+    model = TinyMLP(16, (24, 12), 3)
+    model.load_state_dict(torch.load(tmp_path / "model.pt"))
+    folder = RunFolder(tmp_path / "out").create()
+    example = data.example_batch(8)
+    said: list[str] = []
+    baseline = stages.measure_original(model.eval(), data, recipe, folder, example, said.append)
+    converted = stages.convert(model, recipe, example, said.append)
+    torch.manual_seed(0)
+    for layer in variational_layers(converted.model).values():  # log α spread over the swept grid
+        with torch.no_grad():
+            spread = torch.linspace(-3.0, 7.0, layer.weight.numel())[torch.randperm(layer.weight.numel())]
+            layer.log_sigma2.copy_(spread.view_as(layer.weight) + torch.log(layer.weight ** 2 + 1e-8))
+    check_set = selection_module.CheckSet.for_run(recipe, data)
+    assert (check_set is not None) == automatic
+    if automatic:
+        assert check_set.samples == data.num_val + data.num_train  # fewer than the checks' 2,000: every one
+        assert sum(len(y) for _, y in check_set) == sum(len(y) for _, y in check_set) == check_set.samples
+    real = selection_module.sweep_thresholds
+    on_checks: list[float] = []
+
+    def scripted(model, loader, thresholds, **kwargs):
+        # every threshold keeps the original's validation metric; on the check samples those below 1 lose 10 points
+        points = real(model, loader, thresholds, **kwargs)
+        if isinstance(loader, selection_module.CheckSet):
+            on_checks.extend(thresholds)
+            before = evaluate(baseline.model, loader)["accuracy"]
+            return [dataclasses.replace(p, metric=before - (10.0 if p.threshold < 1 else 0.0)) for p in points]
+        return [dataclasses.replace(p, metric=baseline.metric["val"]) for p in points]
+
+    monkeypatch.setattr(selection_module, "sweep_thresholds", scripted)
+    chosen = stages.select_threshold(converted, baseline, data, recipe, resolve_device("cpu"), folder, example,
+                                     resume=False, progress=False, log=said.append)
+    if automatic:
+        assert chosen.threshold == 1.0
+        assert [r["threshold"] for r in chosen.check_set["ruled_out"]] == [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5]
+        # the least pruning threshold first (the reference: the lower of it and the original), then one by one
+        assert on_checks == [6.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0]
+        record = chosen.check_set
+        assert record["least_pruning"] == 6.0 and record["reference"] == record["metric_before"]
+        assert chosen.to_dict()["sweep"]["check_set"]["samples"] == data.num_val + data.num_train
+        assert any("keeps the budget on the 40 validation samples" in line and "not on the 200 samples" in line
+                   for line in said)
+    else:
+        # the grid's edge within the budget: the sweep goes past it, to the most pruning threshold that keeps a weight
+        assert chosen.threshold == -3.0 and chosen.check_set is None and not on_checks
