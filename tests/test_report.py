@@ -555,6 +555,22 @@ def test_sweep_line_names_the_threshold_the_bisection_after_fine_tuning_chose():
     assert "threshold -4 chosen by the sweep" not in table
     report["threshold"] = -4.0  # no probe kept the budget: the sweep's choice is used, and said so
     assert "threshold -4 chosen by the sweep" in format_table(report)
+    assert "checks count" not in format_table(report)
+
+
+def test_sweep_line_names_the_thresholds_a_coarse_validation_sets_check_samples_ruled_out():
+    original, compressed, x = _half_zeroed_mlp()
+    report = _report(original, compressed, x)
+    report["sweep"] = {"chosen_threshold": 1.0, "max_metric_drop": 1.0, "points": [],
+                       "check_set": {"samples": 1437, "metric_before": 99.7, "reference": 99.2, "least_pruning": 6.0,
+                                     "metric_least_pruning": 99.2,
+                                     "ruled_out": [{"threshold": 0.5, "metric": 98.0}, {"threshold": 0.0, "metric": 97.1}]}}
+    report["threshold"] = 1.0
+    line = next(li for li in format_table(report).splitlines() if "chosen by the sweep" in li)
+    assert "threshold 1 chosen by the sweep" in line and "on the 1437 samples the autopilot's checks count" in line
+    assert "0.5, 0 kept it on the validation data alone" in line
+    report["sweep"]["check_set"]["ruled_out"] = []  # measured, nothing ruled out: the usual line
+    assert "checks count" not in format_table(report)
 
 
 def test_speed_lines_name_the_file_and_say_when_rounding_hides_the_difference():

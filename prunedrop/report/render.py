@@ -427,6 +427,13 @@ def _sweep_line(report: Mapping[str, Any]) -> str:
             # the bisection after the noise-free fine-tuning moved it: name the threshold the model was pruned at
             return (f"threshold {used:g} chosen after noise-free fine-tuning: the most pruning within {budget} "
                     f"(validation data; the sweep before it chose {chosen:g})")
+        checks = sweep.get("check_set") or {}
+        if checks.get("ruled_out"):
+            # a coarse validation set: the choice kept the budget on the checks' samples too (stages.selection.CheckSet)
+            out = ", ".join(f"{r['threshold']:g}" for r in checks["ruled_out"])
+            return (f"threshold {chosen:g} chosen by the sweep: the most pruning within {budget} on the validation "
+                    f"data and on the {checks['samples']} samples the autopilot's checks count (validation and "
+                    f"training; {out} kept it on the validation data alone)")
         return f"threshold {chosen:g} chosen by the sweep: the most pruning within {budget} (validation data)"
 
     return f"threshold {used:g} (fixed; set max_metric_drop to choose it from the sweep in report.md)"
