@@ -218,14 +218,17 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     slim_cost = slim_costs(variational, recipe, example)
     counts_bytes = target_kind(recipe.target) == "bytes"
 
-    def sweep(thresholds: list[float]) -> list[SweepPoint]:
+    def measure(thresholds: list[float], loader: Any, count_bytes: bool = False) -> list[SweepPoint]:
         # every measurement re-estimates the BatchNorm statistics for its threshold; the later stages (and the
         # probes past the grid) start from the trained model as it was
         try:
-            points = sweep_thresholds(variational, val_loader, thresholds, evaluate_fn=metric,
-                                      example_input=example[:1], count_bytes=counts_bytes)
+            return sweep_thresholds(variational, loader, thresholds, evaluate_fn=metric, example_input=example[:1],
+                                    count_bytes=count_bytes)
         finally:
             restore_batchnorm(variational, trained_statistics)
+
+    def sweep(thresholds: list[float]) -> list[SweepPoint]:
+        points = measure(thresholds, val_loader, counts_bytes)
         return [slim_cost(p) for p in points] if slim_cost is not None else points
 
     # the default grid less the thresholds the method refuses (an SNR ≤ 0 prunes nothing, as SNR ≤ 0.5 may)
@@ -263,11 +266,7 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
 
         def measured_on_checks(point: SweepPoint) -> float:
             if point.threshold not in on_checks:
-                try:
-                    on_checks[point.threshold] = sweep_thresholds(
-                        variational, check_set, [point.threshold], evaluate_fn=metric, example_input=example[:1])[0].metric
-                finally:
-                    restore_batchnorm(variational, trained_statistics)
+                on_checks[point.threshold] = measure([point.threshold], check_set)[0].metric
             return on_checks[point.threshold]
 
         given = evaluate(baseline.model, check_set, loss=recipe.loss)[name]
