@@ -19,9 +19,10 @@ from torch import nn
 from ..autopilot import target_kind
 from ..batchnorm import batchnorm_state, restore_batchnorm
 from ..convert import variational_layers
-from ..data import DataBundle, first_batches
+from ..data import DataBundle
 from ..errors import PrunedropError
 from ..metrics import as_classifier
+from ..pilot import CheckSet
 from ..plots import plot_log_alpha_histograms
 from ..prune import PruneResult
 from ..recipe_groups import is_classification
@@ -98,54 +99,6 @@ def _finite_probe(probe: dict[str, Any]) -> dict[str, Any]:
         return None if isinstance(x, float) and not math.isfinite(x) else x
 
     return {k: [finite(x) for x in v] if isinstance(v, list) else finite(v) for k, v in probe.items()}
-
-
-class CheckSet:
-    """The samples the autopilot's checks count where the validation set is coarse (:meth:`Pilot._coarse_validation`):
-    the validation samples, then the first training samples in their fixed order, up to
-    :data:`~prunedrop.pilot.CHECK_SAMPLES` in all. Iterable more than once (a sweep reads it at each threshold).
-
-    Where the sweep judges the budget because the validation set is too coarse to judge it after the fine-tuning, the
-    most pruning threshold within the budget on a few validation samples sits where accuracy starts falling off a
-    cliff more often than not: among the thresholds the cliff's first step reads the same as the plateau on 144
-    images and only the next one shows it. Digits models with BatchNorm chose log α > −1 and > 0.5 there, read
-    99.31% on validation (before fine-tuning) and 94.72% and 95.83% on the 360 test images, against 98.06% and 96–97%
-    one or two grid steps back; their training samples showed the step (97.14% and 97.91% against 99.15% and 99.23%).
-    So the sweep's choice must keep the budget on these samples too, measured from the lower of the original's
-    metric on them and the least pruning threshold's: the checks while training held the trained model's drop on
-    these samples near half the budget, and what a threshold loses beyond it is its own cost. It is measured before
-    the fine-tuning, which wins some of it back: the digits MLP, CNN and LSTM of ``benchmarks/autopilot_small.py``
-    lost no test accuracy at the thresholds it rules out, and keep 16–26% less compression; its SBP CNN, 1.11 test
-    points down before, keeps 42% less at −0.27 (BENCHMARKS.md, twenty-ninth session)."""
-
-    def __init__(self, data: DataBundle, batch_size: int, train_samples: int):
-        self.data, self.batch_size, self.train_samples = data, batch_size, train_samples
-
-    def __iter__(self) -> Any:
-        yield from self.data.loader("val", self.batch_size)
-        yield from first_batches(self.data.loader("train", self.batch_size), self.train_samples)
-
-    @property
-    def samples(self) -> int:
-        return self.data.num_val + min(self.train_samples, self.data.num_train)
-
-    @staticmethod
-    def for_run(recipe: Recipe, data: DataBundle) -> CheckSet | None:
-        """The check set where the sweep judges an automatic run's accuracy budget on a validation set too coarse
-        for it (one sample weighs more than half the budget); None elsewhere, and for a training DataLoader of the
-        user's (its order or augmentation may change between reads), as the checks while training."""
-        from torch.utils.data import DataLoader
-
-        from ..pilot import CHECK_SAMPLES
-
-        if not (recipe.automatic and recipe.max_metric_drop is not None and is_classification(recipe.loss)):
-            return None
-        if recipe.validation_resolves_budget(data.num_val) or recipe.judges_after_finetune(data.num_val):
-            return None
-        if isinstance(data.split("train"), DataLoader):
-            return None
-        wanted = min(CHECK_SAMPLES - data.num_val, data.num_train)
-        return CheckSet(data, recipe.eval_batch_size, wanted) if wanted > 0 else None
 
 
 def thresholded_metric(recipe: Recipe, data: DataBundle) -> Callable[[nn.Module, Any], float]:
