@@ -356,13 +356,92 @@ class _ScaledConvs(nn.Module):
         return self.c2(torch.relu(self.c1(x)) * self.scale).flatten(1)
 
 
-def test_a_bare_parameter_is_named_in_the_note_not_printed() -> None:
+def test_a_bare_parameter_that_scales_each_channel_is_sliced_with_it() -> None:
+    """A per-channel scale of the model's own (a layer scale γ) let no channel go ("they pass through the bare
+    parameter scale"); it is sliced with the channels now."""
     torch.manual_seed(0)
     model, x = _ScaledConvs().eval(), torch.randn(2, 1, 5, 5)
     masks = _prune_units(model, {"c1": [1]})
     result = slim(model, masks, x)
-    notes = [n for n in result.notes if "bare parameter" in n]
-    assert notes and all("bare parameter scale" in n and "tensor(" not in n for n in notes), result.notes
+    assert result.removed["c1"] == (4, 3), result.notes
+    assert tuple(result.model.scale.shape) == (3, 1, 1)
+    assert torch.equal(result.model.scale.detach().flatten(), model.scale.detach().flatten()[[0, 2, 3]])
+    assert result.max_abs_diff <= 1e-5 and not result.notes
+
+
+class _LayerScaleResidual(nn.Module):
+    """A residual stream whose branch a layer scale multiplies: ``γ`` of shape (1, C, 1, 1) on the model itself, or
+    (``channels_last``) a (C,) parameter of a small module of its own applied after a permute, as ConvNeXt does; with
+    ``offset`` a learned per-channel offset is added too."""
+
+    def __init__(self, channels_last: bool = False, offset: bool = False) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        if channels_last:
+            self.ls = _Scale(6)
+        else:
+            self.gamma = nn.Parameter(torch.linspace(0.2, 1.2, 6).view(1, 6, 1, 1))
+        self.offset = nn.Parameter(torch.linspace(-1, 1, 6).view(1, 6, 1, 1)) if offset else None
+        self.fc = nn.Linear(6 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(h))
+        y = self.ls(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if self.channels_last else self.gamma * y
+        h = h + y
+        if self.offset is not None:
+            h = h + self.offset
+        return self.fc(nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+class _Scale(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.linspace(0.2, 1.2, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("offset", [False, True])
+def test_a_layer_scale_on_a_residual_stream_lets_its_channels_go(channels_last: bool, offset: bool) -> None:
+    torch.manual_seed(0)
+    model, x = _LayerScaleResidual(channels_last, offset).eval(), torch.randn(3, 1, 4, 4)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    masks = _prune_units(model, {"c1": [0, 4], "c2": [0, 4]})
+    result = slim(model, masks, x)
+    assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (6, 4), result.notes
+    gamma = result.model.ls.gamma if channels_last else result.model.gamma
+    assert gamma.numel() == 4 and isinstance(gamma, nn.Parameter)
+    if offset:  # the removed channels' offsets reach the head as constants: folded into its bias
+        assert result.model.offset.numel() == 4
+    assert result.max_abs_diff <= 1e-5, result.notes
+    # the slim model trains: its parameters are leaves of its own
+    assert all(p.is_leaf and p.requires_grad for p in result.model.parameters())
+
+
+class _PerPosition(nn.Module):
+    """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
+    channels: the slim model's check must catch it and keep the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.p = nn.Parameter(torch.linspace(0.5, 1.5, 16).view(4, 4))
+        self.fc = nn.Linear(4 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((torch.relu(self.c1(x)) * self.p).flatten(1))
+
+
+def test_a_parameter_sliced_along_the_wrong_axis_keeps_the_channels() -> None:
+    torch.manual_seed(0)
+    model, x = _PerPosition().eval(), torch.randn(3, 1, 4, 4)
+    result = slim(model, _prune_units(model, {"c1": [1]}), x)
+    assert result.removed["c1"] == (4, 4) and any("kept as zeros" in n for n in result.notes), result.notes
     assert result.max_abs_diff <= 1e-5
 
 

@@ -37,10 +37,12 @@ that is this module's part:
   recipe key ``tie_grouped`` ties in slots (channel t of every group one noise), so that what is pruned there leaves
   every group alike.
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped transposed
-  convolution, a LayerNorm/GroupNorm (which mix channels), an embedding, an attention
-  or recurrent layer or a bare parameter, or meets the others in a mean, maximum, variance or softmax over the
-  channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not change) is kept;
-  ``notes`` says so. A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)
+  convolution, a LayerNorm/GroupNorm/RMSNorm (which mix channels), an embedding, an attention
+  or recurrent layer or a parameter read other than element-wise, or meets the others in a mean, maximum, variance or
+  softmax over the channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not
+  change) is kept; ``notes`` says so. A parameter of the model's own code that only scales or shifts each channel (a
+  layer scale ``x * γ``, ``x + b``) is sliced with the channels, along the axis the graph guesses (the last that is
+  not 1; a wrong guess fails the final check, and the channels stay). A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)
   is no channel of theirs: a product with it lets a pruned channel go, a sum with it does not. An ungrouped transposed convolution is a unit
   layer like a convolution: its own output channels (its weight's axis 1) leave, and a channel it reads leaves
   with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its

@@ -24,6 +24,8 @@ from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, is_groupe
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
 _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+#: the operations through which a bare parameter touches each channel on its own (``x * γ``, ``x + b``, ``x / s``)
+_ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div"})
 
 
 # Autograd functions (names without "Backward<n>") that map a channel of exact zeros to exact zeros whatever else
@@ -295,10 +297,30 @@ class GroupAnalysis:
                 name = self.name(node)
                 prefix = name.rpartition(".")[0]
                 owner = next((m for m, n in self.names.items() if n == prefix and isinstance(m, nn.Module)), None)
-                if prefix and owner is not None:  # a functional layer's own weight (nn.RMSNorm calls F.rms_norm)
+                if owner is not None and type(owner).__module__.startswith("torch.nn"):
+                    # a functional layer's own weight (nn.RMSNorm calls F.rms_norm, which normalises over channels)
+                    return f"they pass through {name}, a parameter of {prefix} ({type(owner).__name__})"
+                if self.sliceable(node):
+                    continue
+                if prefix and owner is not None:
                     return f"they pass through {name}, a parameter of {prefix} ({type(owner).__name__})"
                 return f"they pass through the bare parameter {name}"
         return reduced
+
+    def sliceable(self, node: Any) -> bool:
+        """Whether ``node`` is a parameter of the model's own code that only scales or shifts each channel on its own
+        (a layer scale ``x * γ``, a learned per-channel offset ``x + b``): Torch-Pruning slices it with the channels,
+        along the axis its graph chose for it (the last that is not 1), and
+        :func:`prunedrop.slim.stage._remove_channels` puts the slice back on its owner. A parameter read any other way
+        (a matmul's weight) blocks the channel; one in a norm written out in the forward is blocked by its reduction
+        over the channels; and the slim model's function is checked against the masked one's, so an axis guessed wrong
+        keeps the channels (as zeros, with a note)."""
+        dims = {id(p): d for p, d in getattr(self.graph, "unwrapped_parameters", ())}
+        if id(node.module) not in dims or not node.outputs:
+            return False
+        elementwise = self.graph.ops.OPTYPE.ELEMENTWISE
+        return all(out.type == elementwise and _op_name(out.grad_fn) in _ELEMENTWISE_WITH_PARAMETER
+                   for out in node.outputs)
 
     def silent(self, node: Any, channel: Channel, memo: dict[Any, bool]) -> bool:
         """Whether this channel of ``node``'s output is exact zeros whatever the input: a pruned producer or

@@ -396,11 +396,17 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
     """
     merged: dict[tuple[int, Any], tuple[Any, set[int]]] = {}
     grouped: dict[nn.Module, tuple[set[int], set[int]]] = {}
+    parameters: dict[int, tuple[Any, nn.Module, str, set[int]]] = {}  # a bare parameter: its dependency, model, name
     for gi, roots in removal.items():
         if not roots:
             continue
         for item in analyses[gi].removal(roots):
             target = item.dep.target.module
+            if isinstance(target, nn.Parameter):  # a layer scale γ (GroupAnalysis.sliceable)
+                an = analyses[gi]
+                slot = parameters.setdefault(id(target), (item.dep, an.graph.model, an.name(item.dep.target), set()))
+                slot[3].update(int(i) for i in item.idxs)
+                continue
             if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
                 continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
             handler = item.dep.handler
@@ -415,6 +421,10 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
         dep(sorted(idxs))
     for conv, (gone_in, gone_out) in grouped.items():
         _slice_grouped(conv, gone_in, gone_out)
+    for dep, model, name, idxs in parameters.values():
+        # Torch-Pruning's ParameterPruner returns a new, sliced parameter: it replaces the old one on its owner
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, dep(sorted(idxs)))
 
 
 def _every_channel(model: nn.Module, example_input: torch.Tensor, failed: dict[str, str] | None = None
