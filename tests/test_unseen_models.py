@@ -403,3 +403,28 @@ def test_batchnorms_are_no_bound_however_much_of_a_tiny_model_they_hold() -> Non
     to_variational(model, Recipe(), summary=summary)
     assert summary.left_alone == {"1": "BatchNorm2d"}  # 8 of 26 parameters
     assert not any("keep every weight" in n for n in summary.notes), summary.notes
+
+
+class LayerScaleResidual(nn.Module):
+    """``h + γ·relu(conv(h))`` with γ of shape (1, C, 1, 1): both convolutions write the stream γ scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.full((1, 8, 1, 1), 0.5))
+        self.fc = nn.Linear(8 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.c1(x.view(-1, 1, 8, 8)))
+        h = h + self.gamma * F.relu(self.c2(h))
+        return self.fc(F.max_pool2d(h, 2).flatten(1))
+
+
+def test_sbp_converts_the_convolutions_a_layer_scale_multiplies() -> None:
+    """Under sbp the layer-scale CNN was refused before any training ("no layer of the model can be converted": the
+    channels pass through the bare parameter γ); γ is sliced with the channels now, so both convolutions carry
+    unit noise (a digits run: 83× fewer FLOPs, BENCHMARKS.md thirtieth section)."""
+    summary = ConversionSummary()
+    to_variational(LayerScaleResidual(), Recipe(method="sbp"), example_input=torch.randn(2, 64), summary=summary)
+    assert summary.converted == ["c1", "c2"], summary.notes
