@@ -106,6 +106,12 @@ class Pilot:
         """The training KL summed over the steps since the last check (:meth:`note_kl`)."""
         self.last_loss: float | None = None
         """The data loss of the last :meth:`_val_metric`."""
+        self.last_val_metric: float | None = None
+        """The metric of the last :meth:`_val_metric` on its validation samples alone, where it counted training
+        samples too."""
+        self.val_reference: float | None = None
+        """The given model's metric on the validation samples alone, where the checks count training samples too:
+        what :attr:`autopilot.Check.val_drop` is measured from."""
         self.overfit_backoffs = 0
         """Learning-rate back-offs of :meth:`_overfitting`: the weights' training, not the noise, cost accuracy."""
         self.given: dict[str, torch.Tensor] | None = None
@@ -133,7 +139,12 @@ class Pilot:
 
         measured = evaluate(target, counted(), loss=self.recipe.loss, device=self.device)
         self.last_loss = measured["loss"]
-        return measured[metric_name(self.recipe.loss)]
+        name = metric_name(self.recipe.loss)
+        self.last_val_metric = None
+        if self.checked_train:  # the validation samples alone too: what the budget's verdict reads
+            alone = CheckSet(self.data, size, 0, self.check_samples)
+            self.last_val_metric = evaluate(target, iter(alone), loss=self.recipe.loss, device=self.device)[name]
+        return measured[name]
 
     @property
     def data_scale(self) -> float:
@@ -168,6 +179,7 @@ class Pilot:
             return
         self.train_samples = wanted
         self.reference = self._val_metric()
+        self.val_reference = self.last_val_metric
         if not is_classification(self.recipe.loss):
             self.log(f"autopilot: the {val_samples} validation samples are fewer than the {self.check_samples} a "
                      f"check counts; its checks also count {self.checked_train} training samples (the given model's "
@@ -331,25 +343,28 @@ class Pilot:
         c = self.controller
         if step % c.check_every:
             return
-        drop = discount = None
+        drop = discount = val_drop = None
         if c.max_drop is not None:
             if self.reference is None:  # resumed from a checkpoint written before this was recorded
                 self.reference = self._val_metric()
             discount = self.discount()
             drop = autopilot.metric_drop(self.reference, self._val_metric(), loss=self.recipe.loss) - discount
+            if self.val_reference is not None and self.last_val_metric is not None:
+                val_drop = autopilot.metric_drop(self.val_reference, self.last_val_metric,
+                                                 loss=self.recipe.loss) - discount
         cost_ratio = self.meter.ratio(self.model) if self.meter is not None else None
         if c.checks and self._in_probe_window(c.checks[-1].step) and not self._in_probe_window(step):
             # the restart's shock (below) is behind: the smoothed drop starts again from this check, so that its
             # memory of the shock does not read as over the budget for checks to come (a digits MobileNetV2: 34.7
             # points at step 10, 0.84 at step 30, but smoothed over the budget until step 60)
-            c.smoothed_drop = None
-        record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model))
+            c.smoothed_drop = c.val_smoothed = None
+        record = c.check(step, drop=drop, cost_ratio=cost_ratio, kept_fraction=kept_fraction(self.model),
+                         val_drop=val_drop)
         record.discount = discount
         record.kl = self.kl_sum / self.kl_steps if self.kl_steps else None
         record.loss = self.last_loss if drop is not None else None
         self.kl_sum, self.kl_steps = 0.0, 0
-        if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop <= c.max_drop \
-                and self.keeps_copies:
+        if c.max_drop is not None and self._within(record) and self.keeps_copies:
             state = self.model.state_dict()
             if self.within is None:
                 copies = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -360,7 +375,13 @@ class Pilot:
             self.within = (step, record.kept_fraction, copies)
         if c.backoffs > self.announced_backoffs:
             self.announced_backoffs = c.backoffs
-            self.log(f"autopilot: validation drop {drop:.3g} is over the budget of {c.max_drop:g} at step {step}; "
+            if record.val_drop is not None and record.val_drop > c.max_drop and record.smoothed_drop is not None \
+                    and record.smoothed_drop <= c.aim:
+                what = (f"the drop on the {self.checked_samples - self.checked_train} validation samples alone "
+                        f"({record.val_drop:.3g}; {drop:.3g} on all the checks' samples)")
+            else:
+                what = f"validation drop {drop:.3g}"
+            self.log(f"autopilot: {what} is over the budget of {c.max_drop:g} at step {step}; "
                      f"backing off (β → {record.beta:.3g})")
         if c.max_drop is not None and c.smoothed_drop is not None and c.smoothed_drop > c.max_drop \
                 and record.beta <= autopilot.BETA_START and self.lr_scale > LR_SCALE_MIN \
@@ -397,6 +418,15 @@ class Pilot:
                          f"{first.kl:.4g} → {last.kl:.4g}) and nothing more was pruned: training the weights at this "
                          f"rate costs accuracy (a model trained past its best overfits), not the noise; the weights' "
                          f"learning rate × {self.lr_scale:g}{again}")
+
+    def _within(self, check: autopilot.Check) -> bool:
+        """Whether ``check`` found the model within the budget, smoothed: on the checks' samples and, where they
+        count training samples besides a coarse validation set, on the validation samples alone too, which the
+        budget's verdict reads (:meth:`rewind` goes back to the last such check)."""
+        c = self.controller
+        if c.max_drop is None or check.smoothed_drop is None or check.smoothed_drop > c.max_drop:
+            return False
+        return check.val_smoothed is None or check.val_smoothed <= c.max_drop
 
     def note_kl(self, kl: float) -> None:
         """One training step's KL (as trained, with its layer factors), for the next check's ``kl``."""
@@ -461,13 +491,18 @@ class Pilot:
         if self.within is None or self.rewound is not None or c.max_drop is None or not c.checks:
             return None
         last = c.checks[-1]
-        if last.smoothed_drop is None or last.smoothed_drop <= c.max_drop or self.within[0] >= last.step:
+        if last.smoothed_drop is None or self._within(last) or self.within[0] >= last.step:
             return None
         step, kept, state = self.within
         self.model.load_state_dict(state)
         self.rewound = (last.step, step)
         self.within = None
-        return (f"autopilot: the variational phase ended {last.smoothed_drop:.3g} points down, over the budget of "
+        if last.smoothed_drop <= c.max_drop and last.val_smoothed is not None:
+            where = (f"{last.val_smoothed:.3g} points down on the {self.checked_samples - self.checked_train} "
+                     f"validation samples alone ({last.smoothed_drop:.3g} on all the checks' samples)")
+        else:
+            where = f"{last.smoothed_drop:.3g} points down"
+        return (f"autopilot: the variational phase ended {where}, over the budget of "
                 f"{c.max_drop:g}; back to its state at step {step} (the last check within the budget, kept fraction "
                 f"{kept:.4g})")
 
@@ -523,6 +558,7 @@ class Pilot:
                 "train_samples": self.train_samples, "check_samples": self.check_samples,
                 "rewound": None if self.rewound is None else list(self.rewound),
                 "kl_partial": [self.kl_sum, self.kl_steps], "overfit_backoffs": self.overfit_backoffs,
+                "val_reference": self.val_reference,
                 "restarts": list(self.restarts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -545,6 +581,7 @@ class Pilot:
         kl_sum, kl_steps = state.get("kl_partial") or (0.0, 0)
         self.kl_sum, self.kl_steps = float(kl_sum), int(kl_steps)
         self.overfit_backoffs = int(state.get("overfit_backoffs", 0))
+        self.val_reference = state.get("val_reference")
         self.restarts = [int(s) for s in state.get("restarts", [])]
 
     def summary(self) -> dict[str, Any]:

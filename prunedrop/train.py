@@ -633,6 +633,8 @@ def finetune(
             stats["beta_now"] = last.beta
             if last.smoothed_drop is not None:
                 stats["val_drop_smoothed"] = last.smoothed_drop
+            if last.val_smoothed is not None:  # the checks count training samples too: validation's alone
+                stats["val_only_drop_smoothed"] = last.val_smoothed
             if last.cost_ratio is not None:
                 stats["cost_ratio"] = last.cost_ratio
         return stats
