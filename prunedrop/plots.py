@@ -226,6 +226,11 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
         if any(r.get("val_drop_smoothed") is not None for r in history):
             twin = ax_beta.twinx()
             draw(twin, "val_drop_smoothed", ":", "#c53030")
+            if any(r.get("val_only_drop_smoothed") is not None for r in history):
+                # the checks pool training samples with a coarse validation set: the validation samples' own drop,
+                # which is held to the whole budget
+                draw(twin, "val_only_drop_smoothed", "--", "#9b2c2c")
+                twin.legend(fontsize=7, loc="upper right")
             twin.set_ylabel("validation drop (smoothed)", color="#c53030", fontsize=8)
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -139,3 +139,20 @@ def test_training_curves_draw_beta_and_the_autopilot_drop(tmp_path):
 
     # the β panel makes the figure wider
     assert Image.open(with_beta).size[0] > Image.open(without).size[0]
+
+
+def test_training_curves_draw_a_coarse_validation_sets_own_drop(tmp_path, monkeypatch):
+    """Where the checks pool training samples with a coarse validation set, the drop on the validation samples alone
+    (held to the whole budget) is drawn beside the pooled one."""
+    from prunedrop import plots
+
+    saved = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or real(fig, path))
+    history = [{"phase": "variational", "epoch": i, "loss": 1.0 / i, "val_accuracy": 90.0, "kept_fraction": 1 / i,
+                "beta_now": 0.1 * 2**i, "val_drop_smoothed": 0.1 * i, "val_only_drop_smoothed": 0.3 * i}
+               for i in range(1, 6)]
+    _assert_png(plot_training_curves(history, tmp_path / "coarse.png"))
+    labels = {line.get_label() for ax in saved[0].axes for line in ax.get_lines()}
+    assert {"val_drop_smoothed", "val_only_drop_smoothed"} <= labels
+    assert "val_accuracy" in labels  # the metric panel still shows the metric, not a drop
