@@ -102,6 +102,8 @@ class Pilot:
         processes)."""
         self.rewound: tuple[int, int] | None = None
         """(the step the phase ended at, the step it went back to), once :meth:`rewind` has."""
+        self.before_restart: tuple[int, float, dict[str, torch.Tensor]] | None = None
+        """:attr:`within` as it was when an overfitting back-off started the phase again (:meth:`_start_again`)."""
         self.kl_sum, self.kl_steps = 0.0, 0
         """The training KL summed over the steps since the last check (:meth:`note_kl`)."""
         self.last_loss: float | None = None
@@ -407,10 +409,7 @@ class Pilot:
                 again = ""
                 if self.given is not None:
                     # the steps at the larger rate have overfitted the weights: start again from the given ones
-                    self.model.load_state_dict(self.given)
-                    self.reset_optimizer()
-                    c.restart()
-                    self.restarts.append(step)
+                    self._start_again(step)
                     again = f"; back to the given weights, β {autopilot.BETA_START:g}"
                 self.log(f"autopilot: over the budget at step {step}, and from step {first.step} the validation drop "
                          f"rose {first.drop:.3g} → {last.drop:.3g} and its loss {first.loss:.4g} → {last.loss:.4g} "
@@ -427,6 +426,20 @@ class Pilot:
         if c.max_drop is None or check.smoothed_drop is None or check.smoothed_drop > c.max_drop:
             return False
         return check.val_smoothed is None or check.val_smoothed <= c.max_drop
+
+    def _start_again(self, step: int) -> None:
+        """An overfitting back-off's restart from the given weights at ``step``. The last state within the budget so
+        far is kept aside (:attr:`before_restart`, the most compressed of them over several restarts): the checks that
+        set the back-off off can misread a model that fell off a cliff (units pruned too far do not come back, so the
+        drop and the loss rise with nothing more pruned), and the restart must not lose what the phase had made."""
+        if self.within is not None and (self.before_restart is None or self.within[1] < self.before_restart[1]):
+            self.before_restart = self.within
+        self.within = None  # the states within the budget after the restart get buffers of their own
+        assert self.given is not None
+        self.model.load_state_dict(self.given)
+        self.reset_optimizer()
+        self.controller.restart()
+        self.restarts.append(step)
 
     def note_kl(self, kl: float) -> None:
         """One training step's KL (as trained, with its layer factors), for the next check's ``kl``."""
@@ -479,32 +492,54 @@ class Pilot:
         return size <= REWIND_MAX_BYTES
 
     def rewind(self) -> str | None:
-        """Go back to the last state measured within the budget, when the variational phase ended outside it;
-        a line saying so, or None.
+        """Go back to the last state measured within the budget, when the variational phase ended outside it, or to
+        the last one before a restart, when that is more compressed than where the phase ended; a line saying so, or
+        None.
 
         The controller holds the drop near half the budget, and backs β off when it is over; but where the metric
         stays flat while the noise prunes (an easy task: a 200,000-id token classifier at 100% validation
         accuracy while β rose to ~260) it can fall off a cliff faster than the back-off answers, and weights pruned
         that far do not come back: that run ended its variational phase 25 points down, with β at its floor. The
-        state at the last check within the budget is the most compressed model the phase made that kept it."""
+        state at the last check within the budget is the most compressed model the phase made that kept it.
+
+        A cliff can also read as overfitting (the drop and the loss rising with nothing more pruned), and the
+        overfitting back-off starts the phase again from the given weights (:meth:`_start_again`): a ConvNeXt-style
+        block under SBP fell from 93% to 54% (its dense model: 71.5%) near the end of its phase, started again with
+        eight epochs left, pruned nothing more and exported nothing. Its state before the restart stays a candidate."""
         c = self.controller
-        if self.within is None or self.rewound is not None or c.max_drop is None or not c.checks:
+        if self.rewound is not None or c.max_drop is None or not c.checks:
             return None
         last = c.checks[-1]
-        if last.smoothed_drop is None or self._within(last) or self.within[0] >= last.step:
+        if last.smoothed_drop is None:
             return None
-        step, kept, state = self.within
+        ended_within = self._within(last)
+        choice = None
+        if not ended_within and self.within is not None and self.within[0] < last.step:
+            choice = self.within
+        earlier = self.before_restart
+        if earlier is not None:
+            bar = (last.kept_fraction if ended_within else choice[1] if choice is not None else None)
+            if bar is None or earlier[1] < bar:
+                choice = earlier
+        if choice is None:
+            return None
+        step, kept, state = choice
         self.model.load_state_dict(state)
         self.rewound = (last.step, step)
-        self.within = None
-        if last.smoothed_drop <= c.max_drop and last.val_smoothed is not None:
+        self.within = self.before_restart = None
+        if ended_within:
+            where = f"within the budget at kept fraction {last.kept_fraction:.4g}"
+        elif last.smoothed_drop <= c.max_drop and last.val_smoothed is not None:
             where = (f"{last.val_smoothed:.3g} points down on the {self.checked_samples - self.checked_train} "
-                     f"validation samples alone ({last.smoothed_drop:.3g} on all the checks' samples)")
+                     f"validation samples alone ({last.smoothed_drop:.3g} on all the checks' samples), over the "
+                     f"budget of {c.max_drop:g}")
         else:
-            where = f"{last.smoothed_drop:.3g} points down"
-        return (f"autopilot: the variational phase ended {where}, over the budget of "
-                f"{c.max_drop:g}; back to its state at step {step} (the last check within the budget, kept fraction "
-                f"{kept:.4g})")
+            where = f"{last.smoothed_drop:.3g} points down, over the budget of {c.max_drop:g}"
+        which = ("the last check within the budget before the phase started again at step "
+                 f"{min(r for r in self.restarts if r > step)}" if choice is earlier and self.restarts
+                 else "the last check within the budget")
+        return (f"autopilot: the variational phase ended {where}; back to its state at step {step} ({which}, kept "
+                f"fraction {kept:.4g})")
 
     def _rate_to_blame(self) -> bool:
         """Whether the weights' learning rate may be what holds the run over the budget: the probe (:meth:`_probe`)

@@ -955,6 +955,39 @@ def test_a_coarse_validation_sets_own_drop_is_held_to_the_budget_at_the_phases_e
     assert restored.val_reference == 90.0 and restored.controller.val_smoothed == p.controller.val_smoothed
 
 
+@pytest.mark.parametrize("after", [[1.0, 0.9], [0.02, 0.01]])
+def test_a_restart_keeps_the_more_compressed_state_it_left(monkeypatch: pytest.MonkeyPatch,
+                                                           after: list[float]) -> None:
+    """An overfitting back-off starts the phase again from the given weights; a ConvNeXt-style block misread so
+    after a cliff, with eight epochs left, ended pruning nothing and exported nothing. The state within the budget
+    before the restart is where the phase goes back to when it is more compressed than where the phase ended."""
+    from prunedrop import pilot
+
+    p, model, every = _pilot_measuring(monkeypatch, [90.0] * 5)
+    kept = iter([0.5, 0.1, 0.05, *after])
+    monkeypatch.setattr(pilot, "kept_fraction", lambda model: next(kept))
+    weight = next(model.parameters())
+    p.given = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for k in range(1, 4):
+        with torch.no_grad():
+            weight.fill_(float(k))
+        p.on_step(k * every)
+    p._start_again(3 * every + 1)  # as the overfitting back-off does (its checks are tested above)
+    assert p.within is None and p.before_restart is not None and p.before_restart[0] == 3 * every
+    for k in range(4, 6):
+        with torch.no_grad():
+            weight.fill_(float(k))
+        p.on_step(k * every)
+    line = p.rewind()
+    if after[-1] < 0.05:  # the phase ended more compressed than before the restart, within the budget: it stays
+        assert line is None and float(weight.detach()[0].flatten()[0]) == 5.0
+    else:
+        assert line is not None and f"back to its state at step {3 * every}" in line, line
+        assert f"before the phase started again at step {3 * every + 1}" in line and "within the budget" in line
+        assert float(weight.detach()[0].flatten()[0]) == 3.0
+        assert p.summary()["rewound"] == {"ended_at": 5 * every, "back_to": 3 * every}
+
+
 def test_a_phase_that_ends_within_the_budget_stays_where_it_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     from prunedrop import pilot
 
