@@ -508,7 +508,7 @@ class Autopilot:
         validation samples alone. Smoothed alike (:attr:`val_smoothed`), it holds β back once over the whole budget
         (not the aim: one of those samples weighs more than the aim), which the verdict reads there: a model can keep
         the aim on the pooled samples, which the training ones dominate, and lose the budget on the validation ones
-        (a mean-and-max pooling CNN under SBP: 2 of 144 validation samples down for its last 100 epochs, a tenth of a
+        (a mean-and-max pooling CNN under SBP: 2 of 144 validation samples down for its last 100 epochs, a third of a
         point on all 1,437)."""
         for name, value in (("drop", drop), ("cost_ratio", cost_ratio), ("val_drop", val_drop)):
             if value is not None and not math.isfinite(value):

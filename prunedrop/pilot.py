@@ -377,8 +377,8 @@ class Pilot:
             self.within = (step, record.kept_fraction, copies)
         if c.backoffs > self.announced_backoffs:
             self.announced_backoffs = c.backoffs
-            if record.val_drop is not None and record.val_drop > c.max_drop and record.smoothed_drop is not None \
-                    and record.smoothed_drop <= c.aim:
+            pooled_over = drop is not None and drop > c.max_drop and (record.smoothed_drop or 0.0) > c.aim
+            if record.val_drop is not None and record.val_drop > c.max_drop and not pooled_over:
                 what = (f"the drop on the {self.checked_samples - self.checked_train} validation samples alone "
                         f"({record.val_drop:.3g}; {drop:.3g} on all the checks' samples)")
             else:
