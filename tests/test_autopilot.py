@@ -585,6 +585,22 @@ def test_cli_max_drop_none_leaves_the_target_alone_to_decide(project: Path) -> N
     assert with_overrides(Recipe(), {"quantize": "none", "max_metric_drop": NONE}).quantize == "none"
 
 
+def test_a_target_alone_that_no_threshold_meets_exports_the_closest_model(project: Path) -> None:
+    """Before, the recipe's threshold was exported where no swept threshold met a target alone."""
+    recipe = project / "quick.yaml"
+    recipe.write_text("epochs: 2\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 0\n"
+                      "device: cpu\nquantize: none\n")
+    result = CliRunner().invoke(cli, ["compress", "model.pt", "--arch", "tinyarch:build", "--data", "npz:data.npz",
+                                      "--recipe", str(recipe), "--target", "params=100000x", "--max-drop", "None",
+                                      "-o", "out"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    points = [p for p in report["sweep"]["points"] if p["kept_weights"] > 0]
+    closest = min(points, key=lambda p: (p["params"], p["threshold"]))
+    assert report["threshold"] == closest["threshold"] != report["recipe"]["threshold"]
+    assert "comes closest and is chosen" in result.output and not report["target"]["reached"]
+
+
 def test_cli_confidence_run_exports_a_model_that_keeps_the_budget_that_surely(project: Path) -> None:
     recipe = project / "quick.yaml"
     recipe.write_text("epochs: 4\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 2\n"

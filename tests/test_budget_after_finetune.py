@@ -502,6 +502,22 @@ def test_a_target_caps_the_choice_at_the_least_pruning_threshold_that_meets_it()
     assert target_cap(list(points), Recipe(target="params=100x", max_metric_drop=1.0)) is None  # none meets it
 
 
+def test_a_target_no_swept_point_meets_comes_as_close_as_it_can() -> None:
+    """A target alone that no swept threshold meets exported the recipe's threshold; the nearest point is chosen
+    (the fewest parameters among those that keep a weight), and none without a target or such a point."""
+    from prunedrop.stages.budget import target_cap, target_closest
+
+    recipe = Recipe(target="params=100x", max_metric_drop=None)
+    points = _points()
+    assert target_cap(points, recipe) is None
+    assert target_closest(points, recipe).threshold == -2.0  # 110 parameters: 3.7x, the nearest to 100x
+    emptied = [SweepPoint(threshold=-2.5, metric=10.0, kept_weights=0, total_weights=400, params=10, total_params=410,
+                          nonzero_macs=0, macs=0), *points]
+    assert target_closest(emptied, recipe).threshold == -2.0  # a point that prunes every weight exports nothing
+    assert target_closest(points, Recipe(max_metric_drop=None)) is None
+    assert target_closest(emptied[:1], recipe) is None
+
+
 def test_a_target_and_a_budget_choose_a_point_that_fits_both_where_the_cap_itself_misses_the_budget() -> None:
     """A few validation samples make the metric jump between thresholds: the least pruning point that met a digits
     MLP's flops=2x read one image under the budget's line, points pruning a little more read one image above it, and

@@ -33,7 +33,7 @@ from ..train import evaluate, metric_name
 from ..uncertainty import calibration_summary
 from .baseline import Baseline
 from .bisection import Search, at_edge, search_after_finetune, thresholds_past
-from .budget import budget_text, cap_within_budget, capped, target_cap, within
+from .budget import budget_text, cap_within_budget, capped, target_cap, target_closest, within
 from .common import draw_plots
 from .conversion import Converted
 from .pruned_finetune import FinetunedPruned
@@ -191,6 +191,23 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     overhead = max(0, baseline.onnx.num_bytes - points[0].dense_bytes) if counts_bytes and points else 0
     cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0], overhead=overhead)
     points.sort(key=lambda p: p.threshold)  # with the target's bisection's points among them
+    if cap is None and recipe.target is not None and recipe.max_metric_drop is None and points:
+        # a target alone that no swept threshold meets: past the default grid's edge first (one evaluation each, as
+        # for a budget), then the threshold that comes closest, not the recipe's (a user who states a size wants
+        # the nearest model to it)
+        closest = target_closest(points, recipe, overhead=overhead)
+        if closest is not None and recipe.sweep_thresholds is None and at_edge(closest, points):
+            more = thresholds_past(closest, points, recipe)
+            log(f"target {recipe.target}: no threshold of the grid meets it; sweeping {len(more)} thresholds past "
+                "its edge")
+            points = sorted([*points, *sweep(more)], key=lambda p: p.threshold)
+            cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0], overhead=overhead)
+            points.sort(key=lambda p: p.threshold)
+            closest = target_closest(points, recipe, overhead=overhead)
+        if cap is None and closest is not None:
+            threshold = closest.threshold
+            log(f"target {recipe.target}: no swept threshold meets it; {recipe.pruning_rule(threshold)} comes "
+                "closest and is chosen")
     # the budget is held to each threshold after its noise-free fine-tuning (the search below), or else to the sweep
     searches = recipe.budget_judges_finetuned(data.num_val) and recipe.finetune_epochs_for(data.num_train) > 0
     least = cap
