@@ -440,6 +440,9 @@ class Autopilot:
     """How often the smoothed drop has crossed the aim, less one per response time without a crossing
     (:meth:`budget_rate`)."""
     _over: bool = field(default=False, repr=False)
+    over_alone: bool = field(default=False, repr=False)
+    """The last check found the model over the budget on the validation samples alone, not on the pooled ones (it
+    names which one set a back-off off)."""
     _side: int = field(default=0, repr=False)
     _since_crossing: int = field(default=0, repr=False)
 
@@ -505,8 +508,9 @@ class Autopilot:
         """Take one measurement (validation drop in the budget's unit; dense/kept cost ratio) and update β.
 
         ``val_drop``: where ``drop`` is measured on training samples besides a coarse validation set, the drop on the
-        validation samples alone. Smoothed alike (:attr:`val_smoothed`), it holds β back once over the whole budget
-        (not the aim: one of those samples weighs more than the aim), which the verdict reads there: a model can keep
+        validation samples alone. Smoothed alike (:attr:`val_smoothed`), it holds β back once over the whole budget,
+        which the verdict reads there (not the aim: they are too few to steer by, which is why the checks pool
+        training samples with them): a model can keep
         the aim on the pooled samples, which the training ones dominate, and lose the budget on the validation ones
         (a mean-and-max pooling CNN under SBP: 2 of 144 validation samples down for its last 100 epochs, a third of a
         point on all 1,437)."""
@@ -526,13 +530,15 @@ class Autopilot:
             rate = self.rate if self.smoothed_drop > self.max_drop else self.budget_rate
             moves["budget"] = rate * min(1.0, max(-2.0, slack))
             over = drop > self.max_drop and self.smoothed_drop > self.aim
+            self.over_alone = False
             if val_drop is not None:
                 self.val_smoothed = val_drop if self.val_smoothed is None else \
                     DROP_SMOOTHING * val_drop + (1.0 - DROP_SMOOTHING) * self.val_smoothed
                 if self.val_smoothed > self.max_drop:
                     moves["budget"] = min(moves["budget"], self.rate * max(
                         -2.0, (self.max_drop - self.val_smoothed) / self.max_drop))
-                    over = over or val_drop > self.max_drop
+                    self.over_alone = not over and val_drop > self.max_drop
+                    over = over or self.over_alone
             was_over = bool(self.checks) and self.checks[-1].bound == "budget" and self._over
             if over and not was_over:
                 self.backoffs += 1  # a new episode over the budget (counted once, not at every check in it)

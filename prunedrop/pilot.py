@@ -377,8 +377,7 @@ class Pilot:
             self.within = (step, record.kept_fraction, copies)
         if c.backoffs > self.announced_backoffs:
             self.announced_backoffs = c.backoffs
-            pooled_over = drop is not None and drop > c.max_drop and (record.smoothed_drop or 0.0) > c.aim
-            if record.val_drop is not None and record.val_drop > c.max_drop and not pooled_over:
+            if c.over_alone:
                 what = (f"the drop on the {self.checked_samples - self.checked_train} validation samples alone "
                         f"({record.val_drop:.3g}; {drop:.3g} on all the checks' samples)")
             else:
@@ -517,10 +516,10 @@ class Pilot:
         if not ended_within and self.within is not None and self.within[0] < last.step:
             choice = self.within
         earlier = self.before_restart
-        if earlier is not None:
-            bar = (last.kept_fraction if ended_within else choice[1] if choice is not None else None)
-            if bar is None or earlier[1] < bar:
-                choice = earlier
+        # the kept fraction the state before a restart must beat: where the phase ended, or where it would go back to
+        current = last.kept_fraction if ended_within else choice[1] if choice is not None else None
+        if earlier is not None and earlier[1] < (math.inf if current is None else current):
+            choice = earlier
         if choice is None:
             return None
         step, kept, state = choice

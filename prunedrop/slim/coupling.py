@@ -6,6 +6,7 @@ groups of layers that a residual addition joins (``tie_residual``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
 from collections import defaultdict
@@ -296,7 +297,7 @@ class GroupAnalysis:
             if isinstance(module, nn.Parameter):
                 name = self.name(node)
                 prefix = name.rpartition(".")[0]
-                owner = next((m for m, n in self.names.items() if n == prefix and isinstance(m, nn.Module)), None)
+                owner = self._modules_by_name.get(prefix)
                 if owner is not None and type(owner).__module__.startswith("torch.nn"):
                     # a functional layer's own weight (nn.RMSNorm calls F.rms_norm, which normalises over channels)
                     return f"they pass through {name}, a parameter of {prefix} ({type(owner).__name__})"
@@ -307,6 +308,16 @@ class GroupAnalysis:
                 return f"they pass through the bare parameter {name}"
         return reduced
 
+    @functools.cached_property
+    def _modules_by_name(self) -> dict[str, nn.Module]:
+        """Each module by its qualified name (a parameter's owner is looked up for every channel it touches)."""
+        return {n: m for m, n in self.names.items() if isinstance(m, nn.Module)}
+
+    @functools.cached_property
+    def _parameter_axes(self) -> dict[int, int]:
+        """id of each parameter outside the layers Torch-Pruning knows → the axis its graph slices it along."""
+        return {id(p): d for p, d in getattr(self.graph, "unwrapped_parameters", ())}
+
     def sliceable(self, node: Any) -> bool:
         """Whether ``node`` is a parameter of the model's own code that only scales or shifts each channel on its own
         (a layer scale ``x * γ``, a learned per-channel offset ``x + b``): Torch-Pruning slices it with the channels,
@@ -315,8 +326,7 @@ class GroupAnalysis:
         (a matmul's weight) blocks the channel; one in a norm written out in the forward is blocked by its reduction
         over the channels; and the slim model's function is checked against the masked one's, so an axis guessed wrong
         keeps the channels (as zeros, with a note)."""
-        dims = {id(p): d for p, d in getattr(self.graph, "unwrapped_parameters", ())}
-        if id(node.module) not in dims or not node.outputs:
+        if id(node.module) not in self._parameter_axes or not node.outputs:
             return False
         elementwise = self.graph.ops.OPTYPE.ELEMENTWISE
         return all(out.type == elementwise and _op_name(out.grad_fn) in _ELEMENTWISE_WITH_PARAMETER

@@ -184,6 +184,13 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         points = measure(thresholds, val_loader, counts_bytes)
         return [slim_cost(p) for p in points] if slim_cost is not None else points
 
+    def swept_past(edge: SweepPoint, grid: list[SweepPoint], said: Callable[[int], str]) -> list[SweepPoint]:
+        """``grid`` with the thresholds past its edge swept too (one evaluation each), in order; ``said(n)`` is the
+        log line."""
+        more = thresholds_past(edge, grid, recipe)
+        log(said(len(more)))
+        return sorted([*grid, *sweep(more)], key=lambda p: p.threshold)
+
     # the default grid less the thresholds the method refuses (an SNR ≤ 0 prunes nothing, as SNR ≤ 0.5 may)
     points = sweep(recipe.sweep_thresholds or usable_thresholds(recipe, default_thresholds()))
     threshold, chosen = recipe.threshold, None
@@ -197,10 +204,8 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         # the nearest model to it)
         closest = target_closest(points, recipe, overhead=overhead)
         if closest is not None and recipe.sweep_thresholds is None and at_edge(closest, points):
-            more = thresholds_past(closest, points, recipe)
-            log(f"target {recipe.target}: no threshold of the grid meets it; sweeping {len(more)} thresholds past "
-                "its edge")
-            points = sorted([*points, *sweep(more)], key=lambda p: p.threshold)
+            points = swept_past(closest, points, lambda n: f"target {recipe.target}: no threshold of the grid meets "
+                                f"it; sweeping {n} thresholds past its edge")
             cap = target_cap(points, recipe, lambda t: sweep([round(t, 6)])[0], overhead=overhead)
             points.sort(key=lambda p: p.threshold)
             closest = target_closest(points, recipe, overhead=overhead)
@@ -271,10 +276,10 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
         if chosen is not None and beyond and at_edge(chosen, points):
             # the grid's most pruning threshold is within the budget already: its edge, not the budget, stopped the
             # choice; the thresholds past it cost one evaluation each
-            more = thresholds_past(chosen, points, recipe)
-            log(f"{recipe.pruning_rule(chosen.threshold)}, the grid's most pruning threshold, is within the budget "
-                f"before fine-tuning: sweeping {len(more)} thresholds past it")
-            points = sorted([*points, *sweep(more)], key=lambda p: p.threshold)
+            edge = chosen
+            points = swept_past(edge, points, lambda n: f"{recipe.pruning_rule(edge.threshold)}, the grid's most "
+                                f"pruning threshold, is within the budget before fine-tuning: sweeping {n} thresholds "
+                                "past it")
             candidates = points
             chosen = choose()
         if chosen is None:
