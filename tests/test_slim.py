@@ -1048,12 +1048,47 @@ def test_an_index_mapping_that_fails_leaves_that_operation_alone(monkeypatch: py
         raise ZeroDivisionError("integer division or modulo by zero")
 
     monkeypatch.setattr(index_mapping, "update_reshape_index_mapping", broken)
-    model, x = tiny_arch("lenet5")
+    torch.manual_seed(0)
+    # a 1-d convolution's (batch, channels, time) flattened: Torch-Pruning's reshape mapping maps it (a 4-d one's
+    # stride is recorded while tracing, and the broken mapping is never asked)
+    model, x = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 6, 3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(6 * 6, 10), nn.ReLU(), nn.Linear(10, 3)).eval(), torch.randn(4, 1, 10)
     assert coupled_producers(model, x) == []
     stuck = unremovable_layers(model, x)
-    assert set(stuck) == {"conv2", "fc2"} and "(View: " in stuck["conv2"], stuck  # the flatten before fc1
-    result = slim(model, _prune_units(model, {"conv1": [1], "fc1": [0, 3]}), x)
-    assert result.removed["conv1"] == (4, 3) and result.removed["fc1"] == (10, 8)
+    assert set(stuck) == {"2", "7"} and "(View: " in stuck["2"], stuck  # the flatten before the Linear
+    result = slim(model, _prune_units(model, {"0": [1], "5": [0, 3]}), x)
+    assert result.removed["0"] == (4, 3) and result.removed["5"] == (10, 8)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    lenet, x = tiny_arch("lenet5")
+    result = slim(lenet, _prune_units(lenet, {"conv2": [1, 4], "fc1": [0, 3]}), x)
+    assert result.removed["conv2"] == (6, 4) and result.removed["fc1"] == (10, 8)
+    assert _diff_on_fresh_inputs(lenet, result.model, x) <= 1e-5
+
+
+class _ConcatPool(nn.Module):
+    """fastai's concat pooling head: a pooling module's output flattened, beside the mean over the pixels."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.c1, self.c2, self.pool = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1), pool
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.cat([self.pool(h).flatten(1), h.mean((2, 3))], 1))
+
+
+@pytest.mark.parametrize("pool", [nn.AdaptiveMaxPool2d(1), nn.AdaptiveAvgPool2d((1, 1))])
+def test_a_flattened_pooling_beside_other_features_keeps_its_channels_in_place(pool: nn.Module) -> None:
+    """Torch-Pruning infers a flatten's stride from the Linear's width over the channels (16 / 8: 2) where the
+    real one is 1 (a 1×1 map): the concatenation doubled it, and removing a unit broke the forward, so the layer
+    stayed whole. The stride is now the one the trace saw."""
+    torch.manual_seed(0)
+    model, x = _ConcatPool(pool).eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"c2": [0, 5, 7], "c1": [2]}), x)
+    assert result.removed["c2"] == (8, 5) and result.removed["c1"] == (6, 5)
+    assert result.model.fc.in_features == 10
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
@@ -1587,3 +1622,43 @@ def test_a_layer_coupled_only_to_a_dense_layer_is_named_before_training() -> Non
     assert {"c1", "c2", "fc"} <= set(stuck) and "c3" not in stuck, stuck
     assert "depends on the number of units" in stuck["c1"]
     assert stuck["c2"].startswith("its channels are coupled element-wise to c1, which cannot lose units"), stuck
+
+
+class _BufferScaled(nn.Module):
+    """A fixed per-channel scale kept as a buffer between two convolutions (``h * s``, ``h / s``, or ``s / h``)."""
+
+    def __init__(self, shape: tuple[int, ...], how: str = "mul") -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1), nn.Linear(4, 3)
+        self.register_buffer("s", torch.linspace(0.5, 1.5, 6).reshape(shape))
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        h = {"mul": lambda: h * self.s, "rmul": lambda: self.s * h, "div": lambda: h / self.s,
+             "rdiv": lambda: self.s / (h + 1.0)}[self.how]()
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("shape", "how"), [((1, 6, 1, 1), "mul"), ((6, 1, 1), "rmul"), ((6, 1, 1), "div")])
+def test_a_buffer_that_scales_each_channel_is_sliced_with_them(shape: tuple[int, ...], how: str) -> None:
+    """A buffer outside autograd that multiplies or divides each channel: the dependency graph does not see it, and
+    removing a unit broke the forward at the product, so the layer stayed whole; the buffer is now sliced."""
+    torch.manual_seed(0)
+    model, x = _BufferScaled(shape, how).eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"c1": [0, 4]}), x)
+    assert result.removed["c1"] == (6, 4) and result.model.s.shape[-3] == 4 and result.model.s.shape == (
+        *shape[:-3], 4, 1, 1)
+    assert torch.equal(result.model.s.flatten(), model.s.flatten()[[1, 2, 3, 5]])
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_a_buffer_divided_by_each_channel_keeps_them_and_itself() -> None:
+    """``s / (h + 1)``: a pruned channel does not stay zeros through it, so it stays, and so does the buffer."""
+    torch.manual_seed(0)
+    model, x = _BufferScaled((1, 6, 1, 1), "rdiv").eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c1": [0, 4]}), x)
+    assert result.removed["c1"] == (6, 6) and result.model.s.shape == (1, 6, 1, 1)
+    assert any("c1: kept pruned channel(s) [0, 4]" in note for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

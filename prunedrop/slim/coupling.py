@@ -503,6 +503,9 @@ def _each_mapping_alone() -> Iterator[None]:
             if node in real_mappings(graph):
                 _apply_real(node, graph)
                 return
+            if node in getattr(graph, "prunedrop_flattens", {}):
+                _map_flatten(node, graph.prunedrop_flattens[node])
+                return
             if node in unmapped(graph):
                 _stop(node, graph)
                 return
@@ -595,6 +598,7 @@ class _Recorder(TorchFunctionMode):
     _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
                torch.Tensor.split_with_sizes)
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
+    _FLATTENS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.flatten, torch.Tensor.flatten)
     _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
     _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
     # reductions along an axis: what they compute, whether a channel of zeros leaves them unchanged when taken over
@@ -622,6 +626,11 @@ class _Recorder(TorchFunctionMode):
                     torch.Tensor.div_, torch.true_divide, torch.Tensor.__truediv__, torch.Tensor.__rtruediv__,
                     torch.Tensor.__itruediv__)
 
+    _DIVISIONS = (torch.div, torch.Tensor.div, torch.Tensor.div_, torch.true_divide, torch.Tensor.__truediv__,
+                  torch.Tensor.__itruediv__)
+    _SCALINGS = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
+                 torch.Tensor.__imul__, *_DIVISIONS)
+
     def __init__(self) -> None:
         super().__init__()
         self.cats: dict[Any, tuple[int, list[int]]] = {}
@@ -632,6 +641,8 @@ class _Recorder(TorchFunctionMode):
         self.reductions: dict[Any, tuple[str, bool]] = {}
         self.keeps_zero: set[Any] = set()
         self.conv_maps: set[Any] = set()
+        self.flattens: dict[Any, int] = {}
+        self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
         self.spread: dict[Any, set[Any]] = defaultdict(set)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
@@ -702,6 +713,43 @@ class _Recorder(TorchFunctionMode):
             fn = inputs[0]
         return False
 
+    def _per_channel_constant(self, func: Any, operands: tuple, out: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """A tensor outside autograd (a buffer: a fixed per-channel scale) that multiplies or divides each channel of
+        ``out`` on its own, with the axis of it that holds the channels; None where there is none. The dependency
+        graph does not see it, and removing a unit broke the forward at the product (21 channels against its 24):
+        :func:`prunedrop.slim.stage._remove_channels` slices it with the channels. Only a factor or a divisor: a
+        pruned channel stays zeros through them, and ``s / x`` or an offset ``x + s`` would not keep it so."""
+        if func not in self._SCALINGS or not (self._channel_axis(out) and out.shape[1] > 1) or len(operands) < 2:
+            return None
+        for k, t in enumerate(operands):
+            if k == 0 and func in self._DIVISIONS:
+                continue
+            if (not isinstance(t, torch.Tensor) or t.grad_fn is not None or t.requires_grad or t.dim() < 1
+                    or t.dim() > out.dim()):
+                continue
+            other = operands[1 - k]
+            if not isinstance(other, torch.Tensor) or other.grad_fn is None or other.shape != out.shape:
+                continue
+            shape = [1] * (out.dim() - t.dim()) + list(t.shape)
+            if shape[0] != 1 or shape[1] != out.shape[1]:
+                continue
+            if all(a in (1, b) for a, b in zip(shape[2:], out.shape[2:])):
+                return t, 1 - (out.dim() - t.dim())
+        return None
+
+    @staticmethod
+    def _flatten_stride(args: tuple, kwargs: dict, out: torch.Tensor) -> int | None:
+        """For a flatten of a (batch, C, H, W) or (batch, C, D, H, W) tensor into (batch, C·H·W): how many features
+        each channel becomes (H·W), which Torch-Pruning infers from the widths of the layers around instead, and
+        misreads where the features are concatenated with others before a Linear reads them (fastai's concat
+        pooling, ``cat([maxpool(h).flatten(1), h.mean((2, 3))])``: stride 2 read for 1, and removing a unit broke the
+        forward); None for any other reshape."""
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        if (isinstance(x, torch.Tensor) and x.dim() in (4, 5) and out.dim() == 2 and out.shape[0] == x.shape[0]
+                and x.shape[0] > 0 and out.shape[1] == x[0].numel()):
+            return int(x[0, 0].numel())
+        return None
+
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if (func in (torch.conv1d, F.conv1d) and isinstance(out, torch.Tensor) and out.dim() == 3
                 and out.shape[1] == 1 and out.grad_fn is not None):
@@ -752,6 +800,10 @@ class _Recorder(TorchFunctionMode):
             for x in args[:2]:
                 if self._spreads(x, out):
                     self.spread[out.grad_fn].add(x.grad_fn)
+            if (found := self._per_channel_constant(func, args[:2], out)) is not None:
+                self.buffers[out.grad_fn] = found
+        elif func in self._FLATTENS and (stride := self._flatten_stride(args, kwargs, out)) is not None:
+            self.flattens[out.grad_fn] = stride
         elif func in self._VIEWS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             if x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
@@ -855,6 +907,22 @@ def _map_blocks(node: Any, size: int, gathers: bool) -> None:
         node.prunedrop_block = size
 
 
+def _map_flatten(node: Any, stride: int) -> None:
+    """Map a flatten's channels by its real ``stride`` (:meth:`_Recorder._flatten_stride`): input channel k is
+    features k·stride … (k + 1)·stride − 1; with stride 1 the numbers pass unchanged, as they do on to what reads
+    the features (where a failed mapping had stopped them, :func:`_stop`)."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    for dep in node.dependencies:
+        dep.index_mapping[0] = None
+    for source in node.inputs:
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=False) if stride > 1 else None
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=True) if stride > 1 else None
+
+
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
@@ -873,6 +941,12 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         )
         _real_mappings(graph, recorder)
         graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}
+        graph.prunedrop_flattens = {n: recorder.flattens[n.grad_fn] for n in graph.module2node.values()
+                                    if n.grad_fn in recorder.flattens}
+        buffers = {id(b): name for name, b in model.named_buffers()}
+        graph.prunedrop_buffers = {n: (buffers[id(t)], axis) for n in graph.module2node.values()
+                                   if n.grad_fn in recorder.buffers
+                                   for t, axis in [recorder.buffers[n.grad_fn]] if id(t) in buffers}
         nodes = list(graph.module2node.values())
         graph.prunedrop_reductions = {n: recorder.reductions[n.grad_fn] for n in nodes
                                       if n.grad_fn in recorder.reductions}
@@ -886,6 +960,9 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
                 _stop(node, graph)
             elif node.grad_fn in recorder.blocks:
                 _map_blocks(node, *recorder.blocks[node.grad_fn])
+            elif node in graph.prunedrop_flattens:
+                unmapped(graph).discard(node)
+                _map_flatten(node, graph.prunedrop_flattens[node])
             elif node in real_mappings(graph):  # the real pieces, also where Torch-Pruning's own mapping failed
                 unmapped(graph).discard(node)
                 _apply_real(node, graph)

@@ -397,6 +397,7 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
     merged: dict[tuple[int, Any], tuple[Any, set[int]]] = {}
     grouped: dict[nn.Module, tuple[set[int], set[int]]] = {}
     parameters: dict[int, tuple[Any, nn.Module, str, set[int]]] = {}  # a bare parameter: its dependency, model, name
+    buffers: dict[tuple[int, str], tuple[nn.Module, str, int, set[int]]] = {}  # model, name, channel axis, gone
     for gi, roots in removal.items():
         if not roots:
             continue
@@ -407,6 +408,11 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
                 slot = parameters.setdefault(id(target), (item.dep, an.graph.model, an.name(item.dep.target), set()))
                 slot[3].update(int(i) for i in item.idxs)
                 continue
+            scaled = getattr(analyses[gi].graph, "prunedrop_buffers", {}).get(item.dep.target)
+            if scaled is not None:  # a buffer that scales each channel on its own (coupling._Recorder)
+                slot = buffers.setdefault((id(analyses[gi].graph.model), scaled[0]),
+                                          (analyses[gi].graph.model, *scaled, set()))
+                slot[3].update(int(i) for i in item.idxs)
             if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
                 continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
             handler = item.dep.handler
@@ -425,6 +431,12 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
         # Torch-Pruning's ParameterPruner returns a new, sliced parameter: it replaces the old one on its owner
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner) if owner else model, attr, dep(sorted(idxs)))
+    for model, name, axis, gone in buffers.values():
+        owner, _, attr = name.rpartition(".")
+        buffer = model.get_buffer(name)
+        keep = torch.tensor([i for i in range(buffer.shape[axis]) if i not in gone], dtype=torch.long,
+                            device=buffer.device)
+        setattr(model.get_submodule(owner) if owner else model, attr, buffer.index_select(axis, keep))
 
 
 def _every_channel(model: nn.Module, example_input: torch.Tensor, failed: dict[str, str] | None = None
