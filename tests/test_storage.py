@@ -538,7 +538,7 @@ class Hooked(nn.Sequential):
 @pytest.mark.parametrize(
     ("make", "fragments"),
     [
-        (lambda: nn.Sequential(nn.Hardshrink()), ["module '0'", "torch.nn.modules.activation.Hardshrink",
+        (lambda: nn.Sequential(nn.RReLU()), ["module '0'", "torch.nn.modules.activation.RReLU",
                                                   "architecture.json"]),
         (WithFunction, ["torch.cumprod", "not in prunedrop's allowlist"]),
         (WithMethod, ["Tensor.cumprod", "not in prunedrop's allowlist"]),
@@ -871,3 +871,60 @@ def test_recurrent_layers_and_cells_are_described_with_their_bias_flag(tmp_path:
     back = load_saved_model(tmp_path / "out")
     first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731 - nn.LSTM's (output, state)
     assert torch.equal(first(back(x)), first(model(x)))
+
+
+_IMAGE_LAYERS = {  # layers added to the allowlist, each with non-default arguments where it has any
+    "instance-norm": lambda: nn.InstanceNorm2d(4, eps=1e-3, affine=True, track_running_stats=True),
+    "local-response-norm": lambda: nn.LocalResponseNorm(3, alpha=2e-4, beta=0.7, k=1.5),
+    "celu-selu": lambda: nn.Sequential(nn.CELU(0.7), nn.SELU()),
+    "glu": lambda: nn.Sequential(nn.GLU(1), nn.Conv2d(2, 4, 1)),
+    "shrinks": lambda: nn.Sequential(nn.Hardshrink(0.2), nn.Softshrink(0.1), nn.Tanhshrink(), nn.Softsign(),
+                                     nn.LogSigmoid(), nn.Threshold(-0.5, 0.25)),
+    "softmin-softmax2d": lambda: nn.Sequential(nn.Softmin(1), nn.Softmax2d()),
+    "pixel-shuffles": lambda: nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(16, 16, 1), nn.PixelShuffle(2)),
+    "channel-shuffle": lambda: nn.ChannelShuffle(2),
+    "upsampling": lambda: nn.Sequential(nn.UpsamplingNearest2d(scale_factor=2), nn.UpsamplingBilinear2d(size=(5, 5))),
+    "fold-unfold": lambda: nn.Sequential(nn.Unfold(2, stride=2), nn.Fold((6, 6), 2, stride=2)),
+    "pads": lambda: nn.Sequential(nn.ConstantPad2d((1, 0, 2, 1), 0.5), nn.ReflectionPad2d(1), nn.ReplicationPad2d(1),
+                                  nn.CircularPad2d((1, 1, 0, 0)), nn.Conv2d(4, 4, 3)),
+}
+
+
+class _NewFunctions(nn.Module):
+    """Functions and tensor methods added to the allowlist, as user models call them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.instance_norm(self.conv(torch.flip(x, [3]).roll(1, 2)))
+        h = F.glu(F.local_response_norm(h, 2), 1)
+        p = F.unfold(h, 2, stride=2).transpose(1, 2)  # (N, tokens, 16)
+        a = torch.bmm(p, p.transpose(1, 2)).softmax(-1).tril().triu(-2)
+        t = torch.bmm(a, p).square().clamp_min(1e-3).sqrt().sin().cos().erf()
+        t = t.index_select(1, torch.arange(t.shape[1] - 1, -1, -1)).repeat_interleave(2, dim=1).cumsum(1)
+        return F.selu(F.softsign(t.flatten(1))) + F.logsigmoid(t.mean((1, 2)))[:, None]
+
+
+@pytest.mark.parametrize("name", sorted(_IMAGE_LAYERS))
+def test_more_torch_layers_and_functions_round_trip(tmp_path: Path, name: str) -> None:
+    """InstanceNorm2d, the pads, pixel and channel shuffles, fold/unfold, the rarer activations: a model holding one
+    got no architecture.json (not in the allowlist), only a state dict to load with the factory."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(4, 4, 1), _IMAGE_LAYERS[name]()).eval(), torch.randn(2, 4, 6, 6)
+    save_model(model, tmp_path / "out", x)
+    assert (tmp_path / "out" / ARCHITECTURE_FILE).is_file(), name
+    back = load_saved_model(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_more_functions_and_methods_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _NewFunctions().eval(), torch.randn(2, 4, 6, 6)
+    save_model(model, tmp_path / "out", x)
+    assert (tmp_path / "out" / ARCHITECTURE_FILE).is_file()
+    back = load_saved_model(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.allclose(back(x), model(x), atol=1e-6)
