@@ -1662,3 +1662,34 @@ def test_a_buffer_divided_by_each_channel_keeps_them_and_itself() -> None:
     assert result.removed["c1"] == (6, 6) and result.model.s.shape == (1, 6, 1, 1)
     assert any("c1: kept pruned channel(s) [0, 4]" in note for note in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _PadShortcutBlock(nn.Module):
+    """A CIFAR ResNet's option-A block (He et al. 2016; the popular ``LambdaLayer`` form): the shortcut subsamples
+    and zero-pads the channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        short = nn.functional.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))
+        h = torch.relu(self.c2(torch.relu(self.c1(h))) + short)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_shortcut_that_pads_the_channels_with_zeros_maps_them_to_their_offset() -> None:
+    """The pad was read as element-wise ("index 8 is out of bounds"), so no channel of the residual stream could
+    leave; now the shortcut's channel k meets the stream's channel k + 4, and a channel pruned in both leaves; the
+    stream's channels that only the pad's zeros meet keep their number (fixed in the code), named."""
+    torch.manual_seed(0)
+    model, x = _PadShortcutBlock().eval(), torch.randn(4, 1, 8, 8)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    # the stream's channel 0 is the pad's zeros beside c2's unit 0; channels 6 and 9 are the stem's 2 and 5
+    result = slim(model, _prune_units(model, {"c2": [0, 6, 9, 10], "c1": [3], "stem": [2, 5]}), x)
+    assert result.removed["stem"] == (8, 6) and result.removed["c2"] == (16, 14) and result.removed["c1"] == (16, 15)
+    assert any("c2" in n and "[0]" in n and "pad of the channel axis" in n for n in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

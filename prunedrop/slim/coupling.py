@@ -266,6 +266,9 @@ class GroupAnalysis:
                 what = _op_name(node.grad_fn) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
                         f"the dependency graph cannot follow ({what}: a channel shuffle)")
+            if node in getattr(self.graph, "prunedrop_pads", ()) and not any(n in channel.members for n in node.inputs):
+                return ("they meet the channels of zeros that a pad of the channel axis adds (F.pad), whose number is "
+                        "fixed in the model's code")
             reduction = getattr(self.graph, "prunedrop_reductions", {}).get(node)
             if reduction is not None and not reduction[1] and reduced is None:  # the last reason to give
                 reduced = (f"they meet the others in {reduction[0]} over the channels ({_op_name(node.grad_fn)}), "
@@ -352,7 +355,9 @@ class GroupAnalysis:
             inputs = [n for n in node.inputs if n in channel.members]
             rule = ("keeps" if isinstance(module, nn.PReLU) or node in getattr(self.graph, "prunedrop_keeps_zero", ())
                     else _zero_rule(node.grad_fn))
-            if rule == "product":
+            if not inputs and node in getattr(self.graph, "prunedrop_pads", ()):
+                result = True  # a channel the pad added: zeros of no input
+            elif rule == "product":
                 result = any([self.silent(n, channel, memo) for n in inputs])
             elif rule == "numerator":
                 first = node.grad_fn.next_functions[0][0] if node.grad_fn.next_functions else None
@@ -389,6 +394,9 @@ class GroupAnalysis:
             elif node in getattr(self.graph, "prunedrop_spread", {}):
                 live.add(f"a tensor of one channel spread over the channels ({_op_name(node.grad_fn)})")
                 result = True
+            elif node in getattr(self.graph, "prunedrop_pads", ()) and not any(
+                    n in channel.members for n in node.inputs):
+                result = False  # a channel the pad added: zeros of no input
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
@@ -600,6 +608,7 @@ class _Recorder(TorchFunctionMode):
     _VIEWS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten)
     _FLATTENS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.flatten, torch.Tensor.flatten)
     _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
+    _PADS = (F.pad, torch.constant_pad_nd)
     _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
     # reductions along an axis: what they compute, whether a channel of zeros leaves them unchanged when taken over
     # the channels (sums and norms; a mean divides by the count, a maximum may be the zero, a softmax gives it a
@@ -642,6 +651,7 @@ class _Recorder(TorchFunctionMode):
         self.keeps_zero: set[Any] = set()
         self.conv_maps: set[Any] = set()
         self.flattens: dict[Any, int] = {}
+        self.channel_pads: dict[Any, tuple[int, int]] = {}
         self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
         self.spread: dict[Any, set[Any]] = defaultdict(set)
 
@@ -737,6 +747,29 @@ class _Recorder(TorchFunctionMode):
                 return t, 1 - (out.dim() - t.dim())
         return None
 
+    def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """A constant pad with zeros keeps a channel of zeros zeros; where it pads the channel axis of a (batch, C,
+        H, W) or (batch, C, D, H, W) tensor (a CIFAR ResNet's option-A shortcut, ``F.pad(x[:, :, ::2, ::2], (0, 0,
+        0, 0, 4, 4))``), input channel k becomes output channel k + the channels padded before it, and the padded
+        channels are zeros of no input. The graph read the pad as element-wise: the shortcut's channels met the
+        wider stream at the wrong numbers ("index 8 is out of bounds"), and no channel of the residual stream could
+        leave."""
+        x = args[0] if args else kwargs.get("input")
+        pad = args[1] if len(args) > 1 else kwargs.get("pad")
+        if func is F.pad:
+            mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+            value = args[3] if len(args) > 3 else kwargs.get("value")
+        else:
+            mode, value = "constant", args[2] if len(args) > 2 else kwargs.get("value", 0)
+        if mode != "constant" or value not in (None, 0) or not isinstance(x, torch.Tensor):
+            return
+        self.keeps_zero.add(out.grad_fn)
+        pad = [int(p) for p in pad]
+        at = 2 * (x.dim() - 2)  # the (before, after) pair of axis 1: pairs run from the last axis back
+        if x.dim() in (4, 5) and len(pad) > at + 1 and (pad[at] or pad[at + 1]) and not any(pad[at + 2:]) \
+                and min(pad[at], pad[at + 1]) >= 0:
+            self.channel_pads[out.grad_fn] = (pad[at], int(x.shape[1]))
+
     @staticmethod
     def _flatten_stride(args: tuple, kwargs: dict, out: torch.Tensor) -> int | None:
         """For a flatten of a (batch, C, H, W) or (batch, C, D, H, W) tensor into (batch, C·H·W): how many features
@@ -802,6 +835,8 @@ class _Recorder(TorchFunctionMode):
                     self.spread[out.grad_fn].add(x.grad_fn)
             if (found := self._per_channel_constant(func, args[:2], out)) is not None:
                 self.buffers[out.grad_fn] = found
+        elif func in self._PADS:
+            self._pad(func, args, kwargs, out)
         elif func in self._FLATTENS and (stride := self._flatten_stride(args, kwargs, out)) is not None:
             self.flattens[out.grad_fn] = stride
         elif func in self._VIEWS:
@@ -865,6 +900,20 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
                 continue
             real[node] = ([(n, _ranges(sizes)[k]) for n, k in zip(node.outputs, where, strict=True)],
                           _SplitIndexMapping, 0, False)
+
+
+def _pad_mappings(graph: Any, recorder: _Recorder) -> None:
+    """Map a pad of the channel axis as a concatenation of its input beside channels of zeros
+    (:meth:`_Recorder._pad`): registered in ``graph.prunedrop_real`` and in ``graph.prunedrop_pads``, whose channels
+    beyond the input are zeros of no input (:meth:`GroupAnalysis.silent`)."""
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    graph.prunedrop_pads = set()
+    for node in graph.module2node.values():
+        if node.grad_fn in recorder.channel_pads and len(node.inputs) == 1:
+            before, width = recorder.channel_pads[node.grad_fn]
+            real_mappings(graph)[node] = ([(node.inputs[0], (before, before + width))], _ConcatIndexMapping, 1, True)
+            graph.prunedrop_pads.add(node)
 
 
 def real_mappings(graph: Any) -> dict[Any, tuple[list[tuple[Any, tuple[int, int]]], Any, int, bool]]:
@@ -943,6 +992,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}
         graph.prunedrop_flattens = {n: recorder.flattens[n.grad_fn] for n in graph.module2node.values()
                                     if n.grad_fn in recorder.flattens}
+        _pad_mappings(graph, recorder)
         buffers = {id(b): name for name, b in model.named_buffers()}
         graph.prunedrop_buffers = {n: (buffers[id(t)], axis) for n in graph.module2node.values()
                                    if n.grad_fn in recorder.buffers
