@@ -1693,3 +1693,29 @@ def test_a_shortcut_that_pads_the_channels_with_zeros_maps_them_to_their_offset(
     assert result.removed["stem"] == (8, 6) and result.removed["c2"] == (16, 14) and result.removed["c1"] == (16, 15)
     assert any("c2" in n and "[0]" in n and "pad of the channel axis" in n for n in result.notes), result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _StackedBranches(nn.Module):
+    """Two branches merged by stacking them on a new axis and reducing it (as selective-kernel blocks do)."""
+
+    def __init__(self, reduce: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 5, padding=2)
+        self.c, self.fc, self.reduce = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3), reduce
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = torch.stack([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        h = both.sum(1) if self.reduce == "sum" else both.mean(dim=1)
+        return self.fc(torch.relu(self.c(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_branches_stacked_and_reduced_over_the_new_axis_lose_channels_together(reduce: str) -> None:
+    """The reduction over the stack's axis of a 5-d tensor was read as one over the channels, so removing a unit of
+    either branch broke the forward and both stayed whole; the branches are now coupled channel by channel."""
+    torch.manual_seed(0)
+    model, x = _StackedBranches(reduce).eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"a": [2, 3, 6], "b": [2, 3], "c": [1]}), x)
+    assert result.removed["a"] == (8, 6) and result.removed["b"] == (8, 6) and result.removed["c"] == (8, 7)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

@@ -602,6 +602,7 @@ class _Recorder(TorchFunctionMode):
     autograd node, Torch-Pruning read it as element-wise, and its input's second half reached nothing."""
 
     _CATS = (torch.cat, torch.concat, torch.concatenate)
+    _STACKS = (torch.stack,)
     _EXPANDS = (torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to, torch.Tensor.broadcast_to)
     _SPLITS = (torch.split, torch.Tensor.split, torch.chunk, torch.Tensor.chunk, torch.split_with_sizes,
                torch.Tensor.split_with_sizes)
@@ -652,6 +653,7 @@ class _Recorder(TorchFunctionMode):
         self.conv_maps: set[Any] = set()
         self.flattens: dict[Any, int] = {}
         self.channel_pads: dict[Any, tuple[int, int]] = {}
+        self.stacks: dict[Any, int] = {}
         self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
         self.spread: dict[Any, set[Any]] = defaultdict(set)
 
@@ -795,6 +797,13 @@ class _Recorder(TorchFunctionMode):
             values = out[0] if isinstance(out, (tuple, list)) else out
             dims = dim if isinstance(dim, (tuple, list)) else (dim,)
             what, invariant, keeps_zero = self._REDUCTIONS[func]
+            stacked = self.stacks.get(getattr(x, "grad_fn", None))
+            if (stacked is not None and dim is not None and isinstance(values, torch.Tensor) and values.grad_fn
+                    and {int(d) % x.dim() for d in dims} == {stacked} and keeps_zero):
+                # over the axis a stack added (torch.stack([a, b], 1).sum(1)): the pieces meet channel by channel,
+                # as in a sum of them, not over the channels
+                self.keeps_zero.add(values.grad_fn)
+                return
             if self._channel_axis(x) and dim is not None and isinstance(values, torch.Tensor) and values.grad_fn:
                 if 1 in {int(d) % x.dim() for d in dims}:
                     self.reductions[values.grad_fn] = (what, invariant)
@@ -809,7 +818,12 @@ class _Recorder(TorchFunctionMode):
             return
         if not isinstance(out, torch.Tensor) or out.grad_fn is None or out.dim() == 0:
             return
-        if func in self._CATS:
+        if func in self._STACKS:
+            tensors = args[0] if args else kwargs.get("tensors", ())
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if tensors and all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in tensors):
+                self.stacks[out.grad_fn] = int(dim) % out.dim()
+        elif func in self._CATS:
             tensors = args[0] if args else kwargs.get("tensors", ())
             dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
             self.cats[out.grad_fn] = (dim % out.dim(), [int(t.shape[dim % out.dim()]) for t in tensors])
