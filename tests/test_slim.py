@@ -1719,3 +1719,28 @@ def test_branches_stacked_and_reduced_over_the_new_axis_lose_channels_together(r
     result = slim(model, _prune_units(model, {"a": [2, 3, 6], "b": [2, 3], "c": [1]}), x)
     assert result.removed["a"] == (8, 6) and result.removed["b"] == (8, 6) and result.removed["c"] == (8, 7)
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _ViewedScale(nn.Module):
+    """A per-channel scale kept as a (C,) parameter and viewed to broadcast in the forward."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+        self.g, self.how = nn.Parameter(torch.linspace(0.5, 1.5, 8)), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = {"view": lambda: self.g.view(1, -1, 1, 1), "index": lambda: self.g[:, None, None],
+             "reshape": lambda: self.g.reshape(-1, 1, 1)}[self.how]()
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)) * g)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["view", "index", "reshape"])
+def test_a_scale_viewed_to_broadcast_is_sliced_with_its_channels(how: str) -> None:
+    """``γ.view(1, -1, 1, 1)`` blocked every channel ("they pass through the bare parameter g")."""
+    torch.manual_seed(0)
+    model, x = _ViewedScale(how).eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"c1": [0, 3, 7]}), x)
+    assert result.removed["c1"] == (8, 5) and result.model.g.shape == (5,)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

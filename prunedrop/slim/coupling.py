@@ -27,6 +27,17 @@ from .common import CONV, CONV_TRANSPOSE, WEIGHT_LAYERS, is_depthwise, is_groupe
 _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
 #: the operations through which a bare parameter touches each channel on its own (``x * γ``, ``x + b``, ``x / s``)
 _ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div"})
+#: views through which a bare parameter may still only scale or shift each channel: they add axes of size 1
+_UNIT_VIEWS = frozenset({"View", "Reshape", "ReshapeAlias", "UnsafeView", "Unsqueeze"})
+
+
+def _only_adds_unit_axes(grad_fn: Any) -> bool:
+    """Whether a view's output has the same sizes as its input but for axes of 1 ((C,) → (1, C, 1, 1))."""
+    try:
+        before = [int(d) for d in grad_fn._saved_self_sym_sizes]
+    except (AttributeError, RuntimeError, TypeError):
+        return _op_name(grad_fn) == "Unsqueeze"
+    return len(before) <= 2 and sum(d > 1 for d in before) <= 1
 
 
 # Autograd functions (names without "Backward<n>") that map a channel of exact zeros to exact zeros whatever else
@@ -332,8 +343,15 @@ class GroupAnalysis:
         if id(node.module) not in self._parameter_axes or not node.outputs:
             return False
         elementwise = self.graph.ops.OPTYPE.ELEMENTWISE
-        return all(out.type == elementwise and _op_name(out.grad_fn) in _ELEMENTWISE_WITH_PARAMETER
-                   for out in node.outputs)
+
+        def scales(n: Any, depth: int) -> bool:
+            # through views that only add axes of 1 (γ.view(1, -1, 1, 1), γ[:, None, None]) to the product or sum
+            name = _op_name(n.grad_fn)
+            if name in _UNIT_VIEWS and depth < 3 and n.outputs and _only_adds_unit_axes(n.grad_fn):
+                return all(scales(o, depth + 1) for o in n.outputs)
+            return n.type == elementwise and name in _ELEMENTWISE_WITH_PARAMETER
+
+        return all(scales(out, 0) for out in node.outputs)
 
     def silent(self, node: Any, channel: Channel, memo: dict[Any, bool]) -> bool:
         """Whether this channel of ``node``'s output is exact zeros whatever the input: a pruned producer or
