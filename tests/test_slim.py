@@ -1731,16 +1731,40 @@ class _ViewedScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = {"view": lambda: self.g.view(1, -1, 1, 1), "index": lambda: self.g[:, None, None],
-             "reshape": lambda: self.g.reshape(-1, 1, 1)}[self.how]()
+             "reshape": lambda: self.g.reshape(-1, 1, 1), "sigmoid": lambda: torch.sigmoid(self.g).view(1, -1, 1, 1),
+             "exp": lambda: self.g.exp()[:, None, None]}[self.how]()
         return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)) * g)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["view", "index", "reshape"])
+@pytest.mark.parametrize("how", ["view", "index", "reshape", "sigmoid", "exp"])
 def test_a_scale_viewed_to_broadcast_is_sliced_with_its_channels(how: str) -> None:
-    """``γ.view(1, -1, 1, 1)`` blocked every channel ("they pass through the bare parameter g")."""
+    """``γ.view(1, -1, 1, 1)``, or a gate ``sigmoid(g)``, blocked every channel ("they pass through the bare
+    parameter g")."""
     torch.manual_seed(0)
     model, x = _ViewedScale(how).eval(), torch.randn(4, 1, 6, 6)
     assert set(unremovable_layers(model, x)) == {"fc"}
     result = slim(model, _prune_units(model, {"c1": [0, 3, 7]}), x)
     assert result.removed["c1"] == (8, 5) and result.model.g.shape == (5,)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _GatedResidual(nn.Module):
+    """A residual branch scaled per channel by a learned gate, ``h + sigmoid(g) · relu(conv(h))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.c, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+        self.gate = nn.Parameter(torch.linspace(-1, 1, 8).view(8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.fc((h + torch.sigmoid(self.gate) * torch.relu(self.c(h))).mean((2, 3)))
+
+
+def test_a_gated_residual_loses_the_channels_both_sides_prune_and_its_gate_with_them() -> None:
+    torch.manual_seed(0)
+    model, x = _GatedResidual().eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"stem": [1, 6], "c": [1, 6, 7]}), x)
+    assert result.removed["stem"] == (8, 6) and result.removed["c"] == (8, 6) and result.model.gate.shape == (6, 1, 1)
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

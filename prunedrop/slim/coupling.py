@@ -29,6 +29,10 @@ _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Instan
 _ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div"})
 #: views through which a bare parameter may still only scale or shift each channel: they add axes of size 1
 _UNIT_VIEWS = frozenset({"View", "Reshape", "ReshapeAlias", "UnsafeView", "Unsqueeze"})
+#: functions of one operand, element by element, through which a bare parameter still scales each channel on its own
+#: (a gate ``sigmoid(g) * h``, a positive scale ``g.exp() * h``)
+_PER_ELEMENT = frozenset({"Sigmoid", "Tanh", "Exp", "Softplus", "Abs", "Neg", "Relu", "Sqrt", "Rsqrt", "Reciprocal",
+                          "Clamp", "ClampMin", "Log", "Expm1", "Hardsigmoid", "Silu", "Gelu", "Elu", "LeakyRelu"})
 
 
 def _only_adds_unit_axes(grad_fn: Any) -> bool:
@@ -345,9 +349,11 @@ class GroupAnalysis:
         elementwise = self.graph.ops.OPTYPE.ELEMENTWISE
 
         def scales(n: Any, depth: int) -> bool:
-            # through views that only add axes of 1 (γ.view(1, -1, 1, 1), γ[:, None, None]) to the product or sum
+            # through views that only add axes of 1 (γ.view(1, -1, 1, 1), γ[:, None, None]) and functions of it
+            # alone, element by element (sigmoid(g)), to the product or sum
             name = _op_name(n.grad_fn)
-            if name in _UNIT_VIEWS and depth < 3 and n.outputs and _only_adds_unit_axes(n.grad_fn):
+            if depth < 3 and n.outputs and ((name in _UNIT_VIEWS and _only_adds_unit_axes(n.grad_fn)) or (
+                    name in _PER_ELEMENT and len(n.inputs) == 1)):
                 return all(scales(o, depth + 1) for o in n.outputs)
             return n.type == elementwise and name in _ELEMENTWISE_WITH_PARAMETER
 
