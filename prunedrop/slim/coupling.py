@@ -769,8 +769,16 @@ class _Recorder(TorchFunctionMode):
             shape = [1] * (out.dim() - t.dim()) + list(t.shape)
             if shape[0] != 1 or shape[1] != out.shape[1]:
                 continue
-            if all(a in (1, b) for a, b in zip(shape[2:], out.shape[2:])):
+            if not all(a in (1, b) for a, b in zip(shape[2:], out.shape[2:])):
+                continue
+            base = t._base
+            if base is None:
                 return t, 1 - (out.dim() - t.dim())
+            # a view of a buffer (self.std.view(1, -1, 1, 1)): the buffer itself is sliced, along its own axis of
+            # the channels' width, where that is its only axis longer than 1
+            long = [d for d, size in enumerate(base.shape) if size != 1]
+            if base.numel() == out.shape[1] and len(long) == 1:
+                return base, long[0]
         return None
 
     def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
