@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import torch
@@ -142,13 +143,32 @@ def _outputs(model: nn.Module, loader: Any, device: torch.device | str) -> Itera
         model.train(was_training)
 
 
+@dataclass(frozen=True)
+class EvalSums:
+    """What :func:`evaluate` sums over the batches: samples, loss × samples, labels predicted and counted, squared
+    error and target values. :func:`accumulate` goes on from one, so that a first part's sums (a check's validation
+    samples) come out of the same pass as the whole's, in the same order of addition."""
+
+    total: int = 0
+    loss_sum: float = 0.0
+    right: float = 0.0
+    labels: float = 0.0
+    sq_err: float = 0.0
+    values: int = 0
+
+    def result(self, loss: str) -> dict[str, float]:
+        """Mean loss and the metric, as :func:`evaluate` gives them."""
+        if self.total == 0:
+            raise PrunedropError("the evaluation data is empty")
+        metric = label_accuracy(self.right, self.labels) if is_classification(loss) else self.sq_err / max(self.values, 1)
+        return {"loss": self.loss_sum / self.total, metric_name(loss): metric}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
-    predicts per position, those :data:`IGNORED` left out, or the mean squared error over every target value, as
-    for ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
-    total, loss_sum, right, labels, sq_err, values = 0, 0.0, 0.0, 0.0, 0.0, 0
+def accumulate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy", device: torch.device | str = "cpu",
+               start: EvalSums | None = None) -> EvalSums:
+    """:class:`EvalSums` of ``model`` in eval mode over ``loader``, added to ``start``'s."""
+    total, loss_sum, right, labels, sq_err, values = astuple(start or EvalSums())
     for out, y in _outputs(model, loader, device):
         n = y.shape[0]
         loss_sum += float(data_loss(loss, out, y)) * n
@@ -160,10 +180,15 @@ def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
             sq_err += float(F.mse_loss(out, y.to(out.dtype).reshape(out.shape), reduction="sum"))
             values += out.numel()
         total += n
-    if total == 0:
-        raise PrunedropError("the evaluation data is empty")
-    metric = label_accuracy(right, labels) if is_classification(loss) else sq_err / max(values, 1)
-    return {"loss": loss_sum / total, metric_name(loss): metric}
+    return EvalSums(total, loss_sum, right, labels, sq_err, values)
+
+
+def evaluate(model: nn.Module, loader: Any, *, loss: str = "cross_entropy",
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean loss and the metric (accuracy in % over every label, one per sample or one per position of a model that
+    predicts per position, those :data:`IGNORED` left out, or the mean squared error over every target value, as
+    for ``sklearn.metrics.mean_squared_error``) of ``model`` in eval mode."""
+    return accumulate(model, loader, loss=loss, device=device).result(loss)
 
 
 @torch.no_grad()

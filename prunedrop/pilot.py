@@ -19,7 +19,7 @@ from .batchnorm import recalibrate_from
 from .convert import variational_layers
 from .data import DataBundle, first_batches
 from .errors import PrunedropError
-from .metrics import data_loss, evaluate, kept_fraction, metric_name
+from .metrics import accumulate, data_loss, kept_fraction, metric_name
 from .recipe_groups import is_classification
 from .recipes import Recipe
 
@@ -133,19 +133,17 @@ class Pilot:
         # running statistics lag the weights: measure the model with statistics of its weights of now
         recalibrate_from(target, self.data.loader("train", size), self.device)
 
-        def counted() -> Iterator[Any]:
-            for borrowed, (x, y) in CheckSet(self.data, size, self.train_samples, self.check_samples).parts():
-                self.checked_samples += len(y)
-                self.checked_train += len(y) if borrowed else 0
-                yield x, y
-
-        measured = evaluate(target, counted(), loss=self.recipe.loss, device=self.device)
+        checks = CheckSet(self.data, size, self.train_samples, self.check_samples)
+        loss = self.recipe.loss
+        # one pass: the validation samples' sums, then the training samples' added to them
+        alone = accumulate(target, checks.part(borrowed=False), loss=loss, device=self.device)
+        both = accumulate(target, checks.part(borrowed=True), loss=loss, device=self.device, start=alone)
+        self.checked_samples, self.checked_train = both.total, both.total - alone.total
+        measured = both.result(loss)
         self.last_loss = measured["loss"]
-        name = metric_name(self.recipe.loss)
-        self.last_val_metric = None
-        if self.checked_train:  # the validation samples alone too: what the budget's verdict reads
-            alone = CheckSet(self.data, size, 0, self.check_samples)
-            self.last_val_metric = evaluate(target, iter(alone), loss=self.recipe.loss, device=self.device)[name]
+        name = metric_name(loss)
+        # the validation samples alone too, where training ones were counted: what the budget's verdict reads
+        self.last_val_metric = alone.result(loss)[name] if self.checked_train else None
         return measured[name]
 
     @property
@@ -690,11 +688,16 @@ class CheckSet:
 
     def parts(self) -> Iterator[tuple[bool, Any]]:
         """Each batch, streamed (a check may cover thousands of large images), with whether it is a training one."""
-        for batch in first_batches(self.data.loader("val", self.batch_size), self.val_samples):
-            yield False, batch
-        if self.train_samples:
-            for batch in first_batches(self.data.loader("train", self.batch_size), self.train_samples):
-                yield True, batch
+        for borrowed in (False, True):
+            for batch in self.part(borrowed=borrowed):
+                yield borrowed, batch
+
+    def part(self, *, borrowed: bool) -> Iterator[Any]:
+        """The validation batches, or (``borrowed``) the training ones, streamed."""
+        if not borrowed:
+            yield from first_batches(self.data.loader("val", self.batch_size), self.val_samples)
+        elif self.train_samples:
+            yield from first_batches(self.data.loader("train", self.batch_size), self.train_samples)
 
     def __iter__(self) -> Iterator[Any]:
         for _, batch in self.parts():
