@@ -653,17 +653,14 @@ class _Recorder(TorchFunctionMode):
                          F.log_softmax, F.softmin), ("a softmax", False, False)),
     }
     _NORM_DIM_AT = (torch.norm, torch.Tensor.norm, torch.linalg.vector_norm, torch.linalg.norm)
-    _ELEMENTWISE = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
-                    torch.Tensor.__imul__, torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
-                    torch.Tensor.__radd__, torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_,
-                    torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__, torch.div, torch.Tensor.div,
-                    torch.Tensor.div_, torch.true_divide, torch.Tensor.__truediv__, torch.Tensor.__rtruediv__,
-                    torch.Tensor.__itruediv__)
-
+    # a buffer scales each channel through a product or a division by it (:meth:`_per_channel_constant`)
     _DIVISIONS = (torch.div, torch.Tensor.div, torch.Tensor.div_, torch.true_divide, torch.Tensor.__truediv__,
                   torch.Tensor.__itruediv__)
     _SCALINGS = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
                  torch.Tensor.__imul__, *_DIVISIONS)
+    _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, torch.add, torch.Tensor.add, torch.Tensor.add_,
+                    torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub,
+                    torch.Tensor.sub_, torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__)
 
     def __init__(self) -> None:
         super().__init__()
@@ -989,33 +986,26 @@ def _map_blocks(node: Any, size: int, gathers: bool) -> None:
     """Map a pixel shuffle's channels (``gathers``): its output channel k is the block of its input channels
     k·size … k·size + size − 1 (size = r² for an upscale factor r); a pixel unshuffle's input channel i is its output
     channels i·size … i·size + size − 1. A pixel shuffle's node is marked with its block size
-    (:meth:`GroupAnalysis.joined`: a block leaves whole)."""
+    (:meth:`GroupAnalysis.joined`: a block leaves whole). Blocks of 1 pass the numbers unchanged."""
     from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
     for source in node.inputs:
         for dep in source.dependencies:
             if dep.target is node:
-                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=gathers)
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=gathers) if size > 1 else None
         for dep in node.dependencies:
             if dep.target is source:
-                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=not gathers)
+                dep.index_mapping[0] = _FlattenIndexMapping(stride=size, reverse=not gathers) if size > 1 else None
     if gathers:
         node.prunedrop_block = size
 
 
 def _map_flatten(node: Any, stride: int) -> None:
     """Map a flatten's channels by its real ``stride`` (:meth:`_Recorder._flatten_stride`): input channel k is
-    features k·stride … (k + 1)·stride − 1; with stride 1 the numbers pass unchanged, as they do on to what reads
-    the features (where a failed mapping had stopped them, :func:`_stop`)."""
-    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+    features k·stride … (k + 1)·stride − 1, as a pixel unshuffle's (:func:`_map_blocks`); the numbers pass unchanged
+    on to what reads the features (where a failed mapping had stopped them, :func:`_stop`)."""
     for dep in node.dependencies:
         dep.index_mapping[0] = None
-    for source in node.inputs:
-        for dep in source.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=False) if stride > 1 else None
-        for dep in node.dependencies:
-            if dep.target is source:
-                dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=True) if stride > 1 else None
+    _map_blocks(node, stride, gathers=False)
 
 
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:

@@ -401,24 +401,23 @@ def _remove_channels(analyses: list[GroupAnalysis], removal: dict[int, list[int]
     for gi, roots in removal.items():
         if not roots:
             continue
-        for item in analyses[gi].removal(roots):
+        an = analyses[gi]
+        scaling_buffers = getattr(an.graph, "prunedrop_buffers", {})
+        for item in an.removal(roots):
             target = item.dep.target.module
             if isinstance(target, nn.Parameter):  # a layer scale γ (GroupAnalysis.sliceable)
-                an = analyses[gi]
                 slot = parameters.setdefault(id(target), (item.dep, an.graph.model, an.name(item.dep.target), set()))
                 slot[3].update(int(i) for i in item.idxs)
                 continue
-            scaled = getattr(analyses[gi].graph, "prunedrop_buffers", {}).get(item.dep.target)
+            scaled = scaling_buffers.get(item.dep.target)
             if scaled is not None:  # a buffer that scales each channel on its own (coupling._Recorder)
-                slot = buffers.setdefault((id(analyses[gi].graph.model), scaled[0]),
-                                          (analyses[gi].graph.model, *scaled, set()))
+                slot = buffers.setdefault((id(an.graph.model), scaled[0]), (an.graph.model, *scaled, set()))
                 slot[3].update(int(i) for i in item.idxs)
             if not isinstance(target, nn.Module) or type(target).__module__.startswith("torch_pruning"):
                 continue  # Torch-Pruning's bookkeeping nodes (add, concat, reshape): nothing to slice
             handler = item.dep.handler
             if is_grouped(target):  # sliced by the per-group rule below, inputs and outputs at once
-                graph = analyses[gi].graph
-                side = 1 if graph.is_out_channel_pruning_fn(handler) else 0
+                side = 1 if an.graph.is_out_channel_pruning_fn(handler) else 0
                 grouped.setdefault(target, (set(), set()))[side].update(int(i) for i in item.idxs)
                 continue
             slot = merged.setdefault((id(target), getattr(handler, "__func__", handler)), (item.dep, set()))
