@@ -195,6 +195,11 @@ class GroupAnalysis:
                 found.append((node, idxs))
         return found
 
+    def padded(self, node: Any, channel: Channel) -> bool:
+        """Whether this channel of ``node``'s output is one that a pad of the channel axis added (zeros of no input,
+        :func:`_pad_mappings`), not one of its input's."""
+        return node in getattr(self.graph, "prunedrop_pads", ()) and not any(n in channel.members for n in node.inputs)
+
     def read_only(self, node: Any, channel: Channel) -> bool:
         """An ungrouped transposed convolution that only reads this channel (input-channel entries alone): it loses
         that slice of its weight. One whose output the channel is coupled to cannot lose it."""
@@ -281,7 +286,7 @@ class GroupAnalysis:
                 what = _op_name(node.grad_fn) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
                         f"the dependency graph cannot follow ({what}: a channel shuffle)")
-            if node in getattr(self.graph, "prunedrop_pads", ()) and not any(n in channel.members for n in node.inputs):
+            if self.padded(node, channel):
                 return ("they meet the channels of zeros that a pad of the channel axis adds (F.pad), whose number is "
                         "fixed in the model's code")
             reduction = getattr(self.graph, "prunedrop_reductions", {}).get(node)
@@ -379,7 +384,7 @@ class GroupAnalysis:
             inputs = [n for n in node.inputs if n in channel.members]
             rule = ("keeps" if isinstance(module, nn.PReLU) or node in getattr(self.graph, "prunedrop_keeps_zero", ())
                     else _zero_rule(node.grad_fn))
-            if not inputs and node in getattr(self.graph, "prunedrop_pads", ()):
+            if self.padded(node, channel):
                 result = True  # a channel the pad added: zeros of no input
             elif rule == "product":
                 result = any([self.silent(n, channel, memo) for n in inputs])
@@ -418,8 +423,7 @@ class GroupAnalysis:
             elif node in getattr(self.graph, "prunedrop_spread", {}):
                 live.add(f"a tensor of one channel spread over the channels ({_op_name(node.grad_fn)})")
                 result = True
-            elif node in getattr(self.graph, "prunedrop_pads", ()) and not any(
-                    n in channel.members for n in node.inputs):
+            elif self.padded(node, channel):
                 result = False  # a channel the pad added: zeros of no input
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
