@@ -9,7 +9,7 @@
 * ``sbp_sparse_vd``: both granularities, SBP's per-unit noise over per-weight sparse VD (:mod:`.sbp_sparse_vd`)
 
 Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
-(:mod:`.attention`), and ``nn.Embedding`` per vocabulary row under both (:mod:`.embedding`).
+(:mod:`.attention`), and ``nn.Embedding`` and ``nn.EmbeddingBag`` per vocabulary row under both (:mod:`.embedding`).
 
 All are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
 (:mod:`prunedrop.slim`).
@@ -34,7 +34,8 @@ _EXPORTS = {
     "LinearSBPSparseVD": "sbp_sparse_vd",
     "Conv1dLogNormalSVD": "sbp_sparse_vd", "Conv2dLogNormalSVD": "sbp_sparse_vd", "Conv3dLogNormalSVD": "sbp_sparse_vd",
     "LinearLogNormalSVD": "sbp_sparse_vd",
-    "EmbeddingSVD": "embedding", "RemappedEmbedding": "embedding",
+    "EmbeddingSVD": "embedding", "RemappedEmbedding": "embedding", "EmbeddingBagSVD": "embedding",
+    "RemappedEmbeddingBag": "embedding",
     "Conv1dGroupVD": "group_vd", "Conv2dGroupVD": "group_vd", "Conv3dGroupVD": "group_vd", "LinearGroupVD": "group_vd",
     "ConvTranspose1dGroupVD": "group_vd", "ConvTranspose2dGroupVD": "group_vd", "ConvTranspose3dGroupVD": "group_vd",
     "Conv1dLogNormal": "lognormal", "Conv2dLogNormal": "lognormal", "Conv3dLogNormal": "lognormal",

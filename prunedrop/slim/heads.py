@@ -41,7 +41,8 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
       or ``out_proj`` columns zero: :func:`prunedrop.layers.attention.silent_heads`) become a
       :class:`~prunedrop.layers.HeadPrunedMultiheadAttention` with the other heads (at least one stays);
     * an ``nn.Embedding`` with two or more all-zero rows becomes a :class:`~prunedrop.layers.RemappedEmbedding`:
-      kept rows plus one zero row, indexed through the saved ``index_map`` by the original token ids.
+      kept rows plus one zero row, indexed through the saved ``index_map`` by the original token ids (an
+      ``nn.EmbeddingBag`` a :class:`~prunedrop.layers.RemappedEmbeddingBag`).
 
     ``model`` is not modified. The result is checked against ``model`` on ``example_input``; a difference above
     ``atol`` raises :class:`PrunedropError`.
@@ -49,7 +50,7 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
     from ..layers.attention import HeadPrunedMultiheadAttention, prune_heads, silent_heads
     from ..layers.embedding import remove_zero_rows
 
-    if not any(isinstance(m, (nn.MultiheadAttention, HeadPrunedMultiheadAttention, nn.Embedding))
+    if not any(isinstance(m, (nn.MultiheadAttention, HeadPrunedMultiheadAttention, nn.Embedding, nn.EmbeddingBag))
                for m in model.modules()):
         return HeadsAndRowsResult(model=model)  # no copy of a model that has nothing of the kind
     work = copy.deepcopy(model).eval()
@@ -67,7 +68,7 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
             heads[name] = (module.num_heads, len(keep))
             if len(keep) < module.num_heads:
                 replacement = prune_heads(module, keep)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             replacement = remove_zero_rows(module)
             if replacement is not None:
                 rows[name] = (module.num_embeddings, replacement.embedding.num_embeddings - 1)

@@ -47,6 +47,8 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
     "Embedding": ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
                   "scale_grad_by_freq", "sparse"),
+    "EmbeddingBag": ("num_embeddings", "embedding_dim", "max_norm", "norm_type", "scale_grad_by_freq", "mode",
+                     "sparse", "include_last_offset", "padding_idx"),
     "ReLU": ("inplace",),
     "ReLU6": ("inplace",),
     "LeakyReLU": ("negative_slope", "inplace"),

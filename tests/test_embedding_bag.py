@@ -1,0 +1,157 @@
+"""nn.EmbeddingBag under sparse VD and group VD: per-row noise drawn per lookup, rows removed by remapping."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from prunedrop.convert import to_variational, variational_layers
+from prunedrop.data import DataBundle
+from prunedrop.errors import PrunedropError
+from prunedrop.export import export_onnx, verify_onnx
+from prunedrop.layers import EmbeddingBagSVD, RemappedEmbeddingBag
+from prunedrop.layers.embedding import remove_zero_rows
+from prunedrop.pipeline import compress
+from prunedrop.prune import prune
+from prunedrop.recipes import Recipe
+from prunedrop.slim import remove_heads_and_rows
+from prunedrop.storage import load_saved_model
+from prunedrop.testing import TINY_RECIPE
+
+
+class BagClassifier(nn.Module):
+    """Token ids [B, T] → nn.EmbeddingBag (sum or mean) → Linear: a fastText-style classifier."""
+
+    def __init__(self, vocab: int = 20, mode: str = "mean", padding_idx: int | None = None):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(vocab, 6, mode=mode, padding_idx=padding_idx)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bag(ids))
+
+
+def _inputs(style: str, last: bool) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 20, (4, 5), generator=g)
+    ids[0, :2] = 0  # the padding id, where there is one
+    if style == "2d":
+        return (ids,)
+    offsets = torch.tensor([0, 3, 3, 9] + ([20] if last else []))  # an empty bag among them
+    return ids.flatten(), offsets
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+@pytest.mark.parametrize("style", ["2d", "offsets", "offsets_last"])
+def test_noise_free_training_forward_is_the_bag(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                padding_idx: int | None, style: str) -> None:
+    """With the noise drawn as zeros, the training forward (a weighted sum, ÷ the non-padding count for a mean) is
+    the layer's own: the padding ids stay out of the sum and of the mean's count, and empty bags give zeros."""
+    torch.manual_seed(0)
+    last = style == "offsets_last"
+    bag = nn.EmbeddingBag(20, 6, mode=mode, padding_idx=padding_idx, include_last_offset=last)
+    layer = EmbeddingBagSVD.from_dense(copy.deepcopy(bag)).train()
+    args = _inputs(style, last)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    torch.testing.assert_close(layer(*args), bag(*args), atol=1e-6, rtol=0)
+    layer.eval()
+    torch.testing.assert_close(layer(*args), bag(*args), atol=1e-6, rtol=0)
+
+
+def test_per_sample_weights_and_per_lookup_noise() -> None:
+    torch.manual_seed(0)
+    bag = nn.EmbeddingBag(20, 6, mode="sum")
+    layer = EmbeddingBagSVD.from_dense(copy.deepcopy(bag)).train()
+    with torch.no_grad():
+        layer.log_alpha_param.fill_(0.0)  # noise of standard deviation 1: visible
+    ids = torch.arange(12).reshape(12, 1)  # bags of one id: the output is that row times its multiplier
+    out = layer(ids, per_sample_weights=torch.full((12, 1), 2.0))
+    ratio = out / (2 * bag.weight[:12])
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))  # one draw per lookup, shared by the features
+    assert float(ratio[:, 0].detach().std()) > 0.1  # and a different one for each
+    (out.sum() + layer.kl()).backward()
+    assert layer.log_alpha_param.grad is not None and torch.isfinite(layer.log_alpha_param.grad).all()
+    assert float(layer.log_alpha_param.grad[12:].abs().max()) < float(layer.log_alpha_param.grad[:12].abs().max())
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_pruned_rows_leave_and_the_padding_row_keeps_its_own(tmp_path: Path, mode: str) -> None:
+    """A mean leaves the padding ids out of its count: the padding row (zero, as padding rows are) must not become
+    the shared zero row that the removed ids look up, or the removed ids would leave the count too."""
+    torch.manual_seed(0)
+    model = BagClassifier(mode=mode, padding_idx=0).eval()
+    variational = to_variational(copy.deepcopy(model), Recipe(method="sparse_vd", exclude=["head"])).eval()
+    assert isinstance(variational.bag, EmbeddingBagSVD)
+    with torch.no_grad():
+        variational.bag.log_alpha_param[[3, 12, 13, 19]] = 5.0
+    result = remove_heads_and_rows(prune(variational).model, torch.arange(20).reshape(4, 5))
+    remapped = result.model.bag
+    assert isinstance(remapped, RemappedEmbeddingBag) and result.rows == {"bag": (20, 16)}
+    assert remapped.index_map[[3, 12, 13, 19]].tolist() == [0] * 4
+    assert int(remapped.index_map[0]) != 0 and remapped.embedding.padding_idx == int(remapped.index_map[0])
+    ids = torch.tensor([[0, 0, 3, 5, 12], [1, 2, 3, 4, 5], [0, 19, 19, 13, 6], [7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids), variational(ids), atol=1e-6, rtol=0)
+    exported = export_onnx(result.model, ids[:2], tmp_path / "bag.onnx", opset=18, sparse=False)
+    assert verify_onnx(exported.path, result.model, ids, atol=1e-5) <= 1e-5
+
+
+def test_unsupported_bags_stay_dense_with_the_reason() -> None:
+    model = nn.Sequential(nn.EmbeddingBag(10, 4, mode="max"))
+    assert EmbeddingBagSVD.unsupported(model[0]) is not None and "max" in EmbeddingBagSVD.unsupported(model[0])
+    assert EmbeddingBagSVD.unsupported(nn.EmbeddingBag(10, 4, max_norm=1.0)) is not None
+    assert EmbeddingBagSVD.unsupported(nn.EmbeddingBag(10, 4, mode="mean")) is None
+    with pytest.raises(PrunedropError, match="mode='max'"):
+        EmbeddingBagSVD.from_dense(model[0])
+    mixed = nn.ModuleDict({"a": nn.EmbeddingBag(10, 4, mode="max"), "b": nn.EmbeddingBag(10, 4)})
+    converted = to_variational(copy.deepcopy(mixed), Recipe(method="sparse_vd"))
+    assert set(variational_layers(converted)) == {"b"}
+
+
+def test_remove_zero_rows_of_a_bag_with_offsets() -> None:
+    torch.manual_seed(0)
+    bag = nn.EmbeddingBag(20, 6, mode="mean", include_last_offset=True)
+    with torch.no_grad():
+        bag.weight[[1, 4, 9]] = 0.0
+    remapped = remove_zero_rows(bag)
+    assert isinstance(remapped, RemappedEmbeddingBag) and remapped.embedding.num_embeddings == 18
+    flat, offsets = _inputs("offsets", True)
+    with torch.no_grad():
+        torch.testing.assert_close(remapped(flat, offsets), bag(flat, offsets), atol=1e-6, rtol=0)
+
+
+def test_compress_bag_model_removes_unused_rows(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = BagClassifier(vocab=40)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 20, (160, 7), generator=g)  # ids 20..39 never occur
+    y = (ids[:, 0] % 3).long()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(model.train()(ids[:-40]), y[:-40])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    data = DataBundle(name="tiny", train=TensorDataset(ids[:-40], y[:-40]), val=TensorDataset(ids[-40:], y[-40:]),
+                      test=None, input_shape=(7,), num_classes=3)
+    recipe = Recipe.from_dict({**yaml.safe_load(TINY_RECIPE), "exclude": ["head"], "epochs": 4,
+                               "kl_warmup_epochs": 1, "noise_lr": 1.0, "mc_samples": 0, "plots": False,
+                               "sweep_thresholds": [3.0]})
+    result = compress(model.eval(), data, recipe, tmp_path, progress=False, log=lambda m: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "bag" in report["conversion"]["converted"]
+    before, after = report["slim"]["embedding_rows"]["bag"]
+    assert before == 40 and after <= 20  # every never-seen row goes
+    assert report["parity_max_abs_diff"] <= recipe.parity_atol
+    reloaded = load_saved_model(tmp_path)  # the remapped bag reloads from architecture.json, without the class
+    every_id = torch.arange(40).reshape(5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(every_id), result.model(every_id), atol=1e-6, rtol=0)
