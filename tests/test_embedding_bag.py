@@ -155,3 +155,14 @@ def test_compress_bag_model_removes_unused_rows(tmp_path: Path) -> None:
     every_id = torch.arange(40).reshape(5, 8)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(every_id), result.model(every_id), atol=1e-6, rtol=0)
+
+
+def test_an_embedding_s_rows_are_no_output_width() -> None:
+    """The note on widths that suit vectorised kernels badly read a remapped embedding bag's 550 rows as a width."""
+    from prunedrop.report.render import _latency_notes
+
+    layers = [{"name": "bag", "type": "EmbeddingBag", "shape_before": [1088, 32], "shape_after": [550, 32]},
+              {"name": "emb", "type": "Embedding", "shape_before": [40, 6], "shape_after": [17, 6]},
+              {"name": "fc", "type": "Linear", "shape_before": [64, 32], "shape_after": [62, 32]}]
+    notes = " ".join(_latency_notes({"layers": layers}))
+    assert "fc (62)" in notes and "bag" not in notes and "emb" not in notes

@@ -58,6 +58,7 @@ def measure_latency(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: onnxruntime warns about harmless things on load
         sess = ort.InferenceSession(session_source(path), options, providers=["CPUExecutionProvider"])
         inputs = sess.get_inputs()
         if len(inputs) != 1:

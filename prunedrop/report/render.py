@@ -296,6 +296,10 @@ def width_times(ms: Mapping[str, Any]) -> str:
     return ", ".join(f"batch {b} {t['as_pruned']:.3g} → {t['rounded']:.3g} ms" for b, t in ms.items())
 
 
+#: layers whose weight's first axis counts vocabulary rows, not output units: their width is the embedding's
+_ROW_TABLES = ("Embedding", "EmbeddingBag")
+
+
 def _latency_notes(report: Mapping[str, Any]) -> list[str]:
     """The measured speedup beside the FLOPs ratio, and layers whose new width suits fast kernels badly."""
     notes = []
@@ -307,7 +311,7 @@ def _latency_notes(report: Mapping[str, Any]) -> list[str]:
                          f"{which} over the original, beside a dense FLOPs ratio of {_fmt_ratio(flops)}")
     odd = [f"{r['name']} ({r['shape_after'][0]})" for r in report.get("layers", [])
            if r.get("shape_before") and r.get("shape_after") and r["shape_after"][0] != r["shape_before"][0]
-           and r["shape_after"][0] % 8]
+           and r["shape_after"][0] % 8 and r.get("type") not in _ROW_TABLES]
     widths = report.get("slim", {}).get("widths")
     measured = isinstance(widths, Mapping) and isinstance(widths.get("ms"), Mapping)
     if odd and not measured:  # where slimming timed the widths, its line below says what rounding them would give
