@@ -928,3 +928,33 @@ def test_more_functions_and_methods_round_trip(tmp_path: Path) -> None:
     back = load_saved_model(tmp_path / "out")
     with torch.no_grad():
         assert torch.allclose(back(x), model(x), atol=1e-6)
+
+
+class _RoutedBag(nn.Module):
+    """Pixels quantized to token ids for an EmbeddingBag (round, long), and a top-2 gated mixture (topk, scatter,
+    sort): the calls a fastText-style or mixture-of-experts model makes, absent from the allowlist before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(16 * 5, 6, mode="mean")
+        self.gate = nn.Linear(6, 3)
+        self.experts = nn.Linear(6, 3 * 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = (x.flatten(1).sigmoid() * 4).round().long().clamp(0, 4)
+        h = self.bag(torch.arange(16, device=x.device) * 5 + levels)
+        logits = self.gate(h)
+        top, idx = logits.topk(2, dim=1)
+        gates = torch.zeros_like(logits).scatter(1, idx, top.softmax(1))
+        out = torch.einsum("be,bec->bc", gates, self.experts(h).view(-1, 3, 4))
+        return out + out.sort(dim=1).values.floor().ceil().trunc().int().float()
+
+
+def test_quantized_ids_and_top_k_routing_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _RoutedBag().eval(), torch.randn(5, 1, 4, 4)
+    save_model(model, tmp_path / "out", x)
+    assert (tmp_path / "out" / ARCHITECTURE_FILE).is_file()
+    back = load_saved_model(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))

@@ -140,14 +140,15 @@ _OPERATOR_FUNCTIONS = (
 )
 _TORCH_FUNCTIONS = (
     "abs", "adaptive_avg_pool1d", "adaptive_max_pool1d", "add", "addmm", "amax", "amin", "arange", "argmax",
-    "argmin", "avg_pool1d", "batch_norm", "bmm", "cat", "chunk", "clamp", "clip", "concat", "conv1d", "conv2d",
-    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "cos", "cumsum", "div", "dropout",
-    "einsum", "erf", "exp", "flatten", "flip", "full", "full_like", "gather", "group_norm", "index_select",
-    "instance_norm", "layer_norm", "log", "log_softmax", "logsumexp", "matmul", "max", "max_pool1d", "max_pool2d",
-    "max_pool3d", "maximum", "mean", "min", "minimum", "mm", "mul", "narrow", "neg", "ones", "ones_like",
-    "permute", "pixel_shuffle", "pixel_unshuffle", "pow", "relu", "repeat_interleave", "reshape", "roll", "rsqrt",
-    "sigmoid", "sin", "softmax", "split", "sqrt", "square", "squeeze", "stack", "std", "sub", "sum", "t", "tanh",
-    "transpose", "tril", "triu", "unbind", "unsqueeze", "var", "where", "zeros", "zeros_like",
+    "argmin", "argsort", "avg_pool1d", "batch_norm", "bmm", "cat", "ceil", "chunk", "clamp", "clip", "concat",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "cos", "cumsum",
+    "div", "dropout", "einsum", "erf", "exp", "flatten", "flip", "floor", "full", "full_like", "gather",
+    "group_norm", "index_select", "instance_norm", "layer_norm", "log", "log_softmax", "logsumexp", "matmul", "max",
+    "max_pool1d", "max_pool2d", "max_pool3d", "maximum", "mean", "min", "minimum", "mm", "mul", "narrow", "neg",
+    "ones", "ones_like", "permute", "pixel_shuffle", "pixel_unshuffle", "pow", "relu", "repeat_interleave",
+    "reshape", "roll", "round", "rsqrt", "scatter", "scatter_add", "sigmoid", "sin", "softmax", "sort", "split",
+    "sqrt", "square", "squeeze", "stack", "std", "sub", "sum", "t", "tanh", "topk", "transpose", "tril", "triu",
+    "unbind", "unsqueeze", "var", "where", "zeros", "zeros_like",
 )
 _FUNCTIONAL_FUNCTIONS = (
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -162,16 +163,18 @@ _FUNCTIONAL_FUNCTIONS = (
 )
 # Tensor methods a graph may call; checked again on load, since the manifest is untrusted input.
 METHODS: frozenset[str] = frozenset((
-    "abs", "add", "amax", "amin", "argmax", "argmin", "bmm", "chunk", "clamp", "clamp_min", "clip", "contiguous",
-    "cos", "cumsum", "detach", "dim", "div", "double", "erf", "exp", "expand", "expand_as", "flatten", "flip",
-    "float", "gather", "half", "index_select", "log", "log_softmax", "masked_fill", "matmul", "max", "mean", "min",
-    "mm", "mul", "narrow", "neg", "norm", "numel", "permute", "pow", "relu", "repeat", "repeat_interleave",
-    "reshape", "reshape_as", "roll", "rsqrt", "sigmoid", "sin", "size", "softmax", "split", "sqrt", "square",
-    "squeeze", "std", "sub", "sum", "t", "tanh", "to", "transpose", "tril", "triu", "type_as", "unbind",
-    "unflatten", "unsqueeze", "var", "view", "view_as",
+    "abs", "add", "amax", "amin", "argmax", "argmin", "argsort", "bmm", "bool", "ceil", "chunk", "clamp",
+    "clamp_max", "clamp_min", "clip", "contiguous", "cos", "cumsum", "detach", "dim", "div", "double", "erf", "exp",
+    "expand", "expand_as", "flatten", "flip", "float", "floor", "gather", "half", "index_select", "int", "log",
+    "log_softmax", "long", "masked_fill", "matmul", "max", "mean", "min", "mm", "mul", "narrow", "neg", "norm",
+    "numel", "permute", "pow", "relu", "repeat", "repeat_interleave", "reshape", "reshape_as", "roll", "round",
+    "rsqrt", "scatter", "scatter_add", "sigmoid", "sin", "size", "softmax", "sort", "split", "sqrt", "square",
+    "squeeze", "std", "sub", "sum", "t", "tanh", "to", "topk", "transpose", "tril", "triu", "trunc", "type_as",
+    "unbind", "unflatten", "unsqueeze", "var", "view", "view_as",
 ))
-# builtins.getattr is how fx records ``x.shape``; only harmless tensor attributes may be read.
-GETATTR_NAMES = frozenset(("shape", "dtype", "device", "ndim", "T", "mT"))
+# builtins.getattr is how fx records ``x.shape``; only harmless tensor attributes may be read (and the ``values`` and
+# ``indices`` of what sort, topk or max return).
+GETATTR_NAMES = frozenset(("shape", "dtype", "device", "ndim", "T", "mT", "values", "indices"))
 
 
 @functools.cache
