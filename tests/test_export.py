@@ -397,3 +397,32 @@ def test_a_graph_onnxruntime_cannot_run_in_half_precision_names_the_cause(tmp_pa
         assert "float16/bfloat16 (torch.autocast or .half() in the forward?)" in e.message
     else:
         pytest.skip("this onnxruntime runs bfloat16 Gemm on the CPU")
+
+
+def _rejected_graph() -> onnx.ModelProto:
+    """A graph onnx's checker rejects as the dynamo exporter wrote nn.LSTM(proj_size=…): a Concat of ranks 1 and 2."""
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Concat", ["a", "b"], ["out"], axis=0)], "g", [a, b], [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_graph_onnx_rejects_is_an_export_failure_in_one_line(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dynamo exporter wrote an LSTM with projections as a graph that onnx's shape inference rejects, and the
+    run stopped with onnx's traceback; under "auto" a graph the TorchScript exporter wrote wrongly goes to dynamo."""
+    import prunedrop.export.trace as trace
+
+    model, x = nn.Linear(3, 2).eval(), torch.randn(2, 3)
+    monkeypatch.setattr(trace, "_trace_dynamo", lambda *a, **k: _rejected_graph())
+    with pytest.raises(PrunedropError, match="dynamo exporter") as info:
+        export_onnx(model, x, tmp_path / "m.onnx", exporter="dynamo")
+    assert "\n" not in info.value.message and not (tmp_path / "m.onnx").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(trace, "_trace_torchscript", lambda *a, **k: _rejected_graph())
+    result = export_onnx(model, x, tmp_path / "auto.onnx")
+    assert result.exporter == "dynamo" and "torchscript exporter" in (result.fallback or "")
+    assert verify_onnx(result.path, model, x) <= 1e-5

@@ -158,8 +158,13 @@ def _trace(
     with eval_on_cpu(model) as cpu_model, _explicit_same_padding(cpu_model), _quiet_exporter():
         try:
             if exporter == "torchscript":
-                return _trace_torchscript(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
-            return _trace_dynamo(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
+                proto = _trace_torchscript(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
+            else:
+                proto = _trace_dynamo(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
+            # a graph the exporter wrote but onnx rejects (the dynamo exporter's nn.LSTM with proj_size: a Concat of
+            # ranks 1 and 2) cannot be exported either: said in one line, and under "auto" the other exporter tries
+            onnx.checker.check_model(proto, full_check=True)
+            return proto
         except Exception as e:  # the exporters raise a dozen unrelated types; all mean "cannot export"
             raise _export_error(e, exporter=exporter, opset=opset) from e
 
