@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -1488,3 +1489,73 @@ def test_a_failure_during_the_planning_names_its_trial_file_not_a_deleted_path(
     assert message.startswith("onnxruntime cannot run the int8 planning's ") and message.endswith(
         ".onnx (deleted): a kernel is missing"), message
     assert "prunedrop-quant-" not in message and not (tmp_path / "q.onnx").exists()
+
+
+def _loop_reading_outside(after: bool) -> onnx.ModelProto:
+    """A Loop whose body adds ``scaled`` (a Mul in the main graph) to its carried value; with ``after`` the Mul is
+    listed after the Loop, as onnxruntime's quantizer left the dynamo exporter's EmbeddingBag."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["v", "scaled"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [2])])
+    mul = helper.make_node("Mul", ["x", "two"], ["scaled"], name="mul")
+    loop = helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=body)
+    graph = helper.make_graph(
+        [loop, mul] if after else [mul, loop], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[helper.make_tensor("two", TensorProto.FLOAT, [2], [2.0, 2.0]),
+                     helper.make_tensor("trips", TensorProto.INT64, [], [3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_sort_nodes_counts_what_a_loop_body_reads_from_outside() -> None:
+    from prunedrop.quantize.graph import sort_nodes
+
+    broken = _loop_reading_outside(after=True)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(broken, full_check=True)
+    sort_nodes(broken.graph)
+    assert [n.name for n in broken.graph.node] == ["mul", "loop"]
+    onnx.checker.check_model(broken, full_check=True)
+    import onnxruntime as ort
+
+    run = ort.InferenceSession(broken.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(run.run(None, {"x": np.array([1.0, 2.0], np.float32)})[0], [7.0, 14.0])
+    ordered = _loop_reading_outside(after=False)
+    before = ordered.SerializeToString()
+    sort_nodes(ordered.graph)
+    assert ordered.SerializeToString() == before  # a graph in order keeps it
+
+
+class _PaddedBag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(30, 8, mode="mean", padding_idx=0)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bag(ids))
+
+
+def test_a_padded_embedding_bag_quantizes(tmp_path: Path) -> None:
+    """The TorchScript exporter cannot write an EmbeddingBag with padding_idx; the dynamo exporter writes a Loop
+    whose body reads the table from outside, and onnxruntime's quantizer left the file unsorted: no int8 file."""
+    from prunedrop.export import verify_onnx
+
+    from prunedrop.layers.embedding import remove_zero_rows
+
+    torch.manual_seed(0)
+    model, ids = _PaddedBag().eval(), torch.randint(0, 30, (16, 6))
+    with torch.no_grad():
+        model.bag.weight[[3, 5, 7]] = 0.0  # pruned rows, removed as a compressed model's are
+    model.bag = remove_zero_rows(model.bag)
+    exported = export_onnx(model, ids[:2], tmp_path / "bag.onnx", sparse=False)
+    assert exported.exporter == "dynamo"
+    quantized = quantize_onnx(exported.path, tmp_path / "bag-int8.onnx", [ids.numpy()])
+    assert quantized.quantized and verify_onnx(quantized.path, model, ids, atol=0.1) <= 0.1

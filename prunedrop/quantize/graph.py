@@ -297,6 +297,65 @@ def store_int8(proto: onnx.ModelProto, nodes: Sequence[WeightNode]) -> dict[str,
     return {wn.node: converted[wn.weight] for wn in nodes if wn.weight in converted}
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            out.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attribute.graphs)
+    return out
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """The names ``graph`` (a Loop's or an If's body, nested ones included) reads from the scopes around it."""
+    local = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | \
+        {t.name for t in graph.initializer}
+    reads = {name for n in graph.node for name in n.input if name and name not in local}
+    for n in graph.node:
+        for sub in _subgraphs(n):
+            reads |= _outer_reads(sub) - local
+    return reads
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes topologically, in place, counting what a node's subgraphs read from the graph as its
+    inputs; a graph in order keeps its order (each node goes as early as its inputs allow, ties in the given order).
+
+    onnxruntime's static quantizer sorts the nodes by their own inputs alone: the dynamo exporter's EmbeddingBag, a
+    Loop whose body gathers from a table that a Mul computes outside it, came back with the Mul after the Loop, and
+    onnx's checker refused the file ("Nodes in a graph must be topologically sorted")."""
+    import heapq
+
+    nodes = list(graph.node)
+    made = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    needs: list[set[int]] = []
+    for i, node in enumerate(nodes):
+        names = {name for name in node.input if name}
+        for sub in _subgraphs(node):
+            names |= _outer_reads(sub)
+        needs.append({made[name] for name in names if name in made and made[name] != i})
+    waiting = [len(n) for n in needs]
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users[d].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes) or order == list(range(len(nodes))):
+        return  # a cycle (not for this function to judge: the checker will) or nothing to move
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+
+
 def to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``proto`` converted to ``opset`` of the default domain where ONNX's converter can (else unchanged:
     onnxruntime's quantizer then writes its com.microsoft Q/DQ for int4)."""

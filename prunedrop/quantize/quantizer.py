@@ -26,6 +26,7 @@ from .graph import (
     load_dense,
     output_axis,
     quantized_nodes,
+    sort_nodes,
     splice_dynamic,
     store_int8,
     to_opset,
@@ -232,6 +233,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         stored = [t in converted for t in row["tensors"]]
         row["stored"] = "sparse" if all(stored) else "dense" if not any(stored) else "partly sparse"
         row["bytes"] = sum(sizes[t][1] if t in converted else sizes[t][0] for t in row["tensors"])
+    sort_nodes(quantized.graph)  # onnxruntime's sort misses what a Loop's body reads from outside it
     onnx.checker.check_model(quantized, full_check=True)
     data = quantized.SerializeToString()
     atomic_write_bytes(Path(out_path), data)
