@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prunedrop.atomic import atomic_torch_save  # noqa: E402
-from prunedrop.data import DataBundle, load_data  # noqa: E402
+from prunedrop.data import DataBundle, fit_inputs, load_data  # noqa: E402
 from prunedrop.storage import import_object  # noqa: E402
 from prunedrop.train import data_loss, evaluate  # noqa: E402
 
@@ -41,8 +41,11 @@ def train_dense(arch: str, data_spec: str, epochs: int, *, lr: float = 1e-3, bat
         data = dataclasses.replace(data, val=Subset(data.val, range(min(eval_limit, len(data.val)))),
                                    test=None if data.test is None else
                                    Subset(data.test, range(min(eval_limit, len(data.test)))))
-    model = fit_dense(import_object(arch, what="--arch")(), data, epochs, lr=lr, batch_size=batch_size, seed=seed,
-                      device=device, log=log)
+    model = import_object(arch, what="--arch")()
+    data, said = fit_inputs(model, data)  # token ids and layouts fed as `prunedrop compress` feeds them
+    if said:
+        log(said)
+    model = fit_dense(model, data, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, log=log)
     result = {"val": evaluate(model, data.loader("val", 1000), device=device)["accuracy"]}
     if data.test is not None:
         result["test"] = evaluate(model, data.loader("test", 1000), device=device)["accuracy"]
