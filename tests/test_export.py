@@ -426,3 +426,17 @@ def test_a_graph_onnx_rejects_is_an_export_failure_in_one_line(tmp_path: Path,
     result = export_onnx(model, x, tmp_path / "auto.onnx")
     assert result.exporter == "dynamo" and "torchscript exporter" in (result.fallback or "")
     assert verify_onnx(result.path, model, x) <= 1e-5
+
+
+def test_the_dynamo_exporter_s_graph_passes_say_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """onnx_ir's initializer deduplication warned "Skipped deduplication of initializer 'row_result' ..." on the
+    terminal when the dynamo exporter wrote an EmbeddingBag with padding_idx (which TorchScript cannot write)."""
+    import logging
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(12, 4, mode="mean", padding_idx=0), nn.Linear(4, 2)).eval()
+    ids = torch.randint(0, 12, (3, 5))
+    with caplog.at_level(logging.DEBUG):
+        result = export_onnx(model, ids[:2], tmp_path / "bag.onnx")
+    assert result.exporter == "dynamo"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("onnx")]

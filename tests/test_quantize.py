@@ -1547,7 +1547,6 @@ def test_a_padded_embedding_bag_quantizes(tmp_path: Path) -> None:
     """The TorchScript exporter cannot write an EmbeddingBag with padding_idx; the dynamo exporter writes a Loop
     whose body reads the table from outside, and onnxruntime's quantizer left the file unsorted: no int8 file."""
     from prunedrop.export import verify_onnx
-
     from prunedrop.layers.embedding import remove_zero_rows
 
     torch.manual_seed(0)

@@ -307,7 +307,7 @@ def _exception_chain(error: BaseException) -> Iterator[BaseException]:
 def _quiet_exporter() -> Iterator[None]:
     """Silence what the exporters print: Python warnings, logging, print(), and C++ writes to stdout."""
     loggers = [
-        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
     ]
     levels = [logger.level for logger in loggers]
     # torch's TorchScript exporter switches its C++ ONNX log on for good (a torch bug: it tests the
