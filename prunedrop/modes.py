@@ -34,3 +34,19 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
     caller's random stream (dropout, noise drawn in ``forward``) are as they were."""
     with kept(model, buffers=True), torch.no_grad(), torch.random.fork_rng(devices=[]):
         yield model
+
+
+@contextlib.contextmanager
+def dense_gradients(model: nn.Module) -> Iterator[None]:
+    """Inside, every ``nn.Embedding`` / ``nn.EmbeddingBag`` (variational or not) built with ``sparse=True`` gives
+    dense gradients: the same values, in the form Adam takes ("Adam does not support sparse gradients" stopped a
+    recommender's run after its baseline). Their ``sparse`` is restored afterwards, so the compressed model is
+    built as the user's was."""
+    sparse = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+    for module in sparse:
+        module.sparse = False
+    try:
+        yield
+    finally:
+        for module in sparse:
+            module.sparse = True

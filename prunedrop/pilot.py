@@ -20,6 +20,7 @@ from .convert import variational_layers
 from .data import DataBundle, first_batches
 from .errors import PrunedropError
 from .metrics import accumulate, data_loss, kept_fraction, metric_name
+from .modes import dense_gradients
 from .recipe_groups import is_classification
 from .recipes import Recipe
 
@@ -290,7 +291,8 @@ class Pilot:
         def drop_now() -> float:
             return autopilot.metric_drop(self.reference, self._val_metric(probe), loss=recipe.loss)
 
-        with torch.random.fork_rng(devices=[]):  # the probe draws noise; the training run's stream stays as it was
+        # the probe draws noise; the training run's stream stays as it was
+        with torch.random.fork_rng(devices=[]), dense_gradients(probe):
             while step < steps:
                 for x, y in self.data.loader("train", recipe.batch_size, shuffle=True, seed=recipe.seed + 1,
                                              epoch=epoch):

@@ -54,6 +54,7 @@ from .errors import PrunedropError, TrainingError
 from .layers.lognormal import LogNormal, total_kl
 from .layers.sparse_vd import Kernels, SparseVD, fused_kernels
 from .metrics import data_loss, evaluate, kept_fraction, metric_name  # noqa: F401 (public here too)
+from .modes import dense_gradients
 from .pilot import Pilot, variational_adam
 from .recipes import Recipe
 from .safety import CHECKPOINT_KEYS
@@ -444,7 +445,7 @@ def _run(
     net: nn.Module = model
     if world > 1:
         net = distributed.wrap(model, device)
-    with _StopRequests() as stop_requests:
+    with _StopRequests() as stop_requests, dense_gradients(model):
         for epoch in range(start_epoch, epochs):
             if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \
                     and should_stop(result.history[-1] if result.history else {}) is not None:

@@ -29,9 +29,9 @@ from prunedrop.testing import TINY_RECIPE
 class BagClassifier(nn.Module):
     """Token ids [B, T] → nn.EmbeddingBag (sum or mean) → Linear: a fastText-style classifier."""
 
-    def __init__(self, vocab: int = 20, mode: str = "mean", padding_idx: int | None = None):
+    def __init__(self, vocab: int = 20, mode: str = "mean", padding_idx: int | None = None, sparse: bool = False):
         super().__init__()
-        self.bag = nn.EmbeddingBag(vocab, 6, mode=mode, padding_idx=padding_idx)
+        self.bag = nn.EmbeddingBag(vocab, 6, mode=mode, padding_idx=padding_idx, sparse=sparse)
         self.head = nn.Linear(6, 3)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,10 @@ def test_remove_zero_rows_of_a_bag_with_offsets() -> None:
         torch.testing.assert_close(remapped(flat, offsets), bag(flat, offsets), atol=1e-6, rtol=0)
 
 
-def test_compress_bag_model_removes_unused_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compress_bag_model_removes_unused_rows(tmp_path: Path, sparse: bool) -> None:
+    """With ``sparse=True`` (sparse gradients, as recommender models train their tables) the variational phase
+    stopped with "Adam does not support sparse gradients"; the model comes back built as it was."""
     torch.manual_seed(0)
     model = BagClassifier(vocab=40)
     g = torch.Generator().manual_seed(1)
@@ -140,6 +143,7 @@ def test_compress_bag_model_removes_unused_rows(tmp_path: Path) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    model.bag.sparse = sparse
     data = DataBundle(name="tiny", train=TensorDataset(ids[:-40], y[:-40]), val=TensorDataset(ids[-40:], y[-40:]),
                       test=None, input_shape=(7,), num_classes=3)
     recipe = Recipe.from_dict({**yaml.safe_load(TINY_RECIPE), "exclude": ["head"], "epochs": 4,
@@ -152,6 +156,7 @@ def test_compress_bag_model_removes_unused_rows(tmp_path: Path) -> None:
     assert before == 40 and after <= 20  # every never-seen row goes
     assert report["parity_max_abs_diff"] <= recipe.parity_atol
     reloaded = load_saved_model(tmp_path)  # the remapped bag reloads from architecture.json, without the class
+    assert reloaded.bag.embedding.sparse is sparse and result.model.bag.embedding.sparse is sparse
     every_id = torch.arange(40).reshape(5, 8)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(every_id), result.model(every_id), atol=1e-6, rtol=0)
@@ -166,3 +171,30 @@ def test_an_embedding_s_rows_are_no_output_width() -> None:
               {"name": "fc", "type": "Linear", "shape_before": [64, 32], "shape_after": [62, 32]}]
     notes = " ".join(_latency_notes({"layers": layers}))
     assert "fc (62)" in notes and "bag" not in notes and "emb" not in notes
+
+
+class _SparseTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 6, sparse=True)
+        self.hidden = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(self.embedding(ids).mean(1))))
+
+
+def test_a_sparse_embedding_left_dense_trains_with_adam(tmp_path: Path) -> None:
+    """Under SBP an embedding has no variational version and trains as it is, beside the noisy layers: with
+    ``sparse=True`` its sparse gradients reached Adam."""
+    torch.manual_seed(0)
+    model = _SparseTokens().eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 20, (120, 7), generator=g)
+    y = (ids[:, 0] % 3).long()
+    data = DataBundle(name="tiny", train=TensorDataset(ids[:-40], y[:-40]), val=TensorDataset(ids[-40:], y[-40:]),
+                      test=None, input_shape=(7,), num_classes=3)
+    recipe = Recipe.from_dict({**yaml.safe_load(TINY_RECIPE), "method": "sbp", "epochs": 2, "kl_warmup_epochs": 1,
+                               "mc_samples": 0, "plots": False, "sweep_thresholds": [3.0]})
+    compress(model, data, recipe, tmp_path, progress=False, log=lambda m: None)
+    assert model.embedding.sparse and (tmp_path / "model.onnx").is_file()
