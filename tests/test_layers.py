@@ -40,7 +40,7 @@ EXAMPLES: dict[type[nn.Module], list[tuple[nn.Module, tuple[int, ...]]]] = {
 
 # Layers whose parameters are not one weight applied by _apply_weight; tests/test_layers_attention.py has theirs.
 # tested in their own files: tests/test_layers_attention.py, tests/test_layers_recurrent.py
-OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, *RECURRENT}
+OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, nn.EmbeddingBag, *RECURRENT}  # tests/test_embedding_bag.py
 
 CASES = [
     pytest.param(vtype, dense, shape, id=f"{vtype.__name__}-{i}")
