@@ -45,10 +45,10 @@ user's hook: :func:`prunedrop.convert.user_hooks`)."""
 
 
 def _graph(model: nn.Module, key: str, fix: str = "set it to false"):
-    from torch import fx
+    from .fxtrace import symbolic_trace
 
     try:
-        return fx.symbolic_trace(model).graph
+        return symbolic_trace(model).graph
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrunedropError(f"recipe key '{key}' needs a torch.fx trace of the model, which failed: "

@@ -749,13 +749,14 @@ def _read_by_forward(model: nn.Module, registry: Mapping[type[nn.Module], Any]) 
     used for more than their metadata); none when torch.fx cannot trace the model."""
     from torch import fx
 
+    from .fxtrace import symbolic_trace
     from .storage.saved import forward_defaults
 
     layers = [name for name, m in model.named_modules() if name and type(m) in registry]
     if not layers:
         return []
     try:
-        graph = fx.symbolic_trace(model, concrete_args=forward_defaults(model, 1) or None).graph
+        graph = symbolic_trace(model, concrete_args=forward_defaults(model, 1) or None).graph
     except Exception:  # noqa: BLE001 - control flow or types torch.fx cannot follow: nothing to go on
         return []
 

@@ -39,8 +39,10 @@ def _name_of(target: Any) -> str:
 def _by_fx(model: nn.Module) -> list[str] | None:
     import torch.fx
 
+    from .fxtrace import symbolic_trace
+
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = symbolic_trace(model).graph
     except Exception:  # the model uses control flow or types that fx cannot follow
         return None
     modules = dict(model.named_modules())

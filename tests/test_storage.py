@@ -958,3 +958,31 @@ def test_quantized_ids_and_top_k_routing_round_trip(tmp_path: Path) -> None:
     back = load_saved_model(tmp_path / "out")
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+
+
+class _ZerosFromBatch(nn.Module):
+    """Padding and a state made from the batch size, as separate size arguments (torch.fx refused the call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(x).mean((2, 3))
+        extra = torch.zeros(x.shape[0], 2, device=x.device) + torch.ones(x.size(0), 1, dtype=x.dtype)
+        return self.fc(torch.cat([pooled, extra], 1))
+
+
+def test_sizes_from_the_batch_as_separate_arguments_round_trip(tmp_path: Path) -> None:
+    from prunedrop.outputs import output_layers
+
+    torch.manual_seed(0)
+    model, x = _ZerosFromBatch().eval(), torch.randn(5, 1, 6, 6)
+    save_model(model, tmp_path / "out", x)
+    assert (tmp_path / "out" / ARCHITECTURE_FILE).is_file()
+    back = load_saved_model(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x)) and back(x[:2]).shape == (2, 3)
+    assert torch.zeros(2, 3).shape == (2, 3)  # the factories are torch's own again after tracing
+    assert output_layers(model) == ["fc"]  # read from the graph (no example input to fall back on)

@@ -50,11 +50,11 @@ def _trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
     rebuilt model added None. The checks that torch.fx adds for the specialised values, and their placeholders,
     are removed (the model is saved for calls with its inputs alone).
     """
-    from torch import fx
+    from ..fxtrace import symbolic_trace
 
     defaults = forward_defaults(model, given)
     try:
-        gm = fx.symbolic_trace(model, concrete_args=defaults or None)
+        gm = symbolic_trace(model, concrete_args=defaults or None)
     except Exception as e:  # TraceError, TypeError, NotImplementedError ... from user forward code
         raise PrunedropError(
             f"cannot describe the model in {ARCHITECTURE_FILE}: torch.fx cannot trace its forward "
