@@ -73,7 +73,7 @@ def _unit_rows(weight: torch.Tensor, dense: nn.Module) -> torch.Tensor:
 
 # group_vd also has per-head attention and per-row embedding layers; tests/test_layers_attention.py has theirs.
 # tested in their own files: tests/test_layers_attention.py, tests/test_layers_recurrent.py
-OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, *RECURRENT}
+OWN_TESTS = {nn.MultiheadAttention, nn.Embedding, nn.EmbeddingBag, *RECURRENT}  # tests/test_embedding_bag.py
 
 CASES = [
     pytest.param(method, vtype, dense, shape, id=f"{vtype.__name__}-{i}")
