@@ -29,10 +29,11 @@ from prunedrop.testing import TINY_RECIPE
 class BagClassifier(nn.Module):
     """Token ids [B, T] → nn.EmbeddingBag (sum or mean) → Linear: a fastText-style classifier."""
 
-    def __init__(self, vocab: int = 20, mode: str = "mean", padding_idx: int | None = None, sparse: bool = False):
+    def __init__(self, vocab: int = 20, mode: str = "mean", padding_idx: int | None = None, sparse: bool = False,
+                 dim: int = 6):
         super().__init__()
-        self.bag = nn.EmbeddingBag(vocab, 6, mode=mode, padding_idx=padding_idx, sparse=sparse)
-        self.head = nn.Linear(6, 3)
+        self.bag = nn.EmbeddingBag(vocab, dim, mode=mode, padding_idx=padding_idx, sparse=sparse)
+        self.head = nn.Linear(dim, 3)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.bag(ids))
@@ -133,9 +134,9 @@ def test_compress_bag_model_removes_unused_rows(tmp_path: Path, sparse: bool) ->
     """With ``sparse=True`` (sparse gradients, as recommender models train their tables) the variational phase
     stopped with "Adam does not support sparse gradients"; the model comes back built as it was."""
     torch.manual_seed(0)
-    model = BagClassifier(vocab=40)
+    model = BagClassifier(vocab=4000, dim=32)  # 3,980 unused rows: the id map costs far less than they do
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 20, (160, 7), generator=g)  # ids 20..39 never occur
+    ids = torch.randint(0, 20, (160, 7), generator=g)  # ids 20..3999 never occur
     y = (ids[:, 0] % 3).long()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):
@@ -153,11 +154,11 @@ def test_compress_bag_model_removes_unused_rows(tmp_path: Path, sparse: bool) ->
     report = json.loads((tmp_path / "report.json").read_text())
     assert "bag" in report["conversion"]["converted"]
     before, after = report["slim"]["embedding_rows"]["bag"]
-    assert before == 40 and after <= 20  # every never-seen row goes
+    assert before == 4000 and after <= 20  # every never-seen row goes
     assert report["parity_max_abs_diff"] <= recipe.parity_atol
     reloaded = load_saved_model(tmp_path)  # the remapped bag reloads from architecture.json, without the class
     assert reloaded.bag.embedding.sparse is sparse and result.model.bag.embedding.sparse is sparse
-    every_id = torch.arange(40).reshape(5, 8)
+    every_id = torch.arange(4000).reshape(500, 8)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(every_id), result.model(every_id), atol=1e-6, rtol=0)
 
@@ -198,3 +199,24 @@ def test_a_sparse_embedding_left_dense_trains_with_adam(tmp_path: Path) -> None:
                                "mc_samples": 0, "plots": False, "sweep_thresholds": [3.0]})
     compress(model, data, recipe, tmp_path, progress=False, log=lambda m: None)
     assert model.embedding.sparse and (tmp_path / "model.onnx").is_file()
+
+
+def test_rows_stay_as_zeros_where_removing_them_makes_the_file_larger() -> None:
+    """A 64-row bag with 17 zero rows: the id map and its lookup cost more than the rows, and the compressed ONNX
+    file was larger than the original's (12.76 against 11.40 KiB)."""
+    from prunedrop.stages.slimming import slim_pruned
+
+    torch.manual_seed(0)
+    model = BagClassifier(vocab=64, mode="sum", dim=16).eval()
+    with torch.no_grad():
+        model.bag.weight[:17] = 0.0
+    logs: list[str] = []
+    ids = torch.randint(0, 64, (4, 6))
+    slimmed = slim_pruned(model, {}, ids, logs.append, None)
+    assert isinstance(slimmed.model.bag, nn.EmbeddingBag) and slimmed.model.bag.num_embeddings == 64
+    assert any("zero row(s) stay" in line for line in logs), logs
+    torch.testing.assert_close(slimmed.model(ids), model(ids))
+    big = BagClassifier(vocab=4000, mode="sum", dim=16).eval()  # 3,983 rows of 16: their bytes dwarf the map
+    with torch.no_grad():
+        big.bag.weight[17:] = 0.0
+    assert isinstance(slim_pruned(big, {}, ids, logs.append, None).model.bag, RemappedEmbeddingBag)
