@@ -47,13 +47,22 @@ def _embedding_kwargs(module: nn.Module) -> dict[str, Any]:
             "scale_grad_by_freq": module.scale_grad_by_freq, "sparse": module.sparse}
 
 
-class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
-    """``nn.Embedding`` with Gaussian multiplicative noise on every vocabulary row (one log α per row)."""
+def _embedding_bag_kwargs(module: nn.Module) -> dict[str, Any]:
+    return {**_embedding_kwargs(module), "mode": module.mode, "include_last_offset": module.include_last_offset}
+
+
+class _RowNoise(GroupLogAlpha, VariationalLayer):
+    """What the embedding and the embedding bag share: one log α per vocabulary row, masks per row, the plain layer
+    back with the pruned rows zero. Rows are vocabulary entries, not output units: they leave by remapping
+    (:func:`remove_zero_rows`), not by Torch-Pruning."""
+
+    _dense_type: type[nn.Module]
+    _kwargs: Any  # the plain layer's constructor arguments, read from a layer
 
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
         if getattr(module, "max_norm", None) is not None:
-            return "max_norm (it renormalises rows in place on every lookup) not supported by EmbeddingSVD"
+            return f"max_norm (it renormalises rows in place on every lookup) not supported by {cls.__name__}"
         return None
 
     @classmethod
@@ -64,23 +73,43 @@ class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
         init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
         log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
         threshold: float = DEFAULT_THRESHOLD,
-    ) -> EmbeddingSVD:
-        if cls.unsupported(module) is not None:
-            raise PrunedropError("nn.Embedding with max_norm is not supported by EmbeddingSVD (it renormalises "
-                                 "rows in place on every lookup); leave it dense with the recipe's exclude globs")
+    ) -> Any:
+        reason = cls.unsupported(module)
+        if reason is not None:
+            raise PrunedropError(f"nn.{cls._dense_type.__name__} with {reason}; leave it dense with the recipe's "
+                                 "exclude globs")
         with torch.device("meta"):
-            layer = cls(**_embedding_kwargs(module))
+            layer = cls(**cls._kwargs(module))
         layer.weight = module.weight
         layer._init_group_noise(module.num_embeddings, module.weight, init_log_alpha=init_log_alpha,
                                 log_alpha_clip=log_alpha_clip, threshold=threshold)
         return layer.train(module.training)
 
     def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
-        # Rows are vocabulary entries, not output units: they leave by remapping, not by Torch-Pruning.
         return None
 
     def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
         return {"weight": self.keep_mask(threshold)[:, None].expand_as(self.weight).clone()}
+
+    def _kept_weight(self, threshold: float | None = None) -> torch.Tensor:
+        return self.weight * self.keep_mask(threshold)[:, None].to(self.weight.dtype)
+
+    def to_dense(self, threshold: float | None = None) -> nn.Module:
+        with torch.no_grad():
+            with torch.device("meta"):
+                dense = self._dense_type(**self._kwargs(self))
+            dense.weight = nn.Parameter(self._kept_weight(threshold).detach().clone())
+            return dense.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"{self._dense_type.extra_repr(self)}, threshold={self.threshold}"
+
+
+class EmbeddingSVD(_RowNoise, nn.Embedding):
+    """``nn.Embedding`` with Gaussian multiplicative noise on every vocabulary row (one log α per row)."""
+
+    _dense_type = nn.Embedding
+    _kwargs = staticmethod(_embedding_kwargs)
 
     def _lookup(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, weight, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq,
@@ -88,68 +117,26 @@ class EmbeddingSVD(GroupLogAlpha, VariationalLayer, nn.Embedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return self._lookup(ids, self.weight * self.keep_mask()[:, None].to(self.weight.dtype))
+            return self._lookup(ids, self._kept_weight())
         rows = self._lookup(ids, self.weight)
         std = torch.exp(0.5 * self.log_alpha)[ids].unsqueeze(-1)
         return rows * (1 + std * torch.randn_like(std))
 
-    def to_dense(self, threshold: float | None = None) -> nn.Embedding:
-        with torch.no_grad():
-            with torch.device("meta"):
-                dense = nn.Embedding(**_embedding_kwargs(self))
-            weight = self.weight * self.keep_mask(threshold)[:, None].to(self.weight.dtype)
-            dense.weight = nn.Parameter(weight.detach().clone())
-            return dense.train(self.training)
 
-    def extra_repr(self) -> str:
-        return f"{nn.Embedding.extra_repr(self)}, threshold={self.threshold}"
-
-
-def _embedding_bag_kwargs(module: nn.Module) -> dict[str, Any]:
-    return {"num_embeddings": module.num_embeddings, "embedding_dim": module.embedding_dim,
-            "max_norm": module.max_norm, "norm_type": module.norm_type,
-            "scale_grad_by_freq": module.scale_grad_by_freq, "mode": module.mode, "sparse": module.sparse,
-            "include_last_offset": module.include_last_offset, "padding_idx": module.padding_idx}
-
-
-class EmbeddingBagSVD(GroupLogAlpha, VariationalLayer, nn.EmbeddingBag):
+class EmbeddingBagSVD(_RowNoise, nn.EmbeddingBag):
     """``nn.EmbeddingBag`` (``mode`` sum or mean) with Gaussian multiplicative noise on every vocabulary row (one
     log α per row), drawn once per lookup: ``Σ_i w_i · (1 + exp(log α[id_i] / 2)·ε_i) · W[id_i]`` over a bag (÷ its
     count of non-padding ids for a mean), with the user's ``per_sample_weights`` ``w_i`` where given."""
 
+    _dense_type = nn.EmbeddingBag
+    _kwargs = staticmethod(_embedding_bag_kwargs)
+
     @classmethod
     def unsupported(cls, module: nn.Module) -> str | None:
-        if getattr(module, "max_norm", None) is not None:
-            return "max_norm (it renormalises rows in place on every lookup) not supported by EmbeddingBagSVD"
         if getattr(module, "mode", "sum") not in ("sum", "mean"):
             return (f"mode={module.mode!r} not supported by EmbeddingBagSVD (the noise multiplies each row before "
                     "the bag's reduction, which only a sum or a mean can weight)")
-        return None
-
-    @classmethod
-    def from_dense(
-        cls,
-        module: nn.Module,
-        *,
-        init_log_alpha: float = DEFAULT_INIT_LOG_ALPHA,
-        log_alpha_clip: float = DEFAULT_LOG_ALPHA_CLIP,
-        threshold: float = DEFAULT_THRESHOLD,
-    ) -> EmbeddingBagSVD:
-        reason = cls.unsupported(module)
-        if reason is not None:
-            raise PrunedropError(f"nn.EmbeddingBag with {reason}; leave it dense with the recipe's exclude globs")
-        with torch.device("meta"):
-            layer = cls(**_embedding_bag_kwargs(module))
-        layer.weight = module.weight
-        layer._init_group_noise(module.num_embeddings, module.weight, init_log_alpha=init_log_alpha,
-                                log_alpha_clip=log_alpha_clip, threshold=threshold)
-        return layer.train(module.training)
-
-    def unit_keep_mask(self, threshold: float | None = None) -> torch.Tensor | None:
-        return None  # rows leave by remapping, as an embedding's
-
-    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
-        return {"weight": self.keep_mask(threshold)[:, None].expand_as(self.weight).clone()}
+        return super().unsupported(module)
 
     def _bag(self, ids: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None,
              per_sample_weights: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -159,8 +146,7 @@ class EmbeddingBagSVD(GroupLogAlpha, VariationalLayer, nn.EmbeddingBag):
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training:
-            weight = self.weight * self.keep_mask()[:, None].to(self.weight.dtype)
-            return self._bag(input, weight, offsets, per_sample_weights, self.mode)
+            return self._bag(input, self._kept_weight(), offsets, per_sample_weights, self.mode)
         if per_sample_weights is not None and self.mode != "sum":  # as nn.EmbeddingBag says it
             raise NotImplementedError("embedding_bag: per_sample_weights was not None. per_sample_weights is only "
                                       f"supported for mode='sum' (got mode='{self.mode}'). Please open a feature "
@@ -169,21 +155,10 @@ class EmbeddingBagSVD(GroupLogAlpha, VariationalLayer, nn.EmbeddingBag):
         noise = 1 + std * torch.randn_like(std)
         out = self._bag(input, self.weight, offsets, noise if per_sample_weights is None else noise * per_sample_weights,
                         "sum")
-        if self.mode == "mean":  # the bag's count of non-padding ids, as the layer's own mean divides by
-            count = self._bag(input, self.weight.new_ones(self.num_embeddings, 1).detach(), offsets, None, "sum")
-            out = out / count.clamp(min=1)
+        if self.mode == "mean":  # ÷ the bag's count of non-padding ids, as the layer's own mean (a stride-0 table)
+            ones = self.weight.new_ones(1, 1).expand(self.num_embeddings, 1)
+            out = out / self._bag(input, ones, offsets, None, "sum").clamp(min=1)
         return out
-
-    def to_dense(self, threshold: float | None = None) -> nn.EmbeddingBag:
-        with torch.no_grad():
-            with torch.device("meta"):
-                dense = nn.EmbeddingBag(**_embedding_bag_kwargs(self))
-            weight = self.weight * self.keep_mask(threshold)[:, None].to(self.weight.dtype)
-            dense.weight = nn.Parameter(weight.detach().clone())
-            return dense.train(self.training)
-
-    def extra_repr(self) -> str:
-        return f"{nn.EmbeddingBag.extra_repr(self)}, threshold={self.threshold}"
 
 
 class RemappedEmbedding(nn.Module):
