@@ -595,3 +595,33 @@ def test_a_coarse_validation_sets_choice_keeps_the_budget_on_the_check_samples_t
     else:
         # the grid's edge within the budget: the sweep goes past it, to the most pruning threshold that keeps a weight
         assert chosen.threshold == -3.0 and chosen.check_set is None and not on_checks
+
+
+def test_seen_validation_note() -> None:
+    """A model far better on its validation samples than on its test samples was trained on them: a matrix
+    factorisation read mse 0.19 on validation samples split off its training data and 2.18 on test, pruned nothing and
+    stopped over the budget with no word on why."""
+    from prunedrop.metrics import seen_validation_note
+
+    g = torch.Generator().manual_seed(0)
+    val_err, test_err = torch.rand(200, generator=g) * 0.4, torch.rand(300, generator=g) * 4.0
+    note = seen_validation_note(val_err.double(), test_err.double(), "mse", split_off=True)
+    assert note is not None and "split the validation samples off the training data" in note and "x_val" in note
+    assert "were the validation samples part of its training data" in seen_validation_note(
+        val_err.double(), test_err.double(), "mse", split_off=False)
+    # the same spread on both: no line; nor for a regression model twice as good on validation by chance alone
+    assert seen_validation_note(test_err[:200].double(), test_err.double(), "mse", split_off=True) is None
+    assert seen_validation_note(torch.tensor([0.1, 3.0]).double(), torch.tensor([2.0, 0.1, 4.0]).double(), "mse",
+                                split_off=True) is None
+    right = lambda n, k: torch.cat([torch.full((k,), 100.0), torch.zeros(n - k)]).double()  # noqa: E731
+    assert seen_validation_note(right(150, 150), right(360, 320), "cross_entropy", split_off=True) is not None
+    assert seen_validation_note(right(150, 148), right(360, 350), "cross_entropy", split_off=True) is None  # 98.7 / 97.2
+    assert seen_validation_note(right(150, 150), None, "cross_entropy", split_off=True) is None  # no test data
+
+
+def test_a_validation_split_says_it_came_off_the_training_data(tmp_path: Path) -> None:
+    x, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    np.savez(tmp_path / "only_train.npz", x_train=x, y_train=y)
+    np.savez(tmp_path / "with_val.npz", x_train=x[:30], y_train=y[:30], x_val=x[30:], y_val=y[30:])
+    assert load_data(f"npz:{tmp_path / 'only_train.npz'}").val_split_off
+    assert not load_data(f"npz:{tmp_path / 'with_val.npz'}").val_split_off

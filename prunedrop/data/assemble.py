@@ -144,7 +144,8 @@ def assemble(
             shapes[split] = _validate_split(data, f"the {split} data of {name!r}", regression=regression, tags=tags)
     if len(set(shapes.values())) > 1:
         raise PrunedropError(f"the inputs of {name!r} differ in sample shape between splits: {shapes}")
-    if val is None:
+    split_off = val is None
+    if split_off:
         train, val = _split_off_validation(train, val_fraction, seed, name)  # type: ignore[arg-type]
     if train_limit is not None:
         if isinstance(train, DataLoader):
@@ -161,6 +162,7 @@ def assemble(
         input_shape=shapes["train"],
         num_classes=None if regression else max(_num_classes(train, val, test) or 0, len(class_names or ())) or None,
         class_names=class_names,
+        val_split_off=split_off,
     )
 
 

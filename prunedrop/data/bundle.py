@@ -34,6 +34,9 @@ class DataBundle:
     """Number of classes (largest label + 1, or ``len(dataset.classes)``) when it is known, else None."""
     class_names: list[str] | None = None
     """The names the class indices stand for, where the labels were names numbered by the recipe's ``class_names``."""
+    val_split_off: bool = False
+    """Whether the validation data was split off the training data (the spec gave none): samples a model trained on
+    the whole training data has seen (:func:`prunedrop.metrics.seen_validation_note`)."""
 
     @property
     def num_train(self) -> int:

@@ -34,6 +34,7 @@ from ..metrics import (
     mean_note,
     sample_scores,
     scores_metric,
+    seen_validation_note,
 )
 from ..recipe_groups import is_classification
 from ..recipes import Recipe
@@ -139,11 +140,12 @@ def measure_before_files(model: nn.Module, data: DataBundle, recipe: Recipe,
         note = chance_note(metric["val"], labels.counts, labels=labels.labels, scores=scores["val"]) \
             if labels.usable else None
     absent = absent_class_note(data.train, data.val, data.test) if is_classification(recipe.loss) else None
+    seen = seen_validation_note(scores.get("val"), scores.get("test"), recipe.loss, split_off=data.val_split_off)
     if example is None:
         example = data.example_batch(min(PARITY_SAMPLES, recipe.eval_batch_size))
     exported, scratch = _export_checked(model, example, recipe)
     return Measured(metric=metric, scores=scores, seconds=time.perf_counter() - t0,
-                    notes=[n for n in (note, absent) if n], onnx=exported, scratch=scratch)
+                    notes=[n for n in (note, absent, seen) if n], onnx=exported, scratch=scratch)
 
 
 def _export_checked(model: nn.Module, example: torch.Tensor, recipe: Recipe,
