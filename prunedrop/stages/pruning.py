@@ -100,7 +100,8 @@ def nothing_pruned(recipe: Recipe, rule: str, per_weight: bool) -> str:
     what = "weight" if per_weight else "unit"
     if recipe.automatic:
         bound = "within the budget" if recipe.max_metric_drop is not None else "the search chose"
-        return (f"nothing was pruned: no {what} has {rule} at the point {bound}; the model is exported unchanged in "
-                "size (a larger --max-drop, or more --epochs, lets the autopilot prune)")
-    return (f"nothing was pruned: no {what} has {rule} with β fixed at {recipe.fixed_beta:g}; the model is exported "
-            "unchanged in size (raise --kl-weight, train more --epochs, or leave β to the autopilot: no --kl-weight)")
+        return (f"nothing was pruned: no {what} has {rule} at the point {bound}; the model keeps its size, no smaller or "
+                "faster than the original (a larger --max-drop, or more --epochs, lets the autopilot prune)")
+    return (f"nothing was pruned: no {what} has {rule} with β fixed at {recipe.fixed_beta:g}; the model keeps its size, "
+            "no smaller or faster than the original (raise --kl-weight, train more --epochs, or leave β to the autopilot: "
+            "no --kl-weight)")
