@@ -1,5 +1,4 @@
 """Matrix factorisation: a user and an item embedding, their dot product plus biases (a rating)."""
-import torch
 from torch import nn
 
 
