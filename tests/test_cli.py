@@ -694,6 +694,13 @@ def test_fit_inputs_changes_only_what_the_model_cannot_take() -> None:
     with pytest.raises(PrunedropError, match=rf"inputs of npz:x.npz hold token id {int(whole.max())} but Embedding "
                                              "'embedding' has 10 rows"):
         fit_inputs(TokenClassifier(10), bundle(whole))
+    # a padding of -1: said so, not that the model refuses float inputs; a float model's negative inputs stay
+    padded = whole.clone()
+    padded[:, -2:] = -1
+    with pytest.raises(PrunedropError, match=r"some are negative \(down to -1\).*padding_idx"):
+        fit_inputs(TokenClassifier(20), bundle(padded))
+    kept_floats, said = fit_inputs(TinyMLP(7, (5,), 3), bundle(padded))
+    assert said is None and kept_floats.train.tensors[0].dtype == torch.float32
 
 
 def test_fit_inputs_lays_images_out_as_the_model_takes_them() -> None:

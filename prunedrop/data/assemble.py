@@ -373,7 +373,15 @@ def fit_inputs(model: torch.nn.Module, bundle: DataBundle) -> tuple[DataBundle, 
     laid_out = _fit_layout(model, bundle, held)
     if laid_out is not None:
         return laid_out
-    if not x.is_floating_point() or not all(_whole_ids(t) for t in inputs):
+    if not x.is_floating_point():
+        return bundle, None
+    if not all(_whole_ids(t) for t in inputs):
+        lowest = _negative_ids(model, inputs)
+        if lowest is not None:
+            raise PrunedropError(
+                f"the model does not take float inputs, and every input of {bundle.name} is a whole number, but some "
+                f"are negative (down to {lowest}): its embeddings look token ids up from 0; a padding id of {lowest}? "
+                "give padding an id of its own (the embedding's padding_idx) and write that instead")
         return bundle, None
     ids = {split: TensorDataset(data.tensors[0].to(torch.int64), *data.tensors[1:]) for split, data in held.items()}
     candidate = dataclasses.replace(bundle, **ids)
@@ -418,6 +426,17 @@ def _fit_layout(model: torch.nn.Module, bundle: DataBundle,
     return candidate, (f"the model does not take the inputs of {bundle.name} as they are, shape "
                        f"{tuple(x.shape[1:])} per sample; it takes them with {what}: they are fed so "
                        f"({tuple(candidate.input_shape)} per sample, the shape model.onnx expects)")
+
+
+def _negative_ids(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int | None:
+    """The lowest input where the inputs would be token ids but for negative ones (a padding of -1) and the model
+    holds an embedding; else None."""
+    if not any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in model.modules()):
+        return None
+    if not all(_whole_ids(t.abs()) for t in inputs):
+        return None
+    lowest = min((int(t.min()) for t in inputs if t.numel()), default=0)
+    return lowest if lowest < 0 else None
 
 
 def _whole_ids(x: torch.Tensor) -> bool:
