@@ -220,3 +220,36 @@ def test_rows_stay_as_zeros_where_removing_them_makes_the_file_larger() -> None:
     with torch.no_grad():
         big.bag.weight[17:] = 0.0
     assert isinstance(slim_pruned(big, {}, ids, logs.append, None).model.bag, RemappedEmbeddingBag)
+
+
+class _Tables(nn.Module):
+    """A recommender's small tables, one categorical feature each."""
+
+    def __init__(self, vocab: int = 17, tables: int = 3) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.EmbeddingBag(vocab, 8, mode="sum") for _ in range(tables))
+        self.head = nn.Linear(8 * tables, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([t(ids[:, i:i + 1]) for i, t in enumerate(self.tables)], 1))
+
+
+def test_small_tables_are_judged_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each small table took two exports of the whole model (a DLRM's eight: sixteen); decided together, two."""
+    import prunedrop.export as export
+    from prunedrop.stages.slimming import slim_pruned
+
+    torch.manual_seed(0)
+    model = _Tables().eval()
+    with torch.no_grad():
+        for table in model.tables:
+            table.weight[:6] = 0.0
+    exports: list[str] = []
+    real = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: exports.append(str(a[2])) or real(*a, **k))
+    logs: list[str] = []
+    ids = torch.randint(0, 17, (4, 3))
+    slimmed = slim_pruned(model, {}, ids, logs.append, None)
+    assert len(exports) == 2 and all(isinstance(t, nn.EmbeddingBag) for t in slimmed.model.tables)
+    assert any(line.startswith("3 embeddings (tables.0, tables.1, tables.2): 18 zero row(s) stay") for line in logs), logs
+    torch.testing.assert_close(slimmed.model(ids), model(ids))

@@ -18,6 +18,7 @@ from ..recipes import Recipe
 from ..report.render import width_times
 from ..slim import SlimResult, dead_units, remove_heads_and_rows, slim
 from ..slim.common import CONV
+from .common import some
 
 #: the width multiple that ``channel_multiple: null`` tries: onnxruntime's NCHWc block on AVX2 (AVX-512's 16 is two)
 AUTO_MULTIPLE = 8
@@ -187,35 +188,69 @@ ROWS_MEASURED_BELOW = 64 * 1024
 
 
 def _rows_that_pay(model: nn.Module, structures: Any, example: torch.Tensor, log: Callable[[str], None]) -> None:
-    """Put back, in ``structures`` (a :class:`prunedrop.slim.HeadsAndRowsResult` of ``model``), each embedding
-    whose row removal does not make the ONNX file smaller. The remap costs an id → row map (an int64 per id) and a
-    lookup, with the nodes' longer names: a 64-row embedding bag with 17 rows removed wrote a file 1.4 KB larger
-    (12.76 against 11.40 KiB) for 1.1 KB of rows. Measured by exporting both, where the rows removed hold less than
-    :data:`ROWS_MEASURED_BELOW` bytes."""
+    """Put back, in ``structures`` (a :class:`prunedrop.slim.HeadsAndRowsResult` of ``model``), the embeddings whose
+    row removal does not make the ONNX file smaller. The remap costs an id → row map (an int64 per id) and a lookup,
+    with the nodes' longer names: a 64-row embedding bag with 17 rows removed wrote a file 1.4 KB larger (12.76
+    against 11.40 KiB) for 1.1 KB of rows. Measured by exporting both, where the rows removed hold less than
+    :data:`ROWS_MEASURED_BELOW` bytes: first every such table at once (two exports, where a recommender's dozens of
+    small tables took two each); where removing all of them pays, each one on its own."""
+    small = []
+    for name, (before, after) in structures.rows.items():
+        table = model.get_submodule(name)
+        if (before - after) * table.embedding_dim * table.weight.element_size() < ROWS_MEASURED_BELOW:
+            small.append(name)
+    if not small:
+        return
+    if len(small) > 1:
+        smaller = _smaller_with_zeros(model, structures, small, example)
+        if smaller is None or smaller[0] > smaller[1]:  # removing them all pays: then one by one
+            small = [] if smaller is None else small
+        else:
+            _put_back(model, structures, small, smaller, log)
+            return
+    for name in small:
+        smaller = _smaller_with_zeros(model, structures, [name], example)
+        if smaller is not None and smaller[0] <= smaller[1]:
+            _put_back(model, structures, [name], smaller, log)
+
+
+def _with_tables(model: nn.Module, structures: Any, names: list[str]) -> nn.Module:
+    """``structures.model`` with the embeddings ``names`` as they are in ``model`` (their zero rows kept)."""
+    if names == [""]:  # the model is the embedding
+        return copy.deepcopy(model).eval()
+    kept_rows = copy.deepcopy(structures.model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(kept_rows.get_submodule(parent), child, copy.deepcopy(model.get_submodule(name)).eval())
+    return kept_rows
+
+
+def _smaller_with_zeros(model: nn.Module, structures: Any, names: list[str],
+                        example: torch.Tensor) -> tuple[int, int, nn.Module] | None:
+    """(ONNX bytes with the embeddings ``names`` keeping their zero rows, bytes with them remapped, that model);
+    None where either export fails (the export stage reports it; here the rows are removed as before)."""
     from ..export import export_onnx
 
-    for name, (before, after) in list(structures.rows.items()):
-        table = model.get_submodule(name)
-        saved = (before - after) * table.embedding_dim * table.weight.element_size()
-        if saved >= ROWS_MEASURED_BELOW:
-            continue
-        if name:
-            kept_rows = copy.deepcopy(structures.model)
-            parent, _, child = name.rpartition(".")
-            setattr(kept_rows.get_submodule(parent), child, copy.deepcopy(table).eval())
-        else:  # the model is the embedding
-            kept_rows = copy.deepcopy(table).eval()
-        try:
-            with tempfile.TemporaryDirectory(prefix="prunedrop-rows-") as tmp:
-                remapped = export_onnx(structures.model, example[:2], Path(tmp) / "remapped.onnx").num_bytes
-                zeros = export_onnx(kept_rows, example[:2], Path(tmp) / "zeros.onnx").num_bytes
-        except Exception:  # noqa: BLE001 - the export stage reports an export that fails; here, remap as before
-            continue
-        if zeros <= remapped:
-            structures.model = kept_rows
-            del structures.rows[name]
-            log(f"{name}: its {before - after} zero row(s) stay, as zeros: removing them would make the ONNX file "
-                f"larger ({remapped:,} against {zeros:,} bytes: the id map and its lookup cost more than the rows)")
+    kept_rows = _with_tables(model, structures, names)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prunedrop-rows-") as tmp:
+            zeros = export_onnx(kept_rows, example, Path(tmp) / "zeros.onnx").num_bytes
+            remapped = export_onnx(structures.model, example, Path(tmp) / "remapped.onnx").num_bytes
+    except Exception:  # noqa: BLE001 - any failure: remap as before
+        return None
+    return zeros, remapped, kept_rows
+
+
+def _put_back(model: nn.Module, structures: Any, names: list[str], measured: tuple[int, int, nn.Module],
+              log: Callable[[str], None]) -> None:
+    zeros, remapped, kept_rows = measured
+    rows = sum(structures.rows[n][0] - structures.rows[n][1] for n in names)
+    structures.model = kept_rows
+    for name in names:
+        del structures.rows[name]
+    which = names[0] if len(names) == 1 else f"{len(names)} embeddings ({some(names)})"
+    log(f"{which}: {rows} zero row(s) stay, as zeros: removing them would make the ONNX file larger ({remapped:,} "
+        f"against {zeros:,} bytes: the id map and its lookup cost more than the rows)")
 
 
 def slim_pruned(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: torch.Tensor,
@@ -234,7 +269,7 @@ def slim_pruned(model: nn.Module, unit_masks: dict[str, torch.Tensor], example: 
         model = slimmed.model.eval()
     structures = remove_heads_and_rows(model, example)
     if structures.rows:
-        _rows_that_pay(model, structures, example, log)
+        _rows_that_pay(model, structures, example[:2], log)
     if slimmed is None and not structures.heads and not structures.rows:
         return Slimmed(model=model)
     if slimmed is None:
