@@ -442,10 +442,9 @@ def _run(
                         strict=True))
 
     model.to(device)
-    net: nn.Module = model
-    if world > 1:
-        net = distributed.wrap(model, device)
+    # dense gradients before DistributedDataParallel wraps the model: it reads each embedding's sparse flag then
     with _StopRequests() as stop_requests, dense_gradients(model):
+        net: nn.Module = distributed.wrap(model, device) if world > 1 else model
         for epoch in range(start_epoch, epochs):
             if should_stop is not None and epoch == start_epoch and start_batch == 0 and epoch > 0 \
                     and should_stop(result.history[-1] if result.history else {}) is not None:

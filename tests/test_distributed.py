@@ -322,3 +322,56 @@ def test_torchrun_compress_end_to_end_writes_once_from_rank_0(tmp_path: Path) ->
     # one table on stdout (rank 0), not one per rank
     assert proc.stdout.count("wrote ") == 1, proc.stdout
     assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+SPARSE_SCRIPT = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from prunedrop import distributed
+    from prunedrop.convert import to_variational
+    from prunedrop.data import DataBundle
+    from prunedrop.recipes import Recipe
+    from prunedrop.train import finetune
+
+
+    class Tables(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(30, 6, mode="mean", sparse=True)
+            self.embedding = nn.Embedding(30, 6, sparse=True)
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, ids):
+            return self.fc(torch.cat([self.bag(ids), self.embedding(ids).mean(1)], 1))
+
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 20, (96, 5), generator=g)
+    y = ids[:, 0] % 3
+    data = DataBundle(name="tiny", train=TensorDataset(ids[:64], y[:64]), val=TensorDataset(ids[64:], y[64:]),
+                      test=None, input_shape=(5,), num_classes=3)
+    recipe = Recipe(epochs=1, batch_size=16, lr=1e-2, kl_weight=1.0, kl_warmup_epochs=1, seed=7, device="cpu",
+                    exclude=["fc"])
+    torch.manual_seed(0)
+    model = to_variational(Tables(), recipe)
+    finetune(model, data, recipe, progress=False, compile="never")
+    if distributed.is_main():
+        print("trained", model.bag.sparse, model.embedding.sparse)
+    distributed.cleanup()
+""")
+
+
+def test_two_gloo_processes_train_sparse_gradient_embeddings(tmp_path: Path) -> None:
+    """DistributedDataParallel reads each embedding's ``sparse`` flag when it wraps the model: wrapped before the
+    flags were switched to dense gradients, two ranks stopped with "Expected variable to have sparse gradient"."""
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    script = tmp_path / "sparse.py"
+    script.write_text(SPARSE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "trained True True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
