@@ -122,8 +122,10 @@ def export_onnx(
         helper.set_model_props(proto, metadata)
     dense_bytes = proto.ByteSize()
     sparse_names = sparsify_initializers(proto, sparse) if sparse is not False else []
-    # Catches a bad file here rather than in whoever loads it next; cheap next to the export itself.
-    onnx.checker.check_model(proto, full_check=True)
+    if sparse_names:
+        # the traced graph was checked whole (_trace); sparse constants replaced some of its initializers since.
+        # Catches a bad file here rather than in whoever loads it next; cheap next to the export itself.
+        onnx.checker.check_model(proto, full_check=True)
 
     data = proto.SerializeToString()
     try:
@@ -162,7 +164,8 @@ def _trace(
             else:
                 proto = _trace_dynamo(cpu_model, example, opset=opset, dynamic_batch=dynamic_batch)
             # a graph the exporter wrote but onnx rejects (the dynamo exporter's nn.LSTM with proj_size: a Concat of
-            # ranks 1 and 2) cannot be exported either: said in one line, and under "auto" the other exporter tries
+            # ranks 1 and 2) cannot be exported either: said in one line, and under "auto" the other exporter tries.
+            # The one full check of a file written without sparse constants (export_onnx checks those again)
             onnx.checker.check_model(proto, full_check=True)
             return proto
         except Exception as e:  # the exporters raise a dozen unrelated types; all mean "cannot export"
