@@ -192,8 +192,11 @@ def _rows_that_pay(model: nn.Module, structures: Any, example: torch.Tensor, log
     row removal does not make the ONNX file smaller. The remap costs an id → row map (an int64 per id) and a lookup,
     with the nodes' longer names: a 64-row embedding bag with 17 rows removed wrote a file 1.4 KB larger (12.76
     against 11.40 KiB) for 1.1 KB of rows. Measured by exporting both, where the rows removed hold less than
-    :data:`ROWS_MEASURED_BELOW` bytes: first every such table at once (two exports, where a recommender's dozens of
-    small tables took two each); where removing all of them pays, each one on its own."""
+    :data:`ROWS_MEASURED_BELOW` bytes: first every such table at once (where a recommender's dozens of small tables
+    took two exports each), and where removing all of them pays, each one on its own. The model as it stands is
+    exported once; each alternative once more."""
+    from ..export import export_onnx
+
     small = []
     for name, (before, after) in structures.rows.items():
         table = model.get_submodule(name)
@@ -201,17 +204,30 @@ def _rows_that_pay(model: nn.Module, structures: Any, example: torch.Tensor, log
             small.append(name)
     if not small:
         return
-    if len(small) > 1:
-        smaller = _smaller_with_zeros(model, structures, small, example)
-        if smaller is None or smaller[0] > smaller[1]:  # removing them all pays: then one by one
-            small = [] if smaller is None else small
-        else:
-            _put_back(model, structures, small, smaller, log)
+    with tempfile.TemporaryDirectory(prefix="prunedrop-rows-") as tmp:
+
+        def size(candidate: nn.Module) -> int | None:
+            try:
+                return export_onnx(candidate, example, Path(tmp) / "candidate.onnx").num_bytes
+            except Exception:  # noqa: BLE001 - the export stage reports an export that fails; here, remap as before
+                return None
+
+        remapped = size(structures.model)
+        if remapped is None:
             return
-    for name in small:
-        smaller = _smaller_with_zeros(model, structures, [name], example)
-        if smaller is not None and smaller[0] <= smaller[1]:
-            _put_back(model, structures, [name], smaller, log)
+        if len(small) > 1:
+            kept_rows = _with_tables(model, structures, small)
+            zeros = size(kept_rows)
+            if zeros is None or zeros <= remapped:
+                if zeros is not None:
+                    _put_back(structures, small, zeros, remapped, kept_rows, log)
+                return
+        for name in small:  # removing all of them pays (or there is one): each on its own
+            kept_rows = _with_tables(model, structures, [name])
+            zeros = size(kept_rows)
+            if zeros is not None and zeros <= remapped:
+                _put_back(structures, [name], zeros, remapped, kept_rows, log)
+                remapped = zeros  # the model as it now stands
 
 
 def _with_tables(model: nn.Module, structures: Any, names: list[str]) -> nn.Module:
@@ -225,25 +241,8 @@ def _with_tables(model: nn.Module, structures: Any, names: list[str]) -> nn.Modu
     return kept_rows
 
 
-def _smaller_with_zeros(model: nn.Module, structures: Any, names: list[str],
-                        example: torch.Tensor) -> tuple[int, int, nn.Module] | None:
-    """(ONNX bytes with the embeddings ``names`` keeping their zero rows, bytes with them remapped, that model);
-    None where either export fails (the export stage reports it; here the rows are removed as before)."""
-    from ..export import export_onnx
-
-    kept_rows = _with_tables(model, structures, names)
-    try:
-        with tempfile.TemporaryDirectory(prefix="prunedrop-rows-") as tmp:
-            zeros = export_onnx(kept_rows, example, Path(tmp) / "zeros.onnx").num_bytes
-            remapped = export_onnx(structures.model, example, Path(tmp) / "remapped.onnx").num_bytes
-    except Exception:  # noqa: BLE001 - any failure: remap as before
-        return None
-    return zeros, remapped, kept_rows
-
-
-def _put_back(model: nn.Module, structures: Any, names: list[str], measured: tuple[int, int, nn.Module],
+def _put_back(structures: Any, names: list[str], zeros: int, remapped: int, kept_rows: nn.Module,
               log: Callable[[str], None]) -> None:
-    zeros, remapped, kept_rows = measured
     rows = sum(structures.rows[n][0] - structures.rows[n][1] for n in names)
     structures.model = kept_rows
     for name in names:
