@@ -688,22 +688,18 @@ class CheckSet:
         self.data, self.batch_size, self.train_samples = data, batch_size, train_samples
         self.val_samples = val_samples
 
-    def parts(self) -> Iterator[tuple[bool, Any]]:
-        """Each batch, streamed (a check may cover thousands of large images), with whether it is a training one."""
-        for borrowed in (False, True):
-            for batch in self.part(borrowed=borrowed):
-                yield borrowed, batch
-
     def part(self, *, borrowed: bool) -> Iterator[Any]:
-        """The validation batches, or (``borrowed``) the training ones, streamed."""
+        """The validation batches, or (``borrowed``) the training ones, streamed (a check may cover thousands of
+        large images)."""
         if not borrowed:
             yield from first_batches(self.data.loader("val", self.batch_size), self.val_samples)
         elif self.train_samples:
             yield from first_batches(self.data.loader("train", self.batch_size), self.train_samples)
 
     def __iter__(self) -> Iterator[Any]:
-        for _, batch in self.parts():
-            yield batch
+        """Every batch: the validation ones, then the training ones."""
+        yield from self.part(borrowed=False)
+        yield from self.part(borrowed=True)
 
     @property
     def samples(self) -> int:
