@@ -42,7 +42,9 @@ def dense_gradients(model: nn.Module) -> Iterator[None]:
     dense gradients: the same values, in the form Adam takes ("Adam does not support sparse gradients" stopped a
     recommender's run after its baseline). Their ``sparse`` is restored afterwards, so the compressed model is
     built as the user's was."""
-    sparse = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+    from .data.token_ids import embeddings
+
+    sparse = [m for m in embeddings(model).values() if m.sparse]
     for module in sparse:
         module.sparse = False
     try:

@@ -431,7 +431,9 @@ def _fit_layout(model: torch.nn.Module, bundle: DataBundle,
 def _negative_ids(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int | None:
     """The lowest input where the inputs would be token ids but for negative ones (a padding of -1) and the model
     holds an embedding; else None."""
-    if not any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in model.modules()):
+    from .token_ids import embeddings
+
+    if not embeddings(model):
         return None
     if not all(_whole_ids(t.abs()) for t in inputs):
         return None

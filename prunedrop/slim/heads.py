@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..compare import scaled_tolerance
+from ..data.token_ids import EMBEDDINGS
 from ..errors import PrunedropError
 from .common import max_abs_diff
 
@@ -50,7 +51,7 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
     from ..layers.attention import HeadPrunedMultiheadAttention, prune_heads, silent_heads
     from ..layers.embedding import remove_zero_rows
 
-    if not any(isinstance(m, (nn.MultiheadAttention, HeadPrunedMultiheadAttention, nn.Embedding, nn.EmbeddingBag))
+    if not any(isinstance(m, (nn.MultiheadAttention, HeadPrunedMultiheadAttention, *EMBEDDINGS))
                for m in model.modules()):
         return HeadsAndRowsResult(model=model)  # no copy of a model that has nothing of the kind
     work = copy.deepcopy(model).eval()
@@ -68,7 +69,7 @@ def remove_heads_and_rows(model: nn.Module, example_input: torch.Tensor, *, atol
             heads[name] = (module.num_heads, len(keep))
             if len(keep) < module.num_heads:
                 replacement = prune_heads(module, keep)
-        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        elif isinstance(module, EMBEDDINGS):
             replacement = remove_zero_rows(module)
             if replacement is not None:
                 rows[name] = (module.num_embeddings, replacement.embedding.num_embeddings - 1)
