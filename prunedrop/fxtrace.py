@@ -10,9 +10,8 @@ the graph records the same function with the same size, so it runs as the model 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,21 +30,14 @@ def _sized(factory: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-@contextlib.contextmanager
-def traceable_sizes() -> Iterator[None]:
-    """Inside, :data:`SIZE_FACTORIES` called with separate size arguments, one of them traced, get them as one
-    tuple (what they do with plain integers anyway)."""
+def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace(model, concrete_args)``, with :data:`SIZE_FACTORIES` called with separate size
+    arguments, one of them traced, given them as one tuple (what they do with plain integers anyway)."""
     saved = {name: getattr(torch, name) for name in SIZE_FACTORIES}
     for name, factory in saved.items():
         setattr(torch, name, _sized(factory))
     try:
-        yield
+        return fx.symbolic_trace(model, concrete_args=concrete_args)
     finally:
         for name, factory in saved.items():
             setattr(torch, name, factory)
-
-
-def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace(model, concrete_args)`` inside :func:`traceable_sizes`."""
-    with traceable_sizes():
-        return fx.symbolic_trace(model, concrete_args=concrete_args)
