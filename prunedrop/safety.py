@@ -466,13 +466,22 @@ def _unwritable_folder(path: str) -> str | None:
 
 def check_finite_weights(model: nn.Module, source: str) -> None:
     """Refuse a model whose parameters or floating-point buffers hold NaN or inf (training would fail later,
-    after files were written)."""
+    after files were written). A buffer other than a normalisation's running statistics may hold ±inf: a causal
+    attention mask registered as a buffer is −inf above its diagonal, and that model is sound."""
     import torch
+    from torch.nn.modules.batchnorm import _NormBase
 
+    stats = {f"{prefix}.{n}" if prefix else n for prefix, m in model.named_modules()
+             if isinstance(m, _NormBase) for n in ("running_mean", "running_var")}
     bad = []
-    for name, t in (*model.named_parameters(), *model.named_buffers()):
+    for name, t in model.named_parameters():
         if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t.detach()).all()):
             bad.append(name)
+    for name, t in model.named_buffers():
+        if t.is_floating_point() and not t.is_meta:
+            finite = torch.isfinite(t.detach()) if name in stats else ~torch.isnan(t.detach())
+            if not bool(finite.all()):
+                bad.append(name)
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise PrunedropError(f"{source} has NaN or inf values in {len(bad)} tensor(s) ({shown}); "

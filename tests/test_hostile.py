@@ -15,9 +15,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from prunedrop.cli import cli
 from prunedrop.errors import PrunedropError
@@ -611,6 +613,35 @@ def test_non_finite_weights_are_refused_at_load(user_folder: Path, command: str,
         monkeypatch.undo()
     _one_line_error(result, 1, "NaN or inf", "net.")
     assert not (user_folder / "out").exists()
+
+
+class _CausalMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.register_buffer("mask", torch.triu(torch.full((4, 4), float("-inf")), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(torch.softmax(self.fc(x).unsqueeze(1) + self.mask, -1).sum(1))
+
+
+def test_an_attention_mask_buffer_of_minus_inf_is_a_sound_model() -> None:
+    from prunedrop.safety import check_finite_weights
+
+    check_finite_weights(_CausalMask(), "model m.pt")  # −inf above the diagonal, as GPT-style models register it
+
+
+@pytest.mark.parametrize(("tensor", "value"), [("mask", float("nan")), ("bn.running_var", float("inf")),
+                                               ("bn.running_mean", float("-inf")), ("fc.weight", float("-inf"))])
+def test_nan_in_any_buffer_and_inf_in_weights_or_statistics_are_refused(tensor: str, value: float) -> None:
+    from prunedrop.safety import check_finite_weights
+
+    model = _CausalMask()
+    with torch.no_grad():
+        dict((*model.named_parameters(), *model.named_buffers()))[tensor].view(-1)[-1] = value
+    with pytest.raises(PrunedropError, match=f"NaN or inf values in 1 tensor.*{tensor}"):
+        check_finite_weights(model, "model m.pt")
 
 
 # ------------------------------------------------------------------------------- 10. one run per folder
