@@ -6,6 +6,13 @@ argument to the one-sequence form before the trace sees the call; ``torch.zeros(
 that builds a zero state or padding from its batch size lost its ``architecture.json`` (and whatever else reads the
 graph: the output layers, BatchNorm folding). :func:`symbolic_trace` passes such sizes as one tuple while it traces;
 the graph records the same function with the same size, so it runs as the model does.
+
+``torch.nn``'s transformer layers (``TransformerEncoderLayer`` and ``TransformerDecoderLayer``, their stacks and
+``nn.Transformer``) are leaves to torch.fx, which ``architecture.json`` cannot name (their forward branches on the
+masks' types and on the fast path, which torch.fx cannot follow), so a model built on them lost its manifest, and
+its slimmed feed-forward widths, different in each layer, fit no ``nn.TransformerEncoder`` a user could build again.
+They are traced as the layers they hold: the same attention, feed-forward, norm and dropout calls as their
+forward's general path (:data:`THROUGH`), which ``architecture.json`` names.
 """
 
 from __future__ import annotations
@@ -30,14 +37,104 @@ def _sized(factory: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _attention(attn: nn.MultiheadAttention, q: Any, kv: Any, mask: Any, padding: Any) -> Any:
+    # the is_causal hints are left out: each needs its mask (MultiheadAttention refuses the hint alone), and the
+    # mask gives the same attention
+    return attn(q, kv, kv, attn_mask=mask, key_padding_mask=padding, need_weights=False)[0]
+
+
+def _feed_forward(layer: nn.Module, x: Any) -> Any:
+    return layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, src: Any, src_mask: Any = None,
+                   src_key_padding_mask: Any = None, is_causal: bool = False) -> Any:
+    x = src
+    if layer.norm_first:
+        x = x + layer.dropout1(_attention(layer.self_attn, layer.norm1(x), layer.norm1(x), src_mask,
+                                          src_key_padding_mask))
+        return x + layer.dropout2(_feed_forward(layer, layer.norm2(x)))
+    x = layer.norm1(x + layer.dropout1(_attention(layer.self_attn, x, x, src_mask, src_key_padding_mask)))
+    return layer.norm2(x + layer.dropout2(_feed_forward(layer, x)))
+
+
+def _decoder_layer(layer: nn.TransformerDecoderLayer, tgt: Any, memory: Any, tgt_mask: Any = None,
+                   memory_mask: Any = None, tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
+                   tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Any:
+    x = tgt
+    if layer.norm_first:
+        h = layer.norm1(x)
+        x = x + layer.dropout1(_attention(layer.self_attn, h, h, tgt_mask, tgt_key_padding_mask))
+        x = x + layer.dropout2(_attention(layer.multihead_attn, layer.norm2(x), memory, memory_mask,
+                                          memory_key_padding_mask))
+        return x + layer.dropout3(_feed_forward(layer, layer.norm3(x)))
+    x = layer.norm1(x + layer.dropout1(_attention(layer.self_attn, x, x, tgt_mask, tgt_key_padding_mask)))
+    x = layer.norm2(x + layer.dropout2(_attention(layer.multihead_attn, x, memory, memory_mask,
+                                                  memory_key_padding_mask)))
+    return layer.norm3(x + layer.dropout3(_feed_forward(layer, x)))
+
+
+def _encoder(stack: nn.TransformerEncoder, src: Any, mask: Any = None, src_key_padding_mask: Any = None,
+             is_causal: bool | None = None) -> Any:
+    x = src
+    for layer in stack.layers:
+        x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
+    return stack.norm(x) if stack.norm is not None else x
+
+
+def _decoder(stack: nn.TransformerDecoder, tgt: Any, memory: Any, tgt_mask: Any = None, memory_mask: Any = None,
+             tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
+             tgt_is_causal: bool | None = None, memory_is_causal: bool = False) -> Any:
+    x = tgt
+    for layer in stack.layers:
+        x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                  memory_key_padding_mask=memory_key_padding_mask)
+    return stack.norm(x) if stack.norm is not None else x
+
+
+def _transformer(model: nn.Transformer, src: Any, tgt: Any, src_mask: Any = None, tgt_mask: Any = None,
+                 memory_mask: Any = None, src_key_padding_mask: Any = None, tgt_key_padding_mask: Any = None,
+                 memory_key_padding_mask: Any = None, src_is_causal: bool | None = None,
+                 tgt_is_causal: bool | None = None, memory_is_causal: bool = False) -> Any:
+    memory = model.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask)
+    return model.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                         tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask)
+
+
+#: torch.nn layers traced through, each as its forward's general path (the one it takes while training)
+THROUGH: dict[type[nn.Module], Callable[..., Any]] = {
+    nn.TransformerEncoderLayer: _encoder_layer,
+    nn.TransformerDecoderLayer: _decoder_layer,
+    nn.TransformerEncoder: _encoder,
+    nn.TransformerDecoder: _decoder,
+    nn.Transformer: _transformer,
+}
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, tracing the :data:`THROUGH` layers as the layers they hold."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m) not in THROUGH and super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        through = THROUGH.get(type(m))
+        if through is not None:
+            forward = functools.partial(through, m)
+        return super().call_module(m, forward, args, kwargs)
+
+
 def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model, concrete_args)``, with :data:`SIZE_FACTORIES` called with separate size
-    arguments, one of them traced, given them as one tuple (what they do with plain integers anyway)."""
+    arguments, one of them traced, given them as one tuple (what they do with plain integers anyway), and the
+    :data:`THROUGH` layers traced as the layers they hold."""
     saved = {name: getattr(torch, name) for name in SIZE_FACTORIES}
     for name, factory in saved.items():
         setattr(torch, name, _sized(factory))
     try:
-        return fx.symbolic_trace(model, concrete_args=concrete_args)
+        tracer = _Tracer()
+        graph = tracer.trace(model, concrete_args=concrete_args)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
         for name, factory in saved.items():
             setattr(torch, name, factory)

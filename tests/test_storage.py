@@ -986,3 +986,51 @@ def test_sizes_from_the_batch_as_separate_arguments_round_trip(tmp_path: Path) -
         assert torch.equal(back(x), model(x)) and back(x[:2]).shape == (2, 3)
     assert torch.zeros(2, 3).shape == (2, 3)  # the factories are torch's own again after tracing
     assert output_layers(model) == ["fc"]  # read from the graph (no example input to fall back on)
+
+
+class _TorchTransformers(nn.Module):
+    """nn.TransformerEncoder under a causal mask buffer, a norm-first nn.TransformerDecoder with GELU reading it
+    through learned queries, and an nn.Transformer; the first encoder layer's feed-forward narrower than the
+    second's, as slimming leaves them."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Linear(4, 16)
+        self.register_buffer("mask", torch.triu(torch.full((6, 6), float("-inf")), 1))
+        self.queries = nn.Parameter(torch.randn(1, 3, 16))
+        if kind == "stacks":
+            layer = nn.TransformerEncoderLayer(16, 2, 24, dropout=0.1, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16), enable_nested_tensor=False)
+            self.enc.layers[0].linear1 = nn.Linear(16, 5)
+            self.enc.layers[0].linear2 = nn.Linear(5, 16)
+            self.dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(
+                16, 4, 20, dropout=0.1, activation="gelu", batch_first=True, norm_first=True), 1)
+        else:
+            self.tf = nn.Transformer(16, 2, 1, 1, 12, dropout=0.1, batch_first=True)
+        self.fc = nn.Linear(3 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x.reshape(-1, 6, 4))
+        q = self.queries.expand(t.shape[0], -1, -1)
+        if self.kind == "stacks":
+            out = self.dec(q, self.enc(t, mask=self.mask, is_causal=True))
+        else:
+            out = self.tf(t, q, src_mask=self.mask)
+        return self.fc(out.flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["stacks", "transformer"])
+def test_torch_transformer_layers_round_trip_as_the_layers_they_hold(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(0)
+    model, x = _TorchTransformers(kind).eval(), torch.randn(5, 1, 6, 4)
+    save_model(model, tmp_path / "out", x)
+    manifest = json.loads((tmp_path / "out" / ARCHITECTURE_FILE).read_text())
+    assert not re.search(r'"Transformer(Encoder|Decoder)?(Layer)?"', json.dumps(manifest))  # traced through
+    back = load_saved_model(tmp_path / "out")
+    fresh = torch.randn(7, 1, 6, 4)
+    with torch.no_grad():
+        assert torch.allclose(back(fresh), model(fresh), atol=1e-5)
+    if kind == "stacks":
+        assert back.get_submodule("enc.layers.0.linear1").out_features == 5
+        assert back.get_submodule("enc.layers.1.linear1").out_features == 24

@@ -79,6 +79,9 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "MaxPool1d": _MAXPOOL_ARGS,
     "MaxPool2d": _MAXPOOL_ARGS,
     "MaxPool3d": _MAXPOOL_ARGS,
+    "MaxUnpool1d": ("kernel_size", "stride", "padding"),
+    "MaxUnpool2d": ("kernel_size", "stride", "padding"),
+    "MaxUnpool3d": ("kernel_size", "stride", "padding"),
     "AvgPool1d": _AVGPOOL_ARGS,
     "AvgPool2d": (*_AVGPOOL_ARGS, "divisor_override"),
     "AvgPool3d": (*_AVGPOOL_ARGS, "divisor_override"),
@@ -152,14 +155,16 @@ _TORCH_FUNCTIONS = (
 )
 _FUNCTIONAL_FUNCTIONS = (
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "alpha_dropout", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-    "batch_norm", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d", "adaptive_max_pool3d_with_indices", "alpha_dropout", "avg_pool1d", "avg_pool2d",
+    "avg_pool3d", "batch_norm", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "elu", "embedding", "fold", "gelu",
     "glu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "instance_norm", "interpolate", "layer_norm",
-    "leaky_relu", "linear", "local_response_norm", "log_softmax", "logsigmoid", "max_pool1d", "max_pool2d",
-    "max_pool3d", "mish", "normalize", "pad", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6",
-    "rms_norm", "scaled_dot_product_attention", "selu", "sigmoid", "silu", "softmax", "softmin", "softplus",
-    "softsign", "tanh", "unfold",
+    "leaky_relu", "linear", "local_response_norm", "log_softmax", "logsigmoid", "max_pool1d",
+    "max_pool1d_with_indices", "max_pool2d", "max_pool2d_with_indices", "max_pool3d", "max_pool3d_with_indices",
+    "max_unpool1d", "max_unpool2d", "max_unpool3d", "mish", "normalize", "pad", "pixel_shuffle", "pixel_unshuffle",
+    "prelu", "relu", "relu6", "rms_norm", "scaled_dot_product_attention", "selu", "sigmoid", "silu", "softmax",
+    "softmin", "softplus", "softsign", "tanh", "unfold",
 )
 # Tensor methods a graph may call; checked again on load, since the manifest is untrusted input.
 METHODS: frozenset[str] = frozenset((
