@@ -1124,6 +1124,46 @@ def test_only_the_layers_and_the_operators_between_them_are_quantized(tmp_path: 
     assert _ops(every_q.path)["MatMul"] == 2 and run(every_q.path).shape == (32, 3)
 
 
+class _MaskedScores(nn.Module):
+    """Linear → + a mask buffer holding −inf (as attention scores get one) → ReLU → Linear: the add's output has an
+    infinite range, which no int8 scale holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.register_buffer("mask", torch.tensor([0.0, 0.0, 0.0, float("-inf")]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(x) + self.mask))
+
+
+def test_an_operator_reading_an_infinite_constant_is_never_a_carrier(tmp_path: Path) -> None:
+    import warnings
+
+    from prunedrop.quantize.graph import carriers, load_dense, weight_nodes
+
+    torch.manual_seed(0)
+    model = _MaskedScores().eval()
+    x = torch.randn(32, 4)
+    float_file = export_onnx(model, x[:2], tmp_path / "masked.onnx").path
+    proto = load_dense(float_file)
+    names = [wn.node for wn in weight_nodes(proto)]
+    by_name = {n.name: n.op_type for n in proto.graph.node}
+    assert "Add" not in [by_name[n] for n in carriers(proto, names)]
+    with warnings.catch_warnings():
+        # onnxruntime computes a scale for every calibrated tensor, quantized or not: "invalid value encountered in
+        # divide" for the add's, which reached the terminal
+        warnings.simplefilter("error")
+        quantized = quantize_onnx(float_file, tmp_path / "q.onnx", [x.numpy()])
+    assert sorted(quantized.quantized) == sorted(names)
+    import onnxruntime as ort
+
+    def run(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+
+    assert np.abs(run(quantized.path) - run(float_file)).max() < 0.05
+
+
 def _quantized_tensor_makers(path: Path) -> set[str]:
     """The op types of the nodes whose outputs a QuantizeLinear quantizes in the ONNX file at ``path``, except the
     outer (the head's input: the inner MatMul's output is quantized there as the quantized head reads it)."""

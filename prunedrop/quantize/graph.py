@@ -80,6 +80,8 @@ CARRIER_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "MaxPool", "AveragePool", 
                          "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Resize", "Pad",
                          "Add", "Identity"})
 _MANY_DATA_INPUTS = frozenset({"Add", "Concat"})  # the others carry one tensor: input 0 (the rest are shapes, axes)
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16})
 
 
 def carriers(proto: onnx.ModelProto, quantized: Sequence[str]) -> list[str]:
@@ -92,17 +94,26 @@ def carriers(proto: onnx.ModelProto, quantized: Sequence[str]) -> list[str]:
     transformer with every weight node excluded still held 78 QuantizeLinear nodes, ran 2x slower than its float32
     file and was larger than it. Only these carriers, between quantized layers, keep an int8 chain (a ReLU and a
     max-pool between two int8 convolutions), and with no layer quantized none is: the float32 model.
-    The greatest such set: start from every candidate and drop the ones that break the rule until none does."""
+    The greatest such set: start from every candidate and drop the ones that break the rule until none does.
+    A node that reads a constant holding ±inf or NaN (an attention mask's −inf added to the scores) is none: its
+    output's calibrated range is infinite, and onnxruntime's scale and zero point for it came out NaN."""
+    from onnx import numpy_helper
+
     made_by = {out: node.name for node in proto.graph.node for out in node.output}
-    constants = {t.name for t in proto.graph.initializer} | {
-        node.output[0] for node in proto.graph.node if node.op_type == "Constant"}
+    values = {t.name: t for t in proto.graph.initializer} | {
+        node.output[0]: attr.t for node in proto.graph.node if node.op_type == "Constant"
+        for attr in node.attribute if attr.name == "value"}
+    constants = set(values) | {node.output[0] for node in proto.graph.node if node.op_type == "Constant"}
+    infinite = {name for name, t in values.items() if t.data_type in _FLOAT_TYPES
+                and not np.isfinite(numpy_helper.to_array(t)).all()}
     consumers: dict[str, list[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
     graph_outputs = {o.name for o in proto.graph.output}
     weights = set(quantized)
-    chosen = {node.name: node for node in proto.graph.node if node.op_type in CARRIER_OPS and node.name not in weights}
+    chosen = {node.name: node for node in proto.graph.node if node.op_type in CARRIER_OPS and node.name not in weights
+              and not infinite.intersection(node.input)}
     changed = True
     while changed:
         changed = False

@@ -188,14 +188,18 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
         static = [wn.node for wn in nodes if wn.node not in excluded and wn.op not in DYNAMIC_OPS]
         chosen = [*static, *carriers(proto, static)]
         try:
+            # onnxruntime computes a scale and zero point for every tensor it calibrated, quantized or not, and
+            # numpy warned on the terminal for one whose range is infinite (attention scores plus a −inf mask),
+            # which stays float (graph.carriers)
             if chosen:
-                quantize_static(str(source), str(target), _Batches(input_name, calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
-                                weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
-                                nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
-                                calibration_cache_path=None if cache is None else str(cache),
-                                reduce_range=reduce_range,
-                                extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                        quantize_static(str(source), str(target), _Batches(input_name, calibration),
+                                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
+                                    weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
+                                    nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+                                    calibration_cache_path=None if cache is None else str(cache),
+                                    reduce_range=reduce_range,
+                                    extra_options={"TensorQuantOverrides": overrides} if overrides else None)
             else:  # (an empty nodes_to_quantize would mean "every node" to onnxruntime)
                 onnx.save(source_proto, str(target))
         except Exception as e:  # onnxruntime's quantizer raises many types; all mean "cannot quantize"
