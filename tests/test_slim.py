@@ -1397,13 +1397,14 @@ def test_a_glu_is_a_gate_of_two_halves(functional: bool) -> None:
 class _OverChannels(nn.Module):
     """c2's channels meet each other in a reduction over the channel axis: ``how`` is a CBAM spatial attention (the
     channels' mean and maximum, a convolution of the two maps, its sigmoid multiplying the features), a softmax over
-    the channels, a norm (F.normalize of the pooled features, or written out as a square root of a sum)."""
+    the channels, a norm (F.normalize of the pooled features, or written out as a square root of a sum), an
+    AlexNet-style local response norm before the pooling or before a flatten (``lrn``, ``lrn_flatten``)."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
         self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
-        self.sa, self.fc = nn.Conv2d(2, 1, 3, padding=1), nn.Linear(12, 3)
+        self.sa, self.fc = nn.Conv2d(2, 1, 3, padding=1), nn.Linear(12 * 36 if how == "lrn_flatten" else 12, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.c2(torch.relu(self.c1(x))))
@@ -1413,16 +1414,24 @@ class _OverChannels(nn.Module):
             h = h * torch.softmax(h, 1)
         elif self.how == "sum":
             h = h / (h.pow(2).sum(1, keepdim=True) + 1e-6).sqrt()
+        elif self.how.startswith("lrn"):
+            h = nn.functional.local_response_norm(h, 5, alpha=1.0)
+            if self.how == "lrn_flatten":
+                return self.fc(h.flatten(1))
         pooled = h.mean((2, 3))
         return self.fc(nn.functional.normalize(pooled, dim=1) if self.how == "normalize" else pooled)
 
 
 @pytest.mark.parametrize(("how", "why"), [("cbam", "a maximum or minimum over the channels (Amax)"),
-                                          ("softmax", "a softmax over the channels (Softmax)")])
+                                          ("softmax", "a softmax over the channels (Softmax)"),
+                                          ("lrn", "a local response norm over the channels"),
+                                          ("lrn_flatten", "a local response norm over the channels")])
 def test_a_reduction_over_the_channels_that_a_channel_changes_is_named(how: str, why: str) -> None:
     """A CBAM's channel mean: the early check did not name c2, and after training its pruned channels stayed with no
     word (the one-channel attention map was read as coupled to c2's channel 0, and c2 was never a group of its own).
-    A mean, maximum or softmax over the channels changes when a channel leaves: named before training."""
+    A mean, maximum or softmax over the channels changes when a channel leaves: named before training. So does a
+    local response norm, whose window of neighbours moves when one leaves (before a flatten, the graph's reading
+    of its steps gave a wrong reason: channel numbers that grew past any width)."""
     torch.manual_seed(0)
     x = torch.randn(4, 1, 6, 6)
     stuck = unremovable_layers(_OverChannels(how).eval(), x)

@@ -692,6 +692,9 @@ class _Recorder(TorchFunctionMode):
         if func is F.normalize:  # its norm and expand happen inside, where this mode does not see them
             with contextlib.suppress(Exception):
                 return self._normalize(*args, **kwargs)
+        if func is F.local_response_norm:
+            with contextlib.suppress(Exception):
+                return self._local_response_norm(*args, **kwargs)
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
             self._record(func, args, kwargs, out)
@@ -718,6 +721,21 @@ class _Recorder(TorchFunctionMode):
         result = x / spread
         self._record(torch.Tensor.__truediv__, (x, spread), {}, result)
         return result
+
+    def _local_response_norm(self, x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                             k: float = 1.0) -> torch.Tensor:
+        """F.local_response_norm as one division of its input by a denominator outside autograd, recorded as a
+        reduction over the channels that a channel's leaving changes: each channel is divided by the squares of
+        its ``size`` neighbours, and with one gone the window of the others moves. Traced as it computes (a view
+        that adds an axis, a pad and an average pool over the channels), the dependency graph read those steps as
+        a flatten whose channel numbers grew without bound, and gave that as the reason the layer stayed dense."""
+        with torch.no_grad():
+            denominator = x / F.local_response_norm(x, size, alpha, beta, k)
+            # where x is 0 the quotient is no number, and any finite denominator gives the norm's 0
+            denominator = torch.where(denominator.isfinite(), denominator, torch.ones_like(denominator))
+        out = x / denominator
+        self.reductions[out.grad_fn] = ("a local response norm", False)
+        return out
 
     @staticmethod
     def _channel_axis(x: Any) -> bool:
