@@ -1034,3 +1034,33 @@ def test_torch_transformer_layers_round_trip_as_the_layers_they_hold(tmp_path: P
     if kind == "stacks":
         assert back.get_submodule("enc.layers.0.linear1").out_features == 5
         assert back.get_submodule("enc.layers.1.linear1").out_features == 24
+
+
+class _Unpooled(nn.Module):
+    """SegNet-style: max-pooling indices (the module, or the function with ``return_indices=True``) and MaxUnpool."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 3)
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.functional:
+            h, idx = F.max_pool2d(self.conv(x), 2, return_indices=True)
+            h = F.max_unpool2d(h, idx, 2, output_size=x.shape[-2:])
+        else:
+            h, idx = self.pool(self.conv(x))
+            h = self.unpool(h, idx, output_size=x.shape[-2:])
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_max_pooling_indices_and_unpooling_round_trip(tmp_path: Path, functional: bool) -> None:
+    torch.manual_seed(0)
+    model, x = _Unpooled(functional).eval(), torch.randn(3, 1, 7, 7)
+    save_model(model, tmp_path / "out", x)
+    back = load_saved_model(tmp_path / "out")
+    fresh = torch.randn(5, 1, 7, 7)
+    with torch.no_grad():
+        assert torch.equal(back(fresh), model(fresh))
