@@ -606,8 +606,8 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
                        f"{'their' if several else 'its'} single weights)")
     if cut_off:
         several = len(cut_off) > 1
-        reasons.append(f"no gradient reaches the output of {', '.join(cut_off[:5])} (torch.no_grad() or .detach() "
-                       f"in the forward), so {'they stay' if several else 'it stays'} dense")
+        reasons.append(f"no gradient reaches the output of {', '.join(cut_off[:5])} (torch.no_grad(), .detach() "
+                       f"or an output no model output uses), so {'they stay' if several else 'it stays'} dense")
     if settings:
         reasons.append(f"{method} cannot take the settings of " + ", ".join(
             f"{name} ({why})" for name, why in list(settings.items())[:3]))
@@ -616,8 +616,8 @@ def nothing_converted_hint(method: str, by_globs: list[str], output_layers: list
 
 
 #: why a layer no gradient reaches stays dense (the conversion's note and ``inspect``'s reason)
-CUT_OFF_WHY = ("(computed under torch.no_grad() or detached in the forward: the data term cannot hold their noise "
-               "back, and the KL alone would prune them whatever they are worth)")
+CUT_OFF_WHY = ("(computed under torch.no_grad(), detached, or not used by any output in the forward: the data term "
+               "cannot hold their noise back, and the KL alone would prune them whatever they are worth)")
 
 
 def check_no_packed_sequences(model: nn.Module, example_input: torch.Tensor) -> None:

@@ -224,7 +224,8 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
                 excluded.append(label)
             elif label in cut and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED
-                entry["reason"] = "no gradient reaches its output (torch.no_grad() or .detach() in the forward)"
+                entry["reason"] = ("no gradient reaches its output (torch.no_grad(), .detach(), or no model output "
+                                   "uses it)")
                 excluded.append(label)
             elif (hooks := user_hooks(module)) and is_selected(label, recipe, every_name):
                 entry["status"] = EXCLUDED

@@ -121,6 +121,7 @@ class _CutOff(nn.Module):
         super().__init__()
         self.frozen_by_no_grad = nn.Linear(6, 8)
         self.detached = nn.Linear(6, 8)
+        self.dead = nn.Linear(6, 8)  # called, its output discarded (a WaveNet's last residual 1x1)
         self.frozen = nn.Linear(6, 8).requires_grad_(False)
         self.unused = nn.Linear(6, 8)
         self.head = nn.Linear(24, 3)
@@ -129,6 +130,7 @@ class _CutOff(nn.Module):
         with torch.no_grad():
             a = torch.relu(self.frozen_by_no_grad(x))
         b = torch.relu(self.detached(x)).detach()
+        self.dead(x)
         c = torch.relu(self.frozen(x))
         return self.head(torch.cat([a, b, c], dim=1))
 
@@ -144,7 +146,7 @@ def test_layers_no_gradient_reaches_stay_dense() -> None:
     model.register_forward_pre_hook(lambda module, args: module.calls.add_(1) and None)  # a forward that counts
     model.head.weight.grad = torch.ones_like(model.head.weight)
     x = torch.randn(4, 6)
-    assert gradient_free_layers(model, LAYER_REGISTRY["sparse_vd"], x) == ["frozen_by_no_grad", "detached"]
+    assert gradient_free_layers(model, LAYER_REGISTRY["sparse_vd"], x) == ["frozen_by_no_grad", "detached", "dead"]
     # the pass leaves the flags, the gradients and the mode as they were
     assert not model.frozen.weight.requires_grad and model.detached.weight.requires_grad
     assert torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
@@ -152,13 +154,14 @@ def test_layers_no_gradient_reaches_stay_dense() -> None:
 
     summary = ConversionSummary()
     converted = to_variational(model, Recipe(), summary=summary, example_input=x)
-    assert summary.cut_off == ["frozen_by_no_grad", "detached"]
+    assert summary.cut_off == ["frozen_by_no_grad", "detached", "dead"]
     assert type(converted.frozen_by_no_grad) is nn.Linear and type(converted.detached) is nn.Linear
     assert {"frozen", "unused", "head"} <= set(summary.converted)
-    assert any("no gradient reaches their output: frozen_by_no_grad, detached" in n for n in summary.notes)
+    assert any("no gradient reaches their output: frozen_by_no_grad, detached, dead" in n and "not used" in n
+               for n in summary.notes)
     report = inspect_model(_CutOff(), x, Recipe())
     reasons = {e["name"]: e.get("reason") for e in report["layers"]}
-    assert "no gradient reaches its output" in reasons["detached"]
+    assert "no gradient reaches its output" in reasons["detached"] and "no model output uses it" in reasons["dead"]
     # without an example input nothing is run, and every layer converts as before
     assert ConversionSummary().cut_off == []
     bare = ConversionSummary()
