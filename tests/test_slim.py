@@ -1777,3 +1777,44 @@ def test_a_gated_residual_loses_the_channels_both_sides_prune_and_its_gate_with_
     result = slim(model, _prune_units(model, {"stem": [1, 6], "c": [1, 6, 7]}), x)
     assert result.removed["stem"] == (8, 6) and result.removed["c"] == (8, 6) and result.model.gate.shape == (6, 1, 1)
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _Summed(nn.Module):
+    """Three branches summed the ways models write it: ``sum(features)`` (Python's sum starts from 0), ``s = 0`` and
+    ``s = s + f`` in a loop (a WaveNet's skip connections), an in-place ``+=`` into ``torch.zeros_like``; or plus
+    a constant 1, which a pruned channel does not keep at zero."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = (nn.Conv2d(1, 8, 3, padding=1) for _ in range(3))
+        self.d, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [torch.relu(m(x)) for m in (self.a, self.b, self.c)]
+        if self.how == "sum":
+            h = sum(features)
+        elif self.how == "loop":
+            h = 0
+            for f in features:
+                h = h + f
+        elif self.how == "zeros_like":
+            h = torch.zeros_like(features[0])
+            for f in features:
+                h += f
+        else:
+            h = features[0] + features[1] + features[2] + 1.0
+        return self.fc(torch.relu(self.d(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["sum", "loop", "zeros_like", "plus_one"])
+def test_a_sum_started_from_zero_lets_the_channels_every_summand_pruned_go(how: str) -> None:
+    """The 0 a sum starts from is an operand without autograd history, which was read as one that could feed the
+    pruned channels: none of the summed layers lost a unit."""
+    torch.manual_seed(0)
+    model, x = _Summed(how).eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"a": [1, 4], "b": [1, 4], "c": [1, 4]}), x)
+    kept = 8 if how == "plus_one" else 6
+    assert [result.removed[n] for n in "abc"] == [(8, kept)] * 3, result.notes
+    assert _module(result.model, "d").in_channels == kept
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

@@ -428,7 +428,8 @@ class GroupAnalysis:
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
-                    if _has_untracked_input(node.grad_fn):
+                    if _has_untracked_input(node.grad_fn) and node not in getattr(self.graph, "prunedrop_zero_adds",
+                                                                                   ()):
                         live.add(f"an untraced operand of {self.name(node)}")
                         memo[node] = True
                         return True
@@ -662,9 +663,10 @@ class _Recorder(TorchFunctionMode):
                   torch.Tensor.__itruediv__)
     _SCALINGS = (torch.mul, torch.Tensor.mul, torch.Tensor.mul_, torch.Tensor.__mul__, torch.Tensor.__rmul__,
                  torch.Tensor.__imul__, *_DIVISIONS)
-    _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, torch.add, torch.Tensor.add, torch.Tensor.add_,
-                    torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub,
-                    torch.Tensor.sub_, torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.__isub__)
+    _ADDS = (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
+             torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_, torch.Tensor.__sub__,
+             torch.Tensor.__rsub__, torch.Tensor.__isub__)
+    _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, *_ADDS)
 
     def __init__(self) -> None:
         super().__init__()
@@ -675,6 +677,7 @@ class _Recorder(TorchFunctionMode):
         self.plain_expands: set[Any] = set()
         self.reductions: dict[Any, tuple[str, bool]] = {}
         self.keeps_zero: set[Any] = set()
+        self.zero_adds: set[Any] = set()
         self.conv_maps: set[Any] = set()
         self.flattens: dict[Any, int] = {}
         self.channel_pads: dict[Any, tuple[int, int]] = {}
@@ -695,8 +698,15 @@ class _Recorder(TorchFunctionMode):
         if func is F.local_response_norm:
             with contextlib.suppress(Exception):
                 return self._local_response_norm(*args, **kwargs)
+        # before the call: an in-place add into a zeros accumulator (``h = torch.zeros_like(x); h += f``) changes it
+        zero_operand = False
+        if func in self._ADDS:
+            with contextlib.suppress(Exception):
+                zero_operand = any(self._zeros(x) for x in args[:2])
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
+            if zero_operand and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+                self.zero_adds.add(out.grad_fn)
             self._record(func, args, kwargs, out)
         return out
 
@@ -736,6 +746,17 @@ class _Recorder(TorchFunctionMode):
         out = x / denominator
         self.reductions[out.grad_fn] = ("a local response norm", False)
         return out
+
+    @staticmethod
+    def _zeros(x: Any) -> bool:
+        """Whether ``x`` is an operand of zeros outside autograd: the 0 that Python's ``sum(features)`` starts from,
+        ``s = 0`` before a loop of ``s = s + …``, a ``torch.zeros_like`` accumulator. Added to a channel of zeros it
+        leaves zeros; autograd records it as an operand without history, which was read as one that could feed the
+        channel, and no channel of the summed layers could leave."""
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return x == 0
+        return (isinstance(x, torch.Tensor) and x.grad_fn is None and not x.requires_grad and x.numel() > 0
+                and not x.is_complex() and bool((x == 0).all()))
 
     @staticmethod
     def _channel_axis(x: Any) -> bool:
@@ -1059,6 +1080,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph.prunedrop_reductions = {n: recorder.reductions[n.grad_fn] for n in nodes
                                       if n.grad_fn in recorder.reductions}
         graph.prunedrop_keeps_zero = {n for n in nodes if n.grad_fn in recorder.keeps_zero}
+        graph.prunedrop_zero_adds = {n for n in nodes if n.grad_fn in recorder.zero_adds}
         graph.prunedrop_spread = {n: [i for i in n.inputs if i.grad_fn in recorder.spread[n.grad_fn]] for n in nodes
                                   if n.grad_fn in recorder.spread}
         for node in {*graph.prunedrop_reductions, *graph.prunedrop_spread}:
