@@ -66,6 +66,19 @@ class Pilot:
                 raise PrunedropError(f"target {target}: the dense model ({dense:,.0f} bytes of parameters) is "
                                      "already within it; nothing to do")
         self.target = target
+        self.ceiling: float | None = None
+        """The most the target's cost can shrink: every converted weight or unit pruned, the rest of the model (layers
+        left dense, a module's own parameters) counted in full; None without a target or where nothing stays dense."""
+        if self.meter is not None and self.meter.other > 0:
+            self.ceiling = self.meter.dense / self.meter.other
+            if ratio is not None and ratio > self.ceiling:
+                what = "FLOPs" if self.meter.kind == "flops" else "parameters"
+                self.log(f"autopilot: target {target} is beyond reach: what stays dense holds {self.meter.other:,.0f} "
+                         f"of the model's {self.meter.dense:,.0f} {what} ({self.meter.other / self.meter.dense:.0%}), "
+                         f"so even with every converted {'unit' if structured else 'weight'} pruned it would be at "
+                         f"most {self.ceiling:.3g}x smaller; the run goes as far as "
+                         + ("the budget lets it" if recipe.max_metric_drop is not None else "it can")
+                         + " and reports how close it came")
         if self.meter is not None and self.meter.threshold is not None and self.meter.threshold != recipe.threshold:
             self.log(f"autopilot: target {target}: its cost is measured at {recipe.pruning_rule(self.meter.threshold)} "
                      "while training (the noise at least the weight); the threshold that meets it is chosen after")
@@ -625,7 +638,7 @@ class Pilot:
                    reference_metric=self.reference, kl_factors=self.factors, lr_scale=self.lr_scale,
                    overfit_backoffs=self.overfit_backoffs, restarts=list(self.restarts),
                    transient=self.transient, transient_recovered=self.recovered, probe_steps=self.probe_steps,
-                   probe_lr=self.probe_lr,
+                   probe_lr=self.probe_lr, target_ceiling=self.ceiling,
                    check_samples={"validation": self.checked_samples - self.checked_train,
                                   "training": self.checked_train},
                    rewound=None if self.rewound is None else {"ended_at": self.rewound[0],

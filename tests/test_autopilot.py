@@ -564,6 +564,52 @@ def test_cli_target_run_reports_the_outcome_and_strict_exits_non_zero(project: P
     assert (project / "strict" / "model.onnx").is_file()
 
 
+_DENSE_ARCH = """import torch
+from torch import nn
+
+
+class Held(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 64) * 0.25)  # read by the forward itself: stays dense
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x.flatten(1) @ self.w))
+
+
+def build():
+    return Held()
+"""
+
+
+def test_a_target_beyond_what_can_be_converted_is_said_before_training_and_named_when_missed(project: Path) -> None:
+    """A module's own parameters held 87% of a model and a params=4x target ended "missed ... training ended before it
+    got there", after β had risen to 780 chasing it: nothing could have reached it."""
+    (project / "heldarch.py").write_text(_DENSE_ARCH)
+    torch.manual_seed(0)
+    torch.save(__import__("heldarch").build().state_dict(), project / "held.pt")
+    recipe = project / "quick.yaml"
+    recipe.write_text("epochs: 2\nbatch_size: 16\nlatency_runs: 0\nplots: false\nmc_samples: 0\nfinetune_epochs: 0\n"
+                      "device: cpu\nquantize: none\n")
+    result = CliRunner().invoke(cli, ["compress", "held.pt", "--arch", "heldarch:build", "--data", "npz:data.npz",
+                                      "--recipe", str(recipe), "--target", "params=4x", "--max-drop", "None",
+                                      "-o", "out"])
+    assert result.exit_code == 0, result.output
+    ceiling = (1024 + 195) / 1024  # every parameter over the held weight's 1,024
+    assert "target params=4x is beyond reach: what stays dense holds 1,024 of the model's 1,219 parameters (84%)" \
+        in result.output and f"at most {ceiling:.3g}x smaller" in result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["autopilot"]["target_ceiling"] == pytest.approx(ceiling)
+    assert report["target"]["reached"] is False
+    assert f"what stays dense bounds it: at most {ceiling:.3g}x" in report["target"]["line"]
+    # a target within reach says nothing of the kind
+    within = CliRunner().invoke(cli, ["compress", "held.pt", "--arch", "heldarch:build", "--data", "npz:data.npz",
+                                      "--recipe", str(recipe), "--target", "params=1.1x", "--max-drop", "None",
+                                      "-o", "within"])
+    assert within.exit_code == 0 and "beyond reach" not in within.output
+
+
 def test_cli_max_drop_none_leaves_the_target_alone_to_decide(project: Path) -> None:
     from prunedrop.cli import with_overrides
     from prunedrop.recipe_fields import NONE

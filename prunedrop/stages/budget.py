@@ -134,6 +134,7 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
     wanted = target.ratio_for(before)
     reached = reached_ratio >= wanted * (1 - 1e-9)
     bound = (report.get("autopilot") or {}).get("bound", "target")
+    ceiling = (report.get("autopilot") or {}).get("target_ceiling")
     kept = [note for note in ((report.get("slim") or {}).get("notes") or []) if "kept" in note]
     if reached:
         line = f"target {target} reached: {reached_ratio:.3g}x fewer {target.kind}"
@@ -145,6 +146,8 @@ def target_outcome(recipe: Recipe, report: dict[str, Any]) -> dict[str, Any]:
         graph = before - 4 * int((report.get("params") or {}).get("total_before") or 0)
         why = (f"the file's graph alone, about {graph:,} bytes besides the parameters, is more than the "
                f"{before / wanted:,.0f} bytes the target allows" if target.kind == "bytes" and graph >= before / wanted
+               else f"what stays dense bounds it: at most {ceiling:.3g}x with every converted entry pruned"
+               if ceiling is not None and ceiling < wanted
                else "the accuracy budget bound first" if bound == "budget"
                else f"slimming kept pruned units it could not remove: {kept[0]}" if kept
                else "training ended before it got there")
