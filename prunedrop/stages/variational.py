@@ -58,7 +58,10 @@ def autopilot_line(summary: dict[str, Any]) -> str:
     if summary.get("stopped_early"):
         parts.append("stopped early (settled)")
     elif summary["bound"] == "none":
-        parts.append("β still rising when training ended (more epochs would compress more)")
+        ceiling, ratio = summary.get("target_ceiling"), summary.get("target_ratio")
+        parts.append("β still rising when training ended (" + (
+            f"the target is beyond reach, at most {ceiling:.3g}x)" if ceiling is not None and ratio is not None
+            and ratio > ceiling else "more epochs would compress more)"))
     if summary["bound"] != "none":
         parts.append(f"bound by the {summary['bound']}")
     restarts = summary.get("restarts") or []
