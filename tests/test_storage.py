@@ -1064,3 +1064,28 @@ def test_max_pooling_indices_and_unpooling_round_trip(tmp_path: Path, functional
     fresh = torch.randn(5, 1, 7, 7)
     with torch.no_grad():
         assert torch.equal(back(fresh), model(fresh))
+
+
+class _InPlace(nn.Module):
+    """In-place methods on a view and on a layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(x)
+        h[:, :3].relu_()
+        g = self.c2(h)
+        g.add_(h).mul_(0.5).clamp_(min=-1.0)
+        return self.fc(g.mean((2, 3)))
+
+
+def test_in_place_methods_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _InPlace().eval(), torch.randn(3, 1, 5, 5)
+    save_model(model, tmp_path / "out", x)
+    back = load_saved_model(tmp_path / "out")
+    fresh = torch.randn(4, 1, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(back(fresh), model(fresh))

@@ -176,6 +176,9 @@ METHODS: frozenset[str] = frozenset((
     "rsqrt", "scatter", "scatter_add", "sigmoid", "sin", "size", "softmax", "sort", "split", "sqrt", "square",
     "squeeze", "std", "sub", "sum", "t", "tanh", "to", "topk", "transpose", "tril", "triu", "trunc", "type_as",
     "unbind", "unflatten", "unsqueeze", "var", "view", "view_as",
+    # in place (``h[:, :8].relu_()``, ``g.add_(h).mul_(0.5)``): the graph replays them in order, as the forward did
+    "abs_", "add_", "clamp_", "clamp_max_", "clamp_min_", "copy_", "div_", "exp_", "fill_", "masked_fill_", "mul_",
+    "neg_", "pow_", "relu_", "sigmoid_", "sqrt_", "sub_", "tanh_", "zero_",
 ))
 # builtins.getattr is how fx records ``x.shape``; only harmless tensor attributes may be read (and the ``values`` and
 # ``indices`` of what sort, topk or max return).
