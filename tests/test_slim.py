@@ -1802,19 +1802,25 @@ class _Summed(nn.Module):
             h = torch.zeros_like(features[0])
             for f in features:
                 h += f
+        elif self.how == "where":  # a ReLU written as a selection, and one as a maximum with zeros
+            h = sum(torch.where(m(x) > 0, m(x), 0.0) for m in (self.a, self.b)) + torch.maximum(
+                self.c(x), torch.zeros_like(features[0]))
+        elif self.how == "where_minus_one":
+            h = sum(torch.where(m(x) > 0, m(x), -1.0) for m in (self.a, self.b, self.c))
         else:
             h = features[0] + features[1] + features[2] + 1.0
         return self.fc(torch.relu(self.d(h)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["sum", "loop", "zeros_like", "plus_one"])
+@pytest.mark.parametrize("how", ["sum", "loop", "zeros_like", "where", "plus_one", "where_minus_one"])
 def test_a_sum_started_from_zero_lets_the_channels_every_summand_pruned_go(how: str) -> None:
     """The 0 a sum starts from is an operand without autograd history, which was read as one that could feed the
-    pruned channels: none of the summed layers lost a unit."""
+    pruned channels: none of the summed layers lost a unit. So were the zeros of ``torch.where(c, h, 0)`` and of
+    ``torch.maximum(h, zeros)``; a constant other than 0 does feed them."""
     torch.manual_seed(0)
     model, x = _Summed(how).eval(), torch.randn(4, 1, 6, 6)
     result = slim(model, _prune_units(model, {"a": [1, 4], "b": [1, 4], "c": [1, 4]}), x)
-    kept = 8 if how == "plus_one" else 6
+    kept = 8 if how in ("plus_one", "where_minus_one") else 6
     assert [result.removed[n] for n in "abc"] == [(8, kept)] * 3, result.notes
     assert _module(result.model, "d").in_channels == kept
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

@@ -428,8 +428,8 @@ class GroupAnalysis:
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
-                    if _has_untracked_input(node.grad_fn) and node not in getattr(self.graph, "prunedrop_zero_adds",
-                                                                                   ()):
+                    if _has_untracked_input(node.grad_fn) and node not in getattr(self.graph,
+                                                                                   "prunedrop_zero_operands", ()):
                         live.add(f"an untraced operand of {self.name(node)}")
                         memo[node] = True
                         return True
@@ -667,6 +667,8 @@ class _Recorder(TorchFunctionMode):
              torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_, torch.Tensor.__sub__,
              torch.Tensor.__rsub__, torch.Tensor.__isub__)
     _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, *_ADDS)
+    _EXTREMES = (torch.maximum, torch.Tensor.maximum, torch.minimum, torch.Tensor.minimum, torch.fmax,
+                 torch.Tensor.fmax, torch.fmin, torch.Tensor.fmin)
 
     def __init__(self) -> None:
         super().__init__()
@@ -677,7 +679,7 @@ class _Recorder(TorchFunctionMode):
         self.plain_expands: set[Any] = set()
         self.reductions: dict[Any, tuple[str, bool]] = {}
         self.keeps_zero: set[Any] = set()
-        self.zero_adds: set[Any] = set()
+        self.zero_operands: set[Any] = set()
         self.conv_maps: set[Any] = set()
         self.flattens: dict[Any, int] = {}
         self.channel_pads: dict[Any, tuple[int, int]] = {}
@@ -700,15 +702,30 @@ class _Recorder(TorchFunctionMode):
                 return self._local_response_norm(*args, **kwargs)
         # before the call: an in-place add into a zeros accumulator (``h = torch.zeros_like(x); h += f``) changes it
         zero_operand = False
-        if func in self._ADDS:
-            with contextlib.suppress(Exception):
-                zero_operand = any(self._zeros(x) for x in args[:2])
+        with contextlib.suppress(Exception):
+            zero_operand = self._zero_operand(func, args, kwargs)
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # an odd call keeps Torch-Pruning's own inference
             if zero_operand and isinstance(out, torch.Tensor) and out.grad_fn is not None:
-                self.zero_adds.add(out.grad_fn)
+                self.zero_operands.add(out.grad_fn)
             self._record(func, args, kwargs, out)
         return out
+
+    def _zero_operand(self, func: Any, args: tuple, kwargs: dict) -> bool:
+        """Whether the operands of ``func`` without autograd history are zeros where they meet the traced ones, so
+        that a channel of zeros stays zeros: an add or subtract of 0 (Python's ``sum``), ``torch.where(c, h, 0)``,
+        ``torch.maximum(h, torch.zeros_like(h))`` (a ReLU written out). The dependency graph read such an operand as
+        one that could feed the channel."""
+        if func in self._ADDS or func in self._EXTREMES:
+            values = list(args[:2])
+        elif func is torch.where:
+            values = [args[1] if len(args) > 1 else kwargs.get("input"), args[2] if len(args) > 2 else kwargs.get("other")]
+        elif func is torch.Tensor.where:
+            values = [args[0], args[2] if len(args) > 2 else kwargs.get("other")]
+        else:
+            return False
+        untraced = [x for x in values if not (isinstance(x, torch.Tensor) and (x.grad_fn is not None or x.requires_grad))]
+        return bool(untraced) and len(untraced) < len(values) and all(self._zeros(x) for x in untraced)
 
     @staticmethod
     def _glu_halves(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -1080,7 +1097,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
         graph.prunedrop_reductions = {n: recorder.reductions[n.grad_fn] for n in nodes
                                       if n.grad_fn in recorder.reductions}
         graph.prunedrop_keeps_zero = {n for n in nodes if n.grad_fn in recorder.keeps_zero}
-        graph.prunedrop_zero_adds = {n for n in nodes if n.grad_fn in recorder.zero_adds}
+        graph.prunedrop_zero_operands = {n for n in nodes if n.grad_fn in recorder.zero_operands}
         graph.prunedrop_spread = {n: [i for i in n.inputs if i.grad_fn in recorder.spread[n.grad_fn]] for n in nodes
                                   if n.grad_fn in recorder.spread}
         for node in {*graph.prunedrop_reductions, *graph.prunedrop_spread}:
