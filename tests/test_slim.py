@@ -1824,3 +1824,39 @@ def test_a_sum_started_from_zero_lets_the_channels_every_summand_pruned_go(how: 
     assert [result.removed[n] for n in "abc"] == [(8, kept)] * 3, result.notes
     assert _module(result.model, "d").in_channels == kept
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _AttentionPool(nn.Module):
+    """Attention pooling: a one-channel score map of the features, its softmax over the pixels, the features
+    (flattened to (batch, C, H·W)) weighted by it and summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.score, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 1, 1), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        weights = torch.softmax(self.score(h).flatten(2), -1)
+        return self.fc((h.flatten(2) * weights).sum(-1))
+
+
+def test_a_flattened_one_channel_map_weighing_the_features_lets_their_channels_go() -> None:
+    """The (batch, 1, H·W) map was read as coupled to the features' channel 0, and c1 kept every pruned channel
+    without a word."""
+    torch.manual_seed(0)
+    model, x = _AttentionPool().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c1": [1, 4, 9]}), x)
+    assert result.removed["c1"] == (16, 13) and _module(result.model, "fc").in_features == 13, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_pruned_units_no_group_planned_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the dependency graph puts pruned units in no group it plans, they stay as zeros with a note."""
+    from prunedrop.slim import coupling
+
+    monkeypatch.setattr(coupling._Recorder, "_CONVS", (torch.conv1d,))  # the map read as before: no group for c1
+    torch.manual_seed(0)
+    model, x = _AttentionPool().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c1": [1, 4, 9]}), x)
+    assert result.removed["c1"] == (16, 16)
+    assert "c1: 3 pruned unit(s) kept as zeros: the dependency graph placed them in no group" in result.notes[0]

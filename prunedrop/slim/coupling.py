@@ -667,6 +667,7 @@ class _Recorder(TorchFunctionMode):
              torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_, torch.Tensor.__sub__,
              torch.Tensor.__rsub__, torch.Tensor.__isub__)
     _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, *_ADDS)
+    _CONVS = (torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d)
     _EXTREMES = (torch.maximum, torch.Tensor.maximum, torch.minimum, torch.Tensor.minimum, torch.fmax,
                  torch.Tensor.fmax, torch.fmin, torch.Tensor.fmin)
 
@@ -785,8 +786,9 @@ class _Recorder(TorchFunctionMode):
     def _spreads(self, x: Any, out: torch.Tensor) -> bool:
         """Whether ``x``, an operand of ``out`` with autograd history, has one channel that broadcasting spreads over
         ``out``'s channels ((batch, 1, H, W) beside (batch, C, H, W), or (batch, 1) beside (batch, C)); for a
-        (batch, 1, time) operand beside (batch, C, time), only where it is a 1-d convolution's one channel, through
-        operations of one operand (an attention map over time: its sigmoid or softmax)."""
+        (batch, 1, time) operand beside (batch, C, time), only where it is a convolution's one channel, through
+        operations of one operand (an attention map over time: its sigmoid or softmax; a 2-d convolution's map
+        flattened over the pixels and its softmax, as attention pooling weighs ``h.flatten(2)`` by it)."""
         if not (isinstance(x, torch.Tensor) and x.grad_fn is not None and isinstance(out, torch.Tensor)
                 and 0 < x.dim() <= out.dim() and out.dim() > 1 and out.shape[1] > 1):
             return False
@@ -795,7 +797,7 @@ class _Recorder(TorchFunctionMode):
         if self._channel_axis(out):
             return True
         fn = x.grad_fn
-        for _ in range(8):  # a (batch, 1, L) map of a 1-d convolution: its axis 1 is channels, not tokens
+        for _ in range(8):  # a (batch, 1, L) map of a convolution: its axis 1 is channels, not tokens
             if fn is None:
                 return False
             if fn in self.conv_maps:
@@ -875,7 +877,7 @@ class _Recorder(TorchFunctionMode):
         return None
 
     def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        if (func in (torch.conv1d, F.conv1d) and isinstance(out, torch.Tensor) and out.dim() == 3
+        if (func in self._CONVS and isinstance(out, torch.Tensor) and out.dim() >= 3
                 and out.shape[1] == 1 and out.grad_fn is not None):
             self.conv_maps.add(out.grad_fn)
             return

@@ -838,6 +838,16 @@ def _slim_once(
         if reason.endswith(VARIES) and not any(type(node.grad_fn).__name__.startswith("MulBackward")
                                                for root in roots for node in analyses[gi].channels[root].members):
             misread.update(analyses[gi].producers())
+    # a layer whose pruned units neither left nor were named above: the dependency graph put them in no group it
+    # planned (an attention-pooling map read as coupled to them kept a convolution whole, and the run said nothing)
+    named = {part.strip() for note in notes for part in note.split(":")[0].replace("(coupled with", ",")
+             .replace(")", "").split(",")}
+    for name, mask in masks.items():
+        pruned = int((~mask).sum())
+        if name in removed and name not in named and removed[name][0] - removed[name][1] < pruned:
+            left = removed[name][0] - removed[name][1]
+            notes.append(f"{name}: {pruned - left} pruned unit(s) kept as zeros: the dependency graph placed them in "
+                         "no group it could remove them from")
     if approximate:
         notes += approximate
         notes.append(
