@@ -1826,7 +1826,7 @@ def test_a_sum_started_from_zero_lets_the_channels_every_summand_pruned_go(how: 
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
-class _AttentionPool(nn.Module):
+class _PixelAttentionPool(nn.Module):
     """Attention pooling: a one-channel score map of the features, its softmax over the pixels, the features
     (flattened to (batch, C, H·W)) weighted by it and summed."""
 
@@ -1844,7 +1844,7 @@ def test_a_flattened_one_channel_map_weighing_the_features_lets_their_channels_g
     """The (batch, 1, H·W) map was read as coupled to the features' channel 0, and c1 kept every pruned channel
     without a word."""
     torch.manual_seed(0)
-    model, x = _AttentionPool().eval(), torch.randn(4, 1, 6, 6)
+    model, x = _PixelAttentionPool().eval(), torch.randn(4, 1, 6, 6)
     result = slim(model, _prune_units(model, {"c1": [1, 4, 9]}), x)
     assert result.removed["c1"] == (16, 13) and _module(result.model, "fc").in_features == 13, result.notes
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
@@ -1856,7 +1856,27 @@ def test_pruned_units_no_group_planned_are_named(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(coupling._Recorder, "_CONVS", (torch.conv1d,))  # the map read as before: no group for c1
     torch.manual_seed(0)
-    model, x = _AttentionPool().eval(), torch.randn(4, 1, 6, 6)
+    model, x = _PixelAttentionPool().eval(), torch.randn(4, 1, 6, 6)
     result = slim(model, _prune_units(model, {"c1": [1, 4, 9]}), x)
     assert result.removed["c1"] == (16, 16)
     assert "c1: 3 pruned unit(s) kept as zeros: the dependency graph placed them in no group" in result.notes[0]
+
+
+class _Capsules(nn.Module):
+    """Primary capsules: 64 channels viewed as eight 8-d capsules per position, squashed by their norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prim, self.fc = nn.Conv2d(1, 64, 3, stride=2, padding=1), nn.Linear(8 * 9 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.prim(x)
+        u = u.view(u.shape[0], 8, 8, -1).transpose(2, 3)
+        n2 = (u ** 2).sum(-1, keepdim=True)
+        return self.fc((n2 / (1 + n2) * u / (n2.sqrt() + 1e-8)).flatten(1))
+
+
+def test_channels_regrouped_by_a_view_of_the_same_rank_are_named_as_moved() -> None:
+    """The view was read as a flatten whose channel numbers grew without bound, and that was the reason given."""
+    stuck = unremovable_layers(_Capsules().eval(), torch.randn(4, 1, 6, 6))
+    assert "moves channels to other places or numbers" in stuck["prim"], stuck

@@ -946,7 +946,9 @@ class _Recorder(TorchFunctionMode):
             self.flattens[out.grad_fn] = stride
         elif func in self._VIEWS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
-            if x.dim() >= 3 and out.dim() > x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
+            # channels split into groups (a channel shuffle's view), or regrouped at the same rank (capsules:
+            # (batch, 64, 4, 4) viewed as (batch, 8, 8, 16), eight 8-d capsules per position)
+            if x.dim() >= 3 and out.dim() >= x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
                 self.movers.add(out.grad_fn)
 
 
