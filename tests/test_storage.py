@@ -1089,3 +1089,35 @@ def test_in_place_methods_round_trip(tmp_path: Path) -> None:
     fresh = torch.randn(4, 1, 5, 5)
     with torch.no_grad():
         assert torch.equal(back(fresh), model(fresh))
+
+
+class _CommonIdioms(nn.Module):
+    """Tensor idioms models write, each of which a manifest could not name: ``new_zeros``/``new_full``, ``clone``,
+    ``movedim``/``swapaxes``, ``prod``, ``sign``, ``log1p``, ``F.one_hot``, ``Tensor.unfold``, ``lerp``,
+    ``addcmul``, ``diff``, ``cummax``, ``isfinite``, ``linspace``, ``F.celu``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.reshape(x.shape[0], 4, 16))
+        h = h + h.new_zeros(h.shape) + h.new_full((1,), 0.5) + torch.linspace(0, 1, h.shape[-1])
+        h = h.clone().movedim(1, 2).swapaxes(1, 2)
+        h = h + torch.sign(h) * torch.log1p(h.abs()) + h.tanh().prod(-1, keepdim=True)
+        h = h + F.one_hot(h.argmax(-1), h.shape[-1]).float()
+        h = h + h.unfold(-1, 4, 4).mean(-1).repeat_interleave(4, -1)
+        h = torch.lerp(h, torch.addcmul(h, h.tanh(), h.sigmoid(), value=0.1), 0.5)
+        h = h + F.pad(torch.diff(h, dim=-1), (1, 0)) + torch.cummax(h, -1)[0] * 0.1
+        h = torch.where(torch.isfinite(h), F.celu(h), 0.0)
+        return self.b(h.mean(1))
+
+
+def test_common_tensor_idioms_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _CommonIdioms().eval(), torch.randn(3, 1, 8, 8)
+    save_model(model, tmp_path / "out", x)
+    back = load_saved_model(tmp_path / "out")
+    fresh = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(back(fresh), model(fresh), atol=1e-6)
