@@ -71,7 +71,11 @@ def _unsupported_reason(module: nn.Module, registry: dict[type[nn.Module], Any])
     if base is not None:
         return (f"no variational version of {name} (a subclass of {base.__name__}; only exact registered "
                 f"types are converted)")
-    return f"no variational version of {name}"
+    from .layers import LAYER_REGISTRY
+
+    # a type another method converts (nn.MultiheadAttention, nn.GRU under sbp): say which
+    others = sorted(m for m, layers in LAYER_REGISTRY.items() if layers is not registry and type(module) in layers)
+    return f"no variational version of {name}" + (f" (method {' or '.join(others)} converts it)" if others else "")
 
 
 def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe) -> dict[str, Any]:

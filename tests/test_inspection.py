@@ -88,6 +88,24 @@ def test_reasons_and_tree():
     assert _by_name(d)["stem"]["reason"] == "not matched by include ['block.*']"
 
 
+class _GruAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.attn = nn.GRU(4, 8, batch_first=True), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gru(x)[0]
+        return self.fc(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_a_type_another_method_converts_is_named_with_that_method():
+    e = _by_name(inspect_model(_GruAttention(), torch.randn(2, 5, 4), Recipe(method="sbp")))
+    assert e["gru"]["reason"] == "no variational version of GRU (method group_vd or sparse_vd converts it)"
+    assert e["attn"]["reason"].endswith("no variational version of MultiheadAttention (method group_vd or sparse_vd "
+                                        "converts it)")
+
+
 def test_subclass_and_container_parameters_are_explained():
     class Scaled(nn.Linear):
         pass
