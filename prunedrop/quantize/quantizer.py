@@ -193,7 +193,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: Seq
             # which stays float (graph.carriers)
             if chosen:
                 with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                        quantize_static(str(source), str(target), _Batches(input_name, calibration),
+                    quantize_static(str(source), str(target), _Batches(input_name, calibration),
                                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
                                     weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
                                     nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,

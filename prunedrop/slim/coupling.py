@@ -719,13 +719,15 @@ class _Recorder(TorchFunctionMode):
         one that could feed the channel."""
         if func in self._ADDS or func in self._EXTREMES:
             values = list(args[:2])
-        elif func is torch.where:
-            values = [args[1] if len(args) > 1 else kwargs.get("input"), args[2] if len(args) > 2 else kwargs.get("other")]
-        elif func is torch.Tensor.where:
+        elif func is torch.where:  # where(condition, input, other)
+            values = [args[1] if len(args) > 1 else kwargs.get("input"),
+                      args[2] if len(args) > 2 else kwargs.get("other")]
+        elif func is torch.Tensor.where:  # input.where(condition, other)
             values = [args[0], args[2] if len(args) > 2 else kwargs.get("other")]
         else:
             return False
-        untraced = [x for x in values if not (isinstance(x, torch.Tensor) and (x.grad_fn is not None or x.requires_grad))]
+        untraced = [x for x in values
+                    if not (isinstance(x, torch.Tensor) and (x.grad_fn is not None or x.requires_grad))]
         return bool(untraced) and len(untraced) < len(values) and all(self._zeros(x) for x in untraced)
 
     @staticmethod
