@@ -171,8 +171,10 @@ def _costs(model: nn.Module, example_input: torch.Tensor, kind: str) -> tuple[di
                 total -= fixed
                 other += fixed
         else:
+            # an attention's heads hold its packed q/k/v projection and their out_proj columns
             total = float(sum(p.numel() for n, p in layer.named_parameters()
-                              if n in ("weight", "bias") or n.startswith(("weight_", "bias_"))))
+                              if n in ("weight", "bias", "in_proj_weight", "in_proj_bias", "out_proj.weight")
+                              or n.startswith(("weight_", "bias_"))))
         costs[name] = total / entries
     return costs, other
 

@@ -20,6 +20,7 @@ from prunedrop.layers import (
     HeadPrunedMultiheadAttention,
     LinearGroupVD,
     MultiheadAttentionGroupVD,
+    MultiheadAttentionSBP,
     MultiheadAttentionSVD,
     RemappedEmbedding,
     from_dense_options,
@@ -31,9 +32,11 @@ from prunedrop.slim import remove_heads_and_rows
 from prunedrop.storage import load_saved_model
 from prunedrop.testing import TINY_RECIPE, tiny_token_model, tiny_transformer
 
-ATTENTION_LAYERS = [MultiheadAttentionSVD, MultiheadAttentionGroupVD]
-# sparse VD prunes a weight whose log α = log σ² − log θ² > 3: with log σ² = −30 no trained weight is pruned
-NEGLIGIBLE = {"init_log_sigma2": -30.0, "init_log_alpha": -30.0, "log_alpha_clip": 40.0}
+ATTENTION_LAYERS = [MultiheadAttentionSVD, MultiheadAttentionGroupVD, MultiheadAttentionSBP]
+# sparse VD prunes a weight whose log α = log σ² − log θ² > 3: with log σ² = −30 no trained weight is pruned; SBP's
+# log θ ~ N(0, e⁻⁴⁰) truncated to [−20, 0] has E[θ] = 1 − 1e-18
+NEGLIGIBLE = {"init_log_sigma2": -30.0, "init_log_alpha": -30.0, "log_alpha_clip": 40.0, "init_mu": 0.0,
+              "init_log_sigma": -20.0}
 
 
 def _inputs(batch_first: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,6 +166,76 @@ def test_head_removal_is_exact(tmp_path: Path) -> None:
     assert verify_onnx(exported.path, result.model, batch, atol=1e-5) <= 1e-5
 
 
+def test_sbp_heads_fold_their_expected_noise_and_pruned_heads_leave(tmp_path: Path) -> None:
+    """Under sbp a head keeps E[θ] of its log-normal noise as its output's factor (folded into its value rows by
+    to_dense) and a head whose SNR is at most the threshold outputs zeros and leaves the slim model."""
+    model, x = tiny_transformer()
+    variational = to_variational(copy.deepcopy(model), Recipe(method="sbp", exclude=["head"])).eval()
+    attention = variational.encoder.layers[0].self_attn
+    assert isinstance(attention, MultiheadAttentionSBP)
+    with torch.no_grad():
+        attention.mu.copy_(torch.tensor([-0.7, -9.0]))
+        attention.log_sigma.copy_(torch.tensor([-3.0, 1.0]))
+    snr = attention.snr()
+    assert snr[0] > attention.threshold >= snr[1]
+    expected = attention._eval_head_multiplier(None)
+    assert expected[1] == 0 and 0.45 < expected[0] < 0.55
+    dense = attention.to_dense()
+    h = torch.randn(4, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(h, h, h)[0], attention(h, h, h)[0], atol=1e-6, rtol=0)
+        result = remove_heads_and_rows(prune(variational).model, x)
+        assert result.heads["encoder.layers.0.self_attn"] == (2, 1)
+        batch = torch.randn(16, 5, 6)
+        assert (result.model(batch) - variational(batch)).abs().max() <= 1e-5
+    variational.train()
+    draws = attention._sample_head_multiplier(64)
+    assert draws.shape == (64, 2, 1, 1) and (draws > 0).all() and (draws <= 1).all()
+    assert draws[:, 0].std() > 0  # one draw per example and head
+
+
+class _MaskedAttention(nn.Module):
+    """Sequence-first attention under a bool mask buffer (True: not allowed), and a causal mask built in the forward
+    from the sequence length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.MultiheadAttention(8, 2, batch_first=False), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+        self.register_buffer("mask", torch.ones(5, 5, dtype=torch.bool).triu(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.reshape(-1, 5, 8)
+        t = self.a(t.transpose(0, 1), t.transpose(0, 1), t.transpose(0, 1), attn_mask=self.mask)[0].transpose(0, 1)
+        causal = nn.Transformer.generate_square_subsequent_mask(5)
+        return self.fc(self.b(t, t, t, attn_mask=causal, is_causal=True, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("method", ["group_vd", "sbp"])
+@pytest.mark.parametrize("case", ["transformer", "masks"])
+def test_a_model_whose_heads_left_has_an_architecture_json(tmp_path: Path, method: str, case: str) -> None:
+    """A head-pruned attention is no torch.nn layer and torch.fx could not trace its forward: every model whose
+    heads left was saved as a state dict alone. It is traced as what it computes."""
+    from prunedrop.storage import load_saved_model, save_model
+
+    torch.manual_seed(0)
+    model, x = tiny_transformer() if case == "transformer" else (_MaskedAttention().eval(), torch.randn(4, 40))
+    variational = to_variational(copy.deepcopy(model), Recipe(method=method, exclude=["head", "fc"])).eval()
+    with torch.no_grad():
+        for layer in variational_layers(variational).values():
+            if isinstance(layer, MultiheadAttentionGroupVD):
+                layer.log_alpha_param[0] = 5.0
+            elif isinstance(layer, MultiheadAttentionSBP):
+                layer.mu[0], layer.log_sigma[0] = -9.0, 1.0
+    result = remove_heads_and_rows(prune(variational).model, x)
+    assert all(after < before for before, after in result.heads.values())
+    save_model(result.model, tmp_path / "out", x)
+    back = load_saved_model(tmp_path / "out")
+    fresh = torch.randn(*x.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(back(fresh), result.model(fresh), atol=1e-6, rtol=0)
+
+
 def test_embedding_rows_removed_with_remap(tmp_path: Path) -> None:
     model, ids = tiny_token_model()
     variational = to_variational(copy.deepcopy(model), Recipe(method="sparse_vd", exclude=["head"])).eval()
@@ -215,7 +288,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 60) ->
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["group_vd", "sparse_vd"])
+@pytest.mark.parametrize("method", ["group_vd", "sparse_vd", "sbp"])
 def test_compress_transformer_end_to_end(tmp_path: Path, method: str) -> None:
     model, _ = tiny_transformer()
     g = torch.Generator().manual_seed(1)
@@ -335,3 +408,16 @@ def test_the_python_api_feeds_whole_float_inputs_to_a_token_model_as_ids(tmp_pat
     result = compress(model, data, recipe, tmp_path, progress=False, log=logs.append)
     assert any("fed as int64 token ids" in line for line in logs), logs
     assert result.report["parity_max_abs_diff"] <= recipe.parity_atol
+
+
+@pytest.mark.parametrize("method", ["group_vd", "sbp"])
+def test_a_head_costs_its_projection_rows_and_output_columns(method: str) -> None:
+    """A params target counted an attention head as costing nothing (its parameters are not named weight or bias),
+    so the autopilot gave the heads the smallest KL factor."""
+    from prunedrop.autopilot import layer_costs
+
+    model, x = tiny_transformer()
+    variational = to_variational(copy.deepcopy(model), Recipe(method=method, exclude=["head"]))
+    d, e = 4, 8  # head_dim, embed_dim of tiny_transformer: 2 heads
+    per_head = 3 * d * e + 3 * d + e * d  # its q, k, v rows and biases, and its out_proj columns
+    assert layer_costs(variational, x, "params")["encoder.layers.0.self_attn"] == per_head

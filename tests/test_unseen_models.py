@@ -50,8 +50,9 @@ def test_a_class_token_is_too_small_to_be_named() -> None:
 
 def test_a_torch_layer_the_method_cannot_convert_is_no_modules_own_weights() -> None:
     """nn.MultiheadAttention holds in_proj_weight itself beside its out_proj child; under a method without a
-    version of it (sbp) it was named as weights a module holds itself and its forward reads directly, with the advice
-    to hold them in an nn.Linear: it is a torch layer this method leaves dense, listed as such."""
+    version of it (sbp_sparse_vd; sbp too, before it removed heads) it was named as weights a module holds itself and
+    its forward reads directly, with the advice to hold them in an nn.Linear: it is a torch layer this method leaves
+    dense, listed as such."""
 
     class Attending(nn.Module):
         def __init__(self) -> None:
@@ -65,7 +66,7 @@ def test_a_torch_layer_the_method_cannot_convert_is_no_modules_own_weights() -> 
             return self.head(F.relu(self.fc(h[:, -1])))
 
     summary = ConversionSummary()
-    to_variational(Attending().eval(), Recipe(method="sbp"), summary=summary, dry_run=True,
+    to_variational(Attending().eval(), Recipe(method="sbp_sparse_vd"), summary=summary, dry_run=True,
                    example_input=torch.randn(2, 5, 32))
     assert summary.converted == ["fc"] and summary.left_alone.get("attn") == "MultiheadAttention"
     assert not any("held by a module itself" in note for note in summary.notes), summary.notes

@@ -8,7 +8,7 @@
   ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` under ``sparse_vd`` (the draw reused along the caller's loop)
 * ``sbp_sparse_vd``: both granularities, SBP's per-unit noise over per-weight sparse VD (:mod:`.sbp_sparse_vd`)
 
-Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``)
+Beside Linear/Conv: ``nn.MultiheadAttention`` per weight (``sparse_vd``) or per head (``group_vd``, ``sbp``)
 (:mod:`.attention`), and ``nn.Embedding`` and ``nn.EmbeddingBag`` per vocabulary row under both (:mod:`.embedding`).
 
 All are selected by the recipe's ``method``; the per-unit families are followed by physical slimming
@@ -28,7 +28,7 @@ from typing import Any
 
 _EXPORTS = {
     "HeadPrunedMultiheadAttention": "attention", "MultiheadAttentionGroupVD": "attention",
-    "MultiheadAttentionSVD": "attention",
+    "MultiheadAttentionSBP": "attention", "MultiheadAttentionSVD": "attention",
     "LAYER_REGISTRY": "base", "VariationalLayer": "base", "from_dense_options": "base", "register_layer": "base",
     "Conv1dSBPSparseVD": "sbp_sparse_vd", "Conv2dSBPSparseVD": "sbp_sparse_vd", "Conv3dSBPSparseVD": "sbp_sparse_vd",
     "LinearSBPSparseVD": "sbp_sparse_vd",

@@ -1,4 +1,4 @@
-"""Variational dropout for ``nn.MultiheadAttention``: per weight (sparse VD) and per head (group VD).
+"""Variational dropout for ``nn.MultiheadAttention``: per weight (sparse VD) and per head (group VD, SBP).
 
 ``nn.MultiheadAttention`` does not call its projections as modules: its forward hands ``in_proj_weight`` (the
 packed q, k, v projections) and ``out_proj.weight`` straight to ``F.multi_head_attention_forward``, so
@@ -16,6 +16,9 @@ names (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bia
   log-uniform prior and the same KL approximation; a head whose log α exceeds the threshold outputs exactly 0.
   ``to_dense`` folds the 0/1 multiplier into the head's value rows (the head output is linear in v) and also
   zeroes its query/key rows and its ``out_proj`` columns, which no longer matter.
+* :class:`MultiheadAttentionSBP` (method ``sbp``): the same per head with :mod:`.lognormal`'s truncated log-normal
+  noise; a kept head's eval multiplier ``E[θ]`` is folded into its value rows, a head whose SNR is at most the
+  threshold outputs exactly 0.
 
 In eval mode both are deterministic and compute what their ``to_dense()`` (a real ``nn.MultiheadAttention``)
 computes. Supported: ``kdim == vdim == embed_dim``, with or without bias, ``batch_first`` either way, batched
@@ -45,6 +48,16 @@ from torch import nn
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
 from .group_vd import DEFAULT_INIT_LOG_ALPHA, GroupLogAlpha
+from .lognormal import (
+    DEFAULT_INIT_LOG_SIGMA,
+    DEFAULT_INIT_MU,
+    clamped_noise,
+    log_moments,
+    lognormal_kl,
+    sample_theta,
+    snr_of,
+)
+from .lognormal import DEFAULT_THRESHOLD as DEFAULT_SBP_THRESHOLD
 from .sparse_vd import (
     DEFAULT_INIT_LOG_SIGMA2,
     DEFAULT_LOG_ALPHA_CLIP,
@@ -391,7 +404,54 @@ class MultiheadAttentionSVD(_VariationalAttention):
                                          self.out_proj.weight * masks["out_proj.weight"], self.out_proj.bias)
 
 
-class MultiheadAttentionGroupVD(GroupLogAlpha, _VariationalAttention):
+class _PerHead(_VariationalAttention):
+    """What the per-head noise families share: the noise multiplies each head's attention output (before
+    ``out_proj``), one draw per example and head; a pruned head loses its q, k and v rows and its ``out_proj``
+    columns, and ``to_dense`` folds the eval multiplier into the value rows (the head output is linear in v)."""
+
+    def _eval_head_multiplier(self, threshold: float | None) -> torch.Tensor:
+        """Per head: what multiplies its output in eval mode (0 where pruned)."""
+        raise NotImplementedError
+
+    def _sample_head_multiplier(self, batch: int) -> torch.Tensor:
+        """``[batch, heads, 1, 1]``: a draw per example and head."""
+        raise NotImplementedError
+
+    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
+        """A pruned head loses its q, k and v rows (and biases) and its out_proj columns."""
+        per_unit = self.keep_mask(threshold).repeat_interleave(self.head_dim)
+        rows = per_unit.repeat(3)
+        masks = {"in_proj_weight": rows[:, None].expand_as(self.in_proj_weight).clone(),
+                 "out_proj.weight": per_unit[None, :].expand_as(self.out_proj.weight).clone()}
+        if self.in_proj_bias is not None:
+            masks["in_proj_bias"] = rows.clone()
+        return masks
+
+    def _project_in(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        s = self._in_slice(part)
+        return F.linear(x, self.in_proj_weight[s], None if self.in_proj_bias is None else self.in_proj_bias[s])
+
+    def _project_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(x)
+
+    def _head_scale(self, batch: int) -> torch.Tensor:
+        """``[batch or 1, heads, 1, 1]``: a draw per example and head (training), else the eval multiplier."""
+        if not self.training:
+            return self._eval_head_multiplier(None).to(self.in_proj_weight.dtype).reshape(1, -1, 1, 1)
+        return self._sample_head_multiplier(batch)
+
+    def to_dense(self, threshold: float | None = None) -> nn.MultiheadAttention:
+        with torch.no_grad():
+            masks = self.parameter_keep_masks(threshold)
+            inner = self.num_heads * self.head_dim
+            value = torch.ones(3 * inner, dtype=self.in_proj_weight.dtype, device=self.in_proj_weight.device)
+            value[2 * inner:] = self._eval_head_multiplier(threshold).repeat_interleave(self.head_dim)
+            bias = None if self.in_proj_bias is None else self.in_proj_bias * masks["in_proj_bias"] * value
+            return self._dense_attention(self.in_proj_weight * masks["in_proj_weight"] * value[:, None], bias,
+                                         self.out_proj.weight * masks["out_proj.weight"], self.out_proj.bias)
+
+
+class MultiheadAttentionGroupVD(GroupLogAlpha, _PerHead):
     """``nn.MultiheadAttention`` with Gaussian multiplicative noise on every head's output (group VD per head)."""
 
     @classmethod
@@ -408,39 +468,70 @@ class MultiheadAttentionGroupVD(GroupLogAlpha, _VariationalAttention):
                                 log_alpha_clip=log_alpha_clip, threshold=threshold)
         return layer.train(module.training)
 
-    def parameter_keep_masks(self, threshold: float | None = None) -> dict[str, torch.Tensor]:
-        """A pruned head loses its q, k and v rows (and biases) and its out_proj columns."""
-        per_unit = self.keep_mask(threshold).repeat_interleave(self.head_dim)
-        rows = per_unit.repeat(3)
-        masks = {"in_proj_weight": rows[:, None].expand_as(self.in_proj_weight).clone(),
-                 "out_proj.weight": per_unit[None, :].expand_as(self.out_proj.weight).clone()}
-        if self.in_proj_bias is not None:
-            masks["in_proj_bias"] = rows.clone()
-        return masks
+    def _eval_head_multiplier(self, threshold: float | None) -> torch.Tensor:
+        return self.keep_mask(threshold).to(self.in_proj_weight.dtype)
 
-
-    def _project_in(self, x: torch.Tensor, part: int) -> torch.Tensor:
-        s = self._in_slice(part)
-        return F.linear(x, self.in_proj_weight[s], None if self.in_proj_bias is None else self.in_proj_bias[s])
-
-    def _project_out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(x)
-
-    def _head_scale(self, batch: int) -> torch.Tensor:
-        """``[batch or 1, heads, 1, 1]``: a sample of z per example and head (training), else the 0/1 mask."""
-        if not self.training:
-            return self.keep_mask().to(self.in_proj_weight.dtype).reshape(1, -1, 1, 1)
+    def _sample_head_multiplier(self, batch: int) -> torch.Tensor:
         # exp(log α / 2) rather than sqrt(exp(log α)): no sqrt gradient blow-up near 0 (as in group_vd)
         std = torch.exp(0.5 * self.log_alpha).reshape(1, -1, 1, 1)
         return 1 + std * torch.randn(batch, self.num_heads, 1, 1, dtype=std.dtype, device=std.device)
 
-    def to_dense(self, threshold: float | None = None) -> nn.MultiheadAttention:
-        with torch.no_grad():
-            masks = self.parameter_keep_masks(threshold)
-            bias = None if self.in_proj_bias is None else self.in_proj_bias * masks["in_proj_bias"]
-            return self._dense_attention(self.in_proj_weight * masks["in_proj_weight"], bias,
-                                         self.out_proj.weight * masks["out_proj.weight"], self.out_proj.bias)
+
+class MultiheadAttentionSBP(_PerHead):
+    """``nn.MultiheadAttention`` with log-normal multiplicative noise on every head's output (structured Bayesian
+    pruning per head, :mod:`.lognormal`): ``log θ ~ N(μ, σ²)`` truncated to [−20, 0] per head, its KL to the
+    log-uniform prior, a head kept where its SNR exceeds the threshold; in eval mode a kept head's output is
+    multiplied by ``E[θ]``, which ``to_dense`` folds into its value rows."""
+
+    mu: nn.Parameter
+    log_sigma: nn.Parameter
+    threshold: float
+
+    @classmethod
+    def from_dense(
+        cls,
+        module: nn.Module,
+        *,
+        init_mu: float = DEFAULT_INIT_MU,
+        init_log_sigma: float = DEFAULT_INIT_LOG_SIGMA,
+        threshold: float = DEFAULT_SBP_THRESHOLD,
+    ) -> MultiheadAttentionSBP:
+        layer = cls._take_over(module)
+        like = layer.in_proj_weight
+        layer.mu = nn.Parameter(torch.full((layer.num_heads,), float(init_mu), dtype=like.dtype, device=like.device))
+        layer.log_sigma = nn.Parameter(torch.full((layer.num_heads,), float(init_log_sigma), dtype=like.dtype,
+                                                  device=like.device))
+        layer.threshold = float(threshold)
+        return layer.train(module.training)
+
+    def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return clamped_noise(self.mu, self.log_sigma)
+
+    def kl(self) -> torch.Tensor:
+        return lognormal_kl(*self._noise()).sum()
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio ``E[θ]/std(θ)`` per head."""
+        mu, _, sigma = self._noise()
+        return snr_of(mu, sigma)
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per head: SNR > threshold (shape ``[heads]``)."""
+        return self.snr() > (self.threshold if threshold is None else threshold)
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.mu, self.log_sigma]
+
+    def _eval_head_multiplier(self, threshold: float | None) -> torch.Tensor:
+        mu, _, sigma = self._noise()
+        expected = torch.exp(log_moments(mu, sigma)[0])
+        return torch.where(self.keep_mask(threshold), expected, 0.0).to(self.in_proj_weight.dtype)
+
+    def _sample_head_multiplier(self, batch: int) -> torch.Tensor:
+        mu, _, sigma = self._noise()
+        return sample_theta(mu, sigma, [batch, self.num_heads, 1, 1], 1).to(self.in_proj_weight.dtype)
 
 
 register_layer("sparse_vd", nn.MultiheadAttention, MultiheadAttentionSVD)
 register_layer("group_vd", nn.MultiheadAttention, MultiheadAttentionGroupVD)
+register_layer("sbp", nn.MultiheadAttention, MultiheadAttentionSBP)
