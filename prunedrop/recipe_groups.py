@@ -162,7 +162,8 @@ class ConversionConfig:
     channels (smaller layers: faster); ``sbp_sparse_vd`` = both granularities: sbp's noise per unit over sparse VD
     per weight (smaller layers whose remaining weights are stored sparsely). ``nn.LSTM`` / ``nn.GRU`` convert under
     ``sparse_vd`` (per-weight noise, drawn once per sequence) and ``group_vd`` (that plus group noise on inputs, hidden
-    units and gates; removes hidden units)."""
+    units and gates; removes hidden units); ``nn.MultiheadAttention`` under ``sparse_vd`` (per weight), ``group_vd``
+    and ``sbp`` (per head: removes heads)."""
 
     include: list[str] = setting(factory=lambda: ["*"], check=_selects_layers)
     """Glob patterns over qualified module names (``features.0``, ``fc1``); only matching layers are converted."""

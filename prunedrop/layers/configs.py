@@ -52,7 +52,7 @@ class GroupVDConfig:
 @dataclass
 class SBPConfig:
     """``sbp``: per-unit truncated log-normal noise, structured Bayesian pruning (:mod:`prunedrop.layers.lognormal`;
-    also the unit noise of ``sbp_sparse_vd``)."""
+    also per attention head, and the unit noise of ``sbp_sparse_vd``)."""
 
     init_mu: float = setting(0.0)
     """sbp: initial μ of every unit's log-normal noise (log θ ~ N(μ, σ²) truncated to [−20, 0])."""
