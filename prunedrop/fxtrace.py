@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .layers.attention import HeadPrunedMultiheadAttention, float_mask
+
 #: factories that take a size as separate arguments (``torch.zeros(2, 3)``)
 SIZE_FACTORIES = ("zeros", "ones", "empty", "rand", "randn")
 
@@ -115,43 +117,31 @@ class _Untraceable(Exception):
     """A call the traced-through form does not cover (torch.fx's own TraceError says the same of control flow)."""
 
 
+def _known(tracer: _Tracer, mask: Any, dtype: torch.dtype) -> torch.Tensor | None:
+    """A mask as the float tensor it stands for (:func:`~prunedrop.layers.attention.float_mask`): a buffer or
+    constant reaches the call as itself, a model attribute read in the forward as a ``get_attr`` proxy; one computed
+    from the input cannot be known, and stops the trace."""
+    if isinstance(mask, fx.Proxy):
+        if mask.node.op != "get_attr":
+            raise _Untraceable("a mask computed in the forward reaches a head-pruned attention")
+        mask = functools.reduce(getattr, mask.node.target.split("."), tracer.root)
+    return float_mask(mask, dtype)
+
+
 def _attention_heads(tracer: _Tracer, attention: nn.Module, query: Any, key: Any, value: Any,
                      key_padding_mask: Any = None, need_weights: bool = True, attn_mask: Any = None,
                      average_attn_weights: bool = True, is_causal: bool = False) -> Any:
     """prunedrop's head-pruned attention (fewer heads than ``embed_dim / head_dim``, which no torch.nn layer holds)
-    as the projections, products and softmax it computes in eval mode, for batched inputs; a mask must be a buffer
-    or parameter of the model, whose dtype says how it applies (a bool mask is −inf where True, a float one is
-    added). Anything else stops the trace, and the run says the manifest cannot describe the model."""
+    for batched inputs, traced through the module's own ``_attend`` with its masks known (:func:`_known`), whose
+    dtype and rank decide how they apply; anything else stops the trace, and the run says the manifest cannot
+    describe the model."""
     if key_padding_mask is not None:
         raise _Untraceable("a key padding mask reaches a head-pruned attention")
-    mask = attn_mask if isinstance(attn_mask, torch.Tensor) else None  # a buffer reaches here as itself
-    if isinstance(attn_mask, fx.Proxy):
-        node = attn_mask.node
-        if node.op != "get_attr":
-            raise _Untraceable("an attention mask computed in the forward reaches a head-pruned attention")
-        mask = functools.reduce(getattr, node.target.split("."), tracer.root)
-    if attn_mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 2):
-        raise _Untraceable("a head-pruned attention's mask is not one (target, source) matrix")
-    h, d = attention.num_heads, attention.head_dim
     if not attention.batch_first:
         query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-    batch, tgt, src = query.shape[0], query.shape[1], key.shape[1]
-    inner = h * d
-    weight, bias = attention.in_proj_weight, attention.in_proj_bias
-
-    def project(x: Any, part: int) -> Any:
-        rows = slice(part * inner, (part + 1) * inner)
-        y = torch.nn.functional.linear(x, weight[rows], None if bias is None else bias[rows])
-        return y.reshape(batch, -1, h, d).transpose(1, 2)
-
-    q, k, v = project(query, 0), project(key, 1), project(value, 2)
-    scores = torch.matmul(q, k.transpose(-2, -1)) / (d ** 0.5)
-    if mask is not None:
-        scores = scores.masked_fill(attn_mask, float("-inf")) if mask.dtype == torch.bool else scores + attn_mask
-    elif is_causal:
-        scores = scores + torch.full((tgt, src), float("-inf"), dtype=scores.dtype, device=scores.device).triu(1)
-    weights = torch.softmax(scores, dim=-1)
-    out = attention.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(batch, tgt, inner))
+    dtype = attention._parameters["in_proj_weight"].dtype  # the Parameter itself: an attribute read is a proxy here
+    out, weights = attention._attend(query, key, value, _known(tracer, attn_mask, dtype),
+                                     _known(tracer, key_padding_mask, dtype), is_causal)
     if not attention.batch_first:
         out = out.transpose(0, 1)
     if not need_weights:
@@ -167,8 +157,6 @@ class _Tracer(fx.Tracer):
         return type(m) not in THROUGH and super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        from .layers.attention import HeadPrunedMultiheadAttention
-
         through = THROUGH.get(type(m))
         if through is not None:
             forward = functools.partial(through, m)

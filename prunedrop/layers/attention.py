@@ -90,7 +90,7 @@ def unsupported_settings(module: nn.MultiheadAttention) -> list[str]:
     return problems
 
 
-def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """nn.MultiheadAttention's mask convention: a bool mask is True where attention is not allowed (−inf), a
     float mask is added to the scores."""
     if mask is None or mask.is_floating_point():
@@ -163,28 +163,7 @@ class _Attention(nn.Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        batch, tgt, src = query.shape[0], query.shape[1], key.shape[1]
-        h, d = self.num_heads, self.head_dim
-        q = self._project_in(query, 0).reshape(batch, tgt, h, d).transpose(1, 2)
-        k = self._project_in(key, 1).reshape(batch, src, h, d).transpose(1, 2)
-        v = self._project_in(value, 2).reshape(batch, src, h, d).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(d)
-        mask = _float_mask(attn_mask, scores.dtype)
-        if mask is None and is_causal:
-            mask = torch.full((tgt, src), float("-inf"), dtype=scores.dtype, device=scores.device).triu(1)
-        if mask is not None:
-            scores = scores + (mask.reshape(batch, h, tgt, src) if mask.dim() == 3 else mask)
-        padding = _float_mask(key_padding_mask, scores.dtype)
-        if padding is not None:
-            scores = scores + padding.reshape(batch, 1, 1, src)
-        weights = torch.softmax(scores, dim=-1)
-        if self.training and self.dropout > 0:
-            weights = F.dropout(weights, p=self.dropout)
-        context = torch.matmul(weights, v)
-        scale = self._head_scale(batch)
-        if scale is not None:
-            context = context * scale
-        out = self._project_out(context.transpose(1, 2).reshape(batch, tgt, h * d))
+        out, weights = self._attend(query, key, value, attn_mask, key_padding_mask, is_causal)
         if unbatched:
             out = out.squeeze(0)
         elif not self.batch_first:
@@ -194,6 +173,34 @@ class _Attention(nn.Module):
         if average_attn_weights:
             weights = weights.mean(dim=1)
         return out, weights.squeeze(0) if unbatched else weights
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+                key_padding_mask: torch.Tensor | None, is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention of batched, batch-first inputs: (output, weights per head). It branches on the masks
+        (their dtype and rank) but on no input, so that ``prunedrop.fxtrace`` traces a head-pruned attention
+        through it with masks it knows."""
+        batch, tgt, src = query.shape[0], query.shape[1], key.shape[1]
+        h, d = self.num_heads, self.head_dim
+        q = self._project_in(query, 0).reshape(batch, tgt, h, d).transpose(1, 2)
+        k = self._project_in(key, 1).reshape(batch, src, h, d).transpose(1, 2)
+        v = self._project_in(value, 2).reshape(batch, src, h, d).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(d)
+        mask = float_mask(attn_mask, scores.dtype)
+        if mask is None and is_causal:
+            mask = torch.full((tgt, src), float("-inf"), dtype=scores.dtype, device=scores.device).triu(1)
+        if mask is not None:
+            scores = scores + (mask.reshape(batch, h, tgt, src) if mask.dim() == 3 else mask)
+        padding = float_mask(key_padding_mask, scores.dtype)
+        if padding is not None:
+            scores = scores + padding.reshape(batch, 1, 1, src)
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, p=self.dropout)
+        context = torch.matmul(weights, v)
+        scale = self._head_scale(batch)
+        if scale is not None:
+            context = context * scale
+        return self._project_out(context.transpose(1, 2).reshape(batch, tgt, h * d)), weights
 
     def _forward_nested(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, need_weights: bool,
                         attn_mask: torch.Tensor | None, average_attn_weights: bool,
