@@ -48,15 +48,7 @@ from torch import nn
 from ..errors import PrunedropError
 from .base import VariationalLayer, register_layer
 from .group_vd import DEFAULT_INIT_LOG_ALPHA, GroupLogAlpha
-from .lognormal import (
-    DEFAULT_INIT_LOG_SIGMA,
-    DEFAULT_INIT_MU,
-    clamped_noise,
-    log_moments,
-    lognormal_kl,
-    sample_theta,
-    snr_of,
-)
+from .lognormal import DEFAULT_INIT_LOG_SIGMA, DEFAULT_INIT_MU, LogNormalNoise
 from .lognormal import DEFAULT_THRESHOLD as DEFAULT_SBP_THRESHOLD
 from .sparse_vd import (
     DEFAULT_INIT_LOG_SIGMA2,
@@ -484,15 +476,11 @@ class MultiheadAttentionGroupVD(GroupLogAlpha, _PerHead):
         return 1 + std * torch.randn(batch, self.num_heads, 1, 1, dtype=std.dtype, device=std.device)
 
 
-class MultiheadAttentionSBP(_PerHead):
+class MultiheadAttentionSBP(LogNormalNoise, _PerHead):
     """``nn.MultiheadAttention`` with log-normal multiplicative noise on every head's output (structured Bayesian
     pruning per head, :mod:`.lognormal`): ``log θ ~ N(μ, σ²)`` truncated to [−20, 0] per head, its KL to the
     log-uniform prior, a head kept where its SNR exceeds the threshold; in eval mode a kept head's output is
     multiplied by ``E[θ]``, which ``to_dense`` folds into its value rows."""
-
-    mu: nn.Parameter
-    log_sigma: nn.Parameter
-    threshold: float
 
     @classmethod
     def from_dense(
@@ -504,39 +492,15 @@ class MultiheadAttentionSBP(_PerHead):
         threshold: float = DEFAULT_SBP_THRESHOLD,
     ) -> MultiheadAttentionSBP:
         layer = cls._take_over(module)
-        like = layer.in_proj_weight
-        layer.mu = nn.Parameter(torch.full((layer.num_heads,), float(init_mu), dtype=like.dtype, device=like.device))
-        layer.log_sigma = nn.Parameter(torch.full((layer.num_heads,), float(init_log_sigma), dtype=like.dtype,
-                                                  device=like.device))
-        layer.threshold = float(threshold)
+        layer._init_lognormal(layer.num_heads, layer.in_proj_weight, init_mu=init_mu, init_log_sigma=init_log_sigma,
+                              threshold=threshold)
         return layer.train(module.training)
 
-    def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return clamped_noise(self.mu, self.log_sigma)
-
-    def kl(self) -> torch.Tensor:
-        return lognormal_kl(*self._noise()).sum()
-
-    def snr(self) -> torch.Tensor:
-        """Signal-to-noise ratio ``E[θ]/std(θ)`` per head."""
-        mu, _, sigma = self._noise()
-        return snr_of(mu, sigma)
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per head: SNR > threshold (shape ``[heads]``)."""
-        return self.snr() > (self.threshold if threshold is None else threshold)
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.mu, self.log_sigma]
-
     def _eval_head_multiplier(self, threshold: float | None) -> torch.Tensor:
-        mu, _, sigma = self._noise()
-        expected = torch.exp(log_moments(mu, sigma)[0])
-        return torch.where(self.keep_mask(threshold), expected, 0.0).to(self.in_proj_weight.dtype)
+        return self._eval_multiplier(threshold).to(self.in_proj_weight.dtype)
 
     def _sample_head_multiplier(self, batch: int) -> torch.Tensor:
-        mu, _, sigma = self._noise()
-        return sample_theta(mu, sigma, [batch, self.num_heads, 1, 1], 1).to(self.in_proj_weight.dtype)
+        return self._sample_multiplier([batch, self.num_heads, 1, 1], 1).to(self.in_proj_weight.dtype)
 
 
 register_layer("sparse_vd", nn.MultiheadAttention, MultiheadAttentionSVD)

@@ -25,7 +25,7 @@ Numerics. Written literally in float32 the formulas collapse: once μ drifts a l
 ``log(Φ(h) − Φ(l))`` is split as ``−c²/2 + r`` with c the point of ``[l, h]`` nearest 0 and
 ``r`` = O(1) computed from Mills' ratio ``M(x) = (1 − Φ(x))/φ(x) = √(π/2)·erfcx(x/√2)`` (this is how
 ``log_ndtr`` itself works in the tails), and the quadratic parts ``c²/2`` of the different terms are
-cancelled algebraically before any rounding; see :func:`log_moments` and :func:`lognormal_kl`.
+cancelled algebraically before any rounding; see :func:`_log_moments` and :func:`_kl`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _reduced_log_mass(lo: torch.Tensor, hi: torch.Tensor, width: torch.Tensor) -
     return torch.where(tail, r_tail, torch.log(mass))
 
 
-def log_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log E[θ], D)`` with ``D = log E[θ²] − 2·log E[θ] = log(1 + Var θ / E[θ]²)``.
 
     ``log E[θᵏ] = kμ + k²σ²/2 + log Z_k − log Z_0`` with ``Z_k = Φ(β − kσ) − Φ(α − kσ)``. Writing
@@ -151,7 +151,7 @@ def log_moments(mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, to
     return log_mean, (q2 - 2 * q1) + (r2 - 2 * r1 + r0)
 
 
-def lognormal_kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """KL(truncated log-normal ‖ log-uniform on [a, b]) per unit: ``log(b − a) − entropy``.
 
     ``−log Z − T`` with ``T = (αφ(α) − βφ(β))/(2Z)``: in a tail (interval at distance t from 0, width w)
@@ -174,50 +174,92 @@ def lognormal_kl(mu: torch.Tensor, log_sigma: torch.Tensor, sigma: torch.Tensor)
     return const - log_sigma + torch.where(tail, tail_part, mid_part)
 
 
-def clamped_noise(mu: torch.Tensor, log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clamped (μ, log σ, σ) of raw per-unit parameters, in at least float32: half precision cannot hold these
-    statistics."""
-    dtype = torch.promote_types(mu.dtype, torch.float32)
-    mu = mu.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
-    log_sigma = log_sigma.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
-    return mu, log_sigma, torch.exp(log_sigma)
-
-
-def snr_of(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio ``E[θ]/std(θ)`` of clamped (μ, σ).
-
-    Where θ is all but deterministic, ``D = log(1 + Var/E²)`` drowns in rounding (it can even come out ≤ 0);
-    flooring it at ``tiny^(1/3)`` keeps the SNR and its gradient finite (SNR ≤ 2·10⁶ in float32), far above any
-    sensible threshold.
-    """
-    d = log_moments(mu, sigma)[1]
-    floor = torch.finfo(d.dtype).tiny ** (1.0 / 3.0)
-    return torch.rsqrt(torch.expm1(d.clamp_min(floor)))
-
-
-def sample_theta(mu: torch.Tensor, sigma: torch.Tensor, shape: list[int], unit_axis: int) -> torch.Tensor:
-    """θ drawn by inverse-CDF sampling from clamped per-unit (μ, σ), one per element of ``shape`` (the units along
-    ``unit_axis``)."""
-    a, b = LOG_THETA_MIN, LOG_THETA_MAX
-    per_unit = [1] * len(shape)
-    per_unit[unit_axis] = -1
-    mu, sigma = mu.reshape(per_unit), sigma.reshape(per_unit)
-    lo = torch.special.ndtr((a - mu) / sigma)
-    hi = torch.special.ndtr((b - mu) / sigma)
-    u = torch.rand(shape, dtype=mu.dtype, device=mu.device)
-    gamma = (lo + u * (hi - lo)).clamp(SAMPLE_EPS, 1 - SAMPLE_EPS)
-    # The γ clip can put μ + σ·Φ⁻¹(γ) outside [a, b] when the interval is deep in a tail of N(μ, σ²).
-    log_theta = (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
-    return torch.exp(log_theta)
-
-
-class LogNormal(OutputUnitNoise):
-    """Log-normal noise per unit (the SBP layers); ``mu`` and ``log_sigma`` have one entry per unit."""
-
-    caches_eval_multiplier = True
+class LogNormalNoise:
+    """Truncated log-normal noise per group - an output unit, an attention head - with the log-uniform prior: its
+    clamped parameters, KL, moments, SNR, keep mask and draws, shared by :class:`LogNormal` and
+    :class:`~prunedrop.layers.attention.MultiheadAttentionSBP` (as :class:`~prunedrop.layers.group_vd.GroupLogAlpha`
+    is by the Gaussian family). List it before the layer's other bases."""
 
     mu: nn.Parameter
     log_sigma: nn.Parameter
+    threshold: float
+
+    def _init_lognormal(self, groups: int, like: torch.Tensor, *, init_mu: float, init_log_sigma: float,
+                        threshold: float) -> None:
+        """``groups`` entries of μ and log σ on the device and in the dtype of ``like`` (the layer's weight)."""
+        self.mu = nn.Parameter(torch.full((groups,), float(init_mu), dtype=like.dtype, device=like.device))
+        self.log_sigma = nn.Parameter(torch.full((groups,), float(init_log_sigma), dtype=like.dtype,
+                                                 device=like.device))
+        self.threshold = float(threshold)
+
+    def _raw_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and log σ per group, as stored (:class:`LogNormal` repeats tied slots over their units)."""
+        return self.mu, self.log_sigma
+
+    def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clamped (μ, log σ, σ) per group, in at least float32: half precision cannot hold these statistics."""
+        mu, log_sigma = self._raw_noise()
+        dtype = torch.promote_types(mu.dtype, torch.float32)
+        mu = mu.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
+        log_sigma = log_sigma.to(dtype).clamp(PARAM_MIN, PARAM_MAX)
+        return mu, log_sigma, torch.exp(log_sigma)
+
+    def kl(self) -> torch.Tensor:
+        return _kl(*self._noise()).sum()
+
+    def log_expected_theta(self) -> torch.Tensor:
+        """``log E[θ]`` per group."""
+        mu, _, sigma = self._noise()
+        return _log_moments(mu, sigma)[0]
+
+    def expected_theta(self) -> torch.Tensor:
+        """``E[θ]`` per group (before pruning), in ``[e^a, e^b]``."""
+        return torch.exp(self.log_expected_theta())
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio ``E[θ]/std(θ)`` per group.
+
+        Where θ is all but deterministic, ``D = log(1 + Var/E²)`` drowns in rounding (it can even come out
+        ≤ 0); flooring it at ``tiny^(1/3)`` keeps the SNR and its gradient finite (SNR ≤ 2·10⁶ in float32),
+        far above any sensible threshold.
+        """
+        mu, _, sigma = self._noise()
+        d = _log_moments(mu, sigma)[1]
+        floor = torch.finfo(d.dtype).tiny ** (1.0 / 3.0)
+        return torch.rsqrt(torch.expm1(d.clamp_min(floor)))
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Per group: SNR > threshold."""
+        t = self.threshold if threshold is None else threshold
+        return self.snr() > t
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.mu, self.log_sigma]
+
+    def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
+        """What multiplies each group's output in eval mode: E[θ] where kept, else 0."""
+        return torch.where(self.keep_mask(threshold), self.expected_theta(), 0.0)
+
+    def _sample_multiplier(self, shape: list[int], unit_axis: int) -> torch.Tensor:
+        """θ drawn by inverse-CDF sampling, one per element of ``shape`` (the groups along ``unit_axis``)."""
+        mu, _, sigma = self._noise()
+        a, b = LOG_THETA_MIN, LOG_THETA_MAX
+        per_unit = [1] * len(shape)
+        per_unit[unit_axis] = -1
+        mu, sigma = mu.reshape(per_unit), sigma.reshape(per_unit)
+        lo = torch.special.ndtr((a - mu) / sigma)
+        hi = torch.special.ndtr((b - mu) / sigma)
+        u = torch.rand(shape, dtype=mu.dtype, device=mu.device)
+        gamma = (lo + u * (hi - lo)).clamp(SAMPLE_EPS, 1 - SAMPLE_EPS)
+        # The γ clip can put μ + σ·Φ⁻¹(γ) outside [a, b] when the interval is deep in a tail of N(μ, σ²).
+        log_theta = (mu + sigma * torch.special.ndtri(gamma)).clamp(a, b)
+        return torch.exp(log_theta)
+
+
+class LogNormal(LogNormalNoise, OutputUnitNoise):
+    """Log-normal noise per unit (the SBP layers); ``mu`` and ``log_sigma`` have one entry per unit."""
+
+    caches_eval_multiplier = True
     unit_noise_names = ("mu", "log_sigma")
 
     @classmethod
@@ -230,53 +272,19 @@ class LogNormal(OutputUnitNoise):
         threshold: float = DEFAULT_THRESHOLD,
     ) -> LogNormal:
         layer = cls._take_over(module)
-        layer.mu = layer._unit_parameter(init_mu)
-        layer.log_sigma = layer._unit_parameter(init_log_sigma)
-        layer.threshold = float(threshold)
+        layer._init_lognormal(layer.num_units, layer.weight, init_mu=init_mu, init_log_sigma=init_log_sigma,
+                              threshold=threshold)
         layer.train(module.training)
         return layer
 
-    def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clamped (μ, log σ, σ) per unit (:func:`clamped_noise`)."""
-        return clamped_noise(self._per_unit_values(self.mu), self._per_unit_values(self.log_sigma))
-
-    def kl(self) -> torch.Tensor:
-        return lognormal_kl(*self._noise()).sum()
-
-    def log_expected_theta(self) -> torch.Tensor:
-        """``log E[θ]`` per unit."""
-        mu, _, sigma = self._noise()
-        return log_moments(mu, sigma)[0]
-
-    def expected_theta(self) -> torch.Tensor:
-        """``E[θ]`` per unit (before pruning), in ``[e^a, e^b]``."""
-        return torch.exp(self.log_expected_theta())
-
-    def snr(self) -> torch.Tensor:
-        """Signal-to-noise ratio ``E[θ]/std(θ)`` per unit (:func:`snr_of`)."""
-        mu, _, sigma = self._noise()
-        return snr_of(mu, sigma)
-
-    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
-        """Per unit: SNR > threshold (shape ``[out_units]``)."""
-        t = self.threshold if threshold is None else threshold
-        return self.snr() > t
-
-    def noise_parameters(self) -> list[nn.Parameter]:
-        return [self.mu, self.log_sigma]
-
-    def _eval_multiplier(self, threshold: float | None) -> torch.Tensor:
-        return torch.where(self.keep_mask(threshold), self.expected_theta(), 0.0)
-
-    def _sample_multiplier(self, shape: list[int], unit_axis: int) -> torch.Tensor:
-        mu, _, sigma = self._noise()
-        return sample_theta(mu, sigma, shape, unit_axis)
+    def _raw_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._per_unit_values(self.mu), self._per_unit_values(self.log_sigma)
 
 
 def total_kl(layers: list[LogNormal], factors: list[float]) -> torch.Tensor:
     """``Σ factor·KL`` over several log-normal layers, computed in one pass over all their units.
 
-    The same value as ``Σ factor·layer.kl()``; one call instead of one per layer, because :func:`lognormal_kl` is
+    The same value as ``Σ factor·layer.kl()``; one call instead of one per layer, because :func:`_kl` is
     a few hundred small elementwise operations whatever the number of units, and on a GPU their launches, not the
     arithmetic, are the cost: a ResNet-20 with 21 SBP layers spent most of each training step on them.
     """
@@ -284,7 +292,7 @@ def total_kl(layers: list[LogNormal], factors: list[float]) -> torch.Tensor:
     dtype = functools.reduce(torch.promote_types, (n[0].dtype for n in noise))
     mu, log_sigma, sigma = (torch.cat([n[i].to(dtype) for n in noise]) for i in range(3))
     weights = torch.cat([torch.full_like(n[0], float(f), dtype=dtype) for n, f in zip(noise, factors, strict=True)])
-    return (lognormal_kl(mu, log_sigma, sigma) * weights).sum()
+    return (_kl(mu, log_sigma, sigma) * weights).sum()
 
 
 class LinearLogNormal(LogNormal, LinearUnits, nn.Linear):
