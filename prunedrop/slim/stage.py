@@ -840,8 +840,8 @@ def _slim_once(
             misread.update(analyses[gi].producers())
     # a layer whose pruned units neither left nor were named above: the dependency graph put them in no group it
     # planned (an attention-pooling map read as coupled to them kept a convolution whole, and the run said nothing)
-    named = {part.strip() for note in notes for part in note.split(":")[0].replace("(coupled with", ",")
-             .replace(")", "").split(",")}
+    named = {name for name in masks if name not in traced} | {names.get(m, str(m)) for m in failed}
+    named |= {name for gi, _ in plan.kept for name in analyses[gi].producers()}
     for name, mask in masks.items():
         pruned = int((~mask).sum())
         if name in removed and name not in named and removed[name][0] - removed[name][1] < pruned:
