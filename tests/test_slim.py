@@ -1880,3 +1880,146 @@ def test_channels_regrouped_by_a_view_of_the_same_rank_are_named_as_moved() -> N
     """The view was read as a flatten whose channel numbers grew without bound, and that was the reason given."""
     stuck = unremovable_layers(_Capsules().eval(), torch.randn(4, 1, 6, 6))
     assert "moves channels to other places or numbers" in stuck["prim"], stuck
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: a 1x1 convolution's output concatenated with a depthwise convolution of it."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(c_in, c_out // 2, 1, bias=False), nn.BatchNorm2d(c_out // 2))
+        self.cheap = nn.Sequential(nn.Conv2d(c_out // 2, c_out // 2, 3, padding=1, groups=c_out // 2, bias=False),
+                                   nn.BatchNorm2d(c_out // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)
+
+
+class _GhostStream(nn.Module):
+    """Two Ghost modules write one residual stream of 8 channels with a projection shortcut: channels j and j + 4
+    are one unit of each Ghost's first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.g1, self.short = _Ghost(6, 8), nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.g2 = _Ghost(8, 8)
+        self.down = nn.Conv2d(8, 10, 1)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = self.g1(h) + self.short(h)
+        h = self.g2(h) + h
+        return self.fc(torch.relu(self.down(h)).mean((2, 3)))
+
+
+def test_a_ghost_modules_channels_leave_only_with_the_channel_their_unit_also_writes() -> None:
+    """Removing stream channel 7 (the depthwise copy of unit 3) took channel 3 with it, which the shortcut still
+    wrote: the slim model's output moved by 0.18, the check caught it and slimming fell back to trying every layer
+    alone (GhostNet: 360 slims, 200 s). Channel 7 now stays, with the reason, and the slim is exact."""
+    torch.manual_seed(0)
+    model = _GhostStream().eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1), bn.bias.uniform_(-1, 1)
+    x = torch.randn(4, 1, 8, 8)
+    masks = _prune_units(model, {"g1.primary.0": [3], "g1.cheap.0": [3], "short.0": [3, 7], "g2.primary.0": [3],
+                                 "g2.cheap.0": [3]})
+    result = slim(model, masks, x)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    assert any("that one unit also writes" in note for note in result.notes), result.notes
+    assert not any("kept as zeros, since removing them" in note for note in result.notes), result.notes
+
+
+class _PartialResidual(nn.Module):
+    """ReXNet's block: the shortcut is added to the first c_in channels only, cat([x[:, :c_in] + s, x[:, c_in:]])."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.c_in = c_in
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        x = self.conv(s)
+        return torch.cat([x[:, 0:self.c_in] + s, x[:, self.c_in:]], 1)
+
+
+class _PartialResidualNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(1, 6, 3, padding=1), _PartialResidual(6, 8), _PartialResidual(8, 10)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.b(self.a(torch.relu(self.stem(x))))).mean((2, 3)))
+
+
+def test_layers_whose_units_break_the_forward_only_together_are_named_before_training() -> None:
+    """A residual stream sliced at a fixed offset breaks only when all of its producers lose a unit, and the check
+    halved the layers apart, each half slimming: nothing was named, SBP trained those layers on a ReXNet, and the
+    slim after training broke and fell back. The layers that break it together are named, each with the others."""
+    torch.manual_seed(0)
+    stuck = unremovable_layers(_PartialResidualNet().eval(), torch.randn(2, 1, 6, 6))
+    assert {"stem", "a.conv"} <= set(stuck), stuck
+    assert "together with those of" in stuck["stem"] and "a.conv" in stuck["stem"], stuck
+
+
+class _ManyLayersOneFixed(nn.Module):
+    """Sixteen convolutions in a row; the ninth's output is viewed with its width written out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else 6, 6, 3, padding=1) for i in range(16)])
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = torch.relu(conv(x))
+            if i == 8:
+                x = x.reshape(x.shape[0], 6, -1).reshape(x.shape)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_slimming_that_breaks_halves_the_layers_instead_of_trying_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the whole slim broke, every layer was slimmed alone and then added one by one: 2 slims per layer. Halves
+    are added while the model slims now: the one layer that breaks it is found in a few slims, and the others go."""
+    from prunedrop.slim import stage
+
+    torch.manual_seed(0)
+    model = _ManyLayersOneFixed().eval()
+    masks = _prune_units(model, {f"convs.{i}": [2] for i in range(16)})
+    calls = []
+    original = stage._slim_once
+    monkeypatch.setattr(stage, "_slim_once", lambda *a, **k: calls.append(1) or original(*a, **k))
+    result = slim(model, masks, torch.randn(2, 1, 5, 5))
+    assert result.removed["convs.8"] == (6, 6) and result.removed["convs.3"] == (6, 5), result.removed
+    assert any("convs.8" in note and "kept as zeros" in note for note in result.notes), result.notes
+    assert len(calls) <= 12, len(calls)
+
+
+class _GhostThenDepthwise(nn.Module):
+    """A Ghost module read by a depthwise convolution (GhostNet's strided blocks): dw's channels j and j + 4 are one
+    unit of the Ghost's first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.g = nn.Conv2d(1, 6, 3, padding=1), _Ghost(6, 8)
+        self.dw, self.pw, self.fc = nn.Conv2d(8, 8, 3, 2, 1, groups=8), nn.Conv2d(8, 10, 1), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.dw(torch.relu(self.g(torch.relu(self.stem(x))))))
+        return self.fc(torch.relu(self.pw(h)).mean((2, 3)))
+
+
+def test_a_ghost_modules_unit_leaves_when_both_of_its_channels_are_pruned() -> None:
+    """Removing dw's channel 6 took channel 2 (the same unit of g.primary) with it: the output moved, and every
+    pruned channel of dw stayed. Channels 1 and 5 (both of unit 1) leave now, with the unit; 6 stays, named."""
+    torch.manual_seed(0)
+    model = _GhostThenDepthwise().eval()
+    x = torch.randn(4, 1, 8, 8)
+    result = slim(model, _prune_units(model, {"dw": [1, 5, 6]}), x)
+    assert result.removed["dw"] == (8, 6) and result.removed["g.primary.0"] == (4, 3), result.removed
+    assert any(note.startswith("dw (coupled with g.primary.0): kept pruned channel(s) [6]") for note in result.notes)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5

@@ -157,6 +157,9 @@ class GroupAnalysis:
                 self.channels[root].members[item.dep.target].append((item.dep.handler, idx))
         # a pixel shuffle joins blocks of its input channels into one output channel (:func:`_map_blocks`)
         self.blocks = any(getattr(item.dep.target, "prunedrop_block", 1) > 1 for item in group)
+        # one unit reaches two of the group's channels: a Ghost module concatenates a layer's output and a depthwise
+        # convolution of it, so removing either channel takes the other with it (set by the plan once seen)
+        self.aliased = False
         self._joined: dict[int, frozenset[int]] = {}
         self._removals: dict[tuple[int, ...], Any] = {}
 
@@ -223,8 +226,9 @@ class GroupAnalysis:
 
     def joined(self, root: int) -> frozenset[int]:
         """The root channels that leave together with ``root``: a pixel shuffle's block (the unit before it that
-        writes one of its input channels takes the block's other units with it), or ``root`` alone."""
-        if not self.blocks:
+        writes one of its input channels takes the block's other units with it), the channels one unit reaches
+        (:attr:`aliased`), or ``root`` alone."""
+        if not (self.blocks or self.aliased):
             return frozenset((root,))
         if root not in self._joined:
             together = frozenset(self.leaving([root]) & set(self.channels)) | {root}
@@ -248,6 +252,23 @@ class GroupAnalysis:
         return {i for item in self.removal(roots)
                 if item.dep.target.module is self.root and self.graph.is_out_channel_pruning_fn(item.dep.handler)
                 for i in item.idxs}
+
+    def fans_out(self, roots: list[int]) -> bool:
+        """Whether removing ``roots`` takes other channels with it because one unit of a producer writes several of
+        them: a Ghost module's layer whose output is concatenated with a depthwise convolution of it (read by a
+        depthwise convolution, or in a residual stream that a shortcut writes channel by channel). A gate's two halves
+        also leave together, but there the producer loses a unit for each channel that leaves."""
+        leaving = self.leaving(roots)
+        if self.blocks or leaving <= set(roots):
+            return False
+        lost: dict[Any, set[int]] = defaultdict(set)
+        for item in self.removal(roots):
+            module = item.dep.target.module
+            if (isinstance(module, WEIGHT_LAYERS) and not is_depthwise(module)
+                    and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+                    and not self.graph.is_in_channel_pruning_fn(item.dep.handler)):
+                lost[item.dep.target].update(item.idxs)
+        return any(len(units) < len(leaving) for units in lost.values())
 
     def pruned(self, node: Any, idx: int) -> bool:
         mask = self.masks.get(self.name(node))
