@@ -84,3 +84,23 @@ def test_a_global_context_network_is_traced_in_seconds() -> None:
     result = slim(model, masks, x)
     assert any(after < before for before, after in result.removed.values())
     assert result.max_abs_diff <= 1e-4
+
+
+def test_a_network_with_relative_position_attention_is_traced_in_seconds() -> None:
+    """timm's BoTNet-26t: Torch-Pruning read the relative position embeddings' reshapes inside a cycle that gave a
+    new index list each turn, and one group grew without end (its SBP run's early check ran for more than 15
+    minutes). A group that outgrows the graph now fails alone, named, and the rest is checked in seconds."""
+    timm = pytest.importorskip("timm")
+    import time
+
+    import torch
+
+    from prunedrop.slim import unremovable_layers
+
+    torch.manual_seed(0)
+    model = timm.create_model("botnet26t_256", pretrained=False, num_classes=10, img_size=64).eval()
+    start = time.perf_counter()
+    stuck = unremovable_layers(model, torch.randn(2, 3, 64, 64))
+    assert time.perf_counter() - start < 120
+    assert any("grew past" in why and "entries" in why for why in stuck.values()), stuck
+    assert len(stuck) < 40, stuck  # the other layers stay convertible

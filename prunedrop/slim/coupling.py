@@ -585,7 +585,7 @@ def _each_mapping_alone() -> Iterator[None]:
 
 
 class _GroupGrows(RuntimeError):
-    """Torch-Pruning's index mapping of a flatten produced more channel indices than any layer of the model reads."""
+    """A dependency group grew past any size the model explains (a flatten's indices, or its entries, in a cycle)."""
 
 
 @contextlib.contextmanager
@@ -616,6 +616,33 @@ def _bounded_flattens(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         _FlattenIndexMapping.__call__ = original
+
+
+@contextlib.contextmanager
+def _bounded_groups(limit: int) -> Iterator[None]:
+    """Torch-Pruning adds an entry to a group for every new index list it reaches; an index mapping it reads inside a
+    cycle that yields a new list each turn (timm's BoTNet, relative position embeddings reshaped through its
+    attention) grew one group without end: the early check of a 64×64 BoTNet-26 ran for more than 15 minutes. A
+    group that grows past ``limit`` entries raises :class:`_GroupGrows` instead: that layer's group fails alone
+    (:func:`unit_groups`) and its units stay."""
+    try:
+        from torch_pruning.dependency.group import Group
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout
+        yield
+        return
+    original = Group.add_dep
+
+    def bounded(self: Any, dep: Any, idxs: Any) -> Any:
+        if len(getattr(self, "_group", ())) >= limit:
+            raise _GroupGrows(f"its dependency group grew past {limit} entries, through an operation that Torch-Pruning "
+                              "read inside a cycle (a relative position embedding's reshapes)")
+        return original(self, dep, idxs)
+
+    Group.add_dep = bounded
+    try:
+        yield
+    finally:
+        Group.add_dep = original
 
 
 @contextlib.contextmanager
@@ -1159,6 +1186,8 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
     failed: dict[nn.Module, str] = {}
     covered: dict[int, set[int]] = defaultdict(set)
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
+    # a group holds each node a few times at most (torchvision's ViT-B/16: 528 entries for 540 nodes)
+    limit = 8 * len(graph.module2node) + 1000
     for module in list(graph.module2node):
         if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
             continue
@@ -1167,7 +1196,8 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
         if width is None or len(covered[id(module)]) >= width:
             continue
         try:
-            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+            with _bounded_groups(limit):
+                group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
         except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
             failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
             continue
@@ -1191,6 +1221,24 @@ def _analysed_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[lis
         every, _ = unit_groups(graph)
     names = node_names(model)
     return [GroupAnalysis(graph, g, names, {}, set()) for g in every], names
+
+
+def producer_sets(model: nn.Module, example_input: torch.Tensor, layers: list[str]) -> list[list[str]]:
+    """``layers`` in lists of the producers of one dependency group (each layer in the first group it produces; the
+    others alone), in the order of ``layers``: they number the group's channels alike, so a channel leaves all of
+    them or none. Where the model cannot be traced, each layer alone. ``model`` is not modified."""
+    try:
+        analyses, _ = _analysed_groups(model, example_input)
+    except Exception:  # noqa: BLE001 - the layers one by one
+        analyses = []
+    owner: dict[str, int] = {}
+    for gi, an in enumerate(analyses):
+        for name in an.producers():
+            owner.setdefault(name, gi)
+    sets: dict[Any, list[str]] = {}
+    for name in layers:
+        sets.setdefault(owner.get(name, name), []).append(name)
+    return list(sets.values())
 
 
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:

@@ -34,6 +34,7 @@ from .coupling import (
     feeds_pixel_shuffle,
     import_torch_pruning,
     node_names,
+    producer_sets,
     trace,
     unit_groups,
 )
@@ -723,29 +724,9 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
     # keeps them in one piece, so a forward that breaks only when all of them lose units (ReXNet adds its shortcut to
     # a fixed slice, x[:, 0:c_in]) is found in a few slims, where separating them took one slim per layer (DPN-68:
     # 410 s before training)
-    probe(_coupled_sets(work, x, list(masks)), error=first)
+    probe(producer_sets(work, x, list(masks)), error=first)
     return found
 
-
-def _coupled_sets(model: nn.Module, x: torch.Tensor, layers: list[str]) -> list[list[str]]:
-    """``layers`` in lists of those that are producers of one dependency group (each layer in the first such group;
-    the others alone), in the model's order."""
-    tp = import_torch_pruning()
-    names = node_names(model)
-    owner: dict[str, int] = {}
-    try:
-        with all_requiring_grad(model):
-            graph, output_fns = trace(tp, model, x.detach())
-            groups, _ = unit_groups(graph)
-            for gi, group in enumerate(groups):
-                for name in GroupAnalysis(graph, group, names, {}, output_fns).producers():
-                    owner.setdefault(name, gi)
-    except Exception:  # noqa: BLE001 - the layers one by one, as before
-        owner = {}
-    sets: dict[Any, list[str]] = {}
-    for name in layers:
-        sets.setdefault(owner.get(name, name), []).append(name)
-    return list(sets.values())
 
 
 def slim(
