@@ -698,6 +698,16 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
     def name_together(layers: list[str], error: _SlimBroke) -> None:
         found.update({name: why(error, [n for n in layers if n != name]) for name in layers})
 
+    def alone(layers: list[str], error: _SlimBroke | None) -> None:
+        """Halve ``layers`` down to those that break the forward alone (a half that slims is left)."""
+        if error is None and (error := breaks(layers)) is None:
+            return
+        if len(layers) == 1:
+            found[layers[0]] = why(error, [])
+            return
+        alone(layers[:len(layers) // 2], None)
+        alone(layers[len(layers) // 2:], None)
+
     def probe(items: list[list[str]], error: _SlimBroke | None = None) -> None:
         """Halve ``items`` (lists of layers) down to those that break the forward alone."""
         if not items:
@@ -708,9 +718,13 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
         except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
             return
         if len(items) == 1:
-            # one layer, or the producers of one group: they number its channels alike, so a channel leaves all of
-            # them or none, and the forward breaks for every one of them
-            name_together(items[0], error)
+            # one layer, or the producers of one group: a layer of it that breaks the forward alone is named alone
+            # (a squeeze-excitation's expansion is coupled to a layer whose width the code writes out); where none
+            # does, they break it together (a channel leaves all of them or none)
+            before = len(found)
+            alone(items[0], error)
+            if len(found) == before:
+                name_together(items[0], error)
             return
         before = len(found)
         probe(items[:len(items) // 2])
