@@ -669,6 +669,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
             result = _slim_once(work, subset, x, atol=1e-5, fold_borders=False, channel_multiple=1)
         except _SlimBroke as e:
             return e
+        except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
+            return None
         found.update({**_held_by_dense(result, subset, dense), **_misread(result, subset)})
         return None
 
@@ -710,12 +712,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
 
     def probe(items: list[list[str]], error: _SlimBroke | None = None) -> None:
         """Halve ``items`` (lists of layers) down to those that break the forward alone."""
-        if not items:
-            return
-        try:
-            if error is None and (error := breaks([n for item in items for n in item])) is None:
-                return
-        except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
+        if not items or (error is None and (error := breaks([n for item in items for n in item])) is None):
             return
         if len(items) == 1:
             # one layer, or the producers of one group: a layer of it that breaks the forward alone is named alone
