@@ -1931,6 +1931,7 @@ def test_a_ghost_modules_channels_leave_only_with_the_channel_their_unit_also_wr
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
     assert any("that one unit also writes" in note for note in result.notes), result.notes
     assert not any("kept as zeros, since removing them" in note for note in result.notes), result.notes
+    assert not any("placed them in no group" in note for note in result.notes), result.notes  # its copy: named above
 
 
 class _PartialResidual(nn.Module):

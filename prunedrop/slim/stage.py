@@ -922,6 +922,9 @@ def _slim_once(
     # planned (an attention-pooling map read as coupled to them kept a convolution whole, and the run said nothing)
     named = {name for name in masks if name not in traced} | {names.get(m, str(m)) for m in failed}
     named |= {name for gi, _ in plan.kept for name in analyses[gi].producers()}
+    # (and the depthwise convolutions on the kept channels: a Ghost module's copy stays with its partner, named)
+    named |= {analyses[gi].name(node) for (gi, _), roots in plan.kept.items() for root in roots
+              for node in analyses[gi].channels[root].members if is_depthwise(node.module)}
     for name, mask in masks.items():
         pruned = int((~mask).sum())
         if name in removed and name not in named and removed[name][0] - removed[name][1] < pruned:
