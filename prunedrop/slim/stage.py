@@ -683,61 +683,27 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
                 "graph": f"{_cannot_follow(e.reason)}: an operation that moves channels elsewhere or changes their "
                          "number (a channel or pixel shuffle)"}[e.kind]
 
-    def smallest(part: list[list[str]], error: _SlimBroke) -> tuple[list[list[str]], _SlimBroke]:
-        """A subset of ``part`` that still breaks, from which no chunk can be dropped (one slim per chunk tried)."""
-        size = len(part) // 2
-        while size >= 1:
-            i = 0
-            while i < len(part):
-                rest = part[:i] + part[i + size:]
-                if rest and (e := breaks([n for item in rest for n in item])) is not None:
-                    part, error = rest, e
-                else:
-                    i += size
-            size //= 2
-        return part, error
-
-    def name_together(layers: list[str], error: _SlimBroke) -> None:
-        found.update({name: why(error, [n for n in layers if n != name]) for name in layers})
-
-    def alone(layers: list[str], error: _SlimBroke | None) -> None:
-        """Halve ``layers`` down to those that break the forward alone (a half that slims is left)."""
-        if error is None and (error := breaks(layers)) is None:
-            return
-        if len(layers) == 1:
-            found[layers[0]] = why(error, [])
-            return
-        alone(layers[:len(layers) // 2], None)
-        alone(layers[len(layers) // 2:], None)
-
-    def probe(items: list[list[str]], error: _SlimBroke | None = None) -> None:
-        """Halve ``items`` (lists of layers) down to those that break the forward alone."""
+    def probe(items: list[list[str]], error: _SlimBroke | None = None) -> bool:
+        """Halve ``items`` (lists of layers) down to those that break the forward; whether it named any. Within one
+        list (one layer, or the producers of one group) a layer that breaks the forward alone is named alone (a
+        squeeze-excitation's expansion is coupled to a layer whose width the code writes out); where none does, they
+        break it together (a channel leaves all of them or none), and are named with each other."""
         if not items or (error is None and (error := breaks([n for item in items for n in item])) is None):
-            return
+            return False
         if len(items) == 1:
-            # one layer, or the producers of one group: a layer of it that breaks the forward alone is named alone
-            # (a squeeze-excitation's expansion is coupled to a layer whose width the code writes out); where none
-            # does, they break it together (a channel leaves all of them or none)
-            before = len(found)
-            alone(items[0], error)
-            if len(found) == before:
-                name_together(items[0], error)
-            return
-        before = len(found)
-        probe(items[:len(items) // 2])
-        probe(items[len(items) // 2:])
-        if len(found) == before:  # neither half breaks alone: only sets of both halves together do
-            named, e = smallest(items, error)
-            name_together([n for item in named for n in item], e)
-            probe([item for item in items if item not in named])
+            layers = items[0]
+            half = len(layers) // 2
+            if len(layers) > 1 and (probe([[n] for n in layers[:half]]) | probe([[n] for n in layers[half:]])):
+                return True
+            found.update({name: why(error, [n for n in layers if n != name]) for name in layers})
+            return True
+        return probe(items[:len(items) // 2]) | probe(items[len(items) // 2:])
 
     # Layers coupled element-wise (the producers of one residual stream) lose their units only together: halving
     # keeps them in one piece, so a forward that breaks only when all of them lose units (ReXNet adds its shortcut to
-    # a fixed slice, x[:, 0:c_in]) is found in a few slims, where separating them took one slim per layer (DPN-68:
-    # 410 s before training)
+    # a fixed slice, x[:, 0:c_in]) is found; halving them apart, each half slimmed and nothing was named
     probe(producer_sets(work, x, list(masks)), error=first)
     return found
-
 
 
 def slim(
