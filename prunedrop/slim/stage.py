@@ -24,7 +24,9 @@ from .common import (
     is_grouped,
     max_abs_diff,
     out_units,
+    paused_gc,
     silent_units,
+    untraced,
 )
 from .constants import VARIES, consumer_shares, fold, record_inputs
 from .coupling import (
@@ -183,6 +185,8 @@ def _plan_once(
     # 1. Structure: which pruned channels may go at all.
     candidates: dict[tuple[int, int], Channel] = {}
     for gi, an in enumerate(analyses):
+        if not an.masked():
+            continue  # no layer of the group prunes a unit
         for root, channel in sorted(an.channels.items()):
             pruned_by = an.pruned_by(channel)
             if not pruned_by:
@@ -282,6 +286,8 @@ def _grouped_sides(analyses: list[GroupAnalysis]) -> GroupedSides:
     channel) that it reads, its output channel → the (group, root channel) that it writes)."""
     sides: GroupedSides = {}
     for gi, an in enumerate(analyses):
+        if not any(is_grouped(node.module) for node in an.nodes):
+            continue
         for root, channel in an.channels.items():
             for node, idxs in an.consumers(channel):
                 if is_grouped(node.module):
@@ -502,18 +508,19 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     layers = dict(model.named_modules())
     found: list[tuple[list[tuple[str, int]], list[tuple[str, list[int]]], bool]] = []
     try:
-        for analysis, channel in _every_channel(model, example_input):
-            if (analysis.blocker(channel) is not None or analysis.blocks
-                    or any(is_depthwise(n.module) for n in channel.members)):
-                continue  # (a pixel shuffle's block: a unit's columns there are its block's)
-            producers = [(analysis.name(node), index) for node in channel.members
-                         if (index := analysis.producer_index(node, channel)) is not None]
-            consumers = analysis.consumers(channel)
-            if not producers or not consumers:
-                continue
-            unread = not any(_reads(node.module, idxs) for node, idxs in consumers)
-            if unread or all(layers[n].weight.detach().flatten(1)[i].eq(0).all() for n, i in producers):
-                found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
+        with paused_gc():
+            for analysis, channel in _every_channel(model, example_input):
+                if (analysis.blocker(channel) is not None or analysis.blocks
+                        or any(is_depthwise(n.module) for n in channel.members)):
+                    continue  # (a pixel shuffle's block: a unit's columns there are its block's)
+                producers = [(analysis.name(node), index) for node in channel.members
+                             if (index := analysis.producer_index(node, channel)) is not None]
+                consumers = analysis.consumers(channel)
+                if not producers or not consumers:
+                    continue
+                unread = not any(_reads(node.module, idxs) for node, idxs in consumers)
+                if unread or all(layers[n].weight.detach().flatten(1)[i].eq(0).all() for n, i in producers):
+                    found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow keeps its units, as before
         return {}
     calls = record_inputs(model, example_input) if any(not unread for *_, unread in found) else {}
@@ -569,25 +576,26 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     reasons: dict[str, str] = {}
     failed: dict[str, str] = {}
     try:
-        blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
-        for analysis, channel in _every_channel(model, example_input, failed):
-            reason = analysis.blocker(channel)
-            for node in channel.members:
-                # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
-                # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
-                if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
-                    continue
-                why = reason
-                if why is None and analysis.blocks:
-                    if node not in blocks:
-                        blocks[node] = feeds_pixel_shuffle(node)
-                    if size := blocks[node]:
-                        why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block "
-                               "one channel), and unit noise prunes them one by one, seldom a whole block")
-                if why is None:
-                    free.add(analysis.name(node))
-                else:
-                    reasons.setdefault(analysis.name(node), why)
+        with paused_gc():
+            blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
+            for analysis, channel in _every_channel(model, example_input, failed):
+                reason = analysis.blocker(channel)
+                for node in channel.members:
+                    # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
+                    # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
+                    if analysis.producer_index(node, channel) is None and not is_depthwise(node.module):
+                        continue
+                    why = reason
+                    if why is None and analysis.blocks:
+                        if node not in blocks:
+                            blocks[node] = feeds_pixel_shuffle(node)
+                        if size := blocks[node]:
+                            why = (f"its units leave only in whole blocks of {size} (a pixel shuffle makes each block "
+                                   "one channel), and unit noise prunes them one by one, seldom a whole block")
+                    if why is None:
+                        free.add(analysis.name(node))
+                    else:
+                        reasons.setdefault(analysis.name(node), why)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
     for name, error in failed.items():
@@ -820,7 +828,30 @@ def _slim_once(
     channel_multiple: int,
 ) -> SlimResult:
     """:func:`slim` of Linear/Conv units with ``unit_masks`` as given; raises :class:`_SlimBroke` when the slim
-    model does not run or differs from the masked one."""
+    model does not run or differs from the masked one.
+
+    The garbage collector is paused meanwhile (:func:`.common.paused_gc`); a :class:`_SlimBroke` leaves without the
+    traceback whose frames hold the traced graph, so that the first collection frees it (the early check keeps the
+    errors of dozens of slims that break: their graphs piled up, 28 million objects on DPN-68)."""
+    with paused_gc():
+        try:
+            return _slim_traced(model, unit_masks, example_input, atol=atol, fold_borders=fold_borders,
+                                channel_multiple=channel_multiple)
+        except _SlimBroke as e:
+            broke = untraced(e)
+    raise broke
+
+
+def _slim_traced(
+    model: nn.Module,
+    unit_masks: Mapping[str, torch.Tensor],
+    example_input: torch.Tensor,
+    *,
+    atol: float,
+    fold_borders: bool,
+    channel_multiple: int,
+) -> SlimResult:
+    """:func:`_slim_once`'s work."""
     tp = import_torch_pruning()
     x = example_input.detach()  # an input that requires grad would look like a parameter to the tracing
     reference = copy.deepcopy(model).eval()
