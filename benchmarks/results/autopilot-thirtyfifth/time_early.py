@@ -4,11 +4,18 @@
 
 CHECKOUT: the repository root whose ``prunedrop`` is imported (a ``git worktree`` for the code before). One JSON line
 per model: the layers named, the seconds (1 torch thread)."""
-import sys, time, json
+import json
+import sys
+import time
+
 sys.path.insert(0, sys.argv[1])
-import prunedrop, torch, timm
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import prunedrop  # noqa: E402
+from prunedrop.slim.stage import unremovable_layers  # noqa: E402
+
 assert prunedrop.__file__.startswith(sys.argv[1]), prunedrop.__file__
-from prunedrop.slim.stage import unremovable_layers
 torch.set_num_threads(1)
 for name in sys.argv[2:]:
     torch.manual_seed(0)
