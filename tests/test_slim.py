@@ -602,6 +602,7 @@ def test_unremovable_layers_names_the_blocker_before_any_pruning() -> None:
     assert not isinstance(converted.model.c1, VariationalLayer)
     assert any(line.startswith("note: left dense, as slimming could never remove any of their units: c1 (they pass "
                                "through n1 (GroupNorm)") for line in logs), logs
+    assert logs[0].startswith("checking which layers' units slimming can remove"), logs  # said before the wait
     inspected = inspect_model(model, x, Recipe(method="sbp"))
     row = next(e for e in inspected["layers"] if e["name"] == "c1")
     assert row["status"] == "excluded" and row["reason"].endswith("(keep_unremovable)")
@@ -620,7 +621,10 @@ def test_unremovable_layers_names_the_blocker_before_any_pruning() -> None:
     both = convert(copy.deepcopy(model), Recipe(method="sbp_sparse_vd"), x, logs.append).summary
     assert both.converted == ["c1", "c2", "c3"]
     assert any("its per-weight noise still prunes their single weights" in n for n in both.notes)
-    # per-weight noise removes no units anyway: no such note
+    # per-weight noise removes no units anyway: no such note, and no check to announce
+    logs.clear()
+    convert(copy.deepcopy(model), Recipe(), x, logs.append)
+    assert not any(line.startswith("checking which layers") for line in logs), logs
     assert not any("cannot remove" in n for n in convert(copy.deepcopy(model), Recipe(), x, logs.append).summary.notes)
 
 
