@@ -787,8 +787,8 @@ def test_units_the_forward_fixes_are_named_before_training() -> None:
 def test_a_slim_that_breaks_leaves_no_frames_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The early check keeps the errors of the slims that break; each held, through the error it was raised from
     (``raise … from None`` keeps it as ``__context__``), the frames of the slim: its traced graph and model copies.
-    Dozens of them piled up past the collector's young generations (28 million objects, 7.5 GB on DPN-68). Now the
-    error leaves without those tracebacks, and the collector runs again once the slim is done."""
+    With the collector paused during each slim, dozens of them went to its old generations (28 million objects,
+    7.5 GB on DPN-68). The error leaves without those tracebacks, and the collector runs again once the slim is done."""
     import gc
 
     from prunedrop.slim import stage
@@ -810,6 +810,26 @@ def test_a_slim_that_breaks_leaves_no_frames_behind(monkeypatch: pytest.MonkeyPa
     assert chained[1].__traceback__ is None  # (the raise above gave the first a traceback of this test's frames)
     assert all(frame.f_code.co_name != "_slim_traced" for frame, _ in __import__("traceback").walk_tb(
         caught.value.__traceback__))
+
+
+def test_untraced_drops_the_tracebacks_of_every_chained_error() -> None:
+    from prunedrop.slim.common import untraced
+
+    def fail() -> None:
+        try:
+            {}["missing"]
+        except KeyError as inner:
+            try:
+                raise ValueError("while handling")
+            except ValueError as during:
+                raise RuntimeError("outer") from during
+
+    with pytest.raises(RuntimeError) as caught:
+        fail()
+    error = untraced(caught.value)
+    chained = [error, error.__cause__, error.__cause__.__context__]
+    assert [type(e) for e in chained] == [RuntimeError, ValueError, KeyError]
+    assert all(e.__traceback__ is None for e in chained)
 
 
 def test_the_collector_pause_nests_and_survives_errors() -> None:

@@ -43,13 +43,14 @@ def untraced(error: BaseException) -> BaseException:
     """``error`` without its traceback nor those of the exceptions it was raised from or during (``raise … from
     None`` still keeps the latter as ``__context__``), to be kept: their frames hold a failed slim's traced graph."""
     seen: set[int] = set()
-    chained: BaseException | None = error
-    while chained is not None and id(chained) not in seen:
+    stack: list[BaseException | None] = [error]
+    while stack:
+        chained = stack.pop()
+        if chained is None or id(chained) in seen:
+            continue
         seen.add(id(chained))
         chained.__traceback__ = None
-        if chained.__cause__ is not None:
-            chained.__cause__.__traceback__ = None
-        chained = chained.__context__
+        stack += [chained.__cause__, chained.__context__]
     return error
 
 

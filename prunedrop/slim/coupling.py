@@ -162,7 +162,7 @@ class GroupAnalysis:
         self.size = len(group[0].idxs)
         self.channels: dict[int, Channel] = defaultdict(Channel)
         channels = self.channels
-        for item in group:  # (the hot loop of a slim: DPN-68's groups hold 750,000 places)
+        for item in group:  # (a slim's hot loop: DPN-68's groups hold half a million places)
             target, handler = item.dep.target, item.dep.handler
             for idx, root in zip(item.idxs, item.root_idxs):
                 channels[root].members[target].append((handler, idx))
