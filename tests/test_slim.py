@@ -818,7 +818,7 @@ def test_untraced_drops_the_tracebacks_of_every_chained_error() -> None:
     def fail() -> None:
         try:
             {}["missing"]
-        except KeyError as inner:
+        except KeyError:
             try:
                 raise ValueError("while handling")
             except ValueError as during:
