@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batchnorm import batchnorm_state, recalibrate_from, restore_batchnorm
 from .convert import variational_layers
 from .dropout.mc import MCPrediction, monte_carlo, sampling_mode
 from .errors import PrunedropError
@@ -39,6 +40,7 @@ __all__ = [
     "expected_calibration_error",
     "mc_predictive",
     "negative_log_likelihood",
+    "sampled_statistics",
     "variational_sampling_mode",
 ]
 
@@ -61,6 +63,23 @@ def variational_sampling_mode(model: nn.Module) -> Iterator[nn.Module]:
     sampling = {id(layer) for layer in layers.values()}
     with sampling_mode(model, lambda m: id(m) in sampling):
         yield model
+
+
+@contextmanager
+def sampled_statistics(model: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu"
+                       ) -> Iterator[nn.Module]:
+    """Within the block, the BatchNorms of the variational ``model`` hold running statistics re-estimated from
+    ``loader``'s first training batches with the variational layers sampling, as :func:`mc_predictive` runs it; the
+    statistics it had are restored on exit. Those are the thresholded network's (re-estimated after every epoch and
+    check, noise off), and a Monte Carlo pass normalised its noisy activations with them: a digits CNN with a cosine
+    classifier, 93% of a layer's weights pruned under sparse VD, read 9.0% accuracy, 94.4% in training mode."""
+    state = batchnorm_state(model)
+    sampling = {id(layer) for layer in variational_layers(model).values()}
+    try:
+        recalibrate_from(model, loader, device, sampling=lambda m: id(m) in sampling)
+        yield model
+    finally:
+        restore_batchnorm(model, state)
 
 
 def mc_predictive(

@@ -30,7 +30,7 @@ from ..recipes import Recipe
 from ..runfolder import RunFolder
 from ..sweep import SweepPoint, choose_threshold, default_thresholds, sweep_thresholds, usable_thresholds
 from ..train import evaluate, metric_name
-from ..uncertainty import calibration_summary
+from ..uncertainty import calibration_summary, sampled_statistics
 from .baseline import Baseline
 from .bisection import Search, at_edge, search_after_finetune, thresholds_past
 from .budget import budget_text, cap_within_budget, capped, target_cap, target_closest, within
@@ -292,9 +292,10 @@ def select_threshold(converted: Converted, baseline: Baseline, data: DataBundle,
     calibration: dict[str, Any] = {}
     if is_classification(recipe.loss):
         calibration["original"] = calibration_summary(as_classifier(baseline.model, recipe.loss), val_loader)
-        if recipe.mc_samples:
-            calibration["variational_mc"] = calibration_summary(as_classifier(variational, recipe.loss), val_loader,
-                                                                samples=recipe.mc_samples)
+        if recipe.mc_samples:  # with statistics of the sampling network (the model's are the thresholded one's)
+            with sampled_statistics(variational, data.loader("train", recipe.eval_batch_size)):  # (on the CPU)
+                calibration["variational_mc"] = calibration_summary(as_classifier(variational, recipe.loss),
+                                                                    val_loader, samples=recipe.mc_samples)
     # log α histograms need the variational model, so they are drawn now; the other plots from the report
     has_log_alpha = any(hasattr(layer, "log_alpha") for layer in variational_layers(variational).values())
     plots, plot_error = draw_plots(
