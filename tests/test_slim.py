@@ -797,8 +797,8 @@ def test_a_slim_that_breaks_leaves_no_frames_behind(monkeypatch: pytest.MonkeyPa
     model, x = _FixedWidths().eval(), torch.randn(4, 1, 4, 4)
     masks = _prune_units(model, {"c2": [1]})
     enabled = []
-    original = stage._slim_traced
-    monkeypatch.setattr(stage, "_slim_traced", lambda *a, **k: enabled.append(gc.isenabled()) or original(*a, **k))
+    original = stage.trace
+    monkeypatch.setattr(stage, "trace", lambda *a, **k: enabled.append(gc.isenabled()) or original(*a, **k))
     with pytest.raises(PrunedropError) as caught:
         stage._slim_once(model, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
     assert enabled == [False] and gc.isenabled()
@@ -808,8 +808,8 @@ def test_a_slim_that_breaks_leaves_no_frames_behind(monkeypatch: pytest.MonkeyPa
         error = error.__context__
     assert len(chained) == 2 and "no longer runs" in str(chained[0]), chained  # the view's RuntimeError beneath
     assert chained[1].__traceback__ is None  # (the raise above gave the first a traceback of this test's frames)
-    assert all(frame.f_code.co_name != "_slim_traced" for frame, _ in __import__("traceback").walk_tb(
-        caught.value.__traceback__))
+    assert all(frame.f_code.co_name != "_slim_once" for frame, _ in __import__("traceback").walk_tb(
+        caught.value.__traceback__))  # (the slim's own frame, which holds its graph)
 
 
 def test_untraced_drops_the_tracebacks_of_every_chained_error() -> None:

@@ -6,8 +6,9 @@ recurrent layers go to :mod:`.recurrent` first.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -818,6 +819,25 @@ def _slims(model: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor,
     return True
 
 
+def _collected(work: Callable[..., SlimResult]) -> Callable[..., SlimResult]:
+    """``work`` (a slim) with the garbage collector paused meanwhile (:func:`.common.paused_gc`), and a
+    :class:`_SlimBroke` raised without the tracebacks whose frames hold the traced graph, so that the first collection
+    frees it (the early check keeps the errors of the slims that break: with them, DPN-68's left 28 million objects to
+    the old generations, 7.5 GB)."""
+
+    @functools.wraps(work)
+    def run(*args: Any, **kwargs: Any) -> SlimResult:
+        with paused_gc():
+            try:
+                return work(*args, **kwargs)
+            except _SlimBroke as e:
+                broke = untraced(e)
+        raise broke
+
+    return run
+
+
+@_collected
 def _slim_once(
     model: nn.Module,
     unit_masks: Mapping[str, torch.Tensor],
@@ -828,30 +848,7 @@ def _slim_once(
     channel_multiple: int,
 ) -> SlimResult:
     """:func:`slim` of Linear/Conv units with ``unit_masks`` as given; raises :class:`_SlimBroke` when the slim
-    model does not run or differs from the masked one.
-
-    The garbage collector is paused meanwhile (:func:`.common.paused_gc`); a :class:`_SlimBroke` leaves without the
-    tracebacks whose frames hold the traced graph, so that the first collection frees it (the early check keeps the
-    errors of the slims that break: with them, DPN-68's left 28 million objects to the old generations, 7.5 GB)."""
-    with paused_gc():
-        try:
-            return _slim_traced(model, unit_masks, example_input, atol=atol, fold_borders=fold_borders,
-                                channel_multiple=channel_multiple)
-        except _SlimBroke as e:
-            broke = untraced(e)
-    raise broke
-
-
-def _slim_traced(
-    model: nn.Module,
-    unit_masks: Mapping[str, torch.Tensor],
-    example_input: torch.Tensor,
-    *,
-    atol: float,
-    fold_borders: bool,
-    channel_multiple: int,
-) -> SlimResult:
-    """:func:`_slim_once`'s work."""
+    model does not run or differs from the masked one."""
     tp = import_torch_pruning()
     x = example_input.detach()  # an input that requires grad would look like a parameter to the tracing
     reference = copy.deepcopy(model).eval()
