@@ -267,12 +267,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
     statistics follow the weights with a lag (momentum 0.1 per step); while the KL term shrinks the weights in
     steps of a whole learning rate (Adam), an eval-mode measurement with the lagging statistics reads a collapse
     that training does not see: a digits ResNet-18 under sparse VD read 69.8 points lost at step 10 with batch
-    statistics intact. ``SyncBatchNorm`` (which needs a process group in training mode) is left as it is.
+    statistics intact. A ``SyncBatchNorm`` (a DDP-trained model's) is one too where no process group runs; in a
+    distributed run it is left as it is (in training mode it would wait for the other ranks, and rank 0 measures
+    alone).
     ``sampling``: the modules that run in training mode meanwhile (the variational layers, which then draw their
     noise), for statistics of the sampling network (:func:`prunedrop.uncertainty.sampled_statistics`).
     """
+    syncing = torch.distributed.is_available() and torch.distributed.is_initialized()
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats and m.running_mean is not None]
+           and not (syncing and isinstance(m, nn.SyncBatchNorm)) and m.track_running_stats
+           and m.running_mean is not None]
     if not bns:
         return 0
     modes = [(bn.training, bn.momentum) for bn in bns]

@@ -249,6 +249,21 @@ def test_running_statistics_are_re_estimated_for_the_weights_of_now() -> None:
     assert recalibrate_batchnorm(nn.Sequential(nn.Linear(3, 3)), [torch.zeros(2, 3)]) == 0
 
 
+def test_a_sync_batchnorm_is_re_estimated_where_no_process_group_runs() -> None:
+    """A DDP-trained model keeps its SyncBatchNorms; compressed on one process they normalise as BatchNorms do (they
+    trained so), and their statistics were left as they were: measured with the statistics of weights long gone."""
+    from prunedrop.batchnorm import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.SyncBatchNorm(4)).eval()
+    x = torch.randn(64, 1, 6, 6) * 3 + 2
+    assert recalibrate_batchnorm(model, [x]) == 1
+    out = model[0](x).detach()
+    assert torch.allclose(model[1].running_mean, out.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[1].running_var, out.var((0, 2, 3)), rtol=1e-3)
+    assert not model[1].training and model[1].momentum == 0.1
+
+
 def _batchnorm_net() -> tuple[Any, nn.Module]:
     """Tiny data and a conv → BatchNorm → linear network trained on its 240 training samples."""
     from torch.utils.data import TensorDataset

@@ -875,6 +875,7 @@ def test_recurrent_layers_and_cells_are_described_with_their_bias_flag(tmp_path:
 
 _IMAGE_LAYERS = {  # layers added to the allowlist, each with non-default arguments where it has any
     "instance-norm": lambda: nn.InstanceNorm2d(4, eps=1e-3, affine=True, track_running_stats=True),
+    "sync-batchnorm": lambda: nn.SyncBatchNorm(4, eps=1e-3, momentum=0.2),  # (a DDP-trained model's, on a CPU)
     "local-response-norm": lambda: nn.LocalResponseNorm(3, alpha=2e-4, beta=0.7, k=1.5),
     "celu-selu": lambda: nn.Sequential(nn.CELU(0.7), nn.SELU()),
     "glu": lambda: nn.Sequential(nn.GLU(1), nn.Conv2d(2, 4, 1)),

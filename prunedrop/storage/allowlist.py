@@ -38,6 +38,7 @@ MODULE_ARGS: dict[str, tuple[str, ...]] = {
     "BatchNorm1d": _BN_ARGS,
     "BatchNorm2d": _BN_ARGS,
     "BatchNorm3d": _BN_ARGS,
+    "SyncBatchNorm": _BN_ARGS,  # a DDP-trained model's; on one process it is a BatchNorm (its group is not stored)
     "InstanceNorm1d": _BN_ARGS,
     "InstanceNorm2d": _BN_ARGS,
     "InstanceNorm3d": _BN_ARGS,
