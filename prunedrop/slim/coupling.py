@@ -1249,24 +1249,6 @@ def _analysed_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[lis
     return [GroupAnalysis(graph, g, names, {}, set()) for g in every], names
 
 
-def producer_sets(model: nn.Module, example_input: torch.Tensor, layers: list[str]) -> list[list[str]]:
-    """``layers`` in lists of the producers of one dependency group (each layer in the first group it produces; the
-    others alone), in the order of ``layers``: they number the group's channels alike, so a channel leaves all of
-    them or none. Where the model cannot be traced, each layer alone. ``model`` is not modified."""
-    try:
-        analyses, _ = _analysed_groups(model, example_input)
-    except Exception:  # noqa: BLE001 - the layers one by one
-        analyses = []
-    owner: dict[str, int] = {}
-    for gi, an in enumerate(analyses):
-        for name in an.producers():
-            owner.setdefault(name, gi)
-    sets: dict[Any, list[str]] = {}
-    for name in layers:
-        sets.setdefault(owner.get(name, name), []).append(name)
-    return list(sets.values())
-
-
 def coupled_producers(model: nn.Module, example_input: torch.Tensor) -> list[list[str]]:
     """Groups of Linear/Conv layers whose output units are the same channels, joined element-wise (residual additions,
     and products: a gated MLP's gate and up projections, a squeeze-excitation's fc2 and the expansion before it).

@@ -37,7 +37,6 @@ from .coupling import (
     feeds_pixel_shuffle,
     import_torch_pruning,
     node_names,
-    producer_sets,
     trace,
     unit_groups,
 )
@@ -576,10 +575,16 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     free: set[str] = set()
     reasons: dict[str, str] = {}
     failed: dict[str, str] = {}
+    group: dict[str, int] = {}  # producer (or root) → the first dependency group it produces, in their order
     try:
         with paused_gc():
             blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
+            last, gi = None, -1
             for analysis, channel in _every_channel(model, example_input, failed):
+                if analysis is not last:
+                    last, gi = analysis, gi + 1
+                    for name in analysis.producers():
+                        group.setdefault(name, gi)
                 reason = analysis.blocker(channel)
                 for node in channel.members:
                     # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
@@ -607,8 +612,8 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     fixed: dict[str, str] = {}
     rest = sorted(free)
     for _ in range(3):
-        named = {name: why for name, why in _fixed_widths(model, example_input, rest, set(found) | set(fixed)).items()
-                 if name not in fixed}
+        named = {name: why for name, why in _fixed_widths(model, example_input, rest, group,
+                                                          set(found) | set(fixed)).items() if name not in fixed}
         if not named:
             break
         fixed.update(named)
@@ -640,15 +645,15 @@ def _held_by_dense(result: SlimResult, masks: Mapping[str, torch.Tensor], dense:
     return found
 
 
-def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: set[str] = frozenset()
-                  ) -> dict[str, str]:
+def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Mapping[str, int],
+                  dense: set[str] = frozenset()) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
     fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``) or is
     misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing the
     first two units and the last of each on a copy (a fixed slice breaks on a unit before its offset; the set is not
     symmetric, so a flip or roll does not map it onto itself); one slim when none breaks; when some do, the layers
     are halved until each breaking one is alone (about 2·k·log2(n) slims for k of n layers: one slim per layer took
-    three minutes on MixNet-S)."""
+    three minutes on MixNet-S). ``group``: each producer's dependency group (:func:`unremovable_layers` read them)."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     masks: dict[str, torch.Tensor] = {}
@@ -711,7 +716,10 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], dense: se
     # Layers coupled element-wise (the producers of one residual stream) lose their units only together: halving
     # keeps them in one piece, so a forward that breaks only when all of them lose units (ReXNet adds its shortcut to
     # a fixed slice, x[:, 0:c_in]) is found; halving them apart, each half slimmed and nothing was named
-    probe(producer_sets(work, x, list(masks)), error=first)
+    sets: dict[Any, list[str]] = {}
+    for name in masks:  # the producers of one group together, in the order of the layers; the others alone
+        sets.setdefault(group.get(name, name), []).append(name)
+    probe(list(sets.values()), error=first)
     return found
 
 
