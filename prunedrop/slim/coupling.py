@@ -1212,28 +1212,27 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
     covered: dict[int, set[int]] = defaultdict(set)
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
     # a group holds each node a few times at most (torchvision's ViT-B/16: 528 entries for 540 nodes)
-    limit = 8 * len(graph.module2node) + 1000
-    for module in list(graph.module2node):
-        if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
-            continue
-        pruner = graph.get_pruner_of_module(module)
-        width = None if pruner is None else pruner.get_out_channels(module)
-        if width is None or len(covered[id(module)]) >= width:
-            continue
-        try:
-            with _bounded_groups(limit):
+    with _bounded_groups(8 * len(graph.module2node) + 1000):
+        for module in list(graph.module2node):
+            if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
+                continue
+            pruner = graph.get_pruner_of_module(module)
+            width = None if pruner is None else pruner.get_out_channels(module)
+            if width is None or len(covered[id(module)]) >= width:
+                continue
+            try:
                 group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
-            failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
-            continue
-        members = []
-        for item in group:
-            if graph.is_out_channel_pruning_fn(item.dep.handler):
-                members.append(item.dep.target.module)
-                covered[id(item.dep.target.module)].update(int(i) for i in item.idxs)
-        covered[id(module)].update(range(width))
-        if not any(m is i for m in members for i in ignored):
-            groups.append(group)
+            except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
+                failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+                continue
+            members = []
+            for item in group:
+                if graph.is_out_channel_pruning_fn(item.dep.handler):
+                    members.append(item.dep.target.module)
+                    covered[id(item.dep.target.module)].update(int(i) for i in item.idxs)
+            covered[id(module)].update(range(width))
+            if not any(m is i for m in members for i in ignored):
+                groups.append(group)
     return groups, failed
 
 
