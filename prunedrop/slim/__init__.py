@@ -38,7 +38,7 @@ that is this module's part:
   every group alike.
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped transposed
   convolution, a LayerNorm/GroupNorm/RMSNorm (which mix channels), an embedding, an attention
-  or recurrent layer or a parameter read other than element-wise, or meets the others in a mean, maximum, variance or
+  layer, a recurrent layer's output or a parameter read other than element-wise, or meets the others in a mean, maximum, variance or
   softmax over the channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not
   change) is kept; ``notes`` says so. A parameter of the model's own code that only scales or shifts each channel (a
   layer scale ``x * γ``, ``x + b``) is sliced with the channels, along the axis the graph guesses (the last that is
@@ -48,7 +48,13 @@ that is this module's part:
   with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
   output).
 * **Recurrent layers.** Masks of ``nn.LSTM`` / ``nn.GRU`` layers (pruned hidden units) are handled first, by
-  :mod:`.recurrent`, which shrinks ``hidden_size`` and the consumers' columns.
+  :mod:`.recurrent`, which shrinks ``hidden_size`` and the consumers' columns. A channel that an ``nn.LSTM``,
+  ``nn.GRU`` or ``nn.RNN`` reads at its input (a convolutional front end before it) leaves like one a Linear reads:
+  with its column of the first layer's ``weight_ih`` in each direction, ``input_size`` shrinking; a constant it
+  carries goes into the input-gate biases (``bias_ih_l0``), or, where the layer has no biases, it stays. While
+  Torch-Pruning traces the model, each recurrent layer runs as one autograd node, so that the graph reads it as it
+  reads a Linear (a GRU's traced gates had broken its index mappings); one called with a packed sequence or with
+  an initial state another layer computes is traced as it is, and its input channels stay.
 
 Finally the masked and the slim model run on the example input; a difference above ``atol`` that the notes
 do not explain raises :class:`PrunedropError` (it means the graph tracing missed something, e.g. an

@@ -20,6 +20,9 @@ CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 #: convolution's output channels are its weight's axis 1 (:func:`prunedrop.layers.base.weight_unit_axis`), and only an
 #: ungrouped one's leave
 WEIGHT_LAYERS = (nn.Linear, *CONV, *CONV_TRANSPOSE)
+#: recurrent layers: a channel they read at their input leaves with its ``weight_ih_l0`` columns (both directions);
+#: their own hidden units take another path (:mod:`.recurrent`)
+RECURRENT_READERS = (nn.LSTM, nn.GRU, nn.RNN)
 
 
 @contextmanager
@@ -66,10 +69,20 @@ def unit_weights(module: nn.Module) -> torch.Tensor:
 
 
 def reads_channels(module: nn.Module) -> bool:
-    """A layer that may read a removed channel, whose weight then loses that input slice: the weight layers, and
-    ungrouped transposed convolutions (a decoder's upsampling; their weight's first axis is the input channel). A
-    transposed convolution spreads a constant unevenly over its output, so it takes only channels that are 0."""
-    return isinstance(module, WEIGHT_LAYERS) or (isinstance(module, CONV_TRANSPOSE) and module.groups == 1)
+    """A layer that may read a removed channel, whose weight then loses that input slice: the weight layers,
+    ungrouped transposed convolutions (a decoder's upsampling; their weight's first axis is the input channel), which
+    spread a constant unevenly over their output and so take only channels that are 0, and recurrent layers (their
+    first layer's ``weight_ih`` columns: a convolutional front end before an LSTM)."""
+    return (isinstance(module, (*WEIGHT_LAYERS, *RECURRENT_READERS))
+            or (isinstance(module, CONV_TRANSPOSE) and module.groups == 1))
+
+
+def input_weights(consumer: nn.Module) -> list[torch.Tensor]:
+    """The weights of ``consumer`` that read its input channels: a recurrent layer's first-layer ``weight_ih`` of
+    each direction (a channel is its column there), every other layer's ``weight``."""
+    if isinstance(consumer, RECURRENT_READERS):
+        return [getattr(consumer, f"weight_ih_l0{s}") for s in ("", "_reverse")[:2 if consumer.bidirectional else 1]]
+    return [consumer.weight]
 
 
 def out_units(module: nn.Module) -> int:

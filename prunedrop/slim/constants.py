@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import CONV_TRANSPOSE, out_units, reads_channels
+from .common import CONV_TRANSPOSE, RECURRENT_READERS, input_weights, out_units, reads_channels
 
 # How many input channels' contributions one grouped convolution computes at once (bounds its memory).
 _CHANNEL_CHUNK = 32
@@ -94,19 +94,30 @@ def consumer_shares(
     """
     shares: dict[Any, torch.Tensor] = {}
     problems: dict[Any, str] = {}
-    weight = consumer.weight.detach()
     if not calls:
         return {}, dict.fromkeys(wanted, "its input could not be recorded")
+    recurrent = isinstance(consumer, RECURRENT_READERS)
+    channels_last = recurrent or isinstance(consumer, nn.Linear)
+    weight = consumer.weight.detach() if not recurrent else None
     for x in calls:
-        batch_dims = tuple(range(x.dim() - 1)) if isinstance(consumer, nn.Linear) else (0,)
+        batch_dims = tuple(range(x.dim() - 1)) if channels_last else (0,)
         live: dict[Any, list[int]] = {}
         for key, idxs in wanted.items():
             if key in problems and problems[key] != "border-folded":
                 continue
-            v = x[..., idxs] if isinstance(consumer, nn.Linear) else x[:, idxs]
+            v = x[..., idxs] if channels_last else x[:, idxs]
             # Input-independent by the graph walk; a difference between samples would mean the walk is wrong.
             if not _same_everywhere(v, batch_dims):
                 problems[key] = VARIES
+            elif recurrent:
+                # one share per direction, for its input-gate biases (bias_ih_l0, bias_ih_l0_reverse)
+                share = torch.stack([w.detach()[:, idxs] @ v.reshape(-1, len(idxs))[0]
+                                     for w in input_weights(consumer)])
+                if share.any() and not consumer.bias:
+                    problems[key] = (f"it carries a non-zero constant, and the {type(consumer).__name__} reading it has "
+                                     "no bias (bias=False) to hold it")
+                else:
+                    _merge_share(shares, problems, key, share)
             elif isinstance(consumer, nn.Linear):
                 _merge_share(shares, problems, key, weight[:, idxs] @ v.reshape(-1, len(idxs))[0])
             elif not v[0].any():
@@ -147,7 +158,14 @@ def _merge_share(shares: dict, problems: dict, key: Any, share: torch.Tensor) ->
 
 @torch.no_grad()
 def fold(consumer: nn.Module, share: torch.Tensor) -> None:
-    """Add a removed input's constant contribution to ``consumer``'s bias (creating the bias if needed)."""
+    """Add a removed input's constant contribution to ``consumer``'s bias (creating the bias if needed; a recurrent
+    layer's share is one row per direction, added to its input-gate biases, which it has: :func:`consumer_shares`)."""
+    if isinstance(consumer, RECURRENT_READERS):
+        if not consumer.bias:
+            return  # only zero shares reach one without biases (consumer_shares)
+        for d, suffix in enumerate(("", "_reverse")[:2 if consumer.bidirectional else 1]):
+            getattr(consumer, f"bias_ih_l0{suffix}").add_(share[d].to(consumer.weight_ih_l0.dtype))
+        return
     if consumer.bias is None:
         consumer.bias = nn.Parameter(
             torch.zeros(out_units(consumer), dtype=consumer.weight.dtype, device=consumer.weight.device)

@@ -23,7 +23,9 @@ from ..errors import PrunedropError
 from .common import (
     CONV,
     CONV_TRANSPOSE,
+    RECURRENT_READERS,
     WEIGHT_LAYERS,
+    input_weights,
     is_depthwise,
     is_grouped,
     out_units,
@@ -346,6 +348,12 @@ class GroupAnalysis:
                 return "they reach the model output"
             if self.read_only(node, channel):
                 continue
+            if isinstance(module, RECURRENT_READERS):
+                if all(self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
+                       for h, _ in channel.members[node]):
+                    continue  # read at its input: the channel leaves with its weight_ih_l0 columns
+                return (f"they are also written by the recurrent layer {self.name(node)} ({type(module).__name__}), "
+                        "whose hidden units leave only by its own noise")
             if _is_unsupported_conv(module):
                 kind = "transposed" if getattr(module, "transposed", False) else "grouped"
                 return (
@@ -1147,6 +1155,80 @@ def _map_flatten(node: Any, stride: int) -> None:
     _map_blocks(node, stride, gathers=False)
 
 
+def _recurrent_pruner(tp: Any) -> Any:
+    """Torch-Pruning's pruning functions for ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` as readers of channels: an input
+    channel leaves with its column of the first layer's ``weight_ih`` in each direction. Torch-Pruning's own LSTM
+    functions know one-layer, one-way LSTMs only, and nothing of GRU and RNN, whose traced gates made its index
+    mappings fail. Their hidden units never leave this way (:mod:`.recurrent` removes them)."""
+
+    class RecurrentInputs(tp.pruner.function.BasePruningFunc):
+        def prune_in_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
+            gone = {int(i) for i in idxs}
+            keep = torch.tensor([i for i in range(layer.input_size) if i not in gone], dtype=torch.long)
+            for suffix, weight in zip(("", "_reverse"), input_weights(layer)):
+                sliced = weight.detach().index_select(1, keep.to(weight.device)).clone()
+                # nn.RNNBase.__setattr__ puts the new weight into the flat list its forward reads
+                setattr(layer, f"weight_ih_l0{suffix}", nn.Parameter(sliced, requires_grad=weight.requires_grad))
+            layer.input_size = len(keep)
+            return layer
+
+        def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
+            raise PrunedropError(f"a {type(layer).__name__}'s hidden units leave by prunedrop.slim.recurrent, not here")
+
+        def get_out_channels(self, layer: nn.RNNBase) -> int:
+            return (getattr(layer, "proj_size", 0) or layer.hidden_size) * (2 if layer.bidirectional else 1)
+
+        def get_in_channels(self, layer: nn.RNNBase) -> int:
+            return layer.input_size
+
+    return RecurrentInputs()
+
+
+@contextlib.contextmanager
+def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
+    """Each recurrent layer of ``model`` runs as one autograd node while Torch-Pruning traces it: its outputs computed
+    as usual, then handed on by a function of its input and parameters, so that the graph reads the layer as it reads
+    a Linear (its input's channels are its input channels) instead of following the gates inside it (a GRU's traced
+    chunks broke Torch-Pruning's index mappings; an LSTM's read as mixing channels). A call with a packed sequence,
+    or with an initial state that another layer computed (whose channels are hidden units, not input channels), runs
+    as it is."""
+    originals: dict[nn.Module, Any] = {}
+
+    def opaque(module: nn.RNNBase, run: Any) -> Any:
+        def forward(input: Any, hx: Any = None) -> Any:
+            states = tensors_in(hx) if hx is not None else []
+            if not isinstance(input, torch.Tensor) or any(t.requires_grad for t in states):
+                return run(input, hx)
+            with torch.no_grad():
+                out, state = run(input, hx)
+            values = [out, *tensors_in(state)]
+            params = [p for p in module.parameters() if p.requires_grad]
+
+            class Recurrent(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx: Any, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    return tuple(v.clone() for v in values)
+
+                @staticmethod
+                def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, ...]:
+                    return (None,) * (1 + len(params))
+
+            new = Recurrent.apply(input, *params)
+            return (new[0], (new[1], new[2])) if isinstance(state, tuple) else (new[0], new[1])
+
+        return forward
+
+    for module in model.modules():
+        if isinstance(module, RECURRENT_READERS) and "forward" not in module.__dict__:
+            originals[module] = module.forward
+            module.forward = opaque(module, module.forward)
+    try:
+        yield
+    finally:
+        for module in originals:
+            del module.forward
+
+
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
@@ -1159,9 +1241,10 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
             outputs.append(m(inp))
         return outputs[-1]
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _opaque_recurrent(model):
         graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, forward_fn=forward, verbose=False
+            model, example_inputs=x, forward_fn=forward, verbose=False,
+            customized_pruners=dict.fromkeys(RECURRENT_READERS, _recurrent_pruner(tp)),
         )
         _real_mappings(graph, recorder)
         graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}

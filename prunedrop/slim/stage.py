@@ -21,6 +21,7 @@ from ..layers.base import weight_unit_axis
 from .common import (
     WEIGHT_LAYERS,
     input_slices,
+    input_weights,
     is_depthwise,
     is_grouped,
     max_abs_diff,
@@ -548,14 +549,15 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
 
 def _zero_inputs(consumer: nn.Module, idxs: list[int]) -> None:
     """Zero ``consumer``'s weights that read its input indices ``idxs`` (:func:`.common.input_slices`)."""
-    for index in input_slices(consumer, idxs):
-        consumer.weight[index] = 0
+    for weight in input_weights(consumer):
+        for index in input_slices(consumer, idxs):
+            weight[index] = 0
 
 
 def _reads(consumer: nn.Module, idxs: list[int]) -> bool:
     """Whether ``consumer`` has a non-zero weight on any of its input indices ``idxs``."""
-    weight = consumer.weight.detach()
-    return any(bool(weight[index].ne(0).any()) for index in input_slices(consumer, idxs))
+    return any(bool(weight.detach()[index].ne(0).any())
+               for weight in input_weights(consumer) for index in input_slices(consumer, idxs))
 
 
 @torch.no_grad()
