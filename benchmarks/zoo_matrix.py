@@ -148,7 +148,10 @@ def force_pruning(model, method: str, fraction: float, seed: int) -> int:
                     weight = params[{"log_sigma2": "weight", "in_proj_log_sigma2": "in_proj_weight",
                                      "out_proj_log_sigma2": "out_proj.weight"}[noise_name]]
                     value = torch.log(weight * weight + 1e-8) + FORCED_LOG_ALPHA
-                elif noise_name == "log_alpha_param":
+                elif noise_name.startswith("log_sigma2_") and noise_name[len("log_sigma2_"):] in params:
+                    weight = params[noise_name[len("log_sigma2_"):]]  # a recurrent layer's weight_ih_l0, …
+                    value = torch.log(weight * weight + 1e-8) + FORCED_LOG_ALPHA
+                elif noise_name == "log_alpha_param" or noise_name.startswith("log_alpha_"):  # group VD's per-unit ones
                     value = torch.full_like(noise, FORCED_LOG_ALPHA)
                 elif noise_name == "mu":
                     value = torch.full_like(noise, FORCED_SBP_MU)
