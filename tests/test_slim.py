@@ -2002,7 +2002,7 @@ def test_a_ghost_modules_channels_leave_only_with_the_channel_their_unit_also_wr
                                  "g2.cheap.0": [3]})
     result = slim(model, masks, x)
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
-    assert any("that one unit also writes" in note for note in result.notes), result.notes
+    assert any("tied to the same unit" in note for note in result.notes), result.notes
     assert not any("kept as zeros, since removing them" in note for note in result.notes), result.notes
     assert not any("placed them in no group" in note for note in result.notes), result.notes  # its copy: named above
 

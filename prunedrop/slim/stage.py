@@ -144,8 +144,9 @@ def _whole_blocks(analyses: list[GroupAnalysis], candidates: dict[tuple[int, int
                 reason = (f"a pixel shuffle joins each with the {len(block) - 1} other channel(s) of its block into "
                           "one, and a block leaves only when every channel of it is pruned and free to go")
             else:
-                reason = (f"each leaves only with the {len(block) - 1} other channel(s) that one unit also writes (a "
-                          "layer's output concatenated with a depthwise convolution of it, as in a Ghost module), "
+                reason = (f"each leaves only with the {len(block) - 1} other channel(s) tied to the same unit (a "
+                          "layer's output concatenated with a depthwise convolution of it, as in a Ghost module; "
+                          "the two halves of a layer that scale and shift one channel, as FiLM's do), "
                           "and they leave only when every one of them is pruned and free to go")
             for r in sorted(block):
                 if candidates.pop((gi, r), None) is not None:
