@@ -423,6 +423,37 @@ def test_a_layer_scale_on_a_residual_stream_lets_its_channels_go(channels_last: 
     assert all(p.is_leaf and p.requires_grad for p in result.model.parameters())
 
 
+class _LerpStream(nn.Module):
+    """A stream mixed with its branch by ``torch.lerp`` with a per-channel weight, then gated by ``torch.addcmul``
+    with a per-channel parameter as one factor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.mix = nn.Parameter(torch.linspace(0.1, 0.9, 6).view(1, 6, 1, 1))
+        self.gate = nn.Parameter(torch.linspace(-1, 1, 6).view(1, 6, 1, 1))
+        self.fc = nn.Linear(6 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        h = torch.lerp(h, torch.relu(self.c2(h)), self.mix)
+        h = torch.addcmul(h, h, self.gate, value=0.5)
+        return self.fc(nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+def test_a_lerp_weight_and_an_addcmul_factor_are_sliced_with_the_channels() -> None:
+    """A per-channel parameter read by ``torch.lerp`` or ``torch.addcmul`` kept every channel of the stream ("they pass
+    through the bare parameter mix"); both act on each channel on its own, as a product does."""
+    torch.manual_seed(0)
+    model, x = _LerpStream().eval(), torch.randn(3, 1, 4, 4)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"c1": [1, 4], "c2": [1, 4]}), x)
+    assert result.removed["c1"] == (6, 4) and result.removed["c2"] == (6, 4), result.notes
+    assert result.model.mix.numel() == 4 and result.model.gate.numel() == 4
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""

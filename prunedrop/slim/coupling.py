@@ -36,8 +36,9 @@ from .common import (
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
 _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
-#: the operations through which a bare parameter touches each channel on its own (``x * γ``, ``x + b``, ``x / s``)
-_ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div"})
+#: the operations through which a bare parameter touches each channel on its own (``x * γ``, ``x + b``, ``x / s``,
+#: ``torch.lerp(x, y, γ)``, ``torch.addcmul(x, y, γ)``)
+_ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div", "Lerp", "Addcmul", "Addcdiv"})
 #: views through which a bare parameter may still only scale or shift each channel: they add axes of size 1
 _UNIT_VIEWS = frozenset({"View", "Reshape", "ReshapeAlias", "UnsafeView", "Unsqueeze"})
 #: functions of one operand, element by element, through which a bare parameter still scales each channel on its own
