@@ -1159,3 +1159,19 @@ def test_a_transient_that_annealing_wins_back_is_not_blamed_for_the_noises_cost(
     p.transient = 0.01  # too small to blame either way
     p.recovered = False
     assert not p._rate_to_blame()
+
+
+def test_the_rate_is_not_blamed_once_the_noise_has_pruned_most_of_the_model() -> None:
+    """A probe of a quarter of the budget and more blames the rate for a drop over the budget, unless the noise has
+    pruned more than half of what the phase's first check kept: the drop came with the pruning (a highway MLP on
+    digits: 92% kept at step 10, 18% at step 150, when six halvings began that froze its weights at 1/64)."""
+    from prunedrop.autopilot import Check
+
+    p = _half_point_pilot(_bundle(), log=None)
+    p.transient = 1.7
+    p.controller.checks[:] = [Check(step=10, beta=0.1, kept_fraction=0.92), Check(step=150, beta=0.1, kept_fraction=0.6)]
+    assert p._rate_to_blame()  # a third pruned: the rate may still be what hurts
+    p.controller.checks.append(Check(step=160, beta=0.1, kept_fraction=0.18))
+    assert not p._rate_to_blame()
+    p.controller.checks.append(Check(step=170, beta=0.1, kept_fraction=None))  # a check that measured nothing
+    assert p._rate_to_blame()
