@@ -454,6 +454,42 @@ def test_a_lerp_weight_and_an_addcmul_factor_are_sliced_with_the_channels() -> N
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _MatmulPooling(nn.Module):
+    """Attention pooling over the pixels written as a batched matmul: a 1x1 convolution scores each pixel, a softmax
+    over them, and ``h.flatten(2) @ w`` in one of three spellings."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.score, self.fc = nn.Conv2d(12, 1, 1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        w = torch.softmax(self.score(h).flatten(2), dim=-1)  # (batch, 1, pixels)
+        if self.how == "bmm":
+            pooled = torch.bmm(h.flatten(2), w.transpose(1, 2)).squeeze(-1)
+        elif self.how == "matmul":
+            pooled = torch.matmul(h.flatten(2), w.flatten(1).unsqueeze(-1)).squeeze(-1)
+        else:
+            pooled = (h.flatten(2) @ w.transpose(1, 2)).flatten(1)
+        return self.fc(pooled)
+
+
+@pytest.mark.parametrize("how", ["bmm", "matmul", "operator"])
+def test_attention_pooling_written_as_a_matmul_lets_the_pooled_channels_go(how: str) -> None:
+    """``h.flatten(2) @ w`` reads channel c of h alone in row c: Torch-Pruning read the product as element-wise, joined
+    the pixels to the channels and gave up ("grew past … through a flatten"), so the map's layer kept every unit."""
+    torch.manual_seed(0)
+    model, x = _MatmulPooling(how).eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) <= {"fc", "score"}
+    result = slim(model, _prune_units(model, {"c2": [2, 7, 11]}), x)
+    assert result.removed["c2"] == (12, 9), result.notes
+    assert result.model.fc.in_features == 9 and result.model.score.in_channels == 9
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""

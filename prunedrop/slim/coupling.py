@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 import warnings
 from collections import defaultdict
@@ -750,6 +751,7 @@ class _Recorder(TorchFunctionMode):
              torch.Tensor.__rsub__, torch.Tensor.__isub__)
     _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, *_ADDS)
     _CONVS = (torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d)
+    _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm)
     _EXTREMES = (torch.maximum, torch.Tensor.maximum, torch.minimum, torch.Tensor.minimum, torch.fmax,
                  torch.Tensor.fmax, torch.fmin, torch.Tensor.fmin)
 
@@ -892,6 +894,74 @@ class _Recorder(TorchFunctionMode):
             fn = inputs[0]
         return False
 
+    def _pixel_pooling(self, args: tuple, out: Any) -> None:
+        """A batched matmul that pools a map's pixels with weights of its own: ``h.flatten(2) @ w``, h (batch, C, H, W)
+        and w (batch, H·W, k), out (batch, C, k) (attention pooling written as a matmul). Row c of the output reads
+        channel c of h alone, so the channel passes through (a row of zeros stays zeros), and the weights' axis 1 holds
+        pixels, not channels: their operand is cut from the channel numbers, as a one-channel map spread over the
+        channels is. Torch-Pruning read the product as element-wise and joined the pixels to the channels, and the group
+        failed ("grew past … through a flatten")."""
+        if len(args) < 2 or not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            return
+        a, b = args[0], args[1]
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim() == out.dim() == 3
+                and b.grad_fn is not None and a.grad_fn is not None and a.shape[1] == out.shape[1] > 1
+                and b.shape[1] == a.shape[2] != a.shape[1]):
+            return
+        try:
+            before = [int(d) for d in a.grad_fn._saved_self_sym_sizes]  # a view of a (batch, C, H, W) map: h.flatten(2)
+        except (AttributeError, RuntimeError, TypeError):
+            return
+        if len(before) < 3 or before[1] != a.shape[1] or math.prod(before[2:]) != a.shape[2]:
+            return
+        fn = out.grad_fn  # torch.matmul ends in a view of a bmm: the bmm is where the operands meet
+        views = []
+        for _ in range(4):
+            if _op_name(fn) in ("Bmm", "Mm"):
+                break
+            views.append(fn)
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return
+            fn = inputs[0]
+        else:
+            return
+        if _op_name(fn) not in ("Bmm", "Mm"):
+            return
+        sides = [f for f, _ in fn.next_functions if f is not None]
+        if len(sides) != 2:
+            return
+        weights = [f for f in sides if self._reaches(f, b.grad_fn)]
+        if len(weights) != 1 or self._reaches(weights[0], a.grad_fn):
+            return
+        self.spread[fn].add(weights[0])
+        self.keeps_zero.add(fn)
+        for view in views:  # the bmm's (batch, C, k) viewed back: channel c stays channel c
+            self.flattens[view] = 1
+        # torch.matmul expands and views the map to the bmm's batch inside: those steps keep its channels
+        step = next(f for f in sides if f is not weights[0])
+        for _ in range(4):
+            if step is a.grad_fn:
+                break
+            if _op_name(step) == "Expand":
+                self.plain_expands.add(step)
+            inputs = [f for f, _ in step.next_functions if f is not None]
+            if len(inputs) != 1:
+                break
+            step = inputs[0]
+
+    @staticmethod
+    def _reaches(fn: Any, target: Any, depth: int = 4) -> bool:
+        """Whether ``target`` is ``fn`` or among the first ``depth`` single steps below it (a view or expand)."""
+        for _ in range(depth + 1):
+            if fn is target:
+                return True
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return False
+            fn = inputs[0]
+        return False
+
     def _per_channel_constant(self, func: Any, operands: tuple, out: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """A tensor outside autograd (a buffer: a fixed per-channel scale) that multiplies or divides each channel of
         ``out`` on its own, with the axis of it that holds the channels; None where there is none. The dependency
@@ -953,10 +1023,13 @@ class _Recorder(TorchFunctionMode):
         each channel becomes (H·W), which Torch-Pruning infers from the widths of the layers around instead, and
         misreads where the features are concatenated with others before a Linear reads them (fastai's concat
         pooling, ``cat([maxpool(h).flatten(1), h.mean((2, 3))])``: stride 2 read for 1, and removing a unit broke the
-        forward); None for any other reshape."""
+        forward); 1 for a (batch, C, 1, …) tensor of any rank (a pooled matmul's (batch, C, 1) flattened); None for any
+        other reshape."""
         x = args[0] if args else kwargs.get("input", kwargs.get("self"))
-        if (isinstance(x, torch.Tensor) and x.dim() in (4, 5) and out.dim() == 2 and out.shape[0] == x.shape[0]
+        if not (isinstance(x, torch.Tensor) and out.dim() == 2 and x.dim() >= 3 and out.shape[0] == x.shape[0]
                 and x.shape[0] > 0 and out.shape[1] == x[0].numel()):
+            return None
+        if x.dim() in (4, 5) or all(d == 1 for d in x.shape[2:]):
             return int(x[0, 0].numel())
         return None
 
@@ -1024,6 +1097,8 @@ class _Recorder(TorchFunctionMode):
                     self.spread[out.grad_fn].add(x.grad_fn)
             if (found := self._per_channel_constant(func, args[:2], out)) is not None:
                 self.buffers[out.grad_fn] = found
+        elif func in self._MATMULS:
+            self._pixel_pooling(args, out)
         elif func in self._PADS:
             self._pad(func, args, kwargs, out)
         elif func in self._FLATTENS and (stride := self._flatten_stride(args, kwargs, out)) is not None:
