@@ -135,6 +135,15 @@ class PixelAttnPool(nn.Module):
         return self.fc(torch.einsum("nchw,nhw->nc", h, w.view(-1, 8, 8)))
 
 
+class MatmulPool(PixelAttnPool):
+    """The same attention pooling written as a batched matmul: ``h.flatten(2) @ w`` with w (batch, pixels, 1)."""
+
+    def forward(self, x):
+        h = self.body(x)
+        w = torch.softmax(self.score(h).flatten(2), dim=-1)
+        return self.fc((h.flatten(2) @ w.transpose(1, 2)).flatten(1))
+
+
 class Crnn(nn.Module):
     """A CRNN: two Conv1d + BatchNorm blocks over the rows as time, an LSTM, its last step into the head."""
 
@@ -151,7 +160,7 @@ class Crnn(nn.Module):
 
 
 MODELS = {"film": Film, "highway": Highway, "maxout": Maxout, "nin": Nin, "tabular": Tabular, "kws": Kws,
-          "lerp_gate": LerpGate, "pixel_attn_pool": PixelAttnPool, "crnn": Crnn}
+          "lerp_gate": LerpGate, "pixel_attn_pool": PixelAttnPool, "crnn": Crnn, "matmul_pool": MatmulPool}
 
 
 def film() -> nn.Module: return Film()
@@ -163,3 +172,4 @@ def kws() -> nn.Module: return Kws()
 def lerp_gate() -> nn.Module: return LerpGate()
 def pixel_attn_pool() -> nn.Module: return PixelAttnPool()
 def crnn() -> nn.Module: return Crnn()
+def matmul_pool() -> nn.Module: return MatmulPool()
