@@ -75,6 +75,19 @@ _KEEPS_ZERO = frozenset({
 })
 
 
+def _single_chain(fn: Any, steps: int) -> Iterator[Any]:
+    """``fn`` and the autograd nodes below it while each has one input (views, expands, functions of one operand), at
+    most ``steps`` + 1 of them."""
+    for _ in range(steps + 1):
+        if fn is None:
+            return
+        yield fn
+        inputs = [f for f, _ in fn.next_functions if f is not None]
+        if len(inputs) != 1:
+            return
+        fn = inputs[0]
+
+
 def _op_name(grad_fn: Any) -> str:
     """An autograd function's operation, without "Backward<n>": ``MulBackward0`` → ``Mul``."""
     return re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
@@ -882,17 +895,8 @@ class _Recorder(TorchFunctionMode):
             return False
         if self._channel_axis(out):
             return True
-        fn = x.grad_fn
-        for _ in range(8):  # a (batch, 1, L) map of a convolution: its axis 1 is channels, not tokens
-            if fn is None:
-                return False
-            if fn in self.conv_maps:
-                return True
-            inputs = [f for f, _ in fn.next_functions if f is not None]
-            if len(inputs) != 1:
-                return False
-            fn = inputs[0]
-        return False
+        # a (batch, 1, L) map of a convolution: its axis 1 is channels, not tokens
+        return any(fn in self.conv_maps for fn in _single_chain(x.grad_fn, 7))
 
     def _pixel_pooling(self, args: tuple, out: Any) -> None:
         """A batched matmul that pools a map's pixels with weights of its own: ``h.flatten(2) @ w``, h (batch, C, H, W)
@@ -914,53 +918,26 @@ class _Recorder(TorchFunctionMode):
             return
         if len(before) < 3 or before[1] != a.shape[1] or math.prod(before[2:]) != a.shape[2]:
             return
-        fn = out.grad_fn  # torch.matmul ends in a view of a bmm: the bmm is where the operands meet
-        views = []
-        for _ in range(4):
-            if _op_name(fn) in ("Bmm", "Mm"):
-                break
-            views.append(fn)
-            inputs = [f for f, _ in fn.next_functions if f is not None]
-            if len(inputs) != 1:
-                return
-            fn = inputs[0]
-        else:
-            return
-        if _op_name(fn) not in ("Bmm", "Mm"):
-            return
-        sides = [f for f, _ in fn.next_functions if f is not None]
+        # torch.matmul ends in a view of a bmm: the bmm is where the operands meet
+        chain = list(_single_chain(out.grad_fn, 4))
+        at = next((i for i, f in enumerate(chain) if _op_name(f) in ("Bmm", "Mm")), None)
+        sides = [f for f, _ in chain[at].next_functions if f is not None] if at is not None else []
         if len(sides) != 2:
             return
-        weights = [f for f in sides if self._reaches(f, b.grad_fn)]
-        if len(weights) != 1 or self._reaches(weights[0], a.grad_fn):
+        bmm, views = chain[at], chain[:at]
+        weights = [f for f in sides if b.grad_fn in _single_chain(f, 4)]
+        if len(weights) != 1 or a.grad_fn in _single_chain(weights[0], 4):
             return
-        self.spread[fn].add(weights[0])
-        self.keeps_zero.add(fn)
+        self.spread[bmm].add(weights[0])
+        self.keeps_zero.add(bmm)
         for view in views:  # the bmm's (batch, C, k) viewed back: channel c stays channel c
             self.flattens[view] = 1
         # torch.matmul expands and views the map to the bmm's batch inside: those steps keep its channels
-        step = next(f for f in sides if f is not weights[0])
-        for _ in range(4):
+        for step in _single_chain(next(f for f in sides if f is not weights[0]), 4):
             if step is a.grad_fn:
                 break
             if _op_name(step) == "Expand":
                 self.plain_expands.add(step)
-            inputs = [f for f, _ in step.next_functions if f is not None]
-            if len(inputs) != 1:
-                break
-            step = inputs[0]
-
-    @staticmethod
-    def _reaches(fn: Any, target: Any, depth: int = 4) -> bool:
-        """Whether ``target`` is ``fn`` or among the first ``depth`` single steps below it (a view or expand)."""
-        for _ in range(depth + 1):
-            if fn is target:
-                return True
-            inputs = [f for f, _ in fn.next_functions if f is not None]
-            if len(inputs) != 1:
-                return False
-            fn = inputs[0]
-        return False
 
     def _per_channel_constant(self, func: Any, operands: tuple, out: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """A tensor outside autograd (a buffer: a fixed per-channel scale) that multiplies or divides each channel of
