@@ -471,21 +471,71 @@ class _MatmulPooling(nn.Module):
             pooled = torch.bmm(h.flatten(2), w.transpose(1, 2)).squeeze(-1)
         elif self.how == "matmul":
             pooled = torch.matmul(h.flatten(2), w.flatten(1).unsqueeze(-1)).squeeze(-1)
+        elif self.how == "einsum":
+            pooled = torch.einsum("nchw,nhw->nc", h, w.view(-1, *h.shape[2:]))
+        elif self.how == "einsum_list":  # the operands as a list, a map of one "head" kept as an axis
+            pooled = torch.einsum("nchw,nkhw->nck", [h, w.view(-1, 1, *h.shape[2:])]).flatten(1)
         else:
             pooled = (h.flatten(2) @ w.transpose(1, 2)).flatten(1)
         return self.fc(pooled)
 
 
-@pytest.mark.parametrize("how", ["bmm", "matmul", "operator"])
+@pytest.mark.parametrize("how", ["bmm", "matmul", "operator", "einsum", "einsum_list"])
 def test_attention_pooling_written_as_a_matmul_lets_the_pooled_channels_go(how: str) -> None:
-    """``h.flatten(2) @ w`` reads channel c of h alone in row c: Torch-Pruning read the product as element-wise, joined
-    the pixels to the channels and gave up ("grew past … through a flatten"), so the map's layer kept every unit."""
+    """``h.flatten(2) @ w`` (or its einsum) reads channel c of h alone in row c: Torch-Pruning read the product as
+    element-wise, joined the pixels to the channels and gave up ("grew past … through a flatten"), so the map's layer
+    kept every unit."""
     torch.manual_seed(0)
     model, x = _MatmulPooling(how).eval(), torch.randn(4, 1, 6, 6)
     assert set(unremovable_layers(model, x)) <= {"fc", "score"}
     result = slim(model, _prune_units(model, {"c2": [2, 7, 11]}), x)
     assert result.removed["c2"] == (12, 9), result.notes
     assert result.model.fc.in_features == 9 and result.model.score.in_channels == 9
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _TimePooling(nn.Module):
+    """A 1-d convolution's map pooled over time by an einsum with a softmax of one-channel scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(4, 8, 3, padding=1), nn.Conv1d(8, 12, 3, padding=1)
+        self.score, self.fc = nn.Conv1d(12, 1, 1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.einsum("ncl,nl->nc", h, torch.softmax(self.score(h).squeeze(1), dim=-1)))
+
+
+def test_a_1d_map_pooled_over_time_by_an_einsum_lets_its_channels_go() -> None:
+    torch.manual_seed(0)
+    model, x = _TimePooling().eval(), torch.randn(4, 4, 10)
+    result = slim(model, _prune_units(model, {"c2": [2, 7, 11]}), x)
+    assert result.removed["c2"] == (12, 9), result.notes
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _ChannelWeighting(nn.Module):
+    """An einsum that sums over the channels (a per-example weighting of them, ``"nchw,nc->nhw"``): no pooling of
+    pixels; the channels meet in the sum and must stay coupled to the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.att = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(12, 12)
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        weights = torch.softmax(self.att(h.mean((2, 3))), dim=1)
+        return self.fc(torch.einsum("nchw,nc->nhw", h, weights).flatten(1))
+
+
+def test_an_einsum_over_the_channels_is_not_read_as_pooling() -> None:
+    torch.manual_seed(0)
+    model, x = _ChannelWeighting().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c2": [2, 7]}), x)  # whatever it removes, the function stays
     assert result.max_abs_diff <= 1e-5
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 

@@ -918,22 +918,49 @@ class _Recorder(TorchFunctionMode):
             return
         if len(before) < 3 or before[1] != a.shape[1] or math.prod(before[2:]) != a.shape[2]:
             return
-        # torch.matmul ends in a view of a bmm: the bmm is where the operands meet
-        chain = list(_single_chain(out.grad_fn, 4))
+        self._mark_pooling(out, a, b)
+
+    def _einsum_pooling(self, args: tuple, out: Any) -> None:
+        """``torch.einsum`` of the same pooling: ``"nchw,nhw->nc"``, ``"nchw,nkhw->nck"``: the first operand's axis 1
+        (its channels) comes out as axis 1, every other axis of it but the batch is summed over, and the second
+        operand has no channel axis."""
+        if len(args) == 2 and isinstance(args[1], (list, tuple)):  # torch.einsum(equation, [a, b])
+            args = (args[0], *args[1])
+        if len(args) != 3 or not isinstance(args[0], str) or not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            return
+        equation, a, b = args[0].replace(" ", ""), args[1], args[2]
+        if "->" not in equation or "." in equation or not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                                                            and a.grad_fn is not None and b.grad_fn is not None):
+            return
+        operands, result = equation.split("->")
+        first, _, second = operands.partition(",")
+        if not second or len(first) < 3 or len(result) < 2 or a.dim() != len(first) or out.shape[1] <= 1:
+            return
+        batch, channel, pixels = first[0], first[1], set(first[2:])
+        if (result[:2] != batch + channel or second[0] != batch or channel in second or not pixels <= set(second)
+                or pixels & set(result)):
+            return
+        self._mark_pooling(out, a, b, depth=6)
+
+    def _mark_pooling(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, depth: int = 4) -> None:
+        """Mark the bmm that pools ``a``'s pixels with ``b`` (:meth:`_pixel_pooling`): ``b``'s side cut, zero rows
+        kept zero, the views after it and the expands on ``a``'s side channel-preserving."""
+        # torch.matmul ends in a view of a bmm (einsum in views and permutes): the bmm is where the operands meet
+        chain = list(_single_chain(out.grad_fn, depth))
         at = next((i for i, f in enumerate(chain) if _op_name(f) in ("Bmm", "Mm")), None)
         sides = [f for f, _ in chain[at].next_functions if f is not None] if at is not None else []
         if len(sides) != 2:
             return
         bmm, views = chain[at], chain[:at]
-        weights = [f for f in sides if b.grad_fn in _single_chain(f, 4)]
-        if len(weights) != 1 or a.grad_fn in _single_chain(weights[0], 4):
+        weights = [f for f in sides if b.grad_fn in _single_chain(f, depth)]
+        if len(weights) != 1 or a.grad_fn in _single_chain(weights[0], depth):
             return
         self.spread[bmm].add(weights[0])
         self.keeps_zero.add(bmm)
         for view in views:  # the bmm's (batch, C, k) viewed back: channel c stays channel c
             self.flattens[view] = 1
         # torch.matmul expands and views the map to the bmm's batch inside: those steps keep its channels
-        for step in _single_chain(next(f for f in sides if f is not weights[0]), 4):
+        for step in _single_chain(next(f for f in sides if f is not weights[0]), depth):
             if step is a.grad_fn:
                 break
             if _op_name(step) == "Expand":
@@ -1076,6 +1103,8 @@ class _Recorder(TorchFunctionMode):
                 self.buffers[out.grad_fn] = found
         elif func in self._MATMULS:
             self._pixel_pooling(args, out)
+        elif func is torch.einsum:
+            self._einsum_pooling(args, out)
         elif func in self._PADS:
             self._pad(func, args, kwargs, out)
         elif func in self._FLATTENS and (stride := self._flatten_stride(args, kwargs, out)) is not None:
