@@ -517,6 +517,36 @@ def test_a_1d_map_pooled_over_time_by_an_einsum_lets_its_channels_go() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _GlobalContext(nn.Module):
+    """GCNet's global-context block: a softmax over the pixels of a one-channel map, the context as the 4-d matmul
+    ``h.view(n, c, -1).unsqueeze(1) @ attention``, viewed as (n, c, 1, 1), a bottleneck, added back to the stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1)
+        self.attn, self.t1, self.t2 = nn.Conv2d(12, 1, 1), nn.Conv2d(12, 4, 1), nn.Conv2d(4, 12, 1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        n, c, height, width = h.shape
+        attention = torch.softmax(self.attn(h).view(n, 1, height * width), dim=-1).unsqueeze(-1)
+        context = (h.view(n, c, height * width).unsqueeze(1) @ attention).view(n, c, 1, 1)
+        return self.fc((h + self.t2(torch.relu(self.t1(context)))).mean((2, 3)))
+
+
+def test_a_global_context_block_lets_the_stream_channels_go() -> None:
+    """The context's (n, 1, C, 1) view back to (n, C, 1, 1) read as channels moving elsewhere, and the matmul joined
+    the pixels to them: the stream and the block's last convolution kept every channel."""
+    torch.manual_seed(0)
+    model, x = _GlobalContext().eval(), torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(model, x)) <= {"fc", "attn"}
+    result = slim(model, _prune_units(model, {"c2": [2, 7, 11], "t2": [2, 7, 11]}), x)
+    assert result.removed["c2"] == (12, 9) and result.removed["t2"] == (12, 9), result.notes
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _ChannelWeighting(nn.Module):
     """An einsum that sums over the channels (a per-example weighting of them, ``"nchw,nc->nhw"``): no pooling of
     pixels; the channels meet in the sum and must stay coupled to the weights."""

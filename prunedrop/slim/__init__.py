@@ -45,8 +45,8 @@ that is this module's part:
   not 1; a wrong guess fails the final check, and the channels stay). A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)
   is no channel of theirs: a product with it lets a pruned channel go, a sum with it does not. So are the
   weights of attention pooling written as a batched matmul (``h.flatten(2) @ w``, ``torch.bmm``, or
-  ``torch.einsum("nchw,nhw->nc", h, w)``): row c of the result reads channel c of the map alone, and a channel of
-  zeros there leaves. An ungrouped transposed convolution is a unit
+  ``torch.einsum("nchw,nhw->nc", h, w)``, GCNet's ``h.view(n, c, -1).unsqueeze(1) @ attention``): row c of the
+  result reads channel c of the map alone, and a channel of zeros there leaves. An ungrouped transposed convolution is a unit
   layer like a convolution: its own output channels (its weight's axis 1) leave, and a channel it reads leaves
   with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
   output).

@@ -784,6 +784,7 @@ class _Recorder(TorchFunctionMode):
         self.stacks: dict[Any, int] = {}
         self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
         self.spread: dict[Any, set[Any]] = defaultdict(set)
+        self.pooled: set[Any] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
@@ -908,17 +909,28 @@ class _Recorder(TorchFunctionMode):
         if len(args) < 2 or not isinstance(out, torch.Tensor) or out.grad_fn is None:
             return
         a, b = args[0], args[1]
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim() == out.dim() == 3
-                and b.grad_fn is not None and a.grad_fn is not None and a.shape[1] == out.shape[1] > 1
-                and b.shape[1] == a.shape[2] != a.shape[1]):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim() == out.dim()
+                and a.dim() in (3, 4) and b.grad_fn is not None and a.grad_fn is not None
+                and a.shape[-2] == out.shape[-2] > 1 and b.shape[-2] == a.shape[-1] != a.shape[-2]
+                and (a.dim() == 3 or a.shape[1] == b.shape[1] == out.shape[1] == 1)):
             return
-        try:
-            before = [int(d) for d in a.grad_fn._saved_self_sym_sizes]  # a view of a (batch, C, H, W) map: h.flatten(2)
-        except (AttributeError, RuntimeError, TypeError):
+        # a view of a (batch, C, H, W) map: h.flatten(2); with a unit axis in front (GCNet's h.view(n, c, -1)
+        # .unsqueeze(1) @ attention of shape (n, 1, H·W, 1))
+        views = list(_single_chain(a.grad_fn, 2))
+        for view in views:
+            try:
+                before = [int(d) for d in view._saved_self_sym_sizes]
+            except (AttributeError, RuntimeError, TypeError):
+                continue
+            if len(before) >= 3 and before[1] == a.shape[-2] and math.prod(before[2:]) == a.shape[-1]:
+                break
+        else:
             return
-        if len(before) < 3 or before[1] != a.shape[1] or math.prod(before[2:]) != a.shape[2]:
-            return
+        for step in views[:views.index(view)]:  # the unit axis put in front of the flattened map: channel c stays c
+            self.flattens[step] = 1
         self._mark_pooling(out, a, b)
+        if a.dim() == 4:
+            self.pooled.add(out.grad_fn)
 
     def _einsum_pooling(self, args: tuple, out: Any) -> None:
         """``torch.einsum`` of the same pooling: ``"nchw,nhw->nc"``, ``"nchw,nkhw->nck"``: the first operand's axis 1
@@ -1111,6 +1123,10 @@ class _Recorder(TorchFunctionMode):
             self.flattens[out.grad_fn] = stride
         elif func in self._VIEWS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            if (x.grad_fn in self.pooled and out.dim() >= 2 and out.shape[1] == x.shape[-2]
+                    and math.prod(out.shape[2:]) == 1):
+                self.flattens[out.grad_fn] = 1  # GCNet's context (n, 1, C, 1) viewed as (n, C, 1, 1): channel c stays c
+                return
             # channels split into groups (a channel shuffle's view), or regrouped at the same rank (capsules:
             # (batch, 64, 4, 4) viewed as (batch, 8, 8, 16), eight 8-d capsules per position)
             if x.dim() >= 3 and out.dim() >= x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
