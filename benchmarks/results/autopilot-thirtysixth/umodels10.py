@@ -159,8 +159,41 @@ class Crnn(nn.Module):
         return self.fc(out[:, -1])
 
 
+class OcrCrnn(nn.Module):
+    """An OCR-style CRNN: a convolutional map (N, C, H, W) read column by column (permuted to (N, W, C, H), flattened
+    to C·H features per step) by a two-way LSTM, its outputs averaged over the steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.pool = _stem(), nn.MaxPool2d((2, 1))
+        self.lstm = nn.LSTM(32 * 4, 32, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.pool(self.body(x)).permute(0, 3, 1, 2).flatten(2))
+        return self.fc(out.mean(1))
+
+
+class GcBlock(nn.Module):
+    """GCNet's global-context block on a small CNN: softmax attention over the pixels, the context by a 4-d matmul,
+    a bottleneck transform added back to the map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.attn = _stem(), nn.Conv2d(32, 1, 1)
+        self.t1, self.t2, self.fc = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.body(x)
+        n, c, height, width = h.shape
+        a = torch.softmax(self.attn(h).view(n, 1, height * width), dim=-1).unsqueeze(-1)
+        context = (h.reshape(n, c, height * width).unsqueeze(1) @ a).view(n, c, 1, 1)
+        return self.fc((h + self.t2(F.relu(self.t1(context)))).mean((2, 3)))
+
+
 MODELS = {"film": Film, "highway": Highway, "maxout": Maxout, "nin": Nin, "tabular": Tabular, "kws": Kws,
-          "lerp_gate": LerpGate, "pixel_attn_pool": PixelAttnPool, "crnn": Crnn, "matmul_pool": MatmulPool}
+          "lerp_gate": LerpGate, "pixel_attn_pool": PixelAttnPool, "crnn": Crnn, "matmul_pool": MatmulPool,
+          "ocr_crnn": OcrCrnn, "gc_block": GcBlock}
 
 
 def film() -> nn.Module: return Film()
@@ -173,3 +206,5 @@ def lerp_gate() -> nn.Module: return LerpGate()
 def pixel_attn_pool() -> nn.Module: return PixelAttnPool()
 def crnn() -> nn.Module: return Crnn()
 def matmul_pool() -> nn.Module: return MatmulPool()
+def ocr_crnn() -> nn.Module: return OcrCrnn()
+def gc_block() -> nn.Module: return GcBlock()
