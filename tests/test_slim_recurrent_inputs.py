@@ -123,3 +123,21 @@ def test_an_initial_state_another_layer_computes_is_not_read_as_input_channels()
     assert result.model.rnn.input_size == 12 and result.model.rnn.hidden_size == 10
     assert result.max_abs_diff <= 1e-5
     assert _fresh_diff(model, result.model) <= 1e-5
+
+
+def test_a_layer_whose_outputs_meet_a_recurrent_layers_element_wise_stays_and_says_why() -> None:
+    """A Linear added to an LSTM's outputs (a residual around it) writes channels that the LSTM's hidden units write
+    too: its units cannot leave by this path, and the early check says so."""
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.lstm, self.fc = nn.Linear(8, 10), nn.LSTM(10, 10, batch_first=True), nn.Linear(10, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.inp(x.transpose(1, 2)))  # (N, T, 10)
+            out, _ = self.lstm(h)
+            return self.fc((out + h)[:, -1])
+
+    reasons = unremovable_layers(Residual().eval(), torch.randn(4, 8, 9))
+    assert "meet the outputs of the recurrent layer lstm" in reasons["inp"], reasons

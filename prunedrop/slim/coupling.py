@@ -367,8 +367,8 @@ class GroupAnalysis:
                 if all(self.graph.is_in_channel_pruning_fn(h) and not self.graph.is_out_channel_pruning_fn(h)
                        for h, _ in channel.members[node]):
                     continue  # read at its input: the channel leaves with its weight_ih_l0 columns
-                return (f"they are also written by the recurrent layer {self.name(node)} ({type(module).__name__}), "
-                        "whose hidden units leave only by its own noise")
+                return (f"they meet the outputs of the recurrent layer {self.name(node)} ({type(module).__name__}) "
+                        "element-wise (a sum or product with its hidden units, which leave only by its own noise)")
             if _is_unsupported_conv(module):
                 kind = "transposed" if getattr(module, "transposed", False) else "grouped"
                 return (
