@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .data import first_batches
+from .dropout.mc import sampling_mode
 from .errors import PrunedropError
 from .layers._units import batchnorm_affine
 from .slim import silent_units
@@ -279,29 +280,24 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
            and m.running_mean is not None]
     if not bns:
         return 0
-    modes = [(bn.training, bn.momentum) for bn in bns]
+    momenta = [bn.momentum for bn in bns]
     state = batchnorm_state(model)
-    was_training = model.training
-    model.eval()
-    for m in model.modules() if sampling is not None else ():
-        if sampling(m):
-            m.training = True
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
     used = 0
-    try:
-        for x in batches:
-            model(x)
-            used += 1
-    finally:
-        for bn, (training, momentum) in zip(bns, modes):
-            bn.momentum = momentum
-            bn.train(training)
-        if not used:
-            restore_batchnorm(model, state)
-        model.train(was_training)
+    # every module's own mode comes back on exit (sampling_mode restores them)
+    with sampling_mode(model, sampling or (lambda m: False)):
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        try:
+            for x in batches:
+                model(x)
+                used += 1
+        finally:
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
+            if not used:
+                restore_batchnorm(model, state)
     return used
 
 
