@@ -77,11 +77,17 @@ def reads_channels(module: nn.Module) -> bool:
             or (isinstance(module, CONV_TRANSPOSE) and module.groups == 1))
 
 
+def input_names(rnn: nn.RNNBase, what: str = "weight") -> list[str]:
+    """The names of a recurrent layer's first-layer input ``weight`` (or ``bias``) in each direction:
+    ``weight_ih_l0`` and, bidirectional, ``weight_ih_l0_reverse``."""
+    return [f"{what}_ih_l0{suffix}" for suffix in ("", "_reverse")[:2 if rnn.bidirectional else 1]]
+
+
 def input_weights(consumer: nn.Module) -> list[torch.Tensor]:
     """The weights of ``consumer`` that read its input channels: a recurrent layer's first-layer ``weight_ih`` of
     each direction (a channel is its column there), every other layer's ``weight``."""
     if isinstance(consumer, RECURRENT_READERS):
-        return [getattr(consumer, f"weight_ih_l0{s}") for s in ("", "_reverse")[:2 if consumer.bidirectional else 1]]
+        return [getattr(consumer, name) for name in input_names(consumer)]
     return [consumer.weight]
 
 

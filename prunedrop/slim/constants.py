@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import CONV_TRANSPOSE, RECURRENT_READERS, input_weights, out_units, reads_channels
+from .common import CONV_TRANSPOSE, RECURRENT_READERS, input_names, input_weights, out_units, reads_channels
 
 # How many input channels' contributions one grouped convolution computes at once (bounds its memory).
 _CHANNEL_CHUNK = 32
@@ -163,8 +163,8 @@ def fold(consumer: nn.Module, share: torch.Tensor) -> None:
     if isinstance(consumer, RECURRENT_READERS):
         if not consumer.bias:
             return  # only zero shares reach one without biases (consumer_shares)
-        for d, suffix in enumerate(("", "_reverse")[:2 if consumer.bidirectional else 1]):
-            getattr(consumer, f"bias_ih_l0{suffix}").add_(share[d].to(consumer.weight_ih_l0.dtype))
+        for row, name in zip(share, input_names(consumer, "bias"), strict=True):
+            getattr(consumer, name).add_(row.to(consumer.weight_ih_l0.dtype))
         return
     if consumer.bias is None:
         consumer.bias = nn.Parameter(

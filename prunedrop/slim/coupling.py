@@ -26,7 +26,7 @@ from .common import (
     CONV_TRANSPOSE,
     RECURRENT_READERS,
     WEIGHT_LAYERS,
-    input_weights,
+    input_names,
     is_depthwise,
     is_grouped,
     out_units,
@@ -1263,10 +1263,11 @@ def _recurrent_pruner(tp: Any) -> Any:
         def prune_in_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
             gone = {int(i) for i in idxs}
             keep = torch.tensor([i for i in range(layer.input_size) if i not in gone], dtype=torch.long)
-            for suffix, weight in zip(("", "_reverse"), input_weights(layer)):
+            for name in input_names(layer):
+                weight = getattr(layer, name)
                 sliced = weight.detach().index_select(1, keep.to(weight.device)).clone()
                 # nn.RNNBase.__setattr__ puts the new weight into the flat list its forward reads
-                setattr(layer, f"weight_ih_l0{suffix}", nn.Parameter(sliced, requires_grad=weight.requires_grad))
+                setattr(layer, name, nn.Parameter(sliced, requires_grad=weight.requires_grad))
             layer.input_size = len(keep)
             return layer
 
@@ -1280,6 +1281,20 @@ def _recurrent_pruner(tp: Any) -> Any:
             return layer.input_size
 
     return RecurrentInputs()
+
+
+class _HandedOn(torch.autograd.Function):
+    """``values`` (computed elsewhere) handed on as the outputs of one autograd node whose inputs are the given
+    tensors: what a traced graph reads as one layer. For tracing only: no gradient flows back."""
+
+    @staticmethod
+    def forward(ctx: Any, values: list[torch.Tensor], *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.inputs = len(inputs)
+        return tuple(v.clone() for v in values)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, ...]:
+        return (None,) * (1 + ctx.inputs)
 
 
 @contextlib.contextmanager
@@ -1299,19 +1314,8 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
                 return run(input, hx)
             with torch.no_grad():
                 out, state = run(input, hx)
-            values = [out, *tensors_in(state)]
             params = [p for p in module.parameters() if p.requires_grad]
-
-            class Recurrent(torch.autograd.Function):
-                @staticmethod
-                def forward(ctx: Any, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                    return tuple(v.clone() for v in values)
-
-                @staticmethod
-                def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, ...]:
-                    return (None,) * (1 + len(params))
-
-            new = Recurrent.apply(input, *params)
+            new = _HandedOn.apply([out, *tensors_in(state)], input, *params)
             return (new[0], (new[1], new[2])) if isinstance(state, tuple) else (new[0], new[1])
 
         return forward
