@@ -88,6 +88,15 @@ def _single_chain(fn: Any, steps: int) -> Iterator[Any]:
         fn = inputs[0]
 
 
+def _flattens_map(view: Any, channels: int, pixels: int) -> bool:
+    """Whether the autograd node ``view`` reshaped a (batch, ``channels``, …) map into ``pixels`` values per channel."""
+    try:
+        before = [int(d) for d in view._saved_self_sym_sizes]
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return len(before) >= 3 and before[1] == channels and math.prod(before[2:]) == pixels
+
+
 def _op_name(grad_fn: Any) -> str:
     """An autograd function's operation, without "Backward<n>": ``MulBackward0`` → ``Mul``."""
     return re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
@@ -917,16 +926,10 @@ class _Recorder(TorchFunctionMode):
         # a view of a (batch, C, H, W) map: h.flatten(2); with a unit axis in front (GCNet's h.view(n, c, -1)
         # .unsqueeze(1) @ attention of shape (n, 1, H·W, 1))
         views = list(_single_chain(a.grad_fn, 2))
-        for view in views:
-            try:
-                before = [int(d) for d in view._saved_self_sym_sizes]
-            except (AttributeError, RuntimeError, TypeError):
-                continue
-            if len(before) >= 3 and before[1] == a.shape[-2] and math.prod(before[2:]) == a.shape[-1]:
-                break
-        else:
+        at = next((i for i, view in enumerate(views) if _flattens_map(view, a.shape[-2], a.shape[-1])), None)
+        if at is None:
             return
-        for step in views[:views.index(view)]:  # the unit axis put in front of the flattened map: channel c stays c
+        for step in views[:at]:  # the unit axis put in front of the flattened map: channel c stays c
             self.flattens[step] = 1
         self._mark_pooling(out, a, b)
         if a.dim() == 4:
