@@ -40,6 +40,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("sparse_vd", "sbp", "group_vd")
@@ -334,6 +335,37 @@ def child(name: str, methods: list[str], steps: int, fraction: float, seed: int,
             cell = run_cell(name, method, steps, fraction, seed, Path(work))
             with open(out, "a") as f:
                 f.write(json.dumps(cell) + "\n")
+
+
+def own_models(models: dict[str, Any], shape: tuple[int, ...], names: list[str], jsonl: Path) -> None:
+    """Networks defined in a script (``models``: name → class, inputs of ``shape`` without the batch) through every
+    method's cell, each built with seed 0; each cell's one-line verdict and notes printed, its JSON line appended to
+    ``jsonl``. A model whose cells could not run is printed as FAILED."""
+    import torch
+
+    global build_model
+
+    def build(name: str, size: int | None = None):
+        torch.manual_seed(0)
+        return models[name]().eval(), shape
+
+    build_model = build
+    for name in names or list(models):
+        MODELS[name] = ("custom", name, {}, shape[-1], models[name].__doc__)
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as f:
+            out = Path(f.name)
+        try:
+            child(name, list(METHODS), 2, 0.5, 0, out)
+        except Exception as e:  # noqa: BLE001 - a model the cells could not run is a finding, printed
+            print(f"{name}: FAILED {type(e).__name__}: {e}", flush=True)
+        for line in out.read_text().splitlines():
+            cell = json.loads(line)
+            print(f"{name:>18} {cell['method']:>10}: {_cell_text(cell)}", flush=True)
+            for note in cell.get("notes", []):
+                print(f"{'':>30} note: {note[:400]}", flush=True)
+            with open(jsonl, "a") as fh:
+                fh.write(json.dumps(cell) + "\n")
+        out.unlink()
 
 
 def _versions() -> dict:

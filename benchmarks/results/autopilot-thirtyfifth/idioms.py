@@ -4,9 +4,7 @@ half of every noise tensor forced past the threshold, slim, export, onnxruntime 
     python benchmarks/results/autopilot-thirtyfifth/idioms.py [NAME ...]
 
 One JSON line per cell in idioms.jsonl beside this file; the cell's one-line verdict and notes printed."""
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -132,26 +130,5 @@ MODELS = {"cosine_head": CosineHead, "normalized_map": NormalizedMap, "where_gat
           "upsampled": Upsampled}
 
 
-def build(name: str, size: int | None = None):
-    torch.manual_seed(0)
-    return MODELS[name]().eval(), (3, 16, 16)
-
-
 if __name__ == "__main__":
-    zoo_matrix.build_model = build
-    for name in sys.argv[1:] or list(MODELS):
-        zoo_matrix.MODELS[name] = ("custom", name, {}, 16, MODELS[name].__doc__)
-        with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as f:
-            out = Path(f.name)
-        try:
-            zoo_matrix.child(name, list(zoo_matrix.METHODS), 2, 0.5, 0, out)
-        except Exception as e:  # noqa: BLE001 - a model the cells could not run is a finding, printed
-            print(f"{name}: FAILED {type(e).__name__}: {e}", flush=True)
-        for line in out.read_text().splitlines():
-            cell = json.loads(line)
-            print(f"{name:>18} {cell['method']:>10}: {zoo_matrix._cell_text(cell)}", flush=True)
-            for note in cell.get("notes", []):
-                print(f"{'':>30} note: {note[:400]}", flush=True)
-            with open(HERE / "idioms.jsonl", "a") as fh:
-                fh.write(json.dumps(cell) + "\n")
-        out.unlink()
+    zoo_matrix.own_models(MODELS, (3, 16, 16), sys.argv[1:], HERE / "idioms.jsonl")
