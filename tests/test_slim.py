@@ -1528,6 +1528,26 @@ def test_per_weight_pruning_loses_the_units_it_emptied_or_left_unread() -> None:
     assert (result.model(x) - want).abs().max() <= 1e-5
 
 
+def test_units_taken_for_unread_by_a_misread_graph_are_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channels-last flatten that the graph mapped to the wrong columns made live units read as unread: they were
+    zeroed, the slim then kept them "as zeros", and the run's model lost 80 points with a slim diff of 0. Whatever
+    the graph misreads, zeroing that changes the output is undone and named."""
+    import prunedrop.slim.stage as stage
+    from prunedrop.slim import MisreadUnits, dead_units
+    from prunedrop.stages.slimming import remove_dead_units
+
+    model, x = _sparse_mlp(), torch.randn(16, 6)
+    want, state = model(x), {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(stage, "_reads", lambda module, idxs: False)  # every unit read as unread
+    with pytest.raises(MisreadUnits, match="changed the model's output"):
+        dead_units(model, x[:2])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    lines: list[str] = []
+    assert remove_dead_units(model, x[:4], lines.append, None) is None
+    assert any("no whole unit removed" in line for line in lines), lines
+    assert torch.equal(model(x), want)
+
+
 def test_per_weight_dead_units_of_a_residual_stream_go_only_when_every_writer_lets_them() -> None:
     from prunedrop.slim import dead_units
 

@@ -73,7 +73,7 @@ from .common import WEIGHT_LAYERS, silent_units
 from .coupling import coupled_producers, grouped_slots
 from .heads import HeadsAndRowsResult, remove_heads_and_rows
 from .recurrent import RecurrentSlimResult, slim_recurrent, split_recurrent_masks
-from .stage import SlimResult, dead_units, slim, unremovable_layers
+from .stage import MisreadUnits, SlimResult, dead_units, slim, unremovable_layers
 
 __all__ = [
     "WEIGHT_LAYERS",
@@ -87,6 +87,7 @@ __all__ = [
     "slim",
     "slim_recurrent",
     "unremovable_layers",
+    "MisreadUnits",
     "dead_units",
     "split_recurrent_masks",
 ]

@@ -506,7 +506,9 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     and :func:`slim` requires, with the same function: a constant unit's value in each consumer (measured on
     ``example_input``) goes into that consumer's bias and its columns there are zeroed, where a bias can hold it
     exactly (a unit whose constant meets a zero-padded convolution stays); then the unit's weights and bias are
-    zeroed. Empty where the model cannot be traced."""
+    zeroed. Empty where the model cannot be traced. The model's output on ``example_input`` is compared before and
+    after: where zeroing changed it (the dependency graph misread where a unit goes, and a unit read live was taken
+    for unread), the model is put back as it was and :class:`MisreadUnits` says by how much."""
     layers = dict(model.named_modules())
     found: list[tuple[list[tuple[str, int]], list[tuple[str, list[int]]], bool]] = []
     try:
@@ -525,9 +527,13 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
                     found.append((producers, [(analysis.name(n), idxs) for n, idxs in consumers], unread))
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow keeps its units, as before
         return {}
+    if not found:
+        return {}
     calls = record_inputs(model, example_input) if any(not unread for *_, unread in found) else {}
     gone: dict[str, set[int]] = defaultdict(set)
     with torch.no_grad():
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        want = model(example_input)
         for producers, consumers, unread in found:
             if not unread:  # constant: into the consumers' biases, if every one can hold it exactly
                 shares = [consumer_shares(layers[c], calls.get(layers[c], []), {0: idxs}, fold_borders=False)
@@ -540,12 +546,27 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
             for name, index in producers:
                 _zero_unit(layers[name], index)
                 gone[name].add(index)
+        diff = max_abs_diff(want, model(example_input))
+        if diff > scaled_tolerance(DEAD_UNITS_ATOL, want):
+            model.load_state_dict(before)
+            raise MisreadUnits(f"zeroing the {sum(map(len, gone.values()))} unit(s) of {', '.join(sorted(gone))} that "
+                               f"per-weight pruning seemed to leave empty or unread changed the model's output (max "
+                               f"abs diff {diff:.3g}): the dependency graph misread where they go")
     masks = {}
     for name, indices in sorted(gone.items()):
         mask = torch.ones(out_units(layers[name]), dtype=torch.bool)
         mask[sorted(indices)] = False
         masks[name] = mask
     return masks
+
+
+#: how far zeroing the units :func:`dead_units` finds may move the model's output (for outputs of magnitude up to 1:
+#: float32 rounding of the constants folded into biases)
+DEAD_UNITS_ATOL = 1e-4
+
+
+class MisreadUnits(PrunedropError):
+    """:func:`dead_units` found units whose zeroing changed the model's output; the model is as it was."""
 
 
 def _zero_inputs(consumer: nn.Module, idxs: list[int]) -> None:

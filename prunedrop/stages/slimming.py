@@ -16,7 +16,7 @@ from torch import nn
 
 from ..recipes import Recipe
 from ..report.render import width_times
-from ..slim import SlimResult, dead_units, remove_heads_and_rows, slim
+from ..slim import MisreadUnits, SlimResult, dead_units, remove_heads_and_rows, slim
 from ..slim.common import CONV
 from .common import some
 
@@ -175,6 +175,9 @@ def remove_dead_units(model: nn.Module, example: torch.Tensor, log: Callable[[st
         log(f"per-weight pruning left {gone} whole unit(s) that compute a constant or that nothing reads: removing "
             "them")
         return remove_pruned_units(work, masks, example, log, channel_multiple)
+    except MisreadUnits as e:
+        log(f"note: no whole unit removed: {e}; the model stays as it is")
+        return None
     except Exception as e:  # noqa: BLE001 - any model of the user's: the masked model is exported as before
         first = (str(e).strip().splitlines() or [""])[0][:200]
         log(f"note: the whole units that per-weight pruning emptied stay in the model as zeros: removing them "
