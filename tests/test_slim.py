@@ -570,6 +570,141 @@ def test_an_einsum_over_the_channels_is_not_read_as_pooling() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _GraphConv(nn.Module):
+    """Graph convolutions over 9 nodes, ``A @ linear(h)``: A a normalised adjacency buffer, or a learned adjacency
+    and a token-mixing matrix (parameters of the model's own code), always on the left of the nodes' features."""
+
+    def __init__(self, learned: bool) -> None:
+        super().__init__()
+        adjacency = torch.eye(9) + torch.diag(torch.ones(8), 1) + torch.diag(torch.ones(8), -1)
+        adjacency = adjacency / adjacency.sum(1, keepdim=True)
+        if learned:
+            self.adj, self.mix = nn.Parameter(adjacency), nn.Parameter(torch.eye(9) + 0.1 * torch.randn(9, 9))
+        else:
+            self.register_buffer("adj", adjacency)
+            self.mix = None
+        self.g1, self.g2, self.fc = nn.Linear(2, 8), nn.Linear(8, 12), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (batch, 9 nodes, 2 features)
+        h = torch.relu(self.adj @ self.g1(x))
+        h = torch.relu(torch.matmul(self.adj, self.g2(h)))
+        if self.mix is not None:
+            h = h + self.mix @ h
+        return self.fc(h.mean(1))
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_a_matrix_that_mixes_the_rows_on_the_left_lets_the_feature_channels_go(learned: bool) -> None:
+    """``A @ h`` mixes the nodes (rows) of h and reads each feature column alone: torch.matmul folded the features
+    into a batch of rows, which the graph read as channels mixed ("_ExpandOp, which mixes or embeds channels"), or A
+    as a parameter the channels pass through, and g1 and g2 kept every unit."""
+    torch.manual_seed(0)
+    model, x = _GraphConv(learned).eval(), torch.randn(4, 9, 2)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"g1": [0, 5], "g2": [2, 7, 11]}), x)
+    assert result.removed["g1"] == (8, 6) and result.removed["g2"] == (12, 9), result.notes
+    assert result.model.adj.shape == (9, 9) and result.model.fc.in_features == 9
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _LeftMixedConvMap(nn.Module):
+    """A 1x1 convolution written by hand over a Conv1d's (batch, C, length) map, ``w @ h``: w mixes the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.w = nn.Conv1d(2, 8, 3, padding=1), nn.Parameter(torch.randn(6, 8))
+        self.c2, self.fc = nn.Conv1d(6, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.relu(self.w @ torch.relu(self.c1(x))))).mean(-1))
+
+
+def test_a_matrix_on_the_left_of_a_convolutions_map_mixes_its_channels_and_keeps_them() -> None:
+    torch.manual_seed(0)
+    model, x = _LeftMixedConvMap().eval(), torch.randn(4, 2, 9)
+    assert "c1" in unremovable_layers(model, x)
+    result = slim(model, _prune_units(model, {"c1": [1, 4], "c2": [0]}), x)
+    assert result.removed.get("c1", (8, 8)) == (8, 8) and result.removed["c2"] == (4, 3), result.notes
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _AlongAxis(nn.Module):
+    """An operation along one axis between two layers: a causal running mean over the rows of a Linear's (batch,
+    rows, C) output (``cumsum(1)`` divided by a counts buffer), or a flip or a roll of a 1-d convolution's map over
+    time."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.lin, self.gate = nn.Linear(4, 12), nn.Linear(4, 12)
+        self.c1, self.c2 = nn.Conv1d(4, 12, 3, padding=1), nn.Conv1d(12, 6, 3, padding=1)
+        self.register_buffer("counts", torch.arange(1, 6, dtype=torch.float32).view(1, 5, 1))
+        self.fc = nn.Linear(12 if how == "cumsum_rows" else 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (batch, 5, 4)
+        if self.how == "cumsum_rows":
+            h = torch.cumsum(self.lin(x), dim=1) / self.counts * torch.sigmoid(self.gate(x))
+            return self.fc(h[:, -1])
+        h = torch.relu(self.c1(x.transpose(1, 2)))  # (batch, 12, 5)
+        h = h.flip(-1) if self.how == "flip_time" else torch.roll(h, 2, dims=2)
+        return self.fc(torch.relu(self.c2(h)).mean(-1))
+
+
+@pytest.mark.parametrize("how", ["cumsum_rows", "flip_time", "roll_time"])
+def test_a_cumulative_sum_flip_or_roll_along_another_axis_lets_the_channels_go(how: str) -> None:
+    """Along the rows or time a channel of zeros stays zeros: a running mean's pruned channels stayed, "still
+    produced by an untraced operand" (the counts it is divided by), as the cumulative sum was not known to keep
+    zeros."""
+    torch.manual_seed(0)
+    model, x = _AlongAxis(how).eval(), torch.randn(4, 5, 4)
+    masks = {"lin": [1, 4, 9], "gate": [1, 4, 9]} if how == "cumsum_rows" else {"c1": [1, 4, 9]}
+    result = slim(model, _prune_units(model, masks), x)
+    for name in masks:
+        assert result.removed[name] == (12, 9), result.notes
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+class _TokensFlattened(nn.Module):
+    """Per-token Linear layers over (batch, tokens, features), the last one's output flattened and read whole by the
+    head (a PatchTST-style flatten head), by ``flatten(1)``, ``reshape(n, -1)`` or nn.Flatten; or a (batch, H, W, C)
+    map of per-pixel Linears flattened."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.l1, self.l2 = nn.Linear(3, 10), nn.Linear(10, 6)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(6 * (4 if how == "pixels" else 5), 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (batch, 5, 3)
+        if self.how == "pixels":
+            x = x[:, :4].reshape(-1, 2, 2, 3)  # (batch, 2, 2, 3): four pixels of three features
+        h = torch.relu(self.l2(torch.relu(self.l1(x))))
+        if self.how == "reshape":
+            return self.fc(h.reshape(h.shape[0], -1))
+        if self.how == "module":
+            return self.fc(self.flat(h))
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["flatten", "reshape", "module", "pixels"])
+def test_a_linears_tokens_flattened_lose_a_unit_at_every_token(how: str) -> None:
+    """Channel c of a (batch, T, C) output is features c, C + c, … of its flattening: Torch-Pruning mapped it to the
+    block c·T … c·T + T − 1, removing a unit broke the forward, and the early check named l2 unremovable."""
+    torch.manual_seed(0)
+    model, x = _TokensFlattened(how).eval(), torch.randn(4, 5, 3)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"l1": [0, 7], "l2": [1, 4]}), x)
+    tokens = 4 if how == "pixels" else 5
+    assert result.removed["l1"] == (10, 8) and result.removed["l2"] == (6, 4), result.notes
+    assert result.model.fc.in_features == 4 * tokens
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""
@@ -1191,11 +1326,15 @@ class _Reordered(nn.Module):
 def test_channels_reordered_on_the_way_are_named_before_training(op: str) -> None:
     """The dependency graph reads a flip or roll along the channels as element-wise: removing c1's first and last
     units (flipped onto each other) passed the early check, c1 was converted and trained, and its pruned units then
-    stayed ("in c2, its value varies with the input"). The check removes an asymmetric set now, and a consumer that
-    reads a zeroed channel varying names the layer."""
+    stayed ("in c2, its value varies with the input"). The trace records such an operation along the channels now
+    (a cumulative sum mixes them, a flip or a roll moves them), and the layer is named for it."""
     torch.manual_seed(0)
     stuck = unremovable_layers(_Reordered(op).eval(), torch.randn(4, 1, 6, 6))
-    assert set(stuck) == {"c1", "fc"} and "misread by the dependency graph" in stuck["c1"], stuck
+    named = "cumulative sum over the channels" if op == "cumsum" else "shuffle, flip or roll"
+    assert set(stuck) == {"c1", "fc"} and named in stuck["c1"], stuck
+    model = _Reordered(op).eval()
+    result = slim(model, _prune_units(model, {"c1": [0, 3]}), torch.randn(4, 1, 6, 6))
+    assert result.removed.get("c1", (8, 8)) == (8, 8) and result.max_abs_diff <= 1e-5
 
 
 def test_units_a_fixed_slice_reads_are_named_before_training() -> None:

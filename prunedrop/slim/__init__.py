@@ -7,7 +7,8 @@ that computes the same function in eval mode, checked on the example input.
 Which layers a unit touches is the job of a dependency graph, and we do not write our own: Torch-Pruning's
 ``DependencyGraph`` traces the model once and, for every channel of every Linear/Conv layer, lists each
 place it reaches — the producer's weight row and bias, the BatchNorm entry, the consumers' weight columns (a
-block of ``H·W`` columns after flatten→linear), offsets through concatenations, the input *and* output
+block of ``H·W`` columns after flatten→linear; every C-th column where a Linear's (batch, tokens, C) output is
+flattened), offsets through concatenations, the input *and* output
 channel of a depthwise convolution, and the other producers that a residual addition couples to it. Its
 pruning functions do the index surgery. What it does not know is whether removing a channel is *exact*;
 that is this module's part:
@@ -16,7 +17,8 @@ that is this module's part:
   consumer through the channel's group, every path must end at a pruned unit (a producer or a depthwise
   convolution whose unit is pruned) or at a parameter. One live producer keeps the channel in all members,
   except behind a product: a factor that is exact zeros whatever the input (a pruned unit carried through
-  operations that keep 0 as 0 — ReLU, SiLU, hardswish, pooling, reshapes) silences it, so a squeeze-excitation's
+  operations that keep 0 as 0 — ReLU, SiLU, hardswish, pooling, reshapes, a cumulative sum, flip or roll along
+  an axis other than the channels) silences it, so a squeeze-excitation's
   ``x · sigmoid(fc2(…))`` loses the channels that x's depthwise convolution prunes, fc2's unit with them.
 * **Constants.** A pruned unit outputs 0, but what its consumers see may not be 0: a BatchNorm turns it into
   ``β − γ·μ/√(σ²+ε)``, and an activation with ``f(0) ≠ 0`` (sigmoid) or a constant turns it into ``f(c)``.
@@ -38,15 +40,17 @@ that is this module's part:
   every group alike.
 * **Unsupported places.** A channel that reaches the model output, passes through a grouped transposed
   convolution, a LayerNorm/GroupNorm/RMSNorm (which mix channels), an embedding, an attention
-  layer, a recurrent layer's output or a parameter read other than element-wise, or meets the others in a mean, maximum, variance or
-  softmax over the channels (which a removed channel changes; a sum or norm over them, F.normalize's, it does not
-  change) is kept; ``notes`` says so. A parameter of the model's own code that only scales or shifts each channel (a
+  layer, a recurrent layer's output or a parameter read other than element-wise, or meets the others in a mean, maximum, variance,
+  cumulative sum or softmax over the channels (which a removed channel changes; a sum or norm over them,
+  F.normalize's, it does not change), or a flip or roll that moves them to other numbers, is kept; ``notes`` says so. A parameter of the model's own code that only scales or shifts each channel (a
   layer scale ``x * γ``, ``x + b``) is sliced with the channels, along the axis the graph guesses (the last that is
   not 1; a wrong guess fails the final check, and the channels stay). A one-channel tensor spread over the channels (a spatial attention map, a per-example scale)
   is no channel of theirs: a product with it lets a pruned channel go, a sum with it does not. So are the
   weights of attention pooling written as a batched matmul (``h.flatten(2) @ w``, ``torch.bmm``, or
   ``torch.einsum("nchw,nhw->nc", h, w)``, GCNet's ``h.view(n, c, -1).unsqueeze(1) @ attention``): row c of the
-  result reads channel c of the map alone, and a channel of zeros there leaves. An ungrouped transposed convolution is a unit
+  result reads channel c of the map alone, and a channel of zeros there leaves. So is a fixed or learned matrix
+  on the left of features whose last axis holds the channels (a graph convolution's adjacency ``A @ h``, token
+  mixing written as a matmul): column c of the result reads column c of h alone. An ungrouped transposed convolution is a unit
   layer like a convolution: its own output channels (its weight's axis 1) leave, and a channel it reads leaves
   with that slice of its weight where the channel is exactly 0 there (it would spread a constant unevenly over its
   output).

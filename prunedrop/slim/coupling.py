@@ -357,7 +357,7 @@ class GroupAnalysis:
             if node in broken:
                 what = _op_name(node.grad_fn) or "an operation"
                 return (f"they pass through an operation that moves channels to other places or numbers, which "
-                        f"the dependency graph cannot follow ({what}: a channel shuffle)")
+                        f"the dependency graph cannot follow ({what}: a channel shuffle, flip or roll)")
             if self.padded(node, channel):
                 return ("they meet the channels of zeros that a pad of the channel axis adds (F.pad), whose number is "
                         "fixed in the model's code")
@@ -745,6 +745,15 @@ class _Recorder(TorchFunctionMode):
     _BLOCKS = (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle)
     _PADS = (F.pad, torch.constant_pad_nd)
     _MOVERS = (F.channel_shuffle, torch.channel_shuffle)
+    # operations along one axis (dim) that keep a channel of zeros zeros along any other: what they compute over the
+    # channels, where they mix them (a cumulative sum) or move them (a flip, a roll); where the operation names its
+    # axis under another keyword or position (flip's dims, roll's dims after shifts)
+    _ALONG_AXIS: dict[Any, tuple[str | None, str, int]] = {
+        **dict.fromkeys((torch.cumsum, torch.Tensor.cumsum), ("a cumulative sum", "dim", 1)),
+        **dict.fromkeys((torch.cumprod, torch.Tensor.cumprod), ("a cumulative product", "dim", 1)),
+        **dict.fromkeys((torch.flip, torch.Tensor.flip), (None, "dims", 1)),
+        **dict.fromkeys((torch.roll, torch.Tensor.roll), (None, "dims", 2)),
+    }
     # reductions along an axis: what they compute, whether a channel of zeros leaves them unchanged when taken over
     # the channels (sums and norms; a mean divides by the count, a maximum may be the zero, a softmax gives it a
     # share), and whether they keep a channel of zeros zeros when taken over the pixels (not a softmax: 1/n each)
@@ -788,7 +797,7 @@ class _Recorder(TorchFunctionMode):
         self.keeps_zero: set[Any] = set()
         self.zero_operands: set[Any] = set()
         self.conv_maps: set[Any] = set()
-        self.flattens: dict[Any, int] = {}
+        self.flattens: dict[Any, int | tuple[int, int]] = {}
         self.channel_pads: dict[Any, tuple[int, int]] = {}
         self.stacks: dict[Any, int] = {}
         self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
@@ -808,6 +817,8 @@ class _Recorder(TorchFunctionMode):
         if func is F.local_response_norm:
             with contextlib.suppress(Exception):
                 return self._local_response_norm(*args, **kwargs)
+        if func in self._MATMULS and (mixed := self._row_mixing(args, kwargs)) is not None:
+            return mixed
         # before the call: an in-place add into a zeros accumulator (``h = torch.zeros_like(x); h += f``) changes it
         zero_operand = False
         with contextlib.suppress(Exception):
@@ -935,6 +946,47 @@ class _Recorder(TorchFunctionMode):
         if a.dim() == 4:
             self.pooled.add(out.grad_fn)
 
+    def _row_mixing(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """``A @ h`` with a fixed or learned matrix A (a buffer or a parameter of the model's own code, 2-d) that mixes
+        the rows of h (…, rows, C) whose last axis holds the channels: a graph convolution's normalised adjacency over
+        the nodes, a fixed transform over the positions, token mixing written as a matmul. Column c of the result
+        reads column c of h alone, so the channel passes through (a column of zeros stays zeros) and A holds no
+        channel. Torch-Pruning saw torch.matmul fold h's channels into a batch of rows and named the layer before it
+        unremovable ("_ExpandOp, which mixes or embeds channels"). Computed here as the batched matmul it is (A
+        expanded over h's batch; the same values), its operand A cut from the channel numbers. None where the call is
+        not of this form (h a convolution's (batch, C, length) map, whose channels A would mix, is not)."""
+        if len(args) != 2 or kwargs:
+            return None
+        a, b = args
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == 2 and b.dim() >= 3
+                and a.grad_fn is None and b.grad_fn is not None and a.shape[1] == b.shape[-2] and b.shape[-1] > 1
+                and not any(_op_name(f) == "Convolution" for f in _single_chain(b.grad_fn, 7))):
+            return None
+        out = torch.matmul(a.expand(*b.shape[:-2], *a.shape), b)
+        chain = list(_single_chain(out.grad_fn, 4))
+        at = next((i for i, f in enumerate(chain) if _op_name(f) in ("Bmm", "Mm")), None)
+        if at is None:
+            return out
+        bmm = chain[at]
+        sides = [f for f, _ in bmm.next_functions]
+        if len(sides) != 2 or sides[1] is None:
+            return out
+        if sides[0] is None:
+            self.zero_operands.add(bmm)  # a buffer: a factor of each column, which feeds no channel of its own
+        else:
+            self.spread[bmm].add(sides[0])
+        self.keeps_zero.add(bmm)
+        for view in chain[:at]:  # the bmm's result viewed back: column c stays column c
+            self.flattens[view] = 1
+        for step in _single_chain(sides[1], 4):  # h expanded and viewed to the bmm's batch: its channels stay
+            if step is b.grad_fn:
+                break
+            if _op_name(step) == "Expand":
+                self.plain_expands.add(step)
+            else:
+                self.flattens[step] = 1
+        return out
+
     def _einsum_pooling(self, args: tuple, out: Any) -> None:
         """``torch.einsum`` of the same pooling: ``"nchw,nhw->nc"``, ``"nchw,nkhw->nck"``: the first operand's axis 1
         (its channels) comes out as axis 1, every other axis of it but the batch is summed over, and the second
@@ -1013,6 +1065,56 @@ class _Recorder(TorchFunctionMode):
                 return base, long[0]
         return None
 
+    def _along_axis(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """A cumulative sum or product, a flip or a roll along one axis: along any axis but the channels' it keeps each
+        channel on its own and a channel of zeros zeros (a causal running mean over time: ``h.cumsum(1) / counts``);
+        over the channels a cumulative sum mixes them, and a flip or a roll moves them to other numbers, which the
+        dependency graph read as element-wise. Where the channels lie (:meth:`_channels_at`) is not known, nothing
+        is recorded: the graph's own reading stands, checked by the slim model's output."""
+        what, key, at = self._ALONG_AXIS[func]
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        dim = args[at] if len(args) > at else kwargs.get(key)
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or out.shape != x.shape:
+            return
+        if dim is None:  # a roll of the flattened tensor: every element to another place
+            self.movers.add(out.grad_fn)
+            return
+        channels = self._channels_at(x)
+        if channels is None:
+            return
+        dims = {int(d) % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+        if channels not in dims:
+            self.keeps_zero.add(out.grad_fn)
+        elif what is not None:
+            self.reductions[out.grad_fn] = (what, False)
+        else:
+            self.movers.add(out.grad_fn)
+
+    @staticmethod
+    def _channels_at(x: torch.Tensor) -> int | None:
+        """The axis of ``x`` that holds a layer's channels: 1 for (batch, features); for another rank, what made it
+        through functions of one operand element by element: a convolution's map (1), or a Linear applied to (batch,
+        tokens, features) or (batch, H, W, features) (the last: its matmul of the flattened rows, viewed back). None
+        otherwise (a transpose, a norm or any other step between: not known; a (batch, H, W, C) map of a Swin block
+        is rolled over H and W)."""
+        if x.dim() == 2:
+            return 1
+        fn = x.grad_fn
+        for _ in range(8):
+            name = _op_name(fn)
+            if name == "Convolution":
+                return 1
+            inputs = [f for f, _ in fn.next_functions if f is not None] if fn is not None else []
+            if name in ("View", "UnsafeView") and len(inputs) == 1 and _op_name(inputs[0]) in ("Addmm", "Mm"):
+                with contextlib.suppress(AttributeError, RuntimeError, TypeError, IndexError):
+                    if int(fn._saved_self_sym_sizes[-1]) == x.shape[-1]:
+                        return x.dim() - 1
+                return None
+            if name not in _PER_ELEMENT or len(inputs) != 1:
+                return None
+            fn = inputs[0]
+        return None
+
     def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         """A constant pad with zeros keeps a channel of zeros zeros; where it pads the channel axis of a (batch, C,
         H, W) or (batch, C, D, H, W) tensor (a CIFAR ResNet's option-A shortcut, ``F.pad(x[:, :, ::2, ::2], (0, 0,
@@ -1037,17 +1139,21 @@ class _Recorder(TorchFunctionMode):
             self.channel_pads[out.grad_fn] = (pad[at], int(x.shape[1]))
 
     @staticmethod
-    def _flatten_stride(args: tuple, kwargs: dict, out: torch.Tensor) -> int | None:
+    def _flatten_stride(args: tuple, kwargs: dict, out: torch.Tensor) -> int | tuple[int, int] | None:
         """For a flatten of a (batch, C, H, W) or (batch, C, D, H, W) tensor into (batch, C·H·W): how many features
         each channel becomes (H·W), which Torch-Pruning infers from the widths of the layers around instead, and
         misreads where the features are concatenated with others before a Linear reads them (fastai's concat
         pooling, ``cat([maxpool(h).flatten(1), h.mean((2, 3))])``: stride 2 read for 1, and removing a unit broke the
-        forward); 1 for a (batch, C, 1, …) tensor of any rank (a pooled matmul's (batch, C, 1) flattened); None for any
-        other reshape."""
+        forward); 1 for a (batch, C, 1, …) tensor of any rank (a pooled matmul's (batch, C, 1) flattened); (C, T) for
+        a Linear's (batch, T, C) output flattened, channel c becoming features c, C + c, 2C + c, … (a per-token
+        projection read out whole, PatchTST's flatten head; Torch-Pruning mapped channel c to the block c·T … and
+        removing a unit broke the forward); None for any other reshape."""
         x = args[0] if args else kwargs.get("input", kwargs.get("self"))
         if not (isinstance(x, torch.Tensor) and out.dim() == 2 and x.dim() >= 3 and out.shape[0] == x.shape[0]
                 and x.shape[0] > 0 and out.shape[1] == x[0].numel()):
             return None
+        if _Recorder._channels_at(x) == x.dim() - 1 and x.shape[-1] > 1:
+            return int(x.shape[-1]), int(x[0].numel() // x.shape[-1])
         if x.dim() in (4, 5) or all(d == 1 for d in x.shape[2:]):
             return int(x[0, 0].numel())
         return None
@@ -1100,6 +1206,8 @@ class _Recorder(TorchFunctionMode):
             self.blocks[out.grad_fn] = (int(factor) ** (out.dim() - 2), func in (F.pixel_shuffle, torch.pixel_shuffle))
         elif func in self._MOVERS:
             self.movers.add(out.grad_fn)
+        elif func in self._ALONG_AXIS:
+            self._along_axis(func, args, kwargs, out)
         elif func in self._EXPANDS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             # a (batch, channels, 1, 1) excitation spread over the pixels (y.expand_as(x)): the channels stay
@@ -1247,13 +1355,38 @@ def _map_blocks(node: Any, size: int, gathers: bool) -> None:
         node.prunedrop_block = size
 
 
-def _map_flatten(node: Any, stride: int) -> None:
+def _map_flatten(node: Any, stride: int | tuple[int, int]) -> None:
     """Map a flatten's channels by its real ``stride`` (:meth:`_Recorder._flatten_stride`): input channel k is
-    features k·stride … (k + 1)·stride − 1, as a pixel unshuffle's (:func:`_map_blocks`); the numbers pass unchanged
-    on to what reads the features (where a failed mapping had stopped them, :func:`_stop`)."""
+    features k·stride … (k + 1)·stride − 1, as a pixel unshuffle's (:func:`_map_blocks`), or, for a (width, count)
+    pair (channels last), features k, width + k, …; the numbers pass unchanged on to what reads the features (where a
+    failed mapping had stopped them, :func:`_stop`)."""
     for dep in node.dependencies:
         dep.index_mapping[0] = None
-    _map_blocks(node, stride, gathers=False)
+    if isinstance(stride, int):
+        _map_blocks(node, stride, gathers=False)
+        return
+    for source in node.inputs:
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _Interleaved(*stride, reverse=False)
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[0] = _Interleaved(*stride, reverse=True)
+
+
+class _Interleaved:
+    """Torch-Pruning's index mapping of a channels-last flatten: channel k of ``width`` becomes features k, width +
+    k, …, (count − 1)·width + k; back, feature f is channel f mod width."""
+
+    def __init__(self, width: int, count: int, reverse: bool) -> None:
+        self.width, self.count, self.reverse = width, count, reverse
+
+    def __call__(self, idxs: list) -> list:
+        from torch_pruning._helpers import _HybridIndex
+
+        if self.reverse:
+            return list({_HybridIndex(idx=i.idx % self.width, root_idx=i.root_idx) for i in idxs})
+        return [_HybridIndex(idx=t * self.width + i.idx, root_idx=i.root_idx) for i in idxs for t in range(self.count)]
 
 
 def _recurrent_pruner(tp: Any) -> Any:
