@@ -166,6 +166,30 @@ def test_a_parameter_used_only_element_wise_counts_no_multiply_adds(where):
     assert [p.counted for p in profile_model(mixed, torch.randn(2, 4))] == [True, False]
 
 
+def test_a_buffer_that_enters_a_product_is_flagged_not_counted():
+    """A graph convolution's adjacency buffer, ``adj @ lin(h)``, multiplies more than its layers (64·64 per feature
+    here); the module holds no parameter of its own, so it was not listed and the FLOPs left it out without a word. A
+    buffer used element-wise (BatchNorm's statistics, a fixed scale) is no product."""
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("adj", torch.eye(6))
+            self.register_buffer("scale", torch.ones(4))
+            self.lin, self.bn = nn.Linear(3, 4), nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            return self.bn(self.adj @ self.lin(x) * self.scale)
+
+    profiles = {p.name: p for p in profile_model(Graph().eval(), torch.randn(2, 6, 3))}
+    assert (profiles[""].params, profiles[""].macs, profiles[""].counted) == (0, 0, False)
+    assert profiles["lin"].counted and profiles["bn"].counted
+    report = build_report(original=Graph().eval(), compressed=Graph().eval(), example_input=torch.randn(2, 6, 3),
+                          metric_name="accuracy", metric_before=None, metric_after=None, onnx_bytes_before=None,
+                          onnx_bytes_after=None, parity_max_abs_diff=None)
+    assert report["flops"]["uncounted_layers"] == ["<root>"]
+    assert "FLOPs leave out layers with no MAC rule: <root>" in format_table(report)
+
+
 class _Attend(nn.Module):
     """Attention of ``L`` queries over ``S`` keys (self-attention without ``memory``) on a batch-first input,
     handed to the attention module in its own layout."""

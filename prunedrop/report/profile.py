@@ -42,7 +42,8 @@ kernels actually do.
 Any other module that owns parameters (a user's own layer, or the model's own class token) is listed with 0 MACs.
 Where none of its parameters enters a product (a matrix product or a convolution, watched at the operator level
 while profiling: a layer scale, a position embedding, a temperature), that is its count (``counted=True``). Where one
-does, it is ``counted=False``; :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
+does, it is ``counted=False``, and so is a module whose buffer enters one (a graph convolution's adjacency,
+``adj @ h``; listed with 0 parameters); :func:`build_report` names such layers under ``flops.uncounted_layers`` so that a
 FLOPs figure never silently leaves part of the network out.
 """
 
@@ -302,13 +303,14 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
 
         return hook
 
-    # the parameters of layers without a MAC rule, by storage: do they enter a product, or only element-wise work?
+    # the parameters and buffers of modules without a MAC rule, by storage: do they enter a product, or only
+    # element-wise work? (a graph convolution's adjacency buffer, ``adj @ h``, multiplies as much as its layers)
     storages: dict[int, set[str]] = {}
-    for n, m in owners:
+    for n, m in model.named_modules():
         if not _has_mac_rule(m):
-            for p in m.parameters(recurse=False):
-                key = _storage(p)
-                if key is not None:
+            for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+                key = _storage(t)
+                if key is not None and t.is_floating_point():
                     storages.setdefault(key, set()).add(n)
     watch = _product_watch(storages) if storages else contextlib.nullcontext()
     handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in owners]
@@ -319,10 +321,14 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
         for h in handles:
             h.remove()
 
+    # a module that holds no parameter but a buffer entering a product is listed too (0 parameters, uncounted)
+    found = watch.found if storages else set()
+    listed = {n for n, _ in owners} | found
+    owners = [(n, m) for n, m in model.named_modules() if n in listed]
     profiles = []
     for name, module in owners:
         params = list(module.parameters(recurse=False))
-        tally = tallies[name]
+        tally = tallies.get(name, _Tally())
         w = _weight(module)
         profiles.append(
             LayerProfile(
@@ -338,7 +344,7 @@ def profile_model(model: nn.Module, example_input: torch.Tensor) -> list[LayerPr
                 in_shape=tally.in_shape,
                 out_shape=tally.out_shape,
                 weight_shape=list(w.shape) if w is not None else None,
-                counted=_has_mac_rule(module) or (bool(storages) and name not in watch.found),
+                counted=_has_mac_rule(module) or name not in found,
             )
         )
     return profiles
