@@ -705,6 +705,49 @@ def test_a_linears_tokens_flattened_lose_a_unit_at_every_token(how: str) -> None
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _Blurred(nn.Module):
+    """Anti-aliased downsampling between two convolutions: a fixed binomial kernel (a buffer) applied per channel by
+    ``F.conv2d(…, groups=C)``, one row per channel (``per_channel``), one row expanded in the forward
+    (``expanded``), or per channel with the groups fixed in the model's code (``fixed``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        k = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
+        self.register_buffer("filt", kernel if how == "expanded" else kernel.repeat(8, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        channels = 8 if self.how == "fixed" else h.shape[1]
+        kernel = self.filt.expand(channels, 1, 3, 3) if self.how == "expanded" else self.filt
+        h = nn.functional.conv2d(nn.functional.pad(h, (1, 1, 1, 1), mode="reflect"), kernel, stride=2,
+                                 groups=channels)
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["per_channel", "expanded"])
+def test_a_fixed_depthwise_blur_lets_the_channels_before_it_go(how: str) -> None:
+    """The kernel buffer read as an operand that feeds every channel: c1 kept its pruned units ("still produced by an
+    untraced operand of … ConvolutionBackward0"). A kernel of one row per channel is sliced with them."""
+    torch.manual_seed(0)
+    model, x = _Blurred(how).eval(), torch.randn(4, 1, 8, 8)
+    result = slim(model, _prune_units(model, {"c1": [1, 4, 6]}), x)
+    assert result.removed["c1"] == (8, 5), result.notes
+    assert result.model.filt.shape[0] == (1 if how == "expanded" else 5)
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
+def test_a_blur_whose_groups_the_code_fixes_keeps_the_channels() -> None:
+    torch.manual_seed(0)
+    model, x = _Blurred("fixed").eval(), torch.randn(4, 1, 8, 8)
+    result = slim(model, _prune_units(model, {"c1": [1, 4, 6]}), x)
+    assert result.removed.get("c1", (8, 8)) == (8, 8) and result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""

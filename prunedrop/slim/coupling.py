@@ -1065,6 +1065,29 @@ class _Recorder(TorchFunctionMode):
                 return base, long[0]
         return None
 
+    def _fixed_depthwise(self, args: tuple, kwargs: dict, out: Any) -> None:
+        """A functional depthwise convolution with a fixed kernel (a buffer, no bias): anti-aliased downsampling's
+        binomial blur, ``F.conv2d(h, self.filt, stride=2, groups=C)``, or a fixed edge filter per channel. Channel c of
+        the result reads channel c alone, and a channel of zeros stays zeros; a kernel of one row per channel is
+        sliced with the channels (a (1, 1, k, k) kernel expanded over them in the forward needs nothing). The graph
+        read the kernel as an operand that feeds the channels, and the layer before kept its pruned units."""
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        call = {**dict(zip(names, args)), **kwargs}
+        x, weight, bias = call.get("input"), call.get("weight"), call.get("bias")
+        if not (isinstance(out, torch.Tensor) and out.grad_fn is not None and isinstance(x, torch.Tensor)
+                and x.grad_fn is not None and isinstance(weight, torch.Tensor) and weight.grad_fn is None
+                and not weight.requires_grad and bias is None and x.dim() >= 3):
+            return
+        channels = int(x.shape[1])
+        if channels < 2 or int(call.get("groups", 1)) != channels or weight.shape[:2] != (channels, 1) \
+                or out.shape[1] != channels:
+            return
+        self.keeps_zero.add(out.grad_fn)
+        self.zero_operands.add(out.grad_fn)  # the kernel: a factor of each channel, feeding none of its own
+        base = weight if weight._base is None else weight._base
+        if base.dim() == weight.dim() and base.shape[0] == channels:
+            self.buffers[out.grad_fn] = (base, 0)
+
     def _along_axis(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         """A cumulative sum or product, a flip or a roll along one axis: along any axis but the channels' it keeps each
         channel on its own and a channel of zeros zeros (a causal running mean over time: ``h.cumsum(1) / counts``);
@@ -1162,6 +1185,9 @@ class _Recorder(TorchFunctionMode):
         if (func in self._CONVS and isinstance(out, torch.Tensor) and out.dim() >= 3
                 and out.shape[1] == 1 and out.grad_fn is not None):
             self.conv_maps.add(out.grad_fn)
+            return
+        if func in self._CONVS:
+            self._fixed_depthwise(args, kwargs, out)
             return
         if func in self._REDUCTIONS:
             x = args[0] if args else kwargs.get("input")
