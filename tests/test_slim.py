@@ -748,6 +748,43 @@ def test_a_blur_whose_groups_the_code_fixes_keeps_the_channels() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _SoftExperts(nn.Module):
+    """A soft mixture of three experts: their outputs stacked on a new axis, weighed by a softmax gate and summed over
+    it by an einsum (the gates first or second)."""
+
+    def __init__(self, equation: str) -> None:
+        super().__init__()
+        self.equation = equation
+        self.inp, self.gate = nn.Linear(5, 8), nn.Linear(8, 3)
+        self.experts = nn.ModuleList(nn.Linear(8, 12) for _ in range(3))
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        g = torch.softmax(self.gate(h), dim=-1)
+        e = torch.stack([torch.relu(ex(h)) for ex in self.experts], dim=1)
+        mixed = torch.einsum(self.equation, g, e) if self.equation.startswith("be,") else \
+            torch.einsum(self.equation, e, g)
+        return self.fc(mixed)
+
+
+@pytest.mark.parametrize("equation", ["be,bed->bd", "bed,be->bd"])
+def test_experts_stacked_and_weighed_by_an_einsum_lose_the_units_they_all_prune(equation: str) -> None:
+    """The gates' three numbers were joined to the experts' first three channels: no expert could lose a unit, and
+    tie_residual did not tie them (their noise never agreed on a channel)."""
+    torch.manual_seed(0)
+    model, x = _SoftExperts(equation).eval(), torch.randn(4, 5)
+    from prunedrop.slim.coupling import coupled_producers
+
+    assert coupled_producers(model, x) == [["experts.0", "experts.1", "experts.2"]]
+    masks = {"experts.0": [1, 4, 9], "experts.1": [1, 4, 9], "experts.2": [1, 4, 9, 10]}
+    result = slim(model, _prune_units(model, masks), x)
+    assert all(result.removed[f"experts.{k}"] == (12, 9) for k in range(3)), result.notes
+    assert any("[10]" in note for note in result.notes), result.notes  # pruned in one expert only: kept
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""

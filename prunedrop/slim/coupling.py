@@ -70,8 +70,9 @@ _KEEPS_ZERO = frozenset({
     "UpsampleNearestExact3D", "UpsampleLinear1D", "UpsampleBilinear2D", "UpsampleBicubic2D", "UpsampleTrilinear3D",
     "View", "Reshape", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "T", "Clone", "Expand", "Squeeze",
     "Unsqueeze", "Slice", "ToCopy", "Alias",
-    # concatenations and splits move the channel to another offset, whole: the dependency graph maps it there
-    "Cat", "Split", "SplitWithSizes",
+    # concatenations and splits move the channel to another offset, whole: the dependency graph maps it there; a
+    # stack on a new axis keeps each piece's channel c at c (zeros where every piece has zeros)
+    "Cat", "Split", "SplitWithSizes", "Stack",
 })
 
 
@@ -800,6 +801,7 @@ class _Recorder(TorchFunctionMode):
         self.flattens: dict[Any, int | tuple[int, int]] = {}
         self.channel_pads: dict[Any, tuple[int, int]] = {}
         self.stacks: dict[Any, int] = {}
+        self.stack_channels: dict[Any, int] = {}
         self.buffers: dict[Any, tuple[torch.Tensor, int]] = {}
         self.spread: dict[Any, set[Any]] = defaultdict(set)
         self.pooled: set[Any] = set()
@@ -1001,6 +1003,13 @@ class _Recorder(TorchFunctionMode):
             return
         operands, result = equation.split("->")
         first, _, second = operands.partition(",")
+        if second and len(second) == b.dim() and len(first) == a.dim():
+            if self._stack_weighting(first, second, result, b):
+                self._mark_pooling(out, b, a, depth=6)
+                return
+            if self._stack_weighting(second, first, result, a):
+                self._mark_pooling(out, a, b, depth=6)
+                return
         if not second or len(first) < 3 or len(result) < 2 or a.dim() != len(first) or out.shape[1] <= 1:
             return
         batch, channel, pixels = first[0], first[1], set(first[2:])
@@ -1008,6 +1017,19 @@ class _Recorder(TorchFunctionMode):
                 or pixels & set(result)):
             return
         self._mark_pooling(out, a, b, depth=6)
+
+    def _stack_weighting(self, first: str, second: str, result: str, stacked: torch.Tensor) -> bool:
+        """Whether an einsum weighs the pieces of a stack (``second``'s operand, ``torch.stack`` of layers' outputs) by
+        weights that hold none of their channels and sums over the stack's axis: a mixture of experts' gates over
+        their stacked outputs, ``"be,bed->bd"``. Channel c of the result reads channel c of every piece alone, as a sum
+        of them would; the gates are no channels of theirs (the graph joined the gates' four numbers to the experts'
+        first four channels, and no expert could lose a unit)."""
+        fn = stacked.grad_fn
+        if fn not in self.stacks or fn not in self.stack_channels or "." in second:
+            return False
+        channel, axis = second[self.stack_channels[fn]], second[self.stacks[fn]]
+        return (channel in result and channel not in first and axis not in result and len(set(second)) == len(second)
+                and set(first) <= set(second) and set(result) <= set(second))
 
     def _mark_pooling(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, depth: int = 4) -> None:
         """Mark the bmm that pools ``a``'s pixels with ``b`` (:meth:`_pixel_pooling`): ``b``'s side cut, zero rows
@@ -1222,6 +1244,8 @@ class _Recorder(TorchFunctionMode):
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
             if tensors and all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in tensors):
                 self.stacks[out.grad_fn] = int(dim) % out.dim()
+                if (at := self._channels_at(tensors[0])) is not None:  # where the pieces' channels lie in the stack
+                    self.stack_channels[out.grad_fn] = at + (at >= self.stacks[out.grad_fn])
         elif func in self._CATS:
             tensors = args[0] if args else kwargs.get("tensors", ())
             dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
