@@ -785,6 +785,38 @@ def test_experts_stacked_and_weighed_by_an_einsum_lose_the_units_they_all_prune(
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _SpatialTransformer(nn.Module):
+    """A spatial transformer between two convolutions: a localisation layer predicts an affine transform from the
+    pooled map, and ``F.grid_sample`` resamples the map at ``F.affine_grid``'s points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.loc = nn.Linear(8, 6)
+        with torch.no_grad():
+            self.loc.weight.mul_(0.1)
+            self.loc.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        theta = self.loc(h.mean((2, 3))).view(-1, 2, 3)
+        h = nn.functional.grid_sample(h, nn.functional.affine_grid(theta, h.size(), align_corners=False),
+                                      align_corners=False)
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+def test_a_spatial_transformers_grid_holds_none_of_the_channels_it_resamples() -> None:
+    """The graph read grid_sample as element-wise, joined the grid's two coordinates (and loc, which made them) to
+    c1's first channels, and c1 kept pruned units "still produced by loc"."""
+    torch.manual_seed(0)
+    model, x = _SpatialTransformer().eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c1": [0, 1, 5], "loc": [4]}), x)
+    assert result.removed["c1"] == (8, 5) and result.model.loc.in_features == 5, result.notes
+    assert result.removed.get("loc", (6, 6)) == (6, 6)  # the grid's coordinates are no channels: loc stays whole
+    assert result.max_abs_diff <= 1e-5
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _PerPosition(nn.Module):
     """A (C, W) parameter multiplied into (N, C, H, W): the graph slices its last axis (W), which is not the
     channels: the slim model's check must catch it and keep the channels."""

@@ -1258,6 +1258,14 @@ class _Recorder(TorchFunctionMode):
             self.movers.add(out.grad_fn)
         elif func in self._ALONG_AXIS:
             self._along_axis(func, args, kwargs, out)
+        elif func is F.grid_sample:
+            # a spatial transformer: channel c of the result is channel c of the input, resampled at the grid's
+            # points; the grid (batch, H, W, 2) holds none of its channels (the graph joined its two coordinates, and
+            # the localisation layer that made them, to the map's first channels)
+            grid = args[1] if len(args) > 1 else kwargs.get("grid")
+            if isinstance(grid, torch.Tensor) and grid.grad_fn is not None:
+                self.spread[out.grad_fn].add(grid.grad_fn)
+            self.keeps_zero.add(out.grad_fn)
         elif func in self._EXPANDS:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             # a (batch, channels, 1, 1) excitation spread over the pixels (y.expand_as(x)): the channels stay
