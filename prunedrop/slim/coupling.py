@@ -819,8 +819,12 @@ class _Recorder(TorchFunctionMode):
         if func is F.local_response_norm:
             with contextlib.suppress(Exception):
                 return self._local_response_norm(*args, **kwargs)
-        if func in self._MATMULS and (mixed := self._row_mixing(args, kwargs)) is not None:
-            return mixed
+        if func in self._MATMULS:
+            mixed = None
+            with contextlib.suppress(Exception):  # an odd call is traced as it is
+                mixed = self._row_mixing(args, kwargs)
+            if mixed is not None:
+                return mixed
         # before the call: an in-place add into a zeros accumulator (``h = torch.zeros_like(x); h += f``) changes it
         zero_operand = False
         with contextlib.suppress(Exception):
