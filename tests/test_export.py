@@ -440,3 +440,36 @@ def test_the_dynamo_exporter_s_graph_passes_say_nothing(tmp_path: Path, caplog: 
         result = export_onnx(model, ids[:2], tmp_path / "bag.onnx")
     assert result.exporter == "dynamo"
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("onnx")]
+
+
+class _KMaxInOrder(nn.Module):
+    """k-max pooling that keeps the largest values in their time order: topk's positions, sorted, then gathered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(4, 8, 3, padding=1), nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        positions = h.topk(3, dim=2).indices.sort(dim=2).values
+        return self.fc(h.gather(2, positions).flatten(1))
+
+
+def test_a_parity_failure_from_ties_names_the_selection(tmp_path: Path) -> None:
+    """ReLU's zeros tie, onnxruntime's TopK picks other positions among them than PyTorch's, and the gathered values
+    come out in another order: the parity error said only "operators whose ONNX version behaves differently"."""
+    torch.manual_seed(0)
+    model, x = _KMaxInOrder().eval(), torch.randn(16, 4, 12)
+    path = export_onnx(model, x, tmp_path / "kmax.onnx").path
+    with pytest.raises(ParityError, match=r"selects by rank \(TopK\)"):
+        verify_onnx(path, model, x)
+
+
+def test_the_tie_hint_is_given_only_where_the_file_selects_by_rank(tmp_path: Path) -> None:
+    from prunedrop.export.runtime import _tie_hint
+
+    x = torch.randn(4, 4, 12)
+    ranked = export_onnx(_KMaxInOrder().eval(), x, tmp_path / "kmax.onnx").path
+    plain = export_onnx(nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU()).eval(), x, tmp_path / "plain.onnx").path
+    assert "TopK" in _tie_hint(ranked) and _tie_hint(plain) == ""
+    assert _tie_hint(tmp_path / "missing.onnx") == ""

@@ -68,8 +68,32 @@ def verify_onnx(
             raise ParityError(
                 f"ONNX output differs from PyTorch by {diff:.3g} (> {tolerance}) in {path}; "
                 "re-export the model, or check for operators whose ONNX version behaves differently"
+                + _tie_hint(path)
             )
     return max_diff
+
+
+#: ONNX operators whose result depends on how ties are broken, which onnxruntime and PyTorch do differently
+_TIE_BREAKING = ("TopK", "ArgMax", "ArgMin")
+
+
+def _tie_hint(path: str | os.PathLike[str]) -> str:
+    """Where the file selects by rank (TopK, ArgMax, ArgMin): a hint that equal values (the zeros a ReLU makes, k-max
+    pooling over them) are ranked differently by the two, so that a forward which then gathers or orders by those
+    positions differs; '' otherwise or where the file cannot be read."""
+    try:
+        import onnx
+
+        ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception:  # noqa: BLE001 - the hint is an extra; the error stands without it
+        return ""
+    found = sorted(ops.intersection(_TIE_BREAKING))
+    if not found:
+        return ""
+    return (f"; it selects by rank ({', '.join(found)}): where values tie (the zeros after a ReLU), onnxruntime and "
+            "PyTorch may pick other positions, and a forward that gathers or orders by them then differs; use the "
+            "selected values (topk(...).values) rather than their positions where the model allows, or break the "
+            "ties in the model")
 
 
 def _output_scale(want: np.ndarray) -> float:
