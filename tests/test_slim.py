@@ -1332,6 +1332,29 @@ def test_a_pixel_shuffle_block_leaves_whole(residual: bool) -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _EveryOther(nn.Module):
+    """Every other channel of c1 (``h[:, ::2]``, or the odd ones, ``h[:, 1::2]``) read by c2."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__()
+        self.start = start
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))[:, self.start::2]
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_every_other_channel_read_is_named_before_training(start: int) -> None:
+    """The early check removed units 0, 1 and the last: a pair keeps the stride's parity, the slim ran and matched,
+    and the layer was converted, trained, and kept its pruned units as zeros after all. Units 0, 2 and the last
+    shift it."""
+    torch.manual_seed(0)
+    stuck = unremovable_layers(_EveryOther(start).eval(), torch.randn(4, 1, 6, 6))
+    assert set(stuck) == {"c1", "fc"} and "breaks the forward" in stuck["c1"], stuck
+
+
 class _SlicedBeside(nn.Module):
     """c1's first 8 channels feed c2; its last 8 are concatenated, through a channel slice and a spatial max, beside
     c2's pooled channels (the slice's width is one Torch-Pruning cannot infer)."""

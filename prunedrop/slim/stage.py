@@ -673,9 +673,10 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
                   dense: set[str] = frozenset()) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
     fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``) or is
-    misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing the
-    first two units and the last of each on a copy (a fixed slice breaks on a unit before its offset; the set is not
-    symmetric, so a flip or roll does not map it onto itself); one slim when none breaks; when some do, the layers
+    misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing
+    units 0, 2 and the last of each on a copy (a fixed slice breaks on a unit before its offset; the set is not
+    symmetric, so a flip or roll does not map it onto itself; two units of one parity shift a strided slice,
+    ``x[:, ::2]``, which a pair of neighbours left aligned); one slim when none breaks; when some do, the layers
     are halved until each breaking one is alone (about 2·k·log2(n) slims for k of n layers: one slim per layer took
     three minutes on MixNet-S). ``group``: each producer's dependency group (:func:`unremovable_layers` read them)."""
     work = copy.deepcopy(model).eval()
@@ -687,7 +688,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
             if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
                 width = out_units(layer)
                 masks[name] = torch.ones(width, dtype=torch.bool)
-                for unit in (0, 1, width - 1) if width >= 4 else (0,):
+                for unit in (0, 2, width - 1) if width >= 4 else (0,):
                     masks[name][unit] = False
                     _zero_unit(layer, unit)
     if not masks:
