@@ -968,29 +968,9 @@ class _Recorder(TorchFunctionMode):
                 and a.grad_fn is None and b.grad_fn is not None and a.shape[1] == b.shape[-2] and b.shape[-1] > 1
                 and not any(_op_name(f) == "Convolution" for f in _single_chain(b.grad_fn, 7))):
             return None
-        out = torch.matmul(a.expand(*b.shape[:-2], *a.shape), b)
-        chain = list(_single_chain(out.grad_fn, 4))
-        at = next((i for i, f in enumerate(chain) if _op_name(f) in ("Bmm", "Mm")), None)
-        if at is None:
-            return out
-        bmm = chain[at]
-        sides = [f for f, _ in bmm.next_functions]
-        if len(sides) != 2 or sides[1] is None:
-            return out
-        if sides[0] is None:
-            self.zero_operands.add(bmm)  # a buffer: a factor of each column, which feeds no channel of its own
-        else:
-            self.spread[bmm].add(sides[0])
-        self.keeps_zero.add(bmm)
-        for view in chain[:at]:  # the bmm's result viewed back: column c stays column c
-            self.flattens[view] = 1
-        for step in _single_chain(sides[1], 4):  # h expanded and viewed to the bmm's batch: its channels stay
-            if step is b.grad_fn:
-                break
-            if _op_name(step) == "Expand":
-                self.plain_expands.add(step)
-            else:
-                self.flattens[step] = 1
+        wide = a.expand(*b.shape[:-2], *a.shape)
+        out = torch.matmul(wide, b)
+        self._mark_pooling(out, b, wide)
         return out
 
     def _einsum_pooling(self, args: tuple, out: Any) -> None:
@@ -1036,24 +1016,32 @@ class _Recorder(TorchFunctionMode):
                 and set(first) <= set(second) and set(result) <= set(second))
 
     def _mark_pooling(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, depth: int = 4) -> None:
-        """Mark the bmm that pools ``a``'s pixels with ``b`` (:meth:`_pixel_pooling`): ``b``'s side cut, zero rows
-        kept zero, the views after it and the expands on ``a``'s side channel-preserving."""
+        """Mark the bmm that pools ``a``'s pixels with ``b`` (:meth:`_pixel_pooling`), or mixes ``a``'s rows with a
+        matrix ``b`` (:meth:`_row_mixing`): ``b``'s side cut (a ``b`` without history, a buffer, feeds no channel),
+        zero rows kept zero, the views after it and the expands on ``a``'s side channel-preserving."""
         # torch.matmul ends in a view of a bmm (einsum in views and permutes): the bmm is where the operands meet
         chain = list(_single_chain(out.grad_fn, depth))
         at = next((i for i, f in enumerate(chain) if _op_name(f) in ("Bmm", "Mm")), None)
-        sides = [f for f, _ in chain[at].next_functions if f is not None] if at is not None else []
+        sides = [f for f, _ in chain[at].next_functions] if at is not None else []
         if len(sides) != 2:
             return
         bmm, views = chain[at], chain[:at]
-        weights = [f for f in sides if b.grad_fn in _single_chain(f, depth)]
-        if len(weights) != 1 or a.grad_fn in _single_chain(weights[0], depth):
-            return
-        self.spread[bmm].add(weights[0])
+        if b.grad_fn is None:  # a buffer: no history to cut, a factor of each channel that feeds none of its own
+            if sides.count(None) != 1:
+                return
+            weights, features = None, next(f for f in sides if f is not None)
+            self.zero_operands.add(bmm)
+        else:
+            found = [f for f in sides if f is not None and b.grad_fn in _single_chain(f, depth)]
+            if len(found) != 1 or a.grad_fn in _single_chain(found[0], depth) or None in sides:
+                return
+            weights, features = found[0], next(f for f in sides if f is not found[0])
+            self.spread[bmm].add(weights)
         self.keeps_zero.add(bmm)
         for view in views:  # the bmm's (batch, C, k) viewed back: channel c stays channel c
             self.flattens[view] = 1
         # torch.matmul expands and views the map to the bmm's batch inside: those steps keep its channels
-        for step in _single_chain(next(f for f in sides if f is not weights[0]), depth):
+        for step in _single_chain(features, depth):
             if step is a.grad_fn:
                 break
             if _op_name(step) == "Expand":
@@ -1148,20 +1136,19 @@ class _Recorder(TorchFunctionMode):
         is rolled over H and W)."""
         if x.dim() == 2:
             return 1
-        fn = x.grad_fn
-        for _ in range(8):
+        for fn in _single_chain(x.grad_fn, 7):
             name = _op_name(fn)
             if name == "Convolution":
                 return 1
-            inputs = [f for f, _ in fn.next_functions if f is not None] if fn is not None else []
-            if name in ("View", "UnsafeView") and len(inputs) == 1 and _op_name(inputs[0]) in ("Addmm", "Mm"):
+            if name in ("View", "UnsafeView"):  # a Linear's rows viewed back: its matmul below, the width kept
+                below = [f for f, _ in fn.next_functions if f is not None]
                 with contextlib.suppress(AttributeError, RuntimeError, TypeError, IndexError):
-                    if int(fn._saved_self_sym_sizes[-1]) == x.shape[-1]:
+                    if (len(below) == 1 and _op_name(below[0]) in ("Addmm", "Mm")
+                            and int(fn._saved_self_sym_sizes[-1]) == x.shape[-1]):
                         return x.dim() - 1
                 return None
-            if name not in _PER_ELEMENT or len(inputs) != 1:
+            if name not in _PER_ELEMENT:
                 return None
-            fn = inputs[0]
         return None
 
     def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
