@@ -532,7 +532,8 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
     calls = record_inputs(model, example_input) if any(not unread for *_, unread in found) else {}
     gone: dict[str, set[int]] = defaultdict(set)
     with torch.no_grad():
-        before = {k: v.clone() for k, v in model.state_dict().items()}
+        touched = {n for producers, consumers, _ in found for n, _ in [*producers, *consumers]}
+        before = {n: {k: v.clone() for k, v in layers[n].state_dict().items()} for n in touched}
         want = model(example_input)
         for producers, consumers, unread in found:
             if not unread:  # constant: into the consumers' biases, if every one can hold it exactly
@@ -548,7 +549,8 @@ def dead_units(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch
                 gone[name].add(index)
         diff = max_abs_diff(want, model(example_input))
         if diff > scaled_tolerance(DEAD_UNITS_ATOL, want):
-            model.load_state_dict(before)
+            for name, state in before.items():
+                layers[name].load_state_dict(state)
             raise MisreadUnits(f"zeroing the {sum(map(len, gone.values()))} unit(s) of {', '.join(sorted(gone))} that "
                                f"per-weight pruning seemed to leave empty or unread changed the model's output (max "
                                f"abs diff {diff:.3g}): the dependency graph misread where they go")
