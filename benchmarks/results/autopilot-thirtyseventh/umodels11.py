@@ -296,7 +296,8 @@ MODELS = {"moe": Moe, "topk_moe": TopkMoe, "gcn": Gcn, "gcn_learned": GcnLearned
           "causal_tcn": CausalTcn}
 
 
-def _factory(cls):
+def _factory(cls: type[nn.Module]):
+    """The ``--arch umodels11:NAME`` function of a model class: it builds the model with no arguments."""
     def make() -> nn.Module:
         return cls()
     make.__name__ = cls.__name__

@@ -196,15 +196,13 @@ MODELS = {"film": Film, "highway": Highway, "maxout": Maxout, "nin": Nin, "tabul
           "ocr_crnn": OcrCrnn, "gc_block": GcBlock}
 
 
-def film() -> nn.Module: return Film()
-def highway() -> nn.Module: return Highway()
-def maxout() -> nn.Module: return Maxout()
-def nin() -> nn.Module: return Nin()
-def tabular() -> nn.Module: return Tabular()
-def kws() -> nn.Module: return Kws()
-def lerp_gate() -> nn.Module: return LerpGate()
-def pixel_attn_pool() -> nn.Module: return PixelAttnPool()
-def crnn() -> nn.Module: return Crnn()
-def matmul_pool() -> nn.Module: return MatmulPool()
-def ocr_crnn() -> nn.Module: return OcrCrnn()
-def gc_block() -> nn.Module: return GcBlock()
+def _factory(cls: type[nn.Module]):
+    """The ``--arch umodels10:NAME`` function of a model class: it builds the model with no arguments."""
+    def make() -> nn.Module:
+        return cls()
+    make.__name__ = cls.__name__
+    return make
+
+
+for _name, _cls in MODELS.items():
+    globals()[_name] = _factory(_cls)
