@@ -196,13 +196,5 @@ MODELS = {"film": Film, "highway": Highway, "maxout": Maxout, "nin": Nin, "tabul
           "ocr_crnn": OcrCrnn, "gc_block": GcBlock}
 
 
-def _factory(cls: type[nn.Module]):
-    """The ``--arch umodels10:NAME`` function of a model class: it builds the model with no arguments."""
-    def make() -> nn.Module:
-        return cls()
-    make.__name__ = cls.__name__
-    return make
-
-
-for _name, _cls in MODELS.items():
-    globals()[_name] = _factory(_cls)
+for _name, _cls in MODELS.items():  # the --arch umodels10:NAME functions: each builds its model with no arguments
+    globals()[_name] = lambda _cls=_cls: _cls()
