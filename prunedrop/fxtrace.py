@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .einops_trace import einops_layer_forward, patched
 from .layers.attention import HeadPrunedMultiheadAttention, float_mask
 
 #: factories that take a size as separate arguments (``torch.zeros(2, 3)``)
@@ -162,19 +163,23 @@ class _Tracer(fx.Tracer):
             forward = functools.partial(through, m)
         elif type(m) is HeadPrunedMultiheadAttention:
             forward = functools.partial(_attention_heads, self, m)
+        else:
+            forward = einops_layer_forward(m) or forward
         return super().call_module(m, forward, args, kwargs)
 
 
 def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model, concrete_args)``, with :data:`SIZE_FACTORIES` called with separate size
     arguments, one of them traced, given them as one tuple (what they do with plain integers anyway), and the
-    :data:`THROUGH` layers traced as the layers they hold."""
+    :data:`THROUGH` layers traced as the layers they hold, and einops' functions and layers as the torch operations
+    they perform (:mod:`prunedrop.einops_trace`)."""
     saved = {name: getattr(torch, name) for name in SIZE_FACTORIES}
     for name, factory in saved.items():
         setattr(torch, name, _sized(factory))
     try:
         tracer = _Tracer()
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        with patched(model):
+            graph = tracer.trace(model, concrete_args=concrete_args)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
         for name, factory in saved.items():

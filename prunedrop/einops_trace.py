@@ -1,0 +1,165 @@
+"""einops in a traced forward: ``rearrange``, ``reduce``, ``repeat``, ``einsum`` and the ``Rearrange`` / ``Reduce``
+layers recorded as the torch operations they perform.
+
+einops reads a tensor's shape in Python to compute the reshape it does, and torch.fx's proxies have no shape:
+``rearrange(h, "b c h w -> b (h w) c")`` stopped the trace ("Tensor type unknown to einops"), an einops layer with
+``KeyError: Proxy(...)``. Whatever reads the graph was lost with it (the model's output layers, the BatchNorm
+placement, ``architecture.json``). While :func:`prunedrop.fxtrace.symbolic_trace` traces, :func:`patched` makes
+einops work on proxies: the rank comes from the pattern's left side, each size is read with ``x.size(i)`` where
+einops needs it, and einops' own recipe does the rest, so the graph holds ``reshape``, ``permute``, ``mean`` /
+``amax`` / ``sum``, ``unsqueeze`` / ``expand`` with sizes computed from the input (a new batch size still works). A
+pattern with an ellipsis on a traced tensor still stops the trace (its rank is unknown there), as do einops
+versions whose internals differ (before 0.7); untraced calls are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+__all__ = ["einops_layer_forward", "patched"]
+
+_AXES = re.compile(r"\([^)]*\)|[^\s()]+")
+
+
+def _internals() -> tuple[Any, Any] | None:
+    """(``einops.einops``, einops' torch backend) where einops is imported and has the internals used here."""
+    if "einops" not in sys.modules:
+        return None
+    try:
+        from einops import einops as ops
+        from einops._backends import TorchBackend
+    except ImportError:
+        return None
+    needed = ("reduce", "get_backend", "_prepare_transformation_recipe", "_apply_recipe")
+    if not all(hasattr(ops, name) for name in needed):
+        return None
+    import inspect
+
+    try:
+        if next(iter(inspect.signature(ops._apply_recipe).parameters)) != "backend":
+            return None
+    except (TypeError, ValueError, StopIteration):
+        return None
+    return ops, TorchBackend
+
+
+class _Sizes:
+    """A traced tensor's sizes, each read (``x.size(i)``) when einops asks for it; unhashable, so that einops
+    takes its uncached path, as it does for symbolic shapes."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, x: fx.Proxy) -> None:
+        self.x = x
+        self.read: dict[int, Any] = {}
+
+    def __getitem__(self, i: int) -> Any:
+        if i not in self.read:
+            self.read[i] = self.x.size(i)
+        return self.read[i]
+
+
+class _ProxyBackend:
+    """einops' torch backend for proxies: the same operations, the sizes read as :class:`_Sizes`, and the dtype
+    check of a mean (which a proxy cannot answer) left to the traced operation."""
+
+    def __init__(self, torch_backend: Any) -> None:
+        self._torch = torch_backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)
+
+    def shape(self, x: fx.Proxy) -> _Sizes:
+        return _Sizes(x)
+
+    def is_float_type(self, x: Any) -> bool:
+        return True
+
+
+def _rank(pattern: str) -> int:
+    left = pattern.split("->")[0]
+    if "..." in left or "…" in left:
+        raise RuntimeError(f"einops pattern {pattern!r} has an ellipsis: the rank of a traced tensor is unknown, "
+                           "so the trace cannot tell how many axes it stands for")
+    return len(_AXES.findall(left))
+
+
+def _traced_reduce(ops: Any, backend: _ProxyBackend, original: Callable[..., Any]) -> Callable[..., Any]:
+    def reduce(tensor: Any, pattern: str, reduction: Any, **axes_lengths: Any) -> Any:
+        if isinstance(tensor, (list, tuple)) and any(isinstance(t, fx.Proxy) for t in tensor):
+            tensor = torch.stack(list(tensor))
+        if not isinstance(tensor, fx.Proxy):
+            return original(tensor, pattern, reduction, **axes_lengths)
+        recipe = ops._prepare_transformation_recipe(pattern, reduction, axes_names=tuple(axes_lengths),
+                                                    ndim=_rank(pattern))
+        return ops._apply_recipe(backend, recipe, tensor, reduction_type=reduction,
+                                 axes_lengths=tuple(axes_lengths.items()))
+    reduce.__wrapped__ = original  # type: ignore[attr-defined]
+    return reduce
+
+
+def einops_layer_forward(m: nn.Module) -> Callable[..., Any] | None:
+    """The traced form of an einops ``Rearrange`` / ``Reduce`` layer's forward (inside :func:`patched`), or None
+    for any other module."""
+    layers = sys.modules.get("einops.layers")
+    if layers is None or not isinstance(m, (layers.RearrangeMixin, layers.ReduceMixin)):
+        return None
+    ops = sys.modules["einops.einops"]
+    reduction = getattr(m, "reduction", "rearrange") if isinstance(m, layers.ReduceMixin) else "rearrange"
+
+    def forward(x: Any) -> Any:
+        return ops.reduce(x, m.pattern, reduction, **m.axes_lengths)
+    return forward
+
+
+def _forward_globals(model: nn.Module) -> list[dict[str, Any]]:
+    """The global namespaces of the forward methods of ``model``'s modules (where a user's ``from einops import
+    reduce`` binds the name), each once."""
+    found: dict[int, dict[str, Any]] = {}
+    for m in model.modules():
+        for cls in type(m).__mro__:
+            g = getattr(cls.__dict__.get("forward"), "__globals__", None)
+            if isinstance(g, dict):
+                found.setdefault(id(g), g)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def patched(model: nn.Module) -> Iterator[None]:
+    """While tracing ``model``: einops' ``reduce`` (which ``rearrange`` and ``repeat`` call) and ``get_backend``
+    (``einsum``'s) take proxies, in einops and wherever ``model``'s forwards bind ``reduce``. Nothing is changed
+    when einops is not imported or its internals differ; everything is restored afterwards."""
+    found = _internals()
+    if found is None:
+        yield
+        return
+    ops, torch_backend = found
+    backend = _ProxyBackend(torch_backend())
+    original_reduce, original_backend = ops.reduce, ops.get_backend
+    reduce = _traced_reduce(ops, backend, original_reduce)
+
+    def get_backend(tensor: Any) -> Any:
+        return backend if isinstance(tensor, fx.Proxy) else original_backend(tensor)
+
+    package = sys.modules["einops"]
+    spaces = [ops.__dict__, package.__dict__, *_forward_globals(model)]
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for space in spaces:
+            for name, value in list(space.items()):
+                if value is original_reduce:
+                    saved.append((space, name, value))
+                    space[name] = reduce
+        saved.append((ops.__dict__, "get_backend", original_backend))
+        ops.get_backend = get_backend
+        yield
+    finally:
+        for space, name, value in reversed(saved):
+            space[name] = value
