@@ -1472,6 +1472,35 @@ def test_channels_reordered_on_the_way_are_named_before_training(op: str) -> Non
     assert result.removed.get("c1", (8, 8)) == (8, 8) and result.max_abs_diff <= 1e-5
 
 
+class _PositionEmbedded(nn.Module):
+    """Tokens embedded by a Linear, a learned position embedding added, an MLP over each token, mean over tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mlp, self.fc = nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(16, 3)
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) + self.pos
+        return self.fc(torch.relu(self.mlp(h)).mean(1))
+
+
+def test_units_a_position_embedding_follows_are_named_for_it() -> None:
+    """A removed unit of embed leaves pos's channel, the same for every sample but not at every token, which mlp
+    (applied at each token, one bias for all) cannot hold: embed was named for "an operation the dependency graph
+    misreads (a roll, flip, index or gather)", which the model has none of. It is named for the position embedding;
+    mlp's units leave as before."""
+    torch.manual_seed(0)
+    model, x = _PositionEmbedded().eval(), torch.randn(4, 5, 4)
+    stuck = unremovable_layers(model, x)
+    assert set(stuck) == {"embed", "fc"} and "position embedding" in stuck["embed"], stuck
+    assert "misread" not in stuck["embed"]
+    result = slim(model, _prune_units(model, {"embed": [1], "mlp": [0, 5]}), x)
+    assert result.removed["mlp"] == (16, 14) and result.removed["embed"] == (8, 8), result.removed
+    assert result.positional == ["embed"] and not result.misread
+    assert any("position embedding" in note for note in result.notes), result.notes
+
+
 def test_units_a_fixed_slice_reads_are_named_before_training() -> None:
     """Only the last unit was tried: removing it shortens x[:, 8:] harmlessly, so c1 was converted and trained, and
     its pruned units then stayed as zeros (x[:, :8] takes the first eight whatever they are)."""

@@ -80,6 +80,11 @@ def _conv_shares(conv: nn.Module, x: torch.Tensor, channels: list[int]) -> torch
 #: why a channel the dependency graph has as constant stays: a consumer reads it varying (the graph misread an
 #: operation between them)
 VARIES = "its value varies with the input"
+#: why a channel the dependency graph has as constant stays: it is the same for every sample but differs from one
+#: position (token, time step) to the next, read by a layer applied at each position, so no bias can hold it
+POSITIONAL = ("it is the same for every sample but differs from position to position (a position embedding or "
+              "another per-position tensor added to it), and the layer reading it at each position has one bias "
+              "for all of them")
 
 
 def consumer_shares(
@@ -108,7 +113,8 @@ def consumer_shares(
             v = x[..., idxs] if channels_last else x[:, idxs]
             # Input-independent by the graph walk; a difference between samples would mean the walk is wrong.
             if not _same_everywhere(v, batch_dims):
-                problems[key] = VARIES
+                # the same in each sample but not at each position: a tensor of the positions added on the way
+                problems[key] = POSITIONAL if x.shape[0] > 1 and _same_everywhere(v, (0,)) else VARIES
             elif recurrent:
                 # one share per direction, for its input-gate biases (bias_ih_l0, bias_ih_l0_reverse)
                 share = torch.stack([w.detach()[:, idxs] @ v.reshape(-1, len(idxs))[0]

@@ -30,7 +30,7 @@ from .common import (
     silent_units,
     untraced,
 )
-from .constants import VARIES, consumer_shares, fold, record_inputs
+from .constants import POSITIONAL, VARIES, consumer_shares, fold, record_inputs
 from .coupling import (
     Channel,
     GroupAnalysis,
@@ -68,6 +68,9 @@ class SlimResult:
     """Producers of a pruned channel that a consumer read varying with the input where the dependency graph has it
     constant, with no product on the way: an operation between them that the graph misreads (a roll, flip or index
     along the channels)."""
+    positional: list[str] = field(default_factory=list)
+    """Producers of a pruned channel kept because it carries a per-position constant (:data:`POSITIONAL`) into a
+    layer that reads each position: a position embedding added after them, which stays when their unit leaves."""
     held: dict[str, set[str]] = field(default_factory=dict)
     """Masked layer → the coupled layers (or other live sources) that kept some of its pruned channels, where that
     was the reason (a channel leaves only when every coupled producer prunes it)."""
@@ -654,6 +657,13 @@ def _misread(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str,
             for name in result.misread if name in masks}
 
 
+def _positional(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """The masked layers of a trial slim whose zeroed units leave a per-position constant behind."""
+    return {name: ("a removed unit would leave behind the per-position tensor added to its channel after it (a "
+                   "position embedding), which the layer reading each position cannot hold in one bias")
+            for name in result.positional if name in masks}
+
+
 def _cannot_follow(error: str) -> str:
     return f"the dependency graph cannot follow where its units go ({error})"
 
@@ -697,7 +707,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
         return {}
     try:
         result = _slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
-        return {**_held_by_dense(result, masks, dense), **_misread(result, masks)}
+        return {**_held_by_dense(result, masks, dense), **_misread(result, masks), **_positional(result, masks)}
     except _SlimBroke as e:
         first = e
     except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
@@ -712,7 +722,8 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
             return e
         except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
             return None
-        found.update({**_held_by_dense(result, subset, dense), **_misread(result, subset)})
+        found.update({**_held_by_dense(result, subset, dense), **_misread(result, subset),
+                      **_positional(result, subset)})
         return None
 
     def why(e: _SlimBroke, others: list[str]) -> str:
@@ -941,7 +952,10 @@ def _slim_once(
             if before != after or name in masks:
                 removed[name] = (before, after)
     misread: set[str] = set()
+    positional: set[str] = set()
     for (gi, reason), roots in sorted(plan.kept.items()):
+        if reason.endswith(POSITIONAL):
+            positional.update(analyses[gi].producers())
         notes.append(f"{analyses[gi].label()}: kept pruned channel(s) {_format_units(roots)}: {reason}")
         # a product with a live factor varies too (a gate's b-half pruned alone: a · sigmoid(0)): not a misreading
         if reason.endswith(VARIES) and not any(type(node.grad_fn).__name__.startswith("MulBackward")
@@ -975,4 +989,5 @@ def _slim_once(
             "channels); please report it", f"its output moved by {diff:.3g}", "output"
         )
     return SlimResult(model=work, removed=removed, max_abs_diff=diff, notes=notes, misread=sorted(misread),
+                      positional=sorted(positional),
                       held={name: set(live) for name, live in plan.held.items()})
