@@ -1417,6 +1417,34 @@ def test_concatenations_and_splits_map_the_pieces_the_call_had() -> None:
     assert [note.split(":")[0] for note in result.notes] == ["c2"] and "breaks" in result.notes[0], result.notes
 
 
+class _PartialPath(nn.Module):
+    """A partial path (CSP-style): c1's channels split unequally, the first piece through c2, the second passed
+    on beside it into the concatenation that fc reads, in either order."""
+
+    def __init__(self, piece_first: bool) -> None:
+        super().__init__()
+        self.piece_first = piece_first
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 12, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.c1(x)).split([8, 4], 1)
+        pieces = [b, torch.relu(self.c2(a))] if self.piece_first else [torch.relu(self.c2(a)), b]
+        return self.fc(torch.cat(pieces, 1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("piece_first", [False, True])
+def test_a_layer_beside_a_split_piece_in_a_concatenation_slims(piece_first: bool) -> None:
+    """Going back from the concatenation to the split, Torch-Pruning applies the split's mapping before the
+    concatenation's: with c2's output first, the concatenation's channel i was read as c1's channel i, so c2's
+    first four channels were coupled element-wise to c1's and kept with them. They leave now."""
+    torch.manual_seed(0)
+    model, x = _PartialPath(piece_first).eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c2": [0, 2, 7]}), x)
+    assert result.removed["c2"] == (8, 5) and not result.notes, result.notes
+    assert _module(result.model, "fc").in_features == 9
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _HalvesGate(nn.Module):
     """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
 

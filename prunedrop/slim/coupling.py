@@ -633,13 +633,37 @@ def _each_mapping_alone() -> Iterator[None]:
                 _cut(node, graph)  # an expand that spreads one channel, which Torch-Pruning mapped again
         return update
 
+    every = index_mapping.update_index_mapping
+
+    def update_all(graph: Any) -> None:
+        every(graph)
+        _order_cascades(graph)
+
     for name, f in originals.items():
         setattr(index_mapping, name, alone(f))
+    index_mapping.update_index_mapping = update_all
     try:
         yield
     finally:
         for name, f in originals.items():
             setattr(index_mapping, name, f)
+        index_mapping.update_index_mapping = every
+
+
+def _order_cascades(graph: Any) -> None:
+    """Where a split's piece goes straight into a concatenation (``a, b = h.split([24, 8], 1); torch.cat([f(a), b],
+    1)``), the concatenation's way back to the split holds two mappings, applied in Torch-Pruning's order: the split's
+    (a piece's channel → h's) first, the concatenation's (its channel → the piece's) second, which is the order of
+    the way forward only. Going back, the concatenation's channel i was read as h's channel i + 24 − 24: f's first
+    channels were coupled element-wise to h's first ones, and kept with them. The two are swapped on those edges."""
+    from torch_pruning import ops
+
+    for node in graph.module2node.values():
+        if node.type != ops.OPTYPE.CONCAT:
+            continue
+        for dep in node.dependencies:
+            if dep.target.type == ops.OPTYPE.SPLIT and all(m is not None for m in dep.index_mapping):
+                dep.index_mapping = [dep.index_mapping[1], dep.index_mapping[0]]
 
 
 class _GroupGrows(RuntimeError):
