@@ -1445,6 +1445,26 @@ def test_a_layer_beside_a_split_piece_in_a_concatenation_slims(piece_first: bool
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _SpatialGate(nn.Module):
+    """A spatial gate (CBAM's second half): a 1-channel map from a convolution over c1's map, a sigmoid, a product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.gate = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 1, 3, padding=1)
+        self.c2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        return self.fc(torch.relu(self.c2(h * torch.sigmoid(self.gate(h)))).mean((2, 3)))
+
+
+def test_a_layer_of_one_unit_is_named_before_training() -> None:
+    """A layer of one output unit was converted under unit noise, although slimming keeps one unit of every layer:
+    its unit could only be zeroed in place (the gate stuck at sigmoid(0)), for no saving. It is named now."""
+    stuck = unremovable_layers(_SpatialGate().eval(), torch.randn(4, 1, 6, 6))
+    assert set(stuck) == {"gate", "fc"} and "single output unit" in stuck["gate"], stuck
+
+
 class _HalvesGate(nn.Module):
     """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
 
@@ -2006,7 +2026,8 @@ def test_a_reduction_over_the_channels_that_a_channel_changes_is_named(how: str,
     torch.manual_seed(0)
     x = torch.randn(4, 1, 6, 6)
     stuck = unremovable_layers(_OverChannels(how).eval(), x)
-    assert set(stuck) == {"c2", "fc"} and why in stuck["c2"], stuck
+    one_unit = {"sa"} if how == "cbam" else set()  # the attention map's layer, of one unit
+    assert set(stuck) == {"c2", "fc"} | one_unit and why in stuck["c2"], stuck
     model = _OverChannels(how).eval()
     result = slim(model, _prune_units(model, {"c1": [1, 5], "c2": [0, 3, 7]}), x)
     assert result.removed["c1"] == (8, 6) and result.removed["c2"] == (12, 12)
@@ -2055,7 +2076,9 @@ def test_a_one_channel_map_spread_over_the_channels(op: str) -> None:
     lets a pruned channel go; a sum with it keeps the channel (the map's value is no constant), named."""
     torch.manual_seed(0)
     x = torch.randn(4, 1, 6, 6)
-    assert set(unremovable_layers(_SpreadMap(op).eval(), x)) == ({"fc", "l2"} if op == "mul" else {"fc"})
+    # psi and g have one unit each (named for it)
+    assert set(unremovable_layers(_SpreadMap(op).eval(), x)) == ({"fc", "l2", "psi", "g"} if op == "mul" else
+                                                                 {"fc", "psi"})
     model = _SpreadMap(op).eval()
     masks = _prune_units(model, {"c2": [0, 3, 7], "psi": [0], **({"l1": [2, 5, 9], "g": [0]} if op == "mul" else {})})
     result = slim(model, masks, x)
@@ -2092,7 +2115,7 @@ def test_a_layer_coupled_in_part_gets_a_group_of_its_own() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 1, 6, 6)
     stuck = unremovable_layers(_ECA().eval(), x)
-    assert set(stuck) == {"c2", "fc"} and "the dependency graph cannot follow where its units go" in stuck["c2"]
+    assert set(stuck) == {"c2", "fc", "eca"} and "the dependency graph cannot follow where its units go" in stuck["c2"]
     model = _ECA().eval()
     result = slim(model, _prune_units(model, {"c1": [1, 5], "c2": [0, 3, 7]}), x)
     assert result.removed["c1"] == (8, 6) and result.removed["c2"] == (12, 12)
@@ -2121,7 +2144,7 @@ def test_a_one_channel_map_over_time_is_spread_over_the_channels() -> None:
     forward broke: c2 named "depends on the number of units" before training)."""
     torch.manual_seed(0)
     x = torch.randn(4, 4, 10)
-    assert set(unremovable_layers(_AttentionPool().eval(), x)) == {"fc"}
+    assert set(unremovable_layers(_AttentionPool().eval(), x)) == {"fc", "att"}  # att: one unit
     model = _AttentionPool().eval()
     result = slim(model, _prune_units(model, {"c2": [0, 3, 7]}), x)
     assert result.removed["c2"] == (12, 9) and result.removed.get("att", (1, 1)) == (1, 1), result.notes

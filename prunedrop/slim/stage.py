@@ -636,6 +636,10 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     for name, error in failed.items():
         reasons.setdefault(name, _cannot_follow(error))
     found = {name: reason for name, reason in reasons.items() if name not in free}
+    for name, m in model.named_modules():  # whatever the graph made of it (ECA's convolution over the channels)
+        if isinstance(m, WEIGHT_LAYERS) and out_units(m) == 1 and name not in found and name in group:
+            found[name] = ("it has a single output unit, and slimming never leaves a layer without units: pruning it "
+                           "could only zero it in place")
     # a layer named here leaves dense: the layers coupled only to it can then lose no channel either (named in the
     # next pass; at most three, each one slim where the rest slims together)
     fixed: dict[str, str] = {}
