@@ -1465,6 +1465,39 @@ def test_a_layer_of_one_unit_is_named_before_training() -> None:
     assert set(stuck) == {"gate", "fc"} and "single output unit" in stuck["gate"], stuck
 
 
+class _PoolByView(nn.Module):
+    """A 2x2 pooling written as a view that splits the pixels' axes, (n, C, H, W) → (n, C, H/2, 2, W/2, 2), and a
+    maximum (or mean) over the two axes of 2 (einops' reduce "b c (h 2) (w 2) -> b c h w" does the same), flattened
+    for fc."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(48, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        n, c, height, width = h.shape
+        h = h.view(n, c, height // 2, 2, width // 2, 2)
+        h = h.amax((3, 5)) if self.how == "max" else h.mean((3, 5))
+        return self.fc(h.reshape(n, -1))
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_a_pooling_written_as_a_view_keeps_the_channels(how: str) -> None:
+    """The view that splits the pixels' axes was read as a flatten with a stride from the map's 16 pixels: c2's
+    channel 11 went to feature 176 of 48, c2 was named ("cannot follow where its units go") and kept its pruned
+    units. The view keeps the channels where they are; they leave, with fc's columns."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 4, 4)
+    assert set(unremovable_layers(_PoolByView(how).eval(), x)) == {"fc"}
+    model = _PoolByView(how).eval()
+    result = slim(model, _prune_units(model, {"c1": [2], "c2": [0, 5, 11]}), x)
+    assert result.removed["c2"] == (12, 9) and result.removed["c1"] == (8, 7) and not result.notes, result.notes
+    assert _module(result.model, "fc").in_features == 36
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _HalvesGate(nn.Module):
     """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
 

@@ -1311,6 +1311,13 @@ class _Recorder(TorchFunctionMode):
                     and math.prod(out.shape[2:]) == 1):
                 self.flattens[out.grad_fn] = 1  # GCNet's context (n, 1, C, 1) viewed as (n, C, 1, 1): channel c stays c
                 return
+            # the axes after the channels split or merged, the channels where they were (a pooling written as a view:
+            # (n, C, H, W) → (n, C, H/2, 2, W/2, 2), einops' reduce "b c (h 2) (w 2) -> b c h w"): channel c stays c;
+            # the graph read a flatten there, with a stride from the map's pixels
+            if (x.dim() >= 3 and out.dim() >= 3 and tuple(out.shape[:2]) == tuple(x.shape[:2]) and x.shape[1] > 1
+                    and self._channels_at(x) == 1):
+                self.flattens[out.grad_fn] = 1
+                return
             # channels split into groups (a channel shuffle's view), or regrouped at the same rank (capsules:
             # (batch, 64, 4, 4) viewed as (batch, 8, 8, 16), eight 8-d capsules per position)
             if x.dim() >= 3 and out.dim() >= x.dim() and out.shape[0] == x.shape[0] and out.shape[1] != x.shape[1]:
