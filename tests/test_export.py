@@ -473,3 +473,23 @@ def test_the_tie_hint_is_given_only_where_the_file_selects_by_rank(tmp_path: Pat
     plain = export_onnx(nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU()).eval(), x, tmp_path / "plain.onnx").path
     assert "TopK" in _tie_hint(ranked) and _tie_hint(plain) == ""
     assert _tie_hint(tmp_path / "missing.onnx") == ""
+
+
+class _Autocast(torch.nn.Module):
+    """A convolution under torch.autocast (bfloat16 on the CPU), cast back to float32 for the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.relu(self.conv(x))
+        return self.fc(h.float().mean((2, 3)))
+
+
+def test_a_graph_in_bfloat16_is_named_in_the_export_error(tmp_path: Path) -> None:
+    """Both exporters fail on a convolution under autocast (ONNX's Conv takes no bfloat16), and the error said to
+    "simplify the model's forward or try the other exporter", which both had been. It names bfloat16 and autocast."""
+    with pytest.raises(PrunedropError, match=r"computes in bfloat16 \(a torch.autocast in the forward"):
+        export_onnx(_Autocast().eval(), torch.randn(2, 1, 6, 6), tmp_path / "model.onnx")

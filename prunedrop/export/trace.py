@@ -291,10 +291,16 @@ def _export_error(error: Exception, *, exporter: str, opset: int) -> PrunedropEr
     first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
     if len(first_line) > 200:
         first_line = first_line[:197] + "..."
-    return PrunedropError(
-        f"ONNX export failed ({exporter} exporter, opset {opset}): {first_line}; "
-        f"simplify the model's forward or try the other exporter"
-    )
+    advice = "simplify the model's forward or try the other exporter"
+    if _BFLOAT16.search(text):
+        advice = ("the exported graph computes in bfloat16 (a torch.autocast in the forward, or bfloat16 weights), "
+                  "which this ONNX operator does not take: export the model in float32 (without the autocast, "
+                  "model.float())")
+    return PrunedropError(f"ONNX export failed ({exporter} exporter, opset {opset}): {first_line}; {advice}")
+
+
+#: an ONNX type check that refused a bfloat16 tensor (ONNX's Conv, among others, takes none)
+_BFLOAT16 = re.compile(r"unsupported type: tensor\(bfloat16\)")
 
 
 def _exception_chain(error: BaseException) -> Iterator[BaseException]:
