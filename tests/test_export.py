@@ -475,7 +475,7 @@ def test_the_tie_hint_is_given_only_where_the_file_selects_by_rank(tmp_path: Pat
     assert _tie_hint(tmp_path / "missing.onnx") == ""
 
 
-class _Autocast(torch.nn.Module):
+class _AutocastConv(torch.nn.Module):
     """A convolution under torch.autocast (bfloat16 on the CPU), cast back to float32 for the head."""
 
     def __init__(self) -> None:
@@ -492,4 +492,4 @@ def test_a_graph_in_bfloat16_is_named_in_the_export_error(tmp_path: Path) -> Non
     """Both exporters fail on a convolution under autocast (ONNX's Conv takes no bfloat16), and the error said to
     "simplify the model's forward or try the other exporter", which both had been. It names bfloat16 and autocast."""
     with pytest.raises(PrunedropError, match=r"computes in bfloat16 \(a torch.autocast in the forward"):
-        export_onnx(_Autocast().eval(), torch.randn(2, 1, 6, 6), tmp_path / "model.onnx")
+        export_onnx(_AutocastConv().eval(), torch.randn(2, 1, 6, 6), tmp_path / "model.onnx")
