@@ -1468,26 +1468,28 @@ def test_a_layer_of_one_unit_is_named_before_training() -> None:
 class _PoolByView(nn.Module):
     """A 2x2 pooling written as a view that splits the pixels' axes, (n, C, H, W) → (n, C, H/2, 2, W/2, 2), and a
     maximum (or mean) over the two axes of 2 (einops' reduce "b c (h 2) (w 2) -> b c h w" does the same), flattened
-    for fc."""
+    for fc; ``bn``: a maximum after a BatchNorm."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
         self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(48, 3)
+        self.bn = nn.BatchNorm2d(12) if how == "bn" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        h = torch.relu(self.bn(self.c2(torch.relu(self.c1(x)))))
         n, c, height, width = h.shape
         h = h.view(n, c, height // 2, 2, width // 2, 2)
-        h = h.amax((3, 5)) if self.how == "max" else h.mean((3, 5))
+        h = h.mean((3, 5)) if self.how == "mean" else h.amax((3, 5))
         return self.fc(h.reshape(n, -1))
 
 
-@pytest.mark.parametrize("how", ["max", "mean"])
+@pytest.mark.parametrize("how", ["max", "mean", "bn"])
 def test_a_pooling_written_as_a_view_keeps_the_channels(how: str) -> None:
     """The view that splits the pixels' axes was read as a flatten with a stride from the map's 16 pixels: c2's
     channel 11 went to feature 176 of 48, c2 was named ("cannot follow where its units go") and kept its pruned
-    units. The view keeps the channels where they are; they leave, with fc's columns."""
+    units. The view keeps the channels where they are, a BatchNorm between them too; they leave, with fc's
+    columns."""
     torch.manual_seed(0)
     x = torch.randn(4, 1, 4, 4)
     assert set(unremovable_layers(_PoolByView(how).eval(), x)) == {"fc"}

@@ -42,6 +42,9 @@ _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Instan
 _ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div", "Lerp", "Addcmul", "Addcdiv"})
 #: views through which a bare parameter may still only scale or shift each channel: they add axes of size 1
 _UNIT_VIEWS = frozenset({"View", "Reshape", "ReshapeAlias", "UnsafeView", "Unsqueeze"})
+#: autograd names of a BatchNorm's function (eval and training mode alike): channel c of its output is channel c of
+#: its input, scaled and shifted
+_BATCH_NORMS = ("NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm", "NativeBatchNormLegitNoTraining")
 #: functions of one operand, element by element, through which a bare parameter still scales each channel on its own
 #: (a gate ``sigmoid(g) * h``, a positive scale ``g.exp() * h``)
 _PER_ELEMENT = frozenset({"Sigmoid", "Tanh", "Exp", "Softplus", "Abs", "Neg", "Relu", "Sqrt", "Rsqrt", "Reciprocal",
@@ -1160,7 +1163,10 @@ class _Recorder(TorchFunctionMode):
         is rolled over H and W)."""
         if x.dim() == 2:
             return 1
-        for fn in _single_chain(x.grad_fn, 7):
+        fn = x.grad_fn
+        for _ in range(8):
+            if fn is None:
+                return None
             name = _op_name(fn)
             if name == "Convolution":
                 return 1
@@ -1171,8 +1177,13 @@ class _Recorder(TorchFunctionMode):
                             and int(fn._saved_self_sym_sizes[-1]) == x.shape[-1]):
                         return x.dim() - 1
                 return None
-            if name not in _PER_ELEMENT:
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if name in _BATCH_NORMS and fn.next_functions and fn.next_functions[0][0] is not None:
+                fn = fn.next_functions[0][0]  # a BatchNorm keeps each channel where it is (its weight and bias beside)
+                continue
+            if name not in _PER_ELEMENT or len(inputs) != 1:
                 return None
+            fn = inputs[0]
         return None
 
     def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
