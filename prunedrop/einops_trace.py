@@ -84,10 +84,13 @@ class _ProxyBackend:
 
 
 def _rank(pattern: str) -> int:
+    """The number of axes on the left of an einops ``pattern`` (a parenthesised group is one)."""
     left = pattern.split("->")[0]
     if "..." in left or "…" in left:
-        raise RuntimeError(f"einops pattern {pattern!r} has an ellipsis: the rank of a traced tensor is unknown, "
-                           "so the trace cannot tell how many axes it stands for")
+        # no "..." in the message: the manifest's error keeps its first sentence, cut at a full stop
+        # (a traced tensor's rank is unknown, so the trace cannot tell how many axes the ellipsis stands for)
+        raise RuntimeError("an einops pattern with an ellipsis cannot be traced: write its axes out, as in "
+                           "'b c h w -> b (c h w)'")
     return len(_AXES.findall(left))
 
 
