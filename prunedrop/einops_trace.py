@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["einops_layer_forward", "patched"]
+__all__ = ["einops_layer_forward", "forward_globals", "patched"]
 
 _AXES = re.compile(r"\([^)]*\)|[^\s()]+")
 
@@ -122,7 +122,7 @@ def einops_layer_forward(m: nn.Module) -> Callable[..., Any] | None:
     return forward
 
 
-def _forward_globals(model: nn.Module) -> list[dict[str, Any]]:
+def forward_globals(model: nn.Module) -> list[dict[str, Any]]:
     """The global namespaces of the forward methods of ``model``'s modules (where a user's ``from einops import
     reduce`` binds the name), each once."""
     found: dict[int, dict[str, Any]] = {}
@@ -152,7 +152,7 @@ def patched(model: nn.Module) -> Iterator[None]:
         return backend if isinstance(tensor, fx.Proxy) else original_backend(tensor)
 
     package = sys.modules["einops"]
-    spaces = [ops.__dict__, package.__dict__, *_forward_globals(model)]
+    spaces = [ops.__dict__, package.__dict__, *forward_globals(model)]
     saved: list[tuple[dict[str, Any], str, Any]] = []
     try:
         for space in spaces:

@@ -17,14 +17,15 @@ forward's general path (:data:`THROUGH`), which ``architecture.json`` names.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .einops_trace import einops_layer_forward, patched
+from .einops_trace import einops_layer_forward, forward_globals, patched
 from .layers.attention import HeadPrunedMultiheadAttention, float_mask
 
 #: factories that take a size as separate arguments (``torch.zeros(2, 3)``)
@@ -168,17 +169,43 @@ class _Tracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
+@contextlib.contextmanager
+def _scripted_traced_through(model: nn.Module) -> Iterator[None]:
+    """While tracing ``model``: a TorchScript function its forwards call (``@torch.jit.script def mish(x)``), which
+    takes no proxy ("Expected a value of type 'Tensor' … found type 'Proxy'"), is traced as the Python function it
+    was compiled from (kept by torch as ``_torchdynamo_inline``); restored afterwards."""
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+
+    def through(fn: Any, python: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            traced = any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
+            return python(*args, **kwargs) if traced else fn(*args, **kwargs)
+        return call
+
+    try:
+        for space in forward_globals(model):
+            for name, value in list(space.items()):
+                python = getattr(value, "_torchdynamo_inline", None)
+                if isinstance(value, torch.jit.ScriptFunction) and callable(python):
+                    saved.append((space, name, value))
+                    space[name] = through(value, python)
+        yield
+    finally:
+        for space, name, value in reversed(saved):
+            space[name] = value
+
+
 def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model, concrete_args)``, with :data:`SIZE_FACTORIES` called with separate size
     arguments, one of them traced, given them as one tuple (what they do with plain integers anyway), and the
-    :data:`THROUGH` layers traced as the layers they hold, and einops' functions and layers as the torch operations
-    they perform (:mod:`prunedrop.einops_trace`)."""
+    :data:`THROUGH` layers traced as the layers they hold, einops' functions and layers as the torch operations
+    they perform (:mod:`prunedrop.einops_trace`), and TorchScript functions as the Python they were compiled from."""
     saved = {name: getattr(torch, name) for name in SIZE_FACTORIES}
     for name, factory in saved.items():
         setattr(torch, name, _sized(factory))
     try:
         tracer = _Tracer()
-        with patched(model):
+        with patched(model), _scripted_traced_through(model):
             graph = tracer.trace(model, concrete_args=concrete_args)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
