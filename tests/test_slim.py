@@ -1500,6 +1500,34 @@ def test_a_pooling_written_as_a_view_keeps_the_channels(how: str) -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _SpaceToDepth(nn.Module):
+    """Space to depth written with views: (n, C, H, W) → (n, C, H/2, 2, W/2, 2), permuted and merged to
+    (n, 4C, H/2, W/2); channel c becomes channels 4c … 4c + 3 of c2's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(32, 12, 3, padding=1), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        n, c, height, width = h.shape
+        h = h.view(n, c, height // 2, 2, width // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, c * 4, height // 2,
+                                                                                          width // 2)
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+def test_a_space_to_depth_written_with_views_slims() -> None:
+    """The first view was read as a flatten of c1's map ("index 32 is out of bounds"): c1 was named and kept its
+    pruned units. Its channels stay where they are through it, and leave with their four of c2's inputs."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    assert set(unremovable_layers(_SpaceToDepth().eval(), x)) == {"fc"}
+    model = _SpaceToDepth().eval()
+    result = slim(model, _prune_units(model, {"c1": [0, 5]}), x)
+    assert result.removed["c1"] == (8, 6) and _module(result.model, "c2").in_channels == 24, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _HalvesGate(nn.Module):
     """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
 
