@@ -34,7 +34,7 @@ from .layers._units import batchnorm_affine
 from .slim import silent_units
 
 __all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "foldable_batchnorms",
-           "unnormalised_convolutions"]
+           "instance_normalised", "unnormalised_convolutions"]
 
 ATTACHED = "finetune_bn"
 """The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
@@ -118,6 +118,45 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 and calls[src.target] == 1 and calls[node.target] == 1
                 and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels
                 and not _hooked(bn)):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _per_sample_per_channel(m: nn.Module) -> bool:
+    """Whether ``m`` normalises each channel of each sample by its own statistics while training: an InstanceNorm, or
+    a GroupNorm of one channel per group."""
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return True
+    return isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels
+
+
+def instance_normalised(model: nn.Module) -> list[tuple[str, str]]:
+    """The (layer, norm) pairs where an InstanceNorm (or a GroupNorm of one channel per group) normalises a Linear's or
+    convolution's output alone, each called once: each channel of each sample is divided by its own spread there, so
+    a unit noise drawn once per sample and unit cancels (:attr:`~prunedrop.layers._units.OutputUnitNoise.noise_per_position`).
+    Found with a ``torch.fx`` trace of a model that has such a norm; raises :class:`PrunedropError` if the trace fails;
+    modifies nothing."""
+    modules = dict(model.named_modules())
+    if not any(_per_sample_per_channel(m) for m in modules.values()):
+        return []
+    from .fxtrace import symbolic_trace
+
+    try:
+        graph = symbolic_trace(model).graph
+    except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise PrunedropError(f"torch.fx cannot trace the model ({type(e).__name__}: {first})") from None
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not _per_sample_per_channel(modules[node.target]):
+            continue
+        src = node.args[0] if node.args else None
+        if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
+                and isinstance(modules[src.target], (nn.Linear, *_BATCHNORM)) and calls[src.target] == 1):
             pairs.append((src.target, node.target))
     return pairs
 

@@ -49,6 +49,9 @@ class ConversionSummary:
     normalised: list[list[str]] = field(default_factory=list)
     """(convolution, BatchNorm) pairs whose unit noise sits on the BatchNorm's output (``batchnorm_noise: after``);
     the BatchNorm moved into the layer (``<conv>.batchnorm``) and left an ``nn.Identity`` in its place."""
+    per_position: list[list[str]] = field(default_factory=list)
+    """(layer, norm) pairs where an InstanceNorm follows a converted layer, whose unit noise is therefore drawn per
+    position (:func:`prunedrop.batchnorm.instance_normalised`)."""
     reparametrized: list[str] = field(default_factory=list)
     """Tensors whose parametrization (weight_norm, spectral_norm, ...) was folded into a plain tensor first
     (:func:`fold_parametrizations`), e.g. ``"fc1.weight (weight_norm)"``."""
@@ -430,6 +433,14 @@ def to_variational(
             pairs = batchnorm_pairs(model)
         except PrunedropError as e:
             summary.notes.append(f"the unit noise stays before the BatchNorms (batchnorm_noise: before): {e.message}")
+    instance: list[tuple[str, str]] = []
+    if structured and not dry_run:
+        from .batchnorm import instance_normalised
+
+        try:
+            instance = instance_normalised(model)
+        except PrunedropError as e:
+            summary.notes.append(f"the unit noise before the InstanceNorms stays drawn once per sample: {e.message}")
     groups: list[list[str]] = []
     if recipe.tie_residual and not dry_run:
         from .slim import coupled_producers
@@ -472,6 +483,13 @@ def to_variational(
                 summary.tied.append(tied)
     if slots:
         _tie_grouped_slots(model, slots, summary)
+    if instance:
+        modules = dict(model.named_modules())
+        for layer_name, norm_name in instance:
+            layer = modules.get(layer_name)
+            if isinstance(layer, OutputUnitNoise) and layer._tied is None:
+                layer.noise_per_position = True
+                summary.per_position.append([layer_name, norm_name])
     if not summary.converted:
         by_globs = [n for n in summary.excluded if n not in summary.output_layers and n not in sharing
                     and n not in summary.hooked and n not in summary.cut_off and n not in summary.unremovable]

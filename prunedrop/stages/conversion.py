@@ -34,6 +34,7 @@ class Converted:
         return {"conversion": {"converted": s.converted, "excluded": s.excluded, "left_alone": s.left_alone,
                                "tied": s.tied, "batchnorm_folded": s.folded, "batchnorm_noise_after": s.normalised,
                                **({"unremovable": s.unremovable} if s.unremovable else {}),
+                               **({"noise_per_position": s.per_position} if s.per_position else {}),
                                **({"reparametrized": s.reparametrized} if s.reparametrized else {}),
                                **({"notes": s.notes} if s.notes else {})}}
 
@@ -84,6 +85,9 @@ def convert(model: nn.Module, recipe: Recipe, example: torch.Tensor, log: Callab
     if summary.normalised:
         log(f"unit noise on the output of {len(summary.normalised)} BatchNorm(s), folded at thresholding "
             "(batchnorm_noise: after): " + some([f"{conv}+{bn}" for conv, bn in summary.normalised]))
+    if summary.per_position:
+        log(f"unit noise drawn per position before {len(summary.per_position)} InstanceNorm(s), which would cancel a "
+            "draw shared over the positions: " + some([f"{layer}+{norm}" for layer, norm in summary.per_position]))
     for note in summary.notes:
         log(f"note: {note}")
     for group in summary.tied:
