@@ -1528,6 +1528,39 @@ def test_a_space_to_depth_written_with_views_slims() -> None:
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _PlainInstanceNorms(nn.Module):
+    """Two convolutions, each followed by an InstanceNorm2d as torch builds it by default (no affine parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 8, 3, padding=1), nn.InstanceNorm2d(8)
+        self.c2, self.n2 = nn.Conv2d(8, 12, 3, padding=1), nn.InstanceNorm2d(12)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.n1(self.c1(x)))
+        return self.fc(torch.relu(self.n2(self.c2(h))).amax((2, 3)))
+
+
+def test_units_before_an_instance_norm_without_parameters_leave() -> None:
+    """An InstanceNorm without parameters is no node of the dependency graph, and the batch norm of a (1, N·C, …)
+    view that it runs was read as an untraced operand coupled to every channel: c1 and c2 kept all their pruned
+    units ("still produced by an untraced operand"). They leave now (a zero channel stays zero through the norm),
+    and each norm takes the number of channels it is given, so it warns about none."""
+    import warnings
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(_PlainInstanceNorms().eval(), x)) == {"fc"}
+    model = _PlainInstanceNorms().eval()
+    result = slim(model, _prune_units(model, {"c1": [1, 6], "c2": [0, 4, 11]}), x)
+    assert result.removed["c1"] == (8, 6) and result.removed["c2"] == (12, 9) and not result.notes, result.notes
+    assert _module(result.model, "n1").num_features == 6 and _module(result.model, "n2").num_features == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _HalvesGate(nn.Module):
     """c1's two halves gate each other: tanh(a) · sigmoid(b), a, b = c1(x).chunk(2, 1)."""
 

@@ -76,6 +76,8 @@ _KEEPS_ZERO = frozenset({
     # concatenations and splits move the channel to another offset, whole: the dependency graph maps it there; a
     # stack on a new axis keeps each piece's channel c at c (zeros where every piece has zeros)
     "Cat", "Split", "SplitWithSizes", "Stack",
+    # an InstanceNorm without affine parameters, traced as one node (_opaque_instance_norms): (0 − 0) / √(0 + ε) = 0
+    "_ChannelwiseHandedOn",
 })
 
 
@@ -1558,6 +1560,41 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
             del module.forward
 
 
+class _ChannelwiseHandedOn(_HandedOn):
+    """:class:`_HandedOn` for a function that keeps each channel where it is and a channel of zeros zeros (an
+    InstanceNorm without affine parameters): its node is in :data:`_KEEPS_ZERO`."""
+
+
+@contextlib.contextmanager
+def _opaque_instance_norms(model: nn.Module) -> Iterator[None]:
+    """Each InstanceNorm without affine parameters that normalises by the sample's own statistics (torch's default,
+    CycleGAN's and pix2pix's) runs as one autograd node of its input while Torch-Pruning traces it
+    (:class:`_ChannelwiseHandedOn`): a module without parameters is no node of Torch-Pruning's, and the batch norm
+    of a (1, N·C, …) view that F.instance_norm runs was read as an operand the trace did not follow, coupled to every
+    channel, so that no unit before the norm could leave. Its output is the norm's own."""
+    patched: list[nn.Module] = []
+
+    def opaque(run: Any) -> Any:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not isinstance(x, torch.Tensor) or not x.requires_grad:
+                return run(x)
+            with torch.no_grad():
+                out = run(x)
+            return _ChannelwiseHandedOn.apply([out], x)[0]
+        return forward
+
+    for module in model.modules():
+        if (isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.affine
+                and not module.track_running_stats and "forward" not in module.__dict__):
+            module.forward = opaque(module.forward)
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     """Torch-Pruning's dependency graph of ``model`` on ``x``, and the autograd nodes of the model outputs. Call it
     inside :func:`all_requiring_grad`."""
@@ -1570,7 +1607,7 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
             outputs.append(m(inp))
         return outputs[-1]
 
-    with torch.enable_grad(), _opaque_recurrent(model):
+    with torch.enable_grad(), _opaque_recurrent(model), _opaque_instance_norms(model):
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False,
             customized_pruners=dict.fromkeys(RECURRENT_READERS, _recurrent_pruner(tp)),

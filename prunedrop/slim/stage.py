@@ -5,6 +5,7 @@ recurrent layers go to :mod:`.recurrent` first.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections import defaultdict
@@ -654,6 +655,28 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     return {**found, **fixed}
 
 
+@contextlib.contextmanager
+def _plain_norms_renumbered(model: nn.Module) -> Iterator[None]:
+    """During a forward pass of the slim model: each InstanceNorm without affine parameters takes the number of
+    channels it is given as its ``num_features`` (which it uses for nothing but a warning on every call, and which
+    ``architecture.json`` records), silently."""
+    seen: dict[nn.Module, int] = {}
+    plain = [m for m in model.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.affine]
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+            x = args[0]
+            seen[module] = int(x.shape[1] if x.dim() > module._get_no_batch_dim() else x.shape[0])
+            module.num_features = seen[module]
+
+    handles = [m.register_forward_pre_hook(record) for m in plain]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _misread(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """The masked layers of a trial slim whose zeroed units a consumer read varying with the input."""
     return {name: ("removing a unit is misread by the dependency graph: a consumer reads its zeroed channel varying "
@@ -938,7 +961,7 @@ def _slim_once(
     with torch.no_grad():
         want = reference(x)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _plain_norms_renumbered(work):
             got = work(x)
     except Exception as e:  # noqa: BLE001 - a view's RuntimeError, an assert or an einops error in the forward
         first = (str(e).splitlines() or [""])[0] or type(e).__name__
