@@ -56,6 +56,15 @@ def _graph(model: nn.Module, key: str, fix: str = "set it to false"):
                              f"{type(e).__name__}: {first}; {fix}") from None
 
 
+def _module_calls(graph: Any) -> dict[str, int]:
+    """How many times a traced forward calls each module (a pair joined for the noise must be called once)."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
+
+
 def _scale_output_channels(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
     """conv ← scale · conv + shift per output channel, in place on its Parameters (a bias is added if missing)."""
     with torch.no_grad():
@@ -103,10 +112,7 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         return []
     graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before")
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _module_calls(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM.values():
@@ -146,10 +152,7 @@ def instance_normalised(model: nn.Module) -> list[tuple[str, str]]:
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrunedropError(f"torch.fx cannot trace the model ({type(e).__name__}: {first})") from None
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _module_calls(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not _per_sample_per_channel(modules[node.target]):

@@ -660,14 +660,12 @@ def _plain_norms_renumbered(model: nn.Module) -> Iterator[None]:
     """During a forward pass of the slim model: each InstanceNorm without affine parameters takes the number of
     channels it is given as its ``num_features`` (which it uses for nothing but a warning on every call, and which
     ``architecture.json`` records), silently."""
-    seen: dict[nn.Module, int] = {}
     plain = [m for m in model.modules() if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.affine]
 
     def record(module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
-            x = args[0]
-            seen[module] = int(x.shape[1] if x.dim() > module._get_no_batch_dim() else x.shape[0])
-            module.num_features = seen[module]
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 2:  # (N, C, …), or (C, …) unbatched
+            module.num_features = int(x.shape[1] if x.dim() > module._get_no_batch_dim() else x.shape[0])
 
     handles = [m.register_forward_pre_hook(record) for m in plain]
     try:
