@@ -151,12 +151,53 @@ def _attention_heads(tracer: _Tracer, attention: nn.Module, query: Any, key: Any
     return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
+def _pieces(node: fx.Node) -> int | None:
+    """How many tensors a traced call returns where its arguments say so: ``chunk(n)`` n, ``split``/``tensor_split``
+    with a list of sizes or indices its length (plus one for indices), ``tensor_split(n)`` n; None otherwise."""
+    name = getattr(node.target, "__name__", node.target) if node.op in ("call_function", "call_method") else None
+    if name not in ("chunk", "split", "split_with_sizes", "tensor_split"):
+        return None
+    second = node.args[1] if len(node.args) > 1 else next(
+        (node.kwargs[k] for k in ("chunks", "split_size_or_sections", "split_size", "split_sizes", "sections",
+                                  "indices") if k in node.kwargs), None)
+    if name == "chunk" or (name == "tensor_split" and isinstance(second, int)):
+        return second if isinstance(second, int) and second > 0 else None
+    if isinstance(second, (list, tuple)) and all(isinstance(v, int) for v in second):
+        return len(second) + (1 if name == "tensor_split" else 0)
+    return None
+
+
+@contextlib.contextmanager
+def _pieces_counted() -> Iterator[None]:
+    """While tracing: ``len()`` of a proxy whose pieces :func:`_pieces` counts gives that count (``list(…)`` asks
+    for it before it iterates); any other proxy's ``len()`` fails as torch.fx's does."""
+    original = fx.Proxy.__len__
+
+    def length(self: fx.Proxy) -> int:
+        count = _pieces(self.node)
+        return count if count is not None else original(self)
+
+    fx.Proxy.__len__ = length  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        fx.Proxy.__len__ = original  # type: ignore[method-assign]
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, tracing the :data:`THROUGH` layers as the layers they hold, and prunedrop's head-pruned
     attention as what it computes (:func:`_attention_heads`)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return type(m) not in THROUGH and super().is_leaf_module(m, module_qualified_name)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        """A chunk or split into a number of pieces its call states (``list(h.chunk(2, 1))``, YOLOv8's C2f), iterated
+        as those pieces; any other proxy stops the trace, as torch.fx's own tracer does."""
+        count = _pieces(obj.node)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         through = THROUGH.get(type(m))
@@ -205,7 +246,7 @@ def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None
         setattr(torch, name, _sized(factory))
     try:
         tracer = _Tracer()
-        with patched(model), _scripted_traced_through(model):
+        with patched(model), _scripted_traced_through(model), _pieces_counted():
             graph = tracer.trace(model, concrete_args=concrete_args)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:

@@ -1,0 +1,78 @@
+"""Forwards torch.fx could not trace: a TorchScript function called by the forward (traced as the Python it was
+compiled from), the pieces of a chunk or split iterated (``list(h.chunk(2, 1))``)."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from prunedrop.batchnorm import batchnorm_pairs
+from prunedrop.fxtrace import symbolic_trace
+from prunedrop.storage.saved import load_saved_model, save_model
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch.jit.script is deprecated; models written with it are still around
+
+    @torch.jit.script
+    def mish(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(torch.nn.functional.softplus(x))
+
+
+class Scripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(mish(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_a_scripted_function_is_traced_through_and_left_as_it_was(tmp_path):
+    """torch.fx passed a proxy to the compiled function, which takes tensors only: architecture.json was not
+    written, and the BatchNorm's place for structured noise could not be found."""
+    torch.manual_seed(0)
+    model, x = Scripted().eval(), torch.randn(2, 1, 6, 6)
+    gm = symbolic_trace(model)
+    torch.testing.assert_close(gm(x), model(x))
+    assert isinstance(mish, torch.jit.ScriptFunction) and globals()["mish"] is mish
+    assert batchnorm_pairs(model) == [("conv", "bn")]
+    save_model(model, tmp_path, x)
+    torch.testing.assert_close(load_saved_model(tmp_path)(x), model(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: ``list(cv1(x).chunk(2, 1))``, a bottleneck on the last piece appended, every piece concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cv1, self.m, self.cv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(12, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(torch.relu(self.cv1(x)).chunk(2, 1))
+        y.append(self.m(y[-1]))
+        a, b, *rest = torch.split(self.cv2(torch.cat(y, 1)), [1, 1, 1], dim=1)
+        return torch.cat([b, a, *rest], 1).mean((2, 3))
+
+
+def test_the_pieces_of_a_chunk_or_split_are_iterated(tmp_path):
+    """``list(proxy)`` stopped the trace ("Proxy object cannot be iterated", after "'len' is not supported"): the
+    number of pieces a chunk or a split with sizes returns is in its call."""
+    torch.manual_seed(0)
+    model = C2f().eval()
+    gm = symbolic_trace(model)
+    for batch in (2, 5):
+        x = torch.randn(batch, 1, 6, 6)
+        torch.testing.assert_close(gm(x), model(x))
+    save_model(model, tmp_path, torch.randn(2, 1, 6, 6))
+    x = torch.randn(3, 1, 6, 6)
+    torch.testing.assert_close(load_saved_model(tmp_path)(x), model(x))
+
+
+def test_other_proxies_still_cannot_be_counted():
+    class Counted(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * len(x)
+
+    with pytest.raises(RuntimeError, match="'len' is not supported"):
+        symbolic_trace(Counted())
