@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,9 +152,30 @@ def _attention_heads(tracer: _Tracer, attention: nn.Module, query: Any, key: Any
     return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
+def _shape_slice(node: fx.Node) -> int | None:
+    """How many sizes ``x.shape[a:b]`` or ``x.size()[a:b]`` holds where the slice alone says so (``[-2:]``: two,
+    whatever the rank; ``[2:]`` depends on it: None)."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return None
+    source, index = node.args
+    if not (isinstance(source, fx.Node) and isinstance(index, slice) and index.step in (None, 1)):
+        return None
+    shaped = ((source.op == "call_function" and source.target is getattr and source.args[1:] == ("shape",))
+              or (source.op == "call_method" and source.target == "size" and len(source.args) == 1))
+    start, stop = index.start, index.stop
+    if not shaped or not isinstance(start, int) or not isinstance(stop, (int, type(None))):
+        return None
+    if stop is None:
+        return -start if start < 0 else None
+    return max(stop - start, 0) if (start >= 0) == (stop >= 0) else None
+
+
 def _pieces(node: fx.Node) -> int | None:
-    """How many tensors a traced call returns where its arguments say so: ``chunk(n)`` n, ``split``/``tensor_split``
-    with a list of sizes or indices its length (plus one for indices), ``tensor_split(n)`` n; None otherwise."""
+    """How many values a traced call returns where its arguments say so: ``chunk(n)`` n, ``split``/``tensor_split``
+    with a list of sizes or indices its length (plus one for indices), ``tensor_split(n)`` n, a slice of a shape
+    (:func:`_shape_slice`); None otherwise."""
+    if (sliced := _shape_slice(node)) is not None:
+        return sliced
     name = getattr(node.target, "__name__", node.target) if node.op in ("call_function", "call_method") else None
     if name not in ("chunk", "split", "split_with_sizes", "tensor_split"):
         return None
@@ -192,8 +214,9 @@ class _Tracer(fx.Tracer):
         return type(m) not in THROUGH and super().is_leaf_module(m, module_qualified_name)
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        """A chunk or split into a number of pieces its call states (``list(h.chunk(2, 1))``, YOLOv8's C2f), iterated
-        as those pieces; any other proxy stops the trace, as torch.fx's own tracer does."""
+        """A chunk or split into a number of pieces its call states (``list(h.chunk(2, 1))``, YOLOv8's C2f) or a slice
+        of a shape (``expand(-1, -1, *h.shape[-2:])``), iterated as those pieces; any other proxy stops the trace, as
+        torch.fx's own tracer does."""
         count = _pieces(obj.node)
         if count is None:
             return super().iter(obj)

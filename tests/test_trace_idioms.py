@@ -69,10 +69,36 @@ def test_the_pieces_of_a_chunk_or_split_are_iterated(tmp_path):
     torch.testing.assert_close(load_saved_model(tmp_path)(x), model(x))
 
 
+class ImagePooling(nn.Module):
+    """DeepLab's image-pooling branch: pooled, a 1x1 convolution, expanded back with ``*h.shape[-2:]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return (h + self.pool(h.mean((2, 3), keepdim=True)).expand(-1, -1, *h.shape[-2:])).mean((2, 3))
+
+
+def test_a_slice_of_a_shape_is_iterated(tmp_path):
+    torch.manual_seed(0)
+    model = ImagePooling().eval()
+    save_model(model, tmp_path, torch.randn(2, 1, 6, 6))
+    x = torch.randn(3, 1, 5, 7)
+    torch.testing.assert_close(load_saved_model(tmp_path)(x), model(x))
+
+
 def test_other_proxies_still_cannot_be_counted():
     class Counted(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * len(x)
 
+    class RankDependent(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.new_zeros(*x.shape[1:])
+
     with pytest.raises(RuntimeError, match="'len' is not supported"):
         symbolic_trace(Counted())
+    with pytest.raises(Exception, match="cannot be iterated"):
+        symbolic_trace(RankDependent())
