@@ -33,8 +33,8 @@ from .errors import PrunedropError
 from .layers._units import batchnorm_affine
 from .slim import silent_units
 
-__all__ = ["ATTACHED", "attach_batchnorm", "fold_attached", "fold_batchnorm", "foldable_batchnorms",
-           "instance_normalised", "unnormalised_convolutions"]
+__all__ = ["ATTACHED", "activation_after", "attach_batchnorm", "fold_attached", "fold_batchnorm",
+           "foldable_batchnorms", "instance_normalised", "plain_batchnorm", "unnormalised_convolutions"]
 
 ATTACHED = "finetune_bn"
 """The name of the attached BatchNorm inside its convolution (``<conv>.finetune_bn.weight`` ...)."""
@@ -45,11 +45,11 @@ FINETUNE_HOOK_ATTRIBUTE = "_finetune_bn_hook"
 user's hook: :func:`prunedrop.convert.user_hooks`)."""
 
 
-def _graph(model: nn.Module, key: str, fix: str = "set it to false"):
+def _graph(model: nn.Module, key: str, fix: str = "set it to false", leaves: tuple[type[nn.Module], ...] = ()):
     from .fxtrace import symbolic_trace
 
     try:
-        return symbolic_trace(model).graph
+        return symbolic_trace(model, leaves=leaves).graph
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrunedropError(f"recipe key '{key}' needs a torch.fx trace of the model, which failed: "
@@ -103,6 +103,42 @@ def foldable_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def activation_after(bn: nn.Module) -> nn.Module | None:
+    """What a BatchNorm subclass applies after its normalisation, where it is a library's BatchNorm with its
+    activation (timm's ``BatchNormAct2d``: ``act(drop(BN(x)))``) and that activation maps 0 to 0 (ReLU, SiLU, GELU,
+    Hardswish, …): ``nn.Sequential(drop, act)``; None for a plain BatchNorm or any other subclass."""
+    if type(bn) in _BATCHNORM.values() or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return None
+    act, drop = bn._modules.get("act"), bn._modules.get("drop", nn.Identity())
+    if not isinstance(act, nn.Module) or not isinstance(drop, (nn.Identity, nn.Dropout)):
+        return None
+    extra = {name for name, _ in bn.named_children()} - {"act", "drop"}
+    if extra or next(act.parameters(), None) is not None:
+        return None
+    try:
+        with torch.no_grad():
+            zero = act(torch.zeros(2, 3))
+    except Exception:  # noqa: BLE001 - an activation that takes no such input is not one to rely on
+        return None
+    if not isinstance(zero, torch.Tensor) or zero.shape != (2, 3) or bool(zero.any()):
+        return None
+    return nn.Sequential(drop, act)
+
+
+def plain_batchnorm(bn: nn.modules.batchnorm._BatchNorm, kind: type[nn.Module]) -> nn.Module:
+    """A plain BatchNorm of type ``kind`` holding ``bn``'s own parameters and statistics (the same tensors), in its
+    mode: the normalisation of a BatchNorm subclass (:func:`activation_after`) without what it applies after."""
+    plain = kind(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                 track_running_stats=bn.track_running_stats)
+    for name in ("weight", "bias"):
+        if getattr(bn, name, None) is not None:
+            setattr(plain, name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        if getattr(bn, name, None) is not None:
+            setattr(plain, name, getattr(bn, name))
+    return plain.train(bn.training)
+
+
 def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """The (convolution, BatchNorm) pairs that structured noise treats as one unit (recipe key ``batchnorm_noise:
     after``): a BatchNorm of the convolution's dimension with running statistics whose input is that convolution,
@@ -111,16 +147,19 @@ def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         return []
-    graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before")
+    graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before",
+                   leaves=(nn.modules.batchnorm._BatchNorm,))
     calls = _module_calls(graph)
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or type(modules[node.target]) not in _BATCHNORM.values():
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
             continue
         bn, src = modules[node.target], node.args[0] if node.args else None
+        if type(bn) not in _BATCHNORM.values() and activation_after(bn) is None:
+            continue
         if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
                 and type(modules[src.target]) in _BATCHNORM
-                and _BATCHNORM[type(modules[src.target])] is type(bn)
+                and isinstance(bn, _BATCHNORM[type(modules[src.target])])
                 and calls[src.target] == 1 and calls[node.target] == 1
                 and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels
                 and not _hooked(bn)):

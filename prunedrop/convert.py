@@ -288,6 +288,10 @@ def _traced(key: str, what: str, read: Callable[[nn.Module, torch.Tensor], Any],
                              f"{key}: false in the recipe") from None
 
 
+#: the plain BatchNorms, one per dimension (a subclass's normalisation is rebuilt as one of them)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def to_variational(
     model: nn.Module,
     recipe: Recipe,
@@ -465,13 +469,21 @@ def to_variational(
     if summary.unremovable:
         summary.notes.append(unremovable_kept_note(summary.unremovable))
     if pairs:
+        from .batchnorm import activation_after, plain_batchnorm
+
         modules = dict(model.named_modules())
         for conv_name, bn_name in pairs:
-            layer = modules[conv_name]
+            layer, bn = modules[conv_name], modules[bn_name]
             if isinstance(layer, OutputUnitNoise):
-                layer.normalise_with(modules[bn_name])
+                # a library's BatchNorm with its activation (timm's BatchNormAct2d): the normalisation joins the
+                # noise, the activation keeps the BatchNorm's place
+                after = activation_after(bn)
+                if after is not None:
+                    bn = plain_batchnorm(bn, next(t for t in _BATCHNORMS if isinstance(bn, t)))
+                layer.normalise_with(bn)
                 parent, _, child = bn_name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+                setattr(model.get_submodule(parent) if parent else model, child,
+                        after if after is not None else nn.Identity())
                 summary.normalised.append([conv_name, bn_name])
                 summary.left_alone.pop(bn_name, None)
     if groups:

@@ -210,7 +210,13 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, tracing the :data:`THROUGH` layers as the layers they hold, and prunedrop's head-pruned
     attention as what it computes (:func:`_attention_heads`)."""
 
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()) -> None:
+        super().__init__()
+        self.leaves = leaves
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaves and isinstance(m, self.leaves):
+            return True
         return type(m) not in THROUGH and super().is_leaf_module(m, module_qualified_name)
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
@@ -259,16 +265,19 @@ def _scripted_traced_through(model: nn.Module) -> Iterator[None]:
             space[name] = value
 
 
-def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
+def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None,
+                   leaves: tuple[type[nn.Module], ...] = ()) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model, concrete_args)``, with :data:`SIZE_FACTORIES` called with separate size
     arguments, one of them traced, given them as one tuple (what they do with plain integers anyway), and the
     :data:`THROUGH` layers traced as the layers they hold, einops' functions and layers as the torch operations
-    they perform (:mod:`prunedrop.einops_trace`), and TorchScript functions as the Python they were compiled from."""
+    they perform (:mod:`prunedrop.einops_trace`), and TorchScript functions as the Python they were compiled from.
+    ``leaves``: module types kept as single calls whatever their package (a library's BatchNorm subclass, which
+    torch.fx would trace through)."""
     saved = {name: getattr(torch, name) for name in SIZE_FACTORIES}
     for name, factory in saved.items():
         setattr(torch, name, _sized(factory))
     try:
-        tracer = _Tracer()
+        tracer = _Tracer(leaves)
         with patched(model), _scripted_traced_through(model), _pieces_counted():
             graph = tracer.trace(model, concrete_args=concrete_args)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)

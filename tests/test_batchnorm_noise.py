@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from prunedrop.convert import ConversionSummary, to_variational
+from prunedrop.convert import ConversionSummary, to_deterministic, to_variational
 from prunedrop.data import DataBundle, load_data
 from prunedrop.errors import PrunedropError
 from prunedrop.export import export_onnx, verify_onnx
@@ -329,3 +329,55 @@ def test_noise_before_an_instance_norm_is_drawn_per_position(norm: str) -> None:
         return float(variational.c2.log_sigma.grad.abs().sum())
 
     assert noise_gradient(False) < 1e-6 < noise_gradient(True) / 1e3
+
+
+class _BatchNormAct2d(nn.BatchNorm2d):
+    """A BatchNorm with its activation, as timm's BatchNormAct2d: ``act(drop(BN(x)))``."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def _bn_act_cnn(act: type[nn.Module]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), _BatchNormAct2d(6, act()),
+                         nn.Conv2d(6, 6, 3, padding=1), _BatchNormAct2d(6, act()),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+
+@pytest.mark.parametrize("method", ["sbp", "group_vd"])
+def test_a_batchnorm_with_its_activation_joins_the_noise(method: str) -> None:
+    """A library's BatchNorm subclass that applies its activation (timm's BatchNormAct2d) was traced through and
+    never paired: the noise stayed before every BatchNorm of timm's EfficientNets and MobileNets (MobileNetV4-S: 46
+    BatchNorms, 0 pairs). Its normalisation joins the noise now, its activation keeps the place, and the model computes
+    what it did (exactly, with group_vd's noise mean of one)."""
+    from prunedrop.batchnorm import batchnorm_pairs
+
+    torch.manual_seed(0)
+    model = _bn_act_cnn(nn.SiLU)
+    randomize_batchnorm(model, torch.Generator().manual_seed(1))
+    model.eval()
+    x = torch.randn(8, 1, 8, 8)
+    assert batchnorm_pairs(model) == [("0", "1"), ("2", "3")]
+    summary = ConversionSummary()
+    variational = to_variational(copy.deepcopy(model), Recipe(method=method), summary=summary, example_input=x[:2])
+    assert summary.normalised == [["0", "1"], ["2", "3"]]
+    assert isinstance(variational[1], nn.Sequential) and isinstance(variational[1][1], nn.SiLU)
+    assert type(variational[0].batchnorm) is nn.BatchNorm2d
+    torch.testing.assert_close(variational[0].batchnorm.running_var, model[1].running_var)
+    if method == "group_vd":  # a noise mean of one: the function is the given model's, before and after folding
+        torch.testing.assert_close(variational.eval()(x), model(x))
+        folded = to_deterministic(copy.deepcopy(variational)).eval()
+        assert type(folded[0]) is nn.Conv2d and isinstance(folded[1], nn.Sequential)
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_batchnorm_whose_activation_keeps_no_zero_stays_where_it_is() -> None:
+    """A sigmoid after the normalisation would turn a pruned unit's zero into 0.5: such a subclass is left before the
+    noise, as any BatchNorm the noise cannot follow."""
+    from prunedrop.batchnorm import batchnorm_pairs
+
+    assert batchnorm_pairs(_bn_act_cnn(nn.Sigmoid).eval()) == []
