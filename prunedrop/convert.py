@@ -499,9 +499,15 @@ def to_variational(
         modules = dict(model.named_modules())
         for layer_name, norm_name in instance:
             layer = modules.get(layer_name)
-            if isinstance(layer, OutputUnitNoise) and layer._tied is None:
+            if isinstance(layer, OutputUnitNoise):
                 layer.noise_per_position = True
                 summary.per_position.append([layer_name, norm_name])
+        # the members of a tied group share one draw, of one shape: all of them per position where one is
+        for group in summary.tied:
+            members = [modules[n] for n in group if isinstance(modules.get(n), OutputUnitNoise)]
+            if any(m.noise_per_position for m in members):
+                for m in members:
+                    m.noise_per_position = True
     if not summary.converted:
         by_globs = [n for n in summary.excluded if n not in summary.output_layers and n not in sharing
                     and n not in summary.hooked and n not in summary.cut_off and n not in summary.unremovable]

@@ -381,3 +381,34 @@ def test_a_batchnorm_whose_activation_keeps_no_zero_stays_where_it_is() -> None:
     from prunedrop.batchnorm import batchnorm_pairs
 
     assert batchnorm_pairs(_bn_act_cnn(nn.Sigmoid).eval()) == []
+
+
+class _InstanceNormedResidual(nn.Module):
+    """A residual stream written by a stem and a block's second convolution, each followed by an InstanceNorm
+    (CycleGAN's residual blocks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.n0 = nn.Conv2d(1, 8, 3, padding=1), nn.InstanceNorm2d(8)
+        self.c1, self.c2, self.n2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.InstanceNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.n0(self.stem(x)))
+        h = h + self.n2(self.c2(torch.relu(self.c1(h))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_layers_tied_across_a_residual_stream_draw_per_position_together() -> None:
+    """The layers that write one residual stream share one draw (tie_residual): an InstanceNorm after them cancels it
+    alike, so all of them draw per position, one draw of one shape."""
+    torch.manual_seed(0)
+    model, x = _InstanceNormedResidual().eval(), torch.randn(4, 1, 6, 6)
+    summary = ConversionSummary()
+    variational = to_variational(copy.deepcopy(model), Recipe(method="sbp", tie_residual=True), summary=summary,
+                                 example_input=x[:2])
+    assert ["c2", "stem"] in [sorted(g) for g in summary.tied]
+    assert variational.stem.noise_per_position and variational.c2.noise_per_position
+    variational.train()
+    torch.nn.functional.cross_entropy(variational(x), torch.arange(4) % 3).backward()
+    assert float(variational.stem.log_sigma.grad.abs().sum()) > 0

@@ -175,7 +175,7 @@ class OutputUnitNoise(VariationalLayer):
         # One draw per example and unit, shared over positions: the unit as a whole is on or off.
         if batch_axis is not None:
             shape[batch_axis] = y.shape[batch_axis]
-        if self.noise_per_position and self._tied is None:
+        if self.noise_per_position:
             shape = list(y.shape)
         if self._tied is not None:
             return y * self._tied.multiplier(self, shape, unit_axis).to(y.dtype)
