@@ -1,4 +1,4 @@
-"""torchvision ResNet-18, MobileNetV2 and ShuffleNetV2 (x0.5) on digits: ``sbp`` and ``sparse_vd`` with the default recipe, and Torch-Pruning.
+"""torchvision ResNet-18, MobileNetV2 and ShuffleNetV2 (x0.5), timm's PP-LCNet-0.5 on digits: ``sbp`` and ``sparse_vd`` with the default recipe, and Torch-Pruning.
 
     python benchmarks/zoo_real.py --model resnet18 --method sbp            # then torch_pruning, sparse_vd
     python benchmarks/zoo_real.py --model mobilenet_v2 --method all
@@ -58,7 +58,7 @@ from prunedrop.recipes import Recipe  # noqa: E402
 from prunedrop.report import profile_model  # noqa: E402
 from prunedrop.train import evaluate  # noqa: E402
 
-MODELS = ("resnet18", "mobilenet_v2", "shufflenet_v2_x0_5")
+MODELS = ("resnet18", "mobilenet_v2", "shufflenet_v2_x0_5", "timm_lcnet_050")
 HEADS = {"resnet18": "fc", "mobilenet_v2": "classifier.1", "shufflenet_v2_x0_5": "fc"}
 METHODS = ("sbp", "torch_pruning", "sparse_vd")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,6 +83,10 @@ def digits_rgb(size: int = SIZE, smoke: bool = False) -> DataBundle:
 
 
 def new_model(name: str) -> nn.Module:
+    if name.startswith("timm_"):  # a timm network (its BatchNorms with their activations: BatchNormAct2d)
+        import timm
+
+        return timm.create_model(name.removeprefix("timm_"), num_classes=10, pretrained=False)
     import torchvision
 
     return getattr(torchvision.models, name)(num_classes=10, weights=None)
@@ -304,7 +308,9 @@ def main() -> None:
             row = run_variational(method, dense, data, args, run_dir)
         if "error" not in row:
             row["latency"] = latency(run_dir, example)
-        row = {"model": f"torchvision.models.{args.model}(num_classes=10, weights=None)", "method": method,
+        built = (f"timm.create_model({args.model.removeprefix('timm_')!r}, num_classes=10)"
+                 if args.model.startswith("timm_") else f"torchvision.models.{args.model}(num_classes=10, weights=None)")
+        row = {"model": built, "method": method,
                "data": {"name": data.name, "train": data.num_train, "val": len(data.val), "test": len(data.test),
                         "input_shape": list(data.input_shape)},
                "dense": dense_info, **row, "machine": machine(), "command": command_line(),
