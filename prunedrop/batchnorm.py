@@ -139,30 +139,99 @@ def plain_batchnorm(bn: nn.modules.batchnorm._BatchNorm, kind: type[nn.Module]) 
     return plain.train(bn.training)
 
 
-def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+def _pairable(conv: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` can join ``conv``'s unit noise: a BatchNorm of its dimension and width (or a library's one with
+    an activation that keeps zeros, :func:`activation_after`) with running statistics and no hooks of the user's."""
+    return (type(conv) in _BATCHNORM and isinstance(bn, _BATCHNORM[type(conv)])
+            and (type(bn) in _BATCHNORM.values() or activation_after(bn) is not None)
+            and bn.running_mean is not None and bn.num_features == conv.out_channels and not _hooked(bn))
+
+
+def _pairs_by_running(model: nn.Module, x: Any) -> list[tuple[str, str]]:
+    """:func:`batchnorm_pairs` from one eval-mode forward pass on ``x`` where torch.fx cannot trace the model: a
+    BatchNorm whose input is the very tensor a convolution returned, each called once, that tensor taken by no other
+    operation that makes a tensor (its size or rank read is no use) nor returned by the model. Buffers, random state
+    and modes are left as they were."""
+    from torch.overrides import TorchFunctionMode
+
+    from .modes import untouched
+    from .slim.coupling import tensors_in
+
+    names = {m: name for name, m in model.named_modules()}
+    convs = [m for m in names if type(m) in _BATCHNORM]
+    norms = [m for m in names if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    made: dict[int, nn.Module] = {}  # id of a convolution's output → the convolution
+    kept: list[torch.Tensor] = []  # the outputs themselves, so that no id is reused while the pass runs
+    fed: dict[nn.Module, nn.Module | None] = {}  # BatchNorm → the convolution whose live output it was given
+    calls: dict[nn.Module, int] = {}
+    uses: dict[int, int] = {}
+
+    class Uses(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if tensors_in(out):  # an operation that makes a tensor of it (not x.dim(), x.shape)
+                # only the convolutions' outputs, alive till the end: a freed tensor's id may come back
+                for i in {id(t) for t in tensors_in((args, kwargs or {}))} & made.keys():
+                    uses[i] = uses.get(i, 0) + 1
+            return out
+
+    def conv_hook(module: nn.Module, args: tuple, out: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(out, torch.Tensor):
+            made[id(out)] = module
+            kept.append(out)
+
+    def norm_hook(module: nn.Module, args: tuple) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if args and isinstance(args[0], torch.Tensor):
+            fed[module] = made.get(id(args[0]))  # while it lives, no other tensor has its id
+
+    handles = [m.register_forward_hook(conv_hook) for m in convs] + [m.register_forward_pre_hook(norm_hook)
+                                                                      for m in norms]
+    try:
+        with untouched(model), torch.no_grad(), Uses():
+            returned = {id(t) for t in tensors_in(model.eval()(x))}
+    finally:
+        for h in handles:
+            h.remove()
+    pairs = []
+    outputs = {conv: i for i, conv in made.items() if i not in returned}  # one the model returns is used twice
+    for bn, conv in fed.items():
+        if (conv in outputs and calls.get(conv) == 1 and calls.get(bn) == 1 and uses.get(outputs[conv]) == 1
+                and _pairable(conv, bn)):
+            pairs.append((names[conv], names[bn]))
+    return sorted(pairs, key=lambda pair: list(names.values()).index(pair[0]))
+
+
+def batchnorm_pairs(model: nn.Module, example_input: Any = None) -> list[tuple[str, str]]:
     """The (convolution, BatchNorm) pairs that structured noise treats as one unit (recipe key ``batchnorm_noise:
     after``): a BatchNorm of the convolution's dimension with running statistics whose input is that convolution,
-    each called once and the convolution's output used by nothing else. Found with a ``torch.fx`` trace; a model
-    without BatchNorms is not traced. Raises :class:`PrunedropError` if the trace fails; modifies nothing."""
+    each called once and the convolution's output used by nothing else. Found with a ``torch.fx`` trace; where the
+    model cannot be traced, from a forward pass on ``example_input`` (:func:`_pairs_by_running`). A model without
+    BatchNorms is not traced. Raises :class:`PrunedropError` if the trace fails and no example is given; modifies
+    nothing."""
     modules = dict(model.named_modules())
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):
         return []
-    graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before",
-                   leaves=(nn.modules.batchnorm._BatchNorm,))
+    try:
+        graph = _graph(model, "batchnorm_noise: after", "use batchnorm_noise: before",
+                       leaves=(nn.modules.batchnorm._BatchNorm,))
+    except PrunedropError:
+        if example_input is None:
+            raise
+        try:
+            return _pairs_by_running(model, example_input)
+        except Exception:  # noqa: BLE001 - the pass failed as well: the trace's error says why there is no pair
+            pass
+        raise
     calls = _module_calls(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
             continue
         bn, src = modules[node.target], node.args[0] if node.args else None
-        if type(bn) not in _BATCHNORM.values() and activation_after(bn) is None:
-            continue
         if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
-                and type(modules[src.target]) in _BATCHNORM
-                and isinstance(bn, _BATCHNORM[type(modules[src.target])])
-                and calls[src.target] == 1 and calls[node.target] == 1
-                and bn.running_mean is not None and bn.num_features == modules[src.target].out_channels
-                and not _hooked(bn)):
+                and calls[src.target] == 1 and calls[node.target] == 1 and _pairable(modules[src.target], bn)):
             pairs.append((src.target, node.target))
     return pairs
 

@@ -434,7 +434,7 @@ def to_variational(
         from .batchnorm import batchnorm_pairs
 
         try:
-            pairs = batchnorm_pairs(model)
+            pairs = batchnorm_pairs(model, example_input)
         except PrunedropError as e:
             summary.notes.append(f"the unit noise stays before the BatchNorms (batchnorm_noise: before): {e.message}")
     instance: list[tuple[str, str]] = []

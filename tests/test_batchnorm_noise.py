@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -412,3 +413,48 @@ def test_layers_tied_across_a_residual_stream_draw_per_position_together() -> No
     variational.train()
     torch.nn.functional.cross_entropy(variational(x), torch.arange(4) % 3).backward()
     assert float(variational.stem.log_sigma.grad.abs().sum()) > 0
+
+
+class _Untraceable(nn.Module):
+    """A conv–BatchNorm CNN whose forward branches on its input's values (torch.fx cannot trace it); ``returns``: it
+    returns the first convolution's output too; ``reused``: that output also feeds a sum."""
+
+    def __init__(self, how: str = "") -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.b1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if x.mean() > 100:  # data-dependent control flow
+            x = x / 2
+        y = self.c1(x)
+        h = torch.relu(self.b1(y))
+        if self.how == "reused":
+            h = h + y
+        out = self.fc(torch.relu(self.b2(self.c2(h))).mean((2, 3)))
+        return (out, y) if self.how == "returns" else out
+
+
+@pytest.mark.parametrize("how", ["", "returns", "reused"])
+def test_batchnorm_pairs_of_a_model_torch_fx_cannot_trace_come_from_a_run(how: str) -> None:
+    """Where torch.fx cannot trace the model (timm's EfficientViT, MobileViT, TF-EfficientNet), every BatchNorm kept
+    the noise before it. One forward pass on the example pairs them now: a BatchNorm given the very tensor a
+    convolution returned, that tensor used by nothing else (a sum with it, or the model returning it, keeps the pair
+    apart)."""
+    from prunedrop.batchnorm import batchnorm_pairs
+
+    torch.manual_seed(0)
+    model = _Untraceable(how)
+    randomize_batchnorm(model, torch.Generator().manual_seed(1))
+    model.eval()
+    x = torch.randn(4, 1, 6, 6)
+    with pytest.raises(PrunedropError, match="torch.fx"):
+        batchnorm_pairs(model)
+    expected = [("c2", "b2")] if how else [("c1", "b1"), ("c2", "b2")]
+    assert batchnorm_pairs(model, x) == expected
+    summary = ConversionSummary()
+    variational = to_variational(copy.deepcopy(model), Recipe(method="group_vd"), summary=summary, example_input=x[:2])
+    assert summary.normalised == [list(p) for p in expected]
+    torch.testing.assert_close(variational.eval()(x), model(x))
