@@ -153,7 +153,7 @@ def inspect_model(model: nn.Module, example_input: torch.Tensor, recipe: Recipe)
             warnings.append(f"{e}: `prunedrop compress` would stop with this error")
     elif structured and recipe.batchnorm_noise == "after":
         try:
-            joins = {bn: conv for conv, bn in batchnorm_pairs(model)
+            joins = {bn: conv for conv, bn in batchnorm_pairs(model, example_input[:2].to(device))
                      if type(modules[conv]) in registry and conv not in heads and is_selected(conv, recipe, every_name)}
         except PrunedropError as e:
             warnings.append(f"the unit noise would stay before the BatchNorms (batchnorm_noise: before): {e}")

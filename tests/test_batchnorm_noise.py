@@ -458,3 +458,7 @@ def test_batchnorm_pairs_of_a_model_torch_fx_cannot_trace_come_from_a_run(how: s
     variational = to_variational(copy.deepcopy(model), Recipe(method="group_vd"), summary=summary, example_input=x[:2])
     assert summary.normalised == [list(p) for p in expected]
     torch.testing.assert_close(variational.eval()(x), model(x))
+    from prunedrop.inspection import inspect_model  # `prunedrop inspect` says the same
+
+    layers = {e["name"]: e for e in inspect_model(model, x, Recipe(method="group_vd"))["layers"]}
+    assert {name for name, e in layers.items() if e["status"] == "folded"} == {bn for _, bn in expected}
