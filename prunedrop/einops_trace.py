@@ -4,8 +4,8 @@ layers recorded as the torch operations they perform.
 einops reads a tensor's shape in Python to compute the reshape it does, and torch.fx's proxies have no shape:
 ``rearrange(h, "b c h w -> b (h w) c")`` stopped the trace ("Tensor type unknown to einops"), an einops layer with
 ``KeyError: Proxy(...)``. Whatever reads the graph was lost with it (the model's output layers, the BatchNorm
-placement, ``architecture.json``). While :func:`prunedrop.fxtrace.symbolic_trace` traces, :func:`patched` makes
-einops work on proxies: the rank comes from the pattern's left side, each size is read with ``x.size(i)`` where
+placement, ``architecture.json``). While :func:`prunedrop.fxtrace.symbolic_trace` traces, :func:`replacements`
+make einops work on proxies: the rank comes from the pattern's left side, each size is read with ``x.size(i)`` where
 einops needs it, and einops' own recipe does the rest, so the graph holds ``reshape``, ``permute``, ``mean`` /
 ``amax`` / ``sum``, ``unsqueeze`` / ``expand`` with sizes computed from the input (a new batch size still works). A
 pattern with an ellipsis on a traced tensor still stops the trace (its rank is unknown there), as do einops
@@ -14,16 +14,15 @@ versions whose internals differ (before 0.7); untraced calls are untouched.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-__all__ = ["einops_layer_forward", "forward_globals", "patched"]
+__all__ = ["einops_layer_forward", "replacements"]
 
 _AXES = re.compile(r"\([^)]*\)|[^\s()]+")
 
@@ -109,7 +108,8 @@ def _traced_reduce(ops: Any, backend: _ProxyBackend, original: Callable[..., Any
 
 
 def einops_layer_forward(m: nn.Module) -> Callable[..., Any] | None:
-    """The traced form of an einops ``Rearrange`` / ``Reduce`` layer's forward (inside :func:`patched`), or None
+    """The traced form of an einops ``Rearrange`` / ``Reduce`` layer's forward (with :func:`replacements` in place),
+    or None
     for any other module."""
     layers = sys.modules.get("einops.layers")
     if layers is None or not isinstance(m, (layers.RearrangeMixin, layers.ReduceMixin)):
@@ -122,47 +122,21 @@ def einops_layer_forward(m: nn.Module) -> Callable[..., Any] | None:
     return forward
 
 
-def forward_globals(model: nn.Module) -> list[dict[str, Any]]:
-    """The global namespaces of the forward methods of ``model``'s modules (where a user's ``from einops import
-    reduce`` binds the name), each once."""
-    found: dict[int, dict[str, Any]] = {}
-    for m in model.modules():
-        for cls in type(m).__mro__:
-            g = getattr(cls.__dict__.get("forward"), "__globals__", None)
-            if isinstance(g, dict):
-                found.setdefault(id(g), g)
-    return list(found.values())
-
-
-@contextlib.contextmanager
-def patched(model: nn.Module) -> Iterator[None]:
-    """While tracing ``model``: einops' ``reduce`` (which ``rearrange`` and ``repeat`` call) and ``get_backend``
-    (``einsum``'s) take proxies, in einops and wherever ``model``'s forwards bind ``reduce``. Nothing is changed
-    when einops is not imported or its internals differ; everything is restored afterwards."""
+def replacements() -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    """What makes einops take proxies while prunedrop traces: einops' own namespaces (where ``rearrange`` and
+    ``repeat`` find ``reduce``, and ``einsum`` finds ``get_backend``), and by the id of each einops function, its
+    traced form (``reduce``; ``get_backend``, which answers a proxy with :class:`_ProxyBackend`). ``([], {})`` where
+    einops is not imported or its internals differ. :func:`prunedrop.fxtrace.symbolic_trace` swaps them in these
+    namespaces and in the model's forwards' own, and back."""
     found = _internals()
     if found is None:
-        yield
-        return
+        return [], {}
     ops, torch_backend = found
     backend = _ProxyBackend(torch_backend())
     original_reduce, original_backend = ops.reduce, ops.get_backend
-    reduce = _traced_reduce(ops, backend, original_reduce)
 
     def get_backend(tensor: Any) -> Any:
         return backend if isinstance(tensor, fx.Proxy) else original_backend(tensor)
 
-    package = sys.modules["einops"]
-    spaces = [ops.__dict__, package.__dict__, *forward_globals(model)]
-    saved: list[tuple[dict[str, Any], str, Any]] = []
-    try:
-        for space in spaces:
-            for name, value in list(space.items()):
-                if value is original_reduce:
-                    saved.append((space, name, value))
-                    space[name] = reduce
-        saved.append((ops.__dict__, "get_backend", original_backend))
-        ops.get_backend = get_backend
-        yield
-    finally:
-        for space, name, value in reversed(saved):
-            space[name] = value
+    return ([ops.__dict__, sys.modules["einops"].__dict__],
+            {id(original_reduce): _traced_reduce(ops, backend, original_reduce), id(original_backend): get_backend})

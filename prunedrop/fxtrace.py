@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .einops_trace import einops_layer_forward, forward_globals, patched
+from .einops_trace import einops_layer_forward, replacements
 from .layers.attention import HeadPrunedMultiheadAttention, float_mask
 
 #: factories that take a size as separate arguments (``torch.zeros(2, 3)``)
@@ -239,26 +239,46 @@ class _Tracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
+def _forward_globals(model: nn.Module) -> list[dict[str, Any]]:
+    """The global namespaces of the forward methods of ``model``'s modules (where a user's ``from einops import
+    reduce`` or a TorchScript function the forward calls is bound), each once."""
+    found: dict[int, dict[str, Any]] = {}
+    for m in model.modules():
+        for cls in type(m).__mro__:
+            g = getattr(cls.__dict__.get("forward"), "__globals__", None)
+            if isinstance(g, dict):
+                found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def _through_python(fn: Any) -> Callable[..., Any] | None:
+    """A TorchScript function (``@torch.jit.script def mish(x)``), which takes no proxy ("Expected a value of type
+    'Tensor' … found type 'Proxy'"), as a function that runs the Python it was compiled from (kept by torch as
+    ``_torchdynamo_inline``) on proxies and itself otherwise; None for anything else."""
+    python = getattr(fn, "_torchdynamo_inline", None) if isinstance(fn, torch.jit.ScriptFunction) else None
+    if not callable(python):
+        return None
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        traced = any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
+        return python(*args, **kwargs) if traced else fn(*args, **kwargs)
+    return call
+
+
 @contextlib.contextmanager
-def _scripted_traced_through(model: nn.Module) -> Iterator[None]:
-    """While tracing ``model``: a TorchScript function its forwards call (``@torch.jit.script def mish(x)``), which
-    takes no proxy ("Expected a value of type 'Tensor' … found type 'Proxy'"), is traced as the Python function it
-    was compiled from (kept by torch as ``_torchdynamo_inline``); restored afterwards."""
+def _swapped(model: nn.Module) -> Iterator[None]:
+    """While tracing ``model``: einops' functions take proxies (:func:`prunedrop.einops_trace.replacements`) and
+    TorchScript functions run as their Python (:func:`_through_python`), wherever einops or the model's forwards bind
+    them; every name is given back its own value afterwards, also after an error."""
+    spaces, by_id = replacements()
     saved: list[tuple[dict[str, Any], str, Any]] = []
-
-    def through(fn: Any, python: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            traced = any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
-            return python(*args, **kwargs) if traced else fn(*args, **kwargs)
-        return call
-
     try:
-        for space in forward_globals(model):
+        for space in [*spaces, *_forward_globals(model)]:
             for name, value in list(space.items()):
-                python = getattr(value, "_torchdynamo_inline", None)
-                if isinstance(value, torch.jit.ScriptFunction) and callable(python):
+                new = by_id.get(id(value)) or _through_python(value)
+                if new is not None:
                     saved.append((space, name, value))
-                    space[name] = through(value, python)
+                    space[name] = new
         yield
     finally:
         for space, name, value in reversed(saved):
@@ -278,7 +298,7 @@ def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None
         setattr(torch, name, _sized(factory))
     try:
         tracer = _Tracer(leaves)
-        with patched(model), _scripted_traced_through(model), _pieces_counted():
+        with _swapped(model), _pieces_counted():
             graph = tracer.trace(model, concrete_args=concrete_args)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
