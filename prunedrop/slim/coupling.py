@@ -11,7 +11,7 @@ import math
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,13 +81,17 @@ _KEEPS_ZERO = frozenset({
 })
 
 
-def _single_chain(fn: Any, steps: int) -> Iterator[Any]:
+def _single_chain(fn: Any, steps: int, through: frozenset[str] | tuple[str, ...] = ()) -> Iterator[Any]:
     """``fn`` and the autograd nodes below it while each has one input (views, expands, functions of one operand), at
-    most ``steps`` + 1 of them."""
+    most ``steps`` + 1 of them; a node named in ``through`` goes on to its first input whatever else it has (a
+    BatchNorm's weight and bias beside its input)."""
     for _ in range(steps + 1):
         if fn is None:
             return
         yield fn
+        if _op_name(fn) in through and fn.next_functions:
+            fn = fn.next_functions[0][0]
+            continue
         inputs = [f for f, _ in fn.next_functions if f is not None]
         if len(inputs) != 1:
             return
@@ -1165,10 +1169,8 @@ class _Recorder(TorchFunctionMode):
         is rolled over H and W)."""
         if x.dim() == 2:
             return 1
-        fn = x.grad_fn
-        for _ in range(8):
-            if fn is None:
-                return None
+        # a BatchNorm keeps each channel where it is: the walk goes on to its input
+        for fn in _single_chain(x.grad_fn, 7, through=_BATCH_NORMS):
             name = _op_name(fn)
             if name == "Convolution":
                 return 1
@@ -1179,13 +1181,8 @@ class _Recorder(TorchFunctionMode):
                             and int(fn._saved_self_sym_sizes[-1]) == x.shape[-1]):
                         return x.dim() - 1
                 return None
-            inputs = [f for f, _ in fn.next_functions if f is not None]
-            if name in _BATCH_NORMS and fn.next_functions and fn.next_functions[0][0] is not None:
-                fn = fn.next_functions[0][0]  # a BatchNorm keeps each channel where it is (its weight and bias beside)
-                continue
-            if name not in _PER_ELEMENT or len(inputs) != 1:
+            if name not in _PER_ELEMENT and name not in _BATCH_NORMS:
                 return None
-            fn = inputs[0]
         return None
 
     def _pad(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
@@ -1534,7 +1531,6 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
     chunks broke Torch-Pruning's index mappings; an LSTM's read as mixing channels). A call with a packed sequence,
     or with an initial state that another layer computed (whose channels are hidden units, not input channels), runs
     as it is."""
-    originals: dict[nn.Module, Any] = {}
 
     def opaque(module: nn.RNNBase, run: Any) -> Any:
         def forward(input: Any, hx: Any = None) -> Any:
@@ -1549,14 +1545,23 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
 
         return forward
 
+    with _forwards_replaced(model, lambda m: opaque(m, m.forward) if isinstance(m, RECURRENT_READERS) else None):
+        yield
+
+
+@contextlib.contextmanager
+def _forwards_replaced(model: nn.Module, replace: Callable[[nn.Module], Any]) -> Iterator[None]:
+    """Each module of ``model`` for which ``replace`` gives a function (and whose forward no one replaced on the
+    instance already) runs that function as its forward for the while; the class's forward again afterwards."""
+    patched = []
     for module in model.modules():
-        if isinstance(module, RECURRENT_READERS) and "forward" not in module.__dict__:
-            originals[module] = module.forward
-            module.forward = opaque(module, module.forward)
+        if "forward" not in module.__dict__ and (forward := replace(module)) is not None:
+            module.forward = forward
+            patched.append(module)
     try:
         yield
     finally:
-        for module in originals:
+        for module in patched:
             del module.forward
 
 
@@ -1572,9 +1577,12 @@ def _opaque_instance_norms(model: nn.Module) -> Iterator[None]:
     (:class:`_ChannelwiseHandedOn`): a module without parameters is no node of Torch-Pruning's, and the batch norm
     of a (1, N·C, …) view that F.instance_norm runs was read as an operand the trace did not follow, coupled to every
     channel, so that no unit before the norm could leave. Its output is the norm's own."""
-    patched: list[nn.Module] = []
+    def opaque(module: nn.Module) -> Any:
+        if not (isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.affine
+                and not module.track_running_stats):
+            return None
+        run = module.forward
 
-    def opaque(run: Any) -> Any:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not isinstance(x, torch.Tensor) or not x.requires_grad:
                 return run(x)
@@ -1583,16 +1591,8 @@ def _opaque_instance_norms(model: nn.Module) -> Iterator[None]:
             return _ChannelwiseHandedOn.apply([out], x)[0]
         return forward
 
-    for module in model.modules():
-        if (isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.affine
-                and not module.track_running_stats and "forward" not in module.__dict__):
-            module.forward = opaque(module.forward)
-            patched.append(module)
-    try:
+    with _forwards_replaced(model, opaque):
         yield
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
