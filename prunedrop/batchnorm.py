@@ -51,9 +51,13 @@ def _graph(model: nn.Module, key: str, fix: str = "set it to false", leaves: tup
     try:
         return symbolic_trace(model, leaves=leaves).graph
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PrunedropError(f"recipe key '{key}' needs a torch.fx trace of the model, which failed: "
-                             f"{type(e).__name__}: {first}; {fix}") from None
+                             f"{_first_line(e)}; {fix}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """A tracing failure in one line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
 def _module_calls(graph: Any) -> dict[str, int]:
@@ -125,9 +129,10 @@ def activation_after(bn: nn.Module) -> nn.Module | None:
     return nn.Sequential(drop, act)
 
 
-def plain_batchnorm(bn: nn.modules.batchnorm._BatchNorm, kind: type[nn.Module]) -> nn.Module:
-    """A plain BatchNorm of type ``kind`` holding ``bn``'s own parameters and statistics (the same tensors), in its
-    mode: the normalisation of a BatchNorm subclass (:func:`activation_after`) without what it applies after."""
+def plain_batchnorm(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """The plain BatchNorm of ``bn``'s dimension holding ``bn``'s own parameters and statistics (the same tensors), in
+    its mode: the normalisation of a BatchNorm subclass (:func:`activation_after`) without what it applies after."""
+    kind = next(t for t in _BATCHNORM.values() if isinstance(bn, t))
     plain = kind(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                  track_running_stats=bn.track_running_stats)
     for name in ("weight", "bias"):
@@ -200,7 +205,8 @@ def _pairs_by_running(model: nn.Module, x: Any) -> list[tuple[str, str]]:
         if (conv in outputs and calls.get(conv) == 1 and calls.get(bn) == 1 and uses.get(outputs[conv]) == 1
                 and _pairable(conv, bn)):
             pairs.append((names[conv], names[bn]))
-    return sorted(pairs, key=lambda pair: list(names.values()).index(pair[0]))
+    order = {name: i for i, name in enumerate(names.values())}
+    return sorted(pairs, key=lambda pair: order[pair[0]])
 
 
 def batchnorm_pairs(model: nn.Module, example_input: Any = None) -> list[tuple[str, str]]:
@@ -258,8 +264,7 @@ def instance_normalised(model: nn.Module) -> list[tuple[str, str]]:
     try:
         graph = symbolic_trace(model).graph
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise PrunedropError(f"torch.fx cannot trace the model ({type(e).__name__}: {first})") from None
+        raise PrunedropError(f"torch.fx cannot trace the model ({_first_line(e)})") from None
     calls = _module_calls(graph)
     pairs = []
     for node in graph.nodes:

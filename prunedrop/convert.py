@@ -288,10 +288,6 @@ def _traced(key: str, what: str, read: Callable[[nn.Module, torch.Tensor], Any],
                              f"{key}: false in the recipe") from None
 
 
-#: the plain BatchNorms, one per dimension (a subclass's normalisation is rebuilt as one of them)
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
 def to_variational(
     model: nn.Module,
     recipe: Recipe,
@@ -479,7 +475,7 @@ def to_variational(
                 # noise, the activation keeps the BatchNorm's place
                 after = activation_after(bn)
                 if after is not None:
-                    bn = plain_batchnorm(bn, next(t for t in _BATCHNORMS if isinstance(bn, t)))
+                    bn = plain_batchnorm(bn)
                 layer.normalise_with(bn)
                 parent, _, child = bn_name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, child,
