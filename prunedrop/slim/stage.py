@@ -675,6 +675,12 @@ def _plain_norms_renumbered(model: nn.Module) -> Iterator[None]:
             h.remove()
 
 
+def _named_by_trial(result: SlimResult, masks: Mapping[str, torch.Tensor], dense: set[str]) -> dict[str, str]:
+    """The masked layers of a trial slim that ran but could lose no unit, each with why (:func:`_held_by_dense`,
+    :func:`_misread`, :func:`_positional`)."""
+    return {**_held_by_dense(result, masks, dense), **_misread(result, masks), **_positional(result, masks)}
+
+
 def _misread(result: SlimResult, masks: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """The masked layers of a trial slim whose zeroed units a consumer read varying with the input."""
     return {name: ("removing a unit is misread by the dependency graph: a consumer reads its zeroed channel varying "
@@ -732,7 +738,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
         return {}
     try:
         result = _slim_once(work, masks, x, atol=1e-5, fold_borders=False, channel_multiple=1)
-        return {**_held_by_dense(result, masks, dense), **_misread(result, masks), **_positional(result, masks)}
+        return _named_by_trial(result, masks, dense)
     except _SlimBroke as e:
         first = e
     except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
@@ -747,8 +753,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
             return e
         except Exception:  # noqa: BLE001 - anything else is slimming's to report after training, as before
             return None
-        found.update({**_held_by_dense(result, subset, dense), **_misread(result, subset),
-                      **_positional(result, subset)})
+        found.update(_named_by_trial(result, subset, dense))
         return None
 
     def why(e: _SlimBroke, others: list[str]) -> str:
