@@ -17,6 +17,12 @@ from prunedrop.testing_arch import TINY_ARCHS, tiny_arch
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _two_convs(c1: int, c2_in: int, c2_out: int, fc_in: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The small test models' layers, made in this order: c1 (one input channel → ``c1``, 3x3), c2 (``c2_in`` →
+    ``c2_out``, 3x3) and fc (``fc_in``, by default ``c2_out``, → 3 classes)."""
+    return nn.Conv2d(1, c1, 3, padding=1), nn.Conv2d(c2_in, c2_out, 3, padding=1), nn.Linear(fc_in or c2_out, 3)
+
+
 @torch.no_grad()
 def _prune_units(model: nn.Module, prune: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     """Zero the given units (weight rows and bias) in place, as the prune stage does; return keep masks."""
@@ -713,7 +719,7 @@ class _Blurred(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 8, 6)
         k = torch.tensor([1.0, 2.0, 1.0])
         kernel = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
         self.register_buffer("filt", kernel if how == "expanded" else kernel.repeat(8, 1, 1, 1))
@@ -791,7 +797,7 @@ class _SpatialTransformer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 8, 6)
         self.loc = nn.Linear(8, 6)
         with torch.no_grad():
             self.loc.weight.mul_(0.1)
@@ -1338,7 +1344,7 @@ class _EveryOther(nn.Module):
     def __init__(self, start: int) -> None:
         super().__init__()
         self.start = start
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.c1, self.c2, self.fc = _two_convs(16, 8, 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.c1(x))[:, self.start::2]
@@ -1361,7 +1367,7 @@ class _SlicedBeside(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(20, 3)
+        self.c1, self.c2, self.fc = _two_convs(16, 8, 12, 20)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.c1(x))
@@ -1424,7 +1430,7 @@ class _PartialPath(nn.Module):
     def __init__(self, piece_first: bool) -> None:
         super().__init__()
         self.piece_first = piece_first
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 12, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(12, 3)
+        self.c1, self.c2, self.fc = _two_convs(12, 8, 8, 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.relu(self.c1(x)).split([8, 4], 1)
@@ -1473,7 +1479,7 @@ class _PoolByView(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(48, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 8, 12, 48)
         self.bn = nn.BatchNorm2d(12) if how == "bn" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1506,7 +1512,7 @@ class _SpaceToDepth(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(32, 12, 3, padding=1), nn.Linear(12, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 32, 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.c1(x))
@@ -1566,7 +1572,7 @@ class _HalvesGate(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+        self.c1, self.c2, self.fc = _two_convs(16, 8, 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.c1(x).chunk(2, dim=1)
@@ -1593,7 +1599,7 @@ class _Reordered(nn.Module):
     def __init__(self, op: str) -> None:
         super().__init__()
         self.op = op
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1), nn.Linear(12, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 8, 12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.c1(x))
@@ -2328,7 +2334,7 @@ class _BufferScaled(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], how: str = "mul") -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1), nn.Linear(4, 3)
+        self.c1, self.c2, self.fc = _two_convs(6, 6, 4)
         self.register_buffer("s", torch.linspace(0.5, 1.5, 6).reshape(shape))
         self.how = how
 
@@ -2425,7 +2431,7 @@ class _ViewedScale(nn.Module):
 
     def __init__(self, how: str) -> None:
         super().__init__()
-        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+        self.c1, self.c2, self.fc = _two_convs(8, 8, 8)
         self.g, self.how = nn.Parameter(torch.linspace(0.5, 1.5, 8)), how
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
