@@ -1593,6 +1593,48 @@ def test_a_gate_of_two_halves_loses_a_unit_with_its_partner_and_stays_convertibl
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _CrossStage(nn.Module):
+    """A CSP block (``a, b = cv1(x).chunk(2, 1)``; ``cat([m(a), b])``) or YOLOv8's C2f (``y = list(cv1(x).chunk(2,
+    1))``, ``m`` on the last piece appended, every piece concatenated)."""
+
+    def __init__(self, c2f: bool) -> None:
+        super().__init__()
+        self.c2f = c2f
+        self.cv1, self.m = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.cv2, self.fc = nn.Conv2d(12 if c2f else 8, 6, 1), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.c2f:
+            y = list(torch.relu(self.cv1(x)).chunk(2, 1))
+            y.append(torch.relu(self.m(y[-1])))
+        else:
+            a, b = torch.relu(self.cv1(x)).chunk(2, 1)
+            y = [torch.relu(self.m(a)), b]
+        return self.fc(torch.relu(self.cv2(torch.cat(y, 1))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("c2f", [False, True], ids=["csp", "c2f"])
+def test_a_chunk_into_equal_halves_loses_as_many_channels_from_each(c2f: bool) -> None:
+    """The layer before a CSP block's or a C2f's chunk kept every pruned unit: Torch-Pruning numbered the halves in
+    the order its search met them (a unit of one half read as the other's), and a concatenation of two pieces of one
+    split was one input to it (an IndexError); planned by the pieces, removing units of one half only would have
+    broken the forward, which splits whatever it gets in equal halves again. Each half loses as many as the other
+    now (the fewest either has pruned), the rest stay as zeros with a note."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    assert set(unremovable_layers(_CrossStage(c2f).eval(), x)) == {"fc"}
+    model = _CrossStage(c2f).eval()
+    result = slim(model, _prune_units(model, {"cv1": [1, 2, 5], "m": [0]}), x)
+    assert result.removed["cv1"] == (8, 6) and result.removed["m"] == (4, 3), result.removed
+    assert _module(result.model, "m").in_channels == 3 and _module(result.model, "cv2").in_channels == (9 if c2f else 6)
+    assert any(note.startswith("cv1: kept pruned channel(s) [2]") and "2 equal pieces" in note
+               for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    model = _CrossStage(c2f).eval()  # one half pruned, the other not: nothing of cv1 can leave
+    result = slim(model, _prune_units(model, {"cv1": [4, 6]}), x)
+    assert result.removed.get("cv1", (8, 8)) == (8, 8) and _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _Reordered(nn.Module):
     """c1's channels are reordered (flipped, rolled or accumulated along the channel axis) before c2 reads them."""
 
@@ -1696,8 +1738,10 @@ def test_channels_through_a_channel_shuffle_stay_and_the_branch_inside_slims() -
     torch.manual_seed(0)
     model, x = _TinyShuffleNet().eval(), torch.randn(4, 1, 6, 6)
     stuck = unremovable_layers(model, x)
-    # the stem's second half goes only into the first branch: those channels could leave
-    assert set(stuck) == {"blocks.0.b.5", "blocks.1.b.5", "fc"}, stuck
+    # the stem's second half goes only into the first branch, but the chunk keeps its halves equal, and the first
+    # half (shuffled) can lose none: the stem is named for the split
+    assert set(stuck) == {"stem", "blocks.0.b.5", "blocks.1.b.5", "fc"}, stuck
+    assert "split into 2 equal pieces" in stuck["stem"], stuck
     assert all("(View: a channel shuffle" in stuck[n] for n in ("blocks.0.b.5", "blocks.1.b.5")), stuck
     masks = _prune_units(model, {"blocks.0.b.0": [1, 6], "blocks.1.b.0": [0], "blocks.0.b.5": [2]})
     result = slim(model, masks, x)

@@ -107,6 +107,11 @@ def _flattens_map(view: Any, channels: int, pixels: int) -> bool:
     return len(before) >= 3 and before[1] == channels and math.prod(before[2:]) == pixels
 
 
+def _first_fn(pieces: tuple) -> Any:
+    """The autograd node of a split's first piece (the split's own node), or None."""
+    return getattr(pieces[0], "grad_fn", None) if pieces else None
+
+
 def _op_name(grad_fn: Any) -> str:
     """An autograd function's operation, without "Backward<n>": ``MulBackward0`` → ``Mul``."""
     return re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
@@ -195,7 +200,7 @@ class GroupAnalysis:
         self.masks = masks
         self.root = group[0].dep.target.module
         self.root_handler = group[0].dep.handler
-        self.size = len(group[0].idxs)
+        self.size = len(set(group[0].root_idxs))  # a root unit that another root reaches too is listed twice
         self.channels: dict[int, Channel] = defaultdict(Channel)
         channels = self.channels
         for item in group:  # (a slim's hot loop: DPN-68's groups hold half a million places)
@@ -710,6 +715,36 @@ def _bounded_flattens(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _every_root_kept() -> Iterator[None]:
+    """While building the analysis groups: a place that two root channels reach keeps both. Torch-Pruning merges a
+    group's entries for one place by their index there and keeps the first root it met, so where two pieces of a
+    split meet again (a gate ``tanh(a) * sigmoid(b)`` of ``a, b = h.chunk(2, 1)``), the product and everything after
+    it belonged to a's channels alone: b's channel looked unread, and removing it changed the output."""
+    try:
+        from torch_pruning import _helpers
+        from torch_pruning.dependency.group import Group
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout
+        yield
+        return
+    original = Group.add_and_merge
+
+    def merge(self: Any, dep: Any, idxs: Any) -> None:
+        for i, (known, known_idxs) in enumerate(self._group):
+            if known.target == dep.target and known.handler == dep.handler:
+                seen = {(index.idx, index.root_idx) for index in known_idxs}
+                merged = list(known_idxs) + [index for index in idxs if (index.idx, index.root_idx) not in seen]
+                self._group[i] = _helpers.GroupItem(dep=known, idxs=merged)
+                return
+        self.add_dep(dep, idxs)
+
+    Group.add_and_merge = merge
+    try:
+        yield
+    finally:
+        Group.add_and_merge = original
+
+
+@contextlib.contextmanager
 def _bounded_groups(limit: int) -> Iterator[None]:
     """Torch-Pruning adds an entry to a group for every new index list it reaches; an index mapping it reads inside a
     cycle that yields a new list each turn (timm's BoTNet, relative position embeddings reshaped through its
@@ -867,6 +902,11 @@ class _Recorder(TorchFunctionMode):
             if zero_operand and isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 self.zero_operands.add(out.grad_fn)
             self._record(func, args, kwargs, out)
+        if func in self._SPLITS and isinstance(out, tuple) and self.splits.get(_first_fn(out), (None,))[0] == 1:
+            # each piece its own node of the dependency graph: where one operation takes two pieces of one split (a
+            # C2f's ``torch.cat(list(h.chunk(2, 1)) + …)``), both were one input, and neither mapping could tell
+            # them apart; a copy keeps the values, and zeros stay zeros
+            return tuple(t.clone() for t in out)
         return out
 
     def _zero_operand(self, func: Any, args: tuple, kwargs: dict) -> bool:
@@ -1353,7 +1393,7 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
     a channel slice, a reduction, the model input concatenated beside features) the concatenation got no mapping
     or a shifted one: unrelated layers looked coupled and nothing left. It also numbers a split's outputs in the
     order its graph search met them, not the split's: after ``p, q = torch.split(h, [6, 4], 1)``, h's channel 8
-    was read as one of p's (splits into equal pieces keep its mapping). Registered in ``graph.prunedrop_real`` and applied by :func:`_each_mapping_alone`
+    was read as one of p's. Registered in ``graph.prunedrop_real`` and applied by :func:`_each_mapping_alone`
     whenever Torch-Pruning recomputes its mappings; only where each piece is one autograd node of the graph."""
     try:
         from torch_pruning import ops
@@ -1376,10 +1416,9 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
             real[node] = (pairs, _ConcatIndexMapping, 1, True)
         elif node.type == ops.OPTYPE.SPLIT and node.grad_fn in recorder.splits:
             dim, sizes = recorder.splits[node.grad_fn]
-            # equal pieces keep Torch-Pruning's mapping: a gate whose two halves multiply (a, b = h.chunk(2, 1);
-            # a * sigmoid(b)) loses a unit with its partner there, and keeps one it cannot (b's alone) with a note;
-            # mapped by the pieces, the analysis planned b's alone away and the whole layer kept its pruned units
-            if dim != 1 or len(set(sizes)) < 2:
+            # equal pieces too (Torch-Pruning's own order read a CSP block's second half as its first); where the
+            # pieces meet again (a gate a * sigmoid(b)), the group keeps both roots of each place (_every_root_kept)
+            if dim != 1:
                 continue
             where = []
             for out in node.outputs:
@@ -1417,6 +1456,9 @@ def _apply_real(node: Any, graph: Any) -> None:
     """Set the index mappings between ``node`` and each of its pieces to the piece's real channel range: a
     concatenation's input or a split's output, both ways, in Torch-Pruning's slot for such an operation."""
     pairs, mapping, slot, inward = real_mappings(graph)[node]
+    for dep in node.dependencies:  # Torch-Pruning's own mapping of it may have failed and stopped it (:func:`_stop`)
+        if dep.index_mapping[0] is _no_channels:
+            dep.index_mapping[0] = None
     for piece, (start, end) in pairs:
         for dep in node.dependencies:
             if dep.target is piece:
@@ -1661,6 +1703,7 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
     covered: dict[int, set[int]] = defaultdict(set)
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
     # a group holds each node a few times at most (torchvision's ViT-B/16: 528 entries for 540 nodes)
+    splits = {node for node, (_, _, _, inward) in real_mappings(graph).items() if not inward}
     with _bounded_groups(8 * len(graph.module2node) + 1000):
         for module in list(graph.module2node):
             if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
@@ -1671,6 +1714,9 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
                 continue
             try:
                 group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+                if any(item.dep.target in splits for item in group):  # its pieces may meet again
+                    with _every_root_kept():
+                        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
             except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
                 failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
                 continue

@@ -39,6 +39,7 @@ from .coupling import (
     feeds_pixel_shuffle,
     import_torch_pruning,
     node_names,
+    real_mappings,
     trace,
     unit_groups,
 )
@@ -268,8 +269,12 @@ def _plan_once(
                 plan.kept[(gi, reason)].extend(r for r in roots if r in extra)
                 plan.zeroed[gi].extend(r for r in roots if r in extra)
                 roots[:] = [r for r in roots if r not in extra]
-    # 4b. Grouped convolutions keep their groups equal in size (after the rounding, which only keeps more).
+    # 4b. Grouped convolutions keep their groups equal in size (after the rounding, which only keeps more), and a
+    # split into equal pieces keeps them equal; keeping a channel for one rule can change what the other allows.
     _grouped_rule(sides, plan, names)
+    splits = _equal_splits(analyses)
+    while _equal_pieces_rule(analyses, splits, plan):
+        _grouped_rule(sides, plan, names)
     # 5. A pruned channel kept for its own reasons may still leave with a removed partner (a gate's second half,
     # whose first half silences the product): it is not named as kept.
     for gi, roots in plan.removal.items():
@@ -363,6 +368,54 @@ def _grouped_rule(sides: GroupedSides, plan: _Plan, names: dict[Any, str]) -> No
         roots[:] = [r for r in roots if (gi, r) in removed]
     for key, roots in kept.items():
         plan.kept[key].extend(roots)
+
+
+def _equal_splits(analyses: list[GroupAnalysis]) -> dict[Any, list[tuple[int, int]]]:
+    """Each split of the channels into equal pieces (``h.chunk(2, 1)``, ``h.split(c // 2, 1)``) that the graph maps
+    by its real pieces → their channel ranges, in order."""
+    if not analyses:
+        return {}
+    found = {}
+    for node, (pairs, _, _, inward) in real_mappings(analyses[0].graph).items():
+        ranges = sorted(r for _, r in pairs)
+        if not inward and len(ranges) > 1 and len({end - start for start, end in ranges}) == 1:
+            found[node] = ranges
+    return found
+
+
+def _equal_pieces_rule(analyses: list[GroupAnalysis], splits: dict[Any, list[tuple[int, int]]], plan: _Plan) -> bool:
+    """Keep the removal that every split into equal pieces (``splits``: :func:`_equal_splits`) can follow: the forward
+    splits whatever it is given into equal parts again (a C2f's or CSP block's ``h.chunk(2, 1)``), so each piece must
+    lose as many channels as the others. Where one piece loses more, its last ones beyond the fewest that any piece
+    loses stay (exact zeros, with a note). Whether anything was kept (a grouped convolution's rule may then keep
+    more, and this one is asked again)."""
+    changed = False
+    for split, ranges in splits.items():
+        while True:
+            gone: dict[int, set[tuple[int, int]]] = defaultdict(set)  # the split's input channel → keys removing it
+            for gi, roots in plan.removal.items():
+                an = analyses[gi]
+                if not roots or split not in an.nodes:
+                    continue
+                at = {int(i) for item in an.removal(roots) if item.dep.target is split for i in item.idxs}
+                for r in roots:
+                    for _, i in an.channels[r].members.get(split, ()):
+                        if i in at:
+                            gone[i].add((gi, r))
+            lost = [[i for i in range(start, end) if i in gone] for start, end in ranges]
+            fewest = min(len(piece) for piece in lost)
+            keep = {key for piece in lost for i in piece[fewest:] for key in gone[i]}
+            if not keep:
+                break
+            reason = (f"a split of the channels into {len(ranges)} equal pieces (h.chunk({len(ranges)}, 1)) keeps "
+                      f"them equal, since the forward splits whatever it is given in equal parts again: each piece "
+                      f"loses {fewest} channel(s), the fewest any of them has pruned; these stay as zeros")
+            for gi, r in sorted(keep):
+                block = analyses[gi].joined(r)
+                plan.kept[(gi, reason)].extend(x for x in plan.removal[gi] if x in block)
+                plan.removal[gi] = [x for x in plan.removal[gi] if x not in block]
+            changed = True
+    return changed
 
 
 @torch.no_grad()
@@ -606,6 +659,11 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     reasons: dict[str, str] = {}
     failed: dict[str, str] = {}
     group: dict[str, int] = {}  # producer (or root) → the first dependency group it produces, in their order
+    # a split into equal pieces keeps them equal (:func:`_equal_pieces_rule`): where one piece can lose no channel,
+    # no other can; each free channel's splits are kept, and the pieces that hold a free channel
+    reaches: dict[str, list[frozenset[Any]]] = defaultdict(list)
+    pieces_free: dict[Any, set[int]] = defaultdict(set)
+    splits: dict[Any, list[tuple[int, int]]] = {}
     try:
         with paused_gc():
             blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
@@ -615,7 +673,13 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                     last, gi = analysis, gi + 1
                     for name in analysis.producers():
                         group.setdefault(name, gi)
+                    if gi == 0:
+                        splits = _equal_splits([analysis])
                 reason = analysis.blocker(channel)
+                met = frozenset(node for node in channel.members if node in splits) if reason is None else frozenset()
+                for node in met:
+                    for _, i in channel.members[node]:
+                        pieces_free[node].update(k for k, (a, b) in enumerate(splits[node]) if a <= i < b)
                 for node in channel.members:
                     # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
                     # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
@@ -630,10 +694,18 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                                    "one channel), and unit noise prunes them one by one, seldom a whole block")
                     if why is None:
                         free.add(analysis.name(node))
+                        reaches[analysis.name(node)].append(met)
                     else:
                         reasons.setdefault(analysis.name(node), why)
     except Exception:  # noqa: BLE001 - a model the dependency graph cannot follow: slimming will say so itself
         return {}
+    stuck = {node for node, ranges in splits.items() if len(pieces_free[node]) < len(ranges)}
+    for name in sorted(free):
+        if stuck and all(met & stuck for met in reaches[name]):
+            free.discard(name)
+            n = len(splits[next(iter(next(met & stuck for met in reaches[name])))])
+            reasons[name] = (f"its channels reach a split into {n} equal pieces (h.chunk({n}, 1)), which keeps them "
+                             "equal, and a piece of it can lose no channel")
     for name, error in failed.items():
         reasons.setdefault(name, _cannot_follow(error))
     found = {name: reason for name, reason in reasons.items() if name not in free}
