@@ -1635,6 +1635,31 @@ def test_a_chunk_into_equal_halves_loses_as_many_channels_from_each(c2f: bool) -
     assert result.removed.get("cv1", (8, 8)) == (8, 8) and _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _TokenSwiGlu(nn.Module):
+    """Tokens (batch, 5, 4) embedded, a fused SwiGLU MLP over each (``a, b = fc1(h).chunk(2, -1)``), mean, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.fc1, self.fc2, self.fc = nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.fc1(torch.relu(self.embed(x))).chunk(2, dim=-1)
+        return self.fc(torch.relu(self.fc2(torch.nn.functional.silu(a) * b)).mean(1))
+
+
+def test_a_gate_of_two_halves_of_a_linear_over_tokens_loses_a_pruned_unit_of_either_half() -> None:
+    """A split of a Linear's features (the last axis of (batch, tokens, features)) was left to Torch-Pruning's own
+    order, and the pruned units of b's half stayed ("still produced by the input of a reshape"). silu(0) · b and
+    silu(a) · 0 are both zeros: a pruned unit of either half takes its partner along."""
+    torch.manual_seed(0)
+    model, x = _TokenSwiGlu().eval(), torch.randn(4, 5, 4)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    result = slim(model, _prune_units(model, {"fc1": [1, 13]}), x)
+    assert result.removed["fc1"] == (16, 12) and _module(result.model, "fc2").in_features == 6, result.removed
+    assert not result.notes, result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _Reordered(nn.Module):
     """c1's channels are reordered (flipped, rolled or accumulated along the channel axis) before c2 reads them."""
 

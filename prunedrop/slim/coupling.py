@@ -795,8 +795,9 @@ def all_requiring_grad(model: nn.Module) -> Iterator[None]:
 
 class _Recorder(TorchFunctionMode):
     """Records, while Torch-Pruning traces the forward, what its static shape inference cannot know: each
-    concatenation's and split's autograd node → its axis and the sizes of its pieces along it, in the order of the
-    call; the autograd nodes of operations that move channels to other places or numbers (a view that splits
+    concatenation's autograd node → its axis and the sizes of its pieces along it, in the order of the call, and each
+    split's → whether it splits the channels (axis 1, or the features of a Linear's (batch, tokens, features)) and
+    its pieces' sizes; the autograd nodes of operations that move channels to other places or numbers (a view that splits
     a (batch, channels, …) tensor's channels into groups, as a channel shuffle does), and of pixel shuffles and
     unshuffles with their block sizes (:func:`_map_blocks`); and those
     of expands that only spread a (batch, channels, 1, 1) tensor over the other axes (a squeeze-excitation's
@@ -858,7 +859,7 @@ class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.cats: dict[Any, tuple[int, list[int]]] = {}
-        self.splits: dict[Any, tuple[int, list[int]]] = {}
+        self.splits: dict[Any, tuple[bool, list[int]]] = {}  # whether it splits the channels; the pieces' sizes
         self.movers: set[Any] = set()
         self.blocks: dict[Any, tuple[int, bool]] = {}
         self.plain_expands: set[Any] = set()
@@ -902,7 +903,7 @@ class _Recorder(TorchFunctionMode):
             if zero_operand and isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 self.zero_operands.add(out.grad_fn)
             self._record(func, args, kwargs, out)
-        if func in self._SPLITS and isinstance(out, tuple) and self.splits.get(_first_fn(out), (None,))[0] == 1:
+        if func in self._SPLITS and isinstance(out, tuple) and self.splits.get(_first_fn(out), (False,))[0]:
             # each piece its own node of the dependency graph: where one operation takes two pieces of one split (a
             # C2f's ``torch.cat(list(h.chunk(2, 1)) + …)``), both were one input, and neither mapping could tell
             # them apart; a copy keeps the values, and zeros stay zeros
@@ -1300,7 +1301,13 @@ class _Recorder(TorchFunctionMode):
             fns = {t.grad_fn for t in out}
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
             if len(fns) == 1 and None not in fns and out[0].dim() > 0:
-                self.splits[out[0].grad_fn] = (dim % out[0].dim(), [int(t.shape[dim]) for t in out])
+                dim %= out[0].dim()
+                x = args[0] if args else kwargs.get("input", kwargs.get("tensor"))
+                at = self._channels_at(x) if isinstance(x, torch.Tensor) else None
+                # recorded as 1 where it splits the channels: a Linear's features are the last axis of (batch,
+                # tokens, features); the tokens axis of those is no channel axis
+                self.splits[out[0].grad_fn] = (dim == at if at is not None else dim == 1,
+                                               [int(t.shape[dim]) for t in out])
             return
         if not isinstance(out, torch.Tensor) or out.grad_fn is None or out.dim() == 0:
             return
@@ -1415,10 +1422,10 @@ def _real_mappings(graph: Any, recorder: _Recorder) -> None:
             pairs = [(n, _ranges(sizes)[k]) for n, k in zip(node.inputs, where, strict=True)]
             real[node] = (pairs, _ConcatIndexMapping, 1, True)
         elif node.type == ops.OPTYPE.SPLIT and node.grad_fn in recorder.splits:
-            dim, sizes = recorder.splits[node.grad_fn]
+            channels, sizes = recorder.splits[node.grad_fn]
             # equal pieces too (Torch-Pruning's own order read a CSP block's second half as its first); where the
             # pieces meet again (a gate a * sigmoid(b)), the group keeps both roots of each place (_every_root_kept)
-            if dim != 1:
+            if not channels:
                 continue
             where = []
             for out in node.outputs:
