@@ -1304,8 +1304,8 @@ class _Recorder(TorchFunctionMode):
                 dim %= out[0].dim()
                 x = args[0] if args else kwargs.get("input", kwargs.get("tensor"))
                 at = self._channels_at(x) if isinstance(x, torch.Tensor) else None
-                # recorded as 1 where it splits the channels: a Linear's features are the last axis of (batch,
-                # tokens, features); the tokens axis of those is no channel axis
+                # whether it splits the channels: a Linear's features are the last axis of (batch, tokens,
+                # features), whose axis 1 holds no channels
                 self.splits[out[0].grad_fn] = (dim == at if at is not None else dim == 1,
                                                [int(t.shape[dim]) for t in out])
             return

@@ -703,7 +703,7 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     for name in sorted(free):
         if stuck and all(met & stuck for met in reaches[name]):
             free.discard(name)
-            n = len(splits[next(iter(next(met & stuck for met in reaches[name])))])
+            n = len(splits[next(iter(reaches[name][0] & stuck))])
             reasons[name] = (f"its channels reach a split into {n} equal pieces (h.chunk({n}, 1)), which keeps them "
                              "equal, and a piece of it can lose no channel")
     for name, error in failed.items():
