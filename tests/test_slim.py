@@ -1635,6 +1635,32 @@ def test_a_chunk_into_equal_halves_loses_as_many_channels_from_each(c2f: bool) -
     assert result.removed.get("cv1", (8, 8)) == (8, 8) and _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _ConstantWidthSplit(nn.Module):
+    """Res2Net's split: ``torch.split(h, self.width, 1)`` by a width fixed at construction, each piece through its
+    own convolution, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = 4
+        self.c1, self.fc = nn.Conv2d(1, 12, 3, padding=1), nn.Linear(6, 3)
+        self.branches = nn.ModuleList(nn.Conv2d(4, 2, 3, padding=1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(torch.relu(self.c1(x)), self.width, 1)
+        h = torch.cat([torch.relu(conv(p)) for conv, p in zip(self.branches, pieces)], 1)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_layer_before_a_split_by_a_constant_width_is_named_before_training() -> None:
+    """The early check removed units 0, 2 and 11 of c1: the middle piece lost none, so the equal pieces kept every
+    unit and the check passed; c1 was converted, and after training its pieces lost channels together, the split by
+    the constant width broke the forward, and the slim searched layer by layer for what broke (a hundred slims of a
+    Res2Net-50). The check removes the first unit of every piece too now."""
+    torch.manual_seed(0)
+    stuck = unremovable_layers(_ConstantWidthSplit().eval(), torch.randn(4, 1, 6, 6))
+    assert set(stuck) == {"c1", "fc"} and "breaks the forward" in stuck["c1"], stuck
+
+
 class _TokenSwiGlu(nn.Module):
     """Tokens (batch, 5, 4) embedded, a fused SwiGLU MLP over each (``a, b = fc1(h).chunk(2, -1)``), mean, fc."""
 

@@ -664,6 +664,7 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     reaches: dict[str, list[frozenset[Any]]] = defaultdict(list)
     pieces_free: dict[Any, set[int]] = defaultdict(set)
     splits: dict[Any, list[tuple[int, int]]] = {}
+    firsts: dict[str, set[int]] = defaultdict(set)  # a producer → its units that write a piece's first channel
     try:
         with paused_gc():
             blocks: dict[Any, int] = {}  # node → the block size of the pixel shuffle it feeds (0: none)
@@ -680,6 +681,10 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                 for node in met:
                     for _, i in channel.members[node]:
                         pieces_free[node].update(k for k, (a, b) in enumerate(splits[node]) if a <= i < b)
+                        if any(i == a for a, _ in splits[node]):  # a piece's first channel: tried in every piece
+                            for producer in channel.members:
+                                if (unit := analysis.producer_index(producer, channel)) is not None:
+                                    firsts[analysis.name(producer)].add(unit)
                 for node in channel.members:
                     # a depthwise convolution is no producer of its group's channels but a member whose pruned unit
                     # silences one (ConvNeXt's, whose channels pass through a LayerNorm, were missed)
@@ -719,7 +724,7 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
     rest = sorted(free)
     for _ in range(3):
         named = {name: why for name, why in _fixed_widths(model, example_input, rest, group,
-                                                          set(found) | set(fixed)).items() if name not in fixed}
+                                                          set(found) | set(fixed), firsts).items() if name not in fixed}
         if not named:
             break
         fixed.update(named)
@@ -785,7 +790,7 @@ def _held_by_dense(result: SlimResult, masks: Mapping[str, torch.Tensor], dense:
 
 
 def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Mapping[str, int],
-                  dense: set[str] = frozenset()) -> dict[str, str]:
+                  dense: set[str] = frozenset(), pieces: Mapping[str, set[int]] | None = None) -> dict[str, str]:
     """The layers among ``names`` whose units :func:`slim` could remove but whose removal breaks the forward (it
     fixes their number itself: ``x.view(-1, 512)``, or slices its channels at fixed offsets: ``x[:, :8]``) or is
     misread (a roll or flip along the channels: a consumer reads a zeroed channel varying), found by removing
@@ -793,7 +798,10 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
     symmetric, so a flip or roll does not map it onto itself; two units of one parity shift a strided slice,
     ``x[:, ::2]``, which a pair of neighbours left aligned); one slim when none breaks; when some do, the layers
     are halved until each breaking one is alone (about 2·k·log2(n) slims for k of n layers: one slim per layer took
-    three minutes on MixNet-S). ``group``: each producer's dependency group (:func:`unremovable_layers` read them)."""
+    three minutes on MixNet-S). ``group``: each producer's dependency group (:func:`unremovable_layers` read them).
+    ``pieces``: more units of a layer to remove, the first of each piece of a split into equal pieces that it writes
+    (a piece that loses none keeps the others whole, and a split by a constant size, ``torch.split(h, 26, 1)`` in a
+    Res2Net, broke only after training, in a search of a hundred slims)."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     masks: dict[str, torch.Tensor] = {}
@@ -803,7 +811,7 @@ def _fixed_widths(model: nn.Module, x: torch.Tensor, names: list[str], group: Ma
             if isinstance(layer, WEIGHT_LAYERS) and out_units(layer) > 1:
                 width = out_units(layer)
                 masks[name] = torch.ones(width, dtype=torch.bool)
-                for unit in (0, 2, width - 1) if width >= 4 else (0,):
+                for unit in {*((0, 2, width - 1) if width >= 4 else (0,)), *(pieces or {}).get(name, ())}:
                     masks[name][unit] = False
                     _zero_unit(layer, unit)
     if not masks:
