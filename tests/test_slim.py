@@ -1661,6 +1661,53 @@ def test_a_layer_before_a_split_by_a_constant_width_is_named_before_training() -
     assert set(stuck) == {"c1", "fc"} and "breaks the forward" in stuck["c1"], stuck
 
 
+class _HandLstm(nn.Module):
+    """An LSTM cell written by hand over 5 steps: ``x2h(x_t) + h2h(h)`` chunked into i, f, g, o, the state started
+    as zeros of the width h2h reads (``conv=True``: a ConvLSTM, its gates one convolution of ``cat([x_t, h], 1)``);
+    ``fixed``: the state's width fixed at construction instead."""
+
+    def __init__(self, conv: bool = False, fixed: bool = False) -> None:
+        super().__init__()
+        self.conv, self.fixed = conv, fixed
+        if conv:
+            self.gates, self.fc = nn.Conv2d(1 + 4, 16, 3, padding=1), nn.Linear(4, 3)
+        else:
+            self.x2h, self.h2h, self.fc = nn.Linear(4, 16), nn.Linear(4, 16), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = 4 if self.fixed else (self.gates.out_channels if self.conv else self.h2h.out_features) // 4
+        h = x.new_zeros(x.shape[0], width, *x.shape[3:])
+        c = torch.zeros_like(h)
+        for t in range(5):
+            step = x[:, t]
+            gates = self.gates(torch.cat([step, h], 1)) if self.conv else self.x2h(step) + self.h2h(h)
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.fc(h.mean((2, 3)) if self.conv else h)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_a_hand_written_lstm_cell_loses_a_hidden_unit_whose_cell_input_is_pruned(conv: bool) -> None:
+    """The state started as untraced zeros (``x.new_zeros``), which the graph read as a live operand of the first
+    step's ``sigmoid(f) * c`` and of ``cat([x_t, h])``: no gate unit could leave, "still produced by an untraced
+    operand". A product with zeros and zeros beside a concatenation are zeros: a pruned g unit (tanh(0) = 0) keeps
+    its cell at 0, the hidden unit is dead, and its four gate units leave with the columns that read it; a pruned
+    i unit alone (sigmoid(0) = 0.5) stays. A state whose width is fixed at construction breaks, named."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 1, 6, 6) if conv else torch.randn(4, 5, 4)
+    layers = ("gates",) if conv else ("x2h", "h2h")
+    assert set(unremovable_layers(_HandLstm(conv).eval(), x)) == {"fc"}
+    model = _HandLstm(conv).eval()
+    result = slim(model, _prune_units(model, dict.fromkeys(layers, [9, 2])), x)  # g of hidden unit 1, i of 2
+    assert all(result.removed[n] == (16, 12) for n in layers), result.removed
+    assert (_module(result.model, "gates").in_channels == 4 if conv else _module(result.model, "h2h").in_features == 3)
+    assert any("kept pruned channel(s) [2]" in note for note in result.notes), result.notes
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+    stuck = unremovable_layers(_HandLstm(conv, fixed=True).eval(), x)
+    assert set(stuck) == {*layers, "fc"} and all("breaks the forward" in stuck[n] for n in layers), stuck
+
+
 class _TokenSwiGlu(nn.Module):
     """Tokens (batch, 5, 4) embedded, a fused SwiGLU MLP over each (``a, b = fc1(h).chunk(2, -1)``), mean, fc."""
 

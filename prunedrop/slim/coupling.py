@@ -521,15 +521,20 @@ class GroupAnalysis:
             else:
                 inputs = [n for n in node.inputs if n in channel.members]
                 if not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning"):
-                    if _has_untracked_input(node.grad_fn) and node not in getattr(self.graph,
-                                                                                   "prunedrop_zero_operands", ()):
+                    # a concatenation's untraced operand (the model input beside a state: cat([x_t, h], 1)) fills
+                    # channels of its own, not one that a traced operand carries there
+                    beside = bool(inputs) and _op_name(node.grad_fn) == "Cat"
+                    if (_has_untracked_input(node.grad_fn) and not beside
+                            and node not in getattr(self.graph, "prunedrop_zero_operands", ())):
                         live.add(f"an untraced operand of {self.name(node)}")
                         memo[node] = True
                         return True
                     if not inputs and _parameters_only(node.grad_fn):
                         memo[node] = False  # e.g. a Linear's transposed weight
                         return False
-                if not inputs:
+                if not inputs and node in getattr(self.graph, "prunedrop_zero_operands", ()):
+                    result = False  # the channel comes from untraced zeros alone (a recurrent state at its start)
+                elif not inputs:
                     live.add(f"the input of {self.name(node)}")
                     result = True
                 else:
@@ -851,6 +856,7 @@ class _Recorder(TorchFunctionMode):
              torch.Tensor.__iadd__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_, torch.Tensor.__sub__,
              torch.Tensor.__rsub__, torch.Tensor.__isub__)
     _ELEMENTWISE = (*_SCALINGS, torch.Tensor.__rtruediv__, *_ADDS)
+    _PRODUCTS = (torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__)
     _CONVS = (torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d)
     _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm)
     _EXTREMES = (torch.maximum, torch.Tensor.maximum, torch.minimum, torch.Tensor.minimum, torch.fmax,
@@ -913,10 +919,13 @@ class _Recorder(TorchFunctionMode):
     def _zero_operand(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """Whether the operands of ``func`` without autograd history are zeros where they meet the traced ones, so
         that a channel of zeros stays zeros: an add or subtract of 0 (Python's ``sum``), ``torch.where(c, h, 0)``,
-        ``torch.maximum(h, torch.zeros_like(h))`` (a ReLU written out). The dependency graph read such an operand as
-        one that could feed the channel."""
-        if func in self._ADDS or func in self._EXTREMES:
+        ``torch.maximum(h, torch.zeros_like(h))`` (a ReLU written out), a product with zeros or a concatenation
+        beside them (a recurrent cell written by hand, its state started as ``x.new_zeros(…)``: ``sigmoid(f) * c``,
+        ``torch.cat([x, h], 1)``). The dependency graph read such an operand as one that could feed the channel."""
+        if func in self._ADDS or func in self._EXTREMES or func in self._PRODUCTS:
             values = list(args[:2])
+        elif func in self._CATS:
+            values = list(args[0] if args else kwargs.get("tensors", ()))
         elif func is torch.where:  # where(condition, input, other)
             values = [args[1] if len(args) > 1 else kwargs.get("input"),
                       args[2] if len(args) > 2 else kwargs.get("other")]
