@@ -1708,6 +1708,34 @@ def test_a_hand_written_lstm_cell_loses_a_hidden_unit_whose_cell_input_is_pruned
     assert set(stuck) == {*layers, "fc"} and all("breaks the forward" in stuck[n] for n in layers), stuck
 
 
+class _PaddedConsumer(nn.Module):
+    """c1 → sigmoid (f(0) = 0.5: a pruned unit leaves a constant) → c2 padded by ``mode`` (3x3 and 1-d (1, 3))."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(6, 3)
+        self.c2 = nn.Conv2d(8, 6, (3, 3), padding=1, padding_mode=mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.sigmoid(self.c1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_a_constant_leaves_into_a_layer_whose_padding_repeats_it(mode: str) -> None:
+    """A removed unit's constant goes into the next layer's bias where its padding repeats the constant at the
+    borders (reflect, replicate, circular), not where it pads zeros. A circular pad, built by copying slices into a
+    new empty tensor, was read as an untraced operand of every channel: the units stayed, named for it. It is traced
+    as the index selections it is now."""
+    torch.manual_seed(0)
+    model, x = _PaddedConsumer(mode).eval(), torch.randn(4, 1, 6, 6)
+    result = slim(model, _prune_units(model, {"c1": [1, 4]}), x)
+    if mode == "zeros":
+        assert result.removed["c1"] == (8, 8) and "non-zero constant" in " ".join(result.notes), result.notes
+    else:
+        assert result.removed["c1"] == (8, 6) and not result.notes, (result.removed, result.notes)
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _TokenSwiGlu(nn.Module):
     """Tokens (batch, 5, 4) embedded, a fused SwiGLU MLP over each (``a, b = fc1(h).chunk(2, -1)``), mean, fc."""
 

@@ -894,6 +894,8 @@ class _Recorder(TorchFunctionMode):
         if func is F.local_response_norm:
             with contextlib.suppress(Exception):
                 return self._local_response_norm(*args, **kwargs)
+        if func is F.pad and (circular := self._circular_pad(*args, **kwargs)) is not None:
+            return circular
         if func in self._MATMULS:
             mixed = None
             with contextlib.suppress(Exception):  # an odd call is traced as it is
@@ -936,6 +938,25 @@ class _Recorder(TorchFunctionMode):
         untraced = [x for x in values
                     if not (isinstance(x, torch.Tensor) and (x.grad_fn is not None or x.requires_grad))]
         return bool(untraced) and len(untraced) < len(values) and all(self._zeros(x) for x in untraced)
+
+    def _circular_pad(self, x: Any, pad: Any = (), mode: str = "constant", value: Any = None) -> torch.Tensor | None:
+        """A circular pad of the axes after the channels (``padding_mode="circular"``), as the index selections it
+        is: each keeps every channel where it was, zeros zeros. torch builds it by copying slices into a new empty
+        tensor, which the graph read as an untraced operand of every channel: no unit before a circularly padded
+        convolution could leave. None for any other pad (traced as it is)."""
+        if mode != "circular" or not isinstance(x, torch.Tensor) or len(pad) % 2 or x.dim() < len(pad) // 2 + 2:
+            return None
+        pad = [int(p) for p in pad]
+        if min(pad) < 0:
+            return None  # a crop: traced as it is
+        out = x
+        for k in range(len(pad) // 2):
+            axis, size = x.dim() - 1 - k, x.shape[x.dim() - 1 - k]
+            index = torch.arange(-pad[2 * k], size + pad[2 * k + 1], device=x.device) % size
+            out = out.index_select(axis, index)
+            if out.grad_fn is not None:
+                self.keeps_zero.add(out.grad_fn)
+        return out
 
     @staticmethod
     def _glu_halves(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
