@@ -299,7 +299,18 @@ def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None
     try:
         tracer = _Tracer(leaves)
         with _swapped(model), _pieces_counted():
-            graph = tracer.trace(model, concrete_args=concrete_args)
+            try:
+                graph = tracer.trace(model, concrete_args=concrete_args)
+            except TypeError as first:
+                # a buffer's method given a traced size (``self.coords.expand(x.shape[0], -1, -1)``): torch reads the
+                # proxy as no int and raises; traced again with buffers as proxies, which would stop a forward that
+                # reads a buffer's values or shape in Python (``range(self.table.shape[0])``), so only then
+                tracer = _Tracer(leaves)
+                tracer.proxy_buffer_attributes = True
+                try:
+                    graph = tracer.trace(model, concrete_args=concrete_args)
+                except Exception:  # noqa: BLE001 - the first error says what stopped the trace
+                    raise first from None
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     finally:
         for name, factory in saved.items():

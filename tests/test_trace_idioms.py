@@ -102,3 +102,42 @@ def test_other_proxies_still_cannot_be_counted():
         symbolic_trace(Counted())
     with pytest.raises(Exception, match="cannot be iterated"):
         symbolic_trace(RankDependent())
+
+
+class BufferExpanded(nn.Module):
+    """PointNet's input: a buffer of coordinates expanded to the batch (``self.coords.expand(n, -1, -1)``) beside
+    the signal; ``taps``: a loop over a buffer's length read in Python instead."""
+
+    def __init__(self, taps: bool = False) -> None:
+        super().__init__()
+        self.taps = taps
+        self.register_buffer("coords", torch.linspace(0, 1, 9).view(1, 1, 9))
+        self.register_buffer("weights", torch.tensor([0.25, 0.5, 0.25]))
+        self.conv, self.fc = nn.Conv1d(2, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.taps:
+            h = torch.relu(self.conv(torch.cat([x, x], 1)))
+            h = sum(self.weights[i] * h.roll(i - 1, 2) for i in range(self.weights.shape[0]))
+        else:
+            h = torch.relu(self.conv(torch.cat([self.coords.expand(x.shape[0], -1, -1), x], 1)))
+        return self.fc(h.mean(2))
+
+
+@pytest.mark.parametrize("taps", [False, True], ids=["expanded", "loop"])
+def test_a_buffer_given_a_traced_size_is_traced(tmp_path, taps):
+    """``self.coords.expand(x.shape[0], -1, -1)`` stopped torch.fx ("expand() takes 1 positional argument but 3 were
+    given": a real tensor's method reads the proxy as no int), and ``architecture.json`` was not written. It is traced
+    again with buffers as proxies, only then: a loop over a buffer's length still reads it as a number."""
+    torch.manual_seed(0)
+    model = BufferExpanded(taps).eval()
+    if not taps:
+        with pytest.raises(TypeError, match="expand"):
+            torch.fx.symbolic_trace(model)
+    gm = symbolic_trace(model)
+    for batch in (2, 5):
+        x = torch.randn(batch, 1, 9)
+        torch.testing.assert_close(gm(x), model(x))
+    save_model(model, tmp_path, torch.randn(2, 1, 9))
+    x = torch.randn(3, 1, 9)
+    torch.testing.assert_close(load_saved_model(tmp_path)(x), model(x))
