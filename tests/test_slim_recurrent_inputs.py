@@ -141,3 +141,37 @@ def test_a_layer_whose_outputs_meet_a_recurrent_layers_element_wise_stays_and_sa
 
     reasons = unremovable_layers(Residual().eval(), torch.randn(4, 8, 9))
     assert "meet the outputs of the recurrent layer lstm" in reasons["inp"], reasons
+
+
+class ConvCellLoop(nn.Module):
+    """The same front end, then a recurrent cell stepped by hand over the time steps, its state started as zeros
+    (``nn.LSTMCell``: (h, c)) or by the cell itself."""
+
+    def __init__(self, cell: type[nn.RNNCellBase]) -> None:
+        super().__init__()
+        self.conv, self.cell, self.fc = nn.Conv1d(8, 12, 3, padding=1), cell(12, 10), nn.Linear(10, 3)
+        self.norm = nn.BatchNorm1d(12)
+
+    def forward(self, x):
+        h = torch.relu(self.norm(self.conv(x)))  # (N, 12, T)
+        state = None
+        for t in range(h.shape[2]):
+            state = self.cell(h[:, :, t], state)
+        return self.fc(state[0] if isinstance(state, tuple) else state)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_a_channel_read_by_a_recurrent_cell_stepped_by_hand_leaves_with_its_input_columns(cell) -> None:
+    """A cell called once per step was traced as the gates it computes, with the state of the step before as an
+    operand: the dependency graph failed ("list index out of range") and the layer before it was named for that.
+    Each step reads as one layer of its input now; a constant goes into ``bias_ih``."""
+    torch.manual_seed(0)
+    model, x = ConvCellLoop(cell).eval(), torch.randn(4, 8, 9)
+    assert set(unremovable_layers(model, x)) == {"fc"}
+    masks = _masked(model, [1, 4, 7])
+    with torch.no_grad():
+        model.norm.bias[4] = 0.5  # relu(0.5) at a pruned unit: a constant the cell's bias_ih takes
+    result = slim(model, masks, x)
+    assert result.removed["conv"] == (12, 9) and not result.notes, (result.removed, result.notes)
+    assert result.model.cell.input_size == 9 and result.model.cell.weight_ih.shape[1] == 9
+    assert _fresh_diff(model, result.model) <= 1e-5

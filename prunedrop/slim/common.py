@@ -22,7 +22,7 @@ CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WEIGHT_LAYERS = (nn.Linear, *CONV, *CONV_TRANSPOSE)
 #: recurrent layers: a channel they read at their input leaves with its ``weight_ih_l0`` columns (both directions);
 #: their own hidden units take another path (:mod:`.recurrent`)
-RECURRENT_READERS = (nn.LSTM, nn.GRU, nn.RNN)
+RECURRENT_READERS = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
 
 @contextmanager
@@ -77,9 +77,11 @@ def reads_channels(module: nn.Module) -> bool:
             or (isinstance(module, CONV_TRANSPOSE) and module.groups == 1))
 
 
-def input_names(rnn: nn.RNNBase, what: str = "weight") -> list[str]:
+def input_names(rnn: nn.Module, what: str = "weight") -> list[str]:
     """The names of a recurrent layer's first-layer input ``weight`` (or ``bias``) in each direction:
-    ``weight_ih_l0`` and, bidirectional, ``weight_ih_l0_reverse``."""
+    ``weight_ih_l0`` and, bidirectional, ``weight_ih_l0_reverse``; a cell's (``nn.LSTMCell``) ``weight_ih``."""
+    if isinstance(rnn, nn.RNNCellBase):
+        return [f"{what}_ih"]
     return [f"{what}_ih_l0{suffix}" for suffix in ("", "_reverse")[:2 if rnn.bidirectional else 1]]
 
 

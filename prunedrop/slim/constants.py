@@ -170,7 +170,7 @@ def fold(consumer: nn.Module, share: torch.Tensor) -> None:
         if not consumer.bias:
             return  # only zero shares reach one without biases (consumer_shares)
         for row, name in zip(share, input_names(consumer, "bias"), strict=True):
-            getattr(consumer, name).add_(row.to(consumer.weight_ih_l0.dtype))
+            getattr(consumer, name).add_(row.to(input_weights(consumer)[0].dtype))
         return
     if consumer.bias is None:
         consumer.bias = nn.Parameter(

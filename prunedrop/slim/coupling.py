@@ -1559,8 +1559,8 @@ class _Interleaved:
 
 
 def _recurrent_pruner(tp: Any) -> Any:
-    """Torch-Pruning's pruning functions for ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` as readers of channels: an input
-    channel leaves with its column of the first layer's ``weight_ih`` in each direction. Torch-Pruning's own LSTM
+    """Torch-Pruning's pruning functions for ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (and their cells) as readers of
+    channels: an input channel leaves with its column of the first layer's ``weight_ih`` in each direction. Torch-Pruning's own LSTM
     functions know one-layer, one-way LSTMs only, and nothing of GRU and RNN, whose traced gates made its index
     mappings fail. Their hidden units never leave this way (:mod:`.recurrent` removes them)."""
 
@@ -1580,7 +1580,8 @@ def _recurrent_pruner(tp: Any) -> Any:
             raise PrunedropError(f"a {type(layer).__name__}'s hidden units leave by prunedrop.slim.recurrent, not here")
 
         def get_out_channels(self, layer: nn.RNNBase) -> int:
-            return (getattr(layer, "proj_size", 0) or layer.hidden_size) * (2 if layer.bidirectional else 1)
+            return (getattr(layer, "proj_size", 0) or layer.hidden_size) * (2 if getattr(layer, "bidirectional",
+                                                                                      False) else 1)
 
         def get_in_channels(self, layer: nn.RNNBase) -> int:
             return layer.input_size
@@ -1614,6 +1615,14 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
     def opaque(module: nn.RNNBase, run: Any) -> Any:
         def forward(input: Any, hx: Any = None) -> Any:
             states = tensors_in(hx) if hx is not None else []
+            if isinstance(module, nn.RNNCellBase) and isinstance(input, torch.Tensor):
+                # a cell stepped by hand: the state it is given is its own output of the step before (hidden units,
+                # which leave by noise of their own), so each step reads as a layer of its input alone
+                with torch.no_grad():
+                    out = run(input, hx)
+                params = [p for p in module.parameters() if p.requires_grad]
+                new = _HandedOn.apply(list(tensors_in(out)), input, *params)
+                return tuple(new) if isinstance(out, tuple) else new[0]
             if not isinstance(input, torch.Tensor) or any(t.requires_grad for t in states):
                 return run(input, hx)
             with torch.no_grad():
