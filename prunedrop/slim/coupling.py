@@ -720,60 +720,60 @@ def _bounded_flattens(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _every_root_kept() -> Iterator[None]:
+def _group_method(name: str, replacement: Callable[[Any], Any]) -> Iterator[None]:
+    """Torch-Pruning's ``Group.<name>`` replaced by ``replacement(original)`` for the while, given back afterwards."""
+    try:
+        from torch_pruning.dependency.group import Group
+    except ImportError:  # pragma: no cover - another Torch-Pruning layout
+        yield
+        return
+    original = getattr(Group, name)
+    setattr(Group, name, replacement(original))
+    try:
+        yield
+    finally:
+        setattr(Group, name, original)
+
+
+def _every_root_kept() -> contextlib.AbstractContextManager[None]:
     """While building the analysis groups: a place that two root channels reach keeps both. Torch-Pruning merges a
     group's entries for one place by their index there and keeps the first root it met, so where two pieces of a
     split meet again (a gate ``tanh(a) * sigmoid(b)`` of ``a, b = h.chunk(2, 1)``), the product and everything after
     it belonged to a's channels alone: b's channel looked unread, and removing it changed the output."""
     try:
         from torch_pruning import _helpers
-        from torch_pruning.dependency.group import Group
     except ImportError:  # pragma: no cover - another Torch-Pruning layout
-        yield
-        return
-    original = Group.add_and_merge
+        return contextlib.nullcontext()
 
-    def merge(self: Any, dep: Any, idxs: Any) -> None:
-        for i, (known, known_idxs) in enumerate(self._group):
-            if known.target == dep.target and known.handler == dep.handler:
-                seen = {(index.idx, index.root_idx) for index in known_idxs}
-                merged = list(known_idxs) + [index for index in idxs if (index.idx, index.root_idx) not in seen]
-                self._group[i] = _helpers.GroupItem(dep=known, idxs=merged)
-                return
-        self.add_dep(dep, idxs)
+    def replacement(original: Any) -> Any:
+        def merge(self: Any, dep: Any, idxs: Any) -> None:
+            for i, (known, known_idxs) in enumerate(self._group):
+                if known.target == dep.target and known.handler == dep.handler:
+                    seen = {(index.idx, index.root_idx) for index in known_idxs}
+                    merged = list(known_idxs) + [index for index in idxs if (index.idx, index.root_idx) not in seen]
+                    self._group[i] = _helpers.GroupItem(dep=known, idxs=merged)
+                    return
+            self.add_dep(dep, idxs)
+        return merge
 
-    Group.add_and_merge = merge
-    try:
-        yield
-    finally:
-        Group.add_and_merge = original
+    return _group_method("add_and_merge", replacement)
 
 
-@contextlib.contextmanager
-def _bounded_groups(limit: int) -> Iterator[None]:
+def _bounded_groups(limit: int) -> contextlib.AbstractContextManager[None]:
     """Torch-Pruning adds an entry to a group for every new index list it reaches; an index mapping it reads inside a
     cycle that yields a new list each turn (timm's BoTNet, relative position embeddings reshaped through its
     attention) grew one group without end: the early check of a 64×64 BoTNet-26 ran for more than 15 minutes. A
     group that grows past ``limit`` entries raises :class:`_GroupGrows` instead: that layer's group fails alone
     (:func:`unit_groups`) and its units stay."""
-    try:
-        from torch_pruning.dependency.group import Group
-    except ImportError:  # pragma: no cover - another Torch-Pruning layout
-        yield
-        return
-    original = Group.add_dep
+    def replacement(original: Any) -> Any:
+        def bounded(self: Any, dep: Any, idxs: Any) -> Any:
+            if len(getattr(self, "_group", ())) >= limit:
+                raise _GroupGrows(f"its dependency group grew past {limit} entries, through an operation that "
+                                  "Torch-Pruning read inside a cycle (a relative position embedding's reshapes)")
+            return original(self, dep, idxs)
+        return bounded
 
-    def bounded(self: Any, dep: Any, idxs: Any) -> Any:
-        if len(getattr(self, "_group", ())) >= limit:
-            raise _GroupGrows(f"its dependency group grew past {limit} entries, through an operation that Torch-Pruning "
-                              "read inside a cycle (a relative position embedding's reshapes)")
-        return original(self, dep, idxs)
-
-    Group.add_dep = bounded
-    try:
-        yield
-    finally:
-        Group.add_dep = original
+    return _group_method("add_dep", replacement)
 
 
 @contextlib.contextmanager
