@@ -1613,15 +1613,19 @@ def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
     as it is."""
 
     def opaque(module: nn.RNNBase, run: Any) -> Any:
+        own: set[Any] = set()  # the autograd nodes of a cell's outputs: its state at the next step
+
         def forward(input: Any, hx: Any = None) -> Any:
             states = tensors_in(hx) if hx is not None else []
-            if isinstance(module, nn.RNNCellBase) and isinstance(input, torch.Tensor):
-                # a cell stepped by hand: the state it is given is its own output of the step before (hidden units,
-                # which leave by noise of their own), so each step reads as a layer of its input alone
+            if (isinstance(module, nn.RNNCellBase) and isinstance(input, torch.Tensor)
+                    and all(not t.requires_grad or t.grad_fn in own for t in states)):
+                # a cell stepped by hand, given zeros or its own output of the step before (hidden units, which
+                # leave by noise of their own): each step reads as a layer of its input alone
                 with torch.no_grad():
                     out = run(input, hx)
                 params = [p for p in module.parameters() if p.requires_grad]
                 new = _HandedOn.apply(list(tensors_in(out)), input, *params)
+                own.update(t.grad_fn for t in new)
                 return tuple(new) if isinstance(out, tuple) else new[0]
             if not isinstance(input, torch.Tensor) or any(t.requires_grad for t in states):
                 return run(input, hx)
