@@ -80,8 +80,9 @@ def save_pytorch_result(model: nn.Module, folder: RunFolder, example: torch.Tens
     except PrunedropError as e:
         path = folder.model_pt
         atomic_torch_save(model.state_dict(), path)
-        log(f"warning: architecture.json not written ({e.message}); model.pt holds the state dict, "
-            "to be loaded into your own architecture")
+        log(f"warning: architecture.json not written ({e.message}); model.pt holds the state dict, to be loaded "
+            "into your own architecture built with the widths the slim left (report.json's slim.removed: each "
+            "layer's units before and after); model.onnx runs as it is")
         return path, None
 
 
