@@ -1736,6 +1736,40 @@ def test_a_constant_leaves_into_a_layer_whose_padding_repeats_it(mode: str) -> N
     assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
 
 
+class _ChannelGroupNorm(nn.Module):
+    """wav2vec 2.0's first feature layer: a Conv1d, ``nn.GroupNorm(groups, 16)``, GELU; then a Conv1d without bias."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.c1, self.norm = nn.Conv1d(1, 16, 5, stride=2, bias=False), nn.GroupNorm(groups, 16)
+        self.c2, self.fc = nn.Conv1d(16, 8, 3, bias=False), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.norm(self.c1(x)))
+        return self.fc(torch.nn.functional.gelu(self.c2(h)).mean(2))
+
+
+@pytest.mark.parametrize("groups", [16, 4])
+def test_a_group_norm_of_one_channel_per_group_passes_a_removed_channel(groups: int) -> None:
+    """A GroupNorm was read as mixing its channels whatever its groups; one of one channel per group normalises each
+    on its own (an affine InstanceNorm): a removed channel leaves its shift β, which c2's (new) bias takes, and the
+    GroupNorm keeps one channel per group. Four groups of four still mix their channels: named."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 32)
+    stuck = unremovable_layers(_ChannelGroupNorm(groups).eval(), x)
+    model = _ChannelGroupNorm(groups).eval()
+    result = slim(model, _prune_units(model, {"c1": [1, 6]}), x)
+    if groups == 4:
+        assert "c1" in stuck and "mixes" in stuck["c1"] and result.removed.get("c1", (16, 16)) == (16, 16)
+        return
+    assert set(stuck) == {"fc"}, stuck
+    assert result.removed["c1"] == (16, 14) and not result.notes, (result.removed, result.notes)
+    norm = _module(result.model, "norm")
+    assert norm.num_groups == norm.num_channels == 14 and norm.weight.shape == (14,)
+    assert _module(result.model, "c2").bias is not None
+    assert _diff_on_fresh_inputs(model, result.model, x) <= 1e-5
+
+
 class _TokenSwiGlu(nn.Module):
     """Tokens (batch, 5, 4) embedded, a fused SwiGLU MLP over each (``a, b = fc1(h).chunk(2, -1)``), mean, fc."""
 

@@ -37,6 +37,13 @@ from .common import (
 # Channel-wise layers a removed channel may pass through: Torch-Pruning slices them along with it, and they
 # act on each channel separately, so the removed channel's value stays input-independent and others unchanged.
 _PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+
+
+def _per_channel(module: Any) -> bool:
+    """One of :data:`_PER_CHANNEL`, or a GroupNorm of one channel per group (wav2vec 2.0's first feature layer's
+    ``nn.GroupNorm(512, 512)``), which normalises each channel on its own as an InstanceNorm does."""
+    return isinstance(module, _PER_CHANNEL) or (isinstance(module, nn.GroupNorm)
+                                                and module.num_groups == module.num_channels)
 #: the operations through which a bare parameter touches each channel on its own (``x * γ``, ``x + b``, ``x / s``,
 #: ``torch.lerp(x, y, γ)``, ``torch.addcmul(x, y, γ)``)
 _ELEMENTWISE_WITH_PARAMETER = frozenset({"Mul", "Add", "Sub", "Div", "Lerp", "Addcmul", "Addcdiv"})
@@ -399,7 +406,7 @@ class GroupAnalysis:
                     f"they pass through the {kind} convolution {self.name(node)}, "
                     "which cannot lose single channels"
                 )
-            if isinstance(module, nn.Module) and not isinstance(module, (*WEIGHT_LAYERS, *_PER_CHANNEL)):
+            if isinstance(module, nn.Module) and not isinstance(module, WEIGHT_LAYERS) and not _per_channel(module):
                 if node.type not in (
                     tp_ops.OPTYPE.ELEMENTWISE,
                     tp_ops.OPTYPE.CONCAT,
@@ -1589,6 +1596,23 @@ def _recurrent_pruner(tp: Any) -> Any:
     return RecurrentInputs()
 
 
+def _group_norm_pruner(tp: Any) -> Any:
+    """Torch-Pruning's GroupNorm pruning function, keeping a GroupNorm of one channel per group so (its own lowered
+    ``num_channels`` alone, and the forward failed); other GroupNorms mix their channels and lose none."""
+
+    class GroupNormChannels(tp.pruner.function.GroupNormPruner):
+        def prune_out_channels(self, layer: nn.GroupNorm, idxs: list) -> nn.Module:
+            one_each = layer.num_groups == layer.num_channels
+            super().prune_out_channels(layer, idxs)
+            if one_each:
+                layer.num_groups = layer.num_channels
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+    return GroupNormChannels()
+
+
 class _HandedOn(torch.autograd.Function):
     """``values`` (computed elsewhere) handed on as the outputs of one autograd node whose inputs are the given
     tensors: what a traced graph reads as one layer. For tracing only: no gradient flows back."""
@@ -1702,7 +1726,8 @@ def trace(tp: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, set[Any]]:
     with torch.enable_grad(), _opaque_recurrent(model), _opaque_instance_norms(model):
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, forward_fn=forward, verbose=False,
-            customized_pruners=dict.fromkeys(RECURRENT_READERS, _recurrent_pruner(tp)),
+            customized_pruners={**dict.fromkeys(RECURRENT_READERS, _recurrent_pruner(tp)),
+                                nn.GroupNorm: _group_norm_pruner(tp)},
         )
         _real_mappings(graph, recorder)
         graph.prunedrop_plain_expands = {n for n in graph.module2node.values() if n.grad_fn in recorder.plain_expands}
