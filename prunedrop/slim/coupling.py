@@ -776,7 +776,8 @@ def _bounded_groups(limit: int) -> contextlib.AbstractContextManager[None]:
         def bounded(self: Any, dep: Any, idxs: Any) -> Any:
             if len(getattr(self, "_group", ())) >= limit:
                 raise _GroupGrows(f"its dependency group grew past {limit} entries, through an operation that "
-                                  "Torch-Pruning read inside a cycle (a relative position embedding's reshapes)")
+                                  "Torch-Pruning read inside a cycle (a relative position embedding's reshapes, a recurrent "
+                                  "cell's state that another layer computed)")
             return original(self, dep, idxs)
         return bounded
 
