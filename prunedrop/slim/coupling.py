@@ -742,46 +742,91 @@ def _group_method(name: str, replacement: Callable[[Any], Any]) -> Iterator[None
         setattr(Group, name, original)
 
 
-def _every_root_kept() -> contextlib.AbstractContextManager[None]:
+def _every_root_kept(budget: int) -> contextlib.AbstractContextManager[None]:
     """While building the analysis groups: a place that two root channels reach keeps both. Torch-Pruning merges a
     group's entries for one place by their index there and keeps the first root it met, so where two pieces of a
     split meet again (a gate ``tanh(a) * sigmoid(b)`` of ``a, b = h.chunk(2, 1)``), the product and everything after
-    it belonged to a's channels alone: b's channel looked unread, and removing it changed the output."""
-    try:
-        from torch_pruning import _helpers
-    except ImportError:  # pragma: no cover - another Torch-Pruning layout
-        return contextlib.nullcontext()
-
-    def replacement(original: Any) -> Any:
-        def merge(self: Any, dep: Any, idxs: Any) -> None:
-            for i, (known, known_idxs) in enumerate(self._group):
-                if known.target == dep.target and known.handler == dep.handler:
-                    seen = {(index.idx, index.root_idx) for index in known_idxs}
-                    merged = list(known_idxs) + [index for index in idxs if (index.idx, index.root_idx) not in seen]
-                    self._group[i] = _helpers.GroupItem(dep=known, idxs=merged)
-                    return
-            self.add_dep(dep, idxs)
-        return merge
-
-    return _group_method("add_and_merge", replacement)
+    it belonged to a's channels alone: b's channel looked unread, and removing it changed the output. More than
+    ``budget`` (index, root) pairs in all raise :class:`_GroupGrows` (a place that every root reaches through a
+    cycle, as in timm's BoTNet's attention, gathered millions)."""
+    return _group_method("add_and_merge",
+                         lambda original: _merging(lambda index: (index.idx, index.root_idx), budget))
 
 
-def _bounded_groups(limit: int) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def _bounded_groups(limit: int) -> Iterator[None]:
     """Torch-Pruning adds an entry to a group for every new index list it reaches; an index mapping it reads inside a
     cycle that yields a new list each turn (timm's BoTNet, relative position embeddings reshaped through its
     attention) grew one group without end: the early check of a 64×64 BoTNet-26 ran for more than 15 minutes. A
     group that grows past ``limit`` entries raises :class:`_GroupGrows` instead: that layer's group fails alone
-    (:func:`unit_groups`) and its units stay."""
-    def replacement(original: Any) -> Any:
+    (:func:`unit_groups`) and its units stay. Whether a group holds an entry is looked up in a set kept beside it
+    (Torch-Pruning compares it with every entry: a group grown to the limit took tens of seconds, per slim)."""
+    def key(dep: Any, idxs: Any) -> tuple[Any, Any, tuple[Any, ...]]:
+        return dep.target, dep.handler, tuple(idxs)
+
+    def adding(original: Any) -> Any:
         def bounded(self: Any, dep: Any, idxs: Any) -> Any:
             if len(getattr(self, "_group", ())) >= limit:
                 raise _GroupGrows(f"its dependency group grew past {limit} entries, through an operation that "
-                                  "Torch-Pruning read inside a cycle (a relative position embedding's reshapes, a recurrent "
-                                  "cell's state that another layer computed)")
-            return original(self, dep, idxs)
+                                  "Torch-Pruning read inside a cycle (a relative position embedding's reshapes, a "
+                                  "recurrent cell's state that another layer computed)")
+            result = original(self, dep, idxs)
+            with contextlib.suppress(TypeError):  # an unhashable index list: looked up Torch-Pruning's way
+                self.__dict__.setdefault("_prunedrop_held", set()).add(key(dep, idxs))
+            return result
         return bounded
 
-    return _group_method("add_dep", replacement)
+    def looking_up(original: Any) -> Any:
+        def has(self: Any, dep: Any, idxs: Any) -> bool:
+            held = self.__dict__.get("_prunedrop_held")
+            try:
+                if held is not None and len(held) == len(self._group):  # every entry went in through ``bounded``
+                    return key(dep, idxs) in held
+            except TypeError:
+                pass
+            return original(self, dep, idxs)
+        return has
+
+    with _group_method("add_dep", adding), _group_method("has_pruning_op", looking_up), \
+            _group_method("add_and_merge", lambda original: _merging(lambda index: index.idx)):
+        yield
+
+
+def _merging(key: Callable[[Any], Any], budget: int | None = None) -> Callable[..., None]:
+    """Torch-Pruning's ``Group.add_and_merge`` (the entries of one place, its target and pruning function, merged
+    into one, an index kept once by ``key``: its position there, as Torch-Pruning's own does), with the places found
+    in a dictionary and each one's keys in a set kept beside it: Torch-Pruning looked through every entry and gathered
+    the keys anew at each merge, minutes for a group of thousands of places (timm's BoTNet). More than ``budget`` keys
+    in all raise :class:`_GroupGrows`."""
+    from torch_pruning import _helpers
+
+    def merge(self: Any, dep: Any, idxs: Any) -> None:
+        places = self.__dict__.setdefault("_prunedrop_places", {})  # (target, function) → [position, keys or None]
+        found = places.get((dep.target, dep.handler))
+        if found is None:
+            places[(dep.target, dep.handler)] = [len(self._group), None]
+            self.add_dep(dep, idxs)
+            return
+        i, seen = found
+        known, known_idxs = self._group[i]
+        if seen is None:  # its first merge: its own list, each key once
+            seen, merged = set(), []
+            for index in known_idxs:
+                if key(index) not in seen:
+                    seen.add(key(index))
+                    merged.append(index)
+            self._group[i] = _helpers.GroupItem(dep=known, idxs=merged)
+            found[1] = seen
+        merged = self._group[i].idxs
+        for index in idxs:
+            if key(index) not in seen:
+                seen.add(key(index))
+                merged.append(index)
+        if budget is not None:
+            self.__dict__["_prunedrop_keys"] = self.__dict__.get("_prunedrop_keys", 0) + len(idxs)
+            if self.__dict__["_prunedrop_keys"] > budget:
+                raise _GroupGrows(f"its places were reached by more than {budget} (index, root) pairs")
+    return merge
 
 
 @contextlib.contextmanager
@@ -1780,7 +1825,7 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
     # a group holds each node a few times at most (torchvision's ViT-B/16: 528 entries for 540 nodes)
     splits = {node for node, (_, _, _, inward) in real_mappings(graph).items() if not inward}
-    with _bounded_groups(8 * len(graph.module2node) + 1000):
+    with _bounded_groups(3 * len(graph.module2node) + 1000):
         for module in list(graph.module2node):
             if not isinstance(module, WEIGHT_LAYERS) or any(module is m for m in ignored):
                 continue
@@ -1790,8 +1835,10 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
                 continue
             try:
                 group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-                if any(item.dep.target in splits for item in group):  # its pieces may meet again
-                    with _every_root_kept():
+                # its pieces may meet again; not in a group grown through a cycle (timm's BoTNet: minutes), where the
+                # slim's check of the outputs still catches a channel the first root alone misread
+                if len(group) <= 2 * len(graph.module2node) and any(item.dep.target in splits for item in group):
+                    with contextlib.suppress(_GroupGrows), _every_root_kept(4 * sum(len(i.idxs) for i in group)):
                         group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
             except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
                 failed[module] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
