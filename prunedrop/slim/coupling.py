@@ -114,11 +114,6 @@ def _flattens_map(view: Any, channels: int, pixels: int) -> bool:
     return len(before) >= 3 and before[1] == channels and math.prod(before[2:]) == pixels
 
 
-def _first_fn(pieces: tuple) -> Any:
-    """The autograd node of a split's first piece (the split's own node), or None."""
-    return getattr(pieces[0], "grad_fn", None) if pieces else None
-
-
 def _op_name(grad_fn: Any) -> str:
     """An autograd function's operation, without "Backward<n>": ``MulBackward0`` → ``Mul``."""
     return re.sub(r"Backward\d*$", "", type(grad_fn).__name__)
@@ -964,7 +959,8 @@ class _Recorder(TorchFunctionMode):
             if zero_operand and isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 self.zero_operands.add(out.grad_fn)
             self._record(func, args, kwargs, out)
-        if func in self._SPLITS and isinstance(out, tuple) and self.splits.get(_first_fn(out), (False,))[0]:
+        if (func in self._SPLITS and isinstance(out, tuple) and out
+                and self.splits.get(getattr(out[0], "grad_fn", None), (False,))[0]):
             # each piece its own node of the dependency graph: where one operation takes two pieces of one split (a
             # C2f's ``torch.cat(list(h.chunk(2, 1)) + …)``), both were one input, and neither mapping could tell
             # them apart; a copy keeps the values, and zeros stay zeros

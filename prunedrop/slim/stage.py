@@ -677,7 +677,9 @@ def unremovable_layers(model: nn.Module, example_input: torch.Tensor) -> dict[st
                     if gi == 0:
                         splits = _equal_splits([analysis])
                 reason = analysis.blocker(channel)
-                met = frozenset(node for node in channel.members if node in splits) if reason is None else frozenset()
+                # (a slim's hot loop: most models have no equal split, and every channel's places are walked here)
+                met = (frozenset(node for node in channel.members if node in splits) if splits and reason is None
+                       else frozenset())
                 for node in met:
                     for _, i in channel.members[node]:
                         pieces_free[node].update(k for k, (a, b) in enumerate(splits[node]) if a <= i < b)
