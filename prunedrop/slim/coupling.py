@@ -1833,7 +1833,8 @@ def unit_groups(graph: Any) -> tuple[list[Any], dict[nn.Module, str]]:
                 group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
                 # its pieces may meet again; not in a group grown through a cycle (timm's BoTNet: minutes), where the
                 # slim's check of the outputs still catches a channel the first root alone misread
-                if len(group) <= 2 * len(graph.module2node) and any(item.dep.target in splits for item in group):
+                if (splits and len(group) <= 2 * len(graph.module2node)
+                        and any(item.dep.target in splits for item in group)):
                     with contextlib.suppress(_GroupGrows), _every_root_kept(4 * sum(len(i.idxs) for i in group)):
                         group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
             except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure on this group only
